@@ -1,0 +1,32 @@
+# Every target creates/updates .venv first (scripts/bootstrap.sh), so a fresh clone needs only `make`.
+PY := .venv/bin/python
+.PHONY: setup demo test test-unit lint typecheck bench bench-setup clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(PY) -m ruff check pitchey_trace tests examples bench
+	$(PY) -m ruff format --check pitchey_trace || true
+	$(PY) -m mypy pitchey_trace
+
+typecheck: setup
+	$(PY) -m mypy pitchey_trace tests/typing
+
+bench-setup:
+	@EXTRA_EXTRAS=,bench bash scripts/bootstrap.sh
+
+bench: bench-setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var

@@ -1,0 +1,90 @@
+"""pitchey-trace: distributed tracing for Python services.
+
+    import pitchey_trace as pt
+    pt.configure(service="pitch-api", exporters=[pt.ConsoleExporter()])
+    with pt.span("load_pitch", attributes={"pitch.id": 42}) as s:
+        s.add_event("cache_miss")
+
+See ``docs/quickstart.md``. Everything public is listed in ``__all__``; other modules whose
+names start with an underscore are private.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pitchey_trace._config import configure, force_flush, is_configured, shutdown, stats
+from pitchey_trace._context import ContextThreadPoolExecutor, suppress_tracing, wrap_context
+from pitchey_trace._span import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanKind,
+    StatusCode,
+    TraceContext,
+)
+from pitchey_trace._tracer import (
+    current_context,
+    current_span,
+    emit_audit,
+    get_tracer,
+    span,
+    start_span,
+    traced,
+    use_context,
+)
+from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable, PitcheyTraceError
+from pitchey_trace.exporters import ConsoleExporter, InMemoryExporter
+from pitchey_trace.records import CategoryThresholds
+from pitchey_trace.sampling import (
+    AlwaysOff,
+    AlwaysOn,
+    Decision,
+    ParentBased,
+    RateLimited,
+    Rule,
+    RuleBased,
+    TraceIdRatio,
+)
+
+__all__ = [
+    "INVALID_SPAN",
+    "AlwaysOff",
+    "AlwaysOn",
+    "CategoryThresholds",
+    "ConfigurationError",
+    "ConsoleExporter",
+    "ContextThreadPoolExecutor",
+    "Decision",
+    "InMemoryExporter",
+    "IntegrationUnavailable",
+    "Link",
+    "NonRecordingSpan",
+    "ParentBased",
+    "PitcheyTraceError",
+    "RateLimited",
+    "Rule",
+    "RuleBased",
+    "Span",
+    "SpanKind",
+    "StatusCode",
+    "TraceContext",
+    "TraceIdRatio",
+    "__version__",
+    "configure",
+    "current_context",
+    "current_span",
+    "emit_audit",
+    "force_flush",
+    "get_tracer",
+    "is_configured",
+    "shutdown",
+    "span",
+    "start_span",
+    "stats",
+    "suppress_tracing",
+    "traced",
+    "use_context",
+    "wrap_context",
+]

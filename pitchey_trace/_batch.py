@@ -1,0 +1,448 @@
+"""The export pipeline: a bounded queue filled by request threads, drained by worker threads.
+
+Request threads only ``append`` finished spans to a bounded deque (drops counted, never
+blocking). One pipeline worker turns spans into records, applies tail keeping, rollups, the
+sanitizer, user processors and dataset routing; then each exporter has its own worker thread
+and bounded queue, so a slow or hanging exporter only fills (and drops from) its own queue.
+
+After ``os.fork()`` the child starts with empty queues and fresh threads; the parent is
+untouched. Workers run with tracing suppressed, so instrumented libraries used by exporters
+(HTTP clients, boto3) produce no spans of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from pitchey_trace import _safety, _stats
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, Span
+from pitchey_trace._tail import TailKeeper
+from pitchey_trace.records import CategoryThresholds, Record, dataset_of, make_resource, span_record
+
+#: Defaults, documented in docs/configuration.md.
+DEFAULT_MAX_QUEUE_SIZE = 20_000
+DEFAULT_SCHEDULE_DELAY_S = 0.5
+DEFAULT_EXPORT_BATCH_SIZE = 512
+DEFAULT_EXPORTER_QUEUE_SIZE = 20_000
+_CHUNK = 1024
+
+Processor = Callable[[Record], "Record | None"]
+
+
+class _Latch:
+    """Counts down to zero, then releases waiters."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if n <= 0:
+            self.done.set()
+
+    def count_down(self) -> None:
+        with self._lock:
+            self._n -= 1
+            if self._n <= 0:
+                self.done.set()
+
+
+class _FlushMarker:
+    __slots__ = ("deadline", "latch")
+
+    def __init__(self, latch: _Latch, deadline: float) -> None:
+        self.latch = latch
+        self.deadline = deadline
+
+
+def _suppressed_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    def run() -> None:
+        CURRENT.set(SUPPRESSED)
+        target()
+
+    return threading.Thread(target=run, name=name, daemon=True)
+
+
+def _call_with_timeout(fn: Callable[[], Any], timeout: float, kind: str) -> None:
+    """Run ``fn`` on a helper thread and wait at most ``timeout`` (a hanging exporter's
+    ``shutdown`` must not hang the application's exit)."""
+
+    def run() -> None:
+        with _safety.guard(kind):
+            fn()
+
+    t = _suppressed_thread(run, f"pitchey-trace-{kind}")
+    t.start()
+    t.join(max(0.0, timeout))
+
+
+class ExporterWorker:
+    """One exporter, its bounded queue and its thread."""
+
+    def __init__(self, exporter: Any, queue_size: int, batch_size: int) -> None:
+        self.exporter = exporter
+        self.name = getattr(exporter, "name", None) or type(exporter).__name__
+        datasets = getattr(exporter, "datasets", None)
+        self.datasets: frozenset[str] | None = frozenset(datasets) if datasets is not None else None
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: deque[Record | _FlushMarker] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def accepts(self, dataset: str) -> bool:
+        """Whether records of ``dataset`` go to this exporter."""
+        return self.datasets is None or dataset in self.datasets
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = _suppressed_thread(self._run, f"pitchey-trace-export-{self.name}")
+            self._thread.start()
+
+    def put(self, records: Sequence[Record]) -> None:
+        """Queue records (called by the pipeline worker); overflow is dropped and counted."""
+        q = self._queue
+        room = self.queue_size - len(q)
+        if room >= len(records):
+            q.extend(records)
+        else:
+            if room > 0:
+                q.extend(records[:room])
+            _stats.incr("dropped.exporter_queue_full", len(records) - max(room, 0))
+            _stats.incr(f"dropped.exporter_queue_full.{self.name}", len(records) - max(room, 0))
+        self._wake.set()
+
+    def put_marker(self, marker: _FlushMarker) -> None:
+        """Queue a flush marker (always accepted)."""
+        self._queue.append(marker)
+        self._wake.set()
+
+    def _export(self, batch: list[Record]) -> None:
+        ok: Any = False
+        try:
+            ok = self.exporter.export(batch)
+        except Exception as exc:
+            _safety.report(f"export.{self.name}", exc)
+        if ok is False:
+            _stats.incr("dropped.export_failed", len(batch))
+            _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
+        else:
+            _stats.incr("exported", len(batch))
+            _stats.incr(f"exported.{self.name}", len(batch))
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            batch: list[Record] = []
+            while True:
+                try:
+                    item = q.popleft()
+                except IndexError:
+                    break
+                if isinstance(item, _FlushMarker):
+                    if batch:
+                        self._export(batch)
+                        batch = []
+                    flush = getattr(self.exporter, "force_flush", None)
+                    if flush is not None:
+                        with _safety.guard(f"flush.{self.name}"):
+                            flush(max(0.0, item.deadline - time.monotonic()))
+                    item.latch.count_down()
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self._export(batch)
+                    batch = []
+            if batch:
+                self._export(batch)
+            if self._stop and not q:
+                return
+
+    def stop(self, timeout: float) -> None:
+        """Stop the thread after it drained its queue (waits at most ``timeout``)."""
+        self._stop = True
+        self._wake.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(max(0.0, timeout))
+
+    def after_fork(self) -> None:
+        """In a forked child: empty queue, new thread, let the exporter reset itself too."""
+        self._reset()
+        hook = getattr(self.exporter, "after_fork", None)
+        if hook is not None:
+            with _safety.guard(f"after_fork.{self.name}"):
+                hook()
+        self.start()
+
+
+_live_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+class Pipeline:
+    """Everything between ``span.end()`` and the exporters for one configured provider."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        environment: str,
+        exporters: Iterable[Any],
+        resource_attributes: dict[str, Any] | None = None,
+        sanitizer: Callable[[Record], Record] | None = None,
+        processors: Sequence[Processor] = (),
+        tail: TailKeeper | None = None,
+        rollups: Any = None,
+        thresholds: CategoryThresholds | None = None,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        schedule_delay_s: float = DEFAULT_SCHEDULE_DELAY_S,
+        export_batch_size: int = DEFAULT_EXPORT_BATCH_SIZE,
+        exporter_queue_size: int = DEFAULT_EXPORTER_QUEUE_SIZE,
+    ) -> None:
+        self.service = service
+        self.environment = environment
+        self._resource_extra = dict(resource_attributes or {})
+        self.resource = make_resource(service, environment, self._resource_extra)
+        self.sanitizer = sanitizer
+        self.processors = list(processors)
+        self.tail = tail
+        self.rollups = rollups
+        self.thresholds = thresholds
+        self.max_queue_size = max_queue_size
+        self.schedule_delay_s = schedule_delay_s
+        self.workers = [ExporterWorker(e, exporter_queue_size, export_batch_size) for e in exporters]
+        self._wake_at = max(1, min(max_queue_size // 2, export_batch_size))
+        self._shutdown = False
+        self._init_runtime()
+        _live_pipelines.add(self)
+
+    def _init_runtime(self) -> None:
+        self._queue: deque[Span | Record] = deque()
+        self._wake = threading.Event()
+        self._flush_requests: deque[tuple[_Latch, float]] = deque()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    # -- request-thread side -----------------------------------------------------------------
+    def enqueue(self, span: Span) -> None:
+        """Hand a finished span to the worker. Never blocks; drops (counted) when full."""
+        q = self._queue
+        if len(q) < self.max_queue_size:
+            q.append(span)
+            if len(q) == self._wake_at:
+                self._wake.set()
+        else:
+            _stats.incr("dropped.queue_full")
+
+    def emit(self, record: Record) -> None:
+        """Hand a ready-made record (audit, custom) to the worker, like :meth:`enqueue`."""
+        if self._shutdown:
+            _stats.incr("dropped.after_shutdown")
+            return
+        q = self._queue
+        if len(q) < self.max_queue_size:
+            q.append(record)
+        else:
+            _stats.incr("dropped.queue_full")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the pipeline worker and every exporter worker."""
+        for w in self.workers:
+            w.start()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = _suppressed_thread(self._run, "pitchey-trace-pipeline")
+            self._thread.start()
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Export everything accepted so far; True when every exporter confirmed in time."""
+        timeout = 30.0 if timeout is None else max(0.0, timeout)
+        if self._thread is None or not self._thread.is_alive():
+            if self._shutdown:
+                return True
+            self.start()
+        deadline = time.monotonic() + timeout
+        latch = _Latch(len(self.workers) + 1)
+        self._flush_requests.append((latch, deadline))
+        self._wake.set()
+        return latch.done.wait(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush, stop the workers, shut the exporters down. Idempotent."""
+        if self._shutdown:
+            return True
+        timeout = 30.0 if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + timeout
+        ok = self.force_flush(timeout)
+        self._shutdown = True
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for w in self.workers:
+            w.stop(max(0.0, deadline - time.monotonic()))
+        for w in self.workers:
+            shut = getattr(w.exporter, "shutdown", None)
+            if shut is not None:
+                remaining = max(0.1, deadline - time.monotonic())
+                _call_with_timeout(lambda s=shut, r=remaining: s(r), remaining, f"shutdown.{w.name}")
+        shut_rollups = getattr(self.rollups, "shutdown", None)
+        if shut_rollups is not None:
+            with _safety.guard("shutdown.rollups"):
+                shut_rollups()
+        return ok
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh, empty queues and new threads; the parent is unaffected."""
+        was_running = self._thread is not None and not self._shutdown
+        self._init_runtime()
+        self.resource = make_resource(self.service, self.environment, self._resource_extra)
+        if self.tail is not None:
+            self.tail.clear()
+        clear = getattr(self.rollups, "clear", None)
+        if clear is not None:
+            with _safety.guard("after_fork.rollups"):
+                clear()
+        if was_running:
+            for w in self.workers:
+                w.after_fork()
+            self.start()
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_periodic = time.monotonic()
+        while True:
+            self._wake.wait(self.schedule_delay_s)
+            self._wake.clear()
+            with _safety.guard("pipeline"):
+                self._drain()
+            now = time.monotonic()
+            if now - last_periodic >= self.schedule_delay_s:
+                last_periodic = now
+                with _safety.guard("pipeline.periodic"):
+                    self._periodic(force=False)
+            while self._flush_requests:
+                latch, deadline = self._flush_requests.popleft()
+                with _safety.guard("pipeline.flush"):
+                    self._drain()
+                    self._periodic(force=True)
+                for w in self.workers:
+                    w.put_marker(_FlushMarker(latch, deadline))
+                latch.count_down()
+            if self._stop:
+                with _safety.guard("pipeline"):
+                    self._drain()
+                return
+
+    def _periodic(self, force: bool) -> None:
+        if self.tail is not None:
+            self.tail.expire()
+        rollups = self.rollups
+        if rollups is not None:
+            recs = rollups.collect(time.time_ns(), force)
+            if recs:
+                self._deliver(list(recs))
+
+    def _drain(self) -> None:
+        q = self._queue
+        popleft = q.popleft
+        while q:
+            spans: list[Span] = []
+            ready: list[Record] = []
+            n = 0
+            rollups = self.rollups
+            tail = self.tail
+            while n < _CHUNK:
+                try:
+                    item = popleft()
+                except IndexError:
+                    break
+                n += 1
+                if item.__class__ is Span:
+                    span: Span = item  # type: ignore[assignment]
+                    if rollups is not None:
+                        try:
+                            rollups.observe(span)
+                        except Exception as exc:
+                            _safety.report("rollups", exc)
+                    if span.trace_flags & 1:
+                        spans.append(span)
+                    elif tail is not None:
+                        tail.offer(span, spans)
+                else:
+                    ready.append(item)  # type: ignore[arg-type]
+            _stats.incr("accepted", n)
+            out: list[Record] = []
+            service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
+            for span in spans:
+                try:
+                    out.append(span_record(span, service, env, res, thr))
+                except Exception as exc:
+                    _stats.incr("dropped.encode_error")
+                    _safety.report("span_record", exc)
+            out.extend(ready)
+            if out:
+                self._deliver(out)
+
+    def _deliver(self, records: list[Record]) -> None:
+        """Sanitize, run processors, route to the exporters' queues."""
+        sanitizer = self.sanitizer
+        processors = self.processors
+        routed: dict[int, list[Record]] = {}
+        workers = self.workers
+        for rec in records:
+            if sanitizer is not None:
+                try:
+                    rec = sanitizer(rec)
+                except Exception as exc:
+                    # Never export what could not be sanitized.
+                    _stats.incr("dropped.sanitize_error")
+                    _safety.report("sanitize", exc)
+                    continue
+            if processors:
+                result: Record | None = rec
+                for proc in processors:
+                    try:
+                        result = proc(result)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        _stats.incr("dropped.processor_error")
+                        _safety.report("processor", exc)
+                        result = None
+                    if result is None:
+                        break
+                if result is None:
+                    _stats.incr("filtered")
+                    continue
+                rec = result
+            ds = dataset_of(rec)
+            for i, w in enumerate(workers):
+                if w.accepts(ds):
+                    routed.setdefault(i, []).append(rec)
+        for i, recs in routed.items():
+            workers[i].put(recs)
+
+
+def _after_fork_in_child() -> None:
+    for p in list(_live_pipelines):
+        try:
+            p.after_fork()
+        except Exception as exc:  # pragma: no cover - defensive
+            _safety.report("after_fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,321 @@
+"""configure() / shutdown() / force_flush() / stats(), and the environment variables.
+
+Explicit arguments win over the environment; the environment wins over defaults.
+
+=================================  ==========================================================
+variable                           meaning
+=================================  ==========================================================
+``PITCHEY_TRACE_SERVICE``          service name (also ``OTEL_SERVICE_NAME``)
+``PITCHEY_TRACE_ENVIRONMENT``      deployment environment (default ``development``)
+``PITCHEY_TRACE_SAMPLE_RATE``      head-sampling ratio 0..1 (parent-based, consistent)
+``PITCHEY_TRACE_DISABLED``         ``true`` turns tracing off (also ``OTEL_SDK_DISABLED``)
+``PITCHEY_TRACE_KEEP_ERRORS``      tail-keep traces with errors (default ``true``)
+``PITCHEY_TRACE_SLOW_THRESHOLD_MS`` tail-keep traces with a span this slow (default 1000)
+``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty`` or ``none`` when no
+                                   exporters are passed
+``OTEL_TRACES_SAMPLER`` / ``_ARG`` OpenTelemetry sampler names (used when no sampler or
+                                   sample rate is given)
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from pitchey_trace import _safety, _stats
+from pitchey_trace._batch import (
+    DEFAULT_EXPORT_BATCH_SIZE,
+    DEFAULT_EXPORTER_QUEUE_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SCHEDULE_DELAY_S,
+    Pipeline,
+    Processor,
+)
+from pitchey_trace._span import Limits
+from pitchey_trace._tail import TailKeeper
+from pitchey_trace._tracer import Tracer, _active
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.records import CategoryThresholds, Record
+from pitchey_trace.sampling import ParentBased, Sampler, TraceIdRatio, sampler_from_name
+
+__all__ = ["configure", "force_flush", "is_configured", "shutdown", "stats"]
+
+_lock = threading.Lock()
+_DEFAULT: Any = object()
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() if value is not None and value.strip() != "" else None
+
+
+def _env_bool(name: str) -> bool | None:
+    value = _env(name)
+    if value is None:
+        return None
+    low = value.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+
+
+def _env_float(name: str) -> float | None:
+    value = _env(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _default_sanitizer() -> Callable[[Record], Record] | None:
+    try:  # SKELETON: until sanitize.py lands (issue 4) - remove this try when it does
+        from pitchey_trace.sanitize import Sanitizer  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return Sanitizer()  # type: ignore[no-any-return,unused-ignore]
+
+
+def _default_rollups() -> Any:
+    try:  # SKELETON: until processors.Rollups lands (issue 6) - remove this try when it does
+        from pitchey_trace.processors import Rollups  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return Rollups()
+
+
+def configure(
+    *,
+    service: str | None = None,
+    environment: str | None = None,
+    exporters: Iterable[Any] | None = None,
+    sample_rate: float | None = None,
+    sampler: Sampler | None = None,
+    keep_errors: bool | None = None,
+    slow_threshold_ms: float | None = _DEFAULT,
+    sanitizer: Callable[[Record], Record] | None = _DEFAULT,
+    processors: Sequence[Processor] = (),
+    rollups: Any = _DEFAULT,
+    category_thresholds: CategoryThresholds | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    schedule_delay_ms: float = DEFAULT_SCHEDULE_DELAY_S * 1000,
+    export_batch_size: int = DEFAULT_EXPORT_BATCH_SIZE,
+    exporter_queue_size: int = DEFAULT_EXPORTER_QUEUE_SIZE,
+    max_attributes: int = 128,
+    max_events: int = 128,
+    max_links: int = 128,
+    disabled: bool | None = None,
+) -> None:
+    """Set up tracing for this process. Call once at startup (calling again replaces the
+    previous setup after flushing it).
+
+    Args:
+        service: service name in every record (env ``PITCHEY_TRACE_SERVICE`` /
+            ``OTEL_SERVICE_NAME``; default ``unknown_service``).
+        environment: deployment environment (default ``development``).
+        exporters: where records go (console, HTTP analytics, logpush, OTLP...). Each gets its
+            own worker thread and bounded queue. An exporter with a ``datasets`` attribute only
+            receives those datasets (``traces``, ``audit``, ``performance``).
+        sample_rate: head-sampling ratio in [0, 1]; consistent across services and
+            parent-based. Ignored when ``sampler`` is given.
+        sampler: a custom head sampler (see :mod:`pitchey_trace.sampling`).
+        keep_errors: tail keeping: export head-unsampled traces that contain an error
+            (default True).
+        slow_threshold_ms: tail keeping: export head-unsampled traces with a span at least this
+            slow (default 1000; None disables). Also the ``slow`` category boundary.
+        sanitizer: callable applied to every record before export (default
+            :class:`pitchey_trace.Sanitizer`; None disables - not recommended).
+        processors: callables ``record -> record | None`` run on the worker after the
+            sanitizer (None drops the record).
+        rollups: per-minute RED metrics computed from every span before sampling (default on;
+            None disables).
+        category_thresholds: fast/normal/slow/very_slow boundaries per span kind.
+        resource_attributes: extra resource attributes for every record.
+        max_queue_size: spans waiting for the worker; beyond it spans are dropped and counted.
+        schedule_delay_ms: how often the worker wakes when the queue is not filling fast.
+        export_batch_size: records per ``export()`` call.
+        exporter_queue_size: records waiting per exporter.
+        max_attributes / max_events / max_links: per-span bounds (extra ones are counted and dropped).
+        disabled: turn everything off (env ``PITCHEY_TRACE_DISABLED`` / ``OTEL_SDK_DISABLED``).
+
+    Raises:
+        ConfigurationError (a ValueError) or TypeError for invalid arguments.
+    """
+    if disabled is None:
+        disabled = bool(_env_bool("PITCHEY_TRACE_DISABLED") or _env_bool("OTEL_SDK_DISABLED"))
+    service = service or _env("PITCHEY_TRACE_SERVICE") or _env("OTEL_SERVICE_NAME") or "unknown_service"
+    environment = environment or _env("PITCHEY_TRACE_ENVIRONMENT") or "development"
+    if not isinstance(service, str) or not isinstance(environment, str):
+        raise TypeError("service and environment must be strings")
+
+    if sampler is None:
+        if sample_rate is None:
+            sample_rate = _env_float("PITCHEY_TRACE_SAMPLE_RATE")
+        if sample_rate is not None:
+            sampler = ParentBased(TraceIdRatio(sample_rate))
+        elif _env("OTEL_TRACES_SAMPLER"):
+            sampler = sampler_from_name(_env("OTEL_TRACES_SAMPLER") or "", _env("OTEL_TRACES_SAMPLER_ARG"))
+        else:
+            sampler = ParentBased(TraceIdRatio(1.0))
+    elif not hasattr(sampler, "should_sample"):
+        raise TypeError(f"sampler must have should_sample(), got {sampler!r}")
+
+    if keep_errors is None:
+        env_keep = _env_bool("PITCHEY_TRACE_KEEP_ERRORS")
+        keep_errors = True if env_keep is None else env_keep
+    if slow_threshold_ms is _DEFAULT:
+        slow_threshold_ms = _env_float("PITCHEY_TRACE_SLOW_THRESHOLD_MS")
+        if slow_threshold_ms is None:
+            slow_threshold_ms = 1000.0
+    if slow_threshold_ms is not None and (
+        not isinstance(slow_threshold_ms, (int, float)) or slow_threshold_ms < 0
+    ):
+        raise ConfigurationError(f"slow_threshold_ms must be >= 0 or None, got {slow_threshold_ms!r}")
+
+    if exporters is None:
+        choice = (_env("PITCHEY_TRACE_EXPORTER") or "none").lower()
+        from pitchey_trace.exporters import ConsoleExporter
+
+        if choice == "console":
+            exporters = [ConsoleExporter()]
+        elif choice == "console-pretty":
+            exporters = [ConsoleExporter(pretty=True)]
+        elif choice == "none":
+            exporters = []
+        else:
+            raise ConfigurationError(f"PITCHEY_TRACE_EXPORTER: unknown exporter {choice!r}")
+    exporters = list(exporters)
+    for exp in exporters:
+        if not callable(getattr(exp, "export", None)):
+            raise TypeError(f"exporter {exp!r} has no export(batch) method")
+    for proc in processors:
+        if not callable(proc):
+            raise TypeError(f"processor {proc!r} is not callable")
+    if sanitizer is _DEFAULT:
+        sanitizer = _default_sanitizer()
+    elif sanitizer is not None and not callable(sanitizer):
+        raise TypeError("sanitizer must be callable (record -> record) or None")
+    if rollups is _DEFAULT:
+        rollups = _default_rollups()
+    if rollups is not None:
+        for method in ("observe", "collect"):
+            if not callable(getattr(rollups, method, None)):
+                raise TypeError(f"rollups must have {method}()")
+        configure_rollups = getattr(rollups, "bind", None)
+        if configure_rollups is not None:
+            configure_rollups(service=service, environment=environment)
+
+    for label, value in (
+        ("max_queue_size", max_queue_size),
+        ("export_batch_size", export_batch_size),
+        ("exporter_queue_size", exporter_queue_size),
+        ("max_attributes", max_attributes),
+        ("max_events", max_events),
+        ("max_links", max_links),
+    ):
+        _positive_int(label, value)
+    if not isinstance(schedule_delay_ms, (int, float)) or schedule_delay_ms <= 0:
+        raise ConfigurationError("schedule_delay_ms must be > 0")
+    if category_thresholds is None:
+        category_thresholds = CategoryThresholds(
+            slow_ms=float(slow_threshold_ms) if slow_threshold_ms is not None else 1000.0
+        )
+
+    tail = TailKeeper(keep_errors=keep_errors, slow_threshold_ms=slow_threshold_ms)
+    with _lock:
+        _shutdown_locked(timeout=5.0)
+        if disabled:
+            _active.tracer = Tracer(None)
+            return
+        Limits.max_attributes = max_attributes
+        Limits.max_events = max_events
+        Limits.max_links = max_links
+        pipeline = Pipeline(
+            service=service,
+            environment=environment,
+            exporters=exporters,
+            resource_attributes=dict(resource_attributes or {}),
+            sanitizer=sanitizer,
+            processors=processors,
+            tail=tail if tail.enabled else None,
+            rollups=rollups,
+            thresholds=category_thresholds,
+            max_queue_size=max_queue_size,
+            schedule_delay_s=schedule_delay_ms / 1000.0,
+            export_batch_size=export_batch_size,
+            exporter_queue_size=exporter_queue_size,
+        )
+        pipeline.start()
+        _active.tracer = Tracer(
+            pipeline, sampler, record_unsampled=tail.enabled or rollups is not None
+        )
+    _register_atexit()
+
+
+def is_configured() -> bool:
+    """True when ``configure()`` set up a recording pipeline."""
+    return _active.tracer.pipeline is not None
+
+
+def force_flush(timeout: float | None = None) -> bool:
+    """Export everything accepted so far. Returns True when every exporter confirmed within
+    ``timeout`` seconds (default 30). Never raises."""
+    pipeline = _active.tracer.pipeline
+    if pipeline is None:
+        return True
+    try:
+        return pipeline.force_flush(timeout)
+    except Exception as exc:
+        _safety.report("force_flush", exc)
+        return False
+
+
+def _shutdown_locked(timeout: float | None) -> bool:
+    pipeline = _active.tracer.pipeline
+    _active.tracer = Tracer(None)
+    if pipeline is None:
+        return True
+    try:
+        return pipeline.shutdown(timeout)
+    except Exception as exc:
+        _safety.report("shutdown", exc)
+        return False
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush every accepted record, stop the workers and the exporters; tracing becomes a
+    no-op afterwards. Runs automatically at interpreter exit. Never raises."""
+    with _lock:
+        return _shutdown_locked(timeout)
+
+
+def stats() -> dict[str, int]:
+    """Counters: ``accepted``, ``exported``, ``dropped`` (and ``dropped.<reason>``),
+    ``retried``, ``spooled``, ``internal_errors`` and per-exporter details."""
+    return _stats.snapshot()
+
+
+_atexit_registered = False
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(lambda: shutdown(timeout=10.0))

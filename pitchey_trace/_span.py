@@ -1,0 +1,607 @@
+"""Span types: the hot path. Keep this module small and free of I/O, regex and JSON.
+
+* :class:`TraceContext` - immutable W3C context (ids, flags, tracestate, baggage).
+* :class:`Span` - a recorded span (``__slots__``, ends once, misuse warns and is ignored).
+* :class:`NonRecordingSpan` - what a dropped span is: carries context so children and
+  outgoing requests stay in the trace, records nothing, costs almost nothing.
+
+Ids are ints internally; hex forms are made only when exported or propagated.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from collections.abc import Mapping, Sequence
+from time import time_ns
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Union
+
+from pitchey_trace import _safety, _stats
+from pitchey_trace._context import CURRENT
+from pitchey_trace._ids import FLAG_SAMPLED, span_hex, trace_hex
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "INVALID_SPAN",
+    "AnySpan",
+    "AttributeValue",
+    "Attributes",
+    "Link",
+    "NonRecordingSpan",
+    "Span",
+    "SpanKind",
+    "StatusCode",
+    "TraceContext",
+]
+
+AttributeValue = Union[str, bool, int, float, Sequence[str], Sequence[bool], Sequence[int], Sequence[float]]
+Attributes = Mapping[str, AttributeValue]
+TraceState = tuple[tuple[str, str], ...]
+Baggage = tuple[tuple[str, str], ...]
+
+_SCALAR = frozenset((str, int, float, bool))
+
+
+class Limits:
+    """Per-span bounds, set by ``configure()``; read on the hot path as class attributes."""
+
+    max_attributes = 128
+    max_events = 128
+    max_links = 128
+
+
+class SpanKind(str, enum.Enum):
+    """The role of a span, as in OpenTelemetry."""
+
+    INTERNAL = "internal"
+    SERVER = "server"
+    CLIENT = "client"
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
+
+class StatusCode(enum.IntEnum):
+    """Span status: unset (default), ok, or error."""
+
+    UNSET = 0
+    OK = 1
+    ERROR = 2
+
+
+class TraceContext:
+    """An immutable W3C trace context: what crosses a process boundary.
+
+    ``trace_id`` (128-bit int) and ``span_id`` (64-bit int) are never zero in a valid context;
+    ``trace_flags`` holds the sampled (0x01) and random (0x02) bits; ``trace_state`` is the
+    ordered list of tracestate members; ``baggage`` the W3C baggage entries.
+    """
+
+    __slots__ = ("baggage", "is_remote", "span_id", "trace_flags", "trace_id", "trace_state")
+
+    trace_id: int
+    span_id: int
+    trace_flags: int
+    trace_state: TraceState
+    baggage: Baggage
+    is_remote: bool
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        trace_flags: int = FLAG_SAMPLED,
+        trace_state: TraceState = (),
+        baggage: Baggage = (),
+        is_remote: bool = True,
+    ) -> None:
+        if not (0 < trace_id < 1 << 128) or not (0 < span_id < 1 << 64):
+            raise ValueError("trace_id must be a non-zero 128-bit int and span_id a non-zero 64-bit int")
+        if not 0 <= trace_flags <= 0xFF:
+            raise ValueError("trace_flags must fit in one byte")
+        setattr_ = object.__setattr__
+        setattr_(self, "trace_id", trace_id)
+        setattr_(self, "span_id", span_id)
+        setattr_(self, "trace_flags", trace_flags)
+        setattr_(self, "trace_state", tuple(trace_state))
+        setattr_(self, "baggage", tuple(baggage))
+        setattr_(self, "is_remote", is_remote)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("TraceContext is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("TraceContext is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TraceContext):
+            return NotImplemented
+        return (
+            self.trace_id == other.trace_id
+            and self.span_id == other.span_id
+            and self.trace_flags == other.trace_flags
+            and self.trace_state == other.trace_state
+            and self.baggage == other.baggage
+            and self.is_remote == other.is_remote
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.trace_id, self.span_id, self.trace_flags, self.trace_state, self.baggage))
+
+    def __repr__(self) -> str:
+        return f"TraceContext(traceparent={self.traceparent!r}, is_remote={self.is_remote})"
+
+    @property
+    def sampled(self) -> bool:
+        """True when the sampled flag is set."""
+        return bool(self.trace_flags & FLAG_SAMPLED)
+
+    @property
+    def trace_id_hex(self) -> str:
+        """The trace id as 32 lowercase hex digits."""
+        return trace_hex(self.trace_id)
+
+    @property
+    def span_id_hex(self) -> str:
+        """The span id as 16 lowercase hex digits."""
+        return span_hex(self.span_id)
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` header value (version 00)."""
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.trace_flags:02x}"
+
+    @classmethod
+    def from_traceparent(cls, value: str, tracestate: str | None = None) -> TraceContext | None:
+        """Parse a ``traceparent`` (and optional ``tracestate``) header; None when invalid."""
+        from pitchey_trace.propagation import parse_traceparent
+
+        return parse_traceparent(value, tracestate)
+
+    def with_baggage(self, baggage: Baggage) -> TraceContext:
+        """A copy with other baggage entries."""
+        return TraceContext(
+            self.trace_id, self.span_id, self.trace_flags, self.trace_state, baggage, self.is_remote
+        )
+
+    def with_trace_state(self, trace_state: TraceState) -> TraceContext:
+        """A copy with another tracestate."""
+        return TraceContext(
+            self.trace_id, self.span_id, self.trace_flags, trace_state, self.baggage, self.is_remote
+        )
+
+
+class Link:
+    """A link from a span to another span's context, with attributes."""
+
+    __slots__ = ("attributes", "context")
+
+    def __init__(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
+        self.context = context
+        self.attributes = dict(attributes) if attributes else {}
+
+
+class _SpanBase:
+    """Methods shared by recorded and non-recording spans: context-manager and context access."""
+
+    __slots__ = ()
+    trace_id: int
+    span_id: int
+    trace_flags: int
+    trace_state: TraceState
+    baggage: Baggage
+    is_remote: bool
+
+    @property
+    def context(self) -> TraceContext:
+        """This span's :class:`TraceContext` (what a child or an outgoing request inherits)."""
+        return TraceContext(
+            self.trace_id, self.span_id, self.trace_flags, self.trace_state, self.baggage, self.is_remote
+        )
+
+    @property
+    def trace_id_hex(self) -> str:
+        """32 lowercase hex digits."""
+        return f"{self.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str:
+        """16 lowercase hex digits."""
+        return f"{self.span_id:016x}"
+
+    @property
+    def sampled(self) -> bool:
+        """True when this span's trace is head-sampled."""
+        return bool(self.trace_flags & FLAG_SAMPLED)
+
+
+class NonRecordingSpan(_SpanBase):
+    """A span that records nothing: dropped by sampling, a remote parent, or the no-op default.
+
+    Every recording method is accepted and ignored, so user code never needs to check.
+    """
+
+    __slots__ = ("_token", "baggage", "is_remote", "span_id", "trace_flags", "trace_id", "trace_state")
+
+    is_recording = False
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        trace_flags: int,
+        trace_state: TraceState = (),
+        baggage: Baggage = (),
+        is_remote: bool = False,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_flags = trace_flags
+        self.trace_state = trace_state
+        self.baggage = baggage
+        self.is_remote = is_remote
+        self._token: Any = None
+
+    def __enter__(self) -> NonRecordingSpan:
+        self._token = CURRENT.set(self)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        token = self._token
+        if token is not None:
+            self._token = None
+            try:
+                CURRENT.reset(token)
+            except ValueError:
+                CURRENT.set(None)
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Ignored."""
+
+    def set_attributes(self, attributes: Attributes) -> None:
+        """Ignored."""
+
+    def add_event(
+        self, name: str, attributes: Attributes | None = None, timestamp_ns: int | None = None
+    ) -> None:
+        """Ignored."""
+
+    def add_link(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
+        """Ignored."""
+
+    def set_status(self, status: StatusCode | str, message: str | None = None) -> None:
+        """Ignored."""
+
+    def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
+        """Ignored."""
+
+    def update_name(self, name: str) -> None:
+        """Ignored."""
+
+    def end(self, end_time_ns: int | None = None) -> None:
+        """Ignored."""
+
+    @property
+    def is_ended(self) -> bool:
+        """Non-recording spans have no lifetime; always False."""
+        return False
+
+
+#: Placeholder "current span" when none is active; all operations are no-ops.
+INVALID_SPAN = NonRecordingSpan(0, 0, 0)
+
+
+class _Suppressed(NonRecordingSpan):
+    """Marker in the context var: tracing is suppressed below this point."""
+
+    __slots__ = ()
+
+
+SUPPRESSED: NonRecordingSpan = _Suppressed(0, 0, 0)
+
+
+def _clean_value(value: object) -> AttributeValue | None:
+    """Accept a valid attribute value (copying sequences), or None for an invalid one."""
+    cls = value.__class__
+    if cls in _SCALAR:
+        return value  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)) and not isinstance(value, str):
+        if not value:
+            return ()
+        first = value[0].__class__
+        if first in _SCALAR and all(v.__class__ is first for v in value):
+            return tuple(value)
+        return None
+    # Subclasses (str/int enums, custom numbers) are stored as their plain base value.
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
+    return None
+
+
+def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
+    """Validate a mapping of attributes: keep valid pairs, count and drop the rest."""
+    out: dict[str, AttributeValue] = {}
+    limit = Limits.max_attributes
+    try:
+        items = list(attributes.items())
+    except Exception as exc:
+        _safety.report("attributes", exc)
+        return out
+    for key, value in items:
+        if key.__class__ is not str or not key:
+            _stats.incr("dropped.attribute_invalid")
+            continue
+        cleaned = _clean_value(value)
+        if cleaned is None:
+            _stats.incr("dropped.attribute_invalid")
+            continue
+        if len(out) >= limit and key not in out:
+            _stats.incr("dropped.attribute_limit")
+            continue
+        out[key] = cleaned
+    return out
+
+
+class Span(_SpanBase):
+    """A recorded span. Created by :func:`pitchey_trace.span` / :func:`pitchey_trace.start_span`.
+
+    Usable as a context manager (makes it current, ends it on exit, records an escaping
+    ``Exception`` and re-raises it unchanged). After :meth:`end` every mutation is ignored
+    with a one-time warning.
+    """
+
+    __slots__ = (
+        "_sink",
+        "_token",
+        "attributes",
+        "baggage",
+        "end_ns",
+        "events",
+        "kind",
+        "links",
+        "local_root",
+        "name",
+        "parent_span_id",
+        "span_id",
+        "start_ns",
+        "status",
+        "status_message",
+        "trace_flags",
+        "trace_id",
+        "trace_state",
+    )
+
+    is_recording = True
+    is_remote = False
+
+    def __init__(
+        self,
+        name: str,
+        kind: SpanKind,
+        trace_id: int,
+        span_id: int,
+        parent_span_id: int,
+        trace_flags: int,
+        trace_state: TraceState,
+        baggage: Baggage,
+        attributes: dict[str, AttributeValue],
+        start_ns: int,
+        local_root: bool,
+        sink: Callable[[Span], None],
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.trace_flags = trace_flags
+        self.trace_state = trace_state
+        self.baggage = baggage
+        self.attributes = attributes
+        self.start_ns = start_ns
+        self.end_ns = 0
+        self.local_root = local_root
+        self.events: list[tuple[str, int, dict[str, AttributeValue] | None]] | None = None
+        self.links: list[Link] | None = None
+        self.status = StatusCode.UNSET
+        self.status_message: str | None = None
+        self._sink = sink
+        self._token: Any = None
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Span:
+        self._token = CURRENT.set(self)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if ev is not None:
+            self._on_exception(ev)
+        token = self._token
+        if token is not None:
+            self._token = None
+            try:
+                CURRENT.reset(token)
+            except ValueError:
+                # Exited in another context (e.g. a generator resumed elsewhere): do not leave
+                # this span current there.
+                _safety.warn_once("context_reset", "span %r exited in a different context", self.name)
+                if CURRENT.get() is self:
+                    CURRENT.set(None)
+        if not self.end_ns:
+            self.end_ns = time_ns()
+            self._sink(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Span(name={self.name!r}, trace_id={self.trace_id:032x}, span_id={self.span_id:016x}, "
+            f"ended={bool(self.end_ns)})"
+        )
+
+    def _on_exception(self, exc: BaseException) -> None:
+        # Only Exception marks an error; KeyboardInterrupt, SystemExit, CancelledError and
+        # GeneratorExit are control flow, not failures of the work.
+        if isinstance(exc, Exception):
+            try:
+                self.record_exception(exc)
+                if self.status != StatusCode.ERROR:
+                    self.status = StatusCode.ERROR
+                    self.status_message = f"{type(exc).__name__}: {exc}"[:1024]
+            except Exception as internal:
+                _safety.report("record_exception", internal)
+
+    def _ended(self, what: str) -> bool:
+        if self.end_ns:
+            _safety.warn_once(f"after_end.{what}", "%s on span %r after it ended: ignored", what, self.name)
+            return True
+        return False
+
+    # -- recording -------------------------------------------------------------------------
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Set one attribute (str, bool, int, float or a homogeneous sequence of them).
+
+        Invalid keys or values are dropped and counted; beyond the attribute limit new keys
+        are dropped and counted.
+        """
+        attrs = self.attributes
+        if (
+            value.__class__ in _SCALAR
+            and key.__class__ is str
+            and not self.end_ns
+            and (len(attrs) < Limits.max_attributes or key in attrs)
+        ):
+            attrs[key] = value
+        else:
+            self._set_attribute_slow(key, value)
+
+    def _set_attribute_slow(self, key: object, value: object) -> None:
+        if self._ended("set_attribute"):
+            return
+        if key.__class__ is not str or not key:
+            _stats.incr("dropped.attribute_invalid")
+            return
+        cleaned = _clean_value(value)
+        if cleaned is None:
+            _stats.incr("dropped.attribute_invalid")
+            return
+        attrs = self.attributes
+        if len(attrs) >= Limits.max_attributes and key not in attrs:
+            _stats.incr("dropped.attribute_limit")
+            return
+        attrs[key] = cleaned  # type: ignore[index]
+
+    def set_attributes(self, attributes: Attributes) -> None:
+        """Set several attributes at once."""
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: Attributes | None = None, timestamp_ns: int | None = None
+    ) -> None:
+        """Record a point-in-time event with optional attributes."""
+        if self.end_ns:
+            self._ended("add_event")
+            return
+        events = self.events
+        if events is None:
+            events = self.events = []
+        elif len(events) >= Limits.max_events:
+            _stats.incr("dropped.event_limit")
+            return
+        events.append(
+            (
+                str(name),
+                timestamp_ns if timestamp_ns.__class__ is int else time_ns(),  # type: ignore[arg-type]
+                clean_attributes(attributes) if attributes else None,
+            )
+        )
+
+    def add_link(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
+        """Link this span to another span's context (e.g. the message that triggered it)."""
+        if self._ended("add_link"):
+            return
+        if not getattr(context, "trace_id", 0) or not getattr(context, "span_id", 0):
+            _stats.incr("dropped.link_invalid")
+            return
+        links = self.links
+        if links is None:
+            links = self.links = []
+        elif len(links) >= Limits.max_links:
+            _stats.incr("dropped.link_limit")
+            return
+        links.append(Link(context, clean_attributes(attributes) if attributes else None))
+
+    def set_status(self, status: StatusCode | str, message: str | None = None) -> None:
+        """Set the status: ``"ok"``, ``"error"`` (with an optional message) or ``"unset"``.
+
+        Once ``ok`` is set it is final, as in OpenTelemetry.
+        """
+        if self._ended("set_status"):
+            return
+        try:
+            code = StatusCode[status.upper()] if isinstance(status, str) else StatusCode(status)
+        except (KeyError, ValueError):
+            _safety.warn_once("status_invalid", "invalid span status %r ignored", status)
+            return
+        if self.status == StatusCode.OK:
+            return
+        self.status = code
+        self.status_message = str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
+
+    def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
+        """Add an ``exception`` event (type, message, stack trace). Does not change the status."""
+        if self._ended("record_exception"):
+            return
+        attrs: dict[str, AttributeValue] = {
+            "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}"
+            if type(exc).__module__ not in ("builtins", "__main__")
+            else type(exc).__qualname__,
+            "exception.message": str(exc)[:4096],
+            "exception.stacktrace": "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__, limit=32)
+            )[-8192:],
+        }
+        if attributes:
+            attrs.update(clean_attributes(attributes))
+        events = self.events
+        if events is None:
+            events = self.events = []
+        if len(events) < Limits.max_events:
+            events.append(("exception", time_ns(), attrs))
+        else:
+            _stats.incr("dropped.event_limit")
+
+    def update_name(self, name: str) -> None:
+        """Rename the span (e.g. once a route template is known)."""
+        if not self._ended("update_name"):
+            self.name = str(name)
+
+    def end(self, end_time_ns: int | None = None) -> None:
+        """End the span (once; later calls warn and are ignored) and hand it to the pipeline."""
+        if self.end_ns:
+            _safety.warn_once("end_twice", "span %r ended twice: ignored", self.name)
+            return
+        self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()  # type: ignore[assignment]
+        self._sink(self)
+
+    @property
+    def is_ended(self) -> bool:
+        """True once :meth:`end` ran."""
+        return bool(self.end_ns)
+
+    @property
+    def duration_ns(self) -> int:
+        """End minus start in nanoseconds (0 while running; never negative)."""
+        return max(0, self.end_ns - self.start_ns) if self.end_ns else 0
+
+
+AnySpan = Union[Span, NonRecordingSpan]

@@ -1,0 +1,50 @@
+"""Process-wide counters behind :func:`pitchey_trace.stats`.
+
+Counters are plain ints in a dict guarded by a lock; the hot path never touches them except
+for the rare "queue full" drop, so contention does not matter.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+_counters: dict[str, int] = {}
+
+
+def incr(key: str, n: int = 1) -> None:
+    """Add ``n`` to counter ``key`` (dotted names, e.g. ``dropped.queue_full``)."""
+    with _lock:
+        _counters[key] = _counters.get(key, 0) + n
+
+
+def get(key: str) -> int:
+    """Current value of one counter (0 when never incremented)."""
+    return _counters.get(key, 0)
+
+
+def snapshot() -> dict[str, int]:
+    """A copy of every counter plus ``dropped``, the sum of all ``dropped.*`` counters."""
+    with _lock:
+        snap = dict(_counters)
+    snap["dropped"] = sum(v for k, v in snap.items() if k.startswith("dropped."))
+    for key in ("accepted", "exported", "retried", "spooled", "internal_errors"):
+        snap.setdefault(key, 0)
+    return dict(sorted(snap.items()))
+
+
+def reset() -> None:
+    """Zero every counter (tests, and after fork in the child)."""
+    with _lock:
+        _counters.clear()
+
+
+def _reinit_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+import os as _os  # noqa: E402  (registered last so the module is complete first)
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,0 +1,138 @@
+"""Tail keeping: export a head-unsampled trace when one of its spans errored or was slow.
+
+Runs on the pipeline worker, never on the request thread. Record-only spans of a trace wait in
+a bounded buffer until either
+
+* a span of the trace is "interesting" (error status when ``keep_errors``; duration at or over
+  ``slow_threshold_ms``): the buffered spans and every later span of that trace are released;
+* the trace's local root ends without anything interesting: the buffer is discarded;
+* the buffer is too old (``max_age_s``) or the total pending spans exceed ``max_pending``: the
+  oldest trace is discarded (counted as ``tail.evicted``).
+
+Decisions are remembered (bounded LRU) so that spans ending after their local root (a task
+spawned and left running) still follow the trace's decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from pitchey_trace import _stats
+from pitchey_trace._span import Span, StatusCode
+
+
+class _Pending:
+    __slots__ = ("born", "spans")
+
+    def __init__(self, born: float) -> None:
+        self.spans: list[Span] = []
+        self.born = born
+
+
+class TailKeeper:
+    """Buffers record-only spans per trace and releases the traces worth keeping."""
+
+    def __init__(
+        self,
+        *,
+        keep_errors: bool = True,
+        slow_threshold_ms: float | None = 1000.0,
+        max_pending: int = 50_000,
+        max_age_s: float = 60.0,
+        remember: int = 20_000,
+    ) -> None:
+        self.keep_errors = keep_errors
+        self.slow_ns = int(slow_threshold_ms * 1e6) if slow_threshold_ms is not None else None
+        self.max_pending = max_pending
+        self.max_age_s = max_age_s
+        self.remember = remember
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._n_pending = 0
+        self._decided: OrderedDict[int, bool] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything can ever be kept."""
+        return self.keep_errors or self.slow_ns is not None
+
+    def _interesting(self, span: Span) -> bool:
+        if self.keep_errors and span.status == StatusCode.ERROR:
+            return True
+        slow = self.slow_ns
+        return slow is not None and span.end_ns - span.start_ns >= slow
+
+    def _decide(self, trace_id: int, keep: bool) -> None:
+        decided = self._decided
+        decided[trace_id] = keep
+        decided.move_to_end(trace_id)
+        while len(decided) > self.remember:
+            decided.popitem(last=False)
+
+    def offer(self, span: Span, out: list[Span]) -> None:
+        """Take a finished record-only span; append to ``out`` whatever is now kept."""
+        tid = span.trace_id
+        interesting = self._interesting(span)
+        decision = self._decided.get(tid)
+        if decision is not None:
+            if decision:
+                out.append(span)
+            elif interesting:
+                # Decided "drop" already (its local root ended first) but this late span is
+                # worth keeping on its own.
+                out.append(span)
+                _stats.incr("tail.kept_late")
+            else:
+                _stats.incr("tail.discarded")
+            return
+        pending = self._pending.get(tid)
+        if interesting:
+            if pending is not None:
+                del self._pending[tid]
+                self._n_pending -= len(pending.spans)
+                out.extend(pending.spans)
+            out.append(span)
+            self._decide(tid, True)
+            _stats.incr("tail.kept_traces")
+            return
+        if span.local_root:
+            if pending is not None:
+                del self._pending[tid]
+                self._n_pending -= len(pending.spans)
+                _stats.incr("tail.discarded", len(pending.spans) + 1)
+            else:
+                _stats.incr("tail.discarded")
+            self._decide(tid, False)
+            return
+        if pending is None:
+            pending = self._pending[tid] = _Pending(time.monotonic())
+        pending.spans.append(span)
+        self._n_pending += 1
+        if self._n_pending > self.max_pending:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        tid, pending = self._pending.popitem(last=False)
+        self._n_pending -= len(pending.spans)
+        _stats.incr("tail.evicted", len(pending.spans))
+
+    def expire(self, now: float | None = None) -> None:
+        """Discard buffers older than ``max_age_s`` (called periodically by the worker)."""
+        now = time.monotonic() if now is None else now
+        pending = self._pending
+        while pending:
+            tid, oldest = next(iter(pending.items()))
+            if now - oldest.born < self.max_age_s:
+                break
+            self._evict_oldest()
+
+    def clear(self) -> None:
+        """Forget everything (after fork in the child)."""
+        self._pending.clear()
+        self._decided.clear()
+        self._n_pending = 0
+
+    @property
+    def pending_spans(self) -> int:
+        """How many record-only spans are waiting for their trace's decision."""
+        return self._n_pending

@@ -1,0 +1,340 @@
+"""Tracer: starts spans. The module-level functions delegate to the active tracer.
+
+Before :func:`pitchey_trace.configure` runs, the active tracer is a no-op tracer: spans are
+:class:`NonRecordingSpan` objects that still carry (and propagate) context, so libraries can
+instrument unconditionally.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
+from random import getrandbits
+from time import time_ns
+from typing import Any, TypeVar, overload
+
+from pitchey_trace import _safety
+from pitchey_trace._batch import Pipeline
+from pitchey_trace._context import CURRENT
+from pitchey_trace._ids import FLAG_RANDOM, FLAG_SAMPLED, new_span_id, new_trace_id
+from pitchey_trace._span import (
+    _SCALAR,
+    INVALID_SPAN,
+    SUPPRESSED,
+    AnySpan,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanKind,
+    TraceContext,
+    clean_attributes,
+)
+from pitchey_trace.records import audit_record
+from pitchey_trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_cv_get = CURRENT.get
+_DROP = Decision.DROP
+_SAMPLE = Decision.RECORD_AND_SAMPLE
+_INTERNAL = SpanKind.INTERNAL
+
+
+class Tracer:
+    """Starts spans for one configured pipeline (or none: the no-op tracer)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | None,
+        sampler: Sampler = ParentBased(ALWAYS_ON),
+        record_unsampled: bool = False,
+    ) -> None:
+        self.pipeline = pipeline
+        self.sampler = sampler
+        self.record_unsampled = record_unsampled and pipeline is not None
+        self._sink = pipeline.enqueue if pipeline is not None else None
+        # Decided once: with the default ParentBased delegates a child simply follows its
+        # parent's sampled flag, so the sampler call is skipped for children.
+        self._inline_parent = isinstance(sampler, ParentBased) and sampler.follows_parent_exactly
+        self._root_sampler: Sampler = sampler.root if self._inline_parent else sampler  # type: ignore[attr-defined]
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans can be recorded."""
+        return self._sink is not None
+
+    def start_span(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        kind: SpanKind = _INTERNAL,
+        context: TraceContext | AnySpan | None = None,
+        links: Sequence[Link | TraceContext | AnySpan] | None = None,
+        start_time_ns: int | None = None,
+    ) -> AnySpan:
+        """Start a span (not made current). The hot path: keep it lean."""
+        parent = context if context is not None else _cv_get()
+        if parent is not None and not parent.trace_id:
+            if parent is SUPPRESSED:
+                return SUPPRESSED
+            parent = None  # INVALID_SPAN as parent: start a new trace
+        sink = self._sink
+        if parent is None:
+            trace_id = getrandbits(128) or new_trace_id()
+            parent_span_id = 0
+            trace_state: tuple[tuple[str, str], ...] = ()
+            baggage: tuple[tuple[str, str], ...] = ()
+            local_root = True
+            if sink is None:
+                return NonRecordingSpan(trace_id, getrandbits(64) or new_span_id(), FLAG_RANDOM)
+            try:
+                decision = self._root_sampler.should_sample(None, trace_id, name, kind, attributes)
+            except Exception as exc:
+                _safety.report("sampler", exc)
+                decision = _DROP
+            flags = FLAG_RANDOM | FLAG_SAMPLED if decision == _SAMPLE else FLAG_RANDOM
+        else:
+            trace_id = parent.trace_id
+            parent_span_id = parent.span_id
+            trace_state = parent.trace_state
+            baggage = parent.baggage
+            local_root = parent.is_remote or parent.__class__ is not Span
+            if sink is None:
+                return NonRecordingSpan(
+                    trace_id, getrandbits(64) or new_span_id(), parent.trace_flags, trace_state, baggage
+                )
+            if self._inline_parent:
+                decision = _SAMPLE if parent.trace_flags & FLAG_SAMPLED else _DROP
+            else:
+                try:
+                    decision = self.sampler.should_sample(parent, trace_id, name, kind, attributes)
+                except Exception as exc:
+                    _safety.report("sampler", exc)
+                    decision = _DROP
+            pflags = parent.trace_flags
+            flags = pflags | FLAG_SAMPLED if decision == _SAMPLE else pflags & ~FLAG_SAMPLED
+        span_id = getrandbits(64) or new_span_id()
+        if decision == _DROP and not self.record_unsampled:
+            return NonRecordingSpan(trace_id, span_id, flags, trace_state, baggage)
+        if attributes:
+            attrs = dict(attributes)
+            for k, v in attrs.items():
+                if v.__class__ not in _SCALAR or k.__class__ is not str:
+                    attrs = clean_attributes(attributes)  # type: ignore[assignment]
+                    break
+        else:
+            attrs = {}
+        span = Span(
+            name,
+            kind,
+            trace_id,
+            span_id,
+            parent_span_id,
+            flags,
+            trace_state,
+            baggage,
+            attrs,
+            start_time_ns if start_time_ns.__class__ is int else time_ns(),  # type: ignore[arg-type]
+            local_root,
+            sink,  # type: ignore[arg-type]
+        )
+        if links:
+            for link in links:
+                if isinstance(link, Link):
+                    span.add_link(link.context, link.attributes)
+                else:
+                    span.add_link(link)
+        return span
+
+    def emit_audit(
+        self,
+        action: str,
+        target: str,
+        outcome: str,
+        *,
+        actor: str | None = None,
+        category: str = "request",
+        attributes: Mapping[str, Any] | None = None,
+        span: AnySpan | None = None,
+    ) -> None:
+        """Queue an audit record tied to ``span`` (default: the current span)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        cur = span if span is not None else _cv_get()
+        if actor is None and cur is not None:
+            actor = dict(cur.baggage).get("user.id") or dict(cur.baggage).get("actor")
+        pipeline.emit(
+            audit_record(
+                action=action,
+                target=target,
+                outcome=outcome,
+                time_unix_nano=time_ns(),
+                service=pipeline.service,
+                environment=pipeline.environment,
+                trace_id=cur.trace_id if cur is not None else 0,
+                span_id=cur.span_id if cur is not None else 0,
+                actor=actor,
+                category=category,
+                attributes=clean_attributes(attributes) if attributes else None,
+            )
+        )
+
+
+class _Active:
+    """Holder of the active tracer; module functions read ``_active.tracer`` on each call."""
+
+    __slots__ = ("tracer",)
+
+    def __init__(self) -> None:
+        self.tracer = Tracer(None)
+
+
+_active = _Active()
+
+
+def get_tracer() -> Tracer:
+    """The active tracer (the no-op tracer until ``configure()``)."""
+    return _active.tracer
+
+
+def span(
+    name: str,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = _INTERNAL,
+    context: TraceContext | AnySpan | None = None,
+    links: Sequence[Link | TraceContext | AnySpan] | None = None,
+    start_time_ns: int | None = None,
+) -> AnySpan:
+    """Start a span to use as a context manager: ``with pt.span("load_pitch") as s: ...``.
+
+    The span becomes current inside the block, is ended on exit, and an ``Exception`` escaping
+    the block is recorded (status error) and re-raised unchanged. ``context`` sets an explicit
+    parent (e.g. the result of :func:`pitchey_trace.extract`).
+    """
+    return _active.tracer.start_span(name, attributes, kind, context, links, start_time_ns)
+
+
+def start_span(
+    name: str,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = _INTERNAL,
+    context: TraceContext | AnySpan | None = None,
+    links: Sequence[Link | TraceContext | AnySpan] | None = None,
+    start_time_ns: int | None = None,
+) -> AnySpan:
+    """Start a span with a manual lifetime: call ``.end()`` yourself. It is not made current;
+    use it as a context manager, or pass it as ``context=`` to children."""
+    return _active.tracer.start_span(name, attributes, kind, context, links, start_time_ns)
+
+
+def current_span() -> AnySpan:
+    """The current span, or a non-recording invalid span when none is active (never None)."""
+    cur = _cv_get()
+    if cur is None or cur is SUPPRESSED:
+        return INVALID_SPAN
+    return cur
+
+
+def current_context() -> TraceContext | None:
+    """The current span's :class:`TraceContext`, or None when no span is active."""
+    cur = _cv_get()
+    if cur is None or not cur.trace_id:
+        return None
+    return cur.context
+
+
+def use_context(context: TraceContext) -> NonRecordingSpan:
+    """Make a (remote) context current without starting a span: ``with pt.use_context(ctx):``."""
+    return NonRecordingSpan(
+        context.trace_id, context.span_id, context.trace_flags, context.trace_state, context.baggage,
+        context.is_remote,
+    )
+
+
+def emit_audit(
+    action: str,
+    target: str,
+    outcome: str,
+    *,
+    actor: str | None = None,
+    category: str = "request",
+    attributes: Mapping[str, Any] | None = None,
+) -> None:
+    """Record an audit event (dataset ``audit``) tied to the current trace. Never raises.
+
+    ``actor`` defaults to the ``user.id`` baggage entry when present. Pass identifiers and
+    outcomes only, never values.
+    """
+    try:
+        _active.tracer.emit_audit(action, target, outcome, actor=actor, category=category, attributes=attributes)
+    except Exception as exc:
+        _safety.report("emit_audit", exc)
+
+
+# -- @traced ------------------------------------------------------------------------------------
+@overload
+def traced(fn: F, /) -> F: ...
+@overload
+def traced(
+    *, name: str | None = None, kind: SpanKind = _INTERNAL, attributes: Mapping[str, Any] | None = None
+) -> Callable[[F], F]: ...
+def traced(
+    fn: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    kind: SpanKind = _INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Decorate a function so each call runs in a span named after it.
+
+    Works on plain, ``async``, generator and async-generator functions (a generator's span
+    covers its whole iteration). ``@pt.traced`` or ``@pt.traced(name=..., kind=...)``.
+    """
+
+    def decorate(func: F) -> F:
+        span_name = name or f"{func.__module__}.{func.__qualname__}"
+        attrs = dict(attributes) if attributes else None
+
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+                with _active.tracer.start_span(span_name, attrs, kind):
+                    async for item in func(*args, **kwargs):
+                        yield item
+
+            return agen_wrapper  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with _active.tracer.start_span(span_name, attrs, kind):
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+                with _active.tracer.start_span(span_name, attrs, kind):
+                    return (yield from func(*args, **kwargs))
+
+            return gen_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _active.tracer.start_span(span_name, attrs, kind):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError("@traced takes a function; use @traced(name=...) for options")
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,95 @@
+"""ConsoleExporter: NDJSON lines (or a readable tree) to stdout or any text stream."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from typing import IO
+
+from pitchey_trace._json import encode_ndjson
+from pitchey_trace.records import Record
+
+
+class ConsoleExporter:
+    """Write records to a text stream (default ``sys.stdout``).
+
+    ``pretty=False`` (default): one JSON object per line, the archive format.
+    ``pretty=True``: for development, spans grouped by trace and drawn as an indented tree
+    with durations; audit and rollup records on one line each.
+    """
+
+    name = "console"
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        pretty: bool = False,
+        datasets: Iterable[str] | None = None,
+    ) -> None:
+        self._stream = stream
+        self.pretty = pretty
+        self.datasets = frozenset(datasets) if datasets is not None else None
+        self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> IO[str]:
+        """The target stream (``sys.stdout`` looked up at write time when none was given)."""
+        return self._stream if self._stream is not None else sys.stdout
+
+    def export(self, batch: Sequence[Record]) -> bool:
+        """Write the batch; False when the stream fails (closed pipe, full disk)."""
+        text = render_tree(batch) if self.pretty else encode_ndjson(batch).decode("utf-8")
+        try:
+            with self._lock:
+                self.stream.write(text)
+                self.stream.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Flush the stream."""
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush; the stream is the caller's and stays open."""
+        self.force_flush(timeout)
+
+
+def render_tree(records: Sequence[Record]) -> str:
+    """Draw span records as one indented tree per trace (children ordered by start time)."""
+    lines: list[str] = []
+    traces: dict[str, list[Record]] = {}
+    for rec in records:
+        if rec.get("type") == "span":
+            traces.setdefault(rec["trace_id"], []).append(rec)
+        else:
+            what = {k: rec.get(k) for k in ("type", "action", "target", "outcome", "operation", "count")}
+            lines.append("  ".join(f"{k}={v}" for k, v in what.items() if v is not None))
+    for trace_id, spans in traces.items():
+        ids = {s["span_id"] for s in spans}
+        children: dict[str | None, list[Record]] = {}
+        for s in spans:
+            parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
+            children.setdefault(parent, []).append(s)
+        for group in children.values():
+            group.sort(key=lambda r: r["start_time_unix_nano"])
+        lines.append(f"trace {trace_id}")
+
+        def walk(parent: str | None, depth: int) -> None:
+            for s in children.get(parent, []):
+                mark = " !" if s["status"] == "error" else ""
+                lines.append(
+                    f"{'  ' * (depth + 1)}{s['name']}  {s['duration_ms']:.2f} ms  [{s['kind']}, "
+                    f"{s['category']}]{mark}"
+                )
+                walk(s["span_id"], depth + 1)
+
+        walk(None, 0)
+    return "\n".join(lines) + ("\n" if lines else "")

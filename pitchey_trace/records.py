@@ -1,0 +1,230 @@
+"""Exported records (schema version 1) and their stable dict form.
+
+Every exporter receives plain dicts that are JSON-ready (str, int, float, bool, None, lists,
+dicts) and already sanitized. Three record types share the ``schema``/``type`` header:
+
+* ``span``   - one finished span (see :func:`span_record`);
+* ``audit``  - one HTTP request, security event or sensitive-table access (:func:`audit_record`);
+* ``rollup`` - per-minute RED metrics per service and operation (built by
+  :class:`pitchey_trace.processors.Rollups`).
+
+The JSON Schema lives in ``pitchey_trace/schema/record-v1.json`` (:func:`json_schema`) and is
+documented in ``docs/schema.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pitchey_trace._span import Span
+
+__all__ = [
+    "DATASET_OF_TYPE",
+    "SCHEMA_VERSION",
+    "CategoryThresholds",
+    "Record",
+    "audit_record",
+    "category_of",
+    "dataset_of",
+    "json_schema",
+    "make_resource",
+    "span_record",
+]
+
+SCHEMA_VERSION = 1
+Record = dict[str, Any]
+
+#: The dataset each record type goes to unless a Router says otherwise.
+DATASET_OF_TYPE = {"span": "traces", "audit": "audit", "rollup": "performance"}
+
+_KIND = ("internal", "server", "client", "producer", "consumer")
+_STATUS = ("unset", "ok", "error")
+
+
+def dataset_of(record: Mapping[str, Any]) -> str:
+    """The dataset a record belongs to: its ``dataset`` key if set, else by type."""
+    ds = record.get("dataset")
+    if isinstance(ds, str):
+        return ds
+    return DATASET_OF_TYPE.get(record.get("type", ""), "traces")
+
+
+class CategoryThresholds:
+    """Duration thresholds (ms) that split spans into fast / normal / slow / very_slow.
+
+    ``fast`` below ``fast_ms``; ``normal`` below ``slow_ms``; ``slow`` below ``very_slow_ms``;
+    else ``very_slow``. Defaults: 100 / 1000 / 5000 ms for every kind, except client spans
+    (database queries, outbound HTTP) which are ``fast`` below 10 ms. ``per_kind`` overrides
+    them, e.g. ``{"client": (5, 500, 2000)}``.
+    """
+
+    def __init__(
+        self,
+        fast_ms: float = 100.0,
+        slow_ms: float = 1000.0,
+        very_slow_ms: float | None = None,
+        per_kind: Mapping[str, tuple[float, float, float]] | None = None,
+    ) -> None:
+        very = very_slow_ms if very_slow_ms is not None else max(5000.0, slow_ms * 5)
+        if not 0 <= fast_ms <= slow_ms <= very:
+            raise ValueError("category thresholds must satisfy 0 <= fast <= slow <= very_slow")
+        default = (fast_ms, slow_ms, very)
+        self.table: dict[str, tuple[float, float, float]] = {k: default for k in _KIND}
+        self.table["client"] = (min(10.0, fast_ms), slow_ms, very)
+        for kind, triple in (per_kind or {}).items():
+            if kind not in self.table or len(triple) != 3 or not 0 <= triple[0] <= triple[1] <= triple[2]:
+                raise ValueError(f"invalid category thresholds for kind {kind!r}: {triple!r}")
+            self.table[kind] = (float(triple[0]), float(triple[1]), float(triple[2]))
+
+    def slow_ms(self, kind: str) -> float:
+        """The slow threshold of a kind."""
+        return self.table.get(kind, self.table["internal"])[1]
+
+
+_DEFAULT_THRESHOLDS = CategoryThresholds()
+
+
+def category_of(duration_ms: float, kind: str, thresholds: CategoryThresholds | None = None) -> str:
+    """fast / normal / slow / very_slow for a duration and span kind."""
+    fast, slow, very = (thresholds or _DEFAULT_THRESHOLDS).table.get(kind, (100.0, 1000.0, 5000.0))
+    if duration_ms < fast:
+        return "fast"
+    if duration_ms < slow:
+        return "normal"
+    if duration_ms < very:
+        return "slow"
+    return "very_slow"
+
+
+def make_resource(service: str, environment: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resource attributes attached to every record of this process."""
+    from pitchey_trace import __version__
+
+    res: dict[str, Any] = {
+        "service.name": service,
+        "deployment.environment.name": environment,
+        "telemetry.sdk.name": "pitchey-trace",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": __version__,
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
+    }
+    try:
+        res["host.name"] = socket.gethostname()
+    except OSError:
+        pass
+    if extra:
+        res.update(extra)
+    return res
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if value.__class__ is tuple else value
+
+
+def _attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not attrs:
+        return {}
+    return {k: (list(v) if v.__class__ is tuple else v) for k, v in attrs.items()}
+
+
+def span_record(
+    span: Span,
+    service: str,
+    environment: str,
+    resource: dict[str, Any],
+    thresholds: CategoryThresholds | None = None,
+) -> Record:
+    """The schema-v1 dict of a finished span (built on the export worker, never on the hot path)."""
+    start = span.start_ns
+    end = span.end_ns if span.end_ns >= start else start
+    duration_ms = (end - start) / 1e6
+    kind = span.kind.value
+    parent = span.parent_span_id
+    events = span.events
+    links = span.links
+    return {
+        "schema": SCHEMA_VERSION,
+        "type": "span",
+        "trace_id": f"{span.trace_id:032x}",
+        "span_id": f"{span.span_id:016x}",
+        "parent_span_id": f"{parent:016x}" if parent else None,
+        "name": span.name,
+        "kind": kind,
+        "service": service,
+        "environment": environment,
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": end,
+        "duration_ms": round(duration_ms, 6),
+        "status": _STATUS[span.status],
+        "status_message": span.status_message,
+        "category": category_of(duration_ms, kind, thresholds),
+        "attributes": _attrs(span.attributes),
+        "events": [
+            {"name": name, "time_unix_nano": ts, "attributes": _attrs(attrs)} for name, ts, attrs in events
+        ]
+        if events
+        else [],
+        "links": [
+            {
+                "trace_id": f"{link.context.trace_id:032x}",
+                "span_id": f"{link.context.span_id:016x}",
+                "attributes": _attrs(link.attributes),
+            }
+            for link in links
+        ]
+        if links
+        else [],
+        "resource": resource,
+    }
+
+
+def audit_record(
+    *,
+    action: str,
+    target: str,
+    outcome: str,
+    time_unix_nano: int,
+    service: str,
+    environment: str,
+    trace_id: int = 0,
+    span_id: int = 0,
+    actor: str | None = None,
+    category: str = "request",
+    attributes: Mapping[str, Any] | None = None,
+) -> Record:
+    """A schema-v1 audit record: who did what to which target, with which outcome; never values.
+
+    ``category`` is ``request`` (one per HTTP request), ``security`` (401/403/429, auth
+    failures) or ``data_access`` (sensitive-table access).
+    """
+    return {
+        "schema": SCHEMA_VERSION,
+        "type": "audit",
+        "category": category,
+        "time_unix_nano": time_unix_nano,
+        "trace_id": f"{trace_id:032x}" if trace_id else None,
+        "span_id": f"{span_id:016x}" if span_id else None,
+        "service": service,
+        "environment": environment,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "attributes": _attrs(attributes),
+    }
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that every exported record validates against."""
+    text = resources.files("pitchey_trace").joinpath("schema/record-v1.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -1,0 +1,281 @@
+"""Head samplers: decide at span start whether a trace is sampled.
+
+A sampler is any object with ``should_sample(parent, trace_id, name, kind, attributes) ->
+Decision``. ``parent`` is the span-like parent (local span or remote context) or None for a
+root. Three outcomes:
+
+* ``Decision.DROP`` - a no-op span (unless tail keeping or rollups need it recorded, then it is
+  upgraded to RECORD_ONLY by the tracer);
+* ``Decision.RECORD_ONLY`` - timed and recorded, exported only if the tail policy keeps its
+  trace (an error or a slow span in it);
+* ``Decision.RECORD_AND_SAMPLE`` - recorded and exported; the sampled flag is propagated.
+
+The ratio sampler uses OpenTelemetry's TraceIdRatioBased rule on the low 64 bits of the trace
+id, so every service in a trace - ours or OpenTelemetry's - reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from pitchey_trace._ids import FLAG_SAMPLED
+from pitchey_trace.exceptions import ConfigurationError
+
+__all__ = [
+    "ALWAYS_OFF",
+    "ALWAYS_ON",
+    "AlwaysOff",
+    "AlwaysOn",
+    "Decision",
+    "ParentBased",
+    "RateLimited",
+    "Rule",
+    "RuleBased",
+    "Sampler",
+    "TraceIdRatio",
+    "sampler_from_name",
+]
+
+
+class Decision(enum.IntEnum):
+    """Outcome of a head-sampling decision."""
+
+    DROP = 0
+    RECORD_ONLY = 1
+    RECORD_AND_SAMPLE = 2
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Anything that decides whether a new span's trace is sampled."""
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        """Return the decision for a new span."""
+        ...
+
+
+class AlwaysOn:
+    """Sample every trace."""
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        return Decision.RECORD_AND_SAMPLE
+
+    def __repr__(self) -> str:
+        return "AlwaysOn()"
+
+
+class AlwaysOff:
+    """Sample no trace (tail keeping may still export errors and slow traces)."""
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        return Decision.DROP
+
+    def __repr__(self) -> str:
+        return "AlwaysOff()"
+
+
+ALWAYS_ON = AlwaysOn()
+ALWAYS_OFF = AlwaysOff()
+
+_ID_LIMIT = (1 << 64) - 1
+
+
+def _check_rate(rate: float) -> float:
+    try:
+        rate = float(rate)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"sample rate must be a number in [0, 1], got {rate!r}") from None
+    if not 0.0 <= rate <= 1.0 or rate != rate:
+        raise ConfigurationError(f"sample rate must be in [0, 1], got {rate!r}")
+    return rate
+
+
+class TraceIdRatio:
+    """Sample a fixed fraction of traces, consistently: the same trace id always gets the same
+    decision in every service (OpenTelemetry's TraceIdRatioBased rule)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = _check_rate(rate)
+        self.bound = round(self.rate * (_ID_LIMIT + 1))
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        return Decision.RECORD_AND_SAMPLE if trace_id & _ID_LIMIT < self.bound else Decision.DROP
+
+    def __repr__(self) -> str:
+        return f"TraceIdRatio({self.rate})"
+
+
+class ParentBased:
+    """Follow the parent's sampled flag; use ``root`` for traces that start here.
+
+    By default a sampled parent (local or remote) means sampled and an unsampled one means
+    not sampled, which keeps a distributed trace whole.
+    """
+
+    def __init__(
+        self,
+        root: Sampler,
+        *,
+        remote_sampled: Sampler = ALWAYS_ON,
+        remote_not_sampled: Sampler = ALWAYS_OFF,
+        local_sampled: Sampler = ALWAYS_ON,
+        local_not_sampled: Sampler = ALWAYS_OFF,
+    ) -> None:
+        self.root = root
+        self.remote_sampled = remote_sampled
+        self.remote_not_sampled = remote_not_sampled
+        self.local_sampled = local_sampled
+        self.local_not_sampled = local_not_sampled
+
+    @property
+    def follows_parent_exactly(self) -> bool:
+        """True with the default delegates: the tracer then inlines the parent check."""
+        return (
+            self.remote_sampled is ALWAYS_ON
+            and self.local_sampled is ALWAYS_ON
+            and self.remote_not_sampled is ALWAYS_OFF
+            and self.local_not_sampled is ALWAYS_OFF
+        )
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        if parent is None:
+            return self.root.should_sample(parent, trace_id, name, kind, attributes)
+        sampled = parent.trace_flags & FLAG_SAMPLED
+        if parent.is_remote:
+            delegate = self.remote_sampled if sampled else self.remote_not_sampled
+        else:
+            delegate = self.local_sampled if sampled else self.local_not_sampled
+        return delegate.should_sample(parent, trace_id, name, kind, attributes)
+
+    def __repr__(self) -> str:
+        return f"ParentBased(root={self.root!r})"
+
+
+class Rule:
+    """One sampling rule: spans whose service and name match the glob patterns get ``rate``."""
+
+    def __init__(self, rate: float, *, name: str = "*", service: str = "*") -> None:
+        self.rate = _check_rate(rate)
+        self.name = name
+        self.service = service
+        self._name_re = re.compile(fnmatch.translate(name)).match
+        self._service_re = re.compile(fnmatch.translate(service)).match
+        self.sampler = TraceIdRatio(self.rate)
+
+    def matches(self, service: str, name: str) -> bool:
+        """True when both patterns match."""
+        return bool(self._service_re(service)) and bool(self._name_re(name))
+
+    def __repr__(self) -> str:
+        return f"Rule({self.rate}, name={self.name!r}, service={self.service!r})"
+
+
+class RuleBased:
+    """The first matching rule's rate decides (consistently on the trace id); else ``default``.
+
+    Decisions are cached per span name, so rules cost one dict lookup after the first span
+    of each name.
+    """
+
+    def __init__(self, rules: Iterable[Rule], *, default: Sampler | float = 1.0, service: str = "") -> None:
+        self.rules = list(rules)
+        for rule in self.rules:
+            if not isinstance(rule, Rule):
+                raise ConfigurationError(f"RuleBased takes Rule objects, got {rule!r}")
+        self.default: Sampler = (
+            TraceIdRatio(default) if isinstance(default, (int, float)) else default
+        )
+        self.service = service
+        self._cache: dict[str, Sampler] = {}
+
+    def _for(self, name: str) -> Sampler:
+        sampler = self._cache.get(name)
+        if sampler is None:
+            sampler = next(
+                (r.sampler for r in self.rules if r.matches(self.service, name)), self.default
+            )
+            if len(self._cache) < 10_000:  # names should be low-cardinality; stay bounded anyway
+                self._cache[name] = sampler
+        return sampler
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        return self._for(name).should_sample(parent, trace_id, name, kind, attributes)
+
+    def __repr__(self) -> str:
+        return f"RuleBased({self.rules!r}, default={self.default!r})"
+
+
+class RateLimited:
+    """At most ``max_per_second`` sampled traces per second (token bucket), after ``inner``."""
+
+    def __init__(self, max_per_second: float, inner: Sampler = ALWAYS_ON) -> None:
+        if not isinstance(max_per_second, (int, float)) or max_per_second < 0:
+            raise ConfigurationError(f"max_per_second must be >= 0, got {max_per_second!r}")
+        self.max_per_second = float(max_per_second)
+        self.inner = inner
+        self._tokens = self.max_per_second
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def should_sample(
+        self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        decision = self.inner.should_sample(parent, trace_id, name, kind, attributes)
+        if decision != Decision.RECORD_AND_SAMPLE:
+            return decision
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.max_per_second, self._tokens + (now - self._last) * self.max_per_second)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return Decision.RECORD_AND_SAMPLE
+        return Decision.DROP
+
+    def __repr__(self) -> str:
+        return f"RateLimited({self.max_per_second}, inner={self.inner!r})"
+
+
+def sampler_from_name(name: str, arg: str | None = None) -> Sampler:
+    """Build a sampler from OpenTelemetry's ``OTEL_TRACES_SAMPLER`` names.
+
+    ``always_on``, ``always_off``, ``traceidratio``, ``parentbased_always_on``,
+    ``parentbased_always_off``, ``parentbased_traceidratio`` (ratio from ``arg``, default 1.0).
+    """
+    key = name.strip().lower()
+    rate = 1.0
+    if "traceidratio" in key:
+        try:
+            rate = _check_rate(float(arg)) if arg not in (None, "") else 1.0  # type: ignore[arg-type]
+        except (ValueError, ConfigurationError):
+            raise ConfigurationError(f"invalid sampler argument {arg!r} for {name!r}") from None
+    table: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatio(rate),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatio(rate)),
+    }
+    try:
+        return table[key]
+    except KeyError:
+        raise ConfigurationError(f"unknown sampler {name!r}; expected one of {sorted(table)}") from None

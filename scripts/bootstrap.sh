@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks: the Debian packages the integration tests use
+# (PostgreSQL server binaries) and the project's virtual environment with its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+need_apt=()
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "missing Debian packages: ${need_apt[*]} (run as root or install them)" >&2
+  fi
+fi
+extras="dev${EXTRA_EXTRAS:-}"
+stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${extras//,/-}"
+if [ ! -f "$stamp" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi
