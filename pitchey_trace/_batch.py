@@ -206,6 +206,7 @@ class Pipeline:
         processors: Sequence[Processor] = (),
         tail: TailKeeper | None = None,
         rollups: Any = None,
+        router: Callable[[Record], Iterable[str]] | None = None,
         thresholds: CategoryThresholds | None = None,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         schedule_delay_s: float = DEFAULT_SCHEDULE_DELAY_S,
@@ -220,6 +221,7 @@ class Pipeline:
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
+        self.router = router
         self.thresholds = thresholds
         self.max_queue_size = max_queue_size
         self.schedule_delay_s = schedule_delay_s
@@ -402,6 +404,7 @@ class Pipeline:
         """Sanitize, run processors, route to the exporters' queues."""
         sanitizer = self.sanitizer
         processors = self.processors
+        router = self.router
         routed: dict[int, list[Record]] = {}
         workers = self.workers
         for rec in records:
@@ -428,9 +431,20 @@ class Pipeline:
                     _stats.incr("filtered")
                     continue
                 rec = result
-            ds = dataset_of(rec)
+            if router is None:
+                ds = dataset_of(rec)
+                for i, w in enumerate(workers):
+                    if w.accepts(ds):
+                        routed.setdefault(i, []).append(rec)
+                continue
+            try:
+                names = set(router(rec))
+            except Exception as exc:
+                _stats.incr("dropped.router_error")
+                _safety.report("router", exc)
+                continue
             for i, w in enumerate(workers):
-                if w.accepts(ds):
+                if w.datasets is None or not names.isdisjoint(w.datasets):
                     routed.setdefault(i, []).append(rec)
         for i, recs in routed.items():
             workers[i].put(recs)

@@ -111,6 +111,7 @@ def configure(
     sanitizer: Callable[[Record], Record] | None = _DEFAULT,
     processors: Sequence[Processor] = (),
     rollups: Any = _DEFAULT,
+    router: Callable[[Record], Iterable[str]] | None = None,
     category_thresholds: CategoryThresholds | None = None,
     resource_attributes: Mapping[str, Any] | None = None,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
@@ -145,6 +146,9 @@ def configure(
             sanitizer (None drops the record).
         rollups: per-minute RED metrics computed from every span before sampling (default on;
             None disables).
+        router: callable ``record -> dataset names`` deciding which datasets a record joins
+            (default: by record type: span -> ``traces``, audit -> ``audit``, rollup ->
+            ``performance``); see :class:`pitchey_trace.processors.Router`.
         category_thresholds: fast/normal/slow/very_slow boundaries per span kind.
         resource_attributes: extra resource attributes for every record.
         max_queue_size: spans waiting for the worker; beyond it spans are dropped and counted.
@@ -211,6 +215,8 @@ def configure(
         sanitizer = _default_sanitizer()
     elif sanitizer is not None and not callable(sanitizer):
         raise TypeError("sanitizer must be callable (record -> record) or None")
+    if router is not None and not callable(router):
+        raise TypeError("router must be callable (record -> iterable of dataset names)")
     if rollups is _DEFAULT:
         rollups = _default_rollups()
     if rollups is not None:
@@ -255,6 +261,7 @@ def configure(
             processors=processors,
             tail=tail if tail.enabled else None,
             rollups=rollups,
+            router=router,
             thresholds=category_thresholds,
             max_queue_size=max_queue_size,
             schedule_delay_s=schedule_delay_ms / 1000.0,
