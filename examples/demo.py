@@ -25,7 +25,9 @@ async def render(pitch: dict[str, object]) -> str:
 
 
 async def handle_request(pitch_id: int) -> str:
-    with pt.span("GET /pitches/{id}", kind=pt.SpanKind.SERVER, attributes={"http.route": "/pitches/{id}"}) as s:
+    with pt.span(
+        "GET /pitches/{id}", kind=pt.SpanKind.SERVER, attributes={"http.route": "/pitches/{id}"}
+    ) as s:
         pitch = load_pitch(pitch_id)
         if pitch_id % 5 == 0:
             s.add_event("cache_miss")

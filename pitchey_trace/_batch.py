@@ -12,6 +12,7 @@ untouched. Workers run with tracing suppressed, so instrumented libraries used b
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
-from pitchey_trace.records import CategoryThresholds, Record, dataset_of, make_resource, span_record
+from pitchey_trace.records import DATASET_OF_TYPE, CategoryThresholds, Record, make_resource, span_record
 
 #: Defaults, documented in docs/configuration.md.
 DEFAULT_MAX_QUEUE_SIZE = 20_000
@@ -95,8 +96,11 @@ class ExporterWorker:
         self._reset()
 
     def _reset(self) -> None:
-        self._queue: deque[Record | _FlushMarker] = deque()
-        self._wake = threading.Event()
+        # Chunks (lists of records) and flush markers; ``_pending`` counts queued records.
+        self.queue: deque[list[Record] | _FlushMarker] = deque()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -110,25 +114,29 @@ class ExporterWorker:
             self._thread = _suppressed_thread(self._run, f"pitchey-trace-export-{self.name}")
             self._thread.start()
 
-    def put(self, records: Sequence[Record]) -> None:
-        """Queue records (called by the pipeline worker); overflow is dropped and counted."""
-        q = self._queue
-        room = self.queue_size - len(q)
-        if room >= len(records):
-            q.extend(records)
-        else:
-            if room > 0:
-                q.extend(records[:room])
-            _stats.incr("dropped.exporter_queue_full", len(records) - max(room, 0))
-            _stats.incr(f"dropped.exporter_queue_full.{self.name}", len(records) - max(room, 0))
-        self._wake.set()
+    def put(self, records: list[Record]) -> None:
+        """Queue a chunk of records (called by the pipeline worker, which hands over the list);
+        overflow is dropped and counted."""
+        with self._lock:
+            room = self.queue_size - self._pending
+            if room < len(records):
+                lost = len(records) - max(room, 0)
+                _stats.incr("dropped.exporter_queue_full", lost)
+                _stats.incr(f"dropped.exporter_queue_full.{self.name}", lost)
+                records = records[: max(room, 0)]
+            if records:
+                self._pending += len(records)
+                self.queue.append(records)
+        self.wake.set()
 
     def put_marker(self, marker: _FlushMarker) -> None:
         """Queue a flush marker (always accepted)."""
-        self._queue.append(marker)
-        self._wake.set()
+        self.queue.append(marker)
+        self.wake.set()
 
     def _export(self, batch: list[Record]) -> None:
+        with self._lock:
+            self._pending -= len(batch)
         ok: Any = False
         try:
             ok = self.exporter.export(batch)
@@ -142,30 +150,32 @@ class ExporterWorker:
             _stats.incr(f"exported.{self.name}", len(batch))
 
     def _run(self) -> None:
-        q = self._queue
+        q = self.queue
+        size = self.batch_size
         while True:
-            self._wake.wait(1.0)
-            self._wake.clear()
+            self.wake.wait(1.0)
+            self.wake.clear()
             batch: list[Record] = []
             while True:
                 try:
                     item = q.popleft()
                 except IndexError:
                     break
-                if isinstance(item, _FlushMarker):
+                if item.__class__ is _FlushMarker:
+                    marker: _FlushMarker = item
                     if batch:
                         self._export(batch)
                         batch = []
                     flush = getattr(self.exporter, "force_flush", None)
                     if flush is not None:
                         with _safety.guard(f"flush.{self.name}"):
-                            flush(max(0.0, item.deadline - time.monotonic()))
-                    item.latch.count_down()
+                            flush(max(0.0, marker.deadline - time.monotonic()))
+                    marker.latch.count_down()
                     continue
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    self._export(batch)
-                    batch = []
+                batch.extend(item)  # type: ignore[arg-type]
+                while len(batch) >= size:
+                    self._export(batch[:size])
+                    batch = batch[size:]
             if batch:
                 self._export(batch)
             if self._stop and not q:
@@ -174,7 +184,7 @@ class ExporterWorker:
     def stop(self, timeout: float) -> None:
         """Stop the thread after it drained its queue (waits at most ``timeout``)."""
         self._stop = True
-        self._wake.set()
+        self.wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(max(0.0, timeout))
@@ -226,14 +236,16 @@ class Pipeline:
         self.max_queue_size = max_queue_size
         self.schedule_delay_s = schedule_delay_s
         self.workers = [ExporterWorker(e, exporter_queue_size, export_batch_size) for e in exporters]
-        self._wake_at = max(1, min(max_queue_size // 2, export_batch_size))
+        self._route_cache: dict[str, list[ExporterWorker]] = {}
+        self.wake_at = max(1, min(max_queue_size // 2, export_batch_size))
         self._shutdown = False
         self._init_runtime()
         _live_pipelines.add(self)
 
     def _init_runtime(self) -> None:
-        self._queue: deque[Span | Record] = deque()
-        self._wake = threading.Event()
+        # queue / wake / wake_at / max_queue_size are read by Span.__exit__ directly (hot path).
+        self.queue: deque[Span | Record] = deque()
+        self.wake = threading.Event()
         self._flush_requests: deque[tuple[_Latch, float]] = deque()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -242,24 +254,28 @@ class Pipeline:
     # -- request-thread side -----------------------------------------------------------------
     def enqueue(self, span: Span) -> None:
         """Hand a finished span to the worker. Never blocks; drops (counted) when full."""
-        q = self._queue
+        q = self.queue
         if len(q) < self.max_queue_size:
             q.append(span)
-            if len(q) == self._wake_at:
-                self._wake.set()
+            if len(q) == self.wake_at:
+                self.wake.set()
         else:
-            _stats.incr("dropped.queue_full")
+            self.drop()
+
+    def drop(self) -> None:
+        """Count a span refused because the queue is full (or the pipeline shut down)."""
+        _stats.incr("dropped.after_shutdown" if self._shutdown else "dropped.queue_full")
 
     def emit(self, record: Record) -> None:
         """Hand a ready-made record (audit, custom) to the worker, like :meth:`enqueue`."""
         if self._shutdown:
             _stats.incr("dropped.after_shutdown")
             return
-        q = self._queue
+        q = self.queue
         if len(q) < self.max_queue_size:
             q.append(record)
         else:
-            _stats.incr("dropped.queue_full")
+            self.drop()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -280,7 +296,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         latch = _Latch(len(self.workers) + 1)
         self._flush_requests.append((latch, deadline))
-        self._wake.set()
+        self.wake.set()
         return latch.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -291,8 +307,10 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         ok = self.force_flush(timeout)
         self._shutdown = True
+        # From now on spans that end (started before shutdown) are refused and counted.
+        self.max_queue_size = 0
         self._stop = True
-        self._wake.set()
+        self.wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         for w in self.workers:
@@ -301,7 +319,7 @@ class Pipeline:
             shut = getattr(w.exporter, "shutdown", None)
             if shut is not None:
                 remaining = max(0.1, deadline - time.monotonic())
-                _call_with_timeout(lambda s=shut, r=remaining: s(r), remaining, f"shutdown.{w.name}")
+                _call_with_timeout(functools.partial(shut, remaining), remaining, f"shutdown.{w.name}")
         shut_rollups = getattr(self.rollups, "shutdown", None)
         if shut_rollups is not None:
             with _safety.guard("shutdown.rollups"):
@@ -328,8 +346,8 @@ class Pipeline:
     def _run(self) -> None:
         last_periodic = time.monotonic()
         while True:
-            self._wake.wait(self.schedule_delay_s)
-            self._wake.clear()
+            self.wake.wait(self.schedule_delay_s)
+            self.wake.clear()
             with _safety.guard("pipeline"):
                 self._drain()
             now = time.monotonic()
@@ -360,7 +378,7 @@ class Pipeline:
                 self._deliver(list(recs))
 
     def _drain(self) -> None:
-        q = self._queue
+        q = self.queue
         popleft = q.popleft
         while q:
             spans: list[Span] = []
@@ -375,7 +393,7 @@ class Pipeline:
                     break
                 n += 1
                 if item.__class__ is Span:
-                    span: Span = item  # type: ignore[assignment]
+                    span: Span = item
                     if rollups is not None:
                         try:
                             rollups.observe(span)
@@ -400,13 +418,20 @@ class Pipeline:
             if out:
                 self._deliver(out)
 
+    def _targets(self, dataset: str) -> list[ExporterWorker]:
+        """Workers subscribed to ``dataset`` (cached: datasets are few)."""
+        targets = self._route_cache.get(dataset)
+        if targets is None:
+            targets = self._route_cache[dataset] = [w for w in self.workers if w.accepts(dataset)]
+        return targets
+
     def _deliver(self, records: list[Record]) -> None:
         """Sanitize, run processors, route to the exporters' queues."""
         sanitizer = self.sanitizer
         processors = self.processors
         router = self.router
-        routed: dict[int, list[Record]] = {}
-        workers = self.workers
+        routed: dict[int, list[Record]] = {id(w): [] for w in self.workers}
+        type_dataset = DATASET_OF_TYPE
         for rec in records:
             if sanitizer is not None:
                 try:
@@ -432,10 +457,9 @@ class Pipeline:
                     continue
                 rec = result
             if router is None:
-                ds = dataset_of(rec)
-                for i, w in enumerate(workers):
-                    if w.accepts(ds):
-                        routed.setdefault(i, []).append(rec)
+                ds = rec.get("dataset") or type_dataset.get(rec.get("type"), "traces")  # type: ignore[arg-type]
+                for w in self._targets(ds):
+                    routed[id(w)].append(rec)
                 continue
             try:
                 names = set(router(rec))
@@ -443,11 +467,13 @@ class Pipeline:
                 _stats.incr("dropped.router_error")
                 _safety.report("router", exc)
                 continue
-            for i, w in enumerate(workers):
+            for w in self.workers:
                 if w.datasets is None or not names.isdisjoint(w.datasets):
-                    routed.setdefault(i, []).append(rec)
-        for i, recs in routed.items():
-            workers[i].put(recs)
+                    routed[id(w)].append(rec)
+        for w in self.workers:
+            recs = routed[id(w)]
+            if recs:
+                w.put(recs)
 
 
 def _after_fork_in_child() -> None:

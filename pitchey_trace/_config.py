@@ -37,7 +37,7 @@ from pitchey_trace._batch import (
 )
 from pitchey_trace._span import Limits
 from pitchey_trace._tail import TailKeeper
-from pitchey_trace._tracer import Tracer, _active
+from pitchey_trace._tracer import _TRACER
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
 from pitchey_trace.sampling import ParentBased, Sampler, TraceIdRatio, sampler_from_name
@@ -92,10 +92,8 @@ def _default_sanitizer() -> Callable[[Record], Record] | None:
 
 
 def _default_rollups() -> Any:
-    try:  # SKELETON: until processors.Rollups lands (issue 6) - remove this try when it does
-        from pitchey_trace.processors import Rollups  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+    from pitchey_trace.processors import Rollups
+
     return Rollups()
 
 
@@ -247,7 +245,7 @@ def configure(
     with _lock:
         _shutdown_locked(timeout=5.0)
         if disabled:
-            _active.tracer = Tracer(None)
+            _TRACER.install(None, _TRACER.sampler, False)
             return
         Limits.max_attributes = max_attributes
         Limits.max_events = max_events
@@ -269,21 +267,19 @@ def configure(
             exporter_queue_size=exporter_queue_size,
         )
         pipeline.start()
-        _active.tracer = Tracer(
-            pipeline, sampler, record_unsampled=tail.enabled or rollups is not None
-        )
+        _TRACER.install(pipeline, sampler, record_unsampled=tail.enabled or rollups is not None)
     _register_atexit()
 
 
 def is_configured() -> bool:
     """True when ``configure()`` set up a recording pipeline."""
-    return _active.tracer.pipeline is not None
+    return _TRACER.pipeline is not None
 
 
 def force_flush(timeout: float | None = None) -> bool:
     """Export everything accepted so far. Returns True when every exporter confirmed within
     ``timeout`` seconds (default 30). Never raises."""
-    pipeline = _active.tracer.pipeline
+    pipeline = _TRACER.pipeline
     if pipeline is None:
         return True
     try:
@@ -294,8 +290,8 @@ def force_flush(timeout: float | None = None) -> bool:
 
 
 def _shutdown_locked(timeout: float | None) -> bool:
-    pipeline = _active.tracer.pipeline
-    _active.tracer = Tracer(None)
+    pipeline = _TRACER.pipeline
+    _TRACER.install(None, _TRACER.sampler, False)
     if pipeline is None:
         return True
     try:

@@ -15,14 +15,14 @@ import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._ids import FLAG_SAMPLED, span_hex, trace_hex
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from pitchey_trace._batch import Pipeline
 
 __all__ = [
     "INVALID_SPAN",
@@ -37,7 +37,7 @@ __all__ = [
     "TraceContext",
 ]
 
-AttributeValue = Union[str, bool, int, float, Sequence[str], Sequence[bool], Sequence[int], Sequence[float]]
+AttributeValue = str | bool | int | float | Sequence[str] | Sequence[bool] | Sequence[int] | Sequence[float]
 Attributes = Mapping[str, AttributeValue]
 TraceState = tuple[tuple[str, str], ...]
 Baggage = tuple[tuple[str, str], ...]
@@ -156,9 +156,10 @@ class TraceContext:
     @classmethod
     def from_traceparent(cls, value: str, tracestate: str | None = None) -> TraceContext | None:
         """Parse a ``traceparent`` (and optional ``tracestate``) header; None when invalid."""
-        from pitchey_trace.propagation import parse_traceparent
+        from pitchey_trace import propagation
 
-        return parse_traceparent(value, tracestate)
+        result: TraceContext | None = propagation.parse_traceparent(value, tracestate)
+        return result
 
     def with_baggage(self, baggage: Baggage) -> TraceContext:
         """A copy with other baggage entries."""
@@ -314,10 +315,10 @@ def _clean_value(value: object) -> AttributeValue | None:
         return value  # type: ignore[return-value]
     if isinstance(value, (list, tuple)) and not isinstance(value, str):
         if not value:
-            return ()
+            return []
         first = value[0].__class__
         if first in _SCALAR and all(v.__class__ is first for v in value):
-            return tuple(value)
+            return list(value)  # our own copy: the caller may mutate theirs
         return None
     # Subclasses (str/int enums, custom numbers) are stored as their plain base value.
     for base in (bool, int, float, str):
@@ -359,7 +360,7 @@ class Span(_SpanBase):
     """
 
     __slots__ = (
-        "_sink",
+        "_pipe",
         "_token",
         "attributes",
         "baggage",
@@ -395,7 +396,7 @@ class Span(_SpanBase):
         attributes: dict[str, AttributeValue],
         start_ns: int,
         local_root: bool,
-        sink: Callable[[Span], None],
+        pipe: Pipeline,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -413,7 +414,7 @@ class Span(_SpanBase):
         self.links: list[Link] | None = None
         self.status = StatusCode.UNSET
         self.status_message: str | None = None
-        self._sink = sink
+        self._pipe = pipe
         self._token: Any = None
 
     # -- context manager -------------------------------------------------------------------
@@ -439,7 +440,15 @@ class Span(_SpanBase):
                     CURRENT.set(None)
         if not self.end_ns:
             self.end_ns = time_ns()
-            self._sink(self)
+            # Pipeline.enqueue, inlined: this is the hottest line of the SDK.
+            pipe = self._pipe
+            q = pipe.queue
+            if len(q) < pipe.max_queue_size:
+                q.append(self)
+                if len(q) == pipe.wake_at:
+                    pipe.wake.set()
+            else:
+                pipe.drop()
 
     def __repr__(self) -> str:
         return (
@@ -497,7 +506,7 @@ class Span(_SpanBase):
         if len(attrs) >= Limits.max_attributes and key not in attrs:
             _stats.incr("dropped.attribute_limit")
             return
-        attrs[key] = cleaned  # type: ignore[index]
+        attrs[key] = cleaned
 
     def set_attributes(self, attributes: Attributes) -> None:
         """Set several attributes at once."""
@@ -520,7 +529,7 @@ class Span(_SpanBase):
         events.append(
             (
                 str(name),
-                timestamp_ns if timestamp_ns.__class__ is int else time_ns(),  # type: ignore[arg-type]
+                timestamp_ns if timestamp_ns.__class__ is int else time_ns(),
                 clean_attributes(attributes) if attributes else None,
             )
         )
@@ -555,7 +564,9 @@ class Span(_SpanBase):
         if self.status == StatusCode.OK:
             return
         self.status = code
-        self.status_message = str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
+        self.status_message = (
+            str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
+        )
 
     def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
         """Add an ``exception`` event (type, message, stack trace). Does not change the status."""
@@ -590,8 +601,8 @@ class Span(_SpanBase):
         if self.end_ns:
             _safety.warn_once("end_twice", "span %r ended twice: ignored", self.name)
             return
-        self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()  # type: ignore[assignment]
-        self._sink(self)
+        self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()
+        self._pipe.enqueue(self)
 
     @property
     def is_ended(self) -> bool:
@@ -604,4 +615,4 @@ class Span(_SpanBase):
         return max(0, self.end_ns - self.start_ns) if self.end_ns else 0
 
 
-AnySpan = Union[Span, NonRecordingSpan]
+AnySpan = Span | NonRecordingSpan

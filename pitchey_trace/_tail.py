@@ -112,7 +112,7 @@ class TailKeeper:
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        tid, pending = self._pending.popitem(last=False)
+        _, pending = self._pending.popitem(last=False)
         self._n_pending -= len(pending.spans)
         _stats.incr("tail.evicted", len(pending.spans))
 
@@ -121,7 +121,7 @@ class TailKeeper:
         now = time.monotonic() if now is None else now
         pending = self._pending
         while pending:
-            tid, oldest = next(iter(pending.items()))
+            oldest = next(iter(pending.values()))
             if now - oldest.born < self.max_age_s:
                 break
             self._evict_oldest()

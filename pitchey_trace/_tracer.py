@@ -27,11 +27,12 @@ from pitchey_trace._span import (
     NonRecordingSpan,
     Span,
     SpanKind,
+    StatusCode,
     TraceContext,
     clean_attributes,
 )
 from pitchey_trace.records import audit_record
-from pitchey_trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
+from pitchey_trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, TraceIdRatio
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +40,10 @@ _cv_get = CURRENT.get
 _DROP = Decision.DROP
 _SAMPLE = Decision.RECORD_AND_SAMPLE
 _INTERNAL = SpanKind.INTERNAL
+_UNSET = StatusCode.UNSET
+_LOW64 = (1 << 64) - 1
+_new_span = object.__new__
+_DEFAULT_SAMPLER = ParentBased(ALWAYS_ON)
 
 
 class Tracer:
@@ -47,17 +52,26 @@ class Tracer:
     def __init__(
         self,
         pipeline: Pipeline | None,
-        sampler: Sampler = ParentBased(ALWAYS_ON),
+        sampler: Sampler = _DEFAULT_SAMPLER,
         record_unsampled: bool = False,
     ) -> None:
+        self.install(pipeline, sampler, record_unsampled)
+
+    def install(self, pipeline: Pipeline | None, sampler: Sampler, record_unsampled: bool) -> None:
+        """Point this tracer at another pipeline (configure/shutdown). The process keeps one
+        tracer object so ``pitchey_trace.span`` can be its bound method (one call less)."""
         self.pipeline = pipeline
         self.sampler = sampler
         self.record_unsampled = record_unsampled and pipeline is not None
-        self._sink = pipeline.enqueue if pipeline is not None else None
+        self._sink = pipeline
         # Decided once: with the default ParentBased delegates a child simply follows its
         # parent's sampled flag, so the sampler call is skipped for children.
         self._inline_parent = isinstance(sampler, ParentBased) and sampler.follows_parent_exactly
         self._root_sampler: Sampler = sampler.root if self._inline_parent else sampler  # type: ignore[attr-defined]
+        # A plain ratio root sampler is inlined as one comparison (same rule as TraceIdRatio).
+        self._root_bound: int | None = (
+            self._root_sampler.bound if type(self._root_sampler) is TraceIdRatio else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -73,7 +87,10 @@ class Tracer:
         links: Sequence[Link | TraceContext | AnySpan] | None = None,
         start_time_ns: int | None = None,
     ) -> AnySpan:
-        """Start a span (not made current). The hot path: keep it lean."""
+        """Start a span; ``with`` makes it current and ends it (see :data:`pitchey_trace.span`).
+
+        The hot path of the SDK: keep it lean.
+        """
         parent = context if context is not None else _cv_get()
         if parent is not None and not parent.trace_id:
             if parent is SUPPRESSED:
@@ -88,11 +105,15 @@ class Tracer:
             local_root = True
             if sink is None:
                 return NonRecordingSpan(trace_id, getrandbits(64) or new_span_id(), FLAG_RANDOM)
-            try:
-                decision = self._root_sampler.should_sample(None, trace_id, name, kind, attributes)
-            except Exception as exc:
-                _safety.report("sampler", exc)
-                decision = _DROP
+            bound = self._root_bound
+            if bound is not None:
+                decision = _SAMPLE if trace_id & _LOW64 < bound else _DROP
+            else:
+                try:
+                    decision = self._root_sampler.should_sample(None, trace_id, name, kind, attributes)
+                except Exception as exc:
+                    _safety.report("sampler", exc)
+                    decision = _DROP
             flags = FLAG_RANDOM | FLAG_SAMPLED if decision == _SAMPLE else FLAG_RANDOM
         else:
             trace_id = parent.trace_id
@@ -121,24 +142,30 @@ class Tracer:
             attrs = dict(attributes)
             for k, v in attrs.items():
                 if v.__class__ not in _SCALAR or k.__class__ is not str:
-                    attrs = clean_attributes(attributes)  # type: ignore[assignment]
+                    attrs = clean_attributes(attributes)
                     break
         else:
             attrs = {}
-        span = Span(
-            name,
-            kind,
-            trace_id,
-            span_id,
-            parent_span_id,
-            flags,
-            trace_state,
-            baggage,
-            attrs,
-            start_time_ns if start_time_ns.__class__ is int else time_ns(),  # type: ignore[arg-type]
-            local_root,
-            sink,  # type: ignore[arg-type]
-        )
+        # Span.__init__ inlined (one Python call less on the hottest path); keep in sync.
+        span = _new_span(Span)
+        span.name = name
+        span.kind = kind
+        span.trace_id = trace_id
+        span.span_id = span_id
+        span.parent_span_id = parent_span_id
+        span.trace_flags = flags
+        span.trace_state = trace_state
+        span.baggage = baggage
+        span.attributes = attrs
+        span.start_ns = start_time_ns if start_time_ns.__class__ is int else time_ns()
+        span.end_ns = 0
+        span.local_root = local_root
+        span.events = None
+        span.links = None
+        span.status = _UNSET
+        span.status_message = None
+        span._pipe = sink
+        span._token = None
         if links:
             for link in links:
                 if isinstance(link, Link):
@@ -182,53 +209,25 @@ class Tracer:
         )
 
 
-class _Active:
-    """Holder of the active tracer; module functions read ``_active.tracer`` on each call."""
-
-    __slots__ = ("tracer",)
-
-    def __init__(self) -> None:
-        self.tracer = Tracer(None)
-
-
-_active = _Active()
+#: The process-wide tracer. ``configure()`` re-points it with ``install()``; it is never
+#: replaced, so ``span``/``start_span`` below can be its bound method.
+_TRACER = Tracer(None)
 
 
 def get_tracer() -> Tracer:
-    """The active tracer (the no-op tracer until ``configure()``)."""
-    return _active.tracer
+    """The process-wide tracer (a no-op tracer until ``configure()``)."""
+    return _TRACER
 
 
-def span(
-    name: str,
-    attributes: Mapping[str, Any] | None = None,
-    *,
-    kind: SpanKind = _INTERNAL,
-    context: TraceContext | AnySpan | None = None,
-    links: Sequence[Link | TraceContext | AnySpan] | None = None,
-    start_time_ns: int | None = None,
-) -> AnySpan:
-    """Start a span to use as a context manager: ``with pt.span("load_pitch") as s: ...``.
-
-    The span becomes current inside the block, is ended on exit, and an ``Exception`` escaping
-    the block is recorded (status error) and re-raised unchanged. ``context`` sets an explicit
-    parent (e.g. the result of :func:`pitchey_trace.extract`).
-    """
-    return _active.tracer.start_span(name, attributes, kind, context, links, start_time_ns)
-
-
-def start_span(
-    name: str,
-    attributes: Mapping[str, Any] | None = None,
-    *,
-    kind: SpanKind = _INTERNAL,
-    context: TraceContext | AnySpan | None = None,
-    links: Sequence[Link | TraceContext | AnySpan] | None = None,
-    start_time_ns: int | None = None,
-) -> AnySpan:
-    """Start a span with a manual lifetime: call ``.end()`` yourself. It is not made current;
-    use it as a context manager, or pass it as ``context=`` to children."""
-    return _active.tracer.start_span(name, attributes, kind, context, links, start_time_ns)
+#: ``span(name, attributes=None, kind=SpanKind.INTERNAL, context=None, links=None,
+#: start_time_ns=None)``: start a span. Use it as a context manager
+#: (``with pt.span("load_pitch") as s:``): the span is current inside the block, ended on exit,
+#: and an ``Exception`` escaping the block is recorded (status error) and re-raised unchanged.
+#: ``context`` sets an explicit parent (e.g. the result of :func:`pitchey_trace.extract`).
+#: Without ``with`` (manual lifetime) call ``.end()`` yourself; it is then not made current.
+span = _TRACER.start_span
+#: Same as :data:`span`; the name reads better for manual lifetimes (``s = pt.start_span(...)``).
+start_span = _TRACER.start_span
 
 
 def current_span() -> AnySpan:
@@ -250,7 +249,11 @@ def current_context() -> TraceContext | None:
 def use_context(context: TraceContext) -> NonRecordingSpan:
     """Make a (remote) context current without starting a span: ``with pt.use_context(ctx):``."""
     return NonRecordingSpan(
-        context.trace_id, context.span_id, context.trace_flags, context.trace_state, context.baggage,
+        context.trace_id,
+        context.span_id,
+        context.trace_flags,
+        context.trace_state,
+        context.baggage,
         context.is_remote,
     )
 
@@ -270,7 +273,7 @@ def emit_audit(
     outcomes only, never values.
     """
     try:
-        _active.tracer.emit_audit(action, target, outcome, actor=actor, category=category, attributes=attributes)
+        _TRACER.emit_audit(action, target, outcome, actor=actor, category=category, attributes=attributes)
     except Exception as exc:
         _safety.report("emit_audit", exc)
 
@@ -304,7 +307,7 @@ def traced(
 
             @functools.wraps(func)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-                with _active.tracer.start_span(span_name, attrs, kind):
+                with _TRACER.start_span(span_name, attrs, kind):
                     async for item in func(*args, **kwargs):
                         yield item
 
@@ -313,7 +316,7 @@ def traced(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with _active.tracer.start_span(span_name, attrs, kind):
+                with _TRACER.start_span(span_name, attrs, kind):
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
@@ -321,14 +324,14 @@ def traced(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-                with _active.tracer.start_span(span_name, attrs, kind):
+                with _TRACER.start_span(span_name, attrs, kind):
                     return (yield from func(*args, **kwargs))
 
             return gen_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _active.tracer.start_span(span_name, attrs, kind):
+            with _TRACER.start_span(span_name, attrs, kind):
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -28,8 +28,6 @@ class IntegrationUnavailable(PitcheyTraceError, ImportError):
     """An optional dependency needed by an integration is not installed."""
 
     def __init__(self, integration: str, extra: str) -> None:
-        super().__init__(
-            f"{integration} needs an optional dependency: pip install 'pitchey-trace[{extra}]'"
-        )
+        super().__init__(f"{integration} needs an optional dependency: pip install 'pitchey-trace[{extra}]'")
         self.integration = integration
         self.extra = extra

@@ -198,18 +198,14 @@ class RuleBased:
         for rule in self.rules:
             if not isinstance(rule, Rule):
                 raise ConfigurationError(f"RuleBased takes Rule objects, got {rule!r}")
-        self.default: Sampler = (
-            TraceIdRatio(default) if isinstance(default, (int, float)) else default
-        )
+        self.default: Sampler = TraceIdRatio(default) if isinstance(default, (int, float)) else default
         self.service = service
         self._cache: dict[str, Sampler] = {}
 
     def _for(self, name: str) -> Sampler:
         sampler = self._cache.get(name)
         if sampler is None:
-            sampler = next(
-                (r.sampler for r in self.rules if r.matches(self.service, name)), self.default
-            )
+            sampler = next((r.sampler for r in self.rules if r.matches(self.service, name)), self.default)
             if len(self._cache) < 10_000:  # names should be low-cardinality; stay bounded anyway
                 self._cache[name] = sampler
         return sampler
@@ -264,7 +260,7 @@ def sampler_from_name(name: str, arg: str | None = None) -> Sampler:
     rate = 1.0
     if "traceidratio" in key:
         try:
-            rate = _check_rate(float(arg)) if arg not in (None, "") else 1.0  # type: ignore[arg-type]
+            rate = _check_rate(float(arg)) if arg not in (None, "") else 1.0
         except (ValueError, ConfigurationError):
             raise ConfigurationError(f"invalid sampler argument {arg!r} for {name!r}") from None
     table: dict[str, Sampler] = {

@@ -1,11 +1,11 @@
 """Helpers for testing code instrumented with pitchey-trace.
 
-    from pitchey_trace.testing import capture_spans
+from pitchey_trace.testing import capture_spans
 
-    def test_checkout():
-        with capture_spans() as exporter:
-            checkout()
-        assert [s["name"] for s in exporter.spans()] == ["checkout", "charge"]
+def test_checkout():
+    with capture_spans() as exporter:
+        checkout()
+    assert [s["name"] for s in exporter.spans()] == ["checkout", "charge"]
 """
 
 from __future__ import annotations

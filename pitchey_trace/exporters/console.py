@@ -82,7 +82,7 @@ def render_tree(records: Sequence[Record]) -> str:
             group.sort(key=lambda r: r["start_time_unix_nano"])
         lines.append(f"trace {trace_id}")
 
-        def walk(parent: str | None, depth: int) -> None:
+        def walk(parent: str | None, depth: int, children: dict[str | None, list[Record]] = children) -> None:
             for s in children.get(parent, []):
                 mark = " !" if s["status"] == "error" else ""
                 lines.append(

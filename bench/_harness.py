@@ -1,0 +1,52 @@
+"""Tiny benchmark harness shared by the scripts in bench/ (same method as the reference
+anchors in ../shared/bench-anchors: calibrated repeats of >= 0.2 s, interleaved rounds, medians).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+Runner = Callable[[int], None]
+
+
+def calibrate(run: Runner, min_time: float = 0.2) -> int:
+    """Smallest power-of-two-ish n whose run lasts at least ``min_time`` seconds."""
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        run(n)
+        if time.perf_counter() - t0 >= min_time:
+            return n
+        n *= 2
+
+
+def measure(
+    cases: dict[str, Runner], rounds: int = 5, repeats: int = 2, min_time: float = 0.2
+) -> dict[str, float]:
+    """Median microseconds per op for each case; rounds interleave the cases in shuffled order."""
+    ns = {name: calibrate(run, min_time) for name, run in cases.items()}
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(rounds):
+        order = list(cases)
+        random.Random(r).shuffle(order)
+        for name in order:
+            for _ in range(repeats):
+                gc.collect()
+                t0 = time.perf_counter()
+                cases[name](ns[name])
+                samples[name].append((time.perf_counter() - t0) / ns[name] * 1e6)
+    return {name: statistics.median(vals) for name, vals in samples.items()}
+
+
+def report(title: str, results: dict[str, float], pairs: list[tuple[str, str, str]]) -> None:
+    """Print figures and ratios ``(label, ours, theirs)`` as a small table."""
+    print(f"\n== {title} (median us/op, CPython {sys.version.split()[0]}) ==")
+    for name, us in results.items():
+        print(f"  {name:<44} {us:9.3f} us")
+    for label, ours, theirs in pairs:
+        print(f"  ratio {label:<38} {results[ours] / results[theirs]:9.3f}  ({ours} / {theirs})")
