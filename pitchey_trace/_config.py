@@ -237,9 +237,8 @@ def configure(
     if not isinstance(schedule_delay_ms, (int, float)) or schedule_delay_ms <= 0:
         raise ConfigurationError("schedule_delay_ms must be > 0")
     if category_thresholds is None:
-        category_thresholds = CategoryThresholds(
-            slow_ms=float(slow_threshold_ms) if slow_threshold_ms is not None else 1000.0
-        )
+        slow = float(slow_threshold_ms) if slow_threshold_ms is not None else 1000.0
+        category_thresholds = CategoryThresholds(fast_ms=min(100.0, slow), slow_ms=slow)
 
     tail = TailKeeper(keep_errors=keep_errors, slow_threshold_ms=slow_threshold_ms)
     with _lock:

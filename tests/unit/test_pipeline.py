@@ -1,0 +1,247 @@
+"""The export pipeline: bounded queues, flush/shutdown guarantees, failure isolation, routing."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace import _batch
+from pitchey_trace.testing import capture_spans
+
+
+class SlowExporter:
+    """Blocks in export() until released: a hung collector."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.records: list[dict[str, Any]] = []
+
+    def export(self, batch: list[dict[str, Any]]) -> bool:
+        self.entered.set()
+        self.release.wait(30)
+        self.records.extend(batch)
+        return True
+
+
+class RaisingExporter:
+    name = "raising"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, batch: list[dict[str, Any]]) -> bool:
+        self.calls += 1
+        raise RuntimeError("collector exploded")
+
+
+def test_shutdown_flushes_every_accepted_span() -> None:
+    mem = pt.InMemoryExporter()
+    pt.configure(service="t", exporters=[mem], sample_rate=1.0, rollups=None)
+    for i in range(30_000):
+        with pt.span("op", attributes={"i": i}):
+            pass
+    assert pt.shutdown(30)
+    stats = pt.stats()
+    assert stats["dropped"] == 0
+    assert len(mem.records) == 30_000
+    assert sorted(r["attributes"]["i"] for r in mem.records) == list(range(30_000))
+    assert stats["exported.memory"] == 30_000
+
+
+def test_force_flush_returns_after_delivery() -> None:
+    with capture_spans() as mem:
+        with pt.span("a"):
+            pass
+        assert pt.force_flush(5)
+        assert [r["name"] for r in mem.spans()] == ["a"]
+
+
+def test_full_queue_drops_and_counts_never_blocks() -> None:
+    slow = SlowExporter()
+    pt.configure(
+        service="t",
+        exporters=[slow],
+        max_queue_size=100,
+        exporter_queue_size=100,
+        schedule_delay_ms=10_000,
+        rollups=None,
+    )
+    n = 5_000
+    for _ in range(n):
+        with pt.span("x"):
+            pass
+    slow.release.set()
+    pt.shutdown(10)
+    stats = pt.stats()
+    assert stats["dropped"] > 0
+    assert stats["accepted"] + stats["dropped.queue_full"] == n
+    assert len(slow.records) + stats.get("dropped.exporter_queue_full", 0) == stats["accepted"]
+
+
+@pytest.mark.allow_internal_errors
+def test_raising_exporter_is_isolated(caplog: pytest.LogCaptureFixture) -> None:
+    bad = RaisingExporter()
+    mem = pt.InMemoryExporter()
+    pt.configure(service="t", exporters=[bad, mem], rollups=None)
+    with caplog.at_level(logging.WARNING, logger="pitchey_trace"):
+        for _ in range(10):
+            with pt.span("ok"):
+                pass
+        assert pt.force_flush(5)
+    assert len(mem.spans()) == 10  # the healthy exporter got everything
+    stats = pt.stats()
+    assert stats["dropped.export_failed.raising"] == 10
+    assert stats["internal_errors"] >= 1
+    # logged once per kind, not once per batch
+    assert sum("export.raising" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_hanging_exporter_does_not_block_the_application() -> None:
+    slow = SlowExporter()
+    mem = pt.InMemoryExporter()
+    pt.configure(service="t", exporters=[slow, mem], schedule_delay_ms=5)
+    with pt.span("first"):
+        pass
+    assert slow.entered.wait(5)  # the exporter thread is now stuck
+    done = threading.Event()
+
+    def app() -> None:
+        for _ in range(2_000):
+            with pt.span("req"):
+                pass
+        done.set()
+
+    t = threading.Thread(target=app)
+    t.start()
+    # The app thread finishes long before the collector would ever answer (30 s).
+    assert done.wait(10)
+    assert pt.force_flush(0.5) is False  # honest: the hung exporter did not confirm
+    assert len(mem.spans("req")) == 2_000
+    slow.release.set()
+    t.join()
+
+
+def test_processors_and_datasets_routing() -> None:
+    traces = pt.InMemoryExporter(datasets={"traces"})
+    audit = pt.InMemoryExporter(datasets={"audit"})
+
+    def drop_health(rec: dict[str, Any]) -> dict[str, Any] | None:
+        return None if rec.get("name") == "health" else rec
+
+    def tag(rec: dict[str, Any]) -> dict[str, Any]:
+        return {**rec, "environment": "tagged"}
+
+    pt.configure(service="t", exporters=[traces, audit], processors=[drop_health, tag], rollups=None)
+    with pt.span("health"):
+        pass
+    with pt.span("work"):
+        pt.emit_audit("read", "pitches", "success", actor="u1")
+    pt.shutdown(5)
+    assert [r["name"] for r in traces.records] == ["work"]
+    assert traces.records[0]["environment"] == "tagged"
+    assert [(r["action"], r["actor"], r["trace_id"]) for r in audit.records] == [
+        ("read", "u1", traces.records[0]["trace_id"])
+    ]
+    assert pt.stats()["filtered"] == 1
+
+
+def test_custom_router_sends_to_several_datasets() -> None:
+    traces = pt.InMemoryExporter(datasets={"traces"})
+    slow = pt.InMemoryExporter(datasets={"slow"})
+
+    def router(rec: dict[str, Any]) -> list[str]:
+        return ["traces", "slow"] if rec.get("name", "").startswith("slow") else ["traces"]
+
+    pt.configure(service="t", exporters=[traces, slow], router=router, rollups=None)
+    for name in ("slow_a", "fast_b"):
+        with pt.span(name):
+            pass
+    pt.shutdown(5)
+    assert sorted(r["name"] for r in traces.records) == ["fast_b", "slow_a"]
+    assert [r["name"] for r in slow.records] == ["slow_a"]
+
+
+@pytest.mark.allow_internal_errors
+def test_sanitizer_failure_drops_the_record_never_exports_it_raw() -> None:
+    def broken(rec: dict[str, Any]) -> dict[str, Any]:
+        if rec.get("name") == "secret":
+            raise ValueError("cannot sanitize")
+        return rec
+
+    with capture_spans(sanitizer=broken) as mem:
+        for name in ("secret", "plain"):
+            with pt.span(name):
+                pass
+    assert [r["name"] for r in mem.spans()] == ["plain"]
+    assert pt.stats()["dropped.sanitize_error"] == 1
+
+
+def test_spans_ending_after_shutdown_are_counted_not_lost_silently() -> None:
+    mem = pt.InMemoryExporter()
+    pt.configure(service="t", exporters=[mem])
+    s = pt.start_span("straddles")
+    pt.shutdown(5)
+    s.end()
+    assert pt.stats()["dropped.after_shutdown"] == 1
+    assert mem.records == []
+
+
+def test_exporter_shutdown_that_hangs_does_not_hang_shutdown() -> None:
+    class HangOnShutdown(pt.InMemoryExporter):
+        def shutdown(self, timeout: float | None = None) -> None:
+            time.sleep(30)
+
+    pt.configure(service="t", exporters=[HangOnShutdown()])
+    t0 = time.monotonic()
+    pt.shutdown(1.0)
+    assert time.monotonic() - t0 < 10
+
+
+def test_flush_at_interpreter_exit() -> None:
+    code = (
+        "import pitchey_trace as pt\n"
+        "pt.configure(service='exit', exporters=[pt.ConsoleExporter()], schedule_delay_ms=60000)\n"
+        "for i in range(500):\n"
+        "    with pt.span('at_exit', attributes={'i': i}): pass\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if '"type":"span"' in line and '"at_exit"' in line]
+    assert len(lines) == 500
+
+
+def test_worker_threads_run_with_tracing_suppressed() -> None:
+    seen: list[bool] = []
+
+    class Probe:
+        def export(self, batch: list[dict[str, Any]]) -> bool:
+            # An instrumented client used by an exporter must not trace itself.
+            seen.append(not pt.start_span("x").is_recording)
+            return True
+
+    with capture_spans(exporters=[Probe()]):
+        with pt.span("a"):
+            pass
+    assert seen and all(seen)
+
+
+def test_live_pipelines_registry_is_weak() -> None:
+    before = len(_batch._live_pipelines)
+    pt.configure(service="t", exporters=[])
+    pt.shutdown()
+    pt.configure(service="t", exporters=[])
+    pt.shutdown()
+    import gc
+
+    gc.collect()
+    assert len(_batch._live_pipelines) <= before + 1

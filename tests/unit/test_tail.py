@@ -1,0 +1,95 @@
+"""Tail keeping: head-unsampled traces are exported when they contain an error or a slow span."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace._span import Span, SpanKind, StatusCode
+from pitchey_trace._tail import TailKeeper
+from pitchey_trace.testing import capture_spans
+
+
+def test_unsampled_trace_with_error_is_exported_whole() -> None:
+    with capture_spans(sample_rate=0.0, rollups=None) as mem:
+        with pt.span("ok_trace"), pt.span("child"):
+            pass
+        with pytest.raises(KeyError), pt.span("root") as root:
+            with pt.span("db"):
+                pass
+            with pt.span("failing"):
+                raise KeyError("boom")
+    names = sorted(r["name"] for r in mem.spans())
+    assert names == ["db", "failing", "root"]
+    assert {r["trace_id"] for r in mem.spans()} == {root.trace_id_hex}
+    assert not root.sampled  # it was head-unsampled, kept by the tail policy
+    assert pt.stats()["tail.kept_traces"] == 1
+    assert pt.stats()["tail.discarded"] == 2
+
+
+def test_unsampled_slow_trace_is_exported() -> None:
+    with capture_spans(sample_rate=0.0, slow_threshold_ms=50, rollups=None) as mem:
+        with pt.span("fast_root"):
+            pass
+        with pt.span("slow_root"), pt.span("slow_child"):
+            time.sleep(0.06)
+    assert sorted(r["name"] for r in mem.spans()) == ["slow_child", "slow_root"]
+
+
+def test_tail_off_means_unsampled_spans_are_noops() -> None:
+    with capture_spans(sample_rate=0.0, keep_errors=False, slow_threshold_ms=None, rollups=None) as mem:
+        with pytest.raises(ValueError), pt.span("root") as s:
+            raise ValueError
+    assert not s.is_recording
+    assert mem.spans() == []
+
+
+def _span(trace_id: int, span_id: int, parent: int, *, local_root: bool, error: bool = False, ms: float = 1.0) -> Span:
+    s = object.__new__(Span)
+    s.name, s.kind, s.trace_id, s.span_id, s.parent_span_id = "s", SpanKind.INTERNAL, trace_id, span_id, parent
+    s.trace_flags, s.trace_state, s.baggage, s.attributes = 0, (), (), {}
+    s.start_ns, s.end_ns, s.local_root = 1_000, 1_000 + int(ms * 1e6), local_root
+    s.events = s.links = None
+    s.status, s.status_message = (StatusCode.ERROR if error else StatusCode.UNSET), None
+    return s
+
+
+def test_late_child_follows_decision_and_eviction_is_bounded() -> None:
+    keeper = TailKeeper(keep_errors=True, slow_threshold_ms=100, max_pending=3)
+    out: list[Span] = []
+    # trace 1: child, error child, then root: all kept
+    keeper.offer(_span(1, 11, 10, local_root=False), out)
+    keeper.offer(_span(1, 12, 10, local_root=False, error=True), out)
+    keeper.offer(_span(1, 10, 0, local_root=True), out)
+    assert [s.span_id for s in out] == [11, 12, 10]
+    # a late child of trace 1 (root already ended) is still kept
+    keeper.offer(_span(1, 13, 10, local_root=False), out)
+    assert out[-1].span_id == 13
+    out.clear()
+    # trace 2: root ends fine -> discarded; a late slow child alone is still kept
+    keeper.offer(_span(2, 21, 20, local_root=False), out)
+    keeper.offer(_span(2, 20, 0, local_root=True), out)
+    assert out == []
+    keeper.offer(_span(2, 22, 20, local_root=False, ms=500), out)
+    assert [s.span_id for s in out] == [22]
+    out.clear()
+    # eviction: more pending spans than max_pending drops the oldest trace
+    for tid in (3, 4, 5, 6):
+        keeper.offer(_span(tid, tid * 10 + 1, tid * 10, local_root=False), out)
+    assert keeper.pending_spans == 3
+    keeper.offer(_span(3, 31, 30, local_root=False, error=True), out)
+    assert [s.span_id for s in out] == [31]  # trace 3's buffered child was evicted
+    keeper.expire(now=time.monotonic() + 3600)
+    assert keeper.pending_spans == 0
+
+
+def test_remote_unsampled_parent_with_error_is_kept() -> None:
+    parent = pt.TraceContext(0xABC, 0xDEF, trace_flags=0)
+    with capture_spans(sample_rate=1.0, rollups=None) as mem:
+        with pt.span("server", kind=pt.SpanKind.SERVER, context=parent) as s:
+            s.set_status("error", "upstream failed")
+    [rec] = mem.spans()
+    assert rec["trace_id"] == f"{0xABC:032x}" and rec["parent_span_id"] == f"{0xDEF:016x}"
+    assert rec["status"] == "error"
