@@ -1,0 +1,46 @@
+"""Web integration: request tracing middleware, outbound propagation, log correlation.
+
+    from pitchey_trace.web import ASGITracingMiddleware, WSGITracingMiddleware, init_flask
+    app = ASGITracingMiddleware(app)          # Starlette, FastAPI, any ASGI 3 app
+    application = WSGITracingMiddleware(application)   # Django, any WSGI app
+    init_flask(flask_app)                     # Flask (middleware + url_rule route names)
+
+Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
+:func:`set_user` (audit actor), :func:`auth_failure` (security audit event).
+Outbound: :func:`instrument_httpx`, :func:`instrument_requests`, :func:`client_span`.
+Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog).
+See ``docs/middleware.md``. No web framework is imported until it is used.
+"""
+
+from __future__ import annotations
+
+from pitchey_trace.web._common import DEFAULT_EXCLUDED_PATHS, auth_failure, set_route, set_user
+from pitchey_trace.web.asgi import ASGITracingMiddleware
+from pitchey_trace.web.logs import TraceContextFilter, TraceFormatter, add_trace_ids, trace_ids
+from pitchey_trace.web.outbound import (
+    client_span,
+    instrument_httpx,
+    instrument_requests,
+    uninstrument_httpx,
+    uninstrument_requests,
+)
+from pitchey_trace.web.wsgi import WSGITracingMiddleware, init_flask
+
+__all__ = [
+    "DEFAULT_EXCLUDED_PATHS",
+    "ASGITracingMiddleware",
+    "TraceContextFilter",
+    "TraceFormatter",
+    "WSGITracingMiddleware",
+    "add_trace_ids",
+    "auth_failure",
+    "client_span",
+    "init_flask",
+    "instrument_httpx",
+    "instrument_requests",
+    "set_route",
+    "set_user",
+    "trace_ids",
+    "uninstrument_httpx",
+    "uninstrument_requests",
+]

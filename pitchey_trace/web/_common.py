@@ -1,0 +1,352 @@
+"""What the ASGI and WSGI middleware share: options, per-request state, audit, headers.
+
+Everything here runs once per request, so it is decided at construction time where it can
+be (header names encoded, excluded paths split into an exact set and a prefix tuple) and
+does plain dict/set/str work per request: no regex, no JSON, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from pitchey_trace import _safety
+from pitchey_trace._span import Span, StatusCode
+from pitchey_trace._tracer import get_tracer
+
+if TYPE_CHECKING:
+    from pitchey_trace._span import AnySpan
+
+__all__ = [
+    "DEFAULT_EXCLUDED_PATHS",
+    "Options",
+    "RequestState",
+    "auth_failure",
+    "current_request",
+    "set_route",
+    "set_user",
+]
+
+#: Health-check paths that are not traced unless ``excluded_paths`` says otherwise.
+DEFAULT_EXCLUDED_PATHS: tuple[str, ...] = ("/health", "/healthz", "/livez", "/readyz")
+
+# OpenTelemetry HTTP semantic-convention attribute names (precomputed, used on every request).
+HTTP_METHOD = "http.request.method"
+HTTP_METHOD_ORIGINAL = "http.request.method_original"
+HTTP_ROUTE = "http.route"
+HTTP_STATUS = "http.response.status_code"
+HTTP_REQUEST_BODY_SIZE = "http.request.body.size"
+HTTP_RESPONSE_BODY_SIZE = "http.response.body.size"
+URL_SCHEME = "url.scheme"
+URL_PATH = "url.path"
+URL_QUERY = "url.query"
+URL_FULL = "url.full"
+USER_AGENT = "user_agent.original"
+CLIENT_ADDRESS = "client.address"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+PROTOCOL_VERSION = "network.protocol.version"
+ERROR_TYPE = "error.type"
+USER_ID = "user.id"
+DURATION_MS = "duration_ms"
+
+#: Methods recorded as themselves; anything else is ``_OTHER`` (semantic conventions).
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
+)
+#: Responses that also produce a ``security`` audit event.
+SECURITY_STATUSES = frozenset((401, 403, 429))
+
+#: Attribute set on an exception that escaped a traced request, so a log record written
+#: later (by the server, after the request's span is no longer current) still carries the
+#: request's trace id. See :mod:`pitchey_trace.web.logs`.
+EXC_IDS_ATTR = "_pitchey_trace_ids"
+
+
+# Route object -> full template (mount prefixes included). Routes are few and long-lived, so
+# the tree walk runs once per route; the object is kept beside its id so a reused id misses.
+_route_templates: dict[int, tuple[object, str]] = {}
+_MAX_ROUTES = 4096
+
+
+def _find_template(routes: Iterable[Any], target: Any, prefix: str, depth: int) -> str | None:
+    for r in routes:
+        if r is target:
+            return prefix + str(r.path)
+        children = getattr(r, "routes", None)
+        if children and depth < 8:
+            path = getattr(r, "path", "")  # a Host has no path
+            child_prefix = prefix + (path if isinstance(path, str) else "")
+            found = _find_template(children, target, child_prefix, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def route_template(scope: Mapping[str, Any]) -> str | None:
+    """The route template Starlette/FastAPI matched for this scope, or None."""
+    route = scope.get("route")
+    if route is None:
+        return None
+    cached = _route_templates.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    template = path
+    router = scope.get("router")
+    if router is not None:
+        found = _find_template(getattr(router, "routes", ()), route, "", 0)
+        if found is not None:
+            template = found
+    if len(_route_templates) >= _MAX_ROUTES:
+        _route_templates.clear()
+    _route_templates[id(route)] = (route, template or "/")
+    return template or "/"
+
+
+class RequestState:
+    """Per-request facts collected while the app runs (one object per traced request)."""
+
+    __slots__ = (
+        "auth_failed",
+        "label",
+        "last_byte_ns",
+        "method",
+        "route",
+        "scope",
+        "sent",
+        "span",
+        "status",
+        "user_id",
+    )
+
+    def __init__(
+        self, span: AnySpan, method: str, label: str, scope: Mapping[str, Any] | None = None
+    ) -> None:
+        self.span = span
+        self.method = method  # the http.request.method value (``_OTHER`` for unknown ones)
+        self.label = label  # span-name prefix: the method, ``HTTP`` or ``WEBSOCKET``
+        self.route: str | None = None
+        self.user_id: str | None = None
+        self.status = 0
+        self.sent = 0
+        self.last_byte_ns = 0
+        self.auth_failed = False
+        self.scope = scope  # the ASGI scope, where Starlette records the matched route
+
+    def resolve_route(self) -> str | None:
+        """The route template: from :func:`set_route`, else from the ASGI scope, else None."""
+        if self.route is None and self.scope is not None:
+            return route_template(self.scope)
+        return self.route
+
+
+REQUEST: ContextVar[RequestState | None] = ContextVar("pitchey_trace_web_request", default=None)
+
+
+def current_request() -> RequestState | None:
+    """The state of the traced request being handled here, or None outside one."""
+    return REQUEST.get()
+
+
+def set_route(template: str) -> None:
+    """Tell the middleware the route template of the current request (``/users/{id}``).
+
+    Frameworks the middleware cannot see into call this once routing is done: the Flask
+    integration does it from a ``before_request`` hook, a Django middleware from
+    ``process_view``. Outside a traced request it does nothing.
+    """
+    state = REQUEST.get()
+    if state is not None and template.__class__ is str:
+        state.route = template
+
+
+def set_user(user_id: str | int | None) -> None:
+    """Record who makes the current request: the audit record's ``actor`` and the span's
+    ``user.id``. Pass an identifier, never a name or an e-mail address."""
+    state = REQUEST.get()
+    if state is None or user_id is None:
+        return
+    uid = str(user_id)
+    state.user_id = uid
+    with _safety.guard("web.set_user"):
+        state.span.set_attribute(USER_ID, uid)
+
+
+def auth_failure(reason: str = "auth_failed", *, actor: str | None = None) -> None:
+    """Record a failed authentication or authorisation as a ``security`` audit event.
+
+    ``reason`` is a short code (``invalid_token``, ``bad_password``, ``forbidden``), never the
+    credential. Inside a traced request the event carries the route and trace id, and the
+    request's own 401/403 security event is not repeated. Never raises.
+    """
+    with _safety.guard("web.auth_failure"):
+        state = REQUEST.get()
+        attrs: dict[str, Any] = {"security.event": "auth_failure"}
+        if state is not None:
+            state.auth_failed = True
+            route = state.resolve_route() or ""
+            action = f"{state.label} {route}" if route else state.label
+            attrs[HTTP_METHOD] = state.method
+            get_tracer().emit_audit(
+                action,
+                route,
+                str(reason),
+                actor=actor if actor is not None else state.user_id,
+                category="security",
+                attributes=attrs,
+                span=state.span,
+            )
+        else:
+            get_tracer().emit_audit(
+                "auth.failure", "", str(reason), actor=actor, category="security", attributes=attrs
+            )
+
+
+def split_excluded(paths: Iterable[str] | None) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Exact paths and prefixes (entries ending in ``*``) for the per-request check."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for p in paths or ():
+        if not isinstance(p, str) or not p:
+            raise TypeError(f"excluded path must be a non-empty string, got {p!r}")
+        if p.endswith("*"):
+            prefixes.append(p[:-1])
+        else:
+            exact.add(p)
+    return frozenset(exact), tuple(prefixes)
+
+
+class Options:
+    """Middleware settings, validated and precomputed once."""
+
+    __slots__ = (
+        "audit",
+        "excluded_exact",
+        "excluded_prefixes",
+        "header_name",
+        "header_name_b",
+        "traceresponse",
+    )
+
+    def __init__(
+        self,
+        *,
+        excluded_paths: Iterable[str] | None,
+        trace_id_header: str | None,
+        traceresponse: bool,
+        audit: bool,
+    ) -> None:
+        self.excluded_exact, self.excluded_prefixes = split_excluded(excluded_paths)
+        if trace_id_header is not None and (not isinstance(trace_id_header, str) or not trace_id_header):
+            raise TypeError("trace_id_header must be a non-empty header name or None")
+        self.header_name = trace_id_header
+        # ASGI header names are lowercase bytes.
+        self.header_name_b = trace_id_header.lower().encode("latin-1") if trace_id_header else None
+        self.traceresponse = bool(traceresponse)
+        self.audit = bool(audit)
+
+    def excluded(self, path: str) -> bool:
+        """True when ``path`` must not be traced."""
+        if path in self.excluded_exact:
+            return True
+        prefixes = self.excluded_prefixes
+        return bool(prefixes) and path.startswith(prefixes)
+
+    def response_headers(self, span: AnySpan) -> list[tuple[str, str]]:
+        """The correlation headers for a response (text form; WSGI)."""
+        out: list[tuple[str, str]] = []
+        if self.header_name is not None:
+            out.append((self.header_name, f"{span.trace_id:032x}"))
+        if self.traceresponse:
+            out.append(("traceresponse", traceresponse_value(span)))
+        return out
+
+    def response_headers_b(self, span: AnySpan) -> list[tuple[bytes, bytes]]:
+        """The correlation headers for a response (bytes form; ASGI)."""
+        out: list[tuple[bytes, bytes]] = []
+        if self.header_name_b is not None:
+            out.append((self.header_name_b, b"%032x" % span.trace_id))
+        if self.traceresponse:
+            out.append((b"traceresponse", traceresponse_value(span).encode("ascii")))
+        return out
+
+
+def traceresponse_value(span: AnySpan) -> str:
+    """The draft W3C ``traceresponse`` value: version, trace id, server span id, sampled flag."""
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags & 1:02x}"
+
+
+def method_attributes(method: str, attrs: dict[str, Any]) -> str:
+    """Store the method attributes and return the method to name the span with."""
+    if method in KNOWN_METHODS:
+        attrs[HTTP_METHOD] = method
+        return method
+    attrs[HTTP_METHOD] = "_OTHER"
+    attrs[HTTP_METHOD_ORIGINAL] = method
+    return "HTTP"
+
+
+def stamp_exception(exc: BaseException, span: AnySpan) -> None:
+    """Remember the request's ids on an escaping exception (read by the log filter)."""
+    try:
+        setattr(exc, EXC_IDS_ATTR, (f"{span.trace_id:032x}", f"{span.span_id:016x}"))
+    except Exception:  # noqa: S110  (an exception type that refuses attributes: no correlation)
+        pass
+
+
+def finish_request(
+    state: RequestState,
+    options: Options,
+    route: str | None,
+    start_ns: int,
+    end_ns: int,
+    client_address: str | None,
+    exc: BaseException | None,
+    http: bool = True,
+) -> None:
+    """Name the span after its route, set the response attributes and status, emit the audit
+    record(s), end the span. Called exactly once per traced request, under a guard."""
+    span = state.span
+    status = state.status
+    label = state.label
+    name = f"{label} {route}" if route else label
+    if isinstance(span, Span):
+        span.update_name(name)
+        setattr_ = span.set_attribute
+        if route:
+            setattr_(HTTP_ROUTE, route)
+        if status and http:
+            setattr_(HTTP_STATUS, status)
+        if http:
+            setattr_(HTTP_RESPONSE_BODY_SIZE, state.sent)
+        if exc is not None and isinstance(exc, Exception):
+            setattr_(ERROR_TYPE, type(exc).__qualname__)
+            span.record_exception(exc)
+            span.set_status("error", f"{type(exc).__name__}: {exc}")
+        elif status >= 500 and span.status != StatusCode.ERROR:
+            if ERROR_TYPE not in span.attributes:
+                setattr_(ERROR_TYPE, str(status))
+            span.set_status("error")
+    if options.audit:
+        outcome = str(status) if status else ("error" if exc is not None else "aborted")
+        attrs: dict[str, Any] = {
+            HTTP_METHOD: state.method,
+            HTTP_STATUS: status,
+            DURATION_MS: round((end_ns - start_ns) / 1e6, 3),
+        }
+        if client_address:
+            attrs[CLIENT_ADDRESS] = client_address
+        tracer = get_tracer()
+        target = route or ""
+        tracer.emit_audit(
+            name, target, outcome, actor=state.user_id, category="request", attributes=attrs, span=span
+        )
+        if status in SECURITY_STATUSES and not state.auth_failed:
+            tracer.emit_audit(
+                name, target, outcome, actor=state.user_id, category="security", attributes=attrs, span=span
+            )
+    span.end(end_ns)

@@ -1,0 +1,320 @@
+"""ASGI middleware: one server span per HTTP request or WebSocket connection.
+
+    from pitchey_trace.web import ASGITracingMiddleware
+    app = ASGITracingMiddleware(app)                 # any ASGI 3 app
+    app.add_middleware(ASGITracingMiddleware)        # Starlette / FastAPI
+
+The span starts before the app runs (continuing the caller's trace when a valid
+``traceparent`` arrives) and ends when the last byte of the response was handed to the server,
+so streaming responses are timed to their end. Starlette and FastAPI store the matched route in
+``scope["route"]``; the span is renamed ``"{METHOD} {route template}"`` once it is known
+(mount prefixes included). Apps on other frameworks call :func:`pitchey_trace.web.set_route`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from time import time_ns
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.propagation import extract
+from pitchey_trace.web._common import (
+    CLIENT_ADDRESS,
+    DEFAULT_EXCLUDED_PATHS,
+    HTTP_METHOD,
+    HTTP_REQUEST_BODY_SIZE,
+    PROTOCOL_VERSION,
+    REQUEST,
+    URL_PATH,
+    URL_QUERY,
+    URL_SCHEME,
+    USER_AGENT,
+    Options,
+    RequestState,
+    finish_request,
+    method_attributes,
+    stamp_exception,
+)
+
+__all__ = ["ASGITracingMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_SERVER = SpanKind.SERVER
+# The process-wide tracer object is never replaced (configure() re-points it).
+_start_span = get_tracer().start_span
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_START = {
+    "type": "http.response.start",
+    "status": 500,
+    "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(_ERROR_BODY)).encode("ascii")),
+    ],
+}
+_ERROR_BODY_MSG = {"type": "http.response.body", "body": _ERROR_BODY, "more_body": False}
+
+class ASGITracingMiddleware:
+    """Trace every HTTP request and WebSocket connection of an ASGI 3 application.
+
+    Args:
+        app: the ASGI application.
+        excluded_paths: paths served untraced (exact; an entry ending in ``*`` is a prefix).
+            Default: ``/health``, ``/healthz``, ``/livez``, ``/readyz``.
+        trace_id_header: response header carrying the trace id (default ``X-Trace-Id``;
+            None to omit).
+        traceresponse: also send the draft W3C ``traceresponse`` header.
+        audit: emit one ``request`` audit record per request, and ``security`` records for
+            401/403/429 responses (default True).
+        error_response: when the app raises before starting a response, send a plain 500
+            carrying the correlation headers (then the exception is re-raised unchanged, as
+            Starlette's ``ServerErrorMiddleware`` does). Default True.
+
+    Lifespan and other scope types pass through untouched. Exceptions from the app are
+    recorded on the span and re-raised unchanged; the middleware's own errors are swallowed
+    and counted, never raised into the app.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        excluded_paths: Iterable[str] | None = DEFAULT_EXCLUDED_PATHS,
+        trace_id_header: str | None = "X-Trace-Id",
+        traceresponse: bool = False,
+        audit: bool = True,
+        error_response: bool = True,
+    ) -> None:
+        self.app = app
+        self.options = Options(
+            excluded_paths=excluded_paths,
+            trace_id_header=trace_id_header,
+            traceresponse=traceresponse,
+            audit=audit,
+        )
+        self.error_response = bool(error_response)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http":
+            if scope_type == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        options = self.options
+        path = scope.get("path") or "/"
+        if path in options.excluded_exact or (
+            options.excluded_prefixes and path.startswith(options.excluded_prefixes)
+        ):
+            await self._untraced(scope, receive, send)
+            return
+        try:
+            start_ns = time_ns()
+            state, client = self._start(scope, path, "http", None, start_ns)
+            span = state.span
+            extra = options.response_headers_b(span)
+        except Exception as exc:
+            _safety.report("web.asgi.start", exc)
+            await self.app(scope, receive, send)
+            return
+
+        async def traced_send(message: Message) -> None:
+            mtype = message["type"]
+            if mtype == "http.response.body":
+                body = message.get("body")
+                if body:
+                    state.sent += len(body)
+                if not message.get("more_body", False):
+                    await send(message)
+                    state.last_byte_ns = time_ns()
+                    return
+            elif mtype == "http.response.start":
+                state.status = message.get("status", 0)
+                if extra:
+                    try:
+                        message = dict(message)
+                        message["headers"] = [*message.get("headers", ()), *extra]
+                    except Exception as exc:
+                        _safety.report("web.asgi.headers", exc)
+            await send(message)
+
+        token = CURRENT.set(span)
+        rtoken = REQUEST.set(state)
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, traced_send)
+        except Exception as exc:
+            error = exc
+            stamp_exception(exc, span)
+            if self.error_response and not state.status:
+                await _send_error(traced_send)
+            raise
+        except BaseException as exc:  # cancellation, exit: recorded as aborted, not as error
+            error = exc
+            raise
+        finally:
+            try:
+                finish_request(
+                    state,
+                    options,
+                    state.resolve_route(),
+                    start_ns,
+                    state.last_byte_ns or time_ns(),
+                    client,
+                    error,
+                )
+            except Exception as exc:
+                _safety.report("web.asgi.finish", exc)
+            _reset(rtoken, token)
+
+    def _start(
+        self, scope: Scope, path: str, scheme_default: str, method: str | None, start_ns: int
+    ) -> tuple[RequestState, str | None]:
+        """Extract the caller's context and start the server span (not yet current)."""
+        headers = scope.get("headers") or []
+        parent = extract(headers)
+        attrs: dict[str, Any] = {URL_SCHEME: scope.get("scheme") or scheme_default, URL_PATH: path}
+        if method is None:
+            label = method_attributes(scope.get("method") or "GET", attrs)
+        else:
+            attrs[HTTP_METHOD] = method
+            label = "WEBSOCKET"
+        query = scope.get("query_string")
+        if query:
+            attrs[URL_QUERY] = query.decode("latin-1")
+        for name, value in headers:
+            if name == b"user-agent":
+                attrs[USER_AGENT] = value.decode("latin-1")
+            elif name == b"content-length" and method is None:
+                try:
+                    attrs[HTTP_REQUEST_BODY_SIZE] = int(value)
+                except ValueError:
+                    pass
+        client = scope.get("client")
+        address = client[0] if client else None
+        if address:
+            attrs[CLIENT_ADDRESS] = address
+        version = scope.get("http_version")
+        if version:
+            attrs[PROTOCOL_VERSION] = version
+        span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
+        return RequestState(span, attrs[HTTP_METHOD], label, scope), address
+
+    async def _untraced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Excluded paths (health checks): nothing is recorded below, not even DB spans.
+        token = CURRENT.set(SUPPRESSED)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _reset(None, token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        options = self.options
+        path = scope.get("path") or "/"
+        if options.excluded(path):
+            await self._untraced(scope, receive, send)
+            return
+        try:
+            start_ns = time_ns()
+            state, client = self._start(scope, path, "ws", "GET", start_ns)
+            span = state.span
+            extra = options.response_headers_b(span)
+        except Exception as exc:
+            _safety.report("web.asgi.start", exc)
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        close_code = 0
+
+        async def traced_receive() -> Message:
+            nonlocal received, close_code
+            message = await receive()
+            mtype = message.get("type")
+            if mtype == "websocket.receive":
+                received += 1
+            elif mtype == "websocket.disconnect" and not close_code:
+                close_code = message.get("code", 1005)
+            return message
+
+        async def traced_send(message: Message) -> None:
+            nonlocal close_code
+            mtype = message["type"]
+            if mtype == "websocket.send":
+                state.sent += 1
+            elif mtype == "websocket.accept":
+                state.status = 101
+                if extra:
+                    try:
+                        message = dict(message)
+                        message["headers"] = [*message.get("headers", ()), *extra]
+                    except Exception as exc:
+                        _safety.report("web.asgi.headers", exc)
+            elif mtype == "websocket.close":
+                if not state.status:
+                    state.status = 403  # closed before accept: the server answers 403
+                if not close_code:
+                    close_code = message.get("code", 1000)
+            elif mtype == "websocket.http.response.start":  # denial-response extension
+                state.status = message.get("status", 0)
+            await send(message)
+
+        token = CURRENT.set(span)
+        rtoken = REQUEST.set(state)
+        error: BaseException | None = None
+        try:
+            await self.app(scope, traced_receive, traced_send)
+        except Exception as exc:
+            error = exc
+            stamp_exception(exc, span)
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                span.set_attribute("websocket.messages.received", received)
+                span.set_attribute("websocket.messages.sent", state.sent)
+                if close_code:
+                    span.set_attribute("websocket.close.code", close_code)
+                finish_request(
+                    state,
+                    options,
+                    state.resolve_route(),
+                    start_ns,
+                    time_ns(),
+                    client,
+                    error,
+                    http=False,
+                )
+            except Exception as exc:
+                _safety.report("web.asgi.finish", exc)
+            _reset(rtoken, token)
+
+
+async def _send_error(send: Send) -> None:
+    """Answer 500 for an app that raised before responding (headers added by ``send``)."""
+    try:
+        await send(dict(_ERROR_START))
+        await send(dict(_ERROR_BODY_MSG))
+    except Exception:  # noqa: S110  (the client is gone or the server refused: nothing to answer)
+        pass
+
+
+def _reset(rtoken: Any, token: Any) -> None:
+    try:
+        if rtoken is not None:
+            REQUEST.reset(rtoken)
+        CURRENT.reset(token)
+    except ValueError:
+        # Reset from another context (an app that moved us to another task): clear instead.
+        CURRENT.set(None)
+        REQUEST.set(None)

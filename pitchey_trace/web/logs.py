@@ -1,0 +1,112 @@
+"""Log correlation: put the current trace and span ids on log records.
+
+Standard logging (attach the filter to the handlers, so records from every logger get it)::
+
+    import logging
+    from pitchey_trace.web import TraceContextFilter, TraceFormatter
+    handler = logging.StreamHandler()
+    handler.addFilter(TraceContextFilter())
+    handler.setFormatter(TraceFormatter())   # "... [trace_id=... span_id=...] message"
+
+structlog::
+
+    structlog.configure(processors=[add_trace_ids, structlog.processors.JSONRenderer()])
+
+Outside a span the fields are empty strings (``missing``), so format strings never fail. A
+record about an exception that escaped a traced request, logged by the server after the
+request's span ended (uvicorn's "Exception in ASGI application"), gets that request's ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from pitchey_trace._context import CURRENT
+from pitchey_trace.web._common import EXC_IDS_ATTR
+
+__all__ = ["TraceContextFilter", "TraceFormatter", "add_trace_ids", "trace_ids"]
+
+
+def _from_exception(exc: object) -> tuple[str, str] | None:
+    ids = getattr(exc, EXC_IDS_ATTR, None)
+    if isinstance(ids, tuple) and len(ids) == 2:
+        return ids
+    return None
+
+
+def trace_ids(exc: object = None) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` in hex of the current span; else the ids of the traced request
+    ``exc`` escaped from; else None."""
+    cur = CURRENT.get()
+    if cur is not None and cur.trace_id:
+        return f"{cur.trace_id:032x}", f"{cur.span_id:016x}"
+    if exc is not None:
+        return _from_exception(exc)
+    return None
+
+
+def _record_exception(record: logging.LogRecord) -> object:
+    info = record.exc_info
+    return info[1] if info else None
+
+
+class TraceContextFilter(logging.Filter):
+    """A logging filter that adds ``trace_id`` and ``span_id`` to every record (never drops
+    one). Attach it to handlers. Values the record already has (``extra=``) are kept."""
+
+    def __init__(self, name: str = "", *, missing: str = "") -> None:
+        super().__init__(name)
+        self.missing = missing
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add the ids; always True."""
+        if "trace_id" not in record.__dict__:
+            ids = trace_ids(_record_exception(record))
+            if ids is None:
+                record.trace_id = record.span_id = self.missing
+            else:
+                record.trace_id, record.span_id = ids
+        return True
+
+
+class TraceFormatter(logging.Formatter):
+    """A ``logging.Formatter`` whose records always have ``trace_id`` and ``span_id`` (added
+    like :class:`TraceContextFilter` does), with a default format that shows them."""
+
+    DEFAULT_FORMAT = (
+        "%(asctime)s %(levelname)s %(name)s [trace_id=%(trace_id)s span_id=%(span_id)s] %(message)s"
+    )
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Any = "%",
+        validate: bool = True,
+        *,
+        missing: str = "",
+    ) -> None:
+        super().__init__(fmt or self.DEFAULT_FORMAT, datefmt, style, validate)
+        self._filter = TraceContextFilter(missing=missing)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Add the ids, then format as ``logging.Formatter`` does."""
+        self._filter.filter(record)
+        return super().format(record)
+
+
+def add_trace_ids(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: add ``trace_id`` and ``span_id`` when a span is current (or the
+    logged exception escaped a traced request). Keys already present are kept."""
+    if "trace_id" not in event_dict:
+        exc = event_dict.get("exc_info")
+        if exc.__class__ is tuple:
+            exc = exc[1] if len(exc) > 1 else None
+        ids = trace_ids(exc if isinstance(exc, BaseException) else None)
+        if ids is not None:
+            event_dict["trace_id"], event_dict["span_id"] = ids
+    return event_dict

@@ -1,0 +1,236 @@
+"""Outbound HTTP: client spans and ``traceparent`` injection.
+
+Any client works with plain propagation (``pt.inject(headers)`` before sending) or with
+:func:`client_span`, which also times the call. For ``httpx`` (sync and async) and
+``requests`` one call instruments every request the process makes::
+
+    from pitchey_trace.web import instrument_httpx, instrument_requests
+    instrument_httpx(); instrument_requests()          # idempotent
+    uninstrument_httpx(); uninstrument_requests()      # back to the original methods
+
+Each request on the wire (redirects included) becomes a CLIENT span named after its method,
+with ``http.request.method``, ``url.full`` (credentials removed), ``server.address``,
+``server.port``, ``http.response.status_code`` and, on failure, ``error.type``. The span
+ends when the response headers arrive (a streamed body is read later, outside it). Inside
+:func:`pitchey_trace.suppress_tracing` (and on the SDK's export threads) nothing is
+recorded or injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.propagation import inject
+from pitchey_trace.web._common import (
+    ERROR_TYPE,
+    HTTP_STATUS,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_FULL,
+    method_attributes,
+)
+
+__all__ = [
+    "client_span",
+    "instrument_httpx",
+    "instrument_requests",
+    "uninstrument_httpx",
+    "uninstrument_requests",
+]
+
+_CLIENT = SpanKind.CLIENT
+# The process-wide tracer object is never replaced (configure() re-points it).
+_start_span = get_tracer().start_span
+_WRAPPED = "__pitchey_trace_wrapped__"
+# library -> (owner class, attribute name, original function) for every patched method.
+_patched: dict[str, list[tuple[type, str, Any]]] = {}
+
+
+def _start(method: str, full_url: str, host: str | None, port: int | None) -> AnySpan:
+    attrs: dict[str, Any] = {URL_FULL: full_url}
+    if host:
+        attrs[SERVER_ADDRESS] = host
+    if port:
+        attrs[SERVER_PORT] = port
+    label = method_attributes(method.upper(), attrs)
+    return _start_span(label, attrs, _CLIENT)
+
+
+def _end(span: AnySpan, status: int | None, exc: BaseException | None) -> None:
+    with _safety.guard("web.client.end"):
+        if exc is not None:
+            if isinstance(exc, Exception):
+                span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+                span.record_exception(exc)
+                span.set_status("error", f"{type(exc).__name__}: {exc}")
+        elif status is not None:
+            span.set_attribute(HTTP_STATUS, status)
+            if status >= 400:
+                span.set_attribute(ERROR_TYPE, str(status))
+                span.set_status("error")
+        span.end()
+
+
+def _strip_credentials(url: str) -> tuple[str, str | None, int | None]:
+    """``url`` without ``user:password@``, its host and its port."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if "@" in parts.netloc:
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if port is not None:
+            netloc += f":{port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if port is None:
+        port = {"http": 80, "https": 443}.get(parts.scheme)
+    return url, parts.hostname, port
+
+
+@contextmanager
+def client_span(method: str, url: str, headers: MutableMapping[str, str]) -> Iterator[AnySpan]:
+    """Time an outbound HTTP call made with any client and propagate the trace through
+    ``headers`` (modified in place)::
+
+        headers = {}
+        with client_span("GET", url, headers) as span:
+            status = my_client.get(url, headers=headers).status
+            span.set_attribute("http.response.status_code", status)
+
+    An exception escaping the block is recorded on the span and re-raised unchanged.
+    """
+    try:
+        if CURRENT.get() is SUPPRESSED:
+            span: AnySpan = SUPPRESSED
+        else:
+            full, host, port = _strip_credentials(url)
+            span = _start(method, full, host, port)
+            inject(headers, context=span.context)
+    except Exception as exc:
+        _safety.report("web.client.start", exc)
+        span = SUPPRESSED
+    with span:
+        yield span
+
+
+# -- httpx ---------------------------------------------------------------------------------------
+def _httpx_start(request: Any) -> AnySpan | None:
+    try:
+        url = request.url
+        full = str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        span = _start(request.method, full, url.host, port)
+        inject(request.headers, context=span.context)
+        return span
+    except Exception as exc:
+        _safety.report("web.httpx.start", exc)
+        return None
+
+
+def instrument_httpx() -> None:
+    """Create a CLIENT span and inject ``traceparent`` for every ``httpx`` request, sync and
+    async (``HTTPTransport`` / ``AsyncHTTPTransport``). Idempotent."""
+    import httpx
+
+    if "httpx" in _patched:
+        return
+    sync_orig = httpx.HTTPTransport.handle_request
+    async_orig = httpx.AsyncHTTPTransport.handle_async_request
+
+    def handle_request(self: Any, request: Any) -> Any:
+        if CURRENT.get() is SUPPRESSED:
+            return sync_orig(self, request)
+        span = _httpx_start(request)
+        if span is None:
+            return sync_orig(self, request)
+        try:
+            response = sync_orig(self, request)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        _end(span, response.status_code, None)
+        return response
+
+    async def handle_async_request(self: Any, request: Any) -> Any:
+        if CURRENT.get() is SUPPRESSED:
+            return await async_orig(self, request)
+        span = _httpx_start(request)
+        if span is None:
+            return await async_orig(self, request)
+        try:
+            response = await async_orig(self, request)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        _end(span, response.status_code, None)
+        return response
+
+    setattr(handle_request, _WRAPPED, sync_orig)
+    setattr(handle_async_request, _WRAPPED, async_orig)
+    httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
+    httpx.AsyncHTTPTransport.handle_async_request = handle_async_request  # type: ignore[method-assign]
+    _patched["httpx"] = [
+        (httpx.HTTPTransport, "handle_request", sync_orig),
+        (httpx.AsyncHTTPTransport, "handle_async_request", async_orig),
+    ]
+
+
+def uninstrument_httpx() -> None:
+    """Undo :func:`instrument_httpx` (no-op when not instrumented)."""
+    _restore("httpx")
+
+
+# -- requests ------------------------------------------------------------------------------------
+def instrument_requests() -> None:
+    """Create a CLIENT span and inject ``traceparent`` for every ``requests`` call (patches
+    ``requests.adapters.HTTPAdapter.send``, so each redirect hop is its own span). Idempotent."""
+    import requests.adapters
+
+    if "requests" in _patched:
+        return
+    adapter = requests.adapters.HTTPAdapter
+    orig = adapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if CURRENT.get() is SUPPRESSED:
+            return orig(self, request, *args, **kwargs)
+        try:
+            full, host, port = _strip_credentials(request.url)
+            span = _start(request.method or "GET", full, host, port)
+            inject(request.headers, context=span.context)
+        except Exception as exc:
+            _safety.report("web.requests.start", exc)
+            return orig(self, request, *args, **kwargs)
+        try:
+            response = orig(self, request, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        _end(span, response.status_code, None)
+        return response
+
+    setattr(send, _WRAPPED, orig)
+    adapter.send = send  # type: ignore[method-assign]
+    _patched["requests"] = [(adapter, "send", orig)]
+
+
+def uninstrument_requests() -> None:
+    """Undo :func:`instrument_requests` (no-op when not instrumented)."""
+    _restore("requests")
+
+
+def _restore(library: str) -> None:
+    for owner, name, original in _patched.pop(library, ()):
+        if getattr(owner.__dict__.get(name), _WRAPPED, None) is not original:
+            # Another layer was put on top of ours since; restoring drops it too.
+            _safety.warn_once(f"uninstrument.{library}", "%s.%s was wrapped again after us", owner, name)
+        setattr(owner, name, original)

@@ -1,0 +1,282 @@
+"""WSGI middleware: one server span per request, ended when the response's last byte is out.
+
+    from pitchey_trace.web import WSGITracingMiddleware, init_flask
+    application = WSGITracingMiddleware(application)     # any WSGI app (Django, Bottle, ...)
+    init_flask(app)                                       # Flask: middleware + route templates
+
+The span is current while the app runs and while the server iterates the response body (so
+spans opened by a streaming generator are its children); it ends on the body's last chunk or
+on ``close()``, whichever comes first. Route templates come from
+:func:`pitchey_trace.web.set_route` (``init_flask`` calls it with ``request.url_rule.rule``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from time import time_ns
+from types import TracebackType
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.propagation import extract
+from pitchey_trace.web._common import (
+    CLIENT_ADDRESS,
+    DEFAULT_EXCLUDED_PATHS,
+    HTTP_REQUEST_BODY_SIZE,
+    PROTOCOL_VERSION,
+    REQUEST,
+    URL_PATH,
+    URL_QUERY,
+    URL_SCHEME,
+    USER_AGENT,
+    Options,
+    RequestState,
+    finish_request,
+    method_attributes,
+    set_route,
+    stamp_exception,
+)
+
+__all__ = ["WSGITracingMiddleware", "init_flask"]
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_SERVER = SpanKind.SERVER
+# The process-wide tracer object is never replaced (configure() re-points it).
+_start_span = get_tracer().start_span
+
+
+class WSGITracingMiddleware:
+    """Trace every request of a WSGI application.
+
+    Args:
+        app: the WSGI application.
+        excluded_paths: paths served untraced (exact; an entry ending in ``*`` is a prefix).
+            Default: ``/health``, ``/healthz``, ``/livez``, ``/readyz``.
+        trace_id_header: response header carrying the trace id (default ``X-Trace-Id``;
+            None to omit).
+        traceresponse: also send the draft W3C ``traceresponse`` header.
+        audit: emit one ``request`` audit record per request, and ``security`` records for
+            401/403/429 responses (default True).
+
+    Exceptions from the app are recorded on the span and re-raised unchanged (the server
+    answers 500 and logs them; the log record carries the trace id through
+    :class:`pitchey_trace.web.TraceContextFilter`).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        excluded_paths: Iterable[str] | None = DEFAULT_EXCLUDED_PATHS,
+        trace_id_header: str | None = "X-Trace-Id",
+        traceresponse: bool = False,
+        audit: bool = True,
+    ) -> None:
+        self.app = app
+        self.options = Options(
+            excluded_paths=excluded_paths,
+            trace_id_header=trace_id_header,
+            traceresponse=traceresponse,
+            audit=audit,
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        options = self.options
+        path = environ.get("PATH_INFO") or "/"
+        if path in options.excluded_exact or (
+            options.excluded_prefixes and path.startswith(options.excluded_prefixes)
+        ):
+            token = CURRENT.set(SUPPRESSED)
+            try:
+                return self.app(environ, start_response)
+            finally:
+                CURRENT.reset(token)
+        try:
+            start_ns = time_ns()
+            state, client = self._start(environ, path, start_ns)
+            span = state.span
+            extra = options.response_headers(span)
+        except Exception as exc:
+            _safety.report("web.wsgi.start", exc)
+            return self.app(environ, start_response)
+
+        def traced_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            try:
+                state.status = int(status[:3])
+                if extra:
+                    headers = [*headers, *extra]
+            except Exception as exc:
+                _safety.report("web.wsgi.headers", exc)
+            write = start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+            def counted_write(data: bytes) -> object:
+                state.sent += len(data)
+                return write(data)
+
+            return counted_write
+
+        token = CURRENT.set(span)
+        rtoken = REQUEST.set(state)
+        try:
+            result = self.app(environ, traced_start_response)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                stamp_exception(exc, span)
+            _finish(state, options, start_ns, client, exc)
+            raise
+        finally:
+            _reset(rtoken, token)
+        return _TracedBody(result, state, options, start_ns, client)
+
+    def _start(self, environ: dict[str, Any], path: str, start_ns: int) -> tuple[RequestState, str | None]:
+        parent = extract(environ)
+        attrs: dict[str, Any] = {URL_SCHEME: environ.get("wsgi.url_scheme") or "http", URL_PATH: path}
+        label = method_attributes(environ.get("REQUEST_METHOD") or "GET", attrs)
+        query = environ.get("QUERY_STRING")
+        if query:
+            attrs[URL_QUERY] = query
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attrs[USER_AGENT] = agent
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                attrs[HTTP_REQUEST_BODY_SIZE] = int(length)
+            except ValueError:
+                pass
+        address = environ.get("REMOTE_ADDR") or None
+        if address:
+            attrs[CLIENT_ADDRESS] = address
+        protocol = environ.get("SERVER_PROTOCOL")
+        if protocol and protocol.startswith("HTTP/"):
+            attrs[PROTOCOL_VERSION] = protocol[5:]
+        span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
+        return RequestState(span, attrs["http.request.method"], label), address
+
+
+def _finish(
+    state: RequestState, options: Options, start_ns: int, client: str | None, exc: BaseException | None
+) -> None:
+    try:
+        finish_request(state, options, state.route, start_ns, time_ns(), client, exc)
+    except Exception as internal:
+        _safety.report("web.wsgi.finish", internal)
+
+
+def _reset(rtoken: Any, token: Any) -> None:
+    try:
+        REQUEST.reset(rtoken)
+        CURRENT.reset(token)
+    except ValueError:
+        CURRENT.set(None)
+        REQUEST.set(None)
+
+
+class _TracedBody:
+    """The app's response iterable, timed to its last chunk and run with the span current."""
+
+    __slots__ = ("_client", "_done", "_it", "_options", "_result", "_start_ns", "_state")
+
+    def __init__(
+        self,
+        result: Iterable[bytes],
+        state: RequestState,
+        options: Options,
+        start_ns: int,
+        client: str | None,
+    ) -> None:
+        self._result = result
+        self._it: Iterator[bytes] | None = None
+        self._state = state
+        self._options = options
+        self._start_ns = start_ns
+        self._client = client
+        self._done = False
+
+    def __iter__(self) -> _TracedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        state = self._state
+        token = CURRENT.set(state.span)
+        rtoken = REQUEST.set(state)
+        try:
+            it = self._it
+            if it is None:
+                it = self._it = iter(self._result)
+            chunk = next(it)
+        except StopIteration:
+            self._end(None)
+            raise
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                stamp_exception(exc, state.span)
+            self._end(exc)
+            raise
+        finally:
+            _reset(rtoken, token)
+        state.sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        state = self._state
+        close = getattr(self._result, "close", None)
+        error: BaseException | None = None
+        try:
+            if close is not None:
+                token = CURRENT.set(state.span)
+                rtoken = REQUEST.set(state)
+                try:
+                    close()
+                finally:
+                    _reset(rtoken, token)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(error)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if not self._done:
+            self._done = True
+            _finish(self._state, self._options, self._start_ns, self._client, exc)
+
+
+def init_flask(app: Any, **options: Any) -> Any:
+    """Trace a Flask app: wrap ``app.wsgi_app`` in :class:`WSGITracingMiddleware` (``options``
+    are its keyword arguments), name spans after ``request.url_rule`` and record unhandled
+    exceptions on the request's span. Idempotent; returns the app.
+    """
+    extensions = app.extensions
+    if "pitchey_trace" in extensions:
+        return app
+    from flask import request
+    from flask.signals import got_request_exception
+
+    def record_route() -> None:
+        rule = request.url_rule
+        if rule is not None:
+            set_route(rule.rule)
+
+    def record_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
+        # Flask turns the exception into a 500 itself: it never reaches the middleware.
+        state = REQUEST.get()
+        if state is not None:
+            with _safety.guard("web.flask.exception"):
+                state.span.record_exception(exception)
+                state.span.set_attribute("error.type", type(exception).__qualname__)
+                state.span.set_status("error", f"{type(exception).__name__}: {exception}")
+
+    app.before_request(record_route)
+    got_request_exception.connect(record_exception, app, weak=False)
+    app.wsgi_app = WSGITracingMiddleware(app.wsgi_app, **options)
+    extensions["pitchey_trace"] = app.wsgi_app
+    return app
