@@ -158,7 +158,9 @@ def test_flask_streaming_is_timed_to_the_last_byte(serve_wsgi: Any, wait_for: An
             first_at = time.time_ns()
             rest = b"".join(chunks)
         span = wait_for(server_span(exporter))
-        produced = wait_for(lambda: len(exporter.spans("produce_chunk")) == 3 and exporter.spans("produce_chunk"))
+        produced = wait_for(
+            lambda: len(exporter.spans("produce_chunk")) == 3 and exporter.spans("produce_chunk")
+        )
     assert len(first) + len(rest) == 3 * len(CHUNK)
     assert span["end_time_unix_nano"] - first_at >= 250_000_000
     assert span["duration_ms"] >= 300
@@ -182,7 +184,9 @@ def test_flask_excluded_paths_and_security_audit(serve_wsgi: Any, wait_for: Any)
     ]
 
 
-def test_plain_wsgi_app_exception_is_reraised_to_the_server(serve_wsgi: Any, wait_for: Any, logs: Any) -> None:
+def test_plain_wsgi_app_exception_is_reraised_to_the_server(
+    serve_wsgi: Any, wait_for: Any, logs: Any
+) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         raise KeyError("missing")
 
