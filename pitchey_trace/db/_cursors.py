@@ -1,0 +1,239 @@
+"""Traced cursor classes: a mixin in front of whatever cursor class the connection uses.
+
+``instrument(conn)`` replaces ``conn.cursor_factory`` / ``conn.server_cursor_factory`` with a
+subclass ``(mixin, original)``, so every cursor the connection makes (including the one behind
+``conn.execute``) goes through the overridden methods. The connection's
+:class:`~pitchey_trace.db._ops.ConnState` is looked up on each call, so a cursor made before
+``uninstrument(conn)`` simply stops tracing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import psycopg
+
+from pitchey_trace.db._ops import STATE_ATTR, ConnState
+
+__all__ = ["is_traced_class", "traced_class"]
+
+
+class _SyncCursorMixin:
+    """execute / executemany / copy / stream of a client-side ``psycopg.Cursor``."""
+
+    __slots__ = ()
+    _conn: Any  # psycopg cursors keep their connection here
+    rowcount: int
+
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Any:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params, prepare)) is None:
+            return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        try:
+            super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+        return self
+
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, None)) is None:
+            return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
+        _batch_size(op[0], params_seq)
+        try:
+            super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+        return None
+
+    @contextmanager
+    def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, statement, params)) is None:
+            with super().copy(statement, params, **kwargs) as copy:  # type: ignore[misc]
+                yield copy
+            return
+        try:
+            with super().copy(statement, params, **kwargs) as copy:  # type: ignore[misc]
+                yield copy
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params)) is None:
+            yield from super().stream(query, params, **kwargs)  # type: ignore[misc]
+            return
+        rows = 0
+        try:
+            for row in super().stream(op[3], params, **kwargs):  # type: ignore[misc]
+                rows += 1
+                yield row
+        except GeneratorExit:
+            state.done(op, rows)  # the consumer stopped early: not an error
+            raise
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, rows)
+
+
+class _SyncServerCursorMixin:
+    """execute of a server-side (named) ``psycopg.ServerCursor``: the span covers DECLARE."""
+
+    __slots__ = ()
+    _conn: Any  # psycopg cursors keep their connection here
+    rowcount: int
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params)) is None:
+            return super().execute(query, params, **kwargs)  # type: ignore[misc]
+        try:
+            super().execute(op[3], params, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, -1)
+        return self
+
+
+class _AsyncCursorMixin:
+    """execute / executemany / copy / stream of a client-side ``psycopg.AsyncCursor``."""
+
+    __slots__ = ()
+    _conn: Any  # psycopg cursors keep their connection here
+    rowcount: int
+
+    async def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Any:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params, prepare)) is None:
+            return await super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        try:
+            await super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+        return self
+
+    async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, None)) is None:
+            return await super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
+        _batch_size(op[0], params_seq)
+        try:
+            await super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+        return None
+
+    @asynccontextmanager
+    async def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, statement, params)) is None:
+            async with super().copy(statement, params, **kwargs) as copy:  # type: ignore[misc]
+                yield copy
+            return
+        try:
+            async with super().copy(statement, params, **kwargs) as copy:  # type: ignore[misc]
+                yield copy
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, self.rowcount)
+
+    async def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params)) is None:
+            async for row in super().stream(query, params, **kwargs):  # type: ignore[misc]
+                yield row
+            return
+        rows = 0
+        try:
+            async for row in super().stream(op[3], params, **kwargs):  # type: ignore[misc]
+                rows += 1
+                yield row
+        except GeneratorExit:
+            state.done(op, rows)
+            raise
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, rows)
+
+
+class _AsyncServerCursorMixin:
+    """execute of a server-side ``psycopg.AsyncServerCursor``."""
+
+    __slots__ = ()
+    _conn: Any  # psycopg cursors keep their connection here
+    rowcount: int
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
+        if state is None or (op := state.begin(self, query, params)) is None:
+            return await super().execute(query, params, **kwargs)  # type: ignore[misc]
+        try:
+            await super().execute(op[3], params, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)
+            raise
+        state.done(op, -1)
+        return self
+
+
+_MIXINS = (_SyncCursorMixin, _SyncServerCursorMixin, _AsyncCursorMixin, _AsyncServerCursorMixin)
+
+
+def _batch_size(span: Any, params_seq: Any) -> None:
+    try:
+        n = len(params_seq)
+    except TypeError:  # an iterator: do not consume it
+        return
+    if span.is_recording:
+        span.set_attribute("db.operation.batch.size", n)
+
+
+_classes: dict[type, type] = {}
+
+
+def is_traced_class(cls: type) -> bool:
+    """True for a class made by :func:`traced_class`."""
+    return issubclass(cls, _MIXINS)
+
+
+def traced_class(base: type) -> type:
+    """The traced subclass of a psycopg cursor class (made once per class and cached)."""
+    if is_traced_class(base):
+        return base
+    cls = _classes.get(base)
+    if cls is not None:
+        return cls
+    if issubclass(base, psycopg.AsyncServerCursor):
+        mixin: type = _AsyncServerCursorMixin
+    elif issubclass(base, psycopg.ServerCursor):
+        mixin = _SyncServerCursorMixin
+    elif issubclass(base, psycopg.AsyncCursor):
+        mixin = _AsyncCursorMixin
+    elif issubclass(base, psycopg.Cursor):
+        mixin = _SyncCursorMixin
+    else:
+        raise TypeError(f"not a psycopg cursor class: {base!r}")
+    cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": (), "__module__": __name__})
+    _classes[base] = cls
+    return cls

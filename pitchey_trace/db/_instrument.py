@@ -1,0 +1,122 @@
+"""``instrument(conn)`` / ``uninstrument(conn)``: turn tracing on and off for one connection.
+
+Instrumenting swaps the connection's cursor factories for traced subclasses (see
+:mod:`pitchey_trace.db._cursors`) and wraps its ``transaction()`` method on the instance; the
+connection object itself stays what it was (same class, ``isinstance`` checks unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import psycopg
+
+from pitchey_trace.db._cursors import is_traced_class, traced_class
+from pitchey_trace.db._ops import STATE_ATTR, ConnState
+from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
+
+__all__ = ["instrument", "instrument_async", "is_instrumented", "state_of", "uninstrument"]
+
+C = TypeVar("C", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
+
+
+def _check(conn: object) -> None:
+    if not isinstance(conn, (psycopg.Connection, psycopg.AsyncConnection)):
+        raise TypeError(f"expected a psycopg Connection or AsyncConnection, got {type(conn).__name__}")
+
+
+def state_of(conn: Any) -> ConnState | None:
+    """The connection's tracing state, or None when it was never instrumented."""
+    return getattr(conn, STATE_ATTR, None)
+
+
+def is_instrumented(conn: Any) -> bool:
+    """True when ``instrument(conn)`` is in effect."""
+    state = state_of(conn)
+    return state is not None and state.instrumented
+
+
+def _make_transaction(conn: Any, state: ConnState) -> Any:
+    orig = type(conn).transaction.__get__(conn)
+    cls = AsyncTracedTransaction if isinstance(conn, psycopg.AsyncConnection) else TracedTransaction
+
+    def transaction(savepoint_name: str | None = None, force_rollback: bool = False) -> Any:
+        if state_of(conn) is not state or not state.instrumented:
+            return orig(savepoint_name, force_rollback)
+        return cls(conn, state, orig, savepoint_name, force_rollback)
+
+    transaction.__doc__ = orig.__doc__
+    transaction.__wrapped__ = orig  # type: ignore[attr-defined]
+    return transaction
+
+
+def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> C:
+    """Trace every statement run on ``conn`` and its cursors; returns ``conn``.
+
+    Covers ``execute``, ``executemany``, ``copy`` and ``stream`` on the connection and on every
+    cursor it creates afterwards (client-side and server-side/named cursors), and turns
+    ``conn.transaction()`` blocks into ``TRANSACTION`` / ``SAVEPOINT`` spans. Works for
+    ``psycopg.Connection`` and ``psycopg.AsyncConnection``. Calling it again is harmless (it
+    only updates the overrides).
+
+    Set a custom ``cursor_factory`` before instrumenting (or pass it to ``connect``): the traced
+    class is derived from the factory in place at this moment.
+
+    With ``psycopg_pool``: ``ConnectionPool(conninfo, configure=instrument)``; for
+    ``AsyncConnectionPool`` use ``configure=instrument_async``.
+
+    Args:
+        conn: the connection.
+        sql_comments: override :func:`pitchey_trace.db.configure`'s ``sql_comments`` for this
+            connection (None: follow the global setting).
+        capture_parameters: override ``capture_parameters`` for this connection.
+
+    Raises:
+        TypeError: ``conn`` is not a psycopg connection.
+    """
+    _check(conn)
+    state = state_of(conn)
+    if state is not None and state.instrumented:
+        if state.sql_comments != sql_comments or state.capture_parameters != capture_parameters:
+            state.sql_comments = sql_comments
+            state.capture_parameters = capture_parameters
+            state.cache.clear()
+        return conn
+    state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
+    state.orig_cursor_factory = conn.cursor_factory
+    state.orig_server_cursor_factory = conn.server_cursor_factory
+    conn.cursor_factory = traced_class(conn.cursor_factory)
+    conn.server_cursor_factory = traced_class(conn.server_cursor_factory)
+    conn.transaction = _make_transaction(conn, state)  # type: ignore[method-assign]
+    state.instrumented = True
+    setattr(conn, STATE_ATTR, state)
+    return conn
+
+
+async def instrument_async(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    sql_comments: bool | None = None,
+    capture_parameters: bool | None = None,
+) -> psycopg.AsyncConnection[Any]:
+    """:func:`instrument` as a coroutine, for ``AsyncConnectionPool(configure=instrument_async)``."""
+    return instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
+
+
+def uninstrument(conn: C) -> C:
+    """Undo :func:`instrument`: restore the cursor factories and ``transaction()``.
+
+    Cursors created while instrumented stop tracing too. Returns ``conn``.
+    """
+    _check(conn)
+    state = state_of(conn)
+    if state is None:
+        return conn
+    state.instrumented = False
+    if is_traced_class(conn.cursor_factory) and state.orig_cursor_factory is not None:
+        conn.cursor_factory = state.orig_cursor_factory
+    if is_traced_class(conn.server_cursor_factory) and state.orig_server_cursor_factory is not None:
+        conn.server_cursor_factory = state.orig_server_cursor_factory
+    conn.__dict__.pop("transaction", None)
+    delattr(conn, STATE_ATTR)
+    return conn

@@ -1,0 +1,423 @@
+"""The per-query hot path: statement cache, span start/end, errors, slow queries, audit.
+
+Everything expensive about a statement (parsing, literal stripping, the span name, the
+attribute template, the sensitive-table check) is computed once per statement text and
+connection and cached in :class:`ConnState`, so a traced query costs one dict lookup, one
+span and a few attribute writes. Every function here that runs on behalf of user code
+catches its own errors and reports them through :mod:`pitchey_trace._safety`; the user's
+exceptions are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Mapping
+from time import time_ns
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql as _pgsql
+
+from pitchey_trace import _safety
+from pitchey_trace._span import AttributeValue, SpanKind
+from pitchey_trace._sql import normalize_sql, parse_statement
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.db._options import OPTIONS
+
+if TYPE_CHECKING:
+    from pitchey_trace._span import AnySpan
+
+__all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error"]
+
+#: Name of the attribute holding a connection's :class:`ConnState`.
+STATE_ATTR = "_pitchey_trace_state"
+#: Slow queries are logged here (WARNING, with trace id and normalised statement).
+logger = logging.getLogger("pitchey_trace.db")
+
+_CLIENT = SpanKind.CLIENT
+_CACHE_MAX = 512
+_RETURNING_OPS = frozenset({"SELECT", "FETCH", "SHOW", "VALUES", "TABLE", "EXPLAIN"})
+_AFFECTING_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+_QUOTED = re.compile(r"\"[^\"]*\"?|'[^']*'?")
+
+# An in-flight query: (span, statement info, start time in ns, query to send).
+Op = tuple["AnySpan", "Stmt", int, Any]
+
+
+class Stmt:
+    """What is known about one statement text, computed once."""
+
+    __slots__ = (
+        "attrs",
+        "capture",
+        "comment",
+        "name",
+        "operation",
+        "rows_key",
+        "sensitive",
+        "skip",
+        "table",
+        "text",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        attrs: dict[str, AttributeValue],
+        operation: str,
+        table: str | None,
+        text: str,
+        sensitive: tuple[str, ...],
+        rows_key: str | None,
+        comment: bool,
+        capture: bool,
+        skip: bool = False,
+    ) -> None:
+        self.name = name
+        self.attrs = attrs
+        self.operation = operation
+        self.table = table
+        self.text = text
+        self.sensitive = sensitive
+        self.rows_key = rows_key
+        self.comment = comment
+        self.capture = capture
+        self.skip = skip
+
+
+_SKIP = Stmt("", {}, "", None, "", (), None, False, False, skip=True)
+
+
+# A possibly schema-qualified, possibly double-quoted identifier.
+_NAME = re.compile(r'(?:"[^"]*"|[A-Za-z_][\w$]*)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z_][\w$]*))*')
+
+
+def sensitive_tables_in(text: str) -> tuple[str, ...]:
+    """The configured sensitive tables the (normalised) statement mentions, in order of first
+    mention. A name matches when it equals a configured entry either fully qualified
+    (``public.users``) or by its last part (``users``). Runs once per statement text."""
+    names = OPTIONS.sensitive_tables
+    if not names:
+        return ()
+    found: list[str] = []
+    for m in _NAME.finditer(text):
+        full = "".join(m.group(0).split()).replace('"', "").lower()
+        bare = full.rsplit(".", 1)[-1]
+        name = full if full in names else bare if bare in names else None
+        if name is not None and name not in found:
+            found.append(name)
+    return tuple(found)
+
+
+def _scrub(message: str) -> str:
+    """First line of an error message with every quoted fragment replaced by ``?``:
+    PostgreSQL quotes both identifiers and offending values, and values must not leak."""
+    first = message.strip().split("\n", 1)[0]
+    return _QUOTED.sub("?", first)[:512]
+
+
+def error_info(exc: BaseException) -> tuple[str | None, str, str]:
+    """(SQLSTATE or None, exception type name, message safe to export)."""
+    cls = type(exc)
+    type_name = (
+        cls.__qualname__
+        if cls.__module__ in ("builtins", "__main__")
+        else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = None
+    if diag is not None:
+        try:
+            primary = diag.message_primary
+        except Exception:
+            primary = None
+    message = _scrub(primary if primary else str(exc))
+    return (sqlstate if isinstance(sqlstate, str) and sqlstate else None), type_name, message
+
+
+def record_error(span: AnySpan, exc: BaseException) -> str | None:
+    """Record ``exc`` on ``span`` without any value from the message (status error, an
+    ``exception`` event, ``error.type``, ``db.response.status_code``). Returns the SQLSTATE."""
+    sqlstate, type_name, message = error_info(exc)
+    if not span.is_recording:
+        return sqlstate
+    if sqlstate:
+        span.set_attribute("db.response.status_code", sqlstate)
+    span.set_attribute("error.type", sqlstate or type_name)
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__, limit=32)))
+    span.record_exception(
+        exc,
+        {
+            "exception.message": message,
+            "exception.stacktrace": (
+                f"Traceback (most recent call last):\n{frames}{type_name}: {message}"[-8192:]
+            ),
+        },
+    )
+    span.set_status("error", f"{type_name}: {message}")
+    return sqlstate
+
+
+def _param_value(value: object, limit: int) -> AttributeValue:
+    if value is None:
+        return "NULL"
+    if value.__class__ in (bool, int, float):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    return str(value)[:limit]
+
+
+def capture_parameters(span: AnySpan, params: Any) -> None:
+    """Record parameter values (opt-in) as ``db.query.parameter.<i>`` / ``.<name>``."""
+    limit = OPTIONS.max_parameter_length
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            span.set_attribute(f"db.query.parameter.{key}", _param_value(value, limit))
+    elif isinstance(params, (list, tuple)):
+        for i, value in enumerate(params):
+            span.set_attribute(f"db.query.parameter.{i}", _param_value(value, limit))
+
+
+def with_comment(query: Any, span: AnySpan) -> Any:
+    """``query`` with a ``/*traceparent='...'*/`` prefix (str, bytes or psycopg ``sql``)."""
+    comment = f"/*traceparent='00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}'*/ "
+    if query.__class__ is str:
+        return comment + query
+    if isinstance(query, bytes):
+        return comment.encode() + query
+    if isinstance(query, _pgsql.Composable):
+        return _pgsql.SQL(comment) + query  # type: ignore[arg-type,unused-ignore]
+    return query
+
+
+def _query_text(query: Any, cur: Any) -> str | None:
+    if isinstance(query, str):
+        return query
+    if isinstance(query, (bytes, bytearray)):
+        return bytes(query).decode("utf-8", "replace")
+    if isinstance(query, _pgsql.Composable):
+        return query.as_string(cur)
+    strings = getattr(query, "strings", None)  # a PEP 750 template: keep only the SQL parts
+    if isinstance(strings, tuple):
+        return "%s".join(str(s) for s in strings)
+    return None
+
+
+class ConnState:
+    """Tracing state of one connection: its attributes, statement cache and open transactions."""
+
+    __slots__ = (
+        "base_attrs",
+        "cache",
+        "capture_parameters",
+        "generation",
+        "instrumented",
+        "orig_cursor_factory",
+        "orig_server_cursor_factory",
+        "sql_comments",
+        "tx_stack",
+    )
+
+    def __init__(
+        self, conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None
+    ) -> None:
+        self.base_attrs = connection_attributes(conn)
+        self.cache: dict[Any, Stmt] = {}
+        self.generation = OPTIONS.generation
+        self.sql_comments = sql_comments
+        self.capture_parameters = capture_parameters
+        self.instrumented = False
+        self.orig_cursor_factory: Any = None
+        self.orig_server_cursor_factory: Any = None
+        # One [statement_count] frame per open traced transaction/savepoint on this connection.
+        self.tx_stack: list[list[int]] = []
+
+    # -- statement cache (slow path) ---------------------------------------------------------
+    def statement(self, query: Any, cur: Any) -> Stmt:
+        """The cached :class:`Stmt` for ``query`` (built on first use)."""
+        if self.generation != OPTIONS.generation:
+            self.cache.clear()
+            self.generation = OPTIONS.generation
+        key = query if isinstance(query, (str, bytes)) else None
+        if key is not None:
+            stmt = self.cache.get(key)
+            if stmt is not None:
+                return stmt
+        text = _query_text(query, cur)
+        if text is None:
+            return _SKIP
+        if key is None:
+            key = text
+            stmt = self.cache.get(key)
+            if stmt is not None:
+                return stmt
+        stmt = self._build(text)
+        if len(self.cache) >= _CACHE_MAX:
+            self.cache.clear()  # bounded: a workload with unbounded distinct texts just re-parses
+        self.cache[key] = stmt
+        return stmt
+
+    def _build(self, text: str) -> Stmt:
+        normalized = normalize_sql(text)
+        if not normalized or not normalized.strip(" ;"):
+            return _SKIP
+        operation, table = parse_statement(text)
+        operation = operation.upper() if operation else "QUERY"
+        attrs: dict[str, AttributeValue] = dict(self.base_attrs)
+        attrs["db.operation.name"] = operation
+        if table:
+            attrs["db.collection.name"] = table
+        attrs["db.query.text"] = normalized
+        sql_comments = OPTIONS.sql_comments if self.sql_comments is None else self.sql_comments
+        capture = OPTIONS.capture_parameters if self.capture_parameters is None else self.capture_parameters
+        rows_key = (
+            "db.response.returned_rows"
+            if operation in _RETURNING_OPS
+            else "db.response.affected_rows"
+            if operation in _AFFECTING_OPS
+            else None
+        )
+        return Stmt(
+            name=f"{operation} {table}" if table else operation,
+            attrs=attrs,
+            operation=operation,
+            table=table,
+            text=normalized,
+            sensitive=sensitive_tables_in(normalized),
+            rows_key=rows_key,
+            comment=sql_comments and operation != "COPY",
+            capture=capture,
+        )
+
+    # -- hot path ---------------------------------------------------------------------------
+    def begin(self, cur: Any, query: Any, params: Any, prepare: bool | None = None) -> Op | None:
+        """Start the span of one query; None means "run it untraced". Never raises."""
+        try:
+            tracer = get_tracer()
+            if tracer.pipeline is None:
+                return None
+            stmt = None
+            if query.__class__ is str and self.generation == OPTIONS.generation:
+                stmt = self.cache.get(query)
+            if stmt is None:
+                stmt = self.statement(query, cur)
+            if stmt.skip:
+                return None
+            span = tracer.start_span(stmt.name, stmt.attrs, _CLIENT)
+            if not span.trace_id:  # suppressed (the SDK's own work)
+                return None
+            if span.is_recording:
+                start = span.start_ns  # type: ignore[union-attr]
+                if stmt.capture and params is not None:
+                    capture_parameters(span, params)
+            else:
+                start = time_ns()
+            if stmt.comment and prepare is not True and cur.connection.prepare_threshold != 0:
+                query = with_comment(query, span)
+            return span, stmt, start, query
+        except Exception as exc:
+            _safety.report("db.begin", exc)
+            return None
+
+    def done(self, op: Op, rows: int) -> None:
+        """End the span of a query that succeeded (``rows`` < 0: unknown). Never raises."""
+        try:
+            span, stmt, start, _ = op
+            end = time_ns()
+            if span.is_recording and rows >= 0 and stmt.rows_key is not None:
+                span.attributes[stmt.rows_key] = rows  # type: ignore[union-attr]
+            slow = OPTIONS.slow_ns
+            if slow is not None and end - start >= slow:
+                slow_query(span, stmt, end - start)
+            if self.tx_stack:
+                for frame in self.tx_stack:
+                    frame[0] += 1
+            span.end(end)
+            if stmt.sensitive:
+                audit(span, stmt, "success", None)
+        except Exception as exc:
+            _safety.report("db.end", exc)
+
+    def fail(self, op: Op, exc: BaseException) -> None:
+        """End the span of a query that raised; the caller re-raises ``exc``. Never raises."""
+        try:
+            span, stmt, start, _ = op
+            end = time_ns()
+            sqlstate = None
+            if isinstance(exc, Exception):
+                sqlstate = record_error(span, exc)
+            elif span.is_recording:
+                span.add_event("cancelled", {"exception.type": type(exc).__qualname__})
+            slow = OPTIONS.slow_ns
+            if slow is not None and end - start >= slow:
+                slow_query(span, stmt, end - start)
+            if self.tx_stack:
+                for frame in self.tx_stack:
+                    frame[0] += 1
+            span.end(end)
+            if stmt.sensitive:
+                audit(span, stmt, "error", sqlstate or type(exc).__qualname__)
+        except Exception as internal:
+            _safety.report("db.end", internal)
+
+
+def connection_attributes(conn: Any) -> dict[str, AttributeValue]:
+    """The attributes every span of this connection shares."""
+    attrs: dict[str, AttributeValue] = {"db.system.name": "postgresql"}
+    info = conn.info
+    try:
+        if info.dbname:
+            attrs["db.namespace"] = info.dbname
+        host = info.host
+        if host:
+            attrs["server.address"] = host
+            attrs["network.transport"] = "unix" if host.startswith("/") else "tcp"
+        if info.port:
+            attrs["server.port"] = int(info.port)
+    except Exception as exc:  # a closed connection has no info; spans then carry less
+        _safety.report("db.connection_info", exc)
+    return attrs
+
+
+def slow_query(span: AnySpan, stmt: Stmt, duration_ns: int) -> None:
+    """Mark a slow query: ``slow_query`` event and a WARNING log record."""
+    ms = duration_ns / 1e6
+    threshold = OPTIONS.slow_threshold_ms
+    span.add_event(
+        "slow_query", {"db.query.duration_ms": round(ms, 3), "db.slow_threshold_ms": float(threshold or 0)}
+    )
+    trace_id = f"{span.trace_id:032x}"
+    logger.warning(
+        "slow query: %.1f ms (threshold %s ms) trace_id=%s statement=%s",
+        ms,
+        threshold,
+        trace_id,
+        stmt.text,
+        extra={
+            "trace_id": trace_id,
+            "span_id": f"{span.span_id:016x}",
+            "duration_ms": ms,
+            "db_query_text": stmt.text,
+        },
+    )
+
+
+def audit(span: AnySpan, stmt: Stmt, outcome: str, error: str | None) -> None:
+    """One ``data_access`` audit record per sensitive table the statement touched."""
+    tracer = get_tracer()
+    attributes: dict[str, AttributeValue] = {
+        "db.system.name": "postgresql",
+        "db.operation.name": stmt.operation,
+    }
+    namespace = stmt.attrs.get("db.namespace")
+    if namespace is not None:
+        attributes["db.namespace"] = namespace
+    if error is not None:
+        attributes["error.type"] = error
+    for table in stmt.sensitive:
+        tracer.emit_audit(
+            stmt.operation, table, outcome, category="data_access", attributes=attributes, span=span
+        )

@@ -1,0 +1,198 @@
+"""Traced transaction blocks: ``conn.transaction()`` on an instrumented connection.
+
+A block opened while the connection is idle is a ``TRANSACTION`` span; one opened inside a
+transaction (psycopg then uses a savepoint) is a ``SAVEPOINT`` span, child of the enclosing
+block's span. Each records its outcome (``commit`` / ``rollback``), the rollback reason
+(exception type and SQLSTATE, ``Rollback``, ``force_rollback``) and how many statements ran
+inside. The span is current inside the block, so query spans are its children.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from pitchey_trace import _safety
+from pitchey_trace._span import AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.db._ops import ConnState, error_info, record_error
+
+__all__ = ["AsyncTracedTransaction", "TracedTransaction"]
+
+_IDLE = pq.TransactionStatus.IDLE
+_COMMITTED = psycopg.Transaction.Status.COMMITTED
+
+
+class _TxBase:
+    __slots__ = (
+        "_cm",
+        "_conn",
+        "_force_rollback",
+        "_frame",
+        "_name",
+        "_orig",
+        "_savepoint_name",
+        "_span",
+        "_state",
+        "_tx",
+    )
+
+    def __init__(
+        self,
+        conn: Any,
+        state: ConnState,
+        orig: Any,
+        savepoint_name: str | None = None,
+        force_rollback: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self._conn = conn
+        self._state = state
+        self._orig = orig
+        self._savepoint_name = savepoint_name
+        self._force_rollback = force_rollback
+        self._name = name
+        self._span: AnySpan | None = None
+        self._cm: Any = None
+        self._tx: Any = None
+        self._frame: list[int] | None = None
+
+    def _start(self) -> None:
+        """Open the span (made current) before BEGIN/SAVEPOINT is sent. Never raises."""
+        try:
+            tracer = get_tracer()
+            if tracer.pipeline is None:
+                return
+            nested = self._conn.info.transaction_status != _IDLE
+            operation = "SAVEPOINT" if nested else "TRANSACTION"
+            attrs = dict(self._state.base_attrs)
+            attrs["db.operation.name"] = operation
+            span = tracer.start_span(self._name or operation, attrs, SpanKind.INTERNAL)
+            if not span.trace_id:
+                return
+            span.__enter__()
+            self._span = span
+            self._frame = [0]
+            self._state.tx_stack.append(self._frame)
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
+
+    def _entered(self) -> None:
+        try:
+            span = self._span
+            if span is not None and span.is_recording:
+                savepoint = self._tx.savepoint_name
+                if savepoint and self._span.attributes.get("db.operation.name") == "SAVEPOINT":  # type: ignore[union-attr]
+                    span.set_attribute("db.transaction.savepoint_name", savepoint)
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
+
+    def _pop_frame(self) -> int:
+        frame = self._frame
+        if frame is None:
+            return 0
+        self._frame = None
+        stack = self._state.tx_stack
+        if stack and stack[-1] is frame:
+            stack.pop()
+        elif frame in stack:
+            stack.remove(frame)
+        return frame[0]
+
+    def _finish(
+        self,
+        exc: BaseException | None,
+        suppressed: bool,
+        commit_error: BaseException | None,
+    ) -> None:
+        """Record the outcome and end the span. Never raises."""
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        try:
+            count = self._pop_frame()
+            tx = self._tx
+            committed = (
+                tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
+            )
+            if span.is_recording:
+                span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
+                span.set_attribute("db.transaction.statement_count", count)
+                reason = commit_error or exc
+                if not committed:
+                    if reason is not None:
+                        sqlstate, type_name, _ = error_info(reason)
+                        span.set_attribute("db.transaction.rollback_reason", type_name)
+                        if sqlstate:
+                            span.set_attribute("db.response.status_code", sqlstate)
+                    elif self._force_rollback:
+                        span.set_attribute("db.transaction.rollback_reason", "force_rollback")
+                failure = commit_error or (exc if (exc is not None and not suppressed) else None)
+                if isinstance(failure, Exception):
+                    record_error(span, failure)
+        except Exception as internal:
+            _safety.report("db.transaction", internal)
+        try:
+            span.__exit__(None, None, None)
+        except Exception as internal:
+            _safety.report("db.transaction", internal)
+
+
+class TracedTransaction(_TxBase):
+    """Wraps a sync ``Connection.transaction()`` block; returns psycopg's ``Transaction``."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> psycopg.Transaction:
+        self._start()
+        try:
+            self._cm = self._orig(self._savepoint_name, self._force_rollback)
+            self._tx = self._cm.__enter__()
+        except BaseException as exc:
+            self._finish(exc, False, None)
+            raise
+        self._entered()
+        return self._tx  # type: ignore[no-any-return]
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            suppressed = bool(self._cm.__exit__(et, ev, tb))
+        except BaseException as commit_error:
+            self._finish(ev, False, commit_error)
+            raise
+        self._finish(ev, suppressed, None)
+        return suppressed
+
+
+class AsyncTracedTransaction(_TxBase):
+    """Wraps an ``AsyncConnection.transaction()`` block (``async with``)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> psycopg.AsyncTransaction:
+        self._start()
+        try:
+            self._cm = self._orig(self._savepoint_name, self._force_rollback)
+            self._tx = await self._cm.__aenter__()
+        except BaseException as exc:
+            self._finish(exc, False, None)
+            raise
+        self._entered()
+        return self._tx  # type: ignore[no-any-return]
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            suppressed = bool(await self._cm.__aexit__(et, ev, tb))
+        except BaseException as commit_error:
+            self._finish(ev, False, commit_error)
+            raise
+        self._finish(ev, suppressed, None)
+        return suppressed
