@@ -1,0 +1,171 @@
+"""Outbound instrumentation of httpx (sync and async) and requests against a real HTTP server
+on 127.0.0.1 that echoes the propagation headers it received."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+import pitchey_trace as pt
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import (
+    client_span,
+    instrument_httpx,
+    instrument_requests,
+    uninstrument_httpx,
+    uninstrument_requests,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Answers with the traceparent it got; ``/fail`` answers 500."""
+    body = json.dumps({"traceparent": environ.get("HTTP_TRACEPARENT")}).encode()
+    status = "500 Internal Server Error" if environ["PATH_INFO"] == "/fail" else "200 OK"
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.fixture
+def echo_url(serve_wsgi: Any) -> str:
+    return serve_wsgi(echo_app)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def instrumented() -> Iterator[None]:
+    instrument_httpx()
+    instrument_requests()
+    try:
+        yield
+    finally:
+        uninstrument_httpx()
+        uninstrument_requests()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there any more
+
+
+def check_client_span(exporter: Any, received: str | None, parent: Any, url: str, status: int) -> None:
+    [client] = [s for s in exporter.spans() if s["kind"] == "client"]
+    assert client["name"] == "GET"
+    assert client["trace_id"] == f"{parent.trace_id:032x}"
+    assert client["parent_span_id"] == f"{parent.span_id:016x}"
+    assert received is not None
+    assert received[:-2] == f"00-{client['trace_id']}-{client['span_id']}-"
+    assert int(received[-2:], 16) & 1  # sampled (the random flag 0x02 may be set too)
+    attrs = client["attributes"]
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["url.full"] == url
+    assert attrs["server.address"] == "127.0.0.1"
+    assert attrs["server.port"] == int(url.split(":")[2].split("/")[0])
+    assert attrs["http.response.status_code"] == status
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_httpx_sync_client_span_and_injection(echo_url: str) -> None:
+    with capture_spans() as exporter, pt.span("caller") as parent, httpx.Client() as client:
+        received = client.get(f"{echo_url}/echo?q=1").json()["traceparent"]
+    check_client_span(exporter, received, parent, f"{echo_url}/echo?q=1", 200)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_httpx_async_client_span_and_injection(echo_url: str) -> None:
+    async def call() -> tuple[Any, str]:
+        with pt.span("caller") as parent:
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"{echo_url}/echo")
+        return parent, r.json()["traceparent"]
+
+    with capture_spans() as exporter:
+        parent, received = asyncio.run(call())
+    check_client_span(exporter, received, parent, f"{echo_url}/echo", 200)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_requests_client_span_and_injection(echo_url: str) -> None:
+    with capture_spans() as exporter, pt.span("caller") as parent:
+        received = requests.get(f"{echo_url}/echo", timeout=10).json()["traceparent"]
+    check_client_span(exporter, received, parent, f"{echo_url}/echo", 200)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_error_statuses_and_connection_failures(echo_url: str) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}/x"
+    with capture_spans() as exporter:
+        assert httpx.get(f"{echo_url}/fail").status_code == 500
+        assert requests.get(f"{echo_url}/fail", timeout=10).status_code == 500
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(dead)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(dead, timeout=10)
+    spans = [s for s in exporter.spans() if s["kind"] == "client"]
+    assert len(spans) == 4
+    assert all(s["status"] == "error" for s in spans)
+    kinds = sorted(s["attributes"]["error.type"] for s in spans)
+    assert kinds == ["500", "500", "ConnectError", "ConnectionError"]
+    assert sum(1 for s in spans if any(e["name"] == "exception" for e in s["events"])) == 2
+
+
+def test_instrumentation_is_idempotent_and_reversible(echo_url: str) -> None:
+    try:
+        instrument_httpx()
+        instrument_httpx()
+        instrument_requests()
+        instrument_requests()
+        with capture_spans() as exporter, pt.span("caller"):
+            httpx.get(f"{echo_url}/echo")
+            requests.get(f"{echo_url}/echo", timeout=10)
+        assert len([s for s in exporter.spans() if s["kind"] == "client"]) == 2
+    finally:
+        uninstrument_httpx()
+        uninstrument_requests()
+    with capture_spans() as exporter, pt.span("caller"):
+        via_httpx = httpx.get(f"{echo_url}/echo").json()["traceparent"]
+        via_requests = requests.get(f"{echo_url}/echo", timeout=10).json()["traceparent"]
+    assert via_httpx is None
+    assert via_requests is None
+    assert [s["name"] for s in exporter.spans()] == ["caller"]
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_suppressed_tracing_sends_and_records_nothing(echo_url: str) -> None:
+    with capture_spans() as exporter, pt.span("caller"), pt.suppress_tracing():
+        received = httpx.get(f"{echo_url}/echo").json()["traceparent"]
+    assert received is None
+    assert [s["name"] for s in exporter.spans()] == ["caller"]
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_credentials_never_reach_url_full(echo_url: str) -> None:
+    with capture_spans() as exporter:
+        httpx.get(echo_url.replace("http://", "http://alice:s3cret@") + "/echo")
+        requests.get(echo_url.replace("http://", "http://bob:hunter2@") + "/echo", timeout=10)
+    fulls = [s["attributes"]["url.full"] for s in exporter.spans() if s["kind"] == "client"]
+    assert fulls == [f"{echo_url}/echo", f"{echo_url}/echo"]
+
+
+def test_client_span_helper_with_any_client(echo_url: str) -> None:
+    with capture_spans() as exporter:
+        headers: dict[str, str] = {}
+        with client_span("GET", f"{echo_url}/echo", headers) as span:
+            req = urllib.request.Request(f"{echo_url}/echo", headers=headers)  # noqa: S310
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310  (http to 127.0.0.1)
+                received = json.loads(resp.read())["traceparent"]
+                span.set_attribute("http.response.status_code", resp.status)
+    [client] = exporter.spans()
+    assert client["kind"] == "client"
+    assert received[:-2] == f"00-{client['trace_id']}-{client['span_id']}-"
+    assert client["attributes"]["http.response.status_code"] == 200
