@@ -332,7 +332,7 @@ def finish_request(
                 setattr_(ERROR_TYPE, str(status))
             span.set_status("error")
     if options.audit:
-        outcome = str(status) if status else ("error" if exc is not None else "aborted")
+        outcome = str(status) if status else ("error" if isinstance(exc, Exception) else "aborted")
         attrs: dict[str, Any] = {
             HTTP_METHOD: state.method,
             HTTP_STATUS: status,

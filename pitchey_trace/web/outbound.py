@@ -81,16 +81,13 @@ def _end(span: AnySpan, status: int | None, exc: BaseException | None) -> None:
 def _strip_credentials(url: str) -> tuple[str, str | None, int | None]:
     """``url`` without ``user:password@``, its host and its port."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rpartition("@")[2]
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     try:
         port = parts.port
-    except ValueError:
-        port = None
-    if "@" in parts.netloc:
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if port is not None:
-            netloc += f":{port}"
-        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:  # a malformed port: record none rather than guess
+        return url, parts.hostname, None
     if port is None:
         port = {"http": 80, "https": 443}.get(parts.scheme)
     return url, parts.hostname, port

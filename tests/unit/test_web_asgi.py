@@ -1,0 +1,338 @@
+"""ASGITracingMiddleware called directly with ASGI messages (no server): options, edge cases
+of the ASGI protocol, and the guarantee that SDK errors never reach the app."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Host, Mount, Route
+
+import pitchey_trace as pt
+from pitchey_trace import _stats
+from pitchey_trace._context import CURRENT
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import ASGITracingMiddleware, set_route, set_user
+from pitchey_trace.web import _common as common
+from pitchey_trace.web import asgi as asgi_module
+
+TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def http_scope(
+    path: str = "/things/1", method: str = "GET", headers: list[Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"q=1&token=abc",
+        "root_path": "",
+        "headers": headers if headers is not None else [(b"host", b"example.test")],
+        "client": ("10.1.2.3", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def run(
+    app: Any,
+    scope: dict[str, Any],
+    incoming: list[dict[str, Any]] | None = None,
+    sent: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Call ``app`` once; return the messages it sent (also appended to ``sent``)."""
+    sent = [] if sent is None else sent
+    queue = list(incoming or [{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            return queue.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+async def ok_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+    await send({"type": "http.response.body", "body": b" world"})
+
+
+def headers_of(message: dict[str, Any]) -> dict[bytes, bytes]:
+    return dict(message["headers"])
+
+
+def test_server_span_attributes_and_default_header() -> None:
+    with capture_spans(sanitizer=None) as exporter:  # the attributes exactly as recorded
+        sent = run(
+            ASGITracingMiddleware(ok_app),
+            http_scope(
+                headers=[(b"traceparent", TRACEPARENT), (b"user-agent", b"ua/1"), (b"content-length", b"12")]
+            ),
+        )
+    [span] = exporter.spans()
+    assert span["name"] == "GET"
+    assert span["kind"] == "server"
+    assert span["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span["parent_span_id"] == "00f067aa0ba902b7"
+    assert span["attributes"] == {
+        "http.request.method": "GET",
+        "url.scheme": "https",
+        "url.path": "/things/1",
+        "url.query": "q=1&token=abc",
+        "user_agent.original": "ua/1",
+        "http.request.body.size": 12,
+        "client.address": "10.1.2.3",
+        "network.protocol.version": "1.1",
+        "http.response.status_code": 200,
+        "http.response.body.size": 11,
+    }
+    start = sent[0]
+    assert headers_of(start)[b"x-trace-id"] == b"4bf92f3577b34da6a3ce929d0e0e4736"
+    assert headers_of(start)[b"content-type"] == b"text/plain"
+    assert b"traceresponse" not in headers_of(start)
+    assert CURRENT.get() is None
+
+
+def test_header_options() -> None:
+    with capture_spans():
+        custom = run(
+            ASGITracingMiddleware(ok_app, trace_id_header="X-Request-Trace", traceresponse=True), http_scope()
+        )
+        none = run(ASGITracingMiddleware(ok_app, trace_id_header=None), http_scope())
+    names = headers_of(custom[0])
+    trace_id = names[b"x-request-trace"].decode()
+    assert len(trace_id) == 32
+    version, tid, span_id, flags = names[b"traceresponse"].decode().split("-")
+    assert (version, tid, len(span_id), flags) == ("00", trace_id, 16, "01")
+    assert set(headers_of(none[0])) == {b"content-type"}
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(TypeError):
+        ASGITracingMiddleware(ok_app, excluded_paths=[""])
+    with pytest.raises(TypeError):
+        ASGITracingMiddleware(ok_app, trace_id_header="")
+    options = ASGITracingMiddleware(ok_app, excluded_paths=["/ping", "/internal/*"]).options
+    assert options.excluded("/ping")
+    assert options.excluded("/internal/metrics")
+    assert not options.excluded("/ping/2")
+    assert not options.excluded("/internals")
+    assert not ASGITracingMiddleware(ok_app, excluded_paths=None).options.excluded("/healthz")
+
+
+def test_unknown_method_is_other() -> None:
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(ok_app), http_scope(method="PURGE"))
+    [span] = exporter.spans()
+    assert span["name"] == "HTTP"
+    assert span["attributes"]["http.request.method"] == "_OTHER"
+    assert span["attributes"]["http.request.method_original"] == "PURGE"
+
+
+def test_exception_before_response_sends_500_and_reraises_the_same_object() -> None:
+    error = LookupError("no such pitch")
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise error
+
+    with capture_spans() as exporter:
+        with pytest.raises(LookupError) as caught:
+            run(ASGITracingMiddleware(failing), http_scope())
+        sent_without: list[dict[str, Any]] = []
+        with pytest.raises(LookupError):
+            run(ASGITracingMiddleware(failing, error_response=False), http_scope(), sent=sent_without)
+    assert caught.value is error
+    spans = exporter.spans()
+    assert [s["status"] for s in spans] == ["error", "error"]
+    assert spans[0]["attributes"]["error.type"] == "LookupError"
+    assert spans[0]["attributes"]["http.response.status_code"] == 500  # the 500 we sent
+    assert "http.response.status_code" not in spans[1]["attributes"]
+    assert getattr(error, common.EXC_IDS_ATTR) == (spans[1]["trace_id"], spans[1]["span_id"])
+    assert sent_without == []
+    audits = exporter.of_type("audit")
+    assert [a["outcome"] for a in audits] == ["500", "error"]
+
+
+def test_error_response_carries_the_trace_id() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    with capture_spans() as exporter, pytest.raises(RuntimeError):
+        asyncio.run(ASGITracingMiddleware(failing)(http_scope(), receive, send))
+    [span] = exporter.spans()
+    assert sent[0]["status"] == 500
+    assert headers_of(sent[0])[b"x-trace-id"] == span["trace_id"].encode()
+    assert sent[1]["body"] == b"Internal Server Error"
+
+
+def test_exception_after_response_start_is_recorded_without_second_response() -> None:
+    async def breaks_midway(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise ConnectionResetError("upstream went away")
+
+    sent: list[dict[str, Any]] = []
+    with capture_spans() as exporter, pytest.raises(ConnectionResetError):
+        run(ASGITracingMiddleware(breaks_midway), http_scope(), sent=sent)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    [span] = exporter.spans()
+    assert span["status"] == "error"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert span["attributes"]["http.response.body.size"] == 4
+
+
+def test_cancellation_is_not_an_error() -> None:
+    async def cancelled(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError
+
+    with capture_spans() as exporter, pytest.raises(asyncio.CancelledError):
+        run(ASGITracingMiddleware(cancelled), http_scope())
+    [span] = exporter.spans()
+    assert span["status"] == "unset"
+    assert exporter.of_type("audit")[0]["outcome"] == "aborted"
+
+
+def test_lifespan_and_unknown_scopes_pass_through() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["type"], CURRENT.get()))
+
+    with capture_spans() as exporter:
+        asyncio.run(ASGITracingMiddleware(app)({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
+    assert seen == [("lifespan", None)]
+    assert exporter.spans() == []
+
+
+def test_set_route_and_set_user_inside_and_outside_a_request() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        set_route("/things/{thing_id}")
+        set_user(42)
+        await ok_app(scope, receive, send)
+
+    set_route("/ignored")
+    set_user("ignored")
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(app), http_scope())
+    [span] = exporter.spans()
+    [audit] = exporter.of_type("audit")
+    assert span["name"] == "GET /things/{thing_id}"
+    assert span["attributes"]["http.route"] == "/things/{thing_id}"
+    assert span["attributes"]["user.id"] == "42"
+    assert (audit["action"], audit["target"], audit["actor"]) == (
+        "GET /things/{thing_id}",
+        "/things/{thing_id}",
+        "42",
+    )
+
+
+def test_user_from_baggage_is_the_audit_actor() -> None:
+    with capture_spans() as exporter:
+        run(
+            ASGITracingMiddleware(ok_app),
+            http_scope(headers=[(b"traceparent", TRACEPARENT), (b"baggage", b"user.id=u-9")]),
+        )
+    assert exporter.of_type("audit")[0]["actor"] == "u-9"
+
+
+def test_audit_can_be_turned_off() -> None:
+    async def denied(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(denied, audit=False), http_scope())
+        run(ASGITracingMiddleware(denied), http_scope())
+    assert len(exporter.spans()) == 2
+    assert sorted(a["category"] for a in exporter.of_type("audit")) == ["request", "security"]
+
+
+def test_excluded_path_suppresses_spans_below() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        with pt.span("inside_health_check"):
+            await ok_app(scope, receive, send)
+
+    with capture_spans() as exporter:
+        sent = run(ASGITracingMiddleware(app), http_scope(path="/healthz"))
+    assert exporter.records == []
+    assert b"x-trace-id" not in headers_of(sent[0])
+    assert CURRENT.get() is None
+
+
+def test_websocket_rejected_before_accept_is_a_security_event() -> None:
+    async def reject(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})
+
+    scope = http_scope(path="/ws")
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss"
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(reject), scope, [{"type": "websocket.connect"}])
+    [span] = exporter.spans()
+    assert span["name"] == "WEBSOCKET"
+    assert span["attributes"]["url.scheme"] == "wss"
+    assert span["attributes"]["websocket.close.code"] == 1008
+    assert sorted((a["category"], a["outcome"]) for a in exporter.of_type("audit")) == [
+        ("request", "403"),
+        ("security", "403"),
+    ]
+
+
+@pytest.mark.allow_internal_errors
+def test_sdk_errors_never_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sdk bug")
+
+    with capture_spans():
+        monkeypatch.setattr(asgi_module, "_start_span", broken)
+        sent = run(ASGITracingMiddleware(ok_app), http_scope())
+        monkeypatch.undo()
+        monkeypatch.setattr(asgi_module, "finish_request", broken)
+        sent2 = run(ASGITracingMiddleware(ok_app), http_scope())
+    assert [m.get("body") for m in sent[1:]] == [b"hello", b" world"]
+    assert [m.get("body") for m in sent2[1:]] == [b"hello", b" world"]
+    assert _stats.get("internal_errors.web.asgi.start") == 1
+    assert _stats.get("internal_errors.web.asgi.finish") == 1
+    assert CURRENT.get() is None
+
+
+def test_route_templates_include_mount_prefixes_and_are_cached() -> None:
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("x")
+
+    inner = Route("/orders/{order_id}", endpoint)
+    app = Starlette(
+        routes=[
+            Mount("/api", routes=[Mount("/v2", routes=[inner])]),
+            Host("admin.example.test", app=Starlette(routes=[Route("/stats", endpoint)])),
+        ]
+    )
+    scope = {"route": inner, "router": app.router}
+    assert common.route_template(scope) == "/api/v2/orders/{order_id}"
+    assert common.route_template({"route": inner}) == "/api/v2/orders/{order_id}"  # from the cache
+    host_route = app.routes[1].routes[0]  # type: ignore[attr-defined]
+    assert common.route_template({"route": host_route, "router": app.router}) == "/stats"
+    assert common.route_template({}) is None
+    assert common.route_template({"route": object()}) is None

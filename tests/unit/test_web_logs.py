@@ -1,0 +1,125 @@
+"""Log correlation: the logging filter and formatter, and the structlog processor."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+import pitchey_trace as pt
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import TraceContextFilter, TraceFormatter, add_trace_ids, trace_ids
+from pitchey_trace.web._common import EXC_IDS_ATTR
+
+
+@pytest.fixture
+def logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(TraceContextFilter(missing="-"))
+    handler.setFormatter(logging.Formatter("%(trace_id)s %(span_id)s %(message)s"))
+    log = logging.getLogger("pitchey_trace_test_logs")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+
+
+def test_filter_adds_the_current_ids(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    log, stream = logger
+    with capture_spans():
+        log.info("before")
+        with pt.span("work") as span:
+            log.info("inside")
+        log.info("extra wins", extra={"trace_id": "mine", "span_id": "also-mine"})
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "- - before",
+        f"{span.trace_id:032x} {span.span_id:016x} inside",
+        "mine also-mine extra wins",
+    ]
+
+
+def test_unsampled_spans_still_correlate(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    log, stream = logger
+    with capture_spans(sample_rate=0.0), pt.span("dropped") as span:
+        log.info("x")
+    assert stream.getvalue().split()[0] == f"{span.trace_id:032x}"
+
+
+def test_exception_from_a_finished_request_keeps_its_ids(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    log, stream = logger
+    error = RuntimeError("late log")
+    setattr(error, EXC_IDS_ATTR, ("a" * 32, "b" * 16))
+    try:
+        raise error
+    except RuntimeError:
+        log.exception("server saw it")
+    assert stream.getvalue().startswith(f"{'a' * 32} {'b' * 16} server saw it")
+
+
+def test_formatter_shows_ids_without_a_filter() -> None:
+    record = logging.LogRecord("n", logging.WARNING, __file__, 1, "msg %s", ("arg",), None)
+    with capture_spans(), pt.span("work") as span:
+        text = TraceFormatter().format(record)
+    assert f"[trace_id={span.trace_id:032x} span_id={span.span_id:016x}] msg arg" in text
+    plain = logging.LogRecord("n", logging.WARNING, __file__, 1, "no span", (), None)
+    assert "[trace_id= span_id=] no span" in TraceFormatter().format(plain)
+    custom = TraceFormatter("%(trace_id)s|%(message)s", missing="none")
+    assert custom.format(logging.LogRecord("n", logging.INFO, __file__, 1, "m", (), None)) == "none|m"
+
+
+def test_trace_ids_helper() -> None:
+    assert trace_ids() is None
+    assert trace_ids(ValueError("unrelated")) is None
+    with capture_spans(), pt.span("s") as span:
+        assert trace_ids() == (f"{span.trace_id:032x}", f"{span.span_id:016x}")
+
+
+def test_structlog_processor_in_a_real_pipeline() -> None:
+    out = io.StringIO()
+    structlog.configure(
+        processors=[add_trace_ids, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        log = structlog.get_logger()
+        with capture_spans():
+            log.info("outside")
+            with pt.span("work") as span:
+                log.info("inside", user="u1")
+                log.info("kept", trace_id="explicit")
+    finally:
+        structlog.reset_defaults()
+    outside, inside, kept = (json.loads(line) for line in out.getvalue().splitlines())
+    assert "trace_id" not in outside
+    assert inside == {
+        "event": "inside",
+        "user": "u1",
+        "trace_id": f"{span.trace_id:032x}",
+        "span_id": f"{span.span_id:016x}",
+    }
+    assert kept["trace_id"] == "explicit"
+
+
+def test_structlog_processor_reads_exc_info() -> None:
+    error = KeyError("k")
+    setattr(error, EXC_IDS_ATTR, ("c" * 32, "d" * 16))
+    try:
+        raise error
+    except KeyError:
+        as_tuple = add_trace_ids(None, "error", {"event": "e", "exc_info": sys.exc_info()})
+    as_exc = add_trace_ids(None, "error", {"event": "e", "exc_info": error})
+    as_true = add_trace_ids(None, "error", {"event": "e", "exc_info": True})
+    assert as_tuple["trace_id"] == as_exc["trace_id"] == "c" * 32
+    assert as_exc["span_id"] == "d" * 16
+    assert "trace_id" not in as_true

@@ -1,0 +1,211 @@
+"""WSGITracingMiddleware and init_flask called in-process (no server): the WSGI protocol's
+corners (close, write, exc_info, errors while iterating) and SDK-error containment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from flask import Flask
+
+import pitchey_trace as pt
+from pitchey_trace import _stats
+from pitchey_trace._context import CURRENT
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import WSGITracingMiddleware, init_flask, set_route
+from pitchey_trace.web import _common as common
+from pitchey_trace.web import wsgi as wsgi_module
+
+
+def environ(path: str = "/pitches/5", **extra: str) -> dict[str, Any]:
+    env: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": "sort=new"}
+    env.update(extra)
+    setup_testing_defaults(env)
+    return env
+
+
+class StartResponse:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, str]], Any]] = []
+        self.written: list[bytes] = []
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        self.calls.append((status, headers, exc_info))
+        return self.written.append
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.calls[-1][1])
+
+
+def hello_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello ", b"world"]
+
+
+def test_span_attributes_headers_and_context_restored() -> None:
+    sr = StartResponse()
+    env = environ(
+        HTTP_TRACEPARENT="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        HTTP_USER_AGENT="curl/8",
+        CONTENT_LENGTH="3",
+        REMOTE_ADDR="10.0.0.9",
+    )
+    with capture_spans(sanitizer=None) as exporter:
+        body = b"".join(WSGITracingMiddleware(hello_app, traceresponse=True)(env, sr))
+        assert CURRENT.get() is None
+    [span] = exporter.spans()
+    assert body == b"hello world"
+    assert span["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span["parent_span_id"] == "00f067aa0ba902b7"
+    assert span["attributes"] == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/pitches/5",
+        "url.query": "sort=new",
+        "user_agent.original": "curl/8",
+        "http.request.body.size": 3,
+        "client.address": "10.0.0.9",
+        "network.protocol.version": "1.0",
+        "http.response.status_code": 200,
+        "http.response.body.size": 11,
+    }
+    assert sr.headers["X-Trace-Id"] == span["trace_id"]
+    assert sr.headers["traceresponse"] == f"00-{span['trace_id']}-{span['span_id']}-01"
+
+
+def test_close_ends_a_partly_read_body_once() -> None:
+    closed: list[int] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"a"
+            yield b"b"
+
+        def close(self) -> None:
+            closed.append(1)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [])
+        return Body()
+
+    with capture_spans() as exporter:
+        result = WSGITracingMiddleware(app)(environ(), StartResponse())
+        it = iter(result)
+        assert next(it) == b"a"
+        result.close()  # type: ignore[attr-defined]
+        result.close()  # type: ignore[attr-defined]
+    [span] = exporter.spans()
+    assert closed == [1, 1]
+    assert span["attributes"]["http.response.body.size"] == 1
+    assert len(exporter.of_type("audit")) == 1
+
+
+def test_write_callable_and_exc_info_are_passed_through() -> None:
+    sr = StartResponse()
+    exc_info: Any = None
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal exc_info
+        write = start_response("200 OK", [])
+        write(b"legacy")
+        try:
+            raise ValueError("late")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+            start_response("500 Internal Server Error", [], exc_info)
+        return []
+
+    with capture_spans() as exporter:
+        list(WSGITracingMiddleware(app)(environ(), sr))
+    [span] = exporter.spans()
+    assert sr.written == [b"legacy"]
+    assert sr.calls[1][2] is exc_info
+    assert span["attributes"]["http.response.status_code"] == 500
+    assert span["attributes"]["http.response.body.size"] == 6
+    assert span["status"] == "error"
+
+
+def test_exceptions_are_reraised_unchanged() -> None:
+    error = KeyError("k")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise error
+
+    def failing_body(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"ok"
+        raise OSError("disk")
+
+    with capture_spans() as exporter:
+        with pytest.raises(KeyError) as caught:
+            WSGITracingMiddleware(app)(environ(), StartResponse())
+        with pytest.raises(OSError, match="disk"):
+            list(WSGITracingMiddleware(failing_body)(environ(), StartResponse()))
+        assert CURRENT.get() is None
+    assert caught.value is error
+    first, second = exporter.spans()
+    assert getattr(error, common.EXC_IDS_ATTR) == (first["trace_id"], first["span_id"])
+    assert (first["status"], first["attributes"]["error.type"]) == ("error", "KeyError")
+    assert (second["status"], second["attributes"]["error.type"]) == ("error", "OSError")
+    assert second["attributes"]["http.response.body.size"] == 2
+
+
+def test_set_route_from_a_plain_wsgi_app_and_excluded_paths() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        set_route("/pitches/{id}")
+        with pt.span("work"):
+            pass
+        start_response("200 OK", [])
+        return [b""]
+
+    with capture_spans() as exporter:
+        mw = WSGITracingMiddleware(app, excluded_paths=["/status"])
+        list(mw(environ(), StartResponse()))
+        sr = StartResponse()
+        list(mw(environ("/status"), sr))
+    assert [s["name"] for s in exporter.spans()] == ["work", "GET /pitches/{id}"]
+    assert "X-Trace-Id" not in sr.headers
+
+
+@pytest.mark.allow_internal_errors
+def test_sdk_errors_never_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("sdk bug")
+
+    with capture_spans():
+        monkeypatch.setattr(wsgi_module, "_start_span", broken)
+        first = b"".join(WSGITracingMiddleware(hello_app)(environ(), StartResponse()))
+        monkeypatch.undo()
+        monkeypatch.setattr(wsgi_module, "finish_request", broken)
+        second = b"".join(WSGITracingMiddleware(hello_app)(environ(), StartResponse()))
+    assert first == second == b"hello world"
+    assert _stats.get("internal_errors.web.wsgi.start") == 1
+    assert _stats.get("internal_errors.web.wsgi.finish") == 1
+    assert CURRENT.get() is None
+
+
+def test_init_flask_is_idempotent_and_records_handled_exceptions() -> None:
+    app = Flask("unit_flask")
+
+    @app.get("/pitches/<slug>")
+    def pitch(slug: str) -> str:
+        raise ValueError(slug)
+
+    init_flask(app, trace_id_header="X-Trace")
+    wrapped = app.wsgi_app
+    init_flask(app)
+    assert app.wsgi_app is wrapped
+    with capture_spans() as exporter:
+        response = app.test_client().get("/pitches/abc")
+        response.close()  # the span ends when the server closes the body
+    [span] = exporter.spans()
+    assert response.status_code == 500
+    assert response.headers["X-Trace"] == span["trace_id"]
+    assert span["name"] == "GET /pitches/<slug>"
+    assert span["status_message"] == "ValueError: abc"
+    assert [e["name"] for e in span["events"]] == ["exception"]
