@@ -146,7 +146,12 @@ def record_error(span: AnySpan, exc: BaseException) -> str | None:
     if sqlstate:
         span.set_attribute("db.response.status_code", sqlstate)
     span.set_attribute("error.type", sqlstate or type_name)
-    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__, limit=32)))
+    # Frame locations only: the source lines shown by a normal traceback are the caller's
+    # code, which may hold the very literals db.query.text strips.
+    frames = "".join(
+        f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
+        for f in traceback.extract_tb(exc.__traceback__, limit=32)
+    )
     span.record_exception(
         exc,
         {
@@ -266,6 +271,10 @@ class ConnState:
             return _SKIP
         operation, table = parse_statement(text)
         operation = operation.upper() if operation else "QUERY"
+        if table:
+            # Quoting is syntax, not part of the name: SELECT "pitches" and SELECT pitches
+            # are one operation for dashboards and rollups.
+            table = table.replace('"', "")
         attrs: dict[str, AttributeValue] = dict(self.base_attrs)
         attrs["db.operation.name"] = operation
         if table:
