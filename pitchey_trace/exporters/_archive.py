@@ -1,0 +1,632 @@
+"""The batching engine shared by :class:`LogpushExporter` (S3/R2) and
+:class:`LocalArchiveExporter` (a directory): Logpush-style gzip NDJSON objects per dataset.
+
+Flow (see ``docs/exporters.md`` for the guarantees):
+
+* ``export()`` (the exporter's worker thread) encodes each record once and appends it to the
+  open batch of its dataset - with a spool directory, straight into the batch's spool file
+  with one ``write()`` per call, so a record handed to the exporter survives a hard kill of
+  the process (``fsync`` at least every ``fsync_interval_s`` covers power loss too);
+* a batch closes on the first limit hit (``max_batch_bytes`` uncompressed, ``max_batch_records``,
+  ``max_interval_s`` since its first record) or on flush/shutdown; closing fixes its object name
+  ``{prefix}/{YYYYMMDD}/{start}_{end}_{unique}.log.gz``;
+* one background thread per exporter closes batches on time, fsyncs, and uploads closed
+  batches oldest first, retrying each with exponential backoff and jitter until it succeeds;
+  a batch's file is deleted only after its upload is confirmed;
+* the spool (or, without a spool directory, the memory buffer) is capped at
+  ``spool_max_bytes``: when full, the oldest closed batches are dropped first (counted
+  under ``dropped.spool_cap`` and logged).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pitchey_trace import _stats
+from pitchey_trace._context import CURRENT
+from pitchey_trace._json import _default, dumps
+from pitchey_trace._span import SUPPRESSED
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._http import RetryPolicy, warn_limited
+from pitchey_trace.exporters._spool import SpoolDir, new_key_name, safe_dataset
+from pitchey_trace.records import Record, dataset_of
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _orjson = None  # type: ignore[assignment]
+
+__all__ = ["ArchiveExporter", "Store", "encode_line", "gzip_ndjson"]
+
+DEFAULT_MAX_BATCH_BYTES = 5_000_000
+DEFAULT_MAX_BATCH_RECORDS = 100_000
+DEFAULT_MAX_INTERVAL_S = 30.0
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+DEFAULT_FSYNC_INTERVAL_S = 1.0
+DEFAULT_COMPRESSLEVEL = 6
+
+_stdlib_enc = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
+
+if _orjson is not None:
+    _opt = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_APPEND_NEWLINE
+    _odumps = _orjson.dumps
+
+    def encode_line(record: Any) -> bytes:
+        """One record as a JSON line (newline included)."""
+        try:
+            return _odumps(record, default=_default, option=_opt)
+        except TypeError:  # e.g. an int beyond 64 bits: the stdlib handles it
+            return (_stdlib_enc(record) + "\n").encode("utf-8")
+
+else:  # pragma: no cover
+
+    def encode_line(record: Any) -> bytes:
+        """One record as a JSON line (newline included)."""
+        return dumps(record) + b"\n"
+
+
+def gzip_ndjson(lines: Iterable[bytes], compresslevel: int = DEFAULT_COMPRESSLEVEL) -> bytes:
+    """One gzip member of the joined lines (deterministic: no timestamp in the header)."""
+    return gzip.compress(b"".join(lines), compresslevel, mtime=0)
+
+
+def clean_lines(data: bytes) -> tuple[bytes, int, int]:
+    """Keep the complete, valid JSON lines of recovered spool data: (data, kept, invalid)."""
+    kept: list[bytes] = []
+    invalid = 0
+    lines = data.split(b"\n")
+    tail = lines.pop()  # text after the last newline: a torn write
+    if tail.strip():
+        invalid += 1
+    loads = _orjson.loads if _orjson is not None else json.loads
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            loads(line)
+        except ValueError:
+            invalid += 1
+            continue
+        kept.append(line + b"\n")
+    return b"".join(kept), len(kept), invalid
+
+
+class Store(Protocol):
+    """Where closed batches go: an S3 bucket, a directory..."""
+
+    def put(self, dataset: str, key: str, body: bytes) -> None:
+        """Store ``body`` under ``key``; raise on failure (the batch is retried)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget connections (in a forked child)."""
+        ...
+
+
+@dataclass(eq=False)
+class _Open:
+    dataset: str
+    seq: int
+    opened_ns: int
+    opened_mono: float
+    path: Path | None = None
+    fd: int | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    records: int = 0
+    nbytes: int = 0
+    written: int = 0
+    dirty: bool = False
+
+
+@dataclass(eq=False)
+class _Ready:
+    dataset: str
+    key_name: str
+    size: int
+    records: int | None
+    path: Path | None = None
+    body: bytes | None = None
+    recovered: bool = False
+    attempts: int = 0
+    next_at: float = 0.0
+    inflight: bool = False
+
+
+class ArchiveExporter:
+    """Base of the archive exporters (see the module docstring). Not used directly."""
+
+    kind = "archive"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        name: str,
+        datasets: Iterable[str] | None,
+        prefixes: Mapping[str, str] | None,
+        max_batch_bytes: int,
+        max_batch_records: int,
+        max_interval_s: float,
+        compresslevel: int,
+        spool_dir: str | os.PathLike[str] | None,
+        spool_max_bytes: int,
+        fsync_interval_s: float,
+        router: Callable[[Record], Iterable[str]] | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        if max_batch_bytes < 1 or max_batch_records < 1:
+            raise ConfigurationError("max_batch_bytes and max_batch_records must be >= 1")
+        if max_interval_s <= 0 or fsync_interval_s <= 0:
+            raise ConfigurationError("max_interval_s and fsync_interval_s must be > 0")
+        if not 0 <= compresslevel <= 9:
+            raise ConfigurationError("compresslevel must be 0..9")
+        if spool_max_bytes < 1:
+            raise ConfigurationError("spool_max_bytes must be >= 1")
+        if router is not None and not callable(router):
+            raise TypeError("router must be callable (record -> dataset names)")
+        self.name = name
+        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.prefixes = {safe_dataset(k): v.strip("/") for k, v in (prefixes or {}).items()}
+        self.max_batch_bytes = max_batch_bytes
+        self.max_batch_records = max_batch_records
+        self.max_interval_s = float(max_interval_s)
+        self.compresslevel = compresslevel
+        self.spool_max_bytes = spool_max_bytes
+        self.fsync_interval_s = float(fsync_interval_s)
+        self.router = router
+        self.retry = retry or RetryPolicy()
+        self.spool_path = Path(spool_dir) if spool_dir is not None else None
+        self._store = store
+        self._shut = False
+        self._init_state()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._open: dict[str, _Open] = {}
+        self._ready: deque[_Ready] = deque()
+        self._usage = 0
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._next_fsync = time.monotonic() + self.fsync_interval_s
+        self._spool: SpoolDir | None = None
+        if self.spool_path is not None:
+            self._spool = SpoolDir(self.spool_path)
+            self._adopt()
+        self._thread: threading.Thread | None = None
+        self._start_thread()
+
+    def _adopt(self) -> None:
+        assert self._spool is not None
+        wanted = frozenset(safe_dataset(d) for d in self.datasets) if self.datasets is not None else None
+        adopted = self._spool.adopt_orphans(wanted)
+        for a in adopted:
+            self._ready.append(_Ready(a.dataset, a.key_name, a.size, None, path=a.path, recovered=True))
+            self._usage += a.size
+        if adopted:
+            _stats.incr(f"{self.kind}.recovered_files", len(adopted))
+
+    def _start_thread(self) -> None:
+        def run() -> None:
+            CURRENT.set(SUPPRESSED)  # boto3 / HTTP instrumentation must not trace our uploads
+            self._run()
+
+        self._thread = threading.Thread(
+            target=run, name=f"pitchey-trace-{self.kind}-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _ensure_running(self) -> None:
+        if self._pid != os.getpid():
+            self.after_fork()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's batches and files (the parent uploads them),
+        become a new spool owner, adopt files of dead owners, start a fresh thread."""
+        for ob in self._open.values():
+            if ob.fd is not None:
+                try:
+                    os.close(ob.fd)
+                except OSError:
+                    pass
+        if self._spool is not None:
+            self._spool.forget_after_fork()
+        self._store.reset()
+        if not self._shut:
+            self._init_state()
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Close every open batch and wait (at most ``timeout`` s, default 30) until every
+        closed batch is uploaded. Failed uploads are retried at once, then with backoff."""
+        if self._shut:
+            return not self._ready
+        self._ensure_running()
+        deadline = time.monotonic() + (30.0 if timeout is None else max(0.0, timeout))
+        with self._cond:
+            for ob in list(self._open.values()):
+                self._close(ob)
+            for item in self._ready:
+                item.next_at = 0.0
+            self._cond.notify_all()
+            while self._ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush (bounded by ``timeout``), stop the thread. With a spool, batches not uploaded
+        stay on disk for the next start; without one they are lost (counted)."""
+        if self._shut:
+            return
+        timeout = 30.0 if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + timeout
+        self.force_flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._stop_deadline = time.monotonic()
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self._shut = True
+        with self._cond:
+            left = sum(i.records or 0 for i in self._ready)
+            if self._ready:
+                if self._spool is not None:
+                    _stats.incr(f"{self.kind}.left_in_spool", left)
+                    warn_limited(
+                        f"{self.kind}.left",
+                        "pitchey_trace %s %s: %d batch(es) not uploaded at shutdown stay in %s",
+                        self.kind,
+                        self.name,
+                        len(self._ready),
+                        self.spool_path,
+                    )
+                else:
+                    _stats.incr("dropped.archive_unsent", left)
+            if self._spool is not None and (thread is None or not thread.is_alive()):
+                self._spool.release()
+
+    # -- export (worker thread) -------------------------------------------------------------------
+    def _datasets_for(self, record: Record) -> Iterable[str]:
+        router = self.router
+        if router is None:
+            return (safe_dataset(dataset_of(record)),)
+        wanted = self.datasets
+        return [safe_dataset(n) for n in router(record) if wanted is None or n in wanted]
+
+    def export(self, batch: Sequence[Record]) -> bool:
+        """Encode and append the records to their datasets' open batches (never waits for
+        storage). False only after shutdown; records that cannot be kept (spool full or
+        unwritable) are counted under ``dropped.spool_cap`` / ``dropped.spool_write_error``."""
+        if self._shut:
+            return False  # the worker counts the batch under dropped.export_failed
+        self._ensure_running()
+        per_ds: dict[str, list[bytes]] = {}
+        for rec in batch:
+            try:
+                line = encode_line(rec)
+            except Exception as exc:
+                _stats.incr("dropped.encode_error")
+                warn_limited(
+                    "archive.encode", "pitchey_trace %s: a record could not be encoded: %r", self.kind, exc
+                )
+                continue
+            for ds in self._datasets_for(rec):
+                lines = per_ds.get(ds)
+                if lines is None:
+                    per_ds[ds] = [line]
+                else:
+                    lines.append(line)
+        with self._cond:
+            for ds, lines in per_ds.items():
+                self._append(ds, lines)
+            self._cond.notify_all()
+        # Records we could not keep are counted precisely (dropped.spool_cap, ...) by _append;
+        # returning False would count the whole batch as dropped a second time.
+        return True
+
+    def _new_open(self, ds: str) -> _Open:
+        now_ns = time.time_ns()
+        spool = self._spool
+        if spool is None:
+            ob = _Open(ds, 0, now_ns, time.monotonic())
+        else:
+            seq = spool.next_seq()
+            path = spool.open_path(seq, ds, now_ns)
+            spool.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            ob = _Open(ds, seq, now_ns, time.monotonic(), path, fd)
+        self._open[ds] = ob
+        return ob
+
+    def _append(self, ds: str, lines: list[bytes]) -> int:
+        """Add lines to the open batch of ``ds`` (lock held); returns how many were kept."""
+        ob = self._open.get(ds)
+        pending: list[bytes] = []
+        kept = dropped = 0
+        max_bytes, max_records = self.max_batch_bytes, self.max_batch_records
+        for line in lines:
+            n = len(line)
+            if ob is not None and ob.records and ob.nbytes + n > max_bytes:
+                kept += self._write(ob, pending)
+                pending = []
+                self._close(ob)
+                ob = None
+            if self._usage + n > self.spool_max_bytes and not self._make_room(n):
+                dropped += 1
+                continue
+            if ob is None:
+                try:
+                    ob = self._new_open(ds)
+                except OSError as exc:
+                    dropped += 1
+                    _stats.incr("dropped.spool_write_error")
+                    warn_limited(
+                        f"{self.kind}.spool_open",
+                        "pitchey_trace %s: cannot open a spool file in %s: %r",
+                        self.kind,
+                        self.spool_path,
+                        exc,
+                    )
+                    continue
+            pending.append(line)
+            ob.records += 1
+            ob.nbytes += n
+            self._usage += n
+            if ob.records >= max_records:
+                kept += self._write(ob, pending)
+                pending = []
+                self._close(ob)
+                ob = None
+        if ob is not None and pending:
+            kept += self._write(ob, pending)
+        if dropped:
+            _stats.incr("dropped.spool_cap", dropped)
+            warn_limited(
+                f"{self.kind}.cap",
+                "pitchey_trace %s %s: spool full (%d bytes); dropping records",
+                self.kind,
+                self.name,
+                self.spool_max_bytes,
+            )
+        return kept
+
+    def _write(self, ob: _Open, lines: list[bytes]) -> int:
+        if not lines:
+            return 0
+        if ob.fd is None:
+            ob.chunks.extend(lines)
+            return len(lines)
+        data = b"".join(lines)
+        view = memoryview(data)
+        try:
+            while view:
+                done = os.write(ob.fd, view)
+                view = view[done:]
+        except OSError as exc:
+            # Keep the file made of whole lines: cut what this call appended.
+            try:
+                os.ftruncate(ob.fd, ob.written)
+            except OSError:
+                pass
+            ob.records -= len(lines)
+            ob.nbytes -= len(data)
+            self._usage -= len(data)
+            _stats.incr("dropped.spool_write_error", len(lines))
+            warn_limited(
+                f"{self.kind}.spool_write", "pitchey_trace %s: spool write failed: %r", self.kind, exc
+            )
+            return 0
+        ob.written += len(data)
+        ob.dirty = True
+        _stats.incr("spooled", len(lines))
+        _stats.incr(f"{self.kind}.spooled", len(lines))
+        return len(lines)
+
+    def _close(self, ob: _Open) -> None:
+        """Close an open batch (lock held): fix its object name, queue it for upload."""
+        self._open.pop(ob.dataset, None)
+        if ob.records == 0:
+            self._discard_open(ob)
+            return
+        key_name = new_key_name(ob.opened_ns, time.time_ns())
+        if ob.fd is None:
+            body = gzip_ndjson(ob.chunks, self.compresslevel)
+            self._usage += len(body) - ob.nbytes
+            ob.chunks = []
+            self._ready.append(_Ready(ob.dataset, key_name, len(body), ob.records, body=body))
+        else:
+            assert self._spool is not None
+            assert ob.path is not None
+            try:
+                if ob.dirty:
+                    os.fsync(ob.fd)
+            except OSError:
+                pass
+            os.close(ob.fd)
+            ob.fd = None
+            dst = self._spool.ready_path(ob.seq, ob.dataset, key_name)
+            try:
+                os.rename(ob.path, dst)
+            except OSError:
+                dst = ob.path  # still uploadable; after a crash it would get a new name
+            self._ready.append(_Ready(ob.dataset, key_name, ob.written, ob.records, path=dst))
+            self._usage += ob.written - ob.nbytes
+        self._cond.notify_all()
+
+    def _discard_open(self, ob: _Open) -> None:
+        if ob.fd is not None:
+            try:
+                os.close(ob.fd)
+            except OSError:
+                pass
+            ob.fd = None
+        if ob.path is not None:
+            try:
+                os.unlink(ob.path)
+            except OSError:
+                pass
+        self._usage -= ob.nbytes
+
+    def _make_room(self, n: int) -> bool:
+        """Drop the oldest closed batches not being uploaded until ``n`` more bytes fit."""
+        for item in list(self._ready):
+            if self._usage + n <= self.spool_max_bytes:
+                return True
+            if item.inflight:
+                continue
+            self._ready.remove(item)
+            records = item.records
+            if item.path is not None:
+                if records is None:
+                    try:
+                        records = clean_lines(item.path.read_bytes())[1]
+                    except OSError:
+                        records = 0
+                try:
+                    os.unlink(item.path)
+                except OSError:
+                    pass
+            self._usage -= item.size
+            _stats.incr("dropped.spool_cap", records or 0)
+            _stats.incr(f"{self.kind}.dropped_batches")
+        return self._usage + n <= self.spool_max_bytes
+
+    # -- background thread ----------------------------------------------------------------------
+    def object_key(self, dataset: str, key_name: str) -> str:
+        """``{prefix}/{YYYYMMDD}/{start}_{end}_{unique}.log.gz`` for a dataset's batch."""
+        prefix = self.prefixes.get(dataset, dataset)
+        path = f"{key_name[:8]}/{key_name}.log.gz"
+        return f"{prefix}/{path}" if prefix else path
+
+    def _housekeeping(self, now: float) -> None:
+        """Close batches past ``max_interval_s`` and fsync open spool files (lock held)."""
+        for ob in list(self._open.values()):
+            if now - ob.opened_mono >= self.max_interval_s:
+                self._close(ob)
+        if now >= self._next_fsync:
+            self._next_fsync = now + self.fsync_interval_s
+            for ob in self._open.values():
+                if ob.dirty and ob.fd is not None:
+                    try:
+                        os.fsync(ob.fd)
+                        ob.dirty = False
+                    except OSError as exc:
+                        warn_limited(
+                            f"{self.kind}.fsync", "pitchey_trace %s: fsync failed: %r", self.kind, exc
+                        )
+
+    def _next_wake(self, now: float) -> float:
+        wake = now + 5.0
+        for ob in self._open.values():
+            wake = min(wake, ob.opened_mono + self.max_interval_s)
+            if ob.dirty:
+                wake = min(wake, self._next_fsync)
+        for item in self._ready:
+            if not item.inflight:
+                wake = min(wake, item.next_at)
+        return max(0.0, wake - now)
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    now = time.monotonic()
+                    try:
+                        self._housekeeping(now)
+                    except Exception as exc:  # never let the uploader die
+                        warn_limited(f"{self.kind}.housekeeping", "pitchey_trace %s: %r", self.kind, exc)
+                    if self._stopping and (not self._ready or now >= self._stop_deadline):
+                        return
+                    item = next((i for i in self._ready if i.next_at <= now and not i.inflight), None)
+                    if item is not None:
+                        item.inflight = True
+                        break
+                    cond.wait(self._next_wake(now))
+            outcome = self._upload(item)
+            with cond:
+                item.inflight = False
+                if outcome == "retry":
+                    item.attempts += 1
+                    item.next_at = time.monotonic() + self.retry.backoff(item.attempts)
+                    _stats.incr("retried")
+                    _stats.incr(f"{self.kind}.retried")
+                else:
+                    try:
+                        self._ready.remove(item)
+                    except ValueError:
+                        pass
+                    self._usage -= item.size
+                    if item.path is not None:
+                        try:
+                            os.unlink(item.path)
+                        except OSError:
+                            pass
+                cond.notify_all()
+
+    def _upload(self, item: _Ready) -> str:
+        """Upload one closed batch: "done", "gone" (file vanished / empty) or "retry"."""
+        try:
+            if item.body is not None:
+                body = item.body
+            else:
+                assert item.path is not None
+                data = item.path.read_bytes()
+                if item.recovered:
+                    data, item.records, invalid = clean_lines(data)
+                    if invalid:
+                        _stats.incr("dropped.spool_invalid_lines", invalid)
+                body = gzip.compress(data, self.compresslevel, mtime=0)
+        except FileNotFoundError:
+            _stats.incr("dropped.spool_missing", item.records or 0)
+            return "gone"
+        except OSError as exc:
+            warn_limited(f"{self.kind}.read", "pitchey_trace %s: cannot read spool file: %r", self.kind, exc)
+            return "retry"
+        if not item.records:
+            return "gone"
+        key = self.object_key(item.dataset, item.key_name)
+        try:
+            self._store.put(item.dataset, key, body)
+        except Exception as exc:
+            warn_limited(
+                f"{self.kind}.upload",
+                "pitchey_trace %s %s: upload of %s failed (attempt %d), will retry: %r",
+                self.kind,
+                self.name,
+                key,
+                item.attempts + 1,
+                exc,
+            )
+            return "retry"
+        records = item.records
+        _stats.incr(f"{self.kind}.uploaded", records)
+        _stats.incr(f"{self.kind}.objects")
+        _stats.incr(f"{self.kind}.bytes", len(body))
+        if item.recovered:
+            _stats.incr(f"{self.kind}.recovered", records)
+        return "done"
+
+    # -- introspection --------------------------------------------------------------------------
+    def pending(self) -> dict[str, int]:
+        """What is waiting: records in open batches, closed batches, bytes held (spool or memory)."""
+        with self._cond:
+            return {
+                "open_records": sum(ob.records for ob in self._open.values()),
+                "closed_batches": len(self._ready),
+                "bytes": self._usage,
+            }

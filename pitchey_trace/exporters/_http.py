@@ -1,0 +1,246 @@
+"""Shared pieces of the network exporters: retry policy with backoff and jitter, rate-limited
+warnings, and a small keep-alive HTTP sender on the standard library (no dependencies).
+
+Failures of the destination (refused connections, timeouts, 5xx) are not SDK bugs: they are
+counted and logged at most once a minute per kind, never reported as internal errors.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import http.client
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from pitchey_trace import _stats
+from pitchey_trace.exceptions import ConfigurationError
+
+__all__ = ["HttpResult", "HttpSender", "RetryPolicy", "warn_limited"]
+
+logger = logging.getLogger("pitchey_trace")
+_WARN_EVERY_S = 60.0
+_last_warned: dict[str, float] = {}
+_warn_lock = threading.Lock()
+
+
+def warn_limited(kind: str, message: str, *args: object) -> None:
+    """Log a warning on the ``pitchey_trace`` logger, at most once a minute per ``kind``."""
+    now = time.monotonic()
+    with _warn_lock:
+        last = _last_warned.get(kind)
+        if last is not None and now - last < _WARN_EVERY_S:
+            return
+        _last_warned[kind] = now
+    logger.warning(message, *args)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How exporters retry: exponential backoff with jitter, bounded attempts and time.
+
+    The n-th retry waits ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))``, reduced
+    by a random fraction of up to ``jitter`` (so many processes do not retry in lockstep).
+    A ``Retry-After`` header on 429/503 replaces the computed wait (capped by
+    ``max_retry_after_s``). HTTP exporters give a batch up after ``max_attempts`` attempts or
+    ``max_elapsed_s`` seconds; the archive exporters retry uploads until shutdown (their data
+    is on disk) and use only the backoff part.
+    """
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    max_elapsed_s: float = 120.0
+    max_retry_after_s: float = 60.0
+    retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504}))
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be >= 1")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise ConfigurationError("backoff must be >= 0 and multiplier >= 1")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ConfigurationError("jitter must be in [0, 1]")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 = first retry)."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, retry - 1))
+        return base * (1.0 - self.jitter * random.random())
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons returned None
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class HttpResult:
+    """Outcome of :meth:`HttpSender.send`."""
+
+    ok: bool
+    status: int | None = None
+    body: bytes = b""
+    attempts: int = 0
+    error: str | None = None
+
+
+class HttpSender:
+    """POSTs bodies to one URL over a reused connection, with retries (one thread at a time).
+
+    ``timeout_s`` bounds each socket operation (connect, send, each read). ``stop`` (an Event)
+    interrupts backoff waits, so a shutdown never waits out a retry schedule.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        counter: str,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 10.0,
+        compress: bool = True,
+        compresslevel: int = 6,
+        retry: RetryPolicy | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"URL must be http(s)://host[:port]/path, got {url!r}")
+        if timeout_s <= 0:
+            raise ConfigurationError("timeout_s must be > 0")
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.counter = counter
+        self.timeout_s = timeout_s
+        self.compress = compress
+        self.compresslevel = compresslevel
+        self.retry = retry or RetryPolicy()
+        self.headers = {"Content-Type": content_type, "User-Agent": "pitchey-trace"}
+        if compress:
+            self.headers["Content-Encoding"] = "gzip"
+        self.headers.update(headers or {})
+        self._conn: http.client.HTTPConnection | None = None
+        self._pid = os.getpid()
+        self.stop = threading.Event()
+
+    def reset(self) -> None:
+        """Drop the connection (after fork the child must not share the parent's socket)."""
+        self._conn = None
+        self._pid = os.getpid()
+        self.stop = threading.Event()
+
+    def close(self) -> None:
+        """Close the connection; later sends reconnect."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._pid != os.getpid():
+            self.reset()
+        conn = self._conn
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+        return conn
+
+    def _post_once(self, body: bytes) -> tuple[int, Mapping[str, str], bytes]:
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=body, headers=self.headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            if resp.will_close:
+                self.close()
+            return resp.status, headers, data
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, payload: bytes) -> HttpResult:
+        """POST ``payload`` (gzipped when ``compress``), retrying per the policy."""
+        body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
+        policy = self.retry
+        started = time.monotonic()
+        attempt = 0
+        c = self.counter
+        while True:
+            attempt += 1
+            _stats.incr(f"{c}.requests")
+            wait: float | None = None
+            status: int | None = None
+            data = b""
+            try:
+                code, headers, data = self._post_once(body)
+            except (OSError, http.client.HTTPException) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                status = code
+                if 200 <= code < 300:
+                    return HttpResult(True, status, data, attempt)
+                error = f"HTTP {status}"
+                if status not in policy.retry_statuses:
+                    _stats.incr(f"{c}.rejected")
+                    warn_limited(
+                        f"{c}.rejected",
+                        "pitchey_trace %s: %s rejected a batch: %s %r",
+                        c,
+                        self.url,
+                        error,
+                        data[:200],
+                    )
+                    return HttpResult(False, status, data, attempt, error)
+                if status in (429, 503):
+                    after = parse_retry_after(headers.get("retry-after"))
+                    if after is not None:
+                        wait = min(after, policy.max_retry_after_s)
+            if wait is None:
+                wait = policy.backoff(attempt)
+            elapsed = time.monotonic() - started
+            if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed_s or self.stop.is_set():
+                _stats.incr(f"{c}.failed")
+                warn_limited(
+                    f"{c}.failed",
+                    "pitchey_trace %s: giving up a batch to %s after %d attempt(s): %s",
+                    c,
+                    self.url,
+                    attempt,
+                    error,
+                )
+                return HttpResult(False, status, data, attempt, error)
+            _stats.incr("retried")
+            _stats.incr(f"{c}.retried")
+            warn_limited(
+                f"{c}.retry", "pitchey_trace %s: %s failed (%s); retrying in %.2fs", c, self.url, error, wait
+            )
+            if self.stop.wait(wait):
+                _stats.incr(f"{c}.failed")
+                return HttpResult(False, status, data, attempt, error)

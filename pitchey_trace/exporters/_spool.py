@@ -1,0 +1,216 @@
+"""The on-disk spool of the archive exporters: file naming, ownership and crash recovery.
+
+One exporter instance in one process is an *owner* (``<pid>-<random>``) holding an exclusive
+``flock`` on ``<owner>.lock`` for as long as it lives; the kernel releases the lock when the
+process dies, however it dies. Its files::
+
+    <owner>.lock
+    <owner>.<seq>.<dataset>.<opened>.open                  the open batch, appended to
+    <owner>.<seq>.<dataset>.<start>_<end>_<unique>.ready   closed: object name fixed, to upload
+
+(``opened``/``start``/``end`` are compact ISO-8601 UTC times like ``20261130T053700Z``.)
+On start (and in a forked child) an exporter *adopts* the files of every owner whose lock it
+can take - a dead process: ``.open`` files are closed (object name fixed from their opening
+time and last modification), everything is renamed into the adopter's namespace in the
+original order and queued for upload before any new batch. A ``.ready`` file keeps its object
+name, so an upload that was in flight when the process died is retried under the same key
+(overwritten, never duplicated). Files of datasets the adopter does not handle are left
+alone. Recovered files may end with a torn line; the uploader keeps complete JSON lines only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; owners are assumed dead on start
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Adopted", "SpoolDir", "compact_utc", "safe_dataset"]
+
+_DATASET_OK = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_SPOOL_FILE = re.compile(
+    r"^(?P<owner>\d+-[0-9a-f]+)\.(?P<seq>\d{10})\.(?P<ds>[A-Za-z0-9_-]+)\.(?P<stamp>[0-9TZ_a-f]+)\.(?P<state>open|ready)$"
+)
+
+
+def safe_dataset(name: str) -> str:
+    """A dataset name usable in file names and object keys (``[A-Za-z0-9_-]``)."""
+    if _DATASET_OK.match(name):
+        return name
+    return _BAD.sub("_", name)[:100] or "_"
+
+
+def compact_utc(time_ns: int) -> str:
+    """``20261130T053700Z`` for a Unix time in nanoseconds."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time_ns // 1_000_000_000))
+
+
+def new_key_name(start_ns: int, end_ns: int) -> str:
+    """``<start>_<end>_<unique>`` - the object name (without date folder and suffix)."""
+    return f"{compact_utc(start_ns)}_{compact_utc(max(start_ns, end_ns))}_{secrets.token_hex(8)}"
+
+
+@dataclass
+class Adopted:
+    """A spool file taken over from a dead owner, renamed into ours, ready to upload."""
+
+    path: Path
+    dataset: str
+    key_name: str
+    size: int
+
+
+class SpoolDir:
+    """This owner's view of a spool directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._lock_fd: int | None = None
+        self._seq = 0
+        self._lock()
+
+    def _lock(self) -> None:
+        # Lock under a temporary name, then rename: a visible lock file is always locked, so
+        # nobody can mistake a starting owner for a dead one.
+        tmp = self.path / f".{self.owner}.lock.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, self.path / f"{self.owner}.lock")
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Give up ownership (remaining files become adoptable by the next start)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.path / f"{self.owner}.lock")
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited lock descriptor without touching the parent's
+        lock (closing our copy does not release a flock the parent still holds)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def next_seq(self) -> int:
+        """The next batch sequence number of this owner."""
+        self._seq += 1
+        return self._seq
+
+    def open_path(self, seq: int, dataset: str, opened_ns: int) -> Path:
+        """Path of an open batch file."""
+        return self.path / f"{self.owner}.{seq:010d}.{dataset}.{compact_utc(opened_ns)}.open"
+
+    def ready_path(self, seq: int, dataset: str, key_name: str) -> Path:
+        """Path of a closed batch file whose object name is ``key_name``."""
+        return self.path / f"{self.owner}.{seq:010d}.{dataset}.{key_name}.ready"
+
+    def _owner_is_dead(self, owner: str) -> tuple[bool, int | None]:
+        """Try to take a foreign owner's lock: (dead?, fd holding its lock or None)."""
+        lock_path = self.path / f"{owner}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            return True, None
+        except OSError:
+            return False, None
+        if fcntl is None:  # pragma: no cover
+            return True, fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False, None
+        return True, fd
+
+    def adopt_orphans(self, datasets: frozenset[str] | None) -> list[Adopted]:
+        """Take over the files of dead owners (only datasets in ``datasets``; all when None),
+        in their original order. Returns them renamed into this owner's namespace."""
+        by_owner: dict[str, list[tuple[int, re.Match[str]]]] = {}
+        lock_owners: list[str] = []
+        for entry in os.listdir(self.path):
+            if entry.endswith(".lock"):
+                lock_owners.append(entry[: -len(".lock")])
+                continue
+            m = _SPOOL_FILE.match(entry)
+            if m is None or m["owner"] == self.owner:
+                continue
+            by_owner.setdefault(m["owner"], []).append((int(m["seq"]), m))
+        for owner in lock_owners:  # stale locks of dead owners that left no files
+            if owner != self.owner and owner not in by_owner:
+                dead, fd = self._owner_is_dead(owner)
+                if dead:
+                    try:
+                        os.unlink(self.path / f"{owner}.lock")
+                    except OSError:
+                        pass
+                if fd is not None:
+                    os.close(fd)
+        out: list[Adopted] = []
+        for owner in sorted(by_owner):
+            dead, fd = self._owner_is_dead(owner)
+            if not dead:
+                continue
+            try:
+                leftovers = False
+                for _seq, m in sorted(by_owner[owner], key=lambda t: t[0]):
+                    ds = m["ds"]
+                    if datasets is not None and ds not in datasets:
+                        leftovers = True
+                        continue
+                    src = self.path / m.string
+                    try:
+                        st = src.stat()
+                    except FileNotFoundError:  # another process adopted it first
+                        continue
+                    if m["state"] == "ready":
+                        key_name = m["stamp"]
+                    else:
+                        opened = _parse_compact(m["stamp"])
+                        key_name = new_key_name(opened, max(opened, st.st_mtime_ns))
+                    dst = self.ready_path(self.next_seq(), ds, key_name)
+                    try:
+                        os.rename(src, dst)
+                    except FileNotFoundError:
+                        continue
+                    out.append(Adopted(dst, ds, key_name, st.st_size))
+                if not leftovers:
+                    try:
+                        os.unlink(self.path / f"{owner}.lock")
+                    except OSError:
+                        pass
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return out
+
+
+def _parse_compact(stamp: str) -> int:
+    try:
+        t = time.strptime(stamp, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return time.time_ns()
+    import calendar
+
+    return calendar.timegm(t) * 1_000_000_000

@@ -1,0 +1,268 @@
+"""HttpAnalyticsExporter: records as Workers Analytics Engine-shaped data points over HTTP.
+
+Each record becomes one point ``{"indexes": [1 string], "blobs": [<=20 strings],
+"doubles": [<=20 numbers]}`` (the shape of Cloudflare's ``writeDataPoint``); batches are POSTed
+as ``{"points": [...]}`` JSON (gzip by default) with ``Authorization: Bearer <token>`` to a URL
+you run - typically a Worker that calls ``env.DATASET.writeDataPoint(p)`` for each point.
+The column layout per record type is documented in ``docs/exporters.md`` and in
+:func:`to_data_point`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from pitchey_trace import _stats
+from pitchey_trace._json import dumps
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._http import HttpSender, RetryPolicy
+from pitchey_trace.records import Record
+
+__all__ = ["MAX_BLOBS", "MAX_DOUBLES", "MAX_INDEX_BYTES", "HttpAnalyticsExporter", "to_data_point"]
+
+MAX_INDEX_BYTES = 96
+MAX_BLOBS = 20
+MAX_DOUBLES = 20
+#: Per-blob cap: 20 blobs x 256 bytes stays within Analytics Engine's per-point blob budget.
+DEFAULT_MAX_BLOB_BYTES = 256
+#: Analytics Engine accepts up to 250 writeDataPoint calls per Worker invocation.
+DEFAULT_MAX_POINTS_PER_REQUEST = 250
+
+Point = dict[str, list[Any]]
+
+
+def _truncate(text: str, limit: int) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", "ignore")  # cut at a character boundary
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, (int, float)):
+        f = float(value)
+        return f if math.isfinite(f) else 0.0
+    return 0.0
+
+
+def _s(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _span_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
+    a = r.get("attributes") or {}
+    res = r.get("resource") or {}
+    category = r.get("category")
+    blobs = [
+        "span",
+        r.get("service"),
+        r.get("environment"),
+        r.get("name"),
+        r.get("kind"),
+        r.get("status"),
+        category,
+        r.get("trace_id"),
+        r.get("span_id"),
+        r.get("parent_span_id"),
+        a.get("http.request.method"),
+        a.get("http.route"),
+        a.get("db.system.name"),
+        a.get("db.operation.name"),
+        a.get("db.collection.name"),
+        a.get("server.address"),
+        a.get("error.type"),
+        r.get("status_message"),
+        res.get("service.version"),
+        res.get("host.name"),
+    ]
+    doubles = [
+        _num(r.get("duration_ms")),
+        _num(r.get("start_time_unix_nano", 0)) / 1e6,
+        1.0 if r.get("status") == "error" else 0.0,
+        _num(a.get("http.response.status_code")),
+        _num(a.get("db.response.returned_rows")),
+        1.0,
+        1.0 if category in ("slow", "very_slow") else 0.0,
+        float(len(r.get("events") or ())),
+    ]
+    return f"{_s(r.get('service'))}:{_s(r.get('name'))}", blobs, doubles
+
+
+def _rollup_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
+    blobs = ["rollup", r.get("service"), r.get("environment"), r.get("operation"), r.get("kind")]
+    doubles = [
+        _num(r.get("duration_sum_ms")),
+        _num(r.get("minute_start_unix_nano", 0)) / 1e6,
+        _num(r.get("errors")),
+        0.0,
+        0.0,
+        _num(r.get("count")),
+        0.0,
+        0.0,
+        _num(r.get("duration_min_ms")),
+        _num(r.get("duration_max_ms")),
+        _num(r.get("p50_ms")),
+        _num(r.get("p95_ms")),
+        _num(r.get("p99_ms")),
+        _num(r.get("interval_s")),
+    ]
+    return f"{_s(r.get('service'))}:{_s(r.get('operation'))}", blobs, doubles
+
+
+def _audit_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
+    blobs = [
+        "audit",
+        r.get("service"),
+        r.get("environment"),
+        r.get("action"),
+        r.get("category"),
+        r.get("outcome"),
+        r.get("target"),
+        r.get("trace_id"),
+        r.get("span_id"),
+        r.get("actor"),
+    ]
+    doubles = [0.0, _num(r.get("time_unix_nano", 0)) / 1e6, 0.0, 0.0, 0.0, 1.0]
+    return f"{_s(r.get('service'))}:{_s(r.get('action'))}", blobs, doubles
+
+
+_LAYOUTS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[Any], list[float]]]] = {
+    "span": _span_point,
+    "rollup": _rollup_point,
+    "audit": _audit_point,
+}
+
+
+def to_data_point(record: Mapping[str, Any], max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> Point | None:
+    """The Analytics Engine point of a record (None for unknown record types).
+
+    Column positions are fixed per record type (``blob1`` is always the type) so that SQL
+    over the dataset can name them; see ``docs/exporters.md`` for the full table. The index is
+    ``"<service>:<operation>"`` cut to 96 UTF-8 bytes; each blob is cut to ``max_blob_bytes``;
+    missing values are ``""`` / ``0``.
+    """
+    layout = _LAYOUTS.get(record.get("type", ""))
+    if layout is None:
+        return None
+    index, blobs, doubles = layout(record)
+    return {
+        "indexes": [_truncate(index, MAX_INDEX_BYTES)],
+        "blobs": [_truncate(_s(b), max_blob_bytes) for b in blobs[:MAX_BLOBS]],
+        "doubles": doubles[:MAX_DOUBLES],
+    }
+
+
+class HttpAnalyticsExporter:
+    """POST records as Analytics Engine data points to ``url``.
+
+    Args:
+        url: the receiving endpoint (e.g. your Worker), ``http(s)://host/path``.
+        token: bearer token (default: env ``PITCHEY_TRACE_ANALYTICS_TOKEN``; none = no header).
+        datasets: datasets to receive (default all: spans, audit records and rollups).
+        to_point: custom ``record -> point | None`` mapping (None skips the record).
+        max_points_per_request: points per POST (default 250).
+        timeout_s: per socket operation (default 10).
+        compress: gzip the body (``Content-Encoding: gzip``; default True).
+        retry: a :class:`~pitchey_trace.exporters._http.RetryPolicy` (default: 5 attempts,
+            0.5 s doubling backoff with jitter, ``Retry-After`` honoured on 429/503).
+        headers: extra request headers.
+
+    Runs on its own export worker: retries and a hanging endpoint never block the
+    application. Counters: ``http_analytics.points``, ``.requests``, ``.retried``,
+    ``.failed``, ``.rejected``, ``.skipped``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        datasets: Iterable[str] | None = None,
+        to_point: Callable[[Record], Point | None] | None = None,
+        max_points_per_request: int = DEFAULT_MAX_POINTS_PER_REQUEST,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+        timeout_s: float = 10.0,
+        compress: bool = True,
+        compresslevel: int = 6,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        name: str = "http_analytics",
+    ) -> None:
+        if max_points_per_request < 1:
+            raise ConfigurationError("max_points_per_request must be >= 1")
+        if max_blob_bytes < 1:
+            raise ConfigurationError("max_blob_bytes must be >= 1")
+        token = token if token is not None else os.environ.get("PITCHEY_TRACE_ANALYTICS_TOKEN")
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        self.name = name
+        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.max_points_per_request = max_points_per_request
+        self.max_blob_bytes = max_blob_bytes
+        self._to_point = to_point
+        self._sender = HttpSender(
+            url,
+            counter="http_analytics",
+            headers=hdrs,
+            timeout_s=timeout_s,
+            compress=compress,
+            compresslevel=compresslevel,
+            retry=retry,
+        )
+
+    @property
+    def url(self) -> str:
+        """The endpoint."""
+        return self._sender.url
+
+    def _point(self, record: Record) -> Point | None:
+        if self._to_point is not None:
+            return self._to_point(record)
+        return to_data_point(record, self.max_blob_bytes)
+
+    def export(self, batch: Sequence[Record]) -> bool:
+        """Convert and POST the batch (in chunks); False if any chunk was given up."""
+        points: list[Point] = []
+        skipped = 0
+        for rec in batch:
+            p = self._point(rec)
+            if p is None:
+                skipped += 1
+            else:
+                points.append(p)
+        if skipped:
+            _stats.incr("http_analytics.skipped", skipped)
+        ok = True
+        step = self.max_points_per_request
+        for i in range(0, len(points), step):
+            chunk = points[i : i + step]
+            result = self._sender.send(dumps({"points": chunk}))
+            if result.ok:
+                _stats.incr("http_analytics.points", len(chunk))
+            else:
+                ok = False
+        return ok
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Nothing is buffered here (batches are sent as they arrive)."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop retrying and close the connection."""
+        self._sender.stop.set()
+        self._sender.close()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connection."""
+        self._sender.reset()
+
+    def __repr__(self) -> str:
+        return f"HttpAnalyticsExporter(url={self.url!r}, datasets={self.datasets!r})"

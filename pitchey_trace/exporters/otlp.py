@@ -1,0 +1,259 @@
+"""OTLPExporter: span records as OTLP/HTTP JSON to any OpenTelemetry collector, Jaeger or Tempo.
+
+The payload is an ``ExportTraceServiceRequest`` in the OTLP JSON encoding: ``traceId`` and
+``spanId`` as lowercase hex (not base64), span kind and status code as the integer values of
+the proto enums, 64-bit integers as decimal strings, attributes as ``AnyValue`` objects.
+Spans are grouped by their resource; the instrumentation scope is ``pitchey_trace`` with the
+SDK version. Only ``span`` records are sent (the default ``datasets`` is ``{"traces"}``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pitchey_trace import _stats
+from pitchey_trace._json import dumps, loads
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._http import HttpSender, RetryPolicy
+from pitchey_trace.records import Record
+
+__all__ = ["OTLPExporter", "any_value", "encode_otlp_json"]
+
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+_KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+_STATUS = {"unset": 0, "ok": 1, "error": 2}
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """An OTLP JSON ``AnyValue`` for a Python value (ints as strings, as the JSON mapping says)."""
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        if -(1 << 63) <= value < 1 << 63:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return {"doubleValue": value}
+        return {"doubleValue": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": _kv(value)}}
+    if value is None:
+        return {}
+    if isinstance(value, bytes):
+        return {"stringValue": value.decode("utf-8", "replace")}
+    return {"stringValue": str(value)}
+
+
+def _kv(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not attrs:
+        return []
+    return [{"key": str(k), "value": any_value(v)} for k, v in attrs.items()]
+
+
+def _span(r: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": r["trace_id"],
+        "spanId": r["span_id"],
+        "name": r.get("name", ""),
+        "kind": _KIND.get(r.get("kind", ""), 0),
+        "startTimeUnixNano": str(r.get("start_time_unix_nano", 0)),
+        "endTimeUnixNano": str(r.get("end_time_unix_nano", 0)),
+        "attributes": _kv(r.get("attributes")),
+    }
+    parent = r.get("parent_span_id")
+    if parent:
+        out["parentSpanId"] = parent
+    events = r.get("events")
+    if events:
+        out["events"] = [
+            {
+                "timeUnixNano": str(e.get("time_unix_nano", 0)),
+                "name": e.get("name", ""),
+                "attributes": _kv(e.get("attributes")),
+            }
+            for e in events
+        ]
+    links = r.get("links")
+    if links:
+        out["links"] = [
+            {"traceId": lk["trace_id"], "spanId": lk["span_id"], "attributes": _kv(lk.get("attributes"))}
+            for lk in links
+        ]
+    status: dict[str, Any] = {"code": _STATUS.get(r.get("status", "unset"), 0)}
+    if r.get("status_message"):
+        status["message"] = r["status_message"]
+    out["status"] = status
+    return out
+
+
+def encode_otlp_json(
+    records: Iterable[Mapping[str, Any]], scope_name: str = "pitchey_trace", scope_version: str | None = None
+) -> dict[str, Any]:
+    """An ``ExportTraceServiceRequest`` (OTLP JSON) for the span records among ``records``."""
+    if scope_version is None:
+        from pitchey_trace import __version__ as scope_version
+    scope = {"name": scope_name, "version": scope_version}
+    groups: dict[Any, tuple[Mapping[str, Any], list[dict[str, Any]]]] = {}
+    keys_by_id: dict[int, Any] = {}
+    for r in records:
+        if r.get("type") != "span":
+            continue
+        res = r.get("resource") or {"service.name": r.get("service", "unknown_service")}
+        key = keys_by_id.get(id(res))
+        if key is None:
+            key = keys_by_id[id(res)] = tuple(sorted((k, repr(v)) for k, v in res.items()))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = (res, [])
+        group[1].append(_span(r))
+    return {
+        "resourceSpans": [
+            {"resource": {"attributes": _kv(res)}, "scopeSpans": [{"scope": scope, "spans": spans}]}
+            for res, spans in groups.values()
+        ]
+    }
+
+
+def _env_headers(text: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+def _resolve_endpoint(endpoint: str | None) -> str:
+    if endpoint is None:
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if endpoint:
+            return endpoint
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        return base.rstrip("/") + "/v1/traces" if base else DEFAULT_ENDPOINT
+    if urlsplit(endpoint).path in ("", "/"):
+        return endpoint.rstrip("/") + "/v1/traces"
+    return endpoint
+
+
+class OTLPExporter:
+    """Send span records to an OTLP/HTTP endpoint as JSON.
+
+    Args:
+        endpoint: full URL (``http://collector:4318/v1/traces``); a URL without a path gets
+            ``/v1/traces``. Default: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``, else ``http://localhost:4318/v1/traces``.
+        headers: extra headers (default: ``OTEL_EXPORTER_OTLP_HEADERS``, ``k=v,k2=v2``).
+        compression: ``"gzip"`` or ``None`` (default: ``OTEL_EXPORTER_OTLP_COMPRESSION``, else gzip).
+        timeout_s: per socket operation (default: ``OTEL_EXPORTER_OTLP_TIMEOUT`` ms, else 10 s).
+        retry: retry policy (429/502/503/504 and connection errors are retried; ``Retry-After``
+            honoured).
+        max_spans_per_request: spans per POST (default 512).
+
+    Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
+    ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = "default",
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        datasets: Iterable[str] | None = ("traces",),
+        max_spans_per_request: int = 512,
+        scope_name: str = "pitchey_trace",
+        name: str = "otlp",
+    ) -> None:
+        if compression == "default":
+            compression = os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip").strip().lower() or None
+        if compression not in ("gzip", "none", None):
+            raise ConfigurationError(f"compression must be 'gzip' or None, got {compression!r}")
+        if timeout_s is None:
+            env_timeout = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+            try:
+                timeout_s = float(env_timeout) / 1000.0 if env_timeout else 10.0
+            except ValueError:
+                raise ConfigurationError(
+                    f"OTEL_EXPORTER_OTLP_TIMEOUT must be milliseconds, got {env_timeout!r}"
+                ) from None
+        if max_spans_per_request < 1:
+            raise ConfigurationError("max_spans_per_request must be >= 1")
+        hdrs = (
+            _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")) if headers is None else dict(headers)
+        )
+        self.name = name
+        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.max_spans_per_request = max_spans_per_request
+        self.scope_name = scope_name
+        if retry is None:
+            retry = RetryPolicy(retry_statuses=frozenset({429, 502, 503, 504}))
+        self._sender = HttpSender(
+            _resolve_endpoint(endpoint),
+            counter="otlp",
+            headers=hdrs,
+            timeout_s=timeout_s,
+            compress=compression == "gzip",
+            retry=retry,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The resolved ``/v1/traces`` URL."""
+        return self._sender.url
+
+    def export(self, batch: Sequence[Record]) -> bool:
+        """POST the span records of ``batch``; False if a chunk was given up."""
+        spans = [r for r in batch if r.get("type") == "span"]
+        if len(spans) != len(batch):
+            _stats.incr("otlp.skipped", len(batch) - len(spans))
+        ok = True
+        step = self.max_spans_per_request
+        for i in range(0, len(spans), step):
+            chunk = spans[i : i + step]
+            result = self._sender.send(dumps(encode_otlp_json(chunk, self.scope_name)))
+            if not result.ok:
+                ok = False
+                continue
+            _stats.incr("otlp.spans", len(chunk))
+            rejected = _partial_rejected(result.body)
+            if rejected:
+                _stats.incr("otlp.partial_rejected", rejected)
+        return ok
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop retrying and close the connection."""
+        self._sender.stop.set()
+        self._sender.close()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connection."""
+        self._sender.reset()
+
+    def __repr__(self) -> str:
+        return f"OTLPExporter(endpoint={self.endpoint!r})"
+
+
+def _partial_rejected(body: bytes) -> int:
+    """``partialSuccess.rejectedSpans`` of an OTLP JSON response (0 when absent or not JSON)."""
+    if not body or not body.lstrip().startswith(b"{"):
+        return 0
+    try:
+        doc = loads(body)
+        return int(doc.get("partialSuccess", {}).get("rejectedSpans", 0) or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0

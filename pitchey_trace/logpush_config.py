@@ -1,0 +1,478 @@
+"""Logpush (S3 / R2) configuration file, S3 client construction, and the retention
+``setup`` / ``verify`` operations behind ``pitchey-trace logpush setup|verify``.
+
+The file is TOML (read with :mod:`tomllib` on Python 3.11+, ``tomli`` on 3.10 when installed)
+or JSON (a ``.json`` file name), same keys either way::
+
+    endpoint_url = "https://<account>.r2.cloudflarestorage.com"  # omit for AWS S3
+    region = "auto"                     # R2: "auto"; S3: the bucket's region
+    bucket = "pitchey-logs"             # default bucket of every dataset
+    # profile = "logs"                  # optional boto3 profile; credentials: boto3's chain
+    # spool_dir = "/var/spool/pitchey-trace"   # LogpushExporter.from_config only
+
+    [datasets.traces]
+    prefix = "traces"
+    retention_days = 30
+    [datasets.audit]
+    prefix = "audit"
+    retention_days = 90
+    # bucket = "pitchey-audit"          # a dataset may have its own bucket
+    [datasets.performance]
+    prefix = "performance"
+    retention_days = 14
+
+    [batch]                             # optional, LogpushExporter.from_config only
+    max_bytes = 5000000
+    max_records = 100000
+    max_interval_s = 30
+
+Without a ``[datasets]`` table the three standard datasets are used with the prefixes and
+retention shown. A dataset's ``retention_days`` may be omitted (or 0) for "keep forever".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
+
+__all__ = [
+    "DEFAULT_RETENTION_DAYS",
+    "Check",
+    "DatasetConfig",
+    "LogpushConfig",
+    "load_config",
+    "make_s3_client",
+    "rule_id",
+    "setup",
+    "verify",
+]
+
+DEFAULT_RETENTION_DAYS = {"traces": 30, "audit": 90, "performance": 14}
+_RULE_PREFIX = "pitchey-trace-"
+_TOP_KEYS = {
+    "endpoint_url",
+    "region",
+    "bucket",
+    "profile",
+    "spool_dir",
+    "addressing_style",
+    "datasets",
+    "batch",
+}
+_DATASET_KEYS = {"prefix", "retention_days", "bucket"}
+_BATCH_KEYS = {"max_bytes", "max_records", "max_interval_s"}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset's destination and retention."""
+
+    name: str
+    bucket: str
+    prefix: str
+    retention_days: int | None
+
+
+@dataclass(frozen=True)
+class LogpushConfig:
+    """A parsed logpush configuration (see the module docstring for the file format)."""
+
+    datasets: dict[str, DatasetConfig]
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str | None = None
+    spool_dir: str | None = None
+    batch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def buckets(self) -> list[str]:
+        """Every bucket used, sorted."""
+        return sorted({d.bucket for d in self.datasets.values()})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> LogpushConfig:
+        """Validate and build from parsed TOML/JSON. Raises ConfigurationError."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError("logpush config must be a table/object")
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise ConfigurationError(f"unknown logpush config key(s): {', '.join(sorted(unknown))}")
+        default_bucket = _opt_str(data, "bucket")
+        raw = data.get("datasets")
+        if raw is None:
+            raw = {name: {} for name in DEFAULT_RETENTION_DAYS}
+        if not isinstance(raw, Mapping) or not raw:
+            raise ConfigurationError("datasets must be a non-empty table of dataset tables")
+        datasets: dict[str, DatasetConfig] = {}
+        for name, spec in raw.items():
+            if not isinstance(spec, Mapping):
+                raise ConfigurationError(f"datasets.{name} must be a table")
+            bad = set(spec) - _DATASET_KEYS
+            if bad:
+                raise ConfigurationError(f"unknown key(s) in datasets.{name}: {', '.join(sorted(bad))}")
+            bucket = _opt_str(spec, "bucket", f"datasets.{name}.") or default_bucket
+            if not bucket:
+                raise ConfigurationError(
+                    f"dataset {name!r} has no bucket (set bucket or datasets.{name}.bucket)"
+                )
+            prefix = _opt_str(spec, "prefix", f"datasets.{name}.")
+            prefix = (name if prefix is None else prefix).strip("/")
+            days = spec.get("retention_days", DEFAULT_RETENTION_DAYS.get(name))
+            if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 0):
+                raise ConfigurationError(f"datasets.{name}.retention_days must be an int >= 0")
+            datasets[name] = DatasetConfig(name, bucket, prefix, days or None)
+        batch = data.get("batch") or {}
+        if not isinstance(batch, Mapping) or set(batch) - _BATCH_KEYS:
+            raise ConfigurationError(f"batch accepts only {', '.join(sorted(_BATCH_KEYS))}")
+        style = _opt_str(data, "addressing_style")
+        if style not in (None, "path", "virtual", "auto"):
+            raise ConfigurationError("addressing_style must be path, virtual or auto")
+        return cls(
+            datasets=datasets,
+            endpoint_url=_opt_str(data, "endpoint_url"),
+            region=_opt_str(data, "region"),
+            profile=_opt_str(data, "profile"),
+            addressing_style=style,
+            spool_dir=_opt_str(data, "spool_dir"),
+            batch=dict(batch),
+        )
+
+
+def _opt_str(data: Mapping[str, Any], key: str, where: str = "") -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{where}{key} must be a string")
+    return value
+
+
+def load_config(path: str | os.PathLike[str]) -> LogpushConfig:
+    """Read a TOML (or ``.json``) logpush config file. Raises ConfigurationError."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {p}: {exc}") from exc
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(f"{p}: invalid JSON: {exc}") from exc
+    else:
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:
+                raise ConfigurationError(
+                    f"{p}: reading TOML on Python 3.10 needs 'tomli'; or use a .json config"
+                ) from None
+        try:
+            data = tomllib.loads(text.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"{p}: invalid TOML: {exc}") from exc
+    return LogpushConfig.from_mapping(data)
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    addressing_style: str | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 30.0,
+    max_attempts: int = 1,
+) -> Any:
+    """A boto3 S3 client that works with AWS S3, Cloudflare R2 and S3-compatible servers.
+
+    Credentials come from boto3's usual chain (environment, shared files, profile, instance
+    role). With a custom ``endpoint_url`` path-style addressing is the default; checksums are
+    only computed when an operation requires them (what R2 and most S3-compatible servers
+    accept). ``max_attempts=1`` leaves retrying to the caller.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise IntegrationUnavailable("LogpushExporter", "s3") from None
+    style = addressing_style or ("path" if endpoint_url else "auto")
+    kwargs: dict[str, Any] = {
+        "connect_timeout": connect_timeout_s,
+        "read_timeout": read_timeout_s,
+        "retries": {"max_attempts": max_attempts, "mode": "standard"},
+        "s3": {"addressing_style": style},
+    }
+    try:
+        cfg = Config(
+            **kwargs,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+    except TypeError:  # pragma: no cover - botocore < 1.36 has neither option
+        cfg = Config(**kwargs)
+    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
+
+
+def client_for(config: LogpushConfig, max_attempts: int = 3) -> Any:
+    """The S3 client described by ``config``."""
+    return make_s3_client(
+        endpoint_url=config.endpoint_url,
+        region=config.region,
+        profile=config.profile,
+        addressing_style=config.addressing_style,
+        max_attempts=max_attempts,
+    )
+
+
+# -- setup / verify --------------------------------------------------------------------------------
+@dataclass
+class Check:
+    """One row of the setup/verify report."""
+
+    check: str
+    target: str
+    ok: bool
+    detail: str
+
+
+def rule_id(dataset: str) -> str:
+    """The lifecycle rule id pitchey-trace manages for a dataset."""
+    return f"{_RULE_PREFIX}{dataset}"
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", type(exc).__name__))
+
+
+def _bucket_exists(client: Any, bucket: str) -> bool:
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except Exception as exc:
+        if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+
+
+def _get_rules(client: Any, bucket: str) -> list[dict[str, Any]]:
+    try:
+        resp = client.get_bucket_lifecycle_configuration(Bucket=bucket)
+    except Exception as exc:
+        if _error_code(exc) in ("NoSuchLifecycleConfiguration", "404"):
+            return []
+        raise
+    return list(resp.get("Rules", []))
+
+
+def _rule_prefix(rule: Mapping[str, Any]) -> str | None:
+    filt = rule.get("Filter")
+    if isinstance(filt, Mapping):
+        if "Prefix" in filt:
+            return str(filt["Prefix"])
+        if filt.get("And") is None and not filt:
+            return ""
+        return None  # tag/size filters: not a plain prefix rule
+    prefix = rule.get("Prefix")
+    return str(prefix) if prefix is not None else ""
+
+
+def _rule_days(rule: Mapping[str, Any]) -> int | None:
+    days = (rule.get("Expiration") or {}).get("Days")
+    return int(days) if days is not None else None
+
+
+def _desired_rule(ds: DatasetConfig) -> dict[str, Any]:
+    return {
+        "ID": rule_id(ds.name),
+        "Filter": {"Prefix": f"{ds.prefix}/" if ds.prefix else ""},
+        "Status": "Enabled",
+        "Expiration": {"Days": ds.retention_days},
+    }
+
+
+def _same_rule(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return (
+        a.get("ID") == b.get("ID")
+        and _rule_prefix(a) == _rule_prefix(b)
+        and a.get("Status") == b.get("Status")
+        and _rule_days(a) == _rule_days(b)
+    )
+
+
+def _create_bucket(client: Any, bucket: str, region: str | None) -> None:
+    if region and region not in ("us-east-1", "auto"):
+        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    else:
+        client.create_bucket(Bucket=bucket)
+
+
+def setup(config: LogpushConfig, client: Any) -> list[Check]:
+    """Create missing buckets and put one lifecycle expiration rule per dataset prefix
+    (``pitchey-trace-<dataset>``), keeping every other rule. Idempotent: nothing is written
+    when the buckets and rules are already as configured."""
+    rows: list[Check] = []
+    for bucket in config.buckets:
+        try:
+            if _bucket_exists(client, bucket):
+                rows.append(Check("bucket", bucket, True, "exists"))
+            else:
+                _create_bucket(client, bucket, config.region)
+                rows.append(Check("bucket", bucket, True, "created"))
+        except Exception as exc:
+            rows.append(Check("bucket", bucket, False, f"{_error_code(exc)}: {exc}"))
+            continue
+        wanted = [
+            _desired_rule(d) for d in config.datasets.values() if d.bucket == bucket and d.retention_days
+        ]
+        managed_ids = {rule_id(d.name) for d in config.datasets.values() if d.bucket == bucket}
+        try:
+            existing = _get_rules(client, bucket)
+            by_id = {r.get("ID"): r for r in existing}
+            unchanged = all(r["ID"] in by_id and _same_rule(by_id[r["ID"]], r) for r in wanted)
+            stale = [
+                r
+                for r in existing
+                if r.get("ID") in managed_ids and r.get("ID") not in {w["ID"] for w in wanted}
+            ]
+            if unchanged and not stale:
+                detail = "unchanged"
+            else:
+                keep = [r for r in existing if r.get("ID") not in managed_ids]
+                rules = keep + wanted
+                if rules:
+                    client.put_bucket_lifecycle_configuration(
+                        Bucket=bucket, LifecycleConfiguration={"Rules": rules}
+                    )
+                else:
+                    client.delete_bucket_lifecycle(Bucket=bucket)
+                detail = "updated"
+            for d in config.datasets.values():
+                if d.bucket != bucket:
+                    continue
+                what = (
+                    f"expire {d.prefix or '(whole bucket)'}/ after {d.retention_days} days"
+                    if d.retention_days
+                    else "no expiration (keep forever)"
+                )
+                rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", True, f"{what} ({detail})"))
+        except Exception as exc:
+            rows.append(Check("lifecycle", bucket, False, f"{_error_code(exc)}: {exc}"))
+    return rows
+
+
+def verify(config: LogpushConfig, client: Any) -> list[Check]:
+    """Check every bucket exists, every dataset has its expiration rule, and a
+    write/read/delete round trip works under every dataset prefix."""
+    rows: list[Check] = []
+    present: set[str] = set()
+    for bucket in config.buckets:
+        try:
+            ok = _bucket_exists(client, bucket)
+            rows.append(Check("bucket exists", bucket, ok, "ok" if ok else "missing (run logpush setup)"))
+            if ok:
+                present.add(bucket)
+        except Exception as exc:
+            rows.append(Check("bucket exists", bucket, False, f"{_error_code(exc)}: {exc}"))
+    rules_of: dict[str, list[dict[str, Any]] | Exception] = {}
+    for bucket in sorted(present):
+        try:
+            rules_of[bucket] = _get_rules(client, bucket)
+        except Exception as exc:
+            rules_of[bucket] = exc
+    for d in config.datasets.values():
+        target = f"{d.bucket}/{d.prefix}"
+        if d.bucket not in present:
+            rows.append(Check("retention", target, False, "bucket missing"))
+            rows.append(Check("write/read/delete", target, False, "bucket missing"))
+            continue
+        rules = rules_of[d.bucket]
+        if isinstance(rules, Exception):
+            rows.append(Check("retention", target, False, f"{_error_code(rules)}: {rules}"))
+        else:
+            rows.append(_check_retention(d, rules))
+        rows.append(_round_trip(client, d))
+    return rows
+
+
+def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
+    target = f"{d.bucket}/{d.prefix}"
+    want_prefix = f"{d.prefix}/" if d.prefix else ""
+    applying = [
+        r
+        for r in rules
+        if r.get("Status") == "Enabled"
+        and _rule_prefix(r) is not None
+        and want_prefix.startswith(_rule_prefix(r) or "")
+        and _rule_days(r) is not None
+    ]
+    if d.retention_days is None:
+        if applying:
+            days = min(_rule_days(r) or 0 for r in applying)
+            return Check(
+                "retention", target, False, f"configured to keep forever but a rule expires after {days} days"
+            )
+        return Check("retention", target, True, "no expiration (as configured)")
+    if not applying:
+        return Check(
+            "retention",
+            target,
+            False,
+            f"no expiration rule (want {d.retention_days} days; run logpush setup)",
+        )
+    days = min(_rule_days(r) or 0 for r in applying)
+    if days != d.retention_days:
+        return Check("retention", target, False, f"objects expire after {days} days, want {d.retention_days}")
+    return Check("retention", target, True, f"{days} days")
+
+
+def _round_trip(client: Any, d: DatasetConfig) -> Check:
+    target = f"{d.bucket}/{d.prefix}"
+    key = (
+        f"{d.prefix}/_pitchey_trace_verify/{secrets.token_hex(8)}.txt"
+        if d.prefix
+        else f"_pitchey_trace_verify/{secrets.token_hex(8)}.txt"
+    )
+    body = f"pitchey-trace verify {secrets.token_hex(8)}\n".encode()
+    step = "write"
+    try:
+        client.put_object(Bucket=d.bucket, Key=key, Body=body)
+        step = "read"
+        got = client.get_object(Bucket=d.bucket, Key=key)["Body"].read()
+        if got != body:
+            return Check("write/read/delete", target, False, "read back different bytes")
+        step = "delete"
+        client.delete_object(Bucket=d.bucket, Key=key)
+        try:
+            client.head_object(Bucket=d.bucket, Key=key)
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return Check("write/read/delete", target, True, f"ok ({key})")
+            raise
+        return Check("write/read/delete", target, False, "object still present after delete")
+    except Exception as exc:
+        return Check("write/read/delete", target, False, f"{step} failed: {_error_code(exc)}: {exc}")
+
+
+def format_table(rows: list[Check]) -> str:
+    """The report as an aligned text table with a PASS/FAIL column and a summary line."""
+    header = ("CHECK", "TARGET", "RESULT", "DETAIL")
+    table = [header] + [(r.check, r.target, "PASS" if r.ok else "FAIL", r.detail) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    lines = ["  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]).rstrip() for row in table]
+    failed = sum(1 for r in rows if not r.ok)
+    lines.append(f"{len(rows) - failed} passed, {failed} failed")
+    return "\n".join(lines) + "\n"

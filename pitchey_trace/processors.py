@@ -1,0 +1,325 @@
+"""Stateful worker-side stages: dataset routing and exact per-minute rollups.
+
+* :class:`Router` - decides which datasets (``traces``, ``audit``, ``performance`` or your own)
+  a record joins; exporters subscribe to datasets with their ``datasets`` attribute.
+* :class:`Rollups` - per-minute RED metrics (count, errors, duration sum/min/max, p50/p95/p99
+  from a mergeable sketch) per service, operation and span kind, computed from *every*
+  recorded span before sampling, so the numbers stay exact at any sample rate.
+* :func:`merge_rollups` - combine rollup records that share a key (what a reader does).
+
+Both run on the pipeline worker thread, never on the request thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pitchey_trace import _safety, _stats
+from pitchey_trace._sketch import DurationSketch, merge_sketches
+from pitchey_trace._span import Span, StatusCode
+from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of
+
+__all__ = [
+    "DEFAULT_DATASETS",
+    "OTHER_OPERATION",
+    "Predicate",
+    "Rollups",
+    "Router",
+    "audit_category",
+    "in_dataset",
+    "merge_rollups",
+    "record_type",
+]
+
+Predicate = Callable[[Record], bool]
+
+#: Operation name that collects spans beyond ``max_operations`` in one interval.
+OTHER_OPERATION = "_other"
+
+
+class _Named:
+    """A predicate with a readable repr (attrs-style small rule objects)."""
+
+    __slots__ = ("_fn", "_label")
+
+    def __init__(self, label: str, fn: Predicate) -> None:
+        self._label = label
+        self._fn = fn
+
+    def __call__(self, record: Record) -> bool:
+        return self._fn(record)
+
+    def __repr__(self) -> str:
+        return self._label
+
+
+def in_dataset(name: str) -> Predicate:
+    """Records whose default dataset is ``name``: their ``dataset`` key when set, else by type
+    (span -> ``traces``, audit -> ``audit``, rollup -> ``performance``)."""
+    return _Named(f"in_dataset({name!r})", lambda r: dataset_of(r) == name)
+
+
+def record_type(*types: str) -> Predicate:
+    """Records whose ``type`` is one of ``types`` (``span``, ``audit``, ``rollup``)."""
+    wanted = frozenset(types)
+    return _Named(f"record_type({', '.join(map(repr, types))})", lambda r: r.get("type") in wanted)
+
+
+def audit_category(*categories: str) -> Predicate:
+    """Audit records of the given categories (``request``, ``security``, ``data_access``)."""
+    wanted = frozenset(categories)
+    return _Named(
+        f"audit_category({', '.join(map(repr, categories))})",
+        lambda r: r.get("type") == "audit" and r.get("category") in wanted,
+    )
+
+
+#: The three standard datasets and their filters.
+DEFAULT_DATASETS: Mapping[str, Predicate] = {
+    "traces": in_dataset("traces"),
+    "audit": in_dataset("audit"),
+    "performance": in_dataset("performance"),
+}
+
+
+class Router:
+    """Sends each record to every dataset whose filter it passes.
+
+    ``Router()`` is the default routing (by record type, see :func:`in_dataset`). Extra
+    datasets are added on top of the defaults (a name that exists replaces its filter)::
+
+        pt.configure(router=pt.Router({"security": audit_category("security")}), exporters=[
+            LogpushExporter(bucket="logs", datasets={"traces", "audit", "performance", "security"}),
+        ])
+
+    ``defaults=False`` keeps only the datasets you pass. A filter that raises is reported as an
+    internal error and treated as "no match" for that dataset only. A record that matches no
+    dataset goes nowhere (counted as ``filtered.unrouted``), except to exporters without a
+    ``datasets`` restriction.
+    """
+
+    __slots__ = ("_items", "datasets")
+
+    def __init__(self, datasets: Mapping[str, Predicate] | None = None, *, defaults: bool = True) -> None:
+        merged: dict[str, Predicate] = dict(DEFAULT_DATASETS) if defaults else {}
+        for name, pred in (datasets or {}).items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"dataset names must be non-empty strings, got {name!r}")
+            if not callable(pred):
+                raise TypeError(f"filter of dataset {name!r} is not callable: {pred!r}")
+            merged[name] = pred
+        self.datasets: dict[str, Predicate] = merged
+        self._items = tuple(merged.items())
+
+    def __call__(self, record: Record) -> list[str]:
+        """The names of the datasets ``record`` joins."""
+        out: list[str] = []
+        for name, pred in self._items:
+            try:
+                if pred(record):
+                    out.append(name)
+            except Exception as exc:
+                _safety.report(f"router.{name}", exc)
+        if not out:
+            _stats.incr("filtered.unrouted")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Router({self.datasets!r})"
+
+
+class _Agg:
+    __slots__ = ("count", "errors", "max", "min", "sketch", "sum")
+
+    def __init__(self, accuracy: float) -> None:
+        self.count = 0
+        self.errors = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = 0.0
+        self.sketch = DurationSketch(accuracy)
+
+
+_ERROR = StatusCode.ERROR
+
+
+class Rollups:
+    """Exact per-interval RED metrics per (service, environment, operation, kind).
+
+    The pipeline calls :meth:`observe` for every recorded span (sampled or not) and
+    :meth:`collect` periodically. A span counts in the interval that contains its end time.
+    An interval is emitted once it ended more than ``grace_s`` ago, or at once on flush and
+    shutdown (``force``) - then spans that end later in the same interval produce a second
+    record with the same key. Records are therefore *additive*: readers merge records with
+    the same (service, environment, operation, kind, minute_start_unix_nano, interval_s) with
+    :func:`merge_rollups` (counts, errors and sums add; min/max combine; sketches merge).
+
+    Memory is bounded: at most ``max_operations`` distinct (operation, kind) pairs per interval
+    (further spans are folded into operation ``"_other"``, counted as ``rollups.overflow``) and
+    at most ``max_open_intervals`` intervals waiting (a span for another interval is not
+    counted; ``dropped.rollups_interval_cap``).
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: int = 60,
+        grace_s: float = 5.0,
+        max_operations: int = 1000,
+        max_open_intervals: int = 10,
+        relative_accuracy: float = 0.01,
+    ) -> None:
+        if isinstance(interval_s, bool) or not isinstance(interval_s, int) or interval_s < 1:
+            raise ValueError("interval_s must be an int >= 1")
+        if max_operations < 1 or max_open_intervals < 1:
+            raise ValueError("max_operations and max_open_intervals must be >= 1")
+        if grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
+        DurationSketch(relative_accuracy)  # validates the accuracy once, here
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.max_operations = max_operations
+        self.max_open_intervals = max_open_intervals
+        self.relative_accuracy = relative_accuracy
+        self.service = "unknown_service"
+        self.environment = "development"
+        self._interval_ns = interval_s * 1_000_000_000
+        self._lock = threading.Lock()
+        self._windows: dict[int, dict[tuple[str, str], _Agg]] = {}
+
+    def bind(self, *, service: str, environment: str) -> None:
+        """Set the service and environment written in every record (called by configure)."""
+        self.service = service
+        self.environment = environment
+
+    def observe(self, span: Span) -> None:
+        """Count one finished span (pipeline worker thread)."""
+        start = span.start_ns
+        end = span.end_ns
+        if end < start:
+            end = start
+        duration_ms = (end - start) / 1e6
+        window = end - end % self._interval_ns
+        key = (span.name, span.kind.value)
+        with self._lock:
+            win = self._windows.get(window)
+            if win is None:
+                if len(self._windows) >= self.max_open_intervals:
+                    _stats.incr("dropped.rollups_interval_cap")
+                    return
+                win = self._windows[window] = {}
+            agg = win.get(key)
+            if agg is None:
+                if len(win) >= self.max_operations:
+                    _stats.incr("rollups.overflow")
+                    key = (OTHER_OPERATION, key[1])
+                    agg = win.get(key)
+                if agg is None:
+                    agg = win[key] = _Agg(self.relative_accuracy)
+            agg.count += 1
+            if span.status == _ERROR:
+                agg.errors += 1
+            agg.sum += duration_ms
+            if duration_ms < agg.min:
+                agg.min = duration_ms
+            if duration_ms > agg.max:
+                agg.max = duration_ms
+            agg.sketch.add(duration_ms)
+
+    def collect(self, now_ns: int, force: bool = False) -> list[Record]:
+        """Rollup records of the intervals that are due (all of them when ``force``); their
+        counts are forgotten, so they are never emitted twice."""
+        horizon = now_ns - self._interval_ns - int(self.grace_s * 1e9)
+        with self._lock:
+            due = [w for w in self._windows if force or w <= horizon]
+            taken = [(w, self._windows.pop(w)) for w in sorted(due)]
+        out: list[Record] = []
+        for window, aggs in taken:
+            for (operation, kind), agg in aggs.items():
+                out.append(self._record(window, operation, kind, agg))
+        if out:
+            _stats.incr("rollups.records", len(out))
+        return out
+
+    def _record(self, window: int, operation: str, kind: str, agg: _Agg) -> Record:
+        sk = agg.sketch
+        lo, hi = agg.min, agg.max
+
+        def q(p: float) -> float:
+            return round(min(hi, max(lo, sk.quantile(p))), 6)
+
+        return {
+            "schema": SCHEMA_VERSION,
+            "type": "rollup",
+            "service": self.service,
+            "environment": self.environment,
+            "operation": operation,
+            "kind": kind,
+            "minute_start_unix_nano": window,
+            "interval_s": self.interval_s,
+            "count": agg.count,
+            "errors": agg.errors,
+            "duration_sum_ms": round(agg.sum, 6),
+            "duration_min_ms": round(lo, 6),
+            "duration_max_ms": round(hi, 6),
+            "p50_ms": q(0.5),
+            "p95_ms": q(0.95),
+            "p99_ms": q(0.99),
+            "sketch": sk.to_dict(),
+        }
+
+    def pending(self) -> int:
+        """Number of (interval, operation, kind) aggregates not yet collected."""
+        with self._lock:
+            return sum(len(w) for w in self._windows.values())
+
+    def clear(self) -> None:
+        """Forget everything (in a forked child: the parent reports its own counts)."""
+        self._lock = threading.Lock()
+        self._windows = {}
+
+    def shutdown(self) -> None:
+        """Release memory; the pipeline has already collected with ``force`` on its last flush."""
+        with self._lock:
+            self._windows.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"Rollups(interval_s={self.interval_s}, max_operations={self.max_operations}, "
+            f"relative_accuracy={self.relative_accuracy})"
+        )
+
+
+_ROLLUP_KEY = ("service", "environment", "operation", "kind", "minute_start_unix_nano", "interval_s")
+
+
+def merge_rollups(records: Iterable[Record]) -> list[Record]:
+    """Merge rollup records that share (service, environment, operation, kind,
+    minute_start_unix_nano, interval_s): counts, errors and sums add, min/max combine, the
+    sketches merge and the quantiles are recomputed from the merged sketch. Non-rollup
+    records are ignored. Output order follows the first appearance of each key."""
+    groups: dict[tuple[Any, ...], list[Record]] = {}
+    for rec in records:
+        if rec.get("type") == "rollup":
+            groups.setdefault(tuple(rec[k] for k in _ROLLUP_KEY), []).append(rec)
+    out: list[Record] = []
+    for recs in groups.values():
+        if len(recs) == 1:
+            out.append(dict(recs[0]))
+            continue
+        merged = dict(recs[0])
+        merged["count"] = sum(r["count"] for r in recs)
+        merged["errors"] = sum(r["errors"] for r in recs)
+        merged["duration_sum_ms"] = round(sum(r["duration_sum_ms"] for r in recs), 6)
+        lo = merged["duration_min_ms"] = min(r["duration_min_ms"] for r in recs)
+        hi = merged["duration_max_ms"] = max(r["duration_max_ms"] for r in recs)
+        sketch_dict = merge_sketches(r["sketch"] for r in recs)
+        sketch = DurationSketch.from_dict(sketch_dict)
+        for field, p in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+            merged[field] = round(min(hi, max(lo, sketch.quantile(p))), 6)
+        merged["sketch"] = sketch_dict
+        out.append(merged)
+    return out
