@@ -23,6 +23,7 @@ Rules (see docs/propagation.md for the full list and the spec sections):
 
 from __future__ import annotations
 
+import binascii
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -142,34 +143,50 @@ def _remote_context(
 # ---------------------------------------------------------------------------------------------
 # traceparent
 # ---------------------------------------------------------------------------------------------
+# "00".."ff" (lowercase only) -> the flags we keep. Level 2 defines sampled (0x01) and random
+# (0x02); other bits are reserved and "MUST" be sent as zero, so they are dropped here.
+_FLAGS: dict[str, int] = {f"{i:02x}": i & _KNOWN_FLAGS for i in range(256)}
+_FLAG_HEX: tuple[str, ...] = tuple(f"{i:02x}" for i in range(256))
+_unhex = binascii.unhexlify  # strict: only hex digits, no whitespace, "_", sign or "0x"
+_HexError = binascii.Error
+_from_bytes = int.from_bytes
+
+
 def _parse_ids(value: str) -> tuple[int, int, int] | None:
-    """(trace_id, span_id, known flags) from a traceparent value, or None. May raise only on
+    """(trace_id, span_id, known flags) from a traceparent value, or None. Raises only on
     non-str input (callers guard)."""
-    if len(value) != 55:
-        # OWS around the value is not part of it (RFC 9110 field values).
-        value = value.strip(" \t")
-        if len(value) < 55:
-            return None
-    version = value[:2]
-    if version != "00":
-        # Trace Context §"Versioning of traceparent": a higher version is parsed with the 00
-        # layout; what follows the first 55 characters must start with "-"; "ff" is invalid.
-        if version == "ff" or version.translate(_DEL_HEX) or value[2:3] != "-":
-            return None
-        if len(value) > 55:
-            if value[55] != "-":
-                return None
-            value = value[:55]
-    elif len(value) != 55:
-        return None  # version 00 is exactly 55 characters
-    if value[2] != "-" or value[35] != "-" or value[52] != "-" or value.translate(_DEL_HEX) != "---":
+    if len(value) != 55 or value[0] != "0" or value[1] != "0" or value[2] != "-":
+        return _parse_ids_other(value)
+    if value[35] != "-" or value[52] != "-" or not value.isascii() or value.lower() != value:
+        return None  # HEXDIGLC: lowercase only
+    flags = _FLAGS.get(value[53:])
+    if flags is None:
         return None
-    trace_id = int(value[3:35], 16)
-    span_id = int(value[36:52], 16)
+    try:
+        trace_id = _from_bytes(_unhex(value[3:35]), "big")
+        span_id = _from_bytes(_unhex(value[36:52]), "big")
+    except _HexError:
+        return None
     if not trace_id or not span_id:
+        return None  # all-zero ids are invalid
+    return trace_id, span_id, flags
+
+
+def _parse_ids_other(value: str) -> tuple[int, int, int] | None:
+    """Everything but a bare 55-character version-00 value: OWS, higher versions, garbage."""
+    stripped = value.strip(" \t")  # OWS around a field value is not part of it (RFC 9110)
+    if len(stripped) < 55:
         return None
-    # Level 2: only the sampled and random flags are defined; unknown flags are sent as zero.
-    return trace_id, span_id, int(value[53:55], 16) & _KNOWN_FLAGS
+    version = stripped[:2]
+    if version == "00":
+        return _parse_ids(stripped) if len(stripped) == 55 else None  # 00: exactly 55 chars
+    # Trace Context §"Versioning of traceparent": a higher version is parsed with the 00
+    # layout; after the first 55 characters the next one must be "-"; "ff" is invalid.
+    if version == "ff" or version.translate(_DEL_HEX) or stripped[2] != "-":
+        return None
+    if len(stripped) > 55 and stripped[55] != "-":
+        return None
+    return _parse_ids("00" + stripped[2:55])
 
 
 def parse_traceparent(value: str, tracestate: str | None = None) -> TraceContext | None:
@@ -198,7 +215,10 @@ def parse_traceparent(value: str, tracestate: str | None = None) -> TraceContext
 
 def format_traceparent(context: ContextLike) -> str:
     """The version-00 ``traceparent`` for a context or span (unknown flag bits cleared)."""
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags & _KNOWN_FLAGS:02x}"
+    return (
+        f"00-{context.trace_id.to_bytes(16, 'big').hex()}-{context.span_id.to_bytes(8, 'big').hex()}"
+        f"-{_FLAG_HEX[context.trace_flags & _KNOWN_FLAGS]}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -927,6 +947,11 @@ def get_propagators() -> list[Propagator]:
 # ---------------------------------------------------------------------------------------------
 # inject / extract
 # ---------------------------------------------------------------------------------------------
+# (tracestate tuple, its header value) last formatted by inject(); replaced as one object so
+# threads never see a mismatched pair, and holding the tuple keeps its identity unique.
+_ts_memo: tuple[TraceState, str] = ((), "")
+
+
 def inject(
     carrier: Any,
     context: ContextLike | None = None,
@@ -940,6 +965,7 @@ def inject(
     ``add_header``, or anything with ``setter(carrier, name, value)``. Does nothing when there
     is no valid context or tracing is suppressed. Never raises.
     """
+    global _ts_memo
     try:
         cur: ContextLike | None = _cv_get()
         if cur is SUPPRESSED:
@@ -954,10 +980,21 @@ def inject(
             return
         custom = _custom
         if custom is None and setter is None and carrier.__class__ is dict:
-            carrier[TRACEPARENT_HEADER] = f"00-{trace_id:032x}-{span_id:016x}-{cur.trace_flags & 3:02x}"
+            # int.to_bytes().hex() is about twice as fast as f"{trace_id:032x}".
+            carrier[TRACEPARENT_HEADER] = (
+                f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}"
+                f"-{_FLAG_HEX[cur.trace_flags & 3]}"
+            )
             state = cur.trace_state
             if state:
-                value = _format_tracestate_cached(state)
+                # Spans share their parent's tracestate tuple, so the last one formatted is
+                # almost always the one asked for: an identity check beats hashing the tuple.
+                memo = _ts_memo
+                if memo[0] is state:
+                    value = memo[1]
+                else:
+                    value = _format_tracestate_cached(state)
+                    _ts_memo = (state, value)
                 if value:
                     carrier[TRACESTATE_HEADER] = value
             baggage = cur.baggage
@@ -1047,8 +1084,20 @@ def extract(carrier: Any, getter: Callable[[Any, str], Any] | None = None) -> Tr
                         ids[0],
                         ids[1],
                         ids[2],
-                        parse_tracestate(state) if state else (),
-                        parse_baggage(baggage) if baggage else (),
+                        (
+                            (_parse_tracestate_cached(state) or ())
+                            if state.__class__ is str and len(state) <= _CACHE_MAX_INPUT
+                            else parse_tracestate(state)
+                        )
+                        if state
+                        else (),
+                        (
+                            _parse_baggage_cached(baggage)
+                            if baggage.__class__ is str and len(baggage) <= _CACHE_MAX_INPUT
+                            else parse_baggage(baggage)
+                        )
+                        if baggage
+                        else (),
                     )
                 headers = carrier.get("headers")
                 if headers.__class__ is list and carrier.get("type").__class__ is str:
