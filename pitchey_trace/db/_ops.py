@@ -383,7 +383,8 @@ def connection_attributes(conn: Any) -> dict[str, AttributeValue]:
         host = info.host
         if host:
             attrs["server.address"] = host
-            attrs["network.transport"] = "unix" if host.startswith("/") else "tcp"
+            if host.startswith("/"):  # a socket directory: say so (TCP is the default)
+                attrs["network.transport"] = "unix"
         if info.port:
             attrs["server.port"] = int(info.port)
     except Exception as exc:  # a closed connection has no info; spans then carry less

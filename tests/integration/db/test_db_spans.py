@@ -37,7 +37,6 @@ def test_select_span_has_every_attribute(conn: Conn, pg_server: PgServer) -> Non
         "db.namespace": "postgres",
         "server.address": "127.0.0.1",
         "server.port": pg_server.port,
-        "network.transport": "tcp",
         "db.operation.name": "SELECT",
         "db.collection.name": "pitches",
         "db.query.text": "SELECT id, title FROM pitches WHERE id IN (?) AND title <> ?",
