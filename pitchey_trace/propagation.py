@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT
 from pitchey_trace._ids import FLAG_RANDOM, FLAG_SAMPLED
-from pitchey_trace._span import INVALID_SPAN, SUPPRESSED, AnySpan, NonRecordingSpan, TraceContext
+from pitchey_trace._span import INVALID_SPAN, SUPPRESSED, AnySpan, NonRecordingSpan, Span, TraceContext
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -428,6 +428,10 @@ def baggage_entries(context: ContextLike | None = None) -> dict[str, str]:
     return dict(ctx.baggage) if ctx is not None else {}
 
 
+def _forward(field: str) -> Any:
+    return property(lambda self: getattr(self._span, field), doc=f"The underlying span's ``{field}``.")
+
+
 class BaggageScope(NonRecordingSpan):
     """The current span, seen with other baggage; returned by :func:`set_baggage`.
 
@@ -437,7 +441,7 @@ class BaggageScope(NonRecordingSpan):
     ``pt.current_span()`` keeps working as before.
     """
 
-    __slots__ = ("_inert", "_span")
+    __slots__ = ("_inert", "_span", "wraps_local_span")
 
     def __init__(self, span: AnySpan, baggage: Baggage, inert: bool = False) -> None:
         if isinstance(span, BaggageScope):
@@ -447,6 +451,20 @@ class BaggageScope(NonRecordingSpan):
         )
         self._span: AnySpan = span
         self._inert = inert
+        #: Read by the tracer: children of a scope over a recorded local span are not local
+        #: roots (tail keeping decides per trace at the local root's end).
+        self.wraps_local_span = span.__class__ is Span
+
+    # Read-only span fields come from the underlying span (NonRecordingSpan has inert ones).
+    name = _forward("name")
+    kind = _forward("kind")
+    status = _forward("status")
+    status_message = _forward("status_message")
+    parent_span_id = _forward("parent_span_id")
+    start_ns = _forward("start_ns")
+    end_ns = _forward("end_ns")
+    duration_ns = _forward("duration_ns")
+    attributes = _forward("attributes")
 
     @property
     def wrapped(self) -> AnySpan:
@@ -680,7 +698,10 @@ class Propagator(Protocol):
     at first) and returns the context to continue with; it must not raise on bad input.
     """
 
-    fields: tuple[str, ...]
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The (lowercase) header names this format reads and writes."""
+        ...
 
     def inject(self, context: ContextLike, write: Writer) -> None:
         """Write this format's headers for ``context``."""
