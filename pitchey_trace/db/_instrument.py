@@ -98,9 +98,10 @@ async def instrument_async(
     *,
     sql_comments: bool | None = None,
     capture_parameters: bool | None = None,
-) -> psycopg.AsyncConnection[Any]:
-    """:func:`instrument` as a coroutine, for ``AsyncConnectionPool(configure=instrument_async)``."""
-    return instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
+) -> None:
+    """:func:`instrument` as a coroutine, for ``AsyncConnectionPool(configure=instrument_async)``
+    (the pool awaits its ``configure`` callback)."""
+    instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
 
 
 def uninstrument(conn: C) -> C:

@@ -15,7 +15,7 @@ import re
 import traceback
 from collections.abc import Mapping
 from time import time_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from psycopg import sql as _pgsql
 
@@ -26,7 +26,7 @@ from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._options import OPTIONS
 
 if TYPE_CHECKING:
-    from pitchey_trace._span import AnySpan
+    from pitchey_trace._span import AnySpan, Span
 
 __all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error"]
 
@@ -319,7 +319,7 @@ class ConnState:
             if not span.trace_id:  # suppressed (the SDK's own work)
                 return None
             if span.is_recording:
-                start = span.start_ns  # type: ignore[union-attr]
+                start = cast("Span", span).start_ns
                 if stmt.capture and params is not None:
                     capture_parameters(span, params)
             else:
@@ -337,7 +337,7 @@ class ConnState:
             span, stmt, start, _ = op
             end = time_ns()
             if span.is_recording and rows >= 0 and stmt.rows_key is not None:
-                span.attributes[stmt.rows_key] = rows  # type: ignore[union-attr]
+                span.set_attribute(stmt.rows_key, rows)
             slow = OPTIONS.slow_ns
             if slow is not None and end - start >= slow:
                 slow_query(span, stmt, end - start)
