@@ -155,8 +155,13 @@ _from_bytes = int.from_bytes
 def _parse_ids(value: str) -> tuple[int, int, int] | None:
     """(trace_id, span_id, known flags) from a traceparent value, or None. Raises only on
     non-str input (callers guard)."""
-    if len(value) != 55 or value[0] != "0" or value[1] != "0" or value[2] != "-":
-        return _parse_ids_other(value)
+    if len(value) == 55 and value[0] == "0" and value[1] == "0" and value[2] == "-":
+        return _parse_00(value)
+    return _parse_ids_other(value)
+
+
+def _parse_00(value: str) -> tuple[int, int, int] | None:
+    """A 55-character value whose first three characters are "00-"."""
     if value[35] != "-" or value[52] != "-" or not value.isascii() or value.lower() != value:
         return None  # HEXDIGLC: lowercase only
     flags = _FLAGS.get(value[53:])
@@ -175,18 +180,18 @@ def _parse_ids(value: str) -> tuple[int, int, int] | None:
 def _parse_ids_other(value: str) -> tuple[int, int, int] | None:
     """Everything but a bare 55-character version-00 value: OWS, higher versions, garbage."""
     stripped = value.strip(" \t")  # OWS around a field value is not part of it (RFC 9110)
-    if len(stripped) < 55:
+    if len(stripped) < 55 or stripped[2] != "-":
         return None
     version = stripped[:2]
     if version == "00":
-        return _parse_ids(stripped) if len(stripped) == 55 else None  # 00: exactly 55 chars
+        return _parse_00(stripped) if len(stripped) == 55 else None  # 00: exactly 55 chars
     # Trace Context §"Versioning of traceparent": a higher version is parsed with the 00
     # layout; after the first 55 characters the next one must be "-"; "ff" is invalid.
-    if version == "ff" or version.translate(_DEL_HEX) or stripped[2] != "-":
+    if version == "ff" or version.translate(_DEL_HEX):
         return None
     if len(stripped) > 55 and stripped[55] != "-":
         return None
-    return _parse_ids("00" + stripped[2:55])
+    return _parse_00("00" + stripped[2:55])
 
 
 def parse_traceparent(value: str, tracestate: str | None = None) -> TraceContext | None:

@@ -72,6 +72,8 @@ def test_fast_constructed_context_equals_constructor() -> None:
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # comma-joined duplicates
         "",
         "00",
+        "00x0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # once recursed forever
+        " 00x0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01.what",  # §3.2.4 must be "-"
         "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333",  # §3.2.4 shorter than 55
         "c-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-xx",
