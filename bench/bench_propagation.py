@@ -42,7 +42,7 @@ def ours_op(with_baggage: bool) -> tuple[Callable[[], None], Callable[[int], Non
 
     def set_ids(trace_id: int) -> None:
         if state["scope"] is not None:
-            state["scope"].__exit__(None, None, None)  # type: ignore[attr-defined]
+            state["scope"].__exit__(None, None, None)
         ctx = pt.TraceContext(
             trace_id, random.getrandbits(64) | 1, 1, TRACESTATE, BAGGAGE if with_baggage else ()
         )

@@ -182,10 +182,11 @@ def test_extract_and_parsers_never_raise_on_anything(value: Any) -> None:
     if isinstance(value, str):
         assert isinstance(prop.parse_tracestate(value), tuple)
         assert isinstance(prop.parse_baggage(value), tuple)
-    for propagators in (
+    configurations: list[list[prop.Propagator]] = [
         [prop.B3Propagator()],
         [prop.B3Propagator(single_header=False), prop.W3CPropagator()],
-    ):
+    ]
+    for propagators in configurations:
         prop.set_propagators(propagators)
         try:
             carrier = {"b3": value, "x-b3-traceid": value, "x-b3-spanid": value, "traceparent": value}
