@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, name="w3c-test-service", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="w3c-test-service", daemon=True)
     thread.start()
     print(f"listening on http://{args.host}:{server.server_address[1]}/test", flush=True)
     stop.wait()
