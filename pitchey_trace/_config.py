@@ -40,7 +40,14 @@ from pitchey_trace._tail import TailKeeper
 from pitchey_trace._tracer import _TRACER
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
-from pitchey_trace.sampling import ParentBased, Sampler, TraceIdRatio, sampler_from_name
+from pitchey_trace.sampling import (
+    ParentBased,
+    Sampler,
+    TraceIdRatio,
+    bind_service,
+    per_trace,
+    sampler_from_name,
+)
 
 __all__ = ["configure", "force_flush", "is_configured", "shutdown", "stats"]
 
@@ -177,6 +184,9 @@ def configure(
             sampler = ParentBased(TraceIdRatio(1.0))
     elif not hasattr(sampler, "should_sample"):
         raise TypeError(f"sampler must have should_sample(), got {sampler!r}")
+    else:
+        sampler = per_trace(sampler)
+    bind_service(sampler, service)
 
     if keep_errors is None:
         env_keep = _env_bool("PITCHEY_TRACE_KEEP_ERRORS")

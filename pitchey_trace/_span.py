@@ -14,7 +14,7 @@ import enum
 import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _safety, _stats
@@ -43,6 +43,8 @@ TraceState = tuple[tuple[str, str], ...]
 Baggage = tuple[tuple[str, str], ...]
 
 _SCALAR = frozenset((str, int, float, bool))
+#: Types accepted without further checks on the hot path (floats go the slow way: NaN/inf).
+_FAST = frozenset((str, int, bool))
 
 
 class Limits:
@@ -227,6 +229,16 @@ class NonRecordingSpan(_SpanBase):
     __slots__ = ("_token", "baggage", "is_remote", "span_id", "trace_flags", "trace_id", "trace_state")
 
     is_recording = False
+    # What a recorded span exposes, as inert constants, so code can read them on either kind.
+    name = ""
+    kind = SpanKind.INTERNAL
+    status = StatusCode.UNSET
+    status_message: str | None = None
+    parent_span_id = 0
+    start_ns = 0
+    end_ns = 0
+    duration_ns = 0
+    attributes: Mapping[str, AttributeValue] = MappingProxyType({})
 
     def __init__(
         self,
@@ -295,22 +307,39 @@ class NonRecordingSpan(_SpanBase):
         return False
 
 
-#: Placeholder "current span" when none is active; all operations are no-ops.
-INVALID_SPAN = NonRecordingSpan(0, 0, 0)
+class _Shared(NonRecordingSpan):
+    """A process-wide singleton span: entering it changes nothing (it has no per-use state,
+    so two contexts entering it at once cannot corrupt each other)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> NonRecordingSpan:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
 
 
-class _Suppressed(NonRecordingSpan):
+class _Suppressed(_Shared):
     """Marker in the context var: tracing is suppressed below this point."""
 
     __slots__ = ()
 
 
 SUPPRESSED: NonRecordingSpan = _Suppressed(0, 0, 0)
+#: Placeholder "current span" when none is active; all operations are no-ops.
+INVALID_SPAN: NonRecordingSpan = _Shared(0, 0, 0)
 
 
 def _clean_value(value: object) -> AttributeValue | None:
     """Accept a valid attribute value (copying sequences), or None for an invalid one."""
+    if isinstance(value, enum.Enum):
+        value = value.value
     cls = value.__class__
+    if cls is float:
+        return value if value - value == 0 else None  # type: ignore[operator,return-value]  # NaN/inf: not JSON
     if cls in _SCALAR:
         return value  # type: ignore[return-value]
     if isinstance(value, (list, tuple)) and not isinstance(value, str):
@@ -318,12 +347,14 @@ def _clean_value(value: object) -> AttributeValue | None:
             return []
         first = value[0].__class__
         if first in _SCALAR and all(v.__class__ is first for v in value):
+            if first is float and not all(v - v == 0 for v in value):
+                return None
             return list(value)  # our own copy: the caller may mutate theirs
         return None
     # Subclasses (str/int enums, custom numbers) are stored as their plain base value.
     for base in (bool, int, float, str):
         if isinstance(value, base):
-            return base(value)
+            return _clean_value(base(value))
     return None
 
 
@@ -331,6 +362,11 @@ def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeVal
     """Validate a mapping of attributes: keep valid pairs, count and drop the rest."""
     out: dict[str, AttributeValue] = {}
     limit = Limits.max_attributes
+    if not isinstance(attributes, Mapping):
+        _safety.warn_once(
+            "attributes_type", "attributes must be a mapping, got %s: ignored", type(attributes)
+        )
+        return out
     try:
         items = list(attributes.items())
     except Exception as exc:
@@ -349,6 +385,21 @@ def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeVal
             continue
         out[key] = cleaned
     return out
+
+
+def _format_tb(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=32))[-8192:]
+    except Exception:
+        return f"{type(exc).__qualname__}: <traceback unavailable>"
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``str(exc)``, even for exceptions whose ``__str__`` itself fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
 
 
 class Span(_SpanBase):
@@ -459,12 +510,13 @@ class Span(_SpanBase):
     def _on_exception(self, exc: BaseException) -> None:
         # Only Exception marks an error; KeyboardInterrupt, SystemExit, CancelledError and
         # GeneratorExit are control flow, not failures of the work.
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not self.end_ns:
             try:
                 self.record_exception(exc)
-                if self.status != StatusCode.ERROR:
+                # "ok" set by the code is final (OpenTelemetry semantics); a first error wins.
+                if self.status == StatusCode.UNSET:
                     self.status = StatusCode.ERROR
-                    self.status_message = f"{type(exc).__name__}: {exc}"[:1024]
+                    self.status_message = f"{type(exc).__name__}: {_safe_str(exc)}"[:1024]
             except Exception as internal:
                 _safety.report("record_exception", internal)
 
@@ -483,8 +535,9 @@ class Span(_SpanBase):
         """
         attrs = self.attributes
         if (
-            value.__class__ in _SCALAR
+            value.__class__ in _FAST
             and key.__class__ is str
+            and key
             and not self.end_ns
             and (len(attrs) < Limits.max_attributes or key in attrs)
         ):
@@ -510,6 +563,10 @@ class Span(_SpanBase):
 
     def set_attributes(self, attributes: Attributes) -> None:
         """Set several attributes at once."""
+        if not isinstance(attributes, Mapping):
+            if attributes is not None:
+                _safety.warn_once("attributes_type", "attributes must be a mapping, got %s", type(attributes))
+            return
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
@@ -572,14 +629,15 @@ class Span(_SpanBase):
         """Add an ``exception`` event (type, message, stack trace). Does not change the status."""
         if self._ended("record_exception"):
             return
+        if not isinstance(exc, BaseException):
+            _safety.warn_once("record_exception_type", "record_exception() takes an exception, got %r", exc)
+            return
         attrs: dict[str, AttributeValue] = {
             "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}"
             if type(exc).__module__ not in ("builtins", "__main__")
             else type(exc).__qualname__,
-            "exception.message": str(exc)[:4096],
-            "exception.stacktrace": "".join(
-                traceback.format_exception(type(exc), exc, exc.__traceback__, limit=32)
-            )[-8192:],
+            "exception.message": _safe_str(exc)[:4096],
+            "exception.stacktrace": _format_tb(exc),
         }
         if attributes:
             attrs.update(clean_attributes(attributes))

@@ -19,10 +19,11 @@ from pitchey_trace._batch import Pipeline
 from pitchey_trace._context import CURRENT
 from pitchey_trace._ids import FLAG_RANDOM, FLAG_SAMPLED, new_span_id, new_trace_id
 from pitchey_trace._span import (
-    _SCALAR,
+    _FAST,
     INVALID_SPAN,
     SUPPRESSED,
     AnySpan,
+    Limits,
     Link,
     NonRecordingSpan,
     Span,
@@ -37,6 +38,16 @@ from pitchey_trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, Tr
 F = TypeVar("F", bound=Callable[..., Any])
 
 _cv_get = CURRENT.get
+_cv_set = CURRENT.set
+_cv_reset = CURRENT.reset
+
+
+def _record_failure(sp: AnySpan, exc: BaseException) -> None:
+    """What a ``with`` block does with an escaping exception, for hand-driven spans."""
+    if isinstance(sp, Span):
+        sp._on_exception(exc)
+
+
 _DROP = Decision.DROP
 _SAMPLE = Decision.RECORD_AND_SAMPLE
 _INTERNAL = SpanKind.INTERNAL
@@ -44,6 +55,7 @@ _UNSET = StatusCode.UNSET
 _LOW64 = (1 << 64) - 1
 _new_span = object.__new__
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON)
+_AUDIT_CATEGORIES = ("request", "security", "data_access")
 
 
 class Tracer:
@@ -120,7 +132,10 @@ class Tracer:
             parent_span_id = parent.span_id
             trace_state = parent.trace_state
             baggage = parent.baggage
-            local_root = parent.is_remote or parent.__class__ is not Span
+            # A propagation.BaggageScope stands for a local span: its children are not roots.
+            local_root = parent.is_remote or (
+                parent.__class__ is not Span and not getattr(parent, "wraps_local_span", False)
+            )
             if sink is None:
                 return NonRecordingSpan(
                     trace_id, getrandbits(64) or new_span_id(), parent.trace_flags, trace_state, baggage
@@ -139,11 +154,18 @@ class Tracer:
         if decision == _DROP and not self.record_unsampled:
             return NonRecordingSpan(trace_id, span_id, flags, trace_state, baggage)
         if attributes:
-            attrs = dict(attributes)
-            for k, v in attrs.items():
-                if v.__class__ not in _SCALAR or k.__class__ is not str:
+            try:
+                attrs = dict(attributes)
+            except (TypeError, ValueError):
+                attrs = clean_attributes(attributes)
+            else:
+                if len(attrs) > Limits.max_attributes:
                     attrs = clean_attributes(attributes)
-                    break
+                else:
+                    for k, v in attrs.items():
+                        if v.__class__ not in _FAST or k.__class__ is not str or not k:
+                            attrs = clean_attributes(attributes)
+                            break
         else:
             attrs = {}
         # Span.__init__ inlined (one Python call less on the hottest path); keep in sync.
@@ -189,6 +211,17 @@ class Tracer:
         pipeline = self.pipeline
         if pipeline is None:
             return
+        if category not in _AUDIT_CATEGORIES:
+            _safety.warn_once(
+                "audit_category",
+                "emit_audit: category must be one of %s, got %r: dropped",
+                _AUDIT_CATEGORIES,
+                category,
+            )
+            return
+        action, target, outcome = str(action), str(target), str(outcome)
+        if actor is not None:
+            actor = str(actor)
         cur = span if span is not None else _cv_get()
         if actor is None and cur is not None:
             actor = dict(cur.baggage).get("user.id") or dict(cur.baggage).get("actor")
@@ -307,9 +340,49 @@ def traced(
 
             @functools.wraps(func)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-                with _TRACER.start_span(span_name, attrs, kind):
-                    async for item in func(*args, **kwargs):
-                        yield item
+                # The generator body sees its own current span across yields (``inner``) and
+                # the consumer never sees it between items; asend/athrow/aclose are forwarded.
+                sp = _TRACER.start_span(span_name, attrs, kind)
+                agen = func(*args, **kwargs)
+                inner: Any = sp
+                try:
+                    token = _cv_set(inner)
+                    try:
+                        value = await agen.__anext__()
+                    finally:
+                        inner = _cv_get()
+                        _cv_reset(token)
+                    while True:
+                        try:
+                            sent = yield value
+                        except GeneratorExit:
+                            token = _cv_set(inner)
+                            try:
+                                await agen.aclose()
+                            finally:
+                                _cv_reset(token)
+                            raise
+                        except BaseException as exc:  # forwarded into the generator
+                            token = _cv_set(inner)
+                            try:
+                                value = await agen.athrow(exc)
+                            finally:
+                                inner = _cv_get()
+                                _cv_reset(token)
+                        else:
+                            token = _cv_set(inner)
+                            try:
+                                value = await agen.asend(sent)
+                            finally:
+                                inner = _cv_get()
+                                _cv_reset(token)
+                except StopAsyncIteration:
+                    return
+                except BaseException as exc:
+                    _record_failure(sp, exc)
+                    raise
+                finally:
+                    sp.end()
 
             return agen_wrapper  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
@@ -324,8 +397,48 @@ def traced(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-                with _TRACER.start_span(span_name, attrs, kind):
-                    return (yield from func(*args, **kwargs))
+                # Same contract as the async version.
+                sp = _TRACER.start_span(span_name, attrs, kind)
+                gen = func(*args, **kwargs)
+                inner: Any = sp
+                try:
+                    token = _cv_set(inner)
+                    try:
+                        value = next(gen)
+                    finally:
+                        inner = _cv_get()
+                        _cv_reset(token)
+                    while True:
+                        try:
+                            sent = yield value
+                        except GeneratorExit:
+                            token = _cv_set(inner)
+                            try:
+                                gen.close()
+                            finally:
+                                _cv_reset(token)
+                            raise
+                        except BaseException as exc:  # forwarded into the generator
+                            token = _cv_set(inner)
+                            try:
+                                value = gen.throw(exc)
+                            finally:
+                                inner = _cv_get()
+                                _cv_reset(token)
+                        else:
+                            token = _cv_set(inner)
+                            try:
+                                value = gen.send(sent)
+                            finally:
+                                inner = _cv_get()
+                                _cv_reset(token)
+                except StopIteration as stop:
+                    return stop.value
+                except BaseException as exc:
+                    _record_failure(sp, exc)
+                    raise
+                finally:
+                    sp.end()
 
             return gen_wrapper  # type: ignore[return-value]
 

@@ -163,7 +163,7 @@ def span_record(
         "trace_id": f"{span.trace_id:032x}",
         "span_id": f"{span.span_id:016x}",
         "parent_span_id": f"{parent:016x}" if parent else None,
-        "name": span.name,
+        "name": span.name if span.name.__class__ is str else str(span.name),
         "kind": kind,
         "service": service,
         "environment": environment,

@@ -39,6 +39,8 @@ __all__ = [
     "RuleBased",
     "Sampler",
     "TraceIdRatio",
+    "bind_service",
+    "per_trace",
     "sampler_from_name",
 ]
 
@@ -193,19 +195,25 @@ class RuleBased:
     of each name.
     """
 
-    def __init__(self, rules: Iterable[Rule], *, default: Sampler | float = 1.0, service: str = "") -> None:
+    def __init__(
+        self, rules: Iterable[Rule], *, default: Sampler | float = 1.0, service: str | None = None
+    ) -> None:
         self.rules = list(rules)
         for rule in self.rules:
             if not isinstance(rule, Rule):
                 raise ConfigurationError(f"RuleBased takes Rule objects, got {rule!r}")
         self.default: Sampler = TraceIdRatio(default) if isinstance(default, (int, float)) else default
+        #: The service the rules' ``service`` patterns are matched against; ``configure()`` sets
+        #: it to the configured service when left as None.
         self.service = service
         self._cache: dict[str, Sampler] = {}
 
     def _for(self, name: str) -> Sampler:
         sampler = self._cache.get(name)
         if sampler is None:
-            sampler = next((r.sampler for r in self.rules if r.matches(self.service, name)), self.default)
+            sampler = next(
+                (r.sampler for r in self.rules if r.matches(self.service or "", name)), self.default
+            )
             if len(self._cache) < 10_000:  # names should be low-cardinality; stay bounded anyway
                 self._cache[name] = sampler
         return sampler
@@ -227,7 +235,9 @@ class RateLimited:
             raise ConfigurationError(f"max_per_second must be >= 0, got {max_per_second!r}")
         self.max_per_second = float(max_per_second)
         self.inner = inner
-        self._tokens = self.max_per_second
+        # At least one whole token fits, so rates below 1/s still sample now and then.
+        self._capacity = max(1.0, self.max_per_second) if self.max_per_second > 0 else 0.0
+        self._tokens = self._capacity
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
@@ -239,7 +249,7 @@ class RateLimited:
             return decision
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(self.max_per_second, self._tokens + (now - self._last) * self.max_per_second)
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self.max_per_second)
             self._last = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
@@ -248,6 +258,29 @@ class RateLimited:
 
     def __repr__(self) -> str:
         return f"RateLimited({self.max_per_second}, inner={self.inner!r})"
+
+
+def bind_service(sampler: Sampler, service: str) -> None:
+    """Give rule samplers (also nested in ParentBased / RateLimited) the configured service."""
+    current: Any = sampler
+    for _ in range(16):
+        if current is None:
+            return
+        if isinstance(current, RuleBased):
+            if current.service is None:
+                current.service = service
+                current._cache.clear()
+            return
+        current = getattr(current, "root", None) or getattr(current, "inner", None)
+
+
+def per_trace(sampler: Sampler) -> Sampler:
+    """Samplers decide once per trace: anything but the per-trace-consistent built-ins is
+    wrapped in :class:`ParentBased` so that children follow their parent (a rate limiter must
+    limit traces, not spans, and must never cut a trace in half)."""
+    if isinstance(sampler, (ParentBased, AlwaysOn, AlwaysOff, TraceIdRatio)):
+        return sampler
+    return ParentBased(sampler)
 
 
 def sampler_from_name(name: str, arg: str | None = None) -> Sampler:

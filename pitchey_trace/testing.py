@@ -40,6 +40,7 @@ def reset() -> None:
     """Shut tracing down and zero the counters (between tests)."""
     shutdown(5.0)
     _stats.reset()
+    _safety._last_logged.clear()
 
 
 @contextmanager

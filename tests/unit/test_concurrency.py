@@ -82,7 +82,8 @@ def test_gathered_children_are_siblings_under_the_caller() -> None:
     with capture_spans(rollups=None) as mem:
         parent_id = asyncio.run(main())
     kids = [r for r in mem.spans() if r["name"].startswith("child")]
-    assert len(kids) == 5 and all(r["parent_span_id"] == parent_id for r in kids)
+    assert len(kids) == 5
+    assert all(r["parent_span_id"] == parent_id for r in kids)
 
 
 def test_executor_and_wrapped_thread_inherit_context() -> None:

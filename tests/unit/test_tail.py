@@ -46,9 +46,17 @@ def test_tail_off_means_unsampled_spans_are_noops() -> None:
     assert mem.spans() == []
 
 
-def _span(trace_id: int, span_id: int, parent: int, *, local_root: bool, error: bool = False, ms: float = 1.0) -> Span:
+def _span(
+    trace_id: int, span_id: int, parent: int, *, local_root: bool, error: bool = False, ms: float = 1.0
+) -> Span:
     s = object.__new__(Span)
-    s.name, s.kind, s.trace_id, s.span_id, s.parent_span_id = "s", SpanKind.INTERNAL, trace_id, span_id, parent
+    s.name, s.kind, s.trace_id, s.span_id, s.parent_span_id = (
+        "s",
+        SpanKind.INTERNAL,
+        trace_id,
+        span_id,
+        parent,
+    )
     s.trace_flags, s.trace_state, s.baggage, s.attributes = 0, (), (), {}
     s.start_ns, s.end_ns, s.local_root = 1_000, 1_000 + int(ms * 1e6), local_root
     s.events = s.links = None
@@ -91,5 +99,6 @@ def test_remote_unsampled_parent_with_error_is_kept() -> None:
         with pt.span("server", kind=pt.SpanKind.SERVER, context=parent) as s:
             s.set_status("error", "upstream failed")
     [rec] = mem.spans()
-    assert rec["trace_id"] == f"{0xABC:032x}" and rec["parent_span_id"] == f"{0xDEF:016x}"
+    assert rec["trace_id"] == f"{0xABC:032x}"
+    assert rec["parent_span_id"] == f"{0xDEF:016x}"
     assert rec["status"] == "error"
