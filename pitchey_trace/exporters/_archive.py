@@ -201,7 +201,10 @@ class ArchiveExporter:
         self._next_fsync = time.monotonic() + self.fsync_interval_s
         self._spool: SpoolDir | None = None
         if self.spool_path is not None:
-            self._spool = SpoolDir(self.spool_path)
+            try:
+                self._spool = SpoolDir(self.spool_path)
+            except OSError as exc:
+                raise ConfigurationError(f"spool_dir {str(self.spool_path)!r} is not usable: {exc}") from exc
             self._adopt()
         self._thread: threading.Thread | None = None
         self._start_thread()

@@ -85,10 +85,12 @@ class S3Store:
 
 
 def default_spool_dir(name: str, identity: str) -> Path:
-    """``<tmp>/pitchey-trace-spool/<name>-<hash of destination>``: exporters share leftover
-    files only when they write to the same place."""
+    """``<tmp>/pitchey-trace-spool-<uid>/<name>-<hash of destination>``: exporters share
+    leftover files only when they write to the same place."""
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "pitchey-trace-spool" / f"{safe_dataset(name)}-{digest}"
+    # per user: another account's directory in a shared /tmp would not be writable
+    user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"pitchey-trace-spool-{user}" / f"{safe_dataset(name)}-{digest}"
 
 
 class LogpushExporter(ArchiveExporter):
@@ -105,7 +107,7 @@ class LogpushExporter(ArchiveExporter):
         prefixes: ``{dataset: prefix}`` (default: the dataset name).
         max_batch_bytes / max_batch_records / max_interval_s: a batch closes at the first limit
             hit (defaults: 5 MB uncompressed, 100,000 records, 30 s), and on flush/shutdown.
-        spool_dir: the durable spool (default ``<tmp>/pitchey-trace-spool/<name>-<hash>``;
+        spool_dir: the durable spool (default ``<tmp>/pitchey-trace-spool-<uid>/<name>-<hash>``;
             give each exporter its own directory). Records handed to the exporter are written
             there at once and survive a crash; leftovers are uploaded first on the next start.
         spool_max_bytes: spool cap (default 1 GiB); when full the oldest closed batches are

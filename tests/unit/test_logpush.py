@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -250,7 +251,27 @@ def test_fsync_and_interval_close_run_in_the_background(tmp_path: Path) -> None:
     exp.shutdown(1)
 
 
-def test_configuration_errors() -> None:
+def test_default_spool_dir_is_per_user_and_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    a = LogpushExporter("bucket-a", endpoint_url="http://127.0.0.1:9")
+    b = LogpushExporter("bucket-b", endpoint_url="http://127.0.0.1:9")
+    try:
+        assert a.spool_path is not None
+        assert b.spool_path is not None
+        assert a.spool_path.parent == b.spool_path.parent == tmp_path / f"pitchey-trace-spool-{os.getuid()}"
+        assert a.spool_path != b.spool_path
+        assert a.spool_path.name.startswith("logpush-")
+    finally:
+        a.shutdown(1)
+        b.shutdown(1)
+
+
+def test_configuration_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="not usable"):
+        make(FakeStore(), tmp_path / "file")
     with pytest.raises(ConfigurationError):
         make(FakeStore(), None, max_batch_records=0)
     with pytest.raises(ConfigurationError):
