@@ -163,7 +163,7 @@ def _parse_ids(value: str) -> tuple[int, int, int] | None:
 def _parse_00(value: str) -> tuple[int, int, int] | None:
     """A 55-character value whose first three characters are "00-"."""
     if value[35] != "-" or value[52] != "-" or not value.isascii() or value.lower() != value:
-        return None  # HEXDIGLC: lowercase only
+        return None  # HEXDIGLC: lowercase only (lower() of ASCII is faster than islower())
     flags = _FLAGS.get(value[53:])
     if flags is None:
         return None
@@ -1101,7 +1101,10 @@ def extract(carrier: Any, getter: Callable[[Any, str], Any] | None = None) -> Tr
                 value = carrier.get(TRACEPARENT_HEADER)
                 if value.__class__ is str:
                     # Fast path: a lowercase-keyed dict (what HTTP clients and frameworks give).
-                    ids = _parse_ids(value)
+                    if len(value) == 55 and value[0] == "0" and value[1] == "0" and value[2] == "-":
+                        ids = _parse_00(value)
+                    else:
+                        ids = _parse_ids_other(value)
                     if ids is None:
                         return None
                     state = carrier.get(TRACESTATE_HEADER)
