@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.message
 import http.client
 import io
+from typing import Any
 
 import pytest
 
@@ -441,3 +442,32 @@ def test_round_trip_keeps_everything() -> None:
     prop.inject(carrier, ctx)
     back = prop.extract(carrier)
     assert back == ctx
+
+
+def test_real_library_header_objects() -> None:
+    import httpx
+    import requests.structures
+    from starlette.datastructures import Headers, MutableHeaders
+    from werkzeug.datastructures import EnvironHeaders
+
+    ctx = _ctx((("rojo", "1"),))
+    carriers: list[Any] = [httpx.Headers({"TraceParent": "old"}), requests.structures.CaseInsensitiveDict()]
+    for carrier in carriers:
+        prop.inject(carrier, ctx)
+        assert carrier["traceparent"] == TP[:-2] + "03"
+        assert carrier["TRACESTATE"] == "rojo=1"
+        back = prop.extract(carrier)
+        assert back is not None
+        assert (back.trace_id, back.trace_state) == (TID, (("rojo", "1"),))
+    assert httpx.Headers(carrier).get_list("traceparent") == [TP[:-2] + "03"]
+    mutable = MutableHeaders()
+    prop.inject(mutable, ctx)
+    assert mutable.raw == [(b"traceparent", (TP[:-2] + "03").encode()), (b"tracestate", b"rojo=1")]
+    starlette_ctx = prop.extract(Headers(raw=[(b"traceparent", TP.encode()), (b"traceparent", TP.encode())]))
+    assert starlette_ctx is not None
+    assert starlette_ctx.trace_id == TID
+    two = Headers(raw=[(b"traceparent", TP.encode()), (b"traceparent", TP.replace("0af7", "1af7").encode())])
+    assert prop.extract(two) is None
+    werkzeug_ctx = prop.extract(EnvironHeaders({"HTTP_TRACEPARENT": TP, "HTTP_TRACESTATE": "a=1"}))
+    assert werkzeug_ctx is not None
+    assert werkzeug_ctx.trace_state == (("a", "1"),)
