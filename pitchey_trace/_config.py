@@ -91,11 +91,9 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _default_sanitizer() -> Callable[[Record], Record] | None:
-    try:  # SKELETON: until sanitize.py lands (issue 4) - remove this try when it does
-        from pitchey_trace.sanitize import Sanitizer  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return Sanitizer()  # type: ignore[no-any-return,unused-ignore]
+    from pitchey_trace.sanitize import Sanitizer
+
+    return Sanitizer()
 
 
 def _default_rollups() -> Any:

@@ -1,0 +1,1234 @@
+"""The sanitizer: nothing secret or personal leaves the process.
+
+A :class:`Sanitizer` is a callable ``record -> new record`` that the export worker applies to
+every record before routing, so no exporter ever receives an unsanitized record. It is built
+from small rule objects made by lowercase factory functions::
+
+    from pitchey_trace import sanitize
+
+    pt.configure(sanitizer=sanitize.Sanitizer(
+        add=[sanitize.keys("internal_note"), sanitize.pattern("employee", r"EMP-[0-9]{6}")],
+        allow=["session.id"],
+    ))
+
+Rules (all on by default except :func:`ip_addresses`; see ``docs/sanitizing.md``):
+
+* key rules - :func:`keys`: attribute keys naming secrets (password, token, api key, cookie,
+  authorization, session id, card, cvv, ssn...; case-insensitive, ``-``/``_``/``.``/camelCase
+  all alike) have their whole value replaced;
+* value detectors anywhere inside any string - :func:`private_keys`, :func:`url_credentials`,
+  :func:`secret_params`, :func:`auth_headers`, :func:`jwts`, :func:`cloud_keys`,
+  :func:`emails`, :func:`cards` (Luhn-valid only), :func:`ssns`, :func:`phones`,
+  :func:`ip_addresses`, and your own :func:`pattern`;
+* :func:`sql`: literal normalisation of ``db.query.text`` / ``db.statement``;
+* any callable ``(key, text) -> text`` you add;
+* limits: attribute count, value length (truncation marked ``...[truncated]``), event count.
+
+Each rule has a mode: :func:`mask` (default, a fixed marker such as ``[EMAIL]``),
+:func:`partial` (e.g. the last 4 digits of a card) or :func:`hashed` (keyed HMAC-SHA256,
+``hash:`` + hex prefix) so equal values stay correlatable without being revealed.
+
+All detectors are compiled into one regular expression scanned once per string; each
+alternative is linear (bounded or deterministic repetitions, start positions restricted by
+look-behinds), so hostile input is processed in linear time. Results for short strings and
+the decision per attribute key are kept in bounded caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pitchey_trace import _stats
+from pitchey_trace._sql import normalize_sql
+from pitchey_trace.records import Record
+
+__all__ = [
+    "DEFAULT_KEY_TERMS",
+    "DEFAULT_MAX_ATTRIBUTES",
+    "DEFAULT_MAX_EVENTS",
+    "DEFAULT_MAX_SEQUENCE_LENGTH",
+    "DEFAULT_MAX_VALUE_LENGTH",
+    "TRUNCATED_SUFFIX",
+    "Detector",
+    "KeyRule",
+    "Mode",
+    "PatternRule",
+    "Rule",
+    "Sanitizer",
+    "SqlRule",
+    "TextRule",
+    "auth_headers",
+    "cards",
+    "cloud_keys",
+    "default_rules",
+    "emails",
+    "hashed",
+    "ip_addresses",
+    "jwts",
+    "keys",
+    "mask",
+    "partial",
+    "pattern",
+    "phones",
+    "private_keys",
+    "secret_params",
+    "sql",
+    "ssns",
+    "url_credentials",
+]
+
+DEFAULT_MAX_ATTRIBUTES = 128
+DEFAULT_MAX_EVENTS = 128
+DEFAULT_MAX_VALUE_LENGTH = 8192
+DEFAULT_MAX_SEQUENCE_LENGTH = 256
+TRUNCATED_SUFFIX = "...[truncated]"
+_MAX_DEPTH = 8
+_CACHE_MAX_ENTRIES = 8192
+_CACHE_MAX_LEN = 512
+
+#: A user rule: called with the attribute key (or the record field name) and the text after
+#: the built-in rules; returns the text to export.
+TextRule = Callable[[str, str], str]
+
+
+# =============================================================================================
+# Modes
+
+
+class Mode:
+    """How a detected secret is rendered. Made by :func:`mask`, :func:`partial`, :func:`hashed`."""
+
+    __slots__ = ()
+
+    def render(self, secret: str, marker: str, partial_text: Callable[[str, int], str] | None) -> str:
+        raise NotImplementedError
+
+
+class _Mask(Mode):
+    __slots__ = ("marker",)
+
+    def __init__(self, marker: str | None) -> None:
+        self.marker = marker
+
+    def render(self, secret: str, marker: str, partial_text: Callable[[str, int], str] | None) -> str:
+        return self.marker if self.marker is not None else marker
+
+    def __repr__(self) -> str:
+        return "mask()" if self.marker is None else f"mask({self.marker!r})"
+
+
+class _Partial(Mode):
+    __slots__ = ("keep",)
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+
+    def render(self, secret: str, marker: str, partial_text: Callable[[str, int], str] | None) -> str:
+        if partial_text is not None:
+            return partial_text(secret, self.keep)
+        return _generic_partial(secret, self.keep, marker)
+
+    def __repr__(self) -> str:
+        return f"partial(keep={self.keep})"
+
+
+class _Hashed(Mode):
+    __slots__ = ("_key", "length")
+
+    def __init__(self, key: bytes, length: int) -> None:
+        self._key = key
+        self.length = length
+
+    def render(self, secret: str, marker: str, partial_text: Callable[[str, int], str] | None) -> str:
+        digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return "hash:" + digest[: self.length]
+
+    def __repr__(self) -> str:
+        return f"hashed(key=<hidden>, length={self.length})"
+
+
+def mask(marker: str | None = None) -> Mode:
+    """Replace the secret with a fixed marker (default: the rule's own, e.g. ``[EMAIL]``)."""
+    if marker is not None and not isinstance(marker, str):
+        raise TypeError("marker must be a string")
+    return _Mask(marker)
+
+
+def partial(keep: int = 4) -> Mode:
+    """Keep a harmless part: the last ``keep`` digits of a card (``[CARD ****1111]``), the
+    domain of an email (``***@example.com``), the last 2 digits of a phone or SSN, the first
+    two octets of an IPv4 address; other secrets keep their last ``keep`` characters only when
+    at least three times longer than that, else they are masked."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 8:
+        raise ValueError("keep must be an int between 1 and 8")
+    return _Partial(keep)
+
+
+def hashed(key: bytes | str, length: int = 16) -> Mode:
+    """Replace the secret with ``hash:`` + the first ``length`` hex digits of
+    HMAC-SHA256(key, secret): equal values stay correlatable across records without being
+    revealed. Keep ``key`` secret (e.g. from the environment); rotating it breaks correlation."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    if not isinstance(raw, bytes) or len(raw) < 8:
+        raise ValueError("hashed() needs a key of at least 8 bytes")
+    if isinstance(length, bool) or not isinstance(length, int) or not 8 <= length <= 64:
+        raise ValueError("length must be an int between 8 and 64")
+    return _Hashed(raw, length)
+
+
+_ModeArg = str | Mode
+
+
+def _as_mode(mode: _ModeArg) -> Mode:
+    if isinstance(mode, Mode):
+        return mode
+    if mode == "mask":
+        return _Mask(None)
+    if mode == "partial":
+        return _Partial(4)
+    if mode == "hash":
+        raise ValueError("mode='hash' needs a key: use mode=sanitize.hashed(key=...)")
+    raise ValueError(f"mode must be 'mask', 'partial' or a sanitize.mask/partial/hashed(), got {mode!r}")
+
+
+def _bracket(marker: str, extra: str) -> str:
+    """``[CARD]`` + ``****1111`` -> ``[CARD ****1111]``."""
+    if marker.endswith("]"):
+        return f"{marker[:-1]} {extra}]"
+    return f"{marker} {extra}"
+
+
+def _generic_partial(secret: str, keep: int, marker: str) -> str:
+    if len(secret) >= 3 * keep:
+        return _bracket(marker, "****" + secret[-keep:])
+    return marker
+
+
+# Outputs of the modes: values already in one of these forms are left alone (idempotence).
+_RENDERED = re.compile(
+    r"\[[A-Z][A-Z _]{0,30}(?: [*.\-]{2,12}[0-9A-Za-z.\-]{0,16})?\]|hash:[0-9a-f]{8,64}|\*{3}@[^\s]{1,255}"
+)
+
+
+# =============================================================================================
+# Rules
+
+
+class Rule:
+    """Base class of the built-in rule objects (any ``(key, text) -> text`` callable is a rule too)."""
+
+    __slots__ = ()
+
+
+class KeyRule(Rule):
+    """Values of attributes whose key names a secret are replaced entirely. See :func:`keys`."""
+
+    __slots__ = ("marker", "mode", "terms")
+
+    def __init__(self, terms: tuple[str, ...], mode: Mode, marker: str) -> None:
+        self.terms = terms
+        self.mode = mode
+        self.marker = marker
+
+    def __repr__(self) -> str:
+        terms = ", ".join(repr(t) for t in self.terms)
+        return f"keys({terms}, mode={self.mode!r}, marker={self.marker!r})"
+
+
+class SqlRule(Rule):
+    """Literal normalisation of SQL statement attributes. See :func:`sql`."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"sql({', '.join(repr(k) for k in self.keys)})"
+
+
+class Detector(Rule):
+    """A built-in value detector (scans inside every string). Made by the detector factories."""
+
+    __slots__ = ("kind", "marker", "mode")
+
+    def __init__(self, kind: str, mode: Mode, marker: str) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.marker = marker
+
+    def __repr__(self) -> str:
+        return f"{self.kind}(mode={self.mode!r}, marker={self.marker!r})"
+
+
+class PatternRule(Rule):
+    """A user regular expression whose matches are replaced. See :func:`pattern`."""
+
+    __slots__ = ("mode", "name", "regex")
+
+    def __init__(self, name: str, regex: re.Pattern[str], mode: Mode) -> None:
+        self.name = name
+        self.regex = regex
+        self.mode = mode
+
+    def replace(self, match: re.Match[str]) -> str:
+        """The replacement of one match."""
+        return self.mode.render(match.group(), f"[{self.name.upper()}]", None)
+
+    def __repr__(self) -> str:
+        return f"pattern({self.name!r}, {self.regex.pattern!r}, mode={self.mode!r})"
+
+
+#: Key terms masked by default (matched as whole words of the normalised key, anywhere in it).
+DEFAULT_KEY_TERMS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api key",
+    "apikey",
+    "access key",
+    "private key",
+    "authorization",
+    "proxy authorization",
+    "cookie",
+    "set cookie",
+    "session",
+    "sessionid",
+    "jsessionid",
+    "phpsessid",
+    "sid",
+    "csrf",
+    "xsrf",
+    "credential",
+    "credentials",
+    "card number",
+    "cardnumber",
+    "card",
+    "cvv",
+    "cvc",
+    "pin",
+    "ssn",
+    "social security",
+    "iban",
+    "otp",
+    "jwt",
+    "signature",
+    "db query parameter",
+    "request body",
+    "response body",
+)
+
+# A key whose last word is one of these describes a secret without holding it
+# (``token_type``, ``password_policy``, ``session.duration``); a key that *ends* with the term
+# itself is always sensitive.
+_DESCRIPTORS = """count length len size bytes type kind name names path file dir directory expiry expires
+    expired expiration ttl age policy enabled disabled present required valid invalid status state
+    format algorithm alg version source provider scheme method strength created updated rotated at
+    timeout duration ms seconds used remaining limit max min total brand last4 issuer audience scope
+    scopes"""
+_DESCRIPTOR_WORDS = frozenset(_DESCRIPTORS.split())
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def _norm_key(key: str) -> str:
+    """``X-Api-Key`` / ``x_api.key`` / ``xApiKey`` -> ``_x_api_key_`` (word-delimited)."""
+    words = _NON_ALNUM.sub("_", _CAMEL.sub("_", key).lower()).strip("_")
+    return f"_{words}_"
+
+
+def keys(*terms: str, mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> KeyRule:
+    """Replace the whole value of attributes whose key contains one of ``terms`` as words.
+
+    Matching is case-insensitive and treats ``-``, ``_``, ``.``, spaces and camelCase alike:
+    ``keys("api key")`` matches ``X-Api-Key``, ``x_api_key``, ``apiKey`` and
+    ``http.request.header.x-api-key``. Numbers are replaced only when the key ends with the
+    term (``cvv`` yes, ``llm.token_count.prompt`` no); ``token_type``-like keys whose last
+    word describes the secret are not replaced (see ``docs/sanitizing.md``). Booleans and
+    None are never secrets and stay.
+    """
+    if not terms or not all(isinstance(t, str) and t.strip() for t in terms):
+        raise ValueError("keys() needs one or more non-empty strings")
+    return KeyRule(tuple(terms), _as_mode(mode), marker)
+
+
+def sql(*keys: str) -> SqlRule:
+    """Normalise SQL statement attributes (default ``db.query.text`` and ``db.statement``):
+    every literal becomes ``?``, comments go, IN lists collapse (see
+    :func:`pitchey_trace._sql.normalize_sql`); the value detectors then run on the result."""
+    return SqlRule(tuple(keys) if keys else ("db.query.text", "db.statement"))
+
+
+def _detector(kind: str, mode: _ModeArg, marker: str) -> Detector:
+    if not isinstance(marker, str) or not marker:
+        raise ValueError("marker must be a non-empty string")
+    return Detector(kind, _as_mode(mode), marker)
+
+
+def private_keys(mode: _ModeArg = "mask", marker: str = "[PRIVATE KEY]") -> Detector:
+    """PEM private-key blocks (RSA, EC, OPENSSH, ENCRYPTED, PGP), also cut-off ones."""
+    return _detector("private_keys", mode, marker)
+
+
+def url_credentials(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detector:
+    """The password in URLs and DSNs: ``postgresql://app:[REDACTED]@db/pitchey``."""
+    return _detector("url_credentials", mode, marker)
+
+
+def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detector:
+    """Values after secret-looking names in text: query strings (``?token=..&api_key=..``),
+    ``key=value`` and ``key: value`` pairs, JSON / Python reprs (``"password": "..."``),
+    connection strings (``Password=...;``), ``Authorization:`` / ``Cookie:`` header lines."""
+    return _detector("secret_params", mode, marker)
+
+
+def auth_headers(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detector:
+    """``Bearer`` / ``Basic`` credentials: ``Bearer [REDACTED]``."""
+    return _detector("auth_headers", mode, marker)
+
+
+def jwts(mode: _ModeArg = "mask", marker: str = "[JWT]") -> Detector:
+    """JSON Web Tokens (``eyJ...`` header, payload, signature)."""
+    return _detector("jwts", mode, marker)
+
+
+def cloud_keys(mode: _ModeArg = "mask", marker: str = "[KEY]") -> Detector:
+    """Well-known key formats: AWS access key ids (``AKIA``/``ASIA``...), Google API keys
+    (``AIza``), GitHub / GitLab / Slack / Stripe / npm / SendGrid / OpenAI-style tokens.
+    Secret keys without a recognisable prefix (AWS secret access keys, Azure account keys)
+    are caught by :func:`secret_params` from their name, and by :func:`keys`."""
+    return _detector("cloud_keys", mode, marker)
+
+
+def emails(mode: _ModeArg = "mask", marker: str = "[EMAIL]") -> Detector:
+    """Email addresses (partial mode keeps the domain: ``***@example.com``)."""
+    return _detector("emails", mode, marker)
+
+
+def cards(mode: _ModeArg = "mask", marker: str = "[CARD]") -> Detector:
+    """Payment card numbers: 13-19 digits starting with 2-6, contiguous or grouped with
+    spaces or dashes, Luhn-valid only (order numbers that fail Luhn stay)."""
+    return _detector("cards", mode, marker)
+
+
+def ssns(mode: _ModeArg = "mask", marker: str = "[SSN]") -> Detector:
+    """US social security numbers written ``123-45-6789`` or ``123 45 6789`` (valid ranges)."""
+    return _detector("ssns", mode, marker)
+
+
+def phones(mode: _ModeArg = "mask", marker: str = "[PHONE]") -> Detector:
+    """Phone numbers that are written as such: international ``+`` numbers of 8-15 digits
+    (``+44 20 7946 0958``, ``+15551234567``) and North-American ``(555) 123-4567`` /
+    ``555-123-4567`` / ``555.123.4567``. Bare digit strings are ids, not phones. On by default."""
+    return _detector("phones", mode, marker)
+
+
+def ip_addresses(mode: _ModeArg = "mask", marker: str = "[IP]") -> Detector:
+    """IPv4 and IPv6 addresses (partial keeps two IPv4 octets: ``10.1.*.*``). Off by default:
+    add it when client addresses count as personal data for you."""
+    return _detector("ip_addresses", mode, marker)
+
+
+def pattern(
+    name: str, regex: str, *, mode: _ModeArg = "mask", marker: str | None = None, ignore_case: bool = False
+) -> PatternRule:
+    """Your own detector: every match of ``regex`` is replaced (default marker
+    ``[NAME]``). It runs as a separate pass after the built-in detectors; keep it linear."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("pattern() needs a name")
+    compiled = re.compile(regex, re.IGNORECASE if ignore_case else 0)
+    the_mode = _as_mode(mode)
+    if isinstance(the_mode, _Mask) and the_mode.marker is None:
+        the_mode = _Mask(marker if marker is not None else f"[{name.upper()}]")
+    return PatternRule(name, compiled, the_mode)
+
+
+def default_rules() -> list[Rule]:
+    """The rules a plain ``Sanitizer()`` uses (everything except :func:`ip_addresses`)."""
+    return [
+        keys(*DEFAULT_KEY_TERMS),
+        sql(),
+        private_keys(),
+        url_credentials(),
+        secret_params(),
+        auth_headers(),
+        jwts(),
+        cloud_keys(),
+        emails(),
+        cards(),
+        ssns(),
+        phones(),
+    ]
+
+
+# =============================================================================================
+# The combined pattern. Every alternative is linear: its repetitions are bounded or followed by
+# a character they cannot consume, and a look-behind restricts where it may start.
+
+_KV_WORDS = (
+    r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key|account[_-]?key"
+    r"|private[_-]?key|authorization|auth|credentials?|session(?:[_-]?id)?|sid|cookie|csrf|xsrf"
+    r"|signature|sig|otp|ssn|cvv|cvc|jwt"
+)
+_VAL_CHARS = r"""[^\s&"',;<>)}\]]"""
+
+_FRAGMENTS: dict[str, str] = {
+    "private_keys": (
+        r"(?P<pem>-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+        r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z))"
+    ),
+    "url_credentials": (
+        r"(?<![A-Za-z0-9+.\-])(?P<uc>(?P<uc_scheme>[A-Za-z][A-Za-z0-9+.\-]{0,31}://)"
+        r"(?P<uc_user>[^\s/?#:]{0,128}):(?P<uc_pw>[^\s/?#]{1,256})@)"
+    ),
+    # Matches any "name=" / "name: " followed by a value; the value is not consumed: when the
+    # name ends with a secret word the handler matches and masks it (_KV_VALUE), else scanning
+    # resumes right after the separator so the value still meets every other detector.
+    "secret_params": (
+        r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>[A-Za-z][A-Za-z0-9_.\-]{0,127})"
+        r"(?P<kv_sep>[\"']?[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
+    ),
+    "auth_headers": (
+        r"(?<![A-Za-z0-9])(?P<ah>(?P<ah_scheme>(?i:bearer|basic)[ \t]+)(?P<ah_cred>[A-Za-z0-9._~+/=\-]{6,}))"
+    ),
+    "jwts": r"(?<![A-Za-z0-9_\-])(?P<jwt>eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)",
+    "cloud_keys": (
+        r"(?<![A-Za-z0-9])(?P<ck>(?:(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}"
+        r"|AIza[0-9A-Za-z_\-]{35}|gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}"
+        r"|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"
+        r"|npm_[A-Za-z0-9]{36}|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
+        r"|sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,})(?![A-Za-z0-9]))"
+    ),
+    "emails": (
+        r"(?<![\w.%+\-])(?P<em>(?P<em_local>[\w.%+\-]{1,64})@"
+        r"(?P<em_domain>[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.){1,8}[A-Za-z]{2,24})(?![A-Za-z0-9\-]))"
+    ),
+    "ip6": (r"(?<![0-9A-Fa-f:.])(?P<ip6>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:])"),
+    # Cards, SSNs, phones and IPv4 share one alternative: a run of digits and separators
+    # (at least 7 units), classified in Python. One run per number, so a candidate that fails
+    # (an order number failing Luhn) can never hide a real one next to it.
+    "num": r"(?<![A-Za-z0-9.])(?P<num>[+(]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
+}
+# Kept verbatim: hashes we produced (their hex digits must not be re-detected).
+_KEEP = r"(?P<keep>hash:[0-9a-f]{8,64}(?![0-9A-Za-z]))"
+_NUMERIC_KINDS = ("cards", "ssns", "phones", "ip_addresses")
+_ORDER = (
+    "private_keys",
+    "url_credentials",
+    "secret_params",
+    "auth_headers",
+    "jwts",
+    "cloud_keys",
+    "emails",
+)
+
+_DIGITS = re.compile(r"[0-9]+")
+_KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
+_KV_VALUE = re.compile(
+    r"(?i:(?:bearer|basic|token|digest)[ \t]+)?"
+    r"(?:\[[A-Z][A-Z _]{0,30}(?: [*.\-]{2,12}[0-9A-Za-z.\-]{0,16})?\]"
+    r"|\"[^\"\\\r\n]*(?:\\.[^\"\\\r\n]*)*\"?"
+    r"|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'?"
+    rf"|{_VAL_CHARS}+(?:; {_VAL_CHARS}+)*)"
+)
+_PLACEHOLDER = re.compile(r"\?|%s|\$[0-9]+|%\([^)]{1,64}\)s|:[A-Za-z_][A-Za-z0-9_]{0,63}|[Nn]one|null|NULL")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    double = False
+    for ch in reversed(digits):
+        n = ord(ch) - 48
+        if double:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+        double = not double
+    return total % 10 == 0
+
+
+def _valid_ssn(area: str, group: str, serial: str) -> bool:
+    return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _has_mixed(cred: str) -> bool:
+    """A credential, not an English word: digits, symbols, or capitals after the first char."""
+    for ch in cred[1:]:
+        if ch.isdigit() or ch.isupper() or ch in "+/=_.~-":
+            return True
+    return cred[0].isdigit()
+
+
+def _card_partial(marker: str) -> Callable[[str, int], str]:
+    def render(secret: str, keep: int) -> str:
+        return _bracket(marker, "****" + secret[-keep:])
+
+    return render
+
+
+def _phone_partial(marker: str) -> Callable[[str, int], str]:
+    def render(secret: str, keep: int) -> str:
+        return _bracket(marker, ".." + secret[-2:])
+
+    return render
+
+
+def _ssn_partial(marker: str) -> Callable[[str, int], str]:
+    def render(secret: str, keep: int) -> str:
+        return _bracket(marker, "***-**-" + secret[-4:])
+
+    return render
+
+
+def _email_partial(secret: str, keep: int) -> str:
+    return "***@" + secret.rpartition("@")[2]
+
+
+def _ip_partial(marker: str) -> Callable[[str, int], str]:
+    def render(secret: str, keep: int) -> str:
+        if secret.count(".") == 3:
+            a, b, _, _ = secret.split(".")
+            return f"{a}.{b}.*.*"
+        return marker
+
+    return render
+
+
+_Hit = tuple[str, int] | None  # (replacement, where scanning resumes) or None: leave the match
+
+
+class _Engine:
+    """The compiled detectors: one combined pattern plus the per-kind renderers."""
+
+    def __init__(self, detectors: Mapping[str, Detector]) -> None:
+        self.detectors = detectors
+        guarded = [_KEEP]
+        guarded.extend(_FRAGMENTS[kind] for kind in _ORDER if kind in detectors and kind != "private_keys")
+        if "ip_addresses" in detectors:
+            guarded.append(_FRAGMENTS["ip6"])
+        if any(kind in detectors for kind in _NUMERIC_KINDS):
+            guarded.append(_FRAGMENTS["num"])
+        # Every guarded alternative starts after a non-alphanumeric character: testing that once
+        # per position, before the alternation, makes positions inside words cheap.
+        combined = "(?<![A-Za-z0-9])(?:" + "|".join(guarded) + ")"
+        if "private_keys" in detectors:
+            combined = _FRAGMENTS["private_keys"] + "|" + combined
+        self.pattern: re.Pattern[str] = re.compile(combined)
+        self._handlers: dict[str, Callable[[re.Match[str]], _Hit]] = {
+            "keep": lambda m: None,
+            "pem": self._plain("private_keys"),
+            "uc": self._url,
+            "kv": self._kv,
+            "ah": self._auth,
+            "jwt": self._plain("jwts"),
+            "ck": self._plain("cloud_keys"),
+            "em": self._email,
+            "ip6": self._ip6,
+            "num": self._num,
+        }
+        self._kv_names: dict[str, bool] = {}
+        self.card = detectors.get("cards")
+        self.ssn = detectors.get("ssns")
+        self.phone = detectors.get("phones")
+        self.ip = detectors.get("ip_addresses")
+        self._card_partial = _card_partial(self.card.marker) if self.card else None
+        self._ssn_partial = _ssn_partial(self.ssn.marker) if self.ssn else None
+        self._phone_partial = _phone_partial(self.phone.marker) if self.phone else None
+        self._ip_partial = _ip_partial(self.ip.marker) if self.ip else None
+        self._min_digits = 4 if self.ip else 8
+
+    # -- entry points
+
+    def scrub(self, text: str) -> str:
+        search = self.pattern.search
+        m = search(text)
+        if m is None:
+            return text
+        handlers = self._handlers
+        out: list[str] = []
+        last = 0
+        while m is not None:
+            start = m.start()
+            hit = handlers[m.lastgroup or "keep"](m)
+            if hit is None:
+                resume = m.end()
+            else:
+                out.append(text[last:start])
+                out.append(hit[0])
+                last = resume = hit[1]
+            m = search(text, resume if resume > start else start + 1)
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def card_int(self, value: int) -> str | None:
+        """A card written as an int attribute value."""
+        if self.card is None:
+            return None
+        digits = str(value)
+        if 13 <= len(digits) <= 19 and digits[0] in "23456" and _luhn(digits):
+            return self.card.mode.render(digits, self.card.marker, self._card_partial)
+        return None
+
+    # -- handlers
+
+    def _render(self, kind: str, secret: str, partial_text: Callable[[str, int], str] | None = None) -> str:
+        det = self.detectors[kind]
+        return det.mode.render(secret, det.marker, partial_text)
+
+    def _plain(self, kind: str) -> Callable[[re.Match[str]], _Hit]:
+        return lambda m: (self._render(kind, m.group()), m.end())
+
+    def _url(self, m: re.Match[str]) -> _Hit:
+        user = m.group("uc_user")
+        if user:
+            user = self.scrub(user)  # the user part may be an email; it holds no ':' or '/'
+        return f"{m.group('uc_scheme')}{user}:{self._render('url_credentials', m.group('uc_pw'))}@", m.end()
+
+    def _kv_secret(self, name: str) -> bool:
+        known = self._kv_names.get(name)
+        if known is None:
+            known = _KV_NAME.search(name) is not None
+            if len(self._kv_names) >= _CACHE_MAX_ENTRIES:
+                self._kv_names.clear()
+            self._kv_names[name] = known
+        return known
+
+    def _kv(self, m: re.Match[str]) -> _Hit:
+        if "secret_params" not in self.detectors or not self._kv_secret(m.group("kv_name")):
+            return None  # resume after the separator: the value is scanned like any text
+        vm = _KV_VALUE.match(m.string, m.end())
+        if vm is None:
+            return None
+        value = vm.group()
+        end = vm.end()
+        quote = value[0] if value[0] in "\"'" else ""
+        inner = value[1:] if quote else value
+        closing = ""
+        if quote and inner.endswith(quote):
+            inner, closing = inner[:-1], quote
+        if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
+            return None
+        rendered = self._render("secret_params", inner)
+        return f"{m.group('kv_name')}{m.group('kv_sep')}{quote}{rendered}{closing}", end
+
+    def _auth(self, m: re.Match[str]) -> _Hit:
+        cred = m.group("ah_cred")
+        if not _has_mixed(cred):
+            return None
+        return m.group("ah_scheme") + self._render("auth_headers", cred), m.end()
+
+    def _email(self, m: re.Match[str]) -> _Hit:
+        return self._render("emails", m.group().lower(), _email_partial), m.end()
+
+    def _ip6(self, m: re.Match[str]) -> _Hit:
+        text = m.group()
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            return None
+        return self._render("ip_addresses", text, self._ip_partial), m.end()
+
+    def _num(self, m: re.Match[str]) -> _Hit:
+        text = m.group()
+        spans = [(g.start(), g.end()) for g in _DIGITS.finditer(text)]
+        digits = [text[s:e] for s, e in spans]
+        if sum(len(d) for d in digits) < self._min_digits:
+            return None
+        if self.ip is None and text[0] != "+" and max(len(d) for d in digits) < 3:
+            return None  # cards, SSNs and phones all have a group of 3+ digits
+        seps = [text[spans[k][1] : spans[k + 1][0]] for k in range(len(spans) - 1)]
+        out: list[str] = []
+        pos = 0
+        i = 0
+        n = len(spans)
+        while i < n:
+            hit = self._match_at(text, spans, digits, seps, i)
+            if hit is None:
+                i += 1
+                continue
+            j, start, replacement = hit
+            out.append(text[pos:start])
+            out.append(replacement)
+            pos = spans[j][1]
+            i = j + 1
+        if not out:
+            return None
+        out.append(text[pos:])
+        return "".join(out), m.end()
+
+    def _match_at(
+        self, text: str, spans: list[tuple[int, int]], digits: list[str], seps: list[str], i: int
+    ) -> tuple[int, int, str] | None:
+        d = digits[i]
+        size = len(d)
+        n = len(digits)
+        start = spans[i][0]
+        card = self.card
+        if card is not None and d[0] in "23456":
+            if 13 <= size <= 19:
+                if _luhn(d):
+                    return i, start, card.mode.render(d, card.marker, self._card_partial)
+            elif size == 4:
+                best = -1
+                acc = d
+                j = i
+                while (
+                    j + 1 < n
+                    and seps[j] in (" ", "-")
+                    and len(digits[j + 1]) <= 7
+                    and len(acc) + len(digits[j + 1]) <= 19
+                ):
+                    j += 1
+                    acc += digits[j]
+                    if len(acc) >= 13 and _luhn(acc):
+                        best = j
+                if best >= 0:
+                    number = "".join(digits[i : best + 1])
+                    return best, start, card.mode.render(number, card.marker, self._card_partial)
+        ssn = self.ssn
+        if (
+            ssn is not None
+            and size == 3
+            and i + 2 < n
+            and len(digits[i + 1]) == 2
+            and len(digits[i + 2]) == 4
+            and seps[i] == seps[i + 1]
+            and seps[i] in ("-", " ")
+            and _valid_ssn(d, digits[i + 1], digits[i + 2])
+        ):
+            number = d + digits[i + 1] + digits[i + 2]
+            return i + 2, start, ssn.mode.render(number, ssn.marker, self._ssn_partial)
+        phone = self.phone
+        if phone is not None:
+            if i == 0 and text[0] == "+":
+                best = -1
+                total = 0
+                for j in range(n):
+                    total += len(digits[j])
+                    if total > 15:
+                        break
+                    if total >= 8:
+                        best = j
+                if best >= 0:
+                    number = "+" + "".join(digits[: best + 1])
+                    return best, 0, phone.mode.render(number, phone.marker, self._phone_partial)
+            if (
+                size == 3
+                and i + 2 < n
+                and len(digits[i + 1]) == 3
+                and len(digits[i + 2]) == 4
+                and seps[i + 1] in ("-", ".", " ")
+                and seps[i] in ("-", ".", " ", ") ", ")", ")-")
+            ):
+                opened = start > 0 and text[start - 1] == "("
+                if (")" in seps[i]) == opened:
+                    first = start - 1 if opened else start
+                    # A leading country code "1" belongs to the number.
+                    if i > 0 and digits[i - 1] == "1" and seps[i - 1].strip(" (") == "":
+                        first = spans[i - 1][0]
+                        if first > 0 and text[first - 1] == "+":
+                            first -= 1
+                    number = d + digits[i + 1] + digits[i + 2]
+                    return i + 2, first, phone.mode.render(number, phone.marker, self._phone_partial)
+        ip = self.ip
+        if (
+            ip is not None
+            and size <= 3
+            and i + 3 < n
+            and all(seps[k] == "." for k in range(i, i + 3))
+            and all(len(digits[k]) <= 3 and int(digits[k]) <= 255 for k in range(i, i + 4))
+            and (i == 0 or seps[i - 1] != ".")
+            and (i + 4 >= n or seps[i + 3] != ".")
+        ):
+            address = ".".join(digits[i : i + 4])
+            return i + 3, start, ip.mode.render(address, ip.marker, self._ip_partial)
+        return None
+
+
+# =============================================================================================
+# The Sanitizer
+
+# Record fields that are structure, not content (ids, enums, times, numbers).
+_STRUCTURAL = frozenset(
+    {
+        "schema",
+        "type",
+        "dataset",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "kind",
+        "status",
+        "category",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "time_unix_nano",
+        "minute_start_unix_nano",
+        "duration_ms",
+        "interval_s",
+        "count",
+        "errors",
+        "sketch",
+    }
+)
+
+_PASS = 0  # scan the value with the detectors
+_MASK = 1  # key rule: replace the whole value (strings; numbers only when the key ends with the term)
+_MASK_STR = 2  # key rule where the term is not the key's last word: strings only
+_SQL = 3
+_ALLOW = 4
+
+
+class Sanitizer:
+    """Remove secrets and personal data from records before any exporter sees them.
+
+    ``Sanitizer()`` uses :func:`default_rules`. ``rules=`` replaces them, ``add=`` appends
+    rules (rule objects or ``(key, text) -> text`` callables), ``allow=`` names attribute keys
+    whose values pass untouched (matched like key rules: ``session.id`` also allows
+    ``sessionId``). Limits: at most ``max_attributes`` attributes per map, ``max_events``
+    events per span, ``max_sequence_length`` items per list value, ``max_value_length``
+    characters per string (longer ones are cut and end with ``...[truncated]``).
+
+    Calling it returns a new record and never modifies the given one or anything in it.
+    Applied to: span name, status message, attribute keys and values (nested lists too), event
+    names and attributes (``exception.message`` and ``exception.stacktrace`` included), link
+    attributes, resource, audit records (actor, action, target, outcome, attributes), rollup
+    operation names, and any other string field except ids, enums and times.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule | TextRule] | None = None,
+        *,
+        add: Iterable[Rule | TextRule] = (),
+        allow: Iterable[str] = (),
+        max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+    ) -> None:
+        for name, limit in (
+            ("max_attributes", max_attributes),
+            ("max_events", max_events),
+            ("max_value_length", max_value_length),
+            ("max_sequence_length", max_sequence_length),
+        ):
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ValueError(f"{name} must be a positive int, got {limit!r}")
+        if isinstance(allow, str):
+            raise TypeError("allow must be a list of keys, not a string")
+        self.rules: list[Rule | TextRule] = [*(default_rules() if rules is None else rules), *add]
+        self.allow: tuple[str, ...] = tuple(allow)
+        self.max_attributes = max_attributes
+        self.max_events = max_events
+        self.max_value_length = max_value_length
+        self.max_sequence_length = max_sequence_length
+
+        detectors: dict[str, Detector] = {}
+        key_rules: list[KeyRule] = []
+        sql_keys: set[str] = set()
+        self._patterns: list[PatternRule] = []
+        self._text_rules: list[TextRule] = []
+        for rule in self.rules:
+            if isinstance(rule, Detector):
+                detectors[rule.kind] = rule
+            elif isinstance(rule, KeyRule):
+                key_rules.append(rule)
+            elif isinstance(rule, SqlRule):
+                sql_keys.update(_norm_key(k) for k in rule.keys)
+            elif isinstance(rule, PatternRule):
+                self._patterns.append(rule)
+            elif callable(rule):
+                self._text_rules.append(rule)
+            else:
+                raise TypeError(f"not a sanitizer rule: {rule!r}")
+        self._engine = _Engine(detectors)
+        #: The combined detector pattern (one scan per string); the benchmark's floor uses it.
+        self.pattern = self._engine.pattern
+        # "_(?:api_key|token|...)(?=_)" over the normalised key; longest terms first so that
+        # "card number" wins over "card" and the match can reach the key's end.
+        self._key_rules = [
+            (
+                re.compile(
+                    "_(?:"
+                    + "|".join(
+                        re.escape(t)
+                        for t in sorted({_norm_key(t)[1:-1] for t in rule.terms}, key=len, reverse=True)
+                    )
+                    + ")(?=_)"
+                ),
+                rule,
+            )
+            for rule in key_rules
+        ]
+        self._sql_keys = frozenset(sql_keys)
+        self._allowed = frozenset(_norm_key(k) for k in self.allow)
+        self._text_cache: dict[str, str] = {}
+        self._key_cache: dict[str, tuple[str, int, KeyRule | None]] = {}
+        self._res_in: Any = None
+        self._res_out: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Sanitizer(rules={self.rules!r}, allow={list(self.allow)!r}, "
+            f"max_attributes={self.max_attributes}, max_events={self.max_events}, "
+            f"max_value_length={self.max_value_length}, max_sequence_length={self.max_sequence_length})"
+        )
+
+    # -- public helpers
+
+    def scrub(self, text: str, key: str = "") -> str:
+        """Sanitize one string (detectors, your patterns and text rules, length limit)."""
+        out = self._text(text)
+        if self._text_rules:
+            out = self._apply_text_rules(key, out)
+        return out
+
+    def __call__(self, record: Record) -> Record:
+        """Return a sanitized copy of ``record``."""
+        out: Record = {}
+        for field, value in record.items():
+            if field in _STRUCTURAL:
+                out[field] = value
+            elif field == "attributes":
+                out[field] = (
+                    self._attrs(value, 0) if isinstance(value, Mapping) else self._any(field, value, 0)
+                )
+            elif field == "resource":
+                out[field] = self._resource(value)
+            elif field == "events":
+                out[field] = self._events(value)
+            elif field == "links":
+                out[field] = self._links(value)
+            elif value.__class__ is str:
+                out[field] = self._field_text(field, value)
+            else:
+                out[field] = self._any(field, value, 0)
+        return out
+
+    # -- records
+
+    def _field_text(self, field: str, value: str) -> str:
+        text = self._text(value)
+        if self._text_rules:
+            text = self._apply_text_rules(field, text)
+        return text
+
+    def _resource(self, value: Any) -> Any:
+        # The resource dict is the same object in every record of a pipeline: sanitize it once.
+        if value is self._res_in and self._res_out is not None:
+            return self._res_out
+        out = self._attrs(value, 0) if isinstance(value, Mapping) else self._any("resource", value, 0)
+        self._res_in, self._res_out = value, out
+        return out
+
+    def _events(self, events: Any) -> Any:
+        if not isinstance(events, list):
+            return self._any("events", events, 0)
+        if len(events) > self.max_events:
+            _stats.incr("sanitize.events_dropped", len(events) - self.max_events)
+            events = events[: self.max_events]
+        out = []
+        for ev in events:
+            if not isinstance(ev, Mapping):
+                out.append(self._any("events", ev, 1))
+                continue
+            new = dict(ev)
+            name = new.get("name")
+            if name.__class__ is str:
+                new["name"] = self._field_text("event.name", name)
+            attrs = new.get("attributes")
+            if isinstance(attrs, Mapping):
+                new["attributes"] = self._attrs(attrs, 1)
+            out.append(new)
+        return out
+
+    def _links(self, links: Any) -> Any:
+        if not isinstance(links, list):
+            return self._any("links", links, 0)
+        out = []
+        for link in links:
+            if not isinstance(link, Mapping):
+                out.append(self._any("links", link, 1))
+                continue
+            new = dict(link)
+            attrs = new.get("attributes")
+            if isinstance(attrs, Mapping):
+                new["attributes"] = self._attrs(attrs, 1)
+            out.append(new)
+        return out
+
+    # -- attribute maps
+
+    def _key_entry(self, key: str) -> tuple[str, int, KeyRule | None]:
+        norm = _norm_key(key)
+        new_key = self._text(key)
+        if norm in self._allowed:
+            entry: tuple[str, int, KeyRule | None] = (key, _ALLOW, None)
+        elif norm in self._sql_keys:
+            entry = (new_key, _SQL, None)
+        else:
+            entry = (new_key, _PASS, None)
+            last = norm[1:-1].rpartition("_")[2]
+            for regex, rule in reversed(self._key_rules):  # later rules (add=...) win
+                found = None
+                for m in regex.finditer(norm):
+                    found = m
+                if found is None:
+                    continue
+                if found.end() == len(norm) - 1:
+                    entry = (new_key, _MASK, rule)
+                    break
+                if last not in _DESCRIPTOR_WORDS:
+                    entry = (new_key, _MASK_STR, rule)
+                    break
+        if len(self._key_cache) >= _CACHE_MAX_ENTRIES:
+            self._key_cache.clear()
+        if len(key) <= _CACHE_MAX_LEN:
+            self._key_cache[key] = entry
+        return entry
+
+    def _attrs(self, attrs: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        limit = self.max_attributes
+        if len(attrs) > limit:
+            _stats.incr("sanitize.attributes_dropped", len(attrs) - limit)
+        key_cache = self._key_cache
+        for count, (key, value) in enumerate(attrs.items()):
+            if count >= limit:
+                break
+            if key.__class__ is not str:
+                key = str(key)
+            entry = key_cache.get(key)
+            if entry is None:
+                entry = self._key_entry(key)
+            new_key, action, rule = entry
+            if action == _PASS:
+                if value.__class__ is str:
+                    text = self._text(value)
+                    out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
+                elif value.__class__ is bool or value is None or value.__class__ is float:
+                    out[new_key] = value
+                else:
+                    out[new_key] = self._any(key, value, depth + 1)
+            elif action == _SQL:
+                if value.__class__ is str:
+                    text = self._text(normalize_sql(value))
+                    out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
+                else:
+                    out[new_key] = self._any(key, value, depth + 1)
+            elif action == _ALLOW:
+                out[new_key] = self._limit_only(value)
+            else:
+                assert rule is not None
+                out[new_key] = self._mask_value(value, rule, numbers=action == _MASK)
+        return out
+
+    def _mask_value(self, value: Any, rule: KeyRule, *, numbers: bool) -> Any:
+        if value is None or value.__class__ is bool:
+            return value
+        if value.__class__ is str:
+            if _RENDERED.fullmatch(value):
+                return value
+            return rule.mode.render(value, rule.marker, None)
+        if isinstance(value, (int, float)):
+            if not numbers:
+                return value
+            return rule.mode.render(str(value), rule.marker, None)
+        if isinstance(value, (list, tuple)) and all(
+            v.__class__ is str and _RENDERED.fullmatch(v) for v in value
+        ):
+            return list(value)
+        return (
+            rule.marker
+            if isinstance(rule.mode, _Partial)
+            else rule.mode.render(repr(value), rule.marker, None)
+        )
+
+    def _any(self, key: str, value: Any, depth: int) -> Any:
+        """Sanitize a value of any type (lists, nested maps, ints that may be card numbers)."""
+        cls = value.__class__
+        if cls is str:
+            text = self._text(value)
+            return self._apply_text_rules(key, text) if self._text_rules else text
+        if value is None or cls is bool or cls is float:
+            return value
+        if cls is int:
+            if 10**12 <= value < 10**19:
+                card = self._engine.card_int(value)
+                if card is not None:
+                    return card
+            return value
+        if depth >= _MAX_DEPTH:
+            return "[DEPTH]"
+        if isinstance(value, (list, tuple)):
+            items = value
+            if len(items) > self.max_sequence_length:
+                _stats.incr("sanitize.sequence_items_dropped", len(items) - self.max_sequence_length)
+                items = items[: self.max_sequence_length]
+            return [self._any(key, v, depth + 1) for v in items]
+        if isinstance(value, Mapping):
+            return self._attrs(value, depth + 1)
+        if isinstance(value, (int, float)):  # int / float subclasses (IntEnum...)
+            return self._any(key, int(value) if isinstance(value, int) else float(value), depth)
+        return self._any(key, repr(value), depth)
+
+    def _limit_only(self, value: Any) -> Any:
+        if (
+            value.__class__ is str
+            and len(value) > self.max_value_length
+            and not value.endswith(TRUNCATED_SUFFIX)
+        ):
+            _stats.incr("sanitize.values_truncated")
+            return value[: self.max_value_length] + TRUNCATED_SUFFIX
+        if isinstance(value, (list, tuple)):
+            return [self._limit_only(v) for v in value[: self.max_sequence_length]]
+        return value
+
+    # -- strings
+
+    def _apply_text_rules(self, key: str, text: str) -> str:
+        for rule in self._text_rules:
+            result = rule(key, text)
+            if result.__class__ is not str:
+                raise TypeError(f"sanitizer rule {rule!r} returned {type(result).__name__}, not str")
+            text = result
+        return text
+
+    def _text(self, text: str) -> str:
+        cache = self._text_cache
+        hit = cache.get(text)
+        if hit is not None:
+            return hit
+        out = self._scrub(text)
+        if len(text) <= _CACHE_MAX_LEN:
+            if len(cache) >= _CACHE_MAX_ENTRIES:
+                cache.clear()  # bounded: start over rather than track recency
+            cache[text] = out
+        return out
+
+    def _scrub(self, text: str) -> str:
+        out = self._engine.scrub(text)
+        for rule in self._patterns:
+            out = rule.regex.sub(rule.replace, out)
+        limit = self.max_value_length
+        if len(out) > limit:
+            truncated = out.endswith(TRUNCATED_SUFFIX)
+            body = out[: -len(TRUNCATED_SUFFIX)] if truncated else out
+            if len(body) > limit or not truncated:
+                _stats.incr("sanitize.values_truncated")
+                # Secrets were replaced before the cut, so none is cut in half; scan the cut text
+                # again because cutting a long digit run can leave a card-shaped number.
+                body = self._engine.scrub(body[:limit])[:limit]
+                out = body + TRUNCATED_SUFFIX
+        return out
