@@ -36,6 +36,19 @@ from pitchey_trace._tracer import (
 )
 from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable, PitcheyTraceError
 from pitchey_trace.exporters import ConsoleExporter, InMemoryExporter
+from pitchey_trace.propagation import (
+    B3Propagator,
+    CompositePropagator,
+    W3CPropagator,
+    baggage_entries,
+    extract,
+    get_baggage,
+    get_propagators,
+    inject,
+    set_baggage,
+    set_propagators,
+    with_baggage,
+)
 from pitchey_trace.records import CategoryThresholds
 from pitchey_trace.sampling import (
     AlwaysOff,
@@ -52,7 +65,9 @@ __all__ = [
     "INVALID_SPAN",
     "AlwaysOff",
     "AlwaysOn",
+    "B3Propagator",
     "CategoryThresholds",
+    "CompositePropagator",
     "ConfigurationError",
     "ConsoleExporter",
     "ContextThreadPoolExecutor",
@@ -71,14 +86,22 @@ __all__ = [
     "StatusCode",
     "TraceContext",
     "TraceIdRatio",
+    "W3CPropagator",
     "__version__",
+    "baggage_entries",
     "configure",
     "current_context",
     "current_span",
     "emit_audit",
+    "extract",
     "force_flush",
+    "get_baggage",
+    "get_propagators",
     "get_tracer",
+    "inject",
     "is_configured",
+    "set_baggage",
+    "set_propagators",
     "shutdown",
     "span",
     "start_span",
@@ -86,5 +109,6 @@ __all__ = [
     "suppress_tracing",
     "traced",
     "use_context",
+    "with_baggage",
     "wrap_context",
 ]

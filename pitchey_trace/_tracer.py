@@ -104,19 +104,22 @@ class Tracer:
         The hot path of the SDK: keep it lean.
         """
         parent = context if context is not None else _cv_get()
+        baggage: tuple[tuple[str, str], ...] = ()
         if parent is not None and not parent.trace_id:
             if parent is SUPPRESSED:
                 return SUPPRESSED
-            parent = None  # INVALID_SPAN as parent: start a new trace
+            # An id-less parent (INVALID_SPAN, or baggage set outside any span): start a new
+            # trace that keeps the baggage.
+            baggage = parent.baggage
+            parent = None
         sink = self._sink
         if parent is None:
             trace_id = getrandbits(128) or new_trace_id()
             parent_span_id = 0
             trace_state: tuple[tuple[str, str], ...] = ()
-            baggage: tuple[tuple[str, str], ...] = ()
             local_root = True
             if sink is None:
-                return NonRecordingSpan(trace_id, getrandbits(64) or new_span_id(), FLAG_RANDOM)
+                return NonRecordingSpan(trace_id, getrandbits(64) or new_span_id(), FLAG_RANDOM, (), baggage)
             bound = self._root_bound
             if bound is not None:
                 decision = _SAMPLE if trace_id & _LOW64 < bound else _DROP
