@@ -555,6 +555,44 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _card_prefix(digits: str) -> bool:
+    """Issuer prefixes of the card networks (Visa, Mastercard, Amex, Diners, JCB, Discover,
+    UnionPay, Maestro): cuts false positives on Luhn-valid ids by more than half."""
+    first = digits[0]  # callers pass 4 digits or more
+    if first in "456":
+        return True
+    if first == "3":
+        return digits[1] in "0456789"
+    return first == "2" and 2221 <= int(digits[:4]) <= 2720
+
+
+# Grouped card numbers are written 4-4-4-4 (-1..3 for 17-19 digits, or 13-15 digits as
+# 4-4-4-1..3), Amex 4-6-5 and Diners 4-6-4; any other grouping is an id.
+_CARD_SHAPES = frozenset(
+    {
+        (4, 4, 4, 4),
+        (4, 4, 4, 1),
+        (4, 4, 4, 2),
+        (4, 4, 4, 3),
+        (4, 4, 4, 4, 1),
+        (4, 4, 4, 4, 2),
+        (4, 4, 4, 4, 3),
+    }
+)
+_AMEX_DINERS: dict[tuple[int, ...], tuple[str, ...]] = {
+    (4, 6, 5): ("34", "37"),
+    (4, 6, 4): ("30", "36", "38"),
+}
+
+
+def _card_shape(digits: list[str]) -> bool:
+    shape = tuple(len(d) for d in digits)
+    if shape in _CARD_SHAPES:
+        return True
+    prefixes = _AMEX_DINERS.get(shape)
+    return prefixes is not None and digits[0][:2] in prefixes
+
+
 def _valid_ssn(area: str, group: str, serial: str) -> bool:
     return area != "000" and area != "666" and area[0] != "9" and group != "00" and serial != "0000"
 
@@ -675,7 +713,7 @@ class _Engine:
         if self.card is None:
             return None
         digits = str(value)
-        if 13 <= len(digits) <= 19 and digits[0] in "23456" and _luhn(digits):
+        if 13 <= len(digits) <= 19 and _card_prefix(digits) and _luhn(digits):
             return self.card.mode.render(digits, self.card.marker, self._card_partial)
         return None
 
@@ -774,27 +812,21 @@ class _Engine:
         n = len(digits)
         start = spans[i][0]
         card = self.card
-        if card is not None and d[0] in "23456":
+        if card is not None and size >= 4 and _card_prefix(d):
             if 13 <= size <= 19:
                 if _luhn(d):
                     return i, start, card.mode.render(d, card.marker, self._card_partial)
-            elif size == 4:
-                best = -1
-                acc = d
+            elif size == 4 and i + 2 < n and seps[i] in (" ", "-"):
+                # Longest well-shaped group window with one separator throughout.
+                sep = seps[i]
                 j = i
-                while (
-                    j + 1 < n
-                    and seps[j] in (" ", "-")
-                    and len(digits[j + 1]) <= 7
-                    and len(acc) + len(digits[j + 1]) <= 19
-                ):
+                while j + 1 < n and j - i < 4 and seps[j] == sep:
                     j += 1
-                    acc += digits[j]
-                    if len(acc) >= 13 and _luhn(acc):
-                        best = j
-                if best >= 0:
-                    number = "".join(digits[i : best + 1])
-                    return best, start, card.mode.render(number, card.marker, self._card_partial)
+                for end in range(j, i + 1, -1):
+                    if _card_shape(digits[i : end + 1]):
+                        number = "".join(digits[i : end + 1])
+                        if _luhn(number):
+                            return end, start, card.mode.render(number, card.marker, self._card_partial)
         ssn = self.ssn
         if (
             ssn is not None

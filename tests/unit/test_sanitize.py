@@ -58,6 +58,9 @@ def _span(**fields: Any) -> dict[str, Any]:
         ("card 4111-1111-1111-1111", "card [CARD]"),
         ("pan=5500000000000004;", "pan=[CARD];"),
         ("amex 3782 822463 10005 ok", "amex [CARD] ok"),
+        ("diners 3056 930902 5904", "diners [CARD]"),
+        ("diners 3056 9309 0259 04", "diners [CARD]"),
+        ("mc2 2221 0012 3412 3450 ok", "mc2 [CARD] ok"),
         ("card_4012888888881881", "card_[CARD]"),
         ("paid with 4111 1111 1111 1111, 5500 0000 0000 0004", "paid with [CARD], [CARD]"),
         ("Authorization: Bearer abcDEF123.xyz", "Authorization: [REDACTED]"),
@@ -130,6 +133,9 @@ BENIGN = [
     "order 4111111111111112",  # fails Luhn
     "order ORD-2024-0001-7781-3345",
     "invoice 1234 5678 9012 3456",  # fails Luhn
+    "ref ORD-2024-000123-7781",  # Luhn-valid 14 digits, but an id's grouping and prefix
+    "batch 4000-123456-7899",  # Luhn-valid, 4-6-4 is Diners-only (30/36/38)
+    "ts 1700000000123",  # 13 digits starting with 1: no card network
     "SELECT * FROM pitches WHERE id = %s AND owner = $2",
     "UPDATE users SET password = ? WHERE id = ?",
     "SELECT p.id FROM pitches p WHERE p.title = %(title)s",
