@@ -48,6 +48,7 @@ from pitchey_trace._sql import normalize_sql
 from pitchey_trace.records import Record
 
 __all__ = [
+    "DEFAULT_CACHE_SIZE",
     "DEFAULT_KEY_TERMS",
     "DEFAULT_MAX_ATTRIBUTES",
     "DEFAULT_MAX_EVENTS",
@@ -88,7 +89,8 @@ DEFAULT_MAX_VALUE_LENGTH = 8192
 DEFAULT_MAX_SEQUENCE_LENGTH = 256
 TRUNCATED_SUFFIX = "...[truncated]"
 _MAX_DEPTH = 8
-_CACHE_MAX_ENTRIES = 8192
+_CACHE_MAX_ENTRIES = 8192  # attribute keys and secret-param names
+DEFAULT_CACHE_SIZE = 8192
 _CACHE_MAX_LEN = 512
 
 #: A user rule: called with the attribute key (or the record field name) and the text after
@@ -930,6 +932,9 @@ class Sanitizer:
     ``sessionId``). Limits: at most ``max_attributes`` attributes per map, ``max_events``
     events per span, ``max_sequence_length`` items per list value, ``max_value_length``
     characters per string (longer ones are cut and end with ``...[truncated]``).
+    ``cache_size``: sanitized strings of up to 512 characters are remembered (at most this
+    many; 0 turns this cache and the per-resource reuse off; decisions per attribute key are
+    always cached, up to 8192 keys).
 
     Calling it returns a new record and never modifies the given one or anything in it.
     Applied to: span name, status message, attribute keys and values (nested lists too), event
@@ -948,6 +953,7 @@ class Sanitizer:
         max_events: int = DEFAULT_MAX_EVENTS,
         max_value_length: int = DEFAULT_MAX_VALUE_LENGTH,
         max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         for name, limit in (
             ("max_attributes", max_attributes),
@@ -957,6 +963,9 @@ class Sanitizer:
         ):
             if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
                 raise ValueError(f"{name} must be a positive int, got {limit!r}")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        self.cache_size = cache_size
         if isinstance(allow, str):
             raise TypeError("allow must be a list of keys, not a string")
         self.rules: list[Rule | TextRule] = [*(default_rules() if rules is None else rules), *add]
@@ -1014,7 +1023,8 @@ class Sanitizer:
         return (
             f"Sanitizer(rules={self.rules!r}, allow={list(self.allow)!r}, "
             f"max_attributes={self.max_attributes}, max_events={self.max_events}, "
-            f"max_value_length={self.max_value_length}, max_sequence_length={self.max_sequence_length})"
+            f"max_value_length={self.max_value_length}, max_sequence_length={self.max_sequence_length}, "
+            f"cache_size={self.cache_size})"
         )
 
     # -- public helpers
@@ -1061,7 +1071,8 @@ class Sanitizer:
         if value is self._res_in and self._res_out is not None:
             return self._res_out
         out = self._attrs(value, 0) if isinstance(value, Mapping) else self._any("resource", value, 0)
-        self._res_in, self._res_out = value, out
+        if self.cache_size:
+            self._res_in, self._res_out = value, out
         return out
 
     def _events(self, events: Any) -> Any:
@@ -1243,8 +1254,8 @@ class Sanitizer:
         if hit is not None:
             return hit
         out = self._scrub(text)
-        if len(text) <= _CACHE_MAX_LEN:
-            if len(cache) >= _CACHE_MAX_ENTRIES:
+        if len(text) <= _CACHE_MAX_LEN and self.cache_size:
+            if len(cache) >= self.cache_size:
                 cache.clear()  # bounded: start over rather than track recency
             cache[text] = out
         return out

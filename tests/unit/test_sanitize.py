@@ -560,6 +560,28 @@ def test_defaults_are_documented_values() -> None:
         8192,
         256,
     )
+    assert san.cache_size == 8192
+
+
+def test_cache_changes_nothing_but_speed() -> None:
+    uncached = Sanitizer(cache_size=0)
+    tiny = Sanitizer(cache_size=2)
+    resource = {"owner": "ann@example.com"}
+    records = [
+        _span(
+            name=f"n{i % 3} ann@example.com",
+            attributes={"k": f"v{i % 5} 4111111111111111"},
+            resource=resource,
+        )
+        for i in range(20)
+    ]
+    expected = [SAN(r) for r in records]
+    assert [uncached(r) for r in records] == expected
+    assert [tiny(r) for r in records] == expected
+    assert len(tiny._text_cache) <= 2
+    assert uncached._text_cache == {}
+    with pytest.raises(ValueError, match="cache_size"):
+        Sanitizer(cache_size=-1)
 
 
 def test_configure_uses_the_sanitizer_by_default() -> None:
