@@ -197,6 +197,10 @@ class ArchiveExporter:
         self._ready: deque[_Ready] = deque()
         self._usage = 0
         self._stopping = False
+        # Store-wide backoff: while every attempt fails (storage down), attempts are spaced by
+        # the backoff of the consecutive failures, whatever the number of batches waiting.
+        self._failures = 0
+        self._gate = 0.0
         self._stop_deadline = 0.0
         self._next_fsync = time.monotonic() + self.fsync_interval_s
         self._spool: SpoolDir | None = None
@@ -260,6 +264,7 @@ class ArchiveExporter:
                 self._close(ob)
             for item in self._ready:
                 item.next_at = 0.0
+            self._gate = 0.0
             self._cond.notify_all()
             while self._ready:
                 remaining = deadline - time.monotonic()
@@ -540,8 +545,19 @@ class ArchiveExporter:
                 wake = min(wake, self._next_fsync)
         for item in self._ready:
             if not item.inflight:
-                wake = min(wake, item.next_at)
+                wake = min(wake, max(item.next_at, self._gate))
         return max(0.0, wake - now)
+
+    def _next_item(self, now: float) -> _Ready | None:
+        """The batch to upload now (lock held): oldest first among those not backing off, so a
+        batch that keeps failing (say, one dataset's bucket is missing) never starves others."""
+        if now < self._gate:
+            return None
+        best: _Ready | None = None
+        for item in self._ready:
+            if not item.inflight and item.next_at <= now and (best is None or item.next_at < best.next_at):
+                best = item
+        return best
 
     def _run(self) -> None:
         cond = self._cond
@@ -555,7 +571,7 @@ class ArchiveExporter:
                         warn_limited(f"{self.kind}.housekeeping", "pitchey_trace %s: %r", self.kind, exc)
                     if self._stopping and (not self._ready or now >= self._stop_deadline):
                         return
-                    item = next((i for i in self._ready if i.next_at <= now and not i.inflight), None)
+                    item = self._next_item(now)
                     if item is not None:
                         item.inflight = True
                         break
@@ -565,10 +581,16 @@ class ArchiveExporter:
                 item.inflight = False
                 if outcome == "retry":
                     item.attempts += 1
-                    item.next_at = time.monotonic() + self.retry.backoff(item.attempts)
+                    self._failures += 1
+                    now = time.monotonic()
+                    item.next_at = now + self.retry.backoff(item.attempts)
+                    self._gate = now + self.retry.backoff(self._failures)
                     _stats.incr("retried")
                     _stats.incr(f"{self.kind}.retried")
                 else:
+                    if outcome == "done":
+                        self._failures = 0
+                        self._gate = 0.0
                     try:
                         self._ready.remove(item)
                     except ValueError:

@@ -174,6 +174,23 @@ def test_leftovers_of_a_dead_process_are_uploaded_first_and_torn_lines_dropped(t
     assert (tmp_path / f"{dead}.lock").exists()
 
 
+def test_while_storage_is_down_attempts_are_spaced_store_wide(tmp_path: Path) -> None:
+    store = FakeStore()
+    store.fail = 10**6
+    exp = make(store, tmp_path, max_batch_records=5, retry=RetryPolicy(initial_backoff_s=30))
+    exp.export(recs(0, 5))
+    assert store.entered.wait(5)
+    exp.export(recs(5, 50))  # nine more batches wait behind the failed one
+    time.sleep(0.3)
+    assert len(store.calls) == 1  # not one attempt per batch
+    assert exp.pending()["closed_batches"] == 10
+    store.fail = 0
+    assert exp.force_flush(5)  # a flush retries at once
+    exp.shutdown(1)
+    assert store.seqs() == list(range(50))
+    assert len(store.calls) == 11
+
+
 def test_a_live_owners_files_are_never_taken(tmp_path: Path) -> None:
     store_a, store_b = FakeStore(), FakeStore()
     store_a.fail = 10**6
