@@ -16,6 +16,7 @@ from pitchey_trace.exporters.console import ConsoleExporter
 from pitchey_trace.exporters.memory import InMemoryExporter
 
 if TYPE_CHECKING:  # optional-dependency exporters load on first use
+    from pitchey_trace.exporters._http import RetryPolicy
     from pitchey_trace.exporters.http_analytics import HttpAnalyticsExporter
     from pitchey_trace.exporters.local_archive import LocalArchiveExporter
     from pitchey_trace.exporters.logpush import LogpushExporter
@@ -28,6 +29,7 @@ __all__ = [
     "LocalArchiveExporter",
     "LogpushExporter",
     "OTLPExporter",
+    "RetryPolicy",
 ]
 
 _LAZY = {
@@ -35,6 +37,7 @@ _LAZY = {
     "LocalArchiveExporter": "pitchey_trace.exporters.local_archive",
     "LogpushExporter": "pitchey_trace.exporters.logpush",
     "OTLPExporter": "pitchey_trace.exporters.otlp",
+    "RetryPolicy": "pitchey_trace.exporters._http",
 }
 
 

@@ -41,11 +41,17 @@ _SPOOL_FILE = re.compile(
 )
 
 
+_safe_names: dict[str, str] = {}
+
+
 def safe_dataset(name: str) -> str:
     """A dataset name usable in file names and object keys (``[A-Za-z0-9_-]``)."""
-    if _DATASET_OK.match(name):
-        return name
-    return _BAD.sub("_", name)[:100] or "_"
+    safe = _safe_names.get(name)
+    if safe is None:
+        safe = name if _DATASET_OK.match(name) else (_BAD.sub("_", name)[:100] or "_")
+        if len(_safe_names) < 1000:  # dataset names are few; never grow without bound
+            _safe_names[name] = safe
+    return safe
 
 
 def compact_utc(time_ns: int) -> str:

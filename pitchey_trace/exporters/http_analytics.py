@@ -170,7 +170,7 @@ class HttpAnalyticsExporter:
         max_points_per_request: points per POST (default 250).
         timeout_s: per socket operation (default 10).
         compress: gzip the body (``Content-Encoding: gzip``; default True).
-        retry: a :class:`~pitchey_trace.exporters._http.RetryPolicy` (default: 5 attempts,
+        retry: a :class:`~pitchey_trace.exporters.RetryPolicy` (default: 5 attempts,
             0.5 s doubling backoff with jitter, ``Retry-After`` honoured on 429/503).
         headers: extra request headers.
 

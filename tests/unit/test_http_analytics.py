@@ -140,6 +140,9 @@ def test_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    from pitchey_trace import exporters
+
+    assert exporters.RetryPolicy is RetryPolicy  # the public name
     p = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=8.0, multiplier=2.0, jitter=0.5)
     for retry, base in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)):
         waits = [p.backoff(retry) for _ in range(200)]
