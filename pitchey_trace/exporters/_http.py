@@ -30,6 +30,15 @@ _last_warned: dict[str, float] = {}
 _warn_lock = threading.Lock()
 
 
+def _reinit_after_fork() -> None:
+    global _warn_lock
+    _warn_lock = threading.Lock()  # another thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
 def warn_limited(kind: str, message: str, *args: object) -> None:
     """Log a warning on the ``pitchey_trace`` logger, at most once a minute per ``kind``."""
     now = time.monotonic()
