@@ -274,3 +274,12 @@ def test_a_hanging_collector_does_not_slow_the_application(http_server: Recordin
         )
     ]
     assert len(sent) == 1001
+
+
+def test_a_request_that_times_out_is_retried(http_server: RecordingServer) -> None:
+    http_server.reply(Reply(hang=10))  # longer than the exporter's timeout; then answers 200
+    exp = HttpAnalyticsExporter(http_server.url, timeout_s=0.3, retry=FAST)
+    assert exp.export([span_rec(1)]) is True
+    assert len(http_server.requests) == 2
+    assert _stats.get("http_analytics.retried") == 1
+    exp.shutdown()

@@ -356,3 +356,24 @@ def test_full_pipeline_records_are_schema_valid_and_rollups_exact(s3: S3, tmp_pa
         errors[r["operation"]] += r["errors"]
     assert counts == {"GET /pitches": 1000, "db.query": 1000}  # exact although 10% sampled
     assert errors == {"db.query": 20, "GET /pitches": 0}
+
+
+def test_exporter_from_the_cli_config_file(s3: S3, tmp_path: Path) -> None:
+    bucket, audit_bucket = s3.new_bucket(), s3.new_bucket()
+    cfg = tmp_path / "logpush.toml"
+    cfg.write_text(
+        f'endpoint_url = "{s3.endpoint}"\nregion = "us-east-1"\nbucket = "{bucket}"\n'
+        f'spool_dir = "{tmp_path / "spool"}"\n'
+        '[datasets.traces]\nprefix = "t"\n'
+        f'[datasets.audit]\nbucket = "{audit_bucket}"\n'
+        "[batch]\nmax_records = 2\n"
+    )
+    exp = LogpushExporter.from_config(cfg, retry=FAST_RETRY)
+    assert exp.datasets == frozenset({"traces", "audit"})
+    assert exp.max_batch_records == 2
+    exp.export([span_rec(1), span_rec(2), span_rec(3), audit_rec(4)])
+    assert exp.force_flush(20)
+    exp.shutdown(5)
+    assert [k.split("/")[0] for k in s3.keys(bucket)] == ["t", "t"]
+    assert seqs(s3.all_records(bucket)) == {1: 1, 2: 1, 3: 1}
+    assert seqs(s3.all_records(audit_bucket, "audit/")) == {4: 1}
