@@ -32,7 +32,10 @@ DEFAULT_MAX_QUEUE_SIZE = 20_000
 DEFAULT_SCHEDULE_DELAY_S = 0.5
 DEFAULT_EXPORT_BATCH_SIZE = 512
 DEFAULT_EXPORTER_QUEUE_SIZE = 20_000
-_CHUNK = 1024
+#: Spans converted per step; between steps the worker yields the GIL (``sleep(0)``) so request
+#: threads are not held up behind a long batch (the GIL would otherwise be held for up to the
+#: interpreter's 5 ms switch interval).
+_CHUNK = 256
 
 Processor = Callable[[Record], "Record | None"]
 
@@ -417,6 +420,7 @@ class Pipeline:
             out.extend(ready)
             if out:
                 self._deliver(out)
+            time.sleep(0)
 
     def _targets(self, dataset: str) -> list[ExporterWorker]:
         """Workers subscribed to ``dataset`` (cached: datasets are few)."""

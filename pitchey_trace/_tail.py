@@ -22,6 +22,9 @@ from pitchey_trace import _stats
 from pitchey_trace._span import Span, StatusCode
 
 
+_SLOW_EVENTS = frozenset(("slow_query", "slow"))
+
+
 class _Pending:
     __slots__ = ("born", "spans")
 
@@ -60,7 +63,12 @@ class TailKeeper:
         if self.keep_errors and span.status == StatusCode.ERROR:
             return True
         slow = self.slow_ns
-        return slow is not None and span.end_ns - span.start_ns >= slow
+        if slow is not None and span.end_ns - span.start_ns >= slow:
+            return True
+        # Instrumentations with their own slowness notion (e.g. the PostgreSQL slow-query
+        # threshold) mark the span with a ``slow_query`` / ``slow`` event.
+        events = span.events
+        return bool(events) and any(e[0] in _SLOW_EVENTS for e in events)  # type: ignore[union-attr]
 
     def _decide(self, trace_id: int, keep: bool) -> None:
         decided = self._decided

@@ -102,3 +102,13 @@ def test_remote_unsampled_parent_with_error_is_kept() -> None:
     assert rec["trace_id"] == f"{0xABC:032x}"
     assert rec["parent_span_id"] == f"{0xDEF:016x}"
     assert rec["status"] == "error"
+
+
+def test_slow_query_event_keeps_an_unsampled_trace() -> None:
+    # An instrumentation's own threshold (PostgreSQL slow queries) marks the span with an event.
+    with capture_spans(sample_rate=0.0, slow_threshold_ms=10_000, rollups=None) as mem:
+        with pt.span("fast_root"):
+            pass
+        with pt.span("request"), pt.span("SELECT pitches", kind=pt.SpanKind.CLIENT) as q:
+            q.add_event("slow_query", {"db.query.text": "SELECT ?"})
+    assert sorted(r["name"] for r in mem.spans()) == ["SELECT pitches", "request"]
