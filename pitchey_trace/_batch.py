@@ -35,7 +35,7 @@ DEFAULT_EXPORTER_QUEUE_SIZE = 20_000
 #: Spans converted per step; between steps the worker yields the GIL (``sleep(0)``) so request
 #: threads are not held up behind a long batch (the GIL would otherwise be held for up to the
 #: interpreter's 5 ms switch interval).
-_CHUNK = 256
+_CHUNK = 512
 
 Processor = Callable[[Record], "Record | None"]
 
