@@ -36,6 +36,7 @@ from pitchey_trace._tracer import (
 )
 from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable, PitcheyTraceError
 from pitchey_trace.exporters import ConsoleExporter, InMemoryExporter
+from pitchey_trace.processors import Rollups, Router
 from pitchey_trace.propagation import (
     B3Propagator,
     CompositePropagator,
@@ -60,6 +61,7 @@ from pitchey_trace.sampling import (
     RuleBased,
     TraceIdRatio,
 )
+from pitchey_trace.sanitize import Sanitizer
 
 __all__ = [
     "INVALID_SPAN",
@@ -79,8 +81,11 @@ __all__ = [
     "ParentBased",
     "PitcheyTraceError",
     "RateLimited",
+    "Rollups",
+    "Router",
     "Rule",
     "RuleBased",
+    "Sanitizer",
     "Span",
     "SpanKind",
     "StatusCode",
