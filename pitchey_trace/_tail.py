@@ -21,7 +21,6 @@ from collections import OrderedDict
 from pitchey_trace import _stats
 from pitchey_trace._span import Span, StatusCode
 
-
 _SLOW_EVENTS = frozenset(("slow_query", "slow"))
 
 

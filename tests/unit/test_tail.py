@@ -12,6 +12,11 @@ from pitchey_trace._tail import TailKeeper
 from pitchey_trace.testing import capture_spans
 
 
+def fail_inside() -> None:
+    with pt.span("failing"):
+        raise KeyError("boom")
+
+
 def test_unsampled_trace_with_error_is_exported_whole() -> None:
     with capture_spans(sample_rate=0.0, rollups=None) as mem:
         with pt.span("ok_trace"), pt.span("child"):
@@ -19,8 +24,7 @@ def test_unsampled_trace_with_error_is_exported_whole() -> None:
         with pytest.raises(KeyError), pt.span("root") as root:
             with pt.span("db"):
                 pass
-            with pt.span("failing"):
-                raise KeyError("boom")
+            fail_inside()
     names = sorted(r["name"] for r in mem.spans())
     assert names == ["db", "failing", "root"]
     assert {r["trace_id"] for r in mem.spans()} == {root.trace_id_hex}
