@@ -280,7 +280,8 @@ class ArchiveExporter:
             return
         timeout = 30.0 if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
-        self.force_flush(timeout)
+        # keep a quarter of the time to let an upload in flight finish and the thread stop
+        self.force_flush(timeout * 0.75)
         with self._cond:
             self._stopping = True
             self._stop_deadline = time.monotonic()

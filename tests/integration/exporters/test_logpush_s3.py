@@ -198,7 +198,7 @@ def test_restart_uploads_what_a_previous_run_left_in_the_spool(
     proxy.set_mode("down")
     first = make(proxy.url, bucket, spool, max_batch_records=40)
     first.export([span_rec(i) for i in range(100)])
-    first.shutdown(0.3)  # cannot upload: everything stays on disk
+    first.shutdown(2)  # cannot upload: everything stays on disk
     assert _stats.get("logpush.left_in_spool") == 100
     assert len([p for p in spool.iterdir() if p.suffix == ".ready"]) == 3
     proxy.set_mode("up")
