@@ -496,7 +496,7 @@ _FRAGMENTS: dict[str, str] = {
     # name ends with a secret word the handler matches and masks it (_KV_VALUE), else scanning
     # resumes right after the separator so the value still meets every other detector.
     "secret_params": (
-        r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>[A-Za-z][A-Za-z0-9_.\-]{0,127})"
+        r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>-{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
         r"(?P<kv_sep>[\"']?[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
     ),
     "auth_headers": (
@@ -535,6 +535,7 @@ _ORDER = (
 
 _DIGITS = re.compile(r"[0-9]+")
 _KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
+_FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
 _KV_VALUE = re.compile(
     r"(?i:(?:bearer|basic|token|digest)[ \t]+)?"
     r"(?:\[[A-Z][A-Z _]{0,30}(?: [*.\-]{2,12}[0-9A-Za-z.\-]{0,16})?\]"
@@ -746,20 +747,31 @@ class _Engine:
     def _kv(self, m: re.Match[str]) -> _Hit:
         if "secret_params" not in self.detectors or not self._kv_secret(m.group("kv_name")):
             return None  # resume after the separator: the value is scanned like any text
-        vm = _KV_VALUE.match(m.string, m.end())
+        text, pos = m.string, m.end()
+        # Decide from the first character before matching a value of unbounded length: every
+        # path that leaves the value alone must cost O(1), or hostile repeats turn quadratic.
+        first = text[pos]
+        if first == "{":
+            return None  # a nested map: its own names are checked as scanning goes on
+        if first == "[":
+            flat = _FLAT_LIST.match(text, pos)
+            if flat is None or _RENDERED.fullmatch(flat.group()):
+                return None  # nested lists, or our own marker
+            rendered = self._render("secret_params", flat.group())
+            return f"{m.group('kv_name')}{m.group('kv_sep')}{rendered}", flat.end()
+        vm = _KV_VALUE.match(text, pos)
         if vm is None:
             return None
         value = vm.group()
-        end = vm.end()
         quote = value[0] if value[0] in "\"'" else ""
         inner = value[1:] if quote else value
         closing = ""
         if quote and inner.endswith(quote):
             inner, closing = inner[:-1], quote
         if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
-            return None
+            return None  # short by construction: these patterns are bounded
         rendered = self._render("secret_params", inner)
-        return f"{m.group('kv_name')}{m.group('kv_sep')}{quote}{rendered}{closing}", end
+        return f"{m.group('kv_name')}{m.group('kv_sep')}{quote}{rendered}{closing}", vm.end()
 
     def _auth(self, m: re.Match[str]) -> _Hit:
         cred = m.group("ah_cred")
