@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_MAX_SEQUENCE_LENGTH",
     "DEFAULT_MAX_VALUE_LENGTH",
+    "DEFAULT_VALUE_NAMESPACES",
     "TRUNCATED_SUFFIX",
     "Detector",
     "KeyRule",
@@ -230,16 +231,18 @@ class Rule:
 class KeyRule(Rule):
     """Values of attributes whose key names a secret are replaced entirely. See :func:`keys`."""
 
-    __slots__ = ("marker", "mode", "terms")
+    __slots__ = ("all_values", "marker", "mode", "terms")
 
-    def __init__(self, terms: tuple[str, ...], mode: Mode, marker: str) -> None:
+    def __init__(self, terms: tuple[str, ...], mode: Mode, marker: str, all_values: bool = False) -> None:
         self.terms = terms
         self.mode = mode
         self.marker = marker
+        self.all_values = all_values
 
     def __repr__(self) -> str:
         terms = ", ".join(repr(t) for t in self.terms)
-        return f"keys({terms}, mode={self.mode!r}, marker={self.marker!r})"
+        extra = ", all_values=True" if self.all_values else ""
+        return f"keys({terms}, mode={self.mode!r}, marker={self.marker!r}{extra})"
 
 
 class SqlRule(Rule):
@@ -323,10 +326,12 @@ DEFAULT_KEY_TERMS: tuple[str, ...] = (
     "otp",
     "jwt",
     "signature",
-    "db query parameter",
     "request body",
     "response body",
 )
+
+#: Key prefixes whose every value is data, masked whatever the type (statement parameters).
+DEFAULT_VALUE_NAMESPACES: tuple[str, ...] = ("db query parameter", "db statement parameter")
 
 # A key whose last word is one of these describes a secret without holding it
 # (``token_type``, ``password_policy``, ``session.duration``); a key that *ends* with the term
@@ -348,19 +353,22 @@ def _norm_key(key: str) -> str:
     return f"_{words}_"
 
 
-def keys(*terms: str, mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> KeyRule:
+def keys(
+    *terms: str, mode: _ModeArg = "mask", marker: str = "[REDACTED]", all_values: bool = False
+) -> KeyRule:
     """Replace the whole value of attributes whose key contains one of ``terms`` as words.
 
     Matching is case-insensitive and treats ``-``, ``_``, ``.``, spaces and camelCase alike:
     ``keys("api key")`` matches ``X-Api-Key``, ``x_api_key``, ``apiKey`` and
-    ``http.request.header.x-api-key``. Numbers are replaced only when the key ends with the
-    term (``cvv`` yes, ``llm.token_count.prompt`` no); ``token_type``-like keys whose last
-    word describes the secret are not replaced (see ``docs/sanitizing.md``). Booleans and
-    None are never secrets and stay.
+    ``http.request.header.x-api-key``. ``token_type``-like keys whose last word describes the
+    secret are not replaced (see ``docs/sanitizing.md``). Numbers are replaced only when the
+    key ends with the term (``cvv`` yes, ``llm.token_count.prompt`` no) unless
+    ``all_values=True`` (a namespace of values, like ``db.query.parameter.<name>``). Booleans
+    and None are never secrets and stay.
     """
     if not terms or not all(isinstance(t, str) and t.strip() for t in terms):
         raise ValueError("keys() needs one or more non-empty strings")
-    return KeyRule(tuple(terms), _as_mode(mode), marker)
+    return KeyRule(tuple(terms), _as_mode(mode), marker, bool(all_values))
 
 
 def sql(*keys: str) -> SqlRule:
@@ -458,6 +466,7 @@ def default_rules() -> list[Rule]:
     """The rules a plain ``Sanitizer()`` uses (everything except :func:`ip_addresses`)."""
     return [
         keys(*DEFAULT_KEY_TERMS),
+        keys(*DEFAULT_VALUE_NAMESPACES, all_values=True),
         sql(),
         private_keys(),
         url_credentials(),
@@ -1144,6 +1153,9 @@ class Sanitizer:
                 if found.end() == len(norm) - 1:
                     entry = (new_key, _MASK, rule)
                     break
+                if rule.all_values:
+                    entry = (new_key, _MASK, rule)
+                    break
                 if last not in _DESCRIPTOR_WORDS:
                     entry = (new_key, _MASK_STR, rule)
                     break
@@ -1198,7 +1210,7 @@ class Sanitizer:
             return rule.mode.render(value, rule.marker, None)
         if isinstance(value, (int, float)):
             if not numbers:
-                return value
+                return self._any("", value, 0)  # still a card number if it is one
             return rule.mode.render(str(value), rule.marker, None)
         if isinstance(value, (list, tuple)) and all(
             v.__class__ is str and _RENDERED.fullmatch(v) for v in value

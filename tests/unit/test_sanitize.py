@@ -266,7 +266,17 @@ def test_descriptor_keys_are_not_masked(key: str) -> None:
 
 
 def test_numbers_are_masked_only_when_the_key_ends_with_the_term() -> None:
-    attrs = {"cvv": 123, "pin": 4321, "llm.token_count.prompt": 42, "session.count": 3, "password.set": True}
+    attrs = {
+        "cvv": 123,
+        "pin": 4321,
+        "llm.token_count.prompt": 42,
+        "session.count": 3,
+        "password.set": True,
+        "token.ref": 4111111111111111,
+        "db.query.parameter.0": 42,
+        "db.query.parameter.amount": 9.5,
+        "db.query.parameter.active": True,
+    }
     out = SAN(_span(attributes=attrs))["attributes"]
     assert out == {
         "cvv": "[REDACTED]",
@@ -274,6 +284,10 @@ def test_numbers_are_masked_only_when_the_key_ends_with_the_term() -> None:
         "llm.token_count.prompt": 42,
         "session.count": 3,
         "password.set": True,
+        "token.ref": "[CARD]",  # not masked by the key, still a card
+        "db.query.parameter.0": "[REDACTED]",  # every parameter value is data
+        "db.query.parameter.amount": "[REDACTED]",
+        "db.query.parameter.active": True,
     }
 
 
@@ -390,6 +404,10 @@ def test_factories_validate_and_have_readable_reprs() -> None:
         Sanitizer(add=[sanitize.emails(mode=sanitize.hashed(key=b"secret-key-1"))])
     )
     assert repr(sanitize.keys("pin", marker="[X]")) == "keys('pin', mode=mask(), marker='[X]')"
+    assert (
+        repr(sanitize.keys("p", all_values=True))
+        == "keys('p', mode=mask(), marker='[REDACTED]', all_values=True)"
+    )
     assert repr(sanitize.sql()) == "sql('db.query.text', 'db.statement')"
     assert repr(sanitize.pattern("emp", r"E\d")) == "pattern('emp', 'E\\\\d', mode=mask('[EMP]'))"
     assert repr(Sanitizer()).startswith("Sanitizer(rules=[keys('password'")
