@@ -41,7 +41,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pitchey_trace import _stats
 from pitchey_trace._sql import normalize_sql
@@ -94,9 +94,13 @@ _CACHE_MAX_ENTRIES = 8192  # attribute keys and secret-param names
 DEFAULT_CACHE_SIZE = 8192
 _CACHE_MAX_LEN = 512
 
-#: A user rule: called with the attribute key (or the record field name) and the text after
-#: the built-in rules; returns the text to export.
-TextRule = Callable[[str, str], str]
+
+class TextRule(Protocol):
+    """A rule of your own: any callable ``(key, text) -> text``. Called for every string after
+    the built-in rules, with the attribute key (or the record field name: ``name``,
+    ``status_message``, ``event.name``, ``actor``...); returns the text to export."""
+
+    def __call__(self, key: str, text: str, /) -> str: ...
 
 
 # =============================================================================================
