@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _safety
 from pitchey_trace._span import Span, StatusCode
 from pitchey_trace._tracer import get_tracer
+from pitchey_trace.records import audit_record
 
 if TYPE_CHECKING:
     from pitchey_trace._span import AnySpan
@@ -143,6 +145,9 @@ class RequestState:
             return route_template(self.scope)
         return self.route
 
+
+# The process-wide tracer object is never replaced (configure() re-points its pipeline).
+_TRACER = get_tracer()
 
 REQUEST: ContextVar[RequestState | None] = ContextVar("pitchey_trace_web_request", default=None)
 
@@ -298,6 +303,36 @@ def stamp_exception(exc: BaseException, span: AnySpan) -> None:
         pass
 
 
+def emit_request_audit(
+    state: RequestState, action: str, target: str, outcome: str, category: str, attrs: dict[str, Any]
+) -> None:
+    """Queue an audit record for the request. Same record as ``Tracer.emit_audit`` makes, built
+    directly: the attributes are ours and already valid, and this runs on every request."""
+    pipeline = _TRACER.pipeline
+    if pipeline is None:
+        return
+    span = state.span
+    actor = state.user_id
+    if actor is None and span.baggage:
+        baggage = dict(span.baggage)
+        actor = baggage.get("user.id") or baggage.get("actor")
+    pipeline.emit(
+        audit_record(
+            action=action,
+            target=target,
+            outcome=outcome,
+            time_unix_nano=time_ns(),
+            service=pipeline.service,
+            environment=pipeline.environment,
+            trace_id=span.trace_id,
+            span_id=span.span_id,
+            actor=actor,
+            category=category,
+            attributes=attrs,
+        )
+    )
+
+
 def finish_request(
     state: RequestState,
     options: Options,
@@ -331,7 +366,7 @@ def finish_request(
             if ERROR_TYPE not in span.attributes:
                 setattr_(ERROR_TYPE, str(status))
             span.set_status("error")
-    if options.audit:
+    if options.audit and _TRACER.pipeline is not None:
         outcome = str(status) if status else ("error" if isinstance(exc, Exception) else "aborted")
         attrs: dict[str, Any] = {
             HTTP_METHOD: state.method,
@@ -340,13 +375,8 @@ def finish_request(
         }
         if client_address:
             attrs[CLIENT_ADDRESS] = client_address
-        tracer = get_tracer()
         target = route or ""
-        tracer.emit_audit(
-            name, target, outcome, actor=state.user_id, category="request", attributes=attrs, span=span
-        )
+        emit_request_audit(state, name, target, outcome, "request", attrs)
         if status in SECURITY_STATUSES and not state.auth_failed:
-            tracer.emit_audit(
-                name, target, outcome, actor=state.user_id, category="security", attributes=attrs, span=span
-            )
+            emit_request_audit(state, name, target, outcome, "security", attrs)
     span.end(end_ns)

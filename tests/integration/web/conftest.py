@@ -30,7 +30,8 @@ class RunningServer:
 def run_uvicorn(app: Any, **config: Any) -> Iterator[RunningServer]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a socket bound to a free port beforehand, so
     parallel test workers never race for one) until the block exits."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (else ~40 ms stalls).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

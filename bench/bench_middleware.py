@@ -1,0 +1,433 @@
+"""End-to-end middleware overhead under load: uvicorn + a small Starlette app, driven over
+HTTP/1.1 keep-alive on 127.0.0.1 by a separate load-generator process.
+
+    .venv/bin/python bench/bench_middleware.py                 # after: make bench-setup
+    .venv/bin/python bench/bench_middleware.py --requests 3000 --rounds 7 --connections 8
+
+Servers (one uvicorn process each, all started in the same run, h11, no access log):
+  none       the app alone; its handler does the same work without spans
+  pitchey    ASGITracingMiddleware + pitchey_trace.configure(exporters=[no-op exporter])
+             with the defaults (sanitizer, rollups, tail keeping, one audit record per request)
+  otel       OpenTelemetry's ASGI middleware (opentelemetry-instrumentation-asgi, defaults:
+             server span + its internal "http send" spans) + TracerProvider +
+             BatchSpanProcessor(no-op exporter)
+  otel-lean  the same with exclude_spans=["receive", "send"] (server span only)
+In the traced servers the handler opens 3 nested spans (one attribute each) inside the
+request span. Each round sends --requests requests to every server in shuffled order, with
+--connections concurrent keep-alive connections; figures are medians over rounds (p99 over
+every request of a server). "lost" is the throughput lost against `none`; the target (issue 5)
+is lost(pitchey) <= 1/4 of lost(otel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("none", "pitchey", "otel", "otel-lean")
+PATH = "/pitches/{pitch_id}"
+
+
+# -- server side ---------------------------------------------------------------------------------
+class NoopExporter:
+    """Accepts every batch and drops it (counts, so nothing is optimised away)."""
+
+    name = "noop"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, batch: Any) -> Any:
+        self.count += len(batch)
+        return True
+
+
+def build_app(mode: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def render(pitch_id: str) -> bytes:
+        return b'{"id": ' + pitch_id.encode() + b', "title": "Solar kettles"}'
+
+    if mode == "none":
+
+        async def pitch(request: Request) -> Response:
+            return Response(render(request.path_params["pitch_id"]), media_type="application/json")
+
+    elif mode == "pitchey":
+        import pitchey_trace as pt
+
+        span = pt.span
+
+        async def pitch(request: Request) -> Response:
+            pid = request.path_params["pitch_id"]
+            with span("load_pitch", {"pitch.id": pid}), span("query", {"db.rows": 1}):
+                with span("render", {"format": "json"}):
+                    body = render(pid)
+            return Response(body, media_type="application/json")
+
+    else:
+        from opentelemetry import trace
+
+        tracer = trace.get_tracer("bench")
+        start = tracer.start_as_current_span
+
+        async def pitch(request: Request) -> Response:
+            pid = request.path_params["pitch_id"]
+            with start("load_pitch", attributes={"pitch.id": pid}), start("query", attributes={"db.rows": 1}):
+                with start("render", attributes={"format": "json"}):
+                    body = render(pid)
+            return Response(body, media_type="application/json")
+
+    app: Any = Starlette(routes=[Route(PATH, pitch)])
+    if mode == "pitchey":
+        import pitchey_trace as pt
+        from pitchey_trace.web import ASGITracingMiddleware
+
+        pt.configure(service="bench", exporters=[NoopExporter()], sample_rate=1.0)
+        app = ASGITracingMiddleware(app)
+    elif mode in ("otel", "otel-lean"):
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        class OtelNoop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(OtelNoop()))
+        trace.set_tracer_provider(provider)  # the handler's get_tracer() above is a proxy
+        exclude = ["receive", "send"] if mode == "otel-lean" else None
+        app = OpenTelemetryMiddleware(app, tracer_provider=provider, exclude_spans=exclude)
+    return app
+
+
+def serve(mode: str) -> None:
+    import uvicorn
+
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP; with
+    # proto 0 the response's body segment waits for a delayed ACK (about 40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        build_app(mode), http="h11", loop="asyncio", lifespan="off", access_log=False, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    print(sock.getsockname()[1], flush=True)
+    server.run(sockets=[sock])
+
+
+# -- load generator ------------------------------------------------------------------------------
+class _Client(asyncio.Protocol):
+    """One keep-alive connection sending ``count`` requests back to back (one in flight).
+
+    A bare Protocol, not asyncio streams: the generator must cost far less per request than
+    the server, or it, not the server, sets the throughput.
+    """
+
+    def __init__(
+        self, count: int, latencies: list[int], statuses: list[bytes], done: asyncio.Future[None]
+    ) -> None:
+        self.left = count
+        self.latencies = latencies
+        self.statuses = statuses
+        self.done = done
+        self.buf = b""
+        self.t0 = 0
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        self.t0 = time.perf_counter_ns()
+        self.transport.write(REQUEST)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf = buf
+            return
+        head = buf[:end].lower()
+        at = head.find(b"content-length:")
+        length = (
+            int(head[at + 15 : head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else None])
+            if at >= 0
+            else 0
+        )
+        total = end + 4 + length
+        if len(buf) < total:
+            self.buf = buf
+            return
+        self.latencies.append(time.perf_counter_ns() - self.t0)
+        if not buf.startswith(b"HTTP/1.1 200"):
+            self.statuses.append(buf[: buf.find(b"\r\n")])
+        self.buf = buf[total:]
+        self.left -= 1
+        if self.left:
+            self._send()
+        else:
+            self.transport.close()
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("server closed the connection"))
+
+
+REQUEST = b"GET /pitches/1042 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n"
+
+
+async def _load(port: int, requests: int, connections: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    latencies: list[int] = []
+    statuses: list[bytes] = []
+    per = requests // connections
+    futures = [loop.create_future() for _ in range(connections)]
+    t0 = time.perf_counter()
+    for fut in futures:
+        await loop.create_connection(lambda f=fut: _Client(per, latencies, statuses, f), "127.0.0.1", port)
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_us": latencies[len(latencies) // 2] / 1000,
+        "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
+        "errors": len(statuses),
+        "first_error": statuses[0].decode() if statuses else None,
+    }
+
+
+def load(port: int, requests: int, connections: int) -> None:
+    print(json.dumps(asyncio.run(_load(port, requests, connections))))
+
+
+# -- driver --------------------------------------------------------------------------------------
+def _start_server(mode: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise SystemExit(f"server {mode!r} did not start")
+    return proc, int(line)
+
+
+# wrk runs for a duration; this script makes it a fixed count: at the Nth response it prints
+# the elapsed wall time and stops issuing requests; the driver then sends SIGINT, on which wrk
+# ends and done() prints the latency percentiles. (os.clock is CPU time, hence `date`.)
+WRK_SCRIPT = """
+local limit = tonumber(os.getenv("BENCH_REQUESTS"))
+local count, bad, t0 = 0, 0, 0
+local function now_ns()
+  local f = io.popen("date +%s%N")
+  local t = tonumber(f:read("*l"))
+  f:close()
+  return t
+end
+init = function(args) t0 = now_ns() end
+response = function(status, headers, body)
+  count = count + 1
+  if status ~= 200 then bad = bad + 1 end
+  if count == limit then
+    io.write(string.format('{"requests": %d, "elapsed_ns": %d, "bad": %d}\\n', count, now_ns() - t0, bad))
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"p50_us": %d, "p99_us": %d, "errors": %d}\\n', latency:percentile(50),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _drive_wrk(port: int, requests: int, connections: int, script: Path) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            "-d600s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/pitches/1042",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, BENCH_REQUESTS=str(requests)),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    while line and not line.startswith("{"):
+        line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("wrk ended without a result")
+    count = json.loads(line)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    lat = json.loads([x for x in rest.splitlines() if x.startswith("{")][-1])
+    if count["bad"] or lat["errors"]:
+        raise SystemExit(f"wrk saw {count['bad']} non-200 responses and {lat['errors']} socket errors")
+    return {
+        "requests": count["requests"],
+        "rps": count["requests"] / (count["elapsed_ns"] / 1e9),
+        "p50_us": float(lat["p50_us"]),
+        "p99_us": float(lat["p99_us"]),
+    }
+
+
+def _drive(port: int, requests: int, connections: int, script: Path | None) -> dict[str, Any]:
+    """One run of ``requests`` requests against a server, from a separate process."""
+    if script is not None:
+        return _drive_wrk(port, requests, connections, script)
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", str(port), str(requests), str(connections)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["errors"]:
+        raise SystemExit(f"load generator saw {result['errors']} bad responses: {result['first_error']}")
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=5000, help="requests per server per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="wrk (Debian package 'wrk', the default when installed) or the built-in Python generator",
+    )
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    if args.load:
+        load(*args.load)
+        return
+
+    loadgen = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    modes = [m for m in args.modes.split(",") if m]
+    if "none" not in modes:
+        raise SystemExit("--modes must include 'none' (the baseline)")
+    tmp = tempfile.TemporaryDirectory()
+    script: Path | None = None
+    if loadgen == "wrk":
+        script = Path(tmp.name) / "fixed_count.lua"
+        script.write_text(WRK_SCRIPT)
+    servers = {mode: _start_server(mode) for mode in modes}
+    rps: dict[str, list[float]] = {m: [] for m in modes}
+    p50: dict[str, list[float]] = {m: [] for m in modes}
+    p99: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    try:
+        for mode in modes:
+            _drive(servers[mode][1], args.warmup, args.connections, script)
+        for r in range(args.rounds):
+            order = list(modes)
+            random.Random(r).shuffle(order)
+            for mode in order:
+                proc, port = servers[mode]
+                cpu0 = _cpu_seconds(proc.pid)
+                res = _drive(port, args.requests, args.connections, script)
+                cpu[mode].append((_cpu_seconds(proc.pid) - cpu0) * 1e6 / res["requests"])
+                rps[mode].append(res["rps"])
+                p50[mode].append(res["p50_us"])
+                p99[mode].append(res["p99_us"])
+            print(
+                f"round {r + 1}/{args.rounds}: " + "  ".join(f"{m}={rps[m][-1]:.0f}/s" for m in modes),
+                file=sys.stderr,
+            )
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in servers.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        tmp.cleanup()
+
+    med = statistics.median
+    base = med(rps["none"])
+    print(
+        f"\nuvicorn (h11) + Starlette; load: {loadgen}, {args.connections} keep-alive connections, "
+        f"{args.rounds} rounds x {args.requests} requests per server; CPython {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    header = ("server", "req/s", "p50 ms", "p99 ms", "lost", "+us/req", "cpu us/req")
+    print(
+        f"{header[0]:<10} "
+        + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], (7, 7, 7, 6, 8, 10), strict=True))
+    )
+    lost: dict[str, float] = {}
+    for mode in modes:
+        m = med(rps[mode])
+        lost[mode] = 1 - m / base
+        print(
+            f"{mode:<10} {m:7.0f} {med(p50[mode]) / 1000:7.2f} {med(p99[mode]) / 1000:7.2f} "
+            f"{lost[mode]:6.1%} {(1 / m - 1 / base) * 1e6:8.1f} {med(cpu[mode]):10.0f}"
+        )
+    # Paired per round: each round's loss ratio, which cancels slow drift of the machine.
+    for anchor in ("otel", "otel-lean"):
+        if "pitchey" in lost and anchor in lost and lost[anchor] > 0:
+            paired = sorted(
+                (1 - rps["pitchey"][i] / rps["none"][i]) / max(1e-9, 1 - rps[anchor][i] / rps["none"][i])
+                for i in range(args.rounds)
+            )
+            cpu_ratio = (med(cpu["pitchey"]) - med(cpu["none"])) / max(
+                1e-9, med(cpu[anchor]) - med(cpu["none"])
+            )
+            print(
+                f"lost(pitchey) / lost({anchor}) = {lost['pitchey'] / lost[anchor]:.2f} "
+                f"(paired per round: median {med(paired):.2f}, range {paired[0]:.2f}..{paired[-1]:.2f}; "
+                f"target <= 0.25); extra server CPU per request: {cpu_ratio:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
