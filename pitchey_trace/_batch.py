@@ -385,6 +385,7 @@ class Pipeline:
         popleft = q.popleft
         while q:
             spans: list[Span] = []
+            observed: list[Span] = []
             ready: list[Record] = []
             n = 0
             rollups = self.rollups
@@ -397,17 +398,15 @@ class Pipeline:
                 n += 1
                 if item.__class__ is Span:
                     span: Span = item
-                    if rollups is not None:
-                        try:
-                            rollups.observe(span)
-                        except Exception as exc:
-                            _safety.report("rollups", exc)
+                    observed.append(span)
                     if span.trace_flags & 1:
                         spans.append(span)
                     elif tail is not None:
                         tail.offer(span, spans)
                 else:
                     ready.append(item)  # type: ignore[arg-type]
+            if rollups is not None and observed:
+                self._observe(rollups, observed)
             _stats.incr("accepted", n)
             out: list[Record] = []
             service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
@@ -421,6 +420,19 @@ class Pipeline:
             if out:
                 self._deliver(out)
             time.sleep(0)
+
+    @staticmethod
+    def _observe(rollups: Any, spans: list[Span]) -> None:
+        """Feed rollups every recorded span (sampled or not), a chunk at a time when it can."""
+        try:
+            observe_many = getattr(rollups, "observe_many", None)
+            if observe_many is not None:
+                observe_many(spans)
+            else:
+                for span in spans:
+                    rollups.observe(span)
+        except Exception as exc:
+            _safety.report("rollups", exc)
 
     def _targets(self, dataset: str) -> list[ExporterWorker]:
         """Workers subscribed to ``dataset`` (cached: datasets are few)."""

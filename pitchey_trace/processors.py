@@ -229,6 +229,43 @@ class Rollups:
                 agg.max = duration_ms
             agg.sketch.add(duration_ms)
 
+    def observe_many(self, spans: list[Span]) -> None:
+        """Count a chunk of finished spans under one lock (what the pipeline worker calls)."""
+        interval = self._interval_ns
+        windows = self._windows
+        with self._lock:
+            for span in spans:
+                start = span.start_ns
+                end = span.end_ns
+                if end < start:
+                    end = start
+                duration_ms = (end - start) / 1e6
+                window = end - end % interval
+                key = (span.name, span.kind.value)
+                win = windows.get(window)
+                if win is None:
+                    if len(windows) >= self.max_open_intervals:
+                        _stats.incr("dropped.rollups_interval_cap")
+                        continue
+                    win = windows[window] = {}
+                agg = win.get(key)
+                if agg is None:
+                    if len(win) >= self.max_operations:
+                        _stats.incr("rollups.overflow")
+                        key = (OTHER_OPERATION, key[1])
+                        agg = win.get(key)
+                    if agg is None:
+                        agg = win[key] = _Agg(self.relative_accuracy)
+                agg.count += 1
+                if span.status == _ERROR:
+                    agg.errors += 1
+                agg.sum += duration_ms
+                if duration_ms < agg.min:
+                    agg.min = duration_ms
+                if duration_ms > agg.max:
+                    agg.max = duration_ms
+                agg.sketch.add(duration_ms)
+
     def collect(self, now_ns: int, force: bool = False) -> list[Record]:
         """Rollup records of the intervals that are due (all of them when ``force``); their
         counts are forgotten, so they are never emitted twice."""

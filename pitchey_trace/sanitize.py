@@ -918,6 +918,31 @@ class _Engine:
 # The Sanitizer
 
 # Record fields that are structure, not content (ids, enums, times, numbers).
+#: The keys of a span record as ``records.span_record`` builds it (fast path in ``__call__``).
+_SPAN_KEYS = frozenset(
+    (
+        "schema",
+        "type",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "service",
+        "environment",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "duration_ms",
+        "status",
+        "status_message",
+        "category",
+        "attributes",
+        "events",
+        "links",
+        "resource",
+    )
+)
+
 _STRUCTURAL = frozenset(
     {
         "schema",
@@ -1063,6 +1088,8 @@ class Sanitizer:
 
     def __call__(self, record: Record) -> Record:
         """Return a sanitized copy of ``record``."""
+        if record.keys() == _SPAN_KEYS:
+            return self._span(record)
         out: Record = {}
         for field, value in record.items():
             if field in _STRUCTURAL:
@@ -1084,6 +1111,34 @@ class Sanitizer:
         return out
 
     # -- records
+
+    def _span(self, rec: Record) -> Record:
+        """Fast path for the span records the pipeline builds (the exact schema-v1 key set):
+        copy once, then visit only the fields that can carry text."""
+        out = rec.copy()
+        for field in ("name", "service", "environment"):
+            value = rec[field]
+            out[field] = (
+                self._field_text(field, value) if value.__class__ is str else self._any(field, value, 0)
+            )
+        attrs = rec["attributes"]
+        if attrs:
+            out["attributes"] = (
+                self._attrs(attrs, 0) if isinstance(attrs, Mapping) else self._any("attributes", attrs, 0)
+            )
+        if rec["events"]:
+            out["events"] = self._events(rec["events"])
+        if rec["links"]:
+            out["links"] = self._links(rec["links"])
+        message = rec["status_message"]
+        if message is not None:
+            out["status_message"] = (
+                self._field_text("status_message", message)
+                if message.__class__ is str
+                else self._any("status_message", message, 0)
+            )
+        out["resource"] = self._resource(rec["resource"])
+        return out
 
     def _field_text(self, field: str, value: str) -> str:
         text = self._text(value)
@@ -1175,6 +1230,7 @@ class Sanitizer:
         if len(attrs) > limit:
             _stats.incr("sanitize.attributes_dropped", len(attrs) - limit)
         key_cache = self._key_cache
+        text_cache = self._text_cache
         for count, (key, value) in enumerate(attrs.items()):
             if count >= limit:
                 break
@@ -1186,7 +1242,7 @@ class Sanitizer:
             new_key, action, rule = entry
             if action == _PASS:
                 if value.__class__ is str:
-                    text = self._text(value)
+                    text = text_cache.get(value) or self._text(value)
                     out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
                 elif value.__class__ is bool or value is None or value.__class__ is float:
                     out[new_key] = value
