@@ -209,3 +209,38 @@ def test_init_flask_is_idempotent_and_records_handled_exceptions() -> None:
     assert span["name"] == "GET /pitches/<slug>"
     assert span["status_message"] == "ValueError: abc"
     assert [e["name"] for e in span["events"]] == ["exception"]
+
+
+def test_django_snippet_middleware_names_spans_and_sets_the_actor() -> None:
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "django_settings_snippet.py"
+    spec = importlib.util.spec_from_file_location("django_settings_snippet", path)
+    assert spec is not None
+    assert spec.loader is not None
+    snippet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(snippet)
+
+    def django_like_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # What Django's handler does with a middleware: resolve, process_view, then call it.
+        request = SimpleNamespace(
+            resolver_match=SimpleNamespace(route="pitches/<int:pitch_id>/"),
+            user=SimpleNamespace(is_authenticated=True, pk=314),
+        )
+        mw = snippet.PitcheyRouteMiddleware(lambda req: "response")
+        mw.process_view(request, None, (), {})
+        assert mw(request) == "response"
+        snippet.on_login_failed(None, {"password": "never recorded"})
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with capture_spans() as exporter:
+        list(WSGITracingMiddleware(django_like_app)(environ(), StartResponse()))
+    [span] = exporter.spans()
+    assert span["name"] == "GET /pitches/<int:pitch_id>/"
+    audits = {a["category"]: a for a in exporter.of_type("audit")}
+    assert audits["request"]["actor"] == "314"
+    assert audits["security"]["outcome"] == "bad_credentials"
+    assert "never recorded" not in str(exporter.records)

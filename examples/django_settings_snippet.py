@@ -1,0 +1,92 @@
+"""Django + pitchey-trace: what to put where (a snippet to copy, not a project).
+
+1. ``settings.py`` - configure once and name spans after URL patterns::
+
+       import pitchey_trace as pt
+       pt.configure(service="pitch-admin", exporters=[...])
+       MIDDLEWARE = [
+           "yourproject.tracing.PitcheyRouteMiddleware",     # the class below, copied
+           *MIDDLEWARE,
+       ]
+       LOGGING = LOGGING_WITH_TRACE_IDS                      # below: ids on every log line
+
+2. ``wsgi.py`` (or ``asgi.py``) - wrap the application::
+
+       from django.core.wsgi import get_wsgi_application
+       from pitchey_trace.web import WSGITracingMiddleware
+       application = WSGITracingMiddleware(get_wsgi_application())
+
+       # asgi.py
+       from django.core.asgi import get_asgi_application
+       from pitchey_trace.web import ASGITracingMiddleware
+       application = ASGITracingMiddleware(get_asgi_application())
+
+The middleware cannot see Django's URL resolver, so the route template comes from
+``request.resolver_match.route`` (e.g. ``pitches/<int:pitch_id>/``), handed over with
+:func:`pitchey_trace.web.set_route` once Django has resolved the view. Without it, spans are
+named by the method alone (``GET``), never by the raw path. Django logs unhandled exceptions
+on ``django.request`` while the request's span is current, so that record carries the trace
+id, as does the 500 response's ``X-Trace-Id`` header.
+
+This file imports no Django module, so it can be imported (and checked) anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pitchey_trace.web import auth_failure, set_route, set_user
+
+
+class PitcheyRouteMiddleware:
+    """Django middleware: names the request span after the matched URL pattern and records the
+    authenticated user as the audit actor. Put it first in ``MIDDLEWARE``."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if user is not None and getattr(user, "is_authenticated", False):
+            set_user(user.pk)  # an id, never a name or an e-mail address
+        return response
+
+    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        match = getattr(request, "resolver_match", None)
+        route = getattr(match, "route", None)
+        if route is not None:
+            set_route("/" + route.lstrip("/"))
+
+
+def on_login_failed(sender: Any, credentials: Any, request: Any = None, **kwargs: Any) -> None:
+    """Connect to ``django.contrib.auth.signals.user_login_failed``: a security audit event
+    (the credentials are never recorded)::
+
+        from django.contrib.auth.signals import user_login_failed
+        user_login_failed.connect(on_login_failed)
+    """
+    auth_failure("bad_credentials")
+
+
+#: ``LOGGING`` for settings.py: every record gets ``trace_id`` and ``span_id``.
+LOGGING_WITH_TRACE_IDS: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"trace_ids": {"()": "pitchey_trace.web.TraceContextFilter"}},
+    "formatters": {"traced": {"()": "pitchey_trace.web.TraceFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["trace_ids"], "formatter": "traced"},
+    },
+    "root": {"handlers": ["console"], "level": "INFO"},
+}
+
+
+if __name__ == "__main__":
+    # Nothing to serve without a Django project; show that the logging config is valid.
+    import logging
+    import logging.config
+
+    logging.config.dictConfig(LOGGING_WITH_TRACE_IDS)
+    logging.getLogger("django.request").info("logging configured with trace ids")
