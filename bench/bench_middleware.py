@@ -13,16 +13,24 @@ Servers (one uvicorn process each, all started in the same run, h11, no access l
              BatchSpanProcessor(no-op exporter)
   otel-lean  the same with exclude_spans=["receive", "send"] (server span only)
 In the traced servers the handler opens 3 nested spans (one attribute each) inside the
-request span. Each round sends --requests requests to every server in shuffled order, with
---connections concurrent keep-alive connections; figures are medians over rounds (p99 over
-every request of a server). "lost" is the throughput lost against `none`; the target (issue 5)
-is lost(pitchey) <= 1/4 of lost(otel).
+request span. Load: wrk (Debian package `wrk`; a Lua script makes it stop after a fixed count)
+or, without it, a built-in asyncio load generator (costlier per request, so it may limit the
+baseline). With 2+ CPUs every server is pinned to CPU 0 and the load generator to CPU 1, as in
+a one-CPU container; --no-pin turns that off.
+
+Each round sends --requests requests to every server in shuffled order over --connections
+keep-alive connections; figures are medians over rounds. "lost" is the throughput lost against
+`none`, "+us/req" the time added per request (1/rps - 1/rps_none), "cpu us/req" the server
+process's CPU time per request (all threads, from /proc). Target (issue 5): lost(pitchey) is
+at most 1/4 of lost(otel). This machine's neighbours make single rounds noisy: read the paired
+per-round ratio and its range.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -114,13 +122,16 @@ def build_app(mode: str) -> Any:
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(OtelNoop()))
         trace.set_tracer_provider(provider)  # the handler's get_tracer() above is a proxy
-        exclude = ["receive", "send"] if mode == "otel-lean" else None
+        exclude: Any = ["receive", "send"] if mode == "otel-lean" else None
         app = OpenTelemetryMiddleware(app, tracer_provider=provider, exclude_spans=exclude)
     return app
 
 
-def serve(mode: str) -> None:
+def serve(mode: str, cpu: int | None) -> None:
     import uvicorn
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # before the app starts any thread: all threads inherit
 
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP; with
     # proto 0 the response's body segment waits for a delayed ACK (about 40 ms).
@@ -203,10 +214,12 @@ async def _load(port: int, requests: int, connections: int) -> dict[str, Any]:
     latencies: list[int] = []
     statuses: list[bytes] = []
     per = requests // connections
-    futures = [loop.create_future() for _ in range(connections)]
+    futures: list[asyncio.Future[None]] = [loop.create_future() for _ in range(connections)]
     t0 = time.perf_counter()
     for fut in futures:
-        await loop.create_connection(lambda f=fut: _Client(per, latencies, statuses, f), "127.0.0.1", port)
+        await loop.create_connection(
+            functools.partial(_Client, per, latencies, statuses, fut), "127.0.0.1", port
+        )
     await asyncio.gather(*futures)
     elapsed = time.perf_counter() - t0
     latencies.sort()
@@ -226,7 +239,10 @@ def load(port: int, requests: int, connections: int) -> None:
 
 # -- driver --------------------------------------------------------------------------------------
 def _start_server(mode: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", mode], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, __file__, "--serve", mode]
+    if _pinning:
+        command += ["--cpu", str(SERVER_CPU)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.strip().isdigit():
@@ -265,6 +281,17 @@ end
 """
 
 
+SERVER_CPU, LOAD_CPU = 0, 1
+_pinning = False
+
+
+def _pin(cpu: int) -> Any:
+    """A preexec_fn pinning a child process to ``cpu`` (None when pinning is off)."""
+    if not _pinning:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def _drive_wrk(port: int, requests: int, connections: int, script: Path) -> dict[str, Any]:
     proc = subprocess.Popen(
         [
@@ -279,6 +306,7 @@ def _drive_wrk(port: int, requests: int, connections: int, script: Path) -> dict
         stdout=subprocess.PIPE,
         text=True,
         env=dict(os.environ, BENCH_REQUESTS=str(requests)),
+        preexec_fn=_pin(LOAD_CPU),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -306,6 +334,7 @@ def _drive(port: int, requests: int, connections: int, script: Path | None) -> d
         return _drive_wrk(port, requests, connections, script)
     out = subprocess.run(
         [sys.executable, __file__, "--load", str(port), str(requests), str(connections)],
+        preexec_fn=_pin(LOAD_CPU),
         capture_output=True,
         text=True,
         check=True,
@@ -340,16 +369,24 @@ def main() -> None:
         default="auto",
         help="wrk (Debian package 'wrk', the default when installed) or the built-in Python generator",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin servers to CPU 0 and the load generator to CPU 1 (pinning needs 2+ CPUs)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.cpu)
         return
     if args.load:
         load(*args.load)
         return
 
+    global _pinning
+    _pinning = not args.no_pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     loadgen = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "python")
     modes = [m for m in args.modes.split(",") if m]
     if "none" not in modes:
@@ -396,6 +433,7 @@ def main() -> None:
     base = med(rps["none"])
     print(
         f"\nuvicorn (h11) + Starlette; load: {loadgen}, {args.connections} keep-alive connections, "
+        f"{'server pinned to CPU 0, load to CPU 1, ' if _pinning else ''}"
         f"{args.rounds} rounds x {args.requests} requests per server; CPython {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs"
     )

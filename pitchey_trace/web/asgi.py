@@ -27,7 +27,6 @@ from pitchey_trace.web._common import (
     DEFAULT_EXCLUDED_PATHS,
     HTTP_METHOD,
     HTTP_REQUEST_BODY_SIZE,
-    PROTOCOL_VERSION,
     REQUEST,
     URL_PATH,
     URL_QUERY,
@@ -203,9 +202,6 @@ class ASGITracingMiddleware:
         address = client[0] if client else None
         if address:
             attrs[CLIENT_ADDRESS] = address
-        version = scope.get("http_version")
-        if version:
-            attrs[PROTOCOL_VERSION] = version
         span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
         return RequestState(span, attrs[HTTP_METHOD], label, scope), address
 

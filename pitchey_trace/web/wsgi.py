@@ -26,7 +26,6 @@ from pitchey_trace.web._common import (
     CLIENT_ADDRESS,
     DEFAULT_EXCLUDED_PATHS,
     HTTP_REQUEST_BODY_SIZE,
-    PROTOCOL_VERSION,
     REQUEST,
     URL_PATH,
     URL_QUERY,
@@ -155,9 +154,6 @@ class WSGITracingMiddleware:
         address = environ.get("REMOTE_ADDR") or None
         if address:
             attrs[CLIENT_ADDRESS] = address
-        protocol = environ.get("SERVER_PROTOCOL")
-        if protocol and protocol.startswith("HTTP/"):
-            attrs[PROTOCOL_VERSION] = protocol[5:]
         span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
         return RequestState(span, attrs["http.request.method"], label), address
 

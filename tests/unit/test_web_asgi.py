@@ -95,7 +95,6 @@ def test_server_span_attributes_and_default_header() -> None:
         "user_agent.original": "ua/1",
         "http.request.body.size": 12,
         "client.address": "10.1.2.3",
-        "network.protocol.version": "1.1",
         "http.response.status_code": 200,
         "http.response.body.size": 11,
     }

@@ -68,7 +68,6 @@ def test_span_attributes_headers_and_context_restored() -> None:
         "user_agent.original": "curl/8",
         "http.request.body.size": 3,
         "client.address": "10.0.0.9",
-        "network.protocol.version": "1.0",
         "http.response.status_code": 200,
         "http.response.body.size": 11,
     }

@@ -92,7 +92,6 @@ def test_flask_continues_traceparent_with_url_rule_names(serve_wsgi: Any, wait_f
     assert attrs["http.response.status_code"] == 200
     assert attrs["http.response.body.size"] == len("user 31")
     assert attrs["client.address"] == "127.0.0.1"
-    assert attrs["network.protocol.version"] == "1.1"
     assert attrs["user.id"] == "31"
     assert child["parent_span_id"] == span["span_id"]
     assert audit["action"] == "GET /users/<int:user_id>"
