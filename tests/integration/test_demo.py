@@ -82,9 +82,15 @@ def test_demo_exits_zero_and_reports_every_check_passed(demo: DemoRun) -> None:
     passed = re.search(r"Checks: (\d+)/(\d+) passed", demo.stdout)
     assert passed is not None
     assert passed.group(1) == passed.group(2), demo.stdout[-2000:]
-    assert "Slowest trace" in demo.stdout
-    assert "slow_query" in demo.stdout
-    assert "An error trace" in demo.stdout
+    # The waterfalls drawn are of the archived trace with the longest span, and of the 500.
+    slowest = re.search(r"^Slowest trace ([0-9a-f]{32}) ", demo.stdout, re.M)
+    assert slowest is not None
+    longest = max(demo.spans(), key=lambda s: s["duration_ms"])
+    assert slowest.group(1) == longest["trace_id"]
+    error = re.search(r"^An error trace ([0-9a-f]{32}) ", demo.stdout, re.M)
+    assert error is not None
+    assert any(s["trace_id"] == error.group(1) and s["attributes"].get("http.response.status_code") == 500
+               for s in demo.spans())
     # The demo collects log records itself: nothing (no traceback, no SDK warning) on stderr.
     assert "Traceback" not in demo.stderr
     assert "pitchey_trace" not in demo.stderr
