@@ -8,6 +8,10 @@ need_apt=()
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
+# wrk drives the middleware benchmark (make bench); it falls back to a Python load generator.
+if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v wrk >/dev/null 2>&1; then
+  need_apt+=(wrk)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
