@@ -197,39 +197,9 @@ class Rollups:
 
     def observe(self, span: Span) -> None:
         """Count one finished span (pipeline worker thread)."""
-        start = span.start_ns
-        end = span.end_ns
-        if end < start:
-            end = start
-        duration_ms = (end - start) / 1e6
-        window = end - end % self._interval_ns
-        key = (span.name, span.kind.value)
-        with self._lock:
-            win = self._windows.get(window)
-            if win is None:
-                if len(self._windows) >= self.max_open_intervals:
-                    _stats.incr("dropped.rollups_interval_cap")
-                    return
-                win = self._windows[window] = {}
-            agg = win.get(key)
-            if agg is None:
-                if len(win) >= self.max_operations:
-                    _stats.incr("rollups.overflow")
-                    key = (OTHER_OPERATION, key[1])
-                    agg = win.get(key)
-                if agg is None:
-                    agg = win[key] = _Agg(self.relative_accuracy)
-            agg.count += 1
-            if span.status == _ERROR:
-                agg.errors += 1
-            agg.sum += duration_ms
-            if duration_ms < agg.min:
-                agg.min = duration_ms
-            if duration_ms > agg.max:
-                agg.max = duration_ms
-            agg.sketch.add(duration_ms)
+        self.observe_many((span,))
 
-    def observe_many(self, spans: list[Span]) -> None:
+    def observe_many(self, spans: Iterable[Span]) -> None:
         """Count a chunk of finished spans under one lock (what the pipeline worker calls)."""
         interval = self._interval_ns
         windows = self._windows

@@ -253,3 +253,24 @@ class HttpSender:
             if self.stop.wait(wait):
                 _stats.incr(f"{c}.failed")
                 return HttpResult(False, status, data, attempt, error)
+
+
+class SenderExporter:
+    """Lifecycle shared by the exporters that post each batch at once through one
+    :class:`HttpSender` (``self._sender``): nothing buffered, stop retrying on shutdown, a
+    fresh connection after fork."""
+
+    _sender: HttpSender
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Nothing is buffered here (batches are sent as they arrive)."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop retrying and close the connection."""
+        self._sender.stop.set()
+        self._sender.close()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connection."""
+        self._sender.reset()

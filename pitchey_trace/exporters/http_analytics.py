@@ -18,7 +18,7 @@ from typing import Any
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._http import HttpSender, RetryPolicy
+from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
 
 __all__ = ["MAX_BLOBS", "MAX_DOUBLES", "MAX_INDEX_BYTES", "HttpAnalyticsExporter", "to_data_point"]
@@ -159,7 +159,7 @@ def to_data_point(record: Mapping[str, Any], max_blob_bytes: int = DEFAULT_MAX_B
     }
 
 
-class HttpAnalyticsExporter:
+class HttpAnalyticsExporter(SenderExporter):
     """POST records as Analytics Engine data points to ``url``.
 
     Args:
@@ -251,18 +251,6 @@ class HttpAnalyticsExporter:
                 ok = False
         return ok
 
-    def force_flush(self, timeout: float | None = None) -> bool:
-        """Nothing is buffered here (batches are sent as they arrive)."""
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop retrying and close the connection."""
-        self._sender.stop.set()
-        self._sender.close()
-
-    def after_fork(self) -> None:
-        """Forget the parent's connection."""
-        self._sender.reset()
 
     def __repr__(self) -> str:
         return f"HttpAnalyticsExporter(url={self.url!r}, datasets={self.datasets!r})"

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps, loads
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._http import HttpSender, RetryPolicy
+from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
 
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json"]
@@ -144,7 +144,7 @@ def _resolve_endpoint(endpoint: str | None) -> str:
     return endpoint
 
 
-class OTLPExporter:
+class OTLPExporter(SenderExporter):
     """Send span records to an OTLP/HTTP endpoint as JSON.
 
     Args:
@@ -231,18 +231,6 @@ class OTLPExporter:
                 _stats.incr("otlp.partial_rejected", rejected)
         return ok
 
-    def force_flush(self, timeout: float | None = None) -> bool:
-        """Nothing is buffered here."""
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop retrying and close the connection."""
-        self._sender.stop.set()
-        self._sender.close()
-
-    def after_fork(self) -> None:
-        """Forget the parent's connection."""
-        self._sender.reset()
 
     def __repr__(self) -> str:
         return f"OTLPExporter(endpoint={self.endpoint!r})"
