@@ -1,9 +1,11 @@
-"""The runnable examples run: each one as a subprocess (its own throwaway PostgreSQL, or a
-private schema on ``PITCHEY_TEST_PG_DSN``), and what it prints is checked: the result of the
-operation and the trace tree its ``ConsoleExporter(pretty=True)`` draws.
+"""The runnable examples run: each one as a subprocess (the database examples start their own
+throwaway PostgreSQL, or use a private schema on ``PITCHEY_TEST_PG_DSN``; the web examples'
+``--demo`` serves on a free port and calls itself), and what it prints is checked: the
+results, the trace trees its ``ConsoleExporter(pretty=True)`` draws, audit lines and logs.
 
 Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
-``w3c_test_service.py`` by ``tests/integration/test_w3c_service.py``.
+``w3c_test_service.py`` by ``tests/integration/test_w3c_service.py``;
+``django_settings_snippet.py`` is a settings fragment, not a program.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +75,13 @@ def trace_of(shown: list[Shown], root_name: str) -> list[Shown]:
     return [s for s in shown if s.trace_id in ids]
 
 
-def assert_parents(spans: list[Shown], parents: dict[str, str | None]) -> None:
-    """Each span is drawn under the expected parent (or at the top of a batch fragment)."""
+def assert_parents(spans: list[Shown], parents: Mapping[str, str | set[str | None] | None]) -> None:
+    """Each span is drawn under an expected parent (or at the top of a batch fragment); a
+    span expected at the top is always at the top."""
     for s in spans:
         expected = parents[s.name]
-        assert s.parent in (expected, None), f"{s.name} drawn under {s.parent}, expected {expected}"
+        allowed = expected if isinstance(expected, set) else {expected}
+        assert s.parent in allowed | {None}, f"{s.name} drawn under {s.parent}, expected {expected}"
         if expected is None:
             assert s.parent is None
 
@@ -89,7 +93,7 @@ def result_line(stdout: str, prefix: str) -> Any:
     return ast.literal_eval(lines[0][len(prefix):].strip())
 
 
-def check_load_pitch(stdout: str) -> None:
+def check_load_pitch(stdout: str, stderr: str) -> None:
     pitch = result_line(stdout, "loaded:")
     assert pitch["id"] == 42
     assert pitch["title"] == "Solar kettles"
@@ -110,12 +114,13 @@ def check_load_pitch(stdout: str) -> None:
     assert {"CREATE users", "INSERT users", "INSERT pitches", "INSERT comments"} <= {s.name for s in seed}
     assert_parents(seed, {s.name: None if s.name == "TRANSACTION" else "TRANSACTION" for s in seed})
     assert not any(s.error for s in shown)
+    assert "Traceback" not in stderr
     # The owner lookup reads the sensitive users table: audit records, never values.
     assert "type=audit  action=SELECT  target=users  outcome=success" in stdout
     assert "type=rollup  operation=load_pitch  count=1" in stdout
 
 
-def check_search_pitches(stdout: str) -> None:
+def check_search_pitches(stdout: str, stderr: str) -> None:
     found = result_line(stdout, "found:")
     assert found["term"] == "solar"
     assert found["page"] == 1
@@ -130,12 +135,93 @@ def check_search_pitches(stdout: str) -> None:
     parents = {"GET /search": None, "search_pitches": "GET /search", "SELECT pitches": "search_pitches"}
     assert_parents(request, parents)
     assert not any(s.error for s in shown)
+    assert "Traceback" not in stderr
     assert "type=rollup  operation=SELECT pitches  count=2" in stdout
 
 
-CHECKS: dict[str, Callable[[str], None]] = {
+# "GET /me          -> 401  X-Trace-Id: 52a9defec63503c2e512619ea579ac41" (``-``: not traced)
+CALL_LINE = re.compile(
+    r"^GET (?P<path>\S+) +-> (?P<status>\d{3})  X-Trace-Id: (?P<trace>[0-9a-f]{32}|-)$", re.M
+)
+
+
+def calls(stdout: str) -> list[tuple[str, int, str]]:
+    """(path, status, trace id) of every call a web example's ``--demo`` made."""
+    return [(m["path"], int(m["status"]), m["trace"]) for m in CALL_LINE.finditer(stdout)]
+
+
+def spans_of(shown: list[Shown], trace_id: str) -> list[Shown]:
+    return [s for s in shown if s.trace_id == trace_id]
+
+
+def check_fastapi_app(stdout: str, stderr: str) -> None:
+    made = calls(stdout)
+    assert [(p, st) for p, st, _ in made] == [
+        ("/pitches/42", 200), ("/me", 200), ("/me", 401), ("/feed", 200), ("/boom", 500), ("/healthz", 200)
+    ]
+    ids = {(p, st): t for p, st, t in made}
+    assert ids[("/healthz", 200)] == "-"  # excluded from tracing
+    shown = parse_trees(stdout)
+    # Each response's X-Trace-Id is the trace of its client span (root) and server span.
+    route = {"/pitches/42": "GET /pitches/{pitch_id}", "/me": "GET /me", "/feed": "GET /feed",
+             "/boom": "GET /boom"}
+    for path, status, trace_id in made[:-1]:
+        trace = spans_of(shown, trace_id)
+        server = [s for s in trace if s.name == route[path]]
+        assert len(server) == 1, (path, trace)
+        assert server[0].parent in ("GET", None)
+        assert server[0].error == (status == 500)
+    # /feed calls /pitches/1 on the same service: one trace, four levels deep.
+    feed = spans_of(shown, ids[("/feed", 200)])
+    names = ["GET", "GET", "GET /feed", "GET /pitches/{pitch_id}", "load_pitch"]
+    assert sorted(s.name for s in feed) == names
+    assert_parents(feed, {"GET": {None, "GET /feed"}, "GET /feed": "GET",
+                          "GET /pitches/{pitch_id}": "GET", "load_pitch": "GET /pitches/{pitch_id}"})
+    # Audit: one record per traced request, a security event for the auth failure, none for /healthz.
+    assert "type=audit  action=GET /me  target=/me  outcome=missing_user" in stdout
+    assert "type=audit  action=GET /boom  target=/boom  outcome=500" in stdout
+    assert "action=GET /healthz" not in stdout
+    assert not any(s.name == "GET /healthz" for s in shown)
+    # Logs carry the trace ids: the handler's line, and the server's error log for the 500.
+    assert f"[trace_id={ids[('/pitches/42', 200)]} " in next(
+        line for line in stderr.splitlines() if "loading pitch 42" in line
+    )
+    assert f"ERROR uvicorn.error [trace_id={ids[('/boom', 500)]} " in stderr
+
+
+def check_flask_app(stdout: str, stderr: str) -> None:
+    made = calls(stdout)
+    assert [(p, st) for p, st, _ in made] == [
+        ("/pitches/42", 200), ("/me", 200), ("/me", 401), ("/export", 200), ("/feed", 200), ("/boom", 500)
+    ]
+    ids = {(p, st): t for p, st, t in made}
+    shown = parse_trees(stdout)
+    # The demo's own calls are not traced: each server span is the root of its trace.
+    route = {"/pitches/42": "GET /pitches/<int:pitch_id>", "/me": "GET /me", "/export": "GET /export",
+             "/feed": "GET /feed", "/boom": "GET /boom"}
+    for path, status, trace_id in made:
+        server = [s for s in spans_of(shown, trace_id) if s.name == route[path]]
+        assert len(server) == 1, path
+        assert server[0].parent is None
+        assert server[0].error == (status == 500)
+    # A streamed response: the rows are rendered inside the request span.
+    export = spans_of(shown, ids[("/export", 200)])
+    assert sorted(s.name for s in export) == ["GET /export", "render_row", "render_row", "render_row"]
+    assert_parents(export, {"GET /export": None, "render_row": "GET /export"})
+    feed = spans_of(shown, ids[("/feed", 200)])
+    assert sorted(s.name for s in feed) == ["GET", "GET /feed", "GET /pitches/<int:pitch_id>", "load_pitch"]
+    assert_parents(feed, {"GET /feed": None, "GET": "GET /feed", "GET /pitches/<int:pitch_id>": "GET",
+                          "load_pitch": "GET /pitches/<int:pitch_id>"})
+    # The 401: a request record and a security record.
+    assert stdout.count("type=audit  action=GET /me  target=/me  outcome=401") == 2
+    assert f"ERROR pitch_web [trace_id={ids[('/boom', 500)]} " in stderr
+
+
+CHECKS: dict[str, Callable[[str, str], None]] = {
     "load_pitch.py": check_load_pitch,
     "search_pitches.py": check_search_pitches,
+    "fastapi_app.py --demo": check_fastapi_app,
+    "flask_app.py --demo": check_flask_app,
 }
 
 
@@ -157,7 +243,7 @@ def example_env() -> Iterator[dict[str, str]]:
 def test_example_runs(script: str) -> None:
     with example_env() as env:
         proc = subprocess.run(
-            [sys.executable, str(EXAMPLES / script)],
+            [sys.executable, str(EXAMPLES / script.split()[0]), *script.split()[1:]],
             capture_output=True,
             text=True,
             timeout=120,
@@ -165,5 +251,4 @@ def test_example_runs(script: str) -> None:
             cwd=EXAMPLES.parent,
         )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    CHECKS[script](proc.stdout)
+    CHECKS[script](proc.stdout, proc.stderr)
