@@ -132,7 +132,9 @@ def test_one_trace_across_two_processes_and_postgres(
     # Nesting in time as well: each child inside its parent.
     assert started <= a_server["start_time_unix_nano"] <= a_client["start_time_unix_nano"]
     assert a_client["start_time_unix_nano"] <= b_server["start_time_unix_nano"]
-    assert b_server["end_time_unix_nano"] <= a_client["end_time_unix_nano"] <= a_server["end_time_unix_nano"]
+    # B's server span ends after its last byte is written, which can be a moment after A has
+    # read the response: only A's own spans are ordered at the end.
+    assert a_client["end_time_unix_nano"] <= a_server["end_time_unix_nano"]
 
     b_audit = [rec for rec in b_records if rec["type"] == "audit" and rec["category"] == "request"]
     assert [(a["action"], a["outcome"], a["trace_id"]) for a in b_audit] == [
