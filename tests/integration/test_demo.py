@@ -6,6 +6,7 @@ demo's app leaks into spans on purpose."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
@@ -24,7 +25,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from pitchey_trace.processors import merge_rollups
 from pitchey_trace.records import json_schema
 
-# One worker runs the whole module, so the demo runs once per test session.
+# The demo runs once per test session (see run_demo).
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,17 +51,38 @@ class DemoRun:
         return self.records["traces"]
 
 
+def run_demo(workdir: Path) -> tuple[int, str, str, Path]:
+    """Run the demo with its archive in ``workdir``, once: under pytest-xdist every worker that
+    gets a test of this module asks, and the first one runs it while the others wait on the
+    lock and read its saved result (the ``xdist_group`` mark alone does not keep the module on
+    one worker with every pytest/xdist version)."""
+    archive = workdir / "archive"
+    result = workdir / "result.json"
+    with open(workdir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            proc = subprocess.run(
+                [sys.executable, str(DEMO), "--archive", str(archive), "--requests", str(REQUESTS)],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            saved = {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+            result.write_text(json.dumps(saved))
+    saved = json.loads(result.read_text())
+    return saved["returncode"], saved["stdout"], saved["stderr"], archive
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    archive = tmp_path_factory.mktemp("demo") / "archive"
-    proc = subprocess.run(
-        [sys.executable, str(DEMO), "--archive", str(archive), "--requests", str(REQUESTS)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("demo")
+    else:  # the session's base directory, shared by the workers
+        workdir = tmp_path_factory.getbasetemp().parent / "demo"
+        workdir.mkdir(exist_ok=True)
+    returncode, stdout, stderr, archive = run_demo(workdir)
     files: dict[str, list[Path]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     chunks: list[bytes] = []
@@ -73,7 +95,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
                 records.setdefault(dataset.name, []).extend(
                     json.loads(line) for line in data.splitlines() if line.strip()
                 )
-    return DemoRun(proc.returncode, proc.stdout, proc.stderr, archive, files, records, b"".join(chunks))
+    return DemoRun(returncode, stdout, stderr, archive, files, records, b"".join(chunks))
 
 
 def test_demo_exits_zero_and_reports_every_check_passed(demo: DemoRun) -> None:
