@@ -324,13 +324,16 @@ class Report:
 
     def datasets(self) -> None:
         print(f"\nArchive {self.archive_name}/ (gzip NDJSON, Logpush layout):")
+        example = ""
         for dataset in ("traces", "audit", "performance"):
             paths = self.archive.files.get(dataset, [])
             size = sum(p.stat().st_size for p in paths)
-            example = f"   e.g. {dataset}/{paths[0].parent.name}/{paths[0].name}" if paths else ""
             print(f"  {dataset:<12} {len(paths):>2} files {len(self.archive.records.get(dataset, [])):>6} "
-                  f"records {size / 1024:>7.1f} KiB{example}")
+                  f"records {size / 1024:>7.1f} KiB")
             self.check(f"dataset {dataset} has records", bool(self.archive.records.get(dataset)))
+            if paths and not example:
+                example = f"{dataset}/{paths[0].parent.name}/{paths[0].name}"
+        print(f"  e.g. {example}")
 
     def kept(self) -> None:
         traces = self.traces
@@ -374,7 +377,7 @@ class Report:
         upstream = self.traces.get(UPSTREAM_TRACE_ID, [])
         gw = sorted(s["parent_span_id"] for s in upstream if s["kind"] == "server")
         print(f"  sampled upstream traceparent 00-{UPSTREAM_TRACE_ID[:8]}...-01: {len(gw)} server spans "
-              f"continue that trace, parents {gw}")
+              f"continue that trace (parent-based sampling)")
         self.check("sampled upstream traces are continued and kept", gw == sorted(UPSTREAM_PARENTS))
 
     def waterfalls(self) -> None:
@@ -481,20 +484,20 @@ def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tupl
             slow_threshold_ms=SLOW_MS,
             exporters=[LocalArchiveExporter(archive_dir, max_interval_s=1.0)],
         )
-        print(f"[2] pt.configure(service={SERVICE!r}, environment='demo', sample_rate={SAMPLE_RATE}, "
-              f"keep_errors=True, slow_threshold_ms={SLOW_MS:g},")
+        print(f"[2] pt.configure(service={SERVICE!r}, environment='demo', sample_rate={SAMPLE_RATE},")
+        print(f"                 keep_errors=True, slow_threshold_ms={SLOW_MS:g},")
         print(f"                 exporters=[LocalArchiveExporter({shown!r}, max_interval_s=1.0)])")
         plan, secrets = build_plan(args.requests, seeded, rng)
         instrument_httpx()
         try:
             with app_mod.serve(app_mod.make_app(dsn)) as base_url:
-                print(f"[3] Starlette + ASGITracingMiddleware under uvicorn at {base_url}; "
-                      "psycopg pool with configure=instrument_async")
+                print(f"[3] Starlette app + ASGITracingMiddleware under uvicorn at {base_url}")
+                print("    PostgreSQL through an AsyncConnectionPool(configure=instrument_async)")
                 wall = asyncio.run(drive(base_url, plan))
         finally:
             uninstrument_httpx()
         print(f"[4] {len(plan)} requests from an httpx client with instrument_httpx(), "
-              f"{CONCURRENCY} in flight: {wall:.2f} s ({len(plan) / wall:.0f} req/s)")
+              f"{CONCURRENCY} in flight: {wall:.2f} s")
         by_route: dict[tuple[str, str], Counter[int]] = defaultdict(Counter)
         for r in plan:
             by_route[(r.method, r.route)][r.status] += 1
