@@ -42,6 +42,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
 from pitchey_trace import _stats
 from pitchey_trace._sql import normalize_sql
@@ -918,6 +919,9 @@ class _Engine:
 # The Sanitizer
 
 # Record fields that are structure, not content (ids, enums, times, numbers).
+#: Longest text also checked in URL-decoded form (query strings, URLs, form bodies).
+_DECODE_MAX = 64 * 1024
+
 #: The keys of a span record as ``records.span_record`` builds it (fast path in ``__call__``).
 _SPAN_KEYS = frozenset(
     (
@@ -1345,6 +1349,27 @@ class Sanitizer:
         return out
 
     def _scrub(self, text: str) -> str:
+        out = self._scrub_plain(text)
+        # URL-encoded secrets (q=4242%204242..., ada%40example.com, card+digits) hide from the
+        # detectors; when the decoded text reveals one, export the decoded, masked form.
+        # Decode what is left after the plain pass (secrets already found are markers by now,
+        # so plus-addressed emails or base64 keys are not re-read with '+' as a space).
+        current, found = out, False
+        for _ in range(3):  # double-encoded values too; bounded
+            if ("%" not in current and "+" not in current) or len(current) > _DECODE_MAX:
+                break
+            decoded = unquote_plus(current)
+            if decoded == current:
+                break
+            masked = self._scrub_plain(decoded)
+            found = found or masked != decoded  # nothing revealed: keep the original form
+            current = masked
+        if found:
+            _stats.incr("sanitize.decoded_matches")
+            return current
+        return out
+
+    def _scrub_plain(self, text: str) -> str:
         out = self._engine.scrub(text)
         for rule in self._patterns:
             out = rule.regex.sub(rule.replace, out)

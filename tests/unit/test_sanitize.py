@@ -707,3 +707,26 @@ def test_hostile_megabyte_strings(name: str) -> None:
     record = _span(attributes={"payload": text}, name=text[:100])
     exported = Sanitizer()(record)
     assert len(exported["attributes"]["payload"]) <= 8192 + len(TRUNCATED_SUFFIX)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("q=4242%204242%204242%204242", "4242"),
+        ("q=4242+4242+4242+4242", "4242"),
+        ("q=ada%40pitchey.example", "ada"),
+        ("https://x.test/s?email=grace%2540example.org", "grace"),  # double-encoded
+        ("next=%2Fhome%3Fcard%3D4111-1111-1111-1111", "1111-1111"),
+    ],
+)
+def test_url_encoded_secrets_are_decoded_and_masked(text: str, secret: str) -> None:
+    san = Sanitizer()
+    out = san({"type": "span", "attributes": {"url.query": text}})["attributes"]["url.query"]
+    assert secret not in out
+    assert "[" in out  # a marker replaced it
+    assert san({"type": "span", "attributes": {"url.query": out}})["attributes"]["url.query"] == out
+
+
+@pytest.mark.parametrize("text", ["GET /a+b?x=1", "q=hello%20world", "path=%2Fv1%2Fpitches", "1+1=2"])
+def test_benign_encoded_text_is_left_alone(text: str) -> None:
+    assert Sanitizer()({"type": "span", "attributes": {"u": text}})["attributes"]["u"] == text
