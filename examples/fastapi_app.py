@@ -81,14 +81,18 @@ def demo() -> None:
     """Serve on a free port, call a few endpoints, print what the client sees, stop."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Keep the bound socket and hand it to uvicorn: no window for another process to take the port.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     os.environ["PORT"] = str(port)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise SystemExit("uvicorn did not start")
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
     for path, headers in (("/pitches/42", {}), ("/me", {"X-User-Id": "u-7"}), ("/me", {}), ("/feed", {}),
