@@ -16,7 +16,7 @@ test-unit: setup
 
 lint: setup
 	$(PY) -m ruff check pitchey_trace tests examples bench
-	$(PY) -m ruff format --check pitchey_trace || true
+	$(PY) -m ruff format --check pitchey_trace tests examples bench
 	$(PY) -m mypy pitchey_trace
 
 typecheck: setup

@@ -224,7 +224,10 @@ def main() -> None:
             conn = instrument(stack.enter_context(psycopg.connect(server.dsn, autocommit=True)))
             res = measure(
                 {label: _select1(stack.enter_context(conn.cursor())), "plain_tcp": cases["plain_tcp"]},
-                after, args.rounds, args.repeats, args.min_time,
+                after,
+                args.rounds,
+                args.repeats,
+                args.min_time,
             )
             extra[label] = (res.median(label), res.median("plain_tcp"))
             extra_cpu[label] = res.cpu_median(label) - res.cpu_median("plain_tcp")

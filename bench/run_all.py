@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ one after the other (each prints its figures and ratios).
 
-    make bench                       # installs the bench extra (OpenTelemetry SDK...) first
-    .venv/bin/python bench/run_all.py core propagation   # a subset, by name
+make bench                       # installs the bench extra (OpenTelemetry SDK...) first
+.venv/bin/python bench/run_all.py core propagation   # a subset, by name
 """
 
 from __future__ import annotations

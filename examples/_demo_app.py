@@ -125,8 +125,11 @@ def seed(dsn: str, rng: random.Random, n_users: int = 8, n_pitches: int = 60) ->
             cur.execute("SELECT setval('pitches_id_seq', %s)", (len(titles),))
             cur.executemany(
                 "INSERT INTO pitch_media (pitch_id, url) VALUES (%s, %s)",
-                [(p, f"https://cdn.pitchey.example/{p}/{k}.png")
-                 for p in range(1, len(titles) + 1) for k in range(rng.randrange(1, 4))],
+                [
+                    (p, f"https://cdn.pitchey.example/{p}/{k}.png")
+                    for p in range(1, len(titles) + 1)
+                    for k in range(rng.randrange(1, 4))
+                ],
             )
             cur.executemany(
                 "INSERT INTO comments (pitch_id, body) VALUES (%s, %s)",

@@ -100,35 +100,71 @@ def build_plan(n: int, seeded: app_mod.Seeded, rng: random.Random) -> tuple[list
     stolen = ["ptk_live_" + "".join(rng.choice("0123456789abcdef") for _ in range(32)) for _ in range(3)]
     wrong = [f"{u.password[:-1]}?" for u in users[1:4]]
     bounce = f"newcomer.{rng.randrange(1000, 9999)}@bounce.example"
-    members = [(f"member{i}.{rng.randrange(1000, 9999)}@pitchey.example", f"Tulip-{rng.randrange(10**6)}!")
-               for i in range(2)]
+    members = [
+        (f"member{i}.{rng.randrange(1000, 9999)}@pitchey.example", f"Tulip-{rng.randrange(10**6)}!")
+        for i in range(2)
+    ]
     secrets += [*stolen, *wrong, bounce, "Sunflower-77-secret!"]
     for email, password in members:
         secrets += [email, password]
     u0 = users[0]
     fixed = [
         *(Req("GET", "/slow", "/slow") for _ in range(3)),
-        *(Req("POST", "/pitches", "/pitches", json={"owner_id": 1, "title": t})
-          for t in seeded.pitch_titles[:2]),  # titles that exist: unique violation, 409
+        *(
+            Req("POST", "/pitches", "/pitches", json={"owner_id": 1, "title": t})
+            for t in seeded.pitch_titles[:2]
+        ),  # titles that exist: unique violation, 409
         # The bounce escapes the app (500); uvicorn then closes the connection, so it must not
         # go back to the client's keep-alive pool (the next request on it would fail).
-        Req("POST", "/signup", "/signup", headers={"connection": "close"},
-            json={"name": "Newcomer", "email": bounce, "password": "Sunflower-77-secret!"}),
-        *(Req("POST", "/signup", "/signup", json={"name": "Member", "email": e, "password": p})
-          for e, p in members),
-        *(Req("POST", "/login", "/login", json={"email": u.email, "password": w})
-          for u, w in zip(users[1:4], wrong, strict=True)),
+        Req(
+            "POST",
+            "/signup",
+            "/signup",
+            headers={"connection": "close"},
+            json={"name": "Newcomer", "email": bounce, "password": "Sunflower-77-secret!"},
+        ),
+        *(
+            Req("POST", "/signup", "/signup", json={"name": "Member", "email": e, "password": p})
+            for e, p in members
+        ),
+        *(
+            Req("POST", "/login", "/login", json={"email": u.email, "password": w})
+            for u, w in zip(users[1:4], wrong, strict=True)
+        ),
         *(Req("GET", f"/users/{i + 1}", "/users/{user_id}", headers=bearer(t)) for i, t in enumerate(stolen)),
-        *(Req("GET", f"/users/{users[i + 1].id}", "/users/{user_id}", headers=bearer(users[i].token))
-          for i in range(2)),  # someone else's profile: 403
+        *(
+            Req("GET", f"/users/{users[i + 1].id}", "/users/{user_id}", headers=bearer(users[i].token))
+            for i in range(2)
+        ),  # someone else's profile: 403
         *(Req("GET", "/healthz", "/healthz") for _ in range(5)),
-        Req("GET", "/pitches/3", "/pitches/{pitch_id}", raw=True, headers={
-            "traceparent": MALFORMED_TRACEPARENT, "user-agent": GATEWAY_UA}),
-        Req("GET", f"/search?q={CARD}", "/search", raw=True, headers={
-            "traceparent": f"00-{UPSTREAM_TRACE_ID}-{UPSTREAM_PARENTS[0]}-01", "user-agent": GATEWAY_UA}),
-        Req("GET", f"/users/{u0.id}", "/users/{user_id}", raw=True, headers={
-            "traceparent": f"00-{UPSTREAM_TRACE_ID}-{UPSTREAM_PARENTS[1]}-01", "user-agent": GATEWAY_UA,
-            **bearer(u0.token)}),
+        Req(
+            "GET",
+            "/pitches/3",
+            "/pitches/{pitch_id}",
+            raw=True,
+            headers={"traceparent": MALFORMED_TRACEPARENT, "user-agent": GATEWAY_UA},
+        ),
+        Req(
+            "GET",
+            f"/search?q={CARD}",
+            "/search",
+            raw=True,
+            headers={
+                "traceparent": f"00-{UPSTREAM_TRACE_ID}-{UPSTREAM_PARENTS[0]}-01",
+                "user-agent": GATEWAY_UA,
+            },
+        ),
+        Req(
+            "GET",
+            f"/users/{u0.id}",
+            "/users/{user_id}",
+            raw=True,
+            headers={
+                "traceparent": f"00-{UPSTREAM_TRACE_ID}-{UPSTREAM_PARENTS[1]}-01",
+                "user-agent": GATEWAY_UA,
+                **bearer(u0.token),
+            },
+        ),
     ]
     plan = list(fixed)
     n_pitches = len(seeded.pitch_titles)
@@ -313,7 +349,8 @@ class Report:
         self.rollups = [r for r in recs.get("performance", []) if r.get("type") == "rollup"]
         self.traces = group_traces(self.spans)
         self.error_traces = [
-            ss for ss in self.traces.values()
+            ss
+            for ss in self.traces.values()
             if any(s["kind"] == "server" and s["status"] == "error" for s in ss)
         ]
         # Requests the middleware traced (health checks are excluded from tracing).
@@ -328,8 +365,10 @@ class Report:
         for dataset in ("traces", "audit", "performance"):
             paths = self.archive.files.get(dataset, [])
             size = sum(p.stat().st_size for p in paths)
-            print(f"  {dataset:<12} {len(paths):>2} files {len(self.archive.records.get(dataset, [])):>6} "
-                  f"records {size / 1024:>7.1f} KiB")
+            print(
+                f"  {dataset:<12} {len(paths):>2} files {len(self.archive.records.get(dataset, [])):>6} "
+                f"records {size / 1024:>7.1f} KiB"
+            )
             self.check(f"dataset {dataset} has records", bool(self.archive.records.get(dataset)))
             if paths and not example:
                 example = f"{dataset}/{paths[0].parent.name}/{paths[0].name}"
@@ -339,18 +378,24 @@ class Report:
         traces = self.traces
         interesting = {t for t, ss in traces.items() if any(s["status"] == "error" or is_slow(s) for s in ss)}
         print(f"\nTraces kept: {len(traces)} ({len(self.spans)} spans)")
-        print(f"  {len(interesting):>4} contain an error or a span >= {SLOW_MS:g} ms: "
-              "kept whatever the head sampling said (tail policy)")
-        print(f"  {len(traces) - len(interesting):>4} contain neither: "
-              f"kept by head sampling ({SAMPLE_RATE:.0%} of traces)")
+        print(
+            f"  {len(interesting):>4} contain an error or a span >= {SLOW_MS:g} ms: "
+            "kept whatever the head sampling said (tail policy)"
+        )
+        print(
+            f"  {len(traces) - len(interesting):>4} contain neither: "
+            f"kept by head sampling ({SAMPLE_RATE:.0%} of traces)"
+        )
         traced = [r for r in self.plan if r.trace_id and not r.raw]
         must_keep = [r for r in traced if r.status >= 400 or r.route == "/slow"]
         healthy = [r for r in traced if r not in must_keep]
         kept_healthy = sum(1 for r in healthy if r.trace_id in traces)
         missing = [r for r in must_keep if r.trace_id not in traces]
-        print(f"  by request: all {len(must_keep)} failed or slow ones have their trace "
-              f"({'yes' if not missing else f'{len(missing)} MISSING'}); "
-              f"{kept_healthy} of {len(healthy)} healthy ones ({pct(kept_healthy, len(healthy))})")
+        print(
+            f"  by request: all {len(must_keep)} failed or slow ones have their trace "
+            f"({'yes' if not missing else f'{len(missing)} MISSING'}); "
+            f"{kept_healthy} of {len(healthy)} healthy ones ({pct(kept_healthy, len(healthy))})"
+        )
         self.check("every failed or slow request's trace is archived", not missing)
 
     def propagation(self) -> None:
@@ -364,20 +409,28 @@ class Report:
                 joined += 1
             else:
                 bad += 1
-        print(f"  {joined} server spans are children of the client span that called them "
-              f"(one trace per request); {bad} are not")
+        print(
+            f"  {joined} server spans are children of the client span that called them "
+            f"(one trace per request); {bad} are not"
+        )
         self.check("server spans are children of their client spans", bad == 0 and joined > 0)
         malformed = next(r for r in self.plan if r.headers.get("traceparent") == MALFORMED_TRACEPARENT)
         root = next((s for s in self.traces.get(malformed.trace_id or "", []) if s["kind"] == "server"), None)
-        print(f"  malformed traceparent: the server started a new trace {malformed.trace_id} "
-              + ("(sampled: archived with the server span as root)" if root else "(not sampled)"))
-        self.check("a malformed traceparent starts a new trace",
-                   malformed.trace_id not in (None, UPSTREAM_TRACE_ID)
-                   and (root is None or root["parent_span_id"] is None))
+        print(
+            f"  malformed traceparent: the server started a new trace {malformed.trace_id} "
+            + ("(sampled: archived with the server span as root)" if root else "(not sampled)")
+        )
+        self.check(
+            "a malformed traceparent starts a new trace",
+            malformed.trace_id not in (None, UPSTREAM_TRACE_ID)
+            and (root is None or root["parent_span_id"] is None),
+        )
         upstream = self.traces.get(UPSTREAM_TRACE_ID, [])
         gw = sorted(s["parent_span_id"] for s in upstream if s["kind"] == "server")
-        print(f"  sampled upstream traceparent 00-{UPSTREAM_TRACE_ID[:8]}...-01: {len(gw)} server spans "
-              f"continue that trace (parent-based sampling)")
+        print(
+            f"  sampled upstream traceparent 00-{UPSTREAM_TRACE_ID[:8]}...-01: {len(gw)} server spans "
+            f"continue that trace (parent-based sampling)"
+        )
         self.check("sampled upstream traces are continued and kept", gw == sorted(UPSTREAM_PARENTS))
 
     def waterfalls(self) -> None:
@@ -394,18 +447,24 @@ class Report:
     def latency(self) -> None:
         # Rollups are per operation and minute (and per flush): merged across minutes here.
         merged = merge_rollups([{**r, "minute_start_unix_nano": 0} for r in self.rollups])
-        print(f"\nLatency per operation from {len(self.rollups)} rollup records "
-              "(every span, before sampling):")
-        print(f"  {'operation':<28}{'kind':<10}{'count':>6}{'errors':>7}"
-              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+        print(
+            f"\nLatency per operation from {len(self.rollups)} rollup records (every span, before sampling):"
+        )
+        print(
+            f"  {'operation':<28}{'kind':<10}{'count':>6}{'errors':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        )
         order = {"server": 0, "client": 1, "internal": 2}
         for r in sorted(merged, key=lambda r: (order.get(r["kind"], 3), -r["count"], r["operation"])):
-            print(f"  {r['operation'][:27]:<28}{r['kind']:<10}{r['count']:>6}{r['errors']:>7}"
-                  f"{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+            print(
+                f"  {r['operation'][:27]:<28}{r['kind']:<10}{r['count']:>6}{r['errors']:>7}"
+                f"{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            )
         counted = sum(r["count"] for r in merged if r["kind"] == "server")
         archived = sum(1 for s in self.spans if s["kind"] == "server")
-        print(f"  server spans counted: {counted}, requests traced by the middleware: {self.served} "
-              f"(exact, although {pct(archived, counted)} of server spans are archived)")
+        print(
+            f"  server spans counted: {counted}, requests traced by the middleware: {self.served} "
+            f"(exact, although {pct(archived, counted)} of server spans are archived)"
+        )
         self.check("rollups count every traced request", counted == self.served)
 
     def audit(self) -> None:
@@ -428,8 +487,10 @@ class Report:
         raw = self.archive.raw
         found = [s for s in secrets if s.encode() in raw]
         markers = {m: raw.count(m.encode()) for m in ("[EMAIL]", "[CARD]", "[REDACTED]")}
-        print(f"\nSecrets: {len(secrets)} values the app handled (e-mails, passwords, bearer tokens, "
-              "a card number); it leaks some into spans on purpose")
+        print(
+            f"\nSecrets: {len(secrets)} values the app handled (e-mails, passwords, bearer tokens, "
+            "a card number); it leaks some into spans on purpose"
+        )
         shown: dict[str, str] = {}
         for s in self.spans:
             attrs = s["attributes"]
@@ -446,8 +507,10 @@ class Report:
         for line in shown.values():
             print(f"  archived: {line}")
         print(f"  masking markers in the archive: {markers}")
-        print(f"  secret check over {len(raw) / 1024:.0f} KiB of archive: "
-              + ("PASS (none found)" if not found else f"FAIL: {len(found)} found"))
+        print(
+            f"  secret check over {len(raw) / 1024:.0f} KiB of archive: "
+            + ("PASS (none found)" if not found else f"FAIL: {len(found)} found")
+        )
         self.check("no secret in the archive", not found)
 
     def logs_and_stats(self, logs: LogCollector, stats: dict[str, int]) -> None:
@@ -459,11 +522,22 @@ class Report:
             tid = getattr(rec, "trace_id", "")
             tag = " (the 500's trace)" if tid in err_ids else ""
             print(f"  {rec.levelname:<8}{rec.name:<16} trace_id={tid or '-'}{tag}  {msg}")
-        keys = ("accepted", "exported", "dropped", "tail.kept_traces", "tail.discarded", "rollups.records",
-                "local_archive.objects", "local_archive.uploaded", "internal_errors")
+        keys = (
+            "accepted",
+            "exported",
+            "dropped",
+            "tail.kept_traces",
+            "tail.discarded",
+            "rollups.records",
+            "local_archive.objects",
+            "local_archive.uploaded",
+            "internal_errors",
+        )
         print("\npt.stats(): " + ", ".join(f"{k}={stats.get(k, 0)}" for k in keys))
-        self.check("nothing dropped, no internal error",
-                   stats.get("dropped", 0) == 0 and stats.get("internal_errors", 0) == 0)
+        self.check(
+            "nothing dropped, no internal error",
+            stats.get("dropped", 0) == 0 and stats.get("internal_errors", 0) == 0,
+        )
 
 
 # -- the demo ------------------------------------------------------------------------------------
@@ -473,8 +547,10 @@ def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tupl
     with database() as (dsn, where):
         seeded = app_mod.seed(dsn, rng)
         print(f"[1] PostgreSQL: {where}")
-        print(f"    seeded {len(seeded.users)} users (sensitive table), their tokens, "
-              f"{len(seeded.pitch_titles)} pitches with media and comments")
+        print(
+            f"    seeded {len(seeded.users)} users (sensitive table), their tokens, "
+            f"{len(seeded.pitch_titles)} pitches with media and comments"
+        )
         db.configure(slow_threshold_ms=SLOW_MS)  # slow_query events and warnings match the tail policy
         pt.configure(
             service=SERVICE,
@@ -496,8 +572,10 @@ def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tupl
                 wall = asyncio.run(drive(base_url, plan))
         finally:
             uninstrument_httpx()
-        print(f"[4] {len(plan)} requests from an httpx client with instrument_httpx(), "
-              f"{CONCURRENCY} in flight: {wall:.2f} s")
+        print(
+            f"[4] {len(plan)} requests from an httpx client with instrument_httpx(), "
+            f"{CONCURRENCY} in flight: {wall:.2f} s"
+        )
         by_route: dict[tuple[str, str], Counter[int]] = defaultdict(Counter)
         for r in plan:
             by_route[(r.method, r.route)][r.status] += 1
@@ -512,8 +590,12 @@ def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--archive", type=Path, default=REPO / "var" / "demo-archive",
-                        help="archive directory, emptied first (default: var/demo-archive)")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=REPO / "var" / "demo-archive",
+        help="archive directory, emptied first (default: var/demo-archive)",
+    )
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="requests to send (>= 40)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the traffic mix")
     args = parser.parse_args(argv)
@@ -541,9 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     report.secrets(secrets)
     report.logs_and_stats(logs, stats)
     failed = [label for label, ok in report.checks if not ok]
-    print(f"\nChecks: {len(report.checks) - len(failed)}/{len(report.checks)} passed"
-          + (" - FAILED: " + "; ".join(failed) if failed else "")
-          + f"   (demo took {time.perf_counter() - started:.1f} s)")
+    print(
+        f"\nChecks: {len(report.checks) - len(failed)}/{len(report.checks)} passed"
+        + (" - FAILED: " + "; ".join(failed) if failed else "")
+        + f"   (demo took {time.perf_counter() - started:.1f} s)"
+    )
     return 1 if failed else 0
 
 

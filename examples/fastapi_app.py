@@ -95,8 +95,14 @@ def demo() -> None:
             raise SystemExit("uvicorn did not start")
         time.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
-    for path, headers in (("/pitches/42", {}), ("/me", {"X-User-Id": "u-7"}), ("/me", {}), ("/feed", {}),
-                          ("/boom", {}), ("/healthz", {})):
+    for path, headers in (
+        ("/pitches/42", {}),
+        ("/me", {"X-User-Id": "u-7"}),
+        ("/me", {}),
+        ("/feed", {}),
+        ("/boom", {}),
+        ("/healthz", {}),
+    ):
         r = httpx.get(base + path, headers=headers)
         print(f"GET {path:<12} -> {r.status_code}  X-Trace-Id: {r.headers.get('x-trace-id', '-')}")
     server.should_exit = True

@@ -1,8 +1,8 @@
 """Flask traced by pitchey-trace: request spans named after url rules, audit, logs, outbound.
 
-    .venv/bin/python examples/flask_app.py              # serve on 127.0.0.1:5000 (PORT=...)
-    curl -i localhost:5000/pitches/42                   # note the X-Trace-Id response header
-    .venv/bin/python examples/flask_app.py --demo       # start, call itself, print, exit
+.venv/bin/python examples/flask_app.py              # serve on 127.0.0.1:5000 (PORT=...)
+curl -i localhost:5000/pitches/42                   # note the X-Trace-Id response header
+.venv/bin/python examples/flask_app.py --demo       # start, call itself, print, exit
 """
 
 from __future__ import annotations
@@ -77,8 +77,14 @@ def demo() -> None:
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
     with pt.suppress_tracing():  # the demo's own calls are not part of the traces
-        for path, headers in (("/pitches/42", {}), ("/me", {"X-User-Id": "u-7"}), ("/me", {}),
-                              ("/export", {}), ("/feed", {}), ("/boom", {})):
+        for path, headers in (
+            ("/pitches/42", {}),
+            ("/me", {"X-User-Id": "u-7"}),
+            ("/me", {}),
+            ("/export", {}),
+            ("/feed", {}),
+            ("/boom", {}),
+        ):
             r = requests.get(base + path, headers=headers, timeout=10)
             print(f"GET {path:<12} -> {r.status_code}  X-Trace-Id: {r.headers.get('X-Trace-Id', '-')}")
     server.shutdown()

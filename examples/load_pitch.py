@@ -68,9 +68,9 @@ def get_pitch_with_details(conn: psycopg.Connection[Any], pitch_id: int) -> dict
         if pitch is None:
             return None
         pitch["owner"] = cur.execute("SELECT name FROM users WHERE id = %s", (pitch["owner_id"],)).fetchone()
-        pitch["media"] = [r["url"] for r in cur.execute(
-            "SELECT url FROM pitch_media WHERE pitch_id = %s", (pitch_id,)
-        )]
+        pitch["media"] = [
+            r["url"] for r in cur.execute("SELECT url FROM pitch_media WHERE pitch_id = %s", (pitch_id,))
+        ]
         row = cur.execute("SELECT count(*) AS n FROM comments WHERE pitch_id = %s", (pitch_id,)).fetchone()
         pitch["comments"] = row["n"] if row else 0
     conn.execute("UPDATE pitches SET views = views + 1 WHERE id = %s", (pitch_id,))

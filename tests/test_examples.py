@@ -60,10 +60,17 @@ def parse_trees(stdout: str) -> list[Shown]:
         if m is None or not trace_id:
             continue
         depth = len(m.group("indent")) // 2
-        del stack[depth - 1:]
+        del stack[depth - 1 :]
         assert len(stack) == depth - 1, f"tree line deeper than its parent: {line!r}"
-        shown.append(Shown(trace_id, m.group("name"), m.group("kind"), bool(m.group("error")),
-                           stack[-1] if stack else None))
+        shown.append(
+            Shown(
+                trace_id,
+                m.group("name"),
+                m.group("kind"),
+                bool(m.group("error")),
+                stack[-1] if stack else None,
+            )
+        )
         stack.append(m.group("name"))
     return shown
 
@@ -90,7 +97,7 @@ def result_line(stdout: str, prefix: str) -> Any:
     """The Python literal the example prints after ``prefix``."""
     lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
     assert len(lines) == 1, stdout
-    return ast.literal_eval(lines[0][len(prefix):].strip())
+    return ast.literal_eval(lines[0][len(prefix) :].strip())
 
 
 def check_load_pitch(stdout: str, stderr: str) -> None:
@@ -105,8 +112,14 @@ def check_load_pitch(stdout: str, stderr: str) -> None:
     queries = ["SELECT pitches", "SELECT users", "SELECT pitch_media", "SELECT comments", "UPDATE pitches"]
     assert sorted(s.name for s in request) == sorted(["GET /pitches/{id}", "load_pitch", *queries])
     # Several queries under one span: load_pitch parents every statement of the page.
-    assert_parents(request, {"GET /pitches/{id}": None, "load_pitch": "GET /pitches/{id}",
-                             **dict.fromkeys(queries, "load_pitch")})
+    assert_parents(
+        request,
+        {
+            "GET /pitches/{id}": None,
+            "load_pitch": "GET /pitches/{id}",
+            **dict.fromkeys(queries, "load_pitch"),
+        },
+    )
     assert {s.name: s.kind for s in request}["GET /pitches/{id}"] == "server"
     assert all(s.kind == "client" for s in request if s.name in queries)
     # The seeding transaction is its own trace, its statements inside it.
@@ -157,14 +170,23 @@ def spans_of(shown: list[Shown], trace_id: str) -> list[Shown]:
 def check_fastapi_app(stdout: str, stderr: str) -> None:
     made = calls(stdout)
     assert [(p, st) for p, st, _ in made] == [
-        ("/pitches/42", 200), ("/me", 200), ("/me", 401), ("/feed", 200), ("/boom", 500), ("/healthz", 200)
+        ("/pitches/42", 200),
+        ("/me", 200),
+        ("/me", 401),
+        ("/feed", 200),
+        ("/boom", 500),
+        ("/healthz", 200),
     ]
     ids = {(p, st): t for p, st, t in made}
     assert ids[("/healthz", 200)] == "-"  # excluded from tracing
     shown = parse_trees(stdout)
     # Each response's X-Trace-Id is the trace of its client span (root) and server span.
-    route = {"/pitches/42": "GET /pitches/{pitch_id}", "/me": "GET /me", "/feed": "GET /feed",
-             "/boom": "GET /boom"}
+    route = {
+        "/pitches/42": "GET /pitches/{pitch_id}",
+        "/me": "GET /me",
+        "/feed": "GET /feed",
+        "/boom": "GET /boom",
+    }
     for path, status, trace_id in made[:-1]:
         trace = spans_of(shown, trace_id)
         server = [s for s in trace if s.name == route[path]]
@@ -175,8 +197,15 @@ def check_fastapi_app(stdout: str, stderr: str) -> None:
     feed = spans_of(shown, ids[("/feed", 200)])
     names = ["GET", "GET", "GET /feed", "GET /pitches/{pitch_id}", "load_pitch"]
     assert sorted(s.name for s in feed) == names
-    assert_parents(feed, {"GET": {None, "GET /feed"}, "GET /feed": "GET",
-                          "GET /pitches/{pitch_id}": "GET", "load_pitch": "GET /pitches/{pitch_id}"})
+    assert_parents(
+        feed,
+        {
+            "GET": {None, "GET /feed"},
+            "GET /feed": "GET",
+            "GET /pitches/{pitch_id}": "GET",
+            "load_pitch": "GET /pitches/{pitch_id}",
+        },
+    )
     # Audit: one record per traced request, a security event for the auth failure, none for /healthz.
     assert "type=audit  action=GET /me  target=/me  outcome=missing_user" in stdout
     assert "type=audit  action=GET /boom  target=/boom  outcome=500" in stdout
@@ -192,13 +221,23 @@ def check_fastapi_app(stdout: str, stderr: str) -> None:
 def check_flask_app(stdout: str, stderr: str) -> None:
     made = calls(stdout)
     assert [(p, st) for p, st, _ in made] == [
-        ("/pitches/42", 200), ("/me", 200), ("/me", 401), ("/export", 200), ("/feed", 200), ("/boom", 500)
+        ("/pitches/42", 200),
+        ("/me", 200),
+        ("/me", 401),
+        ("/export", 200),
+        ("/feed", 200),
+        ("/boom", 500),
     ]
     ids = {(p, st): t for p, st, t in made}
     shown = parse_trees(stdout)
     # The demo's own calls are not traced: each server span is the root of its trace.
-    route = {"/pitches/42": "GET /pitches/<int:pitch_id>", "/me": "GET /me", "/export": "GET /export",
-             "/feed": "GET /feed", "/boom": "GET /boom"}
+    route = {
+        "/pitches/42": "GET /pitches/<int:pitch_id>",
+        "/me": "GET /me",
+        "/export": "GET /export",
+        "/feed": "GET /feed",
+        "/boom": "GET /boom",
+    }
     for path, status, trace_id in made:
         server = [s for s in spans_of(shown, trace_id) if s.name == route[path]]
         assert len(server) == 1, path
@@ -210,8 +249,15 @@ def check_flask_app(stdout: str, stderr: str) -> None:
     assert_parents(export, {"GET /export": None, "render_row": "GET /export"})
     feed = spans_of(shown, ids[("/feed", 200)])
     assert sorted(s.name for s in feed) == ["GET", "GET /feed", "GET /pitches/<int:pitch_id>", "load_pitch"]
-    assert_parents(feed, {"GET /feed": None, "GET": "GET /feed", "GET /pitches/<int:pitch_id>": "GET",
-                          "load_pitch": "GET /pitches/<int:pitch_id>"})
+    assert_parents(
+        feed,
+        {
+            "GET /feed": None,
+            "GET": "GET /feed",
+            "GET /pitches/<int:pitch_id>": "GET",
+            "load_pitch": "GET /pitches/<int:pitch_id>",
+        },
+    )
     # The 401: a request record and a security record.
     assert stdout.count("type=audit  action=GET /me  target=/me  outcome=401") == 2
     assert f"ERROR pitch_web [trace_id={ids[('/boom', 500)]} " in stderr

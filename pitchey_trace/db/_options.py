@@ -101,8 +101,10 @@ def configure(
         if slow_threshold_ms is None:
             OPTIONS.slow_threshold_ms = None
             OPTIONS.slow_ns = None
-        elif isinstance(slow_threshold_ms, bool) or not isinstance(slow_threshold_ms, (int, float)) or (
-            slow_threshold_ms < 0
+        elif (
+            isinstance(slow_threshold_ms, bool)
+            or not isinstance(slow_threshold_ms, (int, float))
+            or (slow_threshold_ms < 0)
         ):
             raise ConfigurationError(f"slow_threshold_ms must be >= 0 or None, got {slow_threshold_ms!r}")
         else:
@@ -113,8 +115,10 @@ def configure(
             raise ConfigurationError(f"capture_parameters must be a bool, got {capture_parameters!r}")
         OPTIONS.capture_parameters = capture_parameters
     if max_parameter_length is not _KEEP:
-        if isinstance(max_parameter_length, bool) or not isinstance(max_parameter_length, int) or (
-            max_parameter_length <= 0
+        if (
+            isinstance(max_parameter_length, bool)
+            or not isinstance(max_parameter_length, int)
+            or (max_parameter_length <= 0)
         ):
             raise ConfigurationError(
                 f"max_parameter_length must be a positive int, got {max_parameter_length!r}"

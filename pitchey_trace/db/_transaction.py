@@ -116,9 +116,7 @@ class _TxBase:
         try:
             count = self._pop_frame()
             tx = self._tx
-            committed = (
-                tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
-            )
+            committed = tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
             if span.is_recording:
                 span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
                 span.set_attribute("db.transaction.statement_count", count)

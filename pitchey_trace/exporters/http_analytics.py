@@ -251,6 +251,5 @@ class HttpAnalyticsExporter(SenderExporter):
                 ok = False
         return ok
 
-
     def __repr__(self) -> str:
         return f"HttpAnalyticsExporter(url={self.url!r}, datasets={self.datasets!r})"

@@ -231,7 +231,6 @@ class OTLPExporter(SenderExporter):
                 _stats.incr("otlp.partial_rejected", rejected)
         return ok
 
-
     def __repr__(self) -> str:
         return f"OTLPExporter(endpoint={self.endpoint!r})"
 

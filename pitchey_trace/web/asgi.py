@@ -61,6 +61,7 @@ _ERROR_START = {
 }
 _ERROR_BODY_MSG = {"type": "http.response.body", "body": _ERROR_BODY, "more_body": False}
 
+
 class ASGITracingMiddleware:
     """Trace every HTTP request and WebSocket connection of an ASGI 3 application.
 

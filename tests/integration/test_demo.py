@@ -111,8 +111,10 @@ def test_demo_exits_zero_and_reports_every_check_passed(demo: DemoRun) -> None:
     assert slowest.group(1) == longest["trace_id"]
     error = re.search(r"^An error trace ([0-9a-f]{32}) ", demo.stdout, re.M)
     assert error is not None
-    assert any(s["trace_id"] == error.group(1) and s["attributes"].get("http.response.status_code") == 500
-               for s in demo.spans())
+    assert any(
+        s["trace_id"] == error.group(1) and s["attributes"].get("http.response.status_code") == 500
+        for s in demo.spans()
+    )
     # The demo collects log records itself: nothing (no traceback, no SDK warning) on stderr.
     assert "Traceback" not in demo.stderr
     assert "pitchey_trace" not in demo.stderr
@@ -172,7 +174,8 @@ def test_client_span_is_root_and_server_span_its_child(demo: DemoRun) -> None:
 
 def test_incoming_traceparents(demo: DemoRun) -> None:
     gateway = [
-        s for s in demo.spans()
+        s
+        for s in demo.spans()
         if s["kind"] == "server" and s["attributes"].get("user_agent.original") == GATEWAY_UA
     ]
     upstream = [s for s in gateway if s["trace_id"] == UPSTREAM_TRACE_ID]
@@ -221,7 +224,9 @@ def test_secrets_never_reach_the_archive(demo: DemoRun) -> None:
     assert attempts
     assert all(a == {"email": "[EMAIL]", "password": "[REDACTED]"} for a in attempts)
     bounced = [
-        e["attributes"]["exception.message"] for s in spans for e in s["events"]
+        e["attributes"]["exception.message"]
+        for s in spans
+        for e in s["events"]
         if e["name"] == "exception" and s["name"] == "smtp send"
     ]
     assert bounced == ["550 5.1.1 mailbox unavailable: [EMAIL]"]

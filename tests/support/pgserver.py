@@ -218,8 +218,19 @@ class LocalPostgres:
             self.log_file.touch()
             self._give_to_server_user(self.log_file)
             self._run(
-                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", DB_USER,
-                 "--no-sync", "-E", "UTF8", "--locale=C"],
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-A",
+                    "trust",
+                    "-U",
+                    DB_USER,
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
                 "initdb",
             )
             self.server = self._start_on_free_port(bin_dir)
@@ -237,8 +248,19 @@ class LocalPostgres:
             opts += [f"-c {key}={value}" for key, value in self.settings.items()]
             try:
                 self._run(
-                    [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-                     "-o", " ".join(opts), "-w", "-t", "60", "start"],
+                    [
+                        str(bin_dir / "pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_file),
+                        "-o",
+                        " ".join(opts),
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ],
                     "pg_ctl start",
                 )
             except PostgresUnavailable as exc:
@@ -259,8 +281,14 @@ class LocalPostgres:
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.data_dir / "postmaster.pid"),
-             str(self.base)],
+            [
+                sys.executable,
+                "-c",
+                _WATCHDOG,
+                str(os.getpid()),
+                str(self.data_dir / "postmaster.pid"),
+                str(self.base),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -42,7 +42,7 @@ def test_syntax_error_recorded_and_reraised_unchanged(conn: Conn) -> None:
     event = _error_event(span)
     assert event["exception.type"] == "psycopg.errors.SyntaxError"
     assert event["exception.message"] == "syntax error at or near ?"
-    assert r'\"SELEC\"' not in json.dumps(span)  # the quoted fragment of the message
+    assert r"\"SELEC\"" not in json.dumps(span)  # the quoted fragment of the message
 
 
 def test_unique_violation_never_exports_the_duplicate_value(conn: Conn) -> None:
