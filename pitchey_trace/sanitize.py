@@ -947,6 +947,25 @@ _SPAN_KEYS = frozenset(
     )
 )
 
+#: The keys of an audit record as ``records.audit_record`` builds it.
+_AUDIT_KEYS = frozenset(
+    (
+        "schema",
+        "type",
+        "category",
+        "time_unix_nano",
+        "trace_id",
+        "span_id",
+        "service",
+        "environment",
+        "actor",
+        "action",
+        "target",
+        "outcome",
+        "attributes",
+    )
+)
+
 _STRUCTURAL = frozenset(
     {
         "schema",
@@ -1092,8 +1111,11 @@ class Sanitizer:
 
     def __call__(self, record: Record) -> Record:
         """Return a sanitized copy of ``record``."""
-        if record.keys() == _SPAN_KEYS:
+        keys = record.keys()
+        if keys == _SPAN_KEYS:
             return self._span(record)
+        if keys == _AUDIT_KEYS:
+            return self._audit(record)
         out: Record = {}
         for field, value in record.items():
             if field in _STRUCTURAL:
@@ -1115,6 +1137,22 @@ class Sanitizer:
         return out
 
     # -- records
+
+    def _audit(self, rec: Record) -> Record:
+        """Fast path for audit records as ``records.audit_record`` builds them."""
+        out = rec.copy()
+        for field in ("category", "service", "environment", "actor", "action", "target", "outcome"):
+            value = rec[field]
+            if value.__class__ is str:
+                out[field] = self._field_text(field, value)
+            elif value is not None:
+                out[field] = self._any(field, value, 0)
+        attrs = rec["attributes"]
+        if attrs:
+            out["attributes"] = (
+                self._attrs(attrs, 0) if isinstance(attrs, Mapping) else self._any("attributes", attrs, 0)
+            )
+        return out
 
     def _span(self, rec: Record) -> Record:
         """Fast path for the span records the pipeline builds (the exact schema-v1 key set):
