@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from pitchey_trace._span import Span
 
 __all__ = [
+    "AUDIT_RECORD_KEYS",
     "DATASET_OF_TYPE",
     "SCHEMA_VERSION",
+    "SPAN_RECORD_KEYS",
     "CategoryThresholds",
     "Record",
     "audit_record",
@@ -133,6 +135,21 @@ def _attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     # so the record can share the span's dict; consumers never mutate records.
     return attrs if attrs else {}  # type: ignore[return-value]
 
+
+#: The keys of every span record and audit record (schema v1), in the order they are built.
+SPAN_RECORD_KEYS = frozenset(
+    (
+        "schema", "type", "trace_id", "span_id", "parent_span_id", "name", "kind", "service",
+        "environment", "start_time_unix_nano", "end_time_unix_nano", "duration_ms", "status",
+        "status_message", "category", "attributes", "events", "links", "resource",
+    )
+)  # fmt: skip
+AUDIT_RECORD_KEYS = frozenset(
+    (
+        "schema", "type", "category", "time_unix_nano", "trace_id", "span_id", "service",
+        "environment", "actor", "action", "target", "outcome", "attributes",
+    )
+)  # fmt: skip
 
 _KIND_STR = {k: k.value for k in SpanKind}
 _STATUS_STR = {0: "unset", 1: "ok", 2: "error"}

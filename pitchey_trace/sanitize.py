@@ -46,7 +46,7 @@ from urllib.parse import unquote_plus
 
 from pitchey_trace import _stats
 from pitchey_trace._sql import normalize_sql
-from pitchey_trace.records import Record
+from pitchey_trace.records import AUDIT_RECORD_KEYS, SPAN_RECORD_KEYS, Record
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -922,49 +922,9 @@ class _Engine:
 #: Longest text also checked in URL-decoded form (query strings, URLs, form bodies).
 _DECODE_MAX = 64 * 1024
 
-#: The keys of a span record as ``records.span_record`` builds it (fast path in ``__call__``).
-_SPAN_KEYS = frozenset(
-    (
-        "schema",
-        "type",
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "name",
-        "kind",
-        "service",
-        "environment",
-        "start_time_unix_nano",
-        "end_time_unix_nano",
-        "duration_ms",
-        "status",
-        "status_message",
-        "category",
-        "attributes",
-        "events",
-        "links",
-        "resource",
-    )
-)
-
-#: The keys of an audit record as ``records.audit_record`` builds it.
-_AUDIT_KEYS = frozenset(
-    (
-        "schema",
-        "type",
-        "category",
-        "time_unix_nano",
-        "trace_id",
-        "span_id",
-        "service",
-        "environment",
-        "actor",
-        "action",
-        "target",
-        "outcome",
-        "attributes",
-    )
-)
+# The exact key sets of the records the pipeline builds (fast paths in ``__call__``).
+_SPAN_KEYS = SPAN_RECORD_KEYS
+_AUDIT_KEYS = AUDIT_RECORD_KEYS
 
 _STRUCTURAL = frozenset(
     {

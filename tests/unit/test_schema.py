@@ -50,3 +50,18 @@ def test_schema_rejects_malformed_records() -> None:
     for key, bad in (("trace_id", "0" * 32), ("span_id", "XYZ"), ("kind", "weird"), ("status", "fine")):
         with pytest.raises(jsonschema.ValidationError):
             validator.validate({**good, key: bad})
+
+
+def test_record_key_sets_match_what_the_pipeline_builds() -> None:
+    # The sanitizer's fast paths key on these sets: a new field must be added to them.
+    from pitchey_trace.records import AUDIT_RECORD_KEYS, SPAN_RECORD_KEYS
+
+    with capture_spans(rollups=None) as mem, pt.span("x"):
+        pt.emit_audit("read", "pitches", "success")
+    [span] = mem.spans()
+    [audit] = mem.of_type("audit")
+    assert span.keys() == SPAN_RECORD_KEYS
+    assert audit.keys() == AUDIT_RECORD_KEYS
+    schema = json_schema()["$defs"]
+    assert set(schema["span"]["required"]) == SPAN_RECORD_KEYS
+    assert set(schema["audit"]["required"]) == AUDIT_RECORD_KEYS
