@@ -36,6 +36,7 @@ the decision per attribute key are kept in bounded caches.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import hmac
 import ipaddress
@@ -108,13 +109,14 @@ class TextRule(Protocol):
 # Modes
 
 
-class Mode:
+class Mode(abc.ABC):
     """How a detected secret is rendered. Made by :func:`mask`, :func:`partial`, :func:`hashed`."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def render(self, secret: str, marker: str, partial_text: Callable[[str, int], str] | None) -> str:
-        raise NotImplementedError
+        """The text that replaces ``secret`` in the exported record."""
 
 
 class _Mask(Mode):
