@@ -1052,6 +1052,9 @@ class Sanitizer:
         self._text_cache: dict[str, str] = {}
         self._key_cache: dict[str, tuple[str, int, KeyRule | None]] = {}
         self._res_in: Any = None
+        self._svc_in: Any = None
+        self._env_in: Any = None
+        self._svc_env_out: tuple[Any, Any] = (None, None)
         self._res_out: Any = None
 
     def __repr__(self) -> str:
@@ -1116,15 +1119,26 @@ class Sanitizer:
             )
         return out
 
+    def _field_or_any(self, field: str, value: Any) -> Any:
+        return self._field_text(field, value) if value.__class__ is str else self._any(field, value, 0)
+
     def _span(self, rec: Record) -> Record:
         """Fast path for the span records the pipeline builds (the exact schema-v1 key set):
         copy once, then visit only the fields that can carry text."""
         out = rec.copy()
-        for field in ("name", "service", "environment"):
-            value = rec[field]
-            out[field] = (
-                self._field_text(field, value) if value.__class__ is str else self._any(field, value, 0)
-            )
+        # service/environment are the same objects in every record of a pipeline: reuse the
+        # previous result when they are (identity check, no hashing).
+        service, environment = rec["service"], rec["environment"]
+        if service is self._svc_in and environment is self._env_in:
+            out["service"], out["environment"] = self._svc_env_out
+        else:
+            pair = (self._field_or_any("service", service), self._field_or_any("environment", environment))
+            out["service"], out["environment"] = pair
+            if self.cache_size:
+                self._svc_in, self._env_in, self._svc_env_out = service, environment, pair
+        name = rec["name"]
+        hit = self._text_cache.get(name) if not self._text_rules and name.__class__ is str else None
+        out["name"] = hit if hit is not None else self._field_or_any("name", name)
         attrs = rec["attributes"]
         if attrs:
             out["attributes"] = (
