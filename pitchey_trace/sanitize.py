@@ -1050,6 +1050,9 @@ class Sanitizer:
         self._sql_keys = frozenset(sql_keys)
         self._allowed = frozenset(_norm_key(k) for k in self.allow)
         self._text_cache: dict[str, str] = {}
+        # Whole-attribute-map memo for span records (see _span_attrs); None when caching is off.
+        self._attrs_memo: dict[tuple[Any, ...], dict[str, Any]] | None = {} if cache_size else None
+        self._memo_hits = self._memo_misses = self._memo_off = 0
         self._key_cache: dict[str, tuple[str, int, KeyRule | None]] = {}
         self._res_in: Any = None
         self._svc_in: Any = None
@@ -1119,6 +1122,38 @@ class Sanitizer:
             )
         return out
 
+    def _span_attrs(self, attrs: dict[str, Any]) -> Any:
+        """Span attributes, memoised on the whole map: many spans carry exactly the same
+        attributes (every ``SELECT 1`` on a connection, every health route), and one lookup then
+        replaces the per-key work. The key holds the value types too, so ``1``, ``1.0`` and
+        ``True`` never share an entry. Switched off for a while when it mostly misses."""
+        cache = self._attrs_memo
+        if cache is None or self._text_rules:
+            return self._attrs(attrs, 0)
+        if self._memo_off:
+            self._memo_off -= 1
+            return self._attrs(attrs, 0)
+        values = tuple(attrs.values())
+        try:
+            key = (tuple(attrs), values, tuple(map(type, values)))
+            hit = cache.get(key)
+        except TypeError:  # an unhashable value (a list): no memo for this map
+            return self._attrs(attrs, 0)
+        if hit is not None:
+            self._memo_hits += 1
+            return hit
+        result = self._attrs(attrs, 0)
+        if len(cache) >= self.cache_size:
+            cache.clear()
+        cache[key] = result
+        self._memo_misses += 1
+        if self._memo_misses >= 2048:
+            if self._memo_hits < self._memo_misses // 4:
+                self._memo_off = 16_384  # mostly unique maps: stop paying for the key
+                cache.clear()
+            self._memo_hits = self._memo_misses = 0
+        return result
+
     def _field_or_any(self, field: str, value: Any) -> Any:
         return self._field_text(field, value) if value.__class__ is str else self._any(field, value, 0)
 
@@ -1142,7 +1177,7 @@ class Sanitizer:
         attrs = rec["attributes"]
         if attrs:
             out["attributes"] = (
-                self._attrs(attrs, 0) if isinstance(attrs, Mapping) else self._any("attributes", attrs, 0)
+                self._span_attrs(attrs) if attrs.__class__ is dict else self._any("attributes", attrs, 0)
             )
         if rec["events"]:
             out["events"] = self._events(rec["events"])
