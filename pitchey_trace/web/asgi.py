@@ -62,6 +62,16 @@ _ERROR_START = {
 _ERROR_BODY_MSG = {"type": "http.response.body", "body": _ERROR_BODY, "more_body": False}
 
 
+def _with_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> Message:
+    """A copy of a response-start / accept message with our headers appended (the app's
+    message is never modified; on any surprise the original goes out unchanged)."""
+    try:
+        return {**message, "headers": [*message.get("headers", ()), *extra]}
+    except Exception as exc:
+        _safety.report("web.asgi.headers", exc)
+        return message
+
+
 class ASGITracingMiddleware:
     """Trace every HTTP request and WebSocket connection of an ASGI 3 application.
 
@@ -140,11 +150,7 @@ class ASGITracingMiddleware:
             elif mtype == "http.response.start":
                 state.status = message.get("status", 0)
                 if extra:
-                    try:
-                        message = dict(message)
-                        message["headers"] = [*message.get("headers", ()), *extra]
-                    except Exception as exc:
-                        _safety.report("web.asgi.headers", exc)
+                    message = _with_headers(message, extra)
             await send(message)
 
         token = CURRENT.set(span)
@@ -250,11 +256,7 @@ class ASGITracingMiddleware:
             elif mtype == "websocket.accept":
                 state.status = 101
                 if extra:
-                    try:
-                        message = dict(message)
-                        message["headers"] = [*message.get("headers", ()), *extra]
-                    except Exception as exc:
-                        _safety.report("web.asgi.headers", exc)
+                    message = _with_headers(message, extra)
             elif mtype == "websocket.close":
                 if not state.status:
                     state.status = 403  # closed before accept: the server answers 403
