@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import measure, report
+from anchors_suite_pitchey import _attrs3, _nested3
 
 import pitchey_trace as pt
 
@@ -99,30 +100,9 @@ def pt_setup(**kw: object) -> NoopExporter:
     return exp
 
 
-def pt_attrs3(n: int) -> None:
-    span = pt.span
-    for _ in _rep(None, n):
-        with span("op") as s:
-            s.set_attribute("http.method", "GET")
-            s.set_attribute("http.status_code", 200)
-            s.set_attribute("user.id", "u-123")
-
-
-def pt_nested3(n: int) -> None:
-    span = pt.span
-    for _ in _rep(None, n):
-        with span("a") as a:
-            a.set_attribute("http.method", "GET")
-            a.set_attribute("http.status_code", 200)
-            a.set_attribute("user.id", "u-123")
-            with span("b") as b:
-                b.set_attribute("http.method", "GET")
-                b.set_attribute("http.status_code", 200)
-                b.set_attribute("user.id", "u-123")
-                with span("c") as c:
-                    c.set_attribute("http.method", "GET")
-                    c.set_attribute("http.status_code", 200)
-                    c.set_attribute("user.id", "u-123")
+# The span bodies are shared with the reference-harness suite, so both measure the same code.
+pt_attrs3 = _attrs3
+pt_nested3 = _nested3
 
 
 # -- OpenTelemetry ---------------------------------------------------------------------------
