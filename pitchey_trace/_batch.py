@@ -26,6 +26,7 @@ from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace.records import DATASET_OF_TYPE, CategoryThresholds, Record, make_resource, span_record
+from pitchey_trace.sanitize import Sanitizer
 
 #: Defaults, documented in docs/configuration.md.
 DEFAULT_MAX_QUEUE_SIZE = 20_000
@@ -231,6 +232,9 @@ class Pipeline:
         self._resource_extra = dict(resource_attributes or {})
         self.resource = make_resource(service, environment, self._resource_extra)
         self.sanitizer = sanitizer
+        # The built-in sanitizer builds span records sanitized in one pass; a subclass or any
+        # other callable gets the plain record, then is called on it.
+        self._fused = sanitizer._span_record if type(sanitizer) is Sanitizer else None
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -419,18 +423,35 @@ class Pipeline:
                 break
             remaining -= n
             _stats.incr("accepted", n)
-            out: list[Record] = []
-            service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
-            for span in spans:
-                try:
-                    out.append(span_record(span, service, env, res, thr))
-                except Exception as exc:
-                    _stats.incr("dropped.encode_error")
-                    _safety.report("span_record", exc)
-            out.extend(ready)
-            if out:
-                self._deliver(out)
+            if spans:
+                self._deliver_spans(spans)
+            if ready:
+                self._deliver(ready)
             time.sleep(0)
+
+    def _deliver_spans(self, spans: list[Span]) -> None:
+        """Build the spans' records and deliver them. With the built-in sanitizer the record is
+        built sanitized in one pass; with no processors and no router every span record goes to
+        the ``traces`` exporters as one chunk (no per-record routing)."""
+        out: list[Record] = []
+        service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
+        fused = self._fused
+        build = span_record if fused is None else fused
+        for span in spans:
+            try:
+                out.append(build(span, service, env, res, thr))
+            except Exception as exc:
+                _stats.incr("dropped.encode_error" if fused is None else "dropped.sanitize_error")
+                _safety.report("span_record" if fused is None else "sanitize", exc)
+        if not out:
+            return
+        if fused is None or self.processors or self.router is not None:
+            self._deliver(out, sanitized=fused is not None)
+            return
+        targets = self._targets("traces")
+        last = len(targets) - 1
+        for i, w in enumerate(targets):
+            w.put(out if i == last else out.copy())
 
     @staticmethod
     def _observe(rollups: Any, spans: list[Span]) -> None:
@@ -452,9 +473,9 @@ class Pipeline:
             targets = self._route_cache[dataset] = [w for w in self.workers if w.accepts(dataset)]
         return targets
 
-    def _deliver(self, records: list[Record]) -> None:
-        """Sanitize, run processors, route to the exporters' queues."""
-        sanitizer = self.sanitizer
+    def _deliver(self, records: list[Record], sanitized: bool = False) -> None:
+        """Sanitize (unless already done), run processors, route to the exporters' queues."""
+        sanitizer = None if sanitized else self.sanitizer
         processors = self.processors
         router = self.router
         routed: dict[int, list[Record]] = {id(w): [] for w in self.workers}

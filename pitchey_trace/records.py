@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pitchey_trace._span import SpanKind
 
 if TYPE_CHECKING:
-    from pitchey_trace._span import Span
+    from pitchey_trace._span import Link, Span
 
 __all__ = [
     "AUDIT_RECORD_KEYS",
@@ -39,6 +39,8 @@ __all__ = [
     "dataset_of",
     "json_schema",
     "make_resource",
+    "span_events",
+    "span_links",
     "span_record",
 ]
 
@@ -155,6 +157,23 @@ _KIND_STR = {k: k.value for k in SpanKind}
 _STATUS_STR = {0: "unset", 1: "ok", 2: "error"}
 
 
+def span_events(events: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
+    """The ``events`` field of a span record."""
+    return [{"name": name, "time_unix_nano": ts, "attributes": attrs or {}} for name, ts, attrs in events]
+
+
+def span_links(links: list[Link]) -> list[dict[str, Any]]:
+    """The ``links`` field of a span record."""
+    return [
+        {
+            "trace_id": f"{link.context.trace_id:032x}",
+            "span_id": f"{link.context.span_id:016x}",
+            "attributes": link.attributes,
+        }
+        for link in links
+    ]
+
+
 def span_record(
     span: Span,
     service: str,
@@ -198,21 +217,8 @@ def span_record(
         if duration_ms < very
         else "very_slow",
         "attributes": span.attributes,
-        "events": [
-            {"name": name, "time_unix_nano": ts, "attributes": attrs or {}} for name, ts, attrs in events
-        ]
-        if events
-        else [],
-        "links": [
-            {
-                "trace_id": f"{link.context.trace_id:032x}",
-                "span_id": f"{link.context.span_id:016x}",
-                "attributes": link.attributes,
-            }
-            for link in links
-        ]
-        if links
-        else [],
+        "events": span_events(events) if events else [],
+        "links": span_links(links) if links else [],
         "resource": resource,
     }
 

@@ -40,14 +40,29 @@ import abc
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
 from pitchey_trace import _stats
 from pitchey_trace._sql import normalize_sql
-from pitchey_trace.records import AUDIT_RECORD_KEYS, SPAN_RECORD_KEYS, Record
+from pitchey_trace.records import (
+    _DEFAULT_THRESHOLDS,
+    _KIND_STR,
+    _STATUS_STR,
+    AUDIT_RECORD_KEYS,
+    SPAN_RECORD_KEYS,
+    CategoryThresholds,
+    Record,
+    span_events,
+    span_links,
+    span_record,
+)
+
+if TYPE_CHECKING:
+    from pitchey_trace._span import Span
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -95,6 +110,10 @@ _MAX_DEPTH = 8
 _CACHE_MAX_ENTRIES = 8192  # attribute keys and secret-param names
 DEFAULT_CACHE_SIZE = 8192
 _CACHE_MAX_LEN = 512
+#: Integers from here up (to 19 digits) are checked for card numbers; smaller ones pass.
+_CARD_MIN = 10**12
+#: Smaller attribute maps are sanitized key by key: that is as fast as the whole-map memo.
+_MEMO_MIN_ATTRS = 5
 
 
 class TextRule(Protocol):
@@ -1050,6 +1069,8 @@ class Sanitizer:
         self._sql_keys = frozenset(sql_keys)
         self._allowed = frozenset(_norm_key(k) for k in self.allow)
         self._text_cache: dict[str, str] = {}
+        # SQL text -> normalized, scanned text (what a db.query.text attribute exports).
+        self._sql_cache: dict[str, str] = {}
         # Whole-attribute-map memo for span records (see _span_attrs); None when caching is off.
         self._attrs_memo: dict[tuple[Any, ...], dict[str, Any]] | None = {} if cache_size else None
         self._memo_hits = self._memo_misses = self._memo_off = 0
@@ -1128,7 +1149,7 @@ class Sanitizer:
         replaces the per-key work. The key holds the value types too, so ``1``, ``1.0`` and
         ``True`` never share an entry. Switched off for a while when it mostly misses."""
         cache = self._attrs_memo
-        if cache is None or self._text_rules:
+        if cache is None or self._text_rules or len(attrs) < _MEMO_MIN_ATTRS:
             return self._attrs(attrs, 0)
         if self._memo_off:
             self._memo_off -= 1
@@ -1192,6 +1213,68 @@ class Sanitizer:
             )
         out["resource"] = self._resource(rec["resource"])
         return out
+
+    def _span_record(
+        self,
+        span: Span,
+        service: str,
+        environment: str,
+        resource: dict[str, Any],
+        thresholds: CategoryThresholds | None,
+    ) -> Record:
+        """``self(span_record(span, ...))`` in one pass: the pipeline's path for span records
+        when this exact class sanitizes (no intermediate record, no key-set check, no copy)."""
+        if self._text_rules:
+            return self._span(span_record(span, service, environment, resource, thresholds))
+        start = span.start_ns
+        end = span.end_ns if span.end_ns >= start else start
+        duration_ms = (end - start) / 1e6
+        kind = _KIND_STR[span.kind]
+        fast, slow, very = (thresholds or _DEFAULT_THRESHOLDS).table[kind]
+        parent = span.parent_span_id
+        name = span.name
+        sname = self._text_cache.get(name) if name.__class__ is str else None
+        if sname is None:
+            sname = self._field_or_any("name", name if name.__class__ is str else str(name))
+        if service is not self._svc_in or environment is not self._env_in:
+            pair = (self._field_or_any("service", service), self._field_or_any("environment", environment))
+            if not self.cache_size:
+                service, environment = pair
+            else:
+                self._svc_in, self._env_in, self._svc_env_out = service, environment, pair
+        if self.cache_size:
+            service, environment = self._svc_env_out
+        attrs = span.attributes
+        events = span.events
+        links = span.links
+        message = span.status_message
+        return {
+            "schema": 1,
+            "type": "span",
+            "trace_id": span.trace_id.to_bytes(16, "big").hex(),
+            "span_id": span.span_id.to_bytes(8, "big").hex(),
+            "parent_span_id": parent.to_bytes(8, "big").hex() if parent else None,
+            "name": sname,
+            "kind": kind,
+            "service": service,
+            "environment": environment,
+            "start_time_unix_nano": start,
+            "end_time_unix_nano": end,
+            "duration_ms": duration_ms,
+            "status": _STATUS_STR[span.status],
+            "status_message": None if message is None else self._field_or_any("status_message", message),
+            "category": "fast"
+            if duration_ms < fast
+            else "normal"
+            if duration_ms < slow
+            else "slow"
+            if duration_ms < very
+            else "very_slow",
+            "attributes": self._span_attrs(attrs) if attrs else {},
+            "events": self._events(span_events(events)) if events else [],
+            "links": self._links(span_links(links)) if links else [],
+            "resource": self._resource(resource),
+        }
 
     def _field_text(self, field: str, value: str) -> str:
         text = self._text(value)
@@ -1282,37 +1365,77 @@ class Sanitizer:
         limit = self.max_attributes
         if len(attrs) > limit:
             _stats.incr("sanitize.attributes_dropped", len(attrs) - limit)
+            attrs = dict(itertools.islice(attrs.items(), limit))
         key_cache = self._key_cache
         text_cache = self._text_cache
-        for count, (key, value) in enumerate(attrs.items()):
-            if count >= limit:
-                break
-            if key.__class__ is not str:
-                key = str(key)
+        sql_cache = self._sql_cache
+        card_min = _CARD_MIN
+        if self._text_rules:
+            for key, value in attrs.items():
+                self._attr(out, key, value, depth)
+            return out
+        for key, value in attrs.items():
+            # Fast path first (one dict lookup per key and per string value): a cached key
+            # decision, and a value that is a cached string, a number too small to be a card
+            # number, a bool, a float or None. Anything else takes the general path.
             entry = key_cache.get(key)
-            if entry is None:
-                entry = self._key_entry(key)
-            new_key, action, rule = entry
-            if action == _PASS:
-                if value.__class__ is str:
-                    text = text_cache.get(value) or self._text(value)
-                    out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
-                elif value.__class__ is bool or value is None or value.__class__ is float:
-                    out[new_key] = value
-                else:
-                    out[new_key] = self._any(key, value, depth + 1)
-            elif action == _SQL:
-                if value.__class__ is str:
-                    text = self._text(normalize_sql(value))
-                    out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
-                else:
-                    out[new_key] = self._any(key, value, depth + 1)
-            elif action == _ALLOW:
-                out[new_key] = self._limit_only(value)
-            else:
-                assert rule is not None
-                out[new_key] = self._mask_value(value, rule, numbers=action == _MASK)
+            if entry is not None:
+                cls = value.__class__
+                if not entry[1]:  # _PASS
+                    if cls is str:
+                        text = text_cache.get(value)
+                        if text is not None:
+                            out[entry[0]] = text
+                            continue
+                    elif cls is int:
+                        if value < card_min:
+                            out[entry[0]] = value
+                            continue
+                    elif cls is bool or cls is float or value is None:
+                        out[entry[0]] = value
+                        continue
+                elif entry[1] == _SQL and cls is str:
+                    text = sql_cache.get(value)
+                    if text is not None:
+                        out[entry[0]] = text
+                        continue
+            self._attr(out, key, value, depth)
         return out
+
+    def _attr(self, out: dict[str, Any], key: Any, value: Any, depth: int) -> None:
+        """Sanitize one attribute into ``out`` (the general path of :meth:`_attrs`)."""
+        if key.__class__ is not str:
+            key = str(key)
+        entry = self._key_cache.get(key)
+        if entry is None:
+            entry = self._key_entry(key)
+        new_key, action, rule = entry
+        if action == _PASS:
+            if value.__class__ is str:
+                text = self._text(value)
+                out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
+            elif value.__class__ is bool or value is None or value.__class__ is float:
+                out[new_key] = value
+            else:
+                out[new_key] = self._any(key, value, depth + 1)
+        elif action == _SQL:
+            if value.__class__ is str:
+                cached = self._sql_cache.get(value)
+                if cached is None:
+                    cached = self._text(normalize_sql(value))
+                    if self.cache_size and len(value) <= _CACHE_MAX_LEN:
+                        if len(self._sql_cache) >= self.cache_size:
+                            self._sql_cache.clear()
+                        self._sql_cache[value] = cached
+                text = cached
+                out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
+            else:
+                out[new_key] = self._any(key, value, depth + 1)
+        elif action == _ALLOW:
+            out[new_key] = self._limit_only(value)
+        else:
+            assert rule is not None
+            out[new_key] = self._mask_value(value, rule, numbers=action == _MASK)
 
     def _mask_value(self, value: Any, rule: KeyRule, *, numbers: bool) -> Any:
         if value is None or value.__class__ is bool:
@@ -1344,7 +1467,7 @@ class Sanitizer:
         if value is None or cls is bool or cls is float:
             return value
         if cls is int:
-            if 10**12 <= value < 10**19:
+            if _CARD_MIN <= value < 10**19:
                 card = self._engine.card_int(value)
                 if card is not None:
                     return card
