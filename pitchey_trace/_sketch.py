@@ -21,7 +21,8 @@ into the lowest kept one, so only the smallest quantiles lose accuracy, never me
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["MIN_INDEXABLE", "DurationSketch", "merge_sketches"]
@@ -67,6 +68,19 @@ class DurationSketch:
                 self._collapse()
         else:
             bins[i] = c + n
+
+    def add_many(self, values: Sequence[float]) -> None:
+        """Count every value of ``values`` (the same result as :meth:`add` on each, faster)."""
+        inv = self._inv_log_gamma
+        log, ceil = math.log, math.ceil
+        indexes = [ceil(log(v) * inv) for v in values if v > MIN_INDEXABLE]
+        bins = self.bins
+        for i, c in Counter(indexes).items():
+            bins[i] = bins.get(i, 0) + c
+        self.zero_count += len(values) - len(indexes)
+        self.count += len(values)
+        if len(bins) > self.max_bins:
+            self._collapse()
 
     def _collapse(self) -> None:
         """Fold the lowest buckets into bucket ``max - max_bins + 1`` so that the index range

@@ -19,7 +19,7 @@ from typing import Any
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._sketch import DurationSketch, merge_sketches
-from pitchey_trace._span import Span, StatusCode
+from pitchey_trace._span import Span, SpanKind, StatusCode
 from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of
 
 __all__ = [
@@ -200,41 +200,52 @@ class Rollups:
         self.observe_many((span,))
 
     def observe_many(self, spans: Iterable[Span]) -> None:
-        """Count a chunk of finished spans under one lock (what the pipeline worker calls)."""
+        """Count a chunk of finished spans (what the pipeline worker calls): durations are
+        grouped per interval and operation first, then each group is added in one go."""
         interval = self._interval_ns
+        groups: dict[tuple[int, str, SpanKind], list[int]] = {}
+        errors: dict[tuple[int, str, SpanKind], int] = {}
+        for span in spans:
+            start = span.start_ns
+            end = span.end_ns
+            if end < start:
+                end = start
+            group = (end - end % interval, span.name, span.kind)
+            durations = groups.get(group)
+            if durations is None:
+                durations = groups[group] = []
+            durations.append(end - start)
+            if span.status == _ERROR:
+                errors[group] = errors.get(group, 0) + 1
         windows = self._windows
         with self._lock:
-            for span in spans:
-                start = span.start_ns
-                end = span.end_ns
-                if end < start:
-                    end = start
-                duration_ms = (end - start) / 1e6
-                window = end - end % interval
-                key = (span.name, span.kind.value)
+            for group, durations in groups.items():
+                window, name, kind = group
                 win = windows.get(window)
                 if win is None:
                     if len(windows) >= self.max_open_intervals:
-                        _stats.incr("dropped.rollups_interval_cap")
+                        _stats.incr("dropped.rollups_interval_cap", len(durations))
                         continue
                     win = windows[window] = {}
+                key = (name, kind.value)
                 agg = win.get(key)
                 if agg is None:
                     if len(win) >= self.max_operations:
-                        _stats.incr("rollups.overflow")
+                        _stats.incr("rollups.overflow", len(durations))
                         key = (OTHER_OPERATION, key[1])
                         agg = win.get(key)
                     if agg is None:
                         agg = win[key] = _Agg(self.relative_accuracy)
-                agg.count += 1
-                if span.status == _ERROR:
-                    agg.errors += 1
-                agg.sum += duration_ms
-                if duration_ms < agg.min:
-                    agg.min = duration_ms
-                if duration_ms > agg.max:
-                    agg.max = duration_ms
-                agg.sketch.add(duration_ms)
+                ms = [d / 1e6 for d in durations]
+                agg.count += len(ms)
+                agg.errors += errors.get(group, 0)
+                agg.sum += sum(ms)
+                low, high = min(ms), max(ms)
+                if low < agg.min:
+                    agg.min = low
+                if high > agg.max:
+                    agg.max = high
+                agg.sketch.add_many(ms)
 
     def collect(self, now_ns: int, force: bool = False) -> list[Record]:
         """Rollup records of the intervals that are due (all of them when ``force``); their
