@@ -358,6 +358,14 @@ def _clean_value(value: object) -> AttributeValue | None:
     return None
 
 
+class TrustedAttributes(dict[str, AttributeValue]):
+    """An attribute map built and validated by the SDK itself (non-empty str keys, str/int/
+    bool/float values): ``start_span`` copies it without checking each entry again. Used for
+    the maps instrumentation reuses on every call (a statement's database attributes)."""
+
+    __slots__ = ()
+
+
 def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
     """Validate a mapping of attributes: keep valid pairs, count and drop the rest."""
     out: dict[str, AttributeValue] = {}

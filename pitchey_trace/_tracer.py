@@ -30,6 +30,7 @@ from pitchey_trace._span import (
     SpanKind,
     StatusCode,
     TraceContext,
+    TrustedAttributes,
     clean_attributes,
 )
 from pitchey_trace.records import audit_record
@@ -157,18 +158,21 @@ class Tracer:
         if decision == _DROP and not self.record_unsampled:
             return NonRecordingSpan(trace_id, span_id, flags, trace_state, baggage)
         if attributes:
-            try:
+            if attributes.__class__ is TrustedAttributes and len(attributes) <= Limits.max_attributes:
                 attrs = dict(attributes)
-            except (TypeError, ValueError):
-                attrs = clean_attributes(attributes)
             else:
-                if len(attrs) > Limits.max_attributes:
+                try:
+                    attrs = dict(attributes)
+                except (TypeError, ValueError):
                     attrs = clean_attributes(attributes)
                 else:
-                    for k, v in attrs.items():
-                        if v.__class__ not in _FAST or k.__class__ is not str or not k:
-                            attrs = clean_attributes(attributes)
-                            break
+                    if len(attrs) > Limits.max_attributes:
+                        attrs = clean_attributes(attributes)
+                    else:
+                        for k, v in attrs.items():
+                            if v.__class__ not in _FAST or k.__class__ is not str or not k:
+                                attrs = clean_attributes(attributes)
+                                break
         else:
             attrs = {}
         # Span.__init__ inlined (one Python call less on the hottest path); keep in sync.

@@ -1100,10 +1100,11 @@ class Sanitizer:
 
     def __call__(self, record: Record) -> Record:
         """Return a sanitized copy of ``record``."""
-        keys = record.keys()
-        if keys == _SPAN_KEYS:
-            return self._span(record)
-        if keys == _AUDIT_KEYS:
+        rtype = record.get("type")
+        if rtype == "span":
+            if record.keys() == _SPAN_KEYS:
+                return self._span(record)
+        elif rtype == "audit" and record.keys() == _AUDIT_KEYS:
             return self._audit(record)
         out: Record = {}
         for field, value in record.items():
@@ -1130,10 +1131,12 @@ class Sanitizer:
     def _audit(self, rec: Record) -> Record:
         """Fast path for audit records as ``records.audit_record`` builds them."""
         out = rec.copy()
+        cache = self._text_cache if not self._text_rules else None
         for field in ("category", "service", "environment", "actor", "action", "target", "outcome"):
             value = rec[field]
             if value.__class__ is str:
-                out[field] = self._field_text(field, value)
+                hit = cache.get(value) if cache is not None else None
+                out[field] = hit if hit is not None else self._field_text(field, value)
             elif value is not None:
                 out[field] = self._any(field, value, 0)
         attrs = rec["attributes"]

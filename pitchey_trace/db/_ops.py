@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from psycopg import sql as _pgsql
 
 from pitchey_trace import _safety
-from pitchey_trace._span import AttributeValue, SpanKind
+from pitchey_trace._span import AttributeValue, SpanKind, TrustedAttributes
 from pitchey_trace._sql import normalize_sql, parse_statement
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._options import OPTIONS
@@ -275,7 +275,8 @@ class ConnState:
             # Quoting is syntax, not part of the name: SELECT "pitches" and SELECT pitches
             # are one operation for dashboards and rollups.
             table = table.replace('"', "")
-        attrs: dict[str, AttributeValue] = dict(self.base_attrs)
+        # Built from validated parts (str/int values): start_span copies it without re-checking.
+        attrs = TrustedAttributes(self.base_attrs)
         attrs["db.operation.name"] = operation
         if table:
             attrs["db.collection.name"] = table

@@ -140,6 +140,27 @@ def test_attribute_limit_drops_new_keys_and_counts() -> None:
     assert pt.stats()["dropped.attribute_limit"] == 3
 
 
+def test_trusted_attribute_maps_are_copied_and_still_bounded() -> None:
+    from pitchey_trace._span import TrustedAttributes
+
+    shared = TrustedAttributes({"db.system.name": "postgresql", "server.port": 5432})
+    with captured() as mem:
+        span = recording(pt.start_span("q", shared))
+        shared["db.namespace"] = "changed later"  # the span holds its own copy
+        span.set_attribute("db.response.returned_rows", 1)
+        span.end()
+    assert only(mem, "q")["attributes"] == {
+        "db.system.name": "postgresql",
+        "server.port": 5432,
+        "db.response.returned_rows": 1,
+    }
+    assert set(shared) == {"db.system.name", "server.port", "db.namespace"}
+    with captured(max_attributes=2) as mem:  # over the limit: checked and cut like any map
+        pt.start_span("q", shared).end()
+    assert len(only(mem, "q")["attributes"]) == 2
+    assert pt.stats()["dropped.attribute_limit"] == 1
+
+
 def test_limit_applies_to_event_attributes() -> None:
     with captured(max_attributes=1) as mem, pt.span("op") as s:
         s.add_event("e", {"a": 1, "b": 2})
