@@ -42,6 +42,7 @@ __all__ = [
     "span_events",
     "span_links",
     "span_record",
+    "span_template",
 ]
 
 SCHEMA_VERSION = 1
@@ -185,6 +186,13 @@ def span_record(
 
     Written for speed: this runs once per exported span.
     """
+    global _last_template
+    cached = _last_template
+    if cached[0] is service and cached[1] is environment and cached[2] is resource:
+        template = cached[3]
+    else:
+        template = span_template(service, environment, resource)
+        _last_template = (service, environment, resource, template)
     start = span.start_ns
     end = span.end_ns if span.end_ns >= start else start
     duration_ms = (end - start) / 1e6
@@ -193,34 +201,66 @@ def span_record(
     parent = span.parent_span_id
     events = span.events
     links = span.links
-    return {
-        "schema": 1,
-        "type": "span",
-        # to_bytes().hex() is twice as fast as f"{x:032x}" and gives the same lowercase digits.
-        "trace_id": span.trace_id.to_bytes(16, "big").hex(),
-        "span_id": span.span_id.to_bytes(8, "big").hex(),
-        "parent_span_id": parent.to_bytes(8, "big").hex() if parent else None,
-        "name": span.name if span.name.__class__ is str else str(span.name),
-        "kind": kind,
-        "service": service,
-        "environment": environment,
-        "start_time_unix_nano": start,
-        "end_time_unix_nano": end,
-        "duration_ms": duration_ms,
-        "status": _STATUS_STR[span.status],
-        "status_message": span.status_message,
-        "category": "fast"
+    rec = template.copy()
+    # to_bytes().hex() is twice as fast as f"{x:032x}" and gives the same lowercase digits.
+    rec["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
+    rec["span_id"] = span.span_id.to_bytes(8, "big").hex()
+    if parent:
+        rec["parent_span_id"] = parent.to_bytes(8, "big").hex()
+    rec["name"] = span.name if span.name.__class__ is str else str(span.name)
+    rec["kind"] = kind
+    rec["start_time_unix_nano"] = start
+    rec["end_time_unix_nano"] = end
+    rec["duration_ms"] = duration_ms
+    rec["status"] = _STATUS_STR[span.status]
+    rec["status_message"] = span.status_message
+    rec["category"] = (
+        "fast"
         if duration_ms < fast
         else "normal"
         if duration_ms < slow
         else "slow"
         if duration_ms < very
-        else "very_slow",
-        "attributes": span.attributes,
-        "events": span_events(events) if events else [],
-        "links": span_links(links) if links else [],
+        else "very_slow"
+    )
+    rec["attributes"] = span.attributes
+    rec["events"] = span_events(events) if events else []
+    rec["links"] = span_links(links) if links else []
+    return rec
+
+
+def span_template(service: Any, environment: Any, resource: Any) -> Record:
+    """A span record with its per-process fields set and the rest empty, in schema order.
+
+    Copying it and setting the per-span fields is about twice as fast as building the
+    19-key dict from a literal (the copy is sized once; a literal grows the table twice).
+    """
+    return {
+        "schema": SCHEMA_VERSION,
+        "type": "span",
+        "trace_id": "",
+        "span_id": "",
+        "parent_span_id": None,
+        "name": "",
+        "kind": "internal",
+        "service": service,
+        "environment": environment,
+        "start_time_unix_nano": 0,
+        "end_time_unix_nano": 0,
+        "duration_ms": 0.0,
+        "status": "unset",
+        "status_message": None,
+        "category": "fast",
+        "attributes": {},
+        "events": [],
+        "links": [],
         "resource": resource,
     }
+
+
+#: (service, environment, resource, template) of the last span_record call (one pipeline
+#: worker calls it; an identity check decides reuse).
+_last_template: tuple[Any, Any, Any, Record] = (None, None, None, {})
 
 
 def audit_record(

@@ -59,6 +59,7 @@ from pitchey_trace.records import (
     span_events,
     span_links,
     span_record,
+    span_template,
 )
 
 if TYPE_CHECKING:
@@ -1080,6 +1081,9 @@ class Sanitizer:
         self._env_in: Any = None
         self._svc_env_out: tuple[Any, Any] = (None, None)
         self._res_out: Any = None
+        # (service, environment, resource) given -> span record template with their sanitized
+        # forms (see _span_record); identity-checked.
+        self._span_template: tuple[Any, Any, Any, Record] = (None, None, None, {})
 
     def __repr__(self) -> str:
         return (
@@ -1229,6 +1233,17 @@ class Sanitizer:
         when this exact class sanitizes (no intermediate record, no key-set check, no copy)."""
         if self._text_rules:
             return self._span(span_record(span, service, environment, resource, thresholds))
+        cached = self._span_template
+        if cached[0] is service and cached[1] is environment and cached[2] is resource:
+            template = cached[3]
+        else:
+            template = span_template(
+                self._field_or_any("service", service),
+                self._field_or_any("environment", environment),
+                self._resource(resource),
+            )
+            if self.cache_size:
+                self._span_template = (service, environment, resource, template)
         start = span.start_ns
         end = span.end_ns if span.end_ns >= start else start
         duration_ms = (end - start) / 1e6
@@ -1237,47 +1252,40 @@ class Sanitizer:
         parent = span.parent_span_id
         name = span.name
         sname = self._text_cache.get(name) if name.__class__ is str else None
-        if sname is None:
-            sname = self._field_or_any("name", name if name.__class__ is str else str(name))
-        if service is not self._svc_in or environment is not self._env_in:
-            pair = (self._field_or_any("service", service), self._field_or_any("environment", environment))
-            if not self.cache_size:
-                service, environment = pair
-            else:
-                self._svc_in, self._env_in, self._svc_env_out = service, environment, pair
-        if self.cache_size:
-            service, environment = self._svc_env_out
         attrs = span.attributes
         events = span.events
         links = span.links
         message = span.status_message
-        return {
-            "schema": 1,
-            "type": "span",
-            "trace_id": span.trace_id.to_bytes(16, "big").hex(),
-            "span_id": span.span_id.to_bytes(8, "big").hex(),
-            "parent_span_id": parent.to_bytes(8, "big").hex() if parent else None,
-            "name": sname,
-            "kind": kind,
-            "service": service,
-            "environment": environment,
-            "start_time_unix_nano": start,
-            "end_time_unix_nano": end,
-            "duration_ms": duration_ms,
-            "status": _STATUS_STR[span.status],
-            "status_message": None if message is None else self._field_or_any("status_message", message),
-            "category": "fast"
+        rec = template.copy()
+        rec["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
+        rec["span_id"] = span.span_id.to_bytes(8, "big").hex()
+        if parent:
+            rec["parent_span_id"] = parent.to_bytes(8, "big").hex()
+        rec["name"] = (
+            sname
+            if sname is not None
+            else self._field_or_any("name", name if name.__class__ is str else str(name))
+        )
+        rec["kind"] = kind
+        rec["start_time_unix_nano"] = start
+        rec["end_time_unix_nano"] = end
+        rec["duration_ms"] = duration_ms
+        rec["status"] = _STATUS_STR[span.status]
+        if message is not None:
+            rec["status_message"] = self._field_or_any("status_message", message)
+        rec["category"] = (
+            "fast"
             if duration_ms < fast
             else "normal"
             if duration_ms < slow
             else "slow"
             if duration_ms < very
-            else "very_slow",
-            "attributes": self._span_attrs(attrs) if attrs else {},
-            "events": self._events(span_events(events)) if events else [],
-            "links": self._links(span_links(links)) if links else [],
-            "resource": self._resource(resource),
-        }
+            else "very_slow"
+        )
+        rec["attributes"] = self._span_attrs(attrs) if attrs else {}
+        rec["events"] = self._events(span_events(events)) if events else []
+        rec["links"] = self._links(span_links(links)) if links else []
+        return rec
 
     def _field_text(self, field: str, value: str) -> str:
         text = self._text(value)
