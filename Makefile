@@ -29,4 +29,4 @@ bench: bench-setup
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache var build pitchey_trace/*.so

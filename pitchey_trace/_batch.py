@@ -235,6 +235,7 @@ class Pipeline:
         # The built-in sanitizer builds span records sanitized in one pass; a subclass or any
         # other callable gets the plain record, then is called on it.
         self._fused = sanitizer._span_record if type(sanitizer) is Sanitizer else None
+        self._fused_many = sanitizer._span_records if type(sanitizer) is Sanitizer else None
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -436,6 +437,15 @@ class Pipeline:
         out: list[Record] = []
         service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
         fused = self._fused
+        if fused is not None:
+            try:
+                out = self._fused_many(spans, service, env, res, thr)  # type: ignore[misc]
+            except Exception:
+                # Fall back span by span: only the span that fails is lost (and reported).
+                _stats.incr("pipeline.chunk_fallbacks")
+                out = []
+            else:
+                spans = []
         build = span_record if fused is None else fused
         for span in spans:
             try:

@@ -41,12 +41,15 @@ import hashlib
 import hmac
 import ipaddress
 import itertools
+import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from pitchey_trace import _stats
+from pitchey_trace._span import Span
 from pitchey_trace._sql import normalize_sql
 from pitchey_trace.records import (
     _DEFAULT_THRESHOLDS,
@@ -62,8 +65,28 @@ from pitchey_trace.records import (
     span_template,
 )
 
-if TYPE_CHECKING:
-    from pitchey_trace._span import Span
+_log = logging.getLogger("pitchey_trace")
+
+
+def _load_speedups() -> Callable[..., list[Record]] | None:
+    """The C builder of span records, or None (not compiled here, or turned off with
+    PITCHEY_TRACE_PURE_PYTHON=1): everything then runs on the Python builder."""
+    if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() not in ("", "0"):
+        return None
+    try:
+        from pitchey_trace import _speedups
+
+        _speedups.setup(Span)
+    except ImportError:
+        return None
+    except Exception as exc:  # a Span class the accelerator does not fit: stay on Python
+        _log.warning("pitchey_trace: C accelerator disabled: %s", exc)
+        return None
+    build: Callable[..., list[Record]] = _speedups.build_span_records
+    return build
+
+
+_build_span_records = _load_speedups()
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -1221,6 +1244,45 @@ class Sanitizer:
         out["resource"] = self._resource(rec["resource"])
         return out
 
+    def _span_records(
+        self,
+        spans: list[Span],
+        service: str,
+        environment: str,
+        resource: dict[str, Any],
+        thresholds: CategoryThresholds | None,
+    ) -> list[Record]:
+        """:meth:`_span_record` of every span of a chunk, in order; through the C builder when
+        it is compiled (it handles the common spans and calls back here for the others)."""
+        build = _build_span_records
+        if build is None or self._text_rules:
+            return [self._span_record(span, service, environment, resource, thresholds) for span in spans]
+        return build(
+            spans,
+            self._template_for(service, environment, resource),
+            (thresholds or _DEFAULT_THRESHOLDS).table,
+            _KIND_STR,
+            _STATUS_STR,
+            self._key_cache,
+            self._text_cache,
+            self._sql_cache,
+            self.max_attributes,
+            lambda span: self._span_record(span, service, environment, resource, thresholds),
+        )
+
+    def _template_for(self, service: Any, environment: Any, resource: Any) -> Record:
+        cached = self._span_template
+        if cached[0] is service and cached[1] is environment and cached[2] is resource:
+            return cached[3]
+        template = span_template(
+            self._field_or_any("service", service),
+            self._field_or_any("environment", environment),
+            self._resource(resource),
+        )
+        if self.cache_size:
+            self._span_template = (service, environment, resource, template)
+        return template
+
     def _span_record(
         self,
         span: Span,
@@ -1233,17 +1295,7 @@ class Sanitizer:
         when this exact class sanitizes (no intermediate record, no key-set check, no copy)."""
         if self._text_rules:
             return self._span(span_record(span, service, environment, resource, thresholds))
-        cached = self._span_template
-        if cached[0] is service and cached[1] is environment and cached[2] is resource:
-            template = cached[3]
-        else:
-            template = span_template(
-                self._field_or_any("service", service),
-                self._field_or_any("environment", environment),
-                self._resource(resource),
-            )
-            if self.cache_size:
-                self._span_template = (service, environment, resource, template)
+        template = self._template_for(service, environment, resource)
         start = span.start_ns
         end = span.end_ns if span.end_ns >= start else start
         duration_ms = (end - start) / 1e6

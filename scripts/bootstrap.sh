@@ -20,7 +20,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   fi
 fi
 extras="dev${EXTRA_EXTRAS:-}"
-stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${extras//,/-}"
+# The stamp covers what the install builds from: a changed C accelerator is rebuilt too.
+stamp="$VENV/.installed-$(cat pyproject.toml setup.py pitchey_trace/_speedups.c | sha1sum | cut -c1-12)-${extras//,/-}"
 if [ ! -f "$stamp" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -1,0 +1,19 @@
+"""Types of the optional C accelerator (pitchey_trace/_speedups.c)."""
+
+from collections.abc import Callable
+from typing import Any
+
+def setup(cls: type, /) -> None: ...
+def build_span_records(
+    spans: list[Any],
+    template: dict[str, Any],
+    table: dict[str, tuple[float, float, float]],
+    kind_str: dict[Any, str],
+    status_str: dict[int, str],
+    key_cache: dict[str, tuple[str, int, Any]],
+    text_cache: dict[str, str],
+    sql_cache: dict[str, str],
+    max_attributes: int,
+    slow: Callable[[Any], dict[str, Any]],
+    /,
+) -> list[dict[str, Any]]: ...

@@ -1,0 +1,191 @@
+"""The optional C builder of span records gives exactly what the Python builder gives, sends
+every span it does not handle to the Python builder, and can be turned off."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pitchey_trace as pt
+from pitchey_trace import _stats, sanitize
+from pitchey_trace._span import Span
+from pitchey_trace.records import _DEFAULT_THRESHOLDS, _KIND_STR, _STATUS_STR, make_resource
+from pitchey_trace.sanitize import Sanitizer
+from pitchey_trace.testing import capture_spans
+
+RESOURCE = make_resource("svc", "prod", {"k": "v"})
+
+
+def test_accelerator_is_built_and_loaded() -> None:
+    # The project's install builds it (setup.py); a machine without a C compiler falls back to
+    # Python, but this test environment must have it, or the C path would go untested.
+    assert sanitize._build_span_records is not None, "pitchey_trace._speedups is not built (gcc?)"
+
+
+def _spans(specs: list[tuple[str, dict[str, Any], bool, str | None]]) -> list[Span]:
+    made: list[Span] = []
+    with capture_spans(rollups=None):
+        parent = pt.start_span("parent")
+        for name, attrs, with_event, message in specs:
+            span = pt.start_span(name, attributes=attrs, context=parent if len(made) % 2 else None)
+            assert isinstance(span, Span)
+            if with_event:
+                span.add_event("retry", {"n": 1})
+            if message is not None:
+                span.set_status(pt.StatusCode.ERROR, message)
+            span.end()
+            made.append(span)
+        parent.end()
+    return made
+
+
+def _python(san: Sanitizer, spans: list[Span]) -> list[dict[str, Any]]:
+    return [san._span_record(s, "svc", "prod", RESOURCE, None) for s in spans]
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([4111111111111111, 10**12, 10**12 - 1, -(10**13), 200]),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["ada@example.org", "SELECT * FROM t WHERE a = 'x'", "GET", "x" * 600]),
+    st.lists(st.sampled_from(["a", "1"]), max_size=2),
+)
+_SPEC = st.tuples(
+    st.sampled_from(["GET /x", "mail ada@example.org", "op", "q" * 600]),
+    st.dictionaries(
+        st.sampled_from(["http.route", "user.id", "password", "db.query.text", "n", "card"]),
+        _VALUES,
+        max_size=6,
+    ),
+    st.booleans(),
+    st.one_of(st.none(), st.just("boom")),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(specs=st.lists(_SPEC, min_size=1, max_size=12), cache_size=st.sampled_from([8192, 0]))
+def test_c_builder_equals_python_builder(
+    specs: list[tuple[str, dict[str, Any], bool, str | None]], cache_size: int
+) -> None:
+    spans = _spans(specs)
+    san = Sanitizer(cache_size=cache_size)
+    for _ in range(2):  # cold caches (mostly Python fallbacks), then warm (mostly C)
+        got = san._span_records(spans, "svc", "prod", RESOURCE, None)
+        assert got == _python(Sanitizer(cache_size=cache_size), spans)
+
+
+def _build(san: Sanitizer, spans: list[Any], slow: Any) -> list[dict[str, Any]]:
+    build = sanitize._build_span_records
+    assert build is not None
+    return build(
+        spans,
+        san._template_for("svc", "prod", RESOURCE),
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        san._key_cache,
+        san._text_cache,
+        san._sql_cache,
+        san.max_attributes,
+        slow,
+    )
+
+
+def test_spans_the_c_builder_does_not_handle_go_to_the_python_builder_in_order() -> None:
+    plain = _spans([("op", {"n": 1}, False, None)] * 3)
+    odd = _spans(
+        [
+            ("op", {"n": 1}, True, None),  # an event
+            ("op", {"n": 1}, False, "boom"),  # a status message
+            ("op", {"n": 10**15}, False, None),  # an int that may be a card number
+            ("op", {"l": [1]}, False, None),  # a list value
+        ]
+    )
+    weird = Span.__new__(Span)  # slots never set
+    big = _spans([("op", {}, False, None)])[0]
+    big.start_ns = big.end_ns = 2**70  # does not fit 64 bits
+    san = Sanitizer()
+    _python(san, plain)  # warm the caches
+    handed: list[Any] = []
+
+    def slow(span: Any) -> dict[str, Any]:
+        handed.append(span)
+        return {"slow": id(span)}
+
+    chunk = [plain[0], *odd, weird, big, plain[1], "not a span", plain[2]]
+    out = _build(san, chunk, slow)
+    assert handed == [*odd, weird, big, "not a span"]
+    assert [r.get("slow") for r in out] == [None, *map(id, [*odd, weird, big]), None, id("not a span"), None]
+    assert out[0] == _python(san, [plain[0]])[0]
+
+
+def test_an_error_in_the_python_builder_propagates_and_the_pipeline_falls_back_per_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def explode(span: Any) -> dict[str, Any]:
+        raise RuntimeError("builder bug")
+
+    with pytest.raises(RuntimeError, match="builder bug"):
+        _build(Sanitizer(), _spans([("op", {"n": 1}, True, None)]), explode)
+
+    real = Sanitizer._span_records
+
+    def failing(self: Sanitizer, *args: Any) -> Any:
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(Sanitizer, "_span_records", failing)
+    with capture_spans(rollups=None) as mem:
+        for i in range(5):
+            with pt.span(f"op{i}"):
+                pass
+    assert sorted(r["name"] for r in mem.spans()) == [f"op{i}" for i in range(5)]
+    assert _stats.snapshot().get("pipeline.chunk_fallbacks", 0) >= 1
+    monkeypatch.setattr(Sanitizer, "_span_records", real)
+
+
+def test_no_reference_leaks() -> None:
+    spans = _spans([("leak-check", {"http.route": "/x", "n": 2, "ok": True, "f": 0.5}, False, None)] * 50)
+    san = Sanitizer()
+    _python(san, spans)
+    route = san._text_cache["/x"]
+    gc.collect()
+    before = sys.getrefcount(route), sys.getrefcount(spans[0].name), sys.getrefcount(spans[0])
+    for _ in range(200):
+        _build(san, spans, lambda s: {})
+    gc.collect()
+    assert (sys.getrefcount(route), sys.getrefcount(spans[0].name), sys.getrefcount(spans[0])) == before
+    tracemalloc.start()
+    for _ in range(200):
+        _build(san, spans, lambda s: {})
+    first = tracemalloc.get_traced_memory()[0]
+    for _ in range(2000):
+        _build(san, spans, lambda s: {})
+    grown = tracemalloc.get_traced_memory()[0] - first
+    tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes kept after 2000 chunks"
+
+
+def test_pure_python_switch() -> None:
+    code = (
+        "import pitchey_trace as pt, pitchey_trace.sanitize as s\n"
+        "from pitchey_trace.testing import capture_spans\n"
+        "assert s._build_span_records is None\n"
+        "with capture_spans() as mem:\n"
+        "    with pt.span('op', attributes={'user.email': 'ada@example.org'}):\n"
+        "        pass\n"
+        "print(mem.spans()[0]['attributes'])\n"
+    )
+    env = dict(os.environ, PITCHEY_TRACE_PURE_PYTHON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{'user.email': '[EMAIL]'}"
