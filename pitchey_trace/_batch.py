@@ -399,6 +399,7 @@ class Pipeline:
         while remaining > 0:
             spans: list[Span] = []
             observed: list[Span] = []
+            unsampled: list[Span] = []
             ready: list[Record] = []
             n = 0
             rollups = self.rollups
@@ -415,11 +416,13 @@ class Pipeline:
                     if span.trace_flags & 1:
                         spans.append(span)
                     elif tail is not None:
-                        tail.offer(span, spans)
+                        unsampled.append(span)
                 else:
                     ready.append(item)  # type: ignore[arg-type]
             if rollups is not None and observed:
                 self._observe(rollups, observed)
+            if unsampled and tail is not None:
+                tail.offer_many(unsampled, spans)
             if n == 0:
                 break
             remaining -= n

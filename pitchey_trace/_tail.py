@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from pitchey_trace import _stats
 from pitchey_trace._span import Span, StatusCode
 
 _SLOW_EVENTS = frozenset(("slow_query", "slow"))
+_ERROR = StatusCode.ERROR
 
 
 class _Pending:
@@ -58,65 +60,77 @@ class TailKeeper:
         """Whether anything can ever be kept."""
         return self.keep_errors or self.slow_ns is not None
 
-    def _interesting(self, span: Span) -> bool:
-        if self.keep_errors and span.status == StatusCode.ERROR:
-            return True
-        slow = self.slow_ns
-        if slow is not None and span.end_ns - span.start_ns >= slow:
-            return True
-        # Instrumentations with their own slowness notion (e.g. the PostgreSQL slow-query
-        # threshold) mark the span with a ``slow_query`` / ``slow`` event.
-        events = span.events
-        return bool(events) and any(e[0] in _SLOW_EVENTS for e in events)  # type: ignore[union-attr]
-
     def _decide(self, trace_id: int, keep: bool) -> None:
         decided = self._decided
+        if trace_id in decided:
+            decided.move_to_end(trace_id)
         decided[trace_id] = keep
-        decided.move_to_end(trace_id)
-        while len(decided) > self.remember:
+        if len(decided) > self.remember:
             decided.popitem(last=False)
 
     def offer(self, span: Span, out: list[Span]) -> None:
         """Take a finished record-only span; append to ``out`` whatever is now kept."""
-        tid = span.trace_id
-        interesting = self._interesting(span)
-        decision = self._decided.get(tid)
-        if decision is not None:
-            if decision:
+        self.offer_many((span,), out)
+
+    def offer_many(self, spans: Iterable[Span], out: list[Span]) -> None:
+        """:meth:`offer` for a chunk of spans, in order (counters updated once per chunk)."""
+        decided = self._decided
+        pending_map = self._pending
+        keep_errors = self.keep_errors
+        slow = self.slow_ns
+        discarded = kept_late = kept_traces = 0
+        for span in spans:
+            tid = span.trace_id
+            events = span.events
+            interesting = (
+                (keep_errors and span.status == _ERROR)
+                or (slow is not None and span.end_ns - span.start_ns >= slow)
+                # Instrumentations with their own slowness notion (e.g. the PostgreSQL
+                # slow-query threshold) mark the span with a ``slow_query`` / ``slow`` event.
+                or (bool(events) and any(e[0] in _SLOW_EVENTS for e in events))  # type: ignore[union-attr]
+            )
+            decision = decided.get(tid)
+            if decision is not None:
+                if decision:
+                    out.append(span)
+                elif interesting:
+                    # Decided "drop" already (its local root ended first) but this late span
+                    # is worth keeping on its own.
+                    out.append(span)
+                    kept_late += 1
+                else:
+                    discarded += 1
+                continue
+            pending = pending_map.get(tid)
+            if interesting:
+                if pending is not None:
+                    del pending_map[tid]
+                    self._n_pending -= len(pending.spans)
+                    out.extend(pending.spans)
                 out.append(span)
-            elif interesting:
-                # Decided "drop" already (its local root ended first) but this late span is
-                # worth keeping on its own.
-                out.append(span)
-                _stats.incr("tail.kept_late")
-            else:
-                _stats.incr("tail.discarded")
-            return
-        pending = self._pending.get(tid)
-        if interesting:
-            if pending is not None:
-                del self._pending[tid]
-                self._n_pending -= len(pending.spans)
-                out.extend(pending.spans)
-            out.append(span)
-            self._decide(tid, True)
-            _stats.incr("tail.kept_traces")
-            return
-        if span.local_root:
-            if pending is not None:
-                del self._pending[tid]
-                self._n_pending -= len(pending.spans)
-                _stats.incr("tail.discarded", len(pending.spans) + 1)
-            else:
-                _stats.incr("tail.discarded")
-            self._decide(tid, False)
-            return
-        if pending is None:
-            pending = self._pending[tid] = _Pending(time.monotonic())
-        pending.spans.append(span)
-        self._n_pending += 1
-        if self._n_pending > self.max_pending:
-            self._evict_oldest()
+                self._decide(tid, True)
+                kept_traces += 1
+                continue
+            if span.local_root:
+                if pending is not None:
+                    del pending_map[tid]
+                    self._n_pending -= len(pending.spans)
+                    discarded += len(pending.spans)
+                discarded += 1
+                self._decide(tid, False)
+                continue
+            if pending is None:
+                pending = pending_map[tid] = _Pending(time.monotonic())
+            pending.spans.append(span)
+            self._n_pending += 1
+            if self._n_pending > self.max_pending:
+                self._evict_oldest()
+        if discarded:
+            _stats.incr("tail.discarded", discarded)
+        if kept_late:
+            _stats.incr("tail.kept_late", kept_late)
+        if kept_traces:
+            _stats.incr("tail.kept_traces", kept_traces)
 
     def _evict_oldest(self) -> None:
         _, pending = self._pending.popitem(last=False)
