@@ -668,7 +668,15 @@ class Span(_SpanBase):
             _safety.warn_once("end_twice", "span %r ended twice: ignored", self.name)
             return
         self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()
-        self._pipe.enqueue(self)
+        # Pipeline.enqueue, inlined as in __exit__ (database and server spans end here).
+        pipe = self._pipe
+        q = pipe.queue
+        if len(q) < pipe.max_queue_size:
+            q.append(self)
+            if len(q) == pipe.wake_at:
+                pipe.wake.set()
+        else:
+            pipe.drop()
 
     @property
     def is_ended(self) -> bool:

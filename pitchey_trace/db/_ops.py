@@ -15,18 +15,18 @@ import re
 import traceback
 from collections.abc import Mapping
 from time import time_ns
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql as _pgsql
 
 from pitchey_trace import _safety
-from pitchey_trace._span import AttributeValue, SpanKind, TrustedAttributes
+from pitchey_trace._span import AttributeValue, Span, SpanKind, TrustedAttributes
 from pitchey_trace._sql import normalize_sql, parse_statement
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._options import OPTIONS
 
 if TYPE_CHECKING:
-    from pitchey_trace._span import AnySpan, Span
+    from pitchey_trace._span import AnySpan
 
 __all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error"]
 
@@ -319,8 +319,8 @@ class ConnState:
             span = tracer.start_span(stmt.name, stmt.attrs, _CLIENT)
             if not span.trace_id:  # suppressed (the SDK's own work)
                 return None
-            if span.is_recording:
-                start = cast("Span", span).start_ns
+            if span.__class__ is Span:
+                start = span.start_ns
                 if stmt.capture and params is not None:
                     capture_parameters(span, params)
             else:
