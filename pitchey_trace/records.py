@@ -42,6 +42,7 @@ __all__ = [
     "span_events",
     "span_links",
     "span_record",
+    "span_structure",
     "span_template",
 ]
 
@@ -193,27 +194,38 @@ def span_record(
     else:
         template = span_template(service, environment, resource)
         _last_template = (service, environment, resource, template)
+    rec = span_structure(span, template, thresholds)
+    rec["name"] = span.name if span.name.__class__ is str else str(span.name)
+    rec["status_message"] = span.status_message
+    rec["attributes"] = span.attributes
+    events = span.events
+    links = span.links
+    rec["events"] = span_events(events) if events else []
+    rec["links"] = span_links(links) if links else []
+    return rec
+
+
+def span_structure(span: Span, template: Record, thresholds: CategoryThresholds | None) -> Record:
+    """A copy of ``template`` with the span's structural fields set (ids, kind, times,
+    duration, status, category): everything but the text-bearing fields (name, status message,
+    attributes, events, links), which the caller sets, sanitized or not."""
     start = span.start_ns
     end = span.end_ns if span.end_ns >= start else start
     duration_ms = (end - start) / 1e6
     kind = _KIND_STR[span.kind]
     fast, slow, very = (thresholds or _DEFAULT_THRESHOLDS).table[kind]
     parent = span.parent_span_id
-    events = span.events
-    links = span.links
     rec = template.copy()
     # to_bytes().hex() is twice as fast as f"{x:032x}" and gives the same lowercase digits.
     rec["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
     rec["span_id"] = span.span_id.to_bytes(8, "big").hex()
     if parent:
         rec["parent_span_id"] = parent.to_bytes(8, "big").hex()
-    rec["name"] = span.name if span.name.__class__ is str else str(span.name)
     rec["kind"] = kind
     rec["start_time_unix_nano"] = start
     rec["end_time_unix_nano"] = end
     rec["duration_ms"] = duration_ms
     rec["status"] = _STATUS_STR[span.status]
-    rec["status_message"] = span.status_message
     rec["category"] = (
         "fast"
         if duration_ms < fast
@@ -223,9 +235,6 @@ def span_record(
         if duration_ms < very
         else "very_slow"
     )
-    rec["attributes"] = span.attributes
-    rec["events"] = span_events(events) if events else []
-    rec["links"] = span_links(links) if links else []
     return rec
 
 

@@ -62,6 +62,7 @@ from pitchey_trace.records import (
     span_events,
     span_links,
     span_record,
+    span_structure,
     span_template,
 )
 
@@ -1295,45 +1296,20 @@ class Sanitizer:
         when this exact class sanitizes (no intermediate record, no key-set check, no copy)."""
         if self._text_rules:
             return self._span(span_record(span, service, environment, resource, thresholds))
-        template = self._template_for(service, environment, resource)
-        start = span.start_ns
-        end = span.end_ns if span.end_ns >= start else start
-        duration_ms = (end - start) / 1e6
-        kind = _KIND_STR[span.kind]
-        fast, slow, very = (thresholds or _DEFAULT_THRESHOLDS).table[kind]
-        parent = span.parent_span_id
+        rec = span_structure(span, self._template_for(service, environment, resource), thresholds)
         name = span.name
         sname = self._text_cache.get(name) if name.__class__ is str else None
-        attrs = span.attributes
-        events = span.events
-        links = span.links
-        message = span.status_message
-        rec = template.copy()
-        rec["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
-        rec["span_id"] = span.span_id.to_bytes(8, "big").hex()
-        if parent:
-            rec["parent_span_id"] = parent.to_bytes(8, "big").hex()
         rec["name"] = (
             sname
             if sname is not None
             else self._field_or_any("name", name if name.__class__ is str else str(name))
         )
-        rec["kind"] = kind
-        rec["start_time_unix_nano"] = start
-        rec["end_time_unix_nano"] = end
-        rec["duration_ms"] = duration_ms
-        rec["status"] = _STATUS_STR[span.status]
+        message = span.status_message
         if message is not None:
             rec["status_message"] = self._field_or_any("status_message", message)
-        rec["category"] = (
-            "fast"
-            if duration_ms < fast
-            else "normal"
-            if duration_ms < slow
-            else "slow"
-            if duration_ms < very
-            else "very_slow"
-        )
+        attrs = span.attributes
+        events = span.events
+        links = span.links
         rec["attributes"] = self._span_attrs(attrs) if attrs else {}
         rec["events"] = self._events(span_events(events)) if events else []
         rec["links"] = self._links(span_links(links)) if links else []
