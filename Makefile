@@ -10,6 +10,8 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	@echo "unit tests again on the pure-Python paths (no C accelerator):"
+	PITCHEY_TRACE_PURE_PYTHON=1 $(PY) -m pytest -q -n 2 -p no:cacheprovider tests/unit --ignore=tests/unit/test_speedups.py
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -7,6 +7,9 @@
  * span is handed to the Python builder given as `slow`, so the two paths can never disagree
  * on anything but speed: the Python one is the reference, and the tests compare them.
  *
+ * new_span() is the request thread's part: it creates a Span and sets its 18 slots in one call
+ * (the Python code does one attribute store per slot).
+ *
  * Span attributes are read through the slot offsets of the Span class (looked up once by
  * setup()), so the type must be exactly that class. Nothing here is required: without a C
  * compiler the package runs on the pure-Python builder.
@@ -18,12 +21,15 @@
 
 enum {
     F_TRACE_ID, F_SPAN_ID, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_STATUS, F_MESSAGE,
-    F_ATTRS, F_EVENTS, F_LINKS, F_COUNT
+    F_ATTRS, F_EVENTS, F_LINKS, F_FLAGS, F_STATE, F_BAGGAGE, F_LOCAL_ROOT, F_PIPE, F_TOKEN,
+    F_COUNT
 };
 static const char *slot_names[F_COUNT] = {
     "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status",
-    "status_message", "attributes", "events", "links",
+    "status_message", "attributes", "events", "links", "trace_flags", "trace_state", "baggage",
+    "local_root", "_pipe", "_token",
 };
+static PyObject *status_unset = NULL; /* StatusCode.UNSET */
 static Py_ssize_t slot_offset[F_COUNT];
 static PyTypeObject *span_type = NULL;
 
@@ -44,12 +50,13 @@ static PyObject *cat_names[4]; /* fast, normal, slow, very_slow */
 #define SLOT(obj, f) (*(PyObject **)((char *)(obj) + slot_offset[f]))
 
 static PyObject *
-setup(PyObject *module, PyObject *cls)
+setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "setup() takes the Span class");
+    if (nargs != 2 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "setup() takes the Span class and StatusCode.UNSET");
         return NULL;
     }
+    PyObject *cls = args[0];
     PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
     for (int i = 0; i < F_COUNT; i++) {
         PyObject *descr = PyDict_GetItemString(dict, slot_names[i]);
@@ -66,7 +73,41 @@ setup(PyObject *module, PyObject *cls)
     }
     Py_INCREF(cls);
     Py_XSETREF(span_type, (PyTypeObject *)cls);
+    Py_INCREF(args[1]);
+    Py_XSETREF(status_unset, args[1]);
     Py_RETURN_NONE;
+}
+
+/* A new Span with every slot set, as Tracer.start_span does in Python (object.__new__, then
+ * one assignment per slot): name, kind, trace_id, span_id, parent_span_id, trace_flags,
+ * trace_state, baggage, attributes, start_ns, local_root, pipe. */
+static PyObject *
+new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int order[12] = {
+        F_NAME, F_KIND, F_TRACE_ID, F_SPAN_ID, F_PARENT, F_FLAGS, F_STATE, F_BAGGAGE, F_ATTRS,
+        F_START, F_LOCAL_ROOT, F_PIPE,
+    };
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "new_span() takes 12 arguments");
+        return NULL;
+    }
+    if (span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+        return NULL;
+    }
+    PyObject *span = span_type->tp_alloc(span_type, 0);
+    if (span == NULL)
+        return NULL;
+    for (int i = 0; i < 12; i++)
+        SLOT(span, order[i]) = Py_NewRef(args[i]);
+    SLOT(span, F_END) = PyLong_FromLong(0);
+    SLOT(span, F_STATUS) = Py_NewRef(status_unset);
+    SLOT(span, F_MESSAGE) = Py_NewRef(Py_None);
+    SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
+    SLOT(span, F_LINKS) = Py_NewRef(Py_None);
+    SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
+    return span;
 }
 
 /* Lowercase hex of a non-negative int below 2**(8*nbytes), as int.to_bytes(nbytes).hex()
@@ -373,7 +414,10 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef methods[] = {
-    {"setup", (PyCFunction)setup, METH_O, "Remember the Span class and its slot offsets."},
+    {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
+     "Remember the Span class, its slot offsets and StatusCode.UNSET."},
+    {"new_span", (PyCFunction)(void (*)(void))new_span, METH_FASTCALL,
+     "A new Span with every slot set (see the function comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
      "Sanitized span records of a chunk of spans (see the module comment)."},
     {NULL, NULL, 0, NULL},

@@ -3,7 +3,22 @@
 from collections.abc import Callable
 from typing import Any
 
-def setup(cls: type, /) -> None: ...
+def setup(cls: type, unset_status: object, /) -> None: ...
+def new_span(
+    name: str,
+    kind: Any,
+    trace_id: int,
+    span_id: int,
+    parent_span_id: int,
+    trace_flags: int,
+    trace_state: Any,
+    baggage: Any,
+    attributes: dict[str, Any],
+    start_ns: int,
+    local_root: bool,
+    pipe: Any,
+    /,
+) -> Any: ...
 def build_span_records(
     spans: list[Any],
     template: dict[str, Any],

@@ -41,14 +41,12 @@ import hashlib
 import hmac
 import ipaddress
 import itertools
-import logging
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-from pitchey_trace import _stats
+from pitchey_trace import _accel, _stats
 from pitchey_trace._span import Span
 from pitchey_trace._sql import normalize_sql
 from pitchey_trace.records import (
@@ -66,28 +64,7 @@ from pitchey_trace.records import (
     span_template,
 )
 
-_log = logging.getLogger("pitchey_trace")
-
-
-def _load_speedups() -> Callable[..., list[Record]] | None:
-    """The C builder of span records, or None (not compiled here, or turned off with
-    PITCHEY_TRACE_PURE_PYTHON=1): everything then runs on the Python builder."""
-    if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() not in ("", "0"):
-        return None
-    try:
-        from pitchey_trace import _speedups
-
-        _speedups.setup(Span)
-    except ImportError:
-        return None
-    except Exception as exc:  # a Span class the accelerator does not fit: stay on Python
-        _log.warning("pitchey_trace: C accelerator disabled: %s", exc)
-        return None
-    build: Callable[..., list[Record]] = _speedups.build_span_records
-    return build
-
-
-_build_span_records = _load_speedups()
+_build_span_records = _accel.build_span_records
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",

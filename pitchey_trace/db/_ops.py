@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql as _pgsql
 
 from pitchey_trace import _safety
-from pitchey_trace._span import AttributeValue, Span, SpanKind, TrustedAttributes
+from pitchey_trace._span import AttributeValue, Limits, Span, SpanKind, TrustedAttributes
 from pitchey_trace._sql import normalize_sql, parse_statement
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._options import OPTIONS
 
 if TYPE_CHECKING:
     from pitchey_trace._span import AnySpan
+
+# The process-wide tracer is never replaced (configure() re-points its pipeline).
+_TRACER = get_tracer()
 
 __all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error"]
 
@@ -306,7 +309,7 @@ class ConnState:
     def begin(self, cur: Any, query: Any, params: Any, prepare: bool | None = None) -> Op | None:
         """Start the span of one query; None means "run it untraced". Never raises."""
         try:
-            tracer = get_tracer()
+            tracer = _TRACER
             if tracer.pipeline is None:
                 return None
             stmt = None
@@ -337,8 +340,13 @@ class ConnState:
         try:
             span, stmt, start, _ = op
             end = time_ns()
-            if span.is_recording and rows >= 0 and stmt.rows_key is not None:
-                span.set_attribute(stmt.rows_key, rows)
+            key = stmt.rows_key
+            if key is not None and rows >= 0 and span.__class__ is Span:
+                attrs = span.attributes  # a live span we started: set_attribute's checks, inlined
+                if rows.__class__ is int and len(attrs) < Limits.max_attributes:
+                    attrs[key] = rows
+                else:
+                    span.set_attribute(key, rows)
             slow = OPTIONS.slow_ns
             if slow is not None and end - start >= slow:
                 slow_query(span, stmt, end - start)

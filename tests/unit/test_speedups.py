@@ -189,3 +189,35 @@ def test_pure_python_switch() -> None:
     env = dict(os.environ, PITCHEY_TRACE_PURE_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{'user.email': '[EMAIL]'}"
+
+
+def _slots(span: Span) -> dict[str, Any]:
+    random_or_clock = ("span_id", "start_ns", "end_ns", "trace_id", "parent_span_id", "_pipe", "links")
+    out = {name: getattr(span, name) for name in Span.__slots__ if name not in random_or_clock}
+    out["links"] = [(k.context.trace_id, k.context.span_id, k.attributes) for k in span.links or ()]
+    return out
+
+
+def test_c_and_python_span_construction_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitchey_trace import _tracer
+
+    assert _tracer._c_new_span is not None
+    link = pt.TraceContext(trace_id=0xABC, span_id=0xDEF)
+    made: dict[str, list[Span]] = {}
+    for label, maker in (("c", _tracer._c_new_span), ("python", None)):
+        monkeypatch.setattr(_tracer, "_c_new_span", maker)
+        with capture_spans(rollups=None):
+            with pt.span("parent", attributes={"a": 1}) as parent:
+                child = pt.start_span(
+                    "child", {"k": "v"}, kind=pt.SpanKind.CLIENT, links=[link], start_time_ns=5
+                )
+                assert isinstance(child, Span)
+                assert isinstance(parent, Span)
+                made[label] = [parent, child]
+                child.end(9)
+    for c_span, py_span in zip(made["c"], made["python"], strict=True):
+        assert _slots(c_span) == _slots(py_span)
+        assert bool(c_span.parent_span_id) == bool(py_span.parent_span_id)
+    assert made["c"][1].links is not None
+    assert made["c"][1].links[0].context.span_id == 0xDEF
+    assert (made["c"][1].start_ns, made["c"][1].end_ns) == (5, 9)

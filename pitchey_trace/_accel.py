@@ -1,0 +1,32 @@
+"""Loads the optional C accelerator (``_speedups.c``) once, for the modules that use it.
+
+Both names are None when it is not compiled here or ``PITCHEY_TRACE_PURE_PYTHON=1`` is set;
+callers then run their Python code, which gives the same results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pitchey_trace._span import Span, StatusCode
+
+__all__ = ["build_span_records", "new_span"]
+
+build_span_records: Callable[..., list[dict[str, Any]]] | None = None
+new_span: Callable[..., Span] | None = None
+
+if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
+    try:
+        from pitchey_trace import _speedups
+
+        _speedups.setup(Span, StatusCode.UNSET)
+    except ImportError:
+        pass
+    except Exception as exc:  # a Span class the accelerator does not fit: stay on Python
+        logging.getLogger("pitchey_trace").warning("pitchey_trace: C accelerator disabled: %s", exc)
+    else:
+        build_span_records = _speedups.build_span_records
+        new_span = _speedups.new_span
