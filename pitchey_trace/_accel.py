@@ -11,18 +11,23 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pitchey_trace._span import Span, StatusCode
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import Limits, Span, StatusCode
 
-__all__ = ["build_span_records", "new_span"]
+__all__ = ["build_span_records", "new_span", "rollup_chunk"]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
 new_span: Callable[..., Span] | None = None
+rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
         from pitchey_trace import _speedups
 
         _speedups.setup(Span, StatusCode.UNSET)
+        # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
+        # (they call the Python code for anything but the common case).
+        _speedups.install_methods(CURRENT, Limits)
     except ImportError:
         pass
     except Exception as exc:  # a Span class the accelerator does not fit: stay on Python
@@ -30,3 +35,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     else:
         build_span_records = _speedups.build_span_records
         new_span = _speedups.new_span
+        rollup_chunk = _speedups.rollup_chunk

@@ -74,11 +74,18 @@ class DurationSketch:
         inv = self._inv_log_gamma
         log, ceil = math.log, math.ceil
         indexes = [ceil(log(v) * inv) for v in values if v > MIN_INDEXABLE]
+        self.add_counts(Counter(indexes), len(values) - len(indexes))
+
+    def add_counts(self, buckets: Mapping[int, int], zero_count: int) -> None:
+        """Add ready-made bucket counts (``{index: n}``, indexes as :meth:`add` computes them)
+        and ``zero_count`` values too small to index."""
         bins = self.bins
-        for i, c in Counter(indexes).items():
+        total = zero_count
+        for i, c in buckets.items():
             bins[i] = bins.get(i, 0) + c
-        self.zero_count += len(values) - len(indexes)
-        self.count += len(values)
+            total += c
+        self.zero_count += zero_count
+        self.count += total
         if len(bins) > self.max_bins:
             self._collapse()
 

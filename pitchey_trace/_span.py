@@ -492,11 +492,7 @@ class Span(_SpanBase):
             try:
                 CURRENT.reset(token)
             except ValueError:
-                # Exited in another context (e.g. a generator resumed elsewhere): do not leave
-                # this span current there.
-                _safety.warn_once("context_reset", "span %r exited in a different context", self.name)
-                if CURRENT.get() is self:
-                    CURRENT.set(None)
+                self._reset_failed()
         if not self.end_ns:
             self.end_ns = time_ns()
             # Pipeline.enqueue, inlined: this is the hottest line of the SDK.
@@ -508,6 +504,13 @@ class Span(_SpanBase):
                     pipe.wake.set()
             else:
                 pipe.drop()
+
+    def _reset_failed(self) -> None:
+        # Exited in another context (e.g. a generator resumed elsewhere): do not leave this
+        # span current there.
+        _safety.warn_once("context_reset", "span %r exited in a different context", self.name)
+        if CURRENT.get() is self:
+            CURRENT.set(None)
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,9 @@
 #include <Python.h>
 #include <structmember.h>
 #include <string.h>
+#include <time.h>
+#include <math.h>
+#include <stdlib.h>
 
 enum {
     F_TRACE_ID, F_SPAN_ID, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_STATUS, F_MESSAGE,
@@ -108,6 +111,218 @@ new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     SLOT(span, F_LINKS) = Py_NewRef(Py_None);
     SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
     return span;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Request-thread methods installed on Span by install_methods(): __enter__, __exit__ and
+ * set_attribute. Each does what the Python method of the same name does for the common case
+ * and calls that Python code for everything else (kept on the class as _py_*).
+ */
+static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
+static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
+static PyObject *s_queue, *s_max_queue_size, *s_wake_at, *s_wake, *s_set, *s_append, *s_drop,
+    *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow;
+
+static PyObject *
+now_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+}
+
+static PyObject *
+span_enter(PyObject *self, PyObject *unused)
+{
+    PyObject *token = PyContextVar_Set(current_var, self);
+    if (token == NULL)
+        return NULL;
+    Py_XSETREF(SLOT(self, F_TOKEN), token);
+    return Py_NewRef(self);
+}
+
+/* Pipeline.enqueue, as Span.__exit__ inlines it. */
+static int
+enqueue(PyObject *self)
+{
+    PyObject *pipe = SLOT(self, F_PIPE);
+    PyObject *q = PyObject_GetAttr(pipe, s_queue);
+    if (q == NULL)
+        return -1;
+    Py_ssize_t n = PyObject_Length(q);
+    PyObject *limit_obj = n < 0 ? NULL : PyObject_GetAttr(pipe, s_max_queue_size);
+    if (limit_obj == NULL) {
+        Py_DECREF(q);
+        return -1;
+    }
+    long long limit = PyLong_AsLongLong(limit_obj);
+    Py_DECREF(limit_obj);
+    if (limit == -1 && PyErr_Occurred()) {
+        Py_DECREF(q);
+        return -1;
+    }
+    PyObject *r;
+    if (n < limit) {
+        r = PyObject_CallMethodOneArg(q, s_append, self);
+        if (r == NULL) {
+            Py_DECREF(q);
+            return -1;
+        }
+        Py_DECREF(r);
+        PyObject *wake_at = PyObject_GetAttr(pipe, s_wake_at);
+        if (wake_at == NULL) {
+            Py_DECREF(q);
+            return -1;
+        }
+        long long at = PyLong_AsLongLong(wake_at);
+        Py_DECREF(wake_at);
+        if (at == -1 && PyErr_Occurred()) {
+            Py_DECREF(q);
+            return -1;
+        }
+        if (n + 1 == at) {
+            PyObject *wake = PyObject_GetAttr(pipe, s_wake);
+            r = wake == NULL ? NULL : PyObject_CallMethodNoArgs(wake, s_set);
+            Py_XDECREF(wake);
+            if (r == NULL) {
+                Py_DECREF(q);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+    }
+    else {
+        r = PyObject_CallMethodNoArgs(pipe, s_drop);
+        if (r == NULL) {
+            Py_DECREF(q);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(q);
+    return 0;
+}
+
+static PyObject *
+span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
+        return NULL;
+    }
+    PyObject *r;
+    if (args[1] != Py_None) {
+        r = PyObject_CallMethodOneArg(self, s_on_exception, args[1]);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    PyObject *token = SLOT(self, F_TOKEN);
+    if (token != Py_None) {
+        SLOT(self, F_TOKEN) = Py_NewRef(Py_None);
+        int rc = PyContextVar_Reset(current_var, token);
+        Py_DECREF(token);
+        if (rc < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError))
+                return NULL;
+            PyErr_Clear();
+            r = PyObject_CallMethodNoArgs(self, s_reset_failed);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+    }
+    int ended = PyObject_IsTrue(SLOT(self, F_END));
+    if (ended < 0)
+        return NULL;
+    if (!ended) {
+        PyObject *end = now_ns();
+        if (end == NULL)
+            return NULL;
+        Py_SETREF(SLOT(self, F_END), end);
+        if (enqueue(self) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_attribute() takes a key and a value");
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1];
+    PyObject *attrs = SLOT(self, F_ATTRS);
+    PyTypeObject *vt = Py_TYPE(value);
+    if ((vt == &PyUnicode_Type || vt == &PyLong_Type || vt == &PyBool_Type) &&
+        PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) > 0 && PyDict_CheckExact(attrs)) {
+        int ended = PyObject_IsTrue(SLOT(self, F_END));
+        if (ended < 0)
+            return NULL;
+        if (!ended) {
+            PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
+            if (limit_obj == NULL)
+                return NULL;
+            Py_ssize_t limit = PyLong_AsSsize_t(limit_obj);
+            Py_DECREF(limit_obj);
+            if (limit == -1 && PyErr_Occurred())
+                return NULL;
+            int room = PyDict_GET_SIZE(attrs) < limit;
+            if (!room) {
+                room = PyDict_Contains(attrs, key);
+                if (room < 0)
+                    return NULL;
+            }
+            if (room) {
+                if (PyDict_SetItem(attrs, key, value) < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    PyObject *call[3] = {self, key, value};
+    return PyObject_VectorcallMethod(s_set_attribute_slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyMethodDef span_methods[] = {
+    {"__enter__", span_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nMake the span current (C accelerator)."},
+    {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL,
+     "__exit__($self, et, ev, tb, /)\n--\n\nRecord an escaping exception, restore the previous "
+     "span, end this one (C accelerator)."},
+    {"set_attribute", (PyCFunction)(void (*)(void))span_set_attribute, METH_FASTCALL,
+     "set_attribute($self, key, value, /)\n--\n\nSet one attribute (str, bool, int, float or a "
+     "homogeneous sequence of them). Invalid keys or values are dropped and counted; beyond the "
+     "attribute limit new keys are dropped and counted (C accelerator)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* install_methods(current_var, Limits): put the C __enter__/__exit__/set_attribute on the Span
+ * class given to setup(); the Python ones stay reachable as _py___enter__ etc. */
+static PyObject *
+install_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "install_methods(current_var, Limits) after setup()");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_XSETREF(current_var, args[0]);
+    Py_INCREF(args[1]);
+    Py_XSETREF(limits_cls, args[1]);
+    for (PyMethodDef *def = span_methods; def->ml_name != NULL; def++) {
+        PyObject *descr = PyDescr_NewMethod(span_type, def);
+        if (descr == NULL)
+            return NULL;
+        int rc = PyObject_SetAttrString((PyObject *)span_type, def->ml_name, descr);
+        Py_DECREF(descr);
+        if (rc < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* Lowercase hex of a non-negative int below 2**(8*nbytes), as int.to_bytes(nbytes).hex()
@@ -413,11 +628,182 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * rollup_chunk(spans, interval_ns, error_status, inv_log_gamma, min_indexable): what
+ * processors.Rollups needs from a chunk of spans, summarised per (window, name, kind):
+ * {(window, name, kind): (count, errors, sum_ms, min_ms, max_ms, zero_count, {bucket: n})}.
+ * The bucket of a duration is ceil(log(ms) * inv_log_gamma), as DurationSketch.add computes it.
+ * Raises TypeError / OverflowError for anything unusual; the caller then uses its Python code.
+ */
+typedef struct {
+    long long window;
+    PyObject *name; /* borrowed from a span of the chunk */
+    PyObject *kind;
+    long count, errors, zeros;
+    double sum, comp, min, max;
+} group_t;
+
+static int
+cmp_long(const void *a, const void *b)
+{
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *
+rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "rollup_chunk(spans: list, interval, error, inv, min)");
+        return NULL;
+    }
+    PyObject *spans = args[0], *error_status = args[2];
+    long long interval = PyLong_AsLongLong(args[1]);
+    double inv = PyFloat_AsDouble(args[3]), min_indexable = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (interval <= 0 || span_type == NULL) {
+        PyErr_SetString(PyExc_ValueError, "rollup_chunk: bad interval or setup() not called");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(spans);
+    group_t *groups = PyMem_Malloc(sizeof(group_t) * (n ? n : 1));
+    int *gidx = PyMem_Malloc(sizeof(int) * (n ? n : 1));
+    double *ms = PyMem_Malloc(sizeof(double) * (n ? n : 1));
+    long *idx = PyMem_Malloc(sizeof(long) * (n ? n : 1));
+    PyObject *out = NULL;
+    int ngroups = 0, last = -1;
+    if (!groups || !gidx || !ms || !idx) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        if (Py_TYPE(span) != span_type || SLOT(span, F_START) == NULL || SLOT(span, F_END) == NULL ||
+            SLOT(span, F_NAME) == NULL || SLOT(span, F_KIND) == NULL || SLOT(span, F_STATUS) == NULL) {
+            PyErr_SetString(PyExc_TypeError, "rollup_chunk: not a Span");
+            goto done;
+        }
+        int overflow = 0;
+        long long start = PyLong_AsLongLongAndOverflow(SLOT(span, F_START), &overflow);
+        long long end = overflow ? 0 : PyLong_AsLongLongAndOverflow(SLOT(span, F_END), &overflow);
+        if (PyErr_Occurred())
+            goto done;
+        if (overflow) {
+            PyErr_SetString(PyExc_OverflowError, "rollup_chunk: time out of range");
+            goto done;
+        }
+        if (end < start)
+            end = start;
+        long long mod = end % interval;
+        if (mod < 0)
+            mod += interval; /* Python's floor modulo */
+        long long window = end - mod;
+        PyObject *name = SLOT(span, F_NAME), *kind = SLOT(span, F_KIND);
+        int g = -1;
+        if (last >= 0 && groups[last].window == window && groups[last].name == name &&
+            groups[last].kind == kind)
+            g = last;
+        for (int j = 0; g < 0 && j < ngroups; j++) {
+            if (groups[j].window != window)
+                continue;
+            int same = PyObject_RichCompareBool(groups[j].name, name, Py_EQ);
+            if (same < 0)
+                goto done;
+            if (same) {
+                same = PyObject_RichCompareBool(groups[j].kind, kind, Py_EQ);
+                if (same < 0)
+                    goto done;
+                if (same)
+                    g = j;
+            }
+        }
+        if (g < 0) {
+            g = ngroups++;
+            groups[g] = (group_t){window, name, kind, 0, 0, 0, 0.0, 0.0, INFINITY, -INFINITY};
+        }
+        last = g;
+        double v = (double)(end - start) / 1e6;
+        group_t *gr = &groups[g];
+        gr->count++;
+        int is_error = SLOT(span, F_STATUS) == error_status;
+        if (!is_error) {
+            is_error = PyObject_RichCompareBool(SLOT(span, F_STATUS), error_status, Py_EQ);
+            if (is_error < 0)
+                goto done;
+        }
+        gr->errors += is_error;
+        double t = gr->sum + v; /* Neumaier summation */
+        gr->comp += fabs(gr->sum) >= fabs(v) ? (gr->sum - t) + v : (v - t) + gr->sum;
+        gr->sum = t;
+        if (v < gr->min)
+            gr->min = v;
+        if (v > gr->max)
+            gr->max = v;
+        gidx[i] = g;
+        ms[i] = v;
+    }
+    out = PyDict_New();
+    if (out == NULL)
+        goto done;
+    for (int g = 0; g < ngroups; g++) {
+        group_t *gr = &groups[g];
+        Py_ssize_t k = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (gidx[i] != g)
+                continue;
+            if (ms[i] > min_indexable)
+                idx[k++] = (long)ceil(log(ms[i]) * inv);
+            else
+                gr->zeros++;
+        }
+        qsort(idx, (size_t)k, sizeof(long), cmp_long);
+        PyObject *bins = PyDict_New();
+        if (bins == NULL)
+            goto fail;
+        for (Py_ssize_t a = 0; a < k;) {
+            Py_ssize_t b = a;
+            while (b < k && idx[b] == idx[a])
+                b++;
+            PyObject *bk = PyLong_FromLong(idx[a]), *bv = PyLong_FromSsize_t(b - a);
+            int rc = (bk && bv) ? PyDict_SetItem(bins, bk, bv) : -1;
+            Py_XDECREF(bk);
+            Py_XDECREF(bv);
+            if (rc < 0) {
+                Py_DECREF(bins);
+                goto fail;
+            }
+            a = b;
+        }
+        PyObject *key = Py_BuildValue("(LOO)", gr->window, gr->name, gr->kind);
+        PyObject *val = Py_BuildValue("(lldddlN)", gr->count, gr->errors, gr->sum + gr->comp, gr->min,
+                                      gr->max, gr->zeros, bins);
+        int rc = (key && val) ? PyDict_SetItem(out, key, val) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (rc < 0)
+            goto fail;
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyMem_Free(groups);
+    PyMem_Free(gidx);
+    PyMem_Free(ms);
+    PyMem_Free(idx);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
      "Remember the Span class, its slot offsets and StatusCode.UNSET."},
     {"new_span", (PyCFunction)(void (*)(void))new_span, METH_FASTCALL,
      "A new Span with every slot set (see the function comment)."},
+    {"rollup_chunk", (PyCFunction)(void (*)(void))rollup_chunk, METH_FASTCALL,
+     "Per (window, name, kind) summary of a chunk of spans for Rollups (see the comment)."},
+    {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
+     "Install the C __enter__, __exit__ and set_attribute on the Span class."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
      "Sanitized span records of a chunk of spans (see the module comment)."},
     {NULL, NULL, 0, NULL},
@@ -433,6 +819,17 @@ PyInit__speedups(void)
     for (int i = 0; i < K_COUNT; i++) {
         keys[i] = PyUnicode_InternFromString(key_names[i]);
         if (keys[i] == NULL)
+            return NULL;
+    }
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&s_queue, "queue"}, {&s_max_queue_size, "max_queue_size"}, {&s_wake_at, "wake_at"},
+        {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
+        {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
+        {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].text);
+        if (*names[i].slot == NULL)
             return NULL;
     }
     static const char *cats[4] = {"fast", "normal", "slow", "very_slow"};

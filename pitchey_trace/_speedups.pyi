@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 def setup(cls: type, unset_status: object, /) -> None: ...
+def install_methods(current_var: Any, limits: type, /) -> None: ...
 def new_span(
     name: str,
     kind: Any,
@@ -32,3 +33,6 @@ def build_span_records(
     slow: Callable[[Any], dict[str, Any]],
     /,
 ) -> list[dict[str, Any]]: ...
+def rollup_chunk(
+    spans: list[Any], interval_ns: int, error_status: object, inv_log_gamma: float, min_indexable: float, /
+) -> dict[tuple[int, str, Any], tuple[int, int, float, float, float, int, dict[int, int]]]: ...

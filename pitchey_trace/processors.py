@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pitchey_trace import _safety, _stats
-from pitchey_trace._sketch import DurationSketch, merge_sketches
+from pitchey_trace import _accel, _safety, _stats
+from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch, merge_sketches
 from pitchey_trace._span import Span, SpanKind, StatusCode
 from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of
 
@@ -144,6 +145,8 @@ class _Agg:
 
 
 _ERROR = StatusCode.ERROR
+#: One group of a chunk: count, errors, sum/min/max ms, zero count, sketch buckets.
+_Summary = tuple[int, int, float, float, float, int, Mapping[int, int]]
 
 
 class Rollups:
@@ -178,7 +181,6 @@ class Rollups:
             raise ValueError("max_operations and max_open_intervals must be >= 1")
         if grace_s < 0:
             raise ValueError("grace_s must be >= 0")
-        DurationSketch(relative_accuracy)  # validates the accuracy once, here
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.max_operations = max_operations
@@ -187,6 +189,7 @@ class Rollups:
         self.service = "unknown_service"
         self.environment = "development"
         self._interval_ns = interval_s * 1_000_000_000
+        self._inv_log_gamma = DurationSketch(relative_accuracy)._inv_log_gamma
         self._lock = threading.Lock()
         self._windows: dict[int, dict[tuple[str, str], _Agg]] = {}
 
@@ -200,8 +203,50 @@ class Rollups:
         self.observe_many((span,))
 
     def observe_many(self, spans: Iterable[Span]) -> None:
-        """Count a chunk of finished spans (what the pipeline worker calls): durations are
-        grouped per interval and operation first, then each group is added in one go."""
+        """Count a chunk of finished spans (what the pipeline worker calls): the chunk is
+        summarised per interval and operation first (in C when the accelerator is built), then
+        each summary is added under the lock."""
+        summary = None
+        chunk = spans if isinstance(spans, list) else list(spans)
+        if _accel.rollup_chunk is not None:
+            try:
+                summary = _accel.rollup_chunk(
+                    chunk, self._interval_ns, _ERROR, self._inv_log_gamma, MIN_INDEXABLE
+                )
+            except (TypeError, OverflowError):
+                summary = None  # an unusual span: the Python code below handles every case
+        if summary is None:
+            summary = self._summarize(chunk)
+        windows = self._windows
+        with self._lock:
+            for (window, name, kind), (count, errors, total, low, high, zeros, buckets) in summary.items():
+                win = windows.get(window)
+                if win is None:
+                    if len(windows) >= self.max_open_intervals:
+                        _stats.incr("dropped.rollups_interval_cap", count)
+                        continue
+                    win = windows[window] = {}
+                key = (name, kind.value)
+                agg = win.get(key)
+                if agg is None:
+                    if len(win) >= self.max_operations:
+                        _stats.incr("rollups.overflow", count)
+                        key = (OTHER_OPERATION, key[1])
+                        agg = win.get(key)
+                    if agg is None:
+                        agg = win[key] = _Agg(self.relative_accuracy)
+                agg.count += count
+                agg.errors += errors
+                agg.sum += total
+                if low < agg.min:
+                    agg.min = low
+                if high > agg.max:
+                    agg.max = high
+                agg.sketch.add_counts(buckets, zeros)
+
+    def _summarize(self, spans: list[Span]) -> dict[tuple[int, str, SpanKind], _Summary]:
+        """Per (interval, name, kind): count, errors, duration sum/min/max (ms), values too
+        small for the sketch, sketch bucket counts. The reference for ``_speedups.rollup_chunk``."""
         interval = self._interval_ns
         groups: dict[tuple[int, str, SpanKind], list[int]] = {}
         errors: dict[tuple[int, str, SpanKind], int] = {}
@@ -217,35 +262,21 @@ class Rollups:
             durations.append(end - start)
             if span.status == _ERROR:
                 errors[group] = errors.get(group, 0) + 1
-        windows = self._windows
-        with self._lock:
-            for group, durations in groups.items():
-                window, name, kind = group
-                win = windows.get(window)
-                if win is None:
-                    if len(windows) >= self.max_open_intervals:
-                        _stats.incr("dropped.rollups_interval_cap", len(durations))
-                        continue
-                    win = windows[window] = {}
-                key = (name, kind.value)
-                agg = win.get(key)
-                if agg is None:
-                    if len(win) >= self.max_operations:
-                        _stats.incr("rollups.overflow", len(durations))
-                        key = (OTHER_OPERATION, key[1])
-                        agg = win.get(key)
-                    if agg is None:
-                        agg = win[key] = _Agg(self.relative_accuracy)
-                ms = [d / 1e6 for d in durations]
-                agg.count += len(ms)
-                agg.errors += errors.get(group, 0)
-                agg.sum += sum(ms)
-                low, high = min(ms), max(ms)
-                if low < agg.min:
-                    agg.min = low
-                if high > agg.max:
-                    agg.max = high
-                agg.sketch.add_many(ms)
+        inv, log, ceil = self._inv_log_gamma, math.log, math.ceil
+        out: dict[tuple[int, str, SpanKind], _Summary] = {}
+        for group, durations in groups.items():
+            ms = [d / 1e6 for d in durations]
+            indexes = [ceil(log(v) * inv) for v in ms if v > MIN_INDEXABLE]
+            out[group] = (
+                len(ms),
+                errors.get(group, 0),
+                math.fsum(ms),
+                min(ms),
+                max(ms),
+                len(ms) - len(indexes),
+                Counter(indexes),
+            )
+        return out
 
     def collect(self, now_ns: int, force: bool = False) -> list[Record]:
         """Rollup records of the intervals that are due (all of them when ``force``); their

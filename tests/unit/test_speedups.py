@@ -221,3 +221,57 @@ def test_c_and_python_span_construction_agree(monkeypatch: pytest.MonkeyPatch) -
     assert made["c"][1].links is not None
     assert made["c"][1].links[0].context.span_id == 0xDEF
     assert (made["c"][1].start_ns, made["c"][1].end_ns) == (5, 9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    durations=st.lists(st.integers(min_value=-5, max_value=10**12), min_size=1, max_size=60),
+    names=st.lists(st.sampled_from(["a", "b", "GET /x"]), min_size=1, max_size=60),
+    errors=st.lists(st.booleans(), min_size=1, max_size=60),
+)
+def test_c_rollup_summary_equals_python(durations: list[int], names: list[str], errors: list[bool]) -> None:
+    from pitchey_trace import _accel
+    from pitchey_trace.processors import Rollups
+
+    assert _accel.rollup_chunk is not None
+    spans: list[Span] = []
+    with capture_spans(rollups=None):
+        for i, d in enumerate(durations):
+            # f-string names: equal text in distinct objects must still share a group
+            span = pt.start_span(
+                f"{names[i % len(names)]}", start_time_ns=1_700_000_000_000_000_000 + i * 10**9
+            )
+            assert isinstance(span, Span)
+            if errors[i % len(errors)]:
+                span.set_status(pt.StatusCode.ERROR)
+            span.end(span.start_ns + d)  # negative: ends before it starts, counts as 0
+            spans.append(span)
+    rollups = Rollups(interval_s=7)
+    got = _accel.rollup_chunk(spans, rollups._interval_ns, pt.StatusCode.ERROR, rollups._inv_log_gamma, 1e-6)
+    want = rollups._summarize(spans)
+    assert got.keys() == want.keys()
+    for key, (count, errs, total, low, high, zeros, buckets) in want.items():
+        c_count, c_errs, c_total, c_low, c_high, c_zeros, c_buckets = got[key]
+        assert (c_count, c_errs, c_low, c_high, c_zeros, dict(c_buckets)) == (
+            count,
+            errs,
+            low,
+            high,
+            zeros,
+            dict(buckets),
+        )
+        assert c_total == pytest.approx(total, rel=1e-12, abs=1e-12)
+
+
+def test_rollups_fall_back_to_python_for_unusual_spans() -> None:
+    from pitchey_trace.processors import Rollups, merge_rollups
+
+    with capture_spans(rollups=None):
+        span = pt.start_span("op", start_time_ns=2**70)  # beyond 64 bits: the C summary refuses
+        assert isinstance(span, Span)
+        span.end(2**70 + 5_000_000)
+    rollups = Rollups()
+    rollups.bind(service="s", environment="e")
+    rollups.observe_many([span])
+    (record,) = merge_rollups(rollups.collect(0, force=True))
+    assert (record["count"], record["duration_max_ms"]) == (1, 5.0)
