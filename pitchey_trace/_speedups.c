@@ -354,22 +354,29 @@ hex_id(PyObject *value, int nbytes)
 }
 
 /* Sanitized attributes for the fast path, or NULL with no error set when a value needs the
- * Python builder (NULL with an error set on a real failure). */
+ * Python builder (NULL with an error set on a real failure). When sanitizing changes nothing
+ * (the usual case) the span's own dict is returned: an ended span is frozen and records are
+ * never mutated, so the record can share it (as the unsanitized record builder does). */
+#define ATTR_STACK 32
 static PyObject *
 fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache)
 {
-    PyObject *out = PyDict_New();
-    if (out == NULL)
-        return NULL;
-    Py_ssize_t pos = 0;
+    Py_ssize_t size = PyDict_GET_SIZE(attrs);
+    PyObject *stack[2 * ATTR_STACK];
+    PyObject **pairs = size <= ATTR_STACK ? stack : PyMem_Malloc(sizeof(PyObject *) * 2 * size);
+    if (pairs == NULL)
+        return PyErr_NoMemory();
+    PyObject *out = NULL;
+    int changed = 0;
+    Py_ssize_t pos = 0, k = 0;
     PyObject *key, *value;
     while (PyDict_Next(attrs, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key))
+        if (!PyUnicode_CheckExact(key) || k >= size)
             goto slow;
         PyObject *entry = PyDict_GetItemWithError(key_cache, key);
         if (entry == NULL) {
             if (PyErr_Occurred())
-                goto error;
+                goto done;
             goto slow;
         }
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
@@ -390,7 +397,7 @@ fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyOb
                 result = PyDict_GetItemWithError(text_cache, value);
                 if (result == NULL) {
                     if (PyErr_Occurred())
-                        goto error;
+                        goto done;
                     goto slow;
                 }
             }
@@ -398,7 +405,7 @@ fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyOb
                 int overflow = 0;
                 long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
                 if (v == -1 && !overflow && PyErr_Occurred())
-                    goto error;
+                    goto done;
                 if (overflow > 0 || (!overflow && v >= CARD_MIN))
                     goto slow; /* may be a card number: the Python builder checks */
                 result = value;
@@ -413,22 +420,46 @@ fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyOb
             result = PyDict_GetItemWithError(sql_cache, value);
             if (result == NULL) {
                 if (PyErr_Occurred())
-                    goto error;
+                    goto done;
                 goto slow;
             }
         }
         else
             goto slow;
-        if (PyDict_SetItem(out, new_key, result) < 0)
-            goto error;
+        if (!changed && (new_key != key || result != value)) {
+            /* equal text in another object is no change */
+            if ((new_key != key && PyUnicode_Compare(new_key, key) != 0) ||
+                (result != value &&
+                 (Py_TYPE(result) != &PyUnicode_Type || type != &PyUnicode_Type ||
+                  PyUnicode_Compare(result, value) != 0)))
+                changed = 1;
+            if (PyErr_Occurred())
+                goto done;
+        }
+        pairs[2 * k] = new_key;
+        pairs[2 * k + 1] = result;
+        k++;
     }
-    return out;
+    if (!changed) {
+        out = Py_NewRef(attrs);
+        goto done;
+    }
+    out = PyDict_New();
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (PyDict_SetItem(out, pairs[2 * i], pairs[2 * i + 1]) < 0) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+    goto done;
 slow:
-    Py_DECREF(out);
-    return NULL;
-error:
-    Py_DECREF(out);
-    return NULL;
+    out = NULL;
+done:
+    if (pairs != stack)
+        PyMem_Free(pairs);
+    return out;
 }
 
 /* Identity caches for the enum members (a handful of singletons). */

@@ -9,8 +9,9 @@ a bounded buffer until either
 * the buffer is too old (``max_age_s``) or the total pending spans exceed ``max_pending``: the
   oldest trace is discarded (counted as ``tail.evicted``).
 
-Decisions are remembered (bounded LRU) so that spans ending after their local root (a task
-spawned and left running) still follow the trace's decision.
+Decisions are remembered (the last ``remember`` to ``2 * remember`` of them, in two plain dicts
+that take turns: cheaper per span than an LRU) so that spans ending after their local root (a
+task spawned and left running) still follow the trace's decision.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class TailKeeper:
         self.remember = remember
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._n_pending = 0
-        self._decided: OrderedDict[int, bool] = OrderedDict()
+        # Decisions: the current generation and the previous one (see the module docstring).
+        self._decided: dict[int, bool] = {}
+        self._decided_old: dict[int, bool] = {}
 
     @property
     def enabled(self) -> bool:
@@ -62,11 +65,10 @@ class TailKeeper:
 
     def _decide(self, trace_id: int, keep: bool) -> None:
         decided = self._decided
-        if trace_id in decided:
-            decided.move_to_end(trace_id)
         decided[trace_id] = keep
-        if len(decided) > self.remember:
-            decided.popitem(last=False)
+        if len(decided) >= self.remember:
+            self._decided_old = decided
+            self._decided = {}
 
     def offer(self, span: Span, out: list[Span]) -> None:
         """Take a finished record-only span; append to ``out`` whatever is now kept."""
@@ -75,6 +77,7 @@ class TailKeeper:
     def offer_many(self, spans: Iterable[Span], out: list[Span]) -> None:
         """:meth:`offer` for a chunk of spans, in order (counters updated once per chunk)."""
         decided = self._decided
+        old = self._decided_old
         pending_map = self._pending
         keep_errors = self.keep_errors
         slow = self.slow_ns
@@ -90,6 +93,8 @@ class TailKeeper:
                 or (bool(events) and any(e[0] in _SLOW_EVENTS for e in events))  # type: ignore[union-attr]
             )
             decision = decided.get(tid)
+            if decision is None and old:
+                decision = old.get(tid)
             if decision is not None:
                 if decision:
                     out.append(span)
@@ -109,6 +114,7 @@ class TailKeeper:
                     out.extend(pending.spans)
                 out.append(span)
                 self._decide(tid, True)
+                decided, old = self._decided, self._decided_old
                 kept_traces += 1
                 continue
             if span.local_root:
@@ -118,6 +124,7 @@ class TailKeeper:
                     discarded += len(pending.spans)
                 discarded += 1
                 self._decide(tid, False)
+                decided, old = self._decided, self._decided_old
                 continue
             if pending is None:
                 pending = pending_map[tid] = _Pending(time.monotonic())
@@ -150,7 +157,8 @@ class TailKeeper:
     def clear(self) -> None:
         """Forget everything (after fork in the child)."""
         self._pending.clear()
-        self._decided.clear()
+        self._decided = {}
+        self._decided_old = {}
         self._n_pending = 0
 
     @property

@@ -97,6 +97,23 @@ def test_late_child_follows_decision_and_eviction_is_bounded() -> None:
     assert keeper.pending_spans == 0
 
 
+def test_decisions_are_remembered_within_bounds() -> None:
+    keeper = TailKeeper(keep_errors=True, slow_threshold_ms=None, remember=4)
+    out: list[Span] = []
+    for tid in range(1, 21):  # 20 traces decided "keep" (an erroring root each)
+        keeper.offer_many([_span(tid, tid * 10, 0, local_root=True, error=True)], out)
+    assert len(out) == 20
+    assert len(keeper._decided) + len(keeper._decided_old) <= 2 * 4
+    out.clear()
+    # the most recent decisions are still known: a late child of trace 20 follows "keep"
+    keeper.offer(_span(20, 201, 200, local_root=False), out)
+    assert [s.span_id for s in out] == [201]
+    # a long-forgotten trace is undecided again: its late child waits in the buffer
+    keeper.offer(_span(1, 11, 10, local_root=False), out)
+    assert len(out) == 1
+    assert keeper.pending_spans == 1
+
+
 def test_remote_unsampled_parent_with_error_is_kept() -> None:
     parent = pt.TraceContext(0xABC, 0xDEF, trace_flags=0)
     with capture_spans(sample_rate=1.0, rollups=None) as mem:
