@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any
 
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import Limits, Span, StatusCode
+from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
-__all__ = ["build_span_records", "new_span", "rollup_chunk"]
+__all__ = ["build_span_records", "new_span", "rollup_chunk", "start_span"]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
 new_span: Callable[..., Span] | None = None
 rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
+start_span: Callable[..., Any] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
@@ -26,8 +28,9 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
 
         _speedups.setup(Span, StatusCode.UNSET)
         # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
-        # (they call the Python code for anything but the common case).
-        _speedups.install_methods(CURRENT, Limits)
+        # (they call the Python code for anything but the common case); start_span() serves
+        # Tracer.start_span's common case.
+        _speedups.install_methods(CURRENT, Limits, getrandbits, NonRecordingSpan)
     except ImportError:
         pass
     except Exception as exc:  # a Span class the accelerator does not fit: stay on Python
@@ -36,3 +39,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         build_span_records = _speedups.build_span_records
         new_span = _speedups.new_span
         rollup_chunk = _speedups.rollup_chunk
+        start_span = _speedups.start_span

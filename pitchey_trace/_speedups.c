@@ -300,19 +300,211 @@ static PyMethodDef span_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* install_methods(current_var, Limits): put the C __enter__/__exit__/set_attribute on the Span
- * class given to setup(); the Python ones stay reachable as _py___enter__ etc. */
+/* start_span(name, kind, attributes, sink, root_bound, inline_parent, record_unsampled): the
+ * common case of Tracer.start_span (no explicit context, links or start time; the current span
+ * is none or a local Span; a ratio root sampler / parent-following children; plain attribute
+ * values). Returns NotImplemented for anything else: the Python method then does it all. */
+static PyObject *getrandbits_fn = NULL;  /* random.getrandbits */
+static PyObject *nonrecording_cls = NULL;
+static PyObject *int_64 = NULL, *int_128 = NULL, *empty_tuple = NULL;
+
+static PyObject *
+random_id(PyObject *bits)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        PyObject *v = PyObject_CallOneArg(getrandbits_fn, bits);
+        if (v == NULL)
+            return NULL;
+        int nonzero = PyObject_IsTrue(v);
+        if (nonzero != 0)
+            return nonzero < 0 ? (Py_DECREF(v), NULL) : v;
+        Py_DECREF(v);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "random ids keep coming out zero");
+    return NULL;
+}
+
+static int
+plain_attributes(PyObject *attrs, Py_ssize_t limit)
+{
+    if (!PyDict_Check(attrs) || PyDict_GET_SIZE(attrs) > limit)
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(attrs, &pos, &k, &v)) {
+        PyTypeObject *t = Py_TYPE(v);
+        if (!PyUnicode_CheckExact(k) || PyUnicode_GET_LENGTH(k) == 0 ||
+            !(t == &PyUnicode_Type || t == &PyLong_Type || t == &PyBool_Type))
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+start_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || getrandbits_fn == NULL || span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "start_span() takes 7 arguments, after install_methods()");
+        return NULL;
+    }
+    PyObject *name = args[0], *kind = args[1], *attributes = args[2], *sink = args[3],
+             *root_bound = args[4];
+    int inline_parent = PyObject_IsTrue(args[5]), record_unsampled = PyObject_IsTrue(args[6]);
+    if (inline_parent < 0 || record_unsampled < 0)
+        return NULL;
+    if (sink == Py_None)
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *parent = NULL;
+    if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
+        return NULL;
+    /* parent is a new reference (or Py_None, also new) */
+    PyObject *trace_id = NULL, *parent_id = NULL, *trace_state, *baggage, *flags = NULL;
+    int sampled, local_root;
+    if (parent == Py_None) {
+        if (root_bound == Py_None) {
+            Py_DECREF(parent);
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        trace_id = random_id(int_128);
+        if (trace_id == NULL) {
+            Py_DECREF(parent);
+            return NULL;
+        }
+        /* trace_id & (2**64 - 1) < bound, with bound anywhere in [0, 2**64] */
+        unsigned long long low = PyLong_AsUnsignedLongLongMask(trace_id);
+        unsigned long long bound = PyLong_AsUnsignedLongLong(root_bound);
+        if (bound == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto error;
+            PyErr_Clear();
+            if (_PyLong_Sign(root_bound) < 0) {
+                Py_DECREF(trace_id);
+                Py_DECREF(parent);
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+            sampled = 1; /* bound >= 2**64: everything */
+        }
+        else
+            sampled = low < bound;
+        parent_id = PyLong_FromLong(0);
+        trace_state = empty_tuple;
+        baggage = empty_tuple;
+        local_root = 1;
+        flags = PyLong_FromLong(sampled ? 0x03 : 0x02);
+    }
+    else if (Py_TYPE(parent) == span_type && inline_parent && SLOT(parent, F_FLAGS) != NULL &&
+             SLOT(parent, F_TRACE_ID) != NULL && SLOT(parent, F_SPAN_ID) != NULL &&
+             SLOT(parent, F_STATE) != NULL && SLOT(parent, F_BAGGAGE) != NULL) {
+        long pflags = PyLong_AsLong(SLOT(parent, F_FLAGS));
+        if (pflags == -1 && PyErr_Occurred())
+            goto error;
+        sampled = (pflags & 0x01) != 0;
+        trace_id = Py_NewRef(SLOT(parent, F_TRACE_ID));
+        parent_id = Py_NewRef(SLOT(parent, F_SPAN_ID));
+        trace_state = SLOT(parent, F_STATE);
+        baggage = SLOT(parent, F_BAGGAGE);
+        local_root = 0;
+        flags = PyLong_FromLong(sampled ? (pflags | 0x01) : (pflags & ~0x01L));
+    }
+    else {
+        Py_DECREF(parent);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (flags == NULL || parent_id == NULL)
+        goto error;
+    PyObject *span_id = random_id(int_64);
+    if (span_id == NULL)
+        goto error;
+    PyObject *result = NULL;
+    if (!sampled && !record_unsampled) {
+        PyObject *call[5] = {trace_id, span_id, flags, trace_state, baggage};
+        result = PyObject_Vectorcall(nonrecording_cls, call, 5, NULL);
+    }
+    else {
+        PyObject *attrs = NULL;
+        if (attributes == Py_None || (PyDict_Check(attributes) && PyDict_GET_SIZE(attributes) == 0)) {
+            attrs = PyDict_New();
+        }
+        else {
+            PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
+            Py_ssize_t limit = limit_obj ? PyLong_AsSsize_t(limit_obj) : -1;
+            Py_XDECREF(limit_obj);
+            if (limit == -1 && PyErr_Occurred()) {
+                Py_DECREF(span_id);
+                goto error;
+            }
+            if (plain_attributes(attributes, limit))
+                attrs = PyDict_Copy(attributes);
+            else {
+                /* odd attributes: the Python method validates them (new ids, same result) */
+                Py_DECREF(span_id);
+                Py_DECREF(trace_id);
+                Py_DECREF(parent_id);
+                Py_DECREF(flags);
+                Py_DECREF(parent);
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+        }
+        PyObject *start = attrs ? now_ns() : NULL;
+        if (start != NULL) {
+            PyObject *span = span_type->tp_alloc(span_type, 0);
+            if (span != NULL) {
+                SLOT(span, F_NAME) = Py_NewRef(name);
+                SLOT(span, F_KIND) = Py_NewRef(kind);
+                SLOT(span, F_TRACE_ID) = Py_NewRef(trace_id);
+                SLOT(span, F_SPAN_ID) = Py_NewRef(span_id);
+                SLOT(span, F_PARENT) = Py_NewRef(parent_id);
+                SLOT(span, F_FLAGS) = Py_NewRef(flags);
+                SLOT(span, F_STATE) = Py_NewRef(trace_state);
+                SLOT(span, F_BAGGAGE) = Py_NewRef(baggage);
+                SLOT(span, F_ATTRS) = Py_NewRef(attrs);
+                SLOT(span, F_START) = Py_NewRef(start);
+                SLOT(span, F_LOCAL_ROOT) = Py_NewRef(local_root ? Py_True : Py_False);
+                SLOT(span, F_PIPE) = Py_NewRef(sink);
+                SLOT(span, F_END) = PyLong_FromLong(0);
+                SLOT(span, F_STATUS) = Py_NewRef(status_unset);
+                SLOT(span, F_MESSAGE) = Py_NewRef(Py_None);
+                SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
+                SLOT(span, F_LINKS) = Py_NewRef(Py_None);
+                SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
+                result = span;
+            }
+            Py_DECREF(start);
+        }
+        Py_XDECREF(attrs);
+    }
+    Py_DECREF(span_id);
+    Py_DECREF(trace_id);
+    Py_DECREF(parent_id);
+    Py_DECREF(flags);
+    Py_DECREF(parent);
+    return result;
+error:
+    Py_XDECREF(trace_id);
+    Py_XDECREF(parent_id);
+    Py_XDECREF(flags);
+    Py_DECREF(parent);
+    return NULL;
+}
+
+/* install_methods(current_var, Limits, getrandbits, NonRecordingSpan): put the C __enter__,
+ * __exit__ and set_attribute on the Span class given to setup(), and arm start_span(). */
 static PyObject *
 install_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || span_type == NULL) {
-        PyErr_SetString(PyExc_TypeError, "install_methods(current_var, Limits) after setup()");
+    if (nargs != 4 || span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install_methods(current_var, Limits, getrandbits, NonRecordingSpan) after setup()");
         return NULL;
     }
     Py_INCREF(args[0]);
     Py_XSETREF(current_var, args[0]);
     Py_INCREF(args[1]);
     Py_XSETREF(limits_cls, args[1]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(getrandbits_fn, args[2]);
+    Py_INCREF(args[3]);
+    Py_XSETREF(nonrecording_cls, args[3]);
     for (PyMethodDef *def = span_methods; def->ml_name != NULL; def++) {
         PyObject *descr = PyDescr_NewMethod(span_type, def);
         if (descr == NULL)
@@ -833,6 +1025,8 @@ static PyMethodDef methods[] = {
      "A new Span with every slot set (see the function comment)."},
     {"rollup_chunk", (PyCFunction)(void (*)(void))rollup_chunk, METH_FASTCALL,
      "Per (window, name, kind) summary of a chunk of spans for Rollups (see the comment)."},
+    {"start_span", (PyCFunction)(void (*)(void))start_span, METH_FASTCALL,
+     "The common case of Tracer.start_span, or NotImplemented (see the comment)."},
     {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
@@ -863,6 +1057,11 @@ PyInit__speedups(void)
         if (*names[i].slot == NULL)
             return NULL;
     }
+    int_64 = PyLong_FromLong(64);
+    int_128 = PyLong_FromLong(128);
+    empty_tuple = PyTuple_New(0);
+    if (int_64 == NULL || int_128 == NULL || empty_tuple == NULL)
+        return NULL;
     static const char *cats[4] = {"fast", "normal", "slow", "very_slow"};
     for (int i = 0; i < 4; i++) {
         cat_names[i] = PyUnicode_InternFromString(cats[i]);

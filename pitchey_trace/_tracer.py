@@ -56,6 +56,7 @@ _UNSET = StatusCode.UNSET
 _LOW64 = (1 << 64) - 1
 _new_span = object.__new__
 _c_new_span = _accel.new_span
+_c_start_span = _accel.start_span
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON)
 _AUDIT_CATEGORIES = ("request", "security", "data_access")
 
@@ -105,6 +106,20 @@ class Tracer:
 
         The hot path of the SDK: keep it lean.
         """
+        fast = _c_start_span
+        if fast is not None and context is None and links is None and start_time_ns is None:
+            # The C accelerator does the common case (or says NotImplemented).
+            span = fast(
+                name,
+                kind,
+                attributes,
+                self._sink,
+                self._root_bound,
+                self._inline_parent,
+                self.record_unsampled,
+            )
+            if span is not NotImplemented:
+                return span  # type: ignore[no-any-return]
         parent = context if context is not None else _cv_get()
         baggage: tuple[tuple[str, str], ...] = ()
         if parent is not None and not parent.trace_id:

@@ -275,3 +275,42 @@ def test_rollups_fall_back_to_python_for_unusual_spans() -> None:
     rollups.observe_many([span])
     (record,) = merge_rollups(rollups.collect(0, force=True))
     assert (record["count"], record["duration_max_ms"]) == (1, 5.0)
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_start_span_fast_path_agrees_with_the_sampling_rules(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pitchey_trace import _tracer
+    from pitchey_trace.sampling import TraceIdRatio
+
+    assert _tracer._c_start_span is not None
+    if path == "python":
+        monkeypatch.setattr(_tracer, "_c_start_span", None)
+    bound = TraceIdRatio(0.3).bound
+    low64 = (1 << 64) - 1
+    with capture_spans(sample_rate=0.3, keep_errors=False, slow_threshold_ms=None, rollups=None):
+        roots = [pt.start_span("root", {"a": "x", "n": 1, "b": True}) for _ in range(400)]
+        for root in roots:
+            assert root.sampled == ((root.trace_id & low64) < bound)
+            assert isinstance(root, Span) == root.sampled  # unsampled and nothing to record: no-op span
+            if isinstance(root, Span):
+                assert root.local_root
+                assert root.parent_span_id == 0
+                assert root.attributes == {"a": "x", "n": 1, "b": True}
+                with root:
+                    child = pt.start_span("child", {"f": 0.5})  # a float: the general path
+                    assert isinstance(child, Span)
+                    assert (child.trace_id, child.parent_span_id) == (root.trace_id, root.span_id)
+                    assert child.trace_flags == root.trace_flags
+                    assert not child.local_root
+                    assert child.attributes == {"f": 0.5}
+                    child.end()
+            root.end()
+        assert {type(r) for r in roots} == {Span, pt.NonRecordingSpan}
+    with capture_spans(sample_rate=0.0, rollups=None) as mem:  # record-only for tail keeping
+        with pt.span("kept") as s:
+            assert isinstance(s, Span)
+            assert not s.sampled
+            s.set_status("error")
+    assert [r["name"] for r in mem.spans()] == ["kept"]
