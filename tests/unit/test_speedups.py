@@ -314,3 +314,15 @@ def test_start_span_fast_path_agrees_with_the_sampling_rules(
             assert not s.sampled
             s.set_status("error")
     assert [r["name"] for r in mem.spans()] == ["kept"]
+
+
+def test_c_records_are_untracked_until_a_container_goes_in() -> None:
+    spans = _spans([("op", {"n": 1}, False, None)] * 3)
+    san = Sanitizer()
+    _python(san, spans)  # warm the caches: the C builder takes them all
+    records = _build(san, spans, lambda s: pytest.fail("unexpected fallback"))
+    assert not any(gc.is_tracked(r) for r in records)  # nothing for the cycle collector to find
+    records[0]["extra"] = [records[0]]  # a consumer making a cycle: the dict is tracked again
+    assert gc.is_tracked(records[0])
+    del records
+    assert gc.collect() >= 1  # and the cycle is collected
