@@ -746,7 +746,8 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         if (new_attrs == NULL)
             return NULL;
     }
-    if (end < start)
+    int clock_back = end < start;
+    if (clock_back)
         end = start;
     double duration_ms = (double)(end - start) / 1e6;
     double limits[3];
@@ -774,8 +775,9 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
     if (has_parent && set_new(rec, K_PARENT, hex_id(parent, 8)) < 0)
         goto error;
     if (PyDict_SetItem(rec, keys[K_NAME], sname) < 0 || PyDict_SetItem(rec, keys[K_KIND], kind) < 0 ||
-        set_new(rec, K_START, PyLong_FromLongLong(start)) < 0 ||
-        set_new(rec, K_END, PyLong_FromLongLong(end)) < 0 ||
+        /* the span's own int objects (the end is the start when the clock went back) */
+        PyDict_SetItem(rec, keys[K_START], start_obj) < 0 ||
+        PyDict_SetItem(rec, keys[K_END], clock_back ? start_obj : end_obj) < 0 ||
         set_new(rec, K_DURATION, PyFloat_FromDouble(duration_ms)) < 0 ||
         PyDict_SetItem(rec, keys[K_STATUS], status) < 0 ||
         PyDict_SetItem(rec, keys[K_CATEGORY], cat_names[category]) < 0 ||

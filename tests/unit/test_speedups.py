@@ -326,3 +326,19 @@ def test_c_records_are_untracked_until_a_container_goes_in() -> None:
     assert gc.is_tracked(records[0])
     del records
     assert gc.collect() >= 1  # and the cycle is collected
+
+
+def test_c_record_of_a_span_whose_clock_went_back() -> None:
+    with capture_spans(rollups=None):
+        span = pt.start_span("op", {"n": 1}, start_time_ns=2_000)
+        assert isinstance(span, Span)
+        span.end(1_000)  # ends "before" it started
+    san = Sanitizer()
+    _python(san, [span])
+    (record,) = _build(san, [span], lambda s: pytest.fail("unexpected fallback"))
+    assert record == _python(san, [span])[0]
+    assert (record["start_time_unix_nano"], record["end_time_unix_nano"], record["duration_ms"]) == (
+        2_000,
+        2_000,
+        0.0,
+    )
