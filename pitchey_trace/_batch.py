@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pitchey_trace import _safety, _stats
+from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
@@ -396,6 +396,7 @@ class Pipeline:
         q = self.queue
         popleft = q.popleft
         remaining = len(q)
+        take = _accel.take_chunk
         while remaining > 0:
             spans: list[Span] = []
             observed: list[Span] = []
@@ -404,7 +405,9 @@ class Pipeline:
             n = 0
             rollups = self.rollups
             tail = self.tail
-            while n < _CHUNK and n < remaining:
+            if take is not None:  # the C accelerator pops and sorts the chunk
+                n, observed, spans, unsampled, ready = take(popleft, min(_CHUNK, remaining), tail is not None)
+            while n < _CHUNK and n < remaining and take is None:
                 try:
                     item = popleft()
                 except IndexError:

@@ -487,6 +487,65 @@ error:
     return NULL;
 }
 
+/* take_chunk(popleft, n, tail_on) -> (taken, observed, sampled, unsampled, ready): pop up to n
+ * items from the pipeline queue and sort them as Pipeline._drain does (spans: all observed;
+ * sampled ones to export; record-only ones for the tail keeper when tail_on; other items are
+ * ready-made records). Stops early when the queue is empty. */
+static PyObject *
+take_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "take_chunk(popleft, n, tail_on) after setup()");
+        return NULL;
+    }
+    PyObject *popleft = args[0];
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    int tail_on = PyObject_IsTrue(args[2]);
+    if ((n == -1 && PyErr_Occurred()) || tail_on < 0)
+        return NULL;
+    PyObject *observed = PyList_New(0), *sampled = PyList_New(0), *unsampled = PyList_New(0),
+             *ready = PyList_New(0);
+    Py_ssize_t taken = 0;
+    if (!observed || !sampled || !unsampled || !ready)
+        goto error;
+    for (; taken < n; taken++) {
+        PyObject *item = PyObject_CallNoArgs(popleft);
+        if (item == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_IndexError)) {
+                PyErr_Clear();
+                break;
+            }
+            goto error;
+        }
+        int rc;
+        if (Py_TYPE(item) == span_type && SLOT(item, F_FLAGS) != NULL) {
+            rc = PyList_Append(observed, item);
+            if (rc == 0) {
+                long flags = PyLong_AsLong(SLOT(item, F_FLAGS));
+                if (flags == -1 && PyErr_Occurred())
+                    rc = -1;
+                else if (flags & 0x01)
+                    rc = PyList_Append(sampled, item);
+                else if (tail_on)
+                    rc = PyList_Append(unsampled, item);
+            }
+        }
+        else
+            rc = PyList_Append(ready, item);
+        Py_DECREF(item);
+        if (rc < 0)
+            goto error;
+    }
+    return Py_BuildValue("(nNNNN)", taken, observed, sampled, unsampled, ready);
+error:
+    /* items already taken are in the lists: they are lost with them (reported by the caller) */
+    Py_XDECREF(observed);
+    Py_XDECREF(sampled);
+    Py_XDECREF(unsampled);
+    Py_XDECREF(ready);
+    return NULL;
+}
+
 /* install_methods(current_var, Limits, getrandbits, NonRecordingSpan): put the C __enter__,
  * __exit__ and set_attribute on the Span class given to setup(), and arm start_span(). */
 static PyObject *
@@ -1036,6 +1095,8 @@ static PyMethodDef methods[] = {
      "Per (window, name, kind) summary of a chunk of spans for Rollups (see the comment)."},
     {"start_span", (PyCFunction)(void (*)(void))start_span, METH_FASTCALL,
      "The common case of Tracer.start_span, or NotImplemented (see the comment)."},
+    {"take_chunk", (PyCFunction)(void (*)(void))take_chunk, METH_FASTCALL,
+     "Pop and sort a chunk of the pipeline queue (see the comment)."},
     {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,

@@ -46,3 +46,6 @@ def build_span_records(
 def rollup_chunk(
     spans: list[Any], interval_ns: int, error_status: object, inv_log_gamma: float, min_indexable: float, /
 ) -> dict[tuple[int, str, Any], tuple[int, int, float, float, float, int, dict[int, int]]]: ...
+def take_chunk(
+    popleft: Any, n: int, tail_on: bool, /
+) -> tuple[int, list[Any], list[Any], list[Any], list[dict[str, Any]]]: ...

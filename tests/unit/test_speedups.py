@@ -342,3 +342,29 @@ def test_c_record_of_a_span_whose_clock_went_back() -> None:
         2_000,
         0.0,
     )
+
+
+def test_take_chunk_pops_and_sorts_like_the_python_loop() -> None:
+    from collections import deque
+
+    from pitchey_trace import _accel
+
+    assert _accel.take_chunk is not None
+    with capture_spans(sample_rate=0.0, rollups=None):
+        unsampled = pt.start_span("u")
+        unsampled.end()
+    sampled = _spans([("s", {}, False, None)])[0]
+    record = {"type": "audit"}
+    q: deque[Any] = deque([sampled, record, unsampled, sampled])
+    taken, observed, spans, record_only, ready = _accel.take_chunk(q.popleft, 10, True)
+    assert (taken, observed, spans, record_only, ready) == (
+        4,
+        [sampled, unsampled, sampled],
+        [sampled, sampled],
+        [unsampled],
+        [record],
+    )
+    assert not q
+    q.extend([unsampled, sampled])
+    assert _accel.take_chunk(q.popleft, 1, False) == (1, [unsampled], [], [], [])  # tail off
+    assert list(q) == [sampled]
