@@ -31,6 +31,7 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
         # (they call the Python code for anything but the common case); start_span() serves
         # Tracer.start_span's common case.
+        Span._py_end = Span.end  # type: ignore[attr-defined]  # the C end() falls back to it
         _speedups.install_methods(CURRENT, Limits, getrandbits, NonRecordingSpan)
     except ImportError:
         pass

@@ -287,7 +287,40 @@ span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyObject_VectorcallMethod(s_set_attribute_slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+static PyObject *s_py_end = NULL;
+
+static PyObject *
+span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *when = nargs >= 1 ? args[0] : Py_None;
+    int ended = PyObject_IsTrue(SLOT(self, F_END));
+    if (ended < 0)
+        return NULL;
+    if (ended || kwnames != NULL || nargs > 1 || (when != Py_None && !PyLong_CheckExact(when))) {
+        /* ended twice (warning), keywords or an odd argument: the Python method, same call */
+        Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        if (total > 4) {
+            PyErr_SetString(PyExc_TypeError, "end() takes at most one argument");
+            return NULL;
+        }
+        PyObject *call[5] = {self};
+        for (Py_ssize_t i = 0; i < total; i++)
+            call[i + 1] = args[i];
+        return PyObject_VectorcallMethod(s_py_end, call, nargs + 1, kwnames);
+    }
+    PyObject *end = when == Py_None ? now_ns() : Py_NewRef(when);
+    if (end == NULL)
+        return NULL;
+    Py_SETREF(SLOT(self, F_END), end);
+    if (enqueue(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef span_methods[] = {
+    {"end", (PyCFunction)(void (*)(void))span_end, METH_FASTCALL | METH_KEYWORDS,
+     "end($self, /, end_time_ns=None)\n--\n\nEnd the span (once; later calls warn and are "
+     "ignored) and hand it to the pipeline (C accelerator)."},
     {"__enter__", span_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\nMake the span current (C accelerator)."},
     {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL,
@@ -1121,6 +1154,7 @@ PyInit__speedups(void)
         {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
+        {&s_py_end, "_py_end"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);

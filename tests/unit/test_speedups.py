@@ -368,3 +368,23 @@ def test_take_chunk_pops_and_sorts_like_the_python_loop() -> None:
     q.extend([unsampled, sampled])
     assert _accel.take_chunk(q.popleft, 1, False) == (1, [unsampled], [], [], [])  # tail off
     assert list(q) == [sampled]
+
+
+@pytest.mark.allow_internal_errors
+def test_c_end_behaves_like_the_python_end() -> None:
+    assert Span.end is not Span._py_end  # type: ignore[attr-defined]
+    with capture_spans(rollups=None) as mem:
+        a = pt.start_span("a", start_time_ns=1_000)
+        a.end(5_000)  # positional
+        b = pt.start_span("b", start_time_ns=1_000)
+        b.end(end_time_ns=6_000)  # keyword: the Python method
+        c = pt.start_span("c")
+        c.end(1.5)  # type: ignore[arg-type]  # not an int: now
+        c.end()  # twice: warned once and ignored
+        d = pt.start_span("d")
+        d.end(None)
+    got = {r["name"]: r["end_time_unix_nano"] for r in mem.spans()}
+    assert (got["a"], got["b"]) == (5_000, 6_000)
+    assert got["c"] > 10**18
+    assert got["d"] > 10**18
+    assert len(mem.spans()) == 4
