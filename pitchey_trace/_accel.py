@@ -15,13 +15,14 @@ from typing import Any
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
-__all__ = ["build_span_records", "new_span", "rollup_chunk", "start_span", "take_chunk"]
+__all__ = ["build_span_records", "install_tracer", "new_span", "rollup_chunk", "start_span", "take_chunk"]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
 new_span: Callable[..., Span] | None = None
 rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
 start_span: Callable[..., Any] | None = None
 take_chunk: Callable[..., tuple[int, list[Any], list[Span], list[Span], list[Any]]] | None = None
+install_tracer: Callable[[type, Any], None] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
@@ -43,3 +44,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         rollup_chunk = _speedups.rollup_chunk
         start_span = _speedups.start_span
         take_chunk = _speedups.take_chunk
+        install_tracer = _speedups.install_tracer

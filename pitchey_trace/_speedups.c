@@ -374,15 +374,14 @@ plain_attributes(PyObject *attrs, Py_ssize_t limit)
 }
 
 static PyObject *
-start_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *sink,
+                PyObject *root_bound, PyObject *inline_obj, PyObject *unsampled_obj)
 {
-    if (nargs != 7 || getrandbits_fn == NULL || span_type == NULL) {
-        PyErr_SetString(PyExc_TypeError, "start_span() takes 7 arguments, after install_methods()");
+    if (getrandbits_fn == NULL || span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "start_span() before install_methods()");
         return NULL;
     }
-    PyObject *name = args[0], *kind = args[1], *attributes = args[2], *sink = args[3],
-             *root_bound = args[4];
-    int inline_parent = PyObject_IsTrue(args[5]), record_unsampled = PyObject_IsTrue(args[6]);
+    int inline_parent = PyObject_IsTrue(inline_obj), record_unsampled = PyObject_IsTrue(unsampled_obj);
     if (inline_parent < 0 || record_unsampled < 0)
         return NULL;
     if (sink == Py_None)
@@ -518,6 +517,95 @@ error:
     Py_XDECREF(flags);
     Py_DECREF(parent);
     return NULL;
+}
+
+static PyObject *
+start_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "start_span() takes 7 arguments");
+        return NULL;
+    }
+    return start_span_core(args[0], args[1], args[2], args[3], args[4], args[5], args[6]);
+}
+
+/* Tracer.start_span(name, attributes=None, kind=INTERNAL, context=None, links=None,
+ * start_time_ns=None) as a C method: the common case goes to start_span_core with the state
+ * Tracer.install() keeps in `_fast_state`; everything else (and NotImplemented) is the same
+ * call on the Python method, kept as `_py_start_span`. */
+static PyObject *default_kind = NULL;
+static PyObject *s_fast_state, *s_py_start_span, *s_attributes, *s_kind, *s_context, *s_links,
+    *s_start_time_ns;
+
+static PyObject *
+tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    int simple = nargs >= 1 && nargs <= 3;
+    PyObject *name = nargs >= 1 ? args[0] : NULL;
+    PyObject *attributes = nargs >= 2 ? args[1] : Py_None;
+    PyObject *kind = nargs >= 3 ? args[2] : default_kind;
+    for (Py_ssize_t i = 0; simple && i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
+        if (key == s_attributes && nargs < 2)
+            attributes = value;
+        else if (key == s_kind && nargs < 3)
+            kind = value;
+        else if ((key == s_context || key == s_links || key == s_start_time_ns) && value == Py_None)
+            continue;
+        else
+            simple = 0; /* anything else, even a keyword spelled by a non-interned string */
+    }
+    if (simple) {
+        PyObject *state = PyObject_GetAttr(self, s_fast_state);
+        if (state == NULL)
+            return NULL;
+        PyObject *result = NULL;
+        if (PyTuple_CheckExact(state) && PyTuple_GET_SIZE(state) == 4)
+            result = start_span_core(name, kind, attributes, PyTuple_GET_ITEM(state, 0),
+                                     PyTuple_GET_ITEM(state, 1), PyTuple_GET_ITEM(state, 2),
+                                     PyTuple_GET_ITEM(state, 3));
+        else
+            result = Py_NewRef(Py_NotImplemented);
+        Py_DECREF(state);
+        if (result != Py_NotImplemented)
+            return result;
+        Py_DECREF(result);
+    }
+    if (nargs + nkw > 8) {
+        PyErr_SetString(PyExc_TypeError, "start_span() takes at most 6 arguments");
+        return NULL;
+    }
+    PyObject *call[9] = {self};
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        call[i + 1] = args[i];
+    return PyObject_VectorcallMethod(s_py_start_span, call, (nargs + 1), kwnames);
+}
+
+static PyMethodDef tracer_method = {
+    "start_span", (PyCFunction)(void (*)(void))tracer_start_span, METH_FASTCALL | METH_KEYWORDS,
+    "start_span($self, /, name, attributes=None, kind=SpanKind.INTERNAL, context=None, "
+    "links=None, start_time_ns=None)\n--\n\nStart a span (C accelerator; see "
+    "Tracer._py_start_span)."};
+
+/* install_tracer(Tracer, SpanKind.INTERNAL): make Tracer.start_span the C method above. */
+static PyObject *
+install_tracer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "install_tracer(Tracer, SpanKind.INTERNAL)");
+        return NULL;
+    }
+    Py_INCREF(args[1]);
+    Py_XSETREF(default_kind, args[1]);
+    PyObject *descr = PyDescr_NewMethod((PyTypeObject *)args[0], &tracer_method);
+    if (descr == NULL)
+        return NULL;
+    int rc = PyObject_SetAttrString(args[0], "start_span", descr);
+    Py_DECREF(descr);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* take_chunk(popleft, n, tail_on) -> (taken, observed, sampled, unsampled, ready): pop up to n
@@ -1130,6 +1218,8 @@ static PyMethodDef methods[] = {
      "The common case of Tracer.start_span, or NotImplemented (see the comment)."},
     {"take_chunk", (PyCFunction)(void (*)(void))take_chunk, METH_FASTCALL,
      "Pop and sort a chunk of the pipeline queue (see the comment)."},
+    {"install_tracer", (PyCFunction)(void (*)(void))install_tracer, METH_FASTCALL,
+     "Make Tracer.start_span a C method (see the comment)."},
     {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
@@ -1154,7 +1244,9 @@ PyInit__speedups(void)
         {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
-        {&s_py_end, "_py_end"},
+        {&s_py_end, "_py_end"}, {&s_fast_state, "_fast_state"},
+        {&s_py_start_span, "_py_start_span"}, {&s_attributes, "attributes"}, {&s_kind, "kind"},
+        {&s_context, "context"}, {&s_links, "links"}, {&s_start_time_ns, "start_time_ns"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);

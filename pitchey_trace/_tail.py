@@ -78,6 +78,7 @@ class TailKeeper:
         """:meth:`offer` for a chunk of spans, in order (counters updated once per chunk)."""
         decided = self._decided
         old = self._decided_old
+        remember = self.remember
         pending_map = self._pending
         keep_errors = self.keep_errors
         slow = self.slow_ns
@@ -123,8 +124,10 @@ class TailKeeper:
                     self._n_pending -= len(pending.spans)
                     discarded += len(pending.spans)
                 discarded += 1
-                self._decide(tid, False)
-                decided, old = self._decided, self._decided_old
+                decided[tid] = False  # self._decide(tid, False), inlined: every record-only root
+                if len(decided) >= remember:
+                    self._decided_old = old = decided
+                    self._decided = decided = {}
                 continue
             if pending is None:
                 pending = pending_map[tid] = _Pending(time.monotonic())

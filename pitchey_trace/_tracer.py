@@ -56,7 +56,6 @@ _UNSET = StatusCode.UNSET
 _LOW64 = (1 << 64) - 1
 _new_span = object.__new__
 _c_new_span = _accel.new_span
-_c_start_span = _accel.start_span
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON)
 _AUDIT_CATEGORIES = ("request", "security", "data_access")
 
@@ -87,6 +86,8 @@ class Tracer:
         self._root_bound: int | None = (
             self._root_sampler.bound if type(self._root_sampler) is TraceIdRatio else None
         )
+        # What the C accelerator's start_span reads (one attribute instead of four).
+        self._fast_state = (self._sink, self._root_bound, self._inline_parent, self.record_unsampled)
 
     @property
     def enabled(self) -> bool:
@@ -106,20 +107,6 @@ class Tracer:
 
         The hot path of the SDK: keep it lean.
         """
-        fast = _c_start_span
-        if fast is not None and context is None and links is None and start_time_ns is None:
-            # The C accelerator does the common case (or says NotImplemented).
-            span = fast(
-                name,
-                kind,
-                attributes,
-                self._sink,
-                self._root_bound,
-                self._inline_parent,
-                self.record_unsampled,
-            )
-            if span is not NotImplemented:
-                return span  # type: ignore[no-any-return]
         parent = context if context is not None else _cv_get()
         baggage: tuple[tuple[str, str], ...] = ()
         if parent is not None and not parent.trace_id:
@@ -280,6 +267,12 @@ class Tracer:
             )
         )
 
+
+if _accel.install_tracer is not None:
+    # Tracer.start_span becomes a C method for the common case; the Python one stays the
+    # reference and the fallback (before `span` below binds it).
+    Tracer._py_start_span = Tracer.start_span  # type: ignore[attr-defined]
+    _accel.install_tracer(Tracer, _INTERNAL)
 
 #: The process-wide tracer. ``configure()`` re-points it with ``install()``; it is never
 #: replaced, so ``span``/``start_span`` below can be its bound method.

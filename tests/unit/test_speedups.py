@@ -278,19 +278,20 @@ def test_rollups_fall_back_to_python_for_unusual_spans() -> None:
 
 
 @pytest.mark.parametrize("path", ["c", "python"])
-def test_start_span_fast_path_agrees_with_the_sampling_rules(
-    path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_start_span_fast_path_agrees_with_the_sampling_rules(path: str) -> None:
+    import functools
+
     from pitchey_trace import _tracer
     from pitchey_trace.sampling import TraceIdRatio
 
-    assert _tracer._c_start_span is not None
+    assert type(_tracer.Tracer.start_span).__name__ == "method_descriptor"  # the C method
+    start: Any = pt.start_span
     if path == "python":
-        monkeypatch.setattr(_tracer, "_c_start_span", None)
+        start = functools.partial(_tracer.Tracer._py_start_span, _tracer.get_tracer())  # type: ignore[attr-defined]
     bound = TraceIdRatio(0.3).bound
     low64 = (1 << 64) - 1
     with capture_spans(sample_rate=0.3, keep_errors=False, slow_threshold_ms=None, rollups=None):
-        roots = [pt.start_span("root", {"a": "x", "n": 1, "b": True}) for _ in range(400)]
+        roots = [start("root", {"a": "x", "n": 1, "b": True}) for _ in range(400)]
         for root in roots:
             assert root.sampled == ((root.trace_id & low64) < bound)
             assert isinstance(root, Span) == root.sampled  # unsampled and nothing to record: no-op span
@@ -299,15 +300,22 @@ def test_start_span_fast_path_agrees_with_the_sampling_rules(
                 assert root.parent_span_id == 0
                 assert root.attributes == {"a": "x", "n": 1, "b": True}
                 with root:
-                    child = pt.start_span("child", {"f": 0.5})  # a float: the general path
+                    child = start("child", {"f": 0.5}, kind=pt.SpanKind.CLIENT)  # a float: general path
                     assert isinstance(child, Span)
                     assert (child.trace_id, child.parent_span_id) == (root.trace_id, root.span_id)
                     assert child.trace_flags == root.trace_flags
                     assert not child.local_root
                     assert child.attributes == {"f": 0.5}
+                    assert child.kind is pt.SpanKind.CLIENT
                     child.end()
             root.end()
         assert {type(r) for r in roots} == {Span, pt.NonRecordingSpan}
+        # keywords, explicit None and the general cases reach the same results
+        s = start(name="kw", attributes={"k": "v"}, kind=pt.SpanKind.SERVER, context=None, links=None)
+        if isinstance(s, Span):  # sampled (30%): recorded with what was passed
+            assert (s.name, s.kind, s.attributes) == ("kw", pt.SpanKind.SERVER, {"k": "v"})
+        with pytest.raises(TypeError):
+            start("x", bogus=1)
     with capture_spans(sample_rate=0.0, rollups=None) as mem:  # record-only for tail keeping
         with pt.span("kept") as s:
             assert isinstance(s, Span)
