@@ -15,12 +15,11 @@ from typing import Any
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
-__all__ = ["build_span_records", "install_tracer", "new_span", "rollup_chunk", "start_span", "take_chunk"]
+__all__ = ["build_span_records", "install_tracer", "new_span", "rollup_chunk", "take_chunk"]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
 new_span: Callable[..., Span] | None = None
 rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
-start_span: Callable[..., Any] | None = None
 take_chunk: Callable[..., tuple[int, list[Any], list[Span], list[Span], list[Any]]] | None = None
 install_tracer: Callable[[type, Any], None] | None = None
 
@@ -30,8 +29,7 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
 
         _speedups.setup(Span, StatusCode.UNSET)
         # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
-        # (they call the Python code for anything but the common case); start_span() serves
-        # Tracer.start_span's common case.
+        # (they call the Python code for anything but the common case).
         Span._py_end = Span.end  # type: ignore[attr-defined]  # the C end() falls back to it
         _speedups.install_methods(CURRENT, Limits, getrandbits, NonRecordingSpan)
     except ImportError:
@@ -42,6 +40,5 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         build_span_records = _speedups.build_span_records
         new_span = _speedups.new_span
         rollup_chunk = _speedups.rollup_chunk
-        start_span = _speedups.start_span
         take_chunk = _speedups.take_chunk
         install_tracer = _speedups.install_tracer

@@ -81,16 +81,38 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* A new Span from its 12 given fields (in new_span()'s order), the rest at their start values. */
+static PyObject *
+make_span(PyObject *const *fields)
+{
+    static const int order[12] = {
+        F_NAME, F_KIND, F_TRACE_ID, F_SPAN_ID, F_PARENT, F_FLAGS, F_STATE, F_BAGGAGE, F_ATTRS,
+        F_START, F_LOCAL_ROOT, F_PIPE,
+    };
+    PyObject *span = span_type->tp_alloc(span_type, 0);
+    if (span == NULL)
+        return NULL;
+    for (int i = 0; i < 12; i++)
+        SLOT(span, order[i]) = Py_NewRef(fields[i]);
+    SLOT(span, F_END) = PyLong_FromLong(0);
+    SLOT(span, F_STATUS) = Py_NewRef(status_unset);
+    SLOT(span, F_MESSAGE) = Py_NewRef(Py_None);
+    SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
+    SLOT(span, F_LINKS) = Py_NewRef(Py_None);
+    SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
+    if (SLOT(span, F_END) == NULL) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    return span;
+}
+
 /* A new Span with every slot set, as Tracer.start_span does in Python (object.__new__, then
  * one assignment per slot): name, kind, trace_id, span_id, parent_span_id, trace_flags,
  * trace_state, baggage, attributes, start_ns, local_root, pipe. */
 static PyObject *
 new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int order[12] = {
-        F_NAME, F_KIND, F_TRACE_ID, F_SPAN_ID, F_PARENT, F_FLAGS, F_STATE, F_BAGGAGE, F_ATTRS,
-        F_START, F_LOCAL_ROOT, F_PIPE,
-    };
     if (nargs != 12) {
         PyErr_SetString(PyExc_TypeError, "new_span() takes 12 arguments");
         return NULL;
@@ -99,18 +121,7 @@ new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
         return NULL;
     }
-    PyObject *span = span_type->tp_alloc(span_type, 0);
-    if (span == NULL)
-        return NULL;
-    for (int i = 0; i < 12; i++)
-        SLOT(span, order[i]) = Py_NewRef(args[i]);
-    SLOT(span, F_END) = PyLong_FromLong(0);
-    SLOT(span, F_STATUS) = Py_NewRef(status_unset);
-    SLOT(span, F_MESSAGE) = Py_NewRef(Py_None);
-    SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
-    SLOT(span, F_LINKS) = Py_NewRef(Py_None);
-    SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
-    return span;
+    return make_span(args);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -333,7 +344,7 @@ static PyMethodDef span_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* start_span(name, kind, attributes, sink, root_bound, inline_parent, record_unsampled): the
+/* start_span_core(name, kind, attributes, sink, root_bound, inline_parent, record_unsampled): the
  * common case of Tracer.start_span (no explicit context, links or start time; the current span
  * is none or a local Span; a ratio root sampler / parent-following children; plain attribute
  * values). Returns NotImplemented for anything else: the Python method then does it all. */
@@ -479,28 +490,11 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
         }
         PyObject *start = attrs ? now_ns() : NULL;
         if (start != NULL) {
-            PyObject *span = span_type->tp_alloc(span_type, 0);
-            if (span != NULL) {
-                SLOT(span, F_NAME) = Py_NewRef(name);
-                SLOT(span, F_KIND) = Py_NewRef(kind);
-                SLOT(span, F_TRACE_ID) = Py_NewRef(trace_id);
-                SLOT(span, F_SPAN_ID) = Py_NewRef(span_id);
-                SLOT(span, F_PARENT) = Py_NewRef(parent_id);
-                SLOT(span, F_FLAGS) = Py_NewRef(flags);
-                SLOT(span, F_STATE) = Py_NewRef(trace_state);
-                SLOT(span, F_BAGGAGE) = Py_NewRef(baggage);
-                SLOT(span, F_ATTRS) = Py_NewRef(attrs);
-                SLOT(span, F_START) = Py_NewRef(start);
-                SLOT(span, F_LOCAL_ROOT) = Py_NewRef(local_root ? Py_True : Py_False);
-                SLOT(span, F_PIPE) = Py_NewRef(sink);
-                SLOT(span, F_END) = PyLong_FromLong(0);
-                SLOT(span, F_STATUS) = Py_NewRef(status_unset);
-                SLOT(span, F_MESSAGE) = Py_NewRef(Py_None);
-                SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
-                SLOT(span, F_LINKS) = Py_NewRef(Py_None);
-                SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
-                result = span;
-            }
+            PyObject *fields[12] = {
+                name, kind, trace_id, span_id, parent_id, flags, trace_state, baggage, attrs,
+                start, local_root ? Py_True : Py_False, sink,
+            };
+            result = make_span(fields);
             Py_DECREF(start);
         }
         Py_XDECREF(attrs);
@@ -517,16 +511,6 @@ error:
     Py_XDECREF(flags);
     Py_DECREF(parent);
     return NULL;
-}
-
-static PyObject *
-start_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "start_span() takes 7 arguments");
-        return NULL;
-    }
-    return start_span_core(args[0], args[1], args[2], args[3], args[4], args[5], args[6]);
 }
 
 /* Tracer.start_span(name, attributes=None, kind=INTERNAL, context=None, links=None,
@@ -1214,8 +1198,6 @@ static PyMethodDef methods[] = {
      "A new Span with every slot set (see the function comment)."},
     {"rollup_chunk", (PyCFunction)(void (*)(void))rollup_chunk, METH_FASTCALL,
      "Per (window, name, kind) summary of a chunk of spans for Rollups (see the comment)."},
-    {"start_span", (PyCFunction)(void (*)(void))start_span, METH_FASTCALL,
-     "The common case of Tracer.start_span, or NotImplemented (see the comment)."},
     {"take_chunk", (PyCFunction)(void (*)(void))take_chunk, METH_FASTCALL,
      "Pop and sort a chunk of the pipeline queue (see the comment)."},
     {"install_tracer", (PyCFunction)(void (*)(void))install_tracer, METH_FASTCALL,

@@ -5,16 +5,6 @@ from typing import Any
 
 def setup(cls: type, unset_status: object, /) -> None: ...
 def install_methods(current_var: Any, limits: type, getrandbits: Any, nonrecording: type, /) -> None: ...
-def start_span(
-    name: str,
-    kind: Any,
-    attributes: Any,
-    sink: Any,
-    root_bound: int | None,
-    inline_parent: bool,
-    record_unsampled: bool,
-    /,
-) -> Any: ...
 def new_span(
     name: str,
     kind: Any,
