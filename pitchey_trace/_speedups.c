@@ -1,18 +1,16 @@
-/* Optional C accelerator for the export worker (pitchey_trace._speedups).
+/* Optional C accelerator (pitchey_trace._speedups), loaded by pitchey_trace/_accel.py.
  *
- * One function, build_span_records(), turns a chunk of finished spans into their sanitized
- * schema-v1 records: exactly what Sanitizer._span_record() returns, for the common case
- * (no events, no links, no status message, every attribute key already decided by the
- * sanitizer and every value a cached string, a small int, a bool, a float or None). Any other
- * span is handed to the Python builder given as `slow`, so the two paths can never disagree
- * on anything but speed: the Python one is the reference, and the tests compare them.
+ * The common case of each per-span step, in C; anything unusual is handed to the Python code,
+ * which stays the reference (the tests compare the two):
+ *   request thread: Tracer.start_span (a C method, so pitchey_trace.span), and the Span
+ *     methods __enter__, __exit__, set_attribute and end; new_span() when Python builds a span;
+ *   export worker: take_chunk() (pop and sort a chunk of the queue), rollup_chunk() (the
+ *     Rollups summary) and build_span_records() (sanitized schema-v1 records, as
+ *     Sanitizer._span_record builds them, for spans with no events, links or status message
+ *     whose attribute keys and values the sanitizer has already decided).
  *
- * new_span() is the request thread's part: it creates a Span and sets its 18 slots in one call
- * (the Python code does one attribute store per slot).
- *
- * Span attributes are read through the slot offsets of the Span class (looked up once by
- * setup()), so the type must be exactly that class. Nothing here is required: without a C
- * compiler the package runs on the pure-Python builder.
+ * Span fields are read and written through the slot offsets of the Span class (looked up once
+ * by setup()). Nothing here is required: without a C compiler the package runs on Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -125,9 +123,10 @@ new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ---------------------------------------------------------------------------------------
- * Request-thread methods installed on Span by install_methods(): __enter__, __exit__ and
- * set_attribute. Each does what the Python method of the same name does for the common case
- * and calls that Python code for everything else (kept on the class as _py_*).
+ * Request-thread methods installed on Span by install_methods(): __enter__, __exit__,
+ * set_attribute and end. Each does what the Python method of the same name does for the
+ * common case and calls Python for everything else (_on_exception, _reset_failed,
+ * _set_attribute_slow, and the original end kept as _py_end).
  */
 static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
 static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
@@ -141,6 +140,21 @@ now_ns(void)
     if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+}
+
+/* The Python methods would raise AttributeError on a Span whose slots were never set (made
+ * with Span.__new__ and nothing else); so do these, instead of reading a NULL slot. */
+static int
+slots_set(PyObject *self, int a, int b, int c)
+{
+    int need[3] = {a, b, c};
+    for (int i = 0; i < 3; i++) {
+        if (need[i] >= 0 && SLOT(self, need[i]) == NULL) {
+            PyErr_Format(PyExc_AttributeError, "'Span' object has no attribute '%s'", slot_names[need[i]]);
+            return 0;
+        }
+    }
+    return 1;
 }
 
 static PyObject *
@@ -223,6 +237,8 @@ span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *r;
+    if (!slots_set(self, F_TOKEN, F_END, F_PIPE))
+        return NULL;
     if (args[1] != Py_None) {
         r = PyObject_CallMethodOneArg(self, s_on_exception, args[1]);
         if (r == NULL)
@@ -266,6 +282,8 @@ span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *key = args[0], *value = args[1];
+    if (!slots_set(self, F_ATTRS, F_END, -1))
+        return NULL;
     PyObject *attrs = SLOT(self, F_ATTRS);
     PyTypeObject *vt = Py_TYPE(value);
     if ((vt == &PyUnicode_Type || vt == &PyLong_Type || vt == &PyBool_Type) &&
@@ -304,6 +322,8 @@ static PyObject *
 span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *when = nargs >= 1 ? args[0] : Py_None;
+    if (!slots_set(self, F_END, F_PIPE, -1))
+        return NULL;
     int ended = PyObject_IsTrue(SLOT(self, F_END));
     if (ended < 0)
         return NULL;

@@ -396,3 +396,14 @@ def test_c_end_behaves_like_the_python_end() -> None:
     assert got["c"] > 10**18
     assert got["d"] > 10**18
     assert len(mem.spans()) == 4
+
+
+def test_c_methods_on_a_span_with_unset_slots_raise_attribute_error_not_crash() -> None:
+    bare = Span.__new__(Span)  # no slot set: the Python methods would raise AttributeError too
+    for call in (
+        lambda: bare.set_attribute("a", 1),
+        bare.end,
+        lambda: bare.__exit__(None, None, None),
+    ):
+        with pytest.raises(AttributeError):
+            call()
