@@ -562,8 +562,13 @@ tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     }
     if (simple) {
         PyObject *state = PyObject_GetAttr(self, s_fast_state);
-        if (state == NULL)
-            return NULL;
+        if (state == NULL) {
+            /* a tracer install() never ran on (a subclass): the Python method decides */
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return NULL;
+            PyErr_Clear();
+            state = Py_NewRef(Py_None);
+        }
         PyObject *result = NULL;
         if (PyTuple_CheckExact(state) && PyTuple_GET_SIZE(state) == 4)
             result = start_span_core(name, kind, attributes, PyTuple_GET_ITEM(state, 0),
