@@ -15,10 +15,9 @@ from typing import Any
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
-__all__ = ["build_span_records", "install_tracer", "new_span", "rollup_chunk", "take_chunk"]
+__all__ = ["build_span_records", "install_tracer", "rollup_chunk", "take_chunk"]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
-new_span: Callable[..., Span] | None = None
 rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
 take_chunk: Callable[..., tuple[int, list[Any], list[Span], list[Span], list[Any]]] | None = None
 install_tracer: Callable[[type, Any], None] | None = None
@@ -38,7 +37,6 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         logging.getLogger("pitchey_trace").warning("pitchey_trace: C accelerator disabled: %s", exc)
     else:
         build_span_records = _speedups.build_span_records
-        new_span = _speedups.new_span
         rollup_chunk = _speedups.rollup_chunk
         take_chunk = _speedups.take_chunk
         install_tracer = _speedups.install_tracer

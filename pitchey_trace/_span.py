@@ -495,15 +495,7 @@ class Span(_SpanBase):
                 self._reset_failed()
         if not self.end_ns:
             self.end_ns = time_ns()
-            # Pipeline.enqueue, inlined: this is the hottest line of the SDK.
-            pipe = self._pipe
-            q = pipe.queue
-            if len(q) < pipe.max_queue_size:
-                q.append(self)
-                if len(q) == pipe.wake_at:
-                    pipe.wake.set()
-            else:
-                pipe.drop()
+            self._pipe.enqueue(self)
 
     def _reset_failed(self) -> None:
         # Exited in another context (e.g. a generator resumed elsewhere): do not leave this
@@ -671,15 +663,7 @@ class Span(_SpanBase):
             _safety.warn_once("end_twice", "span %r ended twice: ignored", self.name)
             return
         self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()
-        # Pipeline.enqueue, inlined as in __exit__ (database and server spans end here).
-        pipe = self._pipe
-        q = pipe.queue
-        if len(q) < pipe.max_queue_size:
-            q.append(self)
-            if len(q) == pipe.wake_at:
-                pipe.wake.set()
-        else:
-            pipe.drop()
+        self._pipe.enqueue(self)
 
     @property
     def is_ended(self) -> bool:

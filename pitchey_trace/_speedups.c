@@ -3,7 +3,7 @@
  * The common case of each per-span step, in C; anything unusual is handed to the Python code,
  * which stays the reference (the tests compare the two):
  *   request thread: Tracer.start_span (a C method, so pitchey_trace.span), and the Span
- *     methods __enter__, __exit__, set_attribute and end; new_span() when Python builds a span;
+ *     methods __enter__, __exit__, set_attribute and end;
  *   export worker: take_chunk() (pop and sort a chunk of the queue), rollup_chunk() (the
  *     Rollups summary) and build_span_records() (sanitized schema-v1 records, as
  *     Sanitizer._span_record builds them, for spans with no events, links or status message
@@ -79,7 +79,9 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* A new Span from its 12 given fields (in new_span()'s order), the rest at their start values. */
+/* A new Span from its 12 given fields (name, kind, trace_id, span_id, parent_span_id,
+ * trace_flags, trace_state, baggage, attributes, start_ns, local_root, pipe), the rest at
+ * their start values: what Tracer._py_start_span does with one attribute store per slot. */
 static PyObject *
 make_span(PyObject *const *fields)
 {
@@ -103,23 +105,6 @@ make_span(PyObject *const *fields)
         return NULL;
     }
     return span;
-}
-
-/* A new Span with every slot set, as Tracer.start_span does in Python (object.__new__, then
- * one assignment per slot): name, kind, trace_id, span_id, parent_span_id, trace_flags,
- * trace_state, baggage, attributes, start_ns, local_root, pipe. */
-static PyObject *
-new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "new_span() takes 12 arguments");
-        return NULL;
-    }
-    if (span_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
-        return NULL;
-    }
-    return make_span(args);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1219,8 +1204,6 @@ done:
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
      "Remember the Span class, its slot offsets and StatusCode.UNSET."},
-    {"new_span", (PyCFunction)(void (*)(void))new_span, METH_FASTCALL,
-     "A new Span with every slot set (see the function comment)."},
     {"rollup_chunk", (PyCFunction)(void (*)(void))rollup_chunk, METH_FASTCALL,
      "Per (window, name, kind) summary of a chunk of spans for Rollups (see the comment)."},
     {"take_chunk", (PyCFunction)(void (*)(void))take_chunk, METH_FASTCALL,

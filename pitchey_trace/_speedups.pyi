@@ -5,21 +5,6 @@ from typing import Any
 
 def setup(cls: type, unset_status: object, /) -> None: ...
 def install_methods(current_var: Any, limits: type, getrandbits: Any, nonrecording: type, /) -> None: ...
-def new_span(
-    name: str,
-    kind: Any,
-    trace_id: int,
-    span_id: int,
-    parent_span_id: int,
-    trace_flags: int,
-    trace_state: Any,
-    baggage: Any,
-    attributes: dict[str, Any],
-    start_ns: int,
-    local_root: bool,
-    pipe: Any,
-    /,
-) -> Any: ...
 def build_span_records(
     spans: list[Any],
     template: dict[str, Any],

@@ -55,7 +55,6 @@ _INTERNAL = SpanKind.INTERNAL
 _UNSET = StatusCode.UNSET
 _LOW64 = (1 << 64) - 1
 _new_span = object.__new__
-_c_new_span = _accel.new_span
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON)
 _AUDIT_CATEGORIES = ("request", "security", "data_access")
 
@@ -179,18 +178,7 @@ class Tracer:
         else:
             attrs = {}
         start_ns = start_time_ns if start_time_ns.__class__ is int else time_ns()
-        make = _c_new_span
-        if make is not None:
-            # The C accelerator sets the 18 slots in one call.
-            span = make(
-                name, kind, trace_id, span_id, parent_span_id, flags, trace_state, baggage, attrs,
-                start_ns, local_root, sink,
-            )  # fmt: skip
-            if links:
-                self._add_links(span, links)
-            return span
-        # Span.__init__ inlined (one Python call less on the hottest path); keep in sync with
-        # _speedups.c new_span().
+        # Span.__init__ inlined (one Python call less); keep in sync with _speedups.c make_span().
         span = _new_span(Span)
         span.name = name
         span.kind = kind
