@@ -152,66 +152,52 @@ span_enter(PyObject *self, PyObject *unused)
     return Py_NewRef(self);
 }
 
-/* Pipeline.enqueue, as Span.__exit__ inlines it. */
+/* An int attribute of `obj` into *out; -1 with an error set when it is missing or not an int. */
+static int
+int_attr(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Pipeline.enqueue, in C: append to the bounded queue (wake the worker at wake_at), else drop. */
 static int
 enqueue(PyObject *self)
 {
     PyObject *pipe = SLOT(self, F_PIPE);
-    PyObject *q = PyObject_GetAttr(pipe, s_queue);
+    PyObject *q = PyObject_GetAttr(pipe, s_queue), *r = NULL;
+    long long limit, at;
     if (q == NULL)
         return -1;
     Py_ssize_t n = PyObject_Length(q);
-    PyObject *limit_obj = n < 0 ? NULL : PyObject_GetAttr(pipe, s_max_queue_size);
-    if (limit_obj == NULL) {
-        Py_DECREF(q);
-        return -1;
-    }
-    long long limit = PyLong_AsLongLong(limit_obj);
-    Py_DECREF(limit_obj);
-    if (limit == -1 && PyErr_Occurred()) {
-        Py_DECREF(q);
-        return -1;
-    }
-    PyObject *r;
+    if (n < 0 || int_attr(pipe, s_max_queue_size, &limit) < 0)
+        goto fail;
     if (n < limit) {
         r = PyObject_CallMethodOneArg(q, s_append, self);
-        if (r == NULL) {
-            Py_DECREF(q);
-            return -1;
-        }
-        Py_DECREF(r);
-        PyObject *wake_at = PyObject_GetAttr(pipe, s_wake_at);
-        if (wake_at == NULL) {
-            Py_DECREF(q);
-            return -1;
-        }
-        long long at = PyLong_AsLongLong(wake_at);
-        Py_DECREF(wake_at);
-        if (at == -1 && PyErr_Occurred()) {
-            Py_DECREF(q);
-            return -1;
-        }
+        if (r == NULL || int_attr(pipe, s_wake_at, &at) < 0)
+            goto fail;
+        Py_CLEAR(r);
         if (n + 1 == at) {
             PyObject *wake = PyObject_GetAttr(pipe, s_wake);
             r = wake == NULL ? NULL : PyObject_CallMethodNoArgs(wake, s_set);
             Py_XDECREF(wake);
-            if (r == NULL) {
-                Py_DECREF(q);
-                return -1;
-            }
-            Py_DECREF(r);
+            if (r == NULL)
+                goto fail;
         }
     }
-    else {
-        r = PyObject_CallMethodNoArgs(pipe, s_drop);
-        if (r == NULL) {
-            Py_DECREF(q);
-            return -1;
-        }
-        Py_DECREF(r);
-    }
+    else if ((r = PyObject_CallMethodNoArgs(pipe, s_drop)) == NULL)
+        goto fail;
+    Py_XDECREF(r);
     Py_DECREF(q);
     return 0;
+fail:
+    Py_XDECREF(r);
+    Py_DECREF(q);
+    return -1;
 }
 
 static PyObject *
