@@ -25,7 +25,15 @@ from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
-from pitchey_trace.records import DATASET_OF_TYPE, CategoryThresholds, Record, make_resource, span_record
+from pitchey_trace.records import (
+    DATASET_OF_TYPE,
+    PENDING_AUDIT,
+    CategoryThresholds,
+    Record,
+    make_resource,
+    request_audit,
+    span_record,
+)
 from pitchey_trace.sanitize import Sanitizer
 
 #: Defaults, documented in docs/configuration.md.
@@ -252,7 +260,7 @@ class Pipeline:
 
     def _init_runtime(self) -> None:
         # queue / wake / wake_at / max_queue_size are read by Span.__exit__ directly (hot path).
-        self.queue: deque[Span | Record] = deque()
+        self.queue: deque[Span | Record | tuple[Any, ...]] = deque()
         self.wake = threading.Event()
         self._flush_requests: deque[tuple[_Latch, float]] = deque()
         self._stop = False
@@ -274,8 +282,9 @@ class Pipeline:
         """Count a span refused because the queue is full (or the pipeline shut down)."""
         _stats.incr("dropped.after_shutdown" if self._shutdown else "dropped.queue_full")
 
-    def emit(self, record: Record) -> None:
-        """Hand a ready-made record (audit, custom) to the worker, like :meth:`enqueue`."""
+    def emit(self, record: Record | tuple[Any, ...]) -> None:
+        """Hand a ready-made record (audit, custom) to the worker, like :meth:`enqueue`. (A
+        tuple is a request audit the middleware left to the worker: ``records.request_audit``.)"""
         if self._shutdown:
             _stats.incr("dropped.after_shutdown")
             return
@@ -489,7 +498,7 @@ class Pipeline:
             targets = self._route_cache[dataset] = [w for w in self.workers if w.accepts(dataset)]
         return targets
 
-    def _deliver(self, records: list[Record], sanitized: bool = False) -> None:
+    def _deliver(self, records: list[Any], sanitized: bool = False) -> None:
         """Sanitize (unless already done), run processors, route to the exporters' queues."""
         sanitizer = None if sanitized else self.sanitizer
         processors = self.processors
@@ -497,6 +506,15 @@ class Pipeline:
         routed: dict[int, list[Record]] = {id(w): [] for w in self.workers}
         type_dataset = DATASET_OF_TYPE
         for rec in records:
+            if rec.__class__ is tuple:  # a request audit the middleware deferred to this thread
+                try:
+                    if rec[0] != PENDING_AUDIT:
+                        raise TypeError("not a record: a tuple")
+                    rec = request_audit(rec, self.service, self.environment)
+                except Exception as exc:
+                    _stats.incr("dropped.encode_error")
+                    _safety.report("request_audit", exc)
+                    continue
             if sanitizer is not None:
                 try:
                     rec = sanitizer(rec)
@@ -521,7 +539,7 @@ class Pipeline:
                     continue
                 rec = result
             if router is None:
-                ds = rec.get("dataset") or type_dataset.get(rec.get("type"), "traces")  # type: ignore[arg-type]
+                ds = rec.get("dataset") or type_dataset.get(rec.get("type"), "traces")
                 for w in self._targets(ds):
                     routed[id(w)].append(rec)
                 continue
@@ -534,9 +552,12 @@ class Pipeline:
             for w in self.workers:
                 if w.datasets is None or not names.isdisjoint(w.datasets):
                     routed[id(w)].append(rec)
+        untrack = _accel.untrack_records
         for w in self.workers:
             recs = routed[id(w)]
             if recs:
+                if untrack is not None:
+                    untrack(recs)  # they wait in the exporter's queue: no work for the collector
                 w.put(recs)
 
 

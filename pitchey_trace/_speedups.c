@@ -177,6 +177,13 @@ enqueue(PyObject *self)
     if (n < 0 || int_attr(pipe, s_max_queue_size, &limit) < 0)
         goto fail;
     if (n < limit) {
+        /* A finished span only waits in the queue: untracked, the cycle collector neither
+         * walks it nor promotes it to an old generation (which made full collections
+         * frequent). Nothing a finished span refers to refers back to it once its context
+         * token is gone. */
+        PyObject *token = SLOT(self, F_TOKEN);
+        if ((token == NULL || token == Py_None) && PyObject_GC_IsTracked(self))
+            PyObject_GC_UnTrack(self);
         r = PyObject_CallMethodOneArg(q, s_append, self);
         if (r == NULL || int_attr(pipe, s_wake_at, &at) < 0)
             goto fail;
@@ -375,9 +382,44 @@ plain_attributes(PyObject *attrs, Py_ssize_t limit)
     return 1;
 }
 
+static PyTypeObject *context_type = NULL; /* TraceContext (install_tracer) */
+static PyObject *s_trace_id, *s_span_id, *s_trace_flags, *s_trace_state, *s_baggage;
+
+/* A remote parent's fields (a TraceContext from extract()): new references in out[0..4]
+ * (trace_id, span_id, trace_flags, trace_state, baggage). 0 when they are not the plain ints
+ * and tuples the class guarantees (then nothing is held), -1 on error. */
+static int
+context_fields(PyObject *ctx, PyObject **out)
+{
+    PyObject *names[5] = {s_trace_id, s_span_id, s_trace_flags, s_trace_state, s_baggage};
+    int i;
+    for (i = 0; i < 5; i++) {
+        out[i] = PyObject_GetAttr(ctx, names[i]);
+        if (out[i] == NULL)
+            break;
+    }
+    int ok = i == 5 && PyLong_CheckExact(out[0]) && PyLong_CheckExact(out[1]) &&
+             PyLong_CheckExact(out[2]) && PyTuple_CheckExact(out[3]) && PyTuple_CheckExact(out[4]);
+    if (ok) {
+        int nonzero = PyObject_IsTrue(out[0]);
+        if (nonzero > 0)
+            return 1;
+        ok = nonzero; /* an id-less context (0): the Python method; an error: -1 */
+    }
+    int failed = i < 5 || ok < 0;
+    for (int j = 0; j < i; j++)
+        Py_CLEAR(out[j]);
+    if (failed && i < 5 && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return failed ? -1 : 0;
+}
+
 static PyObject *
 start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *sink,
-                PyObject *root_bound, PyObject *inline_obj, PyObject *unsampled_obj)
+                PyObject *root_bound, PyObject *inline_obj, PyObject *unsampled_obj,
+                PyObject *context, PyObject *start_time)
 {
     if (getrandbits_fn == NULL || span_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "start_span() before install_methods()");
@@ -389,10 +431,13 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
     if (sink == Py_None)
         Py_RETURN_NOTIMPLEMENTED;
     PyObject *parent = NULL;
-    if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
+    if (context != NULL)
+        parent = Py_NewRef(context);
+    else if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
         return NULL;
     /* parent is a new reference (or Py_None, also new) */
     PyObject *trace_id = NULL, *parent_id = NULL, *trace_state, *baggage, *flags = NULL;
+    PyObject *remote[5] = {NULL, NULL, NULL, NULL, NULL}; /* a TraceContext's fields, held */
     int sampled, local_root;
     if (parent == Py_None) {
         if (root_bound == Py_None) {
@@ -440,6 +485,26 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
         local_root = 0;
         flags = PyLong_FromLong(sampled ? (pflags | 0x01) : (pflags & ~0x01L));
     }
+    else if (Py_TYPE(parent) == context_type && inline_parent) {
+        /* a remote parent (extract()): a new local root that follows the caller's decision */
+        int got = context_fields(parent, remote);
+        if (got <= 0) {
+            Py_DECREF(parent);
+            if (got < 0)
+                return NULL;
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        long pflags = PyLong_AsLong(remote[2]);
+        if (pflags == -1 && PyErr_Occurred())
+            goto error;
+        sampled = (pflags & 0x01) != 0;
+        trace_id = Py_NewRef(remote[0]);
+        parent_id = Py_NewRef(remote[1]);
+        trace_state = remote[3];
+        baggage = remote[4];
+        local_root = 1;
+        flags = PyLong_FromLong(sampled ? (pflags | 0x01) : (pflags & ~0x01L));
+    }
     else {
         Py_DECREF(parent);
         Py_RETURN_NOTIMPLEMENTED;
@@ -476,10 +541,14 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
                 Py_DECREF(parent_id);
                 Py_DECREF(flags);
                 Py_DECREF(parent);
+                for (int i = 0; i < 5; i++)
+                    Py_XDECREF(remote[i]);
                 Py_RETURN_NOTIMPLEMENTED;
             }
         }
-        PyObject *start = attrs ? now_ns() : NULL;
+        PyObject *start = NULL;
+        if (attrs != NULL)
+            start = start_time != NULL && PyLong_CheckExact(start_time) ? Py_NewRef(start_time) : now_ns();
         if (start != NULL) {
             PyObject *fields[12] = {
                 name, kind, trace_id, span_id, parent_id, flags, trace_state, baggage, attrs,
@@ -495,12 +564,16 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
     Py_DECREF(parent_id);
     Py_DECREF(flags);
     Py_DECREF(parent);
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(remote[i]);
     return result;
 error:
     Py_XDECREF(trace_id);
     Py_XDECREF(parent_id);
     Py_XDECREF(flags);
     Py_DECREF(parent);
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(remote[i]);
     return NULL;
 }
 
@@ -516,21 +589,30 @@ static PyObject *
 tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    int simple = nargs >= 1 && nargs <= 3;
+    int simple = nargs >= 1 && nargs <= 6;
     PyObject *name = nargs >= 1 ? args[0] : NULL;
     PyObject *attributes = nargs >= 2 ? args[1] : Py_None;
     PyObject *kind = nargs >= 3 ? args[2] : default_kind;
+    PyObject *context = nargs >= 4 ? args[3] : Py_None;
+    PyObject *links = nargs >= 5 ? args[4] : Py_None;
+    PyObject *start_time = nargs >= 6 ? args[5] : Py_None;
     for (Py_ssize_t i = 0; simple && i < nkw; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
         if (key == s_attributes && nargs < 2)
             attributes = value;
         else if (key == s_kind && nargs < 3)
             kind = value;
-        else if ((key == s_context || key == s_links || key == s_start_time_ns) && value == Py_None)
-            continue;
+        else if (key == s_context && nargs < 4)
+            context = value;
+        else if (key == s_links && nargs < 5)
+            links = value;
+        else if (key == s_start_time_ns && nargs < 6)
+            start_time = value;
         else
             simple = 0; /* anything else, even a keyword spelled by a non-interned string */
     }
+    if (links != Py_None)
+        simple = 0;
     if (simple) {
         PyObject *state = PyObject_GetAttr(self, s_fast_state);
         if (state == NULL) {
@@ -544,7 +626,8 @@ tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         if (PyTuple_CheckExact(state) && PyTuple_GET_SIZE(state) == 4)
             result = start_span_core(name, kind, attributes, PyTuple_GET_ITEM(state, 0),
                                      PyTuple_GET_ITEM(state, 1), PyTuple_GET_ITEM(state, 2),
-                                     PyTuple_GET_ITEM(state, 3));
+                                     PyTuple_GET_ITEM(state, 3), context == Py_None ? NULL : context,
+                                     start_time == Py_None ? NULL : start_time);
         else
             result = Py_NewRef(Py_NotImplemented);
         Py_DECREF(state);
@@ -568,16 +651,19 @@ static PyMethodDef tracer_method = {
     "links=None, start_time_ns=None)\n--\n\nStart a span (C accelerator; see "
     "Tracer._py_start_span)."};
 
-/* install_tracer(Tracer, SpanKind.INTERNAL): make Tracer.start_span the C method above. */
+/* install_tracer(Tracer, SpanKind.INTERNAL, TraceContext): make Tracer.start_span the C method
+ * above (remote parents are TraceContext objects). */
 static PyObject *
 install_tracer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyType_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "install_tracer(Tracer, SpanKind.INTERNAL)");
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "install_tracer(Tracer, SpanKind.INTERNAL, TraceContext)");
         return NULL;
     }
     Py_INCREF(args[1]);
     Py_XSETREF(default_kind, args[1]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(context_type, (PyTypeObject *)args[2]);
     PyObject *descr = PyDescr_NewMethod((PyTypeObject *)args[0], &tracer_method);
     if (descr == NULL)
         return NULL;
@@ -849,6 +935,20 @@ set_new(PyObject *rec, int k, PyObject *value)
 }
 
 /* The record of one span, or NULL with no error when the span needs the Python builder. */
+/* The empty events / links list of a fresh record, untracked like the record itself (see
+ * below): records wait in exporter queues, and two tracked lists per span kept the cycle
+ * collector promoting them to old generations, which made full collections frequent. An
+ * empty list refers to nothing; what a processor may later put in it is its own business
+ * (a cycle through such a list would need the list to be reachable from its own items). */
+static PyObject *
+empty_list(void)
+{
+    PyObject *list = PyList_New(0);
+    if (list != NULL && PyObject_GC_IsTracked(list))
+        PyObject_GC_UnTrack(list);
+    return list;
+}
+
 static PyObject *
 fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_str,
             PyObject *status_str, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache,
@@ -942,7 +1042,7 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         PyDict_SetItem(rec, keys[K_STATUS], status) < 0 ||
         PyDict_SetItem(rec, keys[K_CATEGORY], cat_names[category]) < 0 ||
         PyDict_SetItem(rec, keys[K_ATTRIBUTES], new_attrs) < 0 ||
-        set_new(rec, K_EVENTS, PyList_New(0)) < 0 || set_new(rec, K_LINKS, PyList_New(0)) < 0)
+        set_new(rec, K_EVENTS, empty_list()) < 0 || set_new(rec, K_LINKS, empty_list()) < 0)
         goto error;
     Py_DECREF(new_attrs);
     /* A fresh record cannot be part of a reference cycle (strings, numbers, two empty lists,
@@ -1187,6 +1287,57 @@ done:
     return out;
 }
 
+/* untrack_records(records): untrack each record (a dict) whose values are all atomic (no
+ * GC-tracked object), or dicts with atomic values only, as CPython's collector does by itself
+ * for dicts of atomic values: records such as audit records wait in exporter queues, and
+ * tracked ones were promoted to the oldest generation by the collections that ran meanwhile,
+ * making full collections frequent. Inserting a container re-tracks a dict. */
+static int
+atomic_dict(PyObject *d)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (PyObject_GC_IsTracked(k) || PyObject_GC_IsTracked(v))
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+untrack_records(PyObject *module, PyObject *records)
+{
+    if (!PyList_CheckExact(records)) {
+        PyErr_SetString(PyExc_TypeError, "untrack_records() takes a list");
+        return NULL;
+    }
+    Py_ssize_t untracked = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (!PyDict_CheckExact(rec) || !PyObject_GC_IsTracked(rec))
+            continue;
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int ok = 1;
+        while (ok && PyDict_Next(rec, &pos, &k, &v)) {
+            if (PyObject_GC_IsTracked(k))
+                ok = 0;
+            else if (PyObject_GC_IsTracked(v))
+                ok = PyDict_CheckExact(v) && atomic_dict(v);
+        }
+        if (!ok)
+            continue;
+        pos = 0;
+        while (PyDict_Next(rec, &pos, &k, &v)) {
+            if (PyObject_GC_IsTracked(v))
+                PyObject_GC_UnTrack(v);
+        }
+        PyObject_GC_UnTrack(rec);
+        untracked++;
+    }
+    return PyLong_FromSsize_t(untracked);
+}
+
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
      "Remember the Span class, its slot offsets and StatusCode.UNSET."},
@@ -1198,6 +1349,8 @@ static PyMethodDef methods[] = {
      "Make Tracer.start_span a C method (see the comment)."},
     {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
+    {"untrack_records", untrack_records, METH_O,
+     "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
      "Sanitized span records of a chunk of spans (see the module comment)."},
     {NULL, NULL, 0, NULL},
@@ -1223,6 +1376,8 @@ PyInit__speedups(void)
         {&s_py_end, "_py_end"}, {&s_fast_state, "_fast_state"},
         {&s_py_start_span, "_py_start_span"}, {&s_attributes, "attributes"}, {&s_kind, "kind"},
         {&s_context, "context"}, {&s_links, "links"}, {&s_start_time_ns, "start_time_ns"},
+        {&s_trace_id, "trace_id"}, {&s_span_id, "span_id"}, {&s_trace_flags, "trace_flags"},
+        {&s_trace_state, "trace_state"}, {&s_baggage, "baggage"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);

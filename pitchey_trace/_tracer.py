@@ -260,7 +260,7 @@ if _accel.install_tracer is not None:
     # Tracer.start_span becomes a C method for the common case; the Python one stays the
     # reference and the fallback (before `span` below binds it).
     Tracer._py_start_span = Tracer.start_span  # type: ignore[attr-defined]
-    _accel.install_tracer(Tracer, _INTERNAL)
+    _accel.install_tracer(Tracer, _INTERNAL, TraceContext)
 
 #: The process-wide tracer. ``configure()`` re-points it with ``install()``; it is never
 #: replaced, so ``span``/``start_span`` below can be its bound method.

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _safety
-from pitchey_trace._span import Span, StatusCode
+from pitchey_trace._span import Limits, Span, StatusCode
 from pitchey_trace._tracer import get_tracer
-from pitchey_trace.records import audit_record
+from pitchey_trace.records import PENDING_AUDIT
 
 if TYPE_CHECKING:
     from pitchey_trace._span import AnySpan
@@ -302,36 +301,6 @@ def stamp_exception(exc: BaseException, span: AnySpan) -> None:
         pass
 
 
-def emit_request_audit(
-    state: RequestState, action: str, target: str, outcome: str, category: str, attrs: dict[str, Any]
-) -> None:
-    """Queue an audit record for the request. Same record as ``Tracer.emit_audit`` makes, built
-    directly: the attributes are ours and already valid, and this runs on every request."""
-    pipeline = _TRACER.pipeline
-    if pipeline is None:
-        return
-    span = state.span
-    actor = state.user_id
-    if actor is None and span.baggage:
-        baggage = dict(span.baggage)
-        actor = baggage.get("user.id") or baggage.get("actor")
-    pipeline.emit(
-        audit_record(
-            action=action,
-            target=target,
-            outcome=outcome,
-            time_unix_nano=time_ns(),
-            service=pipeline.service,
-            environment=pipeline.environment,
-            trace_id=span.trace_id,
-            span_id=span.span_id,
-            actor=actor,
-            category=category,
-            attributes=attrs,
-        )
-    )
-
-
 def finish_request(
     state: RequestState,
     options: Options,
@@ -348,34 +317,59 @@ def finish_request(
     status = state.status
     label = state.label
     name = f"{label} {route}" if route else label
-    if isinstance(span, Span):
-        span.update_name(name)
-        setattr_ = span.set_attribute
-        if route:
-            setattr_(HTTP_ROUTE, route)
-        if status and http:
-            setattr_(HTTP_STATUS, status)
-        if http:
-            setattr_(HTTP_RESPONSE_BODY_SIZE, state.sent)
+    if span.__class__ is Span or isinstance(span, Span):
+        if not span.end_ns and len(span.attributes) + 3 <= Limits.max_attributes:
+            # Our own span, still open, with room: the values are known-good str and int, so
+            # they go straight in (what update_name and set_attribute would do, minus checks).
+            span.name = name
+            attrs = span.attributes
+            if route:
+                attrs[HTTP_ROUTE] = route
+            if http:
+                if status:
+                    attrs[HTTP_STATUS] = status
+                attrs[HTTP_RESPONSE_BODY_SIZE] = state.sent
+        else:
+            span.update_name(name)
+            if route:
+                span.set_attribute(HTTP_ROUTE, route)
+            if http:
+                if status:
+                    span.set_attribute(HTTP_STATUS, status)
+                span.set_attribute(HTTP_RESPONSE_BODY_SIZE, state.sent)
         if exc is not None and isinstance(exc, Exception):
-            setattr_(ERROR_TYPE, type(exc).__qualname__)
+            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             span.record_exception(exc)
             span.set_status("error", f"{type(exc).__name__}: {exc}")
         elif status >= 500 and span.status != StatusCode.ERROR:
             if ERROR_TYPE not in span.attributes:
-                setattr_(ERROR_TYPE, str(status))
+                span.set_attribute(ERROR_TYPE, str(status))
             span.set_status("error")
-    if options.audit and _TRACER.pipeline is not None:
-        outcome = str(status) if status else ("error" if isinstance(exc, Exception) else "aborted")
-        attrs: dict[str, Any] = {
-            HTTP_METHOD: state.method,
-            HTTP_STATUS: status,
-            DURATION_MS: round((end_ns - start_ns) / 1e6, 3),
-        }
-        if client_address:
-            attrs[CLIENT_ADDRESS] = client_address
-        target = route or ""
-        emit_request_audit(state, name, target, outcome, "request", attrs)
-        if status in SECURITY_STATUSES and not state.auth_failed:
-            emit_request_audit(state, name, target, outcome, "security", attrs)
+    if options.audit:
+        pipeline = _TRACER.pipeline
+        if pipeline is not None:
+            outcome = str(status) if status else ("error" if isinstance(exc, Exception) else "aborted")
+            actor = state.user_id
+            if actor is None and span.baggage:
+                baggage = dict(span.baggage)
+                actor = baggage.get("user.id") or baggage.get("actor")
+            # The record itself is built by the pipeline worker (records.request_audit).
+            pending = (
+                PENDING_AUDIT,
+                "request",
+                end_ns,
+                span.trace_id,
+                span.span_id,
+                actor,
+                name,
+                route or "",
+                outcome,
+                state.method,
+                status,
+                end_ns - start_ns,
+                client_address,
+            )
+            pipeline.emit(pending)
+            if status in SECURITY_STATUSES and not state.auth_failed:
+                pipeline.emit((PENDING_AUDIT, "security", *pending[2:]))
     span.end(end_ns)

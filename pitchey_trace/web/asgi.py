@@ -36,6 +36,7 @@ from pitchey_trace.web._common import (
     RequestState,
     finish_request,
     method_attributes,
+    route_template,
     stamp_exception,
 )
 
@@ -137,21 +138,21 @@ class ASGITracingMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def traced_send(message: Message) -> None:
+        # A plain function handing back the server's awaitable: no coroutine of our own per
+        # message. The last byte is timed as it is handed to the server.
+        def traced_send(message: Message) -> Awaitable[None]:
             mtype = message["type"]
             if mtype == "http.response.body":
                 body = message.get("body")
                 if body:
                     state.sent += len(body)
                 if not message.get("more_body", False):
-                    await send(message)
                     state.last_byte_ns = time_ns()
-                    return
             elif mtype == "http.response.start":
                 state.status = message.get("status", 0)
                 if extra:
                     message = _with_headers(message, extra)
-            await send(message)
+            return send(message)
 
         token = CURRENT.set(span)
         rtoken = REQUEST.set(state)
@@ -169,10 +170,11 @@ class ASGITracingMiddleware:
             raise
         finally:
             try:
+                route = state.route
                 finish_request(
                     state,
                     options,
-                    state.resolve_route(),
+                    route if route is not None else route_template(scope),
                     start_ns,
                     state.last_byte_ns or time_ns(),
                     client,
@@ -180,14 +182,17 @@ class ASGITracingMiddleware:
                 )
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
-            _reset(rtoken, token)
+            try:
+                REQUEST.reset(rtoken)
+                CURRENT.reset(token)
+            except ValueError:
+                _cleared()
 
     def _start(
         self, scope: Scope, path: str, scheme_default: str, method: str | None, start_ns: int
     ) -> tuple[RequestState, str | None]:
         """Extract the caller's context and start the server span (not yet current)."""
         headers = scope.get("headers") or []
-        parent = extract(headers)
         attrs: dict[str, Any] = {URL_SCHEME: scope.get("scheme") or scheme_default, URL_PATH: path}
         if method is None:
             label = method_attributes(scope.get("method") or "GET", attrs)
@@ -197,14 +202,19 @@ class ASGITracingMiddleware:
         query = scope.get("query_string")
         if query:
             attrs[URL_QUERY] = query.decode("latin-1")
+        propagated = False
         for name, value in headers:
             if name == b"user-agent":
                 attrs[USER_AGENT] = value.decode("latin-1")
+            elif name == b"traceparent" or name.__class__ is not bytes:
+                propagated = True  # (names that are not bytes: extract() decides)
             elif name == b"content-length" and method is None:
                 try:
                     attrs[HTTP_REQUEST_BODY_SIZE] = int(value)
                 except ValueError:
                     pass
+        # No traceparent: a new trace (tracestate and baggage alone are ignored, as extract does).
+        parent = extract(headers) if propagated else None
         client = scope.get("client")
         address = client[0] if client else None
         if address:
@@ -314,6 +324,10 @@ def _reset(rtoken: Any, token: Any) -> None:
             REQUEST.reset(rtoken)
         CURRENT.reset(token)
     except ValueError:
-        # Reset from another context (an app that moved us to another task): clear instead.
-        CURRENT.set(None)
-        REQUEST.set(None)
+        _cleared()
+
+
+def _cleared() -> None:
+    # Reset from another context (an app that moved us to another task): clear instead.
+    CURRENT.set(None)
+    REQUEST.set(None)

@@ -321,6 +321,54 @@ def test_start_span_fast_path_agrees_with_the_sampling_rules(path: str) -> None:
     assert [r["name"] for r in mem.spans()] == ["kept"]
 
 
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_start_span_with_a_remote_parent_and_a_start_time_agrees(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from pitchey_trace import _tracer
+
+    start: Any = pt.start_span
+    if path == "c":  # the server-span call of the middleware stays in C
+        calls: list[Any] = []
+        py_start = _tracer.Tracer._py_start_span  # type: ignore[attr-defined]
+        spy = lambda *a, **k: calls.append(a) or py_start(*a, **k)  # noqa: E731
+        monkeypatch.setattr(_tracer.Tracer, "_py_start_span", spy)
+    if path == "python":
+        start = functools.partial(_tracer.Tracer._py_start_span, _tracer.get_tracer())  # type: ignore[attr-defined]
+    state = (("vendor", "x"),)
+    bag = (("user.id", "7"),)
+    sampled = pt.TraceContext(0xABC, 0x123, 0x01, state, bag)
+    unsampled = pt.TraceContext(0xDEF, 0x456, 0x00, (), ())
+    with capture_spans(sample_rate=1.0, keep_errors=False, slow_threshold_ms=None, rollups=None):
+        s = start("GET", {"http.request.method": "GET"}, pt.SpanKind.SERVER, sampled, None, 5_000)
+        assert isinstance(s, Span)
+        assert (s.trace_id, s.parent_span_id, s.trace_flags) == (0xABC, 0x123, 0x01)
+        assert (s.trace_state, s.baggage, s.start_ns, s.local_root) == (state, bag, 5_000, True)
+        assert s.kind is pt.SpanKind.SERVER
+        assert s.attributes == {"http.request.method": "GET"}
+        # the caller's "not sampled" is honoured, whatever the local rate
+        n = start("GET", None, pt.SpanKind.SERVER, context=unsampled, start_time_ns=7)
+        assert isinstance(n, pt.NonRecordingSpan)
+        assert (n.trace_id, n.trace_flags) == (0xDEF, 0x00)
+        # a start time that is not an int is ignored (now), as is no context at all
+        s2 = start("x", None, pt.SpanKind.INTERNAL, None, None, "soon")
+        assert isinstance(s2, Span)
+        assert s2.start_ns > 10**18
+        assert s2.parent_span_id == 0
+        # links still go through the general path, with the same result
+        s3 = start("y", None, pt.SpanKind.SERVER, sampled, [unsampled], 9)
+        assert isinstance(s3, Span)
+        assert s3.trace_id == 0xABC
+        assert len(s3.links or ()) == 1
+        for span in (s, s2, s3):
+            span.end()
+    if path == "c":
+        assert len(calls) == 1
+        assert calls[0][1] == "y"
+
+
 def test_c_records_are_untracked_until_a_container_goes_in() -> None:
     spans = _spans([("op", {"n": 1}, False, None)] * 3)
     san = Sanitizer()
