@@ -1291,7 +1291,9 @@ done:
  * GC-tracked object), or dicts with atomic values only, as CPython's collector does by itself
  * for dicts of atomic values: records such as audit records wait in exporter queues, and
  * tracked ones were promoted to the oldest generation by the collections that ran meanwhile,
- * making full collections frequent. Inserting a container re-tracks a dict. */
+ * making full collections frequent. Inserting a container re-tracks a dict (a consumer that
+ * stored a record inside its own attribute map would make a cycle the collector cannot see:
+ * records are data to export, not a place for such references). */
 static int
 atomic_dict(PyObject *d)
 {

@@ -176,6 +176,23 @@ def test_no_reference_leaks() -> None:
     assert grown < 64 * 1024, f"{grown} bytes kept after 2000 chunks"
 
 
+def test_no_reference_leaks_starting_spans_under_a_remote_parent() -> None:
+    state, bag = (("v", "1"),), (("k", "2"),)
+    ctx = pt.TraceContext(0x1234, 0x5678, 0x01, state, bag)
+    odd = pt.TraceContext(0x1234, 0x5678, 0x00, state, bag)  # not sampled: a no-op span
+    with capture_spans(rollups=None, sample_rate=1.0):
+        start = pt.get_tracer().start_span
+        for _ in range(100):  # warm up
+            start("s", {"a": 1}, pt.SpanKind.SERVER, ctx, None, 10)
+        gc.collect()
+        before = [sys.getrefcount(x) for x in (ctx, state, bag, ctx.trace_id, odd)]
+        for i in range(2000):
+            span = start("s", {"a": i}, pt.SpanKind.SERVER, ctx if i % 2 else odd, None, 10)
+            del span  # never ended: nothing queued keeps a reference
+        gc.collect()
+        assert [sys.getrefcount(x) for x in (ctx, state, bag, ctx.trace_id, odd)] == before
+
+
 def test_pure_python_switch() -> None:
     code = (
         "import pitchey_trace as pt, pitchey_trace.sanitize as s\n"
@@ -379,6 +396,47 @@ def test_c_records_are_untracked_until_a_container_goes_in() -> None:
     assert gc.is_tracked(records[0])
     del records
     assert gc.collect() >= 1  # and the cycle is collected
+
+
+def test_c_record_lists_are_untracked_and_hold_what_is_put_in_them() -> None:
+    spans = _spans([("op", {"n": 1}, False, None)])
+    san = Sanitizer()
+    _python(san, spans)
+    (record,) = _build(san, spans, lambda s: pytest.fail("unexpected fallback"))
+    assert record["events"] == [] and record["links"] == []  # noqa: PT018
+    assert not gc.is_tracked(record["events"]) and not gc.is_tracked(record["links"])  # noqa: PT018
+    record["events"].append({"name": "late"})  # still an ordinary list
+    assert record["events"] == [{"name": "late"}]
+
+
+def test_finished_spans_are_untracked_unless_still_current() -> None:
+    from pitchey_trace import _speedups
+
+    with capture_spans(rollups=None):
+        with pt.span("op") as s:
+            assert gc.is_tracked(s)  # current: its context token refers back to it
+            s.end()  # ended while still current: stays tracked until it leaves the context
+            assert gc.is_tracked(s)
+        plain = pt.start_span("plain")
+        plain.end()
+        assert not gc.is_tracked(plain)  # queued for export: nothing for the collector
+        with pt.span("exited") as e:
+            pass
+        assert not gc.is_tracked(e)
+    records: list[Any] = [
+        {"type": "audit", "n": 1, "attributes": {"a": "x", "b": 2}},  # atomic: untracked
+        {"type": "x", "attributes": {"a": [1]}},  # a list inside: stays tracked
+        {"type": "x", "items": [1, 2]},  # a list: stays tracked
+        "not a dict",
+    ]
+    assert all(gc.is_tracked(r) for r in records[:3])
+    assert _speedups.untrack_records(records) == 1
+    assert [gc.is_tracked(r) for r in records[:3]] == [False, True, True]
+    assert not gc.is_tracked(records[0]["attributes"])
+    records[0]["more"] = [records[0]]  # a consumer making a cycle: the record is tracked again
+    assert gc.is_tracked(records[0])
+    with pytest.raises(TypeError):
+        _speedups.untrack_records(())  # type: ignore[arg-type]
 
 
 def test_c_record_of_a_span_whose_clock_went_back() -> None:

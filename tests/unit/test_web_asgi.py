@@ -335,3 +335,33 @@ def test_route_templates_include_mount_prefixes_and_are_cached() -> None:
     assert common.route_template({"route": host_route, "router": app.router}) == "/stats"
     assert common.route_template({}) is None
     assert common.route_template({"route": object()}) is None
+
+
+def test_request_audit_record_matches_the_span_and_is_sanitized() -> None:
+    """The audit record is built by the pipeline worker from what the middleware queued:
+    same ids, action, target, duration and client as the request's span."""
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(ok_app), http_scope(headers=[(b"traceparent", TRACEPARENT)]))
+    [span] = exporter.spans()
+    [audit] = exporter.of_type("audit")
+    assert (audit["trace_id"], audit["span_id"]) == (span["trace_id"], span["span_id"])
+    assert audit["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (audit["action"], audit["outcome"], audit["category"]) == (span["name"], "200", "request")
+    assert audit["time_unix_nano"] == span["end_time_unix_nano"]
+    attrs = audit["attributes"]
+    assert attrs["duration_ms"] == round(span["duration_ms"], 3)
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["client.address"] == span["attributes"]["client.address"]
+
+
+@pytest.mark.allow_internal_errors
+def test_a_malformed_queued_tuple_is_dropped_and_counted_not_exported() -> None:
+    with capture_spans() as exporter:
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        pipeline.emit(("not-an-audit", 1, 2))
+        pipeline.emit((common.PENDING_AUDIT, "request"))  # too short
+        run(ASGITracingMiddleware(ok_app), http_scope())
+    assert len(exporter.of_type("audit")) == 1  # the good one still went out
+    assert _stats.get("dropped.encode_error") >= 2
