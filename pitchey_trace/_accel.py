@@ -15,13 +15,21 @@ from typing import Any
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
-__all__ = ["build_span_records", "install_tracer", "rollup_chunk", "take_chunk", "untrack_records"]
+__all__ = [
+    "build_audit_record",
+    "build_span_records",
+    "install_tracer",
+    "rollup_chunk",
+    "take_chunk",
+    "untrack_records",
+]
 
 build_span_records: Callable[..., list[dict[str, Any]]] | None = None
 rollup_chunk: Callable[..., dict[tuple[int, str, Any], tuple[Any, ...]]] | None = None
 take_chunk: Callable[..., tuple[int, list[Any], list[Span], list[Span], list[Any]]] | None = None
 install_tracer: Callable[[type, Any, type], None] | None = None
 untrack_records: Callable[[list[Any]], int] | None = None
+build_audit_record: Callable[..., dict[str, Any] | None] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
@@ -42,3 +50,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         take_chunk = _speedups.take_chunk
         install_tracer = _speedups.install_tracer
         untrack_records = _speedups.untrack_records
+        build_audit_record = _speedups.build_audit_record

@@ -244,6 +244,7 @@ class Pipeline:
         # other callable gets the plain record, then is called on it.
         self._fused = sanitizer._span_record if type(sanitizer) is Sanitizer else None
         self._fused_many = sanitizer._span_records if type(sanitizer) is Sanitizer else None
+        self._fused_audit = sanitizer._request_audit if type(sanitizer) is Sanitizer else None
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -505,19 +506,25 @@ class Pipeline:
         router = self.router
         routed: dict[int, list[Record]] = {id(w): [] for w in self.workers}
         type_dataset = DATASET_OF_TYPE
+        fused_audit = self._fused_audit if sanitizer is not None else None
         for rec in records:
+            clean = sanitizer is None
             if rec.__class__ is tuple:  # a request audit the middleware deferred to this thread
                 try:
                     if rec[0] != PENDING_AUDIT:
                         raise TypeError("not a record: a tuple")
-                    rec = request_audit(rec, self.service, self.environment)
+                    if fused_audit is not None:  # built and sanitized in one pass
+                        rec = fused_audit(rec, self.service, self.environment)
+                        clean = True
+                    else:
+                        rec = request_audit(rec, self.service, self.environment)
                 except Exception as exc:
                     _stats.incr("dropped.encode_error")
                     _safety.report("request_audit", exc)
                     continue
-            if sanitizer is not None:
+            if not clean:
                 try:
-                    rec = sanitizer(rec)
+                    rec = sanitizer(rec)  # type: ignore[misc]
                 except Exception as exc:
                     # Never export what could not be sanitized.
                     _stats.incr("dropped.sanitize_error")

@@ -1287,6 +1287,153 @@ done:
     return out;
 }
 
+/* build_audit_record(pending, service, environment, key_cache, text_cache, sql_cache,
+ * max_attributes) -> the sanitized request audit record Sanitizer._request_audit builds from a
+ * tuple the middleware queued (records.request_audit), or None when a text is not in the
+ * sanitizer's caches yet (or anything else is unusual): the Python method then builds it, and
+ * fills the caches. Untracked like span records (strings, numbers and a map of them). */
+enum {
+    A_SCHEMA, A_TYPE, A_CATEGORY, A_TIME, A_TRACE_ID, A_SPAN_ID, A_SERVICE, A_ENV, A_ACTOR,
+    A_ACTION, A_TARGET, A_OUTCOME, A_ATTRIBUTES, A_METHOD, A_STATUS, A_DURATION, A_CLIENT,
+    A_AUDIT, A_ROUND, A_COUNT
+};
+static const char *audit_key_names[A_COUNT] = {
+    "schema", "type", "category", "time_unix_nano", "trace_id", "span_id", "service",
+    "environment", "actor", "action", "target", "outcome", "attributes", "http.request.method",
+    "http.response.status_code", "duration_ms", "client.address", "audit", "__round__",
+};
+static PyObject *audit_keys[A_COUNT];
+static PyObject *int_1 = NULL, *int_3 = NULL;
+static PyObject *audit_template = NULL; /* {key: None} for the 13 record keys, in order */
+static PyObject *float_round = NULL;    /* float.__round__ */
+
+/* The cached sanitized form of a str (borrowed), or NULL: not cached / not a str (no error
+ * set) or a failed lookup (error set). */
+static PyObject *
+cached_text(PyObject *text_cache, PyObject *value)
+{
+    if (!PyUnicode_CheckExact(value))
+        return NULL;
+    return PyDict_GetItemWithError(text_cache, value);
+}
+
+static PyObject *
+build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyTuple_CheckExact(args[0]) || !PyDict_CheckExact(args[3]) ||
+        !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "build_audit_record(pending, service, environment, "
+                                         "key_cache, text_cache, sql_cache, max_attributes)");
+        return NULL;
+    }
+    PyObject *p = args[0], *text_cache = args[4];
+    Py_ssize_t max_attributes = PyLong_AsSsize_t(args[6]);
+    if (max_attributes == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyTuple_GET_SIZE(p) != 13 || max_attributes < 4)
+        Py_RETURN_NONE;
+    PyObject *when = PyTuple_GET_ITEM(p, 2), *trace_id = PyTuple_GET_ITEM(p, 3),
+             *span_id = PyTuple_GET_ITEM(p, 4), *actor = PyTuple_GET_ITEM(p, 5),
+             *status = PyTuple_GET_ITEM(p, 10), *duration = PyTuple_GET_ITEM(p, 11),
+             *client = PyTuple_GET_ITEM(p, 12);
+    /* texts: category, service, environment, action, target, outcome (and actor, a str or None) */
+    PyObject *raw[6] = {PyTuple_GET_ITEM(p, 1), args[1], args[2], PyTuple_GET_ITEM(p, 6),
+                        PyTuple_GET_ITEM(p, 7), PyTuple_GET_ITEM(p, 8)};
+    PyObject *clean[6];
+    for (int i = 0; i < 6; i++) {
+        clean[i] = cached_text(text_cache, raw[i]);
+        if (clean[i] == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *clean_actor = Py_None;
+    if (actor != Py_None) {
+        clean_actor = cached_text(text_cache, actor);
+        if (clean_actor == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    if (!PyLong_CheckExact(when) || !PyLong_CheckExact(trace_id) || !PyLong_CheckExact(span_id) ||
+        !PyLong_CheckExact(duration))
+        Py_RETURN_NONE;
+    PyObject *rec = NULL, *attrs = NULL, *clean_attrs = NULL, *ms = NULL, *ids[2] = {NULL, NULL};
+    PyObject *id_objs[2] = {trace_id, span_id};
+    for (int i = 0; i < 2; i++) {
+        int nonzero = PyObject_IsTrue(id_objs[i]);
+        if (nonzero < 0)
+            goto error;
+        ids[i] = nonzero ? hex_id(id_objs[i], i == 0 ? 16 : 8) : Py_NewRef(Py_None);
+        if (ids[i] == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            goto fallback;
+        }
+    }
+    /* round(duration_ns / 1e6, 3): float.__round__ itself, so the value is exactly Python's */
+    double seconds = PyLong_AsDouble(duration);
+    if (seconds == -1.0 && PyErr_Occurred())
+        goto error;
+    PyObject *ms_raw = PyFloat_FromDouble(seconds / 1e6);
+    if (ms_raw == NULL)
+        goto error;
+    PyObject *round_args[2] = {ms_raw, int_3};
+    ms = PyObject_Vectorcall(float_round, round_args, 2, NULL);
+    Py_DECREF(ms_raw);
+    if (ms == NULL)
+        goto error;
+    attrs = PyDict_New();
+    if (attrs == NULL || PyDict_SetItem(attrs, audit_keys[A_METHOD], PyTuple_GET_ITEM(p, 9)) < 0 ||
+        PyDict_SetItem(attrs, audit_keys[A_STATUS], status) < 0 ||
+        PyDict_SetItem(attrs, audit_keys[A_DURATION], ms) < 0)
+        goto error;
+    int has_client = PyObject_IsTrue(client);
+    if (has_client < 0 || (has_client && PyDict_SetItem(attrs, audit_keys[A_CLIENT], client) < 0))
+        goto error;
+    clean_attrs = fast_attributes(attrs, args[3], text_cache, args[5]);
+    if (clean_attrs == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        goto fallback;
+    }
+    rec = PyDict_Copy(audit_template); /* sized for all its keys: no resize while filling */
+    if (rec == NULL)
+        goto error;
+    PyObject *items[13][2] = {
+        {audit_keys[A_SCHEMA], int_1}, {audit_keys[A_TYPE], audit_keys[A_AUDIT]},
+        {audit_keys[A_CATEGORY], clean[0]}, {audit_keys[A_TIME], when},
+        {audit_keys[A_TRACE_ID], ids[0]}, {audit_keys[A_SPAN_ID], ids[1]},
+        {audit_keys[A_SERVICE], clean[1]}, {audit_keys[A_ENV], clean[2]},
+        {audit_keys[A_ACTOR], clean_actor}, {audit_keys[A_ACTION], clean[3]},
+        {audit_keys[A_TARGET], clean[4]}, {audit_keys[A_OUTCOME], clean[5]},
+        {audit_keys[A_ATTRIBUTES], clean_attrs},
+    };
+    for (int i = 0; i < 13; i++) {
+        if (PyDict_SetItem(rec, items[i][0], items[i][1]) < 0)
+            goto error;
+    }
+    if (PyObject_GC_IsTracked(clean_attrs))
+        PyObject_GC_UnTrack(clean_attrs);
+    if (PyObject_GC_IsTracked(rec))
+        PyObject_GC_UnTrack(rec);
+    goto done;
+fallback:
+    rec = Py_NewRef(Py_None);
+    goto done;
+error:
+    Py_CLEAR(rec);
+done:
+    Py_XDECREF(ids[0]);
+    Py_XDECREF(ids[1]);
+    Py_XDECREF(ms);
+    Py_XDECREF(attrs);
+    Py_XDECREF(clean_attrs);
+    return rec;
+}
+
 /* untrack_records(records): untrack each record (a dict) whose values are all atomic (no
  * GC-tracked object), or dicts with atomic values only, as CPython's collector does by itself
  * for dicts of atomic values: records such as audit records wait in exporter queues, and
@@ -1351,6 +1498,8 @@ static PyMethodDef methods[] = {
      "Make Tracer.start_span a C method (see the comment)."},
     {"install_methods", (PyCFunction)(void (*)(void))install_methods, METH_FASTCALL,
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
+    {"build_audit_record", (PyCFunction)(void (*)(void))build_audit_record, METH_FASTCALL,
+     "The sanitized audit record of a queued request audit, or None (see the comment)."},
     {"untrack_records", untrack_records, METH_O,
      "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
@@ -1384,6 +1533,21 @@ PyInit__speedups(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
+            return NULL;
+    }
+    for (int i = 0; i < A_COUNT; i++) {
+        audit_keys[i] = PyUnicode_InternFromString(audit_key_names[i]);
+        if (audit_keys[i] == NULL)
+            return NULL;
+    }
+    int_1 = PyLong_FromLong(1);
+    int_3 = PyLong_FromLong(3);
+    audit_template = PyDict_New();
+    float_round = PyObject_GetAttr((PyObject *)&PyFloat_Type, audit_keys[A_ROUND]);
+    if (int_1 == NULL || int_3 == NULL || audit_template == NULL || float_round == NULL)
+        return NULL;
+    for (int i = A_SCHEMA; i <= A_ATTRIBUTES; i++) {
+        if (PyDict_SetItem(audit_template, audit_keys[i], Py_None) < 0)
             return NULL;
     }
     int_64 = PyLong_FromLong(64);

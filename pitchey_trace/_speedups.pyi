@@ -26,3 +26,13 @@ def take_chunk(
 ) -> tuple[int, list[Any], list[Any], list[Any], list[dict[str, Any]]]: ...
 def install_tracer(tracer_cls: type, default_kind: Any, context_cls: type, /) -> None: ...
 def untrack_records(records: list[dict[str, Any]], /) -> int: ...
+def build_audit_record(
+    pending: tuple[Any, ...],
+    service: str,
+    environment: str,
+    key_cache: dict[str, Any],
+    text_cache: dict[str, str],
+    sql_cache: dict[str, str],
+    max_attributes: int,
+    /,
+) -> dict[str, Any] | None: ...

@@ -730,3 +730,93 @@ def test_url_encoded_secrets_are_decoded_and_masked(text: str, secret: str) -> N
 @pytest.mark.parametrize("text", ["GET /a+b?x=1", "q=hello%20world", "path=%2Fv1%2Fpitches", "1+1=2"])
 def test_benign_encoded_text_is_left_alone(text: str) -> None:
     assert Sanitizer()({"type": "span", "attributes": {"u": text}})["attributes"]["u"] == text
+
+
+_TEXT = st.one_of(
+    st.sampled_from(
+        ["GET /users/{id}", "/users/{id}", "bob@example.com", "10.1.2.3", "", "200", "4111 1111 1111 1111"]
+    ),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    action=_TEXT,
+    target=_TEXT,
+    actor=st.one_of(st.none(), _TEXT, st.integers(min_value=0, max_value=10**17)),
+    client=st.one_of(st.none(), st.just(""), _TEXT),
+    status=st.one_of(st.integers(min_value=0, max_value=599), st.just(4111111111111111)),
+    duration=st.integers(min_value=0, max_value=10**12),
+    config=st.sampled_from(["default", "ip", "rule", "mask_client"]),
+)
+def test_fused_request_audit_equals_building_then_sanitizing(
+    action: str, target: str, actor: Any, client: Any, status: int, duration: int, config: str
+) -> None:
+    from pitchey_trace.records import PENDING_AUDIT, request_audit
+
+    san = {
+        "default": lambda: Sanitizer(),
+        "ip": lambda: Sanitizer(add=[sanitize.ip_addresses()]),
+        "rule": lambda: Sanitizer(add=[lambda key, text: text.replace("users", "U")]),
+        "mask_client": lambda: Sanitizer(add=[sanitize.keys("client.address")]),
+    }[config]()
+    pending = (
+        PENDING_AUDIT,
+        "request",
+        123,
+        0xAB,
+        0xCD,
+        actor,
+        action,
+        target,
+        "200",
+        "GET",
+        status,
+        duration,
+        client,
+    )
+    expected = san(request_audit(pending, "svc", "prod"))
+    for _ in range(2):  # cold and warm caches
+        assert san._request_audit(pending, "svc", "prod") == expected
+
+
+def test_c_request_audit_builder_is_used_once_the_caches_are_warm() -> None:
+    import gc
+
+    from pitchey_trace import _accel
+    from pitchey_trace.records import PENDING_AUDIT, request_audit
+
+    build = _accel.build_audit_record
+    if build is None:  # pure-Python mode (make test runs the unit tests in both modes)
+        return
+    san = Sanitizer()
+    pending = (
+        PENDING_AUDIT,
+        "security",
+        9,
+        0xAB,
+        0,
+        "u@x.io",
+        "GET /a/{id}",
+        "/a/{id}",
+        "403",
+        "GET",
+        403,
+        1_500_000,
+        "10.0.0.1",
+    )
+    args = (san._key_cache, san._text_cache, san._sql_cache, san.max_attributes)
+    assert build(pending, "svc", "prod", *args) is None  # cold caches: the Python builder
+    expected = san(request_audit(pending, "svc", "prod"))
+    assert san._request_audit(pending, "svc", "prod") == expected  # fills the caches
+    rec = build(pending, "svc", "prod", *args)
+    assert rec == expected
+    assert rec is not None
+    assert list(rec) == list(expected)  # same field order in exported JSON
+    assert (rec["actor"], rec["span_id"], rec["attributes"]["duration_ms"]) == ("[EMAIL]", None, 1.5)
+    assert not gc.is_tracked(rec)
+    assert build(pending[:5], "svc", "prod", *args) is None  # not the expected shape
+    assert build(pending, "svc", "prod", *args[:3], 3) is None  # fewer attributes allowed
+    with pytest.raises(TypeError):
+        build([], "svc", "prod", *args)

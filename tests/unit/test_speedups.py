@@ -193,6 +193,45 @@ def test_no_reference_leaks_starting_spans_under_a_remote_parent() -> None:
         assert [sys.getrefcount(x) for x in (ctx, state, bag, ctx.trace_id, odd)] == before
 
 
+def test_no_reference_leaks_building_audit_records() -> None:
+    from pitchey_trace import _speedups
+    from pitchey_trace.records import PENDING_AUDIT
+
+    san = Sanitizer()
+    action = "GET /leak/{id}"
+    pending = (
+        PENDING_AUDIT,
+        "request",
+        1,
+        0xAB,
+        0xCD,
+        None,
+        action,
+        "/leak/{id}",
+        "200",
+        "GET",
+        200,
+        10,
+        "1.2.3.4",
+    )
+    san._request_audit(pending, "s", "e")  # warm the caches
+    args = (pending, "s", "e", san._key_cache, san._text_cache, san._sql_cache, 128)
+    assert _speedups.build_audit_record(*args) is not None
+    clean_action = san._text_cache[action]
+    gc.collect()
+    before = sys.getrefcount(pending), sys.getrefcount(clean_action)
+    tracemalloc.start()
+    for _ in range(200):
+        _speedups.build_audit_record(*args)
+    first = tracemalloc.get_traced_memory()[0]
+    for _ in range(5000):
+        _speedups.build_audit_record(*args)
+    grown = tracemalloc.get_traced_memory()[0] - first
+    tracemalloc.stop()
+    assert (sys.getrefcount(pending), sys.getrefcount(clean_action)) == before
+    assert grown < 16 * 1024, f"{grown} bytes kept after 5000 records"
+
+
 def test_pure_python_switch() -> None:
     code = (
         "import pitchey_trace as pt, pitchey_trace.sanitize as s\n"
