@@ -1287,6 +1287,348 @@ done:
     return out;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * The ASGI middleware's request start and finish (pitchey_trace.web), for the common case:
+ * asgi_begin() does what ASGITracingMiddleware._start() and Options.response_headers_b() do,
+ * request_finish() what web._common.finish_request() does for a response without an error, a
+ * 5xx or a security status. Each returns NotImplemented, before changing anything, for every
+ * other case, and the Python code (the reference, tested against this) does it all.
+ */
+enum { R_AUTH, R_LABEL, R_LAST, R_METHOD, R_ROUTE, R_SCOPE, R_SENT, R_SPAN, R_STATUS, R_USER, R_COUNT };
+static const char *state_slot_names[R_COUNT] = {
+    "auth_failed", "label", "last_byte_ns", "method", "route", "scope", "sent", "span", "status",
+    "user_id",
+};
+static Py_ssize_t state_offset[R_COUNT];
+static PyTypeObject *state_type = NULL; /* web._common.RequestState */
+static PyObject *known_methods = NULL, *extract_fn = NULL, *web_tracer = NULL, *server_kind = NULL,
+                *pending_mark = NULL;
+#define RSLOT(obj, f) (*(PyObject **)((char *)(obj) + state_offset[f]))
+
+enum {
+    W_TYPE, W_PATH, W_HEADERS, W_SCHEME, W_METHOD, W_QUERY, W_CLIENT, W_URL_SCHEME, W_URL_PATH,
+    W_HTTP_METHOD, W_METHOD_ORIGINAL, W_URL_QUERY, W_USER_AGENT, W_BODY_SIZE, W_CLIENT_ADDRESS,
+    W_ROUTE, W_STATUS, W_RESPONSE_SIZE, W_START_SPAN, W_PIPELINE, W_EMIT, W_REQUEST, W_ABORTED,
+    W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_COUNT
+};
+static const char *web_names[W_COUNT] = {
+    "type", "path", "headers", "scheme", "method", "query_string", "client", "url.scheme",
+    "url.path", "http.request.method", "http.request.method_original", "url.query",
+    "user_agent.original", "http.request.body.size", "client.address", "http.route",
+    "http.response.status_code", "http.response.body.size", "start_span", "pipeline", "emit",
+    "request", "aborted", "_OTHER", "HTTP", "GET", "http", "",
+};
+static PyObject *w[W_COUNT];
+
+/* web_setup(RequestState, KNOWN_METHODS, extract, tracer, SpanKind.SERVER, PENDING_AUDIT) */
+static PyObject *
+web_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyType_Check(args[0]) || !PyFrozenSet_Check(args[1]) || span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "web_setup(RequestState, KNOWN_METHODS, extract, tracer, "
+                                         "SpanKind.SERVER, PENDING_AUDIT) after setup()");
+        return NULL;
+    }
+    PyObject *dict = ((PyTypeObject *)args[0])->tp_dict;
+    for (int i = 0; i < R_COUNT; i++) {
+        PyObject *descr = PyDict_GetItemString(dict, state_slot_names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "RequestState has no object slot %s", state_slot_names[i]);
+            return NULL;
+        }
+        state_offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    for (int i = 0; i < W_COUNT; i++) {
+        if (w[i] == NULL && (w[i] = PyUnicode_InternFromString(web_names[i])) == NULL)
+            return NULL;
+    }
+    PyObject **targets[6] = {(PyObject **)&state_type, &known_methods, &extract_fn, &web_tracer,
+                             &server_kind, &pending_mark};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*targets[i], args[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+/* scope[key] (borrowed) or NULL with no error when absent */
+static PyObject *
+scope_get(PyObject *scope, int key)
+{
+    return PyDict_GetItemWithError(scope, w[key]);
+}
+
+/* asgi_begin(scope, path, start_ns, header_name_b) -> (state, extra_headers, client_address)
+ * or NotImplemented (see above). The span starts with start_ns and is not made current. */
+static PyObject *
+asgi_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || state_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "asgi_begin(scope, path, start_ns, header_name_b) after web_setup()");
+        return NULL;
+    }
+    PyObject *scope = args[0], *path = args[1], *start = args[2], *hname = args[3];
+    if (!PyDict_CheckExact(scope) || !PyUnicode_CheckExact(path) || !PyLong_CheckExact(start) ||
+        (hname != Py_None && !PyBytes_CheckExact(hname)))
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *headers = scope_get(scope, W_HEADERS), *scheme = scope_get(scope, W_SCHEME),
+             *method = scope_get(scope, W_METHOD), *query = scope_get(scope, W_QUERY),
+             *client = scope_get(scope, W_CLIENT);
+    if (PyErr_Occurred())
+        return NULL;
+    if (headers != NULL && headers != Py_None && !PyList_CheckExact(headers) && !PyTuple_CheckExact(headers))
+        Py_RETURN_NOTIMPLEMENTED;
+    if (scheme == NULL || scheme == Py_None || (PyUnicode_CheckExact(scheme) && PyUnicode_GET_LENGTH(scheme) == 0))
+        scheme = w[W_HTTP];
+    if (method == NULL || method == Py_None || (PyUnicode_CheckExact(method) && PyUnicode_GET_LENGTH(method) == 0))
+        method = w[W_GET];
+    if (!PyUnicode_CheckExact(scheme) || !PyUnicode_CheckExact(method) ||
+        (query != NULL && query != Py_None && !PyBytes_CheckExact(query)) ||
+        (client != NULL && client != Py_None && !PyTuple_CheckExact(client) && !PyList_CheckExact(client)))
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *attrs = PyDict_New(), *label, *address = Py_None, *result = Py_NotImplemented;
+    PyObject *parent = NULL, *span = NULL, *state = NULL, *extra = NULL;
+    if (attrs == NULL)
+        return NULL;
+    Py_INCREF(result);
+    if (PyDict_SetItem(attrs, w[W_URL_SCHEME], scheme) < 0 || PyDict_SetItem(attrs, w[W_URL_PATH], path) < 0)
+        goto error;
+    int known = PySet_Contains(known_methods, method);
+    if (known < 0)
+        goto error;
+    if (known) {
+        label = method;
+        if (PyDict_SetItem(attrs, w[W_HTTP_METHOD], method) < 0)
+            goto error;
+    }
+    else {
+        label = w[W_HTTP_LABEL];
+        if (PyDict_SetItem(attrs, w[W_HTTP_METHOD], w[W_OTHER]) < 0 ||
+            PyDict_SetItem(attrs, w[W_METHOD_ORIGINAL], method) < 0)
+            goto error;
+    }
+    if (query != NULL && query != Py_None && PyBytes_GET_SIZE(query) > 0) {
+        PyObject *text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(query), PyBytes_GET_SIZE(query), NULL);
+        int rc = text == NULL ? -1 : PyDict_SetItem(attrs, w[W_URL_QUERY], text);
+        Py_XDECREF(text);
+        if (rc < 0)
+            goto error;
+    }
+    int propagated = 0;
+    Py_ssize_t n = headers == NULL || headers == Py_None ? 0 : PySequence_Fast_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            goto fallback; /* (a list pair, or a malformed entry: the Python loop decides) */
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_CheckExact(name)) {
+            propagated = 1; /* extract() decides */
+            continue;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(name);
+        const char *raw = PyBytes_AS_STRING(name);
+        if (len == 10 && memcmp(raw, "user-agent", 10) == 0) {
+            if (!PyBytes_CheckExact(value))
+                goto fallback;
+            PyObject *text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
+            int rc = text == NULL ? -1 : PyDict_SetItem(attrs, w[W_USER_AGENT], text);
+            Py_XDECREF(text);
+            if (rc < 0)
+                goto error;
+        }
+        else if (len == 11 && memcmp(raw, "traceparent", 11) == 0)
+            propagated = 1;
+        else if (len == 14 && memcmp(raw, "content-length", 14) == 0) {
+            if (!PyBytes_CheckExact(value))
+                goto fallback;
+            PyObject *size = PyNumber_Long(value);
+            if (size == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_ValueError))
+                    goto error;
+                PyErr_Clear(); /* not a number: no body-size attribute, as in Python */
+            }
+            else {
+                int rc = PyDict_SetItem(attrs, w[W_BODY_SIZE], size);
+                Py_DECREF(size);
+                if (rc < 0)
+                    goto error;
+            }
+        }
+    }
+    if (client != NULL && client != Py_None && PySequence_Fast_GET_SIZE(client) > 0) {
+        address = PySequence_Fast_GET_ITEM(client, 0);
+        int truthy = PyObject_IsTrue(address);
+        if (truthy < 0)
+            goto error;
+        if (!truthy)
+            address = Py_None;
+        else if (PyDict_SetItem(attrs, w[W_CLIENT_ADDRESS], address) < 0)
+            goto error;
+    }
+    else if (client != NULL && client != Py_None)
+        address = Py_None;
+    if (propagated) {
+        parent = PyObject_CallOneArg(extract_fn, headers);
+        if (parent == NULL)
+            goto error;
+    }
+    PyObject *call[7] = {web_tracer, label, attrs, server_kind, parent ? parent : Py_None, Py_None, start};
+    span = PyObject_VectorcallMethod(w[W_START_SPAN], call, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (span == NULL)
+        goto error;
+    extra = PyList_New(0);
+    if (extra == NULL)
+        goto error;
+    if (hname != Py_None) {
+        PyObject *tid = PyObject_GetAttr(span, s_trace_id);
+        PyObject *hex = tid == NULL ? NULL : hex_id(tid, 16);
+        Py_XDECREF(tid);
+        if (hex == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            goto fallback;
+        }
+        PyObject *value = PyBytes_FromStringAndSize((const char *)PyUnicode_1BYTE_DATA(hex), 32);
+        Py_DECREF(hex);
+        PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, hname, value);
+        Py_XDECREF(value);
+        if (pair == NULL)
+            goto error;
+        int rc = PyList_Append(extra, pair);
+        Py_DECREF(pair);
+        if (rc < 0)
+            goto error;
+    }
+    state = state_type->tp_alloc(state_type, 0);
+    if (state == NULL)
+        goto error;
+    PyObject *method_value = PyDict_GetItemWithError(attrs, w[W_HTTP_METHOD]);
+    if (method_value == NULL)
+        goto error;
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        goto error;
+    RSLOT(state, R_SPAN) = Py_NewRef(span);
+    RSLOT(state, R_METHOD) = Py_NewRef(method_value);
+    RSLOT(state, R_LABEL) = Py_NewRef(label);
+    RSLOT(state, R_ROUTE) = Py_NewRef(Py_None);
+    RSLOT(state, R_USER) = Py_NewRef(Py_None);
+    RSLOT(state, R_STATUS) = Py_NewRef(zero);
+    RSLOT(state, R_SENT) = Py_NewRef(zero);
+    RSLOT(state, R_LAST) = zero;
+    RSLOT(state, R_AUTH) = Py_NewRef(Py_False);
+    RSLOT(state, R_SCOPE) = Py_NewRef(scope);
+    Py_SETREF(result, PyTuple_Pack(3, state, extra, address));
+    goto done;
+fallback:
+    goto done; /* result is still NotImplemented */
+error:
+    Py_CLEAR(result);
+done:
+    Py_DECREF(attrs);
+    Py_XDECREF(parent);
+    Py_XDECREF(span);
+    Py_XDECREF(state);
+    Py_XDECREF(extra);
+    return result;
+}
+
+static PyObject *span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+
+/* request_finish(state, route, start_ns, end_ns, client_address, audit) -> True, or
+ * NotImplemented (nothing changed) for a span that is not a plain open Span, a status of 5xx,
+ * 401, 403 or 429, an actor to find in baggage, or too little room for the attributes. */
+static PyObject *
+request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || state_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "request_finish(state, route, start_ns, end_ns, client, audit)");
+        return NULL;
+    }
+    PyObject *state = args[0], *route = args[1], *start = args[2], *end = args[3], *client = args[4];
+    int audit = PyObject_IsTrue(args[5]);
+    if (audit < 0)
+        return NULL;
+    if (Py_TYPE(state) != state_type || !PyLong_CheckExact(start) || !PyLong_CheckExact(end) ||
+        (route != Py_None && !PyUnicode_CheckExact(route)))
+        Py_RETURN_NOTIMPLEMENTED;
+    for (int i = 0; i < R_COUNT; i++) {
+        if (RSLOT(state, i) == NULL)
+            Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *span = RSLOT(state, R_SPAN), *status = RSLOT(state, R_STATUS), *label = RSLOT(state, R_LABEL),
+             *actor = RSLOT(state, R_USER);
+    if (Py_TYPE(span) != span_type || !slots_set(span, F_ATTRS, F_END, F_PIPE) || SLOT(span, F_NAME) == NULL ||
+        SLOT(span, F_BAGGAGE) == NULL || SLOT(span, F_TRACE_ID) == NULL || SLOT(span, F_SPAN_ID) == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *attrs = SLOT(span, F_ATTRS), *ended = SLOT(span, F_END);
+    if (!PyLong_CheckExact(status) || !PyUnicode_CheckExact(label) || !PyDict_CheckExact(attrs) ||
+        !PyLong_CheckExact(ended) || _PyLong_Sign(ended) != 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    long st = PyLong_AsLong(status);
+    if (st == -1 && PyErr_Occurred())
+        return NULL;
+    if (st >= 500 || st == 401 || st == 403 || st == 429 || st < 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    if (actor == Py_None && (!PyTuple_CheckExact(SLOT(span, F_BAGGAGE)) || PyTuple_GET_SIZE(SLOT(span, F_BAGGAGE))))
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
+    Py_ssize_t limit = limit_obj ? PyLong_AsSsize_t(limit_obj) : -1;
+    Py_XDECREF(limit_obj);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyDict_GET_SIZE(attrs) + 3 > limit)
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *pipeline = NULL;
+    if (audit) {
+        pipeline = PyObject_GetAttr(web_tracer, w[W_PIPELINE]);
+        if (pipeline == NULL)
+            return NULL;
+    }
+    /* from here on: the Python finish_request's common path */
+    int has_route = route != Py_None && PyUnicode_GET_LENGTH(route) > 0;
+    PyObject *name = has_route ? PyUnicode_FromFormat("%U %U", label, route) : Py_NewRef(label);
+    PyObject *result = NULL, *pending = NULL, *outcome = NULL, *duration = NULL;
+    if (name == NULL)
+        goto done;
+    Py_SETREF(SLOT(span, F_NAME), Py_NewRef(name));
+    if ((has_route && PyDict_SetItem(attrs, w[W_ROUTE], route) < 0) ||
+        (st && PyDict_SetItem(attrs, w[W_STATUS], status) < 0) ||
+        PyDict_SetItem(attrs, w[W_RESPONSE_SIZE], RSLOT(state, R_SENT)) < 0)
+        goto done;
+    if (pipeline != NULL && pipeline != Py_None) {
+        outcome = st ? PyObject_Str(status) : Py_NewRef(w[W_ABORTED]);
+        duration = PyNumber_Subtract(end, start);
+        if (outcome == NULL || duration == NULL)
+            goto done;
+        pending = PyTuple_Pack(13, pending_mark, w[W_REQUEST], end, SLOT(span, F_TRACE_ID),
+                               SLOT(span, F_SPAN_ID), actor, name, has_route ? route : w[W_EMPTY],
+                               outcome, RSLOT(state, R_METHOD), status, duration, client);
+        if (pending == NULL)
+            goto done;
+        PyObject *r = PyObject_CallMethodOneArg(pipeline, w[W_EMIT], pending);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    PyObject *end_args[1] = {end};
+    PyObject *r = span_end(span, end_args, 1, NULL);
+    if (r == NULL)
+        goto done;
+    Py_DECREF(r);
+    result = Py_NewRef(Py_True);
+done:
+    Py_XDECREF(name);
+    Py_XDECREF(pipeline);
+    Py_XDECREF(pending);
+    Py_XDECREF(outcome);
+    Py_XDECREF(duration);
+    return result;
+}
+
 /* build_audit_record(pending, service, environment, key_cache, text_cache, sql_cache,
  * max_attributes) -> the sanitized request audit record Sanitizer._request_audit builds from a
  * tuple the middleware queued (records.request_audit), or None when a text is not in the
@@ -1500,6 +1842,12 @@ static PyMethodDef methods[] = {
      "Install the C __enter__, __exit__ and set_attribute on the Span class."},
     {"build_audit_record", (PyCFunction)(void (*)(void))build_audit_record, METH_FASTCALL,
      "The sanitized audit record of a queued request audit, or None (see the comment)."},
+    {"web_setup", (PyCFunction)(void (*)(void))web_setup, METH_FASTCALL,
+     "Remember the middleware's RequestState class and helpers (see the comment)."},
+    {"asgi_begin", (PyCFunction)(void (*)(void))asgi_begin, METH_FASTCALL,
+     "Start an ASGI request's server span and state, or NotImplemented (see the comment)."},
+    {"request_finish", (PyCFunction)(void (*)(void))request_finish, METH_FASTCALL,
+     "Finish a request's span and queue its audit, or NotImplemented (see the comment)."},
     {"untrack_records", untrack_records, METH_O,
      "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from pitchey_trace import _safety
-from pitchey_trace._span import Limits, Span, StatusCode
+from pitchey_trace import _accel, _safety
+from pitchey_trace._span import Limits, Span, SpanKind, StatusCode
 from pitchey_trace._tracer import get_tracer
+from pitchey_trace.propagation import extract
 from pitchey_trace.records import PENDING_AUDIT
 
 if TYPE_CHECKING:
@@ -146,6 +147,19 @@ class RequestState:
 
 # The process-wide tracer object is never replaced (configure() re-points its pipeline).
 _TRACER = get_tracer()
+
+#: The C accelerator's request start (ASGI) and finish for the common case: each returns
+#: NotImplemented, having changed nothing, whenever the Python code below has to decide.
+fast_begin: Any = None
+fast_finish: Any = None
+if _accel.web_setup is not None:
+    try:
+        _accel.web_setup(RequestState, KNOWN_METHODS, extract, _TRACER, SpanKind.SERVER, PENDING_AUDIT)
+    except Exception as _exc:  # a RequestState the accelerator does not fit: stay on Python
+        _safety.report("web.accelerator", _exc)
+    else:
+        fast_begin = _accel.asgi_begin
+        fast_finish = _accel.request_finish
 
 REQUEST: ContextVar[RequestState | None] = ContextVar("pitchey_trace_web_request", default=None)
 

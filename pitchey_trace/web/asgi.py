@@ -34,6 +34,8 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    fast_begin,
+    fast_finish,
     finish_request,
     method_attributes,
     route_template,
@@ -130,9 +132,17 @@ class ASGITracingMiddleware:
             return
         try:
             start_ns = time_ns()
-            state, client = self._start(scope, path, "http", None, start_ns)
+            got = (
+                fast_begin(scope, path, start_ns, options.header_name_b)
+                if fast_begin is not None and not options.traceresponse
+                else NotImplemented
+            )
+            if got is NotImplemented:
+                state, client = self._start(scope, path, "http", None, start_ns)
+                extra = options.response_headers_b(state.span)
+            else:
+                state, extra, client = got
             span = state.span
-            extra = options.response_headers_b(span)
         except Exception as exc:
             _safety.report("web.asgi.start", exc)
             await self.app(scope, receive, send)
@@ -171,15 +181,15 @@ class ASGITracingMiddleware:
         finally:
             try:
                 route = state.route
-                finish_request(
-                    state,
-                    options,
-                    route if route is not None else route_template(scope),
-                    start_ns,
-                    state.last_byte_ns or time_ns(),
-                    client,
-                    error,
-                )
+                if route is None:
+                    route = route_template(scope)
+                end_ns = state.last_byte_ns or time_ns()
+                if (
+                    error is not None
+                    or fast_finish is None
+                    or fast_finish(state, route, start_ns, end_ns, client, options.audit) is NotImplemented
+                ):
+                    finish_request(state, options, route, start_ns, end_ns, client, error)
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
             try:

@@ -232,6 +232,57 @@ def test_no_reference_leaks_building_audit_records() -> None:
     assert grown < 16 * 1024, f"{grown} bytes kept after 5000 records"
 
 
+def test_no_reference_leaks_in_the_c_request_start_and_finish() -> None:
+    from pitchey_trace.web import _common
+
+    begin, finish = _common.fast_begin, _common.fast_finish
+    assert begin is not None and finish is not None  # noqa: PT018
+    headers = [
+        (b"user-agent", b"ua"),
+        (b"content-length", b"5"),
+        (b"traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"),
+    ]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/p",
+        "scheme": "http",
+        "query_string": b"a=1",
+        "headers": headers,
+        "client": ("1.2.3.4", 5),
+    }
+    path, name = "/p", b"x-trace-id"
+
+    def one() -> None:
+        state, _extra, client = begin(scope, path, 10, name)
+        state.status = 200
+        assert finish(state, "/p/{id}", 10, 20, client, True) is True
+
+    with capture_spans(rollups=None, max_queue_size=10**6, export_batch_size=10**6, schedule_delay_ms=10**7):
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        for _ in range(200):
+            one()
+        pipeline.queue.clear()
+        gc.collect()
+        before = [sys.getrefcount(x) for x in (scope, path, name, headers)]
+        tracemalloc.start()
+        for _ in range(200):
+            one()
+        pipeline.queue.clear()
+        gc.collect()  # (which also empties the tuple free lists)
+        first = tracemalloc.get_traced_memory()[0]
+        for _ in range(3000):
+            one()
+        pipeline.queue.clear()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - first
+        tracemalloc.stop()
+        gc.collect()
+        assert [sys.getrefcount(x) for x in (scope, path, name, headers)] == before
+        assert grown < 32 * 1024, f"{grown} bytes kept after 3000 requests"
+
+
 def test_pure_python_switch() -> None:
     code = (
         "import pitchey_trace as pt, pitchey_trace.sanitize as s\n"

@@ -7,6 +7,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
@@ -304,16 +306,27 @@ def test_sdk_errors_never_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("sdk bug")
 
+    sent: list[Any] = []
     with capture_spans():
+        # the Python start, and the C accelerator's (when it is loaded)
         monkeypatch.setattr(asgi_module, "_start_span", broken)
-        sent = run(ASGITracingMiddleware(ok_app), http_scope())
+        monkeypatch.setattr(asgi_module, "fast_begin", None)
+        sent.append(run(ASGITracingMiddleware(ok_app), http_scope()))
         monkeypatch.undo()
+        monkeypatch.setattr(asgi_module, "fast_begin", broken)
+        sent.append(run(ASGITracingMiddleware(ok_app), http_scope()))
+        monkeypatch.undo()
+        # the Python finish, and the C accelerator's
         monkeypatch.setattr(asgi_module, "finish_request", broken)
-        sent2 = run(ASGITracingMiddleware(ok_app), http_scope())
-    assert [m.get("body") for m in sent[1:]] == [b"hello", b" world"]
-    assert [m.get("body") for m in sent2[1:]] == [b"hello", b" world"]
-    assert _stats.get("internal_errors.web.asgi.start") == 1
-    assert _stats.get("internal_errors.web.asgi.finish") == 1
+        monkeypatch.setattr(asgi_module, "fast_finish", None)
+        sent.append(run(ASGITracingMiddleware(ok_app), http_scope()))
+        monkeypatch.undo()
+        monkeypatch.setattr(asgi_module, "fast_finish", broken)
+        sent.append(run(ASGITracingMiddleware(ok_app), http_scope()))
+    for messages in sent:
+        assert [m.get("body") for m in messages[1:]] == [b"hello", b" world"]
+    assert _stats.get("internal_errors.web.asgi.start") == 2
+    assert _stats.get("internal_errors.web.asgi.finish") == 2
     assert CURRENT.get() is None
 
 
@@ -365,3 +378,108 @@ def test_a_malformed_queued_tuple_is_dropped_and_counted_not_exported() -> None:
         run(ASGITracingMiddleware(ok_app), http_scope())
     assert len(exporter.of_type("audit")) == 1  # the good one still went out
     assert _stats.get("dropped.encode_error") >= 2
+
+
+_HEADER_SETS: list[list[Any]] = [
+    [],
+    [(b"host", b"h"), (b"user-agent", b"curl/8 \xe9"), (b"content-length", b"12")],
+    [(b"content-length", b"twelve"), (b"traceparent", TRACEPARENT), (b"baggage", b"user.id=u-7")],
+    [(b"traceparent", b"00-zz-bad-01"), (b"tracestate", b"a=b")],
+    [("traceparent", TRACEPARENT.decode())],  # a server giving str names: extract() decides
+    [[b"user-agent", b"list-pair"]],  # pairs as lists
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["GET", "PATCH", "BREW", "get", ""]),
+    query=st.sampled_from([b"", b"q=1&token=abc"]),
+    headers=st.sampled_from(range(len(_HEADER_SETS))),
+    client=st.sampled_from([("10.0.0.1", 1), None, (), ("", 0)]),
+    status=st.sampled_from([200, 204, 404, 401, 429, 500, 0]),
+    user=st.sampled_from([None, "u-1"]),
+    header_name=st.sampled_from(["X-Trace-Id", None]),
+    raises=st.booleans(),
+)
+def test_c_request_start_and_finish_equal_the_python_code(
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    query: bytes,
+    headers: int,
+    client: Any,
+    status: int,
+    user: str | None,
+    header_name: str | None,
+    raises: bool,
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if user:
+            set_user(user)
+        if status:
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b"abc"})
+        if raises:
+            raise ValueError("boom")
+
+    def one(fast: bool) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+        scope = http_scope(method=method, headers=list(_HEADER_SETS[headers]))
+        scope["query_string"] = query
+        scope["client"] = client
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(asgi_module, "fast_begin", None)
+                m.setattr(asgi_module, "fast_finish", None)
+            with capture_spans() as exporter:
+                sent: list[dict[str, Any]] = []
+                try:
+                    run(ASGITracingMiddleware(app, trace_id_header=header_name), scope, sent=sent)
+                except ValueError:
+                    pass
+        volatile = (
+            "trace_id",
+            "span_id",
+            "start_time_unix_nano",
+            "end_time_unix_nano",
+            "duration_ms",
+            "time_unix_nano",
+        )
+
+        def strip(rec: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in rec.items() if k not in volatile}
+            out["attributes"] = {k: v for k, v in rec["attributes"].items() if k != "duration_ms"}
+            if "events" in rec:  # (times and stack traces differ between the two runs)
+                out["events"] = [(e["name"], e["attributes"].get("exception.type")) for e in rec["events"]]
+            if rec.get("trace_id") == "4bf92f3577b34da6a3ce929d0e0e4736":
+                out["continued"] = True
+            return out
+
+        heads = [
+            sorted(k for k, _ in m.get("headers", ())) for m in sent if m["type"] == "http.response.start"
+        ]
+        records = [strip(r) for r in exporter.records if r["type"] in ("span", "audit")]
+        return records, heads, [m.get("status") for m in sent]
+
+    assert one(fast=True) == one(fast=False)
+
+
+def test_common_requests_take_the_c_path_when_it_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    python_calls: list[str] = []
+    real_start, real_finish = ASGITracingMiddleware._start, asgi_module.finish_request
+
+    def start(*args: Any) -> Any:
+        python_calls.append("start")
+        return real_start(*args)
+
+    def finish(*args: Any) -> Any:
+        python_calls.append("finish")
+        return real_finish(*args)
+
+    monkeypatch.setattr(ASGITracingMiddleware, "_start", start)
+    monkeypatch.setattr(asgi_module, "finish_request", finish)
+    with capture_spans() as exporter:
+        run(ASGITracingMiddleware(ok_app), http_scope(headers=[(b"traceparent", TRACEPARENT)]))
+    assert python_calls == ([] if common.fast_begin is not None else ["start", "finish"])
+    [span] = exporter.spans()
+    assert span["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span["attributes"]["http.response.body.size"] == len(b"hello world")
+    assert len(exporter.of_type("audit")) == 1
