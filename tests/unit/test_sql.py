@@ -202,8 +202,13 @@ def test_generated_literals_never_survive(table: str, column: str, literals: lis
     assert "$$" not in out
     assert "$q$" not in out
     rest = out.replace(column, "").replace(table, "")
+    # the same statement with harmless literals: a secret that is part of it (a keyword such
+    # as "SELE") says nothing about a leak
+    plain = " AND ".join(f"{column} = 1" for _ in literals)
+    plain_sql = f"SELECT {column} FROM {table} WHERE {plain}"  # noqa: S608
+    skeleton = normalize_sql(plain_sql).replace(column, "").replace(table, "")
     for _, secret in literals:
-        if len(secret) >= 4 and secret.strip(" ?") and not set(secret) <= set(" ?=AND().,"):
+        if len(secret) >= 4 and secret.strip(" ?") and secret not in skeleton:
             assert secret not in rest
     assert parse_statement(sql) == ("SELECT", table)
 
