@@ -1359,16 +1359,19 @@ scope_get(PyObject *scope, int key)
     return PyDict_GetItemWithError(scope, w[key]);
 }
 
-/* asgi_begin(scope, path, start_ns, header_name_b) -> (state, extra_headers, client_address)
- * or NotImplemented (see above). The span starts with start_ns and is not made current. */
+static PyObject *new_sender(PyObject *send, PyObject *state, PyObject *extra);
+
+/* asgi_begin(scope, path, start_ns, header_name_b, send) -> (state, sender, client_address)
+ * or NotImplemented (see above). The span starts with start_ns and is not made current; the
+ * sender is the send callable to hand the app. */
 static PyObject *
 asgi_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || state_type == NULL) {
-        PyErr_SetString(PyExc_TypeError, "asgi_begin(scope, path, start_ns, header_name_b) after web_setup()");
+    if (nargs != 5 || state_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "asgi_begin(scope, path, start_ns, header_name_b, send) after web_setup()");
         return NULL;
     }
-    PyObject *scope = args[0], *path = args[1], *start = args[2], *hname = args[3];
+    PyObject *scope = args[0], *path = args[1], *start = args[2], *hname = args[3], *send = args[4];
     if (!PyDict_CheckExact(scope) || !PyUnicode_CheckExact(path) || !PyLong_CheckExact(start) ||
         (hname != Py_None && !PyBytes_CheckExact(hname)))
         Py_RETURN_NOTIMPLEMENTED;
@@ -1519,7 +1522,13 @@ asgi_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     RSLOT(state, R_LAST) = zero;
     RSLOT(state, R_AUTH) = Py_NewRef(Py_False);
     RSLOT(state, R_SCOPE) = Py_NewRef(scope);
-    Py_SETREF(result, PyTuple_Pack(3, state, extra, address));
+    PyObject *sender = new_sender(send, state, extra);
+    if (sender == NULL)
+        goto error;
+    Py_SETREF(result, PyTuple_Pack(3, state, sender, address));
+    Py_DECREF(sender);
+    if (result == NULL)
+        goto done;
     goto done;
 fallback:
     goto done; /* result is still NotImplemented */
@@ -1532,6 +1541,181 @@ done:
     Py_XDECREF(state);
     Py_XDECREF(extra);
     return result;
+}
+
+/* The send callable the middleware hands the app (what the Python traced_send closure does):
+ * counts body bytes, times the last one, records the status and appends the correlation
+ * headers to a copy of the response-start message; returns the server's awaitable. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *send, *state, *extra;
+    vectorcallfunc vectorcall;
+} SenderObject;
+
+static PyObject *s_type_key, *s_body, *s_more_body, *s_status_key, *s_headers_key, *s_resp_body,
+    *s_resp_start;
+
+static int
+sender_traverse(SenderObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->send);
+    Py_VISIT(self->state);
+    Py_VISIT(self->extra);
+    return 0;
+}
+
+static int
+sender_clear(SenderObject *self)
+{
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->extra);
+    return 0;
+}
+
+static void
+sender_dealloc(SenderObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    sender_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A copy of a response-start message with the extra headers appended; NULL with no error when
+ * the message is not shaped for it (the original then goes out unchanged). */
+static PyObject *
+with_headers(PyObject *message, PyObject *extra)
+{
+    PyObject *copy = PyDict_Copy(message);
+    if (copy == NULL)
+        return NULL;
+    PyObject *old = PyDict_GetItemWithError(copy, s_headers_key);
+    PyObject *headers = old == NULL ? (PyErr_Occurred() ? NULL : PyList_New(0)) : PySequence_List(old);
+    if (headers == NULL) {
+        Py_DECREF(copy);
+        PyErr_Clear();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(extra); i++) {
+        if (PyList_Append(headers, PyList_GET_ITEM(extra, i)) < 0) {
+            Py_DECREF(headers);
+            Py_DECREF(copy);
+            PyErr_Clear();
+            return NULL;
+        }
+    }
+    int rc = PyDict_SetItem(copy, s_headers_key, headers);
+    Py_DECREF(headers);
+    if (rc < 0) {
+        Py_DECREF(copy);
+        PyErr_Clear();
+        return NULL;
+    }
+    return copy;
+}
+
+/* state.<slot> += n (an int slot); -1 on error */
+static int
+add_to_slot(PyObject *state, int slot, Py_ssize_t n)
+{
+    PyObject *add = PyLong_FromSsize_t(n);
+    PyObject *sum = add == NULL ? NULL : PyNumber_Add(RSLOT(state, slot), add);
+    Py_XDECREF(add);
+    if (sum == NULL)
+        return -1;
+    Py_SETREF(RSLOT(state, slot), sum);
+    return 0;
+}
+
+static PyObject *
+sender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SenderObject *self = (SenderObject *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "send() takes one message");
+        return NULL;
+    }
+    PyObject *message = args[0], *copy = NULL;
+    PyObject *state = self->state;
+    /* a dict message to a state whose slots are set: anything else goes to the server as is */
+    if (PyDict_CheckExact(message) && RSLOT(state, R_SENT) != NULL && RSLOT(state, R_STATUS) != NULL &&
+        RSLOT(state, R_LAST) != NULL) {
+        PyObject *mtype = PyDict_GetItemWithError(message, s_type_key);
+        if (mtype == NULL && PyErr_Occurred())
+            return NULL;
+        if (mtype != NULL && PyUnicode_CheckExact(mtype)) {
+            if (PyUnicode_Compare(mtype, s_resp_body) == 0) {
+                PyObject *body = PyDict_GetItemWithError(message, s_body);
+                if (body == NULL && PyErr_Occurred())
+                    return NULL;
+                if (body != NULL && body != Py_None) {
+                    Py_ssize_t size = PyObject_Length(body);
+                    if (size < 0)
+                        return NULL; /* (as len() in the Python wrapper) */
+                    if (size > 0 && add_to_slot(state, R_SENT, size) < 0)
+                        return NULL;
+                }
+                PyObject *more = PyDict_GetItemWithError(message, s_more_body);
+                if (more == NULL && PyErr_Occurred())
+                    return NULL;
+                int more_body = more == NULL ? 0 : PyObject_IsTrue(more);
+                if (more_body < 0)
+                    return NULL;
+                if (!more_body) {
+                    PyObject *now = now_ns();
+                    if (now == NULL)
+                        return NULL;
+                    Py_SETREF(RSLOT(state, R_LAST), now);
+                }
+            }
+            else if (PyUnicode_Compare(mtype, s_resp_start) == 0) {
+                PyObject *status = PyDict_GetItemWithError(message, s_status_key);
+                if (status == NULL && PyErr_Occurred())
+                    return NULL;
+                if (status == NULL) {
+                    status = PyLong_FromLong(0);
+                    if (status == NULL)
+                        return NULL;
+                    Py_SETREF(RSLOT(state, R_STATUS), status);
+                }
+                else
+                    Py_SETREF(RSLOT(state, R_STATUS), Py_NewRef(status));
+                if (self->extra != NULL && PyList_GET_SIZE(self->extra) > 0)
+                    copy = with_headers(message, self->extra);
+            }
+        }
+    }
+    PyObject *send_args[1] = {copy != NULL ? copy : message};
+    PyObject *result = PyObject_Vectorcall(self->send, send_args, 1, NULL);
+    Py_XDECREF(copy);
+    return result;
+}
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pitchey_trace._speedups.Sender",
+    .tp_basicsize = sizeof(SenderObject),
+    .tp_dealloc = (destructor)sender_dealloc,
+    .tp_vectorcall_offset = offsetof(SenderObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The send callable the ASGI middleware hands the app (C accelerator).",
+    .tp_traverse = (traverseproc)sender_traverse,
+    .tp_clear = (inquiry)sender_clear,
+};
+
+static PyObject *
+new_sender(PyObject *send, PyObject *state, PyObject *extra)
+{
+    SenderObject *self = PyObject_GC_New(SenderObject, &SenderType);
+    if (self == NULL)
+        return NULL;
+    self->send = Py_NewRef(send);
+    self->state = Py_NewRef(state);
+    self->extra = Py_XNewRef(extra);
+    self->vectorcall = sender_vectorcall;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
 }
 
 static PyObject *span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
@@ -1898,6 +2082,18 @@ PyInit__speedups(void)
         if (PyDict_SetItem(audit_template, audit_keys[i], Py_None) < 0)
             return NULL;
     }
+    struct { PyObject **slot; const char *text; } send_names[] = {
+        {&s_type_key, "type"}, {&s_body, "body"}, {&s_more_body, "more_body"},
+        {&s_status_key, "status"}, {&s_headers_key, "headers"},
+        {&s_resp_body, "http.response.body"}, {&s_resp_start, "http.response.start"},
+    };
+    for (size_t i = 0; i < sizeof(send_names) / sizeof(send_names[0]); i++) {
+        *send_names[i].slot = PyUnicode_InternFromString(send_names[i].text);
+        if (*send_names[i].slot == NULL)
+            return NULL;
+    }
+    if (PyType_Ready(&SenderType) < 0)
+        return NULL;
     int_64 = PyLong_FromLong(64);
     int_128 = PyLong_FromLong(128);
     empty_tuple = PyTuple_New(0);

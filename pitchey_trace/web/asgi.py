@@ -133,36 +133,21 @@ class ASGITracingMiddleware:
         try:
             start_ns = time_ns()
             got = (
-                fast_begin(scope, path, start_ns, options.header_name_b)
+                fast_begin(scope, path, start_ns, options.header_name_b, send)
                 if fast_begin is not None and not options.traceresponse
                 else NotImplemented
             )
+            traced_send: Send
             if got is NotImplemented:
                 state, client = self._start(scope, path, "http", None, start_ns)
-                extra = options.response_headers_b(state.span)
+                traced_send = _sender(state, options.response_headers_b(state.span), send)
             else:
-                state, extra, client = got
+                state, traced_send, client = got
             span = state.span
         except Exception as exc:
             _safety.report("web.asgi.start", exc)
             await self.app(scope, receive, send)
             return
-
-        # A plain function handing back the server's awaitable: no coroutine of our own per
-        # message. The last byte is timed as it is handed to the server.
-        def traced_send(message: Message) -> Awaitable[None]:
-            mtype = message["type"]
-            if mtype == "http.response.body":
-                body = message.get("body")
-                if body:
-                    state.sent += len(body)
-                if not message.get("more_body", False):
-                    state.last_byte_ns = time_ns()
-            elif mtype == "http.response.start":
-                state.status = message.get("status", 0)
-                if extra:
-                    message = _with_headers(message, extra)
-            return send(message)
 
         token = CURRENT.set(span)
         rtoken = REQUEST.set(state)
@@ -317,6 +302,29 @@ class ASGITracingMiddleware:
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
             _reset(rtoken, token)
+
+
+def _sender(state: RequestState, extra: list[tuple[bytes, bytes]], send: Send) -> Send:
+    """The send callable handed to the app (the C accelerator's ``Sender`` does the same).
+
+    A plain function handing back the server's awaitable: no coroutine of our own per
+    message. The last byte is timed as it is handed to the server."""
+
+    def traced_send(message: Message) -> Awaitable[None]:
+        mtype = message["type"]
+        if mtype == "http.response.body":
+            body = message.get("body")
+            if body:
+                state.sent += len(body)
+            if not message.get("more_body", False):
+                state.last_byte_ns = time_ns()
+        elif mtype == "http.response.start":
+            state.status = message.get("status", 0)
+            if extra:
+                message = _with_headers(message, extra)
+        return send(message)
+
+    return traced_send
 
 
 async def _send_error(send: Send) -> None:

@@ -232,6 +232,10 @@ def test_no_reference_leaks_building_audit_records() -> None:
     assert grown < 16 * 1024, f"{grown} bytes kept after 5000 records"
 
 
+async def _noop_send(message: Any) -> None:
+    return None
+
+
 def test_no_reference_leaks_in_the_c_request_start_and_finish() -> None:
     from pitchey_trace.web import _common
 
@@ -254,8 +258,10 @@ def test_no_reference_leaks_in_the_c_request_start_and_finish() -> None:
     path, name = "/p", b"x-trace-id"
 
     def one() -> None:
-        state, _extra, client = begin(scope, path, 10, name)
-        state.status = 200
+        state, sender, client = begin(scope, path, 10, name, _noop_send)
+        sender({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}).close()
+        sender({"type": "http.response.body", "body": b"abc"}).close()
+        assert (state.status, state.sent) == (200, 3)
         assert finish(state, "/p/{id}", 10, 20, client, True) is True
 
     with capture_spans(rollups=None, max_queue_size=10**6, export_batch_size=10**6, schedule_delay_ms=10**7):
@@ -281,6 +287,38 @@ def test_no_reference_leaks_in_the_c_request_start_and_finish() -> None:
         gc.collect()
         assert [sys.getrefcount(x) for x in (scope, path, name, headers)] == before
         assert grown < 32 * 1024, f"{grown} bytes kept after 3000 requests"
+
+
+def test_the_c_sender_is_collected_in_a_cycle_and_passes_odd_messages_through() -> None:
+    from pitchey_trace.web import _common
+
+    begin = _common.fast_begin
+    assert begin is not None
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    def senders() -> int:
+        return sum(1 for o in gc.get_objects() if type(o).__name__ == "Sender")
+
+    with capture_spans(rollups=None):
+        gc.collect()
+        before = senders()
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        state, sender, _client = begin(scope, "/", 1, b"x-trace-id", send)
+        scope["send"] = sender  # an app keeping it in the scope: a cycle through the state
+        message = {"type": "http.response.start", "status": 201}
+        sender(message).close()  # (the coroutine of this test's send is not run)
+        sender("not a dict").close()
+        with pytest.raises(TypeError):
+            sender()
+        assert state.status == 201
+        assert "headers" not in message  # the app's message is never changed
+        state.span.end()
+        del state, sender, scope
+        gc.collect()
+        assert senders() == before
 
 
 def test_pure_python_switch() -> None:
