@@ -444,7 +444,8 @@ class Pipeline:
                 self._deliver_spans(spans)
             if ready:
                 self._deliver(ready)
-            time.sleep(0)
+            if remaining > 0:  # (after the last chunk the worker goes to sleep anyway)
+                time.sleep(0)
 
     def _deliver_spans(self, spans: list[Span]) -> None:
         """Build the spans' records and deliver them. With the built-in sanitizer the record is
@@ -474,10 +475,7 @@ class Pipeline:
         if fused is None or self.processors or self.router is not None:
             self._deliver(out, sanitized=fused is not None)
             return
-        targets = self._targets("traces")
-        last = len(targets) - 1
-        for i, w in enumerate(targets):
-            w.put(out if i == last else out.copy())
+        self._put(self._targets("traces"), out)
 
     @staticmethod
     def _observe(rollups: Any, spans: list[Span]) -> None:
@@ -507,6 +505,25 @@ class Pipeline:
         routed: dict[int, list[Record]] = {id(w): [] for w in self.workers}
         type_dataset = DATASET_OF_TYPE
         fused_audit = self._fused_audit if sanitizer is not None else None
+        if fused_audit is not None and not processors and router is None:
+            # The usual chunk of ready items: the request audits the middleware queued. Built
+            # sanitized in one pass and handed to the "audit" exporters together.
+            audits: list[Record] = []
+            others: list[Any] = []
+            for rec in records:
+                if rec.__class__ is tuple and rec[0] == PENDING_AUDIT:
+                    try:
+                        audits.append(fused_audit(rec, self.service, self.environment))
+                    except Exception as exc:
+                        _stats.incr("dropped.encode_error")
+                        _safety.report("request_audit", exc)
+                else:
+                    others.append(rec)
+            if audits:
+                self._put(self._targets(DATASET_OF_TYPE["audit"]), audits)
+            if not others:
+                return
+            records = others
         for rec in records:
             clean = sanitizer is None
             if rec.__class__ is tuple:  # a request audit the middleware deferred to this thread
@@ -566,6 +583,16 @@ class Pipeline:
                 if untrack is not None:
                     untrack(recs)  # they wait in the exporter's queue: no work for the collector
                 w.put(recs)
+
+    @staticmethod
+    def _put(targets: list[ExporterWorker], records: list[Record]) -> None:
+        """Hand one list of records to several exporter workers (each gets its own list)."""
+        untrack = _accel.untrack_records
+        if untrack is not None:
+            untrack(records)
+        last = len(targets) - 1
+        for i, w in enumerate(targets):
+            w.put(records if i == last else records.copy())
 
 
 def _after_fork_in_child() -> None:

@@ -246,3 +246,42 @@ def test_live_pipelines_registry_is_weak() -> None:
 
     gc.collect()
     assert len(_batch._live_pipelines) <= before + 1
+
+
+@pytest.mark.allow_internal_errors
+def test_queued_request_audits_reach_every_audit_exporter_and_bad_ones_are_counted() -> None:
+    from pitchey_trace.records import PENDING_AUDIT
+
+    audit_only = pt.InMemoryExporter(datasets=["audit"])
+    traces_only = pt.InMemoryExporter(datasets=["traces"])
+    with capture_spans(exporters=[audit_only, traces_only], rollups=None) as everything:
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        for i in range(3):
+            pipeline.emit(
+                (
+                    PENDING_AUDIT,
+                    "request",
+                    5,
+                    0xA,
+                    0xB,
+                    None,
+                    "GET /x",
+                    "/x",
+                    "200",
+                    "GET",
+                    200,
+                    2_000_000,
+                    "bob@example.com",
+                )
+            )
+            pipeline.emit((PENDING_AUDIT, "request"))  # malformed: dropped, counted
+            pipeline.emit({"type": "audit", "schema": 1, "custom": i})  # a ready-made record: as before
+    # (the middleware's audits go out in one list, ahead of other records of the same chunk)
+    assert sorted(r.get("custom", -1) for r in everything.of_type("audit")) == [-1, -1, -1, 0, 1, 2]
+    assert len(audit_only.of_type("audit")) == 6
+    assert traces_only.records == []
+    first = audit_only.of_type("audit")[0]
+    assert first["attributes"]["client.address"] == "[EMAIL]"  # sanitized on the way
+    assert first["attributes"]["duration_ms"] == 2.0
+    assert pt.stats()["dropped.encode_error"] == 3
