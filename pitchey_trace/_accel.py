@@ -20,6 +20,7 @@ __all__ = [
     "build_span_records",
     "install_tracer",
     "rollup_chunk",
+    "tail_offer",
     "take_chunk",
     "untrack_records",
     "web_setup",
@@ -31,6 +32,7 @@ take_chunk: Callable[..., tuple[int, list[Any], list[Span], list[Span], list[Any
 install_tracer: Callable[[type, Any, type], None] | None = None
 untrack_records: Callable[[list[Any]], int] | None = None
 build_audit_record: Callable[..., dict[str, Any] | None] | None = None
+tail_offer: Callable[..., tuple[int, int, int, int]] | None = None
 #: Set up by pitchey_trace.web._common (web_setup), which then uses asgi_begin/request_finish.
 web_setup: Callable[..., None] | None = None
 asgi_begin: Callable[..., Any] | None = None
@@ -56,6 +58,7 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         install_tracer = _speedups.install_tracer
         untrack_records = _speedups.untrack_records
         build_audit_record = _speedups.build_audit_record
+        tail_offer = _speedups.tail_offer
         web_setup = _speedups.web_setup
         asgi_begin = _speedups.asgi_begin
         request_finish = _speedups.request_finish

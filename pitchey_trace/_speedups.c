@@ -1287,6 +1287,131 @@ done:
     return out;
 }
 
+/* tail_offer(spans, start, out, decided, decided_old, pending_map, keep_errors, slow_ns,
+ * ERROR, Pending, n_pending, remember, max_pending) -> (next, discarded, n_pending, stop):
+ * TailKeeper._offer_one for spans[start:], in order, while they are the common cases: a trace
+ * already decided (dropped, or kept), a local root with nothing interesting (dropped, its
+ * buffered children too), a child with nothing interesting (buffered). It stops at the first
+ * span it leaves to Python (interesting ones, slow events, late spans of dropped traces that
+ * are interesting, anything odd): next is that span's index, stop 0. It also stops after a
+ * decision that filled `decided` (stop 1: the caller swaps generations) or a buffered span
+ * that took n_pending over max_pending (stop 2: the caller evicts). */
+static PyObject *s_spans_attr = NULL;
+
+static PyObject *
+tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[2]) ||
+        !PyDict_CheckExact(args[3]) || !PyDict_CheckExact(args[4]) || !PyDict_Check(args[5]) ||
+        span_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "tail_offer(spans, start, out, decided, decided_old, pending_map, "
+                                         "keep_errors, slow_ns, ERROR, Pending, n_pending, remember, max_pending)");
+        return NULL;
+    }
+    PyObject *spans = args[0], *out = args[2], *decided = args[3], *old = args[4], *pending_map = args[5];
+    PyObject *error_status = args[8], *pending_cls = args[9];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]), n_pending = PyLong_AsSsize_t(args[10]),
+               remember = PyLong_AsSsize_t(args[11]), max_pending = PyLong_AsSsize_t(args[12]);
+    int keep_errors = PyObject_IsTrue(args[6]);
+    if ((i == -1 || n_pending == -1 || remember == -1 || max_pending == -1 || keep_errors < 0) && PyErr_Occurred())
+        return NULL;
+    long long slow = -1;
+    if (args[7] != Py_None) {
+        slow = PyLong_AsLongLong(args[7]);
+        if (slow == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    Py_ssize_t discarded = 0;
+    int stop = 0;
+    for (; i < PyList_GET_SIZE(spans) && !stop; i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        if (Py_TYPE(span) != span_type || SLOT(span, F_TRACE_ID) == NULL || SLOT(span, F_EVENTS) == NULL ||
+            SLOT(span, F_STATUS) == NULL || SLOT(span, F_START) == NULL || SLOT(span, F_END) == NULL ||
+            SLOT(span, F_LOCAL_ROOT) == NULL)
+            break;
+        PyObject *tid = SLOT(span, F_TRACE_ID), *events = SLOT(span, F_EVENTS);
+        if (events != Py_None && (!PyList_CheckExact(events) || PyList_GET_SIZE(events) > 0))
+            break; /* events may mark the span slow: Python looks */
+        if (!PyLong_CheckExact(SLOT(span, F_START)) || !PyLong_CheckExact(SLOT(span, F_END)))
+            break;
+        int interesting = keep_errors && SLOT(span, F_STATUS) == error_status;
+        if (!interesting && slow >= 0) {
+            long long start = PyLong_AsLongLong(SLOT(span, F_START)), end = PyLong_AsLongLong(SLOT(span, F_END));
+            if ((start == -1 || end == -1) && PyErr_Occurred()) {
+                PyErr_Clear();
+                break;
+            }
+            interesting = end - start >= slow;
+        }
+        PyObject *decision = PyDict_GetItemWithError(decided, tid);
+        if (decision == NULL && !PyErr_Occurred() && PyDict_GET_SIZE(old))
+            decision = PyDict_GetItemWithError(old, tid);
+        if (decision == NULL && PyErr_Occurred())
+            return NULL;
+        if (decision != NULL) {
+            if (decision == Py_True) {
+                if (PyList_Append(out, span) < 0)
+                    return NULL;
+                continue;
+            }
+            if (decision != Py_False || interesting)
+                break; /* kept late, or an odd decision: Python */
+            discarded++;
+            continue;
+        }
+        if (interesting)
+            break;
+        PyObject *pending = PyDict_GetItemWithError(pending_map, tid);
+        if (pending == NULL && PyErr_Occurred())
+            return NULL;
+        int root = PyObject_IsTrue(SLOT(span, F_LOCAL_ROOT));
+        if (root < 0)
+            return NULL;
+        if (root) {
+            if (pending != NULL) {
+                PyObject *buffered = PyObject_GetAttr(pending, s_spans_attr);
+                Py_ssize_t count = buffered == NULL ? -1 : PyObject_Length(buffered);
+                Py_XDECREF(buffered);
+                if (count < 0 || PyObject_DelItem(pending_map, tid) < 0)
+                    return NULL;
+                n_pending -= count;
+                discarded += count;
+            }
+            discarded++;
+            if (PyDict_SetItem(decided, tid, Py_False) < 0)
+                return NULL;
+            if (PyDict_GET_SIZE(decided) >= remember)
+                stop = 1;
+            continue;
+        }
+        if (pending == NULL) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            PyObject *born = PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+            PyObject *fresh = born == NULL ? NULL : PyObject_CallOneArg(pending_cls, born);
+            Py_XDECREF(born);
+            if (fresh == NULL)
+                return NULL;
+            int rc = PyObject_SetItem(pending_map, tid, fresh);
+            Py_DECREF(fresh);
+            if (rc < 0)
+                return NULL;
+            pending = PyDict_GetItemWithError(pending_map, tid);
+            if (pending == NULL)
+                return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_RuntimeError, "pending buffer vanished");
+        }
+        PyObject *buffered = PyObject_GetAttr(pending, s_spans_attr);
+        int rc = buffered == NULL ? -1 : PyList_Append(buffered, span);
+        Py_XDECREF(buffered);
+        if (rc < 0)
+            return NULL;
+        n_pending++;
+        if (n_pending > max_pending)
+            stop = 2;
+    }
+    return Py_BuildValue("(nnni)", i, discarded, n_pending, stop);
+}
+
 /* ---------------------------------------------------------------------------------------
  * The ASGI middleware's request start and finish (pitchey_trace.web), for the common case:
  * asgi_begin() does what ASGITracingMiddleware._start() and Options.response_headers_b() do,
@@ -2032,6 +2157,8 @@ static PyMethodDef methods[] = {
      "Start an ASGI request's server span and state, or NotImplemented (see the comment)."},
     {"request_finish", (PyCFunction)(void (*)(void))request_finish, METH_FASTCALL,
      "Finish a request's span and queue its audit, or NotImplemented (see the comment)."},
+    {"tail_offer", (PyCFunction)(void (*)(void))tail_offer, METH_FASTCALL,
+     "TailKeeper.offer_many's common cases, in order (see the comment)."},
     {"untrack_records", untrack_records, METH_O,
      "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
@@ -2093,6 +2220,9 @@ PyInit__speedups(void)
             return NULL;
     }
     if (PyType_Ready(&SenderType) < 0)
+        return NULL;
+    s_spans_attr = PyUnicode_InternFromString("spans");
+    if (s_spans_attr == NULL)
         return NULL;
     int_64 = PyLong_FromLong(64);
     int_128 = PyLong_FromLong(128);

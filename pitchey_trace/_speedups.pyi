@@ -43,3 +43,19 @@ def asgi_begin(scope: Any, path: str, start_ns: int, header_name: bytes | None, 
 def request_finish(
     state: Any, route: str | None, start_ns: int, end_ns: int, client: str | None, audit: bool, /
 ) -> Any: ...
+def tail_offer(
+    spans: list[Any],
+    start: int,
+    out: list[Any],
+    decided: dict[int, bool],
+    decided_old: dict[int, bool],
+    pending_map: Any,
+    keep_errors: bool,
+    slow_ns: int | None,
+    error_status: Any,
+    pending_cls: Any,
+    n_pending: int,
+    remember: int,
+    max_pending: int,
+    /,
+) -> tuple[int, int, int, int]: ...

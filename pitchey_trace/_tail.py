@@ -20,11 +20,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from pitchey_trace import _stats
+from pitchey_trace import _accel, _stats
 from pitchey_trace._span import Span, StatusCode
 
 _SLOW_EVENTS = frozenset(("slow_query", "slow"))
 _ERROR = StatusCode.ERROR
+# Why the C accelerator's tail_offer() stopped (besides reaching a span it leaves to Python).
+_SWAP, _EVICT = 1, 2
 
 
 class _Pending:
@@ -76,71 +78,91 @@ class TailKeeper:
 
     def offer_many(self, spans: Iterable[Span], out: list[Span]) -> None:
         """:meth:`offer` for a chunk of spans, in order (counters updated once per chunk)."""
-        decided = self._decided
-        old = self._decided_old
-        remember = self.remember
-        pending_map = self._pending
-        keep_errors = self.keep_errors
+        items = spans if spans.__class__ is list else list(spans)
+        fast = _accel.tail_offer
+        counts = [0, 0, 0]  # discarded, kept late, kept traces
+        i, n = 0, len(items)
+        while i < n:
+            if fast is not None:
+                # The C accelerator takes the spans in order while they are the common cases
+                # (decided traces; roots and children of traces with nothing interesting yet)
+                # and stops where this method has to act: a swap of the decision
+                # generations, an eviction, or a span it leaves to the Python code below.
+                i, discarded, self._n_pending, stop = fast(
+                    items, i, out, self._decided, self._decided_old, self._pending, self.keep_errors,
+                    self.slow_ns, _ERROR, _Pending, self._n_pending, self.remember, self.max_pending,
+                )  # fmt: skip
+                counts[0] += discarded
+                if stop == _SWAP:
+                    self._decided_old = self._decided
+                    self._decided = {}
+                    continue
+                if stop == _EVICT:
+                    if self._n_pending > self.max_pending:
+                        self._evict_oldest()
+                    continue
+                if i >= n:
+                    break
+            self._offer_one(items[i], out, counts)
+            i += 1
+        if counts[0]:
+            _stats.incr("tail.discarded", counts[0])
+        if counts[1]:
+            _stats.incr("tail.kept_late", counts[1])
+        if counts[2]:
+            _stats.incr("tail.kept_traces", counts[2])
+
+    def _offer_one(self, span: Span, out: list[Span], counts: list[int]) -> None:
+        """One span of :meth:`offer_many` (the reference the C accelerator follows)."""
+        tid = span.trace_id
+        events = span.events
         slow = self.slow_ns
-        discarded = kept_late = kept_traces = 0
-        for span in spans:
-            tid = span.trace_id
-            events = span.events
-            interesting = (
-                (keep_errors and span.status == _ERROR)
-                or (slow is not None and span.end_ns - span.start_ns >= slow)
-                # Instrumentations with their own slowness notion (e.g. the PostgreSQL
-                # slow-query threshold) mark the span with a ``slow_query`` / ``slow`` event.
-                or (bool(events) and any(e[0] in _SLOW_EVENTS for e in events))  # type: ignore[union-attr]
-            )
-            decision = decided.get(tid)
-            if decision is None and old:
-                decision = old.get(tid)
-            if decision is not None:
-                if decision:
-                    out.append(span)
-                elif interesting:
-                    # Decided "drop" already (its local root ended first) but this late span
-                    # is worth keeping on its own.
-                    out.append(span)
-                    kept_late += 1
-                else:
-                    discarded += 1
-                continue
-            pending = pending_map.get(tid)
-            if interesting:
-                if pending is not None:
-                    del pending_map[tid]
-                    self._n_pending -= len(pending.spans)
-                    out.extend(pending.spans)
+        interesting = (
+            (self.keep_errors and span.status == _ERROR)
+            or (slow is not None and span.end_ns - span.start_ns >= slow)
+            # Instrumentations with their own slowness notion (e.g. the PostgreSQL
+            # slow-query threshold) mark the span with a ``slow_query`` / ``slow`` event.
+            or (bool(events) and any(e[0] in _SLOW_EVENTS for e in events))  # type: ignore[union-attr]
+        )
+        decision = self._decided.get(tid)
+        if decision is None and self._decided_old:
+            decision = self._decided_old.get(tid)
+        if decision is not None:
+            if decision:
                 out.append(span)
-                self._decide(tid, True)
-                decided, old = self._decided, self._decided_old
-                kept_traces += 1
-                continue
-            if span.local_root:
-                if pending is not None:
-                    del pending_map[tid]
-                    self._n_pending -= len(pending.spans)
-                    discarded += len(pending.spans)
-                discarded += 1
-                decided[tid] = False  # self._decide(tid, False), inlined: every record-only root
-                if len(decided) >= remember:
-                    self._decided_old = old = decided
-                    self._decided = decided = {}
-                continue
-            if pending is None:
-                pending = pending_map[tid] = _Pending(time.monotonic())
-            pending.spans.append(span)
-            self._n_pending += 1
-            if self._n_pending > self.max_pending:
-                self._evict_oldest()
-        if discarded:
-            _stats.incr("tail.discarded", discarded)
-        if kept_late:
-            _stats.incr("tail.kept_late", kept_late)
-        if kept_traces:
-            _stats.incr("tail.kept_traces", kept_traces)
+            elif interesting:
+                # Decided "drop" already (its local root ended first) but this late span
+                # is worth keeping on its own.
+                out.append(span)
+                counts[1] += 1
+            else:
+                counts[0] += 1
+            return
+        pending_map = self._pending
+        pending = pending_map.get(tid)
+        if interesting:
+            if pending is not None:
+                del pending_map[tid]
+                self._n_pending -= len(pending.spans)
+                out.extend(pending.spans)
+            out.append(span)
+            self._decide(tid, True)
+            counts[2] += 1
+            return
+        if span.local_root:
+            if pending is not None:
+                del pending_map[tid]
+                self._n_pending -= len(pending.spans)
+                counts[0] += len(pending.spans)
+            counts[0] += 1
+            self._decide(tid, False)
+            return
+        if pending is None:
+            pending = pending_map[tid] = _Pending(time.monotonic())
+        pending.spans.append(span)
+        self._n_pending += 1
+        if self._n_pending > self.max_pending:
+            self._evict_oldest()
 
     def _evict_oldest(self) -> None:
         _, pending = self._pending.popitem(last=False)

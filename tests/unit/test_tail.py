@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pitchey_trace as pt
 from pitchey_trace._span import Span, SpanKind, StatusCode
@@ -133,3 +136,64 @@ def test_slow_query_event_keeps_an_unsampled_trace() -> None:
         with pt.span("request"), pt.span("SELECT pitches", kind=pt.SpanKind.CLIENT) as q:
             q.add_event("slow_query", {"db.query.text": "SELECT ?"})
     assert sorted(r["name"] for r in mem.spans()) == ["SELECT pitches", "request"]
+
+
+_SPAN_SPEC = st.tuples(
+    st.integers(min_value=1, max_value=6),  # trace id
+    st.booleans(),  # local root
+    st.booleans(),  # error
+    st.sampled_from([0, 50, 500]),  # duration ms
+    st.sampled_from([None, [], [("slow_query", 1, {})], [("other", 1, {})]]),  # events
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(st.lists(_SPAN_SPEC, max_size=12), min_size=1, max_size=6),
+    keep_errors=st.booleans(),
+    slow=st.sampled_from([None, 100.0]),
+    max_pending=st.sampled_from([2, 5, 1000]),
+    remember=st.sampled_from([1, 3, 1000]),
+)
+def test_c_offer_path_equals_the_python_one(
+    monkeypatch: pytest.MonkeyPatch,
+    chunks: list[list[tuple[int, bool, bool, int, Any]]],
+    keep_errors: bool,
+    slow: float | None,
+    max_pending: int,
+    remember: int,
+) -> None:
+    """The C accelerator's tail_offer() takes spans in order while they are common cases and
+    stops where Python must act: the outcome is the same as Python alone, span for span."""
+    from pitchey_trace import _accel, _stats
+    from pitchey_trace import _tail as tail_module
+
+    def run(fast: bool) -> tuple[Any, ...]:
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(_accel, "tail_offer", None)
+            _stats.reset()
+            keeper = tail_module.TailKeeper(
+                keep_errors=keep_errors, slow_threshold_ms=slow, max_pending=max_pending, remember=remember
+            )
+            out: list[Span] = []
+            sid = 0
+            for chunk in chunks:
+                spans = []
+                for tid, root, error, ms, events in chunk:
+                    sid += 1
+                    s = _span(tid, sid, 0 if root else 99, local_root=root, ms=ms, error=error)
+                    s.events = list(events) if events is not None else None
+                    spans.append(s)
+                keeper.offer_many(spans, out)
+            snap = {k: v for k, v in _stats.snapshot().items() if k.startswith("tail.")}
+            return (
+                [s.span_id for s in out],
+                keeper.pending_spans,
+                {t: [s.span_id for s in p.spans] for t, p in keeper._pending.items()},
+                dict(keeper._decided),
+                dict(keeper._decided_old),
+                snap,
+            )
+
+    assert run(fast=True) == run(fast=False)
