@@ -17,6 +17,7 @@ from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
 
 __all__ = [
     "build_audit_record",
+    "build_audit_records",
     "build_span_records",
     "install_tracer",
     "rollup_chunk",
@@ -33,6 +34,7 @@ install_tracer: Callable[[type, Any, type], None] | None = None
 untrack_records: Callable[[list[Any]], int] | None = None
 build_audit_record: Callable[..., dict[str, Any] | None] | None = None
 tail_offer: Callable[..., tuple[int, int, int, int]] | None = None
+build_audit_records: Callable[..., tuple[list[dict[str, Any]], list[Any]]] | None = None
 #: Set up by pitchey_trace.web._common (web_setup), which then uses asgi_begin/request_finish.
 web_setup: Callable[..., None] | None = None
 asgi_begin: Callable[..., Any] | None = None
@@ -59,6 +61,7 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         untrack_records = _speedups.untrack_records
         build_audit_record = _speedups.build_audit_record
         tail_offer = _speedups.tail_offer
+        build_audit_records = _speedups.build_audit_records
         web_setup = _speedups.web_setup
         asgi_begin = _speedups.asgi_begin
         request_finish = _speedups.request_finish

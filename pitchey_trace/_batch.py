@@ -245,6 +245,7 @@ class Pipeline:
         self._fused = sanitizer._span_record if type(sanitizer) is Sanitizer else None
         self._fused_many = sanitizer._span_records if type(sanitizer) is Sanitizer else None
         self._fused_audit = sanitizer._request_audit if type(sanitizer) is Sanitizer else None
+        self._fused_audits = sanitizer._request_audits if type(sanitizer) is Sanitizer else None
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -508,9 +509,13 @@ class Pipeline:
         if fused_audit is not None and not processors and router is None:
             # The usual chunk of ready items: the request audits the middleware queued. Built
             # sanitized in one pass and handed to the "audit" exporters together.
-            audits: list[Record] = []
+            try:
+                audits, rest = self._fused_audits(records, self.service, self.environment)  # type: ignore[misc]
+            except Exception as exc:  # the one-by-one path below still gets every item
+                _safety.report("request_audits", exc)
+                audits, rest = [], records
             others: list[Any] = []
-            for rec in records:
+            for rec in rest:
                 if rec.__class__ is tuple and rec[0] == PENDING_AUDIT:
                     try:
                         audits.append(fused_audit(rec, self.service, self.environment))

@@ -2085,6 +2085,50 @@ done:
     return rec;
 }
 
+/* build_audit_records(items, mark, service, environment, key_cache, text_cache, sql_cache,
+ * max_attributes) -> (records, rest): build_audit_record() for each queued request audit
+ * (a tuple whose first item is `mark`) it can build; everything else, in order, in rest. */
+static PyObject *
+build_audit_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "build_audit_records(items, mark, service, environment, "
+                                         "key_cache, text_cache, sql_cache, max_attributes)");
+        return NULL;
+    }
+    PyObject *items = args[0], *mark = args[1];
+    PyObject *records = PyList_New(0), *rest = PyList_New(0);
+    if (records == NULL || rest == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i), *rec = NULL;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 13) {
+            int is_audit = PyObject_RichCompareBool(PyTuple_GET_ITEM(item, 0), mark, Py_EQ);
+            if (is_audit < 0)
+                goto error;
+            if (is_audit) {
+                PyObject *call[7] = {item, args[2], args[3], args[4], args[5], args[6], args[7]};
+                rec = build_audit_record(module, call, 7);
+                if (rec == NULL)
+                    goto error;
+            }
+        }
+        int rc;
+        if (rec != NULL && rec != Py_None)
+            rc = PyList_Append(records, rec);
+        else
+            rc = PyList_Append(rest, item);
+        Py_XDECREF(rec);
+        if (rc < 0)
+            goto error;
+    }
+    return Py_BuildValue("(NN)", records, rest);
+error:
+    Py_XDECREF(records);
+    Py_XDECREF(rest);
+    return NULL;
+}
+
 /* untrack_records(records): untrack each record (a dict) whose values are all atomic (no
  * GC-tracked object), or dicts with atomic values only, as CPython's collector does by itself
  * for dicts of atomic values: records such as audit records wait in exporter queues, and
@@ -2159,6 +2203,8 @@ static PyMethodDef methods[] = {
      "Finish a request's span and queue its audit, or NotImplemented (see the comment)."},
     {"tail_offer", (PyCFunction)(void (*)(void))tail_offer, METH_FASTCALL,
      "TailKeeper.offer_many's common cases, in order (see the comment)."},
+    {"build_audit_records", (PyCFunction)(void (*)(void))build_audit_records, METH_FASTCALL,
+     "build_audit_record() over a chunk of queued items (see the comment)."},
     {"untrack_records", untrack_records, METH_O,
      "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,

@@ -59,3 +59,14 @@ def tail_offer(
     max_pending: int,
     /,
 ) -> tuple[int, int, int, int]: ...
+def build_audit_records(
+    items: list[Any],
+    mark: str,
+    service: str,
+    environment: str,
+    key_cache: dict[str, Any],
+    text_cache: dict[str, str],
+    sql_cache: dict[str, str],
+    max_attributes: int,
+    /,
+) -> tuple[list[dict[str, Any]], list[Any]]: ...

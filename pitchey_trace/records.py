@@ -334,21 +334,19 @@ def request_audit(pending: tuple[Any, ...], service: str, environment: str) -> R
     }
     if client:
         attrs[_CLIENT_ADDRESS] = client
-    return {
-        "schema": SCHEMA_VERSION,
-        "type": "audit",
-        "category": category,
-        "time_unix_nano": when,
-        "trace_id": f"{trace_id:032x}" if trace_id else None,
-        "span_id": f"{span_id:016x}" if span_id else None,
-        "service": service,
-        "environment": environment,
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "outcome": outcome,
-        "attributes": attrs,
-    }
+    return audit_record(
+        action=action,
+        target=target,
+        outcome=outcome,
+        time_unix_nano=when,
+        service=service,
+        environment=environment,
+        trace_id=trace_id,
+        span_id=span_id,
+        actor=actor,
+        category=category,
+        attributes=attrs,
+    )
 
 
 def json_schema() -> dict[str, Any]:

@@ -54,6 +54,7 @@ from pitchey_trace.records import (
     _KIND_STR,
     _STATUS_STR,
     AUDIT_RECORD_KEYS,
+    PENDING_AUDIT,
     SCHEMA_VERSION,
     SPAN_RECORD_KEYS,
     CategoryThresholds,
@@ -1200,6 +1201,20 @@ class Sanitizer:
             "outcome": text(outcome),
             "attributes": self._attrs(attrs, 0),
         }
+
+    def _request_audits(
+        self, items: list[Any], service: str, environment: str
+    ) -> tuple[list[Record], list[Any]]:
+        """The request audits among ``items`` the C accelerator can build from the caches (all
+        of them once warm), and the other items, in order, for :meth:`_request_audit` or the
+        general path."""
+        build = _accel.build_audit_records
+        if build is None or self._text_rules:
+            return [], items
+        return build(
+            items, PENDING_AUDIT, service, environment, self._key_cache, self._text_cache, self._sql_cache,
+            self.max_attributes,
+        )  # fmt: skip
 
     def _audit_actor(self, actor: Any) -> Any:
         if actor.__class__ is str:

@@ -285,3 +285,23 @@ def test_queued_request_audits_reach_every_audit_exporter_and_bad_ones_are_count
     assert first["attributes"]["client.address"] == "[EMAIL]"  # sanitized on the way
     assert first["attributes"]["duration_ms"] == 2.0
     assert pt.stats()["dropped.encode_error"] == 3
+
+
+@pytest.mark.allow_internal_errors
+def test_a_failing_chunk_audit_builder_falls_back_to_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitchey_trace.records import PENDING_AUDIT
+
+    with capture_spans(rollups=None) as exporter:
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("chunk builder bug")
+
+        monkeypatch.setattr(pipeline, "_fused_audits", broken)
+        for i in range(4):
+            pipeline.emit(
+                (PENDING_AUDIT, "request", i, 0xA, 0xB, None, "GET /x", "/x", "200", "GET", 200, 10, None)
+            )
+    assert sorted(a["time_unix_nano"] for a in exporter.of_type("audit")) == [0, 1, 2, 3]
+    assert pt.stats()["internal_errors"] >= 1

@@ -820,3 +820,47 @@ def test_c_request_audit_builder_is_used_once_the_caches_are_warm() -> None:
     assert build(pending, "svc", "prod", *args[:3], 3) is None  # fewer attributes allowed
     with pytest.raises(TypeError):
         build([], "svc", "prod", *args)
+
+
+def test_request_audits_in_a_chunk_equal_one_by_one_and_keep_the_rest_in_order() -> None:
+    from pitchey_trace.records import PENDING_AUDIT
+
+    san = Sanitizer()
+
+    def pending(i: int, actor: Any = None) -> tuple[Any, ...]:
+        return (
+            PENDING_AUDIT,
+            "request",
+            i,
+            0xAB,
+            0xCD,
+            actor,
+            "GET /a",
+            "/a",
+            "200",
+            "GET",
+            200,
+            10,
+            "1.2.3.4",
+        )
+
+    warm = pending(1)
+    san._request_audit(warm, "s", "e")  # its texts are now cached
+    cold_actor = pending(2, actor=f"new-{id(san)}@example.com")  # a text the caches have not seen
+    items: list[Any] = [
+        warm,
+        {"type": "audit", "x": 1},
+        cold_actor,
+        ("other", 1),
+        pending(3),
+        (PENDING_AUDIT, "x"),
+    ]
+    audits, rest = san._request_audits(items, "s", "e")
+    from pitchey_trace import _accel
+
+    if _accel.build_audit_records is None:  # pure-Python mode: everything goes one by one
+        assert (audits, rest) == ([], items)
+        return
+    assert audits == [san._request_audit(warm, "s", "e"), san._request_audit(pending(3), "s", "e")]
+    assert rest == [items[1], cold_actor, ("other", 1), (PENDING_AUDIT, "x")]
+    assert san._request_audit(cold_actor, "s", "e")["actor"] == "[EMAIL]"
