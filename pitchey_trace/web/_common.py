@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _accel, _safety
-from pitchey_trace._span import Limits, Span, SpanKind, StatusCode
+from pitchey_trace._span import Span, SpanKind, StatusCode
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.propagation import extract
 from pitchey_trace.records import PENDING_AUDIT
@@ -331,26 +331,15 @@ def finish_request(
     status = state.status
     label = state.label
     name = f"{label} {route}" if route else label
-    if span.__class__ is Span or isinstance(span, Span):
-        if not span.end_ns and len(span.attributes) + 3 <= Limits.max_attributes:
-            # Our own span, still open, with room: the values are known-good str and int, so
-            # they go straight in (what update_name and set_attribute would do, minus checks).
-            span.name = name
-            attrs = span.attributes
-            if route:
-                attrs[HTTP_ROUTE] = route
-            if http:
-                if status:
-                    attrs[HTTP_STATUS] = status
-                attrs[HTTP_RESPONSE_BODY_SIZE] = state.sent
-        else:
-            span.update_name(name)
-            if route:
-                span.set_attribute(HTTP_ROUTE, route)
-            if http:
-                if status:
-                    span.set_attribute(HTTP_STATUS, status)
-                span.set_attribute(HTTP_RESPONSE_BODY_SIZE, state.sent)
+    if isinstance(span, Span):
+        # (the C accelerator's request_finish does this part for the common case)
+        span.update_name(name)
+        if route:
+            span.set_attribute(HTTP_ROUTE, route)
+        if http:
+            if status:
+                span.set_attribute(HTTP_STATUS, status)
+            span.set_attribute(HTTP_RESPONSE_BODY_SIZE, state.sent)
         if exc is not None and isinstance(exc, Exception):
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             span.record_exception(exc)

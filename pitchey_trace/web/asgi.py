@@ -38,7 +38,6 @@ from pitchey_trace.web._common import (
     fast_finish,
     finish_request,
     method_attributes,
-    route_template,
     stamp_exception,
 )
 
@@ -165,9 +164,7 @@ class ASGITracingMiddleware:
             raise
         finally:
             try:
-                route = state.route
-                if route is None:
-                    route = route_template(scope)
+                route = state.resolve_route()
                 end_ns = state.last_byte_ns or time_ns()
                 if (
                     error is not None
@@ -177,11 +174,7 @@ class ASGITracingMiddleware:
                     finish_request(state, options, route, start_ns, end_ns, client, error)
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
-            try:
-                REQUEST.reset(rtoken)
-                CURRENT.reset(token)
-            except ValueError:
-                _cleared()
+            _reset(rtoken, token)
 
     def _start(
         self, scope: Scope, path: str, scheme_default: str, method: str | None, start_ns: int
@@ -342,10 +335,6 @@ def _reset(rtoken: Any, token: Any) -> None:
             REQUEST.reset(rtoken)
         CURRENT.reset(token)
     except ValueError:
-        _cleared()
-
-
-def _cleared() -> None:
-    # Reset from another context (an app that moved us to another task): clear instead.
-    CURRENT.set(None)
-    REQUEST.set(None)
+        # Reset from another context (an app that moved us to another task): clear instead.
+        CURRENT.set(None)
+        REQUEST.set(None)
