@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
 
 import pitchey_trace as pt
-from pitchey_trace import _stats
+from pitchey_trace import _stats, sanitize
 from pitchey_trace._context import CURRENT
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware, set_route, set_user
@@ -483,3 +483,26 @@ def test_common_requests_take_the_c_path_when_it_is_loaded(monkeypatch: pytest.M
     assert span["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert span["attributes"]["http.response.body.size"] == len(b"hello world")
     assert len(exporter.of_type("audit")) == 1
+
+
+def test_processors_and_custom_sanitizers_see_request_audits_as_records() -> None:
+    seen: list[Any] = []
+
+    def processor(rec: dict[str, Any]) -> dict[str, Any]:
+        seen.append(rec)
+        return rec
+
+    class Upper(sanitize.Sanitizer):  # a subclass: the general path, not the fused one
+        def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+            out = super().__call__(record)
+            if out.get("type") == "audit":
+                out = {**out, "outcome": "seen-" + out["outcome"]}
+            return out
+
+    with capture_spans(processors=[processor], sanitizer=Upper()) as exporter:
+        run(ASGITracingMiddleware(ok_app), http_scope())
+    audits = [r for r in seen if r.get("type") == "audit"]
+    assert len(audits) == 1
+    assert isinstance(audits[0], dict)
+    assert audits[0]["outcome"] == "seen-200"
+    assert exporter.of_type("audit")[0]["attributes"]["http.response.status_code"] == 200
