@@ -1388,17 +1388,23 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             PyObject *born = PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+            Py_INCREF(tid); /* the constructor runs Python: keep the key alive across it */
             PyObject *fresh = born == NULL ? NULL : PyObject_CallOneArg(pending_cls, born);
             Py_XDECREF(born);
-            if (fresh == NULL)
+            if (fresh == NULL) {
+                Py_DECREF(tid);
                 return NULL;
+            }
             int rc = PyObject_SetItem(pending_map, tid, fresh);
             Py_DECREF(fresh);
-            if (rc < 0)
+            if (rc == 0) {
+                pending = PyDict_GetItemWithError(pending_map, tid);
+                if (pending == NULL && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_RuntimeError, "pending buffer vanished");
+            }
+            Py_DECREF(tid);
+            if (rc < 0 || pending == NULL)
                 return NULL;
-            pending = PyDict_GetItemWithError(pending_map, tid);
-            if (pending == NULL)
-                return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_RuntimeError, "pending buffer vanished");
         }
         PyObject *buffered = PyObject_GetAttr(pending, s_spans_attr);
         int rc = buffered == NULL ? -1 : PyList_Append(buffered, span);
@@ -1485,6 +1491,9 @@ scope_get(PyObject *scope, int key)
 }
 
 static PyObject *new_sender(PyObject *send, PyObject *state, PyObject *extra);
+static PyObject *begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname,
+                            PyObject *send, PyObject *headers, PyObject *scheme, PyObject *method,
+                            PyObject *query, PyObject *client);
 
 /* asgi_begin(scope, path, start_ns, header_name_b, send) -> (state, sender, client_address)
  * or NotImplemented (see above). The span starts with start_ns and is not made current; the
@@ -1505,6 +1514,20 @@ asgi_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
              *client = scope_get(scope, W_CLIENT);
     if (PyErr_Occurred())
         return NULL;
+    /* held until the end: extract() and start_span() can run Python, and the scope could
+     * change meanwhile (another thread) */
+    PyObject *held[5] = {Py_XNewRef(headers), Py_XNewRef(scheme), Py_XNewRef(method),
+                         Py_XNewRef(query), Py_XNewRef(client)};
+    PyObject *result = begin_from(scope, path, start, hname, send, headers, scheme, method, query, client);
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(held[i]);
+    return result;
+}
+
+static PyObject *
+begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, PyObject *send,
+           PyObject *headers, PyObject *scheme, PyObject *method, PyObject *query, PyObject *client)
+{
     if (headers != NULL && headers != Py_None && !PyList_CheckExact(headers) && !PyTuple_CheckExact(headers))
         Py_RETURN_NOTIMPLEMENTED;
     if (scheme == NULL || scheme == Py_None || (PyUnicode_CheckExact(scheme) && PyUnicode_GET_LENGTH(scheme) == 0))
@@ -1897,6 +1920,13 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (pipeline == NULL)
             return NULL;
     }
+    /* held for the rest: emit() runs Python, after which another thread could have replaced
+     * the state's slots */
+    Py_INCREF(span);
+    Py_INCREF(status);
+    Py_INCREF(label);
+    Py_INCREF(actor);
+    Py_INCREF(attrs);
     /* from here on: the Python finish_request's common path */
     int has_route = route != Py_None && PyUnicode_GET_LENGTH(route) > 0;
     PyObject *name = has_route ? PyUnicode_FromFormat("%U %U", label, route) : Py_NewRef(label);
@@ -1935,6 +1965,11 @@ done:
     Py_XDECREF(pending);
     Py_XDECREF(outcome);
     Py_XDECREF(duration);
+    Py_DECREF(span);
+    Py_DECREF(status);
+    Py_DECREF(label);
+    Py_DECREF(actor);
+    Py_DECREF(attrs);
     return result;
 }
 
