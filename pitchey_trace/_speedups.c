@@ -50,6 +50,36 @@ static PyObject *cat_names[4]; /* fast, normal, slow, very_slow */
 
 #define SLOT(obj, f) (*(PyObject **)((char *)(obj) + slot_offset[f]))
 
+/* The offsets of the object slots `names` of class `cls` (a __slots__ class) into `out`;
+ * -1 with TypeError when one is missing or not an object slot. */
+static int
+object_slot_offsets(PyObject *cls, const char *const *names, int count, Py_ssize_t *out)
+{
+    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
+    for (int i = 0; i < count; i++) {
+        PyObject *descr = PyDict_GetItemString(dict, names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%s has no object slot %s", ((PyTypeObject *)cls)->tp_name,
+                         names[i]);
+            return -1;
+        }
+        out[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    return 0;
+}
+
+/* Interned strings for `texts` into `out` (entries already set are kept); -1 on error. */
+static int
+intern_all(const char *const *texts, int count, PyObject **out)
+{
+    for (int i = 0; i < count; i++) {
+        if (out[i] == NULL && (out[i] = PyUnicode_InternFromString(texts[i])) == NULL)
+            return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -58,20 +88,8 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *cls = args[0];
-    PyObject *dict = ((PyTypeObject *)cls)->tp_dict;
-    for (int i = 0; i < F_COUNT; i++) {
-        PyObject *descr = PyDict_GetItemString(dict, slot_names[i]);
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-            PyErr_Format(PyExc_TypeError, "Span has no slot %s", slot_names[i]);
-            return NULL;
-        }
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "Span.%s is not an object slot", slot_names[i]);
-            return NULL;
-        }
-        slot_offset[i] = member->offset;
-    }
+    if (object_slot_offsets(cls, slot_names, F_COUNT, slot_offset) < 0)
+        return NULL;
     Py_INCREF(cls);
     Py_XSETREF(span_type, (PyTypeObject *)cls);
     Py_INCREF(args[1]);
@@ -1460,20 +1478,9 @@ web_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                          "SpanKind.SERVER, PENDING_AUDIT) after setup()");
         return NULL;
     }
-    PyObject *dict = ((PyTypeObject *)args[0])->tp_dict;
-    for (int i = 0; i < R_COUNT; i++) {
-        PyObject *descr = PyDict_GetItemString(dict, state_slot_names[i]);
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "RequestState has no object slot %s", state_slot_names[i]);
-            return NULL;
-        }
-        state_offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-    }
-    for (int i = 0; i < W_COUNT; i++) {
-        if (w[i] == NULL && (w[i] = PyUnicode_InternFromString(web_names[i])) == NULL)
-            return NULL;
-    }
+    if (object_slot_offsets(args[0], state_slot_names, R_COUNT, state_offset) < 0 ||
+        intern_all(web_names, W_COUNT, w) < 0)
+        return NULL;
     PyObject **targets[6] = {(PyObject **)&state_type, &known_methods, &extract_fn, &web_tracer,
                              &server_kind, &pending_mark};
     for (int i = 0; i < 6; i++) {
@@ -2254,11 +2261,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    for (int i = 0; i < K_COUNT; i++) {
-        keys[i] = PyUnicode_InternFromString(key_names[i]);
-        if (keys[i] == NULL)
-            return NULL;
-    }
+    if (intern_all(key_names, K_COUNT, keys) < 0 || intern_all(audit_key_names, A_COUNT, audit_keys) < 0)
+        return NULL;
     struct { PyObject **slot; const char *text; } names[] = {
         {&s_queue, "queue"}, {&s_max_queue_size, "max_queue_size"}, {&s_wake_at, "wake_at"},
         {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
@@ -2273,11 +2277,6 @@ PyInit__speedups(void)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
-            return NULL;
-    }
-    for (int i = 0; i < A_COUNT; i++) {
-        audit_keys[i] = PyUnicode_InternFromString(audit_key_names[i]);
-        if (audit_keys[i] == NULL)
             return NULL;
     }
     int_1 = PyLong_FromLong(1);

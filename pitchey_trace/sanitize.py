@@ -55,7 +55,6 @@ from pitchey_trace.records import (
     _STATUS_STR,
     AUDIT_RECORD_KEYS,
     PENDING_AUDIT,
-    SCHEMA_VERSION,
     SPAN_RECORD_KEYS,
     CategoryThresholds,
     Record,
@@ -1155,12 +1154,11 @@ class Sanitizer:
         return out
 
     def _request_audit(self, pending: tuple[Any, ...], service: str, environment: str) -> Record:
-        """``self(records.request_audit(pending, ...))`` built in one pass: the request audit the
-        middleware queued, sanitized as :meth:`_audit` would (the pipeline worker's path)."""
-        if self._text_rules:
-            return self._audit(request_audit(pending, service, environment))
+        """``self(records.request_audit(pending, ...))``: the request audit the middleware
+        queued, sanitized (the pipeline worker's path). In C once the caches hold its texts;
+        the first time a text is seen, it is built, then sanitized, which fills the caches."""
         build = _accel.build_audit_record
-        if build is not None:  # the C builder, once the texts are in the caches
+        if build is not None and not self._text_rules:
             rec = build(
                 pending,
                 service,
@@ -1172,35 +1170,7 @@ class Sanitizer:
             )
             if rec is not None:
                 return rec
-        (_, category, when, trace_id, span_id, actor, action, target, outcome) = pending[:9]
-        method, status, duration_ns, client = pending[9:]
-        text = self._text
-        attrs: dict[str, Any] = {
-            "http.request.method": method,
-            "http.response.status_code": status,
-            "duration_ms": round(duration_ns / 1e6, 3),
-        }
-        if client:
-            attrs["client.address"] = client
-        return {
-            "schema": SCHEMA_VERSION,
-            "type": "audit",
-            "category": text(category),
-            "time_unix_nano": when,
-            "trace_id": f"{trace_id:032x}" if trace_id else None,
-            "span_id": f"{span_id:016x}" if span_id else None,
-            "service": text(service),
-            "environment": text(environment),
-            "actor": None
-            if actor is None
-            else text(actor)
-            if actor.__class__ is str
-            else self._any("actor", actor, 0),
-            "action": text(action),
-            "target": text(target),
-            "outcome": text(outcome),
-            "attributes": self._attrs(attrs, 0),
-        }
+        return self._audit(request_audit(pending, service, environment))
 
     def _request_audits(
         self, items: list[Any], service: str, environment: str
@@ -1215,11 +1185,6 @@ class Sanitizer:
             items, PENDING_AUDIT, service, environment, self._key_cache, self._text_cache, self._sql_cache,
             self.max_attributes,
         )  # fmt: skip
-
-    def _audit_actor(self, actor: Any) -> Any:
-        if actor.__class__ is str:
-            return self._text(actor)
-        return None if actor is None else self._any("actor", actor, 0)
 
     def _span_attrs(self, attrs: dict[str, Any]) -> Any:
         """Span attributes, memoised on the whole map: many spans carry exactly the same
