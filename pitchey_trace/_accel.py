@@ -35,10 +35,11 @@ untrack_records: Callable[[list[Any]], int] | None = None
 build_audit_record: Callable[..., dict[str, Any] | None] | None = None
 tail_offer: Callable[..., tuple[int, int, int, int]] | None = None
 build_audit_records: Callable[..., tuple[list[dict[str, Any]], list[Any]]] | None = None
-#: Set up by pitchey_trace.web._common (web_setup), which then uses asgi_begin/request_finish.
+#: Set up by pitchey_trace.web._common (web_setup), which then uses asgi_begin/request_end.
 web_setup: Callable[..., None] | None = None
 asgi_begin: Callable[..., Any] | None = None
 request_finish: Callable[..., Any] | None = None
+request_end: Callable[..., Any] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
@@ -65,3 +66,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         web_setup = _speedups.web_setup
         asgi_begin = _speedups.asgi_begin
         request_finish = _speedups.request_finish
+        request_end = _speedups.request_end

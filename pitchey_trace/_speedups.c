@@ -19,6 +19,10 @@
 #include <time.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
 enum {
     F_TRACE_ID, F_SPAN_ID, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_STATUS, F_MESSAGE,
@@ -368,20 +372,85 @@ static PyObject *getrandbits_fn = NULL;  /* random.getrandbits */
 static PyObject *nonrecording_cls = NULL;
 static PyObject *int_64 = NULL, *int_128 = NULL, *empty_tuple = NULL;
 
+/* Span and trace ids come from xoshiro256** (Blackman and Vigna), seeded from
+ * random.getrandbits (itself seeded from the OS) on first use and again in a forked child:
+ * about ten times cheaper per id than calling getrandbits, with the same statistical quality
+ * as CPython's Mersenne Twister (ids need uniqueness, not secrecy). Run with the GIL held. */
+static uint64_t rng_state[4];
+static int rng_seeded = 0;
+
+static inline uint64_t
+rng_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+#ifndef _WIN32
+static void
+rng_forget(void)
+{
+    rng_seeded = 0; /* a forked child must not repeat its parent's ids */
+}
+#endif
+
+static int
+rng_seed(void)
+{
+    uint64_t seed[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 4; i++) {
+        PyObject *v = PyObject_CallOneArg(getrandbits_fn, int_64);
+        if (v == NULL)
+            return -1;
+        seed[i] = PyLong_AsUnsignedLongLongMask(v);
+        Py_DECREF(v);
+        if (seed[i] == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+    }
+    if ((seed[0] | seed[1] | seed[2] | seed[3]) == 0)
+        seed[0] = 0x9E3779B97F4A7C15ULL; /* the one state xoshiro cannot leave */
+    memcpy(rng_state, seed, sizeof(seed));
+    rng_seeded = 1;
+    return 0;
+}
+
+static uint64_t
+rng_next(void)
+{
+    uint64_t *s = rng_state;
+    uint64_t result = rng_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rng_rotl(s[3], 45);
+    return result;
+}
+
+/* A new random non-zero id of `bits` (64 or 128) bits. */
 static PyObject *
 random_id(PyObject *bits)
 {
-    for (int attempt = 0; attempt < 8; attempt++) {
-        PyObject *v = PyObject_CallOneArg(getrandbits_fn, bits);
-        if (v == NULL)
-            return NULL;
-        int nonzero = PyObject_IsTrue(v);
-        if (nonzero != 0)
-            return nonzero < 0 ? (Py_DECREF(v), NULL) : v;
-        Py_DECREF(v);
+    if (!rng_seeded && rng_seed() < 0)
+        return NULL;
+    uint64_t lo, hi = 0;
+    do {
+        lo = rng_next();
+        if (bits == int_128)
+            hi = rng_next();
+    } while ((lo | hi) == 0);
+    if (bits != int_128)
+        return PyLong_FromUnsignedLongLong(lo);
+    unsigned char buf[16];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (unsigned char)(lo >> (8 * i));
+        buf[8 + i] = (unsigned char)(hi >> (8 * i));
     }
-    PyErr_SetString(PyExc_RuntimeError, "random ids keep coming out zero");
-    return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(buf, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    return _PyLong_FromByteArray(buf, 16, 1, 0);
+#endif
 }
 
 static int
@@ -788,6 +857,21 @@ hex_id(PyObject *value, int nbytes)
 {
     static const char digits[] = "0123456789abcdef";
     unsigned char buf[16];
+    if (nbytes == 8) {
+        /* one call instead of a sign check, a bit count and a byte conversion */
+        unsigned long long v = PyLong_AsUnsignedLongLong(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large: the Python builder decides */
+            return NULL;
+        }
+        PyObject *out = PyUnicode_New(16, 127);
+        if (out == NULL)
+            return NULL;
+        char *p = (char *)PyUnicode_1BYTE_DATA(out);
+        for (int i = 15; i >= 0; i--, v >>= 4)
+            p[i] = digits[v & 0xF];
+        return out;
+    }
     if (_PyLong_Sign(value) < 0 || _PyLong_NumBits(value) > (size_t)nbytes * 8)
         return NULL;
 #if PY_VERSION_HEX >= 0x030D0000
@@ -807,6 +891,32 @@ hex_id(PyObject *value, int nbytes)
         *p++ = digits[buf[i] & 0xF];
     }
     return out;
+}
+
+/* hex_id() through a one-entry cache per kind of id, for the record builders: the spans of
+ * a trace share one trace-id int, and a parent's span-id int is the parent_span_id of each of
+ * its children, so consecutive records mostly repeat an id, and then share its text (a str is
+ * immutable). The cache holds its int and str, so identity is a safe key. */
+typedef struct {
+    PyObject *id;
+    PyObject *hex;
+} hex_cache;
+static hex_cache trace_hex = {NULL, NULL}, span_hex = {NULL, NULL};
+
+static PyObject *
+cached_hex(hex_cache *cache, PyObject *value, int nbytes)
+{
+    if (cache->id == value)
+        return Py_NewRef(cache->hex);
+    PyObject *hex = hex_id(value, nbytes);
+    if (hex != NULL) {
+        PyObject *old_id = cache->id, *old_hex = cache->hex;
+        cache->id = Py_NewRef(value);
+        cache->hex = Py_NewRef(hex);
+        Py_XDECREF(old_id);
+        Py_XDECREF(old_hex);
+    }
+    return hex;
 }
 
 /* Sanitized attributes for the fast path, or NULL with no error set when a value needs the
@@ -1044,13 +1154,13 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         return NULL;
     }
     /* hex_id() returning NULL without an error sends the span to the Python builder. */
-    if (set_new(rec, K_TRACE_ID, hex_id(SLOT(span, F_TRACE_ID), 16)) < 0 ||
-        set_new(rec, K_SPAN_ID, hex_id(SLOT(span, F_SPAN_ID), 8)) < 0)
+    if (set_new(rec, K_TRACE_ID, cached_hex(&trace_hex, SLOT(span, F_TRACE_ID), 16)) < 0 ||
+        set_new(rec, K_SPAN_ID, cached_hex(&span_hex, SLOT(span, F_SPAN_ID), 8)) < 0)
         goto error;
     int has_parent = PyObject_IsTrue(parent);
     if (has_parent < 0)
         goto error;
-    if (has_parent && set_new(rec, K_PARENT, hex_id(parent, 8)) < 0)
+    if (has_parent && set_new(rec, K_PARENT, cached_hex(&span_hex, parent, 8)) < 0)
         goto error;
     if (PyDict_SetItem(rec, keys[K_NAME], sname) < 0 || PyDict_SetItem(rec, keys[K_KIND], kind) < 0 ||
         /* the span's own int objects (the end is the start when the clock went back) */
@@ -1450,6 +1560,7 @@ static const char *state_slot_names[R_COUNT] = {
 };
 static Py_ssize_t state_offset[R_COUNT];
 static PyTypeObject *state_type = NULL; /* web._common.RequestState */
+static PyObject *method_canon = NULL; /* {method: method} for KNOWN_METHODS */
 static PyObject *known_methods = NULL, *extract_fn = NULL, *web_tracer = NULL, *server_kind = NULL,
                 *pending_mark = NULL;
 #define RSLOT(obj, f) (*(PyObject **)((char *)(obj) + state_offset[f]))
@@ -1458,26 +1569,35 @@ enum {
     W_TYPE, W_PATH, W_HEADERS, W_SCHEME, W_METHOD, W_QUERY, W_CLIENT, W_URL_SCHEME, W_URL_PATH,
     W_HTTP_METHOD, W_METHOD_ORIGINAL, W_URL_QUERY, W_USER_AGENT, W_BODY_SIZE, W_CLIENT_ADDRESS,
     W_ROUTE, W_STATUS, W_RESPONSE_SIZE, W_START_SPAN, W_PIPELINE, W_EMIT, W_REQUEST, W_ABORTED,
-    W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_COUNT
+    W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_ROUTE_KEY, W_COUNT
 };
 static const char *web_names[W_COUNT] = {
     "type", "path", "headers", "scheme", "method", "query_string", "client", "url.scheme",
     "url.path", "http.request.method", "http.request.method_original", "url.query",
     "user_agent.original", "http.request.body.size", "client.address", "http.route",
     "http.response.status_code", "http.response.body.size", "start_span", "pipeline", "emit",
-    "request", "aborted", "_OTHER", "HTTP", "GET", "http", "",
+    "request", "aborted", "_OTHER", "HTTP", "GET", "http", "", "route",
 };
 static PyObject *w[W_COUNT];
 
-/* web_setup(RequestState, KNOWN_METHODS, extract, tracer, SpanKind.SERVER, PENDING_AUDIT) */
+static PyObject *route_templates = NULL, *route_template_fn = NULL;
+
+/* web_setup(RequestState, KNOWN_METHODS, extract, tracer, SpanKind.SERVER, PENDING_AUDIT,
+ *           _route_templates, route_template) */
 static PyObject *
 web_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyType_Check(args[0]) || !PyFrozenSet_Check(args[1]) || span_type == NULL) {
+    if (nargs != 8 || !PyType_Check(args[0]) || !PyFrozenSet_Check(args[1]) ||
+        !PyDict_CheckExact(args[6]) || span_type == NULL) {
         PyErr_SetString(PyExc_TypeError, "web_setup(RequestState, KNOWN_METHODS, extract, tracer, "
-                                         "SpanKind.SERVER, PENDING_AUDIT) after setup()");
+                                         "SpanKind.SERVER, PENDING_AUDIT, _route_templates, "
+                                         "route_template) after setup()");
         return NULL;
     }
+    Py_INCREF(args[6]);
+    Py_XSETREF(route_templates, args[6]);
+    Py_INCREF(args[7]);
+    Py_XSETREF(route_template_fn, args[7]);
     if (object_slot_offsets(args[0], state_slot_names, R_COUNT, state_offset) < 0 ||
         intern_all(web_names, W_COUNT, w) < 0)
         return NULL;
@@ -1487,6 +1607,23 @@ web_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(args[i]);
         Py_XSETREF(*targets[i], args[i]);
     }
+    PyObject *canon = PyDict_New(), *iter = canon ? PyObject_GetIter(known_methods) : NULL, *item;
+    if (iter == NULL) {
+        Py_XDECREF(canon);
+        return NULL;
+    }
+    while ((item = PyIter_Next(iter)) != NULL) {
+        int rc = PyUnicode_CheckExact(item) ? PyDict_SetItem(canon, item, item) : 0;
+        Py_DECREF(item);
+        if (rc < 0)
+            break;
+    }
+    Py_DECREF(iter);
+    if (PyErr_Occurred()) {
+        Py_DECREF(canon);
+        return NULL;
+    }
+    Py_XSETREF(method_canon, canon);
     Py_RETURN_NONE;
 }
 
@@ -1552,11 +1689,12 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
     Py_INCREF(result);
     if (PyDict_SetItem(attrs, w[W_URL_SCHEME], scheme) < 0 || PyDict_SetItem(attrs, w[W_URL_PATH], path) < 0)
         goto error;
-    int known = PySet_Contains(known_methods, method);
-    if (known < 0)
+    /* the set's own str for a known method: the span name cache is keyed by identity */
+    PyObject *canon = PyDict_GetItemWithError(method_canon, method);
+    if (canon == NULL && PyErr_Occurred())
         goto error;
-    if (known) {
-        label = method;
+    if (canon != NULL) {
+        label = method = canon;
         if (PyDict_SetItem(attrs, w[W_HTTP_METHOD], method) < 0)
             goto error;
     }
@@ -1632,7 +1770,13 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
             goto error;
     }
     PyObject *call[7] = {web_tracer, label, attrs, server_kind, parent ? parent : Py_None, Py_None, start};
-    span = PyObject_VectorcallMethod(w[W_START_SPAN], call, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    /* the C method itself when the tracer's class has it (saves the method lookup and call) */
+    PyObject *own = _PyType_Lookup(Py_TYPE(web_tracer), w[W_START_SPAN]);
+    if (own != NULL && Py_TYPE(own) == &PyMethodDescr_Type &&
+        ((PyMethodDescrObject *)own)->d_method == &tracer_method)
+        span = tracer_start_span(web_tracer, call + 1, 6, NULL);
+    else
+        span = PyObject_VectorcallMethod(w[W_START_SPAN], call, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (span == NULL)
         goto error;
     extra = PyList_New(0);
@@ -1873,6 +2017,46 @@ new_sender(PyObject *send, PyObject *state, PyObject *extra)
     return (PyObject *)self;
 }
 
+/* "{label} {route}" through a small cache keyed by the identity of both texts (the method
+ * labels are constants and a route's template is one str object), which holds them: a
+ * request's span name is usually built once per route and method, not once per request. */
+#define NAME_CACHE 64
+static struct {
+    PyObject *label, *route, *name;
+} name_cache[NAME_CACHE];
+
+static PyObject *
+span_name(PyObject *label, PyObject *route)
+{
+    size_t slot = (((uintptr_t)label >> 4) ^ ((uintptr_t)route >> 4) * 31) % NAME_CACHE;
+    if (name_cache[slot].label == label && name_cache[slot].route == route)
+        return Py_NewRef(name_cache[slot].name);
+    PyObject *name = PyUnicode_FromFormat("%U %U", label, route);
+    if (name != NULL) {
+        PyObject *old[3] = {name_cache[slot].label, name_cache[slot].route, name_cache[slot].name};
+        name_cache[slot].label = Py_NewRef(label);
+        name_cache[slot].route = Py_NewRef(route);
+        name_cache[slot].name = Py_NewRef(name);
+        for (int i = 0; i < 3; i++)
+            Py_XDECREF(old[i]);
+    }
+    return name;
+}
+
+/* str(status) for an int status code (st its value), cached for 100..599. */
+static PyObject *status_texts[500];
+
+static PyObject *
+status_text(PyObject *status, long st)
+{
+    if (st < 100 || st > 599)
+        return PyObject_Str(status);
+    PyObject **slot = &status_texts[st - 100];
+    if (*slot == NULL)
+        *slot = PyObject_Str(status);
+    return Py_XNewRef(*slot);
+}
+
 static PyObject *span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 /* request_finish(state, route, start_ns, end_ns, client_address, audit) -> True, or
@@ -1936,7 +2120,7 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(attrs);
     /* from here on: the Python finish_request's common path */
     int has_route = route != Py_None && PyUnicode_GET_LENGTH(route) > 0;
-    PyObject *name = has_route ? PyUnicode_FromFormat("%U %U", label, route) : Py_NewRef(label);
+    PyObject *name = has_route ? span_name(label, route) : Py_NewRef(label);
     PyObject *result = NULL, *pending = NULL, *outcome = NULL, *duration = NULL;
     if (name == NULL)
         goto done;
@@ -1946,7 +2130,7 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyDict_SetItem(attrs, w[W_RESPONSE_SIZE], RSLOT(state, R_SENT)) < 0)
         goto done;
     if (pipeline != NULL && pipeline != Py_None) {
-        outcome = st ? PyObject_Str(status) : Py_NewRef(w[W_ABORTED]);
+        outcome = st ? status_text(status, st) : Py_NewRef(w[W_ABORTED]);
         duration = PyNumber_Subtract(end, start);
         if (outcome == NULL || duration == NULL)
             goto done;
@@ -1980,6 +2164,71 @@ done:
     return result;
 }
 
+/* RequestState.resolve_route(): the route set by set_route(), else the template Starlette
+ * matched (web._common.route_template, through its cache), else None. A new reference. */
+static PyObject *
+resolve_route(PyObject *state)
+{
+    PyObject *route = RSLOT(state, R_ROUTE), *scope = RSLOT(state, R_SCOPE);
+    if (route != Py_None)
+        return Py_NewRef(route);
+    if (scope == Py_None)
+        return Py_NewRef(Py_None);
+    if (PyDict_CheckExact(scope)) {
+        PyObject *matched = PyDict_GetItemWithError(scope, w[W_ROUTE_KEY]);
+        if (matched == NULL && PyErr_Occurred())
+            return NULL;
+        if (matched == NULL || matched == Py_None)
+            return Py_NewRef(Py_None);
+        PyObject *key = PyLong_FromVoidPtr(matched);
+        if (key == NULL)
+            return NULL;
+        PyObject *cached = PyDict_GetItemWithError(route_templates, key);
+        Py_DECREF(key);
+        if (cached == NULL && PyErr_Occurred())
+            return NULL;
+        if (cached != NULL && PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) == 2 &&
+            PyTuple_GET_ITEM(cached, 0) == matched)
+            return Py_NewRef(PyTuple_GET_ITEM(cached, 1));
+    }
+    return PyObject_CallOneArg(route_template_fn, scope);
+}
+
+/* request_end(state, start_ns, client_address, audit) -> True or NotImplemented: what the
+ * ASGI middleware does once the app returned without an error: the route resolved, the end
+ * taken as the last byte's time (or now), then request_finish(). */
+static PyObject *
+request_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || state_type == NULL || route_templates == NULL) {
+        PyErr_SetString(PyExc_TypeError, "request_end(state, start_ns, client, audit) after web_setup()");
+        return NULL;
+    }
+    PyObject *state = args[0];
+    if (Py_TYPE(state) != state_type || RSLOT(state, R_ROUTE) == NULL || RSLOT(state, R_SCOPE) == NULL ||
+        RSLOT(state, R_LAST) == NULL)
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *route = resolve_route(state);
+    if (route == NULL)
+        return NULL;
+    PyObject *last = RSLOT(state, R_LAST), *end;
+    int truthy = PyObject_IsTrue(last);
+    if (truthy < 0) {
+        Py_DECREF(route);
+        return NULL;
+    }
+    end = truthy ? Py_NewRef(last) : now_ns();
+    if (end == NULL) {
+        Py_DECREF(route);
+        return NULL;
+    }
+    PyObject *call[6] = {state, route, args[1], end, args[2], args[3]};
+    PyObject *result = request_finish(module, call, 6);
+    Py_DECREF(route);
+    Py_DECREF(end);
+    return result;
+}
+
 /* build_audit_record(pending, service, environment, key_cache, text_cache, sql_cache,
  * max_attributes) -> the sanitized request audit record Sanitizer._request_audit builds from a
  * tuple the middleware queued (records.request_audit), or None when a text is not in the
@@ -2008,6 +2257,35 @@ cached_text(PyObject *text_cache, PyObject *value)
     if (!PyUnicode_CheckExact(value))
         return NULL;
     return PyDict_GetItemWithError(text_cache, value);
+}
+
+/* round(duration_ns / 1e6, 3), exactly as Python computes it. For 0 <= d < 2**50 ns whose
+ * microsecond remainder is not a tie (500), float(d / 1e6) lies on the same side of every
+ * rounding boundary as d / 1e6 itself (the float's error, below 2.4e-7 ms there, is smaller
+ * than the 1e-6 ms to the nearest tie), so the decimal Python rounds to is q / 1000 with q the
+ * exactly rounded microseconds, and q / 1000.0 is the double nearest to it, as Python returns.
+ * Ties and anything else go through float.__round__ itself. */
+static PyObject *
+audit_ms(PyObject *duration)
+{
+    int overflow = 0;
+    long long d = PyLong_AsLongLongAndOverflow(duration, &overflow);
+    if (d == -1 && !overflow && PyErr_Occurred())
+        return NULL;
+    if (!overflow && d >= 0 && d < (1LL << 50) && d % 1000 != 500) {
+        long long q = d / 1000 + (d % 1000 > 500);
+        return PyFloat_FromDouble((double)q / 1000.0);
+    }
+    double ns = PyLong_AsDouble(duration);
+    if (ns == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *raw = PyFloat_FromDouble(ns / 1e6);
+    if (raw == NULL)
+        return NULL;
+    PyObject *round_args[2] = {raw, int_3};
+    PyObject *ms = PyObject_Vectorcall(float_round, round_args, 2, NULL);
+    Py_DECREF(raw);
+    return ms;
 }
 
 static PyObject *
@@ -2059,23 +2337,16 @@ build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int nonzero = PyObject_IsTrue(id_objs[i]);
         if (nonzero < 0)
             goto error;
-        ids[i] = nonzero ? hex_id(id_objs[i], i == 0 ? 16 : 8) : Py_NewRef(Py_None);
+        ids[i] = !nonzero ? Py_NewRef(Py_None)
+                 : i == 0 ? cached_hex(&trace_hex, id_objs[i], 16)
+                          : cached_hex(&span_hex, id_objs[i], 8);
         if (ids[i] == NULL) {
             if (PyErr_Occurred())
                 goto error;
             goto fallback;
         }
     }
-    /* round(duration_ns / 1e6, 3): float.__round__ itself, so the value is exactly Python's */
-    double seconds = PyLong_AsDouble(duration);
-    if (seconds == -1.0 && PyErr_Occurred())
-        goto error;
-    PyObject *ms_raw = PyFloat_FromDouble(seconds / 1e6);
-    if (ms_raw == NULL)
-        goto error;
-    PyObject *round_args[2] = {ms_raw, int_3};
-    ms = PyObject_Vectorcall(float_round, round_args, 2, NULL);
-    Py_DECREF(ms_raw);
+    ms = audit_ms(duration);
     if (ms == NULL)
         goto error;
     attrs = PyDict_New();
@@ -2243,6 +2514,8 @@ static PyMethodDef methods[] = {
      "Start an ASGI request's server span and state, or NotImplemented (see the comment)."},
     {"request_finish", (PyCFunction)(void (*)(void))request_finish, METH_FASTCALL,
      "Finish a request's span and queue its audit, or NotImplemented (see the comment)."},
+    {"request_end", (PyCFunction)(void (*)(void))request_end, METH_FASTCALL,
+     "request_finish() with the route resolved and the end time taken (see the comment)."},
     {"tail_offer", (PyCFunction)(void (*)(void))tail_offer, METH_FASTCALL,
      "TailKeeper.offer_many's common cases, in order (see the comment)."},
     {"build_audit_records", (PyCFunction)(void (*)(void))build_audit_records, METH_FASTCALL,
@@ -2261,6 +2534,12 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+#ifndef _WIN32
+    if (pthread_atfork(NULL, NULL, rng_forget) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return NULL;
+    }
+#endif
     if (intern_all(key_names, K_COUNT, keys) < 0 || intern_all(audit_key_names, A_COUNT, audit_keys) < 0)
         return NULL;
     struct { PyObject **slot; const char *text; } names[] = {

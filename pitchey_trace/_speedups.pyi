@@ -37,12 +37,21 @@ def build_audit_record(
     /,
 ) -> dict[str, Any] | None: ...
 def web_setup(
-    state_cls: type, known_methods: frozenset[str], extract: Any, tracer: Any, server_kind: Any, mark: str, /
+    state_cls: type,
+    known_methods: frozenset[str],
+    extract: Any,
+    tracer: Any,
+    server_kind: Any,
+    mark: str,
+    route_templates: dict[int, tuple[object, str]],
+    route_template: Any,
+    /,
 ) -> None: ...
 def asgi_begin(scope: Any, path: str, start_ns: int, header_name: bytes | None, send: Any, /) -> Any: ...
 def request_finish(
     state: Any, route: str | None, start_ns: int, end_ns: int, client: str | None, audit: bool, /
 ) -> Any: ...
+def request_end(state: Any, start_ns: int, client: str | None, audit: bool, /) -> Any: ...
 def tail_offer(
     spans: list[Any],
     start: int,

@@ -148,18 +148,28 @@ class RequestState:
 # The process-wide tracer object is never replaced (configure() re-points its pipeline).
 _TRACER = get_tracer()
 
-#: The C accelerator's request start (ASGI) and finish for the common case: each returns
-#: NotImplemented, having changed nothing, whenever the Python code below has to decide.
+#: The C accelerator's request start (ASGI) and end (route, end time and finish) for the
+#: common case: each returns NotImplemented, having changed nothing, whenever the Python code
+#: below has to decide.
 fast_begin: Any = None
 fast_finish: Any = None
 if _accel.web_setup is not None:
     try:
-        _accel.web_setup(RequestState, KNOWN_METHODS, extract, _TRACER, SpanKind.SERVER, PENDING_AUDIT)
+        _accel.web_setup(
+            RequestState,
+            KNOWN_METHODS,
+            extract,
+            _TRACER,
+            SpanKind.SERVER,
+            PENDING_AUDIT,
+            _route_templates,
+            route_template,
+        )
     except Exception as _exc:  # a RequestState the accelerator does not fit: stay on Python
         _safety.report("web.accelerator", _exc)
     else:
         fast_begin = _accel.asgi_begin
-        fast_finish = _accel.request_finish
+        fast_finish = _accel.request_end
 
 REQUEST: ContextVar[RequestState | None] = ContextVar("pitchey_trace_web_request", default=None)
 

@@ -164,17 +164,21 @@ class ASGITracingMiddleware:
             raise
         finally:
             try:
-                route = state.resolve_route()
-                end_ns = state.last_byte_ns or time_ns()
                 if (
                     error is not None
                     or fast_finish is None
-                    or fast_finish(state, route, start_ns, end_ns, client, options.audit) is NotImplemented
+                    or fast_finish(state, start_ns, client, options.audit) is NotImplemented
                 ):
-                    finish_request(state, options, route, start_ns, end_ns, client, error)
+                    end_ns = state.last_byte_ns or time_ns()
+                    finish_request(state, options, state.resolve_route(), start_ns, end_ns, client, error)
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
-            _reset(rtoken, token)
+            try:  # _reset(), inline: this runs for every request
+                REQUEST.reset(rtoken)
+                CURRENT.reset(token)
+            except ValueError:  # reset from another context (see _reset)
+                CURRENT.set(None)
+                REQUEST.set(None)
 
     def _start(
         self, scope: Scope, path: str, scheme_default: str, method: str | None, start_ns: int

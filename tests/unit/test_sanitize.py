@@ -822,6 +822,28 @@ def test_c_request_audit_builder_is_used_once_the_caches_are_warm() -> None:
         build([], "svc", "prod", *args)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    ms=st.integers(min_value=0, max_value=2**52),
+    rest=st.one_of(st.sampled_from([0, 1, 499, 500, 501, 999]), st.integers(min_value=0, max_value=999)),
+)
+def test_c_audit_duration_is_rounded_exactly_as_python_rounds(ms: int, rest: int) -> None:
+    from pitchey_trace import _accel
+    from pitchey_trace.records import PENDING_AUDIT
+
+    build = _accel.build_audit_record
+    if build is None:  # pure-Python mode
+        return
+    san = Sanitizer()
+    # the C builder computes round(d / 1e6, 3) with integers except for ties and huge values
+    for duration in (ms * 1000 + rest, ms, rest):
+        pending = (PENDING_AUDIT, "request", 1, 0xAB, 0xCD, None, "GET", "", "200", "GET", 200, duration, "")
+        san._request_audit(pending, "svc", "prod")  # warm caches
+        rec = build(pending, "svc", "prod", san._key_cache, san._text_cache, san._sql_cache, 128)
+        assert rec is not None
+        assert repr(rec["attributes"]["duration_ms"]) == repr(round(duration / 1e6, 3))
+
+
 def test_request_audits_in_a_chunk_equal_one_by_one_and_keep_the_rest_in_order() -> None:
     from pitchey_trace.records import PENDING_AUDIT
 

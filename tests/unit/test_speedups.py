@@ -257,12 +257,18 @@ def test_no_reference_leaks_in_the_c_request_start_and_finish() -> None:
     }
     path, name = "/p", b"x-trace-id"
 
+    class Route:
+        path = "/p/{id}"
+
+    scope["route"] = Route()
+
     def one() -> None:
         state, sender, client = begin(scope, path, 10, name, _noop_send)
         sender({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}).close()
         sender({"type": "http.response.body", "body": b"abc"}).close()
         assert (state.status, state.sent) == (200, 3)
-        assert finish(state, "/p/{id}", 10, 20, client, True) is True
+        assert finish(state, 10, client, True) is True
+        assert state.span.name == "GET /p/{id}"
 
     with capture_spans(rollups=None, max_queue_size=10**6, export_batch_size=10**6, schedule_delay_ms=10**7):
         pipeline = pt.get_tracer().pipeline
@@ -638,3 +644,72 @@ def test_c_methods_on_a_span_with_unset_slots_raise_attribute_error_not_crash() 
     ):
         with pytest.raises(AttributeError):
             call()
+
+
+def test_the_c_request_end_resolves_the_route_as_python_does() -> None:
+    from pitchey_trace.web import _common
+
+    begin, end = _common.fast_begin, _common.fast_finish
+    assert begin is not None and end is not None  # noqa: PT018
+
+    class Route:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+    cached, fresh = Route("/a/{id}"), Route("/b/{id}")
+    assert _common.route_template({"route": cached}) == "/a/{id}"  # now in the cache
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        ({}, None),  # no route matched: the method alone
+        ({"route": None}, None),
+        ({"route": cached}, None),  # from the cache
+        ({"route": fresh}, None),  # not cached yet: route_template() is called
+        ({"route": cached}, "/set/{x}"),  # set_route() wins
+    ]
+    with capture_spans(rollups=None) as exporter:
+        for extra, set_to in cases:
+            scope = {"type": "http", "method": "GET", "path": "/p", "headers": [], **extra}
+            state, sender, client = begin(scope, "/p", 10, None, _noop_send)
+            expected = state.resolve_route() if set_to is None else set_to
+            if set_to is not None:
+                state.route = set_to
+            sender({"type": "http.response.start", "status": 200}).close()
+            assert end(state, 10, client, True) is True
+            assert state.span.name == ("GET" if expected is None else f"GET {expected}")
+            assert state.span.attributes.get("http.route") == expected
+    assert len(exporter.spans()) == len(cases)
+
+
+def test_c_ids_are_random_non_zero_and_not_repeated_in_a_forked_child() -> None:
+    from pitchey_trace import _accel
+
+    if _accel.install_tracer is None:  # pure-Python mode: ids come from random.getrandbits
+        return
+    with capture_spans(rollups=None):
+        spans = [pt.start_span("s") for _ in range(2000)]
+        trace_ids = {s.trace_id for s in spans}
+        span_ids = {s.span_id for s in spans}
+        assert len(trace_ids) == len(span_ids) == 2000
+        assert 0 not in trace_ids
+        assert 0 not in span_ids
+        assert max(trace_ids) < 2**128
+        assert max(span_ids) < 2**64
+        # every bit varies: about half the ids have it set
+        for bit in (0, 31, 63, 64, 127):
+            share = sum((t >> bit) & 1 for t in trace_ids) / 2000
+            assert 0.4 < share < 0.6, (bit, share)
+        assert 0.4 < sum(s >> 63 for s in span_ids) / 2000 < 0.6
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next ids, then exit at once
+            try:
+                os.write(write, b"%d %d" % (pt.start_span("c").trace_id, pt.start_span("c").span_id))
+            finally:
+                os._exit(0)
+        os.close(write)
+        parent = pt.start_span("p")
+        child = os.read(read, 200).split()
+        os.close(read)
+        os.waitpid(pid, 0)
+        # without a new seed in the child, both would have drawn the same next numbers
+        assert int(child[0]) != parent.trace_id
+        assert int(child[1]) != parent.span_id
