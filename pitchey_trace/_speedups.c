@@ -137,7 +137,7 @@ make_span(PyObject *const *fields)
  */
 static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
 static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
-static PyObject *s_queue, *s_max_queue_size, *s_wake_at, *s_wake, *s_set, *s_append, *s_drop,
+static PyObject *s_hot, *s_queue, *s_max_queue_size, *s_wake_at, *s_wake, *s_set, *s_append, *s_drop,
     *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow;
 
 static PyObject *
@@ -186,11 +186,62 @@ int_attr(PyObject *obj, PyObject *name, long long *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* Pipeline._hot: (queue.append, queue, max_queue_size, wake_at, wake.set), borrowed from the
+ * new reference *hot, or 0 (no error) for a pipeline without it (then the attributes). */
+static int
+pipeline_hot(PyObject *pipe, PyObject **hot, PyObject **f)
+{
+    *hot = PyObject_GetAttr(pipe, s_hot);
+    if (*hot == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    if (!PyTuple_CheckExact(*hot) || PyTuple_GET_SIZE(*hot) != 5 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(*hot, 2)) || !PyLong_CheckExact(PyTuple_GET_ITEM(*hot, 3))) {
+        Py_CLEAR(*hot);
+        return 0;
+    }
+    for (int i = 0; i < 5; i++)
+        f[i] = PyTuple_GET_ITEM(*hot, i);
+    return 1;
+}
+
 /* Pipeline.enqueue, in C: append to the bounded queue (wake the worker at wake_at), else drop. */
 static int
 enqueue(PyObject *self)
 {
-    PyObject *pipe = SLOT(self, F_PIPE);
+    PyObject *pipe = SLOT(self, F_PIPE), *hot, *f[5];
+    int got = pipeline_hot(pipe, &hot, f);
+    if (got < 0)
+        return -1;
+    if (got) {
+        /* the tuple is held: the calls below can run Python */
+        Py_ssize_t n = PyObject_Length(f[1]);
+        long long limit = PyLong_AsLongLong(f[2]), at = PyLong_AsLongLong(f[3]);
+        PyObject *r = NULL;
+        if (n < 0 || ((limit == -1 || at == -1) && PyErr_Occurred()))
+            goto hot_done;
+        if (n < limit) {
+            PyObject *token = SLOT(self, F_TOKEN); /* (untracked: see below) */
+            if ((token == NULL || token == Py_None) && PyObject_GC_IsTracked(self))
+                PyObject_GC_UnTrack(self);
+            r = PyObject_CallOneArg(f[0], self);
+            if (r != NULL && n + 1 == at) {
+                Py_DECREF(r);
+                r = PyObject_CallNoArgs(f[4]);
+            }
+        }
+        else
+            r = PyObject_CallMethodNoArgs(pipe, s_drop);
+    hot_done:
+        Py_DECREF(hot);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
     PyObject *q = PyObject_GetAttr(pipe, s_queue), *r = NULL;
     long long limit, at;
     if (q == NULL)
@@ -858,12 +909,13 @@ hex_id(PyObject *value, int nbytes)
     static const char digits[] = "0123456789abcdef";
     unsigned char buf[16];
     if (nbytes == 8) {
-        /* one call instead of a sign check, a bit count and a byte conversion */
-        unsigned long long v = PyLong_AsUnsignedLongLong(value);
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear(); /* negative or too large: the Python builder decides */
+        /* (PyLong_AsUnsignedLongLong goes through the generic byte conversion up to 3.12;
+         * the mask reads the digits directly, once the range is checked) */
+        if (_PyLong_Sign(value) < 0 || _PyLong_NumBits(value) > 64)
+            return NULL; /* the Python builder decides */
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
-        }
         PyObject *out = PyUnicode_New(16, 127);
         if (out == NULL)
             return NULL;
@@ -2017,6 +2069,32 @@ new_sender(PyObject *send, PyObject *state, PyObject *extra)
     return (PyObject *)self;
 }
 
+/* Pipeline.emit(item), in C: append to the queue while there is room, else the Python method
+ * (which counts the drop, or the item refused after shutdown: max_queue_size is 0 then). */
+static int
+emit(PyObject *pipeline, PyObject *item)
+{
+    PyObject *hot, *f[5], *r = NULL;
+    int got = pipeline_hot(pipeline, &hot, f);
+    if (got < 0)
+        return -1;
+    if (got) {
+        Py_ssize_t n = PyObject_Length(f[1]);
+        long long limit = PyLong_AsLongLong(f[2]);
+        if (n >= 0 && !(limit == -1 && PyErr_Occurred()) && n < limit)
+            r = PyObject_CallOneArg(f[0], item);
+        else if (!PyErr_Occurred())
+            r = PyObject_CallMethodOneArg(pipeline, w[W_EMIT], item);
+        Py_DECREF(hot);
+    }
+    else
+        r = PyObject_CallMethodOneArg(pipeline, w[W_EMIT], item);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* "{label} {route}" through a small cache keyed by the identity of both texts (the method
  * labels are constants and a route's template is one str object), which holds them: a
  * request's span name is usually built once per route and method, not once per request. */
@@ -2139,10 +2217,8 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                outcome, RSLOT(state, R_METHOD), status, duration, client);
         if (pending == NULL)
             goto done;
-        PyObject *r = PyObject_CallMethodOneArg(pipeline, w[W_EMIT], pending);
-        if (r == NULL)
+        if (emit(pipeline, pending) < 0)
             goto done;
-        Py_DECREF(r);
     }
     PyObject *end_args[1] = {end};
     PyObject *r = span_end(span, end_args, 1, NULL);
@@ -2543,7 +2619,7 @@ PyInit__speedups(void)
     if (intern_all(key_names, K_COUNT, keys) < 0 || intern_all(audit_key_names, A_COUNT, audit_keys) < 0)
         return NULL;
     struct { PyObject **slot; const char *text; } names[] = {
-        {&s_queue, "queue"}, {&s_max_queue_size, "max_queue_size"}, {&s_wake_at, "wake_at"},
+        {&s_hot, "_hot"}, {&s_queue, "queue"}, {&s_max_queue_size, "max_queue_size"}, {&s_wake_at, "wake_at"},
         {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},

@@ -713,3 +713,32 @@ def test_c_ids_are_random_non_zero_and_not_repeated_in_a_forked_child() -> None:
         # without a new seed in the child, both would have drawn the same next numbers
         assert int(child[0]) != parent.trace_id
         assert int(child[1]) != parent.span_id
+
+
+def test_c_enqueue_and_emit_keep_the_queue_bound_and_count_what_they_refuse() -> None:
+    from pitchey_trace.web import _common
+
+    begin, end = _common.fast_begin, _common.fast_finish
+    assert begin is not None and end is not None  # noqa: PT018
+
+    def request() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/p", "headers": []}
+        state, sender, client = begin(scope, "/p", 10, None, _noop_send)
+        sender({"type": "http.response.start", "status": 200}).close()
+        assert end(state, 10, client, True) is True
+
+    with capture_spans(rollups=None, max_queue_size=4, export_batch_size=10**6, schedule_delay_ms=10**7):
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        request()  # its audit and its span: 2 queued
+        pt.start_span("a").end()
+        assert len(pipeline.queue) == 3
+        request()  # the audit fits, the span does not
+        pt.start_span("b").end()  # does not fit either
+        assert len(pipeline.queue) == 4
+        assert _stats.get("dropped.queue_full") == 2
+        pipeline.queue.clear()
+        pipeline.shutdown(5.0)
+        request()  # audit and span refused after shutdown
+        assert _stats.get("dropped.after_shutdown") == 2
+        assert len(pipeline.queue) == 0
