@@ -12,6 +12,9 @@ Servers (one uvicorn process each, all started in the same run, h11, no access l
              server span + its internal "http send" spans) + TracerProvider +
              BatchSpanProcessor(no-op exporter)
   otel-lean  the same with exclude_spans=["receive", "send"] (server span only)
+  pitchey-noheader / -noaudit / -norollups / -core (not run by default; for
+             bench/count_middleware.py): pitchey without the X-Trace-Id response header, the
+             request audit record or the rollups; -core without all three
 In the traced servers the handler opens 3 nested spans (one attribute each) inside the
 request span. Load: wrk (Debian package `wrk`; a Lua script makes it stop after a fixed count)
 or, without it, a built-in asyncio load generator (costlier per request, so it may limit the
@@ -77,7 +80,7 @@ def build_app(mode: str) -> Any:
         async def pitch(request: Request) -> Response:
             return Response(render(request.path_params["pitch_id"]), media_type="application/json")
 
-    elif mode == "pitchey":
+    elif mode.startswith("pitchey"):
         import pitchey_trace as pt
 
         span = pt.span
@@ -103,12 +106,21 @@ def build_app(mode: str) -> Any:
             return Response(body, media_type="application/json")
 
     app: Any = Starlette(routes=[Route(PATH, pitch)])
-    if mode == "pitchey":
+    if mode.startswith("pitchey"):
         import pitchey_trace as pt
         from pitchey_trace.web import ASGITracingMiddleware
 
-        pt.configure(service="bench", exporters=[NoopExporter()], sample_rate=1.0)
-        app = ASGITracingMiddleware(app)
+        variant = mode.partition("-")[2]
+        if variant not in ("", "noheader", "noaudit", "norollups", "core"):
+            raise SystemExit(f"unknown mode {mode!r}")
+        lean = variant == "core"
+        options: dict[str, Any] = {"rollups": None} if variant == "norollups" or lean else {}
+        pt.configure(service="bench", exporters=[NoopExporter()], sample_rate=1.0, **options)
+        app = ASGITracingMiddleware(
+            app,
+            trace_id_header=None if variant == "noheader" or lean else "X-Trace-Id",
+            audit=not (variant == "noaudit" or lean),
+        )
     elif mode in ("otel", "otel-lean"):
         from opentelemetry import trace
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

@@ -12,6 +12,10 @@ fi
 if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v wrk >/dev/null 2>&1; then
   need_apt+=(wrk)
 fi
+# valgrind counts instructions for bench/count_middleware.py (a figure the load of the machine does not move).
+if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v valgrind >/dev/null 2>&1; then
+  need_apt+=(valgrind)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
