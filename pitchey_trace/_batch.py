@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -26,6 +27,9 @@ from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace.records import (
+    _DEFAULT_THRESHOLDS,
+    _KIND_STR,
+    _STATUS_STR,
     DATASET_OF_TYPE,
     PENDING_AUDIT,
     CategoryThresholds,
@@ -33,6 +37,7 @@ from pitchey_trace.records import (
     make_resource,
     request_audit,
     span_record,
+    span_template,
 )
 from pitchey_trace.sanitize import Sanitizer
 
@@ -246,6 +251,8 @@ class Pipeline:
         self._fused_many = sanitizer._span_records if type(sanitizer) is Sanitizer else None
         self._fused_audit = sanitizer._request_audit if type(sanitizer) is Sanitizer else None
         self._fused_audits = sanitizer._request_audits if type(sanitizer) is Sanitizer else None
+        # Without a sanitizer the C builder makes the plain records (see _plain_records).
+        self._plain_template: tuple[Any, ...] = (None, None)
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -471,6 +478,14 @@ class Pipeline:
                 out = []
             else:
                 spans = []
+        elif self.sanitizer is None and _accel.build_span_records is not None:
+            try:
+                out = self._plain_records(spans, service, env, res, thr)
+            except Exception:
+                _stats.incr("pipeline.chunk_fallbacks")
+                out = []
+            else:
+                spans = []
         build = span_record if fused is None else fused
         for span in spans:
             try:
@@ -480,10 +495,34 @@ class Pipeline:
                 _safety.report("span_record" if fused is None else "sanitize", exc)
         if not out:
             return
-        if fused is None or self.processors or self.router is not None:
+        if (fused is None and self.sanitizer is not None) or self.processors or self.router is not None:
             self._deliver(out, sanitized=fused is not None)
             return
         self._put(self._targets("traces"), out)
+
+    def _plain_records(
+        self, spans: list[Span], service: str, env: str, res: dict[str, Any], thr: CategoryThresholds | None
+    ) -> list[Record]:
+        """``span_record`` of each span, through the C builder (no sanitizer configured): it
+        builds the common spans and calls ``span_record`` for the others."""
+        key = (service, env, res)
+        cached = self._plain_template
+        if cached[0] != key:
+            cached = self._plain_template = (key, span_template(service, env, res))
+        build = _accel.build_span_records
+        assert build is not None
+        return build(
+            spans,
+            cached[1],
+            (thr or _DEFAULT_THRESHOLDS).table,
+            _KIND_STR,
+            _STATUS_STR,
+            None,
+            None,
+            None,
+            sys.maxsize,
+            functools.partial(span_record, service=service, environment=env, resource=res, thresholds=thr),
+        )
 
     @staticmethod
     def _observe(rollups: Any, spans: list[Span]) -> None:

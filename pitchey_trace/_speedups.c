@@ -1146,7 +1146,10 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
     PyObject *name = SLOT(span, F_NAME);
     if (!PyUnicode_CheckExact(name))
         return NULL;
-    PyObject *sname = PyDict_GetItemWithError(text_cache, name);
+    /* key_cache None: no sanitizer, the record takes the span's name and attribute map as they
+     * are (records.span_record) */
+    int sanitize = key_cache != Py_None;
+    PyObject *sname = sanitize ? PyDict_GetItemWithError(text_cache, name) : name;
     if (sname == NULL)
         return NULL;
     PyObject *attrs = SLOT(span, F_ATTRS);
@@ -1176,7 +1179,9 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         !PyLong_CheckExact(SLOT(span, F_SPAN_ID)))
         return NULL;
     PyObject *new_attrs = NULL;
-    if (PyDict_GET_SIZE(attrs)) {
+    if (!sanitize)
+        new_attrs = Py_NewRef(attrs);
+    else if (PyDict_GET_SIZE(attrs)) {
         new_attrs = fast_attributes(attrs, key_cache, text_cache, sql_cache);
         if (new_attrs == NULL)
             return NULL;
@@ -1256,10 +1261,11 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
         return NULL;
     }
+    int plain = key_cache == Py_None && text_cache == Py_None && sql_cache == Py_None;
     if (!PyList_CheckExact(spans) || !PyDict_CheckExact(template) || !PyDict_CheckExact(table) ||
         !PyDict_CheckExact(kind_str) || !PyDict_CheckExact(status_str) ||
-        !PyDict_CheckExact(key_cache) || !PyDict_CheckExact(text_cache) ||
-        !PyDict_CheckExact(sql_cache)) {
+        (!plain && (!PyDict_CheckExact(key_cache) || !PyDict_CheckExact(text_cache) ||
+                    !PyDict_CheckExact(sql_cache)))) {
         PyErr_SetString(PyExc_TypeError, "build_span_records(): unexpected argument types");
         return NULL;
     }

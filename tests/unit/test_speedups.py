@@ -85,6 +85,51 @@ def test_c_builder_equals_python_builder(
         assert got == _python(Sanitizer(cache_size=cache_size), spans)
 
 
+@settings(max_examples=80, deadline=None)
+@given(specs=st.lists(_SPEC, min_size=1, max_size=12))
+def test_c_builder_without_a_sanitizer_equals_span_record(
+    specs: list[tuple[str, dict[str, Any], bool, str | None]],
+) -> None:
+    from pitchey_trace.records import span_record
+
+    spans = _spans(specs)
+    with capture_spans(sanitizer=None, rollups=None) as exporter:  # the pipeline's own path
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        got = pipeline._plain_records(spans, "svc", "prod", RESOURCE, None)
+        expected = [span_record(s, "svc", "prod", RESOURCE) for s in spans]
+        assert got == expected
+        assert [list(r) for r in got] == [list(r) for r in expected]  # same field order
+        # the record shares the ended span's attribute map, as span_record does
+        assert all(r["attributes"] is s.attributes for r, s in zip(got, spans, strict=True))
+        with pt.span("exported", {"k": "v"}):
+            pass
+    (record,) = [r for r in exporter.records if r.get("name") == "exported"]
+    assert record["attributes"] == {"k": "v"}
+
+
+def test_c_builder_without_a_sanitizer_builds_plain_spans_itself() -> None:
+    from pitchey_trace.records import span_record, span_template
+
+    build = sanitize._build_span_records
+    assert build is not None
+    spans = _spans([("op", {"n": 10**15, "s": "ada@example.org"}, False, None)] * 3)
+    out = build(
+        spans,
+        span_template("svc", "prod", RESOURCE),
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        None,
+        None,
+        None,
+        sys.maxsize,
+        lambda span: pytest.fail("handed to Python"),
+    )
+    assert out == [span_record(s, "svc", "prod", RESOURCE) for s in spans]
+    assert out[0]["attributes"] == {"n": 10**15, "s": "ada@example.org"}  # nothing masked
+
+
 def _build(san: Sanitizer, spans: list[Any], slow: Any) -> list[dict[str, Any]]:
     build = sanitize._build_span_records
     assert build is not None
