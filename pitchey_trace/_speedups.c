@@ -589,20 +589,19 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
         }
         /* trace_id & (2**64 - 1) < bound, with bound anywhere in [0, 2**64] */
         unsigned long long low = PyLong_AsUnsignedLongLongMask(trace_id);
-        unsigned long long bound = PyLong_AsUnsignedLongLong(root_bound);
-        if (bound == (unsigned long long)-1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-                goto error;
-            PyErr_Clear();
-            if (_PyLong_Sign(root_bound) < 0) {
-                Py_DECREF(trace_id);
-                Py_DECREF(parent);
-                Py_RETURN_NOTIMPLEMENTED;
-            }
-            sampled = 1; /* bound >= 2**64: everything */
+        if (!PyLong_Check(root_bound) || _PyLong_Sign(root_bound) < 0) {
+            Py_DECREF(trace_id);
+            Py_DECREF(parent);
+            Py_RETURN_NOTIMPLEMENTED;
         }
-        else
+        if (_PyLong_NumBits(root_bound) > 64)
+            sampled = 1; /* bound >= 2**64: everything (no OverflowError raised and cleared) */
+        else {
+            unsigned long long bound = PyLong_AsUnsignedLongLong(root_bound);
+            if (bound == (unsigned long long)-1 && PyErr_Occurred())
+                goto error;
             sampled = low < bound;
+        }
         parent_id = PyLong_FromLong(0);
         trace_state = empty_tuple;
         baggage = empty_tuple;
@@ -2001,7 +2000,7 @@ sender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
         if (mtype == NULL && PyErr_Occurred())
             return NULL;
         if (mtype != NULL && PyUnicode_CheckExact(mtype)) {
-            if (PyUnicode_Compare(mtype, s_resp_body) == 0) {
+            if (mtype == s_resp_body || PyUnicode_Compare(mtype, s_resp_body) == 0) {
                 PyObject *body = PyDict_GetItemWithError(message, s_body);
                 if (body == NULL && PyErr_Occurred())
                     return NULL;
@@ -2025,7 +2024,7 @@ sender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
                     Py_SETREF(RSLOT(state, R_LAST), now);
                 }
             }
-            else if (PyUnicode_Compare(mtype, s_resp_start) == 0) {
+            else if (mtype == s_resp_start || PyUnicode_Compare(mtype, s_resp_start) == 0) {
                 PyObject *status = PyDict_GetItemWithError(message, s_status_key);
                 if (status == NULL && PyErr_Occurred())
                     return NULL;
