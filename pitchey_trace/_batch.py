@@ -50,6 +50,8 @@ DEFAULT_EXPORTER_QUEUE_SIZE = 20_000
 #: threads are not held up behind a long batch (the GIL would otherwise be held for up to the
 #: interpreter's 5 ms switch interval).
 _CHUNK = 512
+#: Spans whose records are built per call of the record builder (see _deliver_spans).
+_BUILD_STEP = 64
 
 Processor = Callable[[Record], "Record | None"]
 
@@ -449,6 +451,7 @@ class Pipeline:
                     ready.append(item)  # type: ignore[arg-type]
             if rollups is not None and observed:
                 self._observe(rollups, observed)
+            observed.clear()  # (so _deliver_spans can free each span once its record is built)
             if unsampled and tail is not None:
                 tail.offer_many(unsampled, spans)
             if n == 0:
@@ -469,30 +472,33 @@ class Pipeline:
         out: list[Record] = []
         service, env, res, thr = self.service, self.environment, self.resource, self.thresholds
         fused = self._fused
-        if fused is not None:
-            try:
-                out = self._fused_many(spans, service, env, res, thr)  # type: ignore[misc]
-            except Exception:
-                # Fall back span by span: only the span that fails is lost (and reported).
-                _stats.incr("pipeline.chunk_fallbacks")
-                out = []
-            else:
-                spans = []
-        elif self.sanitizer is None and _accel.build_span_records is not None:
-            try:
-                out = self._plain_records(spans, service, env, res, thr)
-            except Exception:
-                _stats.incr("pipeline.chunk_fallbacks")
-                out = []
-            else:
-                spans = []
+        many: Callable[..., list[Record]] | None = self._fused_many
+        if fused is None:
+            many = self._plain_records if self.sanitizer is None and _accel.build_span_records else None
         build = span_record if fused is None else fused
-        for span in spans:
-            try:
-                out.append(build(span, service, env, res, thr))
-            except Exception as exc:
-                _stats.incr("dropped.encode_error" if fused is None else "dropped.sanitize_error")
-                _safety.report("span_record" if fused is None else "sanitize", exc)
+        # In parts, each released once its records are built (the caller's lists no longer
+        # hold the spans): a drain's spans are freed while its records are made, not after,
+        # so fewer objects are alive at once and this thread triggers about half as many
+        # cycle collections (measured under uvicorn).
+        step = _BUILD_STEP if many is not None else max(1, len(spans))
+        parts: list[list[Span] | None] = [spans[i : i + step] for i in range(0, len(spans), step)]
+        spans.clear()
+        for k, part in enumerate(parts):
+            parts[k] = None
+            assert part is not None
+            if many is not None:
+                try:
+                    out.extend(many(part, service, env, res, thr))
+                    continue
+                except Exception:
+                    # Fall back span by span: only the span that fails is lost (and reported).
+                    _stats.incr("pipeline.chunk_fallbacks")
+            for span in part:
+                try:
+                    out.append(build(span, service, env, res, thr))
+                except Exception as exc:
+                    _stats.incr("dropped.encode_error" if fused is None else "dropped.sanitize_error")
+                    _safety.report("span_record" if fused is None else "sanitize", exc)
         if not out:
             return
         if (fused is None and self.sanitizer is not None) or self.processors or self.router is not None:

@@ -305,3 +305,37 @@ def test_a_failing_chunk_audit_builder_falls_back_to_one_by_one(monkeypatch: pyt
             )
     assert sorted(a["time_unix_nano"] for a in exporter.of_type("audit")) == [0, 1, 2, 3]
     assert pt.stats()["internal_errors"] >= 1
+
+
+def test_span_records_are_built_in_parts_in_order_and_each_span_is_freed_once_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from pitchey_trace import _stats
+    from pitchey_trace.sanitize import Sanitizer
+
+    monkeypatch.setattr(_batch, "_BUILD_STEP", 2)
+    real = Sanitizer._span_records
+    parts: list[int] = []
+    alive: list[int] = []
+
+    def spy(self: Sanitizer, spans: list[Any], *args: Any) -> Any:
+        parts.append(len(spans))
+        # the part is the only list that holds its spans (the drain's lists were emptied), so
+        # each span is freed once its part is built
+        holders = {id(r) for span in spans for r in gc.get_referrers(span) if type(r) is list}
+        alive.append(len(holders - {id(spans)}))
+        if len(parts) == 2:
+            raise RuntimeError("this part fails: its spans are built one by one")
+        return real(self, spans, *args)
+
+    monkeypatch.setattr(Sanitizer, "_span_records", spy)
+    with capture_spans(rollups=None, schedule_delay_ms=60_000) as exporter:
+        for i in range(5):
+            pt.start_span(f"s{i}").end()
+        gc.collect()
+    assert parts == [2, 2, 1]
+    assert [r["name"] for r in exporter.spans()] == ["s0", "s1", "s2", "s3", "s4"]
+    assert _stats.get("pipeline.chunk_fallbacks") == 1
+    assert alive == [0, 0, 0]
