@@ -14,6 +14,7 @@ from typing import Any
 
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Limits, NonRecordingSpan, Span, StatusCode
+from pitchey_trace.records import NO_ITEMS
 
 __all__ = [
     "build_audit_record",
@@ -45,7 +46,7 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
     try:
         from pitchey_trace import _speedups
 
-        _speedups.setup(Span, StatusCode.UNSET)
+        _speedups.setup(Span, StatusCode.UNSET, NO_ITEMS)
         # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
         # (they call the Python code for anything but the common case).
         Span._py_end = Span.end  # type: ignore[attr-defined]  # the C end() falls back to it

@@ -35,6 +35,7 @@ static const char *slot_names[F_COUNT] = {
     "local_root", "_pipe", "_token",
 };
 static PyObject *status_unset = NULL; /* StatusCode.UNSET */
+static PyObject *no_items = NULL;     /* records.NO_ITEMS: the shared empty events/links list */
 static Py_ssize_t slot_offset[F_COUNT];
 static PyTypeObject *span_type = NULL;
 
@@ -87,8 +88,9 @@ intern_all(const char *const *texts, int count, PyObject **out)
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyType_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "setup() takes the Span class and StatusCode.UNSET");
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyList_Check(args[2]) || PyList_GET_SIZE(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "setup() takes the Span class, StatusCode.UNSET and "
+                                         "records.NO_ITEMS");
         return NULL;
     }
     PyObject *cls = args[0];
@@ -98,6 +100,12 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(span_type, (PyTypeObject *)cls);
     Py_INCREF(args[1]);
     Py_XSETREF(status_unset, args[1]);
+    /* The shared read-only empty list refers to nothing: untracked, records holding it are
+     * still atomic for untrack_records(). */
+    if (PyObject_GC_IsTracked(args[2]))
+        PyObject_GC_UnTrack(args[2]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(no_items, args[2]);
     Py_RETURN_NONE;
 }
 
@@ -1113,21 +1121,15 @@ set_new(PyObject *rec, int k, PyObject *value)
     return rc;
 }
 
-/* The record of one span, or NULL with no error when the span needs the Python builder. */
-/* The empty events / links list of a fresh record, untracked like the record itself (see
- * below): records wait in exporter queues, and two tracked lists per span kept the cycle
- * collector promoting them to old generations, which made full collections frequent. An
- * empty list refers to nothing; what a processor may later put in it is its own business
- * (a cycle through such a list would need the list to be reachable from its own items). */
+/* The events / links value of a record without any: the shared read-only empty list
+ * (records.NO_ITEMS), as the Python builders use. */
 static PyObject *
 empty_list(void)
 {
-    PyObject *list = PyList_New(0);
-    if (list != NULL && PyObject_GC_IsTracked(list))
-        PyObject_GC_UnTrack(list);
-    return list;
+    return Py_NewRef(no_items);
 }
 
+/* The record of one span, or NULL with no error when the span needs the Python builder. */
 static PyObject *
 fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_str,
             PyObject *status_str, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache,

@@ -20,7 +20,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 from pitchey_trace._span import SpanKind
 
@@ -159,6 +159,74 @@ _KIND_STR = {k: k.value for k in SpanKind}
 _STATUS_STR = {0: "unset", 1: "ok", 2: "error"}
 
 
+def _shared_list_error() -> TypeError:
+    return TypeError(
+        "a record's empty events/links list is shared by the records and read-only: "
+        'assign a new list instead (rec["events"] = [*rec["events"], event])'
+    )
+
+
+class _SharedEmptyList(list[Any]):
+    """The ``events`` / ``links`` value of every span record without events or links: one
+    shared object instead of two new lists per record (two allocations less per span, and
+    fewer cycle collections triggered by the export worker). An empty ``list`` in every way
+    but one: it cannot be changed in place, because it is shared. Copies are plain lists."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # (never any items)
+        super().__init__()
+
+    def append(self, item: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def extend(self, items: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def insert(self, index: SupportsIndex, item: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def remove(self, item: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def pop(self, index: SupportsIndex = -1, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def clear(self) -> NoReturn:
+        raise _shared_list_error()
+
+    def sort(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _shared_list_error()
+
+    def reverse(self) -> NoReturn:
+        raise _shared_list_error()
+
+    def __setitem__(self, index: Any, value: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def __delitem__(self, index: Any, /) -> NoReturn:
+        raise _shared_list_error()
+
+    def __iadd__(self, items: Any, /) -> NoReturn:  # type: ignore[misc]
+        raise _shared_list_error()
+
+    def __imul__(self, n: Any, /) -> NoReturn:  # type: ignore[misc]
+        raise _shared_list_error()
+
+    def __copy__(self) -> list[Any]:
+        return []
+
+    def __deepcopy__(self, memo: Any) -> list[Any]:
+        return []
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles as a plain empty list
+        return (list, ())
+
+
+#: The shared empty ``events`` / ``links`` list of span records (see _SharedEmptyList).
+NO_ITEMS: list[Any] = _SharedEmptyList()
+
+
 def span_events(events: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
     """The ``events`` field of a span record."""
     return [{"name": name, "time_unix_nano": ts, "attributes": attrs or {}} for name, ts, attrs in events]
@@ -200,8 +268,8 @@ def span_record(
     rec["attributes"] = span.attributes
     events = span.events
     links = span.links
-    rec["events"] = span_events(events) if events else []
-    rec["links"] = span_links(links) if links else []
+    rec["events"] = span_events(events) if events else NO_ITEMS
+    rec["links"] = span_links(links) if links else NO_ITEMS
     return rec
 
 
@@ -261,8 +329,8 @@ def span_template(service: Any, environment: Any, resource: Any) -> Record:
         "status_message": None,
         "category": "fast",
         "attributes": {},
-        "events": [],
-        "links": [],
+        "events": NO_ITEMS,
+        "links": NO_ITEMS,
         "resource": resource,
     }
 

@@ -54,6 +54,7 @@ from pitchey_trace.records import (
     _KIND_STR,
     _STATUS_STR,
     AUDIT_RECORD_KEYS,
+    NO_ITEMS,
     PENDING_AUDIT,
     SPAN_RECORD_KEYS,
     CategoryThresholds,
@@ -1323,8 +1324,8 @@ class Sanitizer:
         events = span.events
         links = span.links
         rec["attributes"] = self._span_attrs(attrs) if attrs else {}
-        rec["events"] = self._events(span_events(events)) if events else []
-        rec["links"] = self._links(span_links(links)) if links else []
+        rec["events"] = self._events(span_events(events)) if events else NO_ITEMS
+        rec["links"] = self._links(span_links(links)) if links else NO_ITEMS
         return rec
 
     def _field_text(self, field: str, value: str) -> str:

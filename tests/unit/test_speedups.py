@@ -577,15 +577,53 @@ def test_c_records_are_untracked_until_a_container_goes_in() -> None:
     assert gc.collect() >= 1  # and the cycle is collected
 
 
-def test_c_record_lists_are_untracked_and_hold_what_is_put_in_them() -> None:
-    spans = _spans([("op", {"n": 1}, False, None)])
+def test_records_without_events_share_one_read_only_empty_list() -> None:
+    import copy
+    import json
+    import pickle
+
+    from pitchey_trace.records import NO_ITEMS
+
+    spans = _spans([("op", {"n": 1}, False, None)] * 2)
     san = Sanitizer()
-    _python(san, spans)
-    (record,) = _build(san, spans, lambda s: pytest.fail("unexpected fallback"))
-    assert record["events"] == [] and record["links"] == []  # noqa: PT018
-    assert not gc.is_tracked(record["events"]) and not gc.is_tracked(record["links"])  # noqa: PT018
-    record["events"].append({"name": "late"})  # still an ordinary list
-    assert record["events"] == [{"name": "late"}]
+    python = _python(san, spans)
+    built = _build(san, spans, lambda s: pytest.fail("unexpected fallback"))
+    for record in [*built, *python]:  # the C and the Python builders alike
+        assert record["events"] is NO_ITEMS
+        assert record["links"] is NO_ITEMS
+    assert not gc.is_tracked(NO_ITEMS)  # (so records holding it are untracked too)
+    assert not gc.is_tracked(built[0])
+    # an empty list in every way but one
+    assert NO_ITEMS == []
+    assert isinstance(NO_ITEMS, list)
+    assert not NO_ITEMS
+    assert len(NO_ITEMS) == 0
+    assert json.dumps(built[0]["events"]) == "[]"
+    changes = [
+        lambda e: e.append({"name": "late"}),
+        lambda e: e.extend([1]),
+        lambda e: e.insert(0, 1),
+        lambda e: e.__setitem__(slice(0, 0), [1]),
+        lambda e: e.__iadd__([1]),
+        lambda e: e.__imul__(2),
+        lambda e: e.__init__(),
+    ]
+    for change in changes[:-1]:
+        with pytest.raises(TypeError, match="shared"):
+            change(built[0]["events"])
+    changes[-1](NO_ITEMS)  # (re-initialising leaves it empty)
+    assert NO_ITEMS == []
+    # copies are plain lists; a record gets more events by assigning a new list
+    for copied in (
+        copy.copy(NO_ITEMS),
+        copy.deepcopy(built[0])["events"],
+        pickle.loads(pickle.dumps(NO_ITEMS)),  # noqa: S301  (our own bytes)
+    ):
+        assert type(copied) is list
+        copied.append(1)
+    built[0]["events"] = [*built[0]["events"], {"name": "late"}]
+    assert built[0]["events"] == [{"name": "late"}]
+    assert built[1]["events"] == []
 
 
 def test_finished_spans_are_untracked_unless_still_current() -> None:
