@@ -31,6 +31,7 @@ from pitchey_trace.records import (
     _KIND_STR,
     _STATUS_STR,
     DATASET_OF_TYPE,
+    NO_ITEMS,
     PENDING_AUDIT,
     CategoryThresholds,
     Record,
@@ -605,6 +606,12 @@ class Pipeline:
                     _safety.report("sanitize", exc)
                     continue
             if processors:
+                # Processors may add events or links in place: they get lists of their own
+                # instead of the shared read-only empty one (the record is this delivery's).
+                if rec.get("events") is NO_ITEMS:
+                    rec["events"] = []
+                if rec.get("links") is NO_ITEMS:
+                    rec["links"] = []
                 result: Record | None = rec
                 for proc in processors:
                     try:

@@ -339,3 +339,25 @@ def test_span_records_are_built_in_parts_in_order_and_each_span_is_freed_once_bu
     assert [r["name"] for r in exporter.spans()] == ["s0", "s1", "s2", "s3", "s4"]
     assert _stats.get("pipeline.chunk_fallbacks") == 1
     assert alive == [0, 0, 0]
+
+
+def test_processors_get_mutable_event_and_link_lists_exporters_the_shared_one() -> None:
+    from pitchey_trace import _stats
+    from pitchey_trace.records import NO_ITEMS
+
+    def add_event(rec: dict[str, Any]) -> dict[str, Any]:
+        if rec.get("type") == "span":
+            rec["events"].append({"name": "from a processor", "time_unix_nano": 1, "attributes": {}})
+            rec["links"].extend([])
+        return rec
+
+    with capture_spans(rollups=None, processors=[add_event]) as with_processor:
+        pt.start_span("a").end()
+    with capture_spans(rollups=None) as plain:
+        pt.start_span("b").end()
+    (a,) = with_processor.spans()
+    (b,) = plain.spans()
+    assert [e["name"] for e in a["events"]] == ["from a processor"]
+    assert _stats.get("dropped.processor_error") == 0
+    assert b["events"] is NO_ITEMS
+    assert b["links"] is NO_ITEMS
