@@ -35,10 +35,10 @@ from pitchey_trace.records import (
     PENDING_AUDIT,
     CategoryThresholds,
     Record,
+    last_span_template,
     make_resource,
     request_audit,
     span_record,
-    span_template,
 )
 from pitchey_trace.sanitize import Sanitizer
 
@@ -254,8 +254,6 @@ class Pipeline:
         self._fused_many = sanitizer._span_records if type(sanitizer) is Sanitizer else None
         self._fused_audit = sanitizer._request_audit if type(sanitizer) is Sanitizer else None
         self._fused_audits = sanitizer._request_audits if type(sanitizer) is Sanitizer else None
-        # Without a sanitizer the C builder makes the plain records (see _plain_records).
-        self._plain_template: tuple[Any, ...] = (None, None)
         self.processors = list(processors)
         self.tail = tail
         self.rollups = rollups
@@ -479,8 +477,8 @@ class Pipeline:
         build = span_record if fused is None else fused
         # In parts, each released once its records are built (the caller's lists no longer
         # hold the spans): a drain's spans are freed while its records are made, not after,
-        # so fewer objects are alive at once and this thread triggers about half as many
-        # cycle collections (measured under uvicorn).
+        # so fewer objects are alive at once and this thread triggers fewer cycle collections
+        # (measured under uvicorn with gc.callbacks: docs/performance.md).
         step = _BUILD_STEP if many is not None else max(1, len(spans))
         parts: list[list[Span] | None] = [spans[i : i + step] for i in range(0, len(spans), step)]
         spans.clear()
@@ -512,15 +510,11 @@ class Pipeline:
     ) -> list[Record]:
         """``span_record`` of each span, through the C builder (no sanitizer configured): it
         builds the common spans and calls ``span_record`` for the others."""
-        key = (service, env, res)
-        cached = self._plain_template
-        if cached[0] != key:
-            cached = self._plain_template = (key, span_template(service, env, res))
         build = _accel.build_span_records
         assert build is not None
         return build(
             spans,
-            cached[1],
+            last_span_template(service, env, res),
             (thr or _DEFAULT_THRESHOLDS).table,
             _KIND_STR,
             _STATUS_STR,

@@ -255,14 +255,7 @@ def span_record(
 
     Written for speed: this runs once per exported span.
     """
-    global _last_template
-    cached = _last_template
-    if cached[0] is service and cached[1] is environment and cached[2] is resource:
-        template = cached[3]
-    else:
-        template = span_template(service, environment, resource)
-        _last_template = (service, environment, resource, template)
-    rec = span_structure(span, template, thresholds)
+    rec = span_structure(span, last_span_template(service, environment, resource), thresholds)
     rec["name"] = span.name if span.name.__class__ is str else str(span.name)
     rec["status_message"] = span.status_message
     rec["attributes"] = span.attributes
@@ -271,6 +264,18 @@ def span_record(
     rec["events"] = span_events(events) if events else NO_ITEMS
     rec["links"] = span_links(links) if links else NO_ITEMS
     return rec
+
+
+def last_span_template(service: str, environment: str, resource: dict[str, Any]) -> Record:
+    """``span_template`` of these fields, reused while they are the same objects (one pipeline
+    worker asks, always with its own service, environment and resource)."""
+    global _last_template
+    cached = _last_template
+    if cached[0] is service and cached[1] is environment and cached[2] is resource:
+        return cached[3]
+    template = span_template(service, environment, resource)
+    _last_template = (service, environment, resource, template)
+    return template
 
 
 def span_structure(span: Span, template: Record, thresholds: CategoryThresholds | None) -> Record:
