@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIT_RECORD_KEYS",
     "DATASET_OF_TYPE",
+    "NO_ITEMS",
     "SCHEMA_VERSION",
     "SPAN_RECORD_KEYS",
     "CategoryThresholds",
