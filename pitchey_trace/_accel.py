@@ -39,7 +39,6 @@ build_audit_records: Callable[..., tuple[list[dict[str, Any]], list[Any]]] | Non
 #: Set up by pitchey_trace.web._common (web_setup), which then uses asgi_begin/request_end.
 web_setup: Callable[..., None] | None = None
 asgi_begin: Callable[..., Any] | None = None
-request_finish: Callable[..., Any] | None = None
 request_end: Callable[..., Any] | None = None
 
 if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
@@ -66,5 +65,4 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         build_audit_records = _speedups.build_audit_records
         web_setup = _speedups.web_setup
         asgi_begin = _speedups.asgi_begin
-        request_finish = _speedups.request_finish
         request_end = _speedups.request_end

@@ -145,7 +145,7 @@ make_span(PyObject *const *fields)
  */
 static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
 static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
-static PyObject *s_hot, *s_queue, *s_max_queue_size, *s_wake_at, *s_wake, *s_set, *s_append, *s_drop,
+static PyObject *s_hot, *s_enqueue, *s_drop,
     *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow;
 
 static PyObject *
@@ -182,20 +182,8 @@ span_enter(PyObject *self, PyObject *unused)
     return Py_NewRef(self);
 }
 
-/* An int attribute of `obj` into *out; -1 with an error set when it is missing or not an int. */
-static int
-int_attr(PyObject *obj, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
 /* Pipeline._hot: (queue.append, queue, max_queue_size, wake_at, wake.set), borrowed from the
- * new reference *hot, or 0 (no error) for a pipeline without it (then the attributes). */
+ * new reference *hot, or 0 (no error) for a pipeline without it. */
 static int
 pipeline_hot(PyObject *pipe, PyObject **hot, PyObject **f)
 {
@@ -232,7 +220,11 @@ enqueue(PyObject *self)
         if (n < 0 || ((limit == -1 || at == -1) && PyErr_Occurred()))
             goto hot_done;
         if (n < limit) {
-            PyObject *token = SLOT(self, F_TOKEN); /* (untracked: see below) */
+            /* A finished span only waits in the queue: untracked, the cycle collector neither
+             * walks it nor promotes it to an old generation (which made full collections
+             * frequent). Nothing a finished span refers to refers back to it once its context
+             * token is gone. */
+            PyObject *token = SLOT(self, F_TOKEN);
             if ((token == NULL || token == Py_None) && PyObject_GC_IsTracked(self))
                 PyObject_GC_UnTrack(self);
             r = PyObject_CallOneArg(f[0], self);
@@ -250,42 +242,12 @@ enqueue(PyObject *self)
         Py_DECREF(r);
         return 0;
     }
-    PyObject *q = PyObject_GetAttr(pipe, s_queue), *r = NULL;
-    long long limit, at;
-    if (q == NULL)
+    /* a pipeline without _hot: its own enqueue() */
+    PyObject *r = PyObject_CallMethodOneArg(pipe, s_enqueue, self);
+    if (r == NULL)
         return -1;
-    Py_ssize_t n = PyObject_Length(q);
-    if (n < 0 || int_attr(pipe, s_max_queue_size, &limit) < 0)
-        goto fail;
-    if (n < limit) {
-        /* A finished span only waits in the queue: untracked, the cycle collector neither
-         * walks it nor promotes it to an old generation (which made full collections
-         * frequent). Nothing a finished span refers to refers back to it once its context
-         * token is gone. */
-        PyObject *token = SLOT(self, F_TOKEN);
-        if ((token == NULL || token == Py_None) && PyObject_GC_IsTracked(self))
-            PyObject_GC_UnTrack(self);
-        r = PyObject_CallMethodOneArg(q, s_append, self);
-        if (r == NULL || int_attr(pipe, s_wake_at, &at) < 0)
-            goto fail;
-        Py_CLEAR(r);
-        if (n + 1 == at) {
-            PyObject *wake = PyObject_GetAttr(pipe, s_wake);
-            r = wake == NULL ? NULL : PyObject_CallMethodNoArgs(wake, s_set);
-            Py_XDECREF(wake);
-            if (r == NULL)
-                goto fail;
-        }
-    }
-    else if ((r = PyObject_CallMethodNoArgs(pipe, s_drop)) == NULL)
-        goto fail;
-    Py_XDECREF(r);
-    Py_DECREF(q);
+    Py_DECREF(r);
     return 0;
-fail:
-    Py_XDECREF(r);
-    Py_DECREF(q);
-    return -1;
 }
 
 static PyObject *
@@ -2595,8 +2557,6 @@ static PyMethodDef methods[] = {
      "Remember the middleware's RequestState class and helpers (see the comment)."},
     {"asgi_begin", (PyCFunction)(void (*)(void))asgi_begin, METH_FASTCALL,
      "Start an ASGI request's server span and state, or NotImplemented (see the comment)."},
-    {"request_finish", (PyCFunction)(void (*)(void))request_finish, METH_FASTCALL,
-     "Finish a request's span and queue its audit, or NotImplemented (see the comment)."},
     {"request_end", (PyCFunction)(void (*)(void))request_end, METH_FASTCALL,
      "request_finish() with the route resolved and the end time taken (see the comment)."},
     {"tail_offer", (PyCFunction)(void (*)(void))tail_offer, METH_FASTCALL,
@@ -2626,8 +2586,7 @@ PyInit__speedups(void)
     if (intern_all(key_names, K_COUNT, keys) < 0 || intern_all(audit_key_names, A_COUNT, audit_keys) < 0)
         return NULL;
     struct { PyObject **slot; const char *text; } names[] = {
-        {&s_hot, "_hot"}, {&s_queue, "queue"}, {&s_max_queue_size, "max_queue_size"}, {&s_wake_at, "wake_at"},
-        {&s_wake, "wake"}, {&s_set, "set"}, {&s_append, "append"}, {&s_drop, "drop"},
+        {&s_hot, "_hot"}, {&s_enqueue, "enqueue"}, {&s_drop, "drop"},
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
         {&s_py_end, "_py_end"}, {&s_fast_state, "_fast_state"},

@@ -342,7 +342,7 @@ def finish_request(
     label = state.label
     name = f"{label} {route}" if route else label
     if isinstance(span, Span):
-        # (the C accelerator's request_finish does this part for the common case)
+        # (the C accelerator's request_end does this part for the common case)
         span.update_name(name)
         if route:
             span.set_attribute(HTTP_ROUTE, route)

@@ -825,3 +825,20 @@ def test_c_enqueue_and_emit_keep_the_queue_bound_and_count_what_they_refuse() ->
         request()  # audit and span refused after shutdown
         assert _stats.get("dropped.after_shutdown") == 2
         assert len(pipeline.queue) == 0
+
+
+def test_c_enqueue_hands_spans_to_a_pipeline_without_hot_state_through_its_enqueue() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        def enqueue(self, span: Any) -> None:
+            self.got.append(span)
+
+    sink = Sink()
+    with capture_spans(rollups=None):
+        span = pt.start_span("custom")
+        assert isinstance(span, Span)
+        span._pipe = sink  # type: ignore[assignment]
+        span.end()
+    assert sink.got == [span]
