@@ -67,6 +67,51 @@ def test_force_flush_returns_after_delivery() -> None:
         assert [r["name"] for r in mem.spans()] == ["a"]
 
 
+class BatchLog:
+    """Records the size of every batch and when it arrived."""
+
+    name = "log"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, int]] = []
+        self.got = threading.Event()
+
+    def export(self, batch: list[dict[str, Any]]) -> bool:
+        self.batches.append((time.monotonic(), len(batch)))
+        self.got.set()
+        return True
+
+
+def test_exporter_waits_for_a_full_batch_or_the_delay() -> None:
+    # The pipeline worker hands over small chunks; the exporter thread is not woken for each
+    # one: it exports once a batch is full, or when the schedule delay has passed.
+    log = BatchLog()
+    worker = _batch.ExporterWorker(log, queue_size=1_000, batch_size=10, delay_s=30.0)
+    worker.start()
+    try:
+        for _ in range(3):
+            worker.put([{"n": 1}] * 3)
+        assert not log.got.wait(0.3)  # 9 records: below a batch, within the delay
+        worker.put([{"n": 1}] * 3)  # 12: a full batch wakes it
+        assert log.got.wait(5)
+        assert sum(n for _, n in log.batches) == 12
+        assert max(n for _, n in log.batches) == 10  # batches keep their size limit
+    finally:
+        worker.stop(5)
+
+    log = BatchLog()
+    worker = _batch.ExporterWorker(log, queue_size=1_000, batch_size=10, delay_s=0.2)
+    worker.start()
+    try:
+        t0 = time.monotonic()
+        worker.put([{"n": 1}] * 3)
+        assert log.got.wait(5)  # a partial batch goes out once the delay has passed
+        assert log.batches == [(log.batches[0][0], 3)]
+        assert log.batches[0][0] - t0 < 5
+    finally:
+        worker.stop(5)
+
+
 def test_full_queue_drops_and_counts_never_blocks() -> None:
     slow = SlowExporter()
     pt.configure(
