@@ -15,7 +15,10 @@ from typing import Any
 
 import psycopg
 
-from pitchey_trace.db._ops import STATE_ATTR, ConnState
+from pitchey_trace import _safety
+from pitchey_trace.db._ops import STATE_ATTR, ConnState, Stmt
+
+_DECLARED = "_pt_declared"
 
 __all__ = ["is_traced_class", "traced_class"]
 
@@ -88,14 +91,64 @@ class _SyncCursorMixin:
         state.done(op, rows)
 
 
-class _SyncServerCursorMixin:
-    """execute of a server-side (named) ``psycopg.ServerCursor``: the span covers DECLARE."""
+class _ServerRoundTrips:
+    """The round trips of a server-side cursor after its DECLARE: every ``FETCH`` (fetchone,
+    fetchmany, fetchall, each page of an iteration) and ``MOVE`` (scroll) is a span of its own,
+    named after the declared query's table. psycopg (3.1 to 3.3, sync and async alike) runs
+    each of them through ``_fetch_gen`` / ``_scroll_gen``: the span covers the generator, so it
+    times the round trip itself, inside ``conn.wait``."""
 
     __slots__ = ()
-    _conn: Any  # psycopg cursors keep their connection here
+    _conn: Any
+
+    def _fetch_gen(self, num: Any) -> Any:
+        return _round_trip(self, super()._fetch_gen(num), "FETCH")  # type: ignore[misc]
+
+    def _scroll_gen(self, value: Any, mode: Any) -> Any:
+        return _round_trip(self, super()._scroll_gen(value, mode), "MOVE")  # type: ignore[misc]
+
+
+def _remember(cur: Any, declared: Stmt | None) -> None:
+    # The statement of the cursor's last traced DECLARE, in the slot the traced class adds.
+    setattr(cur, _DECLARED, declared)
+
+
+def _round_trip(cur: Any, gen: Any, operation: str) -> Any:
+    """``gen`` timed as one span, when the cursor's DECLARE was traced; else ``gen`` itself."""
+    try:
+        declared = getattr(cur, _DECLARED, None)
+        state: ConnState | None = getattr(cur._conn, STATE_ATTR, None)
+        if declared is None or state is None:
+            return gen
+        return _timed(gen, state, state.cursor_statement(declared, operation))
+    except Exception as exc:
+        _safety.report("db.fetch", exc)
+        return gen
+
+
+def _timed(gen: Any, state: ConnState, stmt: Stmt) -> Any:
+    # A generator around psycopg's: the span starts when conn.wait first advances it.
+    op = state.begin_statement(stmt)
+    if op is None:
+        return (yield from gen)
+    try:
+        result = yield from gen
+    except BaseException as exc:
+        state.fail(op, exc)
+        raise
+    state.done(op, len(result) if isinstance(result, list) else -1)
+    return result
+
+
+class _SyncServerCursorMixin(_ServerRoundTrips):
+    """A server-side (named) ``psycopg.ServerCursor``: execute (the DECLARE) and each round trip
+    after it are spans."""
+
+    __slots__ = ()
     rowcount: int
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        _remember(self, None)
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, params)) is None:
             return super().execute(query, params, **kwargs)  # type: ignore[misc]
@@ -105,6 +158,7 @@ class _SyncServerCursorMixin:
             state.fail(op, exc)
             raise
         state.done(op, -1)
+        _remember(self, op[1])
         return self
 
 
@@ -177,14 +231,14 @@ class _AsyncCursorMixin:
         state.done(op, rows)
 
 
-class _AsyncServerCursorMixin:
-    """execute of a server-side ``psycopg.AsyncServerCursor``."""
+class _AsyncServerCursorMixin(_ServerRoundTrips):
+    """A server-side ``psycopg.AsyncServerCursor``: execute and each round trip after it."""
 
     __slots__ = ()
-    _conn: Any  # psycopg cursors keep their connection here
     rowcount: int
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        _remember(self, None)
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, params)) is None:
             return await super().execute(query, params, **kwargs)  # type: ignore[misc]
@@ -194,6 +248,7 @@ class _AsyncServerCursorMixin:
             state.fail(op, exc)
             raise
         state.done(op, -1)
+        _remember(self, op[1])
         return self
 
 
@@ -234,6 +289,9 @@ def traced_class(base: type) -> type:
         mixin = _SyncCursorMixin
     else:
         raise TypeError(f"not a psycopg cursor class: {base!r}")
-    cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": (), "__module__": __name__})
+    # Server cursors remember their traced DECLARE in a slot of the traced class (psycopg's
+    # cursor classes have slots: a mixin adding one would clash with their layout).
+    slots = (_DECLARED,) if issubclass(mixin, _ServerRoundTrips) else ()
+    cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": slots, "__module__": __name__})
     _classes[base] = cls
     return cls

@@ -305,7 +305,53 @@ class ConnState:
             capture=capture,
         )
 
+    def cursor_statement(self, declared: Stmt, operation: str) -> Stmt:
+        """The statement of a round trip of a server-side cursor (``FETCH`` or ``MOVE``)
+        declared with ``declared``: named after the declared query's table and carrying its
+        text (the FETCH text itself only names the cursor). Never commented, never audited (the
+        DECLARE was), no parameters. Cached like the other statements."""
+        if self.generation != OPTIONS.generation:
+            self.cache.clear()
+            self.generation = OPTIONS.generation
+        key = (operation, declared.text)
+        stmt = self.cache.get(key)
+        if stmt is None:
+            attrs = TrustedAttributes(self.base_attrs)
+            attrs["db.operation.name"] = operation
+            if declared.table:
+                attrs["db.collection.name"] = declared.table
+            attrs["db.query.text"] = declared.text
+            stmt = Stmt(
+                name=f"{operation} {declared.table}" if declared.table else operation,
+                attrs=attrs,
+                operation=operation,
+                table=declared.table,
+                text=declared.text,
+                sensitive=(),
+                rows_key="db.response.returned_rows" if operation == "FETCH" else None,
+                comment=False,
+                capture=False,
+            )
+            if len(self.cache) >= _CACHE_MAX:
+                self.cache.clear()
+            self.cache[key] = stmt
+        return stmt
+
     # -- hot path ---------------------------------------------------------------------------
+    def begin_statement(self, stmt: Stmt) -> Op | None:
+        """Start the span of a statement already known (no text to parse or comment); None
+        means "run it untraced". Never raises."""
+        try:
+            if _TRACER.pipeline is None:
+                return None
+            span = _TRACER.start_span(stmt.name, stmt.attrs, _CLIENT)
+            if not span.trace_id:  # suppressed (the SDK's own work)
+                return None
+            return span, stmt, span.start_ns if span.__class__ is Span else time_ns(), None
+        except Exception as exc:
+            _safety.report("db.begin", exc)
+            return None
+
     def begin(self, cur: Any, query: Any, params: Any, prepare: bool | None = None) -> Op | None:
         """Start the span of one query; None means "run it untraced". Never raises."""
         try:

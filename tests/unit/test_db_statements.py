@@ -224,7 +224,10 @@ def test_traced_class(base: type, method_owner: str) -> None:
     assert not is_traced_class(base)
     assert traced_class(base) is cls
     assert traced_class(cls) is cls
-    assert cls.__slots__ == ()
+    # No instance dict; server cursors get one slot: the statement of their traced DECLARE.
+    assert "__dict__" not in cls.__dict__
+    server = issubclass(base, (psycopg.ServerCursor, psycopg.AsyncServerCursor))
+    assert cls.__slots__ == (("_pt_declared",) if server else ())
     assert getattr(cls, method_owner) is not getattr(base, method_owner)
 
 

@@ -40,6 +40,9 @@ def test_async_connection_every_entry_point(pg_dsn: str) -> None:
         asyncio.run(main())
     names = [s["name"] for s in mem.spans()]
     assert names.count("SELECT pitches") == 3
+    (fetch,) = mem.spans("FETCH pitches")  # the named cursor's one round trip after DECLARE
+    assert fetch["attributes"]["db.response.returned_rows"] == 2
+    assert fetch["parent_span_id"] == mem.spans("TRANSACTION")[0]["span_id"]
     assert {"CREATE pitches", "INSERT pitches", "COPY pitches", "TRANSACTION"} <= set(names)
     insert = mem.spans("INSERT pitches")[0]["attributes"]
     assert insert["db.operation.batch.size"] == 2

@@ -102,6 +102,73 @@ def test_server_side_cursor(conn: Conn) -> None:
     assert span["attributes"]["db.query.text"] == "SELECT id FROM pitches WHERE id > %s ORDER BY id"
     (tx,) = mem.spans("TRANSACTION")
     assert span["parent_span_id"] == tx["span_id"]
+    # The rows come from the server at FETCH time: each round trip is a span of its own.
+    fetches = mem.spans("FETCH pitches")
+    assert [f["attributes"]["db.response.returned_rows"] for f in fetches] == [2, 1]
+    for f in fetches:
+        assert f["parent_span_id"] == tx["span_id"]
+        assert f["kind"] == "client"
+        assert f["attributes"]["db.operation.name"] == "FETCH"
+        assert f["attributes"]["db.collection.name"] == "pitches"
+        assert f["attributes"]["db.query.text"] == span["attributes"]["db.query.text"]
+        assert f["start_time_unix_nano"] >= span["end_time_unix_nano"]
+    assert fetches[0]["end_time_unix_nano"] <= fetches[1]["start_time_unix_nano"]
+
+
+def test_server_side_cursor_iteration_scroll_and_fetchone(conn: Conn) -> None:
+    conn.execute("CREATE TABLE seq (n int)")
+    conn.execute("INSERT INTO seq SELECT generate_series(1, 7)")
+    instrument(conn)
+    with capture_spans() as mem, conn.transaction(), conn.cursor(name="pages") as cur:
+        cur.itersize = 3
+        cur.execute("SELECT n FROM seq ORDER BY n")
+        assert cur.fetchone() == (1,)
+        cur.scroll(1)  # skips 2
+        assert [n for (n,) in cur] == [3, 4, 5, 6, 7]  # pages of 3: 3 rows, then 2
+        assert cur.fetchone() is None
+    assert [s["name"] for s in mem.spans() if s["name"].split()[0] in ("FETCH", "MOVE")] == [
+        "FETCH seq",
+        "MOVE seq",
+        "FETCH seq",
+        "FETCH seq",
+        "FETCH seq",
+    ]
+    rows = [f["attributes"]["db.response.returned_rows"] for f in mem.spans("FETCH seq")]
+    assert rows == [1, 3, 2, 0]
+    (move,) = mem.spans("MOVE seq")
+    assert "db.response.returned_rows" not in move["attributes"]
+
+
+def test_server_side_cursor_fetch_error_is_recorded_and_raised(conn: Conn) -> None:
+    _setup_pitches(conn)
+    instrument(conn)
+    with capture_spans() as mem, conn.cursor(name="bad") as cur:
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            # DECLARE plans the query; the division runs, and fails, when the rows are fetched.
+            cur.execute("SELECT 10 / (id - 2) FROM pitches ORDER BY id")
+            assert cur.fetchone() == (-10,)
+            cur.fetchall()
+    declare, *_ = mem.spans("SELECT pitches")
+    assert declare["status"] == "unset"
+    ok, failed = mem.spans("FETCH pitches")
+    assert ok["status"] == "unset"
+    assert failed["status"] == "error"
+    assert failed["attributes"]["db.response.status_code"] == "22012"
+
+
+def test_server_side_cursor_declared_untraced_fetches_untraced(conn: Conn) -> None:
+    _setup_pitches(conn)
+    with capture_spans() as mem, conn.transaction():
+        with conn.cursor(name="before") as cur:
+            cur.execute("SELECT id FROM pitches ORDER BY id")
+            instrument(conn)  # the cursor class is already chosen: nothing to trace
+            assert cur.fetchall() == [(1,), (2,), (3,)]
+        with conn.cursor(name="after") as cur:  # made after: DECLARE and FETCH traced
+            cur.execute("SELECT id FROM pitches ORDER BY id")
+            assert cur.fetchall() == [(1,), (2,), (3,)]
+        uninstrument(conn)
+    assert len(mem.spans("SELECT pitches")) == 1
+    assert [f["attributes"]["db.response.returned_rows"] for f in mem.spans("FETCH pitches")] == [3]
 
 
 def test_copy_in_and_out(conn: Conn) -> None:
