@@ -7,6 +7,7 @@ that slips into a custom record is stringified rather than failing the batch.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     _orjson = None  # type: ignore[assignment]
 
-__all__ = ["HAVE_ORJSON", "dumps", "encode_ndjson", "loads"]
+__all__ = ["HAVE_ORJSON", "dumps", "encode_ndjson", "lenient_dumps", "loads", "valid_text"]
 
 HAVE_ORJSON = _orjson is not None
 
@@ -28,29 +29,80 @@ def _default(obj: Any) -> Any:
     return str(obj)
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_stdlib_encode = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode for UTF-8: surrogate pairs joined, a lone surrogate (which
+    UTF-8 cannot carry, e.g. from ``surrogateescape`` decoding) replaced by U+FFFD."""
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return _SURROGATES.sub("\ufffd", text)
+
+
+def lenient_dumps(obj: Any) -> bytes:
+    """The stdlib's encoding, which also takes what orjson refuses: ints beyond 64 bits, and
+    strings with lone surrogates, written as U+FFFD (one such attribute must not cost the
+    whole batch)."""
+    text = _stdlib_encode(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return valid_text(text).encode("utf-8")
+
+
+def _ndjson_one_by_one(records: Iterable[Any], dumps_line: Any) -> bytes:
+    """Each record on its own line; one that cannot be encoded at all (a reference cycle) is
+    left out and counted (``dropped.encode_error``) instead of failing the others."""
+    lines: list[bytes] = []
+    for r in records:
+        try:
+            lines.append(dumps_line(r))
+        except (TypeError, ValueError, RecursionError):
+            from pitchey_trace import _stats
+
+            _stats.incr("dropped.encode_error")
+    return b"".join(lines)
+
+
 if _orjson is not None:
     _opt = _orjson.OPT_NON_STR_KEYS
+    _odumps = _orjson.dumps
 
     def dumps(obj: Any) -> bytes:
         """One JSON document as UTF-8 bytes."""
-        return _orjson.dumps(obj, default=_default, option=_opt)
+        try:
+            return _odumps(obj, default=_default, option=_opt)
+        except TypeError:  # an int beyond 64 bits, a lone surrogate: the slower, lenient path
+            return lenient_dumps(obj)
+
+    def _line(r: Any) -> bytes:
+        try:
+            return _odumps(r, default=_default, option=_opt | _orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            return lenient_dumps(r) + b"\n"
 
     def encode_ndjson(records: Iterable[Any]) -> bytes:
         """Records as newline-delimited JSON (each line ends with ``\\n``)."""
-        d = _orjson.dumps
-        return b"".join([d(r, default=_default, option=_opt | _orjson.OPT_APPEND_NEWLINE) for r in records])
+        records = records if isinstance(records, list) else list(records)
+        d = _odumps
+        opt = _opt | _orjson.OPT_APPEND_NEWLINE
+        try:
+            return b"".join([d(r, default=_default, option=opt) for r in records])
+        except TypeError:
+            return _ndjson_one_by_one(records, _line)
 
     loads = _orjson.loads
 else:  # pragma: no cover
-    _enc = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"))
 
     def dumps(obj: Any) -> bytes:
         """One JSON document as UTF-8 bytes."""
-        return _enc.encode(obj).encode("utf-8")
+        return lenient_dumps(obj)
 
     def encode_ndjson(records: Iterable[Any]) -> bytes:
         """Records as newline-delimited JSON (each line ends with ``\\n``)."""
-        e = _enc.encode
-        return "".join([e(r) + "\n" for r in records]).encode("utf-8")
+        return _ndjson_one_by_one(records, lambda r: lenient_dumps(r) + b"\n")
 
     loads = json.loads

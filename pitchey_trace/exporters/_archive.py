@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from pitchey_trace import _stats
 from pitchey_trace._context import CURRENT
-from pitchey_trace._json import _default, dumps
+from pitchey_trace._json import _default, dumps, lenient_dumps
 from pitchey_trace._span import SUPPRESSED
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, warn_limited
@@ -54,8 +54,6 @@ DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 DEFAULT_FSYNC_INTERVAL_S = 1.0
 DEFAULT_COMPRESSLEVEL = 6
 
-_stdlib_enc = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
-
 if _orjson is not None:
     _opt = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_APPEND_NEWLINE
     _odumps = _orjson.dumps
@@ -64,8 +62,8 @@ if _orjson is not None:
         """One record as a JSON line (newline included)."""
         try:
             return _odumps(record, default=_default, option=_opt)
-        except TypeError:  # e.g. an int beyond 64 bits: the stdlib handles it
-            return (_stdlib_enc(record) + "\n").encode("utf-8")
+        except TypeError:  # an int beyond 64 bits, a lone surrogate: the lenient encoder
+            return lenient_dumps(record) + b"\n"
 
 else:  # pragma: no cover
 

@@ -182,3 +182,35 @@ def test_shutdown_leaves_the_callers_stream_open() -> None:
         pass
     assert not stream.closed
     assert '"name":"op"' in stream.getvalue()
+
+
+def test_a_lone_surrogate_or_a_huge_int_does_not_cost_the_batch() -> None:
+    # orjson refuses both (a str UTF-8 cannot carry; an int beyond 64 bits): once, that lost
+    # every record of the batch. Now only the odd value changes (U+FFFD; the int is exact).
+    out = io.StringIO()
+    pt.configure(service="s", exporters=[pt.ConsoleExporter(stream=out)], rollups=None)
+    with pt.span("before"):
+        pass
+    with pt.span("bad\ud800name", {"k": "v\udcff", "big": 1 << 70}):
+        pass
+    with pt.span("after"):
+        pass
+    assert pt.force_flush(5)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["name"] for r in lines] == ["before", "bad\ufffdname", "after"]
+    assert lines[1]["attributes"] == {"k": "v\ufffd", "big": 1 << 70}
+    assert pt.stats().get("dropped.export_failed", 0) == 0
+
+
+def test_encode_ndjson_leaves_out_only_a_record_it_cannot_encode() -> None:
+    from pitchey_trace import _json, _stats
+
+    cyclic: dict[str, Any] = {"type": "custom"}
+    cyclic["self"] = cyclic
+    before = _stats.get("dropped.encode_error")
+    text = _json.encode_ndjson([{"a": 1}, cyclic, {"b": "\ud83d\ude00"}, {"c": 1 << 64}])
+    assert [json.loads(line) for line in text.splitlines()] == [{"a": 1}, {"b": "😀"}, {"c": 1 << 64}]
+    assert _stats.get("dropped.encode_error") == before + 1
+    assert (
+        _json.dumps({"x": "\ud800", "n": -(1 << 65)}) == '{"x":"\ufffd","n":-36893488147419103232}'.encode()
+    )

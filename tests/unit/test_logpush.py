@@ -316,3 +316,12 @@ def test_spool_dir_owner_lock_is_exclusive(tmp_path: Path) -> None:
     assert fd is None  # its lock file is gone
     b.release()
     assert os.listdir(tmp_path) == []
+
+
+def test_encode_line_takes_what_orjson_refuses() -> None:
+    # An archive line per record: a lone surrogate becomes U+FFFD, an int beyond 64 bits stays
+    # exact, and the line is still one valid JSON document.
+    line = encode_line({"type": "span", "name": "a\ud800", "attributes": {"n": 1 << 70}})
+    assert line.endswith(b"\n")
+    assert json.loads(line) == {"type": "span", "name": "a\ufffd", "attributes": {"n": 1 << 70}}
+    assert clean_lines(line) == (line, 1, 0)
