@@ -1,6 +1,7 @@
-"""OTLPExporter: span records as OTLP/HTTP JSON to any OpenTelemetry collector, Jaeger or Tempo.
+"""OTLPExporter: span records over OTLP/HTTP to any OpenTelemetry collector, Jaeger or Tempo.
 
-The payload is an ``ExportTraceServiceRequest`` in the OTLP JSON encoding: ``traceId`` and
+The payload is an ``ExportTraceServiceRequest``, binary protobuf by default (``http/protobuf``,
+see ``_otlp_proto``) or in the OTLP JSON encoding (``http/json``): there, ``traceId`` and
 ``spanId`` as lowercase hex (not base64), span kind and status code as the integer values of
 the proto enums, 64-bit integers as decimal strings, attributes as ``AnyValue`` objects.
 Spans are grouped by their resource; the instrumentation scope is ``pitchey_trace`` with the
@@ -19,11 +20,13 @@ from pitchey_trace import _stats
 from pitchey_trace._json import dumps, loads
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
 from pitchey_trace.records import Record
 
-__all__ = ["OTLPExporter", "any_value", "encode_otlp_json"]
+__all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+PROTOCOLS = ("http/protobuf", "http/json")
 _KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 _STATUS = {"unset": 0, "ok": 1, "error": 2}
 
@@ -95,14 +98,12 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def encode_otlp_json(
-    records: Iterable[Mapping[str, Any]], scope_name: str = "pitchey_trace", scope_version: str | None = None
-) -> dict[str, Any]:
-    """An ``ExportTraceServiceRequest`` (OTLP JSON) for the span records among ``records``."""
-    if scope_version is None:
-        from pitchey_trace import __version__ as scope_version
-    scope = {"name": scope_name, "version": scope_version}
-    groups: dict[Any, tuple[Mapping[str, Any], list[dict[str, Any]]]] = {}
+def resource_groups(
+    records: Iterable[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+    """The span records among ``records`` grouped by resource (equal resources together, in
+    order of first appearance): one ``ResourceSpans`` each."""
+    groups: dict[Any, tuple[Mapping[str, Any], list[Mapping[str, Any]]]] = {}
     keys_by_id: dict[int, Any] = {}
     for r in records:
         if r.get("type") != "span":
@@ -114,13 +115,40 @@ def encode_otlp_json(
         group = groups.get(key)
         if group is None:
             group = groups[key] = (res, [])
-        group[1].append(_span(r))
+        group[1].append(r)
+    return list(groups.values())
+
+
+def _scope_version(version: str | None) -> str:
+    if version is None:
+        from pitchey_trace import __version__
+
+        return __version__
+    return version
+
+
+def encode_otlp_json(
+    records: Iterable[Mapping[str, Any]], scope_name: str = "pitchey_trace", scope_version: str | None = None
+) -> dict[str, Any]:
+    """An ``ExportTraceServiceRequest`` (OTLP JSON) for the span records among ``records``."""
+    scope = {"name": scope_name, "version": _scope_version(scope_version)}
     return {
         "resourceSpans": [
-            {"resource": {"attributes": _kv(res)}, "scopeSpans": [{"scope": scope, "spans": spans}]}
-            for res, spans in groups.values()
+            {
+                "resource": {"attributes": _kv(res)},
+                "scopeSpans": [{"scope": scope, "spans": [_span(r) for r in spans]}],
+            }
+            for res, spans in resource_groups(records)
         ]
     }
+
+
+def encode_otlp_protobuf(
+    records: Iterable[Mapping[str, Any]], scope_name: str = "pitchey_trace", scope_version: str | None = None
+) -> bytes:
+    """The same request in the binary protobuf encoding (``http/protobuf``): the message a
+    collector decodes from :func:`encode_otlp_json`'s output, field for field."""
+    return encode_otlp_proto(resource_groups(records), scope_name, _scope_version(scope_version))
 
 
 def _env_headers(text: str | None) -> dict[str, str]:
@@ -145,7 +173,7 @@ def _resolve_endpoint(endpoint: str | None) -> str:
 
 
 class OTLPExporter(SenderExporter):
-    """Send span records to an OTLP/HTTP endpoint as JSON.
+    """Send span records to an OTLP/HTTP endpoint (binary protobuf by default, or JSON).
 
     Args:
         endpoint: full URL (``http://collector:4318/v1/traces``); a URL without a path gets
@@ -157,6 +185,9 @@ class OTLPExporter(SenderExporter):
         retry: retry policy (429/502/503/504 and connection errors are retried; ``Retry-After``
             honoured).
         max_spans_per_request: spans per POST (default 512).
+        protocol: ``"http/protobuf"`` or ``"http/json"`` (default: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``,
+            else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``, the OTLP default, which
+            every OTLP/HTTP receiver accepts; JSON is optional for them).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
     ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
@@ -174,7 +205,20 @@ class OTLPExporter(SenderExporter):
         max_spans_per_request: int = 512,
         scope_name: str = "pitchey_trace",
         name: str = "otlp",
+        protocol: str | None = None,
     ) -> None:
+        if protocol is None:
+            protocol = (
+                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            )
+        protocol = str(protocol).strip().lower()
+        if protocol not in PROTOCOLS:
+            hint = " (gRPC is not supported: use the OTLP/HTTP port, 4318)" if protocol == "grpc" else ""
+            raise ConfigurationError(
+                f"protocol must be 'http/protobuf' or 'http/json', got {protocol!r}{hint}"
+            )
         if compression == "default":
             compression = os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip").strip().lower() or None
         if compression not in ("gzip", "none", None):
@@ -196,6 +240,7 @@ class OTLPExporter(SenderExporter):
         self.datasets = frozenset(datasets) if datasets is not None else None
         self.max_spans_per_request = max_spans_per_request
         self.scope_name = scope_name
+        self.protocol = protocol
         if retry is None:
             retry = RetryPolicy(retry_statuses=frozenset({429, 502, 503, 504}))
         self._sender = HttpSender(
@@ -205,6 +250,7 @@ class OTLPExporter(SenderExporter):
             timeout_s=timeout_s,
             compress=compression == "gzip",
             retry=retry,
+            content_type="application/x-protobuf" if protocol == "http/protobuf" else "application/json",
         )
 
     @property
@@ -221,7 +267,12 @@ class OTLPExporter(SenderExporter):
         step = self.max_spans_per_request
         for i in range(0, len(spans), step):
             chunk = spans[i : i + step]
-            result = self._sender.send(dumps(encode_otlp_json(chunk, self.scope_name)))
+            payload = (
+                encode_otlp_protobuf(chunk, self.scope_name)
+                if self.protocol == "http/protobuf"
+                else dumps(encode_otlp_json(chunk, self.scope_name))
+            )
+            result = self._sender.send(payload)
             if not result.ok:
                 ok = False
                 continue
@@ -232,13 +283,17 @@ class OTLPExporter(SenderExporter):
         return ok
 
     def __repr__(self) -> str:
-        return f"OTLPExporter(endpoint={self.endpoint!r})"
+        return f"OTLPExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"
 
 
 def _partial_rejected(body: bytes) -> int:
-    """``partialSuccess.rejectedSpans`` of an OTLP JSON response (0 when absent or not JSON)."""
-    if not body or not body.lstrip().startswith(b"{"):
+    """``partialSuccess.rejectedSpans`` of an OTLP response, JSON or binary protobuf (0 when
+    absent or unreadable). A JSON object cannot be mistaken for the binary form: "{" would be a
+    group start, which the response message does not have."""
+    if not body:
         return 0
+    if not body.lstrip().startswith(b"{"):
+        return partial_rejected_proto(body)
     try:
         doc = loads(body)
         return int(doc.get("partialSuccess", {}).get("rejectedSpans", 0) or 0)

@@ -1,4 +1,5 @@
-"""OTLP JSON encoding (checked with the official proto classes) and endpoint configuration."""
+"""OTLP JSON and binary protobuf encodings (checked with the official proto classes), endpoint
+and protocol configuration."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+import pitchey_trace as pt
 from pitchey_trace._json import dumps, loads
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters import OTLPExporter
-from pitchey_trace.exporters.otlp import any_value, encode_otlp_json
+from pitchey_trace.exporters._otlp_proto import partial_rejected_proto
+from pitchey_trace.exporters.otlp import any_value, encode_otlp_json, encode_otlp_protobuf
 
 
 def rec(i: int, resource: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -43,7 +51,7 @@ def parse(doc: dict[str, Any]) -> ExportTraceServiceRequest:
         if isinstance(o, dict):
             return {
                 k: base64.b64encode(bytes.fromhex(v)).decode()
-                if k.endswith(("traceId", "spanId"))
+                if k in ("traceId", "spanId", "parentSpanId")
                 else fix(v)
                 for k, v in o.items()
             }
@@ -131,3 +139,135 @@ def test_endpoint_headers_and_timeout_from_the_environment(monkeypatch: pytest.M
         OTLPExporter()
     with pytest.raises(ConfigurationError):
         OTLPExporter("http://c/v1/traces", compression="zstd")
+
+
+# -- http/protobuf ----------------------------------------------------------------------------------
+def rich_records() -> list[dict[str, Any]]:
+    r1, r2 = {"service.name": "a", "host.name": "h"}, {"service.name": "b", "k": 1}
+    attrs = {
+        "s": "text ü ☃",
+        "b": False,
+        "t": True,
+        "i": -5,
+        "zero": 0,
+        "big": 1 << 70,
+        "max": (1 << 63) - 1,
+        "min": -(1 << 63),
+        "f": 0.25,
+        "inf": float("-inf"),
+        "l": [1, "a", 0.5, [True]],
+        "kv": {"x": {"y": None}},
+        "none": None,
+        "raw": b"\xffok",
+        "obj": ValueError("oops"),
+        "surrogate": "a\ud800b",
+    }
+    return [
+        rec(1, r1, attributes=attrs, parent_span_id="00000000000000aa"),
+        rec(
+            2,
+            r2,
+            kind="server",
+            status="unset",
+            events=[{"time_unix_nano": 5, "name": "e", "attributes": {"n": 1}}],
+        ),
+        rec(
+            3,
+            dict(r1),
+            kind="internal",
+            status="error",
+            status_message="boom",
+            links=[{"trace_id": "ff" * 16, "span_id": "ee" * 8, "attributes": {"why": "batch"}}],
+            start_time_unix_nano=1_800_000_000_000_000_001,
+            end_time_unix_nano=1_800_000_000_000_000_002,
+        ),
+        rec(4, r2, name="", kind="?", attributes={}),
+        {"type": "audit"},
+    ]
+
+
+def test_protobuf_is_the_json_message_field_for_field() -> None:
+    records = rich_records()
+    binary = encode_otlp_protobuf(records)
+    msg = ExportTraceServiceRequest.FromString(binary)  # the official generated classes
+    assert msg == parse(encode_otlp_json(records))
+    assert len(msg.resource_spans) == 2
+    assert msg.resource_spans[0].scope_spans[0].scope.version == pt.__version__
+    attrs = {kv.key: kv.value for kv in msg.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert attrs["min"].int_value == -(1 << 63)
+    assert attrs["big"].string_value == str(1 << 70)
+    assert attrs["b"].HasField("bool_value")
+    assert attrs["zero"].HasField("int_value")
+    assert not attrs["none"].ListFields()
+    assert attrs["surrogate"].string_value == "a\ufffdb"  # UTF-8 cannot carry a lone surrogate
+    assert attrs["raw"].string_value == "\ufffdok"
+    s3 = msg.resource_spans[0].scope_spans[0].spans[1]
+    assert s3.start_time_unix_nano == 1_800_000_000_000_000_001
+    assert s3.links[0].trace_id == b"\xff" * 16
+    assert s3.status.code == 2
+    assert s3.status.message == "boom"
+    s4 = msg.resource_spans[1].scope_spans[0].spans[1]
+    assert (s4.name, s4.kind) == ("", 0)
+
+
+def test_protobuf_keeps_nan() -> None:
+    msg = ExportTraceServiceRequest.FromString(
+        encode_otlp_protobuf([rec(1, {"service.name": "a"}, attributes={"n": float("nan")})])
+    )
+    value = msg.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.double_value
+    assert value != value
+
+
+_scalars = (
+    st.text()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 80), max_value=1 << 80)
+    | st.floats(allow_nan=False)
+    | st.none()
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(attrs=st.dictionaries(st.text(max_size=12), _values, max_size=6), name=st.text(max_size=20))
+def test_protobuf_equals_json_for_any_attributes(attrs: dict[str, Any], name: str) -> None:
+    records = [rec(7, {"service.name": "svc"}, attributes=attrs, name=name)]
+    assert ExportTraceServiceRequest.FromString(encode_otlp_protobuf(records)) == parse(
+        encode_otlp_json(records)
+    )
+
+
+def test_partial_success_of_a_binary_answer() -> None:
+    answer = ExportTraceServiceResponse()
+    answer.partial_success.rejected_spans = 300
+    answer.partial_success.error_message = "x" * 200
+    assert partial_rejected_proto(answer.SerializeToString()) == 300
+    assert partial_rejected_proto(b"") == 0
+    assert partial_rejected_proto(ExportTraceServiceResponse().SerializeToString()) == 0
+    for garbage in (b"\xff", b"\x0a\x05\x08", b"\x0a\x02\x08\x80", b"\x0f", b"\x80" * 20):
+        assert partial_rejected_proto(garbage) == 0  # unreadable: nothing rejected, no error
+
+
+def test_protocol_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    exp = OTLPExporter("http://c:4318")
+    assert exp.protocol == "http/protobuf"
+    assert exp._sender.headers["Content-Type"] == "application/x-protobuf"
+    assert (
+        OTLPExporter("http://c:4318", protocol="HTTP/JSON")._sender.headers["Content-Type"]
+        == "application/json"
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    assert OTLPExporter("http://c:4318").protocol == "http/json"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    assert OTLPExporter("http://c:4318").protocol == "http/protobuf"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    with pytest.raises(ConfigurationError, match="gRPC is not supported"):
+        OTLPExporter("http://c:4318")
+    with pytest.raises(ConfigurationError, match="protocol must be"):
+        OTLPExporter("http://c:4318", protocol="thrift")

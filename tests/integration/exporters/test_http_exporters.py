@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 import pitchey_trace as pt
@@ -153,8 +156,11 @@ def _ids_to_base64(obj: Any) -> Any:
     return obj
 
 
-def test_otlp_payload_parses_with_the_official_proto_classes(http_server: RecordingServer) -> None:
-    exp = OTLPExporter(http_server.url, headers={"x-tenant": "t1"})
+@pytest.mark.parametrize("protocol", [None, "http/json"])
+def test_otlp_payload_parses_with_the_official_proto_classes(
+    http_server: RecordingServer, protocol: str | None
+) -> None:
+    exp = OTLPExporter(http_server.url, headers={"x-tenant": "t1"}, protocol=protocol)
     pt.configure(
         service="checkout",
         environment="prod",
@@ -172,10 +178,14 @@ def test_otlp_payload_parses_with_the_official_proto_classes(http_server: Record
     assert pt.force_flush(20)
     [req] = http_server.requests
     assert req.path == "/v1/traces"
-    assert req.headers["Content-Type"] == "application/json"
     assert req.headers["Content-Encoding"] == "gzip"
     assert req.headers["x-tenant"] == "t1"
-    msg = json_format.ParseDict(_ids_to_base64(req.json()), ExportTraceServiceRequest())
+    if protocol is None:  # the OTLP default: binary protobuf
+        assert req.headers["Content-Type"] == "application/x-protobuf"
+        msg = ExportTraceServiceRequest.FromString(req.body)
+    else:
+        assert req.headers["Content-Type"] == "application/json"
+        msg = json_format.ParseDict(_ids_to_base64(req.json()), ExportTraceServiceRequest())
     [rs] = msg.resource_spans
     res = {kv.key: kv.value for kv in rs.resource.attributes}
     assert res["service.name"].string_value == "checkout"
@@ -221,13 +231,29 @@ def test_otlp_retries_503_honours_retry_after_and_counts_partial_success(
         Reply(503, {"Retry-After": "1"}),
         Reply(200, body=b'{"partialSuccess":{"rejectedSpans":1,"errorMessage":"too old"}}'),
     )
-    exp = OTLPExporter(http_server.url + "/v1/traces", compression=None, retry=FAST)
+    exp = OTLPExporter(http_server.url + "/v1/traces", compression=None, retry=FAST, protocol="http/json")
     assert exp.export([span_rec(1), span_rec(2)])
     first, second = http_server.requests
     assert second.at - first.at >= 0.95
     assert "Content-Encoding" not in second.headers
     assert len(second.json()["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 2
     assert _stats.get("otlp.partial_rejected") == 1
+
+
+def test_otlp_protobuf_partial_success_is_counted(http_server: RecordingServer) -> None:
+    answer = ExportTraceServiceResponse()
+    answer.partial_success.rejected_spans = 2
+    answer.partial_success.error_message = "too old"
+    http_server.reply(Reply(200, body=answer.SerializeToString()), Reply(200, body=b""))
+    exp = OTLPExporter(http_server.url, retry=FAST)
+    assert exp.export([span_rec(1), span_rec(2), span_rec(3)])
+    assert exp.export([span_rec(4)])  # an empty answer is a full success
+    first, _ = http_server.requests
+    assert first.headers["Content-Type"] == "application/x-protobuf"
+    sent = ExportTraceServiceRequest.FromString(first.body).resource_spans[0].scope_spans[0].spans
+    assert [sp.span_id for sp in sent] == [bytes.fromhex(span_rec(i)["span_id"]) for i in (1, 2, 3)]
+    assert _stats.get("otlp.partial_rejected") == 2
+    assert _stats.get("otlp.spans") == 4
 
 
 def test_otlp_does_not_retry_500_or_400_per_the_otlp_spec(http_server: RecordingServer) -> None:
@@ -244,7 +270,7 @@ def test_otlp_does_not_retry_500_or_400_per_the_otlp_spec(http_server: Recording
 def test_a_hanging_collector_does_not_slow_the_application(http_server: RecordingServer, kind: str) -> None:
     http_server.reply(Reply(hang=60))  # the first request is held until released (or 60 s)
     exp: Any = (
-        OTLPExporter(http_server.url, timeout_s=60)
+        OTLPExporter(http_server.url, timeout_s=60, protocol="http/json")
         if kind == "otlp"
         else HttpAnalyticsExporter(http_server.url, timeout_s=60, datasets={"traces"})
     )
