@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace import _stats
-from pitchey_trace._json import dumps
+from pitchey_trace._json import dumps, valid_text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
@@ -35,7 +35,11 @@ Point = dict[str, list[Any]]
 
 
 def _truncate(text: str, limit: int) -> str:
-    raw = text.encode("utf-8")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: U+FFFD, as the JSON encoding writes it
+        text = valid_text(text)
+        raw = text.encode("utf-8")
     if len(raw) <= limit:
         return text
     return raw[:limit].decode("utf-8", "ignore")  # cut at a character boundary

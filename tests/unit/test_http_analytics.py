@@ -162,3 +162,14 @@ def test_parse_retry_after() -> None:
     now = 1_800_000_000.0
     assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30.0)
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+def test_a_lone_surrogate_is_written_as_replacement_not_an_error() -> None:
+    # Blob and index texts are cut by UTF-8 length: a string UTF-8 cannot carry once raised
+    # here and cost the whole batch.
+    p = to_data_point({**SPAN, "service": "api\ud800", "name": "GET \udcff" + "x" * 300})
+    assert p is not None
+    assert p["indexes"] == [("api\ufffd:GET \ufffd" + "x" * 300).encode()[:96].decode()]
+    assert p["blobs"][1] == "api\ufffd"
+    assert p["blobs"][3].startswith("GET \ufffdxxx")
+    assert all(len(str(b).encode()) <= 256 for b in p["blobs"])
