@@ -754,9 +754,10 @@ tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
 
 static PyMethodDef tracer_method = {
     "start_span", (PyCFunction)(void (*)(void))tracer_start_span, METH_FASTCALL | METH_KEYWORDS,
-    "start_span($self, /, name, attributes=None, kind=SpanKind.INTERNAL, context=None, "
+    /* (kind=None: inspect cannot evaluate SpanKind.INTERNAL here; None means INTERNAL) */
+    "start_span($self, /, name, attributes=None, kind=None, context=None, "
     "links=None, start_time_ns=None)\n--\n\nStart a span (C accelerator; see "
-    "Tracer._py_start_span)."};
+    "Tracer._py_start_span).\n\n``kind`` None is SpanKind.INTERNAL."};
 
 /* install_tracer(Tracer, SpanKind.INTERNAL, TraceContext): make Tracer.start_span the C method
  * above (remote parents are TraceContext objects). */

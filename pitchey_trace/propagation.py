@@ -270,10 +270,8 @@ def parse_tracestate(header: str | Iterable[str] | None) -> TraceState:
     ``((key, value), ...)``. Invalid input gives ``()``: the whole header is discarded when a
     member is malformed or there are more than 32 members. Never raises."""
     try:
-        if header is None:
-            return ()
-        if not isinstance(header, str):
-            header = ",".join(_as_str(h) for h in header)
+        if header.__class__ is not str:
+            header = _header_text(header)
         if not header:
             return ()
         parsed = (
@@ -369,10 +367,8 @@ def parse_baggage(header: str | Iterable[str] | None) -> Baggage:
     with values percent-decoded. Invalid members are skipped; members past 180 or past
     8192 bytes are ignored. Never raises."""
     try:
-        if header is None:
-            return ()
-        if not isinstance(header, str):
-            header = ",".join(_as_str(h) for h in header)
+        if header.__class__ is not str:
+            header = _header_text(header)
         if not header:
             return ()
         return _parse_baggage_cached(header) if len(header) <= _CACHE_MAX_INPUT else _parse_baggage(header)
@@ -575,6 +571,17 @@ def _as_str(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("latin-1")
     return str(value)
+
+
+def _header_text(header: object) -> str:
+    """One header value from what a caller or carrier gave: a str, bytes (latin-1, as HTTP
+    headers are), or several lines (str or bytes) joined with commas, as repeated headers
+    combine; anything else (None, numbers...) is no value."""
+    if isinstance(header, (str, bytes, bytearray)):
+        return _as_str(header)
+    if isinstance(header, Iterable):
+        return ",".join(_as_str(h) for h in header if isinstance(h, (str, bytes, bytearray)))
+    return ""
 
 
 def _values(value: object) -> list[str]:

@@ -471,3 +471,20 @@ def test_real_library_header_objects() -> None:
     werkzeug_ctx = prop.extract(EnvironHeaders({"HTTP_TRACEPARENT": TP, "HTTP_TRACESTATE": "a=1"}))
     assert werkzeug_ctx is not None
     assert werkzeug_ctx.trace_state == (("a", "1"),)
+
+
+def test_tracestate_and_baggage_values_of_any_type() -> None:
+    # bytes are header text (latin-1), not a sequence of ints; other types are no value. None
+    # of these is an internal error.
+    assert prop.parse_baggage(b"a=1,b=2") == (("a", "1"), ("b", "2"))
+    assert prop.parse_baggage(["a=1", b"b=2", 3]) == (("a", "1"), ("b", "2"))
+    assert prop.parse_tracestate(bytearray(b"rojo=00f067aa0ba902b7")) == (("rojo", "00f067aa0ba902b7"),)
+    for odd in (1.5, 7, object(), None, b""):
+        assert prop.parse_baggage(odd) == ()  # type: ignore[arg-type]
+        assert prop.parse_tracestate(odd) == ()  # type: ignore[arg-type]
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ctx = pt.extract({"traceparent": tp, "tracestate": 1.5, "baggage": b"k=v"})
+    assert ctx is not None
+    assert ctx.trace_state == ()
+    assert ctx.baggage == (("k", "v"),)
+    assert pt.stats().get("internal_errors", 0) == 0

@@ -688,3 +688,16 @@ def test_trace_context_copies() -> None:
     assert with_state.trace_state == (("v", "x"),)
     assert with_state.baggage == (("a", "1"),)
     assert (with_bag.trace_id, with_bag.span_id, with_bag.is_remote) == (REMOTE_TRACE, REMOTE_SPAN, True)
+
+
+def test_span_api_has_signatures_for_help_and_ides() -> None:
+    # The C accelerator's methods carry text signatures inspect can read (help(), IDEs).
+    import inspect
+
+    params = inspect.signature(pt.span).parameters
+    assert list(params)[:6] == ["name", "attributes", "kind", "context", "links", "start_time_ns"]
+    assert params["kind"].default in (None, pt.SpanKind.INTERNAL)
+    assert "end_time_ns" in inspect.signature(pt.Span.end).parameters
+    assert list(inspect.signature(pt.Span.set_attribute).parameters)[1:] == ["key", "value"]
+    with pt.span("k", kind=None) as s:  # None is INTERNAL, as the signature shows
+        assert s.kind is pt.SpanKind.INTERNAL
