@@ -84,10 +84,35 @@ def _env_float(name: str) -> float | None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
+# Sizes and counts beyond this are mistakes, and would overflow the C accelerator's integers.
+_MAX_INT_SETTING = 1 << 31
+# Longer than a day between worker wake-ups is a mistake (and threading cannot wait forever).
+_MAX_DELAY_MS = 86_400_000.0
+
+
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_INT_SETTING:
+        raise ConfigurationError(f"{name} must be an int from 1 to {_MAX_INT_SETTING}, got {value!r}")
     return value
+
+
+def _finite(name: str, value: Any, low: float, high: float, none_ok: bool = False) -> float | None:
+    """``value`` as a float in [low, high]: a ConfigurationError for anything else (bools,
+    NaN and the infinities included)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        also = " or None" if none_ok else ""
+        raise ConfigurationError(f"{name} must be a number from {low:g} to {high:g}{also}, got {value!r}")
+    return float(value)
+
+
+def _list_of(name: str, value: Any) -> list[Any]:
+    """A list from a list, tuple or other iterable of objects (not a str, bytes or mapping,
+    whose items would be characters or keys)."""
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list, got {value!r}")
+    return list(value)
 
 
 def _default_sanitizer() -> Callable[[Record], Record] | None:
@@ -112,7 +137,7 @@ def configure(
     keep_errors: bool | None = None,
     slow_threshold_ms: float | None = _DEFAULT,
     sanitizer: Callable[[Record], Record] | None = _DEFAULT,
-    processors: Sequence[Processor] = (),
+    processors: Sequence[Processor] | None = (),
     rollups: Any = _DEFAULT,
     router: Callable[[Record], Iterable[str]] | None = None,
     category_thresholds: CategoryThresholds | None = None,
@@ -174,6 +199,8 @@ def configure(
     if sampler is None:
         if sample_rate is None:
             sample_rate = _env_float("PITCHEY_TRACE_SAMPLE_RATE")
+        if isinstance(sample_rate, bool):
+            raise ConfigurationError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
         if sample_rate is not None:
             sampler = ParentBased(TraceIdRatio(sample_rate))
         elif _env("OTEL_TRACES_SAMPLER"):
@@ -189,14 +216,13 @@ def configure(
     if keep_errors is None:
         env_keep = _env_bool("PITCHEY_TRACE_KEEP_ERRORS")
         keep_errors = True if env_keep is None else env_keep
+    if not isinstance(keep_errors, bool):
+        raise TypeError(f"keep_errors must be True, False or None, got {keep_errors!r}")
     if slow_threshold_ms is _DEFAULT:
         slow_threshold_ms = _env_float("PITCHEY_TRACE_SLOW_THRESHOLD_MS")
         if slow_threshold_ms is None:
             slow_threshold_ms = 1000.0
-    if slow_threshold_ms is not None and (
-        not isinstance(slow_threshold_ms, (int, float)) or slow_threshold_ms < 0
-    ):
-        raise ConfigurationError(f"slow_threshold_ms must be >= 0 or None, got {slow_threshold_ms!r}")
+    slow_threshold_ms = _finite("slow_threshold_ms", slow_threshold_ms, 0.0, 1e12, none_ok=True)
 
     if exporters is None:
         choice = (_env("PITCHEY_TRACE_EXPORTER") or "none").lower()
@@ -210,7 +236,8 @@ def configure(
             exporters = []
         else:
             raise ConfigurationError(f"PITCHEY_TRACE_EXPORTER: unknown exporter {choice!r}")
-    exporters = list(exporters)
+    exporters = _list_of("exporters", exporters)
+    processors = _list_of("processors", () if processors is None else processors)
     for exp in exporters:
         if not callable(getattr(exp, "export", None)):
             raise TypeError(f"exporter {exp!r} has no export(batch) method")
@@ -242,8 +269,13 @@ def configure(
         ("max_links", max_links),
     ):
         _positive_int(label, value)
-    if not isinstance(schedule_delay_ms, (int, float)) or schedule_delay_ms <= 0:
+    schedule_delay = _finite("schedule_delay_ms", schedule_delay_ms, 0.0, _MAX_DELAY_MS)
+    if not schedule_delay:
         raise ConfigurationError("schedule_delay_ms must be > 0")
+    if resource_attributes is not None and not isinstance(resource_attributes, Mapping):
+        raise TypeError(f"resource_attributes must be a mapping, got {resource_attributes!r}")
+    if category_thresholds is not None and not isinstance(category_thresholds, CategoryThresholds):
+        raise TypeError(f"category_thresholds must be a CategoryThresholds, got {category_thresholds!r}")
     if category_thresholds is None:
         slow = float(slow_threshold_ms) if slow_threshold_ms is not None else 1000.0
         category_thresholds = CategoryThresholds(fast_ms=min(100.0, slow), slow_ms=slow)
@@ -269,7 +301,7 @@ def configure(
             router=router,
             thresholds=category_thresholds,
             max_queue_size=max_queue_size,
-            schedule_delay_s=schedule_delay_ms / 1000.0,
+            schedule_delay_s=schedule_delay / 1000.0,
             export_batch_size=export_batch_size,
             exporter_queue_size=exporter_queue_size,
         )

@@ -266,12 +266,40 @@ class NoExport:
         ({"router": "traces"}, TypeError),
         ({"rollups": object()}, TypeError),
         ({"service": 123}, TypeError),
+        # Not finite, a bool for a number, beyond what the worker can wait or C can hold: each
+        # of these once passed, then broke the worker thread, lost every span or raised
+        # OverflowError from a span's __exit__.
+        ({"schedule_delay_ms": float("nan")}, pt.ConfigurationError),
+        ({"schedule_delay_ms": float("inf")}, pt.ConfigurationError),
+        ({"schedule_delay_ms": 1e300}, pt.ConfigurationError),
+        ({"schedule_delay_ms": True}, pt.ConfigurationError),
+        ({"slow_threshold_ms": float("inf")}, pt.ConfigurationError),
+        ({"slow_threshold_ms": float("nan")}, pt.ConfigurationError),
+        ({"slow_threshold_ms": True}, pt.ConfigurationError),
+        ({"sample_rate": True}, pt.ConfigurationError),
+        ({"max_queue_size": 10**30}, pt.ConfigurationError),
+        ({"max_attributes": 10**30}, pt.ConfigurationError),
+        ({"keep_errors": "no"}, TypeError),
+        ({"category_thresholds": "x"}, TypeError),
+        ({"resource_attributes": "ab"}, TypeError),
+        ({"resource_attributes": 5}, TypeError),
+        ({"exporters": "console"}, TypeError),
+        ({"exporters": 5}, TypeError),
+        ({"processors": 5}, TypeError),
     ],
 )
 def test_invalid_arguments_raise_at_configure_time(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         pt.configure(**kwargs)
     assert not pt.is_configured()
+
+
+def test_processors_none_means_none() -> None:
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem], processors=None, rollups=None)
+    with pt.span("p"):
+        pass
+    assert [r["name"] for r in finish(mem)] == ["p"]
 
 
 def test_configuration_error_is_a_value_error() -> None:
