@@ -17,7 +17,7 @@ import pitchey_trace as pt
 from pitchey_trace import _stats, sanitize
 from pitchey_trace._context import CURRENT
 from pitchey_trace.testing import capture_spans
-from pitchey_trace.web import ASGITracingMiddleware, set_route, set_user
+from pitchey_trace.web import ASGITracingMiddleware, WSGITracingMiddleware, set_route, set_user
 from pitchey_trace.web import _common as common
 from pitchey_trace.web import asgi as asgi_module
 
@@ -126,6 +126,18 @@ def test_options_are_validated() -> None:
         ASGITracingMiddleware(ok_app, excluded_paths=[""])
     with pytest.raises(TypeError):
         ASGITracingMiddleware(ok_app, trace_id_header="")
+    # A str is not a list of paths: each character ("/" among them) would have been excluded.
+    with pytest.raises(TypeError, match="list of paths"):
+        ASGITracingMiddleware(ok_app, excluded_paths="/health")
+    # Not a header name: the server would refuse every response, or send an injected header.
+    for bad in ("X Trace", "X-Id\r\nSet-Cookie: a=b", "Ẋ-Id", ":authority", "x:y"):
+        with pytest.raises(pt.ConfigurationError, match="not a valid HTTP header name"):
+            ASGITracingMiddleware(ok_app, trace_id_header=bad)
+        with pytest.raises(pt.ConfigurationError):
+            WSGITracingMiddleware(lambda environ, start_response: [], trace_id_header=bad)
+    assert (
+        ASGITracingMiddleware(ok_app, trace_id_header="x_Trace.id~1").options.header_name_b == b"x_trace.id~1"
+    )
     options = ASGITracingMiddleware(ok_app, excluded_paths=["/ping", "/internal/*"]).options
     assert options.excluded("/ping")
     assert options.excluded("/internal/metrics")
