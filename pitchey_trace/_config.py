@@ -38,6 +38,7 @@ from pitchey_trace._batch import (
 from pitchey_trace._span import Limits
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace._tracer import _TRACER
+from pitchey_trace._validate import finite, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
 from pitchey_trace.sampling import (
@@ -84,35 +85,8 @@ def _env_float(name: str) -> float | None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
-# Sizes and counts beyond this are mistakes, and would overflow the C accelerator's integers.
-_MAX_INT_SETTING = 1 << 31
 # Longer than a day between worker wake-ups is a mistake (and threading cannot wait forever).
 _MAX_DELAY_MS = 86_400_000.0
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_INT_SETTING:
-        raise ConfigurationError(f"{name} must be an int from 1 to {_MAX_INT_SETTING}, got {value!r}")
-    return value
-
-
-def _finite(name: str, value: Any, low: float, high: float, none_ok: bool = False) -> float | None:
-    """``value`` as a float in [low, high]: a ConfigurationError for anything else (bools,
-    NaN and the infinities included)."""
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        also = " or None" if none_ok else ""
-        raise ConfigurationError(f"{name} must be a number from {low:g} to {high:g}{also}, got {value!r}")
-    return float(value)
-
-
-def _list_of(name: str, value: Any) -> list[Any]:
-    """A list from a list, tuple or other iterable of objects (not a str, bytes or mapping,
-    whose items would be characters or keys)."""
-    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list, got {value!r}")
-    return list(value)
 
 
 def _default_sanitizer() -> Callable[[Record], Record] | None:
@@ -222,7 +196,7 @@ def configure(
         slow_threshold_ms = _env_float("PITCHEY_TRACE_SLOW_THRESHOLD_MS")
         if slow_threshold_ms is None:
             slow_threshold_ms = 1000.0
-    slow_threshold_ms = _finite("slow_threshold_ms", slow_threshold_ms, 0.0, 1e12, none_ok=True)
+    slow_threshold_ms = finite("slow_threshold_ms", slow_threshold_ms, 0.0, 1e12, none_ok=True)
 
     if exporters is None:
         choice = (_env("PITCHEY_TRACE_EXPORTER") or "none").lower()
@@ -236,8 +210,8 @@ def configure(
             exporters = []
         else:
             raise ConfigurationError(f"PITCHEY_TRACE_EXPORTER: unknown exporter {choice!r}")
-    exporters = _list_of("exporters", exporters)
-    processors = _list_of("processors", () if processors is None else processors)
+    exporters = list_of("exporters", exporters)
+    processors = list_of("processors", () if processors is None else processors)
     for exp in exporters:
         if not callable(getattr(exp, "export", None)):
             raise TypeError(f"exporter {exp!r} has no export(batch) method")
@@ -268,8 +242,8 @@ def configure(
         ("max_events", max_events),
         ("max_links", max_links),
     ):
-        _positive_int(label, value)
-    schedule_delay = _finite("schedule_delay_ms", schedule_delay_ms, 0.0, _MAX_DELAY_MS)
+        positive_int(label, value)
+    schedule_delay = finite("schedule_delay_ms", schedule_delay_ms, 0.0, _MAX_DELAY_MS)
     if not schedule_delay:
         raise ConfigurationError("schedule_delay_ms must be > 0")
     if resource_attributes is not None and not isinstance(resource_attributes, Mapping):

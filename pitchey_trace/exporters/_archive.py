@@ -35,6 +35,9 @@ from pitchey_trace import _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._json import _default, dumps, lenient_dumps
 from pitchey_trace._span import SUPPRESSED
+from pitchey_trace._validate import compresslevel as valid_compresslevel
+from pitchey_trace._validate import datasets as valid_datasets
+from pitchey_trace._validate import finite, positive_int, str_map
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, warn_limited
 from pitchey_trace.exporters._spool import SpoolDir, new_key_name, safe_dataset
@@ -161,18 +164,18 @@ class ArchiveExporter:
         router: Callable[[Record], Iterable[str]] | None,
         retry: RetryPolicy | None,
     ) -> None:
-        if max_batch_bytes < 1 or max_batch_records < 1:
-            raise ConfigurationError("max_batch_bytes and max_batch_records must be >= 1")
-        if max_interval_s <= 0 or fsync_interval_s <= 0:
-            raise ConfigurationError("max_interval_s and fsync_interval_s must be > 0")
-        if not 0 <= compresslevel <= 9:
-            raise ConfigurationError("compresslevel must be 0..9")
-        if spool_max_bytes < 1:
-            raise ConfigurationError("spool_max_bytes must be >= 1")
+        positive_int("max_batch_bytes", max_batch_bytes)
+        positive_int("max_batch_records", max_batch_records)
+        positive_int("spool_max_bytes", spool_max_bytes, 1 << 50)
+        for label, seconds in (("max_interval_s", max_interval_s), ("fsync_interval_s", fsync_interval_s)):
+            if not finite(label, seconds, 0.0, 86_400.0):
+                raise ConfigurationError(f"{label} must be > 0")
+        valid_compresslevel(compresslevel)
         if router is not None and not callable(router):
             raise TypeError("router must be callable (record -> dataset names)")
+        prefixes = str_map("prefixes", prefixes)
         self.name = name
-        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.datasets = valid_datasets(datasets)
         self.prefixes = {safe_dataset(k): v.strip("/") for k, v in (prefixes or {}).items()}
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_records = max_batch_records

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pitchey_trace import _stats
+from pitchey_trace._validate import compresslevel as valid_compresslevel
+from pitchey_trace._validate import finite, header_map, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 
 __all__ = ["HttpResult", "HttpSender", "RetryPolicy", "warn_limited"]
@@ -72,12 +74,17 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504}))
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError("max_attempts must be >= 1")
-        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
-            raise ConfigurationError("backoff must be >= 0 and multiplier >= 1")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ConfigurationError("jitter must be in [0, 1]")
+        positive_int("max_attempts", self.max_attempts, 1000)
+        day = 86_400.0
+        finite("initial_backoff_s", self.initial_backoff_s, 0.0, day)
+        finite("max_backoff_s", self.max_backoff_s, 0.0, day)
+        finite("multiplier", self.multiplier, 1.0, 1000.0)
+        finite("jitter", self.jitter, 0.0, 1.0)
+        finite("max_elapsed_s", self.max_elapsed_s, 0.0, 7 * day)
+        finite("max_retry_after_s", self.max_retry_after_s, 0.0, day)
+        statuses = list_of("retry_statuses", self.retry_statuses)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
+            raise TypeError(f"retry_statuses must be HTTP status codes (int), got {self.retry_statuses!r}")
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 = first retry)."""
@@ -133,11 +140,19 @@ class HttpSender:
         retry: RetryPolicy | None = None,
         content_type: str = "application/json",
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"the URL must be a str, got {url!r}")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # a port that is not a number, or out of range
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             raise ConfigurationError(f"URL must be http(s)://host[:port]/path, got {url!r}")
-        if timeout_s <= 0:
+        if finite("timeout_s", timeout_s, 0.0, 3600.0) == 0:
             raise ConfigurationError("timeout_s must be > 0")
+        valid_compresslevel(compresslevel)
+        extra_headers = header_map(headers)
         self.url = url
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -151,7 +166,7 @@ class HttpSender:
         self.headers = {"Content-Type": content_type, "User-Agent": "pitchey-trace"}
         if compress:
             self.headers["Content-Encoding"] = "gzip"
-        self.headers.update(headers or {})
+        self.headers.update(extra_headers)
         self._conn: http.client.HTTPConnection | None = None
         self._pid = os.getpid()
         self.stop = threading.Event()

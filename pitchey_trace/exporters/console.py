@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import IO
 
 from pitchey_trace._json import encode_ndjson
+from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace.records import Record
 
 
@@ -28,9 +29,13 @@ class ConsoleExporter:
         pretty: bool = False,
         datasets: Iterable[str] | None = None,
     ) -> None:
+        if stream is not None and not callable(getattr(stream, "write", None)):
+            raise TypeError(f"stream must be a text stream (with write()) or None, got {stream!r}")
+        if not isinstance(pretty, bool):
+            raise TypeError(f"pretty must be True or False, got {pretty!r}")
         self._stream = stream
         self.pretty = pretty
-        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.datasets = valid_datasets(datasets)
         self._lock = threading.Lock()
 
     @property
@@ -68,28 +73,34 @@ def render_tree(records: Sequence[Record]) -> str:
     traces: dict[str, list[Record]] = {}
     for rec in records:
         if rec.get("type") == "span":
-            traces.setdefault(rec["trace_id"], []).append(rec)
+            traces.setdefault(str(rec.get("trace_id")), []).append(rec)
         else:
             what = {k: rec.get(k) for k in ("type", "action", "target", "outcome", "operation", "count")}
             lines.append("  ".join(f"{k}={v}" for k, v in what.items() if v is not None))
     for trace_id, spans in traces.items():
-        ids = {s["span_id"] for s in spans}
+        # (.get: a custom record of type "span" may lack fields; it is drawn all the same)
+        ids = {s.get("span_id") for s in spans}
         children: dict[str | None, list[Record]] = {}
         for s in spans:
-            parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
+            parent = s.get("parent_span_id")
+            if parent not in ids or parent == s.get("span_id"):
+                parent = None
             children.setdefault(parent, []).append(s)
         for group in children.values():
-            group.sort(key=lambda r: r["start_time_unix_nano"])
+            group.sort(key=lambda r: r.get("start_time_unix_nano") or 0)
         lines.append(f"trace {trace_id}")
 
         def walk(parent: str | None, depth: int, children: dict[str | None, list[Record]] = children) -> None:
             for s in children.get(parent, []):
-                mark = " !" if s["status"] == "error" else ""
+                mark = " !" if s.get("status") == "error" else ""
+                ms = s.get("duration_ms")
                 lines.append(
-                    f"{'  ' * (depth + 1)}{s['name']}  {s['duration_ms']:.2f} ms  [{s['kind']}, "
-                    f"{s['category']}]{mark}"
+                    f"{'  ' * (depth + 1)}{s.get('name')}  "
+                    f"{f'{ms:.2f}' if isinstance(ms, (int, float)) else '?'} ms  "
+                    f"[{s.get('kind')}, {s.get('category')}]{mark}"
                 )
-                walk(s["span_id"], depth + 1)
+                if s.get("span_id") is not None:
+                    walk(s["span_id"], depth + 1)
 
         walk(None, 0)
     return "\n".join(lines) + ("\n" if lines else "")

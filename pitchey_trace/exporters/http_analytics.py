@@ -17,7 +17,8 @@ from typing import Any
 
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps, valid_text
-from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace._validate import callable_or_none, header_map, positive_int, text
+from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
 
@@ -199,16 +200,18 @@ class HttpAnalyticsExporter(SenderExporter):
         headers: Mapping[str, str] | None = None,
         name: str = "http_analytics",
     ) -> None:
-        if max_points_per_request < 1:
-            raise ConfigurationError("max_points_per_request must be >= 1")
-        if max_blob_bytes < 1:
-            raise ConfigurationError("max_blob_bytes must be >= 1")
+        positive_int("max_points_per_request", max_points_per_request)
+        positive_int("max_blob_bytes", max_blob_bytes, 1 << 20)
+        callable_or_none("to_point", to_point)
+        text("name", name)
+        if token is not None and not isinstance(token, str):
+            raise TypeError("token must be a str or None")
         token = token if token is not None else os.environ.get("PITCHEY_TRACE_ANALYTICS_TOKEN")
-        hdrs = dict(headers or {})
+        hdrs = header_map(headers)
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
         self.name = name
-        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.datasets = valid_datasets(datasets)
         self.max_points_per_request = max_points_per_request
         self.max_blob_bytes = max_blob_bytes
         self._to_point = to_point

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pitchey_trace._validate import finite, str_map, text
 from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
 from pitchey_trace.exporters._archive import (
     DEFAULT_COMPRESSLEVEL,
@@ -149,7 +150,15 @@ class LogpushExporter(ArchiveExporter):
         read_timeout_s: float = 30.0,
         name: str = "logpush",
     ) -> None:
-        buckets = dict(buckets or {})
+        if bucket is not None:
+            text("bucket", bucket)
+        buckets = str_map("buckets", buckets)
+        prefixes = str_map("prefixes", prefixes)
+        if endpoint_url is not None:
+            text("endpoint_url", endpoint_url)
+        finite("connect_timeout_s", connect_timeout_s, 0.001, 3600.0)
+        finite("read_timeout_s", read_timeout_s, 0.001, 3600.0)
+        text("name", name)
         if bucket is None:
             if not buckets:
                 raise ConfigurationError("LogpushExporter needs bucket= (or buckets={dataset: bucket})")
@@ -179,7 +188,7 @@ class LogpushExporter(ArchiveExporter):
             bucket=bucket, buckets=buckets, client=client, client_factory=None if client else factory
         )
         if spool_dir is None:
-            identity = repr((endpoint_url, bucket, sorted(buckets.items()), sorted((prefixes or {}).items())))
+            identity = repr((endpoint_url, bucket, sorted(buckets.items()), sorted(prefixes.items())))
             spool_dir = default_spool_dir(name, identity)
         super().__init__(
             store,

@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps, loads
+from pitchey_trace._validate import datasets as valid_datasets
+from pitchey_trace._validate import header_map, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
@@ -161,6 +163,8 @@ def _env_headers(text: str | None) -> dict[str, str]:
 
 
 def _resolve_endpoint(endpoint: str | None) -> str:
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
     if endpoint is None:
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         if endpoint:
@@ -231,13 +235,14 @@ class OTLPExporter(SenderExporter):
                 raise ConfigurationError(
                     f"OTEL_EXPORTER_OTLP_TIMEOUT must be milliseconds, got {env_timeout!r}"
                 ) from None
-        if max_spans_per_request < 1:
-            raise ConfigurationError("max_spans_per_request must be >= 1")
-        hdrs = (
-            _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS")) if headers is None else dict(headers)
-        )
+        positive_int("max_spans_per_request", max_spans_per_request)
+        text("scope_name", scope_name)
+        text("name", name)
+        if headers is None:
+            headers = _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"))
+        hdrs = header_map(headers)
         self.name = name
-        self.datasets = frozenset(datasets) if datasets is not None else None
+        self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
         self.scope_name = scope_name
         self.protocol = protocol

@@ -7,7 +7,6 @@ does plain dict/set/str work per request: no regex, no JSON, no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pitchey_trace import _accel, _safety
 from pitchey_trace._span import Span, SpanKind, StatusCode
 from pitchey_trace._tracer import get_tracer
+from pitchey_trace._validate import HEADER_NAME
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.propagation import extract
 from pitchey_trace.records import PENDING_AUDIT
@@ -235,10 +235,6 @@ def auth_failure(reason: str = "auth_failed", *, actor: str | None = None) -> No
             )
 
 
-# An HTTP header name: an RFC 9110 token.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def split_excluded(paths: Iterable[str] | None) -> tuple[frozenset[str], tuple[str, ...]]:
     """Exact paths and prefixes (entries ending in ``*``) for the per-request check."""
     exact: set[str] = set()
@@ -278,7 +274,7 @@ class Options:
         self.excluded_exact, self.excluded_prefixes = split_excluded(excluded_paths)
         if trace_id_header is not None and (not isinstance(trace_id_header, str) or not trace_id_header):
             raise TypeError("trace_id_header must be a non-empty header name or None")
-        if trace_id_header is not None and not _HEADER_NAME.fullmatch(trace_id_header):
+        if trace_id_header is not None and not HEADER_NAME.fullmatch(trace_id_header):
             # The server would refuse every response (h11), or send a broken or injected one.
             raise ConfigurationError(f"trace_id_header is not a valid HTTP header name: {trace_id_header!r}")
         self.header_name = trace_id_header

@@ -1,0 +1,141 @@
+"""Exporter arguments are checked when the exporter is made: a wrong one is a clear error then,
+not a failure of every export later (each case below used to be accepted)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace.exporters import (
+    ConsoleExporter,
+    HttpAnalyticsExporter,
+    LocalArchiveExporter,
+    LogpushExporter,
+    OTLPExporter,
+)
+from pitchey_trace.exporters._http import RetryPolicy
+from pitchey_trace.exporters.console import render_tree
+
+URL = "http://127.0.0.1:9/ingest"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"timeout_s": float("inf")}, pt.ConfigurationError),  # every export: OverflowError
+        ({"timeout_s": float("nan")}, pt.ConfigurationError),  # every export: ValueError
+        ({"timeout_s": 10**11}, pt.ConfigurationError),
+        ({"timeout_s": "5"}, pt.ConfigurationError),
+        ({"max_points_per_request": 1.5}, pt.ConfigurationError),  # range() of a float
+        ({"max_blob_bytes": 2.5}, pt.ConfigurationError),
+        ({"compresslevel": 1.5}, pt.ConfigurationError),
+        ({"compresslevel": 10**11}, pt.ConfigurationError),
+        ({"to_point": 3}, TypeError),  # "int is not callable" on every record
+        ({"datasets": "traces"}, TypeError),  # would be {"t", "r", "a", "c", "e", "s"}
+        ({"datasets": 5}, TypeError),
+        ({"headers": 5}, TypeError),
+        ({"headers": {"X-Tenant": "a\r\nX-Admin: 1"}}, pt.ConfigurationError),  # header injection
+        ({"headers": {"bad name": "v"}}, pt.ConfigurationError),
+        ({"headers": {"X-N": 1}}, TypeError),
+        ({"token": 123}, TypeError),
+        ({"name": ""}, TypeError),
+        ({"url": 42}, TypeError),
+        ({"url": "http://host:99999/x"}, pt.ConfigurationError),
+        ({"url": "ftp://host/x"}, pt.ConfigurationError),
+    ],
+)
+def test_http_analytics_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        HttpAnalyticsExporter(**{"url": URL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"endpoint": 42}, TypeError),
+        ({"timeout_s": float("inf")}, pt.ConfigurationError),
+        ({"max_spans_per_request": 2.5}, pt.ConfigurationError),
+        ({"datasets": "traces"}, TypeError),
+        ({"headers": {"api-key": "k\n"}}, pt.ConfigurationError),
+        ({"scope_name": None}, TypeError),
+    ],
+)
+def test_otlp_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        OTLPExporter(**{"endpoint": URL, **kwargs})
+
+
+def test_otlp_headers_from_the_environment_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%0D%0AX-Admin%3A%201")
+    with pytest.raises(pt.ConfigurationError, match="control characters"):
+        OTLPExporter(URL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_batch_records": 1.5}, pt.ConfigurationError),
+        ({"max_batch_bytes": "1MB"}, pt.ConfigurationError),
+        ({"max_interval_s": float("nan")}, pt.ConfigurationError),
+        ({"max_interval_s": 0}, pt.ConfigurationError),
+        ({"fsync_interval_s": float("inf")}, pt.ConfigurationError),
+        ({"compresslevel": 1.5}, pt.ConfigurationError),
+        ({"spool_max_bytes": None}, pt.ConfigurationError),
+        ({"datasets": "audit"}, TypeError),
+        ({"prefixes": 5}, TypeError),
+        ({"prefixes": {"traces": 5}}, TypeError),
+    ],
+)
+def test_archive_arguments(tmp_path: Path, kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        LocalArchiveExporter(tmp_path, **kwargs)
+    with pytest.raises(error):
+        LogpushExporter("bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"max_attempts": 1.5},
+        {"max_attempts": 0},
+        {"initial_backoff_s": float("nan")},
+        {"max_backoff_s": float("inf")},
+        {"multiplier": float("nan")},
+        {"jitter": 2},
+        {"max_elapsed_s": float("nan")},
+        {"retry_statuses": 503},
+    ],
+)
+def test_retry_policy_arguments(policy: dict[str, Any]) -> None:
+    with pytest.raises((pt.ConfigurationError, TypeError)):
+        RetryPolicy(**policy)
+
+
+def test_console_arguments_and_partial_span_records() -> None:
+    with pytest.raises(TypeError, match="stream"):
+        ConsoleExporter("out.txt")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pretty"):
+        ConsoleExporter(pretty="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ConsoleExporter(datasets="traces")
+    # A custom record of type "span" lacking fields is drawn, not a KeyError for the batch.
+    out = io.StringIO()
+    assert ConsoleExporter(out, pretty=True).export([{"type": "span", "name": "partial", "span_id": "a"}])
+    assert "partial  ? ms" in out.getvalue()
+    tree = render_tree([{"type": "span", "span_id": "x", "parent_span_id": "x", "name": "self-parent"}])
+    assert "self-parent" in tree  # its own parent: drawn as a root, not lost
+
+
+def test_valid_arguments_still_work(tmp_path: Path) -> None:
+    exp = HttpAnalyticsExporter(
+        URL, datasets=["traces", "audit"], headers={"X-Tenant": "t1"}, timeout_s=2, compresslevel=0
+    )
+    assert exp.datasets == frozenset({"traces", "audit"})
+    assert exp._sender.headers["X-Tenant"] == "t1"
+    assert OTLPExporter(URL, datasets=("traces",), headers={"api-key": "k"}).datasets == frozenset({"traces"})
+    LocalArchiveExporter(tmp_path, prefixes={"traces": "t/"}, max_interval_s=0.5, compresslevel=9)
+    RetryPolicy(max_attempts=3, initial_backoff_s=0, retry_statuses=frozenset({503}))
