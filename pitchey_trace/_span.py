@@ -402,12 +402,25 @@ def _format_tb(exc: BaseException) -> str:
         return f"{type(exc).__qualname__}: <traceback unavailable>"
 
 
-def _safe_str(exc: BaseException) -> str:
-    """``str(exc)``, even for exceptions whose ``__str__`` itself fails."""
+def _safe_str(value: object) -> str:
+    """``str(value)``, even for objects whose ``__str__`` itself fails."""
+    if value.__class__ is str:
+        return value
     try:
-        return str(exc)
+        return str(value)
     except Exception:
-        return f"<unprintable {type(exc).__name__}>"
+        return f"<unprintable {type(value).__name__}>"
+
+
+def span_name(name: object) -> str:
+    """A span or event name: a str as it is; anything else its text (counted and warned about
+    once: names are for people and dashboards, and the exporters need text)."""
+    if name.__class__ is str:
+        return name
+    _safety.warn_once(
+        "name_type", "a span or event name must be a str, got %s: its str() is used", type(name)
+    )
+    return _safe_str(name)
 
 
 class Span(_SpanBase):
@@ -588,7 +601,7 @@ class Span(_SpanBase):
             return
         events.append(
             (
-                str(name),
+                span_name(name),
                 timestamp_ns if timestamp_ns.__class__ is int else time_ns(),
                 clean_attributes(attributes) if attributes else None,
             )
@@ -618,14 +631,14 @@ class Span(_SpanBase):
             return
         try:
             code = StatusCode[status.upper()] if isinstance(status, str) else StatusCode(status)
-        except (KeyError, ValueError):
-            _safety.warn_once("status_invalid", "invalid span status %r ignored", status)
+        except Exception:  # unknown, or an object whose comparison or hash fails
+            _safety.warn_once("status_invalid", "invalid span status of type %s ignored", type(status))
             return
         if self.status == StatusCode.OK:
             return
         self.status = code
         self.status_message = (
-            str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
+            _safe_str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
         )
 
     def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
@@ -655,7 +668,7 @@ class Span(_SpanBase):
     def update_name(self, name: str) -> None:
         """Rename the span (e.g. once a route template is known)."""
         if not self._ended("update_name"):
-            self.name = str(name)
+            self.name = span_name(name)
 
     def end(self, end_time_ns: int | None = None) -> None:
         """End the span (once; later calls warn and are ignored) and hand it to the pipeline."""

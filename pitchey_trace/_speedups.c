@@ -718,7 +718,9 @@ tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         else
             simple = 0; /* anything else, even a keyword spelled by a non-interned string */
     }
-    if (links != Py_None)
+    /* links, and a name or kind of another type, are for the Python method (it checks them) */
+    if (links != Py_None || name == NULL || !PyUnicode_CheckExact(name) ||
+        (kind != default_kind && Py_TYPE(kind) != Py_TYPE(default_kind)))
         simple = 0;
     if (simple) {
         PyObject *state = PyObject_GetAttr(self, s_fast_state);

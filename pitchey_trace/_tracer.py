@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from random import getrandbits
 from time import time_ns
 from typing import Any, TypeVar, overload
@@ -31,7 +31,9 @@ from pitchey_trace._span import (
     StatusCode,
     TraceContext,
     TrustedAttributes,
+    _safe_str,
     clean_attributes,
+    span_name,
 )
 from pitchey_trace.records import audit_record
 from pitchey_trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, TraceIdRatio
@@ -52,6 +54,41 @@ def _record_failure(sp: AnySpan, exc: BaseException) -> None:
 _DROP = Decision.DROP
 _SAMPLE = Decision.RECORD_AND_SAMPLE
 _INTERNAL = SpanKind.INTERNAL
+# Parents start_span takes as they are; another class is checked first (_checked_arguments).
+_PARENT_CLASSES = frozenset({Span, TraceContext, NonRecordingSpan, type(SUPPRESSED), type(INVALID_SPAN)})
+
+
+def _checked_arguments(name: Any, kind: Any, context: Any) -> tuple[str, SpanKind, Any]:
+    """start_span's arguments when one is of an unusual type, made usable instead of failing
+    in the application's code or later in the exporters: a name that is not a str becomes its
+    text, a kind given by value (``"server"``) its SpanKind and anything else INTERNAL, and a
+    context that is not a span context is ignored (the current span is the parent). Each is
+    counted and warned about once (``misuse.*``)."""
+    name = span_name(name)
+    if kind.__class__ is not SpanKind:
+        try:
+            kind = _INTERNAL if kind is None else SpanKind(kind)
+        except Exception:
+            _safety.warn_once(
+                "kind_invalid", "span kind must be a SpanKind, got %s: INTERNAL used", type(kind)
+            )
+            kind = _INTERNAL
+    if context is not None and context.__class__ not in _PARENT_CLASSES:
+        try:  # duck typing: anything shaped like a span context (propagation.BaggageScope...)
+            usable = all(isinstance(getattr(context, f), int) for f in ("trace_id", "span_id", "trace_flags"))
+            usable = usable and all(hasattr(context, f) for f in ("trace_state", "baggage", "is_remote"))
+        except Exception:
+            usable = False
+        if not usable:
+            _safety.warn_once(
+                "context_type",
+                "context must be a span, a TraceContext or None, got %s: ignored",
+                type(context),
+            )
+            context = None
+    return name, kind, context
+
+
 _UNSET = StatusCode.UNSET
 _LOW64 = (1 << 64) - 1
 _new_span = object.__new__
@@ -106,6 +143,12 @@ class Tracer:
 
         The hot path of the SDK: keep it lean.
         """
+        if (
+            name.__class__ is not str
+            or kind.__class__ is not SpanKind
+            or (context is not None and context.__class__ not in _PARENT_CLASSES)
+        ):
+            name, kind, context = _checked_arguments(name, kind, context)
         parent = context if context is not None else _cv_get()
         baggage: tuple[tuple[str, str], ...] = ()
         if parent is not None and not parent.trace_id:
@@ -204,6 +247,11 @@ class Tracer:
 
     @staticmethod
     def _add_links(span: Span, links: Sequence[Link | TraceContext | AnySpan]) -> None:
+        if not isinstance(links, Iterable) or isinstance(links, (str, bytes)):
+            _safety.warn_once(
+                "links_type", "links must be a list of contexts or Links, got %s: ignored", type(links)
+            )
+            return
         for link in links:
             if isinstance(link, Link):
                 span.add_link(link.context, link.attributes)
@@ -233,9 +281,9 @@ class Tracer:
                 category,
             )
             return
-        action, target, outcome = str(action), str(target), str(outcome)
+        action, target, outcome = _safe_str(action), _safe_str(target), _safe_str(outcome)
         if actor is not None:
-            actor = str(actor)
+            actor = _safe_str(actor)
         cur = span if span is not None else _cv_get()
         if actor is None and cur is not None:
             actor = dict(cur.baggage).get("user.id") or dict(cur.baggage).get("actor")

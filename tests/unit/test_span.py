@@ -701,3 +701,56 @@ def test_span_api_has_signatures_for_help_and_ides() -> None:
     assert list(inspect.signature(pt.Span.set_attribute).parameters)[1:] == ["key", "value"]
     with pt.span("k", kind=None) as s:  # None is INTERNAL, as the signature shows
         assert s.kind is pt.SpanKind.INTERNAL
+
+
+class Unprintable:
+    """An object whose str, repr, hash and comparison all fail."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+
+def test_odd_arguments_never_raise_into_the_app_nor_lose_the_span() -> None:
+    # Each of these once raised from the span API (AttributeError, TypeError, the object's own
+    # error) or made the exporters fail the span's batch.
+    odd: list[Any] = [None, 7, 1.5, b"b", [], {}, object(), Unprintable(), ("a", 1)]
+    with capture_spans(rollups=None) as mem:
+        for v in odd:
+            with pt.span(v) as s:  # a name of another type: its text
+                s.update_name(v)
+                s.add_event(v)
+                s.set_status(v)
+                s.set_status("error", v)
+            pt.span("kind", kind=v).end()
+            pt.span("context", context=v).end()
+            pt.span("links", links=v).end()
+            pt.emit_audit(v, v, v, actor=v)
+    spans = [r for r in mem.records if r["type"] == "span"]
+    assert len(spans) == 4 * len(odd)
+    assert all(isinstance(r["name"], str) for r in spans)
+    assert "<unprintable Unprintable>" in {r["name"] for r in spans}
+    assert {r["kind"] for r in spans} <= {k.value for k in pt.SpanKind}
+    assert pt.stats().get("internal_errors", 0) == 0
+    assert pt.stats()["misuse.name_type"] > 0
+    assert pt.stats()["misuse.context_type"] > 0
+
+
+def test_kind_by_value_and_a_duck_typed_context() -> None:
+    class Shaped:  # a context of its own class, shaped like one
+        trace_id, span_id, trace_flags, trace_state, baggage, is_remote = 0xAB, 0xCD, 1, (), (), True
+
+    with capture_spans(rollups=None) as mem:
+        pt.span("k", kind="server", context=Shaped()).end()  # type: ignore[arg-type]
+    (rec,) = mem.spans("k")
+    assert rec["kind"] == "server"
+    assert rec["trace_id"] == f"{0xAB:032x}"
+    assert rec["parent_span_id"] == f"{0xCD:016x}"
