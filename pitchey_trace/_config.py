@@ -85,8 +85,9 @@ def _env_float(name: str) -> float | None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
-# Longer than a day between worker wake-ups is a mistake (and threading cannot wait forever).
-_MAX_DELAY_MS = 86_400_000.0
+# Longer than a year between worker wake-ups is a mistake (and threading cannot wait forever:
+# an infinite or huge wait killed the worker). Benchmarks use days to keep the worker asleep.
+_MAX_DELAY_MS = 365 * 86_400_000.0
 
 
 def _default_sanitizer() -> Callable[[Record], Record] | None:
