@@ -164,8 +164,8 @@ class ArchiveExporter:
         router: Callable[[Record], Iterable[str]] | None,
         retry: RetryPolicy | None,
     ) -> None:
-        positive_int("max_batch_bytes", max_batch_bytes)
-        positive_int("max_batch_records", max_batch_records)
+        positive_int("max_batch_bytes", max_batch_bytes, 1 << 50)
+        positive_int("max_batch_records", max_batch_records, 1 << 50)
         positive_int("spool_max_bytes", spool_max_bytes, 1 << 50)
         for label, seconds in (("max_interval_s", max_interval_s), ("fsync_interval_s", fsync_interval_s)):
             if not finite(label, seconds, 0.0, 86_400.0):
