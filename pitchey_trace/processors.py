@@ -21,6 +21,7 @@ from typing import Any
 from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch, merge_sketches
 from pitchey_trace._span import Span, SpanKind, StatusCode
+from pitchey_trace._validate import finite, positive_int
 from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of
 
 __all__ = [
@@ -177,10 +178,10 @@ class Rollups:
     ) -> None:
         if isinstance(interval_s, bool) or not isinstance(interval_s, int) or interval_s < 1:
             raise ValueError("interval_s must be an int >= 1")
-        if max_operations < 1 or max_open_intervals < 1:
-            raise ValueError("max_operations and max_open_intervals must be >= 1")
-        if grace_s < 0:
-            raise ValueError("grace_s must be >= 0")
+        positive_int("max_operations", max_operations)
+        positive_int("max_open_intervals", max_open_intervals)
+        finite("grace_s", grace_s, 0.0, 86_400.0)
+        finite("relative_accuracy", relative_accuracy, 1e-6, 0.5)
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.max_operations = max_operations

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 from pitchey_trace._span import SpanKind
+from pitchey_trace._validate import finite
 
 if TYPE_CHECKING:
     from pitchey_trace._span import Link, Span
@@ -81,14 +82,26 @@ class CategoryThresholds:
         very_slow_ms: float | None = None,
         per_kind: Mapping[str, tuple[float, float, float]] | None = None,
     ) -> None:
-        very = very_slow_ms if very_slow_ms is not None else max(5000.0, slow_ms * 5)
+        fast_ms = finite("fast_ms", fast_ms, 0.0, 1e12)  # type: ignore[assignment]
+        slow_ms = finite("slow_ms", slow_ms, 0.0, 1e12)  # type: ignore[assignment]
+        very = finite("very_slow_ms", very_slow_ms, 0.0, 1e12, none_ok=True)
+        if very is None:
+            very = max(5000.0, slow_ms * 5)
+        if per_kind is not None and not isinstance(per_kind, Mapping):
+            raise TypeError(
+                f"per_kind must map span kinds to (fast, slow, very_slow), got {type(per_kind).__name__}"
+            )
         if not 0 <= fast_ms <= slow_ms <= very:
             raise ValueError("category thresholds must satisfy 0 <= fast <= slow <= very_slow")
         default = (fast_ms, slow_ms, very)
         self.table: dict[str, tuple[float, float, float]] = {k: default for k in _KIND}
         self.table["client"] = (min(10.0, fast_ms), slow_ms, very)
         for kind, triple in (per_kind or {}).items():
-            if kind not in self.table or len(triple) != 3 or not 0 <= triple[0] <= triple[1] <= triple[2]:
+            try:
+                ok = kind in self.table and len(triple) == 3 and 0 <= triple[0] <= triple[1] <= triple[2]
+            except TypeError:
+                ok = False
+            if not ok:
                 raise ValueError(f"invalid category thresholds for kind {kind!r}: {triple!r}")
             self.table[kind] = (float(triple[0]), float(triple[1]), float(triple[2]))
 

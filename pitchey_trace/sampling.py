@@ -45,6 +45,14 @@ __all__ = [
 ]
 
 
+def _check_sampler(label: str, sampler: Any) -> Any:
+    """``sampler`` if it has ``should_sample()``; a TypeError naming ``label`` otherwise (made
+    when the sampler is, not on every span: a broken delegate would drop them all)."""
+    if not callable(getattr(sampler, "should_sample", None)):
+        raise TypeError(f"{label} must be a sampler (with should_sample()), got {type(sampler).__name__}")
+    return sampler
+
+
 class Decision(enum.IntEnum):
     """Outcome of a head-sampling decision."""
 
@@ -137,6 +145,14 @@ class ParentBased:
         local_sampled: Sampler = ALWAYS_ON,
         local_not_sampled: Sampler = ALWAYS_OFF,
     ) -> None:
+        for label, delegate in (
+            ("root", root),
+            ("remote_sampled", remote_sampled),
+            ("remote_not_sampled", remote_not_sampled),
+            ("local_sampled", local_sampled),
+            ("local_not_sampled", local_not_sampled),
+        ):
+            _check_sampler(f"ParentBased {label}", delegate)
         self.root = root
         self.remote_sampled = remote_sampled
         self.remote_not_sampled = remote_not_sampled
@@ -202,7 +218,10 @@ class RuleBased:
         for rule in self.rules:
             if not isinstance(rule, Rule):
                 raise ConfigurationError(f"RuleBased takes Rule objects, got {rule!r}")
-        self.default: Sampler = TraceIdRatio(default) if isinstance(default, (int, float)) else default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            self.default: Sampler = TraceIdRatio(default)
+        else:
+            self.default = _check_sampler("RuleBased default", default)
         #: The service the rules' ``service`` patterns are matched against; ``configure()`` sets
         #: it to the configured service when left as None.
         self.service = service

@@ -186,3 +186,30 @@ def test_sketch_bins_are_bounded_and_only_low_quantiles_lose_accuracy() -> None:
         DurationSketch.from_dict({"kind": "tdigest"})
     assert DurationSketch().quantile(0.5) == 0.0
     assert math.isfinite(DurationSketch.from_dict(d).quantile(0.5))
+
+
+def test_rollups_and_thresholds_arguments_are_checked() -> None:
+    from pitchey_trace.records import CategoryThresholds
+
+    for kwargs in (
+        {"grace_s": float("nan")},
+        {"max_operations": 1.5},
+        {"relative_accuracy": 0},
+        {"max_open_intervals": None},
+    ):
+        with pytest.raises((pt.ConfigurationError, TypeError)):
+            Rollups(**kwargs)  # type: ignore[arg-type]
+    for kwargs in (
+        {"fast_ms": float("nan")},
+        {"slow_ms": "1s"},
+        {"very_slow_ms": float("inf")},
+        {"per_kind": 3},
+        {"per_kind": {"server": (1, "x", 3)}},
+    ):
+        with pytest.raises((ValueError, TypeError)):
+            CategoryThresholds(**kwargs)  # type: ignore[arg-type]
+    assert CategoryThresholds(fast_ms=5, slow_ms=50, per_kind={"server": (1, 2, 3)}).table["server"] == (
+        1.0,
+        2.0,
+        3.0,
+    )

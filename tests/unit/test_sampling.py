@@ -421,3 +421,20 @@ def test_record_only_decision_records_without_sampling() -> None:
         with pt.span("dropped at the end"):
             pass
     assert [r["name"] for r in mem.spans()] == ["kept only on error"]
+
+
+def test_delegates_that_are_not_samplers_are_refused_when_made() -> None:
+    # Accepted, they made should_sample fail on every span: each span dropped, an internal error.
+    from pitchey_trace.sampling import ParentBased, Rule, RuleBased
+
+    for bad in (None, 0.5, "always_on", object()):
+        if not isinstance(bad, float):
+            with pytest.raises(TypeError, match="must be a sampler"):
+                ParentBased(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="must be a sampler"):
+                RuleBased([], default=bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="local_sampled"):
+            ParentBased(ALWAYS_ON, local_sampled=bad)  # type: ignore[arg-type]
+    assert RuleBased([Rule(name="x", rate=0.0)], default=0.5).default.should_sample is not None
+    with pytest.raises(TypeError):
+        RuleBased([], default=True)  # type: ignore[arg-type]
