@@ -314,6 +314,16 @@ def traceresponse_value(span: AnySpan) -> str:
     return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags & 1:02x}"
 
 
+def text_path(path: object) -> str:
+    """A request path as text: a str as it is, bytes as latin-1 (as WSGI and ASGI carry
+    them), anything else the root; so an odd value from a broken caller never fails the request."""
+    if isinstance(path, str):
+        return path
+    if isinstance(path, (bytes, bytearray)):
+        return bytes(path).decode("latin-1")
+    return "/"
+
+
 def method_attributes(method: str, attrs: dict[str, Any]) -> str:
     """Store the method attributes and return the method to name the span with."""
     if method in KNOWN_METHODS:

@@ -39,6 +39,7 @@ from pitchey_trace.web._common import (
     finish_request,
     method_attributes,
     stamp_exception,
+    text_path,
 )
 
 __all__ = ["ASGITracingMiddleware"]
@@ -124,6 +125,8 @@ class ASGITracingMiddleware:
             return
         options = self.options
         path = scope.get("path") or "/"
+        if path.__class__ is not str:  # (a server always gives a str; a broken caller may not)
+            path = text_path(path)
         if path in options.excluded_exact or (
             options.excluded_prefixes and path.startswith(options.excluded_prefixes)
         ):
@@ -224,7 +227,7 @@ class ASGITracingMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         options = self.options
-        path = scope.get("path") or "/"
+        path = text_path(scope.get("path") or "/")
         if options.excluded(path):
             await self._untraced(scope, receive, send)
             return

@@ -37,6 +37,7 @@ from pitchey_trace.web._common import (
     method_attributes,
     set_route,
     stamp_exception,
+    text_path,
 )
 
 __all__ = ["WSGITracingMiddleware", "init_flask"]
@@ -88,6 +89,8 @@ class WSGITracingMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         options = self.options
         path = environ.get("PATH_INFO") or "/"
+        if path.__class__ is not str:  # (a server always gives a str; a broken caller may not)
+            path = text_path(path)
         if path in options.excluded_exact or (
             options.excluded_prefixes and path.startswith(options.excluded_prefixes)
         ):

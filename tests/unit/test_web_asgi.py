@@ -518,3 +518,22 @@ def test_processors_and_custom_sanitizers_see_request_audits_as_records() -> Non
     assert isinstance(audits[0], dict)
     assert audits[0]["outcome"] == "seen-200"
     assert exporter.of_type("audit")[0]["attributes"]["http.response.status_code"] == 200
+
+
+def test_a_path_of_another_type_does_not_fail_the_request() -> None:
+    # A list path raised "unhashable type" from the excluded-path check, into the caller.
+    for path in ([], {}, b"/bytes", 7):
+        scope = {**http_scope(), "path": path}
+        messages = run(ASGITracingMiddleware(ok_app), scope)
+        assert messages[0]["status"] == 200
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    for path in ([], b"/x"):
+        got: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http"}
+        body = WSGITracingMiddleware(wsgi_app)(environ, lambda status, headers, exc=None: got.append(status))
+        assert b"".join(body) == b"ok"
+        assert got == ["200 OK"]
