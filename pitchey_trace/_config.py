@@ -297,10 +297,21 @@ def force_flush(timeout: float | None = None) -> bool:
     if pipeline is None:
         return True
     try:
-        return pipeline.force_flush(timeout)
+        return pipeline.force_flush(_timeout(timeout))
     except Exception as exc:
         _safety.report("force_flush", exc)
         return False
+
+
+def _timeout(value: Any) -> float | None:
+    """A flush or shutdown timeout: seconds >= 0 (at most a year), or None for the default; a
+    value that is not a number is the default (warned about once), not an internal error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        _safety.warn_once("timeout_type", "timeout must be seconds (a number) or None, got %s", type(value))
+        return None
+    return max(0.0, min(float(value), 365 * 86_400.0))
 
 
 def _shutdown_locked(timeout: float | None) -> bool:
@@ -319,7 +330,7 @@ def shutdown(timeout: float | None = None) -> bool:
     """Flush every accepted record, stop the workers and the exporters; tracing becomes a
     no-op afterwards. Runs automatically at interpreter exit. Never raises."""
     with _lock:
-        return _shutdown_locked(timeout)
+        return _shutdown_locked(_timeout(timeout))
 
 
 def stats() -> dict[str, int]:

@@ -58,6 +58,18 @@ _INTERNAL = SpanKind.INTERNAL
 _PARENT_CLASSES = frozenset({Span, TraceContext, NonRecordingSpan, type(SUPPRESSED), type(INVALID_SPAN)})
 
 
+def _usable_context(context: Any) -> bool:
+    """A span, a TraceContext, or anything shaped like one (propagation.BaggageScope...)."""
+    if context.__class__ in _PARENT_CLASSES:
+        return True
+    try:
+        return all(
+            isinstance(getattr(context, f), int) for f in ("trace_id", "span_id", "trace_flags")
+        ) and all(hasattr(context, f) for f in ("trace_state", "baggage", "is_remote"))
+    except Exception:
+        return False
+
+
 def _checked_arguments(name: Any, kind: Any, context: Any) -> tuple[str, SpanKind, Any]:
     """start_span's arguments when one is of an unusual type, made usable instead of failing
     in the application's code or later in the exporters: a name that is not a str becomes its
@@ -73,19 +85,13 @@ def _checked_arguments(name: Any, kind: Any, context: Any) -> tuple[str, SpanKin
                 "kind_invalid", "span kind must be a SpanKind, got %s: INTERNAL used", type(kind)
             )
             kind = _INTERNAL
-    if context is not None and context.__class__ not in _PARENT_CLASSES:
-        try:  # duck typing: anything shaped like a span context (propagation.BaggageScope...)
-            usable = all(isinstance(getattr(context, f), int) for f in ("trace_id", "span_id", "trace_flags"))
-            usable = usable and all(hasattr(context, f) for f in ("trace_state", "baggage", "is_remote"))
-        except Exception:
-            usable = False
-        if not usable:
-            _safety.warn_once(
-                "context_type",
-                "context must be a span, a TraceContext or None, got %s: ignored",
-                type(context),
-            )
-            context = None
+    if context is not None and not _usable_context(context):
+        _safety.warn_once(
+            "context_type",
+            "context must be a span, a TraceContext or None, got %s: ignored",
+            type(context),
+        )
+        context = None
     return name, kind, context
 
 
@@ -347,8 +353,16 @@ def current_context() -> TraceContext | None:
     return cur.context
 
 
-def use_context(context: TraceContext) -> NonRecordingSpan:
-    """Make a (remote) context current without starting a span: ``with pt.use_context(ctx):``."""
+def use_context(context: TraceContext | AnySpan | None) -> NonRecordingSpan:
+    """Make a (remote) context current without starting a span: ``with pt.use_context(ctx):``.
+
+    None (what :func:`~pitchey_trace.extract` returns when a message carried no context) makes
+    the spans inside start a new trace. Anything else than a context or a span is a TypeError.
+    """
+    if context is None:
+        return NonRecordingSpan(0, 0, 0, (), ())
+    if not _usable_context(context):
+        raise TypeError(f"use_context() takes a TraceContext, a span or None, got {type(context).__name__}")
     return NonRecordingSpan(
         context.trace_id,
         context.span_id,

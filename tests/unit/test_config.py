@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 import pitchey_trace as pt
 from pitchey_trace.exporters.memory import InMemoryExporter
 from pitchey_trace.records import json_schema
+from pitchey_trace.testing import capture_spans
 
 _VALIDATOR = Draft202012Validator(json_schema())
 
@@ -376,3 +377,32 @@ def test_stats_counts_accepted_and_exported() -> None:
     assert stats["accepted"] == 3
     assert stats["exported"] == 3
     assert stats["dropped"] == 0
+
+
+def test_flush_and_shutdown_timeouts_of_any_value() -> None:
+    # A timeout that is not a number was an internal error and a failed flush; now the default.
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem], rollups=None)
+    with pt.span("t"):
+        pass
+    for odd in ("5", [], float("nan"), True):
+        assert pt.force_flush(odd) is True  # type: ignore[arg-type]
+    assert pt.force_flush(float("inf")) is True  # capped, not an OverflowError
+    assert pt.force_flush(-3) in (True, False)  # zero time to wait: a bool, no error
+    assert [r["name"] for r in mem.spans()] == ["t"]
+    assert pt.shutdown("soon") is True  # type: ignore[arg-type]
+    assert pt.stats().get("internal_errors", 0) == 0
+    assert pt.stats()["misuse.timeout_type"] == 5
+
+
+def test_use_context_none_starts_a_new_trace_and_rejects_other_types() -> None:
+    # `with pt.use_context(pt.extract(headers)):` when the message carried no context.
+    with capture_spans() as mem, pt.span("outer") as outer:
+        with pt.use_context(pt.extract({})):
+            with pt.span("inner") as inner:
+                pass
+    assert inner.trace_id != outer.trace_id
+    assert inner.parent_span_id == 0
+    assert {r["name"] for r in mem.spans()} == {"outer", "inner"}
+    with pytest.raises(TypeError, match="use_context"):
+        pt.use_context(42)  # type: ignore[arg-type]
