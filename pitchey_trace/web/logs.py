@@ -30,7 +30,10 @@ __all__ = ["TraceContextFilter", "TraceFormatter", "add_trace_ids", "trace_ids"]
 
 
 def _from_exception(exc: object) -> tuple[str, str] | None:
-    ids = getattr(exc, EXC_IDS_ATTR, None)
+    try:
+        ids = getattr(exc, EXC_IDS_ATTR, None)
+    except Exception:  # an object whose __getattr__ fails: no ids (a filter must not raise)
+        return None
     if isinstance(ids, tuple) and len(ids) == 2:
         return ids
     return None
@@ -48,8 +51,10 @@ def trace_ids(exc: object = None) -> tuple[str, str] | None:
 
 
 def _record_exception(record: logging.LogRecord) -> object:
+    # The logger always stores a 3-tuple or None; a record built by hand may hold anything,
+    # and a filter that raises fails the application's logging call.
     info = record.exc_info
-    return info[1] if info else None
+    return info[1] if isinstance(info, tuple) and len(info) == 3 else None
 
 
 class TraceContextFilter(logging.Filter):

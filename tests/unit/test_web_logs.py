@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -123,3 +124,20 @@ def test_structlog_processor_reads_exc_info() -> None:
     assert as_tuple["trace_id"] == as_exc["trace_id"] == "c" * 32
     assert as_exc["span_id"] == "d" * 16
     assert "trace_id" not in as_true
+
+
+def test_filter_never_raises_on_odd_records() -> None:
+    # A filter that raises fails the application's logging call: hand-built records may carry
+    # anything as exc_info, and exceptions may refuse attribute reads.
+    class Refusing(Exception):
+        def __getattribute__(self, name: str) -> Any:
+            if name == EXC_IDS_ATTR:
+                raise RuntimeError("no")
+            return super().__getattribute__(name)
+
+    f = TraceContextFilter(missing="-")
+    for exc_info in (1, "x", True, (1, 2), (ValueError, Refusing(), None)):
+        record = logging.LogRecord("n", logging.ERROR, "p", 1, "m", None, None)
+        record.exc_info = exc_info  # type: ignore[assignment]
+        assert f.filter(record) is True
+        assert record.trace_id == "-"  # type: ignore[attr-defined]
