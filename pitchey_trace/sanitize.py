@@ -703,6 +703,10 @@ class _Engine:
         if "private_keys" in detectors:
             combined = _FRAGMENTS["private_keys"] + "|" + combined
         self.pattern: re.Pattern[str] = re.compile(combined)
+        # A key block given as the value of a secret name (token=-----BEGIN ...) or of an auth
+        # header starts after that name, where the leftmost match is the name's: masking only
+        # its first word would leave the key body. Key blocks are masked first, whole.
+        self._pem = re.compile(_FRAGMENTS["private_keys"]) if "private_keys" in detectors else None
         self._handlers: dict[str, Callable[[re.Match[str]], _Hit]] = {
             "keep": lambda m: None,
             "pem": self._plain("private_keys"),
@@ -729,6 +733,8 @@ class _Engine:
     # -- entry points
 
     def scrub(self, text: str) -> str:
+        if self._pem is not None and "PRIVATE KEY" in text:
+            text = self._pem.sub(lambda m: self._render("private_keys", m.group()), text)
         search = self.pattern.search
         m = search(text)
         if m is None:

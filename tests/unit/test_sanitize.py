@@ -79,6 +79,20 @@ def _span(**fields: Any) -> dict[str, Any]:
             "key: [PRIVATE KEY] ok",
         ),
         ("cut -----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN", "cut [PRIVATE KEY]"),
+        # A key block as the value of a secret name, URL parameter or auth header: masked whole
+        # (the name's own match once masked only "-----BEGIN", leaving the key body).
+        (
+            "token=-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----",
+            "token=[PRIVATE KEY]",
+        ),
+        (
+            "/cb?key=-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----&x=1",
+            "/cb?key=[PRIVATE KEY]&x=1",
+        ),
+        (
+            "Authorization: Bearer -----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----",
+            "Authorization: [REDACTED]",
+        ),
         (
             "postgresql://app:s3cr3t@db.internal:5432/pitchey",
             "postgresql://app:[REDACTED]@db.internal:5432/pitchey",
