@@ -314,6 +314,15 @@ def traceresponse_value(span: AnySpan) -> str:
     return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags & 1:02x}"
 
 
+def _status_int(status: object) -> int:
+    """A response status as an int: ``"200"`` is 200; anything unreadable is 0 (no status)."""
+    try:
+        value = int(status)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return value if 100 <= value <= 999 else 0
+
+
 def text_path(path: object) -> str:
     """A request path as text: a str as it is, bytes as latin-1 (as WSGI and ASGI carry
     them), anything else the root; so an odd value from a broken caller never fails the request."""
@@ -356,6 +365,8 @@ def finish_request(
     record(s), end the span. Called exactly once per traced request, under a guard."""
     span = state.span
     status = state.status
+    if status.__class__ is not int:  # the app sent a status of another type (ASGI says int)
+        status = state.status = _status_int(status)
     label = state.label
     name = f"{label} {route}" if route else label
     if isinstance(span, Span):

@@ -537,3 +537,20 @@ def test_a_path_of_another_type_does_not_fail_the_request() -> None:
         body = WSGITracingMiddleware(wsgi_app)(environ, lambda status, *_: got.append(status))
         assert b"".join(body) == b"ok"
     assert got == ["200 OK", "200 OK"]
+
+
+def test_a_status_of_another_type_still_ends_the_span() -> None:
+    # ASGI says int; an app sending "201" or None made finishing fail: the span was never
+    # ended (lost) and an internal error was logged.
+    for status, expected in (("201", 201), (None, None), ("teapot", None)):
+
+        async def app(scope: Any, receive: Any, send: Any, status: Any = status) -> None:
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        with capture_spans(rollups=None) as mem:
+            messages = run(ASGITracingMiddleware(app), http_scope())
+        assert messages[0]["status"] == status  # passed on unchanged
+        (span,) = mem.spans()
+        assert span["attributes"].get("http.response.status_code") == expected
+        assert pt.stats().get("internal_errors", 0) == 0
