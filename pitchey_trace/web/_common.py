@@ -314,7 +314,7 @@ def traceresponse_value(span: AnySpan) -> str:
     return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags & 1:02x}"
 
 
-def _status_int(status: object) -> int:
+def status_int(status: object) -> int:
     """A response status as an int: ``"200"`` is 200; anything unreadable is 0 (no status)."""
     try:
         value = int(status)  # type: ignore[call-overload]
@@ -366,7 +366,7 @@ def finish_request(
     span = state.span
     status = state.status
     if status.__class__ is not int:  # the app sent a status of another type (ASGI says int)
-        status = state.status = _status_int(status)
+        status = state.status = status_int(status)
     label = state.label
     name = f"{label} {route}" if route else label
     if isinstance(span, Span):

@@ -37,6 +37,7 @@ from pitchey_trace.web._common import (
     method_attributes,
     set_route,
     stamp_exception,
+    status_int,
     text_path,
 )
 
@@ -112,8 +113,10 @@ class WSGITracingMiddleware:
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
             try:
-                state.status = int(status[:3])
-                if extra:
+                # (an odd status or header list is the app's to answer for: the server gets it
+                # as given; it is not an internal error of ours)
+                state.status = status_int(status[:3] if isinstance(status, (str, bytes)) else status)
+                if extra and isinstance(headers, (list, tuple)):
                     headers = [*headers, *extra]
             except Exception as exc:
                 _safety.report("web.wsgi.headers", exc)

@@ -243,3 +243,36 @@ def test_django_snippet_middleware_names_spans_and_sets_the_actor() -> None:
     assert audits["request"]["actor"] == "314"
     assert audits["security"]["outcome"] == "bad_credentials"
     assert "never recorded" not in str(exporter.records)
+
+
+def test_odd_status_or_headers_from_the_app_are_passed_on_without_internal_errors() -> None:
+    cases: list[tuple[Any, Any, int | None]] = [
+        ("abc", [], None),  # unreadable status: no status attribute
+        ("201 Created", (("X-A", "b"),), 201),  # a tuple of headers gets ours appended too
+        ("200 OK", None, 200),  # the app's mistake, left for the server to refuse
+    ]
+    seen: list[tuple[Any, Any]] = []
+
+    def server_start_response(status: Any, headers: Any, *_: Any) -> Any:
+        seen.append((status, headers))
+        return lambda data: None
+
+    for status, headers, expected in cases:
+
+        def app(
+            env: dict[str, Any], start_response: Any, status: Any = status, headers: Any = headers
+        ) -> list[bytes]:
+            start_response(status, headers)
+            return [b"ok"]
+
+        with capture_spans(rollups=None) as mem:
+            body = WSGITracingMiddleware(app)(environ(), server_start_response)
+            assert b"".join(body) == b"ok"
+        sent_status, sent_headers = seen[-1]
+        assert sent_status == status
+        if isinstance(headers, tuple):
+            assert ("X-A", "b") in sent_headers
+            assert any(k == "X-Trace-Id" for k, _ in sent_headers)
+        (span,) = mem.spans()
+        assert span["attributes"].get("http.response.status_code") == expected
+        assert pt.stats().get("internal_errors", 0) == 0
