@@ -119,5 +119,9 @@ def header_map(value: Any) -> dict[str, str]:
             raise ConfigurationError(f"not a valid HTTP header name: {k!r}")
         if not _HEADER_VALUE.fullmatch(v):
             raise ConfigurationError(f"header {k!r}: a value cannot hold control characters (CR, LF...)")
+        try:
+            v.encode("latin-1")  # what http.client sends; anything else fails every request
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"header {k!r}: the value must be latin-1 text") from None
         out[k] = v
     return out

@@ -209,7 +209,9 @@ class HttpAnalyticsExporter(SenderExporter):
         token = token if token is not None else os.environ.get("PITCHEY_TRACE_ANALYTICS_TOKEN")
         hdrs = header_map(headers)
         if token:
-            hdrs["Authorization"] = f"Bearer {token}"
+            # (a token read from a file or an env var often ends with a newline)
+            hdrs["Authorization"] = f"Bearer {token.strip()}"
+        hdrs = header_map(hdrs)
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_points_per_request = max_points_per_request

@@ -139,3 +139,15 @@ def test_valid_arguments_still_work(tmp_path: Path) -> None:
     assert OTLPExporter(URL, datasets=("traces",), headers={"api-key": "k"}).datasets == frozenset({"traces"})
     LocalArchiveExporter(tmp_path, prefixes={"traces": "t/"}, max_interval_s=0.5, compresslevel=9)
     RetryPolicy(max_attempts=3, initial_backoff_s=0, retry_statuses=frozenset({503}))
+
+
+def test_tokens_and_header_values_that_http_cannot_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A token read from a file or an env var often ends with a newline: stripped, not a failure
+    # of every request. Non-latin-1 values cannot be sent by http.client at all.
+    monkeypatch.setenv("PITCHEY_TRACE_ANALYTICS_TOKEN", "s3cr3t\n")
+    assert HttpAnalyticsExporter(URL)._sender.headers["Authorization"] == "Bearer s3cr3t"
+    with pytest.raises(pt.ConfigurationError, match="control characters"):
+        HttpAnalyticsExporter(URL, token="a\nb")
+    with pytest.raises(pt.ConfigurationError, match="latin-1"):
+        OTLPExporter(URL, headers={"x-team": "☃"})
+    assert OTLPExporter(URL, headers={"x-team": "café\tbar"})._sender.headers["x-team"] == "café\tbar"
