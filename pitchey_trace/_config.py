@@ -191,8 +191,9 @@ def configure(
     if keep_errors is None:
         env_keep = _env_bool("PITCHEY_TRACE_KEEP_ERRORS")
         keep_errors = True if env_keep is None else env_keep
-    if not isinstance(keep_errors, bool):
+    if not isinstance(keep_errors, int):  # (bools, and the 0/1 some code passes for them)
         raise TypeError(f"keep_errors must be True, False or None, got {keep_errors!r}")
+    keep_errors = bool(keep_errors)
     if slow_threshold_ms is _DEFAULT:
         slow_threshold_ms = _env_float("PITCHEY_TRACE_SLOW_THRESHOLD_MS")
         if slow_threshold_ms is None:

@@ -79,7 +79,8 @@ def _checked_arguments(name: Any, kind: Any, context: Any) -> tuple[str, SpanKin
     name = span_name(name)
     if kind.__class__ is not SpanKind:
         try:
-            kind = _INTERNAL if kind is None else SpanKind(kind)
+            # "server", "SERVER", or another library's enum member (OpenTelemetry's SpanKind.SERVER)
+            kind = _INTERNAL if kind is None else SpanKind(str(kind).rsplit(".", 1)[-1].lower())
         except Exception:
             _safety.warn_once(
                 "kind_invalid", "span kind must be a SpanKind, got %s: INTERNAL used", type(kind)

@@ -31,10 +31,10 @@ class ConsoleExporter:
     ) -> None:
         if stream is not None and not callable(getattr(stream, "write", None)):
             raise TypeError(f"stream must be a text stream (with write()) or None, got {stream!r}")
-        if not isinstance(pretty, bool):
+        if not isinstance(pretty, int):  # (bools, and the 0/1 some code passes for them)
             raise TypeError(f"pretty must be True or False, got {pretty!r}")
         self._stream = stream
-        self.pretty = pretty
+        self.pretty = bool(pretty)
         self.datasets = valid_datasets(datasets)
         self._lock = threading.Lock()
 

@@ -744,6 +744,19 @@ def test_odd_arguments_never_raise_into_the_app_nor_lose_the_span() -> None:
     assert pt.stats()["misuse.context_type"] > 0
 
 
+def test_kind_by_name_or_another_librarys_enum() -> None:
+    import enum
+
+    class OtherKind(enum.Enum):  # as OpenTelemetry's SpanKind: int values, member names
+        SERVER = 1
+        CLIENT = 2
+
+    with capture_spans(rollups=None) as mem:
+        for kind in ("SERVER", "client", OtherKind.SERVER, OtherKind.CLIENT, "sideways"):
+            pt.span(str(kind), kind=kind).end()  # type: ignore[arg-type]
+    assert [r["kind"] for r in mem.spans()] == ["server", "client", "server", "client", "internal"]
+
+
 def test_kind_by_value_and_a_duck_typed_context() -> None:
     class Shaped:  # a context of its own class, shaped like one
         trace_id, span_id, trace_flags, trace_state, baggage, is_remote = 0xAB, 0xCD, 1, (), (), True
