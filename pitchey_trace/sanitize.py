@@ -530,7 +530,11 @@ _FRAGMENTS: dict[str, str] = {
     ),
     "url_credentials": (
         r"(?<![A-Za-z0-9+.\-])(?P<uc>(?P<uc_scheme>[A-Za-z][A-Za-z0-9+.\-]{0,31}://)"
-        r"(?P<uc_user>[^\s/?#:]{0,128}):(?P<uc_pw>[^\s/?#]{1,256})@)"
+        r"(?P<uc_user>[^\s/?#:]{0,128}):"
+        # The password: without "/" (the URL form), or with a raw "/" as in secret keys pasted
+        # unencoded (AWS secrets have them), provided it does not start like a port and path
+        # (host:443/users/a@b is not a user and password).
+        r"(?P<uc_pw>[^\s/?#]{1,256}|(?![0-9]{1,5}/)[^\s/?#@]{1,128}/[^\s?#@]{1,256})@)"
     ),
     # Matches any "name=" / "name: " followed by a value; the value is not consumed: when the
     # name ends with a secret word the handler matches and masks it (_KV_VALUE), else scanning
