@@ -102,6 +102,9 @@ class LocalArchiveExporter(ArchiveExporter):
         retry: RetryPolicy | None = None,
         name: str = "local_archive",
     ) -> None:
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            # ("" would be the current directory: archives written wherever the process runs)
+            raise TypeError(f"directory must be a non-empty path, got {directory!r}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         super().__init__(

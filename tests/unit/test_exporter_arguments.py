@@ -151,3 +151,10 @@ def test_tokens_and_header_values_that_http_cannot_send(monkeypatch: pytest.Monk
     with pytest.raises(pt.ConfigurationError, match="latin-1"):
         OTLPExporter(URL, headers={"x-team": "☃"})
     assert OTLPExporter(URL, headers={"x-team": "café\tbar"})._sender.headers["x-team"] == "café\tbar"
+
+
+def test_archive_directory_must_be_a_path() -> None:
+    # "" was the current directory: archives landed wherever the process happened to run.
+    for bad in ("", None, 5, b""):
+        with pytest.raises(TypeError, match="directory"):
+            LocalArchiveExporter(bad)  # type: ignore[arg-type]
