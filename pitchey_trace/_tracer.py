@@ -415,7 +415,14 @@ def traced(
     covers its whole iteration). ``@pt.traced`` or ``@pt.traced(name=..., kind=...)``.
     """
 
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise TypeError(f"@traced(attributes=...) takes a mapping, got {type(attributes).__name__}")
+
     def decorate(func: F) -> F:
+        if isinstance(func, (classmethod, staticmethod)):  # @traced above @classmethod
+            return type(func)(decorate(func.__func__))
+        if inspect.isclass(func):  # it would become a function: isinstance() would break
+            raise TypeError("@traced decorates functions and methods, not classes: decorate its methods")
         span_name = name or f"{func.__module__}.{func.__qualname__}"
         attrs = dict(attributes) if attributes else None
 

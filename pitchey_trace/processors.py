@@ -107,6 +107,8 @@ class Router:
 
     def __init__(self, datasets: Mapping[str, Predicate] | None = None, *, defaults: bool = True) -> None:
         merged: dict[str, Predicate] = dict(DEFAULT_DATASETS) if defaults else {}
+        if datasets is not None and not isinstance(datasets, Mapping):
+            raise TypeError(f"datasets must map dataset names to filters, got {type(datasets).__name__}")
         for name, pred in (datasets or {}).items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"dataset names must be non-empty strings, got {name!r}")

@@ -175,6 +175,38 @@ def test_base_exception_propagates_without_error_status() -> None:
 def test_traced_rejects_non_callables() -> None:
     with pytest.raises(TypeError):
         pt.traced(42)  # type: ignore[call-overload]
+    # A class would have become a function (isinstance() broken); attributes that are not a
+    # mapping failed with an unclear message.
+    with pytest.raises(TypeError, match="not classes"):
+        pt.traced(Repo)
+    with pytest.raises(TypeError, match="takes a mapping"):
+        pt.traced(attributes=5)  # type: ignore[arg-type]
+
+
+def test_traced_above_classmethod_and_staticmethod() -> None:
+    # Above the descriptor (it used to wrap the classmethod object: "not callable" at call time).
+    class Shop:
+        @pt.traced(name="Shop.open")
+        @classmethod
+        def open(cls) -> str:
+            return cls.__name__
+
+        @pt.traced
+        @staticmethod
+        def price(n: int) -> int:
+            return n * 2
+
+    with captured() as mem:
+        assert Shop.open() == "Shop"
+        assert Shop().open() == "Shop"
+        assert Shop.price(3) == 6
+    assert sorted(r["name"] for r in mem.spans()) == sorted(
+        [
+            "Shop.open",
+            "Shop.open",
+            f"{__name__}.test_traced_above_classmethod_and_staticmethod.<locals>.Shop.price",
+        ]
+    )
 
 
 # -- methods ------------------------------------------------------------------------------------
