@@ -608,6 +608,12 @@ class Pipeline:
                     _stats.incr("dropped.sanitize_error")
                     _safety.report("sanitize", exc)
                     continue
+                if not isinstance(rec, dict):  # a custom sanitizer's mistake: this record only
+                    _stats.incr("dropped.sanitize_error")
+                    _safety.warn_once(
+                        "sanitizer_result", "the sanitizer returned %s, not a record", type(rec)
+                    )
+                    continue
             if processors:
                 # Processors may add events or links in place: they get lists of their own
                 # instead of the shared read-only empty one (the record is this delivery's).
@@ -625,8 +631,15 @@ class Pipeline:
                         result = None
                     if result is None:
                         break
-                if result is None:
-                    _stats.incr("filtered")
+                    if not isinstance(result, dict):  # a processor's mistake: this record only
+                        _stats.incr("dropped.processor_error")
+                        _safety.warn_once(
+                            "processor_result", "a processor returned %s, not a record or None", type(result)
+                        )
+                        break
+                if result is None or not isinstance(result, dict):
+                    if result is None:
+                        _stats.incr("filtered")
                     continue
                 rec = result
             if router is None:

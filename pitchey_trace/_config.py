@@ -38,7 +38,7 @@ from pitchey_trace._batch import (
 from pitchey_trace._span import Limits
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace._tracer import _TRACER
-from pitchey_trace._validate import finite, list_of, positive_int
+from pitchey_trace._validate import finite, list_of, not_async, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
 from pitchey_trace.sampling import (
@@ -217,15 +217,21 @@ def configure(
     for exp in exporters:
         if not callable(getattr(exp, "export", None)):
             raise TypeError(f"exporter {exp!r} has no export(batch) method")
+        not_async(f"exporter {type(exp).__name__}.export", exp.export)
     for proc in processors:
         if not callable(proc):
             raise TypeError(f"processor {proc!r} is not callable")
+        not_async("a processor", proc)
     if sanitizer is _DEFAULT:
         sanitizer = _default_sanitizer()
     elif sanitizer is not None and not callable(sanitizer):
         raise TypeError("sanitizer must be callable (record -> record) or None")
+    if sanitizer is not None:
+        not_async("sanitizer", sanitizer)
     if router is not None and not callable(router):
         raise TypeError("router must be callable (record -> iterable of dataset names)")
+    if router is not None:
+        not_async("router", router)
     if rollups is _DEFAULT:
         rollups = _default_rollups()
     if rollups is not None:

@@ -8,6 +8,7 @@ A wrong *type* is a ``TypeError``, a value out of range a :class:`ConfigurationE
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "finite",
     "header_map",
     "list_of",
+    "not_async",
     "positive_int",
     "str_map",
     "text",
@@ -70,6 +72,19 @@ def datasets(value: Any) -> frozenset[str] | None:
     if not all(isinstance(n, str) and n for n in names):
         raise TypeError(f"datasets must be dataset names (str), got {value!r}")
     return frozenset(names)
+
+
+def not_async(name: str, fn: Any) -> None:
+    """The export worker calls ``fn`` from its own thread, without an event loop: an ``async``
+    function would return a coroutine that never runs (its records silently lost)."""
+    # (an object with an async __call__ is checked through its class's method)
+    call = (
+        fn
+        if inspect.isfunction(fn) or inspect.ismethod(fn)
+        else inspect.getattr_static(type(fn), "__call__", None)
+    )
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(call):
+        raise TypeError(f"{name} must be a plain (not async) function: the export worker runs it in a thread")
 
 
 def callable_or_none(name: str, value: Any) -> Callable[..., Any] | None:

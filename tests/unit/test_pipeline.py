@@ -406,3 +406,60 @@ def test_processors_get_mutable_event_and_link_lists_exporters_the_shared_one() 
     assert _stats.get("dropped.processor_error") == 0
     assert b["events"] is NO_ITEMS
     assert b["links"] is NO_ITEMS
+
+
+def test_async_callables_are_refused_at_configure_time() -> None:
+    # Called from the export worker's thread, an async function only returns a coroutine that
+    # never runs: an async exporter's records were counted as exported and silently lost.
+    class AsyncExporter:
+        name = "async"
+
+        async def export(self, batch: list[dict[str, Any]]) -> bool:
+            return True
+
+    class AsyncCallable:
+        async def __call__(self, rec: dict[str, Any]) -> dict[str, Any]:
+            return rec
+
+    async def async_proc(rec: dict[str, Any]) -> dict[str, Any]:
+        return rec
+
+    for kwargs in (
+        {"exporters": [AsyncExporter()]},
+        {"processors": [async_proc]},
+        {"processors": [AsyncCallable()]},
+        {"sanitizer": async_proc},
+        {"router": async_proc},
+    ):
+        with pytest.raises(TypeError, match="not async"):
+            pt.configure(**kwargs)  # type: ignore[arg-type]
+    assert not pt.is_configured()
+
+
+def test_a_processor_or_sanitizer_returning_a_non_record_costs_that_record_only() -> None:
+    # Returning something else than a dict (or None) once failed the worker's whole drain.
+    mem = pt.InMemoryExporter()
+
+    def odd(rec: dict[str, Any]) -> Any:
+        return "not a record" if rec.get("name") == "odd" else rec
+
+    pt.configure(exporters=[mem], processors=[odd], rollups=None)
+    for name in ("a", "odd", "b"):
+        with pt.span(name):
+            pass
+    assert pt.force_flush(5)
+    assert [r["name"] for r in mem.spans()] == ["a", "b"]
+    assert pt.stats()["dropped.processor_error"] == 1
+    assert pt.stats().get("internal_errors", 0) == 0
+
+    mem2 = pt.InMemoryExporter()
+    pt.configure(
+        exporters=[mem2], sanitizer=lambda rec: None if rec.get("name") == "odd" else rec, rollups=None
+    )
+    for name in ("a", "odd", "b"):
+        with pt.span(name):
+            pass
+    assert pt.force_flush(5)
+    assert [r["name"] for r in mem2.spans()] == ["a", "b"]
+    assert pt.stats()["dropped.sanitize_error"] == 1
+    assert pt.stats().get("internal_errors", 0) == 0
