@@ -26,6 +26,7 @@ from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, Span
 from pitchey_trace._tail import TailKeeper
+from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace.records import (
     _DEFAULT_THRESHOLDS,
     _KIND_STR,
@@ -109,8 +110,8 @@ class ExporterWorker:
     def __init__(self, exporter: Any, queue_size: int, batch_size: int, delay_s: float = 1.0) -> None:
         self.exporter = exporter
         self.name = getattr(exporter, "name", None) or type(exporter).__name__
-        datasets = getattr(exporter, "datasets", None)
-        self.datasets: frozenset[str] | None = frozenset(datasets) if datasets is not None else None
+        # (a custom exporter's datasets = "traces" would be its letters: a TypeError at configure)
+        self.datasets: frozenset[str] | None = valid_datasets(getattr(exporter, "datasets", None))
         self.queue_size = queue_size
         self.batch_size = batch_size
         # Woken when a full batch is queued (or on flush / stop); smaller amounts wait at most

@@ -38,6 +38,7 @@ from pitchey_trace._batch import (
 from pitchey_trace._span import Limits
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace._tracer import _TRACER
+from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, list_of, not_async, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
@@ -218,6 +219,7 @@ def configure(
         if not callable(getattr(exp, "export", None)):
             raise TypeError(f"exporter {exp!r} has no export(batch) method")
         not_async(f"exporter {type(exp).__name__}.export", exp.export)
+        valid_datasets(getattr(exp, "datasets", None))  # (checked here: before the old setup stops)
     for proc in processors:
         if not callable(proc):
             raise TypeError(f"processor {proc!r} is not callable")

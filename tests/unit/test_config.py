@@ -406,3 +406,20 @@ def test_use_context_none_starts_a_new_trace_and_rejects_other_types() -> None:
     assert {r["name"] for r in mem.spans()} == {"outer", "inner"}
     with pytest.raises(TypeError, match="use_context"):
         pt.use_context(42)  # type: ignore[arg-type]
+
+
+def test_an_exporter_with_datasets_as_one_string_is_refused_and_the_old_setup_kept() -> None:
+    class Letters:
+        datasets = "traces"  # would have been {"t", "r", "a", "c", "e", "s"}: nothing routed to it
+
+        def export(self, batch: Any) -> bool:
+            return True
+
+    mem = InMemoryExporter()
+    pt.configure(service="first", exporters=[mem], rollups=None)
+    with pytest.raises(TypeError, match="datasets"):
+        pt.configure(exporters=[Letters()])
+    assert pt.is_configured()
+    with pt.span("kept"):
+        pass
+    assert [r["name"] for r in finish(mem)] == ["kept"]
