@@ -477,6 +477,16 @@ def main() -> None:
                 f"(paired per round: median {med(paired):.2f}, range {paired[0]:.2f}..{paired[-1]:.2f}; "
                 f"target <= 0.25); extra server CPU per request: {cpu_ratio:.2f}"
             )
+            # The same ratio from server CPU per request, which this VM's neighbours move less
+            # than throughput: with the server CPU-bound, a request costing c instead of c0
+            # loses 1 - c0/c of the throughput. A cross-check, not the target's figure.
+            c0 = med(cpu["none"])
+            cpu_lost = {k: 1 - c0 / max(1e-9, med(cpu[k])) for k in ("pitchey", anchor)}
+            if cpu_lost[anchor] > 0:
+                print(
+                    f"  from server CPU: lost(pitchey) {cpu_lost['pitchey']:.1%}, lost({anchor}) "
+                    f"{cpu_lost[anchor]:.1%}, ratio {cpu_lost['pitchey'] / cpu_lost[anchor]:.2f}"
+                )
 
 
 if __name__ == "__main__":
