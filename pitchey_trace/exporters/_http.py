@@ -26,6 +26,9 @@ from pitchey_trace.exceptions import ConfigurationError
 
 __all__ = ["HttpResult", "HttpSender", "RetryPolicy", "warn_limited"]
 
+# The most of a collector's answer read (answers are small: a partial-success count).
+_MAX_RESPONSE_BYTES = 1 << 20
+
 logger = logging.getLogger("pitchey_trace")
 _WARN_EVERY_S = 60.0
 _last_warned: dict[str, float] = {}
@@ -200,9 +203,11 @@ class HttpSender:
         try:
             conn.request("POST", self._path, body=body, headers=self.headers)
             resp = conn.getresponse()
-            data = resp.read()
+            # Bounded: a collector answering with a huge (or endless) body must not grow this
+            # process's memory. What is left unread makes the connection unusable: drop it.
+            data = resp.read(_MAX_RESPONSE_BYTES)
             headers = {k.lower(): v for k, v in resp.getheaders()}
-            if resp.will_close:
+            if resp.will_close or not resp.isclosed():
                 self.close()
             return resp.status, headers, data
         except BaseException:

@@ -309,3 +309,18 @@ def test_a_request_that_times_out_is_retried(http_server: RecordingServer) -> No
     assert len(http_server.requests) == 2
     assert _stats.get("http_analytics.retried") == 1
     exp.shutdown()
+
+
+def test_a_huge_answer_is_read_only_up_to_a_bound(http_server: RecordingServer) -> None:
+    # A collector answering 8 MB: at most 1 MB is read (memory stays bounded), the connection
+    # that still holds the rest is dropped, and the next request works on a new one.
+    http_server.reply(Reply(200, body=b"{" + b" " * (8 << 20) + b"}"), Reply(200, body=b"{}"))
+    exp = OTLPExporter(http_server.url, retry=FAST, protocol="http/json")
+    first = exp._sender.send(b"{}")
+    assert first.ok
+    assert len(first.body) == 1 << 20  # not the 8 MB the collector sent
+    second = exp._sender.send(b"{}")
+    assert second.ok
+    assert second.body == b"{}"
+    assert len(http_server.requests) == 2
+    exp.shutdown()
