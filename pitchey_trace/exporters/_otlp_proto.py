@@ -106,6 +106,7 @@ def any_value_proto(value: Any) -> bytes:
 # route, status, server address...), so each is encoded once. Bounded: cleared when full.
 _KV_CACHE: dict[tuple[Any, ...], bytes] = {}
 _KV_CACHE_MAX = 4096
+_KV_CACHE_ITEM_MAX = 256  # bytes: the cache holds at most about 1 MB
 _SCALARS = (str, int, bool)  # (not floats: 0.0 and -0.0 are equal keys)
 
 
@@ -126,9 +127,11 @@ def _key_values(attrs: Mapping[str, Any] | None, number: int = 1) -> bytearray:
                 ck = (k, v, v.__class__)  # (True and 1 are equal keys: the class tells them apart)
                 kv = cache.get(ck)
                 if kv is None:
-                    if len(cache) >= _KV_CACHE_MAX:
-                        cache.clear()
-                    kv = cache[ck] = _key_value(k, v)
+                    kv = _key_value(k, v)
+                    if len(kv) <= _KV_CACHE_ITEM_MAX:  # long values rarely repeat: not kept
+                        if len(cache) >= _KV_CACHE_MAX:
+                            cache.clear()
+                        cache[ck] = kv
             else:
                 kv = _key_value(k, v)
             _field(number, kv, out)

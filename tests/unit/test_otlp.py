@@ -271,3 +271,21 @@ def test_protocol_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) 
         OTLPExporter("http://c:4318")
     with pytest.raises(ConfigurationError, match="protocol must be"):
         OTLPExporter("http://c:4318", protocol="thrift")
+
+
+def test_the_attribute_cache_keeps_only_short_pairs() -> None:
+    # Repeated short pairs are encoded once; long values (rarely repeated) are not kept, so the
+    # cache stays small whatever the attributes.
+    from pitchey_trace.exporters import _otlp_proto
+
+    _otlp_proto._KV_CACHE.clear()
+    long_value = "x" * 5000
+    records = [
+        rec(i, {"service.name": "a"}, attributes={"m": "GET", "body": long_value, "n": i}) for i in range(50)
+    ]
+    msg = ExportTraceServiceRequest.FromString(encode_otlp_protobuf(records))
+    assert len(msg.resource_spans[0].scope_spans[0].spans) == 50
+    cached = list(_otlp_proto._KV_CACHE.values())
+    assert all(len(kv) <= _otlp_proto._KV_CACHE_ITEM_MAX for kv in cached)
+    assert ("m", "GET", str) in _otlp_proto._KV_CACHE
+    assert ("body", long_value, str) not in _otlp_proto._KV_CACHE
