@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pitchey_trace._validate import datasets as valid_datasets
+from pitchey_trace._validate import positive_int
 from pitchey_trace.records import Record
 
 
@@ -18,8 +20,8 @@ class InMemoryExporter:
     name = "memory"
 
     def __init__(self, *, datasets: Iterable[str] | None = None, max_records: int = 1_000_000) -> None:
-        self.datasets = frozenset(datasets) if datasets is not None else None
-        self.max_records = max_records
+        self.datasets = valid_datasets(datasets)
+        self.max_records = positive_int("max_records", max_records, 1 << 40)
         self._records: list[Record] = []
         self._lock = threading.Lock()
         self.shut_down = False

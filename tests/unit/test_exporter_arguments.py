@@ -158,3 +158,14 @@ def test_archive_directory_must_be_a_path() -> None:
     for bad in ("", None, 5, b""):
         with pytest.raises(TypeError, match="directory"):
             LocalArchiveExporter(bad)  # type: ignore[arg-type]
+
+
+def test_in_memory_exporter_arguments() -> None:
+    with pytest.raises(TypeError):
+        pt.InMemoryExporter(datasets="traces")
+    for bad in (0, 1.5, None):
+        with pytest.raises(pt.ConfigurationError):
+            pt.InMemoryExporter(max_records=bad)  # type: ignore[arg-type]
+    mem = pt.InMemoryExporter(max_records=2)
+    assert mem.export([{"type": "span", "name": str(i)} for i in range(3)])
+    assert [r["name"] for r in mem.records] == ["1", "2"]
