@@ -2,8 +2,9 @@
 the object is made, with a message naming the argument, instead of failing every export later
 (or raising from the application's spans).
 
-A wrong *type* is a ``TypeError``, a value out of range a :class:`ConfigurationError` (a
-``ValueError``). Bools are not numbers here, and NaN and the infinities are out of range.
+A number that is out of range or not a number is a :class:`ConfigurationError` (a
+``ValueError``), as ``configure()`` always reported them; any other wrong type is a
+``TypeError``. Bools are not numbers here, and NaN and the infinities are out of range.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from pitchey_trace.exceptions import ConfigurationError
 
 __all__ = [
+    "HEADER_NAME",
     "MAX_INT_SETTING",
     "callable_or_none",
     "compresslevel",
