@@ -630,17 +630,16 @@ class Pipeline:
                         _stats.incr("dropped.processor_error")
                         _safety.report("processor", exc)
                         result = None
-                    if result is None:
+                    if not isinstance(result, dict):  # None (filtered) or a processor's mistake
                         break
-                    if not isinstance(result, dict):  # a processor's mistake: this record only
-                        _stats.incr("dropped.processor_error")
-                        _safety.warn_once(
-                            "processor_result", "a processor returned %s, not a record or None", type(result)
-                        )
-                        break
-                if result is None or not isinstance(result, dict):
-                    if result is None:
-                        _stats.incr("filtered")
+                if result is None:
+                    _stats.incr("filtered")
+                    continue
+                if not isinstance(result, dict):  # a processor's mistake: this record only
+                    _stats.incr("dropped.processor_error")
+                    _safety.warn_once(
+                        "processor_result", "a processor returned %s, not a record or None", type(result)
+                    )
                     continue
                 rec = result
             if router is None:

@@ -207,11 +207,10 @@ class HttpAnalyticsExporter(SenderExporter):
         if token is not None and not isinstance(token, str):
             raise TypeError("token must be a str or None")
         token = token if token is not None else os.environ.get("PITCHEY_TRACE_ANALYTICS_TOKEN")
-        hdrs = header_map(headers)
+        hdrs = header_map(headers)  # (a dict to add to; HttpSender checks the result)
         if token:
             # (a token read from a file or an env var often ends with a newline)
             hdrs["Authorization"] = f"Bearer {token.strip()}"
-        hdrs = header_map(hdrs)
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_points_per_request = max_points_per_request

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps, loads
 from pitchey_trace._validate import datasets as valid_datasets
-from pitchey_trace._validate import header_map, positive_int, text
+from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
@@ -240,7 +240,6 @@ class OTLPExporter(SenderExporter):
         text("name", name)
         if headers is None:
             headers = _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"))
-        hdrs = header_map(headers)
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
@@ -251,7 +250,7 @@ class OTLPExporter(SenderExporter):
         self._sender = HttpSender(
             _resolve_endpoint(endpoint),
             counter="otlp",
-            headers=hdrs,
+            headers=headers,  # checked there (header_map)
             timeout_s=timeout_s,
             compress=compression == "gzip",
             retry=retry,
