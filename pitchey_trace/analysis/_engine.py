@@ -1,0 +1,856 @@
+"""The analysis engine: answers from archived records (search, trace tree, bottleneck, metrics).
+
+An :class:`Archive` reads a source's objects on first use and keeps an index in memory: spans
+by trace (deduplicated by span id, as a record may sit in several datasets), audit records and
+rollups. A time-bounded query reads only the objects that can hold records of its window, and
+later queries read more as they need; :meth:`Archive.refresh` picks up objects written since.
+Every answer is a plain JSON-ready dict or list (shapes in docs/analysis.md).
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import hashlib
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pitchey_trace._sketch import DurationSketch, merge_sketches
+from pitchey_trace.analysis._reader import LocalSource, ObjectInfo, Source, decode_object
+from pitchey_trace.analysis._time import parse_time
+
+__all__ = ["Archive"]
+
+Record = dict[str, Any]
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_STATUSES = ("error", "ok", "unset")
+_SORTS = ("recent", "duration")
+_MAX_LIMIT = 10_000
+_DB_KEYS = ("db.query.text", "db.system.name", "db.system", "db.statement")
+# A batch's object is opened before its records are exported, and a span is exported after it
+# ends: an object closed before a window's start cannot hold a span starting in it. Clocks of
+# the writing hosts may differ a little: objects closed up to this long before still count.
+_CLOCK_SKEW_NS = 300 * 10**9
+
+# Message normalisation for error groups: the parts that differ between occurrences of one error.
+_NORMALISE = [
+    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
+    (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
+    (re.compile(r"\b\d+(?:\.\d+)?\b"), "<n>"),
+]
+_SQL_LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\$\d+|%s|\?")
+_SQL_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
+_SPACE = re.compile(r"\s+")
+
+
+def _text(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _valid_span(rec: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(rec.get("trace_id"), str)
+        and isinstance(rec.get("span_id"), str)
+        and isinstance(rec.get("start_time_unix_nano"), int)
+        and isinstance(rec.get("end_time_unix_nano"), int)
+    )
+
+
+def _normalise_message(message: str) -> str:
+    text = message.splitlines()[0] if message else ""
+    for pattern, repl in _NORMALISE:
+        text = pattern.sub(repl, text)
+    return text[:300]
+
+
+def _statement(span: Mapping[str, Any]) -> str | None:
+    """The normalised statement of a database span (literals as ?), None for other spans."""
+    attrs = span.get("attributes")
+    if not isinstance(attrs, Mapping) or not any(k in attrs for k in _DB_KEYS):
+        return None
+    text = attrs.get("db.query.text") or attrs.get("db.statement") or span.get("name") or ""
+    text = _SQL_LITERAL.sub("?", _text(text))
+    text = _SQL_IN_LIST.sub("(?)", text)
+    return _SPACE.sub(" ", text).strip()[:1000]
+
+
+def _exception(span: Mapping[str, Any]) -> tuple[str, str]:
+    """``(type, message)`` of the last exception event of a span (``("", "")`` if none)."""
+    events = span.get("events")
+    if isinstance(events, list):
+        for event in reversed(events):
+            if isinstance(event, Mapping) and event.get("name") == "exception":
+                attrs = event.get("attributes")
+                if isinstance(attrs, Mapping):
+                    return _text(attrs.get("exception.type") or ""), _text(
+                        attrs.get("exception.message") or ""
+                    )
+    return "", ""
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
+        raise ValueError(f"limit must be an int from 1 to {_MAX_LIMIT}, got {limit!r}")
+    return limit
+
+
+def _check_ms(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a number >= 0 (milliseconds), got {value!r}")
+    return float(value)
+
+
+def _check_text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _trace_id(trace_id: Any) -> str:
+    if not isinstance(trace_id, str) or not _HEX32.fullmatch(trace_id.strip().lower()):
+        raise ValueError(f"trace id must be 32 hex characters, got {trace_id!r}")
+    return trace_id.strip().lower()
+
+
+class _Tree:
+    """One trace's spans arranged as a tree (cycles and missing parents tolerated)."""
+
+    def __init__(self, spans: list[Record]) -> None:
+        self.spans = sorted(spans, key=lambda s: (s["start_time_unix_nano"], -s["end_time_unix_nano"]))
+        self.by_id: dict[str, Record] = {}
+        for s in self.spans:
+            self.by_id.setdefault(s["span_id"], s)
+        self.children: dict[str, list[Record]] = {}
+        roots: list[Record] = []
+        missing: set[str] = set()
+        for s in self.by_id.values():
+            parent = s.get("parent_span_id")
+            if isinstance(parent, str) and parent in self.by_id and parent != s["span_id"]:
+                self.children.setdefault(parent, []).append(s)
+            else:
+                if isinstance(parent, str) and parent not in self.by_id:
+                    missing.add(parent)
+                roots.append(s)
+        self.missing_parents = sorted(missing)
+        # Depth-first order; spans caught in a parent cycle are reached from no root: each such
+        # span then starts a tree of its own, so every span appears exactly once.
+        self.order: list[tuple[Record, int]] = []
+        seen: set[str] = set()
+        pending = list(roots) + list(self.by_id.values())
+        for start in pending:
+            if start["span_id"] in seen:
+                continue
+            stack = [(start, 0)]
+            while stack:
+                s, depth = stack.pop()
+                if s["span_id"] in seen:
+                    continue
+                seen.add(s["span_id"])
+                self.order.append((s, depth))
+                kids = self.children.get(s["span_id"], [])
+                stack.extend((k, depth + 1) for k in reversed(kids) if k["span_id"] not in seen)
+        self.roots = [s for s, d in self.order if d == 0]
+        self.start = min(s["start_time_unix_nano"] for s in self.spans)
+        self.end = max(s["end_time_unix_nano"] for s in self.spans)
+
+    def main_root(self) -> Record:
+        """The root the trace is about: a true root (no parent) first, then the longest."""
+        return max(
+            self.roots,
+            key=lambda s: (
+                s.get("parent_span_id") is None,
+                s["end_time_unix_nano"] - s["start_time_unix_nano"],
+            ),
+        )
+
+    def self_time_ns(self, span: Record) -> int:
+        """The span's duration minus the time covered by at least one of its children."""
+        start: int = span["start_time_unix_nano"]
+        end: int = span["end_time_unix_nano"]
+        covered = 0
+        cur_s = cur_e = None
+        for k in sorted(self.children.get(span["span_id"], []), key=lambda k: k["start_time_unix_nano"]):
+            ks, ke = max(k["start_time_unix_nano"], start), min(k["end_time_unix_nano"], end)
+            if ke <= ks:
+                continue
+            if cur_e is None or ks > cur_e:
+                if cur_e is not None and cur_s is not None:
+                    covered += cur_e - cur_s
+                cur_s, cur_e = ks, ke
+            else:
+                cur_e = max(cur_e, ke)
+        if cur_e is not None and cur_s is not None:
+            covered += cur_e - cur_s
+        return max(0, end - start - covered)
+
+    def critical_path(self) -> list[Record]:
+        """The spans the trace waited on: from the root, the last child to finish, then the
+        child that finished before that one started, and so on, recursively."""
+        root = self.main_root()
+        out: list[Record] = []
+        seen: set[str] = set()
+        stack: list[tuple[Record, int]] = [(root, root["end_time_unix_nano"])]
+        while stack:
+            s, limit = stack.pop()
+            if s["span_id"] in seen:
+                continue
+            seen.add(s["span_id"])
+            out.append(s)
+            s_start = s["start_time_unix_nano"]
+            cursor = min(s["end_time_unix_nano"], limit)
+            chosen: list[tuple[Record, int]] = []
+            kids = sorted(self.children.get(s["span_id"], []), key=lambda k: -k["end_time_unix_nano"])
+            for k in kids:
+                if cursor <= s_start:
+                    break
+                if k["start_time_unix_nano"] >= cursor or (k["end_time_unix_nano"] > cursor and chosen):
+                    continue  # after the cursor, or ran alongside a child already on the path
+                chosen.append((k, cursor))
+                cursor = k["start_time_unix_nano"]
+            stack.extend(chosen)
+        return out
+
+
+class _Index:
+    """Everything read so far, indexed for queries."""
+
+    def __init__(self) -> None:
+        self.spans: dict[tuple[str, str], Record] = {}
+        self.by_trace: dict[str, list[Record]] = {}
+        self.audits: list[Record] = []
+        self.rollups: list[Record] = []
+        self._starts: list[int] | None = None
+        self._sorted: list[Record] = []
+
+    def add(self, records: Iterable[Record]) -> int:
+        """Add records; returns how many were not usable (unknown type or missing fields)."""
+        unusable = 0
+        for rec in records:
+            kind = rec.get("type")
+            if kind == "span":
+                if not _valid_span(rec):
+                    unusable += 1
+                    continue
+                key = (rec["trace_id"], rec["span_id"])
+                if key in self.spans:
+                    continue
+                self.spans[key] = rec
+                self.by_trace.setdefault(rec["trace_id"], []).append(rec)
+                self._starts = None
+            elif kind == "audit":
+                self.audits.append(rec)
+            elif kind == "rollup":
+                self.rollups.append(rec)
+            else:
+                unusable += 1
+        return unusable
+
+    def window(self, since: int | None, until: int | None) -> list[Record]:
+        """Spans starting in ``[since, until]``, by start time."""
+        if self._starts is None:
+            self._sorted = sorted(self.spans.values(), key=lambda s: s["start_time_unix_nano"])
+            self._starts = [s["start_time_unix_nano"] for s in self._sorted]
+        lo = 0 if since is None else bisect.bisect_left(self._starts, since)
+        hi = len(self._sorted) if until is None else bisect.bisect_right(self._starts, until)
+        return self._sorted[lo:hi]
+
+
+class Archive:
+    """Search and analyse archived traces, audit records and rollups.
+
+    Args:
+        source: a local archive directory (what ``LocalArchiveExporter`` writes) or a source
+            object such as :class:`~pitchey_trace.analysis.S3Source`.
+        prefixes: for a directory: folder per dataset when the exporter used other prefixes.
+        datasets: for a directory: the datasets to read (default: traces, audit, performance).
+
+    ``Archive.from_records(records)`` analyses records already in memory, e.g. an
+    ``InMemoryExporter``'s. Queries are safe to run from several threads.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Source,
+        *,
+        prefixes: Mapping[str, str] | None = None,
+        datasets: Iterable[str] | None = None,
+    ) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            source = LocalSource(source, prefixes=prefixes, datasets=datasets)
+        elif prefixes is not None or datasets is not None:
+            raise TypeError("prefixes and datasets are options of a directory; give them to the source")
+        elif not (hasattr(source, "objects") and hasattr(source, "read") and hasattr(source, "describe")):
+            raise TypeError(f"source must be a directory or a source object, not {type(source).__name__}")
+        self._setup(source)
+
+    def _setup(self, source: Source | None) -> None:
+        self._source = source
+        self._lock = threading.RLock()
+        self._index = _Index()
+        self._loaded: dict[str, str] = {}  # object key -> version read
+        self._listed_since: int | None = -1  # -1: nothing listed yet; None: everything
+        self._trees: dict[str, tuple[int, _Tree]] = {}
+        #: What reading cost and found: objects read, bytes read, bad lines, unusable records.
+        self.read_stats = {
+            "objects": 0,
+            "bytes": 0,
+            "bad_lines": 0,
+            "unusable_records": 0,
+            "unreadable_objects": 0,
+        }
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> Archive:
+        """An archive of records already in memory (schema-v1 span, audit and rollup dicts)."""
+        if isinstance(records, (str, bytes)) or not isinstance(records, Iterable):
+            raise TypeError("records must be an iterable of record dicts")
+        archive = cls.__new__(cls)
+        archive._setup(None)
+        archive._listed_since = None
+        archive.read_stats["unusable_records"] += archive._index.add(
+            dict(r) if isinstance(r, Mapping) else {} for r in records
+        )
+        return archive
+
+    def __repr__(self) -> str:
+        where = self._source.describe() if self._source is not None else "in memory"
+        return f"<Archive {where}: {len(self._index.spans)} spans read>"
+
+    # -- reading --------------------------------------------------------------------------------
+    def _read(self, infos: list[ObjectInfo]) -> bool:
+        """Read the objects not read yet; True if a rewritten object made it start over."""
+        assert self._source is not None
+        for info in infos:
+            if self._loaded.get(info.key) == info.version:
+                continue
+            if info.key in self._loaded:  # rewritten in place: rebuild from scratch to drop its old records
+                self._rebuild()
+                return True
+            try:
+                data = self._source.read(info)
+            except Exception:  # a missing or unreadable object must not hide the others
+                self.read_stats["unreadable_objects"] += 1
+                continue
+            records, bad = decode_object(data)
+            self.read_stats["objects"] += 1
+            self.read_stats["bytes"] += len(data)
+            self.read_stats["bad_lines"] += bad
+            self.read_stats["unusable_records"] += self._index.add(records)
+            self._loaded[info.key] = info.version
+            self._trees.clear()
+        return False
+
+    def _rebuild(self) -> None:
+        since = self._listed_since
+        self._index = _Index()
+        self._loaded.clear()
+        self._trees.clear()
+        self._listed_since = -1
+        self._ensure(None if since == -1 else since)
+
+    def _ensure(self, since: int | None) -> None:
+        """Read every object that may hold records starting at or after ``since``."""
+        if self._source is None:
+            return
+        listed = self._listed_since
+        if listed is None or (listed != -1 and since is not None and since >= listed):
+            return
+        infos: list[ObjectInfo] = []
+        for dataset in getattr(self._source, "datasets", ("traces", "audit", "performance")):
+            for info in self._source.objects(dataset, since):
+                if (
+                    since is not None
+                    and info.closed_ns is not None
+                    and info.closed_ns < since - _CLOCK_SKEW_NS
+                ):
+                    continue
+                infos.append(info)
+        infos.sort(key=lambda i: (i.opened_ns or 0, i.key))
+        if not self._read(infos):  # (after a rebuild, the rebuild's own reading decided)
+            self._listed_since = since
+
+    def refresh(self) -> None:
+        """Read the objects written since the last read (the next query also lists again)."""
+        with self._lock:
+            if self._source is None:
+                return
+            since = self._listed_since
+            if since == -1:
+                return
+            self._listed_since = -1
+            self._ensure(since)
+
+    def _window(self, since: Any, until: Any) -> tuple[int | None, int | None]:
+        s = None if since is None else parse_time(since)
+        u = None if until is None else parse_time(until)
+        if s is not None and u is not None and u < s:
+            raise ValueError("until is before since")
+        return s, u
+
+    def _tree(self, trace_id: str) -> _Tree | None:
+        spans = self._index.by_trace.get(trace_id)
+        if not spans:
+            return None
+        cached = self._trees.get(trace_id)
+        if cached is not None and cached[0] == len(spans):
+            return cached[1]
+        tree = _Tree(spans)
+        if len(self._trees) > 4096:  # bounded: a long-running API server sees many traces
+            self._trees.clear()
+        self._trees[trace_id] = (len(spans), tree)
+        return tree
+
+    # -- answers --------------------------------------------------------------------------------
+    def _summary(self, trace_id: str) -> dict[str, Any]:
+        tree = self._tree(trace_id)
+        assert tree is not None
+        root = tree.main_root()
+        errors = sum(1 for s in tree.spans if s.get("status") == "error")
+        statuses = {s.get("status") for s in tree.spans}
+        return {
+            "trace_id": trace_id,
+            "name": _text(root.get("name", "")),
+            "service": _text(root.get("service", "")),
+            "start_time_unix_nano": tree.start,
+            "duration_ms": (tree.end - tree.start) / 1e6,
+            "span_count": len(tree.by_id),
+            "error_count": errors,
+            "services": sorted({_text(s.get("service", "")) for s in tree.spans}),
+            "status": "error" if errors else ("ok" if "ok" in statuses else "unset"),
+            "complete": any(s.get("parent_span_id") is None for s in tree.spans),
+        }
+
+    def search(
+        self,
+        *,
+        service: str | None = None,
+        name: str | None = None,
+        min_duration_ms: float | None = None,
+        max_duration_ms: float | None = None,
+        status: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        since: Any = None,
+        until: Any = None,
+        sort: str = "recent",
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Traces with a span matching every given filter (as Jaeger searches).
+
+        ``name`` is an exact span name or a glob (``SELECT *``); ``attributes`` maps attribute
+        names to the text of their value; ``min/max_duration_ms`` bound that span's duration;
+        ``since``/``until`` bound its start. ``sort`` is ``recent`` (newest trace first) or
+        ``duration`` (longest first). Returns trace summaries (docs/analysis.md).
+        """
+        service = _check_text("service", service)
+        name = _check_text("name", name)
+        lo = _check_ms("min_duration_ms", min_duration_ms)
+        hi = _check_ms("max_duration_ms", max_duration_ms)
+        if status is not None and status not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
+        if sort not in _SORTS:
+            raise ValueError(f"sort must be one of {', '.join(_SORTS)}, got {sort!r}")
+        limit = _check_limit(limit)
+        wanted: list[tuple[str, str]] = []
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):
+                raise ValueError("attributes must be a mapping of attribute name to value")
+            wanted = [(_text(k), _text(v)) for k, v in attributes.items()]
+        glob = name is not None and any(c in name for c in "*?[")
+        s_ns, u_ns = self._window(since, until)
+        with self._lock:
+            self._ensure(s_ns)
+            matched: set[str] = set()
+            for span in self._index.window(s_ns, u_ns):
+                tid = span["trace_id"]
+                if tid in matched:
+                    continue
+                if service is not None and span.get("service") != service:
+                    continue
+                if name is not None:
+                    span_name = _text(span.get("name", ""))
+                    if not (fnmatch.fnmatchcase(span_name, name) if glob else span_name == name):
+                        continue
+                if status is not None and span.get("status") != status:
+                    continue
+                if lo is not None or hi is not None:
+                    d = _num(span.get("duration_ms"))
+                    if (lo is not None and d < lo) or (hi is not None and d > hi):
+                        continue
+                if wanted:
+                    attrs = span.get("attributes")
+                    if not isinstance(attrs, Mapping) or any(
+                        k not in attrs or _text(attrs[k]) != v for k, v in wanted
+                    ):
+                        continue
+                matched.add(tid)
+            summaries = [self._summary(t) for t in matched]
+        if sort == "duration":
+            summaries.sort(key=lambda s: (-s["duration_ms"], s["trace_id"]))
+        else:
+            summaries.sort(key=lambda s: (-s["start_time_unix_nano"], s["trace_id"]))
+        return summaries[:limit]
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """One trace as a tree: its spans depth-first with depth, offset, self time and
+        critical-path flag (docs/analysis.md); None if no span of it is archived."""
+        tid = _trace_id(trace_id)
+        with self._lock:
+            self._ensure(None)
+            tree = self._tree(tid)
+            if tree is None:
+                return None
+            summary = self._summary(tid)
+            critical = {s["span_id"] for s in tree.critical_path()}
+            spans = []
+            for s, depth in tree.order:
+                view = dict(s)
+                view["depth"] = depth
+                view["offset_ms"] = (s["start_time_unix_nano"] - tree.start) / 1e6
+                view["self_time_ms"] = tree.self_time_ns(s) / 1e6
+                view["child_count"] = len(tree.children.get(s["span_id"], ()))
+                view["on_critical_path"] = s["span_id"] in critical
+                spans.append(view)
+        return {
+            "trace_id": tid,
+            "start_time_unix_nano": tree.start,
+            "end_time_unix_nano": tree.end,
+            "duration_ms": summary["duration_ms"],
+            "span_count": summary["span_count"],
+            "error_count": summary["error_count"],
+            "services": summary["services"],
+            "missing_parents": tree.missing_parents,
+            "spans": spans,
+        }
+
+    def analyze(self, trace_id: str, *, n_plus_one_min: int = 5) -> dict[str, Any] | None:
+        """Why a trace was slow or failed: critical path, bottleneck, time by operation,
+        N+1 queries (at least ``n_plus_one_min`` equal statements under one parent), errors
+        and database time (docs/analysis.md); None if no span of it is archived."""
+        tid = _trace_id(trace_id)
+        if isinstance(n_plus_one_min, bool) or not isinstance(n_plus_one_min, int) or n_plus_one_min < 2:
+            raise ValueError(f"n_plus_one_min must be an int >= 2, got {n_plus_one_min!r}")
+        with self._lock:
+            self._ensure(None)
+            tree = self._tree(tid)
+            if tree is None:
+                return None
+            duration_ns = max(1, tree.end - tree.start)
+            self_ns = {s["span_id"]: tree.self_time_ns(s) for s in tree.by_id.values()}
+            path = tree.critical_path()
+            order = {s["span_id"]: i for i, (s, _) in enumerate(tree.order)}
+            path.sort(key=lambda s: order[s["span_id"]])
+            critical = [
+                {
+                    "span_id": s["span_id"],
+                    "name": _text(s.get("name", "")),
+                    "service": _text(s.get("service", "")),
+                    "kind": _text(s.get("kind", "")),
+                    "duration_ms": _num(s.get("duration_ms")),
+                    "self_time_ms": self_ns[s["span_id"]] / 1e6,
+                }
+                for s in path
+            ]
+            top = max(critical, key=lambda c: c["self_time_ms"], default=None)
+            bottleneck = (
+                None
+                if top is None
+                else {
+                    "span_id": top["span_id"],
+                    "name": top["name"],
+                    "service": top["service"],
+                    "self_time_ms": top["self_time_ms"],
+                    "share": min(1.0, top["self_time_ms"] * 1e6 / duration_ns),
+                }
+            )
+            ops: dict[tuple[str, str], dict[str, Any]] = {}
+            db_queries = 0
+            db_ms = 0.0
+            repeats: dict[tuple[str, str], list[Record]] = {}
+            errors = []
+            for s in tree.by_id.values():
+                key = (_text(s.get("service", "")), _text(s.get("name", "")))
+                op = ops.setdefault(
+                    key, {"service": key[0], "name": key[1], "count": 0, "total_ms": 0.0, "self_time_ms": 0.0}
+                )
+                op["count"] += 1
+                op["total_ms"] += _num(s.get("duration_ms"))
+                op["self_time_ms"] += self_ns[s["span_id"]] / 1e6
+                statement = _statement(s)
+                if statement is not None:
+                    db_queries += 1
+                    db_ms += _num(s.get("duration_ms"))
+                    parent = s.get("parent_span_id")
+                    if isinstance(parent, str):
+                        repeats.setdefault((parent, statement), []).append(s)
+                if s.get("status") == "error":
+                    etype, emsg = _exception(s)
+                    errors.append(
+                        {
+                            "span_id": s["span_id"],
+                            "name": _text(s.get("name", "")),
+                            "service": _text(s.get("service", "")),
+                            "status_message": s.get("status_message"),
+                            "exception_type": etype or None,
+                            "exception_message": emsg or None,
+                        }
+                    )
+            n_plus_one: list[dict[str, Any]] = []
+            for (parent, statement), group in repeats.items():
+                if len(group) >= n_plus_one_min:
+                    p = tree.by_id.get(parent)
+                    n_plus_one.append(
+                        {
+                            "parent_span_id": parent,
+                            "parent_name": _text(p.get("name", "")) if p else None,
+                            "statement": statement,
+                            "count": len(group),
+                            "total_ms": sum(_num(s.get("duration_ms")) for s in group),
+                        }
+                    )
+        n_plus_one.sort(key=lambda g: (-g["count"], -g["total_ms"]))
+        errors.sort(key=lambda e: order.get(e["span_id"], 0))
+        return {
+            "trace_id": tid,
+            "duration_ms": (tree.end - tree.start) / 1e6,
+            "critical_path": critical,
+            "bottleneck": bottleneck,
+            "by_operation": sorted(ops.values(), key=lambda o: (-o["self_time_ms"], o["name"])),
+            "n_plus_one": n_plus_one,
+            "errors": errors,
+            "db": {"queries": db_queries, "total_ms": db_ms},
+        }
+
+    def performance(
+        self, *, service: str | None = None, since: Any = None, until: Any = None
+    ) -> list[dict[str, Any]]:
+        """Latency and errors per operation: count, error rate, mean, p50/p95/p99, max.
+
+        From the rollups when the archive has any in the window (they count every span,
+        sampled or not; quantiles within 1% from their merged sketches), otherwise from the
+        archived spans (exact, but only over what was kept). Ordered by total time.
+        """
+        service = _check_text("service", service)
+        s_ns, u_ns = self._window(since, until)
+        with self._lock:
+            self._ensure(s_ns)
+            rollups = [
+                r
+                for r in self._index.rollups
+                if (service is None or r.get("service") == service)
+                and isinstance(r.get("minute_start_unix_nano"), int)
+                and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - 60 * 10**9)
+                and (u_ns is None or r["minute_start_unix_nano"] <= u_ns)
+            ]
+            rows = self._from_rollups(rollups) if rollups else None
+            if rows is None:
+                rows = self._from_spans(
+                    [
+                        s
+                        for s in self._index.window(s_ns, u_ns)
+                        if service is None or s.get("service") == service
+                    ]
+                )
+        rows.sort(key=lambda r: (-r["count"] * r["mean_ms"], r["service"], r["operation"]))
+        return rows
+
+    @staticmethod
+    def _from_rollups(rollups: list[Record]) -> list[dict[str, Any]] | None:
+        groups: dict[tuple[str, str, str], list[Record]] = {}
+        for r in rollups:
+            key = (_text(r.get("service", "")), _text(r.get("operation", "")), _text(r.get("kind", "")))
+            groups.setdefault(key, []).append(r)
+        rows = []
+        for (svc, op, kind), rs in groups.items():
+            count = sum(_int(r.get("count")) for r in rs)
+            errors = sum(_int(r.get("errors")) for r in rs)
+            total = sum(_num(r.get("duration_sum_ms")) for r in rs)
+            sketches = [r["sketch"] for r in rs if isinstance(r.get("sketch"), Mapping)]
+            try:
+                sketch = DurationSketch.from_dict(merge_sketches(sketches)) if sketches else None
+            except (ValueError, TypeError, KeyError):
+                return None  # a malformed rollup: the spans answer instead
+            if count <= 0:
+                continue
+            rows.append(
+                {
+                    "service": svc,
+                    "operation": op,
+                    "kind": kind,
+                    "count": count,
+                    "errors": errors,
+                    "error_rate": errors / count,
+                    "mean_ms": total / count,
+                    "p50_ms": sketch.quantile(0.5) if sketch else None,
+                    "p95_ms": sketch.quantile(0.95) if sketch else None,
+                    "p99_ms": sketch.quantile(0.99) if sketch else None,
+                    "max_ms": max(_num(r.get("duration_max_ms")) for r in rs),
+                    "source": "rollups",
+                }
+            )
+        return rows
+
+    @staticmethod
+    def _from_spans(spans: list[Record]) -> list[dict[str, Any]]:
+        groups: dict[tuple[str, str, str], list[Record]] = {}
+        for s in spans:
+            key = (_text(s.get("service", "")), _text(s.get("name", "")), _text(s.get("kind", "")))
+            groups.setdefault(key, []).append(s)
+        rows = []
+        for (svc, op, kind), ss in groups.items():
+            durations = sorted(_num(s.get("duration_ms")) for s in ss)
+            errors = sum(1 for s in ss if s.get("status") == "error")
+            rows.append(
+                {
+                    "service": svc,
+                    "operation": op,
+                    "kind": kind,
+                    "count": len(ss),
+                    "errors": errors,
+                    "error_rate": errors / len(ss),
+                    "mean_ms": sum(durations) / len(ss),
+                    "p50_ms": _percentile(durations, 0.5),
+                    "p95_ms": _percentile(durations, 0.95),
+                    "p99_ms": _percentile(durations, 0.99),
+                    "max_ms": durations[-1],
+                    "source": "spans",
+                }
+            )
+        return rows
+
+    def errors(
+        self, *, service: str | None = None, since: Any = None, until: Any = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Error spans grouped by service, span name, exception type and message shape (ids,
+        numbers and quoted text normalised), most frequent first, with sample trace ids."""
+        service = _check_text("service", service)
+        limit = _check_limit(limit)
+        s_ns, u_ns = self._window(since, until)
+        groups: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            self._ensure(s_ns)
+            for s in self._index.window(s_ns, u_ns):
+                if s.get("status") != "error" or (service is not None and s.get("service") != service):
+                    continue
+                etype, emsg = _exception(s)
+                text = emsg or _text(s.get("status_message") or "")
+                if not text:  # a failed response without exception: its status tells errors apart
+                    attrs = s.get("attributes")
+                    code = attrs.get("http.response.status_code") if isinstance(attrs, Mapping) else None
+                    text = f"HTTP {code}" if code is not None else ""
+                message = _normalise_message(text) if not text.startswith("HTTP ") else text
+                svc, name = _text(s.get("service", "")), _text(s.get("name", ""))
+                fp = hashlib.blake2b(
+                    "\x1f".join((svc, name, etype, message)).encode("utf-8", "replace"), digest_size=8
+                ).hexdigest()
+                g = groups.get(fp)
+                when = s["start_time_unix_nano"]
+                if g is None:
+                    g = groups[fp] = {
+                        "fingerprint": fp,
+                        "service": svc,
+                        "name": name,
+                        "exception_type": etype or None,
+                        "message": message,
+                        "count": 0,
+                        "first_seen_unix_nano": when,
+                        "last_seen_unix_nano": when,
+                        "trace_ids": [],
+                    }
+                g["count"] += 1
+                g["first_seen_unix_nano"] = min(g["first_seen_unix_nano"], when)
+                g["last_seen_unix_nano"] = max(g["last_seen_unix_nano"], when)
+                if len(g["trace_ids"]) < 5 and s["trace_id"] not in g["trace_ids"]:
+                    g["trace_ids"].append(s["trace_id"])
+        out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))
+        return out[:limit]
+
+    def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
+        """Totals for a window: spans, traces, errors, services, time range, the slowest and
+        the latest failed traces, audit outcomes and security events."""
+        s_ns, u_ns = self._window(since, until)
+        with self._lock:
+            self._ensure(s_ns)
+            spans = self._index.window(s_ns, u_ns)
+            services: dict[str, list[int]] = {}
+            traces: set[str] = set()
+            errors = 0
+            for s in spans:
+                row = services.setdefault(_text(s.get("service", "")), [0, 0])
+                row[0] += 1
+                traces.add(s["trace_id"])
+                if s.get("status") == "error":
+                    row[1] += 1
+                    errors += 1
+            audits = [
+                a
+                for a in self._index.audits
+                if isinstance(a.get("time_unix_nano"), int)
+                and (s_ns is None or a["time_unix_nano"] >= s_ns)
+                and (u_ns is None or a["time_unix_nano"] <= u_ns)
+            ]
+            outcomes: dict[str, int] = {}
+            for a in audits:
+                outcome = _text(a.get("outcome", ""))
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            summaries = [self._summary(t) for t in traces]
+        slowest = sorted(summaries, key=lambda s: (-s["duration_ms"], s["trace_id"]))[:5]
+        failed = sorted(
+            (s for s in summaries if s["status"] == "error"),
+            key=lambda s: (-s["start_time_unix_nano"], s["trace_id"]),
+        )[:5]
+        return {
+            "spans": len(spans),
+            "traces": len(traces),
+            "errors": errors,
+            "error_rate": errors / len(spans) if spans else 0.0,
+            "start_time_unix_nano": spans[0]["start_time_unix_nano"] if spans else None,
+            "end_time_unix_nano": max((s["end_time_unix_nano"] for s in spans), default=None),
+            "services": [
+                {"service": k, "spans": v[0], "errors": v[1]}
+                for k, v in sorted(services.items(), key=lambda kv: -kv[1][0])
+            ],
+            "slowest": slowest,
+            "recent_errors": failed,
+            "audit": {
+                "records": len(audits),
+                "security_events": sum(1 for a in audits if a.get("category") == "security"),
+                "by_outcome": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])),
+            },
+        }

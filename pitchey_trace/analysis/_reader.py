@@ -1,0 +1,316 @@
+"""Where archived records come from: a local archive directory or S3 / R2 buckets.
+
+Both hold what the archive exporters write: ``{prefix}/{YYYYMMDD}/{opened}_{closed}_{unique}.log.gz``
+(gzip NDJSON, one gzip member per written batch). A source lists those objects with the times
+from their names, so a time-bounded query can skip objects without reading them, and reads one
+object's bytes. :func:`decode_object` turns the bytes into records, keeping everything that can
+be read from a damaged object (a torn last line, a truncated gzip member, a bad line).
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pitchey_trace import _json
+
+__all__ = ["DATASETS", "LocalSource", "ObjectInfo", "S3Source", "Source", "decode_object", "key_times"]
+
+#: The datasets a source reads by default (what the archive exporters write by default).
+DATASETS = ("traces", "audit", "performance")
+
+_KEY = re.compile(r"(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_[0-9A-Za-z]+\.log\.gz")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One archived object: where it is and the batch times its name gives (None if unnamed)."""
+
+    dataset: str
+    key: str
+    size: int
+    version: str  # changes when the object's bytes may have changed (mtime, ETag)
+    opened_ns: int | None
+    closed_ns: int | None
+
+
+class Source(Protocol):
+    """What :class:`~pitchey_trace.analysis.Archive` reads from."""
+
+    def describe(self) -> str:
+        """A short human-readable name (for messages)."""
+
+    def objects(self, dataset: str, since_ns: int | None) -> list[ObjectInfo]:
+        """The dataset's objects; may leave out objects closed before ``since_ns``."""
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The object's stored bytes."""
+
+
+def _compact_ns(text: str) -> int:
+    return calendar.timegm(time.strptime(text, "%Y%m%dT%H%M%SZ")) * 1_000_000_000
+
+
+def key_times(name: str) -> tuple[int | None, int | None]:
+    """``(opened_ns, closed_ns)`` from an object's file name, ``(None, None)`` if it has none."""
+    m = _KEY.fullmatch(name)
+    if not m:
+        return None, None
+    try:
+        # Names have whole seconds: the batch closed before the end of its closing second.
+        return _compact_ns(m.group(1)), _compact_ns(m.group(2)) + 999_999_999
+    except ValueError:
+        return None, None
+
+
+def _prefixes(prefixes: Mapping[str, str] | None, datasets: Iterable[str]) -> dict[str, str]:
+    given = dict(prefixes or {})
+    for k, v in given.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError("prefixes must map dataset names to str prefixes")
+    return {d: given.get(d, d).strip("/") for d in datasets}
+
+
+def _datasets(datasets: Iterable[str] | None) -> tuple[str, ...]:
+    if datasets is None:
+        return DATASETS
+    if isinstance(datasets, str):
+        raise TypeError("datasets must be a list of names, not one str")
+    out = tuple(datasets)
+    if not out or not all(isinstance(d, str) and d for d in out):
+        raise TypeError("datasets must be a non-empty list of names")
+    return out
+
+
+class LocalSource:
+    """A local archive directory (what :class:`~pitchey_trace.exporters.LocalArchiveExporter` writes).
+
+    Args:
+        root: the archive directory.
+        prefixes: folder per dataset when the exporter was given other ``prefixes``.
+        datasets: the datasets to read (default: traces, audit, performance).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        prefixes: Mapping[str, str] | None = None,
+        datasets: Iterable[str] | None = None,
+    ) -> None:
+        if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
+            raise TypeError("root must be a non-empty path")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"archive directory not found: {self.root}")
+        self.datasets = _datasets(datasets)
+        self.prefixes = _prefixes(prefixes, self.datasets)
+
+    def describe(self) -> str:
+        """The directory."""
+        return str(self.root)
+
+    def objects(self, dataset: str, since_ns: int | None) -> list[ObjectInfo]:
+        """Every ``*.log.gz`` under the dataset's folder (date folders before ``since_ns`` skipped)."""
+        base = (
+            self.root / self.prefixes.get(dataset, dataset)
+            if self.prefixes.get(dataset, dataset)
+            else self.root
+        )
+        if not base.is_dir():
+            return []
+        first_day = time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400)) if since_ns else ""
+        out: list[ObjectInfo] = []
+        for day in sorted(os.listdir(base)):
+            folder = base / day
+            if not (len(day) == 8 and day.isdigit() and day >= first_day) or not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if not entry.name.endswith(".log.gz") or not entry.is_file():
+                    continue
+                st = entry.stat()
+                opened, closed = key_times(entry.name)
+                out.append(
+                    ObjectInfo(
+                        dataset, entry.path, st.st_size, f"{st.st_mtime_ns}:{st.st_size}", opened, closed
+                    )
+                )
+        return out
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The file's bytes."""
+        return Path(info.key).read_bytes()
+
+    def __repr__(self) -> str:
+        return f"LocalSource({str(self.root)!r})"
+
+
+class S3Source:
+    """S3 or Cloudflare R2 buckets written by :class:`~pitchey_trace.exporters.LogpushExporter`.
+
+    Args:
+        bucket: the bucket of every dataset (or give ``buckets``).
+        buckets: bucket per dataset, for datasets with their own bucket.
+        prefixes: key prefix per dataset (default: the dataset name).
+        datasets: the datasets to read (default: traces, audit, performance).
+        client: a boto3 S3 client; default: one made from ``endpoint_url``/``region``/``profile``
+            (credentials from boto3's usual chain).
+        cache_dir: keep a copy of each object read here, so later runs read it from disk
+            (objects are immutable once written; a copy is used only if its size matches).
+
+    ``S3Source.from_config(path_or_config)`` takes buckets, prefixes and endpoint from the
+    logpush configuration file that ``pitchey-trace logpush setup`` uses.
+    """
+
+    def __init__(
+        self,
+        bucket: str | None = None,
+        *,
+        buckets: Mapping[str, str] | None = None,
+        prefixes: Mapping[str, str] | None = None,
+        datasets: Iterable[str] | None = None,
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.datasets = _datasets(datasets)
+        self.prefixes = _prefixes(prefixes, self.datasets)
+        per = dict(buckets or {})
+        self.buckets: dict[str, str] = {}
+        for d in self.datasets:
+            b = per.get(d, bucket)
+            if not isinstance(b, str) or not b:
+                raise TypeError(f"no bucket for dataset {d!r}: give bucket= or buckets={{{d!r}: ...}}")
+            self.buckets[d] = b
+        if client is None:
+            from pitchey_trace.logpush_config import make_s3_client
+
+            client = make_s3_client(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=3)
+        self.client = client
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    @classmethod
+    def from_config(
+        cls, config: Any, *, client: Any = None, cache_dir: str | os.PathLike[str] | None = None
+    ) -> S3Source:
+        """From a logpush configuration: a ``LogpushConfig`` or the path of its file."""
+        from pitchey_trace import logpush_config as lc
+
+        cfg = config if isinstance(config, lc.LogpushConfig) else lc.load_config(config)
+        return cls(
+            buckets={n: d.bucket for n, d in cfg.datasets.items()},
+            prefixes={n: d.prefix for n, d in cfg.datasets.items()},
+            datasets=list(cfg.datasets),
+            client=client if client is not None else lc.client_for(cfg),
+            cache_dir=cache_dir,
+        )
+
+    def describe(self) -> str:
+        """``s3://bucket/prefix`` of each dataset."""
+        return ", ".join(f"s3://{self.buckets[d]}/{self.prefixes[d]}" for d in self.datasets)
+
+    def objects(self, dataset: str, since_ns: int | None) -> list[ObjectInfo]:
+        """The dataset's objects; listing starts at the day before ``since_ns`` (keys sort by day)."""
+        bucket, prefix = self.buckets.get(dataset), self.prefixes.get(dataset, dataset)
+        if bucket is None:
+            return []
+        base = f"{prefix}/" if prefix else ""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": base}
+        if since_ns:
+            kwargs["StartAfter"] = base + time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400))
+        out: list[ObjectInfo] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents") or ():
+                key = obj["Key"]
+                if not key.endswith(".log.gz"):
+                    continue
+                opened, closed = key_times(key.rpartition("/")[2])
+                version = f"{obj.get('ETag', '')}:{obj.get('Size', 0)}"
+                out.append(ObjectInfo(dataset, key, int(obj.get("Size", 0)), version, opened, closed))
+        return out
+
+    def _cache_path(self, info: ObjectInfo) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        parts = [p for p in info.key.split("/") if p not in ("", ".", "..")]
+        return self.cache_dir.joinpath(self.buckets[info.dataset], *parts)
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The object's bytes: from the cache directory when it has them, else from the bucket."""
+        path = self._cache_path(info)
+        if path is not None:
+            try:
+                cached = path.read_bytes()
+                if len(cached) == info.size:
+                    return cached
+            except OSError:
+                pass
+        body = self.client.get_object(Bucket=self.buckets[info.dataset], Key=info.key)["Body"]
+        try:
+            data: bytes = body.read()
+        finally:
+            body.close()
+        if path is not None:
+            try:  # write-then-rename: a crash never leaves a short copy under the final name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # the cache is an optimisation only
+        return data
+
+    def __repr__(self) -> str:
+        return f"S3Source({self.describe()!r})"
+
+
+def _gunzip(data: bytes) -> tuple[bytes, bool]:
+    """Every gzip member's data; ``(data, damaged)`` where damaged means some was unreadable."""
+    out: list[bytes] = []
+    rest = data
+    while rest:
+        d = zlib.decompressobj(31)
+        try:
+            out.append(d.decompress(rest))
+        except zlib.error:
+            return b"".join(out), True
+        if not d.eof:  # a truncated member: what it gave is kept
+            out.append(d.flush())
+            return b"".join(out), True
+        rest = d.unused_data
+    return b"".join(out), False
+
+
+def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The records in an archived object and the number of lines that could not be read.
+
+    A damaged gzip stream counts as one bad line; a torn last line (a crash mid-write) too.
+    """
+    text, damaged = _gunzip(data)
+    bad = int(damaged)
+    records: list[dict[str, Any]] = []
+    loads = _json.loads
+    for line in text.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad

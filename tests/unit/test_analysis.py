@@ -1,0 +1,496 @@
+"""The analysis engine over real spans: made with the public span API at exact times, exported
+by the real pipeline (InMemoryExporter, LocalArchiveExporter), then searched and analysed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace.analysis import Archive, LocalSource, decode_object, parse_time
+from pitchey_trace.exporters import InMemoryExporter, LocalArchiveExporter
+from pitchey_trace.records import audit_record
+
+MS = 1_000_000
+T0 = 1_796_000_000_000_000_000  # a fixed Unix time (ns) in 2026
+
+
+def _span(name: str, start_ms: float, parent: Any = None, **kw: Any) -> Any:
+    attrs = kw.pop("attributes", None)
+    return pt.start_span(name, attrs, context=parent, start_time_ns=T0 + int(start_ms * MS), **kw)
+
+
+def _end(span: Any, end_ms: float) -> None:
+    span.end(T0 + int(end_ms * MS))
+
+
+def make_shop_trace(service: str = "shop") -> str:
+    """A request whose handler runs an N+1 loop (6 equal SELECTs), then two parallel calls,
+    then a slow render: root 0-100 ms."""
+    root = _span("GET /orders/{id}", 0, kind=pt.SpanKind.SERVER)
+    handler = _span("load_order", 1, parent=root)
+    for i in range(6):
+        q = _span(
+            "SELECT items",
+            2 + i * 3,
+            parent=handler,
+            kind=pt.SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.query.text": f"SELECT * FROM items WHERE id = {i}",  # noqa: S608 (a test record)
+            },
+        )
+        _end(q, 4 + i * 3)
+    _end(handler, 21)
+    a = _span("call pricing", 22, parent=root, kind=pt.SpanKind.CLIENT)
+    b = _span("call stock", 23, parent=root, kind=pt.SpanKind.CLIENT)
+    _end(b, 40)
+    _end(a, 50)  # pricing finishes last: it, not stock, is on the critical path
+    render = _span("render", 50, parent=root)
+    _end(render, 95)
+    _end(root, 100)
+    return _hex(root)
+
+
+def _hex(span: Any) -> str:
+    ctx = span.context
+    return f"{ctx.trace_id:032x}"
+
+
+def make_error_trace(message: str, start_ms: float = 200, service_attr: str = "x") -> str:
+    root = _span("POST /pay", start_ms, kind=pt.SpanKind.SERVER, attributes={"tenant": service_attr})
+    child = _span("charge", start_ms + 1, parent=root)
+    try:
+        raise ValueError(message)
+    except ValueError as exc:
+        child.record_exception(exc)
+        child.set_status(pt.StatusCode.ERROR, "charge failed")
+    _end(child, start_ms + 5)
+    root.set_status(pt.StatusCode.ERROR)
+    _end(root, start_ms + 6)
+    return _hex(root)
+
+
+@pytest.fixture
+def memory() -> Iterator[InMemoryExporter]:
+    exporter = InMemoryExporter()
+    pt.configure(service="shop", environment="test", exporters=[exporter], sample_rate=1.0, rollups=None)
+    return exporter
+
+
+def _archive(exporter: InMemoryExporter) -> Archive:
+    pt.force_flush()
+    return Archive.from_records(exporter.records)
+
+
+# -- time ----------------------------------------------------------------------------------------
+def test_parse_time_forms() -> None:
+    now = 2_000_000_000 * 10**9
+    assert parse_time("15m", now) == now - 15 * 60 * 10**9
+    assert parse_time("24h", now) == now - 86400 * 10**9
+    assert parse_time(" 7d ", now) == now - 7 * 86400 * 10**9
+    assert parse_time("500ms", now) == now - 500 * MS
+    assert parse_time(123) == 123
+    assert parse_time(1.5) == 1_500_000_000
+    assert (
+        parse_time("2026-11-30T12:00:00Z")
+        == int(datetime(2026, 11, 30, 12, tzinfo=timezone.utc).timestamp()) * 10**9
+    )
+    assert parse_time("2026-11-30") == parse_time(datetime(2026, 11, 30))
+    assert parse_time("1796000000000000000") == 1796000000000000000
+
+
+@pytest.mark.parametrize(
+    "bad", ["yesterday", "", "-5m", "5x", True, None, -1, float("nan"), 10**30, [], "1969-01-01"]
+)
+def test_parse_time_refuses(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_time(bad)
+
+
+# -- trees -----------------------------------------------------------------------------------------
+def test_trace_tree_order_offsets_and_self_time(memory: InMemoryExporter) -> None:
+    tid = make_shop_trace()
+    view = _archive(memory).trace(tid)
+    assert view is not None
+    names = [(s["depth"], s["name"]) for s in view["spans"]]
+    assert names[:3] == [(0, "GET /orders/{id}"), (1, "load_order"), (2, "SELECT items")]
+    assert names[-3:] == [(1, "call pricing"), (1, "call stock"), (1, "render")]
+    assert view["span_count"] == 11
+    assert view["duration_ms"] == pytest.approx(100)
+    by_name = {s["name"]: s for s in view["spans"]}
+    assert by_name["render"]["offset_ms"] == pytest.approx(50)
+    # handler 1-21 ms, six 2 ms queries: 20 - 12 = 8 ms of its own
+    assert by_name["load_order"]["self_time_ms"] == pytest.approx(8, abs=0.01)
+    # root 100 ms; children cover 1-21, 22-50 (two overlapping calls) and 50-95: 7 ms its own
+    assert by_name["GET /orders/{id}"]["self_time_ms"] == pytest.approx(7, abs=0.01)
+    assert by_name["GET /orders/{id}"]["child_count"] == 4
+    assert view["missing_parents"] == []
+
+
+def test_critical_path_bottleneck_and_n_plus_one(memory: InMemoryExporter) -> None:
+    tid = make_shop_trace()
+    result = _archive(memory).analyze(tid)
+    assert result is not None
+    path = [c["name"] for c in result["critical_path"]]
+    assert "call pricing" in path
+    assert "call stock" not in path
+    assert path[0] == "GET /orders/{id}"
+    assert "render" in path
+    assert "load_order" in path
+    assert result["bottleneck"]["name"] == "render"
+    assert result["bottleneck"]["share"] == pytest.approx(0.45, abs=0.01)
+    [n1] = result["n_plus_one"]
+    assert n1["count"] == 6
+    assert n1["parent_name"] == "load_order"
+    assert n1["statement"] == "SELECT * FROM items WHERE id = ?"  # literals folded into one shape
+    assert result["db"]["queries"] == 6
+    assert result["db"]["total_ms"] == pytest.approx(12, abs=0.01)
+    ops = {(o["name"]): o for o in result["by_operation"]}
+    assert ops["SELECT items"]["count"] == 6
+    assert result["by_operation"][0]["name"] == "render"  # the most self time first
+    assert _archive(memory).analyze(tid, n_plus_one_min=7)["n_plus_one"] == []  # type: ignore[index]
+
+
+def test_errors_in_analysis_and_groups(memory: InMemoryExporter) -> None:
+    t1 = make_error_trace("card 4000 declined for order 123", 200)
+    t2 = make_error_trace("card 4000 declined for order 987", 300)
+    t3 = make_error_trace("gateway 'eu-1' timeout", 400)
+    archive = _archive(memory)
+    result = archive.analyze(t1)
+    assert result is not None
+    [err] = [e for e in result["errors"] if e["name"] == "charge"]
+    assert err["exception_type"] == "ValueError"
+    assert err["exception_message"] == "card 4000 declined for order 123"
+    groups = archive.errors()
+    charge = [g for g in groups if g["name"] == "charge"]
+    assert [g["count"] for g in charge] == [2, 1]
+    assert charge[0]["message"] == "card <n> declined for order <n>"
+    assert set(charge[0]["trace_ids"]) == {t1, t2}
+    assert charge[1]["trace_ids"] == [t3]
+    assert charge[0]["first_seen_unix_nano"] < charge[0]["last_seen_unix_nano"]
+    [top] = archive.errors(limit=1)  # the three failed roots: no exception, no message
+    assert (top["name"], top["count"], top["message"]) == ("POST /pay", 3, "")
+
+
+# -- search --------------------------------------------------------------------------------------
+def test_search_filters(memory: InMemoryExporter) -> None:
+    shop = make_shop_trace()
+    e1 = make_error_trace("boom", 200, service_attr="acme")
+    e2 = make_error_trace("boom", 300, service_attr="other")
+    a = _archive(memory)
+
+    def ids(**kw: Any) -> list[str]:
+        return [s["trace_id"] for s in a.search(**kw)]
+
+    assert ids() == [e2, e1, shop]  # newest first
+    assert ids(sort="duration")[0] == shop
+    assert sorted(ids(sort="duration")[1:]) == sorted([e1, e2])
+    assert ids(status="error") == [e2, e1]
+    assert ids(name="render") == [shop]
+    assert ids(name="SELECT *") == [shop]  # a glob
+    assert ids(name="SELECT") == []  # not a glob: exact
+    assert ids(min_duration_ms=40) == [shop]  # render (45 ms) and the root qualify
+    assert ids(max_duration_ms=1) == []
+    assert ids(attributes={"tenant": "acme"}) == [e1]
+    assert ids(attributes={"db.system.name": "postgresql"}) == [shop]
+    assert ids(service="nope") == []
+    assert ids(since=T0 + 150 * MS) == [e2, e1]
+    assert ids(since=T0 + 150 * MS, until=T0 + 250 * MS) == [e1]
+    assert ids(limit=1) == [e2]
+    [summary] = a.search(name="render")
+    assert summary["span_count"] == 11
+    assert summary["name"] == "GET /orders/{id}"
+    assert summary["status"] == "unset"
+    assert summary["complete"] is True
+    assert summary["services"] == ["shop"]
+    assert a.search(status="error")[0]["error_count"] == 2
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"status": "failed"},
+        {"sort": "oldest"},
+        {"limit": 0},
+        {"limit": True},
+        {"min_duration_ms": -1},
+        {"min_duration_ms": float("nan")},
+        {"min_duration_ms": "5"},
+        {"service": ""},
+        {"name": 3},
+        {"attributes": ["a"]},
+        {"since": "soon"},
+        {"since": "1h", "until": "2h"},
+    ],
+)
+def test_search_refuses_bad_parameters(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Archive.from_records([]).search(**kw)
+
+
+@pytest.mark.parametrize("bad", ["abc", "0" * 31, "g" * 32, 42, None])
+def test_trace_id_validated(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        Archive.from_records([]).trace(bad)
+
+
+def test_unknown_trace_is_none_and_upper_case_ids_work(memory: InMemoryExporter) -> None:
+    tid = make_shop_trace()
+    a = _archive(memory)
+    assert a.trace("0" * 31 + "1") is None
+    assert a.analyze("0" * 31 + "1") is None
+    assert a.trace(tid.upper())["trace_id"] == tid  # type: ignore[index]
+
+
+# -- odd archives ---------------------------------------------------------------------------------
+def _rec(trace: str, span: str, parent: str | None, start: int, end: int, **kw: Any) -> dict[str, Any]:
+    rec = {
+        "schema": 1,
+        "type": "span",
+        "trace_id": trace,
+        "span_id": span,
+        "parent_span_id": parent,
+        "name": kw.pop("name", span),
+        "kind": "internal",
+        "service": "svc",
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": end,
+        "duration_ms": (end - start) / MS,
+        "status": "unset",
+        "attributes": {},
+        "events": [],
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_missing_parents_cycles_and_duplicates() -> None:
+    t = "ab" * 16
+    records = [
+        _rec(t, "a" * 16, "f" * 16, 0, 10 * MS),  # its parent was not kept
+        _rec(t, "b" * 16, "c" * 16, 1 * MS, 2 * MS),  # b and c are each other's parent
+        _rec(t, "c" * 16, "b" * 16, 1 * MS, 3 * MS),
+        _rec(t, "d" * 16, "d" * 16, 4 * MS, 5 * MS),  # its own parent
+        _rec(t, "a" * 16, "f" * 16, 0, 10 * MS),  # the same span from a second dataset
+        {"type": "span", "trace_id": t},  # unusable
+        "not a record",
+    ]
+    a = Archive.from_records(records)  # type: ignore[arg-type]
+    view = a.trace(t)
+    assert view is not None
+    assert sorted(s["span_id"] for s in view["spans"]) == ["a" * 16, "b" * 16, "c" * 16, "d" * 16]
+    assert view["missing_parents"] == ["f" * 16]
+    assert a.read_stats["unusable_records"] == 2
+    result = a.analyze(t)
+    assert result is not None
+    assert result["critical_path"][0]["span_id"] == "a" * 16
+    assert a.search()[0]["complete"] is False
+
+
+def test_deep_trace_has_no_recursion_limit() -> None:
+    t = "cd" * 16
+    records = [_rec(t, f"{i:016x}", f"{i - 1:016x}" if i else None, i, 10**9 - i) for i in range(5000)]
+    a = Archive.from_records(records)
+    view = a.trace(t)
+    assert view is not None
+    assert view["spans"][-1]["depth"] == 4999
+    assert len(a.analyze(t)["critical_path"]) == 5000  # type: ignore[index]
+
+
+def test_performance_from_spans_and_from_rollups(memory: InMemoryExporter) -> None:
+    for i in range(20):
+        s = _span("work", i * 10)
+        _end(s, i * 10 + 1 + i)  # 1..20 ms
+    rows = _archive(memory).performance()
+    [work] = [r for r in rows if r["operation"] == "work"]
+    assert work["source"] == "spans"
+    assert work["count"] == 20
+    assert work["p50_ms"] == pytest.approx(10, abs=0.01)
+    assert work["p95_ms"] == pytest.approx(19, abs=0.01)
+    assert work["max_ms"] == pytest.approx(20, abs=0.01)
+    assert work["mean_ms"] == pytest.approx(10.5, abs=0.01)
+
+
+def test_performance_merges_rollup_sketches() -> None:
+    exporter = InMemoryExporter()
+    pt.configure(
+        service="shop", exporters=[exporter], sample_rate=0.0, keep_errors=False, slow_threshold_ms=None
+    )
+    for _i in range(200):
+        with pt.span("op"):
+            pass
+    pt.force_flush()
+    pt.shutdown()  # flushes the open rollup minute
+    rollups = [r for r in exporter.records if r["type"] == "rollup"]
+    assert rollups
+    assert not [r for r in exporter.records if r["type"] == "span"]
+    # Two copies of each rollup as if two processes had sent them: counts add, quantiles hold.
+    a = Archive.from_records(rollups + [dict(r) for r in rollups])
+    [op] = [r for r in a.performance() if r["operation"] == "op"]
+    assert op["source"] == "rollups"
+    assert op["count"] == 400
+    single = Archive.from_records(rollups).performance()
+    [one] = [r for r in single if r["operation"] == "op"]
+    assert op["p99_ms"] == pytest.approx(one["p99_ms"])
+    assert op["max_ms"] == one["max_ms"]
+
+
+def test_overview_counts_spans_traces_and_audit(memory: InMemoryExporter) -> None:
+    make_shop_trace()
+    make_error_trace("boom")
+    pt.force_flush()
+    audits = [
+        audit_record(
+            service="shop",
+            environment="test",
+            category="request",
+            action="GET /",
+            target="/",
+            outcome="200",
+            time_unix_nano=T0,
+        ),
+        audit_record(
+            service="shop",
+            environment="test",
+            category="security",
+            action="GET /admin",
+            target="/admin",
+            outcome="403",
+            time_unix_nano=T0,
+        ),
+    ]
+    a = Archive.from_records(list(memory.records) + audits)
+    ov = a.overview()
+    assert ov["spans"] == 13
+    assert ov["traces"] == 2
+    assert ov["errors"] == 2
+    assert ov["services"] == [{"service": "shop", "spans": 13, "errors": 2}]
+    assert ov["slowest"][0]["name"] == "GET /orders/{id}"
+    assert ov["recent_errors"][0]["name"] == "POST /pay"
+    assert ov["audit"] == {"records": 2, "security_events": 1, "by_outcome": {"200": 1, "403": 1}}
+    assert a.overview(since=T0 + 150 * MS)["traces"] == 1
+
+
+# -- reading archives from disk -----------------------------------------------------------------------
+def test_local_archive_round_trip_and_time_pruning(tmp_path: Path) -> None:
+    exporter = LocalArchiveExporter(tmp_path, max_interval_s=60)
+    pt.configure(service="shop", exporters=[exporter], sample_rate=1.0)
+    tid = make_shop_trace()
+    pt.shutdown()
+    archive = Archive(tmp_path)
+    view = archive.trace(tid)
+    assert view is not None
+    assert view["span_count"] == 11
+    assert archive.read_stats["objects"] >= 2
+    assert archive.read_stats["bad_lines"] == 0
+    assert next(r for r in archive.performance() if r["operation"] == "render")["source"] == "rollups"
+    # An object whose name says it closed long before the window is not read at all.
+    old = tmp_path / "traces" / "20200101" / "20200101T000000Z_20200101T000100Z_00aa.log.gz"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(gzip.compress(json.dumps(_rec("ef" * 16, "1" * 16, None, 0, MS)).encode() + b"\n"))
+    recent = Archive(tmp_path)
+    assert "ef" * 16 not in [s["trace_id"] for s in recent.search(since=T0 - 10**9)]
+    assert recent.read_stats["objects"] == archive.read_stats["objects"]
+    assert recent.search(since=0)[-1]["trace_id"] == "ef" * 16  # a wider window reads it
+    assert recent.read_stats["objects"] == archive.read_stats["objects"] + 1
+
+
+def test_refresh_reads_objects_written_later(tmp_path: Path) -> None:
+    (tmp_path / "traces").mkdir()
+    archive = Archive(tmp_path)
+    assert archive.search() == []
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir()
+    (folder / "20261130T000000Z_20261130T000001Z_01.log.gz").write_bytes(
+        gzip.compress(json.dumps(_rec("12" * 16, "1" * 16, None, 0, MS)).encode() + b"\n")
+    )
+    assert archive.search() == []  # cached until refreshed
+    archive.refresh()
+    assert [s["trace_id"] for s in archive.search()] == ["12" * 16]
+
+
+def test_damaged_objects_keep_what_can_be_read(tmp_path: Path) -> None:
+    good = [json.dumps(_rec("34" * 16, f"{i:016x}", None, i, i + MS)).encode() for i in range(3)]
+    whole = gzip.compress(b"\n".join(good) + b"\n")
+    torn = gzip.compress(b"\n".join(good) + b'\n{"type": "span", "trace_')
+    records, bad = decode_object(torn)
+    assert len(records) == 3
+    assert bad == 1
+    records, bad = decode_object(whole + gzip.compress(good[0] + b"\nnot json\n[1]\n"))  # two members
+    assert len(records) == 4
+    assert bad == 2
+    records, bad = decode_object(whole[: len(whole) - 12])  # truncated gzip: the lines before stay
+    assert bad >= 1
+    assert len(records) >= 2
+    records, bad = decode_object(b"\x00garbage")
+    assert records == []
+    assert bad == 1
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir(parents=True)
+    (folder / "20261130T000000Z_20261130T000001Z_02.log.gz").write_bytes(torn)
+    (folder / "unnamed.log.gz").write_bytes(b"\x00garbage")
+    archive = Archive(tmp_path)
+    assert archive.search()[0]["span_count"] == 3
+    assert archive.read_stats["bad_lines"] == 2
+    assert archive.read_stats["objects"] == 2
+
+
+def test_archive_arguments_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not found"):
+        Archive(tmp_path / "missing")
+    with pytest.raises(TypeError):
+        Archive(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Archive(LocalSource(tmp_path), prefixes={"traces": "t"})
+    with pytest.raises(TypeError):
+        LocalSource(tmp_path, datasets="traces")
+    with pytest.raises(TypeError):
+        Archive.from_records("records")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Archive.from_records([]).analyze("ab" * 16, n_plus_one_min=1)
+
+
+def test_custom_prefixes(tmp_path: Path) -> None:
+    exporter = LocalArchiveExporter(tmp_path, prefixes={"traces": "spans/v1"}, datasets=["traces"])
+    pt.configure(service="shop", exporters=[exporter], sample_rate=1.0)
+    tid = make_shop_trace()
+    pt.shutdown()
+    assert Archive(tmp_path).trace(tid) is None
+    assert Archive(tmp_path, prefixes={"traces": "spans/v1"}).trace(tid) is not None
+
+
+def test_queries_from_threads_agree(memory: InMemoryExporter) -> None:
+    import threading
+
+    for _ in range(5):
+        make_shop_trace()
+    a = _archive(memory)
+    out: list[int] = []
+
+    def run() -> None:
+        for _ in range(20):
+            out.append(len(a.search(limit=100)))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [5] * 80
+
+
+def test_wall_clock_relative_window(memory: InMemoryExporter) -> None:
+    with pt.span("now"):
+        pass
+    a = _archive(memory)
+    assert [s["name"] for s in a.search(since="5m")] == ["now"]
+    assert a.search(until="5m") == []
+    assert time.time_ns() - a.search()[0]["start_time_unix_nano"] < 300 * 10**9
