@@ -1,0 +1,254 @@
+"""The analysis HTTP API and the waterfall page: an ASGI app (Starlette) over an :class:`Archive`.
+
+    from pitchey_trace.analysis import Archive
+    from pitchey_trace.analysis.api import create_app
+
+    app = create_app(Archive("var/archive"))     # serve with any ASGI server, e.g. uvicorn
+
+JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
+``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/errors``, ``/healthz``.
+HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
+``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
+unknown trace 404. Reference: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pitchey_trace import _json
+
+if TYPE_CHECKING:
+    from pitchey_trace.analysis import Archive
+
+__all__ = ["MAX_LIMIT", "create_app"]
+
+logger = logging.getLogger("pitchey_trace")
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_LIMIT = 1000
+"""Largest ``limit`` an endpoint returns; larger requests are cut to it."""
+
+# The pages load only their own script and style sheet and talk only to this server, so
+# everything else is refused: injected markup could neither run script nor send data away.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = (
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+)
+# Also set here because a 500 answer is sent from outside the middleware stack.
+_JSON_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+_INT = re.compile(r"[+-]?\d+")
+_T = TypeVar("_T")
+
+
+class _SecurityHeaders:
+    """Adds the security headers to every HTTP response (pages, JSON, static files, errors)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _SECURITY_HEADERS:
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """``data`` as a JSON response. ``<``, ``>`` and ``&`` (which JSON allows only inside
+    strings) are written as ``\\u`` escapes: the same document, but no byte of it reads as
+    markup should a client ever treat it as HTML."""
+    body = _json.dumps(data).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+    return Response(body, status_code, media_type="application/json", headers=_JSON_HEADERS)
+
+
+# -- query parameters: each parser raises ValueError (answered with 400) on bad input ---------------
+
+
+def _text(request: Request, name: str) -> str | None:
+    """The parameter stripped; absent or empty (an empty form field) means not given."""
+    value = request.query_params.get(name, "").strip()
+    return value or None
+
+
+def _duration(request: Request, name: str) -> float | None:
+    value = _text(request, name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of milliseconds, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _time(request: Request, name: str) -> str | None:
+    """Passed to the engine as text, which reads it as :func:`~pitchey_trace.analysis.parse_time`
+    does everywhere: ISO-8601, a relative "24h", or digits as Unix nanoseconds."""
+    return _text(request, name)
+
+
+def _limit(request: Request) -> int | None:
+    value = _text(request, "limit")
+    if value is None:
+        return None
+    if not _INT.fullmatch(value):
+        raise ValueError(f"limit must be a whole number, got {value!r}")
+    limit = int(value)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return min(limit, MAX_LIMIT)
+
+
+def _attributes(request: Request) -> dict[str, str] | None:
+    """Repeated ``attr=key=value`` parameters (split at the first ``=``)."""
+    out: dict[str, str] = {}
+    for item in request.query_params.getlist("attr"):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"attr must look like key=value, got {item!r}")
+        out[key] = value
+    return out or None
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    """Only the parameters the request set, so the engine's own defaults apply to the rest."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# -- the app -----------------------------------------------------------------------------------------
+
+
+def create_app(archive: Archive) -> Starlette:
+    """The analysis web app over ``archive``: the JSON API, the overview/search page at ``/``
+    and the waterfall page at ``/traces/{trace_id}`` (see the module docstring)."""
+
+    async def call(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        # Engine calls are synchronous and may read a large archive on first use: they run in
+        # the thread pool (the Archive is safe across threads) so the event loop keeps serving.
+        return await run_in_threadpool(func, *args, **kwargs)
+
+    async def overview(request: Request) -> Response:
+        since, until = _time(request, "since"), _time(request, "until")
+        return json_response(await call(archive.overview, **_given(since=since, until=until)))
+
+    async def search(request: Request) -> Response:
+        params = _given(
+            service=_text(request, "service"),
+            name=_text(request, "name"),
+            min_duration_ms=_duration(request, "min_duration_ms"),
+            max_duration_ms=_duration(request, "max_duration_ms"),
+            status=_text(request, "status"),
+            attributes=_attributes(request),
+            since=_time(request, "since"),
+            until=_time(request, "until"),
+            sort=_text(request, "sort"),
+            limit=_limit(request),
+        )
+        return json_response(await call(archive.search, **params))
+
+    async def trace(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        view = await call(archive.trace, trace_id)
+        if view is None:
+            return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
+        return json_response(view)
+
+    async def analysis(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        result = await call(archive.analyze, trace_id)
+        if result is None:
+            return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
+        return json_response(result)
+
+    async def performance(request: Request) -> Response:
+        params = _given(
+            service=_text(request, "service"), since=_time(request, "since"), until=_time(request, "until")
+        )
+        return json_response(await call(archive.performance, **params))
+
+    async def errors(request: Request) -> Response:
+        params = _given(
+            service=_text(request, "service"),
+            since=_time(request, "since"),
+            until=_time(request, "until"),
+            limit=_limit(request),
+        )
+        return json_response(await call(archive.errors, **params))
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    index_html = (STATIC_DIR / "index.html").read_bytes()
+    trace_html = (STATIC_DIR / "trace.html").read_bytes()
+
+    async def index_page(request: Request) -> Response:
+        return Response(index_html, media_type="text/html; charset=utf-8")
+
+    async def trace_page(request: Request) -> Response:
+        # The same page for every id: its script reads the id from the address and asks the API.
+        return Response(trace_html, media_type="text/html; charset=utf-8")
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return json_response({"error": str(exc)}, 400)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response({"error": exc.detail}, exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        logger.error("analysis API: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_response({"error": "internal error (see the server log)"}, 500)
+
+    routes = [
+        Route("/", index_page),
+        Route("/traces/{trace_id}", trace_page),
+        Route("/api/overview", overview),
+        Route("/api/search", search),
+        Route("/api/traces/{trace_id}", trace),
+        Route("/api/traces/{trace_id}/analysis", analysis),
+        Route("/api/performance", performance),
+        Route("/api/errors", errors),
+        Route("/healthz", healthz),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_SecurityHeaders)],
+        exception_handlers={ValueError: bad_request, HTTPException: http_error, Exception: server_error},
+    )

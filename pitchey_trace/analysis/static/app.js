@@ -1,0 +1,560 @@
+// pitchey-trace analysis pages: the overview/search page (body data-page="index") and the
+// waterfall page (data-page="trace"). Plain DOM code, no build step, no third-party code.
+//
+// Span names, attributes, messages and service names come from traced applications and may be
+// hostile, so every value reaches the page through textContent or a DOM property, and markup is
+// only ever built with createElement: never an HTML string.
+"use strict";
+
+(function () {
+  // -- DOM helpers -------------------------------------------------------------------------------
+
+  /** An element with optional class, text and dataset; children are appended in order. */
+  function el(tag, opts, children) {
+    const node = document.createElement(tag);
+    const o = opts || {};
+    if (o.cls) node.className = o.cls;
+    if (o.text !== undefined && o.text !== null) node.textContent = String(o.text);
+    if (o.title) node.title = String(o.title);
+    if (o.data) {
+      for (const key of Object.keys(o.data)) node.dataset[key] = String(o.data[key]);
+    }
+    for (const child of children || []) {
+      if (child !== null && child !== undefined) node.appendChild(child);
+    }
+    return node;
+  }
+
+  function byId(id) {
+    return document.getElementById(id);
+  }
+
+  function cell(text, cls) {
+    return el("td", { text: text, cls: cls });
+  }
+
+  function numCell(text) {
+    return cell(text, "num");
+  }
+
+  function showMessage(text) {
+    const box = byId("message");
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  /** GET a JSON endpoint; a non-2xx answer throws an Error carrying the API's message. */
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { accept: "application/json" } });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!response.ok) {
+      const detail = body && body.error ? body.error : response.status + " " + response.statusText;
+      const error = new Error(String(detail));
+      error.status = response.status;
+      throw error;
+    }
+    return body;
+  }
+
+  // -- formatting --------------------------------------------------------------------------------
+
+  function fmtMs(ms) {
+    if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return "–";
+    const v = Number(ms);
+    if (v === 0) return "0 ms";
+    if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 1 : 2) + " s";
+    if (v >= 100) return v.toFixed(0) + " ms";
+    if (v >= 1) return v.toFixed(1) + " ms";
+    return v.toFixed(2) + " ms";
+  }
+
+  function fmtPct(fraction) {
+    if (fraction === null || fraction === undefined) return "–";
+    return (Number(fraction) * 100).toFixed(1) + "%";
+  }
+
+  function fmtTime(unixNano) {
+    if (unixNano === null || unixNano === undefined) return "–";
+    const date = new Date(Number(unixNano) / 1e6);
+    if (Number.isNaN(date.getTime())) return "–";
+    return date.toISOString().replace("T", " ").replace("Z", " UTC");
+  }
+
+  function fmtValue(value) {
+    if (typeof value === "string") return value;
+    return JSON.stringify(value);
+  }
+
+  function traceLink(traceId, text) {
+    const a = el("a", { text: text || String(traceId).slice(0, 16), title: traceId, cls: "trace-link" });
+    a.href = "/traces/" + encodeURIComponent(traceId);
+    return a;
+  }
+
+  // -- overview / search page --------------------------------------------------------------------
+
+  const SEARCH_FIELDS = ["service", "name", "min_duration_ms", "max_duration_ms", "status", "since", "sort", "limit"];
+
+  /** The search parameters of the page address (attr repeated, one per key=value). */
+  function searchParamsFromLocation() {
+    const here = new URLSearchParams(window.location.search);
+    const out = new URLSearchParams();
+    for (const field of SEARCH_FIELDS) {
+      const value = here.get(field);
+      if (value) out.set(field, value);
+    }
+    for (const raw of here.getAll("attr")) {
+      for (const line of raw.split("\n")) {
+        if (line.trim()) out.append("attr", line.trim());
+      }
+    }
+    return out;
+  }
+
+  function fillForm(form, params) {
+    for (const field of SEARCH_FIELDS) {
+      if (params.has(field)) form.elements[field].value = params.get(field);
+    }
+    form.elements.attr.value = params.getAll("attr").join("\n");
+  }
+
+  function traceRows(tbody, traces) {
+    tbody.replaceChildren();
+    for (const t of traces) {
+      const row = el("tr", { cls: t.status === "error" ? "error" : "", data: { traceId: t.trace_id } }, [
+        el("td", {}, [traceLink(t.trace_id)]),
+        cell(t.name),
+        cell(t.service),
+        numCell(fmtMs(t.duration_ms)),
+        numCell(t.span_count),
+      ]);
+      tbody.appendChild(row);
+    }
+  }
+
+  function renderOverview(o) {
+    byId("overview-cards").replaceChildren(
+      card("Spans", o.spans),
+      card("Traces", o.traces),
+      card("Errors", o.errors, o.errors > 0 ? "bad" : ""),
+      card("Error rate", fmtPct(o.error_rate)),
+      card("From", fmtTime(o.start_time_unix_nano)),
+      card("To", fmtTime(o.end_time_unix_nano))
+    );
+    const services = byId("services").tBodies[0];
+    services.replaceChildren();
+    for (const s of o.services || []) {
+      services.appendChild(el("tr", {}, [cell(s.service), numCell(s.spans), numCell(s.errors)]));
+    }
+    traceRows(byId("slowest").tBodies[0], o.slowest || []);
+    traceRows(byId("recent-errors").tBodies[0], o.recent_errors || []);
+    const audit = o.audit || {};
+    const outcomes = Object.keys(audit.by_outcome || {})
+      .map(function (k) {
+        return k + ": " + audit.by_outcome[k];
+      })
+      .join(", ");
+    byId("audit").textContent =
+      "Audit records: " + (audit.records || 0) + " (security events: " + (audit.security_events || 0) + ")" +
+      (outcomes ? " · by outcome: " + outcomes : "");
+  }
+
+  function card(label, value, cls) {
+    return el("div", { cls: "card " + (cls || "") }, [
+      el("div", { cls: "card-value", text: value }),
+      el("div", { cls: "card-label", text: label }),
+    ]);
+  }
+
+  function renderResults(traces) {
+    const tbody = byId("results").tBodies[0];
+    tbody.replaceChildren();
+    for (const t of traces) {
+      tbody.appendChild(
+        el("tr", { cls: t.status === "error" ? "error" : "", data: { traceId: t.trace_id } }, [
+          el("td", {}, [traceLink(t.trace_id)]),
+          cell(t.name),
+          cell(t.service),
+          cell(fmtTime(t.start_time_unix_nano)),
+          numCell(fmtMs(t.duration_ms)),
+          numCell(t.span_count),
+          numCell(t.error_count),
+          cell((t.services || []).join(", ")),
+          cell(t.status + (t.complete ? "" : " (incomplete)")),
+        ])
+      );
+    }
+    byId("results-empty").hidden = traces.length > 0;
+  }
+
+  function renderPerformance(stats) {
+    const tbody = byId("performance-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const s of stats) {
+      tbody.appendChild(
+        el("tr", { cls: s.errors > 0 ? "has-errors" : "" }, [
+          cell(s.service),
+          cell(s.operation),
+          cell(s.kind),
+          numCell(s.count),
+          numCell(s.errors),
+          numCell(fmtPct(s.error_rate)),
+          numCell(fmtMs(s.mean_ms)),
+          numCell(fmtMs(s.p50_ms)),
+          numCell(fmtMs(s.p95_ms)),
+          numCell(fmtMs(s.p99_ms)),
+          numCell(fmtMs(s.max_ms)),
+          cell(s.source),
+        ])
+      );
+    }
+  }
+
+  function renderErrors(groups) {
+    const tbody = byId("errors-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const g of groups) {
+      const links = el("td", { cls: "links" });
+      for (const id of g.trace_ids || []) {
+        links.appendChild(traceLink(id, String(id).slice(0, 8)));
+        links.appendChild(document.createTextNode(" "));
+      }
+      tbody.appendChild(
+        el("tr", { data: { fingerprint: g.fingerprint } }, [
+          cell(g.service),
+          cell(g.name),
+          cell(g.exception_type || "–"),
+          cell(g.message),
+          numCell(g.count),
+          cell(fmtTime(g.first_seen_unix_nano)),
+          cell(fmtTime(g.last_seen_unix_nano)),
+          links,
+        ])
+      );
+    }
+  }
+
+  async function loadSection(promise, render) {
+    try {
+      render(await promise);
+    } catch (error) {
+      showMessage(error.message);
+    }
+  }
+
+  function initIndex() {
+    const form = byId("search-form");
+    const params = searchParamsFromLocation();
+    fillForm(form, params);
+    form.addEventListener("submit", function (event) {
+      // Build the address ourselves so each attribute line becomes its own attr parameter.
+      event.preventDefault();
+      const next = new URLSearchParams();
+      for (const field of SEARCH_FIELDS) {
+        const value = String(form.elements[field].value || "").trim();
+        if (value) next.set(field, value);
+      }
+      for (const line of form.elements.attr.value.split("\n")) {
+        if (line.trim()) next.append("attr", line.trim());
+      }
+      window.location.search = next.toString();
+    });
+
+    // The time window (and service) of the search also scopes the tables beside it.
+    const scope = new URLSearchParams();
+    for (const key of ["since", "service"]) {
+      if (params.has(key)) scope.set(key, params.get(key));
+    }
+    const since = new URLSearchParams();
+    if (params.has("since")) since.set("since", params.get("since"));
+    return Promise.all([
+      loadSection(getJSON("/api/overview?" + since), renderOverview),
+      loadSection(getJSON("/api/search?" + params), renderResults),
+      loadSection(getJSON("/api/performance?" + scope), renderPerformance),
+      loadSection(getJSON("/api/errors?" + scope), renderErrors),
+    ]);
+  }
+
+  // -- waterfall page ----------------------------------------------------------------------------
+
+  function traceIdFromPath() {
+    const parts = window.location.pathname.split("/");
+    return decodeURIComponent(parts[parts.length - 1] || "");
+  }
+
+  function renderSummary(view) {
+    byId("summary").replaceChildren(
+      card("Duration", fmtMs(view.duration_ms)),
+      card("Spans", view.span_count),
+      card("Errors", view.error_count, view.error_count > 0 ? "bad" : ""),
+      card("Services", (view.services || []).join(", ")),
+      card("Started", fmtTime(view.start_time_unix_nano))
+    );
+    const missing = view.missing_parents || [];
+    if (missing.length) {
+      const box = byId("missing-parents");
+      box.textContent =
+        "Incomplete trace: " + missing.length + " parent span(s) are not in the archive (" + missing.join(", ") + ").";
+      box.hidden = false;
+    }
+  }
+
+  function renderAxis(total) {
+    const axis = byId("axis");
+    axis.replaceChildren();
+    for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
+      const tick = el("span", { cls: "tick", text: fmtMs(total * fraction) });
+      tick.style.left = fraction * 100 + "%";
+      axis.appendChild(tick);
+    }
+  }
+
+  // The engine groups N+1 statements with their literals replaced by "?"; the same rewrite here
+  // tells which rows belong to a reported group.
+  const SQL_LITERAL = /'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\$\d+|%s|\?/g;
+  const SQL_IN_LIST = /\(\s*\?(?:\s*,\s*\?)*\s*\)/g;
+
+  function statementOf(span) {
+    const attrs = span.attributes || {};
+    const text = attrs["db.query.text"] || attrs["db.statement"];
+    if (typeof text !== "string") return null;
+    return text.replace(SQL_LITERAL, "?").replace(SQL_IN_LIST, "(?)").replace(/\s+/g, " ").trim();
+  }
+
+  function renderWaterfall(view, analysis) {
+    const total = Number(view.duration_ms) || 0;
+    const bottleneckId = analysis && analysis.bottleneck ? analysis.bottleneck.span_id : null;
+    const repeated = new Set();
+    for (const group of (analysis && analysis.n_plus_one) || []) {
+      repeated.add(group.parent_span_id + "\u0000" + group.statement);
+    }
+    renderAxis(total);
+    const rows = byId("rows");
+    rows.replaceChildren();
+    const byIdMap = new Map();
+    for (const span of view.spans) {
+      byIdMap.set(span.span_id, span);
+      const isError = span.status === "error";
+      const classes = ["span-row"];
+      if (isError) classes.push("error");
+      if (span.on_critical_path) classes.push("critical");
+      if (span.span_id === bottleneckId) classes.push("bottleneck");
+      if (repeated.has(span.parent_span_id + "\u0000" + statementOf(span))) classes.push("repeated");
+
+      const label = el("div", { cls: "wf-label" }, [
+        span.on_critical_path ? el("span", { cls: "marker", text: "◆", title: "on the critical path" }) : null,
+        el("span", { cls: "span-name", text: span.name }),
+        el("span", { cls: "span-service", text: span.service }),
+        isError ? el("span", { cls: "badge error-badge", text: "error" }) : null,
+        span.span_id === bottleneckId ? el("span", { cls: "badge bottleneck-badge", text: "bottleneck" }) : null,
+      ]);
+      label.style.paddingLeft = 6 + 16 * (Number(span.depth) || 0) + "px";
+
+      const bar = el("div", { cls: "bar", title: span.name + " · " + fmtMs(span.duration_ms) });
+      const left = total > 0 ? (Number(span.offset_ms) / total) * 100 : 0;
+      const width = total > 0 ? (Number(span.duration_ms) / total) * 100 : 100;
+      bar.style.left = Math.min(Math.max(left, 0), 100) + "%";
+      bar.style.width = Math.min(Math.max(width, 0), 100 - Math.min(Math.max(left, 0), 100)) + "%";
+
+      const row = el(
+        "div",
+        {
+          cls: classes.join(" "),
+          data: { spanId: span.span_id, depth: span.depth, parentSpanId: span.parent_span_id || "" },
+        },
+        [label, el("div", { cls: "wf-track" }, [bar]), el("div", { cls: "wf-duration", text: fmtMs(span.duration_ms) })]
+      );
+      row.setAttribute("role", "button");
+      row.tabIndex = 0;
+      row.addEventListener("click", function () {
+        selectSpan(view, span.span_id, byIdMap);
+      });
+      row.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          selectSpan(view, span.span_id, byIdMap);
+        }
+      });
+      rows.appendChild(row);
+    }
+  }
+
+  function selectSpan(view, spanId, spans) {
+    const span = spans.get(spanId);
+    if (!span) return;
+    for (const row of byId("rows").children) {
+      const selected = row.dataset.spanId === spanId;
+      row.classList.toggle("selected", selected);
+      row.setAttribute("aria-pressed", selected ? "true" : "false");
+    }
+    if (window.location.hash !== "#span=" + spanId) {
+      history.replaceState(null, "", "#span=" + spanId);
+    }
+    renderDetails(view, span);
+  }
+
+  function keyValueTable(cls, obj) {
+    const keys = Object.keys(obj || {}).sort();
+    if (!keys.length) return el("p", { cls: "muted", text: "none" });
+    return el(
+      "table",
+      { cls: "grid kv " + cls },
+      [el("tbody", {}, keys.map(function (k) {
+        return el("tr", {}, [el("th", { text: k }), el("td", { text: fmtValue(obj[k]) })]);
+      }))]
+    );
+  }
+
+  function renderDetails(view, span) {
+    const facts = [
+      ["Service", span.service],
+      ["Kind", span.kind],
+      ["Status", span.status + (span.status_message ? ": " + span.status_message : "")],
+      ["Duration", fmtMs(span.duration_ms)],
+      ["Self time", fmtMs(span.self_time_ms)],
+      ["Starts at", "+" + fmtMs(span.offset_ms)],
+      ["Category", span.category],
+      ["Span id", span.span_id],
+      ["Parent", span.parent_span_id || "(root)"],
+      ["Children", span.child_count],
+    ];
+    const dl = el("dl", { cls: "facts" });
+    for (const pair of facts) {
+      dl.appendChild(el("dt", { text: pair[0] }));
+      dl.appendChild(el("dd", { text: pair[1] }));
+    }
+    const events = el("ol", { cls: "events plain" });
+    for (const event of span.events || []) {
+      const offset = (Number(event.time_unix_nano) - Number(view.start_time_unix_nano)) / 1e6;
+      events.appendChild(
+        el("li", { cls: "event" }, [
+          el("span", { cls: "event-time", text: "+" + fmtMs(offset) + " " }),
+          el("strong", { cls: "event-name", text: event.name }),
+          keyValueTable("event-attributes", event.attributes),
+        ])
+      );
+    }
+    const links = el("ul", { cls: "plain" });
+    for (const link of span.links || []) {
+      const target = link.trace_id ? traceLink(link.trace_id, link.trace_id + " / " + (link.span_id || "")) : null;
+      links.appendChild(el("li", {}, [target]));
+    }
+    const hasLinks = (span.links || []).length > 0;
+    const parts = [
+      el("h2", { cls: "details-name", text: span.name }),
+      dl,
+      el("h3", { text: "Attributes" }),
+      keyValueTable("span-attributes", span.attributes),
+      el("h3", { text: "Events" }),
+      (span.events || []).length ? events : el("p", { cls: "muted", text: "none" }),
+      hasLinks ? el("h3", { text: "Links" }) : null,
+      hasLinks ? links : null,
+      el("h3", { text: "Resource" }),
+      keyValueTable("span-resource", span.resource),
+    ];
+    // (replaceChildren would turn a null into the text "null")
+    byId("details").replaceChildren(...parts.filter(Boolean));
+  }
+
+  function renderAnalysis(analysis) {
+    const bottleneck = analysis.bottleneck;
+    if (bottleneck) {
+      const box = byId("bottleneck");
+      box.replaceChildren(
+        el("strong", { text: "Bottleneck: " }),
+        el("span", { cls: "bottleneck-name", text: bottleneck.name }),
+        document.createTextNode(
+          " (" + bottleneck.service + ") spends " + fmtMs(bottleneck.self_time_ms) + " on its own, " +
+            fmtPct(bottleneck.share) + " of the trace."
+        )
+      );
+      box.hidden = false;
+    }
+    byId("critical-path").replaceChildren(
+      ...(analysis.critical_path || []).map(function (s) {
+        return el("li", { data: { spanId: s.span_id } }, [
+          el("span", { cls: "span-name", text: s.name }),
+          el("span", { cls: "muted", text: " " + s.service + " · " + fmtMs(s.duration_ms) + " (self " + fmtMs(s.self_time_ms) + ")" }),
+        ]);
+      })
+    );
+    const db = analysis.db || {};
+    byId("db-summary").textContent = (db.queries || 0) + " queries, " + fmtMs(db.total_ms || 0) + " in total";
+    const groups = analysis.n_plus_one || [];
+    byId("n-plus-one").replaceChildren(
+      ...(groups.length
+        ? groups.map(function (g) {
+            return el("li", { cls: "n-plus-one-group" }, [
+              el("strong", { text: g.count + "× " }),
+              el("code", { cls: "statement", text: g.statement }),
+              el("span", { cls: "muted", text: " under " + g.parent_name + " · " + fmtMs(g.total_ms) + " in total" }),
+            ]);
+          })
+        : [el("li", { cls: "muted", text: "none found" })])
+    );
+    const errs = analysis.errors || [];
+    byId("trace-errors").replaceChildren(
+      ...(errs.length
+        ? errs.map(function (e) {
+            const what = [e.exception_type, e.exception_message || e.status_message].filter(Boolean).join(": ");
+            return el("li", { cls: "trace-error", data: { spanId: e.span_id } }, [
+              el("strong", { text: e.name }),
+              el("span", { text: " (" + e.service + ") " + what }),
+            ]);
+          })
+        : [el("li", { cls: "muted", text: "none" })])
+    );
+    const tbody = byId("by-operation").tBodies[0];
+    tbody.replaceChildren(
+      ...(analysis.by_operation || []).map(function (op) {
+        return el("tr", {}, [cell(op.service), cell(op.name), numCell(op.count), numCell(fmtMs(op.total_ms)), numCell(fmtMs(op.self_time_ms))]);
+      })
+    );
+  }
+
+  async function initTrace() {
+    const traceId = traceIdFromPath();
+    byId("trace-id").textContent = traceId;
+    const base = "/api/traces/" + encodeURIComponent(traceId);
+    let view;
+    let analysis = null;
+    try {
+      [view, analysis] = await Promise.all([getJSON(base), getJSON(base + "/analysis")]);
+    } catch (error) {
+      showMessage(error.status === 404 ? "Trace " + traceId + " is not in the archive." : error.message);
+      return;
+    }
+    const root = view.spans.length ? view.spans[0].name : "";
+    document.title = "Trace " + String(traceId).slice(0, 8) + " · " + root;
+    renderSummary(view);
+    renderAnalysis(analysis);
+    renderWaterfall(view, analysis);
+    const byIdMap = new Map(view.spans.map(function (s) { return [s.span_id, s]; }));
+    const wanted = window.location.hash.startsWith("#span=") ? window.location.hash.slice(6) : null;
+    if (wanted && byIdMap.has(wanted)) selectSpan(view, wanted, byIdMap);
+  }
+
+  function start() {
+    const page = document.body.dataset.page;
+    const work = page === "index" ? initIndex() : page === "trace" ? initTrace() : Promise.resolve();
+    // data-ready tells a reader of the page (and the browser tests) that rendering is done.
+    work
+      .catch(function (error) {
+        showMessage(error.message);
+      })
+      .finally(function () {
+        document.body.dataset.ready = "true";
+      });
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();

@@ -1,0 +1,299 @@
+"""The analysis HTTP API (pitchey_trace.analysis.api) in process, over httpx's ASGI transport,
+on an archive of real spans recorded by the SDK (tests/support/analysis_data.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from pitchey_trace.analysis import Archive
+from pitchey_trace.analysis.api import MAX_LIMIT, STATIC_DIR, create_app
+from tests.support.analysis_data import (
+    HOSTILE_CHILD,
+    HOSTILE_NAME,
+    HOSTILE_VALUE,
+    STATEMENT,
+    TraceData,
+    make_traces,
+)
+
+
+def get(app: Any, url: str) -> httpx.Response:
+    """One GET through the ASGI app (an app error comes back as its 500, as a server sends it)."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get(url)
+
+    return asyncio.run(go())
+
+
+class RecordingArchive(Archive):
+    """An Archive that remembers the keyword arguments its search received."""
+
+    calls: list[dict[str, Any]]
+
+    def search(self, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append(kwargs)
+        return super().search(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def data() -> TraceData:
+    return make_traces()
+
+
+@pytest.fixture(scope="module")
+def archive(data: TraceData) -> Archive:
+    return Archive.from_records(data.records)
+
+
+@pytest.fixture(scope="module")
+def app(archive: Archive) -> Any:
+    return create_app(archive)
+
+
+def get_json(app: Any, url: str, status: int = 200) -> Any:
+    response = get(app, url)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+def test_overview_counts_every_span_trace_and_error(app: Any, data: TraceData) -> None:
+    overview = get_json(app, "/api/overview")
+    assert (overview["spans"], overview["traces"], overview["errors"]) == (16, 3, 1)
+    assert {s["service"]: (s["spans"], s["errors"]) for s in overview["services"]} == {
+        "shop-api": (15, 0),
+        "payments": (1, 1),
+    }
+    assert [t["trace_id"] for t in overview["recent_errors"]] == [data.payment]
+    assert overview["slowest"][0]["trace_id"] == data.orders
+
+
+def test_search_lists_traces_newest_first_by_default(app: Any, data: TraceData) -> None:
+    found = get_json(app, "/api/search")
+    assert [t["trace_id"] for t in found] == [data.hostile, data.payment, data.orders]
+    by_id = {t["trace_id"]: t for t in found}
+    assert by_id[data.orders]["span_count"] == 11
+    assert by_id[data.payment]["services"] == ["payments", "shop-api"]
+    assert by_id[data.payment]["status"] == "error"
+    longest = get_json(app, "/api/search?sort=duration&limit=1")
+    assert [t["trace_id"] for t in longest] == [data.orders]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("service=payments", {"payment"}),
+        ("status=error", {"payment"}),
+        ("name=render", {"orders"}),
+        ("min_duration_ms=100", {"orders"}),  # only the orders root lasts 120 ms
+        ("max_duration_ms=3", {"hostile"}),  # only the hostile child is that short (2 ms)
+        ("min_duration_ms=30&max_duration_ms=31&service=payments", {"payment"}),
+        ("attr=db.query.text=SELECT 1", set()),
+        ("attr=db.system.name=postgresql&attr=note=x", set()),  # both on one span, or no match
+        ("service=&name=&status=&attr=", {"orders", "payment", "hostile"}),  # empty form fields
+    ],
+)
+def test_search_filters(app: Any, data: TraceData, query: str, expected: set[str]) -> None:
+    params = httpx.QueryParams([tuple(p.split("=", 1)) for p in query.split("&")])  # keys may repeat
+    found = get_json(app, "/api/search?" + str(params))
+    names = {"orders": data.orders, "payment": data.payment, "hostile": data.hostile}
+    assert {t["trace_id"] for t in found} == {names[k] for k in expected}
+
+
+def test_search_by_several_attributes_of_one_span(app: Any, data: TraceData) -> None:
+    select = next(s for s in data.spans(data.orders) if s["name"] == "SELECT order_items")
+    stored = select["attributes"]["db.query.text"]  # as the sanitizer left it (literals stripped)
+    assert stored != STATEMENT
+    assert stored.startswith("SELECT * FROM order_items")
+    query = httpx.QueryParams([("attr", f"db.query.text={stored}"), ("attr", "db.system.name=postgresql")])
+    assert [t["trace_id"] for t in get_json(app, f"/api/search?{query}")] == [data.orders]
+
+
+def test_search_attribute_value_may_hold_equals_signs_and_hostile_text(app: Any, data: TraceData) -> None:
+    found = get_json(app, "/api/search?" + str(httpx.QueryParams({"attr": f"note={HOSTILE_VALUE}"})))
+    assert [t["trace_id"] for t in found] == [data.hostile]
+
+
+def test_since_digits_are_unix_nanoseconds(app: Any, data: TraceData) -> None:
+    # The payment trace starts at +1 s, the hostile one at +2 s: a bound at +1.5 s splits them.
+    found = get_json(app, f"/api/search?since={data.start_ns + 1_500_000_000}")
+    assert [t["trace_id"] for t in found] == [data.hostile]
+    found = get_json(app, f"/api/search?until={data.start_ns + 1_500_000_000}")
+    assert {t["trace_id"] for t in found} == {data.orders, data.payment}
+    assert len(get_json(app, "/api/search?since=1h")) == 3  # the traces are a minute old
+
+
+def test_only_given_parameters_reach_the_engine_and_limit_is_capped(data: TraceData) -> None:
+    archive = RecordingArchive.from_records(data.records)
+    assert isinstance(archive, RecordingArchive)
+    archive.calls = []
+    app = create_app(archive)
+    get_json(app, "/api/search?service=&limit=")
+    get_json(app, "/api/search?limit=50000&min_duration_ms=1.5&attr=a=b=c&status=ok")
+    assert archive.calls == [
+        {},
+        {"limit": MAX_LIMIT, "min_duration_ms": 1.5, "attributes": {"a": "b=c"}, "status": "ok"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/api/search?limit=0", "limit"),
+        ("/api/search?limit=abc", "limit"),
+        ("/api/search?limit=2.5", "limit"),
+        ("/api/search?min_duration_ms=fast", "min_duration_ms"),
+        ("/api/search?max_duration_ms=nan", "max_duration_ms"),
+        ("/api/search?min_duration_ms=-1", "min_duration_ms"),
+        ("/api/search?min_duration_ms=1e400", "min_duration_ms"),
+        ("/api/search?status=broken", "status"),
+        ("/api/search?sort=random", "sort"),
+        ("/api/search?attr=novalue", "attr"),
+        ("/api/search?attr==value", "attr"),
+        ("/api/search?since=yesterday", "time"),
+        ("/api/search?since=1h&until=2h", "until"),
+        ("/api/overview?since=soon", "time"),
+        ("/api/performance?until=later", "time"),
+        ("/api/errors?limit=-3", "limit"),
+        ("/api/traces/not-a-trace-id", "trace id"),
+        ("/api/traces/" + "g" * 32 + "/analysis", "trace id"),
+    ],
+)
+def test_bad_parameters_answer_400_with_a_message(app: Any, url: str, message: str) -> None:
+    body = get_json(app, url, status=400)
+    assert list(body) == ["error"]
+    assert message in body["error"]
+
+
+def test_trace_returns_the_tree_depth_first(app: Any, data: TraceData) -> None:
+    view = get_json(app, f"/api/traces/{data.orders}")
+    spans = view["spans"]
+    assert view["span_count"] == len(spans) == 11
+    assert view["missing_parents"] == []
+    by_id = {s["span_id"]: s for s in spans}
+    root = spans[0]
+    assert (root["name"], root["parent_span_id"], root["depth"]) == ("GET /orders/{id}", None, 0)
+    for span in spans[1:]:  # every parent is in the trace, one level up, and listed before
+        parent = by_id[span["parent_span_id"]]
+        assert span["depth"] == parent["depth"] + 1
+        assert spans.index(parent) < spans.index(span)
+    load = next(s for s in spans if s["name"] == "load_order")
+    selects = [s for s in spans if s["name"] == "SELECT order_items"]
+    assert len(selects) == 6
+    assert {s["parent_span_id"] for s in selects} == {load["span_id"]}
+    assert [s["offset_ms"] for s in selects] == [8.0, 16.0, 24.0, 32.0, 40.0, 48.0]
+    assert load["events"][0]["name"] == "cache_miss"
+    publish = next(s for s in spans if s["name"] == "publish_event")
+    assert publish["on_critical_path"] is False
+    assert root["on_critical_path"] is True
+
+
+def test_trace_id_in_upper_case_is_accepted(app: Any, data: TraceData) -> None:
+    assert get_json(app, f"/api/traces/{data.payment.upper()}")["trace_id"] == data.payment
+
+
+def test_analysis_finds_bottleneck_n_plus_one_and_errors(app: Any, data: TraceData) -> None:
+    orders = get_json(app, f"/api/traces/{data.orders}/analysis")
+    assert orders["bottleneck"]["name"] == "render"
+    assert orders["bottleneck"]["share"] == pytest.approx(0.4)
+    [group] = orders["n_plus_one"]
+    assert (group["parent_name"], group["count"], group["total_ms"]) == ("load_order", 6, 48.0)
+    assert orders["db"] == {"queries": 6, "total_ms": 48.0}
+    assert orders["critical_path"][0]["name"] == "GET /orders/{id}"
+    assert "publish_event" not in {s["name"] for s in orders["critical_path"]}
+    payment = get_json(app, f"/api/traces/{data.payment}/analysis")
+    [error] = payment["errors"]
+    assert (error["name"], error["service"]) == ("POST /charge", "payments")
+    assert error["exception_type"] == "ValueError"
+
+
+def test_unknown_trace_and_route_answer_404_json(app: Any) -> None:
+    missing = "0123456789abcdef0123456789abcdef"
+    for url in (f"/api/traces/{missing}", f"/api/traces/{missing}/analysis"):
+        assert missing in get_json(app, url, status=404)["error"]
+    assert get_json(app, "/api/nothing-here", status=404)["error"] == "Not Found"
+
+
+def test_performance_and_errors(app: Any, data: TraceData) -> None:
+    stats = get_json(app, "/api/performance")
+    select = next(s for s in stats if s["operation"] == "SELECT order_items")
+    assert (select["service"], select["count"], select["errors"]) == ("shop-api", 6, 0)
+    assert select["p50_ms"] <= select["p95_ms"] <= select["p99_ms"]
+    assert {s["service"] for s in get_json(app, "/api/performance?service=payments")} == {"payments"}
+    [group] = get_json(app, "/api/errors")
+    assert (group["service"], group["exception_type"], group["count"]) == ("payments", "ValueError", 1)
+    assert group["trace_ids"] == [data.payment]
+    assert get_json(app, "/api/errors?service=shop-api") == []
+
+
+def test_hostile_text_is_escaped_in_the_json_bytes(app: Any, data: TraceData) -> None:
+    for url in (f"/api/traces/{data.hostile}", "/api/search", "/api/overview"):
+        response = get(app, url)
+        assert response.status_code == 200
+        for char in (b"<", b">", b"&"):
+            assert char not in response.content
+        assert response.headers["x-content-type-options"] == "nosniff"
+    spans = json.loads(get(app, f"/api/traces/{data.hostile}").content)["spans"]
+    assert [s["name"] for s in spans] == [HOSTILE_NAME, HOSTILE_CHILD]  # the same text, decoded
+    assert spans[0]["attributes"]["note"] == HOSTILE_VALUE
+
+
+def test_pages_are_static_html_with_a_strict_content_security_policy(app: Any, data: TraceData) -> None:
+    for url, marker in (("/", 'data-page="index"'), (f"/traces/{data.orders}", 'data-page="trace"')):
+        response = get(app, url)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "default-src 'none'" in policy
+        assert "unsafe-inline" not in policy
+        assert marker in response.text
+        assert data.orders not in response.text  # the page reads its trace id in the browser
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        response = get(app, f"/static/{name}")
+        assert response.status_code == 200
+        assert kind in response.headers["content-type"]
+        assert response.content == (STATIC_DIR / name).read_bytes()
+
+
+def test_page_code_never_builds_markup_from_strings() -> None:
+    script = (STATIC_DIR / "app.js").read_text()
+    sinks = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(", "srcdoc")
+    for sink in sinks:
+        assert sink not in script, sink
+    assert "textContent" in script
+    assert "createElement" in script
+    for page in ("index.html", "trace.html"):
+        html = (STATIC_DIR / page).read_text()
+        assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+        assert not re.search(r"\son[a-z]+\s*=", html)  # no inline event handlers
+        assert not re.search(r"\sstyle\s*=", html)  # inline styles would need 'unsafe-inline'
+        assert not re.search(r"https?://", html)  # nothing from the network
+
+
+def test_healthz(app: Any) -> None:
+    assert get_json(app, "/healthz") == {"status": "ok"}
+
+
+class BrokenArchive(Archive):
+    def overview(self, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("disk on fire")
+
+
+def test_engine_failure_is_a_logged_500(data: TraceData, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(BrokenArchive.from_records(data.records))
+    with caplog.at_level(logging.ERROR, logger="pitchey_trace"):
+        response = get(app, "/api/overview")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (see the server log)"}
+    assert any("disk on fire" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
