@@ -2,6 +2,14 @@
 
     pitchey-trace logpush setup  --config logpush.toml   # buckets + lifecycle rules, idempotent
     pitchey-trace logpush verify --config logpush.toml   # pass/fail table; exit 1 on failure
+    pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
+    pitchey-trace show TRACE_ID --archive DIR            # waterfall, critical path, bottleneck
+    pitchey-trace perf|errors|overview --archive DIR     # p50/p95/p99, error groups, totals
+    pitchey-trace serve --archive DIR --port 8080        # HTTP API and waterfall page
+
+The archive commands read ``--archive DIR`` (a local archive directory), ``--s3-config FILE``
+(the logpush config: buckets, prefixes, endpoint) or ``$PITCHEY_TRACE_ARCHIVE``; ``--json``
+prints the engine's answer as JSON.
 
 Adding a command: write ``def _add_<name>(sub)`` that calls ``sub.add_parser(...)`` and sets
 ``func=<handler>`` with ``set_defaults``; the handler takes the parsed ``argparse.Namespace``
@@ -11,11 +19,15 @@ and returns the exit code. Then append the function to :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pitchey_trace.exceptions import PitcheyTraceError
+from pitchey_trace.exceptions import IntegrationUnavailable, PitcheyTraceError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -48,8 +60,332 @@ def _add_logpush(sub: Subparsers) -> None:
         a.set_defaults(func=_logpush)
 
 
+# -- archive analysis ------------------------------------------------------------------------------
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*", re.ASCII)
+_DURATION_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0, None: 1.0}
+
+
+def _duration_ms(text: str) -> float:
+    """``250ms``, ``1.5s``, ``2m``; a bare number is milliseconds."""
+    m = _DURATION.fullmatch(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 250ms, 1.5s, 2m)")
+    return float(m.group(1)) * _DURATION_MS[m.group(2)]
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _archive(args: argparse.Namespace) -> Any:
+    from pitchey_trace.analysis import Archive, S3Source
+
+    if args.s3_config:
+        return Archive(S3Source.from_config(args.s3_config, cache_dir=args.cache_dir))
+    where = args.archive or os.environ.get("PITCHEY_TRACE_ARCHIVE")
+    if not where:
+        raise PitcheyTraceError(
+            "no archive: give --archive DIR, --s3-config FILE or set PITCHEY_TRACE_ARCHIVE"
+        )
+    try:
+        return Archive(where)
+    except ValueError as exc:
+        raise PitcheyTraceError(str(exc)) from None
+
+
+def _window(args: argparse.Namespace) -> dict[str, Any]:
+    since = args.since if args.since is not None else args.last
+    return {"since": since, "until": args.until}
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns // 10**6 % 1000:03d}Z"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f}s"
+    return f"{value:.1f}ms" if value >= 10 else f"{value:.2f}ms"
+
+
+def _clip(text: Any, width: int) -> str:
+    s = "".join(c if c.isprintable() else "?" for c in str(text))  # no terminal control sequences
+    return s if len(s) <= width else s[: width - 1] + "~"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(text())
+
+
+def _search(args: argparse.Namespace) -> int:
+    found = _archive(args).search(
+        service=args.service,
+        name=args.name,
+        min_duration_ms=args.min_duration,
+        max_duration_ms=args.max_duration,
+        status=args.status,
+        attributes=dict(args.attr) if args.attr else None,
+        sort=args.sort,
+        limit=args.limit,
+        **_window(args),
+    )
+
+    def text() -> str:
+        if not found:
+            return "no trace matches\n"
+        rows = [
+            [
+                _when(t["start_time_unix_nano"]),
+                _ms(t["duration_ms"]),
+                str(t["span_count"]),
+                str(t["error_count"]) if t["error_count"] else "",
+                _clip(t["service"], 20),
+                _clip(t["name"], 40),
+                t["trace_id"],
+            ]
+            for t in found
+        ]
+        return _table(["start (UTC)", "duration", "spans", "errors", "service", "name", "trace id"], rows)
+
+    _emit(args, found, text)
+    return 0
+
+
+def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) -> str:
+    total = max(view["duration_ms"], 1e-9)
+    out = [
+        f"trace {view['trace_id']}  {_ms(view['duration_ms'])}  {view['span_count']} spans"
+        f"  {view['error_count']} errors  services: {', '.join(view['services'])}",
+        f"started {_when(view['start_time_unix_nano'])}   (* critical path, ! error)",
+        "",
+    ]
+    for s in view["spans"]:
+        left = min(width - 1, int(s["offset_ms"] / total * width))
+        length = max(1, round(s["duration_ms"] / total * width))
+        bar = (" " * left + "#" * length)[:width].ljust(width)
+        mark = ("!" if s.get("status") == "error" else " ") + ("*" if s["on_critical_path"] else " ")
+        label = _clip("  " * min(s["depth"], 20) + str(s.get("name", "")), 48)
+        out.append(f"|{bar}| {mark} {label:<48} {_ms(s['duration_ms']):>9}  self {_ms(s['self_time_ms'])}")
+    if view["missing_parents"]:
+        out.append(
+            f"\n{len(view['missing_parents'])} parent span(s) not in the archive (not sampled or lost)"
+        )
+    b = analysis["bottleneck"]
+    if b:
+        out.append(
+            f"\nbottleneck: {_clip(b['name'], 60)} ({_clip(b['service'], 30)}): {_ms(b['self_time_ms'])} "
+            f"of its own time, {b['share']:.0%} of the trace"
+        )
+    db = analysis["db"]
+    if db["queries"]:
+        out.append(f"database: {db['queries']} queries, {_ms(db['total_ms'])}")
+    for g in analysis["n_plus_one"]:
+        out.append(
+            f"N+1: {g['count']}x under {_clip(g['parent_name'], 40)} ({_ms(g['total_ms'])}): "
+            f"{_clip(g['statement'], 80)}"
+        )
+    for e in analysis["errors"]:
+        what = e["exception_type"] or "error"
+        detail = e["exception_message"] or e["status_message"] or ""
+        out.append(f"error in {_clip(e['name'], 40)}: {_clip(what, 40)} {_clip(detail, 100)}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def _show(args: argparse.Namespace) -> int:
+    archive = _archive(args)
+    try:
+        view = archive.trace(args.trace_id)
+    except ValueError as exc:
+        raise PitcheyTraceError(str(exc)) from None
+    if view is None:
+        sys.stderr.write(f"pitchey-trace: trace {args.trace_id} is not in the archive\n")
+        return 1
+    analysis = archive.analyze(args.trace_id)
+    _emit(args, {"trace": view, "analysis": analysis}, lambda: _waterfall(view, analysis))
+    return 0
+
+
+def _perf(args: argparse.Namespace) -> int:
+    rows = _archive(args).performance(service=args.service, **_window(args))
+
+    def text() -> str:
+        if not rows:
+            return "no spans or rollups in this window\n"
+        body = [
+            [
+                _clip(r["service"], 20),
+                _clip(r["operation"], 40),
+                r["kind"],
+                str(r["count"]),
+                f"{r['error_rate']:.1%}",
+                _ms(r["p50_ms"]),
+                _ms(r["p95_ms"]),
+                _ms(r["p99_ms"]),
+                _ms(r["max_ms"]),
+            ]
+            for r in rows[: args.limit]
+        ]
+        source = (
+            "rollups (every span)" if rows[0]["source"] == "rollups" else "archived spans (kept ones only)"
+        )
+        heads = ["service", "operation", "kind", "count", "errors", "p50", "p95", "p99", "max"]
+        return _table(heads, body) + f"from {source}\n"
+
+    _emit(args, rows[: args.limit], text)
+    return 0
+
+
+def _errors(args: argparse.Namespace) -> int:
+    groups = _archive(args).errors(service=args.service, limit=args.limit, **_window(args))
+
+    def text() -> str:
+        if not groups:
+            return "no errors in this window\n"
+        body = [
+            [
+                str(g["count"]),
+                _clip(g["service"], 20),
+                _clip(g["name"], 32),
+                _clip(g["exception_type"] or "-", 24),
+                _clip(g["message"], 50),
+                _when(g["last_seen_unix_nano"]),
+                g["trace_ids"][0],
+            ]
+            for g in groups
+        ]
+        return _table(["count", "service", "span", "exception", "message", "last seen", "a trace"], body)
+
+    _emit(args, groups, text)
+    return 0
+
+
+def _overview(args: argparse.Namespace) -> int:
+    ov = _archive(args).overview(**_window(args))
+
+    def text() -> str:
+        lines = [
+            f"{ov['traces']} traces, {ov['spans']} spans, "
+            f"{ov['errors']} error spans ({ov['error_rate']:.1%})",
+            f"from {_when(ov['start_time_unix_nano'])} to {_when(ov['end_time_unix_nano'])}",
+        ]
+        lines += [
+            f"  {_clip(s['service'], 30):<30} {s['spans']:>8} spans {s['errors']:>6} errors"
+            for s in ov["services"]
+        ]
+        if ov["slowest"]:
+            lines.append("slowest traces:")
+            lines += [
+                f"  {_ms(t['duration_ms']):>9}  {t['trace_id']}  {_clip(t['name'], 50)}"
+                for t in ov["slowest"]
+            ]
+        if ov["recent_errors"]:
+            lines.append("latest failed traces:")
+            lines += [
+                f"  {_when(t['start_time_unix_nano'])}  {t['trace_id']}  {_clip(t['name'], 50)}"
+                for t in ov["recent_errors"]
+            ]
+        a = ov["audit"]
+        lines.append(f"audit: {a['records']} records, {a['security_events']} security events")
+        return "\n".join(lines) + "\n"
+
+    _emit(args, ov, text)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from pitchey_trace.analysis.api import create_app
+    except ImportError:
+        raise IntegrationUnavailable("pitchey-trace serve", "analysis") from None
+    archive = _archive(args)
+    sys.stderr.write(f"pitchey-trace: serving {archive!r} on http://{args.host}:{args.port}/\n")
+    uvicorn.run(create_app(archive), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
+    src = p.add_argument_group("archive")
+    src.add_argument(
+        "--archive", "-a", metavar="DIR", help="local archive directory (default: $PITCHEY_TRACE_ARCHIVE)"
+    )
+    src.add_argument(
+        "--s3-config", metavar="FILE", help="read the S3/R2 buckets of this logpush config instead"
+    )
+    src.add_argument("--cache-dir", metavar="DIR", help="with --s3-config: keep downloaded objects here")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    if window:
+        w = p.add_argument_group("time window (relative: 15m, 24h, 7d; or ISO-8601, or Unix ns)")
+        w.add_argument("--last", metavar="AGE", help="only the last AGE (same as --since AGE)")
+        w.add_argument("--since", metavar="TIME")
+        w.add_argument("--until", metavar="TIME")
+
+
+def _add_analysis(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "search", help="find traces in the archive", description="Traces with a span matching every filter."
+    )
+    _source_options(p)
+    p.add_argument("--service")
+    p.add_argument("--name", help="span name, or a glob such as 'SELECT *'")
+    p.add_argument(
+        "--min-duration", type=_duration_ms, metavar="D", help="e.g. 250ms, 1s (of the matching span)"
+    )
+    p.add_argument("--max-duration", type=_duration_ms, metavar="D")
+    p.add_argument("--status", choices=("error", "ok", "unset"))
+    p.add_argument("--attr", type=_attribute, action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--sort", choices=("recent", "duration"), default="recent")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("show", help="one trace: waterfall, critical path, bottleneck, N+1, errors")
+    p.add_argument("trace_id")
+    _source_options(p, window=False)
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("perf", help="latency per operation: count, error rate, p50/p95/p99, max")
+    _source_options(p)
+    p.add_argument("--service")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_perf)
+
+    p = sub.add_parser("errors", help="error groups: same span, exception type and message shape")
+    _source_options(p)
+    p.add_argument("--service")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_errors)
+
+    p = sub.add_parser("overview", help="totals, services, slowest and failed traces, audit counts")
+    _source_options(p)
+    p.set_defaults(func=_overview)
+
+    p = sub.add_parser("serve", help="HTTP API and waterfall page over the archive (extra: analysis)")
+    _source_options(p, window=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_serve)
+
+
 #: Functions that register the sub-commands (see the module docstring).
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_logpush]
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_logpush, _add_analysis]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (PitcheyTraceError, ImportError) as exc:
+    except (PitcheyTraceError, ImportError, ValueError) as exc:
         sys.stderr.write(f"pitchey-trace: error: {exc}\n")
         return 2
     return code

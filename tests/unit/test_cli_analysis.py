@@ -1,0 +1,148 @@
+"""The archive commands of ``pitchey-trace`` (search, show, perf, errors, overview) over an
+archive directory written by the real LocalArchiveExporter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pitchey_trace.cli import _duration_ms, main
+from pitchey_trace.exporters import LocalArchiveExporter
+from tests.support.analysis_data import HOSTILE_CHILD, TraceData, make_traces
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> tuple[Path, TraceData]:
+    data = make_traces()
+    exporter = LocalArchiveExporter(tmp_path / "archive")
+    assert exporter.export(data.records)
+    exporter.shutdown()
+    return tmp_path / "archive", data
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert (code, err) == (0, "")
+    return out
+
+
+def test_search_table_and_json(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
+    root, data = archived
+    code, out, _ = run(capsys, "search", "--archive", str(root), "--min-duration", "100ms")
+    assert code == 0
+    assert data.orders in out
+    assert data.payment not in out  # 50 ms: below the bound
+    code, out, _ = run(capsys, "search", "-a", str(root), "--status", "error", "--json")
+    assert code == 0
+    assert [t["trace_id"] for t in json.loads(out)] == [data.payment]
+    code, out, _ = run(capsys, "search", "-a", str(root), "--service", "payments", "--last", "7d")
+    assert data.payment in out
+    code, out, _ = run(capsys, "search", "-a", str(root), "--attr", "nope=1")
+    assert out == "no trace matches\n"
+
+
+def test_show_prints_waterfall_and_findings(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, data = archived
+    code, out, _ = run(capsys, "show", data.orders, "-a", str(root))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"trace {data.orders}")
+    bars = [line for line in lines if line.startswith("|")]
+    assert len(bars) == len(data.spans(data.orders))
+    assert "bottleneck: render" in out
+    assert "N+1: 6x under load_order" in out
+    publish = next(line for line in bars if "publish_event" in line)
+    assert "*" not in publish.split("|")[2][:4]  # beside render: not on the critical path
+    code, out, _ = run(capsys, "show", data.payment, "-a", str(root))
+    assert "error in POST /charge: ValueError" in out
+
+
+def test_show_hostile_names_cannot_drive_the_terminal(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root, data = archived
+    code, out, _ = run(capsys, "show", data.hostile, "-a", str(root))
+    assert code == 0
+    assert HOSTILE_CHILD[:20] in out
+    # A span name carrying an escape sequence is printed without the control character.
+    exporter = LocalArchiveExporter(tmp_path / "esc")
+    rec = dict(data.spans(data.hostile)[0], name="\x1b[2Jwiped", trace_id="ab" * 16)
+    exporter.export([rec])
+    exporter.shutdown()
+    code, out, _ = run(capsys, "show", "ab" * 16, "-a", str(tmp_path / "esc"))
+    assert "\x1b" not in out
+    assert "?[2Jwiped" in out
+
+
+def test_perf_errors_overview(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
+    root, data = archived
+    out = ok(capsys, "perf", "-a", str(root), "--json")
+    rows = json.loads(out)
+    select = next(r for r in rows if r["operation"] == "SELECT order_items")
+    assert select["count"] == 6
+    out = ok(capsys, "perf", "-a", str(root), "--service", "payments")
+    assert "POST /charge" in out
+    assert "SELECT order_items" not in out
+    out = ok(capsys, "errors", "-a", str(root))
+    assert "ValueError" in out
+    assert data.payment in out
+    out = ok(capsys, "overview", "-a", str(root), "--json")
+    ov = json.loads(out)
+    assert ov["traces"] == 3
+    assert {s["service"] for s in ov["services"]} == {"shop-api", "payments"}
+
+
+def test_errors_are_exit_code_2_with_a_message(
+    archived: tuple[Path, TraceData],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, data = archived
+    monkeypatch.delenv("PITCHEY_TRACE_ARCHIVE", raising=False)
+    code, _, err = run(capsys, "search")
+    assert code == 2
+    assert "no archive" in err
+    code, _, err = run(capsys, "search", "-a", str(tmp_path / "missing"))
+    assert code == 2
+    assert "not found" in err
+    code, _, err = run(capsys, "search", "-a", str(root), "--since", "soon")
+    assert code == 2
+    assert "not a time" in err
+    code, _, err = run(capsys, "show", "xyz", "-a", str(root))
+    assert code == 2
+    assert "32 hex" in err
+    code, _, err = run(capsys, "show", "0" * 31 + "1", "-a", str(root))
+    assert code == 1
+    assert "not in the archive" in err
+    code, _, err = run(capsys, "search", "-a", str(root), "--limit", "0")
+    assert code == 2
+    monkeypatch.setenv("PITCHEY_TRACE_ARCHIVE", str(root))
+    code, out, _ = run(capsys, "search", "--status", "error")
+    assert data.payment in out
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"), [("250ms", 250.0), ("1.5s", 1500.0), ("2m", 120_000.0), ("40", 40.0)]
+)
+def test_duration_arguments(text: str, ms: float) -> None:
+    assert _duration_ms(text) == ms
+
+
+def test_bad_duration_is_a_usage_error(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["search", "-a", str(archived[0]), "--min-duration", "fast"])
+    assert info.value.code == 2
+    assert "not a duration" in capsys.readouterr().err
