@@ -17,9 +17,12 @@ What happens, for real, on 127.0.0.1 only:
    each client span and the server span it caused share one trace; one request carries a
    malformed ``traceparent``, two come from an "upstream gateway" with a sampled one;
 5. ``pt.shutdown()``, then the archive is read back from disk (gzip NDJSON files, parsed
-   here) and summarised: datasets, kept traces and why, waterfalls, per-operation latency
-   percentiles from the rollups, audit counts, a search of the archive for every secret the
-   app saw (the app leaks some into spans on purpose), and the SDK's counters.
+   here) and summarised: datasets, kept traces and why, waterfalls with their critical path
+   and bottleneck (from :class:`pitchey_trace.analysis.Archive`), per-operation latency
+   percentiles from the rollups, the analysis engine's error search, error groups and
+   percentiles cross-checked against the demo's own reading, audit counts, a search of the
+   archive for every secret the app saw (the app leaks some into spans on purpose), and the
+   SDK's counters.
 
 Exit status 0 when every check printed at the end passed, 1 otherwise.
 """
@@ -53,6 +56,7 @@ import _demo_app as app_mod  # noqa: E402
 
 import pitchey_trace as pt  # noqa: E402
 from pitchey_trace import db  # noqa: E402
+from pitchey_trace.analysis import Archive as Engine  # noqa: E402
 from pitchey_trace.exporters import LocalArchiveExporter  # noqa: E402
 from pitchey_trace.processors import merge_rollups  # noqa: E402
 from pitchey_trace.web import TraceContextFilter, instrument_httpx, uninstrument_httpx  # noqa: E402
@@ -274,30 +278,21 @@ def span_note(s: dict[str, Any]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def waterfall(spans: list[dict[str, Any]], width: int = 20) -> list[str]:
-    """An indented tree: start offset, duration, name, kind, a bar on the trace's time axis."""
-    ids = {s["span_id"] for s in spans}
-    children: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
-    for s in spans:
-        parent = s["parent_span_id"] if s["parent_span_id"] in ids else None
-        children[parent].append(s)
-    t0 = min(s["start_time_unix_nano"] for s in spans)
-    total = max(trace_ms(spans), 1e-6)
-    lines = ["      start    duration  span" + " " * 28 + "kind"]
-
-    def walk(s: dict[str, Any], depth: int) -> None:
-        off = (s["start_time_unix_nano"] - t0) / 1e6
+def waterfall(view: dict[str, Any], width: int = 20) -> list[str]:
+    """The engine's trace view as lines: start offset, duration, indented name, kind, a bar on
+    the trace's time axis, ``*`` on the critical path."""
+    total = max(view["duration_ms"], 1e-6)
+    lines = ["      start    duration    span" + " " * 28 + "kind"]
+    for s in view["spans"]:
+        off = s["offset_ms"]
         a = min(width - 1, int(off / total * width))
         b = max(a + 1, min(width, round((off + s["duration_ms"]) / total * width)))
         bar = " " * a + "#" * (b - a) + " " * (width - b)
-        name = ("  " * depth + s["name"])[:32]
-        dur = s["duration_ms"]
-        lines.append(f"  {off:8.1f}ms {dur:8.1f}ms  {name:<32}{s['kind']:<9}|{bar}| {span_note(s)}")
-        for c in sorted(children[s["span_id"]], key=lambda x: x["start_time_unix_nano"]):
-            walk(c, depth + 1)
-
-    for root in sorted(children[None], key=lambda x: x["start_time_unix_nano"]):
-        walk(root, 0)
+        name = ("  " * s["depth"] + s["name"])[:32]
+        mark = "*" if s["on_critical_path"] else " "
+        lines.append(
+            f"  {off:8.1f}ms {s['duration_ms']:8.1f}ms {mark} {name:<32}{s['kind']:<9}|{bar}| {span_note(s)}"
+        )
     return lines
 
 
@@ -338,10 +333,11 @@ def pct(part: int, whole: int) -> str:
 class Report:
     """Prints the story and collects the checks that decide the exit status."""
 
-    def __init__(self, plan: list[Req], archive: Archive, archive_name: str) -> None:
+    def __init__(self, plan: list[Req], archive: Archive, archive_dir: Path, archive_name: str) -> None:
         self.plan = plan
         self.archive = archive
         self.archive_name = archive_name
+        self.engine = Engine(archive_dir)
         self.checks: list[tuple[str, bool]] = []
         recs = archive.records
         self.spans = [r for r in recs.get("traces", []) if r.get("type") == "span"]
@@ -434,15 +430,62 @@ class Report:
         self.check("sampled upstream traces are continued and kept", gw == sorted(UPSTREAM_PARENTS))
 
     def waterfalls(self) -> None:
+        engine = self.engine
         # By its longest span: a trace's extent can also span separate requests (the gateway's).
         slowest = max(self.traces.values(), key=lambda ss: max(s["duration_ms"] for s in ss))
-        print(f"\nSlowest trace {slowest[0]['trace_id']} ({trace_ms(slowest):.1f} ms, {len(slowest)} spans):")
-        print("\n".join(waterfall(slowest)))
+        tid = slowest[0]["trace_id"]
+        view, found = engine.trace(tid), engine.analyze(tid)
+        assert view is not None
+        assert found is not None
+        print(
+            f"\nSlowest trace {tid} ({view['duration_ms']:.1f} ms, {view['span_count']} spans; "
+            "* critical path):"
+        )
+        print("\n".join(waterfall(view)))
+        b = found["bottleneck"]
+        print(
+            f"  bottleneck: {b['name']} ({b['self_time_ms']:.1f} ms of its own time, "
+            f"{b['share']:.0%} of the trace)"
+        )
+        slow_queries = {s["span_id"] for s in slowest if "db.query.text" in s["attributes"] and is_slow(s)}
+        path = {c["span_id"] for c in found["critical_path"]}
+        self.check("the slowest trace's critical path runs through its slow query", bool(slow_queries & path))
         if self.error_traces:
             err = max(self.error_traces, key=len)
-            print(f"\nAn error trace {err[0]['trace_id']} ({trace_ms(err):.1f} ms, {len(err)} spans):")
-            print("\n".join(waterfall(err)))
+            view = engine.trace(err[0]["trace_id"])
+            assert view is not None
+            print(f"\nAn error trace {err[0]['trace_id']} ({view['duration_ms']:.1f} ms, {len(err)} spans):")
+            print("\n".join(waterfall(view)))
         self.check("an error trace (500) is archived", bool(self.error_traces))
+
+    def analysis(self) -> None:
+        engine = self.engine
+        print(
+            "\nAnswers from the archive (pitchey_trace.analysis; "
+            "also on the command line: pitchey-trace search|show|perf|errors):"
+        )
+        failed = engine.search(status="error", limit=10_000)
+        with_errors = {t for t, ss in self.traces.items() if any(s["status"] == "error" for s in ss)}
+        print(f"  search(status='error'): {len(failed)} traces with a failed span")
+        self.check(
+            "the engine's error search finds every trace with a failed span",
+            {t["trace_id"] for t in failed} == with_errors,
+        )
+        for g in engine.errors(limit=3):
+            print(
+                f"  error group x{g['count']}: {g['name']}: "
+                f"{g['exception_type'] or ''} {g['message']}".rstrip()
+            )
+        perf = {(r["operation"], r["kind"]): r for r in engine.performance()}
+        merged = merge_rollups([{**r, "minute_start_unix_nano": 0} for r in self.rollups])
+        self.check(
+            "the engine's per-operation counts equal the rollups'",
+            all(perf[(r["operation"], r["kind"])]["count"] == r["count"] for r in merged),
+        )
+        print(f"  performance(): {len(perf)} operations, p50/p95/p99 merged from the rollups' sketches")
+        example = max(self.traces, key=lambda t: len(self.traces[t]))
+        print(f"  explore: .venv/bin/pitchey-trace show {example} --archive {self.archive_name}")
+        print(f"           .venv/bin/pitchey-trace serve --archive {self.archive_name}   (waterfall page)")
 
     def latency(self) -> None:
         # Rollups are per operation and minute (and per flush): merged across minutes here.
@@ -613,12 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     plan, secrets = run_service(args, archive_dir, shown)
     stats = pt.stats()
 
-    report = Report(plan, read_archive(archive_dir), shown)
+    report = Report(plan, read_archive(archive_dir), archive_dir, shown)
     report.datasets()
     report.kept()
     report.propagation()
     report.waterfalls()
     report.latency()
+    report.analysis()
     report.audit()
     report.secrets(secrets)
     report.logs_and_stats(logs, stats)
