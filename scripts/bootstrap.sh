@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks: the Debian packages the integration tests use
-# (PostgreSQL server binaries) and the project's virtual environment with its extras.
+# (PostgreSQL server binaries, Chromium) and the project's virtual environment with its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 need_apt=()
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
+fi
+# chromium renders the analysis pages in the browser tests (tests/integration/analysis).
+if ! command -v chromium >/dev/null 2>&1; then
+  need_apt+=(chromium)
 fi
 # wrk drives the middleware benchmark (make bench); it falls back to a Python load generator.
 if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v wrk >/dev/null 2>&1; then

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -154,14 +156,36 @@ def _given(**params: Any) -> dict[str, Any]:
 # -- the app -----------------------------------------------------------------------------------------
 
 
-def create_app(archive: Archive) -> Starlette:
+def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> Starlette:
     """The analysis web app over ``archive``: the JSON API, the overview/search page at ``/``
-    and the waterfall page at ``/traces/{trace_id}`` (see the module docstring)."""
+    and the waterfall page at ``/traces/{trace_id}`` (see the module docstring).
+
+    ``refresh_interval_s``: before a query, re-read the archive's source
+    (:meth:`Archive.refresh`) when the last read is older than this many seconds, so a
+    long-running server shows what was archived since it started; ``None`` never re-reads.
+    """
+    if refresh_interval_s is not None and not (0 <= refresh_interval_s < math.inf):
+        raise ValueError(f"refresh_interval_s must be a number >= 0 or None, got {refresh_interval_s!r}")
+    refresh_lock = threading.Lock()
+    last_refresh = [time.monotonic()]
+
+    def refreshed(func: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T:
+        due = refresh_interval_s is not None and time.monotonic() - last_refresh[0] >= refresh_interval_s
+        # One refresh at a time; queries arriving meanwhile answer from what is already read.
+        if due and refresh_lock.acquire(blocking=False):
+            try:
+                archive.refresh()
+            except Exception:  # an unreachable bucket: keep answering from what was read
+                logger.warning("analysis API: re-reading %r failed", archive, exc_info=True)
+            finally:
+                last_refresh[0] = time.monotonic()
+                refresh_lock.release()
+        return func(*args, **kwargs)
 
     async def call(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         # Engine calls are synchronous and may read a large archive on first use: they run in
         # the thread pool (the Archive is safe across threads) so the event loop keeps serving.
-        return await run_in_threadpool(func, *args, **kwargs)
+        return await run_in_threadpool(refreshed, func, args, kwargs)
 
     async def overview(request: Request) -> Response:
         since, until = _time(request, "since"), _time(request, "until")

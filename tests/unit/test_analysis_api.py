@@ -297,3 +297,47 @@ def test_engine_failure_is_a_logged_500(data: TraceData, caplog: pytest.LogCaptu
     assert response.status_code == 500
     assert response.json() == {"error": "internal error (see the server log)"}
     assert any("disk on fire" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+class CountingArchive(Archive):
+    """Counts refresh() calls; fails them when told to."""
+
+    refreshes = 0
+    fail = False
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        if self.fail:
+            raise OSError("bucket unreachable")
+        super().refresh()
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(0, 3), (3600, 0), (None, 0)])
+def test_queries_refresh_the_archive_when_the_interval_passed(
+    data: TraceData, interval: float | None, expected: int
+) -> None:
+    archive = CountingArchive.from_records(data.records)
+    assert isinstance(archive, CountingArchive)
+    app = create_app(archive, refresh_interval_s=interval)
+    for url in ("/api/search", "/api/overview", "/healthz", f"/api/traces/{data.orders}"):
+        get_json(app, url)
+    assert archive.refreshes == expected  # /healthz does not touch the archive
+
+
+def test_a_failed_refresh_is_logged_and_the_query_answers(
+    data: TraceData, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = CountingArchive.from_records(data.records)
+    assert isinstance(archive, CountingArchive)
+    archive.fail = True
+    app = create_app(archive, refresh_interval_s=0)
+    with caplog.at_level(logging.WARNING, logger="pitchey_trace"):
+        assert len(get_json(app, "/api/search")) == 3
+    assert archive.refreshes == 1
+    assert any("re-reading" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("interval", [-1, float("nan"), float("inf")])
+def test_refresh_interval_must_be_a_finite_number(archive: Archive, interval: float) -> None:
+    with pytest.raises(ValueError, match="refresh_interval_s"):
+        create_app(archive, refresh_interval_s=interval)

@@ -490,7 +490,8 @@
       ...(groups.length
         ? groups.map(function (g) {
             return el("li", { cls: "n-plus-one-group" }, [
-              el("strong", { text: g.count + "× " }),
+              el("strong", { cls: "n-count", text: g.count + "×" }),
+              document.createTextNode(" "),
               el("code", { cls: "statement", text: g.statement }),
               el("span", { cls: "muted", text: " under " + g.parent_name + " · " + fmtMs(g.total_ms) + " in total" }),
             ]);
