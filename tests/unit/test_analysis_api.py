@@ -8,9 +8,12 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pitchey_trace.analysis import Archive
 from pitchey_trace.analysis.api import MAX_LIMIT, STATIC_DIR, create_app
@@ -173,6 +176,27 @@ def test_bad_parameters_answer_400_with_a_message(app: Any, url: str, message: s
     body = get_json(app, url, status=400)
     assert list(body) == ["error"]
     assert message in body["error"]
+
+
+_PARAMS = (
+    *("service", "name", "min_duration_ms", "max_duration_ms", "status", "attr", "since", "until"),
+    *("sort", "limit"),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    endpoint=st.sampled_from(["/api/search", "/api/overview", "/api/performance", "/api/errors"]),
+    params=st.lists(st.tuples(st.sampled_from(_PARAMS), st.text(max_size=30)), max_size=4),
+    trace_id=st.text(max_size=40),
+)
+def test_no_query_input_causes_a_server_error(
+    app: Any, endpoint: str, params: list[tuple[str, str]], trace_id: str
+) -> None:
+    for url in (f"{endpoint}?{httpx.QueryParams(params)}", "/api/traces/" + quote(trace_id, safe="")):
+        response = get(app, url)
+        assert response.status_code in (200, 400, 404), (url, response.text)
+        assert response.headers["content-type"] == "application/json"
 
 
 def test_trace_returns_the_tree_depth_first(app: Any, data: TraceData) -> None:
