@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import hashlib
+import heapq
 import math
 import os
 import re
@@ -254,6 +255,9 @@ class _Index:
     def __init__(self) -> None:
         self.spans: dict[tuple[str, str], Record] = {}
         self.by_trace: dict[str, list[Record]] = {}
+        # trace id -> [first start, last end]: sorting traces needs no tree
+        self.extent: dict[str, list[int]] = {}
+        self._resources: dict[tuple[Any, ...], Any] = {}
         self.audits: list[Record] = []
         self.rollups: list[Record] = []
         self._starts: list[int] | None = None
@@ -271,8 +275,21 @@ class _Index:
                 key = (rec["trace_id"], rec["span_id"])
                 if key in self.spans:
                     continue
+                res = rec.get("resource")
+                if res.__class__ is dict:  # one process's spans share one resource: keep one copy
+                    try:
+                        rec["resource"] = self._resources.setdefault(tuple(res.items()), res)
+                    except TypeError:  # (an unhashable value: kept as it is)
+                        pass
                 self.spans[key] = rec
                 self.by_trace.setdefault(rec["trace_id"], []).append(rec)
+                start, end = rec["start_time_unix_nano"], rec["end_time_unix_nano"]
+                ext = self.extent.get(rec["trace_id"])
+                if ext is None:
+                    self.extent[rec["trace_id"]] = [start, max(start, end)]
+                else:
+                    ext[0] = min(ext[0], start)
+                    ext[1] = max(ext[1], end)
                 self._starts = None
             elif kind == "audit":
                 self.audits.append(rec)
@@ -520,12 +537,14 @@ class Archive:
                     ):
                         continue
                 matched.add(tid)
-            summaries = [self._summary(t) for t in matched]
+            return [self._summary(t) for t in self._top(matched, sort, limit)]
+
+    def _top(self, trace_ids: Iterable[str], sort: str, limit: int) -> list[str]:
+        """The first ``limit`` traces by start (newest first) or by duration (longest first)."""
+        extent = self._index.extent
         if sort == "duration":
-            summaries.sort(key=lambda s: (-s["duration_ms"], s["trace_id"]))
-        else:
-            summaries.sort(key=lambda s: (-s["start_time_unix_nano"], s["trace_id"]))
-        return summaries[:limit]
+            return heapq.nsmallest(limit, trace_ids, key=lambda t: (extent[t][0] - extent[t][1], t))
+        return heapq.nsmallest(limit, trace_ids, key=lambda t: (-extent[t][0], t))
 
     def trace(self, trace_id: str) -> dict[str, Any] | None:
         """One trace as a tree: its spans depth-first with depth, offset, self time and
@@ -642,6 +661,7 @@ class Archive:
                             "statement": statement,
                             "count": len(group),
                             "total_ms": sum(_num(s.get("duration_ms")) for s in group),
+                            "span_ids": [s["span_id"] for s in group],
                         }
                     )
         n_plus_one.sort(key=lambda g: (-g["count"], -g["total_ms"]))
@@ -810,6 +830,7 @@ class Archive:
             spans = self._index.window(s_ns, u_ns)
             services: dict[str, list[int]] = {}
             traces: set[str] = set()
+            failed_ids: set[str] = set()
             errors = 0
             for s in spans:
                 row = services.setdefault(_text(s.get("service", "")), [0, 0])
@@ -818,6 +839,7 @@ class Archive:
                 if s.get("status") == "error":
                     row[1] += 1
                     errors += 1
+                    failed_ids.add(s["trace_id"])
             audits = [
                 a
                 for a in self._index.audits
@@ -829,12 +851,8 @@ class Archive:
             for a in audits:
                 outcome = _text(a.get("outcome", ""))
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            summaries = [self._summary(t) for t in traces]
-        slowest = sorted(summaries, key=lambda s: (-s["duration_ms"], s["trace_id"]))[:5]
-        failed = sorted(
-            (s for s in summaries if s["status"] == "error"),
-            key=lambda s: (-s["start_time_unix_nano"], s["trace_id"]),
-        )[:5]
+            slowest = [self._summary(t) for t in self._top(traces, "duration", 5)]
+            failed = [self._summary(t) for t in self._top(failed_ids, "recent", 5)]
         return {
             "spans": len(spans),
             "traces": len(traces),

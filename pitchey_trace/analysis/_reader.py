@@ -299,8 +299,8 @@ def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
     """
     text, damaged = _gunzip(data)
     bad = int(damaged)
-    records: list[dict[str, Any]] = []
     loads = _json.loads
+    records: list[dict[str, Any]] = []
     for line in text.split(b"\n"):
         if not line.strip():
             continue

@@ -148,6 +148,10 @@ def test_critical_path_bottleneck_and_n_plus_one(memory: InMemoryExporter) -> No
     assert result["bottleneck"]["name"] == "render"
     assert result["bottleneck"]["share"] == pytest.approx(0.45, abs=0.01)
     [n1] = result["n_plus_one"]
+    view = _archive(memory).trace(tid)
+    assert view is not None
+    selects = {s["span_id"] for s in view["spans"] if s["name"] == "SELECT items"}
+    assert set(n1["span_ids"]) == selects
     assert n1["count"] == 6
     assert n1["parent_name"] == "load_order"
     assert n1["statement"] == "SELECT * FROM items WHERE id = ?"  # literals folded into one shape

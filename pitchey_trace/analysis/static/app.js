@@ -314,24 +314,12 @@
     }
   }
 
-  // The engine groups N+1 statements with their literals replaced by "?"; the same rewrite here
-  // tells which rows belong to a reported group.
-  const SQL_LITERAL = /'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\$\d+|%s|\?/g;
-  const SQL_IN_LIST = /\(\s*\?(?:\s*,\s*\?)*\s*\)/g;
-
-  function statementOf(span) {
-    const attrs = span.attributes || {};
-    const text = attrs["db.query.text"] || attrs["db.statement"];
-    if (typeof text !== "string") return null;
-    return text.replace(SQL_LITERAL, "?").replace(SQL_IN_LIST, "(?)").replace(/\s+/g, " ").trim();
-  }
-
   function renderWaterfall(view, analysis) {
     const total = Number(view.duration_ms) || 0;
     const bottleneckId = analysis && analysis.bottleneck ? analysis.bottleneck.span_id : null;
     const repeated = new Set();
     for (const group of (analysis && analysis.n_plus_one) || []) {
-      repeated.add(group.parent_span_id + "\u0000" + group.statement);
+      for (const id of group.span_ids || []) repeated.add(id);
     }
     renderAxis(total);
     const rows = byId("rows");
@@ -344,7 +332,7 @@
       if (isError) classes.push("error");
       if (span.on_critical_path) classes.push("critical");
       if (span.span_id === bottleneckId) classes.push("bottleneck");
-      if (repeated.has(span.parent_span_id + "\u0000" + statementOf(span))) classes.push("repeated");
+      if (repeated.has(span.span_id)) classes.push("repeated");
 
       const label = el("div", { cls: "wf-label" }, [
         span.on_critical_path ? el("span", { cls: "marker", text: "◆", title: "on the critical path" }) : null,
