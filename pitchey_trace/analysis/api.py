@@ -271,8 +271,12 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(_SecurityHeaders)],
         exception_handlers={ValueError: bad_request, HTTPException: http_error, Exception: server_error},
     )
+    # A trailing slash (or an id holding an encoded "/") is an unknown path, answered 404,
+    # rather than a redirect to a path the client did not ask for.
+    app.router.redirect_slashes = False
+    return app
