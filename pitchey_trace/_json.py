@@ -7,6 +7,7 @@ that slips into a custom record is stringified rather than failing the batch.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -30,7 +31,22 @@ def _default(obj: Any) -> Any:
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_stdlib_encode = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":")).encode
+# allow_nan=False: NaN and infinities are not JSON (browsers' JSON.parse and most collectors
+# refuse the whole document); they are written as null, as orjson writes them.
+_stdlib_encode = json.JSONEncoder(
+    default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (containers copied)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def valid_text(text: str) -> str:
@@ -45,8 +61,14 @@ def valid_text(text: str) -> str:
 def lenient_dumps(obj: Any) -> bytes:
     """The stdlib's encoding, which also takes what orjson refuses: ints beyond 64 bits, and
     strings with lone surrogates, written as U+FFFD (one such attribute must not cost the
-    whole batch)."""
-    text = _stdlib_encode(obj)
+    whole batch). NaN and infinities are written as null, as orjson writes them."""
+    try:
+        text = _stdlib_encode(obj)
+    except ValueError:  # NaN or an infinity somewhere (a reference cycle fails again below)
+        try:
+            text = _stdlib_encode(_finite(obj))
+        except RecursionError:
+            raise ValueError("Circular reference detected") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:

@@ -214,3 +214,16 @@ def test_encode_ndjson_leaves_out_only_a_record_it_cannot_encode() -> None:
     assert (
         _json.dumps({"x": "\ud800", "n": -(1 << 65)}) == '{"x":"\ufffd","n":-36893488147419103232}'.encode()
     )
+
+
+def test_nan_and_infinity_are_written_as_null_on_every_path() -> None:
+    # NaN / Infinity are not JSON: a browser's JSON.parse or a collector refuses the whole
+    # document. orjson writes null; the stdlib path (no orjson, or a value orjson refuses in
+    # the same record) wrote NaN until now.
+    from pitchey_trace import _json
+
+    odd = {"nan": float("nan"), "inf": [float("inf"), -float("inf")], "ok": 1.5}
+    expected = {"nan": None, "inf": [None, None], "ok": 1.5}
+    assert json.loads(_json.lenient_dumps(odd), parse_constant=lambda c: pytest.fail(c)) == expected
+    both = _json.dumps({**odd, "big": 1 << 70})  # the int sends it down the stdlib path
+    assert json.loads(both, parse_constant=lambda c: pytest.fail(c)) == {**expected, "big": 1 << 70}
