@@ -68,13 +68,55 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _valid_span(rec: Mapping[str, Any]) -> bool:
-    return (
+def _is_int(value: Any) -> bool:
+    return value.__class__ is int
+
+
+def _clean_span(rec: Record) -> bool:
+    """Make a span record safe for every query (in place); False if it cannot be used.
+
+    Archives are read as found: a field of an unexpected type is replaced by its text (names,
+    kind, service, status), by ``None`` (parent, status message) or by an empty container
+    (attributes, events), so that no query has to doubt a field again.
+    """
+    if not (
         isinstance(rec.get("trace_id"), str)
         and isinstance(rec.get("span_id"), str)
-        and isinstance(rec.get("start_time_unix_nano"), int)
-        and isinstance(rec.get("end_time_unix_nano"), int)
-    )
+        and _is_int(rec.get("start_time_unix_nano"))
+        and _is_int(rec.get("end_time_unix_nano"))
+    ):
+        return False
+    for key in ("name", "service", "kind", "status"):
+        value = rec.get(key)
+        if not isinstance(value, str):
+            rec[key] = "unset" if key == "status" and value is None else _text("" if value is None else value)
+    if not isinstance(rec.get("parent_span_id"), (str, type(None))):
+        rec["parent_span_id"] = None
+    if not isinstance(rec.get("status_message"), (str, type(None))):
+        rec["status_message"] = _text(rec["status_message"])
+    duration = rec.get("duration_ms")
+    if duration.__class__ is not float or not math.isfinite(duration):
+        rec["duration_ms"] = (
+            float(duration)
+            if _is_int(duration) and abs(duration) < 2**53
+            else (rec["end_time_unix_nano"] - rec["start_time_unix_nano"]) / 1e6
+        )
+    if not isinstance(rec.get("attributes"), dict):
+        rec["attributes"] = {}
+    events = rec.get("events")
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        rec["events"] = [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+    return True
+
+
+def _clean_rollup(rec: Record) -> bool:
+    """Rollups as :func:`_clean_span` does spans: usable only with an int minute and count."""
+    if not (_is_int(rec.get("minute_start_unix_nano")) and _is_int(rec.get("count"))):
+        return False
+    for key in ("service", "operation", "kind"):
+        if not isinstance(rec.get(key), str):
+            rec[key] = _text(rec.get(key, ""))
+    return True
 
 
 def _normalise_message(message: str) -> str:
@@ -269,7 +311,7 @@ class _Index:
         for rec in records:
             kind = rec.get("type")
             if kind == "span":
-                if not _valid_span(rec):
+                if not _clean_span(rec):
                     unusable += 1
                     continue
                 key = (rec["trace_id"], rec["span_id"])
@@ -291,9 +333,9 @@ class _Index:
                     ext[0] = min(ext[0], start)
                     ext[1] = max(ext[1], end)
                 self._starts = None
-            elif kind == "audit":
+            elif kind == "audit" and _is_int(rec.get("time_unix_nano")):
                 self.audits.append(rec)
-            elif kind == "rollup":
+            elif kind == "rollup" and _clean_rollup(rec):
                 self.rollups.append(rec)
             else:
                 unusable += 1

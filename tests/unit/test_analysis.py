@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pitchey_trace as pt
 from pitchey_trace.analysis import Archive, LocalSource, decode_object, parse_time
@@ -498,3 +500,69 @@ def test_wall_clock_relative_window(memory: InMemoryExporter) -> None:
     assert [s["name"] for s in a.search(since="5m")] == ["now"]
     assert a.search(until="5m") == []
     assert time.time_ns() - a.search()[0]["start_time_unix_nano"] < 300 * 10**9
+
+
+# -- hostile archives --------------------------------------------------------------------------------
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=6),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=6,
+)
+
+
+def _or_odd(valid: Any) -> Any:
+    return st.one_of(valid, _json_value)
+
+
+_ids = st.sampled_from(["1" * 16, "2" * 16, "3" * 16])
+_odd_span = st.fixed_dictionaries(
+    {
+        "type": st.just("span"),
+        "trace_id": _or_odd(st.sampled_from(["ab" * 16, "cd" * 16])),
+        "span_id": _or_odd(_ids),
+        "parent_span_id": _or_odd(st.none() | _ids),
+        "name": _or_odd(st.sampled_from(["a", "SELECT x"])),
+        "kind": _json_value,
+        "service": _or_odd(st.just("s")),
+        "start_time_unix_nano": _or_odd(st.integers(0, 10**19)),
+        "end_time_unix_nano": _or_odd(st.integers(0, 10**19)),
+        "duration_ms": _json_value,
+        "status": _or_odd(st.sampled_from(["error", "ok"])),
+        "status_message": _json_value,
+        "attributes": _or_odd(
+            st.dictionaries(st.sampled_from(["db.query.text", "http.response.status_code", "k"]), _json_value)
+        ),
+        "events": _or_odd(
+            st.lists(
+                st.fixed_dictionaries({"name": st.just("exception"), "attributes": _json_value}), max_size=2
+            )
+        ),
+    }
+)
+_odd_rollup = st.fixed_dictionaries(
+    {
+        "type": st.just("rollup"),
+        "operation": _json_value,
+        "minute_start_unix_nano": _or_odd(st.integers(0, 10**19)),
+        "count": _or_odd(st.integers(0, 9)),
+        "duration_sum_ms": _json_value,
+        "sketch": _or_odd(st.fixed_dictionaries({"offset": _json_value, "counts": _json_value})),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_odd_span, _odd_span, _odd_rollup, _json_value), max_size=10))
+def test_odd_archived_records_never_break_a_query(records: list[Any]) -> None:
+    """Archives are read as found: any field of any type gives an answer, never an exception."""
+    a = Archive.from_records([r for r in records if isinstance(r, dict)])
+    a.search()
+    a.search(status="error", name="a*", min_duration_ms=0, attributes={"k": "1"}, sort="duration")
+    for t in ("ab" * 16, "cd" * 16):
+        view = a.trace(t)
+        a.analyze(t, n_plus_one_min=2)
+        if view is not None:
+            json.dumps(view)  # answers stay JSON-ready
+    a.performance()
+    a.errors()
+    a.overview()
