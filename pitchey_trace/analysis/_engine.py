@@ -94,7 +94,7 @@ def _clean_span(rec: Record) -> bool:
         rec["parent_span_id"] = None
     if not isinstance(rec.get("status_message"), (str, type(None))):
         rec["status_message"] = _text(rec["status_message"])
-    duration = rec.get("duration_ms")
+    duration: Any = rec.get("duration_ms")
     if duration.__class__ is not float or not math.isfinite(duration):
         rec["duration_ms"] = (
             float(duration)
