@@ -32,7 +32,6 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 _STATUSES = ("error", "ok", "unset")
 _SORTS = ("recent", "duration")
 _MAX_LIMIT = 10_000
-_DB_KEYS = ("db.query.text", "db.system.name", "db.system", "db.statement")
 # A batch's object is opened before its records are exported, and a span is exported after it
 # ends: an object closed before a window's start cannot hold a span starting in it. Clocks of
 # the writing hosts may differ a little: objects closed up to this long before still count.
@@ -127,11 +126,19 @@ def _normalise_message(message: str) -> str:
 
 
 def _statement(span: Mapping[str, Any]) -> str | None:
-    """The normalised statement of a database span (literals as ?), None for other spans."""
+    """The normalised statement of a database query span (literals as ?), None for other spans.
+
+    A query is a span with query text, or a client span of a database system without it; a
+    transaction span (internal, with db.* attributes but no text) is not a query.
+    """
     attrs = span.get("attributes")
-    if not isinstance(attrs, Mapping) or not any(k in attrs for k in _DB_KEYS):
+    if not isinstance(attrs, Mapping):
         return None
-    text = attrs.get("db.query.text") or attrs.get("db.statement") or span.get("name") or ""
+    text = attrs.get("db.query.text") or attrs.get("db.statement")
+    if not text:
+        if span.get("kind") != "client" or not ("db.system.name" in attrs or "db.system" in attrs):
+            return None
+        text = span.get("name") or ""
     text = _SQL_LITERAL.sub("?", _text(text))
     text = _SQL_IN_LIST.sub("(?)", text)
     return _SPACE.sub(" ", text).strip()[:1000]

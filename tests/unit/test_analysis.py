@@ -566,3 +566,35 @@ def test_odd_archived_records_never_break_a_query(records: list[Any]) -> None:
     a.performance()
     a.errors()
     a.overview()
+
+
+def test_database_queries_are_query_spans_not_transactions() -> None:
+    t = "ef" * 16
+    pg = {"db.system.name": "postgresql"}
+    records = [
+        _rec(t, "a" * 16, None, 0, 10 * MS),
+        _rec(
+            t,
+            "b" * 16,
+            "a" * 16,
+            1 * MS,
+            9 * MS,
+            name="checkout",
+            attributes={**pg, "db.operation.name": "TRANSACTION"},
+        ),
+        _rec(
+            t,
+            "c" * 16,
+            "b" * 16,
+            2 * MS,
+            3 * MS,
+            attributes={**pg, "db.query.text": "SELECT 1"},
+            kind="client",
+        ),
+        _rec(
+            t, "d" * 16, "b" * 16, 4 * MS, 6 * MS, name="SELECT carts", attributes=pg, kind="client"
+        ),  # no text
+    ]
+    result = Archive.from_records(records).analyze(t)
+    assert result is not None
+    assert result["db"] == {"queries": 2, "total_ms": pytest.approx(3)}
