@@ -166,6 +166,42 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def _by_operation(records: list[Record], name_key: str) -> dict[tuple[str, str, str], list[Record]]:
+    """Records grouped by (service, operation name, kind)."""
+    groups: dict[tuple[str, str, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r["service"], r[name_key], r["kind"]), []).append(r)
+    return groups
+
+
+def _stats_row(
+    key: tuple[str, str, str],
+    count: int,
+    errors: int,
+    total_ms: float,
+    quantiles: list[float | None],
+    max_ms: float,
+    source: str,
+) -> dict[str, Any]:
+    """One ``performance()`` row (``quantiles``: p50, p95, p99)."""
+    service, operation, kind = key
+    p50, p95, p99 = quantiles
+    return {
+        "service": service,
+        "operation": operation,
+        "kind": kind,
+        "count": count,
+        "errors": errors,
+        "error_rate": errors / count,
+        "mean_ms": total_ms / count,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "max_ms": max_ms,
+        "source": source,
+    }
+
+
 def _check_limit(limit: Any) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {_MAX_LIMIT}, got {limit!r}")
@@ -761,12 +797,8 @@ class Archive:
 
     @staticmethod
     def _from_rollups(rollups: list[Record]) -> list[dict[str, Any]] | None:
-        groups: dict[tuple[str, str, str], list[Record]] = {}
-        for r in rollups:
-            key = (_text(r.get("service", "")), _text(r.get("operation", "")), _text(r.get("kind", "")))
-            groups.setdefault(key, []).append(r)
         rows = []
-        for (svc, op, kind), rs in groups.items():
+        for (svc, op, kind), rs in _by_operation(rollups, "operation").items():
             count = sum(_int(r.get("count")) for r in rs)
             errors = sum(_int(r.get("errors")) for r in rs)
             total = sum(_num(r.get("duration_sum_ms")) for r in rs)
@@ -777,50 +809,22 @@ class Archive:
                 return None  # a malformed rollup: the spans answer instead
             if count <= 0:
                 continue
-            rows.append(
-                {
-                    "service": svc,
-                    "operation": op,
-                    "kind": kind,
-                    "count": count,
-                    "errors": errors,
-                    "error_rate": errors / count,
-                    "mean_ms": total / count,
-                    "p50_ms": sketch.quantile(0.5) if sketch else None,
-                    "p95_ms": sketch.quantile(0.95) if sketch else None,
-                    "p99_ms": sketch.quantile(0.99) if sketch else None,
-                    "max_ms": max(_num(r.get("duration_max_ms")) for r in rs),
-                    "source": "rollups",
-                }
-            )
+            quantiles = [sketch.quantile(q) if sketch else None for q in (0.5, 0.95, 0.99)]
+            top = max(_num(r.get("duration_max_ms")) for r in rs)
+            rows.append(_stats_row((svc, op, kind), count, errors, total, quantiles, top, "rollups"))
         return rows
 
     @staticmethod
     def _from_spans(spans: list[Record]) -> list[dict[str, Any]]:
-        groups: dict[tuple[str, str, str], list[Record]] = {}
-        for s in spans:
-            key = (_text(s.get("service", "")), _text(s.get("name", "")), _text(s.get("kind", "")))
-            groups.setdefault(key, []).append(s)
         rows = []
-        for (svc, op, kind), ss in groups.items():
+        for (svc, op, kind), ss in _by_operation(spans, "name").items():
             durations = sorted(_num(s.get("duration_ms")) for s in ss)
             errors = sum(1 for s in ss if s.get("status") == "error")
-            rows.append(
-                {
-                    "service": svc,
-                    "operation": op,
-                    "kind": kind,
-                    "count": len(ss),
-                    "errors": errors,
-                    "error_rate": errors / len(ss),
-                    "mean_ms": sum(durations) / len(ss),
-                    "p50_ms": _percentile(durations, 0.5),
-                    "p95_ms": _percentile(durations, 0.95),
-                    "p99_ms": _percentile(durations, 0.99),
-                    "max_ms": durations[-1],
-                    "source": "spans",
-                }
+            quantiles: list[float | None] = [_percentile(durations, q) for q in (0.5, 0.95, 0.99)]
+            row = _stats_row(
+                (svc, op, kind), len(ss), errors, sum(durations), quantiles, durations[-1], "spans"
             )
+            rows.append(row)
         return rows
 
     def errors(

@@ -206,19 +206,18 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         )
         return json_response(await call(archive.search, **params))
 
-    async def trace(request: Request) -> Response:
+    async def one_trace(request: Request, query: Callable[[str], dict[str, Any] | None]) -> Response:
         trace_id = request.path_params["trace_id"]
-        view = await call(archive.trace, trace_id)
-        if view is None:
-            return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
-        return json_response(view)
-
-    async def analysis(request: Request) -> Response:
-        trace_id = request.path_params["trace_id"]
-        result = await call(archive.analyze, trace_id)
+        result = await call(query, trace_id)
         if result is None:
             return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
         return json_response(result)
+
+    async def trace(request: Request) -> Response:
+        return await one_trace(request, archive.trace)
+
+    async def analysis(request: Request) -> Response:
+        return await one_trace(request, archive.analyze)
 
     async def performance(request: Request) -> Response:
         params = _given(

@@ -357,21 +357,13 @@ def test_overview_counts_spans_traces_and_audit(memory: InMemoryExporter) -> Non
         audit_record(
             service="shop",
             environment="test",
-            category="request",
-            action="GET /",
-            target="/",
-            outcome="200",
+            category=category,
+            action=f"GET {path}",
+            target=path,
+            outcome=outcome,
             time_unix_nano=T0,
-        ),
-        audit_record(
-            service="shop",
-            environment="test",
-            category="security",
-            action="GET /admin",
-            target="/admin",
-            outcome="403",
-            time_unix_nano=T0,
-        ),
+        )
+        for category, path, outcome in (("request", "/", "200"), ("security", "/admin", "403"))
     ]
     a = Archive.from_records(list(memory.records) + audits)
     ov = a.overview()
