@@ -5,6 +5,7 @@
     pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
     pitchey-trace show TRACE_ID --archive DIR            # waterfall, critical path, bottleneck
     pitchey-trace perf|errors|overview --archive DIR     # p50/p95/p99, error groups, totals
+    pitchey-trace audit --archive DIR --category security --last 7d   # who did what
     pitchey-trace serve --archive DIR --port 8080        # HTTP API and waterfall page
 
 The archive commands read ``--archive DIR`` (a local archive directory), ``--s3-config FILE``
@@ -276,6 +277,38 @@ def _errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    found = _archive(args).audit(
+        category=args.category,
+        actor=args.actor,
+        action=args.action,
+        outcome=args.outcome,
+        trace_id=args.trace_id,
+        limit=args.limit,
+        **_window(args),
+    )
+
+    def text() -> str:
+        if not found:
+            return "no audit record matches\n"
+        body = [
+            [
+                _when(a["time_unix_nano"]),
+                _clip(a.get("category") or "", 12),
+                _clip(a.get("actor") or "-", 20),
+                _clip(a.get("action") or "", 36),
+                _clip(a.get("target") or "", 30),
+                _clip(a.get("outcome") or "", 16),
+                a.get("trace_id") or "",
+            ]
+            for a in found
+        ]
+        return _table(["time (UTC)", "category", "actor", "action", "target", "outcome", "trace id"], body)
+
+    _emit(args, found, text)
+    return 0
+
+
 def _overview(args: argparse.Namespace) -> int:
     ov = _archive(args).overview(**_window(args))
 
@@ -372,6 +405,16 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_errors)
+
+    p = sub.add_parser("audit", help="audit records, newest first: who did what, with which outcome")
+    _source_options(p)
+    p.add_argument("--category", help="request, security or data_access")
+    p.add_argument("--actor")
+    p.add_argument("--action", help="e.g. 'POST /login', or a glob such as 'POST *'")
+    p.add_argument("--outcome", help="e.g. 403, denied")
+    p.add_argument("--trace-id", metavar="ID")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("overview", help="totals, services, slowest and failed traces, audit counts")
     _source_options(p)

@@ -874,6 +874,53 @@ class Archive:
         out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))
         return out[:limit]
 
+    def audit(
+        self,
+        *,
+        category: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        trace_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Audit records, newest first: who did what to which target, with which outcome.
+
+        ``category`` is ``request``, ``security`` (401/403/429, auth failures) or
+        ``data_access``; ``action`` is exact or a glob (``POST *``); every filter must match.
+        """
+        category = _check_text("category", category)
+        actor = _check_text("actor", actor)
+        action = _check_text("action", action)
+        outcome = _check_text("outcome", outcome)
+        tid = None if trace_id is None else _trace_id(trace_id)
+        limit = _check_limit(limit)
+        glob = action is not None and any(c in action for c in "*?[")
+        s_ns, u_ns = self._window(since, until)
+        with self._lock:
+            self._ensure(s_ns)
+            found = [
+                a
+                for a in self._index.audits
+                if (s_ns is None or a["time_unix_nano"] >= s_ns)
+                and (u_ns is None or a["time_unix_nano"] <= u_ns)
+                and (category is None or a.get("category") == category)
+                and (actor is None or a.get("actor") == actor)
+                and (outcome is None or _text(a.get("outcome", "")) == outcome)
+                and (tid is None or a.get("trace_id") == tid)
+                and (
+                    action is None
+                    or (
+                        fnmatch.fnmatchcase(_text(a.get("action", "")), action)
+                        if glob
+                        else a.get("action") == action
+                    )
+                )
+            ]
+        return heapq.nlargest(limit, found, key=lambda a: a["time_unix_nano"])
+
     def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
         """Totals for a window: spans, traces, errors, services, time range, the slowest and
         the latest failed traces, audit outcomes and security events."""

@@ -6,7 +6,8 @@
     app = create_app(Archive("var/archive"))     # serve with any ASGI server, e.g. uvicorn
 
 JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
-``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/errors``, ``/healthz``.
+``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/errors``, ``/api/audit``,
+``/healthz``.
 HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
 ``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
 unknown trace 404. Reference: docs/analysis.md.
@@ -234,6 +235,19 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         )
         return json_response(await call(archive.errors, **params))
 
+    async def audit(request: Request) -> Response:
+        params = _given(
+            category=_text(request, "category"),
+            actor=_text(request, "actor"),
+            action=_text(request, "action"),
+            outcome=_text(request, "outcome"),
+            trace_id=_text(request, "trace_id"),
+            since=_time(request, "since"),
+            until=_time(request, "until"),
+            limit=_limit(request),
+        )
+        return json_response(await call(archive.audit, **params))
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -267,6 +281,7 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         Route("/api/traces/{trace_id}/analysis", analysis),
         Route("/api/performance", performance),
         Route("/api/errors", errors),
+        Route("/api/audit", audit),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

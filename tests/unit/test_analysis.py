@@ -590,3 +590,38 @@ def test_database_queries_are_query_spans_not_transactions() -> None:
     result = Archive.from_records(records).analyze(t)
     assert result is not None
     assert result["db"] == {"queries": 2, "total_ms": pytest.approx(3)}
+
+
+def test_audit_records_filtered_newest_first() -> None:
+    def rec(i: int, category: str, action: str, outcome: str, actor: str | None = None) -> dict[str, Any]:
+        return audit_record(
+            service="shop",
+            environment="test",
+            category=category,
+            action=action,
+            target="/x",
+            outcome=outcome,
+            actor=actor,
+            time_unix_nano=T0 + i * MS,
+            trace_id=i + 1,
+        )
+
+    a = Archive.from_records(
+        [
+            rec(1, "request", "POST /login", "401"),
+            rec(2, "security", "POST /login", "bad_password"),
+            rec(3, "request", "GET /admin", "403", actor="7"),
+            rec(4, "security", "GET /admin", "403", actor="7"),
+            rec(5, "data_access", "SELECT users", "success", actor="7"),
+        ]
+    )
+    assert [r["time_unix_nano"] for r in a.audit()] == [T0 + i * MS for i in (5, 4, 3, 2, 1)]
+    assert [r["outcome"] for r in a.audit(category="security")] == ["403", "bad_password"]
+    assert [r["action"] for r in a.audit(action="POST *")] == ["POST /login", "POST /login"]
+    assert len(a.audit(actor="7", outcome="403")) == 2
+    assert [r["category"] for r in a.audit(trace_id=f"{4:032x}")] == ["request"]  # rec 3 has trace id 4
+    assert len(a.audit(since=T0 + 3 * MS, until=T0 + 4 * MS)) == 2
+    assert len(a.audit(limit=1)) == 1
+    for bad in ({"category": ""}, {"trace_id": "nope"}, {"limit": 0}, {"since": "later"}):
+        with pytest.raises(ValueError):
+            a.audit(**bad)

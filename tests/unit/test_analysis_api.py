@@ -368,3 +368,26 @@ def test_a_failed_refresh_is_logged_and_the_query_answers(
 def test_refresh_interval_must_be_a_finite_number(archive: Archive, interval: float) -> None:
     with pytest.raises(ValueError, match="refresh_interval_s"):
         create_app(archive, refresh_interval_s=interval)
+
+
+def test_audit_endpoint_filters_and_refuses_bad_input(data: TraceData) -> None:
+    from pitchey_trace.records import audit_record
+
+    def rec(i: int, category: str, outcome: str) -> dict[str, Any]:
+        return audit_record(
+            service="shop-api",
+            environment="t",
+            category=category,
+            action="GET /admin",
+            target="/admin",
+            outcome=outcome,
+            actor="<b>7</b>",
+            time_unix_nano=data.start_ns + i,
+        )
+
+    app = create_app(Archive.from_records([rec(1, "request", "403"), rec(2, "security", "403")]))
+    assert [r["category"] for r in get_json(app, "/api/audit")] == ["security", "request"]
+    assert [r["category"] for r in get_json(app, "/api/audit?category=security&outcome=403")] == ["security"]
+    assert get_json(app, "/api/audit?action=GET%20*&limit=1")[0]["actor"] == "<b>7</b>"
+    assert b"<b>" not in get(app, "/api/audit").content  # escaped like every answer
+    assert "trace id" in get_json(app, "/api/audit?trace_id=xyz", status=400)["error"]

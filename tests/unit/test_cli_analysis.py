@@ -146,3 +146,39 @@ def test_bad_duration_is_a_usage_error(
         main(["search", "-a", str(archived[0]), "--min-duration", "fast"])
     assert info.value.code == 2
     assert "not a duration" in capsys.readouterr().err
+
+
+def test_audit_command(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from pitchey_trace.records import audit_record
+
+    exporter = LocalArchiveExporter(tmp_path / "audit-archive")
+    exporter.export(
+        [
+            audit_record(
+                service="shop",
+                environment="t",
+                category="security",
+                action="POST /login",
+                target="/login",
+                outcome="bad_password",
+                time_unix_nano=archived[1].start_ns,
+            ),
+            audit_record(
+                service="shop",
+                environment="t",
+                category="request",
+                action="GET /",
+                target="/",
+                outcome="200",
+                time_unix_nano=archived[1].start_ns + 1,
+            ),
+        ]
+    )
+    exporter.shutdown()
+    out = ok(capsys, "audit", "-a", str(tmp_path / "audit-archive"), "--category", "security")
+    assert "bad_password" in out
+    assert "GET /" not in out
+    rows = json.loads(ok(capsys, "audit", "-a", str(tmp_path / "audit-archive"), "--json"))
+    assert [r["outcome"] for r in rows] == ["200", "bad_password"]

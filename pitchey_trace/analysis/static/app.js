@@ -239,6 +239,24 @@
     }
   }
 
+  function renderSecurity(records) {
+    const tbody = byId("security-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const r of records) {
+      tbody.appendChild(
+        el("tr", {}, [
+          cell(fmtTime(r.time_unix_nano)),
+          cell(r.actor || "–"),
+          cell(r.action),
+          cell(r.target),
+          cell(r.outcome),
+          el("td", { cls: "links" }, [r.trace_id ? traceLink(r.trace_id, String(r.trace_id).slice(0, 8)) : null]),
+        ])
+      );
+    }
+    byId("security-empty").hidden = records.length > 0;
+  }
+
   async function loadSection(promise, render) {
     try {
       render(await promise);
@@ -277,6 +295,7 @@
       loadSection(getJSON("/api/search?" + params), renderResults),
       loadSection(getJSON("/api/performance?" + scope), renderPerformance),
       loadSection(getJSON("/api/errors?" + scope), renderErrors),
+      loadSection(getJSON("/api/audit?category=security&limit=20&" + since), renderSecurity),
     ]);
   }
 

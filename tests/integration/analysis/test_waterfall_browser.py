@@ -18,6 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pitchey_trace.analysis import Archive
+from pitchey_trace.analysis.api import create_app
+from tests.integration.analysis.conftest import serve
 from tests.support.analysis_data import HOSTILE_CHILD, HOSTILE_NAME, HOSTILE_VALUE, TraceData
 
 pytestmark = pytest.mark.integration
@@ -287,3 +290,32 @@ def test_search_form_parameters_in_the_address_drive_the_results(
 def test_a_bad_search_shows_the_api_message(server: str, profile: Path) -> None:
     dom = render(f"{server}/?min_duration_ms=slow", profile)
     assert "min_duration_ms must be a number" in dom.by_id("message").text()
+
+
+def test_overview_page_lists_security_events(traces: TraceData, profile: Path) -> None:
+    from pitchey_trace.records import audit_record
+
+    events = [
+        audit_record(
+            service="shop-api",
+            environment="t",
+            category=category,
+            action="GET /admin",
+            target="/admin",
+            outcome=outcome,
+            actor=HOSTILE_NAME,
+            time_unix_nano=traces.start_ns + i,
+            trace_id=int(traces.orders, 16),
+        )
+        for i, (category, outcome) in enumerate(
+            [("security", "403"), ("request", "200"), ("security", "429")]
+        )
+    ]
+    with serve(create_app(Archive.from_records(traces.records + events))) as url:
+        dom = render(f"{url}/", profile)
+    rows = dom.by_id("security-table").by_tag("tr")[1:]
+    assert [r.by_tag("td")[4].text() for r in rows] == ["429", "403"]  # security only, newest first
+    assert rows[0].by_tag("td")[1].text() == HOSTILE_NAME  # shown as text
+    assert not dom.by_tag("img")
+    assert links_to_traces(dom.by_id("security-table")) == [f"/traces/{traces.orders}"] * 2
+    assert "hidden" in dom.by_id("security-empty").attrs  # the "no event" note stays hidden
