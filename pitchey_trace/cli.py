@@ -85,14 +85,16 @@ def _archive(args: argparse.Namespace) -> Any:
     from pitchey_trace.analysis import Archive, S3Source
 
     if args.s3_config:
-        return Archive(S3Source.from_config(args.s3_config, cache_dir=args.cache_dir))
+        return Archive(
+            S3Source.from_config(args.s3_config, cache_dir=args.cache_dir), max_spans=args.max_spans
+        )
     where = args.archive or os.environ.get("PITCHEY_TRACE_ARCHIVE")
     if not where:
         raise PitcheyTraceError(
             "no archive: give --archive DIR, --s3-config FILE or set PITCHEY_TRACE_ARCHIVE"
         )
     try:
-        return Archive(where)
+        return Archive(where, max_spans=args.max_spans)
     except ValueError as exc:
         raise PitcheyTraceError(str(exc)) from None
 
@@ -364,6 +366,9 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
         "--s3-config", metavar="FILE", help="read the S3/R2 buckets of this logpush config instead"
     )
     src.add_argument("--cache-dir", metavar="DIR", help="with --s3-config: keep downloaded objects here")
+    src.add_argument(
+        "--max-spans", type=int, metavar="N", help="read at most about N spans, newest first (bounds memory)"
+    )
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     if window:
         w = p.add_argument_group("time window (relative: 15m, 24h, 7d; or ISO-8601, or Unix ns)")

@@ -402,6 +402,9 @@ class Archive:
             object such as :class:`~pitchey_trace.analysis.S3Source`.
         prefixes: for a directory: folder per dataset when the exporter used other prefixes.
         datasets: for a directory: the datasets to read (default: traces, audit, performance).
+        max_spans: stop reading once this many spans are held (about 2 KB of memory each);
+            objects are then read newest first, so answers cover the most recent spans, and
+            ``read_stats["skipped_objects"]`` counts what was left unread. None: no bound.
 
     ``Archive.from_records(records)`` analyses records already in memory, e.g. an
     ``InMemoryExporter``'s. Queries are safe to run from several threads.
@@ -413,7 +416,12 @@ class Archive:
         *,
         prefixes: Mapping[str, str] | None = None,
         datasets: Iterable[str] | None = None,
+        max_spans: int | None = None,
     ) -> None:
+        if max_spans is not None and (
+            isinstance(max_spans, bool) or not isinstance(max_spans, int) or max_spans < 1
+        ):
+            raise ValueError(f"max_spans must be an int >= 1 or None, got {max_spans!r}")
         if isinstance(source, (str, os.PathLike)):
             source = LocalSource(source, prefixes=prefixes, datasets=datasets)
         elif prefixes is not None or datasets is not None:
@@ -421,9 +429,13 @@ class Archive:
         elif not (hasattr(source, "objects") and hasattr(source, "read") and hasattr(source, "describe")):
             raise TypeError(f"source must be a directory or a source object, not {type(source).__name__}")
         self._setup(source)
+        self._max_spans = max_spans
+
+    _max_spans: int | None
 
     def _setup(self, source: Source | None) -> None:
         self._source = source
+        self._max_spans = None
         self._lock = threading.RLock()
         self._index = _Index()
         self._loaded: dict[str, str] = {}  # object key -> version read
@@ -436,6 +448,7 @@ class Archive:
             "bad_lines": 0,
             "unusable_records": 0,
             "unreadable_objects": 0,
+            "skipped_objects": 0,
         }
 
     @classmethod
@@ -461,6 +474,9 @@ class Archive:
         assert self._source is not None
         for info in infos:
             if self._loaded.get(info.key) == info.version:
+                continue
+            if self._max_spans is not None and len(self._index.spans) >= self._max_spans:
+                self.read_stats["skipped_objects"] += 1  # (read newest first: these are older)
                 continue
             if info.key in self._loaded:  # rewritten in place: rebuild from scratch to drop its old records
                 self._rebuild()
@@ -504,7 +520,8 @@ class Archive:
                 ):
                     continue
                 infos.append(info)
-        infos.sort(key=lambda i: (i.opened_ns or 0, i.key))
+        # With a span bound, newest first: what does not fit is the oldest.
+        infos.sort(key=lambda i: (i.opened_ns or 0, i.key), reverse=self._max_spans is not None)
         if not self._read(infos):  # (after a rebuild, the rebuild's own reading decided)
             self._listed_since = since
 

@@ -625,3 +625,24 @@ def test_audit_records_filtered_newest_first() -> None:
     for bad in ({"category": ""}, {"trace_id": "nope"}, {"limit": 0}, {"since": "later"}):
         with pytest.raises(ValueError):
             a.audit(**bad)
+
+
+def test_max_spans_keeps_the_newest_objects(tmp_path: Path) -> None:
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir(parents=True)
+    for hour in range(3):  # three objects, two one-span traces each, older to newer
+        lines = [
+            json.dumps(
+                _rec(f"{hour:02d}{i:030x}", "1" * 16, None, hour * 3600 * 10**9 + i, hour * 3600 * 10**9 + MS)
+            )
+            for i in range(2)
+        ]
+        name = f"20261130T{hour:02d}0000Z_20261130T{hour:02d}0100Z_{hour:02x}.log.gz"
+        (folder / name).write_bytes(gzip.compress("\n".join(lines).encode()))
+    bounded = Archive(tmp_path, max_spans=3)
+    found = {t["trace_id"][:2] for t in bounded.search(limit=100)}
+    assert found == {"02", "01"}  # the newest object, then the next, then the bound was reached
+    assert bounded.read_stats["skipped_objects"] == 1
+    assert len(Archive(tmp_path).search(limit=100)) == 6
+    with pytest.raises(ValueError):
+        Archive(tmp_path, max_spans=0)
