@@ -112,3 +112,27 @@ def make_traces(start_ns: int | None = None) -> TraceData:
 
     data.records = shop.records + payments.records
     return data
+
+
+def audit(
+    time_unix_nano: int,
+    category: str = "security",
+    outcome: str = "403",
+    action: str = "GET /admin",
+    actor: str | None = None,
+    trace_id: int = 0,
+) -> dict[str, Any]:
+    """One schema-v1 audit record (service ``shop-api``) for the analysis tests."""
+    from pitchey_trace.records import audit_record
+
+    return audit_record(
+        service="shop-api",
+        environment="test",
+        category=category,
+        action=action,
+        target=action.partition(" ")[2] or "/",
+        outcome=outcome,
+        actor=actor,
+        time_unix_nano=time_unix_nano,
+        trace_id=trace_id,
+    )

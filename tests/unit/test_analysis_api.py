@@ -371,19 +371,10 @@ def test_refresh_interval_must_be_a_finite_number(archive: Archive, interval: fl
 
 
 def test_audit_endpoint_filters_and_refuses_bad_input(data: TraceData) -> None:
-    from pitchey_trace.records import audit_record
+    from tests.support.analysis_data import audit
 
     def rec(i: int, category: str, outcome: str) -> dict[str, Any]:
-        return audit_record(
-            service="shop-api",
-            environment="t",
-            category=category,
-            action="GET /admin",
-            target="/admin",
-            outcome=outcome,
-            actor="<b>7</b>",
-            time_unix_nano=data.start_ns + i,
-        )
+        return audit(data.start_ns + i, category, outcome, actor="<b>7</b>")
 
     app = create_app(Archive.from_records([rec(1, "request", "403"), rec(2, "security", "403")]))
     assert [r["category"] for r in get_json(app, "/api/audit")] == ["security", "request"]

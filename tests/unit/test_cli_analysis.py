@@ -151,29 +151,14 @@ def test_bad_duration_is_a_usage_error(
 def test_audit_command(
     archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from pitchey_trace.records import audit_record
+    from tests.support.analysis_data import audit
 
     exporter = LocalArchiveExporter(tmp_path / "audit-archive")
+    start = archived[1].start_ns
     exporter.export(
         [
-            audit_record(
-                service="shop",
-                environment="t",
-                category="security",
-                action="POST /login",
-                target="/login",
-                outcome="bad_password",
-                time_unix_nano=archived[1].start_ns,
-            ),
-            audit_record(
-                service="shop",
-                environment="t",
-                category="request",
-                action="GET /",
-                target="/",
-                outcome="200",
-                time_unix_nano=archived[1].start_ns + 1,
-            ),
+            audit(start, outcome="bad_password", action="POST /login"),
+            audit(start + 1, "request", "200", "GET /"),
         ]
     )
     exporter.shutdown()

@@ -293,20 +293,10 @@ def test_a_bad_search_shows_the_api_message(server: str, profile: Path) -> None:
 
 
 def test_overview_page_lists_security_events(traces: TraceData, profile: Path) -> None:
-    from pitchey_trace.records import audit_record
+    from tests.support.analysis_data import audit
 
     events = [
-        audit_record(
-            service="shop-api",
-            environment="t",
-            category=category,
-            action="GET /admin",
-            target="/admin",
-            outcome=outcome,
-            actor=HOSTILE_NAME,
-            time_unix_nano=traces.start_ns + i,
-            trace_id=int(traces.orders, 16),
-        )
+        audit(traces.start_ns + i, category, outcome, actor=HOSTILE_NAME, trace_id=int(traces.orders, 16))
         for i, (category, outcome) in enumerate(
             [("security", "403"), ("request", "200"), ("security", "429")]
         )
