@@ -15,16 +15,28 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urlsplit
 
 from pitchey_trace import _stats
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 
-__all__ = ["HttpResult", "HttpSender", "RetryPolicy", "warn_limited"]
+if TYPE_CHECKING:
+    from pitchey_trace.exporters._grpc import GrpcSender
+
+__all__ = [
+    "HttpResult",
+    "HttpSender",
+    "RetryPolicy",
+    "Try",
+    "checked_endpoint",
+    "warn_limited",
+    "with_retries",
+]
 
 # The most of a collector's answer read (answers are small: a partial-success count).
 _MAX_RESPONSE_BYTES = 1 << 20
@@ -124,6 +136,88 @@ class HttpResult:
     error: str | None = None
 
 
+def checked_endpoint(url: object, timeout_s: float, form: str) -> SplitResult:
+    """``url`` split, once checked to be ``http(s)://host[:port]...``; ``timeout_s`` checked
+    too (> 0, finite). Raises TypeError / ConfigurationError with ``form`` in the message."""
+    if not isinstance(url, str):
+        raise TypeError(f"the URL must be a str, got {url!r}")
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigurationError(f"URL must be {form}, got {url!r}")
+    if finite("timeout_s", timeout_s, 0.0, 3600.0) == 0:
+        raise ConfigurationError("timeout_s must be > 0")
+    return parts
+
+
+@dataclass
+class Try:
+    """One attempt's outcome, for :func:`with_retries`."""
+
+    ok: bool = False
+    retry: bool = False  # failed, and worth another attempt
+    status: int | None = None
+    data: bytes = b""
+    error: str | None = None
+    wait: float | None = None  # the server's requested delay, if it gave one
+
+
+def with_retries(
+    counter: str, url: str, policy: RetryPolicy, stop: threading.Event, once: Callable[[], Try]
+) -> HttpResult:
+    """Run ``once`` until it succeeds, fails for good, or the policy (attempts, elapsed time)
+    or ``stop`` ends the retries; counts ``{counter}.requests/.retried/.rejected/.failed``
+    and warns (rate-limited) on the ``pitchey_trace`` logger. Shared by every sender."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        _stats.incr(f"{counter}.requests")
+        t = once()
+        if t.ok:
+            return HttpResult(True, t.status, t.data, attempt)
+        if not t.retry:
+            _stats.incr(f"{counter}.rejected")
+            warn_limited(
+                f"{counter}.rejected",
+                "pitchey_trace %s: %s rejected a batch: %s %r",
+                counter,
+                url,
+                t.error,
+                t.data[:200],
+            )
+            return HttpResult(False, t.status, t.data, attempt, t.error)
+        wait = t.wait if t.wait is not None else policy.backoff(attempt)
+        elapsed = time.monotonic() - started
+        if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed_s or stop.is_set():
+            _stats.incr(f"{counter}.failed")
+            warn_limited(
+                f"{counter}.failed",
+                "pitchey_trace %s: giving up a batch to %s after %d attempt(s): %s",
+                counter,
+                url,
+                attempt,
+                t.error,
+            )
+            return HttpResult(False, t.status, t.data, attempt, t.error)
+        _stats.incr("retried")
+        _stats.incr(f"{counter}.retried")
+        warn_limited(
+            f"{counter}.retry",
+            "pitchey_trace %s: %s failed (%s); retrying in %.2fs",
+            counter,
+            url,
+            t.error,
+            wait,
+        )
+        if stop.wait(wait):
+            _stats.incr(f"{counter}.failed")
+            return HttpResult(False, t.status, t.data, attempt, t.error)
+
+
 class HttpSender:
     """POSTs bodies to one URL over a reused connection, with retries (one thread at a time).
 
@@ -143,22 +237,12 @@ class HttpSender:
         retry: RetryPolicy | None = None,
         content_type: str = "application/json",
     ) -> None:
-        if not isinstance(url, str):
-            raise TypeError(f"the URL must be a str, got {url!r}")
-        parts = urlsplit(url)
-        try:
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:  # a port that is not a number, or out of range
-            port_ok = False
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            raise ConfigurationError(f"URL must be http(s)://host[:port]/path, got {url!r}")
-        if finite("timeout_s", timeout_s, 0.0, 3600.0) == 0:
-            raise ConfigurationError("timeout_s must be > 0")
+        parts = checked_endpoint(url, timeout_s, "http(s)://host[:port]/path")
         valid_compresslevel(compresslevel)
         extra_headers = header_map(headers)
         self.url = url
         self._https = parts.scheme == "https"
-        self._host = parts.hostname
+        self._host = parts.hostname or ""  # (checked_endpoint: never empty)
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.counter = counter
@@ -217,62 +301,24 @@ class HttpSender:
     def send(self, payload: bytes) -> HttpResult:
         """POST ``payload`` (gzipped when ``compress``), retrying per the policy."""
         body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
-        policy = self.retry
-        started = time.monotonic()
-        attempt = 0
-        c = self.counter
-        while True:
-            attempt += 1
-            _stats.incr(f"{c}.requests")
-            wait: float | None = None
-            status: int | None = None
-            data = b""
+        retry_statuses = self.retry.retry_statuses
+        max_retry_after_s = self.retry.max_retry_after_s
+
+        def once() -> Try:
             try:
                 code, headers, data = self._post_once(body)
             except (OSError, http.client.HTTPException) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                status = code
-                if 200 <= code < 300:
-                    return HttpResult(True, status, data, attempt)
-                error = f"HTTP {status}"
-                if status not in policy.retry_statuses:
-                    _stats.incr(f"{c}.rejected")
-                    warn_limited(
-                        f"{c}.rejected",
-                        "pitchey_trace %s: %s rejected a batch: %s %r",
-                        c,
-                        self.url,
-                        error,
-                        data[:200],
-                    )
-                    return HttpResult(False, status, data, attempt, error)
-                if status in (429, 503):
-                    after = parse_retry_after(headers.get("retry-after"))
-                    if after is not None:
-                        wait = min(after, policy.max_retry_after_s)
-            if wait is None:
-                wait = policy.backoff(attempt)
-            elapsed = time.monotonic() - started
-            if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed_s or self.stop.is_set():
-                _stats.incr(f"{c}.failed")
-                warn_limited(
-                    f"{c}.failed",
-                    "pitchey_trace %s: giving up a batch to %s after %d attempt(s): %s",
-                    c,
-                    self.url,
-                    attempt,
-                    error,
-                )
-                return HttpResult(False, status, data, attempt, error)
-            _stats.incr("retried")
-            _stats.incr(f"{c}.retried")
-            warn_limited(
-                f"{c}.retry", "pitchey_trace %s: %s failed (%s); retrying in %.2fs", c, self.url, error, wait
-            )
-            if self.stop.wait(wait):
-                _stats.incr(f"{c}.failed")
-                return HttpResult(False, status, data, attempt, error)
+                return Try(retry=True, error=f"{type(exc).__name__}: {exc}")
+            if 200 <= code < 300:
+                return Try(ok=True, status=code, data=data)
+            wait = None
+            if code in (429, 503):
+                after = parse_retry_after(headers.get("retry-after"))
+                if after is not None:
+                    wait = min(after, max_retry_after_s)
+            return Try(retry=code in retry_statuses, status=code, data=data, error=f"HTTP {code}", wait=wait)
+
+        return with_retries(self.counter, self.url, self.retry, self.stop, once)
 
 
 class SenderExporter:
@@ -280,7 +326,7 @@ class SenderExporter:
     :class:`HttpSender` (``self._sender``): nothing buffered, stop retrying on shutdown, a
     fresh connection after fork."""
 
-    _sender: HttpSender
+    _sender: HttpSender | GrpcSender
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Nothing is buffered here (batches are sent as they arrive)."""

@@ -1,7 +1,9 @@
-"""OTLPExporter: span records over OTLP/HTTP to any OpenTelemetry collector, Jaeger or Tempo.
+"""OTLPExporter: span records over OTLP/HTTP or OTLP/gRPC to any OpenTelemetry collector,
+Jaeger or Tempo.
 
 The payload is an ``ExportTraceServiceRequest``, binary protobuf by default (``http/protobuf``,
-see ``_otlp_proto``) or in the OTLP JSON encoding (``http/json``): there, ``traceId`` and
+see ``_otlp_proto``; the same bytes over gRPC with ``grpc``, see ``_grpc``) or in the OTLP JSON
+encoding (``http/json``): there, ``traceId`` and
 ``spanId`` as lowercase hex (not base64), span kind and status code as the integer values of
 the proto enums, 64-bit integers as decimal strings, attributes as ``AnyValue`` objects.
 Spans are grouped by their resource; the instrumentation scope is ``pitchey_trace`` with the
@@ -21,6 +23,7 @@ from pitchey_trace._json import dumps, loads
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._grpc import GrpcSender
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
 from pitchey_trace.records import Record
@@ -28,7 +31,8 @@ from pitchey_trace.records import Record
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
-PROTOCOLS = ("http/protobuf", "http/json")
+DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+PROTOCOLS = ("http/protobuf", "http/json", "grpc")
 _KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 _STATUS = {"unset": 0, "ok": 1, "error": 2}
 
@@ -162,6 +166,25 @@ def _env_headers(text: str | None) -> dict[str, str]:
     return out
 
 
+def _resolve_grpc_endpoint(endpoint: str | None) -> str:
+    """gRPC: the endpoint as given (a path means nothing to gRPC); without a scheme,
+    ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`` chooses plaintext over TLS, as the spec says."""
+    if endpoint is None:
+        endpoint = (
+            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or DEFAULT_GRPC_ENDPOINT
+        )
+    if "://" not in endpoint:
+        insecure = (
+            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+            or os.environ.get("OTEL_EXPORTER_OTLP_INSECURE")
+            or ""
+        )
+        endpoint = ("http://" if insecure.strip().lower() == "true" else "https://") + endpoint
+    return endpoint
+
+
 def _resolve_endpoint(endpoint: str | None) -> str:
     if endpoint is not None and not isinstance(endpoint, str):
         raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
@@ -177,7 +200,7 @@ def _resolve_endpoint(endpoint: str | None) -> str:
 
 
 class OTLPExporter(SenderExporter):
-    """Send span records to an OTLP/HTTP endpoint (binary protobuf by default, or JSON).
+    """Send span records to an OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
 
     Args:
         endpoint: full URL (``http://collector:4318/v1/traces``); a URL without a path gets
@@ -189,9 +212,11 @@ class OTLPExporter(SenderExporter):
         retry: retry policy (429/502/503/504 and connection errors are retried; ``Retry-After``
             honoured).
         max_spans_per_request: spans per POST (default 512).
-        protocol: ``"http/protobuf"`` or ``"http/json"`` (default: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``,
-            else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``, the OTLP default, which
-            every OTLP/HTTP receiver accepts; JSON is optional for them).
+        protocol: ``"http/protobuf"``, ``"http/json"`` or ``"grpc"`` (default:
+            ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else
+            ``http/protobuf``, the OTLP default, which every OTLP/HTTP receiver accepts; JSON is
+            optional for them). ``grpc`` needs the ``otlp-grpc`` extra (grpcio); its endpoint
+            is ``http(s)://host:port`` (default ``http://localhost:4317``).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
     ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
@@ -219,9 +244,8 @@ class OTLPExporter(SenderExporter):
             )
         protocol = str(protocol).strip().lower()
         if protocol not in PROTOCOLS:
-            hint = " (gRPC is not supported: use the OTLP/HTTP port, 4318)" if protocol == "grpc" else ""
             raise ConfigurationError(
-                f"protocol must be 'http/protobuf' or 'http/json', got {protocol!r}{hint}"
+                f"protocol must be 'http/protobuf', 'http/json' or 'grpc', got {protocol!r}"
             )
         if compression == "default":
             compression = os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip").strip().lower() or None
@@ -247,6 +271,18 @@ class OTLPExporter(SenderExporter):
         self.protocol = protocol
         if retry is None:
             retry = RetryPolicy(retry_statuses=frozenset({429, 502, 503, 504}))
+        if protocol == "grpc":
+            if endpoint is not None and not isinstance(endpoint, str):
+                raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
+            self._sender = GrpcSender(
+                _resolve_grpc_endpoint(endpoint),
+                counter="otlp",
+                headers=headers,
+                timeout_s=timeout_s,
+                compress=compression == "gzip",
+                retry=retry,
+            )
+            return
         self._sender = HttpSender(
             _resolve_endpoint(endpoint),
             counter="otlp",
@@ -259,7 +295,7 @@ class OTLPExporter(SenderExporter):
 
     @property
     def endpoint(self) -> str:
-        """The resolved ``/v1/traces`` URL."""
+        """The resolved endpoint: the ``/v1/traces`` URL, or the gRPC target's URL."""
         return self._sender.url
 
     def export(self, batch: Sequence[Record]) -> bool:
@@ -272,9 +308,9 @@ class OTLPExporter(SenderExporter):
         for i in range(0, len(spans), step):
             chunk = spans[i : i + step]
             payload = (
-                encode_otlp_protobuf(chunk, self.scope_name)
-                if self.protocol == "http/protobuf"
-                else dumps(encode_otlp_json(chunk, self.scope_name))
+                dumps(encode_otlp_json(chunk, self.scope_name))
+                if self.protocol == "http/json"
+                else encode_otlp_protobuf(chunk, self.scope_name)
             )
             result = self._sender.send(payload)
             if not result.ok:

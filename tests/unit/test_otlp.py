@@ -267,8 +267,7 @@ def test_protocol_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
     assert OTLPExporter("http://c:4318").protocol == "http/protobuf"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
-    with pytest.raises(ConfigurationError, match="gRPC is not supported"):
-        OTLPExporter("http://c:4318")
+    assert OTLPExporter("http://c:4317").protocol == "grpc"
     with pytest.raises(ConfigurationError, match="protocol must be"):
         OTLPExporter("http://c:4318", protocol="thrift")
 
