@@ -19,7 +19,14 @@ from typing import Any
 
 from pitchey_trace._validate import header_map
 from pitchey_trace.exceptions import IntegrationUnavailable
-from pitchey_trace.exporters._http import HttpResult, RetryPolicy, Try, checked_endpoint, with_retries
+from pitchey_trace.exporters._http import (
+    HttpResult,
+    RetryPolicy,
+    Try,
+    checked_endpoint,
+    read_ca_file,
+    with_retries,
+)
 
 __all__ = ["EXPORT_METHOD", "GrpcSender"]
 
@@ -41,8 +48,8 @@ class GrpcSender:
     """Calls ``TraceService/Export`` on one target over a reused channel, with retries.
 
     ``url``: ``http://host:port`` (plaintext) or ``https://host:port`` (TLS with the system's
-    roots); a path is ignored, as gRPC has none. ``headers`` become call metadata (names
-    lowercased, as HTTP/2 requires).
+    roots, or ``ca_file``'s certificates); a path is ignored, as gRPC has none. ``headers``
+    become call metadata (names lowercased, as HTTP/2 requires).
     """
 
     def __init__(
@@ -54,8 +61,10 @@ class GrpcSender:
         timeout_s: float = 10.0,
         compress: bool = True,
         retry: RetryPolicy | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self._grpc = _grpc()
+        self._roots = read_ca_file(ca_file) if ca_file else None  # None: the system's roots
         parts = checked_endpoint(url, timeout_s, "http(s)://host[:port] for gRPC")
         host = parts.hostname or ""
         host = f"[{host}]" if ":" in host else host
@@ -92,7 +101,7 @@ class GrpcSender:
             grpc = self._grpc
             options = [("grpc.primary_user_agent", "pitchey-trace")]
             self._channel = (
-                grpc.secure_channel(self.target, grpc.ssl_channel_credentials(), options=options)
+                grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._roots), options=options)
                 if self._tls
                 else grpc.insecure_channel(self.target, options=options)
             )

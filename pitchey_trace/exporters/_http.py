@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -136,6 +137,23 @@ class HttpResult:
     error: str | None = None
 
 
+def read_ca_file(path: object) -> bytes:
+    """The PEM certificates in ``path`` (a CA bundle to trust instead of the system's roots).
+    Raises ConfigurationError when it cannot be read or holds no certificate."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a CA file must be a path, got {path!r}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(10 << 20)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the CA file {os.fspath(path)!r}: {exc.strerror or exc}"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigurationError(f"the CA file {os.fspath(path)!r} holds no PEM certificate")
+    return data
+
+
 def checked_endpoint(url: object, timeout_s: float, form: str) -> SplitResult:
     """``url`` split, once checked to be ``http(s)://host[:port]...``; ``timeout_s`` checked
     too (> 0, finite). Raises TypeError / ConfigurationError with ``form`` in the message."""
@@ -236,8 +254,13 @@ class HttpSender:
         compresslevel: int = 6,
         retry: RetryPolicy | None = None,
         content_type: str = "application/json",
+        ca_file: str | None = None,
     ) -> None:
         parts = checked_endpoint(url, timeout_s, "http(s)://host[:port]/path")
+        # https only: the system's roots, or a private CA's certificates (PEM) instead.
+        self._tls = (
+            ssl.create_default_context(cadata=read_ca_file(ca_file).decode("ascii")) if ca_file else None
+        )
         valid_compresslevel(compresslevel)
         extra_headers = header_map(headers)
         self.url = url
@@ -278,8 +301,13 @@ class HttpSender:
             self.reset()
         conn = self._conn
         if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+            if self._https:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.timeout_s, context=self._tls
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            self._conn = conn
         return conn
 
     def _post_once(self, body: bytes) -> tuple[int, Mapping[str, str], bytes]:

@@ -217,6 +217,9 @@ class OTLPExporter(SenderExporter):
             ``http/protobuf``, the OTLP default, which every OTLP/HTTP receiver accepts; JSON is
             optional for them). ``grpc`` needs the ``otlp-grpc`` extra (grpcio); its endpoint
             is ``http(s)://host:port`` (default ``http://localhost:4317``).
+        certificate_file: PEM certificates to trust for ``https`` instead of the system's roots
+            (a private CA; default: ``OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE``, else
+            ``OTEL_EXPORTER_OTLP_CERTIFICATE``).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
     ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
@@ -235,6 +238,7 @@ class OTLPExporter(SenderExporter):
         scope_name: str = "pitchey_trace",
         name: str = "otlp",
         protocol: str | None = None,
+        certificate_file: str | None = None,
     ) -> None:
         if protocol is None:
             protocol = (
@@ -264,6 +268,12 @@ class OTLPExporter(SenderExporter):
         text("name", name)
         if headers is None:
             headers = _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"))
+        if certificate_file is None:
+            certificate_file = (
+                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                or os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE")
+                or None
+            )
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
@@ -281,6 +291,7 @@ class OTLPExporter(SenderExporter):
                 timeout_s=timeout_s,
                 compress=compression == "gzip",
                 retry=retry,
+                ca_file=certificate_file,
             )
             return
         self._sender = HttpSender(
@@ -291,6 +302,7 @@ class OTLPExporter(SenderExporter):
             compress=compression == "gzip",
             retry=retry,
             content_type="application/x-protobuf" if protocol == "http/protobuf" else "application/json",
+            ca_file=certificate_file,
         )
 
     @property

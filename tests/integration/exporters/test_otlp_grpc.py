@@ -23,6 +23,7 @@ from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
 from pitchey_trace.exporters import OTLPExporter
 from pitchey_trace.exporters._grpc import EXPORT_METHOD
 from pitchey_trace.exporters._http import RetryPolicy
+from tests.integration.exporters.servers import RecordingServer, self_signed_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +206,68 @@ def _minimal(i: int) -> dict[str, Any]:
         "links": [],
         "resource": {"service.name": "svc"},
     }
+
+
+# -- TLS with a private CA (certificate_file / OTEL_EXPORTER_OTLP_CERTIFICATE) ---------------------
+@pytest.fixture
+def tls_files(tmp_path: Any) -> tuple[str, str]:
+    return self_signed_certificate(tmp_path)
+
+
+def test_grpc_over_tls_trusts_the_given_certificate(
+    tls_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_files
+    c = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    service, method = EXPORT_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(c.export)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    with open(key, "rb") as k, open(cert, "rb") as crt:
+        creds = grpc.ssl_server_credentials([(k.read(), crt.read())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        records = [{"type": "span", **_minimal(0)}]
+        assert OTLPExporter(f"https://127.0.0.1:{port}", protocol="grpc", certificate_file=cert).export(
+            records
+        )
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", cert)
+        assert OTLPExporter(f"https://127.0.0.1:{port}", protocol="grpc").export(records)
+        assert len(c.calls) == 2
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        untrusted = OTLPExporter(
+            f"https://127.0.0.1:{port}", protocol="grpc", timeout_s=2, retry=RetryPolicy(max_attempts=1)
+        )
+        assert not untrusted.export(records)  # the system's roots do not know this certificate
+        assert len(c.calls) == 2
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_http_over_tls_trusts_the_given_certificate(tls_files: tuple[str, str], protocol: str) -> None:
+    cert, key = tls_files
+    server = RecordingServer(tls=(cert, key))
+    try:
+        assert server.url.startswith("https://")
+        records = [{"type": "span", **_minimal(0)}]
+        assert OTLPExporter(server.url, protocol=protocol, certificate_file=cert).export(records)
+        assert [r.path for r in server.requests] == ["/v1/traces"]
+        untrusted = OTLPExporter(server.url, protocol=protocol, retry=RetryPolicy(max_attempts=1))
+        assert not untrusted.export(records)
+        assert len(server.requests) == 1
+        assert _stats.get("otlp.failed") == 1
+    finally:
+        server.close()
+
+
+def test_an_unreadable_certificate_file_is_a_configuration_error(tmp_path: Any) -> None:
+    (tmp_path / "empty.pem").write_text("not a certificate")
+    for protocol in ("grpc", "http/protobuf"):
+        with pytest.raises(ConfigurationError, match="cannot read"):
+            OTLPExporter("https://c:4317", protocol=protocol, certificate_file=str(tmp_path / "missing.pem"))
+        with pytest.raises(ConfigurationError, match="no PEM certificate"):
+            OTLPExporter("https://c:4317", protocol=protocol, certificate_file=str(tmp_path / "empty.pem"))
