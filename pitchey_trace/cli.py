@@ -89,6 +89,8 @@ def _archive(args: argparse.Namespace) -> Any:
             S3Source.from_config(args.s3_config, cache_dir=args.cache_dir), max_spans=args.max_spans
         )
     where = args.archive or os.environ.get("PITCHEY_TRACE_ARCHIVE")
+    if isinstance(where, list):  # --archive given more than once: read as one archive
+        where = where[0] if len(where) == 1 else where
     if not where:
         raise PitcheyTraceError(
             "no archive: give --archive DIR, --s3-config FILE or set PITCHEY_TRACE_ARCHIVE"
@@ -360,7 +362,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
     src = p.add_argument_group("archive")
     src.add_argument(
-        "--archive", "-a", metavar="DIR", help="local archive directory (default: $PITCHEY_TRACE_ARCHIVE)"
+        "--archive",
+        "-a",
+        metavar="DIR",
+        action="append",
+        help="local archive directory (default: $PITCHEY_TRACE_ARCHIVE); repeat to read several as one",
     )
     src.add_argument(
         "--s3-config", metavar="FILE", help="read the S3/R2 buckets of this logpush config instead"

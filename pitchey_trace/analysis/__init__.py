@@ -18,7 +18,23 @@ Reading S3 needs the ``s3`` extra; serving needs the ``analysis`` extra.
 from __future__ import annotations
 
 from pitchey_trace.analysis._engine import Archive
-from pitchey_trace.analysis._reader import LocalSource, ObjectInfo, S3Source, Source, decode_object
+from pitchey_trace.analysis._reader import (
+    LocalSource,
+    MultiSource,
+    ObjectInfo,
+    S3Source,
+    Source,
+    decode_object,
+)
 from pitchey_trace.analysis._time import parse_time
 
-__all__ = ["Archive", "LocalSource", "ObjectInfo", "S3Source", "Source", "decode_object", "parse_time"]
+__all__ = [
+    "Archive",
+    "LocalSource",
+    "MultiSource",
+    "ObjectInfo",
+    "S3Source",
+    "Source",
+    "decode_object",
+    "parse_time",
+]

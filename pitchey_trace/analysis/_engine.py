@@ -17,11 +17,11 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace._sketch import DurationSketch, merge_sketches
-from pitchey_trace.analysis._reader import LocalSource, ObjectInfo, Source, decode_object
+from pitchey_trace.analysis._reader import LocalSource, MultiSource, ObjectInfo, Source, decode_object
 from pitchey_trace.analysis._time import parse_time
 
 __all__ = ["Archive"]
@@ -398,8 +398,9 @@ class Archive:
     """Search and analyse archived traces, audit records and rollups.
 
     Args:
-        source: a local archive directory (what ``LocalArchiveExporter`` writes) or a source
-            object such as :class:`~pitchey_trace.analysis.S3Source`.
+        source: a local archive directory (what ``LocalArchiveExporter`` writes), a source
+            object such as :class:`~pitchey_trace.analysis.S3Source`, or a list of these read
+            as one archive (e.g. each service's directory: their traces join up).
         prefixes: for a directory: folder per dataset when the exporter used other prefixes.
         datasets: for a directory: the datasets to read (default: traces, audit, performance).
         max_spans: stop reading once this many spans are held (about 2 KB of memory each);
@@ -412,7 +413,7 @@ class Archive:
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | Source,
+        source: str | os.PathLike[str] | Source | Sequence[str | os.PathLike[str] | Source],
         *,
         prefixes: Mapping[str, str] | None = None,
         datasets: Iterable[str] | None = None,
@@ -422,13 +423,21 @@ class Archive:
             isinstance(max_spans, bool) or not isinstance(max_spans, int) or max_spans < 1
         ):
             raise ValueError(f"max_spans must be an int >= 1 or None, got {max_spans!r}")
-        if isinstance(source, (str, os.PathLike)):
-            source = LocalSource(source, prefixes=prefixes, datasets=datasets)
+        src: Any = source
+        if isinstance(src, (list, tuple)):  # several archives read as one
+            src = MultiSource(
+                LocalSource(s, prefixes=prefixes, datasets=datasets)
+                if isinstance(s, (str, os.PathLike))
+                else s
+                for s in src
+            )
+        elif isinstance(src, (str, os.PathLike)):
+            src = LocalSource(src, prefixes=prefixes, datasets=datasets)
         elif prefixes is not None or datasets is not None:
             raise TypeError("prefixes and datasets are options of a directory; give them to the source")
-        elif not (hasattr(source, "objects") and hasattr(source, "read") and hasattr(source, "describe")):
-            raise TypeError(f"source must be a directory or a source object, not {type(source).__name__}")
-        self._setup(source)
+        if not (hasattr(src, "objects") and hasattr(src, "read") and hasattr(src, "describe")):
+            raise TypeError(f"source must be a directory or a source object, not {type(src).__name__}")
+        self._setup(src)
         self._max_spans = max_spans
 
     _max_spans: int | None

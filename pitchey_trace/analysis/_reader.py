@@ -22,7 +22,16 @@ from typing import Any, Protocol
 
 from pitchey_trace import _json
 
-__all__ = ["DATASETS", "LocalSource", "ObjectInfo", "S3Source", "Source", "decode_object", "key_times"]
+__all__ = [
+    "DATASETS",
+    "LocalSource",
+    "MultiSource",
+    "ObjectInfo",
+    "S3Source",
+    "Source",
+    "decode_object",
+    "key_times",
+]
 
 #: The datasets a source reads by default (what the archive exporters write by default).
 DATASETS = ("traces", "audit", "performance")
@@ -273,6 +282,45 @@ class S3Source:
 
     def __repr__(self) -> str:
         return f"S3Source({self.describe()!r})"
+
+
+class MultiSource:
+    """Several sources read as one archive: e.g. the archive directories of two services whose
+    traces cross, or a bucket and a local directory. A span found in two of them counts once."""
+
+    def __init__(self, sources: Iterable[Source]) -> None:
+        self.sources = list(sources)
+        if not self.sources or not all(hasattr(s, "objects") and hasattr(s, "read") for s in self.sources):
+            raise TypeError("MultiSource needs one or more source objects")
+        names: list[str] = []
+        for src in self.sources:
+            names += [d for d in getattr(src, "datasets", DATASETS) if d not in names]
+        self.datasets = tuple(names)
+
+    def describe(self) -> str:
+        """Each source's description."""
+        return " + ".join(s.describe() for s in self.sources)
+
+    def objects(self, dataset: str, since_ns: int | None) -> list[ObjectInfo]:
+        """Every source's objects of ``dataset``; keys carry the source's position."""
+        out: list[ObjectInfo] = []
+        for i, src in enumerate(self.sources):
+            if dataset not in getattr(src, "datasets", DATASETS):
+                continue
+            out += [
+                ObjectInfo(o.dataset, f"{i}:{o.key}", o.size, o.version, o.opened_ns, o.closed_ns)
+                for o in src.objects(dataset, since_ns)
+            ]
+        return out
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The object's bytes, from the source it came from."""
+        i, _, key = info.key.partition(":")
+        inner = ObjectInfo(info.dataset, key, info.size, info.version, info.opened_ns, info.closed_ns)
+        return self.sources[int(i)].read(inner)
+
+    def __repr__(self) -> str:
+        return f"MultiSource({self.sources!r})"
 
 
 def _gunzip(data: bytes) -> tuple[bytes, bool]:

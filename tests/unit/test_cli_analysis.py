@@ -167,3 +167,28 @@ def test_audit_command(
     assert "GET /" not in out
     rows = json.loads(ok(capsys, "audit", "-a", str(tmp_path / "audit-archive"), "--json"))
     assert [r["outcome"] for r in rows] == ["200", "bad_password"]
+
+
+def test_each_services_archive_read_as_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two services archive separately; their shared trace joins up only when both are read."""
+    from pitchey_trace.analysis import Archive
+
+    data = make_traces()
+    dirs = {}
+    for service in ("shop-api", "payments"):
+        exporter = LocalArchiveExporter(tmp_path / service)
+        exporter.export([r for r in data.records if r.get("service") == service])
+        exporter.shutdown()
+        dirs[service] = str(tmp_path / service)
+    alone = Archive(dirs["payments"]).trace(data.payment)
+    assert alone is not None
+    assert alone["missing_parents"]  # its caller is in the other archive
+    both = Archive([dirs["shop-api"], dirs["payments"]]).trace(data.payment)
+    assert both is not None
+    assert both["missing_parents"] == []
+    assert both["services"] == ["payments", "shop-api"]
+    assert [s["depth"] for s in both["spans"]] == [0, 1, 2]
+    rows = json.loads(
+        ok(capsys, "search", "-a", dirs["shop-api"], "-a", dirs["payments"], "--status", "error", "--json")
+    )
+    assert [(t["trace_id"], t["services"]) for t in rows] == [(data.payment, ["payments", "shop-api"])]
