@@ -54,17 +54,26 @@ class Collector:
         return b""  # (abort raises)
 
 
-@pytest.fixture
-def collector() -> Iterator[Collector]:
-    c = Collector()
+def start_server(c: Collector, credentials: Any = None) -> Any:
+    """A gRPC server on 127.0.0.1 (TLS with ``credentials``) answering Export with ``c``."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     service, method = EXPORT_METHOD.strip("/").split("/")
     handler = grpc.method_handlers_generic_handler(
         service, {method: grpc.unary_unary_rpc_method_handler(c.export)}
     )
     server.add_generic_rpc_handlers((handler,))
-    c.port = server.add_insecure_port("127.0.0.1:0")
+    address = "127.0.0.1:0"
+    c.port = (
+        server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    )
     server.start()
+    return server
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    server = start_server(c)
     yield c
     server.stop(None)
 
@@ -219,16 +228,9 @@ def test_grpc_over_tls_trusts_the_given_certificate(
 ) -> None:
     cert, key = tls_files
     c = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    service, method = EXPORT_METHOD.strip("/").split("/")
-    handler = grpc.method_handlers_generic_handler(
-        service, {method: grpc.unary_unary_rpc_method_handler(c.export)}
-    )
-    server.add_generic_rpc_handlers((handler,))
     with open(key, "rb") as k, open(cert, "rb") as crt:
-        creds = grpc.ssl_server_credentials([(k.read(), crt.read())])
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    server.start()
+        server = start_server(c, grpc.ssl_server_credentials([(k.read(), crt.read())]))
+    port = c.port
     try:
         records = [{"type": "span", **_minimal(0)}]
         assert OTLPExporter(f"https://127.0.0.1:{port}", protocol="grpc", certificate_file=cert).export(
