@@ -3,7 +3,8 @@ throwaway PostgreSQL, or use a private schema on ``PITCHEY_TEST_PG_DSN``; the we
 ``--demo`` serves on a free port and calls itself), and what it prints is checked: the
 results, the trace trees its ``ConsoleExporter(pretty=True)`` draws, audit lines and logs.
 
-Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
+``find_slow_traces.py`` records into a temporary archive and reads it back with the analysis
+engine. Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
 ``w3c_test_service.py`` by ``tests/integration/test_w3c_service.py``;
 ``django_settings_snippet.py`` is a settings fragment, not a program.
 """
@@ -263,7 +264,19 @@ def check_flask_app(stdout: str, stderr: str) -> None:
     assert f"ERROR pitch_web [trace_id={ids[('/boom', 500)]} " in stderr
 
 
+def check_find_slow_traces(stdout: str, stderr: str) -> None:
+    # The recorded workload has a slow render in about one request in five, and an N+1.
+    assert re.search(r"^traces with a span of 20 ms or more: [1-5] shown$", stdout, re.M)
+    assert re.search(r"^  bottleneck: render \(\d+\.\d ms of its own, \d+% of the trace\)$", stdout, re.M)
+    assert "  N+1: 6x 'SELECT * FROM comments WHERE id = ?' under GET /pitches/{id}" in stdout
+    counts = dict(re.findall(r"^  (SELECT comments|SELECT pitches) +(\d+)  p50", stdout, re.M))
+    assert counts == {"SELECT comments": "180", "SELECT pitches": "30"}
+    assert "  x3  charge card: PaymentDeclined: card declined for order <n>" in stdout
+    assert stderr == ""
+
+
 CHECKS: dict[str, Callable[[str, str], None]] = {
+    "find_slow_traces.py": check_find_slow_traces,
     "load_pitch.py": check_load_pitch,
     "search_pitches.py": check_search_pitches,
     "fastapi_app.py --demo": check_fastapi_app,
