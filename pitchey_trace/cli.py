@@ -215,14 +215,15 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
 
 def _show(args: argparse.Namespace) -> int:
     archive = _archive(args)
+    since = args.since if args.since is not None else args.last
     try:
-        view = archive.trace(args.trace_id)
+        view = archive.trace(args.trace_id, since=since)
     except ValueError as exc:
         raise PitcheyTraceError(str(exc)) from None
     if view is None:
         sys.stderr.write(f"pitchey-trace: trace {args.trace_id} is not in the archive\n")
         return 1
-    analysis = archive.analyze(args.trace_id)
+    analysis = archive.analyze(args.trace_id, since=since)
     _emit(args, {"trace": view, "analysis": analysis}, lambda: _waterfall(view, analysis))
     return 0
 
@@ -403,6 +404,9 @@ def _add_analysis(sub: Subparsers) -> None:
     p = sub.add_parser("show", help="one trace: waterfall, critical path, bottleneck, N+1, errors")
     p.add_argument("trace_id")
     _source_options(p, window=False)
+    w = p.add_argument_group("reading less of a big archive")
+    w.add_argument("--last", metavar="AGE", help="read only objects that can hold spans of the last AGE")
+    w.add_argument("--since", metavar="TIME")
     p.set_defaults(func=_show)
 
     p = sub.add_parser("perf", help="latency per operation: count, error rate, p50/p95/p99, max")

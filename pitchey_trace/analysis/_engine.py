@@ -657,12 +657,16 @@ class Archive:
             return heapq.nsmallest(limit, trace_ids, key=lambda t: (extent[t][0] - extent[t][1], t))
         return heapq.nsmallest(limit, trace_ids, key=lambda t: (-extent[t][0], t))
 
-    def trace(self, trace_id: str) -> dict[str, Any] | None:
+    def trace(self, trace_id: str, *, since: Any = None) -> dict[str, Any] | None:
         """One trace as a tree: its spans depth-first with depth, offset, self time and
-        critical-path flag (docs/analysis.md); None if no span of it is archived."""
+        critical-path flag (docs/analysis.md); None if no span of it is archived.
+
+        ``since``: read only the objects that can hold spans started since then (a trace
+        found from a recent log line need not read a whole bucket); default: everything."""
         tid = _trace_id(trace_id)
+        s_ns, _ = self._window(since, None)
         with self._lock:
-            self._ensure(None)
+            self._ensure(s_ns)
             tree = self._tree(tid)
             if tree is None:
                 return None
@@ -689,15 +693,16 @@ class Archive:
             "spans": spans,
         }
 
-    def analyze(self, trace_id: str, *, n_plus_one_min: int = 5) -> dict[str, Any] | None:
+    def analyze(self, trace_id: str, *, n_plus_one_min: int = 5, since: Any = None) -> dict[str, Any] | None:
         """Why a trace was slow or failed: critical path, bottleneck, time by operation,
         N+1 queries (at least ``n_plus_one_min`` equal statements under one parent), errors
         and database time (docs/analysis.md); None if no span of it is archived."""
         tid = _trace_id(trace_id)
         if isinstance(n_plus_one_min, bool) or not isinstance(n_plus_one_min, int) or n_plus_one_min < 2:
             raise ValueError(f"n_plus_one_min must be an int >= 2, got {n_plus_one_min!r}")
+        s_ns, _ = self._window(since, None)
         with self._lock:
-            self._ensure(None)
+            self._ensure(s_ns)
             tree = self._tree(tid)
             if tree is None:
                 return None

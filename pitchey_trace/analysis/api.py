@@ -207,9 +207,9 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         )
         return json_response(await call(archive.search, **params))
 
-    async def one_trace(request: Request, query: Callable[[str], dict[str, Any] | None]) -> Response:
+    async def one_trace(request: Request, query: Callable[..., dict[str, Any] | None]) -> Response:
         trace_id = request.path_params["trace_id"]
-        result = await call(query, trace_id)
+        result = await call(query, trace_id, **_given(since=_time(request, "since")))
         if result is None:
             return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
         return json_response(result)

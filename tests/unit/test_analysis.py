@@ -646,3 +646,20 @@ def test_max_spans_keeps_the_newest_objects(tmp_path: Path) -> None:
     assert len(Archive(tmp_path).search(limit=100)) == 6
     with pytest.raises(ValueError):
         Archive(tmp_path, max_spans=0)
+
+
+def test_trace_lookup_can_read_only_recent_objects(tmp_path: Path) -> None:
+    folder = tmp_path / "traces" / "20200101"
+    folder.mkdir(parents=True)
+    old_trace = "0a" * 16
+    (folder / "20200101T000000Z_20200101T000100Z_01.log.gz").write_bytes(
+        gzip.compress(
+            json.dumps(_rec(old_trace, "1" * 16, None, 1_577_836_800 * 10**9, 1_577_836_801 * 10**9)).encode()
+        )
+    )
+    recent = Archive(tmp_path)
+    assert recent.trace(old_trace, since="1h") is None
+    assert recent.analyze(old_trace, since="1h") is None
+    assert recent.read_stats["objects"] == 0  # the 2020 object was not even read
+    assert recent.trace(old_trace) is not None  # without a window: everything
+    assert recent.read_stats["objects"] == 1

@@ -246,6 +246,7 @@ def test_unknown_trace_and_route_answer_404_json(app: Any) -> None:
     for url in (f"/api/traces/{missing}", f"/api/traces/{missing}/analysis"):
         assert missing in get_json(app, url, status=404)["error"]
     assert get_json(app, "/api/nothing-here", status=404)["error"] == "Not Found"
+    assert "not a time" in get_json(app, f"/api/traces/{missing}?since=soon", status=400)["error"]
     # A trailing slash, or an id holding an encoded "/", is not redirected elsewhere.
     for url in (f"/api/traces/{missing}/", "/api/traces/0%2F", "/api/search/"):
         assert get_json(app, url, status=404)["error"] == "Not Found"
