@@ -512,7 +512,7 @@ class Archive:
         self._listed_since = -1
         self._ensure(None if since == -1 else since)
 
-    def _ensure(self, since: int | None) -> None:
+    def _ensure(self, since: int | None, _again: bool = True) -> None:
         """Read every object that may hold records starting at or after ``since``."""
         if self._source is None:
             return
@@ -531,8 +531,10 @@ class Archive:
                 infos.append(info)
         # With a span bound, newest first: what does not fit is the oldest.
         infos.sort(key=lambda i: (i.opened_ns or 0, i.key), reverse=self._max_spans is not None)
-        if not self._read(infos):  # (after a rebuild, the rebuild's own reading decided)
+        if not self._read(infos):
             self._listed_since = since
+        elif _again:  # a rewritten object made it start over, with the previous window: now this one
+            self._ensure(since, _again=False)
 
     def refresh(self) -> None:
         """Read the objects written since the last read (the next query also lists again)."""

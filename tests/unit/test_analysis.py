@@ -663,3 +663,20 @@ def test_trace_lookup_can_read_only_recent_objects(tmp_path: Path) -> None:
     assert recent.read_stats["objects"] == 0  # the 2020 object was not even read
     assert recent.trace(old_trace) is not None  # without a window: everything
     assert recent.read_stats["objects"] == 1
+
+
+def test_an_object_rewritten_in_place_replaces_its_old_records(tmp_path: Path) -> None:
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir(parents=True)
+    path = folder / "20261130T000000Z_20261130T000001Z_03.log.gz"
+
+    def write(*traces: str) -> None:
+        lines = [json.dumps(_rec(t, "1" * 16, None, T0, T0 + MS)) for t in traces]
+        path.write_bytes(gzip.compress("\n".join(lines).encode()))
+
+    write("a1" * 16)
+    archive = Archive(tmp_path)
+    assert [t["trace_id"] for t in archive.search()] == ["a1" * 16]
+    write("b2" * 16, "c3" * 16)  # a new size: a new version of the same object
+    archive.refresh()
+    assert sorted(t["trace_id"] for t in archive.search()) == ["b2" * 16, "c3" * 16]
