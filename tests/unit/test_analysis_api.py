@@ -180,20 +180,27 @@ def test_bad_parameters_answer_400_with_a_message(app: Any, url: str, message: s
 
 _PARAMS = (
     *("service", "name", "min_duration_ms", "max_duration_ms", "status", "attr", "since", "until"),
-    *("sort", "limit"),
+    *("sort", "limit", "category", "actor", "action", "outcome", "trace_id"),
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    endpoint=st.sampled_from(["/api/search", "/api/overview", "/api/performance", "/api/errors"]),
+    endpoint=st.sampled_from(
+        ["/api/search", "/api/overview", "/api/performance", "/api/errors", "/api/audit"]
+    ),
     params=st.lists(st.tuples(st.sampled_from(_PARAMS), st.text(max_size=30)), max_size=4),
     trace_id=st.text(max_size=40),
 )
 def test_no_query_input_causes_a_server_error(
     app: Any, endpoint: str, params: list[tuple[str, str]], trace_id: str
 ) -> None:
-    for url in (f"{endpoint}?{httpx.QueryParams(params)}", "/api/traces/" + quote(trace_id, safe="")):
+    trace_url = "/api/traces/" + quote(trace_id, safe="")
+    for url in (
+        f"{endpoint}?{httpx.QueryParams(params)}",
+        trace_url,
+        f"{trace_url}?{httpx.QueryParams(params)}",
+    ):
         response = get(app, url)
         assert response.status_code in (200, 400, 404), (url, response.text)
         assert response.headers["content-type"] == "application/json"
