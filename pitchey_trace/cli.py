@@ -228,7 +228,42 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_text(source: str) -> str:
+    return "rollups (every span)" if source == "rollups" else "archived spans (kept ones only)"
+
+
+def _series(args: argparse.Namespace) -> int:
+    step_s = max(1, round(_duration_ms(args.step) / 1000)) if args.step else 60
+    out = _archive(args).series(
+        service=args.service, operation=args.operation, step_s=step_s, **_window(args)
+    )
+
+    def text() -> str:
+        points = out["points"]
+        if not points:
+            return "no spans or rollups in this window\n"
+        body = [
+            [
+                _when(p["start_unix_nano"]),
+                str(p["count"]),
+                f"{p['error_rate']:.1%}",
+                _ms(p["p50_ms"]),
+                _ms(p["p95_ms"]),
+                _ms(p["p99_ms"]),
+                _ms(p["max_ms"]),
+            ]
+            for p in points
+        ]
+        heads = [f"from (UTC), every {step_s}s", "count", "errors", "p50", "p95", "p99", "max"]
+        return _table(heads, body) + f"from {_source_text(out['source'])}\n"
+
+    _emit(args, out, text)
+    return 0
+
+
 def _perf(args: argparse.Namespace) -> int:
+    if args.operation or args.step:
+        return _series(args)
     rows = _archive(args).performance(service=args.service, **_window(args))
 
     def text() -> str:
@@ -248,11 +283,8 @@ def _perf(args: argparse.Namespace) -> int:
             ]
             for r in rows[: args.limit]
         ]
-        source = (
-            "rollups (every span)" if rows[0]["source"] == "rollups" else "archived spans (kept ones only)"
-        )
         heads = ["service", "operation", "kind", "count", "errors", "p50", "p95", "p99", "max"]
-        return _table(heads, body) + f"from {source}\n"
+        return _table(heads, body) + f"from {_source_text(rows[0]['source'])}\n"
 
     _emit(args, rows[: args.limit], text)
     return 0
@@ -409,9 +441,14 @@ def _add_analysis(sub: Subparsers) -> None:
     w.add_argument("--since", metavar="TIME")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("perf", help="latency per operation: count, error rate, p50/p95/p99, max")
+    p = sub.add_parser(
+        "perf",
+        help="latency per operation: count, error rate, p50/p95/p99, max; over time with --operation/--step",
+    )
     _source_options(p)
     p.add_argument("--service")
+    p.add_argument("--operation", help="one operation over time (a row per --step)")
+    p.add_argument("--step", metavar="D", help="time step of the series, e.g. 1m, 5m, 1h (default 1m)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_perf)
 

@@ -166,30 +166,41 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def _by_operation(records: list[Record], name_key: str) -> dict[tuple[str, str, str], list[Record]]:
-    """Records grouped by (service, operation name, kind)."""
-    groups: dict[tuple[str, str, str], list[Record]] = {}
-    for r in records:
-        groups.setdefault((r["service"], r[name_key], r["kind"]), []).append(r)
-    return groups
+_Stats = tuple[int, int, float, list[float | None], float]  # count, errors, total ms, p50/95/99, max
 
 
-def _stats_row(
-    key: tuple[str, str, str],
-    count: int,
-    errors: int,
-    total_ms: float,
-    quantiles: list[float | None],
-    max_ms: float,
-    source: str,
-) -> dict[str, Any]:
-    """One ``performance()`` row (``quantiles``: p50, p95, p99)."""
-    service, operation, kind = key
-    p50, p95, p99 = quantiles
+def _operation_key(r: Record) -> tuple[str, str, str]:
+    return (r["service"], r["operation"] if r.get("type") == "rollup" else r["name"], r["kind"])
+
+
+def _rollup_count(rs: list[Record]) -> int:
+    return sum(_int(r.get("count")) for r in rs)
+
+
+def _rollup_stats(rs: list[Record]) -> _Stats:
+    """Rollups added up: counts and sums add, sketches merge (ValueError if one is malformed)."""
+    sketches = [r["sketch"] for r in rs if isinstance(r.get("sketch"), Mapping)]
+    sketch = DurationSketch.from_dict(merge_sketches(sketches)) if sketches else None
+    return (
+        _rollup_count(rs),
+        sum(_int(r.get("errors")) for r in rs),
+        sum(_num(r.get("duration_sum_ms")) for r in rs),
+        [sketch.quantile(q) if sketch else None for q in (0.5, 0.95, 0.99)],
+        max(_num(r.get("duration_max_ms")) for r in rs),
+    )
+
+
+def _span_stats(ss: list[Record]) -> _Stats:
+    """Exact statistics of archived spans (nearest-rank percentiles)."""
+    durations = sorted(_num(s.get("duration_ms")) for s in ss)
+    errors = sum(1 for s in ss if s.get("status") == "error")
+    quantiles: list[float | None] = [_percentile(durations, q) for q in (0.5, 0.95, 0.99)]
+    return len(ss), errors, sum(durations), quantiles, durations[-1]
+
+
+def _stats_fields(st: _Stats) -> dict[str, Any]:
+    count, errors, total_ms, (p50, p95, p99), max_ms = st
     return {
-        "service": service,
-        "operation": operation,
-        "kind": kind,
         "count": count,
         "errors": errors,
         "error_rate": errors / count,
@@ -198,8 +209,13 @@ def _stats_row(
         "p95_ms": p95,
         "p99_ms": p99,
         "max_ms": max_ms,
-        "source": source,
     }
+
+
+def _stats_row(key: tuple[Any, ...], st: _Stats, source: str) -> dict[str, Any]:
+    """One ``performance()`` row."""
+    service, operation, kind = key
+    return {"service": service, "operation": operation, "kind": kind, **_stats_fields(st), "source": source}
 
 
 def _check_limit(limit: Any) -> int:
@@ -805,60 +821,70 @@ class Archive:
         archived spans (exact, but only over what was kept). Ordered by total time.
         """
         service = _check_text("service", service)
+        rows, source = self._stats(service, None, since, until, _operation_key)
+        out = [_stats_row(key, st, source) for key, st in rows.items()]
+        out.sort(key=lambda r: (-r["count"] * r["mean_ms"], r["service"], r["operation"]))
+        return out
+
+    def series(
+        self,
+        *,
+        service: str | None = None,
+        operation: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        step_s: int = 60,
+    ) -> dict[str, Any]:
+        """Latency over time: per ``step_s`` seconds (a multiple of 60 with rollups), the
+        count, errors, mean, p50/p95/p99 and max of one operation (or of all), oldest first.
+        Same sources as :meth:`performance`."""
+        service = _check_text("service", service)
+        operation = _check_text("operation", operation)
+        if isinstance(step_s, bool) or not isinstance(step_s, int) or not 1 <= step_s <= 86400 * 31:
+            raise ValueError(f"step_s must be an int of seconds from 1 to 31 days, got {step_s!r}")
+        step_ns = step_s * 10**9
+
+        def bucket(r: Record) -> tuple[int]:
+            t = r["minute_start_unix_nano"] if r.get("type") == "rollup" else r["start_time_unix_nano"]
+            return (t // step_ns * step_ns,)
+
+        rows, source = self._stats(service, operation, since, until, bucket)
+        points = [{"start_unix_nano": key[0], **_stats_fields(st)} for key, st in sorted(rows.items())]
+        return {"step_s": step_s, "source": source, "points": points}
+
+    def _stats(
+        self, service: str | None, operation: str | None, since: Any, until: Any, key: Any
+    ) -> tuple[dict[tuple[Any, ...], _Stats], str]:
+        """Statistics grouped by ``key(record)``, from the rollups of the window when there
+        are any (and none is malformed), else from its archived spans; and which it was."""
         s_ns, u_ns = self._window(since, until)
         with self._lock:
             self._ensure(s_ns)
             rollups = [
                 r
                 for r in self._index.rollups
-                if (service is None or r.get("service") == service)
-                and isinstance(r.get("minute_start_unix_nano"), int)
+                if (service is None or r["service"] == service)
+                and (operation is None or r["operation"] == operation)
                 and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - 60 * 10**9)
                 and (u_ns is None or r["minute_start_unix_nano"] <= u_ns)
             ]
-            rows = self._from_rollups(rollups) if rollups else None
-            if rows is None:
-                rows = self._from_spans(
-                    [
-                        s
-                        for s in self._index.window(s_ns, u_ns)
-                        if service is None or s.get("service") == service
-                    ]
-                )
-        rows.sort(key=lambda r: (-r["count"] * r["mean_ms"], r["service"], r["operation"]))
-        return rows
-
-    @staticmethod
-    def _from_rollups(rollups: list[Record]) -> list[dict[str, Any]] | None:
-        rows = []
-        for (svc, op, kind), rs in _by_operation(rollups, "operation").items():
-            count = sum(_int(r.get("count")) for r in rs)
-            errors = sum(_int(r.get("errors")) for r in rs)
-            total = sum(_num(r.get("duration_sum_ms")) for r in rs)
-            sketches = [r["sketch"] for r in rs if isinstance(r.get("sketch"), Mapping)]
-            try:
-                sketch = DurationSketch.from_dict(merge_sketches(sketches)) if sketches else None
-            except (ValueError, TypeError, KeyError):
-                return None  # a malformed rollup: the spans answer instead
-            if count <= 0:
-                continue
-            quantiles = [sketch.quantile(q) if sketch else None for q in (0.5, 0.95, 0.99)]
-            top = max(_num(r.get("duration_max_ms")) for r in rs)
-            rows.append(_stats_row((svc, op, kind), count, errors, total, quantiles, top, "rollups"))
-        return rows
-
-    @staticmethod
-    def _from_spans(spans: list[Record]) -> list[dict[str, Any]]:
-        rows = []
-        for (svc, op, kind), ss in _by_operation(spans, "name").items():
-            durations = sorted(_num(s.get("duration_ms")) for s in ss)
-            errors = sum(1 for s in ss if s.get("status") == "error")
-            quantiles: list[float | None] = [_percentile(durations, q) for q in (0.5, 0.95, 0.99)]
-            row = _stats_row(
-                (svc, op, kind), len(ss), errors, sum(durations), quantiles, durations[-1], "spans"
-            )
-            rows.append(row)
-        return rows
+            if rollups:
+                groups: dict[tuple[Any, ...], list[Record]] = {}
+                for r in rollups:
+                    groups.setdefault(key(r), []).append(r)
+                try:
+                    return {
+                        k: _rollup_stats(rs) for k, rs in groups.items() if _rollup_count(rs) > 0
+                    }, "rollups"
+                except (ValueError, TypeError, KeyError):
+                    pass  # a malformed rollup: the spans answer instead
+            groups = {}
+            for sp in self._index.window(s_ns, u_ns):
+                if (service is None or sp["service"] == service) and (
+                    operation is None or sp["name"] == operation
+                ):
+                    groups.setdefault(key(sp), []).append(sp)
+        return {k: _span_stats(ss) for k, ss in groups.items()}, "spans"
 
     def errors(
         self, *, service: str | None = None, since: Any = None, until: Any = None, limit: int = 20

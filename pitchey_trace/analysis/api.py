@@ -6,7 +6,7 @@
     app = create_app(Archive("var/archive"))     # serve with any ASGI server, e.g. uvicorn
 
 JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
-``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/errors``, ``/api/audit``,
+``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/series``, ``/api/errors``, ``/api/audit``,
 ``/healthz``.
 HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
 ``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
@@ -226,6 +226,19 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         )
         return json_response(await call(archive.performance, **params))
 
+    async def series(request: Request) -> Response:
+        step = request.query_params.get("step_s", "")
+        if step and not step.isdigit():
+            raise ValueError(f"step_s must be a whole number of seconds, got {step!r}")
+        params = _given(
+            service=_text(request, "service"),
+            operation=_text(request, "operation"),
+            since=_time(request, "since"),
+            until=_time(request, "until"),
+            step_s=int(step) if step else None,
+        )
+        return json_response(await call(archive.series, **params))
+
     async def errors(request: Request) -> Response:
         params = _given(
             service=_text(request, "service"),
@@ -281,6 +294,7 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
         Route("/api/traces/{trace_id}/analysis", analysis),
         Route("/api/performance", performance),
         Route("/api/errors", errors),
+        Route("/api/series", series),
         Route("/api/audit", audit),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -680,3 +680,48 @@ def test_an_object_rewritten_in_place_replaces_its_old_records(tmp_path: Path) -
     write("b2" * 16, "c3" * 16)  # a new size: a new version of the same object
     archive.refresh()
     assert sorted(t["trace_id"] for t in archive.search()) == ["b2" * 16, "c3" * 16]
+
+
+def test_series_from_spans_and_from_rollups() -> None:
+    minute = 60 * 10**9
+    base = T0 // minute * minute
+    spans = [
+        _rec(
+            f"{i + 1:032x}",
+            "1" * 16,
+            None,
+            base + (i // 10) * minute + i,
+            base + (i // 10) * minute + i + (i % 10 + 1) * MS,
+            name="op",
+        )
+        for i in range(30)  # 10 spans in each of 3 minutes, 1..10 ms
+    ]
+    spans[25]["status"] = "error"
+    a = Archive.from_records(spans)
+    out = a.series(operation="op")
+    assert out["source"] == "spans"
+    assert out["step_s"] == 60
+    assert [p["start_unix_nano"] for p in out["points"]] == [base, base + minute, base + 2 * minute]
+    assert [p["count"] for p in out["points"]] == [10, 10, 10]
+    assert [p["errors"] for p in out["points"]] == [0, 0, 1]
+    assert out["points"][0]["p50_ms"] == pytest.approx(5, abs=0.01)
+    assert out["points"][0]["max_ms"] == pytest.approx(10, abs=0.01)
+    wide = a.series(step_s=180)
+    assert sum(p["count"] for p in wide["points"]) == 30
+    assert all(p["start_unix_nano"] % (180 * 10**9) == 0 for p in wide["points"])  # aligned steps
+    assert len(wide["points"]) == len({(base + m * minute) // (180 * 10**9) for m in range(3)})
+    assert a.series(operation="other")["points"] == []
+    with pytest.raises(ValueError):
+        a.series(step_s=0)
+
+    exporter = InMemoryExporter()
+    pt.configure(
+        service="shop", exporters=[exporter], sample_rate=0.0, keep_errors=False, slow_threshold_ms=None
+    )
+    for _ in range(50):
+        with pt.span("op"):
+            pass
+    pt.shutdown()
+    rolled = Archive.from_records(exporter.records).series(operation="op")
+    assert rolled["source"] == "rollups"
+    assert sum(p["count"] for p in rolled["points"]) == 50

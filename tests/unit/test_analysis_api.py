@@ -180,7 +180,7 @@ def test_bad_parameters_answer_400_with_a_message(app: Any, url: str, message: s
 
 _PARAMS = (
     *("service", "name", "min_duration_ms", "max_duration_ms", "status", "attr", "since", "until"),
-    *("sort", "limit", "category", "actor", "action", "outcome", "trace_id"),
+    *("sort", "limit", "category", "actor", "action", "outcome", "trace_id", "operation", "step_s"),
 )
 
 
@@ -390,3 +390,11 @@ def test_audit_endpoint_filters_and_refuses_bad_input(data: TraceData) -> None:
     assert get_json(app, "/api/audit?action=GET%20*&limit=1")[0]["actor"] == "<b>7</b>"
     assert b"<b>" not in get(app, "/api/audit").content  # escaped like every answer
     assert "trace id" in get_json(app, "/api/audit?trace_id=xyz", status=400)["error"]
+
+
+def test_series_endpoint(app: Any) -> None:
+    out = get_json(app, "/api/series?operation=SELECT%20order_items&step_s=3600")
+    assert out["step_s"] == 3600
+    assert sum(p["count"] for p in out["points"]) == 6
+    assert "step_s" in get_json(app, "/api/series?step_s=soon", status=400)["error"]
+    assert "step_s" in get_json(app, "/api/series?step_s=0", status=400)["error"]

@@ -192,3 +192,19 @@ def test_each_services_archive_read_as_one(tmp_path: Path, capsys: pytest.Captur
         ok(capsys, "search", "-a", dirs["shop-api"], "-a", dirs["payments"], "--status", "error", "--json")
     )
     assert [(t["trace_id"], t["services"]) for t in rows] == [(data.payment, ["payments", "shop-api"])]
+
+
+def test_perf_over_time(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = archived
+    out = json.loads(
+        ok(capsys, "perf", "-a", str(root), "--operation", "SELECT order_items", "--step", "5m", "--json")
+    )
+    assert out["step_s"] == 300
+    assert out["source"] == "rollups"
+    assert sum(p["count"] for p in out["points"]) == 6
+    text = ok(capsys, "perf", "-a", str(root), "--operation", "SELECT order_items")
+    assert text.splitlines()[0].startswith("from (UTC), every 60s")
+    assert (
+        ok(capsys, "perf", "-a", str(root), "--operation", "nothing")
+        == "no spans or rollups in this window\n"
+    )
