@@ -325,19 +325,24 @@ def test_performance_from_spans_and_from_rollups(memory: InMemoryExporter) -> No
     assert work["mean_ms"] == pytest.approx(10.5, abs=0.01)
 
 
-def test_performance_merges_rollup_sketches() -> None:
+def rollups_only(n: int) -> list[dict[str, Any]]:
+    """The records of ``n`` unsampled ``op`` spans: rollups only (nothing sampled or kept)."""
     exporter = InMemoryExporter()
     pt.configure(
         service="shop", exporters=[exporter], sample_rate=0.0, keep_errors=False, slow_threshold_ms=None
     )
-    for _i in range(200):
+    for _ in range(n):
         with pt.span("op"):
             pass
-    pt.force_flush()
     pt.shutdown()  # flushes the open rollup minute
-    rollups = [r for r in exporter.records if r["type"] == "rollup"]
+    return list(exporter.records)
+
+
+def test_performance_merges_rollup_sketches() -> None:
+    records = rollups_only(200)
+    rollups = [r for r in records if r["type"] == "rollup"]
     assert rollups
-    assert not [r for r in exporter.records if r["type"] == "span"]
+    assert not [r for r in records if r["type"] == "span"]
     # Two copies of each rollup as if two processes had sent them: counts add, quantiles hold.
     a = Archive.from_records(rollups + [dict(r) for r in rollups])
     [op] = [r for r in a.performance() if r["operation"] == "op"]
@@ -714,14 +719,6 @@ def test_series_from_spans_and_from_rollups() -> None:
     with pytest.raises(ValueError):
         a.series(step_s=0)
 
-    exporter = InMemoryExporter()
-    pt.configure(
-        service="shop", exporters=[exporter], sample_rate=0.0, keep_errors=False, slow_threshold_ms=None
-    )
-    for _ in range(50):
-        with pt.span("op"):
-            pass
-    pt.shutdown()
-    rolled = Archive.from_records(exporter.records).series(operation="op")
+    rolled = Archive.from_records(rollups_only(50)).series(operation="op")
     assert rolled["source"] == "rollups"
     assert sum(p["count"] for p in rolled["points"]) == 50
