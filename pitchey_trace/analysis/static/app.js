@@ -192,7 +192,59 @@
     byId("results-empty").hidden = traces.length > 0;
   }
 
+  const SVG = "http://www.w3.org/2000/svg";
+
+  /** An SVG element with attributes (set one by one: no markup string is ever parsed). */
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const key of Object.keys(attrs || {})) node.setAttribute(key, String(attrs[key]));
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  /** p50/p95/p99 per step as three polylines over a shared time and latency scale. */
+  function renderSeries(series) {
+    const box = byId("latency-chart");
+    const points = (series && series.points) || [];
+    box.replaceChildren();
+    const legend = byId("latency-legend");
+    if (!points.length) {
+      legend.textContent = "No spans or rollups in this window.";
+      return;
+    }
+    const width = 900, height = 180, pad = 28;
+    const t0 = points[0].start_unix_nano, t1 = points[points.length - 1].start_unix_nano;
+    const top = Math.max(...points.map((p) => Number(p.p99_ms) || 0), 0.001);
+    const x = (t) => pad + (t1 > t0 ? ((t - t0) / (t1 - t0)) * (width - 2 * pad) : (width - 2 * pad) / 2);
+    const y = (v) => height - pad - ((Number(v) || 0) / top) * (height - 2 * pad);
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
+    for (const q of ["p50", "p95", "p99"]) {
+      const coords = points.map((p) => `${x(p.start_unix_nano).toFixed(1)},${y(p[q + "_ms"]).toFixed(1)}`);
+      chart.appendChild(svg("polyline", { class: q, points: coords.join(" "), "data-points": points.length }));
+      for (const p of points) {  // markers: a one-point series still shows
+        chart.appendChild(svg("circle", { class: q, r: 2.5, cx: x(p.start_unix_nano).toFixed(1), cy: y(p[q + "_ms"]).toFixed(1) }));
+      }
+    }
+    chart.appendChild(svg("text", { class: "axis", x: 2, y: pad - 8 }, fmtMs(top)));
+    chart.appendChild(svg("text", { class: "axis", x: 2, y: height - 6 }, fmtTime(t0)));
+    box.appendChild(chart);
+    const total = points.reduce((n, p) => n + p.count, 0);
+    legend.textContent =
+      `p50 (blue), p95 (orange), p99 (red) every ${series.step_s} s from ${series.source}: ` +
+      `${points.length} points, ${total} spans`;
+  }
+
   function renderPerformance(stats) {
+    const select = byId("latency-operation");
+    const chosen = select.value;
+    select.replaceChildren(el("option", { text: "all operations" }));
+    select.firstChild.value = "";
+    for (const op of [...new Set(stats.map((s) => s.operation))].sort()) {
+      const option = el("option", { text: op });
+      option.value = op;
+      select.appendChild(option);
+    }
+    select.value = chosen;
     const tbody = byId("performance-table").tBodies[0];
     tbody.replaceChildren();
     for (const s of stats) {
@@ -290,11 +342,17 @@
     }
     const since = new URLSearchParams();
     if (params.has("since")) since.set("since", params.get("since"));
+    byId("latency-operation").addEventListener("change", function (event) {
+      const chosen = new URLSearchParams(scope);
+      if (event.target.value) chosen.set("operation", event.target.value);
+      loadSection(getJSON("/api/series?" + chosen), renderSeries);
+    });
     return Promise.all([
       loadSection(getJSON("/api/overview?" + since), renderOverview),
       loadSection(getJSON("/api/search?" + params), renderResults),
       loadSection(getJSON("/api/performance?" + scope), renderPerformance),
       loadSection(getJSON("/api/errors?" + scope), renderErrors),
+      loadSection(getJSON("/api/series?" + scope), renderSeries),
       loadSection(getJSON("/api/audit?category=security&limit=20&" + since), renderSecurity),
     ]);
   }

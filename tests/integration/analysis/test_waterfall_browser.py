@@ -309,3 +309,19 @@ def test_overview_page_lists_security_events(traces: TraceData, profile: Path) -
     assert not dom.by_tag("img")
     assert links_to_traces(dom.by_id("security-table")) == [f"/traces/{traces.orders}"] * 2
     assert "hidden" in dom.by_id("security-empty").attrs  # the "no event" note stays hidden
+
+
+def test_overview_page_draws_latency_over_time(server: str, profile: Path) -> None:
+    series = httpx.get(f"{server}/api/series", timeout=10).json()
+    assert series["points"]
+    dom = render(f"{server}/", profile)
+    chart = dom.by_id("latency-chart")
+    lines = chart.by_tag("polyline")
+    assert sorted(line.attrs["class"] for line in lines) == ["p50", "p95", "p99"]
+    for line in lines:
+        assert len(line.attrs["points"].split()) == len(series["points"])
+        assert line.attrs["data-points"] == str(len(series["points"]))
+    options = [o.text() for o in dom.by_id("latency-operation").by_tag("option")]
+    assert options[0] == "all operations"
+    assert "SELECT order_items" in options
+    assert f"{sum(p['count'] for p in series['points'])} spans" in dom.by_id("latency-legend").text()
