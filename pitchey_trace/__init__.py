@@ -34,7 +34,12 @@ from pitchey_trace._tracer import (
     traced,
     use_context,
 )
-from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable, PitcheyTraceError
+from pitchey_trace.exceptions import (
+    ArchiveUnavailable,
+    ConfigurationError,
+    IntegrationUnavailable,
+    PitcheyTraceError,
+)
 from pitchey_trace.exporters import ConsoleExporter, InMemoryExporter
 from pitchey_trace.processors import Rollups, Router
 from pitchey_trace.propagation import (
@@ -67,6 +72,7 @@ __all__ = [
     "INVALID_SPAN",
     "AlwaysOff",
     "AlwaysOn",
+    "ArchiveUnavailable",
     "B3Propagator",
     "CategoryThresholds",
     "CompositePropagator",

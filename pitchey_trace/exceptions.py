@@ -4,16 +4,17 @@ The tree::
 
     PitcheyTraceError
     ├── ConfigurationError (also ValueError)     bad argument to configure() or a component
-    └── IntegrationUnavailable (also ImportError) an optional extra (psycopg, boto3...) is missing
+    ├── IntegrationUnavailable (also ImportError) an optional extra (psycopg, boto3...) is missing
+    └── ArchiveUnavailable (also OSError)        the analysis could not list or read an archive
 
-Only configuration-time code raises these. Code on the tracing path never raises into the
-application: internal failures are logged on the ``pitchey_trace`` logger and counted
-(see :func:`pitchey_trace.stats`).
+Only configuration-time code and the archive analysis raise these. Code on the tracing path
+never raises into the application: internal failures are logged on the ``pitchey_trace``
+logger and counted (see :func:`pitchey_trace.stats`).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "IntegrationUnavailable", "PitcheyTraceError"]
+__all__ = ["ArchiveUnavailable", "ConfigurationError", "IntegrationUnavailable", "PitcheyTraceError"]
 
 
 class PitcheyTraceError(Exception):
@@ -31,3 +32,8 @@ class IntegrationUnavailable(PitcheyTraceError, ImportError):
         super().__init__(f"{integration} needs an optional dependency: pip install 'pitchey-trace[{extra}]'")
         self.integration = integration
         self.extra = extra
+
+
+class ArchiveUnavailable(PitcheyTraceError, OSError):
+    """An archive could not be listed (a missing bucket, refused credentials, no network, an
+    unreadable directory); the message says which and why. Raised by the analysis queries."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pitchey_trace import _json
+from pitchey_trace.exceptions import ArchiveUnavailable
 
 __all__ = [
     "DATASETS",
@@ -138,7 +139,11 @@ class LocalSource:
             return []
         first_day = time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400)) if since_ns else ""
         out: list[ObjectInfo] = []
-        for day in sorted(os.listdir(base)):
+        try:
+            days = sorted(os.listdir(base))
+        except OSError as exc:
+            raise ArchiveUnavailable(f"cannot list {base}: {exc.strerror or exc}") from exc
+        for day in days:
             folder = base / day
             if not (len(day) == 8 and day.isdigit() and day >= first_day) or not folder.is_dir():
                 continue
@@ -238,7 +243,11 @@ class S3Source:
         if since_ns:
             kwargs["StartAfter"] = base + time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400))
         out: list[ObjectInfo] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+        try:
+            pages = list(self.client.get_paginator("list_objects_v2").paginate(**kwargs))
+        except Exception as exc:  # botocore's ClientError / BotoCoreError, and whatever a client raises
+            raise ArchiveUnavailable(f"cannot list s3://{bucket}/{base}: {exc}") from exc
+        for page in pages:
             for obj in page.get("Contents") or ():
                 key = obj["Key"]
                 if not key.endswith(".log.gz"):

@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pitchey_trace import _json
+from pitchey_trace.exceptions import ArchiveUnavailable
 
 if TYPE_CHECKING:
     from pitchey_trace.analysis import Archive
@@ -277,6 +278,10 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return json_response({"error": str(exc)}, 400)
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        logger.warning("analysis API: %s", exc)
+        return json_response({"error": f"archive unavailable: {exc}"}, 503)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return json_response({"error": exc.detail}, exc.status_code)
@@ -302,7 +307,12 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_SecurityHeaders)],
-        exception_handlers={ValueError: bad_request, HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            ValueError: bad_request,
+            ArchiveUnavailable: unavailable,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
     )
     # A trailing slash (or an id holding an encoded "/") is an unknown path, answered 404,
     # rather than a redirect to a path the client did not ask for.

@@ -102,3 +102,33 @@ def test_cli_search_over_the_logpush_config(
     assert main(["show", cart, "--s3-config", str(cfg), "--cache-dir", str(tmp_path / "c")]) == 0
     assert "N+1: 5x under GET /cart" in capsys.readouterr().out
     assert list((tmp_path / "c").rglob("*.log.gz"))  # downloads kept for the next run
+
+
+def test_a_missing_bucket_is_a_clear_error_everywhere(
+    s3: S3, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import httpx
+
+    from pitchey_trace import ArchiveUnavailable
+    from pitchey_trace.analysis.api import create_app
+
+    archive = Archive(S3Source("no-such-bucket-pt", client=s3.client))
+    with pytest.raises(ArchiveUnavailable, match="no-such-bucket-pt"):
+        archive.search()
+    cfg = tmp_path / "logpush.toml"
+    cfg.write_text(f'endpoint_url = "{s3.endpoint}"\nregion = "us-east-1"\nbucket = "no-such-bucket-pt"\n')
+    assert main(["search", "--s3-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pitchey-trace: error: cannot list s3://no-such-bucket-pt/")
+    assert "Traceback" not in err
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(archive, refresh_interval_s=None))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/api/overview")
+
+    import asyncio
+
+    response = asyncio.run(get())
+    assert response.status_code == 503
+    assert "archive unavailable: cannot list s3://no-such-bucket-pt/" in response.json()["error"]
