@@ -387,8 +387,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise IntegrationUnavailable("pitchey-trace serve", "analysis") from None
     archive = _archive(args)
-    sys.stderr.write(f"pitchey-trace: serving {archive!r} on http://{args.host}:{args.port}/\n")
-    uvicorn.run(create_app(archive), host=args.host, port=args.port, log_level="warning")
+    auth = os.environ.get("PITCHEY_TRACE_ANALYSIS_AUTH") or None
+    try:
+        app = create_app(archive, basic_auth=auth)
+    except ValueError as exc:
+        raise PitcheyTraceError(f"PITCHEY_TRACE_ANALYSIS_AUTH: {exc}") from None
+    note = " (HTTP Basic authentication)" if auth else ""
+    sys.stderr.write(f"pitchey-trace: serving {archive!r} on http://{args.host}:{args.port}/{note}\n")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

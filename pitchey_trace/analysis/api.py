@@ -15,6 +15,8 @@ unknown trace 404. Reference: docs/analysis.md.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
 import math
 import re
@@ -88,6 +90,41 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class _BasicAuth:
+    """HTTP Basic authentication in front of everything but ``/healthz``: browsers ask once and
+    send the credentials with every later request of the page, including its API calls."""
+
+    def __init__(self, app: ASGIApp, user: str, password: str) -> None:
+        self.app = app
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._expected = f"Basic {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers") or ():
+            if name == b"authorization":
+                given = value
+        if hmac.compare_digest(given, self._expected):  # constant time: no timing oracle
+            await self.app(scope, receive, send)
+            return
+        body = b'{"error":"authentication required"}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Basic realm="pitchey-trace", charset="UTF-8"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def json_response(data: Any, status_code: int = 200) -> Response:
     """``data`` as a JSON response. ``<``, ``>`` and ``&`` (which JSON allows only inside
     strings) are written as ``\\u`` escapes: the same document, but no byte of it reads as
@@ -158,14 +195,24 @@ def _given(**params: Any) -> dict[str, Any]:
 # -- the app -----------------------------------------------------------------------------------------
 
 
-def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> Starlette:
+def create_app(
+    archive: Archive, *, refresh_interval_s: float | None = 30.0, basic_auth: str | None = None
+) -> Starlette:
     """The analysis web app over ``archive``: the JSON API, the overview/search page at ``/``
     and the waterfall page at ``/traces/{trace_id}`` (see the module docstring).
 
     ``refresh_interval_s``: before a query, re-read the archive's source
     (:meth:`Archive.refresh`) when the last read is older than this many seconds, so a
     long-running server shows what was archived since it started; ``None`` never re-reads.
+    ``basic_auth``: ``"user:password"`` to require HTTP Basic authentication for everything
+    but ``/healthz`` (serve it over TLS, or behind a proxy that adds TLS, beyond localhost).
     """
+    auth: tuple[str, str] | None = None
+    if basic_auth is not None:
+        user, sep, password = basic_auth.partition(":") if isinstance(basic_auth, str) else ("", "", "")
+        if not sep or not user or not password:
+            raise ValueError("basic_auth must be 'user:password' with both parts non-empty")
+        auth = (user, password)
     if refresh_interval_s is not None and not (0 <= refresh_interval_s < math.inf):
         raise ValueError(f"refresh_interval_s must be a number >= 0 or None, got {refresh_interval_s!r}")
     refresh_lock = threading.Lock()
@@ -306,7 +353,8 @@ def create_app(archive: Archive, *, refresh_interval_s: float | None = 30.0) -> 
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(_SecurityHeaders)]
+        + ([Middleware(_BasicAuth, user=auth[0], password=auth[1])] if auth else []),
         exception_handlers={
             ValueError: bad_request,
             ArchiveUnavailable: unavailable,

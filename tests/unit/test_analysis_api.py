@@ -398,3 +398,27 @@ def test_series_endpoint(app: Any) -> None:
     assert sum(p["count"] for p in out["points"]) == 6
     assert "step_s" in get_json(app, "/api/series?step_s=soon", status=400)["error"]
     assert "step_s" in get_json(app, "/api/series?step_s=0", status=400)["error"]
+
+
+def test_basic_auth_guards_everything_but_healthz(archive: Archive) -> None:
+    import base64
+
+    app = create_app(archive, basic_auth="ops:s3cret:with-colon")
+
+    async def go(url: str, auth: str | None) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get(url, headers=headers)
+
+    for url in ("/", "/api/overview", "/static/app.js", "/traces/" + "0" * 32):
+        denied = asyncio.run(go(url, None))
+        assert denied.status_code == 401, url
+        assert denied.headers["www-authenticate"].startswith("Basic ")
+        assert "content-security-policy" in denied.headers
+        assert asyncio.run(go(url, "ops:wrong")).status_code == 401
+    assert asyncio.run(go("/api/overview", "ops:s3cret:with-colon")).status_code == 200
+    assert asyncio.run(go("/healthz", None)).status_code == 200
+    for bad in ("ops", ":pw", "ops:", 42):
+        with pytest.raises(ValueError, match="basic_auth"):
+            create_app(archive, basic_auth=bad)  # type: ignore[arg-type]

@@ -45,7 +45,10 @@
 
   /** GET a JSON endpoint; a non-2xx answer throws an Error carrying the API's message. */
   async function getJSON(url) {
-    const response = await fetch(url, { headers: { accept: "application/json" } });
+    // Against the origin, not the page address: an address with credentials in it
+    // (http://user:pw@host/, behind HTTP Basic authentication) cannot be fetched relative to.
+    const target = new URL(url, window.location.origin);
+    const response = await fetch(target, { headers: { accept: "application/json" } });
     let body = null;
     try {
       body = await response.json();

@@ -28,7 +28,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path) -> None:
+@pytest.mark.parametrize("auth", [None, "ops:pw"])
+def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path, auth: str | None) -> None:
     exporter = LocalArchiveExporter(tmp_path / "archive")
     assert exporter.export(traces.records)
     exporter.shutdown()
@@ -45,7 +46,11 @@ def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path) -> N
             str(port),
         ],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            **({"PITCHEY_TRACE_ANALYSIS_AUTH": auth} if auth else {}),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -62,11 +67,15 @@ def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path) -> N
                 pass
             assert time.monotonic() < deadline, "pitchey-trace serve did not answer within 30 s"
             time.sleep(0.05)
-        overview = httpx.get(url + "/api/overview", timeout=10).json()
+        credentials = tuple(auth.split(":", 1)) if auth else None
+        if auth:
+            assert httpx.get(url + "/api/overview", timeout=10).status_code == 401
+        client = httpx.Client(auth=credentials, timeout=10)  # type: ignore[arg-type]
+        overview = client.get(url + "/api/overview").json()
         assert overview["traces"] == 3
-        found = httpx.get(url + "/api/search", params={"status": "error"}, timeout=10).json()
+        found = client.get(url + "/api/search", params={"status": "error"}).json()
         assert [t["trace_id"] for t in found] == [traces.payment]
-        page = httpx.get(f"{url}/traces/{traces.orders}", timeout=10)
+        page = client.get(f"{url}/traces/{traces.orders}")
         assert page.status_code == 200
         assert "text/html" in page.headers["content-type"]
     finally:

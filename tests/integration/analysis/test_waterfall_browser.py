@@ -325,3 +325,14 @@ def test_overview_page_draws_latency_over_time(server: str, profile: Path) -> No
     assert options[0] == "all operations"
     assert "SELECT order_items" in options
     assert f"{sum(p['count'] for p in series['points'])} spans" in dom.by_id("latency-legend").text()
+
+
+def test_pages_work_behind_basic_authentication(traces: TraceData, profile: Path) -> None:
+    with serve(create_app(Archive.from_records(traces.records), basic_auth="ops:pw")) as url:
+        assert httpx.get(f"{url}/api/overview", timeout=10).status_code == 401
+        signed_in = url.replace("http://", "http://ops:pw@")
+        dom = render(f"{signed_in}/", profile)  # the browser then sends them with every API call
+        assert not dom.by_id("message").text()
+        assert links_to_traces(dom.by_id("results"))
+        dom = render(f"{signed_in}/traces/{traces.orders}", profile / "2")
+        assert len(span_rows(dom)) == len(traces.spans(traces.orders))
