@@ -8,7 +8,8 @@ setup:
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+test:
+	@WITH_BROWSER=1 bash scripts/bootstrap.sh
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 	@echo "unit tests again on the pure-Python paths (no C accelerator):"
 	PITCHEY_TRACE_PURE_PYTHON=1 $(PY) -m pytest -q -n 2 -p no:cacheprovider tests/unit --ignore=tests/unit/test_speedups.py

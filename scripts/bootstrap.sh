@@ -8,8 +8,9 @@ need_apt=()
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
-# chromium renders the analysis pages in the browser tests (tests/integration/analysis).
-if ! command -v chromium >/dev/null 2>&1; then
+# chromium renders the analysis pages in the browser tests (tests/integration/analysis): only
+# `make test` asks for it (WITH_BROWSER=1), so the demo's first run does not download it.
+if [ "${WITH_BROWSER:-}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium)
 fi
 # wrk drives the middleware benchmark (make bench); it falls back to a Python load generator.
