@@ -216,14 +216,28 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
 def _show(args: argparse.Namespace) -> int:
     archive = _archive(args)
     since = args.since if args.since is not None else args.last
+    trace_id = args.trace_id.strip()
+    if 8 <= len(trace_id) < 32:  # a shortened id, as the pages and many logs show it
+        try:
+            matches = archive.resolve(trace_id, since=since)
+        except ValueError as exc:
+            raise PitcheyTraceError(str(exc)) from None
+        if len(matches) > 1:
+            sys.stderr.write(f"pitchey-trace: {trace_id} matches several traces:\n")
+            sys.stderr.write("".join(f"  {m}\n" for m in matches))
+            return 2
+        if not matches:
+            sys.stderr.write(f"pitchey-trace: no trace id in the archive starts with {trace_id}\n")
+            return 1
+        trace_id = matches[0]
     try:
-        view = archive.trace(args.trace_id, since=since)
+        view = archive.trace(trace_id, since=since)
     except ValueError as exc:
         raise PitcheyTraceError(str(exc)) from None
     if view is None:
-        sys.stderr.write(f"pitchey-trace: trace {args.trace_id} is not in the archive\n")
+        sys.stderr.write(f"pitchey-trace: trace {trace_id} is not in the archive\n")
         return 1
-    analysis = archive.analyze(args.trace_id, since=since)
+    analysis = archive.analyze(trace_id, since=since)
     _emit(args, {"trace": view, "analysis": analysis}, lambda: _waterfall(view, analysis))
     return 0
 

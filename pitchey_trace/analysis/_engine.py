@@ -675,6 +675,21 @@ class Archive:
             return heapq.nsmallest(limit, trace_ids, key=lambda t: (extent[t][0] - extent[t][1], t))
         return heapq.nsmallest(limit, trace_ids, key=lambda t: (-extent[t][0], t))
 
+    def resolve(self, prefix: str, *, since: Any = None, limit: int = 10) -> list[str]:
+        """The archived trace ids that start with ``prefix`` (at least 8 hex characters, as
+        pages and logs often show a shortened id), sorted; at most ``limit``."""
+        if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-fA-F]{8,32}", prefix.strip()):
+            raise ValueError(f"a trace id prefix must be 8 to 32 hex characters, got {prefix!r}")
+        want = prefix.strip().lower()
+        limit = _check_limit(limit)
+        s_ns, _ = self._window(since, None)
+        with self._lock:
+            self._ensure(s_ns)
+            if len(want) == 32:
+                return [want] if want in self._index.by_trace else []
+            found = sorted(t for t in self._index.by_trace if t.startswith(want))
+        return found[:limit]
+
     def trace(self, trace_id: str, *, since: Any = None) -> dict[str, Any] | None:
         """One trace as a tree: its spans depth-first with depth, offset, self time and
         critical-path flag (docs/analysis.md); None if no span of it is archived.

@@ -208,3 +208,34 @@ def test_perf_over_time(archived: tuple[Path, TraceData], capsys: pytest.Capture
         ok(capsys, "perf", "-a", str(root), "--operation", "nothing")
         == "no spans or rollups in this window\n"
     )
+
+
+def test_show_takes_a_shortened_trace_id(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pitchey_trace.analysis import Archive
+
+    root, data = archived
+    out = ok(capsys, "show", data.orders[:12], "-a", str(root))
+    assert out.startswith(f"trace {data.orders}")
+    code, _, err = run(capsys, "show", "ffffffffffff", "-a", str(root))
+    assert code == 1
+    assert "no trace id in the archive starts with ffffffffffff" in err
+    archive = Archive(root)
+    assert archive.resolve(data.payment[:8]) == [data.payment]
+    assert archive.resolve(data.payment.upper()) == [data.payment]
+    with pytest.raises(ValueError, match="8 to 32 hex"):
+        archive.resolve("abc")
+
+
+def test_an_ambiguous_shortened_id_lists_the_candidates(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    span = dict(archived[1].spans(archived[1].payment)[0])
+    twins = [dict(span, trace_id="abcdef01" + "0" * 24), dict(span, trace_id="abcdef01" + "f" * 24)]
+    exporter = LocalArchiveExporter(tmp_path / "twins")
+    exporter.export(twins)
+    exporter.shutdown()
+    code, _, err = run(capsys, "show", "abcdef01", "-a", str(tmp_path / "twins"))
+    assert code == 2
+    assert err.splitlines()[1:] == [f"  {t['trace_id']}" for t in twins]
