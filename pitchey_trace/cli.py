@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,16 +61,14 @@ def _add_logpush(sub: Subparsers) -> None:
 
 
 # -- archive analysis ------------------------------------------------------------------------------
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*", re.ASCII)
-_DURATION_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0, None: 1.0}
-
-
 def _duration_ms(text: str) -> float:
-    """``250ms``, ``1.5s``, ``2m``; a bare number is milliseconds."""
-    m = _DURATION.fullmatch(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 250ms, 1.5s, 2m)")
-    return float(m.group(1)) * _DURATION_MS[m.group(2)]
+    """``250ms``, ``1.5s``, ``2m``; a bare number is milliseconds (the analysis's own parser)."""
+    from pitchey_trace.analysis._time import parse_duration_ms
+
+    try:
+        return parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _attribute(text: str) -> tuple[str, str]:

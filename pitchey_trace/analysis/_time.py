@@ -6,10 +6,12 @@ import re
 import time
 from datetime import datetime, timezone
 
-__all__ = ["parse_time"]
+__all__ = ["parse_duration_ms", "parse_time"]
 
-_RELATIVE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", re.ASCII)
+# One duration syntax for windows ("24h" ago) and durations ("250ms"): a number and a unit.
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*", re.ASCII)
 _UNIT_NS = {
+    "us": 10**3,
     "ms": 10**6,
     "s": 10**9,
     "m": 60 * 10**9,
@@ -44,8 +46,8 @@ def parse_time(value: object, now_ns: int | None = None) -> int:
         return _from_datetime(dt)
     if isinstance(value, str):
         text = value.strip()
-        m = _RELATIVE.fullmatch(text)
-        if m:
+        m = _DURATION.fullmatch(text)
+        if m and m.group(2):  # (without a unit, digits are a Unix time, below)
             now = time.time_ns() if now_ns is None else now_ns
             return max(0, now - int(float(m.group(1)) * _UNIT_NS[m.group(2)]))
         if text.isdigit():
@@ -67,3 +69,12 @@ def _from_datetime(dt: datetime) -> int:
     if ns < 0:
         raise ValueError(f"time before 1970: {dt.isoformat()}")
     return ns
+
+
+def parse_duration_ms(text: str) -> float:
+    """A duration in milliseconds: ``250ms``, ``1.5s``, ``2m``, ``1h``; a bare number is
+    milliseconds. Raises ``ValueError`` on anything else."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (e.g. 250ms, 1.5s, 2m)")
+    return float(m.group(1)) * _UNIT_NS[m.group(2) or "ms"] / 10**6
