@@ -236,22 +236,26 @@ def create_app(
         # the thread pool (the Archive is safe across threads) so the event loop keeps serving.
         return await run_in_threadpool(refreshed, func, args, kwargs)
 
-    async def overview(request: Request) -> Response:
-        since, until = _time(request, "since"), _time(request, "until")
-        return json_response(await call(archive.overview, **_given(since=since, until=until)))
-
-    async def search(request: Request) -> Response:
-        params = _given(
-            service=_text(request, "service"),
-            name=_text(request, "name"),
-            min_duration_ms=_duration(request, "min_duration_ms"),
-            max_duration_ms=_duration(request, "max_duration_ms"),
-            status=_text(request, "status"),
-            attributes=_attributes(request),
+    def texts(request: Request, *names: str) -> dict[str, Any]:
+        """The text parameters ``names`` and the window (since, until) that the request set."""
+        return _given(
+            **{n: _text(request, n) for n in names},
             since=_time(request, "since"),
             until=_time(request, "until"),
-            sort=_text(request, "sort"),
-            limit=_limit(request),
+        )
+
+    async def overview(request: Request) -> Response:
+        return json_response(await call(archive.overview, **texts(request)))
+
+    async def search(request: Request) -> Response:
+        params = texts(request, "service", "name", "status", "sort")
+        params.update(
+            _given(
+                min_duration_ms=_duration(request, "min_duration_ms"),
+                max_duration_ms=_duration(request, "max_duration_ms"),
+                attributes=_attributes(request),
+                limit=_limit(request),
+            )
         )
         return json_response(await call(archive.search, **params))
 
@@ -269,44 +273,24 @@ def create_app(
         return await one_trace(request, archive.analyze)
 
     async def performance(request: Request) -> Response:
-        params = _given(
-            service=_text(request, "service"), since=_time(request, "since"), until=_time(request, "until")
-        )
-        return json_response(await call(archive.performance, **params))
+        return json_response(await call(archive.performance, **texts(request, "service")))
 
     async def series(request: Request) -> Response:
         step = request.query_params.get("step_s", "")
         if step and not step.isdigit():
             raise ValueError(f"step_s must be a whole number of seconds, got {step!r}")
-        params = _given(
-            service=_text(request, "service"),
-            operation=_text(request, "operation"),
-            since=_time(request, "since"),
-            until=_time(request, "until"),
-            step_s=int(step) if step else None,
-        )
+        params = texts(request, "service", "operation")
+        params.update(_given(step_s=int(step) if step else None))
         return json_response(await call(archive.series, **params))
 
     async def errors(request: Request) -> Response:
-        params = _given(
-            service=_text(request, "service"),
-            since=_time(request, "since"),
-            until=_time(request, "until"),
-            limit=_limit(request),
-        )
+        params = texts(request, "service")
+        params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.errors, **params))
 
     async def audit(request: Request) -> Response:
-        params = _given(
-            category=_text(request, "category"),
-            actor=_text(request, "actor"),
-            action=_text(request, "action"),
-            outcome=_text(request, "outcome"),
-            trace_id=_text(request, "trace_id"),
-            since=_time(request, "since"),
-            until=_time(request, "until"),
-            limit=_limit(request),
-        )
+        params = texts(request, "category", "actor", "action", "outcome", "trace_id")
+        params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.audit, **params))
 
     async def healthz(request: Request) -> Response:
