@@ -7,6 +7,7 @@
     pitchey-trace perf|errors|overview --archive DIR     # p50/p95/p99, error groups, totals
     pitchey-trace audit --archive DIR --category security --last 7d   # who did what
     pitchey-trace serve --archive DIR --port 8080        # HTTP API and waterfall page
+    pitchey-trace serve --archive DIR --tls-cert C --tls-key K   # ... over HTTPS
 
 The archive commands read ``--archive DIR`` (a local archive directory), ``--s3-config FILE``
 (the logpush config: buckets, prefixes, endpoint) or ``$PITCHEY_TRACE_ARCHIVE``; ``--json``
@@ -397,6 +398,18 @@ def _serve(args: argparse.Namespace) -> int:
         from pitchey_trace.analysis.api import create_app
     except ImportError:
         raise IntegrationUnavailable("pitchey-trace serve", "analysis") from None
+    cert, key = args.tls_cert, args.tls_key
+    if bool(cert) != bool(key):
+        raise PitcheyTraceError("--tls-cert and --tls-key go together")
+    if cert:
+        # Loaded once here so that a wrong path or a key that does not match the certificate
+        # is one line and exit 2, not a traceback from the server's start.
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise PitcheyTraceError(f"--tls-cert/--tls-key: {exc}") from None
     archive = _archive(args)
     auth = os.environ.get("PITCHEY_TRACE_ANALYSIS_AUTH") or None
     try:
@@ -404,8 +417,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise PitcheyTraceError(f"PITCHEY_TRACE_ANALYSIS_AUTH: {exc}") from None
     note = " (HTTP Basic authentication)" if auth else ""
-    sys.stderr.write(f"pitchey-trace: serving {archive!r} on http://{args.host}:{args.port}/{note}\n")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    scheme = "https" if cert else "http"
+    sys.stderr.write(f"pitchey-trace: serving {archive!r} on {scheme}://{args.host}:{args.port}/{note}\n")
+    if auth and not cert and args.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.stderr.write(
+            "pitchey-trace: warning: Basic authentication over plain HTTP sends the password in "
+            "clear text to anyone on the path; add --tls-cert/--tls-key or a TLS proxy\n"
+        )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ssl_certfile=cert, ssl_keyfile=key)
     return 0
 
 
@@ -493,6 +512,8 @@ def _add_analysis(sub: Subparsers) -> None:
     _source_options(p, window=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
     p.set_defaults(func=_serve)
 
 

@@ -239,3 +239,30 @@ def test_an_ambiguous_shortened_id_lists_the_candidates(
     code, _, err = run(capsys, "show", "abcdef01", "-a", str(tmp_path / "twins"))
     assert code == 2
     assert err.splitlines()[1:] == [f"  {t['trace_id']}" for t in twins]
+
+
+def test_serve_refuses_bad_tls_arguments_before_serving(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = str(archived[0])
+    code, _, err = run(capsys, "serve", "-a", root, "--tls-cert", str(tmp_path / "cert.pem"))
+    assert code == 2
+    assert "--tls-cert and --tls-key go together" in err
+    code, _, err = run(
+        capsys,
+        "serve",
+        "-a",
+        root,
+        "--tls-cert",
+        str(tmp_path / "no.pem"),
+        "--tls-key",
+        str(tmp_path / "no.key"),
+    )
+    assert code == 2
+    assert err.startswith("pitchey-trace: error: --tls-cert/--tls-key:")
+    assert err.count("\n") == 1
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    code, _, err = run(capsys, "serve", "-a", root, "--tls-cert", str(garbage), "--tls-key", str(garbage))
+    assert code == 2
+    assert "--tls-cert/--tls-key:" in err

@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from pitchey_trace.exporters import LocalArchiveExporter
+from tests.integration.exporters.servers import self_signed_certificate
 from tests.support.analysis_data import TraceData
 
 pytestmark = pytest.mark.integration
@@ -28,45 +31,67 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("auth", [None, "ops:pw"])
-def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path, auth: str | None) -> None:
-    exporter = LocalArchiveExporter(tmp_path / "archive")
-    assert exporter.export(traces.records)
-    exporter.shutdown()
-    port = _free_port()
-    proc = subprocess.Popen(
+def _start_serve(
+    archive: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "pitchey_trace.cli",
             "serve",
             "--archive",
-            str(tmp_path / "archive"),
+            str(archive),
             "--port",
             str(port),
+            *extra,
         ],
         cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            **({"PITCHEY_TRACE_ANALYSIS_AUTH": auth} if auth else {}),
-        },
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _wait_healthy(proc: subprocess.Popen[str], url: str, **client: Any) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(url + "/healthz", timeout=2, **client).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "pitchey-trace serve did not answer within 30 s"
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+@pytest.fixture
+def archive_dir(traces: TraceData, tmp_path: Path) -> Path:
+    exporter = LocalArchiveExporter(tmp_path / "archive")
+    assert exporter.export(traces.records)
+    exporter.shutdown()
+    return tmp_path / "archive"
+
+
+@pytest.mark.parametrize("auth", [None, "ops:pw"])
+def test_serve_command_answers_over_http(traces: TraceData, archive_dir: Path, auth: str | None) -> None:
+    port = _free_port()
+    proc = _start_serve(archive_dir, port, env={"PITCHEY_TRACE_ANALYSIS_AUTH": auth} if auth else None)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "pitchey-trace serve did not answer within 30 s"
-            time.sleep(0.05)
+        _wait_healthy(proc, url)
         credentials = tuple(auth.split(":", 1)) if auth else None
         if auth:
             assert httpx.get(url + "/api/overview", timeout=10).status_code == 401
@@ -79,11 +104,41 @@ def test_serve_command_answers_over_http(traces: TraceData, tmp_path: Path, auth
         assert page.status_code == 200
         assert "text/html" in page.headers["content-type"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert f"serving <Archive {tmp_path / 'archive'}" in err
+        err = _stop(proc)
+    assert f"serving <Archive {archive_dir}" in err
+    assert "Traceback" not in err
+
+
+def test_serve_command_over_https(traces: TraceData, archive_dir: Path, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port = _free_port()
+    proc = _start_serve(
+        archive_dir, port, "--tls-cert", cert, "--tls-key", key, env={"PITCHEY_TRACE_ANALYSIS_AUTH": "ops:pw"}
+    )
+    url = f"https://127.0.0.1:{port}"
+    trusting = ssl.create_default_context(cafile=cert)
+    try:
+        _wait_healthy(proc, url, verify=trusting)
+        client = httpx.Client(auth=("ops", "pw"), timeout=10, verify=trusting)
+        assert client.get(url + "/api/overview").json()["traces"] == 3
+        assert client.get(f"{url}/traces/{traces.payment}").status_code == 200
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the certificate
+            httpx.get(url + "/healthz", timeout=5)
+        with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer from a TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        err = _stop(proc)
+    assert f"on https://127.0.0.1:{port}/ (HTTP Basic authentication)" in err
+    assert "Traceback" not in err
+
+
+def test_serve_refuses_a_key_of_another_certificate(archive_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, _ = self_signed_certificate(tmp_path / "a")
+    _, other_key = self_signed_certificate(tmp_path / "b")
+    proc = _start_serve(archive_dir, _free_port(), "--tls-cert", cert, "--tls-key", other_key)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.startswith("pitchey-trace: error: --tls-cert/--tls-key:")
     assert "Traceback" not in err
