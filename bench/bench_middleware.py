@@ -15,6 +15,9 @@ Servers (one uvicorn process each, all started in the same run, h11, no access l
   pitchey-noheader / -noaudit / -norollups / -core (not run by default; for
              bench/count_middleware.py): pitchey without the X-Trace-Id response header, the
              request audit record or the rollups; -core without all three
+  pitchey-sink (not run by default; a diagnostic): pitchey whose finished spans and audit
+             items are dropped on the request thread instead of queued, so the pipeline
+             and exporter threads never run: "pitchey" minus "pitchey-sink" is their cost
 In the traced servers the handler opens 3 nested spans (one attribute each) inside the
 request span. Load: wrk (Debian package `wrk`; a Lua script makes it stop after a fixed count)
 or, without it, a built-in asyncio load generator (costlier per request, so it may limit the
@@ -111,7 +114,7 @@ def build_app(mode: str) -> Any:
         from pitchey_trace.web import ASGITracingMiddleware
 
         variant = mode.partition("-")[2]
-        if variant not in ("", "noheader", "noaudit", "norollups", "core"):
+        if variant not in ("", "noheader", "noaudit", "norollups", "core", "sink"):
             raise SystemExit(f"unknown mode {mode!r}")
         lean = variant == "core"
         options: dict[str, Any] = {"rollups": None} if variant == "norollups" or lean else {}
@@ -121,6 +124,19 @@ def build_app(mode: str) -> Any:
             trace_id_header=None if variant == "noheader" or lean else "X-Trace-Id",
             audit=not (variant == "noaudit" or lean),
         )
+        if variant == "sink":
+            # Diagnostic: finished spans and audit items go into a one-slot deque instead of the
+            # pipeline's queue (the request thread's hand-over, pipeline._hot, re-pointed), so
+            # they are freed on the request thread and the workers never run. The difference
+            # to "pitchey" is what the pipeline and exporter threads cost at full speed.
+            from collections import deque
+
+            from pitchey_trace._tracer import get_tracer
+
+            pipeline = get_tracer().pipeline
+            assert pipeline is not None
+            sink: deque[Any] = deque(maxlen=1)
+            pipeline._hot = (sink.append, sink, 1 << 62, 1 << 62, pipeline.wake.set)
     elif mode in ("otel", "otel-lean"):
         from opentelemetry import trace
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
