@@ -16,6 +16,15 @@ variable                           meaning
 ``OTEL_TRACES_SAMPLER`` / ``_ARG`` OpenTelemetry sampler names (used when no sampler or
                                    sample rate is given)
 =================================  ==========================================================
+
+OpenTelemetry's SDK variables are read too, so a service configured for an OpenTelemetry SDK
+keeps its settings: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``; a comma list;
+``otlp`` is configured by the ``OTEL_EXPORTER_OTLP_*`` variables), ``OTEL_RESOURCE_ATTRIBUTES``,
+``OTEL_PROPAGATORS``, ``OTEL_BSP_SCHEDULE_DELAY`` / ``_MAX_QUEUE_SIZE`` /
+``_MAX_EXPORT_BATCH_SIZE`` and ``OTEL_[SPAN_]ATTRIBUTE_COUNT_LIMIT`` /
+``OTEL_SPAN_EVENT_COUNT_LIMIT`` / ``OTEL_SPAN_LINK_COUNT_LIMIT``. A ``PITCHEY_TRACE_*`` variable
+wins over its OpenTelemetry counterpart, an argument over both. docs/configuration.md has the
+full table.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -86,6 +96,100 @@ def _env_float(name: str) -> float | None:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
+def _env_int(name: str) -> int | None:
+    value = _env(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _int_setting(value: int | None, default: int, *names: str) -> int:
+    """An argument, else the first of these variables that is set (a positive integer), else
+    the default."""
+    if value is not None:
+        return value
+    for name in names:
+        env = _env_int(name)
+        if env is not None:
+            if env < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {env}")
+            return env
+    return default
+
+
+def _resource_from_env() -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``key=value,key2=value2``, values percent-encoded), as the
+    OpenTelemetry specification reads it: an entry that is not ``key=value`` makes the whole
+    variable ignored (with a warning), not half of it applied."""
+    raw = _env("OTEL_RESOURCE_ATTRIBUTES")
+    out: dict[str, str] = {}
+    if raw is None:
+        return out
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            _safety.warn_once(
+                "otel_resource_attributes",
+                "OTEL_RESOURCE_ATTRIBUTES: %r is not key=value: the variable is ignored",
+                item.strip(),
+            )
+            return {}
+        out[key] = urllib.parse.unquote(value.strip())
+    return out
+
+
+_EXPORTER_NAMES = ("console", "console-pretty", "otlp", "none")
+
+
+def _exporters_from_env() -> list[Any]:
+    """The exporters named by ``PITCHEY_TRACE_EXPORTER``, else ``OTEL_TRACES_EXPORTER`` (a comma
+    list); none when neither is set."""
+    variable = "PITCHEY_TRACE_EXPORTER"
+    names = _env(variable)
+    if names is None:
+        variable = "OTEL_TRACES_EXPORTER"
+        names = _env(variable)
+    out: list[Any] = []
+    seen: set[str] = set()
+    for raw in (names or "none").split(","):
+        name = raw.strip().lower()
+        if name not in _EXPORTER_NAMES:
+            raise ConfigurationError(
+                f"{variable}: unknown exporter {raw.strip()!r}; known: {', '.join(_EXPORTER_NAMES)}"
+            )
+        if name in seen or name == "none":
+            continue
+        seen.add(name)
+        if name == "otlp":
+            from pitchey_trace.exporters import OTLPExporter
+
+            out.append(OTLPExporter())  # configured by the OTEL_EXPORTER_OTLP_* variables
+        else:
+            from pitchey_trace.exporters import ConsoleExporter
+
+            out.append(ConsoleExporter(pretty=name == "console-pretty"))
+    return out
+
+
+def _propagators_from_env() -> None:
+    """Apply ``OTEL_PROPAGATORS`` unless the application already chose its propagators."""
+    from pitchey_trace import propagation
+
+    names = _env("OTEL_PROPAGATORS")
+    if names is None or propagation._custom is not None:
+        return
+    try:
+        propagation.set_propagators(propagation.propagators_from_names(names))
+    except ValueError as exc:
+        raise ConfigurationError(f"OTEL_PROPAGATORS: {exc}") from None
+
+
 # Longer than a year between worker wake-ups is a mistake (and threading cannot wait forever:
 # an infinite or huge wait killed the worker). Benchmarks use days to keep the worker asleep.
 _MAX_DELAY_MS = 365 * 86_400_000.0
@@ -118,13 +222,13 @@ def configure(
     router: Callable[[Record], Iterable[str]] | None = None,
     category_thresholds: CategoryThresholds | None = None,
     resource_attributes: Mapping[str, Any] | None = None,
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-    schedule_delay_ms: float = DEFAULT_SCHEDULE_DELAY_S * 1000,
-    export_batch_size: int = DEFAULT_EXPORT_BATCH_SIZE,
+    max_queue_size: int | None = None,
+    schedule_delay_ms: float | None = None,
+    export_batch_size: int | None = None,
     exporter_queue_size: int = DEFAULT_EXPORTER_QUEUE_SIZE,
-    max_attributes: int = 128,
-    max_events: int = 128,
-    max_links: int = 128,
+    max_attributes: int | None = None,
+    max_events: int | None = None,
+    max_links: int | None = None,
     disabled: bool | None = None,
 ) -> None:
     """Set up tracing for this process. Call once at startup (calling again replaces the
@@ -132,11 +236,15 @@ def configure(
 
     Args:
         service: service name in every record (env ``PITCHEY_TRACE_SERVICE`` /
-            ``OTEL_SERVICE_NAME``; default ``unknown_service``).
-        environment: deployment environment (default ``development``).
+            ``OTEL_SERVICE_NAME`` / ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``; default
+            ``unknown_service``).
+        environment: deployment environment (env ``PITCHEY_TRACE_ENVIRONMENT`` /
+            ``deployment.environment[.name]`` in ``OTEL_RESOURCE_ATTRIBUTES``; default
+            ``development``).
         exporters: where records go (console, HTTP analytics, logpush, OTLP...). Each gets its
             own worker thread and bounded queue. An exporter with a ``datasets`` attribute only
-            receives those datasets (``traces``, ``audit``, ``performance``).
+            receives those datasets (``traces``, ``audit``, ``performance``). Default: the ones
+            ``PITCHEY_TRACE_EXPORTER`` or ``OTEL_TRACES_EXPORTER`` name, else none.
         sample_rate: head-sampling ratio in [0, 1]; consistent across services and
             parent-based. Ignored when ``sampler`` is given.
         sampler: a custom head sampler (see :mod:`pitchey_trace.sampling`).
@@ -154,12 +262,18 @@ def configure(
             (default: by record type: span -> ``traces``, audit -> ``audit``, rollup ->
             ``performance``); see :class:`pitchey_trace.processors.Router`.
         category_thresholds: fast/normal/slow/very_slow boundaries per span kind.
-        resource_attributes: extra resource attributes for every record.
-        max_queue_size: spans waiting for the worker; beyond it spans are dropped and counted.
-        schedule_delay_ms: how often the worker wakes when the queue is not filling fast.
-        export_batch_size: records per ``export()`` call.
+        resource_attributes: extra resource attributes for every record (added to, and
+            winning over, those of ``OTEL_RESOURCE_ATTRIBUTES``).
+        max_queue_size: spans waiting for the worker; beyond it spans are dropped and counted
+            (env ``OTEL_BSP_MAX_QUEUE_SIZE``; default 20,000).
+        schedule_delay_ms: how often the worker wakes when the queue is not filling fast (env
+            ``OTEL_BSP_SCHEDULE_DELAY``; default 500).
+        export_batch_size: records per ``export()`` call (env ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``;
+            default 512).
         exporter_queue_size: records waiting per exporter.
-        max_attributes / max_events / max_links: per-span bounds (extra ones are counted and dropped).
+        max_attributes / max_events / max_links: per-span bounds (extra ones are counted and
+            dropped; env ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` or ``OTEL_ATTRIBUTE_COUNT_LIMIT``,
+            ``OTEL_SPAN_EVENT_COUNT_LIMIT``, ``OTEL_SPAN_LINK_COUNT_LIMIT``; default 128 each).
         disabled: turn everything off (env ``PITCHEY_TRACE_DISABLED`` / ``OTEL_SDK_DISABLED``).
 
     Raises:
@@ -167,8 +281,19 @@ def configure(
     """
     if disabled is None:
         disabled = bool(_env_bool("PITCHEY_TRACE_DISABLED") or _env_bool("OTEL_SDK_DISABLED"))
-    service = service or _env("PITCHEY_TRACE_SERVICE") or _env("OTEL_SERVICE_NAME") or "unknown_service"
-    environment = environment or _env("PITCHEY_TRACE_ENVIRONMENT") or "development"
+    env_resource = _resource_from_env()
+    # (service and environment have their own record fields: not repeated as extra attributes)
+    env_service = env_resource.pop("service.name", None)
+    env_environment = env_resource.pop("deployment.environment.name", None)
+    env_environment = env_resource.pop("deployment.environment", None) or env_environment
+    service = (
+        service
+        or _env("PITCHEY_TRACE_SERVICE")
+        or _env("OTEL_SERVICE_NAME")
+        or env_service
+        or "unknown_service"
+    )
+    environment = environment or _env("PITCHEY_TRACE_ENVIRONMENT") or env_environment or "development"
     if not isinstance(service, str) or not isinstance(environment, str):
         raise TypeError("service and environment must be strings")
 
@@ -201,18 +326,23 @@ def configure(
             slow_threshold_ms = 1000.0
     slow_threshold_ms = finite("slow_threshold_ms", slow_threshold_ms, 0.0, 1e12, none_ok=True)
 
+    max_queue_size = _int_setting(max_queue_size, DEFAULT_MAX_QUEUE_SIZE, "OTEL_BSP_MAX_QUEUE_SIZE")
+    export_batch_size = _int_setting(
+        export_batch_size, DEFAULT_EXPORT_BATCH_SIZE, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+    )
+    max_attributes = _int_setting(
+        max_attributes, 128, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_COUNT_LIMIT"
+    )
+    max_events = _int_setting(max_events, 128, "OTEL_SPAN_EVENT_COUNT_LIMIT")
+    max_links = _int_setting(max_links, 128, "OTEL_SPAN_LINK_COUNT_LIMIT")
+    if schedule_delay_ms is None:
+        schedule_delay_ms = _env_float("OTEL_BSP_SCHEDULE_DELAY")
+        if schedule_delay_ms is not None and not 0 < schedule_delay_ms <= _MAX_DELAY_MS:
+            raise ConfigurationError(f"OTEL_BSP_SCHEDULE_DELAY must be > 0 ms, got {schedule_delay_ms}")
+        if schedule_delay_ms is None:
+            schedule_delay_ms = DEFAULT_SCHEDULE_DELAY_S * 1000
     if exporters is None:
-        choice = (_env("PITCHEY_TRACE_EXPORTER") or "none").lower()
-        from pitchey_trace.exporters import ConsoleExporter
-
-        if choice == "console":
-            exporters = [ConsoleExporter()]
-        elif choice == "console-pretty":
-            exporters = [ConsoleExporter(pretty=True)]
-        elif choice == "none":
-            exporters = []
-        else:
-            raise ConfigurationError(f"PITCHEY_TRACE_EXPORTER: unknown exporter {choice!r}")
+        exporters = _exporters_from_env()
     exporters = list_of("exporters", exporters)
     processors = list_of("processors", () if processors is None else processors)
     for exp in exporters:
@@ -265,6 +395,7 @@ def configure(
         category_thresholds = CategoryThresholds(fast_ms=min(100.0, slow), slow_ms=slow)
 
     tail = TailKeeper(keep_errors=keep_errors, slow_threshold_ms=slow_threshold_ms)
+    _propagators_from_env()  # (after every check: a refused configure() changes nothing)
     with _lock:
         _shutdown_locked(timeout=5.0)
         if disabled:
@@ -277,7 +408,7 @@ def configure(
             service=service,
             environment=environment,
             exporters=exporters,
-            resource_attributes=dict(resource_attributes or {}),
+            resource_attributes={**env_resource, **(resource_attributes or {})},
             sanitizer=sanitizer,
             processors=processors,
             tail=tail if tail.enabled else None,

@@ -1,0 +1,59 @@
+"""A service configured only by OpenTelemetry's environment variables: a separate process whose
+code is ``pt.configure()`` and a span, exporting over OTLP/HTTP to a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.integration.exporters.servers import RecordingServer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+
+APP = """
+import pitchey_trace as pt
+pt.configure()
+headers = {}
+with pt.span("GET /pitches", {"pitch.id": 7}) as root:
+    pt.inject(headers)
+print(root.trace_id_hex, sorted(headers))
+pt.shutdown(20)
+"""
+
+
+def test_otel_environment_alone_configures_export_resource_propagation(
+    http_server: RecordingServer,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PITCHEY_TRACE_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url.removesuffix("/v1/traces"),
+        OTEL_SERVICE_NAME="pitch-api",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=prod,team=growth%20squad,service.version=2.4.1",
+        OTEL_PROPAGATORS="tracecontext,b3",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", APP], env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    trace_id, headers = out.stdout.split(" ", 1)
+    assert headers.strip() == "['b3', 'traceparent']"
+    assert http_server.wait_requests(1)
+    [req] = http_server.requests
+    assert req.path == "/v1/traces"
+    msg = ExportTraceServiceRequest.FromString(req.body)
+    [rs] = msg.resource_spans
+    res = {kv.key: kv.value.string_value for kv in rs.resource.attributes}
+    assert res["service.name"] == "pitch-api"
+    assert res["deployment.environment.name"] == "prod"
+    assert (res["team"], res["service.version"]) == ("growth squad", "2.4.1")
+    [span] = rs.scope_spans[0].spans
+    assert span.name == "GET /pitches"
+    assert span.trace_id.hex() == trace_id

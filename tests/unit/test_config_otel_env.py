@@ -1,0 +1,221 @@
+"""configure() reads OpenTelemetry's SDK environment variables: a service set up for an
+OpenTelemetry SDK keeps its resource, exporter, propagator, batching and limit settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace import propagation
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters import ConsoleExporter, OTLPExporter
+from pitchey_trace.exporters.memory import InMemoryExporter
+
+ENV_VARS = (
+    "PITCHEY_TRACE_SERVICE",
+    "PITCHEY_TRACE_ENVIRONMENT",
+    "PITCHEY_TRACE_EXPORTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_PROPAGATORS",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    yield
+    pt.shutdown(5.0)
+    propagation.set_propagators(None)
+
+
+def one_record(**kwargs: Any) -> dict[str, Any]:
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem], **kwargs)
+    with pt.span("op", {"a": 1, "b": 2, "c": 3}):
+        pass
+    assert pt.force_flush(10.0)
+    (rec,) = mem.spans()
+    return rec
+
+
+def exporters_of_pipeline() -> list[Any]:
+    pipeline = get_tracer().pipeline
+    assert pipeline is not None
+    return [w.exporter for w in pipeline.workers]
+
+
+# -- OTEL_RESOURCE_ATTRIBUTES ---------------------------------------------------------------------
+def test_resource_attributes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        " team=pay%20ments , region = eu-west-1,service.name=billing,deployment.environment.name=prod,"
+        "url=a%3Db%2Cc",
+    )
+    rec = one_record(resource_attributes={"region": "us-east-1"})
+    assert (rec["service"], rec["environment"]) == ("billing", "prod")
+    res = rec["resource"]
+    assert res["team"] == "pay ments"  # percent-decoded, trimmed
+    assert res["url"] == "a=b,c"
+    assert res["region"] == "us-east-1"  # the argument wins per key
+    assert (res["service.name"], res["deployment.environment.name"]) == ("billing", "prod")
+
+
+def test_service_variables_win_over_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=billing,deployment.environment=qa")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "otel-name")
+    rec = one_record()
+    assert (rec["service"], rec["environment"]) == ("otel-name", "qa")
+    assert "deployment.environment" not in rec["resource"]  # carried as the environment
+    monkeypatch.setenv("PITCHEY_TRACE_SERVICE", "ours")
+    monkeypatch.setenv("PITCHEY_TRACE_ENVIRONMENT", "staging")
+    rec = one_record()
+    assert (rec["service"], rec["environment"]) == ("ours", "staging")
+    assert one_record(service="explicit")["service"] == "explicit"
+
+
+@pytest.mark.parametrize("value", ["team=pay,broken", "=x,team=pay", "team"])
+def test_a_malformed_resource_variable_is_ignored_whole(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", value)
+    before = pt.stats().get("misuse.otel_resource_attributes", 0)
+    rec = one_record()
+    assert "team" not in rec["resource"]
+    assert rec["service"] == "unknown_service"
+    assert pt.stats()["misuse.otel_resource_attributes"] == before + 1
+
+
+# -- OTEL_TRACES_EXPORTER -------------------------------------------------------------------------
+def test_exporters_named_by_otel_traces_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp, console,otlp")
+    pt.configure()
+    kinds = [type(e) for e in exporters_of_pipeline()]
+    assert kinds == [OTLPExporter, ConsoleExporter]
+    assert exporters_of_pipeline()[0].endpoint == "http://127.0.0.1:9/v1/traces"
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    pt.configure()
+    assert exporters_of_pipeline() == []
+
+
+def test_pitchey_exporter_variable_and_argument_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("PITCHEY_TRACE_EXPORTER", "console-pretty")
+    pt.configure()
+    (only,) = exporters_of_pipeline()
+    assert isinstance(only, ConsoleExporter)
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem])
+    assert exporters_of_pipeline() == [mem]
+
+
+@pytest.mark.parametrize("variable", ["OTEL_TRACES_EXPORTER", "PITCHEY_TRACE_EXPORTER"])
+def test_an_unknown_exporter_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "otlp,zipkin")
+    with pytest.raises(ConfigurationError, match=f"{variable}: unknown exporter 'zipkin'; known: console"):
+        pt.configure()
+
+
+# -- OTEL_PROPAGATORS -----------------------------------------------------------------------------
+def test_propagators_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PROPAGATORS", "b3multi")
+    pt.configure(exporters=[])
+    headers: dict[str, str] = {}
+    with pt.span("op") as sp:
+        pt.inject(headers)
+    assert headers["x-b3-traceid"] == f"{sp.trace_id:032x}"
+    assert "traceparent" not in headers
+
+
+def test_propagators_chosen_in_code_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    propagation.set_propagators([pt.B3Propagator()])
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext")
+    pt.configure(exporters=[])
+    assert [type(p) for p in pt.get_propagators()] == [pt.B3Propagator]
+
+
+def test_an_unknown_propagator_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext,xray")
+    with pytest.raises(ConfigurationError, match="OTEL_PROPAGATORS: unknown propagator 'xray'"):
+        pt.configure(exporters=[])
+    assert [type(p) for p in pt.get_propagators()] == [pt.W3CPropagator]  # unchanged
+
+
+# -- batching and limits ----------------------------------------------------------------------------
+def test_batching_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4096")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "128")
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem])
+    pipeline = get_tracer().pipeline
+    assert pipeline is not None
+    assert (pipeline.max_queue_size, pipeline.schedule_delay_s) == (4096, 0.25)
+    assert pipeline.workers[0].batch_size == 128
+    pt.configure(exporters=[mem], max_queue_size=100, export_batch_size=10, schedule_delay_ms=50)
+    pipeline = get_tracer().pipeline
+    assert pipeline is not None
+    assert (pipeline.max_queue_size, pipeline.schedule_delay_s) == (100, 0.05)
+    assert pipeline.workers[0].batch_size == 10
+
+
+def test_attribute_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_ATTRIBUTE_COUNT_LIMIT", "2")
+    assert len(one_record()["attributes"]) == 2
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "1")  # the span-specific one wins
+    assert len(one_record()["attributes"]) == 1
+    assert len(one_record(max_attributes=3)["attributes"]) == 3
+
+
+def test_event_and_link_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "1")
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem])
+    other = pt.start_span("other")
+    with pt.span("op") as sp:
+        for i in range(4):
+            sp.add_event(f"e{i}")
+            sp.add_link(other.context)
+    other.end()
+    assert pt.force_flush(10.0)
+    rec = next(r for r in mem.spans() if r["name"] == "op")
+    assert (len(rec["events"]), len(rec["links"])) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots", "must be an integer"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "must be a positive integer"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-5", "must be a positive integer"),
+        ("OTEL_SPAN_LINK_COUNT_LIMIT", "1.5", "must be an integer"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0", "must be > 0 ms"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "soon", "must be a number"),
+    ],
+)
+def test_bad_values_are_clear_errors_and_keep_the_previous_setup(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    mem = InMemoryExporter()
+    pt.configure(exporters=[mem])
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=f"{variable} {message}"):
+        pt.configure(exporters=[])
+    assert exporters_of_pipeline() == [mem]
