@@ -34,7 +34,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._batch import (
@@ -86,24 +86,26 @@ def _env_bool(name: str) -> bool | None:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
-def _env_float(name: str) -> float | None:
+_N = TypeVar("_N", int, float)
+
+
+def _env_number(name: str, kind: type[_N]) -> _N | None:
     value = _env(name)
     if value is None:
         return None
     try:
-        return float(value)
+        return kind(value)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigurationError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _env_float(name: str) -> float | None:
+    return _env_number(name, float)
 
 
 def _env_int(name: str) -> int | None:
-    value = _env(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
+    return _env_number(name, int)
 
 
 def _int_setting(value: int | None, default: int, *names: str) -> int:
