@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pitchey_trace as pt
 from pitchey_trace import propagation
+from pitchey_trace._config import _resource_from_env
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters import ConsoleExporter, OTLPExporter
@@ -219,3 +222,20 @@ def test_bad_values_are_clear_errors_and_keep_the_previous_setup(
     with pytest.raises(ConfigurationError, match=f"{variable} {message}"):
         pt.configure(exporters=[])
     assert exporters_of_pipeline() == [mem]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80)
+)
+def test_any_resource_variable_is_parsed_or_ignored_never_raises(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", raw)
+    parsed = _resource_from_env()
+    entries = [item for item in raw.split(",") if item.strip()]
+    if parsed:
+        assert all(key and key == key.strip() for key in parsed)
+        assert len(parsed) <= len(entries)
+    valid = entries and all("=" in item and item.partition("=")[0].strip() for item in entries)
+    assert bool(parsed) == bool(valid)
