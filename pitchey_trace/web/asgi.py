@@ -196,18 +196,31 @@ class ASGITracingMiddleware:
             label = "WEBSOCKET"
         query = scope.get("query_string")
         if query:
-            attrs[URL_QUERY] = query.decode("latin-1")
+            # (bytes per the ASGI spec; some test clients pass text)
+            attrs[URL_QUERY] = query.decode("latin-1") if query.__class__ is bytes else str(query)
         propagated = False
-        for name, value in headers:
-            if name == b"user-agent":
-                attrs[USER_AGENT] = value.decode("latin-1")
-            elif name == b"traceparent" or name.__class__ is not bytes:
-                propagated = True  # (names that are not bytes: extract() decides)
-            elif name == b"content-length" and method is None:
-                try:
-                    attrs[HTTP_REQUEST_BODY_SIZE] = int(value)
-                except ValueError:
-                    pass
+        try:
+            for name, value in headers:
+                if name == b"user-agent":
+                    attrs[USER_AGENT] = value.decode("latin-1")
+                elif name == b"traceparent" or name.__class__ is not bytes:
+                    propagated = True  # (names that are not bytes: extract() decides)
+                elif name == b"content-length" and method is None:
+                    try:
+                        attrs[HTTP_REQUEST_BODY_SIZE] = int(value)
+                    except ValueError:
+                        pass
+        except (TypeError, ValueError, AttributeError):
+            # A server (or test client) broke the ASGI contract: the request is still traced,
+            # as a new trace, and the caller's headers are ignored.
+            _safety.warn_once(
+                "asgi_headers",
+                "ASGI scope['headers'] is not a list of (name, value) byte pairs (%s): headers ignored",
+                type(headers).__name__,
+            )
+            headers, propagated = [], False
+            attrs.pop(USER_AGENT, None)
+            attrs.pop(HTTP_REQUEST_BODY_SIZE, None)
         # No traceparent: a new trace (tracestate and baggage alone are ignored, as extract does).
         parent = extract(headers) if propagated else None
         client = scope.get("client")

@@ -556,3 +556,31 @@ def test_a_status_of_another_type_still_ends_the_span() -> None:
         (span,) = mem.spans()
         assert span["attributes"].get("http.response.status_code") == expected
         assert pt.stats().get("internal_errors", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("patch", "warned"),
+    [
+        ({"headers": 5}, True),  # not iterable
+        ({"headers": [(b"host", b"h", b"extra")]}, True),  # not pairs
+        ({"headers": [(b"user-agent", "text, not bytes")]}, True),
+        ({"headers": [(b"traceparent", TRACEPARENT), (b"x", b"y", b"z")]}, True),
+        ({"query_string": "q=1&token=abc"}, False),  # text instead of bytes: used as is
+    ],
+)
+def test_a_scope_that_breaks_the_asgi_contract_is_traced_without_an_internal_error(
+    patch: dict[str, Any], warned: bool
+) -> None:
+    # These counted an internal error and served the request untraced.
+    before = pt.stats().get("misuse.asgi_headers", 0)
+    with capture_spans(rollups=None) as mem:
+        messages = run(ASGITracingMiddleware(ok_app), {**http_scope(), **patch})
+    assert messages[0]["status"] == 200
+    (span,) = mem.spans()
+    assert span["name"] == "GET"
+    assert span["parent_span_id"] is None  # the caller's headers are not trusted, even a traceparent
+    assert span["attributes"]["url.query"].startswith("q=1&token=")
+    assert "abc" not in span["attributes"]["url.query"]  # sanitized as usual
+    assert "user_agent.original" not in span["attributes"]
+    assert pt.stats().get("misuse.asgi_headers", 0) == before + warned
+    assert pt.stats().get("internal_errors", 0) == 0
