@@ -399,6 +399,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise IntegrationUnavailable("pitchey-trace serve", "analysis") from None
     cert, key = args.tls_cert, args.tls_key
+    # An encrypted key's password comes from the environment, not the command line (which any
+    # user of the machine can read in the process list).
+    password = os.environ.get("PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD") or None
     if bool(cert) != bool(key):
         raise PitcheyTraceError("--tls-cert and --tls-key go together")
     if cert:
@@ -407,9 +410,14 @@ def _serve(args: argparse.Namespace) -> int:
         import ssl
 
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            # (a callable, so that an encrypted key without a password fails here instead of
+            # OpenSSL asking for one on the terminal)
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                cert, key, lambda: password or ""
+            )
         except (OSError, ssl.SSLError) as exc:
-            raise PitcheyTraceError(f"--tls-cert/--tls-key: {exc}") from None
+            hint = "" if password else " (an encrypted key needs $PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD)"
+            raise PitcheyTraceError(f"--tls-cert/--tls-key: {exc}{hint}") from None
     archive = _archive(args)
     auth = os.environ.get("PITCHEY_TRACE_ANALYSIS_AUTH") or None
     try:
@@ -424,7 +432,15 @@ def _serve(args: argparse.Namespace) -> int:
             "pitchey-trace: warning: Basic authentication over plain HTTP sends the password in "
             "clear text to anyone on the path; add --tls-cert/--tls-key or a TLS proxy\n"
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ssl_certfile=cert, ssl_keyfile=key)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        ssl_keyfile_password=password if cert else None,
+    )
     return 0
 
 
@@ -513,7 +529,11 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
-    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (unencrypted)")
+    p.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the certificate's PEM private key (if encrypted: $PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD)",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -48,6 +48,7 @@ def _start_serve(
         ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -141,4 +142,29 @@ def test_serve_refuses_a_key_of_another_certificate(archive_dir: Path, tmp_path:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.startswith("pitchey-trace: error: --tls-cert/--tls-key:")
+    assert "Traceback" not in err
+
+
+def test_serve_with_an_encrypted_key(archive_dir: Path, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path, key_password=b"s3cret")
+    # Without the password: one error line at once, never a pass-phrase prompt on the terminal.
+    proc = _start_serve(archive_dir, _free_port(), "--tls-cert", cert, "--tls-key", key)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD" in err
+    port = _free_port()
+    proc = _start_serve(
+        archive_dir,
+        port,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        env={"PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD": "s3cret"},
+    )
+    try:
+        _wait_healthy(proc, f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=cert))
+    finally:
+        err = _stop(proc)
+    assert "s3cret" not in err
     assert "Traceback" not in err

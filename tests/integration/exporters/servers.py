@@ -128,9 +128,10 @@ class RecordingServer:
         self._httpd.server_close()
 
 
-def self_signed_certificate(folder: Path) -> tuple[str, str]:
+def self_signed_certificate(folder: Path, key_password: bytes | None = None) -> tuple[str, str]:
     """A certificate for 127.0.0.1 and localhost, signed by itself: ``(cert file, key file)``.
-    Trusting the certificate file as a CA makes TLS to a test server on 127.0.0.1 verify."""
+    Trusting the certificate file as a CA makes TLS to a test server on 127.0.0.1 verify.
+    With ``key_password`` the key file is encrypted with it."""
     import datetime
     import ipaddress
 
@@ -163,7 +164,11 @@ def self_signed_certificate(folder: Path) -> tuple[str, str]:
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(key_password)
+            if key_password
+            else serialization.NoEncryption(),
         )
     )
     return str(cert_file), str(key_file)
