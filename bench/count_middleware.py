@@ -13,7 +13,8 @@ slower, so the worker drains on its timer more often than at full speed: the fig
 the work, not the cost of cache misses, thread switches or garbage collection at full speed.
 
 Modes: none, pitchey (defaults), pitchey-noheader / -noaudit / -norollups (one default
-feature off), pitchey-core (all three off), otel, otel-lean. Printed: instructions per request,
+feature off), pitchey-core (all three off), pitchey-sink (spans dropped at the hand-over: the
+worker threads never run), otel, otel-lean. Printed: instructions per request,
 those added over `none`, and their ratio to OpenTelemetry's.
 """
 
@@ -146,7 +147,10 @@ def main() -> None:
         print(f"added(pitchey) / added(otel) = {(per['pitchey'] - base) / (per['otel'] - base):.2f}")
     if "pitchey" in per:
         for mode in modes:
-            if mode.startswith("pitchey-") and mode != "pitchey-core":
+            if mode == "pitchey-sink":
+                cost = per["pitchey"] - per[mode]
+                print(f"  cost of the pipeline and exporter threads: {cost:,.0f} instructions per request")
+            elif mode.startswith("pitchey-no"):
                 feature, cost = mode.removeprefix("pitchey-no"), per["pitchey"] - per[mode]
                 print(f"  cost of the default {feature}: {cost:,.0f} instructions per request")
 
