@@ -157,6 +157,17 @@ def encode_otlp_protobuf(
     return encode_otlp_proto(resource_groups(records), scope_name, _scope_version(scope_version))
 
 
+def _otlp_env(setting: str) -> str | None:
+    """``OTEL_EXPORTER_OTLP_TRACES_<setting>``, else ``OTEL_EXPORTER_OTLP_<setting>`` (the
+    signal-specific variable wins, as the OTLP exporter specification says); None when neither
+    is set to something."""
+    for name in (f"OTEL_EXPORTER_OTLP_TRACES_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
+        value = os.environ.get(name)
+        if value and value.strip():
+            return value
+    return None
+
+
 def _env_headers(text: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in (text or "").split(","):
@@ -170,17 +181,9 @@ def _resolve_grpc_endpoint(endpoint: str | None) -> str:
     """gRPC: the endpoint as given (a path means nothing to gRPC); without a scheme,
     ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`` chooses plaintext over TLS, as the spec says."""
     if endpoint is None:
-        endpoint = (
-            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            or DEFAULT_GRPC_ENDPOINT
-        )
+        endpoint = _otlp_env("ENDPOINT") or DEFAULT_GRPC_ENDPOINT
     if "://" not in endpoint:
-        insecure = (
-            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
-            or os.environ.get("OTEL_EXPORTER_OTLP_INSECURE")
-            or ""
-        )
+        insecure = _otlp_env("INSECURE") or ""
         endpoint = ("http://" if insecure.strip().lower() == "true" else "https://") + endpoint
     return endpoint
 
@@ -206,9 +209,11 @@ class OTLPExporter(SenderExporter):
         endpoint: full URL (``http://collector:4318/v1/traces``); a URL without a path gets
             ``/v1/traces``. Default: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else
             ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``, else ``http://localhost:4318/v1/traces``.
-        headers: extra headers (default: ``OTEL_EXPORTER_OTLP_HEADERS``, ``k=v,k2=v2``).
-        compression: ``"gzip"`` or ``None`` (default: ``OTEL_EXPORTER_OTLP_COMPRESSION``, else gzip).
-        timeout_s: per socket operation (default: ``OTEL_EXPORTER_OTLP_TIMEOUT`` ms, else 10 s).
+        headers: extra headers (default: ``OTEL_EXPORTER_OTLP_[TRACES_]HEADERS``, ``k=v,k2=v2``).
+        compression: ``"gzip"`` or ``None`` (default: ``OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION``,
+            else gzip).
+        timeout_s: per socket operation (default: ``OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`` ms, else
+            10 s). For every setting the ``TRACES_`` variable wins over the general one.
         retry: retry policy (429/502/503/504 and connection errors are retried; ``Retry-After``
             honoured).
         max_spans_per_request: spans per POST (default 512).
@@ -241,39 +246,31 @@ class OTLPExporter(SenderExporter):
         certificate_file: str | None = None,
     ) -> None:
         if protocol is None:
-            protocol = (
-                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf"
-            )
+            protocol = _otlp_env("PROTOCOL") or "http/protobuf"
         protocol = str(protocol).strip().lower()
         if protocol not in PROTOCOLS:
             raise ConfigurationError(
                 f"protocol must be 'http/protobuf', 'http/json' or 'grpc', got {protocol!r}"
             )
         if compression == "default":
-            compression = os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip").strip().lower() or None
+            compression = (_otlp_env("COMPRESSION") or "gzip").strip().lower()
         if compression not in ("gzip", "none", None):
             raise ConfigurationError(f"compression must be 'gzip' or None, got {compression!r}")
         if timeout_s is None:
-            env_timeout = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+            env_timeout = _otlp_env("TIMEOUT")
             try:
                 timeout_s = float(env_timeout) / 1000.0 if env_timeout else 10.0
             except ValueError:
                 raise ConfigurationError(
-                    f"OTEL_EXPORTER_OTLP_TIMEOUT must be milliseconds, got {env_timeout!r}"
+                    f"OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT must be milliseconds, got {env_timeout!r}"
                 ) from None
         positive_int("max_spans_per_request", max_spans_per_request)
         text("scope_name", scope_name)
         text("name", name)
         if headers is None:
-            headers = _env_headers(os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"))
+            headers = _env_headers(_otlp_env("HEADERS"))
         if certificate_file is None:
-            certificate_file = (
-                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-                or os.environ.get("OTEL_EXPORTER_OTLP_CERTIFICATE")
-                or None
-            )
+            certificate_file = _otlp_env("CERTIFICATE")
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request

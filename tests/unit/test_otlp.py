@@ -141,6 +141,29 @@ def test_endpoint_headers_and_timeout_from_the_environment(monkeypatch: pytest.M
         OTLPExporter("http://c/v1/traces", compression="zstd")
 
 
+def test_trace_specific_variables_win_over_the_general_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for setting, general, traces in (
+        ("HEADERS", "api-key=general", "api-key=traces,extra=1"),
+        ("COMPRESSION", "none", "gzip"),
+        ("TIMEOUT", "2500", "750"),
+    ):
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_{setting}", general)
+        monkeypatch.setenv(f"OTEL_EXPORTER_OTLP_TRACES_{setting}", traces)
+    exp = OTLPExporter("http://c:4318")
+    assert exp._sender.headers["api-key"] == "traces"
+    assert exp._sender.headers["extra"] == "1"
+    assert exp._sender.headers["Content-Encoding"] == "gzip"
+    assert exp._sender.timeout_s == 0.75
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", " ")  # blank: the general one applies
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")
+    exp = OTLPExporter("http://c:4318")
+    assert exp._sender.timeout_s == 2.5
+    assert "Content-Encoding" not in exp._sender.headers
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="TIMEOUT must be milliseconds"):
+        OTLPExporter("http://c:4318")
+
+
 # -- http/protobuf ----------------------------------------------------------------------------------
 def rich_records() -> list[dict[str, Any]]:
     r1, r2 = {"service.name": "a", "host.name": "h"}, {"service.name": "b", "k": 1}
