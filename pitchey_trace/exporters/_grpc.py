@@ -24,6 +24,7 @@ from pitchey_trace.exporters._http import (
     RetryPolicy,
     Try,
     checked_endpoint,
+    client_identity,
     read_ca_file,
     with_retries,
 )
@@ -62,9 +63,12 @@ class GrpcSender:
         compress: bool = True,
         retry: RetryPolicy | None = None,
         ca_file: str | None = None,
+        client_cert_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         self._grpc = _grpc()
         self._roots = read_ca_file(ca_file) if ca_file else None  # None: the system's roots
+        self._identity = client_identity(client_cert_file, client_key_file)  # mutual TLS
         parts = checked_endpoint(url, timeout_s, "http(s)://host[:port] for gRPC")
         host = parts.hostname or ""
         host = f"[{host}]" if ":" in host else host
@@ -94,6 +98,10 @@ class GrpcSender:
             with contextlib.suppress(Exception):  # closing must never fail a shutdown
                 channel.close()
 
+    def _credentials(self) -> Any:
+        chain, key = self._identity or (None, None)
+        return self._grpc.ssl_channel_credentials(self._roots, private_key=key, certificate_chain=chain)
+
     def _stub(self) -> Any:
         if self._pid != os.getpid():
             self.reset()
@@ -101,7 +109,7 @@ class GrpcSender:
             grpc = self._grpc
             options = [("grpc.primary_user_agent", "pitchey-trace")]
             self._channel = (
-                grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._roots), options=options)
+                grpc.secure_channel(self.target, self._credentials(), options=options)
                 if self._tls
                 else grpc.insecure_channel(self.target, options=options)
             )

@@ -137,21 +137,48 @@ class HttpResult:
     error: str | None = None
 
 
-def read_ca_file(path: object) -> bytes:
-    """The PEM certificates in ``path`` (a CA bundle to trust instead of the system's roots).
-    Raises ConfigurationError when it cannot be read or holds no certificate."""
+def read_pem(path: object, what: str = "CA file", marker: bytes = b"CERTIFICATE-----") -> bytes:
+    """The PEM file at ``path``: by default a CA bundle to trust instead of the system's roots.
+    Raises ConfigurationError when it cannot be read or holds no ``-----BEGIN ...{marker}``."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"a CA file must be a path, got {path!r}")
+        raise TypeError(f"a {what} must be a path, got {path!r}")
     try:
         with open(path, "rb") as f:
             data = f.read(10 << 20)
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot read the CA file {os.fspath(path)!r}: {exc.strerror or exc}"
+            f"cannot read the {what} {os.fspath(path)!r}: {exc.strerror or exc}"
         ) from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ConfigurationError(f"the CA file {os.fspath(path)!r} holds no PEM certificate")
+    begin = data.find(b"-----BEGIN ")
+    if begin < 0 or marker not in data[begin : begin + 80]:
+        kind = "certificate" if marker.startswith(b"CERT") else "private key"
+        raise ConfigurationError(f"the {what} {os.fspath(path)!r} holds no PEM {kind}")
     return data
+
+
+def read_ca_file(path: object) -> bytes:
+    """The PEM certificates in ``path`` (a CA bundle to trust instead of the system's roots).
+    Raises ConfigurationError when it cannot be read or holds no certificate."""
+    return read_pem(path)
+
+
+def client_identity(cert_file: str | None, key_file: str | None) -> tuple[bytes, bytes] | None:
+    """The PEM (certificate chain, private key) a client presents for mutual TLS, checked to
+    belong together; None when neither file is given. ConfigurationError otherwise."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ConfigurationError("a client certificate and its key go together: give both files")
+    chain = read_pem(cert_file, "client certificate file")
+    key = read_pem(key_file, "client key file", b"PRIVATE KEY-----")
+    try:  # (the pair must match: a mismatch would only show as failed handshakes later)
+        ssl.create_default_context().load_cert_chain(cert_file, key_file, password=lambda: "")
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"the client certificate {os.fspath(cert_file)!r} and key {os.fspath(key_file)!r} "
+            f"cannot be used together (an encrypted key is not supported): {exc}"
+        ) from None
+    return chain, key
 
 
 def checked_endpoint(url: object, timeout_s: float, form: str) -> SplitResult:
@@ -255,12 +282,20 @@ class HttpSender:
         retry: RetryPolicy | None = None,
         content_type: str = "application/json",
         ca_file: str | None = None,
+        client_cert_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         parts = checked_endpoint(url, timeout_s, "http(s)://host[:port]/path")
-        # https only: the system's roots, or a private CA's certificates (PEM) instead.
+        # https only: the system's roots, or a private CA's certificates (PEM) instead; and the
+        # client's own certificate when the server asks for one (mutual TLS).
+        identity = client_identity(client_cert_file, client_key_file)
         self._tls = (
-            ssl.create_default_context(cadata=read_ca_file(ca_file).decode("ascii")) if ca_file else None
+            ssl.create_default_context(cadata=read_ca_file(ca_file).decode("ascii") if ca_file else None)
+            if ca_file or identity
+            else None
         )
+        if identity is not None and self._tls is not None:
+            self._tls.load_cert_chain(client_cert_file, client_key_file)  # type: ignore[arg-type]
         valid_compresslevel(compresslevel)
         extra_headers = header_map(headers)
         self.url = url

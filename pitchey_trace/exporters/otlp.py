@@ -225,6 +225,10 @@ class OTLPExporter(SenderExporter):
         certificate_file: PEM certificates to trust for ``https`` instead of the system's roots
             (a private CA; default: ``OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE``, else
             ``OTEL_EXPORTER_OTLP_CERTIFICATE``).
+        client_certificate_file / client_key_file: the PEM certificate (chain) and unencrypted
+            key this client presents when the collector requires mutual TLS; both or neither,
+            checked to belong together (default: ``OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE``
+            and ``..._CLIENT_KEY``).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
     ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
@@ -244,6 +248,8 @@ class OTLPExporter(SenderExporter):
         name: str = "otlp",
         protocol: str | None = None,
         certificate_file: str | None = None,
+        client_certificate_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         if protocol is None:
             protocol = _otlp_env("PROTOCOL") or "http/protobuf"
@@ -271,6 +277,9 @@ class OTLPExporter(SenderExporter):
             headers = _env_headers(_otlp_env("HEADERS"))
         if certificate_file is None:
             certificate_file = _otlp_env("CERTIFICATE")
+        if client_certificate_file is None and client_key_file is None:
+            client_certificate_file = _otlp_env("CLIENT_CERTIFICATE")
+            client_key_file = _otlp_env("CLIENT_KEY")
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
@@ -289,6 +298,8 @@ class OTLPExporter(SenderExporter):
                 compress=compression == "gzip",
                 retry=retry,
                 ca_file=certificate_file,
+                client_cert_file=client_certificate_file,
+                client_key_file=client_key_file,
             )
             return
         self._sender = HttpSender(
@@ -300,6 +311,8 @@ class OTLPExporter(SenderExporter):
             retry=retry,
             content_type="application/x-protobuf" if protocol == "http/protobuf" else "application/json",
             ca_file=certificate_file,
+            client_cert_file=client_certificate_file,
+            client_key_file=client_key_file,
         )
 
     @property

@@ -51,7 +51,7 @@ class Reply:
 class RecordingServer:
     """Threaded HTTP server recording requests; answers ``script`` replies in order, then 200."""
 
-    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None, client_ca: str | None = None) -> None:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.tls = tls  # (certificate file, key file): serve https
@@ -97,6 +97,9 @@ class RecordingServer:
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(*tls)
+            if client_ca is not None:  # mutual TLS: a client without a certificate it trusts is refused
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(client_ca)
             self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()

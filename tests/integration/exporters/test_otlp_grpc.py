@@ -273,3 +273,86 @@ def test_an_unreadable_certificate_file_is_a_configuration_error(tmp_path: Any) 
             OTLPExporter("https://c:4317", protocol=protocol, certificate_file=str(tmp_path / "missing.pem"))
         with pytest.raises(ConfigurationError, match="no PEM certificate"):
             OTLPExporter("https://c:4317", protocol=protocol, certificate_file=str(tmp_path / "empty.pem"))
+
+
+# -- mutual TLS (client_certificate_file / OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) ------------------
+@pytest.fixture
+def client_files(tmp_path: Any) -> tuple[str, str]:
+    (tmp_path / "client").mkdir()
+    return self_signed_certificate(tmp_path / "client")
+
+
+def test_http_mutual_tls(
+    tls_files: tuple[str, str], client_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_files
+    client_cert, client_key = client_files
+    server = RecordingServer(tls=(cert, key), client_ca=client_cert)
+    records = [{"type": "span", **_minimal(0)}]
+    try:
+        exp = OTLPExporter(
+            server.url, certificate_file=cert, client_certificate_file=client_cert, client_key_file=client_key
+        )
+        assert exp.export(records)
+        assert len(server.requests) == 1
+        anonymous = OTLPExporter(server.url, certificate_file=cert, retry=RetryPolicy(max_attempts=1))
+        assert not anonymous.export(records)  # the server refuses the handshake
+        assert len(server.requests) == 1
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", client_cert)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", client_key)
+        assert OTLPExporter(server.url, certificate_file=cert).export(records)
+        assert len(server.requests) == 2
+    finally:
+        server.close()
+
+
+def test_grpc_mutual_tls(tls_files: tuple[str, str], client_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    client_cert, client_key = client_files
+    c = Collector()
+    with open(key, "rb") as k, open(cert, "rb") as crt, open(client_cert, "rb") as ca:
+        credentials = grpc.ssl_server_credentials(
+            [(k.read(), crt.read())], root_certificates=ca.read(), require_client_auth=True
+        )
+    server = start_server(c, credentials)
+    url = f"https://127.0.0.1:{c.port}"
+    records = [{"type": "span", **_minimal(0)}]
+    try:
+        exp = OTLPExporter(
+            url,
+            protocol="grpc",
+            certificate_file=cert,
+            client_certificate_file=client_cert,
+            client_key_file=client_key,
+        )
+        assert exp.export(records)
+        assert len(c.calls) == 1
+        anonymous = OTLPExporter(
+            url, protocol="grpc", certificate_file=cert, timeout_s=2, retry=RetryPolicy(max_attempts=1)
+        )
+        assert not anonymous.export(records)
+        assert len(c.calls) == 1
+    finally:
+        server.stop(None)
+
+
+def test_a_client_certificate_needs_its_matching_key(
+    tls_files: tuple[str, str], client_files: tuple[str, str], tmp_path: Any
+) -> None:
+    _, key = tls_files  # (the server's key: a key of another certificate)
+    client_cert, _ = client_files
+    (tmp_path / "nokey.pem").write_text("-----BEGIN CERTIFICATE-----\nnot a key\n")
+    for protocol in ("grpc", "http/protobuf"):
+        with pytest.raises(ConfigurationError, match="go together"):
+            OTLPExporter("https://c:4317", protocol=protocol, client_certificate_file=client_cert)
+        with pytest.raises(ConfigurationError, match="holds no PEM private key"):
+            OTLPExporter(
+                "https://c:4317",
+                protocol=protocol,
+                client_certificate_file=client_cert,
+                client_key_file=str(tmp_path / "nokey.pem"),
+            )
+        with pytest.raises(ConfigurationError, match="cannot be used together"):
+            OTLPExporter(
+                "https://c:4317", protocol=protocol, client_certificate_file=client_cert, client_key_file=key
+            )
