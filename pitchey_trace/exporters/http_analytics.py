@@ -178,6 +178,10 @@ class HttpAnalyticsExporter(SenderExporter):
         retry: a :class:`~pitchey_trace.exporters.RetryPolicy` (default: 5 attempts,
             0.5 s doubling backoff with jitter, ``Retry-After`` honoured on 429/503).
         headers: extra request headers.
+        certificate_file: PEM certificates to trust for ``https`` instead of the system's roots
+            (an endpoint behind a private CA).
+        client_certificate_file / client_key_file: the PEM certificate (chain) and unencrypted
+            key to present to an endpoint that requires mutual TLS; both or neither.
 
     Runs on its own export worker: retries and a hanging endpoint never block the
     application. Counters: ``http_analytics.points``, ``.requests``, ``.retried``,
@@ -199,6 +203,9 @@ class HttpAnalyticsExporter(SenderExporter):
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         name: str = "http_analytics",
+        certificate_file: str | None = None,
+        client_certificate_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         positive_int("max_points_per_request", max_points_per_request)
         positive_int("max_blob_bytes", max_blob_bytes, 1 << 20)
@@ -224,6 +231,9 @@ class HttpAnalyticsExporter(SenderExporter):
             compress=compress,
             compresslevel=compresslevel,
             retry=retry,
+            ca_file=certificate_file,
+            client_cert_file=client_certificate_file,
+            client_key_file=client_key_file,
         )
 
     @property

@@ -1,5 +1,6 @@
 """OTLPExporter(protocol="grpc") against a real gRPC server on 127.0.0.1 (grpcio, the
-TraceService/Export method served from raw bytes), decoded with the official proto classes."""
+TraceService/Export method served from raw bytes), decoded with the official proto classes;
+and TLS for the HTTP exporters too (a private CA, mutual TLS) against real HTTPS servers."""
 
 from __future__ import annotations
 
@@ -356,3 +357,37 @@ def test_a_client_certificate_needs_its_matching_key(
             OTLPExporter(
                 "https://c:4317", protocol=protocol, client_certificate_file=client_cert, client_key_file=key
             )
+
+
+def test_http_analytics_private_ca_and_mutual_tls(
+    tls_files: tuple[str, str], client_files: tuple[str, str]
+) -> None:
+    from pitchey_trace.exporters import HttpAnalyticsExporter
+
+    cert, key = tls_files
+    client_cert, client_key = client_files
+    server = RecordingServer(tls=(cert, key), client_ca=client_cert)
+    records = [{"type": "span", **_minimal(0)}]
+    try:
+        exp = HttpAnalyticsExporter(
+            server.url + "/ingest",
+            certificate_file=cert,
+            client_certificate_file=client_cert,
+            client_key_file=client_key,
+        )
+        assert exp.export(records)
+        assert [r.path for r in server.requests] == ["/ingest"]
+        anonymous = HttpAnalyticsExporter(
+            server.url + "/ingest", certificate_file=cert, retry=RetryPolicy(max_attempts=1)
+        )
+        assert not anonymous.export(records)
+        untrusting = HttpAnalyticsExporter(
+            server.url + "/ingest",
+            client_certificate_file=client_cert,
+            client_key_file=client_key,
+            retry=RetryPolicy(max_attempts=1),
+        )
+        assert not untrusting.export(records)  # the system's roots do not know the server
+        assert len(server.requests) == 1
+    finally:
+        server.close()
