@@ -1,5 +1,6 @@
 """The ``pitchey-trace`` command.
 
+    pitchey-trace config                                 # what configure() makes of this environment
     pitchey-trace logpush setup  --config logpush.toml   # buckets + lifecycle rules, idempotent
     pitchey-trace logpush verify --config logpush.toml   # pass/fail table; exit 1 on failure
     pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
@@ -43,6 +44,105 @@ def _logpush(args: argparse.Namespace) -> int:
     rows = lc.setup(cfg, client) if args.action == "setup" else lc.verify(cfg, client)
     sys.stdout.write(lc.format_table(rows))
     return 0 if all(r.ok for r in rows) else 1
+
+
+def _exporter_summary(exporter: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": getattr(exporter, "name", None), "type": type(exporter).__name__}
+    for attr in ("endpoint", "url", "protocol", "datasets"):
+        value = getattr(exporter, attr, None)
+        if value is not None and not callable(value):
+            out[attr] = sorted(value) if isinstance(value, (set, frozenset)) else value
+    return out
+
+
+def _config(args: argparse.Namespace) -> int:
+    import pitchey_trace as pt
+    from pitchey_trace._span import Limits
+    from pitchey_trace._tracer import get_tracer
+
+    pt.configure()  # from the environment only, as a service calling configure() would
+    try:
+        tracer = get_tracer()
+        pipeline = tracer.pipeline
+        info: dict[str, Any] = {"enabled": pipeline is not None}
+        if pipeline is not None:
+            tail = pipeline.tail
+            info.update(
+                service=pipeline.service,
+                environment=pipeline.environment,
+                resource=pipeline.resource,
+                sampler=repr(tracer.sampler),
+                tail_keeping=(
+                    {
+                        "keep_errors": tail.keep_errors,
+                        "slow_threshold_ms": None if tail.slow_ns is None else tail.slow_ns / 1e6,
+                    }
+                    if tail is not None
+                    else None
+                ),
+                exporters=[_exporter_summary(w.exporter) for w in pipeline.workers],
+                propagators=[type(p).__name__ for p in pt.get_propagators()],
+                sanitizer=type(pipeline.sanitizer).__name__ if pipeline.sanitizer is not None else None,
+                rollups=pipeline.rollups is not None,
+                max_queue_size=pipeline.max_queue_size,
+                schedule_delay_ms=pipeline.schedule_delay_s * 1000,
+                export_batch_size=pipeline.workers[0].batch_size if pipeline.workers else None,
+                limits={
+                    "attributes": Limits.max_attributes,
+                    "events": Limits.max_events,
+                    "links": Limits.max_links,
+                },
+            )
+    finally:
+        pt.shutdown(1.0)
+
+    def text() -> str:
+        if not info["enabled"]:
+            return "tracing is disabled (PITCHEY_TRACE_DISABLED / OTEL_SDK_DISABLED)\n"
+        lines = [f"service      {info['service']}", f"environment  {info['environment']}"]
+        lines.append(f"sampler      {info['sampler']}")
+        tail = info["tail_keeping"]
+        lines.append(
+            "tail keeping "
+            + (f"errors={tail['keep_errors']}, slow>={tail['slow_threshold_ms']} ms" if tail else "off")
+        )
+        if not info["exporters"]:
+            lines.append("exporters    none (nothing leaves the process)")
+        for i, exp in enumerate(info["exporters"]):
+            where = exp.get("endpoint") or exp.get("url") or ""
+            detail = f" {exp['protocol']}" if exp.get("protocol") else ""
+            lines.append(f"{'exporters' if i == 0 else '':<12} {exp['type']}{detail} {where}".rstrip())
+        lines.append(f"propagators  {', '.join(info['propagators']) or 'none'}")
+        lines.append(
+            f"sanitizer    {info['sanitizer'] or 'OFF'}; rollups {'on' if info['rollups'] else 'off'}"
+        )
+        lines.append(
+            f"batching     queue {info['max_queue_size']}, every {info['schedule_delay_ms']:g} ms, "
+            f"batches of {info['export_batch_size']}"
+        )
+        lim = info["limits"]
+        lines.append(
+            f"limits       {lim['attributes']} attributes, {lim['events']} events, {lim['links']} links"
+        )
+        extra = {
+            k: v for k, v in info["resource"].items() if not k.startswith(("telemetry.", "process.", "host."))
+        }
+        lines.append("resource     " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        return "\n".join(lines) + "\n"
+
+    _emit(args, info, text)
+    return 0
+
+
+def _add_config(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "config",
+        help="what configure() sets up from this environment (PITCHEY_TRACE_* and OTEL_* variables)",
+        description="Resolve the environment as pt.configure() with no arguments would, print the result, "
+        "and exit 2 with the message when a variable is invalid.",
+    )
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=_config)
 
 
 def _add_logpush(sub: Subparsers) -> None:
@@ -538,7 +638,7 @@ def _add_analysis(sub: Subparsers) -> None:
 
 
 #: Functions that register the sub-commands (see the module docstring).
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_logpush, _add_analysis]
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_config, _add_logpush, _add_analysis]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ OpenTelemetry SDK keeps its resource, exporter, propagator, batching and limit s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,8 @@ ENV_VARS = (
     "PITCHEY_TRACE_ENVIRONMENT",
     "PITCHEY_TRACE_EXPORTER",
     "OTEL_SERVICE_NAME",
+    "OTEL_SDK_DISABLED",
+    "PITCHEY_TRACE_DISABLED",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_TRACES_EXPORTER",
     "OTEL_PROPAGATORS",
@@ -239,3 +242,51 @@ def test_any_resource_variable_is_parsed_or_ignored_never_raises(
         assert len(parsed) <= len(entries)
     valid = entries and all("=" in item and item.partition("=")[0].strip() for item in entries)
     assert bool(parsed) == bool(valid)
+
+
+# -- pitchey-trace config: what configure() makes of the environment --------------------------------
+def test_config_command_shows_the_resolved_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pitchey_trace.cli import main
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "pitch-api")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=prod,team=growth")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext,b3")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "128")
+    assert main(["config", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["service"], info["environment"]) == ("pitch-api", "prod")
+    assert info["resource"]["team"] == "growth"
+    [otlp] = info["exporters"]
+    assert (otlp["type"], otlp["endpoint"], otlp["datasets"]) == (
+        "OTLPExporter",
+        "http://collector:4318/v1/traces",
+        ["traces"],
+    )
+    assert info["propagators"] == ["TraceContextPropagator", "B3Propagator"]
+    assert info["export_batch_size"] == 128
+    assert info["sanitizer"] == "Sanitizer"
+    assert get_tracer().pipeline is None  # the command shut its setup down
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "OTLPExporter http/protobuf http://collector:4318/v1/traces" in text
+    assert "team=growth" in text
+
+
+def test_config_command_reports_bad_and_disabled_setups(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pitchey_trace.cli import main
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    assert main(["config"]) == 2
+    assert "OTEL_TRACES_EXPORTER: unknown exporter 'zipkin'" in capsys.readouterr().err
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert main(["config"]) == 0
+    assert "disabled" in capsys.readouterr().out
+    assert main(["config", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"enabled": False}
