@@ -344,7 +344,8 @@ def configure(
         if schedule_delay_ms is None:
             schedule_delay_ms = DEFAULT_SCHEDULE_DELAY_S * 1000
     if exporters is None:
-        exporters = _exporters_from_env()
+        # (disabled: none are made, so an exporter's own variables cannot fail a switched-off SDK)
+        exporters = [] if disabled else _exporters_from_env()
     exporters = list_of("exporters", exporters)
     processors = list_of("processors", () if processors is None else processors)
     for exp in exporters:

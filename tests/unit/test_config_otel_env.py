@@ -290,3 +290,13 @@ def test_config_command_reports_bad_and_disabled_setups(
     assert "disabled" in capsys.readouterr().out
     assert main(["config", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"enabled": False}
+
+
+def test_a_disabled_sdk_makes_no_exporter_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")  # would fail OTLPExporter()
+    pt.configure()
+    assert get_tracer().pipeline is None
+    with pt.span("op") as sp:
+        assert not sp.is_recording
