@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import random
+import re
 import ssl
 import threading
 import time
@@ -149,8 +150,8 @@ def read_pem(path: object, what: str = "CA file", marker: bytes = b"CERTIFICATE-
         raise ConfigurationError(
             f"cannot read the {what} {os.fspath(path)!r}: {exc.strerror or exc}"
         ) from None
-    begin = data.find(b"-----BEGIN ")
-    if begin < 0 or marker not in data[begin : begin + 80]:
+    # (anywhere in the file: a PEM file may hold a certificate and its key, in either order)
+    if re.search(rb"-----BEGIN [A-Z0-9 ]{0,40}" + re.escape(marker), data) is None:
         kind = "certificate" if marker.startswith(b"CERT") else "private key"
         raise ConfigurationError(f"the {what} {os.fspath(path)!r} holds no PEM {kind}")
     return data
@@ -162,6 +163,10 @@ def read_ca_file(path: object) -> bytes:
     return read_pem(path)
 
 
+_PEM_CERTS = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\s*", re.S)
+_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z0-9 ]{0,40})PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\s*", re.S)
+
+
 def client_identity(cert_file: str | None, key_file: str | None) -> tuple[bytes, bytes] | None:
     """The PEM (certificate chain, private key) a client presents for mutual TLS, checked to
     belong together; None when neither file is given. ConfigurationError otherwise."""
@@ -169,8 +174,11 @@ def client_identity(cert_file: str | None, key_file: str | None) -> tuple[bytes,
         return None
     if cert_file is None or key_file is None:
         raise ConfigurationError("a client certificate and its key go together: give both files")
-    chain = read_pem(cert_file, "client certificate file")
-    key = read_pem(key_file, "client key file", b"PRIVATE KEY-----")
+    # Only the blocks each side needs: one combined file (key and certificate, in either order)
+    # may serve as both.
+    chain = b"".join(_PEM_CERTS.findall(read_pem(cert_file, "client certificate file")))
+    key_match = _PEM_KEY.search(read_pem(key_file, "client key file", b"PRIVATE KEY-----"))
+    key = key_match.group(0) if key_match else b""
     try:  # (the pair must match: a mismatch would only show as failed handshakes later)
         ssl.create_default_context().load_cert_chain(cert_file, key_file, password=lambda: "")
     except (OSError, ssl.SSLError) as exc:

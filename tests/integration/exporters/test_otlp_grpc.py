@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -391,3 +392,44 @@ def test_http_analytics_private_ca_and_mutual_tls(
         assert len(server.requests) == 1
     finally:
         server.close()
+
+
+def test_a_combined_pem_file_serves_as_certificate_and_key(
+    tls_files: tuple[str, str], client_files: tuple[str, str], tmp_path: Any
+) -> None:
+    cert, key = tls_files
+    client_cert, client_key = client_files
+    combined = tmp_path / "client-combined.pem"  # key first, then the certificate
+    combined.write_bytes(Path(client_key).read_bytes() + Path(client_cert).read_bytes())
+    server = RecordingServer(tls=(cert, key), client_ca=client_cert)
+    try:
+        exp = OTLPExporter(
+            server.url,
+            certificate_file=cert,
+            client_certificate_file=str(combined),
+            client_key_file=str(combined),
+        )
+        assert exp.export([{"type": "span", **_minimal(0)}])
+        assert len(server.requests) == 1
+    finally:
+        server.close()
+    c = Collector()
+    with open(key, "rb") as k, open(cert, "rb") as crt:
+        credentials = grpc.ssl_server_credentials(
+            [(k.read(), crt.read())],
+            root_certificates=Path(client_cert).read_bytes(),
+            require_client_auth=True,
+        )
+    grpc_server = start_server(c, credentials)
+    try:
+        exp = OTLPExporter(
+            f"https://127.0.0.1:{c.port}",
+            protocol="grpc",
+            certificate_file=cert,
+            client_certificate_file=str(combined),
+            client_key_file=str(combined),
+        )
+        assert exp.export([{"type": "span", **_minimal(0)}])
+        assert len(c.calls) == 1
+    finally:
+        grpc_server.stop(None)
