@@ -176,9 +176,11 @@ def client_identity(cert_file: str | None, key_file: str | None) -> tuple[bytes,
         raise ConfigurationError("a client certificate and its key go together: give both files")
     # Only the blocks each side needs: one combined file (key and certificate, in either order)
     # may serve as both.
-    chain = b"".join(_PEM_CERTS.findall(read_pem(cert_file, "client certificate file")))
-    key_match = _PEM_KEY.search(read_pem(key_file, "client key file", b"PRIVATE KEY-----"))
-    key = key_match.group(0) if key_match else b""
+    raw_chain = read_pem(cert_file, "client certificate file")
+    raw_key = read_pem(key_file, "client key file", b"PRIVATE KEY-----")
+    chain = b"".join(_PEM_CERTS.findall(raw_chain)) or raw_chain  # (other block names: as given)
+    key_match = _PEM_KEY.search(raw_key)
+    key = key_match.group(0) if key_match else raw_key
     try:  # (the pair must match: a mismatch would only show as failed handshakes later)
         ssl.create_default_context().load_cert_chain(cert_file, key_file, password=lambda: "")
     except (OSError, ssl.SSLError) as exc:
