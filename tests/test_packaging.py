@@ -27,7 +27,7 @@ USER_CODE = textwrap.dedent(
     site = os.environ["SITE"]
     import pitchey_trace as pt
     assert pt.__file__.startswith(site), pt.__file__
-    for name in ("orjson", "starlette", "psycopg", "boto3"):  # no extra is installed
+    for name in ("orjson", "starlette", "psycopg", "boto3", "opentelemetry"):  # no extra is installed
         try:
             __import__(name)
         except ImportError:
@@ -65,6 +65,12 @@ USER_CODE = textwrap.dedent(
         code = main(["serve", "--archive", site])  # the analysis extra is not installed
     assert out.getvalue().strip() == "pitchey-trace " + pt.__version__
     assert code == 2 and "pip install 'pitchey-trace[analysis]'" in err.getvalue(), err.getvalue()
+    try:
+        import pitchey_trace.otel  # noqa: F401  (needs the otel-api extra)
+    except ImportError as exc:
+        assert "pip install 'pitchey-trace[otel-api]'" in str(exc), exc
+    else:
+        raise AssertionError("pitchey_trace.otel imported without opentelemetry-api")
     print("ok")
     """
 )

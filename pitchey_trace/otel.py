@@ -1,0 +1,315 @@
+"""OpenTelemetry API bridge: code and libraries instrumented with the OpenTelemetry API record
+pitchey-trace spans (sanitized, tail-kept, archived like every other span).
+
+    import pitchey_trace as pt
+    from pitchey_trace.otel import install
+
+    pt.configure(service="pitch-api", exporters=[...])
+    install()          # opentelemetry.trace.set_tracer_provider(TracerProvider())
+
+    tracer = opentelemetry.trace.get_tracer("billing")
+    with tracer.start_as_current_span("charge", kind=SpanKind.CLIENT) as span:
+        span.set_attribute("amount.cents", 1250)
+        with pt.span("ledger.write"):     # a pitchey span: the child of "charge"
+            ...
+
+Needs ``opentelemetry-api`` (extra ``otel-api``). The parent is the ``context`` argument when
+one is given (an empty ``Context()`` starts a new trace); else the current pitchey-trace span;
+else OpenTelemetry's current span (e.g. a remote parent attached with the OpenTelemetry API).
+So spans nest across both APIs. ``start_as_current_span`` makes the span
+current for both. A span made current by ``pt.span`` is not visible to
+``opentelemetry.trace.get_current_span()``: read it with ``pt.current_span()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import Link, NonRecordingSpan, SpanKind, TraceContext
+from pitchey_trace._tracer import get_tracer, use_context
+from pitchey_trace.exceptions import IntegrationUnavailable
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.context.context import Context
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace.status import Status, StatusCode
+except ImportError:  # pragma: no cover - exercised by the packaging test's environment
+    raise IntegrationUnavailable("pitchey_trace.otel", "otel-api") from None
+
+__all__ = ["TracerProvider", "install"]
+
+#: A parent that makes ``start_span`` begin a new trace (an explicit, empty OpenTelemetry context).
+_ROOT = NonRecordingSpan(0, 0, 0, (), ())
+_KINDS = {kind: SpanKind[kind.name] for kind in otel_trace.SpanKind}
+_OTEL_KINDS = {ours: theirs for theirs, ours in _KINDS.items()}
+_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+
+
+def _span_context(span: Any) -> SpanContext:
+    return SpanContext(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(span.trace_flags & 0xFF),
+        trace_state=TraceState(list(span.trace_state)),
+    )
+
+
+def _attrs(attributes: Any) -> dict[str, Any] | None:
+    return dict(attributes) if attributes else None
+
+
+def _trace_context(ctx: SpanContext) -> TraceContext:
+    return TraceContext(
+        ctx.trace_id,
+        ctx.span_id,
+        int(ctx.trace_flags),
+        tuple(ctx.trace_state.items()),
+        (),
+        ctx.is_remote,
+    )
+
+
+class _Span(otel_trace.Span):
+    """An OpenTelemetry span backed by a pitchey-trace span (or a non-recording one)."""
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+        self._context: SpanContext | None = None
+
+    # Read by instrumentation libraries that expect the SDK's span (ReadableSpan), not only the
+    # API: opentelemetry-instrumentation-asgi checks ``current_span.kind``.
+    @property
+    def kind(self) -> otel_trace.SpanKind:
+        kind = getattr(self._span, "kind", None)
+        return (
+            _OTEL_KINDS.get(kind, otel_trace.SpanKind.INTERNAL)
+            if isinstance(kind, SpanKind)
+            else otel_trace.SpanKind.INTERNAL
+        )
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self._span, "name", ""))
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        return dict(getattr(self._span, "attributes", None) or {})
+
+    def get_span_context(self) -> SpanContext:
+        if self._context is None:
+            self._context = _span_context(self._span)
+        return self._context
+
+    def is_recording(self) -> bool:
+        return bool(self._span.is_recording) and not self._span.is_ended
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._span.set_attribute(key, value)
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self._span.set_attributes(attributes)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        self._span.add_event(name, _attrs(attributes), timestamp)
+
+    def add_link(self, context: SpanContext, attributes: Any = None) -> None:
+        if context.is_valid:
+            self._span.add_link(_trace_context(context), _attrs(attributes))
+
+    def update_name(self, name: str) -> None:
+        self._span.update_name(name)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if isinstance(status, Status):
+            code, text = status.status_code, status.description
+        else:
+            code, text = status, description
+        self._span.set_status(_STATUS.get(code, "unset"), text)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self._span.record_exception(exception, _attrs(attributes))
+
+    def end(self, end_time: int | None = None) -> None:
+        self._span.end(end_time)
+
+    def __repr__(self) -> str:
+        return f"pitchey_trace.otel span {self._span!r}"
+
+
+class _Tracer(otel_trace.Tracer):
+    def __init__(self, scope: dict[str, str]) -> None:
+        self._scope = scope
+
+    def start_span(
+        self,
+        name: str,
+        context: Any = None,
+        kind: otel_trace.SpanKind = otel_trace.SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Sequence[otel_trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> otel_trace.Span:
+        try:
+            parent = _parent(context)
+            attrs = {**self._scope, **attributes} if attributes else dict(self._scope)
+            span_links = [
+                Link(_trace_context(link.context), _attrs(link.attributes))
+                for link in links or ()
+                if link.context.is_valid
+            ]
+            span = get_tracer().start_span(
+                name, attrs, _KINDS.get(kind, SpanKind.INTERNAL), parent, span_links or None, start_time
+            )
+        except Exception as exc:  # never into the instrumented code
+            _safety.report("otel.start_span", exc)
+            return otel_trace.INVALID_SPAN
+        return _Span(span)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Any = None,
+        kind: otel_trace.SpanKind = otel_trace.SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Sequence[otel_trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[otel_trace.Span]:
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+        # (use_span attaches the span to OpenTelemetry's context, and the wrapped runtime
+        # context makes it pitchey's current span too)
+        with otel_trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
+
+
+def _parent(context: Any) -> Any:
+    """The pitchey parent for an OpenTelemetry ``context`` argument (see the module docstring).
+
+    Without one, the current pitchey span comes first: ``start_as_current_span`` makes its span
+    current for both APIs and ``pt.span`` only for pitchey, so pitchey's current span is the
+    innermost of the two whenever it is set."""
+    if context is None:
+        if CURRENT.get() is not None:
+            return None  # start_span's own default: the current pitchey span
+        context = otel_context.get_current()
+        explicit = False
+    else:
+        explicit = True
+    current = otel_trace.get_current_span(context)
+    if isinstance(current, _Span):
+        return current._span
+    ctx = current.get_span_context()
+    if ctx.is_valid:
+        return _trace_context(ctx)
+    return _ROOT if explicit else None  # an explicit empty context: a new trace
+
+
+class _SyncedRuntimeContext:
+    """OpenTelemetry's runtime context, wrapped so that attaching a context makes its span the
+    current pitchey span too. Instrumentation often makes a span current with
+    ``opentelemetry.trace.use_span`` or ``context.attach`` rather than through the tracer (the
+    ASGI middleware does): without this, ``pt.span`` inside would start a new trace. A remote
+    span (an extracted ``traceparent``) becomes pitchey's current context as with
+    ``pt.use_context``; a context without a valid span leaves pitchey's current span alone."""
+
+    # (the same three methods as OpenTelemetry's runtime contexts, which is all it calls; its
+    # base class is private)
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def attach(self, context: Context) -> Any:
+        token = self._inner.attach(context)
+        try:
+            span = otel_trace.get_current_span(context)
+            if isinstance(span, _Span):
+                return (token, CURRENT.set(span._span))
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                return (token, CURRENT.set(use_context(_trace_context(ctx))))
+        except Exception as exc:
+            _safety.report("otel.attach", exc)
+        return (token, None)
+
+    def get_current(self) -> Context:
+        current: Context = self._inner.get_current()
+        return current
+
+    def detach(self, token: Any) -> None:
+        inner, ours = token if isinstance(token, tuple) and len(token) == 2 else (token, None)
+        try:
+            if ours is not None:
+                CURRENT.reset(ours)
+        except ValueError:  # reset from another context: clear instead
+            CURRENT.set(None)
+        self._inner.detach(inner)
+
+
+_sync_lock = threading.Lock()
+
+
+def _sync_contexts() -> None:
+    """Wrap OpenTelemetry's runtime context once per process (idempotent)."""
+    with _sync_lock:
+        current = otel_context._RUNTIME_CONTEXT
+        if not isinstance(current, _SyncedRuntimeContext):
+            # (duck-typed: OpenTelemetry's context functions call only these three methods)
+            otel_context._RUNTIME_CONTEXT = _SyncedRuntimeContext(current)  # type: ignore[assignment]
+
+
+class TracerProvider(otel_trace.TracerProvider):
+    """An OpenTelemetry ``TracerProvider`` whose spans are pitchey-trace spans, recorded by the
+    pipeline ``pitchey_trace.configure()`` set up. Each span carries ``otel.scope.name`` (and
+    ``otel.scope.version``) from ``get_tracer()``.
+
+    Making one also keeps OpenTelemetry's current span and pitchey-trace's in step (OpenTelemetry's
+    runtime context is wrapped once per process): a span made current with either API is the
+    parent of spans started with the other."""
+
+    def __init__(self) -> None:
+        _sync_contexts()
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> otel_trace.Tracer:
+        scope = {"otel.scope.name": str(instrumenting_module_name or "")}
+        if instrumenting_library_version:
+            scope["otel.scope.version"] = str(instrumenting_library_version)
+        return _Tracer(scope)
+
+
+def install() -> TracerProvider:
+    """Make a :class:`TracerProvider` OpenTelemetry's global provider and return it.
+    (OpenTelemetry lets the global provider be set once per process.)"""
+    provider = TracerProvider()
+    otel_trace.set_tracer_provider(provider)
+    return provider
