@@ -16,9 +16,11 @@ pitchey-trace spans (sanitized, tail-kept, archived like every other span).
 Needs ``opentelemetry-api`` (extra ``otel-api``). The parent is the ``context`` argument when
 one is given (an empty ``Context()`` starts a new trace); else the current pitchey-trace span;
 else OpenTelemetry's current span (e.g. a remote parent attached with the OpenTelemetry API).
-So spans nest across both APIs. ``start_as_current_span`` makes the span
-current for both. A span made current by ``pt.span`` is not visible to
-``opentelemetry.trace.get_current_span()``: read it with ``pt.current_span()``.
+So spans nest across both APIs: the first ``TracerProvider()`` wraps OpenTelemetry's runtime
+context, so a span made current through it (``start_as_current_span``, ``use_span``,
+``context.attach``) is pitchey's current span too. The other way round, a span made current by
+``pt.span`` is not visible to ``opentelemetry.trace.get_current_span()``: read it with
+``pt.current_span()``.
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ _STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "er
 
 
 def _span_context(span: Any) -> SpanContext:
+    try:
+        state = TraceState(list(span.trace_state))
+    except Exception:  # (OpenTelemetry's own checks of the members: never into the caller)
+        state = TraceState()
     return SpanContext(
         trace_id=span.trace_id,
         span_id=span.span_id,
         is_remote=False,
         trace_flags=TraceFlags(span.trace_flags & 0xFF),
-        trace_state=TraceState(list(span.trace_state)),
+        trace_state=state,
     )
 
 
