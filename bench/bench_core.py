@@ -8,6 +8,8 @@ Cases (us per op; "op" = one span with 3 attributes, or 3 nested spans for neste
   otel_*         TracerProvider + BatchSpanProcessor(no-op exporter), not installed globally
   pt_*           pitchey_trace.configure(exporters=[no-op exporter]) with the defaults
                  (sanitizer and rollups on, tail keeping on) unless the case says otherwise
+  pt_via_otel_api_nested3  otel_nested3's code (the OpenTelemetry API) recording pitchey-trace
+                 spans through pitchey_trace.otel
 Targets (issue 2): sampled span <= 1/8 of OTel (never worse than 1/4), nested3 likewise;
 unsampled with tail keeping off <= 1.5x floor; unsampled with tail on <= a sampled span.
 """
@@ -204,6 +206,31 @@ def with_pt(setup: dict[str, object], body: Callable[[int], None], name: str = "
     return run
 
 
+def via_otel_api(body_for: Callable[[object], Callable[[int], None]], name: str) -> Callable[[int], None]:
+    """The OpenTelemetry-API code of ``body_for`` recording pitchey-trace spans through
+    ``pitchey_trace.otel`` (defaults as the pt_* cases). The bridge wraps OpenTelemetry's runtime
+    context; the wrap is active only while this case runs, so the otel_* cases measure
+    OpenTelemetry's own context."""
+    from opentelemetry import context as otel_context
+
+    from pitchey_trace.otel import TracerProvider
+
+    original = otel_context._RUNTIME_CONTEXT
+    tracer = TracerProvider().get_tracer("bench")
+    synced = otel_context._RUNTIME_CONTEXT
+    otel_context._RUNTIME_CONTEXT = original
+    inner = with_pt({"sample_rate": 1.0}, body_for(tracer), name)
+
+    def run(n: int) -> None:
+        otel_context._RUNTIME_CONTEXT = synced
+        try:
+            inner(n)
+        finally:
+            otel_context._RUNTIME_CONTEXT = original
+
+    return run
+
+
 def request_thread_only(body: Callable[[int], None]) -> Callable[[int], None]:
     """What the application thread pays: span start/attributes/end and the hand-off to the
     queue. The worker is kept asleep during the loop and the queue is discarded after it, so
@@ -287,6 +314,7 @@ def main() -> None:
         "otel_nested3": chunked(otel_nested3(otel_on), otel_on_flush),
         "pt_attrs3": with_pt({"sample_rate": 1.0}, pt_attrs3, "pt_attrs3"),
         "pt_nested3": with_pt({"sample_rate": 1.0}, pt_nested3, "pt_nested3"),
+        "pt_via_otel_api_nested3": via_otel_api(otel_nested3, "pt_via_otel_api_nested3"),
         "pt_attrs3_unsampled_tail_off": with_pt(
             {"sample_rate": 0.0, "keep_errors": False, "slow_threshold_ms": None, "rollups": None},
             pt_attrs3,
@@ -306,6 +334,7 @@ def main() -> None:
     pairs = [
         ("sampled span / otel (target <= 0.125)", "pt_attrs3", "otel_attrs3"),
         ("nested3 / otel (target <= 0.125)", "pt_nested3", "otel_nested3"),
+        ("OpenTelemetry API code: on pitchey / on otel sdk", "pt_via_otel_api_nested3", "otel_nested3"),
         ("unsampled tail off / floor (<= 1.5)", "pt_attrs3_unsampled_tail_off", "floor_attrs3"),
         ("unsampled tail on / sampled (<= 1.0)", "pt_attrs3_unsampled_tail_on", "pt_attrs3"),
         ("request thread: span / otel (<= 0.125)", "pt_attrs3_request_thread", "otel_attrs3"),

@@ -26,8 +26,7 @@ context, so a span made current through it (``start_as_current_span``, ``use_spa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pitchey_trace import _safety
@@ -187,7 +186,6 @@ class _Tracer(otel_trace.Tracer):
             return otel_trace.INVALID_SPAN
         return _Span(span)
 
-    @contextmanager
     def start_as_current_span(  # type: ignore[override]
         self,
         name: str,
@@ -199,19 +197,45 @@ class _Tracer(otel_trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[otel_trace.Span]:
+    ) -> _CurrentSpan:
         span = self.start_span(
             name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
         )
-        # (use_span attaches the span to OpenTelemetry's context, and the wrapped runtime
-        # context makes it pitchey's current span too)
-        with otel_trace.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        ) as current:
-            yield current
+        return _CurrentSpan(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+class _CurrentSpan:
+    """``start_as_current_span``'s context manager: what ``opentelemetry.trace.use_span`` does
+    (attach, record an ``Exception`` and set the error status, detach, end), as one object
+    instead of two generators. Attaching through the wrapped runtime context makes the span
+    pitchey's current span too."""
+
+    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+
+    def __init__(self, span: otel_trace.Span, end: bool, record: bool, set_status: bool) -> None:
+        self._span = span
+        self._end = end
+        self._record = record
+        self._set_status = set_status
+        self._token: Any = None
+
+    def __enter__(self) -> otel_trace.Span:
+        self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        try:
+            otel_context.detach(self._token)
+            # (Exception only, as use_span: GeneratorExit and the like are not errors)
+            if isinstance(exc, Exception) and span.is_recording():
+                if self._record:
+                    span.record_exception(exc)
+                if self._set_status:
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            if self._end:
+                span.end()
 
 
 def _parent(context: Any) -> Any:
