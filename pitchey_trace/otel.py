@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pitchey_trace import _safety
+from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Link, NonRecordingSpan, SpanKind, TraceContext
 from pitchey_trace._tracer import get_tracer, use_context
@@ -335,6 +335,16 @@ class TracerProvider(otel_trace.TracerProvider):
         if instrumenting_library_version:
             scope["otel.scope.version"] = str(instrumenting_library_version)
         return _Tracer(scope)
+
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export everything recorded so far (``pitchey_trace.force_flush``), as the
+        OpenTelemetry SDK's provider offers; True when every exporter confirmed in time."""
+        return bool(_config.force_flush(max(0.0, timeout_millis / 1000.0)))
+
+    def shutdown(self) -> None:
+        """Flush and stop the pipeline ``configure()`` set up (``pitchey_trace.shutdown``)."""
+        _config.shutdown()
 
 
 def install() -> TracerProvider:

@@ -189,3 +189,16 @@ def test_nested_attach_and_detach_restore_both_current_spans(tracer: Any) -> Non
         assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
         a.end()
         b.end()
+
+
+def test_the_provider_flushes_and_shuts_down_like_the_sdk_one() -> None:
+    provider = TracerProvider()
+    with capture_spans() as mem:
+        with provider.get_tracer("lib").start_as_current_span("flushed"):
+            pass
+        assert provider.force_flush(timeout_millis=10_000) is True
+        assert [r["name"] for r in mem.records if r.get("type") == "span"] == ["flushed"]
+        provider.shutdown()
+        assert not pt.is_configured()
+        with provider.get_tracer("lib").start_as_current_span("after") as s:
+            assert not s.is_recording()
