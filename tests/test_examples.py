@@ -4,7 +4,8 @@ throwaway PostgreSQL, or use a private schema on ``PITCHEY_TEST_PG_DSN``; the we
 results, the trace trees its ``ConsoleExporter(pretty=True)`` draws, audit lines and logs.
 
 ``find_slow_traces.py`` records into a temporary archive and reads it back with the analysis
-engine. Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
+engine; ``opentelemetry_api.py`` mixes spans of the OpenTelemetry API and pitchey-trace.
+Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
 ``w3c_test_service.py`` by ``tests/integration/test_w3c_service.py``;
 ``django_settings_snippet.py`` is a settings fragment, not a program.
 """
@@ -275,8 +276,34 @@ def check_find_slow_traces(stdout: str, stderr: str) -> None:
     assert stderr == ""
 
 
+def check_opentelemetry_api(stdout: str, stderr: str) -> None:
+    assert "charged: ch_0001" in stdout
+    assert "refused: amount over the limit" in stdout
+    shown = parse_trees(stdout)
+    assert len({s.trace_id for s in shown}) == 2  # one trace per checkout, both APIs in it
+    for trace_id in {s.trace_id for s in shown}:
+        spans = [s for s in shown if s.trace_id == trace_id]
+        assert_parents(
+            spans,
+            {
+                "checkout": None,
+                "reserve_stock": "checkout",
+                "payments.charge": "checkout",  # an OpenTelemetry span under a pitchey one
+                "payments.fraud_check": "payments.charge",
+            },
+        )
+    charges = [s for s in shown if s.name == "payments.charge"]
+    assert sorted(s.error for s in charges) == [False, True]  # the refused charge is an error
+    assert all(s.kind == "client" for s in charges)
+    assert "card as exported: '[REDACTED]'" in stdout
+    assert "instrumentation scope: payments" in stdout
+    assert "4111" not in stdout
+    assert stderr == ""
+
+
 CHECKS: dict[str, Callable[[str, str], None]] = {
     "find_slow_traces.py": check_find_slow_traces,
+    "opentelemetry_api.py": check_opentelemetry_api,
     "load_pitch.py": check_load_pitch,
     "search_pitches.py": check_search_pitches,
     "fastapi_app.py --demo": check_fastapi_app,
