@@ -31,7 +31,7 @@ from typing import Any
 
 from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import Link, NonRecordingSpan, SpanKind, TraceContext
+from pitchey_trace._span import SUPPRESSED, Link, NonRecordingSpan, SpanKind, TraceContext
 from pitchey_trace._tracer import get_tracer, use_context
 from pitchey_trace.exceptions import IntegrationUnavailable
 
@@ -276,6 +276,8 @@ class _SyncedRuntimeContext:
     def attach(self, context: Context) -> Any:
         token = self._inner.attach(context)
         try:
+            if CURRENT.get() is SUPPRESSED:  # (the SDK's own threads, excluded paths: stay silent)
+                return (token, None)
             span = otel_trace.get_current_span(context)
             if isinstance(span, _Span):
                 return (token, CURRENT.set(span._span))
@@ -335,7 +337,6 @@ class TracerProvider(otel_trace.TracerProvider):
         if instrumenting_library_version:
             scope["otel.scope.version"] = str(instrumenting_library_version)
         return _Tracer(scope)
-
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export everything recorded so far (``pitchey_trace.force_flush``), as the

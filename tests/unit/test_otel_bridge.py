@@ -202,3 +202,20 @@ def test_the_provider_flushes_and_shuts_down_like_the_sdk_one() -> None:
         assert not pt.is_configured()
         with provider.get_tracer("lib").start_as_current_span("after") as s:
             assert not s.is_recording()
+
+
+def test_suppressed_tracing_stays_suppressed_under_opentelemetry_contexts(tracer: Any) -> None:
+    # The SDK's own threads (exporters) and excluded paths run suppressed: an OpenTelemetry
+    # context attached there, or a span started there, records nothing.
+    remote = TraceContextTextMapPropagator().extract({"traceparent": REMOTE})
+    with capture_spans() as mem:
+        with pt.suppress_tracing():
+            token = otel_context.attach(remote)
+            try:
+                with pt.span("inside-remote"), tracer.start_as_current_span("otel-inside") as s:
+                    assert not s.is_recording()
+            finally:
+                otel_context.detach(token)
+        with pt.span("after"):
+            pass
+    assert [r["name"] for r in mem.spans()] == ["after"]
