@@ -18,9 +18,8 @@ one is given (an empty ``Context()`` starts a new trace); else the current pitch
 else OpenTelemetry's current span (e.g. a remote parent attached with the OpenTelemetry API).
 So spans nest across both APIs: the first ``TracerProvider()`` wraps OpenTelemetry's runtime
 context, so a span made current through it (``start_as_current_span``, ``use_span``,
-``context.attach``) is pitchey's current span too. The other way round, a span made current by
-``pt.span`` is not visible to ``opentelemetry.trace.get_current_span()``: read it with
-``pt.current_span()``.
+``context.attach``) is pitchey's current span too, and a span made current by ``pt.span`` is
+what ``opentelemetry.trace.get_current_span()`` returns.
 """
 
 from __future__ import annotations
@@ -290,7 +289,15 @@ class _SyncedRuntimeContext:
 
     def get_current(self) -> Context:
         current: Context = self._inner.get_current()
-        return current
+        # A span that only pt.span made current is OpenTelemetry's current span too, so that
+        # opentelemetry.trace.get_current_span() and any tracer see it.
+        ours = CURRENT.get()
+        if ours is None or ours is SUPPRESSED or not ours.trace_id:
+            return current
+        span = otel_trace.get_current_span(current)
+        if isinstance(span, _Span) and span._span is ours:
+            return current
+        return otel_trace.set_span_in_context(_Span(ours), current)
 
     def detach(self, token: Any) -> None:
         inner, ours = token if isinstance(token, tuple) and len(token) == 2 else (token, None)

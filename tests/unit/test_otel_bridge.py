@@ -219,3 +219,20 @@ def test_suppressed_tracing_stays_suppressed_under_opentelemetry_contexts(tracer
         with pt.span("after"):
             pass
     assert [r["name"] for r in mem.spans()] == ["after"]
+
+
+def test_opentelemetry_sees_a_span_that_pt_span_made_current(tracer: Any) -> None:
+    carrier: dict[str, str] = {}
+    with capture_spans() as mem:
+        with pt.span("made-by-pitchey") as ours:
+            current = otel_trace.get_current_span()
+            assert current.get_span_context().span_id == ours.span_id
+            current.set_attribute("set.through.otel", True)  # lands on the pitchey span
+            TraceContextTextMapPropagator().inject(carrier)
+            child = tracer.start_span("explicitly-under-current", context=otel_context.get_current())
+            child.end()
+        assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
+    spans = by_name(mem.spans())
+    assert spans["made-by-pitchey"]["attributes"]["set.through.otel"] is True
+    assert carrier["traceparent"].split("-")[2] == spans["made-by-pitchey"]["span_id"]
+    assert spans["explicitly-under-current"]["parent_span_id"] == spans["made-by-pitchey"]["span_id"]
