@@ -284,6 +284,17 @@ def client_files(tmp_path: Any) -> tuple[str, str]:
     return self_signed_certificate(tmp_path / "client")
 
 
+def start_mutual_tls_server(c: Collector, tls_files: tuple[str, str], client_ca: str) -> Any:
+    """A TLS gRPC server that requires a client certificate signed by ``client_ca``."""
+    cert, key = tls_files
+    credentials = grpc.ssl_server_credentials(
+        [(Path(key).read_bytes(), Path(cert).read_bytes())],
+        root_certificates=Path(client_ca).read_bytes(),
+        require_client_auth=True,
+    )
+    return start_server(c, credentials)
+
+
 def test_http_mutual_tls(
     tls_files: tuple[str, str], client_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,14 +320,10 @@ def test_http_mutual_tls(
 
 
 def test_grpc_mutual_tls(tls_files: tuple[str, str], client_files: tuple[str, str]) -> None:
-    cert, key = tls_files
+    cert, _ = tls_files
     client_cert, client_key = client_files
     c = Collector()
-    with open(key, "rb") as k, open(cert, "rb") as crt, open(client_cert, "rb") as ca:
-        credentials = grpc.ssl_server_credentials(
-            [(k.read(), crt.read())], root_certificates=ca.read(), require_client_auth=True
-        )
-    server = start_server(c, credentials)
+    server = start_mutual_tls_server(c, tls_files, client_cert)
     url = f"https://127.0.0.1:{c.port}"
     records = [{"type": "span", **_minimal(0)}]
     try:
@@ -414,13 +421,7 @@ def test_a_combined_pem_file_serves_as_certificate_and_key(
     finally:
         server.close()
     c = Collector()
-    with open(key, "rb") as k, open(cert, "rb") as crt:
-        credentials = grpc.ssl_server_credentials(
-            [(k.read(), crt.read())],
-            root_certificates=Path(client_cert).read_bytes(),
-            require_client_auth=True,
-        )
-    grpc_server = start_server(c, credentials)
+    grpc_server = start_mutual_tls_server(c, tls_files, client_cert)
     try:
         exp = OTLPExporter(
             f"https://127.0.0.1:{c.port}",
