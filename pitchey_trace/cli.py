@@ -55,16 +55,62 @@ def _exporter_summary(exporter: Any) -> dict[str, Any]:
     return out
 
 
+#: The OpenTelemetry variables configure() and OTLPExporter read; `config` lists the others set.
+_OTEL_READ = frozenset(
+    {
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_PROPAGATORS",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        "OTEL_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        "OTEL_SPAN_LINK_COUNT_LIMIT",
+    }
+    | {
+        f"OTEL_EXPORTER_OTLP_{signal}{setting}"
+        for signal in ("", "TRACES_")
+        for setting in (
+            "ENDPOINT",
+            "PROTOCOL",
+            "HEADERS",
+            "COMPRESSION",
+            "TIMEOUT",
+            "CERTIFICATE",
+            "CLIENT_CERTIFICATE",
+            "CLIENT_KEY",
+            "INSECURE",
+        )
+    }
+)
+
+
 def _config(args: argparse.Namespace) -> int:
     import pitchey_trace as pt
     from pitchey_trace._span import Limits
     from pitchey_trace._tracer import get_tracer
 
     pt.configure()  # from the environment only, as a service calling configure() would
+    # OpenTelemetry variables set here that nothing reads (metrics, logs, other exporters'):
+    # worth seeing when moving a service over from an OpenTelemetry SDK. (OTEL_PYTHON_* and
+    # the instrumentation ones are read by OpenTelemetry's own packages, which still run.)
+    unread = sorted(
+        k
+        for k in os.environ
+        if k.startswith("OTEL_")
+        and k not in _OTEL_READ
+        and not k.startswith(("OTEL_PYTHON_", "OTEL_INSTRUMENTATION_", "OTEL_SEMCONV_"))
+    )
     try:
         tracer = get_tracer()
         pipeline = tracer.pipeline
-        info: dict[str, Any] = {"enabled": pipeline is not None}
+        info: dict[str, Any] = {"enabled": pipeline is not None, "unread_otel_variables": unread}
         if pipeline is not None:
             tail = pipeline.tail
             info.update(
@@ -97,8 +143,9 @@ def _config(args: argparse.Namespace) -> int:
         pt.shutdown(1.0)
 
     def text() -> str:
+        note = f"not read     {', '.join(unread)}\n" if unread else ""
         if not info["enabled"]:
-            return "tracing is disabled (PITCHEY_TRACE_DISABLED / OTEL_SDK_DISABLED)\n"
+            return "tracing is disabled (PITCHEY_TRACE_DISABLED / OTEL_SDK_DISABLED)\n" + note
         lines = [f"service      {info['service']}", f"environment  {info['environment']}"]
         lines.append(f"sampler      {info['sampler']}")
         tail = info["tail_keeping"]
@@ -128,6 +175,8 @@ def _config(args: argparse.Namespace) -> int:
             k: v for k, v in info["resource"].items() if not k.startswith(("telemetry.", "process.", "host."))
         }
         lines.append("resource     " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+        if unread:
+            lines.append(f"not read     {', '.join(unread)}")
         return "\n".join(lines) + "\n"
 
     _emit(args, info, text)

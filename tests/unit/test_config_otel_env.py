@@ -40,6 +40,8 @@ ENV_VARS = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_PYTHON_EXCLUDED_URLS",
 )
 
 
@@ -288,8 +290,16 @@ def test_config_command_reports_bad_and_disabled_setups(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert main(["config"]) == 0
     assert "disabled" in capsys.readouterr().out
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")  # nothing here reads it
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")  # read by OpenTelemetry's packages
     assert main(["config", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"enabled": False}
+    info = json.loads(capsys.readouterr().out)
+    assert info["enabled"] is False
+    assert "OTEL_METRICS_EXPORTER" in info["unread_otel_variables"]
+    assert "OTEL_PYTHON_EXCLUDED_URLS" not in info["unread_otel_variables"]
+    assert "OTEL_SDK_DISABLED" not in info["unread_otel_variables"]
+    assert main(["config"]) == 0
+    assert "not read     OTEL_METRICS_EXPORTER" in capsys.readouterr().out
 
 
 def test_a_disabled_sdk_makes_no_exporter_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
