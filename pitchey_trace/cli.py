@@ -143,9 +143,12 @@ def _config(args: argparse.Namespace) -> int:
         pt.shutdown(1.0)
 
     def text() -> str:
-        note = f"not read     {', '.join(unread)}\n" if unread else ""
+        not_read = [f"not read     {', '.join(unread)}"] if unread else []
         if not info["enabled"]:
-            return "tracing is disabled (PITCHEY_TRACE_DISABLED / OTEL_SDK_DISABLED)\n" + note
+            return (
+                "\n".join(["tracing is disabled (PITCHEY_TRACE_DISABLED / OTEL_SDK_DISABLED)", *not_read])
+                + "\n"
+            )
         lines = [f"service      {info['service']}", f"environment  {info['environment']}"]
         lines.append(f"sampler      {info['sampler']}")
         tail = info["tail_keeping"]
@@ -175,9 +178,7 @@ def _config(args: argparse.Namespace) -> int:
             k: v for k, v in info["resource"].items() if not k.startswith(("telemetry.", "process.", "host."))
         }
         lines.append("resource     " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
-        if unread:
-            lines.append(f"not read     {', '.join(unread)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *not_read]) + "\n"
 
     _emit(args, info, text)
     return 0
