@@ -18,23 +18,53 @@ on errors. Parameter values are recorded only when opted in. Slow queries get a
 ``slow_query`` event and a WARNING on the ``pitchey_trace.db`` logger; accesses to sensitive
 tables emit audit records. See ``docs/database.md``.
 
-Needs the ``postgres`` extra (``pip install 'pitchey-trace[postgres]'``).
+Also traces asyncpg: ``instrument(conn)`` and the other functions here accept an
+``asyncpg.Connection`` (``asyncpg.create_pool(..., init=instrument_async)`` for pools).
+
+Needs the ``postgres`` extra (``pip install 'pitchey-trace[postgres]'``) or, for asyncpg
+alone, the ``asyncpg`` extra. Without psycopg, the psycopg-only names
+(``TracedTransaction``, ``AsyncTracedTransaction``) raise ``IntegrationUnavailable``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from pitchey_trace.exceptions import IntegrationUnavailable
+
 try:
     import psycopg as _psycopg  # noqa: F401  (import guard)
+
+    _HAVE_PSYCOPG = True
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    from pitchey_trace.exceptions import IntegrationUnavailable
+    try:
+        import asyncpg as _asyncpg_module  # noqa: F401  (the other driver we trace)
+    except ImportError:
+        raise IntegrationUnavailable("pitchey_trace.db", "postgres") from _exc
+    _HAVE_PSYCOPG = False
 
-    raise IntegrationUnavailable("pitchey_trace.db", "postgres") from _exc
-
-from pitchey_trace.db._api import traced_query, traced_transaction
-from pitchey_trace.db._instrument import instrument, instrument_async, is_instrumented, uninstrument
 from pitchey_trace.db._ops import logger
 from pitchey_trace.db._options import DEFAULT_SENSITIVE_TABLES, DbOptions, configure
-from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
+
+if TYPE_CHECKING or _HAVE_PSYCOPG:
+    from pitchey_trace.db._api import traced_query, traced_transaction
+    from pitchey_trace.db._instrument import instrument, instrument_async, is_instrumented, uninstrument
+    from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
+else:  # asyncpg only (tested in tests/integration/db/test_asyncpg_only.py)
+    from pitchey_trace.db._asyncpg import (
+        instrument,
+        instrument_async,
+        is_instrumented,
+        uninstrument,
+    )
+    from pitchey_trace.db._asyncpg import query_api as traced_query
+    from pitchey_trace.db._asyncpg import transaction_api as traced_transaction
+
+    def __getattr__(name: str) -> Any:
+        if name in ("AsyncTracedTransaction", "TracedTransaction"):
+            raise IntegrationUnavailable(f"pitchey_trace.db.{name}", "postgres")
+        raise AttributeError(f"module 'pitchey_trace.db' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_SENSITIVE_TABLES",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import psycopg
 
 from pitchey_trace import _safety
-from pitchey_trace._span import AnySpan, AttributeValue, SpanKind
-from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._cursors import is_traced_class, traced_class
-from pitchey_trace.db._instrument import instrument, is_instrumented, state_of
-from pitchey_trace.db._ops import STATE_ATTR, ConnState, record_error
+from pitchey_trace.db._decorators import decorate_query, decorate_transaction
+from pitchey_trace.db._instrument import asyncpg_support, instrument, is_instrumented, state_of
+from pitchey_trace.db._ops import STATE_ATTR, ConnState
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
 
 __all__ = ["traced_query", "traced_transaction"]
@@ -42,7 +39,7 @@ def _instrument_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     try:
         for value in (*args, *kwargs.values()):
             conn = None
-            if isinstance(value, _CONNECTIONS):
+            if isinstance(value, _CONNECTIONS) or asyncpg_support(value) is not None:
                 conn = value
             elif isinstance(value, _CURSORS):
                 conn = value.connection
@@ -52,39 +49,12 @@ def _instrument_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
             if conn is None:
                 continue
             if not is_instrumented(conn):
-                instrument(conn)  # type: ignore[type-var]
+                instrument(conn)
             if found is None:
                 found = conn
     except Exception as exc:
         _safety.report("db.instrument_args", exc)
     return found
-
-
-def _enter_span(name: str, attrs: dict[str, AttributeValue]) -> AnySpan | None:
-    try:
-        tracer = get_tracer()
-        if tracer.pipeline is None:
-            return None
-        span = tracer.start_span(name, attrs, SpanKind.INTERNAL)
-        span.__enter__()
-        return span
-    except Exception as exc:
-        _safety.report("db.traced_query", exc)
-        return None
-
-
-def _exit_span(span: AnySpan | None, exc: BaseException | None) -> None:
-    if span is None:
-        return
-    try:
-        if isinstance(exc, Exception):
-            record_error(span, exc)  # values from the message never reach the span
-    except Exception as internal:
-        _safety.report("db.traced_query", internal)
-    try:
-        span.__exit__(None, None, None)
-    except Exception as internal:
-        _safety.report("db.traced_query", internal)
 
 
 def _run_sync(target: Any, query: Any, params: Any) -> list[Any]:
@@ -176,6 +146,11 @@ def traced_query(
     connections passed as arguments are instrumented on first use (cursors passed as
     arguments become traced cursors), so their queries are traced without further set-up.
     """
+    support = asyncpg_support(target)
+    if support is not None:
+        if sql is None:
+            raise TypeError("traced_query(conn, sql, params): sql is missing")
+        return support.traced_query(target, sql, params)
     if target is not None and not isinstance(target, (*_CONNECTIONS, *_CURSORS)):
         if callable(target) and sql is None and params is None:
             return _decorate_query(target, table, name, operation)
@@ -195,47 +170,7 @@ def traced_query(
 
 
 def _decorate_query(func: F, table: str | None, name: str | None, operation: str | None) -> F:
-    if not callable(func):
-        raise TypeError("@traced_query decorates a function")
-    span_name = name or func.__qualname__
-    attrs: dict[str, AttributeValue] = {
-        "db.system.name": "postgresql",
-        "code.function.name": f"{func.__module__}.{func.__qualname__}",
-    }
-    if table:
-        attrs["db.collection.name"] = table
-    if operation:
-        attrs["db.operation.name"] = operation
-
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            _instrument_args(args, kwargs)
-            span = _enter_span(span_name, attrs)
-            try:
-                result = await func(*args, **kwargs)
-            except BaseException as exc:
-                _exit_span(span, exc)
-                raise
-            _exit_span(span, None)
-            return result
-
-        return async_wrapper  # type: ignore[return-value]
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _instrument_args(args, kwargs)
-        span = _enter_span(span_name, attrs)
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            _exit_span(span, exc)
-            raise
-        _exit_span(span, None)
-        return result
-
-    return wrapper  # type: ignore[return-value]
+    return decorate_query(func, table, name, operation, _instrument_args)
 
 
 # -- traced_transaction ------------------------------------------------------------------------
@@ -290,7 +225,7 @@ def traced_transaction(
     """
     if target is None:
         return lambda fn: _decorate_transaction(fn, savepoint_name, force_rollback, name)
-    if isinstance(target, _CONNECTIONS):
+    if isinstance(target, _CONNECTIONS) or asyncpg_support(target) is not None:
         return _transaction(target, savepoint_name, force_rollback, name)
     if callable(target):
         return _decorate_transaction(target, savepoint_name, force_rollback, name)
@@ -299,9 +234,12 @@ def traced_transaction(
     )
 
 
-def _transaction(
-    conn: Any, savepoint_name: str | None, force_rollback: bool, name: str | None
-) -> TracedTransaction | AsyncTracedTransaction:
+def _transaction(conn: Any, savepoint_name: str | None, force_rollback: bool, name: str | None) -> Any:
+    support = asyncpg_support(conn)
+    if support is not None:
+        if savepoint_name is not None or force_rollback:
+            raise TypeError("traced_transaction: savepoint_name and force_rollback are psycopg options")
+        return support.traced_transaction(conn, name)
     if not is_instrumented(conn):
         instrument(conn)
     state = state_of(conn)
@@ -312,26 +250,6 @@ def _transaction(
 
 
 def _decorate_transaction(func: F, savepoint_name: str | None, force_rollback: bool, name: str | None) -> F:
-    where = f"{func.__module__}.{func.__qualname__}"
-
-    def connection_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        conn = _instrument_args(args, kwargs)
-        if conn is None:
-            raise TypeError(f"@traced_transaction: no psycopg connection among the arguments of {where}")
-        return conn
-
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            async with _transaction(connection_of(args, kwargs), savepoint_name, force_rollback, name):  # type: ignore[union-attr]
-                return await func(*args, **kwargs)
-
-        return async_wrapper  # type: ignore[return-value]
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _transaction(connection_of(args, kwargs), savepoint_name, force_rollback, name):  # type: ignore[union-attr]
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return decorate_transaction(
+        func, _instrument_args, lambda conn: _transaction(conn, savepoint_name, force_rollback, name)
+    )

@@ -7,6 +7,8 @@ connection object itself stays what it was (same class, ``isinstance`` checks un
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any, TypeVar
 
 import psycopg
@@ -22,7 +24,20 @@ C = TypeVar("C", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 
 def _check(conn: object) -> None:
     if not isinstance(conn, (psycopg.Connection, psycopg.AsyncConnection)):
-        raise TypeError(f"expected a psycopg Connection or AsyncConnection, got {type(conn).__name__}")
+        raise TypeError(
+            "expected a psycopg Connection or AsyncConnection, or an asyncpg Connection, "
+            f"got {type(conn).__name__}"
+        )
+
+
+def asyncpg_support(conn: object) -> ModuleType | None:
+    """:mod:`pitchey_trace.db._asyncpg` when ``conn`` is an asyncpg connection (or a pool's
+    proxy of one), else None. asyncpg is imported only by applications that use it."""
+    if "asyncpg" not in sys.modules:
+        return None
+    from pitchey_trace.db import _asyncpg
+
+    return _asyncpg if _asyncpg.is_asyncpg(conn) else None
 
 
 def state_of(conn: Any) -> ConnState | None:
@@ -32,6 +47,9 @@ def state_of(conn: Any) -> ConnState | None:
 
 def is_instrumented(conn: Any) -> bool:
     """True when ``instrument(conn)`` is in effect."""
+    support = asyncpg_support(conn)
+    if support is not None:
+        return support.is_instrumented(conn)  # type: ignore[no-any-return]
     state = state_of(conn)
     return state is not None and state.instrumented
 
@@ -59,6 +77,11 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     ``psycopg.Connection`` and ``psycopg.AsyncConnection``. Calling it again is harmless (it
     only updates the overrides).
 
+    An ``asyncpg.Connection`` (or a pool's connection proxy) is traced too: its statement
+    methods, prepared statements, cursors and ``transaction()`` (see ``docs/database.md``);
+    ``sql_comments`` does not apply to it. For an asyncpg pool:
+    ``asyncpg.create_pool(dsn, init=instrument_async)``.
+
     Set a custom ``cursor_factory`` before instrumenting (or pass it to ``connect``): the traced
     class is derived from the factory in place at this moment.
 
@@ -72,8 +95,11 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
         capture_parameters: override ``capture_parameters`` for this connection.
 
     Raises:
-        TypeError: ``conn`` is not a psycopg connection.
+        TypeError: ``conn`` is not a psycopg or asyncpg connection.
     """
+    support = asyncpg_support(conn)
+    if support is not None:
+        return support.instrument(conn, capture_parameters=capture_parameters)  # type: ignore[no-any-return]
     _check(conn)
     state = state_of(conn)
     if state is not None and state.instrumented:
@@ -94,13 +120,13 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
 
 
 async def instrument_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: Any,
     *,
     sql_comments: bool | None = None,
     capture_parameters: bool | None = None,
 ) -> None:
     """:func:`instrument` as a coroutine, for ``AsyncConnectionPool(configure=instrument_async)``
-    (the pool awaits its ``configure`` callback)."""
+    and ``asyncpg.create_pool(init=instrument_async)`` (the pools await these callbacks)."""
     instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
 
 
@@ -109,6 +135,9 @@ def uninstrument(conn: C) -> C:
 
     Cursors created while instrumented stop tracing too. Returns ``conn``.
     """
+    support = asyncpg_support(conn)
+    if support is not None:
+        return support.uninstrument(conn)  # type: ignore[no-any-return]
     _check(conn)
     state = state_of(conn)
     if state is None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import traceback
 from collections.abc import Mapping
 from time import time_ns
 from typing import TYPE_CHECKING, Any
-
-from psycopg import sql as _pgsql
 
 from pitchey_trace import _safety
 from pitchey_trace._span import AttributeValue, Limits, Span, SpanKind, TrustedAttributes
@@ -196,9 +195,16 @@ def with_comment(query: Any, span: AnySpan) -> Any:
         return comment + query
     if isinstance(query, bytes):
         return comment.encode() + query
-    if isinstance(query, _pgsql.Composable):
-        return _pgsql.SQL(comment) + query  # type: ignore[arg-type,unused-ignore]
+    pgsql = _psycopg_sql()
+    if pgsql is not None and isinstance(query, pgsql.Composable):
+        return pgsql.SQL(comment) + query
     return query
+
+
+def _psycopg_sql() -> Any:
+    """psycopg's ``sql`` module when psycopg is in use (this module also serves asyncpg,
+    where psycopg may not be installed; a ``Composable`` exists only once it was imported)."""
+    return sys.modules.get("psycopg.sql")
 
 
 def _query_text(query: Any, cur: Any) -> str | None:
@@ -206,8 +212,9 @@ def _query_text(query: Any, cur: Any) -> str | None:
         return query
     if isinstance(query, (bytes, bytearray)):
         return bytes(query).decode("utf-8", "replace")
-    if isinstance(query, _pgsql.Composable):
-        return query.as_string(cur)
+    pgsql = _psycopg_sql()
+    if pgsql is not None and isinstance(query, pgsql.Composable):
+        return query.as_string(cur)  # type: ignore[no-any-return]
     strings = getattr(query, "strings", None)  # a PEP 750 template: keep only the SQL parts
     if isinstance(strings, tuple):
         return "%s".join(str(s) for s in strings)
@@ -230,9 +237,14 @@ class ConnState:
     )
 
     def __init__(
-        self, conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None
+        self,
+        conn: Any,
+        *,
+        sql_comments: bool | None = None,
+        capture_parameters: bool | None = None,
+        base_attrs: dict[str, AttributeValue] | None = None,
     ) -> None:
-        self.base_attrs = connection_attributes(conn)
+        self.base_attrs = connection_attributes(conn) if base_attrs is None else base_attrs
         self.cache: dict[Any, Stmt] = {}
         self.generation = OPTIONS.generation
         self.sql_comments = sql_comments

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ENV_DSN",
@@ -388,6 +389,30 @@ def scratch_schema(dsn: str) -> Iterator[str]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def asyncpg_args(dsn: str) -> dict[str, Any]:
+    """``asyncpg.connect(**asyncpg_args(dsn))`` for a libpq DSN of these helpers (asyncpg takes
+    URLs, not key=value strings); ``-c name=value`` options become ``server_settings``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+    args: dict[str, Any] = {
+        "host": params.get("host") or "localhost",
+        "port": int(params.get("port") or 5432),
+        "user": params.get("user"),
+        "database": params.get("dbname"),
+    }
+    if params.get("password"):
+        args["password"] = params["password"]
+    settings = {}
+    for option in str(params.get("options") or "").split("-c"):
+        name, sep, value = option.strip().partition("=")
+        if sep:
+            settings[name.strip()] = value.strip()
+    if settings:
+        args["server_settings"] = settings
+    return args
 
 
 if __name__ == "__main__":  # manual use: start a server and keep it until Enter

@@ -178,7 +178,7 @@ def test_decorator_without_connection_argument_is_a_type_error() -> None:
     def nothing(x: int) -> int:
         return x
 
-    with pytest.raises(TypeError, match="no psycopg connection"):
+    with pytest.raises(TypeError, match="no database connection"):
         nothing(1)
 
 
