@@ -221,7 +221,7 @@ def traced_transaction(
     connection) among its arguments.
 
     Raises:
-        TypeError: (decorator) no psycopg connection among the call's arguments.
+        TypeError: (decorator) no psycopg or asyncpg connection among the call's arguments.
     """
     if target is None:
         return lambda fn: _decorate_transaction(fn, savepoint_name, force_rollback, name)

@@ -102,5 +102,5 @@ def test_traced_transaction_argument_errors() -> None:
     def no_conn() -> None:
         pass
 
-    with pytest.raises(TypeError, match="no psycopg connection"):
+    with pytest.raises(TypeError, match="no database connection"):
         no_conn()
