@@ -11,7 +11,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ["core", "propagation", "sanitize", "logpush", "otlp", "postgres", "asyncpg", "analysis", "middleware"]
+SUITES = [
+    "core",
+    "propagation",
+    "sanitize",
+    "logpush",
+    "otlp",
+    "postgres",
+    "asyncpg",
+    "analysis",
+    "middleware",
+]
 
 
 def main(argv: list[str]) -> int:
