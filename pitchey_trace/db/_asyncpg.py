@@ -389,12 +389,15 @@ class _TracedCursor(_Wrapper):
         return await self._round_trip("MOVE", lambda: call(n, **kwargs), _unknown)
 
 
+_NOT_CURRENT = object()  # (a transaction span that was not made current)
+
+
 class _TracedTransaction:
     """``conn.transaction()``: a ``TRANSACTION`` span (``SAVEPOINT`` when nested), current
     inside the block, with the outcome, the rollback reason and the statements run inside.
     Works with ``async with`` and with ``start()`` / ``commit()`` / ``rollback()``."""
 
-    __slots__ = ("_conn", "_frame", "_inner", "_name", "_span", "_state", "_token")
+    __slots__ = ("_conn", "_frame", "_inner", "_name", "_prev", "_span", "_state")
 
     def __init__(self, inner: Any, conn: Any, state: ConnState) -> None:
         self._name: str | None = None
@@ -403,7 +406,7 @@ class _TracedTransaction:
         self._state = state
         self._span: Any = None
         self._frame: list[int] | None = None
-        self._token: Any = None
+        self._prev: Any = _NOT_CURRENT
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -411,7 +414,7 @@ class _TracedTransaction:
     def __repr__(self) -> str:
         return f"<traced {self._inner!r}>"
 
-    def _open(self) -> None:
+    def _open(self, current: bool) -> None:
         try:
             tracer = get_tracer()
             if tracer.pipeline is None or self._span is not None:
@@ -423,7 +426,9 @@ class _TracedTransaction:
             if not span.trace_id:
                 return
             self._span = span
-            self._token = CURRENT.set(span)
+            if current:
+                self._prev = CURRENT.get()
+                CURRENT.set(span)
             self._frame = [0]
             self._state.tx_stack.append(self._frame)
         except Exception as exc:
@@ -451,19 +456,24 @@ class _TracedTransaction:
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:
-            token, self._token = self._token, None
-            if token is not None:
-                try:
-                    CURRENT.reset(token)
-                except ValueError:  # ended in another context than it started
-                    CURRENT.set(None)
+            prev, self._prev = self._prev, _NOT_CURRENT
+            if prev is not _NOT_CURRENT and CURRENT.get() is span:
+                CURRENT.set(prev)
             span.end()
         except Exception as exc:
             _safety.report("db.transaction", exc)
 
     async def start(self) -> None:
-        """``Transaction.start()``: opens the span, then sends ``BEGIN`` / ``SAVEPOINT``."""
-        self._open()
+        """``Transaction.start()``: opens the span, then sends ``BEGIN`` / ``SAVEPOINT``.
+
+        Called by hand (not through ``async with``) the span is not made current: ``commit()``
+        may run in another task (SQLAlchemy closes sessions in a shielded task), which could
+        not take it back out of this task's context. The statements in between are then its
+        siblings; it still records the outcome and counts them."""
+        await self._begin(False)
+
+    async def _begin(self, current: bool) -> None:
+        self._open(current)
         try:
             with suppress_tracing():  # BEGIN / SAVEPOINT: this span's, not a statement's
                 await self._inner.start()
@@ -492,7 +502,7 @@ class _TracedTransaction:
         self._close(False, None, False)
 
     async def __aenter__(self) -> _TracedTransaction:
-        await self.start()
+        await self._begin(True)  # a block: entered and left in the same task
         return self
 
     async def __aexit__(
