@@ -9,7 +9,7 @@ import psycopg
 
 from pitchey_trace import _safety
 from pitchey_trace.db._cursors import is_traced_class, traced_class
-from pitchey_trace.db._decorators import decorate_query, decorate_transaction
+from pitchey_trace.db._decorators import query_entry, transaction_entry
 from pitchey_trace.db._instrument import asyncpg_support, instrument, is_instrumented, state_of
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
@@ -146,31 +146,30 @@ def traced_query(
     connections passed as arguments are instrumented on first use (cursors passed as
     arguments become traced cursors), so their queries are traced without further set-up.
     """
+    return query_entry(
+        target,
+        sql,
+        params,
+        table,
+        name,
+        operation,
+        is_target=_is_query_target,
+        run=_run_one,
+        instrument_args=_instrument_args,
+    )
+
+
+def _is_query_target(target: Any) -> bool:
+    return isinstance(target, (*_CONNECTIONS, *_CURSORS)) or asyncpg_support(target) is not None
+
+
+def _run_one(target: Any, sql: Any, params: Any) -> Any:
     support = asyncpg_support(target)
     if support is not None:
-        if sql is None:
-            raise TypeError("traced_query(conn, sql, params): sql is missing")
         return support.traced_query(target, sql, params)
-    if target is not None and not isinstance(target, (*_CONNECTIONS, *_CURSORS)):
-        if callable(target) and sql is None and params is None:
-            return _decorate_query(target, table, name, operation)
-        raise TypeError(
-            "traced_query(conn_or_cursor, sql, params) or @traced_query(table=...); "
-            f"got {type(target).__name__}"
-        )
-    if target is None:
-        if sql is not None or params is not None:
-            raise TypeError("traced_query: the connection or cursor is missing")
-        return lambda fn: _decorate_query(fn, table, name, operation)
-    if sql is None:
-        raise TypeError("traced_query(conn, sql, params): sql is missing")
     if isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor, psycopg.AsyncServerCursor)):
         return _run_async(target, sql, params)
     return _run_sync(target, sql, params)
-
-
-def _decorate_query(func: F, table: str | None, name: str | None, operation: str | None) -> F:
-    return decorate_query(func, table, name, operation, _instrument_args)
 
 
 # -- traced_transaction ------------------------------------------------------------------------
@@ -223,14 +222,11 @@ def traced_transaction(
     Raises:
         TypeError: (decorator) no psycopg or asyncpg connection among the call's arguments.
     """
-    if target is None:
-        return lambda fn: _decorate_transaction(fn, savepoint_name, force_rollback, name)
-    if isinstance(target, _CONNECTIONS) or asyncpg_support(target) is not None:
-        return _transaction(target, savepoint_name, force_rollback, name)
-    if callable(target):
-        return _decorate_transaction(target, savepoint_name, force_rollback, name)
-    raise TypeError(
-        f"traced_transaction expects a psycopg connection or a function, got {type(target).__name__}"
+    return transaction_entry(
+        target,
+        is_connection=lambda t: isinstance(t, _CONNECTIONS) or asyncpg_support(t) is not None,
+        transaction=lambda conn: _transaction(conn, savepoint_name, force_rollback, name),
+        instrument_args=_instrument_args,
     )
 
 
@@ -247,9 +243,3 @@ def _transaction(conn: Any, savepoint_name: str | None, force_rollback: bool, na
     orig = type(conn).transaction.__get__(conn)
     cls = AsyncTracedTransaction if isinstance(conn, psycopg.AsyncConnection) else TracedTransaction
     return cls(conn, state, orig, savepoint_name, force_rollback, name)
-
-
-def _decorate_transaction(func: F, savepoint_name: str | None, force_rollback: bool, name: str | None) -> F:
-    return decorate_transaction(
-        func, _instrument_args, lambda conn: _transaction(conn, savepoint_name, force_rollback, name)
-    )

@@ -33,7 +33,7 @@ from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT, suppress_tracing
 from pitchey_trace._span import AttributeValue, SpanKind
 from pitchey_trace._tracer import get_tracer
-from pitchey_trace.db._decorators import decorate_query, decorate_transaction
+from pitchey_trace.db._decorators import query_entry, transaction_entry
 from pitchey_trace.db._ops import ConnState, Op, Stmt, error_info, record_error
 
 __all__ = [
@@ -622,18 +622,16 @@ def query_api(
 ) -> Any:
     """``traced_query`` for asyncpg alone: ``await traced_query(conn, sql, params)`` or
     ``@traced_query(table=..., name=..., operation=...)`` (see the psycopg form's docstring)."""
-    if target is not None and is_asyncpg(target):
-        if sql is None:
-            raise TypeError("traced_query(conn, sql, params): sql is missing")
-        return traced_query(target, sql, params)
-    if target is None:
-        if sql is not None or params is not None:
-            raise TypeError("traced_query: the connection is missing")
-        return lambda fn: decorate_query(fn, table, name, operation, _instrument_args)
-    if callable(target) and sql is None and params is None:
-        return decorate_query(target, table, name, operation, _instrument_args)
-    raise TypeError(
-        f"traced_query(conn, sql, params) or @traced_query(table=...); got {type(target).__name__}"
+    return query_entry(
+        target,
+        sql,
+        params,
+        table,
+        name,
+        operation,
+        is_target=is_asyncpg,
+        run=traced_query,
+        instrument_args=_instrument_args,
     )
 
 
@@ -649,16 +647,11 @@ def transaction_api(
     ``@traced_transaction`` on an ``async`` function taking a connection."""
     if savepoint_name is not None or force_rollback:
         raise TypeError("traced_transaction: savepoint_name and force_rollback are psycopg options")
-    if target is None:
-        return lambda fn: decorate_transaction(
-            fn, _instrument_args, lambda conn: traced_transaction(conn, name)
-        )
-    if is_asyncpg(target):
-        return traced_transaction(target, name)
-    if callable(target):
-        return decorate_transaction(target, _instrument_args, lambda conn: traced_transaction(conn, name))
-    raise TypeError(
-        f"traced_transaction expects an asyncpg connection or a function, got {type(target).__name__}"
+    return transaction_entry(
+        target,
+        is_connection=is_asyncpg,
+        transaction=lambda conn: traced_transaction(conn, name),
+        instrument_args=_instrument_args,
     )
 
 

@@ -121,3 +121,53 @@ def decorate_transaction(func: F, instrument_args: InstrumentArgs, transaction: 
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def query_entry(
+    target: Any,
+    sql: Any,
+    params: Any,
+    table: str | None,
+    name: str | None,
+    operation: str | None,
+    *,
+    is_target: Callable[[Any], bool],
+    run: Callable[[Any, Any, Any], Any],
+    instrument_args: InstrumentArgs,
+) -> Any:
+    """``traced_query``'s argument handling: one call (``run(target, sql, params)`` for a
+    connection or cursor that ``is_target`` accepts) or one of the decorator forms."""
+    if target is not None and not is_target(target):
+        if callable(target) and sql is None and params is None:
+            return decorate_query(target, table, name, operation, instrument_args)
+        raise TypeError(
+            "traced_query(conn_or_cursor, sql, params) or @traced_query(table=...); "
+            f"got {type(target).__name__}"
+        )
+    if target is None:
+        if sql is not None or params is not None:
+            raise TypeError("traced_query: the connection or cursor is missing")
+        return lambda fn: decorate_query(fn, table, name, operation, instrument_args)
+    if sql is None:
+        raise TypeError("traced_query(conn, sql, params): sql is missing")
+    return run(target, sql, params)
+
+
+def transaction_entry(
+    target: Any,
+    *,
+    is_connection: Callable[[Any], bool],
+    transaction: Callable[[Any], Any],
+    instrument_args: InstrumentArgs,
+) -> Any:
+    """``traced_transaction``'s argument handling: ``transaction(conn)`` for a connection
+    that ``is_connection`` accepts, or one of the decorator forms."""
+    if target is None:
+        return lambda fn: decorate_transaction(fn, instrument_args, transaction)
+    if is_connection(target):
+        return transaction(target)
+    if callable(target):
+        return decorate_transaction(target, instrument_args, transaction)
+    raise TypeError(
+        f"traced_transaction expects a database connection or a function, got {type(target).__name__}"
+    )

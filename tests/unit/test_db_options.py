@@ -95,7 +95,7 @@ def test_traced_query_decorator_keeps_function_identity_and_result() -> None:
 
 
 def test_traced_transaction_argument_errors() -> None:
-    with pytest.raises(TypeError, match="psycopg connection or a function"):
+    with pytest.raises(TypeError, match="database connection or a function"):
         traced_transaction(42)  # type: ignore[call-overload]
 
     @traced_transaction(name="x")
