@@ -18,11 +18,12 @@ on errors. Parameter values are recorded only when opted in. Slow queries get a
 ``slow_query`` event and a WARNING on the ``pitchey_trace.db`` logger; accesses to sensitive
 tables emit audit records. See ``docs/database.md``.
 
-Also traces asyncpg: ``instrument(conn)`` and the other functions here accept an
-``asyncpg.Connection`` (``asyncpg.create_pool(..., init=instrument_async)`` for pools).
+Also traces asyncpg and psycopg2: ``instrument(conn)`` and the other functions here accept an
+``asyncpg.Connection`` (``asyncpg.create_pool(..., init=instrument_async)`` for pools) and a
+psycopg2 connection.
 
-Needs the ``postgres`` extra (``pip install 'pitchey-trace[postgres]'``) or, for asyncpg
-alone, the ``asyncpg`` extra. Without psycopg, the psycopg-only names
+Needs the ``postgres`` extra (``pip install 'pitchey-trace[postgres]'``) or, for the other
+drivers alone, the ``asyncpg`` / ``psycopg2`` extra. Without psycopg 3, its classes
 (``TracedTransaction``, ``AsyncTracedTransaction``) raise ``IntegrationUnavailable``.
 """
 
@@ -37,9 +38,9 @@ try:
 
     _HAVE_PSYCOPG = True
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    try:
-        import asyncpg as _asyncpg_module  # noqa: F401  (the other driver we trace)
-    except ImportError:
+    import importlib.util
+
+    if not any(importlib.util.find_spec(name) for name in ("asyncpg", "psycopg2")):
         raise IntegrationUnavailable("pitchey_trace.db", "postgres") from _exc
     _HAVE_PSYCOPG = False
 
@@ -50,15 +51,15 @@ if TYPE_CHECKING or _HAVE_PSYCOPG:
     from pitchey_trace.db._api import traced_query, traced_transaction
     from pitchey_trace.db._instrument import instrument, instrument_async, is_instrumented, uninstrument
     from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
-else:  # asyncpg only (tested in tests/integration/db/test_asyncpg_only.py)
-    from pitchey_trace.db._asyncpg import (
+else:  # asyncpg / psycopg2 only (tested in tests/integration/db/test_asyncpg_only.py)
+    from pitchey_trace.db._drivers import (
         instrument,
         instrument_async,
         is_instrumented,
         uninstrument,
     )
-    from pitchey_trace.db._asyncpg import query_api as traced_query
-    from pitchey_trace.db._asyncpg import transaction_api as traced_transaction
+    from pitchey_trace.db._drivers import query_api as traced_query
+    from pitchey_trace.db._drivers import transaction_api as traced_transaction
 
     def __getattr__(name: str) -> Any:
         if name in ("AsyncTracedTransaction", "TracedTransaction"):

@@ -10,7 +10,8 @@ import psycopg
 from pitchey_trace import _safety
 from pitchey_trace.db._cursors import is_traced_class, traced_class
 from pitchey_trace.db._decorators import query_entry, transaction_entry
-from pitchey_trace.db._instrument import asyncpg_support, instrument, is_instrumented, state_of
+from pitchey_trace.db._drivers import support
+from pitchey_trace.db._instrument import instrument, is_instrumented, state_of
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
 
@@ -39,7 +40,7 @@ def _instrument_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     try:
         for value in (*args, *kwargs.values()):
             conn = None
-            if isinstance(value, _CONNECTIONS) or asyncpg_support(value) is not None:
+            if isinstance(value, _CONNECTIONS) or support(value) is not None:
                 conn = value
             elif isinstance(value, _CURSORS):
                 conn = value.connection
@@ -160,13 +161,13 @@ def traced_query(
 
 
 def _is_query_target(target: Any) -> bool:
-    return isinstance(target, (*_CONNECTIONS, *_CURSORS)) or asyncpg_support(target) is not None
+    return isinstance(target, (*_CONNECTIONS, *_CURSORS)) or support(target) is not None
 
 
 def _run_one(target: Any, sql: Any, params: Any) -> Any:
-    support = asyncpg_support(target)
-    if support is not None:
-        return support.traced_query(target, sql, params)
+    driver = support(target)
+    if driver is not None:
+        return driver.traced_query(target, sql, params)
     if isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor, psycopg.AsyncServerCursor)):
         return _run_async(target, sql, params)
     return _run_sync(target, sql, params)
@@ -224,18 +225,16 @@ def traced_transaction(
     """
     return transaction_entry(
         target,
-        is_connection=lambda t: isinstance(t, _CONNECTIONS) or asyncpg_support(t) is not None,
+        is_connection=lambda t: isinstance(t, _CONNECTIONS) or support(t) is not None,
         transaction=lambda conn: _transaction(conn, savepoint_name, force_rollback, name),
         instrument_args=_instrument_args,
     )
 
 
 def _transaction(conn: Any, savepoint_name: str | None, force_rollback: bool, name: str | None) -> Any:
-    support = asyncpg_support(conn)
-    if support is not None:
-        if savepoint_name is not None or force_rollback:
-            raise TypeError("traced_transaction: savepoint_name and force_rollback are psycopg options")
-        return support.traced_transaction(conn, name)
+    driver = support(conn)
+    if driver is not None:
+        return driver.traced_transaction(conn, savepoint_name, force_rollback, name)
     if not is_instrumented(conn):
         instrument(conn)
     state = state_of(conn)

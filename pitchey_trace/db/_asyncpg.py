@@ -22,7 +22,7 @@ and a comment unique to each call would defeat that cache (a prepare round trip 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Awaitable, Callable, Sized
 from types import TracebackType
 from typing import Any
 
@@ -33,18 +33,14 @@ from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT, suppress_tracing
 from pitchey_trace._span import AttributeValue, SpanKind
 from pitchey_trace._tracer import get_tracer
-from pitchey_trace.db._decorators import query_entry, transaction_entry
-from pitchey_trace.db._ops import ConnState, Op, Stmt, error_info, record_error
+from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
 
 __all__ = [
     "instrument",
-    "instrument_async",
-    "is_asyncpg",
+    "is_connection",
     "is_instrumented",
-    "query_api",
     "traced_query",
     "traced_transaction",
-    "transaction_api",
     "uninstrument",
 ]
 
@@ -57,7 +53,7 @@ _STATES: weakref.WeakKeyDictionary[Any, ConnState] = weakref.WeakKeyDictionary()
 _TRACED: dict[type, type] = {}
 
 
-def is_asyncpg(obj: object) -> bool:
+def is_connection(obj: object) -> bool:
     """True for an asyncpg connection or a pool's connection proxy."""
     return isinstance(obj, _Connection)
 
@@ -443,16 +439,7 @@ class _TracedTransaction:
             stack = self._state.tx_stack
             if frame is not None and frame in stack:
                 stack.remove(frame)
-            if span.is_recording:
-                span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
-                span.set_attribute("db.transaction.statement_count", frame[0] if frame else 0)
-                if not committed and reason is not None:
-                    sqlstate, type_name, _ = error_info(reason)
-                    span.set_attribute("db.transaction.rollback_reason", type_name)
-                    if sqlstate:
-                        span.set_attribute("db.response.status_code", sqlstate)
-                if failed and isinstance(reason, Exception):
-                    record_error(span, reason)
+            transaction_outcome(span, committed, reason, reason if failed else None, frame[0] if frame else 0)
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:
@@ -530,9 +517,10 @@ def _traced_class(base: type) -> type:
     return cls
 
 
-def instrument(conn: Any, *, capture_parameters: bool | None = None) -> Any:
+def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
     """Trace every statement run on an asyncpg connection (or a pool's connection proxy);
-    returns ``conn``. Calling it again only updates ``capture_parameters``."""
+    returns ``conn``. Calling it again only updates ``capture_parameters``; ``sql_comments``
+    does not apply (see the module docstring)."""
     raw = _raw(conn)
     state = _STATES.get(raw)
     if state is not None and state.instrumented:
@@ -583,78 +571,16 @@ async def traced_query(conn: Any, sql: Any, params: Any = None) -> list[Any]:
     return list(result)
 
 
-def traced_transaction(conn: Any, name: str | None = None) -> Any:
+def traced_transaction(
+    conn: Any, savepoint_name: str | None = None, force_rollback: bool = False, name: str | None = None
+) -> Any:
     """``conn.transaction()`` as a span (named ``name``, default ``TRANSACTION`` /
     ``SAVEPOINT``), instrumenting the connection if it was not."""
+    if savepoint_name is not None or force_rollback:
+        raise TypeError("traced_transaction: savepoint_name and force_rollback are psycopg options")
     if not is_instrumented(conn):
         instrument(conn)
     tx = conn.transaction()
     if name is not None and isinstance(tx, _TracedTransaction):
         tx._name = name
     return tx
-
-
-# -- the public forms when psycopg is not installed (pitchey_trace.db binds these then) --------
-def _instrument_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    """Instrument the asyncpg connections among a call's arguments; return the first one."""
-    found = None
-    try:
-        for value in (*args, *kwargs.values()):
-            if is_asyncpg(value):
-                if not is_instrumented(value):
-                    instrument(value)
-                if found is None:
-                    found = value
-    except Exception as exc:
-        _safety.report("db.instrument_args", exc)
-    return found
-
-
-def query_api(
-    target: Any = None,
-    sql: Any = None,
-    params: Any = None,
-    /,
-    *,
-    table: str | None = None,
-    name: str | None = None,
-    operation: str | None = None,
-) -> Any:
-    """``traced_query`` for asyncpg alone: ``await traced_query(conn, sql, params)`` or
-    ``@traced_query(table=..., name=..., operation=...)`` (see the psycopg form's docstring)."""
-    return query_entry(
-        target,
-        sql,
-        params,
-        table,
-        name,
-        operation,
-        is_target=is_asyncpg,
-        run=traced_query,
-        instrument_args=_instrument_args,
-    )
-
-
-def transaction_api(
-    target: Any = None,
-    /,
-    *,
-    savepoint_name: str | None = None,
-    force_rollback: bool = False,
-    name: str | None = None,
-) -> Any:
-    """``traced_transaction`` for asyncpg alone: ``async with traced_transaction(conn):`` or
-    ``@traced_transaction`` on an ``async`` function taking a connection."""
-    if savepoint_name is not None or force_rollback:
-        raise TypeError("traced_transaction: savepoint_name and force_rollback are psycopg options")
-    return transaction_entry(
-        target,
-        is_connection=is_asyncpg,
-        transaction=lambda conn: traced_transaction(conn, name),
-        instrument_args=_instrument_args,
-    )
-
-
-async def instrument_async(conn: Any, *, capture_parameters: bool | None = None, **_: Any) -> None:
-    """:func:`instrument` as a coroutine, for ``asyncpg.create_pool(init=instrument_async)``."""
-    instrument(conn, capture_parameters=capture_parameters)

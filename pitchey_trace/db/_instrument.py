@@ -7,13 +7,12 @@ connection object itself stays what it was (same class, ``isinstance`` checks un
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
 from typing import Any, TypeVar
 
 import psycopg
 
 from pitchey_trace.db._cursors import is_traced_class, traced_class
+from pitchey_trace.db._drivers import support
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
 
@@ -30,16 +29,6 @@ def _check(conn: object) -> None:
         )
 
 
-def asyncpg_support(conn: object) -> ModuleType | None:
-    """:mod:`pitchey_trace.db._asyncpg` when ``conn`` is an asyncpg connection (or a pool's
-    proxy of one), else None. asyncpg is imported only by applications that use it."""
-    if "asyncpg" not in sys.modules:
-        return None
-    from pitchey_trace.db import _asyncpg
-
-    return _asyncpg if _asyncpg.is_asyncpg(conn) else None
-
-
 def state_of(conn: Any) -> ConnState | None:
     """The connection's tracing state, or None when it was never instrumented."""
     return getattr(conn, STATE_ATTR, None)
@@ -47,9 +36,9 @@ def state_of(conn: Any) -> ConnState | None:
 
 def is_instrumented(conn: Any) -> bool:
     """True when ``instrument(conn)`` is in effect."""
-    support = asyncpg_support(conn)
-    if support is not None:
-        return support.is_instrumented(conn)  # type: ignore[no-any-return]
+    driver = support(conn)
+    if driver is not None:
+        return bool(driver.is_instrumented(conn))
     state = state_of(conn)
     return state is not None and state.instrumented
 
@@ -78,9 +67,10 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     only updates the overrides).
 
     An ``asyncpg.Connection`` (or a pool's connection proxy) is traced too: its statement
-    methods, prepared statements, cursors and ``transaction()`` (see ``docs/database.md``);
-    ``sql_comments`` does not apply to it. For an asyncpg pool:
-    ``asyncpg.create_pool(dsn, init=instrument_async)``.
+    methods, prepared statements, cursors and ``transaction()``; ``sql_comments`` does not
+    apply to it. For an asyncpg pool: ``asyncpg.create_pool(dsn, init=instrument_async)``.
+    So is a psycopg2 connection: its cursors, through its ``cursor_factory``. See
+    ``docs/database.md``.
 
     Set a custom ``cursor_factory`` before instrumenting (or pass it to ``connect``): the traced
     class is derived from the factory in place at this moment.
@@ -97,9 +87,9 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     Raises:
         TypeError: ``conn`` is not a psycopg or asyncpg connection.
     """
-    support = asyncpg_support(conn)
-    if support is not None:
-        return support.instrument(conn, capture_parameters=capture_parameters)  # type: ignore[no-any-return]
+    driver = support(conn)
+    if driver is not None:
+        return driver.instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)  # type: ignore[no-any-return]
     _check(conn)
     state = state_of(conn)
     if state is not None and state.instrumented:
@@ -135,9 +125,9 @@ def uninstrument(conn: C) -> C:
 
     Cursors created while instrumented stop tracing too. Returns ``conn``.
     """
-    support = asyncpg_support(conn)
-    if support is not None:
-        return support.uninstrument(conn)  # type: ignore[no-any-return]
+    driver = support(conn)
+    if driver is not None:
+        return driver.uninstrument(conn)  # type: ignore[no-any-return]
     _check(conn)
     state = state_of(conn)
     if state is None:

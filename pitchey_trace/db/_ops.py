@@ -127,7 +127,7 @@ def error_info(exc: BaseException) -> tuple[str | None, str, str]:
         if cls.__module__ in ("builtins", "__main__")
         else f"{cls.__module__}.{cls.__qualname__}"
     )
-    sqlstate = getattr(exc, "sqlstate", None)
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)  # (psycopg2: pgcode)
     diag = getattr(exc, "diag", None)
     primary = None
     if diag is not None:
@@ -167,6 +167,33 @@ def record_error(span: AnySpan, exc: BaseException) -> str | None:
     return sqlstate
 
 
+def transaction_outcome(
+    span: AnySpan,
+    committed: bool,
+    reason: BaseException | None,
+    failure: BaseException | None,
+    statement_count: int,
+    forced: bool = False,
+) -> None:
+    """Record how a traced transaction ended: ``db.transaction.outcome``, the statement count,
+    the rollback reason (exception type and SQLSTATE, or ``force_rollback``) and, when the
+    block failed (``failure``), the error itself. Shared by every driver."""
+    if not span.is_recording:
+        return
+    span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
+    span.set_attribute("db.transaction.statement_count", statement_count)
+    if not committed:
+        if reason is not None:
+            sqlstate, type_name, _ = error_info(reason)
+            span.set_attribute("db.transaction.rollback_reason", type_name)
+            if sqlstate:
+                span.set_attribute("db.response.status_code", sqlstate)
+        elif forced:
+            span.set_attribute("db.transaction.rollback_reason", "force_rollback")
+    if isinstance(failure, Exception):
+        record_error(span, failure)
+
+
 def _param_value(value: object, limit: int) -> AttributeValue:
     if value is None:
         return "NULL"
@@ -195,16 +222,21 @@ def with_comment(query: Any, span: AnySpan) -> Any:
         return comment + query
     if isinstance(query, bytes):
         return comment.encode() + query
-    pgsql = _psycopg_sql()
-    if pgsql is not None and isinstance(query, pgsql.Composable):
+    pgsql = _sql_module(query)
+    if pgsql is not None:
         return pgsql.SQL(comment) + query
     return query
 
 
-def _psycopg_sql() -> Any:
-    """psycopg's ``sql`` module when psycopg is in use (this module also serves asyncpg,
-    where psycopg may not be installed; a ``Composable`` exists only once it was imported)."""
-    return sys.modules.get("psycopg.sql")
+def _sql_module(query: Any) -> Any:
+    """psycopg's (or psycopg2's) ``sql`` module when ``query`` is one of its ``Composable``
+    objects, else None. (This module also serves drivers without psycopg installed; a
+    ``Composable`` can exist only once its module was imported.)"""
+    for name in ("psycopg.sql", "psycopg2.sql"):
+        module = sys.modules.get(name)
+        if module is not None and isinstance(query, module.Composable):
+            return module
+    return None
 
 
 def _query_text(query: Any, cur: Any) -> str | None:
@@ -212,8 +244,7 @@ def _query_text(query: Any, cur: Any) -> str | None:
         return query
     if isinstance(query, (bytes, bytearray)):
         return bytes(query).decode("utf-8", "replace")
-    pgsql = _psycopg_sql()
-    if pgsql is not None and isinstance(query, pgsql.Composable):
+    if _sql_module(query) is not None:
         return query.as_string(cur)  # type: ignore[no-any-return]
     strings = getattr(query, "strings", None)  # a PEP 750 template: keep only the SQL parts
     if isinstance(strings, tuple):
@@ -386,7 +417,12 @@ class ConnState:
                     capture_parameters(span, params)
             else:
                 start = time_ns()
-            if stmt.comment and prepare is not True and cur.connection.prepare_threshold != 0:
+            # (prepare_threshold: psycopg 3; 0 means every statement is prepared, keep texts)
+            if (
+                stmt.comment
+                and prepare is not True
+                and getattr(cur.connection, "prepare_threshold", None) != 0
+            ):
                 query = with_comment(query, span)
             return span, stmt, start, query
         except Exception as exc:

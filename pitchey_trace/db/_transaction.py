@@ -18,7 +18,7 @@ from psycopg import pq
 from pitchey_trace import _safety
 from pitchey_trace._span import AnySpan, SpanKind
 from pitchey_trace._tracer import get_tracer
-from pitchey_trace.db._ops import ConnState, error_info, record_error
+from pitchey_trace.db._ops import ConnState, transaction_outcome
 
 __all__ = ["AsyncTracedTransaction", "TracedTransaction"]
 
@@ -117,21 +117,8 @@ class _TxBase:
             count = self._pop_frame()
             tx = self._tx
             committed = tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
-            if span.is_recording:
-                span.set_attribute("db.transaction.outcome", "commit" if committed else "rollback")
-                span.set_attribute("db.transaction.statement_count", count)
-                reason = commit_error or exc
-                if not committed:
-                    if reason is not None:
-                        sqlstate, type_name, _ = error_info(reason)
-                        span.set_attribute("db.transaction.rollback_reason", type_name)
-                        if sqlstate:
-                            span.set_attribute("db.response.status_code", sqlstate)
-                    elif self._force_rollback:
-                        span.set_attribute("db.transaction.rollback_reason", "force_rollback")
-                failure = commit_error or (exc if (exc is not None and not suppressed) else None)
-                if isinstance(failure, Exception):
-                    record_error(span, failure)
+            failure = commit_error or (exc if (exc is not None and not suppressed) else None)
+            transaction_outcome(span, committed, commit_error or exc, failure, count, self._force_rollback)
         except Exception as internal:
             _safety.report("db.transaction", internal)
         try:

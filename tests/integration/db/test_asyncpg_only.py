@@ -1,5 +1,5 @@
-"""pitchey_trace.db where asyncpg is installed and psycopg is not (a separate process in which
-importing psycopg fails), against a real PostgreSQL server."""
+"""pitchey_trace.db where asyncpg and psycopg2 are installed and psycopg 3 is not (a separate
+process in which importing psycopg fails), against a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -51,8 +51,25 @@ SCRIPT = textwrap.dedent(
         await rename(conn, 1)
         await conn.close()
 
+    import psycopg2
+
+    @db.traced_transaction
+    def insert2(conn, pid):
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO pitches VALUES (%s, 'psycopg2')", (pid,))
+
+    def main2():
+        conn = psycopg2.connect(sys.argv[2])
+        try:
+            insert2(conn, 2)  # instruments conn
+            assert db.is_instrumented(conn)
+            assert db.traced_query(conn, "SELECT id FROM pitches WHERE id = %s", (2,)) == [(2,)]
+        finally:
+            conn.close()
+
     with capture_spans() as mem:
         asyncio.run(main())
+        main2()
     print(json.dumps({
         "unavailable": unavailable,
         "psycopg_imported": sys.modules.get("psycopg") is not None,
@@ -64,7 +81,7 @@ SCRIPT = textwrap.dedent(
 
 def test_asyncpg_without_psycopg(pg_dsn: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(asyncpg_args(pg_dsn))],
+        [sys.executable, "-c", SCRIPT, json.dumps(asyncpg_args(pg_dsn)), pg_dsn],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -75,13 +92,19 @@ def test_asyncpg_without_psycopg(pg_dsn: str) -> None:
     out = json.loads(done.stdout)
     assert "pitchey-trace[postgres]" in out["unavailable"]
     assert out["psycopg_imported"] is False
-    assert sorted(name for name, _, _ in out["spans"]) == [
-        "SELECT pitches",  # the one-call form
+    names = [name for name, _, _ in out["spans"]]
+    assert names == [
+        "SELECT pitches",  # asyncpg: the one-call form
         "SELECT pitches",  # inside load()
-        "TRANSACTION",
-        "UPDATE pitches",
         "load",
+        "UPDATE pitches",
+        "TRANSACTION",
+        "INSERT pitches",  # psycopg2
+        "TRANSACTION",
+        "SELECT pitches",
     ]
-    spans = {name: (span_id, parent) for name, span_id, parent in out["spans"]}  # (the last SELECT)
-    assert spans["SELECT pitches"][1] == spans["load"][0]
-    assert spans["UPDATE pitches"][1] == spans["TRANSACTION"][0]
+    ids = [span_id for _, span_id, _ in out["spans"]]
+    parents = [parent for _, _, parent in out["spans"]]
+    assert parents[1] == ids[2]  # the query inside load()
+    assert parents[3] == ids[4]
+    assert parents[5] == ids[6]  # psycopg2: the INSERT inside the decorator's transaction

@@ -1,0 +1,336 @@
+"""psycopg2 support: ``instrument(conn)`` on a ``psycopg2`` connection.
+
+psycopg2's connection is a C type: nothing can be set on it and its class cannot be switched.
+What can be changed is its ``cursor_factory``: ``instrument(conn)`` sets it to a traced subclass
+of the factory in place (so ``DictCursor`` / ``RealDictCursor`` set as the connection's factory
+keep working). The per-connection state lives in a weak mapping. Traced, as client spans with
+the psycopg 3 path's attributes, slow-query log, audit records and error scrubbing
+(:mod:`pitchey_trace.db._ops`):
+
+* ``execute``, ``executemany`` (``db.operation.batch.size``);
+* ``copy_expert``, ``copy_from``, ``copy_to`` (one ``COPY`` span, rows copied);
+* server-side (named) cursors: the ``DECLARE`` and each round trip after it (``FETCH`` for
+  ``fetchone`` / ``fetchmany`` / ``fetchall`` and each page of an iteration, ``MOVE`` for
+  ``scroll``).
+
+A cursor made with an explicit ``conn.cursor(cursor_factory=...)`` argument bypasses the
+connection's factory and is not traced; set the factory on the connection instead
+(``connect(..., cursor_factory=RealDictCursor)`` before ``instrument``).
+``traced_transaction(conn)`` is a transaction block of our own (psycopg2 has none): the
+outermost commits or rolls back the connection, an inner one uses a savepoint.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import psycopg2.extensions as _ext
+
+from pitchey_trace import _safety
+from pitchey_trace._context import suppress_tracing
+from pitchey_trace._span import AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.db._ops import ConnState, Op, Stmt, connection_attributes, transaction_outcome
+
+__all__ = [
+    "instrument",
+    "is_connection",
+    "is_instrumented",
+    "traced_query",
+    "traced_transaction",
+    "uninstrument",
+]
+
+_Connection: Any = _ext.connection
+_STATES: weakref.WeakKeyDictionary[Any, ConnState] = weakref.WeakKeyDictionary()
+_TRACED: dict[type, type] = {}
+_IDLE = _ext.TRANSACTION_STATUS_IDLE
+
+
+def is_connection(obj: object) -> bool:
+    """True for a psycopg2 connection."""
+    return isinstance(obj, _Connection)
+
+
+def _state(conn: Any) -> ConnState | None:
+    state = _STATES.get(conn)
+    return state if state is not None and state.instrumented else None
+
+
+def _one(row: Any) -> int:
+    return 0 if row is None else 1
+
+
+def _len(rows: Any) -> int:
+    return len(rows) if isinstance(rows, list) else -1
+
+
+class _TracedCursor:
+    """Mixed into a traced subclass of the connection's cursor factory."""
+
+    _pitchey_traced = True
+
+    # -- statements ----------------------------------------------------------------------------
+    def _run(self, query: Any, params: Any, call: Callable[[Any], Any], batch: Any = None) -> Any:
+        state = _state(self.connection)  # type: ignore[attr-defined]
+        op = state.begin(self, query, params) if state is not None else None
+        if op is None:
+            return call(query)
+        if batch is not None:
+            try:
+                if hasattr(batch, "__len__") and op[0].is_recording:
+                    op[0].set_attribute("db.operation.batch.size", len(batch))
+            except Exception as exc:
+                _safety.report("db.begin", exc)
+        try:
+            result = call(op[3])
+        except BaseException as exc:
+            state.fail(op, exc)  # type: ignore[union-attr]
+            raise
+        if self.name is not None:  # type: ignore[attr-defined]  # (a DECLARE: remember what for)
+            self._pitchey_declared = op[1]
+        state.done(op, self.rowcount)  # type: ignore[union-attr,attr-defined]
+        return result
+
+    def execute(self, query: Any, vars: Any = None) -> Any:
+        call = super().execute  # type: ignore[misc]
+        return self._run(query, vars, lambda q: call(q, vars))
+
+    def executemany(self, query: Any, vars_list: Any) -> Any:
+        call = super().executemany  # type: ignore[misc]
+        return self._run(query, None, lambda q: call(q, vars_list), vars_list)
+
+    def copy_expert(self, sql: Any, file: Any, *args: Any, **kwargs: Any) -> Any:
+        call = super().copy_expert  # type: ignore[misc]
+        return self._run(sql, None, lambda q: call(sql, file, *args, **kwargs))
+
+    def copy_from(self, file: Any, table: str, *args: Any, **kwargs: Any) -> Any:
+        call = super().copy_from  # type: ignore[misc]
+        return self._run(f"COPY {table} FROM STDIN", None, lambda _: call(file, table, *args, **kwargs))
+
+    def copy_to(self, file: Any, table: str, *args: Any, **kwargs: Any) -> Any:
+        call = super().copy_to  # type: ignore[misc]
+        return self._run(f"COPY {table} TO STDOUT", None, lambda _: call(file, table, *args, **kwargs))
+
+    # -- server-side cursors: each round trip ----------------------------------------------------
+    def _round_trip(self, operation: str, call: Callable[[], Any], rows: Callable[[Any], int]) -> Any:
+        declared: Stmt | None = getattr(self, "_pitchey_declared", None)
+        state = _state(self.connection)  # type: ignore[attr-defined]
+        op: Op | None = None
+        if declared is not None and state is not None:
+            try:
+                op = state.begin_statement(state.cursor_statement(declared, operation))
+            except Exception as exc:
+                _safety.report("db.begin", exc)
+        if op is None:
+            return call()
+        try:
+            result = call()
+        except BaseException as exc:
+            state.fail(op, exc)  # type: ignore[union-attr]
+            raise
+        state.done(op, rows(result))  # type: ignore[union-attr]
+        return result
+
+    def fetchone(self) -> Any:
+        call = super().fetchone  # type: ignore[misc]
+        return call() if self.name is None else self._round_trip("FETCH", call, _one)  # type: ignore[attr-defined]
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        call = super().fetchmany  # type: ignore[misc]
+        if self.name is None:  # type: ignore[attr-defined]
+            return call() if size is None else call(size)
+        return self._round_trip("FETCH", lambda: call() if size is None else call(size), _len)
+
+    def fetchall(self) -> Any:
+        call = super().fetchall  # type: ignore[misc]
+        return call() if self.name is None else self._round_trip("FETCH", call, _len)  # type: ignore[attr-defined]
+
+    def scroll(self, value: int, mode: str = "relative") -> Any:
+        call = super().scroll  # type: ignore[misc]
+        if self.name is None:  # type: ignore[attr-defined]
+            return call(value, mode)
+        return self._round_trip("MOVE", lambda: call(value, mode), lambda _: -1)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.name is None or getattr(self, "_pitchey_declared", None) is None:  # type: ignore[attr-defined]
+            return super().__iter__()  # type: ignore[misc,no-any-return]
+        return self._pages()
+
+    def _pages(self) -> Iterator[Any]:
+        # A named cursor's iteration fetches ``itersize`` rows per round trip: one span each.
+        while True:
+            rows = self.fetchmany(self.itersize)  # type: ignore[attr-defined]
+            if not rows:
+                return
+            yield from rows
+
+
+def _traced_class(base: type) -> type:
+    cls = _TRACED.get(base)
+    if cls is None:
+        cls = type(base.__name__, (_TracedCursor, base), {"__module__": base.__module__})
+        _TRACED[base] = cls
+    return cls
+
+
+def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
+    """Trace every statement run on a psycopg2 connection's cursors; returns ``conn``."""
+    state = _STATES.get(conn)
+    if state is not None and state.instrumented:
+        if state.sql_comments != sql_comments or state.capture_parameters != capture_parameters:
+            state.sql_comments = sql_comments
+            state.capture_parameters = capture_parameters
+            state.cache.clear()
+        return conn
+    state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
+    factory = conn.cursor_factory
+    state.orig_cursor_factory = factory
+    if not getattr(factory, "_pitchey_traced", False):
+        conn.cursor_factory = _traced_class(factory or _ext.cursor)
+    state.instrumented = True
+    _STATES[conn] = state
+    return conn
+
+
+def uninstrument(conn: Any) -> Any:
+    """Undo :func:`instrument`: the connection's own cursor factory comes back."""
+    state = _STATES.pop(conn, None)
+    if state is not None:
+        state.instrumented = False
+        if getattr(conn.cursor_factory, "_pitchey_traced", False):
+            conn.cursor_factory = state.orig_cursor_factory
+    return conn
+
+
+def is_instrumented(conn: Any) -> bool:
+    """True when :func:`instrument` is in effect on this psycopg2 connection."""
+    return _state(conn) is not None
+
+
+def traced_query(conn: Any, sql: Any, params: Any = None) -> list[Any]:
+    """Run ``sql`` in a span on a fresh cursor of ``conn``; its rows (``[]`` when none)."""
+    state = _state(conn) or ConnState(conn, base_attrs=connection_attributes(conn))
+    with conn.cursor() as cur:
+        op = state.begin(cur, sql, params) if not getattr(cur, "_pitchey_traced", False) else None
+        if op is None:  # (a traced cursor makes its own span)
+            cur.execute(sql, params)
+        else:
+            try:
+                cur.execute(op[3], params)
+            except BaseException as exc:
+                state.fail(op, exc)
+                raise
+            state.done(op, cur.rowcount)
+        return cur.fetchall() if cur.description is not None else []
+
+
+class _Transaction:
+    """``with traced_transaction(conn):`` for psycopg2: commit (or roll back on an exception,
+    or with ``force_rollback``) at the end; inside a transaction, a savepoint instead."""
+
+    def __init__(
+        self, conn: Any, state: ConnState, savepoint_name: str | None, force_rollback: bool, name: str | None
+    ) -> None:
+        self._conn = conn
+        self._state = state
+        self._savepoint = savepoint_name
+        self._force_rollback = force_rollback
+        self._name = name
+        self._nested = False
+        self._span: AnySpan | None = None
+        self._frame: list[int] | None = None
+
+    def _sql(self, *statements: str) -> None:
+        with suppress_tracing():  # this block's own statements, not the application's
+            cur = _ext.cursor(self._conn)
+            try:
+                for statement in statements:
+                    cur.execute(statement)
+            finally:
+                cur.close()
+
+    def __enter__(self) -> Any:
+        conn = self._conn
+        self._nested = conn.get_transaction_status() != _IDLE
+        operation = "SAVEPOINT" if self._nested else "TRANSACTION"
+        try:
+            tracer = get_tracer()
+            if tracer.pipeline is not None:
+                attrs = dict(self._state.base_attrs)
+                attrs["db.operation.name"] = operation
+                span = tracer.start_span(self._name or operation, attrs, SpanKind.INTERNAL)
+                if span.trace_id:
+                    span.__enter__()
+                    self._span = span
+                    self._frame = [0]
+                    self._state.tx_stack.append(self._frame)
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
+        try:
+            if self._nested:
+                self._savepoint = self._savepoint or f"pitchey_sp_{len(self._state.tx_stack)}"
+                self._sql(f'SAVEPOINT "{self._savepoint}"')
+                if self._span is not None and self._span.is_recording:
+                    self._span.set_attribute("db.transaction.savepoint_name", self._savepoint)
+            elif conn.autocommit:
+                self._sql("BEGIN")
+        except BaseException as exc:
+            self._finish(False, exc, exc)
+            raise
+        return conn
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        commit = ev is None and not self._force_rollback
+        try:
+            if self._nested:
+                if commit:
+                    self._sql(f'RELEASE SAVEPOINT "{self._savepoint}"')
+                else:
+                    self._sql(
+                        f'ROLLBACK TO SAVEPOINT "{self._savepoint}"', f'RELEASE SAVEPOINT "{self._savepoint}"'
+                    )
+            elif self._conn.autocommit:
+                self._sql("COMMIT" if commit else "ROLLBACK")
+            elif commit:
+                self._conn.commit()
+            else:
+                self._conn.rollback()
+        except BaseException as error:
+            self._finish(False, error, error)
+            raise
+        self._finish(commit, ev, ev)
+
+    def _finish(self, committed: bool, reason: BaseException | None, failure: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        try:
+            frame, self._frame = self._frame, None
+            stack = self._state.tx_stack
+            if frame is not None and frame in stack:
+                stack.remove(frame)
+            count = frame[0] if frame else 0
+            transaction_outcome(span, committed, reason, failure, count, self._force_rollback)
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
+        try:
+            span.__exit__(None, None, None)
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
+
+
+def traced_transaction(
+    conn: Any, savepoint_name: str | None = None, force_rollback: bool = False, name: str | None = None
+) -> _Transaction:
+    """A traced transaction block on a psycopg2 connection (instrumenting it if it was not)."""
+    if not is_instrumented(conn):
+        instrument(conn)
+    state = _state(conn)
+    assert state is not None
+    return _Transaction(conn, state, savepoint_name, force_rollback, name)
