@@ -1,9 +1,11 @@
 """Per-query cost of ``SELECT 1`` on a local PostgreSQL: plain psycopg, psycopg with
 pitchey-trace's ``instrument(conn)``, and psycopg with opentelemetry-instrumentation-psycopg +
-the OpenTelemetry SDK, all in the same process and run.
+the OpenTelemetry SDK, all in the same process and run. ``--driver psycopg2`` does the same
+with psycopg2 and opentelemetry-instrumentation-psycopg2.
 
     .venv/bin/pip install -e '.[dev,bench]'
     .venv/bin/python bench/bench_postgres.py                 # starts a throwaway server
+    .venv/bin/python bench/bench_postgres.py --driver psycopg2
     PITCHEY_TEST_PG_DSN='host=... port=...' .venv/bin/python bench/bench_postgres.py   # TCP only
 
 Each op is ``cur.execute("SELECT 1"); cur.fetchone()`` on one autocommit connection and one
@@ -184,9 +186,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--min-time", type=float, default=0.05)
+    parser.add_argument(
+        "--driver",
+        choices=("psycopg", "psycopg2"),
+        default="psycopg",
+        help="psycopg 3 (default) or psycopg2, against opentelemetry-instrumentation-<driver>",
+    )
     args = parser.parse_args()
 
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    if args.driver == "psycopg2":
+        import psycopg2
+        from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor as Instrumentor
+
+        def connect(dsn: str) -> Any:
+            conn = psycopg2.connect(dsn)
+            conn.autocommit = True
+            return conn
+
+        driver_version = psycopg2.__version__.split()[0]
+    else:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor as Instrumentor
+
+        def connect(dsn: str) -> Any:
+            return psycopg.connect(dsn, autocommit=True)
+
+        driver_version = psycopg.__version__
+
+    def opened(conn: Any) -> Any:  # closed when the run ends (psycopg2 has no context manager for it)
+        stack.callback(conn.close)
+        return conn
 
     ours = NoopExporter()
     with ExitStack() as stack:
@@ -199,13 +227,11 @@ def main() -> None:
             transports["unix"] = server.dsn_unix
         cases: dict[str, Runner] = {}
         for label, dsn in transports.items():
-            plain = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            plain = opened(connect(dsn))
             cases[f"plain_{label}"] = _select1(stack.enter_context(plain.cursor()))
-            traced = instrument(stack.enter_context(psycopg.connect(dsn, autocommit=True)))
+            traced = instrument(opened(connect(dsn)))
             cases[f"pt_{label}"] = _select1(stack.enter_context(traced.cursor()))
-            otel_conn = PsycopgInstrumentor().instrument_connection(
-                stack.enter_context(psycopg.connect(dsn, autocommit=True)), tracer_provider=tp
-            )
+            otel_conn = Instrumentor().instrument_connection(opened(connect(dsn)), tracer_provider=tp)
             cases[f"otel_{label}"] = _select1(stack.enter_context(otel_conn.cursor()))
 
         def after() -> None:
@@ -219,9 +245,9 @@ def main() -> None:
         # diagnostic without the export-side sanitizer and rollups (worker cost removed).
         extra: dict[str, tuple[float, float]] = {}
         extra_cpu: dict[str, float] = {}
-        for label, kwargs in EXTRA_SETUPS.items():
+        for label, kwargs in EXTRA_SETUPS.items() if args.driver == "psycopg" else ():
             pt.configure(service="bench", exporters=[ours], **kwargs)
-            conn = instrument(stack.enter_context(psycopg.connect(server.dsn, autocommit=True)))
+            conn = instrument(opened(connect(server.dsn)))
             res = measure(
                 {label: _select1(stack.enter_context(conn.cursor())), "plain_tcp": cases["plain_tcp"]},
                 after,
@@ -237,8 +263,9 @@ def main() -> None:
 
     print(
         f"\n== PostgreSQL SELECT 1 per query (median us/op; CPython {sys.version.split()[0]}, "
-        f"psycopg {psycopg.__version__}, libpq {psycopg.pq.version()}, "
-        f"opentelemetry-instrumentation-psycopg {version('opentelemetry-instrumentation-psycopg')}) =="
+        f"{args.driver} {driver_version}, libpq {psycopg.pq.version()}, "
+        f"opentelemetry-instrumentation-{args.driver} "
+        f"{version(f'opentelemetry-instrumentation-{args.driver}')}) =="
     )
     print(f"  {'case':<22} {'wall':>9}    {'cpu':>9}  (cpu: process CPU time, all threads, per query)")
     for name in cases:

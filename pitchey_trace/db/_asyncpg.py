@@ -47,8 +47,9 @@ __all__ = [
 _Connection: Any = asyncpg.Connection
 _Proxy: Any = asyncpg.pool.PoolConnectionProxy
 
-#: Tracing state of each instrumented connection (the connection has no room for it).
-_STATES: weakref.WeakKeyDictionary[Any, ConnState] = weakref.WeakKeyDictionary()
+#: Tracing state of each instrumented connection (the connection has no room for it), by id():
+#: a plain dict lookup per statement; the entry goes when the connection does.
+_STATES: dict[int, ConnState] = {}
 #: Traced subclass of each connection class seen (asyncpg's, or a ``connection_class``).
 _TRACED: dict[type, type] = {}
 
@@ -69,7 +70,7 @@ def _raw(conn: Any) -> Any:
 
 
 def _state(conn: Any) -> ConnState | None:
-    state = _STATES.get(conn)
+    state = _STATES.get(id(conn))
     return state if state is not None and state.instrumented else None
 
 
@@ -522,7 +523,7 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     returns ``conn``. Calling it again only updates ``capture_parameters``; ``sql_comments``
     does not apply (see the module docstring)."""
     raw = _raw(conn)
-    state = _STATES.get(raw)
+    state = _STATES.get(id(raw))
     if state is not None and state.instrumented:
         if state.capture_parameters != capture_parameters:
             state.capture_parameters = capture_parameters
@@ -535,14 +536,15 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     if not getattr(cls, "_pitchey_traced", False):
         raw.__class__ = _traced_class(cls)
     state.instrumented = True
-    _STATES[raw] = state
+    _STATES[id(raw)] = state
+    weakref.finalize(raw, _STATES.pop, id(raw), None)
     return conn
 
 
 def uninstrument(conn: Any) -> Any:
     """Undo :func:`instrument`: the connection gets its own class back. Returns ``conn``."""
     raw = _raw(conn)
-    state = _STATES.pop(raw, None)
+    state = _STATES.pop(id(raw), None)
     if state is not None:
         state.instrumented = False
     cls = type(raw)

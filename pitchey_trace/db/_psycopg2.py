@@ -45,8 +45,12 @@ __all__ = [
 ]
 
 _Connection: Any = _ext.connection
-_STATES: weakref.WeakKeyDictionary[Any, ConnState] = weakref.WeakKeyDictionary()
+#: State of each instrumented connection, by id(): a plain dict lookup on every statement
+#: (a WeakKeyDictionary makes a weakref per lookup); the entry goes when the connection does.
+_STATES: dict[int, ConnState] = {}
 _TRACED: dict[type, type] = {}
+#: The server-side variant of each traced cursor class.
+_NAMED: dict[type, type] = {}
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 
 
@@ -56,7 +60,7 @@ def is_connection(obj: object) -> bool:
 
 
 def _state(conn: Any) -> ConnState | None:
-    state = _STATES.get(conn)
+    state = _STATES.get(id(conn))
     return state if state is not None and state.instrumented else None
 
 
@@ -96,8 +100,20 @@ class _TracedCursor:
         return result
 
     def execute(self, query: Any, vars: Any = None) -> Any:
-        call = super().execute  # type: ignore[misc]
-        return self._run(query, vars, lambda q: call(q, vars))
+        # The hot path, written out (no closure): the other methods go through _run.
+        state = _STATES.get(id(self.connection))  # type: ignore[attr-defined]
+        op = state.begin(self, query, vars) if state is not None and state.instrumented else None
+        if op is None:
+            return super().execute(query, vars)  # type: ignore[misc]
+        try:
+            result = super().execute(op[3], vars)  # type: ignore[misc]
+        except BaseException as exc:
+            state.fail(op, exc)  # type: ignore[union-attr]
+            raise
+        if self.name is not None:  # type: ignore[attr-defined]
+            self._pitchey_declared = op[1]
+        state.done(op, self.rowcount)  # type: ignore[union-attr,attr-defined]
+        return result
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
         call = super().executemany  # type: ignore[misc]
@@ -115,7 +131,18 @@ class _TracedCursor:
         call = super().copy_to  # type: ignore[misc]
         return self._run(f"COPY {table} TO STDOUT", None, lambda _: call(file, table, *args, **kwargs))
 
-    # -- server-side cursors: each round trip ----------------------------------------------------
+    def __new__(cls, conn: Any, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # A named (server-side) cursor gets the subclass that traces its fetches; a client-side
+        # cursor keeps psycopg2's own fetch methods (no round trip: nothing to trace, no cost).
+        named = _NAMED.get(cls)
+        if name is not None and named is not None:
+            cls = named
+        return super().__new__(cls, conn, name, *args, **kwargs)  # type: ignore[call-arg]
+
+
+class _NamedCursor:
+    """Mixed into a server-side cursor's traced class: each round trip after the DECLARE."""
+
     def _round_trip(self, operation: str, call: Callable[[], Any], rows: Callable[[Any], int]) -> Any:
         declared: Stmt | None = getattr(self, "_pitchey_declared", None)
         state = _state(self.connection)  # type: ignore[attr-defined]
@@ -136,27 +163,21 @@ class _TracedCursor:
         return result
 
     def fetchone(self) -> Any:
-        call = super().fetchone  # type: ignore[misc]
-        return call() if self.name is None else self._round_trip("FETCH", call, _one)  # type: ignore[attr-defined]
+        return self._round_trip("FETCH", super().fetchone, _one)  # type: ignore[misc]
 
     def fetchmany(self, size: int | None = None) -> Any:
         call = super().fetchmany  # type: ignore[misc]
-        if self.name is None:  # type: ignore[attr-defined]
-            return call() if size is None else call(size)
         return self._round_trip("FETCH", lambda: call() if size is None else call(size), _len)
 
     def fetchall(self) -> Any:
-        call = super().fetchall  # type: ignore[misc]
-        return call() if self.name is None else self._round_trip("FETCH", call, _len)  # type: ignore[attr-defined]
+        return self._round_trip("FETCH", super().fetchall, _len)  # type: ignore[misc]
 
     def scroll(self, value: int, mode: str = "relative") -> Any:
         call = super().scroll  # type: ignore[misc]
-        if self.name is None:  # type: ignore[attr-defined]
-            return call(value, mode)
         return self._round_trip("MOVE", lambda: call(value, mode), lambda _: -1)
 
     def __iter__(self) -> Iterator[Any]:
-        if self.name is None or getattr(self, "_pitchey_declared", None) is None:  # type: ignore[attr-defined]
+        if getattr(self, "_pitchey_declared", None) is None:  # (declared untraced)
             return super().__iter__()  # type: ignore[misc,no-any-return]
         return self._pages()
 
@@ -173,13 +194,14 @@ def _traced_class(base: type) -> type:
     cls = _TRACED.get(base)
     if cls is None:
         cls = type(base.__name__, (_TracedCursor, base), {"__module__": base.__module__})
+        _NAMED[cls] = type(base.__name__, (_NamedCursor, cls), {"__module__": base.__module__})
         _TRACED[base] = cls
     return cls
 
 
 def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
     """Trace every statement run on a psycopg2 connection's cursors; returns ``conn``."""
-    state = _STATES.get(conn)
+    state = _STATES.get(id(conn))
     if state is not None and state.instrumented:
         if state.sql_comments != sql_comments or state.capture_parameters != capture_parameters:
             state.sql_comments = sql_comments
@@ -192,13 +214,15 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     if not getattr(factory, "_pitchey_traced", False):
         conn.cursor_factory = _traced_class(factory or _ext.cursor)
     state.instrumented = True
-    _STATES[conn] = state
+    key = id(conn)
+    _STATES[key] = state
+    weakref.finalize(conn, _STATES.pop, key, None)
     return conn
 
 
 def uninstrument(conn: Any) -> Any:
     """Undo :func:`instrument`: the connection's own cursor factory comes back."""
-    state = _STATES.pop(conn, None)
+    state = _STATES.pop(id(conn), None)
     if state is not None:
         state.instrumented = False
         if getattr(conn.cursor_factory, "_pitchey_traced", False):
