@@ -10,7 +10,12 @@
        ]
        LOGGING = LOGGING_WITH_TRACE_IDS                      # below: ids on every log line
 
-2. ``wsgi.py`` (or ``asgi.py``) - wrap the application::
+2. Every query on PostgreSQL traced (psycopg 3 or psycopg2 backend), e.g. in an ``AppConfig.ready``::
+
+       from django.db.backends.signals import connection_created
+       connection_created.connect(trace_database_queries)   # the function below, copied
+
+3. ``wsgi.py`` (or ``asgi.py``) - wrap the application::
 
        from django.core.wsgi import get_wsgi_application
        from pitchey_trace.web import WSGITracingMiddleware
@@ -28,7 +33,8 @@ named by the method alone (``GET``), never by the raw path. Django logs unhandle
 on ``django.request`` while the request's span is current, so that record carries the trace
 id, as does the 500 response's ``X-Trace-Id`` header.
 
-This file imports no Django module, so it can be imported (and checked) anywhere.
+This file imports no Django module, so it can be imported (and checked) anywhere;
+tests/integration/db/test_django.py runs it in a Django project under a real WSGI server.
 """
 
 from __future__ import annotations
@@ -58,6 +64,16 @@ class PitcheyRouteMiddleware:
         route = getattr(match, "route", None)
         if route is not None:
             set_route("/" + route.lstrip("/"))
+
+
+def trace_database_queries(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Connect to ``django.db.backends.signals.connection_created``: each new PostgreSQL
+    connection is instrumented, so every query Django runs on it is a span (named
+    ``"SELECT pitches"``, literals stripped) under the request's span."""
+    if connection.vendor == "postgresql":
+        from pitchey_trace.db import instrument
+
+        instrument(connection.connection)
 
 
 def on_login_failed(sender: Any, credentials: Any, request: Any = None, **kwargs: Any) -> None:
