@@ -3,8 +3,9 @@ throwaway PostgreSQL, or use a private schema on ``PITCHEY_TEST_PG_DSN``; the we
 ``--demo`` serves on a free port and calls itself), and what it prints is checked: the
 results, the trace trees its ``ConsoleExporter(pretty=True)`` draws, audit lines and logs.
 
-``find_slow_traces.py`` records into a temporary archive and reads it back with the analysis
-engine; ``opentelemetry_api.py`` mixes spans of the OpenTelemetry API and pitchey-trace.
+``asyncpg_checkout.py`` runs on asyncpg. ``find_slow_traces.py`` records into a temporary
+archive and reads it back with the analysis engine; ``opentelemetry_api.py`` mixes spans of
+the OpenTelemetry API and pitchey-trace.
 Covered elsewhere: ``demo.py`` (and its ``_demo_app.py``) by ``tests/integration/test_demo.py``,
 ``w3c_test_service.py`` by ``tests/integration/test_w3c_service.py``;
 ``django_settings_snippet.py`` is a settings fragment, not a program.
@@ -152,6 +153,38 @@ def check_search_pitches(stdout: str, stderr: str) -> None:
     assert not any(s.error for s in shown)
     assert "Traceback" not in stderr
     assert "type=rollup  operation=SELECT pitches  count=2" in stdout
+
+
+def check_asyncpg_checkout(stdout: str, stderr: str) -> None:
+    assert result_line(stdout, "second backing accepted:") is False
+    assert result_line(stdout, "report:") == {"pitch": 7, "backings": 1, "total": 25, "amounts": [25]}
+    shown = parse_trees(stdout)
+    back = trace_of(shown, "POST /pitches/{id}/back")
+    assert sorted(s.name for s in back) == [
+        "INSERT backings",
+        "INSERT backings",
+        "POST /pitches/{id}/back",
+        "SAVEPOINT",
+        "TRANSACTION",
+    ]
+    by_name = {s.name: s for s in back}
+    assert by_name["SAVEPOINT"].parent == "TRANSACTION"
+    assert by_name["SAVEPOINT"].error  # the refused backing, rolled back alone
+    assert not by_name["TRANSACTION"].error  # the outer transaction committed
+    assert [s.error for s in back if s.name == "INSERT backings"] == [False, True]
+    report = trace_of(shown, "pitch_report")
+    assert_parents(
+        report,
+        {
+            "GET /pitches/{id}/report": None,
+            "pitch_report": "GET /pitches/{id}/report",
+            "TRANSACTION": "pitch_report",
+            "SELECT backings": {"pitch_report", "TRANSACTION"},  # the prepared one, the cursor
+        },
+    )
+    assert [s.name for s in report].count("SELECT backings") == 2
+    assert "ann@example.com" not in stdout
+    assert "Traceback" not in stderr
 
 
 # "GET /me          -> 401  X-Trace-Id: 52a9defec63503c2e512619ea579ac41" (``-``: not traced)
@@ -306,6 +339,7 @@ CHECKS: dict[str, Callable[[str, str], None]] = {
     "opentelemetry_api.py": check_opentelemetry_api,
     "load_pitch.py": check_load_pitch,
     "search_pitches.py": check_search_pitches,
+    "asyncpg_checkout.py": check_asyncpg_checkout,
     "fastapi_app.py --demo": check_fastapi_app,
     "flask_app.py --demo": check_flask_app,
 }
