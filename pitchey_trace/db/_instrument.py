@@ -24,7 +24,7 @@ C = TypeVar("C", psycopg.Connection[Any], psycopg.AsyncConnection[Any])
 def _check(conn: object) -> None:
     if not isinstance(conn, (psycopg.Connection, psycopg.AsyncConnection)):
         raise TypeError(
-            "expected a psycopg Connection or AsyncConnection, or an asyncpg Connection, "
+            "expected a psycopg Connection or AsyncConnection, or an asyncpg or psycopg2 connection, "
             f"got {type(conn).__name__}"
         )
 

@@ -308,3 +308,30 @@ def test_without_configure_queries_run_untraced(pg_dsn: str) -> None:
 
     run(pg_dsn, body)
     assert pt.stats().get("internal_errors", 0) == 0
+
+
+def test_misuse_is_a_clear_error_and_odd_states_are_harmless(pg_dsn: str) -> None:
+    with pytest.raises(TypeError, match="asyncpg or psycopg2 connection"):
+        instrument(object())  # type: ignore[type-var]
+
+    async def main() -> None:
+        conn = await asyncpg.connect(**asyncpg_args(pg_dsn))
+        try:
+            assert uninstrument(conn) is conn  # never instrumented: nothing to undo
+            assert type(conn) is asyncpg.Connection
+            with pytest.raises(TypeError, match="psycopg options"):
+                traced_transaction(conn, force_rollback=True)
+            instrument(conn)
+            instrument(conn)  # again: harmless
+            assert is_instrumented(conn)
+        finally:
+            await conn.close()
+        async with asyncpg.create_pool(**asyncpg_args(pg_dsn), min_size=1, max_size=1) as pool:
+            proxy = await pool.acquire()
+            instrument(proxy)  # a pool's proxy: its connection is instrumented
+            assert is_instrumented(proxy)
+            await pool.release(proxy)
+            assert not is_instrumented(proxy)  # released: no connection behind it any more
+
+    with capture_spans():
+        asyncio.run(main())

@@ -204,3 +204,19 @@ def test_sqlalchemy_psycopg2_dialect(pg_dsn: str) -> None:
     (root,) = mem.spans("request")
     names = [s["name"] for s in mem.spans() if s["parent_span_id"] == root["span_id"]]
     assert names == ["CREATE t", "INSERT t", "SELECT t"]
+
+
+def test_explicit_cursor_factory_and_uninstrumented_connection(conn2: Any) -> None:
+    with capture_spans() as mem:
+        instrument(conn2)
+        with conn2.cursor(cursor_factory=psycopg2.extras.DictCursor) as cur:  # bypasses the factory
+            cur.execute("SELECT 1")
+            assert cur.fetchone()["?column?"] == 1
+        uninstrument(conn2)
+        uninstrument(conn2)  # again: harmless
+        with conn2.cursor() as cur:
+            cur.execute("SELECT 2")
+        assert traced_query(conn2, "SELECT %s::int AS n", (3,)) == [(3,)]  # traced, still not instrumented
+        assert not is_instrumented(conn2)
+    assert [s["name"] for s in mem.spans()] == ["SELECT"]
+    assert attrs(mem.spans()[0])["db.query.text"] == "SELECT %s::int AS n"
