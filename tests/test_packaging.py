@@ -71,6 +71,13 @@ USER_CODE = textwrap.dedent(
         assert "pip install 'pitchey-trace[otel-api]'" in str(exc), exc
     else:
         raise AssertionError("pitchey_trace.otel imported without opentelemetry-api")
+    for module, extra in (("pitchey_trace.celery", "celery"), ("pitchey_trace.db", "postgres")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            assert f"pip install 'pitchey-trace[{extra}]'" in str(exc), exc
+        else:
+            raise AssertionError(f"{module} imported without its driver")
     print("ok")
     """
 )

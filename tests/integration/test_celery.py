@@ -1,0 +1,180 @@
+"""Celery across processes: tasks sent from this process (a traced request) run in a real
+Celery worker process (solo pool) over the filesystem broker; the worker's spans continue the
+sender's trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace.testing import capture_spans
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TASKS = textwrap.dedent(
+    """
+    import json, os
+    from celery import Celery
+    import pitchey_trace as pt
+    from pitchey_trace.celery import instrument_celery
+
+    base = os.environ["PT_CELERY_DIR"]
+    app = Celery("pitch_tasks", broker="filesystem://")
+    app.conf.update(
+        broker_transport_options={
+            "data_folder_in": base + "/queue", "data_folder_out": base + "/queue",
+            "processed_folder": base + "/done", "store_processed": False,
+        },
+        task_default_queue="pitches",
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+
+    class FileExporter:
+        def export(self, batch):
+            with open(base + "/worker-spans.jsonl", "a") as f:
+                for record in batch:
+                    f.write(json.dumps(record) + "\\n")
+            return True
+
+    if os.environ.get("PT_ROLE") == "worker":
+        pt.configure(service="pitch-worker", exporters=[FileExporter()], sample_rate=1.0)
+    instrument_celery()
+
+    @app.task(bind=True)
+    def score_pitch(self, pitch_id, card):
+        with pt.span("score", attributes={"pitch.id": pitch_id}):
+            if pitch_id == 13:
+                raise ValueError("unlucky pitch")
+        return pitch_id * 2
+
+    @app.task(bind=True, max_retries=2)
+    def flaky(self):
+        if self.request.retries == 0:
+            raise self.retry(exc=KeyError("first try"), countdown=0)
+        return "ok"
+    """
+)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+    """The task module in tmp_path, a worker process running it, and the module imported here."""
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "done").mkdir()
+    (tmp_path / "pitch_tasks.py").write_text(TASKS)
+    env = {
+        **os.environ,
+        "PT_CELERY_DIR": str(tmp_path),
+        "PT_ROLE": "worker",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    argv = [
+        "worker",
+        "--pool=solo",
+        "-Q",
+        "pitches",
+        "--loglevel=WARNING",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import pitch_tasks; pitch_tasks.app.worker_main({argv!r})"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    os.environ["PT_CELERY_DIR"] = str(tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import pitch_tasks  # type: ignore[import-not-found]
+
+        yield tmp_path, pitch_tasks
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("pitch_tasks", None)
+        os.environ.pop("PT_CELERY_DIR", None)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        if "Traceback" in out and "unlucky pitch" not in out and "first try" not in out:
+            print(out)
+
+
+def worker_spans(base: Path, expected: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    path = base / "worker-spans.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        spans = [r for r in records if r["type"] == "span"]
+        if len(spans) >= expected or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.1)
+
+
+def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]) -> None:
+    base, tasks = worker
+    from pitchey_trace.celery import instrument_celery, uninstrument_celery
+
+    with capture_spans() as mem:
+        instrument_celery()
+        with pt.span("POST /pitches/42/score"):
+            tasks.score_pitch.delay(42, "4111 1111 1111 1111")
+        tasks.score_pitch.delay(13, None)
+        tasks.flaky.delay()
+        # run score_pitch x2 (+ their score spans), run flaky x2 (the retry re-runs it)
+        spans = worker_spans(base, expected=6)
+        uninstrument_celery()
+    sent = {s["span_id"]: s for s in mem.spans() if s["name"].startswith("send ")}
+    assert sorted(s["name"] for s in sent.values()) == [
+        "send pitch_tasks.flaky",
+        "send pitch_tasks.score_pitch",
+        "send pitch_tasks.score_pitch",
+    ]
+    (request,) = mem.spans("POST /pitches/42/score")
+    runs = [s for s in spans if s["name"].startswith("run ")]
+    assert len(runs) == 4, [s["name"] for s in spans]
+    for run in runs:
+        assert run["kind"] == "consumer"
+        assert run["service"] == "pitch-worker"
+        assert run["attributes"]["messaging.system"] == "celery"
+        assert run["attributes"]["messaging.operation.type"] == "process"
+    ok, failed = sorted(
+        (s for s in runs if s["name"] == "run pitch_tasks.score_pitch"),
+        key=lambda s: s["attributes"]["celery.task.state"] != "SUCCESS",
+    )
+    # across processes: the worker's span is the child of the send span, in the request's trace
+    send_ok = sent[ok["parent_span_id"]]
+    assert send_ok["parent_span_id"] == request["span_id"]
+    assert ok["trace_id"] == request["trace_id"]
+    assert send_ok["kind"] == "producer"
+    assert send_ok["attributes"]["messaging.message.id"] == ok["attributes"]["messaging.message.id"]
+    (score,) = [s for s in spans if s["name"] == "score" and s["trace_id"] == ok["trace_id"]]
+    assert score["parent_span_id"] == ok["span_id"]  # the task's own spans nest under its run
+    assert failed["status"] == "error"
+    assert failed["attributes"]["celery.task.state"] == "FAILURE"
+    assert any(e["name"] == "exception" for e in failed["events"])
+    assert failed["parent_span_id"] in sent  # no request around it: the send span is the root
+    flaky = [s for s in runs if s["name"] == "run pitch_tasks.flaky"]
+    states = sorted(s["attributes"]["celery.task.state"] for s in flaky)
+    assert states == ["RETRY", "SUCCESS"]
+    retried = next(s for s in flaky if s["attributes"]["celery.task.state"] == "RETRY")
+    assert [e["name"] for e in retried["events"]] == ["retry"]
+    again = next(s for s in flaky if s["attributes"]["celery.task.state"] == "SUCCESS")
+    assert again["attributes"]["celery.task.retries"] == 1
+    assert "4111 1111 1111 1111" not in json.dumps(spans + mem.records)  # arguments never recorded
