@@ -426,8 +426,7 @@ class _TracedTransaction:
             if current:
                 self._prev = CURRENT.get()
                 CURRENT.set(span)
-            self._frame = [0]
-            self._state.tx_stack.append(self._frame)
+            self._frame = self._state.push_frame()
         except Exception as exc:
             _safety.report("db.transaction", exc)
 
@@ -437,10 +436,8 @@ class _TracedTransaction:
             return
         try:
             frame, self._frame = self._frame, None
-            stack = self._state.tx_stack
-            if frame is not None and frame in stack:
-                stack.remove(frame)
-            transaction_outcome(span, committed, reason, reason if failed else None, frame[0] if frame else 0)
+            count = self._state.pop_frame(frame)
+            transaction_outcome(span, committed, reason, reason if failed else None, count)
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:

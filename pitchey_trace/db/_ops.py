@@ -286,6 +286,25 @@ class ConnState:
         # One [statement_count] frame per open traced transaction/savepoint on this connection.
         self.tx_stack: list[list[int]] = []
 
+    # -- transactions --------------------------------------------------------------------------
+    def push_frame(self) -> list[int]:
+        """A new statement counter for a transaction block opening on this connection."""
+        frame = [0]
+        self.tx_stack.append(frame)
+        return frame
+
+    def pop_frame(self, frame: list[int] | None) -> int:
+        """Remove a block's counter (by identity: two blocks may hold equal counts) and return
+        the statements it counted."""
+        if frame is None:
+            return 0
+        stack = self.tx_stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is frame:
+                del stack[i]
+                break
+        return frame[0]
+
     # -- statement cache (slow path) ---------------------------------------------------------
     def statement(self, query: Any, cur: Any) -> Stmt:
         """The cached :class:`Stmt` for ``query`` (built on first use)."""

@@ -279,7 +279,10 @@ class _Transaction:
 
     def __enter__(self) -> Any:
         conn = self._conn
-        self._nested = conn.get_transaction_status() != _IDLE
+        # Nested when a block of ours is open on this connection (psycopg2 sends BEGIN only
+        # with the first statement, so the server may still say idle) or the server says so.
+        self._nested = bool(self._state.tx_stack) or conn.get_transaction_status() != _IDLE
+        self._frame = self._state.push_frame()  # (pushed even untraced: it marks the nesting)
         operation = "SAVEPOINT" if self._nested else "TRANSACTION"
         try:
             tracer = get_tracer()
@@ -290,8 +293,6 @@ class _Transaction:
                 if span.trace_id:
                     span.__enter__()
                     self._span = span
-                    self._frame = [0]
-                    self._state.tx_stack.append(self._frame)
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:
@@ -331,15 +332,12 @@ class _Transaction:
         self._finish(commit, ev, ev)
 
     def _finish(self, committed: bool, reason: BaseException | None, failure: BaseException | None) -> None:
+        frame, self._frame = self._frame, None
+        count = self._state.pop_frame(frame)
         span, self._span = self._span, None
         if span is None:
             return
         try:
-            frame, self._frame = self._frame, None
-            stack = self._state.tx_stack
-            if frame is not None and frame in stack:
-                stack.remove(frame)
-            count = frame[0] if frame else 0
             transaction_outcome(span, committed, reason, failure, count, self._force_rollback)
         except Exception as exc:
             _safety.report("db.transaction", exc)

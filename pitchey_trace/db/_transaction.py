@@ -75,8 +75,7 @@ class _TxBase:
                 return
             span.__enter__()
             self._span = span
-            self._frame = [0]
-            self._state.tx_stack.append(self._frame)
+            self._frame = self._state.push_frame()
         except Exception as exc:
             _safety.report("db.transaction", exc)
 
@@ -90,18 +89,6 @@ class _TxBase:
         except Exception as exc:
             _safety.report("db.transaction", exc)
 
-    def _pop_frame(self) -> int:
-        frame = self._frame
-        if frame is None:
-            return 0
-        self._frame = None
-        stack = self._state.tx_stack
-        if stack and stack[-1] is frame:
-            stack.pop()
-        elif frame in stack:
-            stack.remove(frame)
-        return frame[0]
-
     def _finish(
         self,
         exc: BaseException | None,
@@ -114,7 +101,8 @@ class _TxBase:
             return
         self._span = None
         try:
-            count = self._pop_frame()
+            frame, self._frame = self._frame, None
+            count = self._state.pop_frame(frame)
             tx = self._tx
             committed = tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
             failure = commit_error or (exc if (exc is not None and not suppressed) else None)

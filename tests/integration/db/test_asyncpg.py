@@ -335,3 +335,18 @@ def test_misuse_is_a_clear_error_and_odd_states_are_harmless(pg_dsn: str) -> Non
 
     with capture_spans():
         asyncio.run(main())
+
+
+def test_statement_counts_of_nested_blocks_with_equal_counts(pg_dsn: str) -> None:
+    async def body(conn: Any) -> None:
+        async with conn.transaction():
+            async with conn.transaction():  # closes with the same count (0) as the outer block
+                pass
+            await conn.execute("UPDATE pitches SET title = 'y' WHERE id = 2")
+
+    with capture_spans() as mem:
+        run(pg_dsn, body)
+    (outer,) = mem.spans("TRANSACTION")
+    (inner,) = mem.spans("SAVEPOINT")
+    assert attrs(inner)["db.transaction.statement_count"] == 0
+    assert attrs(outer)["db.transaction.statement_count"] == 1

@@ -209,3 +209,15 @@ def test_async_transaction_and_decorator(pg_dsn: str) -> None:
     (sp,) = mem.spans("SAVEPOINT")
     assert sp["parent_span_id"] == txs[0]["span_id"]
     assert txs[2]["attributes"]["db.response.status_code"] == "23514"
+
+
+def test_statement_counts_of_nested_blocks_with_equal_counts(conn: psycopg.Connection[Any]) -> None:
+    with capture_spans() as mem:
+        with traced_transaction(conn):
+            with conn.transaction():  # closes with the same count (0) as the outer block
+                pass
+            conn.execute("SELECT 1")
+    (outer,) = mem.spans("TRANSACTION")
+    (inner,) = mem.spans("SAVEPOINT")
+    assert inner["attributes"]["db.transaction.statement_count"] == 0
+    assert outer["attributes"]["db.transaction.statement_count"] == 1

@@ -220,3 +220,28 @@ def test_explicit_cursor_factory_and_uninstrumented_connection(conn2: Any) -> No
         assert not is_instrumented(conn2)
     assert [s["name"] for s in mem.spans()] == ["SELECT"]
     assert attrs(mem.spans()[0])["db.query.text"] == "SELECT %s::int AS n"
+
+
+def test_statement_counts_of_nested_blocks_with_equal_counts(conn2: Any) -> None:
+    with capture_spans() as mem:
+        with traced_transaction(conn2):
+            with traced_transaction(conn2):  # closes with the same count (0) as the outer block
+                pass
+            with conn2.cursor() as cur:
+                cur.execute("UPDATE pitches SET title = 'y' WHERE id = 2")
+    (outer,) = mem.spans("TRANSACTION")
+    (inner,) = mem.spans("SAVEPOINT")
+    assert attrs(inner)["db.transaction.statement_count"] == 0
+    assert attrs(outer)["db.transaction.statement_count"] == 1
+
+
+def test_nested_blocks_without_tracing_keep_their_semantics(conn2: Any) -> None:
+    # No configure(): nothing is recorded, but an inner block is still a savepoint, so the
+    # outer block's rollback undoes it (an inner COMMIT would have kept row 10).
+    with pytest.raises(RuntimeError), traced_transaction(conn2):
+        with traced_transaction(conn2), conn2.cursor() as cur:
+            cur.execute("INSERT INTO pitches VALUES (10, 'kept?')")
+        raise RuntimeError("undo everything")
+    with conn2.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pitches WHERE id = 10")
+        assert cur.fetchone() == (0,)
