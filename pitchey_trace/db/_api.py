@@ -69,17 +69,7 @@ def _execute_sync(cur: Any, conn: Any, query: Any, params: Any) -> list[Any]:
     if is_traced_class(type(cur)) and state_of(conn) is not None:
         cur.execute(query, params)  # already traced by the cursor class
     else:
-        state = _passive_state(conn)
-        op = state.begin(cur, query, params)
-        if op is None:
-            cur.execute(query, params)
-        else:
-            try:
-                cur.execute(op[3], params)
-            except BaseException as exc:
-                state.fail(op, exc)
-                raise
-            state.done(op, cur.rowcount)
+        _passive_state(conn).execute(cur, query, params)
     return cur.fetchall() if cur.description is not None else []
 
 

@@ -522,9 +522,7 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     raw = _raw(conn)
     state = _STATES.get(id(raw))
     if state is not None and state.instrumented:
-        if state.capture_parameters != capture_parameters:
-            state.capture_parameters = capture_parameters
-            state.cache.clear()
+        state.set_overrides(False, capture_parameters)
         return conn
     state = ConnState(
         raw, sql_comments=False, capture_parameters=capture_parameters, base_attrs=_connection_attributes(raw)

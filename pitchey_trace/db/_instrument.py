@@ -93,10 +93,7 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     _check(conn)
     state = state_of(conn)
     if state is not None and state.instrumented:
-        if state.sql_comments != sql_comments or state.capture_parameters != capture_parameters:
-            state.sql_comments = sql_comments
-            state.capture_parameters = capture_parameters
-            state.cache.clear()
+        state.set_overrides(sql_comments, capture_parameters)
         return conn
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
     state.orig_cursor_factory = conn.cursor_factory

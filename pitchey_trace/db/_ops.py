@@ -286,6 +286,14 @@ class ConnState:
         # One [statement_count] frame per open traced transaction/savepoint on this connection.
         self.tx_stack: list[list[int]] = []
 
+    def set_overrides(self, sql_comments: bool | None, capture_parameters: bool | None) -> None:
+        """Change this connection's overrides of the global options (``instrument`` called
+        again); cached statements are rebuilt when they change."""
+        if self.sql_comments != sql_comments or self.capture_parameters != capture_parameters:
+            self.sql_comments = sql_comments
+            self.capture_parameters = capture_parameters
+            self.cache.clear()
+
     # -- transactions --------------------------------------------------------------------------
     def push_frame(self) -> list[int]:
         """A new statement counter for a transaction block opening on this connection."""
@@ -447,6 +455,19 @@ class ConnState:
         except Exception as exc:
             _safety.report("db.begin", exc)
             return None
+
+    def execute(self, cur: Any, query: Any, params: Any) -> None:
+        """Run one statement on an untraced DB-API cursor, in a span (``traced_query``)."""
+        op = self.begin(cur, query, params)
+        if op is None:
+            cur.execute(query, params)
+            return
+        try:
+            cur.execute(op[3], params)
+        except BaseException as exc:
+            self.fail(op, exc)
+            raise
+        self.done(op, cur.rowcount)
 
     def done(self, op: Op, rows: int) -> None:
         """End the span of a query that succeeded (``rows`` < 0: unknown). Never raises."""

@@ -203,10 +203,7 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     """Trace every statement run on a psycopg2 connection's cursors; returns ``conn``."""
     state = _STATES.get(id(conn))
     if state is not None and state.instrumented:
-        if state.sql_comments != sql_comments or state.capture_parameters != capture_parameters:
-            state.sql_comments = sql_comments
-            state.capture_parameters = capture_parameters
-            state.cache.clear()
+        state.set_overrides(sql_comments, capture_parameters)
         return conn
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
     factory = conn.cursor_factory
@@ -239,16 +236,10 @@ def traced_query(conn: Any, sql: Any, params: Any = None) -> list[Any]:
     """Run ``sql`` in a span on a fresh cursor of ``conn``; its rows (``[]`` when none)."""
     state = _state(conn) or ConnState(conn, base_attrs=connection_attributes(conn))
     with conn.cursor() as cur:
-        op = state.begin(cur, sql, params) if not getattr(cur, "_pitchey_traced", False) else None
-        if op is None:  # (a traced cursor makes its own span)
+        if getattr(cur, "_pitchey_traced", False):  # (a traced cursor makes its own span)
             cur.execute(sql, params)
         else:
-            try:
-                cur.execute(op[3], params)
-            except BaseException as exc:
-                state.fail(op, exc)
-                raise
-            state.done(op, cur.rowcount)
+            state.execute(cur, sql, params)
         return cur.fetchall() if cur.description is not None else []
 
 
