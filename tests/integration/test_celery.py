@@ -1,6 +1,7 @@
 """Celery across processes: tasks sent from this process (a traced request) run in a real
-Celery worker process (solo pool) over the filesystem broker; the worker's spans continue the
-sender's trace."""
+Celery worker process over the filesystem broker, with the solo pool and with the prefork pool
+(Celery's default: the tasks run in a forked child, whose pipeline is a fresh one); the
+worker's spans continue the sender's trace."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ TASKS = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+@pytest.fixture(params=["solo", "prefork"])
+def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Any]]:
     """The task module in tmp_path, a worker process running it, and the module imported here."""
     (tmp_path / "queue").mkdir()
     (tmp_path / "done").mkdir()
@@ -84,7 +85,8 @@ def worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
     }
     argv = [
         "worker",
-        "--pool=solo",
+        f"--pool={request.param}",
+        "--concurrency=1",
         "-Q",
         "pitches",
         "--loglevel=WARNING",
@@ -116,14 +118,16 @@ def worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
             print(out)
 
 
-def worker_spans(base: Path, expected: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+def worker_spans(base: Path, runs: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The worker's spans, once ``runs`` task runs were exported (or the timeout passed)."""
     path = base / "worker-spans.jsonl"
     deadline = time.monotonic() + timeout
     while True:
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         spans = [r for r in records if r["type"] == "span"]
-        if len(spans) >= expected or time.monotonic() > deadline:
-            return spans
+        if sum(s["name"].startswith("run ") for s in spans) >= runs or time.monotonic() > deadline:
+            time.sleep(0.3)  # (the spans of the last run's batch, if split)
+            return [json.loads(line) for line in path.read_text().splitlines() if '"type": "span"' in line]
         time.sleep(0.1)
 
 
@@ -137,8 +141,8 @@ def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]
             tasks.score_pitch.delay(42, "4111 1111 1111 1111")
         tasks.score_pitch.delay(13, None)
         tasks.flaky.delay()
-        # run score_pitch x2 (+ their score spans), run flaky x2 (the retry re-runs it)
-        spans = worker_spans(base, expected=6)
+        # run score_pitch x2, run flaky x2 (the retry re-runs it)
+        spans = worker_spans(base, runs=4)
         uninstrument_celery()
     sent = {s["span_id"]: s for s in mem.spans() if s["name"].startswith("send ")}
     assert sorted(s["name"] for s in sent.values()) == [
@@ -177,4 +181,8 @@ def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]
     assert [e["name"] for e in retried["events"]] == ["retry"]
     again = next(s for s in flaky if s["attributes"]["celery.task.state"] == "SUCCESS")
     assert again["attributes"]["celery.task.retries"] == 1
+    # the retry is sent again from the worker: a send span under the first run, parent of the next
+    (resent,) = [s for s in spans if s["name"] == "send pitch_tasks.flaky"]
+    assert resent["parent_span_id"] == retried["span_id"]
+    assert again["parent_span_id"] == resent["span_id"]
     assert "4111 1111 1111 1111" not in json.dumps(spans + mem.records)  # arguments never recorded
