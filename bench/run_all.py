@@ -19,6 +19,7 @@ SUITES = [
     "otlp",
     "postgres",
     "asyncpg",
+    "celery",
     "analysis",
     "middleware",
 ]

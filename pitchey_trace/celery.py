@@ -25,11 +25,10 @@ Needs ``celery`` (extra ``celery``).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from pitchey_trace import _safety
-from pitchey_trace._span import SpanKind
+from pitchey_trace._span import SpanKind, TrustedAttributes
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.exceptions import IntegrationUnavailable
 from pitchey_trace.propagation import extract, inject
@@ -42,88 +41,118 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 __all__ = ["instrument_celery", "uninstrument_celery"]
 
 _UID = "pitchey_trace"
+_PRODUCER = SpanKind.PRODUCER
+_CONSUMER = SpanKind.CONSUMER
 #: Spans open between two signals, by task id; bounded (a publish that raises never sends
 #: ``after_task_publish``, and a worker killed mid-task never sends ``task_postrun``).
 _MAX_OPEN = 10_000
-_sending: OrderedDict[str, Any] = OrderedDict()
-_running: OrderedDict[str, Any] = OrderedDict()
+_sending: dict[str, Any] = {}
+_running: dict[str, Any] = {}
+#: The attributes shared by every span of a task name, operation and routing key, built once
+#: (validated here, so start_span copies them without checking each entry).
+_TEMPLATES: dict[tuple[str, str, str | None], TrustedAttributes] = {}
 
 
-def _remember(table: OrderedDict[str, Any], key: str, span: Any) -> None:
+def _remember(table: dict[str, Any], key: str, span: Any) -> None:
     table[key] = span
-    while len(table) > _MAX_OPEN:
-        table.popitem(last=False)
+    while len(table) > _MAX_OPEN:  # the oldest first (dicts keep insertion order)
+        del table[next(iter(table))]
 
 
-def _attributes(task_name: str, task_id: str | None, operation: str, routing_key: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "messaging.system": "celery",
-        "messaging.operation.type": operation,
-        "celery.task.name": task_name,
-    }
+def _attributes(task_name: str, task_id: str | None, operation: str, routing_key: Any) -> TrustedAttributes:
+    route = routing_key if isinstance(routing_key, str) and routing_key else None
+    key = (task_name, operation, route)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = TrustedAttributes(
+            {
+                "messaging.system": "celery",
+                "messaging.operation.type": operation,
+                "celery.task.name": task_name,
+            }
+        )
+        if route is not None:
+            template["messaging.destination.name"] = route
+        if len(_TEMPLATES) >= 1024:  # bounded: task names are few, routing keys might not be
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    attrs = TrustedAttributes(template)
     if task_id:
         attrs["messaging.message.id"] = task_id
-    if isinstance(routing_key, str) and routing_key:
-        attrs["messaging.destination.name"] = routing_key
     return attrs
 
 
 def _before_publish(sender: Any = None, headers: Any = None, routing_key: Any = None, **_: Any) -> None:
-    with _safety.guard("celery.publish"):
+    # (try/except rather than _safety.guard: these run for every task, and every microsecond
+    # here is the application's)
+    try:
         tracer = get_tracer()
         if tracer.pipeline is None or not isinstance(headers, dict):
             return
         name = str(headers.get("task") or sender or "task")
         task_id = headers.get("id")
-        span = tracer.start_span(
-            f"send {name}", _attributes(name, task_id, "send", routing_key), SpanKind.PRODUCER
-        )
+        task_id = str(task_id) if task_id else None
+        span = tracer.start_span(f"send {name}", _attributes(name, task_id, "send", routing_key), _PRODUCER)
         if not span.trace_id:  # suppressed
             return
         inject(headers, span)  # the worker reads them back from the task's request
         if task_id:
-            _remember(_sending, str(task_id), span)
+            _remember(_sending, task_id, span)
         else:
             span.end()
+    except Exception as exc:
+        _safety.report("celery.publish", exc)
 
 
 def _after_publish(headers: Any = None, **_: Any) -> None:
-    with _safety.guard("celery.publish"):
+    try:
         task_id = headers.get("id") if isinstance(headers, dict) else None
         span = _sending.pop(str(task_id), None) if task_id else None
         if span is not None:
             span.end()
+    except Exception as exc:
+        _safety.report("celery.publish", exc)
 
 
-def _from_request(request: Any, key: str) -> Any:
-    """A propagation header of the running task: Celery puts the message's custom headers
-    on the request (protocol 2), older senders nest them under ``headers``."""
-    value = getattr(request, key, None)
-    if value is None:
-        nested = getattr(request, "headers", None)
-        if isinstance(nested, dict):
+_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def _carrier(request: Any) -> dict[str, str]:
+    """The propagation headers of the running task, as a dict (``extract``'s fastest carrier):
+    Celery puts a message's custom headers on the request (protocol 2); older senders nest
+    them under ``headers``."""
+    nested = getattr(request, "headers", None)
+    carrier: dict[str, str] = {}
+    for key in _HEADERS:
+        value = getattr(request, key, None)
+        if value is None and isinstance(nested, dict):
             value = nested.get(key)
-    return value if isinstance(value, str) else None
+        if isinstance(value, str):
+            carrier[key] = value
+    return carrier
 
 
 def _prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
-    with _safety.guard("celery.run"):
+    try:
         tracer = get_tracer()
         if tracer.pipeline is None or task is None or not task_id:
             return
         request = task.request
-        parent = extract(request, _from_request)
+        parent = extract(_carrier(request))
         delivery = getattr(request, "delivery_info", None) or {}
         name = str(task.name)
-        attrs = _attributes(name, str(task_id), "process", delivery.get("routing_key"))
+        key = str(task_id)
+        attrs = _attributes(name, key, "process", delivery.get("routing_key"))
         retries = getattr(request, "retries", 0)
-        if isinstance(retries, int) and retries:
+        if retries.__class__ is int and retries:
             attrs["celery.task.retries"] = retries
-        span = tracer.start_span(f"run {name}", attrs, SpanKind.CONSUMER, parent)
+        span = tracer.start_span(f"run {name}", attrs, _CONSUMER, parent)
         if not span.trace_id:
             return
         span.__enter__()  # current while the task runs (prerun and postrun share its thread)
-        _remember(_running, str(task_id), span)
+        _remember(_running, key, span)
+    except Exception as exc:
+        _safety.report("celery.run", exc)
 
 
 def _failure(task_id: Any = None, exception: Any = None, **_: Any) -> None:
@@ -142,13 +171,15 @@ def _retry(request: Any = None, reason: Any = None, **_: Any) -> None:
 
 
 def _postrun(task_id: Any = None, state: Any = None, **_: Any) -> None:
-    with _safety.guard("celery.run"):
+    try:
         span = _running.pop(str(task_id), None)
         if span is None:
             return
         if isinstance(state, str):
             span.set_attribute("celery.task.state", state)
         span.__exit__(None, None, None)
+    except Exception as exc:
+        _safety.report("celery.run", exc)
 
 
 _HANDLERS = (
