@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 Runner = Callable[[int], None]
 
@@ -50,3 +51,37 @@ def report(title: str, results: dict[str, float], pairs: list[tuple[str, str, st
         print(f"  {name:<44} {us:9.3f} us")
     for label, ours, theirs in pairs:
         print(f"  ratio {label:<38} {results[ours] / results[theirs]:9.3f}  ({ours} / {theirs})")
+
+
+class NoopExporter:
+    """pitchey-trace exporter that drops every batch (counts records, so nothing is skipped)."""
+
+    name = "noop"
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def export(self, batch: Any) -> bool:
+        self.records += len(batch)
+        return True
+
+
+def otel_noop_provider() -> Any:
+    """OpenTelemetry's SDK TracerProvider with a BatchSpanProcessor feeding a counting no-op
+    exporter (``provider.noop_exporter.spans``): the anchor's usual set-up."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class OtelNoop(SpanExporter):
+        def __init__(self) -> None:
+            self.spans = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = OtelNoop()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.noop_exporter = exporter  # type: ignore[attr-defined]
+    return provider

@@ -38,36 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+from _harness import NoopExporter, otel_noop_provider  # noqa: E402  (bench/ is on sys.path)
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
 
 import pitchey_trace as pt  # noqa: E402
 from pitchey_trace.db import instrument  # noqa: E402
 from tests.support.pgserver import asyncpg_args, postgres_server  # noqa: E402
 
 Runner = Callable[[int], Awaitable[None]]
-
-
-class NoopExporter:
-    name = "noop"
-
-    def __init__(self) -> None:
-        self.records = 0
-
-    def export(self, batch: Any) -> bool:
-        self.records += len(batch)
-        return True
-
-
-class OtelNoop(SpanExporter):
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
 
 
 def runner(conn: Any, suppressed: bool) -> Runner:
@@ -87,9 +66,8 @@ def runner(conn: Any, suppressed: bool) -> Runner:
 async def main_async(args: argparse.Namespace, dsn: str) -> None:
     ours = NoopExporter()
     pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-    theirs = OtelNoop()
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(theirs))
+    tp = otel_noop_provider()
+    theirs = tp.noop_exporter
     AsyncPGInstrumentor().instrument(tracer_provider=tp)
     conns = {name: await asyncpg.connect(**asyncpg_args(dsn)) for name in ("plain", "pt", "otel")}
     instrument(conns["pt"])

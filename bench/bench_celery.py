@@ -29,33 +29,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _harness import NoopExporter, otel_noop_provider  # noqa: E402  (bench/ is on sys.path)
 from celery import Celery  # noqa: E402
 from opentelemetry.instrumentation.celery import CeleryInstrumentor  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
 
 import pitchey_trace as pt  # noqa: E402
 from pitchey_trace.celery import _HANDLERS, instrument_celery, uninstrument_celery  # noqa: E402
-
-
-class NoopExporter:
-    name = "noop"
-
-    def __init__(self) -> None:
-        self.records = 0
-
-    def export(self, batch: Any) -> bool:
-        self.records += len(batch)
-        return True
-
-
-class OtelNoop(SpanExporter):
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
 
 
 def main() -> None:
@@ -75,9 +54,8 @@ def main() -> None:
 
     ours = NoopExporter()
     pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-    theirs = OtelNoop()
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(theirs))
+    tp = otel_noop_provider()
+    theirs = tp.noop_exporter
     otel = CeleryInstrumentor()
 
     def flush() -> None:
