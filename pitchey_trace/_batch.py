@@ -54,6 +54,9 @@ DEFAULT_EXPORTER_QUEUE_SIZE = 20_000
 _CHUNK = 512
 #: Spans whose records are built per call of the record builder (see _deliver_spans).
 _BUILD_STEP = 64
+#: How long a thread that hands a full batch to an idle worker waits for it to be taken
+#: (see Pipeline._handoff). Processing 512 spans takes about 1 ms.
+_HANDOFF_TIMEOUT_S = 0.01
 
 Processor = Callable[[Record], "Record | None"]
 
@@ -104,6 +107,38 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float, kind: str) -> None
     t.join(max(0.0, timeout))
 
 
+def several_cpus() -> bool:
+    """Whether this process may run on more than one CPU (the hand-off below only matters then:
+    on one CPU a thread that releases the GIL leaves the CPU, and a waiter gets the GIL)."""
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except (AttributeError, OSError):  # (no affinity API: macOS, Windows)
+        return (os.cpu_count() or 1) > 1
+
+
+def handoff(
+    wake: threading.Event, done: threading.Event, idle: bool, worker: threading.Thread | None
+) -> None:
+    """Wake an idle worker for a full batch and wait, without the GIL, until ``done`` is set
+    (the pipeline worker: it processed the batch; an exporter worker: it took the GIL).
+
+    Why: a woken worker must take the GIL. Beside a busy thread that releases the GIL often
+    (every socket call, ``os.urandom``), CPython wakes the waiter at each release and it
+    loses the race each time. It then restarts its 5 ms wait, so it never forces a switch: it
+    starves, and every release costs the busy thread a futex wake and a cross-CPU hand-off
+    (+10 us per span measured on 2 CPUs, bench/diag_gil_wait.py). Waiting here lets the
+    worker have the GIL at once. The price: this thread pauses while the batch is processed,
+    once per batch (about 1 ms for 512 spans), instead of paying on every GIL release. The
+    callers pass ``idle`` False on one CPU, where there is no such race (and the pause only
+    made the 99th percentile of the middleware benchmark 2 ms longer)."""
+    if not idle or worker is None or worker is threading.current_thread() or not worker.is_alive():
+        wake.set()
+        return
+    done.clear()
+    wake.set()
+    done.wait(_HANDOFF_TIMEOUT_S)
+
+
 class ExporterWorker:
     """One exporter, its bounded queue and its thread."""
 
@@ -127,6 +162,9 @@ class ExporterWorker:
         self._pending = 0
         self._lock = threading.Lock()
         self.wake = threading.Event()
+        self._idle = False  # waiting for work (see handoff)
+        self._taken = threading.Event()
+        self._several_cpus = several_cpus()
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -155,7 +193,7 @@ class ExporterWorker:
                 self.queue.append(records)
             full = self._pending >= self.wake_at
         if full:
-            self.wake.set()
+            handoff(self.wake, self._taken, self._idle and self._several_cpus, self._thread)
 
     def put_marker(self, marker: _FlushMarker) -> None:
         """Queue a flush marker (always accepted)."""
@@ -181,7 +219,10 @@ class ExporterWorker:
         q = self.queue
         size = self.batch_size
         while True:
+            self._idle = True
             self.wake.wait(self.delay_s)
+            self._idle = False
+            self._taken.set()  # (holding the GIL: the thread that woke us may go on)
             self.wake.clear()
             batch: list[Record] = []
             while True:
@@ -282,6 +323,9 @@ class Pipeline:
         # queue / wake / wake_at / max_queue_size are read by Span.__exit__ directly (hot path).
         self.queue: deque[Span | Record | tuple[Any, ...]] = deque()
         self.wake = threading.Event()
+        self._idle = False  # waiting for work (see handoff)
+        self._drained = threading.Event()
+        self._several_cpus = several_cpus()
         self._flush_requests: deque[tuple[_Latch, float]] = deque()
         self._refresh_hot()
         self._stop = False
@@ -291,7 +335,7 @@ class Pipeline:
     def _refresh_hot(self) -> None:
         # What the C accelerator's enqueue/emit read, in one attribute lookup instead of four.
         # Kept current wherever these change (start, fork, shutdown).
-        self._hot = (self.queue.append, self.queue, self.max_queue_size, self.wake_at, self.wake.set)
+        self._hot = (self.queue.append, self.queue, self.max_queue_size, self.wake_at, self._handoff)
 
     # -- request-thread side -----------------------------------------------------------------
     def enqueue(self, span: Span) -> None:
@@ -300,7 +344,7 @@ class Pipeline:
         if len(q) < self.max_queue_size:
             q.append(span)
             if len(q) == self.wake_at:
-                self.wake.set()
+                self._handoff()
         else:
             self.drop()
 
@@ -319,6 +363,10 @@ class Pipeline:
             q.append(record)
         else:
             self.drop()
+
+    def _handoff(self) -> None:
+        """A full batch is queued: wake the worker (see :func:`handoff`)."""
+        handoff(self.wake, self._drained, self._idle and self._several_cpus, self._thread)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -393,10 +441,13 @@ class Pipeline:
             # A backlog that built up during the last drain is taken at once; otherwise sleep
             # until 512 spans are queued (the producer sets ``wake``) or the delay passes.
             if len(self.queue) < self.wake_at:
+                self._idle = True
                 self.wake.wait(self.schedule_delay_s)
+                self._idle = False
             self.wake.clear()
             with _safety.guard("pipeline"):
                 self._drain()
+            self._drained.set()  # (the thread that handed the batch over may go on)
             now = time.monotonic()
             if now - last_periodic >= self.schedule_delay_s:
                 last_periodic = now

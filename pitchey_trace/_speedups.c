@@ -182,7 +182,7 @@ span_enter(PyObject *self, PyObject *unused)
     return Py_NewRef(self);
 }
 
-/* Pipeline._hot: (queue.append, queue, max_queue_size, wake_at, wake.set), borrowed from the
+/* Pipeline._hot: (queue.append, queue, max_queue_size, wake_at, _handoff), borrowed from the
  * new reference *hot, or 0 (no error) for a pipeline without it. */
 static int
 pipeline_hot(PyObject *pipe, PyObject **hot, PyObject **f)

@@ -13,6 +13,7 @@ import pytest
 
 import pitchey_trace as pt
 from pitchey_trace import _batch
+from pitchey_trace._tracer import get_tracer
 from pitchey_trace.testing import capture_spans
 
 
@@ -122,6 +123,11 @@ def test_full_queue_drops_and_counts_never_blocks() -> None:
         schedule_delay_ms=10_000,
         rollups=None,
     )
+    pipeline = get_tracer().pipeline
+    assert pipeline is not None
+    # Without the hand-off, the worker only runs when this thread lets go of the GIL, so the
+    # pipeline's own queue fills up (with it, the drops would all be at the exporter's queue).
+    pipeline._several_cpus = False
     n = 5_000
     for _ in range(n):
         with pt.span("x"):
@@ -465,3 +471,33 @@ def test_a_processor_or_sanitizer_returning_a_non_record_costs_that_record_only(
     assert [r["name"] for r in mem.spans()] == ["a", "b"]
     assert pt.stats()[counter] == 1
     assert pt.stats().get("internal_errors", 0) == 0
+
+
+@pytest.mark.parametrize("several", [True, False])
+def test_a_full_batch_is_handed_to_an_idle_worker_on_several_cpus(several: bool) -> None:
+    # On several CPUs the thread that queues the batch's last span waits (without the GIL)
+    # until the worker has processed the batch, so the worker never queues for the GIL beside
+    # a busy thread (docs/performance.md, "Background threads and the GIL"). On one CPU it
+    # only wakes the worker, as before.
+    mem = pt.InMemoryExporter()
+    pt.configure(service="t", exporters=[mem], export_batch_size=8, schedule_delay_ms=60_000)
+    pipeline = get_tracer().pipeline
+    assert pipeline is not None
+    pipeline._several_cpus = several
+    for worker in pipeline.workers:
+        worker._several_cpus = several
+    time.sleep(0.2)  # both workers are idle, waiting for work
+    for i in range(8):
+        with pt.span(f"s{i}"):
+            pass
+    queued = len(pipeline.queue)  # (no GIL release since the last span ended)
+    if several:
+        assert queued == 0  # processed before the 8th span's end returned
+    else:
+        assert queued == 8  # the worker was woken; it runs when this thread lets it
+    assert pt.force_flush(5)
+    assert len(mem.spans()) == 8
+
+
+def test_several_cpus_is_a_bool() -> None:
+    assert isinstance(_batch.several_cpus(), bool)

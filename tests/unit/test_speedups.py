@@ -813,6 +813,7 @@ def test_c_enqueue_and_emit_keep_the_queue_bound_and_count_what_they_refuse() ->
     with capture_spans(rollups=None, max_queue_size=4, export_batch_size=10**6, schedule_delay_ms=10**7):
         pipeline = pt.get_tracer().pipeline
         assert pipeline is not None
+        pipeline._several_cpus = False  # (no hand-off to the worker at wake_at: the queue fills)
         request()  # its audit and its span: 2 queued
         pt.start_span("a").end()
         assert len(pipeline.queue) == 3
