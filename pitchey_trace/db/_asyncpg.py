@@ -31,8 +31,7 @@ import asyncpg.pool
 
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT, suppress_tracing
-from pitchey_trace._span import AttributeValue, SpanKind
-from pitchey_trace._tracer import get_tracer
+from pitchey_trace._span import AttributeValue
 from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
 
 __all__ = [
@@ -413,14 +412,10 @@ class _TracedTransaction:
 
     def _open(self, current: bool) -> None:
         try:
-            tracer = get_tracer()
-            if tracer.pipeline is None or self._span is not None:
+            if self._span is not None:
                 return
-            operation = "SAVEPOINT" if self._conn.is_in_transaction() else "TRANSACTION"
-            attrs = dict(self._state.base_attrs)
-            attrs["db.operation.name"] = operation
-            span = tracer.start_span(self._name or operation, attrs, SpanKind.INTERNAL)
-            if not span.trace_id:
+            span = self._state.transaction_span(self._conn.is_in_transaction(), self._name)
+            if span is None:
                 return
             self._span = span
             if current:

@@ -38,6 +38,7 @@ STATE_ATTR = "_pitchey_trace_state"
 logger = logging.getLogger("pitchey_trace.db")
 
 _CLIENT = SpanKind.CLIENT
+_INTERNAL = SpanKind.INTERNAL
 _CACHE_MAX = 512
 _RETURNING_OPS = frozenset({"SELECT", "FETCH", "SHOW", "VALUES", "TABLE", "EXPLAIN"})
 _AFFECTING_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
@@ -300,6 +301,18 @@ class ConnState:
         frame = [0]
         self.tx_stack.append(frame)
         return frame
+
+    def transaction_span(self, nested: bool, name: str | None) -> AnySpan | None:
+        """The span of a transaction block (``TRANSACTION``, or ``SAVEPOINT`` when opened inside
+        a transaction; named ``name`` when given), not yet entered. None when nothing is
+        recorded (not configured, or tracing suppressed). Shared by every driver."""
+        if _TRACER.pipeline is None:
+            return None
+        operation = "SAVEPOINT" if nested else "TRANSACTION"
+        attrs = dict(self.base_attrs)
+        attrs["db.operation.name"] = operation
+        span = _TRACER.start_span(name or operation, attrs, _INTERNAL)
+        return span if span.trace_id else None
 
     def pop_frame(self, frame: list[int] | None) -> int:
         """Remove a block's counter (by identity: two blocks may hold equal counts) and return

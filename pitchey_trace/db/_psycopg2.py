@@ -31,9 +31,8 @@ import psycopg2.extensions as _ext
 
 from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
-from pitchey_trace._span import AnySpan, SpanKind
-from pitchey_trace._tracer import get_tracer
-from pitchey_trace.db._ops import ConnState, Op, Stmt, connection_attributes, transaction_outcome
+from pitchey_trace._span import AnySpan
+from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
 
 __all__ = [
     "instrument",
@@ -234,7 +233,7 @@ def is_instrumented(conn: Any) -> bool:
 
 def traced_query(conn: Any, sql: Any, params: Any = None) -> list[Any]:
     """Run ``sql`` in a span on a fresh cursor of ``conn``; its rows (``[]`` when none)."""
-    state = _state(conn) or ConnState(conn, base_attrs=connection_attributes(conn))
+    state = _state(conn) or ConnState(conn)
     with conn.cursor() as cur:
         if getattr(cur, "_pitchey_traced", False):  # (a traced cursor makes its own span)
             cur.execute(sql, params)
@@ -274,16 +273,11 @@ class _Transaction:
         # with the first statement, so the server may still say idle) or the server says so.
         self._nested = bool(self._state.tx_stack) or conn.get_transaction_status() != _IDLE
         self._frame = self._state.push_frame()  # (pushed even untraced: it marks the nesting)
-        operation = "SAVEPOINT" if self._nested else "TRANSACTION"
         try:
-            tracer = get_tracer()
-            if tracer.pipeline is not None:
-                attrs = dict(self._state.base_attrs)
-                attrs["db.operation.name"] = operation
-                span = tracer.start_span(self._name or operation, attrs, SpanKind.INTERNAL)
-                if span.trace_id:
-                    span.__enter__()
-                    self._span = span
+            span = self._state.transaction_span(self._nested, self._name)
+            if span is not None:
+                span.__enter__()
+                self._span = span
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:

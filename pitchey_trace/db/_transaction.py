@@ -16,8 +16,7 @@ import psycopg
 from psycopg import pq
 
 from pitchey_trace import _safety
-from pitchey_trace._span import AnySpan, SpanKind
-from pitchey_trace._tracer import get_tracer
+from pitchey_trace._span import AnySpan
 from pitchey_trace.db._ops import ConnState, transaction_outcome
 
 __all__ = ["AsyncTracedTransaction", "TracedTransaction"]
@@ -63,15 +62,9 @@ class _TxBase:
     def _start(self) -> None:
         """Open the span (made current) before BEGIN/SAVEPOINT is sent. Never raises."""
         try:
-            tracer = get_tracer()
-            if tracer.pipeline is None:
-                return
             nested = self._conn.info.transaction_status != _IDLE
-            operation = "SAVEPOINT" if nested else "TRANSACTION"
-            attrs = dict(self._state.base_attrs)
-            attrs["db.operation.name"] = operation
-            span = tracer.start_span(self._name or operation, attrs, SpanKind.INTERNAL)
-            if not span.trace_id:
+            span = self._state.transaction_span(nested, self._name)
+            if span is None:
                 return
             span.__enter__()
             self._span = span
