@@ -298,6 +298,45 @@ def check_flask_app(stdout: str, stderr: str) -> None:
     assert f"ERROR pitch_web [trace_id={ids[('/boom', 500)]} " in stderr
 
 
+def check_aiohttp_app(stdout: str, stderr: str) -> None:
+    made = calls(stdout)
+    assert [(p, st) for p, st, _ in made] == [
+        ("/pitches/42", 200),
+        ("/me", 200),
+        ("/me", 401),
+        ("/feed", 200),
+        ("/boom", 500),
+    ]
+    ids = {(p, st): t for p, st, t in made}
+    shown = parse_trees(stdout)
+    route = {
+        "/pitches/42": "GET /pitches/{pitch_id}",
+        "/me": "GET /me",
+        "/feed": "GET /feed",
+        "/boom": "GET /boom",
+    }
+    for path, status, trace_id in made:
+        server = [s for s in spans_of(shown, trace_id) if s.name == route[path]]
+        assert len(server) == 1, path
+        assert server[0].parent is None
+        assert server[0].error == (status == 500)
+    feed = spans_of(shown, ids[("/feed", 200)])
+    assert sorted(s.name for s in feed) == ["GET", "GET /feed", "GET /pitches/{pitch_id}", "load_pitch"]
+    assert_parents(
+        feed,
+        {
+            "GET /feed": None,
+            "GET": "GET /feed",
+            "GET /pitches/{pitch_id}": "GET",
+            "load_pitch": "GET /pitches/{pitch_id}",
+        },
+    )
+    assert stdout.count("type=audit  action=GET /me  target=/me  outcome=401") == 2
+    assert f"INFO pitch_aio [trace_id={ids[('/pitches/42', 200)]} " in stderr
+    assert f"ERROR aiohttp.server [trace_id={ids[('/boom', 500)]} " in stderr
+    assert "Warning" not in stderr
+
+
 def check_find_slow_traces(stdout: str, stderr: str) -> None:
     # The recorded workload has a slow render in about one request in five, and an N+1.
     assert re.search(r"^traces with a span of 20 ms or more: [1-5] shown$", stdout, re.M)
@@ -342,6 +381,7 @@ CHECKS: dict[str, Callable[[str, str], None]] = {
     "asyncpg_checkout.py": check_asyncpg_checkout,
     "fastapi_app.py --demo": check_fastapi_app,
     "flask_app.py --demo": check_flask_app,
+    "aiohttp_app.py --demo": check_aiohttp_app,
 }
 
 

@@ -4,10 +4,12 @@
     app = ASGITracingMiddleware(app)          # Starlette, FastAPI, any ASGI 3 app
     application = WSGITracingMiddleware(application)   # Django, any WSGI app
     init_flask(flask_app)                     # Flask (middleware + url_rule route names)
+    init_aiohttp(aiohttp_app)                 # aiohttp.web (middleware + resource templates)
 
 Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
 :func:`set_user` (audit actor), :func:`auth_failure` (security audit event).
-Outbound: :func:`instrument_httpx`, :func:`instrument_requests`, :func:`client_span`.
+Outbound: :func:`instrument_httpx`, :func:`instrument_requests`,
+:func:`instrument_aiohttp_client`, :func:`client_span`.
 Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog).
 See ``docs/middleware.md``. No web framework is imported until it is used.
 """
@@ -15,6 +17,13 @@ See ``docs/middleware.md``. No web framework is imported until it is used.
 from __future__ import annotations
 
 from pitchey_trace.web._common import DEFAULT_EXCLUDED_PATHS, auth_failure, set_route, set_user
+from pitchey_trace.web.aio import (
+    aiohttp_middleware,
+    aiohttp_trace_config,
+    init_aiohttp,
+    instrument_aiohttp_client,
+    uninstrument_aiohttp_client,
+)
 from pitchey_trace.web.asgi import ASGITracingMiddleware
 from pitchey_trace.web.logs import TraceContextFilter, TraceFormatter, add_trace_ids, trace_ids
 from pitchey_trace.web.outbound import (
@@ -33,14 +42,19 @@ __all__ = [
     "TraceFormatter",
     "WSGITracingMiddleware",
     "add_trace_ids",
+    "aiohttp_middleware",
+    "aiohttp_trace_config",
     "auth_failure",
     "client_span",
+    "init_aiohttp",
     "init_flask",
+    "instrument_aiohttp_client",
     "instrument_httpx",
     "instrument_requests",
     "set_route",
     "set_user",
     "trace_ids",
+    "uninstrument_aiohttp_client",
     "uninstrument_httpx",
     "uninstrument_requests",
 ]

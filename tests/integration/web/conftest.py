@@ -1,8 +1,10 @@
-"""Real HTTP servers on 127.0.0.1 for the middleware tests: uvicorn (ASGI) and werkzeug's
-threaded WSGI server, each on a free port in a background thread of the test process."""
+"""Real HTTP servers on 127.0.0.1 for the middleware tests: uvicorn (ASGI), werkzeug's
+threaded WSGI server and aiohttp's own server, each on a free port in a background thread of
+the test process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -77,6 +79,38 @@ def run_wsgi(app: Any) -> Iterator[RunningServer]:
         stop()
 
 
+@contextmanager
+def run_aiohttp(app: Any) -> Iterator[RunningServer]:
+    """Serve an ``aiohttp.web.Application`` on 127.0.0.1 from its own event loop in a
+    background thread until the block exits."""
+    from aiohttp import web
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.SockSite(runner, sock).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        if loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        sock.close()
+
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", stop)
+    finally:
+        stop()
+
+
 class RecordCollector(logging.Handler):
     """Keeps every record it sees (after its filters ran)."""
 
@@ -114,6 +148,13 @@ def serve_wsgi() -> Iterator[Callable[[Any], str]]:
     """``serve_wsgi(app) -> base URL`` (werkzeug, threaded); servers stop after the test."""
     with ExitStack() as stack:
         yield lambda app: stack.enter_context(run_wsgi(app)).url
+
+
+@pytest.fixture
+def serve_aiohttp() -> Iterator[Callable[[Any], str]]:
+    """``serve_aiohttp(app) -> base URL`` (its own loop and thread); servers stop after the test."""
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(run_aiohttp(app)).url
 
 
 @pytest.fixture

@@ -1,0 +1,294 @@
+"""aiohttp: server spans for ``aiohttp.web`` applications, client spans for ``ClientSession``.
+
+    from pitchey_trace.web import init_aiohttp, instrument_aiohttp_client
+    init_aiohttp(app)                 # before the app starts: one server span per request
+    instrument_aiohttp_client()       # every ClientSession created afterwards
+
+aiohttp is neither ASGI nor WSGI, so it has its own integration, with the same behaviour as
+the other middleware: the caller's ``traceparent`` is continued, the span is named
+``"{METHOD} {route template}"`` (``resource.canonical``, sub-application prefixes included),
+carries the OpenTelemetry HTTP server attributes, is current while the handler runs, and the
+response (error pages included) carries the ``X-Trace-Id`` header. A handler that streams
+(``StreamResponse``, WebSockets) is timed to its end; a returned ``Response`` is timed until
+the handler returns it (aiohttp writes its already-built body afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from time import time_ns
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.propagation import extract, inject
+from pitchey_trace.web._common import (
+    CLIENT_ADDRESS,
+    DEFAULT_EXCLUDED_PATHS,
+    HTTP_METHOD,
+    HTTP_REQUEST_BODY_SIZE,
+    REQUEST,
+    URL_PATH,
+    URL_QUERY,
+    URL_SCHEME,
+    USER_AGENT,
+    Options,
+    RequestState,
+    finish_request,
+    method_attributes,
+    stamp_exception,
+)
+from pitchey_trace.web.outbound import _end, _start, _strip_credentials
+
+__all__ = [
+    "aiohttp_middleware",
+    "aiohttp_trace_config",
+    "init_aiohttp",
+    "instrument_aiohttp_client",
+    "uninstrument_aiohttp_client",
+]
+
+_SERVER = SpanKind.SERVER
+_start_span = get_tracer().start_span
+# Typed storage keys (plain strings before aiohttp 3.9 / 3.12; a warning after), made once:
+# "app" marks an instrumented app, "request" holds the request's state for the prepare signal.
+_keys: dict[str, Any] = {}
+
+
+def _key(kind: str) -> Any:
+    key = _keys.get(kind)
+    if key is None:
+        from aiohttp import web
+
+        factory = getattr(web, "AppKey" if kind == "app" else "RequestKey", None)
+        key = _keys[kind] = factory(f"pitchey_trace.{kind}", object) if factory else f"pitchey_trace.{kind}"
+    return key
+
+
+_CLIENT_CTX = "pitchey_trace_span"
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def aiohttp_middleware(
+    *,
+    excluded_paths: Iterable[str] | None = DEFAULT_EXCLUDED_PATHS,
+    trace_id_header: str | None = "X-Trace-Id",
+    traceresponse: bool = False,
+    audit: bool = True,
+) -> tuple[Callable[[Any, Handler], Awaitable[Any]], Callable[[Any, Any], Awaitable[None]]]:
+    """The middleware and the ``on_response_prepare`` handler :func:`init_aiohttp` installs,
+    for apps that assemble their middleware list themselves (the middleware first, so it is
+    the outermost). Arguments as for :class:`~pitchey_trace.web.ASGITracingMiddleware`."""
+    from aiohttp import web
+
+    options = Options(
+        excluded_paths=excluded_paths,
+        trace_id_header=trace_id_header,
+        traceresponse=traceresponse,
+        audit=audit,
+    )
+    http_exception = web.HTTPException
+    state_key = _key("request")
+
+    @web.middleware
+    async def pitchey_trace_middleware(request: Any, handler: Handler) -> Any:
+        path = request.path
+        if options.excluded(path):
+            token = CURRENT.set(SUPPRESSED)
+            try:
+                return await handler(request)
+            finally:
+                CURRENT.reset(token)
+        try:
+            start_ns = time_ns()
+            state, client = _begin(request, path, start_ns)
+            request[state_key] = (state, options)
+        except Exception as exc:
+            _safety.report("web.aiohttp.start", exc)
+            return await handler(request)
+        span = state.span
+        token = CURRENT.set(span)
+        rtoken = REQUEST.set(state)
+        error: BaseException | None = None
+        try:
+            response = await handler(request)
+            with _safety.guard("web.aiohttp.response"):
+                state.status = int(response.status)
+                # (a stream's bytes are out by now; a Response's body is about to be written)
+                sent = response.body_length if response.prepared else response.content_length
+                state.sent = sent or 0
+            return response
+        except http_exception as exc:
+            # aiohttp answers with the exception itself (404, redirects, 401...): a response,
+            # an error of the request only when it is a 5xx.
+            state.status = exc.status
+            if exc.status >= 500:
+                error = exc
+                stamp_exception(exc, span)
+            raise
+        except Exception as exc:
+            error = exc
+            state.status = 500  # what aiohttp answers for it
+            stamp_exception(exc, span)
+            raise
+        except BaseException as exc:  # cancelled (the client went away): aborted, not an error
+            error = exc
+            raise
+        finally:
+            try:
+                finish_request(state, options, state.resolve_route(), start_ns, time_ns(), client, error)
+            except Exception as exc:
+                _safety.report("web.aiohttp.finish", exc)
+            try:
+                REQUEST.reset(rtoken)
+                CURRENT.reset(token)
+            except ValueError:  # reset from another context
+                CURRENT.set(None)
+                REQUEST.set(None)
+
+    async def add_headers(request: Any, response: Any) -> None:
+        # Runs as every response is prepared, error pages included.
+        with _safety.guard("web.aiohttp.headers"):
+            got = request.get(state_key)
+            if got is not None and got[1] is options:
+                for name, value in options.response_headers(got[0].span):
+                    if name not in response.headers:
+                        response.headers[name] = value
+
+    return pitchey_trace_middleware, add_headers
+
+
+def init_aiohttp(app: Any, **options: Any) -> Any:
+    """Trace every request of an ``aiohttp.web.Application``: the tracing middleware goes
+    first (outermost) and the correlation headers are added to each response as it is
+    prepared. ``options`` are :func:`aiohttp_middleware`'s. Call it before the app starts
+    (aiohttp freezes its middleware list then). Idempotent; returns the app."""
+    key = _key("app")
+    if key in app:
+        return app
+    middleware, add_headers = aiohttp_middleware(**options)
+    app.middlewares.insert(0, middleware)
+    app.on_response_prepare.append(add_headers)
+    app[key] = middleware
+    return app
+
+
+def _begin(request: Any, path: str, start_ns: int) -> tuple[RequestState, str | None]:
+    headers = request.headers
+    attrs: dict[str, Any] = {URL_SCHEME: request.scheme, URL_PATH: path}
+    websocket = headers.get("Upgrade", "").lower() == "websocket"
+    if websocket:
+        attrs[HTTP_METHOD] = request.method
+        label = "WEBSOCKET"
+    else:
+        label = method_attributes(request.method, attrs)
+    query = request.query_string
+    if query:
+        attrs[URL_QUERY] = query
+    agent = headers.get("User-Agent")
+    if agent:
+        attrs[USER_AGENT] = agent
+    length = request.content_length
+    if length:
+        attrs[HTTP_REQUEST_BODY_SIZE] = length
+    address = request.remote or None
+    if address:
+        attrs[CLIENT_ADDRESS] = address
+    span = _start_span(label, attrs, _SERVER, extract(headers), None, start_ns)
+    state = RequestState(span, attrs[HTTP_METHOD], label)
+    resource = getattr(getattr(request.match_info, "route", None), "resource", None)
+    if resource is not None:  # (None for a path no route matched: the span keeps the method)
+        template = resource.canonical
+        if isinstance(template, str) and template:
+            state.route = template
+    return state, address
+
+
+# -- client --------------------------------------------------------------------------------------
+_client_patch: list[Any] = []
+
+
+async def _on_request_start(session: Any, ctx: Any, params: Any) -> None:
+    if CURRENT.get() is SUPPRESSED:
+        return
+    try:
+        full, host, port = _strip_credentials(str(params.url))
+        span = _start(params.method, full, host, port)
+        inject(params.headers, context=span.context)
+        setattr(ctx, _CLIENT_CTX, span)
+    except Exception as exc:
+        _safety.report("web.aiohttp_client.start", exc)
+
+
+async def _on_request_end(session: Any, ctx: Any, params: Any) -> None:
+    span: AnySpan | None = getattr(ctx, _CLIENT_CTX, None)
+    if span is not None:
+        _end(span, params.response.status, None)
+
+
+async def _on_request_exception(session: Any, ctx: Any, params: Any) -> None:
+    span: AnySpan | None = getattr(ctx, _CLIENT_CTX, None)
+    if span is not None:
+        exc = params.exception
+        if isinstance(exc, asyncio.CancelledError):
+            with _safety.guard("web.aiohttp_client.cancel"):
+                span.set_attribute("error.type", "cancelled")
+                span.end()
+        else:
+            _end(span, None, exc)
+
+
+async def _on_request_redirect(session: Any, ctx: Any, params: Any) -> None:
+    span: AnySpan | None = getattr(ctx, _CLIENT_CTX, None)
+    if span is not None:
+        with _safety.guard("web.aiohttp_client.redirect"):
+            span.add_event("http.redirect", {"http.response.status_code": params.response.status})
+
+
+def aiohttp_trace_config() -> Any:
+    """An ``aiohttp.TraceConfig`` that makes each request of a session a CLIENT span and
+    injects ``traceparent``: ``ClientSession(trace_configs=[aiohttp_trace_config()])``.
+    :func:`instrument_aiohttp_client` adds it to every new session."""
+    import aiohttp
+
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(_on_request_start)
+    config.on_request_end.append(_on_request_end)
+    config.on_request_exception.append(_on_request_exception)
+    config.on_request_redirect.append(_on_request_redirect)
+    config.pitchey_trace = True  # type: ignore[attr-defined]
+    return config
+
+
+def instrument_aiohttp_client() -> None:
+    """Trace every ``aiohttp.ClientSession`` created from now on: each request (redirects
+    followed included) is one CLIENT span, ended when the response headers arrive, and
+    carries ``traceparent``. Idempotent; sessions created before are left as they are."""
+    import aiohttp
+
+    if _client_patch:
+        return
+    original = aiohttp.ClientSession.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        with _safety.guard("web.aiohttp_client.session"):
+            configs = list(kwargs.get("trace_configs") or ())
+            if not any(getattr(c, "pitchey_trace", False) for c in configs):
+                kwargs["trace_configs"] = [*configs, aiohttp_trace_config()]
+        original(self, *args, **kwargs)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    aiohttp.ClientSession.__init__ = __init__  # type: ignore[method-assign]
+    _client_patch.append(original)
+
+
+def uninstrument_aiohttp_client() -> None:
+    """Undo :func:`instrument_aiohttp_client` for sessions created afterwards."""
+    if _client_patch:
+        import aiohttp
+
+        aiohttp.ClientSession.__init__ = _client_patch.pop()  # type: ignore[method-assign]
