@@ -3,6 +3,7 @@ HTTP/1.1 keep-alive on 127.0.0.1 by a separate load-generator process.
 
     .venv/bin/python bench/bench_middleware.py                 # after: make bench-setup
     .venv/bin/python bench/bench_middleware.py --requests 3000 --rounds 7 --connections 8
+    .venv/bin/python bench/bench_middleware.py --framework aiohttp   # the same on aiohttp.web
 
 Servers (one uvicorn process each, all started in the same run, h11, no access log):
   none       the app alone; its handler does the same work without spans
@@ -18,6 +19,9 @@ Servers (one uvicorn process each, all started in the same run, h11, no access l
   pitchey-sink (not run by default; a diagnostic): pitchey whose finished spans and audit
              items are dropped on the request thread instead of queued, so the pipeline
              and exporter threads never run: "pitchey" minus "pitchey-sink" is their cost
+--framework aiohttp serves the same route from aiohttp.web's own server instead: none, pitchey
+(init_aiohttp with the defaults, the variants above too) and otel (OpenTelemetry's
+aiohttp-server middleware, opentelemetry-instrumentation-aiohttp-server, + the same SDK setup).
 In the traced servers the handler opens 3 nested spans (one attribute each) inside the
 request span. Load: wrk (Debian package `wrk`; a Lua script makes it stop after a fixed count)
 or, without it, a built-in asyncio load generator (costlier per request, so it may limit the
@@ -69,24 +73,82 @@ class NoopExporter:
         return True
 
 
+def render(pitch_id: str) -> bytes:
+    return b'{"id": ' + pitch_id.encode() + b', "title": "Solar kettles"}'
+
+
+def _pitchey_options(mode: str) -> dict[str, Any]:
+    """Configure pitchey for a ``pitchey[-variant]`` server; the middleware's keyword options."""
+    import pitchey_trace as pt
+
+    variant = mode.partition("-")[2]
+    if variant not in ("", "noheader", "noaudit", "norollups", "core", "sink"):
+        raise SystemExit(f"unknown mode {mode!r}")
+    lean = variant == "core"
+    options: dict[str, Any] = {"rollups": None} if variant == "norollups" or lean else {}
+    pt.configure(service="bench", exporters=[NoopExporter()], sample_rate=1.0, **options)
+    if variant == "sink":
+        # Diagnostic: finished spans and audit items go into a one-slot deque instead of the
+        # pipeline's queue (the request thread's hand-over, pipeline._hot, re-pointed), so
+        # they are freed on the request thread and the workers never run. The difference
+        # to "pitchey" is what the pipeline and exporter threads cost at full speed.
+        from collections import deque
+
+        from pitchey_trace._tracer import get_tracer
+
+        pipeline = get_tracer().pipeline
+        assert pipeline is not None
+        sink: deque[Any] = deque(maxlen=1)
+        pipeline._hot = (sink.append, sink, 1 << 62, 1 << 62, pipeline.wake.set)
+    return {
+        "trace_id_header": None if variant == "noheader" or lean else "X-Trace-Id",
+        "audit": not (variant == "noaudit" or lean),
+    }
+
+
+def _otel_provider() -> Any:
+    """OpenTelemetry's SDK with a BatchSpanProcessor and a no-op exporter, made global."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class OtelNoop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OtelNoop()))
+    trace.set_tracer_provider(provider)  # the handlers' get_tracer() is a proxy
+    return provider
+
+
+def _span_factory(mode: str) -> Any:
+    """The handler's span context manager: ``span(name, attributes)`` (None untraced)."""
+    if mode == "none":
+        return None
+    if mode.startswith("pitchey"):
+        import pitchey_trace as pt
+
+        return pt.span
+    from opentelemetry import trace
+
+    start = trace.get_tracer("bench").start_as_current_span
+    return lambda name, attributes: start(name, attributes=attributes)
+
+
 def build_app(mode: str) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def render(pitch_id: str) -> bytes:
-        return b'{"id": ' + pitch_id.encode() + b', "title": "Solar kettles"}'
-
-    if mode == "none":
+    span = _span_factory(mode)
+    if span is None:
 
         async def pitch(request: Request) -> Response:
             return Response(render(request.path_params["pitch_id"]), media_type="application/json")
 
-    elif mode.startswith("pitchey"):
-        import pitchey_trace as pt
-
-        span = pt.span
+    else:
 
         async def pitch(request: Request) -> Response:
             pid = request.path_params["pitch_id"]
@@ -95,69 +157,56 @@ def build_app(mode: str) -> Any:
                     body = render(pid)
             return Response(body, media_type="application/json")
 
-    else:
-        from opentelemetry import trace
-
-        tracer = trace.get_tracer("bench")
-        start = tracer.start_as_current_span
-
-        async def pitch(request: Request) -> Response:
-            pid = request.path_params["pitch_id"]
-            with start("load_pitch", attributes={"pitch.id": pid}), start("query", attributes={"db.rows": 1}):
-                with start("render", attributes={"format": "json"}):
-                    body = render(pid)
-            return Response(body, media_type="application/json")
-
     app: Any = Starlette(routes=[Route(PATH, pitch)])
     if mode.startswith("pitchey"):
-        import pitchey_trace as pt
         from pitchey_trace.web import ASGITracingMiddleware
 
-        variant = mode.partition("-")[2]
-        if variant not in ("", "noheader", "noaudit", "norollups", "core", "sink"):
-            raise SystemExit(f"unknown mode {mode!r}")
-        lean = variant == "core"
-        options: dict[str, Any] = {"rollups": None} if variant == "norollups" or lean else {}
-        pt.configure(service="bench", exporters=[NoopExporter()], sample_rate=1.0, **options)
-        app = ASGITracingMiddleware(
-            app,
-            trace_id_header=None if variant == "noheader" or lean else "X-Trace-Id",
-            audit=not (variant == "noaudit" or lean),
-        )
-        if variant == "sink":
-            # Diagnostic: finished spans and audit items go into a one-slot deque instead of the
-            # pipeline's queue (the request thread's hand-over, pipeline._hot, re-pointed), so
-            # they are freed on the request thread and the workers never run. The difference
-            # to "pitchey" is what the pipeline and exporter threads cost at full speed.
-            from collections import deque
-
-            from pitchey_trace._tracer import get_tracer
-
-            pipeline = get_tracer().pipeline
-            assert pipeline is not None
-            sink: deque[Any] = deque(maxlen=1)
-            pipeline._hot = (sink.append, sink, 1 << 62, 1 << 62, pipeline.wake.set)
+        app = ASGITracingMiddleware(app, **_pitchey_options(mode))
     elif mode in ("otel", "otel-lean"):
-        from opentelemetry import trace
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-        class OtelNoop(SpanExporter):
-            def export(self, spans: Any) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
-
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(OtelNoop()))
-        trace.set_tracer_provider(provider)  # the handler's get_tracer() above is a proxy
         exclude: Any = ["receive", "send"] if mode == "otel-lean" else None
-        app = OpenTelemetryMiddleware(app, tracer_provider=provider, exclude_spans=exclude)
+        app = OpenTelemetryMiddleware(app, tracer_provider=_otel_provider(), exclude_spans=exclude)
     return app
 
 
-def serve(mode: str, cpu: int | None) -> None:
-    import uvicorn
+def build_aiohttp_app(mode: str) -> Any:
+    """The same server on aiohttp.web: init_aiohttp, or OpenTelemetry's aiohttp-server middleware."""
+    from aiohttp import web
 
+    span = _span_factory(mode)
+    if span is None:
+
+        async def pitch(request: web.Request) -> web.Response:
+            body = render(request.match_info["pitch_id"])
+            return web.Response(body=body, content_type="application/json")
+
+    else:
+
+        async def pitch(request: web.Request) -> web.Response:
+            pid = request.match_info["pitch_id"]
+            with span("load_pitch", {"pitch.id": pid}), span("query", {"db.rows": 1}):
+                with span("render", {"format": "json"}):
+                    body = render(pid)
+            return web.Response(body=body, content_type="application/json")
+
+    if mode == "otel":
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+        # (the documented setup: web.Application becomes a subclass adding the middleware)
+        AioHttpServerInstrumentor().instrument(tracer_provider=_otel_provider())
+    elif mode == "otel-lean":
+        raise SystemExit("otel-lean is an ASGI mode (the aiohttp instrumentation has no send spans)")
+    app = web.Application()
+    app.router.add_get(PATH, pitch)
+    if mode.startswith("pitchey"):
+        from pitchey_trace.web import init_aiohttp
+
+        init_aiohttp(app, **_pitchey_options(mode))
+    return app
+
+
+def serve(mode: str, cpu: int | None, framework: str = "starlette") -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})  # before the app starts any thread: all threads inherit
 
@@ -166,6 +215,15 @@ def serve(mode: str, cpu: int | None) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    if framework == "aiohttp":
+        from aiohttp import web
+
+        app = build_aiohttp_app(mode)
+        print(sock.getsockname()[1], flush=True)
+        web.run_app(app, sock=sock, access_log=None, print=None)
+        return
+    import uvicorn
+
     config = uvicorn.Config(
         build_app(mode), http="h11", loop="asyncio", lifespan="off", access_log=False, log_level="warning"
     )
@@ -266,8 +324,8 @@ def load(port: int, requests: int, connections: int) -> None:
 
 
 # -- driver --------------------------------------------------------------------------------------
-def _start_server(mode: str) -> tuple[subprocess.Popen[str], int]:
-    command = [sys.executable, __file__, "--serve", mode]
+def _start_server(mode: str, framework: str) -> tuple[subprocess.Popen[str], int]:
+    command = [sys.executable, __file__, "--serve", mode, "--framework", framework]
     if _pinning:
         command += ["--cpu", str(SERVER_CPU)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -390,7 +448,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2000)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", help=f"default: {','.join(MODES)} ({','.join(MODES[:3])} for aiohttp)")
     parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "python"),
@@ -402,12 +460,19 @@ def main() -> None:
         action="store_true",
         help="do not pin servers to CPU 0 and the load generator to CPU 1 (pinning needs 2+ CPUs)",
     )
+    parser.add_argument(
+        "--framework",
+        choices=("starlette", "aiohttp"),
+        default="starlette",
+        help="starlette: uvicorn (h11) + Starlette (issue 5's benchmark); aiohttp: aiohttp.web's own "
+        "server, init_aiohttp against OpenTelemetry's aiohttp-server middleware",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.cpu)
+        serve(args.serve, args.cpu, args.framework)
         return
     if args.load:
         load(*args.load)
@@ -416,7 +481,8 @@ def main() -> None:
     global _pinning
     _pinning = not args.no_pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     loadgen = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "python")
-    modes = [m for m in args.modes.split(",") if m]
+    default_modes = MODES if args.framework == "starlette" else MODES[:3]
+    modes = [m for m in (args.modes or ",".join(default_modes)).split(",") if m]
     if "none" not in modes:
         raise SystemExit("--modes must include 'none' (the baseline)")
     tmp = tempfile.TemporaryDirectory()
@@ -424,7 +490,7 @@ def main() -> None:
     if loadgen == "wrk":
         script = Path(tmp.name) / "fixed_count.lua"
         script.write_text(WRK_SCRIPT)
-    servers = {mode: _start_server(mode) for mode in modes}
+    servers = {mode: _start_server(mode, args.framework) for mode in modes}
     rps: dict[str, list[float]] = {m: [] for m in modes}
     p50: dict[str, list[float]] = {m: [] for m in modes}
     p99: dict[str, list[float]] = {m: [] for m in modes}
@@ -459,8 +525,9 @@ def main() -> None:
 
     med = statistics.median
     base = med(rps["none"])
+    served = "aiohttp.web" if args.framework == "aiohttp" else "uvicorn (h11) + Starlette"
     print(
-        f"\nuvicorn (h11) + Starlette; load: {loadgen}, {args.connections} keep-alive connections, "
+        f"\n{served}; load: {loadgen}, {args.connections} keep-alive connections, "
         f"{'server pinned to CPU 0, load to CPU 1, ' if _pinning else ''}"
         f"{args.rounds} rounds x {args.requests} requests per server; CPython {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs"
@@ -490,8 +557,9 @@ def main() -> None:
             )
             print(
                 f"lost(pitchey) / lost({anchor}) = {lost['pitchey'] / lost[anchor]:.2f} "
-                f"(paired per round: median {med(paired):.2f}, range {paired[0]:.2f}..{paired[-1]:.2f}; "
-                f"target <= 0.25); extra server CPU per request: {cpu_ratio:.2f}"
+                f"(paired per round: median {med(paired):.2f}, range {paired[0]:.2f}..{paired[-1]:.2f}"
+                f"{'; target <= 0.25' if args.framework == 'starlette' else ''}); "
+                f"extra server CPU per request: {cpu_ratio:.2f}"
             )
             # The same ratio from server CPU per request, which this VM's neighbours move less
             # than throughput: with the server CPU-bound, a request costing c instead of c0

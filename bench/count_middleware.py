@@ -3,6 +3,7 @@ that does not move with the machine's load, unlike bench_middleware's throughput
 
     .venv/bin/python bench/count_middleware.py                # after: make bench-setup
     .venv/bin/python bench/count_middleware.py --requests 2000 --modes none,pitchey,otel
+    .venv/bin/python bench/count_middleware.py --framework aiohttp --modes none,pitchey,otel
 
 Each mode is bench_middleware.py's server of that name (uvicorn + Starlette, its handler
 opening 3 nested spans when traced) run under ``valgrind --tool=callgrind`` with counting off;
@@ -71,7 +72,7 @@ def _requests(port: int, n: int, connections: int = 4) -> None:
             s.close()
 
 
-def count(mode: str, requests: int, warmup: int, tmp: Path) -> float:
+def count(mode: str, requests: int, warmup: int, tmp: Path, framework: str = "starlette") -> float:
     """Instructions per request of one server mode."""
     out = tmp / f"{mode}.cg"
     proc = subprocess.Popen(
@@ -84,6 +85,8 @@ def count(mode: str, requests: int, warmup: int, tmp: Path) -> float:
             str(BENCH),
             "--serve",
             mode,
+            "--framework",
+            framework,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -126,6 +129,7 @@ def main() -> None:
         "--modes",
         default="none,pitchey,pitchey-noheader,pitchey-noaudit,pitchey-norollups,pitchey-core,otel",
     )
+    parser.add_argument("--framework", choices=("starlette", "aiohttp"), default="starlette")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing (Debian package valgrind; make bench-setup installs it)")
@@ -135,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         per = {}
         for mode in modes:
-            per[mode] = count(mode, args.requests, args.warmup, Path(tmp))
+            per[mode] = count(mode, args.requests, args.warmup, Path(tmp), args.framework)
             print(f"{mode}: {per[mode]:,.0f} instructions per request", file=sys.stderr)
     base = per["none"]
     print(f"callgrind, {args.requests} requests after {args.warmup}; CPython {sys.version.split()[0]}")

@@ -37,6 +37,7 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    fast_finish,
     finish_request,
     method_attributes,
     stamp_exception,
@@ -79,10 +80,11 @@ def aiohttp_middleware(
     trace_id_header: str | None = "X-Trace-Id",
     traceresponse: bool = False,
     audit: bool = True,
-) -> tuple[Callable[[Any, Handler], Awaitable[Any]], Callable[[Any, Any], Awaitable[None]]]:
-    """The middleware and the ``on_response_prepare`` handler :func:`init_aiohttp` installs,
-    for apps that assemble their middleware list themselves (the middleware first, so it is
-    the outermost). Arguments as for :class:`~pitchey_trace.web.ASGITracingMiddleware`."""
+) -> tuple[Callable[[Any, Handler], Awaitable[Any]], Callable[[Any, Any], Awaitable[None]] | None]:
+    """The middleware and the ``on_response_prepare`` handler :func:`init_aiohttp` installs
+    (None when no correlation header is configured), for apps that assemble their middleware
+    list themselves (the middleware first, so it is the outermost). Arguments as for
+    :class:`~pitchey_trace.web.ASGITracingMiddleware`."""
     from aiohttp import web
 
     options = Options(
@@ -93,6 +95,8 @@ def aiohttp_middleware(
     )
     http_exception = web.HTTPException
     state_key = _key("request")
+    # The first correlation header: present on a response once ours were added (None: none).
+    marker = options.header_name or ("traceresponse" if options.traceresponse else None)
 
     @web.middleware
     async def pitchey_trace_middleware(request: Any, handler: Handler) -> Any:
@@ -106,7 +110,7 @@ def aiohttp_middleware(
         try:
             start_ns = time_ns()
             state, client = _begin(request, path, start_ns)
-            request[state_key] = (state, options)
+            request[state_key] = state
         except Exception as exc:
             _safety.report("web.aiohttp.start", exc)
             return await handler(request)
@@ -116,11 +120,16 @@ def aiohttp_middleware(
         error: BaseException | None = None
         try:
             response = await handler(request)
-            with _safety.guard("web.aiohttp.response"):
-                state.status = int(response.status)
-                # (a stream's bytes are out by now; a Response's body is about to be written)
-                sent = response.body_length if response.prepared else response.content_length
-                state.sent = sent or 0
+            try:
+                state.status = response.status
+                if response.prepared:  # a stream: its bytes are out by now
+                    state.sent = response.body_length
+                else:  # a Response: its body is about to be written
+                    state.sent = response.content_length or 0
+                    if marker is not None:
+                        _put_headers(response.headers, options.response_headers(span))
+            except Exception as exc:
+                _safety.report("web.aiohttp.response", exc)
             return response
         except http_exception as exc:
             # aiohttp answers with the exception itself (404, redirects, 401...): a response,
@@ -140,7 +149,12 @@ def aiohttp_middleware(
             raise
         finally:
             try:
-                finish_request(state, options, state.resolve_route(), start_ns, time_ns(), client, error)
+                if (
+                    error is not None
+                    or fast_finish is None
+                    or fast_finish(state, start_ns, client, options.audit) is NotImplemented
+                ):
+                    finish_request(state, options, state.resolve_route(), start_ns, time_ns(), client, error)
             except Exception as exc:
                 _safety.report("web.aiohttp.finish", exc)
             try:
@@ -151,15 +165,23 @@ def aiohttp_middleware(
                 REQUEST.set(None)
 
     async def add_headers(request: Any, response: Any) -> None:
-        # Runs as every response is prepared, error pages included.
-        with _safety.guard("web.aiohttp.headers"):
-            got = request.get(state_key)
-            if got is not None and got[1] is options:
-                for name, value in options.response_headers(got[0].span):
-                    if name not in response.headers:
-                        response.headers[name] = value
+        # Runs as every response is prepared: streams, WebSockets, HTTP exceptions and
+        # aiohttp's own error pages (a returned Response already has them).
+        try:
+            if marker not in response.headers:
+                state = request.get(state_key)
+                if state is not None:
+                    _put_headers(response.headers, options.response_headers(state.span))
+        except Exception as exc:
+            _safety.report("web.aiohttp.headers", exc)
 
-    return pitchey_trace_middleware, add_headers
+    return pitchey_trace_middleware, (add_headers if marker is not None else None)
+
+
+def _put_headers(headers: Any, extra: list[tuple[str, str]]) -> None:
+    for name, value in extra:
+        if name not in headers:  # (the app's own value wins)
+            headers[name] = value
 
 
 def init_aiohttp(app: Any, **options: Any) -> Any:
@@ -172,7 +194,8 @@ def init_aiohttp(app: Any, **options: Any) -> Any:
         return app
     middleware, add_headers = aiohttp_middleware(**options)
     app.middlewares.insert(0, middleware)
-    app.on_response_prepare.append(add_headers)
+    if add_headers is not None:
+        app.on_response_prepare.append(add_headers)
     app[key] = middleware
     return app
 
@@ -198,7 +221,9 @@ def _begin(request: Any, path: str, start_ns: int) -> tuple[RequestState, str | 
     address = request.remote or None
     if address:
         attrs[CLIENT_ADDRESS] = address
-    span = _start_span(label, attrs, _SERVER, extract(headers), None, start_ns)
+    # No traceparent: a new trace (tracestate and baggage alone are ignored, as extract does).
+    parent = extract(headers) if "traceparent" in headers else None
+    span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
     state = RequestState(span, attrs[HTTP_METHOD], label)
     resource = getattr(getattr(request.match_info, "route", None), "resource", None)
     if resource is not None:  # (None for a path no route matched: the span keeps the method)

@@ -292,6 +292,24 @@ def test_init_is_idempotent() -> None:
     assert len(app.on_response_prepare) == 1
 
 
+def test_without_correlation_headers_and_app_header_wins(serve_aiohttp: Any, wait_for: Any) -> None:
+    async def own(request: web.Request) -> web.Response:
+        return web.Response(text="own", headers={"X-Trace-Id": "the-app-s"})
+
+    plain = build_app(trace_id_header=None)
+    assert len(plain.on_response_prepare) == 0  # nothing to add: no signal handler
+    app = build_app()
+    app.router.add_get("/own", own)
+    with capture_spans() as exporter:
+        bare = httpx.get(f"{serve_aiohttp(plain)}/pitches/4")
+        mine = httpx.get(f"{serve_aiohttp(app)}/own")
+        spans = wait_for(lambda: len(exporter.spans()) >= 3 and exporter.spans())
+    assert bare.text == "pitch 4"
+    assert "x-trace-id" not in bare.headers
+    assert mine.headers.get_list("x-trace-id") == ["the-app-s"]
+    assert {s["name"] for s in spans} == {"load_pitch", "GET /pitches/{pitch_id}", "GET /own"}
+
+
 # -- client --------------------------------------------------------------------------------------
 def downstream_app() -> web.Application:
     async def echo(request: web.Request) -> web.Response:
