@@ -33,6 +33,7 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    fast_finish,
     finish_request,
     method_attributes,
     set_route,
@@ -168,7 +169,13 @@ def _finish(
     state: RequestState, options: Options, start_ns: int, client: str | None, exc: BaseException | None
 ) -> None:
     try:
-        finish_request(state, options, state.route, start_ns, time_ns(), client, exc)
+        # (the C accelerator's request_end does the common case: route, now, finish)
+        if (
+            exc is not None
+            or fast_finish is None
+            or fast_finish(state, start_ns, client, options.audit) is NotImplemented
+        ):
+            finish_request(state, options, state.route, start_ns, time_ns(), client, exc)
     except Exception as internal:
         _safety.report("web.wsgi.finish", internal)
 

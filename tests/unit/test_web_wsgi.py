@@ -180,11 +180,16 @@ def test_sdk_errors_never_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setattr(wsgi_module, "_start_span", broken)
         first = b"".join(WSGITracingMiddleware(hello_app)(environ(), StartResponse()))
         monkeypatch.undo()
+        # the Python finish, and the C accelerator's
         monkeypatch.setattr(wsgi_module, "finish_request", broken)
+        monkeypatch.setattr(wsgi_module, "fast_finish", None)
         second = b"".join(WSGITracingMiddleware(hello_app)(environ(), StartResponse()))
-    assert first == second == b"hello world"
+        monkeypatch.undo()
+        monkeypatch.setattr(wsgi_module, "fast_finish", broken)
+        third = b"".join(WSGITracingMiddleware(hello_app)(environ(), StartResponse()))
+    assert first == second == third == b"hello world"
     assert _stats.get("internal_errors.web.wsgi.start") == 1
-    assert _stats.get("internal_errors.web.wsgi.finish") == 1
+    assert _stats.get("internal_errors.web.wsgi.finish") == 2
     assert CURRENT.get() is None
 
 
@@ -276,3 +281,40 @@ def test_odd_status_or_headers_from_the_app_are_passed_on_without_internal_error
         (span,) = mem.spans()
         assert span["attributes"].get("http.response.status_code") == expected
         assert pt.stats().get("internal_errors", 0) == 0
+
+
+@pytest.mark.parametrize("status", ["200 OK", "204 No Content", "302 Found", "401 Unauthorized", "503 Busy"])
+@pytest.mark.parametrize("route", [None, "/pitches/<int:pitch_id>"])
+@pytest.mark.parametrize("user", [None, "u-4"])
+def test_accelerated_finish_exports_what_the_python_finish_does(
+    monkeypatch: pytest.MonkeyPatch, status: str, route: str | None, user: str | None
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if route:
+            set_route(route)
+        if user:
+            pt.web.set_user(user)
+        start_response(status, [("Content-Type", "text/plain")])
+        return [b"abc", b"de"]
+
+    def one(fast: bool) -> list[dict[str, Any]]:
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(wsgi_module, "fast_finish", None)
+            with capture_spans() as exporter:
+                b"".join(WSGITracingMiddleware(app)(environ(REMOTE_ADDR="10.1.2.3"), StartResponse()))
+        volatile = ("trace_id", "span_id", "start_time_unix_nano", "end_time_unix_nano", "time_unix_nano")
+        out = []
+        for rec in exporter.records:
+            if rec["type"] == "rollup":
+                continue
+            kept = {
+                k: v for k, v in rec.items() if k not in volatile and k not in ("duration_ms", "category")
+            }
+            kept["attributes"] = {k: v for k, v in rec["attributes"].items() if k != "duration_ms"}
+            out.append(kept)
+        return sorted(out, key=repr)
+
+    fast, slow = one(True), one(False)
+    assert fast == slow
+    assert any(r["type"] == "span" for r in fast)
