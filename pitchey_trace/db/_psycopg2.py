@@ -77,15 +77,25 @@ class _TracedCursor:
     _pitchey_traced = True
 
     # -- statements ----------------------------------------------------------------------------
-    def _run(self, query: Any, params: Any, call: Callable[[Any], Any], batch: Any = None) -> Any:
+    def _run(
+        self,
+        query: Any,
+        params: Any,
+        call: Callable[[Any], Any],
+        batch: Any = None,
+        procedure: str | None = None,
+    ) -> Any:
         state = _state(self.connection)  # type: ignore[attr-defined]
         op = state.begin(self, query, params) if state is not None else None
         if op is None:
             return call(query)
-        if batch is not None:
+        if (batch is not None or procedure is not None) and op[0].is_recording:
             try:
-                if hasattr(batch, "__len__") and op[0].is_recording:
+                if hasattr(batch, "__len__"):
                     op[0].set_attribute("db.operation.batch.size", len(batch))
+                if procedure is not None:
+                    op[0].update_name(f"SELECT {procedure}")
+                    op[0].set_attribute("db.stored_procedure.name", procedure)
             except Exception as exc:
                 _safety.report("db.begin", exc)
         try:
@@ -117,6 +127,20 @@ class _TracedCursor:
     def executemany(self, query: Any, vars_list: Any) -> Any:
         call = super().executemany  # type: ignore[misc]
         return self._run(query, None, lambda q: call(q, vars_list), vars_list)
+
+    def callproc(self, procname: str, parameters: Any = None) -> Any:
+        call = super().callproc  # type: ignore[misc]
+        # The span shows the statement psycopg2 sends for it (its placeholders, not the values);
+        # the text is only recorded, never executed.
+        try:
+            if isinstance(parameters, dict):
+                args = ", ".join(f"{k} := %({k})s" for k in parameters)
+            else:
+                args = ", ".join(["%s"] * (len(parameters) if parameters is not None else 0))
+        except Exception:  # (parameters psycopg2 will refuse itself)
+            args = ""
+        text = f"SELECT * FROM {procname}({args})"  # noqa: S608
+        return self._run(text, None, lambda _: call(procname, parameters), procedure=str(procname))
 
     def copy_expert(self, sql: Any, file: Any, *args: Any, **kwargs: Any) -> Any:
         call = super().copy_expert  # type: ignore[misc]

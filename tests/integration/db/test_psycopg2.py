@@ -80,6 +80,38 @@ def test_statements_copy_and_row_factories(conn2: Any) -> None:
     assert attrs(copy_to)["db.response.affected_rows"] == 9
 
 
+def test_callproc(conn2: Any) -> None:
+    with conn2.cursor() as cur:
+        cur.execute(
+            "CREATE FUNCTION add_pitch(pid int, t text) RETURNS int LANGUAGE sql AS "
+            "$$ INSERT INTO pitches VALUES (pid, t) RETURNING pid $$"
+        )
+    conn2.commit()
+    with capture_spans() as mem:
+        instrument(conn2)
+        with conn2.cursor() as cur:
+            cur.callproc("add_pitch", (40, "forty"))
+            assert cur.fetchall() == [(40,)]
+            cur.callproc("add_pitch", {"pid": 41, "t": "forty-one"})
+            assert cur.fetchall() == [(41,)]
+            with pytest.raises(psycopg2.errors.UndefinedFunction):
+                cur.callproc("no_such_function", [1])
+        conn2.rollback()
+    positional, named, missing = mem.spans()
+    assert attrs(positional)["db.query.text"] == "SELECT * FROM add_pitch(%s, %s)"
+    assert [s["name"] for s in (positional, named, missing)] == [
+        "SELECT add_pitch",
+        "SELECT add_pitch",
+        "SELECT no_such_function",
+    ]
+    assert attrs(named)["db.stored_procedure.name"] == "add_pitch"
+    assert attrs(named)["db.query.text"] == "SELECT * FROM add_pitch(pid := %(pid)s, t := %(t)s)"
+    assert attrs(positional)["db.response.returned_rows"] == 1
+    assert "forty" not in json.dumps(positional) + json.dumps(named)
+    assert missing["status"] == "error"
+    assert attrs(missing)["db.response.status_code"] == "42883"
+
+
 def test_the_connections_row_factory_keeps_working(pg_dsn: str) -> None:
     conn = psycopg2.connect(pg_dsn, cursor_factory=psycopg2.extras.RealDictCursor)
     try:
