@@ -1,6 +1,7 @@
 """The ``pitchey-trace`` command.
 
     pitchey-trace config                                 # what configure() makes of this environment
+    pitchey-trace run -- python app.py                   # the program, its libraries instrumented
     pitchey-trace logpush setup  --config logpush.toml   # buckets + lifecycle rules, idempotent
     pitchey-trace logpush verify --config logpush.toml   # pass/fail table; exit 1 on failure
     pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
@@ -193,6 +194,52 @@ def _add_config(sub: Subparsers) -> None:
     )
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=_config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    command = list(args.program)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ValueError("run: give the program to start, e.g. pitchey-trace run -- python app.py")
+    if args.exclude:
+        from pitchey_trace.auto import SUPPORTED
+
+        unknown = {n.strip() for n in args.exclude.split(",") if n.strip()} - {*SUPPORTED, "fastapi"}
+        if unknown:
+            raise ValueError(f"run: unknown libraries {sorted(unknown)}; known: {', '.join(SUPPORTED)}")
+    env = dict(os.environ)
+    shim = str(Path(__file__).resolve().parent / "_autorun")
+    env["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [env.get("PYTHONPATH")])])
+    if args.service:
+        env["PITCHEY_TRACE_SERVICE"] = args.service
+    if args.exporter:
+        env["PITCHEY_TRACE_EXPORTER"] = args.exporter
+    if args.exclude:
+        env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
+    try:
+        os.execvpe(command[0], command, env)  # noqa: S606  (the user's own program, by design)
+    except OSError as exc:
+        sys.stderr.write(f"pitchey-trace: error: cannot start {command[0]!r}: {exc.strerror}\n")
+        return 127
+    return 0  # (not reached: exec replaced this process)
+
+
+def _add_run(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "run",
+        help="start a Python program with its libraries instrumented (no code change)",
+        description="Start PROGRAM (python, gunicorn, uvicorn, celery, ...) with tracing configured from "
+        "the environment and its web frameworks, HTTP clients, database drivers and Celery instrumented "
+        "(see pitchey_trace.auto). Child Python processes inherit it.",
+    )
+    p.add_argument("--service", help="service name (sets PITCHEY_TRACE_SERVICE)")
+    p.add_argument("--exporter", help="exporters, e.g. console or otlp (sets PITCHEY_TRACE_EXPORTER)")
+    p.add_argument("--exclude", help="libraries to leave alone, comma-separated (e.g. requests,celery)")
+    p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments (after --)")
+    p.set_defaults(func=_run)
 
 
 def _add_logpush(sub: Subparsers) -> None:
@@ -688,7 +735,7 @@ def _add_analysis(sub: Subparsers) -> None:
 
 
 #: Functions that register the sub-commands (see the module docstring).
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_config, _add_logpush, _add_analysis]
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_config, _add_run, _add_logpush, _add_analysis]
 
 
 def build_parser() -> argparse.ArgumentParser:

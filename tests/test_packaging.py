@@ -42,6 +42,10 @@ USER_CODE = textwrap.dedent(
     assert "span" in json.loads((files / "schema" / "record-v1.json").read_text())["$defs"]
     for page in ("index.html", "trace.html", "app.js", "style.css"):
         assert (files / "analysis" / "static" / page).read_text().strip(), page
+    assert "_start_from_environment" in (files / "_autorun" / "sitecustomize.py").read_text()
+    import pitchey_trace.auto as auto
+    auto.instrument_all(configure=False)  # no supported library is installed: nothing to do
+    assert auto.instrumented() == frozenset()
 
     from pitchey_trace.exporters.memory import InMemoryExporter
     mem = InMemoryExporter()

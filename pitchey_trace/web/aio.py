@@ -107,10 +107,12 @@ def aiohttp_middleware(
                 return await handler(request)
             finally:
                 CURRENT.reset(token)
+        if request.get(state_key) is not None:  # an enclosing application traces it already
+            return await handler(request)
         try:
             start_ns = time_ns()
             state, client = _begin(request, path, start_ns)
-            request[state_key] = state
+            request[state_key] = (state, options)  # (options: whose prepare signal adds headers)
         except Exception as exc:
             _safety.report("web.aiohttp.start", exc)
             return await handler(request)
@@ -169,9 +171,9 @@ def aiohttp_middleware(
         # aiohttp's own error pages (a returned Response already has them).
         try:
             if marker not in response.headers:
-                state = request.get(state_key)
-                if state is not None:
-                    _put_headers(response.headers, options.response_headers(state.span))
+                got = request.get(state_key)
+                if got is not None and got[1] is options:  # (not a request an outer app traces)
+                    _put_headers(response.headers, options.response_headers(got[0].span))
         except Exception as exc:
             _safety.report("web.aiohttp.headers", exc)
 

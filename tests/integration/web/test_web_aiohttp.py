@@ -423,3 +423,24 @@ def test_explicit_trace_config_and_uninstrument(serve_aiohttp: Any) -> None:
     [client] = [s for s in exporter.spans() if s["kind"] == "client"]
     assert explicit is not None
     assert parent_of(explicit) == (client["trace_id"], client["span_id"], True)
+
+
+def test_a_traced_sub_application_inside_a_traced_one_makes_one_span(
+    serve_aiohttp: Any, wait_for: Any
+) -> None:
+    async def leaf(request: web.Request) -> web.Response:
+        return web.Response(text="leaf")
+
+    parent, child = web.Application(), web.Application()
+    child.router.add_get("/leaf/{n}", leaf)
+    init_aiohttp(child)  # its own defaults: the X-Trace-Id header
+    parent.add_subapp("/sub", child)
+    init_aiohttp(parent, trace_id_header="X-Parent-Trace")
+    with capture_spans() as exporter:
+        r = httpx.get(f"{serve_aiohttp(parent)}/sub/leaf/3")
+        span = wait_for(server_span(exporter))
+        pt.force_flush(5.0)
+    assert r.text == "leaf"
+    assert r.headers["x-parent-trace"] == span["trace_id"]
+    assert "x-trace-id" not in r.headers  # the inner app's signal leaves the outer's request alone
+    assert [s["name"] for s in exporter.spans()] == ["GET /sub/leaf/{n}"]

@@ -1,0 +1,319 @@
+"""Automatic instrumentation: trace the libraries a process uses without changing its code.
+
+    pitchey-trace run -- python app.py         # or: -- gunicorn app:app / uvicorn app:app / celery ...
+
+    import pitchey_trace.auto                  # the same from code, first thing at startup
+    pitchey_trace.auto.instrument_all()
+
+:func:`instrument_all` configures tracing from the environment (``PITCHEY_TRACE_*`` and
+``OTEL_*`` variables, see ``pitchey-trace config``) unless :func:`pitchey_trace.configure` was
+already called, then instruments each supported library the moment it is imported (at once
+when it already is):
+
+========================  =====================================================================
+library                   what happens
+========================  =====================================================================
+httpx, requests           client spans and ``traceparent`` on every request
+aiohttp                   every ``web.Application`` traced as it starts (``init_aiohttp``),
+                          client sessions too
+flask                     every ``Flask`` app traced from its first request (``init_flask``)
+starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingMiddleware``
+psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
+asyncpg                   instrumented (``pitchey_trace.db.instrument``)
+celery                    task send and run spans (``instrument_celery``)
+========================  =====================================================================
+
+An app the program instruments itself (``init_flask``, ``init_aiohttp``,
+``add_middleware(ASGITracingMiddleware, ...)``) keeps its own options. Django is not patched:
+add the two lines of ``examples/django_settings_snippet.py``.
+
+``PITCHEY_TRACE_AUTO_EXCLUDE`` (a comma list of the names in the first column, ``fastapi``
+meaning ``starlette``) leaves libraries alone. A library that fails to instrument is logged on
+the ``pitchey_trace`` logger and left as it was; the import itself always succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from pitchey_trace import _safety
+
+__all__ = ["SUPPORTED", "instrument_all", "instrumented"]
+
+_lock = threading.RLock()
+_done: set[str] = set()
+# module name -> libraries waiting for it to be imported
+_waiting: dict[str, list[str]] = {}
+_finder: _PostImportFinder | None = None
+
+
+# -- what each library gets ----------------------------------------------------------------------
+def _httpx(_: ModuleType) -> None:
+    from pitchey_trace.web import instrument_httpx
+
+    instrument_httpx()
+
+
+def _requests(_: ModuleType) -> None:
+    from pitchey_trace.web import instrument_requests
+
+    instrument_requests()
+
+
+def _aiohttp(module: ModuleType) -> None:
+    from pitchey_trace.web import init_aiohttp, instrument_aiohttp_client
+
+    instrument_aiohttp_client()
+    application = module.Application
+    original = application.pre_freeze
+
+    @functools.wraps(original)
+    def pre_freeze(self: Any) -> None:
+        # As the app starts: an app the program set up itself (init_aiohttp with its own
+        # options) is left as it is. A sub-application gets the middleware too, which lets a
+        # request its parent already traces through.
+        if not getattr(self, "_pre_frozen", True):
+            with _safety.guard("auto.aiohttp"):
+                init_aiohttp(self)
+        original(self)
+
+    application.pre_freeze = pre_freeze
+
+
+def _flask(module: ModuleType) -> None:
+    from pitchey_trace.web import init_flask
+
+    flask = module.Flask
+    original = flask.__call__
+
+    @functools.wraps(original)
+    def __call__(self: Any, environ: Any, start_response: Any) -> Any:
+        # At the first request: an app the program set up itself (init_flask with its own
+        # options) is left as it is.
+        if "pitchey_trace" not in self.extensions:
+            with _safety.guard("auto.flask"):
+                init_flask(self)
+        return original(self, environ, start_response)
+
+    flask.__call__ = __call__
+
+
+def _starlette(module: ModuleType) -> None:
+    from pitchey_trace.web import ASGITracingMiddleware
+
+    starlette = module.Starlette
+    original = starlette.build_middleware_stack
+
+    @functools.wraps(original)
+    def build_middleware_stack(self: Any) -> Any:
+        app = original(self)
+        try:
+            # Outermost (outside Starlette's error middleware, as the docs recommend), unless
+            # the app already added the middleware itself.
+            if any(getattr(m, "cls", None) is ASGITracingMiddleware for m in self.user_middleware):
+                return app
+            return ASGITracingMiddleware(app)
+        except Exception as exc:
+            _safety.report("auto.starlette", exc)
+            return app
+
+    starlette.build_middleware_stack = build_middleware_stack
+
+
+def _instrument(conn: Any) -> None:
+    from pitchey_trace.db import instrument
+
+    with _safety.guard("auto.db"):
+        instrument(conn)
+
+
+def _psycopg(module: ModuleType) -> None:
+    sync_cls, async_cls = module.Connection, module.AsyncConnection
+    # classmethods (psycopg_pool calls cls.connect): wrap their functions
+    sync_connect = sync_cls.__dict__["connect"].__func__
+    async_connect = async_cls.__dict__["connect"].__func__
+
+    @functools.wraps(sync_connect)
+    def connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = sync_connect(cls, *args, **kwargs)
+        _instrument(conn)
+        return conn
+
+    @functools.wraps(async_connect)
+    async def aconnect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = await async_connect(cls, *args, **kwargs)
+        _instrument(conn)
+        return conn
+
+    sync_cls.connect = classmethod(connect)
+    async_cls.connect = classmethod(aconnect)
+    setattr(module, "connect", sync_cls.connect)  # noqa: B010  (psycopg.connect is the bound classmethod)
+
+
+def _psycopg2(module: ModuleType) -> None:
+    original = module.connect
+
+    @functools.wraps(original)
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        conn = original(*args, **kwargs)
+        _instrument(conn)
+        return conn
+
+    setattr(module, "connect", connect)  # noqa: B010
+
+
+def _asyncpg(module: ModuleType) -> None:
+    import asyncpg.connection
+
+    original = asyncpg.connection.connect
+
+    @functools.wraps(original)
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        conn = await original(*args, **kwargs)
+        _instrument(conn)
+        return conn
+
+    # what a pool calls (looked up when the pool is made), and the package's name for it
+    setattr(asyncpg.connection, "connect", connect)  # noqa: B010
+    setattr(module, "connect", connect)  # noqa: B010
+
+
+def _celery(_: ModuleType) -> None:
+    from pitchey_trace.celery import instrument_celery
+
+    instrument_celery()
+
+
+#: library -> (module whose import triggers it, what is done with that module)
+SUPPORTED: dict[str, tuple[str, Callable[[ModuleType], None]]] = {
+    "httpx": ("httpx", _httpx),
+    "requests": ("requests", _requests),
+    "aiohttp": ("aiohttp.web", _aiohttp),
+    "flask": ("flask", _flask),
+    "starlette": ("starlette.applications", _starlette),
+    "psycopg": ("psycopg", _psycopg),
+    "psycopg2": ("psycopg2", _psycopg2),
+    "asyncpg": ("asyncpg", _asyncpg),
+    "celery": ("celery", _celery),
+}
+
+
+# -- post-import hooks ---------------------------------------------------------------------------
+class _Loader(importlib.abc.Loader):
+    """The real loader, then the waiting instrumentation (the module is put back on its own
+    loader afterwards, so nothing of ours stays visible)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        spec = module.__spec__
+        if spec is not None:
+            spec.loader = self.loader
+        module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        _imported(module.__name__, module)
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like
+        return getattr(self.loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _waiting:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Loader(spec.loader)
+                return spec
+        return None
+
+
+def _imported(module_name: str, module: ModuleType) -> None:
+    with _lock:
+        libraries = _waiting.pop(module_name, [])
+    for library in libraries:
+        _apply(library, module)
+
+
+def _apply(library: str, module: ModuleType) -> None:
+    with _lock:
+        if library in _done:
+            return
+        _done.add(library)
+    try:
+        SUPPORTED[library][1](module)
+    except Exception as exc:
+        _done.discard(library)
+        _safety.report(f"auto.{library}", exc)
+
+
+def instrumented() -> frozenset[str]:
+    """The libraries :func:`instrument_all` has instrumented in this process so far."""
+    return frozenset(_done)
+
+
+def instrument_all(*, exclude: Sequence[str] = (), configure: bool = True) -> None:
+    """Instrument every supported library, now or when it is imported (see the module doc).
+
+    Args:
+        exclude: libraries to leave alone (added to ``PITCHEY_TRACE_AUTO_EXCLUDE``).
+        configure: call :func:`pitchey_trace.configure` with the environment's settings when
+            tracing is not configured yet.
+
+    Idempotent. Raises ``ValueError`` for a library name it does not know.
+    """
+    global _finder
+    skipped = {name.strip().lower() for name in os.environ.get("PITCHEY_TRACE_AUTO_EXCLUDE", "").split(",")}
+    skipped |= {name.lower() for name in exclude}
+    skipped = {"starlette" if name == "fastapi" else name for name in skipped if name}
+    unknown = skipped - set(SUPPORTED)
+    if unknown:
+        raise ValueError(f"unknown libraries {sorted(unknown)}; known: {', '.join(SUPPORTED)}")
+    if configure:
+        from pitchey_trace import _config
+
+        if not _config.is_configured():
+            _config.configure()
+    ready: list[tuple[str, ModuleType]] = []
+    with _lock:
+        for library, (module_name, _) in SUPPORTED.items():
+            if library in skipped or library in _done:
+                continue
+            module = sys.modules.get(module_name)
+            if module is not None:
+                ready.append((library, module))
+            elif library not in _waiting.get(module_name, []):
+                _waiting.setdefault(module_name, []).append(library)
+        if _waiting and _finder is None:
+            _finder = _PostImportFinder()
+            sys.meta_path.insert(0, _finder)
+    for library, module in ready:
+        _apply(library, module)
+
+
+def _start_from_environment() -> None:
+    """What ``pitchey-trace run``'s ``sitecustomize`` calls in the new interpreter."""
+    try:
+        instrument_all()
+    except Exception as exc:  # a bad variable must not stop the application
+        _safety.report("auto.start", exc)

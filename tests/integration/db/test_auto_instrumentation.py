@@ -1,0 +1,299 @@
+"""``pitchey-trace run`` / ``pitchey_trace.auto``: unchanged programs, started by the command,
+traced end to end over real servers (Flask under werkzeug, Starlette under uvicorn, aiohttp,
+PostgreSQL through psycopg, psycopg2 and asyncpg) with the console exporter's NDJSON read back.
+
+Everything runs in child processes: the instrumentation patches libraries process-wide."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.pgserver import asyncpg_args
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "pitchey_trace.cli"]
+
+SYNC_PROGRAM = """
+import sys, threading
+import httpx, requests, psycopg, psycopg2
+from flask import Flask
+from werkzeug.serving import make_server
+import pitchey_trace as pt
+
+dsn = sys.argv[1]
+app = Flask("auto_flask")
+
+@app.get("/items/<int:item_id>")
+def item(item_id):
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT %s::int AS id", (item_id,)).fetchone()
+    other = psycopg2.connect(dsn)
+    with other.cursor() as cur:
+        cur.execute("SELECT 2 AS two")
+    other.close()
+    return {"id": item_id}
+
+server = make_server("127.0.0.1", 0, app, threaded=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{server.server_port}"
+with pt.span("job"):
+    first = requests.get(url + "/items/7", timeout=10)
+    second = httpx.get(url + "/items/8", timeout=10)
+print("STATUS", first.status_code, second.status_code, flush=True)
+server.shutdown()
+"""
+
+ASYNC_PROGRAM = """
+import asyncio, json, socket, sys
+import aiohttp, asyncpg, httpx, uvicorn
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import pitchey_trace as pt
+
+connect_args = json.loads(sys.argv[1])
+
+async def main():
+    pool = await asyncpg.create_pool(**connect_args, min_size=1, max_size=2)
+
+    async def inner(request):
+        n = int(request.match_info["n"])
+        async with pool.acquire() as conn:
+            value = await conn.fetchval("SELECT $1::int * 2", n)
+        return web.json_response({"value": value})
+
+    inner_app = web.Application()
+    inner_app.router.add_get("/inner/{n}", inner)
+    runner = web.AppRunner(inner_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    inner_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    async def outer(request):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{inner_url}/inner/{request.path_params['n']}") as r:
+                return JSONResponse(await r.json())
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/outer/{n}", outer)]),
+                                           log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    with pt.span("job"):
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{sock.getsockname()[1]}/outer/21")
+    print("BODY", r.text, flush=True)
+    server.should_exit = True
+    await serving
+    await runner.cleanup()
+    await pool.close()
+
+asyncio.run(main())
+"""
+
+
+def run(program: str, tmp_path: Path, *args: str, cli: tuple[str, ...] = (), **env: str) -> Any:
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent(program))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    environ.update(env)
+    return subprocess.run(
+        [*CLI, "run", "--exporter", "console", *cli, "--", sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+        cwd=tmp_path,
+    )
+
+
+def spans_of(stdout: str) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [r for r in records if r["type"] == "span"]
+
+
+def children(spans: list[dict[str, Any]], parent: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in spans if s["parent_span_id"] == parent["span_id"]]
+
+
+def test_sync_program_traced_without_code(pg_dsn: str, tmp_path: Path) -> None:
+    proc = run(SYNC_PROGRAM, tmp_path, pg_dsn, cli=("--service", "auto-sync"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "STATUS 200 200" in proc.stdout
+    spans = spans_of(proc.stdout)
+    [job] = [s for s in spans if s["name"] == "job"]
+    assert {s["trace_id"] for s in spans} == {job["trace_id"]}  # one trace, both clients
+    assert {s["service"] for s in spans} == {"auto-sync"}
+    clients = children(spans, job)
+    assert sorted(c["kind"] for c in clients) == ["client", "client"]  # requests, then httpx
+    for client in clients:
+        [server] = children(spans, client)
+        assert server["name"] == "GET /items/<int:item_id>"
+        assert server["kind"] == "server"
+        queries = children(spans, server)
+        assert len(queries) == 2  # psycopg 3, psycopg2
+        assert {q["attributes"]["db.system.name"] for q in queries} == {"postgresql"}
+        assert {q["kind"] for q in queries} == {"client"}
+
+
+def test_async_program_traced_without_code(pg_dsn: str, tmp_path: Path) -> None:
+    proc = run(ASYNC_PROGRAM, tmp_path, json.dumps(asyncpg_args(pg_dsn)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'BODY {"value":42}' in proc.stdout
+    spans = spans_of(proc.stdout)
+    [job] = [s for s in spans if s["name"] == "job"]
+    assert {s["trace_id"] for s in spans} == {job["trace_id"]}
+    [httpx_call] = children(spans, job)
+    [outer] = children(spans, httpx_call)
+    assert (outer["name"], outer["kind"]) == ("GET /outer/{n}", "server")
+    [aiohttp_call] = children(spans, outer)
+    assert aiohttp_call["kind"] == "client"
+    [inner] = children(spans, aiohttp_call)
+    assert (inner["name"], inner["kind"]) == ("GET /inner/{n}", "server")  # one span, not two
+    [query] = children(spans, inner)
+    assert query["attributes"]["db.system.name"] == "postgresql"
+    assert query["attributes"]["db.query.text"] == "SELECT $1::int * ?"
+
+
+def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import builtins\nbuiltins.USER_SITE_RAN = True\n")
+    program = """
+    import builtins, sys
+    import requests
+    import pitchey_trace.auto as auto
+    import celery
+    print("USER_SITE", getattr(builtins, "USER_SITE_RAN", False))
+    print("INSTRUMENTED", ",".join(sorted(auto.instrumented())))
+    print("PATCHED", requests.adapters.HTTPAdapter.send.__qualname__)
+    """
+    proc = run(program, tmp_path, cli=("--exclude", "requests"), PYTHONPATH=str(site))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "USER_SITE True" in proc.stdout  # the program's own sitecustomize still runs
+    assert "INSTRUMENTED celery" in proc.stdout
+    assert "PATCHED HTTPAdapter.send" in proc.stdout  # excluded: not patched
+    # the same from code, with requests imported before: instrumented at once
+    direct = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import requests, pitchey_trace.auto as a; a.instrument_all(); "
+            "print(sorted(a.instrumented()), requests.adapters.HTTPAdapter.send.__qualname__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.strip() == "['requests'] instrument_requests.<locals>.send"
+
+
+def test_run_refuses_bad_input(tmp_path: Path) -> None:
+    missing = subprocess.run([*CLI, "run"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "give the program to start" in missing.stderr
+    unknown = subprocess.run(
+        [*CLI, "run", "--exclude", "mongo", "--", "true"], capture_output=True, text=True, timeout=60
+    )
+    assert unknown.returncode == 2
+    assert "unknown libraries ['mongo']" in unknown.stderr
+    absent = subprocess.run(
+        [*CLI, "run", "--", str(tmp_path / "no-such-program")], capture_output=True, text=True, timeout=60
+    )
+    assert absent.returncode == 127
+    assert "cannot start" in absent.stderr
+
+
+def test_a_failing_instrumentation_never_breaks_the_import(tmp_path: Path) -> None:
+    program = """
+    import pitchey_trace.auto as auto
+    from pitchey_trace import _stats
+
+    def broken(module):
+        raise RuntimeError("instrumentation bug")
+
+    auto.SUPPORTED["httpx"] = ("httpx", broken)
+    auto.instrument_all(configure=False)
+    import httpx
+    print("IMPORTED", httpx.__name__, sorted(auto.instrumented()), _stats.get("internal_errors.auto.httpx"))
+    """
+    script = tmp_path / "p.py"
+    script.write_text(textwrap.dedent(program))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED httpx [] 1" in proc.stdout
+    assert "instrumentation bug" in proc.stderr  # logged on the pitchey_trace logger
+
+
+EXPLICIT_PROGRAM = """
+import asyncio, threading
+import httpx
+from aiohttp import web
+from flask import Flask
+from werkzeug.serving import make_server
+from pitchey_trace.web import init_aiohttp, init_flask
+
+def serve_flask(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+plain, own = Flask("plain"), Flask("own")
+for app in (plain, own):
+    app.get("/hello")(lambda: "hi")
+init_flask(own, trace_id_header="X-Request-Trace")
+for app in (plain, own):
+    server, url = serve_flask(app)
+    r = httpx.get(url + "/hello")
+    print("FLASK", app.name, "x-trace-id" in r.headers, "x-request-trace" in r.headers)
+    server.shutdown()
+
+async def aio():
+    async def leaf(request):
+        return web.Response(text="leaf")
+    for explicit in (False, True):
+        parent, child = web.Application(), web.Application()
+        child.router.add_get("/leaf/{n}", leaf)
+        parent.add_subapp("/sub", child)
+        if explicit:
+            init_aiohttp(parent, trace_id_header=None)
+        runner = web.AppRunner(parent, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{runner.addresses[0][1]}/sub/leaf/1")
+        print("AIOHTTP", explicit, r.text, r.headers.get("x-trace-id") is not None)
+        await runner.cleanup()
+
+asyncio.run(aio())
+"""
+
+
+def test_explicit_setup_wins_and_sub_applications_make_one_span(tmp_path: Path) -> None:
+    proc = run(EXPLICIT_PROGRAM, tmp_path, cli=("--exclude", "httpx"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FLASK plain True False" in proc.stdout  # auto: the default header
+    assert "FLASK own False True" in proc.stdout  # the program's own options
+    assert "AIOHTTP False leaf True" in proc.stdout
+    assert "AIOHTTP True leaf False" in proc.stdout
+    spans = spans_of(proc.stdout)
+    assert sorted(s["name"] for s in spans) == [
+        "GET /hello",
+        "GET /hello",
+        "GET /sub/leaf/{n}",
+        "GET /sub/leaf/{n}",
+    ]
+    assert {s["parent_span_id"] for s in spans} == {None}
