@@ -100,7 +100,7 @@ def _flask(module: ModuleType) -> None:
         # At the first request: an app the program set up itself (init_flask with its own
         # options) is left as it is.
         if "pitchey_trace" not in self.extensions:
-            with _safety.guard("auto.flask"):
+            with _lock, _safety.guard("auto.flask"):  # (two first requests at once: one init)
                 init_flask(self)
         return original(self, environ, start_response)
 
