@@ -5,7 +5,7 @@
        import pitchey_trace as pt
        pt.configure(service="pitch-admin", exporters=[...])
        MIDDLEWARE = [
-           "yourproject.tracing.PitcheyRouteMiddleware",     # the class below, copied
+           "pitchey_trace.web.django.PitcheyRouteMiddleware",  # route names, user ids
            *MIDDLEWARE,
        ]
        LOGGING = LOGGING_WITH_TRACE_IDS                      # below: ids on every log line
@@ -26,12 +26,15 @@
        from pitchey_trace.web import ASGITracingMiddleware
        application = ASGITracingMiddleware(get_asgi_application())
 
-The middleware cannot see Django's URL resolver, so the route template comes from
+Or none of it: ``pitchey-trace run -- gunicorn yourproject.wsgi`` does 1-3 without any change
+(tracing configured from the environment).
+
+The WSGI / ASGI middleware cannot see Django's URL resolver, so the route template comes from
 ``request.resolver_match.route`` (e.g. ``pitches/<int:pitch_id>/``), handed over with
-:func:`pitchey_trace.web.set_route` once Django has resolved the view. Without it, spans are
-named by the method alone (``GET``), never by the raw path. Django logs unhandled exceptions
-on ``django.request`` while the request's span is current, so that record carries the trace
-id, as does the 500 response's ``X-Trace-Id`` header.
+:func:`pitchey_trace.web.set_route` by ``PitcheyRouteMiddleware`` once Django has resolved the
+view. Without it, spans are named by the method alone (``GET``), never by the raw path.
+Django logs unhandled exceptions on ``django.request`` while the request's span is current, so
+that record carries the trace id, as does the 500 response's ``X-Trace-Id`` header.
 
 This file imports no Django module, so it can be imported (and checked) anywhere;
 tests/integration/db/test_django.py runs it in a Django project under a real WSGI server.
@@ -39,31 +42,12 @@ tests/integration/db/test_django.py runs it in a Django project under a real WSG
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from pitchey_trace.web import auth_failure, set_route, set_user
+from pitchey_trace.web import auth_failure
+from pitchey_trace.web.django import PitcheyRouteMiddleware
 
-
-class PitcheyRouteMiddleware:
-    """Django middleware: names the request span after the matched URL pattern and records the
-    authenticated user as the audit actor. Put it first in ``MIDDLEWARE``."""
-
-    def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: Any) -> Any:
-        response = self.get_response(request)
-        user = getattr(request, "user", None)
-        if user is not None and getattr(user, "is_authenticated", False):
-            set_user(user.pk)  # an id, never a name or an e-mail address
-        return response
-
-    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
-        match = getattr(request, "resolver_match", None)
-        route = getattr(match, "route", None)
-        if route is not None:
-            set_route("/" + route.lstrip("/"))
+__all__ = ["LOGGING_WITH_TRACE_IDS", "PitcheyRouteMiddleware", "on_login_failed", "trace_database_queries"]
 
 
 def trace_database_queries(sender: Any, connection: Any, **kwargs: Any) -> None:

@@ -18,14 +18,15 @@ aiohttp                   every ``web.Application`` traced as it starts (``init_
                           client sessions too
 flask                     every ``Flask`` app traced from its first request (``init_flask``)
 starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingMiddleware``
+django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddleware`` added
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
 asyncpg                   instrumented (``pitchey_trace.db.instrument``)
 celery                    task send and run spans (``instrument_celery``)
 ========================  =====================================================================
 
 An app the program instruments itself (``init_flask``, ``init_aiohttp``,
-``add_middleware(ASGITracingMiddleware, ...)``) keeps its own options. Django is not patched:
-add the two lines of ``examples/django_settings_snippet.py``.
+``add_middleware(ASGITracingMiddleware, ...)``, a Django handler wrapped by hand) keeps its
+own options.
 
 ``PITCHEY_TRACE_AUTO_EXCLUDE`` (a comma list of the names in the first column, ``fastapi``
 meaning ``starlette``) leaves libraries alone. A library that fails to instrument is logged on
@@ -50,9 +51,11 @@ from pitchey_trace import _safety
 __all__ = ["SUPPORTED", "instrument_all", "instrumented"]
 
 _lock = threading.RLock()
-_done: set[str] = set()
-# module name -> libraries waiting for it to be imported
-_waiting: dict[str, list[str]] = {}
+Hook = Callable[[ModuleType], None]
+# (library, module name) pairs whose hook ran
+_done: set[tuple[str, str]] = set()
+# module name -> the (library, hook) pairs waiting for it to be imported
+_waiting: dict[str, list[tuple[str, Hook]]] = {}
 _finder: _PostImportFinder | None = None
 
 
@@ -129,6 +132,61 @@ def _starlette(module: ModuleType) -> None:
     starlette.build_middleware_stack = build_middleware_stack
 
 
+def _django_middleware(module: ModuleType) -> None:
+    route_middleware = "pitchey_trace.web.django.PitcheyRouteMiddleware"
+    load = module.BaseHandler.load_middleware
+
+    @functools.wraps(load)
+    def load_middleware(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _safety.guard("auto.django"):
+            from django.conf import settings
+
+            current = list(settings.MIDDLEWARE)
+            if route_middleware not in current:
+                settings.MIDDLEWARE = [route_middleware, *current]
+        return load(self, *args, **kwargs)
+
+    module.BaseHandler.load_middleware = load_middleware
+
+
+# Django's handlers are wrapped in the tracing middleware, unless the program already wrapped
+# them (its middleware's request is current by the time Django's handler runs).
+def _django_wsgi(module: ModuleType) -> None:
+    from pitchey_trace.web import WSGITracingMiddleware
+    from pitchey_trace.web._common import REQUEST
+
+    call = module.WSGIHandler.__call__
+
+    @functools.wraps(call)
+    def __call__(self: Any, environ: Any, start_response: Any) -> Any:
+        if REQUEST.get() is not None:
+            return call(self, environ, start_response)
+        traced = self.__dict__.get("_pitchey_traced")
+        if traced is None:
+            traced = self._pitchey_traced = WSGITracingMiddleware(functools.partial(call, self))
+        return traced(environ, start_response)
+
+    module.WSGIHandler.__call__ = __call__
+
+
+def _django_asgi(module: ModuleType) -> None:
+    from pitchey_trace.web import ASGITracingMiddleware
+    from pitchey_trace.web._common import REQUEST
+
+    call = module.ASGIHandler.__call__
+
+    @functools.wraps(call)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> Any:
+        if REQUEST.get() is not None:
+            return await call(self, scope, receive, send)
+        traced = self.__dict__.get("_pitchey_traced")
+        if traced is None:
+            traced = self._pitchey_traced = ASGITracingMiddleware(functools.partial(call, self))
+        return await traced(scope, receive, send)
+
+    module.ASGIHandler.__call__ = __call__
+
+
 def _instrument(conn: Any) -> None:
     from pitchey_trace.db import instrument
 
@@ -193,17 +251,22 @@ def _celery(_: ModuleType) -> None:
     instrument_celery()
 
 
-#: library -> (module whose import triggers it, what is done with that module)
-SUPPORTED: dict[str, tuple[str, Callable[[ModuleType], None]]] = {
-    "httpx": ("httpx", _httpx),
-    "requests": ("requests", _requests),
-    "aiohttp": ("aiohttp.web", _aiohttp),
-    "flask": ("flask", _flask),
-    "starlette": ("starlette.applications", _starlette),
-    "psycopg": ("psycopg", _psycopg),
-    "psycopg2": ("psycopg2", _psycopg2),
-    "asyncpg": ("asyncpg", _asyncpg),
-    "celery": ("celery", _celery),
+#: library -> the (module whose import triggers it, what is done with that module) pairs
+SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
+    "httpx": (("httpx", _httpx),),
+    "requests": (("requests", _requests),),
+    "aiohttp": (("aiohttp.web", _aiohttp),),
+    "flask": (("flask", _flask),),
+    "starlette": (("starlette.applications", _starlette),),
+    "django": (
+        ("django.core.handlers.base", _django_middleware),
+        ("django.core.handlers.wsgi", _django_wsgi),
+        ("django.core.handlers.asgi", _django_asgi),
+    ),
+    "psycopg": (("psycopg", _psycopg),),
+    "psycopg2": (("psycopg2", _psycopg2),),
+    "asyncpg": (("asyncpg", _asyncpg),),
+    "celery": (("celery", _celery),),
 }
 
 
@@ -250,26 +313,26 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
 def _imported(module_name: str, module: ModuleType) -> None:
     with _lock:
-        libraries = _waiting.pop(module_name, [])
-    for library in libraries:
-        _apply(library, module)
+        waiting = _waiting.pop(module_name, [])
+    for library, hook in waiting:
+        _apply(library, module_name, hook, module)
 
 
-def _apply(library: str, module: ModuleType) -> None:
+def _apply(library: str, module_name: str, hook: Hook, module: ModuleType) -> None:
     with _lock:
-        if library in _done:
+        if (library, module_name) in _done:
             return
-        _done.add(library)
+        _done.add((library, module_name))
     try:
-        SUPPORTED[library][1](module)
+        hook(module)
     except Exception as exc:
-        _done.discard(library)
+        _done.discard((library, module_name))
         _safety.report(f"auto.{library}", exc)
 
 
 def instrumented() -> frozenset[str]:
     """The libraries :func:`instrument_all` has instrumented in this process so far."""
-    return frozenset(_done)
+    return frozenset(library for library, _ in _done)
 
 
 def instrument_all(*, exclude: Sequence[str] = (), configure: bool = True) -> None:
@@ -294,21 +357,25 @@ def instrument_all(*, exclude: Sequence[str] = (), configure: bool = True) -> No
 
         if not _config.is_configured():
             _config.configure()
-    ready: list[tuple[str, ModuleType]] = []
+    ready: list[tuple[str, str, Hook, ModuleType]] = []
     with _lock:
-        for library, (module_name, _) in SUPPORTED.items():
-            if library in skipped or library in _done:
-                continue
-            module = sys.modules.get(module_name)
-            if module is not None:
-                ready.append((library, module))
-            elif library not in _waiting.get(module_name, []):
-                _waiting.setdefault(module_name, []).append(library)
+        for library, hooks in SUPPORTED.items():
+            for module_name, hook in hooks:
+                if library in skipped or (library, module_name) in _done:
+                    continue
+                module = sys.modules.get(module_name)
+                waiting = _waiting.setdefault(module_name, [])
+                if module is not None:
+                    ready.append((library, module_name, hook, module))
+                elif (library, hook) not in waiting:
+                    waiting.append((library, hook))
+                if not waiting:
+                    del _waiting[module_name]
         if _waiting and _finder is None:
             _finder = _PostImportFinder()
             sys.meta_path.insert(0, _finder)
-    for library, module in ready:
-        _apply(library, module)
+    for library, module_name, hook, module in ready:
+        _apply(library, module_name, hook, module)
 
 
 def _start_from_environment() -> None:

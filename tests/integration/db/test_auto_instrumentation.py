@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "pitchey_trace.cli"]
 
 SYNC_PROGRAM = """
-import sys, threading
+import sys, threading, time
 import httpx, requests, psycopg, psycopg2
 from flask import Flask
 from werkzeug.serving import make_server
@@ -49,6 +49,7 @@ with pt.span("job"):
     first = requests.get(url + "/items/7", timeout=10)
     second = httpx.get(url + "/items/8", timeout=10)
 print("STATUS", first.status_code, second.status_code, flush=True)
+time.sleep(0.3)  # (the server thread ends its span just after the client has the response)
 server.shutdown()
 """
 
@@ -225,7 +226,7 @@ def test_a_failing_instrumentation_never_breaks_the_import(tmp_path: Path) -> No
     def broken(module):
         raise RuntimeError("instrumentation bug")
 
-    auto.SUPPORTED["httpx"] = ("httpx", broken)
+    auto.SUPPORTED["httpx"] = (("httpx", broken),)
     auto.instrument_all(configure=False)
     import httpx
     print("IMPORTED", httpx.__name__, sorted(auto.instrumented()), _stats.get("internal_errors.auto.httpx"))
@@ -239,7 +240,7 @@ def test_a_failing_instrumentation_never_breaks_the_import(tmp_path: Path) -> No
 
 
 EXPLICIT_PROGRAM = """
-import asyncio, threading
+import asyncio, threading, time
 import httpx
 from aiohttp import web
 from flask import Flask
@@ -259,6 +260,7 @@ for app in (plain, own):
     server, url = serve_flask(app)
     r = httpx.get(url + "/hello")
     print("FLASK", app.name, "x-trace-id" in r.headers, "x-request-trace" in r.headers)
+    time.sleep(0.3)  # (the server thread ends its span just after the client has the response)
     server.shutdown()
 
 async def aio():
@@ -297,3 +299,88 @@ def test_explicit_setup_wins_and_sub_applications_make_one_span(tmp_path: Path) 
         "GET /sub/leaf/{n}",
     ]
     assert {s["parent_span_id"] for s in spans} == {None}
+
+
+DJANGO_PROGRAM = """
+import json, sys, threading, time
+import django
+from django.conf import settings
+
+db = json.loads(sys.argv[1])
+settings.configure(
+    DEBUG=False,
+    ALLOWED_HOSTS=["127.0.0.1"],
+    ROOT_URLCONF=__name__,
+    SECRET_KEY="test-only",
+    INSTALLED_APPS=[],
+    MIDDLEWARE=[],
+    DATABASES={"default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": db["dbname"], "USER": db["user"], "HOST": db["host"], "PORT": db["port"],
+        "OPTIONS": {"options": db["options"]},
+    }},
+)
+django.setup()
+
+import httpx
+from django.core.wsgi import get_wsgi_application
+from django.db import connection
+from django.http import JsonResponse
+from django.urls import path
+from werkzeug.serving import make_server
+
+def pitch(request, pitch_id):
+    with connection.cursor() as cur:
+        cur.execute("SELECT %s + 1", [pitch_id])
+        value = cur.fetchone()[0]
+    return JsonResponse({"value": value})
+
+urlpatterns = [path("pitches/<int:pitch_id>/", pitch)]
+
+if sys.argv[2] == "asgi":  # async Django under uvicorn: the route middleware runs async
+    import socket, uvicorn
+    from django.core.asgi import get_asgi_application
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(get_asgi_application(), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    def stop():  # a graceful shutdown: the request's span has ended when it returns
+        server.should_exit = True
+        thread.join(10)
+    port = sock.getsockname()[1]
+else:
+    application = get_wsgi_application()
+    if sys.argv[2] == "wrapped":  # the program wrapped it itself, as the settings snippet says
+        from pitchey_trace.web import WSGITracingMiddleware
+        application = WSGITracingMiddleware(application, trace_id_header="X-Own-Trace")
+    server = make_server("127.0.0.1", 0, application, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def stop():  # (the server thread ends the span just after the client has the response)
+        time.sleep(0.3)
+        server.shutdown()
+    port = server.server_port
+r = httpx.get(f"http://127.0.0.1:{port}/pitches/41/")
+print("DJANGO", r.status_code, r.text, sorted(h for h in r.headers if "trace" in h), flush=True)
+stop()
+"""
+
+
+@pytest.mark.parametrize("setup", ["none", "wrapped", "asgi"])
+def test_django_project_traced_without_settings(pg_dsn: str, tmp_path: Path, setup: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(pg_dsn)
+    db = json.dumps({k: str(params[k]) for k in ("dbname", "user", "host", "port", "options")})
+    proc = run(DJANGO_PROGRAM, tmp_path, db, setup, cli=("--exclude", "httpx"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = "x-own-trace" if setup == "wrapped" else "x-trace-id"
+    assert f"""DJANGO 200 {{"value": 42}} ['{header}']""" in proc.stdout
+    spans = spans_of(proc.stdout)
+    [server] = [s for s in spans if s["kind"] == "server"]  # one, wrapped by hand or not
+    assert server["name"] == "GET /pitches/<int:pitch_id>/"
+    # (Django opens its connection in the request: its set_config query comes first)
+    queries = {q["attributes"]["db.query.text"]: q for q in children(spans, server)}
+    assert queries["SELECT %s + ?"]["attributes"]["db.system.name"] == "postgresql"
