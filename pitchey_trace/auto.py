@@ -21,6 +21,7 @@ starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingM
 django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddleware`` added
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
 asyncpg                   instrumented (``pitchey_trace.db.instrument``)
+redis                     every command and pipeline a CLIENT span (``instrument_redis``)
 celery                    task send and run spans (``instrument_celery``)
 ========================  =====================================================================
 
@@ -245,6 +246,12 @@ def _asyncpg(module: ModuleType) -> None:
     setattr(module, "connect", connect)  # noqa: B010
 
 
+def _redis(_: ModuleType) -> None:
+    from pitchey_trace.redis import instrument_redis
+
+    instrument_redis()
+
+
 def _celery(_: ModuleType) -> None:
     from pitchey_trace.celery import instrument_celery
 
@@ -266,6 +273,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "psycopg": (("psycopg", _psycopg),),
     "psycopg2": (("psycopg2", _psycopg2),),
     "asyncpg": (("asyncpg", _asyncpg),),
+    "redis": (("redis", _redis),),
     "celery": (("celery", _celery),),
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks: the Debian packages the integration tests use
-# (PostgreSQL server binaries, Chromium) and the project's virtual environment with its extras.
+# (PostgreSQL server binaries, Chromium, redis-server) and the project's virtual environment with its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,6 +12,10 @@ fi
 # `make test` asks for it (WITH_BROWSER=1), so the demo's first run does not download it.
 if [ "${WITH_BROWSER:-}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium)
+fi
+# redis-server backs the Redis integration tests (tests/integration/test_redis.py): make test only.
+if [ "${WITH_BROWSER:-}" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
+  need_apt+=(redis-server)
 fi
 # wrk drives the middleware benchmark (make bench); it falls back to a Python load generator.
 if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v wrk >/dev/null 2>&1; then

@@ -75,7 +75,12 @@ USER_CODE = textwrap.dedent(
         assert "pip install 'pitchey-trace[otel-api]'" in str(exc), exc
     else:
         raise AssertionError("pitchey_trace.otel imported without opentelemetry-api")
-    for module, extra in (("pitchey_trace.celery", "celery"), ("pitchey_trace.db", "postgres")):
+    guarded = (
+        ("pitchey_trace.celery", "celery"),
+        ("pitchey_trace.db", "postgres"),
+        ("pitchey_trace.redis", "redis"),
+    )
+    for module, extra in guarded:
         try:
             __import__(module)
         except ImportError as exc:

@@ -1,0 +1,196 @@
+"""Redis: every command a ``redis-py`` client sends is a CLIENT span (extra ``redis``).
+
+    from pitchey_trace.redis import instrument_redis
+    instrument_redis()          # sync and asyncio clients, pipelines and transactions
+
+A command is a span named after it (``GET``, ``HSET``) with ``db.system.name=redis``,
+``db.operation.name``, ``db.namespace`` (the database number), ``server.address`` /
+``server.port`` and ``db.query.text``: the command with every argument replaced by ``?``
+(``SET ? ?``), because keys and values often carry personal data; ``capture_keys=True`` also
+records the key (the first argument) as ``db.redis.key``, which goes through the sanitizer like
+any attribute. A pipeline is one ``PIPELINE`` span (``MULTI`` for a transaction) with
+``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``). Errors (``WRONGTYPE``, connection
+failures) are recorded and re-raised unchanged. Nothing is recorded under
+:func:`pitchey_trace.suppress_tracing` or on the SDK's own threads.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.exceptions import IntegrationUnavailable
+
+try:
+    import redis.asyncio.client as _async_client
+    import redis.client as _sync_client
+except ImportError as _exc:
+    raise IntegrationUnavailable("pitchey_trace.redis", "redis") from _exc
+
+__all__ = ["instrument_redis", "uninstrument_redis"]
+
+_CLIENT = SpanKind.CLIENT
+_start_span = get_tracer().start_span
+_WRAPPED = "__pitchey_trace_wrapped__"
+#: Commands shown in a pipeline span's text (the count is always exact).
+MAX_PIPELINE_TEXT = 50
+_patched: list[tuple[type, str, Any]] = []
+_capture_keys = False
+
+
+def _name(command: Any) -> str:
+    if isinstance(command, bytes):
+        command = command.decode("latin-1")
+    return str(command).upper()
+
+
+def _text(args: tuple[Any, ...]) -> str:
+    """``SET ? ?``; multi-word commands such as ``CLIENT SETNAME`` keep their second word."""
+    if not args:
+        return ""
+    name = _name(args[0])
+    rest = args[1:]
+    words = [name]
+    if " " not in name and rest and name in _SUBCOMMANDS:
+        words.append(_name(rest[0]))
+        rest = rest[1:]
+    words.extend("?" * len(rest))
+    return " ".join(words)
+
+
+def _key(args: tuple[Any, ...]) -> str | None:
+    if len(args) < 2 or _name(args[0]) in _SUBCOMMANDS:
+        return None
+    key = args[1]
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+# Commands whose first argument is a sub-command, not a key.
+_SUBCOMMANDS = frozenset(
+    ("CLIENT", "CONFIG", "CLUSTER", "COMMAND", "MEMORY", "MODULE", "OBJECT", "SCRIPT", "XGROUP", "XINFO")
+)
+
+
+def _attributes(client: Any, operation: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"db.system.name": "redis", "db.operation.name": operation}
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            attrs["server.address"] = kwargs["path"]
+        else:
+            attrs["server.address"] = kwargs.get("host", "localhost")
+            attrs["server.port"] = int(kwargs.get("port", 6379))
+        attrs["db.namespace"] = str(kwargs.get("db", 0))
+    except Exception:  # noqa: S110  (a client without a plain pool, e.g. a cluster: no address)
+        pass
+    return attrs
+
+
+def _start_command(client: Any, args: tuple[Any, ...]) -> AnySpan | None:
+    if CURRENT.get() is SUPPRESSED or not args:
+        return None
+    try:
+        name = _name(args[0])
+        attrs = _attributes(client, name)
+        attrs["db.query.text"] = _text(args)
+        if _capture_keys:
+            key = _key(args)
+            if key is not None:
+                attrs["db.redis.key"] = key
+        return _start_span(name.partition(" ")[0], attrs, _CLIENT)
+    except Exception as exc:
+        _safety.report("redis.start", exc)
+        return None
+
+
+def _start_pipeline(pipeline: Any) -> AnySpan | None:
+    if CURRENT.get() is SUPPRESSED:
+        return None
+    try:
+        stack = pipeline.command_stack
+        if not stack:
+            return None
+        operation = "MULTI" if pipeline.transaction or pipeline.explicit_transaction else "PIPELINE"
+        attrs = _attributes(pipeline, operation)
+        attrs["db.operation.batch.size"] = len(stack)
+        attrs["db.query.text"] = "; ".join(_text(tuple(args)) for args, _ in stack[:MAX_PIPELINE_TEXT])
+        return _start_span(operation, attrs, _CLIENT)
+    except Exception as exc:
+        _safety.report("redis.start", exc)
+        return None
+
+
+def _end(span: AnySpan, exc: BaseException | None) -> None:
+    with _safety.guard("redis.end"):
+        if exc is not None and isinstance(exc, Exception):
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.record_exception(exc)
+            span.set_status("error", f"{type(exc).__name__}: {exc}")
+        span.end()
+
+
+def _wrap_sync(original: Any, start: Any) -> Any:
+    @functools.wraps(original)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        span = start(self, args) if start is _start_command else start(self)
+        if span is None:
+            return original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, exc)
+            raise
+        _end(span, None)
+        return result
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
+def _wrap_async(original: Any, start: Any) -> Any:
+    @functools.wraps(original)
+    async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        span = start(self, args) if start is _start_command else start(self)
+        if span is None:
+            return await original(self, *args, **kwargs)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, exc)
+            raise
+        _end(span, None)
+        return result
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
+def instrument_redis(*, capture_keys: bool = False) -> None:
+    """Trace every command of ``redis.Redis`` and ``redis.asyncio.Redis`` clients (existing
+    ones too) and their pipelines. Idempotent; ``capture_keys`` may be changed by calling it
+    again."""
+    global _capture_keys
+    _capture_keys = bool(capture_keys)
+    if _patched:
+        return
+    targets = (
+        (_sync_client.Redis, "execute_command", _wrap_sync, _start_command),
+        (_sync_client.Pipeline, "execute", _wrap_sync, _start_pipeline),
+        (_async_client.Redis, "execute_command", _wrap_async, _start_command),
+        (_async_client.Pipeline, "execute", _wrap_async, _start_pipeline),
+    )
+    for owner, name, wrap, start in targets:
+        original = owner.__dict__[name]
+        setattr(owner, name, wrap(original, start))
+        _patched.append((owner, name, original))
+
+
+def uninstrument_redis() -> None:
+    """Undo :func:`instrument_redis`."""
+    while _patched:
+        owner, name, original = _patched.pop()
+        setattr(owner, name, original)
