@@ -75,33 +75,55 @@ _SUBCOMMANDS = frozenset(
 )
 
 
-def _attributes(client: Any, operation: str) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"db.system.name": "redis", "db.operation.name": operation}
+def _base_attributes(client: Any) -> dict[str, Any]:
+    """The attributes every span of ``client``'s connection pool shares (computed once per pool)."""
+    pool = client.connection_pool
+    cached: dict[str, Any] | None = getattr(pool, "_pitchey_trace_attrs", None)
+    if cached is not None:
+        return cached
+    attrs: dict[str, Any] = {"db.system.name": "redis"}
     try:
-        kwargs = client.connection_pool.connection_kwargs
+        kwargs = pool.connection_kwargs
         if "path" in kwargs:
             attrs["server.address"] = kwargs["path"]
         else:
             attrs["server.address"] = kwargs.get("host", "localhost")
             attrs["server.port"] = int(kwargs.get("port", 6379))
         attrs["db.namespace"] = str(kwargs.get("db", 0))
-    except Exception:  # noqa: S110  (a client without a plain pool, e.g. a cluster: no address)
+    except Exception:  # noqa: S110  (a pool of another kind, e.g. a cluster's: no address)
+        pass
+    try:
+        pool._pitchey_trace_attrs = attrs
+    except Exception:  # noqa: S110  (a pool that takes no attributes: computed each time)
         pass
     return attrs
+
+
+# (command, number of arguments) -> db.query.text; bounded, commands are few
+_texts: dict[tuple[Any, int], str] = {}
+_MAX_TEXTS = 1024
 
 
 def _start_command(client: Any, args: tuple[Any, ...]) -> AnySpan | None:
     if CURRENT.get() is SUPPRESSED or not args:
         return None
     try:
-        name = _name(args[0])
-        attrs = _attributes(client, name)
-        attrs["db.query.text"] = _text(args)
+        command = args[0]
+        text_key = (command, len(args))
+        text = _texts.get(text_key)
+        if text is None:
+            text = _text(args)
+            if _name(command) not in _SUBCOMMANDS:  # (a sub-command's text depends on its argument)
+                if len(_texts) >= _MAX_TEXTS:
+                    _texts.clear()
+                _texts[text_key] = text
+        name = text.partition(" ")[0]
+        attrs = {**_base_attributes(client), "db.operation.name": name, "db.query.text": text}
         if _capture_keys:
             key = _key(args)
             if key is not None:
                 attrs["db.redis.key"] = key
-        return _start_span(name.partition(" ")[0], attrs, _CLIENT)
+        return _start_span(name, attrs, _CLIENT)
     except Exception as exc:
         _safety.report("redis.start", exc)
         return None
@@ -115,7 +137,7 @@ def _start_pipeline(pipeline: Any) -> AnySpan | None:
         if not stack:
             return None
         operation = "MULTI" if pipeline.transaction or pipeline.explicit_transaction else "PIPELINE"
-        attrs = _attributes(pipeline, operation)
+        attrs = {**_base_attributes(pipeline), "db.operation.name": operation}
         attrs["db.operation.batch.size"] = len(stack)
         attrs["db.query.text"] = "; ".join(_text(tuple(args)) for args, _ in stack[:MAX_PIPELINE_TEXT])
         return _start_span(operation, attrs, _CLIENT)
@@ -125,12 +147,14 @@ def _start_pipeline(pipeline: Any) -> AnySpan | None:
 
 
 def _end(span: AnySpan, exc: BaseException | None) -> None:
-    with _safety.guard("redis.end"):
+    try:
         if exc is not None and isinstance(exc, Exception):
             span.set_attribute("error.type", type(exc).__qualname__)
             span.record_exception(exc)
             span.set_status("error", f"{type(exc).__name__}: {exc}")
         span.end()
+    except Exception as internal:
+        _safety.report("redis.end", internal)
 
 
 def _wrap_sync(original: Any, start: Any) -> Any:
@@ -144,7 +168,10 @@ def _wrap_sync(original: Any, start: Any) -> Any:
         except BaseException as exc:
             _end(span, exc)
             raise
-        _end(span, None)
+        try:
+            span.end()
+        except Exception as internal:
+            _safety.report("redis.end", internal)
         return result
 
     setattr(traced, _WRAPPED, original)

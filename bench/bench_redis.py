@@ -1,0 +1,132 @@
+"""Per-command cost of redis-py ``GET`` on a local redis-server: plain, with pitchey-trace's
+``instrument_redis()``, and with opentelemetry-instrumentation-redis + the OpenTelemetry SDK, in
+the same process and run.
+
+    .venv/bin/pip install -e '.[dev,bench]'
+    .venv/bin/python bench/bench_redis.py [--rounds 30] [--min-time 0.05]
+
+Both instrumentations patch ``redis.Redis.execute_command`` for the whole process, so every
+case passes through both wrappers and turns the other (or both) off by its own switch:
+
+  plain  pitchey-trace's ``suppress_tracing()`` and OpenTelemetry's ``suppress_instrumentation()``
+  pt     OpenTelemetry's suppressed; pitchey-trace configured with a no-op exporter and the
+         defaults (sampling 1.0, sanitizer, rollups, tail keeping)
+  otel   pitchey-trace's suppressed; TracerProvider + BatchSpanProcessor(no-op exporter)
+
+Each switch's check is in all three cases, so the differences are each SDK's own cost. Rounds
+interleave the cases in shuffled order; both SDKs are flushed after every repeat, outside the
+timed region. "cpu" is process CPU time per command (all threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from _harness import NoopExporter, otel_noop_provider  # noqa: E402  (bench/ is on sys.path)
+from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: E402
+from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
+
+import pitchey_trace as pt  # noqa: E402
+from pitchey_trace.redis import instrument_redis, uninstrument_redis  # noqa: E402
+from tests.support.redisserver import redis_server  # noqa: E402
+
+
+def runner(
+    client: redis.Redis, *switches: Callable[[], AbstractContextManager[object]]
+) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        get = client.get
+        with ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch())
+            for _ in range(n):
+                get("pitch:42")
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--min-time", type=float, default=0.05)
+    args = parser.parse_args()
+    with redis_server() as port:
+        ours = NoopExporter()
+        pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
+        tp = otel_noop_provider()
+        RedisInstrumentor().instrument(tracer_provider=tp)
+        instrument_redis()
+        client = redis.Redis(port=port)
+        client.set("pitch:42", "Solar kettles")
+        cases = {
+            "plain": runner(client, pt.suppress_tracing, suppress_instrumentation),
+            "pt": runner(client, suppress_instrumentation),
+            "otel": runner(client, pt.suppress_tracing),
+        }
+
+        def flush() -> None:
+            pt.force_flush()
+            tp.force_flush()
+
+        n = 64
+        while True:
+            t0 = time.perf_counter()
+            cases["plain"](n)
+            if time.perf_counter() - t0 >= args.min_time:
+                break
+            n *= 2
+        for run in cases.values():
+            run(n)
+        flush()
+        wall: dict[str, list[float]] = {k: [] for k in cases}
+        cpu: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(args.rounds):
+            order = list(cases)
+            random.shuffle(order)
+            for name in order:
+                c0, t0 = time.process_time(), time.perf_counter()
+                cases[name](n)
+                t1 = time.perf_counter()
+                flush()
+                c1 = time.process_time()
+                wall[name].append((t1 - t0) / n * 1e6)
+                cpu[name].append((c1 - c0) / n * 1e6)
+        client.close()
+        uninstrument_redis()
+        RedisInstrumentor().uninstrument()
+        tp.shutdown()
+        pt.shutdown()
+
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"redis-py {redis.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} GETs")
+    print(f"{'case':8} {'wall us/cmd':>12} {'added':>8} {'cpu us/cmd':>11} {'added':>8}")
+    for k in cases:
+        added, cpu_added = med[k] - med["plain"], cmed[k] - cmed["plain"]
+        print(f"{k:8} {med[k]:12.1f} {added:+8.1f} {cmed[k]:11.1f} {cpu_added:+8.1f}")
+    rounds = zip(wall["pt"], wall["otel"], wall["plain"], strict=True)
+    paired = [(p - b) / (o - b) for p, o, b in rounds if o > b]
+    ratio = (med["pt"] - med["plain"]) / (med["otel"] - med["plain"])
+    cpu_ratio = (cmed["pt"] - cmed["plain"]) / (cmed["otel"] - cmed["plain"])
+    print(
+        f"ratio of added costs (ours / OpenTelemetry's): wall {ratio:.3f}"
+        f" (paired median {statistics.median(paired):.3f}), cpu {cpu_ratio:.3f}"
+    )
+    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+
+
+if __name__ == "__main__":
+    main()
