@@ -85,3 +85,23 @@ def otel_noop_provider() -> Any:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     provider.noop_exporter = exporter  # type: ignore[attr-defined]
     return provider
+
+
+def report_added(wall: dict[str, list[float]], cpu: dict[str, list[float]], unit: str) -> None:
+    """The table of a ``plain`` / ``pt`` / ``otel`` run (samples in microseconds per ``unit``):
+    medians, what each case adds to ``plain``, and the ratio of our added cost to
+    OpenTelemetry's, from wall and CPU time, with the per-round paired median."""
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"{'case':8} {'wall us/' + unit:>14} {'added':>8} {'cpu us/' + unit:>13} {'added':>8}")
+    for k in wall:
+        added, cpu_added = med[k] - med["plain"], cmed[k] - cmed["plain"]
+        print(f"{k:8} {med[k]:14.1f} {added:+8.1f} {cmed[k]:13.1f} {cpu_added:+8.1f}")
+    rounds = zip(wall["pt"], wall["otel"], wall["plain"], strict=True)
+    paired = [(p - b) / (o - b) for p, o, b in rounds if o > b]
+    ratio = (med["pt"] - med["plain"]) / (med["otel"] - med["plain"])
+    cpu_ratio = (cmed["pt"] - cmed["plain"]) / (cmed["otel"] - cmed["plain"])
+    print(
+        f"ratio of added costs (ours / OpenTelemetry's): wall {ratio:.3f}"
+        f" (paired median {statistics.median(paired):.3f}), cpu {cpu_ratio:.3f}"
+    )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from _harness import NoopExporter, otel_noop_provider  # noqa: E402  (bench/ is on sys.path)
+from _harness import NoopExporter, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
 
@@ -111,23 +110,10 @@ async def main_async(args: argparse.Namespace, dsn: str) -> None:
     tp.shutdown()
     pt.shutdown()
 
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     print(
         f"asyncpg {asyncpg.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} queries"
     )
-    print(f"{'case':8} {'wall us/query':>14} {'added':>8} {'cpu us/query':>13} {'added':>8}")
-    for k in cases:
-        added, cpu_added = med[k] - med["plain"], cmed[k] - cmed["plain"]
-        print(f"{k:8} {med[k]:14.1f} {added:+8.1f} {cmed[k]:13.1f} {cpu_added:+8.1f}")
-    rounds = zip(wall["pt"], wall["otel"], wall["plain"], strict=True)
-    paired = [(p - b) / (o - b) for p, o, b in rounds if o > b]
-    ratio = (med["pt"] - med["plain"]) / (med["otel"] - med["plain"])
-    cpu_ratio = (cmed["pt"] - cmed["plain"]) / (cmed["otel"] - cmed["plain"])
-    print(
-        f"ratio of added costs (ours / OpenTelemetry's): wall {ratio:.3f}"
-        f" (paired median {statistics.median(paired):.3f}), cpu {cpu_ratio:.3f}"
-    )
+    report_added(wall, cpu, "query")
     print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {theirs.spans} spans")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from _harness import NoopExporter, otel_noop_provider  # noqa: E402  (bench/ is on sys.path)
+from _harness import NoopExporter, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
 from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
 
@@ -110,21 +109,8 @@ def main() -> None:
         tp.shutdown()
         pt.shutdown()
 
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"redis-py {redis.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} GETs")
-    print(f"{'case':8} {'wall us/cmd':>12} {'added':>8} {'cpu us/cmd':>11} {'added':>8}")
-    for k in cases:
-        added, cpu_added = med[k] - med["plain"], cmed[k] - cmed["plain"]
-        print(f"{k:8} {med[k]:12.1f} {added:+8.1f} {cmed[k]:11.1f} {cpu_added:+8.1f}")
-    rounds = zip(wall["pt"], wall["otel"], wall["plain"], strict=True)
-    paired = [(p - b) / (o - b) for p, o, b in rounds if o > b]
-    ratio = (med["pt"] - med["plain"]) / (med["otel"] - med["plain"])
-    cpu_ratio = (cmed["pt"] - cmed["plain"]) / (cmed["otel"] - cmed["plain"])
-    print(
-        f"ratio of added costs (ours / OpenTelemetry's): wall {ratio:.3f}"
-        f" (paired median {statistics.median(paired):.3f}), cpu {cpu_ratio:.3f}"
-    )
+    report_added(wall, cpu, "cmd")
     print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
 
 
