@@ -22,6 +22,7 @@ django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddlew
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
 asyncpg                   instrumented (``pitchey_trace.db.instrument``)
 redis                     every command and pipeline a CLIENT span (``instrument_redis``)
+botocore (boto3)          every AWS API call a CLIENT span (``instrument_botocore``)
 celery                    task send and run spans (``instrument_celery``)
 ========================  =====================================================================
 
@@ -252,6 +253,12 @@ def _redis(_: ModuleType) -> None:
     instrument_redis()
 
 
+def _botocore(_: ModuleType) -> None:
+    from pitchey_trace.botocore import instrument_botocore
+
+    instrument_botocore()
+
+
 def _celery(_: ModuleType) -> None:
     from pitchey_trace.celery import instrument_celery
 
@@ -274,6 +281,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "psycopg2": (("psycopg2", _psycopg2),),
     "asyncpg": (("asyncpg", _asyncpg),),
     "redis": (("redis", _redis),),
+    "botocore": (("botocore.client", _botocore),),
     "celery": (("celery", _celery),),
 }
 

@@ -79,6 +79,7 @@ USER_CODE = textwrap.dedent(
         ("pitchey_trace.celery", "celery"),
         ("pitchey_trace.db", "postgres"),
         ("pitchey_trace.redis", "redis"),
+        ("pitchey_trace.botocore", "s3"),
     )
     for module, extra in guarded:
         try:

@@ -176,6 +176,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     import builtins, sys
     import requests
     import pitchey_trace.auto as auto
+    import boto3
     import celery
     import redis
     print("USER_SITE", getattr(builtins, "USER_SITE_RAN", False))
@@ -185,7 +186,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     proc = run(program, tmp_path, cli=("--exclude", "requests"), PYTHONPATH=str(site))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "USER_SITE True" in proc.stdout  # the program's own sitecustomize still runs
-    assert "INSTRUMENTED celery,redis" in proc.stdout
+    assert "INSTRUMENTED botocore,celery,redis" in proc.stdout
     assert "PATCHED HTTPAdapter.send" in proc.stdout  # excluded: not patched
     # the same from code, with requests imported before: instrumented at once
     direct = subprocess.run(

@@ -1,0 +1,132 @@
+"""Per-call cost of a boto3 S3 ``GetObject``: plain, with pitchey-trace's
+``instrument_botocore()``, and with opentelemetry-instrumentation-botocore + the OpenTelemetry
+SDK, in the same process and run.
+
+    .venv/bin/pip install -e '.[dev,bench]'
+    .venv/bin/python bench/bench_botocore.py [--rounds 30] [--min-time 0.05]
+
+The call is answered by botocore's ``Stubber`` (in process, no network): what is timed is
+botocore's own request pipeline plus each instrumentation. Both patch
+``BaseClient._make_api_call`` for the whole process, so every case passes through both wrappers
+and turns the other (or both) off by its own switch:
+
+  plain  pitchey-trace's ``suppress_tracing()`` and OpenTelemetry's ``suppress_instrumentation()``
+  pt     OpenTelemetry's suppressed; pitchey-trace configured with a no-op exporter and the
+         defaults (sampling 1.0, sanitizer, rollups, tail keeping)
+  otel   pitchey-trace's suppressed; TracerProvider + BatchSpanProcessor(no-op exporter)
+
+Each switch's check is in all three cases, so the differences are each SDK's own cost. Rounds
+interleave the cases in shuffled order; both SDKs are flushed after every repeat, outside the
+timed region. "cpu" is process CPU time per command (all threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import boto3  # noqa: E402
+from _harness import NoopExporter, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from botocore.stub import Stubber  # noqa: E402
+from opentelemetry.instrumentation.botocore import BotocoreInstrumentor  # noqa: E402
+from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
+
+import pitchey_trace as pt  # noqa: E402
+from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore  # noqa: E402
+
+RESPONSE = {
+    "ContentLength": 13,
+    "ETag": '"abc"',
+    "ResponseMetadata": {"HTTPStatusCode": 200, "RequestId": "r1"},
+}
+PARAMS = {"Bucket": "pitches", "Key": "42.json"}
+
+
+def runner(
+    client: Any, stubber: Any, *switches: Callable[[], AbstractContextManager[object]]
+) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for _ in range(n):  # (queued inside the timed run: the same cost in every case)
+            stubber.add_response("get_object", RESPONSE, PARAMS)
+        get = client.get_object
+        with ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch())
+            for _ in range(n):
+                get(**PARAMS)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--min-time", type=float, default=0.05)
+    args = parser.parse_args()
+    with ExitStack():  # (the set-up below, indented like bench_redis.py)
+        ours = NoopExporter()
+        pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
+        tp = otel_noop_provider()
+        BotocoreInstrumentor().instrument(tracer_provider=tp)
+        instrument_botocore()
+        # (a Stubber answers: the credentials are never sent anywhere)
+        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")  # noqa: S106
+        stubber = Stubber(client)
+        stubber.activate()
+        cases = {
+            "plain": runner(client, stubber, pt.suppress_tracing, suppress_instrumentation),
+            "pt": runner(client, stubber, suppress_instrumentation),
+            "otel": runner(client, stubber, pt.suppress_tracing),
+        }
+
+        def flush() -> None:
+            pt.force_flush()
+            tp.force_flush()
+
+        n = 64
+        while True:
+            t0 = time.perf_counter()
+            cases["plain"](n)
+            if time.perf_counter() - t0 >= args.min_time:
+                break
+            n *= 2
+        for run in cases.values():
+            run(n)
+        flush()
+        wall: dict[str, list[float]] = {k: [] for k in cases}
+        cpu: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(args.rounds):
+            order = list(cases)
+            random.shuffle(order)
+            for name in order:
+                c0, t0 = time.process_time(), time.perf_counter()
+                cases[name](n)
+                t1 = time.perf_counter()
+                flush()
+                c1 = time.process_time()
+                wall[name].append((t1 - t0) / n * 1e6)
+                cpu[name].append((c1 - c0) / n * 1e6)
+        stubber.deactivate()
+        uninstrument_botocore()
+        BotocoreInstrumentor().uninstrument()
+        tp.shutdown()
+        pt.shutdown()
+
+    print(f"boto3 {boto3.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} calls")
+    report_added(wall, cpu, "call")
+    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+
+
+if __name__ == "__main__":
+    main()

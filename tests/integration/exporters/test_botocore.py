@@ -1,0 +1,86 @@
+"""pitchey_trace.botocore: boto3 calls to moto's S3 server over HTTP become CLIENT spans; the
+SDK's own logpush uploads through the same botocore stay untraced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import pytest
+
+import pitchey_trace as pt
+from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore
+from pitchey_trace.exporters import LogpushExporter
+from pitchey_trace.testing import capture_spans
+from tests.integration.exporters.servers import S3
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def traced() -> Iterator[None]:
+    instrument_botocore()
+    instrument_botocore()  # idempotent
+    yield
+    uninstrument_botocore()
+
+
+def test_calls_are_client_spans_with_rpc_attributes(s3: S3, traced: None) -> None:
+    bucket = s3.new_bucket()
+    client: Any = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    with capture_spans() as mem:
+        with pt.span("upload"):
+            client.put_object(Bucket=bucket, Key="users/alice@example.com/avatar", Body=b"secret-bytes")
+            client.get_object(Bucket=bucket, Key="users/alice@example.com/avatar")["Body"].read()
+            with pytest.raises(botocore.exceptions.ClientError):
+                client.get_object(Bucket=bucket, Key="missing")
+    *calls, upload = mem.spans()
+    assert [c["name"] for c in calls] == ["S3.PutObject", "S3.GetObject", "S3.GetObject"]
+    assert {c["parent_span_id"] for c in calls} == {upload["span_id"]}
+    put, get, missing = calls
+    host, port = s3.endpoint.removeprefix("http://").split(":")
+    assert put["kind"] == "client"
+    assert {k: v for k, v in put["attributes"].items() if k != "aws.request_id"} == {
+        "rpc.system": "aws-api",
+        "rpc.service": "S3",
+        "rpc.method": "PutObject",
+        "cloud.region": "us-east-1",
+        "server.address": host,
+        "server.port": int(port),
+        "aws.s3.bucket": bucket,
+        "http.response.status_code": 200,
+    }
+    assert get["status"] == "unset"
+    assert missing["status"] == "error"
+    assert missing["attributes"]["error.type"] == "NoSuchKey"
+    assert missing["attributes"]["http.response.status_code"] == 404
+    exported = str(mem.records)
+    assert "alice" not in exported  # object keys are not recorded
+    assert "secret-bytes" not in exported
+
+
+def test_the_sdks_own_uploads_make_no_spans(s3: S3, traced: None, tmp_path: Path) -> None:
+    bucket = s3.new_bucket()
+    archive = LogpushExporter(
+        bucket, endpoint_url=s3.endpoint, region="us-east-1", spool_dir=tmp_path / "spool"
+    )
+    with capture_spans(exporters=[archive]) as mem:
+        with pt.span("job"):
+            pass
+        with pt.suppress_tracing():
+            boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").list_buckets()
+        assert pt.force_flush(20)
+    assert [s["name"] for s in mem.spans()] == ["job"]  # no S3.PutObject from the exporter
+    [key] = s3.keys(bucket, "traces/")
+    assert [r["name"] for r in s3.records(bucket, key) if r["type"] == "span"] == ["job"]
+
+
+def test_uninstrument_restores_the_client(s3: S3) -> None:
+    instrument_botocore()
+    uninstrument_botocore()
+    with capture_spans() as mem:
+        boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").list_buckets()
+    assert mem.spans() == []
