@@ -386,3 +386,83 @@ def test_django_project_traced_without_settings(pg_dsn: str, tmp_path: Path, set
     # (Django opens its connection in the request: its set_config query comes first)
     queries = {q["attributes"]["db.query.text"]: q for q in children(spans, server)}
     assert queries["SELECT %s + ?"]["attributes"]["db.system.name"] == "postgresql"
+
+
+GUNICORN_APP = """
+import os
+import psycopg
+from flask import Flask
+
+app = Flask("prefork")
+
+@app.get("/work/<int:n>")
+def work(n):
+    with psycopg.connect(os.environ["APP_DSN"]) as conn:
+        conn.execute("SELECT %s::int", (n,)).fetchone()
+    return {"pid": os.getpid(), "n": n}
+"""
+
+
+def test_prefork_gunicorn_workers_trace_after_fork(pg_dsn: str, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    (tmp_path / "prefork_app.py").write_text(textwrap.dedent(GUNICORN_APP))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    environ["APP_DSN"] = pg_dsn
+    server = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            "--exporter",
+            "console",
+            "--service",
+            "prefork",
+            "--",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "prefork_app:app",
+        ],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        pids = set()
+        with httpx.Client() as client:
+            n = 0
+            while len(pids) < 2 or n < 8:  # until both workers have answered
+                try:
+                    r = client.get(f"http://127.0.0.1:{port}/work/{n}", headers={"Connection": "close"})
+                    pids.add(r.json()["pid"])
+                    n += 1
+                except httpx.TransportError:
+                    time.sleep(0.1)
+                assert time.monotonic() < deadline, "gunicorn did not answer from two workers"
+        time.sleep(0.3)
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: each worker flushes at exit
+        out, err = server.communicate(timeout=60)
+    spans = spans_of(out)
+    servers = [s for s in spans if s["kind"] == "server"]
+    assert len(servers) == n, err[-2000:]
+    assert {s["resource"]["process.pid"] for s in servers} == pids  # traced in each forked worker
+    for server_span in servers:
+        [query] = children(spans, server_span)
+        assert query["attributes"]["db.system.name"] == "postgresql"
+    assert len({s["span_id"] for s in spans}) == len(spans)  # nothing exported twice
