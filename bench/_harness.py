@@ -105,3 +105,35 @@ def report_added(wall: dict[str, list[float]], cpu: dict[str, list[float]], unit
         f"ratio of added costs (ours / OpenTelemetry's): wall {ratio:.3f}"
         f" (paired median {statistics.median(paired):.3f}), cpu {cpu_ratio:.3f}"
     )
+
+
+def interleaved(
+    cases: dict[str, Runner], flush: Callable[[], None], rounds: int, min_time: float
+) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """Wall and process-CPU microseconds per op of each case, over ``rounds`` rounds in shuffled
+    order, each run of ``n`` ops (calibrated on the ``plain`` case to last ``min_time``);
+    ``flush()`` after each run, timed for CPU (the SDKs' export work) but not for wall."""
+    n = 64
+    while True:
+        t0 = time.perf_counter()
+        cases["plain"](n)
+        if time.perf_counter() - t0 >= min_time:
+            break
+        n *= 2
+    for run in cases.values():
+        run(n)
+    flush()
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        order = list(cases)
+        random.shuffle(order)
+        for name in order:
+            c0, t0 = time.process_time(), time.perf_counter()
+            cases[name](n)
+            t1 = time.perf_counter()
+            flush()
+            c1 = time.process_time()
+            wall[name].append((t1 - t0) / n * 1e6)
+            cpu[name].append((c1 - c0) / n * 1e6)
+    return wall, cpu, n

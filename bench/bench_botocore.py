@@ -23,9 +23,7 @@ timed region. "cpu" is process CPU time per command (all threads).
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
-from _harness import NoopExporter, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from _harness import NoopExporter, interleaved, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
 from botocore.stub import Stubber  # noqa: E402
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
@@ -94,29 +92,7 @@ def main() -> None:
             pt.force_flush()
             tp.force_flush()
 
-        n = 64
-        while True:
-            t0 = time.perf_counter()
-            cases["plain"](n)
-            if time.perf_counter() - t0 >= args.min_time:
-                break
-            n *= 2
-        for run in cases.values():
-            run(n)
-        flush()
-        wall: dict[str, list[float]] = {k: [] for k in cases}
-        cpu: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(args.rounds):
-            order = list(cases)
-            random.shuffle(order)
-            for name in order:
-                c0, t0 = time.process_time(), time.perf_counter()
-                cases[name](n)
-                t1 = time.perf_counter()
-                flush()
-                c1 = time.process_time()
-                wall[name].append((t1 - t0) / n * 1e6)
-                cpu[name].append((c1 - c0) / n * 1e6)
+        wall, cpu, n = interleaved(cases, flush, args.rounds, args.min_time)
         stubber.deactivate()
         uninstrument_botocore()
         BotocoreInstrumentor().uninstrument()
