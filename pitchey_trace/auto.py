@@ -23,6 +23,7 @@ psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLA
 asyncpg                   instrumented (``pitchey_trace.db.instrument``)
 redis                     every command and pipeline a CLIENT span (``instrument_redis``)
 botocore (boto3)          every AWS API call a CLIENT span (``instrument_botocore``)
+grpc                      every server and channel made afterwards traced (``instrument_grpc``)
 celery                    task send and run spans (``instrument_celery``)
 ========================  =====================================================================
 
@@ -259,6 +260,12 @@ def _botocore(_: ModuleType) -> None:
     instrument_botocore()
 
 
+def _grpc(_: ModuleType) -> None:
+    from pitchey_trace.grpc import instrument_grpc
+
+    instrument_grpc()
+
+
 def _celery(_: ModuleType) -> None:
     from pitchey_trace.celery import instrument_celery
 
@@ -282,6 +289,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "asyncpg": (("asyncpg", _asyncpg),),
     "redis": (("redis", _redis),),
     "botocore": (("botocore.client", _botocore),),
+    "grpc": (("grpc", _grpc),),
     "celery": (("celery", _celery),),
 }
 

@@ -1,0 +1,688 @@
+"""gRPC: a SERVER span per call a server handles, a CLIENT span per call a channel makes (extra ``grpc``).
+
+    from pitchey_trace.grpc import instrument_grpc
+    instrument_grpc()     # every grpc.server() / grpc.aio.server() and channel created afterwards
+
+or, per server and channel::
+
+    server = grpc.server(pool, interceptors=[server_interceptor()])
+    channel = grpc.intercept_channel(grpc.insecure_channel(target), client_interceptor(target))
+    server = grpc.aio.server(interceptors=[aio_server_interceptor()])
+    channel = grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(target))
+
+A call is a span named ``"{package.Service}/{Method}"`` with the OpenTelemetry RPC attributes:
+``rpc.system`` (``grpc``), ``rpc.service``, ``rpc.method`` and ``rpc.grpc.status_code``; a
+server span also has the caller's address (``client.address``, ``network.peer.address`` /
+``network.peer.port``), a client span the target's (``server.address`` / ``server.port``). The
+client sends its span's ``traceparent`` (and ``tracestate`` / ``baggage``) in the call's
+metadata; the server continues it, and its span is current while the handler runs, so the
+handler's own spans and queries nest under it. All four call shapes are covered (unary and
+streaming requests and responses); a streamed response is timed to its last message.
+
+Status: the call's gRPC status code is recorded. A client span is an error for every code but
+``OK``; a server span, as OpenTelemetry's conventions say, only for ``UNKNOWN``,
+``DEADLINE_EXCEEDED``, ``UNIMPLEMENTED``, ``INTERNAL``, ``UNAVAILABLE`` and ``DATA_LOSS`` (a
+``NOT_FOUND`` is the handler's answer, not its failure). ``error.type`` is the code's name; an
+exception a handler raises (not ``context.abort``) is recorded with its stack trace and
+re-raised unchanged. Messages and metadata values are never recorded. Nothing is recorded
+inside :func:`pitchey_trace.suppress_tracing` or on the SDK's own threads (the OTLP/gRPC
+exporter's calls stay untraced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections import namedtuple
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+from pitchey_trace import _safety, propagation
+from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.exceptions import IntegrationUnavailable
+from pitchey_trace.propagation import extract, inject
+
+try:
+    import grpc
+    import grpc.aio
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise IntegrationUnavailable("pitchey_trace.grpc", "grpc") from _exc
+
+__all__ = [
+    "aio_client_interceptors",
+    "aio_server_interceptor",
+    "client_interceptor",
+    "instrument_grpc",
+    "server_interceptor",
+    "uninstrument_grpc",
+]
+
+_SERVER = SpanKind.SERVER
+_CLIENT = SpanKind.CLIENT
+_start_span = get_tracer().start_span
+_OK = grpc.StatusCode.OK
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CANCELLED = grpc.StatusCode.CANCELLED
+# What a server span counts as its own failure (OpenTelemetry's RPC conventions).
+_SERVER_ERRORS = frozenset(
+    (
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    )
+)
+_MAX_DETAILS = 512
+
+# "/pkg.Service/Method" -> (span name, attributes); bounded: a client may send any method name
+# (a server only sees the ones it has handlers for, a client the ones its code calls).
+_methods: dict[Any, tuple[str, dict[str, Any]]] = {}
+_MAX_METHODS = 1024
+
+
+def _method(method: Any) -> tuple[str, dict[str, Any]]:
+    known = _methods.get(method)
+    if known is not None:
+        return known
+    text = method.decode("utf-8", "replace") if isinstance(method, bytes) else str(method)
+    service, _, name = text.lstrip("/").partition("/")
+    attrs: dict[str, Any] = {"rpc.system": "grpc"}
+    if service and name:
+        attrs["rpc.service"] = service
+        attrs["rpc.method"] = name
+        label = f"{service}/{name}"
+    else:  # not a gRPC path: named after the system, never after an arbitrary string
+        label = "grpc"
+    if len(_methods) >= _MAX_METHODS:
+        _methods.clear()
+    known = _methods[method] = (label, attrs)
+    return known
+
+
+def _split_host_port(text: str) -> tuple[str | None, int | None]:
+    """``host:port``, ``[v6]:port``, ``host`` -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    port = int(port_text) if port_text.isdigit() else None
+    return (host or None), port
+
+
+def _peer_attributes(peer: Any) -> dict[str, Any]:
+    """``context.peer()`` (``ipv4:127.0.0.1:50412``, ``ipv6:%5B::1%5D:50412``, ``unix:/path``)."""
+    if not isinstance(peer, str):
+        return {}
+    scheme, _, rest = peer.partition(":")
+    if scheme == "unix":
+        return {"network.peer.address": rest, "network.transport": "unix"} if rest else {}
+    if scheme not in ("ipv4", "ipv6"):
+        return {}
+    host, port = _split_host_port(unquote(rest))
+    attrs: dict[str, Any] = {}
+    if host:
+        attrs["client.address"] = attrs["network.peer.address"] = host
+    if port is not None:
+        attrs["network.peer.port"] = port
+    return attrs
+
+
+def _target_attributes(target: Any) -> dict[str, Any]:
+    """A channel target (``localhost:50051``, ``dns:///host:443``, ``ipv4:10.0.0.1:80``,
+    ``unix:/path``) -> ``server.address`` / ``server.port``."""
+    if isinstance(target, bytes):
+        target = target.decode("utf-8", "replace")
+    if not isinstance(target, str) or not target:
+        return {}
+    text = target
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in ("dns", "ipv4", "ipv6", "unix", "unix-abstract"):
+        if scheme.startswith("unix"):
+            return {"server.address": rest.lstrip("/") and rest}
+        text = rest[2:].partition("/")[2] if rest.startswith("//") else rest
+        text = text.split(",")[0]  # ipv4:a:1,b:2 lists several addresses: the first one
+    host, port = _split_host_port(text)
+    attrs: dict[str, Any] = {}
+    if host:
+        attrs["server.address"] = host
+    if port is not None:
+        attrs["server.port"] = port
+    return attrs
+
+
+def _code(value: Any) -> grpc.StatusCode | None:
+    return value if isinstance(value, grpc.StatusCode) else None
+
+
+def _details(text: Any) -> str | None:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text[:_MAX_DETAILS] if isinstance(text, str) and text else None
+
+
+def _finish(span: AnySpan, code: grpc.StatusCode, details: str | None, is_error: bool) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if is_error:
+        span.set_attribute("error.type", code.name)
+        span.set_status("error", f"{code.name}: {details}" if details else code.name)
+    span.end()
+
+
+# -- server --------------------------------------------------------------------------------------
+_W3C_KEYS = frozenset(("traceparent", "tracestate", "baggage"))
+# context.peer() -> its attributes; bounded (a peer is a client's address and port)
+_peers: dict[Any, dict[str, Any]] = {}
+
+
+def _parent(metadata: Any) -> Any:
+    """The caller's context from the call's metadata. gRPC keys are lowercase, so with the
+    default propagators a dict of the three W3C entries takes extract()'s fast path; a
+    repeated entry or other propagators take the general one (which judges duplicates)."""
+    if propagation._custom is not None:
+        return extract(metadata)
+    carrier: dict[str, Any] = {}
+    for key, value in metadata:
+        if key in _W3C_KEYS:
+            if key in carrier:
+                return extract(metadata)
+            carrier[key] = value
+    return extract(carrier) if carrier else None
+
+
+def _server_start(method: Any, context: Any) -> AnySpan | None:
+    if CURRENT.get() is SUPPRESSED:
+        return None
+    try:
+        label, template = _method(method)
+        peer = context.peer()
+        address = _peers.get(peer)
+        if address is None:
+            if len(_peers) >= _MAX_METHODS:
+                _peers.clear()
+            address = _peers[peer] = _peer_attributes(peer)
+        parent = _parent(context.invocation_metadata() or ())
+        return _start_span(label, {**template, **address}, _SERVER, parent)
+    except Exception as exc:
+        _safety.report("grpc.server.start", exc)
+        return None
+
+
+def _server_end(span: AnySpan, context: Any, exc: BaseException | None) -> None:
+    """End a server span with the call's status: the code the handler set (``set_code``,
+    ``abort``), else UNKNOWN for an exception (what gRPC answers), CANCELLED when the call was
+    abandoned (the client went away, the task was cancelled), OK otherwise."""
+    try:
+        code = set_code = _code(context.code())
+        if code is None:
+            if exc is None:
+                code = _OK
+            elif isinstance(exc, Exception):
+                code = _UNKNOWN
+            else:
+                code = _CANCELLED
+        details = _details(context.details()) if code is not _OK else None
+        if isinstance(exc, Exception) and set_code is None:
+            # raised by the handler itself (context.abort() sets the code before it raises)
+            span.record_exception(exc)
+            details = details or _details(f"{type(exc).__name__}: {exc}")
+        _finish(span, code, details, code in _SERVER_ERRORS)
+    except Exception as internal:
+        _safety.report("grpc.server.end", internal)
+
+
+def _reset(token: Any) -> None:
+    try:
+        CURRENT.reset(token)
+    except ValueError:  # (a generator closed from another context)
+        pass
+
+
+def _sync_unary(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+    """A handler answering one message (unary or request-streaming)."""
+
+    @functools.wraps(original)
+    def behaviour(request: Any, context: Any) -> Any:
+        span = _server_start(method, context)
+        if span is None:
+            return original(request, context)
+        token = CURRENT.set(span)
+        try:
+            response = original(request, context)
+        except BaseException as exc:
+            _reset(token)
+            _server_end(span, context, exc)
+            raise
+        _reset(token)
+        _server_end(span, context, None)
+        return response
+
+    return behaviour
+
+
+def _sync_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+    """A handler answering a stream: its span is current while each message is produced and
+    ends after the last one."""
+
+    @functools.wraps(original)
+    def behaviour(request: Any, context: Any) -> Any:
+        span = _server_start(method, context)
+        if span is None:
+            return original(request, context)
+        token = CURRENT.set(span)
+        try:
+            iterator = iter(original(request, context))
+        except BaseException as exc:
+            _reset(token)
+            _server_end(span, context, exc)
+            raise
+        _reset(token)
+        return _traced_messages(iterator, span, context)
+
+    return behaviour
+
+
+def _traced_messages(iterator: Iterator[Any], span: AnySpan, context: Any) -> Iterator[Any]:
+    error: BaseException | None = None
+    try:
+        while True:
+            token = CURRENT.set(span)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _reset(token)
+            yield item
+    except BaseException as exc:  # (GeneratorExit: the call was cancelled)
+        error = exc
+        raise
+    finally:
+        _server_end(span, context, error)
+
+
+def _aio_unary(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def behaviour(request: Any, context: Any) -> Any:
+        span = _server_start(method, context)
+        if span is None:
+            return await original(request, context)
+        token = CURRENT.set(span)
+        try:
+            response = await original(request, context)
+        except BaseException as exc:
+            _reset(token)
+            _server_end(span, context, exc)
+            raise
+        _reset(token)
+        _server_end(span, context, None)
+        return response
+
+    return behaviour
+
+
+def _aio_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+    """An async-generator handler; a coroutine handler that streams with ``context.write`` is
+    timed by :func:`_aio_unary` (its messages are written before it returns)."""
+
+    @functools.wraps(original)
+    async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
+        span = _server_start(method, context)
+        if span is None:
+            async for item in original(request, context):
+                yield item
+            return
+        error: BaseException | None = None
+        token = CURRENT.set(span)  # (the call runs in its own task)
+        try:
+            async for item in original(request, context):
+                yield item
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _reset(token)
+            _server_end(span, context, error)
+
+    return behaviour
+
+
+_FACTORIES = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
+def _wrap_handler(handler: Any, method: Any) -> Any:
+    for attribute, factory, streams in _FACTORIES:
+        original = getattr(handler, attribute, None)
+        if original is None:
+            continue
+        if inspect.isasyncgenfunction(original):
+            wrapped = _aio_stream(original, method)
+        elif inspect.iscoroutinefunction(original):
+            wrapped = _aio_unary(original, method)
+        else:
+            wrapped = (_sync_stream if streams else _sync_unary)(original, method)
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+# (method, id(handler)) -> (handler, its traced twin): a server's handlers are long-lived
+# objects, so each is wrapped once (the handler is held, so its id is not reused)
+_handlers: dict[tuple[Any, int], tuple[Any, Any]] = {}
+
+
+def _intercepted(handler: Any, details: Any) -> Any:
+    if handler is None:  # no such method: gRPC answers UNIMPLEMENTED, untraced
+        return None
+    try:
+        method = details.method
+        key = (method, id(handler))
+        known = _handlers.get(key)
+        if known is not None and known[0] is handler:
+            return known[1]
+        traced = _wrap_handler(handler, method)
+        if len(_handlers) >= _MAX_METHODS:
+            _handlers.clear()
+        _handlers[key] = (handler, traced)
+        return traced
+    except Exception as exc:
+        _safety.report("grpc.server.wrap", exc)
+        return handler
+
+
+class _ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        return _intercepted(continuation(handler_call_details), handler_call_details)
+
+
+class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        return _intercepted(await continuation(handler_call_details), handler_call_details)
+
+
+def server_interceptor() -> grpc.ServerInterceptor:
+    """The interceptor tracing a ``grpc.server`` (pass it first in ``interceptors=[...]``)."""
+    return _ServerInterceptor()
+
+
+def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
+    """The interceptor tracing a ``grpc.aio.server`` (pass it first in ``interceptors=[...]``)."""
+    return _AioServerInterceptor()
+
+
+# -- client --------------------------------------------------------------------------------------
+class _CallDetails(
+    namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
+
+
+def _client_start(details: Any, address: dict[str, Any]) -> tuple[AnySpan, list[tuple[str, Any]]] | None:
+    """The call's span and its metadata with our propagation entries (None: untraced)."""
+    if CURRENT.get() is SUPPRESSED:
+        return None
+    span: AnySpan | None = None
+    try:
+        label, template = _method(details.method)
+        span = _start_span(label, {**template, **address}, _CLIENT)
+        carrier: dict[str, str] = {}
+        inject(carrier, span)
+        metadata = [pair for pair in (details.metadata or ()) if pair[0] not in carrier]
+        metadata.extend(carrier.items())
+        return span, metadata
+    except Exception as exc:
+        _safety.report("grpc.client.start", exc)
+        if span is not None:
+            span.end()
+        return None
+
+
+def _client_done(span: AnySpan, call: Any) -> None:
+    try:
+        code = _code(call.code()) or _UNKNOWN
+        details = _details(call.details()) if code is not _OK else None
+        _finish(span, code, details, code is not _OK)
+    except Exception as exc:
+        _safety.report("grpc.client.end", exc)
+
+
+def _client_failed(span: AnySpan, exc: BaseException) -> None:
+    with _safety.guard("grpc.client.end"):
+        if isinstance(exc, Exception):
+            span.record_exception(exc)
+        code = _code(getattr(exc, "code", lambda: None)()) if isinstance(exc, grpc.RpcError) else None
+        _finish(span, code or (_UNKNOWN if isinstance(exc, Exception) else _CANCELLED), None, True)
+
+
+class _ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, target: Any) -> None:
+        self._address = _target_attributes(target)
+
+    def _intercept(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        started = _client_start(details, self._address)
+        if started is None:
+            return continuation(details, request)
+        span, metadata = started
+        try:
+            details = _CallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                getattr(details, "wait_for_ready", None),
+                getattr(details, "compression", None),
+            )
+        except Exception as exc:
+            _safety.report("grpc.client.start", exc)
+        try:
+            call = continuation(details, request)
+        except BaseException as exc:
+            _client_failed(span, exc)
+            raise
+        try:
+            # (called at once when the call is already over, else on gRPC's thread as it ends)
+            call.add_done_callback(functools.partial(_client_done, span))
+        except Exception as exc:
+            _safety.report("grpc.client.end", exc)
+            span.end()
+        return call
+
+    intercept_unary_unary = intercept_unary_stream = _intercept
+    intercept_stream_unary = intercept_stream_stream = _intercept
+
+
+class _AioClientInterceptor:
+    def __init__(self, target: Any) -> None:
+        self._address = _target_attributes(target)
+
+    async def _intercept(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        started = _client_start(details, self._address)
+        if started is None:
+            return await continuation(details, request)
+        span, metadata = started
+        try:
+            details = details._replace(metadata=grpc.aio.Metadata(*metadata))
+        except Exception as exc:
+            _safety.report("grpc.client.start", exc)
+        try:
+            call = await continuation(details, request)
+        except BaseException as exc:
+            _client_failed(span, exc)
+            raise
+        try:
+            call.add_done_callback(functools.partial(_aio_client_done, span))
+        except Exception as exc:
+            _safety.report("grpc.client.end", exc)
+            span.end()
+        return call
+
+
+_pending: set[Any] = set()  # (asyncio keeps only weak references to tasks)
+
+
+def _aio_client_done(span: AnySpan, call: Any) -> None:
+    # grpc.aio's status accessors are coroutines; they answer at once for a finished call
+    async def finish() -> None:
+        try:
+            code = _code(await call.code()) or _UNKNOWN
+            details = _details(await call.details()) if code is not _OK else None
+            _finish(span, code, details, code is not _OK)
+        except BaseException as exc:
+            _safety.report("grpc.client.end", exc)
+            span.end()
+
+    try:
+        task = asyncio.get_running_loop().create_task(finish())
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+    except Exception as exc:
+        _safety.report("grpc.client.end", exc)
+        span.end()
+
+
+class _AioUnaryUnary(_AioClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _AioClientInterceptor._intercept
+
+
+class _AioUnaryStream(_AioClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _AioClientInterceptor._intercept
+
+
+class _AioStreamUnary(_AioClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _AioClientInterceptor._intercept
+
+
+class _AioStreamStream(_AioClientInterceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _AioClientInterceptor._intercept
+
+
+def client_interceptor(target: str | None = None) -> Any:
+    """The interceptor tracing a channel's calls:
+    ``grpc.intercept_channel(channel, client_interceptor(target))``. ``target`` (the channel's
+    address) gives the spans ``server.address`` / ``server.port``."""
+    return _ClientInterceptor(target)
+
+
+def aio_client_interceptors(target: str | None = None) -> list[Any]:
+    """The interceptors tracing a ``grpc.aio`` channel's calls, one per call shape (gRPC asyncio
+    takes one class per shape): ``grpc.aio.insecure_channel(target,
+    interceptors=aio_client_interceptors(target))``."""
+    return [cls(target) for cls in (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
+
+
+# -- instrument_grpc -----------------------------------------------------------------------------
+_WRAPPED = "__pitchey_trace_wrapped__"
+_patched: list[tuple[Any, str, Any]] = []
+
+
+def _is_ours(interceptor: Any) -> bool:
+    return isinstance(
+        interceptor, (_ServerInterceptor, _AioServerInterceptor, _ClientInterceptor, _AioClientInterceptor)
+    )
+
+
+def _with_ours(
+    args: tuple[Any, ...], kwargs: dict[str, Any], index: int, ours: Callable[[], list[Any]]
+) -> tuple[Any, ...]:
+    """Put our interceptors first in a factory's ``interceptors`` argument (positional at
+    ``index`` or keyword), unless the caller already gave one of ours."""
+    try:
+        positional = len(args) > index
+        given = args[index] if positional else kwargs.get("interceptors")
+        interceptors = list(given or ())
+        if not any(_is_ours(i) for i in interceptors):
+            interceptors[:0] = ours()
+            if positional:
+                return (*args[:index], interceptors, *args[index + 1 :])
+            kwargs["interceptors"] = interceptors
+    except Exception as exc:
+        _safety.report("grpc.instrument", exc)
+    return args
+
+
+def _server_factory(original: Callable[..., Any], make: Callable[[], Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def server(*args: Any, **kwargs: Any) -> Any:
+        # grpc.server / grpc.aio.server(pool, handlers, interceptors, ...)
+        return original(*_with_ours(args, kwargs, 2, lambda: [make()]), **kwargs)
+
+    setattr(server, _WRAPPED, original)
+    return server
+
+
+def _channel_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def channel(target: Any, *args: Any, **kwargs: Any) -> Any:
+        made = original(target, *args, **kwargs)
+        try:
+            return grpc.intercept_channel(made, _ClientInterceptor(target))
+        except Exception as exc:
+            _safety.report("grpc.instrument", exc)
+            return made
+
+    setattr(channel, _WRAPPED, original)
+    return channel
+
+
+def _aio_channel_factory(original: Callable[..., Any], index: int) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def channel(target: Any, *args: Any, **kwargs: Any) -> Any:
+        # insecure_channel(target, options, compression, interceptors); secure_channel adds credentials
+        args = _with_ours(args, kwargs, index, lambda: aio_client_interceptors(target))
+        return original(target, *args, **kwargs)
+
+    setattr(channel, _WRAPPED, original)
+    return channel
+
+
+def instrument_grpc() -> None:
+    """Trace every server (``grpc.server``, ``grpc.aio.server``) and channel
+    (``grpc.insecure_channel``, ``grpc.secure_channel`` and their ``grpc.aio`` twins) created
+    from now on: our interceptor goes first, before the application's. A server or channel
+    given one of this module's interceptors by hand is left as it is. Idempotent. Code that
+    imported the factories by name before (``from grpc import server``) keeps the originals."""
+    if _patched:
+        return
+    targets: list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]] = [
+        (grpc, "server", lambda f: _server_factory(f, _ServerInterceptor)),
+        (grpc.aio, "server", lambda f: _server_factory(f, _AioServerInterceptor)),
+        (grpc, "insecure_channel", _channel_factory),
+        (grpc, "secure_channel", _channel_factory),
+        (grpc.aio, "insecure_channel", lambda f: _aio_channel_factory(f, 2)),
+        (grpc.aio, "secure_channel", lambda f: _aio_channel_factory(f, 3)),
+    ]
+    for owner, name, wrap in targets:
+        original = getattr(owner, name)
+        setattr(owner, name, wrap(original))
+        _patched.append((owner, name, original))
+
+
+def uninstrument_grpc() -> None:
+    """Undo :func:`instrument_grpc` (servers and channels already made stay traced)."""
+    while _patched:
+        owner, name, original = _patched.pop()
+        setattr(owner, name, original)
