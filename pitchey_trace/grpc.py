@@ -147,7 +147,7 @@ def _target_attributes(target: Any) -> dict[str, Any]:
     scheme, sep, rest = text.partition(":")
     if sep and scheme in ("dns", "ipv4", "ipv6", "unix", "unix-abstract"):
         if scheme.startswith("unix"):
-            return {"server.address": rest.lstrip("/") and rest}
+            return {"server.address": rest} if rest.strip("/") else {}
         text = rest[2:].partition("/")[2] if rest.startswith("//") else rest
         text = text.split(",")[0]  # ipv4:a:1,b:2 lists several addresses: the first one
     host, port = _split_host_port(text)

@@ -520,3 +520,44 @@ def test_unchanged_programs_under_pitchey_trace_run_share_one_trace(tmp_path: Pa
     assert handled["parent_span_id"] == call["span_id"]
     assert load["parent_span_id"] == handled["span_id"]
     assert len({s["trace_id"] for s in calling + serving}) == 1
+
+
+def test_the_sdks_own_otlp_grpc_export_stays_untraced() -> None:
+    from pitchey_trace.exporters import OTLPExporter
+    from pitchey_trace.exporters._grpc import EXPORT_METHOD
+
+    received: list[dict[str, str]] = []
+
+    def export(request: bytes, context: Any) -> bytes:
+        received.append(dict(context.invocation_metadata()))
+        return b""
+
+    # the collector is made before instrument_grpc(): a collector of its own is another process
+    collector = grpc.server(ThreadPoolExecutor(2))
+    service, method = EXPORT_METHOD.strip("/").split("/")
+    collector.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service, {method: grpc.unary_unary_rpc_method_handler(export)}
+            ),
+        )
+    )
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    instrument_grpc()
+    try:
+        otlp = OTLPExporter(f"http://127.0.0.1:{port}", protocol="grpc")
+        with capture_spans(exporters=[otlp]) as mem, swallowed_errors() as errors:
+            with pt.span("job"):
+                pass
+            spans = settle(mem, 1)
+            time.sleep(0.2)
+            pt.force_flush(5)
+            spans = mem.spans()
+    finally:
+        uninstrument_grpc()
+        collector.stop(None)
+    assert errors == []
+    assert [s["name"] for s in spans] == ["job"]  # no span for the export call
+    assert received
+    assert all("traceparent" not in metadata for metadata in received)

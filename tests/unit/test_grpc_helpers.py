@@ -1,0 +1,69 @@
+"""pitchey_trace.grpc's parsing of method paths, peers and channel targets (the calls
+themselves are tested over real servers in tests/integration/test_grpc.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pitchey_trace import grpc as pgrpc
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("localhost:50051", {"server.address": "localhost", "server.port": 50051}),
+        ("127.0.0.1:8080", {"server.address": "127.0.0.1", "server.port": 8080}),
+        ("[::1]:50051", {"server.address": "::1", "server.port": 50051}),
+        ("dns:///pitches.internal:443", {"server.address": "pitches.internal", "server.port": 443}),
+        ("dns://8.8.8.8/pitches.internal:443", {"server.address": "pitches.internal", "server.port": 443}),
+        ("ipv4:10.0.0.1:80,10.0.0.2:80", {"server.address": "10.0.0.1", "server.port": 80}),
+        ("ipv6:[::1]:9000", {"server.address": "::1", "server.port": 9000}),
+        ("unix:/run/pitches.sock", {"server.address": "/run/pitches.sock"}),
+        ("unix:", {}),
+        ("pitches.internal", {"server.address": "pitches.internal"}),
+        (b"localhost:1", {"server.address": "localhost", "server.port": 1}),
+        ("host:notaport", {"server.address": "host"}),
+        ("", {}),
+        (None, {}),
+        (42, {}),
+    ],
+)
+def test_target_attributes(target: Any, expected: dict[str, Any]) -> None:
+    assert pgrpc._target_attributes(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        (
+            "ipv4:127.0.0.1:50412",
+            {"client.address": "127.0.0.1", "network.peer.address": "127.0.0.1", "network.peer.port": 50412},
+        ),
+        (
+            "ipv6:%5B::1%5D:50412",
+            {"client.address": "::1", "network.peer.address": "::1", "network.peer.port": 50412},
+        ),
+        ("unix:/run/s.sock", {"network.peer.address": "/run/s.sock", "network.transport": "unix"}),
+        ("unix:", {}),
+        ("something-else", {}),
+        (None, {}),
+    ],
+)
+def test_peer_attributes(peer: Any, expected: dict[str, Any]) -> None:
+    assert pgrpc._peer_attributes(peer) == expected
+
+
+def test_method_names_and_their_bounded_cache() -> None:
+    assert pgrpc._method("/demo.v1.Pitches/Get") == (
+        "demo.v1.Pitches/Get",
+        {"rpc.system": "grpc", "rpc.service": "demo.v1.Pitches", "rpc.method": "Get"},
+    )
+    assert pgrpc._method(b"/demo.Pitches/List")[0] == "demo.Pitches/List"
+    # not a gRPC path: never named after the arbitrary string
+    assert pgrpc._method("/no-slash-here") == ("grpc", {"rpc.system": "grpc"})
+    assert pgrpc._method("") == ("grpc", {"rpc.system": "grpc"})
+    for i in range(3 * pgrpc._MAX_METHODS):
+        pgrpc._method(f"/svc/M{i}")
+    assert len(pgrpc._methods) <= pgrpc._MAX_METHODS
