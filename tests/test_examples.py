@@ -337,6 +337,39 @@ def check_aiohttp_app(stdout: str, stderr: str) -> None:
     assert "Warning" not in stderr
 
 
+def check_grpc_service(stdout: str, stderr: str) -> None:
+    assert "Get 42  -> Quiet drums" in stdout
+    assert "Get 99  -> NOT_FOUND no pitch 99" in stdout
+    assert "List    -> 42, 7" in stdout
+    trace_ids = set(re.findall(r"^trace ([0-9a-f]{32})$", stdout, re.M))
+    assert len(trace_ids) == 1  # the job, both ends of its calls and the handlers' spans
+    (trace_id,) = trace_ids
+    shown = spans_of(parse_trees(stdout), trace_id)
+    counts: dict[tuple[str, str, bool], int] = {}
+    for s in shown:
+        counts[(s.name, s.kind, s.error)] = counts.get((s.name, s.kind, s.error), 0) + 1
+    get, listing = "pitches.v1.Pitches/Get", "pitches.v1.Pitches/List"
+    assert counts == {
+        ("nightly_digest", "internal", False): 1,
+        (get, "client", False): 1,
+        (get, "client", True): 1,  # NOT_FOUND is an error for the caller...
+        (get, "server", False): 2,  # ...and the server's answer, not its failure
+        ("load_pitch", "internal", False): 2,
+        (listing, "client", False): 1,
+        (listing, "server", False): 1,
+        ("render_item", "internal", False): 2,
+    }
+    for s in shown:
+        if s.kind in ("client", "server"):
+            expected = "nightly_digest" if s.kind == "client" else s.name
+            assert s.parent in (expected, None), (s.name, s.kind, s.parent)
+    assert_parents(
+        [s for s in shown if s.kind == "internal"],
+        {"nightly_digest": None, "load_pitch": get, "render_item": listing},
+    )
+    assert stderr == ""
+
+
 def check_find_slow_traces(stdout: str, stderr: str) -> None:
     # The recorded workload has a slow render in about one request in five, and an N+1.
     assert re.search(r"^traces with a span of 20 ms or more: [1-5] shown$", stdout, re.M)
@@ -382,6 +415,7 @@ CHECKS: dict[str, Callable[[str, str], None]] = {
     "fastapi_app.py --demo": check_fastapi_app,
     "flask_app.py --demo": check_flask_app,
     "aiohttp_app.py --demo": check_aiohttp_app,
+    "grpc_service.py --demo": check_grpc_service,
 }
 
 
