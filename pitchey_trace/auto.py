@@ -21,7 +21,8 @@ starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingM
 django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddleware`` added
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
 asyncpg                   instrumented (``pitchey_trace.db.instrument``)
-redis                     every command and pipeline a CLIENT span (``instrument_redis``)
+redis                     every command, pipeline and Pub/Sub command a CLIENT span, cluster
+                          clients too (``instrument_redis``)
 botocore (boto3)          every AWS API call a CLIENT span (``instrument_botocore``)
 grpc                      every server and channel made afterwards traced (``instrument_grpc``)
 celery                    task send and run spans (``instrument_celery``)

@@ -1,7 +1,7 @@
 """Redis: every command a ``redis-py`` client sends is a CLIENT span (extra ``redis``).
 
     from pitchey_trace.redis import instrument_redis
-    instrument_redis()          # sync and asyncio clients, pipelines and transactions
+    instrument_redis()          # sync and asyncio clients, cluster clients, pipelines, Pub/Sub
 
 A command is a span named after it (``GET``, ``HSET``) with ``db.system.name=redis``,
 ``db.operation.name``, ``db.namespace`` (the database number), ``server.address`` /
@@ -12,11 +12,26 @@ any attribute. A pipeline is one ``PIPELINE`` span (``MULTI`` for a transaction)
 ``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``). Errors (``WRONGTYPE``, connection
 failures) are recorded and re-raised unchanged. Nothing is recorded under
 :func:`pitchey_trace.suppress_tracing` or on the SDK's own threads.
+
+Cluster clients (``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, their
+pipelines and ``pubsub()``) give the same spans without ``server.address`` / ``server.port``
+(redis-py picks the node per command, from the key's slot, replicas and redirections, and does
+not say which) and without ``db.namespace`` (always 0). The commands redis-py sends to the nodes
+on a cluster command's behalf (``COMMAND GETKEYS``, a topology refresh after ``MOVED``, retries
+of a pipeline's commands) belong to its span: one command, one span.
+
+Pub/Sub: the commands a ``PubSub`` object sends (``SUBSCRIBE``, ``PSUBSCRIBE``, ``UNSUBSCRIBE``,
+``PING``) are spans like any other, channel names shown as ``?``; the span times the sending only,
+the server's confirmation arrives as a message. Received messages (``get_message``, ``listen``)
+make no spans: a subscriber would emit one per message, unbounded and with no caller to attach
+to. ``PUBLISH`` is an ordinary command of the publishing client.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from types import ModuleType
 from typing import Any
 
 from pitchey_trace import _safety
@@ -32,6 +47,17 @@ except ImportError as _exc:
     raise IntegrationUnavailable("pitchey_trace.redis", "redis") from _exc
 
 __all__ = ["instrument_redis", "uninstrument_redis"]
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # an old or trimmed redis-py: plain clients are traced all the same
+        return None
+
+
+_sync_cluster = _optional_module("redis.cluster")
+_async_cluster = _optional_module("redis.asyncio.cluster")
 
 _CLIENT = SpanKind.CLIENT
 _start_span = get_tracer().start_span
@@ -104,7 +130,7 @@ _texts: dict[tuple[Any, int], str] = {}
 _MAX_TEXTS = 1024
 
 
-def _start_command(client: Any, args: tuple[Any, ...]) -> AnySpan | None:
+def _start_command(client: Any, args: tuple[Any, ...], base: dict[str, Any] | None = None) -> AnySpan | None:
     if CURRENT.get() is SUPPRESSED or not args:
         return None
     try:
@@ -118,7 +144,9 @@ def _start_command(client: Any, args: tuple[Any, ...]) -> AnySpan | None:
                     _texts.clear()
                 _texts[text_key] = text
         name = text.partition(" ")[0]
-        attrs = {**_base_attributes(client), "db.operation.name": name, "db.query.text": text}
+        if base is None:
+            base = _base_attributes(client)
+        attrs = {**base, "db.operation.name": name, "db.query.text": text}
         if _capture_keys:
             key = _key(args)
             if key is not None:
@@ -140,6 +168,48 @@ def _start_pipeline(pipeline: Any) -> AnySpan | None:
         attrs = {**_base_attributes(pipeline), "db.operation.name": operation}
         attrs["db.operation.batch.size"] = len(stack)
         attrs["db.query.text"] = "; ".join(_text(tuple(args)) for args, _ in stack[:MAX_PIPELINE_TEXT])
+        return _start_span(operation, attrs, _CLIENT)
+    except Exception as exc:
+        _safety.report("redis.start", exc)
+        return None
+
+
+# A cluster span names no node (redis-py picks it per command and does not say which) and no
+# database (a cluster has only database 0).
+_CLUSTER_ATTRIBUTES: dict[str, Any] = {"db.system.name": "redis"}
+
+
+def _start_cluster_command(client: Any, args: tuple[Any, ...]) -> AnySpan | None:
+    # A cluster pipeline keeps RedisCluster.execute_command bound (parent_execute_command):
+    # after uninstrument_redis() the wrapper may still be called, and must then record nothing.
+    if not _patched:
+        return None
+    return _start_command(client, args, _CLUSTER_ATTRIBUTES)
+
+
+def _cluster_queue(pipeline: Any) -> tuple[list[Any], bool]:
+    """The queued commands (objects with ``.args``) of a cluster pipeline, and whether it is a
+    transaction."""
+    strategy = getattr(pipeline, "_execution_strategy", None)
+    if strategy is not None:  # redis-py >= 6: the queue lives in the execution strategy
+        return strategy._command_queue, type(strategy).__name__ == "TransactionStrategy"
+    stack = getattr(pipeline, "command_stack", None)  # redis-py 5, sync
+    if stack is None:
+        stack = pipeline._command_stack  # redis-py 5, asyncio
+    return stack, False
+
+
+def _start_cluster_pipeline(pipeline: Any) -> AnySpan | None:
+    if CURRENT.get() is SUPPRESSED or not _patched:
+        return None
+    try:
+        queue, transaction = _cluster_queue(pipeline)
+        if not queue:
+            return None
+        operation = "MULTI" if transaction else "PIPELINE"
+        attrs = {**_CLUSTER_ATTRIBUTES, "db.operation.name": operation}
+        attrs["db.operation.batch.size"] = len(queue)
+        attrs["db.query.text"] = "; ".join(_text(tuple(c.args)) for c in queue[:MAX_PIPELINE_TEXT])
         return _start_span(operation, attrs, _CLIENT)
     except Exception as exc:
         _safety.report("redis.start", exc)
@@ -196,10 +266,79 @@ def _wrap_async(original: Any, start: Any) -> Any:
     return traced
 
 
+def _wrap_cluster_sync(original: Any, start: Any) -> Any:
+    """:func:`_wrap_sync` for cluster clients: while the span is open, the commands redis-py
+    sends through per-node ``Redis`` clients (``COMMAND GETKEYS``, ``CLUSTER SLOTS``, a
+    pipeline's retried commands) record nothing, so one command stays one span."""
+    command = start is _start_cluster_command
+
+    @functools.wraps(original)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        span = start(self, args) if command else start(self)
+        if span is None:
+            return original(self, *args, **kwargs)
+        token = CURRENT.set(SUPPRESSED)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, exc)
+            raise
+        finally:
+            CURRENT.reset(token)
+        _end(span, None)
+        return result
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
+def _wrap_cluster_async(original: Any, start: Any) -> Any:
+    """:func:`_wrap_cluster_sync` for asyncio cluster clients (tasks they start inherit the
+    suppression with the context)."""
+    command = start is _start_cluster_command
+
+    @functools.wraps(original)
+    async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        span = start(self, args) if command else start(self)
+        if span is None:
+            return await original(self, *args, **kwargs)
+        token = CURRENT.set(SUPPRESSED)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, exc)
+            raise
+        finally:
+            CURRENT.reset(token)
+        _end(span, None)
+        return result
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
+def _cluster_targets() -> list[tuple[type, str, Any, Any]]:
+    targets: list[tuple[type, str, Any, Any]] = []
+    for module, wrap in ((_sync_cluster, _wrap_cluster_sync), (_async_cluster, _wrap_cluster_async)):
+        if module is None:
+            continue
+        for class_name, name, start in (
+            ("RedisCluster", "execute_command", _start_cluster_command),
+            ("ClusterPipeline", "execute", _start_cluster_pipeline),
+            ("ClusterPubSub", "execute_command", _start_cluster_command),
+        ):
+            owner = getattr(module, class_name, None)
+            # Only a method the class defines itself: patching an inherited one would shadow
+            # the base class's (PubSub's) patched method and give two spans per command.
+            if isinstance(owner, type) and name in owner.__dict__:
+                targets.append((owner, name, wrap, start))
+    return targets
+
+
 def instrument_redis(*, capture_keys: bool = False) -> None:
-    """Trace every command of ``redis.Redis`` and ``redis.asyncio.Redis`` clients (existing
-    ones too) and their pipelines. Idempotent; ``capture_keys`` may be changed by calling it
-    again."""
+    """Trace every command of ``redis.Redis``, ``redis.asyncio.Redis`` and cluster clients
+    (existing ones too), their pipelines and Pub/Sub objects. Idempotent; ``capture_keys`` may
+    be changed by calling it again."""
     global _capture_keys
     _capture_keys = bool(capture_keys)
     if _patched:
@@ -209,6 +348,9 @@ def instrument_redis(*, capture_keys: bool = False) -> None:
         (_sync_client.Pipeline, "execute", _wrap_sync, _start_pipeline),
         (_async_client.Redis, "execute_command", _wrap_async, _start_command),
         (_async_client.Pipeline, "execute", _wrap_async, _start_pipeline),
+        (_sync_client.PubSub, "execute_command", _wrap_sync, _start_command),
+        (_async_client.PubSub, "execute_command", _wrap_async, _start_command),
+        *_cluster_targets(),
     )
     for owner, name, wrap, start in targets:
         original = owner.__dict__[name]

@@ -1,14 +1,23 @@
-"""A throwaway redis-server for the tests: started from the installed binary (Debian package
-``redis-server``) on a free port of 127.0.0.1, no persistence, stopped afterwards."""
+"""Throwaway redis-servers for the tests: started from the installed binary (Debian package
+``redis-server``) on a free port of 127.0.0.1, no persistence, stopped afterwards.
+
+    with redis_server() as port: ...            # a plain server
+    with redis_cluster_server() as port: ...    # a one-node cluster that owns every slot
+
+The helpers talk to the servers over raw sockets, not redis-py, so an instrumented client never
+traces them."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+CLUSTER_SLOTS = 16384
 
 
 def _free_port() -> int:
@@ -17,37 +26,92 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def redis_server() -> Iterator[int]:
-    """Yield the port of a running redis-server."""
+def _binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
             "redis-server is missing: scripts/bootstrap.sh installs it (Debian package redis-server)"
         )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return binary
+
+
+def _command(port: int, *args: str) -> bytes:
+    """Send one command (RESP array) and return the raw reply (small replies only)."""
+    packed = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(packed)
+        reply = s.recv(65536)
+        # A bulk string ($<length>) may arrive in pieces: read until it is complete.
+        if reply.startswith(b"$") and b"\r\n" in reply:
+            header, _, body = reply.partition(b"\r\n")
+            while len(body) < int(header[1:]) + 2:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            reply = header + b"\r\n" + body
+        return reply
+
+
+def _wait(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def _running(args: list[str], cwd: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield port
+        yield proc
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)
+
+
+def _base_args(port: int) -> list[str]:
+    return [_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+@contextmanager
+def redis_server() -> Iterator[int]:
+    """Yield the port of a running redis-server."""
+    port = _free_port()
+    with _running(_base_args(port)) as proc:
+        _wait(proc, lambda: _command(port, "PING").startswith(b"+PONG"), "start")
+        yield port
+
+
+@contextmanager
+def redis_cluster_server() -> Iterator[int]:
+    """Yield the port of a one-node redis cluster (``--cluster-enabled yes``) whose node owns
+    all 16384 slots, once ``CLUSTER INFO`` reports ``cluster_state:ok``. Its state file
+    (nodes.conf) lives in a temporary directory removed afterwards."""
+    port = _free_port()
+    # The cluster bus defaults to port + 10000, which may be taken or above 65535: pick it too.
+    bus_port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="pitchey-redis-cluster-") as workdir:
+        cluster_args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"{workdir}/nodes.conf",
+            "--cluster-port", str(bus_port),
+            "--dir", workdir,
+        ]  # fmt: skip
+        with _running(_base_args(port) + cluster_args, cwd=workdir) as proc:
+            _wait(proc, lambda: _command(port, "PING").startswith(b"+PONG"), "start")
+            reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", str(CLUSTER_SLOTS - 1))
+            if not reply.startswith(b"+OK"):
+                raise RuntimeError(f"CLUSTER ADDSLOTSRANGE failed: {reply!r}")
+            _wait(proc, lambda: b"cluster_state:ok" in _command(port, "CLUSTER", "INFO"), "form a cluster")
+            yield port
