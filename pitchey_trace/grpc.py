@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -43,7 +44,7 @@ from pitchey_trace import _safety, propagation
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
 from pitchey_trace._tracer import get_tracer
-from pitchey_trace.exceptions import IntegrationUnavailable
+from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
 from pitchey_trace.propagation import extract, inject
 
 try:
@@ -216,7 +217,7 @@ def _server_start(method: Any, context: Any) -> AnySpan | None:
         return None
 
 
-def _server_end(span: AnySpan, context: Any, exc: BaseException | None) -> None:
+def _server_end(span: AnySpan, context: Any, exc: BaseException | None, header: str | None) -> None:
     """End a server span with the call's status: the code the handler set (``set_code``,
     ``abort``), else UNKNOWN for an exception (what gRPC answers), CANCELLED when the call was
     abandoned (the client went away, the task was cancelled), OK otherwise."""
@@ -234,9 +235,22 @@ def _server_end(span: AnySpan, context: Any, exc: BaseException | None) -> None:
             # raised by the handler itself (context.abort() sets the code before it raises)
             span.record_exception(exc)
             details = details or _details(f"{type(exc).__name__}: {exc}")
+        if header is not None:
+            _send_trace_id(context, header, span)
         _finish(span, code, details, code in _SERVER_ERRORS)
     except Exception as internal:
         _safety.report("grpc.server.end", internal)
+
+
+def _send_trace_id(context: Any, header: str, span: AnySpan) -> None:
+    """Add the trace id to the trailing metadata the call ends with (after the handler's own
+    entries; a value it set for the key itself wins)."""
+    try:
+        existing = tuple(context.trailing_metadata() or ())
+        if not any(pair[0] == header for pair in existing):
+            context.set_trailing_metadata((*existing, (header, f"{span.trace_id:032x}")))
+    except Exception as exc:
+        _safety.report("grpc.server.metadata", exc)
 
 
 def _reset(token: Any) -> None:
@@ -246,7 +260,7 @@ def _reset(token: Any) -> None:
         pass
 
 
-def _sync_unary(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+def _sync_unary(original: Callable[..., Any], method: Any, header: str | None) -> Callable[..., Any]:
     """A handler answering one message (unary or request-streaming)."""
 
     @functools.wraps(original)
@@ -259,16 +273,16 @@ def _sync_unary(original: Callable[..., Any], method: Any) -> Callable[..., Any]
             response = original(request, context)
         except BaseException as exc:
             _reset(token)
-            _server_end(span, context, exc)
+            _server_end(span, context, exc, header)
             raise
         _reset(token)
-        _server_end(span, context, None)
+        _server_end(span, context, None, header)
         return response
 
     return behaviour
 
 
-def _sync_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+def _sync_stream(original: Callable[..., Any], method: Any, header: str | None) -> Callable[..., Any]:
     """A handler answering a stream: its span is current while each message is produced and
     ends after the last one."""
 
@@ -282,15 +296,17 @@ def _sync_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any
             iterator = iter(original(request, context))
         except BaseException as exc:
             _reset(token)
-            _server_end(span, context, exc)
+            _server_end(span, context, exc, header)
             raise
         _reset(token)
-        return _traced_messages(iterator, span, context)
+        return _traced_messages(iterator, span, context, header)
 
     return behaviour
 
 
-def _traced_messages(iterator: Iterator[Any], span: AnySpan, context: Any) -> Iterator[Any]:
+def _traced_messages(
+    iterator: Iterator[Any], span: AnySpan, context: Any, header: str | None
+) -> Iterator[Any]:
     error: BaseException | None = None
     try:
         while True:
@@ -306,30 +322,32 @@ def _traced_messages(iterator: Iterator[Any], span: AnySpan, context: Any) -> It
         error = exc
         raise
     finally:
-        _server_end(span, context, error)
+        _server_end(span, context, error, header)
 
 
-def _aio_unary(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+def _aio_unary(original: Callable[..., Any], method: Any, header: str | None) -> Callable[..., Any]:
     @functools.wraps(original)
     async def behaviour(request: Any, context: Any) -> Any:
         span = _server_start(method, context)
         if span is None:
             return await original(request, context)
+        if header is not None:  # now: grpc.aio's abort() sends the status at once
+            _send_trace_id(context, header, span)
         token = CURRENT.set(span)
         try:
             response = await original(request, context)
         except BaseException as exc:
             _reset(token)
-            _server_end(span, context, exc)
+            _server_end(span, context, exc, header)
             raise
         _reset(token)
-        _server_end(span, context, None)
+        _server_end(span, context, None, header)
         return response
 
     return behaviour
 
 
-def _aio_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]:
+def _aio_stream(original: Callable[..., Any], method: Any, header: str | None) -> Callable[..., Any]:
     """An async-generator handler; a coroutine handler that streams with ``context.write`` is
     timed by :func:`_aio_unary` (its messages are written before it returns)."""
 
@@ -341,6 +359,8 @@ def _aio_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]
                 yield item
             return
         error: BaseException | None = None
+        if header is not None:  # now: grpc.aio's abort() sends the status at once
+            _send_trace_id(context, header, span)
         token = CURRENT.set(span)  # (the call runs in its own task)
         try:
             async for item in original(request, context):
@@ -350,7 +370,7 @@ def _aio_stream(original: Callable[..., Any], method: Any) -> Callable[..., Any]
             raise
         finally:
             _reset(token)
-            _server_end(span, context, error)
+            _server_end(span, context, error, header)
 
     return behaviour
 
@@ -363,17 +383,17 @@ _FACTORIES = (
 )
 
 
-def _wrap_handler(handler: Any, method: Any) -> Any:
+def _wrap_handler(handler: Any, method: Any, header: str | None) -> Any:
     for attribute, factory, streams in _FACTORIES:
         original = getattr(handler, attribute, None)
         if original is None:
             continue
         if inspect.isasyncgenfunction(original):
-            wrapped = _aio_stream(original, method)
+            wrapped = _aio_stream(original, method, header)
         elif inspect.iscoroutinefunction(original):
-            wrapped = _aio_unary(original, method)
+            wrapped = _aio_unary(original, method, header)
         else:
-            wrapped = (_sync_stream if streams else _sync_unary)(original, method)
+            wrapped = (_sync_stream if streams else _sync_unary)(original, method, header)
         return factory(
             wrapped,
             request_deserializer=handler.request_deserializer,
@@ -382,21 +402,21 @@ def _wrap_handler(handler: Any, method: Any) -> Any:
     return handler
 
 
-# (method, id(handler)) -> (handler, its traced twin): a server's handlers are long-lived
-# objects, so each is wrapped once (the handler is held, so its id is not reused)
-_handlers: dict[tuple[Any, int], tuple[Any, Any]] = {}
+# (method, id(handler), header) -> (handler, its traced twin): a server's handlers are
+# long-lived objects, so each is wrapped once (the handler is held, so its id is not reused)
+_handlers: dict[tuple[Any, int, str | None], tuple[Any, Any]] = {}
 
 
-def _intercepted(handler: Any, details: Any) -> Any:
+def _intercepted(handler: Any, details: Any, header: str | None) -> Any:
     if handler is None:  # no such method: gRPC answers UNIMPLEMENTED, untraced
         return None
     try:
         method = details.method
-        key = (method, id(handler))
+        key = (method, id(handler), header)
         known = _handlers.get(key)
         if known is not None and known[0] is handler:
             return known[1]
-        traced = _wrap_handler(handler, method)
+        traced = _wrap_handler(handler, method, header)
         if len(_handlers) >= _MAX_METHODS:
             _handlers.clear()
         _handlers[key] = (handler, traced)
@@ -406,24 +426,49 @@ def _intercepted(handler: Any, details: Any) -> Any:
         return handler
 
 
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+
+
+def _header(name: str | None) -> str | None:
+    if name is None:
+        return None
+    key = str(name).lower()
+    if not _METADATA_KEY.fullmatch(key) or key.endswith("-bin") or key.startswith("grpc-"):
+        raise ConfigurationError(
+            f"trace_id_metadata must be a metadata key of letters, digits, '-', '_' or '.', "
+            f"not ending in -bin nor starting with grpc-: {name!r}"
+        )
+    return key
+
+
 class _ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, trace_id_metadata: str | None = "x-trace-id") -> None:
+        self._header = _header(trace_id_metadata)
+
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        return _intercepted(continuation(handler_call_details), handler_call_details)
+        return _intercepted(continuation(handler_call_details), handler_call_details, self._header)
 
 
 class _AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, trace_id_metadata: str | None = "x-trace-id") -> None:
+        self._header = _header(trace_id_metadata)
+
     async def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        return _intercepted(await continuation(handler_call_details), handler_call_details)
+        return _intercepted(await continuation(handler_call_details), handler_call_details, self._header)
 
 
-def server_interceptor() -> grpc.ServerInterceptor:
-    """The interceptor tracing a ``grpc.server`` (pass it first in ``interceptors=[...]``)."""
-    return _ServerInterceptor()
+def server_interceptor(*, trace_id_metadata: str | None = "x-trace-id") -> grpc.ServerInterceptor:
+    """The interceptor tracing a ``grpc.server`` (pass it first in ``interceptors=[...]``).
+
+    ``trace_id_metadata``: the trailing-metadata key that gives each caller the call's trace id
+    (gRPC's counterpart of the HTTP ``X-Trace-Id`` header; None to send none). A value the
+    handler set itself is kept."""
+    return _ServerInterceptor(trace_id_metadata)
 
 
-def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
-    """The interceptor tracing a ``grpc.aio.server`` (pass it first in ``interceptors=[...]``)."""
-    return _AioServerInterceptor()
+def aio_server_interceptor(*, trace_id_metadata: str | None = "x-trace-id") -> grpc.aio.ServerInterceptor:
+    """The interceptor tracing a ``grpc.aio.server``; arguments as for :func:`server_interceptor`."""
+    return _AioServerInterceptor(trace_id_metadata)
 
 
 # -- client --------------------------------------------------------------------------------------
@@ -659,17 +704,19 @@ def _aio_channel_factory(original: Callable[..., Any], index: int) -> Callable[.
     return channel
 
 
-def instrument_grpc() -> None:
+def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
     """Trace every server (``grpc.server``, ``grpc.aio.server``) and channel
     (``grpc.insecure_channel``, ``grpc.secure_channel`` and their ``grpc.aio`` twins) created
     from now on: our interceptor goes first, before the application's. A server or channel
-    given one of this module's interceptors by hand is left as it is. Idempotent. Code that
-    imported the factories by name before (``from grpc import server``) keeps the originals."""
+    given one of this module's interceptors by hand is left as it is. Idempotent (the first
+    call's ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that imported
+    the factories by name before (``from grpc import server``) keeps the originals."""
+    header = _header(trace_id_metadata)
     if _patched:
         return
     targets: list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]] = [
-        (grpc, "server", lambda f: _server_factory(f, _ServerInterceptor)),
-        (grpc.aio, "server", lambda f: _server_factory(f, _AioServerInterceptor)),
+        (grpc, "server", lambda f: _server_factory(f, lambda: _ServerInterceptor(header))),
+        (grpc.aio, "server", lambda f: _server_factory(f, lambda: _AioServerInterceptor(header))),
         (grpc, "insecure_channel", _channel_factory),
         (grpc, "secure_channel", _channel_factory),
         (grpc.aio, "insecure_channel", lambda f: _aio_channel_factory(f, 2)),

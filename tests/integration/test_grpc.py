@@ -78,7 +78,13 @@ def overloaded(request: bytes, context: Any) -> bytes:
     return b""
 
 
+def tagged(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-trace-id", "set-by-the-app"), ("x-shard", "3")))
+    return b"ok"
+
+
 HANDLERS = {
+    "Tagged": grpc.unary_unary_rpc_method_handler(tagged),
     "Get": grpc.unary_unary_rpc_method_handler(get),
     "List": grpc.unary_stream_rpc_method_handler(listing),
     "Upload": grpc.stream_unary_rpc_method_handler(upload),
@@ -561,3 +567,72 @@ def test_the_sdks_own_otlp_grpc_export_stays_untraced() -> None:
     assert [s["name"] for s in spans] == ["job"]  # no span for the export call
     assert received
     assert all("traceparent" not in metadata for metadata in received)
+
+
+def test_callers_get_the_trace_id_in_the_trailing_metadata(target: str, channel: Any) -> None:
+    with capture_spans() as mem:
+        _, call = channel.unary_unary(f"/{SERVICE}/Get").with_call(b"1")
+        with pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary(f"/{SERVICE}/Fail")(b"")
+        with pytest.raises(grpc.RpcError) as aborted:
+            channel.unary_unary(f"/{SERVICE}/Missing")(b"1")
+        stream = channel.unary_stream(f"/{SERVICE}/List")(b"")
+        assert len(list(stream)) == 3
+        _, own = channel.unary_unary(f"/{SERVICE}/Tagged").with_call(b"")
+        spans = settle(mem, 10)
+    servers = by_name(spans, "server")
+    for method, answered in (
+        ("Get", call),
+        ("Fail", failed.value),
+        ("Missing", aborted.value),
+        ("List", stream),
+    ):
+        assert dict(answered.trailing_metadata())["x-trace-id"] == servers[method]["trace_id"], method
+    # the handler's own entries are kept, its value for the key too
+    assert dict(own.trailing_metadata()) == {"x-trace-id": "set-by-the-app", "x-shard": "3"}
+
+
+def test_trace_id_metadata_can_be_renamed_or_turned_off() -> None:
+    renamed, renamed_target = _start_server([server_interceptor(trace_id_metadata="X-Request-Trace")])
+    silent, silent_target = _start_server([server_interceptor(trace_id_metadata=None)])
+    try:
+        with capture_spans() as mem:
+            with grpc.insecure_channel(renamed_target) as channel:
+                _, first = channel.unary_unary(f"/{SERVICE}/Get").with_call(b"1")
+            with grpc.insecure_channel(silent_target) as channel:
+                _, second = channel.unary_unary(f"/{SERVICE}/Get").with_call(b"1")
+            spans = settle(mem, 4)
+    finally:
+        renamed.stop(None)
+        silent.stop(None)
+    trace_ids = {s["trace_id"] for s in spans if s["kind"] == "server"}
+    assert dict(first.trailing_metadata()).get("x-request-trace") in trace_ids
+    assert "x-trace-id" not in dict(second.trailing_metadata())
+    for bad in ("", "x trace", "x-trace-bin", "grpc-trace", "tr\u00e4ce"):
+        with pytest.raises(pt.ConfigurationError):
+            server_interceptor(trace_id_metadata=bad)
+
+
+def test_asyncio_callers_get_the_trace_id_too() -> None:
+    async def calls() -> tuple[Any, Any]:
+        server = grpc.aio.server(interceptors=[aio_server_interceptor()])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, AIO_HANDLERS),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                ok = channel.unary_unary(f"/{SERVICE}/Get")(b"1")
+                await ok
+                missing = channel.unary_unary(f"/{SERVICE}/Missing")(b"1")
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await missing
+                return dict(await ok.trailing_metadata()), dict(await missing.trailing_metadata())
+        finally:
+            await server.stop(None)
+
+    with capture_spans() as mem:
+        ok, missing = asyncio.run(calls())
+        spans = settle(mem, 3)
+    servers = by_name(spans, "server")
+    assert ok["x-trace-id"] == servers["Get"]["trace_id"]
+    assert missing["x-trace-id"] == servers["Missing"]["trace_id"]
