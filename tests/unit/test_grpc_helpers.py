@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import pitchey_trace as pt
 from pitchey_trace import grpc as pgrpc
 
 
@@ -67,3 +70,33 @@ def test_method_names_and_their_bounded_cache() -> None:
     for i in range(3 * pgrpc._MAX_METHODS):
         pgrpc._method(f"/svc/M{i}")
     assert len(pgrpc._methods) <= pgrpc._MAX_METHODS
+
+
+_TRACEPARENTS = st.sampled_from(
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "zz",
+        "",
+    ]
+)
+_ENTRIES = st.one_of(
+    st.tuples(st.just("traceparent"), _TRACEPARENTS),
+    st.tuples(st.just("tracestate"), st.sampled_from(["congo=t61rcWkgMzE", "a=1,b=2", "=bad", "x" * 600])),
+    st.tuples(st.just("baggage"), st.sampled_from(["user=alice", "k=v;p=1", "%%%", ""])),
+    st.tuples(
+        st.sampled_from(["user-agent", "x-tenant", "trace-bin"]),
+        st.one_of(st.text(max_size=20), st.binary(max_size=8)),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ENTRIES, max_size=6))
+def test_the_servers_metadata_fast_path_agrees_with_extract(metadata: list[tuple[str, Any]]) -> None:
+    # gRPC gives lowercase keys; the dict fast path must read what the general path reads,
+    # repeated and malformed entries included
+    assert pgrpc._parent(tuple(metadata)) == pt.extract(tuple(metadata))
