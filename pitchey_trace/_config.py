@@ -13,6 +13,8 @@ variable                           meaning
 ``PITCHEY_TRACE_SLOW_THRESHOLD_MS`` tail-keep traces with a span this slow (default 1000)
 ``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty`` or ``none`` when no
                                    exporters are passed
+``PITCHEY_TRACE_RESOURCE_DETECTION`` ``false``: no detected resource attributes (container,
+                                   Kubernetes, cloud, ``service.instance.id``)
 ``OTEL_TRACES_SAMPLER`` / ``_ARG`` OpenTelemetry sampler names (used when no sampler or
                                    sample rate is given)
 =================================  ==========================================================

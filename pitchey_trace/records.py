@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
+from pitchey_trace import _resource, _safety
 from pitchey_trace._span import SpanKind
 from pitchey_trace._validate import finite
 
@@ -126,7 +127,8 @@ def category_of(duration_ms: float, kind: str, thresholds: CategoryThresholds | 
 
 
 def make_resource(service: str, environment: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The resource attributes attached to every record of this process."""
+    """The resource attributes attached to every record of this process: the SDK's own, then
+    what :mod:`pitchey_trace._resource` detects, then ``extra`` (the user's, which win)."""
     from pitchey_trace import __version__
 
     res: dict[str, Any] = {
@@ -143,6 +145,11 @@ def make_resource(service: str, environment: str, extra: Mapping[str, Any] | Non
         res["host.name"] = socket.gethostname()
     except OSError:
         pass
+    if _resource.enabled():
+        try:
+            res.update(_resource.detect())
+        except Exception as exc:  # detection is a bonus: never a reason not to trace
+            _safety.report("resource.detect", exc)
     if extra:
         res.update(extra)
     return res

@@ -1,0 +1,160 @@
+"""Resource detection: where this process runs, read once from its environment and local files.
+
+Added to every record's ``resource`` (OpenTelemetry resource conventions), under what
+``OTEL_RESOURCE_ATTRIBUTES`` and ``configure(resource_attributes=...)`` say, which win:
+
+- ``service.instance.id``: a random UUID per process (a forked child gets its own), so
+  records of two replicas or two workers of one service can be told apart;
+- ``os.type`` and ``process.executable.name``;
+- ``container.id``: from ``/proc/self/cgroup`` (cgroup v1) or ``/proc/self/mountinfo`` (v2);
+- Kubernetes (``KUBERNETES_SERVICE_HOST`` set): ``k8s.pod.name`` (``K8S_POD_NAME`` /
+  ``POD_NAME``, else ``HOSTNAME``), ``k8s.namespace.name`` (``K8S_NAMESPACE_NAME`` /
+  ``POD_NAMESPACE``, else the service account's namespace file), ``k8s.node.name``
+  (``K8S_NODE_NAME`` / ``NODE_NAME``) and ``k8s.pod.uid`` (``K8S_POD_UID`` / ``POD_UID``);
+- AWS Lambda, AWS ECS, Google Cloud Run and Azure App Service: ``cloud.provider``,
+  ``cloud.platform`` and, where their variables say, ``cloud.region``, ``faas.name``,
+  ``faas.version``, ``faas.instance`` and ``faas.max_memory``.
+
+Nothing here goes to the network (no cloud metadata endpoint is called), so configuring never
+waits. ``PITCHEY_TRACE_RESOURCE_DETECTION=false`` turns it off (the SDK's own attributes,
+``service.name``, ``process.pid``, ``host.name``... stay).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["detect", "enabled"]
+
+# Read through these so the tests can point them at files of their own.
+CGROUP_PATH = "/proc/self/cgroup"
+MOUNTINFO_PATH = "/proc/self/mountinfo"
+K8S_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+# A 64-hex container id ending a cgroup path segment: /docker/<id>, docker-<id>.scope,
+# cri-containerd-<id>.scope, crio-<id>.scope, /kubepods/.../<id>.
+_CGROUP_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
+# cgroup v2 has no id in /proc/self/cgroup; the runtime's bind mounts of the container's
+# own files (/var/lib/docker/containers/<id>/hostname, .../sandboxes/<id>/...) show it.
+_MOUNT_ID = re.compile(r"/(?:containers|sandboxes)/([0-9a-f]{64})/")
+_MAX_FILE = 1 << 20  # (procfs files are small; never read an unbounded one)
+
+_OS_TYPES = {"linux": "linux", "darwin": "darwin", "win32": "windows", "cygwin": "windows"}
+
+_cache: tuple[int, dict[str, Any]] | None = None
+
+
+def enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """False when ``PITCHEY_TRACE_RESOURCE_DETECTION`` says off (false, 0, no, off)."""
+    value = environ.get("PITCHEY_TRACE_RESOURCE_DETECTION", "").strip().lower()
+    return value not in ("false", "0", "no", "off")
+
+
+def detect() -> dict[str, Any]:
+    """The detected attributes of this process (computed once per process; a copy)."""
+    global _cache
+    pid = os.getpid()
+    if _cache is None or _cache[0] != pid:
+        _cache = (pid, _detect(os.environ))
+    return dict(_cache[1])
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(_MAX_FILE)
+    except OSError:
+        return None
+
+
+def container_id(cgroup: str | None, mountinfo: str | None) -> str | None:
+    """The container id in the contents of ``/proc/self/cgroup`` or ``/proc/self/mountinfo``."""
+    for line in (cgroup or "").splitlines():
+        path = line.split(":", 2)[-1].strip()
+        found = _CGROUP_ID.search(path)
+        if found:
+            return found.group(1)
+    found = _MOUNT_ID.search(mountinfo or "")
+    return found.group(1) if found else None
+
+
+def _first(environ: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _kubernetes(environ: Mapping[str, str]) -> dict[str, Any]:
+    if not environ.get("KUBERNETES_SERVICE_HOST"):
+        return {}
+    attrs: dict[str, Any] = {}
+    pod = _first(environ, "K8S_POD_NAME", "POD_NAME", "HOSTNAME")
+    namespace = _first(environ, "K8S_NAMESPACE_NAME", "POD_NAMESPACE")
+    if namespace is None:
+        namespace = (_read(K8S_NAMESPACE_PATH) or "").strip() or None
+    for key, value in (
+        ("k8s.pod.name", pod),
+        ("k8s.namespace.name", namespace),
+        ("k8s.node.name", _first(environ, "K8S_NODE_NAME", "NODE_NAME")),
+        ("k8s.pod.uid", _first(environ, "K8S_POD_UID", "POD_UID")),
+    ):
+        if value:
+            attrs[key] = value
+    return attrs
+
+
+def _cloud(environ: Mapping[str, str]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        attrs = {"cloud.provider": "aws", "cloud.platform": "aws_lambda"}
+        attrs["faas.name"] = environ["AWS_LAMBDA_FUNCTION_NAME"]
+        optional = {
+            "faas.version": "AWS_LAMBDA_FUNCTION_VERSION",
+            "faas.instance": "AWS_LAMBDA_LOG_STREAM_NAME",
+            "cloud.region": "AWS_REGION",
+        }
+        memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+        if memory.isdigit():
+            attrs["faas.max_memory"] = int(memory) * 1024 * 1024  # (MB -> bytes, as the convention says)
+    elif environ.get("ECS_CONTAINER_METADATA_URI_V4") or environ.get("ECS_CONTAINER_METADATA_URI"):
+        attrs = {"cloud.provider": "aws", "cloud.platform": "aws_ecs"}
+        optional = {"cloud.region": "AWS_REGION"}
+    elif environ.get("K_SERVICE") and environ.get("K_REVISION"):
+        attrs = {"cloud.provider": "gcp", "cloud.platform": "gcp_cloud_run"}
+        attrs["faas.name"] = environ["K_SERVICE"]
+        optional = {"faas.version": "K_REVISION"}
+    elif environ.get("WEBSITE_SITE_NAME"):
+        attrs = {"cloud.provider": "azure", "cloud.platform": "azure_app_service"}
+        optional = {"cloud.region": "REGION_NAME", "faas.instance": "WEBSITE_INSTANCE_ID"}
+    else:
+        return {}
+    for key, name in optional.items():
+        value = environ.get(name, "").strip()
+        if value:
+            attrs[key] = value
+    return attrs
+
+
+def _detect(environ: Mapping[str, str]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"service.instance.id": str(uuid.uuid4())}
+    os_type = _OS_TYPES.get(sys.platform) or ("freebsd" if sys.platform.startswith("freebsd") else None)
+    if os_type:
+        attrs["os.type"] = os_type
+    if sys.executable:
+        attrs["process.executable.name"] = os.path.basename(sys.executable)
+    if sys.platform == "linux":
+        found = container_id(_read(CGROUP_PATH), None)
+        if found is None:
+            found = container_id(None, _read(MOUNTINFO_PATH))
+        if found:
+            attrs["container.id"] = found
+    attrs.update(_kubernetes(environ))
+    attrs.update(_cloud(environ))
+    return attrs
