@@ -10,7 +10,9 @@ the other middleware: the caller's ``traceparent`` is continued, the span is nam
 carries the OpenTelemetry HTTP server attributes, is current while the handler runs, and the
 response (error pages included) carries the ``X-Trace-Id`` header. A handler that streams
 (``StreamResponse``, WebSockets) is timed to its end; a returned ``Response`` is timed until
-the handler returns it (aiohttp writes its already-built body afterwards).
+the handler returns it (aiohttp writes its already-built body afterwards); a ``FileResponse`` (or
+a ``Response`` with a streamed payload) is timed until aiohttp has sent it, with the status it
+settled on (404 for a missing file, 304, 206...).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def aiohttp_middleware(
         audit=audit,
     )
     http_exception = web.HTTPException
+    plain_response = web.Response
     state_key = _key("request")
     # The first correlation header: present on a response once ours were added (None: none).
     marker = options.header_name or ("traceresponse" if options.traceresponse else None)
@@ -120,6 +123,7 @@ def aiohttp_middleware(
         token = CURRENT.set(span)
         rtoken = REQUEST.set(state)
         error: BaseException | None = None
+        deferred = False
         try:
             response = await handler(request)
             try:
@@ -130,6 +134,10 @@ def aiohttp_middleware(
                     state.sent = response.content_length or 0
                     if marker is not None:
                         _put_headers(response.headers, options.response_headers(span))
+                    if response.__class__ is not plain_response or not isinstance(response.body, _BYTES):
+                        # A FileResponse (or a streamed payload) decides its status and sends
+                        # its body as aiohttp prepares it, after we return: end there.
+                        deferred = _finish_when_sent(response, state, options, start_ns, client)
             except Exception as exc:
                 _safety.report("web.aiohttp.response", exc)
             return response
@@ -150,15 +158,8 @@ def aiohttp_middleware(
             error = exc
             raise
         finally:
-            try:
-                if (
-                    error is not None
-                    or fast_finish is None
-                    or fast_finish(state, start_ns, client, options.audit) is NotImplemented
-                ):
-                    finish_request(state, options, state.resolve_route(), start_ns, time_ns(), client, error)
-            except Exception as exc:
-                _safety.report("web.aiohttp.finish", exc)
+            if not deferred:
+                _finish(state, options, start_ns, client, error)
             try:
                 REQUEST.reset(rtoken)
                 CURRENT.reset(token)
@@ -178,6 +179,78 @@ def aiohttp_middleware(
             _safety.report("web.aiohttp.headers", exc)
 
     return pitchey_trace_middleware, (add_headers if marker is not None else None)
+
+
+_BYTES = (bytes, bytearray, type(None))
+
+
+def _finish(
+    state: RequestState, options: Options, start_ns: int, client: str | None, error: BaseException | None
+) -> None:
+    try:
+        if (
+            error is not None
+            or fast_finish is None
+            or fast_finish(state, start_ns, client, options.audit) is NotImplemented
+        ):
+            finish_request(state, options, state.resolve_route(), start_ns, time_ns(), client, error)
+    except Exception as exc:
+        _safety.report("web.aiohttp.finish", exc)
+
+
+def _finish_when_sent(
+    response: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+) -> bool:
+    """End the request once aiohttp has prepared ``response`` and written its end (or failed
+    to): the status a ``FileResponse`` settles on (404, 304, 206...) and the bytes it sent.
+    Patches the two methods on this response object only; False when it cannot."""
+    prepare, write_eof = response.prepare, response.write_eof
+    done = False
+
+    def end(error: BaseException | None) -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        try:
+            state.status = status = response.status
+            length = response.content_length
+            if status in (204, 304) or status < 200 or state.method == "HEAD":
+                state.sent = 0
+            elif length is not None:  # (a file goes out by sendfile, which the writer does not count)
+                state.sent = length
+            else:  # chunked: the bytes written, framing included
+                state.sent = response.body_length
+        except Exception as exc:
+            _safety.report("web.aiohttp.response", exc)
+        _finish(state, options, start_ns, client, error)
+        try:  # (back to the class's methods; the response is not prepared twice)
+            del response.prepare, response.write_eof
+        except AttributeError:
+            pass
+
+    async def traced_prepare(request: Any) -> Any:
+        try:
+            return await prepare(request)
+        except Exception as exc:
+            end(exc)
+            raise
+        except BaseException:  # cancelled: the client went away, aborted
+            end(None)
+            raise
+
+    async def traced_write_eof(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await write_eof(*args, **kwargs)
+        finally:
+            end(None)
+
+    try:
+        response.prepare = traced_prepare
+        response.write_eof = traced_write_eof
+    except Exception:  # (a response class that takes no attributes: ended now, as before)
+        return False
+    return True
 
 
 def _put_headers(headers: Any, extra: list[tuple[str, str]]) -> None:

@@ -444,3 +444,49 @@ def test_a_traced_sub_application_inside_a_traced_one_makes_one_span(
     assert r.headers["x-parent-trace"] == span["trace_id"]
     assert "x-trace-id" not in r.headers  # the inner app's signal leaves the outer's request alone
     assert [s["name"] for s in exporter.spans()] == ["GET /sub/leaf/{n}"]
+
+
+def test_file_responses_end_when_sent_with_the_status_aiohttp_settled_on(
+    serve_aiohttp: Any, wait_for: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "deck.pdf").write_bytes(b"%PDF" + b"x" * 300_000)
+    app = web.Application()
+
+    async def slow_body() -> Any:
+        for _ in range(3):
+            await asyncio.sleep(0.1)
+            yield b"chunk"
+
+    async def file(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(tmp_path / request.match_info["name"])
+
+    async def streamed(request: web.Request) -> web.Response:
+        return web.Response(body=slow_body())  # sent by aiohttp after the handler returned
+
+    app.router.add_get("/files/{name}", file)
+    app.router.add_get("/streamed", streamed)
+    app.router.add_static("/static", tmp_path)
+    init_aiohttp(app)
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(app)
+        with httpx.Client() as client:
+            whole = client.get(f"{url}/files/deck.pdf")
+            missing = client.get(f"{url}/files/nope.pdf")
+            cached = client.get(f"{url}/files/deck.pdf", headers={"If-None-Match": whole.headers["ETag"]})
+            ranged = client.get(f"{url}/static/deck.pdf", headers={"Range": "bytes=0-99"})
+            slow = client.get(f"{url}/streamed")
+        spans = wait_for(lambda: len(exporter.spans()) >= 5 and exporter.spans())
+        audits = wait_for(lambda: len(exporter.of_type("audit")) >= 5 and exporter.of_type("audit"))
+    assert errors == []
+    assert [r.status_code for r in (whole, missing, cached, ranged, slow)] == [200, 404, 304, 206, 200]
+    assert slow.content == b"chunk" * 3
+    by_order = sorted(spans, key=lambda s: s["start_time_unix_nano"])
+    statuses = [s["attributes"]["http.response.status_code"] for s in by_order]
+    assert statuses == [200, 404, 304, 206, 200]  # not the 200 the handlers returned
+    assert [s["name"] for s in by_order[:3]] == ["GET /files/{name}"] * 3
+    assert by_order[0]["attributes"]["http.response.body.size"] == 300_004
+    assert by_order[3]["attributes"]["http.response.body.size"] == 100
+    assert by_order[4]["duration_ms"] >= 290  # timed until its last chunk was sent
+    assert by_order[1]["status"] == "unset"  # a 404 is the client's error, not the server's
+    assert sorted(a["outcome"] for a in audits) == ["200", "200", "206", "304", "404"]
+    assert whole.headers["x-trace-id"] == by_order[0]["trace_id"]
