@@ -462,7 +462,7 @@ class Report:
         engine = self.engine
         print(
             "\nAnswers from the archive (pitchey_trace.analysis; "
-            "also on the command line: pitchey-trace search|show|perf|errors):"
+            "also on the command line: pitchey-trace search|show|perf|errors|deps):"
         )
         failed = engine.search(status="error", limit=10_000)
         with_errors = {t for t, ss in self.traces.items() if any(s["status"] == "error" for s in ss)}
@@ -483,6 +483,22 @@ class Report:
             all(perf[(r["operation"], r["kind"])]["count"] == r["count"] for r in merged),
         )
         print(f"  performance(): {len(perf)} operations, p50/p95/p99 merged from the rollups' sketches")
+        edges = engine.dependencies()
+        for e in edges[:4]:
+            caller = e["caller"] or "(outside)"
+            print(
+                f"  dependencies(): {caller} -> {e['callee']} ({e['protocol']}): {e['count']} calls, "
+                f"{e['error_rate']:.0%} errors, p95 {e['p95_ms']:.1f} ms"
+            )
+        queries = sum(
+            1
+            for s in self.spans
+            if s["kind"] == "client" and s["attributes"].get("db.system.name") == "postgresql"
+        )
+        self.check(
+            "the service map's database edges count every archived query",
+            sum(e["count"] for e in edges if e["protocol"] == "database") == queries > 0,
+        )
         example = max(self.traces, key=lambda t: len(self.traces[t]))
         print(f"  explore: .venv/bin/pitchey-trace show {example} --archive {self.archive_name}")
         print(f"           .venv/bin/pitchey-trace serve --archive {self.archive_name}   (waterfall page)")

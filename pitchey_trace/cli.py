@@ -7,6 +7,7 @@
     pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
     pitchey-trace show TRACE_ID --archive DIR            # waterfall, critical path, bottleneck
     pitchey-trace perf|errors|overview --archive DIR     # p50/p95/p99, error groups, totals
+    pitchey-trace deps --archive DIR --last 1h           # who calls whom: the service map
     pitchey-trace audit --archive DIR --category security --last 7d   # who did what
     pitchey-trace serve --archive DIR --port 8080        # HTTP API and waterfall page
     pitchey-trace serve --archive DIR --tls-cert C --tls-key K   # ... over HTTPS
@@ -523,6 +524,34 @@ def _errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deps(args: argparse.Namespace) -> int:
+    rows = _archive(args).dependencies(service=args.service, **_window(args))
+
+    def text() -> str:
+        if not rows:
+            return "no calls in this window\n"
+        body = [
+            [
+                _clip(r["caller"] or "(outside)", 24),
+                _clip(r["callee"], 36) + ("" if r["traced"] else " *"),
+                r["protocol"],
+                str(r["count"]),
+                f"{r['error_rate']:.1%}",
+                _ms(r["p50_ms"]),
+                _ms(r["p95_ms"]),
+                _ms(r["p99_ms"]),
+            ]
+            for r in rows[: args.limit]
+        ]
+        heads = ["caller", "callee", "protocol", "calls", "errors", "p50", "p95", "p99"]
+        return (
+            _table(heads, body) + "* not traced: named from the caller's span; times as the caller saw them\n"
+        )
+
+    _emit(args, rows[: args.limit], text)
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     found = _archive(args).audit(
         category=args.category,
@@ -706,6 +735,12 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_errors)
+
+    p = sub.add_parser("deps", help="who calls whom: calls, errors and latency per edge of the service map")
+    _source_options(p)
+    p.add_argument("--service", help="only the edges this service is on")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_deps)
 
     p = sub.add_parser("audit", help="audit records, newest first: who did what, with which outcome")
     _source_options(p)

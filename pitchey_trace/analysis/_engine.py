@@ -218,6 +218,49 @@ def _stats_row(key: tuple[Any, ...], st: _Stats, source: str) -> dict[str, Any]:
     return {"service": service, "operation": operation, "kind": kind, **_stats_fields(st), "source": source}
 
 
+_CALLING = frozenset(("client", "producer"))
+_CALLED = frozenset(("server", "consumer"))
+
+
+def _protocol(attrs: Mapping[str, Any]) -> str:
+    """What kind of call a client or producer span made, from its attributes."""
+    if attrs.get("db.system.name") or attrs.get("db.system"):
+        return "database"
+    if attrs.get("messaging.system"):
+        return "messaging"
+    if attrs.get("rpc.system"):
+        return "rpc"
+    if attrs.get("http.request.method") or attrs.get("url.full") or attrs.get("http.method"):
+        return "http"
+    return "other"
+
+
+def _attrs_of(span: Record) -> Mapping[str, Any]:
+    attrs = span.get("attributes")
+    return attrs if isinstance(attrs, Mapping) else {}
+
+
+def _peer(span: Record, protocol: str) -> str:
+    """A name for what an untraced callee is: ``postgresql db.internal:5432``, ``aws S3``,
+    ``rabbitmq orders``, ``api.stripe.com:443``; the span's name when nothing says."""
+    attrs = _attrs_of(span)
+    address = _text(attrs.get("server.address") or "")
+    port = attrs.get("server.port")
+    where = f"{address}:{port}" if address and _is_int(port) else address
+    if protocol == "database":
+        system = _text(attrs.get("db.system.name") or attrs.get("db.system"))
+        return f"{system} {where}".strip()
+    if protocol == "messaging":
+        destination = _text(attrs.get("messaging.destination.name") or "")
+        return f"{_text(attrs.get('messaging.system'))} {destination}".strip()
+    if protocol == "rpc":
+        service = _text(attrs.get("rpc.service") or "")
+        if attrs.get("rpc.system") == "aws-api":  # the AWS service, not the regional host
+            return f"aws {service}".strip()
+        return f"{service} {where}".strip() if service else where or _text(span.get("name", ""))
+    return where or _text(span.get("name", ""))
+
+
 def _check_limit(limit: Any) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {_MAX_LIMIT}, got {limit!r}")
@@ -947,6 +990,77 @@ class Archive:
                     g["trace_ids"].append(s["trace_id"])
         out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))
         return out[:limit]
+
+    def dependencies(
+        self, *, service: str | None = None, since: Any = None, until: Any = None
+    ) -> list[dict[str, Any]]:
+        """Who calls whom: one row per edge of the service map, busiest first.
+
+        A CLIENT (or PRODUCER) span whose SERVER (or CONSUMER) child is archived is a call
+        between two traced services (``traced`` True); one without is a call to something
+        untraced, named from its attributes (a database, an AWS service, a queue, a host). A
+        SERVER span with no archived parent is a call into the system (``caller`` None).
+        Each row has the calls, error rate and latency percentiles as the caller saw them
+        (the client span's duration; the server span's for calls into the system), and up to
+        three sample trace ids. ``service`` keeps the edges it is on, either end. Only what
+        was kept in the archive counts (a sampled-out or dropped span is not there).
+        """
+        service = _check_text("service", service)
+        s_ns, u_ns = self._window(since, until)
+        Edge = tuple[str | None, str, str, bool]  # caller, callee, protocol, callee traced
+        edges: dict[Edge, list[Record]] = {}
+        key: Edge
+        with self._lock:
+            self._ensure(s_ns)
+            spans = self._index.window(s_ns, u_ns)
+            by_key = self._index.spans
+            answered: set[tuple[str, str]] = set()  # calling spans whose callee is archived
+            for s in spans:
+                if s.get("kind") not in _CALLED:
+                    continue
+                parent_id = s.get("parent_span_id")
+                parent = by_key.get((s["trace_id"], parent_id)) if parent_id else None
+                callee = _text(s.get("service", ""))
+                if parent is not None and parent.get("kind") in _CALLING:
+                    # the usual call: timed by the caller's span, counted once per call
+                    ident = (parent["trace_id"], parent["span_id"])
+                    if ident not in answered:
+                        answered.add(ident)
+                        key = (_text(parent.get("service", "")), callee, _protocol(_attrs_of(parent)), True)
+                        edges.setdefault(key, []).append(parent)
+                elif parent is None or _text(parent.get("service", "")) != callee:
+                    # the entry of a trace (or a caller that was not kept: None), or a caller
+                    # that propagated its context without a client span: timed by the server
+                    caller = None if parent is None else _text(parent.get("service", ""))
+                    key = (caller, callee, _protocol(_attrs_of(s)), True)
+                    edges.setdefault(key, []).append(s)
+            for s in spans:
+                if s.get("kind") in _CALLING and (s["trace_id"], s["span_id"]) not in answered:
+                    protocol = _protocol(_attrs_of(s))
+                    key = (_text(s.get("service", "")), _peer(s, protocol), protocol, False)
+                    edges.setdefault(key, []).append(s)
+        rows = []
+        for (caller, callee, protocol, traced), calls in edges.items():
+            if service is not None and service not in (caller, callee):
+                continue
+            samples: list[str] = []
+            for c in calls:
+                if c["trace_id"] not in samples:
+                    samples.append(c["trace_id"])
+                    if len(samples) == 3:
+                        break
+            rows.append(
+                {
+                    "caller": caller,
+                    "callee": callee,
+                    "protocol": protocol,
+                    "traced": traced,
+                    **_stats_fields(_span_stats(calls)),
+                    "trace_ids": samples,
+                }
+            )
+        rows.sort(key=lambda r: (-r["count"], r["caller"] or "", r["callee"]))
+        return rows
 
     def audit(
         self,

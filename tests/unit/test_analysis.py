@@ -722,3 +722,171 @@ def test_series_from_spans_and_from_rollups() -> None:
     rolled = Archive.from_records(rollups_only(50)).series(operation="op")
     assert rolled["source"] == "rollups"
     assert sum(p["count"] for p in rolled["points"]) == 50
+
+
+# -- dependencies ---------------------------------------------------------------------------------
+def _call(
+    trace: str, span: str, parent: str | None, service: str, kind: str, ms: float, **kw: Any
+) -> dict[str, Any]:
+    start = int(trace[-2:], 16) * 1000 * MS + int(span[:2], 16) * MS  # distinct, ordered starts
+    return _rec(trace, span, parent, start, start + int(ms * MS), service=service, kind=kind, **kw)
+
+
+def _shop_calls(i: int, *, failing: bool = False) -> list[dict[str, Any]]:
+    """web (entry) -> api over HTTP -> PostgreSQL; web -> store over gRPC; web -> a queue read by
+    the worker; web -> an untraced payment host; api -> S3; an in-process nested server span."""
+    t = f"{i:032x}"
+    http = {"http.request.method": "GET", "server.address": "api", "server.port": 80}
+    return [
+        _call(t, "01" + "0" * 14, None, "web", "server", 50, attributes={"http.request.method": "GET"}),
+        _call(
+            t,
+            "02" + "0" * 14,
+            "01" + "0" * 14,
+            "web",
+            "client",
+            20 + i,
+            attributes=http,
+            status="error" if failing else "unset",
+        ),
+        _call(
+            t,
+            "03" + "0" * 14,
+            "02" + "0" * 14,
+            "api",
+            "server",
+            18,
+            attributes={"http.request.method": "GET"},
+        ),
+        _call(
+            t,
+            "04" + "0" * 14,
+            "03" + "0" * 14,
+            "api",
+            "client",
+            2,
+            attributes={"db.system.name": "postgresql", "server.address": "db", "server.port": 5432},
+        ),
+        _call(
+            t,
+            "05" + "0" * 14,
+            "03" + "0" * 14,
+            "api",
+            "client",
+            3,
+            attributes={
+                "rpc.system": "aws-api",
+                "rpc.service": "S3",
+                "server.address": "s3.eu-west-1.amazonaws.com",
+            },
+        ),
+        _call(
+            t,
+            "06" + "0" * 14,
+            "01" + "0" * 14,
+            "web",
+            "client",
+            4,
+            attributes={"rpc.system": "grpc", "rpc.service": "pitches.v1.Store", "server.address": "store"},
+        ),
+        _call(t, "07" + "0" * 14, "06" + "0" * 14, "store", "server", 3, attributes={"rpc.system": "grpc"}),
+        _call(
+            t,
+            "08" + "0" * 14,
+            "01" + "0" * 14,
+            "web",
+            "producer",
+            1,
+            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": "emails"},
+        ),
+        _call(
+            t,
+            "09" + "0" * 14,
+            "08" + "0" * 14,
+            "worker",
+            "consumer",
+            9,
+            attributes={"messaging.system": "rabbitmq"},
+        ),
+        _call(
+            t,
+            "0a" + "0" * 14,
+            "01" + "0" * 14,
+            "web",
+            "client",
+            30,
+            attributes={
+                "url.full": "https://pay.example/charge",
+                "server.address": "pay.example",
+                "server.port": 443,
+            },
+        ),
+        # a server span inside its own service (a sub-application): not a call
+        _call(t, "0b" + "0" * 14, "03" + "0" * 14, "api", "server", 1),
+    ]
+
+
+def test_dependencies_map_who_calls_whom() -> None:
+    records = [r for i in range(1, 11) for r in _shop_calls(i, failing=i <= 2)]
+    a = Archive.from_records(records)
+    rows = {(r["caller"], r["callee"]): r for r in a.dependencies()}
+    assert set(rows) == {
+        (None, "web"),
+        ("web", "api"),
+        ("api", "postgresql db:5432"),
+        ("api", "aws S3"),
+        ("web", "store"),
+        ("web", "worker"),
+        ("web", "pay.example:443"),
+    }
+    assert all(r["count"] == 10 for r in rows.values())
+    web_api = rows[("web", "api")]
+    assert (web_api["protocol"], web_api["traced"], web_api["errors"]) == ("http", True, 2)
+    assert web_api["error_rate"] == 0.2
+    # latencies as the caller saw them: the client spans' 21..30 ms, not the server's 18
+    assert (web_api["p50_ms"], web_api["p95_ms"], web_api["max_ms"]) == (25.0, 30.0, 30.0)
+    assert len(web_api["trace_ids"]) == 3
+    assert rows[(None, "web")]["p50_ms"] == 50.0  # an entry: timed by its server span
+    assert (rows[("web", "store")]["protocol"], rows[("web", "worker")]["protocol"]) == ("rpc", "messaging")
+    assert rows[("api", "postgresql db:5432")]["protocol"] == "database"
+    assert not rows[("api", "postgresql db:5432")]["traced"]
+    assert not rows[("web", "pay.example:443")]["traced"]
+    # busiest first, then by names; one service's edges, either end
+    assert [(r["caller"], r["callee"]) for r in a.dependencies(service="api")] == [
+        ("api", "aws S3"),
+        ("api", "postgresql db:5432"),
+        ("web", "api"),
+    ]
+    assert a.dependencies(service="nobody") == []
+
+
+def test_dependencies_without_a_client_span_or_a_kept_caller() -> None:
+    t = "cd" * 16
+    records = [
+        # api called by web, which propagated its context from an internal span (no client span)
+        _call(t, "01" + "0" * 14, None, "web", "internal", 40),
+        _call(t, "02" + "0" * 14, "01" + "0" * 14, "api", "server", 12),
+        # a server span whose caller's span was not archived (sampled out elsewhere)
+        _call(t, "03" + "0" * 14, "ee" * 8, "api", "server", 7),
+        # a client span whose server answered after the window or is untraced: external
+        _call(
+            t, "04" + "0" * 14, "02" + "0" * 14, "api", "client", 5, attributes={"server.address": "10.0.0.9"}
+        ),
+        _call(t, "05" + "0" * 14, "02" + "0" * 14, "api", "client", 6),  # nothing says what: its name
+    ]
+    rows = {(r["caller"], r["callee"]): r for r in Archive.from_records(records).dependencies()}
+    assert rows[("web", "api")]["p50_ms"] == 12.0
+    assert rows[(None, "api")]["count"] == 1
+    assert rows[("api", "10.0.0.9")]["protocol"] == "other"
+    assert rows[("api", "05" + "0" * 14)]["traced"] is False
+    assert len(rows) == 4
+
+
+def test_dependencies_window_and_arguments() -> None:
+    records = [r for i in range(1, 4) for r in _shop_calls(i)]
+    a = Archive.from_records(records)
+    first_trace_ends = 2 * 1000 * MS - 1
+    rows = a.dependencies(until=first_trace_ends)
+    assert {r["count"] for r in rows} == {1}
+    with pytest.raises(ValueError, match="service"):
+        a.dependencies(service="")

@@ -422,3 +422,16 @@ def test_basic_auth_guards_everything_but_healthz(archive: Archive) -> None:
     for bad in ("ops", ":pw", "ops:", 42):
         with pytest.raises(ValueError, match="basic_auth"):
             create_app(archive, basic_auth=bad)  # type: ignore[arg-type]
+
+
+def test_dependencies(app: Any, data: TraceData) -> None:
+    rows = get_json(app, "/api/dependencies")
+    edges = {(r["caller"], r["callee"]): r for r in rows}
+    call = edges[("shop-api", "payments")]
+    assert (call["traced"], call["count"], call["p50_ms"]) == (True, 1, 40.0)  # the client span's 5-45 ms
+    assert call["trace_ids"] == [data.payment]
+    database = edges[("shop-api", "postgresql")]
+    assert (database["protocol"], database["traced"], database["count"]) == ("database", False, 6)
+    assert {r["callee"] for r in rows if r["caller"] is None} == {"shop-api"}
+    assert get_json(app, "/api/dependencies?service=payments") == [call]
+    assert "not a time" in get_json(app, "/api/dependencies?since=soon", status=400)["error"]

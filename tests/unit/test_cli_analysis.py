@@ -102,6 +102,21 @@ def test_perf_errors_overview(archived: tuple[Path, TraceData], capsys: pytest.C
     assert {s["service"] for s in ov["services"]} == {"shop-api", "payments"}
 
 
+def test_deps(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
+    root, data = archived
+    rows = json.loads(ok(capsys, "deps", "-a", str(root), "--json"))
+    edges = {(r["caller"], r["callee"]): r for r in rows}
+    assert edges[("shop-api", "payments")]["trace_ids"] == [data.payment]
+    assert edges[("shop-api", "postgresql")]["count"] == 6
+    text = ok(capsys, "deps", "-a", str(root), "--service", "payments")
+    lines = text.splitlines()
+    assert lines[0].split() == ["caller", "callee", "protocol", "calls", "errors", "p50", "p95", "p99"]
+    assert lines[1].split()[:4] == ["shop-api", "payments", "other", "1"]
+    assert len(lines) == 3  # the header, the one edge, the footnote
+    assert "postgresql *" in ok(capsys, "deps", "-a", str(root))  # an untraced callee is marked
+    assert ok(capsys, "deps", "-a", str(root), "--service", "nobody") == "no calls in this window\n"
+
+
 def test_errors_are_exit_code_2_with_a_message(
     archived: tuple[Path, TraceData],
     capsys: pytest.CaptureFixture[str],
