@@ -294,6 +294,33 @@
     }
   }
 
+  function renderDependencies(edges) {
+    const tbody = byId("dependencies-table").tBodies[0];
+    tbody.replaceChildren();
+    for (const e of edges) {
+      const links = el("td", { cls: "links" });
+      for (const id of e.trace_ids || []) {
+        links.appendChild(traceLink(id, String(id).slice(0, 8)));
+        links.appendChild(document.createTextNode(" "));
+      }
+      const callee = cell(e.callee);
+      if (!e.traced) callee.appendChild(el("em", { text: " (untraced)" }));
+      tbody.appendChild(
+        el("tr", { cls: e.errors > 0 ? "has-errors" : "" }, [
+          cell(e.caller === null ? "(outside)" : e.caller),
+          callee,
+          cell(e.protocol),
+          numCell(e.count),
+          numCell(fmtPct(e.error_rate)),
+          numCell(fmtMs(e.p50_ms)),
+          numCell(fmtMs(e.p95_ms)),
+          numCell(fmtMs(e.p99_ms)),
+          links,
+        ])
+      );
+    }
+  }
+
   function renderSecurity(records) {
     const tbody = byId("security-table").tBodies[0];
     tbody.replaceChildren();
@@ -355,6 +382,7 @@
       loadSection(getJSON("/api/search?" + params), renderResults),
       loadSection(getJSON("/api/performance?" + scope), renderPerformance),
       loadSection(getJSON("/api/errors?" + scope), renderErrors),
+      loadSection(getJSON("/api/dependencies?" + scope), renderDependencies),
       loadSection(getJSON("/api/series?" + scope), renderSeries),
       loadSection(getJSON("/api/audit?category=security&limit=20&" + since), renderSecurity),
     ]);

@@ -267,6 +267,13 @@ def test_overview_page_lists_traces_performance_and_errors(
     errors = dom.by_id("errors-table")
     assert "ValueError" in errors.text()
     assert links_to_traces(errors) == [f"/traces/{traces.payment}"]
+    edges = {
+        tuple(td.text() for td in r.by_tag("td"))[:4]: r
+        for r in dom.by_id("dependencies-table").by_tag("tr")[1:]
+    }
+    assert ("shop-api", "payments", "other", "1") in edges
+    assert links_to_traces(edges[("shop-api", "payments", "other", "1")]) == [f"/traces/{traces.payment}"]
+    assert ("shop-api", "postgresql (untraced)", "database", "6") in edges
 
 
 def test_search_form_parameters_in_the_address_drive_the_results(
