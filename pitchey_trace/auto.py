@@ -26,6 +26,8 @@ redis                     every command, pipeline and Pub/Sub command a CLIENT s
 botocore (boto3)          every AWS API call a CLIENT span (``instrument_botocore``)
 grpc                      every server and channel made afterwards traced (``instrument_grpc``)
 celery                    task send and run spans (``instrument_celery``)
+pika, aio_pika            RabbitMQ publish and consume spans, trace context in the message
+                          headers (``pitchey_trace.amqp``)
 ========================  =====================================================================
 
 An app the program instruments itself (``init_flask``, ``init_aiohttp``,
@@ -273,6 +275,19 @@ def _celery(_: ModuleType) -> None:
     instrument_celery()
 
 
+# One library each: a program that imports only pika never imports aio-pika for it.
+def _pika(_: ModuleType) -> None:
+    from pitchey_trace import amqp
+
+    amqp._instrument_pika()
+
+
+def _aio_pika(_: ModuleType) -> None:
+    from pitchey_trace import amqp
+
+    amqp._instrument_aio_pika()
+
+
 #: library -> the (module whose import triggers it, what is done with that module) pairs
 SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "httpx": (("httpx", _httpx),),
@@ -292,6 +307,8 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "botocore": (("botocore.client", _botocore),),
     "grpc": (("grpc", _grpc),),
     "celery": (("celery", _celery),),
+    "pika": (("pika", _pika),),
+    "aio_pika": (("aio_pika", _aio_pika),),
 }
 
 

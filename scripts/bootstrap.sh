@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks: the Debian packages the integration tests use
-# (PostgreSQL server binaries, Chromium, redis-server) and the project's virtual environment with its extras.
+# (PostgreSQL server binaries, Chromium, redis-server, rabbitmq-server) and the project's virtual environment with its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,6 +16,10 @@ fi
 # redis-server backs the Redis integration tests (tests/integration/test_redis.py): make test only.
 if [ "${WITH_BROWSER:-}" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
   need_apt+=(redis-server)
+fi
+# rabbitmq-server backs the RabbitMQ integration tests (tests/integration/test_amqp.py): make test only.
+if [ "${WITH_BROWSER:-}" = 1 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  need_apt+=(rabbitmq-server)
 fi
 # wrk drives the middleware benchmark (make bench); it falls back to a Python load generator.
 if [[ "${EXTRA_EXTRAS:-}" == *bench* ]] && ! command -v wrk >/dev/null 2>&1; then

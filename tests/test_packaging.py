@@ -80,6 +80,8 @@ USER_CODE = textwrap.dedent(
         ("pitchey_trace.db", "postgres"),
         ("pitchey_trace.redis", "redis"),
         ("pitchey_trace.botocore", "s3"),
+        ("pitchey_trace.grpc", "grpc"),
+        ("pitchey_trace.amqp", "amqp"),
     )
     for module, extra in guarded:
         try:

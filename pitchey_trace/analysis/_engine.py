@@ -251,7 +251,11 @@ def _peer(span: Record, protocol: str) -> str:
         system = _text(attrs.get("db.system.name") or attrs.get("db.system"))
         return f"{system} {where}".strip()
     if protocol == "messaging":
-        destination = _text(attrs.get("messaging.destination.name") or "")
+        destination = _text(
+            attrs.get("messaging.destination.name")
+            or attrs.get("messaging.rabbitmq.destination.routing_key")
+            or ""
+        )
         return f"{_text(attrs.get('messaging.system'))} {destination}".strip()
     if protocol == "rpc":
         service = _text(attrs.get("rpc.service") or "")
