@@ -10,7 +10,8 @@ Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
 :func:`set_user` (audit actor), :func:`auth_failure` (security audit event).
 Outbound: :func:`instrument_httpx`, :func:`instrument_requests`,
 :func:`instrument_aiohttp_client`, :func:`client_span`.
-Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog).
+Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog);
+:class:`LogEventHandler` / :func:`instrument_logging` (log records as span events).
 See ``docs/middleware.md``. No web framework is imported until it is used.
 """
 
@@ -25,7 +26,15 @@ from pitchey_trace.web.aio import (
     uninstrument_aiohttp_client,
 )
 from pitchey_trace.web.asgi import ASGITracingMiddleware
-from pitchey_trace.web.logs import TraceContextFilter, TraceFormatter, add_trace_ids, trace_ids
+from pitchey_trace.web.logs import (
+    LogEventHandler,
+    TraceContextFilter,
+    TraceFormatter,
+    add_trace_ids,
+    instrument_logging,
+    trace_ids,
+    uninstrument_logging,
+)
 from pitchey_trace.web.outbound import (
     client_span,
     instrument_httpx,
@@ -38,6 +47,7 @@ from pitchey_trace.web.wsgi import WSGITracingMiddleware, init_flask
 __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
     "ASGITracingMiddleware",
+    "LogEventHandler",
     "TraceContextFilter",
     "TraceFormatter",
     "WSGITracingMiddleware",
@@ -50,11 +60,13 @@ __all__ = [
     "init_flask",
     "instrument_aiohttp_client",
     "instrument_httpx",
+    "instrument_logging",
     "instrument_requests",
     "set_route",
     "set_user",
     "trace_ids",
     "uninstrument_aiohttp_client",
     "uninstrument_httpx",
+    "uninstrument_logging",
     "uninstrument_requests",
 ]

@@ -15,6 +15,13 @@ structlog::
 Outside a span the fields are empty strings (``missing``), so format strings never fail. A
 record about an exception that escaped a traced request, logged by the server after the
 request's span ended (uvicorn's "Exception in ASGI application"), gets that request's ids.
+
+The other way round, :class:`LogEventHandler` puts log records into the trace: each record of
+its level or above, logged while a span is current, becomes a ``log`` event of that span, so a
+request's warnings show in its waterfall::
+
+    from pitchey_trace.web import instrument_logging
+    instrument_logging()            # WARNING and above, every logger (a root-logger handler)
 """
 
 from __future__ import annotations
@@ -23,10 +30,22 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace.web._common import EXC_IDS_ATTR
 
-__all__ = ["TraceContextFilter", "TraceFormatter", "add_trace_ids", "trace_ids"]
+__all__ = [
+    "LogEventHandler",
+    "TraceContextFilter",
+    "TraceFormatter",
+    "add_trace_ids",
+    "instrument_logging",
+    "trace_ids",
+    "uninstrument_logging",
+]
+
+#: Longest message kept in a ``log`` event (the rest is cut, marked with an ellipsis).
+MAX_LOG_MESSAGE = 2048
 
 
 def _from_exception(exc: object) -> tuple[str, str] | None:
@@ -115,3 +134,77 @@ def add_trace_ids(
         if ids is not None:
             event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
+
+
+class LogEventHandler(logging.Handler):
+    """A ``logging.Handler`` that adds each record (of ``level`` and above) logged while a
+    recording span is current to that span as a ``log`` event.
+
+    Event attributes: ``log.level`` (``WARNING``), ``log.logger``, ``log.message`` (the
+    formatted message, at most :data:`MAX_LOG_MESSAGE` characters), ``code.function.name``,
+    ``code.file.path``, ``code.line.number``, and ``exception.type`` / ``exception.message``
+    when the record carries an exception. The event's time is the record's. Like every
+    attribute they go through the sanitizer before export, and the span's event limit applies.
+    Records of the SDK's own ``pitchey_trace`` loggers are skipped (no feedback). A record whose
+    arguments do not fit its format keeps the unformatted template (counter
+    ``misuse.log_format``); nothing here raises into the logging call.
+    """
+
+    def __init__(self, level: int | str = logging.WARNING) -> None:
+        super().__init__(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        span = CURRENT.get()
+        if span is None or not span.is_recording or record.name.startswith("pitchey_trace"):
+            return
+        try:
+            try:
+                message = record.getMessage()
+            except Exception:  # the application's arguments do not fit its format: the template
+                _stats.incr("misuse.log_format")
+                message = str(record.msg)
+            if len(message) > MAX_LOG_MESSAGE:
+                message = message[: MAX_LOG_MESSAGE - 1] + "\u2026"
+            attrs: dict[str, Any] = {
+                "log.level": record.levelname,
+                "log.logger": record.name,
+                "log.message": message,
+                "code.function.name": record.funcName,
+                "code.file.path": record.pathname,
+                "code.line.number": record.lineno,
+            }
+            exc = _record_exception(record)
+            if isinstance(exc, BaseException):
+                attrs["exception.type"] = type(exc).__qualname__
+                attrs["exception.message"] = str(exc)[:MAX_LOG_MESSAGE]
+            span.add_event("log", attrs, int(record.created * 1e9))
+        except Exception as exc:
+            _safety.report("logs.event", exc)
+
+
+_installed: list[tuple[logging.Logger, LogEventHandler]] = []
+
+
+def instrument_logging(
+    level: int | str = logging.WARNING, logger: logging.Logger | None = None
+) -> LogEventHandler:
+    """Add a :class:`LogEventHandler` of ``level`` to ``logger`` (default: the root logger, so
+    every logger that propagates reaches it). Idempotent per logger: a second call sets the
+    level of the handler already there. Returns the handler. The logger's own level still
+    decides which records are made at all."""
+    target = logger if logger is not None else logging.getLogger()
+    for owner, handler in _installed:
+        if owner is target:
+            handler.setLevel(level)
+            return handler
+    handler = LogEventHandler(level)
+    target.addHandler(handler)
+    _installed.append((target, handler))
+    return handler
+
+
+def uninstrument_logging() -> None:
+    """Remove the handlers :func:`instrument_logging` added."""
+    while _installed:
+        owner, handler = _installed.pop()
+        owner.removeHandler(handler)

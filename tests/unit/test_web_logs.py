@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 import pitchey_trace as pt
+from pitchey_trace import _stats
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import TraceContextFilter, TraceFormatter, add_trace_ids, trace_ids
 from pitchey_trace.web._common import EXC_IDS_ATTR
@@ -141,3 +142,62 @@ def test_filter_never_raises_on_odd_records() -> None:
         record.exc_info = exc_info  # type: ignore[assignment]
         assert f.filter(record) is True
         assert record.trace_id == "-"  # type: ignore[attr-defined]
+
+
+# -- log records as span events -------------------------------------------------------------------
+def test_log_records_become_events_of_the_current_span() -> None:
+    from pitchey_trace.web import LogEventHandler, instrument_logging, uninstrument_logging
+
+    logger = logging.getLogger("pitch.billing")
+    logger.setLevel(logging.DEBUG)
+    handler = instrument_logging()
+    assert instrument_logging(logging.ERROR) is handler  # idempotent: the level moves
+    assert isinstance(handler, LogEventHandler)
+    assert handler in logging.getLogger().handlers
+    instrument_logging(logging.WARNING)
+    try:
+        with capture_spans() as mem:
+            logger.warning("outside any span")  # nothing to attach it to
+            with pt.span("charge"):
+                logger.info("below the level")
+                logger.warning("card %s declined, password=%s", "4111 1111 1111 1111", "hunter2")
+                try:
+                    raise ValueError("gateway timeout")
+                except ValueError:
+                    logger.exception("charge failed")
+                logging.getLogger("pitchey_trace.test").warning("the SDK's own records are skipped")
+                logger.warning("x" * 5000)
+                # a record whose arguments do not fit its format: the template, counted (handed to
+                # our handler alone: the test's own log capture would raise on it)
+                broken = logger.makeRecord(
+                    logger.name, logging.WARNING, __file__, 1, "%d pitches", ("x",), None
+                )
+                handler.handle(broken)
+            with pt.suppress_tracing():
+                logger.warning("suppressed")
+    finally:
+        uninstrument_logging()
+    assert handler not in logging.getLogger().handlers
+    (span,) = mem.spans()
+    events = span["events"]
+    assert [e["name"] for e in events] == ["log", "log", "log", "log"]
+    declined, failed, long, broken_event = (e["attributes"] for e in events)
+    assert declined["log.level"] == "WARNING"
+    assert declined["log.logger"] == "pitch.billing"
+    assert declined["code.function.name"] == "test_log_records_become_events_of_the_current_span"
+    assert declined["code.file.path"] == __file__
+    assert isinstance(declined["code.line.number"], int)
+    # the sanitizer ran over the message like over any attribute
+    assert "4111" not in declined["log.message"]
+    assert "hunter2" not in declined["log.message"]
+    assert declined["log.message"].startswith("card ")
+    assert (failed["log.level"], failed["exception.type"], failed["exception.message"]) == (
+        "ERROR",
+        "ValueError",
+        "gateway timeout",
+    )
+    assert len(long["log.message"]) == 2048
+    assert span["status"] == "unset"  # logging an error does not fail the span
+    assert events[0]["time_unix_nano"] >= span["start_time_unix_nano"]
+    assert broken_event["log.message"] == "%d pitches"
+    assert _stats.get("misuse.log_format") == 1

@@ -350,3 +350,32 @@ def test_fastapi_route_templates(serve_asgi: Any, wait_for: Any) -> None:
     assert r.json() == {"pitch": 12, "comment": 99}
     assert span["name"] == "GET /pitches/{pitch_id}/comments/{comment_id}"
     assert span["trace_id"] == r.headers["x-trace-id"]
+
+
+def test_a_requests_warnings_are_events_of_its_span(serve_asgi: Any, wait_for: Any) -> None:
+    import logging
+
+    from pitchey_trace.web import instrument_logging, uninstrument_logging
+
+    log = logging.getLogger("pitch.quotes")
+
+    async def quote(request: Request) -> Response:
+        log.warning("quote service slow for %s", request.path_params["sym"])
+        return PlainTextResponse("42")
+
+    app = ASGITracingMiddleware(Starlette(routes=[Route("/quotes/{sym}", quote)]))
+    instrument_logging()
+    try:
+        with capture_spans() as exporter:
+            url = serve_asgi(app)
+            r = httpx.get(f"{url}/quotes/ACME")
+            span = wait_for(server_span(exporter))
+    finally:
+        uninstrument_logging()
+    assert r.status_code == 200
+    assert span["name"] == "GET /quotes/{sym}"
+    [event] = span["events"]
+    assert event["name"] == "log"
+    assert event["attributes"]["log.message"] == "quote service slow for ACME"
+    assert event["attributes"]["log.logger"] == "pitch.quotes"
+    assert span["start_time_unix_nano"] <= event["time_unix_nano"] <= span["end_time_unix_nano"]
