@@ -28,6 +28,8 @@ grpc                      every server and channel made afterwards traced (``ins
 celery                    task send and run spans (``instrument_celery``)
 pika, aio_pika            RabbitMQ publish and consume spans, trace context in the message
                           headers (``pitchey_trace.amqp``)
+logging                   records of WARNING and above (``PITCHEY_TRACE_LOG_EVENT_LEVEL``) logged
+                          in a span become its ``log`` events (``instrument_logging``)
 ========================  =====================================================================
 
 An app the program instruments itself (``init_flask``, ``init_aiohttp``,
@@ -288,6 +290,13 @@ def _aio_pika(_: ModuleType) -> None:
     amqp._instrument_aio_pika()
 
 
+def _logging(_: ModuleType) -> None:
+    from pitchey_trace.web.logs import instrument_logging
+
+    level = os.environ.get("PITCHEY_TRACE_LOG_EVENT_LEVEL", "").strip().upper() or "WARNING"
+    instrument_logging(int(level) if level.isdigit() else level)
+
+
 #: library -> the (module whose import triggers it, what is done with that module) pairs
 SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "httpx": (("httpx", _httpx),),
@@ -309,6 +318,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "celery": (("celery", _celery),),
     "pika": (("pika", _pika),),
     "aio_pika": (("aio_pika", _aio_pika),),
+    "logging": (("logging", _logging),),
 }
 
 

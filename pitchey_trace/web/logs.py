@@ -16,12 +16,13 @@ Outside a span the fields are empty strings (``missing``), so format strings nev
 record about an exception that escaped a traced request, logged by the server after the
 request's span ended (uvicorn's "Exception in ASGI application"), gets that request's ids.
 
-The other way round, :class:`LogEventHandler` puts log records into the trace: each record of
-its level or above, logged while a span is current, becomes a ``log`` event of that span, so a
-request's warnings show in its waterfall::
+The other way round, :func:`instrument_logging` (or a :class:`LogEventHandler` in a logging
+configuration) puts log records into the trace: each record of its level or above, logged while
+a span is current, becomes a ``log`` event of that span, so a request's warnings show in its
+waterfall::
 
     from pitchey_trace.web import instrument_logging
-    instrument_logging()            # WARNING and above, every logger (a root-logger handler)
+    instrument_logging()            # WARNING and above, every logger (handlers unchanged)
 """
 
 from __future__ import annotations
@@ -136,9 +137,41 @@ def add_trace_ids(
     return event_dict
 
 
+def _add_log_event(record: logging.LogRecord) -> None:
+    """Add ``record`` to the current span as a ``log`` event (when a recording span is current
+    and the record is not the SDK's own). Never raises."""
+    span = CURRENT.get()
+    if span is None or not span.is_recording or record.name.startswith("pitchey_trace"):
+        return
+    try:
+        try:
+            message = record.getMessage()
+        except Exception:  # the application's arguments do not fit its format: the template
+            _stats.incr("misuse.log_format")
+            message = str(record.msg)
+        if len(message) > MAX_LOG_MESSAGE:
+            message = message[: MAX_LOG_MESSAGE - 1] + "\u2026"
+        attrs: dict[str, Any] = {
+            "log.level": record.levelname,
+            "log.logger": record.name,
+            "log.message": message,
+            "code.function.name": record.funcName,
+            "code.file.path": record.pathname,
+            "code.line.number": record.lineno,
+        }
+        exc = _record_exception(record)
+        if isinstance(exc, BaseException):
+            attrs["exception.type"] = type(exc).__qualname__
+            attrs["exception.message"] = str(exc)[:MAX_LOG_MESSAGE]
+        span.add_event("log", attrs, int(record.created * 1e9))
+    except Exception as exc:
+        _safety.report("logs.event", exc)
+
+
 class LogEventHandler(logging.Handler):
     """A ``logging.Handler`` that adds each record (of ``level`` and above) logged while a
-    recording span is current to that span as a ``log`` event.
+    recording span is current to that span as a ``log`` event, for logging set up by hand
+    (``dictConfig``); :func:`instrument_logging` does the same without a handler.
 
     Event attributes: ``log.level`` (``WARNING``), ``log.logger``, ``log.message`` (the
     formatted message, at most :data:`MAX_LOG_MESSAGE` characters), ``code.function.name``,
@@ -154,57 +187,46 @@ class LogEventHandler(logging.Handler):
         super().__init__(level)
 
     def emit(self, record: logging.LogRecord) -> None:
-        span = CURRENT.get()
-        if span is None or not span.is_recording or record.name.startswith("pitchey_trace"):
-            return
-        try:
-            try:
-                message = record.getMessage()
-            except Exception:  # the application's arguments do not fit its format: the template
-                _stats.incr("misuse.log_format")
-                message = str(record.msg)
-            if len(message) > MAX_LOG_MESSAGE:
-                message = message[: MAX_LOG_MESSAGE - 1] + "\u2026"
-            attrs: dict[str, Any] = {
-                "log.level": record.levelname,
-                "log.logger": record.name,
-                "log.message": message,
-                "code.function.name": record.funcName,
-                "code.file.path": record.pathname,
-                "code.line.number": record.lineno,
-            }
-            exc = _record_exception(record)
-            if isinstance(exc, BaseException):
-                attrs["exception.type"] = type(exc).__qualname__
-                attrs["exception.message"] = str(exc)[:MAX_LOG_MESSAGE]
-            span.add_event("log", attrs, int(record.created * 1e9))
-        except Exception as exc:
-            _safety.report("logs.event", exc)
+        _add_log_event(record)
 
 
-_installed: list[tuple[logging.Logger, LogEventHandler]] = []
+# instrument_logging() wraps the log record factory instead of adding a handler: a handler on
+# the root logger would stop logging's last-resort output to stderr in a program that set no
+# handler of its own, changing what that program prints.
+_factory: list[Any] = []  # [the factory we wrapped, ours] while installed
+_level = [logging.WARNING]
 
 
-def instrument_logging(
-    level: int | str = logging.WARNING, logger: logging.Logger | None = None
-) -> LogEventHandler:
-    """Add a :class:`LogEventHandler` of ``level`` to ``logger`` (default: the root logger, so
-    every logger that propagates reaches it). Idempotent per logger: a second call sets the
-    level of the handler already there. Returns the handler. The logger's own level still
-    decides which records are made at all."""
-    target = logger if logger is not None else logging.getLogger()
-    for owner, handler in _installed:
-        if owner is target:
-            handler.setLevel(level)
-            return handler
-    handler = LogEventHandler(level)
-    target.addHandler(handler)
-    _installed.append((target, handler))
-    return handler
+def instrument_logging(level: int | str = logging.WARNING) -> None:
+    """Add every log record of ``level`` and above, from any logger, logged while a span is
+    current to that span as a ``log`` event (attributes as for :class:`LogEventHandler`).
+    It wraps the log record factory (``logging.setLogRecordFactory``), so handlers and what the
+    program prints are unchanged; loggers' own levels still decide which records are made.
+    Idempotent: a second call changes the level."""
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown logging level {level!r}")
+    _level[0] = numeric
+    if _factory:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.levelno >= _level[0] and _factory:
+            _add_log_event(record)
+        return record
+
+    logging.setLogRecordFactory(record_factory)
+    _factory[:] = [previous, record_factory]
 
 
 def uninstrument_logging() -> None:
-    """Remove the handlers :func:`instrument_logging` added."""
-    while _installed:
-        owner, handler = _installed.pop()
-        owner.removeHandler(handler)
+    """Undo :func:`instrument_logging` (if another factory wrapped ours since, ours stays in
+    its chain but adds nothing)."""
+    if not _factory:
+        return
+    previous, ours = _factory
+    _factory.clear()
+    if logging.getLogRecordFactory() is ours:
+        logging.setLogRecordFactory(previous)

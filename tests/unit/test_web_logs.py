@@ -146,15 +146,14 @@ def test_filter_never_raises_on_odd_records() -> None:
 
 # -- log records as span events -------------------------------------------------------------------
 def test_log_records_become_events_of_the_current_span() -> None:
-    from pitchey_trace.web import LogEventHandler, instrument_logging, uninstrument_logging
+    from pitchey_trace.web import instrument_logging, uninstrument_logging
 
     logger = logging.getLogger("pitch.billing")
     logger.setLevel(logging.DEBUG)
-    handler = instrument_logging()
-    assert instrument_logging(logging.ERROR) is handler  # idempotent: the level moves
-    assert isinstance(handler, LogEventHandler)
-    assert handler in logging.getLogger().handlers
-    instrument_logging(logging.WARNING)
+    handlers = list(logging.getLogger().handlers)
+    instrument_logging("error")
+    instrument_logging(logging.WARNING)  # idempotent: the level moves
+    assert logging.getLogger().handlers == handlers  # no handler added: what prints is unchanged
     try:
         with capture_spans() as mem:
             logger.warning("outside any span")  # nothing to attach it to
@@ -167,21 +166,17 @@ def test_log_records_become_events_of_the_current_span() -> None:
                     logger.exception("charge failed")
                 logging.getLogger("pitchey_trace.test").warning("the SDK's own records are skipped")
                 logger.warning("x" * 5000)
-                # a record whose arguments do not fit its format: the template, counted (handed to
-                # our handler alone: the test's own log capture would raise on it)
-                broken = logger.makeRecord(
-                    logger.name, logging.WARNING, __file__, 1, "%d pitches", ("x",), None
-                )
-                handler.handle(broken)
             with pt.suppress_tracing():
                 logger.warning("suppressed")
     finally:
         uninstrument_logging()
-    assert handler not in logging.getLogger().handlers
+    with capture_spans() as after, pt.span("later"):
+        logger.warning("not instrumented any more")
+    assert after.spans()[0]["events"] == []
     (span,) = mem.spans()
     events = span["events"]
-    assert [e["name"] for e in events] == ["log", "log", "log", "log"]
-    declined, failed, long, broken_event = (e["attributes"] for e in events)
+    assert [e["name"] for e in events] == ["log", "log", "log"]
+    declined, failed, long = (e["attributes"] for e in events)
     assert declined["log.level"] == "WARNING"
     assert declined["log.logger"] == "pitch.billing"
     assert declined["code.function.name"] == "test_log_records_become_events_of_the_current_span"
@@ -199,5 +194,43 @@ def test_log_records_become_events_of_the_current_span() -> None:
     assert len(long["log.message"]) == 2048
     assert span["status"] == "unset"  # logging an error does not fail the span
     assert events[0]["time_unix_nano"] >= span["start_time_unix_nano"]
-    assert broken_event["log.message"] == "%d pitches"
+    with pytest.raises(ValueError, match="unknown logging level"):
+        instrument_logging("LOUD")
+
+
+def test_log_event_handler_for_hand_made_logging_configuration() -> None:
+    from pitchey_trace.web import LogEventHandler
+
+    logger = logging.getLogger("pitch.handmade")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = LogEventHandler(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        with capture_spans() as mem, pt.span("job"):
+            logger.debug("below its level")
+            logger.info("started %s", "nightly")
+            # a record whose arguments do not fit its format keeps the template, counted
+            logger.info("%d pitches", "x")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    messages = [e["attributes"]["log.message"] for e in mem.spans()[0]["events"]]
+    assert messages == ["started nightly", "%d pitches"]
     assert _stats.get("misuse.log_format") == 1
+
+
+def test_a_program_without_logging_setup_still_prints_its_warnings() -> None:
+    import subprocess
+
+    program = (
+        "import logging, pitchey_trace as pt\n"
+        "from pitchey_trace.web import instrument_logging\n"
+        "pt.configure(service='x', exporters=[])\n"
+        "instrument_logging()\n"
+        "with pt.span('job'):\n"
+        "    logging.getLogger('app').warning('disk almost full')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "disk almost full" in proc.stderr  # logging's last resort still prints it
