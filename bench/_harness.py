@@ -4,12 +4,14 @@ anchors in ../shared/bench-anchors: calibrated repeats of >= 0.2 s, interleaved 
 
 from __future__ import annotations
 
+import argparse
 import gc
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 Runner = Callable[[int], None]
@@ -137,3 +139,25 @@ def interleaved(
             wall[name].append((t1 - t0) / n * 1e6)
             cpu[name].append((c1 - c0) / n * 1e6)
     return wall, cpu, n
+
+
+def switched(op: Callable[[], object], *switches: Callable[[], AbstractContextManager[object]]) -> Runner:
+    """A runner calling ``op()`` n times inside every ``switch()`` (pitchey-trace's and
+    OpenTelemetry's suppression, which turn the other instrumentation off)."""
+
+    def run(n: int) -> None:
+        with ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch())
+            for _ in range(n):
+                op()
+
+    return run
+
+
+def rounds_arguments(doc: str | None, rounds: int = 30, min_time: float = 0.05) -> argparse.Namespace:
+    """``--rounds`` and ``--min-time`` of an ``interleaved`` benchmark (``doc`` as its help)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--min-time", type=float, default=min_time)
+    return parser.parse_args()

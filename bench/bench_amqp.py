@@ -22,18 +22,22 @@ not included: it is another process).
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
-from _harness import NoopExporter, interleaved, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from _harness import (  # noqa: E402  (bench/ is on sys.path)
+    NoopExporter,
+    interleaved,
+    otel_noop_provider,
+    report_added,
+    rounds_arguments,
+    switched,
+)
 from opentelemetry.instrumentation.pika import PikaInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
 
@@ -45,25 +49,8 @@ EXCHANGE = "bench-drop"
 BODY = b'{"pitch": 42, "title": "Solar kettles"}'
 
 
-def runner(channel: Any, *switches: Callable[[], AbstractContextManager[object]]) -> Callable[[int], None]:
-    def run(n: int) -> None:
-        publish = channel.basic_publish
-        with ExitStack() as stack:
-            for switch in switches:
-                stack.enter_context(switch())
-            for _ in range(n):
-                publish(EXCHANGE, "pitch.created", BODY)
-
-    return run
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--min-time", type=float, default=0.05)
-    args = parser.parse_args()
+    args = rounds_arguments(__doc__)
     with rabbitmq_server() as port:
         ours = NoopExporter()
         pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
@@ -73,10 +60,11 @@ def main() -> None:
         connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
         channel = connection.channel()  # made after both instrument calls: OpenTelemetry wraps it
         channel.exchange_declare(EXCHANGE, "fanout")
+        publish = functools.partial(channel.basic_publish, EXCHANGE, "pitch.created", BODY)
         cases = {
-            "plain": runner(channel, pt.suppress_tracing, suppress_instrumentation),
-            "pt": runner(channel, suppress_instrumentation),
-            "otel": runner(channel, pt.suppress_tracing),
+            "plain": switched(publish, pt.suppress_tracing, suppress_instrumentation),
+            "pt": switched(publish, suppress_instrumentation),
+            "otel": switched(publish, pt.suppress_tracing),
         }
 
         def flush() -> None:

@@ -22,7 +22,6 @@ timed region. "cpu" is process CPU time per command (all threads).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -33,7 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
-from _harness import NoopExporter, interleaved, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from _harness import (  # noqa: E402  (bench/ is on sys.path)
+    NoopExporter,
+    interleaved,
+    otel_noop_provider,
+    report_added,
+    rounds_arguments,
+)
 from botocore.stub import Stubber  # noqa: E402
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
@@ -66,12 +71,7 @@ def runner(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--min-time", type=float, default=0.05)
-    args = parser.parse_args()
+    args = rounds_arguments(__doc__)
     with ExitStack():  # (the set-up below, indented like bench_redis.py)
         ours = NoopExporter()
         pt.configure(service="bench", exporters=[ours], sample_rate=1.0)

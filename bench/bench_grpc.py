@@ -23,7 +23,7 @@ timed region. "cpu" is process CPU time per call (all threads: the server's incl
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from _harness import NoopExporter, interleaved, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from _harness import (  # noqa: E402  (bench/ is on sys.path)
+    NoopExporter,
+    interleaved,
+    otel_noop_provider,
+    report_added,
+    rounds_arguments,
+    switched,
+)
 from opentelemetry.instrumentation import grpc as otel_grpc  # noqa: E402
 from opentelemetry.instrumentation.grpc import grpcext  # noqa: E402
 
@@ -69,23 +76,8 @@ class NullClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[m
         return continuation(details, request)
 
 
-def runner(channel: Any) -> Callable[[int], None]:
-    call = channel.unary_unary(METHOD)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            call(b"42")
-
-    return run
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--min-time", type=float, default=0.1)
-    args = parser.parse_args()
+    args = rounds_arguments(__doc__, rounds=20, min_time=0.1)
     ours = NoopExporter()
     pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
     tp = otel_noop_provider()
@@ -114,7 +106,7 @@ def main() -> None:
         servers.append(server)
         channel = grpc.insecure_channel(target)
         channels.append(channel)
-        cases[name] = runner(client_side(channel, target))
+        cases[name] = switched(functools.partial(client_side(channel, target).unary_unary(METHOD), b"42"))
 
     def flush() -> None:
         pt.force_flush()

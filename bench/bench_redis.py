@@ -20,17 +20,22 @@ timed region. "cpu" is process CPU time per command (all threads).
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from _harness import NoopExporter, interleaved, otel_noop_provider, report_added  # noqa: E402  (bench/ is on sys.path)
+from _harness import (  # noqa: E402  (bench/ is on sys.path)
+    NoopExporter,
+    interleaved,
+    otel_noop_provider,
+    report_added,
+    rounds_arguments,
+    switched,
+)
 from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: E402
 from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: E402
 
@@ -39,27 +44,8 @@ from pitchey_trace.redis import instrument_redis, uninstrument_redis  # noqa: E4
 from tests.support.redisserver import redis_server  # noqa: E402
 
 
-def runner(
-    client: redis.Redis, *switches: Callable[[], AbstractContextManager[object]]
-) -> Callable[[int], None]:
-    def run(n: int) -> None:
-        get = client.get
-        with ExitStack() as stack:
-            for switch in switches:
-                stack.enter_context(switch())
-            for _ in range(n):
-                get("pitch:42")
-
-    return run
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--min-time", type=float, default=0.05)
-    args = parser.parse_args()
+    args = rounds_arguments(__doc__)
     with redis_server() as port:
         ours = NoopExporter()
         pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
@@ -68,10 +54,11 @@ def main() -> None:
         instrument_redis()
         client = redis.Redis(port=port)
         client.set("pitch:42", "Solar kettles")
+        get = functools.partial(client.get, "pitch:42")
         cases = {
-            "plain": runner(client, pt.suppress_tracing, suppress_instrumentation),
-            "pt": runner(client, suppress_instrumentation),
-            "otel": runner(client, pt.suppress_tracing),
+            "plain": switched(get, pt.suppress_tracing, suppress_instrumentation),
+            "pt": switched(get, suppress_instrumentation),
+            "otel": switched(get, pt.suppress_tracing),
         }
 
         def flush() -> None:
