@@ -270,15 +270,21 @@
     }
   }
 
+  // A cell of short links to sample traces.
+  function traceLinksCell(ids) {
+    const links = el("td", { cls: "links" });
+    for (const id of ids || []) {
+      links.appendChild(traceLink(id, String(id).slice(0, 8)));
+      links.appendChild(document.createTextNode(" "));
+    }
+    return links;
+  }
+
   function renderErrors(groups) {
     const tbody = byId("errors-table").tBodies[0];
     tbody.replaceChildren();
     for (const g of groups) {
-      const links = el("td", { cls: "links" });
-      for (const id of g.trace_ids || []) {
-        links.appendChild(traceLink(id, String(id).slice(0, 8)));
-        links.appendChild(document.createTextNode(" "));
-      }
+      const links = traceLinksCell(g.trace_ids);
       tbody.appendChild(
         el("tr", { data: { fingerprint: g.fingerprint } }, [
           cell(g.service),
@@ -298,11 +304,7 @@
     const tbody = byId("dependencies-table").tBodies[0];
     tbody.replaceChildren();
     for (const e of edges) {
-      const links = el("td", { cls: "links" });
-      for (const id of e.trace_ids || []) {
-        links.appendChild(traceLink(id, String(id).slice(0, 8)));
-        links.appendChild(document.createTextNode(" "));
-      }
+      const links = traceLinksCell(e.trace_ids);
       const callee = cell(e.callee);
       if (!e.traced) callee.appendChild(el("em", { text: " (untraced)" }));
       tbody.appendChild(
