@@ -28,6 +28,8 @@ grpc                      every server and channel made afterwards traced (``ins
 celery                    task send and run spans (``instrument_celery``)
 pika, aio_pika            RabbitMQ publish and consume spans, trace context in the message
                           headers (``pitchey_trace.amqp``)
+threading                 work handed to threads and thread pools runs in the span current
+                          when it was handed over (``pitchey_trace.threads``)
 logging                   records of WARNING and above (``PITCHEY_TRACE_LOG_EVENT_LEVEL``) logged
                           in a span become its ``log`` events (``instrument_logging``)
 ========================  =====================================================================
@@ -290,6 +292,12 @@ def _aio_pika(_: ModuleType) -> None:
     amqp._instrument_aio_pika()
 
 
+def _threading(_: ModuleType) -> None:
+    from pitchey_trace.threads import instrument_threads
+
+    instrument_threads()
+
+
 def _logging(_: ModuleType) -> None:
     from pitchey_trace.web.logs import instrument_logging
 
@@ -319,6 +327,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "pika": (("pika", _pika),),
     "aio_pika": (("aio_pika", _aio_pika),),
     "logging": (("logging", _logging),),
+    "threading": (("threading", _threading),),
 }
 
 

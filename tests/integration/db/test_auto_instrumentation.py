@@ -186,7 +186,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     proc = run(program, tmp_path, cli=("--exclude", "requests"), PYTHONPATH=str(site))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "USER_SITE True" in proc.stdout  # the program's own sitecustomize still runs
-    assert "INSTRUMENTED botocore,celery,logging,redis" in proc.stdout
+    assert "INSTRUMENTED botocore,celery,logging,redis,threading" in proc.stdout
     assert "PATCHED HTTPAdapter.send" in proc.stdout  # excluded: not patched
     # the same from code, with requests imported before: instrumented at once
     direct = subprocess.run(
@@ -201,28 +201,36 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
         timeout=60,
     )
     assert direct.returncode == 0, direct.stderr
-    assert direct.stdout.strip() == "['logging', 'requests'] instrument_requests.<locals>.send"
+    assert direct.stdout.strip() == "['logging', 'requests', 'threading'] instrument_requests.<locals>.send"
 
 
 LOGGING_PROGRAM = """
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import pitchey_trace as pt
-with pt.span("job"):
+with pt.span("job"), ThreadPoolExecutor(2) as pool:
     logging.getLogger("app").warning("disk %s almost full", "/var")
     logging.getLogger("app").error("backup failed")
+    pool.submit(lambda: pt.span("resize").__enter__().end()).result()
 """
 
 
-def test_log_records_become_span_events_under_run(tmp_path: Path) -> None:
+def test_log_records_and_thread_pools_under_run(tmp_path: Path) -> None:
     def events(*cli: str, **env: str) -> list[str]:
         proc = run(LOGGING_PROGRAM, tmp_path, cli=cli, **env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        (job,) = spans_of(proc.stdout)
+        spans = {s["name"]: s for s in spans_of(proc.stdout)}
+        job, resize = spans["job"], spans["resize"]
+        threaded.append(resize["parent_span_id"] == job["span_id"])
         return [e["attributes"]["log.message"] for e in job["events"] if e["name"] == "log"]
+
+    threaded: list[bool] = []
 
     assert events() == ["disk /var almost full", "backup failed"]
     assert events(PITCHEY_TRACE_LOG_EVENT_LEVEL="error") == ["backup failed"]
-    assert events("--exclude", "logging") == []
+    assert events("--exclude", "logging,threading") == []
+    # the pool's span joins the job's trace, unless threading is excluded
+    assert threaded == [True, True, False]
 
 
 def test_run_refuses_bad_input(tmp_path: Path) -> None:
@@ -258,7 +266,7 @@ def test_a_failing_instrumentation_never_breaks_the_import(tmp_path: Path) -> No
     script.write_text(textwrap.dedent(program))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "IMPORTED httpx ['logging'] 1" in proc.stdout
+    assert "IMPORTED httpx ['logging', 'threading'] 1" in proc.stdout
     assert "instrumentation bug" in proc.stderr  # logged on the pitchey_trace logger
 
 

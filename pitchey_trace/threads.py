@@ -1,0 +1,89 @@
+"""Carry the current span into threads and thread pools without changing the program.
+
+    from pitchey_trace.threads import instrument_threads
+    instrument_threads()
+
+Afterwards, work handed to another thread while a span is current runs in a copy of the
+submitter's context, so the spans it opens are children of that span (as with asyncio tasks,
+which copy the context by themselves):
+
+- ``concurrent.futures.ThreadPoolExecutor.submit`` and ``map`` (``loop.run_in_executor``
+  included);
+- ``threading.Thread.start``: the thread's ``run`` (a subclass's own ``run`` too) runs in the
+  context of the code that started it.
+
+Nothing changes when no span is current: the work runs as it always did, in the thread's own
+context. Process pools are not touched (a span does not cross a process boundary this way;
+``inject`` / ``extract`` do). :func:`pitchey_trace.wrap_context` and
+:class:`pitchey_trace.ContextThreadPoolExecutor` do the same for one callable or one pool.
+``pitchey-trace run`` calls this (``--exclude threading`` leaves it off).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pitchey_trace import _safety
+from pitchey_trace._context import CURRENT
+
+__all__ = ["instrument_threads", "uninstrument_threads"]
+
+_patched: list[tuple[type, str, Any]] = []
+
+
+def _context_to_carry() -> contextvars.Context | None:
+    """A copy of this context when a span (or a suppression) is current, else None."""
+    return contextvars.copy_context() if CURRENT.get() is not None else None
+
+
+def _wrap_submit(original: Any) -> Any:
+    @functools.wraps(original)
+    def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        ctx = _context_to_carry()
+        if ctx is None:
+            return original(self, fn, *args, **kwargs)
+        return original(self, ctx.run, fn, *args, **kwargs)
+
+    return submit
+
+
+def _wrap_start(original: Any) -> Any:
+    @functools.wraps(original)
+    def start(self: Any) -> None:
+        # (the SDK's own threads start suppressed, whatever was current)
+        ctx = None if self.name.startswith("pitchey-trace") else _context_to_carry()
+        if ctx is not None:
+            try:
+                run = self.run  # (bound now: a subclass's own run, or the target's)
+                self.run = functools.partial(ctx.run, run)
+            except Exception as exc:  # (a thread object that takes no attribute: as before)
+                _safety.report("threads.start", exc)
+        original(self)
+
+    return start
+
+
+def instrument_threads() -> None:
+    """Run work submitted to thread pools, and threads started, while a span is current, in
+    that span's context. Idempotent."""
+    if _patched:
+        return
+    # ThreadPoolExecutor.map goes through submit, so one patch covers both.
+    for owner, name, wrap in (
+        (ThreadPoolExecutor, "submit", _wrap_submit),
+        (threading.Thread, "start", _wrap_start),
+    ):
+        original = owner.__dict__[name]
+        setattr(owner, name, wrap(original))
+        _patched.append((owner, name, original))
+
+
+def uninstrument_threads() -> None:
+    """Undo :func:`instrument_threads`."""
+    while _patched:
+        owner, name, original = _patched.pop()
+        setattr(owner, name, original)
