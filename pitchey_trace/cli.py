@@ -7,6 +7,7 @@
     pitchey-trace search --archive DIR --min-duration 1s --last 24h   # traces, newest first
     pitchey-trace show TRACE_ID --archive DIR            # waterfall, critical path, bottleneck
     pitchey-trace perf|errors|overview --archive DIR     # p50/p95/p99, error groups, totals
+    pitchey-trace perf --compare --last 1h -a DIR        # the last hour against the hour before
     pitchey-trace deps --archive DIR --last 1h           # who calls whom: the service map
     pitchey-trace audit --archive DIR --category security --last 7d   # who did what
     pitchey-trace serve --archive DIR --port 8080        # HTTP API and waterfall page
@@ -471,7 +472,46 @@ def _series(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    window = _window(args)
+    if window["since"] is None:
+        raise ValueError("--compare needs a window: --last 1h (compared with the hour before it)")
+    rows = _archive(args).compare(service=args.service, **window)
+
+    def change(r: dict[str, Any]) -> str:
+        if r["p95_change"] is not None:
+            return f"{r['p95_change']:+.0%}"
+        return "new" if r["count"] else "gone"
+
+    def text() -> str:
+        if not rows:
+            return "no spans or rollups in either window\n"
+        body = [
+            [
+                _clip(r["service"], 20),
+                _clip(r["operation"], 40),
+                r["kind"],
+                f"{r['baseline_count']} -> {r['count']}",
+                _ms(r["baseline_p95_ms"]),
+                _ms(r["p95_ms"]),
+                change(r),
+                "-" if r["error_rate"] is None else f"{r['error_rate']:.1%}",
+            ]
+            for r in rows[: args.limit]
+        ]
+        heads = ["service", "operation", "kind", "calls", "p95 before", "p95 now", "change", "errors now"]
+        return (
+            _table(heads, body)
+            + f"the window against the one of the same length before it ({rows[0]['source']})\n"
+        )
+
+    _emit(args, rows[: args.limit], text)
+    return 0
+
+
 def _perf(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
     if args.operation or args.step:
         return _series(args)
     rows = _archive(args).performance(service=args.service, **_window(args))
@@ -727,6 +767,11 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--service")
     p.add_argument("--operation", help="one operation over time (a row per --step)")
     p.add_argument("--step", metavar="D", help="time step of the series, e.g. 1m, 5m, 1h (default 1m)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="each operation in the window beside the window of the same length before it (needs --last)",
+    )
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_perf)
 

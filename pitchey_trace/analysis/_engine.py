@@ -17,6 +17,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -915,11 +916,20 @@ class Archive:
         return {"step_s": step_s, "source": source, "points": points}
 
     def _stats(
-        self, service: str | None, operation: str | None, since: Any, until: Any, key: Any
+        self,
+        service: str | None,
+        operation: str | None,
+        since: Any,
+        until: Any,
+        key: Any,
+        whole_minutes: bool = False,
     ) -> tuple[dict[tuple[Any, ...], _Stats], str]:
         """Statistics grouped by ``key(record)``, from the rollups of the window when there
-        are any (and none is malformed), else from its archived spans; and which it was."""
+        are any (and none is malformed), else from its archived spans; and which it was.
+        A rollup counts when its minute overlaps the window, or with ``whole_minutes`` when its
+        minute starts in ``[since, until)`` (two windows side by side then share none)."""
         s_ns, u_ns = self._window(since, until)
+        slack = 0 if whole_minutes else 60 * 10**9
         with self._lock:
             self._ensure(s_ns)
             rollups = [
@@ -927,8 +937,12 @@ class Archive:
                 for r in self._index.rollups
                 if (service is None or r["service"] == service)
                 and (operation is None or r["operation"] == operation)
-                and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - 60 * 10**9)
-                and (u_ns is None or r["minute_start_unix_nano"] <= u_ns)
+                and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - slack)
+                and (
+                    u_ns is None
+                    or r["minute_start_unix_nano"] < u_ns
+                    or (not whole_minutes and r["minute_start_unix_nano"] == u_ns)
+                )
             ]
             if rollups:
                 groups: dict[tuple[Any, ...], list[Record]] = {}
@@ -947,6 +961,52 @@ class Archive:
                 ):
                     groups.setdefault(key(sp), []).append(sp)
         return {k: _span_stats(ss) for k, ss in groups.items()}, "spans"
+
+    def compare(
+        self, *, since: Any = None, until: Any = None, service: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Each operation in the window ``[since, until]`` (``until`` default: now) beside the
+        window of the same length just before it: what a deploy or an incident changed.
+
+        Rows have the window's ``count``, ``error_rate`` and ``p50_ms`` / ``p95_ms`` /
+        ``p99_ms``, the same with a ``baseline_`` prefix (None where the operation did not run),
+        ``p95_change`` (``+0.5`` is 50% slower; None without both) and ``source`` (as in
+        :meth:`performance`, of the window). The biggest p95 rise comes first, then new
+        operations, then the rest by count. From rollups, a window holds the minutes that start
+        in it: align it to whole minutes (``--last 1h`` is close enough).
+        """
+        service = _check_text("service", service)
+        if since is None:
+            raise ValueError("since is required: the start of the window to compare")
+        s_ns, u_ns = self._window(since, until)
+        assert s_ns is not None
+        end = u_ns if u_ns is not None else time.time_ns()
+        if end <= s_ns:
+            raise ValueError("the window is empty: until must be after since")
+        start = s_ns - (end - s_ns)
+        # (rollups are per minute: a window's are those whose minute starts in it)
+        now, source = self._stats(service, None, s_ns, end, _operation_key, whole_minutes=True)
+        before, _ = self._stats(service, None, max(start, 0), s_ns - 1, _operation_key, whole_minutes=True)
+        rows = []
+        for key in now.keys() | before.keys():
+            row: dict[str, Any] = {"service": key[0], "operation": key[1], "kind": key[2]}
+            for prefix, stats in (("", now.get(key)), ("baseline_", before.get(key))):
+                fields = _stats_fields(stats) if stats is not None else {}
+                row[prefix + "count"] = fields.get("count", 0)
+                for name in ("error_rate", "p50_ms", "p95_ms", "p99_ms"):
+                    row[prefix + name] = fields.get(name)
+            p95, base = row["p95_ms"], row["baseline_p95_ms"]
+            row["p95_change"] = (p95 - base) / base if p95 is not None and base else None
+            row["source"] = source
+            rows.append(row)
+
+        def rank(r: dict[str, Any]) -> tuple[int, float, int]:
+            if r["p95_change"] is not None:
+                return (0, -r["p95_change"], -r["count"])
+            return (1 if r["count"] else 2, 0.0, -(r["count"] or r["baseline_count"]))
+
+        rows.sort(key=lambda r: (*rank(r), r["service"], r["operation"]))
+        return rows
 
     def errors(
         self, *, service: str | None = None, since: Any = None, until: Any = None, limit: int = 20

@@ -7,7 +7,7 @@
 
 JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
 ``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/series``, ``/api/errors``,
-``/api/audit``, ``/api/dependencies``, ``/healthz``.
+``/api/audit``, ``/api/dependencies``, ``/api/compare``, ``/healthz``.
 HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
 ``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
 unknown trace 404. Reference: docs/analysis.md.
@@ -288,6 +288,9 @@ def create_app(
         params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.errors, **params))
 
+    async def compare(request: Request) -> Response:
+        return json_response(await call(archive.compare, **texts(request, "service")))
+
     async def dependencies(request: Request) -> Response:
         return json_response(await call(archive.dependencies, **texts(request, "service")))
 
@@ -336,6 +339,7 @@ def create_app(
         Route("/api/series", series),
         Route("/api/audit", audit),
         Route("/api/dependencies", dependencies),
+        Route("/api/compare", compare),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

@@ -890,3 +890,42 @@ def test_dependencies_window_and_arguments() -> None:
     assert {r["count"] for r in rows} == {1}
     with pytest.raises(ValueError, match="service"):
         a.dependencies(service="")
+
+
+# -- compare ---------------------------------------------------------------------------------------
+def test_compare_a_window_with_the_one_before() -> None:
+    hour = 3600 * 10**9
+    t0 = 1_900_000_000 * 10**9  # the window under study is [t0, t0 + 1h]; its baseline the hour before
+    records = []
+
+    def spans(name: str, start: int, ms: float, n: int, **kw: Any) -> None:
+        for i in range(n):
+            begin = start + i * 10**9
+            tid = f"{len(records) + 1:032x}"
+            records.append(_rec(tid, "a" * 16, None, begin, begin + int(ms * MS), name=name, **kw))
+
+    spans("GET /pitches", t0 - hour + 60 * 10**9, 10, 20)  # baseline: 10 ms
+    spans("GET /pitches", t0 + 60 * 10**9, 25, 20)  # now: 25 ms, 150% slower
+    spans("SELECT pitches", t0 - hour + 60 * 10**9, 4, 10)
+    spans("SELECT pitches", t0 + 60 * 10**9, 3, 10)  # a little faster
+    spans("POST /pay", t0 + 60 * 10**9, 30, 5, status="error")  # new in this window
+    spans("GET /legacy", t0 - hour + 60 * 10**9, 8, 3)  # gone
+    spans("GET /pitches", t0 - 2 * hour, 999, 5)  # older than the baseline: not counted
+    a = Archive.from_records(records)
+    rows = a.compare(since=t0, until=t0 + hour)
+    assert [r["operation"] for r in rows] == ["GET /pitches", "SELECT pitches", "POST /pay", "GET /legacy"]
+    pitches, select, pay, legacy = rows
+    assert (pitches["baseline_count"], pitches["count"]) == (20, 20)
+    assert (pitches["baseline_p95_ms"], pitches["p95_ms"]) == (10.0, 25.0)
+    assert pitches["p95_change"] == 1.5
+    assert select["p95_change"] == -0.25
+    assert (pay["count"], pay["baseline_count"], pay["p95_change"]) == (5, 0, None)
+    assert pay["error_rate"] == 1.0
+    assert pay["baseline_p95_ms"] is None
+    assert (legacy["count"], legacy["baseline_count"], legacy["p95_ms"]) == (0, 3, None)
+    assert {r["source"] for r in rows} == {"spans"}
+    assert [r["operation"] for r in a.compare(since=t0, until=t0 + hour, service="nobody")] == []
+    with pytest.raises(ValueError, match="since is required"):
+        a.compare(since=None)
+    with pytest.raises(ValueError, match="before since"):
+        a.compare(since=t0, until=t0 - 1)

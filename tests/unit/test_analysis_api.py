@@ -435,3 +435,11 @@ def test_dependencies(app: Any, data: TraceData) -> None:
     assert {r["callee"] for r in rows if r["caller"] is None} == {"shop-api"}
     assert get_json(app, "/api/dependencies?service=payments") == [call]
     assert "not a time" in get_json(app, "/api/dependencies?since=soon", status=400)["error"]
+
+
+def test_compare(app: Any, data: TraceData) -> None:
+    since = data.start_ns // (60 * 10**9) * 60 * 10**9  # (rollups are per minute)
+    rows = get_json(app, f"/api/compare?since={since}&until={since + 10**12}")
+    select = next(r for r in rows if r["operation"] == "SELECT order_items")
+    assert (select["count"], select["baseline_count"], select["p95_change"]) == (6, 0, None)
+    assert "since is required" in get_json(app, "/api/compare", status=400)["error"]

@@ -117,6 +117,25 @@ def test_deps(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[st
     assert ok(capsys, "deps", "-a", str(root), "--service", "nobody") == "no calls in this window\n"
 
 
+def test_perf_compare(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
+    root, data = archived
+    since = str(data.start_ns // (60 * 10**9) * 60 * 10**9)
+    until = str(int(since) + 3600 * 10**9)
+    rows = json.loads(
+        ok(capsys, "perf", "--compare", "-a", str(root), "--since", since, "--until", until, "--json")
+    )
+    select = next(r for r in rows if r["operation"] == "SELECT order_items")
+    assert (select["count"], select["baseline_count"]) == (6, 0)
+    text = ok(capsys, "perf", "--compare", "-a", str(root), "--since", since, "--until", until)
+    assert text.splitlines()[0].split()[:5] == ["service", "operation", "kind", "calls", "p95"]
+    line = next(x for x in text.splitlines() if "SELECT order_items" in x)
+    assert "0 -> 6" in line
+    assert line.split()[-2] == "new"
+    code, _, err = run(capsys, "perf", "--compare", "-a", str(root))
+    assert code == 2
+    assert "--compare needs a window" in err
+
+
 def test_errors_are_exit_code_2_with_a_message(
     archived: tuple[Path, TraceData],
     capsys: pytest.CaptureFixture[str],
