@@ -10,8 +10,9 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 Runner = Callable[[int], None]
@@ -161,3 +162,40 @@ def rounds_arguments(doc: str | None, rounds: int = 30, min_time: float = 0.05) 
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--min-time", type=float, default=min_time)
     return parser.parse_args()
+
+
+@dataclass
+class Sdks:
+    """Both SDKs set up for a ``plain`` / ``pt`` / ``otel`` benchmark (see :func:`both_sdks`)."""
+
+    ours: NoopExporter
+    tp: Any  # OpenTelemetry's TracerProvider (otel_noop_provider)
+
+    def flush(self) -> None:
+        """Both SDKs' pending spans exported (``interleaved`` calls it after every run)."""
+        import pitchey_trace as pt
+
+        pt.force_flush()
+        self.tp.force_flush()
+
+    def exported(self) -> str:
+        """How many records / spans each SDK exported (so nothing was skipped)."""
+        spans = self.tp.noop_exporter.spans
+        return f"exported: pitchey-trace {self.ours.records} records, OpenTelemetry {spans} spans"
+
+
+@contextmanager
+def both_sdks() -> Iterator[Sdks]:
+    """pitchey-trace configured with a no-op exporter and its defaults (sampling 1.0,
+    sanitizer, rollups, tail keeping) beside OpenTelemetry's SDK (BatchSpanProcessor, no-op
+    exporter); both shut down afterwards."""
+    import pitchey_trace as pt
+
+    ours = NoopExporter()
+    pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
+    sdks = Sdks(ours, otel_noop_provider())
+    try:
+        yield sdks
+    finally:
+        sdks.tp.shutdown()
+        pt.shutdown()

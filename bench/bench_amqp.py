@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
 from _harness import (  # noqa: E402  (bench/ is on sys.path)
-    NoopExporter,
+    both_sdks,
     interleaved,
-    otel_noop_provider,
     report_added,
     rounds_arguments,
     switched,
@@ -51,11 +50,8 @@ BODY = b'{"pitch": 42, "title": "Solar kettles"}'
 
 def main() -> None:
     args = rounds_arguments(__doc__)
-    with rabbitmq_server() as port:
-        ours = NoopExporter()
-        pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-        tp = otel_noop_provider()
-        PikaInstrumentor().instrument(tracer_provider=tp)
+    with rabbitmq_server() as port, both_sdks() as sdks:
+        PikaInstrumentor().instrument(tracer_provider=sdks.tp)
         instrument_amqp()
         connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
         channel = connection.channel()  # made after both instrument calls: OpenTelemetry wraps it
@@ -67,20 +63,14 @@ def main() -> None:
             "otel": switched(publish, pt.suppress_tracing),
         }
 
-        def flush() -> None:
-            pt.force_flush()
-            tp.force_flush()
-
-        wall, cpu, n = interleaved(cases, flush, args.rounds, args.min_time)
+        wall, cpu, n = interleaved(cases, sdks.flush, args.rounds, args.min_time)
         connection.close()
         uninstrument_amqp()
         PikaInstrumentor().uninstrument()
-        tp.shutdown()
-        pt.shutdown()
 
     print(f"pika {pika.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} publishes")
     report_added(wall, cpu, "msg")
-    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+    print(sdks.exported())
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 from _harness import (  # noqa: E402  (bench/ is on sys.path)
-    NoopExporter,
+    both_sdks,
     interleaved,
-    otel_noop_provider,
     report_added,
     rounds_arguments,
 )
@@ -72,11 +71,8 @@ def runner(
 
 def main() -> None:
     args = rounds_arguments(__doc__)
-    with ExitStack():  # (the set-up below, indented like bench_redis.py)
-        ours = NoopExporter()
-        pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-        tp = otel_noop_provider()
-        BotocoreInstrumentor().instrument(tracer_provider=tp)
+    with both_sdks() as sdks:
+        BotocoreInstrumentor().instrument(tracer_provider=sdks.tp)
         instrument_botocore()
         # (a Stubber answers: the credentials are never sent anywhere)
         client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")  # noqa: S106
@@ -88,20 +84,14 @@ def main() -> None:
             "otel": runner(client, stubber, pt.suppress_tracing),
         }
 
-        def flush() -> None:
-            pt.force_flush()
-            tp.force_flush()
-
-        wall, cpu, n = interleaved(cases, flush, args.rounds, args.min_time)
+        wall, cpu, n = interleaved(cases, sdks.flush, args.rounds, args.min_time)
         stubber.deactivate()
         uninstrument_botocore()
         BotocoreInstrumentor().uninstrument()
-        tp.shutdown()
-        pt.shutdown()
 
     print(f"boto3 {boto3.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} calls")
     report_added(wall, cpu, "call")
-    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+    print(sdks.exported())
 
 
 if __name__ == "__main__":

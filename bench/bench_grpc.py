@@ -35,9 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 from _harness import (  # noqa: E402  (bench/ is on sys.path)
-    NoopExporter,
+    both_sdks,
     interleaved,
-    otel_noop_provider,
     report_added,
     rounds_arguments,
     switched,
@@ -45,7 +44,6 @@ from _harness import (  # noqa: E402  (bench/ is on sys.path)
 from opentelemetry.instrumentation import grpc as otel_grpc  # noqa: E402
 from opentelemetry.instrumentation.grpc import grpcext  # noqa: E402
 
-import pitchey_trace as pt  # noqa: E402
 from pitchey_trace.grpc import client_interceptor, server_interceptor  # noqa: E402
 
 METHOD = "/demo.Pitches/Get"
@@ -78,51 +76,43 @@ class NullClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[m
 
 def main() -> None:
     args = rounds_arguments(__doc__, rounds=20, min_time=0.1)
-    ours = NoopExporter()
-    pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-    tp = otel_noop_provider()
-    servers, cases = [], {}
-    # name -> (server interceptors, channel, target -> the channel the case calls through)
-    setups: dict[str, tuple[list[Any], Callable[[Any, str], Any]]] = {
-        "plain": ([], lambda channel, _target: channel),
-        "null": (
-            [NullServerInterceptor()],
-            lambda channel, _target: grpc.intercept_channel(channel, NullClientInterceptor()),
-        ),
-        "pt": (
-            [server_interceptor()],
-            lambda channel, target: grpc.intercept_channel(channel, client_interceptor(target)),
-        ),
-        "otel": (  # (OpenTelemetry's client interceptor goes through its own grpcext wrapper)
-            [otel_grpc.server_interceptor(tracer_provider=tp)],
-            lambda channel, _target: grpcext.intercept_channel(
-                channel, otel_grpc.client_interceptor(tracer_provider=tp)
+    with both_sdks() as sdks:
+        tp = sdks.tp
+        servers, channels, cases = [], [], {}
+        # name -> (server interceptors, channel, target -> the channel the case calls through)
+        setups: dict[str, tuple[list[Any], Callable[[Any, str], Any]]] = {
+            "plain": ([], lambda channel, _target: channel),
+            "null": (
+                [NullServerInterceptor()],
+                lambda channel, _target: grpc.intercept_channel(channel, NullClientInterceptor()),
             ),
-        ),
-    }
-    channels = []
-    for name, (server_side, client_side) in setups.items():
-        server, target = serve(server_side)
-        servers.append(server)
-        channel = grpc.insecure_channel(target)
-        channels.append(channel)
-        cases[name] = switched(functools.partial(client_side(channel, target).unary_unary(METHOD), b"42"))
+            "pt": (
+                [server_interceptor()],
+                lambda channel, target: grpc.intercept_channel(channel, client_interceptor(target)),
+            ),
+            "otel": (  # (OpenTelemetry's client interceptor goes through its own grpcext wrapper)
+                [otel_grpc.server_interceptor(tracer_provider=tp)],
+                lambda channel, _target: grpcext.intercept_channel(
+                    channel, otel_grpc.client_interceptor(tracer_provider=tp)
+                ),
+            ),
+        }
+        for name, (server_side, client_side) in setups.items():
+            server, target = serve(server_side)
+            servers.append(server)
+            channel = grpc.insecure_channel(target)
+            channels.append(channel)
+            cases[name] = switched(functools.partial(client_side(channel, target).unary_unary(METHOD), b"42"))
 
-    def flush() -> None:
-        pt.force_flush()
-        tp.force_flush()
-
-    wall, cpu, n = interleaved(cases, flush, args.rounds, args.min_time)
-    for channel in channels:
-        channel.close()
-    for server in servers:
-        server.stop(None)
-    tp.shutdown()
-    pt.shutdown()
+        wall, cpu, n = interleaved(cases, sdks.flush, args.rounds, args.min_time)
+        for channel in channels:
+            channel.close()
+        for server in servers:
+            server.stop(None)
 
     print(f"grpcio {grpc.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} calls")
     report_added(wall, cpu, "call")
-    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+    print(sdks.exported())
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 from _harness import (  # noqa: E402  (bench/ is on sys.path)
-    NoopExporter,
+    both_sdks,
     interleaved,
-    otel_noop_provider,
     report_added,
     rounds_arguments,
     switched,
@@ -46,11 +45,8 @@ from tests.support.redisserver import redis_server  # noqa: E402
 
 def main() -> None:
     args = rounds_arguments(__doc__)
-    with redis_server() as port:
-        ours = NoopExporter()
-        pt.configure(service="bench", exporters=[ours], sample_rate=1.0)
-        tp = otel_noop_provider()
-        RedisInstrumentor().instrument(tracer_provider=tp)
+    with redis_server() as port, both_sdks() as sdks:
+        RedisInstrumentor().instrument(tracer_provider=sdks.tp)
         instrument_redis()
         client = redis.Redis(port=port)
         client.set("pitch:42", "Solar kettles")
@@ -61,20 +57,14 @@ def main() -> None:
             "otel": switched(get, pt.suppress_tracing),
         }
 
-        def flush() -> None:
-            pt.force_flush()
-            tp.force_flush()
-
-        wall, cpu, n = interleaved(cases, flush, args.rounds, args.min_time)
+        wall, cpu, n = interleaved(cases, sdks.flush, args.rounds, args.min_time)
         client.close()
         uninstrument_redis()
         RedisInstrumentor().uninstrument()
-        tp.shutdown()
-        pt.shutdown()
 
     print(f"redis-py {redis.__version__}, CPython {sys.version.split()[0]}, {args.rounds} rounds x {n} GETs")
     report_added(wall, cpu, "cmd")
-    print(f"exported: pitchey-trace {ours.records} records, OpenTelemetry {tp.noop_exporter.spans} spans")
+    print(sdks.exported())
 
 
 if __name__ == "__main__":
