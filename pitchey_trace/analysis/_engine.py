@@ -1174,19 +1174,26 @@ class Archive:
         return heapq.nlargest(limit, found, key=lambda a: a["time_unix_nano"])
 
     def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
-        """Totals for a window: spans, traces, errors, services, time range, the slowest and
-        the latest failed traces, audit outcomes and security events."""
+        """Totals for a window: spans, traces, errors, services (with how many processes, by
+        ``service.instance.id``, sent spans), time range, the slowest and the latest failed
+        traces, audit outcomes and security events."""
         s_ns, u_ns = self._window(since, until)
         with self._lock:
             self._ensure(s_ns)
             spans = self._index.window(s_ns, u_ns)
             services: dict[str, list[int]] = {}
+            instances: dict[str, set[Any]] = {}  # service -> its processes' service.instance.id
             traces: set[str] = set()
             failed_ids: set[str] = set()
             errors = 0
             for s in spans:
-                row = services.setdefault(_text(s.get("service", "")), [0, 0])
+                name = _text(s.get("service", ""))
+                row = services.setdefault(name, [0, 0])
                 row[0] += 1
+                res = s.get("resource")
+                instance = res.get("service.instance.id") if isinstance(res, Mapping) else None
+                if isinstance(instance, str):
+                    instances.setdefault(name, set()).add(instance)
                 traces.add(s["trace_id"])
                 if s.get("status") == "error":
                     row[1] += 1
@@ -1213,7 +1220,7 @@ class Archive:
             "start_time_unix_nano": spans[0]["start_time_unix_nano"] if spans else None,
             "end_time_unix_nano": max((s["end_time_unix_nano"] for s in spans), default=None),
             "services": [
-                {"service": k, "spans": v[0], "errors": v[1]}
+                {"service": k, "spans": v[0], "errors": v[1], "instances": len(instances.get(k, ()))}
                 for k, v in sorted(services.items(), key=lambda kv: -kv[1][0])
             ],
             "slowest": slowest,

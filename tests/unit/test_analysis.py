@@ -375,7 +375,7 @@ def test_overview_counts_spans_traces_and_audit(memory: InMemoryExporter) -> Non
     assert ov["spans"] == 13
     assert ov["traces"] == 2
     assert ov["errors"] == 2
-    assert ov["services"] == [{"service": "shop", "spans": 13, "errors": 2}]
+    assert ov["services"] == [{"service": "shop", "spans": 13, "errors": 2, "instances": 1}]
     assert ov["slowest"][0]["name"] == "GET /orders/{id}"
     assert ov["recent_errors"][0]["name"] == "POST /pay"
     assert ov["audit"] == {"records": 2, "security_events": 1, "by_outcome": {"200": 1, "403": 1}}
@@ -929,3 +929,21 @@ def test_compare_a_window_with_the_one_before() -> None:
         a.compare(since=None)
     with pytest.raises(ValueError, match="before since"):
         a.compare(since=t0, until=t0 - 1)
+
+
+def test_overview_counts_each_services_processes() -> None:
+    t = "ef" * 16
+
+    def rec(span: str, service: str, instance: str | None) -> dict[str, Any]:
+        resource = {"service.name": service} | ({"service.instance.id": instance} if instance else {})
+        return _rec(t, span, None, 0, MS, service=service, resource=resource)
+
+    records = [
+        rec("a" * 16, "api", "i-1"),
+        rec("b" * 16, "api", "i-2"),
+        rec("c" * 16, "api", "i-1"),
+        rec("d" * 16, "worker", None),  # an older SDK: no instance id
+    ]
+    services = {s["service"]: s for s in Archive.from_records(records).overview()["services"]}
+    assert (services["api"]["spans"], services["api"]["instances"]) == (3, 2)
+    assert services["worker"]["instances"] == 0

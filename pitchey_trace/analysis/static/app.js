@@ -152,7 +152,9 @@
     const services = byId("services").tBodies[0];
     services.replaceChildren();
     for (const s of o.services || []) {
-      services.appendChild(el("tr", {}, [cell(s.service), numCell(s.spans), numCell(s.errors)]));
+      services.appendChild(
+        el("tr", {}, [cell(s.service), numCell(s.spans), numCell(s.errors), numCell(s.instances || "–")])
+      );
     }
     traceRows(byId("slowest").tBodies[0], o.slowest || []);
     traceRows(byId("recent-errors").tBodies[0], o.recent_errors || []);

@@ -261,6 +261,10 @@ def test_overview_page_lists_traces_performance_and_errors(
     [card] = [c for c in dom.by_class("card") if c.by_class("card-label")[0].text() == "Traces"]
     assert card.by_class("card-value")[0].text() == "3"
 
+    services = {
+        r.by_tag("td")[0].text(): r.by_tag("td")[3].text() for r in dom.by_id("services").by_tag("tr")[1:]
+    }
+    assert services == {"shop-api": "1", "payments": "1"}  # processes, by service.instance.id
     performance_rows = dom.by_id("performance-table").by_tag("tr")[1:]
     operations = {tuple(td.text() for td in r.by_tag("td"))[1:4] for r in performance_rows}
     assert ("SELECT order_items", "client", "6") in operations
