@@ -13,7 +13,8 @@ when it already is):
 ========================  =====================================================================
 library                   what happens
 ========================  =====================================================================
-httpx, requests           client spans and ``traceparent`` on every request
+httpx, requests, urllib   client spans and ``traceparent`` on every request (``urllib``: the
+                          standard library's ``urllib.request``)
 aiohttp                   every ``web.Application`` traced as it starts (``init_aiohttp``),
                           client sessions too
 flask                     every ``Flask`` app traced from its first request (``init_flask``)
@@ -74,6 +75,12 @@ def _httpx(_: ModuleType) -> None:
     from pitchey_trace.web import instrument_httpx
 
     instrument_httpx()
+
+
+def _urllib(_: ModuleType) -> None:
+    from pitchey_trace.web import instrument_urllib
+
+    instrument_urllib()
 
 
 def _requests(_: ModuleType) -> None:
@@ -309,6 +316,7 @@ def _logging(_: ModuleType) -> None:
 SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "httpx": (("httpx", _httpx),),
     "requests": (("requests", _requests),),
+    "urllib": (("urllib.request", _urllib),),
     "aiohttp": (("aiohttp.web", _aiohttp),),
     "flask": (("flask", _flask),),
     "starlette": (("starlette.applications", _starlette),),

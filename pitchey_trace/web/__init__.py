@@ -8,7 +8,7 @@
 
 Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
 :func:`set_user` (audit actor), :func:`auth_failure` (security audit event).
-Outbound: :func:`instrument_httpx`, :func:`instrument_requests`,
+Outbound: :func:`instrument_httpx`, :func:`instrument_requests`, :func:`instrument_urllib`,
 :func:`instrument_aiohttp_client`, :func:`client_span`.
 Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog);
 :class:`LogEventHandler` / :func:`instrument_logging` (log records as span events).
@@ -39,8 +39,10 @@ from pitchey_trace.web.outbound import (
     client_span,
     instrument_httpx,
     instrument_requests,
+    instrument_urllib,
     uninstrument_httpx,
     uninstrument_requests,
+    uninstrument_urllib,
 )
 from pitchey_trace.web.wsgi import WSGITracingMiddleware, init_flask
 
@@ -62,6 +64,7 @@ __all__ = [
     "instrument_httpx",
     "instrument_logging",
     "instrument_requests",
+    "instrument_urllib",
     "set_route",
     "set_user",
     "trace_ids",
@@ -69,4 +72,5 @@ __all__ = [
     "uninstrument_httpx",
     "uninstrument_logging",
     "uninstrument_requests",
+    "uninstrument_urllib",
 ]

@@ -1,12 +1,13 @@
 """Outbound HTTP: client spans and ``traceparent`` injection.
 
 Any client works with plain propagation (``pt.inject(headers)`` before sending) or with
-:func:`client_span`, which also times the call. For ``httpx`` (sync and async) and
-``requests`` one call instruments every request the process makes::
+:func:`client_span`, which also times the call. For ``httpx`` (sync and async), ``requests``
+and the standard library's ``urllib.request`` one call instruments every request the process
+makes::
 
-    from pitchey_trace.web import instrument_httpx, instrument_requests
-    instrument_httpx(); instrument_requests()          # idempotent
-    uninstrument_httpx(); uninstrument_requests()      # back to the original methods
+    from pitchey_trace.web import instrument_httpx, instrument_requests, instrument_urllib
+    instrument_httpx(); instrument_requests(); instrument_urllib()      # idempotent
+    uninstrument_httpx(); uninstrument_requests(); uninstrument_urllib()
 
 Each request on the wire (redirects included) becomes a CLIENT span named after its method,
 with ``http.request.method``, ``url.full`` (credentials removed), ``server.address``,
@@ -18,6 +19,7 @@ recorded or injected.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -41,8 +43,10 @@ __all__ = [
     "client_span",
     "instrument_httpx",
     "instrument_requests",
+    "instrument_urllib",
     "uninstrument_httpx",
     "uninstrument_requests",
+    "uninstrument_urllib",
 ]
 
 _CLIENT = SpanKind.CLIENT
@@ -223,6 +227,52 @@ def instrument_requests() -> None:
 def uninstrument_requests() -> None:
     """Undo :func:`instrument_requests` (no-op when not instrumented)."""
     _restore("requests")
+
+
+# -- urllib.request ------------------------------------------------------------------------------
+def _add_unredirected(request: Any, name: str, value: str) -> None:
+    # (not copied onto a redirect's new request: each hop gets its own span's traceparent)
+    request.add_unredirected_header(name, value)
+
+
+def instrument_urllib() -> None:
+    """Create a CLIENT span and inject ``traceparent`` for every HTTP(S) request made with the
+    standard library's ``urllib.request`` (``urlopen``, openers; patches
+    ``AbstractHTTPHandler.do_open``, so each redirect hop is its own span). Idempotent."""
+    # (by name, not ``urllib.request``: run from the post-import hook, the submodule is not yet
+    # an attribute of its package)
+    request_module = importlib.import_module("urllib.request")
+    if "urllib" in _patched:
+        return
+    handler = request_module.AbstractHTTPHandler
+    orig = handler.do_open
+
+    def do_open(self: Any, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        if CURRENT.get() is SUPPRESSED:
+            return orig(self, http_class, req, **http_conn_args)
+        try:
+            full, host, port = _strip_credentials(req.full_url)
+            span = _start(req.get_method(), full, host, port)
+            inject(req, context=span.context, setter=_add_unredirected)
+        except Exception as exc:
+            _safety.report("web.urllib.start", exc)
+            return orig(self, http_class, req, **http_conn_args)
+        try:
+            response = orig(self, http_class, req, **http_conn_args)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        _end(span, getattr(response, "status", None), None)  # (4xx / 5xx raise only later)
+        return response
+
+    setattr(do_open, _WRAPPED, orig)
+    handler.do_open = do_open
+    _patched["urllib"] = [(handler, "do_open", orig)]
+
+
+def uninstrument_urllib() -> None:
+    """Undo :func:`instrument_urllib` (no-op when not instrumented)."""
+    _restore("urllib")
 
 
 def _restore(library: str) -> None:

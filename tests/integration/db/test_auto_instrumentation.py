@@ -186,7 +186,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     proc = run(program, tmp_path, cli=("--exclude", "requests"), PYTHONPATH=str(site))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "USER_SITE True" in proc.stdout  # the program's own sitecustomize still runs
-    assert "INSTRUMENTED botocore,celery,logging,redis,threading" in proc.stdout
+    assert "INSTRUMENTED botocore,celery,logging,redis,threading,urllib\n" in proc.stdout
     assert "PATCHED HTTPAdapter.send" in proc.stdout  # excluded: not patched
     # the same from code, with requests imported before: instrumented at once
     direct = subprocess.run(
@@ -201,7 +201,10 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
         timeout=60,
     )
     assert direct.returncode == 0, direct.stderr
-    assert direct.stdout.strip() == "['logging', 'requests', 'threading'] instrument_requests.<locals>.send"
+    assert (
+        direct.stdout.strip()
+        == "['logging', 'requests', 'threading', 'urllib'] instrument_requests.<locals>.send"
+    )
 
 
 LOGGING_PROGRAM = """
@@ -266,7 +269,7 @@ def test_a_failing_instrumentation_never_breaks_the_import(tmp_path: Path) -> No
     script.write_text(textwrap.dedent(program))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "IMPORTED httpx ['logging', 'threading'] 1" in proc.stdout
+    assert "IMPORTED httpx ['logging', 'threading', 'urllib'] 1" in proc.stdout
     assert "instrumentation bug" in proc.stderr  # logged on the pitchey_trace logger
 
 

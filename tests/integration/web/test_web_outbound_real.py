@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -20,15 +21,20 @@ from pitchey_trace.web import (
     client_span,
     instrument_httpx,
     instrument_requests,
+    instrument_urllib,
     uninstrument_httpx,
     uninstrument_requests,
+    uninstrument_urllib,
 )
 
 pytestmark = pytest.mark.integration
 
 
 def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Answers with the traceparent it got; ``/fail`` answers 500."""
+    """Answers with the traceparent it got; ``/fail`` answers 500, ``/moved`` redirects to ``/``."""
+    if environ["PATH_INFO"] == "/moved":
+        start_response("302 Found", [("Location", "/"), ("Content-Length", "0")])
+        return [b""]
     body = json.dumps({"traceparent": environ.get("HTTP_TRACEPARENT")}).encode()
     status = "500 Internal Server Error" if environ["PATH_INFO"] == "/fail" else "200 OK"
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -169,3 +175,67 @@ def test_client_span_helper_with_any_client(echo_url: str) -> None:
     assert client["kind"] == "client"
     assert received[:-2] == f"00-{client['trace_id']}-{client['span_id']}-"
     assert client["attributes"]["http.response.status_code"] == 200
+
+
+# -- urllib.request (the standard library) ---------------------------------------------------------
+def fetch(url: str, path: str = "") -> Any:
+    """``urlopen`` of http://127.0.0.1 (a GET request made explicitly, as an application would)."""
+    request = urllib.request.Request(url + path, method="GET")  # noqa: S310  (http to 127.0.0.1)
+    return urllib.request.urlopen(request, timeout=10)  # noqa: S310
+
+
+@pytest.fixture
+def urllib_traced() -> Iterator[None]:
+    instrument_urllib()
+    instrument_urllib()  # idempotent
+    try:
+        yield
+    finally:
+        uninstrument_urllib()
+
+
+def test_urllib_client_spans_injection_and_redirect_hops(echo_url: str, urllib_traced: None) -> None:
+    with capture_spans() as mem:
+        with pt.span("job") as job:
+            with fetch(echo_url, "/items?id=7") as r:
+                first = json.loads(r.read())
+            with fetch(echo_url, "/moved") as r:
+                redirected = json.loads(r.read())
+    direct, hop, landed, root = mem.spans()
+    assert root["name"] == "job"
+    assert {s["parent_span_id"] for s in (direct, hop, landed)} == {f"{job.span_id:016x}"}
+    assert direct["kind"] == "client"
+    assert direct["name"] == "GET"
+    host, port = echo_url.removeprefix("http://").split(":")
+    assert direct["attributes"] == {
+        "url.full": f"{echo_url}/items?id=7",
+        "server.address": host,
+        "server.port": int(port),
+        "http.request.method": "GET",
+        "http.response.status_code": 200,
+    }
+    assert first["traceparent"].startswith(f"00-{direct['trace_id']}-{direct['span_id']}-")
+    # each redirect hop is its own span, and the landing request carries its own traceparent
+    assert hop["attributes"]["http.response.status_code"] == 302
+    assert landed["attributes"]["url.full"] == f"{echo_url}/"
+    assert redirected["traceparent"].startswith(f"00-{landed['trace_id']}-{landed['span_id']}-")
+
+
+def test_urllib_errors_suppression_and_uninstrument(echo_url: str, urllib_traced: None) -> None:
+    with capture_spans() as mem:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            fetch(echo_url, "/fail")
+        failed.value.close()
+        with pytest.raises(urllib.error.URLError):
+            fetch(f"http://127.0.0.1:{closed_port()}/")
+        with pt.suppress_tracing(), fetch(echo_url) as r:
+            assert json.loads(r.read())["traceparent"] is None
+        uninstrument_urllib()
+        with fetch(echo_url) as r:
+            assert json.loads(r.read())["traceparent"] is None
+    assert failed.value.code == 500  # the application's exception, unchanged
+    server_error, refused = mem.spans()
+    assert server_error["status"] == "error"
+    assert server_error["attributes"]["http.response.status_code"] == 500
+    assert refused["status"] == "error"
+    assert refused["attributes"]["error.type"] == "URLError"
