@@ -357,6 +357,8 @@ class _Loader(importlib.abc.Loader):
             spec.loader = self.loader
         module.__loader__ = self.loader
         self.loader.exec_module(module)
+        # A hook runs before the import system binds a submodule on its package: hooks use the
+        # module they are given, or importlib.import_module(name), never ``package.submodule``.
         _imported(module.__name__, module)
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like
