@@ -99,3 +99,21 @@ def test_the_context_is_a_copy_and_the_sdks_threads_stay_suppressed(carried: Non
     assert got[1] is not None
     assert not got[1].is_recording
     assert [s["name"] for s in mem.spans()] == ["request"]
+
+
+def test_context_pools_timers_and_other_contextvars(carried: None) -> None:
+    import contextvars
+
+    tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="-")
+    seen: list[str] = []
+    with capture_spans() as mem:
+        with pt.span("request") as request, pt.ContextThreadPoolExecutor(1) as pool:
+            tenant.set("t-9")  # the application's own context variables travel too
+            pool.submit(work, "context pool").result()  # (copied twice: still one parent)
+            timer = threading.Timer(0.01, lambda: (seen.append(tenant.get()), work("timer")))
+            timer.start()
+            timer.join()
+    spans = {s["name"]: s for s in mem.spans()}
+    assert spans["context pool"]["parent_span_id"] == f"{request.span_id:016x}"
+    assert spans["timer"]["parent_span_id"] == f"{request.span_id:016x}"
+    assert seen == ["t-9"]
