@@ -636,3 +636,57 @@ def test_asyncio_callers_get_the_trace_id_too() -> None:
     servers = by_name(spans, "server")
     assert ok["x-trace-id"] == servers["Get"]["trace_id"]
     assert missing["x-trace-id"] == servers["Missing"]["trace_id"]
+
+
+async def aio_upload(requests: Any, context: Any) -> bytes:
+    total = 0
+    async for r in requests:
+        total += len(r)
+    return b"%d" % total
+
+
+async def aio_chat(requests: Any, context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        with pt.span("reply"):
+            yield r.upper()
+
+
+def test_asyncio_request_streams() -> None:
+    handlers = {
+        "Upload": grpc.stream_unary_rpc_method_handler(aio_upload),
+        "Chat": grpc.stream_stream_rpc_method_handler(aio_chat),
+    }
+
+    async def calls() -> tuple[bytes, list[bytes]]:
+        server = grpc.aio.server(interceptors=[aio_server_interceptor()])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        target = f"127.0.0.1:{port}"
+
+        async def messages() -> AsyncIterator[bytes]:
+            for m in (b"ab", b"cde"):
+                yield m
+
+        try:
+            async with grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(target)) as ch:
+                with pt.span("request"):
+                    total = await ch.stream_unary(f"/{SERVICE}/Upload")(messages())
+                    echoed = [m async for m in ch.stream_stream(f"/{SERVICE}/Chat")(messages())]
+            return total, echoed
+        finally:
+            await server.stop(None)
+
+    with capture_spans() as mem, swallowed_errors() as errors:
+        total, echoed = asyncio.run(calls())
+        spans = settle(mem, 7)  # the request, two client and two server spans, two replies
+    assert errors == []
+    assert (total, echoed) == (b"5", [b"AB", b"CDE"])
+    servers, clients = by_name(spans, "server"), by_name(spans, "client")
+    assert set(servers) == set(clients) == {"Upload", "Chat"}
+    for method in ("Upload", "Chat"):
+        assert servers[method]["parent_span_id"] == clients[method]["span_id"]
+        assert clients[method]["attributes"]["rpc.grpc.status_code"] == 0
+    replies = [s for s in spans if s["name"] == "reply"]
+    assert len(replies) == 2
+    assert {r["parent_span_id"] for r in replies} == {servers["Chat"]["span_id"]}
