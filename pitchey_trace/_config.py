@@ -11,8 +11,8 @@ variable                           meaning
 ``PITCHEY_TRACE_DISABLED``         ``true`` turns tracing off (also ``OTEL_SDK_DISABLED``)
 ``PITCHEY_TRACE_KEEP_ERRORS``      tail-keep traces with errors (default ``true``)
 ``PITCHEY_TRACE_SLOW_THRESHOLD_MS`` tail-keep traces with a span this slow (default 1000)
-``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty`` or ``none`` when no
-                                   exporters are passed
+``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty``, ``otlp``, ``zipkin`` or
+                                   ``none`` when no exporters are passed
 ``PITCHEY_TRACE_RESOURCE_DETECTION`` ``false``: no detected resource attributes (container,
                                    Kubernetes, cloud, ``service.instance.id``)
 ``OTEL_TRACES_SAMPLER`` / ``_ARG`` OpenTelemetry sampler names (used when no sampler or
@@ -148,7 +148,7 @@ def _resource_from_env() -> dict[str, str]:
     return out
 
 
-_EXPORTER_NAMES = ("console", "console-pretty", "otlp", "none")
+_EXPORTER_NAMES = ("console", "console-pretty", "otlp", "zipkin", "none")
 
 
 def _exporters_from_env() -> list[Any]:
@@ -174,6 +174,11 @@ def _exporters_from_env() -> list[Any]:
             from pitchey_trace.exporters import OTLPExporter
 
             out.append(OTLPExporter())  # configured by the OTEL_EXPORTER_OTLP_* variables
+        elif name == "zipkin":
+            from pitchey_trace.exporters import ZipkinExporter
+            from pitchey_trace.exporters.zipkin import DEFAULT_URL
+
+            out.append(ZipkinExporter(_env("OTEL_EXPORTER_ZIPKIN_ENDPOINT") or DEFAULT_URL))
         else:
             from pitchey_trace.exporters import ConsoleExporter
 

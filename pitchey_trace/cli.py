@@ -75,6 +75,7 @@ _OTEL_READ = frozenset(
         "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
         "OTEL_SPAN_EVENT_COUNT_LIMIT",
         "OTEL_SPAN_LINK_COUNT_LIMIT",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
     }
     | {
         f"OTEL_EXPORTER_OTLP_{signal}{setting}"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # optional-dependency exporters load on first use
     from pitchey_trace.exporters.local_archive import LocalArchiveExporter
     from pitchey_trace.exporters.logpush import LogpushExporter
     from pitchey_trace.exporters.otlp import OTLPExporter
+    from pitchey_trace.exporters.zipkin import ZipkinExporter
 
 __all__ = [
     "ConsoleExporter",
@@ -30,6 +31,7 @@ __all__ = [
     "LogpushExporter",
     "OTLPExporter",
     "RetryPolicy",
+    "ZipkinExporter",
 ]
 
 _LAZY = {
@@ -38,6 +40,7 @@ _LAZY = {
     "LogpushExporter": "pitchey_trace.exporters.logpush",
     "OTLPExporter": "pitchey_trace.exporters.otlp",
     "RetryPolicy": "pitchey_trace.exporters._http",
+    "ZipkinExporter": "pitchey_trace.exporters.zipkin",
 }
 
 

@@ -127,9 +127,23 @@ def test_pitchey_exporter_variable_and_argument_win(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("variable", ["OTEL_TRACES_EXPORTER", "PITCHEY_TRACE_EXPORTER"])
 def test_an_unknown_exporter_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
-    monkeypatch.setenv(variable, "otlp,zipkin")
-    with pytest.raises(ConfigurationError, match=f"{variable}: unknown exporter 'zipkin'; known: console"):
+    monkeypatch.setenv(variable, "otlp,jaeger")
+    with pytest.raises(ConfigurationError, match=f"{variable}: unknown exporter 'jaeger'; known: console"):
         pt.configure()
+
+
+def test_zipkin_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitchey_trace.exporters import ZipkinExporter
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT", "http://zipkin.internal:9411/api/v2/spans")
+    pt.configure()
+    (only,) = exporters_of_pipeline()
+    assert isinstance(only, ZipkinExporter)
+    assert only.url == "http://zipkin.internal:9411/api/v2/spans"
+    monkeypatch.delenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
+    pt.configure()
+    assert exporters_of_pipeline()[0].url == "http://localhost:9411/api/v2/spans"  # Zipkin's default
 
 
 # -- OTEL_PROPAGATORS -----------------------------------------------------------------------------
@@ -275,9 +289,9 @@ def test_config_command_reports_bad_and_disabled_setups(
 ) -> None:
     from pitchey_trace.cli import main
 
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
     assert main(["config"]) == 2
-    assert "OTEL_TRACES_EXPORTER: unknown exporter 'zipkin'" in capsys.readouterr().err
+    assert "OTEL_TRACES_EXPORTER: unknown exporter 'jaeger'" in capsys.readouterr().err
     monkeypatch.delenv("OTEL_TRACES_EXPORTER")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert main(["config"]) == 0
