@@ -17,9 +17,9 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from pitchey_trace import _stats
@@ -400,6 +400,20 @@ class SenderExporter:
     fresh connection after fork."""
 
     _sender: HttpSender | GrpcSender
+
+    def _post_in_chunks(
+        self, items: Sequence[Any], size: int, body: Callable[[Sequence[Any]], bytes], counter: str
+    ) -> bool:
+        """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
+        delivered under ``counter``; False if any chunk was given up."""
+        ok = True
+        for i in range(0, len(items), size):
+            chunk = items[i : i + size]
+            if self._sender.send(body(chunk)).ok:
+                _stats.incr(counter, len(chunk))
+            else:
+                ok = False
+        return ok
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Nothing is buffered here (batches are sent as they arrive)."""

@@ -258,16 +258,12 @@ class HttpAnalyticsExporter(SenderExporter):
                 points.append(p)
         if skipped:
             _stats.incr("http_analytics.skipped", skipped)
-        ok = True
-        step = self.max_points_per_request
-        for i in range(0, len(points), step):
-            chunk = points[i : i + step]
-            result = self._sender.send(dumps({"points": chunk}))
-            if result.ok:
-                _stats.incr("http_analytics.points", len(chunk))
-            else:
-                ok = False
-        return ok
+        return self._post_in_chunks(
+            points,
+            self.max_points_per_request,
+            lambda chunk: dumps({"points": chunk}),
+            "http_analytics.points",
+        )
 
     def __repr__(self) -> str:
         return f"HttpAnalyticsExporter(url={self.url!r}, datasets={self.datasets!r})"

@@ -14,7 +14,6 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pitchey_trace import _stats
 from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import header_map, positive_int, text
@@ -167,15 +166,7 @@ class ZipkinExporter(SenderExporter):
     def export(self, batch: Sequence[Record]) -> bool:
         """Convert the batch's spans and POST them (in chunks); False if any chunk was given up."""
         spans = [s for s in map(to_zipkin, batch) if s is not None]
-        ok = True
-        step = self.max_spans_per_request
-        for i in range(0, len(spans), step):
-            chunk = spans[i : i + step]
-            if self._sender.send(dumps(chunk)).ok:
-                _stats.incr("zipkin.spans", len(chunk))
-            else:
-                ok = False
-        return ok
+        return self._post_in_chunks(spans, self.max_spans_per_request, dumps, "zipkin.spans")
 
     def __repr__(self) -> str:
         return f"ZipkinExporter(url={self.url!r})"
