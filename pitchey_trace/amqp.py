@@ -209,21 +209,15 @@ def _fail(span: AnySpan, exc: BaseException) -> None:
             _safety.report("amqp.end", internal)
 
 
-def _end(span: AnySpan, exc: BaseException | None = None) -> None:
+def _end(span: AnySpan, exc: BaseException | None = None, *, entered: bool = False) -> None:
+    """End ``span`` (recording ``exc``); ``entered``: it was made current with ``__enter__``."""
     if exc is not None:
         _fail(span, exc)
     try:
-        span.end()
-    except Exception as internal:
-        _safety.report("amqp.end", internal)
-
-
-def _leave(span: AnySpan, exc: BaseException | None = None) -> None:
-    """End a span entered with ``__enter__`` (and no longer current)."""
-    if exc is not None:
-        _fail(span, exc)
-    try:
-        span.__exit__(None, None, None)
+        if entered:
+            span.__exit__(None, None, None)
+        else:
+            span.end()
     except Exception as internal:
         _safety.report("amqp.end", internal)
 
@@ -337,9 +331,9 @@ def _traced_pika_callback(callback: Any, queue: Any) -> Any:
         try:
             result = callback(channel, method, properties, body)
         except BaseException as exc:
-            _leave(span, exc)
+            _end(span, exc, entered=True)
             raise
-        _leave(span)
+        _end(span, entered=True)
         return result
 
     setattr(on_message, _WRAPPED, callback)
@@ -392,7 +386,7 @@ def _traced_messages(channel: Any, messages: Iterator[Any], queue: Any) -> Itera
                 yield item
             finally:
                 if span is not None:
-                    _leave(span)
+                    _end(span, entered=True)
     finally:
         close = getattr(messages, "close", None)
         if close is not None:
@@ -511,11 +505,11 @@ def _traced_aio_callback(callback: Any, queue: Any, awaitable: Any) -> Any:
         try:
             result = await call(message)
         except BaseException as exc:
-            _leave(span, exc)
+            _end(span, exc, entered=True)
             raise
         finally:
             _processing.reset(token)
-        _leave(span)
+        _end(span, entered=True)
         return result
 
     setattr(on_message, _WRAPPED, callback)
@@ -577,7 +571,7 @@ def _wrap_aio_exit(original: Any) -> Any:
         try:
             return await original(self, exc_type, exc, tb)  # the ack or reject belongs to the span
         finally:
-            _leave(span, exc if isinstance(exc, BaseException) else None)
+            _end(span, exc if isinstance(exc, BaseException) else None, entered=True)
 
     setattr(__aexit__, _WRAPPED, original)
     return __aexit__

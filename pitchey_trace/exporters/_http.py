@@ -401,6 +401,11 @@ class SenderExporter:
 
     _sender: HttpSender | GrpcSender
 
+    @property
+    def url(self) -> str:
+        """The endpoint."""
+        return self._sender.url
+
     def _post_in_chunks(
         self, items: Sequence[Any], size: int, body: Callable[[Sequence[Any]], bytes], counter: str
     ) -> bool:

@@ -236,11 +236,6 @@ class HttpAnalyticsExporter(SenderExporter):
             client_key_file=client_key_file,
         )
 
-    @property
-    def url(self) -> str:
-        """The endpoint."""
-        return self._sender.url
-
     def _point(self, record: Record) -> Point | None:
         if self._to_point is not None:
             return self._to_point(record)

@@ -158,11 +158,6 @@ class ZipkinExporter(SenderExporter):
             client_key_file=client_key_file,
         )
 
-    @property
-    def url(self) -> str:
-        """The endpoint."""
-        return self._sender.url
-
     def export(self, batch: Sequence[Record]) -> bool:
         """Convert the batch's spans and POST them (in chunks); False if any chunk was given up."""
         spans = [s for s in map(to_zipkin, batch) if s is not None]
