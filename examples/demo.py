@@ -22,7 +22,10 @@ What happens, for real, on 127.0.0.1 only:
    percentiles from the rollups, the analysis engine's error search, error groups and
    percentiles cross-checked against the demo's own reading, audit counts, a search of the
    archive for every secret the app saw (the app leaks some into spans on purpose), and the
-   SDK's counters.
+   SDK's counters;
+6. the same rollups also went out as OpenTelemetry metrics (``OTLPMetricsExporter``, OTLP/HTTP
+   JSON) to a small receiver in this process, standing in for a collector: their request
+   counts are checked against the traffic too.
 
 Exit status 0 when every check printed at the end passed, 1 otherwise.
 """
@@ -38,11 +41,13 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,7 @@ import _demo_app as app_mod  # noqa: E402
 import pitchey_trace as pt  # noqa: E402
 from pitchey_trace import db  # noqa: E402
 from pitchey_trace.analysis import Archive as Engine  # noqa: E402
-from pitchey_trace.exporters import LocalArchiveExporter  # noqa: E402
+from pitchey_trace.exporters import LocalArchiveExporter, OTLPMetricsExporter  # noqa: E402
 from pitchey_trace.processors import merge_rollups  # noqa: E402
 from pitchey_trace.web import TraceContextFilter, instrument_httpx, uninstrument_httpx  # noqa: E402
 
@@ -325,6 +330,55 @@ def database() -> Iterator[tuple[str, str]]:
         yield dsn, f"{where} on {server.host}:{server.port}"
 
 
+class MetricsReceiver:
+    """An OTLP/HTTP JSON metrics endpoint on 127.0.0.1 keeping what it is sent (a collector's
+    part, reduced to reading the requests)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def latest_calls(self) -> dict[tuple[str, str, str], int]:
+        """The last running total of each (span name, kind, status) series of
+        ``traces.span.metrics.calls`` (cumulative: the latest point holds the whole count)."""
+        latest: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for request in self.requests:
+            for rm in request["resourceMetrics"]:
+                for sm in rm["scopeMetrics"]:
+                    for metric in sm["metrics"]:
+                        if metric["name"] != "traces.span.metrics.calls":
+                            continue
+                        for point in metric["sum"]["dataPoints"]:
+                            a = {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]}
+                            key = (a["span.name"], a["span.kind"], a["status.code"])
+                            at = int(point["timeUnixNano"])
+                            if key not in latest or at >= latest[key][0]:
+                                latest[key] = (at, int(point["asInt"]))
+        return {key: count for key, (_, count) in latest.items()}
+
+
 def pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
 
@@ -526,6 +580,22 @@ class Report:
         )
         self.check("rollups count every traced request", counted == self.served)
 
+    def metrics(self, receiver: MetricsReceiver) -> None:
+        calls = receiver.latest_calls()
+        served = sum(n for (_, kind, _), n in calls.items() if kind == "SPAN_KIND_SERVER")
+        failed = sum(
+            n for (_, kind, code), n in calls.items() if kind == "SPAN_KIND_SERVER" and code.endswith("ERROR")
+        )
+        print(
+            f"\nOTLP metrics ({len(receiver.requests)} request(s) to {receiver.url}, cumulative): "
+            f"traces.span.metrics.calls counts {served} server spans, {failed} of them errors"
+        )
+        self.check("OTLP metrics count every traced request", served == self.served)
+        self.check(
+            "OTLP metrics count every 5xx as an error",
+            failed == sum(1 for r in self.plan if r.route != "/healthz" and r.status >= 500),
+        )
+
     def audit(self) -> None:
         print(f"\nAudit records: {len(self.audits)}")
         by_cat: dict[str, Counter[str]] = defaultdict(Counter)
@@ -600,7 +670,9 @@ class Report:
 
 
 # -- the demo ------------------------------------------------------------------------------------
-def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tuple[list[Req], list[str]]:
+def run_service(
+    args: argparse.Namespace, archive_dir: Path, shown: str, receiver: MetricsReceiver
+) -> tuple[list[Req], list[str]]:
     """Steps 1-5: database, configure, serve, drive the traffic, shut down."""
     rng = random.Random(args.seed)
     with database() as (dsn, where):
@@ -617,11 +689,15 @@ def run_service(args: argparse.Namespace, archive_dir: Path, shown: str) -> tupl
             sample_rate=SAMPLE_RATE,
             keep_errors=True,
             slow_threshold_ms=SLOW_MS,
-            exporters=[LocalArchiveExporter(archive_dir, max_interval_s=1.0)],
+            exporters=[
+                LocalArchiveExporter(archive_dir, max_interval_s=1.0),
+                OTLPMetricsExporter(receiver.url, protocol="http/json"),
+            ],
         )
         print(f"[2] pt.configure(service={SERVICE!r}, environment='demo', sample_rate={SAMPLE_RATE},")
         print(f"                 keep_errors=True, slow_threshold_ms={SLOW_MS:g},")
-        print(f"                 exporters=[LocalArchiveExporter({shown!r}, max_interval_s=1.0)])")
+        print(f"                 exporters=[LocalArchiveExporter({shown!r}, max_interval_s=1.0),")
+        print("                            OTLPMetricsExporter(<receiver>, protocol='http/json')])")
         plan, secrets = build_plan(args.requests, seeded, rng)
         instrument_httpx()
         try:
@@ -669,7 +745,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     started = time.perf_counter()
     print("pitchey-trace demo: a traced web service over PostgreSQL, archived locally\n")
-    plan, secrets = run_service(args, archive_dir, shown)
+    receiver = MetricsReceiver()
+    try:
+        plan, secrets = run_service(args, archive_dir, shown, receiver)
+    finally:
+        receiver.close()
     stats = pt.stats()
 
     report = Report(plan, read_archive(archive_dir), archive_dir, shown)
@@ -678,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     report.propagation()
     report.waterfalls()
     report.latency()
+    report.metrics(receiver)
     report.analysis()
     report.audit()
     report.secrets(secrets)

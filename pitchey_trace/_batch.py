@@ -370,8 +370,14 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the pipeline worker and every exporter worker."""
+        """Start the pipeline worker and every exporter worker. An exporter with
+        ``bind_resource(resource)`` is told this process's resource first (metrics exporters
+        label their series with it)."""
         for w in self.workers:
+            bind = getattr(w.exporter, "bind_resource", None)
+            if bind is not None:
+                with _safety.guard(f"bind_resource.{w.name}"):
+                    bind(dict(self.resource))
             w.start()
         if self._thread is None or not self._thread.is_alive():
             self._thread = _suppressed_thread(self._run, "pitchey-trace-pipeline")

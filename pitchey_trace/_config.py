@@ -186,6 +186,27 @@ def _exporters_from_env() -> list[Any]:
     return out
 
 
+def _metrics_exporters_from_env() -> list[Any]:
+    """``OTEL_METRICS_EXPORTER=otlp``: the rollups go out as OTLP metrics too
+    (``OTLPMetricsExporter``, configured by the ``OTEL_EXPORTER_OTLP_[METRICS_]*`` variables).
+    Other names belong to an OpenTelemetry metrics SDK the application may run beside this one:
+    they are left to it (warned about once), not an error."""
+    out: list[Any] = []
+    for raw in (_env("OTEL_METRICS_EXPORTER") or "none").split(","):
+        name = raw.strip().lower()
+        if name == "otlp" and not out:
+            from pitchey_trace.exporters import OTLPMetricsExporter
+
+            out.append(OTLPMetricsExporter())
+        elif name not in ("otlp", "none", ""):
+            _safety.warn_once(
+                "otel_metrics_exporter",
+                "OTEL_METRICS_EXPORTER=%s: not an exporter of this SDK (ignored)",
+                name,
+            )
+    return out
+
+
 def _propagators_from_env() -> None:
     """Apply ``OTEL_PROPAGATORS`` unless the application already chose its propagators."""
     from pitchey_trace import propagation
@@ -352,7 +373,7 @@ def configure(
             schedule_delay_ms = DEFAULT_SCHEDULE_DELAY_S * 1000
     if exporters is None:
         # (disabled: none are made, so an exporter's own variables cannot fail a switched-off SDK)
-        exporters = [] if disabled else _exporters_from_env()
+        exporters = [] if disabled else _exporters_from_env() + _metrics_exporters_from_env()
     exporters = list_of("exporters", exporters)
     processors = list_of("processors", () if processors is None else processors)
     for exp in exporters:

@@ -76,10 +76,12 @@ _OTEL_READ = frozenset(
         "OTEL_SPAN_EVENT_COUNT_LIMIT",
         "OTEL_SPAN_LINK_COUNT_LIMIT",
         "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
     }
     | {
         f"OTEL_EXPORTER_OTLP_{signal}{setting}"
-        for signal in ("", "TRACES_")
+        for signal in ("", "TRACES_", "METRICS_")
         for setting in (
             "ENDPOINT",
             "PROTOCOL",

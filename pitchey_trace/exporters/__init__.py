@@ -2,7 +2,8 @@
 
 An exporter is any object with ``export(batch) -> bool`` (``batch`` is a list of sanitized
 schema-v1 record dicts, which it must not mutate), and optionally ``force_flush(timeout)``,
-``shutdown(timeout)``, ``after_fork()``, a ``name`` and a ``datasets`` set restricting which
+``shutdown(timeout)``, ``after_fork()``, ``bind_resource(resource)`` (called as the pipeline
+starts, with the process's resource attributes), a ``name`` and a ``datasets`` set restricting which
 datasets (``traces``, ``audit``, ``performance``) it receives. Each runs on its own worker
 thread; it may block or retry there without affecting the application.
 """
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # optional-dependency exporters load on first use
     from pitchey_trace.exporters.local_archive import LocalArchiveExporter
     from pitchey_trace.exporters.logpush import LogpushExporter
     from pitchey_trace.exporters.otlp import OTLPExporter
+    from pitchey_trace.exporters.otlp_metrics import OTLPMetricsExporter
     from pitchey_trace.exporters.zipkin import ZipkinExporter
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "LocalArchiveExporter",
     "LogpushExporter",
     "OTLPExporter",
+    "OTLPMetricsExporter",
     "RetryPolicy",
     "ZipkinExporter",
 ]
@@ -39,6 +42,7 @@ _LAZY = {
     "LocalArchiveExporter": "pitchey_trace.exporters.local_archive",
     "LogpushExporter": "pitchey_trace.exporters.logpush",
     "OTLPExporter": "pitchey_trace.exporters.otlp",
+    "OTLPMetricsExporter": "pitchey_trace.exporters.otlp_metrics",
     "RetryPolicy": "pitchey_trace.exporters._http",
     "ZipkinExporter": "pitchey_trace.exporters.zipkin",
 }

@@ -46,7 +46,8 @@ def _grpc() -> Any:
 
 
 class GrpcSender:
-    """Calls ``TraceService/Export`` on one target over a reused channel, with retries.
+    """Calls ``TraceService/Export`` (or ``method``: the metrics service's) on one target over a
+    reused channel, with retries.
 
     ``url``: ``http://host:port`` (plaintext) or ``https://host:port`` (TLS with the system's
     roots, or ``ca_file``'s certificates); a path is ignored, as gRPC has none. ``headers``
@@ -58,6 +59,7 @@ class GrpcSender:
         url: str,
         *,
         counter: str,
+        method: str = EXPORT_METHOD,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 10.0,
         compress: bool = True,
@@ -76,6 +78,7 @@ class GrpcSender:
         self.target = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 4317)}"
         self._tls = parts.scheme == "https"
         self.counter = counter
+        self.method = method
         self.timeout_s = timeout_s
         self.compress = compress
         self.retry = retry or RetryPolicy()
@@ -114,7 +117,7 @@ class GrpcSender:
                 else grpc.insecure_channel(self.target, options=options)
             )
             # No (de)serializers: the request and the answer stay bytes (our own encoding).
-            self._call = self._channel.unary_unary(EXPORT_METHOD)
+            self._call = self._channel.unary_unary(self.method)
         return self._call
 
     def send(self, payload: bytes) -> HttpResult:

@@ -23,7 +23,7 @@ from pitchey_trace._json import dumps, loads
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._grpc import GrpcSender
+from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
 from pitchey_trace.records import Record
@@ -157,11 +157,11 @@ def encode_otlp_protobuf(
     return encode_otlp_proto(resource_groups(records), scope_name, _scope_version(scope_version))
 
 
-def _otlp_env(setting: str) -> str | None:
-    """``OTEL_EXPORTER_OTLP_TRACES_<setting>``, else ``OTEL_EXPORTER_OTLP_<setting>`` (the
+def _otlp_env(setting: str, signal: str = "TRACES") -> str | None:
+    """``OTEL_EXPORTER_OTLP_<signal>_<setting>``, else ``OTEL_EXPORTER_OTLP_<setting>`` (the
     signal-specific variable wins, as the OTLP exporter specification says); None when neither
     is set to something."""
-    for name in (f"OTEL_EXPORTER_OTLP_TRACES_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_{setting}", f"OTEL_EXPORTER_OTLP_{setting}"):
         value = os.environ.get(name)
         if value and value.strip():
             return value
@@ -177,29 +177,105 @@ def _env_headers(text: str | None) -> dict[str, str]:
     return out
 
 
-def _resolve_grpc_endpoint(endpoint: str | None) -> str:
+def _resolve_grpc_endpoint(endpoint: str | None, signal: str = "TRACES") -> str:
     """gRPC: the endpoint as given (a path means nothing to gRPC); without a scheme,
-    ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE`` chooses plaintext over TLS, as the spec says."""
+    ``OTEL_EXPORTER_OTLP_[<signal>_]INSECURE`` chooses plaintext over TLS, as the spec says."""
     if endpoint is None:
-        endpoint = _otlp_env("ENDPOINT") or DEFAULT_GRPC_ENDPOINT
+        endpoint = _otlp_env("ENDPOINT", signal) or DEFAULT_GRPC_ENDPOINT
     if "://" not in endpoint:
-        insecure = _otlp_env("INSECURE") or ""
+        insecure = _otlp_env("INSECURE", signal) or ""
         endpoint = ("http://" if insecure.strip().lower() == "true" else "https://") + endpoint
     return endpoint
 
 
-def _resolve_endpoint(endpoint: str | None) -> str:
-    if endpoint is not None and not isinstance(endpoint, str):
-        raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
+def _resolve_endpoint(endpoint: str | None, signal: str = "TRACES") -> str:
+    path = f"/v1/{signal.lower()}"
     if endpoint is None:
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        endpoint = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
         if endpoint:
             return endpoint
         base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        return base.rstrip("/") + "/v1/traces" if base else DEFAULT_ENDPOINT
+        return base.rstrip("/") + path if base else f"http://localhost:4318{path}"
     if urlsplit(endpoint).path in ("", "/"):
-        return endpoint.rstrip("/") + "/v1/traces"
+        return endpoint.rstrip("/") + path
     return endpoint
+
+
+def otlp_sender(
+    signal: str,
+    counter: str,
+    grpc_method: str,
+    endpoint: str | None,
+    *,
+    headers: Mapping[str, str] | None,
+    compression: str | None,
+    timeout_s: float | None,
+    retry: RetryPolicy | None,
+    protocol: str | None,
+    certificate_file: str | None,
+    client_certificate_file: str | None,
+    client_key_file: str | None,
+) -> tuple[HttpSender | GrpcSender, str]:
+    """The sender and protocol of an OTLP exporter for ``signal`` (``TRACES``, ``METRICS``):
+    each setting from its argument, else ``OTEL_EXPORTER_OTLP_<signal>_*``, else
+    ``OTEL_EXPORTER_OTLP_*``, else the specification's default. Raises ConfigurationError."""
+    if protocol is None:
+        protocol = _otlp_env("PROTOCOL", signal) or "http/protobuf"
+    protocol = str(protocol).strip().lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigurationError(f"protocol must be 'http/protobuf', 'http/json' or 'grpc', got {protocol!r}")
+    if compression == "default":
+        compression = (_otlp_env("COMPRESSION", signal) or "gzip").strip().lower()
+    if compression not in ("gzip", "none", None):
+        raise ConfigurationError(f"compression must be 'gzip' or None, got {compression!r}")
+    if timeout_s is None:
+        env_timeout = _otlp_env("TIMEOUT", signal)
+        try:
+            timeout_s = float(env_timeout) / 1000.0 if env_timeout else 10.0
+        except ValueError:
+            raise ConfigurationError(
+                f"OTEL_EXPORTER_OTLP_[{signal}_]TIMEOUT must be milliseconds, got {env_timeout!r}"
+            ) from None
+    if headers is None:
+        headers = _env_headers(_otlp_env("HEADERS", signal))
+    if certificate_file is None:
+        certificate_file = _otlp_env("CERTIFICATE", signal)
+    if client_certificate_file is None and client_key_file is None:
+        client_certificate_file = _otlp_env("CLIENT_CERTIFICATE", signal)
+        client_key_file = _otlp_env("CLIENT_KEY", signal)
+    if retry is None:
+        retry = RetryPolicy(retry_statuses=frozenset({429, 502, 503, 504}))
+    if protocol == "grpc":
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
+        grpc_sender = GrpcSender(
+            _resolve_grpc_endpoint(endpoint, signal),
+            counter=counter,
+            method=grpc_method,
+            headers=headers,
+            timeout_s=timeout_s,
+            compress=compression == "gzip",
+            retry=retry,
+            ca_file=certificate_file,
+            client_cert_file=client_certificate_file,
+            client_key_file=client_key_file,
+        )
+        return grpc_sender, protocol
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
+    http_sender = HttpSender(
+        _resolve_endpoint(endpoint, signal),
+        counter=counter,
+        headers=headers,  # checked there (header_map)
+        timeout_s=timeout_s,
+        compress=compression == "gzip",
+        retry=retry,
+        content_type="application/x-protobuf" if protocol == "http/protobuf" else "application/json",
+        ca_file=certificate_file,
+        client_cert_file=client_certificate_file,
+        client_key_file=client_key_file,
+    )
+    return http_sender, protocol
 
 
 class OTLPExporter(SenderExporter):
@@ -251,67 +327,25 @@ class OTLPExporter(SenderExporter):
         client_certificate_file: str | None = None,
         client_key_file: str | None = None,
     ) -> None:
-        if protocol is None:
-            protocol = _otlp_env("PROTOCOL") or "http/protobuf"
-        protocol = str(protocol).strip().lower()
-        if protocol not in PROTOCOLS:
-            raise ConfigurationError(
-                f"protocol must be 'http/protobuf', 'http/json' or 'grpc', got {protocol!r}"
-            )
-        if compression == "default":
-            compression = (_otlp_env("COMPRESSION") or "gzip").strip().lower()
-        if compression not in ("gzip", "none", None):
-            raise ConfigurationError(f"compression must be 'gzip' or None, got {compression!r}")
-        if timeout_s is None:
-            env_timeout = _otlp_env("TIMEOUT")
-            try:
-                timeout_s = float(env_timeout) / 1000.0 if env_timeout else 10.0
-            except ValueError:
-                raise ConfigurationError(
-                    f"OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT must be milliseconds, got {env_timeout!r}"
-                ) from None
         positive_int("max_spans_per_request", max_spans_per_request)
         text("scope_name", scope_name)
         text("name", name)
-        if headers is None:
-            headers = _env_headers(_otlp_env("HEADERS"))
-        if certificate_file is None:
-            certificate_file = _otlp_env("CERTIFICATE")
-        if client_certificate_file is None and client_key_file is None:
-            client_certificate_file = _otlp_env("CLIENT_CERTIFICATE")
-            client_key_file = _otlp_env("CLIENT_KEY")
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
         self.scope_name = scope_name
-        self.protocol = protocol
-        if retry is None:
-            retry = RetryPolicy(retry_statuses=frozenset({429, 502, 503, 504}))
-        if protocol == "grpc":
-            if endpoint is not None and not isinstance(endpoint, str):
-                raise TypeError(f"endpoint must be a URL (str) or None, got {endpoint!r}")
-            self._sender = GrpcSender(
-                _resolve_grpc_endpoint(endpoint),
-                counter="otlp",
-                headers=headers,
-                timeout_s=timeout_s,
-                compress=compression == "gzip",
-                retry=retry,
-                ca_file=certificate_file,
-                client_cert_file=client_certificate_file,
-                client_key_file=client_key_file,
-            )
-            return
-        self._sender = HttpSender(
-            _resolve_endpoint(endpoint),
-            counter="otlp",
-            headers=headers,  # checked there (header_map)
+        self._sender, self.protocol = otlp_sender(
+            "TRACES",
+            "otlp",
+            EXPORT_METHOD,
+            endpoint,
+            headers=headers,
+            compression=compression,
             timeout_s=timeout_s,
-            compress=compression == "gzip",
             retry=retry,
-            content_type="application/x-protobuf" if protocol == "http/protobuf" else "application/json",
-            ca_file=certificate_file,
-            client_cert_file=client_certificate_file,
+            protocol=protocol,
+            certificate_file=certificate_file,
+            client_certificate_file=client_certificate_file,
             client_key_file=client_key_file,
         )
 
@@ -348,8 +382,9 @@ class OTLPExporter(SenderExporter):
         return f"OTLPExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"
 
 
-def _partial_rejected(body: bytes) -> int:
-    """``partialSuccess.rejectedSpans`` of an OTLP response, JSON or binary protobuf (0 when
+def _partial_rejected(body: bytes, json_key: str = "rejectedSpans") -> int:
+    """``partialSuccess.rejectedSpans`` (or ``json_key``: metrics say ``rejectedDataPoints``;
+    field 1 in both binary forms) of an OTLP response, JSON or binary protobuf (0 when
     absent or unreadable). A JSON object cannot be mistaken for the binary form: "{" would be a
     group start, which the response message does not have."""
     if not body:
@@ -358,6 +393,6 @@ def _partial_rejected(body: bytes) -> int:
         return partial_rejected_proto(body)
     try:
         doc = loads(body)
-        return int(doc.get("partialSuccess", {}).get("rejectedSpans", 0) or 0)
+        return int(doc.get("partialSuccess", {}).get(json_key, 0) or 0)
     except (ValueError, TypeError, AttributeError):
         return 0

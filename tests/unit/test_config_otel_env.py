@@ -296,16 +296,16 @@ def test_config_command_reports_bad_and_disabled_setups(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert main(["config"]) == 0
     assert "disabled" in capsys.readouterr().out
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")  # nothing here reads it
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")  # nothing here reads it
     monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")  # read by OpenTelemetry's packages
     assert main(["config", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["enabled"] is False
-    assert "OTEL_METRICS_EXPORTER" in info["unread_otel_variables"]
+    assert "OTEL_LOGS_EXPORTER" in info["unread_otel_variables"]
     assert "OTEL_PYTHON_EXCLUDED_URLS" not in info["unread_otel_variables"]
     assert "OTEL_SDK_DISABLED" not in info["unread_otel_variables"]
     assert main(["config"]) == 0
-    assert "not read     OTEL_METRICS_EXPORTER" in capsys.readouterr().out
+    assert "not read     OTEL_LOGS_EXPORTER" in capsys.readouterr().out
 
 
 def test_a_disabled_sdk_makes_no_exporter_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -330,3 +330,22 @@ def test_the_config_commands_list_covers_every_variable_the_package_reads() -> N
     }
     assert named, "the scan found nothing: the pattern is wrong"
     assert named <= _OTEL_READ, sorted(named - _OTEL_READ)
+
+
+def test_otel_metrics_exporter_adds_the_metrics_exporter(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pitchey_trace import _config
+    from pitchey_trace.exporters import OTLPMetricsExporter
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp, otlp")
+    [exporter] = _config._metrics_exporters_from_env()
+    assert isinstance(exporter, OTLPMetricsExporter)
+    assert exporter.datasets == frozenset({"performance"})
+    # Another metrics SDK's exporter names are its own business: ignored, said once, no error.
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    with caplog.at_level("WARNING", logger="pitchey_trace"):
+        assert _config._metrics_exporters_from_env() == []
+    assert "OTEL_METRICS_EXPORTER=prometheus" in caplog.text
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    assert _config._metrics_exporters_from_env() == []

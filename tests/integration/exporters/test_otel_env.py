@@ -57,3 +57,49 @@ def test_otel_environment_alone_configures_export_resource_propagation(
     [span] = rs.scope_spans[0].spans
     assert span.name == "GET /pitches"
     assert span.trace_id.hex() == trace_id
+
+
+METRICS_APP = """
+import pitchey_trace as pt
+pt.configure()
+for i in range(200):
+    with pt.span("GET /pitches/{id}", kind=pt.SpanKind.SERVER):
+        pass
+pt.shutdown(20)
+"""
+
+
+def test_otel_metrics_exporter_sends_the_rollups_as_metrics(http_server: RecordingServer) -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PITCHEY_TRACE_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        OTEL_SERVICE_NAME="pitch-api",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_TRACES_SAMPLER="traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.05",
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url,
+        OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta",
+        PITCHEY_TRACE_KEEP_ERRORS="false",
+    )
+    subprocess.run([sys.executable, "-c", METRICS_APP], env=env, cwd=REPO, timeout=60, check=True)
+    assert http_server.wait_requests(2)
+    by_path: dict[str, list[bytes]] = {}
+    for req in http_server.requests:
+        by_path.setdefault(req.path, []).append(req.body)
+    [body] = by_path["/v1/metrics"]
+    msg = ExportMetricsServiceRequest.FromString(body)
+    [metric] = [
+        m for m in msg.resource_metrics[0].scope_metrics[0].metrics if m.name == "traces.span.metrics.calls"
+    ]
+    assert metric.sum.aggregation_temporality == 1  # delta, from the preference variable
+    assert sum(p.as_int for p in metric.sum.data_points) == 200
+    traced = sum(
+        len(ss.spans)
+        for body in by_path["/v1/traces"]
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+    )
+    assert traced < 100  # (5% of the traces were kept; every span was counted)

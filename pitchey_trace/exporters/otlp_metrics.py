@@ -1,0 +1,653 @@
+"""OTLPMetricsExporter: the rollups as OpenTelemetry metrics, to any OTLP backend.
+
+The rollups (``pitchey_trace.processors.Rollups``) count every span before sampling, so the
+request rate, error rate and latency histogram they carry are exact at any sample rate. This
+exporter turns each rollup record into the two metrics OpenTelemetry Collector's span-metrics
+connector produces, under the same names and attributes, so the dashboards and alerts written
+for those work unchanged:
+
+- ``traces.span.metrics.calls``: a monotonic sum of spans, by ``service.name``, ``span.name``,
+  ``span.kind`` (``SPAN_KIND_SERVER``, ...) and ``status.code`` (``STATUS_CODE_ERROR`` for
+  error spans, ``STATUS_CODE_UNSET`` for the others);
+- ``traces.span.metrics.duration``: a histogram of span durations (``ms`` by default), by
+  ``service.name``, ``span.name`` and ``span.kind``: exponential (base-2 buckets, read from the
+  rollup's sketch) or with explicit bounds.
+
+Cumulative temporality (the default, as the OpenTelemetry SDK's) keeps one running total per
+series in the exporter, so a request that is lost is made up by the next one; delta sends each
+rollup's own minute. Optionally the SDK's own counters (``pt.stats()``) go along as
+``pitchey_trace.<counter>`` sums.
+
+The payload is an ``ExportMetricsServiceRequest``: binary protobuf (``http/protobuf``), the
+OTLP JSON encoding (``http/json``), or gRPC (``MetricsService/Export``), written here from the
+opentelemetry-proto metrics schema. Field numbers, from
+``opentelemetry/proto/{collector/metrics,metrics}/v1/*.proto``:
+
+    ExportMetricsServiceRequest  1 resource_metrics
+    ResourceMetrics              1 resource, 2 scope_metrics
+    ScopeMetrics                 1 scope, 2 metrics
+    Metric                       1 name, 2 description, 3 unit, 7 sum, 9 histogram,
+                                 10 exponential_histogram
+    Sum                          1 data_points, 2 aggregation_temporality, 3 is_monotonic
+    Histogram / ExponentialHistogram  1 data_points, 2 aggregation_temporality
+    NumberDataPoint              7 attributes, 2 start_time_unix_nano, 3 time_unix_nano (fixed64),
+                                 6 as_int (sfixed64)
+    HistogramDataPoint           9 attributes, 2 / 3 times, 4 count (fixed64), 5 sum,
+                                 6 bucket_counts (packed fixed64), 7 explicit_bounds (packed
+                                 double), 11 min, 12 max
+    ExponentialHistogramDataPoint 1 attributes, 2 / 3 times, 4 count, 5 sum, 6 scale (sint32),
+                                 7 zero_count (fixed64), 8 positive, 12 min, 13 max,
+                                 14 zero_threshold
+    Buckets                      1 offset (sint32), 2 bucket_counts (packed uint64)
+    ExportMetricsServiceResponse 1 partial_success { 1 rejected_data_points, 2 error_message }
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import struct
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pitchey_trace import _stats
+from pitchey_trace._json import dumps
+from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch
+from pitchey_trace._validate import datasets as valid_datasets
+from pitchey_trace._validate import positive_int, text
+from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
+from pitchey_trace.exporters._otlp_proto import _field, _key_values, _text, _varint
+from pitchey_trace.exporters.otlp import _kv, _otlp_env, _partial_rejected, _scope_version, otlp_sender
+from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
+from pitchey_trace.records import Record
+
+__all__ = [
+    "CALLS_METRIC",
+    "DEFAULT_BOUNDS_MS",
+    "DURATION_METRIC",
+    "OTLPMetricsExporter",
+    "explicit_buckets",
+    "exponential_buckets",
+]
+
+CALLS_METRIC = "traces.span.metrics.calls"
+DURATION_METRIC = "traces.span.metrics.duration"
+EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+#: The span-metrics connector's default histogram bounds, in milliseconds.
+DEFAULT_BOUNDS_MS = (
+    *(2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0),
+    *(1000.0, 1400.0, 2000.0, 5000.0, 10000.0, 15000.0),
+)
+_UNITS = {"ms": 1.0, "s": 1e-3}
+_TEMPORALITY = {"delta": 1, "cumulative": 2}
+_KIND = {
+    "internal": "SPAN_KIND_INTERNAL",
+    "server": "SPAN_KIND_SERVER",
+    "client": "SPAN_KIND_CLIENT",
+    "producer": "SPAN_KIND_PRODUCER",
+    "consumer": "SPAN_KIND_CONSUMER",
+}
+_OK, _ERROR = "STATUS_CODE_UNSET", "STATUS_CODE_ERROR"
+# An OpenTelemetry instrument name: what a counter must look like to become a metric name.
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,240}")
+_DOUBLE = struct.Struct("<d").pack
+_FIXED64 = struct.Struct("<Q").pack
+_U64 = (1 << 64) - 1
+
+
+# -- histograms from a rollup's sketch ----------------------------------------------------------
+def _values(sketch: DurationSketch, factor: float, low: float, high: float) -> Iterable[tuple[float, int]]:
+    """(value in the exported unit, count) per sketch bucket: the bucket's representative value,
+    kept within the record's exact min and max (one duration repeated lands where it belongs)."""
+    for index, count in sorted(sketch.bins.items()):
+        yield min(high, max(low, sketch._value(index))) * factor, count
+
+
+def exponential_buckets(
+    sketch: DurationSketch, factor: float = 1.0, max_size: int = 160, low: float = 0.0, high: float = math.inf
+) -> tuple[int, int, list[int]]:
+    """(scale, offset, counts) of an OpenTelemetry exponential histogram holding ``sketch``'s
+    values (times ``factor``). Bucket ``offset + j`` is ``(base**k, base**(k+1)]`` with
+    ``base = 2**(2**-scale)``. The scale starts as fine as the sketch's own buckets (scale 5 for
+    1% accuracy) and is lowered, halving the buckets each step, until at most ``max_size``
+    remain, as OpenTelemetry SDKs do; the sketch's zero bucket is the histogram's."""
+    scale = min(20, math.floor(math.log2(math.log(2.0) / math.log(sketch.gamma))))
+    indexes: dict[int, int] = {}
+    for value, count in _values(sketch, factor, low, high):
+        if value > 0.0:
+            k = math.ceil(math.log2(value) * 2.0**scale) - 1
+            indexes[k] = indexes.get(k, 0) + count
+    if not indexes:
+        return scale, 0, []
+    lo, hi = min(indexes), max(indexes)
+    while hi - lo + 1 > max_size and scale > -10:
+        scale -= 1
+        lo, hi = lo >> 1, hi >> 1  # (an arithmetic shift: floor, for negative indexes too)
+        folded: dict[int, int] = {}
+        for k, count in indexes.items():
+            folded[k >> 1] = folded.get(k >> 1, 0) + count
+        indexes = folded
+    return scale, lo, [indexes.get(k, 0) for k in range(lo, hi + 1)]
+
+
+def explicit_buckets(
+    sketch: DurationSketch,
+    bounds: Sequence[float],
+    factor: float = 1.0,
+    low: float = 0.0,
+    high: float = math.inf,
+) -> list[int]:
+    """Counts per explicit bucket ``(bounds[i-1], bounds[i]]`` (``len(bounds) + 1`` of them, the
+    last unbounded above) of ``sketch``'s values times ``factor``; zeros go to the first."""
+    counts = [0] * (len(bounds) + 1)
+    counts[0] = sketch.zero_count
+    for value, count in _values(sketch, factor, low, high):
+        i = 0
+        while i < len(bounds) and value > bounds[i]:
+            i += 1
+        counts[i] += count
+    return counts
+
+
+# -- the request, as a tree in the JSON form's shape, and its two encodings ---------------------
+# message -> JSON key -> (field number, type, message of a nested field)
+_SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
+    "request": {"resourceMetrics": (1, "messages", "resource_metrics")},
+    "resource_metrics": {
+        "resource": (1, "message", "resource"),
+        "scopeMetrics": (2, "messages", "scope_metrics"),
+    },
+    "resource": {"attributes": (1, "attributes", "")},
+    "scope_metrics": {"scope": (1, "message", "scope"), "metrics": (2, "messages", "metric")},
+    "scope": {"name": (1, "string", ""), "version": (2, "string", "")},
+    "metric": {
+        "name": (1, "string", ""),
+        "description": (2, "string", ""),
+        "unit": (3, "string", ""),
+        "sum": (7, "message", "sum"),
+        "histogram": (9, "message", "histogram"),
+        "exponentialHistogram": (10, "message", "exponential_histogram"),
+    },
+    "sum": {
+        "dataPoints": (1, "messages", "number_point"),
+        "aggregationTemporality": (2, "varint", ""),
+        "isMonotonic": (3, "bool", ""),
+    },
+    "histogram": {
+        "dataPoints": (1, "messages", "histogram_point"),
+        "aggregationTemporality": (2, "varint", ""),
+    },
+    "exponential_histogram": {
+        "dataPoints": (1, "messages", "exponential_point"),
+        "aggregationTemporality": (2, "varint", ""),
+    },
+    "number_point": {
+        "attributes": (7, "attributes", ""),
+        "startTimeUnixNano": (2, "fixed64", ""),
+        "timeUnixNano": (3, "fixed64", ""),
+        "asInt": (6, "fixed64", ""),  # sfixed64: the same eight bytes for a value >= 0
+    },
+    "histogram_point": {
+        "attributes": (9, "attributes", ""),
+        "startTimeUnixNano": (2, "fixed64", ""),
+        "timeUnixNano": (3, "fixed64", ""),
+        "count": (4, "fixed64", ""),
+        "sum": (5, "double", ""),
+        "bucketCounts": (6, "packed_fixed64", ""),
+        "explicitBounds": (7, "packed_double", ""),
+        "min": (11, "double", ""),
+        "max": (12, "double", ""),
+    },
+    "exponential_point": {
+        "attributes": (1, "attributes", ""),
+        "startTimeUnixNano": (2, "fixed64", ""),
+        "timeUnixNano": (3, "fixed64", ""),
+        "count": (4, "fixed64", ""),
+        "sum": (5, "double", ""),
+        "scale": (6, "sint32", ""),
+        "zeroCount": (7, "fixed64", ""),
+        "positive": (8, "message", "buckets"),
+        "min": (12, "double", ""),
+        "max": (13, "double", ""),
+        "zeroThreshold": (14, "double", ""),
+    },
+    "buckets": {"offset": (1, "sint32", ""), "bucketCounts": (2, "packed_varint", "")},
+}
+
+
+def _zigzag(n: int) -> int:
+    return n << 1 if n >= 0 else ((-n) << 1) - 1
+
+
+def _proto(message: str, node: Mapping[str, Any]) -> bytearray:
+    out = bytearray()
+    fields = _SCHEMA[message]
+    for key, value in node.items():
+        number, kind, nested = fields[key]
+        if kind == "string":
+            _field(number, _text(value), out)
+        elif kind == "message":
+            _field(number, _proto(nested, value), out)
+        elif kind == "messages":
+            for item in value:
+                _field(number, _proto(nested, item), out)
+        elif kind == "attributes":
+            out += _key_values(value, number)
+        elif kind == "fixed64":
+            out.append(number << 3 | 1)
+            out += _FIXED64(int(value) & _U64)
+        elif kind == "double":
+            out.append(number << 3 | 1)
+            out += _DOUBLE(float(value))
+        elif kind == "bool":
+            out += bytes((number << 3, 1 if value else 0))
+        elif kind in ("varint", "sint32"):
+            out.append(number << 3)
+            _varint(_zigzag(value) if kind == "sint32" else value, out)
+        elif kind == "packed_fixed64":
+            _field(number, b"".join(_FIXED64(int(v) & _U64) for v in value), out)
+        elif kind == "packed_double":
+            _field(number, b"".join(_DOUBLE(float(v)) for v in value), out)
+        else:  # packed_varint
+            packed = bytearray()
+            for v in value:
+                _varint(int(v), packed)
+            _field(number, packed, out)
+    return out
+
+
+def _json(message: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """The OTLP JSON form: 64-bit integers as decimal strings, enums as their numbers."""
+    out: dict[str, Any] = {}
+    fields = _SCHEMA[message]
+    for key, value in node.items():
+        _, kind, nested = fields[key]
+        if kind == "message":
+            out[key] = _json(nested, value)
+        elif kind == "messages":
+            out[key] = [_json(nested, item) for item in value]
+        elif kind == "attributes":
+            out[key] = _kv(value)
+        elif kind == "fixed64":
+            out[key] = str(int(value))
+        elif kind in ("packed_fixed64", "packed_varint"):
+            out[key] = [str(int(v)) for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+# -- series ---------------------------------------------------------------------------------------
+class _Series:
+    """One (service, environment, operation, kind): what a record adds, or a running total."""
+
+    __slots__ = ("count", "errors", "high", "low", "sketch", "start_ns", "sum", "time_ns")
+
+    def __init__(self, start_ns: int, time_ns: int, relative_accuracy: float) -> None:
+        self.start_ns = start_ns
+        self.time_ns = time_ns
+        self.count = self.errors = 0
+        self.sum = 0.0
+        self.low, self.high = math.inf, -math.inf
+        self.sketch = DurationSketch(relative_accuracy)
+
+    def add(self, record: Mapping[str, Any], sketch: DurationSketch) -> None:
+        self.count += int(record["count"])
+        self.errors += int(record["errors"])
+        self.sum += float(record["duration_sum_ms"])
+        self.low = min(self.low, float(record["duration_min_ms"]))
+        self.high = max(self.high, float(record["duration_max_ms"]))
+        self.sketch.merge(sketch)
+
+
+_Key = tuple[str, str, str, str]  # service, environment, operation, kind
+
+
+def _key(record: Mapping[str, Any]) -> _Key:
+    return str(record["service"]), str(record["environment"]), str(record["operation"]), str(record["kind"])
+
+
+def _window(record: Mapping[str, Any]) -> tuple[int, int]:
+    """The record's interval; a partial one (emitted by a flush) ends now, not in the future
+    (backends refuse points from the future)."""
+    start = int(record["minute_start_unix_nano"])
+    end = start + int(record["interval_s"]) * 1_000_000_000
+    return start, max(start + 1, min(end, time.time_ns()))
+
+
+class OTLPMetricsExporter(SenderExporter):
+    """Send the rollups as OpenTelemetry metrics (request counts, errors, duration histograms)
+    to an OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
+
+    Args:
+        endpoint: full URL (``http://collector:4318/v1/metrics``); a URL without a path gets
+            ``/v1/metrics``. Default: ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``, else
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/metrics``, else
+            ``http://localhost:4318/v1/metrics``. For gRPC ``http(s)://host:port``.
+        temporality: ``"cumulative"`` (running totals since the exporter started) or ``"delta"``
+            (each rollup's own interval). Default: ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``
+            (``delta`` and ``lowmemory`` mean delta here), else cumulative.
+        histogram: ``"exponential"`` (default) or ``"explicit"`` (``bounds``).
+        bounds: explicit histogram bounds in ``unit`` (default: the span-metrics connector's,
+            2 ms to 15 s).
+        max_buckets: at most this many exponential buckets per point (default 160, as
+            OpenTelemetry SDKs; the scale is lowered to fit).
+        unit: ``"ms"`` (default, as the span-metrics connector) or ``"s"``.
+        max_series: running totals kept (cumulative); the spans of operations beyond it are
+            counted under operation ``_other`` (counter ``otlp_metrics.series_overflow``).
+        sdk_stats: also send the SDK's own counters (``pt.stats()``) as ``pitchey_trace.<name>``
+            sums, each time rollups are sent (default True).
+        headers, compression, timeout_s, retry, protocol, certificate_file,
+        client_certificate_file, client_key_file: as :class:`OTLPExporter`, read from the
+            ``OTEL_EXPORTER_OTLP_METRICS_*`` variables first, then ``OTEL_EXPORTER_OTLP_*``.
+
+    Takes the ``performance`` dataset (rollup records); other records are skipped (counted
+    ``otlp_metrics.skipped``). Counters: ``otlp_metrics.points``, ``.requests``, ``.retried``,
+    ``.failed``, ``.rejected``, ``.partial_rejected``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        temporality: str | None = None,
+        histogram: str = "exponential",
+        bounds: Sequence[float] | None = None,
+        max_buckets: int = 160,
+        unit: str = "ms",
+        max_series: int = 10_000,
+        sdk_stats: bool = True,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = "default",
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        datasets: Iterable[str] | None = ("performance",),
+        scope_name: str = "pitchey_trace",
+        name: str = "otlp_metrics",
+        protocol: str | None = None,
+        certificate_file: str | None = None,
+        client_certificate_file: str | None = None,
+        client_key_file: str | None = None,
+    ) -> None:
+        if temporality is None:
+            preference = (_otlp_env("TEMPORALITY_PREFERENCE", "METRICS") or "cumulative").strip().lower()
+            if preference not in ("cumulative", "delta", "lowmemory"):
+                raise ConfigurationError(
+                    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE must be cumulative, delta or "
+                    f"lowmemory, got {preference!r}"
+                )
+            temporality = "cumulative" if preference == "cumulative" else "delta"
+        if temporality not in _TEMPORALITY:
+            raise ConfigurationError(f"temporality must be 'cumulative' or 'delta', got {temporality!r}")
+        if histogram not in ("exponential", "explicit"):
+            raise ConfigurationError(f"histogram must be 'exponential' or 'explicit', got {histogram!r}")
+        if unit not in _UNITS:
+            raise ConfigurationError(f"unit must be 'ms' or 's', got {unit!r}")
+        if bounds is None:
+            bounds = tuple(b * _UNITS[unit] for b in DEFAULT_BOUNDS_MS)
+        try:
+            checked = tuple(float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"bounds must be numbers, got {bounds!r}") from None
+        if any(not math.isfinite(b) for b in checked) or any(a >= b for a, b in itertools.pairwise(checked)):
+            raise ConfigurationError(f"bounds must be finite and increasing, got {bounds!r}")
+        positive_int("max_buckets", max_buckets)
+        positive_int("max_series", max_series)
+        if not isinstance(sdk_stats, bool):
+            raise TypeError(f"sdk_stats must be True or False, got {sdk_stats!r}")
+        text("scope_name", scope_name)
+        text("name", name)
+        self.name = name
+        self.datasets = valid_datasets(datasets)
+        self.temporality = temporality
+        self.histogram = histogram
+        self.bounds = checked
+        self.max_buckets = max_buckets
+        self.unit = unit
+        self.max_series = max_series
+        self.sdk_stats = sdk_stats
+        self.scope_name = scope_name
+        self._sender, self.protocol = otlp_sender(
+            "METRICS",
+            "otlp_metrics",
+            EXPORT_METHOD,
+            endpoint,
+            headers=headers,
+            compression=compression,
+            timeout_s=timeout_s,
+            retry=retry,
+            protocol=protocol,
+            certificate_file=certificate_file,
+            client_certificate_file=client_certificate_file,
+            client_key_file=client_key_file,
+        )
+        self._resource: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._begin()
+
+    def _begin(self) -> None:
+        """Start the running totals from zero now (at construction, and in a forked child)."""
+        self._started_ns = time.time_ns()
+        self._series: dict[_Key, _Series] = {}
+        self._stats_base = _stats.snapshot()  # (a forked child inherits its parent's counters)
+        self._stats_sent = dict(self._stats_base)
+        self._stats_sent_ns = self._started_ns
+
+    # -- pipeline hooks ------------------------------------------------------------------------
+    def bind_resource(self, resource: Mapping[str, Any]) -> None:
+        """Called by the pipeline as it starts: the process's resource (``service.instance.id``
+        tells the processes' series apart)."""
+        self._resource = dict(resource)
+
+    def after_fork(self) -> None:
+        """A forked child is a new process: its series start again from zero."""
+        super().after_fork()
+        self._lock = threading.Lock()
+        self._begin()
+
+    @property
+    def endpoint(self) -> str:
+        """The resolved endpoint: the ``/v1/metrics`` URL, or the gRPC target's URL."""
+        return self._sender.url
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, batch: Sequence[Record]) -> bool:
+        """Send the metrics of the rollup records in ``batch``; False if the request was given up."""
+        rollups = [r for r in batch if r.get("type") == "rollup"]
+        if len(rollups) != len(batch):
+            _stats.incr("otlp_metrics.skipped", len(batch) - len(rollups))
+        if not rollups:
+            return True
+        request = self.request(rollups)
+        points = sum(
+            len(m[kind]["dataPoints"])
+            for rm in request["resourceMetrics"]
+            for sm in rm["scopeMetrics"]
+            for m in sm["metrics"]
+            for kind in ("sum", "histogram", "exponentialHistogram")
+            if kind in m
+        )
+        if self.protocol == "http/json":
+            payload = dumps(_json("request", request))
+        else:
+            payload = bytes(_proto("request", request))
+        result = self._sender.send(payload)
+        if not result.ok:
+            return False
+        _stats.incr("otlp_metrics.points", points)
+        rejected = _partial_rejected(result.body, "rejectedDataPoints")
+        if rejected:
+            _stats.incr("otlp_metrics.partial_rejected", rejected)
+        return True
+
+    def request(self, rollups: Iterable[Record]) -> dict[str, Any]:
+        """The ``ExportMetricsServiceRequest`` for rollup records, in the JSON form's shape
+        (attributes as mappings); cumulative series are updated. Malformed records are
+        skipped (counted ``otlp_metrics.bad_record``)."""
+        with self._lock:
+            by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
+            if self.temporality == "delta":
+                for record in merge_rollups(rollups):
+                    series = self._delta(record)
+                    if series is not None:
+                        key = _key(record)
+                        by_service.setdefault(key[:2], []).append((key, series))
+            else:
+                touched: dict[_Key, _Series] = {}
+                for record in rollups:
+                    self._accumulate(record, touched)
+                for key, series in touched.items():
+                    by_service.setdefault(key[:2], []).append((key, series))
+            stats_metrics = self._stats_metrics() if self.sdk_stats else []
+        resource_metrics = []
+        for (service, environment), items in by_service.items():
+            resource = {**self._resource, "service.name": service, "deployment.environment.name": environment}
+            metrics = self._metrics(items)
+            if stats_metrics and service == self._resource.get("service.name", service):
+                metrics += stats_metrics
+                stats_metrics = []
+            resource_metrics.append(self._resource_metrics(resource, metrics))
+        if stats_metrics:  # (rollups of another service only: the SDK's counters still go)
+            resource_metrics.append(self._resource_metrics(dict(self._resource), stats_metrics))
+        return {"resourceMetrics": resource_metrics}
+
+    def _resource_metrics(self, resource: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        scope = {"name": self.scope_name, "version": _scope_version(None)}
+        return {"resource": {"attributes": resource}, "scopeMetrics": [{"scope": scope, "metrics": metrics}]}
+
+    def _parsed(self, record: Mapping[str, Any]) -> tuple[tuple[int, int], DurationSketch] | None:
+        try:
+            window = _window(record)
+            sketch = DurationSketch.from_dict(record["sketch"])
+            int(record["count"]), int(record["errors"]), float(record["duration_sum_ms"])
+            float(record["duration_min_ms"]), float(record["duration_max_ms"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            _stats.incr("otlp_metrics.bad_record")
+            return None
+        return window, sketch
+
+    def _delta(self, record: Mapping[str, Any]) -> _Series | None:
+        parsed = self._parsed(record)
+        if parsed is None:
+            return None
+        (start, end), sketch = parsed
+        series = _Series(start, end, sketch.relative_accuracy)
+        series.add(record, sketch)
+        return series
+
+    def _accumulate(self, record: Mapping[str, Any], touched: dict[_Key, _Series]) -> None:
+        parsed = self._parsed(record)
+        if parsed is None:
+            return
+        (_, end), sketch = parsed
+        key = _key(record)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= self.max_series:
+                _stats.incr("otlp_metrics.series_overflow", int(record["count"]))
+                key = (key[0], key[1], OTHER_OPERATION, key[3])
+                series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(self._started_ns, end, sketch.relative_accuracy)
+        try:
+            series.add(record, sketch)
+        except ValueError:  # a sketch of another accuracy cannot be merged into the total
+            _stats.incr("otlp_metrics.bad_record")
+            return
+        series.time_ns = max(series.time_ns, end, series.start_ns + 1)
+        touched[key] = series
+
+    def _metrics(self, items: list[tuple[_Key, _Series]]) -> list[dict[str, Any]]:
+        temporality = _TEMPORALITY[self.temporality]
+        factor = _UNITS[self.unit]
+        calls: list[dict[str, Any]] = []
+        durations: list[dict[str, Any]] = []
+        for (service, _, operation, kind), s in items:
+            attributes = {"service.name": service, "span.name": operation, "span.kind": _KIND.get(kind, kind)}
+            times = {"startTimeUnixNano": s.start_ns, "timeUnixNano": s.time_ns}
+            for status, count in ((_OK, s.count - s.errors), (_ERROR, s.errors)):
+                # (a cumulative series always says how many went well; errors once there were some)
+                if count or (status == _OK and self.temporality == "cumulative"):
+                    calls.append(
+                        {"attributes": {**attributes, "status.code": status}, **times, "asInt": count}
+                    )
+            if not s.count:
+                continue
+            point: dict[str, Any] = {
+                "attributes": attributes,
+                **times,
+                "count": s.count,
+                "sum": s.sum * factor,
+            }
+            if self.histogram == "explicit":
+                point["bucketCounts"] = explicit_buckets(s.sketch, self.bounds, factor, s.low, s.high)
+                point["explicitBounds"] = list(self.bounds)
+            else:
+                scale, offset, counts = exponential_buckets(s.sketch, factor, self.max_buckets, s.low, s.high)
+                point["scale"] = scale
+                point["zeroCount"] = s.sketch.zero_count
+                point["zeroThreshold"] = MIN_INDEXABLE * factor
+                point["positive"] = {"offset": offset, "bucketCounts": counts}
+            point["min"] = s.low * factor
+            point["max"] = s.high * factor
+            durations.append(point)
+        out: list[dict[str, Any]] = [
+            {
+                "name": CALLS_METRIC,
+                "description": "Spans, from every span before sampling.",
+                "unit": "{span}",
+                "sum": {"dataPoints": calls, "aggregationTemporality": temporality, "isMonotonic": True},
+            }
+        ]
+        if durations:
+            histogram = "histogram" if self.histogram == "explicit" else "exponentialHistogram"
+            out.append(
+                {
+                    "name": DURATION_METRIC,
+                    "description": "Span durations, from every span before sampling.",
+                    "unit": self.unit,
+                    histogram: {"dataPoints": durations, "aggregationTemporality": temporality},
+                }
+            )
+        return out
+
+    def _stats_metrics(self) -> list[dict[str, Any]]:
+        """The SDK's counters: since the exporter started (cumulative), or since the last
+        request (delta)."""
+        now = time.time_ns()
+        current = _stats.snapshot()
+        out: list[dict[str, Any]] = []
+        for counter, value in current.items():
+            if not _METRIC_NAME.fullmatch(counter):
+                continue
+            if self.temporality == "cumulative":
+                if value < self._stats_base.get(counter, 0):  # (the counters were reset: from 0)
+                    self._stats_base[counter] = 0
+                start, amount = self._started_ns, value - self._stats_base.get(counter, 0)
+            else:
+                start, amount = self._stats_sent_ns, value - self._stats_sent.get(counter, 0)
+                amount = value if amount < 0 else amount
+            out.append(
+                {
+                    "name": f"pitchey_trace.{counter}",
+                    "unit": "1",
+                    "sum": {
+                        "dataPoints": [{"startTimeUnixNano": start, "timeUnixNano": now, "asInt": amount}],
+                        "aggregationTemporality": _TEMPORALITY[self.temporality],
+                        "isMonotonic": True,
+                    },
+                }
+            )
+        self._stats_sent = current
+        self._stats_sent_ns = now
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"OTLPMetricsExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r}, "
+            f"temporality={self.temporality!r}, histogram={self.histogram!r})"
+        )

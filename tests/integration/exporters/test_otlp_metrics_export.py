@@ -1,0 +1,173 @@
+"""OTLPMetricsExporter behind a real pipeline, to real servers on 127.0.0.1 (OTLP/HTTP with
+binary protobuf and JSON, OTLP/gRPC), decoded with the official opentelemetry-proto classes:
+the metrics count every span, sampled or not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+import pitchey_trace as pt
+from pitchey_trace import _stats
+from pitchey_trace.exporters import InMemoryExporter, OTLPMetricsExporter
+from pitchey_trace.exporters._http import RetryPolicy
+from pitchey_trace.exporters.otlp_metrics import CALLS_METRIC, DURATION_METRIC, EXPORT_METHOD
+from tests.integration.exporters.servers import RecordingServer, Reply
+
+pytestmark = pytest.mark.integration
+
+
+def traffic(n: int, errors: int) -> None:
+    """``n`` requests, the first ``errors`` of them failing, each with a database call."""
+    for i in range(n):
+        with pt.span("GET /pitches/{id}", kind=pt.SpanKind.SERVER) as span:
+            with pt.span("SELECT pitches", kind=pt.SpanKind.CLIENT):
+                pass
+            if i < errors:
+                span.set_status("error", "boom")
+
+
+def metrics(msg: ExportMetricsServiceRequest) -> dict[str, Any]:
+    return {m.name: m for rm in msg.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+
+
+def attrs(point: Any) -> dict[str, str]:
+    return {kv.key: kv.value.string_value for kv in point.attributes}
+
+
+def calls(msg: ExportMetricsServiceRequest) -> dict[tuple[str, str], int]:
+    return {
+        (attrs(p)["span.name"], attrs(p)["status.code"]): p.as_int
+        for p in metrics(msg)[CALLS_METRIC].sum.data_points
+    }
+
+
+def test_every_span_is_counted_at_a_low_sample_rate(http_server: RecordingServer) -> None:
+    spans = InMemoryExporter()
+    pt.configure(
+        service="pitch-api",
+        sample_rate=0.1,
+        keep_errors=False,
+        slow_threshold_ms=None,
+        exporters=[spans, OTLPMetricsExporter(http_server.url)],
+    )
+    traffic(200, errors=9)
+    assert pt.force_flush(20)
+    assert http_server.wait_requests(1)
+    [req] = http_server.requests
+    assert req.path == "/v1/metrics"
+    assert req.headers["Content-Type"] == "application/x-protobuf"
+    assert req.headers.get("Content-Encoding") == "gzip"
+    msg = ExportMetricsServiceRequest.FromString(req.body)
+    assert calls(msg) == {
+        ("GET /pitches/{id}", "STATUS_CODE_UNSET"): 191,
+        ("GET /pitches/{id}", "STATUS_CODE_ERROR"): 9,
+        ("SELECT pitches", "STATUS_CODE_UNSET"): 200,
+    }
+    sampled = [r for r in spans.records if r["type"] == "span"]
+    assert len(sampled) < 200  # (the traces were sampled; the metrics were not)
+    [rm] = msg.resource_metrics
+    resource = {kv.key: kv.value for kv in rm.resource.attributes}
+    assert resource["service.instance.id"].string_value == sampled[0]["resource"]["service.instance.id"]
+    hist = {attrs(p)["span.name"]: p for p in metrics(msg)[DURATION_METRIC].exponential_histogram.data_points}
+    assert hist["GET /pitches/{id}"].count == 200
+    assert hist["SELECT pitches"].count == 200
+    assert hist["GET /pitches/{id}"].max >= hist["SELECT pitches"].max  # (each request holds its query)
+    # The SDK's own counters went along.
+    assert metrics(msg)["pitchey_trace.accepted"].sum.data_points[0].as_int >= 400
+    assert _stats.get("otlp_metrics.points") > 0
+
+
+def test_json_protocol(http_server: RecordingServer) -> None:
+    pt.configure(
+        service="pitch-api",
+        exporters=[OTLPMetricsExporter(http_server.url, protocol="http/json", histogram="explicit")],
+    )
+    traffic(20, errors=2)
+    assert pt.force_flush(20)
+    assert http_server.wait_requests(1)
+    [req] = http_server.requests
+    assert req.headers["Content-Type"] == "application/json"
+    msg = json_format.Parse(req.body, ExportMetricsServiceRequest())
+    assert calls(msg)[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 2
+    [point] = [
+        p for p in metrics(msg)[DURATION_METRIC].histogram.data_points
+        if attrs(p)["span.name"] == "GET /pitches/{id}"
+    ]  # fmt: skip
+    assert sum(point.bucket_counts) == point.count == 20
+    assert len(point.explicit_bounds) == len(point.bucket_counts) - 1
+
+
+def test_a_lost_request_is_made_up_by_the_next_cumulative_one(http_server: RecordingServer) -> None:
+    http_server.reply(Reply(status=500))  # (not retried: the request is given up)
+    pt.configure(
+        service="pitch-api",
+        exporters=[OTLPMetricsExporter(http_server.url, retry=RetryPolicy(max_attempts=1), sdk_stats=False)],
+    )
+    traffic(30, errors=0)
+    pt.force_flush(20)
+    traffic(12, errors=1)
+    assert pt.force_flush(20)
+    assert http_server.wait_requests(2)
+    first, second = (ExportMetricsServiceRequest.FromString(r.body) for r in http_server.requests)
+    assert calls(first)[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 30
+    assert calls(second)[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 30 + 11  # running totals
+    assert calls(second)[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 1
+    assert _stats.get("dropped.export_failed.otlp_metrics") > 0
+
+
+def test_partial_success_is_counted(http_server: RecordingServer) -> None:
+    answer = ExportMetricsServiceResponse()
+    answer.partial_success.rejected_data_points = 3
+    http_server.reply(Reply(body=answer.SerializeToString()))
+    pt.configure(service="pitch-api", exporters=[OTLPMetricsExporter(http_server.url)])
+    traffic(5, errors=0)
+    assert pt.force_flush(20)
+    assert _stats.get("otlp_metrics.partial_rejected") == 3
+
+
+@pytest.fixture
+def grpc_collector() -> Iterator[tuple[int, list[tuple[ExportMetricsServiceRequest, dict[str, str]]]]]:
+    received: list[tuple[ExportMetricsServiceRequest, dict[str, str]]] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        received.append(
+            (ExportMetricsServiceRequest.FromString(request), dict(context.invocation_metadata()))
+        )
+        return ExportMetricsServiceResponse().SerializeToString()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    service, method = EXPORT_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(export)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port, received
+    server.stop(None)
+
+
+def test_grpc_metrics_service(
+    grpc_collector: tuple[int, list[tuple[ExportMetricsServiceRequest, dict[str, str]]]],
+) -> None:
+    port, received = grpc_collector
+    exporter = OTLPMetricsExporter(
+        f"http://127.0.0.1:{port}", protocol="grpc", temporality="delta", headers={"X-Tenant": "growth"}
+    )
+    pt.configure(service="pitch-api", exporters=[exporter])
+    traffic(15, errors=4)
+    assert pt.force_flush(20)
+    [(msg, metadata)] = received
+    assert metadata["x-tenant"] == "growth"
+    assert calls(msg)[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 4
+    assert metrics(msg)[CALLS_METRIC].sum.aggregation_temporality == 1  # delta
