@@ -378,6 +378,19 @@ class MetricsReceiver:
                                 latest[key] = (at, int(point["asInt"]))
         return {key: count for key, (_, count) in latest.items()}
 
+    def exemplar_traces(self) -> set[str]:
+        """The trace ids the duration histograms' exemplars point to."""
+        return {
+            exemplar["traceId"]
+            for request in self.requests
+            for rm in request["resourceMetrics"]
+            for sm in rm["scopeMetrics"]
+            for metric in sm["metrics"]
+            if metric["name"] == "traces.span.metrics.duration"
+            for point in metric["exponentialHistogram"]["dataPoints"]
+            for exemplar in point.get("exemplars", ())
+        }
+
 
 def pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
@@ -591,6 +604,12 @@ class Report:
             f"traces.span.metrics.calls counts {served} server spans, {failed} of them errors"
         )
         self.check("OTLP metrics count every traced request", served == self.served)
+        linked = receiver.exemplar_traces()
+        print(
+            f"  exemplars (the slowest kept span of each point) link to {len(linked)} traces, "
+            f"{len(linked & set(self.traces))} of them in the archive"
+        )
+        self.check("every exemplar links to an archived trace", bool(linked) and linked <= set(self.traces))
         self.check(
             "OTLP metrics count every 5xx as an error",
             failed == sum(1 for r in self.plan if r.route != "/healthz" and r.status >= 500),

@@ -15,8 +15,9 @@ for those work unchanged:
 
 Cumulative temporality (the default, as the OpenTelemetry SDK's) keeps one running total per
 series in the exporter, so a request that is lost is made up by the next one; delta sends each
-rollup's own minute. Optionally the SDK's own counters (``pt.stats()``) go along as
-``pitchey_trace.<counter>`` sums.
+rollup's own minute. Exemplars link each duration point to the slowest exported span of its
+interval and each error count to an error span. Optionally the SDK's own counters
+(``pt.stats()``) go along as ``pitchey_trace.<counter>`` sums.
 
 The payload is an ``ExportMetricsServiceRequest``: binary protobuf (``http/protobuf``), the
 OTLP JSON encoding (``http/json``), or gRPC (``MetricsService/Export``), written here from the
@@ -60,7 +61,7 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import _field, _key_values, _text, _varint
+from pitchey_trace.exporters._otlp_proto import _field, _hex_id, _key_values, _text, _varint
 from pitchey_trace.exporters.otlp import _kv, _otlp_env, _partial_rejected, _scope_version, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
@@ -190,6 +191,7 @@ _SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
         "startTimeUnixNano": (2, "fixed64", ""),
         "timeUnixNano": (3, "fixed64", ""),
         "asInt": (6, "fixed64", ""),  # sfixed64: the same eight bytes for a value >= 0
+        "exemplars": (5, "messages", "exemplar"),
     },
     "histogram_point": {
         "attributes": (9, "attributes", ""),
@@ -201,6 +203,7 @@ _SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
         "explicitBounds": (7, "packed_double", ""),
         "min": (11, "double", ""),
         "max": (12, "double", ""),
+        "exemplars": (8, "messages", "exemplar"),
     },
     "exponential_point": {
         "attributes": (1, "attributes", ""),
@@ -214,8 +217,16 @@ _SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
         "min": (12, "double", ""),
         "max": (13, "double", ""),
         "zeroThreshold": (14, "double", ""),
+        "exemplars": (11, "messages", "exemplar"),
     },
     "buckets": {"offset": (1, "sint32", ""), "bucketCounts": (2, "packed_varint", "")},
+    "exemplar": {
+        "timeUnixNano": (2, "fixed64", ""),
+        "asDouble": (3, "double", ""),
+        "asInt": (6, "fixed64", ""),
+        "spanId": (4, "hex_id", ""),
+        "traceId": (5, "hex_id", ""),
+    },
 }
 
 
@@ -237,6 +248,8 @@ def _proto(message: str, node: Mapping[str, Any]) -> bytearray:
                 _field(number, _proto(nested, item), out)
         elif kind == "attributes":
             out += _key_values(value, number)
+        elif kind == "hex_id":  # (the JSON form keeps the hex text, as OTLP JSON says)
+            _field(number, _hex_id(value), out)
         elif kind == "fixed64":
             out.append(number << 3 | 1)
             out += _FIXED64(int(value) & _U64)
@@ -282,6 +295,10 @@ def _json(message: str, node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- series ---------------------------------------------------------------------------------------
+def _exemplar(item: _Exemplar, field: str, value: float) -> dict[str, Any]:
+    return {"timeUnixNano": item[1], field: value, "spanId": item[3], "traceId": item[2]}
+
+
 class _Series:
     """One (service, environment, operation, kind): what a record adds, or a running total."""
 
@@ -305,6 +322,10 @@ class _Series:
 
 
 _Key = tuple[str, str, str, str]  # service, environment, operation, kind
+#: An exemplar candidate: a kept span's duration (ms), end time, trace id and span id (hex).
+_Exemplar = tuple[float, int, str, str]
+_MINUTE_NS = 60_000_000_000
+_CANDIDATE_MINUTES = 4  # minutes of candidates kept per series, waiting for their rollup
 
 
 def _key(record: Mapping[str, Any]) -> _Key:
@@ -341,13 +362,16 @@ class OTLPMetricsExporter(SenderExporter):
             counted under operation ``_other`` (counter ``otlp_metrics.series_overflow``).
         sdk_stats: also send the SDK's own counters (``pt.stats()``) as ``pitchey_trace.<name>``
             sums, each time rollups are sent (default True).
+        exemplars: attach exemplars from the exported span records (default True; the
+            exporter then also takes the ``traces`` dataset unless ``datasets`` is given).
         headers, compression, timeout_s, retry, protocol, certificate_file,
         client_certificate_file, client_key_file: as :class:`OTLPExporter`, read from the
             ``OTEL_EXPORTER_OTLP_METRICS_*`` variables first, then ``OTEL_EXPORTER_OTLP_*``.
 
-    Takes the ``performance`` dataset (rollup records); other records are skipped (counted
-    ``otlp_metrics.skipped``). Counters: ``otlp_metrics.points``, ``.requests``, ``.retried``,
-    ``.failed``, ``.rejected``, ``.partial_rejected``.
+    The metrics come from the ``performance`` dataset (rollup records); records that are neither
+    rollups nor spans are skipped (counted ``otlp_metrics.skipped``). Counters:
+    ``otlp_metrics.points``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
+    ``.partial_rejected``.
     """
 
     def __init__(
@@ -361,11 +385,12 @@ class OTLPMetricsExporter(SenderExporter):
         unit: str = "ms",
         max_series: int = 10_000,
         sdk_stats: bool = True,
+        exemplars: bool = True,
         headers: Mapping[str, str] | None = None,
         compression: str | None = "default",
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
-        datasets: Iterable[str] | None = ("performance",),
+        datasets: Iterable[str] | None = None,
         scope_name: str = "pitchey_trace",
         name: str = "otlp_metrics",
         protocol: str | None = None,
@@ -399,6 +424,10 @@ class OTLPMetricsExporter(SenderExporter):
         positive_int("max_series", max_series)
         if not isinstance(sdk_stats, bool):
             raise TypeError(f"sdk_stats must be True or False, got {sdk_stats!r}")
+        if not isinstance(exemplars, bool):
+            raise TypeError(f"exemplars must be True or False, got {exemplars!r}")
+        if datasets is None:
+            datasets = ("performance", "traces") if exemplars else ("performance",)
         text("scope_name", scope_name)
         text("name", name)
         self.name = name
@@ -410,6 +439,7 @@ class OTLPMetricsExporter(SenderExporter):
         self.unit = unit
         self.max_series = max_series
         self.sdk_stats = sdk_stats
+        self.exemplars = exemplars
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "METRICS",
@@ -433,6 +463,8 @@ class OTLPMetricsExporter(SenderExporter):
         """Start the running totals from zero now (at construction, and in a forked child)."""
         self._started_ns = time.time_ns()
         self._series: dict[_Key, _Series] = {}
+        # series -> minute of the span's end -> [slowest kept span, latest kept error span]
+        self._candidates: dict[_Key, dict[int, list[_Exemplar | None]]] = {}
         self._stats_base = _stats.snapshot()  # (a forked child inherits its parent's counters)
         self._stats_sent = dict(self._stats_base)
         self._stats_sent_ns = self._started_ns
@@ -458,8 +490,12 @@ class OTLPMetricsExporter(SenderExporter):
     def export(self, batch: Sequence[Record]) -> bool:
         """Send the metrics of the rollup records in ``batch``; False if the request was given up."""
         rollups = [r for r in batch if r.get("type") == "rollup"]
-        if len(rollups) != len(batch):
-            _stats.incr("otlp_metrics.skipped", len(batch) - len(rollups))
+        spans = [r for r in batch if r.get("type") == "span"] if self.exemplars else []
+        if len(rollups) + len(spans) != len(batch):
+            _stats.incr("otlp_metrics.skipped", len(batch) - len(rollups) - len(spans))
+        if spans:
+            with self._lock:
+                self._observe(spans)
         if not rollups:
             return True
         request = self.request(rollups)
@@ -489,20 +525,24 @@ class OTLPMetricsExporter(SenderExporter):
         (attributes as mappings); cumulative series are updated. Malformed records are
         skipped (counted ``otlp_metrics.bad_record``)."""
         with self._lock:
-            by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
-            if self.temporality == "delta":
-                for record in merge_rollups(rollups):
-                    series = self._delta(record)
-                    if series is not None:
-                        key = _key(record)
-                        by_service.setdefault(key[:2], []).append((key, series))
-            else:
-                touched: dict[_Key, _Series] = {}
-                for record in rollups:
-                    self._accumulate(record, touched)
-                for key, series in touched.items():
+            return self._request(rollups)
+
+    def _request(self, rollups: Iterable[Record]) -> dict[str, Any]:
+        """:meth:`request`, with the lock held."""
+        by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
+        if self.temporality == "delta":
+            for record in merge_rollups(rollups):
+                series = self._delta(record)
+                if series is not None:
+                    key = _key(record)
                     by_service.setdefault(key[:2], []).append((key, series))
-            stats_metrics = self._stats_metrics() if self.sdk_stats else []
+        else:
+            touched: dict[_Key, _Series] = {}
+            for record in rollups:
+                self._accumulate(record, touched)
+            for key, series in touched.items():
+                by_service.setdefault(key[:2], []).append((key, series))
+        stats_metrics = self._stats_metrics() if self.sdk_stats else []
         resource_metrics = []
         for (service, environment), items in by_service.items():
             resource = {**self._resource, "service.name": service, "deployment.environment.name": environment}
@@ -513,7 +553,71 @@ class OTLPMetricsExporter(SenderExporter):
             resource_metrics.append(self._resource_metrics(resource, metrics))
         if stats_metrics:  # (rollups of another service only: the SDK's counters still go)
             resource_metrics.append(self._resource_metrics(dict(self._resource), stats_metrics))
+        self._prune_candidates()
         return {"resourceMetrics": resource_metrics}
+
+    # -- exemplars: kept spans that show what a point counts ---------------------------------
+    def _observe(self, spans: Iterable[Record]) -> None:
+        """Remember, per series and minute, the slowest span and the latest error span among
+        the exported (sampled or kept) span records: the exemplars of the next points, so a
+        latency spike or an error count links to a trace the trace backend has."""
+        candidates = self._candidates
+        for r in spans:
+            try:
+                key = (str(r["service"]), str(r["environment"]), str(r["name"]), str(r["kind"]))
+                item = (float(r["duration_ms"]), int(r["end_time_unix_nano"]), r["trace_id"], r["span_id"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            slots = candidates.get(key)
+            if slots is None:
+                if len(candidates) >= self.max_series:
+                    continue
+                slots = candidates[key] = {}
+            minute = item[1] // _MINUTE_NS
+            slot = slots.get(minute)
+            if slot is None:
+                if len(slots) >= _CANDIDATE_MINUTES:
+                    del slots[min(slots)]
+                slot = slots[minute] = [None, None]
+            slowest, error = slot
+            if slowest is None or item[0] > slowest[0]:
+                slot[0] = item
+            if r.get("status") == "error" and (error is None or item[1] >= error[1]):
+                slot[1] = item
+
+    def _take_exemplars(self, key: _Key, low: int, high: int) -> tuple[_Exemplar | None, _Exemplar | None]:
+        """The slowest and the latest error candidate of ``key`` that ended in ``[low, high]``.
+        Every candidate that ended by ``high`` is used up (this point covers its time); later
+        ones wait for a later point."""
+        slots = self._candidates.get(key)
+        slowest = error = None
+        if not slots:
+            return None, None
+        for minute in sorted(slots):
+            slot = slots[minute]
+            s, e = slot
+            if s is not None and low <= s[1] <= high and (slowest is None or s[0] > slowest[0]):
+                slowest = s
+            if e is not None and low <= e[1] <= high and (error is None or e[1] >= error[1]):
+                error = e
+            for i, item in enumerate(slot):
+                if item is not None and item[1] <= high:
+                    slot[i] = None
+            if slot[0] is None and slot[1] is None:
+                del slots[minute]
+        if not slots:
+            del self._candidates[key]
+        return slowest, error
+
+    def _prune_candidates(self) -> None:
+        """Forget candidates no rollup came for (a series that stopped, or one over the cap)."""
+        oldest = time.time_ns() // _MINUTE_NS - 2 * _CANDIDATE_MINUTES
+        for key in list(self._candidates):
+            slots = self._candidates[key]
+            for minute in [m for m in slots if m < oldest]:
+                del slots[minute]
+            if not slots:
+                del self._candidates[key]
 
     def _resource_metrics(self, resource: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
         scope = {"name": self.scope_name, "version": _scope_version(None)}
@@ -566,15 +670,18 @@ class OTLPMetricsExporter(SenderExporter):
         factor = _UNITS[self.unit]
         calls: list[dict[str, Any]] = []
         durations: list[dict[str, Any]] = []
-        for (service, _, operation, kind), s in items:
+        for key, s in items:
+            service, _, operation, kind = key
             attributes = {"service.name": service, "span.name": operation, "span.kind": _KIND.get(kind, kind)}
             times = {"startTimeUnixNano": s.start_ns, "timeUnixNano": s.time_ns}
+            slowest, error = self._take_exemplars(key, s.start_ns, s.time_ns)
             for status, count in ((_OK, s.count - s.errors), (_ERROR, s.errors)):
                 # (a cumulative series always says how many went well; errors once there were some)
                 if count or (status == _OK and self.temporality == "cumulative"):
-                    calls.append(
-                        {"attributes": {**attributes, "status.code": status}, **times, "asInt": count}
-                    )
+                    call = {"attributes": {**attributes, "status.code": status}, **times, "asInt": count}
+                    if status == _ERROR and error is not None:
+                        call["exemplars"] = [_exemplar(error, "asInt", 1)]
+                    calls.append(call)
             if not s.count:
                 continue
             point: dict[str, Any] = {
@@ -594,6 +701,8 @@ class OTLPMetricsExporter(SenderExporter):
                 point["positive"] = {"offset": offset, "bucketCounts": counts}
             point["min"] = s.low * factor
             point["max"] = s.high * factor
+            if slowest is not None:
+                point["exemplars"] = [_exemplar(slowest, "asDouble", slowest[0] * factor)]
             durations.append(point)
         out: list[dict[str, Any]] = [
             {

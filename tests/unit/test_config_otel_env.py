@@ -341,7 +341,7 @@ def test_otel_metrics_exporter_adds_the_metrics_exporter(
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp, otlp")
     [exporter] = _config._metrics_exporters_from_env()
     assert isinstance(exporter, OTLPMetricsExporter)
-    assert exporter.datasets == frozenset({"performance"})
+    assert exporter.datasets == frozenset({"performance", "traces"})
     # Another metrics SDK's exporter names are its own business: ignored, said once, no error.
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
     with caplog.at_level("WARNING", logger="pitchey_trace"):

@@ -4,6 +4,7 @@ parser, which must give the same message)."""
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import random
@@ -75,9 +76,22 @@ def decoded(exp: OTLPMetricsExporter, records: list[dict[str, Any]]) -> ExportMe
     the same message."""
     tree = exp.request(records)
     msg = ExportMetricsServiceRequest.FromString(bytes(_proto("request", tree)))
-    from_json = json_format.Parse(dumps(_json("request", tree)), ExportMetricsServiceRequest())
+    from_json = json_format.Parse(dumps(base64_ids(_json("request", tree))), ExportMetricsServiceRequest())
     assert from_json == msg
     return msg
+
+
+def base64_ids(node: Any) -> Any:
+    """OTLP JSON writes trace and span ids in hex, protobuf's JSON parser reads bytes as
+    base64: the ids converted for it (everything else as it is)."""
+    if isinstance(node, list):
+        return [base64_ids(v) for v in node]
+    if isinstance(node, dict):
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode() if k in ("traceId", "spanId") else base64_ids(v)
+            for k, v in node.items()
+        }
+    return node
 
 
 def metrics(msg: ExportMetricsServiceRequest) -> dict[str, Any]:
@@ -341,6 +355,94 @@ def test_after_fork_the_series_start_again() -> None:
 def test_other_records_are_skipped_and_an_empty_batch_sends_nothing() -> None:
     _stats.reset()
     exp = exporter()
+    assert exp.datasets == frozenset({"performance", "traces"})  # (spans: for the exemplars)
     assert exp.export([{"type": "span"}, {"type": "audit"}]) is True  # (nothing to send: no request)
-    assert _stats.get("otlp_metrics.skipped") == 2
+    assert _stats.get("otlp_metrics.skipped") == 1
     assert _stats.get("otlp_metrics.requests") == 0
+    assert exporter(exemplars=False).datasets == frozenset({"performance"})
+
+
+def span_record(
+    name: str, duration_ms: float, end_ns: int, status: str = "unset", n: int = 0
+) -> dict[str, Any]:
+    return {
+        "type": "span",
+        "service": "pitch-api",
+        "environment": "test",
+        "name": name,
+        "kind": "server",
+        "trace_id": f"{n + 1:032x}",
+        "span_id": f"{n + 1:016x}",
+        "duration_ms": duration_ms,
+        "end_time_unix_nano": end_ns,
+        "status": status,
+    }
+
+
+def test_exemplars_link_points_to_kept_spans() -> None:
+    import time
+
+    exp = exporter()
+    end = time.time_ns()
+    minute = end - end % MINUTE
+    name = "GET /pitches/{id}"
+    exp.export(
+        [
+            span_record(name, 12.0, end - 3, n=0),
+            span_record(name, 480.0, end - 2, n=1),  # the slowest
+            span_record(name, 30.0, end - 1, status="error", n=2),  # the latest error
+            span_record(name, 5.0, end, status="error", n=3),
+            span_record("GET /health", 1.0, end, n=4),  # (no rollup in this request: kept for later)
+        ]
+    )
+    msg = decoded(exp, [rollup([12.0, 480.0, 30.0, 5.0], errors=2, minute=minute)])
+    [point] = metrics(msg)[DURATION_METRIC].exponential_histogram.data_points
+    [slowest] = point.exemplars
+    assert (slowest.trace_id.hex(), slowest.span_id.hex(), slowest.as_double) == (
+        f"{2:032x}",
+        f"{2:016x}",
+        480.0,
+    )
+    assert slowest.time_unix_nano == end - 2
+    by_status = {attrs(p)["status.code"]: p for p in metrics(msg)[CALLS_METRIC].sum.data_points}
+    [error] = by_status["STATUS_CODE_ERROR"].exemplars
+    assert error.span_id.hex() == f"{4:016x}"
+    assert error.as_int == 1
+    assert not by_status["STATUS_CODE_UNSET"].exemplars
+    # Used up: the next request of the same series has none; the other series' waits for its rollup.
+    again = decoded(
+        exp, [rollup([1.0], minute=minute), rollup([1.0], operation="GET /health", minute=minute)]
+    )
+    hist = {
+        attrs(p)["span.name"]: p for p in metrics(again)[DURATION_METRIC].exponential_histogram.data_points
+    }
+    assert not hist[name].exemplars
+    assert hist["GET /health"].exemplars[0].span_id.hex() == f"{5:016x}"
+
+
+def test_delta_exemplars_wait_for_the_rollup_of_their_minute() -> None:
+    import time
+
+    exp = exporter(temporality="delta")
+    now = time.time_ns()
+    m1 = now - now % MINUTE - 3 * MINUTE
+    m2 = m1 + MINUTE
+    exp.export([span_record("op", 7.0, m1 + 5, n=0), span_record("op", 9.0, m2 + 5, n=1)])
+    first = metrics(decoded(exp, [rollup([7.0], operation="op", minute=m1)]))
+    assert [
+        e.span_id.hex() for e in first[DURATION_METRIC].exponential_histogram.data_points[0].exemplars
+    ] == [f"{1:016x}"]
+    second = metrics(decoded(exp, [rollup([9.0], operation="op", minute=m2)]))
+    assert [e.as_double for e in second[DURATION_METRIC].exponential_histogram.data_points[0].exemplars] == [
+        9.0
+    ]
+
+
+def test_without_exemplars_spans_are_not_looked_at() -> None:
+    import time
+
+    exp = exporter(exemplars=False)
+    end = time.time_ns()
+    exp.export([span_record("op", 7.0, end)])
+    msg = decoded(exp, [rollup([7.0], operation="op", minute=end - end % MINUTE)])
+    assert not metrics(msg)[DURATION_METRIC].exponential_histogram.data_points[0].exemplars

@@ -81,6 +81,14 @@ def test_every_span_is_counted_at_a_low_sample_rate(http_server: RecordingServer
     hist = {attrs(p)["span.name"]: p for p in metrics(msg)[DURATION_METRIC].exponential_histogram.data_points}
     assert hist["GET /pitches/{id}"].count == 200
     assert hist["SELECT pitches"].count == 200
+    # The exemplar is the slowest span that was exported: its trace is in the trace backend.
+    [exemplar] = hist["GET /pitches/{id}"].exemplars
+    exported = {(r["trace_id"], r["span_id"]): r for r in sampled}
+    linked = exported[(exemplar.trace_id.hex(), exemplar.span_id.hex())]
+    assert linked["name"] == "GET /pitches/{id}"
+    assert exemplar.as_double == pytest.approx(
+        max(r["duration_ms"] for r in sampled if r["name"] == "GET /pitches/{id}")
+    )
     assert hist["GET /pitches/{id}"].max >= hist["SELECT pitches"].max  # (each request holds its query)
     # The SDK's own counters went along.
     assert metrics(msg)["pitchey_trace.accepted"].sum.data_points[0].as_int >= 400
