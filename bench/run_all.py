@@ -17,6 +17,7 @@ SUITES = [
     "sanitize",
     "logpush",
     "otlp",
+    "otlp_metrics",
     "postgres",
     "asyncpg",
     "celery",

@@ -108,6 +108,15 @@ def _values(sketch: DurationSketch, factor: float, low: float, high: float) -> I
         yield min(high, max(low, sketch._value(index))) * factor, count
 
 
+# (gamma, factor, scale) -> sketch bucket -> exponential bucket, for the unclamped buckets: the
+# same few hundred buckets recur in every rollup. Bounded by the sketch's index range.
+_INDEX_CACHE: dict[tuple[float, float, int], dict[int, int]] = {}
+
+
+def _exponential_index(value: float, scale: int) -> int:
+    return math.ceil(math.log2(value) * 2.0**scale) - 1
+
+
 def exponential_buckets(
     sketch: DurationSketch, factor: float = 1.0, max_size: int = 160, low: float = 0.0, high: float = math.inf
 ) -> tuple[int, int, list[int]]:
@@ -117,10 +126,26 @@ def exponential_buckets(
     1% accuracy) and is lowered, halving the buckets each step, until at most ``max_size``
     remain, as OpenTelemetry SDKs do; the sketch's zero bucket is the histogram's."""
     scale = min(20, math.floor(math.log2(math.log(2.0) / math.log(sketch.gamma))))
+    bins = sketch.bins
     indexes: dict[int, int] = {}
-    for value, count in _values(sketch, factor, low, high):
-        if value > 0.0:
-            k = math.ceil(math.log2(value) * 2.0**scale) - 1
+    if bins:
+        cached = _INDEX_CACHE.get((sketch.gamma, factor, scale))
+        if cached is None:
+            if len(_INDEX_CACHE) >= 16:
+                _INDEX_CACHE.clear()
+            cached = _INDEX_CACHE[(sketch.gamma, factor, scale)] = {}
+        first, last = min(bins), max(bins)
+        for i, count in bins.items():
+            if i in (first, last):  # (only these can hold the exact min or max: clamped)
+                value = min(high, max(low, sketch._value(i))) * factor
+                if value <= 0.0:
+                    continue
+                k = _exponential_index(value, scale)
+            else:
+                known = cached.get(i)
+                k = cached[i] = (
+                    _exponential_index(sketch._value(i) * factor, scale) if known is None else known
+                )
             indexes[k] = indexes.get(k, 0) + count
     if not indexes:
         return scale, 0, []
@@ -268,7 +293,10 @@ def _proto(message: str, node: Mapping[str, Any]) -> bytearray:
         else:  # packed_varint
             packed = bytearray()
             for v in value:
-                _varint(int(v), packed)
+                if 0 <= v < 0x80:  # (most bucket counts: one byte)
+                    packed.append(v)
+                else:
+                    _varint(int(v), packed)
             _field(number, packed, out)
     return out
 
@@ -563,10 +591,10 @@ class OTLPMetricsExporter(SenderExporter):
         latency spike or an error count links to a trace the trace backend has."""
         candidates = self._candidates
         for r in spans:
-            try:
-                key = (str(r["service"]), str(r["environment"]), str(r["name"]), str(r["kind"]))
-                item = (float(r["duration_ms"]), int(r["end_time_unix_nano"]), r["trace_id"], r["span_id"])
-            except (KeyError, TypeError, ValueError):
+            try:  # (span records of this SDK: strs and numbers already; anything odd is passed over)
+                key = (r["service"], r["environment"], r["name"], r["kind"])
+                item = (r["duration_ms"] + 0.0, r["end_time_unix_nano"] + 0, r["trace_id"], r["span_id"])
+            except (KeyError, TypeError):
                 continue
             slots = candidates.get(key)
             if slots is None:
