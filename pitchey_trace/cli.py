@@ -222,6 +222,8 @@ def _run(args: argparse.Namespace) -> int:
         env["PITCHEY_TRACE_SERVICE"] = args.service
     if args.exporter:
         env["PITCHEY_TRACE_EXPORTER"] = args.exporter
+    if args.metrics:
+        env["OTEL_METRICS_EXPORTER"] = args.metrics
     if args.exclude:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
     try:
@@ -242,6 +244,9 @@ def _add_run(sub: Subparsers) -> None:
     )
     p.add_argument("--service", help="service name (sets PITCHEY_TRACE_SERVICE)")
     p.add_argument("--exporter", help="exporters, e.g. console or otlp (sets PITCHEY_TRACE_EXPORTER)")
+    p.add_argument(
+        "--metrics", help="otlp: also send the rollups as OTLP metrics (sets OTEL_METRICS_EXPORTER)"
+    )
     p.add_argument("--exclude", help="libraries to leave alone, comma-separated (e.g. requests,celery)")
     p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments (after --)")
     p.set_defaults(func=_run)

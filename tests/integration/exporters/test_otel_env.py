@@ -103,3 +103,23 @@ def test_otel_metrics_exporter_sends_the_rollups_as_metrics(http_server: Recordi
         for ss in rs.scope_spans
     )
     assert traced < 100  # (5% of the traces were kept; every span was counted)
+
+
+def test_run_with_metrics_sends_them_for_an_unchanged_program(http_server: RecordingServer) -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PITCHEY_TRACE_"))}
+    env.update(PYTHONPATH=str(REPO), OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url)
+    program = (
+        "import pitchey_trace as pt\nfor i in range(50):\n    with pt.span('nightly-job'):\n        pass\n"
+    )
+    cli = [sys.executable, "-m", "pitchey_trace.cli", "run", "--service", "jobs", "--metrics", "otlp"]
+    subprocess.run([*cli, "--", sys.executable, "-c", program], env=env, cwd=REPO, timeout=60, check=True)
+    assert http_server.wait_requests(1)
+    [body] = [r.body for r in http_server.requests if r.path == "/v1/metrics"]
+    [rm] = ExportMetricsServiceRequest.FromString(body).resource_metrics
+    assert {kv.key: kv.value.string_value for kv in rm.resource.attributes}["service.name"] == "jobs"
+    [calls] = [m for m in rm.scope_metrics[0].metrics if m.name == "traces.span.metrics.calls"]
+    assert [(p.as_int, p.attributes[1].value.string_value) for p in calls.sum.data_points] == [
+        (50, "nightly-job")
+    ]
