@@ -136,6 +136,7 @@ class HttpResult:
     body: bytes = b""
     attempts: int = 0
     error: str | None = None
+    rejected: bool = False  # refused as it is (not worth sending again), not merely undelivered
 
 
 def read_pem(path: object, what: str = "CA file", marker: bytes = b"CERTIFICATE-----") -> bytes:
@@ -244,7 +245,7 @@ def with_retries(
                 t.error,
                 t.data[:200],
             )
-            return HttpResult(False, t.status, t.data, attempt, t.error)
+            return HttpResult(False, t.status, t.data, attempt, t.error, rejected=True)
         wait = t.wait if t.wait is not None else policy.backoff(attempt)
         elapsed = time.monotonic() - started
         if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed_s or stop.is_set():

@@ -51,10 +51,11 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pitchey_trace import _stats
+from pitchey_trace import _safety, _stats
+from pitchey_trace._batch import _suppressed_thread
 from pitchey_trace._json import dumps
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch
 from pitchey_trace._validate import datasets as valid_datasets
@@ -484,13 +485,21 @@ class OTLPMetricsExporter(SenderExporter):
             client_key_file=client_key_file,
         )
         self._resource: dict[str, Any] = {}
-        self._lock = threading.Lock()
         self._begin()
 
     def _begin(self) -> None:
         """Start the running totals from zero now (at construction, and in a forked child)."""
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)  # a send finished (force_flush waits on it)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._folded = 0  # rollup batches taken in, and how many of them a send has covered
+        self._covered = 0
         self._started_ns = time.time_ns()
         self._series: dict[_Key, _Series] = {}
+        self._touched: dict[_Key, _Series] = {}  # cumulative: series to send (their totals)
+        self._pending: list[tuple[_Key, _Series]] = []  # delta: intervals to send, oldest first
         # series -> minute of the span's end -> [slowest kept span, latest kept error span]
         self._candidates: dict[_Key, dict[int, list[_Exemplar | None]]] = {}
         self._stats_base = _stats.snapshot()  # (a forked child inherits its parent's counters)
@@ -506,8 +515,32 @@ class OTLPMetricsExporter(SenderExporter):
     def after_fork(self) -> None:
         """A forked child is a new process: its series start again from zero."""
         super().after_fork()
-        self._lock = threading.Lock()
         self._begin()
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Send what was taken in so far; True when it was sent (or given up) in time."""
+        deadline = time.monotonic() + (30.0 if timeout is None else max(0.0, timeout))
+        with self._lock:
+            target = self._folded
+            if self._covered >= target:
+                return True
+            self._wake.set()
+            while self._covered < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._done.wait(left)
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Send what is left, then stop the sender thread and close the connection."""
+        self.force_flush(timeout)
+        self._closed = True
+        self._wake.set()
+        super().shutdown(timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
 
     @property
     def endpoint(self) -> str:
@@ -516,17 +549,52 @@ class OTLPMetricsExporter(SenderExporter):
 
     # -- export --------------------------------------------------------------------------------
     def export(self, batch: Sequence[Record]) -> bool:
-        """Send the metrics of the rollup records in ``batch``; False if the request was given up."""
+        """Take in the rollup records of ``batch`` (and its span records, for exemplars) and
+        wake the sender thread; never waits for the network. While the endpoint is slow or
+        down, nothing piles up in the pipeline: cumulative series keep their totals, which the
+        next request carries; delta intervals wait (at most ``max_series`` of them)."""
         rollups = [r for r in batch if r.get("type") == "rollup"]
         spans = [r for r in batch if r.get("type") == "span"] if self.exemplars else []
         if len(rollups) + len(spans) != len(batch):
             _stats.incr("otlp_metrics.skipped", len(batch) - len(rollups) - len(spans))
-        if spans:
-            with self._lock:
+        with self._lock:
+            if spans:
                 self._observe(spans)
-        if not rollups:
-            return True
-        request = self.request(rollups)
+            if not rollups or self._closed:
+                return True
+            self._fold(rollups)
+            self._folded += 1
+            if self._thread is None:
+                self._thread = _suppressed_thread(self._run, "pitchey-trace-otlp-metrics")
+                self._thread.start()
+        self._wake.set()
+        return True
+
+    def request(self, rollups: Iterable[Record]) -> dict[str, Any]:
+        """The ``ExportMetricsServiceRequest`` for rollup records (and what was taken in
+        before), in the JSON form's shape (attributes as mappings), as the sender would send
+        it next. Malformed records are skipped (counted ``otlp_metrics.bad_record``)."""
+        with self._lock:
+            self._fold(rollups)
+            return self._build()[0]
+
+    def _run(self) -> None:
+        """The sender thread: one request at a time, for everything taken in since the last."""
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                target = self._folded
+            self._send()
+            with self._lock:
+                self._covered = max(self._covered, target)
+                self._done.notify_all()
+
+    def _send(self) -> None:
+        with self._lock:
+            if not self._touched and not self._pending:
+                return
+            request, undo = self._build()
         points = sum(
             len(m[kind]["dataPoints"])
             for rm in request["resourceMetrics"]
@@ -535,41 +603,67 @@ class OTLPMetricsExporter(SenderExporter):
             for kind in ("sum", "histogram", "exponentialHistogram")
             if kind in m
         )
-        if self.protocol == "http/json":
-            payload = dumps(_json("request", request))
-        else:
-            payload = bytes(_proto("request", request))
-        result = self._sender.send(payload)
-        if not result.ok:
-            return False
+        try:
+            if self.protocol == "http/json":
+                payload = dumps(_json("request", request))
+            else:
+                payload = bytes(_proto("request", request))
+            result = self._sender.send(payload)
+        except Exception as exc:  # (never the end of the sender thread)
+            _safety.report("export.otlp_metrics", exc)
+            result = None
+        if result is None or not result.ok:
+            if result is None or not result.rejected:  # (a refused request would be refused again)
+                with self._lock:
+                    undo()
+            return
         _stats.incr("otlp_metrics.points", points)
         rejected = _partial_rejected(result.body, "rejectedDataPoints")
         if rejected:
             _stats.incr("otlp_metrics.partial_rejected", rejected)
-        return True
 
-    def request(self, rollups: Iterable[Record]) -> dict[str, Any]:
-        """The ``ExportMetricsServiceRequest`` for rollup records, in the JSON form's shape
-        (attributes as mappings); cumulative series are updated. Malformed records are
-        skipped (counted ``otlp_metrics.bad_record``)."""
-        with self._lock:
-            return self._request(rollups)
-
-    def _request(self, rollups: Iterable[Record]) -> dict[str, Any]:
-        """:meth:`request`, with the lock held."""
-        by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
+    def _fold(self, rollups: Iterable[Record]) -> None:
+        """Take rollup records in (the lock is held): into the running totals, or as
+        intervals waiting to be sent."""
         if self.temporality == "delta":
             for record in merge_rollups(rollups):
                 series = self._delta(record)
                 if series is not None:
-                    key = _key(record)
-                    by_service.setdefault(key[:2], []).append((key, series))
+                    self._pending.append((_key(record), series))
+            excess = len(self._pending) - self.max_series
+            if excess > 0:  # (the endpoint has been down long: the oldest intervals go)
+                _stats.incr("otlp_metrics.intervals_dropped", excess)
+                del self._pending[:excess]
         else:
-            touched: dict[_Key, _Series] = {}
             for record in rollups:
-                self._accumulate(record, touched)
-            for key, series in touched.items():
-                by_service.setdefault(key[:2], []).append((key, series))
+                self._accumulate(record, self._touched)
+
+    def _build(self) -> tuple[dict[str, Any], Callable[[], None]]:
+        """The request for what is waiting (the lock is held), and how to put it back if the
+        request is given up: cumulative series are marked again (a later request carries
+        their totals then), delta intervals go back in front, the counters' last values too."""
+        if self.temporality == "delta":
+            items, self._pending = self._pending, []
+        else:
+            items, self._touched = list(self._touched.items()), {}
+        sent, sent_ns = self._stats_sent, self._stats_sent_ns
+
+        def undo() -> None:
+            self._stats_sent, self._stats_sent_ns = sent, sent_ns
+            if self.temporality == "delta":
+                self._pending[:0] = items
+                del self._pending[: max(0, len(self._pending) - self.max_series)]
+            else:
+                for key, series in items:
+                    self._touched.setdefault(key, series)
+
+        return self._request(items), undo
+
+    def _request(self, items: list[tuple[_Key, _Series]]) -> dict[str, Any]:
+        """The request for ``items`` and the SDK's counters (the lock is held)."""
+        by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
+        for key, series in items:
+            by_service.setdefault(key[:2], []).append((key, series))
         stats_metrics = self._stats_metrics() if self.sdk_stats else []
         resource_metrics = []
         for (service, environment), items in by_service.items():
