@@ -242,3 +242,35 @@ def test_a_refused_request_is_not_sent_again(http_server: RecordingServer) -> No
     second = ExportMetricsServiceRequest.FromString(http_server.requests[1].body)
     assert [p.as_int for p in metrics(second)[CALLS_METRIC].sum.data_points] == [2, 2]  # (both span names)
     assert _stats.get("otlp_metrics.rejected") == 1
+
+
+def test_a_forked_child_sends_its_own_series(http_server: RecordingServer) -> None:
+    import os
+
+    pt.configure(service="pitch-api", exporters=[OTLPMetricsExporter(http_server.url, sdk_stats=False)])
+    traffic(20, errors=0)
+    assert pt.force_flush(20)  # (the parent's sender thread is running)
+    pid = os.fork()
+    if pid == 0:  # the child: its counts only, from zero, under its own instance id
+        code = 1
+        try:
+            traffic(3, errors=1)
+            code = 0 if pt.shutdown(20) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    traffic(5, errors=0)
+    assert pt.shutdown(20)
+    requests = [ExportMetricsServiceRequest.FromString(r.body) for r in http_server.requests]
+    by_instance: dict[str, list[ExportMetricsServiceRequest]] = {}
+    for msg in requests:
+        [rm] = msg.resource_metrics
+        instance = {kv.key: kv.value.string_value for kv in rm.resource.attributes}["service.instance.id"]
+        by_instance.setdefault(instance, []).append(msg)
+    assert len(by_instance) == 2
+    child = next(msgs for msgs in by_instance.values() if len(msgs) == 1)
+    parent = next(msgs for msgs in by_instance.values() if len(msgs) == 2)
+    assert calls(child[0])[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 2
+    assert calls(child[0])[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 1
+    assert calls(parent[-1])[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 25  # (its own running total)
