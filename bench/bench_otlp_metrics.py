@@ -98,7 +98,7 @@ def ours(spans: list[FinishedSpan], records: list[dict[str, Any]], exemplars: bo
         for i in range(0, len(records), 512):
             with exporter._lock:
                 exporter._observe(records[i : i + 512])
-    return len(_proto("request", exporter.request(out)))
+    return len(_proto("request", exporter._fold_and_build(out)))
 
 
 def theirs(spans: list[FinishedSpan]) -> int:

@@ -570,10 +570,10 @@ class OTLPMetricsExporter(SenderExporter):
         self._wake.set()
         return True
 
-    def request(self, rollups: Iterable[Record]) -> dict[str, Any]:
-        """The ``ExportMetricsServiceRequest`` for rollup records (and what was taken in
-        before), in the JSON form's shape (attributes as mappings), as the sender would send
-        it next. Malformed records are skipped (counted ``otlp_metrics.bad_record``)."""
+    def _fold_and_build(self, rollups: Iterable[Record]) -> dict[str, Any]:
+        """Take ``rollups`` in and return the ``ExportMetricsServiceRequest`` the sender would
+        send next, in the JSON form's shape (attributes as mappings), without sending it (tests
+        and benchmarks). Malformed records are skipped (counted ``otlp_metrics.bad_record``)."""
         with self._lock:
             self._fold(rollups)
             return self._build()[0]

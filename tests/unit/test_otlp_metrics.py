@@ -74,7 +74,7 @@ def exporter(**kwargs: Any) -> OTLPMetricsExporter:
 def decoded(exp: OTLPMetricsExporter, records: list[dict[str, Any]]) -> ExportMetricsServiceRequest:
     """The request for ``records``, decoded from its binary form; its JSON form must parse to
     the same message."""
-    tree = exp.request(records)
+    tree = exp._fold_and_build(records)
     msg = ExportMetricsServiceRequest.FromString(bytes(_proto("request", tree)))
     from_json = json_format.Parse(dumps(base64_ids(_json("request", tree))), ExportMetricsServiceRequest())
     assert from_json == msg
