@@ -68,6 +68,7 @@ class _Latch:
         self._n = n
         self._lock = threading.Lock()
         self.done = threading.Event()
+        self.failed = False  # an exporter said its flush did not deliver everything
         if n <= 0:
             self.done.set()
 
@@ -167,6 +168,7 @@ class ExporterWorker:
         self._several_cpus = several_cpus()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._lost = False  # a batch was given up since the last flush marker
 
     def accepts(self, dataset: str) -> bool:
         """Whether records of ``dataset`` go to this exporter."""
@@ -209,6 +211,7 @@ class ExporterWorker:
         except Exception as exc:
             _safety.report(f"export.{self.name}", exc)
         if ok is False:
+            self._lost = True  # (the next flush says so)
             _stats.incr("dropped.export_failed", len(batch))
             _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
         else:
@@ -238,7 +241,11 @@ class ExporterWorker:
                     flush = getattr(self.exporter, "force_flush", None)
                     if flush is not None:
                         with _safety.guard(f"flush.{self.name}"):
-                            flush(max(0.0, marker.deadline - time.monotonic()))
+                            if flush(max(0.0, marker.deadline - time.monotonic())) is False:
+                                self._lost = True
+                    if self._lost:  # a batch given up since the last flush, or this one failed
+                        marker.latch.failed = True
+                        self._lost = False
                     marker.latch.count_down()
                     continue
                 batch.extend(item)  # type: ignore[arg-type]
@@ -394,7 +401,7 @@ class Pipeline:
         latch = _Latch(len(self.workers) + 1)
         self._flush_requests.append((latch, deadline))
         self.wake.set()
-        return latch.done.wait(timeout)
+        return latch.done.wait(timeout) and not latch.failed
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush, stop the workers, shut the exporters down. Idempotent."""

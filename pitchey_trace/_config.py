@@ -463,7 +463,9 @@ def is_configured() -> bool:
 
 def force_flush(timeout: float | None = None) -> bool:
     """Export everything accepted so far. Returns True when every exporter confirmed within
-    ``timeout`` seconds (default 30). Never raises."""
+    ``timeout`` seconds (default 30); False when one did not, or gave records up since the last
+    flush (``dropped.export_failed``), or still keeps some in its spool to send later. Never
+    raises."""
     pipeline = _TRACER.pipeline
     if pipeline is None:
         return True

@@ -120,14 +120,16 @@ class GrpcSender:
             self._call = self._channel.unary_unary(self.method)
         return self._call
 
-    def send(self, payload: bytes) -> HttpResult:
-        """Export ``payload`` (an encoded ExportTraceServiceRequest), retrying per the policy.
+    def send(self, payload: bytes, retry: RetryPolicy | None = None) -> HttpResult:
+        """Export ``payload`` (an encoded ExportTraceServiceRequest), retrying per the policy
+        (``retry`` instead of the sender's own for this call).
 
         The result's ``body`` is the encoded ExportTraceServiceResponse; ``status`` is None
         (gRPC codes are in ``error``)."""
+        policy = retry or self.retry
         grpc = self._grpc
         compression = grpc.Compression.Gzip if self.compress else grpc.Compression.NoCompression
-        max_retry_after_s = self.retry.max_retry_after_s
+        max_retry_after_s = policy.max_retry_after_s
 
         def once() -> Try:
             try:
@@ -148,7 +150,7 @@ class GrpcSender:
                 return Try(retry=True, error=f"{type(exc).__name__}: {exc}")
             return Try(ok=True, data=body if isinstance(body, bytes) else b"")
 
-        return with_retries(self.counter, self.url, self.retry, self.stop, once)
+        return with_retries(self.counter, self.url, policy, self.stop, once)
 
 
 def _pushback_s(exc: Any) -> float | None:

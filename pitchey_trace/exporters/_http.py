@@ -26,6 +26,7 @@ from pitchey_trace import _stats
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._spool import PayloadSpool
 
 if TYPE_CHECKING:
     from pitchey_trace.exporters._grpc import GrpcSender
@@ -372,11 +373,13 @@ class HttpSender:
             self.close()
             raise
 
-    def send(self, payload: bytes) -> HttpResult:
-        """POST ``payload`` (gzipped when ``compress``), retrying per the policy."""
+    def send(self, payload: bytes, retry: RetryPolicy | None = None) -> HttpResult:
+        """POST ``payload`` (gzipped when ``compress``), retrying per the policy (``retry``
+        instead of the sender's own for this call)."""
+        policy = retry or self.retry
         body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
-        retry_statuses = self.retry.retry_statuses
-        max_retry_after_s = self.retry.max_retry_after_s
+        retry_statuses = policy.retry_statuses
+        max_retry_after_s = policy.max_retry_after_s
 
         def once() -> Try:
             try:
@@ -392,44 +395,99 @@ class HttpSender:
                     wait = min(after, max_retry_after_s)
             return Try(retry=code in retry_statuses, status=code, data=data, error=f"HTTP {code}", wait=wait)
 
-        return with_retries(self.counter, self.url, self.retry, self.stop, once)
+        return with_retries(self.counter, self.url, policy, self.stop, once)
+
+
+#: What a payload spool keeps at most, by default.
+DEFAULT_SPOOL_MAX_BYTES = 256 << 20
 
 
 class SenderExporter:
     """Lifecycle shared by the exporters that post each batch at once through one
-    :class:`HttpSender` (``self._sender``): nothing buffered, stop retrying on shutdown, a
-    fresh connection after fork."""
+    :class:`HttpSender` (``self._sender``): nothing buffered in memory, stop retrying on
+    shutdown, a fresh connection after fork; and, with a spool directory (``_spool``), what
+    could not be delivered kept on disk and sent later."""
 
     _sender: HttpSender | GrpcSender
+    _spool: PayloadSpool | None = None
 
     @property
     def url(self) -> str:
         """The endpoint."""
         return self._sender.url
 
+    def _init_spool(self, spool_dir: Any, spool_max_bytes: int, items_counter: str) -> None:
+        """Keep undeliverable payloads in ``spool_dir`` (None: no spool), at most
+        ``spool_max_bytes``; ``items_counter`` counts their spans or points once sent."""
+        positive_int("spool_max_bytes", spool_max_bytes)
+        if spool_dir is None:
+            return
+        if not isinstance(spool_dir, (str, os.PathLike)):
+            raise TypeError(f"spool_dir must be a path or None, got {spool_dir!r}")
+        self._spool = PayloadSpool(
+            spool_dir,
+            tag=f"payload-{self._sender.counter}",
+            counter=self._sender.counter,
+            items_counter=items_counter,
+            max_bytes=spool_max_bytes,
+        )
+
+    def _send_once(self, payload: bytes) -> HttpResult:
+        # (one attempt: while spooled payloads wait, the endpoint is known to be failing)
+        policy = self._sender.retry
+        return self._sender.send(payload, RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses))
+
+    def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
+        """Send ``payload`` (``items`` spans or points). With a spool, a payload that could not
+        be delivered (and was not refused) is kept on disk: None. A delivery first sends a few
+        kept ones (oldest first), so a backlog shrinks while new batches go out."""
+        spool = self._spool
+        if spool is None:
+            return self._sender.send(payload)
+        result = self._send_once(payload) if len(spool) else self._sender.send(payload)
+        if result.ok:
+            if len(spool):
+                spool.drain(self._send_once, time.monotonic() + 5.0)
+            return result
+        if result.rejected or not spool.put(payload, items):
+            return result
+        return None
+
     def _post_in_chunks(
         self, items: Sequence[Any], size: int, body: Callable[[Sequence[Any]], bytes], counter: str
     ) -> bool:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
-        delivered under ``counter``; False if any chunk was given up."""
+        delivered under ``counter``; False if any chunk was given up (not kept in the spool)."""
         ok = True
         for i in range(0, len(items), size):
             chunk = items[i : i + size]
-            if self._sender.send(body(chunk)).ok:
+            result = self._deliver(body(chunk), len(chunk))
+            if result is None:
+                continue  # kept on disk: counted once it is sent
+            if result.ok:
                 _stats.incr(counter, len(chunk))
             else:
                 ok = False
         return ok
 
     def force_flush(self, timeout: float | None = None) -> bool:
-        """Nothing is buffered here (batches are sent as they arrive)."""
-        return True
+        """Nothing is buffered in memory; with a spool, send what it keeps (True when it is
+        empty after at most ``timeout`` seconds)."""
+        spool = self._spool
+        if spool is None or not len(spool):
+            return True
+        spool.drain(self._send_once, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
+        return not len(spool)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Stop retrying and close the connection."""
+        """Stop retrying and close the connection; the spool's files stay for the next start."""
         self._sender.stop.set()
         self._sender.close()
+        if self._spool is not None:
+            self._spool.close()
 
     def after_fork(self) -> None:
-        """Forget the parent's connection."""
+        """Forget the parent's connection (and its spool files)."""
         self._sender.reset()
+        if self._spool is not None:
+            self._spool.after_fork()

@@ -20,19 +20,26 @@ alone. Recovered files may end with a torn line; the uploader keeps complete JSO
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pitchey_trace import _stats
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no flock; owners are assumed dead on start
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Adopted", "SpoolDir", "compact_utc", "safe_dataset"]
+__all__ = ["Adopted", "PayloadSpool", "SpoolDir", "compact_utc", "safe_dataset"]
 
 _DATASET_OK = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _BAD = re.compile(r"[^A-Za-z0-9_-]")
@@ -220,3 +227,103 @@ def _parse_compact(stamp: str) -> int:
     import calendar
 
     return calendar.timegm(t) * 1_000_000_000
+
+
+class PayloadSpool:
+    """Request payloads an HTTP or gRPC exporter could not deliver, kept on disk until they are.
+
+    Each payload is one file in a directory of the exporter's own (``SpoolDir``'s ownership and
+    crash recovery: written as ``.open``, fsynced, renamed ``.ready``), sent again oldest first
+    once the endpoint answers. At most ``max_bytes`` are kept: beyond, the oldest files go
+    (counted in ``dropped.spool_cap`` and ``<counter>.spool_dropped``). Files left by a process
+    that died are taken over at construction and sent like the others.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, tag: str, counter: str, items_counter: str, max_bytes: int
+    ) -> None:
+        self.tag = safe_dataset(tag)
+        self.counter = counter
+        self.items_counter = items_counter
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.dir = SpoolDir(path)
+        # (path, size, items): items are unknown (0) for files taken over from a dead process
+        self._files: deque[tuple[Path, int, int]] = deque(
+            (a.path, a.size, 0) for a in self.dir.adopt_orphans(frozenset({self.tag}))
+        )
+        self.bytes = sum(size for _, size, _ in self._files)
+        if self._files:
+            _stats.incr(f"{counter}.spool_recovered", len(self._files))
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def put(self, payload: bytes, items: int) -> bool:
+        """Keep ``payload`` (``items`` spans or points in it); False when it cannot be written."""
+        now = time.time_ns()
+        with self._lock:
+            seq = self.dir.next_seq()
+            opened = self.dir.open_path(seq, self.tag, now)
+            ready = self.dir.ready_path(seq, self.tag, new_key_name(now, now))
+            try:
+                with open(opened, "wb") as fh:
+                    fh.write(payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.rename(opened, ready)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    opened.unlink()
+                _stats.incr(f"{self.counter}.spool_error")
+                return False
+            self._files.append((ready, len(payload), items))
+            self.bytes += len(payload)
+            _stats.incr(f"{self.counter}.spooled")
+            while self.bytes > self.max_bytes and len(self._files) > 1:
+                path, size, lost = self._files.popleft()
+                self.bytes -= size
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                _stats.incr("dropped.spool_cap", lost)
+                _stats.incr(f"{self.counter}.spool_dropped")
+        return True
+
+    def drain(self, send: Callable[[bytes], Any], deadline: float) -> None:
+        """Send the kept payloads oldest first (``send`` returns an ``HttpResult``) until one
+        cannot be delivered, or ``deadline`` (``time.monotonic()``) passes."""
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._files:
+                    return
+                path, size, items = self._files[0]
+            try:
+                payload = path.read_bytes()
+            except OSError:  # gone (another owner's cleanup) or unreadable: nothing to send
+                payload = None
+            if payload is not None:
+                result = send(payload)
+                if not result.ok and not result.rejected:
+                    return  # still unreachable: kept for later
+                if result.ok:
+                    _stats.incr(f"{self.counter}.spool_sent")
+                    if items:
+                        _stats.incr(self.items_counter, items)
+            with self._lock:
+                if self._files and self._files[0][0] == path:
+                    self._files.popleft()
+                    self.bytes -= size
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def after_fork(self) -> None:
+        """In a forked child: the files stay the parent's; the child keeps its own from now."""
+        self.dir.forget_after_fork()
+        self._lock = threading.Lock()
+        self.dir = SpoolDir(self.dir.path)
+        self._files = deque()
+        self.bytes = 0
+
+    def close(self) -> None:
+        """Give the directory up: what is left is sent by the next exporter that opens it."""
+        self.dir.release()

@@ -19,7 +19,7 @@ from pitchey_trace import _stats
 from pitchey_trace._json import dumps, valid_text
 from pitchey_trace._validate import callable_or_none, header_map, positive_int, text
 from pitchey_trace._validate import datasets as valid_datasets
-from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
 
 __all__ = ["MAX_BLOBS", "MAX_DOUBLES", "MAX_INDEX_BYTES", "HttpAnalyticsExporter", "to_data_point"]
@@ -182,6 +182,11 @@ class HttpAnalyticsExporter(SenderExporter):
             (an endpoint behind a private CA).
         client_certificate_file / client_key_file: the PEM certificate (chain) and unencrypted
             key to present to an endpoint that requires mutual TLS; both or neither.
+        spool_dir: a directory of this exporter's own where requests that could not be
+            delivered (endpoint down or failing after the retries; not ones it refused) are
+            kept and sent again, oldest first, once it answers, also by the next process that
+            opens the directory after a crash. None (default): such requests are given up.
+        spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
 
     Runs on its own export worker: retries and a hanging endpoint never block the
     application. Counters: ``http_analytics.points``, ``.requests``, ``.retried``,
@@ -206,6 +211,8 @@ class HttpAnalyticsExporter(SenderExporter):
         certificate_file: str | None = None,
         client_certificate_file: str | None = None,
         client_key_file: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
     ) -> None:
         positive_int("max_points_per_request", max_points_per_request)
         positive_int("max_blob_bytes", max_blob_bytes, 1 << 20)
@@ -235,6 +242,7 @@ class HttpAnalyticsExporter(SenderExporter):
             client_cert_file=client_certificate_file,
             client_key_file=client_key_file,
         )
+        self._init_spool(spool_dir, spool_max_bytes, "http_analytics.points")
 
     def _point(self, record: Record) -> Point | None:
         if self._to_point is not None:

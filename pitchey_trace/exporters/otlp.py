@@ -24,7 +24,7 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
-from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
 from pitchey_trace.records import Record
 
@@ -305,6 +305,11 @@ class OTLPExporter(SenderExporter):
             key this client presents when the collector requires mutual TLS; both or neither,
             checked to belong together (default: ``OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE``
             and ``..._CLIENT_KEY``).
+        spool_dir: a directory of this exporter's own where requests that could not be
+            delivered (endpoint down or failing after the retries; not ones it refused) are
+            kept and sent again, oldest first, once it answers, also by the next process that
+            opens the directory after a crash. None (default): such requests are given up.
+        spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
     ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
@@ -326,6 +331,8 @@ class OTLPExporter(SenderExporter):
         certificate_file: str | None = None,
         client_certificate_file: str | None = None,
         client_key_file: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
     ) -> None:
         positive_int("max_spans_per_request", max_spans_per_request)
         text("scope_name", scope_name)
@@ -348,6 +355,7 @@ class OTLPExporter(SenderExporter):
             client_certificate_file=client_certificate_file,
             client_key_file=client_key_file,
         )
+        self._init_spool(spool_dir, spool_max_bytes, "otlp.spans")
 
     @property
     def endpoint(self) -> str:
@@ -368,7 +376,9 @@ class OTLPExporter(SenderExporter):
                 if self.protocol == "http/json"
                 else encode_otlp_protobuf(chunk, self.scope_name)
             )
-            result = self._sender.send(payload)
+            result = self._deliver(payload, len(chunk))
+            if result is None:
+                continue  # kept in the spool: counted once it is sent
             if not result.ok:
                 ok = False
                 continue

@@ -11,13 +11,14 @@ list. Audit records and rollups have no Zipkin form and are not sent.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import header_map, positive_int, text
-from pitchey_trace.exporters._http import HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
 from pitchey_trace.records import Record
 
 __all__ = ["DEFAULT_URL", "ZipkinExporter", "to_zipkin"]
@@ -121,6 +122,11 @@ class ZipkinExporter(SenderExporter):
         headers: extra request headers (e.g. ``Authorization`` for a proxy in front).
         certificate_file / client_certificate_file / client_key_file: as for
             :class:`~pitchey_trace.exporters.OTLPExporter` (a private CA, mutual TLS).
+        spool_dir: a directory of this exporter's own where requests that could not be
+            delivered (endpoint down or failing after the retries; not ones it refused) are
+            kept and sent again, oldest first, once it answers, also by the next process that
+            opens the directory after a crash. None (default): such requests are given up.
+        spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
 
     Runs on its own export worker. Counters: ``zipkin.spans``, ``.requests``, ``.retried``,
     ``.failed``, ``.rejected``.
@@ -140,6 +146,8 @@ class ZipkinExporter(SenderExporter):
         certificate_file: str | None = None,
         client_certificate_file: str | None = None,
         client_key_file: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
     ) -> None:
         positive_int("max_spans_per_request", max_spans_per_request)
         text("name", name)
@@ -157,6 +165,7 @@ class ZipkinExporter(SenderExporter):
             client_cert_file=client_certificate_file,
             client_key_file=client_key_file,
         )
+        self._init_spool(spool_dir, spool_max_bytes, "zipkin.spans")
 
     def export(self, batch: Sequence[Record]) -> bool:
         """Convert the batch's spans and POST them (in chunks); False if any chunk was given up."""
