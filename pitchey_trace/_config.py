@@ -15,6 +15,8 @@ variable                           meaning
                                    ``none`` when no exporters are passed
 ``PITCHEY_TRACE_RESOURCE_DETECTION`` ``false``: no detected resource attributes (container,
                                    Kubernetes, cloud, ``service.instance.id``)
+``PITCHEY_TRACE_EXPORT_SPOOL_DIR`` the OTLP and Zipkin exporters named by the variables keep
+                                   undeliverable requests under ``<dir>/otlp`` / ``<dir>/zipkin``
 ``OTEL_TRACES_SAMPLER`` / ``_ARG`` OpenTelemetry sampler names (used when no sampler or
                                    sample rate is given)
 =================================  ==========================================================
@@ -170,15 +172,19 @@ def _exporters_from_env() -> list[Any]:
         if name in seen or name == "none":
             continue
         seen.add(name)
+        spool = _env("PITCHEY_TRACE_EXPORT_SPOOL_DIR")  # (one folder per exporter under it)
+        spool_dir = os.path.join(spool, name) if spool else None
         if name == "otlp":
             from pitchey_trace.exporters import OTLPExporter
 
-            out.append(OTLPExporter())  # configured by the OTEL_EXPORTER_OTLP_* variables
+            out.append(OTLPExporter(spool_dir=spool_dir))  # configured by the OTEL_EXPORTER_OTLP_* variables
         elif name == "zipkin":
             from pitchey_trace.exporters import ZipkinExporter
             from pitchey_trace.exporters.zipkin import DEFAULT_URL
 
-            out.append(ZipkinExporter(_env("OTEL_EXPORTER_ZIPKIN_ENDPOINT") or DEFAULT_URL))
+            out.append(
+                ZipkinExporter(_env("OTEL_EXPORTER_ZIPKIN_ENDPOINT") or DEFAULT_URL, spool_dir=spool_dir)
+            )
         else:
             from pitchey_trace.exporters import ConsoleExporter
 

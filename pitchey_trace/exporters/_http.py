@@ -416,6 +416,11 @@ class SenderExporter:
         """The endpoint."""
         return self._sender.url
 
+    @property
+    def spool_dir(self) -> str | None:
+        """Where undeliverable requests are kept (None: no spool)."""
+        return None if self._spool is None else str(self._spool.dir.path)
+
     def _init_spool(self, spool_dir: Any, spool_max_bytes: int, items_counter: str) -> None:
         """Keep undeliverable payloads in ``spool_dir`` (None: no spool), at most
         ``spool_max_bytes``; ``items_counter`` counts their spans or points once sent."""

@@ -31,7 +31,8 @@ ENV_VARS = sorted(
         "PITCHEY_TRACE_ENVIRONMENT",
         "PITCHEY_TRACE_EXPORTER",
         "PITCHEY_TRACE_DISABLED",
-        "OTEL_METRICS_EXPORTER",
+        "PITCHEY_TRACE_EXPORT_SPOOL_DIR",
+        "OTEL_LOGS_EXPORTER",
         "OTEL_PYTHON_EXCLUDED_URLS",
     }
 )
@@ -349,3 +350,19 @@ def test_otel_metrics_exporter_adds_the_metrics_exporter(
     assert "OTEL_METRICS_EXPORTER=prometheus" in caplog.text
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     assert _config._metrics_exporters_from_env() == []
+
+
+def test_export_spool_dir_gives_each_exporter_a_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pitchey_trace import _config
+    from pitchey_trace.cli import main
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,zipkin")
+    monkeypatch.setenv("PITCHEY_TRACE_EXPORT_SPOOL_DIR", str(tmp_path))
+    otlp, zipkin = _config._exporters_from_env()
+    assert (otlp.spool_dir, zipkin.spool_dir) == (str(tmp_path / "otlp"), str(tmp_path / "zipkin"))
+    for exporter in (otlp, zipkin):
+        exporter.shutdown()
+    assert main(["config"]) == 0
+    assert f"(spool {tmp_path / 'otlp'})" in capsys.readouterr().out
