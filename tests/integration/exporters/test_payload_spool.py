@@ -185,3 +185,26 @@ def test_grpc_outage_loses_nothing(tmp_path: Path) -> None:
         exporter.shutdown()
     finally:
         server.stop(None)
+
+
+def test_a_forked_child_keeps_its_own_files(proxy: FaultProxy, tmp_path: Path) -> None:
+    proxy.set_mode("down")
+    exporter = OTLPExporter(proxy.url, retry=FAST, spool_dir=tmp_path)
+    pt.configure(service="jobs", exporters=[exporter], rollups=None)
+    spans(0, 5)
+    assert not pt.force_flush(10)
+    [parent_file] = spool_files(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's files, its own kept beside them
+        code = 1
+        try:
+            spans(100, 5)
+            pt.force_flush(10)
+            mine = [p for p in spool_files(tmp_path) if p != parent_file]
+            code = 0 if len(mine) == 1 and parent_file.exists() and len(exporter._spool or ()) == 1 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(exporter._spool or ()) == 1  # (the parent's own, still waiting)
+    assert len(spool_files(tmp_path)) == 2
