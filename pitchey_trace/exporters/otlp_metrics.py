@@ -585,7 +585,10 @@ class OTLPMetricsExporter(SenderExporter):
             self._wake.clear()
             with self._lock:
                 target = self._folded
-            self._send()
+            try:
+                self._send()
+            except Exception as exc:  # (a bug must not end the thread: later sends still go)
+                _safety.report("export.otlp_metrics", exc)
             with self._lock:
                 self._covered = max(self._covered, target)
                 self._done.notify_all()
@@ -609,7 +612,7 @@ class OTLPMetricsExporter(SenderExporter):
             else:
                 payload = bytes(_proto("request", request))
             result = self._sender.send(payload)
-        except Exception as exc:  # (never the end of the sender thread)
+        except Exception as exc:  # (what was taken in is put back for the next request)
             _safety.report("export.otlp_metrics", exc)
             result = None
         if result is None or not result.ok:
@@ -657,7 +660,11 @@ class OTLPMetricsExporter(SenderExporter):
                 for key, series in items:
                     self._touched.setdefault(key, series)
 
-        return self._request(items), undo
+        try:
+            return self._request(items), undo
+        except Exception:
+            undo()  # (nothing taken in is lost to a failed build)
+            raise
 
     def _request(self, items: list[tuple[_Key, _Series]]) -> dict[str, Any]:
         """The request for ``items`` and the SDK's counters (the lock is held)."""

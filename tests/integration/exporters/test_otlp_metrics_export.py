@@ -274,3 +274,35 @@ def test_a_forked_child_sends_its_own_series(http_server: RecordingServer) -> No
     assert calls(child[0])[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 2
     assert calls(child[0])[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 1
     assert calls(parent[-1])[("GET /pitches/{id}", "STATUS_CODE_UNSET")] == 25  # (its own running total)
+
+
+@pytest.mark.allow_internal_errors
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_a_failing_build_does_not_stop_the_sender(
+    http_server: RecordingServer, monkeypatch: pytest.MonkeyPatch, temporality: str
+) -> None:
+    exporter = OTLPMetricsExporter(http_server.url, sdk_stats=False, temporality=temporality)
+    real = exporter._request
+    calls_made = []
+
+    def flaky(items: Any) -> Any:
+        calls_made.append(len(items))
+        if len(calls_made) == 1:
+            raise RuntimeError("a bug in building the request")
+        return real(items)
+
+    monkeypatch.setattr(exporter, "_request", flaky)
+    pt.configure(service="pitch-api", exporters=[exporter])
+    traffic(4, errors=0)
+    pt.force_flush(20)
+    assert http_server.requests == []
+    assert _stats.get("internal_errors.export.otlp_metrics") == 1
+    traffic(3, errors=0)
+    assert pt.force_flush(20)
+    [req] = http_server.requests
+    msg = ExportMetricsServiceRequest.FromString(req.body)
+    points = [
+        p for p in metrics(msg)[CALLS_METRIC].sum.data_points if attrs(p)["span.name"] == "GET /pitches/{id}"
+    ]
+    # Nothing taken in was lost: the running total, or both intervals.
+    assert sum(p.as_int for p in points) == 7
