@@ -246,6 +246,10 @@ class PayloadSpool:
         self.counter = counter
         self.items_counter = items_counter
         self.max_bytes = max_bytes
+        self._open(path)
+
+    def _open(self, path: str | os.PathLike[str]) -> None:
+        """Own a place in the directory and take over the files of processes that died."""
         self._lock = threading.Lock()
         self.dir = SpoolDir(path)
         # (path, size, items): items are unknown (0) for files taken over from a dead process
@@ -254,7 +258,7 @@ class PayloadSpool:
         )
         self.bytes = sum(size for _, size, _ in self._files)
         if self._files:
-            _stats.incr(f"{counter}.spool_recovered", len(self._files))
+            _stats.incr(f"{self.counter}.spool_recovered", len(self._files))
 
     def __len__(self) -> int:
         return len(self._files)
@@ -317,12 +321,10 @@ class PayloadSpool:
                 path.unlink()
 
     def after_fork(self) -> None:
-        """In a forked child: the files stay the parent's; the child keeps its own from now."""
+        """In a forked child: the files stay the parent's; the child keeps its own from now,
+        and takes over those of processes that died (a pre-fork server's recycled workers)."""
         self.dir.forget_after_fork()
-        self._lock = threading.Lock()
-        self.dir = SpoolDir(self.dir.path)
-        self._files = deque()
-        self.bytes = 0
+        self._open(self.dir.path)
 
     def close(self) -> None:
         """Give the directory up: what is left is sent by the next exporter that opens it."""

@@ -208,3 +208,38 @@ def test_a_forked_child_keeps_its_own_files(proxy: FaultProxy, tmp_path: Path) -
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(exporter._spool or ()) == 1  # (the parent's own, still waiting)
     assert len(spool_files(tmp_path)) == 2
+
+
+def test_the_next_forked_child_sends_what_a_dead_sibling_kept(
+    http_server: RecordingServer, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A pre-fork server recycles a worker that had requests waiting: the next worker sends
+    them (the parent, alive, keeps its own files)."""
+    proxy.set_mode("down")
+    pt.configure(
+        service="jobs", exporters=[OTLPExporter(proxy.url, retry=FAST, spool_dir=tmp_path)], rollups=None
+    )
+
+    def child(body: Any) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = body()
+            finally:
+                os._exit(code)  # (the dying worker never shuts down: its lock dies with it)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+    def first() -> int:
+        spans(0, 8)
+        return 0 if not pt.force_flush(10) and len(spool_files(tmp_path)) == 1 else 3
+
+    child(first)
+    proxy.set_mode("up")
+
+    def second() -> int:
+        return 0 if pt.force_flush(10) and spool_files(tmp_path) == [] else 4
+
+    child(second)
+    assert sorted(received_seqs(http_server)) == list(range(8))
