@@ -169,6 +169,8 @@ class ExporterWorker:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._lost = False  # a batch was given up since the last flush marker
+        # An exporter's optional poll(): called when the worker wakes with nothing to export.
+        self._poll: Callable[[], object] | None = getattr(self.exporter, "poll", None)
 
     def accepts(self, dataset: str) -> bool:
         """Whether records of ``dataset`` go to this exporter."""
@@ -254,6 +256,9 @@ class ExporterWorker:
                     batch = batch[size:]
             if batch:
                 self._export(batch)
+            elif self._poll is not None:  # idle: the exporter may have work of its own (a spool)
+                with _safety.guard(f"poll.{self.name}"):
+                    self._poll()
             if self._stop and not q:
                 return
 

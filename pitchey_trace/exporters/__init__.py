@@ -3,9 +3,10 @@
 An exporter is any object with ``export(batch) -> bool`` (``batch`` is a list of sanitized
 schema-v1 record dicts, which it must not mutate), and optionally ``force_flush(timeout)``,
 ``shutdown(timeout)``, ``after_fork()``, ``bind_resource(resource)`` (called as the pipeline
-starts, with the process's resource attributes), a ``name`` and a ``datasets`` set restricting which
-datasets (``traces``, ``audit``, ``performance``) it receives. Each runs on its own worker
-thread; it may block or retry there without affecting the application.
+starts, with the process's resource attributes), ``poll()`` (called when its worker wakes with
+nothing to export: work of its own, such as a spool to retry), a ``name`` and a ``datasets``
+set restricting which datasets (``traces``, ``audit``, ``performance``) it receives. Each runs
+on its own worker thread; it may block or retry there without affecting the application.
 """
 
 from __future__ import annotations

@@ -475,6 +475,23 @@ class SenderExporter:
                 ok = False
         return ok
 
+    def poll(self) -> None:
+        """Called by the export worker when it is idle: with a spool, try what it keeps now
+        and then (5 s after a failed try, doubling to 60 s), so an idle process sends its
+        backlog once the endpoint is back without waiting for new spans."""
+        spool = self._spool
+        if spool is None or not len(spool):
+            return
+        now = time.monotonic()
+        if now < self._poll_at:
+            return
+        spool.drain(self._send_once, now + 5.0)
+        self._poll_wait = min(60.0, self._poll_wait * 2) if len(spool) else 2.5
+        self._poll_at = time.monotonic() + self._poll_wait
+
+    _poll_at = 0.0
+    _poll_wait = 2.5
+
     def force_flush(self, timeout: float | None = None) -> bool:
         """Nothing is buffered in memory; with a spool, send what it keeps (True when it is
         empty after at most ``timeout`` seconds)."""

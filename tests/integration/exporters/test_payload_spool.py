@@ -243,3 +243,22 @@ def test_the_next_forked_child_sends_what_a_dead_sibling_kept(
 
     child(second)
     assert sorted(received_seqs(http_server)) == list(range(8))
+
+
+def test_an_idle_process_sends_its_backlog_when_the_endpoint_is_back(
+    http_server: RecordingServer, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    import time
+
+    proxy.set_mode("down")
+    exporter = OTLPExporter(proxy.url, retry=FAST, spool_dir=tmp_path)
+    pt.configure(service="jobs", exporters=[exporter], rollups=None, schedule_delay_ms=50)
+    spans(0, 6)
+    assert not pt.force_flush(10)
+    proxy.set_mode("up")
+    # No new span and no flush: the idle export worker tries the spool again on its own.
+    deadline = time.monotonic() + 20
+    while spool_files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spool_files(tmp_path) == []
+    assert sorted(received_seqs(http_server)) == list(range(6))
