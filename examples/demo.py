@@ -79,6 +79,7 @@ UPSTREAM_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_PARENTS = ("00f067aa0ba902b7", "00f067aa0ba902b8")
 MALFORMED_TRACEPARENT = "00-4BF92F3577B34DA6A3CE929D0E0E4736-zz-01"
 CARD = "4242424242424242"  # a Luhn-valid test card number, typed into the search box
+IBAN = "GB82WEST12345698765432"  # the standard example IBAN, pasted into the search box too
 
 
 # -- the traffic ---------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class Req:
 def build_plan(n: int, seeded: app_mod.Seeded, rng: random.Random) -> tuple[list[Req], list[str]]:
     """The requests to send (``n`` of them, shuffled) and every secret they carry."""
     users = seeded.users
-    secrets: list[str] = [CARD]
+    secrets: list[str] = [CARD, IBAN]
     for u in users:
         secrets += [u.email, u.password, u.token]
 
@@ -155,7 +156,7 @@ def build_plan(n: int, seeded: app_mod.Seeded, rng: random.Random) -> tuple[list
         ),
         Req(
             "GET",
-            f"/search?q={CARD}",
+            f"/search?q={CARD}+{IBAN}",
             "/search",
             raw=True,
             headers={
@@ -634,10 +635,10 @@ class Report:
     def secrets(self, secrets: list[str]) -> None:
         raw = self.archive.raw
         found = [s for s in secrets if s.encode() in raw]
-        markers = {m: raw.count(m.encode()) for m in ("[EMAIL]", "[CARD]", "[REDACTED]")}
+        markers = {m: raw.count(m.encode()) for m in ("[EMAIL]", "[CARD]", "[IBAN]", "[REDACTED]")}
         print(
             f"\nSecrets: {len(secrets)} values the app handled (e-mails, passwords, bearer tokens, "
-            "a card number); it leaks some into spans on purpose"
+            "a card number, an IBAN); it leaks some into spans on purpose"
         )
         shown: dict[str, str] = {}
         for s in self.spans:

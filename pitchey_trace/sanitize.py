@@ -92,6 +92,7 @@ __all__ = [
     "default_rules",
     "emails",
     "hashed",
+    "ibans",
     "ip_addresses",
     "jwts",
     "keys",
@@ -461,6 +462,13 @@ def cards(mode: _ModeArg = "mask", marker: str = "[CARD]") -> Detector:
     return _detector("cards", mode, marker)
 
 
+def ibans(mode: _ModeArg = "mask", marker: str = "[IBAN]") -> Detector:
+    """International bank account numbers, contiguous (``DE89370400440532013000``) or in
+    groups of four (``DE89 3704 0044 0532 0130 00``): the country's length and the mod-97 check
+    digits must be right, so codes that merely look alike stay."""
+    return _detector("ibans", mode, marker)
+
+
 def ssns(mode: _ModeArg = "mask", marker: str = "[SSN]") -> Detector:
     """US social security numbers written ``123-45-6789`` or ``123 45 6789`` (valid ranges)."""
     return _detector("ssns", mode, marker)
@@ -506,6 +514,7 @@ def default_rules() -> list[Rule]:
         jwts(),
         cloud_keys(),
         emails(),
+        ibans(),
         cards(),
         ssns(),
         phones(),
@@ -554,6 +563,12 @@ _FRAGMENTS: dict[str, str] = {
         r"|npm_[A-Za-z0-9]{36}|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
         r"|sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,})(?![A-Za-z0-9]))"
     ),
+    # Country code, check digits, then the account: contiguous, or in groups of four with single
+    # spaces (the printed form). The handler checks the country's length and mod 97.
+    "ibans": (
+        r"(?P<iban>[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)"
+        r"(?![A-Za-z0-9]))"
+    ),
     "emails": (
         r"(?<![\w.%+\-])(?P<em>(?P<em_local>[\w.%+\-]{1,64})@"
         r"(?P<em_domain>[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.){1,8}[A-Za-z]{2,24})(?![A-Za-z0-9\-]))"
@@ -574,6 +589,7 @@ _ORDER = (
     "auth_headers",
     "jwts",
     "cloud_keys",
+    "ibans",
     "emails",
 )
 
@@ -588,6 +604,30 @@ _KV_VALUE = re.compile(
     rf"|{_VAL_CHARS}+(?:; {_VAL_CHARS}+)*)"
 )
 _PLACEHOLDER = re.compile(r"\?|%s|\$[0-9]+|%\([^)]{1,64}\)s|:[A-Za-z_][A-Za-z0-9_]{0,63}|[Nn]one|null|NULL")
+
+
+# IBAN length per country (the SWIFT IBAN registry).
+# fmt: off
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}
+# fmt: on
+
+
+def _iban_checksum(iban: str) -> bool:
+    """ISO 13616 check: the first four characters moved to the end, letters as 10..35, the
+    number mod 97 is 1."""
+    rotated = iban[4:] + iban[:4]
+    return int("".join(str(int(ch, 36)) for ch in rotated)) % 97 == 1
 
 
 def _luhn(digits: str) -> bool:
@@ -719,6 +759,7 @@ class _Engine:
             "ah": self._auth,
             "jwt": self._plain("jwts"),
             "ck": self._plain("cloud_keys"),
+            "iban": self._iban,
             "em": self._email,
             "ip6": self._ip6,
             "num": self._num,
@@ -828,6 +869,13 @@ class _Engine:
         if not _has_mixed(cred):
             return None
         return m.group("ah_scheme") + self._render("auth_headers", cred), m.end()
+
+    def _iban(self, m: re.Match[str]) -> _Hit:
+        text = m.group()
+        compact = text.replace(" ", "")
+        if _IBAN_LENGTHS.get(compact[:2]) != len(compact) or not _iban_checksum(compact):
+            return None
+        return self._render("ibans", compact), m.end()
 
     def _email(self, m: re.Match[str]) -> _Hit:
         return self._render("emails", m.group().lower(), _email_partial), m.end()
