@@ -209,6 +209,7 @@ def test_failed_requests_keep_their_traces(demo: DemoRun) -> None:
 def test_secrets_never_reach_the_archive(demo: DemoRun) -> None:
     raw = demo.raw.decode("utf-8")
     assert "4242424242424242" not in raw  # the card number typed into the search box
+    assert "GB82WEST12345698765432" not in raw  # the IBAN pasted there too
     assert not re.search(r"ptk_live_[0-9a-f]{32}", raw)  # bearer tokens
     assert not re.search(r"[a-z0-9.]+@(pitchey|bounce)\.example", raw)  # e-mail addresses
     assert not re.search(r"[A-Z][a-z]+-[a-z]+-\d{4}[!?]", raw)  # seeded and mistyped passwords
@@ -217,7 +218,7 @@ def test_secrets_never_reach_the_archive(demo: DemoRun) -> None:
     # ... although the app put them into spans: they arrive masked.
     spans = demo.spans()
     queries = {s["attributes"].get("url.query") for s in spans}
-    assert "q=[CARD]" in queries
+    assert "q=[CARD]+[IBAN]" in queries
     auth = {s["attributes"].get("http.request.header.authorization") for s in spans} - {None}
     assert auth == {"[REDACTED]"}
     attempts = [e["attributes"] for s in spans for e in s["events"] if e["name"] == "login.attempt"]
