@@ -325,17 +325,59 @@ def _traced_messages(
         _server_end(span, context, error, header)
 
 
+class _KeepTraceId:
+    """The context a ``grpc.aio`` handler sees when callers get the trace id: trailing metadata
+    it sets (``set_trailing_metadata``, ``abort(..., trailing_metadata=)``) replaces what was
+    there, and ``abort()`` sends it at once, so the trace id is added to whatever it sets (a
+    value it gives for the key itself wins). Everything else is the call's own context."""
+
+    __slots__ = ("_context", "_pair")
+
+    def __init__(self, context: Any, pair: tuple[str, str]) -> None:
+        self._context = context
+        self._pair = pair
+
+    def _with_id(self, metadata: Any) -> tuple[Any, ...]:
+        pairs = tuple(metadata or ())
+        try:
+            if not any(pair[0] == self._pair[0] for pair in pairs):
+                return (*pairs, self._pair)
+        except Exception as exc:  # (odd metadata: passed on as it is, gRPC says what is wrong)
+            _safety.report("grpc.server.metadata", exc)
+        return pairs
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        self._context.set_trailing_metadata(self._with_id(trailing_metadata))
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> Any:
+        if trailing_metadata:
+            trailing_metadata = self._with_id(trailing_metadata)
+        return await self._context.abort(code, details, trailing_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+grpc.aio.ServicerContext.register(_KeepTraceId)  # (isinstance checks in handlers still hold)
+
+
+def _aio_context(context: Any, header: str | None, span: AnySpan) -> Any:
+    if header is None:
+        return context
+    _send_trace_id(context, header, span)  # now: grpc.aio's abort() sends the status at once
+    return _KeepTraceId(context, (header, f"{span.trace_id:032x}"))
+
+
 def _aio_unary(original: Callable[..., Any], method: Any, header: str | None) -> Callable[..., Any]:
     @functools.wraps(original)
     async def behaviour(request: Any, context: Any) -> Any:
         span = _server_start(method, context)
         if span is None:
             return await original(request, context)
-        if header is not None:  # now: grpc.aio's abort() sends the status at once
-            _send_trace_id(context, header, span)
+        seen = _aio_context(context, header, span)
         token = CURRENT.set(span)
         try:
-            response = await original(request, context)
+            response = await original(request, seen)
         except BaseException as exc:
             _reset(token)
             _server_end(span, context, exc, header)
@@ -359,11 +401,10 @@ def _aio_stream(original: Callable[..., Any], method: Any, header: str | None) -
                 yield item
             return
         error: BaseException | None = None
-        if header is not None:  # now: grpc.aio's abort() sends the status at once
-            _send_trace_id(context, header, span)
+        seen = _aio_context(context, header, span)
         token = CURRENT.set(span)  # (the call runs in its own task)
         try:
-            async for item in original(request, context):
+            async for item in original(request, seen):
                 yield item
         except BaseException as exc:
             error = exc

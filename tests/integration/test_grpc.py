@@ -613,6 +613,58 @@ def test_trace_id_metadata_can_be_renamed_or_turned_off() -> None:
             server_interceptor(trace_id_metadata=bad)
 
 
+async def aio_replaced(request: bytes, context: Any) -> bytes:
+    assert isinstance(context, grpc.aio.ServicerContext)  # (what the handler sees is still one)
+    context.set_trailing_metadata((("x-shard", "3"),))  # replaces the trailing metadata...
+    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "locked")  # ...and sends it at once
+    raise AssertionError("unreachable")
+
+
+async def aio_abort_with(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.NOT_FOUND, "gone", (("x-shard", "4"),))
+    raise AssertionError("unreachable")
+
+
+async def aio_own_id(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-trace-id", "set-by-the-app"),))
+    return b"ok"
+
+
+def test_asyncio_handlers_that_set_their_own_trailing_metadata_keep_the_trace_id() -> None:
+    handlers = {
+        "Replaced": grpc.unary_unary_rpc_method_handler(aio_replaced),
+        "AbortWith": grpc.unary_unary_rpc_method_handler(aio_abort_with),
+        "OwnId": grpc.unary_unary_rpc_method_handler(aio_own_id),
+    }
+
+    async def calls() -> dict[str, dict[str, str]]:
+        server = grpc.aio.server(interceptors=[aio_server_interceptor()])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out: dict[str, dict[str, str]] = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for method in handlers:
+                    call = channel.unary_unary(f"/{SERVICE}/{method}")(b"1")
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError:
+                        pass
+                    out[method] = dict(await call.trailing_metadata())
+        finally:
+            await server.stop(None)
+        return out
+
+    with capture_spans() as mem:
+        got = asyncio.run(calls())
+        spans = settle(mem, 3)
+    servers = by_name(spans, "server")
+    assert got["Replaced"] == {"x-shard": "3", "x-trace-id": servers["Replaced"]["trace_id"]}
+    assert got["AbortWith"] == {"x-shard": "4", "x-trace-id": servers["AbortWith"]["trace_id"]}
+    assert got["OwnId"] == {"x-trace-id": "set-by-the-app"}  # (the app's own value wins)
+
+
 def test_asyncio_callers_get_the_trace_id_too() -> None:
     async def calls() -> tuple[Any, Any]:
         server = grpc.aio.server(interceptors=[aio_server_interceptor()])
