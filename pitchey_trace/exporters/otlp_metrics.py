@@ -59,7 +59,7 @@ from pitchey_trace._batch import _suppressed_thread
 from pitchey_trace._json import dumps
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch
 from pitchey_trace._validate import datasets as valid_datasets
-from pitchey_trace._validate import positive_int, text
+from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import _field, _hex_id, _key_values, _text, _varint
@@ -331,11 +331,12 @@ def _exemplar(item: _Exemplar, field: str, value: float) -> dict[str, Any]:
 class _Series:
     """One (service, environment, operation, kind): what a record adds, or a running total."""
 
-    __slots__ = ("count", "errors", "high", "low", "sketch", "start_ns", "sum", "time_ns")
+    __slots__ = ("count", "errors", "high", "low", "seen", "sketch", "start_ns", "sum", "time_ns")
 
     def __init__(self, start_ns: int, time_ns: int, relative_accuracy: float) -> None:
         self.start_ns = start_ns
         self.time_ns = time_ns
+        self.seen = time.monotonic()  # when spans last added to it
         self.count = self.errors = 0
         self.sum = 0.0
         self.low, self.high = math.inf, -math.inf
@@ -348,6 +349,7 @@ class _Series:
         self.low = min(self.low, float(record["duration_min_ms"]))
         self.high = max(self.high, float(record["duration_max_ms"]))
         self.sketch.merge(sketch)
+        self.seen = time.monotonic()
 
 
 _Key = tuple[str, str, str, str]  # service, environment, operation, kind
@@ -393,6 +395,9 @@ class OTLPMetricsExporter(SenderExporter):
             sums, each time rollups are sent (default True).
         exemplars: attach exemplars from the exported span records (default True; the
             exporter then also takes the ``traces`` dataset unless ``datasets`` is given).
+        idle_series_s: cumulative series that saw no spans go on being sent with their
+            unchanged totals for this long (default 15 minutes; None: for as long as the
+            process lives, as OpenTelemetry's SDK; 0: only series with new spans).
         headers, compression, timeout_s, retry, protocol, certificate_file,
         client_certificate_file, client_key_file: as :class:`OTLPExporter`, read from the
             ``OTEL_EXPORTER_OTLP_METRICS_*`` variables first, then ``OTEL_EXPORTER_OTLP_*``.
@@ -415,6 +420,7 @@ class OTLPMetricsExporter(SenderExporter):
         max_series: int = 10_000,
         sdk_stats: bool = True,
         exemplars: bool = True,
+        idle_series_s: float | None = 900.0,
         headers: Mapping[str, str] | None = None,
         compression: str | None = "default",
         timeout_s: float | None = None,
@@ -457,6 +463,8 @@ class OTLPMetricsExporter(SenderExporter):
             raise TypeError(f"exemplars must be True or False, got {exemplars!r}")
         if datasets is None:
             datasets = ("performance", "traces") if exemplars else ("performance",)
+        if idle_series_s is not None:
+            finite("idle_series_s", idle_series_s, 0.0, 366 * 86_400.0)
         text("scope_name", scope_name)
         text("name", name)
         self.name = name
@@ -469,6 +477,7 @@ class OTLPMetricsExporter(SenderExporter):
         self.max_series = max_series
         self.sdk_stats = sdk_stats
         self.exemplars = exemplars
+        self.idle_series_s = idle_series_s
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "METRICS",
@@ -648,7 +657,17 @@ class OTLPMetricsExporter(SenderExporter):
         if self.temporality == "delta":
             items, self._pending = self._pending, []
         else:
-            items, self._touched = list(self._touched.items()), {}
+            touched, self._touched = self._touched, {}
+            items = list(touched.items())
+            if items and self.idle_series_s != 0:
+                # Series without spans lately go too, with their unchanged totals as of now, so
+                # a backend's rate over them reads 0 rather than nothing (for idle_series_s).
+                now = max(series.time_ns for _, series in items)
+                horizon = -math.inf if self.idle_series_s is None else time.monotonic() - self.idle_series_s
+                for key, series in self._series.items():
+                    if key not in touched and series.seen >= horizon:
+                        series.time_ns = max(series.time_ns, now)
+                        items.append((key, series))
         sent, sent_ns = self._stats_sent, self._stats_sent_ns
 
         def undo() -> None:

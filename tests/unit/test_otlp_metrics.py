@@ -293,6 +293,8 @@ def test_endpoint_from_the_metrics_variables_first(monkeypatch: pytest.MonkeyPat
         ({"max_buckets": 0}, ValueError),
         ({"max_series": -1}, ValueError),
         ({"sdk_stats": "yes"}, TypeError),
+        ({"idle_series_s": -1}, ConfigurationError),
+        ({"idle_series_s": "long"}, ConfigurationError),
         ({"protocol": "carrier-pigeon"}, ConfigurationError),
     ],
 )
@@ -446,3 +448,50 @@ def test_without_exemplars_spans_are_not_looked_at() -> None:
     exp.export([span_record("op", 7.0, end)])
     msg = decoded(exp, [rollup([7.0], operation="op", minute=end - end % MINUTE)])
     assert not metrics(msg)[DURATION_METRIC].exponential_histogram.data_points[0].exemplars
+
+
+def test_idle_cumulative_series_go_on_with_their_totals() -> None:
+    import time
+
+    now = time.time_ns()
+    minute = now - now % MINUTE - 2 * MINUTE
+    exp = exporter()
+    decoded(
+        exp, [rollup([1.0] * 5, minute=minute), rollup([2.0] * 3, operation="GET /health", minute=minute)]
+    )
+    later = decoded(exp, [rollup([1.0] * 2, minute=minute + MINUTE)])
+    points = {attrs(p)["span.name"]: p for p in metrics(later)[CALLS_METRIC].sum.data_points}
+    assert points["GET /pitches/{id}"].as_int == 7
+    # No spans of GET /health in the last minute: its total goes on, as of this request's time.
+    assert points["GET /health"].as_int == 3
+    assert points["GET /health"].time_unix_nano == points["GET /pitches/{id}"].time_unix_nano
+    hist = {
+        attrs(p)["span.name"]: p for p in metrics(later)[DURATION_METRIC].exponential_histogram.data_points
+    }
+    assert hist["GET /health"].count == 3
+
+
+@pytest.mark.parametrize("idle", [0, 0.05])
+def test_idle_series_stop_after_idle_series_s(idle: float) -> None:
+    import time
+
+    now = time.time_ns()
+    minute = now - now % MINUTE - 2 * MINUTE
+    exp = exporter(idle_series_s=idle)
+    decoded(
+        exp, [rollup([1.0] * 5, minute=minute), rollup([2.0] * 3, operation="GET /health", minute=minute)]
+    )
+    time.sleep(0.1)
+    later = decoded(exp, [rollup([1.0] * 2, minute=minute + MINUTE)])
+    assert [attrs(p)["span.name"] for p in metrics(later)[CALLS_METRIC].sum.data_points] == [
+        "GET /pitches/{id}"
+    ]
+
+
+def test_delta_sends_no_idle_series() -> None:
+    exp = exporter(temporality="delta")
+    decoded(exp, [rollup([1.0]), rollup([1.0], operation="GET /health")])
+    later = decoded(exp, [rollup([1.0], minute=T0 + MINUTE)])
+    assert [attrs(p)["span.name"] for p in metrics(later)[CALLS_METRIC].sum.data_points] == [
+        "GET /pitches/{id}"
+    ]
