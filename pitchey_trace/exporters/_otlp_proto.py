@@ -30,7 +30,13 @@ from typing import Any
 
 from pitchey_trace._json import valid_text
 
-__all__ = ["any_value_proto", "encode_otlp_proto", "partial_rejected_proto"]
+__all__ = ["Schema", "any_value_proto", "encode_node", "encode_otlp_proto", "partial_rejected_proto"]
+
+#: A message table: message -> JSON key -> (field number, kind, nested message). Kinds: string,
+#: message, messages (repeated), attributes (a mapping: repeated KeyValue), any (AnyValue),
+#: hex_id (bytes written from hex), fixed64, double, bool, varint, sint32, packed_fixed64,
+#: packed_double, packed_varint.
+Schema = dict[str, dict[str, tuple[int, str, str]]]
 
 _DOUBLE = struct.Struct("<d").pack
 _FIXED64 = struct.Struct("<Q").pack
@@ -250,3 +256,53 @@ def partial_rejected_proto(body: bytes) -> int:
     except (ValueError, IndexError):
         return 0
     return 0
+
+
+def _zigzag(n: int) -> int:
+    return n << 1 if n >= 0 else ((-n) << 1) - 1
+
+
+def encode_node(schema: Schema, message: str, node: Mapping[str, Any]) -> bytearray:
+    """The binary form of ``node``, a message of ``schema`` in the OTLP JSON form's shape
+    (``{json key: value}``; attributes as mappings, ids as hex, times and counts as ints)."""
+    out = bytearray()
+    fields = schema[message]
+    for key, value in node.items():
+        number, kind, nested = fields[key]
+        if kind == "string":
+            _field(number, _text(value), out)
+        elif kind == "message":
+            _field(number, encode_node(schema, nested, value), out)
+        elif kind == "messages":
+            for item in value:
+                _field(number, encode_node(schema, nested, item), out)
+        elif kind == "attributes":
+            out += _key_values(value, number)
+        elif kind == "any":
+            _field(number, any_value_proto(value), out)
+        elif kind == "hex_id":  # (the JSON form keeps the hex text, as OTLP JSON says)
+            _field(number, _hex_id(value), out)
+        elif kind == "fixed64":
+            out.append(number << 3 | 1)
+            out += _FIXED64(int(value) & _U64)
+        elif kind == "double":
+            out.append(number << 3 | 1)
+            out += _DOUBLE(float(value))
+        elif kind == "bool":
+            out += bytes((number << 3, 1 if value else 0))
+        elif kind in ("varint", "sint32"):
+            out.append(number << 3)
+            _varint(_zigzag(value) if kind == "sint32" else value, out)
+        elif kind == "packed_fixed64":
+            _field(number, b"".join(_FIXED64(int(v) & _U64) for v in value), out)
+        elif kind == "packed_double":
+            _field(number, b"".join(_DOUBLE(float(v)) for v in value), out)
+        else:  # packed_varint
+            packed = bytearray()
+            for v in value:
+                if 0 <= v < 0x80:  # (most bucket counts: one byte)
+                    packed.append(v)
+                else:
+                    _varint(int(v), packed)
+            _field(number, packed, out)
+    return out

@@ -25,7 +25,7 @@ from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
 from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import encode_otlp_proto, partial_rejected_proto
+from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto, partial_rejected_proto
 from pitchey_trace.records import Record
 
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
@@ -101,6 +101,30 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
     if r.get("status_message"):
         status["message"] = r["status_message"]
     out["status"] = status
+    return out
+
+
+def json_node(schema: Schema, message: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """``node`` (a message of ``schema``, see ``_otlp_proto.encode_node``) in the OTLP JSON
+    form: 64-bit integers as decimal strings, enums as their numbers, ids in hex."""
+    out: dict[str, Any] = {}
+    fields = schema[message]
+    for key, value in node.items():
+        _, kind, nested = fields[key]
+        if kind == "message":
+            out[key] = json_node(schema, nested, value)
+        elif kind == "messages":
+            out[key] = [json_node(schema, nested, item) for item in value]
+        elif kind == "attributes":
+            out[key] = _kv(value)
+        elif kind == "any":
+            out[key] = any_value(value)
+        elif kind == "fixed64":
+            out[key] = str(int(value))
+        elif kind in ("packed_fixed64", "packed_varint"):
+            out[key] = [str(int(v)) for v in value]
+        else:
+            out[key] = value
     return out
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,8 +61,8 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import _field, _hex_id, _key_values, _text, _varint
-from pitchey_trace.exporters.otlp import _kv, _otlp_env, _partial_rejected, _scope_version, otlp_sender
+from pitchey_trace.exporters._otlp_proto import Schema, encode_node
+from pitchey_trace.exporters.otlp import _otlp_env, _partial_rejected, _scope_version, json_node, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
 
@@ -96,9 +95,6 @@ _KIND = {
 _OK, _ERROR = "STATUS_CODE_UNSET", "STATUS_CODE_ERROR"
 # An OpenTelemetry instrument name: what a counter must look like to become a metric name.
 _METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,240}")
-_DOUBLE = struct.Struct("<d").pack
-_FIXED64 = struct.Struct("<Q").pack
-_U64 = (1 << 64) - 1
 
 
 # -- histograms from a rollup's sketch ----------------------------------------------------------
@@ -182,7 +178,7 @@ def explicit_buckets(
 
 # -- the request, as a tree in the JSON form's shape, and its two encodings ---------------------
 # message -> JSON key -> (field number, type, message of a nested field)
-_SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
+_SCHEMA: Schema = {
     "request": {"resourceMetrics": (1, "messages", "resource_metrics")},
     "resource_metrics": {
         "resource": (1, "message", "resource"),
@@ -256,71 +252,12 @@ _SCHEMA: dict[str, dict[str, tuple[int, str, str]]] = {
 }
 
 
-def _zigzag(n: int) -> int:
-    return n << 1 if n >= 0 else ((-n) << 1) - 1
-
-
 def _proto(message: str, node: Mapping[str, Any]) -> bytearray:
-    out = bytearray()
-    fields = _SCHEMA[message]
-    for key, value in node.items():
-        number, kind, nested = fields[key]
-        if kind == "string":
-            _field(number, _text(value), out)
-        elif kind == "message":
-            _field(number, _proto(nested, value), out)
-        elif kind == "messages":
-            for item in value:
-                _field(number, _proto(nested, item), out)
-        elif kind == "attributes":
-            out += _key_values(value, number)
-        elif kind == "hex_id":  # (the JSON form keeps the hex text, as OTLP JSON says)
-            _field(number, _hex_id(value), out)
-        elif kind == "fixed64":
-            out.append(number << 3 | 1)
-            out += _FIXED64(int(value) & _U64)
-        elif kind == "double":
-            out.append(number << 3 | 1)
-            out += _DOUBLE(float(value))
-        elif kind == "bool":
-            out += bytes((number << 3, 1 if value else 0))
-        elif kind in ("varint", "sint32"):
-            out.append(number << 3)
-            _varint(_zigzag(value) if kind == "sint32" else value, out)
-        elif kind == "packed_fixed64":
-            _field(number, b"".join(_FIXED64(int(v) & _U64) for v in value), out)
-        elif kind == "packed_double":
-            _field(number, b"".join(_DOUBLE(float(v)) for v in value), out)
-        else:  # packed_varint
-            packed = bytearray()
-            for v in value:
-                if 0 <= v < 0x80:  # (most bucket counts: one byte)
-                    packed.append(v)
-                else:
-                    _varint(int(v), packed)
-            _field(number, packed, out)
-    return out
+    return encode_node(_SCHEMA, message, node)
 
 
 def _json(message: str, node: Mapping[str, Any]) -> dict[str, Any]:
-    """The OTLP JSON form: 64-bit integers as decimal strings, enums as their numbers."""
-    out: dict[str, Any] = {}
-    fields = _SCHEMA[message]
-    for key, value in node.items():
-        _, kind, nested = fields[key]
-        if kind == "message":
-            out[key] = _json(nested, value)
-        elif kind == "messages":
-            out[key] = [_json(nested, item) for item in value]
-        elif kind == "attributes":
-            out[key] = _kv(value)
-        elif kind == "fixed64":
-            out[key] = str(int(value))
-        elif kind in ("packed_fixed64", "packed_varint"):
-            out[key] = [str(int(v)) for v in value]
-        else:
-            out[key] = value
-    return out
+    return json_node(_SCHEMA, message, node)
 
 
 # -- series ---------------------------------------------------------------------------------------
