@@ -213,6 +213,25 @@ def _metrics_exporters_from_env() -> list[Any]:
     return out
 
 
+def _logs_exporters_from_env() -> list[Any]:
+    """``OTEL_LOGS_EXPORTER=otlp``: the audit records go out as OTLP log records too
+    (``OTLPLogExporter``, configured by the ``OTEL_EXPORTER_OTLP_[LOGS_]*`` variables). Other
+    names belong to an OpenTelemetry logs SDK the application may run beside this one."""
+    out: list[Any] = []
+    for raw in (_env("OTEL_LOGS_EXPORTER") or "none").split(","):
+        name = raw.strip().lower()
+        if name == "otlp" and not out:
+            from pitchey_trace.exporters import OTLPLogExporter
+
+            spool = _env("PITCHEY_TRACE_EXPORT_SPOOL_DIR")
+            out.append(OTLPLogExporter(spool_dir=os.path.join(spool, "otlp_logs") if spool else None))
+        elif name not in ("otlp", "none", ""):
+            _safety.warn_once(
+                "otel_logs_exporter", "OTEL_LOGS_EXPORTER=%s: not an exporter of this SDK (ignored)", name
+            )
+    return out
+
+
 def _propagators_from_env() -> None:
     """Apply ``OTEL_PROPAGATORS`` unless the application already chose its propagators."""
     from pitchey_trace import propagation
@@ -379,7 +398,11 @@ def configure(
             schedule_delay_ms = DEFAULT_SCHEDULE_DELAY_S * 1000
     if exporters is None:
         # (disabled: none are made, so an exporter's own variables cannot fail a switched-off SDK)
-        exporters = [] if disabled else _exporters_from_env() + _metrics_exporters_from_env()
+        exporters = (
+            []
+            if disabled
+            else _exporters_from_env() + _metrics_exporters_from_env() + _logs_exporters_from_env()
+        )
     exporters = list_of("exporters", exporters)
     processors = list_of("processors", () if processors is None else processors)
     for exp in exporters:

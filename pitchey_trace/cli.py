@@ -77,11 +77,12 @@ _OTEL_READ = frozenset(
         "OTEL_SPAN_LINK_COUNT_LIMIT",
         "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
         "OTEL_METRICS_EXPORTER",
+        "OTEL_LOGS_EXPORTER",
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
     }
     | {
         f"OTEL_EXPORTER_OTLP_{signal}{setting}"
-        for signal in ("", "TRACES_", "METRICS_")
+        for signal in ("", "TRACES_", "METRICS_", "LOGS_")
         for setting in (
             "ENDPOINT",
             "PROTOCOL",
@@ -225,6 +226,8 @@ def _run(args: argparse.Namespace) -> int:
         env["PITCHEY_TRACE_EXPORTER"] = args.exporter
     if args.metrics:
         env["OTEL_METRICS_EXPORTER"] = args.metrics
+    if args.logs:
+        env["OTEL_LOGS_EXPORTER"] = args.logs
     if args.exclude:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
     try:
@@ -248,6 +251,7 @@ def _add_run(sub: Subparsers) -> None:
     p.add_argument(
         "--metrics", help="otlp: also send the rollups as OTLP metrics (sets OTEL_METRICS_EXPORTER)"
     )
+    p.add_argument("--logs", help="otlp: also send the audit records as OTLP logs (sets OTEL_LOGS_EXPORTER)")
     p.add_argument("--exclude", help="libraries to leave alone, comma-separated (e.g. requests,celery)")
     p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments (after --)")
     p.set_defaults(func=_run)

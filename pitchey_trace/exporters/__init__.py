@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # optional-dependency exporters load on first use
     from pitchey_trace.exporters.local_archive import LocalArchiveExporter
     from pitchey_trace.exporters.logpush import LogpushExporter
     from pitchey_trace.exporters.otlp import OTLPExporter
+    from pitchey_trace.exporters.otlp_logs import OTLPLogExporter
     from pitchey_trace.exporters.otlp_metrics import OTLPMetricsExporter
     from pitchey_trace.exporters.zipkin import ZipkinExporter
 
@@ -33,6 +34,7 @@ __all__ = [
     "LocalArchiveExporter",
     "LogpushExporter",
     "OTLPExporter",
+    "OTLPLogExporter",
     "OTLPMetricsExporter",
     "RetryPolicy",
     "ZipkinExporter",
@@ -43,6 +45,7 @@ _LAZY = {
     "LocalArchiveExporter": "pitchey_trace.exporters.local_archive",
     "LogpushExporter": "pitchey_trace.exporters.logpush",
     "OTLPExporter": "pitchey_trace.exporters.otlp",
+    "OTLPLogExporter": "pitchey_trace.exporters.otlp_logs",
     "OTLPMetricsExporter": "pitchey_trace.exporters.otlp_metrics",
     "RetryPolicy": "pitchey_trace.exporters._http",
     "ZipkinExporter": "pitchey_trace.exporters.zipkin",

@@ -26,6 +26,7 @@ from pitchey_trace import _stats
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
+from pitchey_trace.exporters._otlp_proto import partial_rejected
 from pitchey_trace.exporters._spool import PayloadSpool
 
 if TYPE_CHECKING:
@@ -459,20 +460,30 @@ class SenderExporter:
         return None
 
     def _post_in_chunks(
-        self, items: Sequence[Any], size: int, body: Callable[[Sequence[Any]], bytes], counter: str
+        self,
+        items: Sequence[Any],
+        size: int,
+        body: Callable[[Sequence[Any]], bytes],
+        counter: str,
+        partial: tuple[str, str] | None = None,
     ) -> bool:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
-        delivered under ``counter``; False if any chunk was given up (not kept in the spool)."""
+        delivered under ``counter``; False if any chunk was given up (not kept in the spool).
+        ``partial``: (JSON key, counter) of an OTLP answer's ``partialSuccess`` rejections."""
         ok = True
         for i in range(0, len(items), size):
             chunk = items[i : i + size]
             result = self._deliver(body(chunk), len(chunk))
             if result is None:
                 continue  # kept on disk: counted once it is sent
-            if result.ok:
-                _stats.incr(counter, len(chunk))
-            else:
+            if not result.ok:
                 ok = False
+                continue
+            _stats.incr(counter, len(chunk))
+            if partial is not None:
+                rejected = partial_rejected(result.body, partial[0])
+                if rejected:
+                    _stats.incr(partial[1], rejected)
         return ok
 
     def poll(self) -> None:

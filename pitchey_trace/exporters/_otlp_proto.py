@@ -28,9 +28,16 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pitchey_trace._json import valid_text
+from pitchey_trace._json import loads, valid_text
 
-__all__ = ["Schema", "any_value_proto", "encode_node", "encode_otlp_proto", "partial_rejected_proto"]
+__all__ = [
+    "Schema",
+    "any_value_proto",
+    "encode_node",
+    "encode_otlp_proto",
+    "partial_rejected",
+    "partial_rejected_proto",
+]
 
 #: A message table: message -> JSON key -> (field number, kind, nested message). Kinds: string,
 #: message, messages (repeated), attributes (a mapping: repeated KeyValue), any (AnyValue),
@@ -306,3 +313,19 @@ def encode_node(schema: Schema, message: str, node: Mapping[str, Any]) -> bytear
                     _varint(int(v), packed)
             _field(number, packed, out)
     return out
+
+
+def partial_rejected(body: bytes, json_key: str = "rejectedSpans") -> int:
+    """``partialSuccess.rejectedSpans`` (or ``json_key``: metrics say ``rejectedDataPoints``;
+    field 1 in both binary forms) of an OTLP response, JSON or binary protobuf (0 when
+    absent or unreadable). A JSON object cannot be mistaken for the binary form: "{" would be a
+    group start, which the response message does not have."""
+    if not body:
+        return 0
+    if not body.lstrip().startswith(b"{"):
+        return partial_rejected_proto(body)
+    try:
+        doc = loads(body)
+        return int(doc.get("partialSuccess", {}).get(json_key, 0) or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0

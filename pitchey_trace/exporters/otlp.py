@@ -19,13 +19,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pitchey_trace import _stats
-from pitchey_trace._json import dumps, loads
+from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
 from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto, partial_rejected_proto
+from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto
 from pitchey_trace.records import Record
 
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
@@ -391,42 +391,18 @@ class OTLPExporter(SenderExporter):
         spans = [r for r in batch if r.get("type") == "span"]
         if len(spans) != len(batch):
             _stats.incr("otlp.skipped", len(batch) - len(spans))
-        ok = True
-        step = self.max_spans_per_request
-        for i in range(0, len(spans), step):
-            chunk = spans[i : i + step]
-            payload = (
-                dumps(encode_otlp_json(chunk, self.scope_name))
-                if self.protocol == "http/json"
-                else encode_otlp_protobuf(chunk, self.scope_name)
-            )
-            result = self._deliver(payload, len(chunk))
-            if result is None:
-                continue  # kept in the spool: counted once it is sent
-            if not result.ok:
-                ok = False
-                continue
-            _stats.incr("otlp.spans", len(chunk))
-            rejected = _partial_rejected(result.body)
-            if rejected:
-                _stats.incr("otlp.partial_rejected", rejected)
-        return ok
+        return self._post_in_chunks(
+            spans,
+            self.max_spans_per_request,
+            self._payload,
+            "otlp.spans",
+            partial=("rejectedSpans", "otlp.partial_rejected"),
+        )
+
+    def _payload(self, chunk: Sequence[Record]) -> bytes:
+        if self.protocol == "http/json":
+            return dumps(encode_otlp_json(chunk, self.scope_name))
+        return encode_otlp_protobuf(chunk, self.scope_name)
 
     def __repr__(self) -> str:
         return f"OTLPExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"
-
-
-def _partial_rejected(body: bytes, json_key: str = "rejectedSpans") -> int:
-    """``partialSuccess.rejectedSpans`` (or ``json_key``: metrics say ``rejectedDataPoints``;
-    field 1 in both binary forms) of an OTLP response, JSON or binary protobuf (0 when
-    absent or unreadable). A JSON object cannot be mistaken for the binary form: "{" would be a
-    group start, which the response message does not have."""
-    if not body:
-        return 0
-    if not body.lstrip().startswith(b"{"):
-        return partial_rejected_proto(body)
-    try:
-        doc = loads(body)
-        return int(doc.get("partialSuccess", {}).get(json_key, 0) or 0)
-    except (ValueError, TypeError, AttributeError):
-        return 0

@@ -61,8 +61,8 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_node
-from pitchey_trace.exporters.otlp import _otlp_env, _partial_rejected, _scope_version, json_node, otlp_sender
+from pitchey_trace.exporters._otlp_proto import Schema, encode_node, partial_rejected
+from pitchey_trace.exporters.otlp import _otlp_env, _scope_version, json_node, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
 
@@ -567,7 +567,7 @@ class OTLPMetricsExporter(SenderExporter):
                     undo()
             return
         _stats.incr("otlp_metrics.points", points)
-        rejected = _partial_rejected(result.body, "rejectedDataPoints")
+        rejected = partial_rejected(result.body, "rejectedDataPoints")
         if rejected:
             _stats.incr("otlp_metrics.partial_rejected", rejected)
 

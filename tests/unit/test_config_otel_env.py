@@ -32,7 +32,7 @@ ENV_VARS = sorted(
         "PITCHEY_TRACE_EXPORTER",
         "PITCHEY_TRACE_DISABLED",
         "PITCHEY_TRACE_EXPORT_SPOOL_DIR",
-        "OTEL_LOGS_EXPORTER",
+        "OTEL_EXPORTER_JAEGER_ENDPOINT",
         "OTEL_PYTHON_EXCLUDED_URLS",
     }
 )
@@ -297,16 +297,16 @@ def test_config_command_reports_bad_and_disabled_setups(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert main(["config"]) == 0
     assert "disabled" in capsys.readouterr().out
-    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "otlp")  # nothing here reads it
+    monkeypatch.setenv("OTEL_EXPORTER_JAEGER_ENDPOINT", "http://jaeger:14268")  # nothing here reads it
     monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "healthz")  # read by OpenTelemetry's packages
     assert main(["config", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["enabled"] is False
-    assert "OTEL_LOGS_EXPORTER" in info["unread_otel_variables"]
+    assert "OTEL_EXPORTER_JAEGER_ENDPOINT" in info["unread_otel_variables"]
     assert "OTEL_PYTHON_EXCLUDED_URLS" not in info["unread_otel_variables"]
     assert "OTEL_SDK_DISABLED" not in info["unread_otel_variables"]
     assert main(["config"]) == 0
-    assert "not read     OTEL_LOGS_EXPORTER" in capsys.readouterr().out
+    assert "not read     OTEL_EXPORTER_JAEGER_ENDPOINT" in capsys.readouterr().out
 
 
 def test_a_disabled_sdk_makes_no_exporter_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

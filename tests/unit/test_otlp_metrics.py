@@ -4,7 +4,6 @@ parser, which must give the same message)."""
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import random
@@ -30,6 +29,7 @@ from pitchey_trace.exporters.otlp_metrics import (
     explicit_buckets,
     exponential_buckets,
 )
+from tests.support.otlp import base64_ids
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_040 * 1_000_000_000  # a minute boundary in the past
@@ -79,19 +79,6 @@ def decoded(exp: OTLPMetricsExporter, records: list[dict[str, Any]]) -> ExportMe
     from_json = json_format.Parse(dumps(base64_ids(_json("request", tree))), ExportMetricsServiceRequest())
     assert from_json == msg
     return msg
-
-
-def base64_ids(node: Any) -> Any:
-    """OTLP JSON writes trace and span ids in hex, protobuf's JSON parser reads bytes as
-    base64: the ids converted for it (everything else as it is)."""
-    if isinstance(node, list):
-        return [base64_ids(v) for v in node]
-    if isinstance(node, dict):
-        return {
-            k: base64.b64encode(bytes.fromhex(v)).decode() if k in ("traceId", "spanId") else base64_ids(v)
-            for k, v in node.items()
-        }
-    return node
 
 
 def metrics(msg: ExportMetricsServiceRequest) -> dict[str, Any]:

@@ -105,18 +105,34 @@ def test_otel_metrics_exporter_sends_the_rollups_as_metrics(http_server: Recordi
     assert traced < 100  # (5% of the traces were kept; every span was counted)
 
 
-def test_run_with_metrics_sends_them_for_an_unchanged_program(http_server: RecordingServer) -> None:
+def test_run_with_metrics_and_logs_sends_them_for_an_unchanged_program(http_server: RecordingServer) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PITCHEY_TRACE_"))}
     env.update(PYTHONPATH=str(REPO), OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url)
     program = (
         "import pitchey_trace as pt\nfor i in range(50):\n    with pt.span('nightly-job'):\n        pass\n"
+        "pt.emit_audit('export', 'invoices', 'success', category='data_access')\n"
     )
-    cli = [sys.executable, "-m", "pitchey_trace.cli", "run", "--service", "jobs", "--metrics", "otlp"]
+    cli = [
+        sys.executable,
+        "-m",
+        "pitchey_trace.cli",
+        "run",
+        "--service",
+        "jobs",
+        "--metrics",
+        "otlp",
+        "--logs",
+        "otlp",
+    ]
     subprocess.run([*cli, "--", sys.executable, "-c", program], env=env, cwd=REPO, timeout=60, check=True)
-    assert http_server.wait_requests(1)
+    assert http_server.wait_requests(2)
     [body] = [r.body for r in http_server.requests if r.path == "/v1/metrics"]
+    [logs] = [r.body for r in http_server.requests if r.path == "/v1/logs"]
+    [log] = ExportLogsServiceRequest.FromString(logs).resource_logs[0].scope_logs[0].log_records
+    assert log.body.string_value == "export -> success"
     [rm] = ExportMetricsServiceRequest.FromString(body).resource_metrics
     assert {kv.key: kv.value.string_value for kv in rm.resource.attributes}["service.name"] == "jobs"
     [calls] = [m for m in rm.scope_metrics[0].metrics if m.name == "traces.span.metrics.calls"]

@@ -1,0 +1,243 @@
+"""OTLPLogExporter: the audit records as OpenTelemetry log records, to any OTLP backend.
+
+The audit dataset (one record per request, security events, sensitive-table access) is what
+a security team searches: this exporter sends it to wherever the organisation keeps its logs
+through an OpenTelemetry Collector, Loki, Elastic, Datadog, ... Each audit record becomes one
+``LogRecord``:
+
+- ``timeUnixNano``: when it was recorded; ``observedTimeUnixNano``: when it was sent;
+- severity: ``WARN`` for security events and 4xx outcomes, ``ERROR`` for 5xx and ``error``
+  outcomes, ``INFO`` otherwise;
+- ``body``: ``"<action> -> <outcome>"``; ``eventName``: ``pitchey_trace.audit.<category>``;
+- attributes: ``audit.category``, ``audit.action``, ``audit.target``, ``audit.outcome``,
+  ``enduser.id`` (the actor) and the record's own attributes;
+- ``traceId`` / ``spanId``: the trace the event belongs to, so a backend links the two.
+
+The records are the sanitized ones, as every exporter's. The payload is an
+``ExportLogsServiceRequest`` (binary protobuf, JSON, or gRPC ``LogsService/Export``); field
+numbers from ``opentelemetry/proto/{collector/logs,logs}/v1/*.proto``:
+
+    ExportLogsServiceRequest  1 resource_logs
+    ResourceLogs              1 resource, 2 scope_logs
+    ScopeLogs                 1 scope, 2 log_records
+    LogRecord                 1 time_unix_nano, 11 observed_time_unix_nano (fixed64),
+                              2 severity_number, 3 severity_text, 5 body (AnyValue),
+                              6 attributes, 9 trace_id, 10 span_id, 12 event_name
+    ExportLogsServiceResponse 1 partial_success { 1 rejected_log_records, 2 error_message }
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pitchey_trace import _stats
+from pitchey_trace._json import dumps
+from pitchey_trace._validate import datasets as valid_datasets
+from pitchey_trace._validate import positive_int, text
+from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._otlp_proto import Schema, encode_node
+from pitchey_trace.exporters.otlp import _scope_version, json_node, otlp_sender
+from pitchey_trace.records import Record
+
+__all__ = ["EXPORT_METHOD", "OTLPLogExporter", "log_record"]
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+_INFO, _WARN, _ERROR = (9, "INFO"), (13, "WARN"), (17, "ERROR")
+
+_SCHEMA: Schema = {
+    "request": {"resourceLogs": (1, "messages", "resource_logs")},
+    "resource_logs": {"resource": (1, "message", "resource"), "scopeLogs": (2, "messages", "scope_logs")},
+    "resource": {"attributes": (1, "attributes", "")},
+    "scope_logs": {"scope": (1, "message", "scope"), "logRecords": (2, "messages", "log_record")},
+    "scope": {"name": (1, "string", ""), "version": (2, "string", "")},
+    "log_record": {
+        "timeUnixNano": (1, "fixed64", ""),
+        "observedTimeUnixNano": (11, "fixed64", ""),
+        "severityNumber": (2, "varint", ""),
+        "severityText": (3, "string", ""),
+        "body": (5, "any", ""),
+        "attributes": (6, "attributes", ""),
+        "traceId": (9, "hex_id", ""),
+        "spanId": (10, "hex_id", ""),
+        "eventName": (12, "string", ""),
+    },
+}
+
+
+def _severity(category: str, outcome: str) -> tuple[int, str]:
+    if outcome == "error":
+        return _ERROR
+    if outcome.isdigit():
+        status = int(outcome)
+        if status >= 500:
+            return _ERROR
+        if status >= 400:
+            return _WARN
+    return _WARN if category == "security" else _INFO
+
+
+def log_record(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | None:
+    """One audit record as an OTLP ``LogRecord`` (the JSON form's shape; None for other
+    records, or an audit record without its fields)."""
+    if record.get("type") != "audit":
+        return None
+    try:
+        category = str(record["category"])
+        action, target, outcome = str(record["action"]), str(record["target"]), str(record["outcome"])
+        when = int(record["time_unix_nano"])
+    except (KeyError, TypeError, ValueError):
+        _stats.incr("otlp_logs.bad_record")
+        return None
+    number, name = _severity(category, outcome)
+    attributes: dict[str, Any] = {
+        "audit.category": category,
+        "audit.action": action,
+        "audit.target": target,
+        "audit.outcome": outcome,
+    }
+    actor = record.get("actor")
+    if actor:
+        attributes["enduser.id"] = str(actor)
+    extra = record.get("attributes")
+    if isinstance(extra, Mapping):
+        for key, value in extra.items():
+            attributes.setdefault(str(key), value)
+    out: dict[str, Any] = {
+        "timeUnixNano": when,
+        "observedTimeUnixNano": observed_ns,
+        "severityNumber": number,
+        "severityText": name,
+        "body": f"{action} -> {outcome}",
+        "attributes": attributes,
+        "eventName": f"pitchey_trace.audit.{category}",
+    }
+    if record.get("trace_id"):
+        out["traceId"] = record["trace_id"]
+    if record.get("span_id"):
+        out["spanId"] = record["span_id"]
+    return out
+
+
+class OTLPLogExporter(SenderExporter):
+    """Send the audit records as OpenTelemetry log records to an OTLP endpoint: HTTP with
+    binary protobuf (default) or JSON, or gRPC.
+
+    Args:
+        endpoint: full URL (``http://collector:4318/v1/logs``); a URL without a path gets
+            ``/v1/logs``. Default: ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``, else
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/logs``, else ``http://localhost:4318/v1/logs``.
+            For gRPC ``http(s)://host:port``.
+        max_records_per_request: log records per request (default 512).
+        datasets: the datasets taken (default ``audit``).
+        headers, compression, timeout_s, retry, protocol, certificate_file,
+        client_certificate_file, client_key_file, spool_dir, spool_max_bytes: as
+            :class:`OTLPExporter`, read from the ``OTEL_EXPORTER_OTLP_LOGS_*`` variables first,
+            then ``OTEL_EXPORTER_OTLP_*``.
+
+    Counters: ``otlp_logs.records``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
+    ``.partial_rejected``, ``.skipped`` (records that are not audit records), ``.bad_record``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        max_records_per_request: int = 512,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = "default",
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        datasets: Iterable[str] | None = ("audit",),
+        scope_name: str = "pitchey_trace",
+        name: str = "otlp_logs",
+        protocol: str | None = None,
+        certificate_file: str | None = None,
+        client_certificate_file: str | None = None,
+        client_key_file: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    ) -> None:
+        positive_int("max_records_per_request", max_records_per_request)
+        text("scope_name", scope_name)
+        text("name", name)
+        self.name = name
+        self.datasets = valid_datasets(datasets)
+        self.max_records_per_request = max_records_per_request
+        self.scope_name = scope_name
+        self._resource: dict[str, Any] = {}
+        self._sender, self.protocol = otlp_sender(
+            "LOGS",
+            "otlp_logs",
+            EXPORT_METHOD,
+            endpoint,
+            headers=headers,
+            compression=compression,
+            timeout_s=timeout_s,
+            retry=retry,
+            protocol=protocol,
+            certificate_file=certificate_file,
+            client_certificate_file=client_certificate_file,
+            client_key_file=client_key_file,
+        )
+        self._init_spool(spool_dir, spool_max_bytes, "otlp_logs.records")
+
+    @property
+    def endpoint(self) -> str:
+        """The resolved endpoint: the ``/v1/logs`` URL, or the gRPC target's URL."""
+        return self._sender.url
+
+    def bind_resource(self, resource: Mapping[str, Any]) -> None:
+        """Called by the pipeline as it starts: the process's resource."""
+        self._resource = dict(resource)
+
+    def request(self, records: Iterable[Record]) -> dict[str, Any]:
+        """The ``ExportLogsServiceRequest`` for the audit records among ``records`` (the JSON
+        form's shape), grouped by service and environment."""
+        observed = time.time_ns()
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for record in records:
+            log = log_record(record, observed)
+            if log is not None:
+                key = (str(record.get("service", "")), str(record.get("environment", "")))
+                groups.setdefault(key, []).append(log)
+        scope = {"name": self.scope_name, "version": _scope_version(None)}
+        return {
+            "resourceLogs": [
+                {
+                    "resource": {
+                        "attributes": {
+                            **self._resource,
+                            "service.name": service,
+                            "deployment.environment.name": environment,
+                        }
+                    },
+                    "scopeLogs": [{"scope": scope, "logRecords": logs}],
+                }
+                for (service, environment), logs in groups.items()
+            ]
+        }
+
+    def export(self, batch: Sequence[Record]) -> bool:
+        """POST the audit records of ``batch`` (in chunks); False if a chunk was given up."""
+        audits = [r for r in batch if r.get("type") == "audit"]
+        if len(audits) != len(batch):
+            _stats.incr("otlp_logs.skipped", len(batch) - len(audits))
+        return self._post_in_chunks(
+            audits,
+            self.max_records_per_request,
+            self._payload,
+            "otlp_logs.records",
+            partial=("rejectedLogRecords", "otlp_logs.partial_rejected"),
+        )
+
+    def _payload(self, chunk: Sequence[Record]) -> bytes:
+        request = self.request(chunk)
+        if self.protocol == "http/json":
+            return dumps(json_node(_SCHEMA, "request", request))
+        return bytes(encode_node(_SCHEMA, "request", request))
+
+    def __repr__(self) -> str:
+        return f"OTLPLogExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"
