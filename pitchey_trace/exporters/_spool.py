@@ -86,7 +86,7 @@ class SpoolDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a new one: this user's only)
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock_fd: int | None = None
         self._seq = 0
@@ -271,7 +271,9 @@ class PayloadSpool:
             opened = self.dir.open_path(seq, self.tag, now)
             ready = self.dir.ready_path(seq, self.tag, new_key_name(now, now))
             try:
-                with open(opened, "wb") as fh:
+                # (0600: the payload holds trace data; only this user may read it)
+                fd = os.open(opened, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
                     fh.write(payload)
                     fh.flush()
                     os.fsync(fh.fileno())

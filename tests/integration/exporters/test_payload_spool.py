@@ -64,6 +64,7 @@ def test_an_outage_loses_nothing(http_server: RecordingServer, proxy: FaultProxy
         spans(batch * 100, 100)
         assert not pt.force_flush(10)  # (not delivered yet: said so)
     assert len(spool_files(tmp_path)) == 3
+    assert {f.stat().st_mode & 0o777 for f in spool_files(tmp_path)} == {0o600}  # (trace data: ours only)
     assert _stats.get("otlp.spooled") == 3
     assert _stats.get("dropped.export_failed") == 0  # (kept, not lost)
     proxy.set_mode("up")
