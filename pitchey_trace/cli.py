@@ -51,7 +51,7 @@ def _logpush(args: argparse.Namespace) -> int:
 
 def _exporter_summary(exporter: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"name": getattr(exporter, "name", None), "type": type(exporter).__name__}
-    for attr in ("endpoint", "url", "protocol", "datasets", "spool_dir"):
+    for attr in ("endpoint", "url", "protocol", "temporality", "datasets", "spool_dir"):
         value = getattr(exporter, attr, None)
         if value is not None and not callable(value):
             out[attr] = sorted(value) if isinstance(value, (set, frozenset)) else value
@@ -168,6 +168,7 @@ def _config(args: argparse.Namespace) -> int:
         for i, exp in enumerate(info["exporters"]):
             where = exp.get("endpoint") or exp.get("url") or ""
             detail = f" {exp['protocol']}" if exp.get("protocol") else ""
+            detail += f" {exp['temporality']}" if exp.get("temporality") else ""
             spool = f" (spool {exp['spool_dir']})" if exp.get("spool_dir") else ""
             lines.append(f"{'exporters' if i == 0 else '':<12} {exp['type']}{detail} {where}{spool}".rstrip())
         lines.append(f"propagators  {', '.join(info['propagators']) or 'none'}")

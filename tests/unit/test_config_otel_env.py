@@ -352,6 +352,19 @@ def test_otel_metrics_exporter_adds_the_metrics_exporter(
     assert _config._metrics_exporters_from_env() == []
 
 
+def test_config_shows_the_metrics_temporality(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pitchey_trace.cli import main
+
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    assert main(["config"]) == 0
+    assert (
+        "OTLPMetricsExporter http/protobuf delta http://localhost:4318/v1/metrics" in capsys.readouterr().out
+    )
+
+
 def test_export_spool_dir_gives_each_exporter_a_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
