@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -300,6 +301,22 @@ def otlp_sender(
         client_key_file=client_key_file,
     )
     return http_sender, protocol
+
+
+class ResourceBound:
+    """For exporters of records that name only their service and environment (rollups, audit
+    records): the process's resource, which the pipeline tells them as it starts."""
+
+    _resource: Mapping[str, Any] = MappingProxyType({})
+
+    def bind_resource(self, resource: Mapping[str, Any]) -> None:
+        """Called by the pipeline as it starts: the process's resource (``service.instance.id``
+        tells the processes of one service apart)."""
+        self._resource = dict(resource)
+
+    def resource_for(self, service: str, environment: str) -> dict[str, Any]:
+        """The resource of records of ``service`` / ``environment`` from this process."""
+        return {**self._resource, "service.name": service, "deployment.environment.name": environment}
 
 
 class OTLPExporter(SenderExporter):

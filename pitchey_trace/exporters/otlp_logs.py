@@ -39,7 +39,7 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import Schema, encode_node
-from pitchey_trace.exporters.otlp import _scope_version, json_node, otlp_sender
+from pitchey_trace.exporters.otlp import ResourceBound, _scope_version, json_node, otlp_sender
 from pitchey_trace.records import Record
 
 __all__ = ["EXPORT_METHOD", "OTLPLogExporter", "log_record"]
@@ -121,7 +121,7 @@ def log_record(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | 
     return out
 
 
-class OTLPLogExporter(SenderExporter):
+class OTLPLogExporter(SenderExporter, ResourceBound):
     """Send the audit records as OpenTelemetry log records to an OTLP endpoint: HTTP with
     binary protobuf (default) or JSON, or gRPC.
 
@@ -167,7 +167,6 @@ class OTLPLogExporter(SenderExporter):
         self.datasets = valid_datasets(datasets)
         self.max_records_per_request = max_records_per_request
         self.scope_name = scope_name
-        self._resource: dict[str, Any] = {}
         self._sender, self.protocol = otlp_sender(
             "LOGS",
             "otlp_logs",
@@ -189,10 +188,6 @@ class OTLPLogExporter(SenderExporter):
         """The resolved endpoint: the ``/v1/logs`` URL, or the gRPC target's URL."""
         return self._sender.url
 
-    def bind_resource(self, resource: Mapping[str, Any]) -> None:
-        """Called by the pipeline as it starts: the process's resource."""
-        self._resource = dict(resource)
-
     def request(self, records: Iterable[Record]) -> dict[str, Any]:
         """The ``ExportLogsServiceRequest`` for the audit records among ``records`` (the JSON
         form's shape), grouped by service and environment."""
@@ -207,13 +202,7 @@ class OTLPLogExporter(SenderExporter):
         return {
             "resourceLogs": [
                 {
-                    "resource": {
-                        "attributes": {
-                            **self._resource,
-                            "service.name": service,
-                            "deployment.environment.name": environment,
-                        }
-                    },
+                    "resource": {"attributes": self.resource_for(service, environment)},
                     "scopeLogs": [{"scope": scope, "logRecords": logs}],
                 }
                 for (service, environment), logs in groups.items()

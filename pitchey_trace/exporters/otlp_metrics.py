@@ -62,7 +62,7 @@ from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
 from pitchey_trace.exporters._otlp_proto import Schema, encode_node, partial_rejected
-from pitchey_trace.exporters.otlp import _otlp_env, _scope_version, json_node, otlp_sender
+from pitchey_trace.exporters.otlp import ResourceBound, _otlp_env, _scope_version, json_node, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
 
@@ -308,7 +308,7 @@ def _window(record: Mapping[str, Any]) -> tuple[int, int]:
     return start, max(start + 1, min(end, time.time_ns()))
 
 
-class OTLPMetricsExporter(SenderExporter):
+class OTLPMetricsExporter(SenderExporter, ResourceBound):
     """Send the rollups as OpenTelemetry metrics (request counts, errors, duration histograms)
     to an OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
 
@@ -430,7 +430,6 @@ class OTLPMetricsExporter(SenderExporter):
             client_certificate_file=client_certificate_file,
             client_key_file=client_key_file,
         )
-        self._resource: dict[str, Any] = {}
         self._begin()
 
     def _begin(self) -> None:
@@ -453,11 +452,6 @@ class OTLPMetricsExporter(SenderExporter):
         self._stats_sent_ns = self._started_ns
 
     # -- pipeline hooks ------------------------------------------------------------------------
-    def bind_resource(self, resource: Mapping[str, Any]) -> None:
-        """Called by the pipeline as it starts: the process's resource (``service.instance.id``
-        tells the processes' series apart)."""
-        self._resource = dict(resource)
-
     def after_fork(self) -> None:
         """A forked child is a new process: its series start again from zero."""
         super().after_fork()
@@ -630,7 +624,7 @@ class OTLPMetricsExporter(SenderExporter):
         stats_metrics = self._stats_metrics() if self.sdk_stats else []
         resource_metrics = []
         for (service, environment), items in by_service.items():
-            resource = {**self._resource, "service.name": service, "deployment.environment.name": environment}
+            resource = self.resource_for(service, environment)
             metrics = self._metrics(items)
             if stats_metrics and service == self._resource.get("service.name", service):
                 metrics += stats_metrics
