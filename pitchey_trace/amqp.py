@@ -23,9 +23,13 @@ so its own spans and queries nest under it:
   yielded to the next iteration (or to the generator being closed); an exception raised in the
   loop body never reaches the generator, so that span cannot show it;
 * aio-pika: callbacks given to ``Queue.consume`` (``RobustQueue`` too), and
-  ``async with message.process():`` blocks, which is how ``Queue.iterator()`` messages are
-  handled (inside a traced ``Queue.consume`` callback ``process()`` adds no second span). A
-  message taken from the iterator without ``process()`` gets no span.
+  ``async with message.process():`` blocks (inside a traced ``Queue.consume`` callback
+  ``process()`` adds no second span);
+* aio-pika ``Queue.iterator()`` (``RobustQueue`` too): each message from the moment the
+  iterator returns it until it is settled (``ack``, ``nack``, ``reject``, also by a
+  ``process()`` block, which adds no second span), the loop asks for the next one, or the
+  iterator closes. An exception that leaves the ``process()`` block or the
+  ``async with queue.iterator()`` block marks the span; the settling belongs to the span.
 
 A callback that raises is an error span with the exception, re-raised unchanged. A message
 without valid trace headers (none, or a malformed ``traceparent``) is processed all the same,
@@ -50,8 +54,9 @@ import copy
 import functools
 import importlib
 import importlib.util
+import weakref
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import ModuleType
 from typing import Any
 
@@ -82,6 +87,11 @@ _libraries: set[str] = set()
 _in_blocking_publish: ContextVar[bool] = ContextVar("pitchey_trace_amqp_publish", default=False)
 # The aio-pika message a Queue.consume callback span stands for: process() adds no second one.
 _processing: ContextVar[Any] = ContextVar("pitchey_trace_amqp_processing", default=None)
+# The message a Queue.iterator() returned last in this context, with its span (_Iterated).
+_iterated: ContextVar[Any] = ContextVar("pitchey_trace_amqp_iterated", default=None)
+# True inside an instrumented QueueIterator.__anext__: a subclass's override calling the base
+# class's (also instrumented) takes one message, which gets one span.
+_in_anext: ContextVar[bool] = ContextVar("pitchey_trace_amqp_anext", default=False)
 
 
 def _optional(name: str) -> ModuleType | None:
@@ -546,7 +556,7 @@ def _wrap_aio_enter(original: Any) -> Any:
     async def __aenter__(self: Any) -> Any:
         result = await original(self)
         message = getattr(self, "message", None)
-        if message is not None and _processing.get() is not message:
+        if message is not None and _processing.get() is not message and _iterated_for(message) is None:
             span = _aio_consumer_span(None, _AIO_BASE, message)
             if span is not None:
                 try:
@@ -567,6 +577,10 @@ def _wrap_aio_exit(original: Any) -> Any:
     async def __aexit__(self: Any, exc_type: Any, exc: Any, tb: Any) -> Any:
         span = self.__dict__.pop("_pitchey_trace_span", None) if hasattr(self, "__dict__") else None
         if span is None:
+            if isinstance(exc, Exception):  # a Queue.iterator() message's block failed
+                held = _iterated_for(getattr(self, "message", None))
+                if held is not None:
+                    held.fail(exc)
             return await original(self, exc_type, exc, tb)
         try:
             return await original(self, exc_type, exc, tb)  # the ack or reject belongs to the span
@@ -575,6 +589,164 @@ def _wrap_aio_exit(original: Any) -> Any:
 
     setattr(__aexit__, _WRAPPED, original)
     return __aexit__
+
+
+class _Iterated:
+    """A message ``Queue.iterator()`` returned: its span, current in the context that took it
+    until the message is settled (ack, nack, reject, also by ``process()``), that context asks
+    for the next message, or the iterator is closed or dropped."""
+
+    __slots__ = ("failed", "held", "message", "span", "tokens")
+
+    def __init__(self, message: Any, span: AnySpan, held: list[_Iterated]) -> None:
+        self.message = message
+        self.span: AnySpan | None = span
+        self.held = held
+        self.failed = False
+        self.tokens: tuple[Token[Any], Token[Any]] | None = (CURRENT.set(span), _iterated.set(self))
+        held.append(self)
+        _open[id(message)] = self  # (the entry holds the message: its id is not reused meanwhile)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.span is not None and not self.failed and isinstance(exc, Exception):
+            self.failed = True
+            _fail(self.span, exc)
+
+    def finish(self) -> None:
+        """End the span (once); restore the context when this is the context that took it. (A
+        task's copy of it, which settled the message, cannot: the taking context restores
+        itself at its next message, or when the iterator closes.)"""
+        span, self.span = self.span, None
+        if span is not None:
+            if _open.get(id(self.message)) is self:
+                del _open[id(self.message)]
+            _end(span)
+        tokens = self.tokens
+        if tokens is not None and _iterated.get() is self:
+            try:
+                _iterated.reset(tokens[1])
+                CURRENT.reset(tokens[0])
+                self.tokens = None
+            except ValueError:  # a copy of the taking context (its own task): not ours to undo
+                pass
+        if self.tokens is None and self in self.held:
+            self.held.remove(self)
+
+
+# Open Queue.iterator() message spans by id(message): the message settles them, from any task.
+_open: dict[int, _Iterated] = {}
+
+
+def _iterated_for(message: Any) -> _Iterated | None:
+    held = _open.get(id(message)) if message is not None else None
+    return held if held is not None and held.message is message else None
+
+
+def _held(iterator: Any) -> list[_Iterated] | None:
+    """The iterator's messages whose spans are open (made once per iterator; they end when the
+    iterator is closed or collected)."""
+    held: list[_Iterated] | None = getattr(iterator, "_pitchey_trace_held", None)
+    if held is None:
+        held = []
+        try:
+            iterator._pitchey_trace_held = held
+            weakref.finalize(iterator, _finish_all, held).atexit = False
+        except Exception as exc:
+            _safety.report("amqp.iterator", exc)
+            return None
+    return held
+
+
+def _finish_all(held: list[_Iterated], exc: BaseException | None = None) -> None:
+    for item in list(held):
+        if exc is not None:
+            item.fail(exc)
+        item.finish()
+
+
+def _wrap_iterator_next(original: Any) -> Any:
+    @functools.wraps(original)
+    async def __anext__(self: Any) -> Any:
+        if _in_anext.get():
+            return await original(self)
+        try:  # the message this context took last is handled by now
+            current = _iterated.get()
+            if current is not None and current.held is getattr(self, "_pitchey_trace_held", None):
+                current.finish()
+        except Exception as exc:
+            _safety.report("amqp.iterator", exc)
+        flag = _in_anext.set(True)
+        try:
+            message = await original(self)
+        finally:
+            _in_anext.reset(flag)
+        if "aio_pika" in _libraries:
+            try:
+                queue = getattr(self, "_amqp_queue", None)
+                base = _AIO_BASE if queue is None else _cached_base(queue.channel, _aio_address)
+                span = _aio_consumer_span(getattr(queue, "name", None), base, message)
+                if span is not None:
+                    held = _held(self)
+                    if held is None:
+                        _end(span)
+                    else:
+                        _Iterated(message, span, held)
+            except Exception as exc:
+                _safety.report("amqp.iterator", exc)
+        return message
+
+    setattr(__anext__, _WRAPPED, original)
+    return __anext__
+
+
+def _wrap_iterator_close(original: Any) -> Any:
+    @functools.wraps(original)
+    async def close(self: Any) -> Any:
+        try:
+            _finish_all(getattr(self, "_pitchey_trace_held", None) or [])
+        except Exception as exc:
+            _safety.report("amqp.iterator", exc)
+        return await original(self)
+
+    setattr(close, _WRAPPED, original)
+    return close
+
+
+def _wrap_iterator_exit(original: Any) -> Any:
+    @functools.wraps(original)
+    async def __aexit__(self: Any, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:  # an exception leaving the block while a message was being handled is that span's
+            failed = exc if isinstance(exc, Exception) else None
+            _finish_all(getattr(self, "_pitchey_trace_held", None) or [], failed)
+        except Exception as internal:
+            _safety.report("amqp.iterator", internal)
+        return await original(self, exc_type, exc, tb)
+
+    setattr(__aexit__, _WRAPPED, original)
+    return __aexit__
+
+
+def _wrap_settle(original: Any) -> Any:
+    """``IncomingMessage.ack`` / ``nack`` / ``reject``: a ``Queue.iterator()`` message's span
+    ends once it is settled (a failure to settle is recorded on it)."""
+
+    @functools.wraps(original)
+    async def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            held = _iterated_for(self)
+            if held is not None:
+                held.fail(exc)
+                held.finish()
+            raise
+        held = _iterated_for(self)
+        if held is not None:
+            held.finish()
+        return result
+
+    setattr(settle, _WRAPPED, original)
+    return settle
 
 
 def _instrument_aio_pika() -> bool:
@@ -590,12 +762,28 @@ def _instrument_aio_pika() -> bool:
     iterator = queue_module.QueueIterator
     awaitable = tools.ensure_awaitable
     context = message_module.ProcessContext
-    targets: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
+    targets: list[tuple[type, str, Callable[[Any], Any]]] = [
         (exchange_module.Exchange, "publish", _wrap_aio_publish),
         (queue_module.Queue, "consume", lambda f: _wrap_aio_consume(f, iterator, awaitable)),
         (context, "__aenter__", _wrap_aio_enter),
         (context, "__aexit__", _wrap_aio_exit),
-    )
+    ]
+    incoming = message_module.IncomingMessage
+    settles = [name for name in ("ack", "nack", "reject") if name in incoming.__dict__]
+    targets += [(incoming, name, _wrap_settle) for name in settles]
+    robust = _optional("aio_pika.robust_queue")
+    # RobustQueueIterator has its own __anext__ (it waits out reconnections).
+    for cls in (iterator, getattr(robust, "RobustQueueIterator", None)):
+        if isinstance(cls, type):
+            targets += [
+                (cls, name, wrap)
+                for name, wrap in (
+                    ("__anext__", _wrap_iterator_next),
+                    ("close", _wrap_iterator_close),
+                    ("__aexit__", _wrap_iterator_exit),
+                )
+                if name in cls.__dict__
+            ]
     for owner, name, wrapped in targets:
         original = owner.__dict__[name]
         setattr(owner, name, wrapped(original))

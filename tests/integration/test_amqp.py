@@ -1,6 +1,6 @@
 """pitchey_trace.amqp against a real RabbitMQ node on 127.0.0.1 (one node for the module): pika's
 BlockingConnection (basic_consume callbacks and the consume() generator), aio-pika
-(Queue.consume callbacks, Queue.iterator() with message.process()), and two unchanged programs
+(Queue.consume callbacks, Queue.iterator() with and without message.process()), and two unchanged programs
 under ``pitchey-trace run`` forming one trace."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aio_pika.queue
+import aio_pika.robust_queue
 import pika
 import pika.adapters.blocking_connection
 import pika.channel
@@ -214,6 +216,13 @@ def test_uninstrument_restores_pika_and_aio_pika(channel: Any) -> None:
             (pika.channel.Channel, "basic_consume"),
             (aio_pika.Exchange, "publish"),
             (aio_pika.Queue, "consume"),
+            (aio_pika.queue.QueueIterator, "__anext__"),
+            (aio_pika.queue.QueueIterator, "close"),
+            (aio_pika.queue.QueueIterator, "__aexit__"),
+            (aio_pika.robust_queue.RobustQueueIterator, "__anext__"),
+            (aio_pika.IncomingMessage, "ack"),
+            (aio_pika.IncomingMessage, "nack"),
+            (aio_pika.IncomingMessage, "reject"),
         ]
     }
     instrument_amqp()
@@ -317,6 +326,123 @@ def test_aio_pika_publish_consume_and_process(amqp_port: int, traced: None) -> N
     assert headers["x-tenant"] == "t-9"
     assert headers["traceparent"].startswith("00-")
     assert len({s["trace_id"] for s in spans}) == 3
+
+
+def test_aio_pika_iterator_messages_without_process(amqp_port: int, traced: None) -> None:
+    """Queue.iterator() messages handled without process(): each is a consumer span from the
+    moment the iterator returns it until it is settled or the next is asked for; the context
+    comes back after the loop; a failed process() block and an exception leaving the iterator
+    mark their span."""
+
+    async def main() -> tuple[str, list[str]]:
+        connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{amqp_port}/")
+        order: list[str] = []
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(f"iter-{uuid.uuid4().hex[:12]}")
+            for i in range(3):
+                with pt.span(f"send {i}"):
+                    message = aio_pika.Message(f"m{i}".encode())
+                    await channel.default_exchange.publish(message, routing_key=queue.name)
+            with pt.span("consumer loop"):
+                async with queue.iterator() as messages:
+                    async for message in messages:
+                        body = message.body.decode()
+                        order.append(body)
+                        with pt.span(f"work {body}"):
+                            pass
+                        if body == "m1":  # a process() block that fails, caught by the app
+                            try:
+                                async with message.process(requeue=False):
+                                    raise ValueError("bad m1")
+                            except ValueError:
+                                pass
+                        else:
+                            await message.ack()
+                        if len(order) == 3:
+                            break
+                with pt.span("after the loop"):
+                    pass
+            # An exception leaving `async with queue.iterator()` is that message's.
+            await channel.default_exchange.publish(aio_pika.Message(b"m3"), routing_key=queue.name)
+            with pytest.raises(KeyError):
+                async with queue.iterator(no_ack=True) as messages:
+                    async for _message in messages:
+                        raise KeyError("m3 failed")
+            # `break` out of an iterator that is never closed (aio-pika keeps it consuming until
+            # its channel closes): the ack ends the span and gives the context back.
+            await channel.default_exchange.publish(aio_pika.Message(b"m4"), routing_key=queue.name)
+            async for message in queue.iterator():
+                with pt.span("work m4"):
+                    pass
+                await message.ack()
+                break
+            with pt.span("after the dropped iterator"):
+                pass
+            await queue.delete(if_unused=False, if_empty=False)
+        return queue.name, order
+
+    with capture_spans() as mem:
+        queue, order = asyncio.run(main())
+    assert order == ["m0", "m1", "m2"]
+    processes = mem.spans(f"process {queue}")
+    publishes = mem.spans(f"publish {queue}")
+    assert len(publishes) == len(processes) == 5  # one span per message, none for process()
+    by_parent = {p["parent_span_id"]: p for p in processes}
+    spans = [by_parent[pub["span_id"]] for pub in publishes]  # each is its publish span's child
+    for span in spans:
+        assert span["kind"] == "consumer"
+        assert span["attributes"]["messaging.operation.type"] == "process"
+        assert span["attributes"]["server.port"] == amqp_port
+    for i in range(3):
+        assert spans[i]["trace_id"] == mem.spans(f"send {i}")[0]["trace_id"]
+        assert mem.spans(f"work m{i}")[0]["parent_span_id"] == spans[i]["span_id"]
+    assert [s["status"] for s in spans] == ["unset", "error", "unset", "error", "unset"]
+    assert spans[1]["attributes"]["error.type"] == "ValueError"
+    assert spans[3]["attributes"]["error.type"] == "KeyError"
+    # each message's span ends before the next one starts (the next __anext__ ends it)
+    assert spans[0]["end_time_unix_nano"] <= spans[1]["start_time_unix_nano"]
+    assert spans[1]["end_time_unix_nano"] <= spans[2]["start_time_unix_nano"]
+    # after the loop (and after the dropped iterator) the context is what it was
+    loop = mem.spans("consumer loop")[0]
+    assert mem.spans("after the loop")[0]["parent_span_id"] == loop["span_id"]
+    assert mem.spans("after the dropped iterator")[0].get("parent_span_id") is None
+
+
+def test_aio_pika_robust_iterator_settled_in_another_task(amqp_port: int, traced: None) -> None:
+    """RobustQueue's iterator (its own __anext__): the span is current in the loop body and
+    ends when another task acks the message; the loop's context comes back at the next message."""
+
+    async def main() -> str:
+        connection = await aio_pika.connect_robust(f"amqp://guest:guest@127.0.0.1:{amqp_port}/")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(f"robust-{uuid.uuid4().hex[:12]}")
+            for body in (b"r0", b"r1"):
+                await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue.name)
+            acks: list[asyncio.Task[None]] = []
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    with pt.span(f"work {message.body.decode()}"):
+                        pass
+                    acks.append(asyncio.create_task(message.ack()))  # settled elsewhere
+                    await asyncio.gather(*acks)
+                    if len(acks) == 2:
+                        break
+            with pt.span("after"):
+                pass
+            await queue.delete(if_unused=False, if_empty=False)
+        return queue.name
+
+    with capture_spans() as mem:
+        queue = asyncio.run(main())
+    processes = mem.spans(f"process {queue}")
+    assert len(processes) == 2
+    for i, span in enumerate(processes):
+        assert mem.spans(f"work r{i}")[0]["parent_span_id"] == span["span_id"]
+        assert span["status"] == "unset"
+    assert processes[0]["end_time_unix_nano"] <= processes[1]["start_time_unix_nano"]
+    assert mem.spans("after")[0].get("parent_span_id") is None
 
 
 PRODUCER = """
