@@ -555,17 +555,31 @@ class Report:
         for e in edges[:4]:
             caller = e["caller"] or "(outside)"
             print(
-                f"  dependencies(): {caller} -> {e['callee']} ({e['protocol']}): {e['count']} calls, "
-                f"{e['error_rate']:.0%} errors, p95 {e['p95_ms']:.1f} ms"
+                f"  dependencies(): {caller} -> {e['callee']} ({e['protocol']}): "
+                f"~{e['estimated_calls']} calls ({e['count']} kept), "
+                f"{e['error_rate']:.0%} of the kept failed, p95 {e['p95_ms']:.1f} ms"
             )
-        queries = sum(
-            1
+        db_spans = [
+            s
             for s in self.spans
             if s["kind"] == "client" and s["attributes"].get("db.system.name") == "postgresql"
-        )
+        ]
+        db_edges = [e for e in edges if e["protocol"] == "database"]
         self.check(
             "the service map's database edges count every archived query",
-            sum(e["count"] for e in edges if e["protocol"] == "database") == queries > 0,
+            sum(e["count"] for e in db_edges) == len(db_spans) > 0,
+        )
+        # Sampled out queries are estimated from the rollups, which count every query.
+        db_ops = {s["name"] for s in db_spans}
+        counted = sum(r["count"] for r in merged if r["kind"] == "client" and r["operation"] in db_ops)
+        estimated = sum(e["estimated_calls"] or 0 for e in db_edges)
+        print(
+            f"  dependencies(): {estimated} queries estimated from {len(db_spans)} kept;"
+            f" the rollups counted {counted}"
+        )
+        self.check(
+            "the service map estimates the sampled-out queries from the rollups",
+            len(db_spans) < estimated <= counted + len(db_edges),  # (each edge's estimate is rounded)
         )
         example = max(self.traces, key=lambda t: len(self.traces[t]))
         print(f"  explore: .venv/bin/pitchey-trace show {example} --archive {self.archive_name}")

@@ -584,22 +584,29 @@ def _deps(args: argparse.Namespace) -> int:
     def text() -> str:
         if not rows:
             return "no calls in this window\n"
-        body = [
-            [
-                _clip(r["caller"] or "(outside)", 24),
-                _clip(r["callee"], 36) + ("" if r["traced"] else " *"),
-                r["protocol"],
-                str(r["count"]),
-                f"{r['error_rate']:.1%}",
-                _ms(r["p50_ms"]),
-                _ms(r["p95_ms"]),
-                _ms(r["p99_ms"]),
-            ]
-            for r in rows[: args.limit]
-        ]
-        heads = ["caller", "callee", "protocol", "calls", "errors", "p50", "p95", "p99"]
-        return (
-            _table(heads, body) + "* not traced: named from the caller's span; times as the caller saw them\n"
+        body = []
+        for r in rows[: args.limit]:
+            calls, errors = r["estimated_calls"], r["estimated_errors"]
+            if calls is None or errors is None:  # no rollups to estimate from: the kept calls
+                calls, errors = r["count"], r["errors"]
+            body.append(
+                [
+                    _clip(r["caller"] or "(outside)", 24),
+                    _clip(r["callee"], 36) + ("" if r["traced"] else " *"),
+                    r["protocol"],
+                    str(calls),
+                    str(r["count"]),
+                    f"{errors / calls if calls else 0.0:.1%}",
+                    _ms(r["p50_ms"]),
+                    _ms(r["p95_ms"]),
+                    _ms(r["p99_ms"]),
+                ]
+            )
+        heads = ["caller", "callee", "protocol", "calls", "kept", "errors", "p50", "p95", "p99"]
+        return _table(heads, body) + (
+            "calls: every call, estimated from the rollups where they count the operation; kept: those\n"
+            "in the archive, which the latencies are of\n"
+            "* not traced: named from the caller's span; times as the caller saw them\n"
         )
 
     _emit(args, rows[: args.limit], text)

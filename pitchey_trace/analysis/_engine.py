@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace._sketch import DurationSketch, merge_sketches
@@ -217,6 +217,33 @@ def _stats_row(key: tuple[Any, ...], st: _Stats, source: str) -> dict[str, Any]:
     """One ``performance()`` row."""
     service, operation, kind = key
     return {"service": service, "operation": operation, "kind": kind, **_stats_fields(st), "source": source}
+
+
+def _call_weights(rollups: list[Record], spans: list[Record]) -> Callable[[Record], float | None]:
+    """How many calls each kept span stands for: per (service, operation, kind), the rollups'
+    count over the kept spans' count, errors and the rest apart; None where the rollups do not
+    say (no rollup of the operation, or fewer calls counted than kept, at a window's edge)."""
+    counted: dict[tuple[Any, Any, Any], list[int]] = {}
+    for r in rollups:
+        c = counted.setdefault((r.get("service"), r.get("operation"), r.get("kind")), [0, 0])
+        c[0] += _int(r.get("count"))
+        c[1] += _int(r.get("errors"))
+    kept: dict[tuple[Any, Any, Any], list[int]] = {}
+    for sp in spans:
+        k = kept.setdefault((sp.get("service"), sp.get("name"), sp.get("kind")), [0, 0])
+        k[0] += 1
+        k[1] += sp.get("status") == "error"
+    weights: dict[tuple[Any, Any, Any, bool], float | None] = {}
+    for key, (n_kept, e_kept) in kept.items():
+        n_all, e_all = counted.get(key, (0, 0))
+        for error, num, den in ((True, e_all, e_kept), (False, n_all - e_all, n_kept - e_kept)):
+            weights[(key[0], key[1], key[2], error)] = num / den if den and num >= den else None
+
+    def weight(sp: Record) -> float | None:
+        key = (sp.get("service"), sp.get("name"), sp.get("kind"), sp.get("status") == "error")
+        return weights.get(key)
+
+    return weight
 
 
 _CALLING = frozenset(("client", "producer"))
@@ -929,21 +956,9 @@ class Archive:
         A rollup counts when its minute overlaps the window, or with ``whole_minutes`` when its
         minute starts in ``[since, until)`` (two windows side by side then share none)."""
         s_ns, u_ns = self._window(since, until)
-        slack = 0 if whole_minutes else 60 * 10**9
         with self._lock:
             self._ensure(s_ns)
-            rollups = [
-                r
-                for r in self._index.rollups
-                if (service is None or r["service"] == service)
-                and (operation is None or r["operation"] == operation)
-                and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - slack)
-                and (
-                    u_ns is None
-                    or r["minute_start_unix_nano"] < u_ns
-                    or (not whole_minutes and r["minute_start_unix_nano"] == u_ns)
-                )
-            ]
+            rollups = self._rollups_in(s_ns, u_ns, service, operation, whole_minutes)
             if rollups:
                 groups: dict[tuple[Any, ...], list[Record]] = {}
                 for r in rollups:
@@ -961,6 +976,29 @@ class Archive:
                 ):
                     groups.setdefault(key(sp), []).append(sp)
         return {k: _span_stats(ss) for k, ss in groups.items()}, "spans"
+
+    def _rollups_in(
+        self,
+        s_ns: int | None,
+        u_ns: int | None,
+        service: str | None = None,
+        operation: str | None = None,
+        whole_minutes: bool = False,
+    ) -> list[Record]:
+        """The rollups of a window (see ``_stats``); the caller holds the lock."""
+        slack = 0 if whole_minutes else 60 * 10**9
+        return [
+            r
+            for r in self._index.rollups
+            if (service is None or r["service"] == service)
+            and (operation is None or r["operation"] == operation)
+            and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - slack)
+            and (
+                u_ns is None
+                or r["minute_start_unix_nano"] < u_ns
+                or (not whole_minutes and r["minute_start_unix_nano"] == u_ns)
+            )
+        ]
 
     def compare(
         self, *, since: Any = None, until: Any = None, service: str | None = None
@@ -1066,8 +1104,14 @@ class Archive:
         SERVER span with no archived parent is a call into the system (``caller`` None).
         Each row has the calls, error rate and latency percentiles as the caller saw them
         (the client span's duration; the server span's for calls into the system), and up to
-        three sample trace ids. ``service`` keeps the edges it is on, either end. Only what
-        was kept in the archive counts (a sampled-out or dropped span is not there).
+        three sample trace ids. ``service`` keeps the edges it is on, either end. These count
+        what was kept in the archive (a sampled-out or dropped span is not there).
+
+        ``estimated_calls`` and ``estimated_errors`` are every call, kept or not, when the
+        window's rollups count the operations of the edge's spans (else None): each kept span
+        stands for its operation's calls in the rollups divided by the kept ones, errors and
+        the rest apart (tail keeping keeps more of the errors than of the rest). An operation's
+        calls are thus shared among its edges as the kept spans are; their total is exact.
         """
         service = _check_text("service", service)
         s_ns, u_ns = self._window(since, until)
@@ -1077,6 +1121,7 @@ class Archive:
         with self._lock:
             self._ensure(s_ns)
             spans = self._index.window(s_ns, u_ns)
+            weight = _call_weights(self._rollups_in(s_ns, u_ns), spans)
             by_key = self._index.spans
             answered: set[tuple[str, str]] = set()  # calling spans whose callee is archived
             for s in spans:
@@ -1113,6 +1158,12 @@ class Archive:
                     samples.append(c["trace_id"])
                     if len(samples) == 3:
                         break
+            estimated: list[float | None] = [weight(c) for c in calls]
+            calls_est = errors_est = None
+            if all(w is not None for w in estimated):
+                calls_est = round(sum(w for w in estimated if w is not None))
+                failed = [w for c, w in zip(calls, estimated, strict=True) if c.get("status") == "error"]
+                errors_est = round(sum(w for w in failed if w is not None))
             rows.append(
                 {
                     "caller": caller,
@@ -1120,10 +1171,14 @@ class Archive:
                     "protocol": protocol,
                     "traced": traced,
                     **_stats_fields(_span_stats(calls)),
+                    "estimated_calls": calls_est,
+                    "estimated_errors": errors_est,
                     "trace_ids": samples,
                 }
             )
-        rows.sort(key=lambda r: (-r["count"], r["caller"] or "", r["callee"]))
+        rows.sort(
+            key=lambda r: (-(r["estimated_calls"] or r["count"]), -r["count"], r["caller"] or "", r["callee"])
+        )
         return rows
 
     def audit(

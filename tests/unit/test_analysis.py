@@ -892,6 +892,32 @@ def test_dependencies_window_and_arguments() -> None:
         a.dependencies(service="")
 
 
+def test_dependencies_estimate_every_call_from_the_rollups() -> None:
+    """At a 25% sample rate with tail keeping (every error trace kept), the kept spans undercount
+    the calls and overcount the errors; the rollups (every span) give the estimates back."""
+    exporter = InMemoryExporter()
+    pt.configure(service="web", environment="test", exporters=[exporter], sample_rate=0.25)
+    requests, failing = 400, 40
+    for i in range(requests):
+        with pt.span("GET /pay", kind=pt.SpanKind.SERVER) as root:
+            attrs = {"server.address": "pay.example", "server.port": 443}
+            with pt.span("POST", kind=pt.SpanKind.CLIENT, attributes=attrs) as call:
+                if i < failing:
+                    call.set_status(pt.StatusCode.ERROR, "declined")
+            if i < failing:
+                root.set_status(pt.StatusCode.ERROR)
+    rows = {(r["caller"], r["callee"]): r for r in _archive(exporter).dependencies()}
+    entry, payments = rows[(None, "web")], rows[("web", "pay.example:443")]
+    for row in (entry, payments):
+        assert failing < row["count"] < requests  # kept: every error trace, ~1 in 4 of the rest
+        assert row["errors"] == failing
+        assert (row["estimated_calls"], row["estimated_errors"]) == (requests, failing)
+    # without rollups there is nothing to estimate from
+    kept_only = [r for r in exporter.records if r["type"] != "rollup"]
+    [bare] = [r for r in Archive.from_records(kept_only).dependencies() if r["caller"] is None]
+    assert (bare["estimated_calls"], bare["estimated_errors"]) == (None, None)
+
+
 # -- compare ---------------------------------------------------------------------------------------
 def test_compare_a_window_with_the_one_before() -> None:
     hour = 3600 * 10**9

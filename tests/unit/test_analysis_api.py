@@ -429,6 +429,7 @@ def test_dependencies(app: Any, data: TraceData) -> None:
     edges = {(r["caller"], r["callee"]): r for r in rows}
     call = edges[("shop-api", "payments")]
     assert (call["traced"], call["count"], call["p50_ms"]) == (True, 1, 40.0)  # the client span's 5-45 ms
+    assert (call["estimated_calls"], call["estimated_errors"]) == (1, 0)  # every span kept: the same
     assert call["trace_ids"] == [data.payment]
     database = edges[("shop-api", "postgresql")]
     assert (database["protocol"], database["traced"], database["count"]) == ("database", False, 6)

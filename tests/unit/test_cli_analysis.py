@@ -110,11 +110,29 @@ def test_deps(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[st
     assert edges[("shop-api", "postgresql")]["count"] == 6
     text = ok(capsys, "deps", "-a", str(root), "--service", "payments")
     lines = text.splitlines()
-    assert lines[0].split() == ["caller", "callee", "protocol", "calls", "errors", "p50", "p95", "p99"]
-    assert lines[1].split()[:4] == ["shop-api", "payments", "other", "1"]
-    assert len(lines) == 3  # the header, the one edge, the footnote
+    heads = ["caller", "callee", "protocol", "calls", "kept", "errors", "p50", "p95", "p99"]
+    assert lines[0].split() == heads
+    assert lines[1].split()[:5] == ["shop-api", "payments", "other", "1", "1"]
+    assert len(lines) == 5  # the header, the one edge, the footnotes
     assert "postgresql *" in ok(capsys, "deps", "-a", str(root))  # an untraced callee is marked
     assert ok(capsys, "deps", "-a", str(root), "--service", "nobody") == "no calls in this window\n"
+
+
+def test_deps_calls_are_estimated_from_the_rollups(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_traces()
+    call = next(r for r in data.records if r["type"] == "span" and r["name"] == "call payments")
+    template = next(r for r in data.records if r["type"] == "rollup" and r["operation"] == "call payments")
+    records = [r for r in data.records if r is not template]
+    # the rollups counted 8 calls (1 kept), as at a low sample rate
+    assert call["status"] != "error"
+    records.append({**template, "count": 8, "errors": 0})
+    exporter = LocalArchiveExporter(tmp_path / "archive")
+    assert exporter.export(records)
+    exporter.shutdown()
+    text = ok(capsys, "deps", "-a", str(tmp_path / "archive"), "--service", "payments")
+    assert text.splitlines()[1].split()[:5] == ["shop-api", "payments", "other", "8", "1"]
 
 
 def test_perf_compare(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:

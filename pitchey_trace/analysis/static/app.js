@@ -309,13 +309,18 @@
       const links = traceLinksCell(e.trace_ids);
       const callee = cell(e.callee);
       if (!e.traced) callee.appendChild(el("em", { text: " (untraced)" }));
+      // every call when the rollups count the edge's operations, else the kept ones
+      const estimated = e.estimated_calls !== null && e.estimated_errors !== null;
+      const calls = estimated ? e.estimated_calls : e.count;
+      const errors = estimated ? e.estimated_errors : e.errors;
       tbody.appendChild(
         el("tr", { cls: e.errors > 0 ? "has-errors" : "" }, [
           cell(e.caller === null ? "(outside)" : e.caller),
           callee,
           cell(e.protocol),
+          numCell(calls),
           numCell(e.count),
-          numCell(fmtPct(e.error_rate)),
+          numCell(fmtPct(calls ? errors / calls : 0)),
           numCell(fmtMs(e.p50_ms)),
           numCell(fmtMs(e.p95_ms)),
           numCell(fmtMs(e.p99_ms)),

@@ -272,12 +272,12 @@ def test_overview_page_lists_traces_performance_and_errors(
     assert "ValueError" in errors.text()
     assert links_to_traces(errors) == [f"/traces/{traces.payment}"]
     edges = {
-        tuple(td.text() for td in r.by_tag("td"))[:4]: r
+        tuple(td.text() for td in r.by_tag("td"))[:5]: r
         for r in dom.by_id("dependencies-table").by_tag("tr")[1:]
     }
-    assert ("shop-api", "payments", "other", "1") in edges
-    assert links_to_traces(edges[("shop-api", "payments", "other", "1")]) == [f"/traces/{traces.payment}"]
-    assert ("shop-api", "postgresql (untraced)", "database", "6") in edges
+    payments = ("shop-api", "payments", "other", "1", "1")  # calls (every one), kept
+    assert links_to_traces(edges[payments]) == [f"/traces/{traces.payment}"]
+    assert ("shop-api", "postgresql (untraced)", "database", "6", "6") in edges
 
 
 def test_search_form_parameters_in_the_address_drive_the_results(
