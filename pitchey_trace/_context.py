@@ -21,6 +21,12 @@ CURRENT: contextvars.ContextVar[AnySpan | None] = contextvars.ContextVar(
     "pitchey_trace_current_span", default=None
 )
 
+# True while an instrumented client (requests, botocore) sends a request: the urllib3 call it
+# makes underneath is that request, already a CLIENT span, and gets no second one.
+IN_HTTP_CLIENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pitchey_trace_in_http_client", default=False
+)
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -13,8 +13,9 @@ when it already is):
 ========================  =====================================================================
 library                   what happens
 ========================  =====================================================================
-httpx, requests, urllib   client spans and ``traceparent`` on every request (``urllib``: the
-                          standard library's ``urllib.request``)
+httpx, requests, urllib,  client spans and ``traceparent`` on every request (``urllib``: the
+urllib3                   standard library's ``urllib.request``; ``urllib3``: also the
+                          libraries built on it, a ``requests`` or AWS call staying one span)
 aiohttp                   every ``web.Application`` traced as it starts (``init_aiohttp``),
                           client sessions too
 flask                     every ``Flask`` app traced from its first request (``init_flask``)
@@ -81,6 +82,12 @@ def _urllib(_: ModuleType) -> None:
     from pitchey_trace.web import instrument_urllib
 
     instrument_urllib()
+
+
+def _urllib3(_: ModuleType) -> None:
+    from pitchey_trace.web import instrument_urllib3
+
+    instrument_urllib3()
 
 
 def _requests(_: ModuleType) -> None:
@@ -317,6 +324,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "httpx": (("httpx", _httpx),),
     "requests": (("requests", _requests),),
     "urllib": (("urllib.request", _urllib),),
+    "urllib3": (("urllib3", _urllib3),),
     "aiohttp": (("aiohttp.web", _aiohttp),),
     "flask": (("flask", _flask),),
     "starlette": (("starlette.applications", _starlette),),

@@ -18,7 +18,7 @@ import functools
 from typing import Any
 
 from pitchey_trace import _safety
-from pitchey_trace._context import CURRENT
+from pitchey_trace._context import CURRENT, IN_HTTP_CLIENT
 from pitchey_trace._span import SUPPRESSED, SpanKind
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.exceptions import IntegrationUnavailable
@@ -71,9 +71,11 @@ def _make_api_call(original: Any) -> Any:
         except Exception as exc:
             _safety.report("botocore.start", exc)
             return original(self, operation_name, api_params)
+        inside = IN_HTTP_CLIENT.set(True)  # (its HTTP requests, made with urllib3, are this call)
         try:
             result = original(self, operation_name, api_params)
         except BaseException as exc:
+            IN_HTTP_CLIENT.reset(inside)
             try:
                 response = getattr(exc, "response", None)
                 if isinstance(response, dict):
@@ -89,6 +91,7 @@ def _make_api_call(original: Any) -> Any:
             except Exception as internal:
                 _safety.report("botocore.end", internal)
             raise
+        IN_HTTP_CLIENT.reset(inside)
         try:
             if isinstance(result, dict):
                 _response_attributes(span, result)

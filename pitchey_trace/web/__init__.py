@@ -9,7 +9,7 @@
 Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
 :func:`set_user` (audit actor), :func:`auth_failure` (security audit event).
 Outbound: :func:`instrument_httpx`, :func:`instrument_requests`, :func:`instrument_urllib`,
-:func:`instrument_aiohttp_client`, :func:`client_span`.
+:func:`instrument_urllib3`, :func:`instrument_aiohttp_client`, :func:`client_span`.
 Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog);
 :class:`LogEventHandler` / :func:`instrument_logging` (log records as span events).
 See ``docs/middleware.md``. No web framework is imported until it is used.
@@ -40,9 +40,11 @@ from pitchey_trace.web.outbound import (
     instrument_httpx,
     instrument_requests,
     instrument_urllib,
+    instrument_urllib3,
     uninstrument_httpx,
     uninstrument_requests,
     uninstrument_urllib,
+    uninstrument_urllib3,
 )
 from pitchey_trace.web.wsgi import WSGITracingMiddleware, init_flask
 
@@ -65,6 +67,7 @@ __all__ = [
     "instrument_logging",
     "instrument_requests",
     "instrument_urllib",
+    "instrument_urllib3",
     "set_route",
     "set_user",
     "trace_ids",
@@ -73,4 +76,5 @@ __all__ = [
     "uninstrument_logging",
     "uninstrument_requests",
     "uninstrument_urllib",
+    "uninstrument_urllib3",
 ]

@@ -1,13 +1,17 @@
 """Outbound HTTP: client spans and ``traceparent`` injection.
 
 Any client works with plain propagation (``pt.inject(headers)`` before sending) or with
-:func:`client_span`, which also times the call. For ``httpx`` (sync and async), ``requests``
-and the standard library's ``urllib.request`` one call instruments every request the process
-makes::
+:func:`client_span`, which also times the call. For ``httpx`` (sync and async), ``requests``,
+``urllib3`` and the standard library's ``urllib.request`` one call instruments every request
+the process makes::
 
     from pitchey_trace.web import instrument_httpx, instrument_requests, instrument_urllib
     instrument_httpx(); instrument_requests(); instrument_urllib()      # idempotent
     uninstrument_httpx(); uninstrument_requests(); uninstrument_urllib()
+    instrument_urllib3(); uninstrument_urllib3()
+
+(A ``requests`` call, or an AWS API call traced by :mod:`pitchey_trace.botocore`, is one span:
+the urllib3 request it makes underneath gets no second one.)
 
 Each request on the wire (redirects included) becomes a CLIENT span named after its method,
 with ``http.request.method``, ``url.full`` (credentials removed), ``server.address``,
@@ -26,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pitchey_trace import _safety
-from pitchey_trace._context import CURRENT
+from pitchey_trace._context import CURRENT, IN_HTTP_CLIENT
 from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.propagation import inject
@@ -44,9 +48,11 @@ __all__ = [
     "instrument_httpx",
     "instrument_requests",
     "instrument_urllib",
+    "instrument_urllib3",
     "uninstrument_httpx",
     "uninstrument_requests",
     "uninstrument_urllib",
+    "uninstrument_urllib3",
 ]
 
 _CLIENT = SpanKind.CLIENT
@@ -211,11 +217,14 @@ def instrument_requests() -> None:
         except Exception as exc:
             _safety.report("web.requests.start", exc)
             return orig(self, request, *args, **kwargs)
+        inside = IN_HTTP_CLIENT.set(True)  # (urllib3's request underneath is this one)
         try:
             response = orig(self, request, *args, **kwargs)
         except BaseException as exc:
             _end(span, None, exc)
             raise
+        finally:
+            IN_HTTP_CLIENT.reset(inside)
         _end(span, response.status_code, None)
         return response
 
@@ -273,6 +282,71 @@ def instrument_urllib() -> None:
 def uninstrument_urllib() -> None:
     """Undo :func:`instrument_urllib` (no-op when not instrumented)."""
     _restore("urllib")
+
+
+# -- urllib3 ---------------------------------------------------------------------------------------
+def _pool_url(pool: Any, url: str) -> str:
+    """The full URL of a pool's request: ``url`` is usually a path on the pool's host (a
+    proxy's requests carry a full URL)."""
+    if "://" in url:
+        return url
+    scheme = getattr(pool, "scheme", None) or "http"
+    host = str(pool.host)
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
+    port = getattr(pool, "port", None)
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{url if url.startswith('/') else '/' + url}"
+
+
+def instrument_urllib3() -> None:
+    """Create a CLIENT span and inject ``traceparent`` for every request made with ``urllib3``
+    (``PoolManager``, connection pools, and the libraries built on them; patches
+    ``HTTPConnectionPool.urlopen``). A call's retries, and the redirects a pool follows itself,
+    are inside its span; a ``PoolManager`` follows redirects with a call per hop, so each hop
+    is its own span. The caller's and the pool's header maps are never changed: the request
+    goes with a copy that has ``traceparent``. Requests made by an instrumented ``requests``
+    or ``botocore`` get no second span. Idempotent."""
+    connectionpool = importlib.import_module("urllib3.connectionpool")
+    if "urllib3" in _patched:
+        return
+    pool_class = connectionpool.HTTPConnectionPool
+    orig = pool_class.urlopen
+
+    def urlopen(
+        self: Any, method: str, url: str, body: Any = None, headers: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if IN_HTTP_CLIENT.get() or CURRENT.get() is SUPPRESSED:
+            return orig(self, method, url, body, headers, *args, **kwargs)
+        try:
+            full, host, port = _strip_credentials(_pool_url(self, url))
+            span = _start(method, full, host, port)
+            given = headers if headers is not None else self.headers
+            sent = given.copy() if hasattr(given, "copy") else dict(given or {})
+            inject(sent, context=span.context)
+        except Exception as exc:
+            _safety.report("web.urllib3.start", exc)
+            return orig(self, method, url, body, headers, *args, **kwargs)
+        inside = IN_HTTP_CLIENT.set(True)  # (a retry or a redirect followed here: this span's)
+        try:
+            response = orig(self, method, url, body, sent, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        finally:
+            IN_HTTP_CLIENT.reset(inside)
+        _end(span, getattr(response, "status", None), None)
+        return response
+
+    setattr(urlopen, _WRAPPED, orig)
+    pool_class.urlopen = urlopen
+    _patched["urllib3"] = [(pool_class, "urlopen", orig)]
+
+
+def uninstrument_urllib3() -> None:
+    """Undo :func:`instrument_urllib3` (no-op when not instrumented)."""
+    _restore("urllib3")
 
 
 def _restore(library: str) -> None:

@@ -186,7 +186,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     proc = run(program, tmp_path, cli=("--exclude", "requests"), PYTHONPATH=str(site))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "USER_SITE True" in proc.stdout  # the program's own sitecustomize still runs
-    assert "INSTRUMENTED botocore,celery,logging,redis,threading,urllib\n" in proc.stdout
+    assert "INSTRUMENTED botocore,celery,logging,redis,threading,urllib,urllib3\n" in proc.stdout
     assert "PATCHED HTTPAdapter.send" in proc.stdout  # excluded: not patched
     # the same from code, with requests imported before: instrumented at once
     direct = subprocess.run(
@@ -203,7 +203,7 @@ def test_exclusions_chaining_and_already_imported(tmp_path: Path) -> None:
     assert direct.returncode == 0, direct.stderr
     assert (
         direct.stdout.strip()
-        == "['logging', 'requests', 'threading', 'urllib'] instrument_requests.<locals>.send"
+        == "['logging', 'requests', 'threading', 'urllib', 'urllib3'] instrument_requests.<locals>.send"
     )
 
 

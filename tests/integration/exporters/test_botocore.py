@@ -15,6 +15,7 @@ import pitchey_trace as pt
 from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore
 from pitchey_trace.exporters import LogpushExporter
 from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import instrument_urllib3, uninstrument_urllib3
 from tests.integration.exporters.servers import S3
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,23 @@ def test_uninstrument_restores_the_client(s3: S3) -> None:
     with capture_spans() as mem:
         boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").list_buckets()
     assert mem.spans() == []
+
+
+def test_an_aws_call_is_one_span_with_urllib3_instrumented(s3: S3, traced: None) -> None:
+    """botocore sends with urllib3: an instrumented AWS call gets no second (HTTP) span, so the
+    service map counts it once; without the botocore instrumentation the request is an HTTP
+    client span (urllib3's)."""
+    instrument_urllib3()
+    try:
+        client: Any = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+        with capture_spans() as mem:
+            client.list_buckets()
+        assert [s["name"] for s in mem.spans()] == ["S3.ListBuckets"]
+        uninstrument_botocore()
+        with capture_spans() as mem:
+            client.list_buckets()
+        [http] = mem.spans()
+        assert (http["name"], http["kind"]) == ("GET", "client")
+        assert http["attributes"]["url.full"].startswith(s3.endpoint)
+    finally:
+        uninstrument_urllib3()

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+import urllib3
 
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
@@ -22,9 +23,11 @@ from pitchey_trace.web import (
     instrument_httpx,
     instrument_requests,
     instrument_urllib,
+    instrument_urllib3,
     uninstrument_httpx,
     uninstrument_requests,
     uninstrument_urllib,
+    uninstrument_urllib3,
 )
 
 pytestmark = pytest.mark.integration
@@ -239,3 +242,79 @@ def test_urllib_errors_suppression_and_uninstrument(echo_url: str, urllib_traced
     assert server_error["attributes"]["http.response.status_code"] == 500
     assert refused["status"] == "error"
     assert refused["attributes"]["error.type"] == "URLError"
+
+
+# -- urllib3 -----------------------------------------------------------------------------------------
+@pytest.fixture
+def urllib3_traced() -> Iterator[None]:
+    instrument_urllib3()
+    instrument_urllib3()  # idempotent
+    try:
+        yield
+    finally:
+        uninstrument_urllib3()
+
+
+def test_urllib3_client_spans_injection_and_redirect_hops(echo_url: str, urllib3_traced: None) -> None:
+    caller_headers = {"X-Tenant": "t-1"}
+    http = urllib3.PoolManager(headers={"User-Agent": "pool/1"})
+    with capture_spans() as mem, pt.span("job") as job:
+        first = http.request("GET", f"{echo_url}/items?id=7", headers=caller_headers).json()
+        redirected = http.request("GET", f"{echo_url}/moved").json()  # the PoolManager follows it
+        # a pool's own request: a path on its host, the pool's headers
+        pool = urllib3.HTTPConnectionPool("127.0.0.1", int(echo_url.rsplit(":", 1)[1]), headers={"A": "b"})
+        pooled = pool.urlopen("GET", "/pooled").json()
+    assert caller_headers == {"X-Tenant": "t-1"}  # the caller's map and the pools' are untouched
+    assert http.headers == {"User-Agent": "pool/1"}
+    assert dict(pool.headers) == {"A": "b"}
+    direct, hop, landed, pool_span, _job = mem.spans()
+    assert {s["parent_span_id"] for s in (direct, hop, landed, pool_span)} == {f"{job.span_id:016x}"}
+    host, port = echo_url.removeprefix("http://").split(":")
+    assert direct["kind"] == "client"
+    assert direct["attributes"] == {
+        "url.full": f"{echo_url}/items?id=7",
+        "server.address": host,
+        "server.port": int(port),
+        "http.request.method": "GET",
+        "http.response.status_code": 200,
+    }
+    assert first["traceparent"].startswith(f"00-{direct['trace_id']}-{direct['span_id']}-")
+    assert hop["attributes"]["http.response.status_code"] == 302
+    assert landed["attributes"]["url.full"] == f"{echo_url}/"
+    assert redirected["traceparent"].startswith(f"00-{landed['trace_id']}-{landed['span_id']}-")
+    assert pool_span["attributes"]["url.full"] == f"{echo_url}/pooled"
+    assert pooled["traceparent"].startswith(f"00-{pool_span['trace_id']}-{pool_span['span_id']}-")
+
+
+def test_urllib3_errors_suppression_and_uninstrument(echo_url: str, urllib3_traced: None) -> None:
+    http = urllib3.PoolManager()
+    with capture_spans() as mem:
+        assert http.request("GET", f"{echo_url}/fail").status == 500
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            http.request("GET", f"http://127.0.0.1:{closed_port()}/", retries=1)
+        with pt.suppress_tracing():
+            assert http.request("GET", echo_url).json()["traceparent"] is None
+        uninstrument_urllib3()
+        assert http.request("GET", echo_url).json()["traceparent"] is None
+    server_error, refused = mem.spans()
+    assert (server_error["status"], server_error["attributes"]["error.type"]) == ("error", "500")
+    assert refused["status"] == "error"
+    assert refused["attributes"]["error.type"] == "MaxRetryError"  # its retry is inside the span
+
+
+def test_requests_over_instrumented_urllib3_is_one_span(echo_url: str, urllib3_traced: None) -> None:
+    """requests sends with urllib3: instrumented both, a call is still one CLIENT span, and the
+    traceparent on the wire is that span's."""
+    instrument_requests()
+    try:
+        with capture_spans() as mem, pt.span("caller"):
+            received = requests.get(f"{echo_url}/echo", timeout=10).json()["traceparent"]
+    finally:
+        uninstrument_requests()
+    [client] = [s for s in mem.spans() if s["kind"] == "client"]
+    assert received.startswith(f"00-{client['trace_id']}-{client['span_id']}-")
+    # without the requests instrumentation, the urllib3 request underneath is the span
+    with capture_spans() as mem, pt.span("caller"):
+        received = requests.get(f"{echo_url}/echo", timeout=10).json()["traceparent"]
+    [client] = [s for s in mem.spans() if s["kind"] == "client"]
+    assert received.startswith(f"00-{client['trace_id']}-{client['span_id']}-")
