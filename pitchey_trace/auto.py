@@ -33,7 +33,11 @@ pika, aio_pika            RabbitMQ publish and consume spans, trace context in t
 threading                 work handed to threads and thread pools runs in the span current
                           when it was handed over (``pitchey_trace.threads``)
 logging                   records of WARNING and above (``PITCHEY_TRACE_LOG_EVENT_LEVEL``) logged
-                          in a span become its ``log`` events (``instrument_logging``)
+                          in a span become its ``log`` events (``instrument_logging``); with
+                          ``PITCHEY_TRACE_EXPORT_LOGS=INFO`` (or OpenTelemetry's
+                          ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true``) every
+                          record from that level is shipped as a ``log`` record
+                          (``export_logs``)
 ========================  =====================================================================
 
 An app the program instruments itself (``init_flask``, ``init_aiohttp``,
@@ -312,11 +316,29 @@ def _threading(_: ModuleType) -> None:
     instrument_threads()
 
 
-def _logging(_: ModuleType) -> None:
-    from pitchey_trace.web.logs import instrument_logging
+def _level(text: str) -> int | str:
+    text = text.strip().upper()
+    return int(text) if text.isdigit() else text
 
-    level = os.environ.get("PITCHEY_TRACE_LOG_EVENT_LEVEL", "").strip().upper() or "WARNING"
-    instrument_logging(int(level) if level.isdigit() else level)
+
+def export_logs_level() -> int | str | None:
+    """The level from which the application's logs are shipped (``export_logs``), from
+    ``PITCHEY_TRACE_EXPORT_LOGS`` (a level name or number; ``off``), else INFO when
+    ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED`` is true; None: not shipped."""
+    given = os.environ.get("PITCHEY_TRACE_EXPORT_LOGS", "").strip()
+    if given:
+        return None if given.lower() in ("off", "false", "0", "none") else _level(given)
+    otel = os.environ.get("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "").strip().lower()
+    return "INFO" if otel == "true" else None
+
+
+def _logging(_: ModuleType) -> None:
+    from pitchey_trace.web.logs import export_logs, instrument_logging
+
+    instrument_logging(_level(os.environ.get("PITCHEY_TRACE_LOG_EVENT_LEVEL", "") or "WARNING"))
+    level = export_logs_level()
+    if level is not None:
+        export_logs(level)
 
 
 #: library -> the (module whose import triggers it, what is done with that module) pairs

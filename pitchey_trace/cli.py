@@ -78,6 +78,7 @@ _OTEL_READ = frozenset(
         "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
         "OTEL_METRICS_EXPORTER",
         "OTEL_LOGS_EXPORTER",
+        "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED",
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
     }
     | {
@@ -102,6 +103,7 @@ def _config(args: argparse.Namespace) -> int:
     import pitchey_trace as pt
     from pitchey_trace._span import Limits
     from pitchey_trace._tracer import get_tracer
+    from pitchey_trace.auto import export_logs_level
 
     pt.configure()  # from the environment only, as a service calling configure() would
     # OpenTelemetry variables set here that nothing reads (metrics, logs, other exporters'):
@@ -145,6 +147,7 @@ def _config(args: argparse.Namespace) -> int:
                     "events": Limits.max_events,
                     "links": Limits.max_links,
                 },
+                export_logs=export_logs_level(),
             )
     finally:
         pt.shutdown(1.0)
@@ -182,6 +185,11 @@ def _config(args: argparse.Namespace) -> int:
         lim = info["limits"]
         lines.append(
             f"limits       {lim['attributes']} attributes, {lim['events']} events, {lim['links']} links"
+        )
+        level = info["export_logs"]
+        lines.append(
+            "app logs     "
+            + (f"shipped from {level} (under pitchey-trace run)" if level is not None else "not shipped")
         )
         extra = {
             k: v for k, v in info["resource"].items() if not k.startswith(("telemetry.", "process.", "host."))
@@ -229,6 +237,8 @@ def _run(args: argparse.Namespace) -> int:
         env["OTEL_METRICS_EXPORTER"] = args.metrics
     if args.logs:
         env["OTEL_LOGS_EXPORTER"] = args.logs
+    if args.export_logs:
+        env["PITCHEY_TRACE_EXPORT_LOGS"] = args.export_logs
     if args.exclude:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
     try:
@@ -252,7 +262,17 @@ def _add_run(sub: Subparsers) -> None:
     p.add_argument(
         "--metrics", help="otlp: also send the rollups as OTLP metrics (sets OTEL_METRICS_EXPORTER)"
     )
-    p.add_argument("--logs", help="otlp: also send the audit records as OTLP logs (sets OTEL_LOGS_EXPORTER)")
+    p.add_argument(
+        "--logs",
+        help="otlp: also send the audit records (and the logs --export-logs ships) as OTLP logs "
+        "(sets OTEL_LOGS_EXPORTER)",
+    )
+    p.add_argument(
+        "--export-logs",
+        metavar="LEVEL",
+        help="ship the program's log records from LEVEL (e.g. INFO) with their trace ids "
+        "(sets PITCHEY_TRACE_EXPORT_LOGS)",
+    )
     p.add_argument("--exclude", help="libraries to leave alone, comma-separated (e.g. requests,celery)")
     p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments (after --)")
     p.set_defaults(func=_run)

@@ -37,6 +37,7 @@ __all__ = [
     "SPAN_RECORD_KEYS",
     "CategoryThresholds",
     "Record",
+    "app_log_record",
     "audit_record",
     "category_of",
     "dataset_of",
@@ -53,7 +54,7 @@ SCHEMA_VERSION = 1
 Record = dict[str, Any]
 
 #: The dataset each record type goes to unless a Router says otherwise.
-DATASET_OF_TYPE = {"span": "traces", "audit": "audit", "rollup": "performance"}
+DATASET_OF_TYPE = {"span": "traces", "audit": "audit", "rollup": "performance", "log": "logs"}
 
 _KIND = ("internal", "server", "client", "producer", "consumer")
 _STATUS = ("unset", "ok", "error")
@@ -398,6 +399,40 @@ def audit_record(
         "action": action,
         "target": target,
         "outcome": outcome,
+        "attributes": _attrs(attributes),
+    }
+
+
+def app_log_record(
+    *,
+    time_unix_nano: int,
+    severity_number: int,
+    severity_text: str,
+    logger: str,
+    body: str,
+    service: str,
+    environment: str,
+    trace_id: int = 0,
+    span_id: int = 0,
+    trace_flags: int = 0,
+    attributes: Mapping[str, Any] | None = None,
+) -> Record:
+    """A schema-v1 ``log`` record: one application log record (``pitchey_trace.web.export_logs``),
+    with the trace and span current when it was logged. ``severity_number`` is OpenTelemetry's
+    (1-24: DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "type": "log",
+        "time_unix_nano": time_unix_nano,
+        "trace_id": f"{trace_id:032x}" if trace_id else None,
+        "span_id": f"{span_id:016x}" if span_id else None,
+        "trace_flags": trace_flags,
+        "service": service,
+        "environment": environment,
+        "severity_number": severity_number,
+        "severity_text": severity_text,
+        "logger": logger,
+        "body": body,
         "attributes": _attrs(attributes),
     }
 

@@ -1024,6 +1024,8 @@ _STRUCTURAL = frozenset(
         "start_time_unix_nano",
         "end_time_unix_nano",
         "time_unix_nano",
+        "trace_flags",
+        "severity_number",
         "minute_start_unix_nano",
         "duration_ms",
         "interval_s",

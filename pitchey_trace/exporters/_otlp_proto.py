@@ -47,6 +47,7 @@ Schema = dict[str, dict[str, tuple[int, str, str]]]
 
 _DOUBLE = struct.Struct("<d").pack
 _FIXED64 = struct.Struct("<Q").pack
+_FIXED32 = struct.Struct("<I").pack
 _U64 = (1 << 64) - 1
 _KIND = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 _STATUS = {"unset": 0, "ok": 1, "error": 2}
@@ -292,6 +293,9 @@ def encode_node(schema: Schema, message: str, node: Mapping[str, Any]) -> bytear
         elif kind == "fixed64":
             out.append(number << 3 | 1)
             out += _FIXED64(int(value) & _U64)
+        elif kind == "fixed32":
+            out.append(number << 3 | 5)
+            out += _FIXED32(int(value) & 0xFFFFFFFF)
         elif kind == "double":
             out.append(number << 3 | 1)
             out += _DOUBLE(float(value))

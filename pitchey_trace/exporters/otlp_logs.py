@@ -1,4 +1,5 @@
-"""OTLPLogExporter: the audit records as OpenTelemetry log records, to any OTLP backend.
+"""OTLPLogExporter: the audit records and the application's logs as OpenTelemetry log
+records, to any OTLP backend.
 
 The audit dataset (one record per request, security events, sensitive-table access) is what
 a security team searches: this exporter sends it to wherever the organisation keeps its logs
@@ -13,6 +14,11 @@ through an OpenTelemetry Collector, Loki, Elastic, Datadog, ... Each audit recor
   ``enduser.id`` (the actor) and the record's own attributes;
 - ``traceId`` / ``spanId``: the trace the event belongs to, so a backend links the two.
 
+The application's log records (dataset ``logs``, :func:`pitchey_trace.web.export_logs`) become
+``LogRecord`` s as OpenTelemetry's logging handler makes them: their time, severity number and
+text, the message as ``body``, the trace and span ids and flags, the logger's name as
+``logger.name`` (the instrumentation scope of OpenTelemetry's handler), and their attributes.
+
 The records are the sanitized ones, as every exporter's. The payload is an
 ``ExportLogsServiceRequest`` (binary protobuf, JSON, or gRPC ``LogsService/Export``); field
 numbers from ``opentelemetry/proto/{collector/logs,logs}/v1/*.proto``:
@@ -22,7 +28,8 @@ numbers from ``opentelemetry/proto/{collector/logs,logs}/v1/*.proto``:
     ScopeLogs                 1 scope, 2 log_records
     LogRecord                 1 time_unix_nano, 11 observed_time_unix_nano (fixed64),
                               2 severity_number, 3 severity_text, 5 body (AnyValue),
-                              6 attributes, 9 trace_id, 10 span_id, 12 event_name
+                              6 attributes, 8 flags (fixed32), 9 trace_id, 10 span_id,
+                              12 event_name
     ExportLogsServiceResponse 1 partial_success { 1 rejected_log_records, 2 error_message }
 """
 
@@ -60,6 +67,7 @@ _SCHEMA: Schema = {
         "severityText": (3, "string", ""),
         "body": (5, "any", ""),
         "attributes": (6, "attributes", ""),
+        "flags": (8, "fixed32", ""),
         "traceId": (9, "hex_id", ""),
         "spanId": (10, "hex_id", ""),
         "eventName": (12, "string", ""),
@@ -79,9 +87,44 @@ def _severity(category: str, outcome: str) -> tuple[int, str]:
     return _WARN if category == "security" else _INFO
 
 
+def _app_log(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | None:
+    try:
+        when = int(record["time_unix_nano"])
+        number = int(record["severity_number"])
+        out: dict[str, Any] = {
+            "timeUnixNano": when,
+            "observedTimeUnixNano": observed_ns,
+            "severityNumber": number if 1 <= number <= 24 else 0,
+            "severityText": str(record["severity_text"]),
+            "body": str(record["body"]),
+        }
+    except (KeyError, TypeError, ValueError):
+        _stats.incr("otlp_logs.bad_record")
+        return None
+    attributes: dict[str, Any] = {"logger.name": str(record.get("logger", ""))}
+    extra = record.get("attributes")
+    if isinstance(extra, Mapping):
+        for key, value in extra.items():
+            attributes.setdefault(str(key), value)
+    out["attributes"] = attributes
+    if record.get("trace_id"):
+        out["traceId"] = record["trace_id"]
+        flags = record.get("trace_flags")
+        if isinstance(flags, int) and not isinstance(flags, bool) and 0 < flags < 256:
+            out["flags"] = flags
+    if record.get("span_id"):
+        out["spanId"] = record["span_id"]
+    return out
+
+
+_TYPES = frozenset(("audit", "log"))
+
+
 def log_record(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | None:
-    """One audit record as an OTLP ``LogRecord`` (the JSON form's shape; None for other
-    records, or an audit record without its fields)."""
+    """One audit or application log record as an OTLP ``LogRecord`` (the JSON form's shape;
+    None for other records, or a record without its fields)."""
+    if record.get("type") == "log":
+        return _app_log(record, observed_ns)
     if record.get("type") != "audit":
         return None
     try:
@@ -122,8 +165,8 @@ def log_record(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | 
 
 
 class OTLPLogExporter(SenderExporter, ResourceBound):
-    """Send the audit records as OpenTelemetry log records to an OTLP endpoint: HTTP with
-    binary protobuf (default) or JSON, or gRPC.
+    """Send the audit records and the application's logs as OpenTelemetry log records to an
+    OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
 
     Args:
         endpoint: full URL (``http://collector:4318/v1/logs``); a URL without a path gets
@@ -131,14 +174,15 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
             ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/logs``, else ``http://localhost:4318/v1/logs``.
             For gRPC ``http(s)://host:port``.
         max_records_per_request: log records per request (default 512).
-        datasets: the datasets taken (default ``audit``).
+        datasets: the datasets taken (default ``audit`` and ``logs``).
         headers, compression, timeout_s, retry, protocol, certificate_file,
         client_certificate_file, client_key_file, spool_dir, spool_max_bytes: as
             :class:`OTLPExporter`, read from the ``OTEL_EXPORTER_OTLP_LOGS_*`` variables first,
             then ``OTEL_EXPORTER_OTLP_*``.
 
     Counters: ``otlp_logs.records``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
-    ``.partial_rejected``, ``.skipped`` (records that are not audit records), ``.bad_record``.
+    ``.partial_rejected``, ``.skipped`` (records that are neither audit nor log records),
+    ``.bad_record``.
     """
 
     def __init__(
@@ -150,7 +194,7 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         compression: str | None = "default",
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
-        datasets: Iterable[str] | None = ("audit",),
+        datasets: Iterable[str] | None = ("audit", "logs"),
         scope_name: str = "pitchey_trace",
         name: str = "otlp_logs",
         protocol: str | None = None,
@@ -189,8 +233,8 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         return self._sender.url
 
     def request(self, records: Iterable[Record]) -> dict[str, Any]:
-        """The ``ExportLogsServiceRequest`` for the audit records among ``records`` (the JSON
-        form's shape), grouped by service and environment."""
+        """The ``ExportLogsServiceRequest`` for the audit and log records among ``records`` (the
+        JSON form's shape), grouped by service and environment."""
         observed = time.time_ns()
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for record in records:
@@ -210,12 +254,13 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         }
 
     def export(self, batch: Sequence[Record]) -> bool:
-        """POST the audit records of ``batch`` (in chunks); False if a chunk was given up."""
-        audits = [r for r in batch if r.get("type") == "audit"]
-        if len(audits) != len(batch):
-            _stats.incr("otlp_logs.skipped", len(batch) - len(audits))
+        """POST the audit and log records of ``batch`` (in chunks); False if a chunk was given
+        up."""
+        logs = [r for r in batch if r.get("type") in _TYPES]
+        if len(logs) != len(batch):
+            _stats.incr("otlp_logs.skipped", len(batch) - len(logs))
         return self._post_in_chunks(
-            audits,
+            logs,
             self.max_records_per_request,
             self._payload,
             "otlp_logs.records",

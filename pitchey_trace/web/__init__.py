@@ -11,7 +11,8 @@ Inside a request: :func:`set_route` (frameworks the middleware cannot see into),
 Outbound: :func:`instrument_httpx`, :func:`instrument_requests`, :func:`instrument_urllib`,
 :func:`instrument_urllib3`, :func:`instrument_aiohttp_client`, :func:`client_span`.
 Logs: :class:`TraceContextFilter`, :class:`TraceFormatter`, :func:`add_trace_ids` (structlog);
-:class:`LogEventHandler` / :func:`instrument_logging` (log records as span events).
+:class:`LogEventHandler` / :func:`instrument_logging` (log records as span events);
+:class:`LogExportHandler` / :func:`export_logs` (the application's logs shipped as records).
 See ``docs/middleware.md``. No web framework is imported until it is used.
 """
 
@@ -28,10 +29,13 @@ from pitchey_trace.web.aio import (
 from pitchey_trace.web.asgi import ASGITracingMiddleware
 from pitchey_trace.web.logs import (
     LogEventHandler,
+    LogExportHandler,
     TraceContextFilter,
     TraceFormatter,
     add_trace_ids,
+    export_logs,
     instrument_logging,
+    stop_export_logs,
     trace_ids,
     uninstrument_logging,
 )
@@ -52,6 +56,7 @@ __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
     "ASGITracingMiddleware",
     "LogEventHandler",
+    "LogExportHandler",
     "TraceContextFilter",
     "TraceFormatter",
     "WSGITracingMiddleware",
@@ -60,6 +65,7 @@ __all__ = [
     "aiohttp_trace_config",
     "auth_failure",
     "client_span",
+    "export_logs",
     "init_aiohttp",
     "init_flask",
     "instrument_aiohttp_client",
@@ -70,6 +76,7 @@ __all__ = [
     "instrument_urllib3",
     "set_route",
     "set_user",
+    "stop_export_logs",
     "trace_ids",
     "uninstrument_aiohttp_client",
     "uninstrument_httpx",

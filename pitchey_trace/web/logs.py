@@ -23,30 +23,48 @@ waterfall::
 
     from pitchey_trace.web import instrument_logging
     instrument_logging()            # WARNING and above, every logger (handlers unchanged)
+
+And the application's logs themselves, shipped beside its spans: :func:`export_logs` (or a
+:class:`LogExportHandler`) turns each record of its level or above into a ``log`` record
+(dataset ``logs``) with the trace and span current when it was logged, sanitized like every
+record, for the exporters that take the dataset (``OTLPLogExporter`` to any OpenTelemetry
+log backend, the archives, the console)::
+
+    from pitchey_trace.web import export_logs
+    export_logs("INFO")
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT
+from pitchey_trace._span import SUPPRESSED, Limits, _format_tb
+from pitchey_trace._tracer import get_tracer
+from pitchey_trace.records import app_log_record
 from pitchey_trace.web._common import EXC_IDS_ATTR
 
 __all__ = [
     "LogEventHandler",
+    "LogExportHandler",
     "TraceContextFilter",
     "TraceFormatter",
     "add_trace_ids",
+    "export_logs",
     "instrument_logging",
+    "stop_export_logs",
     "trace_ids",
     "uninstrument_logging",
 ]
 
 #: Longest message kept in a ``log`` event (the rest is cut, marked with an ellipsis).
 MAX_LOG_MESSAGE = 2048
+#: Longest body of an exported ``log`` record, and of a text value taken from ``extra=``.
+MAX_LOG_BODY = 8192  # (the sanitizer's default max_value_length: longer text it cuts anyway)
+MAX_LOG_EXTRA_TEXT = 1024
 
 
 def _from_exception(exc: object) -> tuple[str, str] | None:
@@ -137,6 +155,29 @@ def add_trace_ids(
     return event_dict
 
 
+def _text(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+
+
+def _message(record: logging.LogRecord, limit: int) -> str:
+    """The formatted message, cut at ``limit`` characters (a record whose arguments do not fit
+    its format: the template, counted)."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        _stats.incr("misuse.log_format")
+        message = str(record.msg)
+    return _text(message, limit)
+
+
+def _code(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        "code.function.name": record.funcName,
+        "code.file.path": record.pathname,
+        "code.line.number": record.lineno,
+    }
+
+
 def _add_log_event(record: logging.LogRecord) -> None:
     """Add ``record`` to the current span as a ``log`` event (when a recording span is current
     and the record is not the SDK's own). Never raises."""
@@ -144,20 +185,11 @@ def _add_log_event(record: logging.LogRecord) -> None:
     if span is None or not span.is_recording or record.name.startswith("pitchey_trace"):
         return
     try:
-        try:
-            message = record.getMessage()
-        except Exception:  # the application's arguments do not fit its format: the template
-            _stats.incr("misuse.log_format")
-            message = str(record.msg)
-        if len(message) > MAX_LOG_MESSAGE:
-            message = message[: MAX_LOG_MESSAGE - 1] + "\u2026"
         attrs: dict[str, Any] = {
             "log.level": record.levelname,
             "log.logger": record.name,
-            "log.message": message,
-            "code.function.name": record.funcName,
-            "code.file.path": record.pathname,
-            "code.line.number": record.lineno,
+            "log.message": _message(record, MAX_LOG_MESSAGE),
+            **_code(record),
         }
         exc = _record_exception(record)
         if isinstance(exc, BaseException):
@@ -190,11 +222,70 @@ class LogEventHandler(logging.Handler):
         _add_log_event(record)
 
 
-# instrument_logging() wraps the log record factory instead of adding a handler: a handler on
-# the root logger would stop logging's last-resort output to stderr in a program that set no
-# handler of its own, changing what that program prints.
-_factory: list[Any] = []  # [the factory we wrapped, ours] while installed
-_level = [logging.WARNING]
+class _Hook:
+    """Calls ``action(record)`` for every log record of ``level`` and above, from any logger,
+    without adding a handler: a handler on the root logger would stop logging's last-resort
+    output to stderr in a program that set no handler of its own, changing what it prints.
+
+    ``at_creation``: as the record is made (it wraps the log record factory), so ``action``
+    runs before the logger's filters; else as the logger hands the record to its handlers
+    (it wraps ``logging.Logger.callHandlers``): after the filters, with ``extra=`` set."""
+
+    def __init__(self, action: Callable[[logging.LogRecord], None], *, at_creation: bool) -> None:
+        self.action = action
+        self.at_creation = at_creation
+        self.level = logging.WARNING
+        self.installed: tuple[Any, Any] | None = None  # (what we wrapped, ours)
+
+    def _see(self, record: logging.LogRecord) -> None:
+        try:
+            if self.installed is not None and record.levelno >= self.level:
+                self.action(record)
+        except Exception as exc:  # (a record made by hand with an odd level)
+            _safety.report("logs.hook", exc)
+
+    def install(self, level: int | str) -> None:
+        numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+        if not isinstance(numeric, int) or isinstance(numeric, bool):
+            raise ValueError(f"unknown logging level {level!r}")
+        self.level = numeric
+        if self.installed is not None:
+            return
+        previous: Any
+        if self.at_creation:
+            previous = logging.getLogRecordFactory()
+
+            def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                record: logging.LogRecord = previous(*args, **kwargs)
+                self._see(record)
+                return record
+
+            logging.setLogRecordFactory(make)
+            self.installed = (previous, make)
+        else:
+            previous = logging.Logger.callHandlers
+
+            def call_handlers(logger: logging.Logger, record: logging.LogRecord) -> None:
+                self._see(record)
+                previous(logger, record)
+
+            logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
+            self.installed = (previous, call_handlers)
+
+    def uninstall(self) -> None:
+        # (if another layer wrapped ours since, ours stays in its chain but does nothing)
+        if self.installed is None:
+            return
+        previous, ours = self.installed
+        self.installed = None
+        if self.at_creation:
+            if logging.getLogRecordFactory() is ours:
+                logging.setLogRecordFactory(previous)
+        elif logging.Logger.__dict__.get("callHandlers") is ours:
+            logging.Logger.callHandlers = previous  # type: ignore[method-assign]
+
+
+_events = _Hook(_add_log_event, at_creation=True)
 
 
 def instrument_logging(level: int | str = logging.WARNING) -> None:
@@ -203,30 +294,127 @@ def instrument_logging(level: int | str = logging.WARNING) -> None:
     It wraps the log record factory (``logging.setLogRecordFactory``), so handlers and what the
     program prints are unchanged; loggers' own levels still decide which records are made.
     Idempotent: a second call changes the level."""
-    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown logging level {level!r}")
-    _level[0] = numeric
-    if _factory:
-        return
-    previous = logging.getLogRecordFactory()
-
-    def record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        if record.levelno >= _level[0] and _factory:
-            _add_log_event(record)
-        return record
-
-    logging.setLogRecordFactory(record_factory)
-    _factory[:] = [previous, record_factory]
+    _events.install(level)
 
 
 def uninstrument_logging() -> None:
     """Undo :func:`instrument_logging` (if another factory wrapped ours since, ours stays in
     its chain but adds nothing)."""
-    if not _factory:
-        return
-    previous, ours = _factory
-    _factory.clear()
-    if logging.getLogRecordFactory() is ours:
-        logging.setLogRecordFactory(previous)
+    _events.uninstall()
+
+
+# -- the application's logs as records ---------------------------------------------------------------
+_tracer = get_tracer()
+# The attributes every LogRecord has (and those formatters and our filter add): the rest came
+# from ``extra=`` and goes along as attributes.
+_STANDARD = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
+    | {"message", "asctime", "trace_id", "span_id", "taskName"}
+)
+_MAX_EXTRA = 32
+
+
+def severity_number(levelno: int) -> int:
+    """OpenTelemetry's severity number (1-24) of a ``logging`` level: DEBUG 5, INFO 9,
+    WARNING 13, ERROR 17, CRITICAL 21; levels between them take the steps between."""
+    if levelno < logging.DEBUG:
+        return 1  # TRACE
+    if levelno >= logging.CRITICAL:
+        return min(24, 21 + (levelno - 50) * 4 // 10)
+    return 5 + 4 * ((levelno - 10) // 10) + (levelno % 10) * 4 // 10
+
+
+def _export_log(record: logging.LogRecord) -> None:
+    """Hand ``record`` to the pipeline as a ``log`` record. Never raises."""
+    if record.name.startswith("pitchey_trace"):
+        return  # the SDK's own: no feedback
+    span = CURRENT.get()
+    pipeline = _tracer.pipeline
+    if span is SUPPRESSED or pipeline is None:
+        return  # (an export thread, suppress_tracing(), or tracing not configured)
+    try:
+        message = _message(record, MAX_LOG_BODY)
+        attrs = _code(record)
+        if record.threadName:
+            attrs["thread.name"] = record.threadName
+        exc = _record_exception(record)
+        if isinstance(exc, BaseException):
+            attrs["exception.type"] = type(exc).__qualname__
+            attrs["exception.message"] = _text(str(exc), MAX_LOG_BODY)
+            attrs["exception.stacktrace"] = _format_tb(exc)
+        extra = 0
+        for key, value in record.__dict__.items():
+            if key in _STANDARD or key.startswith("_") or extra >= _MAX_EXTRA:
+                continue
+            if value.__class__ is str:
+                value = _text(value, MAX_LOG_EXTRA_TEXT)
+            elif value.__class__ not in (int, float, bool):
+                continue  # (objects: their text could be anything, and costly to make)
+            attrs.setdefault(key, value)
+            extra += 1
+        if len(attrs) > Limits.max_attributes:
+            _stats.incr("dropped.attribute_limit", len(attrs) - Limits.max_attributes)
+            attrs = dict(list(attrs.items())[: Limits.max_attributes])
+        ids = (span.trace_id, span.span_id, span.trace_flags) if span is not None else (0, 0, 0)
+        pipeline.emit(
+            app_log_record(
+                time_unix_nano=int(record.created * 1e9),
+                severity_number=severity_number(record.levelno),
+                severity_text=record.levelname,
+                logger=record.name,
+                body=message,
+                service=pipeline.service,
+                environment=pipeline.environment,
+                trace_id=ids[0],
+                span_id=ids[1],
+                trace_flags=ids[2] & 0xFF,
+                attributes=attrs,
+            )
+        )
+    except Exception as exc:
+        _safety.report("logs.export", exc)
+
+
+class LogExportHandler(logging.Handler):
+    """A ``logging.Handler`` that ships each record (of ``level`` and above) as a ``log``
+    record, for logging set up by hand (``dictConfig``); :func:`export_logs` does the same
+    without a handler.
+
+    The record: ``time_unix_nano`` (the record's), ``severity_number`` (OpenTelemetry's:
+    :func:`severity_number`) and ``severity_text`` (``WARNING``), ``logger``, ``body`` (the
+    formatted message, at most :data:`MAX_LOG_BODY` characters), the ``trace_id`` / ``span_id``
+    / ``trace_flags`` of the span current when it was logged (None outside one), and attributes:
+    ``code.function.name``, ``code.file.path``, ``code.line.number``, ``thread.name``,
+    ``exception.type`` / ``.message`` / ``.stacktrace`` when it carries an exception, and the
+    ``extra=`` fields whose values are text, numbers or booleans. Everything goes through the
+    sanitizer before export. The SDK's own ``pitchey_trace`` records, records logged on its
+    export threads or under :func:`pitchey_trace.suppress_tracing`, and all records before
+    tracing is configured are not shipped; nothing here raises into the logging call. The
+    records share the pipeline's bounded queue with the spans (a full queue drops and counts,
+    ``dropped.queue_full``).
+    """
+
+    def __init__(self, level: int | str = logging.INFO) -> None:
+        super().__init__(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _export_log(record)
+
+
+_exported = _Hook(_export_log, at_creation=False)
+
+
+def export_logs(level: int | str = logging.INFO) -> None:
+    """Ship every log record of ``level`` and above, from any logger, as a ``log`` record
+    (dataset ``logs``; fields as for :class:`LogExportHandler`) to the exporters that take the
+    dataset: :class:`~pitchey_trace.exporters.OTLPLogExporter` sends them to an OpenTelemetry
+    log backend linked to their traces. It takes each record as a logger hands it to its
+    handlers (it wraps ``logging.Logger.callHandlers``): after the logger's level and filters,
+    whatever handlers there are (none, or ``propagate=False``), and the program's handlers and
+    output are unchanged. Idempotent: a second call changes the level."""
+    _exported.install(level)
+
+
+def stop_export_logs() -> None:
+    """Undo :func:`export_logs`."""
+    _exported.uninstall()

@@ -16,6 +16,7 @@ from pitchey_trace.exporters import OTLPLogExporter
 from pitchey_trace.exporters._otlp_proto import encode_node
 from pitchey_trace.exporters.otlp import json_node
 from pitchey_trace.exporters.otlp_logs import _SCHEMA, log_record
+from pitchey_trace.records import app_log_record
 from tests.support.otlp import base64_ids
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -113,6 +114,46 @@ def test_other_and_malformed_records_are_skipped_and_counted() -> None:
     assert _stats.get("otlp_logs.skipped") == 2
 
 
+def app_log() -> dict[str, Any]:
+    return app_log_record(
+        time_unix_nano=1_800_000_000_000_000_000,
+        severity_number=13,
+        severity_text="WARNING",
+        logger="pitch.orders",
+        body="stock low for pitch 7",
+        service="pitch-api",
+        environment="prod",
+        trace_id=int(TRACE, 16),
+        span_id=int(SPAN, 16),
+        trace_flags=1,
+        attributes={"code.line.number": 12, "order.id": 7},
+    )
+
+
+def test_an_application_log_record_becomes_a_log_record() -> None:
+    [log] = decoded([app_log()]).resource_logs[0].scope_logs[0].log_records
+    assert (log.time_unix_nano, log.severity_number, log.severity_text) == (
+        1_800_000_000_000_000_000,
+        13,
+        "WARNING",
+    )
+    assert log.body.string_value == "stock low for pitch 7"
+    assert (log.trace_id.hex(), log.span_id.hex(), log.flags) == (TRACE, SPAN, 1)
+    attrs = {kv.key: kv.value for kv in log.attributes}
+    assert attrs["logger.name"].string_value == "pitch.orders"
+    assert attrs["code.line.number"].int_value == 12
+    assert log.event_name == ""  # (an audit record's has one)
+    outside = log_record(app_log_record(
+        time_unix_nano=1, severity_number=9, severity_text="INFO", logger="x", body="b", service="s",
+        environment="e",
+    ), 0)  # fmt: skip
+    assert outside is not None
+    assert "traceId" not in outside
+    assert "flags" not in outside
+    broken = {k: v for k, v in app_log().items() if k != "body"}
+    assert log_record(broken, 0) is None
+
+
 def test_endpoint_from_the_logs_variables_first(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("OTEL_EXPORTER_OTLP"):
@@ -122,7 +163,7 @@ def test_endpoint_from_the_logs_variables_first(monkeypatch: pytest.MonkeyPatch)
     assert OTLPLogExporter().endpoint == "http://collector:4318/v1/logs"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:9000/in")
     assert OTLPLogExporter().endpoint == "http://logs:9000/in"
-    assert OTLPLogExporter().datasets == frozenset({"audit"})
+    assert OTLPLogExporter().datasets == frozenset({"audit", "logs"})
 
 
 def test_otel_logs_exporter_adds_it(monkeypatch: pytest.MonkeyPatch) -> None:

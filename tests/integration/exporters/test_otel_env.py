@@ -112,8 +112,13 @@ def test_run_with_metrics_and_logs_sends_them_for_an_unchanged_program(http_serv
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PITCHEY_TRACE_"))}
     env.update(PYTHONPATH=str(REPO), OTEL_EXPORTER_OTLP_ENDPOINT=http_server.url)
     program = (
-        "import pitchey_trace as pt\nfor i in range(50):\n    with pt.span('nightly-job'):\n        pass\n"
+        "import logging\nimport pitchey_trace as pt\nfor i in range(50):\n    with pt.span('nightly-job'):\n"
+        "        pass\n"
         "pt.emit_audit('export', 'invoices', 'success', category='data_access')\n"
+        "logging.getLogger('jobs').info('not shipped: below the level')\n"
+        "with pt.span('send-mail') as span:\n"
+        "    logging.getLogger('jobs').warning('mail to ada@pitchey.example bounced')\n"
+        "print(span.trace_id_hex)\n"
     )
     cli = [
         sys.executable,
@@ -126,16 +131,31 @@ def test_run_with_metrics_and_logs_sends_them_for_an_unchanged_program(http_serv
         "otlp",
         "--logs",
         "otlp",
+        "--export-logs",
+        "WARNING",
     ]
-    subprocess.run([*cli, "--", sys.executable, "-c", program], env=env, cwd=REPO, timeout=60, check=True)
+    run = subprocess.run(
+        [*cli, "--", sys.executable, "-c", program],
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "bounced" in run.stderr  # the program's own output is as before (logging's last resort)
     assert http_server.wait_requests(2)
     [body] = [r.body for r in http_server.requests if r.path == "/v1/metrics"]
     [logs] = [r.body for r in http_server.requests if r.path == "/v1/logs"]
-    [log] = ExportLogsServiceRequest.FromString(logs).resource_logs[0].scope_logs[0].log_records
-    assert log.body.string_value == "export -> success"
+    audit, warning = ExportLogsServiceRequest.FromString(logs).resource_logs[0].scope_logs[0].log_records
+    assert audit.body.string_value == "export -> success"
+    # the program's own warning (and not its info), sanitized, in the trace it was logged in
+    assert warning.body.string_value == "mail to [EMAIL] bounced"
+    assert warning.trace_id.hex() == run.stdout.strip()
     [rm] = ExportMetricsServiceRequest.FromString(body).resource_metrics
     assert {kv.key: kv.value.string_value for kv in rm.resource.attributes}["service.name"] == "jobs"
     [calls] = [m for m in rm.scope_metrics[0].metrics if m.name == "traces.span.metrics.calls"]
     assert [(p.as_int, p.attributes[1].value.string_value) for p in calls.sum.data_points] == [
-        (50, "nightly-job")
+        (50, "nightly-job"),
+        (1, "send-mail"),
     ]

@@ -4,6 +4,7 @@ the trace they belong to, sanitized."""
 
 from __future__ import annotations
 
+import logging
 from concurrent import futures
 from typing import Any
 
@@ -18,6 +19,7 @@ import pitchey_trace as pt
 from pitchey_trace import _stats
 from pitchey_trace.exporters import OTLPLogExporter
 from pitchey_trace.exporters.otlp_logs import EXPORT_METHOD
+from pitchey_trace.web import export_logs, stop_export_logs
 from tests.integration.exporters.servers import RecordingServer, Reply
 
 pytestmark = pytest.mark.integration
@@ -53,6 +55,33 @@ def test_audit_records_arrive_as_log_records_of_their_trace(http_server: Recordi
     assert access.body.string_value == "SELECT -> success"
     assert _stats.get("otlp_logs.records") == 2
     assert _stats.get("otlp_logs.partial_rejected") == 1
+
+
+def test_application_logs_arrive_with_their_trace(http_server: RecordingServer) -> None:
+    """export_logs(): the application's own log records reach the log backend, sanitized, each
+    linked to the span it was logged in."""
+    pt.configure(service="pitch-api", exporters=[OTLPLogExporter(http_server.url)])
+    export_logs("INFO")
+    log = logging.getLogger("pitch.orders")
+    log.setLevel(logging.INFO)
+    try:
+        with pt.span("POST /orders") as span:
+            log.warning("order for %s failed", "ada@pitchey.example", extra={"order.id": 7})
+        log.info("idle")
+        assert pt.force_flush(20)
+    finally:
+        stop_export_logs()
+    [req] = http_server.requests
+    failed, idle = logs(ExportLogsServiceRequest.FromString(req.body))
+    assert (failed.trace_id.hex(), failed.span_id.hex()) == (span.trace_id_hex, f"{span.span_id:016x}")
+    assert failed.flags & 1
+    assert (failed.severity_number, failed.severity_text) == (13, "WARNING")
+    assert failed.body.string_value == "order for [EMAIL] failed"
+    assert "ada@pitchey.example" not in req.body.decode("latin-1")
+    attrs = {kv.key: kv.value for kv in failed.attributes}
+    assert attrs["order.id"].int_value == 7
+    assert attrs["logger.name"].string_value == "pitch.orders"
+    assert (idle.trace_id, idle.body.string_value) == (b"", "idle")
 
 
 def test_grpc_logs_service() -> None:

@@ -187,14 +187,18 @@ def fetch(url: str, path: str = "") -> Any:
     return urllib.request.urlopen(request, timeout=10)  # noqa: S310
 
 
-@pytest.fixture
-def urllib_traced() -> Iterator[None]:
-    instrument_urllib()
-    instrument_urllib()  # idempotent
+def instrumented_twice(instrument: Any, uninstrument: Any) -> Iterator[None]:
+    instrument()
+    instrument()  # idempotent
     try:
         yield
     finally:
-        uninstrument_urllib()
+        uninstrument()
+
+
+@pytest.fixture
+def urllib_traced() -> Iterator[None]:
+    yield from instrumented_twice(instrument_urllib, uninstrument_urllib)
 
 
 def test_urllib_client_spans_injection_and_redirect_hops(echo_url: str, urllib_traced: None) -> None:
@@ -247,12 +251,7 @@ def test_urllib_errors_suppression_and_uninstrument(echo_url: str, urllib_traced
 # -- urllib3 -----------------------------------------------------------------------------------------
 @pytest.fixture
 def urllib3_traced() -> Iterator[None]:
-    instrument_urllib3()
-    instrument_urllib3()  # idempotent
-    try:
-        yield
-    finally:
-        uninstrument_urllib3()
+    yield from instrumented_twice(instrument_urllib3, uninstrument_urllib3)
 
 
 def test_urllib3_client_spans_injection_and_redirect_hops(echo_url: str, urllib3_traced: None) -> None:
