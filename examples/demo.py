@@ -64,7 +64,7 @@ from pitchey_trace import db  # noqa: E402
 from pitchey_trace.analysis import Archive as Engine  # noqa: E402
 from pitchey_trace.exporters import LocalArchiveExporter, OTLPMetricsExporter  # noqa: E402
 from pitchey_trace.processors import merge_rollups  # noqa: E402
-from pitchey_trace.web import TraceContextFilter, instrument_httpx, uninstrument_httpx  # noqa: E402
+from pitchey_trace.web import TraceContextFilter, export_logs, instrument_httpx, uninstrument_httpx  # noqa: E402
 
 SERVICE = "pitch-api"
 SAMPLE_RATE = 0.25
@@ -426,7 +426,7 @@ class Report:
     def datasets(self) -> None:
         print(f"\nArchive {self.archive_name}/ (gzip NDJSON, Logpush layout):")
         example = ""
-        for dataset in ("traces", "audit", "performance"):
+        for dataset in ("traces", "audit", "performance", "logs"):
             paths = self.archive.files.get(dataset, [])
             size = sum(p.stat().st_size for p in paths)
             print(
@@ -679,6 +679,13 @@ class Report:
     def logs_and_stats(self, logs: LogCollector, stats: dict[str, int]) -> None:
         print(f"\nLog records with trace ids (TraceContextFilter): {len(logs.records)}")
         err_ids = {ss[0]["trace_id"] for ss in self.error_traces}
+        # export_logs("WARNING"): the app's own log records (not the SDK's) in the archive
+        shipped = self.archive.records.get("logs", [])
+        linked = [r for r in shipped if r["trace_id"] in err_ids and r["logger"] == "uvicorn.error"]
+        print(
+            f"  archived by export_logs('WARNING'): {len(shipped)}, {len(linked)} linked to the 500's trace"
+        )
+        self.check("the 500's error log is archived, linked to its trace", bool(linked))
         for rec in logs.records[:4]:
             msg = rec.getMessage().split("\n")[0]
             msg = msg if len(msg) <= 58 else msg[:55] + "..."
@@ -732,6 +739,8 @@ def run_service(
         print(f"                 keep_errors=True, slow_threshold_ms={SLOW_MS:g},")
         print(f"                 exporters=[LocalArchiveExporter({shown!r}, max_interval_s=1.0),")
         print("                            OTLPMetricsExporter(<receiver>, protocol='http/json')])")
+        export_logs("WARNING")
+        print("    export_logs('WARNING'): the app's warnings and errors archived with their trace ids")
         plan, secrets = build_plan(args.requests, seeded, rng)
         instrument_httpx()
         try:

@@ -355,7 +355,11 @@ def _export_log(record: logging.LogRecord) -> None:
         if len(attrs) > Limits.max_attributes:
             _stats.incr("dropped.attribute_limit", len(attrs) - Limits.max_attributes)
             attrs = dict(list(attrs.items())[: Limits.max_attributes])
-        ids = (span.trace_id, span.span_id, span.trace_flags) if span is not None else (0, 0, 0)
+        if span is not None and span.trace_id:
+            ids = (span.trace_id, span.span_id, span.trace_flags)
+        else:  # an exception that escaped a traced request, logged by the server afterwards
+            stamped = _from_exception(exc)
+            ids = (int(stamped[0], 16), int(stamped[1], 16), 0) if stamped is not None else (0, 0, 0)
         pipeline.emit(
             app_log_record(
                 time_unix_nano=int(record.created * 1e9),
@@ -383,7 +387,9 @@ class LogExportHandler(logging.Handler):
     The record: ``time_unix_nano`` (the record's), ``severity_number`` (OpenTelemetry's:
     :func:`severity_number`) and ``severity_text`` (``WARNING``), ``logger``, ``body`` (the
     formatted message, at most :data:`MAX_LOG_BODY` characters), the ``trace_id`` / ``span_id``
-    / ``trace_flags`` of the span current when it was logged (None outside one), and attributes:
+    / ``trace_flags`` of the span current when it was logged (outside one: the ids of the traced
+    request the record's exception escaped from, as the server's "Exception in ASGI
+    application" has; else None), and attributes:
     ``code.function.name``, ``code.file.path``, ``code.line.number``, ``thread.name``,
     ``exception.type`` / ``.message`` / ``.stacktrace`` when it carries an exception, and the
     ``extra=`` fields whose values are text, numbers or booleans. Everything goes through the

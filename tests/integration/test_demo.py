@@ -121,7 +121,7 @@ def test_demo_exits_zero_and_reports_every_check_passed(demo: DemoRun) -> None:
 
 
 def test_archive_files_follow_the_logpush_layout(demo: DemoRun) -> None:
-    assert set(demo.files) == {"traces", "audit", "performance"}
+    assert set(demo.files) == {"traces", "audit", "performance", "logs"}
     for dataset, paths in demo.files.items():
         assert paths, dataset
         for path in paths:
@@ -135,7 +135,7 @@ def test_archive_files_follow_the_logpush_layout(demo: DemoRun) -> None:
 
 def test_every_record_validates_against_the_schema(demo: DemoRun) -> None:
     validator = Draft202012Validator(json_schema())
-    expected_type = {"traces": "span", "audit": "audit", "performance": "rollup"}
+    expected_type = {"traces": "span", "audit": "audit", "performance": "rollup", "logs": "log"}
     total = 0
     for dataset, recs in demo.records.items():
         for rec in recs:

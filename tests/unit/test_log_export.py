@@ -19,6 +19,7 @@ from pitchey_trace import _stats
 from pitchey_trace.exporters import InMemoryExporter
 from pitchey_trace.records import json_schema
 from pitchey_trace.web import LogExportHandler, export_logs, stop_export_logs
+from pitchey_trace.web._common import stamp_exception
 from pitchey_trace.web.logs import MAX_LOG_BODY, severity_number
 
 
@@ -76,6 +77,18 @@ def test_records_carry_the_current_trace_sanitized_text_and_extras(shipped: InMe
     assert (outside["trace_id"], outside["span_id"], outside["trace_flags"]) == (None, None, 0)
     assert "obj" not in outside["attributes"]
     assert "_private" not in outside["attributes"]
+
+
+def test_an_exception_that_escaped_a_request_keeps_its_trace(shipped: InMemoryExporter) -> None:
+    """The server logs an exception that escaped a traced request after the request's span
+    ended (uvicorn's "Exception in ASGI application"): the record gets that request's ids."""
+    with pt.span("GET /boom") as span:
+        exc = RuntimeError("boom")
+        stamp_exception(exc, span)  # (what the middleware does as the exception leaves)
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=exc)
+    [rec] = log_records(shipped)
+    assert (rec["trace_id"], rec["span_id"]) == (span.trace_id_hex, f"{span.span_id:016x}")
+    assert rec["attributes"]["exception.type"] == "RuntimeError"
 
 
 def test_what_is_not_shipped(shipped: InMemoryExporter) -> None:
