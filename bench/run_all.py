@@ -18,6 +18,7 @@ SUITES = [
     "logpush",
     "otlp",
     "otlp_metrics",
+    "logs",
     "postgres",
     "asyncpg",
     "celery",

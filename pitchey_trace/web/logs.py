@@ -343,8 +343,10 @@ def _export_log(record: logging.LogRecord) -> None:
             attrs["exception.message"] = _text(str(exc), MAX_LOG_BODY)
             attrs["exception.stacktrace"] = _format_tb(exc)
         extra = 0
-        for key, value in record.__dict__.items():
-            if key in _STANDARD or key.startswith("_") or extra >= _MAX_EXTRA:
+        fields = record.__dict__
+        for key in sorted(fields.keys() - _STANDARD):  # (the extra= fields: usually none or a few)
+            value = fields[key]
+            if key.__class__ is not str or key.startswith("_") or extra >= _MAX_EXTRA:
                 continue
             if value.__class__ is str:
                 value = _text(value, MAX_LOG_EXTRA_TEXT)
