@@ -423,6 +423,15 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
         out.append(
             f"\n{len(view['missing_parents'])} parent span(s) not in the archive (not sampled or lost)"
         )
+    logs = view.get("logs") or []
+    if logs:
+        out.append(f"\nlogs ({len(logs)}):")
+        for log in logs:
+            first = str(log["body"]).split("\n", 1)[0]
+            out.append(
+                f"  {'+' + _ms(log['offset_ms']):>10}  {_clip(log['severity_text'], 8):<8} "
+                f"{_clip(log['logger'], 24):<24} {_clip(first, 90)}"
+            )
     b = analysis["bottleneck"]
     if b:
         out.append(

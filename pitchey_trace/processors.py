@@ -79,11 +79,12 @@ def audit_category(*categories: str) -> Predicate:
     )
 
 
-#: The three standard datasets and their filters.
+#: The standard datasets and their filters (``logs``: the application's logs, when shipped).
 DEFAULT_DATASETS: Mapping[str, Predicate] = {
     "traces": in_dataset("traces"),
     "audit": in_dataset("audit"),
     "performance": in_dataset("performance"),
+    "logs": in_dataset("logs"),
 }
 
 

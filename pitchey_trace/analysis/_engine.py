@@ -22,7 +22,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace._sketch import DurationSketch, merge_sketches
-from pitchey_trace.analysis._reader import LocalSource, MultiSource, ObjectInfo, Source, decode_object
+from pitchey_trace.analysis._reader import (
+    DATASETS,
+    LocalSource,
+    MultiSource,
+    ObjectInfo,
+    Source,
+    decode_object,
+)
 from pitchey_trace.analysis._time import parse_time
 
 __all__ = ["Archive"]
@@ -436,6 +443,8 @@ class _Index:
         self._resources: dict[tuple[Any, ...], Any] = {}
         self.audits: list[Record] = []
         self.rollups: list[Record] = []
+        # trace id -> the application's log records logged in it (shipped by export_logs)
+        self.logs: dict[str, list[Record]] = {}
         self._starts: list[int] | None = None
         self._sorted: list[Record] = []
 
@@ -471,6 +480,10 @@ class _Index:
                 self.audits.append(rec)
             elif kind == "rollup" and _clean_rollup(rec):
                 self.rollups.append(rec)
+            elif kind == "log" and _is_int(rec.get("time_unix_nano")):
+                trace = rec.get("trace_id")
+                if isinstance(trace, str) and trace:  # (logs outside any trace: nothing to show)
+                    self.logs.setdefault(trace.lower(), []).append(rec)
             else:
                 unusable += 1
         return unusable
@@ -611,7 +624,7 @@ class Archive:
         if listed is None or (listed != -1 and since is not None and since >= listed):
             return
         infos: list[ObjectInfo] = []
-        for dataset in getattr(self._source, "datasets", ("traces", "audit", "performance")):
+        for dataset in getattr(self._source, "datasets", DATASETS):
             for info in self._source.objects(dataset, since):
                 if (
                     since is not None
@@ -767,7 +780,8 @@ class Archive:
 
     def trace(self, trace_id: str, *, since: Any = None) -> dict[str, Any] | None:
         """One trace as a tree: its spans depth-first with depth, offset, self time and
-        critical-path flag (docs/analysis.md); None if no span of it is archived.
+        critical-path flag, and the application's log records logged in it, by time
+        (docs/analysis.md); None if no span of it is archived.
 
         ``since``: read only the objects that can hold spans started since then (a trace
         found from a recent log line need not read a whole bucket); default: everything."""
@@ -789,6 +803,20 @@ class Archive:
                 view["child_count"] = len(tree.children.get(s["span_id"], ()))
                 view["on_critical_path"] = s["span_id"] in critical
                 spans.append(view)
+            logs = [
+                {
+                    "time_unix_nano": rec["time_unix_nano"],
+                    "offset_ms": (rec["time_unix_nano"] - tree.start) / 1e6,
+                    "span_id": rec.get("span_id"),
+                    "severity_text": _text(rec.get("severity_text", "")),
+                    "severity_number": _int(rec.get("severity_number")),
+                    "logger": _text(rec.get("logger", "")),
+                    "body": _text(rec.get("body", "")),
+                    "service": _text(rec.get("service", "")),
+                    "attributes": rec.get("attributes") if isinstance(rec.get("attributes"), Mapping) else {},
+                }
+                for rec in sorted(self._index.logs.get(tid, ()), key=lambda r: r["time_unix_nano"])
+            ]
         return {
             "trace_id": tid,
             "start_time_unix_nano": tree.start,
@@ -799,6 +827,7 @@ class Archive:
             "services": summary["services"],
             "missing_parents": tree.missing_parents,
             "spans": spans,
+            "logs": logs,
         }
 
     def analyze(self, trace_id: str, *, n_plus_one_min: int = 5, since: Any = None) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The datasets a source reads by default (what the archive exporters write by default).
-DATASETS = ("traces", "audit", "performance")
+DATASETS = ("traces", "audit", "performance", "logs")
 
 _KEY = re.compile(r"(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_[0-9A-Za-z]+\.log\.gz")
 
@@ -106,7 +106,7 @@ class LocalSource:
     Args:
         root: the archive directory.
         prefixes: folder per dataset when the exporter was given other ``prefixes``.
-        datasets: the datasets to read (default: traces, audit, performance).
+        datasets: the datasets to read (default: traces, audit, performance, logs).
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class S3Source:
         bucket: the bucket of every dataset (or give ``buckets``).
         buckets: bucket per dataset, for datasets with their own bucket.
         prefixes: key prefix per dataset (default: the dataset name).
-        datasets: the datasets to read (default: traces, audit, performance).
+        datasets: the datasets to read (default: traces, audit, performance, logs).
         client: a boto3 S3 client; default: one made from ``endpoint_url``/``region``/``profile``
             (credentials from boto3's usual chain).
         cache_dir: keep a copy of each object read here, so later runs read it from disk
@@ -197,9 +197,14 @@ class S3Source:
         profile: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.datasets = _datasets(datasets)
-        self.prefixes = _prefixes(prefixes, self.datasets)
         per = dict(buckets or {})
+        wanted = _datasets(datasets)
+        if datasets is None and "logs" not in per and not bucket:
+            # (buckets= for the three datasets of old: the logs, shipped only when asked, are
+            # read when they have a bucket)
+            wanted = tuple(d for d in wanted if d != "logs")
+        self.datasets = wanted
+        self.prefixes = _prefixes(prefixes, self.datasets)
         self.buckets: dict[str, str] = {}
         for d in self.datasets:
             b = per.get(d, bucket)

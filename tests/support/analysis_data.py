@@ -12,7 +12,8 @@ critical path and the bottleneck are known without sleeping:
   ``publish_event`` 80-90, which runs beside ``render`` and so is off the critical path.
 * ``payment`` (services shop-api and payments): ``POST /pay`` 0-50 ms -> client span
   ``call payments`` 5-45 -> ``POST /charge`` in the payments service 10-40, which failed with
-  a recorded ``ValueError``.
+  a recorded ``ValueError``, and the payments service's ERROR log record at 30 ms in it (as
+  ``export_logs()`` ships it).
 * ``hostile`` (service shop-api): a root span named like an HTML injection with a hostile
   attribute value and a child whose name closes tags.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import pitchey_trace as pt
 from pitchey_trace.exporters import InMemoryExporter
+from pitchey_trace.records import app_log_record
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_CHILD = '</div><script>document.title="owned"</script><b>'
@@ -109,8 +111,22 @@ def make_traces(start_ns: int | None = None) -> TraceData:
     charge.end(t1 + 40 * MS)
     assert pt.force_flush(10)
     pt.shutdown(5)
+    # what export_logs() ships: the payments service's error log, in the charge span
+    declined = app_log_record(
+        time_unix_nano=t1 + 30 * MS,
+        severity_number=17,
+        severity_text="ERROR",
+        logger="payments.charge",
+        body="card declined for order [CARD]",
+        service="payments",
+        environment="development",
+        trace_id=charge.trace_id,
+        span_id=charge.span_id,
+        trace_flags=1,
+        attributes={"order.id": 4242},
+    )
 
-    data.records = shop.records + payments.records
+    data.records = shop.records + payments.records + [declined]
     return data
 
 

@@ -229,6 +229,19 @@ def test_trace_returns_the_tree_depth_first(app: Any, data: TraceData) -> None:
     assert root["on_critical_path"] is True
 
 
+def test_trace_has_the_logs_logged_in_it(app: Any, data: TraceData) -> None:
+    [log] = get_json(app, f"/api/traces/{data.payment}")["logs"]
+    charge = next(s for s in data.spans(data.payment) if s["name"] == "POST /charge")
+    assert (log["span_id"], log["offset_ms"], log["severity_text"]) == (charge["span_id"], 30.0, "ERROR")
+    assert (log["logger"], log["body"], log["service"]) == (
+        "payments.charge",
+        "card declined for order [CARD]",
+        "payments",
+    )
+    assert log["attributes"] == {"order.id": 4242}
+    assert get_json(app, f"/api/traces/{data.orders}")["logs"] == []
+
+
 def test_trace_id_in_upper_case_is_accepted(app: Any, data: TraceData) -> None:
     assert get_json(app, f"/api/traces/{data.payment.upper()}")["trace_id"] == data.payment
 

@@ -65,6 +65,9 @@ def test_show_prints_waterfall_and_findings(
     assert "*" not in publish.split("|")[2][:4]  # beside render: not on the critical path
     code, out, _ = run(capsys, "show", data.payment, "-a", str(root))
     assert "error in POST /charge: ValueError" in out
+    logs = out[out.index("logs (1):") :].splitlines()[1].split()
+    assert logs[:3] == ["+30.0ms", "ERROR", "payments.charge"]
+    assert " ".join(logs[3:]) == "card declined for order [CARD]"
 
 
 def test_show_hostile_names_cannot_drive_the_terminal(

@@ -21,9 +21,10 @@ def test_default_router_sends_each_type_to_its_dataset() -> None:
     assert r(rec("span")) == ["traces"]
     assert r(rec("audit", category="request")) == ["audit"]
     assert r(rec("rollup")) == ["performance"]
+    assert r(rec("log")) == ["logs"]
     assert r(rec("span", dataset="special")) == []  # an explicit dataset key wins
     assert _stats.get("filtered.unrouted") == 1
-    assert set(DEFAULT_DATASETS) == {"traces", "audit", "performance"}
+    assert set(DEFAULT_DATASETS) == {"traces", "audit", "performance", "logs"}
 
 
 def test_custom_datasets_add_to_the_defaults_or_replace_them() -> None:

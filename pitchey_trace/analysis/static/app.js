@@ -623,6 +623,28 @@
     );
   }
 
+  // The application's log records logged in the trace (shipped by export_logs), by time; a
+  // row selects the span it was logged in.
+  function renderLogs(view, spans) {
+    const logs = view.logs || [];
+    byId("logs-section").hidden = !logs.length;
+    byId("trace-logs").tBodies[0].replaceChildren(
+      ...logs.map(function (log) {
+        const row = el("tr", { cls: log.severity_number >= 17 ? "has-errors" : "", data: { spanId: log.span_id || "" } }, [
+          numCell(fmtMs(log.offset_ms)),
+          cell(log.severity_text),
+          cell(log.logger),
+          el("td", {}, [el("code", { cls: "log-body", text: log.body })]),
+        ]);
+        if (log.span_id && spans.has(log.span_id)) {
+          row.tabIndex = 0;
+          row.addEventListener("click", function () { selectSpan(view, log.span_id, spans); });
+        }
+        return row;
+      })
+    );
+  }
+
   async function initTrace() {
     const traceId = traceIdFromPath();
     byId("trace-id").textContent = traceId;
@@ -641,6 +663,7 @@
     renderAnalysis(analysis);
     renderWaterfall(view, analysis);
     const byIdMap = new Map(view.spans.map(function (s) { return [s.span_id, s]; }));
+    renderLogs(view, byIdMap);
     const wanted = window.location.hash.startsWith("#span=") ? window.location.hash.slice(6) : null;
     if (wanted && byIdMap.has(wanted)) selectSpan(view, wanted, byIdMap);
   }

@@ -202,6 +202,14 @@ def test_error_span_is_marked(server: str, traces: TraceData, profile: Path) -> 
     [error] = dom.by_class("trace-error")
     assert "ValueError: card declined for order 4242" in error.text()
     assert "payments, shop-api" in dom.by_id("summary").text()
+    # the payments service's error log, shipped with its trace, under the waterfall
+    assert not dom.by_id("logs-section").attrs.get("hidden")
+    [log_row] = dom.by_id("trace-logs").by_tag("tr")[1:]
+    charge = next(s for s in traces.spans(traces.payment) if s["name"] == "POST /charge")
+    assert log_row.attrs["data-span-id"] == charge["span_id"]
+    assert "has-errors" in log_row.classes
+    cells = [td.text().strip() for td in log_row.by_tag("td")]
+    assert cells == ["30.0 ms", "ERROR", "payments.charge", "card declined for order [CARD]"]
 
 
 def test_clicked_span_details_show_attributes_and_events(
