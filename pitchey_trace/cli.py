@@ -378,6 +378,7 @@ def _search(args: argparse.Namespace) -> int:
         max_duration_ms=args.max_duration,
         status=args.status,
         attributes=dict(args.attr) if args.attr else None,
+        log=args.log,
         sort=args.sort,
         limit=args.limit,
         **_window(args),
@@ -797,6 +798,7 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--max-duration", type=_duration_ms, metavar="D")
     p.add_argument("--status", choices=("error", "ok", "unset"))
     p.add_argument("--attr", type=_attribute, action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--log", metavar="TEXT", help="the trace has a log line containing TEXT (any case)")
     p.add_argument("--sort", choices=("recent", "duration"), default="recent")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_search)

@@ -700,6 +700,7 @@ class Archive:
         max_duration_ms: float | None = None,
         status: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        log: str | None = None,
         since: Any = None,
         until: Any = None,
         sort: str = "recent",
@@ -709,11 +710,14 @@ class Archive:
 
         ``name`` is an exact span name or a glob (``SELECT *``); ``attributes`` maps attribute
         names to the text of their value; ``min/max_duration_ms`` bound that span's duration;
-        ``since``/``until`` bound its start. ``sort`` is ``recent`` (newest trace first) or
-        ``duration`` (longest first). Returns trace summaries (docs/analysis.md).
+        ``since``/``until`` bound its start. ``log``: the trace also has a log line (shipped by
+        ``export_logs``) whose message contains this text, in any case. ``sort`` is ``recent``
+        (newest trace first) or ``duration`` (longest first). Returns trace summaries
+        (docs/analysis.md).
         """
         service = _check_text("service", service)
         name = _check_text("name", name)
+        log = _check_text("log", log)
         lo = _check_ms("min_duration_ms", min_duration_ms)
         hi = _check_ms("max_duration_ms", max_duration_ms)
         if status is not None and status not in _STATUSES:
@@ -730,10 +734,18 @@ class Archive:
         s_ns, u_ns = self._window(since, until)
         with self._lock:
             self._ensure(s_ns)
+            logged: set[str] | None = None
+            if log is not None:
+                needle = log.casefold()
+                logged = {
+                    tid
+                    for tid, lines in self._index.logs.items()
+                    if any(needle in _text(line.get("body", "")).casefold() for line in lines)
+                }
             matched: set[str] = set()
             for span in self._index.window(s_ns, u_ns):
                 tid = span["trace_id"]
-                if tid in matched:
+                if tid in matched or (logged is not None and tid not in logged):
                     continue
                 if service is not None and span.get("service") != service:
                     continue

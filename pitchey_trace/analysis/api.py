@@ -248,7 +248,7 @@ def create_app(
         return json_response(await call(archive.overview, **texts(request)))
 
     async def search(request: Request) -> Response:
-        params = texts(request, "service", "name", "status", "sort")
+        params = texts(request, "service", "name", "status", "sort", "log")
         params.update(
             _given(
                 min_duration_ms=_duration(request, "min_duration_ms"),

@@ -103,7 +103,11 @@ def test_search_lists_traces_newest_first_by_default(app: Any, data: TraceData) 
         ("min_duration_ms=30&max_duration_ms=31&service=payments", {"payment"}),
         ("attr=db.query.text=SELECT 1", set()),
         ("attr=db.system.name=postgresql&attr=note=x", set()),  # both on one span, or no match
-        ("service=&name=&status=&attr=", {"orders", "payment", "hostile"}),  # empty form fields
+        ("service=&name=&status=&attr=&log=", {"orders", "payment", "hostile"}),  # empty form fields
+        ("log=DECLINED for order", {"payment"}),  # a log line of the trace, in any case
+        ("log=declined&service=shop-api", {"payment"}),  # the log line and the span may differ
+        ("log=declined&name=render", set()),
+        ("log=no such line", set()),
     ],
 )
 def test_search_filters(app: Any, data: TraceData, query: str, expected: set[str]) -> None:

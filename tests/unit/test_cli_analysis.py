@@ -47,6 +47,8 @@ def test_search_table_and_json(archived: tuple[Path, TraceData], capsys: pytest.
     assert data.payment in out
     code, out, _ = run(capsys, "search", "-a", str(root), "--attr", "nope=1")
     assert out == "no trace matches\n"
+    code, out, _ = run(capsys, "search", "-a", str(root), "--log", "Card Declined", "--json")
+    assert [t["trace_id"] for t in json.loads(out)] == [data.payment]
 
 
 def test_show_prints_waterfall_and_findings(

@@ -101,7 +101,7 @@
 
   // -- overview / search page --------------------------------------------------------------------
 
-  const SEARCH_FIELDS = ["service", "name", "min_duration_ms", "max_duration_ms", "status", "since", "sort", "limit"];
+  const SEARCH_FIELDS = ["service", "name", "min_duration_ms", "max_duration_ms", "status", "log", "since", "sort", "limit"];
 
   /** The search parameters of the page address (attr repeated, one per key=value). */
   function searchParamsFromLocation() {

@@ -305,6 +305,11 @@ def test_search_form_parameters_in_the_address_drive_the_results(
     assert links_to_traces(dom.by_id("results")) == [f"/traces/{traces.payment}"]
     assert not dom.by_id("message").text()
 
+    # by the words of a log line logged in the trace (the form has the field)
+    dom = render(f"{server}/?" + str(httpx.QueryParams({"log": "card declined"})), profile)
+    assert links_to_traces(dom.by_id("results")) == [f"/traces/{traces.payment}"]
+    assert [i for i in dom.by_id("search-form").by_tag("input") if i.attrs.get("name") == "log"]
+
 
 def test_a_bad_search_shows_the_api_message(server: str, profile: Path) -> None:
     dom = render(f"{server}/?min_duration_ms=slow", profile)
