@@ -20,13 +20,16 @@ or JSON (a ``.json`` file name), same keys either way::
     [datasets.performance]
     prefix = "performance"
     retention_days = 14
+    [datasets.logs]                     # the application's logs, when shipped (export_logs)
+    prefix = "logs"
+    retention_days = 30
 
     [batch]                             # optional, LogpushExporter.from_config only
     max_bytes = 5000000
     max_records = 100000
     max_interval_s = 30
 
-Without a ``[datasets]`` table the three standard datasets are used with the prefixes and
+Without a ``[datasets]`` table the four standard datasets are used with the prefixes and
 retention shown. A dataset's ``retention_days`` may be omitted (or 0) for "keep forever".
 """
 
@@ -55,7 +58,7 @@ __all__ = [
     "verify",
 ]
 
-DEFAULT_RETENTION_DAYS = {"traces": 30, "audit": 90, "performance": 14}
+DEFAULT_RETENTION_DAYS = {"traces": 30, "audit": 90, "performance": 14, "logs": 30}
 _RULE_PREFIX = "pitchey-trace-"
 _TOP_KEYS = {
     "endpoint_url",

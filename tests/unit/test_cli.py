@@ -13,7 +13,7 @@ from pitchey_trace.cli import COMMANDS, build_parser, main
 from pitchey_trace.exceptions import ConfigurationError
 
 
-def test_defaults_give_the_three_datasets_with_standard_retention(tmp_path: Path) -> None:
+def test_defaults_give_the_standard_datasets_with_their_retention(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('bucket = "logs"\nregion = "auto"\nendpoint_url = "https://acct.r2.cloudflarestorage.com"\n')
     cfg = lc.load_config(p)
@@ -21,6 +21,7 @@ def test_defaults_give_the_three_datasets_with_standard_retention(tmp_path: Path
         "traces": ("logs", "traces", 30),
         "audit": ("logs", "audit", 90),
         "performance": ("logs", "performance", 14),
+        "logs": ("logs", "logs", 30),
     }
     assert cfg.region == "auto"
     assert cfg.buckets == ["logs"]

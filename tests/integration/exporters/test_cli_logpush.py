@@ -40,15 +40,16 @@ def test_setup_creates_bucket_and_rules_idempotently_and_verify_passes(
         "pitchey-trace-traces": ("traces/", 30),
         "pitchey-trace-audit": ("audit/", 90),
         "pitchey-trace-performance": ("performance/", 14),
+        "pitchey-trace-logs": ("logs/", 30),
     }
     assert main(["logpush", "setup", "--config", str(cfg)]) == 0  # again: nothing to change
     out = capsys.readouterr().out
     assert "exists" in out
-    assert out.count("(unchanged)") == 3
+    assert out.count("(unchanged)") == 4
     assert main(["logpush", "verify", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert out.count("PASS") == 1 + 3 + 3  # bucket, 3 retention rules, 3 round trips
-    assert out.rstrip().endswith("7 passed, 0 failed")
+    assert out.count("PASS") == 1 + 4 + 4  # bucket, 4 retention rules, 4 round trips
+    assert out.rstrip().endswith("9 passed, 0 failed")
     assert s3.keys(bucket) == []  # the round-trip objects were deleted
 
 
@@ -118,7 +119,7 @@ def test_console_script_runs_setup_and_verify(s3: S3, tmp_path: Path) -> None:
         [str(exe), "logpush", "verify", "-c", str(cfg)], capture_output=True, text=True, env=env, timeout=120
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "7 passed, 0 failed" in verify.stdout
+    assert "9 passed, 0 failed" in verify.stdout
     bad = subprocess.run(
         [str(exe), "logpush", "verify", "-c", str(tmp_path / "nope.toml")],
         capture_output=True,
