@@ -5,6 +5,7 @@ read it back, a cache directory saves the second download."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pitchey_trace as pt
 from pitchey_trace.analysis import Archive, S3Source
 from pitchey_trace.cli import main
 from pitchey_trace.exporters import LogpushExporter
+from pitchey_trace.web import export_logs, stop_export_logs
 from tests.integration.exporters.servers import S3
 
 pytestmark = pytest.mark.integration
@@ -31,6 +33,7 @@ def _write_traces(s3: S3, tmp_path: Path, bucket: str, audit_bucket: str) -> tup
         prefixes={"traces": "logs/traces"},
     )
     pt.configure(service="checkout", exporters=[exporter], sample_rate=1.0)
+    export_logs("WARNING")
     with pt.span("GET /cart", kind=pt.SpanKind.SERVER) as root:
         for _ in range(5):
             with pt.span(
@@ -39,8 +42,10 @@ def _write_traces(s3: S3, tmp_path: Path, bucket: str, audit_bucket: str) -> tup
                 pass
     with pt.span("POST /checkout", kind=pt.SpanKind.SERVER) as failed:
         failed.set_status("error", "payment declined")
+        logging.getLogger("checkout").warning("card of %s declined", "ada@pitchey.example")
     pt.emit_audit(action="login", target="session", outcome="denied", category="security")
     assert pt.force_flush(10)
+    stop_export_logs()
     pt.shutdown(10)
     return f"{root.context.trace_id:032x}", f"{failed.context.trace_id:032x}"
 
@@ -62,6 +67,11 @@ def test_archive_reads_the_buckets_the_exporter_wrote(s3: S3, tmp_path: Path) ->
     assert [s["name"] for s in view["spans"]] == ["GET /cart"] + ["SELECT cart_items"] * 5
     assert archive.analyze(cart)["n_plus_one"][0]["count"] == 5  # type: ignore[index]
     assert [t["trace_id"] for t in archive.search(status="error")] == [failed]
+    # the application's warning, shipped under logs/ in the default bucket, in its trace's view
+    assert s3.keys(bucket, "logs/20")  # (logs/<day>/...: beside the custom logs/traces/ prefix)
+    [line] = archive.trace(failed)["logs"]  # type: ignore[index]
+    assert (line["logger"], line["body"]) == ("checkout", "card of [EMAIL] declined")
+    assert [t["trace_id"] for t in archive.search(log="declined")] == [failed]
     assert archive.overview()["audit"]["security_events"] == 1
     assert (
         next(r for r in archive.performance() if r["operation"] == "SELECT cart_items")["source"] == "rollups"
