@@ -37,7 +37,9 @@ log backend, the archives, the console)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, MutableMapping
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from pitchey_trace import _safety, _stats
@@ -53,6 +55,7 @@ __all__ = [
     "TraceContextFilter",
     "TraceFormatter",
     "add_trace_ids",
+    "export_event",
     "export_logs",
     "instrument_logging",
     "stop_export_logs",
@@ -324,36 +327,36 @@ def severity_number(levelno: int) -> int:
     return 5 + 4 * ((levelno - 10) // 10) + (levelno % 10) * 4 // 10
 
 
-def _export_log(record: logging.LogRecord) -> None:
-    """Hand ``record`` to the pipeline as a ``log`` record. Never raises."""
-    if record.name.startswith("pitchey_trace"):
-        return  # the SDK's own: no feedback
+def _add_extras(attrs: dict[str, Any], fields: Mapping[Any, Any], keys: Iterable[Any]) -> None:
+    """The scalar fields among ``keys`` as attributes (text cut; objects left out: their text
+    could be anything, and costly to make), at most ``_MAX_EXTRA``."""
+    extra = 0
+    for key in keys:
+        if key.__class__ is not str or key.startswith("_") or extra >= _MAX_EXTRA:
+            continue
+        value = fields[key]
+        if value.__class__ is str:
+            value = _text(value, MAX_LOG_EXTRA_TEXT)
+        elif value.__class__ not in (int, float, bool):
+            continue
+        attrs.setdefault(key, value)
+        extra += 1
+
+
+def _ship(
+    logger: str, levelno: int, level: str, message: str, when_ns: int, exc: object, attrs: dict[str, Any]
+) -> None:
+    """Hand one log line to the pipeline as a ``log`` record (with the current span's ids, or
+    those of the traced request ``exc`` escaped from). Never raises."""
     span = CURRENT.get()
     pipeline = _tracer.pipeline
     if span is SUPPRESSED or pipeline is None:
         return  # (an export thread, suppress_tracing(), or tracing not configured)
     try:
-        message = _message(record, MAX_LOG_BODY)
-        attrs = _code(record)
-        if record.threadName:
-            attrs["thread.name"] = record.threadName
-        exc = _record_exception(record)
         if isinstance(exc, BaseException):
             attrs["exception.type"] = type(exc).__qualname__
             attrs["exception.message"] = _text(str(exc), MAX_LOG_BODY)
             attrs["exception.stacktrace"] = _format_tb(exc)
-        extra = 0
-        fields = record.__dict__
-        for key in sorted(fields.keys() - _STANDARD):  # (the extra= fields: usually none or a few)
-            value = fields[key]
-            if key.__class__ is not str or key.startswith("_") or extra >= _MAX_EXTRA:
-                continue
-            if value.__class__ is str:
-                value = _text(value, MAX_LOG_EXTRA_TEXT)
-            elif value.__class__ not in (int, float, bool):
-                continue  # (objects: their text could be anything, and costly to make)
-            attrs.setdefault(key, value)
-            extra += 1
         if len(attrs) > Limits.max_attributes:
             _stats.incr("dropped.attribute_limit", len(attrs) - Limits.max_attributes)
             attrs = dict(list(attrs.items())[: Limits.max_attributes])
@@ -364,11 +367,11 @@ def _export_log(record: logging.LogRecord) -> None:
             ids = (int(stamped[0], 16), int(stamped[1], 16), 0) if stamped is not None else (0, 0, 0)
         pipeline.emit(
             app_log_record(
-                time_unix_nano=int(record.created * 1e9),
-                severity_number=severity_number(record.levelno),
-                severity_text=record.levelname,
-                logger=record.name,
-                body=message,
+                time_unix_nano=when_ns,
+                severity_number=severity_number(levelno),
+                severity_text=level,
+                logger=logger,
+                body=_text(message, MAX_LOG_BODY),
                 service=pipeline.service,
                 environment=pipeline.environment,
                 trace_id=ids[0],
@@ -377,8 +380,85 @@ def _export_log(record: logging.LogRecord) -> None:
                 attributes=attrs,
             )
         )
+    except Exception as internal:
+        _safety.report("logs.export", internal)
+
+
+def _export_log(record: logging.LogRecord) -> None:
+    """Ship ``record`` (see :class:`LogExportHandler`). Never raises."""
+    if record.name.startswith("pitchey_trace") or CURRENT.get() is SUPPRESSED:
+        return  # the SDK's own (no feedback), or an export thread / suppress_tracing()
+    try:
+        attrs = _code(record)
+        if record.threadName:
+            attrs["thread.name"] = record.threadName
+        fields = record.__dict__
+        _add_extras(attrs, fields, sorted(fields.keys() - _STANDARD))  # (extra=: usually few)
+        message = _message(record, MAX_LOG_BODY)
+        when = int(record.created * 1e9)
     except Exception as exc:
         _safety.report("logs.export", exc)
+        return
+    _ship(record.name, record.levelno, record.levelname, message, when, _record_exception(record), attrs)
+
+
+# structlog method names -> (logging level, OpenTelemetry-style name)
+_STRUCTLOG_LEVELS = {
+    "debug": (logging.DEBUG, "DEBUG"),
+    "info": (logging.INFO, "INFO"),
+    "msg": (logging.INFO, "INFO"),
+    "warning": (logging.WARNING, "WARNING"),
+    "warn": (logging.WARNING, "WARNING"),
+    "error": (logging.ERROR, "ERROR"),
+    "exception": (logging.ERROR, "ERROR"),
+    "critical": (logging.CRITICAL, "CRITICAL"),
+    "fatal": (logging.CRITICAL, "CRITICAL"),
+}
+# Keys structlog's own processors add or read: not shipped as attributes.
+_STRUCTLOG_KEYS = frozenset(
+    ("event", "level", "logger", "logger_name", "timestamp", "exc_info", "exception", "stack_info", "stack")
+)
+
+
+def export_event(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ship each event as a ``log`` record, as :func:`export_logs` does for
+    the standard library's records (for structlog's own loggers, ``PrintLogger`` and the like,
+    whose events never reach ``logging``; events routed through ``logging`` are shipped by
+    ``export_logs`` instead, so use one of the two). The message is the ``event``, the level
+    the method's (``exception`` is ERROR), the logger name ``logger`` or ``logger_name`` (else
+    ``structlog``), ``exc_info`` is recorded as the exception, and the other keys with text,
+    number or boolean values are attributes (``trace_id`` / ``span_id`` too, when
+    :func:`add_trace_ids` ran). Put it before the renderer; the event dict is returned
+    unchanged.
+    """
+    try:
+        name = event_dict.get("logger") or event_dict.get("logger_name")
+        if isinstance(name, str) and name.startswith("pitchey_trace"):
+            return event_dict
+        levelno, level = _STRUCTLOG_LEVELS.get(method_name, (logging.INFO, "INFO"))
+        exc: object = event_dict.get("exc_info")
+        if exc is True or (method_name == "exception" and exc is None):
+            exc = sys.exc_info()[1]
+        elif isinstance(exc, tuple):
+            exc = exc[1] if len(exc) > 1 else None
+        attrs: dict[str, Any] = {}
+        _add_extras(attrs, event_dict, sorted(k for k in event_dict if k not in _STRUCTLOG_KEYS))
+        message = _text(str(event_dict.get("event", "")), MAX_LOG_BODY)
+    except Exception as internal:
+        _safety.report("logs.export", internal)
+        return event_dict
+    _ship(
+        name if isinstance(name, str) and name else "structlog",
+        levelno,
+        level,
+        message,
+        time.time_ns(),
+        exc,
+        attrs,
+    )
+    return event_dict
 
 
 class LogExportHandler(logging.Handler):

@@ -4,6 +4,8 @@ and a program whose output stays the same."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import subprocess
 import sys
@@ -12,13 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 import pitchey_trace as pt
 from pitchey_trace import _stats
 from pitchey_trace.exporters import InMemoryExporter
 from pitchey_trace.records import json_schema
-from pitchey_trace.web import LogExportHandler, export_logs, stop_export_logs
+from pitchey_trace.web import LogExportHandler, add_trace_ids, export_event, export_logs, stop_export_logs
 from pitchey_trace.web._common import stamp_exception
 from pitchey_trace.web.logs import MAX_LOG_BODY, severity_number
 
@@ -185,3 +188,44 @@ def test_a_program_prints_what_it_printed_before() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "disk almost full" in proc.stderr  # logging's last resort still prints it
     assert proc.stdout.strip() == "1"
+
+
+def test_structlog_events_shipped_by_the_processor() -> None:
+    """structlog's own logger (PrintLogger): its events never reach logging; export_event
+    ships them, with the span's ids, the method's level, the exception and scalar keys."""
+    out = io.StringIO()
+    exporter = InMemoryExporter()
+    pt.configure(service="pitch-api", exporters=[exporter])
+    structlog.configure(
+        processors=[add_trace_ids, export_event, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        log = structlog.get_logger()
+        with pt.span("POST /orders") as span:
+            log.warning("order refused", customer="ada@pitchey.example", order_id=7, obj=object())
+            try:
+                raise KeyError("sku-9")
+            except KeyError:
+                log.exception("lookup failed", logger="orders")
+        log.info("idle")
+    finally:
+        structlog.reset_defaults()
+    refused, failed, idle = log_records(exporter)
+    assert (refused["trace_id"], refused["span_id"]) == (span.trace_id_hex, f"{span.span_id:016x}")
+    assert (refused["severity_text"], refused["severity_number"], refused["logger"]) == (
+        "WARNING",
+        13,
+        "structlog",
+    )
+    assert refused["body"] == "order refused"
+    assert refused["attributes"]["customer"] == "[EMAIL]"
+    assert refused["attributes"]["order_id"] == 7
+    assert "obj" not in refused["attributes"]
+    assert (failed["severity_text"], failed["logger"]) == ("ERROR", "orders")
+    assert failed["attributes"]["exception.type"] == "KeyError"
+    assert (idle["trace_id"], idle["body"]) == (None, "idle")
+    printed = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert printed[0]["customer"] == "ada@pitchey.example"  # what the program prints is its own
+    assert [p["event"] for p in printed] == ["order refused", "lookup failed", "idle"]
