@@ -138,10 +138,29 @@ def _audit_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
     return f"{_s(r.get('service'))}:{_s(r.get('action'))}", blobs, doubles
 
 
+def _log_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
+    a = r.get("attributes") or {}
+    blobs = [
+        "log",
+        r.get("service"),
+        r.get("environment"),
+        r.get("logger"),
+        r.get("severity_text"),
+        r.get("body"),
+        a.get("exception.type"),
+        r.get("trace_id"),
+        r.get("span_id"),
+    ]
+    number = _num(r.get("severity_number"))
+    doubles = [0.0, _num(r.get("time_unix_nano", 0)) / 1e6, 1.0 if number >= 17 else 0.0, number, 0.0, 1.0]
+    return f"{_s(r.get('service'))}:{_s(r.get('logger'))}", blobs, doubles
+
+
 _LAYOUTS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[Any], list[float]]]] = {
     "span": _span_point,
     "rollup": _rollup_point,
     "audit": _audit_point,
+    "log": _log_point,
 }
 
 
@@ -170,7 +189,8 @@ class HttpAnalyticsExporter(SenderExporter):
     Args:
         url: the receiving endpoint (e.g. your Worker), ``http(s)://host/path``.
         token: bearer token (default: env ``PITCHEY_TRACE_ANALYTICS_TOKEN``; none = no header).
-        datasets: datasets to receive (default all: spans, audit records and rollups).
+        datasets: datasets to receive (default all: spans, audit records, rollups and shipped
+            logs).
         to_point: custom ``record -> point | None`` mapping (None skips the record).
         max_points_per_request: points per POST (default 250).
         timeout_s: per socket operation (default 10).

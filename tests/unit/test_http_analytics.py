@@ -12,6 +12,7 @@ from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters import HttpAnalyticsExporter
 from pitchey_trace.exporters._http import RetryPolicy, parse_retry_after
 from pitchey_trace.exporters.http_analytics import MAX_BLOBS, MAX_DOUBLES, to_data_point
+from pitchey_trace.records import app_log_record
 
 SPAN: dict[str, Any] = {
     "schema": 1,
@@ -106,6 +107,27 @@ def test_rollup_and_audit_points() -> None:
     assert a["blobs"] == ["audit", "api", "prod", "login", "security", "denied", "session", "", "", "u1"]
     assert a["doubles"][1] == 2.0
     assert to_data_point({"type": "custom"}) is None
+
+
+def test_log_points() -> None:
+    log = app_log_record(
+        time_unix_nano=3_000_000,
+        severity_number=17,
+        severity_text="ERROR",
+        logger="payments",
+        body="card declined",
+        service="api",
+        environment="prod",
+        trace_id=0xAB,
+        span_id=0xCD,
+        attributes={"exception.type": "ValueError"},
+    )
+    p = to_data_point(log)
+    assert p is not None
+    assert p["indexes"] == ["api:payments"]
+    ids = [f"{0xAB:032x}", f"{0xCD:016x}"]
+    assert p["blobs"] == ["log", "api", "prod", "payments", "ERROR", "card declined", "ValueError", *ids]
+    assert p["doubles"] == [0.0, 3.0, 1.0, 17.0, 0.0, 1.0]
 
 
 def test_limits_index_96_bytes_on_a_character_boundary_and_blob_size() -> None:
