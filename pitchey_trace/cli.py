@@ -643,6 +643,36 @@ def _deps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    found = _archive(args).logs(
+        service=args.service,
+        level=args.level,
+        text=args.grep,
+        trace_id=args.trace_id,
+        limit=args.limit,
+        **_window(args),
+    )
+
+    def text() -> str:
+        if not found:
+            return "no log line matches\n"
+        body = [
+            [
+                _when(r["time_unix_nano"]),
+                _clip(str(r.get("severity_text") or ""), 8),
+                _clip(str(r.get("service") or ""), 20),
+                _clip(str(r.get("logger") or ""), 24),
+                _clip(str(r.get("body") or "").split("\n", 1)[0], 80),
+                r.get("trace_id") or "",
+            ]
+            for r in found
+        ]
+        return _table(["time (UTC)", "level", "service", "logger", "message", "trace id"], body)
+
+    _emit(args, found, text)
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     found = _archive(args).audit(
         category=args.category,
@@ -848,6 +878,15 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--trace-id", metavar="ID")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("logs", help="the application's log lines (shipped by export_logs), newest first")
+    _source_options(p)
+    p.add_argument("--service")
+    p.add_argument("--level", help="the least severity: DEBUG, INFO, WARNING, ERROR, CRITICAL (or 1-24)")
+    p.add_argument("--grep", metavar="TEXT", help="TEXT in the message (any case)")
+    p.add_argument("--trace-id", metavar="ID")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_logs)
 
     p = sub.add_parser("overview", help="totals, services, slowest and failed traces, audit counts")
     _source_options(p)

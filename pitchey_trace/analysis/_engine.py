@@ -253,6 +253,33 @@ def _call_weights(rollups: list[Record], spans: list[Record]) -> Callable[[Recor
     return weight
 
 
+_SEVERITIES = {
+    "TRACE": 1,
+    "DEBUG": 5,
+    "INFO": 9,
+    "WARN": 13,
+    "WARNING": 13,
+    "ERROR": 17,
+    "FATAL": 21,
+    "CRITICAL": 21,
+}
+
+
+def _least_severity(level: Any) -> int | None:
+    """A ``level`` filter as an OpenTelemetry severity number (1-24)."""
+    if level is None:
+        return None
+    if isinstance(level, str) and level.strip().isdigit():
+        level = int(level.strip())
+    if isinstance(level, int) and not isinstance(level, bool):
+        if 1 <= level <= 24:
+            return level
+        raise ValueError(f"level must be a severity number 1-24 or a name, got {level!r}")
+    if isinstance(level, str) and level.strip().upper() in _SEVERITIES:
+        return _SEVERITIES[level.strip().upper()]
+    raise ValueError(f"level must be one of {', '.join(_SEVERITIES)} or a number 1-24, got {level!r}")
+
+
 _CALLING = frozenset(("client", "producer"))
 _CALLED = frozenset(("server", "consumer"))
 
@@ -443,7 +470,8 @@ class _Index:
         self._resources: dict[tuple[Any, ...], Any] = {}
         self.audits: list[Record] = []
         self.rollups: list[Record] = []
-        # trace id -> the application's log records logged in it (shipped by export_logs)
+        # the application's log records (shipped by export_logs), and by trace id
+        self.log_lines: list[Record] = []
         self.logs: dict[str, list[Record]] = {}
         self._starts: list[int] | None = None
         self._sorted: list[Record] = []
@@ -481,8 +509,9 @@ class _Index:
             elif kind == "rollup" and _clean_rollup(rec):
                 self.rollups.append(rec)
             elif kind == "log" and _is_int(rec.get("time_unix_nano")):
+                self.log_lines.append(rec)
                 trace = rec.get("trace_id")
-                if isinstance(trace, str) and trace:  # (logs outside any trace: nothing to show)
+                if isinstance(trace, str) and trace:
                     self.logs.setdefault(trace.lower(), []).append(rec)
             else:
                 unusable += 1
@@ -1268,6 +1297,42 @@ class Archive:
                 )
             ]
         return heapq.nlargest(limit, found, key=lambda a: a["time_unix_nano"])
+
+    def logs(
+        self,
+        *,
+        service: str | None = None,
+        level: str | int | None = None,
+        text: str | None = None,
+        trace_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The application's log lines (shipped by ``export_logs``), newest first: ``service``;
+        ``level`` the least severity (a name, ``WARNING``, or an OpenTelemetry severity number);
+        ``text`` in the message, in any case; ``trace_id`` the trace they were logged in. Each
+        is the archived ``log`` record (docs/schema.md)."""
+        service = _check_text("service", service)
+        text = _check_text("text", text)
+        least = _least_severity(level)
+        tid = None if trace_id is None else _trace_id(trace_id)
+        limit = _check_limit(limit)
+        needle = None if text is None else text.casefold()
+        s_ns, u_ns = self._window(since, until)
+        with self._lock:
+            self._ensure(s_ns)
+            lines = self._index.log_lines if tid is None else self._index.logs.get(tid, [])
+            found = [
+                r
+                for r in lines
+                if (s_ns is None or r["time_unix_nano"] >= s_ns)
+                and (u_ns is None or r["time_unix_nano"] <= u_ns)
+                and (service is None or r.get("service") == service)
+                and (least is None or _int(r.get("severity_number")) >= least)
+                and (needle is None or needle in _text(r.get("body", "")).casefold())
+            ]
+        return heapq.nlargest(limit, found, key=lambda r: r["time_unix_nano"])
 
     def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
         """Totals for a window: spans, traces, errors, services (with how many processes, by

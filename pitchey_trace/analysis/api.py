@@ -7,7 +7,7 @@
 
 JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
 ``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/series``, ``/api/errors``,
-``/api/audit``, ``/api/dependencies``, ``/api/compare``, ``/healthz``.
+``/api/audit``, ``/api/logs``, ``/api/dependencies``, ``/api/compare``, ``/healthz``.
 HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
 ``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
 unknown trace 404. Reference: docs/analysis.md.
@@ -299,6 +299,11 @@ def create_app(
         params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.audit, **params))
 
+    async def logs(request: Request) -> Response:
+        params = texts(request, "service", "level", "text", "trace_id")
+        params.update(_given(limit=_limit(request)))
+        return json_response(await call(archive.logs, **params))
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -338,6 +343,7 @@ def create_app(
         Route("/api/errors", errors),
         Route("/api/series", series),
         Route("/api/audit", audit),
+        Route("/api/logs", logs),
         Route("/api/dependencies", dependencies),
         Route("/api/compare", compare),
         Route("/healthz", healthz),

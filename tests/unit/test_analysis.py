@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import pitchey_trace as pt
 from pitchey_trace.analysis import Archive, LocalSource, decode_object, parse_time
 from pitchey_trace.exporters import InMemoryExporter, LocalArchiveExporter
-from pitchey_trace.records import audit_record
+from pitchey_trace.records import app_log_record, audit_record
 
 MS = 1_000_000
 T0 = 1_796_000_000_000_000_000  # a fixed Unix time (ns) in 2026
@@ -890,6 +890,24 @@ def test_dependencies_window_and_arguments() -> None:
     assert {r["count"] for r in rows} == {1}
     with pytest.raises(ValueError, match="service"):
         a.dependencies(service="")
+
+
+def test_logs_newest_first_with_and_without_a_trace() -> None:
+    def line(t: int, body: str, level: int, trace: int = 0) -> dict[str, Any]:
+        return app_log_record(
+            time_unix_nano=T0 + t * MS, severity_number=level, severity_text=str(level), logger="app",
+            body=body, service="svc", environment="test", trace_id=trace, span_id=trace,
+        )  # fmt: skip
+
+    a = Archive.from_records([line(1, "boot", 9), line(2, "disk low", 13, 0xAB), line(3, "crash", 17)])
+    assert [r["body"] for r in a.logs()] == ["crash", "disk low", "boot"]
+    assert [r["body"] for r in a.logs(level="WARNING")] == ["crash", "disk low"]
+    assert [r["body"] for r in a.logs(limit=1)] == ["crash"]
+    assert [r["body"] for r in a.logs(until=T0 + 2 * MS)] == ["disk low", "boot"]
+    assert [r["body"] for r in a.logs(trace_id=f"{0xAB:032x}")] == ["disk low"]
+    assert a.read_stats["unusable_records"] == 0
+    with pytest.raises(ValueError, match="level"):
+        a.logs(level=True)
 
 
 def test_dependencies_estimate_every_call_from_the_rollups() -> None:

@@ -246,6 +246,33 @@ def test_trace_has_the_logs_logged_in_it(app: Any, data: TraceData) -> None:
     assert get_json(app, f"/api/traces/{data.orders}")["logs"] == []
 
 
+@pytest.mark.parametrize(
+    ("query", "count"),
+    [
+        ("", 1),
+        ("level=ERROR", 1),
+        ("level=17", 1),
+        ("level=fatal", 0),
+        ("text=CARD declined", 1),
+        ("text=nothing like it", 0),
+        ("service=payments", 1),
+        ("service=shop-api", 0),
+    ],
+)
+def test_logs_filters(app: Any, data: TraceData, query: str, count: int) -> None:
+    found = get_json(app, "/api/logs?" + query)
+    assert len(found) == count
+    if found:
+        assert (found[0]["trace_id"], found[0]["body"]) == (data.payment, "card declined for order [CARD]")
+
+
+def test_logs_of_a_trace_and_bad_levels(app: Any, data: TraceData) -> None:
+    assert len(get_json(app, f"/api/logs?trace_id={data.payment}")) == 1
+    assert get_json(app, f"/api/logs?trace_id={data.orders}") == []
+    assert "level must be" in get_json(app, "/api/logs?level=loud", status=400)["error"]
+    assert "level must be" in get_json(app, "/api/logs?level=99", status=400)["error"]
+
+
 def test_trace_id_in_upper_case_is_accepted(app: Any, data: TraceData) -> None:
     assert get_json(app, f"/api/traces/{data.payment.upper()}")["trace_id"] == data.payment
 

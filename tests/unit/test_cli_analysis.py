@@ -140,6 +140,19 @@ def test_deps_calls_are_estimated_from_the_rollups(
     assert text.splitlines()[1].split()[:5] == ["shop-api", "payments", "other", "8", "1"]
 
 
+def test_logs_lists_the_shipped_log_lines(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, data = archived
+    out = ok(capsys, "logs", "-a", str(root), "--level", "warning", "--grep", "declined")
+    header, row = out.splitlines()
+    assert header.split()[:4] == ["time", "(UTC)", "level", "service"]
+    assert row.split()[2:5] == ["ERROR", "payments", "payments.charge"]
+    assert row.endswith(data.payment)
+    assert json.loads(ok(capsys, "logs", "-a", str(root), "--service", "shop-api", "--json")) == []
+    assert ok(capsys, "logs", "-a", str(root), "--grep", "nope") == "no log line matches\n"
+
+
 def test_perf_compare(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:
     root, data = archived
     since = str(data.start_ns // (60 * 10**9) * 60 * 10**9)
