@@ -348,6 +348,22 @@
     byId("security-empty").hidden = records.length > 0;
   }
 
+  // The latest shipped log lines of ERROR and above, each linked to its trace.
+  function renderErrorLogs(lines) {
+    byId("error-logs-table").tBodies[0].replaceChildren(
+      ...lines.map(function (r) {
+        return el("tr", {}, [
+          cell(fmtTime(r.time_unix_nano)),
+          cell(r.service),
+          cell(r.logger),
+          el("td", {}, [el("code", { cls: "log-body", text: r.body })]),
+          el("td", { cls: "links" }, [r.trace_id ? traceLink(r.trace_id, String(r.trace_id).slice(0, 8)) : null]),
+        ]);
+      })
+    );
+    byId("error-logs-empty").hidden = lines.length > 0;
+  }
+
   async function loadSection(promise, render) {
     try {
       render(await promise);
@@ -394,6 +410,7 @@
       loadSection(getJSON("/api/dependencies?" + scope), renderDependencies),
       loadSection(getJSON("/api/series?" + scope), renderSeries),
       loadSection(getJSON("/api/audit?category=security&limit=20&" + since), renderSecurity),
+      loadSection(getJSON("/api/logs?level=ERROR&limit=20&" + scope), renderErrorLogs),
     ]);
   }
 

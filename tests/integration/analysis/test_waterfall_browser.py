@@ -286,6 +286,16 @@ def test_overview_page_lists_traces_performance_and_errors(
     payments = ("shop-api", "payments", "other", "1", "1")  # calls (every one), kept
     assert links_to_traces(edges[payments]) == [f"/traces/{traces.payment}"]
     assert ("shop-api", "postgresql (untraced)", "database", "6", "6") in edges
+    # the payments service's shipped ERROR log line, linked to its trace
+    error_logs = dom.by_id("error-logs-table")
+    [row] = error_logs.by_tag("tr")[1:]
+    assert [td.text().strip() for td in row.by_tag("td")][1:4] == [
+        "payments",
+        "payments.charge",
+        "card declined for order [CARD]",
+    ]
+    assert links_to_traces(error_logs) == [f"/traces/{traces.payment}"]
+    assert dom.by_id("error-logs-empty").attrs.get("hidden") is not None
 
 
 def test_search_form_parameters_in_the_address_drive_the_results(
