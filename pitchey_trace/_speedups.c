@@ -1275,23 +1275,72 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* ---------------------------------------------------------------------------------------
  * rollup_chunk(spans, interval_ns, error_status, inv_log_gamma, min_indexable): what
  * processors.Rollups needs from a chunk of spans, summarised per (window, name, kind):
- * {(window, name, kind): (count, errors, sum_ms, min_ms, max_ms, zero_count, {bucket: n})}.
- * The bucket of a duration is ceil(log(ms) * inv_log_gamma), as DurationSketch.add computes it.
+ * {(window, name, kind): (count, errors, sum_ms, min_ms, max_ms, zero_count, {bucket: n}, err)}
+ * where err is None when the group has no error span, else the error spans' own
+ * (sum_ms, min_ms, max_ms, zero_count, {bucket: n}) and the other spans' (min_ms, max_ms), inf and
+ * -inf when every span is an error. The bucket of a duration is ceil(log(ms) * inv_log_gamma),
+ * as DurationSketch.add computes it.
  * Raises TypeError / OverflowError for anything unusual; the caller then uses its Python code.
  */
-typedef struct {
-    long long window;
-    PyObject *name; /* borrowed from a span of the chunk */
-    PyObject *kind;
-    long count, errors, zeros;
-    double sum, comp, min, max;
-} group_t;
-
 static int
 cmp_long(const void *a, const void *b)
 {
     long x = *(const long *)a, y = *(const long *)b;
     return (x > y) - (x < y);
+}
+
+typedef struct {
+    long long window;
+    PyObject *name; /* borrowed from a span of the chunk */
+    PyObject *kind;
+    long count, errors, zeros, err_zeros;
+    double sum, comp, min, max;
+    double err_sum, err_comp, err_min, err_max, ok_min, ok_max; /* by status, for err */
+} group_t;
+
+/* Neumaier summation: *sum + *comp is the sum of every v added. */
+static inline void
+add_compensated(double *sum, double *comp, double v)
+{
+    double t = *sum + v;
+    *comp += fabs(*sum) >= fabs(v) ? (*sum - t) + v : (v - t) + *sum;
+    *sum = t;
+}
+
+/* {bucket: n} of the durations ms[i] of group g (status `want`: 0 others, 1 errors, -1 all);
+ * counts the ones too small to index in *zeros. idx is scratch space for n longs. */
+static PyObject *
+bucket_counts(int g, int want, Py_ssize_t n, const int *gidx, const char *err, const double *ms,
+              double inv, double min_indexable, long *idx, long *zeros)
+{
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (gidx[i] != g || (want >= 0 && err[i] != want))
+            continue;
+        if (ms[i] > min_indexable)
+            idx[k++] = (long)ceil(log(ms[i]) * inv);
+        else
+            (*zeros)++;
+    }
+    qsort(idx, (size_t)k, sizeof(long), cmp_long);
+    PyObject *bins = PyDict_New();
+    if (bins == NULL)
+        return NULL;
+    for (Py_ssize_t a = 0; a < k;) {
+        Py_ssize_t b = a;
+        while (b < k && idx[b] == idx[a])
+            b++;
+        PyObject *bk = PyLong_FromLong(idx[a]), *bv = PyLong_FromSsize_t(b - a);
+        int rc = (bk && bv) ? PyDict_SetItem(bins, bk, bv) : -1;
+        Py_XDECREF(bk);
+        Py_XDECREF(bv);
+        if (rc < 0) {
+            Py_DECREF(bins);
+            return NULL;
+        }
+        a = b;
+    }
+    return bins;
 }
 
 static PyObject *
@@ -1315,9 +1364,10 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int *gidx = PyMem_Malloc(sizeof(int) * (n ? n : 1));
     double *ms = PyMem_Malloc(sizeof(double) * (n ? n : 1));
     long *idx = PyMem_Malloc(sizeof(long) * (n ? n : 1));
+    char *err = PyMem_Malloc(n ? n : 1);
     PyObject *out = NULL;
     int ngroups = 0, last = -1;
-    if (!groups || !gidx || !ms || !idx) {
+    if (!groups || !gidx || !ms || !idx || !err) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1364,7 +1414,9 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (g < 0) {
             g = ngroups++;
-            groups[g] = (group_t){window, name, kind, 0, 0, 0, 0.0, 0.0, INFINITY, -INFINITY};
+            groups[g] = (group_t){window, name,      kind,     0,         0,        0,        0,
+                                  0.0,    0.0,       INFINITY, -INFINITY, 0.0,      0.0,      INFINITY,
+                                  -INFINITY, INFINITY, -INFINITY};
         }
         last = g;
         double v = (double)(end - start) / 1e6;
@@ -1377,51 +1429,51 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
         }
         gr->errors += is_error;
-        double t = gr->sum + v; /* Neumaier summation */
-        gr->comp += fabs(gr->sum) >= fabs(v) ? (gr->sum - t) + v : (v - t) + gr->sum;
-        gr->sum = t;
+        add_compensated(&gr->sum, &gr->comp, v);
         if (v < gr->min)
             gr->min = v;
         if (v > gr->max)
             gr->max = v;
+        if (is_error) {
+            add_compensated(&gr->err_sum, &gr->err_comp, v);
+            if (v < gr->err_min)
+                gr->err_min = v;
+            if (v > gr->err_max)
+                gr->err_max = v;
+        } else {
+            if (v < gr->ok_min)
+                gr->ok_min = v;
+            if (v > gr->ok_max)
+                gr->ok_max = v;
+        }
         gidx[i] = g;
         ms[i] = v;
+        err[i] = (char)is_error;
     }
     out = PyDict_New();
     if (out == NULL)
         goto done;
     for (int g = 0; g < ngroups; g++) {
         group_t *gr = &groups[g];
-        Py_ssize_t k = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (gidx[i] != g)
-                continue;
-            if (ms[i] > min_indexable)
-                idx[k++] = (long)ceil(log(ms[i]) * inv);
-            else
-                gr->zeros++;
-        }
-        qsort(idx, (size_t)k, sizeof(long), cmp_long);
-        PyObject *bins = PyDict_New();
+        PyObject *bins = bucket_counts(g, -1, n, gidx, err, ms, inv, min_indexable, idx, &gr->zeros);
         if (bins == NULL)
             goto fail;
-        for (Py_ssize_t a = 0; a < k;) {
-            Py_ssize_t b = a;
-            while (b < k && idx[b] == idx[a])
-                b++;
-            PyObject *bk = PyLong_FromLong(idx[a]), *bv = PyLong_FromSsize_t(b - a);
-            int rc = (bk && bv) ? PyDict_SetItem(bins, bk, bv) : -1;
-            Py_XDECREF(bk);
-            Py_XDECREF(bv);
-            if (rc < 0) {
+        PyObject *errs = Py_None;
+        Py_INCREF(errs);
+        if (gr->errors) {
+            PyObject *ebins = bucket_counts(g, 1, n, gidx, err, ms, inv, min_indexable, idx, &gr->err_zeros);
+            Py_DECREF(errs);
+            errs = ebins ? Py_BuildValue("(dddddlN)", gr->err_sum + gr->err_comp, gr->err_min, gr->err_max,
+                                         gr->ok_min, gr->ok_max, gr->err_zeros, ebins)
+                         : NULL;
+            if (errs == NULL) {
                 Py_DECREF(bins);
                 goto fail;
             }
-            a = b;
         }
         PyObject *key = Py_BuildValue("(LOO)", gr->window, gr->name, gr->kind);
-        PyObject *val = Py_BuildValue("(lldddlN)", gr->count, gr->errors, gr->sum + gr->comp, gr->min,
-                                      gr->max, gr->zeros, bins);
+        PyObject *val = Py_BuildValue("(lldddlNN)", gr->count, gr->errors, gr->sum + gr->comp, gr->min,
+                                      gr->max, gr->zeros, bins, errs);
         int rc = (key && val) ? PyDict_SetItem(out, key, val) : -1;
         Py_XDECREF(key);
         Py_XDECREF(val);
@@ -1436,6 +1488,7 @@ done:
     PyMem_Free(gidx);
     PyMem_Free(ms);
     PyMem_Free(idx);
+    PyMem_Free(err);
     return out;
 }
 

@@ -137,7 +137,8 @@ class Router:
 
 
 class _Agg:
-    __slots__ = ("count", "errors", "max", "min", "sketch", "sum")
+    __slots__ = ("count", "err_max", "err_min", "err_sketch", "err_sum", "errors", "max", "min", "ok_max",
+                 "ok_min", "sketch", "sum")  # fmt: skip
 
     def __init__(self, accuracy: float) -> None:
         self.count = 0
@@ -146,11 +147,19 @@ class _Agg:
         self.min = math.inf
         self.max = 0.0
         self.sketch = DurationSketch(accuracy)
+        # the error spans' durations apart (metrics by status.code); a sketch once there is one
+        self.err_sum = 0.0
+        self.err_min = self.ok_min = math.inf
+        self.err_max = self.ok_max = -math.inf
+        self.err_sketch: DurationSketch | None = None
 
 
 _ERROR = StatusCode.ERROR
-#: One group of a chunk: count, errors, sum/min/max ms, zero count, sketch buckets.
-_Summary = tuple[int, int, float, float, float, int, Mapping[int, int]]
+#: The error spans of a group (None when it has none): their sum/min/max ms, the other spans'
+#: min/max ms (inf/-inf when there are none), the errors' zero count and sketch buckets.
+_ErrorSummary = tuple[float, float, float, float, float, int, Mapping[int, int]] | None
+#: One group of a chunk: count, errors, sum/min/max ms, zero count, sketch buckets, errors apart.
+_Summary = tuple[int, int, float, float, float, int, Mapping[int, int], _ErrorSummary]
 
 
 class Rollups:
@@ -223,7 +232,16 @@ class Rollups:
             summary = self._summarize(chunk)
         windows = self._windows
         with self._lock:
-            for (window, name, kind), (count, errors, total, low, high, zeros, buckets) in summary.items():
+            for (window, name, kind), (
+                count,
+                errors,
+                total,
+                low,
+                high,
+                zeros,
+                buckets,
+                errs,
+            ) in summary.items():
                 win = windows.get(window)
                 if win is None:
                     if len(windows) >= self.max_open_intervals:
@@ -247,40 +265,53 @@ class Rollups:
                 if high > agg.max:
                     agg.max = high
                 agg.sketch.add_counts(buckets, zeros)
+                if errs is not None:
+                    e_total, e_low, e_high, ok_low, ok_high, e_zeros, e_buckets = errs
+                    agg.err_sum += e_total
+                    agg.err_min = min(agg.err_min, e_low)
+                    agg.err_max = max(agg.err_max, e_high)
+                    agg.ok_min = min(agg.ok_min, ok_low)
+                    agg.ok_max = max(agg.ok_max, ok_high)
+                    if agg.err_sketch is None:
+                        agg.err_sketch = DurationSketch(self.relative_accuracy)
+                    agg.err_sketch.add_counts(e_buckets, e_zeros)
+                elif count:
+                    agg.ok_min = min(agg.ok_min, low)
+                    agg.ok_max = max(agg.ok_max, high)
 
     def _summarize(self, spans: list[Span]) -> dict[tuple[int, str, SpanKind], _Summary]:
         """Per (interval, name, kind): count, errors, duration sum/min/max (ms), values too
-        small for the sketch, sketch bucket counts. The reference for ``_speedups.rollup_chunk``."""
+        small for the sketch, sketch bucket counts, and the same for the error spans apart
+        (see ``_Summary``). The reference for ``_speedups.rollup_chunk``."""
         interval = self._interval_ns
-        groups: dict[tuple[int, str, SpanKind], list[int]] = {}
-        errors: dict[tuple[int, str, SpanKind], int] = {}
+        groups: dict[tuple[int, str, SpanKind], tuple[list[float], list[float]]] = {}
         for span in spans:
             start = span.start_ns
             end = span.end_ns
             if end < start:
                 end = start
             group = (end - end % interval, span.name, span.kind)
-            durations = groups.get(group)
-            if durations is None:
-                durations = groups[group] = []
-            durations.append(end - start)
-            if span.status == _ERROR:
-                errors[group] = errors.get(group, 0) + 1
-        inv, log, ceil = self._inv_log_gamma, math.log, math.ceil
+            parts = groups.get(group)
+            if parts is None:
+                parts = groups[group] = ([], [])
+            parts[span.status == _ERROR].append((end - start) / 1e6)
         out: dict[tuple[int, str, SpanKind], _Summary] = {}
-        for group, durations in groups.items():
-            ms = [d / 1e6 for d in durations]
-            indexes = [ceil(log(v) * inv) for v in ms if v > MIN_INDEXABLE]
-            out[group] = (
-                len(ms),
-                errors.get(group, 0),
-                math.fsum(ms),
-                min(ms),
-                max(ms),
-                len(ms) - len(indexes),
-                Counter(indexes),
-            )
+        for group, (ok, err) in groups.items():
+            ms = ok + err
+            zeros, buckets = self._buckets(ms)
+            errs: _ErrorSummary = None
+            if err:
+                e_zeros, e_buckets = self._buckets(err)
+                ok_low, ok_high = (min(ok), max(ok)) if ok else (math.inf, -math.inf)
+                errs = (math.fsum(err), min(err), max(err), ok_low, ok_high, e_zeros, e_buckets)
+            out[group] = (len(ms), len(err), math.fsum(ms), min(ms), max(ms), zeros, buckets, errs)
         return out
+
+    def _buckets(self, ms: list[float]) -> tuple[int, Counter[int]]:
+        """The durations too small to index, and the sketch bucket counts of the others."""
+        inv, log, ceil = self._inv_log_gamma, math.log, math.ceil
+        indexes = [ceil(log(v) * inv) for v in ms if v > MIN_INDEXABLE]
+        return len(ms) - len(indexes), Counter(indexes)
 
     def collect(self, now_ns: int, force: bool = False) -> list[Record]:
         """Rollup records of the intervals that are due (all of them when ``force``); their
@@ -304,7 +335,7 @@ class Rollups:
         def q(p: float) -> float:
             return round(min(hi, max(lo, sk.quantile(p))), 6)
 
-        return {
+        record: Record = {
             "schema": SCHEMA_VERSION,
             "type": "rollup",
             "service": self.service,
@@ -323,6 +354,11 @@ class Rollups:
             "p99_ms": q(0.99),
             "sketch": sk.to_dict(),
         }
+        if agg.errors and agg.err_sketch is not None:
+            record["error_durations"] = _error_durations(
+                agg.err_sum, agg.err_min, agg.err_max, agg.ok_min, agg.ok_max, agg.err_sketch.to_dict()
+            )
+        return record
 
     def pending(self) -> int:
         """Number of (interval, operation, kind) aggregates not yet collected."""
@@ -347,6 +383,44 @@ class Rollups:
 
 
 _ROLLUP_KEY = ("service", "environment", "operation", "kind", "minute_start_unix_nano", "interval_s")
+
+
+def _error_durations(
+    total: float, low: float, high: float, ok_low: float, ok_high: float, sketch: dict[str, Any]
+) -> dict[str, Any]:
+    """A rollup's ``error_durations``: the error spans' durations apart, and the extremes of
+    the others (null when every span was an error)."""
+    others = ok_low <= ok_high
+    return {
+        "sum_ms": round(total, 6),
+        "min_ms": round(low, 6),
+        "max_ms": round(high, 6),
+        "ok_min_ms": round(ok_low, 6) if others else None,
+        "ok_max_ms": round(ok_high, 6) if others else None,
+        "sketch": sketch,
+    }
+
+
+def _merge_error_durations(recs: list[Record]) -> dict[str, Any] | None:
+    """``error_durations`` of merged records; a record with errors but without the field (a
+    writer before it existed) leaves the merged record without it, since its part is unknown."""
+    parts = [r.get("error_durations") for r in recs if r.get("errors")]
+    if not parts or not all(isinstance(p, Mapping) for p in parts):
+        return None
+    done = [p for p in parts if isinstance(p, Mapping)]  # (for the type checker)
+    ok_lows = [float(p["ok_min_ms"]) for p in done if p.get("ok_min_ms") is not None]
+    ok_highs = [float(p["ok_max_ms"]) for p in done if p.get("ok_max_ms") is not None]
+    # records without errors count among the others
+    ok_lows += [float(r["duration_min_ms"]) for r in recs if not r.get("errors")]
+    ok_highs += [float(r["duration_max_ms"]) for r in recs if not r.get("errors")]
+    return _error_durations(
+        math.fsum(float(p["sum_ms"]) for p in done),
+        min(float(p["min_ms"]) for p in done),
+        max(float(p["max_ms"]) for p in done),
+        min(ok_lows, default=math.inf),
+        max(ok_highs, default=-math.inf),
+        merge_sketches(p["sketch"] for p in done),
+    )
 
 
 def merge_rollups(records: Iterable[Record]) -> list[Record]:
@@ -374,5 +448,9 @@ def merge_rollups(records: Iterable[Record]) -> list[Record]:
         for field, p in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
             merged[field] = round(min(hi, max(lo, sketch.quantile(p))), 6)
         merged["sketch"] = sketch_dict
+        merged.pop("error_durations", None)
+        errs = _merge_error_durations(recs)
+        if errs is not None:
+            merged["error_durations"] = errs
         out.append(merged)
     return out

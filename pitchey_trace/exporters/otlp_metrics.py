@@ -9,15 +9,17 @@ for those work unchanged:
 - ``traces.span.metrics.calls``: a monotonic sum of spans, by ``service.name``, ``span.name``,
   ``span.kind`` (``SPAN_KIND_SERVER``, ...) and ``status.code`` (``STATUS_CODE_ERROR`` for
   error spans, ``STATUS_CODE_UNSET`` for the others);
-- ``traces.span.metrics.duration``: a histogram of span durations (``ms`` by default), by
-  ``service.name``, ``span.name`` and ``span.kind``: exponential (base-2 buckets, read from the
-  rollup's sketch) or with explicit bounds.
+- ``traces.span.metrics.duration``: a histogram of span durations (``ms`` by default), by the
+  same four attributes: exponential (base-2 buckets, read from the rollup's sketches) or with
+  explicit bounds. The error spans' durations are apart in the rollups (``error_durations``),
+  so each status has its own exact histogram.
 
 Cumulative temporality (the default, as the OpenTelemetry SDK's) keeps one running total per
 series in the exporter, so a request that is lost is made up by the next one; delta sends each
 rollup's own minute. Exemplars link each duration point to the slowest exported span of its
-interval and each error count to an error span. Optionally the SDK's own counters
-(``pt.stats()``) go along as ``pitchey_trace.<counter>`` sums.
+interval (the latest error span for the errors' point) and each error count to an error span.
+Optionally the SDK's own counters (``pt.stats()``) go along as ``pitchey_trace.<counter>``
+sums.
 
 The payload is an ``ExportMetricsServiceRequest``: binary protobuf (``http/protobuf``), the
 OTLP JSON encoding (``http/json``), or gRPC (``MetricsService/Export``), written here from the
@@ -265,28 +267,75 @@ def _exemplar(item: _Exemplar, field: str, value: float) -> dict[str, Any]:
     return {"timeUnixNano": item[1], field: value, "spanId": item[3], "traceId": item[2]}
 
 
-class _Series:
-    """One (service, environment, operation, kind): what a record adds, or a running total."""
+class _Durations:
+    """The durations of one status class of a series: count, sum, extremes, sketch."""
 
-    __slots__ = ("count", "errors", "high", "low", "seen", "sketch", "start_ns", "sum", "time_ns")
+    __slots__ = ("count", "high", "low", "sketch", "sum")
+
+    def __init__(self, relative_accuracy: float) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.low, self.high = math.inf, -math.inf
+        self.sketch = DurationSketch(relative_accuracy)
+
+    def add(
+        self, count: int, total: float, low: float | None, high: float | None, sketch: DurationSketch
+    ) -> None:
+        if count <= 0:
+            return
+        self.count += count
+        self.sum += total
+        if low is not None:
+            self.low = min(self.low, low)
+        if high is not None:
+            self.high = max(self.high, high)
+        self.sketch.merge(sketch)
+
+
+class _Series:
+    """One (service, environment, operation, kind): what a record adds, or a running total;
+    its durations apart by status (``ok``: unset, ``error``)."""
+
+    __slots__ = ("count", "error", "errors", "ok", "seen", "start_ns", "time_ns")
 
     def __init__(self, start_ns: int, time_ns: int, relative_accuracy: float) -> None:
         self.start_ns = start_ns
         self.time_ns = time_ns
         self.seen = time.monotonic()  # when spans last added to it
         self.count = self.errors = 0
-        self.sum = 0.0
-        self.low, self.high = math.inf, -math.inf
-        self.sketch = DurationSketch(relative_accuracy)
+        self.ok = _Durations(relative_accuracy)
+        self.error = _Durations(relative_accuracy)
 
-    def add(self, record: Mapping[str, Any], sketch: DurationSketch) -> None:
-        self.count += int(record["count"])
-        self.errors += int(record["errors"])
-        self.sum += float(record["duration_sum_ms"])
-        self.low = min(self.low, float(record["duration_min_ms"]))
-        self.high = max(self.high, float(record["duration_max_ms"]))
-        self.sketch.merge(sketch)
+    def add(self, record: Mapping[str, Any], sketch: DurationSketch, apart: _Apart | None) -> None:
+        count, errors = int(record["count"]), int(record["errors"])
+        total = float(record["duration_sum_ms"])
+        low, high = float(record["duration_min_ms"]), float(record["duration_max_ms"])
+        if apart is None:  # no errors (or a record from before rollups kept them apart)
+            self.ok.add(count, total, low, high, sketch)
+        else:
+            e_total, e_low, e_high, ok_low, ok_high, e_sketch = apart
+            self.ok.add(count - errors, total - e_total, ok_low, ok_high, _without(sketch, e_sketch))
+            self.error.add(errors, e_total, e_low, e_high, e_sketch)
+        self.count += count
+        self.errors += errors
         self.seen = time.monotonic()
+
+
+#: A rollup's ``error_durations``, parsed: sum, min, max ms, the others' min/max, sketch.
+_Apart = tuple[float, float, float, float | None, float | None, DurationSketch]
+
+
+def _without(sketch: DurationSketch, part: DurationSketch) -> DurationSketch:
+    """``sketch`` less the counts of ``part`` (a sub-population of it)."""
+    out = DurationSketch(sketch.relative_accuracy)
+    for i, c in sketch.bins.items():
+        left = c - part.bins.get(i, 0)
+        if left > 0:
+            out.bins[i] = left
+            out.count += left
+    out.zero_count = max(0, sketch.zero_count - part.zero_count)
+    out.count += out.zero_count
+    return out
 
 
 _Key = tuple[str, str, str, str]  # service, environment, operation, kind
@@ -637,9 +686,10 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
 
     # -- exemplars: kept spans that show what a point counts ---------------------------------
     def _observe(self, spans: Iterable[Record]) -> None:
-        """Remember, per series and minute, the slowest span and the latest error span among
-        the exported (sampled or kept) span records: the exemplars of the next points, so a
-        latency spike or an error count links to a trace the trace backend has."""
+        """Remember, per series and minute, the slowest span that is not an error and the
+        latest error span among the exported (sampled or kept) span records: the exemplars of
+        the next points, so a latency spike or an error count links to a trace the trace
+        backend has."""
         candidates = self._candidates
         for r in spans:
             try:  # (span records of this SDK: strs and numbers already; anything odd is passed over)
@@ -659,10 +709,11 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                     del slots[min(slots)]
                 slot = slots[minute] = [None, None]
             slowest, error = slot
-            if slowest is None or item[0] > slowest[0]:
+            if r.get("status") == "error":
+                if error is None or item[1] >= error[1]:
+                    slot[1] = item
+            elif slowest is None or item[0] > slowest[0]:
                 slot[0] = item
-            if r.get("status") == "error" and (error is None or item[1] >= error[1]):
-                slot[1] = item
 
     def _take_exemplars(self, key: _Key, low: int, high: int) -> tuple[_Exemplar | None, _Exemplar | None]:
         """The slowest and the latest error candidate of ``key`` that ended in ``[low, high]``.
@@ -702,31 +753,54 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         scope = {"name": self.scope_name, "version": _scope_version(None)}
         return {"resource": {"attributes": resource}, "scopeMetrics": [{"scope": scope, "metrics": metrics}]}
 
-    def _parsed(self, record: Mapping[str, Any]) -> tuple[tuple[int, int], DurationSketch] | None:
+    def _parsed(
+        self, record: Mapping[str, Any]
+    ) -> tuple[tuple[int, int], DurationSketch, _Apart | None] | None:
         try:
             window = _window(record)
             sketch = DurationSketch.from_dict(record["sketch"])
-            int(record["count"]), int(record["errors"]), float(record["duration_sum_ms"])
+            int(record["count"]), float(record["duration_sum_ms"])
             float(record["duration_min_ms"]), float(record["duration_max_ms"])
+            apart: _Apart | None = None
+            if int(record["errors"]):
+                e = record.get("error_durations")
+                if e is not None:
+
+                    def opt(v: Any) -> float | None:
+                        return None if v is None else float(v)
+
+                    e_sketch = DurationSketch.from_dict(e["sketch"])
+                    apart = (
+                        float(e["sum_ms"]),
+                        float(e["min_ms"]),
+                        float(e["max_ms"]),
+                        opt(e["ok_min_ms"]),
+                        opt(e["ok_max_ms"]),
+                        e_sketch,
+                    )
         except (KeyError, TypeError, ValueError, AttributeError):
             _stats.incr("otlp_metrics.bad_record")
             return None
-        return window, sketch
+        return window, sketch, apart
 
     def _delta(self, record: Mapping[str, Any]) -> _Series | None:
         parsed = self._parsed(record)
         if parsed is None:
             return None
-        (start, end), sketch = parsed
+        (start, end), sketch, apart = parsed
         series = _Series(start, end, sketch.relative_accuracy)
-        series.add(record, sketch)
+        try:
+            series.add(record, sketch, apart)
+        except ValueError:  # an error sketch of another accuracy than its record's
+            _stats.incr("otlp_metrics.bad_record")
+            return None
         return series
 
     def _accumulate(self, record: Mapping[str, Any], touched: dict[_Key, _Series]) -> None:
         parsed = self._parsed(record)
         if parsed is None:
             return
-        (_, end), sketch = parsed
+        (_, end), sketch, apart = parsed
         key = _key(record)
         series = self._series.get(key)
         if series is None:
@@ -737,7 +811,7 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             if series is None:
                 series = self._series[key] = _Series(self._started_ns, end, sketch.relative_accuracy)
         try:
-            series.add(record, sketch)
+            series.add(record, sketch, apart)
         except ValueError:  # a sketch of another accuracy cannot be merged into the total
             _stats.incr("otlp_metrics.bad_record")
             return
@@ -761,28 +835,32 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                     if status == _ERROR and error is not None:
                         call["exemplars"] = [_exemplar(error, "asInt", 1)]
                     calls.append(call)
-            if not s.count:
-                continue
-            point: dict[str, Any] = {
-                "attributes": attributes,
-                **times,
-                "count": s.count,
-                "sum": s.sum * factor,
-            }
-            if self.histogram == "explicit":
-                point["bucketCounts"] = explicit_buckets(s.sketch, self.bounds, factor, s.low, s.high)
-                point["explicitBounds"] = list(self.bounds)
-            else:
-                scale, offset, counts = exponential_buckets(s.sketch, factor, self.max_buckets, s.low, s.high)
-                point["scale"] = scale
-                point["zeroCount"] = s.sketch.zero_count
-                point["zeroThreshold"] = MIN_INDEXABLE * factor
-                point["positive"] = {"offset": offset, "bucketCounts": counts}
-            point["min"] = s.low * factor
-            point["max"] = s.high * factor
-            if slowest is not None:
-                point["exemplars"] = [_exemplar(slowest, "asDouble", slowest[0] * factor)]
-            durations.append(point)
+            for status, part, exemplar in ((_OK, s.ok, slowest), (_ERROR, s.error, error)):
+                # (a cumulative series keeps the points it has had; a delta one sends what it got)
+                if not part.count:
+                    continue
+                point: dict[str, Any] = {
+                    "attributes": {**attributes, "status.code": status},
+                    **times,
+                    "count": part.count,
+                    "sum": max(0.0, part.sum) * factor,
+                }
+                sk, low, high = part.sketch, max(0.0, part.low), part.high
+                if self.histogram == "explicit":
+                    point["bucketCounts"] = explicit_buckets(sk, self.bounds, factor, low, high)
+                    point["explicitBounds"] = list(self.bounds)
+                else:
+                    scale, offset, counts = exponential_buckets(sk, factor, self.max_buckets, low, high)
+                    point["scale"] = scale
+                    point["zeroCount"] = sk.zero_count
+                    point["zeroThreshold"] = MIN_INDEXABLE * factor
+                    point["positive"] = {"offset": offset, "bucketCounts": counts}
+                if low <= high:  # (the extremes of a class are unknown in an old record: left out)
+                    point["min"] = low * factor
+                    point["max"] = high * factor
+                if exemplar is not None:
+                    point["exemplars"] = [_exemplar(exemplar, "asDouble", exemplar[0] * factor)]
+                durations.append(point)
         out: list[dict[str, Any]] = [
             {
                 "name": CALLS_METRIC,

@@ -43,10 +43,13 @@ def rollup(
     kind: str = "server",
     minute: int = T0,
     service: str = "pitch-api",
+    apart: bool = True,
 ) -> dict[str, Any]:
+    """A rollup record of ``durations``, the last ``errors`` of them error spans (kept apart in
+    ``error_durations`` unless ``apart`` is false: a record written before they were)."""
     sketch = DurationSketch()
     sketch.add_many(durations)
-    return {
+    record: dict[str, Any] = {
         "schema": 1,
         "type": "rollup",
         "service": service,
@@ -62,6 +65,19 @@ def rollup(
         "duration_max_ms": max(durations),
         "sketch": sketch.to_dict(),
     }
+    if errors and apart:
+        failed, ok = durations[len(durations) - errors :], durations[: len(durations) - errors]
+        error_sketch = DurationSketch()
+        error_sketch.add_many(failed)
+        record["error_durations"] = {
+            "sum_ms": math.fsum(failed),
+            "min_ms": min(failed),
+            "max_ms": max(failed),
+            "ok_min_ms": min(ok, default=None),
+            "ok_max_ms": max(ok, default=None),
+            "sketch": error_sketch.to_dict(),
+        }
+    return record
 
 
 def exporter(**kwargs: Any) -> OTLPMetricsExporter:
@@ -121,17 +137,33 @@ def test_calls_and_duration_follow_the_span_metrics_connector() -> None:
     assert {attrs(p)["span.name"] for p in calls.data_points} == {"GET /pitches/{id}"}
     duration = ms[DURATION_METRIC]
     assert duration.unit == "ms"
-    [point] = duration.exponential_histogram.data_points
-    assert "status.code" not in attrs(point)
-    assert point.count == 500
-    assert sum(point.positive.bucket_counts) + point.zero_count == 500
-    assert point.sum == pytest.approx(math.fsum(durations))
-    assert (point.min, point.max) == (min(durations), max(durations))
-    assert point.scale == 5  # as fine as the sketch's 1% buckets
-    ordered = sorted(durations)
-    for q in (0.5, 0.95, 0.99):
-        exact = ordered[round(q * (len(ordered) - 1))]
-        assert exp_quantile(point, q) == pytest.approx(exact, rel=0.045)
+    # One histogram per status, as the calls (the last 7 durations are the errors').
+    points = {attrs(p)["status.code"]: p for p in duration.exponential_histogram.data_points}
+    assert points.keys() == {"STATUS_CODE_UNSET", "STATUS_CODE_ERROR"}
+    for status, part in (("STATUS_CODE_UNSET", durations[:493]), ("STATUS_CODE_ERROR", durations[493:])):
+        point = points[status]
+        assert attrs(point)["span.name"] == "GET /pitches/{id}"
+        assert point.count == len(part)
+        assert sum(point.positive.bucket_counts) + point.zero_count == len(part)
+        assert point.sum == pytest.approx(math.fsum(part))
+        assert (point.min, point.max) == (min(part), max(part))
+        assert point.scale == 5  # as fine as the sketch's 1% buckets
+        ordered = sorted(part)
+        for q in (0.5, 0.95, 0.99):
+            exact = ordered[round(q * (len(ordered) - 1))]
+            assert exp_quantile(point, q) == pytest.approx(exact, rel=0.045)
+
+
+def test_a_rollup_without_its_errors_apart_counts_its_durations_as_one() -> None:
+    """A record written before rollups kept the errors' durations apart: its durations cannot
+    be split, so they stay in one histogram (under the status most of its spans had)."""
+    durations = [float(i) for i in range(1, 11)]
+    msg = decoded(exporter(), [rollup(durations, errors=2, apart=False)])
+    [point] = metrics(msg)[DURATION_METRIC].exponential_histogram.data_points
+    assert attrs(point)["status.code"] == "STATUS_CODE_UNSET"
+    assert (point.count, point.min, point.max) == (10, 1.0, 10.0)
+    calls = {attrs(p)["status.code"]: p.as_int for p in metrics(msg)[CALLS_METRIC].sum.data_points}
+    assert calls == {"STATUS_CODE_UNSET": 8, "STATUS_CODE_ERROR": 2}
 
 
 @settings(max_examples=60, deadline=None)
@@ -210,11 +242,12 @@ def test_cumulative_series_add_up_across_requests() -> None:
     after = next(p for p in calls if attrs(p)["span.name"] == "GET /pitches/{id}")
     assert after.start_time_unix_nano == before.start_time_unix_nano  # one series since the start
     assert before.start_time_unix_nano < before.time_unix_nano <= after.time_unix_nano  # never back
-    [hist] = [
-        p for p in metrics(second)[DURATION_METRIC].exponential_histogram.data_points
+    hist = {
+        attrs(p)["status.code"]: p.count
+        for p in metrics(second)[DURATION_METRIC].exponential_histogram.data_points
         if attrs(p)["span.name"] == "GET /pitches/{id}"
-    ]  # fmt: skip
-    assert hist.count == 14
+    }
+    assert hist == {"STATUS_CODE_UNSET": 12, "STATUS_CODE_ERROR": 2}  # (the errors' point stays)
 
 
 def test_delta_sends_each_interval_and_merges_partial_records() -> None:
@@ -385,14 +418,19 @@ def test_exemplars_link_points_to_kept_spans() -> None:
         ]
     )
     msg = decoded(exp, [rollup([12.0, 480.0, 30.0, 5.0], errors=2, minute=minute)])
-    [point] = metrics(msg)[DURATION_METRIC].exponential_histogram.data_points
-    [slowest] = point.exemplars
+    points = {
+        attrs(p)["status.code"]: p for p in metrics(msg)[DURATION_METRIC].exponential_histogram.data_points
+    }
+    [slowest] = points["STATUS_CODE_UNSET"].exemplars
     assert (slowest.trace_id.hex(), slowest.span_id.hex(), slowest.as_double) == (
         f"{2:032x}",
         f"{2:016x}",
         480.0,
     )
     assert slowest.time_unix_nano == end - 2
+    # The errors' histogram: the latest error span, with its own duration.
+    [latest] = points["STATUS_CODE_ERROR"].exemplars
+    assert (latest.span_id.hex(), latest.as_double) == (f"{4:016x}", 5.0)
     by_status = {attrs(p)["status.code"]: p for p in metrics(msg)[CALLS_METRIC].sum.data_points}
     [error] = by_status["STATUS_CODE_ERROR"].exemplars
     assert error.span_id.hex() == f"{4:016x}"

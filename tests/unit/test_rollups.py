@@ -86,6 +86,69 @@ def test_forced_partial_minute_is_not_emitted_twice_and_merges_back() -> None:
     assert DurationSketch.from_dict(merged["sketch"]).count == 3
 
 
+def test_error_spans_durations_are_kept_apart_and_merge() -> None:
+    """``error_durations``: the error spans' sum, extremes and sketch, and the others'
+    extremes, so metrics can have a latency histogram per status. Partial records merge."""
+    r = Rollups()
+    r.bind(service="api", environment="prod")
+    ok, failed = [2.0, 4.0, 6.0], [1.0, 9.0]
+    for i, ms in enumerate(ok + failed):
+        r.observe(span("op", T0 + 10 + i, ms, error=i >= len(ok)))  # type: ignore[arg-type]
+    [record] = r.collect(T0 + 30, force=True)
+    jsonschema.validate(record, json_schema())
+    apart = record["error_durations"]
+    assert (apart["sum_ms"], apart["min_ms"], apart["max_ms"]) == (10.0, 1.0, 9.0)
+    assert (apart["ok_min_ms"], apart["ok_max_ms"]) == (2.0, 6.0)
+    assert DurationSketch.from_dict(apart["sketch"]).count == 2
+    # A record without errors has no such field; one with errors only has no others' extremes.
+    r.observe(span("op", T0 + 40, 3.0))  # type: ignore[arg-type]
+    r.observe(span("all-failed", T0 + 40, 7.0, error=True))  # type: ignore[arg-type]
+    later = {x["operation"]: x for x in r.collect(T0 + 2 * MIN)}
+    assert "error_durations" not in later["op"]
+    all_failed = later["all-failed"]["error_durations"]
+    assert (all_failed["ok_min_ms"], all_failed["ok_max_ms"]) == (None, None)
+    jsonschema.validate(later["all-failed"], json_schema())
+    # Merged: the errors' part of both, the others' extremes across both (3.0 came later).
+    [merged] = merge_rollups([record, later["op"]])
+    assert (merged["count"], merged["errors"]) == (6, 2)
+    m = merged["error_durations"]
+    assert (m["sum_ms"], m["min_ms"], m["max_ms"], m["ok_min_ms"], m["ok_max_ms"]) == (
+        10.0,
+        1.0,
+        9.0,
+        2.0,
+        6.0,
+    )
+    assert DurationSketch.from_dict(m["sketch"]).count == 2
+    # A record with errors from a writer before the field: the merged split is unknown, not wrong.
+    old = {k: v for k, v in record.items() if k != "error_durations"}
+    [unknown] = merge_rollups([old, later["op"]])
+    assert "error_durations" not in unknown
+    assert unknown["errors"] == 2
+
+
+def test_error_durations_are_the_same_from_c_and_python() -> None:
+    """The accelerated chunk summary and the Python one give the same records."""
+    with capture_spans(rollups=None):
+        spans = []
+        for i in range(300):
+            s = pt.start_span(f"op{i % 3}", start_time_ns=T0 + i * 1_000_000)
+            assert isinstance(s, pt.Span)
+            if i % 7 == 0:
+                s.set_status("error")
+            s.end(s.start_ns + (i * 7919) % 50_000_000)
+            spans.append(s)
+    c_path, py_path = Rollups(), Rollups()
+    odd = [FakeSpan("op0", T0, T0 + 1, SpanKind.INTERNAL), FakeSpan("op0", T0 + 1, T0, SpanKind.INTERNAL)]
+    c_path.observe_many(spans)
+    c_path.observe_many(odd)
+    py_path.observe_many([*spans, *odd])  # (a chunk with a non-Span: the Python summary)
+    key = lambda x: x["operation"]  # noqa: E731
+    a, b = sorted(c_path.collect(0, force=True), key=key), sorted(py_path.collect(0, force=True), key=key)
+    assert [x["error_durations"]["sketch"] for x in a] == [x["error_durations"]["sketch"] for x in b]
+    assert a == b
+
+
 def test_memory_is_bounded_other_operation_and_interval_cap() -> None:
     r = Rollups(max_operations=3, max_open_intervals=2)
     for i in range(10):

@@ -443,8 +443,8 @@ def test_c_rollup_summary_equals_python(durations: list[int], names: list[str], 
     got = _accel.rollup_chunk(spans, rollups._interval_ns, pt.StatusCode.ERROR, rollups._inv_log_gamma, 1e-6)
     want = rollups._summarize(spans)
     assert got.keys() == want.keys()
-    for key, (count, errs, total, low, high, zeros, buckets) in want.items():
-        c_count, c_errs, c_total, c_low, c_high, c_zeros, c_buckets = got[key]
+    for key, (count, errs, total, low, high, zeros, buckets, apart) in want.items():
+        c_count, c_errs, c_total, c_low, c_high, c_zeros, c_buckets, c_apart = got[key]
         assert (c_count, c_errs, c_low, c_high, c_zeros, dict(c_buckets)) == (
             count,
             errs,
@@ -454,6 +454,12 @@ def test_c_rollup_summary_equals_python(durations: list[int], names: list[str], 
             dict(buckets),
         )
         assert c_total == pytest.approx(total, rel=1e-12, abs=1e-12)
+        # the error spans apart: None without errors, else the same figures for them alone
+        assert (c_apart is None) == (apart is None) == (errs == 0)
+        if apart is not None and c_apart is not None:
+            assert c_apart[1:5] == apart[1:5]
+            assert (c_apart[5], dict(c_apart[6])) == (apart[5], dict(apart[6]))
+            assert c_apart[0] == pytest.approx(apart[0], rel=1e-12, abs=1e-12)
 
 
 def test_rollups_fall_back_to_python_for_unusual_spans() -> None:

@@ -79,18 +79,30 @@ def test_every_span_is_counted_at_a_low_sample_rate(http_server: RecordingServer
     [rm] = msg.resource_metrics
     resource = {kv.key: kv.value for kv in rm.resource.attributes}
     assert resource["service.instance.id"].string_value == sampled[0]["resource"]["service.instance.id"]
-    hist = {attrs(p)["span.name"]: p for p in metrics(msg)[DURATION_METRIC].exponential_histogram.data_points}
-    assert hist["GET /pitches/{id}"].count == 200
-    assert hist["SELECT pitches"].count == 200
+    hist = {
+        (attrs(p)["span.name"], attrs(p)["status.code"]): p
+        for p in metrics(msg)[DURATION_METRIC].exponential_histogram.data_points
+    }
+    # Durations by status, as the calls: every span counted, the errors apart.
+    assert {key: p.count for key, p in hist.items()} == calls(msg)
+    ok, failed = (
+        hist[("GET /pitches/{id}", "STATUS_CODE_UNSET")],
+        hist[("GET /pitches/{id}", "STATUS_CODE_ERROR")],
+    )
+    assert failed.zero_count + sum(failed.positive.bucket_counts) == 9
     # The exemplar is the slowest span that was exported: its trace is in the trace backend.
-    [exemplar] = hist["GET /pitches/{id}"].exemplars
+    [exemplar] = ok.exemplars
     exported = {(r["trace_id"], r["span_id"]): r for r in sampled}
     linked = exported[(exemplar.trace_id.hex(), exemplar.span_id.hex())]
-    assert linked["name"] == "GET /pitches/{id}"
+    assert (linked["name"], linked["status"]) == ("GET /pitches/{id}", "unset")
     assert exemplar.as_double == pytest.approx(
-        max(r["duration_ms"] for r in sampled if r["name"] == "GET /pitches/{id}")
+        max(r["duration_ms"] for r in sampled if r["name"] == "GET /pitches/{id}" and r["status"] != "error")
     )
-    assert hist["GET /pitches/{id}"].max >= hist["SELECT pitches"].max  # (each request holds its query)
+    # The errors' point links to an error span, when one was exported (sampled at 10%).
+    sampled_errors = {(r["trace_id"], r["span_id"]) for r in sampled if r["status"] == "error"}
+    assert len(failed.exemplars) == min(1, len(sampled_errors))
+    assert {(e.trace_id.hex(), e.span_id.hex()) for e in failed.exemplars} <= sampled_errors
+    assert ok.max >= hist[("SELECT pitches", "STATUS_CODE_UNSET")].max  # (each request holds its query)
     # The SDK's own counters went along.
     assert metrics(msg)["pitchey_trace.accepted"].sum.data_points[0].as_int >= 400
     assert _stats.get("otlp_metrics.points") > 0
@@ -108,12 +120,16 @@ def test_json_protocol(http_server: RecordingServer) -> None:
     assert req.headers["Content-Type"] == "application/json"
     msg = json_format.Parse(req.body, ExportMetricsServiceRequest())
     assert calls(msg)[("GET /pitches/{id}", "STATUS_CODE_ERROR")] == 2
-    [point] = [
-        p for p in metrics(msg)[DURATION_METRIC].histogram.data_points
+    points = {
+        attrs(p)["status.code"]: p
+        for p in metrics(msg)[DURATION_METRIC].histogram.data_points
         if attrs(p)["span.name"] == "GET /pitches/{id}"
-    ]  # fmt: skip
-    assert sum(point.bucket_counts) == point.count == 20
-    assert len(point.explicit_bounds) == len(point.bucket_counts) - 1
+    }
+    assert {status: (sum(p.bucket_counts), p.count) for status, p in points.items()} == {
+        "STATUS_CODE_UNSET": (18, 18),
+        "STATUS_CODE_ERROR": (2, 2),
+    }
+    assert all(len(p.explicit_bounds) == len(p.bucket_counts) - 1 for p in points.values())
 
 
 def test_a_lost_request_is_made_up_by_the_next_cumulative_one(http_server: RecordingServer) -> None:
