@@ -305,6 +305,39 @@ def _duration_ms(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _step_s(text: str) -> int:
+    """``--step``: a duration of whole seconds, 1 s to 31 days (what ``Archive.series`` takes)."""
+    ms = _duration_ms(text)
+    seconds = round(ms / 1000)
+    if not 1 <= seconds <= 31 * 86400 or abs(ms / 1000 - seconds) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"expected whole seconds from 1s to 31d (e.g. 1m, 5m, 1h; a bare number is ms), got {text!r}"
+        )
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    """``--limit``: a whole number from 1 (one check for every command)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """``--port``: 0 to 65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
 def _attribute(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -488,7 +521,7 @@ def _source_text(source: str) -> str:
 
 
 def _series(args: argparse.Namespace) -> int:
-    step_s = max(1, round(_duration_ms(args.step) / 1000)) if args.step else 60
+    step_s: int = args.step if args.step is not None else 60
     out = _archive(args).series(
         service=args.service, operation=args.operation, step_s=step_s, **_window(args)
     )
@@ -556,7 +589,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _perf(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args)
-    if args.operation or args.step:
+    if args.operation or args.step is not None:
         return _series(args)
     rows = _archive(args).performance(service=args.service, **_window(args))
 
@@ -663,7 +696,7 @@ def _logs(args: argparse.Namespace) -> int:
                 _clip(str(r.get("service") or ""), 20),
                 _clip(str(r.get("logger") or ""), 24),
                 _clip(str(r.get("body") or "").split("\n", 1)[0], 80),
-                r.get("trace_id") or "",
+                _clip(r.get("trace_id") or "", 32),  # (whatever the archive holds, as text)
             ]
             for r in found
         ]
@@ -695,7 +728,7 @@ def _audit(args: argparse.Namespace) -> int:
                 _clip(a.get("action") or "", 36),
                 _clip(a.get("target") or "", 30),
                 _clip(a.get("outcome") or "", 16),
-                a.get("trace_id") or "",
+                _clip(a.get("trace_id") or "", 32),  # (whatever the archive holds, as text)
             ]
             for a in found
         ]
@@ -830,7 +863,7 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--attr", type=_attribute, action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("--log", metavar="TEXT", help="the trace has a log line containing TEXT (any case)")
     p.add_argument("--sort", choices=("recent", "duration"), default="recent")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=20)
     p.set_defaults(func=_search)
 
     p = sub.add_parser("show", help="one trace: waterfall, critical path, bottleneck, N+1, errors")
@@ -848,25 +881,30 @@ def _add_analysis(sub: Subparsers) -> None:
     _source_options(p)
     p.add_argument("--service")
     p.add_argument("--operation", help="one operation over time (a row per --step)")
-    p.add_argument("--step", metavar="D", help="time step of the series, e.g. 1m, 5m, 1h (default 1m)")
+    p.add_argument(
+        "--step",
+        type=_step_s,
+        metavar="D",
+        help="time step of the series, whole seconds from 1s, e.g. 1m, 5m, 1h (default 1m)",
+    )
     p.add_argument(
         "--compare",
         action="store_true",
         help="each operation in the window beside the window of the same length before it (needs --last)",
     )
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50)
     p.set_defaults(func=_perf)
 
     p = sub.add_parser("errors", help="error groups: same span, exception type and message shape")
     _source_options(p)
     p.add_argument("--service")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=20)
     p.set_defaults(func=_errors)
 
     p = sub.add_parser("deps", help="who calls whom: calls, errors and latency per edge of the service map")
     _source_options(p)
     p.add_argument("--service", help="only the edges this service is on")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50)
     p.set_defaults(func=_deps)
 
     p = sub.add_parser("audit", help="audit records, newest first: who did what, with which outcome")
@@ -876,7 +914,7 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--action", help="e.g. 'POST /login', or a glob such as 'POST *'")
     p.add_argument("--outcome", help="e.g. 403, denied")
     p.add_argument("--trace-id", metavar="ID")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50)
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("logs", help="the application's log lines (shipped by export_logs), newest first")
@@ -885,7 +923,7 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--level", help="the least severity: DEBUG, INFO, WARNING, ERROR, CRITICAL (or 1-24)")
     p.add_argument("--grep", metavar="TEXT", help="TEXT in the message (any case)")
     p.add_argument("--trace-id", metavar="ID")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive_int, default=100)
     p.set_defaults(func=_logs)
 
     p = sub.add_parser("overview", help="totals, services, slowest and failed traces, audit counts")
@@ -895,7 +933,7 @@ def _add_analysis(sub: Subparsers) -> None:
     p = sub.add_parser("serve", help="HTTP API and waterfall page over the archive (extra: analysis)")
     _source_options(p, window=False)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=_port, default=8080, help="0 to 65535 (default 8080)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
     p.add_argument(
         "--tls-key",

@@ -48,10 +48,15 @@ _CLOCK_SKEW_NS = 300 * 10**9
 # Message normalisation for error groups: the parts that differ between occurrences of one error.
 _NORMALISE = [
     (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
-    (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),  # addresses in reprs: "<Pool object at 0x7f...>"
+    # (with a letter: a run of digits only is a number, however long)
+    (re.compile(r"\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}\b"), "<hex>"),
     (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
-    (re.compile(r"\b\d+(?:\.\d+)?\b"), "<n>"),
+    # (no word boundary after: a unit may follow, "3.5s", "250ms")
+    (re.compile(r"\b\d+(?:\.\d+)?(?!\d)"), "<n>"),
 ]
+# A message that starts with an HTTP status keeps it: 401 and 403 are different errors.
+_HTTP_STATUS = re.compile(r"HTTP \d{3}\b")
 _SQL_LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\$\d+|%s|\?")
 _SQL_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _SPACE = re.compile(r"\s+")
@@ -128,9 +133,12 @@ def _clean_rollup(rec: Record) -> bool:
 
 def _normalise_message(message: str) -> str:
     text = message.splitlines()[0] if message else ""
+    status = _HTTP_STATUS.match(text)
+    head = status.group() if status else ""
+    text = text[len(head) :]
     for pattern, repl in _NORMALISE:
         text = pattern.sub(repl, text)
-    return text[:300]
+    return (head + text)[:300]
 
 
 def _statement(span: Mapping[str, Any]) -> str | None:
@@ -186,14 +194,26 @@ def _rollup_count(rs: list[Record]) -> int:
 
 
 def _rollup_stats(rs: list[Record]) -> _Stats:
-    """Rollups added up: counts and sums add, sketches merge (ValueError if one is malformed)."""
+    """Rollups added up: counts and sums add, sketches merge (ValueError, TypeError, KeyError
+    or ArithmeticError if one is malformed)."""
     sketches = [r["sketch"] for r in rs if isinstance(r.get("sketch"), Mapping)]
     sketch = DurationSketch.from_dict(merge_sketches(sketches)) if sketches else None
+    lows = [_num(r.get("duration_min_ms"), math.inf) for r in rs]
+    highs = [_num(r.get("duration_max_ms"), -math.inf) for r in rs]
+    lo, hi = min(lows), max(highs)
+
+    def quantile(q: float) -> float | None:
+        if sketch is None:
+            return None
+        # A bucket's value is within 1% of its durations, so it may lie beyond the extremes
+        # the rollups recorded exactly: kept within them, as the rollup writer does.
+        return min(hi, max(lo, sketch.quantile(q))) if lo <= hi else sketch.quantile(q)
+
     return (
         _rollup_count(rs),
         sum(_int(r.get("errors")) for r in rs),
         sum(_num(r.get("duration_sum_ms")) for r in rs),
-        [sketch.quantile(q) if sketch else None for q in (0.5, 0.95, 0.99)],
+        [quantile(q) for q in (0.5, 0.95, 0.99)],
         max(_num(r.get("duration_max_ms")) for r in rs),
     )
 
@@ -517,6 +537,23 @@ class _Index:
                 unusable += 1
         return unusable
 
+    def evict(self, keep: int) -> None:
+        """Drop whole traces, the earliest started first, until at most ``keep`` spans are left
+        (a trace is kept or dropped whole, so no view of it lacks spans that were read)."""
+        excess = len(self.spans) - keep
+        if excess <= 0:
+            return
+        oldest = [(ext[0], tid) for tid, ext in self.extent.items()]
+        heapq.heapify(oldest)
+        while excess > 0 and oldest:
+            _, tid = heapq.heappop(oldest)
+            for span in self.by_trace.pop(tid, ()):
+                del self.spans[(tid, span["span_id"])]
+                excess -= 1
+            del self.extent[tid]
+        self._starts = None
+        self._sorted = []
+
     def window(self, since: int | None, until: int | None) -> list[Record]:
         """Spans starting in ``[since, until]``, by start time."""
         if self._starts is None:
@@ -536,9 +573,12 @@ class Archive:
             as one archive (e.g. each service's directory: their traces join up).
         prefixes: for a directory: folder per dataset when the exporter used other prefixes.
         datasets: for a directory: the datasets to read (default: traces, audit, performance).
-        max_spans: stop reading once this many spans are held (about 2 KB of memory each);
-            objects are then read newest first, so answers cover the most recent spans, and
-            ``read_stats["skipped_objects"]`` counts what was left unread. None: no bound.
+        max_spans: hold at most this many spans (about 2 KB of memory each). The ``traces``
+            objects are then read newest first; once the bound is reached, the older ones are
+            left unread (``read_stats["skipped_objects"]`` counts them) and a newer one found
+            by :meth:`refresh` is read with the oldest traces making room for it, so answers
+            cover the most recent spans. The other datasets (audit, rollups, logs) are always
+            read whole. None: no bound.
 
     ``Archive.from_records(records)`` analyses records already in memory, e.g. an
     ``InMemoryExporter``'s. Queries are safe to run from several threads.
@@ -583,6 +623,11 @@ class Archive:
         self._loaded: dict[str, str] = {}  # object key -> version read
         self._listed_since: int | None = -1  # -1: nothing listed yet; None: everything
         self._trees: dict[str, tuple[int, _Tree]] = {}
+        # With max_spans: whether the bound was reached, the (opened, key) order of the oldest
+        # traces object read (older ones are then skipped) and the keys of those skipped.
+        self._full = False
+        self._floor: tuple[int, str] | None = None
+        self._skipped: set[str] = set()
         #: What reading cost and found: objects read, bytes read, bad lines, unusable records.
         self.read_stats = {
             "objects": 0,
@@ -612,13 +657,27 @@ class Archive:
 
     # -- reading --------------------------------------------------------------------------------
     def _read(self, infos: list[ObjectInfo]) -> bool:
-        """Read the objects not read yet; True if a rewritten object made it start over."""
+        """Read the objects not read yet; True if a rewritten object made it start over.
+
+        With ``max_spans`` (``infos`` newest first), a ``traces`` object older than every one
+        read is skipped once the bound was reached; any other is read, and the oldest traces
+        then make room for its spans."""
         assert self._source is not None
+        bound = self._max_spans
         for info in infos:
             if self._loaded.get(info.key) == info.version:
                 continue
-            if self._max_spans is not None and len(self._index.spans) >= self._max_spans:
-                self.read_stats["skipped_objects"] += 1  # (read newest first: these are older)
+            order = (info.opened_ns or 0, info.key)
+            if (
+                bound is not None
+                and info.dataset == "traces"
+                and self._full
+                and self._floor is not None
+                and order < self._floor
+            ):
+                if info.key not in self._skipped:  # (listed again by each refresh: counted once)
+                    self._skipped.add(info.key)
+                    self.read_stats["skipped_objects"] = len(self._skipped)
                 continue
             if info.key in self._loaded:  # rewritten in place: rebuild from scratch to drop its old records
                 self._rebuild()
@@ -634,6 +693,12 @@ class Archive:
             self.read_stats["bad_lines"] += bad
             self.read_stats["unusable_records"] += self._index.add(records)
             self._loaded[info.key] = info.version
+            if bound is not None:
+                if info.dataset == "traces":
+                    self._floor = order if self._floor is None else min(self._floor, order)
+                if len(self._index.spans) >= bound:
+                    self._full = True
+                    self._index.evict(bound)
             self._trees.clear()
         return False
 
@@ -642,6 +707,9 @@ class Archive:
         self._index = _Index()
         self._loaded.clear()
         self._trees.clear()
+        self._full, self._floor = False, None
+        self._skipped.clear()
+        self.read_stats["skipped_objects"] = 0
         self._listed_since = -1
         self._ensure(None if since == -1 else since)
 
@@ -662,7 +730,7 @@ class Archive:
                 ):
                     continue
                 infos.append(info)
-        # With a span bound, newest first: what does not fit is the oldest.
+        # With a span bound, newest first: what does not fit is the oldest (see _read).
         infos.sort(key=lambda i: (i.opened_ns or 0, i.key), reverse=self._max_spans is not None)
         if not self._read(infos):
             self._listed_since = since
@@ -1037,8 +1105,8 @@ class Archive:
                     return {
                         k: _rollup_stats(rs) for k, rs in groups.items() if _rollup_count(rs) > 0
                     }, "rollups"
-                except (ValueError, TypeError, KeyError):
-                    pass  # a malformed rollup: the spans answer instead
+                except (ValueError, TypeError, KeyError, ArithmeticError):
+                    pass  # a malformed rollup (an index whose value overflows too): the spans answer
             groups = {}
             for sp in self._index.window(s_ns, u_ns):
                 if (service is None or sp["service"] == service) and (
@@ -1132,11 +1200,12 @@ class Archive:
                     continue
                 etype, emsg = _exception(s)
                 text = emsg or _text(s.get("status_message") or "")
-                if not text:  # a failed response without exception: its status tells errors apart
+                if text:
+                    message = _normalise_message(text)
+                else:  # a failed response without exception: its status tells errors apart
                     attrs = s.get("attributes")
                     code = attrs.get("http.response.status_code") if isinstance(attrs, Mapping) else None
-                    text = f"HTTP {code}" if code is not None else ""
-                message = _normalise_message(text) if not text.startswith("HTTP ") else text
+                    message = f"HTTP {code}"[:300] if code is not None else ""
                 svc, name = _text(s.get("service", "")), _text(s.get("name", ""))
                 fp = hashlib.blake2b(
                     "\x1f".join((svc, name, etype, message)).encode("utf-8", "replace"), digest_size=8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -49,7 +50,10 @@ def parse_time(value: object, now_ns: int | None = None) -> int:
         m = _DURATION.fullmatch(text)
         if m and m.group(2):  # (without a unit, digits are a Unix time, below)
             now = time.time_ns() if now_ns is None else now_ns
-            return max(0, now - int(float(m.group(1)) * _UNIT_NS[m.group(2)]))
+            ago = float(m.group(1)) * _UNIT_NS[m.group(2)]
+            if not ago < _MAX_NS:  # (infinite too: "999...9h" has more digits than a float holds)
+                raise ValueError(f"relative time out of range: {value!r}")
+            return max(0, now - int(ago))
         if text.isdigit():
             return parse_time(int(text))
         iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text  # fromisoformat: "Z" only from 3.11
@@ -77,4 +81,7 @@ def parse_duration_ms(text: str) -> float:
     m = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"not a duration: {text!r} (e.g. 250ms, 1.5s, 2m)")
-    return float(m.group(1)) * _UNIT_NS[m.group(2) or "ms"] / 10**6
+    ms = float(m.group(1)) * _UNIT_NS[m.group(2) or "ms"] / 10**6
+    if not math.isfinite(ms):
+        raise ValueError(f"duration out of range: {text!r}")
+    return ms

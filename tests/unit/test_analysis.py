@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -17,8 +18,10 @@ from hypothesis import strategies as st
 
 import pitchey_trace as pt
 from pitchey_trace.analysis import Archive, LocalSource, decode_object, parse_time
+from pitchey_trace.analysis._time import parse_duration_ms
 from pitchey_trace.exporters import InMemoryExporter, LocalArchiveExporter
 from pitchey_trace.records import app_log_record, audit_record
+from pitchey_trace.web import LogExportHandler
 
 MS = 1_000_000
 T0 = 1_796_000_000_000_000_000  # a fixed Unix time (ns) in 2026
@@ -991,3 +994,189 @@ def test_overview_counts_each_services_processes() -> None:
     services = {s["service"]: s for s in Archive.from_records(records).overview()["services"]}
     assert (services["api"]["spans"], services["api"]["instances"]) == (3, 2)
     assert services["worker"]["instances"] == 0
+
+
+# -- regressions -----------------------------------------------------------------------------------
+def _write_requests(root: Path, tag: str, n: int) -> list[str]:
+    """``n`` requests of 3 spans, each with an audit record and a log line, written by the
+    real LocalArchiveExporter (rollups too); their trace ids, oldest first."""
+    exporter = LocalArchiveExporter(root)
+    pt.configure(service="shop", environment="test", exporters=[exporter], sample_rate=1.0)
+    handler = LogExportHandler()
+    log = logging.getLogger(f"shop.{tag}")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    ids = []
+    try:
+        for i in range(n):
+            with pt.span(f"GET /{tag}", kind=pt.SpanKind.SERVER) as root_span:
+                with pt.span("SELECT orders", kind=pt.SpanKind.CLIENT):
+                    pass
+                with pt.span("render"):
+                    pass
+                log.warning("%s order %d", tag, i)
+                pt.emit_audit(f"GET /{tag}", f"/{tag}", "200", actor=f"user{i}")
+            ids.append(_hex(root_span))
+    finally:
+        log.removeHandler(handler)
+    pt.shutdown()
+    return ids
+
+
+def test_max_spans_bounds_the_traces_and_refresh_reads_newer_ones(tmp_path: Path) -> None:
+    old = _write_requests(tmp_path, "old", 3)
+    time.sleep(1.1)  # object names have whole seconds: these sort after the first ones
+    mid = _write_requests(tmp_path, "mid", 2)
+    bounded = Archive(tmp_path, max_spans=6)
+    assert {t["trace_id"] for t in bounded.search(limit=100)} == set(mid)
+    assert bounded.read_stats["skipped_objects"] == 1  # the older traces object
+    # The bound is on the spans: the other datasets are read whole.
+    assert len(bounded.audit(limit=100)) == 5
+    assert len(bounded.logs(limit=100)) == 5
+    assert {r["source"] for r in bounded.performance()} == {"rollups"}
+    bounded.refresh()  # nothing new: the skipped object is not counted again
+    assert bounded.read_stats["skipped_objects"] == 1
+    time.sleep(1.1)
+    new = _write_requests(tmp_path, "new", 1)
+    bounded.refresh()
+    found = bounded.search(limit=100)
+    # the newest trace is read; the oldest held one gives way to stay within the bound
+    assert [t["trace_id"] for t in found] == [new[0], mid[1]]
+    assert sum(t["span_count"] for t in found) <= 6
+    assert bounded.trace(new[0]) is not None
+    assert bounded.trace(mid[0]) is None
+    assert bounded.read_stats["skipped_objects"] == 1
+    assert len(bounded.audit(limit=100)) == 6
+    assert len(Archive(tmp_path).search(limit=100)) == len(old + mid + new)
+
+
+@pytest.mark.parametrize("digits", [309, 400, 5000])
+def test_a_huge_relative_time_is_a_value_error(digits: int) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_time("9" * digits + "h")
+    with pytest.raises(ValueError):
+        Archive.from_records([]).search(since="9" * digits + "ms")
+    with pytest.raises(ValueError):
+        parse_duration_ms("9" * digits)
+
+
+def _rollup(
+    minute: int, sketch: dict[str, Any], lo: float = 1.0, hi: float = 1.0, n: int = 3
+) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "type": "rollup",
+        "service": "svc",
+        "environment": "t",
+        "operation": "op",
+        "kind": "internal",
+        "minute_start_unix_nano": minute,
+        "interval_s": 60,
+        "count": n,
+        "errors": 0,
+        "duration_sum_ms": n * lo,
+        "duration_min_ms": lo,
+        "duration_max_ms": hi,
+        "p50_ms": lo,
+        "p95_ms": hi,
+        "p99_ms": hi,
+        "sketch": sketch,
+    }
+
+
+@pytest.mark.parametrize(
+    "sketch",
+    [
+        {"kind": "ddsketch", "relative_accuracy": 0.01, "zero_count": 0, "offset": 100000, "counts": [3]},
+        {
+            "kind": "ddsketch",
+            "relative_accuracy": 0.01,
+            "zero_count": 0,
+            "offset": 0,
+            "counts": [float("inf")],
+        },
+    ],
+)
+def test_a_rollup_sketch_out_of_range_falls_back_to_the_spans(sketch: dict[str, Any]) -> None:
+    minute = T0 // (60 * 10**9) * 60 * 10**9
+    spans = [
+        _rec(f"{i + 1:032x}", "1" * 16, None, minute + i, minute + i + 2 * MS, name="op") for i in range(4)
+    ]
+    a = Archive.from_records([*spans, _rollup(minute, sketch)])
+    [row] = a.performance()
+    assert (row["source"], row["count"]) == ("spans", 4)
+    assert a.series(operation="op")["source"] == "spans"
+    rows = a.compare(since=minute, until=minute + 60 * 10**9)
+    assert [(r["source"], r["count"]) for r in rows] == [("spans", 4)]
+
+
+def test_percentiles_merged_from_rollups_stay_within_min_and_max() -> None:
+    from pitchey_trace._sketch import DurationSketch
+
+    minute = 60 * 10**9
+    sketch = DurationSketch()
+    sketch.add(10.0, 50)
+    assert sketch.quantile(0.5) != 10.0  # a bucket's value, within 1% of the durations
+    records = [
+        _rollup(T0 // minute * minute + m * minute, sketch.to_dict(), 10.0, 10.0, 50) for m in range(2)
+    ]
+    a = Archive.from_records(records)
+    [row] = a.performance()
+    assert row["source"] == "rollups"
+    assert (row["p50_ms"], row["p95_ms"], row["p99_ms"], row["max_ms"]) == (10.0, 10.0, 10.0, 10.0)
+    for point in a.series(operation="op")["points"]:
+        assert (point["p50_ms"], point["p99_ms"]) == (10.0, 10.0)
+
+
+def _failed(i: int, message: str, etype: str = "TimeoutError", **kw: Any) -> dict[str, Any]:
+    events = [
+        {
+            "name": "exception",
+            "time_unix_nano": T0 + i,
+            "attributes": {"exception.type": etype, "exception.message": message},
+        }
+    ]
+    return _rec(
+        f"{i:032x}", f"{i:016x}", None, T0 + i, T0 + i + MS, name="call", status="error", events=events, **kw
+    )
+
+
+def test_error_groups_normalise_numbers_with_units_long_numbers_and_http_messages() -> None:
+    pairs = [
+        ("timed out after 3.5s", "timed out after 4.2s"),
+        ("took 250ms", "took 300ms"),
+        ("user 123456789012345 not found", "user 1234567890123456 not found"),
+        ("HTTP 502 from upstream for order 1", "HTTP 502 from upstream for order 2"),
+        ("<Pool object at 0x7f3a9c2b1d60> closed", "<Pool object at 0x7f3a9c2b5e80> closed"),
+    ]
+    records = [_failed(i + 1, m) for i, m in enumerate(m for pair in pairs for m in pair)]
+    records.append(_failed(20, "HTTP 503 from upstream for order 1"))
+    records.append(_failed(21, "job 4bf92f3577b34da6a3ce929d0e0e4736 failed"))
+    records.append(_failed(22, "job 4bf92f3577b34da6a3ce929d0e0e4737 failed"))
+    groups = {g["message"]: g["count"] for g in Archive.from_records(records).errors()}
+    assert groups == {
+        "timed out after <n>s": 2,
+        "took <n>ms": 2,
+        "user <n> not found": 2,
+        "HTTP 502 from upstream for order <n>": 2,
+        "HTTP 503 from upstream for order <n>": 1,  # another status: another group
+        "<Pool object at <hex>> closed": 2,
+        "job <hex> failed": 2,
+    }
+
+
+def test_error_groups_of_failed_responses_keep_their_status_apart() -> None:
+    records = [
+        _rec(
+            f"{i:032x}",
+            "1" * 16,
+            None,
+            T0 + i,
+            T0 + i + MS,
+            status="error",
+            attributes={"http.response.status_code": code},
+        )
+        for i, code in enumerate([401, 403, 401], start=1)
+    ]
+    groups = {g["message"]: g["count"] for g in Archive.from_records(records).errors()}
+    assert groups == {"HTTP 401": 2, "HTTP 403": 1}

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -172,6 +173,10 @@ def test_only_given_parameters_reach_the_engine_and_limit_is_capped(data: TraceD
         ("/api/overview?since=soon", "time"),
         ("/api/performance?until=later", "time"),
         ("/api/errors?limit=-3", "limit"),
+        ("/api/search?since=" + "9" * 309 + "h", "time"),
+        ("/api/performance?since=" + "9" * 400 + "m", "time"),
+        ("/api/compare?since=" + "9" * 309 + "d", "time"),
+        ("/api/logs?until=" + "9" * 5000 + "ms", "time"),
         ("/api/traces/not-a-trace-id", "trace id"),
         ("/api/traces/" + "g" * 32 + "/analysis", "trace id"),
     ],
@@ -488,3 +493,64 @@ def test_compare(app: Any, data: TraceData) -> None:
     select = next(r for r in rows if r["operation"] == "SELECT order_items")
     assert (select["count"], select["baseline_count"], select["p95_change"]) == (6, 0, None)
     assert "since is required" in get_json(app, "/api/compare", status=400)["error"]
+
+
+def test_a_malformed_rollup_sketch_is_answered_from_the_spans(data: TraceData) -> None:
+    rollups = [r for r in data.records if r.get("type") == "rollup"]
+    assert rollups
+    bad = {**rollups[0], "sketch": {**rollups[0]["sketch"], "offset": 100000}}  # gamma**100000 overflows
+    app = create_app(Archive.from_records([*data.records, bad]))
+    for url in ("/api/performance", "/api/series", f"/api/compare?since={data.start_ns}"):
+        answer = get_json(app, url)
+        rows = answer["points"] if url == "/api/series" else answer
+        assert rows, url
+        assert (answer if url == "/api/series" else rows[0])["source"] == "spans", url
+
+
+def _documented_limit_defaults() -> dict[str, int]:
+    """The default ``limit`` of each endpoint as docs/analysis.md states it."""
+    docs = (Path(__file__).parents[2] / "docs" / "analysis.md").read_text(encoding="utf-8")
+    text = " ".join(docs[docs.index("- `limit`:") :].split("\n- ")[0].split())
+    found: dict[str, int] = {}
+    for number, endpoints in re.findall(r"(\d+) for ((?:`/api/\w+`(?:,? and |, )?)+)", text):
+        for endpoint in re.findall(r"`(/api/\w+)`", endpoints):
+            found[endpoint] = int(number)
+    return found
+
+
+def test_default_limits_are_the_documented_ones(data: TraceData) -> None:
+    from pitchey_trace.records import app_log_record
+    from tests.support.analysis_data import audit
+
+    start = data.start_ns
+    records = [audit(start + i, "request", "200") for i in range(120)]
+    records += [
+        app_log_record(
+            time_unix_nano=start + i,
+            severity_number=9,
+            severity_text="INFO",
+            logger="shop",
+            body=f"line {i}",
+            service="shop-api",
+            environment="test",
+        )
+        for i in range(120)
+    ]
+    for i in range(120):  # 120 one-span traces, each failing its own way
+        tid, sid = f"{i + 1:032x}", f"{i + 1:016x}"
+        records.append(
+            {
+                "type": "span",
+                "trace_id": tid,
+                "span_id": sid,
+                "name": f"op{i}",
+                "start_time_unix_nano": start + i,
+                "end_time_unix_nano": start + i + 1000,
+                "status": "error",
+            }
+        )
+    app = create_app(Archive.from_records(records))
+    documented = _documented_limit_defaults()
+    assert set(documented) == {"/api/search", "/api/errors", "/api/audit", "/api/logs"}
+    for endpoint, limit in documented.items():
+        assert len(get_json(app, endpoint)) == limit, endpoint

@@ -23,7 +23,11 @@ def archived(tmp_path: Path) -> tuple[Path, TraceData]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    """The exit code as the shell sees it (argparse's usage errors included), stdout, stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -336,3 +340,105 @@ def test_serve_refuses_bad_tls_arguments_before_serving(
     code, _, err = run(capsys, "serve", "-a", root, "--tls-cert", str(garbage), "--tls-key", str(garbage))
     assert code == 2
     assert "--tls-cert/--tls-key:" in err
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Runs a command that must end in one usage error line (exit 2, no traceback); stderr."""
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(("pitchey-trace: error:", "pitchey-trace ")), err
+    return err
+
+
+@pytest.mark.parametrize("step", ["abc", "0", "0s", "500ms", "60", "1.5s", "nan", "9" * 400 + "s", "32d"])
+def test_perf_step_must_be_whole_seconds_from_1s(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], step: str
+) -> None:
+    err = usage_error(capsys, "perf", "-a", str(archived[0]), "--step", step)
+    assert "--step" in err
+
+
+def test_perf_step_in_seconds_minutes_hours(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for step, seconds in (("1s", 1), ("90s", 90), ("1.5m", 90), ("1h", 3600)):
+        out = json.loads(ok(capsys, "perf", "-a", str(archived[0]), "--step", step, "--json"))
+        assert out["step_s"] == seconds
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("search", "--since", "9" * 309 + "h"),
+        ("perf", "--last", "9" * 400 + "m"),
+        ("search", "--min-duration", "9" * 400),
+    ],
+)
+def test_a_huge_time_or_duration_is_one_line_and_exit_2(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    err = usage_error(capsys, argv[0], "-a", str(archived[0]), *argv[1:])
+    assert "out of range" in err.splitlines()[-1]
+
+
+def test_logs_and_audit_render_a_trace_id_that_is_not_text(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from pitchey_trace.records import app_log_record
+    from tests.support.analysis_data import audit
+
+    now = 1_796_000_000_000_000_000
+    line = app_log_record(
+        service="shop-api",
+        environment="test",
+        severity_number=13,
+        severity_text="WARNING",
+        logger="shop",
+        body="odd id",
+        time_unix_nano=now,
+    )
+    records = [
+        {**line, "trace_id": 12345},
+        {**line, "trace_id": ["ab" * 16], "time_unix_nano": now + 1},
+        {**audit(now), "trace_id": 67890},
+        {**audit(now + 1), "trace_id": {"id": "x" * 60}},
+    ]
+    exporter = LocalArchiveExporter(tmp_path / "odd")
+    assert exporter.export(records)
+    exporter.shutdown()
+    out = ok(capsys, "logs", "-a", str(tmp_path / "odd"))
+    assert "12345" in out
+    assert "['abab" in out
+    out = ok(capsys, "audit", "-a", str(tmp_path / "odd"))
+    assert "67890" in out
+    assert max(len(row) for row in out.splitlines()) < 200  # clipped
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-5", "http", "8080.5"])
+def test_serve_port_must_be_0_to_65535(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    err = usage_error(capsys, "serve", "-a", str(archived[0]), "--port", port)
+    assert "--port" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("perf", "--limit", "-1"),
+        ("perf", "--limit", "0"),
+        ("perf", "--compare", "--last", "1h", "--limit", "-3"),
+        ("perf", "--operation", "op", "--limit", "-3"),
+        ("deps", "--limit", "-1"),
+        ("search", "--limit", "-1"),
+        ("errors", "--limit", "0"),
+        ("audit", "--limit", "-1"),
+        ("logs", "--limit", "x"),
+    ],
+)
+def test_limit_must_be_a_positive_whole_number(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    err = usage_error(capsys, argv[0], "-a", str(archived[0]), *argv[1:])
+    assert "--limit" in err
