@@ -676,12 +676,27 @@ def _list_writer(headers: list[Any]) -> Writer:
     return write
 
 
+def _dict_writer(headers: dict[Any, Any]) -> Writer:
+    def write(name: str, value: str) -> None:
+        # Replace, never duplicate: a caller's "Traceparent" next to our "traceparent" would
+        # reach the receiver as two traceparents (ambiguous: a new trace).
+        key = name.lower()
+        stale = [
+            k for k in headers if k != name and isinstance(k, (str, bytes)) and _as_str(k).lower() == key
+        ]
+        for k in stale:
+            del headers[k]
+        headers[name] = value
+
+    return write
+
+
 def _writer(carrier: Any, setter: Callable[[Any, str, str], Any] | None) -> Writer | None:
     """A uniform ``write(name, value)`` over any supported carrier, or None."""
     if setter is not None:
         return lambda name, value: setter(carrier, name, value)
     if isinstance(carrier, dict):
-        return carrier.__setitem__
+        return _dict_writer(carrier)
     if isinstance(carrier, list):
         return _list_writer(carrier)
     if hasattr(carrier, "get_all") and hasattr(carrier, "__delitem__"):
@@ -985,6 +1000,18 @@ def get_propagators() -> list[Propagator]:
 _ts_memo: tuple[TraceState, str] = ((), "")
 
 
+_DEFAULT_HEADERS = frozenset((TRACEPARENT_HEADER, TRACESTATE_HEADER, BAGGAGE_HEADER))
+
+
+def _has_default_header(carrier: dict[Any, Any]) -> bool:
+    """Whether a key of ``carrier`` is a default header's name in any case: then the writer
+    that replaces keys case-insensitively is used (one pass in C over the usual few keys)."""
+    try:
+        return not _DEFAULT_HEADERS.isdisjoint(map(str.lower, carrier))
+    except TypeError:  # a key that is not a str (bytes...): the writer sorts it out
+        return True
+
+
 def inject(
     carrier: Any,
     context: ContextLike | None = None,
@@ -993,10 +1020,11 @@ def inject(
     """Write propagation headers for ``context`` (default: the current span) into ``carrier``.
 
     Default headers: ``traceparent``, ``tracestate`` (when non-empty) and ``baggage`` (when
-    non-empty). Carriers: dicts and other mutable mappings (set), lists of ``(name, value)``
-    pairs (ASGI: bytes; replaced, never duplicated), ``email.message.Message``, objects with
-    ``add_header``, or anything with ``setter(carrier, name, value)``. Does nothing when there
-    is no valid context or tracing is suppressed. Never raises.
+    non-empty). Carriers: dicts (a key of another case, ``Traceparent``, is replaced) and other
+    mutable mappings (set), lists of ``(name, value)`` pairs (ASGI: bytes; replaced, never
+    duplicated), ``email.message.Message``, objects with ``add_header``, or anything with
+    ``setter(carrier, name, value)``. Does nothing when there is no valid context or tracing
+    is suppressed. Never raises.
     """
     global _ts_memo
     try:
@@ -1012,7 +1040,12 @@ def inject(
         if not trace_id or not span_id:
             return
         custom = _custom
-        if custom is None and setter is None and carrier.__class__ is dict:
+        if (
+            custom is None
+            and setter is None
+            and carrier.__class__ is dict
+            and not (carrier and _has_default_header(carrier))
+        ):
             # int.to_bytes().hex() is about twice as fast as f"{trace_id:032x}".
             carrier[TRACEPARENT_HEADER] = (
                 f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}"

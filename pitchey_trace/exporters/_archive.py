@@ -39,7 +39,7 @@ from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, positive_int, str_map
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._http import RetryPolicy, warn_limited
+from pitchey_trace.exporters._http import RetryPolicy, checked_retry, warn_limited
 from pitchey_trace.exporters._spool import SpoolDir, new_key_name, safe_dataset
 from pitchey_trace.records import Record, dataset_of
 
@@ -184,7 +184,7 @@ class ArchiveExporter:
         self.spool_max_bytes = spool_max_bytes
         self.fsync_interval_s = float(fsync_interval_s)
         self.router = router
-        self.retry = retry or RetryPolicy()
+        self.retry = checked_retry(retry)
         self.spool_path = Path(spool_dir) if spool_dir is not None else None
         self._store = store
         self._shut = False

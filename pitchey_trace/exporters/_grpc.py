@@ -24,6 +24,7 @@ from pitchey_trace.exporters._http import (
     RetryPolicy,
     Try,
     checked_endpoint,
+    checked_retry,
     client_identity,
     read_ca_file,
     with_retries,
@@ -81,7 +82,7 @@ class GrpcSender:
         self.method = method
         self.timeout_s = timeout_s
         self.compress = compress
-        self.retry = retry or RetryPolicy()
+        self.retry = checked_retry(retry)
         self.metadata = tuple((k.lower(), v) for k, v in header_map(headers).items())
         self._channel: Any = None
         self._call: Any = None

@@ -14,6 +14,8 @@ import logging
 import os
 import random
 import re
+import select
+import socket
 import ssl
 import threading
 import time
@@ -38,6 +40,7 @@ __all__ = [
     "RetryPolicy",
     "Try",
     "checked_endpoint",
+    "checked_retry",
     "warn_limited",
     "with_retries",
 ]
@@ -109,6 +112,16 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (1 = first retry)."""
         base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, retry - 1))
         return base * (1.0 - self.jitter * random.random())
+
+
+def checked_retry(retry: object) -> RetryPolicy:
+    """An exporter's ``retry=``: a :class:`RetryPolicy`, or None for the default one (anything
+    else would fail every export later, with an AttributeError)."""
+    if retry is None:
+        return RetryPolicy()
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+    return retry
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -276,6 +289,30 @@ def with_retries(
             return HttpResult(False, t.status, t.data, attempt, t.error)
 
 
+# What sending on a connection the peer has closed raises before any answer is read
+# (http.client.RemoteDisconnected is a ConnectionResetError; TLS may report the EOF itself).
+_STALE_CONNECTION = (
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection is readable: the peer closed it (or sent what no
+    request asked for), so it must not be reused (urllib3's check before reusing one)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed already, or no file descriptor any more
+        return True
+
+
 class HttpSender:
     """POSTs bodies to one URL over a reused connection, with retries (one thread at a time).
 
@@ -320,7 +357,7 @@ class HttpSender:
         self.timeout_s = timeout_s
         self.compress = compress
         self.compresslevel = compresslevel
-        self.retry = retry or RetryPolicy()
+        self.retry = checked_retry(retry)
         self.headers = {"Content-Type": content_type, "User-Agent": "pitchey-trace"}
         if compress:
             self.headers["Content-Encoding"] = "gzip"
@@ -348,6 +385,9 @@ class HttpSender:
         if self._pid != os.getpid():
             self.reset()
         conn = self._conn
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            self.close()  # the collector closed it while idle: not worth a failed request
+            conn = None
         if conn is None:
             if self._https:
                 conn = http.client.HTTPSConnection(
@@ -360,9 +400,22 @@ class HttpSender:
 
     def _post_once(self, body: bytes) -> tuple[int, Mapping[str, str], bytes]:
         conn = self._connection()
+        reused = conn.sock is not None  # (a new connection connects on its first request)
         try:
-            conn.request("POST", self._path, body=body, headers=self.headers)
-            resp = conn.getresponse()
+            try:
+                conn.request("POST", self._path, body=body, headers=self.headers)
+                resp = conn.getresponse()
+            except _STALE_CONNECTION:
+                if not reused:
+                    raise
+                # The collector closed the kept-alive connection as the request went out, before
+                # answering (its idle timeout): no failure of the collector. Send again at once on
+                # a new connection, within this attempt, as urllib3 does; a new connection's
+                # failure is a failed attempt.
+                self.close()
+                conn = self._connection()
+                conn.request("POST", self._path, body=body, headers=self.headers)
+                resp = conn.getresponse()
             # Bounded: a collector answering with a huge (or endless) body must not grow this
             # process's memory. What is left unread makes the connection unusable: drop it.
             data = resp.read(_MAX_RESPONSE_BYTES)

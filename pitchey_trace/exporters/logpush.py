@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pitchey_trace._validate import finite, str_map, text
 from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
@@ -83,6 +84,22 @@ class S3Store:
         self._lock = threading.Lock()
         if self._factory is not None:
             self._client = None
+
+
+# What botocore accepts; anything else failed every upload (InvalidS3AddressingStyleError).
+_ADDRESSING_STYLES = ("auto", "virtual", "path")
+
+
+def _check_endpoint_url(url: str) -> None:
+    """An S3 endpoint must be ``http(s)://host[:port]``: botocore takes anything at first and
+    then fails every upload (``localhost:9000`` has no scheme)."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigurationError(f"endpoint_url must be http(s)://host[:port], got {url!r}")
 
 
 def default_spool_dir(name: str, identity: str) -> Path:
@@ -155,7 +172,14 @@ class LogpushExporter(ArchiveExporter):
         buckets = str_map("buckets", buckets)
         prefixes = str_map("prefixes", prefixes)
         if endpoint_url is not None:
-            text("endpoint_url", endpoint_url)
+            _check_endpoint_url(text("endpoint_url", endpoint_url))
+        if addressing_style is not None:
+            if not isinstance(addressing_style, str):
+                raise TypeError(f"addressing_style must be a str or None, got {addressing_style!r}")
+            if addressing_style not in _ADDRESSING_STYLES:
+                raise ConfigurationError(
+                    f"addressing_style must be path, virtual or auto (or None), got {addressing_style!r}"
+                )
         finite("connect_timeout_s", connect_timeout_s, 0.001, 3600.0)
         finite("read_timeout_s", read_timeout_s, 0.001, 3600.0)
         text("name", name)

@@ -93,14 +93,17 @@ class WSGITracingMiddleware:
         path = environ.get("PATH_INFO") or "/"
         if path.__class__ is not str:  # (a server always gives a str; a broken caller may not)
             path = text_path(path)
+        if not path.isascii():
+            path = _utf8_path(path)
         if path in options.excluded_exact or (
             options.excluded_prefixes and path.startswith(options.excluded_prefixes)
         ):
             token = CURRENT.set(SUPPRESSED)
             try:
-                return self.app(environ, start_response)
+                result = self.app(environ, start_response)
             finally:
                 CURRENT.reset(token)
+            return _untraced_body(result, environ)
         try:
             start_ns = time_ns()
             state, client = self._start(environ, path, start_ns)
@@ -178,6 +181,62 @@ def _finish(
             finish_request(state, options, state.route, start_ns, time_ns(), client, exc)
     except Exception as internal:
         _safety.report("web.wsgi.finish", internal)
+
+
+def _utf8_path(path: str) -> str:
+    """PEP 3333 gives the path's bytes decoded as latin-1; the client meant their UTF-8
+    decoding (what ASGI servers give): ``/caf%C3%A9`` is ``/café``. Bytes that are not UTF-8,
+    or a str that is not latin-1 (a server that decoded it already), are kept as given."""
+    try:
+        return path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return path
+
+
+def _untraced_body(result: Iterable[bytes], environ: dict[str, Any]) -> Iterable[bytes]:
+    """An excluded request's response: a generator runs while the server iterates it, after
+    the app returned, so it is wrapped to stay untraced. A list, or the server's file wrapper,
+    runs no code of the app: passed on as it is (the server keeps its length, or sendfile)."""
+    if result.__class__ is list or result.__class__ is tuple:
+        return result
+    wrapper = environ.get("wsgi.file_wrapper")
+    # (a plain class only: isinstance() then runs no code that could raise)
+    if type(wrapper) is type and isinstance(result, wrapper):
+        return result
+    return _UntracedBody(result)
+
+
+class _UntracedBody:
+    """The response iterable of an excluded path, iterated and closed with tracing
+    suppressed (as the app itself ran)."""
+
+    __slots__ = ("_it", "_result")
+
+    def __init__(self, result: Iterable[bytes]) -> None:
+        self._result = result
+        self._it: Iterator[bytes] | None = None
+
+    def __iter__(self) -> _UntracedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        token = CURRENT.set(SUPPRESSED)
+        try:
+            it = self._it
+            if it is None:
+                it = self._it = iter(self._result)
+            return next(it)
+        finally:
+            CURRENT.reset(token)
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            token = CURRENT.set(SUPPRESSED)
+            try:
+                close()
+            finally:
+                CURRENT.reset(token)
 
 
 def _reset(rtoken: Any, token: Any) -> None:

@@ -169,3 +169,80 @@ def test_in_memory_exporter_arguments() -> None:
     mem = pt.InMemoryExporter(max_records=2)
     assert mem.export([{"type": "span", "name": str(i)} for i in range(3)])
     assert [r["name"] for r in mem.records] == ["1", "2"]
+
+
+@pytest.mark.parametrize("retry", [{"max_attempts": 3}, "fast", 3, RetryPolicy])
+def test_retry_must_be_a_retry_policy(tmp_path: Path, retry: Any) -> None:
+    # Accepted before, then every export failed with AttributeError (an internal error).
+    from pitchey_trace.exporters import OTLPLogExporter, OTLPMetricsExporter, ZipkinExporter
+
+    makers: list[Any] = [
+        lambda: OTLPExporter(URL, retry=retry),
+        lambda: OTLPExporter("http://127.0.0.1:9", protocol="grpc", retry=retry),
+        lambda: HttpAnalyticsExporter(URL, retry=retry),
+        lambda: ZipkinExporter(URL, retry=retry),
+        lambda: OTLPLogExporter(URL, retry=retry),
+        lambda: OTLPMetricsExporter(URL, retry=retry),
+        lambda: LocalArchiveExporter(tmp_path, retry=retry),
+        lambda: LogpushExporter("bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1", retry=retry),
+    ]
+    for make in makers:
+        with pytest.raises(TypeError, match="retry must be a RetryPolicy or None"):
+            make()
+
+
+def test_retry_none_or_a_policy_is_accepted(tmp_path: Path) -> None:
+    policy = RetryPolicy(max_attempts=2)
+    assert OTLPExporter(URL, retry=policy)._sender.retry is policy
+    assert isinstance(OTLPExporter(URL, retry=None)._sender.retry, RetryPolicy)
+    assert OTLPExporter("http://127.0.0.1:9", protocol="grpc", retry=policy)._sender.retry is policy
+    archive = LocalArchiveExporter(tmp_path, retry=policy)
+    try:
+        assert archive.retry is policy
+    finally:
+        archive.shutdown(1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoint_url": "localhost:9000"},  # no scheme: boto3 failed every upload
+        {"endpoint_url": "ftp://storage.example"},
+        {"endpoint_url": "http://"},  # no host
+        {"endpoint_url": "https://host:99999"},
+        {"endpoint_url": "https://host:port"},
+        {"addressing_style": "pathstyle"},  # botocore: InvalidS3AddressingStyleError per upload
+        {"addressing_style": "Path"},
+        {"addressing_style": ""},
+    ],
+)
+def test_logpush_endpoint_and_addressing_style_are_checked(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(pt.ConfigurationError, match=next(iter(kwargs))):
+        LogpushExporter("bucket", region="us-east-1", spool_dir=tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())  # refused before anything was made
+
+
+@pytest.mark.parametrize("bad", [5, b"http://host"])
+def test_logpush_addressing_style_and_endpoint_types(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(TypeError, match="addressing_style"):
+        LogpushExporter("bucket", addressing_style=bad, spool_dir=tmp_path)
+    with pytest.raises(TypeError, match="endpoint_url"):
+        LogpushExporter("bucket", endpoint_url=bad, spool_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoint_url": "http://127.0.0.1:9000"},
+        {"endpoint_url": "https://acct.r2.cloudflarestorage.com", "addressing_style": "virtual"},
+        {"endpoint_url": "http://[::1]:9000/", "addressing_style": "path"},
+        {"addressing_style": "auto"},
+        {"addressing_style": None},
+    ],
+)
+def test_logpush_valid_endpoints_and_styles(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    exp = LogpushExporter("bucket", region="us-east-1", spool_dir=tmp_path, **kwargs)
+    try:
+        assert exp.endpoint_url == kwargs.get("endpoint_url")
+    finally:
+        exp.shutdown(1)

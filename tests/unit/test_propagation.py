@@ -416,6 +416,50 @@ def test_inject_asgi_list_replaces_existing() -> None:
     assert str_headers == [("Content-Type", "text/plain"), ("traceparent", TP[:-2] + "03")]
 
 
+def test_inject_dict_replaces_headers_in_any_case() -> None:
+    # A caller's "Traceparent" (or "TRACESTATE", "Baggage") was kept next to the lowercase one
+    # written: the receiver saw two different traceparents and started a new trace.
+    tp = TP[:-2] + "03"
+    headers: dict[str, str] = {
+        "Traceparent": "00-11111111111111111111111111111111-2222222222222222-01",
+        "TRACESTATE": "old=1",
+        "Baggage": "old=1",
+        "Accept": "*/*",
+    }
+    prop.inject(headers, _ctx((("rojo", "1"),), (("k", "v"),)))
+    assert headers == {"Accept": "*/*", "traceparent": tp, "tracestate": "rojo=1", "baggage": "k=v"}
+    ctx = prop.extract(headers)
+    assert ctx is not None
+    assert ctx.span_id == SID
+    # Only what is written replaces: without tracestate/baggage to send, the caller's stay.
+    headers = {"TraceParent": "old", "Tracestate": "old=1", b"traceparent": "old"}  # type: ignore[dict-item]
+    prop.inject(headers, _ctx())
+    assert headers == {"Tracestate": "old=1", "traceparent": tp}
+
+    # A dict subclass takes the generic path: the same rule.
+    class Headers(dict[str, str]):
+        pass
+
+    sub = Headers({"TRACEPARENT": "old", "Accept": "*/*"})
+    prop.inject(sub, _ctx())
+    assert sub == {"Accept": "*/*", "traceparent": tp}
+    # The common cases are unchanged: a fresh dict, other headers, an earlier inject.
+    plain = {"Accept": "*/*", "traceparent": "old"}
+    prop.inject(plain, _ctx())
+    assert plain == {"Accept": "*/*", "traceparent": tp}
+
+
+def test_client_span_replaces_a_traceparent_in_another_case() -> None:
+    from pitchey_trace.web import client_span
+
+    headers = {"TraceParent": "00-11111111111111111111111111111111-2222222222222222-01"}
+    with capture_spans() as exporter, pt.span("parent"), client_span("GET", "http://h/x", headers) as span:
+        pass
+    assert list(headers) == ["traceparent"]
+    assert headers["traceparent"] == prop.format_traceparent(span.context)
+    assert exporter.spans("GET")
+
+
 def test_inject_message_setter_and_add_header() -> None:
     msg = email.message.Message()
     msg["traceparent"] = "old"

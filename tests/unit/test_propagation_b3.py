@@ -205,3 +205,20 @@ def test_a_raising_custom_propagator_never_reaches_the_caller() -> None:
     assert prop.extract({"x": "1"}) is None
     assert pt.stats()["internal_errors.propagation.inject"] == 1
     assert pt.stats()["internal_errors.propagation.extract"] == 1
+
+
+def test_configured_propagators_replace_their_headers_in_any_case() -> None:
+    prop.set_propagators([prop.W3CPropagator(), prop.B3Propagator(single_header=False)])
+    headers = {"B3": "keep", "X-B3-TraceId": "old", "X-B3-SpanId": "old", "Traceparent": "old"}
+    prop.inject(headers, TraceContext(TID, SID, 1))
+    assert headers == {
+        "B3": "keep",  # not a header this configuration writes
+        "traceparent": TP,
+        "x-b3-traceid": "0af7651916cd43dd8448eb211c80319c",
+        "x-b3-spanid": "b7ad6b7169203331",
+        "x-b3-sampled": "1",
+    }
+    prop.set_propagators([prop.B3Propagator()])
+    single = {"B3": "old"}
+    prop.inject(single, TraceContext(TID, SID, 1))
+    assert single == {"b3": "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1"}

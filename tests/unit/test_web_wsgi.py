@@ -171,6 +171,101 @@ def test_set_route_from_a_plain_wsgi_app_and_excluded_paths() -> None:
     assert "X-Trace-Id" not in sr.headers
 
 
+def test_an_excluded_paths_streamed_body_is_not_traced() -> None:
+    # The body is iterated (and closed) after the app returned: spans its generator opened were
+    # traced, each the root of a new trace, for a path meant to be untraced.
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            with pt.span("db.in-body"):
+                pass
+            yield b"ok"
+
+        def close(self) -> None:
+            with pt.span("db.in-close"):
+                pass
+            closed.append(CURRENT.get() is not None)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        with pt.span("db.in-handler"):
+            pass
+        start_response("200 OK", [])
+        return Body()
+
+    with capture_spans() as exporter:
+        mw = WSGITracingMiddleware(app)
+        result = mw(environ("/health"), StartResponse())
+        assert CURRENT.get() is None  # (restored between the server's calls)
+        assert list(result) == [b"ok"]
+        assert CURRENT.get() is None
+        result.close()  # type: ignore[attr-defined]
+        assert CURRENT.get() is None
+        assert closed == [True]  # close() ran, tracing suppressed
+        with pt.span("after"):
+            pass
+    assert [s["name"] for s in exporter.spans()] == ["after"]
+
+
+def test_an_excluded_paths_list_or_file_wrapper_is_passed_on_as_it_is() -> None:
+    # Nothing runs while a list or a server's file wrapper is sent: returned unchanged, the
+    # server still sees its length (Content-Length) or its file (sendfile).
+    class FileWrapper:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.data
+
+    body = [b"o", b"k"]
+    wrapped = FileWrapper(b"file")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return body if environ["PATH_INFO"] == "/health" else environ["wsgi.file_wrapper"](b"file")
+
+    mw = WSGITracingMiddleware(app, excluded_paths=["/health", "/static/*"])
+    assert mw(environ("/health"), StartResponse()) is body
+    result = mw(environ("/static/x", **{"wsgi.file_wrapper": FileWrapper}), StartResponse())  # type: ignore[arg-type]
+    assert isinstance(result, FileWrapper)
+    assert list(result) == list(wrapped)
+
+
+@pytest.mark.parametrize(
+    ("path_info", "expected"),
+    [
+        ("/caf\u00c3\u00a9", "/caf\u00e9"),  # PEP 3333: the UTF-8 bytes of /café, as latin-1
+        ("/\u00e2\u0082\u00ac/x", "/\u20ac/x"),  # "/€/x"
+        ("/caf\u00e9", "/caf\u00e9"),  # not UTF-8 (a latin-1 byte): kept as the server gave it
+        ("/\u20ac", "/\u20ac"),  # not latin-1 (a server that decoded already): kept
+        ("/plain", "/plain"),
+    ],
+)
+def test_non_ascii_paths_are_decoded_as_utf8(path_info: str, expected: str) -> None:
+    with capture_spans() as exporter:
+        list(WSGITracingMiddleware(hello_app)(environ(path_info), StartResponse()))
+    [span] = exporter.spans()
+    assert span["attributes"]["url.path"] == expected
+    assert span["name"] == "GET"
+
+
+def test_non_ascii_excluded_paths_match() -> None:
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = WSGITracingMiddleware(app, excluded_paths=["/gesundheit/\u00e4", "/\u00e4pfel/*"])
+    with capture_spans() as exporter:
+        for path in ("/gesundheit/\u00c3\u00a4", "/\u00c3\u00a4pfel/1", "/traced"):
+            list(mw(environ(path), StartResponse()))
+    assert [s["attributes"]["url.path"] for s in exporter.spans()] == ["/traced"]
+    # the app's environ: as the server gave it
+    assert seen == ["/gesundheit/\u00c3\u00a4", "/\u00c3\u00a4pfel/1", "/traced"]
+
+
 @pytest.mark.allow_internal_errors
 def test_sdk_errors_never_reach_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:

@@ -40,18 +40,27 @@ class Recorded:
 
 @dataclass
 class Reply:
-    """A scripted answer: ``status``/``headers``/``body``, or ``hang`` seconds (bounded) first."""
+    """A scripted answer: ``status``/``headers``/``body``, or ``hang`` seconds (bounded) first;
+    ``drop``: read the request, then close the connection without answering."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"{}"
     hang: float = 0.0
+    drop: bool = False
 
 
 class RecordingServer:
-    """Threaded HTTP server recording requests; answers ``script`` replies in order, then 200."""
+    """Threaded HTTP server recording requests; answers ``script`` replies in order, then 200.
+    With ``idle_timeout_s`` it closes a keep-alive connection idle that long, as collectors and
+    load balancers do."""
 
-    def __init__(self, tls: tuple[str, str] | None = None, client_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> None:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.tls = tls  # (certificate file, key file): serve https
@@ -62,6 +71,7 @@ class RecordingServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = idle_timeout_s
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -78,6 +88,9 @@ class RecordingServer:
                     )
                     outer._cond.notify_all()
                 try:
+                    if reply.drop:
+                        self.close_connection = True
+                        return
                     if reply.hang:
                         outer.release.wait(reply.hang)
                     self.send_response(reply.status)

@@ -324,3 +324,94 @@ def test_a_huge_answer_is_read_only_up_to_a_bound(http_server: RecordingServer) 
     assert second.body == b"{}"
     assert len(http_server.requests) == 2
     exp.shutdown()
+
+
+# -- keep-alive connections the collector closed --------------------------------------------------
+ONE_TRY = RetryPolicy(max_attempts=1)
+
+
+@pytest.mark.parametrize("kind", ["otlp", "analytics"])
+def test_a_connection_the_collector_closed_while_idle_is_not_a_failure(kind: str) -> None:
+    # Collectors and load balancers close keep-alive connections idle for a while (here 0.2 s).
+    # Sending on such a connection failed an attempt (BrokenPipeError): a backoff and a warning
+    # each time, and with a single attempt the batch was dropped, the collector being healthy.
+    server = RecordingServer(idle_timeout_s=0.2)
+    exp: Any = (
+        OTLPExporter(server.url, retry=ONE_TRY, protocol="http/json")
+        if kind == "otlp"
+        else HttpAnalyticsExporter(server.url, retry=ONE_TRY)
+    )
+    counter = "otlp" if kind == "otlp" else "http_analytics"
+    try:
+        for i in range(3):
+            if i:
+                time.sleep(0.5)  # idle longer than the collector keeps the connection
+            assert exp.export([span_rec(i)]) is True
+        assert len(server.requests) == 3
+        assert _stats.get(f"{counter}.requests") == 3
+        assert _stats.get(f"{counter}.failed") == 0
+        assert _stats.get(f"{counter}.retried") == 0
+        # Once the collector closed it, the connection is seen closed before use: no request is
+        # written into it (the sender's next connection is a new, unconnected one).
+        deadline = time.monotonic() + 10
+        while exp._sender._connection().sock is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exp._sender._connection().sock is None
+    finally:
+        exp.shutdown()
+        server.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_reused_connection_closed_as_the_request_arrives_is_sent_again_at_once(
+    tmp_path: Any, tls: bool
+) -> None:
+    # The race an idle check cannot see: the collector closes the connection just as the next
+    # request arrives, before answering. Sent again on a new connection, not counted as an attempt.
+    from tests.integration.exporters.servers import self_signed_certificate
+
+    cert_key = self_signed_certificate(tmp_path) if tls else None
+    server = RecordingServer(tls=cert_key)
+    server.reply(Reply(), Reply(drop=True))
+    exp = OTLPExporter(
+        server.url,
+        retry=ONE_TRY,
+        protocol="http/json",
+        certificate_file=cert_key[0] if cert_key else None,
+    )
+    try:
+        assert exp.export([span_rec(1)]) is True
+        started = time.monotonic()
+        result = exp._sender.send(b"{}")
+        assert result.ok
+        assert result.attempts == 1
+        assert time.monotonic() - started < 5  # at once, no backoff
+        assert len(server.requests) == 3  # the first batch, the dropped request, its resend
+        assert server.requests[1].body == server.requests[2].body == b"{}"
+        assert _stats.get("otlp.retried") == 0
+    finally:
+        exp.shutdown()
+        server.close()
+
+
+def test_a_new_connection_that_fails_is_still_a_failed_attempt(http_server: RecordingServer) -> None:
+    # Only a reused connection is tried again at once, and only once: the new connection's
+    # failure is a failed attempt, retried per the policy.
+    http_server.reply(Reply(), Reply(drop=True), Reply(drop=True), Reply())
+    exp = OTLPExporter(
+        http_server.url, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01), protocol="http/json"
+    )
+    assert exp.export([span_rec(1)]) is True
+    result = exp._sender.send(b"{}")
+    assert result.ok
+    assert result.attempts == 2
+    assert len(http_server.requests) == 4
+    assert _stats.get("otlp.retried") == 1
+    # A first request on a new connection that the collector drops: the batch's single try.
+    http_server.reply(Reply(drop=True))
+    fresh = OTLPExporter(http_server.url, retry=ONE_TRY, protocol="http/json")
+    assert fresh.export([span_rec(2)]) is False
+    assert len(http_server.requests) == 5
+    assert _stats.get("otlp.failed") == 1
+    exp.shutdown()
+    fresh.shutdown()

@@ -314,3 +314,23 @@ def test_requests_over_instrumented_urllib3_is_one_span(echo_url: str, urllib3_t
         received = requests.get(f"{echo_url}/echo", timeout=10).json()["traceparent"]
     [client] = [s for s in mem.spans() if s["kind"] == "client"]
     assert received.startswith(f"00-{client['trace_id']}-{client['span_id']}-")
+
+
+STALE = "00-11111111111111111111111111111111-2222222222222222-01"
+
+
+def test_a_callers_traceparent_in_another_case_is_replaced(echo_url: str, urllib3_traced: None) -> None:
+    """A caller's ``Traceparent`` (a stale one, copied from an inbound request) was sent next to
+    ours: the server saw two (werkzeug joins them with a comma) and started a new trace."""
+    caller_headers = {"Traceparent": STALE, "X-Tenant": "t-1"}
+    with capture_spans() as mem, pt.span("job"):
+        by_urllib3 = urllib3.PoolManager().request("GET", f"{echo_url}/a", headers=caller_headers).json()
+        headers = {"TRACEPARENT": STALE}
+        with client_span("GET", f"{echo_url}/b", headers):
+            req = urllib.request.Request(f"{echo_url}/b", headers=headers)  # noqa: S310
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310  (http to 127.0.0.1)
+                by_helper = json.loads(resp.read())
+    assert caller_headers == {"Traceparent": STALE, "X-Tenant": "t-1"}  # the caller's map: untouched
+    pool_span, helper_span = [s for s in mem.spans() if s["kind"] == "client"]
+    assert by_urllib3["traceparent"][:-2] == f"00-{pool_span['trace_id']}-{pool_span['span_id']}-"
+    assert by_helper["traceparent"][:-2] == f"00-{helper_span['trace_id']}-{helper_span['span_id']}-"

@@ -232,3 +232,51 @@ def test_plain_wsgi_streaming_generator_and_close(serve_wsgi: Any, wait_for: Any
     assert span["duration_ms"] >= 200
     assert span["attributes"]["http.response.body.size"] == 30
     assert {c["parent_span_id"] for c in chunks} == {span["span_id"]}
+
+
+def test_an_excluded_paths_streaming_body_is_not_traced(serve_wsgi: Any, wait_for: Any) -> None:
+    # The server iterates the body after the app returned: spans opened by its generator were
+    # traced, each the root of a new trace, for a health check meant to be untraced.
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            with pt.span("db.in-body"):
+                pass
+            yield b"ok"
+
+        return body()
+
+    with capture_spans() as exporter:
+        url = serve_wsgi(WSGITracingMiddleware(app, excluded_paths=["/health", "/gesundheit/\u00e4"]))
+        assert httpx.get(f"{url}/health").text == "ok"
+        assert httpx.get(f"{url}/gesundheit/%C3%A4").text == "ok"  # a non-ASCII excluded path
+        assert httpx.get(f"{url}/traced").text == "ok"
+        span = wait_for(server_span(exporter))
+    assert span["attributes"]["url.path"] == "/traced"
+    [in_body] = exporter.spans("db.in-body")  # the traced request's only
+    assert in_body["parent_span_id"] == span["span_id"]
+    assert len(exporter.spans()) == 2
+
+
+def test_non_ascii_paths_are_recorded_as_sent(serve_wsgi: Any, wait_for: Any) -> None:
+    # PEP 3333 servers give the path's UTF-8 bytes decoded as latin-1: /caf%C3%A9 was recorded
+    # as "/cafÃ©". Flask's route (matched by Flask on the decoded path) names the span as before.
+    app = Flask("pitchey_wsgi_non_ascii")
+
+    @app.get("/caf\u00e9/<int:n>")
+    def cafe(n: int) -> str:
+        return "ok"
+
+    def plain(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [environ["PATH_INFO"].encode("latin-1")]  # the app's environ: unchanged
+
+    with capture_spans() as exporter:
+        flask_url = serve_wsgi(init_flask(app))
+        plain_url = serve_wsgi(WSGITracingMiddleware(plain))
+        assert httpx.get(f"{flask_url}/caf%C3%A9/3").text == "ok"
+        assert httpx.get(f"{plain_url}/%E2%82%AC/x").content == "/\u20ac/x".encode()
+        spans = wait_for(lambda: len(exporter.spans()) == 2 and exporter.spans())
+    by_name = {s["name"]: s["attributes"]["url.path"] for s in spans}
+    assert by_name == {"GET /caf\u00e9/<int:n>": "/caf\u00e9/3", "GET": "/\u20ac/x"}
