@@ -46,9 +46,12 @@ if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
         from pitchey_trace import _speedups
 
         _speedups.setup(Span, StatusCode.UNSET, NO_ITEMS)
-        # Span.__enter__, __exit__ and set_attribute become C methods with the same behaviour
-        # (they call the Python code for anything but the common case).
-        Span._py_end = Span.end  # type: ignore[attr-defined]  # the C end() falls back to it
+        # Span.__enter__, __exit__, set_attribute and end become C methods with the same
+        # behaviour (they call the Python code for anything but the common case: keywords, a
+        # re-entered span, odd arguments); the Python methods stay reachable for that.
+        Span._py_end = Span.end  # type: ignore[attr-defined]
+        Span._py_exit = Span.__exit__  # type: ignore[attr-defined]
+        Span._py_set_attribute = Span.set_attribute  # type: ignore[attr-defined]
         _speedups.install_methods(CURRENT, Limits, getrandbits, NonRecordingSpan)
     except ImportError:
         pass

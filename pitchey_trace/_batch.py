@@ -624,6 +624,26 @@ class Pipeline:
             targets = self._route_cache[dataset] = [w for w in self.workers if w.accepts(dataset)]
         return targets
 
+    @staticmethod
+    def _dataset_of(rec: Record) -> str | None:
+        """The dataset of a record a processor (or a custom sanitizer) may have changed: its
+        ``dataset`` or else by its ``type``; None, counted and warned about once, when either
+        is not a str (a mistake that must cost that record only, not the batch)."""
+        ds = rec.get("dataset")
+        kind = rec.get("type")
+        if isinstance(ds, str) and ds:
+            return ds
+        if (ds is None or isinstance(ds, str)) and (kind is None or isinstance(kind, str)):
+            return DATASET_OF_TYPE.get(kind, "traces") if kind is not None else "traces"
+        _stats.incr("dropped.processor_error")
+        _safety.warn_once(
+            "record_dataset",
+            "a record's dataset and type must be str, got %s and %s: record dropped",
+            type(ds),
+            type(kind),
+        )
+        return None
+
     def _deliver(self, records: list[Any], sanitized: bool = False) -> None:
         """Sanitize (unless already done), run processors, route to the exporters' queues."""
         sanitizer = None if sanitized else self.sanitizer
@@ -712,7 +732,14 @@ class Pipeline:
                     continue
                 rec = result
             if router is None:
-                ds = rec.get("dataset") or type_dataset.get(rec.get("type"), "traces")
+                ds = rec.get("dataset")
+                kind = rec.get("type")
+                if ds is None and kind.__class__ is str:  # the SDK's records
+                    ds = type_dataset.get(kind, "traces")
+                else:
+                    ds = self._dataset_of(rec)
+                    if ds is None:
+                        continue
                 for w in self._targets(ds):
                     routed[id(w)].append(rec)
                 continue

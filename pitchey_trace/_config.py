@@ -335,7 +335,12 @@ def configure(
         ConfigurationError (a ValueError) or TypeError for invalid arguments.
     """
     if disabled is None:
-        disabled = bool(_env_bool("PITCHEY_TRACE_DISABLED") or _env_bool("OTEL_SDK_DISABLED"))
+        # PITCHEY_TRACE_DISABLED=false wins over OTEL_SDK_DISABLED=true, as every PITCHEY_TRACE_*
+        # variable over its OpenTelemetry counterpart.
+        env_disabled = _env_bool("PITCHEY_TRACE_DISABLED")
+        disabled = bool(_env_bool("OTEL_SDK_DISABLED") if env_disabled is None else env_disabled)
+    elif not isinstance(disabled, int) or disabled not in (0, 1):  # (bools, and the 0/1 some code passes)
+        raise TypeError(f"disabled must be True, False or None, got {disabled!r}")
     env_resource = _resource_from_env()
     # (service and environment have their own record fields: not repeated as extra attributes)
     env_service = env_resource.pop("service.name", None)

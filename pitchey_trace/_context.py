@@ -35,13 +35,15 @@ def wrap_context(fn: Callable[P, R]) -> Callable[P, R]:
     """Return ``fn`` bound to a copy of the current context.
 
     Use it to hand work to a thread (``threading.Thread(target=pt.wrap_context(work))``) so
-    spans started there become children of the span that is current here.
+    spans started there become children of the span that is current here. Each call runs in
+    its own copy of that context, so the wrapper may run in several threads at once or call
+    itself (one Context cannot be entered twice).
     """
     ctx = contextvars.copy_context()
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        return ctx.run(fn, *args, **kwargs)
+        return ctx.copy().run(fn, *args, **kwargs)
 
     return run
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from time import time_ns
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,21 @@ Baggage = tuple[tuple[str, str], ...]
 _SCALAR = frozenset((str, int, float, bool))
 #: Types accepted without further checks on the hot path (floats go the slow way: NaN/inf).
 _FAST = frozenset((str, int, bool))
+#: Start and end times are ns since the epoch below this (OTLP's fixed64; 0 is "not ended").
+TIME_LIMIT = 1 << 64
+
+
+def invalid_time(what: str, value: object) -> int:
+    """The current time, for a start or end time that is not an int in 0 < t < 2**64 (counted
+    and warned about once: a zero end time would leave the span open, one outside 64 bits
+    fails the exporters)."""
+    _safety.warn_once(
+        f"{what}_invalid",
+        "%s_ns must be an int of nanoseconds since the epoch (0 < t < 2**64), got %s: now used",
+        what,
+        value if value.__class__ is int else type(value),
+    )
+    return time_ns()
 
 
 class Limits:
@@ -99,6 +114,8 @@ class TraceContext:
         baggage: Baggage = (),
         is_remote: bool = True,
     ) -> None:
+        if trace_id.__class__ is not int or span_id.__class__ is not int or trace_flags.__class__ is not int:
+            trace_id, span_id, trace_flags = _int_fields(trace_id, span_id, trace_flags)
         if not (0 < trace_id < 1 << 128) or not (0 < span_id < 1 << 64):
             raise ValueError("trace_id must be a non-zero 128-bit int and span_id a non-zero 64-bit int")
         if not 0 <= trace_flags <= 0xFF:
@@ -107,7 +124,7 @@ class TraceContext:
         setattr_(self, "trace_id", trace_id)
         setattr_(self, "span_id", span_id)
         setattr_(self, "trace_flags", trace_flags)
-        setattr_(self, "trace_state", tuple(trace_state))
+        setattr_(self, "trace_state", _checked_trace_state(trace_state) if trace_state else ())
         setattr_(self, "baggage", tuple(baggage))
         setattr_(self, "is_remote", is_remote)
 
@@ -165,15 +182,89 @@ class TraceContext:
 
     def with_baggage(self, baggage: Baggage) -> TraceContext:
         """A copy with other baggage entries."""
-        return TraceContext(
-            self.trace_id, self.span_id, self.trace_flags, self.trace_state, baggage, self.is_remote
-        )
+        return _context_of(self, tuple(baggage), self.is_remote)
 
     def with_trace_state(self, trace_state: TraceState) -> TraceContext:
         """A copy with another tracestate."""
         return TraceContext(
             self.trace_id, self.span_id, self.trace_flags, trace_state, self.baggage, self.is_remote
         )
+
+
+def _context_of(source: TraceContext | _SpanBase, baggage: Baggage, is_remote: bool) -> TraceContext:
+    """A TraceContext of ``source``'s ids, flags and tracestate, which were checked when it was
+    made: filled in without checking them again (a span's ``context`` is read per request)."""
+    ctx: TraceContext = object.__new__(TraceContext)
+    setattr_ = object.__setattr__
+    setattr_(ctx, "trace_id", source.trace_id)
+    setattr_(ctx, "span_id", source.span_id)
+    setattr_(ctx, "trace_flags", source.trace_flags)
+    setattr_(ctx, "trace_state", source.trace_state)
+    setattr_(ctx, "baggage", baggage)
+    setattr_(ctx, "is_remote", is_remote)
+    return ctx
+
+
+def _int_fields(*values: object) -> tuple[int, ...]:
+    """TraceContext's ids and flags as plain ints; a TypeError for anything else (a float id
+    would be dropped with its whole trace at export)."""
+    out: list[int] = []
+    for name, value in zip(("trace_id", "span_id", "trace_flags"), values, strict=True):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"TraceContext {name} must be an int, got {type(value).__name__}")
+        out.append(int(value))
+    return tuple(out)
+
+
+def _checked_trace_state(state: object) -> TraceState:
+    """The members of a tracestate given to TraceContext that follow the W3C grammar (the
+    first of a repeated key, at most 32); the others are dropped, counted and warned about
+    once, as inject() would send them as they are."""
+    if isinstance(state, (str, bytes)) or not isinstance(state, Iterable):
+        raise TypeError(
+            f"trace_state must be a sequence of (key, value) pairs, got {type(state).__name__} "
+            "(propagation.parse_tracestate() parses a header)"
+        )
+    from pitchey_trace.propagation import MAX_TRACESTATE_MEMBERS, _valid_ts_key, _valid_ts_value
+
+    members: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    dropped = 0
+    for member in state:
+        if (
+            isinstance(member, (tuple, list))
+            and len(member) == 2
+            and isinstance(member[0], str)
+            and isinstance(member[1], str)
+            and _valid_ts_key(member[0])
+            and _valid_ts_value(member[1])
+            and member[0] not in seen
+            and len(members) < MAX_TRACESTATE_MEMBERS
+        ):
+            seen.add(member[0])
+            members.append((str(member[0]), str(member[1])))
+        else:
+            dropped += 1
+    if dropped:
+        _safety.warn_once(
+            "tracestate_invalid", "TraceContext: %d invalid or repeated tracestate member(s) dropped", dropped
+        )
+    return tuple(members)
+
+
+def _linkable(context: object) -> bool:
+    """True when ``context`` has int ids in range (what a link exports)."""
+    try:
+        trace_id = context.trace_id  # type: ignore[attr-defined]
+        span_id = context.span_id  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return (
+        trace_id.__class__ is int
+        and span_id.__class__ is int
+        and 0 < trace_id < 1 << 128
+        and 0 < span_id < 1 << 64
+    )
 
 
 class Link:
@@ -186,10 +277,24 @@ class Link:
         self.attributes = dict(attributes) if attributes else {}
 
 
+class _Entries(list[Any]):
+    """The context tokens of a span entered again before its block exited (``with s: with s:``,
+    ``with pt.current_span():``), innermost last, so each exit restores what its own ``with``
+    found; and the exception an inner exit recorded, not to record it twice. Only made on
+    re-entry: the common single ``with`` keeps one token in the span's ``_token``."""
+
+    __slots__ = ("recorded",)
+
+    def __init__(self, tokens: Iterable[Any]) -> None:
+        super().__init__(tokens)
+        self.recorded: BaseException | None = None
+
+
 class _SpanBase:
     """Methods shared by recorded and non-recording spans: context-manager and context access."""
 
     __slots__ = ()
+    _token: Any
     trace_id: int
     span_id: int
     trace_flags: int
@@ -200,9 +305,7 @@ class _SpanBase:
     @property
     def context(self) -> TraceContext:
         """This span's :class:`TraceContext` (what a child or an outgoing request inherits)."""
-        return TraceContext(
-            self.trace_id, self.span_id, self.trace_flags, self.trace_state, self.baggage, self.is_remote
-        )
+        return _context_of(self, self.baggage, self.is_remote)
 
     @property
     def trace_id_hex(self) -> str:
@@ -218,6 +321,36 @@ class _SpanBase:
     def sampled(self) -> bool:
         """True when this span's trace is head-sampled."""
         return bool(self.trace_flags & FLAG_SAMPLED)
+
+    def _reenter(self, token: Any) -> None:
+        """__enter__ of a span already entered (rare): keep both tokens."""
+        held = self._token
+        if held.__class__ is _Entries:
+            held.append(token)
+        else:
+            self._token = _Entries((held, token))
+
+    def _reset_entry(self, entries: _Entries) -> None:
+        """Undo one entry of a span entered several times: the newest token made in this
+        context (the same span may be entered by several tasks or threads at once)."""
+        for i in range(len(entries) - 1, -1, -1):
+            try:
+                CURRENT.reset(entries[i])
+            except ValueError:  # made in another context
+                continue
+            del entries[i]
+            break
+        else:
+            entries.pop()
+            self._reset_failed()
+        if not entries:
+            self._token = None
+
+    def _reset_failed(self) -> None:
+        # Exited in another context (e.g. a generator resumed elsewhere): do not leave this
+        # span current there.
+        if CURRENT.get() is self:
+            CURRENT.set(None)
 
 
 class NonRecordingSpan(_SpanBase):
@@ -258,7 +391,10 @@ class NonRecordingSpan(_SpanBase):
         self._token: Any = None
 
     def __enter__(self) -> NonRecordingSpan:
-        self._token = CURRENT.set(self)
+        if self._token is None:
+            self._token = CURRENT.set(self)
+        else:
+            self._reenter(CURRENT.set(self))
         return self
 
     def __exit__(
@@ -271,6 +407,9 @@ class NonRecordingSpan(_SpanBase):
                 CURRENT.reset(token)
             except ValueError:
                 CURRENT.set(None)
+            except TypeError:  # not a Token but _Entries: entered several times (no cost here)
+                self._token = token
+                self._reset_entry(token)
 
     def __repr__(self) -> str:
         return f"NonRecordingSpan(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
@@ -491,31 +630,49 @@ class Span(_SpanBase):
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Span:
-        self._token = CURRENT.set(self)
+        if self._token is None:
+            self._token = CURRENT.set(self)
+        else:
+            self._reenter(CURRENT.set(self))
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if ev is not None:
-            self._on_exception(ev)
         token = self._token
+        if ev is not None:
+            if token.__class__ is _Entries:
+                self._exit_entry(token, ev)
+                return
+            self._on_exception(ev)
         if token is not None:
             self._token = None
             try:
                 CURRENT.reset(token)
             except ValueError:
                 self._reset_failed()
+            except TypeError:  # not a Token but _Entries: entered several times (no cost here)
+                self._token = token
+                self._exit_entry(token, None)
+                return
         if not self.end_ns:
             self.end_ns = time_ns()
             self._pipe.enqueue(self)
 
+    def _exit_entry(self, entries: _Entries, ev: BaseException | None) -> None:
+        """__exit__ of a span entered several times: restore what this ``with`` found; the
+        last one to exit ends the span. An exception leaving several blocks is recorded once."""
+        if ev is not None and ev is not entries.recorded:
+            entries.recorded = ev
+            self._on_exception(ev)
+        self._reset_entry(entries)
+        if not entries and not self.end_ns:
+            self.end_ns = time_ns()
+            self._pipe.enqueue(self)
+
     def _reset_failed(self) -> None:
-        # Exited in another context (e.g. a generator resumed elsewhere): do not leave this
-        # span current there.
         _safety.warn_once("context_reset", "span %r exited in a different context", self.name)
-        if CURRENT.get() is self:
-            CURRENT.set(None)
+        super()._reset_failed()
 
     def __repr__(self) -> str:
         return (
@@ -599,19 +756,20 @@ class Span(_SpanBase):
         elif len(events) >= Limits.max_events:
             _stats.incr("dropped.event_limit")
             return
-        events.append(
-            (
-                span_name(name),
-                timestamp_ns if timestamp_ns.__class__ is int else time_ns(),
-                clean_attributes(attributes) if attributes else None,
-            )
-        )
+        if timestamp_ns is None:
+            timestamp_ns = time_ns()
+        elif timestamp_ns.__class__ is not int or not 0 < timestamp_ns < TIME_LIMIT:
+            timestamp_ns = invalid_time("timestamp", timestamp_ns)
+        events.append((span_name(name), timestamp_ns, clean_attributes(attributes) if attributes else None))
 
     def add_link(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
-        """Link this span to another span's context (e.g. the message that triggered it)."""
+        """Link this span to another span's context (e.g. the message that triggered it).
+
+        A context without int ids in range is ignored and counted (``dropped.link_invalid``).
+        """
         if self._ended("add_link"):
             return
-        if not getattr(context, "trace_id", 0) or not getattr(context, "span_id", 0):
+        if not _linkable(context):
             _stats.incr("dropped.link_invalid")
             return
         links = self.links
@@ -671,11 +829,20 @@ class Span(_SpanBase):
             self.name = span_name(name)
 
     def end(self, end_time_ns: int | None = None) -> None:
-        """End the span (once; later calls warn and are ignored) and hand it to the pipeline."""
+        """End the span (once; later calls warn and are ignored) and hand it to the pipeline.
+
+        ``end_time_ns``: ns since the epoch; one that is not an int in 0 < t < 2**64 is
+        replaced by now (counted as ``misuse.end_time_invalid``).
+        """
         if self.end_ns:
             _safety.warn_once("end_twice", "span %r ended twice: ignored", self.name)
             return
-        self.end_ns = end_time_ns if end_time_ns.__class__ is int else time_ns()
+        if end_time_ns is None:
+            self.end_ns = time_ns()
+        elif end_time_ns.__class__ is int and 0 < end_time_ns < TIME_LIMIT:
+            self.end_ns = end_time_ns
+        else:  # (0 would leave the span open: end_ns is also the "ended" flag)
+            self.end_ns = invalid_time("end_time", end_time_ns)
         self._pipe.enqueue(self)
 
     @property

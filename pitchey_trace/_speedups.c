@@ -146,7 +146,36 @@ make_span(PyObject *const *fields)
 static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
 static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
 static PyObject *s_hot, *s_enqueue, *s_drop,
-    *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow;
+    *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow, *s_reenter;
+/* The Python methods, kept by _accel.py: each C method calls its own for anything unusual
+ * (keywords, a re-entered span, an odd argument), with the same arguments. */
+static PyObject *s_py_end, *s_py_exit, *s_py_set_attribute;
+
+/* self.<name>(*args, **kwargs): the same call on the Python method `name`. */
+static PyObject *
+call_python(PyObject *name, PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **call = total < 8 ? small : PyMem_Malloc(sizeof(PyObject *) * (size_t)(total + 1));
+    if (call == NULL)
+        return PyErr_NoMemory();
+    call[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        call[i + 1] = args[i];
+    PyObject *r = PyObject_VectorcallMethod(name, call, (size_t)nargs + 1, kwnames);
+    if (call != small)
+        PyMem_Free(call);
+    return r;
+}
+
+/* A start or end time the Span keeps as it is: an int in 0 < t < 2**64 (Python replaces any
+ * other by now, and counts it). */
+static int
+valid_time(PyObject *t)
+{
+    return PyLong_CheckExact(t) && _PyLong_Sign(t) > 0 && _PyLong_NumBits(t) <= 64;
+}
 
 static PyObject *
 now_ns(void)
@@ -175,10 +204,21 @@ slots_set(PyObject *self, int a, int b, int c)
 static PyObject *
 span_enter(PyObject *self, PyObject *unused)
 {
+    if (!slots_set(self, F_TOKEN, -1, -1))
+        return NULL;
     PyObject *token = PyContextVar_Set(current_var, self);
     if (token == NULL)
         return NULL;
-    Py_XSETREF(SLOT(self, F_TOKEN), token);
+    if (SLOT(self, F_TOKEN) == Py_None) {
+        Py_SETREF(SLOT(self, F_TOKEN), token);
+        return Py_NewRef(self);
+    }
+    /* entered again before its block exited: Python keeps both tokens (Span._reenter) */
+    PyObject *r = PyObject_CallMethodOneArg(self, s_reenter, token);
+    Py_DECREF(token);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
     return Py_NewRef(self);
 }
 
@@ -251,15 +291,15 @@ enqueue(PyObject *self)
 }
 
 static PyObject *
-span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
-        return NULL;
-    }
+    if (nargs != 3 || kwnames != NULL)
+        return call_python(s_py_exit, self, args, nargs, kwnames);
     PyObject *r;
     if (!slots_set(self, F_TOKEN, F_END, F_PIPE))
         return NULL;
+    if (SLOT(self, F_TOKEN) != Py_None && !PyContextToken_CheckExact(SLOT(self, F_TOKEN)))
+        return call_python(s_py_exit, self, args, nargs, NULL); /* a re-entered span's tokens */
     if (args[1] != Py_None) {
         r = PyObject_CallMethodOneArg(self, s_on_exception, args[1]);
         if (r == NULL)
@@ -296,12 +336,10 @@ span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set_attribute() takes a key and a value");
-        return NULL;
-    }
+    if (nargs != 2 || kwnames != NULL)
+        return call_python(s_py_set_attribute, self, args, nargs, kwnames);
     PyObject *key = args[0], *value = args[1];
     if (!slots_set(self, F_ATTRS, F_END, -1))
         return NULL;
@@ -337,8 +375,6 @@ span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyObject_VectorcallMethod(s_set_attribute_slow, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
-static PyObject *s_py_end = NULL;
-
 static PyObject *
 span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -348,18 +384,9 @@ span_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     int ended = PyObject_IsTrue(SLOT(self, F_END));
     if (ended < 0)
         return NULL;
-    if (ended || kwnames != NULL || nargs > 1 || (when != Py_None && !PyLong_CheckExact(when))) {
-        /* ended twice (warning), keywords or an odd argument: the Python method, same call */
-        Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
-        if (total > 4) {
-            PyErr_SetString(PyExc_TypeError, "end() takes at most one argument");
-            return NULL;
-        }
-        PyObject *call[5] = {self};
-        for (Py_ssize_t i = 0; i < total; i++)
-            call[i + 1] = args[i];
-        return PyObject_VectorcallMethod(s_py_end, call, nargs + 1, kwnames);
-    }
+    /* ended twice (warning), keywords or an odd or invalid time (counted): the Python method */
+    if (ended || kwnames != NULL || nargs > 1 || (when != Py_None && !valid_time(when)))
+        return call_python(s_py_end, self, args, nargs, kwnames);
     PyObject *end = when == Py_None ? now_ns() : Py_NewRef(when);
     if (end == NULL)
         return NULL;
@@ -375,11 +402,11 @@ static PyMethodDef span_methods[] = {
      "ignored) and hand it to the pipeline (C accelerator)."},
     {"__enter__", span_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\nMake the span current (C accelerator)."},
-    {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL,
-     "__exit__($self, et, ev, tb, /)\n--\n\nRecord an escaping exception, restore the previous "
+    {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL | METH_KEYWORDS,
+     "__exit__($self, et, ev, tb)\n--\n\nRecord an escaping exception, restore the previous "
      "span, end this one (C accelerator)."},
-    {"set_attribute", (PyCFunction)(void (*)(void))span_set_attribute, METH_FASTCALL,
-     "set_attribute($self, key, value, /)\n--\n\nSet one attribute (str, bool, int, float or a "
+    {"set_attribute", (PyCFunction)(void (*)(void))span_set_attribute, METH_FASTCALL | METH_KEYWORDS,
+     "set_attribute($self, key, value)\n--\n\nSet one attribute (str, bool, int, float or a "
      "homogeneous sequence of them). Invalid keys or values are dropped and counted; beyond the "
      "attribute limit new keys are dropped and counted (C accelerator)."},
     {NULL, NULL, 0, NULL},
@@ -718,9 +745,11 @@ tracer_start_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         else
             simple = 0; /* anything else, even a keyword spelled by a non-interned string */
     }
-    /* links, and a name or kind of another type, are for the Python method (it checks them) */
+    /* links, a start time it replaces (and counts), and a name or kind of another type, are
+     * for the Python method (it checks them) */
     if (links != Py_None || name == NULL || !PyUnicode_CheckExact(name) ||
-        (kind != default_kind && Py_TYPE(kind) != Py_TYPE(default_kind)))
+        (kind != default_kind && Py_TYPE(kind) != Py_TYPE(default_kind)) ||
+        (start_time != Py_None && !valid_time(start_time)))
         simple = 0;
     if (simple) {
         PyObject *state = PyObject_GetAttr(self, s_fast_state);
@@ -2645,6 +2674,7 @@ PyInit__speedups(void)
         {&s_hot, "_hot"}, {&s_enqueue, "enqueue"}, {&s_drop, "drop"},
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
+        {&s_reenter, "_reenter"}, {&s_py_exit, "_py_exit"}, {&s_py_set_attribute, "_py_set_attribute"},
         {&s_py_end, "_py_end"}, {&s_fast_state, "_fast_state"},
         {&s_py_start_span, "_py_start_span"}, {&s_attributes, "attributes"}, {&s_kind, "kind"},
         {&s_context, "context"}, {&s_links, "links"}, {&s_start_time_ns, "start_time_ns"},

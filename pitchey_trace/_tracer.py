@@ -22,6 +22,7 @@ from pitchey_trace._span import (
     _FAST,
     INVALID_SPAN,
     SUPPRESSED,
+    TIME_LIMIT,
     AnySpan,
     Limits,
     Link,
@@ -33,6 +34,7 @@ from pitchey_trace._span import (
     TrustedAttributes,
     _safe_str,
     clean_attributes,
+    invalid_time,
     span_name,
 )
 from pitchey_trace.records import audit_record
@@ -227,7 +229,12 @@ class Tracer:
                                 break
         else:
             attrs = {}
-        start_ns = start_time_ns if start_time_ns.__class__ is int else time_ns()
+        if start_time_ns is None:
+            start_ns = time_ns()
+        elif start_time_ns.__class__ is int and 0 < start_time_ns < TIME_LIMIT:
+            start_ns = start_time_ns
+        else:
+            start_ns = invalid_time("start_time", start_time_ns)
         # Span.__init__ inlined (one Python call less); keep in sync with _speedups.c make_span().
         span = _new_span(Span)
         span.name = name

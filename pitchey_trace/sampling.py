@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from pitchey_trace._ids import FLAG_SAMPLED
+from pitchey_trace._validate import finite
 from pitchey_trace.exceptions import ConfigurationError
 
 __all__ = [
@@ -250,15 +253,14 @@ class RateLimited:
     """At most ``max_per_second`` sampled traces per second (token bucket), after ``inner``."""
 
     def __init__(self, max_per_second: float, inner: Sampler = ALWAYS_ON) -> None:
-        if not isinstance(max_per_second, (int, float)) or max_per_second < 0:
-            raise ConfigurationError(f"max_per_second must be >= 0, got {max_per_second!r}")
-        self.max_per_second = float(max_per_second)
-        self.inner = inner
+        self.max_per_second: float = finite("max_per_second", max_per_second, 0.0, 1e12)  # type: ignore[assignment]
+        self.inner: Sampler = _check_sampler("RateLimited inner", inner)
         # At least one whole token fits, so rates below 1/s still sample now and then.
         self._capacity = max(1.0, self.max_per_second) if self.max_per_second > 0 else 0.0
         self._tokens = self._capacity
         self._last = time.monotonic()
         self._lock = threading.Lock()
+        _rate_limiters.add(self)
 
     def should_sample(
         self, parent: Any, trace_id: int, name: str, kind: Any, attributes: Mapping[str, Any] | None
@@ -277,6 +279,20 @@ class RateLimited:
 
     def __repr__(self) -> str:
         return f"RateLimited({self.max_per_second}, inner={self.inner!r})"
+
+
+# A child forked while another thread held a limiter's lock would wait for it forever (its
+# holder does not exist there): each limiter gets a new lock in the child.
+_rate_limiters: weakref.WeakSet[RateLimited] = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    for limiter in list(_rate_limiters):
+        limiter._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def bind_service(sampler: Sampler, service: str) -> None:

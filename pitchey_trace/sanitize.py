@@ -576,8 +576,9 @@ _FRAGMENTS: dict[str, str] = {
     "ip6": (r"(?<![0-9A-Fa-f:.])(?P<ip6>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:])"),
     # Cards, SSNs, phones and IPv4 share one alternative: a run of digits and separators
     # (at least 7 units), classified in Python. One run per number, so a candidate that fails
-    # (an order number failing Luhn) can never hide a real one next to it.
-    "num": r"(?<![A-Za-z0-9.])(?P<num>[+(]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
+    # (an order number failing Luhn) can never hide a real one next to it. Not inside a decimal
+    # number (after "3."), but after any other "." ("No.4111...").
+    "num": r"(?<![A-Za-z0-9])(?<![0-9]\.)(?P<num>[+(]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
 }
 # Kept verbatim: hashes we produced (their hex digits must not be re-detected).
 _KEEP = r"(?P<keep>hash:[0-9a-f]{8,64}(?![0-9A-Za-z]))"
@@ -924,7 +925,8 @@ class _Engine:
         n = len(digits)
         start = spans[i][0]
         card = self.card
-        if card is not None and size >= 4 and _card_prefix(d):
+        # (the fraction of a decimal number, digit "." digits, is no card: 0.4111111111111111)
+        if card is not None and size >= 4 and _card_prefix(d) and (i == 0 or seps[i - 1] != "."):
             if 13 <= size <= 19:
                 if _luhn(d):
                     return i, start, card.mode.render(d, card.marker, self._card_partial)

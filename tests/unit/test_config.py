@@ -178,6 +178,26 @@ def test_explicit_disabled_argument_wins(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not pt.is_configured()
 
 
+def test_pitchey_disabled_false_wins_over_otel_sdk_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PITCHEY_TRACE_DISABLED", "false")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    pt.configure(exporters=[])
+    assert pt.is_configured()
+    pt.shutdown()
+    monkeypatch.delenv("PITCHEY_TRACE_DISABLED")
+    pt.configure(exporters=[])
+    assert not pt.is_configured()
+
+
+@pytest.mark.parametrize("value", ["no", "false", 2, 1.0, []])
+def test_disabled_must_be_a_bool(value: object) -> None:
+    with pytest.raises(TypeError, match="disabled"):
+        pt.configure(exporters=[], disabled=value)  # type: ignore[arg-type]
+    assert not pt.is_configured()
+    pt.configure(exporters=[], disabled=0)  # the 0/1 some code passes for bools
+    assert pt.is_configured()
+
+
 def test_disabling_flushes_the_previous_pipeline() -> None:
     mem = InMemoryExporter()
     pt.configure(exporters=[mem])

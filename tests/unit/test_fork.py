@@ -57,3 +57,38 @@ def test_fork_child_exports_its_own_spans_and_parent_queue_is_intact(tmp_path: P
     assert sorted(parent) == ["parent_after"] + ["parent_before"] * 100
     child_resource = json.loads((tmp_path / f"{pid}.ndjson").read_text().splitlines()[0])["resource"]
     assert child_resource["process.pid"] == pid
+
+
+def test_fork_while_another_thread_holds_the_rate_limiter_lock() -> None:
+    import signal
+    import threading
+
+    sampler = pt.RateLimited(100)
+    pt.configure(service="forky", exporters=[], sampler=sampler, rollups=None)
+    held, release = threading.Event(), threading.Event()
+
+    def request_thread() -> None:  # inside should_sample() at the moment of the fork
+        with sampler._lock:
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=request_thread)
+    t.start()
+    held.wait()
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: the lock's holder does not exist here
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (not pytest-timeout's handler)
+            signal.alarm(5)  # a hang ends the child by SIGALRM instead of the test run
+            code = 1
+            try:
+                with pt.span("in child"):
+                    pass
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -327,6 +327,17 @@ def test_rate_limited_zero_never_samples_and_invalid_limits_raise() -> None:
         pt.RateLimited("10")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), True, None])
+def test_rate_limited_refuses_a_rate_that_is_not_a_finite_number(rate: object) -> None:
+    with pytest.raises(pt.ConfigurationError):
+        pt.RateLimited(rate)  # type: ignore[arg-type]
+
+
+def test_rate_limited_refuses_an_inner_that_is_not_a_sampler() -> None:
+    with pytest.raises(TypeError, match="RateLimited inner"):
+        pt.RateLimited(10, inner=5)  # type: ignore[arg-type]
+
+
 # -- OpenTelemetry names ------------------------------------------------------------------------
 def test_sampler_from_name_for_every_opentelemetry_name() -> None:
     assert sampler_from_name("always_on") is ALWAYS_ON
