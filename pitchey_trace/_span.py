@@ -534,11 +534,126 @@ def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeVal
     return out
 
 
+_MAX_STACKTRACE = 8192
+_MAX_FRAME = 1024  # (a frame showing one huge line of source)
+_MIN_MESSAGE = 256
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
 def _format_tb(exc: BaseException) -> str:
+    """The standard traceback text, at most 8192 characters: the innermost 32 frames of each
+    exception (where it was raised matters most). Longer, the messages are cut first (a long
+    message must not push the frames out), then the middle frames of each exception: its
+    outermost and innermost frames stay."""
     try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=32))[-8192:]
+        te = traceback.TracebackException(type(exc), exc, exc.__traceback__, limit=-32, compact=True)
+        text = "".join(te.format())
+        return text if len(text) <= _MAX_STACKTRACE else _fit_tb(te)
     except Exception:
         return f"{type(exc).__qualname__}: <traceback unavailable>"
+
+
+def _fit_tb(te: traceback.TracebackException) -> str:
+    # Per exception, outermost first: (chain line + "Traceback" line, frames, message lines).
+    chain: list[tuple[str, traceback.TracebackException]] = []
+    current: traceback.TracebackException | None = te
+    while current is not None:  # as TracebackException.format walks it (cycles already cut)
+        if current.__cause__ is not None:
+            chain.append((_CAUSE, current))
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            chain.append((_CONTEXT, current))
+            current = current.__context__
+        else:
+            chain.append(("", current))
+            current = None
+    sections: list[tuple[str, list[str], str]] = []
+    for link, current in reversed(chain):  # (the link line comes before the later exception)
+        if getattr(current, "exceptions", None) is not None:  # a group: whole, cut as a message
+            sections.append((link, [], "".join(current.format(chain=False))))
+        else:
+            head = link + ("Traceback (most recent call last):\n" if current.stack else "")
+            frames: list[str] = []
+            for frame in current.stack.format():
+                if frames and frame.startswith("  [Previous line repeated"):
+                    frames[-1] += frame  # (kept or dropped with the frame it repeats)
+                else:
+                    frames.append(_cut(frame, _MAX_FRAME))
+            sections.append((head, frames, "".join(current.format_exception_only())))
+    heads = sum(len(head) for head, _, _ in sections)
+    dropped = 0
+    while len(sections) > 1 and heads + _MIN_MESSAGE * len(sections) > _MAX_STACKTRACE * 3 // 4:
+        heads -= len(sections.pop(0)[0])  # (a long chain: its oldest exceptions go)
+        dropped += 1
+    if dropped:
+        head, frames, message = sections[0]
+        sections[0] = (f"[{dropped} earlier exceptions omitted]\n{head}", frames, message)
+        heads += len(sections[0][0]) - len(head)
+    room = _MAX_STACKTRACE - heads
+    frame_sizes = [sum(map(len, frames)) for _, frames, _ in sections]
+    floor = min(_MIN_MESSAGE * len(sections), room // 2)
+    allowed = _share([len(m) for _, _, m in sections], max(room - sum(frame_sizes), floor))
+    messages = [_cut(message, size) for (_, _, message), size in zip(sections, allowed, strict=True)]
+    budgets = _share(frame_sizes, room - sum(map(len, messages)))
+    parts: list[str] = []
+    for (head, frames, _), message, budget in zip(sections, messages, budgets, strict=True):
+        parts.append(head)
+        parts.extend(_keep_frames(frames, budget))
+        parts.append(message)
+    text = "".join(parts)
+    if len(text) > _MAX_STACKTRACE:  # (hundreds of chained exceptions) the start, and the end
+        marker = "\n[\u2026]\n"
+        start = _MAX_STACKTRACE // 4
+        text = text[:start] + marker + text[len(text) - (_MAX_STACKTRACE - start - len(marker)) :]
+    return text
+
+
+def _cut(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: max(size - 2, 0)] + "\u2026\n"
+
+
+def _share(sizes: list[int], budget: int) -> list[int]:
+    """``budget`` split among ``sizes``: the small ones whole, the rest an equal share each."""
+    shares = [0] * len(sizes)
+    left = max(budget, 0)
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    for done, i in enumerate(order):
+        shares[i] = min(sizes[i], left // (len(order) - done))
+        left -= shares[i]
+    return shares
+
+
+def _keep_frames(frames: list[str], budget: int) -> list[str]:
+    """The frames that fit in ``budget``: the innermost (where it failed), the outermost, then
+    inwards from the innermost; the others make one "frames omitted" line."""
+    if sum(map(len, frames)) <= budget:
+        return frames
+    room = budget - 32  # (the omission line)
+    keep: set[int] = set()
+    for i in (len(frames) - 1, 0, *range(len(frames) - 2, 0, -1)):
+        if len(frames[i]) <= room:
+            keep.add(i)
+            room -= len(frames[i])
+        elif i:  # (too big an outermost frame is only skipped)
+            break
+    kept: list[str] = []
+    omitted = 0
+    for i, frame in enumerate(frames):
+        if i not in keep:
+            omitted += 1
+            continue
+        if omitted:
+            kept.append(_omitted(omitted))
+            omitted = 0
+        kept.append(frame)
+    if omitted:
+        kept.append(_omitted(omitted))
+    return kept
+
+
+def _omitted(count: int) -> str:
+    return f"  [{count} frame{'s' if count > 1 else ''} omitted]\n"
 
 
 def _safe_str(value: object) -> str:
@@ -548,6 +663,8 @@ def _safe_str(value: object) -> str:
     try:
         return str(value)
     except Exception:
+        if isinstance(value, BaseException):  # (the text tracebacks show: "Error: <exception ...>")
+            return "<exception str() failed>"
         return f"<unprintable {type(value).__name__}>"
 
 

@@ -9,7 +9,9 @@ A command is a span named after it (``GET``, ``HSET``) with ``db.system.name=red
 (``SET ? ?``), because keys and values often carry personal data; ``capture_keys=True`` also
 records the key (the first argument) as ``db.redis.key``, which goes through the sanitizer like
 any attribute. A pipeline is one ``PIPELINE`` span (``MULTI`` for a transaction) with
-``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``). Errors (``WRONGTYPE``, connection
+``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``); in a transaction
+with ``WATCH`` (``r.transaction(fn, *keys)``), ``WATCH`` and the commands sent before ``multi()``
+are spans of their own. Errors (``WRONGTYPE``, connection
 failures) are recorded and re-raised unchanged. Nothing is recorded under
 :func:`pitchey_trace.suppress_tracing` or on the SDK's own threads.
 
@@ -157,6 +159,17 @@ def _start_command(client: Any, args: tuple[Any, ...], base: dict[str, Any] | No
         return None
 
 
+def _is_transaction(pipeline: Any) -> bool:
+    """Whether ``execute`` wraps the queue in MULTI/EXEC, as redis-py decides it."""
+    # redis.asyncio keeps the flag in is_transaction: its .transaction is Redis.transaction, a
+    # method (always truthy). Checked first: a pipeline class may derive from both kinds.
+    if isinstance(pipeline, _async_client.Pipeline):
+        flag = getattr(pipeline, "is_transaction", False)
+    else:
+        flag = getattr(pipeline, "transaction", False)
+    return flag is True or getattr(pipeline, "explicit_transaction", False) is True
+
+
 def _start_pipeline(pipeline: Any) -> AnySpan | None:
     if CURRENT.get() is SUPPRESSED:
         return None
@@ -164,7 +177,7 @@ def _start_pipeline(pipeline: Any) -> AnySpan | None:
         stack = pipeline.command_stack
         if not stack:
             return None
-        operation = "MULTI" if pipeline.transaction or pipeline.explicit_transaction else "PIPELINE"
+        operation = "MULTI" if _is_transaction(pipeline) else "PIPELINE"
         attrs = {**_base_attributes(pipeline), "db.operation.name": operation}
         attrs["db.operation.batch.size"] = len(stack)
         attrs["db.query.text"] = "; ".join(_text(tuple(args)) for args, _ in stack[:MAX_PIPELINE_TEXT])
@@ -348,6 +361,10 @@ def instrument_redis(*, capture_keys: bool = False) -> None:
         (_sync_client.Pipeline, "execute", _wrap_sync, _start_pipeline),
         (_async_client.Redis, "execute_command", _wrap_async, _start_command),
         (_async_client.Pipeline, "execute", _wrap_async, _start_pipeline),
+        # WATCH, and the commands sent after it until MULTI (r.transaction(fn, *keys)): sent
+        # at once, not queued, and not through Redis.execute_command (Pipeline overrides it)
+        (_sync_client.Pipeline, "immediate_execute_command", _wrap_sync, _start_command),
+        (_async_client.Pipeline, "immediate_execute_command", _wrap_async, _start_command),
         (_sync_client.PubSub, "execute_command", _wrap_sync, _start_command),
         (_async_client.PubSub, "execute_command", _wrap_async, _start_command),
         *_cluster_targets(),

@@ -44,7 +44,7 @@ from typing import Any
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import SUPPRESSED, Limits, _format_tb
+from pitchey_trace._span import SUPPRESSED, Limits, _format_tb, _safe_str
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.records import app_log_record
 from pitchey_trace.web._common import EXC_IDS_ATTR
@@ -164,12 +164,12 @@ def _text(value: str, limit: int) -> str:
 
 def _message(record: logging.LogRecord, limit: int) -> str:
     """The formatted message, cut at ``limit`` characters (a record whose arguments do not fit
-    its format: the template, counted)."""
+    its format: the template, counted; a message object whose ``str()`` fails: a placeholder)."""
     try:
         message = record.getMessage()
     except Exception:
         _stats.incr("misuse.log_format")
-        message = str(record.msg)
+        message = _safe_str(record.msg)
     return _text(message, limit)
 
 
@@ -197,7 +197,7 @@ def _add_log_event(record: logging.LogRecord) -> None:
         exc = _record_exception(record)
         if isinstance(exc, BaseException):
             attrs["exception.type"] = type(exc).__qualname__
-            attrs["exception.message"] = str(exc)[:MAX_LOG_MESSAGE]
+            attrs["exception.message"] = _safe_str(exc)[:MAX_LOG_MESSAGE]
         span.add_event("log", attrs, int(record.created * 1e9))
     except Exception as exc:
         _safety.report("logs.event", exc)
@@ -355,7 +355,7 @@ def _ship(
     try:
         if isinstance(exc, BaseException):
             attrs["exception.type"] = type(exc).__qualname__
-            attrs["exception.message"] = _text(str(exc), MAX_LOG_BODY)
+            attrs["exception.message"] = _text(_safe_str(exc), MAX_LOG_BODY)
             attrs["exception.stacktrace"] = _format_tb(exc)
         if len(attrs) > Limits.max_attributes:
             _stats.incr("dropped.attribute_limit", len(attrs) - Limits.max_attributes)
@@ -445,7 +445,7 @@ def export_event(
             exc = exc[1] if len(exc) > 1 else None
         attrs: dict[str, Any] = {}
         _add_extras(attrs, event_dict, sorted(k for k in event_dict if k not in _STRUCTLOG_KEYS))
-        message = _text(str(event_dict.get("event", "")), MAX_LOG_BODY)
+        message = _text(_safe_str(event_dict.get("event", "")), MAX_LOG_BODY)
     except Exception as internal:
         _safety.report("logs.export", internal)
         return event_dict

@@ -147,6 +147,94 @@ def test_asyncio_client_suppression_and_uninstrument(redis_port: int, traced: No
     assert {s["parent_span_id"] for s in mem.spans() if s["name"] != "job"} == {job["span_id"]}
 
 
+def test_asyncio_pipeline_without_transaction_is_a_pipeline(redis_port: int, traced: None) -> None:
+    # (redis.asyncio's Pipeline keeps the flag in is_transaction; .transaction is a method)
+    async def calls() -> None:
+        client = redis.asyncio.Redis(port=redis_port)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set("k", "v")
+                pipe.get("k")
+                assert await pipe.execute() == [True, b"v"]
+            async with client.pipeline() as pipe:
+                pipe.get("k")
+                await pipe.execute()
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.multi()  # type: ignore[no-untyped-call]  # an explicit transaction
+                pipe.set("k", "w")
+                await pipe.execute()
+        finally:
+            await client.aclose()
+
+    with capture_spans() as mem:
+        asyncio.run(calls())
+    assert [s["name"] for s in mem.spans()] == ["PIPELINE", "MULTI", "MULTI"]
+    assert mem.spans()[0]["attributes"]["db.operation.name"] == "PIPELINE"
+
+
+def test_watch_mode_commands_are_spans(redis_port: int, traced: None) -> None:
+    # WATCH and the reads before MULTI go through Pipeline.immediate_execute_command.
+    client = redis.Redis(port=redis_port)
+    client.set("balance", 10)
+
+    def withdraw(pipe: Any) -> None:
+        balance = int(pipe.get("balance"))
+        pipe.multi()
+        pipe.set("balance", balance - 1)
+
+    with capture_spans() as mem:
+        with pt.span("request"):
+            assert client.transaction(withdraw, "balance") == [True]
+            with client.pipeline() as pipe:
+                pipe.watch("balance")  # type: ignore[no-untyped-call]
+                assert pipe.get("balance") == b"9"
+                with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                    pipe.lpush("balance", "x")
+                pipe.multi()
+                pipe.incr("balance")
+                assert pipe.execute() == [10]
+    *commands, request = mem.spans()
+    assert [(s["name"], s["attributes"]["db.query.text"]) for s in commands] == [
+        ("WATCH", "WATCH ?"),
+        ("GET", "GET ?"),
+        ("MULTI", "SET ? ?"),
+        ("WATCH", "WATCH ?"),
+        ("GET", "GET ?"),
+        ("LPUSH", "LPUSH ? ?"),
+        ("MULTI", "INCRBY ? ?"),
+    ]
+    assert {s["parent_span_id"] for s in commands} == {request["span_id"]}
+    assert commands[0]["attributes"]["server.port"] == redis_port
+    assert commands[5]["status"] == "error"
+    assert commands[5]["attributes"]["error.type"] == "ResponseError"
+
+
+def test_asyncio_watch_mode_commands_are_spans(redis_port: int, traced: None) -> None:
+    async def calls() -> list[Any]:
+        client = redis.asyncio.Redis(port=redis_port)
+        await client.set("stock", 5)
+
+        async def take(pipe: Any) -> None:
+            stock = int(await pipe.get("stock"))
+            pipe.multi()
+            pipe.set("stock", stock - 1)
+
+        try:
+            with pt.span("job"):
+                return await client.transaction(take, "stock")  # type: ignore[no-any-return]
+        finally:
+            await client.aclose()
+
+    with capture_spans() as mem:
+        assert asyncio.run(calls()) == [True]
+        uninstrument_redis()
+        assert not hasattr(redis.client.Pipeline.immediate_execute_command, WRAPPED)
+        assert not hasattr(redis.asyncio.client.Pipeline.immediate_execute_command, WRAPPED)
+        redis.Redis(port=redis_port).transaction(lambda pipe: None, "stock")
+    assert [s["name"] for s in mem.spans()] == ["SET", "WATCH", "GET", "MULTI", "job"]
+    assert mem.spans("MULTI")[0]["attributes"]["db.query.text"] == "SET ? ?"
+
+
 def test_connection_failure_is_recorded(traced: None) -> None:
     client = redis.Redis(port=9, socket_connect_timeout=1)  # nothing listens on port 9
     with capture_spans() as mem:
@@ -361,7 +449,7 @@ from pitchey_trace import redis as traced_redis
 assert traced_redis._sync_cluster is None and traced_redis._async_cluster is None
 traced_redis.instrument_redis()
 assert hasattr(redis.client.Redis.execute_command, "__pitchey_trace_wrapped__")
-assert len(traced_redis._patched) == 6, traced_redis._patched
+assert len(traced_redis._patched) == 8, traced_redis._patched
 traced_redis.uninstrument_redis()
 assert not hasattr(redis.client.Redis.execute_command, "__pitchey_trace_wrapped__")
 print("ok")

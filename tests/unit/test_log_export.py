@@ -229,3 +229,48 @@ def test_structlog_events_shipped_by_the_processor() -> None:
     printed = [json.loads(line) for line in out.getvalue().splitlines()]
     assert printed[0]["customer"] == "ada@pitchey.example"  # what the program prints is its own
     assert [p["event"] for p in printed] == ["order refused", "lookup failed", "idle"]
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class UnprintableMessage:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_unprintable_exceptions_and_messages_are_shipped(shipped: InMemoryExporter) -> None:
+    # Logging itself prints such an exception ("Unprintable: <exception str() failed>").
+    log = app_logger("pitch.unprintable")
+    log.propagate = False  # (pytest's capture handler fails the test on a message it cannot format)
+    try:
+        with pt.span("job"):
+            try:
+                raise Unprintable
+            except Unprintable:
+                log.exception("charge failed")
+            log.warning(UnprintableMessage())
+    finally:
+        log.propagate = True
+    failed, odd = log_records(shipped)
+    assert failed["body"] == "charge failed"
+    attrs = failed["attributes"]
+    assert (attrs["exception.type"], attrs["exception.message"]) == (
+        "Unprintable",
+        "<exception str() failed>",
+    )
+    assert attrs["exception.stacktrace"].endswith("Unprintable: <exception str() failed>\n")
+    assert odd["body"] == "<unprintable UnprintableMessage>"
+    assert _stats.get("misuse.log_format") == 1
+
+
+def test_structlog_unprintable_event_and_exception_are_shipped() -> None:
+    exporter = InMemoryExporter()
+    pt.configure(service="pitch-api", exporters=[exporter])
+    event = {"event": UnprintableMessage(), "exc_info": Unprintable()}
+    assert export_event(None, "error", event) is event
+    [rec] = log_records(exporter)
+    assert rec["body"] == "<unprintable UnprintableMessage>"
+    assert rec["attributes"]["exception.message"] == "<exception str() failed>"

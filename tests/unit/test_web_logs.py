@@ -234,3 +234,38 @@ def test_a_program_without_logging_setup_still_prints_its_warnings() -> None:
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "disk almost full" in proc.stderr  # logging's last resort still prints it
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class _UnprintableMessage:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_unprintable_exceptions_and_messages_become_events() -> None:
+    from pitchey_trace.web import instrument_logging, uninstrument_logging
+
+    logger = logging.getLogger("pitch.unprintable")
+    logger.propagate = False  # (pytest's capture handler fails the test on a message it cannot format)
+    instrument_logging()
+    try:
+        with capture_spans() as mem, pt.span("job"):
+            try:
+                raise _Unprintable
+            except _Unprintable:
+                logger.exception("charge failed")
+            logger.warning(_UnprintableMessage())
+    finally:
+        uninstrument_logging()
+        logger.propagate = True
+    failed, odd = (e["attributes"] for e in mem.spans()[0]["events"])
+    assert (failed["log.message"], failed["exception.type"], failed["exception.message"]) == (
+        "charge failed",
+        "_Unprintable",
+        "<exception str() failed>",
+    )
+    assert odd["log.message"] == "<unprintable _UnprintableMessage>"
