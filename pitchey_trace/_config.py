@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -546,11 +547,70 @@ def stats() -> dict[str, int]:
     return _stats.snapshot()
 
 
+#: The budget of the flush at exit (docs/operations.md): a slow collector cannot hold it longer.
+_EXIT_TIMEOUT_S = 10.0
 _atexit_registered = False
+
+
+def _shutdown_at_exit() -> None:
+    shutdown(timeout=_EXIT_TIMEOUT_S)
 
 
 def _register_atexit() -> None:
     global _atexit_registered
     if not _atexit_registered:
         _atexit_registered = True
-        atexit.register(lambda: shutdown(timeout=10.0))
+        atexit.register(_shutdown_at_exit)
+    if "multiprocessing" in sys.modules:  # (never imported for an app that does not use it)
+        _register_multiprocessing_exit()
+
+
+class _Anchor:
+    """What multiprocessing's after-fork registry is keyed on (it holds it weakly)."""
+
+
+_mp_anchor: _Anchor | None = None
+
+
+def _register_multiprocessing_exit() -> None:
+    """multiprocessing's fork and forkserver children leave through ``os._exit()``, past
+    atexit: flush at their exit through multiprocessing's own finalizers instead. Its
+    ``Process._bootstrap`` clears the finalizers it inherited and then runs the after-fork
+    callbacks, so the callback (inherited by every child) is what makes the child's finalizer.
+    Once per process (a forked child inherits the registration and the flag together)."""
+    global _mp_anchor
+    if _mp_anchor is not None:
+        return
+    try:
+        import multiprocessing.util
+
+        anchor = _Anchor()
+        multiprocessing.util.register_after_fork(anchor, _in_multiprocessing_child)
+        _mp_anchor = anchor
+    except Exception as exc:
+        _safety.report("multiprocessing.register", exc)
+
+
+def _in_multiprocessing_child(_anchor: Any) -> None:
+    try:
+        import multiprocessing.util
+
+        # lowest priority: after the child's other finalizers and the join of its own children;
+        # runs when the child's target returns or raises (a Pool worker: when the pool is closed
+        # and joined; terminate() kills its workers by SIGTERM)
+        multiprocessing.util.Finalize(None, _shutdown_at_exit, exitpriority=-1000)
+    except Exception as exc:
+        _safety.report("multiprocessing.finalize", exc)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    # (a thread of the parent may have held it at fork time: the child's exit must not wait for it)
+    _lock = threading.Lock()
+    # multiprocessing imported after configure(): register before its child bootstraps
+    if _atexit_registered and "multiprocessing.util" in sys.modules:
+        _register_multiprocessing_exit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -37,6 +37,7 @@ import inspect
 import re
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote
 
@@ -522,8 +523,14 @@ class _CallDetails(
     pass
 
 
-def _client_start(details: Any, address: dict[str, Any]) -> tuple[AnySpan, list[tuple[str, Any]]] | None:
-    """The call's span and its metadata with our propagation entries (None: untraced)."""
+_Injected = tuple[tuple[str, str], ...]
+
+
+def _client_start(
+    details: Any, address: dict[str, Any]
+) -> tuple[AnySpan, list[tuple[str, Any]], _Injected] | None:
+    """The call's span, its metadata with our propagation entries, and those entries (None:
+    untraced)."""
     if CURRENT.get() is SUPPRESSED:
         return None
     span: AnySpan | None = None
@@ -533,8 +540,9 @@ def _client_start(details: Any, address: dict[str, Any]) -> tuple[AnySpan, list[
         carrier: dict[str, str] = {}
         inject(carrier, span)
         metadata = [pair for pair in (details.metadata or ()) if pair[0] not in carrier]
-        metadata.extend(carrier.items())
-        return span, metadata
+        injected = tuple(carrier.items())
+        metadata.extend(injected)
+        return span, metadata, injected
     except Exception as exc:
         _safety.report("grpc.client.start", exc)
         if span is not None:
@@ -559,6 +567,23 @@ def _client_failed(span: AnySpan, exc: BaseException) -> None:
         _finish(span, code or (_UNKNOWN if isinstance(exc, Exception) else _CANCELLED), None, True)
 
 
+# The entries our client interceptor added to the call it is passing on (set while its
+# continuation runs; gRPC calls the interceptors inside synchronously): another of ours further
+# in, on the same call, passes it through instead of making a second span.
+_IN_CALL: ContextVar[_Injected | None] = ContextVar("pitchey_trace_grpc_call", default=None)
+
+
+def _same_call(details: Any, injected: _Injected) -> bool:
+    """Whether ``details`` carry the entries an outer interceptor of ours added (not a call an
+    application interceptor in between makes of its own)."""
+    if not injected:  # (no propagator wrote anything: nothing to tell the calls apart by)
+        return True
+    try:
+        return injected[0] in (details.metadata or ())
+    except Exception:
+        return False
+
+
 class _ClientInterceptor(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
@@ -569,10 +594,13 @@ class _ClientInterceptor(
         self._address = _target_attributes(target)
 
     def _intercept(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any) -> Any:
+        outer = _IN_CALL.get()
+        if outer is not None and _same_call(details, outer):
+            return continuation(details, request)
         started = _client_start(details, self._address)
         if started is None:
             return continuation(details, request)
-        span, metadata = started
+        span, metadata, injected = started
         try:
             details = _CallDetails(
                 details.method,
@@ -584,11 +612,14 @@ class _ClientInterceptor(
             )
         except Exception as exc:
             _safety.report("grpc.client.start", exc)
+        token = _IN_CALL.set(injected)
         try:
             call = continuation(details, request)
         except BaseException as exc:
             _client_failed(span, exc)
             raise
+        finally:
+            _IN_CALL.reset(token)
         try:
             # (called at once when the call is already over, else on gRPC's thread as it ends)
             call.add_done_callback(functools.partial(_client_done, span))
@@ -609,7 +640,7 @@ class _AioClientInterceptor:
         started = _client_start(details, self._address)
         if started is None:
             return await continuation(details, request)
-        span, metadata = started
+        span, metadata, _ = started
         try:
             details = details._replace(metadata=grpc.aio.Metadata(*metadata))
         except Exception as exc:
@@ -720,18 +751,60 @@ def _server_factory(original: Callable[..., Any], make: Callable[[], Any]) -> Ca
     return server
 
 
-def _channel_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+# On a channel the factories made (and on what grpc.intercept_channel made of one): the raw
+# channel, the interceptor of ours it was given, the application's interceptors in run order.
+_CHAIN = "_pitchey_trace_chain"
+
+
+def _channel_factory(original: Callable[..., Any], intercept: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def channel(target: Any, *args: Any, **kwargs: Any) -> Any:
         made = original(target, *args, **kwargs)
         try:
-            return grpc.intercept_channel(made, _ClientInterceptor(target))
+            ours = _ClientInterceptor(target)
+            traced = intercept(made, ours)
+            setattr(traced, _CHAIN, (made, ours, ()))
+            return traced
         except Exception as exc:
             _safety.report("grpc.instrument", exc)
             return made
 
     setattr(channel, _WRAPPED, original)
     return channel
+
+
+def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``grpc.intercept_channel`` for channels the factories made: rebuilt on the raw channel as
+    ``original(raw, ours, *interceptors)`` (gRPC runs them in that order), so the application's
+    interceptors see the call's traceparent, and without ours when they include one of ours
+    already (a channel wrapped by hand as the docs show). Wrapping again puts the new
+    interceptors before the earlier ones, as wrapping a wrapped channel does."""
+
+    @functools.wraps(original)
+    def intercept_channel(channel: Any, *interceptors: Any) -> Any:
+        try:
+            # its own mark only: not one a wrapper class of the application's delegates to
+            chain = object.__getattribute__(channel, "__dict__").get(_CHAIN)
+        except Exception:  # (no __dict__)
+            chain = None
+        if chain is None:
+            return original(channel, *interceptors)
+        try:
+            raw, ours, earlier = chain
+            apps = (*interceptors, *earlier)
+            chained = apps if any(_is_ours(i) for i in apps) else (ours, *apps)
+        except Exception as exc:
+            _safety.report("grpc.instrument", exc)
+            return original(channel, *interceptors)
+        made = original(raw, *chained)  # (a TypeError for a bad interceptor, as without us)
+        try:
+            setattr(made, _CHAIN, (raw, ours, apps))
+        except Exception as exc:
+            _safety.report("grpc.instrument", exc)
+        return made
+
+    setattr(intercept_channel, _WRAPPED, original)
+    return intercept_channel
 
 
 def _aio_channel_factory(original: Callable[..., Any], index: int) -> Callable[..., Any]:
@@ -749,17 +822,21 @@ def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
     """Trace every server (``grpc.server``, ``grpc.aio.server``) and channel
     (``grpc.insecure_channel``, ``grpc.secure_channel`` and their ``grpc.aio`` twins) created
     from now on: our interceptor goes first, before the application's. A server or channel
-    given one of this module's interceptors by hand is left as it is. Idempotent (the first
-    call's ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that imported
-    the factories by name before (``from grpc import server``) keeps the originals."""
+    given one of this module's interceptors by hand is left as it is. ``grpc.intercept_channel``
+    is patched too, so that a sync channel made here and wrapped by the application still has
+    ours first, or only the application's list when that holds one of ours. Idempotent (the
+    first call's ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that
+    imported the factories by name before (``from grpc import server``) keeps the originals."""
     header = _header(trace_id_metadata)
     if _patched:
         return
+    intercept = grpc.intercept_channel
     targets: list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]] = [
         (grpc, "server", lambda f: _server_factory(f, lambda: _ServerInterceptor(header))),
         (grpc.aio, "server", lambda f: _server_factory(f, lambda: _AioServerInterceptor(header))),
-        (grpc, "insecure_channel", _channel_factory),
-        (grpc, "secure_channel", _channel_factory),
+        (grpc, "insecure_channel", lambda f: _channel_factory(f, intercept)),
+        (grpc, "secure_channel", lambda f: _channel_factory(f, intercept)),
+        (grpc, "intercept_channel", _intercept_channel),
         (grpc.aio, "insecure_channel", lambda f: _aio_channel_factory(f, 2)),
         (grpc.aio, "secure_channel", lambda f: _aio_channel_factory(f, 3)),
     ]
@@ -770,7 +847,8 @@ def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
 
 
 def uninstrument_grpc() -> None:
-    """Undo :func:`instrument_grpc` (servers and channels already made stay traced)."""
+    """Undo :func:`instrument_grpc`, ``grpc.intercept_channel`` included (servers and channels
+    already made stay traced)."""
     while _patched:
         owner, name, original = _patched.pop()
         setattr(owner, name, original)

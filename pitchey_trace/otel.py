@@ -13,6 +13,9 @@ pitchey-trace spans (sanitized, tail-kept, archived like every other span).
         with pt.span("ledger.write"):     # a pitchey span: the child of "charge"
             ...
 
+    @tracer.start_as_current_span("refund")   # a decorator too: a span per call
+    async def refund(order): ...
+
 Needs ``opentelemetry-api`` (extra ``otel-api``). The parent is the ``context`` argument when
 one is given (an empty ``Context()`` starts a new trace); else the current pitchey-trace span;
 else OpenTelemetry's current span (e.g. a remote parent attached with the OpenTelemetry API).
@@ -24,9 +27,11 @@ what ``opentelemetry.trace.get_current_span()`` returns.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
@@ -197,30 +202,42 @@ class _Tracer(otel_trace.Tracer):
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
     ) -> _CurrentSpan:
-        span = self.start_span(
-            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        return _CurrentSpan(
+            self,
+            (name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception),
+            end_on_exit,
         )
-        return _CurrentSpan(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class _CurrentSpan:
     """``start_as_current_span``'s context manager: what ``opentelemetry.trace.use_span`` does
     (attach, record an ``Exception`` and set the error status, detach, end), as one object
     instead of two generators. Attaching through the wrapped runtime context makes the span
-    pitchey's current span too."""
+    pitchey's current span too.
 
-    __slots__ = ("_end", "_record", "_set_status", "_span", "_token")
+    As the API's own (a generator context manager) it starts its span when entered, not when
+    made, and is a decorator too: each call of the decorated function is a span of its own (a
+    coroutine function's is timed to the coroutine's end)."""
 
-    def __init__(self, span: otel_trace.Span, end: bool, record: bool, set_status: bool) -> None:
-        self._span = span
+    __slots__ = ("_args", "_end", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: _Tracer, args: tuple[Any, ...], end: bool) -> None:
+        self._tracer = tracer
+        self._args = args  # start_span's arguments
         self._end = end
-        self._record = record
-        self._set_status = set_status
+        self._span: otel_trace.Span = otel_trace.INVALID_SPAN
         self._token: Any = None
 
+    def _fresh(self) -> _CurrentSpan:
+        return _CurrentSpan(self._tracer, self._args, self._end)
+
     def __enter__(self) -> otel_trace.Span:
-        self._token = otel_context.attach(otel_trace.set_span_in_context(self._span))
-        return self._span
+        self._span = span = self._tracer.start_span(*self._args)
+        self._token = otel_context.attach(otel_trace.set_span_in_context(span))
+        return span
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         span = self._span
@@ -228,13 +245,30 @@ class _CurrentSpan:
             otel_context.detach(self._token)
             # (Exception only, as use_span: GeneratorExit and the like are not errors)
             if isinstance(exc, Exception) and span.is_recording():
-                if self._record:
+                if self._args[6]:  # record_exception
                     span.record_exception(exc)
-                if self._set_status:
+                if self._args[7]:  # set_status_on_exception
                     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         finally:
             if self._end:
                 span.end()
+
+    def __call__(self, func: _F) -> _F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def traced_coroutine(*args: Any, **kwargs: Any) -> Any:
+                with self._fresh():
+                    return await func(*args, **kwargs)
+
+            return cast(_F, traced_coroutine)
+
+        @functools.wraps(func)
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with self._fresh():
+                return func(*args, **kwargs)
+
+        return cast(_F, traced)
 
 
 def _parent(context: Any) -> Any:
@@ -295,7 +329,12 @@ class _SyncedRuntimeContext:
         if ours is None or ours is SUPPRESSED or not ours.trace_id:
             return current
         span = otel_trace.get_current_span(current)
-        if isinstance(span, _Span) and span._span is ours:
+        if isinstance(span, _Span):
+            if span._span is ours:
+                return current
+        elif isinstance(ours, NonRecordingSpan) and span.get_span_context().span_id == ours.span_id:
+            # the span attach() made pitchey's current (another provider's, a remote parent):
+            # OpenTelemetry's own object, which may be recording, not a non-recording copy
             return current
         return otel_trace.set_span_in_context(_Span(ours), current)
 

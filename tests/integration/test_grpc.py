@@ -742,3 +742,139 @@ def test_asyncio_request_streams() -> None:
     replies = [s for s in spans if s["name"] == "reply"]
     assert len(replies) == 2
     assert {r["parent_span_id"] for r in replies} == {servers["Chat"]["span_id"]}
+
+
+# -- channels wrapped by hand under instrument_grpc() -------------------------------------------
+class Recording(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """An application's interceptor: notes the traceparent each call carries when it runs."""
+
+    def __init__(self, label: str, seen: list[tuple[str, str]]) -> None:
+        self.label, self.seen = label, seen
+
+    def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.seen.append((self.label, dict(details.metadata or ()).get("traceparent", "-")))
+        return continuation(details, request)
+
+    intercept_unary_unary = intercept_unary_stream = _intercept
+    intercept_stream_unary = intercept_stream_stream = _intercept
+
+
+def _every_call_shape(channel: Any) -> list[Any]:
+    get = channel.unary_unary(f"/{SERVICE}/Get")
+    answers: list[Any] = [get(b"1")[:7], get.with_call(b"2")[0][:7], get.future(b"3").result(10)[:7]]
+    answers.append(list(channel.unary_stream(f"/{SERVICE}/List")(b"")))
+    answers.append(channel.stream_unary(f"/{SERVICE}/Upload")(iter([b"ab"])))
+    answers.append(list(channel.stream_stream(f"/{SERVICE}/Chat")(iter([b"x"]))))
+    return answers
+
+
+EVERY_SHAPE = [b"pitch 1", b"pitch 2", b"pitch 3", [b"0", b"1", b"2"], b"2", [b"X"]]
+
+
+def _one_client_span_per_call(spans: list[dict[str, Any]], calls: int) -> list[dict[str, Any]]:
+    clients = [s for s in spans if s["kind"] == "client"]
+    servers = {s["parent_span_id"]: s for s in spans if s["kind"] == "server"}
+    assert len(clients) == calls
+    for client in clients:  # each server span continues its call's one client span
+        assert servers[client["span_id"]]["name"] == client["name"]
+    return clients
+
+
+def test_instrument_grpc_a_channel_given_our_interceptor_by_hand_is_traced_once(target: str) -> None:
+    instrument_grpc()
+    try:
+        with capture_spans() as mem, swallowed_errors() as errors:
+            with grpc.insecure_channel(target) as raw:
+                channel = grpc.intercept_channel(raw, client_interceptor(target))
+                with pt.span("request"):
+                    answers = _every_call_shape(channel)
+            spans = settle(mem, 1 + 6 + 6 + 3 + 3)
+            time.sleep(0.2)  # (a second client span would end about now)
+            spans = settle(mem, 0)
+    finally:
+        uninstrument_grpc()
+    assert errors == []
+    assert answers == EVERY_SHAPE
+    clients = _one_client_span_per_call(spans, 6)
+    (request,) = [s for s in spans if s["name"] == "request"]
+    assert {c["parent_span_id"] for c in clients} == {request["span_id"]}
+
+
+def test_instrument_grpc_the_apps_channel_interceptors_see_the_calls_traceparent(target: str) -> None:
+    seen: list[tuple[str, str]] = []
+    instrument_grpc()
+    try:
+        with capture_spans() as mem, swallowed_errors() as errors:
+            with grpc.insecure_channel(target) as raw:
+                # grpc runs a, then b; wrapping again puts c outside them: c, a, b
+                inner = grpc.intercept_channel(raw, Recording("a", seen), Recording("b", seen))
+                channel = grpc.intercept_channel(inner, Recording("c", seen))
+                plain_answers = _every_call_shape(inner)
+                answers = _every_call_shape(channel)
+            spans = settle(mem, 12 + 12 + 3 + 3)
+            time.sleep(0.2)
+            spans = settle(mem, 0)
+    finally:
+        uninstrument_grpc()
+    assert errors == []
+    assert plain_answers == answers == EVERY_SHAPE
+    clients = _one_client_span_per_call(spans, 12)
+    # ours runs first, so every interceptor of the app sees the traceparent of the call's span
+    parents = {f"00-{c['trace_id']}-{c['span_id']}" for c in clients}
+    assert [label for label, _ in seen] == ["a", "b"] * 6 + ["c", "a", "b"] * 6
+    assert {traceparent[:-3] for _, traceparent in seen} == parents
+
+
+def test_uninstrument_grpc_restores_intercept_channel_and_made_channels_stay_traced_once(target: str) -> None:
+    original = grpc.intercept_channel
+    instrument_grpc()
+    try:
+        assert grpc.intercept_channel is not original
+        raw = grpc.insecure_channel(target)
+    finally:
+        uninstrument_grpc()
+    assert grpc.intercept_channel is original
+    try:
+        with capture_spans() as mem:
+            # wrapped by the original intercept_channel: ours by hand outside the factory's
+            channel = grpc.intercept_channel(raw, client_interceptor(target))
+            assert channel.unary_unary(f"/{SERVICE}/Get")(b"4").startswith(b"pitch 4 00-")
+            spans = settle(mem, 3)
+            time.sleep(0.2)
+            spans = settle(mem, 0)
+    finally:
+        raw.close()
+    _one_client_span_per_call(spans, 1)
+
+
+def test_nested_client_interceptors_make_one_span_and_leave_other_calls_alone(target: str) -> None:
+    other_calls: list[bytes] = []
+
+    class TokenFetcher(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        """An app interceptor that makes a call of its own (an auth token) on another channel."""
+
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            if details.method.endswith("/Get"):
+                other_calls.append(token_channel.stream_unary(f"/{SERVICE}/Upload")(iter([b"tok"])))
+            return continuation(details, request)
+
+    with capture_spans() as mem, grpc.insecure_channel(target) as raw, grpc.insecure_channel(target) as other:
+        token_channel = grpc.intercept_channel(other, client_interceptor(target))
+        traced = grpc.intercept_channel(raw, client_interceptor(target))
+        channel = grpc.intercept_channel(
+            grpc.intercept_channel(traced, TokenFetcher()), client_interceptor(target)
+        )
+        with pt.span("request"):
+            answer = channel.unary_unary(f"/{SERVICE}/Get")(b"5")
+        spans = settle(mem, 1 + 3 + 2)
+        time.sleep(0.2)
+        spans = settle(mem, 0)
+    assert answer.startswith(b"pitch 5 00-")
+    assert other_calls == [b"3"]
+    clients = _one_client_span_per_call(spans, 2)  # Get once, and the token call
+    assert sorted(c["name"] for c in clients) == [f"{SERVICE}/Get", f"{SERVICE}/Upload"]

@@ -92,3 +92,129 @@ def test_fork_while_another_thread_holds_the_rate_limiter_lock() -> None:
         t.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- multiprocessing children: they leave through os._exit(), past atexit --------------------------
+def _names_by_pid(directory: Path) -> dict[int, list[str]]:
+    return {
+        int(path.stem): [json.loads(line)["name"] for line in path.read_text().splitlines()]
+        for path in directory.glob("*.ndjson")
+    }
+
+
+def _mp_work(i: int = 0) -> int:
+    with pt.span("mp child", attributes={"i": i}):
+        pass
+    return os.getpid()
+
+
+def test_multiprocessing_fork_child_exports_its_spans_when_it_exits(tmp_path: Path) -> None:
+    import multiprocessing
+
+    # (a long delay: only the flush at the child's exit can send its span)
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], schedule_delay_ms=60_000, rollups=None)
+    child = multiprocessing.get_context("fork").Process(target=_mp_work)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert _names_by_pid(tmp_path) == {child.pid: ["mp child"]}
+
+
+def test_multiprocessing_pool_workers_export_their_spans_when_they_exit(tmp_path: Path) -> None:
+    import multiprocessing
+
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], schedule_delay_ms=60_000, rollups=None)
+    pool = multiprocessing.get_context("fork").Pool(2)
+    try:
+        workers = set(pool.map(_mp_work, range(6)))
+        pool.close()  # (workers leave normally; terminate() would kill them by SIGTERM)
+        pool.join()
+    finally:
+        pool.terminate()
+    exported = _names_by_pid(tmp_path)
+    assert set(exported) == workers
+    assert sorted(name for names in exported.values() for name in names) == ["mp child"] * 6
+
+
+class HangingExporter:
+    name = "hanging"
+
+    def export(self, batch: list[dict[str, Any]]) -> bool:
+        import time
+
+        time.sleep(3600)  # a collector that never answers
+        return True
+
+
+def test_multiprocessing_child_exit_is_bounded_by_the_shutdown_budget(monkeypatch: Any) -> None:
+    import multiprocessing
+    import time
+
+    from pitchey_trace import _config
+
+    monkeypatch.setattr(_config, "_EXIT_TIMEOUT_S", 0.5)  # (the child inherits it)
+    pt.configure(service="forky", exporters=[HangingExporter()], schedule_delay_ms=60_000, rollups=None)
+    child = multiprocessing.get_context("fork").Process(target=_mp_work)
+    started = time.monotonic()
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert time.monotonic() - started < 10
+
+
+MP_PROGRAM = """
+import json, os, sys
+import pitchey_trace as pt
+
+class FileExporter:
+    name = "file"
+    def export(self, batch):
+        with open(os.path.join(sys.argv[1], f"{os.getpid()}.ndjson"), "a") as fh:
+            for rec in batch:
+                fh.write(json.dumps(rec) + "\\n")
+        return True
+
+# configured before multiprocessing is imported (and configuring does not import it); the
+# forkserver and its children import this module again, as __mp_main__
+pt.configure(service="forky", exporters=[FileExporter()], schedule_delay_ms=60_000, rollups=None)
+if __name__ == "__main__":
+    assert "multiprocessing" not in sys.modules
+
+def work(i):
+    with pt.span("child " + sys.argv[2]):
+        pass
+    return os.getpid()
+
+if __name__ == "__main__":
+    import multiprocessing
+    ctx = multiprocessing.get_context(sys.argv[2])
+    child = ctx.Process(target=work, args=(0,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0, child.exitcode
+    with ctx.Pool(2) as pool:
+        pids = pool.map(work, range(4))
+        pool.close()
+        pool.join()
+    print(json.dumps([child.pid, *pids]))
+"""
+
+
+def test_multiprocessing_imported_after_configure_fork_and_forkserver(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = tmp_path / "program.py"
+    program.write_text(MP_PROGRAM)
+    for method in ("fork", "forkserver"):
+        out = tmp_path / method
+        out.mkdir()
+        run = subprocess.run(
+            [sys.executable, str(program), str(out), method], capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        pids = json.loads(run.stdout)
+        exported = _names_by_pid(out)
+        assert set(exported) == set(pids), (method, run.stderr)
+        assert sum(len(names) for names in exported.values()) == 5
+        assert all(name == f"child {method}" for names in exported.values() for name in names)

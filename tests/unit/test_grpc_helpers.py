@@ -100,3 +100,47 @@ def test_the_servers_metadata_fast_path_agrees_with_extract(metadata: list[tuple
     # gRPC gives lowercase keys; the dict fast path must read what the general path reads,
     # repeated and malformed entries included
     assert pgrpc._parent(tuple(metadata)) == pt.extract(tuple(metadata))
+
+
+def test_intercept_channel_under_instrument_grpc_keeps_grpcs_own_behaviour() -> None:
+    import grpc
+
+    from pitchey_trace.testing import swallowed_errors
+
+    class Passing(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(details, request)
+
+    before = grpc.insecure_channel("127.0.0.1:1")  # (channels connect lazily: no server needed)
+    pgrpc.instrument_grpc()
+    try:
+        with swallowed_errors() as errors, grpc.insecure_channel("127.0.0.1:1") as made:
+            # not an interceptor: the TypeError gRPC raises, not an internal error of ours
+            with pytest.raises(TypeError, match="interceptor must be"):
+                grpc.intercept_channel(made, object())
+            app = Passing()
+            wrapped = grpc.intercept_channel(made, app)
+            assert wrapped._pitchey_trace_chain[2] == (app,)
+            # a channel instrument_grpc() did not make is wrapped as gRPC does
+            plain = grpc.intercept_channel(before, app)
+            assert plain._interceptor is app
+            assert plain._channel is before
+            assert "_pitchey_trace_chain" not in vars(plain)
+        assert errors == []
+    finally:
+        pgrpc.uninstrument_grpc()
+        before.close()
+
+
+def test_an_inner_client_interceptor_passes_only_its_outer_ones_call_through() -> None:
+    injected = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),)
+
+    class Details:
+        def __init__(self, metadata: Any) -> None:
+            self.metadata = metadata
+
+    assert pgrpc._same_call(Details([("x-tenant", "a"), *injected]), injected)
+    assert not pgrpc._same_call(Details([("x-tenant", "a")]), injected)  # another call
+    assert not pgrpc._same_call(Details(None), injected)
+    assert not pgrpc._same_call(Details(42), injected)  # (odd metadata: not ours)
+    assert pgrpc._same_call(Details(None), ())  # nothing injected: nothing to tell apart

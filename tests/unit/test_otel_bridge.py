@@ -236,3 +236,131 @@ def test_opentelemetry_sees_a_span_that_pt_span_made_current(tracer: Any) -> Non
     assert spans["made-by-pitchey"]["attributes"]["set.through.otel"] is True
     assert carrier["traceparent"].split("-")[2] == spans["made-by-pitchey"]["span_id"]
     assert spans["explicitly-under-current"]["parent_span_id"] == spans["made-by-pitchey"]["span_id"]
+
+
+# -- start_as_current_span: lazy, and usable as a decorator (as OpenTelemetry's API allows) --------
+def test_start_as_current_span_starts_its_span_when_entered(tracer: Any) -> None:
+    with capture_spans() as mem:
+        later = tracer.start_as_current_span("later")
+        with pt.span("parent"):
+            with later as s:
+                assert otel_trace.get_current_span() is s
+        tracer.start_as_current_span("never entered")  # starts nothing
+    spans = by_name(mem.spans())
+    assert set(spans) == {"parent", "later"}
+    assert spans["later"]["parent_span_id"] == spans["parent"]["span_id"]
+
+
+def _decorated_calls(tracer: Any) -> tuple[list[Any], Any]:
+    """The same decorator uses, run with our tracer and with the OpenTelemetry SDK's."""
+    import asyncio
+    import inspect
+
+    @tracer.start_as_current_span("work")
+    def work(x: int) -> int:
+        """Doubles."""
+        with tracer.start_as_current_span("inner"):
+            return x * 2
+
+    @tracer.start_as_current_span("fails")
+    def fails() -> None:
+        raise ValueError("bad")
+
+    @tracer.start_as_current_span("quiet", record_exception=False)
+    def quiet() -> None:
+        raise ValueError("quiet")
+
+    @tracer.start_as_current_span("no-status", set_status_on_exception=False)
+    def no_status() -> None:
+        raise ValueError("no status")
+
+    @tracer.start_as_current_span("left-open", end_on_exit=False)
+    def left_open() -> Any:
+        return otel_trace.get_current_span()
+
+    @tracer.start_as_current_span("async")
+    async def coro(x: int) -> int:
+        await asyncio.sleep(0.02)
+        with tracer.start_as_current_span("async-inner"):
+            return x + 1
+
+    assert (work.__name__, work.__doc__) == ("work", "Doubles.")
+    assert inspect.iscoroutinefunction(coro)
+    assert coro.__name__ == "coro"
+    results: list[Any] = [work(1), work(2)]  # a span per call
+    for failing in (fails, quiet, no_status):
+        with pytest.raises(ValueError) as raised:
+            failing()
+        results.append(str(raised.value))
+    still_open = left_open()
+    results.append(still_open.is_recording())
+    results.append(asyncio.run(coro(1)))
+    return results, still_open
+
+
+def _shape(spans: list[tuple[str, Any, Any, str, list[str]]]) -> list[tuple[str, str | None, str, list[str]]]:
+    names = {span_id: name for name, span_id, _, _, _ in spans}
+    return sorted((name, names.get(parent), status, events) for name, _, parent, status, events in spans)
+
+
+def test_start_as_current_span_decorates_like_the_opentelemetry_sdk(tracer: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    sdk_exporter = InMemorySpanExporter()
+    sdk_provider = SdkTracerProvider()
+    sdk_provider.add_span_processor(SimpleSpanProcessor(sdk_exporter))
+    sdk_results, sdk_open = _decorated_calls(sdk_provider.get_tracer("billing"))
+    sdk_open.end()
+    sdk = _shape(
+        [
+            (
+                s.name,
+                s.context.span_id,
+                s.parent.span_id if s.parent else None,
+                s.status.status_code.name.lower(),
+                [e.name for e in s.events],
+            )
+            for s in sdk_exporter.get_finished_spans()
+        ]
+    )
+
+    with capture_spans() as mem, pt.span("request"):
+        results, still_open = _decorated_calls(tracer)
+        assert still_open.is_recording()  # end_on_exit=False
+        still_open.end()
+    records = mem.spans()
+    ours = _shape(
+        [
+            (r["name"], r["span_id"], r["parent_span_id"], r["status"], [e["name"] for e in r["events"]])
+            for r in records
+        ]
+    )
+    ours.remove(("request", None, "unset", []))
+    request = by_name(records)["request"]
+    assert results == sdk_results == [2, 4, "bad", "quiet", "no status", True, 2]
+    assert ours == [
+        (name, "request" if parent is None else parent, status, events)
+        for name, parent, status, events in sdk
+    ]
+    assert ("quiet", "request", "error", []) in ours  # (record_exception=False: no event)
+    assert ("no-status", "request", "unset", ["exception"]) in ours
+    assert [r["name"] for r in records].count("work") == 2
+    assert by_name(records)["async"]["duration_ms"] >= 15  # timed to the coroutine's end
+    assert {r["trace_id"] for r in records} == {request["trace_id"]}
+
+
+def test_another_providers_current_span_stays_opentelemetrys_current_span(tracer: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+
+    other = SdkTracerProvider().get_tracer("other")
+    with capture_spans() as mem:
+        with other.start_as_current_span("sdk span") as theirs:
+            current = otel_trace.get_current_span()
+            assert current is theirs
+            assert current.is_recording()
+            with pt.span("pitchey child") as ours:
+                assert otel_trace.get_current_span().get_span_context().span_id == ours.span_id
+    (child,) = mem.spans()
+    assert child["parent_span_id"] == f"{theirs.get_span_context().span_id:016x}"
