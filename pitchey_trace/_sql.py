@@ -46,9 +46,44 @@ _LITERAL = frozenset({"estr", "pstr", "str", "dq0", "dq", "num"})
 _BOOLEANS = frozenset({"TRUE", "FALSE"})
 
 
+# Block comment delimiters: PostgreSQL's block comments nest (``/* a /* b */ c */``).
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+
+
 def _tokens(sql: str) -> Iterator[tuple[str, str]]:
-    for m in _TOKEN.finditer(sql):
-        yield m.lastgroup or "op", m.group()
+    if sql.count("/*") < 2:  # the common case: no nesting possible, the master regex alone
+        for m in _TOKEN.finditer(sql):
+            yield m.lastgroup or "op", m.group()
+        return
+    yield from _tokens_with_comments(sql)
+
+
+def _tokens_with_comments(sql: str) -> Iterator[tuple[str, str]]:
+    """``_tokens`` when the text may hold nested block comments: ``_TOKEN``'s ``bc`` stops at
+    the first ``*/``; a comment with another ``/*`` inside is re-scanned with a depth counter
+    and the tokenizer resumes after its real end."""
+    pos = 0
+    while True:
+        for m in _TOKEN.finditer(sql, pos):
+            kind = m.lastgroup or "op"
+            if kind == "bc" and sql.find("/*", m.start() + 2, m.end()) >= 0:
+                pos = _comment_end(sql, m.start())
+                yield kind, sql[m.start() : pos]
+                break
+            yield kind, m.group()
+        else:
+            return
+
+
+def _comment_end(sql: str, start: int) -> int:
+    """End of the (nested) block comment opening at ``start``; the end of the text when it is
+    unterminated (the rest is swallowed, as an unterminated string's). Linear time."""
+    depth = 0
+    for m in _COMMENT_MARK.finditer(sql, start):
+        depth += 1 if m.group() == "/*" else -1
+        if depth == 0:
+            return m.end()
+    return len(sql)
 
 
 # ---------------------------------------------------------------------------------------------

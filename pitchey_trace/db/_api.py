@@ -37,25 +37,34 @@ def _instrument_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """Instrument psycopg connections (and make cursors traced) among a call's arguments;
     return the first connection found (or None). Never raises."""
     found = None
-    try:
-        for value in (*args, *kwargs.values()):
-            conn = None
-            if isinstance(value, _CONNECTIONS) or support(value) is not None:
-                conn = value
-            elif isinstance(value, _CURSORS):
-                conn = value.connection
-                if not is_traced_class(type(value)):
-                    # Same slots, extra methods: the cursor keeps working, now traced.
-                    value.__class__ = traced_class(type(value))
+    for value in (*args, *kwargs.values()):
+        try:  # each argument on its own: one that cannot be traced does not hide the others
+            conn = _connection_of(value)
             if conn is None:
                 continue
-            if not is_instrumented(conn):
-                instrument(conn)
             if found is None:
                 found = conn
-    except Exception as exc:
-        _safety.report("db.instrument_args", exc)
+            if not is_instrumented(conn):
+                instrument(conn)
+        except Exception as exc:
+            _safety.report("db.instrument_args", exc)
     return found
+
+
+def _connection_of(value: Any) -> Any:
+    """The connection of a connection or cursor argument (None for anything else); a cursor
+    becomes traced on the way."""
+    if isinstance(value, _CONNECTIONS) or support(value) is not None:
+        return value
+    if not isinstance(value, _CURSORS):
+        return None
+    if not is_traced_class(type(value)):
+        try:
+            # Same layout, extra methods: the cursor keeps working, now traced.
+            value.__class__ = traced_class(type(value))
+        except Exception as exc:  # (a cursor class whose layout differs): its queries go untraced
+            _safety.report("db.instrument_args", exc)
+    return value.connection
 
 
 def _run_sync(target: Any, query: Any, params: Any) -> list[Any]:

@@ -410,13 +410,15 @@ class _TracedTransaction:
     def __repr__(self) -> str:
         return f"<traced {self._inner!r}>"
 
-    def _open(self, current: bool) -> None:
+    def _open(self, current: bool) -> bool:
+        """Open the span (made current when ``current``); False when one was already open (a
+        second ``start()`` or a re-entered block: asyncpg refuses it and the span stays)."""
         try:
             if self._span is not None:
-                return
+                return False
             span = self._state.transaction_span(self._conn.is_in_transaction(), self._name)
             if span is None:
-                return
+                return True
             self._span = span
             if current:
                 self._prev = CURRENT.get()
@@ -424,6 +426,7 @@ class _TracedTransaction:
             self._frame = self._state.push_frame()
         except Exception as exc:
             _safety.report("db.transaction", exc)
+        return True
 
     def _close(self, committed: bool, reason: BaseException | None, failed: bool) -> None:
         span, self._span = self._span, None
@@ -450,51 +453,56 @@ class _TracedTransaction:
         may run in another task (SQLAlchemy closes sessions in a shielded task), which could
         not take it back out of this task's context. The statements in between are then its
         siblings; it still records the outcome and counts them."""
-        await self._begin(False)
+        await self._begin(self._inner.start, False)
 
-    async def _begin(self, current: bool) -> None:
-        self._open(current)
+    async def _begin(self, enter: Callable[[], Awaitable[Any]], current: bool) -> Any:
+        opened = self._open(current)
         try:
             with suppress_tracing():  # BEGIN / SAVEPOINT: this span's, not a statement's
-                await self._inner.start()
+                return await enter()
         except BaseException as exc:
-            self._close(False, exc, True)
+            if opened:
+                self._close(False, exc, True)
             raise
+
+    async def _end(self, call: Callable[[], Awaitable[Any]], committed: bool) -> None:
+        # Inside `async with` asyncpg refuses commit()/rollback() without touching the
+        # transaction: the span stays open and the block's exit ends it.
+        managed = getattr(self._inner, "_managed", False) is True
+        try:
+            with suppress_tracing():
+                await call()
+        except BaseException as exc:
+            if not managed:
+                self._close(False, exc, True)
+            raise
+        self._close(committed, None, False)
 
     async def commit(self) -> None:
         """``Transaction.commit()``; a failing commit is recorded as a rollback with its error."""
-        try:
-            with suppress_tracing():
-                await self._inner.commit()
-        except BaseException as exc:
-            self._close(False, exc, True)
-            raise
-        self._close(True, None, False)
+        await self._end(self._inner.commit, True)
 
     async def rollback(self) -> None:
         """``Transaction.rollback()``: an intended rollback, not an error."""
-        try:
-            with suppress_tracing():
-                await self._inner.rollback()
-        except BaseException as exc:
-            self._close(False, exc, True)
-            raise
-        self._close(False, None, False)
+        await self._end(self._inner.rollback, False)
 
-    async def __aenter__(self) -> _TracedTransaction:
-        await self._begin(True)  # a block: entered and left in the same task
-        return self
+    async def __aenter__(self) -> Any:
+        # asyncpg's own __aenter__ (not start()): it marks the transaction as managed by the
+        # block, so a stray commit() inside it and a re-entry fail exactly as without tracing.
+        # The span is current: a block is entered and left in the same task.
+        return await self._begin(self._inner.__aenter__, True)
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> Any:
         try:
             with suppress_tracing():  # COMMIT / ROLLBACK [TO SAVEPOINT]
-                await self._inner.__aexit__(et, ev, tb)
+                result = await self._inner.__aexit__(et, ev, tb)
         except BaseException as exc:
             self._close(False, exc, True)
             raise
         self._close(ev is None, ev, ev is not None)
+        return result
 
 
 def _traced_class(base: type) -> type:

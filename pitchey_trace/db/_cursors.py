@@ -9,16 +9,21 @@ subclass ``(mixin, original)``, so every cursor the connection makes (including 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.client_cursor import ClientCursorMixin
 
 from pitchey_trace import _safety
 from pitchey_trace.db._ops import STATE_ATTR, ConnState, Stmt
 
-_DECLARED = "_pt_declared"
+#: The statement of each server-side cursor's last traced DECLARE. Kept outside the cursor so
+#: that traced classes add no slot: an existing cursor (an argument of ``@traced_query``) can
+#: then have its class switched, which needs the same instance layout.
+_DECLARED: weakref.WeakKeyDictionary[Any, Stmt] = weakref.WeakKeyDictionary()
 
 __all__ = ["is_traced_class", "traced_class"]
 
@@ -46,7 +51,7 @@ class _SyncCursorMixin:
 
     def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
-        if state is None or (op := state.begin(self, query, None)) is None:
+        if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
         _batch_size(op[0], params_seq)
         try:
@@ -109,14 +114,20 @@ class _ServerRoundTrips:
 
 
 def _remember(cur: Any, declared: Stmt | None) -> None:
-    # The statement of the cursor's last traced DECLARE, in the slot the traced class adds.
-    setattr(cur, _DECLARED, declared)
+    """Record (or forget, with None) the statement of the cursor's last traced DECLARE."""
+    try:
+        if declared is None:
+            _DECLARED.pop(cur, None)
+        else:
+            _DECLARED[cur] = declared
+    except Exception as exc:  # (a cursor class without weak references: no FETCH spans)
+        _safety.report("db.declare", exc)
 
 
 def _round_trip(cur: Any, gen: Any, operation: str) -> Any:
     """``gen`` timed as one span, when the cursor's DECLARE was traced; else ``gen`` itself."""
     try:
-        declared = getattr(cur, _DECLARED, None)
+        declared = _DECLARED.get(cur)
         state: ConnState | None = getattr(cur._conn, STATE_ATTR, None)
         if declared is None or state is None:
             return gen
@@ -185,7 +196,7 @@ class _AsyncCursorMixin:
 
     async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
-        if state is None or (op := state.begin(self, query, None)) is None:
+        if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return await super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
         _batch_size(op[0], params_seq)
         try:
@@ -255,6 +266,17 @@ class _AsyncServerCursorMixin(_ServerRoundTrips):
 _MIXINS = (_SyncCursorMixin, _SyncServerCursorMixin, _AsyncCursorMixin, _AsyncServerCursorMixin)
 
 
+def _prepares_batches(cur: Any) -> bool | None:
+    """True when psycopg runs this cursor's ``executemany`` as a prepared statement (always,
+    except on client-side-binding cursors or with ``prepare_threshold=None``): the statement
+    must then keep its text, since a comment unique to each call would prepare a new
+    server-side statement per call and evict the connection's others. Else None (commented as
+    ``execute`` is)."""
+    if isinstance(cur, ClientCursorMixin) or getattr(cur._conn, "prepare_threshold", 5) is None:
+        return None
+    return True
+
+
 def _batch_size(span: Any, params_seq: Any) -> None:
     try:
         n = len(params_seq)
@@ -289,9 +311,8 @@ def traced_class(base: type) -> type:
         mixin = _SyncCursorMixin
     else:
         raise TypeError(f"not a psycopg cursor class: {base!r}")
-    # Server cursors remember their traced DECLARE in a slot of the traced class (psycopg's
-    # cursor classes have slots: a mixin adding one would clash with their layout).
-    slots = (_DECLARED,) if issubclass(mixin, _ServerRoundTrips) else ()
-    cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": slots, "__module__": __name__})
+    # No slot of its own: same layout as ``base``, so ``cur.__class__ = cls`` works on a cursor
+    # made before instrumenting (see _DECLARED).
+    cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": (), "__module__": __name__})
     _classes[base] = cls
     return cls

@@ -7,6 +7,8 @@ connection object itself stays what it was (same class, ``isinstance`` checks un
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Any, TypeVar
 
 import psycopg
@@ -44,16 +46,24 @@ def is_instrumented(conn: Any) -> bool:
 
 
 def _make_transaction(conn: Any, state: ConnState) -> Any:
-    orig = type(conn).transaction.__get__(conn)
+    """The ``transaction()`` set on the instance. It holds the connection weakly: a strong
+    reference from the connection's own ``__dict__`` would be a cycle, and a dropped connection
+    would stay open until the cycle collector ran."""
+    method = type(conn).transaction
+    ref = weakref.ref(conn)
     cls = AsyncTracedTransaction if isinstance(conn, psycopg.AsyncConnection) else TracedTransaction
 
     def transaction(savepoint_name: str | None = None, force_rollback: bool = False) -> Any:
-        if state_of(conn) is not state or not state.instrumented:
+        target = ref()
+        if target is None:  # (only reachable through a reference to this function alone)
+            raise ReferenceError("the connection of this transaction() was garbage-collected")
+        orig = method.__get__(target)
+        if state_of(target) is not state or not state.instrumented:
             return orig(savepoint_name, force_rollback)
-        return cls(conn, state, orig, savepoint_name, force_rollback)
+        return cls(target, state, orig, savepoint_name, force_rollback)
 
-    transaction.__doc__ = orig.__doc__
-    transaction.__wrapped__ = orig  # type: ignore[attr-defined]
+    transaction.__doc__ = method.__doc__
+    transaction.__signature__ = inspect.signature(method.__get__(conn))  # type: ignore[attr-defined]
     return transaction
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _safety
 from pitchey_trace._span import AttributeValue, Limits, Span, SpanKind, TrustedAttributes
-from pitchey_trace._sql import normalize_sql, parse_statement
+from pitchey_trace._sql import _CACHE_MAX_LEN, normalize_sql, parse_statement
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.db._options import OPTIONS
 
@@ -92,8 +92,9 @@ class Stmt:
 _SKIP = Stmt("", {}, "", None, "", (), None, False, False, skip=True)
 
 
-# A possibly schema-qualified, possibly double-quoted identifier.
-_NAME = re.compile(r'(?:"[^"]*"|[A-Za-z_][\w$]*)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z_][\w$]*))*')
+# A possibly schema-qualified, possibly double-quoted identifier. A bare one starts where a
+# word starts (as _sql._TOKEN's identifiers): never the tail of "ñusers" or "x$users".
+_NAME = re.compile(r'(?:"[^"]*"|(?<![\w$])[^\W\d][\w$]*)(?:\s*\.\s*(?:"[^"]*"|[^\W\d][\w$]*))*')
 
 
 def sensitive_tables_in(text: str) -> tuple[str, ...]:
@@ -151,9 +152,10 @@ def record_error(span: AnySpan, exc: BaseException) -> str | None:
     span.set_attribute("error.type", sqlstate or type_name)
     # Frame locations only: the source lines shown by a normal traceback are the caller's
     # code, which may hold the very literals db.query.text strips.
+    # The innermost 32 frames, where it failed (the message is at most 512 characters).
     frames = "".join(
         f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
-        for f in traceback.extract_tb(exc.__traceback__, limit=32)
+        for f in traceback.extract_tb(exc.__traceback__, limit=-32)
     )
     span.record_exception(
         exc,
@@ -346,6 +348,8 @@ class ConnState:
             if stmt is not None:
                 return stmt
         stmt = self._build(text)
+        if len(text) > _CACHE_MAX_LEN:
+            return stmt  # bounded memory: a huge text (and its Stmt) is not kept, it re-parses
         if len(self.cache) >= _CACHE_MAX:
             self.cache.clear()  # bounded: a workload with unbounded distinct texts just re-parses
         self.cache[key] = stmt
@@ -415,6 +419,8 @@ class ConnState:
                 comment=False,
                 capture=False,
             )
+            if len(declared.text) > _CACHE_MAX_LEN:
+                return stmt  # (as in statement(): huge texts are not kept)
             if len(self.cache) >= _CACHE_MAX:
                 self.cache.clear()
             self.cache[key] = stmt

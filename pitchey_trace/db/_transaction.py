@@ -98,7 +98,10 @@ class _TxBase:
             count = self._state.pop_frame(frame)
             tx = self._tx
             committed = tx is not None and commit_error is None and getattr(tx, "status", None) == _COMMITTED
-            failure = commit_error or (exc if (exc is not None and not suppressed) else None)
+            # psycopg.Rollback is a requested rollback, also when it targets an outer block and
+            # passes through this one (psycopg re-raises it here): never a failure.
+            failed = exc is not None and not suppressed and not isinstance(exc, psycopg.Rollback)
+            failure = commit_error or (exc if failed else None)
             transaction_outcome(span, committed, commit_error or exc, failure, count, self._force_rollback)
         except Exception as internal:
             _safety.report("db.transaction", internal)

@@ -94,6 +94,19 @@ def test_cache_is_bounded_and_rebuilt_after_configure(state: ConnState) -> None:
     assert after.sensitive == ()
 
 
+def test_cache_does_not_keep_huge_statements(state: ConnState) -> None:
+    cur = FakeCursor()
+    huge = "SELECT a FROM t WHERE b = '" + "x" * 20_000 + "'"
+    stmt = state.statement(huge, cur)
+    assert stmt.attrs["db.query.text"] == "SELECT a FROM t WHERE b = ?"
+    assert state.statement(huge.encode(), cur).name == "SELECT t"
+    assert state.cache == {}
+    long_text = "SELECT " + ", ".join(f"c{i}" for i in range(3000)) + " FROM t"  # noqa: S608
+    assert state.cursor_statement(state.statement(long_text, cur), "FETCH").name == "FETCH t"
+    assert state.cache == {}
+    assert state.statement("SELECT 1", cur) is state.statement("SELECT 1", cur)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -103,6 +116,9 @@ def test_cache_is_bounded_and_rebuilt_after_configure(state: ConnState) -> None:
         ("SELECT * FROM pitches WHERE owner IN (SELECT id FROM auth_tokens)", ("auth_tokens",)),
         ("SELECT * FROM users_archive", ()),
         ("SELECT * FROM pitches WHERE note = ?", ()),
+        ("SELECT * FROM ñusers", ()),
+        ("SELECT * FROM x$users, _payments, ?users", ("users",)),
+        ("SELECT * FROM éco.users JOIN ñ.payments ON true", ("users", "payments")),
     ],
 )
 def test_sensitive_tables_in(text: str, expected: tuple[str, ...]) -> None:
@@ -224,10 +240,10 @@ def test_traced_class(base: type, method_owner: str) -> None:
     assert not is_traced_class(base)
     assert traced_class(base) is cls
     assert traced_class(cls) is cls
-    # No instance dict; server cursors get one slot: the statement of their traced DECLARE.
+    # No instance dict and no slot: an existing cursor's class can be switched to it.
     assert "__dict__" not in cls.__dict__
-    server = issubclass(base, (psycopg.ServerCursor, psycopg.AsyncServerCursor))
-    assert cls.__slots__ == (("_pt_declared",) if server else ())
+    assert cls.__dict__["__slots__"] == ()
+    assert cls.__basicsize__ == base.__basicsize__
     assert getattr(cls, method_owner) is not getattr(base, method_owner)
 
 

@@ -53,6 +53,12 @@ from pitchey_trace._sql import _normalize, _parse, normalize_sql, parse_statemen
         ("SELECT $$unterminated secret", "SELECT ?"),
         ("SELECT $t$unterminated secret", "SELECT ?"),
         ("SELECT a /* unterminated secret", "SELECT a"),
+        ("SELECT 1 /* a /* b */ secret */ FROM t", "SELECT ? FROM t"),
+        ("SELECT /*/ a */ 1 /**/ /* x /**/ y */ b", "SELECT ? b"),
+        ("SELECT 1 /* a /* b /* c */ d */ e */, 'x' /* f */", "SELECT ? , ?"),
+        ("SELECT 1 /* a /* b */ unterminated secret", "SELECT ?"),
+        ("SELECT '/* not a comment', 2 /* c */ /* d /* e */ f */ FROM t", "SELECT ?, ? FROM t"),
+        ("SELECT 1 /* a */*/ b", "SELECT ? */ b"),
         ("SELECT a$b FROM t", "SELECT a$b FROM t"),
         ("", ""),
         ("   ", ""),
@@ -114,6 +120,18 @@ def test_parse_statement(sql: str, expected: tuple[str, str | None]) -> None:
     assert parse_statement(sql) == expected
 
 
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT a /* x /* y */ z */ FROM t /* w */ WHERE b = 1", ("SELECT", "t")),
+        ("/* a /* b */ DELETE */ SELECT * FROM /* x /* y */ z */ pitches", ("SELECT", "pitches")),
+        ("/* a /* b */ UPDATE users", ("", None)),
+    ],
+)
+def test_nested_comments_are_skipped_by_the_parser(sql: str, expected: tuple[str, str | None]) -> None:
+    assert parse_statement(sql) == expected
+
+
 def test_results_are_cached_for_short_statements_only() -> None:
     stmt = "SELECT a FROM cached_table_for_test WHERE b = 7"
     normalize_sql(stmt)
@@ -138,6 +156,9 @@ def test_results_are_cached_for_short_statements_only() -> None:
         "$a" * 500_000,
         "$ab$ $ab " * 100_000,
         "/*" * 500_000,
+        "/* /* */" * 200_000,
+        "/**/" * 300_000,
+        "*/" * 500_000,
         "--" * 500_000,
         "(" * 1_000_000,
         "IN (" + "1," * 400_000,
