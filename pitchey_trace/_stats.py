@@ -24,10 +24,11 @@ def get(key: str) -> int:
 
 
 def snapshot() -> dict[str, int]:
-    """A copy of every counter plus ``dropped``, the sum of all ``dropped.*`` counters."""
+    """A copy of every counter plus ``dropped``, the sum of the ``dropped.<reason>`` counters
+    (not of their per-exporter splits, ``dropped.<reason>.<exporter>``, counted in them too)."""
     with _lock:
         snap = dict(_counters)
-    snap["dropped"] = sum(v for k, v in snap.items() if k.startswith("dropped."))
+    snap["dropped"] = sum(v for k, v in snap.items() if k.startswith("dropped.") and k.count(".") == 1)
     for key in ("accepted", "exported", "retried", "spooled", "internal_errors"):
         snap.setdefault(key, 0)
     return dict(sorted(snap.items()))
@@ -40,8 +41,11 @@ def reset() -> None:
 
 
 def _reinit_after_fork() -> None:
+    # The child is another process: its counters start at zero (per-process figures, sent
+    # again by each worker's metrics under its own service.instance.id otherwise).
     global _lock
     _lock = threading.Lock()
+    _counters.clear()
 
 
 import os as _os  # noqa: E402  (registered last so the module is complete first)

@@ -218,3 +218,28 @@ def test_multiprocessing_imported_after_configure_fork_and_forkserver(tmp_path: 
         assert set(exported) == set(pids), (method, run.stderr)
         assert sum(len(names) for names in exported.values()) == 5
         assert all(name == f"child {method}" for names in exported.values() for name in names)
+
+
+def test_a_forked_child_counts_from_zero(tmp_path: Path) -> None:
+    """pt.stats() is per process: a pre-fork worker does not report its parent's counts."""
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], rollups=None)
+    for _ in range(100):
+        with pt.span("parent"):
+            pass
+    assert pt.force_flush(10)
+    assert pt.stats()["accepted"] == 100
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            for _ in range(5):
+                with pt.span("child"):
+                    pass
+            code = 0 if pt.shutdown(10) else 2
+            counts = pt.stats()
+            code = code or (0 if (counts["accepted"], counts["exported"]) == (5, 5) else 3)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pt.stats()["accepted"] == 100  # (the parent's own, unchanged)

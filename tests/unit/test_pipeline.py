@@ -153,6 +153,8 @@ def test_raising_exporter_is_isolated(caplog: pytest.LogCaptureFixture) -> None:
     assert len(mem.spans()) == 10  # the healthy exporter got everything
     stats = pt.stats()
     assert stats["dropped.export_failed.raising"] == 10
+    # the total counts each lost record once (not again for its per-exporter split)
+    assert stats["dropped"] == stats["dropped.export_failed"] == 10
     assert stats["internal_errors"] >= 1
     # logged once per kind, not once per batch
     assert sum("export.raising" in r.getMessage() for r in caplog.records) == 1
