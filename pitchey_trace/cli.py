@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -771,6 +773,10 @@ def _overview(args: argparse.Namespace) -> int:
     return 0
 
 
+# The PEM headers of an encrypted private key: PKCS#8, and OpenSSL's traditional format.
+_ENCRYPTED_KEY = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:[ \t]*4,[ \t]*ENCRYPTED")
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -790,13 +796,29 @@ def _serve(args: argparse.Namespace) -> int:
         import ssl
 
         try:
-            # (a callable, so that an encrypted key without a password fails here instead of
-            # OpenSSL asking for one on the terminal)
+            # Read first: OpenSSL's "No such file" does not say which file, nor its "PEM lib"
+            # that the key is encrypted. (A PEM key is small: the header is in the first MiB.)
+            with open(cert, "rb"):
+                pass
+            with open(key, "rb") as f:
+                encrypted = _ENCRYPTED_KEY.search(f.read(1 << 20)) is not None
+        except OSError as exc:
+            raise PitcheyTraceError(f"--tls-cert/--tls-key: {exc}") from None
+        if encrypted and not password:
+            raise PitcheyTraceError(
+                f"--tls-key {key} is encrypted: set $PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD to its password"
+            )
+        try:
+            # (a callable, so that a key that is encrypted after all fails here instead of
+            # OpenSSL asking for its password on the terminal)
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
                 cert, key, lambda: password or ""
             )
         except (OSError, ssl.SSLError) as exc:
-            hint = "" if password else " (an encrypted key needs $PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD)"
+            # A wrong password is only a "PEM lib" error: say what may be wrong, but not when the
+            # key was read and belongs to another certificate.
+            wrong_password = encrypted and getattr(exc, "reason", None) != "KEY_VALUES_MISMATCH"
+            hint = " (is $PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD its password?)" if wrong_password else ""
             raise PitcheyTraceError(f"--tls-cert/--tls-key: {exc}{hint}") from None
     archive = _archive(args)
     auth = os.environ.get("PITCHEY_TRACE_ANALYSIS_AUTH") or None
@@ -804,24 +826,50 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(archive, basic_auth=auth)
     except ValueError as exc:
         raise PitcheyTraceError(f"PITCHEY_TRACE_ANALYSIS_AUTH: {exc}") from None
-    note = " (HTTP Basic authentication)" if auth else ""
-    scheme = "https" if cert else "http"
-    sys.stderr.write(f"pitchey-trace: serving {archive!r} on {scheme}://{args.host}:{args.port}/{note}\n")
-    if auth and not cert and args.host not in ("127.0.0.1", "localhost", "::1"):
-        sys.stderr.write(
-            "pitchey-trace: warning: Basic authentication over plain HTTP sends the password in "
-            "clear text to anyone on the path; add --tls-cert/--tls-key or a TLS proxy\n"
+    # Bound here rather than by uvicorn: the address line then tells the real port (of
+    # --port 0) and only once listening, and a port in use is one line and exit 2.
+    sock = _listen(args.host, args.port)
+    try:
+        url = f"{'https' if cert else 'http'}://{_url_host(args.host)}:{sock.getsockname()[1]}/"
+        note = " (HTTP Basic authentication)" if auth else ""
+        sys.stderr.write(f"pitchey-trace: serving {archive!r} on {url}{note}\n")
+        if auth and not cert and args.host not in ("127.0.0.1", "localhost", "::1"):
+            sys.stderr.write(
+                "pitchey-trace: warning: Basic authentication over plain HTTP sends the password in "
+                "clear text to anyone on the path; add --tls-cert/--tls-key or a TLS proxy\n"
+            )
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            ssl_keyfile_password=password if cert else None,
         )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        ssl_certfile=cert,
-        ssl_keyfile=key,
-        ssl_keyfile_password=password if cert else None,
-    )
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # re-raised once the server stopped on Ctrl-C (uvicorn.run hides it too)
+            pass
+    finally:
+        sock.close()
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address, in a URL, is in brackets
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host`` (a name, an IPv4 or IPv6 address) and ``port``."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(address, family=family)
+    except socket.gaierror as exc:  # an unknown host name
+        raise PitcheyTraceError(f"cannot listen on {_url_host(host)}:{port}: {exc.strerror or exc}") from None
+    except OSError as exc:  # (create_server's own message repeats the address)
+        detail = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise PitcheyTraceError(f"cannot listen on {_url_host(host)}:{port}: {detail}") from None
 
 
 def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:

@@ -54,7 +54,9 @@ def parse_time(value: object, now_ns: int | None = None) -> int:
             if not ago < _MAX_NS:  # (infinite too: "999...9h" has more digits than a float holds)
                 raise ValueError(f"relative time out of range: {value!r}")
             return max(0, now - int(ago))
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # (str.isdigit alone takes "²", which int() refuses)
+            if len(text.lstrip("0")) > 20:  # (beyond any Unix ns; int() of 5,000 digits refuses too)
+                raise ValueError(f"time out of range (expected Unix nanoseconds): {text[:40]!r}")
             return parse_time(int(text))
         iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text  # fromisoformat: "Z" only from 3.11
         try:

@@ -22,7 +22,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,9 +63,16 @@ _SECURITY_HEADERS = (
     ("referrer-policy", "no-referrer"),
     ("x-frame-options", "DENY"),
 )
-# Also set here because a 500 answer is sent from outside the middleware stack.
-_JSON_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
-_INT = re.compile(r"[+-]?\d+")
+# All of them set here too: Starlette sends a 500 answer from outside the middleware stack.
+_JSON_HEADERS = {"cache-control": "no-store", **dict(_SECURITY_HEADERS)}
+# ASCII digits only: \d and str.isdigit() also take "²" (which int() refuses) and "٣" (which
+# int() reads as 3).
+_INT = re.compile(r"[+-]?[0-9]+")
+_BIG = 10**18
+"""Stands in for a whole number of more than 18 digits, beyond every range here (and int()
+refuses texts of more than 4300 digits)."""
+# "<scheme> <credentials>", any number of spaces or tabs between (RFC 9110 11.4)
+_AUTHORIZATION = re.compile(rb"[ \t]*([A-Za-z]+)[ \t]+(\S+)[ \t]*")
 _T = TypeVar("_T")
 
 
@@ -96,18 +103,19 @@ class _BasicAuth:
 
     def __init__(self, app: ASGIApp, user: str, password: str) -> None:
         self.app = app
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        self._expected = f"Basic {token}".encode()
+        self._expected = base64.b64encode(f"{user}:{password}".encode())
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = [value for name, value in scope.get("headers") or () if name == b"authorization"]
+        if len(given) != 1:  # several: which one counts would depend on who reads them
+            return False
+        match = _AUTHORIZATION.fullmatch(given[0])
+        if not match or match[1].lower() != b"basic":  # the scheme is case-insensitive (RFC 9110)
+            return False
+        return hmac.compare_digest(match[2], self._expected)  # constant time: no timing oracle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
-            await self.app(scope, receive, send)
-            return
-        given = b""
-        for name, value in scope.get("headers") or ():
-            if name == b"authorization":
-                given = value
-        if hmac.compare_digest(given, self._expected):  # constant time: no timing oracle
+        if scope["type"] != "http" or scope.get("path") == "/healthz" or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         body = b'{"error":"authentication required"}'
@@ -125,12 +133,36 @@ class _BasicAuth:
         await send({"type": "http.response.body", "body": body})
 
 
-def json_response(data: Any, status_code: int = 200) -> Response:
+def json_response(data: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """``data`` as a JSON response. ``<``, ``>`` and ``&`` (which JSON allows only inside
     strings) are written as ``\\u`` escapes: the same document, but no byte of it reads as
     markup should a client ever treat it as HTML."""
     body = _json.dumps(data).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
-    return Response(body, status_code, media_type="application/json", headers=_JSON_HEADERS)
+    return Response(
+        body, status_code, media_type="application/json", headers={**_JSON_HEADERS, **(headers or {})}
+    )
+
+
+class _WholeStaticFiles(StaticFiles):
+    """Static files answered whole: a ``Range`` header is ignored, as RFC 9110 allows (the files
+    are small), so a malformed or unsatisfiable one is no text/plain 400 or 416 unlike every
+    other error. Other methods than GET and HEAD answer the usual JSON 405 with ``Allow``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["method"] not in ("GET", "HEAD"):
+                raise HTTPException(405, headers={"allow": "GET, HEAD"})
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+
+            async def send_whole(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    MutableHeaders(scope=message)["accept-ranges"] = "none"
+                await send(message)
+
+            await super().__call__(scope, receive, send_whole)
+            return
+        await super().__call__(scope, receive, send)
 
 
 # -- query parameters: each parser raises ValueError (answered with 400) on bad input ---------------
@@ -155,21 +187,45 @@ def _duration(request: Request, name: str) -> float | None:
     return number
 
 
+def _shown(value: str) -> str:
+    """``value`` quoted for a message, a long one clipped: a message does not echo 5000 digits."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
 def _time(request: Request, name: str) -> str | None:
     """Passed to the engine as text, which reads it as :func:`~pitchey_trace.analysis.parse_time`
     does everywhere: ISO-8601, a relative "24h", or digits as Unix nanoseconds."""
-    return _text(request, name)
+    value = _text(request, name)
+    # Digits are converted with int(), which refuses non-ASCII ones ("²") and more than 4300
+    # digits with Python's own words: both are answered here. (Unix ns below 10**20: 20 digits.)
+    if value is not None and value.isdigit():
+        if not _INT.fullmatch(value):
+            raise ValueError(
+                f"{name}: not a time: {_shown(value)} "
+                "(expected e.g. 24h, 15m, 7d, 2026-11-30T12:00:00Z or Unix ns)"
+            )
+        if len(value.lstrip("0")) > 20:
+            raise ValueError(f"{name}: time out of range (expected Unix nanoseconds): {_shown(value)}")
+    return value
+
+
+def _whole(value: str, name: str, what: str) -> int:
+    """``value`` as an int, written in ASCII digits (a sign allowed); one with more than 18
+    digits is taken as +-10**18, which every range check here refuses or cuts."""
+    if not _INT.fullmatch(value):
+        raise ValueError(f"{name} must be {what}, got {_shown(value)}")
+    if len(value.lstrip("+-").lstrip("0")) > 18:
+        return -_BIG if value.startswith("-") else _BIG
+    return int(value)
 
 
 def _limit(request: Request) -> int | None:
     value = _text(request, "limit")
     if value is None:
         return None
-    if not _INT.fullmatch(value):
-        raise ValueError(f"limit must be a whole number, got {value!r}")
-    limit = int(value)
+    limit = _whole(value, "limit", "a whole number")
     if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
+        raise ValueError(f"limit must be at least 1, got {_shown(value)}")
     return min(limit, MAX_LIMIT)
 
 
@@ -276,11 +332,16 @@ def create_app(
         return json_response(await call(archive.performance, **texts(request, "service")))
 
     async def series(request: Request) -> Response:
-        step = request.query_params.get("step_s", "")
-        if step and not step.isdigit():
-            raise ValueError(f"step_s must be a whole number of seconds, got {step!r}")
+        step_s = None
+        step = _text(request, "step_s")
+        if step is not None:
+            step_s = _whole(step, "step_s", "a whole number of seconds")
+            if abs(step_s) >= _BIG:  # (the engine's message would show the stand-in)
+                raise ValueError(
+                    f"step_s must be a whole number of seconds from 1 to 31 days, got {_shown(step)}"
+                )
         params = texts(request, "service", "operation")
-        params.update(_given(step_s=int(step) if step else None))
+        params.update(_given(step_s=step_s))
         return json_response(await call(archive.series, **params))
 
     async def errors(request: Request) -> Response:
@@ -326,7 +387,7 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return json_response({"error": exc.detail}, exc.status_code)
+        return json_response({"error": exc.detail}, exc.status_code, exc.headers)  # e.g. a 405's Allow
 
     async def server_error(request: Request, exc: Exception) -> Response:
         logger.error("analysis API: %s %s failed", request.method, request.url.path, exc_info=exc)
@@ -347,7 +408,7 @@ def create_app(
         Route("/api/dependencies", dependencies),
         Route("/api/compare", compare),
         Route("/healthz", healthz),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Mount("/static", _WholeStaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(
         routes=routes,

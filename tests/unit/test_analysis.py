@@ -1060,6 +1060,19 @@ def test_a_huge_relative_time_is_a_value_error(digits: int) -> None:
         parse_duration_ms("9" * digits)
 
 
+@pytest.mark.parametrize("text", ["\u00b2", "1\u00b2", "9" * 5000, "0" * 30 + "1"])
+def test_a_time_of_odd_or_many_digits_gives_our_message(text: str) -> None:
+    """Superscript digits pass str.isdigit() but not int(); 5,000 digits exceed int()'s limit:
+    either way the message is ours, not Python's. Leading zeros are no reason to refuse."""
+    if text.startswith("0"):
+        assert parse_time(text) == 1
+        return
+    with pytest.raises(ValueError, match=r"^(not a time|time out of range)") as info:
+        parse_time(text)
+    assert "int()" not in str(info.value)
+    assert "4300" not in str(info.value)
+
+
 def _rollup(
     minute: int, sketch: dict[str, Any], lo: float = 1.0, hi: float = 1.0, n: int = 3
 ) -> dict[str, Any]:

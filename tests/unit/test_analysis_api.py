@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pitchey_trace.analysis import Archive
-from pitchey_trace.analysis.api import MAX_LIMIT, STATIC_DIR, create_app
+from pitchey_trace.analysis.api import CONTENT_SECURITY_POLICY, MAX_LIMIT, STATIC_DIR, create_app
 from tests.support.analysis_data import (
     HOSTILE_CHILD,
     HOSTILE_NAME,
@@ -179,12 +179,41 @@ def test_only_given_parameters_reach_the_engine_and_limit_is_capped(data: TraceD
         ("/api/logs?until=" + "9" * 5000 + "ms", "time"),
         ("/api/traces/not-a-trace-id", "trace id"),
         ("/api/traces/" + "g" * 32 + "/analysis", "trace id"),
+        # digits that str.isdigit() or \\d take but int() refuses or reads: ASCII only
+        ("/api/series?step_s=%C2%B2", "step_s must be a whole number of seconds"),
+        ("/api/series?step_s=%D9%A3", "step_s must be a whole number of seconds"),
+        ("/api/search?limit=%D9%A3", "limit must be a whole number"),
+        ("/api/search?since=%C2%B2", "not a time"),
+        ("/api/traces/" + "0" * 32 + "?since=%D9%A3", "not a time"),
+        # more digits than int() converts (4300)
+        ("/api/series?step_s=" + "9" * 5000, "step_s must be a whole number of seconds from 1"),
+        ("/api/search?limit=-" + "9" * 5000, "limit must be at least 1"),
+        ("/api/search?since=" + "9" * 5000, "time out of range"),
+        ("/api/logs?until=" + "9" * 25, "time out of range"),
+        ("/api/audit?since=" + "9" * 5000, "time out of range"),
     ],
 )
 def test_bad_parameters_answer_400_with_a_message(app: Any, url: str, message: str) -> None:
     body = get_json(app, url, status=400)
     assert list(body) == ["error"]
     assert message in body["error"]
+    for python in ("int()", "set_int_max_str_digits", "invalid literal"):  # never Python's own words
+        assert python not in body["error"]
+
+
+def test_whole_numbers_in_range(data: TraceData) -> None:
+    archive = RecordingArchive.from_records(data.records)
+    assert isinstance(archive, RecordingArchive)
+    archive.calls = []
+    app = create_app(archive)
+    get_json(app, "/api/search?limit=" + "9" * 5000)  # more than 1000 is cut, however long
+    get_json(app, "/api/search?limit=%2B0007")
+    assert archive.calls == [{"limit": MAX_LIMIT}, {"limit": 7}]
+    assert get_json(app, "/api/series?step_s=0060")["step_s"] == 60
+    assert get_json(app, "/api/series?step_s=%2060%20")["step_s"] == 60  # stripped like every parameter
+    assert get_json(app, "/api/search?since=" + "0" * 30 + "1")  # Unix ns with leading zeros
+    for url in ("/api/series?step_s=", "/api/search?limit=-", "/api/search?since=", "/api/series?step_s=x"):
+        assert len(get_json(app, url + "9" * 5000, status=400)["error"]) < 200  # not echoed whole
 
 
 _PARAMS = (
@@ -350,6 +379,40 @@ def test_pages_are_static_html_with_a_strict_content_security_policy(app: Any, d
         assert response.content == (STATIC_DIR / name).read_bytes()
 
 
+def request(app: Any, method: str, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.request(method, url, headers=headers)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("url", ["/api/search", "/", f"/traces/{'0' * 32}", "/healthz", "/static/app.js"])
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+def test_other_methods_answer_405_json_with_allow(app: Any, url: str, method: str) -> None:
+    response = request(app, method, url)
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": "Method Not Allowed"}
+    assert {m.strip() for m in response.headers["allow"].split(",")} == {"GET", "HEAD"}
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.parametrize("value", ["bytes=abc", "bytes=999999-", "bytes=0-5", "bytes=0-1,5-9", "items=1-2"])
+def test_static_files_are_answered_whole_whatever_the_range(app: Any, value: str) -> None:
+    # The files are small: a Range header is ignored (RFC 9110 allows it) rather than answered
+    # with a text/plain 400 or 416 unlike every other error.
+    response = request(app, "GET", "/static/app.js", {"range": value, "if-range": "x"})
+    assert response.status_code == 200
+    assert response.content == (STATIC_DIR / "app.js").read_bytes()
+    assert "content-range" not in response.headers
+    assert response.headers.get("accept-ranges") == "none"
+    head = request(app, "HEAD", "/static/style.css", {"range": value})
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len((STATIC_DIR / "style.css").read_bytes()))
+
+
 def test_page_code_never_builds_markup_from_strings() -> None:
     script = (STATIC_DIR / "app.js").read_text()
     sinks = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(", "srcdoc")
@@ -380,6 +443,12 @@ def test_engine_failure_is_a_logged_500(data: TraceData, caplog: pytest.LogCaptu
         response = get(app, "/api/overview")
     assert response.status_code == 500
     assert response.json() == {"error": "internal error (see the server log)"}
+    # sent from outside the middleware stack, yet with the same security headers as every answer
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
     assert any("disk on fire" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
 
@@ -471,6 +540,40 @@ def test_basic_auth_guards_everything_but_healthz(archive: Archive) -> None:
     for bad in ("ops", ":pw", "ops:", 42):
         with pytest.raises(ValueError, match="basic_auth"):
             create_app(archive, basic_auth=bad)  # type: ignore[arg-type]
+
+
+def test_basic_auth_scheme_in_any_case_and_several_headers_refused(archive: Archive) -> None:
+    import base64
+
+    app = create_app(archive, basic_auth="ops:pw")
+    token = base64.b64encode(b"ops:pw").decode()
+
+    async def go(*values: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/api/overview", headers=[("authorization", v) for v in values])
+            return response.status_code
+
+    for value in (
+        f"Basic {token}",
+        f"basic {token}",
+        f"BASIC {token}",
+        f"bAsIc   {token}",
+        f"Basic\t{token} ",
+    ):
+        assert asyncio.run(go(value)) == 200, value
+    wrong = base64.b64encode(b"ops:nope").decode()
+    for values in (
+        (f"Basic {token}", f"Basic {token}"),  # several: which one counts is ambiguous
+        (f"Basic {token}", f"Basic {wrong}"),
+        (f"Basic {wrong}", f"Basic {token}"),
+        (f"Bearer {token}",),
+        (f"Basic{token}",),
+        ("Basic",),
+        (f"Basic {wrong}",),
+        (f"Basic {token} x",),
+    ):
+        assert asyncio.run(go(*values)) == 401, values
 
 
 def test_dependencies(app: Any, data: TraceData) -> None:

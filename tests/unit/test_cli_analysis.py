@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -442,3 +443,98 @@ def test_limit_must_be_a_positive_whole_number(
 ) -> None:
     err = usage_error(capsys, argv[0], "-a", str(archived[0]), *argv[1:])
     assert "--limit" in err
+
+
+class _Served:
+    """Stands in for uvicorn.Server.run: records the sockets it was given, serves nothing."""
+
+    sockets: list[Any] = []
+
+    def run(self, sockets: list[Any] | None = None) -> None:
+        _Served.sockets = [(s.family, s.getsockname()) for s in sockets or []]
+
+
+@pytest.mark.parametrize(("host", "family"), [("127.0.0.1", "AF_INET"), ("::1", "AF_INET6")])
+def test_serve_tells_the_port_it_listens_on(
+    archived: tuple[Path, TraceData],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    family: str,
+) -> None:
+    import socket
+
+    import uvicorn
+
+    if family == "AF_INET6":
+        try:
+            socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+    monkeypatch.setattr(uvicorn.Server, "run", _Served.run)
+    code, out, err = run(capsys, "serve", "-a", str(archived[0]), "--host", host, "--port", "0")
+    assert (code, out) == (0, "")
+    [(bound_family, address)] = _Served.sockets
+    assert bound_family == getattr(socket, family)
+    assert address[1] != 0
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is in brackets
+    assert err.startswith(f"pitchey-trace: serving <Archive {archived[0]}")
+    assert err.endswith(f" on http://{shown}:{address[1]}/\n")
+    assert err.count("\n") == 1
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
+    archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        err = usage_error(capsys, "serve", "-a", str(archived[0]), "--port", str(port))
+    assert err == f"pitchey-trace: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    err = usage_error(
+        capsys, "serve", "-a", str(archived[0]), "--host", "no-such-host.invalid", "--port", "0"
+    )
+    assert err.startswith("pitchey-trace: error: cannot listen on no-such-host.invalid:0: ")
+    assert err.count("\n") == 1
+    err = usage_error(capsys, "serve", "-a", str(archived[0]), "--host", "192.0.2.1")  # not this machine's
+    assert err == "pitchey-trace: error: cannot listen on 192.0.2.1:8080: Cannot assign requested address\n"
+
+
+def test_serve_hints_at_the_key_password_only_for_an_encrypted_key(
+    archived: tuple[Path, TraceData],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from tests.integration.exporters.servers import self_signed_certificate
+
+    for name in ("a", "b", "encrypted"):
+        (tmp_path / name).mkdir()
+    cert, key = self_signed_certificate(tmp_path / "a")
+    _, other_key = self_signed_certificate(tmp_path / "b")
+    locked_cert, locked_key = self_signed_certificate(tmp_path / "encrypted", key_password=b"s3cret")
+    root = str(archived[0])
+    monkeypatch.delenv("PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD", raising=False)
+    hint = "$PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD"
+
+    missing = str(tmp_path / "missing.pem")
+    for tls in ((missing, key), (cert, missing), (cert, other_key), (cert, cert)):
+        err = usage_error(capsys, "serve", "-a", root, "--tls-cert", tls[0], "--tls-key", tls[1])
+        assert err.startswith("pitchey-trace: error: --tls-cert/--tls-key: "), tls
+        assert hint not in err, tls
+    err = usage_error(capsys, "serve", "-a", root, "--tls-cert", missing, "--tls-key", key)
+    assert "No such file or directory" in err
+    assert missing in err  # which of the two files
+    err = usage_error(capsys, "serve", "-a", root, "--tls-cert", cert, "--tls-key", other_key)
+    assert "KEY_VALUES_MISMATCH" in err
+
+    err = usage_error(capsys, "serve", "-a", root, "--tls-cert", locked_cert, "--tls-key", locked_key)
+    assert f"--tls-key {locked_key} is encrypted: set {hint}" in err
+    monkeypatch.setenv("PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD", "wrong")
+    err = usage_error(capsys, "serve", "-a", root, "--tls-cert", locked_cert, "--tls-key", locked_key)
+    assert f"(is {hint} its password?)" in err
+    monkeypatch.setenv("PITCHEY_TRACE_ANALYSIS_TLS_KEY_PASSWORD", "s3cret")  # the right one, the wrong cert
+    err = usage_error(capsys, "serve", "-a", root, "--tls-cert", cert, "--tls-key", locked_key)
+    assert "KEY_VALUES_MISMATCH" in err
+    assert hint not in err

@@ -101,7 +101,9 @@
 
   // -- overview / search page --------------------------------------------------------------------
 
-  const SEARCH_FIELDS = ["service", "name", "min_duration_ms", "max_duration_ms", "status", "log", "since", "sort", "limit"];
+  const SEARCH_FIELDS = [
+    "service", "name", "min_duration_ms", "max_duration_ms", "status", "log", "since", "until", "sort", "limit",
+  ];
 
   /** The search parameters of the page address (attr repeated, one per key=value). */
   function searchParamsFromLocation() {
@@ -121,7 +123,17 @@
 
   function fillForm(form, params) {
     for (const field of SEARCH_FIELDS) {
-      if (params.has(field)) form.elements[field].value = params.get(field);
+      if (!params.has(field)) continue;
+      const input = form.elements[field];
+      const value = params.get(field);
+      // A value the list does not offer (a bookmarked since=2h, an ISO time) gets an option of
+      // its own: the form shows the search that runs, and Search keeps it in the address.
+      if (input.tagName === "SELECT" && !Array.from(input.options).some((o) => o.value === value)) {
+        const option = el("option", { text: value });
+        option.value = value;
+        input.appendChild(option);
+      }
+      input.value = value;
     }
     form.elements.attr.value = params.getAll("attr").join("\n");
   }
@@ -391,25 +403,25 @@
     });
 
     // The time window (and service) of the search also scopes the tables beside it.
-    const scope = new URLSearchParams();
-    for (const key of ["since", "service"]) {
-      if (params.has(key)) scope.set(key, params.get(key));
+    const timeWindow = new URLSearchParams();
+    for (const key of ["since", "until"]) {
+      if (params.has(key)) timeWindow.set(key, params.get(key));
     }
-    const since = new URLSearchParams();
-    if (params.has("since")) since.set("since", params.get("since"));
+    const scope = new URLSearchParams(timeWindow);
+    if (params.has("service")) scope.set("service", params.get("service"));
     byId("latency-operation").addEventListener("change", function (event) {
       const chosen = new URLSearchParams(scope);
       if (event.target.value) chosen.set("operation", event.target.value);
       loadSection(getJSON("/api/series?" + chosen), renderSeries);
     });
     return Promise.all([
-      loadSection(getJSON("/api/overview?" + since), renderOverview),
+      loadSection(getJSON("/api/overview?" + timeWindow), renderOverview),
       loadSection(getJSON("/api/search?" + params), renderResults),
       loadSection(getJSON("/api/performance?" + scope), renderPerformance),
       loadSection(getJSON("/api/errors?" + scope), renderErrors),
       loadSection(getJSON("/api/dependencies?" + scope), renderDependencies),
       loadSection(getJSON("/api/series?" + scope), renderSeries),
-      loadSection(getJSON("/api/audit?category=security&limit=20&" + since), renderSecurity),
+      loadSection(getJSON("/api/audit?category=security&limit=20&" + timeWindow), renderSecurity),
       loadSection(getJSON("/api/logs?level=ERROR&limit=20&" + scope), renderErrorLogs),
     ]);
   }

@@ -4,6 +4,7 @@ written by LocalArchiveExporter, answering over HTTP until it is stopped."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -168,3 +169,40 @@ def test_serve_with_an_encrypted_key(archive_dir: Path, tmp_path: Path) -> None:
         err = _stop(proc)
     assert "s3cret" not in err
     assert "Traceback" not in err
+
+
+def _first_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The first line the process writes to stderr ("" if it exits first)."""
+    import threading
+
+    line: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: line.append(proc.stderr.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    assert line, f"pitchey-trace serve wrote nothing within {timeout} s"
+    return line[0]
+
+
+def test_serve_on_port_0_tells_the_port_it_listens_on(archive_dir: Path) -> None:
+    proc = _start_serve(archive_dir, 0)
+    try:
+        first = _first_line(proc)
+        match = re.search(r" on (http://127\.0\.0\.1:(\d+)/)$", first.rstrip("\n"))
+        assert match, first
+        assert int(match[2]) != 0
+        _wait_healthy(proc, match[1].rstrip("/"))
+        assert httpx.get(match[1] + "api/overview", timeout=10).json()["traces"] == 3
+    finally:
+        err = _stop(proc)
+    assert "Traceback" not in err
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(archive_dir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = _start_serve(archive_dir, port)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out == ""
+    assert err == f"pitchey-trace: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
