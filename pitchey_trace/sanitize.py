@@ -1034,6 +1034,7 @@ _STRUCTURAL = frozenset(
         "count",
         "errors",
         "sketch",
+        "error_durations",  # (a rollup's numbers and sketch: a cut sketch would lose counts)
     }
 )
 

@@ -149,6 +149,23 @@ def test_error_durations_are_the_same_from_c_and_python() -> None:
     assert a == b
 
 
+def test_error_durations_pass_the_sanitizer_whole() -> None:
+    """The default pipeline (sanitizer on) exports a rollup's error sketch as it is: its
+    ``counts`` may be longer than the sanitizer's sequence limit (256)."""
+    now = T0
+    with capture_spans() as exp:
+        for i in range(40):  # error spans from 1 us to ~1 s: hundreds of buckets apart
+            s = pt.start_span("op", start_time_ns=now)
+            assert isinstance(s, pt.Span)
+            s.set_status("error", "e")
+            s.end(now + int(1000 * 1.4**i))
+        pt.force_flush()
+    [record] = exp.of_type("rollup")
+    sketch = record["error_durations"]["sketch"]
+    assert len(sketch["counts"]) > 256
+    assert sum(sketch["counts"]) + sketch["zero_count"] == record["errors"] == 40
+
+
 def test_memory_is_bounded_other_operation_and_interval_cap() -> None:
     r = Rollups(max_operations=3, max_open_intervals=2)
     for i in range(10):
