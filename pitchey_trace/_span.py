@@ -697,6 +697,7 @@ class Span(_SpanBase):
         "kind",
         "links",
         "local_root",
+        "local_root_id",
         "name",
         "parent_span_id",
         "span_id",
@@ -725,6 +726,7 @@ class Span(_SpanBase):
         start_ns: int,
         local_root: bool,
         pipe: Pipeline,
+        local_root_id: int = 0,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -738,6 +740,9 @@ class Span(_SpanBase):
         self.start_ns = start_ns
         self.end_ns = 0
         self.local_root = local_root
+        # The span id of this span's local root (its own for a local root): tail keeping
+        # decides per request, and one trace can have several local roots in a process.
+        self.local_root_id = local_root_id or span_id
         self.events: list[tuple[str, int, dict[str, AttributeValue] | None]] | None = None
         self.links: list[Link] | None = None
         self.status = StatusCode.UNSET

@@ -27,12 +27,12 @@
 enum {
     F_TRACE_ID, F_SPAN_ID, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_STATUS, F_MESSAGE,
     F_ATTRS, F_EVENTS, F_LINKS, F_FLAGS, F_STATE, F_BAGGAGE, F_LOCAL_ROOT, F_PIPE, F_TOKEN,
-    F_COUNT
+    F_LOCAL_ROOT_ID, F_COUNT
 };
 static const char *slot_names[F_COUNT] = {
     "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status",
     "status_message", "attributes", "events", "links", "trace_flags", "trace_state", "baggage",
-    "local_root", "_pipe", "_token",
+    "local_root", "_pipe", "_token", "local_root_id",
 };
 static PyObject *status_unset = NULL; /* StatusCode.UNSET */
 static PyObject *no_items = NULL;     /* records.NO_ITEMS: the shared empty events/links list */
@@ -109,20 +109,21 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* A new Span from its 12 given fields (name, kind, trace_id, span_id, parent_span_id,
- * trace_flags, trace_state, baggage, attributes, start_ns, local_root, pipe), the rest at
- * their start values: what Tracer._py_start_span does with one attribute store per slot. */
+/* A new Span from its 13 given fields (name, kind, trace_id, span_id, parent_span_id,
+ * trace_flags, trace_state, baggage, attributes, start_ns, local_root, pipe, local_root_id),
+ * the rest at their start values: what Tracer._py_start_span does with one attribute store per
+ * slot. */
 static PyObject *
 make_span(PyObject *const *fields)
 {
-    static const int order[12] = {
+    static const int order[13] = {
         F_NAME, F_KIND, F_TRACE_ID, F_SPAN_ID, F_PARENT, F_FLAGS, F_STATE, F_BAGGAGE, F_ATTRS,
-        F_START, F_LOCAL_ROOT, F_PIPE,
+        F_START, F_LOCAL_ROOT, F_PIPE, F_LOCAL_ROOT_ID,
     };
     PyObject *span = span_type->tp_alloc(span_type, 0);
     if (span == NULL)
         return NULL;
-    for (int i = 0; i < 12; i++)
+    for (int i = 0; i < 13; i++)
         SLOT(span, order[i]) = Py_NewRef(fields[i]);
     SLOT(span, F_END) = PyLong_FromLong(0);
     SLOT(span, F_STATUS) = Py_NewRef(status_unset);
@@ -518,6 +519,7 @@ plain_attributes(PyObject *attrs, Py_ssize_t limit)
 }
 
 static PyTypeObject *context_type = NULL; /* TraceContext (install_tracer) */
+static Py_ssize_t context_remote_offset;  /* its is_remote slot (read per server span) */
 static PyObject *s_trace_id, *s_span_id, *s_trace_flags, *s_trace_state, *s_baggage;
 
 /* A remote parent's fields (a TraceContext from extract()): new references in out[0..4]
@@ -573,6 +575,7 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
     /* parent is a new reference (or Py_None, also new) */
     PyObject *trace_id = NULL, *parent_id = NULL, *trace_state, *baggage, *flags = NULL;
     PyObject *remote[5] = {NULL, NULL, NULL, NULL, NULL}; /* a TraceContext's fields, held */
+    PyObject *root_id = NULL; /* borrowed: the local root's span id; NULL for the span's own */
     int sampled, local_root;
     if (parent == Py_None) {
         if (root_bound == Py_None) {
@@ -607,7 +610,8 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
     }
     else if (Py_TYPE(parent) == span_type && inline_parent && SLOT(parent, F_FLAGS) != NULL &&
              SLOT(parent, F_TRACE_ID) != NULL && SLOT(parent, F_SPAN_ID) != NULL &&
-             SLOT(parent, F_STATE) != NULL && SLOT(parent, F_BAGGAGE) != NULL) {
+             SLOT(parent, F_STATE) != NULL && SLOT(parent, F_BAGGAGE) != NULL &&
+             SLOT(parent, F_LOCAL_ROOT_ID) != NULL) {
         long pflags = PyLong_AsLong(SLOT(parent, F_FLAGS));
         if (pflags == -1 && PyErr_Occurred())
             goto error;
@@ -617,10 +621,20 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
         trace_state = SLOT(parent, F_STATE);
         baggage = SLOT(parent, F_BAGGAGE);
         local_root = 0;
+        root_id = SLOT(parent, F_LOCAL_ROOT_ID);
         flags = PyLong_FromLong(sampled ? (pflags | 0x01) : (pflags & ~0x01L));
     }
     else if (Py_TYPE(parent) == context_type && inline_parent) {
-        /* a remote parent (extract()): a new local root that follows the caller's decision */
+        /* a remote parent (extract()): a new local root that follows the caller's decision; a
+         * local one (a span's context) is for the Python method, which finds its local root */
+        PyObject *is_remote = *(PyObject **)((char *)parent + context_remote_offset);
+        int remote_parent = is_remote == Py_True ? 1 : is_remote == NULL ? 0 : PyObject_IsTrue(is_remote);
+        if (remote_parent <= 0) {
+            Py_DECREF(parent);
+            if (remote_parent < 0)
+                return NULL;
+            Py_RETURN_NOTIMPLEMENTED;
+        }
         int got = context_fields(parent, remote);
         if (got <= 0) {
             Py_DECREF(parent);
@@ -684,9 +698,9 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
         if (attrs != NULL)
             start = start_time != NULL && PyLong_CheckExact(start_time) ? Py_NewRef(start_time) : now_ns();
         if (start != NULL) {
-            PyObject *fields[12] = {
+            PyObject *fields[13] = {
                 name, kind, trace_id, span_id, parent_id, flags, trace_state, baggage, attrs,
-                start, local_root ? Py_True : Py_False, sink,
+                start, local_root ? Py_True : Py_False, sink, root_id ? root_id : span_id,
             };
             result = make_span(fields);
             Py_DECREF(start);
@@ -799,6 +813,9 @@ install_tracer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "install_tracer(Tracer, SpanKind.INTERNAL, TraceContext)");
         return NULL;
     }
+    static const char *const remote_name[1] = {"is_remote"};
+    if (object_slot_offsets(args[2], remote_name, 1, &context_remote_offset) < 0)
+        return NULL;
     Py_INCREF(args[1]);
     Py_XSETREF(default_kind, args[1]);
     Py_INCREF(args[2]);
@@ -1523,13 +1540,14 @@ done:
 
 /* tail_offer(spans, start, out, decided, decided_old, pending_map, keep_errors, slow_ns,
  * ERROR, Pending, n_pending, remember, max_pending) -> (next, discarded, n_pending, stop):
- * TailKeeper._offer_one for spans[start:], in order, while they are the common cases: a trace
- * already decided (dropped, or kept), a local root with nothing interesting (dropped, its
- * buffered children too), a child with nothing interesting (buffered). It stops at the first
- * span it leaves to Python (interesting ones, slow events, late spans of dropped traces that
- * are interesting, anything odd): next is that span's index, stop 0. It also stops after a
- * decision that filled `decided` (stop 1: the caller swaps generations) or a buffered span
- * that took n_pending over max_pending (stop 2: the caller evicts). */
+ * TailKeeper._offer_one for spans[start:], in order, while they are the common cases (buffers
+ * and decisions keyed by the span's local_root_id): a local trace already decided (dropped, or
+ * kept), a local root with nothing interesting (dropped, its buffered spans too), a descendant
+ * with nothing interesting (buffered). It stops at the first span it leaves to Python
+ * (interesting ones, slow events, late spans of dropped local traces that are interesting,
+ * anything odd): next is that span's index, stop 0. It also stops after a decision that
+ * filled `decided` (stop 1: the caller swaps generations) or a buffered span that took
+ * n_pending over max_pending (stop 2: the caller evicts). */
 static PyObject *s_spans_attr = NULL;
 
 static PyObject *
@@ -1559,11 +1577,11 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int stop = 0;
     for (; i < PyList_GET_SIZE(spans) && !stop; i++) {
         PyObject *span = PyList_GET_ITEM(spans, i);
-        if (Py_TYPE(span) != span_type || SLOT(span, F_TRACE_ID) == NULL || SLOT(span, F_EVENTS) == NULL ||
+        if (Py_TYPE(span) != span_type || SLOT(span, F_LOCAL_ROOT_ID) == NULL || SLOT(span, F_EVENTS) == NULL ||
             SLOT(span, F_STATUS) == NULL || SLOT(span, F_START) == NULL || SLOT(span, F_END) == NULL ||
             SLOT(span, F_LOCAL_ROOT) == NULL)
             break;
-        PyObject *tid = SLOT(span, F_TRACE_ID), *events = SLOT(span, F_EVENTS);
+        PyObject *key = SLOT(span, F_LOCAL_ROOT_ID), *events = SLOT(span, F_EVENTS);
         if (events != Py_None && (!PyList_CheckExact(events) || PyList_GET_SIZE(events) > 0))
             break; /* events may mark the span slow: Python looks */
         if (!PyLong_CheckExact(SLOT(span, F_START)) || !PyLong_CheckExact(SLOT(span, F_END)))
@@ -1577,9 +1595,9 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             interesting = end - start >= slow;
         }
-        PyObject *decision = PyDict_GetItemWithError(decided, tid);
+        PyObject *decision = PyDict_GetItemWithError(decided, key);
         if (decision == NULL && !PyErr_Occurred() && PyDict_GET_SIZE(old))
-            decision = PyDict_GetItemWithError(old, tid);
+            decision = PyDict_GetItemWithError(old, key);
         if (decision == NULL && PyErr_Occurred())
             return NULL;
         if (decision != NULL) {
@@ -1595,7 +1613,7 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (interesting)
             break;
-        PyObject *pending = PyDict_GetItemWithError(pending_map, tid);
+        PyObject *pending = PyDict_GetItemWithError(pending_map, key);
         if (pending == NULL && PyErr_Occurred())
             return NULL;
         int root = PyObject_IsTrue(SLOT(span, F_LOCAL_ROOT));
@@ -1606,13 +1624,13 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *buffered = PyObject_GetAttr(pending, s_spans_attr);
                 Py_ssize_t count = buffered == NULL ? -1 : PyObject_Length(buffered);
                 Py_XDECREF(buffered);
-                if (count < 0 || PyObject_DelItem(pending_map, tid) < 0)
+                if (count < 0 || PyObject_DelItem(pending_map, key) < 0)
                     return NULL;
                 n_pending -= count;
                 discarded += count;
             }
             discarded++;
-            if (PyDict_SetItem(decided, tid, Py_False) < 0)
+            if (PyDict_SetItem(decided, key, Py_False) < 0)
                 return NULL;
             if (PyDict_GET_SIZE(decided) >= remember)
                 stop = 1;
@@ -1622,21 +1640,21 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             PyObject *born = PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
-            Py_INCREF(tid); /* the constructor runs Python: keep the key alive across it */
+            Py_INCREF(key); /* the constructor runs Python: keep the key alive across it */
             PyObject *fresh = born == NULL ? NULL : PyObject_CallOneArg(pending_cls, born);
             Py_XDECREF(born);
             if (fresh == NULL) {
-                Py_DECREF(tid);
+                Py_DECREF(key);
                 return NULL;
             }
-            int rc = PyObject_SetItem(pending_map, tid, fresh);
+            int rc = PyObject_SetItem(pending_map, key, fresh);
             Py_DECREF(fresh);
             if (rc == 0) {
-                pending = PyDict_GetItemWithError(pending_map, tid);
+                pending = PyDict_GetItemWithError(pending_map, key);
                 if (pending == NULL && !PyErr_Occurred())
                     PyErr_SetString(PyExc_RuntimeError, "pending buffer vanished");
             }
-            Py_DECREF(tid);
+            Py_DECREF(key);
             if (rc < 0 || pending == NULL)
                 return NULL;
         }

@@ -1,17 +1,26 @@
-"""Tail keeping: export a head-unsampled trace when one of its spans errored or was slow.
+"""Tail keeping: export a head-unsampled request when one of its spans errored or was slow.
 
-Runs on the pipeline worker, never on the request thread. Record-only spans of a trace wait in
-a bounded buffer until either
+Runs on the pipeline worker, never on the request thread. The unit is the local trace: a
+local root (a span without a parent, or under a remote one) and its local descendants, which
+all carry its span id (``Span.local_root_id``). One trace can have several local roots in a
+process (an unsampled caller retrying, or calling twice in parallel; a producer and its
+consumer), and each decides for its own spans only. Record-only spans wait in a bounded buffer
+per local root until either
 
-* a span of the trace is "interesting" (error status when ``keep_errors``; duration at or over
-  ``slow_threshold_ms``): the buffered spans and every later span of that trace are released;
-* the trace's local root ends without anything interesting: the buffer is discarded;
+* one of them is "interesting" (error status when ``keep_errors``; duration at or over
+  ``slow_threshold_ms``): the buffered spans and every later span of that local trace are
+  released;
+* the local root ends without anything interesting: the buffer is discarded;
 * the buffer is too old (``max_age_s``) or the total pending spans exceed ``max_pending``: the
-  oldest trace is discarded (counted as ``tail.evicted``).
+  oldest buffer is discarded (counted as ``tail.evicted``).
 
 Decisions are remembered (the last ``remember`` to ``2 * remember`` of them, in two plain dicts
 that take turns: cheaper per span than an LRU) so that spans ending after their local root (a
-task spawned and left running) still follow the trace's decision.
+task spawned and left running) still follow its decision.
+
+Buffers and decisions are keyed by the local root's span id alone: 64 random bits made here, as
+unique in practice as a (trace id, span id) pair, and a dict lookup per span cheaper than a
+tuple key (built, hashed and compared anew for every span).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ class _Pending:
 
 
 class TailKeeper:
-    """Buffers record-only spans per trace and releases the traces worth keeping."""
+    """Buffers record-only spans per local root and releases the local traces worth keeping."""
 
     def __init__(
         self,
@@ -54,6 +63,7 @@ class TailKeeper:
         self.max_pending = max_pending
         self.max_age_s = max_age_s
         self.remember = remember
+        # Keyed by local root span id (see the module docstring).
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._n_pending = 0
         # Decisions: the current generation and the previous one (see the module docstring).
@@ -65,9 +75,9 @@ class TailKeeper:
         """Whether anything can ever be kept."""
         return self.keep_errors or self.slow_ns is not None
 
-    def _decide(self, trace_id: int, keep: bool) -> None:
+    def _decide(self, root: int, keep: bool) -> None:
         decided = self._decided
-        decided[trace_id] = keep
+        decided[root] = keep
         if len(decided) >= self.remember:
             self._decided_old = decided
             self._decided = {}
@@ -114,7 +124,7 @@ class TailKeeper:
 
     def _offer_one(self, span: Span, out: list[Span], counts: list[int]) -> None:
         """One span of :meth:`offer_many` (the reference the C accelerator follows)."""
-        tid = span.trace_id
+        root = span.local_root_id
         events = span.events
         slow = self.slow_ns
         interesting = (
@@ -124,9 +134,9 @@ class TailKeeper:
             # slow-query threshold) mark the span with a ``slow_query`` / ``slow`` event.
             or (bool(events) and any(e[0] in _SLOW_EVENTS for e in events))  # type: ignore[union-attr]
         )
-        decision = self._decided.get(tid)
+        decision = self._decided.get(root)
         if decision is None and self._decided_old:
-            decision = self._decided_old.get(tid)
+            decision = self._decided_old.get(root)
         if decision is not None:
             if decision:
                 out.append(span)
@@ -139,26 +149,26 @@ class TailKeeper:
                 counts[0] += 1
             return
         pending_map = self._pending
-        pending = pending_map.get(tid)
+        pending = pending_map.get(root)
         if interesting:
             if pending is not None:
-                del pending_map[tid]
+                del pending_map[root]
                 self._n_pending -= len(pending.spans)
                 out.extend(pending.spans)
             out.append(span)
-            self._decide(tid, True)
+            self._decide(root, True)
             counts[2] += 1
             return
         if span.local_root:
             if pending is not None:
-                del pending_map[tid]
+                del pending_map[root]
                 self._n_pending -= len(pending.spans)
                 counts[0] += len(pending.spans)
             counts[0] += 1
-            self._decide(tid, False)
+            self._decide(root, False)
             return
         if pending is None:
-            pending = pending_map[tid] = _Pending(time.monotonic())
+            pending = pending_map[root] = _Pending(time.monotonic())
         pending.spans.append(span)
         self._n_pending += 1
         if self._n_pending > self.max_pending:

@@ -56,8 +56,41 @@ def _record_failure(sp: AnySpan, exc: BaseException) -> None:
 _DROP = Decision.DROP
 _SAMPLE = Decision.RECORD_AND_SAMPLE
 _INTERNAL = SpanKind.INTERNAL
+
+
+class _LocalScope(NonRecordingSpan):
+    """What :func:`use_context` makes current for a recorded local span: it also carries that
+    span's local root (a TraceContext cannot), so the spans started under it stay part of the
+    same request for tail keeping."""
+
+    __slots__ = ("local_root_id",)
+    local_root_id: int
+
+
 # Parents start_span takes as they are; another class is checked first (_checked_arguments).
-_PARENT_CLASSES = frozenset({Span, TraceContext, NonRecordingSpan, type(SUPPRESSED), type(INVALID_SPAN)})
+_PARENT_CLASSES = frozenset(
+    {Span, TraceContext, NonRecordingSpan, _LocalScope, type(SUPPRESSED), type(INVALID_SPAN)}
+)
+
+
+def _local_root_of(parent: Any) -> int:
+    """The local root (span id) of a span started under ``parent``, a local parent that is
+    not a Span: a TraceContext or NonRecordingSpan with ``is_remote`` False, a BaggageScope.
+
+    A TraceContext does not say which local root its span belongs to, so: the one ``parent``
+    knows (:func:`use_context` of a span, a BaggageScope over one); else that of the span of
+    the same trace current here (a context handed around within its request); else the
+    context's own span id, right when it is the local root's context (``pt.current_context()``
+    in a request handler, handed to a thread). Spans under the context of a deeper span, where
+    none of its trace is current, form a group of their own: kept with their own errors or slow
+    spans, otherwise expired after ``max_age_s``."""
+    for candidate in (parent, _cv_get()):
+        inner: Any = getattr(candidate, "wrapped", candidate)  # a BaggageScope: the span it stands for
+        root = getattr(inner, "local_root_id", None)
+        if isinstance(root, int) and inner.trace_id == parent.trace_id:
+            return root
+    span_id: int = parent.span_id
+    return span_id
 
 
 def _usable_context(context: Any) -> bool:
@@ -173,6 +206,7 @@ class Tracer:
             parent_span_id = 0
             trace_state: tuple[tuple[str, str], ...] = ()
             local_root = True
+            root_id = 0  # (its own span id)
             if sink is None:
                 return NonRecordingSpan(trace_id, getrandbits(64) or new_span_id(), FLAG_RANDOM, (), baggage)
             bound = self._root_bound
@@ -190,10 +224,15 @@ class Tracer:
             parent_span_id = parent.span_id
             trace_state = parent.trace_state
             baggage = parent.baggage
-            # A propagation.BaggageScope stands for a local span: its children are not roots.
-            local_root = parent.is_remote or (
-                parent.__class__ is not Span and not getattr(parent, "wraps_local_span", False)
-            )
+            if parent.__class__ is Span:
+                local_root = False
+                root_id = parent.local_root_id
+            elif parent.is_remote:  # (extract()): this span starts a request here
+                local_root = True
+                root_id = 0
+            else:  # a local context (TraceContext, use_context(), BaggageScope): same request
+                local_root = False
+                root_id = _local_root_of(parent)
             if sink is None:
                 return NonRecordingSpan(
                     trace_id, getrandbits(64) or new_span_id(), parent.trace_flags, trace_state, baggage
@@ -249,6 +288,7 @@ class Tracer:
         span.start_ns = start_ns
         span.end_ns = 0
         span.local_root = local_root
+        span.local_root_id = root_id or span_id
         span.events = None
         span.links = None
         span.status = _UNSET
@@ -371,7 +411,7 @@ def use_context(context: TraceContext | AnySpan | None) -> NonRecordingSpan:
         return NonRecordingSpan(0, 0, 0, (), ())
     if not _usable_context(context):
         raise TypeError(f"use_context() takes a TraceContext, a span or None, got {type(context).__name__}")
-    return NonRecordingSpan(
+    fields = (
         context.trace_id,
         context.span_id,
         context.trace_flags,
@@ -379,6 +419,12 @@ def use_context(context: TraceContext | AnySpan | None) -> NonRecordingSpan:
         context.baggage,
         context.is_remote,
     )
+    inner = getattr(context, "wrapped", context)  # a BaggageScope: the span it stands for
+    if inner.__class__ is Span:
+        scope = _LocalScope(*fields)
+        scope.local_root_id = inner.local_root_id
+        return scope
+    return NonRecordingSpan(*fields)
 
 
 def emit_audit(

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT
 from pitchey_trace._ids import FLAG_RANDOM, FLAG_SAMPLED
-from pitchey_trace._span import INVALID_SPAN, SUPPRESSED, AnySpan, NonRecordingSpan, Span, TraceContext
+from pitchey_trace._span import INVALID_SPAN, SUPPRESSED, AnySpan, NonRecordingSpan, TraceContext
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -442,7 +442,7 @@ class BaggageScope(NonRecordingSpan):
     ``pt.current_span()`` keeps working as before.
     """
 
-    __slots__ = ("_inert", "_span", "wraps_local_span")
+    __slots__ = ("_inert", "_span")
 
     def __init__(self, span: AnySpan, baggage: Baggage, inert: bool = False) -> None:
         if isinstance(span, BaggageScope):
@@ -452,9 +452,6 @@ class BaggageScope(NonRecordingSpan):
         )
         self._span: AnySpan = span
         self._inert = inert
-        #: Read by the tracer: children of a scope over a recorded local span are not local
-        #: roots (tail keeping decides per trace at the local root's end).
-        self.wraps_local_span = span.__class__ is Span
 
     # Read-only span fields come from the underlying span (NonRecordingSpan has inert ones).
     name = _forward("name")

@@ -388,7 +388,16 @@ def test_pure_python_switch() -> None:
 
 
 def _slots(span: Span) -> dict[str, Any]:
-    random_or_clock = ("span_id", "start_ns", "end_ns", "trace_id", "parent_span_id", "_pipe", "links")
+    random_or_clock = (
+        "span_id",
+        "start_ns",
+        "end_ns",
+        "trace_id",
+        "parent_span_id",
+        "_pipe",
+        "links",
+        "local_root_id",
+    )
     out = {name: getattr(span, name) for name in Span.__slots__ if name not in random_or_clock}
     out["links"] = [(k.context.trace_id, k.context.span_id, k.attributes) for k in span.links or ()]
     return out
@@ -411,6 +420,8 @@ def test_c_and_python_span_construction_agree() -> None:
     for c_span, py_span in zip(made["c"], made["python"], strict=True):
         assert _slots(c_span) == _slots(py_span)
         assert bool(c_span.parent_span_id) == bool(py_span.parent_span_id)
+    for spans in made.values():  # parent and child: one local root, the parent
+        assert [s.local_root_id for s in spans] == [spans[0].span_id] * 2
     assert made["c"][1].links is not None
     assert made["c"][1].links[0].context.span_id == 0xDEF
     assert (made["c"][1].start_ns, made["c"][1].end_ns) == (5, 9)
@@ -523,6 +534,38 @@ def test_start_span_fast_path_agrees_with_the_sampling_rules(path: str) -> None:
             assert not s.sampled
             s.set_status("error")
     assert [r["name"] for r in mem.spans()] == ["kept"]
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_start_span_sets_the_local_root_alike(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every span knows its local root (tail keeping decides per local root); the C method
+    does it for a root, a span's child and a remote parent's child, the Python one for a local
+    context (a TraceContext does not carry the local root)."""
+    import functools
+
+    from pitchey_trace import _tracer
+
+    calls: list[str] = []
+    py_start = _tracer.Tracer._py_start_span  # type: ignore[attr-defined]
+    spy = lambda self, name, *a, **k: calls.append(name) or py_start(self, name, *a, **k)  # noqa: E731
+    monkeypatch.setattr(_tracer.Tracer, "_py_start_span", spy)
+    start: Any = pt.start_span
+    if path == "python":
+        start = functools.partial(py_start, _tracer.get_tracer())
+    remote = pt.TraceContext(0xABC, 0x123, 0x00)
+    with capture_spans(sample_rate=0.0, rollups=None):  # record-only spans: tail keeping on
+        with start("root") as root, start("child") as child:
+            grandchild = start("grandchild")
+            by_context = start("by_context", context=child.context)  # (its request is current)
+        server = start("server", context=remote)
+        under = start("under", context=server)
+        spans = [root, child, grandchild, by_context, server, under]
+        for s in spans:
+            assert isinstance(s, Span)
+            s.end()
+    assert [s.local_root for s in spans] == [True, False, False, False, True, False]
+    assert [s.local_root_id for s in spans] == [root.span_id] * 4 + [server.span_id] * 2
+    assert calls == (["by_context"] if path == "c" else [])
 
 
 @pytest.mark.parametrize("path", ["c", "python"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -54,8 +55,17 @@ def test_tail_off_means_unsampled_spans_are_noops() -> None:
 
 
 def _span(
-    trace_id: int, span_id: int, parent: int, *, local_root: bool, error: bool = False, ms: float = 1.0
+    trace_id: int,
+    span_id: int,
+    parent: int,
+    *,
+    local_root: bool,
+    error: bool = False,
+    ms: float = 1.0,
+    root: int | None = None,
 ) -> Span:
+    """A finished span; ``root`` is its local root's span id (default: itself for a local
+    root, else its parent)."""
     s = object.__new__(Span)
     s.name, s.kind, s.trace_id, s.span_id, s.parent_span_id = (
         "s",
@@ -66,6 +76,7 @@ def _span(
     )
     s.trace_flags, s.trace_state, s.baggage, s.attributes = 0, (), (), {}
     s.start_ns, s.end_ns, s.local_root = 1_000, 1_000 + int(ms * 1e6), local_root
+    s.local_root_id = root if root is not None else span_id if local_root else parent
     s.events = s.links = None
     s.status, s.status_message = (StatusCode.ERROR if error else StatusCode.UNSET), None
     return s
@@ -140,6 +151,7 @@ def test_slow_query_event_keeps_an_unsampled_trace() -> None:
 
 _SPAN_SPEC = st.tuples(
     st.integers(min_value=1, max_value=6),  # trace id
+    st.integers(min_value=0, max_value=1),  # which of the trace's two local roots (requests)
     st.booleans(),  # local root
     st.booleans(),  # error
     st.sampled_from([0, 50, 500]),  # duration ms
@@ -157,7 +169,7 @@ _SPAN_SPEC = st.tuples(
 )
 def test_c_offer_path_equals_the_python_one(
     monkeypatch: pytest.MonkeyPatch,
-    chunks: list[list[tuple[int, bool, bool, int, Any]]],
+    chunks: list[list[tuple[int, int, bool, bool, int, Any]]],
     keep_errors: bool,
     slow: float | None,
     max_pending: int,
@@ -180,9 +192,10 @@ def test_c_offer_path_equals_the_python_one(
             sid = 0
             for chunk in chunks:
                 spans = []
-                for tid, root, error, ms, events in chunk:
+                for tid, request, root, error, ms, events in chunk:
                     sid += 1
-                    s = _span(tid, sid, 0 if root else 99, local_root=root, ms=ms, error=error)
+                    root_id = tid * 10 + request  # its request's local root (the keeper reads no other id)
+                    s = _span(tid, sid, 0 if root else 99, local_root=root, ms=ms, error=error, root=root_id)
                     s.events = list(events) if events is not None else None
                     spans.append(s)
                 keeper.offer_many(spans, out)
@@ -197,3 +210,115 @@ def test_c_offer_path_equals_the_python_one(
             )
 
     assert run(fast=True) == run(fast=False)
+
+
+def test_decisions_are_per_local_root_not_per_trace() -> None:
+    keeper = TailKeeper(keep_errors=True, slow_threshold_ms=None)
+    out: list[Span] = []
+    # one trace, two local roots (70 and 80: two requests of one unsampled caller)
+    keeper.offer_many([_span(7, 71, 70, local_root=False), _span(7, 81, 80, local_root=False)], out)
+    keeper.offer(_span(7, 70, 1, local_root=True), out)  # request 70 ends fine: only its spans go
+    assert (out, keeper.pending_spans) == ([], 1)
+    keeper.offer(_span(7, 82, 80, local_root=False, error=True), out)
+    assert [s.span_id for s in out] == [81, 82]  # request 80 fails: kept whole, not "kept late"
+    keeper.offer_many([_span(7, 80, 1, local_root=True), _span(7, 72, 70, local_root=False)], out)
+    assert [s.span_id for s in out] == [81, 82, 80]  # each late span follows its own request
+    assert keeper.pending_spans == 0
+
+
+_UNSAMPLED_CALLER = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+
+
+def _request(name: str, *, fail: bool) -> None:
+    with pt.span(name, kind=pt.SpanKind.SERVER, context=pt.extract(_UNSAMPLED_CALLER)) as server:
+        with pt.span(f"{name}.db") as query:
+            if fail:
+                query.set_status(pt.StatusCode.ERROR, "timeout")
+        with pt.span(f"{name}.render"):
+            pass
+        if fail:
+            server.set_status(pt.StatusCode.ERROR)
+
+
+def test_a_retried_request_keeps_its_whole_trace_when_it_fails() -> None:
+    # The unsampled caller calls twice in one trace: the first request, fine, decides nothing
+    # for the second.
+    with capture_spans(sample_rate=1.0, rollups=None) as mem:
+        _request("first", fail=False)
+        pt.force_flush(5)
+        _request("retry", fail=True)
+    assert sorted(r["name"] for r in mem.spans()) == ["retry", "retry.db", "retry.render"]
+    stats = pt.stats()
+    assert (stats["tail.kept_traces"], stats["tail.discarded"], stats.get("tail.kept_late", 0)) == (1, 3, 0)
+
+
+def test_concurrent_requests_of_one_trace_are_decided_apart() -> None:
+    with capture_spans(sample_rate=1.0, rollups=None) as mem:
+        caller = pt.extract(_UNSAMPLED_CALLER)
+        a = pt.start_span("a", kind=pt.SpanKind.SERVER, context=caller)
+        b = pt.start_span("b", kind=pt.SpanKind.SERVER, context=caller)
+        pt.start_span("a.db", context=a).end()
+        pt.start_span("b.db", context=b).end()
+        pt.force_flush(5)  # both children wait in the tail buffer
+        b.end()  # b ends fine while a still runs
+        pt.force_flush(5)
+        failing = pt.start_span("a.call", context=a)
+        failing.set_status(pt.StatusCode.ERROR)
+        failing.end()
+        a.end()
+    assert sorted(r["name"] for r in mem.spans()) == ["a", "a.call", "a.db"]
+
+
+def test_spans_started_from_a_local_context_are_part_of_its_request() -> None:
+    with capture_spans(sample_rate=0.0, rollups=None) as mem:
+        with pt.span("root") as root:
+            ctx = pt.current_context()
+            assert ctx is not None
+            assert not ctx.is_remote
+            with pt.span("handoff", context=ctx) as handoff:
+                pass
+            with pt.use_context(ctx), pt.span("scoped") as scoped:
+                pass
+            with pt.span("step") as step:
+                step_ctx = step.context
+            with pt.span("from_step", context=step_ctx) as from_step:  # a span of the request is current
+                pass
+            with pt.set_baggage({"k": "v"}), pt.span("bagged") as bagged:
+                pass
+            with pt.span("err") as err:
+                err.set_status(pt.StatusCode.ERROR)
+    joined = (handoff, scoped, from_step, bagged)
+    assert [s.local_root for s in joined] == [False] * 4
+    assert {s.local_root_id for s in joined} == {root.span_id}
+    names = sorted(r["name"] for r in mem.spans())
+    assert names == ["bagged", "err", "from_step", "handoff", "root", "scoped", "step"]
+
+
+def test_work_handed_to_a_thread_stays_part_of_its_request() -> None:
+    made: dict[str, Any] = {}
+    with capture_spans(sample_rate=0.0, rollups=None) as mem:
+        with pt.span("root") as root:
+            with pt.span("step") as step:
+
+                def job() -> None:  # (a plain thread: no span is current in it)
+                    with pt.span("by_context", context=root.context) as a:
+                        pass
+                    with pt.use_context(step), pt.span("in_step") as b:
+                        pass
+                    made.update(by_context=a, in_step=b)
+
+                thread = threading.Thread(target=job)
+                thread.start()
+                thread.join()
+            root.set_status(pt.StatusCode.ERROR)
+    assert {s.local_root_id for s in made.values()} == {root.span_id}
+    assert sorted(r["name"] for r in mem.spans()) == ["by_context", "in_step", "root", "step"]
+
+
+def test_a_remote_context_still_starts_a_local_root() -> None:
+    remote = pt.TraceContext(0xABC, 0xDEF, trace_flags=0)  # is_remote=True
+    with capture_spans(sample_rate=0.0, rollups=None):
+        with pt.span("server", context=remote) as server, pt.use_context(remote), pt.span("other") as other:
+            pass
+    assert [server.local_root, other.local_root] == [True, True]
+    assert (server.local_root_id, other.local_root_id) == (server.span_id, other.span_id)
