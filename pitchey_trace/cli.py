@@ -318,26 +318,25 @@ def _step_s(text: str) -> int:
     return seconds
 
 
-def _positive_int(text: str) -> int:
-    """``--limit``: a whole number from 1 (one check for every command)."""
+def _whole_number(text: str, low: int, high: int | None, expected: str) -> int:
+    """An argparse value: a whole number in ``[low, high]``, else a usage error."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """``--limit``: a whole number from 1 (one check for every command)."""
+    return _whole_number(text, 1, None, "a whole number from 1")
 
 
 def _port(text: str) -> int:
     """``--port``: 0 to 65535 (0: any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
-    return value
+    return _whole_number(text, 0, 65535, "a port number 0-65535")
 
 
 def _attribute(text: str) -> tuple[str, str]:

@@ -207,17 +207,22 @@ def client_identity(cert_file: str | None, key_file: str | None) -> tuple[bytes,
     return chain, key
 
 
+def is_http_url(parts: SplitResult) -> bool:
+    """Whether a split URL is ``http(s)://host[:port]...`` with a valid port."""
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+
+
 def checked_endpoint(url: object, timeout_s: float, form: str) -> SplitResult:
     """``url`` split, once checked to be ``http(s)://host[:port]...``; ``timeout_s`` checked
     too (> 0, finite). Raises TypeError / ConfigurationError with ``form`` in the message."""
     if not isinstance(url, str):
         raise TypeError(f"the URL must be a str, got {url!r}")
     parts = urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number, or out of range
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+    if not is_http_url(parts):
         raise ConfigurationError(f"URL must be {form}, got {url!r}")
     if finite("timeout_s", timeout_s, 0.0, 3600.0) == 0:
         raise ConfigurationError("timeout_s must be > 0")

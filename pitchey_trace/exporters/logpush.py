@@ -29,7 +29,7 @@ from pitchey_trace.exporters._archive import (
     DEFAULT_SPOOL_MAX_BYTES,
     ArchiveExporter,
 )
-from pitchey_trace.exporters._http import RetryPolicy
+from pitchey_trace.exporters._http import RetryPolicy, is_http_url
 from pitchey_trace.exporters._spool import safe_dataset
 from pitchey_trace.logpush_config import LogpushConfig, load_config, make_s3_client
 from pitchey_trace.records import Record
@@ -93,12 +93,7 @@ _ADDRESSING_STYLES = ("auto", "virtual", "path")
 def _check_endpoint_url(url: str) -> None:
     """An S3 endpoint must be ``http(s)://host[:port]``: botocore takes anything at first and
     then fails every upload (``localhost:9000`` has no scheme)."""
-    parts = urlsplit(url)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number, or out of range
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+    if not is_http_url(urlsplit(url)):
         raise ConfigurationError(f"endpoint_url must be http(s)://host[:port], got {url!r}")
 
 
