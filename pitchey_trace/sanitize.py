@@ -428,8 +428,10 @@ def url_credentials(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Dete
 
 def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detector:
     """Values after secret-looking names in text: query strings (``?token=..&api_key=..``),
-    ``key=value`` and ``key: value`` pairs, JSON / Python reprs (``"password": "..."``),
-    connection strings (``Password=...;``), ``Authorization:`` / ``Cookie:`` header lines."""
+    ``key=value`` and ``key: value`` pairs, JSON / Python reprs (``"password": "..."``), also
+    JSON inside a JSON string (``\\"password\\": \\"...\\"``), connection strings
+    (``Password=...;``), ``Cookie:`` header lines, and ``Authorization:`` /
+    ``Proxy-Authorization:`` header lines whole, whatever the scheme (to the end of the line)."""
     return _detector("secret_params", mode, marker)
 
 
@@ -547,10 +549,13 @@ _FRAGMENTS: dict[str, str] = {
     ),
     # Matches any "name=" / "name: " followed by a value; the value is not consumed: when the
     # name ends with a secret word the handler matches and masks it (_KV_VALUE), else scanning
-    # resumes right after the separator so the value still meets every other detector.
+    # resumes right after the separator so the value still meets every other detector. The
+    # name's closing quote may be escaped: JSON inside a JSON string (\"password\": \"...\"),
+    # nested up to three times (\\\" then 7 backslashes). One character class, not a group:
+    # this part is tried at every word start, and a group there costs ~20% of the scan.
     "secret_params": (
         r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>-{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
-        r"(?P<kv_sep>[\"']?[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
+        r"(?P<kv_sep>[\\\"']{0,8}[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
     ),
     "auth_headers": (
         r"(?<![A-Za-z0-9])(?P<ah>(?P<ah_scheme>(?i:bearer|basic)[ \t]+)(?P<ah_cred>[A-Za-z0-9._~+/=\-]{6,}))"
@@ -605,6 +610,25 @@ _KV_VALUE = re.compile(
     rf"|{_VAL_CHARS}+(?:; {_VAL_CHARS}+)*)"
 )
 _PLACEHOLDER = re.compile(r"\?|%s|\$[0-9]+|%\([^)]{1,64}\)s|:[A-Za-z_][A-Za-z0-9_]{0,63}|[Nn]one|null|NULL")
+# A value opened by an escaped quote: a string of JSON (or a repr) inside a string, \" at one
+# level of nesting, \\\" at two, 7 backslashes at three.
+_ESC_OPEN = re.compile(r"(\\{1,7})([\"'])")
+# Where a quoted string may end: a line break, or a quote after a (maximal) run of backslashes.
+# The look-behind starts a run at its first backslash only, so runs are scanned once (linear).
+_QUOTE_STOP = {q: re.compile(rf"[\r\n]|(?<!\\)\\*{q}") for q in "\"'"}
+# Where an Authorization header line may end: a line break, a quote closing the string that holds
+# the line, or an escaped line break (\n, \r\n) inside such a string.
+_HEADER_STOP = re.compile(r"[\r\n]|(?<!\\)\\*[\"']|(?<!\\)\\(?:r\\)?n")
+# What follows an escaped line break that ends a header line: the next header's name, the blank
+# line before a body, or the end of the string. Anything else (DOMAIN\nick in a Digest username)
+# is part of the value.
+_HEADER_NEXT = re.compile(r"(?:\\r)?\\n|[A-Za-z][A-Za-z0-9\-]{0,63}:|[\"']")
+# A Digest parameter (username="bob") inside a double-quoted header line: its name, then the
+# rest of its quoted value, followed by the next parameter or the end of the line.
+_PARAM_NAME = re.compile(r"[ \t,][a-z][a-z0-9_\-]{0,31}=\Z")
+_PARAM_REST = re.compile(r'[^"\r\n]*"(?=[ \t]*(?:,|["\'\r\n]|\Z))')
+_KV_PLAIN, _KV_SECRET, _KV_AUTH = 0, 1, 2  # what a name is (_Engine._kv_kind)
+_NESTING = (1, 3, 7)  # backslashes before a quote at 1, 2, 3 levels of escaping
 
 
 # IBAN length per country (the SWIFT IBAN registry).
@@ -731,6 +755,64 @@ def _ip_partial(marker: str) -> Callable[[str, int], str]:
 _Hit = tuple[str, int] | None  # (replacement, where scanning resumes) or None: leave the match
 
 
+def _closes(run: int, nesting: int) -> bool:
+    r"""Whether ``run`` backslashes then a quote close a string opened by ``nesting`` backslashes
+    then that quote. Each level of escaping doubles the backslashes and adds one, so at one level
+    \" closes, \\\" is a quote inside and \\\\\" closes after a backslash: the run modulo
+    2 * (nesting + 1) equals ``nesting``."""
+    return run % (2 * nesting + 2) == nesting
+
+
+def _quoted_end(text: str, start: int, nesting: int, quote: str) -> tuple[int, int]:
+    """(end of the content, end of the closing quote) of a string opened at ``start`` by
+    ``nesting`` backslashes and ``quote``; unclosed strings end at the line's end."""
+    for stop in _QUOTE_STOP[quote].finditer(text, start):
+        run = stop.end() - stop.start() - 1
+        if text[stop.start()] in "\r\n" or run < nesting:
+            return stop.start(), stop.start()  # a line break, or the enclosing string ends
+        if _closes(run, nesting):
+            return stop.end() - nesting - 1, stop.end()
+    return len(text), len(text)
+
+
+def _header_end(text: str, pos: int, nesting: int, quotes: str) -> int:
+    """Where an Authorization header value starting at ``pos`` ends: at the line's end, or at the
+    end of the quoted string (one of ``quotes``, escaped ``nesting`` times) that holds the line."""
+    search = _HEADER_STOP.search
+    stop = search(text, pos)
+    while stop is not None:
+        at = stop.start()
+        piece = stop.group()
+        last = piece[-1]
+        if piece == "\r" or piece == "\n":
+            return at
+        if last == "n":  # an escaped line break; it ends the line only if a header follows
+            if nesting == 0 and _HEADER_NEXT.match(text, stop.end()):
+                return at
+            stop = search(text, stop.end())
+            continue
+        if last in quotes:
+            run = len(piece) - 1
+            if (
+                run == 0
+                and last == '"'
+                and text[at - 1] == "="
+                and _PARAM_NAME.search(text, max(pos, at - 34), at)
+            ):
+                # A Digest parameter opening (username="bob") in a line written unescaped inside
+                # double quotes: skip to its closing quote (then a comma or the line's end).
+                param = _PARAM_REST.match(text, stop.end())
+                if param is not None:
+                    stop = search(text, param.end())
+                    continue
+            if run < nesting:
+                return at
+            if _closes(run, nesting):
+                return at + run - nesting
+        stop = search(text, stop.end())
+    return len(text)
+
+
 class _Engine:
     """The compiled detectors: one combined pattern plus the per-kind renderers."""
 
@@ -765,7 +847,7 @@ class _Engine:
             "ip6": self._ip6,
             "num": self._num,
         }
-        self._kv_names: dict[str, bool] = {}
+        self._kv_names: dict[str, int] = {}
         self.card = detectors.get("cards")
         self.ssn = detectors.get("ssns")
         self.phone = detectors.get("phones")
@@ -827,17 +909,26 @@ class _Engine:
             user = self.scrub(user)  # the user part may be an email; it holds no ':' or '/'
         return f"{m.group('uc_scheme')}{user}:{self._render('url_credentials', m.group('uc_pw'))}@", m.end()
 
-    def _kv_secret(self, name: str) -> bool:
+    def _kv_kind(self, name: str) -> int:
         known = self._kv_names.get(name)
         if known is None:
-            known = _KV_NAME.search(name) is not None
+            found = _KV_NAME.search(name)
+            if found is None:
+                known = _KV_PLAIN
+            elif found.group().lower() == "authorization":
+                known = _KV_AUTH  # also Proxy-Authorization, X-Authorization...
+            else:
+                known = _KV_SECRET
             if len(self._kv_names) >= _CACHE_MAX_ENTRIES:
                 self._kv_names.clear()
             self._kv_names[name] = known
         return known
 
     def _kv(self, m: re.Match[str]) -> _Hit:
-        if "secret_params" not in self.detectors or not self._kv_secret(m.group("kv_name")):
+        if "secret_params" not in self.detectors:
+            return None
+        kind = self._kv_kind(m.group("kv_name"))
+        if not kind:  # _KV_PLAIN
             return None  # resume after the separator: the value is scanned like any text
         text, pos = m.string, m.end()
         # Decide from the first character before matching a value of unbounded length: every
@@ -851,6 +942,12 @@ class _Engine:
                 return None  # nested lists, or our own marker
             rendered = self._render("secret_params", flat.group())
             return f"{m.group('kv_name')}{m.group('kv_sep')}{rendered}", flat.end()
+        if first == "\\":
+            opened = _ESC_OPEN.match(text, pos)
+            if opened is not None and len(opened.group(1)) in _NESTING:
+                return self._kv_escaped(m, opened)
+        elif kind == _KV_AUTH and first not in "\"'" and ":" in m.group("kv_sep"):
+            return self._kv_header(m)
         vm = _KV_VALUE.match(text, pos)
         if vm is None:
             return None
@@ -864,6 +961,46 @@ class _Engine:
             return None  # short by construction: these patterns are bounded
         rendered = self._render("secret_params", inner)
         return f"{m.group('kv_name')}{m.group('kv_sep')}{quote}{rendered}{closing}", vm.end()
+
+    def _kv_escaped(self, m: re.Match[str], opened: re.Match[str]) -> _Hit:
+        """A value in escaped quotes, JSON inside a JSON string: ``\\"password\\": \\"x\\"``.
+        Only the text between the quotes is replaced, so the document stays valid JSON."""
+        text = m.string
+        start = opened.end()
+        end, closed = _quoted_end(text, start, len(opened.group(1)), opened.group(2))
+        inner = text[start:end]
+        if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
+            return None
+        rendered = self._render("secret_params", inner)
+        return f"{m.group('kv_name')}{m.group('kv_sep')}{opened.group()}{rendered}{text[end:closed]}", closed
+
+    def _kv_header(self, m: re.Match[str]) -> _Hit:
+        """``Authorization: <scheme> <credentials>`` (and ``Proxy-Authorization``): whatever the
+        scheme (Negotiate, NTLM, AWS4-HMAC-SHA256, Digest with its parameters...), the value is
+        the rest of the line. A line held in a quoted string ends where the string ends."""
+        text, pos = m.string, m.end()
+        start = m.start("kv")
+        quotes = ""  # the quotes that may end the string holding the line: none, one or both
+        nesting = 0
+        before = text[start - 1] if start else ""
+        if before in "\"'" and before and m.group("kv_sep")[0] not in "\"'\\":
+            quotes = before  # 'Authorization: ...' or "Authorization: ..."
+            run = start - 1
+            while run > 0 and start - 1 - run < 8 and text[run - 1] == "\\":
+                run -= 1
+            nesting = start - 1 - run  # \"Authorization: ...\" in JSON inside JSON
+            if nesting and nesting not in _NESTING:
+                quotes, nesting = "", 0
+        elif before == "\\" and text[start] == "n" and (start < 2 or text[start - 2] != "\\"):
+            # ...\r\nAuthorization: ... (the name then starts with the escape's "n"): a raw HTTP
+            # message inside a JSON string or a repr, whose quote is not known
+            quotes = "\"'"
+        end = _header_end(text, pos, nesting, quotes)
+        value = text[pos:end].rstrip()
+        if not value or _PLACEHOLDER.fullmatch(value) or _RENDERED.fullmatch(value):
+            return None
+        rendered = self._render("secret_params", value)
+        return f"{m.group('kv_name')}{m.group('kv_sep')}{rendered}", pos + len(value)
 
     def _auth(self, m: re.Match[str]) -> _Hit:
         cred = m.group("ah_cred")

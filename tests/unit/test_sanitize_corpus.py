@@ -154,6 +154,29 @@ def _generators() -> dict[str, Callable[[random.Random], Secret]]:
             "json_password", f'{{"username": "bob", "password": "{pw}"}}', [pw, pw.split()[0], pw.split()[1]]
         )
 
+    def auth_scheme(r: random.Random) -> Secret:
+        # Authorization header lines with schemes other than Bearer/Basic: the whole value goes
+        cred = _rand(r, 24) + "Zq"
+        name = r.choice(["Authorization", "Proxy-Authorization", "authorization"])
+        value = r.choice(
+            [
+                f"Negotiate {cred}",
+                f"NTLM {cred}==",
+                f"SSWS {cred}",
+                f"AWS {_rand(r, 10)}:{cred}",
+                f'Digest username="bob", realm="api", nonce="{_rand(r, 16)}", response="{cred}"',
+                f"AWS4-HMAC-SHA256 Credential={_rand(r, 10)}/s3, SignedHeaders=host, Signature={cred}",
+            ]
+        )
+        return Secret("auth_scheme", f"{name}: {value}", [cred])
+
+    def json_in_json(r: random.Random) -> Secret:
+        # a logged API Gateway event: the request body is JSON inside a JSON string
+        pw, key = _rand(r, 8) + " " + _rand(r, 6), _rand(r, 20)
+        body = json.dumps({"username": "bob", "password": pw, "api_key": key})
+        text = json.dumps({"httpMethod": "POST", "path": "/login", "body": body})
+        return Secret("json_in_json", text, [pw, pw.split()[0], pw.split()[1], key])
+
     def cookie(r: random.Random) -> Secret:
         sid = _rand(r, 24)
         return Secret("cookie", f"Cookie: sessionid={sid}; theme=dark", [sid])
@@ -188,6 +211,8 @@ def _generators() -> dict[str, Callable[[random.Random], Secret]]:
             url_password,
             query,
             json_password,
+            auth_scheme,
+            json_in_json,
             cookie,
             ssn,
             phone,
