@@ -474,26 +474,43 @@ INVALID_SPAN: NonRecordingSpan = _Shared(0, 0, 0)
 
 def _clean_value(value: object) -> AttributeValue | None:
     """Accept a valid attribute value (copying sequences), or None for an invalid one."""
-    if isinstance(value, enum.Enum):
-        value = value.value
     cls = value.__class__
     if cls is float:
         return value if value - value == 0 else None  # type: ignore[operator,return-value]  # NaN/inf: not JSON
     if cls in _SCALAR:
         return value  # type: ignore[return-value]
-    if isinstance(value, (list, tuple)) and not isinstance(value, str):
-        if not value:
-            return []
-        first = value[0].__class__
-        if first in _SCALAR and all(v.__class__ is first for v in value):
-            if first is float and not all(v - v == 0 for v in value):
-                return None
-            return list(value)  # our own copy: the caller may mutate theirs
+    if cls is list or cls is tuple:
+        return _clean_sequence(value)  # type: ignore[arg-type]
+    try:
+        return _clean_other(value)
+    except Exception:  # a subclass's own methods failed: the value is invalid, never raised
         return None
-    # Subclasses (str/int enums, custom numbers) are stored as their plain base value.
-    for base in (bool, int, float, str):
-        if isinstance(value, base):
-            return _clean_value(base(value))
+
+
+def _clean_sequence(value: list[object] | tuple[object, ...]) -> AttributeValue | None:
+    if not value:
+        return []
+    first = value[0].__class__
+    if first in _SCALAR and all(v.__class__ is first for v in value):
+        if first is float and not all(v - v == 0 for v in value):  # type: ignore[operator]
+            return None
+        return list(value)  # type: ignore[return-value]  # our own copy: the caller may mutate theirs
+    return None
+
+
+def _clean_other(value: object) -> AttributeValue | None:
+    """Enums (their value) and subclasses of the valid types (their plain base value, taken
+    without calling the subclass's own ``__str__`` / ``__int__`` / ``__float__`` / ...)."""
+    if isinstance(value, enum.Enum):
+        return _clean_value(value.value)
+    if isinstance(value, (list, tuple)):
+        return _clean_sequence(list(value))
+    if isinstance(value, int):  # (bool cannot be subclassed)
+        return int.__int__(value)
+    if isinstance(value, float):
+        return _clean_value(float.__float__(value))
+    if isinstance(value, str):
+        return str.__str__(value)
     return None
 
 

@@ -336,11 +336,12 @@ class Tracer:
             )
             return
         action, target, outcome = _safe_str(action), _safe_str(target), _safe_str(outcome)
-        if actor is not None:
-            actor = _safe_str(actor)
         cur = span if span is not None else _cv_get()
         if actor is None and cur is not None:
             actor = dict(cur.baggage).get("user.id") or dict(cur.baggage).get("actor")
+        if actor is not None and actor.__class__ is not str:
+            # plain text: a str subclass as its base value (its own __str__ is not called)
+            actor = str.__str__(actor) if isinstance(actor, str) else _safe_str(actor)
         pipeline.emit(
             audit_record(
                 action=action,

@@ -383,7 +383,12 @@ def _format_baggage(baggage: Baggage) -> str:
     for key, value in baggage:
         if not isinstance(key, str) or not _valid_baggage_key(key):
             continue
-        item = f"{key}={quote(str(value), safe=_BAGGAGE_SAFE)}"
+        try:
+            text = str.__str__(value) if isinstance(value, str) else str(value)  # no subclass __str__
+            item = f"{key}={quote(text, safe=_BAGGAGE_SAFE)}"
+        except Exception:  # not UTF-8 encodable (a lone surrogate), or str() failed: skip it alone
+            _safety.warn_once("baggage_invalid", "baggage value for %r cannot be encoded: not sent", key)
+            continue
         if size + 1 + len(item) > MAX_BAGGAGE_BYTES:
             continue  # too big to fit: skip it whole, smaller ones may still fit
         size += 1 + len(item)
@@ -542,16 +547,39 @@ def set_baggage(entries: Mapping[str, str | None] | None = None, /, **kwargs: st
         return BaggageScope(SUPPRESSED, (), inert=True)
     span: AnySpan = cur if cur is not None else INVALID_SPAN
     merged = dict(span.baggage)
-    updates: dict[str, str | None] = dict(entries) if entries else {}
+    updates: dict[Any, Any] = {}
+    if entries is not None:
+        try:
+            if isinstance(entries, (str, bytes, bytearray)):
+                raise TypeError(type(entries).__name__)
+            updates = dict(entries)
+        except Exception:
+            _safety.warn_once(
+                "baggage_invalid", "set_baggage: entries must be a mapping, got %s: ignored", type(entries)
+            )
     updates.update(kwargs)
     for key, value in updates.items():
         if value is None:
             merged.pop(key, None)
-        elif isinstance(key, str) and _valid_baggage_key(key) and isinstance(value, str):
-            merged[key] = value
+        elif isinstance(key, str) and isinstance(value, str) and _valid_baggage_entry(key, value):
+            # baggage values (and keys) are plain str: a subclass is stored as its base value
+            merged[str.__str__(key)] = value if value.__class__ is str else str.__str__(value)
         else:
             _safety.warn_once("baggage_invalid", "invalid baggage entry %r=%r ignored", key, value)
     return BaggageScope(span, tuple(merged.items()))
+
+
+def _valid_baggage_entry(key: str, value: str) -> bool:
+    """A token key and a value inject can send (UTF-8 encodable: no lone surrogate)."""
+    if not _valid_baggage_key(str.__str__(key)):
+        return False
+    if str.isascii(value):
+        return True
+    try:
+        str.encode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def with_baggage(key: str, value: str | None) -> BaggageScope:
