@@ -322,6 +322,7 @@ class Pipeline:
         self.thresholds = thresholds
         self.max_queue_size = max_queue_size
         self.schedule_delay_s = schedule_delay_s
+        self.export_batch_size = export_batch_size  # (the resolved value, also with no exporter)
         self.workers = [
             ExporterWorker(e, exporter_queue_size, export_batch_size, schedule_delay_s) for e in exporters
         ]
@@ -408,8 +409,11 @@ class Pipeline:
         self.wake.set()
         return latch.done.wait(timeout) and not latch.failed
 
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush, stop the workers, shut the exporters down. Idempotent."""
+    def shutdown(self, timeout: float | None = None, keep: Sequence[object] = ()) -> bool:
+        """Flush, stop the workers, shut the exporters down. Idempotent.
+
+        Exporters in ``keep`` (by identity: the ones a new ``configure()`` reuses) are
+        flushed but left open for the next pipeline."""
         if self._shutdown:
             return True
         timeout = 30.0 if timeout is None else max(0.0, timeout)
@@ -425,7 +429,10 @@ class Pipeline:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         for w in self.workers:
             w.stop(max(0.0, deadline - time.monotonic()))
+        kept = {id(e) for e in keep}
         for w in self.workers:
+            if id(w.exporter) in kept:
+                continue  # (its records were flushed above; the next pipeline uses it)
             shut = getattr(w.exporter, "shutdown", None)
             if shut is not None:
                 remaining = max(0.1, deadline - time.monotonic())

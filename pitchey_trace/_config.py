@@ -63,7 +63,7 @@ from pitchey_trace.sampling import (
     TraceIdRatio,
     bind_service,
     per_trace,
-    sampler_from_name,
+    sampler_from_env,
 )
 
 __all__ = ["configure", "force_flush", "is_configured", "shutdown", "stats"]
@@ -89,6 +89,20 @@ def _env_bool(name: str) -> bool | None:
     if low in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+
+
+def _otel_env_bool(name: str) -> bool | None:
+    """An OpenTelemetry boolean variable, as its specification says: only "true" (any case)
+    is true; anything else is false (unexpected values logged once). Never extended to 1/yes/on."""
+    value = _env(name)
+    if value is None:
+        return None
+    low = value.lower()
+    if low not in ("true", "false"):
+        _safety.warn_once(
+            f"env.{name}", "pitchey_trace: %s=%r is not true or false; treated as false", name, value
+        )
+    return low == "true"
 
 
 _N = TypeVar("_N", int, float)
@@ -339,7 +353,7 @@ def configure(
         # PITCHEY_TRACE_DISABLED=false wins over OTEL_SDK_DISABLED=true, as every PITCHEY_TRACE_*
         # variable over its OpenTelemetry counterpart.
         env_disabled = _env_bool("PITCHEY_TRACE_DISABLED")
-        disabled = bool(_env_bool("OTEL_SDK_DISABLED") if env_disabled is None else env_disabled)
+        disabled = bool(_otel_env_bool("OTEL_SDK_DISABLED") if env_disabled is None else env_disabled)
     elif not isinstance(disabled, int) or disabled not in (0, 1):  # (bools, and the 0/1 some code passes)
         raise TypeError(f"disabled must be True, False or None, got {disabled!r}")
     env_resource = _resource_from_env()
@@ -347,14 +361,28 @@ def configure(
     env_service = env_resource.pop("service.name", None)
     env_environment = env_resource.pop("deployment.environment.name", None)
     env_environment = env_resource.pop("deployment.environment", None) or env_environment
+    # The same keys in the resource_attributes argument (which wins over the environment).
+    arg_service = arg_environment = None
+    if isinstance(resource_attributes, Mapping):
+        resource_attributes = dict(resource_attributes)
+        arg_service = resource_attributes.pop("service.name", None)
+        arg_environment = resource_attributes.pop("deployment.environment.name", None)
+        arg_environment = resource_attributes.pop("deployment.environment", None) or arg_environment
     service = (
         service
+        or arg_service
         or _env("PITCHEY_TRACE_SERVICE")
         or _env("OTEL_SERVICE_NAME")
         or env_service
         or "unknown_service"
     )
-    environment = environment or _env("PITCHEY_TRACE_ENVIRONMENT") or env_environment or "development"
+    environment = (
+        environment
+        or arg_environment
+        or _env("PITCHEY_TRACE_ENVIRONMENT")
+        or env_environment
+        or "development"
+    )
     if not isinstance(service, str) or not isinstance(environment, str):
         raise TypeError("service and environment must be strings")
 
@@ -365,10 +393,8 @@ def configure(
             raise ConfigurationError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
         if sample_rate is not None:
             sampler = ParentBased(TraceIdRatio(sample_rate))
-        elif _env("OTEL_TRACES_SAMPLER"):
-            sampler = sampler_from_name(_env("OTEL_TRACES_SAMPLER") or "", _env("OTEL_TRACES_SAMPLER_ARG"))
-        else:
-            sampler = ParentBased(TraceIdRatio(1.0))
+        else:  # (OTEL_TRACES_SAMPLER: unknown values warn and fall back, as the spec says)
+            sampler = sampler_from_env() or ParentBased(TraceIdRatio(1.0))
     elif not hasattr(sampler, "should_sample"):
         raise TypeError(f"sampler must have should_sample(), got {sampler!r}")
     else:
@@ -463,7 +489,8 @@ def configure(
     tail = TailKeeper(keep_errors=keep_errors, slow_threshold_ms=slow_threshold_ms)
     _propagators_from_env()  # (after every check: a refused configure() changes nothing)
     with _lock:
-        _shutdown_locked(timeout=5.0)
+        # Exporters passed again (e.g. to change the sample rate) are flushed, not shut down.
+        _shutdown_locked(timeout=5.0, keep=() if disabled else exporters)
         if disabled:
             _TRACER.install(None, _TRACER.sampler, False)
             return
@@ -522,13 +549,13 @@ def _timeout(value: Any) -> float | None:
     return max(0.0, min(float(value), 365 * 86_400.0))
 
 
-def _shutdown_locked(timeout: float | None) -> bool:
+def _shutdown_locked(timeout: float | None, keep: Sequence[object] = ()) -> bool:
     pipeline = _TRACER.pipeline
     _TRACER.install(None, _TRACER.sampler, False)
     if pipeline is None:
         return True
     try:
-        return pipeline.shutdown(timeout)
+        return pipeline.shutdown(timeout, keep=keep)
     except Exception as exc:
         _safety.report("shutdown", exc)
         return False

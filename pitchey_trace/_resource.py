@@ -42,6 +42,9 @@ _CGROUP_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
 # cgroup v2 has no id in /proc/self/cgroup; the runtime's bind mounts of the container's
 # own files (/var/lib/docker/containers/<id>/hostname, .../sandboxes/<id>/...) show it.
 _MOUNT_ID = re.compile(r"/(?:containers|sandboxes)/([0-9a-f]{64})/")
+# Only those bind mounts: on a host, the runtime's mounts of OTHER containers (their shm,
+# volumes) are listed too, under other mount points.
+_OWN_MOUNT_POINTS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 _MAX_FILE = 1 << 20  # (procfs files are small; never read an unbounded one)
 
 _OS_TYPES = {"linux": "linux", "darwin": "darwin", "win32": "windows", "cygwin": "windows"}
@@ -79,8 +82,14 @@ def container_id(cgroup: str | None, mountinfo: str | None) -> str | None:
         found = _CGROUP_ID.search(path)
         if found:
             return found.group(1)
-    found = _MOUNT_ID.search(mountinfo or "")
-    return found.group(1) if found else None
+    for line in (mountinfo or "").splitlines():
+        # mount id, parent id, major:minor, root (field 4), mount point (field 5), ...
+        fields = line.split()
+        if len(fields) >= 5 and fields[4] in _OWN_MOUNT_POINTS:
+            found = _MOUNT_ID.search(fields[3])
+            if found:
+                return found.group(1)
+    return None
 
 
 def _first(environ: Mapping[str, str], *names: str) -> str | None:

@@ -63,6 +63,7 @@ from types import ModuleType
 from typing import Any
 
 from pitchey_trace import _safety
+from pitchey_trace.exceptions import ConfigurationError
 
 __all__ = ["SUPPORTED", "instrument_all", "instrumented"]
 
@@ -316,9 +317,26 @@ def _threading(_: ModuleType) -> None:
     instrument_threads()
 
 
-def _level(text: str) -> int | str:
+def _level(text: str, variable: str) -> int | str:
+    """A logging level from ``variable``'s value: a number, or a level name (any case)."""
+    import logging
+
     text = text.strip().upper()
-    return int(text) if text.isdigit() else text
+    if text.isdigit():
+        return int(text)
+    if not isinstance(logging.getLevelName(text), int):
+        raise ConfigurationError(
+            f"{variable}: unknown log level {text!r}; expected a level name "
+            "(DEBUG, INFO, WARNING, ERROR, CRITICAL) or number"
+        )
+    return text
+
+
+def log_event_level() -> int | str:
+    """The least level of the log records added to the current span as ``log`` events, from
+    ``PITCHEY_TRACE_LOG_EVENT_LEVEL`` (a level name or number; default WARNING)."""
+    given = os.environ.get("PITCHEY_TRACE_LOG_EVENT_LEVEL", "").strip()
+    return _level(given, "PITCHEY_TRACE_LOG_EVENT_LEVEL") if given else "WARNING"
 
 
 def export_logs_level() -> int | str | None:
@@ -327,7 +345,9 @@ def export_logs_level() -> int | str | None:
     ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED`` is true; None: not shipped."""
     given = os.environ.get("PITCHEY_TRACE_EXPORT_LOGS", "").strip()
     if given:
-        return None if given.lower() in ("off", "false", "0", "none") else _level(given)
+        if given.lower() in ("off", "false", "0", "none"):
+            return None
+        return _level(given, "PITCHEY_TRACE_EXPORT_LOGS")
     otel = os.environ.get("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "").strip().lower()
     return "INFO" if otel == "true" else None
 
@@ -335,8 +355,16 @@ def export_logs_level() -> int | str | None:
 def _logging(_: ModuleType) -> None:
     from pitchey_trace.web.logs import export_logs, instrument_logging
 
-    instrument_logging(_level(os.environ.get("PITCHEY_TRACE_LOG_EVENT_LEVEL", "") or "WARNING"))
-    level = export_logs_level()
+    # Each variable on its own: a bad one is logged (once) and only its part is left off.
+    try:
+        instrument_logging(log_event_level())
+    except ConfigurationError as exc:
+        _safety.warn_once("env.PITCHEY_TRACE_LOG_EVENT_LEVEL", "pitchey_trace: %s", exc)
+    try:
+        level = export_logs_level()
+    except ConfigurationError as exc:
+        _safety.warn_once("env.PITCHEY_TRACE_EXPORT_LOGS", "pitchey_trace: %s", exc)
+        level = None
     if level is not None:
         export_logs(level)
 

@@ -51,11 +51,36 @@ def _logpush(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in rows) else 1
 
 
+def _mask_url(url: str) -> str:
+    """`url` with its credentials masked, for output that ends up in CI logs: the password of
+    the userinfo (`user:***@`; a lone user name, often a token, becomes `***@`) and every
+    query value (`?token=***`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _value in (item.partition("=") for item in parts.query.split("&"))
+    )
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
 def _exporter_summary(exporter: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"name": getattr(exporter, "name", None), "type": type(exporter).__name__}
     for attr in ("endpoint", "url", "protocol", "temporality", "datasets", "spool_dir"):
         value = getattr(exporter, attr, None)
         if value is not None and not callable(value):
+            if attr in ("endpoint", "url") and isinstance(value, str):
+                value = _mask_url(value)
             out[attr] = sorted(value) if isinstance(value, (set, frozenset)) else value
     return out
 
@@ -105,7 +130,7 @@ def _config(args: argparse.Namespace) -> int:
     import pitchey_trace as pt
     from pitchey_trace._span import Limits
     from pitchey_trace._tracer import get_tracer
-    from pitchey_trace.auto import export_logs_level
+    from pitchey_trace.auto import export_logs_level, log_event_level
 
     pt.configure()  # from the environment only, as a service calling configure() would
     # OpenTelemetry variables set here that nothing reads (metrics, logs, other exporters'):
@@ -143,13 +168,14 @@ def _config(args: argparse.Namespace) -> int:
                 rollups=pipeline.rollups is not None,
                 max_queue_size=pipeline.max_queue_size,
                 schedule_delay_ms=pipeline.schedule_delay_s * 1000,
-                export_batch_size=pipeline.workers[0].batch_size if pipeline.workers else None,
+                export_batch_size=pipeline.export_batch_size,
                 limits={
                     "attributes": Limits.max_attributes,
                     "events": Limits.max_events,
                     "links": Limits.max_links,
                 },
                 export_logs=export_logs_level(),
+                log_event_level=log_event_level(),
             )
     finally:
         pt.shutdown(1.0)

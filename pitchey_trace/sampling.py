@@ -343,3 +343,49 @@ def sampler_from_name(name: str, arg: str | None = None) -> Sampler:
         return table[key]
     except KeyError:
         raise ConfigurationError(f"unknown sampler {name!r}; expected one of {sorted(table)}") from None
+
+
+def sampler_from_env() -> Sampler | None:
+    """The sampler ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` name; None when unset.
+
+    As the OpenTelemetry specification requires, values this SDK does not know
+    (``parentbased_jaeger_remote``, ``xray``, a typo) are logged once and ignored (None: the
+    default sampler), and an invalid ratio argument (not a number in [0, 1]) is logged once and
+    treated as unset (ratio 1.0). :func:`sampler_from_name` stays strict for explicit calls."""
+    from pitchey_trace import _safety
+
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip()
+    if not name:
+        return None
+    key = name.lower()
+    if key not in _OTEL_SAMPLERS:
+        _safety.warn_once(
+            "env.OTEL_TRACES_SAMPLER",
+            "pitchey_trace: OTEL_TRACES_SAMPLER=%r is not supported (supported: %s); "
+            "using the default sampler (parentbased_always_on)",
+            name,
+            ", ".join(_OTEL_SAMPLERS),
+        )
+        return None
+    arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or None
+    if arg is not None and "traceidratio" in key:
+        try:
+            _check_rate(float(arg))
+        except (ValueError, ConfigurationError):
+            _safety.warn_once(
+                "env.OTEL_TRACES_SAMPLER_ARG",
+                "pitchey_trace: OTEL_TRACES_SAMPLER_ARG=%r is not a ratio in [0, 1]; treated as unset (1.0)",
+                arg,
+            )
+            arg = None
+    return sampler_from_name(key, arg)
+
+
+_OTEL_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps
@@ -220,10 +220,17 @@ def _resolve_endpoint(endpoint: str | None, signal: str = "TRACES") -> str:
         if endpoint:
             return endpoint
         base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        return base.rstrip("/") + path if base else f"http://localhost:4318{path}"
+        return _with_path(base, path) if base else f"http://localhost:4318{path}"
     if urlsplit(endpoint).path in ("", "/"):
-        return endpoint.rstrip("/") + path
+        return _with_path(endpoint, path)
     return endpoint
+
+
+def _with_path(base: str, path: str) -> str:
+    """``base`` with the signal's path appended to its own path, before any query or fragment
+    (``https://h:4318?token=x`` is ``https://h:4318/v1/traces?token=x``)."""
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
 
 
 def otlp_sender(

@@ -547,9 +547,11 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         if len(rollups) + len(spans) != len(batch):
             _stats.incr("otlp_metrics.skipped", len(batch) - len(rollups) - len(spans))
         with self._lock:
+            if self._closed:  # after shutdown nothing is sent: a failure (counted dropped)
+                return not (rollups or spans)
             if spans:
                 self._observe(spans)
-            if not rollups or self._closed:
+            if not rollups:
                 return True
             self._fold(rollups)
             self._folded += 1

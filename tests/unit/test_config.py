@@ -139,7 +139,6 @@ def test_pitchey_sample_rate_wins_over_otel_sampler(monkeypatch: pytest.MonkeyPa
     [
         ("PITCHEY_TRACE_SAMPLE_RATE", "abc"),
         ("PITCHEY_TRACE_SAMPLE_RATE", "1.5"),
-        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
         ("PITCHEY_TRACE_DISABLED", "maybe"),
         ("PITCHEY_TRACE_EXPORTER", "carrier-pigeon"),
         ("PITCHEY_TRACE_SLOW_THRESHOLD_MS", "slow"),

@@ -124,6 +124,11 @@ def test_endpoint_headers_and_timeout_from_the_environment(monkeypatch: pytest.M
     assert OTLPExporter("http://c:4318/custom").endpoint == "http://c:4318/custom"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
     assert OTLPExporter().endpoint == "http://collector:4318/v1/traces"
+    # the signal's path goes before a query (a token some gateways take there), not after it
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://gw:4318/otlp?token=abc")
+    assert OTLPExporter().endpoint == "https://gw:4318/otlp/v1/traces?token=abc"
+    assert OTLPExporter("http://c:4318/?token=abc").endpoint == "http://c:4318/v1/traces?token=abc"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4318/otlp/v1/traces")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x=1,broken")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "none")

@@ -42,12 +42,25 @@ def test_container_id_from_cgroup_v2_mountinfo() -> None:
     assert _resource.container_id("0::/\n", mountinfo) == ID
     sandbox = f"12 1 0:1 /var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{ID}/hosts /etc/hosts rw - x"
     assert _resource.container_id(None, sandbox) == ID
+    resolv = f"13 1 0:1 /var/lib/docker/containers/{ID}/resolv.conf /etc/resolv.conf rw - x"
+    assert _resource.container_id(None, HOST_MOUNTINFO + resolv) == ID  # (the other lines skipped)
+
+
+OTHER = "b" * 64
+# A plain host process sees other containers' runtime mounts (their shm, or a volume under the
+# runtime's directory): only the container's own /etc/hostname, hosts, resolv.conf mounts count.
+HOST_MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    f"1250 22 0:95 / /var/lib/docker/containers/{OTHER}/mounts/shm rw,nosuid shared:600 - tmpfs shm rw\n"
+    f"1251 22 8:1 /var/lib/docker/containers/{OTHER}/hostname /mnt/copy rw - ext4 /dev/sda1 rw\n"
+)
 
 
 @pytest.mark.parametrize(
     ("cgroup", "mountinfo"),
     [
         ("0::/\n", "25 1 0:23 / / rw - ext4 /dev/root rw\n"),
+        ("0::/user.slice/user-1000.slice/session-1.scope\n", HOST_MOUNTINFO),
         ("4:memory:/process_api/6971df9a81bc3f7f0a20d0455f8ea188\n", None),  # 32 hex: not an id
         (f"1:cpu:/docker/{ID}xyz\n", None),
         (None, None),
