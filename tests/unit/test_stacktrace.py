@@ -79,18 +79,20 @@ def test_chained_exceptions_keep_each_ones_frames() -> None:
     assert "in _innermost_handler\n" in last
 
 
+def _chain(left: int, depth: int, message: str) -> None:
+    """``left + 1`` exceptions, each raised ``depth`` frames deep while handling the last."""
+    try:
+        _deep(depth, message)
+    except ValueError:
+        if left:
+            _chain(left - 1, depth, message)
+        else:
+            _innermost_handler("last")
+
+
 def test_too_many_frames_keep_the_outermost_and_the_innermost() -> None:
     # 12 chained exceptions of 32 frames each: frames alone are far over the limit.
-    def chain(left: int) -> None:
-        try:
-            _deep(40, "m" * 2000)
-        except ValueError:
-            if left:
-                chain(left - 1)
-            else:
-                _innermost_handler("last")
-
-    exc = _caught(chain, 11)
+    exc = _caught(_chain, 11, 40, "m" * 2000)
     text = _format_tb(exc)
     assert len(text) <= LIMIT
     assert text.startswith("Traceback (most recent call last):\n")
@@ -108,16 +110,7 @@ def test_deep_traceback_keeps_the_innermost_frames() -> None:
 
 
 def test_long_chain_keeps_the_latest_exceptions() -> None:
-    def chain(left: int) -> None:
-        try:
-            _deep(3, "m" * 300)
-        except ValueError:
-            if left:
-                chain(left - 1)
-            else:
-                _innermost_handler("last")
-
-    exc = _caught(chain, 200)
+    exc = _caught(_chain, 200, 3, "m" * 300)
     text = _format_tb(exc)
     assert len(text) <= LIMIT
     assert text.startswith("[")
