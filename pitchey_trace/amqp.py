@@ -42,10 +42,13 @@ default exchange, whose spans are named after the routing key),
 ``messaging.rabbitmq.destination.routing_key``,
 ``messaging.rabbitmq.message.delivery_tag`` (consumer), ``messaging.message.id`` (when the
 message has one), ``messaging.message.body.size`` and ``server.address`` / ``server.port`` (from
-the connection's parameters, when known). Bodies and header values are never recorded. Nothing
-is recorded or injected under :func:`pitchey_trace.suppress_tracing` or before tracing is
-configured. Works with either library installed (or both); ``uninstrument_amqp()`` restores
-the originals, and callbacks wrapped earlier then pass messages straight through.
+the connection's parameters, when known). A server-named or anonymous queue (``amq.gen-…``,
+aio-pika's ``amq_…``: an RPC reply queue, say) is never in a span name: ``publish (temporary)``
+/ ``process (temporary)`` with ``messaging.destination.temporary``. Bodies and header values
+are never recorded. Nothing is recorded or injected under :func:`pitchey_trace.suppress_tracing`
+or before tracing is configured. Works with either library installed (or both);
+``uninstrument_amqp()`` restores the originals, and callbacks wrapped earlier then pass
+messages straight through.
 """
 
 from __future__ import annotations
@@ -150,6 +153,13 @@ def _attributes(
     return destination, attrs
 
 
+def _temporary(queue: str) -> bool:
+    """A server-named queue (``amq.gen-…``; clients may not declare ``amq.`` names) or an
+    anonymous one named by aio-pika's robust channel (``amq_<uuid>``): one per connection or
+    RPC caller, so never in a span name (the messaging conventions' ``(temporary)``)."""
+    return queue.startswith(("amq.", "amq_"))
+
+
 def _cached_base(owner: Any, find: Callable[[Any], tuple[Any, Any]]) -> dict[str, Any]:
     """``messaging.system`` and the server's address, computed once per channel."""
     cached: dict[str, Any] | None = getattr(owner, _ATTRS, None)
@@ -188,10 +198,17 @@ def _consumer_span(
         destination, attrs = _attributes(base, "process", exchange, routing_key, message_id, body)
         if isinstance(delivery_tag, int) and not isinstance(delivery_tag, bool):
             attrs["messaging.rabbitmq.message.delivery_tag"] = delivery_tag
-        target = _text(queue) or destination
+        queue = _text(queue)
+        target = queue or destination
+        # (a named exchange, amq.* ones included, is never temporary: only queue names are)
+        if (queue or not _text(exchange)) and _temporary(target):
+            attrs["messaging.destination.temporary"] = True
+            name = "process (temporary)"
+        else:
+            name = f"process {target}" if target else "process"
         carrier = _carrier(headers)
         parent = extract(carrier) if carrier else None
-        return _start_span(f"process {target}" if target else "process", attrs, _CONSUMER, parent)
+        return _start_span(name, attrs, _CONSUMER, parent)
     except Exception as exc:
         _safety.report("amqp.consume", exc)
         return None
@@ -202,7 +219,12 @@ def _producer_span(
 ) -> tuple[AnySpan, dict[str, Any]]:
     """The publish span and the headers to send (``traceparent``... only; the caller merges)."""
     destination, attrs = _attributes(base, "publish", exchange, routing_key, message_id, body)
-    span = _start_span(f"publish {destination}" if destination else "publish", attrs, _PRODUCER)
+    if not _text(exchange) and _temporary(destination):  # e.g. an RPC reply to its caller's queue
+        attrs["messaging.destination.temporary"] = True
+        name = "publish (temporary)"
+    else:
+        name = f"publish {destination}" if destination else "publish"
+    span = _start_span(name, attrs, _PRODUCER)
     ours: dict[str, Any] = {}
     inject(ours, span)
     return span, ours

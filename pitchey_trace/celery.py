@@ -11,7 +11,9 @@ whose context travels in the message headers (``traceparent``, ``tracestate``, `
 Running a task is a ``consumer`` span ``run {task}``, child of the sending span (in another
 process, on another machine), current while the task runs, so the task's own spans and
 queries nest under it. A task that raises is marked as an error with its exception; a retry
-adds a ``retry`` event. Attributes (OpenTelemetry messaging conventions):
+adds a ``retry`` event (``celery.retry.reason``: the type of the exception that caused it). Each
+run is its own span, also when a retry (same task id) starts before the retried run ends.
+Attributes (OpenTelemetry messaging conventions):
 ``messaging.system`` (``celery``), ``messaging.operation.type`` (``send`` / ``process``),
 ``messaging.message.id`` (the task id), ``messaging.destination.name`` (the routing key),
 ``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. Arguments are never
@@ -43,17 +45,19 @@ __all__ = ["instrument_celery", "uninstrument_celery"]
 _UID = "pitchey_trace"
 _PRODUCER = SpanKind.PRODUCER
 _CONSUMER = SpanKind.CONSUMER
-#: Spans open between two signals, by task id; bounded (a publish that raises never sends
-#: ``after_task_publish``, and a worker killed mid-task never sends ``task_postrun``).
+#: Spans open between two signals: sends by task id, runs by task id and the run's own request
+#: (a retry reuses the task id, and its run may start before the first one ends). Bounded (a
+#: publish that raises never sends ``after_task_publish``, and a worker killed mid-task never
+#: sends ``task_postrun``).
 _MAX_OPEN = 10_000
 _sending: dict[str, Any] = {}
-_running: dict[str, Any] = {}
+_running: dict[tuple[str, int], Any] = {}
 #: The attributes shared by every span of a task name, operation and routing key, built once
 #: (validated here, so start_span copies them without checking each entry).
 _TEMPLATES: dict[tuple[str, str, str | None], TrustedAttributes] = {}
 
 
-def _remember(table: dict[str, Any], key: str, span: Any) -> None:
+def _remember(table: dict[Any, Any], key: Any, span: Any) -> None:
     table[key] = span
     while len(table) > _MAX_OPEN:  # the oldest first (dicts keep insertion order)
         del table[next(iter(table))]
@@ -150,29 +154,44 @@ def _prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
         if not span.trace_id:
             return
         span.__enter__()  # current while the task runs (prerun and postrun share its thread)
-        _remember(_running, key, span)
+        _remember(_running, _run_key(key, request), span)
     except Exception as exc:
         _safety.report("celery.run", exc)
 
 
-def _failure(task_id: Any = None, exception: Any = None, **_: Any) -> None:
+def _run_key(task_id: Any, request: Any) -> tuple[str, int]:
+    """A run's key in ``_running``: Celery pushes a new request (context) for every run, and it
+    stays ``task.request`` until ``task_postrun``; the task id alone is shared by a task's
+    retries (which may overlap the run that retried, e.g. ``retry(throw=False)``)."""
+    return (str(task_id), id(request))
+
+
+def _current_request(task: Any) -> Any:
+    return getattr(task, "request", None) if task is not None else None
+
+
+def _failure(sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any) -> None:
     with _safety.guard("celery.run"):
-        span = _running.get(str(task_id))
+        span = _running.get(_run_key(task_id, _current_request(sender)))
         if span is not None and isinstance(exception, BaseException):
             span.record_exception(exception)
             span.set_status("error", f"{type(exception).__qualname__}: {exception}"[:512])
 
 
-def _retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+def _retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     with _safety.guard("celery.run"):
-        span = _running.get(str(getattr(request, "id", "")))
+        if request is None:
+            request = _current_request(sender)
+        span = _running.get(_run_key(getattr(request, "id", ""), request))
         if span is not None:
-            span.add_event("retry", {"celery.retry.reason": type(reason).__qualname__})
+            # Celery passes its Retry wrapper; the reason is the exception it wraps, if any
+            cause = getattr(reason, "exc", None) or reason
+            span.add_event("retry", {"celery.retry.reason": type(cause).__qualname__})
 
 
-def _postrun(task_id: Any = None, state: Any = None, **_: Any) -> None:
+def _postrun(task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
     try:
-        span = _running.pop(str(task_id), None)
+        span = _running.pop(_run_key(task_id, _current_request(task)), None)
         if span is None:
             return
         if isinstance(state, str):

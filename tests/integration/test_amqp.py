@@ -506,3 +506,66 @@ def test_unchanged_programs_under_pitchey_trace_run_form_one_trace(amqp_port: in
     assert (publish["service"], process["service"]) == ("producer", "consumer")
     assert process["trace_id"] == publish["trace_id"]
     assert process["parent_span_id"] == publish["span_id"]
+
+
+def test_server_named_reply_queues_are_temporary_destinations(channel: Any, traced: None) -> None:
+    """An RPC reply queue (server-named ``amq.gen-…``) is one per caller: never in a span name
+    (``publish (temporary)`` / ``process (temporary)``), flagged temporary, the routing key kept.
+    A named exchange keeps its name, ``amq.direct`` too."""
+    reply_to = channel.queue_declare("", exclusive=True).method.queue
+    assert reply_to.startswith("amq.gen-")
+    channel.queue_bind(reply_to, "amq.direct", routing_key=reply_to)
+    with capture_spans() as mem:
+        with pt.span("reply"):
+            channel.basic_publish("", reply_to, b"answer")
+            channel.basic_publish("amq.direct", reply_to, b"routed")
+        drain(channel, reply_to, lambda *_: None, count=2)
+    names = sorted(s["name"] for s in mem.spans())
+    assert names == [
+        "process (temporary)",
+        "process (temporary)",
+        "publish (temporary)",
+        "publish amq.direct",
+        "reply",
+    ]
+    [publish] = mem.spans("publish (temporary)")
+    assert publish["attributes"]["messaging.destination.temporary"] is True
+    assert publish["attributes"]["messaging.destination.name"] == ""
+    assert publish["attributes"]["messaging.rabbitmq.destination.routing_key"] == reply_to
+    [routed] = mem.spans("publish amq.direct")
+    assert "messaging.destination.temporary" not in routed["attributes"]
+    for process in mem.spans("process (temporary)"):
+        assert process["attributes"]["messaging.destination.temporary"] is True
+        assert process["attributes"]["messaging.rabbitmq.destination.routing_key"] == reply_to
+    assert {p["parent_span_id"] for p in mem.spans("process (temporary)")} == {
+        publish["span_id"],
+        routed["span_id"],
+    }
+
+
+def test_aio_pika_anonymous_queues_are_temporary_destinations(amqp_port: int, traced: None) -> None:
+    """aio-pika's robust channel names an anonymous queue ``amq_<uuid>`` itself."""
+
+    async def main() -> str:
+        connection = await aio_pika.connect_robust(f"amqp://guest:guest@127.0.0.1:{amqp_port}/")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True)
+            with pt.span("reply"):
+                await channel.default_exchange.publish(aio_pika.Message(b"answer"), routing_key=queue.name)
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await message.ack()
+                    break
+        return str(queue.name)
+
+    with capture_spans() as mem:
+        queue = asyncio.run(main())
+    assert queue.startswith("amq_")
+    assert sorted(s["name"] for s in mem.spans()) == ["process (temporary)", "publish (temporary)", "reply"]
+    [publish] = mem.spans("publish (temporary)")
+    [process] = mem.spans("process (temporary)")
+    assert process["parent_span_id"] == publish["span_id"]
+    for span in (publish, process):
+        assert span["attributes"]["messaging.destination.temporary"] is True
+        assert span["attributes"]["messaging.rabbitmq.destination.routing_key"] == queue

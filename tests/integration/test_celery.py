@@ -66,6 +66,20 @@ TASKS = textwrap.dedent(
         if self.request.retries == 0:
             raise self.retry(exc=KeyError("first try"), countdown=0)
         return "ok"
+
+    @app.task(bind=True, max_retries=1)
+    def keep_going(self):
+        # retry without leaving the task: with two threads, the retry runs before this run ends
+        if self.request.retries == 0:
+            import time
+            self.retry(exc=KeyError("later"), countdown=0, throw=False)
+            deadline = time.monotonic() + 20
+            while not os.path.exists(base + "/second-ran") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with pt.span("more work"):
+                return "first"
+        open(base + "/second-ran", "w").close()
+        return "second"
     """
 )
 
@@ -73,6 +87,16 @@ TASKS = textwrap.dedent(
 @pytest.fixture(params=["solo", "prefork"])
 def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Any]]:
     """The task module in tmp_path, a worker process running it, and the module imported here."""
+    yield from _worker(tmp_path, request.param, 1)
+
+
+@pytest.fixture
+def threads_worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+    """As ``worker``, with the threads pool running two tasks at once."""
+    yield from _worker(tmp_path, "threads", 2)
+
+
+def _worker(tmp_path: Path, pool: str, concurrency: int) -> Iterator[tuple[Path, Any]]:
     (tmp_path / "queue").mkdir()
     (tmp_path / "done").mkdir()
     (tmp_path / "pitch_tasks.py").write_text(TASKS)
@@ -85,8 +109,8 @@ def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
     }
     argv = [
         "worker",
-        f"--pool={request.param}",
-        "--concurrency=1",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
         "-Q",
         "pitches",
         "--loglevel=WARNING",
@@ -114,7 +138,7 @@ def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
         os.environ.pop("PT_CELERY_DIR", None)
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-        if "Traceback" in out and "unlucky pitch" not in out and "first try" not in out:
+        if "Traceback" in out and not any(m in out for m in ("unlucky pitch", "first try", "later")):
             print(out)
 
 
@@ -179,6 +203,8 @@ def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]
     assert states == ["RETRY", "SUCCESS"]
     retried = next(s for s in flaky if s["attributes"]["celery.task.state"] == "RETRY")
     assert [e["name"] for e in retried["events"]] == ["retry"]
+    # Celery signals its Retry wrapper: the event names the exception it wraps
+    assert retried["events"][0]["attributes"]["celery.retry.reason"] == "KeyError"
     again = next(s for s in flaky if s["attributes"]["celery.task.state"] == "SUCCESS")
     assert again["attributes"]["celery.task.retries"] == 1
     # the retry is sent again from the worker: a send span under the first run, parent of the next
@@ -186,3 +212,39 @@ def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]
     assert resent["parent_span_id"] == retried["span_id"]
     assert again["parent_span_id"] == resent["span_id"]
     assert "4111 1111 1111 1111" not in json.dumps(spans + mem.records)  # arguments never recorded
+
+
+def test_a_retry_running_before_the_retried_run_ends(threads_worker: tuple[Path, Any]) -> None:
+    """``self.retry(throw=False)`` then more work, two threads: the retry (same task id) runs
+    while the first run is still going. Both runs are exported, the retry's ``send`` span is a
+    child of the first run and the parent of the second."""
+    base, tasks = threads_worker
+    from pitchey_trace.celery import instrument_celery, uninstrument_celery
+
+    with capture_spans() as mem:
+        instrument_celery()
+        with pt.span("POST /pitches/7/rescore"):
+            tasks.keep_going.apply_async(task_id="rescore-7")
+        spans = worker_spans(base, runs=2, timeout=45)
+        uninstrument_celery()
+    (request,) = mem.spans("POST /pitches/7/rescore")
+    (sent,) = mem.spans("send pitch_tasks.keep_going")
+    runs = [s for s in spans if s["name"] == "run pitch_tasks.keep_going"]
+    assert len(runs) == 2, [s["name"] for s in spans]
+    first = next(s for s in runs if s["parent_span_id"] == sent["span_id"])
+    second = next(s for s in runs if s is not first)
+    assert first["trace_id"] == second["trace_id"] == request["trace_id"]
+    # retry(throw=False) raises nothing (so no task_retry signal, no event) and the task returns
+    assert first["attributes"]["celery.task.state"] == "SUCCESS"
+    (resent,) = [s for s in spans if s["name"] == "send pitch_tasks.keep_going"]
+    assert resent["parent_span_id"] == first["span_id"]
+    assert second["parent_span_id"] == resent["span_id"]
+    assert second["attributes"]["celery.task.retries"] == 1
+    assert (
+        second["attributes"]["messaging.message.id"]
+        == first["attributes"]["messaging.message.id"]
+        == "rescore-7"
+    )
+    (more,) = [s for s in spans if s["name"] == "more work"]
+    assert more["parent_span_id"] == first["span_id"]
+    assert second["start_time_unix_nano"] < first["end_time_unix_nano"]  # they did overlap
