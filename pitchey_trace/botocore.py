@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import urlsplit
 
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT, IN_HTTP_CLIENT
@@ -45,15 +46,27 @@ def _base(client: Any) -> tuple[str, dict[str, Any]]:
     attrs: dict[str, Any] = {"rpc.system": "aws-api", "rpc.service": str(service)}
     if meta.region_name:
         attrs["cloud.region"] = meta.region_name
-    host = (meta.endpoint_url or "").partition("://")[2].partition("/")[0]
-    if host:
-        name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        attrs["server.address"] = name or host
-        if port.isdigit():
-            attrs["server.port"] = int(port)
+    address, port = _server(meta.endpoint_url)
+    if address:
+        attrs["server.address"] = address
+        if port is not None:
+            attrs["server.port"] = port
     cached = (str(service).replace(" ", ""), attrs)
     client.__dict__["_pitchey_trace_base"] = cached
     return cached
+
+
+def _server(endpoint_url: object) -> tuple[str | None, int | None]:
+    """``(host, explicit port)`` of an endpoint URL: IPv6 brackets and any userinfo dropped."""
+    if not isinstance(endpoint_url, str) or not endpoint_url:
+        return None, None
+    parts = urlsplit(endpoint_url)
+    host = parts.hostname  # lower-cased, without ``user:pass@``, ``[``/``]`` or ``:port``
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    return host or None, port
 
 
 def _make_api_call(original: Any) -> Any:

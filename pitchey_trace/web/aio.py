@@ -116,6 +116,8 @@ def aiohttp_middleware(
             start_ns = time_ns()
             state, client = _begin(request, path, start_ns)
             request[state_key] = (state, options)  # (options: whose prepare signal adds headers)
+            written = _count_body(request)
+            messages = _count_messages(request) if state.label == "WEBSOCKET" else None
         except Exception as exc:
             _safety.report("web.aiohttp.start", exc)
             return await handler(request)
@@ -127,17 +129,19 @@ def aiohttp_middleware(
         try:
             response = await handler(request)
             try:
-                state.status = response.status
+                state.status = status = response.status
                 if response.prepared:  # a stream: its bytes are out by now
-                    state.sent = response.body_length
+                    state.sent = _body_size(
+                        status, state.method, written.n if written is not None else response.body_length
+                    )
                 else:  # a Response: its body is about to be written
-                    state.sent = response.content_length or 0
+                    state.sent = _body_size(status, state.method, response.content_length)
                     if marker is not None:
                         _put_headers(response.headers, options.response_headers(span))
                     if response.__class__ is not plain_response or not isinstance(response.body, _BYTES):
                         # A FileResponse (or a streamed payload) decides its status and sends
                         # its body as aiohttp prepares it, after we return: end there.
-                        deferred = _finish_when_sent(response, state, options, start_ns, client)
+                        deferred = _finish_when_sent(response, state, options, start_ns, client, written)
             except Exception as exc:
                 _safety.report("web.aiohttp.response", exc)
             return response
@@ -145,6 +149,10 @@ def aiohttp_middleware(
             # aiohttp answers with the exception itself (404, redirects, 401...): a response,
             # an error of the request only when it is a 5xx.
             state.status = exc.status
+            try:  # (aiohttp sends the exception's own body: "404: Not Found")
+                state.sent = _body_size(exc.status, state.method, exc.content_length)
+            except Exception as internal:
+                _safety.report("web.aiohttp.response", internal)
             if exc.status >= 500:
                 error = exc
                 stamp_exception(exc, span)
@@ -158,6 +166,8 @@ def aiohttp_middleware(
             error = exc
             raise
         finally:
+            if messages is not None:
+                messages.record(span)
             if not deferred:
                 _finish(state, options, start_ns, client, error)
             try:
@@ -184,6 +194,172 @@ def aiohttp_middleware(
 _BYTES = (bytes, bytearray, type(None))
 
 
+def _body_size(status: int, method: str, length: int | None) -> int:
+    """``http.response.body.size``: no body goes out for HEAD, 1xx, 204 and 304."""
+    if method == "HEAD" or status < 200 or status == 204 or status == 304:
+        return 0
+    return length or 0
+
+
+def _size(chunk: Any) -> int:
+    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+
+
+class _Written:
+    """The body bytes handed to a request's payload writer (status line, headers, chunked
+    framing and bytes past a declared ``Content-Length`` not included; before compression).
+
+    Its ``write``/``write_eof`` replace the writer's on that writer object (aiohttp makes one
+    per request), counting and delegating; the writer gets its class's methods back after
+    ``write_eof``. A file sent with ``sendfile`` bypasses them."""
+
+    __slots__ = ("_write", "_write_eof", "n", "writer")
+
+    def __init__(self, writer: Any) -> None:
+        self.n = 0
+        self.writer = writer
+        self._write = writer.write
+        self._write_eof = writer.write_eof
+
+    async def write(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
+        try:  # (counting must never fail the app's write)
+            n = _size(chunk)
+            remaining = getattr(self.writer, "length", None)  # aiohttp drops bytes past a declared length
+            if isinstance(remaining, int) and n > remaining:
+                n = remaining
+        except Exception:
+            n = 0
+        result = await self._write(chunk, *args, **kwargs)
+        self.n += n
+        return result
+
+    async def write_eof(self, chunk: Any = b"", *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await self._write_eof(chunk, *args, **kwargs)
+            if chunk and isinstance(chunk, (bytes, bytearray, memoryview)):
+                self.n += _size(chunk)
+            return result
+        finally:
+            try:
+                del self.writer.write, self.writer.write_eof
+            except AttributeError:
+                pass
+
+
+def _count_body(request: Any) -> _Written | None:
+    """Count the response body bytes of ``request`` (None when its writer cannot be)."""
+    try:
+        writer = request.writer
+        written = _Written(writer)
+        writer.write = written.write
+        writer.write_eof = written.write_eof
+    except Exception:  # (no writer, or one that takes no attributes)
+        return None
+    return written
+
+
+class _Messages:
+    """A WebSocket's data messages (text and binary) received and sent, and its close code."""
+
+    __slots__ = ("attributes", "close_code", "received", "sent", "socket")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.socket: Any = None
+        self.close_code: int | None = None  # the server's, when it closed first
+        self.attributes: dict[str, Any] = {}  # the request's (to take the prepare hook back)
+
+    def record(self, span: AnySpan) -> None:
+        """Set the span's ``websocket.*`` attributes (the handler has returned)."""
+        self.attributes.pop("_prepare_hook", None)
+        socket = self.socket
+        if socket is None:  # (the handler did not accept the upgrade)
+            return
+        try:
+            span.set_attribute("websocket.messages.received", self.received)
+            span.set_attribute("websocket.messages.sent", self.sent)
+            # The first close frame's code, as the ASGI middleware records it: the server's when
+            # the handler closed first (aiohttp's close_code is then the client's reply).
+            code = self.close_code if self.close_code is not None else socket.close_code
+            if code is not None:
+                span.set_attribute("websocket.close.code", int(code))
+        except Exception as exc:
+            _safety.report("web.aiohttp.websocket", exc)
+
+
+def _count_messages(request: Any) -> _Messages | None:
+    """Count the messages of the ``WebSocketResponse`` the handler prepares for ``request``:
+    the request's prepare hook (run by ``prepare``, before the handshake is sent) patches
+    ``receive`` and the send methods on that response object. None when it cannot."""
+    from aiohttp import WSMsgType, web
+
+    data = (WSMsgType.TEXT, WSMsgType.BINARY)
+    messages = _Messages()
+    try:
+        hook = request._prepare_hook
+        attributes = request.__dict__
+    except Exception:
+        return None
+
+    async def traced_hook(response: Any) -> None:
+        attributes.pop("_prepare_hook", None)  # (once: back to the class's method)
+        if messages.socket is None and isinstance(response, web.WebSocketResponse):
+            try:
+                _patch_socket(response, messages, data)
+                messages.socket = response
+            except Exception as exc:
+                _safety.report("web.aiohttp.websocket", exc)
+        await hook(response)
+
+    # (straight into __dict__: aiohttp's debug-mode __setattr__ warns about custom attributes)
+    attributes["_prepare_hook"] = traced_hook
+    messages.attributes = attributes
+    return messages
+
+
+def _patch_socket(socket: Any, messages: _Messages, data: tuple[Any, ...]) -> None:
+    receive = socket.receive
+
+    async def counting_receive(*args: Any, **kwargs: Any) -> Any:
+        message = await receive(*args, **kwargs)
+        if message.type in data:
+            messages.received += 1
+        return message
+
+    def counting_send(send: Any) -> Any:
+        async def sent(*args: Any, **kwargs: Any) -> Any:
+            result = await send(*args, **kwargs)
+            messages.sent += 1
+            return result
+
+        return sent
+
+    socket.receive = counting_receive
+    # send_json goes through send_str, send_json_bytes through send_bytes: each counts once.
+    socket.send_str = counting_send(socket.send_str)
+    socket.send_bytes = counting_send(socket.send_bytes)
+    send_frame = getattr(socket, "send_frame", None)  # (aiohttp 3.11+)
+    if send_frame is not None:
+
+        async def counting_send_frame(message: Any, opcode: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await send_frame(message, opcode, *args, **kwargs)
+            if opcode in data:
+                messages.sent += 1
+            return result
+
+        socket.send_frame = counting_send_frame
+
+    close = socket.close
+
+    async def closing(*args: Any, **kwargs: Any) -> Any:
+        if messages.close_code is None and socket.close_code is None and not socket.closed:
+            messages.close_code = int(kwargs.get("code", 1000))  # (keyword-only in aiohttp)
+        return await close(*args, **kwargs)
+
+    socket.close = closing
+
+
 def _finish(
     state: RequestState, options: Options, start_ns: int, client: str | None, error: BaseException | None
 ) -> None:
@@ -199,7 +375,12 @@ def _finish(
 
 
 def _finish_when_sent(
-    response: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+    response: Any,
+    state: RequestState,
+    options: Options,
+    start_ns: int,
+    client: str | None,
+    written: _Written | None,
 ) -> bool:
     """End the request once aiohttp has prepared ``response`` and written its end (or failed
     to): the status a ``FileResponse`` settles on (404, 304, 206...) and the bytes it sent.
@@ -215,12 +396,11 @@ def _finish_when_sent(
         try:
             state.status = status = response.status
             length = response.content_length
-            if status in (204, 304) or status < 200 or state.method == "HEAD":
-                state.sent = 0
-            elif length is not None:  # (a file goes out by sendfile, which the writer does not count)
-                state.sent = length
-            else:  # chunked: the bytes written, framing included
-                state.sent = response.body_length
+            if length is None and written is not None:  # chunked: the body bytes written
+                length = written.n
+            # (else the declared length: a file goes out by sendfile, which the writer does
+            # not see)
+            state.sent = _body_size(status, state.method, length)
         except Exception as exc:
             _safety.report("web.aiohttp.response", exc)
         _finish(state, options, start_ns, client, error)

@@ -105,3 +105,46 @@ def test_an_aws_call_is_one_span_with_urllib3_instrumented(s3: S3, traced: None)
         assert http["attributes"]["url.full"].startswith(s3.endpoint)
     finally:
         uninstrument_urllib3()
+
+
+def test_server_address_drops_userinfo_from_the_endpoint(s3: S3, traced: None) -> None:
+    """An endpoint URL with ``user:password@`` (a MinIO-style URL) reaches the server, and the
+    span's ``server.address`` is the host alone: the password is never recorded."""
+    host, port = s3.endpoint.removeprefix("http://").split(":")
+    url = f"http://minio-user:hunter2-secret@{host}:{port}"
+    client: Any = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    with capture_spans() as mem:
+        client.list_buckets()
+    [call] = mem.spans()
+    assert call["attributes"]["http.response.status_code"] == 200
+    assert call["attributes"]["server.address"] == host
+    assert call["attributes"]["server.port"] == int(port)
+    assert "hunter2" not in str(mem.records)
+    assert "minio-user" not in str(mem.records)
+
+
+def test_server_address_and_port_of_an_ipv6_endpoint(traced: None) -> None:
+    """``http://[::1]:port``: the address is ``::1`` (no brackets, no port) and the port is set
+    (botocore's Stubber: no request is sent, so no IPv6 loopback is needed)."""
+    from botocore.stub import Stubber
+
+    client: Any = boto3.client("s3", endpoint_url="http://[::1]:9000", region_name="us-east-1")
+    with Stubber(client) as stub, capture_spans() as mem:
+        stub.add_response("list_buckets", {"Buckets": []})
+        client.list_buckets()
+    [call] = mem.spans()
+    assert call["attributes"]["server.address"] == "::1"
+    assert call["attributes"]["server.port"] == 9000
+
+
+def test_server_address_of_an_endpoint_without_a_port(traced: None) -> None:
+    """No explicit port: ``server.address`` only (botocore's Stubber: no request is sent)."""
+    from botocore.stub import Stubber
+
+    client: Any = boto3.client("s3", endpoint_url="https://S3.Example.COM/", region_name="us-east-1")
+    with Stubber(client) as stub, capture_spans() as mem:
+        stub.add_response("list_buckets", {"Buckets": []})
+        client.list_buckets()
+    [call] = mem.spans()
+    assert call["attributes"]["server.address"] == "s3.example.com"
+    assert "server.port" not in call["attributes"]
