@@ -709,7 +709,8 @@ class Archive:
         self._trees.clear()
         self._full, self._floor = False, None
         self._skipped.clear()
-        self.read_stats["skipped_objects"] = 0
+        for stat in self.read_stats:  # (what is read again is counted again, the old damage not)
+            self.read_stats[stat] = 0
         self._listed_since = -1
         self._ensure(None if since == -1 else since)
 

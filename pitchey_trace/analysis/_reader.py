@@ -147,10 +147,19 @@ class LocalSource:
             folder = base / day
             if not (len(day) == 8 and day.isdigit() and day >= first_day) or not folder.is_dir():
                 continue
-            for entry in os.scandir(folder):
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:  # (removed since it was listed: a cleanup job)
+                continue
+            except OSError as exc:
+                raise ArchiveUnavailable(f"cannot list {folder}: {exc.strerror or exc}") from exc
+            for entry in entries:
                 if not entry.name.endswith(".log.gz") or not entry.is_file():
                     continue
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # (deleted since it was listed: not in the archive now)
+                    continue
                 opened, closed = key_times(entry.name)
                 out.append(
                     ObjectInfo(

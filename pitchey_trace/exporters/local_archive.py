@@ -79,7 +79,8 @@ class LocalArchiveExporter(ArchiveExporter):
             datasets, so each record lands in every dataset folder it belongs to.
 
     Counters: ``local_archive.uploaded`` (records written), ``.objects``, ``.bytes``,
-    ``.retried``, ``.spooled``.
+    ``.retried``, ``.spooled``; ``dropped.archive_unsent`` for records still unsent when
+    shutdown's time ran out without a spool.
     """
 
     kind = "local_archive"

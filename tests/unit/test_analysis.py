@@ -690,6 +690,47 @@ def test_an_object_rewritten_in_place_replaces_its_old_records(tmp_path: Path) -
     assert sorted(t["trace_id"] for t in archive.search()) == ["b2" * 16, "c3" * 16]
 
 
+def test_a_torn_object_read_whole_later_is_not_counted_as_damaged(tmp_path: Path) -> None:
+    """An object copied in by a non-atomic writer may be read half-written; once whole, the
+    rebuild counts what it reads now: no bad lines left over, each object once."""
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir(parents=True)
+    path = folder / "20261130T000000Z_20261130T000001Z_04.log.gz"
+    lines = "\n".join(json.dumps(_rec(f"{i + 1:032x}", "1" * 16, None, T0, T0 + MS)) for i in range(50))
+    whole = gzip.compress(lines.encode())
+    path.write_bytes(whole[: len(whole) // 2])
+    archive = Archive(tmp_path)
+    archive.search()
+    assert archive.read_stats["bad_lines"] + archive.read_stats["unreadable_objects"] > 0
+    path.write_bytes(whole)
+    archive.refresh()
+    assert len(archive.search(limit=100)) == 50
+    assert (archive.read_stats["objects"], archive.read_stats["bad_lines"]) == (1, 0)
+    assert archive.read_stats["unreadable_objects"] == 0
+
+
+def test_a_file_deleted_while_the_archive_is_listed_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cleanup job may delete an object between the listing and its stat: not an error."""
+    import os
+
+    folder = tmp_path / "traces" / "20261130"
+    folder.mkdir(parents=True)
+    for n, trace in ((1, "a1"), (2, "b2")):
+        line = json.dumps(_rec(trace * 16, "1" * 16, None, T0, T0 + MS))
+        (folder / f"20261130T000000Z_20261130T000001Z_0{n}.log.gz").write_bytes(gzip.compress(line.encode()))
+    real_scandir = os.scandir
+
+    def scandir_then_delete(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        (folder / "20261130T000000Z_20261130T000001Z_02.log.gz").unlink(missing_ok=True)
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir_then_delete)
+    assert [t["trace_id"] for t in Archive(tmp_path).search()] == ["a1" * 16]
+
+
 def test_series_from_spans_and_from_rollups() -> None:
     minute = 60 * 10**9
     base = T0 // minute * minute
