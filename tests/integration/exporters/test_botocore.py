@@ -123,28 +123,23 @@ def test_server_address_drops_userinfo_from_the_endpoint(s3: S3, traced: None) -
     assert "minio-user" not in str(mem.records)
 
 
-def test_server_address_and_port_of_an_ipv6_endpoint(traced: None) -> None:
-    """``http://[::1]:port``: the address is ``::1`` (no brackets, no port) and the port is set
-    (botocore's Stubber: no request is sent, so no IPv6 loopback is needed)."""
+@pytest.mark.parametrize(
+    ("endpoint", "address", "port"),
+    [
+        ("http://[::1]:9000", "::1", 9000),  # an IPv6 address without its brackets, the port apart
+        ("https://S3.Example.COM/", "s3.example.com", None),  # no explicit port: the address only
+    ],
+)
+def test_server_address_and_port_from_the_endpoint(
+    traced: None, endpoint: str, address: str, port: int | None
+) -> None:
+    """(botocore's Stubber: no request is sent, so no IPv6 loopback is needed.)"""
     from botocore.stub import Stubber
 
-    client: Any = boto3.client("s3", endpoint_url="http://[::1]:9000", region_name="us-east-1")
+    client: Any = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     with Stubber(client) as stub, capture_spans() as mem:
         stub.add_response("list_buckets", {"Buckets": []})
         client.list_buckets()
     [call] = mem.spans()
-    assert call["attributes"]["server.address"] == "::1"
-    assert call["attributes"]["server.port"] == 9000
-
-
-def test_server_address_of_an_endpoint_without_a_port(traced: None) -> None:
-    """No explicit port: ``server.address`` only (botocore's Stubber: no request is sent)."""
-    from botocore.stub import Stubber
-
-    client: Any = boto3.client("s3", endpoint_url="https://S3.Example.COM/", region_name="us-east-1")
-    with Stubber(client) as stub, capture_spans() as mem:
-        stub.add_response("list_buckets", {"Buckets": []})
-        client.list_buckets()
-    [call] = mem.spans()
-    assert call["attributes"]["server.address"] == "s3.example.com"
-    assert "server.port" not in call["attributes"]
+    assert call["attributes"]["server.address"] == address
+    assert call["attributes"].get("server.port") == port
