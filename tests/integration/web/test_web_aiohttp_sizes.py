@@ -77,10 +77,17 @@ def build_app() -> web.Application:
     return init_aiohttp(app)  # type: ignore[no-any-return]
 
 
-def body_sizes(exporter: Any, count: int, wait_for: Any) -> dict[str, int]:
+def spans_in_order(exporter: Any, count: int, wait_for: Any) -> list[dict[str, Any]]:
+    """The exported spans, once ``count`` have arrived, in the order they started."""
     spans = wait_for(lambda: len(exporter.spans()) >= count and exporter.spans())
-    ordered = sorted(spans, key=lambda s: s["start_time_unix_nano"])
-    return {s["name"]: s["attributes"]["http.response.body.size"] for s in ordered}
+    return sorted(spans, key=lambda s: s["start_time_unix_nano"])
+
+
+def body_sizes(exporter: Any, count: int, wait_for: Any) -> dict[str, int]:
+    return {
+        s["name"]: s["attributes"]["http.response.body.size"]
+        for s in spans_in_order(exporter, count, wait_for)
+    }
 
 
 def test_streamed_bodies_count_body_bytes_without_headers_or_framing(
@@ -113,10 +120,9 @@ def test_no_body_size_for_head_and_204(serve_aiohttp: Any, wait_for: Any) -> Non
             head_stream = client.head(f"{url}/generated")
             empty = client.get(f"{url}/empty")
             get = client.get(f"{url}/plain")
-        spans = wait_for(lambda: len(exporter.spans()) >= 4 and exporter.spans())
+        ordered = spans_in_order(exporter, 4, wait_for)
     assert (head.content, head_stream.content, empty.content) == (b"", b"", b"")
     assert head.headers["content-length"] == str(len(BODY))  # declared, not sent
-    ordered = sorted(spans, key=lambda s: s["start_time_unix_nano"])
     assert [(s["name"], s["attributes"]["http.response.body.size"]) for s in ordered] == [
         ("HEAD /plain", 0),
         ("HEAD /generated", 0),
@@ -132,9 +138,8 @@ def test_a_raised_http_exception_records_the_body_aiohttp_sends(serve_aiohttp: A
             missing = client.get(f"{url}/missing")
             moved = client.get(f"{url}/moved")
             unrouted = client.get(f"{url}/no/such/route")
-        spans = wait_for(lambda: len(exporter.spans()) >= 3 and exporter.spans())
+        ordered = spans_in_order(exporter, 3, wait_for)
     assert [r.status_code for r in (missing, moved, unrouted)] == [404, 302, 404]
-    ordered = sorted(spans, key=lambda s: s["start_time_unix_nano"])
     assert [s["attributes"]["http.response.body.size"] for s in ordered] == [
         len(missing.content),
         len(moved.content),
