@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import re
 from collections import namedtuple
@@ -778,7 +779,13 @@ def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
     ``original(raw, ours, *interceptors)`` (gRPC runs them in that order), so the application's
     interceptors see the call's traceparent, and without ours when they include one of ours
     already (a channel wrapped by hand as the docs show). Wrapping again puts the new
-    interceptors before the earlier ones, as wrapping a wrapped channel does."""
+    interceptors before the earlier ones, as wrapping a wrapped channel does.
+
+    Used for ``grpc.intercept_channel`` and for ``grpc._interceptor.intercept_channel``, which
+    the public function looks up and calls on every call: so a public function bound before
+    :func:`instrument_grpc` (``from grpc import intercept_channel``) reaches this too. (Both
+    wrappers in a row, as a patched public one calling the patched private one, rebuild once:
+    the raw channel they pass on carries no mark.)"""
 
     @functools.wraps(original)
     def intercept_channel(channel: Any, *interceptors: Any) -> Any:
@@ -818,15 +825,30 @@ def _aio_channel_factory(original: Callable[..., Any], index: int) -> Callable[.
     return channel
 
 
+def _private_intercept_channel() -> list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]]:
+    """``grpc._interceptor.intercept_channel``, the function ``grpc.intercept_channel`` hands
+    each call to, looked up at call time (nothing to patch in a grpcio that lacks it)."""
+    try:
+        module = importlib.import_module("grpc._interceptor")
+    except ImportError:  # pragma: no cover - every supported grpcio has it
+        return []
+    if not callable(getattr(module, "intercept_channel", None)):  # pragma: no cover
+        return []
+    return [(module, "intercept_channel", _intercept_channel)]
+
+
 def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
     """Trace every server (``grpc.server``, ``grpc.aio.server``) and channel
     (``grpc.insecure_channel``, ``grpc.secure_channel`` and their ``grpc.aio`` twins) created
     from now on: our interceptor goes first, before the application's. A server or channel
     given one of this module's interceptors by hand is left as it is. ``grpc.intercept_channel``
-    is patched too, so that a sync channel made here and wrapped by the application still has
-    ours first, or only the application's list when that holds one of ours. Idempotent (the
-    first call's ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that
-    imported the factories by name before (``from grpc import server``) keeps the originals."""
+    is patched too (with the private function it delegates to, so that a
+    ``from grpc import intercept_channel`` done earlier is covered as well), so that a sync
+    channel made here and wrapped by the application still has ours first, or only the
+    application's list when that holds one of ours. Idempotent (the first call's
+    ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that imported the
+    factories by name before (``from grpc import server``, ``insecure_channel``) keeps the
+    originals."""
     header = _header(trace_id_metadata)
     if _patched:
         return
@@ -837,6 +859,7 @@ def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
         (grpc, "insecure_channel", lambda f: _channel_factory(f, intercept)),
         (grpc, "secure_channel", lambda f: _channel_factory(f, intercept)),
         (grpc, "intercept_channel", _intercept_channel),
+        *_private_intercept_channel(),
         (grpc.aio, "insecure_channel", lambda f: _aio_channel_factory(f, 2)),
         (grpc.aio, "secure_channel", lambda f: _aio_channel_factory(f, 3)),
     ]

@@ -16,7 +16,8 @@ failures) are recorded and re-raised unchanged. Nothing is recorded under
 :func:`pitchey_trace.suppress_tracing` or on the SDK's own threads.
 
 Cluster clients (``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, their
-pipelines and ``pubsub()``) give the same spans without ``server.address`` / ``server.port``
+pipelines, transactions with ``WATCH`` and ``pubsub()``) give the same spans without
+``server.address`` / ``server.port``
 (redis-py picks the node per command, from the key's slot, replicas and redirections, and does
 not say which) and without ``db.namespace`` (always 0). The commands redis-py sends to the nodes
 on a cluster command's behalf (``COMMAND GETKEYS``, a topology refresh after ``MOVED``, retries
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -330,21 +332,82 @@ def _wrap_cluster_async(original: Any, start: Any) -> Any:
     return traced
 
 
+# A cluster transaction in WATCH mode (``transaction(fn, *keys)``, ``watch()`` on a
+# ``pipeline(transaction=True)``, in a redis-py that has cluster transactions): its
+# TransactionStrategy sends WATCH and the commands after it until multi() at once, through its
+# private ``_immediate_execute_command`` (on the watching connection, not through
+# execute_command), and queues the others. Both kinds first find the command's slot, which for
+# some commands (ZUNIONSTORE, EVAL) asks a node (COMMAND GETKEYS) through a node's Redis
+# client. So the sync strategy's execute_command records nothing itself and traces nothing
+# inside, keeping here the span current where the command was issued; a command sent at once
+# starts its span under that one. (The asyncio strategy finds the slot on node connections of
+# its own, which are not traced, and returns the coroutine of ``_immediate_execute_command``,
+# which runs where the caller awaits it: wrapped as any asyncio cluster command.)
+_ISSUED_UNDER: ContextVar[tuple[AnySpan | None] | None] = ContextVar(
+    "pitchey_trace_redis_issued_under", default=None
+)
+
+
+def _wrap_transaction_command(original: Any, start: Any) -> Any:
+    @functools.wraps(original)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        current = CURRENT.get()
+        if current is SUPPRESSED or not _patched:
+            return original(self, *args, **kwargs)
+        token = CURRENT.set(SUPPRESSED)
+        issued = _ISSUED_UNDER.set((current,))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _ISSUED_UNDER.reset(issued)
+            CURRENT.reset(token)
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
+def _wrap_watched_sync(original: Any, start: Any) -> Any:
+    """:func:`_wrap_cluster_sync` for a command a sync cluster transaction sends at once: its
+    span starts under the span current where it was issued."""
+    inner = _wrap_cluster_sync(original, start)
+
+    @functools.wraps(original)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        issued = _ISSUED_UNDER.get()
+        if issued is None:  # (not called through the strategy's execute_command)
+            return inner(self, *args, **kwargs)
+        token = CURRENT.set(issued[0])
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            CURRENT.reset(token)
+
+    setattr(traced, _WRAPPED, original)
+    return traced
+
+
 def _cluster_targets() -> list[tuple[type, str, Any, Any]]:
     targets: list[tuple[type, str, Any, Any]] = []
     for module, wrap in ((_sync_cluster, _wrap_cluster_sync), (_async_cluster, _wrap_cluster_async)):
         if module is None:
             continue
-        for class_name, name, start in (
-            ("RedisCluster", "execute_command", _start_cluster_command),
-            ("ClusterPipeline", "execute", _start_cluster_pipeline),
-            ("ClusterPubSub", "execute_command", _start_cluster_command),
-        ):
+        sync = module is _sync_cluster
+        watched = _wrap_watched_sync if sync else wrap
+        entries: list[tuple[str, str, Any, Any]] = [
+            ("RedisCluster", "execute_command", wrap, _start_cluster_command),
+            ("ClusterPipeline", "execute", wrap, _start_cluster_pipeline),
+            ("ClusterPubSub", "execute_command", wrap, _start_cluster_command),
+            # WATCH mode, see _ISSUED_UNDER (no TransactionStrategy: no cluster transactions)
+            ("TransactionStrategy", "_immediate_execute_command", watched, _start_cluster_command),
+        ]
+        if sync:
+            entries.append(("TransactionStrategy", "execute_command", _wrap_transaction_command, None))
+        for class_name, name, wrapper, start in entries:
             owner = getattr(module, class_name, None)
             # Only a method the class defines itself: patching an inherited one would shadow
             # the base class's (PubSub's) patched method and give two spans per command.
             if isinstance(owner, type) and name in owner.__dict__:
-                targets.append((owner, name, wrap, start))
+                targets.append((owner, name, wrapper, start))
     return targets
 
 

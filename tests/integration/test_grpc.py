@@ -830,15 +830,48 @@ def test_instrument_grpc_the_apps_channel_interceptors_see_the_calls_traceparent
     assert {traceparent[:-3] for _, traceparent in seen} == parents
 
 
+def test_instrument_grpc_an_intercept_channel_imported_before_still_runs_ours_first(target: str) -> None:
+    # what `from grpc import intercept_channel` in a module imported before instrument_grpc()
+    # holds: the original function, not the one instrument_grpc() puts on the grpc module
+    bound_before = grpc.intercept_channel
+    seen: list[tuple[str, str]] = []
+    instrument_grpc()
+    try:
+        with capture_spans() as mem, swallowed_errors() as errors:
+            with grpc.insecure_channel(target) as raw:
+                inner = bound_before(raw, Recording("a", seen), Recording("b", seen))
+                channel = bound_before(inner, Recording("c", seen))
+                plain_answers = _every_call_shape(inner)
+                answers = _every_call_shape(channel)
+                # one of ours by hand, through the early-bound function: still one span a call
+                by_hand = bound_before(raw, client_interceptor(target), Recording("d", seen))
+                by_hand_answers = _every_call_shape(by_hand)
+            spans = settle(mem, 18 + 18 + 3 * 3)
+            time.sleep(0.2)
+            spans = settle(mem, 0)
+    finally:
+        uninstrument_grpc()
+    assert errors == []
+    assert plain_answers == answers == by_hand_answers == EVERY_SHAPE
+    clients = _one_client_span_per_call(spans, 18)
+    parents = {f"00-{c['trace_id']}-{c['span_id']}" for c in clients}
+    assert [label for label, _ in seen] == ["a", "b"] * 6 + ["c", "a", "b"] * 6 + ["d"] * 6
+    assert {traceparent[:-3] for _, traceparent in seen} == parents
+
+
 def test_uninstrument_grpc_restores_intercept_channel_and_made_channels_stay_traced_once(target: str) -> None:
-    original = grpc.intercept_channel
+    from grpc import _interceptor
+
+    original, private = grpc.intercept_channel, _interceptor.intercept_channel
     instrument_grpc()
     try:
         assert grpc.intercept_channel is not original
+        assert _interceptor.intercept_channel is not private  # (what the public one calls)
         raw = grpc.insecure_channel(target)
     finally:
         uninstrument_grpc()
     assert grpc.intercept_channel is original
+    assert _interceptor.intercept_channel is private
     try:
         with capture_spans() as mem:
             # wrapped by the original intercept_channel: ours by hand outside the factory's

@@ -408,6 +408,89 @@ def test_asyncio_cluster_commands_pipelines_and_errors(cluster_port: int, traced
 
 
 @cluster_group
+def test_cluster_watch_mode_commands_are_spans(cluster: redis.cluster.RedisCluster, traced: None) -> None:
+    # As for a plain client: WATCH and the commands before multi() run at once (redis-py's
+    # TransactionStrategy sends them on the watching connection, not through execute_command).
+    cluster.set("{b}balance", 10)
+    cluster.zadd("{b}scores", {"m": 1})
+
+    def withdraw(pipe: Any) -> None:
+        balance = int(pipe.get("{b}balance"))
+        pipe.multi()
+        pipe.set("{b}balance", balance - 1)
+
+    with capture_spans() as mem:
+        with pt.span("request"):
+            cluster.transaction(withdraw, "{b}balance")
+            with cluster.pipeline(transaction=True) as pipe:
+                pipe.watch("{b}balance")
+                assert pipe.get("{b}balance") == b"9"
+                # its keys come from COMMAND GETKEYS: still one span, for ZUNIONSTORE
+                assert pipe.zunionstore("{b}copy", ["{b}scores"]) == 1
+                with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                    pipe.lpush("{b}balance", "x")
+                pipe.multi()
+                pipe.incr("{b}balance")
+                pipe.zunionstore("{b}copy", ["{b}scores", "{b}none"])  # queued: in MULTI's span
+                assert pipe.execute() == [10, 1]
+            with pt.suppress_tracing():
+                cluster.transaction(withdraw, "{b}balance")
+    *commands, request = mem.spans()
+    assert [(s["name"], s["attributes"]["db.query.text"]) for s in commands] == [
+        ("WATCH", "WATCH ?"),
+        ("GET", "GET ?"),
+        ("MULTI", "SET ? ?"),
+        ("WATCH", "WATCH ?"),
+        ("GET", "GET ?"),
+        ("ZUNIONSTORE", "ZUNIONSTORE ? ? ?"),
+        ("LPUSH", "LPUSH ? ?"),
+        ("MULTI", "INCRBY ? ?; ZUNIONSTORE ? ? ? ?"),
+    ]
+    assert {s["parent_span_id"] for s in commands} == {request["span_id"]}
+    assert commands[0]["attributes"] == {
+        "db.system.name": "redis",
+        "db.operation.name": "WATCH",
+        "db.query.text": "WATCH ?",
+    }
+    assert commands[6]["status"] == "error"
+    assert commands[6]["attributes"]["error.type"] == "ResponseError"
+    assert cluster.get("{b}balance") == b"9"
+
+
+@cluster_group
+def test_asyncio_cluster_watch_mode_commands_are_spans(cluster_port: int, traced: None) -> None:
+    async def calls() -> list[Any]:
+        client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
+        await client.set("{s}stock", 5)
+        # (no ZUNIONSTORE here: redis-py 8.1's asyncio TransactionStrategy asks for its keys on
+        # a connection of a private event loop, and aclose() then fails, traced or not)
+
+        async def take(pipe: Any) -> None:
+            stock = int(await pipe.get("{s}stock"))
+            assert await pipe.strlen("{s}stock") == 1
+            pipe.multi()
+            pipe.set("{s}stock", stock - 1)
+
+        try:
+            with pt.span("job"):
+                return await client.transaction(take, "{s}stock")  # type: ignore[no-any-return]
+        finally:
+            await client.aclose()
+
+    with capture_spans() as mem:
+        assert asyncio.run(calls()) == [True]
+    _set, *commands, job = mem.spans()
+    assert job["name"] == "job"
+    assert [(s["name"], s["attributes"]["db.query.text"]) for s in commands] == [
+        ("WATCH", "WATCH ?"),
+        ("GET", "GET ?"),
+        ("STRLEN", "STRLEN ?"),
+        ("MULTI", "SET ? ?"),
+    ]
+    assert {s["parent_span_id"] for s in commands} == {job["span_id"]}
+
+
+@cluster_group
 def test_cluster_capture_keys_and_uninstrument(cluster: redis.cluster.RedisCluster, traced: None) -> None:
     instrument_redis(capture_keys=True)
     pipe = cluster.pipeline()  # keeps RedisCluster.execute_command bound (parent_execute_command)
@@ -420,6 +503,7 @@ def test_cluster_capture_keys_and_uninstrument(cluster: redis.cluster.RedisClust
         assert pipe.execute() == [None]
         pipe.parent_execute_command("GET", "cart:42")
         cluster.pubsub().subscribe("after")
+        cluster.transaction(lambda tx: tx.get("cart:42"), "cart:42")
     cart, session = mem.spans()  # nothing after uninstrument_redis()
     assert cart["attributes"]["db.query.text"] == "GET ?"
     assert cart["attributes"]["db.redis.key"] == "cart:42"
@@ -431,6 +515,9 @@ def test_cluster_capture_keys_and_uninstrument(cluster: redis.cluster.RedisClust
         (redis.asyncio.cluster.RedisCluster, "execute_command"),
         (redis.asyncio.cluster.ClusterPipeline, "execute"),
         (redis.asyncio.cluster.ClusterPubSub, "execute_command"),
+        (redis.cluster.TransactionStrategy, "execute_command"),
+        (redis.cluster.TransactionStrategy, "_immediate_execute_command"),
+        (redis.asyncio.cluster.TransactionStrategy, "_immediate_execute_command"),
         (redis.client.PubSub, "execute_command"),
         (redis.asyncio.client.PubSub, "execute_command"),
     ]
