@@ -1155,6 +1155,10 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
     if (SLOT(span, F_EVENTS) != Py_None || SLOT(span, F_LINKS) != Py_None ||
         SLOT(span, F_MESSAGE) != Py_None)
         return NULL;
+    /* a tracestate (rare) goes to the Python builder, which adds the record's trace_state */
+    PyObject *state = SLOT(span, F_STATE);
+    if (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 0)
+        return NULL;
     PyObject *name = SLOT(span, F_NAME);
     if (!PyUnicode_CheckExact(name))
         return NULL;

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 from pitchey_trace import _resource, _safety
 from pitchey_trace._span import SpanKind
 from pitchey_trace._validate import finite
+from pitchey_trace.propagation import format_tracestate
 
 if TYPE_CHECKING:
     from pitchey_trace._span import Link, Span
@@ -255,15 +256,32 @@ def span_events(events: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
 
 
 def span_links(links: list[Link]) -> list[dict[str, Any]]:
-    """The ``links`` field of a span record."""
-    return [
-        {
-            "trace_id": f"{link.context.trace_id:032x}",
-            "span_id": f"{link.context.span_id:016x}",
+    """The ``links`` field of a span record (``trace_state`` only when the linked context has
+    one)."""
+    out = []
+    for link in links:
+        ctx = link.context
+        item = {
+            "trace_id": f"{ctx.trace_id:032x}",
+            "span_id": f"{ctx.span_id:016x}",
             "attributes": link.attributes,
         }
-        for link in links
-    ]
+        state = getattr(ctx, "trace_state", None)  # (any object with the ids can be linked)
+        if state and state.__class__ is tuple:
+            text = _link_state(state)
+            if text:
+                item["trace_state"] = text
+        out.append(item)
+    return out
+
+
+def _link_state(state: tuple[Any, ...]) -> str:
+    """A linked context's tracestate in the header's form; "" when it is not pairs of strs
+    (a duck-typed context's own attribute, not one TraceContext checked)."""
+    for pair in state:
+        if not (pair.__class__ is tuple and len(pair) == 2 and all(p.__class__ is str for p in pair)):
+            return ""
+    return format_tracestate(state)
 
 
 def span_record(
@@ -302,8 +320,9 @@ def last_span_template(service: str, environment: str, resource: dict[str, Any])
 
 def span_structure(span: Span, template: Record, thresholds: CategoryThresholds | None) -> Record:
     """A copy of ``template`` with the span's structural fields set (ids, kind, times,
-    duration, status, category): everything but the text-bearing fields (name, status message,
-    attributes, events, links), which the caller sets, sanitized or not."""
+    duration, status, category, and ``trace_state`` when the span has one): everything but the
+    text-bearing fields (name, status message, attributes, events, links), which the caller
+    sets, sanitized or not."""
     start = span.start_ns
     end = span.end_ns if span.end_ns >= start else start
     duration_ms = (end - start) / 1e6
@@ -330,6 +349,9 @@ def span_structure(span: Span, template: Record, thresholds: CategoryThresholds 
         if duration_ms < very
         else "very_slow"
     )
+    state = span.trace_state
+    if state:  # (rare: only traces whose vendors use tracestate; opaque, not sanitized)
+        rec["trace_state"] = format_tracestate(state)
     return rec
 
 

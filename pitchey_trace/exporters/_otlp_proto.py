@@ -10,11 +10,11 @@ collector decodes the same message from either. Field numbers, from
     Resource                   1 attributes
     ScopeSpans                 1 scope, 2 spans
     InstrumentationScope       1 name, 2 version
-    Span                       1 trace_id, 2 span_id, 4 parent_span_id, 5 name, 6 kind,
+    Span                       1 trace_id, 2 span_id, 3 trace_state, 4 parent_span_id, 5 name, 6 kind,
                                7 start_time_unix_nano (fixed64), 8 end_time_unix_nano (fixed64),
                                9 attributes, 11 events, 13 links, 15 status
     Span.Event                 1 time_unix_nano (fixed64), 2 name, 3 attributes
-    Span.Link                  1 trace_id, 2 span_id, 4 attributes
+    Span.Link                  1 trace_id, 2 span_id, 3 trace_state, 4 attributes
     Status                     2 message, 3 code
     KeyValue                   1 key, 2 value
     AnyValue (oneof)           1 string, 2 bool, 3 int64, 4 double, 5 array, 6 kvlist
@@ -156,6 +156,9 @@ def _span(r: Mapping[str, Any]) -> bytearray:
     out = bytearray()
     _field(1, _hex_id(r.get("trace_id")), out)
     _field(2, _hex_id(r.get("span_id")), out)
+    state = r.get("trace_state")
+    if state:
+        _field(3, _text(state), out)
     parent = _hex_id(r.get("parent_span_id"))
     if parent:
         _field(4, parent, out)
@@ -183,6 +186,8 @@ def _span(r: Mapping[str, Any]) -> bytearray:
         link = bytearray()
         _field(1, _hex_id(lk.get("trace_id")), link)
         _field(2, _hex_id(lk.get("span_id")), link)
+        if lk.get("trace_state"):
+            _field(3, _text(lk["trace_state"]), link)
         link += _key_values(lk.get("attributes"), 4)
         _field(13, link, out)
     status = bytearray()

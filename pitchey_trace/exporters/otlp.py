@@ -69,6 +69,13 @@ def _kv(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return [{"key": str(k), "value": any_value(v)} for k, v in attrs.items()]
 
 
+def _link(lk: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"traceId": lk["trace_id"], "spanId": lk["span_id"], "attributes": _kv(lk.get("attributes"))}
+    if lk.get("trace_state"):
+        out["traceState"] = str(lk["trace_state"])
+    return out
+
+
 def _span(r: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "traceId": r["trace_id"],
@@ -79,6 +86,9 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
         "endTimeUnixNano": str(r.get("end_time_unix_nano", 0)),
         "attributes": _kv(r.get("attributes")),
     }
+    state = r.get("trace_state")
+    if state:
+        out["traceState"] = str(state)
     parent = r.get("parent_span_id")
     if parent:
         out["parentSpanId"] = parent
@@ -94,10 +104,7 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
         ]
     links = r.get("links")
     if links:
-        out["links"] = [
-            {"traceId": lk["trace_id"], "spanId": lk["span_id"], "attributes": _kv(lk.get("attributes"))}
-            for lk in links
-        ]
+        out["links"] = [_link(lk) for lk in links]
     status: dict[str, Any] = {"code": _STATUS.get(r.get("status", "unset"), 0)}
     if r.get("status_message"):
         status["message"] = r["status_message"]

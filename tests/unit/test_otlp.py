@@ -205,7 +205,11 @@ def rich_records() -> list[dict[str, Any]]:
             kind="internal",
             status="error",
             status_message="boom",
-            links=[{"trace_id": "ff" * 16, "span_id": "ee" * 8, "attributes": {"why": "batch"}}],
+            links=[
+                {"trace_id": "ff" * 16, "span_id": "ee" * 8, "attributes": {"why": "batch"}},
+                {"trace_id": "dd" * 16, "span_id": "cc" * 8, "attributes": {}, "trace_state": "k=v"},
+            ],
+            trace_state="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
             start_time_unix_nano=1_800_000_000_000_000_001,
             end_time_unix_nano=1_800_000_000_000_000_002,
         ),
@@ -232,6 +236,9 @@ def test_protobuf_is_the_json_message_field_for_field() -> None:
     s3 = msg.resource_spans[0].scope_spans[0].spans[1]
     assert s3.start_time_unix_nano == 1_800_000_000_000_000_001
     assert s3.links[0].trace_id == b"\xff" * 16
+    assert (s3.links[0].trace_state, s3.links[1].trace_state) == ("", "k=v")
+    assert s3.trace_state == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert msg.resource_spans[0].scope_spans[0].spans[0].trace_state == ""  # none: not sent
     assert s3.status.code == 2
     assert s3.status.message == "boom"
     s4 = msg.resource_spans[1].scope_spans[0].spans[1]

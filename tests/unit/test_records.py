@@ -340,3 +340,45 @@ def test_dataset_of() -> None:
     assert dataset_of({"type": "rollup"}) == "performance"
     assert dataset_of({"type": "span", "dataset": "special"}) == "special"
     assert dataset_of({"type": "unknown"}) == "traces"
+
+
+@pytest.mark.parametrize("sanitize", [True, False], ids=["sanitized", "unsanitized"])
+def test_a_traces_tracestate_is_kept_on_its_span_records_and_links(sanitize: bool) -> None:
+    """Spans under a context with a tracestate carry it (the W3C header form, as OTLP sends it)
+    in ``trace_state``, as do links to such contexts; other records have no such key, so the
+    common record keeps its exact key set."""
+    incoming = pt.extract(
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "congo=t61rcWkgMzE , rojo=00f067aa0ba902b7",
+        }
+    )
+    assert incoming is not None
+    options: dict[str, Any] = {} if sanitize else {"sanitizer": None}
+    with captured(**options) as mem:
+        with pt.use_context(incoming), pt.span("parent"), pt.span("child", links=[pt.Link(incoming)]):
+            pass
+        with pt.span("other", links=[pt.Link(pt.TraceContext(7, 8))]):
+            pass
+    spans = {r["name"]: r for r in mem.spans()}
+    state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert spans["parent"]["trace_state"] == spans["child"]["trace_state"] == state
+    assert spans["child"]["links"][0]["trace_state"] == state
+    assert set(spans["other"]) == SPAN_KEYS
+    assert "trace_state" not in spans["other"]["links"][0]
+    assert not _VALIDATOR.is_valid({**spans["parent"], "trace_state": ""})
+
+
+def test_a_duck_typed_link_context_with_an_odd_trace_state_is_linked_without_it() -> None:
+    class Ctx:
+        trace_id, span_id = 7, 8
+
+    odd = Ctx()
+    odd.trace_state = (("k", 1),)  # type: ignore[attr-defined]
+    good = Ctx()
+    good.trace_state = (("k", "v"),)  # type: ignore[attr-defined]
+    with captured() as mem, pt.span("op", links=[pt.Link(odd), pt.Link(good), pt.Link(Ctx())]):  # type: ignore[arg-type]
+        pass
+    links = mem.spans()[0]["links"]
+    assert [link.get("trace_state") for link in links] == [None, "k=v", None]
+    assert pt.stats()["internal_errors"] == 0

@@ -167,7 +167,7 @@ def test_otlp_payload_parses_with_the_official_proto_classes(
         exporters=[exp],
         resource_attributes={"service.version": "1.2"},
     )
-    other = pt.TraceContext(0x1234, 0x99, is_remote=True)
+    other = pt.TraceContext(0x1234, 0x99, is_remote=True, trace_state=(("vendor", "v1"),))
     with pt.span("POST /pay", kind=pt.SpanKind.SERVER, attributes={"http.request.method": "POST"}) as root:
         root.set_attributes({"retries": 3, "ratio": 0.5, "cached": False, "tags": ["a", "b"], "ids": [1, 2]})
         root.add_event("charged", {"amount.cents": 1250})
@@ -221,7 +221,36 @@ def test_otlp_payload_parses_with_the_official_proto_classes(
     [link] = r.links
     assert link.trace_id == (0x1234).to_bytes(16, "big")
     assert link.span_id == (0x99).to_bytes(8, "big")
+    assert link.trace_state == "vendor=v1"
+    assert (r.trace_state, c.trace_state) == ("", "")  # a root of ours has no tracestate
     assert _stats.get("otlp.spans") == 2
+
+
+@pytest.mark.parametrize("protocol", [None, "http/json"])
+def test_otlp_spans_carry_the_callers_tracestate(http_server: RecordingServer, protocol: str | None) -> None:
+    """A request that came with a ``tracestate`` (a vendor's sampling data, say) is exported with
+    it on every span of the trace in this process, as OpenTelemetry's SDK does; other traces
+    carry none."""
+    pt.configure(service="checkout", exporters=[OTLPExporter(http_server.url, protocol=protocol)])
+    incoming = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7",
+    }
+    with pt.use_context(pt.extract(incoming)):
+        with pt.span("GET /", kind=pt.SpanKind.SERVER), pt.span("child"):
+            pass
+    with pt.span("unrelated"):
+        pass
+    assert pt.force_flush(20)
+    [req] = http_server.requests
+    if protocol is None:
+        msg = ExportTraceServiceRequest.FromString(req.body)
+    else:
+        msg = json_format.ParseDict(_ids_to_base64(req.json()), ExportTraceServiceRequest())
+    spans = {s.name: s for s in msg.resource_spans[0].scope_spans[0].spans}
+    assert spans["GET /"].trace_state == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert spans["child"].trace_state == spans["GET /"].trace_state
+    assert spans["unrelated"].trace_state == ""
 
 
 def test_otlp_retries_503_honours_retry_after_and_counts_partial_success(
