@@ -10,30 +10,51 @@ the OpenTelemetry RPC attributes for AWS: ``rpc.system=aws-api``, ``rpc.service`
 request bodies are never recorded). A failed call (``ClientError``) sets status error with the
 AWS error code as ``error.type`` and is re-raised unchanged. The SDK's own exporters (S3/R2
 logpush) run with tracing suppressed, so their uploads make no spans.
+
+SQS: ``SendMessage`` and ``SendMessageBatch`` put the call's trace context into each message's
+``MessageAttributes`` (String attributes ``traceparent``, and ``tracestate`` / ``baggage`` when
+there are any), so the consumer can continue the trace (:func:`sqs_message_context`). The
+caller's dicts are never changed (the request goes with copies), an attribute the caller set
+under one of these names means the message goes as it is, and a message with no room left
+under SQS's limit of 10 attributes gets what fits, ``traceparent`` first, or nothing (counted
+as ``botocore.sqs_context_not_injected``, logged at debug; the call goes ahead).
+``ReceiveMessage`` is sent as written (no attribute names are added to it); its span links to
+the context of every returned message whose ``traceparent`` came back.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pitchey_trace import _safety
+from pitchey_trace import _safety, _stats
 from pitchey_trace._context import CURRENT, IN_HTTP_CLIENT
-from pitchey_trace._span import SUPPRESSED, SpanKind
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind, TraceContext
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.exceptions import IntegrationUnavailable
+from pitchey_trace.propagation import extract, inject
 
 try:
     import botocore.client as _client
 except ImportError as _exc:
     raise IntegrationUnavailable("pitchey_trace.botocore", "s3") from _exc
 
-__all__ = ["instrument_botocore", "uninstrument_botocore"]
+__all__ = ["instrument_botocore", "sqs_message_context", "uninstrument_botocore"]
 
 _CLIENT = SpanKind.CLIENT
-_start_span = get_tracer().start_span
+_tracer = get_tracer()
+_start_span = _tracer.start_span
 _original: list[Any] = []
+_logger = logging.getLogger("pitchey_trace")
+#: The SQS operations whose messages carry the trace context (sends) or may bring it (receive).
+_SQS_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch", "ReceiveMessage"})
+#: SQS refuses a message with more message attributes than this.
+_MAX_SQS_ATTRIBUTES = 10
+#: Propagation fields a message can go without (the trace continues from ``traceparent``).
+_OPTIONAL_FIELDS = ("tracestate", "baggage")
 
 
 def _base(client: Any) -> tuple[str, dict[str, Any]]:
@@ -84,6 +105,12 @@ def _make_api_call(original: Any) -> Any:
         except Exception as exc:
             _safety.report("botocore.start", exc)
             return original(self, operation_name, api_params)
+        sqs = operation_name in _SQS_OPERATIONS and service == "SQS"
+        if sqs and operation_name != "ReceiveMessage" and _tracer.enabled:
+            try:
+                api_params = _with_trace_context(span, operation_name, api_params)
+            except Exception as exc:  # (the call goes as the caller wrote it)
+                _safety.report("botocore.sqs", exc)
         inside = IN_HTTP_CLIENT.set(True)  # (its HTTP requests, made with urllib3, are this call)
         try:
             result = original(self, operation_name, api_params)
@@ -108,6 +135,8 @@ def _make_api_call(original: Any) -> Any:
         try:
             if isinstance(result, dict):
                 _response_attributes(span, result)
+                if sqs and operation_name == "ReceiveMessage":
+                    _link_messages(span, result)
             span.end()
         except Exception as internal:
             _safety.report("botocore.end", internal)
@@ -125,6 +154,113 @@ def _response_attributes(span: Any, response: dict[str, Any]) -> None:
         status = meta.get("HTTPStatusCode")
         if isinstance(status, int):
             span.set_attribute("http.response.status_code", status)
+
+
+def _with_trace_context(span: AnySpan, operation: str, params: Any) -> Any:
+    """``params`` with ``span``'s context in the message attributes of each message sent:
+    a new dict (and new entries / attribute maps where they change), the caller's untouched."""
+    if not isinstance(params, dict):
+        return params
+    fields: dict[str, str] = {}
+    inject(fields, span)
+    if not fields:
+        return params
+    # (the value maps are shared by the messages of a batch: botocore only reads them)
+    ours = {name: {"DataType": "String", "StringValue": value} for name, value in fields.items()}
+    names = {name.lower() for name in ours}
+    if operation == "SendMessage":
+        attributes = _message_attributes(params.get("MessageAttributes"), ours, names)
+        return params if attributes is None else {**params, "MessageAttributes": attributes}
+    entries = params.get("Entries")
+    if not isinstance(entries, list):
+        return params
+    sent: list[Any] = []
+    changed = False
+    for entry in entries:
+        if isinstance(entry, dict):
+            attributes = _message_attributes(entry.get("MessageAttributes"), ours, names)
+            if attributes is not None:
+                entry = {**entry, "MessageAttributes": attributes}
+                changed = True
+        sent.append(entry)
+    return {**params, "Entries": sent} if changed else params
+
+
+def _message_attributes(
+    existing: Any, ours: dict[str, dict[str, str]], names: set[str]
+) -> dict[str, Any] | None:
+    """One message's attributes plus ``ours`` (the propagation fields as String attributes,
+    ``names`` their lowercase names) or the part of them that fits, or None to send the
+    message as it is: it already has one of these names (in any case: the caller's own
+    propagation wins), or not even the required ones fit under SQS's limit."""
+    if existing is None:
+        count = 0
+    elif not isinstance(existing, dict):
+        return None  # (botocore's validation answers for it)
+    else:
+        for name in existing:
+            if name.__class__ is str and name.lower() in names:
+                return None
+        count = len(existing)
+    if len(ours) > _MAX_SQS_ATTRIBUTES - count:
+        ours = _fitting(ours, count)
+        if not ours:
+            return None
+    return {**existing, **ours} if count else dict(ours)
+
+
+def _fitting(ours: dict[str, dict[str, str]], count: int) -> dict[str, dict[str, str]]:
+    """The fields that fit next to ``count`` attributes (``traceparent``, or whatever a custom
+    propagator requires, first: all of them or nothing; then ``tracestate``, ``baggage``);
+    the message left without the others is counted and logged."""
+    room = _MAX_SQS_ATTRIBUTES - count
+    required = {name: value for name, value in ours.items() if name not in _OPTIONAL_FIELDS}
+    fit = dict(required) if len(required) <= room else {}
+    if fit:
+        for name in _OPTIONAL_FIELDS:
+            if name in ours and len(fit) < room:
+                fit[name] = ours[name]
+    _stats.incr("botocore.sqs_context_not_injected")
+    _logger.debug(
+        "pitchey_trace: an SQS message with %d message attributes has no room for %s (limit %d)",
+        count,
+        ", ".join(name for name in ours if name not in fit),
+        _MAX_SQS_ATTRIBUTES,
+    )
+    return fit
+
+
+def _link_messages(span: AnySpan, result: dict[str, Any]) -> None:
+    """Link a ReceiveMessage span to the context of every message that brought one back."""
+    messages = result.get("Messages")
+    if isinstance(messages, list):
+        for message in messages:
+            context = sqs_message_context(message)
+            if context is not None:
+                span.add_link(context)
+
+
+def _attribute_value(attributes: Any, name: str) -> Any:
+    value = attributes.get(name)
+    return value.get("StringValue") if isinstance(value, Mapping) else None
+
+
+def sqs_message_context(message: Any) -> TraceContext | None:
+    """The trace context an SQS message carries in its message attributes (as
+    :func:`instrument_botocore` sends it), for the span that processes it:
+    ``pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message))``.
+    ``message`` is one of ``receive_message(...)["Messages"]``; ask for the attributes
+    (``MessageAttributeNames=["All"]``, or ``traceparent``, ``tracestate``, ``baggage``), SQS
+    returns none otherwise. None when it has no valid ``traceparent`` (or the fields of the
+    configured propagators). Never raises."""
+    try:
+        attributes = message.get("MessageAttributes") if isinstance(message, Mapping) else None
+        if not isinstance(attributes, Mapping) or not attributes:
+            return None
+        return extract(attributes, _attribute_value)
+    except Exception as exc:
+        _safety.report("botocore.sqs", exc)
+        return None
 
 
 def instrument_botocore() -> None:

@@ -13,8 +13,9 @@ process, on another machine), current while the task runs, so the task's own spa
 queries nest under it. A task that raises is marked as an error with its exception; a retry
 adds a ``retry`` event (``celery.retry.reason``: the type of the exception that caused it). Each
 run is its own span, also when a retry (same task id) starts before the retried run ends.
-Attributes (OpenTelemetry messaging conventions):
-``messaging.system`` (``celery``), ``messaging.operation.type`` (``send`` / ``process``),
+Attributes (OpenTelemetry messaging conventions, those where the ``send`` operation type
+replaced ``publish``): ``messaging.system`` (``celery``), ``messaging.operation.type``
+(``send`` / ``process``), ``messaging.operation.name`` (``publish`` / ``process``),
 ``messaging.message.id`` (the task id), ``messaging.destination.name`` (the routing key),
 ``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. Arguments are never
 recorded.
@@ -52,6 +53,9 @@ _CONSUMER = SpanKind.CONSUMER
 _MAX_OPEN = 10_000
 _sending: dict[str, Any] = {}
 _running: dict[tuple[str, int], Any] = {}
+#: ``messaging.operation.name`` (Celery's own name for the operation: it publishes a task
+#: message, ``before_task_publish``) by ``messaging.operation.type``.
+_OPERATION_NAMES = {"send": "publish", "process": "process"}
 #: The attributes shared by every span of a task name, operation and routing key, built once
 #: (validated here, so start_span copies them without checking each entry).
 _TEMPLATES: dict[tuple[str, str, str | None], TrustedAttributes] = {}
@@ -72,6 +76,7 @@ def _attributes(task_name: str, task_id: str | None, operation: str, routing_key
             {
                 "messaging.system": "celery",
                 "messaging.operation.type": operation,
+                "messaging.operation.name": _OPERATION_NAMES[operation],
                 "celery.task.name": task_name,
             }
         )

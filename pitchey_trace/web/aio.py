@@ -11,8 +11,11 @@ carries the OpenTelemetry HTTP server attributes, is current while the handler r
 response (error pages included) carries the ``X-Trace-Id`` header. A handler that streams
 (``StreamResponse``, WebSockets) is timed to its end; a returned ``Response`` is timed until
 the handler returns it (aiohttp writes its already-built body afterwards); a ``FileResponse`` (or
-a ``Response`` with a streamed payload) is timed until aiohttp has sent it, with the status it
-settled on (404 for a missing file, 304, 206...).
+a ``Response`` with a streamed payload or compression) is timed until aiohttp has sent it, with
+the status it settled on (404 for a missing file, 304, 206...). An unhandled exception's span
+ends once aiohttp has sent its own error page (500, 504 for a ``TimeoutError``).
+``http.response.body.size`` is the body bytes sent: compressed ones when aiohttp compresses,
+and the bytes a file cut short by the client had handed to the socket.
 """
 
 from __future__ import annotations
@@ -132,16 +135,27 @@ def aiohttp_middleware(
                 state.status = status = response.status
                 if response.prepared:  # a stream: its bytes are out by now
                     state.sent = _body_size(
-                        status, state.method, written.n if written is not None else response.body_length
+                        status, state.method, written.sent if written is not None else response.body_length
                     )
+                    if written is not None and written.compressed and not written.done:
+                        # compressed, its end not written: aiohttp flushes the compressor
+                        # (more bytes) as it writes the end, after we return
+                        deferred = _finish_when_sent(response, state, options, start_ns, client, written)
                 else:  # a Response: its body is about to be written
                     state.sent = _body_size(status, state.method, response.content_length)
                     if marker is not None:
                         _put_headers(response.headers, options.response_headers(span))
-                    if response.__class__ is not plain_response or not isinstance(response.body, _BYTES):
+                    if (
+                        response.__class__ is not plain_response
+                        or not isinstance(response.body, _BYTES)
+                        or response.compression
+                    ):
                         # A FileResponse (or a streamed payload) decides its status and sends
-                        # its body as aiohttp prepares it, after we return: end there.
+                        # its body as aiohttp prepares it, after we return; a compressed body
+                        # gets its size then: end there.
                         deferred = _finish_when_sent(response, state, options, start_ns, client, written)
+                    elif written is not None:
+                        written.deflated = None  # (ends now: no compressor to look for)
             except Exception as exc:
                 _safety.report("web.aiohttp.response", exc)
             return response
@@ -159,8 +173,10 @@ def aiohttp_middleware(
             raise
         except Exception as exc:
             error = exc
-            state.status = 500  # what aiohttp answers for it
+            # what aiohttp answers for it, with its own error page once we have returned
+            state.status = 504 if isinstance(exc, asyncio.TimeoutError) else 500
             stamp_exception(exc, span)
+            deferred = _finish_after_error_page(state, options, start_ns, client, exc, written)
             raise
         except BaseException as exc:  # cancelled (the client went away): aborted, not an error
             error = exc
@@ -206,22 +222,42 @@ def _size(chunk: Any) -> int:
 
 
 class _Written:
-    """The body bytes handed to a request's payload writer (status line, headers, chunked
-    framing and bytes past a declared ``Content-Length`` not included; before compression).
+    """The body bytes of a request's response as they go out on the connection: handed to its
+    payload writer (status line, headers, chunked framing and bytes past a declared
+    ``Content-Length`` not included), after compression when aiohttp compresses them.
 
     Its ``write``/``write_eof`` replace the writer's on that writer object (aiohttp makes one
     per request), counting and delegating; the writer gets its class's methods back after
-    ``write_eof``. A file sent with ``sendfile`` bypasses them."""
+    ``write_eof``. A file sent with ``sendfile`` bypasses them (see :func:`_finish_when_sent`).
+    When the writer compresses (``enable_compression``, seen at the first write), its
+    compressor is wrapped to count what it produces: the bytes sent."""
 
-    __slots__ = ("_write", "_write_eof", "n", "writer")
+    __slots__ = ("_write", "_write_eof", "deflated", "done", "failed", "n", "writer")
 
     def __init__(self, writer: Any) -> None:
         self.n = 0
         self.writer = writer
         self._write = writer.write
         self._write_eof = writer.write_eof
+        self.deflated: Any = _UNSEEN  # then the counting compressor, or None: not compressed
+        self.done = False  # write_eof was called
+        self.failed = False  # a write raised (the connection went away)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the bytes went through the writer's compressor (as far as written)."""
+        return self.deflated.__class__ is _Deflated
+
+    @property
+    def sent(self) -> int:
+        """The body bytes sent so far (compressed ones when compressed)."""
+        deflated = self.deflated
+        return deflated.n if deflated.__class__ is _Deflated else self.n
 
     async def write(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.deflated is _UNSEEN:
+            writer = self.writer
+            self.deflated = None if getattr(writer, "_compress", None) is None else _deflating(writer)
         try:  # (counting must never fail the app's write)
             n = _size(chunk)
             remaining = getattr(self.writer, "length", None)  # aiohttp drops bytes past a declared length
@@ -229,11 +265,19 @@ class _Written:
                 n = remaining
         except Exception:
             n = 0
-        result = await self._write(chunk, *args, **kwargs)
+        try:
+            result = await self._write(chunk, *args, **kwargs)
+        except BaseException:
+            self.failed = True
+            raise
         self.n += n
         return result
 
     async def write_eof(self, chunk: Any = b"", *args: Any, **kwargs: Any) -> Any:
+        if self.deflated is _UNSEEN:
+            writer = self.writer
+            self.deflated = None if getattr(writer, "_compress", None) is None else _deflating(writer)
+        self.done = True
         try:
             result = await self._write_eof(chunk, *args, **kwargs)
             if chunk and isinstance(chunk, (bytes, bytearray, memoryview)):
@@ -244,6 +288,52 @@ class _Written:
                 del self.writer.write, self.writer.write_eof
             except AttributeError:
                 pass
+
+
+_UNSEEN: Any = object()
+
+
+class _Deflated:
+    """Counts the bytes a payload writer's compressor produces (aiohttp's ``ZLibCompressor``
+    since 3.9: ``await compress(data)`` and ``flush()``), delegating everything."""
+
+    __slots__ = ("inner", "n")
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.n = 0
+
+    async def compress(self, data: Any) -> Any:
+        out = await self.inner.compress(data)
+        self.n += len(out)
+        return out
+
+    def flush(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner.flush(*args, **kwargs)
+        self.n += len(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _deflating(writer: Any) -> _Deflated | None:
+    """The counting wrapper now in place of ``writer``'s compressor, None when it does not
+    compress (or its compressor is not where aiohttp 3.9 to 3.14 keep it: ``_compress``;
+    then the bytes before compression are counted)."""
+    try:
+        inner = getattr(writer, "_compress", None)
+        if inner is None:
+            return None
+        if inner.__class__ is _Deflated:
+            return inner
+        if not callable(getattr(inner, "compress", None)) or not callable(getattr(inner, "flush", None)):
+            return None
+        deflated = _Deflated(inner)
+        writer._compress = deflated
+        return deflated
+    except Exception:
+        return None
 
 
 def _count_body(request: Any) -> _Written | None:
@@ -384,9 +474,12 @@ def _finish_when_sent(
 ) -> bool:
     """End the request once aiohttp has prepared ``response`` and written its end (or failed
     to): the status a ``FileResponse`` settles on (404, 304, 206...) and the bytes it sent.
-    Patches the two methods on this response object only; False when it cannot."""
+    Patches the two methods on this response object only (and a ``FileResponse``'s
+    ``_sendfile``, to see where a file cut short stopped); False when it cannot."""
     prepare, write_eof = response.prepare, response.write_eof
+    sendfile: Any = getattr(response, "_sendfile", None)  # (FileResponse, aiohttp 3.9 to 3.14)
     done = False
+    cut: list[int] = []  # the file bytes sendfile handed over before it failed
 
     def end(error: BaseException | None) -> None:
         nonlocal done
@@ -395,17 +488,21 @@ def _finish_when_sent(
         done = True
         try:
             state.status = status = response.status
-            length = response.content_length
-            if length is None and written is not None:  # chunked: the body bytes written
-                length = written.n
-            # (else the declared length: a file goes out by sendfile, which the writer does
-            # not see)
+            if cut and (written is None or not (written.n or written.failed or written.compressed)):
+                length: int | None = cut[0]  # (sent by sendfile, not through the writer)
+            else:
+                length = response.content_length  # (a compressed body's, when compressed)
+                if length is None and written is not None:  # chunked: the body bytes written
+                    length = written.sent
+            # (else the declared length: a whole file goes out by sendfile, which the writer
+            # does not see)
             state.sent = _body_size(status, state.method, length)
         except Exception as exc:
             _safety.report("web.aiohttp.response", exc)
         _finish(state, options, start_ns, client, error)
         try:  # (back to the class's methods; the response is not prepared twice)
             del response.prepare, response.write_eof
+            response.__dict__.pop("_sendfile", None)
         except AttributeError:
             pass
 
@@ -425,10 +522,58 @@ def _finish_when_sent(
         finally:
             end(None)
 
+    async def traced_sendfile(
+        request: Any, fobj: Any, offset: Any, count: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return await sendfile(request, fobj, offset, count, *args, **kwargs)
+        except Exception:
+            # loop.sendfile leaves the file's position past the bytes it sent, also when it
+            # raises (asyncio documents it: "file.tell() can be used to obtain the actual
+            # number of bytes sent")
+            try:
+                if isinstance(offset, int) and isinstance(count, int):
+                    cut.append(min(max(fobj.tell() - offset, 0), count))
+            except Exception:  # noqa: S110  (then the declared length, as before)
+                pass
+            raise
+
     try:
         response.prepare = traced_prepare
         response.write_eof = traced_write_eof
+        if sendfile is not None and callable(sendfile):
+            response._sendfile = traced_sendfile
     except Exception:  # (a response class that takes no attributes: ended now, as before)
+        return False
+    return True
+
+
+def _finish_after_error_page(
+    state: RequestState,
+    options: Options,
+    start_ns: int,
+    client: str | None,
+    error: BaseException,
+    written: _Written | None,
+) -> bool:
+    """End the request of an unhandled exception once aiohttp has answered it: its own error
+    page (500, or 504 for a ``TimeoutError``), written after the middleware returns, in the
+    request's task (one per request since aiohttp 3.9), or nothing when the response had
+    started already (aiohttp drops the connection). The body size is what went out. False
+    when it cannot wait (then the request ends now, its body size 0)."""
+    if written is None:
+        return False
+    try:
+        task = asyncio.current_task()
+        if task is None:
+            return False
+
+        def answered(_: Any) -> None:
+            state.sent = _body_size(state.status, state.method, written.sent)
+            _finish(state, options, start_ns, client, error)
+
+        task.add_done_callback(answered)
+    except Exception:
         return False
     return True
 

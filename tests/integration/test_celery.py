@@ -182,6 +182,11 @@ def test_tasks_continue_the_senders_trace_in_the_worker(worker: tuple[Path, Any]
         assert run["service"] == "pitch-worker"
         assert run["attributes"]["messaging.system"] == "celery"
         assert run["attributes"]["messaging.operation.type"] == "process"
+        assert run["attributes"]["messaging.operation.name"] == "process"
+    for send in [*sent.values(), *(s for s in spans if s["name"].startswith("send "))]:
+        assert send["kind"] == "producer"
+        assert send["attributes"]["messaging.operation.type"] == "send"
+        assert send["attributes"]["messaging.operation.name"] == "publish"
     ok, failed = sorted(
         (s for s in runs if s["name"] == "run pitch_tasks.score_pitch"),
         key=lambda s: s["attributes"]["celery.task.state"] != "SUCCESS",

@@ -42,6 +42,30 @@ def test_eager_task_nests_under_the_callers_span(app: Celery) -> None:
     assert pt.current_span().is_recording is False  # nothing left current after the task
 
 
+def test_send_and_run_spans_name_their_messaging_operation(app: Celery) -> None:
+    """OpenTelemetry messaging conventions (those ``messaging.operation.type`` follows, with
+    ``send`` for ``publish``): the operation's type and Celery's own name for it."""
+
+    @app.task
+    def noop() -> None:
+        pass
+
+    with capture_spans() as mem:
+        with app.connection_for_write() as conn:
+            noop.apply_async(connection=conn)  # published to the in-memory broker
+        noop.apply()
+    (send,) = mem.spans(f"send {noop.name}")
+    (run,) = mem.spans(f"run {noop.name}")
+    assert {k: v for k, v in send["attributes"].items() if k.startswith("messaging.operation.")} == {
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+    }
+    assert {k: v for k, v in run["attributes"].items() if k.startswith("messaging.operation.")} == {
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+    }
+
+
 def test_failing_eager_task_is_an_error_span(app: Celery) -> None:
     @app.task
     def broken() -> None:

@@ -1,8 +1,11 @@
-"""pitchey_trace.botocore: boto3 calls to moto's S3 server over HTTP become CLIENT spans; the
-SDK's own logpush uploads through the same botocore stay untraced."""
+"""pitchey_trace.botocore: boto3 calls to moto's server (server mode, over HTTP) become CLIENT
+spans; the SDK's own logpush uploads through the same botocore stay untraced; SQS messages carry
+the trace context in their message attributes."""
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,185 @@ def test_server_address_and_port_from_the_endpoint(
     [call] = mem.spans()
     assert call["attributes"]["server.address"] == address
     assert call["attributes"].get("server.port") == port
+
+
+# -- SQS: the trace context travels in the message attributes ------------------------------------
+@pytest.fixture
+def queue(s3_endpoint: str) -> tuple[Any, str]:
+    """A boto3 SQS client to moto's server (the same server-mode moto as S3) and a new queue."""
+    client: Any = boto3.client("sqs", endpoint_url=s3_endpoint, region_name="us-east-1")
+    url = client.create_queue(QueueName=f"pt-{secrets.token_hex(6)}")["QueueUrl"]
+    return client, url
+
+
+def _string(value: str) -> dict[str, str]:
+    return {"DataType": "String", "StringValue": value}
+
+
+def _receive_all(client: Any, url: str, count: int) -> list[dict[str, Any]]:
+    """Every message of the queue (``count`` of them), with all their attributes, untraced."""
+    got: list[dict[str, Any]] = []
+    with pt.suppress_tracing():
+        while len(got) < count:
+            reply = client.receive_message(
+                QueueUrl=url, MessageAttributeNames=["All"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            got += reply.get("Messages", [])
+    return sorted(got, key=lambda m: m["Body"])
+
+
+def _traceparent(span: dict[str, Any]) -> str:
+    """The ids of a sampled ``traceparent`` naming ``span`` (as :func:`_ids` leaves it)."""
+    return f"{span['trace_id']}-{span['span_id']}"
+
+
+def _ids(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A message's attributes with its ``traceparent`` cut to its ids (the flags checked)."""
+    out = dict(attributes)
+    if "traceparent" in out:
+        version, trace_id, span_id, flags = out["traceparent"]["StringValue"].split("-")
+        assert version == "00"
+        assert int(flags, 16) & 1  # sampled
+        out["traceparent"] = _string(f"{trace_id}-{span_id}")
+    return out
+
+
+def test_sqs_sends_carry_the_trace_context_in_message_attributes(
+    queue: tuple[Any, str], traced: None
+) -> None:
+    client, url = queue
+    mine = {"tenant": _string("acme")}
+    entry = {"Id": "2", "MessageBody": "b2", "MessageAttributes": {"kind": _string("invoice")}}
+    with capture_spans() as mem:
+        with pt.span("checkout"), pt.set_baggage({"user.id": "u-42"}):
+            client.send_message(QueueUrl=url, MessageBody="a", MessageAttributes=mine)
+            client.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "b1"}, entry])
+    send, batch, _checkout = mem.spans()
+    assert (send["name"], batch["name"]) == ("SQS.SendMessage", "SQS.SendMessageBatch")
+    a, b1, b2 = _receive_all(client, url, 3)
+    assert _ids(a["MessageAttributes"]) == {
+        "tenant": _string("acme"),
+        "traceparent": _string(_traceparent(send)),
+        "baggage": _string("user.id=u-42"),
+    }
+    for message in (b1, b2):  # every message of a batch, with the batch call's context
+        assert _ids(message["MessageAttributes"])["traceparent"] == _string(_traceparent(batch))
+        assert message["MessageAttributes"]["baggage"] == _string("user.id=u-42")
+    assert b2["MessageAttributes"]["kind"] == _string("invoice")
+    # the caller's objects are left as they were (a reused dict never carries a stale context)
+    assert mine == {"tenant": _string("acme")}
+    assert entry["MessageAttributes"] == {"kind": _string("invoice")}
+
+
+def test_sqs_tracestate_goes_along(queue: tuple[Any, str], traced: None) -> None:
+    client, url = queue
+    caller = pt.extract({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01", "tracestate": "vendor=opaque-1"})
+    with capture_spans() as mem:
+        with pt.span("handler", context=caller):
+            client.send_message(QueueUrl=url, MessageBody="a")
+    send = mem.spans("SQS.SendMessage")[0]
+    [message] = _receive_all(client, url, 1)
+    assert _ids(message["MessageAttributes"]) == {
+        "traceparent": _string(_traceparent(send)),
+        "tracestate": _string("vendor=opaque-1"),
+    }
+
+
+def test_sqs_attribute_limit_is_respected(
+    queue: tuple[Any, str], traced: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQS takes at most 10 message attributes: a message that has no room keeps its own
+    attributes alone (counted, logged at debug, never an error); ``traceparent`` goes before
+    ``baggage``."""
+    caplog.set_level(logging.DEBUG, logger="pitchey_trace")
+    client, url = queue
+    ten = {f"a{i}": _string(str(i)) for i in range(10)}
+    nine = {f"a{i}": _string(str(i)) for i in range(9)}
+    with capture_spans() as mem:
+        with pt.span("job"), pt.set_baggage({"user.id": "u-42"}):
+            client.send_message(QueueUrl=url, MessageBody="full", MessageAttributes=ten)
+            client.send_message(QueueUrl=url, MessageBody="one-left", MessageAttributes=nine)
+            client.send_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": "1", "MessageBody": "room", "MessageAttributes": {"x": _string("1")}},
+                    {"Id": "2", "MessageBody": "no-room", "MessageAttributes": ten},
+                ],
+            )
+    _full, one_left = mem.spans("SQS.SendMessage")
+    [batch] = mem.spans("SQS.SendMessageBatch")
+    assert all(s["status"] == "unset" for s in mem.spans())
+    messages = {m["Body"]: _ids(m["MessageAttributes"]) for m in _receive_all(client, url, 4)}
+    assert messages["full"] == ten
+    assert messages["no-room"] == ten
+    assert messages["one-left"] == {**nine, "traceparent": _string(_traceparent(one_left))}
+    assert messages["room"]["traceparent"] == _string(_traceparent(batch))
+    assert messages["room"]["baggage"] == _string("user.id=u-42")
+    # three messages left without (all or part of) the context: full, one-left, no-room
+    assert pt.stats()["botocore.sqs_context_not_injected"] == 3
+    notes = [r for r in caplog.records if r.name == "pitchey_trace" and "no room" in r.getMessage()]
+    assert [r.levelno for r in notes] == [logging.DEBUG] * 3
+    assert "baggage" in notes[1].getMessage()
+    assert "traceparent" not in notes[1].getMessage()
+
+
+def test_sqs_attributes_the_caller_set_are_never_replaced(queue: tuple[Any, str], traced: None) -> None:
+    """A message that carries its own ``traceparent`` (a relay forwarding its input's context)
+    goes as it is: none of ours is added next to it."""
+    client, url = queue
+    theirs = f"00-{'12' * 16}-{'34' * 8}-01"
+    with capture_spans():
+        with pt.span("relay"), pt.set_baggage({"user.id": "u-42"}):
+            client.send_message(
+                QueueUrl=url, MessageBody="a", MessageAttributes={"traceparent": _string(theirs)}
+            )
+    [message] = _receive_all(client, url, 1)
+    assert message["MessageAttributes"] == {"traceparent": _string(theirs)}
+
+
+def test_sqs_nothing_is_injected_when_suppressed_or_unconfigured(
+    queue: tuple[Any, str], traced: None
+) -> None:
+    client, url = queue
+    client.send_message(QueueUrl=url, MessageBody="a")  # tracing not configured
+    with capture_spans():
+        with pt.suppress_tracing():
+            client.send_message(QueueUrl=url, MessageBody="b")
+    assert [m.get("MessageAttributes") for m in _receive_all(client, url, 2)] == [None, None]
+
+
+def test_sqs_receive_links_to_the_senders_and_the_consumer_continues(
+    queue: tuple[Any, str], traced: None
+) -> None:
+    """ReceiveMessage is sent as the caller wrote it: attributes asked for are read, never
+    asked for on the caller's behalf. The receive span links to each message's send span
+    (when its attributes came back), and ``sqs_message_context`` continues the trace."""
+    from pitchey_trace.botocore import sqs_message_context
+
+    client, url = queue
+    with capture_spans() as mem:
+        with pt.span("producer"):
+            client.send_message(QueueUrl=url, MessageBody="a")
+            client.send_message(QueueUrl=url, MessageBody="b")
+        plain = client.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=0)
+        got: list[dict[str, Any]] = []
+        while len(got) < 2:
+            got += client.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["traceparent"]
+            ).get("Messages", [])
+        for message in got:
+            with pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message)):
+                pass
+    sends = mem.spans("SQS.SendMessage")
+    first, *rest = mem.spans("SQS.ReceiveMessage")
+    # not asked for: not fetched, and the caller's reply has none
+    assert "MessageAttributes" not in plain["Messages"][0]
+    assert first["links"] == []
+    links = [link for r in rest for link in r["links"]]
+    assert sorted(link["span_id"] for link in links) == sorted(s["span_id"] for s in sends)
+    assert {link["trace_id"] for link in links} == {sends[0]["trace_id"]}
+    processed = mem.spans("process")
+    assert sorted(p["parent_span_id"] for p in processed) == sorted(s["span_id"] for s in sends)
+    assert {p["trace_id"] for p in processed} == {sends[0]["trace_id"]}
+    assert sqs_message_context({"Body": "no attributes"}) is None
+    assert sqs_message_context({"MessageAttributes": {"traceparent": _string("garbage")}}) is None

@@ -1,10 +1,13 @@
 """aiohttp server spans on a real aiohttp server: ``http.response.body.size`` is the body bytes
-sent (status line, headers and chunked framing excluded; none for HEAD, 204, 304), and a
-WebSocket span carries ``websocket.messages.received`` / ``.sent`` and ``websocket.close.code``."""
+sent (status line, headers and chunked framing excluded; none for HEAD, 204, 304; compressed
+bytes when aiohttp compresses; aiohttp's own error pages; what a file cut short had sent), and
+a WebSocket span carries ``websocket.messages.received`` / ``.sent`` and
+``websocket.close.code``."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import httpx
@@ -228,3 +231,206 @@ def test_a_refused_upgrade_has_no_websocket_attributes(serve_aiohttp: Any, wait_
     assert r.status_code == 403
     assert span["attributes"]["http.response.status_code"] == 403
     assert not any(k.startswith("websocket.") for k in span["attributes"])
+
+
+# -- aiohttp's own error pages, files cut short, compressed bodies -------------------------------
+def error_app(debug: bool = False) -> web.Application:
+    app = web.Application()
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("kaboom")
+
+    async def slow_backend(request: web.Request) -> web.Response:
+        raise asyncio.TimeoutError  # aiohttp answers 504 for it
+
+    async def half_sent(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(BODY)
+        raise RuntimeError("failed mid-stream")  # too late for an error page
+
+    app.router.add_get("/boom", boom)
+    app.router.add_get("/slow-backend", slow_backend)
+    app.router.add_get("/half-sent", half_sent)
+    return init_aiohttp(app)  # type: ignore[no-any-return]
+
+
+def test_aiohttps_error_page_records_the_bytes_it_sent(serve_aiohttp: Any, wait_for: Any, logs: Any) -> None:
+    """An unhandled exception: aiohttp answers with its own 500 page (plain text, or HTML for a
+    browser), a TimeoutError with an empty 504; the span records that status and those bytes."""
+    logs("aiohttp.server")  # (its "Error handling request" records, kept out of the output)
+    with capture_spans() as exporter:
+        url = serve_aiohttp(error_app())
+        with httpx.Client() as client:
+            plain = client.get(f"{url}/boom")
+            html = client.get(f"{url}/boom", headers={"Accept": "text/html"})
+            timeout = client.get(f"{url}/slow-backend")
+        ordered = spans_in_order(exporter, 3, wait_for)
+    assert [r.status_code for r in (plain, html, timeout)] == [500, 500, 504]
+    assert len(plain.content) > 0
+    assert len(html.content) > len(plain.content)
+    assert [s["attributes"]["http.response.body.size"] for s in ordered] == [
+        len(plain.content),
+        len(html.content),
+        0,
+    ]
+    assert [s["attributes"]["http.response.status_code"] for s in ordered] == [500, 500, 504]
+    assert [s["attributes"]["error.type"] for s in ordered] == [
+        "RuntimeError",
+        "RuntimeError",
+        "TimeoutError",
+    ]
+    assert plain.headers["x-trace-id"] == ordered[0]["trace_id"]
+
+
+def test_a_stream_that_fails_after_sending_records_what_it_sent(
+    serve_aiohttp: Any, wait_for: Any, logs: Any
+) -> None:
+    """No error page can follow bytes already sent: aiohttp drops the connection."""
+    logs("aiohttp.server")
+    with capture_spans() as exporter:
+        url = serve_aiohttp(error_app())
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/half-sent")
+        (span,) = spans_in_order(exporter, 1, wait_for)
+    assert span["status"] == "error"
+    assert span["attributes"]["http.response.body.size"] == len(BODY)
+
+
+def _read_some_then_reset(url: str, path: str, keep: int) -> int:
+    """GET ``path``, read ``keep`` bytes past the headers, then reset the connection: the
+    client that goes away mid-download. Returns the body bytes it read."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        body = len(data.split(b"\r\n\r\n", 1)[1])
+        while body < keep:
+            body += len(sock.recv(65536))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    return body
+
+
+def test_a_file_cut_short_records_what_was_sent(serve_aiohttp: Any, wait_for: Any, tmp_path: Any) -> None:
+    """A ``FileResponse`` goes out with ``sendfile``, which aiohttp's writer never sees: a
+    client that leaves mid-download leaves a span with the bytes handed to the network (what
+    the file position says), not the file's length."""
+    size = 256 * 1024 * 1024
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(size)  # sparse: nothing written to disk
+    app = web.Application()
+
+    async def file(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(tmp_path / "big.bin")
+
+    app.router.add_get("/big", file)
+    init_aiohttp(app)
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(app)
+        read = _read_some_then_reset(url, "/big", 256 * 1024)
+        (span,) = spans_in_order(exporter, 1, wait_for)
+    assert errors == []
+    assert span["attributes"]["http.response.status_code"] == 200
+    sent = span["attributes"]["http.response.body.size"]
+    assert read <= sent < size
+
+
+#: 100 kB that compress to about 45: zlib hands out compressed bytes as the writes go.
+TEXT = bytes(random.Random(7).choices(b"pitch deck ", k=100_000))
+
+
+def compressed_app(tmp_path: Any) -> web.Application:
+    app = web.Application()
+    text = TEXT
+
+    async def plain(request: web.Request) -> web.Response:
+        response = web.Response(body=text)
+        response.enable_compression()
+        return response
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_compression()
+        await response.prepare(request)
+        for i in range(0, len(text), 5000):
+            await response.write(text[i : i + 5000])
+        await response.write_eof()
+        return response
+
+    async def stream_no_eof(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # aiohttp flushes the compressor after the handler
+        response.enable_compression()
+        await response.prepare(request)
+        await response.write(text)
+        return response
+
+    async def generated(request: web.Request) -> web.Response:
+        async def body() -> Any:
+            for i in range(0, len(text), 5000):
+                await asyncio.sleep(0)
+                yield text[i : i + 5000]
+
+        response = web.Response(body=body())
+        response.enable_compression()
+        return response
+
+    async def file(request: web.Request) -> web.FileResponse:
+        response = web.FileResponse(tmp_path / "deck.txt")
+        response.enable_compression()
+        return response
+
+    (tmp_path / "deck.txt").write_bytes(text)
+    for path, handler in [
+        ("/plain", plain),
+        ("/stream", stream),
+        ("/stream-no-eof", stream_no_eof),
+        ("/generated", generated),
+        ("/file", file),
+    ]:
+        app.router.add_get(path, handler)
+    return init_aiohttp(app)  # type: ignore[no-any-return]
+
+
+COMPRESSED = ["/plain", "/stream", "/stream-no-eof", "/generated", "/file"]
+
+
+def _raw_get(client: httpx.Client, url: str, encoding: str) -> tuple[str | None, bytes, bytes]:
+    """(Content-Encoding, the body as sent, without chunked framing; the body decoded)."""
+    with client.stream("GET", url, headers={"Accept-Encoding": encoding}) as r:
+        raw = b"".join(r.iter_raw())
+        encoding_sent = r.headers.get("content-encoding")
+    decoded = httpx.Response(200, headers={"content-encoding": encoding_sent or "identity"}, content=raw)
+    return encoding_sent, raw, decoded.read()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_bodies_record_the_bytes_on_the_wire(
+    serve_aiohttp: Any, wait_for: Any, tmp_path: Any, encoding: str
+) -> None:
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(compressed_app(tmp_path))
+        with httpx.Client() as client:
+            got = [_raw_get(client, f"{url}{path}", encoding) for path in COMPRESSED]
+        sizes = body_sizes(exporter, len(COMPRESSED), wait_for)
+    assert errors == []
+    assert [sent for sent, _, _ in got] == [encoding] * len(COMPRESSED)
+    assert all(body == TEXT for _, _, body in got)
+    assert all(len(raw) < len(TEXT) * 0.6 for _, raw, _ in got)
+    assert sizes == {f"GET {path}": len(raw) for path, (_, raw, _) in zip(COMPRESSED, got, strict=True)}
+
+
+def test_compression_enabled_but_not_accepted_records_the_plain_body(
+    serve_aiohttp: Any, wait_for: Any, tmp_path: Any
+) -> None:
+    with capture_spans() as exporter:
+        url = serve_aiohttp(compressed_app(tmp_path))
+        with httpx.Client() as client:
+            got = [_raw_get(client, f"{url}{path}", "identity") for path in COMPRESSED]
+        sizes = body_sizes(exporter, len(COMPRESSED), wait_for)
+    assert [sent for sent, _, _ in got] == [None] * len(COMPRESSED)
+    assert sizes == dict.fromkeys((f"GET {path}" for path in COMPRESSED), len(TEXT))
