@@ -11,15 +11,18 @@ request bodies are never recorded). A failed call (``ClientError``) sets status 
 AWS error code as ``error.type`` and is re-raised unchanged. The SDK's own exporters (S3/R2
 logpush) run with tracing suppressed, so their uploads make no spans.
 
-SQS: ``SendMessage`` and ``SendMessageBatch`` put the call's trace context into each message's
-``MessageAttributes`` (String attributes ``traceparent``, and ``tracestate`` / ``baggage`` when
-there are any), so the consumer can continue the trace (:func:`sqs_message_context`). The
-caller's dicts are never changed (the request goes with copies), an attribute the caller set
-under one of these names means the message goes as it is, and a message with no room left
-under SQS's limit of 10 attributes gets what fits, ``traceparent`` first, or nothing (counted
-as ``botocore.sqs_context_not_injected``, logged at debug; the call goes ahead).
-``ReceiveMessage`` is sent as written (no attribute names are added to it); its span links to
-the context of every returned message whose ``traceparent`` came back.
+SQS and SNS: ``SendMessage``, ``SendMessageBatch``, ``Publish`` and ``PublishBatch`` put the
+call's trace context into each message's ``MessageAttributes`` (String attributes
+``traceparent``, and ``tracestate`` / ``baggage`` when there are any), so the consumer can
+continue the trace (:func:`sqs_message_context`, also for a queue subscribed to a topic with raw
+message delivery). The caller's dicts are never changed (the request goes with copies), an
+attribute the caller set under one of these names means the message goes as it is, and a
+message with no room left under the limit of 10 attributes (SQS refuses more; SNS drops such a
+message for its raw-delivery SQS subscribers) gets what fits, ``traceparent`` first, or nothing
+(counted as ``botocore.sqs_context_not_injected`` / ``botocore.sns_context_not_injected``,
+logged at debug; the call goes ahead). ``ReceiveMessage`` is sent as written (no attribute
+names are added to it); its span links to the context of every returned message whose
+``traceparent`` came back.
 """
 
 from __future__ import annotations
@@ -49,10 +52,20 @@ _tracer = get_tracer()
 _start_span = _tracer.start_span
 _original: list[Any] = []
 _logger = logging.getLogger("pitchey_trace")
-#: The SQS operations whose messages carry the trace context (sends) or may bring it (receive).
-_SQS_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch", "ReceiveMessage"})
-#: SQS refuses a message with more message attributes than this.
-_MAX_SQS_ATTRIBUTES = 10
+#: A send whose messages get the trace context in their message attributes: (its service, the
+#: parameter listing a batch's entries or None for one message, the counter of messages left
+#: without all of it).
+_Send = tuple[str, str | None, str]
+#: The sends, by operation name.
+_SENDS: dict[str, _Send] = {
+    "SendMessage": ("SQS", None, "botocore.sqs_context_not_injected"),
+    "SendMessageBatch": ("SQS", "Entries", "botocore.sqs_context_not_injected"),
+    "Publish": ("SNS", None, "botocore.sns_context_not_injected"),
+    "PublishBatch": ("SNS", "PublishBatchRequestEntries", "botocore.sns_context_not_injected"),
+}
+#: At most this many message attributes: SQS refuses a message with more, SNS drops one for its
+#: raw-delivery SQS subscribers.
+_MAX_ATTRIBUTES = 10
 #: Propagation fields a message can go without (the trace continues from ``traceparent``).
 _OPTIONAL_FIELDS = ("tracestate", "baggage")
 
@@ -105,12 +118,12 @@ def _make_api_call(original: Any) -> Any:
         except Exception as exc:
             _safety.report("botocore.start", exc)
             return original(self, operation_name, api_params)
-        sqs = operation_name in _SQS_OPERATIONS and service == "SQS"
-        if sqs and operation_name != "ReceiveMessage" and _tracer.enabled:
+        send = _SENDS.get(operation_name)
+        if send is not None and send[0] == service and _tracer.enabled:
             try:
-                api_params = _with_trace_context(span, operation_name, api_params)
+                api_params = _with_trace_context(span, send, api_params)
             except Exception as exc:  # (the call goes as the caller wrote it)
-                _safety.report("botocore.sqs", exc)
+                _safety.report("botocore.sqs" if send[0] == "SQS" else "botocore.sns", exc)
         inside = IN_HTTP_CLIENT.set(True)  # (its HTTP requests, made with urllib3, are this call)
         try:
             result = original(self, operation_name, api_params)
@@ -135,7 +148,7 @@ def _make_api_call(original: Any) -> Any:
         try:
             if isinstance(result, dict):
                 _response_attributes(span, result)
-                if sqs and operation_name == "ReceiveMessage":
+                if operation_name == "ReceiveMessage" and service == "SQS":
                     _link_messages(span, result)
             span.end()
         except Exception as internal:
@@ -156,9 +169,10 @@ def _response_attributes(span: Any, response: dict[str, Any]) -> None:
             span.set_attribute("http.response.status_code", status)
 
 
-def _with_trace_context(span: AnySpan, operation: str, params: Any) -> Any:
-    """``params`` with ``span``'s context in the message attributes of each message sent:
-    a new dict (and new entries / attribute maps where they change), the caller's untouched."""
+def _with_trace_context(span: AnySpan, send: _Send, params: Any) -> Any:
+    """``params`` of a send (``send`` as in ``_SENDS``) with ``span``'s context in the message
+    attributes of each message sent: a new dict (and new entries / attribute maps where they
+    change), the caller's untouched."""
     if not isinstance(params, dict):
         return params
     fields: dict[str, str] = {}
@@ -168,31 +182,32 @@ def _with_trace_context(span: AnySpan, operation: str, params: Any) -> Any:
     # (the value maps are shared by the messages of a batch: botocore only reads them)
     ours = {name: {"DataType": "String", "StringValue": value} for name, value in fields.items()}
     names = {name.lower() for name in ours}
-    if operation == "SendMessage":
-        attributes = _message_attributes(params.get("MessageAttributes"), ours, names)
+    key = send[1]
+    if key is None:  # one message
+        attributes = _message_attributes(params.get("MessageAttributes"), ours, names, send)
         return params if attributes is None else {**params, "MessageAttributes": attributes}
-    entries = params.get("Entries")
+    entries = params.get(key)
     if not isinstance(entries, list):
         return params
     sent: list[Any] = []
     changed = False
     for entry in entries:
         if isinstance(entry, dict):
-            attributes = _message_attributes(entry.get("MessageAttributes"), ours, names)
+            attributes = _message_attributes(entry.get("MessageAttributes"), ours, names, send)
             if attributes is not None:
                 entry = {**entry, "MessageAttributes": attributes}
                 changed = True
         sent.append(entry)
-    return {**params, "Entries": sent} if changed else params
+    return {**params, key: sent} if changed else params
 
 
 def _message_attributes(
-    existing: Any, ours: dict[str, dict[str, str]], names: set[str]
+    existing: Any, ours: dict[str, dict[str, str]], names: set[str], send: _Send
 ) -> dict[str, Any] | None:
     """One message's attributes plus ``ours`` (the propagation fields as String attributes,
     ``names`` their lowercase names) or the part of them that fits, or None to send the
     message as it is: it already has one of these names (in any case: the caller's own
-    propagation wins), or not even the required ones fit under SQS's limit."""
+    propagation wins), or not even the required ones fit under the limit."""
     if existing is None:
         count = 0
     elif not isinstance(existing, dict):
@@ -202,30 +217,31 @@ def _message_attributes(
             if name.__class__ is str and name.lower() in names:
                 return None
         count = len(existing)
-    if len(ours) > _MAX_SQS_ATTRIBUTES - count:
-        ours = _fitting(ours, count)
+    if len(ours) > _MAX_ATTRIBUTES - count:
+        ours = _fitting(ours, count, send)
         if not ours:
             return None
     return {**existing, **ours} if count else dict(ours)
 
 
-def _fitting(ours: dict[str, dict[str, str]], count: int) -> dict[str, dict[str, str]]:
+def _fitting(ours: dict[str, dict[str, str]], count: int, send: _Send) -> dict[str, dict[str, str]]:
     """The fields that fit next to ``count`` attributes (``traceparent``, or whatever a custom
     propagator requires, first: all of them or nothing; then ``tracestate``, ``baggage``);
-    the message left without the others is counted and logged."""
-    room = _MAX_SQS_ATTRIBUTES - count
+    the message left without the others is counted (``send``'s counter) and logged."""
+    room = _MAX_ATTRIBUTES - count
     required = {name: value for name, value in ours.items() if name not in _OPTIONAL_FIELDS}
     fit = dict(required) if len(required) <= room else {}
     if fit:
         for name in _OPTIONAL_FIELDS:
             if name in ours and len(fit) < room:
                 fit[name] = ours[name]
-    _stats.incr("botocore.sqs_context_not_injected")
+    _stats.incr(send[2])
     _logger.debug(
-        "pitchey_trace: an SQS message with %d message attributes has no room for %s (limit %d)",
+        "pitchey_trace: an %s message with %d message attributes has no room for %s (limit %d)",
+        send[0],
         count,
         ", ".join(name for name in ours if name not in fit),
-        _MAX_SQS_ATTRIBUTES,
+        _MAX_ATTRIBUTES,
     )
     return fit
 
@@ -247,7 +263,8 @@ def _attribute_value(attributes: Any, name: str) -> Any:
 
 def sqs_message_context(message: Any) -> TraceContext | None:
     """The trace context an SQS message carries in its message attributes (as
-    :func:`instrument_botocore` sends it), for the span that processes it:
+    :func:`instrument_botocore` sends it, directly or published to an SNS topic the queue is
+    subscribed to with raw message delivery), for the span that processes it:
     ``pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message))``.
     ``message`` is one of ``receive_message(...)["Messages"]``; ask for the attributes
     (``MessageAttributeNames=["All"]``, or ``traceparent``, ``tracestate``, ``baggage``), SQS

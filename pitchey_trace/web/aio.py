@@ -12,8 +12,10 @@ response (error pages included) carries the ``X-Trace-Id`` header. A handler tha
 (``StreamResponse``, WebSockets) is timed to its end; a returned ``Response`` is timed until
 the handler returns it (aiohttp writes its already-built body afterwards); a ``FileResponse`` (or
 a ``Response`` with a streamed payload or compression) is timed until aiohttp has sent it, with
-the status it settled on (404 for a missing file, 304, 206...). An unhandled exception's span
-ends once aiohttp has sent its own error page (500, 504 for a ``TimeoutError``).
+the status it settled on (404 for a missing file, 304, 206...); a client that goes away
+mid-file is not an error of the server. An unhandled exception's span ends once aiohttp has
+sent its own error page (500, 504 for a ``TimeoutError``), or has dropped the connection of a
+response that had started: then with the status that response went out with.
 ``http.response.body.size`` is the body bytes sent: compressed ones when aiohttp compresses,
 and the bytes a file cut short by the client had handed to the socket.
 """
@@ -103,6 +105,9 @@ def aiohttp_middleware(
     state_key = _key("request")
     # The first correlation header: present on a response once ours were added (None: none).
     marker = options.header_name or ("traceresponse" if options.traceresponse else None)
+    # Without a prepare handler (no correlation header), the writer's write_headers tells which
+    # response went out (see _Written.started).
+    status_lines = marker is None
 
     @web.middleware
     async def pitchey_trace_middleware(request: Any, handler: Handler) -> Any:
@@ -118,8 +123,9 @@ def aiohttp_middleware(
         try:
             start_ns = time_ns()
             state, client = _begin(request, path, start_ns)
-            request[state_key] = (state, options)  # (options: whose prepare signal adds headers)
-            written = _count_body(request)
+            written = _count_body(request, status_lines)
+            # (options: whose prepare signal adds headers; written: keeps the status it sees)
+            request[state_key] = (state, options, written)
             messages = _count_messages(request) if state.label == "WEBSOCKET" else None
         except Exception as exc:
             _safety.report("web.aiohttp.start", exc)
@@ -173,8 +179,11 @@ def aiohttp_middleware(
             raise
         except Exception as exc:
             error = exc
-            # what aiohttp answers for it, with its own error page once we have returned
-            state.status = 504 if isinstance(exc, asyncio.TimeoutError) else 500
+            # what aiohttp answers for it, with its own error page once we have returned; a
+            # response already under way keeps the status it went out with (aiohttp then
+            # drops the connection: the client got that status and a cut body)
+            started = written.started() if written is not None else None
+            state.status = started or (504 if isinstance(exc, asyncio.TimeoutError) else 500)
             stamp_exception(exc, span)
             deferred = _finish_after_error_page(state, options, start_ns, client, exc, written)
             raise
@@ -201,6 +210,10 @@ def aiohttp_middleware(
                 got = request.get(state_key)
                 if got is not None and got[1] is options:  # (not a request an outer app traces)
                     _put_headers(response.headers, options.response_headers(got[0].span))
+                    written = got[2]
+                    if written is not None and written.status is None:
+                        # (a stream or WebSocket the handler prepares: its status is final now)
+                        written.status = response.status
         except Exception as exc:
             _safety.report("web.aiohttp.headers", exc)
 
@@ -230,15 +243,32 @@ class _Written:
     per request), counting and delegating; the writer gets its class's methods back after
     ``write_eof``. A file sent with ``sendfile`` bypasses them (see :func:`_finish_when_sent`).
     When the writer compresses (``enable_compression``, seen at the first write), its
-    compressor is wrapped to count what it produces: the bytes sent."""
+    compressor is wrapped to count what it produces: the bytes sent. It also keeps the status
+    of the response that goes out (see :meth:`started`): the first one the prepare handler
+    sees prepared or, when there is no prepare handler, the status line handed to
+    ``write_headers`` (wrapped too then)."""
 
-    __slots__ = ("_write", "_write_eof", "deflated", "done", "failed", "n", "writer")
+    __slots__ = (
+        "_write",
+        "_write_eof",
+        "_write_headers",
+        "deflated",
+        "done",
+        "failed",
+        "n",
+        "status",
+        "status_line",
+        "writer",
+    )
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, status_lines: bool) -> None:
         self.n = 0
         self.writer = writer
         self._write = writer.write
         self._write_eof = writer.write_eof
+        self._write_headers: Any = writer.write_headers if status_lines else None
+        self.status: Any = None  # of the first response the prepare handler saw prepared
+        self.status_line: Any = None  # ("HTTP/1.1 200 OK"; parsed only when asked)
         self.deflated: Any = _UNSEEN  # then the counting compressor, or None: not compressed
         self.done = False  # write_eof was called
         self.failed = False  # a write raised (the connection went away)
@@ -253,6 +283,25 @@ class _Written:
         """The body bytes sent so far (compressed ones when compressed)."""
         deflated = self.deflated
         return deflated.n if deflated.__class__ is _Deflated else self.n
+
+    def started(self) -> int | None:
+        """The status of the response that has started going out on the connection, None when
+        nothing has (aiohttp can still answer with an error page: it looks at the writer's
+        ``output_size`` too) or when it is not known."""
+        try:
+            if not self.writer.output_size:
+                return None
+            if self.status is not None:
+                return int(self.status)
+            line = self.status_line
+            return None if line is None else int(line.split(" ", 2)[1])
+        except Exception:
+            return None
+
+    def write_headers(self, status_line: Any, *args: Any, **kwargs: Any) -> Any:
+        # (not a coroutine of its own: returns the writer's, so the write costs no extra frame)
+        self.status_line = status_line
+        return self._write_headers(status_line, *args, **kwargs)
 
     async def write(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
         if self.deflated is _UNSEEN:
@@ -286,6 +335,8 @@ class _Written:
         finally:
             try:
                 del self.writer.write, self.writer.write_eof
+                if self._write_headers is not None:
+                    del self.writer.write_headers
             except AttributeError:
                 pass
 
@@ -336,13 +387,16 @@ def _deflating(writer: Any) -> _Deflated | None:
         return None
 
 
-def _count_body(request: Any) -> _Written | None:
-    """Count the response body bytes of ``request`` (None when its writer cannot be)."""
+def _count_body(request: Any, status_lines: bool) -> _Written | None:
+    """Count the response body bytes of ``request`` (None when its writer cannot be), and keep
+    the status lines handed to its writer when ``status_lines``."""
     try:
         writer = request.writer
-        written = _Written(writer)
+        written = _Written(writer, status_lines)
         writer.write = written.write
         writer.write_eof = written.write_eof
+        if status_lines:
+            writer.write_headers = written.write_headers
     except Exception:  # (no writer, or one that takes no attributes)
         return None
     return written
@@ -481,7 +535,7 @@ def _finish_when_sent(
     done = False
     cut: list[int] = []  # the file bytes sendfile handed over before it failed
 
-    def end(error: BaseException | None) -> None:
+    def end(error: BaseException | None, gone: bool = False) -> None:
         nonlocal done
         if done:
             return
@@ -490,6 +544,10 @@ def _finish_when_sent(
             state.status = status = response.status
             if cut and (written is None or not (written.n or written.failed or written.compressed)):
                 length: int | None = cut[0]  # (sent by sendfile, not through the writer)
+            elif gone and written is not None:
+                # the client went away while the file went through the writer (compressed, or
+                # no sendfile: AIOHTTP_NOSENDFILE): what it took, not the declared length
+                length = written.sent
             else:
                 length = response.content_length  # (a compressed body's, when compressed)
                 if length is None and written is not None:  # chunked: the body bytes written
@@ -509,6 +567,12 @@ def _finish_when_sent(
     async def traced_prepare(request: Any) -> Any:
         try:
             return await prepare(request)
+        except ConnectionError:
+            # the client went away (a reset, a broken pipe, a closed transport: what aiohttp
+            # itself reads as a client that disconnected): aborted, as when cancelled, not an
+            # error of the server
+            end(None, True)
+            raise
         except Exception as exc:
             end(exc)
             raise

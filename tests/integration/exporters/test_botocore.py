@@ -1,6 +1,6 @@
 """pitchey_trace.botocore: boto3 calls to moto's server (server mode, over HTTP) become CLIENT
-spans; the SDK's own logpush uploads through the same botocore stay untraced; SQS messages carry
-the trace context in their message attributes."""
+spans; the SDK's own logpush uploads through the same botocore stay untraced; SQS messages and
+SNS publishes carry the trace context in their message attributes."""
 
 from __future__ import annotations
 
@@ -328,3 +328,97 @@ def test_sqs_receive_links_to_the_senders_and_the_consumer_continues(
     assert {p["trace_id"] for p in processed} == {sends[0]["trace_id"]}
     assert sqs_message_context({"Body": "no attributes"}) is None
     assert sqs_message_context({"MessageAttributes": {"traceparent": _string("garbage")}}) is None
+
+
+# -- SNS: the same attributes, delivered by the topic to its SQS subscribers ---------------------
+@pytest.fixture
+def topic(queue: tuple[Any, str], s3_endpoint: str) -> tuple[Any, str]:
+    """A boto3 SNS client to moto's server and a new topic, to which ``queue`` is subscribed
+    with raw message delivery (the message attributes arrive as SQS message attributes)."""
+    sqs, url = queue
+    sns: Any = boto3.client("sns", endpoint_url=s3_endpoint, region_name="us-east-1")
+    with pt.suppress_tracing():
+        arn = sns.create_topic(Name=f"pt-{secrets.token_hex(6)}")["TopicArn"]
+        got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        queue_arn = got["Attributes"]["QueueArn"]
+        sns.subscribe(
+            TopicArn=arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
+        )
+    return sns, arn
+
+
+def test_sns_publishes_carry_the_trace_context_to_the_subscribers(
+    topic: tuple[Any, str], queue: tuple[Any, str], traced: None
+) -> None:
+    """``Publish`` and ``PublishBatch`` (every entry) send the context as SQS sends do; the
+    subscribed queue's consumer continues the trace with ``sqs_message_context``."""
+    from pitchey_trace.botocore import sqs_message_context
+
+    sns, arn = topic
+    sqs, url = queue
+    mine = {"tenant": _string("acme")}
+    entry = {"Id": "2", "Message": "b2", "MessageAttributes": {"kind": _string("invoice")}}
+    with capture_spans() as mem:
+        with pt.span("checkout"), pt.set_baggage({"user.id": "u-42"}):
+            sns.publish(TopicArn=arn, Message="a", MessageAttributes=mine)
+            sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[{"Id": "1", "Message": "b1"}, entry])
+        a, b1, b2 = _receive_all(sqs, url, 3)
+        for message in (a, b1, b2):
+            with pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message)):
+                pass
+    [publish] = mem.spans("SNS.Publish")
+    [batch] = mem.spans("SNS.PublishBatch")
+    assert _ids(a["MessageAttributes"]) == {
+        "tenant": _string("acme"),
+        "traceparent": _string(_traceparent(publish)),
+        "baggage": _string("user.id=u-42"),
+    }
+    for message in (b1, b2):  # every message of a batch, with the batch call's context
+        assert _ids(message["MessageAttributes"])["traceparent"] == _string(_traceparent(batch))
+        assert message["MessageAttributes"]["baggage"] == _string("user.id=u-42")
+    assert b2["MessageAttributes"]["kind"] == _string("invoice")
+    processed = mem.spans("process")
+    assert [p["parent_span_id"] for p in processed] == [publish["span_id"]] + [batch["span_id"]] * 2
+    assert {p["trace_id"] for p in processed} == {publish["trace_id"]}
+    # the caller's objects are left as they were
+    assert mine == {"tenant": _string("acme")}
+    assert entry["MessageAttributes"] == {"kind": _string("invoice")}
+
+
+def test_sns_attribute_limit_and_the_callers_own_context(
+    topic: tuple[Any, str], queue: tuple[Any, str], traced: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SNS drops a message with more than 10 attributes for a raw-delivery SQS subscriber: what
+    does not fit is left out (counted as ``botocore.sns_context_not_injected``, logged at
+    debug); a message with its own ``traceparent`` goes as it is."""
+    caplog.set_level(logging.DEBUG, logger="pitchey_trace")
+    sns, arn = topic
+    sqs, url = queue
+    ten = {f"a{i}": _string(str(i)) for i in range(10)}
+    nine = {f"a{i}": _string(str(i)) for i in range(9)}
+    theirs = f"00-{'12' * 16}-{'34' * 8}-01"
+    with capture_spans() as mem:
+        with pt.span("job"), pt.set_baggage({"user.id": "u-42"}):
+            sns.publish(TopicArn=arn, Message="full", MessageAttributes=ten)
+            sns.publish(TopicArn=arn, Message="one-left", MessageAttributes=nine)
+            sns.publish_batch(
+                TopicArn=arn,
+                PublishBatchRequestEntries=[
+                    {"Id": "1", "Message": "relayed", "MessageAttributes": {"TraceParent": _string(theirs)}},
+                    {"Id": "2", "Message": "no-room", "MessageAttributes": ten},
+                ],
+            )
+    _full, one_left = mem.spans("SNS.Publish")
+    assert all(s["status"] == "unset" for s in mem.spans())
+    messages = {m["Body"]: _ids(m["MessageAttributes"]) for m in _receive_all(sqs, url, 4)}
+    assert messages["full"] == ten
+    assert messages["no-room"] == ten
+    assert messages["one-left"] == {**nine, "traceparent": _string(_traceparent(one_left))}
+    assert messages["relayed"] == {"TraceParent": _string(theirs)}
+    stats = pt.stats()
+    assert stats["botocore.sns_context_not_injected"] == 3
+    assert "botocore.sqs_context_not_injected" not in stats
+    notes = [r.getMessage() for r in caplog.records if r.name == "pitchey_trace"]
+    notes = [note for note in notes if "no room" in note]
+    assert len(notes) == 3
+    assert all("SNS message" in note for note in notes)

@@ -2,7 +2,8 @@
 sent (status line, headers and chunked framing excluded; none for HEAD, 204, 304; compressed
 bytes when aiohttp compresses; aiohttp's own error pages; what a file cut short had sent), and
 a WebSocket span carries ``websocket.messages.received`` / ``.sent`` and
-``websocket.close.code``."""
+``websocket.close.code``. Also the status of those cases: a client gone mid-file is not an
+error, a response that failed after it started keeps the status it went out with."""
 
 from __future__ import annotations
 
@@ -234,7 +235,7 @@ def test_a_refused_upgrade_has_no_websocket_attributes(serve_aiohttp: Any, wait_
 
 
 # -- aiohttp's own error pages, files cut short, compressed bodies -------------------------------
-def error_app(debug: bool = False) -> web.Application:
+def error_app(debug: bool = False, **options: Any) -> web.Application:
     app = web.Application()
 
     async def boom(request: web.Request) -> web.Response:
@@ -249,10 +250,24 @@ def error_app(debug: bool = False) -> web.Application:
         await response.write(BODY)
         raise RuntimeError("failed mid-stream")  # too late for an error page
 
+    async def half_sent_refusal(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=403)  # a streamed refusal page
+        await response.prepare(request)
+        await response.write(BODY)
+        raise RuntimeError("failed mid-stream")
+
+    async def socket_fails(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)  # the 101 handshake is out
+        await socket.receive()
+        raise RuntimeError("failed mid-conversation")
+
     app.router.add_get("/boom", boom)
     app.router.add_get("/slow-backend", slow_backend)
+    app.router.add_get("/socket-fails", socket_fails)
     app.router.add_get("/half-sent", half_sent)
-    return init_aiohttp(app)  # type: ignore[no-any-return]
+    app.router.add_get("/half-sent-refusal", half_sent_refusal)
+    return init_aiohttp(app, **options)  # type: ignore[no-any-return]
 
 
 def test_aiohttps_error_page_records_the_bytes_it_sent(serve_aiohttp: Any, wait_for: Any, logs: Any) -> None:
@@ -283,18 +298,61 @@ def test_aiohttps_error_page_records_the_bytes_it_sent(serve_aiohttp: Any, wait_
     assert plain.headers["x-trace-id"] == ordered[0]["trace_id"]
 
 
+@pytest.mark.parametrize("header", ["X-Trace-Id", None], ids=["prepare-handler", "no-correlation-header"])
 def test_a_stream_that_fails_after_sending_records_what_it_sent(
-    serve_aiohttp: Any, wait_for: Any, logs: Any
+    serve_aiohttp: Any, wait_for: Any, logs: Any, header: str | None
 ) -> None:
-    """No error page can follow bytes already sent: aiohttp drops the connection."""
+    """No error page can follow bytes already sent: aiohttp drops the connection. The client
+    got the stream's status (then a cut connection), so that is the status recorded, in the
+    span, the audit record and the security event; the escaped exception still makes the span
+    an error. (The status comes from the prepare handler, or from the writer when no
+    correlation header is configured and there is no prepare handler.)"""
     logs("aiohttp.server")
     with capture_spans() as exporter:
+        url = serve_aiohttp(error_app(trace_id_header=header))
+        statuses: list[int] = []
+        for path in ("/half-sent", "/half-sent-refusal"):
+            with httpx.Client() as client, client.stream("GET", f"{url}{path}") as r:
+                statuses.append(r.status_code)
+                with pytest.raises(httpx.HTTPError):
+                    r.read()
+        half, refusal = spans_in_order(exporter, 2, wait_for)
+        audits = wait_for(lambda: len(exporter.of_type("audit")) >= 3 and exporter.of_type("audit"))
+    assert statuses == [200, 403]
+    for span, status in ((half, 200), (refusal, 403)):
+        assert span["status"] == "error"
+        assert span["attributes"]["error.type"] == "RuntimeError"
+        assert span["attributes"]["http.response.status_code"] == status
+        assert span["attributes"]["http.response.body.size"] == len(BODY)
+    assert sorted(
+        (a["category"], a["action"], a["outcome"], a["attributes"]["http.response.status_code"])
+        for a in audits
+    ) == [
+        ("request", "GET /half-sent", "200", 200),
+        ("request", "GET /half-sent-refusal", "403", 403),
+        ("security", "GET /half-sent-refusal", "403", 403),
+    ]
+
+
+def test_a_websocket_handler_that_fails_after_the_handshake_records_101(
+    serve_aiohttp: Any, wait_for: Any, logs: Any
+) -> None:
+    logs("aiohttp.server")
+
+    async def talk(url: str) -> Any:
+        async with ClientSession() as session, session.ws_connect(f"{url}/socket-fails") as socket:
+            await socket.send_str("hello")
+            return (await socket.receive()).type
+
+    with capture_spans() as exporter:
         url = serve_aiohttp(error_app())
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"{url}/half-sent")
+        ended = asyncio.run(talk(url))
         (span,) = spans_in_order(exporter, 1, wait_for)
+    assert ended in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+    assert span["name"] == "WEBSOCKET /socket-fails"
     assert span["status"] == "error"
-    assert span["attributes"]["http.response.body.size"] == len(BODY)
+    assert span["attributes"]["error.type"] == "RuntimeError"
+    assert span["attributes"]["http.response.status_code"] == 101
 
 
 def _read_some_then_reset(url: str, path: str, keep: int) -> int:
@@ -316,10 +374,18 @@ def _read_some_then_reset(url: str, path: str, keep: int) -> int:
     return body
 
 
-def test_a_file_cut_short_records_what_was_sent(serve_aiohttp: Any, wait_for: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "nosendfile"])
+def test_a_file_cut_short_records_what_was_sent(
+    serve_aiohttp: Any, wait_for: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sendfile: bool
+) -> None:
     """A ``FileResponse`` goes out with ``sendfile``, which aiohttp's writer never sees: a
     client that leaves mid-download leaves a span with the bytes handed to the network (what
-    the file position says), not the file's length."""
+    the file position says), not the file's length. Without sendfile (``AIOHTTP_NOSENDFILE``)
+    the file goes through the writer in chunks: the chunks it took. Either way the client
+    that went away is not an error of the server."""
+    import aiohttp.web_fileresponse
+
+    monkeypatch.setattr(aiohttp.web_fileresponse, "NOSENDFILE", not sendfile)
     size = 256 * 1024 * 1024
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(size)  # sparse: nothing written to disk
@@ -334,10 +400,53 @@ def test_a_file_cut_short_records_what_was_sent(serve_aiohttp: Any, wait_for: An
         url = serve_aiohttp(app)
         read = _read_some_then_reset(url, "/big", 256 * 1024)
         (span,) = spans_in_order(exporter, 1, wait_for)
+        [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert errors == []
     assert span["attributes"]["http.response.status_code"] == 200
     sent = span["attributes"]["http.response.body.size"]
     assert read <= sent < size
+    # the client went away: not the server's error (as when the request is cancelled)
+    assert span["status"] == "unset"
+    assert "error.type" not in span["attributes"]
+    assert span["events"] == []
+    assert audit["outcome"] == "200"
+
+
+def test_a_client_gone_before_its_file_went_out_is_not_an_error(
+    serve_aiohttp: Any, wait_for: Any, tmp_path: Any
+) -> None:
+    """The client resets the connection while the handler still works: aiohttp's writer
+    refuses the headers (a ``ConnectionResetError``) as the ``FileResponse`` is prepared.
+    Not an error of the server, and no byte of the file was sent."""
+    import socket
+    import threading
+
+    (tmp_path / "deck.pdf").write_bytes(b"%PDF" + b"x" * 300_000)
+    app = web.Application()
+    handling = threading.Event()
+
+    async def late_file(request: web.Request) -> web.FileResponse:
+        handling.set()
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.01)  # (until aiohttp has seen the client go)
+        return web.FileResponse(tmp_path / "deck.pdf")
+
+    app.router.add_get("/late", late_file)
+    init_aiohttp(app)
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(app)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"GET /late HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert handling.wait(10)  # (reset once the request is in: it is handled, not lost)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        (span,) = spans_in_order(exporter, 1, wait_for)
+    assert errors == []
+    assert span["name"] == "GET /late"
+    assert span["status"] == "unset"
+    assert "error.type" not in span["attributes"]
+    assert span["events"] == []
+    assert span["attributes"]["http.response.body.size"] == 0
 
 
 #: 100 kB that compress to about 45: zlib hands out compressed bytes as the writes go.
