@@ -196,9 +196,10 @@ def mask(marker: str | None = None) -> Mode:
 
 def partial(keep: int = 4) -> Mode:
     """Keep a harmless part: the last ``keep`` digits of a card (``[CARD ****1111]``), the
-    domain of an email (``***@example.com``), the last 2 digits of a phone or SSN, the first
-    two octets of an IPv4 address; other secrets keep their last ``keep`` characters only when
-    at least three times longer than that, else they are masked."""
+    domain of an email (``***@example.com``), the last 2 digits of a phone, the last 4 of an
+    SSN, the first two octets of an IPv4 address; other secrets keep their last ``keep``
+    characters only when at least three times longer than that and made of letters, digits and
+    ``+/=._~-`` (never a quote, backslash or space), else they are masked."""
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 8:
         raise ValueError("keep must be an int between 1 and 8")
     return _Partial(keep)
@@ -238,16 +239,25 @@ def _bracket(marker: str, extra: str) -> str:
     return f"{marker} {extra}"
 
 
+# The characters partial mode may keep of a secret (base64 and base64url, hex, ids): never a
+# quote, backslash, bracket or space, so the kept part cannot end the string that holds it (JSON
+# stays valid) nor the marker, and the marker is recognised again as one (idempotence).
+_KEPT_CHARS = r"[0-9A-Za-z+/=._~\-]"
+_KEPT = re.compile(rf"{_KEPT_CHARS}+")
+
+
 def _generic_partial(secret: str, keep: int, marker: str) -> str:
     if len(secret) >= 3 * keep:
-        return _bracket(marker, "****" + secret[-keep:])
+        tail = secret[-keep:]
+        if _KEPT.fullmatch(tail):
+            return _bracket(marker, "****" + tail)
     return marker
 
 
+# A marker the modes write: [NAME] or [NAME <kept part>], as ``[CARD ****1111]``.
+_MARKER = rf"\[[A-Z][A-Z _]{{0,30}}(?: [*.\-]{{2,12}}{_KEPT_CHARS}{{0,16}})?\]"
 # Outputs of the modes: values already in one of these forms are left alone (idempotence).
-_RENDERED = re.compile(
-    r"\[[A-Z][A-Z _]{0,30}(?: [*.\-]{2,12}[0-9A-Za-z.\-]{0,16})?\]|hash:[0-9a-f]{8,64}|\*{3}@[^\s]{1,255}"
-)
+_RENDERED = re.compile(rf"{_MARKER}|hash:[0-9a-f]{{8,64}}|\*{{3}}@[^\s]{{1,255}}")
 
 
 # =============================================================================================
@@ -333,6 +343,18 @@ DEFAULT_KEY_TERMS: tuple[str, ...] = (
     "apikey",
     "access key",
     "private key",
+    "secret key",
+    "secret key base",
+    "signing key",
+    "encryption key",
+    "decryption key",
+    "master key",
+    "hmac key",
+    "shared key",
+    "account key",
+    "app key",
+    "auth key",
+    "session key",
     "authorization",
     "proxy authorization",
     "cookie",
@@ -431,7 +453,10 @@ def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detect
     ``key=value`` and ``key: value`` pairs, JSON / Python reprs (``"password": "..."``), also
     JSON inside a JSON string (``\\"password\\": \\"...\\"``), connection strings
     (``Password=...;``), ``Cookie:`` header lines, and ``Authorization:`` /
-    ``Proxy-Authorization:`` header lines whole, whatever the scheme (to the end of the line)."""
+    ``Proxy-Authorization:`` / ``auth:`` header lines whole, whatever the scheme (to the end of
+    the line). ``Authorization=`` / ``auth=`` values lose the credential after the scheme word
+    too (``Authorization=NTLM ...``, ``auth=Digest a="b", c="d"``). Numbers, lists and tuples of
+    a JSON or repr member become a quoted marker, so the document stays valid."""
     return _detector("secret_params", mode, marker)
 
 
@@ -527,9 +552,15 @@ def default_rules() -> list[Rule]:
 # The combined pattern. Every alternative is linear: its repetitions are bounded or followed by
 # a character they cannot consume, and a look-behind restricts where it may start.
 
+# Secret "<word> key" names: a key qualified by one of these words (plain "key" is too common:
+# cache, routing, partition, primary and object keys; public keys are not secret).
+_KEY_QUALIFIERS = (
+    "api|access|account|private|secret|signing|encryption|decryption|master|hmac|shared|app|auth|session"
+)
 _KV_WORDS = (
-    r"password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key|account[_-]?key"
-    r"|private[_-]?key|authorization|auth|credentials?|session(?:[_-]?id)?|sid|cookie|csrf|xsrf"
+    r"password|passwd|passphrase|pwd|secret|token"
+    rf"|(?:{_KEY_QUALIFIERS})[_.\-]?key|secret[_.\-]?key[_.\-]?base"
+    r"|authorization|auth|credentials?|session(?:[_-]?id)?|sid|cookie|csrf|xsrf"
     r"|signature|sig|otp|ssn|cvv|cvc|jwt"
 )
 _VAL_CHARS = r"""[^\s&"',;<>)}\]]"""
@@ -585,8 +616,13 @@ _FRAGMENTS: dict[str, str] = {
     # number (after "3."), but after any other "." ("No.4111...").
     "num": r"(?<![A-Za-z0-9])(?<![0-9]\.)(?P<num>[+(]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
 }
-# Kept verbatim: hashes we produced (their hex digits must not be re-detected).
-_KEEP = r"(?P<keep>hash:[0-9a-f]{8,64}(?![0-9A-Za-z]))"
+# Kept verbatim: hashes and markers we produced (their hex digits, or the part partial mode kept,
+# must not be re-detected: "[REDACTED ****pwd=abcd]" is no "pwd=" pair). A marker's kept part is
+# at most 8 characters here (partial keeps 8 at most), too short to hide a card or an SSN.
+_KEEP = (
+    r"(?P<keep>hash:[0-9a-f]{8,64}(?![0-9A-Za-z])"
+    rf"|\[[A-Z][A-Z _]{{0,30}}(?: [*.\-]{{2,12}}{_KEPT_CHARS}{{0,8}})?\])"
+)
 _NUMERIC_KINDS = ("cards", "ssns", "phones", "ip_addresses")
 _ORDER = (
     "private_keys",
@@ -602,13 +638,36 @@ _ORDER = (
 _DIGITS = re.compile(r"[0-9]+")
 _KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
 _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
+# In the list of a JSON / repr member (maybe indented, maybe JSON inside a JSON string): a
+# bracket or brace, or a quote with the backslashes before it (a run starts at its first one).
+_LIST_STOP = re.compile(r"[\[\]{}]|(?<!\\)\\*[\"']")
+_LIST_MAX = 4096
+_FLAT_TUPLE = re.compile(r"\([^()\[\]{}\r\n]{0,4096}\)")  # auth=('user', 'pass')
+# Authorization schemes written before a credential (RFC 7235 and common vendor schemes).
+_SCHEMES = r"bearer|basic|token|digest|ntlm|negotiate|apikey|api-key|sharedkey|ssws|aws4-hmac-sha256|aws|dpop"
 _KV_VALUE = re.compile(
-    r"(?i:(?:bearer|basic|token|digest)[ \t]+)?"
-    r"(?:\[[A-Z][A-Z _]{0,30}(?: [*.\-]{2,12}[0-9A-Za-z.\-]{0,16})?\]"
+    rf"(?i:(?:{_SCHEMES})[ \t]+)?"
+    rf"(?:{_MARKER}"
     r"|\"[^\"\\\r\n]*(?:\\.[^\"\\\r\n]*)*\"?"
     r"|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'?"
     rf"|{_VAL_CHARS}+(?:; {_VAL_CHARS}+)*)"
 )
+# The value of an authorization name in the "=" form (Authorization=NTLM abc, auth=Negotiate
+# xyz, a logged query string or a k=v line) or after a quoted name ('Authorization': NTLM abc):
+# an optional scheme word, then one credential, or a list of two or more comma-separated
+# name=value parameters (Digest, AWS4-HMAC-SHA256). Header lines (Authorization: ...) take the
+# rest of the line instead (_Engine._kv_header).
+_AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9._\-]{0,63}[ \t]+")
+_AUTH_PARAM = r'[A-Za-z][A-Za-z0-9_\-]{0,63}=(?:"[^"\r\n]*"|[^\s,"]*)'
+_AUTH_PARAMS = re.compile(rf"{_AUTH_PARAM}(?:,[ \t]*{_AUTH_PARAM})+")
+_AUTH_CRED = re.compile(rf"{_MARKER}|{_VAL_CHARS}+")
+# After a scheme-like first word: the next name=value pair of a k=v line (user=bob), not a
+# credential; base64 padding (abc=, abc==) is no pair: "=" is followed by a value there.
+_KV_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}=[^=\s]")
+# A JSON (or Python repr) member value: after a quoted name and ":" (the quote possibly escaped,
+# JSON inside a JSON string), followed by the next member or the end of the object or array.
+_MEMBER_BEFORE = re.compile(r"(\\{0,7}[\"'])[ \t]*:[ \t]*\Z")
+_MEMBER_AFTER = re.compile(r"(?:[ \t\r\n]|\\{1,7}[rnt])*(?:[,}\]]|\Z)")
 _PLACEHOLDER = re.compile(r"\?|%s|\$[0-9]+|%\([^)]{1,64}\)s|:[A-Za-z_][A-Za-z0-9_]{0,63}|[Nn]one|null|NULL")
 # A value opened by an escaped quote: a string of JSON (or a repr) inside a string, \" at one
 # level of nesting, \\\" at two, 7 backslashes at three.
@@ -627,6 +686,10 @@ _HEADER_NEXT = re.compile(r"(?:\\r)?\\n|[A-Za-z][A-Za-z0-9\-]{0,63}:|[\"']")
 # rest of its quoted value, followed by the next parameter or the end of the line.
 _PARAM_NAME = re.compile(r"[ \t,][a-z][a-z0-9_\-]{0,31}=\Z")
 _PARAM_REST = re.compile(r'[^"\r\n]*"(?=[ \t]*(?:,|["\'\r\n]|\Z))')
+# The look-behinds that open the alternatives of the combined pattern, and the last characters of
+# replacements that none of them rejects (markers, partial IPs, quoted markers).
+_LOOKBEHINDS = re.compile(r"^(?:\(\?<![^()]*\))+")
+_CLOSERS = frozenset("]*\"'")
 _KV_PLAIN, _KV_SECRET, _KV_AUTH = 0, 1, 2  # what a name is (_Engine._kv_kind)
 _NESTING = (1, 3, 7)  # backslashes before a quote at 1, 2, 3 levels of escaping
 
@@ -813,6 +876,80 @@ def _header_end(text: str, pos: int, nesting: int, quotes: str) -> int:
     return len(text)
 
 
+def _name_quote(sep: str) -> str:
+    """The quote that closed the name before ``sep``, with the backslashes that escape it
+    (``"`` for ``"token": ``, ``\\"`` for ``\\"token\\": `` in JSON inside a JSON string), when
+    the separator is ":" (a JSON or repr member); else ''."""
+    q = sep[0]
+    if q not in "\"'\\" or ":" not in sep:
+        return ""
+    head = sep[: len(sep) - len(sep.lstrip("\\\"'"))]
+    q = head[-1]
+    if q == "\\":
+        return ""
+    run = head[:-1]
+    return "\\" * (len(run) - len(run.rstrip("\\"))) + q
+
+
+def _member_list_end(text: str, pos: int, nesting: int) -> int:
+    """The end of the flat list opened at ``pos`` as a JSON / repr member value whose strings are
+    quoted with ``nesting`` backslashes (JSON inside a JSON string), skipping its strings, which
+    may hold brackets (``["]"]``); -1 for a nested list or map, or none within _LIST_MAX
+    characters."""
+    limit = min(len(text), pos + _LIST_MAX)
+    at = pos + 1
+    while True:
+        stop = _LIST_STOP.search(text, at, limit)
+        if stop is None:
+            return -1
+        piece = stop.group()
+        if piece == "]":
+            return stop.end()
+        if len(piece) == 1 and piece in "[{}":
+            return -1
+        if len(piece) - 1 != nesting:
+            at = stop.end()  # an escaped quote outside a string: a character like another
+            continue
+        # a string: skip to its closing quote, on the same line
+        quote = piece[-1]
+        closed = -1
+        for end in _QUOTE_STOP[quote].finditer(text, stop.end(), limit):
+            run = end.end() - end.start() - 1
+            if text[end.start()] in "\r\n" or run < nesting:
+                break  # a line break, or the enclosing string ends: not closed
+            if _closes(run, nesting):
+                closed = end.end()
+                break
+        if closed < 0:
+            return -1
+        at = closed
+
+
+def _auth_value_end(text: str, pos: int) -> int:
+    """Where the value of an authorization name in the "=" form starting at ``pos`` ends (see
+    _AUTH_SCHEME), or ``pos`` when it has no scheme word (the plain value rules then apply)."""
+    scheme = _AUTH_SCHEME.match(text, pos)
+    if scheme is None:
+        return pos
+    after = scheme.end()
+    params = _AUTH_PARAMS.match(text, after)
+    if params is not None:
+        return params.end()
+    if _KV_PAIR.match(text, after):
+        return pos  # "authorization=abc123 user=bob": the credential had no scheme
+    cred = _AUTH_CRED.match(text, after)
+    return cred.end() if cred is not None else pos
+
+
+def _member_quote(text: str, start: int, end: int) -> str:
+    """The quote to write a marker replacing ``text[start:end]`` in, when that is a JSON member
+    value (``{"n": 4111111111111111}``: a number becomes the string "[CARD]"); else ''."""
+    before = _MEMBER_BEFORE.search(text, max(0, start - 16), start)
+    if before is None or not _MEMBER_AFTER.match(text, end):
+        return ""
+    return before.group(1)
+
+
 class _Engine:
     """The compiled detectors: one combined pattern plus the per-kind renderers."""
 
@@ -830,6 +967,11 @@ class _Engine:
         if "private_keys" in detectors:
             combined = _FRAGMENTS["private_keys"] + "|" + combined
         self.pattern: re.Pattern[str] = re.compile(combined)
+        # The same alternatives without their look-behinds: what may start right after a
+        # replacement. The exported text has the marker's "]" there, where a look-behind may
+        # have seen a digit ("+15551234567+15551234567", "4111111111111111token=x"); scanning
+        # the original text as the exported one reads keeps the result stable (idempotence).
+        self._after_marker = re.compile("|".join(_LOOKBEHINDS.sub("", part) for part in guarded))
         # A key block given as the value of a secret name (token=-----BEGIN ...) or of an auth
         # header starts after that name, where the leftmost match is the name's: masking only
         # its first word would leave the key body. Key blocks are masked first, whole.
@@ -868,6 +1010,7 @@ class _Engine:
         if m is None:
             return text
         handlers = self._handlers
+        after_marker = self._after_marker.match
         out: list[str] = []
         last = 0
         while m is not None:
@@ -877,8 +1020,13 @@ class _Engine:
                 resume = m.end()
             else:
                 out.append(text[last:start])
-                out.append(hit[0])
+                replacement = hit[0]
+                out.append(replacement)
                 last = resume = hit[1]
+                if replacement and replacement[-1] in _CLOSERS and resume > start:
+                    m = after_marker(text, resume)
+                    if m is not None:
+                        continue
             m = search(text, resume if resume > start else start + 1)
         if not out:
             return text
@@ -907,7 +1055,10 @@ class _Engine:
         user = m.group("uc_user")
         if user:
             user = self.scrub(user)  # the user part may be an email; it holds no ':' or '/'
-        return f"{m.group('uc_scheme')}{user}:{self._render('url_credentials', m.group('uc_pw'))}@", m.end()
+        pw = m.group("uc_pw")
+        if not _RENDERED.fullmatch(pw):  # (a password we replaced already stays: idempotence)
+            pw = self._render("url_credentials", pw)
+        return f"{m.group('uc_scheme')}{user}:{pw}@", m.end()
 
     def _kv_kind(self, name: str) -> int:
         known = self._kv_names.get(name)
@@ -915,8 +1066,8 @@ class _Engine:
             found = _KV_NAME.search(name)
             if found is None:
                 known = _KV_PLAIN
-            elif found.group().lower() == "authorization":
-                known = _KV_AUTH  # also Proxy-Authorization, X-Authorization...
+            elif found.group().lower() in ("authorization", "auth"):
+                known = _KV_AUTH  # also Proxy-Authorization, X-Authorization, X-Auth, proxy_auth...
             else:
                 known = _KV_SECRET
             if len(self._kv_names) >= _CACHE_MAX_ENTRIES:
@@ -931,36 +1082,71 @@ class _Engine:
         if not kind:  # _KV_PLAIN
             return None  # resume after the separator: the value is scanned like any text
         text, pos = m.string, m.end()
+        sep = m.group("kv_sep")
         # Decide from the first character before matching a value of unbounded length: every
         # path that leaves the value alone must cost O(1), or hostile repeats turn quadratic.
         first = text[pos]
         if first == "{":
             return None  # a nested map: its own names are checked as scanning goes on
         if first == "[":
-            flat = _FLAT_LIST.match(text, pos)
-            if flat is None or _RENDERED.fullmatch(flat.group()):
+            q = _name_quote(sep)  # a JSON list becomes a JSON string: "token": "[REDACTED]"
+            if q:
+                end = _member_list_end(text, pos, len(q) - 1)
+            else:
+                flat = _FLAT_LIST.match(text, pos)
+                end = flat.end() if flat is not None else -1
+            if end < 0 or _RENDERED.fullmatch(text, pos, end):
                 return None  # nested lists, or our own marker
-            rendered = self._render("secret_params", flat.group())
-            return f"{m.group('kv_name')}{m.group('kv_sep')}{rendered}", flat.end()
+            return self._kv_unquoted(m, text[pos:end], end)
         if first == "\\":
             opened = _ESC_OPEN.match(text, pos)
             if opened is not None and len(opened.group(1)) in _NESTING:
                 return self._kv_escaped(m, opened)
-        elif kind == _KV_AUTH and first not in "\"'" and ":" in m.group("kv_sep"):
-            return self._kv_header(m)
+        elif kind == _KV_AUTH and first not in "\"'" and ":" in sep and sep[0] not in "\"'\\":
+            return self._kv_header(m)  # a header line (the name is not quoted): the whole line
+        elif first == "(":
+            flat = _FLAT_TUPLE.match(text, pos)  # a tuple, as a whole (else the value rules)
+            if flat is not None:
+                return self._kv_unquoted(m, flat.group(), flat.end())
+        elif kind == _KV_AUTH and first not in "\"'":
+            end = _auth_value_end(text, pos)  # Authorization=NTLM abc, 'auth': Negotiate xyz
+            if end > pos:
+                return self._kv_unquoted(m, text[pos:end], end)
         vm = _KV_VALUE.match(text, pos)
         if vm is None:
             return None
         value = vm.group()
         quote = value[0] if value[0] in "\"'" else ""
-        inner = value[1:] if quote else value
+        if not quote:
+            if sep[0] == "\\" and "\\" in value:
+                # JSON inside a JSON string: a number, true... ends before an escape (the \n of
+                # indented JSON), which is no part of the value
+                value = value[: value.find("\\")]
+                if not value:
+                    return None
+            return self._kv_unquoted(m, value, pos + len(value))
+        inner = value[1:]
         closing = ""
-        if quote and inner.endswith(quote):
+        if inner.endswith(quote):
             inner, closing = inner[:-1], quote
         if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
             return None  # short by construction: these patterns are bounded
         rendered = self._render("secret_params", inner)
-        return f"{m.group('kv_name')}{m.group('kv_sep')}{quote}{rendered}{closing}", vm.end()
+        return f"{m.group('kv_name')}{sep}{quote}{rendered}{closing}", vm.end()
+
+    def _kv_unquoted(self, m: re.Match[str], value: str, end: int) -> _Hit:
+        """An unquoted value (``token=abc``, ``"token": 12345``). After a quoted name and ":",
+        followed by the next member or the end of the object, it is a JSON or repr member (a
+        number, ``true``, a list...): the marker is written as a string in the name's quotes,
+        so the document stays valid JSON (or a Python literal)."""
+        if _PLACEHOLDER.fullmatch(value) or _RENDERED.fullmatch(value):
+            return None  # short by construction: these patterns are bounded
+        sep = m.group("kv_sep")
+        q = _name_quote(sep)
+        if q and not _MEMBER_AFTER.match(m.string, end):
+            q = ""
+        rendered = self._render("secret_params", value)
+        return f"{m.group('kv_name')}{sep}{q}{rendered}{q}", end
 
     def _kv_escaped(self, m: re.Match[str], opened: re.Match[str]) -> _Hit:
         """A value in escaped quotes, JSON inside a JSON string: ``\\"password\\": \\"x\\"``.
@@ -1039,8 +1225,9 @@ class _Engine:
         pos = 0
         i = 0
         n = len(spans)
+        last = -1  # the last group replaced
         while i < n:
-            hit = self._match_at(text, spans, digits, seps, i)
+            hit = self._match_at(text, spans, digits, seps, i, last == i - 1)
             if hit is None:
                 i += 1
                 continue
@@ -1048,22 +1235,36 @@ class _Engine:
             out.append(text[pos:start])
             out.append(replacement)
             pos = spans[j][1]
+            last = j
             i = j + 1
         if not out:
             return None
+        if len(out) == 2 and not out[0] and pos == len(text):
+            # One secret and nothing else, e.g. a card written as a JSON number: keep JSON valid.
+            q = _member_quote(m.string, m.start(), m.end())
+            if q:
+                return f"{q}{out[1]}{q}", m.end()
         out.append(text[pos:])
         return "".join(out), m.end()
 
     def _match_at(
-        self, text: str, spans: list[tuple[int, int]], digits: list[str], seps: list[str], i: int
+        self,
+        text: str,
+        spans: list[tuple[int, int]],
+        digits: list[str],
+        seps: list[str],
+        i: int,
+        after_hit: bool = False,
     ) -> tuple[int, int, str] | None:
         d = digits[i]
         size = len(d)
         n = len(digits)
         start = spans[i][0]
         card = self.card
-        # (the fraction of a decimal number, digit "." digits, is no card: 0.4111111111111111)
-        if card is not None and size >= 4 and _card_prefix(d) and (i == 0 or seps[i - 1] != "."):
+        # (the fraction of a decimal number, digit "." digits, is no card: 0.4111111111111111;
+        # after a replaced group the "." follows a marker, "[CARD].4111...", and is no fraction)
+        after_dot = i > 0 and seps[i - 1] == "." and not after_hit
+        if card is not None and size >= 4 and _card_prefix(d) and not after_dot:
             if 13 <= size <= 19:
                 if _luhn(d):
                     return i, start, card.mode.render(d, card.marker, self._card_partial)
@@ -1130,7 +1331,7 @@ class _Engine:
             and i + 3 < n
             and all(seps[k] == "." for k in range(i, i + 3))
             and all(len(digits[k]) <= 3 and int(digits[k]) <= 255 for k in range(i, i + 4))
-            and (i == 0 or seps[i - 1] != ".")
+            and not after_dot
             and (i + 4 >= n or seps[i + 3] != ".")
         ):
             address = ".".join(digits[i : i + 4])
@@ -1144,6 +1345,10 @@ class _Engine:
 # Record fields that are structure, not content (ids, enums, times, numbers).
 #: Longest text also checked in URL-decoded form (query strings, URLs, form bodies).
 _DECODE_MAX = 64 * 1024
+#: Scans of one text at most, until the result no longer changes (see Sanitizer._scrub), for
+#: results of up to _SETTLE_MAX characters.
+_MAX_PASSES = 4
+_SETTLE_MAX = 64 * 1024
 
 # The exact key sets of the records the pipeline builds (fast paths in ``__call__``).
 _SPAN_KEYS = SPAN_RECORD_KEYS
@@ -1157,6 +1362,7 @@ _STRUCTURAL = frozenset(
         "trace_id",
         "span_id",
         "parent_span_id",
+        "trace_state",  # (vendors' opaque entries from a header, as propagated)
         "kind",
         "status",
         "category",
@@ -1772,7 +1978,7 @@ class Sanitizer:
             cache[text] = out
         return out
 
-    def _scrub(self, text: str) -> str:
+    def _scrub(self, text: str, settle: bool = True) -> str:
         out = self._scrub_plain(text)
         # URL-encoded secrets (q=4242%204242..., ada%40example.com, card+digits) hide from the
         # detectors; when the decoded text reveals one, export the decoded, masked form.
@@ -1790,7 +1996,18 @@ class Sanitizer:
             current = masked
         if found:
             _stats.incr("sanitize.decoded_matches")
-            return current
+            out = current
+        if settle and out is not text and len(out) <= _SETTLE_MAX and out != text:
+            # A replacement changes what its neighbours see ("[IBAN].4111..." where a digit was
+            # before the "."; the engine handles the common cases itself): scan the result again
+            # until nothing changes, so that what is exported is sanitized as it stands
+            # (idempotence). Text without secrets costs one pass, text with secrets two; the
+            # second over the result only, which max_value_length (8 KB by default) bounds.
+            for _ in range(_MAX_PASSES - 1):
+                again = self._scrub(out, False)
+                if again == out:
+                    break
+                out = again
         return out
 
     def _scrub_plain(self, text: str) -> str:

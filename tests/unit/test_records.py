@@ -22,6 +22,7 @@ from pitchey_trace.records import (
     json_schema,
     span_record,
 )
+from pitchey_trace.sanitize import Sanitizer
 from pitchey_trace.testing import capture_spans
 
 _VALIDATOR = Draft202012Validator(json_schema())
@@ -367,6 +368,25 @@ def test_a_traces_tracestate_is_kept_on_its_span_records_and_links(sanitize: boo
     assert set(spans["other"]) == SPAN_KEYS
     assert "trace_state" not in spans["other"]["links"][0]
     assert not _VALIDATOR.is_valid({**spans["parent"], "trace_state": ""})
+
+
+def test_the_sanitizer_leaves_a_tracestate_as_it_was_propagated() -> None:
+    """``trace_state`` is structure (what the header already carried to and from other
+    services), so digits in a vendor's entry that look like a card number are not masked."""
+    incoming = pt.extract(
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "vendor=4111111111111111",
+        }
+    )
+    with captured() as mem, pt.use_context(incoming), pt.span("op", attributes={"n": "4111111111111111"}):
+        pass
+    [rec] = mem.spans()
+    assert rec["trace_state"] == "vendor=4111111111111111"
+    assert rec["attributes"]["n"] != "4111111111111111"  # (the same digits elsewhere are masked)
+    # and a sanitizer applied to such a record again (a processor's, an exporter's) agrees
+    again = Sanitizer()({**rec, "name": "4111111111111111"})
+    assert (again["trace_state"], again["name"]) == ("vendor=4111111111111111", "[CARD]")
 
 
 def test_a_duck_typed_link_context_with_an_odd_trace_state_is_linked_without_it() -> None:

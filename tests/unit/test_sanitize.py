@@ -133,7 +133,9 @@ def _span(**fields: Any) -> dict[str, Any]:
             '{"credentials": {"password": "x1", "user": "bob"}}',
             '{"credentials": {"password": "[REDACTED]", "user": "bob"}}',
         ),
-        ("{'token': ['a1', 'b2'], 'n': 1}", "{'token': [REDACTED], 'n': 1}"),
+        # a list as a repr / JSON member becomes a string, so the text stays a literal / JSON
+        ("{'token': ['a1', 'b2'], 'n': 1}", "{'token': '[REDACTED]', 'n': 1}"),
+        ("token=[a1, b2] n=1", "token=[REDACTED] n=1"),
         ("ssn 123-45-6789.", "ssn [SSN]."),
         ("ssn 123 45 6789", "ssn [SSN]"),
         ("call +1 (555) 123-4567 or 555.123.4567", "call [PHONE] or [PHONE]"),
