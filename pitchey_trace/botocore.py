@@ -20,14 +20,18 @@ attribute the caller set under one of these names means the message goes as it i
 message with no room left under the limit of 10 attributes (SQS refuses more; SNS drops such a
 message for its raw-delivery SQS subscribers) gets what fits, ``traceparent`` first, or nothing
 (counted as ``botocore.sqs_context_not_injected`` / ``botocore.sns_context_not_injected``,
-logged at debug; the call goes ahead). ``ReceiveMessage`` is sent as written (no attribute
-names are added to it); its span links to the context of every returned message whose
-``traceparent`` came back.
+logged at debug; the call goes ahead). A queue subscribed to a topic without raw message
+delivery (SNS's default) receives SNS's JSON envelope as the body, the attributes inside:
+:func:`sqs_message_context` reads them there when the message has no context of its own.
+``ReceiveMessage`` is sent as written (no attribute names are added to it); its span links to
+the context of every returned message that brought one (its ``traceparent`` came back, or
+its body is such an envelope).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +72,11 @@ _SENDS: dict[str, _Send] = {
 _MAX_ATTRIBUTES = 10
 #: Propagation fields a message can go without (the trace continues from ``traceparent``).
 _OPTIONAL_FIELDS = ("tracestate", "baggage")
+#: The longest SQS body read as an SNS envelope (characters): an SNS message is 256 KiB at
+#: most, its envelope escapes it (a JSON message's quotes double) and adds about 1.5 kB. A
+#: longer body is not parsed.
+_MAX_ENVELOPE = 512 * 1024
+_loads = json.loads
 
 
 def _base(client: Any) -> tuple[str, dict[str, Any]]:
@@ -261,20 +270,62 @@ def _attribute_value(attributes: Any, name: str) -> Any:
     return value.get("StringValue") if isinstance(value, Mapping) else None
 
 
-def sqs_message_context(message: Any) -> TraceContext | None:
-    """The trace context an SQS message carries in its message attributes (as
-    :func:`instrument_botocore` sends it, directly or published to an SNS topic the queue is
-    subscribed to with raw message delivery), for the span that processes it:
-    ``pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message))``.
-    ``message`` is one of ``receive_message(...)["Messages"]``; ask for the attributes
-    (``MessageAttributeNames=["All"]``, or ``traceparent``, ``tracestate``, ``baggage``), SQS
-    returns none otherwise. None when it has no valid ``traceparent`` (or the fields of the
-    configured propagators). Never raises."""
+def _envelope_value(attributes: Any, name: str) -> Any:
+    """An attribute of an SNS envelope: ``{"Type": "String", "Value": "..."}`` (a Binary one's
+    value is base64 text: not read)."""
+    value = attributes.get(name)
+    if value.__class__ is dict and value.get("Type") != "Binary":
+        text = value.get("Value")
+        return text if text.__class__ is str else None
+    return None
+
+
+def _envelope_attributes(body: Any) -> dict[str, Any] | None:
+    """The message attributes in ``body`` when it is an SNS notification's JSON envelope (what
+    an SQS queue subscribed without raw message delivery receives), else None. Parsed only
+    when it looks like one (``{`` first, ``"Notification"`` in it) and is not longer than an
+    envelope can be (``_MAX_ENVELOPE``). Never raises."""
+    if (
+        body.__class__ is not str
+        or not body.startswith("{")
+        or len(body) > _MAX_ENVELOPE
+        or '"Notification"' not in body
+    ):
+        return None
     try:
-        attributes = message.get("MessageAttributes") if isinstance(message, Mapping) else None
-        if not isinstance(attributes, Mapping) or not attributes:
+        envelope = _loads(body)
+    except (ValueError, RecursionError):  # (not JSON, or nested too deep: no envelope)
+        return None
+    if envelope.__class__ is not dict or envelope.get("Type") != "Notification":
+        return None
+    attributes = envelope.get("MessageAttributes")
+    if not isinstance(attributes, dict) or envelope.get("TopicArn").__class__ is not str:
+        return None
+    return attributes
+
+
+def sqs_message_context(message: Any) -> TraceContext | None:
+    """The trace context an SQS message carries (as :func:`instrument_botocore` sends it), for
+    the span that processes it:
+    ``pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message))``.
+    ``message`` is one of ``receive_message(...)["Messages"]``. Read from its message
+    attributes (sent to SQS, or published to an SNS topic the queue is subscribed to with raw
+    message delivery): ask for them (``MessageAttributeNames=["All"]``, or ``traceparent``,
+    ``tracestate``, ``baggage``), SQS returns none otherwise. When they have none, from the
+    attributes in its body when that is SNS's JSON envelope (a subscription without raw
+    message delivery, SNS's default; a body over 512 Ki characters is not read). None when
+    neither has a valid ``traceparent`` (or the fields of the configured propagators). Never
+    raises."""
+    try:
+        if not isinstance(message, Mapping):
             return None
-        return extract(attributes, _attribute_value)
+        attributes = message.get("MessageAttributes")
+        if isinstance(attributes, Mapping) and attributes:
+            context = extract(attributes, _attribute_value)
+            if context is not None:
+                return context
+        attributes = _envelope_attributes(message.get("Body"))
+        return None if attributes is None else extract(attributes, _envelope_value)
     except Exception as exc:
         _safety.report("botocore.sqs", exc)
         return None

@@ -13,9 +13,12 @@ response (error pages included) carries the ``X-Trace-Id`` header. A handler tha
 the handler returns it (aiohttp writes its already-built body afterwards); a ``FileResponse`` (or
 a ``Response`` with a streamed payload or compression) is timed until aiohttp has sent it, with
 the status it settled on (404 for a missing file, 304, 206...); a client that goes away
-mid-file is not an error of the server. An unhandled exception's span ends once aiohttp has
+mid-file, or mid-stream (the ``ConnectionError`` the response's writer raised escaping the
+handler), is not an error of the server. An unhandled exception's span ends once aiohttp has
 sent its own error page (500, 504 for a ``TimeoutError``), or has dropped the connection of a
-response that had started: then with the status that response went out with.
+response that had started: then with the status that response went out with. So does an
+``HTTPException`` raised after the response started (aiohttp writes the exception's response
+into that one's body): the status that went out, an error.
 ``http.response.body.size`` is the body bytes sent: compressed ones when aiohttp compresses,
 and the bytes a file cut short by the client had handed to the socket.
 """
@@ -165,26 +168,35 @@ def aiohttp_middleware(
             except Exception as exc:
                 _safety.report("web.aiohttp.response", exc)
             return response
-        except http_exception as exc:
-            # aiohttp answers with the exception itself (404, redirects, 401...): a response,
-            # an error of the request only when it is a 5xx.
-            state.status = exc.status
-            try:  # (aiohttp sends the exception's own body: "404: Not Found")
-                state.sent = _body_size(exc.status, state.method, exc.content_length)
-            except Exception as internal:
-                _safety.report("web.aiohttp.response", internal)
-            if exc.status >= 500:
-                error = exc
-                stamp_exception(exc, span)
-            raise
         except Exception as exc:
+            started = written.started() if written is not None else None
+            if started is None and isinstance(exc, http_exception):
+                # aiohttp answers with the exception itself (404, redirects, 401...): a
+                # response, an error of the request only when it is a 5xx.
+                state.status = exc.status
+                try:  # (aiohttp sends the exception's own body: "404: Not Found")
+                    state.sent = _body_size(exc.status, state.method, exc.content_length)
+                except Exception as internal:
+                    _safety.report("web.aiohttp.response", internal)
+                if exc.status >= 500:
+                    error = exc
+                    stamp_exception(exc, span)
+                raise
+            stamp_exception(exc, span)
+            if written is not None and exc is written.failed and isinstance(exc, ConnectionError):
+                # the response's own writer failed: the client went away mid-stream (aiohttp
+                # drops the connection). As for a file cut short: not an error of the server,
+                # the status the stream went out with, the bytes it had sent.
+                if started:
+                    state.status = started
+                state.sent = _body_size(state.status, state.method, written.sent)
+                raise
             error = exc
             # what aiohttp answers for it, with its own error page once we have returned; a
             # response already under way keeps the status it went out with (aiohttp then
-            # drops the connection: the client got that status and a cut body)
-            started = written.started() if written is not None else None
+            # drops the connection, or writes an HTTPException's response into that one's
+            # body: the client got that status and a cut or corrupted body), an error
             state.status = started or (504 if isinstance(exc, asyncio.TimeoutError) else 500)
-            stamp_exception(exc, span)
             deferred = _finish_after_error_page(state, options, start_ns, client, exc, written)
             raise
         except BaseException as exc:  # cancelled (the client went away): aborted, not an error
@@ -271,7 +283,7 @@ class _Written:
         self.status_line: Any = None  # ("HTTP/1.1 200 OK"; parsed only when asked)
         self.deflated: Any = _UNSEEN  # then the counting compressor, or None: not compressed
         self.done = False  # write_eof was called
-        self.failed = False  # a write raised (the connection went away)
+        self.failed: BaseException | None = None  # what a write raised (the connection went away)
 
     @property
     def compressed(self) -> bool:
@@ -316,8 +328,8 @@ class _Written:
             n = 0
         try:
             result = await self._write(chunk, *args, **kwargs)
-        except BaseException:
-            self.failed = True
+        except BaseException as exc:
+            self.failed = exc
             raise
         self.n += n
         return result
@@ -332,6 +344,9 @@ class _Written:
             if chunk and isinstance(chunk, (bytes, bytearray, memoryview)):
                 self.n += _size(chunk)
             return result
+        except BaseException as exc:
+            self.failed = exc
+            raise
         finally:
             try:
                 del self.writer.write, self.writer.write_eof

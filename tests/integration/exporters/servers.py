@@ -122,6 +122,8 @@ class RecordingServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        if not isinstance(host, str):  # (typed str | bytes; an AF_INET server's is a str)
+            host = bytes(host).decode()
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def reply(self, *replies: Reply) -> None:

@@ -4,6 +4,7 @@ SNS publishes carry the trace context in their message attributes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 import pitchey_trace as pt
 from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore
 from pitchey_trace.exporters import LogpushExporter
-from pitchey_trace.testing import capture_spans
+from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import instrument_urllib3, uninstrument_urllib3
 from tests.integration.exporters.servers import S3
 
@@ -331,20 +332,32 @@ def test_sqs_receive_links_to_the_senders_and_the_consumer_continues(
 
 
 # -- SNS: the same attributes, delivered by the topic to its SQS subscribers ---------------------
-@pytest.fixture
-def topic(queue: tuple[Any, str], s3_endpoint: str) -> tuple[Any, str]:
+def _subscribed_topic(queue: tuple[Any, str], endpoint: str, raw: bool) -> tuple[Any, str]:
     """A boto3 SNS client to moto's server and a new topic, to which ``queue`` is subscribed
-    with raw message delivery (the message attributes arrive as SQS message attributes)."""
+    (with raw message delivery or not)."""
     sqs, url = queue
-    sns: Any = boto3.client("sns", endpoint_url=s3_endpoint, region_name="us-east-1")
+    sns: Any = boto3.client("sns", endpoint_url=endpoint, region_name="us-east-1")
     with pt.suppress_tracing():
         arn = sns.create_topic(Name=f"pt-{secrets.token_hex(6)}")["TopicArn"]
         got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         queue_arn = got["Attributes"]["QueueArn"]
-        sns.subscribe(
-            TopicArn=arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
-        )
+        attributes = {"RawMessageDelivery": "true"} if raw else {}
+        sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn, Attributes=attributes)
     return sns, arn
+
+
+@pytest.fixture
+def topic(queue: tuple[Any, str], s3_endpoint: str) -> tuple[Any, str]:
+    """A topic ``queue`` is subscribed to with raw message delivery (the message attributes
+    arrive as SQS message attributes)."""
+    return _subscribed_topic(queue, s3_endpoint, raw=True)
+
+
+@pytest.fixture
+def enveloping_topic(queue: tuple[Any, str], s3_endpoint: str) -> tuple[Any, str]:
+    """A topic ``queue`` is subscribed to as SNS subscribes by default, without raw message
+    delivery: each SQS message's body is SNS's JSON envelope, the message attributes inside."""
+    return _subscribed_topic(queue, s3_endpoint, raw=False)
 
 
 def test_sns_publishes_carry_the_trace_context_to_the_subscribers(
@@ -422,3 +435,192 @@ def test_sns_attribute_limit_and_the_callers_own_context(
     notes = [note for note in notes if "no room" in note]
     assert len(notes) == 3
     assert all("SNS message" in note for note in notes)
+
+
+# -- SNS without raw message delivery: the context is in the envelope the SQS body carries ------
+def test_sns_without_raw_delivery_the_consumer_continues_from_the_envelope(
+    enveloping_topic: tuple[Any, str], queue: tuple[Any, str], traced: None
+) -> None:
+    """A subscription without raw message delivery (SNS's default) delivers SNS's JSON envelope
+    as the SQS body, the message attributes inside it (``{"Type": "String", "Value": ...}``),
+    none as SQS message attributes: ``sqs_message_context`` reads the envelope's, and the
+    ReceiveMessage span links to the publishers (the body always comes back, no attribute
+    names need to be asked for)."""
+    from pitchey_trace.botocore import sqs_message_context
+
+    sns, arn = enveloping_topic
+    sqs, url = queue
+    with capture_spans() as mem:
+        with pt.span("checkout"), pt.set_baggage({"user.id": "u-42"}):
+            sns.publish(TopicArn=arn, Message="a", MessageAttributes={"tenant": _string("acme")})
+            sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[{"Id": "1", "Message": "b"}])
+        got: list[dict[str, Any]] = []
+        while len(got) < 2:
+            got += sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+            ).get("Messages", [])
+        baggage: list[str | None] = []
+        for message in sorted(got, key=lambda m: json.loads(m["Body"])["Message"]):
+            with pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message)):
+                baggage.append(pt.get_baggage("user.id"))
+    [publish] = mem.spans("SNS.Publish")
+    [batch] = mem.spans("SNS.PublishBatch")
+    # what moto delivers, as SNS does: the envelope, no SQS message attributes
+    assert [m.get("MessageAttributes") for m in got] == [None, None]
+    envelopes = [json.loads(m["Body"]) for m in got]
+    assert {e["Type"] for e in envelopes} == {"Notification"}
+    a = next(e for e in envelopes if e["Message"] == "a")
+    assert a["MessageAttributes"]["tenant"] == {"Type": "String", "Value": "acme"}
+    assert a["MessageAttributes"]["traceparent"]["Value"].split("-")[1:3] == [
+        publish["trace_id"],
+        publish["span_id"],
+    ]
+    processed = mem.spans("process")
+    assert [p["parent_span_id"] for p in processed] == [publish["span_id"], batch["span_id"]]
+    assert {p["trace_id"] for p in processed} == {publish["trace_id"]}
+    assert baggage == ["u-42", "u-42"]
+    links = [link for r in mem.spans("SQS.ReceiveMessage") for link in r["links"]]
+    assert sorted(link["span_id"] for link in links) == sorted([publish["span_id"], batch["span_id"]])
+
+
+#: An SQS message body as moto's server delivers it (captured; moto sorts the keys and indents).
+MOTO_ENVELOPE = """{
+  "Message": "hello",
+  "MessageAttributes": {
+    "n": {
+      "Type": "Number",
+      "Value": "3"
+    },
+    "traceparent": {
+      "Type": "String",
+      "Value": "00-abababababababababababababababab-cdcdcdcdcdcdcdcd-01"
+    }
+  },
+  "MessageId": "64788940-1d97-4a77-a746-2ec0fd5b9d1f",
+  "Signature": "MIyiAgrfLSAIeNZtkgSBwrDR5Bp8VYEjCcH9zdni/CuBNt2yLsss2lrKz0Tr4ru2DgQj0LxYIfRW2fe5LLWG==",
+  "SignatureVersion": "2",
+  "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-1acff32791504e768e1c5d8b9f74c181.pem",
+  "Subject": "subj",
+  "Timestamp": "2026-12-01T13:31:01.373Z",
+  "TopicArn": "arn:aws:sns:us-east-1:123456789012:t1",
+  "Type": "Notification",
+  "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:us-east-1:123456789012:t1:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55"
+}"""
+
+#: The layout AWS documents for an SQS subscriber without raw message delivery (and SQS bodies
+#: show): its own key order, ``" : "``, the attributes last, each on one line.
+AWS_ENVELOPE = """{
+  "Type" : "Notification",
+  "MessageId" : "1f4c2a6e-7b1d-5c3e-9a8f-0d2b4e6c8a10",
+  "TopicArn" : "arn:aws:sns:us-east-2:111122223333:orders",
+  "Message" : "{\\"order\\": 42, \\"Type\\": \\"Notification\\"}",
+  "Timestamp" : "2026-02-16T21:41:19.978Z",
+  "SignatureVersion" : "1",
+  "Signature" : "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4VbeS0QHVCkhRS7fUQvi2egU3N85==",
+  "SigningCertURL" : "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem",
+  "UnsubscribeURL" : "https://sns.us-east-2.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:us-east-2:111122223333:orders:e1039402-24e7-40a3-a0d4-797da162b297",
+  "MessageAttributes" : {
+    "tenant" : {"Type":"String","Value":"acme"},
+    "traceparent" : {"Type":"String","Value":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    "tracestate" : {"Type":"String","Value":"vendor=opaque-1"},
+    "baggage" : {"Type":"String","Value":"user.id=u-42"}
+  }
+}"""
+
+
+def test_sqs_message_context_reads_the_envelope_moto_and_aws_deliver() -> None:
+    from pitchey_trace.botocore import sqs_message_context
+
+    with swallowed_errors() as errors:
+        moto = sqs_message_context({"MessageId": "m1", "Body": MOTO_ENVELOPE})
+        aws = sqs_message_context({"MessageId": "m2", "Body": AWS_ENVELOPE, "MessageAttributes": {}})
+    assert errors == []
+    assert moto is not None
+    assert (moto.trace_id, moto.span_id) == (int("ab" * 16, 16), int("cd" * 8, 16))
+    assert aws is not None
+    assert (f"{aws.trace_id:032x}", f"{aws.span_id:016x}") == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+    )
+    assert aws.trace_state == (("vendor", "opaque-1"),)
+    assert dict(aws.baggage) == {"user.id": "u-42"}
+
+
+def test_sqs_message_context_prefers_the_messages_own_attributes() -> None:
+    """The message's own attributes win when they carry a context (a relay that sent the
+    envelope on as an SQS message with its own context); other attributes of its own do not
+    hide the envelope's."""
+    from pitchey_trace.botocore import sqs_message_context
+
+    own = f"00-{'12' * 16}-{'34' * 8}-01"
+    relayed = sqs_message_context({"Body": AWS_ENVELOPE, "MessageAttributes": {"traceparent": _string(own)}})
+    assert relayed is not None
+    assert relayed.span_id == int("34" * 8, 16)
+    tagged = sqs_message_context({"Body": AWS_ENVELOPE, "MessageAttributes": {"tenant": _string("acme")}})
+    assert tagged is not None
+    assert tagged.span_id == int("b7ad6b7169203331", 16)
+
+
+def _envelope(**changes: Any) -> str:
+    envelope = json.loads(AWS_ENVELOPE)
+    envelope.update(changes)
+    return json.dumps(envelope)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(None, id="no-body"),
+        pytest.param(b'{"Type": "Notification"}', id="bytes"),
+        pytest.param(" " + AWS_ENVELOPE, id="not-starting-with-brace"),
+        pytest.param(AWS_ENVELOPE.replace("Notification", "Note"), id="no-notification"),
+        pytest.param(AWS_ENVELOPE[:-1], id="truncated-json"),
+        pytest.param('{"Type": "Notification"} trailing', id="extra-data"),
+        pytest.param('{"Type": "Notification", "x": ' + "[" * 100_000, id="deeply-nested"),
+        pytest.param('{"Notification": [1, 2]}', id="no-type"),
+        pytest.param(_envelope(Type="SubscriptionConfirmation", Message="Notification"), id="other-type"),
+        pytest.param(_envelope(TopicArn=None), id="no-topic"),
+        pytest.param(_envelope(MessageAttributes=["traceparent"]), id="attributes-not-a-map"),
+        pytest.param(_envelope(MessageAttributes={"traceparent": "00-ab"}), id="value-not-a-map"),
+        pytest.param(
+            _envelope(MessageAttributes={"traceparent": {"Type": "Binary", "Value": "AAE="}}), id="binary"
+        ),
+        pytest.param(
+            _envelope(MessageAttributes={"traceparent": {"Type": "String", "Value": 7}}), id="not-str"
+        ),
+        pytest.param(
+            _envelope(MessageAttributes={"traceparent": _string(f"00-{'ab' * 16}-{'cd' * 8}-01")}),
+            id="sqs-shaped",
+        ),
+        pytest.param('"{"', id="json-string"),
+    ],
+)
+def test_sqs_message_context_is_none_for_what_is_no_envelope(body: Any) -> None:
+    from pitchey_trace.botocore import sqs_message_context
+
+    with swallowed_errors() as errors:
+        assert sqs_message_context({"Body": body}) is None
+    assert errors == []
+
+
+def test_sqs_message_context_does_not_parse_a_large_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An envelope is parsed only up to a size no SNS message in its envelope reaches (256 KiB,
+    its quotes escaped): a larger body, or one that cannot be an envelope, is never parsed."""
+    import pitchey_trace.botocore as module
+    from pitchey_trace.botocore import sqs_message_context
+
+    parsed: list[int] = []
+
+    def loads(text: str) -> Any:
+        parsed.append(len(text))
+        return json.loads(text)
+
+    monkeypatch.setattr(module, "_loads", loads)
+    large = _envelope(Message="x" * (module._MAX_ENVELOPE + 1))
+    assert sqs_message_context({"Body": large}) is None
+    assert sqs_message_context({"Body": "{" + "x" * 5_000_000 + "}"}) is None  # no "Notification"
+    assert sqs_message_context({"Body": "plain text, Notification"}) is None
+    assert parsed == []
+    fits = _envelope(Message="x" * (module._MAX_ENVELOPE - len(AWS_ENVELOPE) - 100))
+    assert sqs_message_context({"Body": fits}) is not None
+    assert parsed == [len(fits)]

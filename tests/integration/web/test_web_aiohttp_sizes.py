@@ -449,6 +449,187 @@ def test_a_client_gone_before_its_file_went_out_is_not_an_error(
     assert span["attributes"]["http.response.body.size"] == 0
 
 
+# -- an HTTP exception, or a client gone, after the stream started --------------------------------
+def started_app(**options: Any) -> web.Application:
+    app = web.Application()
+
+    def stream_that_raises(exc: Exception) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()  # a 200 stream: its headers and bytes go out
+            await response.prepare(request)
+            await response.write(BODY)
+            raise exc
+
+        return handler
+
+    async def not_found(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound()  # (nothing went out: aiohttp answers with it)
+
+    app.router.add_get("/started-not-found", stream_that_raises(web.HTTPNotFound()))
+    app.router.add_get("/started-forbidden", stream_that_raises(web.HTTPForbidden()))
+    app.router.add_get("/started-unavailable", stream_that_raises(web.HTTPServiceUnavailable()))
+    app.router.add_get("/backend-reset", stream_that_raises(ConnectionResetError("backend reset")))
+    app.router.add_get("/not-found", not_found)
+    return init_aiohttp(app, **options)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("header", ["X-Trace-Id", None], ids=["prepare-handler", "no-correlation-header"])
+def test_an_http_exception_after_the_stream_started_records_what_went_out(
+    serve_aiohttp: Any, wait_for: Any, logs: Any, header: str | None
+) -> None:
+    """aiohttp answers an ``HTTPException`` with the exception itself: raised after a stream's
+    headers went out, that second response (its status line, headers and body) lands in the
+    first one's body. The client got the stream's status and a corrupted body: that status is
+    recorded (span, audit; no security event for a 403 the client never got), and the span
+    is an error whatever the exception's status, as for any exception after the start. The
+    body size is the bytes that followed the headers through the writer, the exception's
+    body included (its status line and headers are not counted, as no response's are)."""
+    logs("aiohttp.server")
+    paths = ["/started-not-found", "/started-forbidden", "/started-unavailable"]
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(started_app(trace_id_header=header))
+        statuses: list[int] = []
+        for path in paths:
+            with httpx.Client() as client, client.stream("GET", f"{url}{path}") as r:
+                statuses.append(r.status_code)
+                with pytest.raises(httpx.HTTPError):  # (the second response is no chunk)
+                    r.read()
+        with httpx.Client() as client:
+            unwritten = client.get(f"{url}/not-found")
+        spans = spans_in_order(exporter, 4, wait_for)
+        audits = wait_for(lambda: len(exporter.of_type("audit")) >= 4 and exporter.of_type("audit"))
+    assert errors == []
+    assert statuses == [200, 200, 200]
+    *started, unwritten_span = spans
+    for span, (name, body) in zip(
+        started,
+        [
+            ("HTTPNotFound", "404: Not Found"),
+            ("HTTPForbidden", "403: Forbidden"),
+            ("HTTPServiceUnavailable", "503: Service Unavailable"),
+        ],
+        strict=True,
+    ):
+        assert span["status"] == "error"
+        assert span["attributes"]["error.type"] == name
+        assert span["attributes"]["http.response.status_code"] == 200
+        assert span["attributes"]["http.response.body.size"] == len(BODY) + len(body)
+    # raised before anything went out: the exception is the response
+    assert unwritten.status_code == 404
+    assert unwritten_span["status"] == "unset"
+    assert unwritten_span["attributes"]["http.response.status_code"] == 404
+    assert unwritten_span["attributes"]["http.response.body.size"] == len(unwritten.content)
+    assert sorted((a["category"], a["action"], a["outcome"]) for a in audits) == [
+        ("request", "GET /not-found", "404"),
+        ("request", "GET /started-forbidden", "200"),
+        ("request", "GET /started-not-found", "200"),
+        ("request", "GET /started-unavailable", "200"),
+    ]
+
+
+def test_a_connection_error_of_the_handlers_own_is_an_error(
+    serve_aiohttp: Any, wait_for: Any, logs: Any
+) -> None:
+    """A ``ConnectionError`` that did not come from the response's writer (the handler's own
+    call to a backend failed) is an error of the server, with the status that went out."""
+    logs("aiohttp.server")
+    with capture_spans() as exporter:
+        url = serve_aiohttp(started_app())
+        with httpx.Client() as client, client.stream("GET", f"{url}/backend-reset") as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.HTTPError):
+                r.read()
+        (span,) = spans_in_order(exporter, 1, wait_for)
+    assert span["status"] == "error"
+    assert span["attributes"]["error.type"] == "ConnectionResetError"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert span["attributes"]["http.response.body.size"] == len(BODY)
+
+
+def gone_app(handling: Any) -> web.Application:
+    app = web.Application()
+    chunk = b"y" * 65536
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1 << 40  # (a long download: no chunked framing)
+        await response.prepare(request)
+        for _ in range(1_000_000):  # until the client goes: a write fails, the error escapes
+            await response.write(chunk)
+        return response
+
+    async def gone_then_backend_fails(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1 << 40
+        await response.prepare(request)
+        try:
+            for _ in range(1_000_000):
+                await response.write(chunk)
+        except ConnectionError:
+            pass  # the client went away: the handler carries on with its own work, which fails
+        raise ConnectionRefusedError("backend refused")
+
+    async def gone_at_eof(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(BODY)
+        handling.set()
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.01)  # (until aiohttp has seen the client go)
+        await response.write_eof()  # fails: the client is gone
+        return response
+
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/gone-then-backend-fails", gone_then_backend_fails)
+    app.router.add_get("/gone-at-eof", gone_at_eof)
+    return init_aiohttp(app)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("path", ["/endless", "/gone-at-eof"])
+def test_a_client_gone_mid_stream_is_not_a_server_error(
+    serve_aiohttp: Any, wait_for: Any, logs: Any, path: str
+) -> None:
+    """The client resets the connection while the handler streams: the handler's ``write`` (or
+    ``write_eof``) raises aiohttp's ``ClientConnectionResetError`` (a ``ConnectionResetError``)
+    and the handler lets it escape. As for a file cut short: not an error of the server, the
+    status the stream went out with, the body bytes it had sent."""
+    import threading
+
+    logs("aiohttp.server")
+    handling = threading.Event()
+    with capture_spans() as exporter, swallowed_errors() as errors:
+        url = serve_aiohttp(gone_app(handling))
+        read = _read_some_then_reset(url, path, 256 * 1024 if path == "/endless" else len(BODY))
+        (span,) = spans_in_order(exporter, 1, wait_for)
+        [audit] = wait_for(lambda: exporter.of_type("audit"))
+    assert errors == []
+    assert span["status"] == "unset"
+    assert "error.type" not in span["attributes"]
+    assert span["events"] == []
+    assert span["attributes"]["http.response.status_code"] == 200
+    sent = span["attributes"]["http.response.body.size"]
+    if path == "/endless":
+        assert read <= sent < 1 << 40
+    else:
+        assert sent == len(BODY)  # (chunked: the bytes read include its framing)
+    assert audit["outcome"] == "200"
+
+
+def test_a_connection_error_after_the_client_went_is_still_the_handlers(
+    serve_aiohttp: Any, wait_for: Any, logs: Any
+) -> None:
+    """The writer failed (the client went away), the handler caught that and went on, and its
+    own backend call failed: that ``ConnectionError`` is not the writer's, so it is an error."""
+    logs("aiohttp.server")
+    with capture_spans() as exporter:
+        url = serve_aiohttp(gone_app(None))
+        _read_some_then_reset(url, "/gone-then-backend-fails", 256 * 1024)
+        (span,) = spans_in_order(exporter, 1, wait_for)
+    assert span["status"] == "error"
+    assert span["attributes"]["error.type"] == "ConnectionRefusedError"
+    assert span["attributes"]["http.response.status_code"] == 200
+
+
 #: 100 kB that compress to about 45: zlib hands out compressed bytes as the writes go.
 TEXT = bytes(random.Random(7).choices(b"pitch deck ", k=100_000))
 
