@@ -270,6 +270,12 @@ def _attribute_value(attributes: Any, name: str) -> Any:
     return value.get("StringValue") if isinstance(value, Mapping) else None
 
 
+def _event_attribute_value(attributes: Any, name: str) -> Any:
+    """An attribute of an SQS record of a Lambda event (``stringValue``, camel case)."""
+    value = attributes.get(name)
+    return value.get("stringValue") if isinstance(value, Mapping) else None
+
+
 def _envelope_value(attributes: Any, name: str) -> Any:
     """An attribute of an SNS envelope: ``{"Type": "String", "Value": "..."}`` (a Binary one's
     value is base64 text: not read)."""
@@ -308,7 +314,8 @@ def sqs_message_context(message: Any) -> TraceContext | None:
     """The trace context an SQS message carries (as :func:`instrument_botocore` sends it), for
     the span that processes it:
     ``pt.span("process", kind=pt.SpanKind.CONSUMER, context=sqs_message_context(message))``.
-    ``message`` is one of ``receive_message(...)["Messages"]``. Read from its message
+    ``message`` is one of ``receive_message(...)["Messages"]``, or one of the ``Records`` of
+    the SQS event a Lambda function is invoked with. Read from its message
     attributes (sent to SQS, or published to an SNS topic the queue is subscribed to with raw
     message delivery): ask for them (``MessageAttributeNames=["All"]``, or ``traceparent``,
     ``tracestate``, ``baggage``), SQS returns none otherwise. When they have none, from the
@@ -320,11 +327,16 @@ def sqs_message_context(message: Any) -> TraceContext | None:
         if not isinstance(message, Mapping):
             return None
         attributes = message.get("MessageAttributes")
+        body_key = "Body"
+        getter = _attribute_value
+        if attributes is None and "messageAttributes" in message:
+            # a record of the SQS event a Lambda function gets (camel-case keys)
+            attributes, body_key, getter = message["messageAttributes"], "body", _event_attribute_value
         if isinstance(attributes, Mapping) and attributes:
-            context = extract(attributes, _attribute_value)
+            context = extract(attributes, getter)
             if context is not None:
                 return context
-        attributes = _envelope_attributes(message.get("Body"))
+        attributes = _envelope_attributes(message.get(body_key))
         return None if attributes is None else extract(attributes, _envelope_value)
     except Exception as exc:
         _safety.report("botocore.sqs", exc)

@@ -546,6 +546,34 @@ def test_sqs_message_context_reads_the_envelope_moto_and_aws_deliver() -> None:
     assert dict(aws.baggage) == {"user.id": "u-42"}
 
 
+def test_sqs_message_context_reads_the_records_of_a_lambda_sqs_event() -> None:
+    """A Lambda function fed by SQS gets records with camel-case keys (``messageAttributes``
+    with ``stringValue``, ``body``): the same contexts come from them."""
+    from pitchey_trace.botocore import sqs_message_context
+
+    sent = f"00-{'12' * 16}-{'34' * 8}-01"
+    direct = {
+        "messageId": "m1",
+        "body": "order 7",
+        "eventSource": "aws:sqs",
+        "messageAttributes": {
+            "traceparent": {"stringValue": sent, "dataType": "String", "stringListValues": []},
+            "baggage": {"stringValue": "user.id=u-7", "dataType": "String"},
+        },
+    }
+    via_sns = {"messageId": "m2", "body": AWS_ENVELOPE, "messageAttributes": {}, "eventSource": "aws:sqs"}
+    with swallowed_errors() as errors:
+        first, second = sqs_message_context(direct), sqs_message_context(via_sns)
+        bare = sqs_message_context({"messageId": "m3", "body": "x", "messageAttributes": {"a": 1}})
+    assert errors == []
+    assert first is not None
+    assert first.span_id == int("34" * 8, 16)
+    assert dict(first.baggage) == {"user.id": "u-7"}
+    assert second is not None
+    assert f"{second.span_id:016x}" == "b7ad6b7169203331"
+    assert bare is None
+
+
 def test_sqs_message_context_prefers_the_messages_own_attributes() -> None:
     """The message's own attributes win when they carry a context (a relay that sent the
     envelope on as an SQS message with its own context); other attributes of its own do not
