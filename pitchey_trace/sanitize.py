@@ -455,8 +455,9 @@ def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detect
     (``Password=...;``), ``Cookie:`` header lines, and ``Authorization:`` /
     ``Proxy-Authorization:`` / ``auth:`` header lines whole, whatever the scheme (to the end of
     the line). ``Authorization=`` / ``auth=`` values lose the credential after the scheme word
-    too (``Authorization=NTLM ...``, ``auth=Digest a="b", c="d"``). Numbers, lists and tuples of
-    a JSON or repr member become a quoted marker, so the document stays valid."""
+    too (``Authorization=NTLM ...``, ``auth=Digest a="b", c="d"``). Numbers, lists, maps (nested
+    ones whole) and tuples of a JSON or repr member become a quoted marker, so the document stays
+    valid; booleans stay, as key rules keep them."""
     return _detector("secret_params", mode, marker)
 
 
@@ -614,7 +615,7 @@ _FRAGMENTS: dict[str, str] = {
     # (at least 7 units), classified in Python. One run per number, so a candidate that fails
     # (an order number failing Luhn) can never hide a real one next to it. Not inside a decimal
     # number (after "3."), but after any other "." ("No.4111...").
-    "num": r"(?<![A-Za-z0-9])(?<![0-9]\.)(?P<num>[+(]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
+    "num": r"(?<![A-Za-z0-9])(?<![0-9]\.)(?P<num>[+(\-]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
 }
 # Kept verbatim: hashes and markers we produced (their hex digits, or the part partial mode kept,
 # must not be re-detected: "[REDACTED ****pwd=abcd]" is no "pwd=" pair). A marker's kept part is
@@ -642,6 +643,22 @@ _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
 # bracket or brace, or a quote with the backslashes before it (a run starts at its first one).
 _LIST_STOP = re.compile(r"[\[\]{}]|(?<!\\)\\*[\"']")
 _LIST_MAX = 4096
+_NEST_MAX = 32  # levels of a member value whose brackets are matched (_member_value_end)
+# Where a member value cut at _LIST_MAX may end: after the word, number or escape there.
+_UNTIL_TOKEN = re.compile(r"[^\[\]{}\"'\\,\s]*")
+# A value of a JSON array (or Python list) before a card number in it; the separators between.
+_SP = r"(?:[ \t\r\n]|\\{1,7}[rnt])*"
+_ELEMENT = (
+    r"(?:-?[0-9]+(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?|true|false|null|True|False|None"
+    r"|\\{0,7}\"[^\"\\\r\n]*\\{0,7}\"|'[^'\\\r\n]*')"
+)
+_ELEMENTS_FIRST = re.compile(rf"{_SP}{_ELEMENT}{_SP}(?:,{_SP}{_ELEMENT}{_SP})*")  # after "["
+_ELEMENTS_NEXT = re.compile(rf"{_SP}(?:,{_SP}{_ELEMENT}{_SP})*")  # after a masked element
+_ELEMENT_WINDOW = 512  # how far back the "[" of an array is looked for
+# A JSON number: the fraction after the digits the card scan saw, the exponent after them.
+_FRACTION = re.compile(r"\.[0-9]+")
+_EXPONENT = re.compile(r"[eE][+\-]?[0-9]{1,4}")
+_BOOLEANS = frozenset({"true", "false", "True", "False"})
 _FLAT_TUPLE = re.compile(r"\([^()\[\]{}\r\n]{0,4096}\)")  # auth=('user', 'pass')
 # Authorization schemes written before a credential (RFC 7235 and common vendor schemes).
 _SCHEMES = r"bearer|basic|token|digest|ntlm|negotiate|apikey|api-key|sharedkey|ssws|aws4-hmac-sha256|aws|dpop"
@@ -891,38 +908,90 @@ def _name_quote(sep: str) -> str:
     return "\\" * (len(run) - len(run.rstrip("\\"))) + q
 
 
-def _member_list_end(text: str, pos: int, nesting: int) -> int:
-    """The end of the flat list opened at ``pos`` as a JSON / repr member value whose strings are
-    quoted with ``nesting`` backslashes (JSON inside a JSON string), skipping its strings, which
-    may hold brackets (``["]"]``); -1 for a nested list or map, or none within _LIST_MAX
-    characters."""
+def _member_value_end(text: str, pos: int, nesting: int) -> tuple[int, bool]:
+    """Where the list or map opened at ``pos`` as a JSON / repr member value ends, its strings
+    quoted with ``nesting`` backslashes (JSON inside a JSON string), skipping those strings (they
+    may hold brackets: ``["]"]``): ``(end, True)``. The scan is bounded: past _LIST_MAX
+    characters, at a bracket that does not match, a string left open at the end of its line, or
+    the end of the string that holds the document, it stops at a safe point, outside any string
+    of the value: ``(there, False)``. Every character looked at is before the point returned (a
+    string is followed to its end even past the limit), so masking up to it keeps the scan
+    linear. The kinds of the first _NEST_MAX levels are checked; deeper ones are only counted."""
     limit = min(len(text), pos + _LIST_MAX)
+    closers = ["]" if text[pos] == "[" else "}"]
+    depth = 1
+    search = _LIST_STOP.search
     at = pos + 1
     while True:
-        stop = _LIST_STOP.search(text, at, limit)
-        if stop is None:
-            return -1
+        stop = search(text, at, limit)
+        if stop is None:  # the limit: to the end of the word, number or backslash run there
+            word = _UNTIL_TOKEN.match(text, limit)
+            return (word.end() if word is not None else limit), False
         piece = stop.group()
-        if piece == "]":
-            return stop.end()
-        if len(piece) == 1 and piece in "[{}":
-            return -1
-        if len(piece) - 1 != nesting:
+        ch = piece[-1]
+        if ch == "[" or ch == "{":
+            depth += 1
+            if depth <= _NEST_MAX:
+                closers.append("]" if ch == "[" else "}")
+            at = stop.end()
+            continue
+        if ch == "]" or ch == "}":
+            if depth <= _NEST_MAX and closers.pop() != ch:
+                return stop.start(), False
+            depth -= 1
+            if not depth:
+                return stop.end(), True
+            at = stop.end()
+            continue
+        run = len(piece) - 1
+        if run < nesting:
+            return stop.start(), False  # the string holding the document ends
+        if run != nesting:
             at = stop.end()  # an escaped quote outside a string: a character like another
             continue
         # a string: skip to its closing quote, on the same line
-        quote = piece[-1]
-        closed = -1
-        for end in _QUOTE_STOP[quote].finditer(text, stop.end(), limit):
+        for end in _QUOTE_STOP[ch].finditer(text, stop.end()):
             run = end.end() - end.start() - 1
             if text[end.start()] in "\r\n" or run < nesting:
-                break  # a line break, or the enclosing string ends: not closed
+                return end.start(), False  # a line break, or the enclosing string ends
             if _closes(run, nesting):
-                closed = end.end()
+                at = end.end()
                 break
-        if closed < 0:
-            return -1
-        at = closed
+        else:
+            return len(text), False
+
+
+def _array_quote(text: str, bracket: int) -> str:
+    """The quote a JSON array opened at ``bracket`` writes its strings in, when known: that of
+    the member it is the value of (``"cards": [``, ``\\"cards\\": [``), ``"`` for an array
+    that starts the text or a string (``"[...`` inside a JSON string: ``\\"``); else ''."""
+    before = _MEMBER_BEFORE.search(text, max(0, bracket - 16), bracket)
+    if before is not None:
+        return before.group(1)
+    if bracket == 0 or (bracket < 64 and text[:bracket].isspace()):
+        return '"'
+    q = text[bracket - 1]
+    if q == "'":
+        return '"'  # a Python string holding JSON
+    if q != '"':
+        return ""
+    run = bracket - 1
+    while run > 0 and bracket - 1 - run < 8 and text[run - 1] == "\\":
+        run -= 1
+    nesting = bracket - 1 - run
+    return "\\" * (2 * nesting + 1) + '"' if nesting in (0, 1, 3) else ""
+
+
+def _value_before(text: str, start: int) -> tuple[str, int]:
+    """The character before the JSON value at ``start`` (whitespace and escaped line breaks or
+    tabs skipped, within 64 characters) and its position; ('', -1) when there is none."""
+    first = max(0, start - 64)
+    seg = text[first:start].rstrip(" \t\r\n")
+    while seg and seg[-1] in "rnt" and seg[-2:-1] == "\\":  # (JSON inside a JSON string)
+        seg = seg[:-1].rstrip("\\").rstrip(" \t\r\n")
+    if not seg:
+        return "", -1
+    return seg[-1], first + len(seg) - 1
 
 
 def _auth_value_end(text: str, pos: int) -> int:
@@ -990,6 +1059,8 @@ class _Engine:
             "num": self._num,
         }
         self._kv_names: dict[str, int] = {}
+        # The text, end and quote of the last JSON array element masked (see _element_quote).
+        self._last_element: tuple[str, int, str] | None = None
         self.card = detectors.get("cards")
         self.ssn = detectors.get("ssns")
         self.phone = detectors.get("phones")
@@ -1028,6 +1099,8 @@ class _Engine:
                     if m is not None:
                         continue
             m = search(text, resume if resume > start else start + 1)
+        if self._last_element is not None:
+            self._last_element = None  # (holds the text)
         if not out:
             return text
         out.append(text[last:])
@@ -1086,18 +1159,25 @@ class _Engine:
         # Decide from the first character before matching a value of unbounded length: every
         # path that leaves the value alone must cost O(1), or hostile repeats turn quadratic.
         first = text[pos]
-        if first == "{":
-            return None  # a nested map: its own names are checked as scanning goes on
-        if first == "[":
-            q = _name_quote(sep)  # a JSON list becomes a JSON string: "token": "[REDACTED]"
+        if first == "{" or first == "[":
+            q = _name_quote(sep)
             if q:
-                end = _member_list_end(text, pos, len(q) - 1)
-            else:
-                flat = _FLAT_LIST.match(text, pos)
-                end = flat.end() if flat is not None else -1
-            if end < 0 or _RENDERED.fullmatch(text, pos, end):
+                # A JSON / repr member: its list or map goes whole, nested ones too, and
+                # becomes a JSON string: "token": "[REDACTED]". Bounded: a value too long or too
+                # deep is masked up to a safe point (what follows is scanned as usual).
+                end, closed = _member_value_end(text, pos, len(q) - 1)
+                if closed:
+                    if _RENDERED.fullmatch(text, pos, end):
+                        return None  # our own marker
+                    return self._kv_unquoted(m, text[pos:end], end)
+                rendered = self._render("secret_params", text[pos:end])
+                return f"{m.group('kv_name')}{sep}{q}{rendered}{q}", end
+            if first == "{":
+                return None  # a map after "=": its own names are checked as scanning goes on
+            flat = _FLAT_LIST.match(text, pos)
+            if flat is None or _RENDERED.fullmatch(flat.group()):
                 return None  # nested lists, or our own marker
-            return self._kv_unquoted(m, text[pos:end], end)
+            return self._kv_unquoted(m, flat.group(), flat.end())
         if first == "\\":
             opened = _ESC_OPEN.match(text, pos)
             if opened is not None and len(opened.group(1)) in _NESTING:
@@ -1145,6 +1225,8 @@ class _Engine:
         q = _name_quote(sep)
         if q and not _MEMBER_AFTER.match(m.string, end):
             q = ""
+        if q and value in _BOOLEANS:
+            return None  # a JSON / repr boolean stays, as a bool attribute value does
         rendered = self._render("secret_params", value)
         return f"{m.group('kv_name')}{sep}{q}{rendered}{q}", end
 
@@ -1239,13 +1321,60 @@ class _Engine:
             i = j + 1
         if not out:
             return None
-        if len(out) == 2 and not out[0] and pos == len(text):
-            # One secret and nothing else, e.g. a card written as a JSON number: keep JSON valid.
-            q = _member_quote(m.string, m.start(), m.end())
-            if q:
-                return f"{q}{out[1]}{q}", m.end()
+        if (
+            len(out) == 2
+            and (not out[0] or out[0] == "-")
+            and (pos == len(text) or _FRACTION.fullmatch(text, pos))
+        ):
+            # One secret and nothing else, e.g. a card written as a JSON number (maybe negative,
+            # maybe a float): as a member value or an array element, keep JSON valid.
+            quoted = self._json_number(m, out[1])
+            if quoted is not None:
+                return quoted
         out.append(text[pos:])
         return "".join(out), m.end()
+
+    def _json_number(self, m: re.Match[str], rendered: str) -> _Hit:
+        """``rendered`` in quotes, replacing the number ``m`` (and its exponent), when that is a
+        JSON (or repr) member value (``{"pan": 4111111111111111}``) or array element
+        (``[4111111111111111, 5500000000000004]``) whose quote is known; else None."""
+        text = m.string
+        start = m.start()
+        end = m.end()
+        exponent = _EXPONENT.match(text, end)
+        if exponent is not None:
+            end = exponent.end()
+        if not _MEMBER_AFTER.match(text, end):
+            return None
+        q = _member_quote(text, start, end)
+        if not q:
+            q = self._element_quote(text, start)
+            if not q:
+                return None
+            self._last_element = (text, end, q)
+        return f"{q}{rendered}{q}", end
+
+    def _element_quote(self, text: str, start: int) -> str:
+        """The quote of the JSON array whose element starts at ``start``, if it is one: after
+        its "[", or after a "," preceded by elements back to that "[" (within _ELEMENT_WINDOW
+        characters) or to the last element masked (so long arrays of cards chain); else ''."""
+        before, at = _value_before(text, start)
+        if before == "[":
+            return _array_quote(text, at)
+        if before != ",":
+            return ""
+        last = self._last_element
+        if (
+            last is not None
+            and last[0] is text
+            and at - _ELEMENT_WINDOW <= last[1] <= at
+            and _ELEMENTS_NEXT.fullmatch(text, last[1], at)
+        ):
+            return last[2]
+        bracket = text.rfind("[", max(0, at - _ELEMENT_WINDOW), at)
+        if bracket < 0 or not _ELEMENTS_FIRST.fullmatch(text, bracket + 1, at):
+            return ""
+        return _array_quote(text, bracket)
 
     def _match_at(
         self,
