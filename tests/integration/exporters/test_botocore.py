@@ -190,6 +190,24 @@ def _ids(attributes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _assert_one_and_a_batch_carry(
+    received: list[dict[str, Any]], single: dict[str, Any], batch: dict[str, Any]
+) -> None:
+    """The three messages the SQS and SNS send tests receive: one sent alone with the caller's
+    ``tenant`` attribute, then a batch of two, the second with the caller's ``kind``; each
+    with its call's context and the baggage, the caller's attributes kept."""
+    a, b1, b2 = received
+    assert _ids(a["MessageAttributes"]) == {
+        "tenant": _string("acme"),
+        "traceparent": _string(_traceparent(single)),
+        "baggage": _string("user.id=u-42"),
+    }
+    for message in (b1, b2):  # every message of a batch, with the batch call's context
+        assert _ids(message["MessageAttributes"])["traceparent"] == _string(_traceparent(batch))
+        assert message["MessageAttributes"]["baggage"] == _string("user.id=u-42")
+    assert b2["MessageAttributes"]["kind"] == _string("invoice")
+
+
 def test_sqs_sends_carry_the_trace_context_in_message_attributes(
     queue: tuple[Any, str], traced: None
 ) -> None:
@@ -202,16 +220,7 @@ def test_sqs_sends_carry_the_trace_context_in_message_attributes(
             client.send_message_batch(QueueUrl=url, Entries=[{"Id": "1", "MessageBody": "b1"}, entry])
     send, batch, _checkout = mem.spans()
     assert (send["name"], batch["name"]) == ("SQS.SendMessage", "SQS.SendMessageBatch")
-    a, b1, b2 = _receive_all(client, url, 3)
-    assert _ids(a["MessageAttributes"]) == {
-        "tenant": _string("acme"),
-        "traceparent": _string(_traceparent(send)),
-        "baggage": _string("user.id=u-42"),
-    }
-    for message in (b1, b2):  # every message of a batch, with the batch call's context
-        assert _ids(message["MessageAttributes"])["traceparent"] == _string(_traceparent(batch))
-        assert message["MessageAttributes"]["baggage"] == _string("user.id=u-42")
-    assert b2["MessageAttributes"]["kind"] == _string("invoice")
+    _assert_one_and_a_batch_carry(_receive_all(client, url, 3), send, batch)
     # the caller's objects are left as they were (a reused dict never carries a stale context)
     assert mine == {"tenant": _string("acme")}
     assert entry["MessageAttributes"] == {"kind": _string("invoice")}
@@ -381,15 +390,7 @@ def test_sns_publishes_carry_the_trace_context_to_the_subscribers(
                 pass
     [publish] = mem.spans("SNS.Publish")
     [batch] = mem.spans("SNS.PublishBatch")
-    assert _ids(a["MessageAttributes"]) == {
-        "tenant": _string("acme"),
-        "traceparent": _string(_traceparent(publish)),
-        "baggage": _string("user.id=u-42"),
-    }
-    for message in (b1, b2):  # every message of a batch, with the batch call's context
-        assert _ids(message["MessageAttributes"])["traceparent"] == _string(_traceparent(batch))
-        assert message["MessageAttributes"]["baggage"] == _string("user.id=u-42")
-    assert b2["MessageAttributes"]["kind"] == _string("invoice")
+    _assert_one_and_a_batch_carry([a, b1, b2], publish, batch)
     processed = mem.spans("process")
     assert [p["parent_span_id"] for p in processed] == [publish["span_id"]] + [batch["span_id"]] * 2
     assert {p["trace_id"] for p in processed} == {publish["trace_id"]}
