@@ -457,7 +457,8 @@ def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detect
     the line). ``Authorization=`` / ``auth=`` values lose the credential after the scheme word
     too (``Authorization=NTLM ...``, ``auth=Digest a="b", c="d"``). Numbers, lists, maps (nested
     ones whole) and tuples of a JSON or repr member become a quoted marker, so the document stays
-    valid; booleans stay, as key rules keep them."""
+    valid; booleans stay, as key rules keep them. After ``=`` (or an unquoted ``name:``) a flat
+    list, tuple or map on one line goes whole (``password={hunter2}`` -> ``password=[REDACTED]``)."""
     return _detector("secret_params", mode, marker)
 
 
@@ -639,6 +640,9 @@ _ORDER = (
 _DIGITS = re.compile(r"[0-9]+")
 _KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
 _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
+# A map after a secret name in the "=" form or in "name: " text (password={hunter2},
+# token={"a": 1}, secret: {a: b}): one line, no nested map or list, bounded.
+_FLAT_MAP = re.compile(r"\{[^{}\[\]\r\n]{0,4096}\}")
 # In the list of a JSON / repr member (maybe indented, maybe JSON inside a JSON string): a
 # bracket or brace, or a quote with the backslashes before it (a run starts at its first one).
 _LIST_STOP = re.compile(r"[\[\]{}]|(?<!\\)\\*[\"']")
@@ -1172,11 +1176,13 @@ class _Engine:
                     return self._kv_unquoted(m, text[pos:end], end)
                 rendered = self._render("secret_params", text[pos:end])
                 return f"{m.group('kv_name')}{sep}{q}{rendered}{q}", end
-            if first == "{":
-                return None  # a map after "=": its own names are checked as scanning goes on
-            flat = _FLAT_LIST.match(text, pos)
+            # After "=" (or an unquoted "name: "), free text: a flat list or map goes whole and
+            # the marker is written bare, password={hunter2} user=bob -> password=[REDACTED]
+            # user=bob. A nested or multi-line one is left for its own names, which are checked
+            # as scanning goes on (bounded, so hostile repeats stay linear).
+            flat = (_FLAT_MAP if first == "{" else _FLAT_LIST).match(text, pos)
             if flat is None or _RENDERED.fullmatch(flat.group()):
-                return None  # nested lists, or our own marker
+                return None  # nested lists or maps, or our own marker
             return self._kv_unquoted(m, flat.group(), flat.end())
         if first == "\\":
             opened = _ESC_OPEN.match(text, pos)

@@ -4,7 +4,8 @@
 ``[REDACTED]``), and partial mode changing its own output on a second pass (secrets ending in
 ``=``); then cards in JSON arrays or written as negative / float numbers (a bare ``[CARD]``),
 nested lists and maps under secret names (left for their own names), and booleans under secret
-names (masked in text, kept by key rules)."""
+names (masked in text, kept by key rules); then maps after a secret name in the ``=`` form
+(``password={hunter2}``, left for their own names)."""
 
 from __future__ import annotations
 
@@ -728,3 +729,84 @@ def test_booleans_under_secret_names_stay_as_in_key_rules() -> None:
     assert json.loads(SAN.scrub('{"password": "true"}')) == {"password": "[REDACTED]"}
     assert SAN.scrub("password=true") == "password=[REDACTED]"
     assert SAN.scrub("password_set=true") == "password_set=true"
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. a flat map after a secret name in the "=" form (and "name: " text) goes whole, as a list does
+
+_EQ_MAPS = [
+    ("password={hunter2}", "password=[REDACTED]"),
+    ('token={"a": 1}', "token=[REDACTED]"),
+    ("secret={a: b, c: d}", "secret=[REDACTED]"),
+    ("password={x} user=bob", "password=[REDACTED] user=bob"),
+    (
+        "level=warn credentials={user: bob, pin: 1234} request_id=42",
+        "level=warn credentials=[REDACTED] request_id=42",
+    ),
+    ('GET /cb?token={"u":"bob"}&page=2', "GET /cb?token=[REDACTED]&page=2"),
+    ("Session(auth={'user': 'bob'}, n=1)", "Session(auth=[REDACTED], n=1)"),
+    ("api_key={ bob }\nuser=eve", "api_key=[REDACTED]\nuser=eve"),
+    # "name: " text (YAML-ish, logs): the same path
+    ("password: {hunter2}", "password: [REDACTED]"),
+    ("secret: {a: b, c: d}\nname: web", "secret: [REDACTED]\nname: web"),
+    # URL-encoded: found in the decoded form
+    ("/cb?password=%7Bhunter2%7D&page=2", "/cb?password=[REDACTED]&page=2"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), _EQ_MAPS)
+def test_maps_after_secret_names_in_the_equals_form_are_masked_whole(text: str, expected: str) -> None:
+    out = SAN.scrub(text)
+    assert out == expected
+    for secret in ("hunter2", "bob", '"a": 1', "a: b", "c: d", "pin"):
+        assert secret not in out.replace("user=bob", "")
+    assert SAN.scrub(out) == out
+
+
+@pytest.mark.parametrize("text", ["user={bob} page=2", "sort={name: asc}", "tags={a, b} n=1"])
+def test_maps_after_other_names_are_unchanged(text: str) -> None:
+    assert SAN.scrub(text) == text
+
+
+def test_a_quoted_map_like_string_is_masked_as_a_string() -> None:
+    assert SAN.scrub('"password": "{hunter2}"') == '"password": "[REDACTED]"'
+    assert SAN.scrub("password='{hunter2}' user=bob") == "password='[REDACTED]' user=bob"
+
+
+def test_maps_after_secret_names_that_are_not_flat_keep_the_inner_name_rules() -> None:
+    # Nested or multi-line maps after "=" are not matched whole (bounded, one-line, flat only):
+    # their own secret names are still masked as scanning goes on.
+    assert "hunter2" not in SAN.scrub("secret={a: {password: hunter2}}")
+    assert "hunter2" not in SAN.scrub("secret={\n  password=hunter2\n}")
+
+
+@pytest.mark.parametrize("san", _SANITIZERS, ids=_SAN_IDS)
+@pytest.mark.parametrize(
+    "text", [t for t, _ in _EQ_MAPS] + ["token={abcdefghijklmnopqrstuvwxyz==}", "password={}"]
+)
+def test_maps_after_secret_names_in_every_mode(san: Sanitizer, text: str) -> None:
+    once = san.scrub(text)
+    assert "hunter2" not in once
+    assert "abcdefghijklmnop" not in once
+    assert "={" not in once
+    assert ": {" not in once
+    assert san.scrub(once) == once
+
+
+def test_a_map_after_a_secret_name_longer_than_the_bound_is_left_for_its_own_names() -> None:
+    text = "password={" + "x" * 5000 + ", token: abc123} user=bob"
+    out = SAN.scrub(text)
+    assert "abc123" not in out
+    assert out.endswith("user=bob")
+    assert SAN.scrub(out) == out
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["password={", "password={a", "password={a}", "password={a ", "token={}{", "x password={" + "a" * 64],
+)
+def test_maps_after_secret_names_stay_linear(shape: str) -> None:
+    # (no timing threshold: this must simply finish, as in test_hostile_megabyte_strings)
+    text = shape * (1_000_000 // len(shape))
+    out = SAN.scrub(text)
+    assert SAN.scrub(out) == out
