@@ -16,7 +16,9 @@ the status it settled on (404 for a missing file, 304, 206...); a client that go
 mid-file, or mid-stream (the ``ConnectionError`` the response's writer raised escaping the
 handler), is not an error of the server. An unhandled exception's span ends once aiohttp has
 sent its own error page (500, 504 for a ``TimeoutError``), or has dropped the connection of a
-response that had started: then with the status that response went out with. So does an
+response that had started: then with the status that response went out with (a handler
+cancelled as its client goes away, ``handler_cancellation=True``, keeps it too: aborted, with
+the status and the bytes that went out). So does an
 ``HTTPException`` raised after the response started (aiohttp writes the exception's response
 into that one's body): the status that went out, an error.
 ``http.response.body.size`` is the body bytes sent: compressed ones when aiohttp compresses,
@@ -201,6 +203,13 @@ def aiohttp_middleware(
             raise
         except BaseException as exc:  # cancelled (the client went away): aborted, not an error
             error = exc
+            try:  # (a stream under way: the status it went out with, the bytes it had sent)
+                started = written.started() if written is not None else None
+                if started and written is not None:
+                    state.status = started
+                    state.sent = _body_size(started, state.method, written.sent)
+            except Exception as internal:
+                _safety.report("web.aiohttp.response", internal)
             raise
         finally:
             if messages is not None:

@@ -630,6 +630,67 @@ def test_a_connection_error_after_the_client_went_is_still_the_handlers(
     assert span["attributes"]["http.response.status_code"] == 200
 
 
+def test_a_stream_cancelled_as_its_client_went_keeps_what_went_out(wait_for: Any) -> None:
+    """With ``handler_cancellation=True`` aiohttp cancels the handler when its client goes
+    away: a stream that had started is aborted (not an error) with the status it went out with
+    and the bytes it had sent, as when its write fails; one that had not started has none."""
+    import socket
+    import threading
+    import time
+
+    started = threading.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(BODY[:300])
+        started.set()
+        await asyncio.sleep(30)  # (cancelled when the client goes away)
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(30)
+        return web.Response(body=BODY)
+
+    app = web.Application()
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/slow", slow)
+    init_aiohttp(app)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    loop.run_until_complete(runner.setup())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    loop.run_until_complete(web.SockSite(runner, sock).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with capture_spans() as exporter, swallowed_errors() as errors:
+            for path in ("/stream", "/slow"):
+                started.clear()
+                client = socket.create_connection(sock.getsockname())
+                client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert started.wait(10)
+                time.sleep(0.1)  # (the stream's bytes are out)
+                client.close()
+            cut, slow_span = spans_in_order(exporter, 2, wait_for)
+            audits = wait_for(lambda: len(exporter.of_type("audit")) == 2 and exporter.of_type("audit"))
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        sock.close()
+    assert errors == []
+    assert [s["status"] for s in (cut, slow_span)] == ["unset", "unset"]
+    assert cut["attributes"]["http.response.status_code"] == 200
+    assert cut["attributes"]["http.response.body.size"] == 300
+    assert "http.response.status_code" not in slow_span["attributes"]
+    assert slow_span["attributes"]["http.response.body.size"] == 0
+    assert sorted(a["outcome"] for a in audits) == ["200", "aborted"]
+
+
 #: 100 kB that compress to about 45: zlib hands out compressed bytes as the writes go.
 TEXT = bytes(random.Random(7).choices(b"pitch deck ", k=100_000))
 
