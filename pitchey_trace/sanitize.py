@@ -645,7 +645,7 @@ _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
 _FLAT_MAP = re.compile(r"\{[^{}\[\]\r\n]{0,4096}\}")
 # In the list of a JSON / repr member (maybe indented, maybe JSON inside a JSON string): a
 # bracket or brace, or a quote with the backslashes before it (a run starts at its first one).
-_LIST_STOP = re.compile(r"[\[\]{}]|(?<!\\)\\*[\"']")
+_LIST_STOP = re.compile(r"[\[\]{}()]|(?<!\\)\\*[\"']")
 _LIST_MAX = 4096
 _NEST_MAX = 32  # levels of a member value whose brackets are matched (_member_value_end)
 # Where a member value cut at _LIST_MAX may end: after the word, number or escape there.
@@ -663,7 +663,11 @@ _ELEMENT_WINDOW = 512  # how far back the "[" of an array is looked for
 _FRACTION = re.compile(r"\.[0-9]+")
 _EXPONENT = re.compile(r"[eE][+\-]?[0-9]{1,4}")
 _BOOLEANS = frozenset({"true", "false", "True", "False"})
-_FLAT_TUPLE = re.compile(r"\([^()\[\]{}\r\n]{0,4096}\)")  # auth=('user', 'pass')
+# auth=('user', 'pass'): flat, on one line; its strings may hold brackets ('hunter)2').
+_FLAT_TUPLE = re.compile(
+    r"""\((?:[^()\[\]{}\r\n"']|"[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*"|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'){0,4096}\)"""
+)
+_CLOSER = {"[": "]", "{": "}", "(": ")"}
 # Authorization schemes written before a credential (RFC 7235 and common vendor schemes).
 _SCHEMES = r"bearer|basic|token|digest|ntlm|negotiate|apikey|api-key|sharedkey|ssws|aws4-hmac-sha256|aws|dpop"
 _KV_VALUE = re.compile(
@@ -679,8 +683,14 @@ _KV_VALUE = re.compile(
 # name=value parameters (Digest, AWS4-HMAC-SHA256). Header lines (Authorization: ...) take the
 # rest of the line instead (_Engine._kv_header).
 _AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9._\-]{0,63}[ \t]+")
-_AUTH_PARAM = r'[A-Za-z][A-Za-z0-9_\-]{0,63}=(?:"[^"\r\n]*"|[^\s,"]*)'
+# (the quotes maybe escaped: a header logged in a JSON string, response=\"...\")
+_AUTH_PARAM = r'[A-Za-z][A-Za-z0-9_\-]{0,63}=(?:\\{1,7}"[^"\r\n]*\\"|"[^"\r\n]*"|[^\s,"]*)'
 _AUTH_PARAMS = re.compile(rf"{_AUTH_PARAM}(?:,[ \t]*{_AUTH_PARAM})+")
+# One parameter after a known scheme: its quoted value may be cut off (response="abc).
+_AUTH_ONE_PARAM = re.compile(
+    r'[A-Za-z][A-Za-z0-9_\-]{0,63}=(?:(\\{1,7})"[^"\r\n]*(?<!\\)\1"|\\{1,7}"[^"\r\n\\]*|"[^"\r\n]*"?|[^\s,"]*)'
+)
+_SCHEME_WORD = re.compile(rf"(?i:{_SCHEMES})")
 _AUTH_CRED = re.compile(rf"{_MARKER}|{_VAL_CHARS}+")
 # After a scheme-like first word: the next name=value pair of a k=v line (user=bob), not a
 # credential; base64 padding (abc=, abc==) is no pair: "=" is followed by a value there.
@@ -689,6 +699,9 @@ _KV_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}=[^=\s]")
 # JSON inside a JSON string), followed by the next member or the end of the object or array.
 _MEMBER_BEFORE = re.compile(r"(\\{0,7}[\"'])[ \t]*:[ \t]*\Z")
 _MEMBER_AFTER = re.compile(r"(?:[ \t\r\n]|\\{1,7}[rnt])*(?:[,}\]]|\Z)")
+# A quote (maybe escaped) that closes a string rather than opening a value: followed by the next
+# member or element, a ":" or the end of the object, array or text.
+_STRING_CLOSED = re.compile(r"\\{0,7}[\"'](?:[ \t\r\n]|\\{1,7}[rnt])*(?:[,:}\]]|\Z)")
 _PLACEHOLDER = re.compile(r"\?|%s|\$[0-9]+|%\([^)]{1,64}\)s|:[A-Za-z_][A-Za-z0-9_]{0,63}|[Nn]one|null|NULL")
 # A value opened by an escaped quote: a string of JSON (or a repr) inside a string, \" at one
 # level of nesting, \\\" at two, 7 backslashes at three.
@@ -699,6 +712,13 @@ _QUOTE_STOP = {q: re.compile(rf"[\r\n]|(?<!\\)\\*{q}") for q in "\"'"}
 # Where an Authorization header line may end: a line break, a quote closing the string that holds
 # the line, or an escaped line break (\n, \r\n) inside such a string.
 _HEADER_STOP = re.compile(r"[\r\n]|(?<!\\)\\*[\"']|(?<!\\)\\(?:r\\)?n")
+# After a quote that ends the string holding a header line whose opening quote is not known:
+# the next member, element or argument (after a double quote not the next Digest parameter,
+# username="bob", realm=...), a ":" or the end of an object, array or call.
+_STRING_END_AFTER = {
+    '"': re.compile(r"[ \t]*(?:[:}\])]|,(?![ \t]*[A-Za-z][A-Za-z0-9_\-]{0,63}=))"),
+    "'": re.compile(r"[ \t]*[:}\]),]"),
+}
 # What follows an escaped line break that ends a header line: the next header's name, the blank
 # line before a body, or the end of the string. Anything else (DOMAIN\nick in a Digest username)
 # is part of the value.
@@ -893,6 +913,10 @@ def _header_end(text: str, pos: int, nesting: int, quotes: str) -> int:
                 return at
             if _closes(run, nesting):
                 return at + run - nesting
+        elif not quotes and _STRING_END_AFTER[last].match(text, stop.end()):
+            # A line in the middle of a quoted string ({"msg": "failed, Authorization: ..."}):
+            # a quote followed by the document's structure ends that string, and the line
+            return at
         stop = search(text, stop.end())
     return len(text)
 
@@ -922,7 +946,7 @@ def _member_value_end(text: str, pos: int, nesting: int) -> tuple[int, bool]:
     string is followed to its end even past the limit), so masking up to it keeps the scan
     linear. The kinds of the first _NEST_MAX levels are checked; deeper ones are only counted."""
     limit = min(len(text), pos + _LIST_MAX)
-    closers = ["]" if text[pos] == "[" else "}"]
+    closers = [_CLOSER[text[pos]]]
     depth = 1
     search = _LIST_STOP.search
     at = pos + 1
@@ -933,13 +957,13 @@ def _member_value_end(text: str, pos: int, nesting: int) -> tuple[int, bool]:
             return (word.end() if word is not None else limit), False
         piece = stop.group()
         ch = piece[-1]
-        if ch == "[" or ch == "{":
+        if ch == "[" or ch == "{" or ch == "(":
             depth += 1
             if depth <= _NEST_MAX:
-                closers.append("]" if ch == "[" else "}")
+                closers.append(_CLOSER[ch])
             at = stop.end()
             continue
-        if ch == "]" or ch == "}":
+        if ch == "]" or ch == "}" or ch == ")":
             if depth <= _NEST_MAX and closers.pop() != ch:
                 return stop.start(), False
             depth -= 1
@@ -998,6 +1022,16 @@ def _value_before(text: str, start: int) -> tuple[str, int]:
     return seg[-1], first + len(seg) - 1
 
 
+def _escape_start(text: str, start: int, end: int) -> int:
+    """``end`` moved back over the backslashes before a quote at ``end``: they escape that quote
+    (the end of the string holding the text: ``\\"token=abc\\"`` in JSON inside a JSON string)
+    and are no part of a value ending there; masking them would unescape the quote."""
+    if end < len(text) and text[end] in "\"'":
+        while end > start and text[end - 1] == "\\":
+            end -= 1
+    return end
+
+
 def _auth_value_end(text: str, pos: int) -> int:
     """Where the value of an authorization name in the "=" form starting at ``pos`` ends (see
     _AUTH_SCHEME), or ``pos`` when it has no scheme word (the plain value rules then apply)."""
@@ -1007,11 +1041,17 @@ def _auth_value_end(text: str, pos: int) -> int:
     after = scheme.end()
     params = _AUTH_PARAMS.match(text, after)
     if params is not None:
-        return params.end()
+        return _escape_start(text, after, params.end())
     if _KV_PAIR.match(text, after):
-        return pos  # "authorization=abc123 user=bob": the credential had no scheme
+        if not _SCHEME_WORD.fullmatch(scheme.group().rstrip(" \t")):
+            return pos  # "authorization=abc123 user=bob": the credential had no scheme
+        # A known scheme and one parameter, auth=Digest response="...": that is the credential
+        # (as the plain value rules take "Bearer user=bob" whole); its quoted value included.
+        param = _AUTH_ONE_PARAM.match(text, after)
+        if param is not None:
+            return _escape_start(text, after, param.end())
     cred = _AUTH_CRED.match(text, after)
-    return cred.end() if cred is not None else pos
+    return _escape_start(text, after, cred.end()) if cred is not None else pos
 
 
 def _member_quote(text: str, start: int, end: int) -> str:
@@ -1163,7 +1203,12 @@ class _Engine:
         # Decide from the first character before matching a value of unbounded length: every
         # path that leaves the value alone must cost O(1), or hostile repeats turn quadratic.
         first = text[pos]
-        if first == "{" or first == "[":
+        if first in "\"'\\" and sep[0] not in "\"'\\" and _STRING_CLOSED.match(text, pos):
+            # token=" followed by , } ] : or the end: that quote closes the string holding the
+            # name ({"msg": "token=", "n": 1}), it opens no value; taking one would eat the
+            # document's structure
+            return None
+        if first == "{" or first == "[" or first == "(":
             q = _name_quote(sep)
             if q:
                 # A JSON / repr member: its list or map goes whole, nested ones too, and
@@ -1176,6 +1221,7 @@ class _Engine:
                     return self._kv_unquoted(m, text[pos:end], end)
                 rendered = self._render("secret_params", text[pos:end])
                 return f"{m.group('kv_name')}{sep}{q}{rendered}{q}", end
+        if first == "{" or first == "[":
             # After "=" (or an unquoted "name: "), free text: a flat list or map goes whole and
             # the marker is written bare, password={hunter2} user=bob -> password=[REDACTED]
             # user=bob. A nested or multi-line one is left for its own names, which are checked
@@ -1204,6 +1250,12 @@ class _Engine:
         value = vm.group()
         quote = value[0] if value[0] in "\"'" else ""
         if not quote:
+            at_quote = min((i for i in (value.find('"'), value.find("'")) if i > 0), default=-1)
+            if at_quote > 0 and _STRING_CLOSED.match(text, pos + at_quote):
+                value = value[:at_quote].rstrip(" \t")  # auth=Digest " ending a string: the scheme
+            value = value[: _escape_start(text, pos, pos + len(value)) - pos]
+            if not value:
+                return None
             if sep[0] == "\\" and "\\" in value:
                 # JSON inside a JSON string: a number, true... ends before an escape (the \n of
                 # indented JSON), which is no part of the value
@@ -1480,6 +1532,34 @@ class _Engine:
 # Record fields that are structure, not content (ids, enums, times, numbers).
 #: Longest text also checked in URL-decoded form (query strings, URLs, form bodies).
 _DECODE_MAX = 64 * 1024
+# A run of text holding a URL-encoded character or a "+", between whitespace, quotes,
+# backslashes and "&" (a look-behind starts it at the run's first character: linear).
+_ENCODED_RUN = re.compile(r"""(?<![^\s"'\\&])[^\s"'\\&]*[%+][^\s"'\\&]*""")
+# What a decoded run must not bring into the text it goes back into: quotes, backslashes and
+# control characters (a JSON string would end or break), "&" (a query's next parameter).
+_REENCODE = re.compile(r"""["'\\&\x00-\x1f\x7f]""")
+_MARKER_RE = re.compile(_MARKER)
+
+
+def _percent(m: re.Match[str]) -> str:
+    return f"%{ord(m.group()):02X}"
+
+
+def _unquote_outside_markers(text: str) -> str:
+    """unquote_plus, leaving our markers as they are: partial mode may keep a "+" of a secret
+    (``[REDACTED ****ab+c]``), which decoded would be no marker any more."""
+    if "[" not in text:
+        return unquote_plus(text)
+    out: list[str] = []
+    last = 0
+    for m in _MARKER_RE.finditer(text):
+        out.append(unquote_plus(text[last : m.start()]))
+        out.append(m.group())
+        last = m.end()
+    out.append(unquote_plus(text[last:]))
+    return "".join(out)
+
+
 #: Scans of one text at most, until the result no longer changes (see Sanitizer._scrub), for
 #: results of up to _SETTLE_MAX characters.
 _MAX_PASSES = 4
@@ -2119,19 +2199,14 @@ class Sanitizer:
         # detectors; when the decoded text reveals one, export the decoded, masked form.
         # Decode what is left after the plain pass (secrets already found are markers by now,
         # so plus-addressed emails or base64 keys are not re-read with '+' as a space).
-        current, found = out, False
-        for _ in range(3):  # double-encoded values too; bounded
-            if ("%" not in current and "+" not in current) or len(current) > _DECODE_MAX:
-                break
-            decoded = unquote_plus(current)
-            if decoded == current:
-                break
-            masked = self._scrub_plain(decoded)
-            found = found or masked != decoded  # nothing revealed: keep the original form
-            current = masked
+        current, found = self._decoded(out)
         if found:
             _stats.incr("sanitize.decoded_matches")
-            out = current
+            # Only the runs that hid a secret are exported decoded: decoding the whole text
+            # would rewrite the rest of it too (1e+16 -> "1e 16", %22 -> a quote that ends a
+            # JSON string), breaking JSON and changing data that held no secret.
+            runs = self._decoded_runs(out)
+            out = current if runs is None else runs
         if settle and out is not text and len(out) <= _SETTLE_MAX and out != text:
             # A replacement changes what its neighbours see ("[IBAN].4111..." where a digit was
             # before the "."; the engine handles the common cases itself): scan the result again
@@ -2144,6 +2219,41 @@ class Sanitizer:
                     break
                 out = again
         return out
+
+    def _decoded(self, text: str) -> tuple[str, bool]:
+        """``text`` URL-decoded (up to three times: double-encoded values too; our markers are
+        not decoded) and scanned, and whether the decoded form revealed a secret."""
+        current, found = text, False
+        for _ in range(3):
+            if ("%" not in current and "+" not in current) or len(current) > _DECODE_MAX:
+                break
+            decoded = _unquote_outside_markers(current)
+            if decoded == current:
+                break
+            masked = self._scrub_plain(decoded)
+            found = found or masked != decoded  # nothing revealed: keep the original form
+            current = masked
+        return current, found
+
+    def _decoded_runs(self, text: str) -> str | None:
+        """``text`` with each run (between whitespace, quotes, backslashes and ``&``) whose
+        decoded form reveals a secret replaced by that masked, decoded form, its quotes,
+        backslashes and control characters encoded again (so a JSON string or a repr keeps its
+        structure); None when no run does or a secret is still visible in the decoded result
+        (one spread over several runs): the caller then exports the whole decoded text."""
+        out: list[str] = []
+        last = 0
+        for m in _ENCODED_RUN.finditer(text):
+            masked, found = self._decoded(m.group())
+            if found:
+                out.append(text[last : m.start()])
+                out.append(_REENCODE.sub(_percent, masked))
+                last = m.end()
+        if not out:
+            return None
+        out.append(text[last:])
+        runs = "".join(out)
+        return None if self._decoded(runs)[1] else runs
 
     def _scrub_plain(self, text: str) -> str:
         out = self._engine.scrub(text)
