@@ -50,6 +50,11 @@ def _epmd_binary() -> str | None:
     return None
 
 
+#: Start attempts: a port picked free can be taken by another process (a server of a parallel
+#: test worker) before the broker binds it; the broker then exits with a listen error.
+START_ATTEMPTS = 3
+
+
 @contextmanager
 def rabbitmq_server() -> Iterator[int]:
     """Yield the AMQP port of a running RabbitMQ node (default vhost ``/``, ``guest``)."""
@@ -57,57 +62,68 @@ def rabbitmq_server() -> Iterator[int]:
         raise RuntimeError(
             "rabbitmq-server is missing: scripts/bootstrap.sh installs it (Debian package rabbitmq-server)"
         )
-    port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
-    with tempfile.TemporaryDirectory(prefix="pitchey-rabbitmq-") as tmp:
-        base = Path(tmp)
-        (base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{port}\n"
-            "loopback_users = none\n"
-            "log.console = false\n"
-            "log.file.level = warning\n"
-        )
-        (base / "enabled_plugins").write_text("[].\n")  # no management plugin: a faster start
-        (base / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
-        env = {
-            **os.environ,
-            "HOME": tmp,  # the Erlang cookie
-            "RABBITMQ_NODENAME": f"pitchey-{port}@localhost",
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(port),
-            "RABBITMQ_DIST_PORT": str(dist_port),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            # its own epmd, on a port of its own, that it can stop without touching anyone else's
-            "ERL_EPMD_PORT": str(epmd_port),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-        }
-        output = open(base / "startup.log", "wb")  # noqa: SIM115  (closed in the finally below)
-        proc = subprocess.Popen(
-            [str(SERVER)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: nothing of it outlives the stop
-        )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _accepts_amqp(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = (base / "startup.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"rabbitmq-server did not start:\n{log}")
-                time.sleep(0.1)
-            yield port
-        finally:
-            _stop(proc, env)
-            output.close()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port, dist_port, epmd_port = _free_port(), _free_port(), _free_port()
+        with tempfile.TemporaryDirectory(prefix="pitchey-rabbitmq-") as tmp:
+            base = Path(tmp)
+            env = _configure(base, port, dist_port, epmd_port)
+            output = open(base / "startup.log", "wb")  # noqa: SIM115  (closed in the finally below)
+            proc = subprocess.Popen(
+                [str(SERVER)],
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: nothing of it outlives the stop
+            )
+            try:
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while not _accepts_amqp(port):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log = (base / "startup.log").read_text(errors="replace")[-3000:]
+                        if attempt < START_ATTEMPTS and ("listen_error" in log or "eaddrinuse" in log):
+                            break  # a port was taken meanwhile: again, on other ports
+                        raise RuntimeError(f"rabbitmq-server did not start:\n{log}")
+                    time.sleep(0.1)
+                else:
+                    yield port
+                    return
+            finally:
+                _stop(proc, env)
+                output.close()
+
+
+def _configure(base: Path, port: int, dist_port: int, epmd_port: int) -> dict[str, str]:
+    """Write the node's configuration files under ``base``; its environment."""
+    tmp = str(base)
+    (base / "rabbitmq.conf").write_text(
+        f"listeners.tcp.1 = 127.0.0.1:{port}\n"
+        "loopback_users = none\n"
+        "log.console = false\n"
+        "log.file.level = warning\n"
+    )
+    (base / "enabled_plugins").write_text("[].\n")  # no management plugin: a faster start
+    (base / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
+    return {
+        **os.environ,
+        "HOME": tmp,  # the Erlang cookie
+        "RABBITMQ_NODENAME": f"pitchey-{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+        "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        # its own epmd, on a port of its own, that it can stop without touching anyone else's
+        "ERL_EPMD_PORT": str(epmd_port),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
 
 
 def _stop(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
