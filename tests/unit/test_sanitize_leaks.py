@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 import pitchey_trace as pt
 from pitchey_trace import sanitize
-from pitchey_trace.sanitize import _PLACEHOLDER, _RENDERED, Mode, Sanitizer
+from pitchey_trace.sanitize import _PLACEHOLDER, _RENDERED, Sanitizer
 from pitchey_trace.testing import capture_spans
+from tests.support.sanitizers import MODES, SAN_IDS, SANITIZERS
 
 SAN = Sanitizer()
 
@@ -292,37 +293,7 @@ def test_masked_python_repr_stays_a_literal() -> None:
         assert ast.literal_eval(out) == {"token": "[REDACTED]", "n": 1}
 
 
-_MODES: list[Mode] = [
-    sanitize.mask(),
-    sanitize.partial(1),
-    sanitize.partial(4),
-    sanitize.partial(8),
-    sanitize.hashed(key=b"k" * 16),
-]
-
-
-def _all_rules(mode: Mode) -> list[sanitize.Rule]:
-    return [
-        sanitize.keys(*sanitize.DEFAULT_KEY_TERMS, mode=mode),
-        sanitize.keys(*sanitize.DEFAULT_VALUE_NAMESPACES, all_values=True, mode=mode),
-        sanitize.sql(),
-        sanitize.private_keys(mode=mode),
-        sanitize.url_credentials(mode=mode),
-        sanitize.secret_params(mode=mode),
-        sanitize.auth_headers(mode=mode),
-        sanitize.jwts(mode=mode),
-        sanitize.cloud_keys(mode=mode),
-        sanitize.emails(mode=mode),
-        sanitize.ibans(mode=mode),
-        sanitize.cards(mode=mode),
-        sanitize.ssns(mode=mode),
-        sanitize.phones(mode=mode),
-        sanitize.ip_addresses(mode=mode),
-    ]
-
-
-_SANITIZERS = [Sanitizer(), *(Sanitizer(_all_rules(m)) for m in _MODES)]
-_SAN_IDS = ["default", *(repr(m) for m in _MODES)]
+_MODES, _SANITIZERS, _SAN_IDS = MODES, SANITIZERS, SAN_IDS
 
 _SECRET_KEYS = ["password", "token", "api_key", "secret_key", "cvv", "Authorization", "auth"]
 # Numbers below 10**12: card numbers written as JSON numbers are tested in section 5 (an array

@@ -16,42 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pitchey_trace import sanitize
-from pitchey_trace.sanitize import Mode, Sanitizer
+from pitchey_trace.sanitize import Sanitizer
+from tests.support.sanitizers import MODES, SAN_IDS, SANITIZERS
 
 SAN = Sanitizer()
 
-_MODES: list[Mode] = [
-    sanitize.mask(),
-    sanitize.partial(1),
-    sanitize.partial(4),
-    sanitize.partial(8),
-    sanitize.hashed(key=b"k" * 16),
-]
-
-
-def _all_rules(mode: Mode) -> list[sanitize.Rule]:
-    return [
-        sanitize.keys(*sanitize.DEFAULT_KEY_TERMS, mode=mode),
-        sanitize.keys(*sanitize.DEFAULT_VALUE_NAMESPACES, all_values=True, mode=mode),
-        sanitize.sql(),
-        sanitize.private_keys(mode=mode),
-        sanitize.url_credentials(mode=mode),
-        sanitize.secret_params(mode=mode),
-        sanitize.auth_headers(mode=mode),
-        sanitize.jwts(mode=mode),
-        sanitize.cloud_keys(mode=mode),
-        sanitize.emails(mode=mode),
-        sanitize.ibans(mode=mode),
-        sanitize.cards(mode=mode),
-        sanitize.ssns(mode=mode),
-        sanitize.phones(mode=mode),
-        sanitize.ip_addresses(mode=mode),
-    ]
-
-
-_SANITIZERS = [SAN, *(Sanitizer(_all_rules(m)) for m in _MODES)]
-_SAN_IDS = ["default", *(repr(m) for m in _MODES)]
+_MODES, _SANITIZERS, _SAN_IDS = MODES, SANITIZERS, SAN_IDS
 
 
 def _nest(text: str, levels: int) -> str:
