@@ -3,6 +3,9 @@ detector and the default key rules in each mode (mask, partial 1/4/8, hashed).""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pitchey_trace import sanitize
 from pitchey_trace.sanitize import Mode, Sanitizer
 
@@ -38,3 +41,17 @@ def all_rules(mode: Mode) -> list[sanitize.Rule]:
 
 SANITIZERS = [Sanitizer(), *(Sanitizer(all_rules(m)) for m in MODES)]
 SAN_IDS = ["default", *(repr(m) for m in MODES)]
+
+
+def nest(text: str, levels: int) -> str:
+    """``text`` as the ``body`` string of a JSON object, ``levels`` times (JSON in JSON)."""
+    for _ in range(levels):
+        text = json.dumps({"body": text})
+    return text
+
+
+def unnest(text: str, levels: int) -> Any:
+    """What :func:`nest` wrapped, parsed."""
+    for _ in range(levels):
+        text = json.loads(text)["body"]
+    return json.loads(text)

@@ -22,6 +22,8 @@ from pitchey_trace import sanitize
 from pitchey_trace.sanitize import _PLACEHOLDER, _RENDERED, Sanitizer
 from pitchey_trace.testing import capture_spans
 from tests.support.sanitizers import MODES, SAN_IDS, SANITIZERS
+from tests.support.sanitizers import nest as _nest
+from tests.support.sanitizers import unnest as _unnest
 
 SAN = Sanitizer()
 
@@ -524,18 +526,6 @@ def test_pipeline_exports_what_the_uncached_python_path_gives(san_index: int) ->
 
 # ---------------------------------------------------------------------------------------------
 # 5. cards as JSON array elements and as negative / float JSON numbers: a quoted marker
-
-
-def _nest(text: str, levels: int) -> str:
-    for _ in range(levels):
-        text = json.dumps({"body": text})
-    return text
-
-
-def _unnest(text: str, levels: int) -> Any:
-    for _ in range(levels):
-        text = json.loads(text)["body"]
-    return json.loads(text)
 
 
 _CARD_DOCS: list[tuple[Any, Any]] = [

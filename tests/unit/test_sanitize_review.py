@@ -18,22 +18,12 @@ from hypothesis import strategies as st
 
 from pitchey_trace.sanitize import Sanitizer
 from tests.support.sanitizers import MODES, SAN_IDS, SANITIZERS
+from tests.support.sanitizers import nest as _nest
+from tests.support.sanitizers import unnest as _unnest
 
 SAN = Sanitizer()
 
 _MODES, _SANITIZERS, _SAN_IDS = MODES, SANITIZERS, SAN_IDS
-
-
-def _nest(text: str, levels: int) -> str:
-    for _ in range(levels):
-        text = json.dumps({"body": text})
-    return text
-
-
-def _unnest(text: str, levels: int) -> Any:
-    for _ in range(levels):
-        text = json.loads(text)["body"]
-    return json.loads(text)
 
 
 def _scrub_json(san: Sanitizer, doc: Any, levels: int) -> Any:
