@@ -9,6 +9,7 @@ traces them."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 CLUSTER_SLOTS = 16384
 
@@ -53,17 +56,33 @@ def _command(port: int, *args: str) -> bytes:
         return reply
 
 
+#: Start attempts: a port picked free can be taken by another process (a server of a parallel
+#: test worker) before redis-server binds it; it then exits.
+START_ATTEMPTS = 3
+
+
+class _Exited(RuntimeError):
+    """redis-server exited before it was ready (its port was taken, say)."""
+
+
 def _wait(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 20
     while True:
+        if proc.poll() is not None:
+            raise _Exited(f"redis-server exited before it could {what}")
         try:
             if ready():
                 return
         except OSError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             raise RuntimeError(f"redis-server did not {what}")
         time.sleep(0.05)
+
+
+def _ours(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the server answering on ``port`` is ``proc`` (not another test's on that port)."""
+    return f"process_id:{proc.pid}\r\n".encode() in _command(port, "INFO", "server")
 
 
 @contextmanager
@@ -85,11 +104,26 @@ def _base_args(port: int) -> list[str]:
 
 
 @contextmanager
+def _started(args_for: Callable[[int], list[str]], cwd: str | None = None) -> Iterator[tuple[int, Any]]:
+    """A redis-server on a free port (``args_for(port)``: its command line) that answers as
+    itself; (port, process). Started again on another port when it exits first."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = _free_port()
+        with _running(args_for(port), cwd=cwd) as proc:
+            try:
+                _wait(proc, functools.partial(_ours, port, proc), "start")
+            except _Exited:
+                if attempt < START_ATTEMPTS:
+                    continue
+                raise
+            yield port, proc
+            return
+
+
+@contextmanager
 def redis_server() -> Iterator[int]:
     """Yield the port of a running redis-server."""
-    port = _free_port()
-    with _running(_base_args(port)) as proc:
-        _wait(proc, lambda: _command(port, "PING").startswith(b"+PONG"), "start")
+    with _started(_base_args) as (port, _):
         yield port
 
 
@@ -98,20 +132,28 @@ def redis_cluster_server() -> Iterator[int]:
     """Yield the port of a one-node redis cluster (``--cluster-enabled yes``) whose node owns
     all 16384 slots, once ``CLUSTER INFO`` reports ``cluster_state:ok``. Its state file
     (nodes.conf) lives in a temporary directory removed afterwards."""
-    port = _free_port()
-    # The cluster bus defaults to port + 10000, which may be taken or above 65535: pick it too.
-    bus_port = _free_port()
     with tempfile.TemporaryDirectory(prefix="pitchey-redis-cluster-") as workdir:
-        cluster_args = [
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", f"{workdir}/nodes.conf",
-            "--cluster-port", str(bus_port),
-            "--dir", workdir,
-        ]  # fmt: skip
-        with _running(_base_args(port) + cluster_args, cwd=workdir) as proc:
-            _wait(proc, lambda: _command(port, "PING").startswith(b"+PONG"), "start")
+
+        def args_for(port: int) -> list[str]:
+            Path(workdir, "nodes.conf").unlink(missing_ok=True)  # (an earlier attempt's)
+            # The cluster bus defaults to port + 10000, which may be taken or above 65535: pick
+            # it too.
+            return [
+                *_base_args(port),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"{workdir}/nodes.conf",
+                "--cluster-port", str(_free_port()),
+                "--dir", workdir,
+            ]  # fmt: skip
+
+        with _started(args_for, cwd=workdir) as (port, proc):
             reply = _command(port, "CLUSTER", "ADDSLOTSRANGE", "0", str(CLUSTER_SLOTS - 1))
             if not reply.startswith(b"+OK"):
                 raise RuntimeError(f"CLUSTER ADDSLOTSRANGE failed: {reply!r}")
-            _wait(proc, lambda: b"cluster_state:ok" in _command(port, "CLUSTER", "INFO"), "form a cluster")
+            formed = functools.partial(_cluster_ok, port)
+            _wait(proc, formed, "form a cluster")
             yield port
+
+
+def _cluster_ok(port: int) -> bool:
+    return b"cluster_state:ok" in _command(port, "CLUSTER", "INFO")
