@@ -324,10 +324,14 @@ class _Written:
         self.status_line = status_line
         return self._write_headers(status_line, *args, **kwargs)
 
+    def _see_compressor(self) -> None:
+        """At the first write: whether the writer compresses (then count what it produces)."""
+        writer = self.writer
+        self.deflated = None if getattr(writer, "_compress", None) is None else _deflating(writer)
+
     async def write(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
         if self.deflated is _UNSEEN:
-            writer = self.writer
-            self.deflated = None if getattr(writer, "_compress", None) is None else _deflating(writer)
+            self._see_compressor()
         try:  # (counting must never fail the app's write)
             n = _size(chunk)
             remaining = getattr(self.writer, "length", None)  # aiohttp drops bytes past a declared length
@@ -345,8 +349,7 @@ class _Written:
 
     async def write_eof(self, chunk: Any = b"", *args: Any, **kwargs: Any) -> Any:
         if self.deflated is _UNSEEN:
-            writer = self.writer
-            self.deflated = None if getattr(writer, "_compress", None) is None else _deflating(writer)
+            self._see_compressor()
         self.done = True
         try:
             result = await self._write_eof(chunk, *args, **kwargs)
