@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 import urllib.parse
@@ -580,6 +581,8 @@ _atexit_registered = False
 
 
 def _shutdown_at_exit() -> None:
+    global _exiting
+    _exiting = True
     shutdown(timeout=_EXIT_TIMEOUT_S)
 
 
@@ -623,11 +626,97 @@ def _in_multiprocessing_child(_anchor: Any) -> None:
         import multiprocessing.util
 
         # lowest priority: after the child's other finalizers and the join of its own children;
-        # runs when the child's target returns or raises (a Pool worker: when the pool is closed
-        # and joined; terminate() kills its workers by SIGTERM)
+        # runs when the child's target returns or raises (a Pool worker: when it gets the pool's
+        # sentinel; terminate()'s SIGTERM is handled by _watch_pool_worker)
         multiprocessing.util.Finalize(None, _shutdown_at_exit, exitpriority=-1000)
     except Exception as exc:
         _safety.report("multiprocessing.finalize", exc)
+    try:
+        _watch_pool_worker()
+    except Exception as exc:
+        _safety.report("multiprocessing.pool_worker", exc)
+
+
+def _watch_pool_worker() -> None:
+    """In a ``multiprocessing.Pool`` worker (about to run ``multiprocessing.pool.worker``):
+    wrap its task queue, so that a SIGTERM from ``Pool.terminate()`` (also what leaving
+    ``with Pool() as pool:`` does) that finds it waiting for a task, or leaving after its last
+    one, lets it export its spans first (within the exit budget), and then ends it as before."""
+    import multiprocessing
+
+    # (a Pool's worker has it imported: by the parent before a fork, by unpickling the target)
+    worker = getattr(sys.modules.get("multiprocessing.pool"), "worker", None)
+    proc = multiprocessing.current_process()
+    args = getattr(proc, "_args", None)
+    if (
+        worker is not None
+        and getattr(proc, "_target", None) is worker
+        and isinstance(args, tuple)
+        and len(args) >= 2
+        and threading.current_thread() is threading.main_thread()  # (signal handlers live there)
+    ):
+        proc._args = (_PoolInbox(args[0]), _PoolOutbox(args[1]), *args[2:])  # type: ignore[attr-defined]
+
+
+def _arm(on: bool = True) -> None:
+    """Install ``_flush_then_die`` for SIGTERM where it has its default action (``on``), or put
+    the default back where it is ours. Never raises into the pool's worker loop."""
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if on and current is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_then_die)
+        elif not on and current is _flush_then_die:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except Exception as exc:  # (not the main thread, say)
+        _safety.report("multiprocessing.sigterm", exc)
+
+
+class _PoolQueue:
+    """One of a Pool worker's queues. From the moment a task's result is sent until the
+    next task arrives (and after the sentinel that ends the worker), SIGTERM flushes first
+    (``_flush_then_die``); while a task runs it keeps its default action, so a task stuck in C
+    code is still ended at once. An app's own SIGTERM handler (set by the pool's
+    ``initializer``, say) is left alone."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def __getattr__(self, name: str) -> Any:  # (the worker closes the queues' unused ends)
+        return getattr(self._queue, name)
+
+
+class _PoolInbox(_PoolQueue):
+    __slots__ = ()
+
+    def get(self) -> Any:
+        _arm()
+        task = self._queue.get()
+        if task is not None:
+            _arm(False)
+        return task
+
+
+class _PoolOutbox(_PoolQueue):
+    __slots__ = ()
+
+    def put(self, obj: Any) -> None:
+        _arm()  # (before the result goes out: the pool may terminate the moment it has it)
+        self._queue.put(obj)
+
+
+_exiting = False  # the flush at exit runs: a SIGTERM meanwhile lets it finish (it is bounded)
+
+
+def _flush_then_die(signum: int, _frame: Any) -> None:
+    if _exiting:
+        return
+    try:
+        force_flush(_EXIT_TIMEOUT_S)
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # ended by the signal, as without tracing
 
 
 def _after_fork_in_child() -> None:

@@ -192,10 +192,11 @@ if __name__ == "__main__":
     child.start()
     child.join(30)
     assert child.exitcode == 0, child.exitcode
-    with ctx.Pool(2) as pool:
+    with ctx.Pool(2) as pool:  # (leaving it terminates the workers)
         pids = pool.map(work, range(4))
-        pool.close()
-        pool.join()
+        workers = list(pool._pool)
+    for proc in workers:
+        proc.join(30)
     print(json.dumps([child.pid, *pids]))
 """
 
@@ -243,3 +244,102 @@ def test_a_forked_child_counts_from_zero(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert pt.stats()["accepted"] == 100  # (the parent's own, unchanged)
+
+
+def test_pool_terminate_lets_idle_workers_export_their_spans_first(tmp_path: Path) -> None:
+    """Leaving ``with Pool()`` calls terminate(): its SIGTERM used to kill the workers with
+    their spans still queued (a 60 s delay here: nothing else would send them)."""
+    import multiprocessing
+
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], schedule_delay_ms=60_000, rollups=None)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        workers = set(pool.map(_mp_work, range(6)))
+        procs = list(pool._pool)  # type: ignore[attr-defined]
+    for proc in procs:
+        proc.join(30)
+    exported = _names_by_pid(tmp_path)
+    assert set(exported) == workers
+    assert sorted(name for names in exported.values() for name in names) == ["mp child"] * 6
+
+
+def _raw_pool_worker(
+    ctx: Any, initializer: Any = None, initargs: tuple[Any, ...] = ()
+) -> tuple[Any, Any, Any]:
+    """A process running multiprocessing's Pool worker loop on queues of its own: what a Pool
+    starts, without the Pool's threads (a Pool hangs when a worker is killed behind its back)."""
+    import multiprocessing.pool
+
+    inbox, outbox = ctx.SimpleQueue(), ctx.SimpleQueue()
+    proc = ctx.Process(target=multiprocessing.pool.worker, args=(inbox, outbox, initializer, initargs))
+    proc.start()
+    return proc, inbox, outbox
+
+
+def _run_task(inbox: Any, outbox: Any, func: Any, *args: Any) -> Any:
+    inbox.put((0, 0, func, args, {}))
+    _job, _i, (ok, value) = outbox.get()
+    assert ok, value
+    return value
+
+
+def test_a_sigterm_to_an_idle_pool_worker_exports_then_ends_it_by_the_signal(tmp_path: Path) -> None:
+    import multiprocessing
+    import signal
+
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], schedule_delay_ms=60_000, rollups=None)
+    proc, inbox, outbox = _raw_pool_worker(multiprocessing.get_context("fork"))
+    pids = {_run_task(inbox, outbox, _mp_work, i) for i in range(3)}
+    assert pids == {proc.pid}
+    proc.terminate()  # waiting for its next task
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGTERM  # ended by the signal, as without tracing
+    assert _names_by_pid(tmp_path) == {proc.pid: ["mp child"] * 3}
+
+
+def _sleep_after_marking(path: str, seconds: float) -> None:
+    import time
+
+    Path(path).write_text("")
+    time.sleep(seconds)
+
+
+def test_a_pool_worker_running_a_task_is_still_ended_at_once(tmp_path: Path) -> None:
+    import multiprocessing
+    import signal
+    import time
+
+    pt.configure(service="forky", exporters=[HangingExporter()], schedule_delay_ms=60_000, rollups=None)
+    proc, inbox, _outbox = _raw_pool_worker(multiprocessing.get_context("fork"))
+    mark = tmp_path / "started"
+    inbox.put((0, 0, _sleep_after_marking, (str(mark), 60), {}))
+    deadline = time.monotonic() + 30
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    proc.terminate()
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGTERM
+    assert time.monotonic() - started < 5  # not the task's 60 s, nor a flush to a hung collector
+
+
+def _own_sigterm_handler(directory: str) -> None:
+    import signal
+
+    def handler(signum: int, _frame: Any) -> None:
+        (Path(directory) / f"own-{os.getpid()}").write_text("")
+        os._exit(3)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def test_a_pool_initializers_own_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
+    import multiprocessing
+
+    pt.configure(service="forky", exporters=[FileExporter(tmp_path)], schedule_delay_ms=60_000, rollups=None)
+    ctx = multiprocessing.get_context("fork")
+    proc, inbox, outbox = _raw_pool_worker(ctx, _own_sigterm_handler, (str(tmp_path),))
+    _run_task(inbox, outbox, _mp_work, 0)
+    proc.terminate()
+    proc.join(30)
+    assert proc.exitcode == 3
+    assert (tmp_path / f"own-{proc.pid}").exists()
