@@ -4,23 +4,25 @@
     init_aiohttp(app)                 # before the app starts: one server span per request
     instrument_aiohttp_client()       # every ClientSession created afterwards
 
-aiohttp is neither ASGI nor WSGI, so it has its own integration, with the same behaviour as
-the other middleware: the caller's ``traceparent`` is continued, the span is named
-``"{METHOD} {route template}"`` (``resource.canonical``, sub-application prefixes included),
-carries the OpenTelemetry HTTP server attributes, is current while the handler runs, and the
-response (error pages included) carries the ``X-Trace-Id`` header. A handler that streams
-(``StreamResponse``, WebSockets) is timed to its end; a returned ``Response`` is timed until
-the handler returns it (aiohttp writes its already-built body afterwards); a ``FileResponse`` (or
-a ``Response`` with a streamed payload or compression) is timed until aiohttp has sent it, with
-the status it settled on (404 for a missing file, 304, 206...); a client that goes away
-mid-file, or mid-stream (the ``ConnectionError`` the response's writer raised escaping the
-handler), is not an error of the server. An unhandled exception's span ends once aiohttp has
-sent its own error page (500, 504 for a ``TimeoutError``), or has dropped the connection of a
-response that had started: then with the status that response went out with (a handler
-cancelled as its client goes away, ``handler_cancellation=True``, keeps it too: aborted, with
-the status and the bytes that went out). So does an
-``HTTPException`` raised after the response started (aiohttp writes the exception's response
-into that one's body): the status that went out, an error.
+aiohttp is neither ASGI nor WSGI, so it has its own integration, with the same behaviour as the
+other middleware: the caller's ``traceparent`` is continued, the span is named
+``"{METHOD} {route template}"`` (``resource.canonical``, sub-application prefixes included;
+``{prefix}/{filename}`` for a static route), carries the OpenTelemetry HTTP server attributes,
+is current while the handler runs, and the response (error pages included) carries the
+``X-Trace-Id`` header. A handler that streams (``StreamResponse``, WebSockets) is timed to its
+end; a returned ``Response`` is timed until the handler returns it (aiohttp writes its
+already-built body afterwards); a ``FileResponse`` (or a ``Response`` with a streamed payload
+or compression) is timed until aiohttp has sent it, with the status it settled on (404 for a
+missing file, 304, 206...); a client that goes away mid-file, mid-stream or mid-upload, or
+before a stream's headers went out, or from a WebSocket (the ``ConnectionError`` this request's
+own writer, WebSocket or body stream raised escaping the handler), is not an error of the
+server: a ``client.disconnected`` event says so. The status that went out is known whoever set
+the correlation header. An unhandled exception's span ends once aiohttp has sent its own error
+page (500, 504 for a ``TimeoutError``), or has dropped the connection of a response that had
+started: then with the status that response went out with (a handler cancelled as its client
+goes away, ``handler_cancellation=True``, keeps it too: aborted, with the status and the bytes
+that went out). So does an ``HTTPException`` raised after the response started (aiohttp writes
+the exception's response into that one's body): the status that went out, an error.
 ``http.response.body.size`` is the body bytes sent: compressed ones when aiohttp compresses,
 and the bytes a file cut short by the client had handed to the socket.
 """
@@ -107,12 +109,14 @@ def aiohttp_middleware(
     )
     http_exception = web.HTTPException
     plain_response = web.Response
+    static_resource = web.StaticResource
     state_key = _key("request")
     # The first correlation header: present on a response once ours were added (None: none).
     marker = options.header_name or ("traceresponse" if options.traceresponse else None)
-    # Without a prepare handler (no correlation header), the writer's write_headers tells which
-    # response went out (see _Written.started).
-    status_lines = marker is None
+    # Until the prepare handler has run once (never when there is none: no correlation header,
+    # or an app that did not register it), the writer's write_headers tells which response
+    # went out (see _Written.started).
+    status_lines = True
 
     @web.middleware
     async def pitchey_trace_middleware(request: Any, handler: Handler) -> Any:
@@ -127,7 +131,7 @@ def aiohttp_middleware(
             return await handler(request)
         try:
             start_ns = time_ns()
-            state, client = _begin(request, path, start_ns)
+            state, client = _begin(request, path, start_ns, static_resource)
             written = _count_body(request, status_lines)
             # (options: whose prepare signal adds headers; written: keeps the status it sees)
             request[state_key] = (state, options, written)
@@ -185,13 +189,18 @@ def aiohttp_middleware(
                     stamp_exception(exc, span)
                 raise
             stamp_exception(exc, span)
-            if written is not None and exc is written.failed and isinstance(exc, ConnectionError):
-                # the response's own writer failed: the client went away mid-stream (aiohttp
-                # drops the connection). As for a file cut short: not an error of the server,
-                # the status the stream went out with, the bytes it had sent.
-                if started:
-                    state.status = started
-                state.sent = _body_size(state.status, state.method, written.sent)
+            if isinstance(exc, ConnectionError) and _client_left(exc, request, written, messages):
+                # the request's own connection failed (the response's writer, the WebSocket's,
+                # the request body's stream): the client went away (aiohttp drops the
+                # connection). As for a file cut short: not an error of the server, the status
+                # that went out (none when nothing had), the bytes sent.
+                try:
+                    if started:
+                        state.status = started
+                    state.sent = _body_size(state.status, state.method, written.sent if written else 0)
+                    _mark_client_left(span, exc)
+                except Exception as internal:
+                    _safety.report("web.aiohttp.response", internal)
                 raise
             error = exc
             # what aiohttp answers for it, with its own error page once we have returned; a
@@ -226,15 +235,22 @@ def aiohttp_middleware(
     async def add_headers(request: Any, response: Any) -> None:
         # Runs as every response is prepared: streams, WebSockets, HTTP exceptions and
         # aiohttp's own error pages (a returned Response already has them).
+        nonlocal status_lines
+        status_lines = False  # (registered: from now on the status comes from here)
         try:
-            if marker not in response.headers:
-                got = request.get(state_key)
-                if got is not None and got[1] is options:  # (not a request an outer app traces)
-                    _put_headers(response.headers, options.response_headers(got[0].span))
-                    written = got[2]
-                    if written is not None and written.status is None:
-                        # (a stream or WebSocket the handler prepares: its status is final now)
-                        written.status = response.status
+            headers = response.headers
+            if marker in headers and REQUEST.get() is None:
+                # prepared after the middleware returned (its headers are there, or the app's
+                # own): a Response the handler returned, no status to keep
+                return
+            got = request.get(state_key)
+            if got is not None and got[1] is options:  # (not a request an outer app traces)
+                written = got[2]
+                if written is not None and written.status is None:
+                    # (a stream or WebSocket the handler prepares, also one carrying the app's
+                    # own correlation header: its status is final now)
+                    written.status = response.status
+                _put_headers(headers, options.response_headers(got[0].span))
         except Exception as exc:
             _safety.report("web.aiohttp.headers", exc)
 
@@ -242,6 +258,47 @@ def aiohttp_middleware(
 
 
 _BYTES = (bytes, bytearray, type(None))
+
+#: The event a span gets when its client went away (a reset, a broken pipe, a closed
+#: transport seen by the response's writer): aborted by the client, not an error of the server.
+CLIENT_DISCONNECTED = "client.disconnected"
+
+
+def _mark_client_left(span: AnySpan, exc: BaseException) -> None:
+    span.add_event(CLIENT_DISCONNECTED, {"exception.type": type(exc).__qualname__})
+
+
+def _client_left(
+    exc: BaseException, request: Any, written: _Written | None, messages: _Messages | None
+) -> bool:
+    """Whether ``exc`` (a ``ConnectionError`` escaping the handler) is the client going away:
+    raised by this request's own connection (its response's writer: a write, the end, or the
+    headers as a stream is prepared; its WebSocket's sends; its body's stream, read after the
+    client left mid-upload), not by something the handler called (a backend it connects to),
+    nor raised anew after the handler caught that one."""
+    if written is not None and exc is written.failed:
+        return True
+    if messages is not None and exc is messages.failed:
+        return True
+    # Not through a counted write or send: the headers a stream's prepare() sends at once
+    # (aiohttp's writer refuses them once the client is gone), a drain, the request body's
+    # read (aiohttp sets the connection's loss on it). Its traceback then goes through a
+    # method of this request's writer, protocol or body stream; a backend's never does.
+    try:
+        writer = request.writer
+        owners = (writer, getattr(writer, "protocol", writer), request.content)
+        tb = exc.__traceback__
+        tb = tb.tb_next if tb is not None else None  # (not the middleware's own, running frame)
+        depth = 0
+        while tb is not None and depth < 64:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and (owner is owners[0] or owner is owners[1] or owner is owners[2]):
+                return True
+            tb = tb.tb_next
+            depth += 1
+    except Exception:  # noqa: S110  (then an error, as any other)
+        pass
+    return False
 
 
 def _body_size(status: int, method: str, length: int | None) -> int:
@@ -432,13 +489,16 @@ def _count_body(request: Any, status_lines: bool) -> _Written | None:
 class _Messages:
     """A WebSocket's data messages (text and binary) received and sent, and its close code."""
 
-    __slots__ = ("attributes", "close_code", "received", "sent", "socket")
+    __slots__ = ("attributes", "close_code", "failed", "received", "sent", "socket")
 
     def __init__(self) -> None:
         self.received = 0
         self.sent = 0
         self.socket: Any = None
         self.close_code: int | None = None  # the server's, when it closed first
+        # the last ConnectionError a send (or ping, pong) raised while the handler had not
+        # closed the socket itself: the client went away
+        self.failed: BaseException | None = None
         self.attributes: dict[str, Any] = {}  # the request's (to take the prepare hook back)
 
     def record(self, span: AnySpan) -> None:
@@ -498,10 +558,21 @@ def _patch_socket(socket: Any, messages: _Messages, data: tuple[Any, ...]) -> No
             messages.received += 1
         return message
 
-    def counting_send(send: Any) -> Any:
+    def failed(exc: BaseException) -> None:
+        # aiohttp's writer refuses a frame once the transport closes: the client went away,
+        # unless the handler had closed the socket itself (then sending is its own mistake)
+        if messages.close_code is None:
+            messages.failed = exc
+
+    def counting_send(send: Any, counts: bool = True) -> Any:
         async def sent(*args: Any, **kwargs: Any) -> Any:
-            result = await send(*args, **kwargs)
-            messages.sent += 1
+            try:
+                result = await send(*args, **kwargs)
+            except ConnectionError as exc:
+                failed(exc)
+                raise
+            if counts:
+                messages.sent += 1
             return result
 
         return sent
@@ -510,11 +581,17 @@ def _patch_socket(socket: Any, messages: _Messages, data: tuple[Any, ...]) -> No
     # send_json goes through send_str, send_json_bytes through send_bytes: each counts once.
     socket.send_str = counting_send(socket.send_str)
     socket.send_bytes = counting_send(socket.send_bytes)
+    socket.ping = counting_send(socket.ping, False)
+    socket.pong = counting_send(socket.pong, False)
     send_frame = getattr(socket, "send_frame", None)  # (aiohttp 3.11+)
     if send_frame is not None:
 
         async def counting_send_frame(message: Any, opcode: Any, *args: Any, **kwargs: Any) -> Any:
-            result = await send_frame(message, opcode, *args, **kwargs)
+            try:
+                result = await send_frame(message, opcode, *args, **kwargs)
+            except ConnectionError as exc:
+                failed(exc)
+                raise
             if opcode in data:
                 messages.sent += 1
             return result
@@ -561,6 +638,7 @@ def _finish_when_sent(
     sendfile: Any = getattr(response, "_sendfile", None)  # (FileResponse, aiohttp 3.9 to 3.14)
     done = False
     cut: list[int] = []  # the file bytes sendfile handed over before it failed
+    prepared: list[Any] = []  # the request it was prepared for
 
     def end(error: BaseException | None, gone: bool = False) -> None:
         nonlocal done
@@ -592,12 +670,17 @@ def _finish_when_sent(
             pass
 
     async def traced_prepare(request: Any) -> Any:
+        prepared.append(request)
         try:
             return await prepare(request)
-        except ConnectionError:
+        except ConnectionError as exc:
             # the client went away (a reset, a broken pipe, a closed transport: what aiohttp
             # itself reads as a client that disconnected): aborted, as when cancelled, not an
             # error of the server
+            try:
+                _mark_client_left(state.span, exc)
+            except Exception as internal:
+                _safety.report("web.aiohttp.response", internal)
             end(None, True)
             raise
         except Exception as exc:
@@ -608,8 +691,28 @@ def _finish_when_sent(
             raise
 
     async def traced_write_eof(*args: Any, **kwargs: Any) -> Any:
+        # (where a streamed payload is written: a Response whose body is an async generator)
         try:
             return await write_eof(*args, **kwargs)
+        except Exception as exc:
+            try:
+                gone = (
+                    isinstance(exc, ConnectionError)
+                    and bool(prepared)
+                    and _client_left(exc, prepared[0], written, None)
+                )
+                if gone:  # the client went away mid-body: what it took, not an error
+                    _mark_client_left(state.span, exc)
+                else:  # the body's own failure (its generator raised): an error
+                    stamp_exception(exc, state.span)
+            except Exception as internal:
+                gone = True  # (then no error, as before)
+                _safety.report("web.aiohttp.response", internal)
+            if gone:
+                end(None, True)
+            else:
+                end(exc)
+            raise
         finally:
             end(None)
 
@@ -691,7 +794,7 @@ def init_aiohttp(app: Any, **options: Any) -> Any:
     return app
 
 
-def _begin(request: Any, path: str, start_ns: int) -> tuple[RequestState, str | None]:
+def _begin(request: Any, path: str, start_ns: int, static: Any) -> tuple[RequestState, str | None]:
     headers = request.headers
     attrs: dict[str, Any] = {URL_SCHEME: request.scheme, URL_PATH: path}
     websocket = headers.get("Upgrade", "").lower() == "websocket"
@@ -719,8 +822,12 @@ def _begin(request: Any, path: str, start_ns: int) -> tuple[RequestState, str | 
     resource = getattr(getattr(request.match_info, "route", None), "resource", None)
     if resource is not None:  # (None for a path no route matched: the span keeps the method)
         template = resource.canonical
-        if isinstance(template, str) and template:
-            state.route = template
+        if isinstance(template, str):
+            if isinstance(resource, static):
+                # (canonical is the prefix alone: "/static" for "/static/css/app.css")
+                template = f"{template}/{{filename}}"
+            if template:
+                state.route = template
     return state, address
 
 
