@@ -5,7 +5,7 @@ from pitchey_trace.testing import capture_spans
 def test_checkout():
     with capture_spans() as exporter:
         checkout()
-    assert [s["name"] for s in exporter.spans()] == ["checkout", "charge"]
+    assert [s["name"] for s in exporter.spans()] == ["charge", "checkout"]  # as they end
 """
 
 from __future__ import annotations
