@@ -217,8 +217,11 @@ class ExporterWorker:
             _stats.incr("dropped.export_failed", len(batch))
             _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
         else:
-            _stats.incr("exported", len(batch))
-            _stats.incr(f"exported.{self.name}", len(batch))
+            n = len(batch)
+            if ok.__class__ is _stats.PartlyRejected:  # (the exporter counted those as dropped)
+                n = max(0, n - ok)
+            _stats.incr("exported", n)
+            _stats.incr(f"exported.{self.name}", n)
 
     def _run(self) -> None:
         q = self.queue

@@ -12,6 +12,14 @@ _lock = threading.Lock()
 _counters: dict[str, int] = {}
 
 
+class PartlyRejected(int):
+    """What an exporter's ``export()`` returns when its destination accepted the batch but
+    refused this many of its records (OTLP partial success), which the exporter counted in
+    ``dropped.rejected`` itself: the export worker counts the rest as ``exported``."""
+
+    __slots__ = ()
+
+
 def incr(key: str, n: int = 1) -> None:
     """Add ``n`` to counter ``key`` (dotted names, e.g. ``dropped.queue_full``)."""
     with _lock:

@@ -149,7 +149,8 @@ class GrpcSender:
             except ValueError as exc:  # the channel was closed under us (shutdown): reopen
                 self._channel = self._call = None
                 return Try(retry=True, error=f"{type(exc).__name__}: {exc}")
-            return Try(ok=True, data=body if isinstance(body, bytes) else b"")
+            answer = body if isinstance(body, bytes) else b""
+            return Try(ok=True, data=answer, content_type="application/grpc")  # (read for a partial success)
 
         return with_retries(self.counter, self.url, policy, self.stop, once)
 

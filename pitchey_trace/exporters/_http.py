@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
-from pitchey_trace import _stats
+from pitchey_trace import _safety, _stats
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, positive_int
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._otlp_proto import partial_rejected
+from pitchey_trace.exporters._otlp_proto import MAX_ANSWER_BYTES, loggable, parse_partial_success
 from pitchey_trace.exporters._spool import PayloadSpool
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # The most of a collector's answer read (answers are small: a partial-success count).
-_MAX_RESPONSE_BYTES = 1 << 20
+_MAX_RESPONSE_BYTES = MAX_ANSWER_BYTES
 
 logger = logging.getLogger("pitchey_trace")
 _WARN_EVERY_S = 60.0
@@ -152,6 +152,7 @@ class HttpResult:
     attempts: int = 0
     error: str | None = None
     rejected: bool = False  # refused as it is (not worth sending again), not merely undelivered
+    content_type: str | None = None  # the answer's (gRPC: "application/grpc")
 
 
 def read_pem(path: object, what: str = "CA file", marker: bytes = b"CERTIFICATE-----") -> bytes:
@@ -239,6 +240,7 @@ class Try:
     data: bytes = b""
     error: str | None = None
     wait: float | None = None  # the server's requested delay, if it gave one
+    content_type: str | None = None  # the answer's
 
 
 def with_retries(
@@ -254,7 +256,7 @@ def with_retries(
         _stats.incr(f"{counter}.requests")
         t = once()
         if t.ok:
-            return HttpResult(True, t.status, t.data, attempt)
+            return HttpResult(True, t.status, t.data, attempt, content_type=t.content_type)
         if not t.retry:
             _stats.incr(f"{counter}.rejected")
             warn_limited(
@@ -292,6 +294,56 @@ def with_retries(
         if stop.wait(wait):
             _stats.incr(f"{counter}.failed")
             return HttpResult(False, t.status, t.data, attempt, t.error)
+
+
+def note_partial_success(
+    result: HttpResult, *, counter: str, count_key: str, noun: str, items: int, url: str
+) -> int:
+    """Read the OTLP partial success of a successful answer (``result``; ``items`` spans, log
+    records or data points were sent, ``count_key`` names their count in JSON): the number of
+    them the collector rejected, at most ``items``, counted in ``<counter>.partial_rejected``;
+    an answer with a message but nothing rejected is a warning (``<counter>.partial_warning``).
+    Both are logged with the collector's message (made safe, bounded), at most once a minute
+    each. Such a request is not sent again: the collector took what it could. Never raises."""
+    try:
+        partial = parse_partial_success(result.body, result.content_type, count_key)
+        if partial is None:
+            return 0
+        rejected = min(partial.rejected, max(0, items))
+        message = loggable(partial.message) if partial.message else "(no message)"
+        if rejected:
+            _stats.incr(f"{counter}.partial_rejected", rejected)
+            warn_limited(
+                f"{counter}.partial_rejected",
+                "pitchey_trace %s: %s accepted a request but rejected %d of its %d %s (not sent again; "
+                "counted in dropped.rejected): %s",
+                counter,
+                url,
+                rejected,
+                items,
+                noun,
+                message,
+            )
+        else:
+            _stats.incr(f"{counter}.partial_warning")
+            warn_limited(
+                f"{counter}.partial_warning",
+                "pitchey_trace %s: %s accepted a request with a warning: %s",
+                counter,
+                url,
+                message,
+            )
+        return rejected
+    except Exception as exc:  # (a bug here must not fail an export that succeeded)
+        _safety.report(f"partial_success.{counter}", exc)
+        return 0
+
+
+def count_rejected(name: str, n: int) -> None:
+    """Count ``n`` items a collector rejected (partial success) in ``dropped.rejected`` and
+    ``dropped.rejected.<name>`` (``name``: the exporter's)."""
+    _stats.incr("dropped.rejected", n)
+    _stats.incr(f"dropped.rejected.{name}", n)
 
 
 # What sending on a connection the peer has closed raises before any answer is read
@@ -446,7 +498,7 @@ class HttpSender:
             except (OSError, http.client.HTTPException) as exc:
                 return Try(retry=True, error=f"{type(exc).__name__}: {exc}")
             if 200 <= code < 300:
-                return Try(ok=True, status=code, data=data)
+                return Try(ok=True, status=code, data=data, content_type=headers.get("content-type"))
             wait = None
             if code in (429, 503):
                 after = parse_retry_after(headers.get("retry-after"))
@@ -469,6 +521,11 @@ class SenderExporter:
 
     _sender: HttpSender | GrpcSender
     _spool: PayloadSpool | None = None
+    #: OTLP exporters: the JSON name of the count in a successful answer's partial success
+    #: (``rejectedSpans``) and what it counts (``spans``); None: answers are not read.
+    _partial: tuple[str, str] | None = None
+    #: Items per request at most: bounds the count read from the answer to a spooled request.
+    _items_per_request = 512
 
     @property
     def url(self) -> str:
@@ -511,11 +568,38 @@ class SenderExporter:
         result = self._send_once(payload) if len(spool) else self._sender.send(payload)
         if result.ok:
             if len(spool):
-                spool.drain(self._send_once, time.monotonic() + 5.0)
+                spool.drain(self._send_spooled, time.monotonic() + 5.0)
             return result
         if result.rejected or not spool.put(payload, items):
             return result
         return None
+
+    def _exporter_name(self) -> str:
+        """The name the export worker counts this exporter under (``exported.<name>``)."""
+        name = getattr(self, "name", None)
+        return name if isinstance(name, str) and name else type(self).__name__
+
+    def _partial_success(self, result: HttpResult, items: int) -> int:
+        """How many of the ``items`` sent an OTLP collector's successful answer rejected
+        (counted and logged: :func:`note_partial_success`); 0 for other exporters."""
+        if self._partial is None:
+            return 0
+        count_key, noun = self._partial
+        sender = self._sender
+        return note_partial_success(
+            result, counter=sender.counter, count_key=count_key, noun=noun, items=items, url=sender.url
+        )
+
+    def _send_spooled(self, payload: bytes) -> HttpResult:
+        """Send a kept payload once (spool drains). What its answer says was rejected is
+        counted in ``dropped.rejected``; ``exported`` counted the payload when it was kept (as
+        for the spool's other losses, ``dropped.spool_cap``)."""
+        result = self._send_once(payload)
+        if result.ok:
+            rejected = self._partial_success(result, self._items_per_request)
+            if rejected:
+                count_rejected(self._exporter_name(), rejected)
+        return result
 
     def _post_in_chunks(
         self,
@@ -523,12 +607,19 @@ class SenderExporter:
         size: int,
         body: Callable[[Sequence[Any]], bytes],
         counter: str,
-        partial: tuple[str, str] | None = None,
-    ) -> bool:
+    ) -> bool | _stats.PartlyRejected:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
         delivered under ``counter``; False if any chunk was given up (not kept in the spool).
-        ``partial``: (JSON key, counter) of an OTLP answer's ``partialSuccess`` rejections."""
+
+        OTLP (``_partial``): what a collector's answer says it rejected is not sent again; when
+        every chunk went out, those items are counted in ``dropped.rejected[.<name>]`` and their
+        number returned as a :class:`~pitchey_trace._stats.PartlyRejected`, so the export worker
+        counts only the rest in ``exported[.<name>]``: ``exported.<name> +
+        dropped.rejected.<name>`` is what the exporter was handed.
+        (When a chunk was given up, the worker counts the whole batch in
+        ``dropped.export_failed``: the rejections are in it.)"""
         ok = True
+        rejected = 0
         for i in range(0, len(items), size):
             chunk = items[i : i + size]
             result = self._deliver(body(chunk), len(chunk))
@@ -538,10 +629,10 @@ class SenderExporter:
                 ok = False
                 continue
             _stats.incr(counter, len(chunk))
-            if partial is not None:
-                rejected = partial_rejected(result.body, partial[0])
-                if rejected:
-                    _stats.incr(partial[1], rejected)
+            rejected += self._partial_success(result, len(chunk))
+        if ok and rejected:
+            count_rejected(self._exporter_name(), rejected)
+            return _stats.PartlyRejected(rejected)  # (the worker counts the rest as exported)
         return ok
 
     def poll(self) -> None:
@@ -554,7 +645,7 @@ class SenderExporter:
         now = time.monotonic()
         if now < self._poll_at:
             return
-        spool.drain(self._send_once, now + 5.0)
+        spool.drain(self._send_spooled, now + 5.0)
         self._poll_wait = min(60.0, self._poll_wait * 2) if len(spool) else 2.5
         self._poll_at = time.monotonic() + self._poll_wait
 
@@ -567,7 +658,7 @@ class SenderExporter:
         spool = self._spool
         if spool is None or not len(spool):
             return True
-        spool.drain(self._send_once, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
+        spool.drain(self._send_spooled, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
         return not len(spool)
 
     def shutdown(self, timeout: float | None = None) -> None:

@@ -24,17 +24,25 @@ collector decodes the same message from either. Field numbers, from
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from pitchey_trace._json import loads, valid_text
+from pitchey_trace._json import valid_text
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
+    "PartialSuccess",
     "Schema",
     "any_value_proto",
     "encode_node",
     "encode_otlp_proto",
+    "loggable",
+    "parse_partial_success",
     "partial_rejected",
     "partial_rejected_proto",
 ]
@@ -221,7 +229,7 @@ def encode_otlp_proto(
     return bytes(out)
 
 
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+def _read_varint(data: bytes | memoryview, i: int) -> tuple[int, int]:
     n = shift = 0
     while True:
         b = data[i]
@@ -234,41 +242,191 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: bytes) -> Iterable[tuple[int, int, Any]]:
-    """(number, wire type, value) of each field of one message; ValueError when malformed."""
-    i = 0
-    while i < len(data):
-        key, i = _read_varint(data, i)
+#: Fields read at most per message of an answer: the answers have one or two (a hostile or
+#: broken one could hold a million, each cheap to skip but not free).
+_MAX_FIELDS = 1000
+
+
+def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(number, wire type, value) of each field of one message, the length-delimited ones as
+    memoryviews (no copy); ValueError (or IndexError) when malformed or too long."""
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    i = count = 0
+    end = len(view)
+    while i < end:
+        count += 1
+        if count > _MAX_FIELDS:
+            raise ValueError("too many fields")
+        key, i = _read_varint(view, i)
         number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
         value: Any
         if wire == 0:
-            value, i = _read_varint(data, i)
+            value, i = _read_varint(view, i)
         elif wire == 1:
-            value, i = data[i : i + 8], i + 8
+            value, i = view[i : i + 8], i + 8
         elif wire == 2:
-            size, i = _read_varint(data, i)
-            value, i = data[i : i + size], i + size
+            size, i = _read_varint(view, i)
+            value, i = view[i : i + size], i + size
         elif wire == 5:
-            value, i = data[i : i + 4], i + 4
-        else:
+            value, i = view[i : i + 4], i + 4
+        else:  # (groups: not in any OTLP message; "{" of a JSON answer is one)
             raise ValueError(f"unsupported wire type {wire}")
-        if i > len(data):
+        if i > end:
             raise ValueError("truncated message")
         yield number, wire, value
+
+
+# -- the answer: partial success --------------------------------------------------------------
+# A successful answer (HTTP 200, gRPC OK) may say that the collector refused part of the
+# request: ``partial_success`` (field 1 of every Export*ServiceResponse), in it the int64
+# count (field 1: rejected_spans, rejected_log_records, rejected_data_points) and an
+# error_message (field 2). In JSON: {"partialSuccess": {"rejectedSpans": "3", "errorMessage": ...}}
+# (int64 as a string or a number; protobuf's JSON parsers accept the fields' own names too).
+
+#: What of an answer is read at most: a partial success is a few bytes; a bigger answer is not read.
+MAX_ANSWER_BYTES = 1 << 20
+#: What of an error message is kept (characters).
+_MAX_MESSAGE = 4096
+_INT64_MAX = (1 << 63) - 1
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+
+@dataclass(frozen=True)
+class PartialSuccess:
+    """What a successful answer says the collector refused: ``rejected`` items (0 when none, or
+    when the count is not a valid int64 >= 0) and its ``message`` (as sent, at most 4096
+    characters: see :func:`loggable` before logging it)."""
+
+    rejected: int
+    message: str
+
+
+def _count(value: int) -> int:
+    """A count read from an answer: a negative or out-of-range int64 counts nothing."""
+    return value if 0 <= value <= _INT64_MAX else 0
+
+
+def _proto_partial(body: bytes | memoryview) -> PartialSuccess | None:
+    """The binary form's; ValueError or IndexError when it is not a valid message."""
+    rejected, message, present = 0, "", False
+    for number, wire, value in _fields(body):
+        if number != 1:
+            continue  # (fields this SDK does not know: skipped, as protobuf does)
+        if wire != 2:
+            raise ValueError("partial_success is not a message")
+        present = True  # (repeated occurrences merge: the last value of each field wins)
+        for inner, inner_wire, inner_value in _fields(value):
+            if inner == 1:
+                if inner_wire != 0:
+                    raise ValueError("the count is not a varint")
+                signed = inner_value - (1 << 64) if inner_value >= 1 << 63 else inner_value
+                rejected = _count(signed)
+            elif inner == 2:
+                if inner_wire != 2:
+                    raise ValueError("error_message is not a string")
+                raw = bytes(inner_value[: _MAX_MESSAGE * 4])  # (UTF-8: at most 4 bytes each)
+                message = raw.decode("utf-8", "replace")[:_MAX_MESSAGE]
+    return PartialSuccess(rejected, message) if present else None
+
+
+def _json_count(value: Any) -> int:
+    if isinstance(value, bool) or value is None:
+        return 0
+    if isinstance(value, int):
+        return _count(value)
+    if isinstance(value, float):
+        return _count(int(value)) if math.isfinite(value) and value.is_integer() else 0
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        return _count(int(value))
+    return 0
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z])([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _json_partial(body: bytes | memoryview, count_key: str) -> PartialSuccess | None:
+    """The JSON form's; ValueError (or RecursionError: nested too deep) when it is not a JSON
+    object."""
+    doc = json.loads(bytes(body))  # (the stdlib's: ints of any size, the same everywhere)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    partial = doc.get("partialSuccess", doc.get("partial_success"))
+    if not isinstance(partial, dict):
+        return None  # (absent, null, or not an object: nothing said)
+    count = partial.get(count_key, partial.get(_snake(count_key)))
+    message = partial.get("errorMessage", partial.get("error_message"))
+    text = message[:_MAX_MESSAGE] if isinstance(message, str) else ""
+    return PartialSuccess(_json_count(count), text)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_partial_success(
+    body: bytes, content_type: str | None, count_key: str = "rejectedSpans"
+) -> PartialSuccess | None:
+    """The ``partial_success`` of a successful OTLP answer (``body`` as the collector sent it,
+    ``content_type`` its ``Content-Type``; ``application/grpc`` for a gRPC answer), None when it
+    says nothing (absent, or a count of 0 without a message) or cannot be read. ``count_key``:
+    the JSON name of the count, ``rejectedSpans``, ``rejectedLogRecords`` or
+    ``rejectedDataPoints`` (in protobuf it is field 1 in each).
+
+    The content type says which encoding is read first; an answer in the other one is read too
+    (a JSON object can never be read as the binary message: its "{" is a group start, which
+    OTLP messages do not have), anything else is ignored. Never raises; the work is bounded
+    (at most :data:`MAX_ANSWER_BYTES` read, a bounded number of fields)."""
+    try:
+        if not body or len(body) > MAX_ANSWER_BYTES:
+            return None
+        media = _media_type(content_type)
+        view = memoryview(body)
+        readers: tuple[str, ...]
+        if media.startswith("application/grpc"):
+            readers = ("proto",)  # (gRPC carries protobuf only)
+        elif media == "application/json" or media.endswith("+json"):
+            readers = ("json", "proto")
+        elif "protobuf" in media:
+            readers = ("proto", "json")
+        else:  # (none or another: what the body looks like)
+            readers = ("json", "proto") if body.lstrip()[:1] == b"{" else ("proto", "json")
+        for reader in readers:
+            try:
+                partial = _json_partial(view, count_key) if reader == "json" else _proto_partial(view)
+            except (ValueError, IndexError, RecursionError):
+                continue  # (not this encoding)
+            if partial is None or (partial.rejected == 0 and not partial.message):
+                return None
+            return partial
+        return None
+    except Exception:  # (a bug here must not fail an export that succeeded)
+        return None
+
+
+def loggable(message: str, limit: int = 256) -> str:
+    """``message`` (from a collector) made safe for one log line: characters that are not
+    printable (line breaks, other control and format characters, lone surrogates) written as
+    escapes, at most about ``limit`` characters ("..." marks a cut)."""
+    out: list[str] = []
+    size = 0
+    for ch in message:
+        if size >= limit:
+            out.append("...")
+            break
+        piece = ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
 
 
 def partial_rejected_proto(body: bytes) -> int:
     """``partial_success.rejected_spans`` of a binary ``ExportTraceServiceResponse`` (0 when
     absent or not a valid message)."""
-    try:
-        for number, wire, value in _fields(body):
-            if number == 1 and wire == 2:
-                for inner, inner_wire, count in _fields(value):
-                    if inner == 1 and inner_wire == 0:
-                        return int(count - (1 << 64) if count >= 1 << 63 else count)
-    except (ValueError, IndexError):
-        return 0
-    return 0
+    partial = parse_partial_success(body, "application/grpc")
+    return 0 if partial is None else partial.rejected
 
 
 def _zigzag(n: int) -> int:
@@ -324,17 +482,8 @@ def encode_node(schema: Schema, message: str, node: Mapping[str, Any]) -> bytear
     return out
 
 
-def partial_rejected(body: bytes, json_key: str = "rejectedSpans") -> int:
-    """``partialSuccess.rejectedSpans`` (or ``json_key``: metrics say ``rejectedDataPoints``;
-    field 1 in both binary forms) of an OTLP response, JSON or binary protobuf (0 when
-    absent or unreadable). A JSON object cannot be mistaken for the binary form: "{" would be a
-    group start, which the response message does not have."""
-    if not body:
-        return 0
-    if not body.lstrip().startswith(b"{"):
-        return partial_rejected_proto(body)
-    try:
-        doc = loads(body)
-        return int(doc.get("partialSuccess", {}).get(json_key, 0) or 0)
-    except (ValueError, TypeError, AttributeError):
-        return 0
+def partial_rejected(body: bytes, json_key: str = "rejectedSpans", content_type: str | None = None) -> int:
+    """The rejected count of an OTLP answer, JSON or binary protobuf (0 when absent or
+    unreadable): :func:`parse_partial_success`'s, for callers that only want the number."""
+    partial = parse_partial_success(body, content_type, json_key)
+    return 0 if partial is None else partial.rejected

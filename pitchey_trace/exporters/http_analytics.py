@@ -281,11 +281,13 @@ class HttpAnalyticsExporter(SenderExporter):
                 points.append(p)
         if skipped:
             _stats.incr("http_analytics.skipped", skipped)
-        return self._post_in_chunks(
-            points,
-            self.max_points_per_request,
-            lambda chunk: dumps({"points": chunk}),
-            "http_analytics.points",
+        return bool(  # (no partial success here: _post_in_chunks gives a bool)
+            self._post_in_chunks(
+                points,
+                self.max_points_per_request,
+                lambda chunk: dumps({"points": chunk}),
+                "http_analytics.points",
+            )
         )
 
     def __repr__(self) -> str:

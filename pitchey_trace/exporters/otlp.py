@@ -367,8 +367,15 @@ class OTLPExporter(SenderExporter):
         spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
-    ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused).
+    ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused),
+    ``otlp.partial_warning``. A successful answer may say the collector refused some spans (OTLP
+    partial success): the request is not sent again; those spans are counted in
+    ``dropped.rejected`` and ``dropped.rejected.<name>`` instead of ``exported``, and the
+    collector's message is logged (at most once a minute). A message alone is a warning,
+    logged the same way.
     """
+
+    _partial = ("rejectedSpans", "spans")
 
     def __init__(
         self,
@@ -394,7 +401,7 @@ class OTLPExporter(SenderExporter):
         text("name", name)
         self.name = name
         self.datasets = valid_datasets(datasets)
-        self.max_spans_per_request = max_spans_per_request
+        self.max_spans_per_request = self._items_per_request = max_spans_per_request
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "TRACES",
@@ -417,18 +424,14 @@ class OTLPExporter(SenderExporter):
         """The resolved endpoint: the ``/v1/traces`` URL, or the gRPC target's URL."""
         return self._sender.url
 
-    def export(self, batch: Sequence[Record]) -> bool:
-        """POST the span records of ``batch``; False if a chunk was given up."""
+    def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
+        """POST the span records of ``batch``; False if a chunk was given up. When the collector
+        refused some spans of an accepted request (partial success): their number, as a
+        ``PartlyRejected`` (the export worker counts the rest as exported)."""
         spans = [r for r in batch if r.get("type") == "span"]
         if len(spans) != len(batch):
             _stats.incr("otlp.skipped", len(batch) - len(spans))
-        return self._post_in_chunks(
-            spans,
-            self.max_spans_per_request,
-            self._payload,
-            "otlp.spans",
-            partial=("rejectedSpans", "otlp.partial_rejected"),
-        )
+        return self._post_in_chunks(spans, self.max_spans_per_request, self._payload, "otlp.spans")
 
     def _payload(self, chunk: Sequence[Record]) -> bytes:
         if self.protocol == "http/json":

@@ -181,9 +181,12 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
             then ``OTEL_EXPORTER_OTLP_*``.
 
     Counters: ``otlp_logs.records``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
-    ``.partial_rejected``, ``.skipped`` (records that are neither audit nor log records),
-    ``.bad_record``.
+    ``.partial_rejected`` and ``.partial_warning`` (a partial success: as :class:`OTLPExporter`,
+    the refused records counted in ``dropped.rejected[.<name>]``), ``.skipped`` (records that
+    are neither audit nor log records), ``.bad_record``.
     """
+
+    _partial = ("rejectedLogRecords", "log records")
 
     def __init__(
         self,
@@ -209,7 +212,7 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         text("name", name)
         self.name = name
         self.datasets = valid_datasets(datasets)
-        self.max_records_per_request = max_records_per_request
+        self.max_records_per_request = self._items_per_request = max_records_per_request
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "LOGS",
@@ -253,19 +256,15 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
             ]
         }
 
-    def export(self, batch: Sequence[Record]) -> bool:
+    def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
         """POST the audit and log records of ``batch`` (in chunks); False if a chunk was given
-        up."""
+        up. When the collector
+        refused some records of an accepted request (partial success): their number, as a
+        ``PartlyRejected`` (the export worker counts the rest as exported)."""
         logs = [r for r in batch if r.get("type") in _TYPES]
         if len(logs) != len(batch):
             _stats.incr("otlp_logs.skipped", len(batch) - len(logs))
-        return self._post_in_chunks(
-            logs,
-            self.max_records_per_request,
-            self._payload,
-            "otlp_logs.records",
-            partial=("rejectedLogRecords", "otlp_logs.partial_rejected"),
-        )
+        return self._post_in_chunks(logs, self.max_records_per_request, self._payload, "otlp_logs.records")
 
     def _payload(self, chunk: Sequence[Record]) -> bytes:
         request = self.request(chunk)

@@ -62,8 +62,8 @@ from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._http import RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_node, partial_rejected
+from pitchey_trace.exporters._http import RetryPolicy, SenderExporter, count_rejected, note_partial_success
+from pitchey_trace.exporters._otlp_proto import Schema, encode_node
 from pitchey_trace.exporters.otlp import ResourceBound, _otlp_env, _scope_version, json_node, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
@@ -391,7 +391,9 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
     The metrics come from the ``performance`` dataset (rollup records); records that are neither
     rollups nor spans are skipped (counted ``otlp_metrics.skipped``). Counters:
     ``otlp_metrics.points``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
-    ``.partial_rejected``.
+    ``.partial_rejected`` and ``.partial_warning`` (a partial success: not sent again; the data
+    points the backend refused are counted in ``dropped.rejected[.<name>]`` too, and the
+    backend's message is logged at most once a minute).
     """
 
     def __init__(
@@ -612,9 +614,18 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                     undo()
             return
         _stats.incr("otlp_metrics.points", points)
-        rejected = partial_rejected(result.body, "rejectedDataPoints")
+        # (a partial success: not sent again; the refused points counted in dropped.rejected,
+        # not taken off exported, which counts the records taken in, not points)
+        rejected = note_partial_success(
+            result,
+            counter="otlp_metrics",
+            count_key="rejectedDataPoints",
+            noun="data points",
+            items=points,
+            url=self._sender.url,
+        )
         if rejected:
-            _stats.incr("otlp_metrics.partial_rejected", rejected)
+            count_rejected(self._exporter_name(), rejected)
 
     def _fold(self, rollups: Iterable[Record]) -> None:
         """Take rollup records in (the lock is held): into the running totals, or as

@@ -170,7 +170,7 @@ class ZipkinExporter(SenderExporter):
     def export(self, batch: Sequence[Record]) -> bool:
         """Convert the batch's spans and POST them (in chunks); False if any chunk was given up."""
         spans = [s for s in map(to_zipkin, batch) if s is not None]
-        return self._post_in_chunks(spans, self.max_spans_per_request, dumps, "zipkin.spans")
+        return bool(self._post_in_chunks(spans, self.max_spans_per_request, dumps, "zipkin.spans"))
 
     def __repr__(self) -> str:
         return f"ZipkinExporter(url={self.url!r})"
