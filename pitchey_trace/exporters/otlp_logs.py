@@ -258,9 +258,8 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
 
     def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
         """POST the audit and log records of ``batch`` (in chunks); False if a chunk was given
-        up. When the collector
-        refused some records of an accepted request (partial success): their number, as a
-        ``PartlyRejected`` (the export worker counts the rest as exported)."""
+        up. When the collector refused some records of an accepted request (partial success):
+        their number, as a ``PartlyRejected`` (the export worker counts the rest as exported)."""
         logs = [r for r in batch if r.get("type") in _TYPES]
         if len(logs) != len(batch):
             _stats.incr("otlp_logs.skipped", len(batch) - len(logs))
