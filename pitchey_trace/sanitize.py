@@ -458,7 +458,10 @@ def secret_params(mode: _ModeArg = "mask", marker: str = "[REDACTED]") -> Detect
     too (``Authorization=NTLM ...``, ``auth=Digest a="b", c="d"``). Numbers, lists, maps (nested
     ones whole) and tuples of a JSON or repr member become a quoted marker, so the document stays
     valid; booleans stay, as key rules keep them. After ``=`` (or an unquoted ``name:``) a flat
-    list, tuple or map on one line goes whole (``password={hunter2}`` -> ``password=[REDACTED]``)."""
+    list, tuple or map on one line goes whole (``password={hunter2}`` -> ``password=[REDACTED]``).
+    Command-line options with a space lose their value too: ``--password hunter2``, and the item
+    after ``'--password'`` in a logged argument list or a list attribute (not switches such as
+    ``--no-password``, nor ``--password-file``, nor single-letter flags)."""
     return _detector("secret_params", mode, marker)
 
 
@@ -584,11 +587,12 @@ _FRAGMENTS: dict[str, str] = {
     # name ends with a secret word the handler matches and masks it (_KV_VALUE), else scanning
     # resumes right after the separator so the value still meets every other detector. The
     # name's closing quote may be escaped: JSON inside a JSON string (\"password\": \"...\"),
-    # nested up to three times (\\\" then 7 backslashes). One character class, not a group:
+    # nested up to three times (\\\" then 7 backslashes), and the name may end with escaped
+    # backslashes (up to 15 before the quote, see _closing_quote). One character class, not a group:
     # this part is tried at every word start, and a group there costs ~20% of the scan.
     "secret_params": (
         r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>-{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
-        r"(?P<kv_sep>[\\\"']{0,8}[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
+        r"(?P<kv_sep>[\\\"']{0,16}[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
     ),
     "auth_headers": (
         r"(?<![A-Za-z0-9])(?P<ah>(?P<ah_scheme>(?i:bearer|basic)[ \t]+)(?P<ah_cred>[A-Za-z0-9._~+/=\-]{6,}))"
@@ -639,6 +643,9 @@ _ORDER = (
 
 _DIGITS = re.compile(r"[0-9]+")
 _KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
+# Secret names a name must end with as a word (after a separator or a camelCase boundary, see
+# _norm_key), not merely as letters: "pin", "user_pin", "userPin", "PIN"; not "spin", "hairpin".
+_KV_WORD_ENDS = ("_pin_",)
 _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
 # A map after a secret name in the "=" form or in "name: " text (password={hunter2},
 # token={"a": 1}, secret: {a: b}): one line, no nested map or list, bounded.
@@ -677,6 +684,31 @@ _KV_VALUE = re.compile(
     r"|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'?"
     rf"|{_VAL_CHARS}+(?:; {_VAL_CHARS}+)*)"
 )
+# Command-line options whose value is the next argument (--password hunter2): the option's name
+# ends with a secret word (as _kv_kind says), and is not a switch, which takes no value and is
+# followed by another argument (--no-password mydb); the value is the next word, not another
+# option, not "=..." or ":..." (the "=" form, --password=..., is a name=value pair). Or, in a
+# logged argument list, ['--password', 'hunter2'] / ["--pin", 1234]: the next item.
+_CLI = re.compile(
+    r"(?:(?<![A-Za-z0-9_.\\\-])|(?<=\\[nrt]))--(?P<cli>[A-Za-z][A-Za-z0-9_.\-]{0,127})[ \t]+(?=[^\s\-=:])"
+    rf"|(?<!\\)(?P<cli_q>\\{{0,7}}[\"'])--(?P<cli_item>[A-Za-z][A-Za-z0-9_.\-]{{0,127}})(?P=cli_q),{_SP}"
+)
+# The first word of an option that is a switch: --no-password, --ask-password, --prompt-token...
+_CLI_SWITCHES = frozenset(
+    {
+        *("no", "not", "without", "with", "skip", "ask", "prompt", "disable", "enable", "require"),
+        *("use", "show", "hide", "print", "allow", "save", "store", "remember", "forget"),
+        *("generate", "random", "rotate", "reset"),
+    }
+)
+_CLI_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")  # (as in _CLI)
+_CLI_FIRST_WORD = re.compile(r"[A-Z0-9]+(?![a-z])|[A-Za-z][a-z0-9]*")
+# A value after the option and its spaces: the rest of a word (a backslash escapes the next
+# character, JSON's \n, \t, \" excepted, which end the word), or a scheme word and one more
+# (--auth Bearer abc), or our own marker.
+_CLI_WORD = r"""(?:[^\s"'\\]|\\[^nrt\s"'])+"""
+_CLI_VALUE = re.compile(rf"{_MARKER}(?![^\s\"'\\)\]}},;])|(?i:(?:{_SCHEMES})[ \t]+)?{_CLI_WORD}")
+_CLI_NUMBER = re.compile(r"-?[0-9][0-9.eE+\-]*")
 # The value of an authorization name in the "=" form (Authorization=NTLM abc, auth=Negotiate
 # xyz, a logged query string or a k=v line) or after a quoted name ('Authorization': NTLM abc):
 # an optional scheme word, then one credential, or a list of two or more comma-separated
@@ -697,7 +729,9 @@ _AUTH_CRED = re.compile(rf"{_MARKER}|{_VAL_CHARS}+")
 _KV_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}=[^=\s]")
 # A JSON (or Python repr) member value: after a quoted name and ":" (the quote possibly escaped,
 # JSON inside a JSON string), followed by the next member or the end of the object or array.
-_MEMBER_BEFORE = re.compile(r"(\\{0,7}[\"'])[ \t]*:[ \t]*\Z")
+_MEMBER_BEFORE = re.compile(r"[\"'][ \t]*:[ \t]*\Z")
+_MEMBER_WINDOW = 16  # how far back the name's quote of a member value is looked for
+_RUN_MAX = 64  # backslashes counted before a quote (see _member_name_quote)
 _MEMBER_AFTER = re.compile(r"(?:[ \t\r\n]|\\{1,7}[rnt])*(?:[,}\]]|\Z)")
 # A quote (maybe escaped) that closes a string rather than opening a value: followed by the next
 # member or element, a ":" or the end of the object, array or text.
@@ -933,7 +967,18 @@ def _name_quote(sep: str) -> str:
     if q == "\\":
         return ""
     run = head[:-1]
-    return "\\" * (len(run) - len(run.rstrip("\\"))) + q
+    return _closing_quote(len(run) - len(run.rstrip("\\")), q)
+
+
+def _closing_quote(run: int, quote: str) -> str:
+    r"""The quote a string closed by ``run`` backslashes then ``quote`` was opened with (its
+    nesting, see _closes), which the strings next to it are written in: ``"`` after ``"a"`` and
+    after ``"a\\"`` (a name ending with an escaped backslash: the run escapes itself, not the
+    quote), ``\"`` after ``\"a\"`` and ``\"a\\\\\"`` (JSON inside a JSON string); '' past three
+    levels. The nesting is the run's trailing one bits (``run % (2n + 2) == n`` for
+    ``n = 2**k - 1``)."""
+    nesting = run & ~(run + 1)
+    return "\\" * nesting + quote if nesting in (0, 1, 3, 7) else ""
 
 
 def _member_value_end(text: str, pos: int, nesting: int) -> tuple[int, bool]:
@@ -993,9 +1038,9 @@ def _array_quote(text: str, bracket: int) -> str:
     """The quote a JSON array opened at ``bracket`` writes its strings in, when known: that of
     the member it is the value of (``"cards": [``, ``\\"cards\\": [``), ``"`` for an array
     that starts the text or a string (``"[...`` inside a JSON string: ``\\"``); else ''."""
-    before = _MEMBER_BEFORE.search(text, max(0, bracket - 16), bracket)
+    before = _MEMBER_BEFORE.search(text, max(0, bracket - _MEMBER_WINDOW), bracket)
     if before is not None:
-        return before.group(1)
+        return _member_name_quote(text, before.start())
     if bracket == 0 or (bracket < 64 and text[:bracket].isspace()):
         return '"'
     q = text[bracket - 1]
@@ -1008,6 +1053,134 @@ def _array_quote(text: str, bracket: int) -> str:
         run -= 1
     nesting = bracket - 1 - run
     return "\\" * (2 * nesting + 1) + '"' if nesting in (0, 1, 3) else ""
+
+
+# The walk through a JSON document (or Python literal) from the "[" of an array whose quote is
+# known to a card number further on (see _Engine._walk_quote): where it is, state by state.
+_W_VALUE, _W_FIRST, _W_NAME, _W_FIRST_NAME, _W_COLON, _W_AFTER = range(6)
+_W_REACHED, _W_CLOSED, _W_FAILED = range(3)
+_WALK_TOKEN_COST = 8  # budget units a token costs, besides one per character
+_WALK_BRACKETS = 64  # "[" looked at per card (nearest first), within _WALK_WINDOW characters
+_WALK_WINDOW = 4096  # how far back a walk to a card may start
+_WALK_DEPTH = 512  # arrays and objects open at once
+_ANCHOR_AFTER = frozenset(":\"' \t\r\n")  # what may precede the "[" of an array _array_quote knows
+_WALK_SP = re.compile(_SP)
+_WALK_OPEN = re.compile(rf"\[(?:{_SP}\[)*")  # "[[[" (one match, not one token each)
+_WALK_SCALAR_RE = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?|true|false|null|True|False|None"
+_WALK_SCALAR = re.compile(_WALK_SCALAR_RE)
+_walk_runs: dict[tuple[int, str], tuple[re.Pattern[str], re.Pattern[str]]] = {}
+
+
+def _walk_run(nesting: int, quotes: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """For a walk at ``nesting`` with ``quotes``: the further elements of an array, and the
+    further members of an object, that are numbers, literals, strings without an escape or
+    empty arrays and maps, after one (``, 1, "a", null, []``; ``, "k": 1, "j": "v"``): many at a
+    time, in one match."""
+    runs = _walk_runs.get((nesting, quotes))
+    if runs is None:
+        esc = "\\\\" * nesting
+        string = "|".join(rf"{esc}{q}[^{q}\\\r\n]*{esc}{q}" for q in quotes)
+        element = rf"(?:{_WALK_SCALAR_RE}|{string}|\[{_SP}\]|\{{{_SP}\}})"
+        runs = (
+            re.compile(rf"(?:{_SP},{_SP}{element})*"),
+            re.compile(rf"(?:{_SP},{_SP}(?:{string}){_SP}:{_SP}{element})*"),
+        )
+        _walk_runs[(nesting, quotes)] = runs
+    return runs
+
+
+def _walk_string(text: str, pos: int, target: int, nesting: int, quotes: str) -> int:
+    """The end of the string opened at ``pos`` by ``nesting`` backslashes and one of ``quotes``,
+    closed on its line before ``target``; -1 if there is no such string."""
+    at = pos + nesting
+    if at >= target or text[at] not in quotes or (nesting and text.count("\\", pos, at) != nesting):
+        return -1
+    for stop in _QUOTE_STOP[text[at]].finditer(text, at + 1, target):
+        run = stop.end() - stop.start() - 1
+        if text[stop.start()] in "\r\n" or run < nesting:
+            return -1
+        if _closes(run, nesting):
+            return stop.end()
+    return -1
+
+
+def _walk(
+    text: str, pos: int, target: int, stack: list[str], state: int, nesting: int, quotes: str, budget: int
+) -> tuple[int, int]:
+    """Walks the JSON values (or Python literals) from ``pos``, in ``state``, inside the arrays
+    and objects whose closers are ``stack`` (updated), to ``target``: (_W_REACHED, budget left)
+    when ``target`` is where an element of an array may start, (_W_CLOSED, ...) when the
+    outermost array or object closes first, (_W_FAILED, ...) at anything else (text that is not
+    JSON, a string ending past ``target``, a line break in a string, more than _WALK_DEPTH
+    levels) or once ``budget`` (one unit per character, _WALK_TOKEN_COST per token) is spent."""
+    space = _WALK_SP.match
+    scalar = _WALK_SCALAR.match
+    elements, members = _walk_run(nesting, quotes)
+    while True:
+        if state == _W_AFTER:
+            found = (elements if stack[-1] == "]" else members).match(text, pos, target)
+            if found is not None:  # (it always is: the run may be empty)
+                budget -= found.end() - pos
+                pos = found.end()
+        found = space(text, pos, target)
+        if found is not None:  # (likewise)
+            pos = found.end()
+        if pos >= target:
+            break
+        if budget <= 0:
+            return _W_FAILED, budget
+        ch = text[pos]
+        if state == _W_AFTER:
+            if ch == ",":
+                state = _W_VALUE if stack[-1] == "]" else _W_NAME
+            elif ch == stack[-1]:
+                stack.pop()
+                if not stack:
+                    return _W_CLOSED, budget
+            else:
+                return _W_FAILED, budget
+            end = pos + 1
+        elif state == _W_COLON:
+            if ch != ":":
+                return _W_FAILED, budget
+            state = _W_VALUE
+            end = pos + 1
+        elif ch == stack[-1] and state in (_W_FIRST, _W_FIRST_NAME):
+            stack.pop()  # [] or {}
+            if not stack:
+                return _W_CLOSED, budget
+            state = _W_AFTER
+            end = pos + 1
+        elif state in (_W_NAME, _W_FIRST_NAME):
+            end = _walk_string(text, pos, target, nesting, quotes)
+            if end < 0:
+                return _W_FAILED, budget - (target - pos)  # (what the string scan may have read)
+            state = _W_COLON
+        elif ch in "[{":
+            if ch == "[":
+                found = _WALK_OPEN.match(text, pos, target)
+                end = found.end() if found is not None else pos + 1
+                stack.extend("]" * text.count("[", pos, end))
+                state = _W_FIRST
+            else:
+                end = pos + 1
+                stack.append("}")
+                state = _W_FIRST_NAME
+            if len(stack) > _WALK_DEPTH:
+                return _W_FAILED, budget
+        else:
+            end = _walk_string(text, pos, target, nesting, quotes)
+            if end < 0:
+                found = scalar(text, pos, target)
+                if found is None:
+                    return _W_FAILED, budget - (target - pos)
+                end = found.end()
+            state = _W_AFTER
+        budget -= end - pos + _WALK_TOKEN_COST
+        pos = end
+    if pos == target and state in (_W_VALUE, _W_FIRST) and stack[-1] == "]":
+        return _W_REACHED, budget
+    return _W_FAILED, budget
 
 
 def _value_before(text: str, start: int) -> tuple[str, int]:
@@ -1057,10 +1230,22 @@ def _auth_value_end(text: str, pos: int) -> int:
 def _member_quote(text: str, start: int, end: int) -> str:
     """The quote to write a marker replacing ``text[start:end]`` in, when that is a JSON member
     value (``{"n": 4111111111111111}``: a number becomes the string "[CARD]"); else ''."""
-    before = _MEMBER_BEFORE.search(text, max(0, start - 16), start)
+    before = _MEMBER_BEFORE.search(text, max(0, start - _MEMBER_WINDOW), start)
     if before is None or not _MEMBER_AFTER.match(text, end):
         return ""
-    return before.group(1)
+    return _member_name_quote(text, before.start())
+
+
+def _member_name_quote(text: str, at: int) -> str:
+    """The quote the strings of the object whose member name is closed by the quote at ``at``
+    are written in, from every backslash before that quote (a name may end with an escaped
+    backslash, ``{"a\\\\": 1}``, which does not escape the quote; see _closing_quote)."""
+    run = 0
+    while run < at and text[at - run - 1] == "\\":
+        run += 1
+        if run > _RUN_MAX:
+            return ""
+    return _closing_quote(run, text[at])
 
 
 class _Engine:
@@ -1105,6 +1290,9 @@ class _Engine:
         self._kv_names: dict[str, int] = {}
         # The text, end and quote of the last JSON array element masked (see _element_quote).
         self._last_element: tuple[str, int, str] | None = None
+        # The text walked (see _walk_quote), the budget left for walks from an array's "[" and
+        # where the last walk stopped, to go on from: (position, closers, quote) or None.
+        self._walk_state: tuple[str, int, tuple[int, list[str], str] | None] | None = None
         self.card = detectors.get("cards")
         self.ssn = detectors.get("ssns")
         self.phone = detectors.get("phones")
@@ -1114,12 +1302,15 @@ class _Engine:
         self._phone_partial = _phone_partial(self.phone.marker) if self.phone else None
         self._ip_partial = _ip_partial(self.ip.marker) if self.ip else None
         self._min_digits = 4 if self.ip else 8
+        self.cli = "secret_params" in detectors  # (command-line options: see _cli_values)
 
     # -- entry points
 
     def scrub(self, text: str) -> str:
         if self._pem is not None and "PRIVATE KEY" in text:
             text = self._pem.sub(lambda m: self._render("private_keys", m.group()), text)
+        if self.cli and "--" in text:
+            text = self._cli_values(text)
         search = self.pattern.search
         m = search(text)
         if m is None:
@@ -1143,12 +1334,102 @@ class _Engine:
                     if m is not None:
                         continue
             m = search(text, resume if resume > start else start + 1)
-        if self._last_element is not None:
-            self._last_element = None  # (holds the text)
+        if self._last_element is not None or self._walk_state is not None:
+            self._last_element = self._walk_state = None  # (they hold the text)
         if not out:
             return text
         out.append(text[last:])
         return "".join(out)
+
+    def cli_secret(self, name: str) -> bool:
+        """Whether the command-line option ``--<name>`` takes a secret value (see _CLI)."""
+        if not self._kv_kind(name):
+            return False
+        first = _CLI_FIRST_WORD.match(name)
+        return first is None or first.group().lower() not in _CLI_SWITCHES
+
+    def cli_item(self, value: str) -> str:
+        """``value``, the argument after a secret option in an argument list, masked (it is
+        kept when it is another option, a placeholder or our own marker)."""
+        if not value or value[0] == "-" or _PLACEHOLDER.fullmatch(value) or _RENDERED.fullmatch(value):
+            return value
+        return self._render("secret_params", value)
+
+    def _cli_values(self, text: str) -> str:
+        """``text`` with the values of secret command-line options masked: ``--password
+        hunter2``, ``--api-key "a b"``, ``['--token', 'abc']`` (see _CLI). A pass of its own,
+        before the combined scan, for texts holding "--" only."""
+        out: list[str] = []
+        last = 0
+        for m in _CLI.finditer(text):
+            if m.start() < last:
+                continue  # (in a value masked already: --password "a --token b")
+            name = m.group("cli")
+            if name is not None:
+                hit = self._cli_word(text, m.end(), name) if self.cli_secret(name) else None
+            else:
+                secret = self.cli_secret(m.group("cli_item"))
+                hit = self._cli_next_item(text, m.end(), m.group("cli_q")) if secret else None
+            if hit is not None:
+                out.append(text[last : hit[0]])
+                out.append(hit[2])
+                last = hit[1]
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _cli_word(self, text: str, pos: int, name: str) -> tuple[int, int, str] | None:
+        """(start, end, replacement) of the value at ``pos`` of the option ``--<name>`` and the
+        spaces after it: a quoted string's content (its quotes maybe escaped: a command line in a
+        JSON string), else a word (see _CLI_VALUE); None for no value or one to keep."""
+        first = text[pos]
+        if first in "\"'\\":
+            if _STRING_CLOSED.match(text, pos):
+                return None  # the quote closes the string that holds the option: no value
+            opened = _ESC_OPEN.match(text, pos) if first == "\\" else None
+            if first != "\\" or (opened is not None and len(opened.group(1)) in _NESTING):
+                nesting = len(opened.group(1)) if opened is not None else 0
+                start = opened.end() if opened is not None else pos + 1
+                end = _quoted_end(text, start, nesting, text[start - 1])[0]
+                value = text[start:end]
+                hit = self.cli_item(value)
+                return None if hit is value else (start, end, hit)
+        found = _CLI_VALUE.match(text, pos)
+        if found is None:
+            return None
+        word = found.group()
+        if word[-1] != "]" or not _RENDERED.fullmatch(word):
+            # (a bracket or punctuation ending the word closes what holds the option:
+            # [--token TOKEN], (--password hunter2))
+            word = word.rstrip(")]},;")
+        end = pos + len(word)
+        end = _escape_start(text, pos, end)
+        value = text[pos:end]
+        if not value:
+            return None
+        if value == name.upper().replace("-", "_").replace(".", "_"):
+            return None  # a usage line's placeholder: --api-key API_KEY
+        hit = self.cli_item(value)
+        return None if hit is value else (pos, end, hit)
+
+    def _cli_next_item(self, text: str, pos: int, quote: str) -> tuple[int, int, str] | None:
+        """(start, end, replacement) of the item at ``pos`` after the item ``--<secret name>``
+        of a list written in ``quote`` (maybe escaped: JSON inside a JSON string): the content
+        of a string, or a number, which becomes a string; None if there is none to mask."""
+        nesting = len(quote) - 1
+        if nesting not in (0, 1, 3, 7):
+            return None
+        at = pos + nesting
+        if at < len(text) and text[at] in "\"'" and text.count("\\", pos, at) == nesting:
+            end = _quoted_end(text, at + 1, nesting, text[at])[0]
+            value = text[at + 1 : end]
+            hit = self.cli_item(value)
+            return None if hit is value else (at + 1, end, hit)
+        number = _CLI_NUMBER.match(text, pos)
+        if number is None or not _MEMBER_AFTER.match(text, number.end()):
+            return None
+        return pos, number.end(), f"{quote}{self._render('secret_params', number.group())}{quote}"
 
     def card_int(self, value: int) -> str | None:
         """A card written as an int attribute value."""
@@ -1171,7 +1452,11 @@ class _Engine:
     def _url(self, m: re.Match[str]) -> _Hit:
         user = m.group("uc_user")
         if user:
-            user = self.scrub(user)  # the user part may be an email; it holds no ':' or '/'
+            # (the user part may be an email; it holds no ':' or '/'; this scan of the text is
+            # not over: its state stays)
+            state = self._last_element, self._walk_state
+            user = self.scrub(user)
+            self._last_element, self._walk_state = state
         pw = m.group("uc_pw")
         if not _RENDERED.fullmatch(pw):  # (a password we replaced already stays: idempotence)
             pw = self._render("url_credentials", pw)
@@ -1182,7 +1467,7 @@ class _Engine:
         if known is None:
             found = _KV_NAME.search(name)
             if found is None:
-                known = _KV_PLAIN
+                known = _KV_SECRET if _norm_key(name).endswith(_KV_WORD_ENDS) else _KV_PLAIN
             elif found.group().lower() in ("authorization", "auth"):
                 known = _KV_AUTH  # also Proxy-Authorization, X-Authorization, X-Auth, proxy_auth...
             else:
@@ -1406,19 +1691,20 @@ class _Engine:
             return None
         q = _member_quote(text, start, end)
         if not q:
-            q = self._element_quote(text, start)
+            q = self._element_quote(text, start, end)
             if not q:
                 return None
             self._last_element = (text, end, q)
         return f"{q}{rendered}{q}", end
 
-    def _element_quote(self, text: str, start: int) -> str:
-        """The quote of the JSON array whose element starts at ``start``, if it is one: after
-        its "[", or after a "," preceded by elements back to that "[" (within _ELEMENT_WINDOW
-        characters) or to the last element masked (so long arrays of cards chain); else ''."""
+    def _element_quote(self, text: str, start: int, end: int) -> str:
+        """The quote of the JSON array whose element runs from ``start`` to ``end``, if it is
+        one: after its "[", or after a "," preceded by elements back to that "[" (within
+        _ELEMENT_WINDOW characters) or to the last element masked (so long arrays of cards
+        chain); else, for arrays in arrays and after maps, what _walk_quote finds; else ''."""
         before, at = _value_before(text, start)
         if before == "[":
-            return _array_quote(text, at)
+            return _array_quote(text, at) or self._walk_quote(text, start, end)
         if before != ",":
             return ""
         last = self._last_element
@@ -1430,9 +1716,65 @@ class _Engine:
         ):
             return last[2]
         bracket = text.rfind("[", max(0, at - _ELEMENT_WINDOW), at)
-        if bracket < 0 or not _ELEMENTS_FIRST.fullmatch(text, bracket + 1, at):
+        if bracket >= 0 and _ELEMENTS_FIRST.fullmatch(text, bracket + 1, at):
+            q = _array_quote(text, bracket)
+            if q:
+                return q
+        return self._walk_quote(text, start, end)
+
+    def _walk_quote(self, text: str, start: int, end: int) -> str:
+        """The quote of the array whose element runs from ``start`` to ``end`` found by walking
+        the JSON (or Python literal) to it from the "[" of an array whose quote is known
+        (_array_quote: a member value, the start of the text or of a string), one of the nearest
+        within _WALK_WINDOW characters, or from where the last walk in this text stopped (so
+        the rows of a long array of arrays chain): ``{"a": [[4111...]]}``, ``[{"b": 1},
+        4111...]``, ``[[1, 4111...], [2, 5500...]]``; '' when no walk gets there. Linear: a walk
+        goes on from the last one only forward, and the walks from a "[" share a budget of about
+        one unit per character of the text (then the marker stays bare)."""
+        walk = self._walk_state
+        if walk is None or walk[0] is not text:
+            walk = (text, len(text) + _WALK_WINDOW, None)
+        budget = walk[1]
+        resume = walk[2]
+        if resume is not None and resume[0] <= start:
+            pos, stack, quote = resume
+            nesting = len(quote) - 1
+            quotes = "\"'" if quote == "'" else quote[-1]
+            # (not from the budget: this goes over every character once at most)
+            limit = (start - pos) * (_WALK_TOKEN_COST + 1) + _WALK_TOKEN_COST
+            outcome, _ = _walk(text, pos, start, stack, _W_AFTER, nesting, quotes, limit)
+            if outcome == _W_REACHED:
+                self._walk_state = (text, budget, (end, stack, quote))
+                return quote
+        if budget <= 0:
+            self._walk_state = (text, budget, None)
             return ""
-        return _array_quote(text, bracket)
+        first = max(0, start - _WALK_WINDOW)
+        at = start
+        for _ in range(_WALK_BRACKETS):
+            bracket = text.rfind("[", first, at)
+            budget -= 1
+            if bracket < 0 or budget <= 0:
+                break
+            at = bracket
+            if bracket and text[bracket - 1] not in _ANCHOR_AFTER:
+                continue  # ("[[", ",[": an array in an array, whose quote is not known by itself)
+            budget -= _WALK_TOKEN_COST
+            quote = _array_quote(text, bracket)
+            if not quote:
+                continue
+            stack = ["]"]
+            quotes = "\"'" if quote == "'" else quote[-1]
+            outcome, budget = _walk(text, bracket + 1, start, stack, _W_FIRST, len(quote) - 1, quotes, budget)
+            if outcome == _W_REACHED:
+                self._walk_state = (text, budget, (end, stack, quote))
+                return quote
+            if budget <= 0:
+                break
+            # (that array ends before the card, or that "[" was no array: in a string, "[" of a
+            # name; one further back may hold the card)
+        self._walk_state = (text, budget, None)
+        return ""
 
     def _match_at(
         self,
@@ -2152,12 +2494,34 @@ class Sanitizer:
             if len(items) > self.max_sequence_length:
                 _stats.incr("sanitize.sequence_items_dropped", len(items) - self.max_sequence_length)
                 items = items[: self.max_sequence_length]
-            return [self._any(key, v, depth + 1) for v in items]
+            out = [self._any(key, v, depth + 1) for v in items]
+            if self._engine.cli:
+                self._cli_list(items, out)
+            return out
         if isinstance(value, Mapping):
             return self._attrs(value, depth + 1)
         if isinstance(value, (int, float)):  # int / float subclasses (IntEnum...)
             return self._any(key, int(value) if isinstance(value, int) else float(value), depth)
         return self._any(key, repr(value), depth)
+
+    def _cli_list(self, items: Any, out: list[Any]) -> None:
+        """An argument list (``process.command_args``: ``["mysql", "--password", "hunter2"]``):
+        the item after a secret option (``--password``, not ``--password=...``, which is a
+        name=value pair, nor a switch such as ``--no-password``) is masked in ``out``."""
+        engine = self._engine
+        for i in range(len(items) - 1):
+            item = items[i]
+            if (
+                item.__class__ is str
+                and item[:2] == "--"
+                and _CLI_NAME.fullmatch(item, 2)
+                and engine.cli_secret(item[2:])
+            ):
+                value = out[i + 1]
+                if value.__class__ is str:
+                    out[i + 1] = engine.cli_item(value)
+                elif value.__class__ is int or value.__class__ is float:
+                    out[i + 1] = engine.cli_item(str(value))
 
     def _limit_only(self, value: Any) -> Any:
         if (

@@ -192,6 +192,29 @@ def _generators() -> dict[str, Callable[[random.Random], Secret]]:
         )
         return Secret("phone", f"call {text} back", [text, f"{b}-{c}", f"{b} {c}", f"{b}.{c}"])
 
+    def cli_option(r: random.Random) -> Secret:
+        # a command line (process.command_line, a logged subprocess call): the value after a
+        # secret option and a space
+        value = _rand(r, 14) + "Zq"
+        name = r.choice(
+            ["--password", "--db-password", "--secret-key", "--api-key", "--token", "--auth-token"]
+        )
+        text = r.choice(
+            [
+                f"pg_dump {name} {value} -h db.internal pitchey",
+                f"deploy {name} '{value}' --verbose",
+                f"Command '['tool', '{name}', '{value}']' returned non-zero exit status 2.",
+            ]
+        )
+        return Secret("cli_option", text, [value])
+
+    def pin(r: random.Random) -> Secret:
+        number = r.randint(100000, 999999)
+        text = r.choice(
+            [f'{{"user": "bob", "pin": {number}}}', f"user=bob pin={number} ok", f"--pin {number}"]
+        )
+        return Secret("pin", text, [f'"pin": {number}', f"pin={number}", f"--pin {number}"])
+
     return {
         fn.__name__: fn
         for fn in (
@@ -216,6 +239,8 @@ def _generators() -> dict[str, Callable[[random.Random], Secret]]:
             cookie,
             ssn,
             phone,
+            cli_option,
+            pin,
         )
     } | {"card": _card}
 
@@ -415,6 +440,13 @@ BENIGN_ATTRIBUTES: dict[str, object] = {
     "gen_ai.usage.input_tokens": 1234,
     "token_type": "Bearer",
     "retry.count": 3,
+    # command lines: switches and options that name a secret without holding it keep their values
+    "process.command_line": (
+        "pg_dump --no-password --password-file /run/secrets/pgpass --token-url https://auth.example.com/t "
+        "--format=custom -p 5432 pitchey"
+    ),
+    "process.command_args": ["pg_dump", "--no-password", "pitchey", "--token-count", "3", "-p", "5432"],
+    "gpio.config": "spin=3 pinned=true pin_count=2 hairpin=1",
     "note": "Basic plan upgraded; the bearer of the account is Jane Doe",
 }
 

@@ -261,7 +261,7 @@ def test_primary_key_true_in_a_repr_stays() -> None:
         ({"password": True}, {"password": True}),  # a boolean stays (as in key rules)
         ({"password": None}, {"password": None}),
         ({"password": {"a": 1}}, {"password": "[REDACTED]"}),
-        ({"user": {"pin": 1234, "otp": [1, 2, 3]}}, {"user": {"pin": 1234, "otp": "[REDACTED]"}}),
+        ({"user": {"pin": 1234, "otp": [1, 2, 3]}}, {"user": {"pin": "[REDACTED]", "otp": "[REDACTED]"}}),
         # a card number written as a JSON number (a member value) becomes a JSON string too
         ({"n": 4111111111111111, "m": 1}, {"n": "[CARD]", "m": 1}),
         ({"card": 5500000000000004}, {"card": "[CARD]"}),
@@ -298,8 +298,8 @@ def test_masked_python_repr_stays_a_literal() -> None:
 _MODES, _SANITIZERS, _SAN_IDS = MODES, SANITIZERS, SAN_IDS
 
 _SECRET_KEYS = ["password", "token", "api_key", "secret_key", "cvv", "Authorization", "auth"]
-# Numbers below 10**12: card numbers written as JSON numbers are tested in section 5 (an array
-# nested in an array, not a member value, has no known quote and keeps a bare [CARD]).
+# Numbers below 10**12: card numbers written as JSON numbers are tested in section 5 and, in
+# nested arrays, in test_sanitize_options_arrays.py.
 _JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -458,6 +458,12 @@ _FRAGMENTS = [
     "%3D",
     "\\n",
     '\\"',
+    "--password ",
+    "--no-password ",
+    "--pin ",
+    "'--token', ",
+    '"--api-key", ',
+    '"a\\\\": ',
 ]
 _TEXTS = st.one_of(st.lists(st.sampled_from(_FRAGMENTS), max_size=14).map("".join), st.text(max_size=60))
 
