@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pitchey_trace as pt
 from pitchey_trace import sanitize
 from pitchey_trace.sanitize import Mode, Sanitizer
+from pitchey_trace.testing import capture_spans
 
 MODES: list[Mode] = [
     sanitize.mask(),
@@ -55,3 +57,24 @@ def unnest(text: str, levels: int) -> Any:
     for _ in range(levels):
         text = json.loads(text)["body"]
     return json.loads(text)
+
+
+def pipeline_vs_uncached(san: Sanitizer, attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Export 40 spans carrying ``attributes`` twice through a pipeline sanitizing with
+    ``san``'s rules (the second time every text is in the caches: the C builder's path), assert
+    their attributes are what the uncached Python path gives, and return those (for the
+    caller's leak checks)."""
+    maps = [dict(attributes, i=i % 3) for i in range(40)]
+    with capture_spans(rollups=None, sanitizer=None) as raw:
+        for attrs in maps:
+            with pt.span("op", attributes=attrs):
+                pass
+    with capture_spans(rollups=None, sanitizer=Sanitizer(san.rules)) as exported:
+        for _ in range(2):
+            for attrs in maps:
+                with pt.span("op", attributes=attrs):
+                    pass
+    plain = Sanitizer(san.rules, cache_size=0)
+    expected = [plain(r)["attributes"] for r in raw.spans()] * 2
+    assert [r["attributes"] for r in exported.spans()] == expected
+    return expected

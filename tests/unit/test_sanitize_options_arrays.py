@@ -15,10 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pitchey_trace as pt
 from pitchey_trace.sanitize import _RENDERED, Sanitizer
-from pitchey_trace.testing import capture_spans
-from tests.support.sanitizers import SAN_IDS, SANITIZERS, nest, unnest
+from tests.support.sanitizers import SAN_IDS, SANITIZERS, nest, pipeline_vs_uncached, unnest
 
 SAN = Sanitizer()
 CARD = 4111111111111111
@@ -410,20 +408,7 @@ _PIPELINE_ATTRS: dict[str, Any] = {
 
 @pytest.mark.parametrize("san_index", range(len(SANITIZERS)), ids=SAN_IDS)
 def test_pipeline_exports_what_the_uncached_python_path_gives(san_index: int) -> None:
-    maps = [dict(_PIPELINE_ATTRS, i=i % 3) for i in range(40)]
-    with capture_spans(rollups=None, sanitizer=None) as raw:
-        for attrs in maps:
-            with pt.span("op", attributes=attrs):
-                pass
-    san = SANITIZERS[san_index]
-    with capture_spans(rollups=None, sanitizer=Sanitizer(san.rules)) as exported:
-        for _ in range(2):  # the second time, every text is in the caches
-            for attrs in maps:
-                with pt.span("op", attributes=attrs):
-                    pass
-    plain = Sanitizer(san.rules, cache_size=0)
-    expected = [plain(r)["attributes"] for r in raw.spans()] * 2
-    assert [r["attributes"] for r in exported.spans()] == expected
+    expected = pipeline_vs_uncached(SANITIZERS[san_index], _PIPELINE_ATTRS)
     blob = repr(expected)
     assert _SECRET not in blob
     assert "4111111111111111" not in blob
