@@ -7,7 +7,7 @@ does plain dict/set/str work per request: no regex, no JSON, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -69,22 +69,68 @@ EXC_IDS_ATTR = "_pitchey_trace_ids"
 
 # Route object -> full template (mount prefixes included). Routes are few and long-lived, so
 # the tree walk runs once per route; the object is kept beside its id so a reused id misses.
+# (The C accelerator reads this dict too, and calls route_template() when it misses.)
 _route_templates: dict[int, tuple[object, str]] = {}
+# A route object the tree reaches under more than one prefix (a router included twice, under
+# /v1 and /latest; the same routes mounted twice): never in the cache above, so each request
+# comes here, and the template is the one whose pattern matches the request's path.
+_ambiguous_routes: dict[int, tuple[object, list[tuple[Any, str]]]] = {}
 _MAX_ROUTES = 4096
 
 
-def _find_template(routes: Iterable[Any], target: Any, prefix: str, depth: int) -> str | None:
+def _children(route: Any, prefix: str) -> tuple[Any, str]:
+    """The routes under ``route`` (a Mount, a Host, a router FastAPI's ``include_router`` nests)
+    and their prefix; (None, prefix) for a leaf."""
+    children = getattr(route, "routes", None)
+    if children:
+        path = getattr(route, "path", "")  # a Host has no path
+        return children, prefix + (path if isinstance(path, str) else "")
+    # FastAPI 0.13x and later: include_router() nests the router itself, its prefix (the one
+    # given to include_router, joined to the including router's own) in include_context
+    included = getattr(route, "original_router", None)
+    if included is not None:
+        context_prefix = getattr(getattr(route, "include_context", None), "prefix", "")
+        children = getattr(included, "routes", None)
+        return children, prefix + (context_prefix if isinstance(context_prefix, str) else "")
+    return None, prefix
+
+
+def _find_templates(routes: Iterable[Any], target: Any, prefix: str, depth: int, found: list[str]) -> None:
+    """Append to ``found`` the full template of every place ``target`` has in the route tree."""
     for r in routes:
+        if len(found) >= 16:
+            return
         if r is target:
-            return prefix + str(r.path)
-        children = getattr(r, "routes", None)
-        if children and depth < 8:
-            path = getattr(r, "path", "")  # a Host has no path
-            child_prefix = prefix + (path if isinstance(path, str) else "")
-            found = _find_template(children, target, child_prefix, depth + 1)
-            if found is not None:
-                return found
-    return None
+            found.append(prefix + str(r.path))
+            continue
+        if depth < 8:
+            children, child_prefix = _children(r, prefix)
+            if children:
+                _find_templates(children, target, child_prefix, depth + 1, found)
+
+
+def _compiled(template: str) -> Any:
+    """The pattern Starlette matches ``template`` with (None when it cannot be compiled)."""
+    try:
+        from starlette.routing import compile_path
+
+        return compile_path(template)[0]
+    except Exception:
+        return None
+
+
+def _matching(candidates: list[tuple[Any, str]], scope: Mapping[str, Any]) -> str:
+    """The template of ``candidates`` whose pattern matches the request's path below the
+    app's root (the first when none does)."""
+    path = scope.get("path")
+    if isinstance(path, str):
+        root = scope.get("app_root_path", scope.get("root_path")) or ""  # (Mount extends root_path)
+        if isinstance(root, str) and root and path.startswith(root):
+            path = path[len(root) :]
+        for pattern, template in candidates:
+            if pattern is not None and pattern.match(path):
+                return template
+    return candidates[0][1]
 
 
 def route_template(scope: Mapping[str, Any]) -> str | None:
@@ -95,15 +141,26 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     cached = _route_templates.get(id(route))
     if cached is not None and cached[0] is route:
         return cached[1]
+    ambiguous = _ambiguous_routes.get(id(route))
+    if ambiguous is not None and ambiguous[0] is route:
+        return _matching(ambiguous[1], scope)
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
     template = path
     router = scope.get("router")
     if router is not None:
-        found = _find_template(getattr(router, "routes", ()), route, "", 0)
-        if found is not None:
-            template = found
+        found: list[str] = []
+        _find_templates(getattr(router, "routes", ()), route, "", 0, found)
+        distinct = list(dict.fromkeys(t or "/" for t in found))
+        if len(distinct) > 1:
+            if len(_ambiguous_routes) >= _MAX_ROUTES:
+                _ambiguous_routes.clear()
+            candidates = [(_compiled(t), t) for t in distinct]
+            _ambiguous_routes[id(route)] = (route, candidates)
+            return _matching(candidates, scope)
+        if distinct:
+            template = distinct[0]
     if len(_route_templates) >= _MAX_ROUTES:
         _route_templates.clear()
     _route_templates[id(route)] = (route, template or "/")
@@ -341,6 +398,29 @@ def method_attributes(method: str, attrs: dict[str, Any]) -> str:
     attrs[HTTP_METHOD] = "_OTHER"
     attrs[HTTP_METHOD_ORIGINAL] = method
     return "HTTP"
+
+
+#: The event a server span gets when its client went away mid-request (its connection's read
+#: or write failed, or the server reported the disconnect): aborted by the client, not an error
+#: of the server. Its ``exception.type`` names what was raised. (aiohttp's integration uses the
+#: same name.)
+CLIENT_DISCONNECTED = "client.disconnected"
+
+
+def mark_client_left(span: AnySpan, exc: BaseException) -> None:
+    """Add the ``client.disconnected`` event for ``exc`` to the request's span."""
+    span.add_event(CLIENT_DISCONNECTED, {"exception.type": type(exc).__qualname__})
+
+
+def exception_chain(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling (``__cause__``, else
+    ``__context__``), at most ``depth`` of them."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < depth:
+        yield current
+        seen += 1
+        current = current.__cause__ or current.__context__
 
 
 def stamp_exception(exc: BaseException, span: AnySpan) -> None:

@@ -9,17 +9,23 @@ The span starts before the app runs (continuing the caller's trace when a valid
 so streaming responses are timed to their end. Starlette and FastAPI store the matched route in
 ``scope["route"]``; the span is renamed ``"{METHOD} {route template}"`` once it is known
 (mount prefixes included). Apps on other frameworks call :func:`pitchey_trace.web.set_route`.
+
+A client that goes away (the server's ``send`` or ``receive`` raised an ``OSError``, Starlette's
+``ClientDisconnect`` / ``WebSocketDisconnect`` after the server reported the disconnect) is not
+an error of the server: the span keeps the status and the body bytes that went out and gets a
+``client.disconnected`` event, as in the aiohttp integration; the exception still goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from time import time_ns
 from typing import Any
 
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import SUPPRESSED, SpanKind
+from pitchey_trace._span import SUPPRESSED, AnySpan, SpanKind
 from pitchey_trace._tracer import get_tracer
 from pitchey_trace.propagation import extract
 from pitchey_trace.web._common import (
@@ -34,9 +40,11 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    exception_chain,
     fast_begin,
     fast_finish,
     finish_request,
+    mark_client_left,
     method_attributes,
     stamp_exception,
     text_path,
@@ -159,7 +167,11 @@ class ASGITracingMiddleware:
         except Exception as exc:
             error = exc
             stamp_exception(exc, span)
-            if self.error_response and not state.status:
+            if _client_left(exc, state, send, receive):
+                # the client went away (the server's send or receive failed, or reported the
+                # disconnect): not an error of the server; nothing to answer it with
+                error = None
+            elif self.error_response and not state.status:
                 await _send_error(traced_send)
             raise
         except BaseException as exc:  # cancellation, exit: recorded as aborted, not as error
@@ -255,23 +267,32 @@ class ASGITracingMiddleware:
             return
         received = 0
         close_code = 0
+        # The client left: the server reported websocket.disconnect (before the app closed), or
+        # what its send / receive raised (an OSError: uvicorn's ClientDisconnected).
+        gone: list[Any] = [False, None]
+        closed = False  # the app sent websocket.close
 
         async def traced_receive() -> Message:
             nonlocal received, close_code
-            message = await receive()
+            try:
+                message = await receive()
+            except OSError as exc:
+                gone[1] = exc
+                raise
             mtype = message.get("type")
             if mtype == "websocket.receive":
                 received += 1
-            elif mtype == "websocket.disconnect" and not close_code:
-                close_code = message.get("code", 1005)
+            elif mtype == "websocket.disconnect":
+                if not close_code:
+                    close_code = message.get("code", 1005)
+                if not closed:
+                    gone[0] = True
             return message
 
         async def traced_send(message: Message) -> None:
-            nonlocal close_code
+            nonlocal close_code, closed
             mtype = message["type"]
-            if mtype == "websocket.send":
-                state.sent += 1
-            elif mtype == "websocket.accept":
+            if mtype == "websocket.accept":
                 state.status = 101
                 if extra:
                     message = _with_headers(message, extra)
@@ -282,7 +303,16 @@ class ASGITracingMiddleware:
                     close_code = message.get("code", 1000)
             elif mtype == "websocket.http.response.start":  # denial-response extension
                 state.status = message.get("status", 0)
-            await send(message)
+            try:
+                await send(message)
+            except OSError as exc:
+                if not closed:  # (sending after its own close is the app's mistake)
+                    gone[1] = exc
+                raise
+            if mtype == "websocket.send":
+                state.sent += 1  # (a message the server refused was not sent)
+            elif mtype == "websocket.close":
+                closed = True
 
         token = CURRENT.set(span)
         rtoken = REQUEST.set(state)
@@ -290,8 +320,9 @@ class ASGITracingMiddleware:
         try:
             await self.app(scope, traced_receive, traced_send)
         except Exception as exc:
-            error = exc
             stamp_exception(exc, span)
+            if not _websocket_client_left(exc, span, gone):
+                error = exc
             raise
         except BaseException as exc:
             error = exc
@@ -338,6 +369,109 @@ def _sender(state: RequestState, extra: list[tuple[bytes, bytes]], send: Send) -
         return send(message)
 
     return traced_send
+
+
+def _loaded(module: str, name: str) -> Any:
+    """A class of a framework the app has imported (None when it has not: then no exception
+    of that class can have been raised)."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name, None) if loaded is not None else None
+
+
+def _raised_in(exc: BaseException, codes: tuple[Any, ...]) -> Any:
+    """The frame of ``exc``'s traceback that runs one of ``codes`` (the server's send or
+    receive), None when the exception did not go through them."""
+    tb = exc.__traceback__
+    depth = 0
+    while tb is not None and depth < 256:
+        if tb.tb_frame.f_code in codes:
+            return tb.tb_frame
+        tb = tb.tb_next
+        depth += 1
+    return None
+
+
+def _client_left(exc: BaseException, state: RequestState, send: Send, receive: Receive) -> bool:
+    """Whether ``exc``, escaping the app of an HTTP request, is its client going away; if so
+    the span gets the ``client.disconnected`` event and keeps the status and the body bytes
+    that went out. Only what this request's own connection reported counts: an ``OSError``
+    raised by the server's ``send`` or ``receive`` (uvicorn's ``ClientDisconnected``), or
+    Starlette's ``ClientDisconnect`` (raised as the request's body is read after the server
+    gave ``http.disconnect``, or for such an ``OSError`` of the server's ``send``). Anything
+    else, a ``ConnectionError`` of the app's own (a backend's) included, is an error. Never
+    raises."""
+    try:
+        codes = tuple(
+            code
+            for code in (getattr(getattr(fn, "__func__", fn), "__code__", None) for fn in (send, receive))
+            if code is not None
+        )
+        raised: BaseException = exc
+        disconnect = _loaded("starlette.requests", "ClientDisconnect")
+        if disconnect is not None and isinstance(exc, disconnect):
+            # Starlette raises it as a body read gets http.disconnect, and (ASGI 2.4 servers)
+            # for the OSError a streamed response's send raised: then that one decides
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raised = cause
+        frame = None
+        if isinstance(raised, OSError):
+            frame = _raised_in(raised, codes) if codes else None
+            if frame is None:
+                return False  # (an OSError of the app's own: a backend's, its body's)
+        elif disconnect is None or not isinstance(exc, disconnect):
+            return False
+        if frame is not None:
+            _unsent(state, frame)
+        elif state.last_byte_ns and state.status == 500:
+            # A complete 500 after the body's read found the client gone: the error page the
+            # app's error middleware (Starlette's) answered the disconnect with, to no one.
+            state.status = state.sent = state.last_byte_ns = 0
+        elif state.last_byte_ns:
+            # A complete response, then a read after it (a server gives http.disconnect once
+            # the response is complete): not the client leaving, the app's own error.
+            return False
+        mark_client_left(state.span, exc)
+        return True
+    except Exception as internal:
+        _safety.report("web.asgi.disconnect", internal)
+        return False
+
+
+def _unsent(state: RequestState, frame: Any) -> None:
+    """The message the server's ``send`` (run by ``frame``) failed to send was counted as it
+    was handed over: take its body bytes back (and its end: the response did not complete)."""
+    code = frame.f_code
+    if not code.co_argcount:
+        return
+    message = frame.f_locals.get(code.co_varnames[code.co_argcount - 1])
+    if isinstance(message, Mapping) and message.get("type") == "http.response.body":
+        body = message.get("body")
+        if body and state.sent >= len(body):
+            state.sent -= len(body)
+        if not message.get("more_body", False):
+            state.last_byte_ns = 0
+
+
+def _websocket_client_left(exc: BaseException, span: AnySpan, gone: list[Any]) -> bool:
+    """Whether ``exc``, escaping the app of a WebSocket, is its client going away: what the
+    server's send or receive raised, or Starlette's ``WebSocketDisconnect`` for it (raised
+    while handling it) or after the server reported the client's disconnect. Anything else
+    (one the app raised anew after catching those) is an error. If the client left, the span
+    gets the ``client.disconnected`` event. Never raises."""
+    try:
+        failed = gone[1]
+        left = failed is not None and exc is failed
+        if not left:
+            disconnect = _loaded("starlette.websockets", "WebSocketDisconnect")
+            if disconnect is not None and isinstance(exc, disconnect):
+                left = gone[0] or any(link is failed for link in exception_chain(exc) if failed is not None)
+        if left:
+            mark_client_left(span, exc)
+        return left
+    except Exception as internal:
+        _safety.report("web.asgi.disconnect", internal)
+        return False
 
 
 async def _send_error(send: Send) -> None:

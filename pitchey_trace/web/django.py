@@ -70,7 +70,22 @@ class PitcheyRouteMiddleware:
         """Hand the resolved URL pattern to the request's span (never the raw path)."""
         route = getattr(getattr(request, "resolver_match", None), "route", None)
         if isinstance(route, str):
-            set_route("/" + route.lstrip("/"))
+            set_route(_template(route))
+
+
+def _template(route: str) -> str:
+    """The span's route template for Django's ``resolver_match.route``: ``path()`` patterns as
+    they are (``pitches/<int:pk>/`` is ``/pitches/<int:pk>/``); a ``re_path()`` pattern without
+    the regex's anchors, which Django keeps at its ends (``^top/(?P<n>[0-9]+)/$``, the ``^`` of
+    included patterns already dropped) and which are no part of a path:
+    ``/top/(?P<n>[0-9]+)/``."""
+    if route.startswith("^"):
+        route = route[1:]
+    if route.endswith("\\Z"):
+        route = route[:-2]
+    elif route.endswith("$") and not route.endswith("\\$"):
+        route = route[:-1]
+    return "/" + route.lstrip("/")
 
 
 def _record_user(request: Any) -> None:

@@ -8,10 +8,15 @@ The span is current while the app runs and while the server iterates the respons
 spans opened by a streaming generator are its children); it ends on the body's last chunk or
 on ``close()``, whichever comes first. Route templates come from
 :func:`pitchey_trace.web.set_route` (``init_flask`` calls it with ``request.url_rule.rule``).
+A client that goes away (the server's write raises an ``OSError``: it closes the body on its
+way up, or ``write()`` raises it under the app) is not an error of the server: the span keeps
+its status and the chunks written before the failed one, and gets a ``client.disconnected``
+event, as in the aiohttp integration.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from time import time_ns
 from types import TracebackType
@@ -35,6 +40,7 @@ from pitchey_trace.web._common import (
     RequestState,
     fast_finish,
     finish_request,
+    mark_client_left,
     method_attributes,
     set_route,
     stamp_exception,
@@ -127,8 +133,13 @@ class WSGITracingMiddleware:
             write = start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
             def counted_write(data: bytes) -> object:
+                try:
+                    result = write(data)
+                except OSError as exc:  # the server could not write it: the client went away
+                    _mark_raised_by_server(exc)
+                    raise
                 state.sent += len(data)
-                return write(data)
+                return result
 
             return counted_write
 
@@ -139,6 +150,12 @@ class WSGITracingMiddleware:
         except BaseException as exc:
             if isinstance(exc, Exception):
                 stamp_exception(exc, span)
+                if _raised_by_server(exc):
+                    # the server's write() failed under the app: its client went away; not an
+                    # error of the app (the status it started with and the bytes written kept)
+                    _client_left(state, exc)
+                    _finish(state, options, start_ns, client, None)
+                    raise
             _finish(state, options, start_ns, client, exc)
             raise
         finally:
@@ -181,6 +198,30 @@ def _finish(
             finish_request(state, options, state.route, start_ns, time_ns(), client, exc)
     except Exception as internal:
         _safety.report("web.wsgi.finish", internal)
+
+
+#: Set on an exception the server's ``write`` callable raised (see ``counted_write``).
+_SERVER_RAISED = "_pitchey_trace_server_write"
+
+
+def _mark_raised_by_server(exc: BaseException) -> None:
+    try:
+        setattr(exc, _SERVER_RAISED, True)
+    except Exception:  # noqa: S110  (a type that refuses attributes: an error, as before)
+        pass
+
+
+def _raised_by_server(exc: BaseException) -> bool:
+    """Whether ``exc`` is what the server's ``write`` raised (one the app raised anew after
+    catching that one is its own error)."""
+    return getattr(exc, _SERVER_RAISED, False) is True
+
+
+def _client_left(state: RequestState, exc: BaseException) -> None:
+    try:
+        mark_client_left(state.span, exc)
+    except Exception as internal:
+        _safety.report("web.wsgi.disconnect", internal)
 
 
 def _utf8_path(path: str) -> str:
@@ -239,6 +280,13 @@ class _UntracedBody:
                 CURRENT.reset(token)
 
 
+def _in_flight_oserror() -> BaseException | None:
+    """The ``OSError`` on its way up through the server's frame that calls ``close()``, else
+    None."""
+    exc = sys.exc_info()[1]
+    return exc if isinstance(exc, OSError) else None
+
+
 def _reset(rtoken: Any, token: Any) -> None:
     try:
         REQUEST.reset(rtoken)
@@ -251,7 +299,7 @@ def _reset(rtoken: Any, token: Any) -> None:
 class _TracedBody:
     """The app's response iterable, timed to its last chunk and run with the span current."""
 
-    __slots__ = ("_client", "_done", "_it", "_options", "_result", "_start_ns", "_state")
+    __slots__ = ("_client", "_done", "_it", "_last", "_options", "_result", "_start_ns", "_state")
 
     def __init__(
         self,
@@ -268,6 +316,7 @@ class _TracedBody:
         self._start_ns = start_ns
         self._client = client
         self._done = False
+        self._last = 0  # the size of the last chunk handed to the server
 
     def __iter__(self) -> _TracedBody:
         return self
@@ -291,7 +340,8 @@ class _TracedBody:
             raise
         finally:
             _reset(rtoken, token)
-        state.sent += len(chunk)
+        self._last = size = len(chunk)
+        state.sent += size
         return chunk
 
     def close(self) -> None:
@@ -310,7 +360,15 @@ class _TracedBody:
             error = exc
             raise
         finally:
-            self._end(error)
+            if not self._done:
+                # Closed before the body's end with the server's OSError on its way up (a
+                # server closes the body in a ``finally`` as its write to the client fails):
+                # the client went away; the last chunk, whose write failed, was not sent.
+                gone = _in_flight_oserror() if error is None else None
+                if gone is not None:
+                    state.sent -= self._last
+                    _client_left(state, gone)
+                self._end(error)
 
     def _end(self, exc: BaseException | None) -> None:
         if not self._done:
