@@ -2215,7 +2215,8 @@ static PyObject *span_end(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 /* request_finish(state, route, start_ns, end_ns, client_address, audit) -> True, or
  * NotImplemented (nothing changed) for a span that is not a plain open Span, a status of 5xx,
- * 401, 403 or 429, an actor to find in baggage, or too little room for the attributes. */
+ * 401, 403 or 429, body bytes counted for a response without a body (HEAD, 1xx, 204, 304), an
+ * actor to find in baggage, or too little room for the attributes. */
 static PyObject *
 request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2249,6 +2250,14 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (st == -1 && PyErr_Occurred())
         return NULL;
     if (st >= 500 || st == 401 || st == 403 || st == 429 || st < 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    /* no body goes out for HEAD, 1xx, 204 and 304 (web._common.body_size): bytes the app
+     * handed over then are not counted, by the Python path (rare) */
+    PyObject *sent = RSLOT(state, R_SENT), *method = RSLOT(state, R_METHOD);
+    if (!(PyLong_CheckExact(sent) && _PyLong_Sign(sent) == 0) &&
+        (st < 200 || st == 204 || st == 304 ||
+         (PyUnicode_CheckExact(method) && PyUnicode_GET_LENGTH(method) == 4 &&
+          PyUnicode_CompareWithASCIIString(method, "HEAD") == 0)))
         Py_RETURN_NOTIMPLEMENTED;
     if (actor == Py_None && (!PyTuple_CheckExact(SLOT(span, F_BAGGAGE)) || PyTuple_GET_SIZE(SLOT(span, F_BAGGAGE))))
         Py_RETURN_NOTIMPLEMENTED;

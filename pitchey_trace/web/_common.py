@@ -402,8 +402,7 @@ def method_attributes(method: str, attrs: dict[str, Any]) -> str:
 
 #: The event a server span gets when its client went away mid-request (its connection's read
 #: or write failed, or the server reported the disconnect): aborted by the client, not an error
-#: of the server. Its ``exception.type`` names what was raised. (aiohttp's integration uses the
-#: same name.)
+#: of the server. Its ``exception.type`` names what was raised. (Every integration uses it.)
 CLIENT_DISCONNECTED = "client.disconnected"
 
 
@@ -429,6 +428,14 @@ def stamp_exception(exc: BaseException, span: AnySpan) -> None:
         setattr(exc, EXC_IDS_ATTR, (f"{span.trace_id:032x}", f"{span.span_id:016x}"))
     except Exception:  # noqa: S110  (an exception type that refuses attributes: no correlation)
         pass
+
+
+def body_size(status: int, method: str, length: int | None) -> int:
+    """``http.response.body.size``: no body goes out for HEAD, 1xx, 204 and 304 (servers
+    drop what the app hands them then)."""
+    if method == "HEAD" or status < 200 or status == 204 or status == 304:
+        return 0
+    return length or 0
 
 
 def finish_request(
@@ -457,7 +464,7 @@ def finish_request(
         if http:
             if status:
                 span.set_attribute(HTTP_STATUS, status)
-            span.set_attribute(HTTP_RESPONSE_BODY_SIZE, state.sent)
+            span.set_attribute(HTTP_RESPONSE_BODY_SIZE, body_size(status, state.method, state.sent))
         if exc is not None and isinstance(exc, Exception):
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             span.record_exception(exc)

@@ -51,8 +51,10 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    body_size,
     fast_finish,
     finish_request,
+    mark_client_left,
     method_attributes,
     stamp_exception,
 )
@@ -149,7 +151,7 @@ def aiohttp_middleware(
             try:
                 state.status = status = response.status
                 if response.prepared:  # a stream: its bytes are out by now
-                    state.sent = _body_size(
+                    state.sent = body_size(
                         status, state.method, written.sent if written is not None else response.body_length
                     )
                     if written is not None and written.compressed and not written.done:
@@ -157,7 +159,7 @@ def aiohttp_middleware(
                         # (more bytes) as it writes the end, after we return
                         deferred = _finish_when_sent(response, state, options, start_ns, client, written)
                 else:  # a Response: its body is about to be written
-                    state.sent = _body_size(status, state.method, response.content_length)
+                    state.sent = body_size(status, state.method, response.content_length)
                     if marker is not None:
                         _put_headers(response.headers, options.response_headers(span))
                     if (
@@ -181,7 +183,7 @@ def aiohttp_middleware(
                 # response, an error of the request only when it is a 5xx.
                 state.status = exc.status
                 try:  # (aiohttp sends the exception's own body: "404: Not Found")
-                    state.sent = _body_size(exc.status, state.method, exc.content_length)
+                    state.sent = body_size(exc.status, state.method, exc.content_length)
                 except Exception as internal:
                     _safety.report("web.aiohttp.response", internal)
                 if exc.status >= 500:
@@ -197,8 +199,8 @@ def aiohttp_middleware(
                 try:
                     if started:
                         state.status = started
-                    state.sent = _body_size(state.status, state.method, written.sent if written else 0)
-                    _mark_client_left(span, exc)
+                    state.sent = body_size(state.status, state.method, written.sent if written else 0)
+                    mark_client_left(span, exc)
                 except Exception as internal:
                     _safety.report("web.aiohttp.response", internal)
                 raise
@@ -216,7 +218,7 @@ def aiohttp_middleware(
                 started = written.started() if written is not None else None
                 if started and written is not None:
                     state.status = started
-                    state.sent = _body_size(started, state.method, written.sent)
+                    state.sent = body_size(started, state.method, written.sent)
             except Exception as internal:
                 _safety.report("web.aiohttp.response", internal)
             raise
@@ -259,15 +261,6 @@ def aiohttp_middleware(
 
 _BYTES = (bytes, bytearray, type(None))
 
-#: The event a span gets when its client went away (a reset, a broken pipe, a closed
-#: transport seen by the response's writer): aborted by the client, not an error of the server.
-CLIENT_DISCONNECTED = "client.disconnected"
-
-
-def _mark_client_left(span: AnySpan, exc: BaseException) -> None:
-    span.add_event(CLIENT_DISCONNECTED, {"exception.type": type(exc).__qualname__})
-
-
 def _client_left(
     exc: BaseException, request: Any, written: _Written | None, messages: _Messages | None
 ) -> bool:
@@ -299,13 +292,6 @@ def _client_left(
     except Exception:  # noqa: S110  (then an error, as any other)
         pass
     return False
-
-
-def _body_size(status: int, method: str, length: int | None) -> int:
-    """``http.response.body.size``: no body goes out for HEAD, 1xx, 204 and 304."""
-    if method == "HEAD" or status < 200 or status == 204 or status == 304:
-        return 0
-    return length or 0
 
 
 def _size(chunk: Any) -> int:
@@ -659,7 +645,7 @@ def _finish_when_sent(
                     length = written.sent
             # (else the declared length: a whole file goes out by sendfile, which the writer
             # does not see)
-            state.sent = _body_size(status, state.method, length)
+            state.sent = body_size(status, state.method, length)
         except Exception as exc:
             _safety.report("web.aiohttp.response", exc)
         _finish(state, options, start_ns, client, error)
@@ -678,7 +664,7 @@ def _finish_when_sent(
             # itself reads as a client that disconnected): aborted, as when cancelled, not an
             # error of the server
             try:
-                _mark_client_left(state.span, exc)
+                mark_client_left(state.span, exc)
             except Exception as internal:
                 _safety.report("web.aiohttp.response", internal)
             end(None, True)
@@ -702,7 +688,7 @@ def _finish_when_sent(
                     and _client_left(exc, prepared[0], written, None)
                 )
                 if gone:  # the client went away mid-body: what it took, not an error
-                    _mark_client_left(state.span, exc)
+                    mark_client_left(state.span, exc)
                 else:  # the body's own failure (its generator raised): an error
                     stamp_exception(exc, state.span)
             except Exception as internal:
@@ -763,7 +749,7 @@ def _finish_after_error_page(
             return False
 
         def answered(_: Any) -> None:
-            state.sent = _body_size(state.status, state.method, written.sent)
+            state.sent = body_size(state.status, state.method, written.sent)
             _finish(state, options, start_ns, client, error)
 
         task.add_done_callback(answered)

@@ -404,11 +404,11 @@ _HEADER_SETS: list[list[Any]] = [
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    method=st.sampled_from(["GET", "PATCH", "BREW", "get", ""]),
+    method=st.sampled_from(["GET", "HEAD", "PATCH", "BREW", "get", ""]),
     query=st.sampled_from([b"", b"q=1&token=abc"]),
     headers=st.sampled_from(range(len(_HEADER_SETS))),
     client=st.sampled_from([("10.0.0.1", 1), None, (), ("", 0)]),
-    status=st.sampled_from([200, 204, 404, 401, 429, 500, 0]),
+    status=st.sampled_from([200, 204, 304, 404, 401, 429, 500, 0]),
     user=st.sampled_from([None, "u-1"]),
     header_name=st.sampled_from(["X-Trace-Id", None]),
     raises=st.booleans(),

@@ -30,6 +30,7 @@ from pitchey_trace.web import ASGITracingMiddleware
 pytestmark = pytest.mark.integration
 
 CHUNK = b"x" * 4096
+BODY_SIZE = "http.response.body.size"
 
 
 def server_span(exporter: Any) -> Callable[[], dict[str, Any] | None]:
@@ -371,3 +372,23 @@ def test_routes_mounted_twice_are_named_after_the_mount_they_came_through(
         ("/shop/latest/things/2", "GET /latest/things/{thing_id:int}"),
         ("/shop/v1/things/3", "GET /v1/things/{thing_id:int}"),
     ]
+
+
+@pytest.mark.parametrize("status", [200, 204, 304])
+def test_no_body_goes_out_for_head_204_and_304(serve_asgi: Any, wait_for: Any, status: int) -> None:
+    """uvicorn sends no body for HEAD, 204 or 304, whatever the app hands it: the span counted
+    the app's bytes (http.response.body.size 7 for a HEAD of a 7-byte page)."""
+
+    async def page(request: Request) -> Response:
+        code = int(request.query_params.get("status", "200"))
+        return Response(b"payload", status_code=code)
+
+    app = ASGITracingMiddleware(Starlette(routes=[Route("/page", page, methods=["GET", "HEAD"])]))
+    with capture_spans() as exporter:
+        url = serve_asgi(app)
+        get = httpx.get(f"{url}/page?status={status}")
+        head = httpx.head(f"{url}/page?status={status}")
+        assert (get.status_code, head.status_code, head.content) == (status, status, b"")
+        spans = wait_for(lambda: len(exporter.spans()) == 2 and exporter.spans())
+    sizes = {s["attributes"]["http.request.method"]: s["attributes"][BODY_SIZE] for s in spans}
+    assert sizes == {"GET": 7 if status == 200 else 0, "HEAD": 0}
