@@ -261,6 +261,7 @@ def aiohttp_middleware(
 
 _BYTES = (bytes, bytearray, type(None))
 
+
 def _client_left(
     exc: BaseException, request: Any, written: _Written | None, messages: _Messages | None
 ) -> bool:
