@@ -59,7 +59,7 @@ class _SyncCursorMixin:
         except BaseException as exc:
             state.fail(op, exc)
             raise
-        state.done(op, self.rowcount)
+        state.done(op, _batch_rows(self, kwargs))
         return None
 
     @contextmanager
@@ -204,7 +204,7 @@ class _AsyncCursorMixin:
         except BaseException as exc:
             state.fail(op, exc)
             raise
-        state.done(op, self.rowcount)
+        state.done(op, _batch_rows(self, kwargs))
         return None
 
     @asynccontextmanager
@@ -275,6 +275,18 @@ def _prepares_batches(cur: Any) -> bool | None:
     if isinstance(cur, ClientCursorMixin) or getattr(cur._conn, "prepare_threshold", 5) is None:
         return None
     return True
+
+
+def _batch_rows(cur: Any, kwargs: dict[str, Any]) -> int:
+    """Rows affected by an ``executemany`` that succeeded. With ``returning=True`` psycopg keeps
+    one result per parameter set and ``rowcount`` is the current (first) one's only: the total
+    is the sum of their command tuples. -1 (unknown) when that cannot be read."""
+    if not kwargs.get("returning"):
+        return int(cur.rowcount)
+    try:
+        return sum(res.command_tuples or 0 for res in cur._results)
+    except Exception:  # (a psycopg without ``_results``: say nothing rather than a wrong count)
+        return -1
 
 
 def _batch_size(span: Any, params_seq: Any) -> None:

@@ -364,7 +364,8 @@ class ConnState:
         if table:
             # Quoting is syntax, not part of the name: SELECT "pitches" and SELECT pitches
             # are one operation for dashboards and rollups.
-            table = table.replace('"', "")
+            # (A doubled quote inside a quoted name is one quote of the name.)
+            table = table.replace('""', "\0").replace('"', "").replace("\0", '"')
         # Built from validated parts (str/int values): start_span copies it without re-checking.
         attrs = TrustedAttributes(self.base_attrs)
         attrs["db.operation.name"] = operation
