@@ -1038,10 +1038,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # (here: a closed pipe is found now, not at exit)
+    except BrokenPipeError:
+        # The reader is gone (``| head -1``): nothing more to say, and no traceback. Further
+        # writes (Python flushes stdout at exit) go nowhere; 141 is what a shell reports for a
+        # command ended by SIGPIPE.
+        _discard_stdout()
+        return 141
     except (PitcheyTraceError, ImportError, ValueError) as exc:
         sys.stderr.write(f"pitchey-trace: error: {exc}\n")
         return 2
     return code
+
+
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # (stdout without a file descriptor: replaced instead)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,9 +51,18 @@ _NORMALISE = [
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),  # addresses in reprs: "<Pool object at 0x7f...>"
     # (with a letter: a run of digits only is a number, however long)
     (re.compile(r"\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,}\b"), "<hex>"),
+    # shorter hex ids with digits and letters, also after "_" or "-": "job 7f3e9a1b", "req_8f3a2b1c"
+    (
+        re.compile(r"(?<![0-9A-Za-z])(?=[a-fA-F]*[0-9])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{8,}(?![0-9A-Za-z])"),
+        "<hex>",
+    ),
     (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
-    # (no word boundary after: a unit may follow, "3.5s", "250ms")
-    (re.compile(r"\b\d+(?:\.\d+)?(?!\d)"), "<n>"),
+    # other ids mixing letters and digits (a digit after a letter: "250ms" stays a number and a
+    # unit): "cus_NffrFeUfNV2Hib", "ord8812345"
+    (re.compile(r"(?<![0-9A-Za-z])(?=[0-9]*[A-Za-z]+[0-9])[0-9A-Za-z]{8,}(?![0-9A-Za-z])"), "<id>"),
+    # (no word boundary after: a unit may follow, "3.5s", "250ms"; before: a letter or digit
+    # only, so "user_12345" is "user_<n>")
+    (re.compile(r"(?<![0-9A-Za-z])\d+(?:\.\d+)?(?!\d)"), "<n>"),
 ]
 # A message that starts with an HTTP status keeps it: 401 and 403 are different errors.
 _HTTP_STATUS = re.compile(r"HTTP \d{3}\b")
@@ -289,7 +298,7 @@ def _least_severity(level: Any) -> int | None:
     """A ``level`` filter as an OpenTelemetry severity number (1-24)."""
     if level is None:
         return None
-    if isinstance(level, str) and level.strip().isdigit():
+    if isinstance(level, str) and level.strip().isascii() and level.strip().isdigit():  # (not "²")
         level = int(level.strip())
     if isinstance(level, int) and not isinstance(level, bool):
         if 1 <= level <= 24:
@@ -1125,13 +1134,21 @@ class Archive:
         whole_minutes: bool = False,
     ) -> list[Record]:
         """The rollups of a window (see ``_stats``); the caller holds the lock."""
-        slack = 0 if whole_minutes else 60 * 10**9
+        slack = 0 if whole_minutes else 60 * 10**9  # (the length of a rollup's minute)
         return [
             r
             for r in self._index.rollups
             if (service is None or r["service"] == service)
             and (operation is None or r["operation"] == operation)
-            and (s_ns is None or r["minute_start_unix_nano"] >= s_ns - slack)
+            and (
+                s_ns is None
+                # (overlapping: a minute that ends when the window starts is not in it)
+                or (
+                    r["minute_start_unix_nano"] >= s_ns
+                    if whole_minutes
+                    else r["minute_start_unix_nano"] + slack > s_ns
+                )
+            )
             and (
                 u_ns is None
                 or r["minute_start_unix_nano"] < u_ns

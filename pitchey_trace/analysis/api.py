@@ -74,6 +74,10 @@ refuses texts of more than 4300 digits)."""
 # "<scheme> <credentials>", any number of spaces or tabs between (RFC 9110 11.4)
 _AUTHORIZATION = re.compile(rb"[ \t]*([A-Za-z]+)[ \t]+(\S+)[ \t]*")
 _T = TypeVar("_T")
+_SEARCH = (
+    "service", "name", "min_duration_ms", "max_duration_ms", "status", "attr", "log",
+    "since", "until", "sort", "limit",
+)  # fmt: skip
 
 
 class _SecurityHeaders:
@@ -243,6 +247,17 @@ def _attributes(request: Request) -> dict[str, str] | None:
     return out or None
 
 
+def _known(request: Request, *names: str) -> None:
+    """Refuse a parameter the endpoint does not take (a typo such as ``servce=`` would otherwise
+    be ignored silently and answer for everything)."""
+    unknown = sorted({k for k in request.query_params if k not in names})
+    if unknown:
+        expected = ", ".join(names) if names else "none"
+        raise ValueError(
+            f"unknown parameter {', '.join(_shown(k) for k in unknown[:5])} (expected: {expected})"
+        )
+
+
 def _given(**params: Any) -> dict[str, Any]:
     """Only the parameters the request set, so the engine's own defaults apply to the rest."""
     return {k: v for k, v in params.items() if v is not None}
@@ -301,9 +316,11 @@ def create_app(
         )
 
     async def overview(request: Request) -> Response:
+        _known(request, "since", "until")
         return json_response(await call(archive.overview, **texts(request)))
 
     async def search(request: Request) -> Response:
+        _known(request, *_SEARCH)
         params = texts(request, "service", "name", "status", "sort", "log")
         params.update(
             _given(
@@ -316,6 +333,7 @@ def create_app(
         return json_response(await call(archive.search, **params))
 
     async def one_trace(request: Request, query: Callable[..., dict[str, Any] | None]) -> Response:
+        _known(request, "since")
         trace_id = request.path_params["trace_id"]
         result = await call(query, trace_id, **_given(since=_time(request, "since")))
         if result is None:
@@ -329,9 +347,11 @@ def create_app(
         return await one_trace(request, archive.analyze)
 
     async def performance(request: Request) -> Response:
+        _known(request, "service", "since", "until")
         return json_response(await call(archive.performance, **texts(request, "service")))
 
     async def series(request: Request) -> Response:
+        _known(request, "service", "operation", "since", "until", "step_s")
         step_s = None
         step = _text(request, "step_s")
         if step is not None:
@@ -345,22 +365,27 @@ def create_app(
         return json_response(await call(archive.series, **params))
 
     async def errors(request: Request) -> Response:
+        _known(request, "service", "since", "until", "limit")
         params = texts(request, "service")
         params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.errors, **params))
 
     async def compare(request: Request) -> Response:
+        _known(request, "since", "until", "service")
         return json_response(await call(archive.compare, **texts(request, "service")))
 
     async def dependencies(request: Request) -> Response:
+        _known(request, "service", "since", "until")
         return json_response(await call(archive.dependencies, **texts(request, "service")))
 
     async def audit(request: Request) -> Response:
+        _known(request, "category", "actor", "action", "outcome", "trace_id", "since", "until", "limit")
         params = texts(request, "category", "actor", "action", "outcome", "trace_id")
         params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.audit, **params))
 
     async def logs(request: Request) -> Response:
+        _known(request, "service", "level", "text", "trace_id", "since", "until", "limit")
         params = texts(request, "service", "level", "text", "trace_id")
         params.update(_given(limit=_limit(request)))
         return json_response(await call(archive.logs, **params))
