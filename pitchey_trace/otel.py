@@ -22,7 +22,9 @@ else OpenTelemetry's current span (e.g. a remote parent attached with the OpenTe
 So spans nest across both APIs: the first ``TracerProvider()`` wraps OpenTelemetry's runtime
 context, so a span made current through it (``start_as_current_span``, ``use_span``,
 ``context.attach``) is pitchey's current span too, and a span made current by ``pt.span`` is
-what ``opentelemetry.trace.get_current_span()`` returns.
+what ``opentelemetry.trace.get_current_span()`` returns. Baggage is shared the same way:
+``opentelemetry.baggage`` entries in an attached context are ``pt.get_baggage`` / ``pt.inject``
+baggage, and ``pt.set_baggage`` entries are OpenTelemetry's (``opentelemetry.propagate.inject``).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from typing import Any, TypeVar, cast
 
 from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import SUPPRESSED, Link, NonRecordingSpan, SpanKind, TraceContext
+from pitchey_trace._span import SUPPRESSED, Link, NonRecordingSpan, Span, SpanKind, TraceContext
 from pitchey_trace._tracer import get_tracer, use_context
 from pitchey_trace.exceptions import IntegrationUnavailable
+from pitchey_trace.propagation import BaggageScope
 
 try:
+    from opentelemetry import baggage as otel_baggage
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
     from opentelemetry.context.context import Context
@@ -65,7 +69,7 @@ def _span_context(span: Any) -> SpanContext:
     return SpanContext(
         trace_id=span.trace_id,
         span_id=span.span_id,
-        is_remote=False,
+        is_remote=bool(getattr(span, "is_remote", False)),  # (a remote parent made current)
         trace_flags=TraceFlags(span.trace_flags & 0xFF),
         trace_state=state,
     )
@@ -75,13 +79,42 @@ def _attrs(attributes: Any) -> dict[str, Any] | None:
     return dict(attributes) if attributes else None
 
 
-def _trace_context(ctx: SpanContext) -> TraceContext:
+def _unwrap(span: Any) -> Any:
+    """The span a ``pt.set_baggage`` scope stands for (baggage travels in OpenTelemetry's
+    context, next to the span, not on it)."""
+    return span._span if isinstance(span, BaggageScope) else span
+
+
+# Where OpenTelemetry keeps baggage in a context (private: when it is gone, get_all() is asked)
+_BAGGAGE_KEY: Any = getattr(otel_baggage, "_BAGGAGE_KEY", None)
+
+
+def _baggage_of(context: Context) -> tuple[tuple[str, str], ...]:
+    """OpenTelemetry's baggage in ``context`` as pitchey-trace baggage (string values only)."""
+    if _BAGGAGE_KEY is not None and not context.get(_BAGGAGE_KEY):
+        return ()  # (the common case, on every attach: no baggage, no mapping proxy made)
+    return tuple((k, v) for k, v in otel_baggage.get_all(context).items() if isinstance(v, str))
+
+
+def _with_baggage(context: Context, baggage: tuple[tuple[str, str], ...]) -> Context:
+    """``context`` with exactly ``baggage`` as its OpenTelemetry baggage (itself if it has it)."""
+    if not baggage and _BAGGAGE_KEY is not None and not context.get(_BAGGAGE_KEY):
+        return context
+    if _baggage_of(context) == baggage:
+        return context
+    context = otel_baggage.clear(context)
+    for key, value in baggage:
+        context = otel_baggage.set_baggage(key, value, context)
+    return context
+
+
+def _trace_context(ctx: SpanContext, baggage: tuple[tuple[str, str], ...] = ()) -> TraceContext:
     return TraceContext(
         ctx.trace_id,
         ctx.span_id,
         int(ctx.trace_flags),
         tuple(ctx.trace_state.items()),
-        (),
+        baggage,
         ctx.is_remote,
     )
 
@@ -89,9 +122,26 @@ def _trace_context(ctx: SpanContext) -> TraceContext:
 class _Span(otel_trace.Span):
     """An OpenTelemetry span backed by a pitchey-trace span (or a non-recording one)."""
 
-    def __init__(self, span: Any) -> None:
+    def __init__(
+        self, span: Any, record_exception: bool = True, set_status_on_exception: bool = True
+    ) -> None:
         self._span = span
         self._context: SpanContext | None = None
+        self._record = record_exception
+        self._set_status = set_status_on_exception
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        """``with tracer.start_span(...) as span:`` ends the span (it does not make it current),
+        and, as the SDK's span does, records an escaping ``Exception`` and sets the error status
+        unless ``start_span`` was told not to (``record_exception``, ``set_status_on_exception``)."""
+        try:
+            if isinstance(exc, Exception) and self.is_recording():
+                if self._record:
+                    self.record_exception(exc, escaped=True)
+                if self._set_status:
+                    self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.end()
 
     # Read by instrumentation libraries that expect the SDK's span (ReadableSpan), not only the
     # API: opentelemetry-instrumentation-asgi checks ``current_span.kind``.
@@ -137,11 +187,15 @@ class _Span(otel_trace.Span):
         self._span.update_name(name)
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # As the SDK: UNSET is ignored (it never clears an error); OK is final (the core's rule);
+        # a Status object's own description wins over the argument.
         if isinstance(status, Status):
             code, text = status.status_code, status.description
         else:
             code, text = status, description
-        self._span.set_status(_STATUS.get(code, "unset"), text)
+        if code is StatusCode.UNSET or code not in _STATUS:
+            return
+        self._span.set_status(_STATUS[code], text)
 
     def record_exception(
         self,
@@ -150,7 +204,20 @@ class _Span(otel_trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        self._span.record_exception(exception, _attrs(attributes))
+        span = _unwrap(self._span)
+        before = len(span.events or ()) if isinstance(span, Span) else 0
+        span.record_exception(exception, _attrs(attributes))
+        # The core's record_exception takes no time: put the one given (ns since the epoch, as
+        # add_event accepts) on the event it just added.
+        if (
+            isinstance(span, Span)
+            and timestamp.__class__ is int
+            and 0 < timestamp < 2**64
+            and span.events
+            and len(span.events) == before + 1
+        ):
+            name, _, attrs = span.events[-1]
+            span.events[-1] = (name, timestamp, attrs)
 
     def end(self, end_time: int | None = None) -> None:
         self._span.end(end_time)
@@ -188,7 +255,7 @@ class _Tracer(otel_trace.Tracer):
         except Exception as exc:  # never into the instrumented code
             _safety.report("otel.start_span", exc)
             return otel_trace.INVALID_SPAN
-        return _Span(span)
+        return _Span(span, record_exception, set_status_on_exception)
 
     def start_as_current_span(  # type: ignore[override]
         self,
@@ -285,12 +352,17 @@ def _parent(context: Any) -> Any:
     else:
         explicit = True
     current = otel_trace.get_current_span(context)
+    baggage = _baggage_of(context)  # (OpenTelemetry keeps baggage in the context, not the span)
     if isinstance(current, _Span):
-        return current._span
+        span = _unwrap(current._span)
+        return BaggageScope(span, baggage) if baggage != span.baggage else span
     ctx = current.get_span_context()
     if ctx.is_valid:
-        return _trace_context(ctx)
-    return _ROOT if explicit else None  # an explicit empty context: a new trace
+        return _trace_context(ctx, baggage)
+    if not explicit:
+        return None
+    # an explicit context without a span: a new trace (with the context's baggage)
+    return NonRecordingSpan(0, 0, 0, (), baggage) if baggage else _ROOT
 
 
 class _SyncedRuntimeContext:
@@ -309,14 +381,25 @@ class _SyncedRuntimeContext:
     def attach(self, context: Context) -> Any:
         token = self._inner.attach(context)
         try:
-            if CURRENT.get() is SUPPRESSED:  # (the SDK's own threads, excluded paths: stay silent)
+            ours = CURRENT.get()
+            if ours is SUPPRESSED:  # (the SDK's own threads, excluded paths: stay silent)
                 return (token, None)
             span = otel_trace.get_current_span(context)
+            baggage = _baggage_of(context)
             if isinstance(span, _Span):
-                return (token, CURRENT.set(span._span))
-            ctx = span.get_span_context()
-            if ctx.is_valid:
-                return (token, CURRENT.set(use_context(_trace_context(ctx))))
+                target = _unwrap(span._span)
+            else:
+                ctx = span.get_span_context()
+                if ctx.is_valid:
+                    return (token, CURRENT.set(use_context(_trace_context(ctx, baggage))))
+                if not baggage:
+                    return (token, None)
+                # baggage without a span (opentelemetry.baggage.set_baggage + attach): on
+                # pitchey's current span, or on none, as pt.set_baggage does
+                target = _unwrap(ours) if ours is not None else NonRecordingSpan(0, 0, 0, (), baggage)
+            if baggage != target.baggage:  # the context's baggage is the baggage from now on
+                target = BaggageScope(target, baggage)
+            return (token, CURRENT.set(target))
         except Exception as exc:
             _safety.report("otel.attach", exc)
         return (token, None)
@@ -324,19 +407,24 @@ class _SyncedRuntimeContext:
     def get_current(self) -> Context:
         current: Context = self._inner.get_current()
         # A span that only pt.span made current is OpenTelemetry's current span too, so that
-        # opentelemetry.trace.get_current_span() and any tracer see it.
+        # opentelemetry.trace.get_current_span() and any tracer see it; baggage set with
+        # pt.set_baggage is OpenTelemetry's baggage too (opentelemetry.baggage, propagate.inject).
         ours = CURRENT.get()
-        if ours is None or ours is SUPPRESSED or not ours.trace_id:
+        if ours is None or ours is SUPPRESSED:
             return current
+        if not ours.trace_id:  # baggage outside any span
+            return _with_baggage(current, ours.baggage) if ours.baggage else current
+        mine = _unwrap(ours)
         span = otel_trace.get_current_span(current)
         if isinstance(span, _Span):
-            if span._span is ours:
-                return current
-        elif isinstance(ours, NonRecordingSpan) and span.get_span_context().span_id == ours.span_id:
+            same = _unwrap(span._span) is mine
+        else:
             # the span attach() made pitchey's current (another provider's, a remote parent):
             # OpenTelemetry's own object, which may be recording, not a non-recording copy
-            return current
-        return otel_trace.set_span_in_context(_Span(ours), current)
+            same = isinstance(mine, NonRecordingSpan) and span.get_span_context().span_id == mine.span_id
+        if not same:
+            current = otel_trace.set_span_in_context(_Span(mine), current)
+        return _with_baggage(current, ours.baggage)
 
     def detach(self, token: Any) -> None:
         inner, ours = token if isinstance(token, tuple) and len(token) == 2 else (token, None)
