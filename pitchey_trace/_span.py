@@ -274,7 +274,14 @@ class Link:
 
     def __init__(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
         self.context = context
-        self.attributes = dict(attributes) if attributes else {}
+        if isinstance(attributes, Mapping):
+            self.attributes = dict(attributes)
+        else:  # (dict() of a str or a list would raise, or make pairs of its items)
+            if attributes is not None:
+                _safety.warn_once(
+                    "attributes_type", "attributes must be a mapping, got %s: ignored", type(attributes)
+                )
+            self.attributes = {}
 
 
 class _Entries(list[Any]):
@@ -927,7 +934,12 @@ class Span(_SpanBase):
         if self._ended("set_status"):
             return
         try:
-            code = StatusCode[status.upper()] if isinstance(status, str) else StatusCode(status)
+            if isinstance(status, str):
+                code = StatusCode[status.upper()]
+            elif isinstance(status, int) and not isinstance(status, bool):  # (StatusCode too)
+                code = StatusCode(status)
+            else:  # True, 1.0...: StatusCode() would read them as OK
+                raise TypeError(type(status).__name__)
         except Exception:  # unknown, or an object whose comparison or hash fails
             _safety.warn_once("status_invalid", "invalid span status of type %s ignored", type(status))
             return

@@ -106,6 +106,10 @@ _ID_LIMIT = (1 << 64) - 1
 
 
 def _check_rate(rate: float) -> float:
+    # A bool or a str is a mistake, not a rate (True would mean "sample everything"); the
+    # environment's text is converted by sampler_from_name/sampler_from_env first.
+    if isinstance(rate, (bool, str, bytes, bytearray)):
+        raise ConfigurationError(f"sample rate must be a number in [0, 1], got {rate!r}")
     try:
         rate = float(rate)
     except (TypeError, ValueError):
