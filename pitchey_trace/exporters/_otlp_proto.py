@@ -209,22 +209,52 @@ def _span(r: Mapping[str, Any]) -> bytearray:
     return out
 
 
+#: The span attributes that name the instrumentation scope of a span made through the
+#: OpenTelemetry API (``pitchey_trace.otel``: ``get_tracer(name, version)``); OTLP carries it
+#: as the span's ``InstrumentationScope``, not as attributes.
+SCOPE_NAME = "otel.scope.name"
+SCOPE_VERSION = "otel.scope.version"
+
+
+def scope_groups(
+    records: list[Mapping[str, Any]], scope_name: str, scope_version: str
+) -> list[tuple[str, str, list[Mapping[str, Any]]]]:
+    """``records`` (of one resource) by instrumentation scope, in order of first appearance:
+    the scope their ``otel.scope.name`` / ``otel.scope.version`` attributes name (those two
+    attributes left out of the records given back), else the exporter's own."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    mine = (scope_name, scope_version)
+    for r in records:
+        attrs = r.get("attributes")
+        name = attrs.get(SCOPE_NAME) if attrs else None
+        if name.__class__ is not str:  # (the common case: no scope of its own)
+            groups.setdefault(mine, []).append(r)
+            continue
+        version = attrs.get(SCOPE_VERSION)  # type: ignore[union-attr]
+        key = (name, version if version.__class__ is str else "")
+        rest = {k: v for k, v in attrs.items() if k != SCOPE_NAME and k != SCOPE_VERSION}  # type: ignore[union-attr]
+        groups.setdefault(key, []).append({**r, "attributes": rest})
+    return [(name, version, spans) for (name, version), spans in groups.items()]
+
+
 def encode_otlp_proto(
     groups: Iterable[tuple[Mapping[str, Any], list[Mapping[str, Any]]]], scope_name: str, scope_version: str
 ) -> bytes:
-    """The request for span records already grouped by resource (``otlp.resource_groups``)."""
-    scope = bytearray()
-    _field(1, _text(scope_name), scope)
-    _field(2, _text(scope_version), scope)
+    """The request for span records already grouped by resource (``otlp.resource_groups``),
+    one ``ScopeSpans`` per instrumentation scope (:func:`scope_groups`)."""
     out = bytearray()
     for res, records in groups:
-        scope_spans = bytearray()
-        _field(1, scope, scope_spans)
-        for r in records:
-            _field(2, _span(r), scope_spans)
         rs = bytearray()
         _field(1, _key_values(res), rs)
-        _field(2, scope_spans, rs)
+        for name, version, spans in scope_groups(records, scope_name, scope_version):
+            scope = bytearray()
+            _field(1, _text(name), scope)
+            _field(2, _text(version), scope)
+            scope_spans = bytearray()
+            _field(1, scope, scope_spans)
+            for r in spans:
+                _field(2, _span(r), scope_spans)
+            _field(2, scope_spans, rs)
         _field(1, rs, out)
     return bytes(out)
 

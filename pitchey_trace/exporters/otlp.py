@@ -6,8 +6,11 @@ see ``_otlp_proto``; the same bytes over gRPC with ``grpc``, see ``_grpc``) or i
 encoding (``http/json``): there, ``traceId`` and
 ``spanId`` as lowercase hex (not base64), span kind and status code as the integer values of
 the proto enums, 64-bit integers as decimal strings, attributes as ``AnyValue`` objects.
-Spans are grouped by their resource; the instrumentation scope is ``pitchey_trace`` with the
-SDK version. Only ``span`` records are sent (the default ``datasets`` is ``{"traces"}``).
+Spans are grouped by their resource, then by instrumentation scope: ``pitchey_trace`` with the
+SDK version, or for spans made through the OpenTelemetry API (``pitchey_trace.otel``) the
+tracer's own name and version (their ``otel.scope.name`` / ``otel.scope.version`` attributes,
+which are not sent as attributes then). Only ``span`` records are sent (the default
+``datasets`` is ``{"traces"}``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
 from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto
+from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto, scope_groups
 from pitchey_trace.records import Record
 
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
@@ -169,12 +172,15 @@ def encode_otlp_json(
     records: Iterable[Mapping[str, Any]], scope_name: str = "pitchey_trace", scope_version: str | None = None
 ) -> dict[str, Any]:
     """An ``ExportTraceServiceRequest`` (OTLP JSON) for the span records among ``records``."""
-    scope = {"name": scope_name, "version": _scope_version(scope_version)}
+    version = _scope_version(scope_version)
     return {
         "resourceSpans": [
             {
                 "resource": {"attributes": _kv(res)},
-                "scopeSpans": [{"scope": scope, "spans": [_span(r) for r in spans]}],
+                "scopeSpans": [
+                    {"scope": {"name": name, "version": ver}, "spans": [_span(r) for r in group]}
+                    for name, ver, group in scope_groups(spans, scope_name, version)
+                ],
             }
             for res, spans in resource_groups(records)
         ]

@@ -323,3 +323,39 @@ def test_the_attribute_cache_keeps_only_short_pairs() -> None:
     assert all(len(kv) <= _otlp_proto._KV_CACHE_ITEM_MAX for kv in cached)
     assert ("m", "GET", str) in _otlp_proto._KV_CACHE
     assert ("body", long_value, str) not in _otlp_proto._KV_CACHE
+
+
+def test_spans_made_through_the_opentelemetry_api_keep_their_tracers_scope() -> None:
+    """A span of ``get_tracer("acme.payments", "2.1")`` (``pitchey_trace.otel``) goes out under
+    that instrumentation scope, in both encodings; the others under ``pitchey_trace``. It used to
+    be ``pitchey_trace`` for all, with the scope as two span attributes."""
+    from pitchey_trace.otel import TracerProvider
+    from pitchey_trace.testing import capture_spans
+
+    with capture_spans() as exporter:
+        provider = TracerProvider()
+        with provider.get_tracer("acme.payments", "2.1").start_as_current_span("charge") as s:
+            s.set_attribute("amount", 3)
+            with pt.span("load_card"):
+                pass
+        with provider.get_tracer("acme.mail").start_as_current_span("send"):
+            pass
+    records = exporter.spans()
+    assert len(records) == 3
+    for msg in (
+        ExportTraceServiceRequest.FromString(encode_otlp_protobuf(records)),
+        parse(encode_otlp_json(records)),
+    ):
+        (rs,) = msg.resource_spans
+        scopes = {(ss.scope.name, ss.scope.version): [sp.name for sp in ss.spans] for ss in rs.scope_spans}
+        assert scopes == {
+            ("pitchey_trace", pt.__version__): ["load_card"],
+            ("acme.payments", "2.1"): ["charge"],
+            ("acme.mail", ""): ["send"],
+        }
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                keys = {kv.key for kv in sp.attributes}
+                assert not keys & {"otel.scope.name", "otel.scope.version"}
+                if sp.name == "charge":
+                    assert "amount" in keys
