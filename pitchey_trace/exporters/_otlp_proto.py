@@ -219,22 +219,24 @@ SCOPE_VERSION = "otel.scope.version"
 def scope_groups(
     records: list[Mapping[str, Any]], scope_name: str, scope_version: str
 ) -> list[tuple[str, str, list[Mapping[str, Any]]]]:
-    """``records`` (of one resource) by instrumentation scope, in order of first appearance:
-    the scope their ``otel.scope.name`` / ``otel.scope.version`` attributes name (those two
-    attributes left out of the records given back), else the exporter's own."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    mine = (scope_name, scope_version)
+    """``records`` (of one resource) by instrumentation scope: the exporter's own first, then
+    the scopes their ``otel.scope.name`` / ``otel.scope.version`` attributes name, in order of
+    first appearance (those two attributes left out of the records given back)."""
+    mine: list[Mapping[str, Any]] = []
+    others: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in records:
         attrs = r.get("attributes")
         name = attrs.get(SCOPE_NAME) if attrs else None
         if name.__class__ is not str:  # (the common case: no scope of its own)
-            groups.setdefault(mine, []).append(r)
+            mine.append(r)
             continue
         version = attrs.get(SCOPE_VERSION)  # type: ignore[union-attr]
         key = (name, version if version.__class__ is str else "")
         rest = {k: v for k, v in attrs.items() if k != SCOPE_NAME and k != SCOPE_VERSION}  # type: ignore[union-attr]
-        groups.setdefault(key, []).append({**r, "attributes": rest})
-    return [(name, version, spans) for (name, version), spans in groups.items()]
+        others.setdefault(key, []).append({**r, "attributes": rest})
+    out = [(scope_name, scope_version, mine)] if mine else []
+    out.extend((name, version, spans) for (name, version), spans in others.items())
+    return out
 
 
 def encode_otlp_proto(
