@@ -51,6 +51,7 @@ __all__ = [
     "Check",
     "DatasetConfig",
     "LogpushConfig",
+    "checked_prefix",
     "load_config",
     "make_s3_client",
     "rule_id",
@@ -72,6 +73,42 @@ _TOP_KEYS = {
 }
 _DATASET_KEYS = {"prefix", "retention_days", "bucket"}
 _BATCH_KEYS = {"max_bytes", "max_records", "max_interval_s"}
+
+
+def checked_prefix(label: str, prefix: str) -> str:
+    """An object key prefix without its outer ``/``; ``ConfigurationError`` for a prefix whose
+    keys would leave their folder (``..``/``.`` segments: a local archive outside its
+    directory), that has empty segments (``a//b``) or a backslash or control character."""
+    stripped = prefix.strip("/")
+    if stripped and (
+        any(seg in ("", ".", "..") for seg in stripped.split("/"))
+        or any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in stripped)
+    ):
+        raise ConfigurationError(
+            f"{label} {prefix!r} is not a usable key prefix (no '.', '..' or empty segments, "
+            "backslashes or control characters)"
+        )
+    return stripped
+
+
+def _check_overlaps(datasets: Mapping[str, DatasetConfig]) -> None:
+    """A lifecycle rule expires every key under its prefix: one dataset's rule must never
+    reach the objects of another dataset of the same bucket with another retention."""
+    for d in datasets.values():
+        if not d.retention_days:
+            continue
+        mine = f"{d.prefix}/" if d.prefix else ""
+        for other in datasets.values():
+            if other is d or other.bucket != d.bucket or other.retention_days == d.retention_days:
+                continue
+            theirs = f"{other.prefix}/" if other.prefix else ""
+            if theirs.startswith(mine):
+                where = f"prefix {d.prefix!r}" if d.prefix else "an empty prefix (the whole bucket)"
+                raise ConfigurationError(
+                    f"datasets.{d.name} ({where}, {d.retention_days} days) would expire the objects "
+                    f"of datasets.{other.name} (prefix {other.prefix!r}) in bucket {d.bucket!r}: "
+                    "give them prefixes that do not contain one another, or the same retention_days"
+                )
 
 
 @dataclass(frozen=True)
@@ -128,11 +165,12 @@ class LogpushConfig:
                     f"dataset {name!r} has no bucket (set bucket or datasets.{name}.bucket)"
                 )
             prefix = _opt_str(spec, "prefix", f"datasets.{name}.")
-            prefix = (name if prefix is None else prefix).strip("/")
+            prefix = checked_prefix(f"datasets.{name}.prefix", name if prefix is None else prefix)
             days = spec.get("retention_days", DEFAULT_RETENTION_DAYS.get(name))
             if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 0):
                 raise ConfigurationError(f"datasets.{name}.retention_days must be an int >= 0")
             datasets[name] = DatasetConfig(name, bucket, prefix, days or None)
+        _check_overlaps(datasets)
         batch = data.get("batch") or {}
         if not isinstance(batch, Mapping) or set(batch) - _BATCH_KEYS:
             raise ConfigurationError(f"batch accepts only {', '.join(sorted(_BATCH_KEYS))}")
@@ -214,7 +252,9 @@ def make_s3_client(
     kwargs: dict[str, Any] = {
         "connect_timeout": connect_timeout_s,
         "read_timeout": read_timeout_s,
-        "retries": {"max_attempts": max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first request (botocore's max_attempts counts retries
+        # only: max_attempts=1 made two requests, the second after botocore's own sleep)
+        "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
         "s3": {"addressing_style": style},
     }
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import threading
 import time
@@ -41,12 +42,15 @@ from pitchey_trace._validate import finite, positive_int, str_map
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._http import RetryPolicy, checked_retry, warn_limited
 from pitchey_trace.exporters._spool import SpoolDir, new_key_name, safe_dataset
+from pitchey_trace.logpush_config import checked_prefix
 from pitchey_trace.records import Record, dataset_of
 
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised only without the extra
     _orjson = None  # type: ignore[assignment]
+
+logger = logging.getLogger("pitchey_trace")
 
 __all__ = ["ArchiveExporter", "Store", "encode_line", "gzip_ndjson"]
 
@@ -137,6 +141,7 @@ class _Ready:
     path: Path | None = None
     body: bytes | None = None
     recovered: bool = False
+    cleaned: bool = False
     attempts: int = 0
     next_at: float = 0.0
     inflight: bool = False
@@ -176,7 +181,9 @@ class ArchiveExporter:
         prefixes = str_map("prefixes", prefixes)
         self.name = name
         self.datasets = valid_datasets(datasets)
-        self.prefixes = {safe_dataset(k): v.strip("/") for k, v in (prefixes or {}).items()}
+        self.prefixes = {
+            safe_dataset(k): checked_prefix(f"prefixes[{k!r}]", v) for k, v in (prefixes or {}).items()
+        }
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_records = max_batch_records
         self.max_interval_s = float(max_interval_s)
@@ -203,6 +210,8 @@ class ArchiveExporter:
         self._failures = 0
         self._gate = 0.0
         self._stop_deadline = 0.0
+        # (dataset, problem) already explained in the log, until that dataset's next success
+        self._reported: set[tuple[str, str]] = set()
         self._next_fsync = time.monotonic() + self.fsync_interval_s
         self._spool: SpoolDir | None = None
         if self.spool_path is not None:
@@ -581,7 +590,20 @@ class ArchiveExporter:
             outcome = self._upload(item)
             with cond:
                 item.inflight = False
-                if outcome == "retry":
+                if outcome in ("stuck", "stuck_all"):
+                    # A configuration error (bucket missing, credentials refused): every batch
+                    # of the dataset (refused credentials: every batch) waits the longest
+                    # backoff - one request per interval, not one per waiting batch.
+                    item.attempts += 1
+                    later = time.monotonic() + self.retry.max_backoff_s
+                    for other in self._ready:
+                        if other.dataset == item.dataset or outcome == "stuck_all":
+                            other.next_at = max(other.next_at, later)
+                    if outcome == "stuck_all":
+                        self._gate = max(self._gate, later)
+                    _stats.incr("retried")
+                    _stats.incr(f"{self.kind}.retried")
+                elif outcome == "retry":
                     item.attempts += 1
                     self._failures += 1
                     now = time.monotonic()
@@ -606,7 +628,8 @@ class ArchiveExporter:
                 cond.notify_all()
 
     def _upload(self, item: _Ready) -> str:
-        """Upload one closed batch: "done", "gone" (file vanished / empty) or "retry"."""
+        """Upload one closed batch: "done", "gone" (file vanished / empty), "retry", or
+        "stuck" / "stuck_all" (a configuration error of the dataset / of the whole store)."""
         try:
             if item.body is not None:
                 body = item.body
@@ -615,8 +638,9 @@ class ArchiveExporter:
                 data = item.path.read_bytes()
                 if item.recovered:
                     data, item.records, invalid = clean_lines(data)
-                    if invalid:
+                    if invalid and not item.cleaned:  # (counted once, not on every retry)
                         _stats.incr("dropped.spool_invalid_lines", invalid)
+                    item.cleaned = True
                 body = gzip.compress(data, self.compresslevel, mtime=0)
         except FileNotFoundError:
             _stats.incr("dropped.spool_missing", item.records or 0)
@@ -630,6 +654,24 @@ class ArchiveExporter:
         try:
             self._store.put(item.dataset, key, body)
         except Exception as exc:
+            classify = getattr(self._store, "persistent_error", None)
+            problem = classify(item.dataset, exc) if classify is not None else None
+            if problem is not None:
+                counter, explanation = problem
+                _stats.incr(f"{self.kind}.{counter}")
+                if (item.dataset, counter) not in self._reported:
+                    self._reported.add((item.dataset, counter))
+                    logger.warning(
+                        "pitchey_trace %s %s: uploads of dataset %s fail: %s. Records are kept "
+                        "(%s) and uploads retried every %.0f s; this is logged once.",
+                        self.kind,
+                        self.name,
+                        item.dataset,
+                        explanation,
+                        "in the spool" if self._spool is not None else "in memory",
+                        self.retry.max_backoff_s,
+                    )
+                return "stuck_all" if counter == "access_denied" else "stuck"
             warn_limited(
                 f"{self.kind}.upload",
                 "pitchey_trace %s %s: upload of %s failed (attempt %d), will retry: %r",
@@ -640,6 +682,16 @@ class ArchiveExporter:
                 exc,
             )
             return "retry"
+        if self._reported:
+            fixed = {r for r in self._reported if r[0] == item.dataset}
+            if fixed:
+                self._reported -= fixed
+                logger.warning(
+                    "pitchey_trace %s %s: uploads of dataset %s work again",
+                    self.kind,
+                    self.name,
+                    item.dataset,
+                )
         records = item.records
         _stats.incr(f"{self.kind}.uploaded", records)
         _stats.incr(f"{self.kind}.objects")

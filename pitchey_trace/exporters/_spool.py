@@ -90,6 +90,7 @@ class SpoolDir:
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock_fd: int | None = None
         self._seq = 0
+        self.discarded_open = 0
         self._lock()
 
     def _lock(self) -> None:
@@ -157,9 +158,12 @@ class SpoolDir:
             return False, None
         return True, fd
 
-    def adopt_orphans(self, datasets: frozenset[str] | None) -> list[Adopted]:
+    def adopt_orphans(self, datasets: frozenset[str] | None, *, open_files: bool = True) -> list[Adopted]:
         """Take over the files of dead owners (only datasets in ``datasets``; all when None),
-        in their original order. Returns them renamed into this owner's namespace."""
+        in their original order. Returns them renamed into this owner's namespace.
+        ``open_files=False``: a dead owner's ``.open`` files (writes it never finished) are
+        deleted, not adopted; the number deleted is in :attr:`discarded_open`."""
+        self.discarded_open = 0
         by_owner: dict[str, list[tuple[int, re.Match[str]]]] = {}
         lock_owners: list[str] = []
         for entry in os.listdir(self.path):
@@ -196,6 +200,11 @@ class SpoolDir:
                     try:
                         st = src.stat()
                     except FileNotFoundError:  # another process adopted it first
+                        continue
+                    if m["state"] == "open" and not open_files:
+                        with contextlib.suppress(OSError):
+                            src.unlink()
+                            self.discarded_open += 1
                         continue
                     if m["state"] == "ready":
                         key_name = m["stamp"]
@@ -252,13 +261,30 @@ class PayloadSpool:
         """Own a place in the directory and take over the files of processes that died."""
         self._lock = threading.Lock()
         self.dir = SpoolDir(path)
-        # (path, size, items): items are unknown (0) for files taken over from a dead process
+        # (path, size, items): items are unknown (0) for files taken over from a dead process.
+        # A payload still ``.open`` was never completely written (the process died during
+        # ``put``): sending a truncated request would only be refused, so it is deleted.
         self._files: deque[tuple[Path, int, int]] = deque(
-            (a.path, a.size, 0) for a in self.dir.adopt_orphans(frozenset({self.tag}))
+            (a.path, a.size, 0) for a in self.dir.adopt_orphans(frozenset({self.tag}), open_files=False)
         )
+        if self.dir.discarded_open:
+            _stats.incr(f"{self.counter}.spool_invalid", self.dir.discarded_open)
         self.bytes = sum(size for _, size, _ in self._files)
         if self._files:
             _stats.incr(f"{self.counter}.spool_recovered", len(self._files))
+        with self._lock:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Delete the oldest files until at most ``max_bytes`` are kept, or only the newest
+        (lock held): the disk holds at most ``max_bytes`` plus one request."""
+        while self.bytes > self.max_bytes and len(self._files) > 1:
+            path, size, lost = self._files.popleft()
+            self.bytes -= size
+            with contextlib.suppress(OSError):
+                path.unlink()
+            _stats.incr("dropped.spool_cap", lost)
+            _stats.incr(f"{self.counter}.spool_dropped")
 
     def __len__(self) -> int:
         return len(self._files)
@@ -286,13 +312,7 @@ class PayloadSpool:
             self._files.append((ready, len(payload), items))
             self.bytes += len(payload)
             _stats.incr(f"{self.counter}.spooled")
-            while self.bytes > self.max_bytes and len(self._files) > 1:
-                path, size, lost = self._files.popleft()
-                self.bytes -= size
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                _stats.incr("dropped.spool_cap", lost)
-                _stats.incr(f"{self.counter}.spool_dropped")
+            self._trim()
         return True
 
     def drain(self, send: Callable[[bytes], Any], deadline: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from collections.abc import Iterable, Sequence
@@ -44,13 +45,21 @@ class ConsoleExporter:
         return self._stream if self._stream is not None else sys.stdout
 
     def export(self, batch: Sequence[Record]) -> bool:
-        """Write the batch; False when the stream fails (closed pipe, full disk)."""
-        text = render_tree(batch) if self.pretty else encode_ndjson(batch).decode("utf-8")
+        """Write the batch; False when the stream fails (closed pipe, full disk, no stdout).
+
+        Characters the stream cannot encode (an ``ascii`` or ``latin-1`` stdout, a lone
+        surrogate in a pretty tree) are written as ``\\uXXXX`` escapes: valid JSON, nothing lost.
+        Nothing is raised into the caller."""
         try:
+            text = render_tree(batch) if self.pretty else encode_ndjson(batch).decode("utf-8")
             with self._lock:
-                self.stream.write(text)
-                self.stream.flush()
-        except (OSError, ValueError):
+                stream = self.stream
+                try:
+                    stream.write(text)
+                except UnicodeEncodeError:  # (raised before anything is written)
+                    stream.write(escape_non_ascii(text))
+                stream.flush()
+        except Exception:  # a closed/broken stream, sys.stdout None (pythonw), a custom stream
             return False
         return True
 
@@ -58,13 +67,30 @@ class ConsoleExporter:
         """Flush the stream."""
         try:
             self.stream.flush()
-        except (OSError, ValueError):
+        except Exception:
             return False
         return True
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush; the stream is the caller's and stays open."""
         self.force_flush(timeout)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    if code > 0xFFFF:  # a UTF-16 surrogate pair, as JSON writes it
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def escape_non_ascii(text: str) -> str:
+    """``text`` with every non-ASCII character as a JSON ``\\uXXXX`` escape (in NDJSON output
+    they only occur inside strings, so the lines stay valid JSON with the same values)."""
+    return _NON_ASCII.sub(_escape, text)
 
 
 def render_tree(records: Sequence[Record]) -> str:

@@ -79,12 +79,55 @@ class S3Store:
             Bucket=self.bucket_for(dataset), Key=key, Body=body, ContentType="application/gzip"
         )
 
+    def persistent_error(self, dataset: str, exc: BaseException) -> tuple[str, str] | None:
+        """``(counter, explanation)`` when ``exc`` is an answer that retrying will not change
+        soon (credentials refused, bucket missing); None for anything else (network, 5xx,
+        throttling). The engine then warns once and retries slowly instead of logging every
+        attempt: the records stay in the spool until the configuration is fixed."""
+        bucket = self.buckets.get(dataset, self.bucket)
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            return "access_denied", (
+                f"no usable credentials for bucket {bucket!r} ({exc}): set AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, a profile, or an instance role"
+            )
+        response = getattr(exc, "response", None)
+        if not isinstance(response, Mapping):
+            return None
+        error = response.get("Error") or {}
+        code = str(error.get("Code") or "") if isinstance(error, Mapping) else ""
+        meta = response.get("ResponseMetadata") or {}
+        status = meta.get("HTTPStatusCode") if isinstance(meta, Mapping) else None
+        if code == "NoSuchBucket" or (status == 404 and code in ("", "404", "NotFound")):
+            return (
+                "missing_bucket",
+                f"bucket {bucket!r} does not exist (pitchey-trace logpush setup creates it)",
+            )
+        if code in _CREDENTIAL_ERRORS or status in (401, 403):
+            return "access_denied", (
+                f"the storage refused the credentials for bucket {bucket!r} ({code or status}): "
+                "check the access key, secret and the key's permissions on the bucket"
+            )
+        return None
+
     def reset(self) -> None:
         """A forked child builds its own client (boto3 clients must not cross a fork)."""
         self._lock = threading.Lock()
         if self._factory is not None:
             self._client = None
 
+
+_CREDENTIAL_ERRORS = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+        "Unauthorized",
+    }
+)
 
 # What botocore accepts; anything else failed every upload (InvalidS3AddressingStyleError).
 _ADDRESSING_STYLES = ("auto", "virtual", "path")
