@@ -352,7 +352,8 @@ def _parent(context: Any) -> Any:
     else:
         explicit = True
     current = otel_trace.get_current_span(context)
-    baggage = _baggage_of(context)  # (OpenTelemetry keeps baggage in the context, not the span)
+    # (OpenTelemetry keeps baggage in the context, not the span; inline: usually none)
+    baggage = _baggage_of(context) if _BAGGAGE_KEY is None or context.get(_BAGGAGE_KEY) else ()
     if isinstance(current, _Span):
         span = _unwrap(current._span)
         return BaggageScope(span, baggage) if baggage != span.baggage else span
@@ -385,9 +386,12 @@ class _SyncedRuntimeContext:
             if ours is SUPPRESSED:  # (the SDK's own threads, excluded paths: stay silent)
                 return (token, None)
             span = otel_trace.get_current_span(context)
-            baggage = _baggage_of(context)
+            # (inline: the common context has no baggage; see _baggage_of)
+            baggage = _baggage_of(context) if _BAGGAGE_KEY is None or context.get(_BAGGAGE_KEY) else ()
             if isinstance(span, _Span):
-                target = _unwrap(span._span)
+                target = span._span
+                if target.__class__ is BaggageScope:
+                    target = target._span
             else:
                 ctx = span.get_span_context()
                 if ctx.is_valid:
@@ -414,17 +418,20 @@ class _SyncedRuntimeContext:
             return current
         if not ours.trace_id:  # baggage outside any span
             return _with_baggage(current, ours.baggage) if ours.baggage else current
-        mine = _unwrap(ours)
+        mine = ours._span if ours.__class__ is BaggageScope else ours
         span = otel_trace.get_current_span(current)
         if isinstance(span, _Span):
-            same = _unwrap(span._span) is mine
+            theirs = span._span
+            same = (theirs._span if theirs.__class__ is BaggageScope else theirs) is mine
         else:
             # the span attach() made pitchey's current (another provider's, a remote parent):
             # OpenTelemetry's own object, which may be recording, not a non-recording copy
             same = isinstance(mine, NonRecordingSpan) and span.get_span_context().span_id == mine.span_id
         if not same:
             current = otel_trace.set_span_in_context(_Span(mine), current)
-        return _with_baggage(current, ours.baggage)
+        if ours.baggage or _BAGGAGE_KEY is None or current.get(_BAGGAGE_KEY):
+            return _with_baggage(current, ours.baggage)
+        return current
 
     def detach(self, token: Any) -> None:
         inner, ours = token if isinstance(token, tuple) and len(token) == 2 else (token, None)
