@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from pitchey_trace.web import (
     set_user,
     uninstrument_aiohttp_client,
 )
+from tests.support.web import server_span
 
 pytestmark = pytest.mark.integration
 
@@ -90,16 +90,6 @@ def build_app(**options: Any) -> web.Application:
     sub.router.add_get("/items/{item_id}", item)
     app.add_subapp("/shop", sub)
     return init_aiohttp(app, **options)  # type: ignore[no-any-return]
-
-
-def server_span(exporter: Any, trace_id: str | None = None) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for rec in exporter.spans():
-            if rec["kind"] == "server" and (trace_id is None or rec["trace_id"] == trace_id):
-                return rec  # type: ignore[no-any-return]
-        return None
-
-    return find
 
 
 def test_continues_traceparent_with_route_templates(serve_aiohttp: Any, wait_for: Any) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import aiohttp_middleware, init_aiohttp
+from tests.support.web import event_names
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,6 @@ def spans_in_order(exporter: Any, count: int, wait_for: Any) -> list[dict[str, A
 def audit_rows(exporter: Any, count: int, wait_for: Any) -> list[tuple[str, str, str]]:
     audits = wait_for(lambda: len(exporter.of_type("audit")) >= count and exporter.of_type("audit"))
     return sorted((a["category"], a["action"], a["outcome"]) for a in audits)
-
-
-def event_names(span: dict[str, Any]) -> list[str]:
-    return [e["name"] for e in span["events"]]
 
 
 # -- defect 1: the status that went out, whoever set the correlation header ----------------------

@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -26,25 +26,12 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
+from tests.support.web import event_names, server_span
 
 pytestmark = pytest.mark.integration
 
 CHUNK = b"x" * 4096
 BODY_SIZE = "http.response.body.size"
-
-
-def server_span(exporter: Any) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for rec in exporter.spans():
-            if rec["kind"] == "server":
-                return rec  # type: ignore[no-any-return]
-        return None
-
-    return find
-
-
-def event_names(span: dict[str, Any]) -> list[str]:
-    return [e["name"] for e in span["events"]]
 
 
 def _connect(url: str) -> socket.socket:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware, TraceContextFilter, auth_failure, set_user
+from tests.support.web import server_span
 
 pytestmark = pytest.mark.integration
 
@@ -108,16 +109,6 @@ def starlette_app(**options: Any) -> ASGITracingMiddleware:
         ]
     )
     return ASGITracingMiddleware(app, **options)
-
-
-def server_span(exporter: Any, trace_id: str | None = None) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for rec in exporter.spans():
-            if rec["kind"] == "server" and (trace_id is None or rec["trace_id"] == trace_id):
-                return rec  # type: ignore[no-any-return]
-        return None
-
-    return find
 
 
 def test_incoming_traceparent_is_continued(serve_asgi: Any, wait_for: Any) -> None:

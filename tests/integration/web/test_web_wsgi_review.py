@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +20,13 @@ from flask import Flask, Response, stream_with_context
 
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import WSGITracingMiddleware, init_flask
+from tests.support.web import event_names, server_span
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 CHUNK = b"z" * 65536
 CHUNKS = 300
-
-
-def server_span(exporter: Any) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for rec in exporter.spans():
-            if rec["kind"] == "server":
-                return rec  # type: ignore[no-any-return]
-        return None
-
-    return find
-
-
-def event_names(span: dict[str, Any]) -> list[str]:
-    return [e["name"] for e in span["events"]]
 
 
 def _leave_mid_body(url: str, path: str) -> int:

@@ -4,7 +4,7 @@ werkzeug's threaded WSGI server on 127.0.0.1 and called over real HTTP."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ from flask import Flask, Response, stream_with_context
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import TraceContextFilter, WSGITracingMiddleware, init_flask, set_user
+from tests.support.web import server_span
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +63,6 @@ def flask_app(**options: Any) -> Flask:
         return "no", 403
 
     return init_flask(app, **options)  # type: ignore[no-any-return]
-
-
-def server_span(exporter: Any, trace_id: str | None = None) -> Callable[[], dict[str, Any] | None]:
-    def find() -> dict[str, Any] | None:
-        for rec in exporter.spans():
-            if rec["kind"] == "server" and (trace_id is None or rec["trace_id"] == trace_id):
-                return rec  # type: ignore[no-any-return]
-        return None
-
-    return find
 
 
 def test_flask_continues_traceparent_with_url_rule_names(serve_wsgi: Any, wait_for: Any) -> None:
