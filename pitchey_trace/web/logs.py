@@ -124,6 +124,12 @@ class TraceFormatter(logging.Formatter):
     DEFAULT_FORMAT = (
         "%(asctime)s %(levelname)s %(name)s [trace_id=%(trace_id)s span_id=%(span_id)s] %(message)s"
     )
+    #: The default format for ``style="{"`` and ``style="$"`` (same fields).
+    DEFAULT_FORMATS: dict[str, str] = {
+        "%": DEFAULT_FORMAT,
+        "{": "{asctime} {levelname} {name} [trace_id={trace_id} span_id={span_id}] {message}",
+        "$": "${asctime} ${levelname} ${name} [trace_id=${trace_id} span_id=${span_id}] ${message}",
+    }
 
     def __init__(
         self,
@@ -134,6 +140,8 @@ class TraceFormatter(logging.Formatter):
         *,
         missing: str = "",
     ) -> None:
+        if not fmt:  # (the default in the given style: ``style="{"`` alone must not fail)
+            fmt = self.DEFAULT_FORMATS.get(style, self.DEFAULT_FORMAT) if isinstance(style, str) else None
         super().__init__(fmt or self.DEFAULT_FORMAT, datefmt, style, validate)
         self._filter = TraceContextFilter(missing=missing)
 
@@ -147,10 +155,14 @@ def add_trace_ids(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: add ``trace_id`` and ``span_id`` when a span is current (or the
-    logged exception escaped a traced request). Keys already present are kept."""
+    logged exception escaped a traced request: ``exc_info`` as an exception, a tuple, or
+    ``True`` / the ``exception`` method, read from ``sys.exc_info()``). Keys already present
+    are kept."""
     if "trace_id" not in event_dict:
         exc = event_dict.get("exc_info")
-        if exc.__class__ is tuple:
+        if exc is True or (exc is None and method_name == "exception"):
+            exc = sys.exc_info()[1]  # (structlog's ``exception()`` and ``exc_info=True``)
+        elif exc.__class__ is tuple:
             exc = exc[1] if len(exc) > 1 else None
         ids = trace_ids(exc if isinstance(exc, BaseException) else None)
         if ids is not None:
