@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import sys
 import threading
@@ -54,8 +55,8 @@ from pitchey_trace._batch import (
 from pitchey_trace._span import Limits
 from pitchey_trace._tail import TailKeeper
 from pitchey_trace._tracer import _TRACER
+from pitchey_trace._validate import MAX_INT_SETTING, finite, list_of, not_async, positive_int
 from pitchey_trace._validate import datasets as valid_datasets
-from pitchey_trace._validate import finite, list_of, not_async, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.records import CategoryThresholds, Record
 from pitchey_trace.sampling import (
@@ -114,6 +115,9 @@ def _env_number(name: str, kind: type[_N]) -> _N | None:
     if value is None:
         return None
     try:
+        # (ASCII digits only: int() and float() also take "1_000" and other scripts' digits)
+        if not value.isascii() or "_" in value:
+            raise ValueError(value)
         return kind(value)
     except ValueError:
         what = "an integer" if kind is int else "a number"
@@ -136,8 +140,10 @@ def _int_setting(value: int | None, default: int, *names: str) -> int:
     for name in names:
         env = _env_int(name)
         if env is not None:
-            if env < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {env}")
+            if not 1 <= env <= MAX_INT_SETTING:
+                raise ConfigurationError(
+                    f"{name} must be a positive integer (at most {MAX_INT_SETTING}), got {env}"
+                )
             return env
     return default
 
@@ -155,15 +161,33 @@ def _resource_from_env() -> dict[str, str]:
             continue
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or not key:
+        decoded = _percent_decoded(value.strip())
+        if not eq or not key or _BAD_KEY.search(key) or decoded is None:
             _safety.warn_once(
                 "otel_resource_attributes",
-                "OTEL_RESOURCE_ATTRIBUTES: %r is not key=value: the variable is ignored",
+                "OTEL_RESOURCE_ATTRIBUTES: %r is not key=value (a key without spaces or control "
+                "characters, a value percent-encoded as UTF-8): the variable is ignored",
                 item.strip(),
             )
             return {}
-        out[key] = urllib.parse.unquote(value.strip())
+        out[key] = decoded
     return out
+
+
+# (a key is a W3C baggage token: never spaces or control characters)
+_BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _percent_decoded(value: str) -> str | None:
+    """A percent-encoded value decoded; None when it cannot be (``%ZZ``, a lone ``%``, bytes
+    that are not UTF-8): the specification has the whole variable discarded then."""
+    if _BAD_ESCAPE.search(value):
+        return None
+    try:
+        return urllib.parse.unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        return None
 
 
 _EXPORTER_NAMES = ("console", "console-pretty", "otlp", "zipkin", "none")
@@ -181,6 +205,8 @@ def _exporters_from_env() -> list[Any]:
     seen: set[str] = set()
     for raw in (names or "none").split(","):
         name = raw.strip().lower()
+        if not name:  # (an empty member: "otlp," or "otlp,,console", as the other lists allow)
+            continue
         if name not in _EXPORTER_NAMES:
             raise ConfigurationError(
                 f"{variable}: unknown exporter {raw.strip()!r}; known: {', '.join(_EXPORTER_NAMES)}"
@@ -384,16 +410,22 @@ def configure(
         or env_environment
         or "development"
     )
-    if not isinstance(service, str) or not isinstance(environment, str):
-        raise TypeError("service and environment must be strings")
+    for label, text in (("service", service), ("environment", environment)):
+        if not isinstance(text, str):
+            raise TypeError(f"{label} must be a string, got {text!r}")
 
     if sampler is None:
+        label = "sample_rate"
         if sample_rate is None:
             sample_rate = _env_float("PITCHEY_TRACE_SAMPLE_RATE")
+            label = "PITCHEY_TRACE_SAMPLE_RATE"
         if isinstance(sample_rate, bool):
             raise ConfigurationError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
         if sample_rate is not None:
-            sampler = ParentBased(TraceIdRatio(sample_rate))
+            try:
+                sampler = ParentBased(TraceIdRatio(sample_rate))
+            except ConfigurationError:  # (1.5, nan, inf, "0.5": the message names what was wrong)
+                raise ConfigurationError(f"{label} must be a number in [0, 1], got {sample_rate!r}") from None
         else:  # (OTEL_TRACES_SAMPLER: unknown values warn and fall back, as the spec says)
             sampler = sampler_from_env() or ParentBased(TraceIdRatio(1.0))
     elif not hasattr(sampler, "should_sample"):
@@ -405,13 +437,17 @@ def configure(
     if keep_errors is None:
         env_keep = _env_bool("PITCHEY_TRACE_KEEP_ERRORS")
         keep_errors = True if env_keep is None else env_keep
-    if not isinstance(keep_errors, int):  # (bools, and the 0/1 some code passes for them)
+    if not isinstance(keep_errors, int) or keep_errors not in (0, 1):  # (bools, and 0/1)
         raise TypeError(f"keep_errors must be True, False or None, got {keep_errors!r}")
     keep_errors = bool(keep_errors)
     if slow_threshold_ms is _DEFAULT:
         slow_threshold_ms = _env_float("PITCHEY_TRACE_SLOW_THRESHOLD_MS")
         if slow_threshold_ms is None:
             slow_threshold_ms = 1000.0
+        elif not 0.0 <= slow_threshold_ms <= 1e12:  # (also nan, inf)
+            raise ConfigurationError(
+                f"PITCHEY_TRACE_SLOW_THRESHOLD_MS must be a number from 0 to 1e12, got {slow_threshold_ms}"
+            )
     slow_threshold_ms = finite("slow_threshold_ms", slow_threshold_ms, 0.0, 1e12, none_ok=True)
 
     max_queue_size = _int_setting(max_queue_size, DEFAULT_MAX_QUEUE_SIZE, "OTEL_BSP_MAX_QUEUE_SIZE")
@@ -426,7 +462,9 @@ def configure(
     if schedule_delay_ms is None:
         schedule_delay_ms = _env_float("OTEL_BSP_SCHEDULE_DELAY")
         if schedule_delay_ms is not None and not 0 < schedule_delay_ms <= _MAX_DELAY_MS:
-            raise ConfigurationError(f"OTEL_BSP_SCHEDULE_DELAY must be > 0 ms, got {schedule_delay_ms}")
+            raise ConfigurationError(
+                f"OTEL_BSP_SCHEDULE_DELAY must be > 0 ms and at most a year, got {schedule_delay_ms}"
+            )
         if schedule_delay_ms is None:
             schedule_delay_ms = DEFAULT_SCHEDULE_DELAY_S * 1000
     if exporters is None:

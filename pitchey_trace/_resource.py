@@ -47,6 +47,11 @@ _MOUNT_ID = re.compile(r"/(?:containers|sandboxes)/([0-9a-f]{64})/")
 _OWN_MOUNT_POINTS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 _MAX_FILE = 1 << 20  # (procfs files are small; never read an unbounded one)
 
+# Values taken from the environment or a file: control characters removed, at most this long
+# (Kubernetes names are at most 253 characters; a runaway variable must not bloat every record).
+_MAX_VALUE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 _OS_TYPES = {"linux": "linux", "darwin": "darwin", "win32": "windows", "cygwin": "windows"}
 
 _cache: tuple[int, dict[str, Any]] | None = None
@@ -92,9 +97,17 @@ def container_id(cgroup: str | None, mountinfo: str | None) -> str | None:
     return None
 
 
+def _clean(value: str | None) -> str | None:
+    """A detected text value: control characters removed, trimmed, bounded; None when empty."""
+    if not value:
+        return None
+    value = _CONTROL.sub("", value).strip()[:_MAX_VALUE].strip()
+    return value or None
+
+
 def _first(environ: Mapping[str, str], *names: str) -> str | None:
     for name in names:
-        value = environ.get(name, "").strip()
+        value = _clean(environ.get(name))
         if value:
             return value
     return None
@@ -107,7 +120,7 @@ def _kubernetes(environ: Mapping[str, str]) -> dict[str, Any]:
     pod = _first(environ, "K8S_POD_NAME", "POD_NAME", "HOSTNAME")
     namespace = _first(environ, "K8S_NAMESPACE_NAME", "POD_NAMESPACE")
     if namespace is None:
-        namespace = (_read(K8S_NAMESPACE_PATH) or "").strip() or None
+        namespace = _clean(_read(K8S_NAMESPACE_PATH))
     for key, value in (
         ("k8s.pod.name", pod),
         ("k8s.namespace.name", namespace),
@@ -121,31 +134,32 @@ def _kubernetes(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _cloud(environ: Mapping[str, str]) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
-    if environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    if _first(environ, "AWS_LAMBDA_FUNCTION_NAME"):
         attrs = {"cloud.provider": "aws", "cloud.platform": "aws_lambda"}
-        attrs["faas.name"] = environ["AWS_LAMBDA_FUNCTION_NAME"]
+        attrs["faas.name"] = _first(environ, "AWS_LAMBDA_FUNCTION_NAME")
         optional = {
             "faas.version": "AWS_LAMBDA_FUNCTION_VERSION",
             "faas.instance": "AWS_LAMBDA_LOG_STREAM_NAME",
             "cloud.region": "AWS_REGION",
         }
-        memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-        if memory.isdigit():
+        memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "").strip()
+        # (ASCII digits: "²".isdigit() is true but int() refuses it; Lambda allows at most 10 GB)
+        if memory.isascii() and memory.isdigit() and len(memory) <= 6:
             attrs["faas.max_memory"] = int(memory) * 1024 * 1024  # (MB -> bytes, as the convention says)
     elif environ.get("ECS_CONTAINER_METADATA_URI_V4") or environ.get("ECS_CONTAINER_METADATA_URI"):
         attrs = {"cloud.provider": "aws", "cloud.platform": "aws_ecs"}
         optional = {"cloud.region": "AWS_REGION"}
-    elif environ.get("K_SERVICE") and environ.get("K_REVISION"):
+    elif _first(environ, "K_SERVICE") and _first(environ, "K_REVISION"):
         attrs = {"cloud.provider": "gcp", "cloud.platform": "gcp_cloud_run"}
-        attrs["faas.name"] = environ["K_SERVICE"]
+        attrs["faas.name"] = _first(environ, "K_SERVICE")
         optional = {"faas.version": "K_REVISION"}
-    elif environ.get("WEBSITE_SITE_NAME"):
+    elif _first(environ, "WEBSITE_SITE_NAME"):
         attrs = {"cloud.provider": "azure", "cloud.platform": "azure_app_service"}
         optional = {"cloud.region": "REGION_NAME", "faas.instance": "WEBSITE_INSTANCE_ID"}
     else:
         return {}
     for key, name in optional.items():
-        value = environ.get(name, "").strip()
+        value = _first(environ, name)
         if value:
             attrs[key] = value
     return attrs
@@ -158,12 +172,21 @@ def _detect(environ: Mapping[str, str]) -> dict[str, Any]:
         attrs["os.type"] = os_type
     if sys.executable:
         attrs["process.executable.name"] = os.path.basename(sys.executable)
-    if sys.platform == "linux":
-        found = container_id(_read(CGROUP_PATH), None)
-        if found is None:
-            found = container_id(None, _read(MOUNTINFO_PATH))
-        if found:
-            attrs["container.id"] = found
-    attrs.update(_kubernetes(environ))
-    attrs.update(_cloud(environ))
+    # Each detector on its own: one that fails is reported, the others' attributes stay.
+    for detector in (_container, _kubernetes, _cloud):
+        try:
+            attrs.update(detector(environ))
+        except Exception as exc:
+            from pitchey_trace import _safety
+
+            _safety.report("resource.detect", exc)
     return attrs
+
+
+def _container(_environ: Mapping[str, str]) -> dict[str, Any]:
+    if sys.platform != "linux":
+        return {}
+    found = container_id(_read(CGROUP_PATH), None)
+    if found is None:
+        found = container_id(None, _read(MOUNTINFO_PATH))
+    return {"container.id": found} if found else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,19 @@ def test_any_resource_variable_is_parsed_or_ignored_never_raises(
     if parsed:
         assert all(key and key == key.strip() for key in parsed)
         assert len(parsed) <= len(entries)
-    valid = entries and all("=" in item and item.partition("=")[0].strip() for item in entries)
+
+    def valid_entry(item: str) -> bool:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in key):
+            return False
+        try:
+            urllib.parse.unquote(value.strip(), errors="strict")
+        except UnicodeDecodeError:
+            return False
+        return re.search(r"%(?![0-9A-Fa-f]{2})", value) is None
+
+    valid = entries and all(valid_entry(item) for item in entries)
     assert bool(parsed) == bool(valid)
 
 
