@@ -464,11 +464,12 @@ def instrumented() -> frozenset[str]:
     return frozenset(library for library, _ in _done)
 
 
-def instrument_all(*, exclude: Sequence[str] = (), configure: bool = True) -> None:
+def instrument_all(*, exclude: Sequence[str] | str = (), configure: bool = True) -> None:
     """Instrument every supported library, now or when it is imported (see the module doc).
 
     Args:
-        exclude: libraries to leave alone (added to ``PITCHEY_TRACE_AUTO_EXCLUDE``).
+        exclude: libraries to leave alone (added to ``PITCHEY_TRACE_AUTO_EXCLUDE``): names, or
+            one comma-separated text as in the variable (``"redis,celery"``).
         configure: call :func:`pitchey_trace.configure` with the environment's settings when
             tracing is not configured yet.
 
@@ -476,7 +477,9 @@ def instrument_all(*, exclude: Sequence[str] = (), configure: bool = True) -> No
     """
     global _finder
     skipped = {name.strip().lower() for name in os.environ.get("PITCHEY_TRACE_AUTO_EXCLUDE", "").split(",")}
-    skipped |= {name.lower() for name in exclude}
+    if isinstance(exclude, str):  # (not its letters: "redis" is one library)
+        exclude = exclude.split(",")
+    skipped |= {name.strip().lower() for name in exclude}
     skipped = {"starlette" if name == "fastapi" else name for name in skipped if name}
     unknown = skipped - set(SUPPORTED)
     if unknown:

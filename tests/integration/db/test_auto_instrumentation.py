@@ -498,3 +498,15 @@ def test_prefork_gunicorn_workers_trace_after_fork(pg_dsn: str, tmp_path: Path) 
         [query] = children(spans, server_span)
         assert query["attributes"]["db.system.name"] == "postgresql"
     assert len({s["span_id"] for s in spans}) == len(spans)  # nothing exported twice
+
+
+def test_exclude_given_as_one_comma_separated_text() -> None:
+    """``instrument_all(exclude="requests, urllib3")`` excludes those two libraries, as the
+    variable does; it took the text for its letters ("unknown libraries ['e', 'q', ...]")."""
+    code = (
+        "import requests, pitchey_trace.auto as a; a.instrument_all(exclude='requests, urllib3'); "
+        "print(sorted(a.instrumented()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['logging', 'threading', 'urllib']"
