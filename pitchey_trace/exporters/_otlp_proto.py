@@ -43,8 +43,6 @@ __all__ = [
     "encode_otlp_proto",
     "loggable",
     "parse_partial_success",
-    "partial_rejected",
-    "partial_rejected_proto",
 ]
 
 #: A message table: message -> JSON key -> (field number, kind, nested message). Kinds: string,
@@ -454,13 +452,6 @@ def loggable(message: str, limit: int = 256) -> str:
     return "".join(out)
 
 
-def partial_rejected_proto(body: bytes) -> int:
-    """``partial_success.rejected_spans`` of a binary ``ExportTraceServiceResponse`` (0 when
-    absent or not a valid message)."""
-    partial = parse_partial_success(body, "application/grpc")
-    return 0 if partial is None else partial.rejected
-
-
 def _zigzag(n: int) -> int:
     return n << 1 if n >= 0 else ((-n) << 1) - 1
 
@@ -512,10 +503,3 @@ def encode_node(schema: Schema, message: str, node: Mapping[str, Any]) -> bytear
                     _varint(int(v), packed)
             _field(number, packed, out)
     return out
-
-
-def partial_rejected(body: bytes, json_key: str = "rejectedSpans", content_type: str | None = None) -> int:
-    """The rejected count of an OTLP answer, JSON or binary protobuf (0 when absent or
-    unreadable): :func:`parse_partial_success`'s, for callers that only want the number."""
-    partial = parse_partial_success(body, content_type, json_key)
-    return 0 if partial is None else partial.rejected

@@ -20,7 +20,7 @@ import pitchey_trace as pt
 from pitchey_trace._json import dumps, loads
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters import OTLPExporter
-from pitchey_trace.exporters._otlp_proto import partial_rejected_proto
+from pitchey_trace.exporters._otlp_proto import parse_partial_success
 from pitchey_trace.exporters.otlp import any_value, encode_otlp_json, encode_otlp_protobuf
 
 
@@ -274,6 +274,12 @@ def test_protobuf_equals_json_for_any_attributes(attrs: dict[str, Any], name: st
     assert ExportTraceServiceRequest.FromString(encode_otlp_protobuf(records)) == parse(
         encode_otlp_json(records)
     )
+
+
+def partial_rejected_proto(body: bytes) -> int:
+    """The rejected count of a binary answer (0 when it says nothing or cannot be read)."""
+    partial = parse_partial_success(body, "application/grpc")
+    return 0 if partial is None else partial.rejected
 
 
 def test_partial_success_of_a_binary_answer() -> None:

@@ -19,7 +19,6 @@ from pitchey_trace.exporters._otlp_proto import (
     PartialSuccess,
     loggable,
     parse_partial_success,
-    partial_rejected,
 )
 from tests.support.otlp import partial_success_answer
 
@@ -138,7 +137,8 @@ def test_the_message_is_bounded() -> None:
 @pytest.mark.parametrize("content_type", [JSON, PROTO, GRPC, None, "text/plain"])
 def test_garbage_is_nothing_and_never_raises(garbage: bytes, content_type: str | None) -> None:
     assert parse_partial_success(garbage, content_type) is None
-    assert partial_rejected(garbage, "rejectedSpans", content_type) == 0
+    partial = parse_partial_success(garbage, content_type, "rejectedSpans")
+    assert (0 if partial is None else partial.rejected) == 0
 
 
 def test_an_answer_in_the_other_encoding_than_its_content_type_says_is_read() -> None:
