@@ -1,7 +1,7 @@
 """gRPC: a SERVER span per call a server handles, a CLIENT span per call a channel makes (extra ``grpc``).
 
     from pitchey_trace.grpc import instrument_grpc
-    instrument_grpc()     # every grpc.server() / grpc.aio.server() and channel created afterwards
+    instrument_grpc()     # every server and channel, however grpc was imported (see instrument_grpc)
 
 or, per server and channel::
 
@@ -70,6 +70,7 @@ _start_span = get_tracer().start_span
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 # What a server span counts as its own failure (OpenTelemetry's RPC conventions).
 _SERVER_ERRORS = frozenset(
     (
@@ -222,16 +223,18 @@ def _server_start(method: Any, context: Any) -> AnySpan | None:
 def _server_end(span: AnySpan, context: Any, exc: BaseException | None, header: str | None) -> None:
     """End a server span with the call's status: the code the handler set (``set_code``,
     ``abort``), else UNKNOWN for an exception (what gRPC answers), CANCELLED when the call was
-    abandoned (the client went away, the task was cancelled), OK otherwise."""
+    abandoned (the client cancelled or went away, the task was cancelled; also when the handler
+    returned after that), DEADLINE_EXCEEDED when that was the call's deadline passing, OK
+    otherwise."""
     try:
         code = set_code = _code(context.code())
         if code is None:
             if exc is None:
-                code = _OK
+                code = _OK if _active(context) else _abandoned(context)
             elif isinstance(exc, Exception):
                 code = _UNKNOWN
             else:
-                code = _CANCELLED
+                code = _abandoned(context)
         details = _details(context.details()) if code is not _OK else None
         if isinstance(exc, Exception) and set_code is None:
             # raised by the handler itself (context.abort() sets the code before it raises)
@@ -242,6 +245,26 @@ def _server_end(span: AnySpan, context: Any, exc: BaseException | None, header: 
         _finish(span, code, details, code in _SERVER_ERRORS)
     except Exception as internal:
         _safety.report("grpc.server.end", internal)
+
+
+def _active(context: Any) -> bool:
+    """Whether a sync call is still on (no status sent yet: so False means the client cancelled
+    it or its deadline passed while the handler ran). A ``grpc.aio`` handler's task is
+    cancelled instead, which ends it with a CancelledError."""
+    is_active = getattr(context, "is_active", None)
+    return is_active is None or bool(is_active())
+
+
+def _abandoned(context: Any) -> grpc.StatusCode:
+    """CANCELLED, or DEADLINE_EXCEEDED when the call's deadline has passed (gRPC's server API
+    does not say which of the two ended a call: its deadline does)."""
+    try:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return _DEADLINE_EXCEEDED
+    except Exception as exc:
+        _safety.report("grpc.server.end", exc)
+    return _CANCELLED
 
 
 def _send_trace_id(context: Any, header: str, span: AnySpan) -> None:
@@ -757,25 +780,83 @@ def _server_factory(original: Callable[..., Any], make: Callable[[], Any]) -> Ca
 _CHAIN = "_pitchey_trace_chain"
 
 
-def _channel_factory(original: Callable[..., Any], intercept: Callable[..., Any]) -> Callable[..., Any]:
+# The service paths of OTLP exports: never traced, whichever thread sends them (the SDK's own
+# exporters send from its workers, where tracing is off, but an exporter can be called directly).
+_TELEMETRY = "/opentelemetry.proto.collector."
+
+
+def _is_telemetry(path: Any) -> bool:
+    if isinstance(path, bytes):
+        return path.startswith(_TELEMETRY.encode())
+    return isinstance(path, str) and path.startswith(_TELEMETRY)
+
+
+# On a sync channel: the interceptor of ours tracing its calls (made on first use).
+_OURS = "_pitchey_trace_client"
+
+
+def _ours_for(channel: Any) -> _ClientInterceptor:
+    """The interceptor of ours for a raw sync channel: the one its ``_CHAIN`` mark names (made
+    while instrumented), else one made now from its target and kept on it."""
+    own = object.__getattribute__(channel, "__dict__")
+    chain = own.get(_CHAIN)
+    if chain is not None:
+        return chain[1]  # type: ignore[no-any-return]
+    ours = own.get(_OURS)
+    if ours is None:
+        ours = own[_OURS] = _ClientInterceptor(own.get("_target"))
+    return ours  # type: ignore[no-any-return]
+
+
+def _channel_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``grpc._channel.Channel.__init__``: what every sync channel is made by (``insecure_channel``
+    and ``secure_channel`` look the class up at each call, so a factory bound by name before
+    :func:`instrument_grpc` reaches this too). Marks the channel as made while instrumented, so
+    that ``intercept_channel`` puts ours before the application's interceptors."""
+
     @functools.wraps(original)
-    def channel(target: Any, *args: Any, **kwargs: Any) -> Any:
-        made = original(target, *args, **kwargs)
+    def __init__(self: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, target, *args, **kwargs)
         try:
-            ours = _ClientInterceptor(target)
-            traced = intercept(made, ours)
-            setattr(traced, _CHAIN, (made, ours, ()))
-            return traced
+            # (None: the raw channel is the channel itself; no reference cycle)
+            object.__getattribute__(self, "__dict__")[_CHAIN] = (None, _ClientInterceptor(target), ())
+        except Exception as exc:
+            _safety.report("grpc.instrument", exc)
+
+    setattr(__init__, _WRAPPED, original)
+    return __init__
+
+
+def _channel_method(original: Callable[..., Any], multicallable: Any) -> Callable[..., Any]:
+    """``grpc._channel.Channel.unary_unary`` (and the three other shapes): the raw multicallable,
+    behind our interceptor (gRPC's own interceptor multicallable over it). Patched on the class,
+    so every sync channel is covered, whoever made it and however ``insecure_channel`` /
+    ``secure_channel`` was imported. When an interceptor of ours further out already traces the
+    call (``intercept_channel`` under instrumentation, or one given by hand), this one passes it
+    through (see ``_IN_CALL``)."""
+
+    @functools.wraps(original)
+    def method(self: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+        made = original(self, path, *args, **kwargs)
+        try:
+            if _is_telemetry(path):
+                return made
+
+            def thunk(new_path: Any) -> Any:
+                # (our interceptor keeps the path: a call of gRPC's own machinery otherwise)
+                return made if new_path == path else original(self, new_path, *args, **kwargs)
+
+            return multicallable(thunk, path, _ours_for(self))
         except Exception as exc:
             _safety.report("grpc.instrument", exc)
             return made
 
-    setattr(channel, _WRAPPED, original)
-    return channel
+    setattr(method, _WRAPPED, original)
+    return method
 
 
 def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``grpc.intercept_channel`` for channels the factories made: rebuilt on the raw channel as
+    """``grpc.intercept_channel`` for channels made while instrumented: rebuilt on the raw channel as
     ``original(raw, ours, *interceptors)`` (gRPC runs them in that order), so the application's
     interceptors see the call's traceparent, and without ours when they include one of ours
     already (a channel wrapped by hand as the docs show). Wrapping again puts the new
@@ -785,7 +866,10 @@ def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
     the public function looks up and calls on every call: so a public function bound before
     :func:`instrument_grpc` (``from grpc import intercept_channel``) reaches this too. (Both
     wrappers in a row, as a patched public one calling the patched private one, rebuild once:
-    the raw channel they pass on carries no mark.)"""
+    the inner one finds the outer one's arrangement, ours first on the raw channel.)
+
+    A channel made before instrumenting carries no mark and is wrapped as gRPC does: its calls
+    are still traced (by the class-level patch, inside the application's interceptors)."""
 
     @functools.wraps(original)
     def intercept_channel(channel: Any, *interceptors: Any) -> Any:
@@ -796,8 +880,13 @@ def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
             chain = None
         if chain is None:
             return original(channel, *interceptors)
+        if chain[0] is None and interceptors and interceptors[0] is chain[1]:
+            # a raw channel made while instrumented, ours first: the public wrapper's arrangement
+            return original(channel, *interceptors)
         try:
             raw, ours, earlier = chain
+            if raw is None:  # a raw channel made while instrumented
+                raw = channel
             apps = (*interceptors, *earlier)
             chained = apps if any(_is_ours(i) for i in apps) else (ours, *apps)
         except Exception as exc:
@@ -814,64 +903,119 @@ def _intercept_channel(original: Callable[..., Any]) -> Callable[..., Any]:
     return intercept_channel
 
 
-def _aio_channel_factory(original: Callable[..., Any], index: int) -> Callable[..., Any]:
+def _aio_channel_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``grpc.aio._channel.Channel.__init__``, what ``grpc.aio.insecure_channel`` and
+    ``secure_channel`` make every channel with (however they were imported): ours go first in
+    its interceptors."""
+
     @functools.wraps(original)
-    def channel(target: Any, *args: Any, **kwargs: Any) -> Any:
-        # insecure_channel(target, options, compression, interceptors); secure_channel adds credentials
-        args = _with_ours(args, kwargs, index, lambda: aio_client_interceptors(target))
-        return original(target, *args, **kwargs)
+    def __init__(self: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        # Channel(target, options, credentials, compression, interceptors)
+        args = _with_ours(args, kwargs, 3, lambda: aio_client_interceptors(target))
+        original(self, target, *args, **kwargs)
 
-    setattr(channel, _WRAPPED, original)
-    return channel
+    setattr(__init__, _WRAPPED, original)
+    return __init__
 
 
-def _private_intercept_channel() -> list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]]:
-    """``grpc._interceptor.intercept_channel``, the function ``grpc.intercept_channel`` hands
-    each call to, looked up at call time (nothing to patch in a grpcio that lacks it)."""
+def _aio_server_init(original: Callable[..., Any], make: Callable[[], Any]) -> Callable[..., Any]:
+    """``grpc.aio._server.Server.__init__`` (what ``grpc.aio.server`` makes every server with)."""
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # Server(thread_pool, generic_handlers, interceptors, ...)
+        original(self, *_with_ours(args, kwargs, 2, lambda: [make()]), **kwargs)
+
+    setattr(__init__, _WRAPPED, original)
+    return __init__
+
+
+_Target = tuple[Any, str, Callable[[Any], Callable[..., Any]]]
+
+
+def _module(name: str) -> Any:
     try:
-        module = importlib.import_module("grpc._interceptor")
-    except ImportError:  # pragma: no cover - every supported grpcio has it
-        return []
-    if not callable(getattr(module, "intercept_channel", None)):  # pragma: no cover
-        return []
-    return [(module, "intercept_channel", _intercept_channel)]
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - every supported grpcio has them
+        return None
+
+
+def _private_targets(header: str | None) -> list[_Target]:
+    """What gRPC's public functions hand each call to, looked up at call time, so that a public
+    function bound by name before :func:`instrument_grpc` reaches our code too: the sync
+    channel class (its four call shapes and its constructor), ``grpc._interceptor.
+    intercept_channel``, ``grpc._server.create_server``, and the ``grpc.aio`` channel and server
+    constructors. (Anything a grpcio lacks is left out.)"""
+    targets: list[_Target] = []
+    interceptor = _module("grpc._interceptor")
+    channel = getattr(_module("grpc._channel"), "Channel", None)
+    if interceptor is not None and isinstance(channel, type):
+        for shape, cls in (
+            ("unary_unary", "_UnaryUnaryMultiCallable"),
+            ("unary_stream", "_UnaryStreamMultiCallable"),
+            ("stream_unary", "_StreamUnaryMultiCallable"),
+            ("stream_stream", "_StreamStreamMultiCallable"),
+        ):
+            multicallable = getattr(interceptor, cls, None)
+            if multicallable is not None:
+                targets.append(
+                    (channel, shape, functools.partial(_channel_method, multicallable=multicallable))
+                )
+        targets.append((channel, "__init__", _channel_init))
+    if callable(getattr(interceptor, "intercept_channel", None)):
+        targets.append((interceptor, "intercept_channel", _intercept_channel))
+    server = _module("grpc._server")
+    if callable(getattr(server, "create_server", None)):
+        targets.append(
+            (server, "create_server", lambda f: _server_factory(f, lambda: _ServerInterceptor(header)))
+        )
+    aio_channel = getattr(_module("grpc.aio._channel"), "Channel", None)
+    if isinstance(aio_channel, type):
+        targets.append((aio_channel, "__init__", _aio_channel_init))
+    aio_server = getattr(_module("grpc.aio._server"), "Server", None)
+    if isinstance(aio_server, type):
+        targets.append(
+            (aio_server, "__init__", lambda f: _aio_server_init(f, lambda: _AioServerInterceptor(header)))
+        )
+    return targets
 
 
 def instrument_grpc(*, trace_id_metadata: str | None = "x-trace-id") -> None:
-    """Trace every server (``grpc.server``, ``grpc.aio.server``) and channel
-    (``grpc.insecure_channel``, ``grpc.secure_channel`` and their ``grpc.aio`` twins) created
-    from now on: our interceptor goes first, before the application's. A server or channel
-    given one of this module's interceptors by hand is left as it is. ``grpc.intercept_channel``
-    is patched too (with the private function it delegates to, so that a
-    ``from grpc import intercept_channel`` done earlier is covered as well), so that a sync
-    channel made here and wrapped by the application still has ours first, or only the
-    application's list when that holds one of ours. Idempotent (the first call's
-    ``trace_id_metadata``, see :func:`server_interceptor`, stays). Code that imported the
-    factories by name before (``from grpc import server``, ``insecure_channel``) keeps the
-    originals."""
+    """Trace every gRPC server and channel, sync and ``grpc.aio``: our interceptor goes first,
+    before the application's. Covered however the application imported gRPC's functions
+    (``from grpc import insecure_channel, server`` done before this call included): the
+    patches are where those functions lead to, the channel and server classes.
+
+    - sync channels: every call made through a multicallable (a stub's methods) taken from
+      now on, channels made earlier included; a channel made from now on and wrapped with
+      ``grpc.intercept_channel`` runs ours before the application's interceptors (so they see
+      the call's ``traceparent``);
+    - ``grpc.aio`` channels and all servers: those made from now on.
+
+    A server or channel given one of this module's interceptors by hand is traced once. The
+    OTLP export calls (``/opentelemetry.proto.collector.*``) are never traced. Idempotent (the
+    first call's ``trace_id_metadata``, see :func:`server_interceptor`, stays)."""
     header = _header(trace_id_metadata)
     if _patched:
         return
-    intercept = grpc.intercept_channel
-    targets: list[tuple[Any, str, Callable[[Any], Callable[..., Any]]]] = [
+    targets: list[_Target] = [
         (grpc, "server", lambda f: _server_factory(f, lambda: _ServerInterceptor(header))),
         (grpc.aio, "server", lambda f: _server_factory(f, lambda: _AioServerInterceptor(header))),
-        (grpc, "insecure_channel", lambda f: _channel_factory(f, intercept)),
-        (grpc, "secure_channel", lambda f: _channel_factory(f, intercept)),
         (grpc, "intercept_channel", _intercept_channel),
-        *_private_intercept_channel(),
-        (grpc.aio, "insecure_channel", lambda f: _aio_channel_factory(f, 2)),
-        (grpc.aio, "secure_channel", lambda f: _aio_channel_factory(f, 3)),
+        *_private_targets(header),
     ]
     for owner, name, wrap in targets:
-        original = getattr(owner, name)
+        original = vars(owner).get(name) if isinstance(owner, type) else getattr(owner, name, None)
+        if original is None:  # pragma: no cover - (a grpcio that lacks it)
+            continue
         setattr(owner, name, wrap(original))
         _patched.append((owner, name, original))
 
 
 def uninstrument_grpc() -> None:
-    """Undo :func:`instrument_grpc`, ``grpc.intercept_channel`` included (servers and channels
-    already made stay traced)."""
+    """Undo :func:`instrument_grpc`: channels and servers made from then on are untraced, as
+    are calls through multicallables (stubs) taken from then on. Servers and ``grpc.aio``
+    channels already made, and stubs already made, stay traced."""
     while _patched:
         owner, name, original = _patched.pop()
         setattr(owner, name, original)

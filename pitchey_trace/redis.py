@@ -78,8 +78,21 @@ def _name(command: Any) -> str:
     return str(command).upper()
 
 
+def _split(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments as redis-py sends them: a command given with arguments in one string
+    (``execute_command("SET key value")``, ``"AUTH password"``) is split on whitespace, so that
+    those arguments are hidden like any other."""
+    first = args[0] if args else None
+    if isinstance(first, (str, bytes)) and first.split(maxsplit=1) != [first]:
+        words = first.split()
+        if words:
+            return (*words, *args[1:])
+    return args
+
+
 def _text(args: tuple[Any, ...]) -> str:
     """``SET ? ?``; multi-word commands such as ``CLIENT SETNAME`` keep their second word."""
+    args = _split(args)
     if not args:
         return ""
     name = _name(args[0])
@@ -93,6 +106,7 @@ def _text(args: tuple[Any, ...]) -> str:
 
 
 def _key(args: tuple[Any, ...]) -> str | None:
+    args = _split(args)
     if len(args) < 2 or _name(args[0]) in _SUBCOMMANDS:
         return None
     key = args[1]
@@ -101,8 +115,22 @@ def _key(args: tuple[Any, ...]) -> str | None:
 
 # Commands whose first argument is a sub-command, not a key.
 _SUBCOMMANDS = frozenset(
-    ("CLIENT", "CONFIG", "CLUSTER", "COMMAND", "MEMORY", "MODULE", "OBJECT", "SCRIPT", "XGROUP", "XINFO")
+    (
+        *("ACL", "CLIENT", "CONFIG", "CLUSTER", "COMMAND", "DEBUG", "FUNCTION", "LATENCY", "MEMORY"),
+        *("MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO"),
+    )
 )
+
+
+def _cacheable(command: Any) -> bool:
+    """Whether a command's text depends only on the command and its number of arguments: not
+    for a bare sub-command container (``CLIENT``: the text shows its first argument), nor for a
+    command string holding arguments (``"SET key value"``: those would stay in memory, one
+    entry each). ``"CONFIG GET"`` as redis-py sends it is."""
+    words = _split((command,))
+    if len(words) == 1:
+        return _name(command) not in _SUBCOMMANDS
+    return len(words) == 2 and _name(words[0]) in _SUBCOMMANDS
 
 
 def _base_attributes(client: Any) -> dict[str, Any]:
@@ -143,7 +171,7 @@ def _start_command(client: Any, args: tuple[Any, ...], base: dict[str, Any] | No
         text = _texts.get(text_key)
         if text is None:
             text = _text(args)
-            if _name(command) not in _SUBCOMMANDS:  # (a sub-command's text depends on its argument)
+            if _cacheable(command):
                 if len(_texts) >= _MAX_TEXTS:
                     _texts.clear()
                 _texts[text_key] = text
