@@ -6,7 +6,8 @@ Added to every record's ``resource`` (OpenTelemetry resource conventions), under
 - ``service.instance.id``: a random UUID per process (a forked child gets its own), so
   records of two replicas or two workers of one service can be told apart;
 - ``os.type`` and ``process.executable.name``;
-- ``container.id``: from ``/proc/self/cgroup`` (cgroup v1) or ``/proc/self/mountinfo`` (v2);
+- ``container.id``: from ``/proc/self/cgroup`` (cgroup v1) or ``/proc/self/mountinfo`` (v2:
+  Docker, containerd, Podman rootful and rootless, CRI-O);
 - Kubernetes (``KUBERNETES_SERVICE_HOST`` set): ``k8s.pod.name`` (``K8S_POD_NAME`` /
   ``POD_NAME``, else ``HOSTNAME``), ``k8s.namespace.name`` (``K8S_NAMESPACE_NAME`` /
   ``POD_NAMESPACE``, else the service account's namespace file), ``k8s.node.name``
@@ -37,14 +38,25 @@ MOUNTINFO_PATH = "/proc/self/mountinfo"
 K8S_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 # A 64-hex container id ending a cgroup path segment: /docker/<id>, docker-<id>.scope,
-# cri-containerd-<id>.scope, crio-<id>.scope, /kubepods/.../<id>.
-_CGROUP_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
-# cgroup v2 has no id in /proc/self/cgroup; the runtime's bind mounts of the container's
-# own files (/var/lib/docker/containers/<id>/hostname, .../sandboxes/<id>/...) show it.
-_MOUNT_ID = re.compile(r"/(?:containers|sandboxes)/([0-9a-f]{64})/")
+# cri-containerd-<id>.scope, crio-<id>.scope, /kubepods/.../<id>; Podman's libpod-<id>.scope,
+# also with the "container" sub-cgroup crun puts the container's processes in
+# (/machine.slice/libpod-<id>.scope/container).
+_CGROUP_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/container)?$")
+# cgroup v2 has no id in /proc/self/cgroup (a private cgroup namespace shows "0::/"); the
+# runtime's bind mounts of the container's own files show it: Docker's
+# /var/lib/docker/containers/<id>/hostname, containerd's .../sandboxes/<id>/hosts, and
+# containers/storage's (Podman, CRI-O) <driver>-containers/<id>/userdata/hostname:
+# /containers/storage/overlay-containers/<id>/userdata/... (rootful, on the /run tmpfs),
+# /containers/overlay-containers/<id>/... (rootless, on /run/user/<uid>),
+# /var/lib/containers/storage/..., ~/.local/share/containers/storage/... (on disk).
+_MOUNT_ID = re.compile(r"/(?:containers|sandboxes|[a-z0-9]{1,16}-containers)/([0-9a-f]{64})/")
 # Only those bind mounts: on a host, the runtime's mounts of OTHER containers (their shm,
 # volumes) are listed too, under other mount points.
 _OWN_MOUNT_POINTS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
+# Files that are the container's own, where /etc/hostname, hosts and resolv.conf can be its pod's
+# (CRI-O and containerd mount the pod sandbox's): Podman's /run/.containerenv, and the
+# /run/secrets CRI-O and Podman mount from the container's own userdata directory.
+_OWN_CONTAINER_FILES = frozenset({"/run/.containerenv", "/run/secrets"})
 _MAX_FILE = 1 << 20  # (procfs files are small; never read an unbounded one)
 
 # Values taken from the environment or a file: control characters removed, at most this long
@@ -81,20 +93,52 @@ def _read(path: str) -> str | None:
 
 
 def container_id(cgroup: str | None, mountinfo: str | None) -> str | None:
-    """The container id in the contents of ``/proc/self/cgroup`` or ``/proc/self/mountinfo``."""
+    """The container id in the contents of ``/proc/self/cgroup`` or ``/proc/self/mountinfo``.
+
+    In ``mountinfo``, best first: the root of the cgroup file system mounted on
+    ``/sys/fs/cgroup`` (the container's own cgroup, when the runtime shares the host's cgroup
+    namespace: ``.../crio-<id>.scope``, ``.../libpod-<id>.scope/container``), then the
+    runtime's bind mount of a file of the container's own (``/run/.containerenv``,
+    ``/run/secrets``), then of ``/etc/hostname``, ``hosts`` or ``resolv.conf`` (in a
+    Kubernetes pod under CRI-O or containerd, those are the pod sandbox's: its id)."""
     for line in (cgroup or "").splitlines():
         path = line.split(":", 2)[-1].strip()
         found = _CGROUP_ID.search(path)
         if found:
             return found.group(1)
+    own: str | None = None
+    shared: str | None = None
     for line in (mountinfo or "").splitlines():
-        # mount id, parent id, major:minor, root (field 4), mount point (field 5), ...
+        # mount id, parent id, major:minor, root (field 4), mount point (field 5), options,
+        # optional fields, "-", file system type, ...
         fields = line.split()
-        if len(fields) >= 5 and fields[4] in _OWN_MOUNT_POINTS:
-            found = _MOUNT_ID.search(fields[3])
+        if len(fields) < 5:
+            continue
+        root, point = fields[3], fields[4]
+        if point == "/sys/fs/cgroup" or point.startswith("/sys/fs/cgroup/"):
+            if _is_cgroup_mount(fields):
+                found = _CGROUP_ID.search(root)
+                if found:
+                    return found.group(1)
+        elif point in _OWN_CONTAINER_FILES:
+            if own is None:
+                found = _MOUNT_ID.search(root)
+                if found:
+                    own = found.group(1)
+        elif point in _OWN_MOUNT_POINTS and shared is None:
+            found = _MOUNT_ID.search(root)
             if found:
-                return found.group(1)
-    return None
+                shared = found.group(1)
+    return own or shared
+
+
+def _is_cgroup_mount(fields: list[str]) -> bool:
+    """Whether a split mountinfo line is a cgroup (v1 or v2) file system's."""
+    try:
+        dash = fields.index("-", 6)  # (after the optional fields, which start at 6)
+    except ValueError:
+        return False
+    return dash + 1 < len(fields) and fields[dash + 1] in ("cgroup2", "cgroup")
 
 
 def _clean(value: str | None) -> str | None:

@@ -562,9 +562,12 @@ def default_rules() -> list[Rule]:
 _KEY_QUALIFIERS = (
     "api|access|account|private|secret|signing|encryption|decryption|master|hmac|shared|app|auth|session"
 )
+# An access key id (AWSAccessKeyId of S3's v2 presigned URLs, aws_access_key_id) names the key
+# rather than being the secret, but it names the account too and goes with a signature or a
+# secret key: masked like them, also when it is not in the AKIA... form cloud_keys knows.
 _KV_WORDS = (
     r"password|passwd|passphrase|pwd|secret|token"
-    rf"|(?:{_KEY_QUALIFIERS})[_.\-]?key|secret[_.\-]?key[_.\-]?base"
+    rf"|(?:{_KEY_QUALIFIERS})[_.\-]?key|secret[_.\-]?key[_.\-]?base|access[_.\-]?key[_.\-]?id"
     r"|authorization|auth|credentials?|session(?:[_-]?id)?|sid|cookie|csrf|xsrf"
     r"|signature|sig|otp|ssn|cvv|cvc|jwt"
 )

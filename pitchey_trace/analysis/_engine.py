@@ -693,6 +693,8 @@ class Archive:
                 return True
             try:
                 data = self._source.read(info)
+            except FileNotFoundError:  # deleted since it was listed: not in the archive now
+                continue
             except Exception:  # a missing or unreadable object must not hide the others
                 self.read_stats["unreadable_objects"] += 1
                 continue

@@ -62,7 +62,7 @@ class Source(Protocol):
         """The dataset's objects; may leave out objects closed before ``since_ns``."""
 
     def read(self, info: ObjectInfo) -> bytes:
-        """The object's stored bytes."""
+        """The object's stored bytes (FileNotFoundError: deleted since it was listed)."""
 
 
 def _compact_ns(text: str) -> int:
@@ -278,7 +278,8 @@ class S3Source:
         return self.cache_dir.joinpath(self.buckets[info.dataset], *parts)
 
     def read(self, info: ObjectInfo) -> bytes:
-        """The object's bytes: from the cache directory when it has them, else from the bucket."""
+        """The object's bytes: from the cache directory when it has them, else from the bucket.
+        FileNotFoundError when the object is gone (deleted since it was listed)."""
         path = self._cache_path(info)
         if path is not None:
             try:
@@ -287,7 +288,12 @@ class S3Source:
                     return cached
             except OSError:
                 pass
-        body = self.client.get_object(Bucket=self.buckets[info.dataset], Key=info.key)["Body"]
+        try:
+            body = self.client.get_object(Bucket=self.buckets[info.dataset], Key=info.key)["Body"]
+        except Exception as exc:
+            if _no_such_key(exc):  # deleted since it was listed (retention, a cleanup job)
+                raise FileNotFoundError(f"s3://{self.buckets[info.dataset]}/{info.key}") from exc
+            raise
         try:
             data: bytes = body.read()
         finally:
@@ -305,6 +311,17 @@ class S3Source:
 
     def __repr__(self) -> str:
         return f"S3Source({self.describe()!r})"
+
+
+def _no_such_key(exc: BaseException) -> bool:
+    """Whether a client's error says the object does not exist (botocore's ``ClientError``
+    with code ``NoSuchKey``; ``404`` / ``NotFound`` from stores that answer a GET so)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, Mapping):
+        return False
+    error = response.get("Error")
+    code = error.get("Code") if isinstance(error, Mapping) else None
+    return code in ("NoSuchKey", "404", "NotFound")
 
 
 class MultiSource:

@@ -511,6 +511,24 @@ class HttpSender:
 
 #: What a payload spool keeps at most, by default.
 DEFAULT_SPOOL_MAX_BYTES = 256 << 20
+#: The largest request body (encoded, before gzip) the Zipkin and analytics exporters send, by
+#: default: under the usual limits of collectors and proxies (4 MiB gRPC messages, 10-20 MiB
+#: HTTP bodies), far above a common batch (1,000 Zipkin spans of ~1 KB).
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+#: The largest ``max_request_bytes`` an exporter takes.
+MAX_REQUEST_BYTES_LIMIT = 1 << 30
+
+
+def checked_max_request_bytes(value: object) -> int:
+    """An exporter's ``max_request_bytes``: an int from 1 to 1 GiB."""
+    return positive_int("max_request_bytes", value, MAX_REQUEST_BYTES_LIMIT)
+
+
+def count_dropped(reason: str, name: str, n: int) -> None:
+    """Count ``n`` items an exporter dropped in ``dropped.<reason>`` and
+    ``dropped.<reason>.<name>`` (``name``: the exporter's)."""
+    _stats.incr(f"dropped.{reason}", n)
+    _stats.incr(f"dropped.{reason}.{name}", n)
 
 
 class SenderExporter:
@@ -526,6 +544,9 @@ class SenderExporter:
     _partial: tuple[str, str] | None = None
     #: Items per request at most: bounds the count read from the answer to a spooled request.
     _items_per_request = 512
+    #: A request body's bytes at most (encoded, before gzip): a batch whose encoding is larger
+    #: goes as several requests; an item larger on its own is dropped. None: no byte cap.
+    _max_request_bytes: int | None = None
 
     @property
     def url(self) -> str:
@@ -611,29 +632,111 @@ class SenderExporter:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
         delivered under ``counter``; False if any chunk was given up (not kept in the spool).
 
-        OTLP (``_partial``): what a collector's answer says it rejected is not sent again; when
-        every chunk went out, those items are counted in ``dropped.rejected[.<name>]`` and their
-        number returned as a :class:`~pitchey_trace._stats.PartlyRejected`, so the export worker
-        counts only the rest in ``exported[.<name>]``: ``exported.<name> +
-        dropped.rejected.<name>`` is what the exporter was handed.
+        With a byte cap (``_max_request_bytes``), a chunk whose payload is larger goes as
+        several requests (:meth:`_fit`), and an item whose payload alone is larger is dropped:
+        counted in ``<sender counter>.too_large`` and warned about (at most once a minute).
+
+        OTLP (``_partial``): what a collector's answer says it rejected is not sent again.
+        When every chunk went out, those items (and items too large to send) are counted in
+        ``dropped.rejected[.<name>]`` (``dropped.request_too_large[.<name>]``) and their number
+        returned as a :class:`~pitchey_trace._stats.PartlyRejected`, so the export worker
+        counts only the rest in ``exported[.<name>]``: ``exported.<name>`` plus those
+        ``dropped`` counters is what the exporter was handed.
         (When a chunk was given up, the worker counts the whole batch in
-        ``dropped.export_failed``: the rejections are in it.)"""
+        ``dropped.export_failed``: the rejected and too-large items are in it.)"""
         ok = True
         rejected = 0
+        too_large = 0
+        cap = self._max_request_bytes
         for i in range(0, len(items), size):
             chunk = items[i : i + size]
-            result = self._deliver(body(chunk), len(chunk))
-            if result is None:
-                continue  # kept on disk: counted once it is sent
-            if not result.ok:
-                ok = False
-                continue
-            _stats.incr(counter, len(chunk))
-            rejected += self._partial_success(result, len(chunk))
-        if ok and rejected:
-            count_rejected(self._exporter_name(), rejected)
-            return _stats.PartlyRejected(rejected)  # (the worker counts the rest as exported)
+            payload = body(chunk)
+            requests: Sequence[tuple[Sequence[Any], bytes]]
+            if cap is not None and len(payload) > cap:
+                requests, lost = self._fit(chunk, payload, cap, body)
+                too_large += lost
+            else:
+                requests = ((chunk, payload),)
+            for part, data in requests:
+                result = self._deliver(data, len(part))
+                if result is None:
+                    continue  # kept on disk: counted once it is sent
+                if not result.ok:
+                    ok = False
+                    continue
+                _stats.incr(counter, len(part))
+                rejected += self._partial_success(result, len(part))
+        if ok and (rejected or too_large):
+            if rejected:
+                count_rejected(self._exporter_name(), rejected)
+            if too_large:
+                count_dropped("request_too_large", self._exporter_name(), too_large)
+            return _stats.PartlyRejected(rejected + too_large)  # (the worker counts the rest)
         return ok
+
+    def _fit(
+        self, chunk: Sequence[Any], payload: bytes, cap: int, body: Callable[[Sequence[Any]], bytes]
+    ) -> tuple[list[tuple[Sequence[Any], bytes]], int]:
+        """``chunk`` (whose ``payload`` is over ``cap`` bytes) as requests of at most ``cap``
+        bytes each, in order, and the number of items left out: those whose payload alone is
+        over the cap (counted in ``<counter>.too_large``, warned about).
+
+        Each item's own payload is measured (``body([item])``: the request framing is counted
+        once per item, so packs err on the small side) and items are packed greedily; a pack
+        whose real payload is still over the cap (an encoding that is not additive) is halved
+        until it fits."""
+        out: list[tuple[Sequence[Any], bytes]] = []
+        lost = 0
+        pack: list[Any] = []
+        pack_bytes = 0
+
+        def close_pack() -> None:
+            if pack:
+                self._halve_into(out, list(pack), cap, body)
+                pack.clear()
+
+        for item in chunk:
+            n = len(body([item]))
+            if n > cap:
+                lost += 1
+                continue
+            if pack and pack_bytes + n > cap:
+                close_pack()
+                pack_bytes = 0
+            pack.append(item)
+            pack_bytes += n
+        close_pack()
+        if lost:
+            counter = self._sender.counter
+            _stats.incr(f"{counter}.too_large", lost)
+            warn_limited(
+                f"{counter}.too_large",
+                "pitchey_trace %s: dropped %d item(s) whose request alone would be larger than "
+                "max_request_bytes (%d) (counted in dropped.request_too_large; the request "
+                "that held them was %d bytes)",
+                counter,
+                lost,
+                cap,
+                len(payload),
+            )
+        return out, lost
+
+    @staticmethod
+    def _halve_into(
+        out: list[tuple[Sequence[Any], bytes]],
+        items: Sequence[Any],
+        cap: int,
+        body: Callable[[Sequence[Any]], bytes],
+    ) -> None:
+        """Append ``items`` to ``out`` as one request, or, while its payload is over ``cap``,
+        as the requests of its halves (a single item is kept as it is: it fit on its own)."""
+        payload = body(items)
+        if len(payload) <= cap or len(items) == 1:
+            out.append((items, payload))
+            return
+        half = len(items) // 2
+        SenderExporter._halve_into(out, items[:half], cap, body)
+        SenderExporter._halve_into(out, items[half:], cap, body)
 
     def poll(self) -> None:
         """Called by the export worker when it is idle: with a spool, try what it keeps now

@@ -228,6 +228,14 @@ class SpoolDir:
         return out
 
 
+def _warn_limited(kind: str, message: str, *args: object) -> None:
+    """``_http.warn_limited`` (at most once a minute per kind; imported here, as ``_http``
+    imports this module)."""
+    from pitchey_trace.exporters._http import warn_limited
+
+    warn_limited(kind, message, *args)
+
+
 def _parse_compact(stamp: str) -> int:
     try:
         t = time.strptime(stamp, "%Y%m%dT%H%M%SZ")
@@ -244,8 +252,11 @@ class PayloadSpool:
     Each payload is one file in a directory of the exporter's own (``SpoolDir``'s ownership and
     crash recovery: written as ``.open``, fsynced, renamed ``.ready``), sent again oldest first
     once the endpoint answers. At most ``max_bytes`` are kept: beyond, the oldest files go
-    (counted in ``dropped.spool_cap`` and ``<counter>.spool_dropped``). Files left by a process
-    that died are taken over at construction and sent like the others.
+    (counted in ``dropped.spool_cap`` and ``<counter>.spool_dropped``). A payload larger than
+    ``max_bytes`` on its own is not kept at all (:meth:`put` returns False, counted in
+    ``<counter>.spool_oversize``, warned about at most once a minute): keeping it would push
+    every kept payload out and still break the cap. Files left by a process that died are
+    taken over at construction and sent like the others.
     """
 
     def __init__(
@@ -276,9 +287,10 @@ class PayloadSpool:
             self._trim()
 
     def _trim(self) -> None:
-        """Delete the oldest files until at most ``max_bytes`` are kept, or only the newest
-        (lock held): the disk holds at most ``max_bytes`` plus one request."""
-        while self.bytes > self.max_bytes and len(self._files) > 1:
+        """Delete the oldest files until at most ``max_bytes`` are kept (lock held). (:meth:`put`
+        never keeps a payload larger than the cap; a file taken over from a dead process may be,
+        when the cap is now smaller: it goes too.)"""
+        while self.bytes > self.max_bytes and self._files:
             path, size, lost = self._files.popleft()
             self.bytes -= size
             with contextlib.suppress(OSError):
@@ -290,7 +302,19 @@ class PayloadSpool:
         return len(self._files)
 
     def put(self, payload: bytes, items: int) -> bool:
-        """Keep ``payload`` (``items`` spans or points in it); False when it cannot be written."""
+        """Keep ``payload`` (``items`` spans or points in it); False when it cannot be written,
+        or is larger than ``max_bytes`` on its own (then nothing kept is deleted for it)."""
+        if len(payload) > self.max_bytes:
+            _stats.incr(f"{self.counter}.spool_oversize")
+            _warn_limited(
+                f"{self.counter}.spool_oversize",
+                "pitchey_trace %s: a request of %d bytes is larger than the whole spool "
+                "(spool_max_bytes=%d): not kept, given up as without a spool",
+                self.counter,
+                len(payload),
+                self.max_bytes,
+            )
+            return False
         now = time.time_ns()
         with self._lock:
             seq = self.dir.next_seq()

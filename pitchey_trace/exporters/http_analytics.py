@@ -19,7 +19,14 @@ from pitchey_trace import _stats
 from pitchey_trace._json import dumps, valid_text
 from pitchey_trace._validate import callable_or_none, header_map, positive_int, text
 from pitchey_trace._validate import datasets as valid_datasets
-from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._http import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES,
+    HttpSender,
+    RetryPolicy,
+    SenderExporter,
+    checked_max_request_bytes,
+)
 from pitchey_trace.records import Record
 
 __all__ = ["MAX_BLOBS", "MAX_DOUBLES", "MAX_INDEX_BYTES", "HttpAnalyticsExporter", "to_data_point"]
@@ -183,6 +190,10 @@ def to_data_point(record: Mapping[str, Any], max_blob_bytes: int = DEFAULT_MAX_B
     }
 
 
+def _points_body(chunk: Sequence[Point]) -> bytes:
+    return dumps({"points": chunk})
+
+
 class HttpAnalyticsExporter(SenderExporter):
     """POST records as Analytics Engine data points to ``url``.
 
@@ -193,6 +204,11 @@ class HttpAnalyticsExporter(SenderExporter):
             logs).
         to_point: custom ``record -> point | None`` mapping (None skips the record).
         max_points_per_request: points per POST (default 250).
+        max_request_bytes: a request body's bytes at most (its JSON, before gzip; default
+            4 MiB): a batch whose JSON is larger goes as several requests; a point whose JSON
+            alone is larger (a custom ``to_point``, a large ``max_blob_bytes``) is dropped
+            (``dropped.request_too_large``, ``http_analytics.too_large``).
+        max_blob_bytes: each blob cut to this many UTF-8 bytes (default 256).
         timeout_s: per socket operation (default 10).
         compress: gzip the body (``Content-Encoding: gzip``; default True).
         retry: a :class:`~pitchey_trace.exporters.RetryPolicy` (default: 5 attempts,
@@ -210,7 +226,7 @@ class HttpAnalyticsExporter(SenderExporter):
 
     Runs on its own export worker: retries and a hanging endpoint never block the
     application. Counters: ``http_analytics.points``, ``.requests``, ``.retried``,
-    ``.failed``, ``.rejected``, ``.skipped``.
+    ``.failed``, ``.rejected``, ``.skipped``, ``.too_large``.
     """
 
     def __init__(
@@ -221,6 +237,7 @@ class HttpAnalyticsExporter(SenderExporter):
         datasets: Iterable[str] | None = None,
         to_point: Callable[[Record], Point | None] | None = None,
         max_points_per_request: int = DEFAULT_MAX_POINTS_PER_REQUEST,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         timeout_s: float = 10.0,
         compress: bool = True,
@@ -248,6 +265,7 @@ class HttpAnalyticsExporter(SenderExporter):
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_points_per_request = max_points_per_request
+        self.max_request_bytes = self._max_request_bytes = checked_max_request_bytes(max_request_bytes)
         self.max_blob_bytes = max_blob_bytes
         self._to_point = to_point
         self._sender = HttpSender(
@@ -269,8 +287,10 @@ class HttpAnalyticsExporter(SenderExporter):
             return self._to_point(record)
         return to_data_point(record, self.max_blob_bytes)
 
-    def export(self, batch: Sequence[Record]) -> bool:
-        """Convert and POST the batch (in chunks); False if any chunk was given up."""
+    def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
+        """Convert and POST the batch (in chunks); False if any chunk was given up. Points too
+        large to send (``max_request_bytes``) are dropped: their number, as a
+        ``PartlyRejected``, when the rest went out (the export worker counts the rest)."""
         points: list[Point] = []
         skipped = 0
         for rec in batch:
@@ -281,13 +301,11 @@ class HttpAnalyticsExporter(SenderExporter):
                 points.append(p)
         if skipped:
             _stats.incr("http_analytics.skipped", skipped)
-        return bool(  # (no partial success here: _post_in_chunks gives a bool)
-            self._post_in_chunks(
-                points,
-                self.max_points_per_request,
-                lambda chunk: dumps({"points": chunk}),
-                "http_analytics.points",
-            )
+        return self._post_in_chunks(
+            points,
+            self.max_points_per_request,
+            _points_body,
+            "http_analytics.points",
         )
 
     def __repr__(self) -> str:

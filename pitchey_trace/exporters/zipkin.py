@@ -15,10 +15,18 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pitchey_trace import _stats
 from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import header_map, positive_int, text
-from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
+from pitchey_trace.exporters._http import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES,
+    HttpSender,
+    RetryPolicy,
+    SenderExporter,
+    checked_max_request_bytes,
+)
 from pitchey_trace.records import Record
 
 __all__ = ["DEFAULT_URL", "ZipkinExporter", "to_zipkin"]
@@ -115,6 +123,9 @@ class ZipkinExporter(SenderExporter):
     Args:
         url: the endpoint (default ``http://localhost:9411/api/v2/spans``).
         max_spans_per_request: spans per POST (default 1,000).
+        max_request_bytes: a request body's bytes at most (its JSON, before gzip; default
+            4 MiB): a batch whose JSON is larger goes as several requests; a span whose JSON
+            alone is larger is dropped (``dropped.request_too_large``, ``zipkin.too_large``).
         timeout_s: per socket operation (default 10).
         compress: gzip the body (``Content-Encoding: gzip``, which Zipkin reads; default True).
         retry: a :class:`~pitchey_trace.exporters.RetryPolicy` (default: 5 attempts, 0.5 s
@@ -129,7 +140,7 @@ class ZipkinExporter(SenderExporter):
         spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
 
     Runs on its own export worker. Counters: ``zipkin.spans``, ``.requests``, ``.retried``,
-    ``.failed``, ``.rejected``.
+    ``.failed``, ``.rejected``, ``.too_large``.
     """
 
     def __init__(
@@ -137,6 +148,7 @@ class ZipkinExporter(SenderExporter):
         url: str = DEFAULT_URL,
         *,
         max_spans_per_request: int = DEFAULT_MAX_SPANS_PER_REQUEST,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         timeout_s: float = 10.0,
         compress: bool = True,
         retry: RetryPolicy | None = None,
@@ -154,6 +166,7 @@ class ZipkinExporter(SenderExporter):
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = max_spans_per_request
+        self.max_request_bytes = self._max_request_bytes = checked_max_request_bytes(max_request_bytes)
         self._sender = HttpSender(
             url,
             counter="zipkin",
@@ -167,10 +180,12 @@ class ZipkinExporter(SenderExporter):
         )
         self._init_spool(spool_dir, spool_max_bytes, "zipkin.spans")
 
-    def export(self, batch: Sequence[Record]) -> bool:
-        """Convert the batch's spans and POST them (in chunks); False if any chunk was given up."""
+    def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
+        """Convert the batch's spans and POST them (in chunks); False if any chunk was given up.
+        Spans too large to send (``max_request_bytes``) are dropped: their number, as a
+        ``PartlyRejected``, when the rest went out (the export worker counts the rest)."""
         spans = [s for s in map(to_zipkin, batch) if s is not None]
-        return bool(self._post_in_chunks(spans, self.max_spans_per_request, dumps, "zipkin.spans"))
+        return self._post_in_chunks(spans, self.max_spans_per_request, dumps, "zipkin.spans")
 
     def __repr__(self) -> str:
         return f"ZipkinExporter(url={self.url!r})"

@@ -23,6 +23,7 @@ recorded or injected.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -244,10 +245,22 @@ def _add_unredirected(request: Any, name: str, value: str) -> None:
     request.add_unredirected_header(name, value)
 
 
+def _request_to_send(req: Any) -> Any:
+    """A shallow copy of a ``urllib.request.Request`` with a header map of its own, for the
+    injected headers: the caller's object is never changed, so a Request sent again (or by
+    another thread at the same time) carries only the headers of its own call, never a
+    ``traceparent`` (``baggage``, ``tracestate``) left by an earlier one."""
+    sent = copy.copy(req)
+    sent.unredirected_hdrs = dict(req.unredirected_hdrs)
+    return sent
+
+
 def instrument_urllib() -> None:
     """Create a CLIENT span and inject ``traceparent`` for every HTTP(S) request made with the
     standard library's ``urllib.request`` (``urlopen``, openers; patches
-    ``AbstractHTTPHandler.do_open``, so each redirect hop is its own span). Idempotent."""
+    ``AbstractHTTPHandler.do_open``, so each redirect hop is its own span). The headers go on
+    a copy of the request: the caller's ``Request`` object is not changed, so one sent again
+    carries the context of its new call. Idempotent."""
     # (by name, not ``urllib.request``: run from the post-import hook, the submodule is not yet
     # an attribute of its package)
     request_module = importlib.import_module("urllib.request")
@@ -261,13 +274,14 @@ def instrument_urllib() -> None:
             return orig(self, http_class, req, **http_conn_args)
         try:
             full, host, port = _strip_credentials(req.full_url)
+            sent = _request_to_send(req)
             span = _start(req.get_method(), full, host, port)
-            inject(req, context=span.context, setter=_add_unredirected)
+            inject(sent, context=span.context, setter=_add_unredirected)
         except Exception as exc:
             _safety.report("web.urllib.start", exc)
             return orig(self, http_class, req, **http_conn_args)
         try:
-            response = orig(self, http_class, req, **http_conn_args)
+            response = orig(self, http_class, sent, **http_conn_args)
         except BaseException as exc:
             _end(span, None, exc)
             raise

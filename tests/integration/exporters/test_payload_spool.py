@@ -93,19 +93,23 @@ def test_a_refused_request_is_not_kept(http_server: RecordingServer, tmp_path: P
 def test_the_cap_drops_the_oldest_and_counts_them(
     http_server: RecordingServer, proxy: FaultProxy, tmp_path: Path
 ) -> None:
+    # a cap that holds two requests of ~1.9 KB (one larger than the cap alone is not kept:
+    # test_session16_exporters_http.py)
     proxy.set_mode("down")
-    exporter = ZipkinExporter(proxy.url + "/api/v2/spans", retry=FAST, spool_dir=tmp_path, spool_max_bytes=1)
+    exporter = ZipkinExporter(
+        proxy.url + "/api/v2/spans", retry=FAST, spool_dir=tmp_path, spool_max_bytes=4500
+    )
     pt.configure(service="jobs", exporters=[exporter], rollups=None)
     for batch in range(3):
         spans(batch * 10, 10)
         pt.force_flush(10)
-    assert len(spool_files(tmp_path)) == 1  # (at least the newest is always kept)
-    assert _stats.get("dropped.spool_cap") == 20
-    assert _stats.get("zipkin.spool_dropped") == 2
+    assert len(spool_files(tmp_path)) == 2
+    assert _stats.get("dropped.spool_cap") == 10
+    assert _stats.get("zipkin.spool_dropped") == 1
     proxy.set_mode("up")
     assert pt.force_flush(10)
     got = sorted(int(s["tags"]["seq"]) for req in http_server.requests for s in req.json())
-    assert got == list(range(20, 30))
+    assert got == list(range(10, 30))
 
 
 CHILD = textwrap.dedent(
