@@ -10,6 +10,7 @@ Ids are ints internally; hex forms are made only when exported or propagated.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -337,27 +338,48 @@ class _SpanBase:
         else:
             self._token = _Entries((held, token))
 
-    def _reset_entry(self, entries: _Entries) -> None:
+    def _reset_entry(self, entries: _Entries) -> Any:
         """Undo one entry of a span entered several times: the newest token made in this
-        context (the same span may be entered by several tasks or threads at once)."""
+        context (the same span may be entered by several tasks or threads at once). Returns
+        what that entry found current (``Token.MISSING`` for nothing)."""
         for i in range(len(entries) - 1, -1, -1):
+            token = entries[i]
             try:
-                CURRENT.reset(entries[i])
+                CURRENT.reset(token)
             except ValueError:  # made in another context
                 continue
             del entries[i]
+            prev = token.old_value
+            if prev.__class__ is Span and prev is not self and prev.end_ns:
+                self._restore_live(prev)
             break
         else:
-            entries.pop()
-            self._reset_failed()
+            prev = entries.pop().old_value
+            self._reset_failed(prev)
         if not entries:
             self._token = None
+        return prev
 
-    def _reset_failed(self) -> None:
-        # Exited in another context (e.g. a generator resumed elsewhere): do not leave this
-        # span current there.
-        if CURRENT.get() is self:
-            CURRENT.set(None)
+    def _restore_live(self, prev: Any) -> None:
+        """A context reset just made ``prev`` current again, and ``prev`` looks ended (out of
+        order exits: ``a`` entered, ``b`` entered, ``a`` exited, ``b`` exited): make the
+        nearest value before it that is not an ended span current instead, so that new spans
+        are not parented to an ended one."""
+        if getattr(prev, "end_ns", 0):
+            CURRENT.set(live_value(prev))
+
+    def _reset_failed(self, prev: Any) -> None:
+        """Exited in another context than the one that entered it (a generator resumed
+        elsewhere, a span handed to another thread or task): its token cannot be used here.
+        Do not leave this span current here (nor an ended span): what it found current where
+        it was entered (``prev``) replaces it. Where it was entered cannot be changed from
+        here: there, the first exit of a span entered after it restores what was current before
+        it (``Span._prev``)."""
+        cur = CURRENT.get()
+        if cur is self:
+            CURRENT.set(live_value(prev))
+        elif isinstance(cur, Span) and cur.end_ns:
+            CURRENT.set(live_value(cur))
 
 
 class NonRecordingSpan(_SpanBase):
@@ -413,10 +435,14 @@ class NonRecordingSpan(_SpanBase):
             try:
                 CURRENT.reset(token)
             except ValueError:
-                CURRENT.set(None)
+                self._reset_failed(token.old_value)
             except TypeError:  # not a Token but _Entries: entered several times (no cost here)
                 self._token = token
                 self._reset_entry(token)
+            else:
+                prev = token.old_value
+                if prev.__class__ is Span and prev.end_ns:  # (an out of order exit)
+                    self._restore_live(prev)
 
     def __repr__(self) -> str:
         return f"NonRecordingSpan(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
@@ -438,7 +464,9 @@ class NonRecordingSpan(_SpanBase):
     def set_status(self, status: StatusCode | str, message: str | None = None) -> None:
         """Ignored."""
 
-    def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
+    def record_exception(
+        self, exc: BaseException, attributes: Attributes | None = None, timestamp: int | None = None
+    ) -> None:
         """Ignored."""
 
     def update_name(self, name: str) -> None:
@@ -531,18 +559,25 @@ class TrustedAttributes(dict[str, AttributeValue]):
 
 def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
     """Validate a mapping of attributes: keep valid pairs, count and drop the rest."""
+    return clean_attributes_counted(attributes)[0]
+
+
+def clean_attributes_counted(attributes: Mapping[str, object]) -> tuple[dict[str, AttributeValue], int]:
+    """:func:`clean_attributes`, and how many valid attributes the limit dropped (a span's
+    ``dropped_attributes_count``; invalid ones are only counted in ``stats()``)."""
     out: dict[str, AttributeValue] = {}
     limit = Limits.max_attributes
+    over = 0
     if not isinstance(attributes, Mapping):
         _safety.warn_once(
             "attributes_type", "attributes must be a mapping, got %s: ignored", type(attributes)
         )
-        return out
+        return out, 0
     try:
         items = list(attributes.items())
     except Exception as exc:
         _safety.report("attributes", exc)
-        return out
+        return out, 0
     for key, value in items:
         if key.__class__ is not str or not key:
             _stats.incr("dropped.attribute_invalid")
@@ -553,9 +588,10 @@ def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeVal
             continue
         if len(out) >= limit and key not in out:
             _stats.incr("dropped.attribute_limit")
+            over += 1
             continue
         out[key] = cleaned
-    return out
+    return out, over
 
 
 _MAX_STACKTRACE = 8192
@@ -712,7 +748,9 @@ class Span(_SpanBase):
     """
 
     __slots__ = (
+        "_dropped",
         "_pipe",
+        "_prev",
         "_token",
         "attributes",
         "baggage",
@@ -773,6 +811,12 @@ class Span(_SpanBase):
         self.status_message: str | None = None
         self._pipe = pipe
         self._token: Any = None
+        # [attributes, events, links] dropped by the limits (None: nothing dropped), for the
+        # record's dropped_*_count keys.
+        self._dropped: list[int] | None = None
+        # What was current when it was entered (Token.MISSING for nothing), set when it exits
+        # a ``with``: what replaces it if a later exit would make it current once ended.
+        self._prev: Any = None
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Span:
@@ -796,11 +840,18 @@ class Span(_SpanBase):
             try:
                 CURRENT.reset(token)
             except ValueError:
-                self._reset_failed()
+                self._prev = token.old_value
+                self._reset_failed(token.old_value)
             except TypeError:  # not a Token but _Entries: entered several times (no cost here)
                 self._token = token
                 self._exit_entry(token, None)
                 return
+            else:
+                # What it found current, for a span entered after it and exited after it (out
+                # of order) not to make it current again once it has ended (_restore_live).
+                prev = self._prev = token.old_value
+                if prev.__class__ is Span and prev.end_ns:  # (an out of order exit)
+                    self._restore_live(prev)
         if not self.end_ns:
             self.end_ns = time_ns()
             self._pipe.enqueue(self)
@@ -811,14 +862,16 @@ class Span(_SpanBase):
         if ev is not None and ev is not entries.recorded:
             entries.recorded = ev
             self._on_exception(ev)
-        self._reset_entry(entries)
+        prev = self._reset_entry(entries)
+        if prev is not self:  # (an inner entry found the span itself current)
+            self._prev = prev
         if not entries and not self.end_ns:
             self.end_ns = time_ns()
             self._pipe.enqueue(self)
 
-    def _reset_failed(self) -> None:
+    def _reset_failed(self, prev: Any) -> None:
         _safety.warn_once("context_reset", "span %r exited in a different context", self.name)
-        super()._reset_failed()
+        super()._reset_failed(prev)
 
     def __repr__(self) -> str:
         return (
@@ -876,9 +929,18 @@ class Span(_SpanBase):
             return
         attrs = self.attributes
         if len(attrs) >= Limits.max_attributes and key not in attrs:
-            _stats.incr("dropped.attribute_limit")
+            self._count_dropped(0, "dropped.attribute_limit")
             return
         attrs[key] = cleaned
+
+    def _count_dropped(self, which: int, counter: str) -> None:
+        """An attribute (0), event (1) or link (2) dropped by the limits: counted in
+        ``stats()`` and on the span (its record's ``dropped_*_count``)."""
+        _stats.incr(counter)
+        counts = getattr(self, "_dropped", None)
+        if counts is None:
+            self._dropped = counts = [0, 0, 0]
+        counts[which] += 1
 
     def set_attributes(self, attributes: Attributes) -> None:
         """Set several attributes at once."""
@@ -900,7 +962,7 @@ class Span(_SpanBase):
         if events is None:
             events = self.events = []
         elif len(events) >= Limits.max_events:
-            _stats.incr("dropped.event_limit")
+            self._count_dropped(1, "dropped.event_limit")
             return
         if timestamp_ns is None:
             timestamp_ns = time_ns()
@@ -922,7 +984,7 @@ class Span(_SpanBase):
         if links is None:
             links = self.links = []
         elif len(links) >= Limits.max_links:
-            _stats.incr("dropped.link_limit")
+            self._count_dropped(2, "dropped.link_limit")
             return
         links.append(Link(context, clean_attributes(attributes) if attributes else None))
 
@@ -950,13 +1012,24 @@ class Span(_SpanBase):
             _safe_str(message)[:1024] if (message is not None and code == StatusCode.ERROR) else None
         )
 
-    def record_exception(self, exc: BaseException, attributes: Attributes | None = None) -> None:
-        """Add an ``exception`` event (type, message, stack trace). Does not change the status."""
+    def record_exception(
+        self, exc: BaseException, attributes: Attributes | None = None, timestamp: int | None = None
+    ) -> None:
+        """Add an ``exception`` event (type, message, stack trace). Does not change the status.
+
+        ``timestamp``: when it happened, ns since the epoch (as OpenTelemetry's); now when
+        None. One that is not an int in 0 < t < 2**64 is ignored (now is used) and counted as
+        ``misuse.timestamp_invalid``.
+        """
         if self._ended("record_exception"):
             return
         if not isinstance(exc, BaseException):
             _safety.warn_once("record_exception_type", "record_exception() takes an exception, got %r", exc)
             return
+        if timestamp is None:
+            timestamp = time_ns()
+        elif timestamp.__class__ is not int or not 0 < timestamp < TIME_LIMIT:
+            timestamp = invalid_time("timestamp", timestamp)
         attrs: dict[str, AttributeValue] = {
             "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}"
             if type(exc).__module__ not in ("builtins", "__main__")
@@ -970,9 +1043,9 @@ class Span(_SpanBase):
         if events is None:
             events = self.events = []
         if len(events) < Limits.max_events:
-            events.append(("exception", time_ns(), attrs))
+            events.append(("exception", timestamp, attrs))
         else:
-            _stats.incr("dropped.event_limit")
+            self._count_dropped(1, "dropped.event_limit")
 
     def update_name(self, name: str) -> None:
         """Rename the span (e.g. once a route template is known)."""
@@ -1008,3 +1081,56 @@ class Span(_SpanBase):
 
 
 AnySpan = Span | NonRecordingSpan
+
+
+class _LocalScope(NonRecordingSpan):
+    """What :func:`~pitchey_trace.use_context` makes current for a recorded local span: it
+    also carries that span's local root (a TraceContext cannot), so the spans started under it
+    stay part of the same request for tail keeping."""
+
+    __slots__ = ("local_root_id",)
+    local_root_id: int
+
+
+_MISSING = contextvars.Token.MISSING
+#: Ended spans walked back at most (a chain of ended spans each entered under the previous).
+_MAX_WALK = 256
+
+
+def live_value(value: Any) -> Any:
+    """``value`` (a context var value: a span, None or ``Token.MISSING``) or, when it is an
+    ended span, what was current when it was entered, and so on: the nearest value that is not
+    an ended span (None for nothing). What is made current instead of an ended span by an exit
+    out of order or in another context (the value a context reset would restore).
+
+    A span's ``_prev`` is None until it exits a ``with`` (a reset finding None there, rather
+    than ``Token.MISSING``, is rare: then too its parent stands for what was before it)."""
+    for _ in range(_MAX_WALK):
+        if value is _MISSING:
+            return None
+        if not isinstance(value, Span) or not getattr(value, "end_ns", 0):
+            return value
+        token = getattr(value, "_token", None)
+        if token is not None:  # still entered (ended inside its block): what its first entry found
+            first = token[0] if token.__class__ is _Entries else token
+            value = first.old_value if first.__class__ is contextvars.Token else _MISSING
+            continue
+        before = getattr(value, "_prev", None)
+        if before is None:  # (made current without __enter__: its parent as a context)
+            return _scope_above(value)
+        value = before
+    return None
+
+
+def _scope_above(span: Span) -> NonRecordingSpan | None:
+    """A context scope for the parent of ``span`` (an ended span made current some other way
+    than ``with``, whose entry left no trace of what was current before it)."""
+    parent = getattr(span, "parent_span_id", 0)
+    if not parent:
+        return None
+    fields = (span.trace_id, parent, span.trace_flags, span.trace_state, span.baggage)
+    if span.local_root:  # its parent was remote (or a context without its local root)
+        return NonRecordingSpan(*fields, is_remote=True)
+    scope = _LocalScope(*fields)
+    scope.local_root_id = span.local_root_id
+    return scope

@@ -27,12 +27,12 @@
 enum {
     F_TRACE_ID, F_SPAN_ID, F_PARENT, F_NAME, F_KIND, F_START, F_END, F_STATUS, F_MESSAGE,
     F_ATTRS, F_EVENTS, F_LINKS, F_FLAGS, F_STATE, F_BAGGAGE, F_LOCAL_ROOT, F_PIPE, F_TOKEN,
-    F_LOCAL_ROOT_ID, F_COUNT
+    F_LOCAL_ROOT_ID, F_DROPPED, F_PREV, F_COUNT
 };
 static const char *slot_names[F_COUNT] = {
     "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status",
     "status_message", "attributes", "events", "links", "trace_flags", "trace_state", "baggage",
-    "local_root", "_pipe", "_token", "local_root_id",
+    "local_root", "_pipe", "_token", "local_root_id", "_dropped", "_prev",
 };
 static PyObject *status_unset = NULL; /* StatusCode.UNSET */
 static PyObject *no_items = NULL;     /* records.NO_ITEMS: the shared empty events/links list */
@@ -42,11 +42,13 @@ static PyTypeObject *span_type = NULL;
 /* Interned record keys. */
 enum {
     K_TRACE_ID, K_SPAN_ID, K_PARENT, K_NAME, K_KIND, K_START, K_END, K_DURATION, K_STATUS,
-    K_CATEGORY, K_ATTRIBUTES, K_EVENTS, K_LINKS, K_COUNT
+    K_CATEGORY, K_ATTRIBUTES, K_EVENTS, K_LINKS, K_DROPPED_ATTRIBUTES, K_DROPPED_EVENTS,
+    K_DROPPED_LINKS, K_COUNT
 };
 static const char *key_names[K_COUNT] = {
     "trace_id", "span_id", "parent_span_id", "name", "kind", "start_time_unix_nano",
     "end_time_unix_nano", "duration_ms", "status", "category", "attributes", "events", "links",
+    "dropped_attributes_count", "dropped_events_count", "dropped_links_count",
 };
 static PyObject *keys[K_COUNT];
 static PyObject *cat_names[4]; /* fast, normal, slow, very_slow */
@@ -131,6 +133,8 @@ make_span(PyObject *const *fields)
     SLOT(span, F_EVENTS) = Py_NewRef(Py_None);
     SLOT(span, F_LINKS) = Py_NewRef(Py_None);
     SLOT(span, F_TOKEN) = Py_NewRef(Py_None);
+    SLOT(span, F_DROPPED) = Py_NewRef(Py_None);
+    SLOT(span, F_PREV) = Py_NewRef(Py_None);
     if (SLOT(span, F_END) == NULL) {
         Py_DECREF(span);
         return NULL;
@@ -146,8 +150,59 @@ make_span(PyObject *const *fields)
  */
 static PyObject *current_var = NULL;   /* pitchey_trace._context.CURRENT */
 static PyObject *limits_cls = NULL;    /* pitchey_trace._span.Limits */
-static PyObject *s_hot, *s_enqueue, *s_drop,
-    *s_max_attributes, *s_on_exception, *s_reset_failed, *s_set_attribute_slow, *s_reenter;
+static PyObject *s_hot, *s_enqueue, *s_drop, *s_max_attributes, *s_on_exception, *s_reset_failed,
+    *s_set_attribute_slow, *s_reenter, *s_restore_live, *s_old_value;
+static PyObject *int_zero = NULL; /* the cached small int 0: an open span's end_ns */
+
+/* A context token's fields, as CPython 3.7-3.13 lays them out (Include/internal/
+ * pycore_context.h): tok_oldval is what a reset makes current again. The layout is checked
+ * once against Token.old_value (probe_token_layout); when it does not match, the attribute is
+ * read instead. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *tok_ctx;
+    PyObject *tok_var;
+    PyObject *tok_oldval;
+    int tok_used;
+} token_fields;
+static int token_layout_ok = 0;
+
+/* What resetting `token` (an exact contextvars.Token) makes current: a new reference
+ * (Token.MISSING when the variable had no value), NULL with an error. */
+static inline PyObject *
+token_old_value(PyObject *token)
+{
+    if (token_layout_ok)
+        return Py_NewRef(((token_fields *)token)->tok_oldval);
+    return PyObject_GetAttr(token, s_old_value);
+}
+
+/* Checks token_fields against Token.old_value on two tokens of a private variable. */
+static int
+probe_token_layout(void)
+{
+    token_layout_ok = 0;
+    PyObject *var = PyContextVar_New("pitchey_trace._speedups.probe", NULL);
+    if (var == NULL)
+        return -1;
+    PyObject *marker = PyList_New(0), *t1 = NULL, *t2 = NULL, *old1 = NULL;
+    if (marker == NULL || (t1 = PyContextVar_Set(var, marker)) == NULL ||
+        (t2 = PyContextVar_Set(var, Py_None)) == NULL || (old1 = PyObject_GetAttr(t1, s_old_value)) == NULL)
+        goto done;
+    token_layout_ok = Py_IS_TYPE(t2, &PyContextToken_Type) &&
+                      sizeof(token_fields) <= (size_t)Py_TYPE(t2)->tp_basicsize &&
+                      ((token_fields *)t2)->tok_var == var && ((token_fields *)t2)->tok_oldval == marker &&
+                      ((token_fields *)t1)->tok_oldval == old1 && ((token_fields *)t1)->tok_used == 0;
+    if (PyContextVar_Reset(var, t2) < 0 || PyContextVar_Reset(var, t1) < 0)
+        token_layout_ok = 0;
+done:
+    Py_XDECREF(old1);
+    Py_XDECREF(t2);
+    Py_XDECREF(t1);
+    Py_XDECREF(marker);
+    Py_DECREF(var);
+    return PyErr_Occurred() ? -1 : 0;
+}
 /* The Python methods, kept by _accel.py: each C method calls its own for anything unusual
  * (keywords, a re-entered span, an odd argument), with the same arguments. */
 static PyObject *s_py_end, *s_py_exit, *s_py_set_attribute;
@@ -310,13 +365,33 @@ span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
     PyObject *token = SLOT(self, F_TOKEN);
     if (token != Py_None) {
         SLOT(self, F_TOKEN) = Py_NewRef(Py_None);
+        /* What it found current, kept (_prev) for a span entered after it and exited after it
+         * (out of order) not to make it current again once it has ended (_restore_live). */
+        PyObject *prev = token_old_value(token);
+        if (prev == NULL) {
+            Py_DECREF(token);
+            return NULL;
+        }
+        Py_XSETREF(SLOT(self, F_PREV), prev);
         int rc = PyContextVar_Reset(current_var, token);
         Py_DECREF(token);
         if (rc < 0) {
             if (!PyErr_ExceptionMatches(PyExc_ValueError))
                 return NULL;
             PyErr_Clear();
-            r = PyObject_CallMethodNoArgs(self, s_reset_failed);
+            Py_INCREF(prev); /* (the call may change the slot) */
+            r = PyObject_CallMethodOneArg(self, s_reset_failed, prev);
+            Py_DECREF(prev);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+        else if (Py_TYPE(prev) == span_type && SLOT(prev, F_END) != int_zero) {
+            /* an ended span made current again (an exit out of order): the Python method
+             * decides (end_ns is the cached 0 object while a span is open) */
+            Py_INCREF(prev);
+            r = PyObject_CallMethodOneArg(self, s_restore_live, prev);
+            Py_DECREF(prev);
             if (r == NULL)
                 return NULL;
             Py_DECREF(r);
@@ -907,6 +982,10 @@ install_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(getrandbits_fn, args[2]);
     Py_INCREF(args[3]);
     Py_XSETREF(nonrecording_cls, args[3]);
+    if (int_zero == NULL && (int_zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    if (probe_token_layout() < 0)
+        return NULL;
     for (PyMethodDef *def = span_methods; def->ml_name != NULL; def++) {
         PyObject *descr = PyDescr_NewMethod(span_type, def);
         if (descr == NULL)
@@ -1152,6 +1231,10 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
     for (int i = 0; i < F_COUNT; i++)
         if (SLOT(span, i) == NULL)
             return NULL;
+    /* what the limits dropped (rare): [attributes, events, links] of ints, else Python's */
+    PyObject *dropped = SLOT(span, F_DROPPED);
+    if (dropped != Py_None && (!PyList_CheckExact(dropped) || PyList_GET_SIZE(dropped) != 3))
+        return NULL;
     if (SLOT(span, F_EVENTS) != Py_None || SLOT(span, F_LINKS) != Py_None ||
         SLOT(span, F_MESSAGE) != Py_None)
         return NULL;
@@ -1245,6 +1328,15 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         PyDict_SetItem(rec, keys[K_ATTRIBUTES], new_attrs) < 0 ||
         set_new(rec, K_EVENTS, empty_list()) < 0 || set_new(rec, K_LINKS, empty_list()) < 0)
         goto error;
+    if (dropped != Py_None) {
+        /* records._add_dropped: each count only when it is an int above 0 */
+        for (int i = 0; i < 3; i++) {
+            PyObject *count = PyList_GET_ITEM(dropped, i);
+            if (PyLong_CheckExact(count) && _PyLong_Sign(count) > 0 &&
+                PyDict_SetItem(rec, keys[K_DROPPED_ATTRIBUTES + i], count) < 0)
+                goto error;
+        }
+    }
     Py_DECREF(new_attrs);
     /* A fresh record cannot be part of a reference cycle (strings, numbers, two empty lists,
      * an attribute map of scalars, the shared resource), so the cycle collector has nothing
@@ -2706,6 +2798,7 @@ PyInit__speedups(void)
         {&s_max_attributes, "max_attributes"}, {&s_on_exception, "_on_exception"},
         {&s_reset_failed, "_reset_failed"}, {&s_set_attribute_slow, "_set_attribute_slow"},
         {&s_reenter, "_reenter"}, {&s_py_exit, "_py_exit"}, {&s_py_set_attribute, "_py_set_attribute"},
+        {&s_restore_live, "_restore_live"}, {&s_old_value, "old_value"},
         {&s_py_end, "_py_end"}, {&s_fast_state, "_fast_state"},
         {&s_py_start_span, "_py_start_span"}, {&s_attributes, "attributes"}, {&s_kind, "kind"},
         {&s_context, "context"}, {&s_links, "links"}, {&s_start_time_ns, "start_time_ns"},

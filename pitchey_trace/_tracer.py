@@ -32,8 +32,10 @@ from pitchey_trace._span import (
     StatusCode,
     TraceContext,
     TrustedAttributes,
+    _LocalScope,
     _safe_str,
     clean_attributes,
+    clean_attributes_counted,
     invalid_time,
     span_name,
 )
@@ -56,15 +58,6 @@ def _record_failure(sp: AnySpan, exc: BaseException) -> None:
 _DROP = Decision.DROP
 _SAMPLE = Decision.RECORD_AND_SAMPLE
 _INTERNAL = SpanKind.INTERNAL
-
-
-class _LocalScope(NonRecordingSpan):
-    """What :func:`use_context` makes current for a recorded local span: it also carries that
-    span's local root (a TraceContext cannot), so the spans started under it stay part of the
-    same request for tail keeping."""
-
-    __slots__ = ("local_root_id",)
-    local_root_id: int
 
 
 # Parents start_span takes as they are; another class is checked first (_checked_arguments).
@@ -250,6 +243,7 @@ class Tracer:
         span_id = getrandbits(64) or new_span_id()
         if decision == _DROP and not self.record_unsampled:
             return NonRecordingSpan(trace_id, span_id, flags, trace_state, baggage)
+        dropped = None  # (attributes over the limit: the span's dropped_attributes_count)
         if attributes:
             if attributes.__class__ is TrustedAttributes and len(attributes) <= Limits.max_attributes:
                 attrs = dict(attributes)
@@ -257,10 +251,12 @@ class Tracer:
                 try:
                     attrs = dict(attributes)
                 except (TypeError, ValueError):
-                    attrs = clean_attributes(attributes)
+                    attrs, over = clean_attributes_counted(attributes)
+                    dropped = [over, 0, 0] if over else None
                 else:
                     if len(attrs) > Limits.max_attributes:
-                        attrs = clean_attributes(attributes)
+                        attrs, over = clean_attributes_counted(attributes)
+                        dropped = [over, 0, 0] if over else None
                     else:
                         for k, v in attrs.items():
                             if v.__class__ not in _FAST or k.__class__ is not str or not k:
@@ -295,6 +291,8 @@ class Tracer:
         span.status_message = None
         span._pipe = sink
         span._token = None
+        span._dropped = dropped
+        span._prev = None
         if links:
             self._add_links(span, links)
         return span

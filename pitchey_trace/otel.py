@@ -37,7 +37,7 @@ from typing import Any, TypeVar, cast
 
 from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
-from pitchey_trace._span import SUPPRESSED, Link, NonRecordingSpan, Span, SpanKind, TraceContext
+from pitchey_trace._span import SUPPRESSED, Link, NonRecordingSpan, SpanKind, TraceContext
 from pitchey_trace._tracer import get_tracer, use_context
 from pitchey_trace.exceptions import IntegrationUnavailable
 from pitchey_trace.propagation import BaggageScope
@@ -204,20 +204,9 @@ class _Span(otel_trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        span = _unwrap(self._span)
-        before = len(span.events or ()) if isinstance(span, Span) else 0
-        span.record_exception(exception, _attrs(attributes))
-        # The core's record_exception takes no time: put the one given (ns since the epoch, as
-        # add_event accepts) on the event it just added.
-        if (
-            isinstance(span, Span)
-            and timestamp.__class__ is int
-            and 0 < timestamp < 2**64
-            and span.events
-            and len(span.events) == before + 1
-        ):
-            name, _, attrs = span.events[-1]
-            span.events[-1] = (name, timestamp, attrs)
+        # (the time given, ns since the epoch, is the core's to check: anything else is
+        # ignored and counted as misuse.timestamp_invalid)
+        _unwrap(self._span).record_exception(exception, _attrs(attributes), timestamp)
 
     def end(self, end_time: int | None = None) -> None:
         self._span.end(end_time)

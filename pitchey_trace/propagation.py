@@ -513,9 +513,11 @@ class BaggageScope(NonRecordingSpan):
         """Forwarded to the underlying span."""
         self._span.set_status(status, message)
 
-    def record_exception(self, exc: BaseException, attributes: Any = None) -> None:
+    def record_exception(
+        self, exc: BaseException, attributes: Any = None, timestamp: int | None = None
+    ) -> None:
         """Forwarded to the underlying span."""
-        self._span.record_exception(exc, attributes)
+        self._span.record_exception(exc, attributes, timestamp)
 
     def update_name(self, name: str) -> None:
         """Forwarded to the underlying span."""

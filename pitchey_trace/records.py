@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIT_RECORD_KEYS",
     "DATASET_OF_TYPE",
+    "DROPPED_KEYS",
     "NO_ITEMS",
     "SCHEMA_VERSION",
     "SPAN_RECORD_KEYS",
@@ -352,7 +353,22 @@ def span_structure(span: Span, template: Record, thresholds: CategoryThresholds 
     state = span.trace_state
     if state:  # (rare: only traces whose vendors use tracestate; opaque, not sanitized)
         rec["trace_state"] = format_tracestate(state)
+    dropped = span._dropped
+    if dropped is not None:  # (rare: the span hit a limit)
+        _add_dropped(rec, dropped)
     return rec
+
+
+#: The optional span record keys of what a span's limits dropped (present only when not 0).
+DROPPED_KEYS = ("dropped_attributes_count", "dropped_events_count", "dropped_links_count")
+
+
+def _add_dropped(rec: Record, dropped: Any) -> None:
+    """The ``dropped_*_count`` keys of a span that hit its attribute, event or link limit
+    (``Span._dropped``: [attributes, events, links]), each only when not 0."""
+    for key, count in zip(DROPPED_KEYS, dropped, strict=False):
+        if count.__class__ is int and count > 0:
+            rec[key] = count
 
 
 def span_template(service: Any, environment: Any, resource: Any) -> Record:

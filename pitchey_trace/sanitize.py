@@ -1938,6 +1938,9 @@ _STRUCTURAL = frozenset(
         "errors",
         "sketch",
         "error_durations",  # (a rollup's numbers and sketch: a cut sketch would lose counts)
+        "dropped_attributes_count",
+        "dropped_events_count",
+        "dropped_links_count",
     }
 )
 

@@ -12,7 +12,8 @@ collector decodes the same message from either. Field numbers, from
     InstrumentationScope       1 name, 2 version
     Span                       1 trace_id, 2 span_id, 3 trace_state, 4 parent_span_id, 5 name, 6 kind,
                                7 start_time_unix_nano (fixed64), 8 end_time_unix_nano (fixed64),
-                               9 attributes, 11 events, 13 links, 15 status
+                               9 attributes, 10 dropped_attributes_count, 11 events,
+                               12 dropped_events_count, 13 links, 14 dropped_links_count, 15 status
     Span.Event                 1 time_unix_nano (fixed64), 2 name, 3 attributes
     Span.Link                  1 trace_id, 2 span_id, 3 trace_state, 4 attributes
     Status                     2 message, 3 code
@@ -180,6 +181,9 @@ def _span(r: Mapping[str, Any]) -> bytearray:
     out.append(8 << 3 | 1)
     out += _FIXED64(int(r.get("end_time_unix_nano") or 0) & _U64)
     out += _key_values(r.get("attributes"), 9)
+    dropped = len(r) != _PLAIN_KEYS  # (optional keys, e.g. what the span's limits dropped)
+    if dropped:
+        _uint32(10, r.get("dropped_attributes_count"), out)
     for e in r.get("events") or ():
         ev = bytearray()
         ev.append(1 << 3 | 1)
@@ -188,6 +192,8 @@ def _span(r: Mapping[str, Any]) -> bytearray:
             _field(2, _text(e["name"]), ev)
         ev += _key_values(e.get("attributes"), 3)
         _field(11, ev, out)
+    if dropped:
+        _uint32(12, r.get("dropped_events_count"), out)
     for lk in r.get("links") or ():
         link = bytearray()
         _field(1, _hex_id(lk.get("trace_id")), link)
@@ -196,6 +202,8 @@ def _span(r: Mapping[str, Any]) -> bytearray:
             _field(3, _text(lk["trace_state"]), link)
         link += _key_values(lk.get("attributes"), 4)
         _field(13, link, out)
+    if dropped:
+        _uint32(14, r.get("dropped_links_count"), out)
     status = bytearray()
     if r.get("status_message"):
         _field(2, _text(r["status_message"]), status)
@@ -205,6 +213,19 @@ def _span(r: Mapping[str, Any]) -> bytearray:
         status.append(code)
     _field(15, status, out)  # present even when empty, as the JSON form always has "status"
     return out
+
+
+#: The keys of a span record the pipeline builds without optional keys (trace_state,
+#: dropped_*_count, dataset); another count (also a hand-made record) checks them.
+_PLAIN_KEYS = 19
+
+
+def _uint32(number: int, value: Any, out: bytearray) -> None:
+    """A span's ``dropped_*_count`` (uint32 field ``number``) from a record's count, when it
+    is a positive int (capped at 2**32 - 1)."""
+    if value.__class__ is int and value > 0:
+        out.append(number << 3)  # (varint wire type; number < 16: a one-byte tag)
+        _varint(min(value, 0xFFFFFFFF), out)
 
 
 #: The span attributes that name the instrumentation scope of a span made through the

@@ -112,7 +112,29 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
     if r.get("status_message"):
         status["message"] = r["status_message"]
     out["status"] = status
+    if len(r) != _PLAIN_KEYS:  # (optional keys, e.g. what the span's limits dropped)
+        for key, name in _DROPPED:
+            count = dropped_count(r.get(key))
+            if count:
+                out[name] = count
     return out
+
+
+#: The keys of a span record the pipeline builds without optional keys (trace_state,
+#: dropped_*_count, dataset); another count (also a hand-made record) checks them.
+_PLAIN_KEYS = 19
+_DROPPED = (
+    ("dropped_attributes_count", "droppedAttributesCount"),
+    ("dropped_events_count", "droppedEventsCount"),
+    ("dropped_links_count", "droppedLinksCount"),
+)
+
+
+def dropped_count(value: Any) -> int:
+    """A record's ``dropped_*_count`` as OTLP's uint32 (0 when absent or not a count)."""
+    if value.__class__ is not int or value <= 0:
+        return 0
+    return min(value, 0xFFFFFFFF)
 
 
 def json_node(schema: Schema, message: str, node: Mapping[str, Any]) -> dict[str, Any]:

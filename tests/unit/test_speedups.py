@@ -17,9 +17,18 @@ from hypothesis import strategies as st
 import pitchey_trace as pt
 from pitchey_trace import _stats, sanitize
 from pitchey_trace._span import Span
-from pitchey_trace.records import _DEFAULT_THRESHOLDS, _KIND_STR, _STATUS_STR, make_resource
+from pitchey_trace.records import (
+    _DEFAULT_THRESHOLDS,
+    _KIND_STR,
+    _STATUS_STR,
+    make_resource,
+    span_record,
+    span_template,
+)
 from pitchey_trace.sanitize import Sanitizer
 from pitchey_trace.testing import capture_spans
+from tests.unit.test_core_session16 import RESOURCE as DROPS_RESOURCE
+from tests.unit.test_core_session16 import _spans_with_drops
 
 RESOURCE = make_resource("svc", "prod", {"k": "v"})
 
@@ -895,3 +904,24 @@ def test_c_enqueue_hands_spans_to_a_pipeline_without_hot_state_through_its_enque
         span._pipe = sink  # type: ignore[assignment]
         span.end()
     assert sink.got == [span]
+
+
+def test_c_builder_builds_records_with_dropped_counts_itself() -> None:
+    spans = _spans_with_drops()
+    build = sanitize._build_span_records
+    assert build is not None
+    out = build(
+        spans,
+        span_template("svc", "prod", DROPS_RESOURCE),
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        None,
+        None,
+        None,
+        10**6,
+        lambda span: pytest.fail("handed to Python"),
+    )
+    expected = [span_record(s, "svc", "prod", DROPS_RESOURCE) for s in spans]
+    assert out == expected
+    assert [list(r) for r in out] == [list(r) for r in expected]
