@@ -406,9 +406,10 @@ def method_attributes(method: str, attrs: dict[str, Any]) -> str:
 CLIENT_DISCONNECTED = "client.disconnected"
 
 
-def mark_client_left(span: AnySpan, exc: BaseException) -> None:
-    """Add the ``client.disconnected`` event for ``exc`` to the request's span."""
-    span.add_event(CLIENT_DISCONNECTED, {"exception.type": type(exc).__qualname__})
+def mark_client_left(span: AnySpan, exc: BaseException | None) -> None:
+    """Add the ``client.disconnected`` event for ``exc`` to the request's span (None: nothing
+    was raised, the server reported the disconnect and the app stopped; no ``exception.type``)."""
+    span.add_event(CLIENT_DISCONNECTED, None if exc is None else {"exception.type": type(exc).__qualname__})
 
 
 def exception_chain(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:

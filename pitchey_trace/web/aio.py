@@ -14,8 +14,9 @@ end; a returned ``Response`` is timed until the handler returns it (aiohttp writ
 already-built body afterwards); a ``FileResponse`` (or a ``Response`` with a streamed payload
 or compression) is timed until aiohttp has sent it, with the status it settled on (404 for a
 missing file, 304, 206...); a client that goes away mid-file, mid-stream or mid-upload, or
-before a stream's headers went out, or from a WebSocket (the ``ConnectionError`` this request's
-own writer, WebSocket or body stream raised escaping the handler), is not an error of the
+before a stream's headers or a WebSocket's handshake went out, or from a WebSocket (the
+``ConnectionError`` this request's own writer, WebSocket or body stream raised escaping the
+handler), is not an error of the
 server: a ``client.disconnected`` event says so. The status that went out is known whoever set
 the correlation header. An unhandled exception's span ends once aiohttp has sent its own error
 page (500, 504 for a ``TimeoutError``), or has dropped the connection of a response that had
@@ -134,6 +135,8 @@ def aiohttp_middleware(
         try:
             start_ns = time_ns()
             state, client = _begin(request, path, start_ns, static_resource)
+            if state.route is None:  # no route matched (a 404), or not for this method (a 405)
+                await _route_not_allowed(request, state, static_resource)
             written = _count_body(request, status_lines)
             # (options: whose prepare signal adds headers; written: keeps the status it sees)
             request[state_key] = (state, options, written)
@@ -284,12 +287,24 @@ def _client_left(
         tb = exc.__traceback__
         tb = tb.tb_next if tb is not None else None  # (not the middleware's own, running frame)
         depth = 0
+        last = None
         while tb is not None and depth < 64:
             owner = tb.tb_frame.f_locals.get("self")
             if owner is not None and (owner is owners[0] or owner is owners[1] or owner is owners[2]):
                 return True
+            last = tb
             tb = tb.tb_next
             depth += 1
+        if tb is None and last is not None:
+            # Raised by a response being prepared for this request itself (not by code it
+            # calls): a WebSocketResponse's prepare() finds the connection lost before its
+            # handshake went out (aiohttp's "Connection lost", from _pre_start)
+            from aiohttp import web
+
+            frame = last.tb_frame
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, web.StreamResponse) and frame.f_locals.get("request") is request:
+                return True
     except Exception:  # noqa: S110  (then an error, as any other)
         pass
     return False
@@ -781,6 +796,44 @@ def init_aiohttp(app: Any, **options: Any) -> Any:
     return app
 
 
+def _template(resource: Any, static: Any) -> str | None:
+    """The route template of an aiohttp resource (``canonical``: sub-application prefixes
+    included; ``{prefix}/{filename}`` for a static route), None when it has none."""
+    template = resource.canonical
+    if not isinstance(template, str):
+        return None
+    if isinstance(resource, static):
+        # (canonical is the prefix alone: "/static" for "/static/css/app.css", "" for "/")
+        return f"{template}/{{filename}}"
+    return template or None
+
+
+async def _route_not_allowed(request: Any, state: RequestState, static: Any) -> None:
+    """The route of a 405 Method Not Allowed aiohttp's router answered: the template of the
+    resource whose path matched (aiohttp's ``MatchInfoError`` keeps only the allowed methods,
+    so the resources of the application that answered are asked again, in the order they
+    were added: the first that matches the path for another method). Only for 405s."""
+    try:
+        match_info = request.match_info
+        failed = getattr(match_info, "http_exception", None)
+        if failed is None or getattr(failed, "status", None) != 405:
+            return
+        apps = match_info.apps  # (the innermost application last: the one whose router answered)
+        if not apps:
+            return
+        for resource in apps[-1].router.resources():
+            if getattr(resource, "_app", None) is not None:
+                continue  # (a sub-application: its own router answered for its paths)
+            matched, allowed = await resource.resolve(request)
+            if matched is None and allowed:
+                template = _template(resource, static)
+                if template:
+                    state.route = template
+                return
+    except Exception as exc:
+        _safety.report("web.aiohttp.route", exc)
+
+
 def _begin(request: Any, path: str, start_ns: int, static: Any) -> tuple[RequestState, str | None]:
     headers = request.headers
     attrs: dict[str, Any] = {URL_SCHEME: request.scheme, URL_PATH: path}
@@ -808,13 +861,7 @@ def _begin(request: Any, path: str, start_ns: int, static: Any) -> tuple[Request
     state = RequestState(span, attrs[HTTP_METHOD], label)
     resource = getattr(getattr(request.match_info, "route", None), "resource", None)
     if resource is not None:  # (None for a path no route matched: the span keeps the method)
-        template = resource.canonical
-        if isinstance(template, str):
-            if isinstance(resource, static):
-                # (canonical is the prefix alone: "/static" for "/static/css/app.css")
-                template = f"{template}/{{filename}}"
-            if template:
-                state.route = template
+        state.route = _template(resource, static)
     return state, address
 
 

@@ -14,6 +14,9 @@ A client that goes away (the server's ``send`` or ``receive`` raised an ``OSErro
 ``ClientDisconnect`` / ``WebSocketDisconnect`` after the server reported the disconnect) is not
 an error of the server: the span keeps the status and the body bytes that went out and gets a
 ``client.disconnected`` event, as in the aiohttp integration; the exception still goes on.
+So does an app that returns with its response unfinished once the server reports the client
+gone (Starlette's streams stop that way on uvicorn). A request body of unknown length (chunked)
+is counted as the app receives it; other requests get the server's ``receive`` as it is.
 """
 
 from __future__ import annotations
@@ -149,11 +152,19 @@ class ASGITracingMiddleware:
             )
             traced_send: Send
             if got is NotImplemented:
-                state, client = self._start(scope, path, "http", None, start_ns)
+                state, client, unsized = self._start(scope, path, "http", None, start_ns)
                 traced_send = _sender(state, options.response_headers_b(state.span), send)
             else:
                 state, traced_send, client = got
+                # (the C start reads no Transfer-Encoding: a body without Content-Length is
+                # looked for here, in methods that usually have one; a GET is not wrapped)
+                unsized = (
+                    state.method not in _BODYLESS and HTTP_REQUEST_BODY_SIZE not in state.span.attributes
+                )
             span = state.span
+            # A body of unknown length (chunked): count what the app receives of it. Requests
+            # with a Content-Length or no body at all get the server's receive as it is.
+            app_receive = _counting_receive(receive, span) if unsized else receive
         except Exception as exc:
             _safety.report("web.asgi.start", exc)
             await self.app(scope, receive, send)
@@ -163,7 +174,12 @@ class ASGITracingMiddleware:
         rtoken = REQUEST.set(state)
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, traced_send)
+            await self.app(scope, app_receive, traced_send)
+            if not state.last_byte_ns and state.status:
+                # The app returned with its response started but not complete: a stream it
+                # stopped as the server reported http.disconnect (Starlette's StreamingResponse
+                # and FileResponse listen for it in a task, on servers before ASGI 2.4)
+                _returned_unfinished(state, scope, receive)
         except Exception as exc:
             error = exc
             stamp_exception(exc, span)
@@ -197,9 +213,12 @@ class ASGITracingMiddleware:
 
     def _start(
         self, scope: Scope, path: str, scheme_default: str, method: str | None, start_ns: int
-    ) -> tuple[RequestState, str | None]:
-        """Extract the caller's context and start the server span (not yet current)."""
+    ) -> tuple[RequestState, str | None, bool]:
+        """Extract the caller's context and start the server span (not yet current). Also says
+        whether the request's body size is unknown (no ``Content-Length``, but a chunked body,
+        or a method that usually has one): then the app's ``receive`` counts it."""
         headers = scope.get("headers") or []
+        chunked = False
         attrs: dict[str, Any] = {URL_SCHEME: scope.get("scheme") or scheme_default, URL_PATH: path}
         if method is None:
             label = method_attributes(scope.get("method") or "GET", attrs)
@@ -222,6 +241,8 @@ class ASGITracingMiddleware:
                         attrs[HTTP_REQUEST_BODY_SIZE] = int(value)
                     except ValueError:
                         pass
+                elif name == b"transfer-encoding":
+                    chunked = True
         except (TypeError, ValueError, AttributeError):
             # A server (or test client) broke the ASGI contract: the request is still traced,
             # as a new trace, and the caller's headers are ignored.
@@ -230,7 +251,7 @@ class ASGITracingMiddleware:
                 "ASGI scope['headers'] is not a list of (name, value) byte pairs (%s): headers ignored",
                 type(headers).__name__,
             )
-            headers, propagated = [], False
+            headers, propagated, chunked = [], False, False
             attrs.pop(USER_AGENT, None)
             attrs.pop(HTTP_REQUEST_BODY_SIZE, None)
         # No traceparent: a new trace (tracestate and baggage alone are ignored, as extract does).
@@ -240,7 +261,13 @@ class ASGITracingMiddleware:
         if address:
             attrs[CLIENT_ADDRESS] = address
         span = _start_span(label, attrs, _SERVER, parent, None, start_ns)
-        return RequestState(span, attrs[HTTP_METHOD], label, scope), address
+        method_value = attrs[HTTP_METHOD]
+        unsized = (
+            method is None
+            and HTTP_REQUEST_BODY_SIZE not in attrs
+            and (chunked or method_value not in _BODYLESS)
+        )
+        return RequestState(span, method_value, label, scope), address, unsized
 
     async def _untraced(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Excluded paths (health checks): nothing is recorded below, not even DB spans.
@@ -258,7 +285,7 @@ class ASGITracingMiddleware:
             return
         try:
             start_ns = time_ns()
-            state, client = self._start(scope, path, "ws", "GET", start_ns)
+            state, client, _ = self._start(scope, path, "ws", "GET", start_ns)
             span = state.span
             extra = options.response_headers_b(span)
         except Exception as exc:
@@ -369,6 +396,78 @@ def _sender(state: RequestState, extra: list[tuple[bytes, bytes]], send: Send) -
         return send(message)
 
     return traced_send
+
+
+#: Methods whose requests practically never have a body: without a Content-Length their body
+#: is not counted unless a Transfer-Encoding says there is one (see _counting_receive).
+_BODYLESS = frozenset(("GET", "HEAD"))
+
+
+def _counting_receive(receive: Receive, span: AnySpan) -> Receive:
+    """The ``receive`` handed to the app of a request whose body size is unknown (chunked, or
+    HTTP/2 without ``Content-Length``): ``http.request.body.size`` is the body bytes the app
+    received (0 until it reads any)."""
+    received = 0
+    if span.is_recording:
+        span.set_attribute(HTTP_REQUEST_BODY_SIZE, 0)
+    else:
+        return receive
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        try:
+            if message.get("type") == "http.request":
+                body = message.get("body")
+                if body and not span.is_ended:
+                    received += len(body)
+                    span.set_attribute(HTTP_REQUEST_BODY_SIZE, received)
+        except Exception as exc:
+            _safety.report("web.asgi.receive", exc)
+        return message
+
+    return counted
+
+
+#: Extensions whose messages complete a response without an ``http.response.body`` message
+#: the middleware would see as the last one (a file the server sends by itself).
+_SENDFILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+
+
+def _returned_unfinished(state: RequestState, scope: Scope, receive: Receive) -> None:
+    """The app returned (no exception) after starting a response it did not complete: when the
+    server says its client has gone, the span gets the ``client.disconnected`` event, as when
+    a disconnect is raised. Asked of the server's own ``receive``, without waiting: a server
+    reports ``http.disconnect`` at once for a connection that is gone (uvicorn does, as often
+    as asked); when it would wait (the client is still there: the app's own mistake), nothing
+    is recorded. Runs only for responses left unfinished. Never raises."""
+    try:
+        if not state.sent:
+            extensions = scope.get("extensions")
+            if isinstance(extensions, Mapping) and any(e in extensions for e in _SENDFILE_EXTENSIONS):
+                return  # (the server sent a file: complete without a body message we saw)
+        if _disconnected_now(receive):
+            mark_client_left(state.span, None)
+    except Exception as exc:
+        _safety.report("web.asgi.disconnect", exc)
+
+
+def _disconnected_now(receive: Receive) -> bool:
+    """Whether the server's ``receive`` gives ``http.disconnect`` without suspending; the call
+    is abandoned (closed) where it would wait."""
+    awaitable = receive()
+    step = awaitable.__await__()
+    try:
+        step.send(None)
+    except OSError:  # (what a server raises for a connection that is gone: uvicorn's ClientDisconnected)
+        return True
+    except StopIteration as done:
+        message = done.value
+        return isinstance(message, Mapping) and message.get("type") == "http.disconnect"
+    close = getattr(step, "close", None)
+    if close is not None:
+        close()
+    return False
 
 
 def _loaded(module: str, name: str) -> Any:
