@@ -8,6 +8,7 @@ from typing import Any, TypeVar, overload
 import psycopg
 
 from pitchey_trace import _safety
+from pitchey_trace.db import _pipeline
 from pitchey_trace.db._cursors import is_traced_class, traced_class
 from pitchey_trace.db._decorators import query_entry, transaction_entry
 from pitchey_trace.db._drivers import support
@@ -77,6 +78,19 @@ def _run_sync(target: Any, query: Any, params: Any) -> list[Any]:
 def _execute_sync(cur: Any, conn: Any, query: Any, params: Any) -> list[Any]:
     if is_traced_class(type(cur)) and state_of(conn) is not None:
         cur.execute(query, params)  # already traced by the cursor class
+    elif conn._pipeline is not None:
+        state = _passive_state(conn)
+        op = state.begin(cur, query, params)
+        if op is None:
+            cur.execute(query, params)
+        else:
+            entry = _pipeline.begin(cur, state, op, conn._pipeline)
+            try:
+                cur.execute(op[3], params)
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None)
     else:
         _passive_state(conn).execute(cur, query, params)
     return cur.fetchall() if cur.description is not None else []
@@ -97,6 +111,14 @@ async def _execute_async(cur: Any, conn: Any, query: Any, params: Any) -> list[A
         op = state.begin(cur, query, params)
         if op is None:
             await cur.execute(query, params)
+        elif conn._pipeline is not None:
+            entry = _pipeline.begin(cur, state, op, conn._pipeline)
+            try:
+                await cur.execute(op[3], params)
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None)
         else:
             try:
                 await cur.execute(op[3], params)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.client_cursor import ClientCursorMixin
 
 from pitchey_trace import _safety
+from pitchey_trace.db import _pipeline
 from pitchey_trace.db._ops import STATE_ATTR, ConnState, Stmt
 
 #: The statement of each server-side cursor's last traced DECLARE. Kept outside the cursor so
@@ -41,6 +42,15 @@ class _SyncCursorMixin:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, params, prepare)) is None:
             return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        if self._conn._pipeline is not None:  # pipeline mode: the result comes later
+            entry = _pipeline.begin(self, state, op, self._conn._pipeline)
+            try:
+                super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None, self.rowcount)
+            return self
         try:
             super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
         except BaseException as exc:
@@ -54,6 +64,15 @@ class _SyncCursorMixin:
         if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
         _batch_size(op[0], params_seq)
+        if self._conn._pipeline is not None:  # riding the user's pipeline: results come later
+            entry = _pipeline.begin(self, state, op, self._conn._pipeline)
+            try:
+                super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None)
+            return None
         try:
             super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
         except BaseException as exc:
@@ -186,6 +205,15 @@ class _AsyncCursorMixin:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, params, prepare)) is None:
             return await super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc]
+        if self._conn._pipeline is not None:  # pipeline mode: the result comes later
+            entry = _pipeline.begin(self, state, op, self._conn._pipeline)
+            try:
+                await super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None, self.rowcount)
+            return self
         try:
             await super().execute(op[3], params, prepare=prepare, binary=binary)  # type: ignore[misc]
         except BaseException as exc:
@@ -199,6 +227,15 @@ class _AsyncCursorMixin:
         if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return await super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
         _batch_size(op[0], params_seq)
+        if self._conn._pipeline is not None:  # riding the user's pipeline: results come later
+            entry = _pipeline.begin(self, state, op, self._conn._pipeline)
+            try:
+                await super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
+            except BaseException as exc:
+                _pipeline.end(entry, exc)
+                raise
+            _pipeline.end(entry, None)
+            return None
         try:
             await super().executemany(op[3], params_seq, **kwargs)  # type: ignore[misc]
         except BaseException as exc:

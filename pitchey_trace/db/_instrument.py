@@ -16,7 +16,10 @@ import psycopg
 from pitchey_trace.db._cursors import is_traced_class, traced_class
 from pitchey_trace.db._drivers import support
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
+from pitchey_trace.db._tpc import make_tpc_methods
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
+
+_TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback")
 
 __all__ = ["instrument", "instrument_async", "is_instrumented", "state_of", "uninstrument"]
 
@@ -111,6 +114,8 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     conn.cursor_factory = traced_class(conn.cursor_factory)
     conn.server_cursor_factory = traced_class(conn.server_cursor_factory)
     conn.transaction = _make_transaction(conn, state)  # type: ignore[method-assign]
+    for name, method in make_tpc_methods(conn, state, isinstance(conn, psycopg.AsyncConnection)).items():
+        setattr(conn, name, method)
     state.instrumented = True
     setattr(conn, STATE_ATTR, state)
     return conn
@@ -144,6 +149,7 @@ def uninstrument(conn: C) -> C:
         conn.cursor_factory = state.orig_cursor_factory
     if is_traced_class(conn.server_cursor_factory) and state.orig_server_cursor_factory is not None:
         conn.server_cursor_factory = state.orig_server_cursor_factory
-    conn.__dict__.pop("transaction", None)
+    for name in ("transaction", *_TPC_METHODS):
+        conn.__dict__.pop(name, None)
     delattr(conn, STATE_ATTR)
     return conn

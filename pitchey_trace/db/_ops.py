@@ -267,6 +267,7 @@ class ConnState:
         "orig_cursor_factory",
         "orig_server_cursor_factory",
         "sql_comments",
+        "tpc",
         "tx_stack",
     )
 
@@ -288,6 +289,7 @@ class ConnState:
         self.orig_server_cursor_factory: Any = None
         # One [statement_count] frame per open traced transaction/savepoint on this connection.
         self.tx_stack: list[list[int]] = []
+        self.tpc: Any = None  # the open two-phase transaction (pitchey_trace.db._tpc)
 
     def set_overrides(self, sql_comments: bool | None, capture_parameters: bool | None) -> None:
         """Change this connection's overrides of the global options (``instrument`` called

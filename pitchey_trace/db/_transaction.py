@@ -76,6 +76,15 @@ class _TxBase:
         try:
             span = self._span
             if span is not None and span.is_recording:
+                # In pipeline mode the status before the block is that of unsynced statements
+                # (ACTIVE); psycopg decides after syncing: follow its decision.
+                outer = getattr(self._tx, "_outer_transaction", None)
+                if outer is not None:
+                    operation = "TRANSACTION" if outer else "SAVEPOINT"
+                    if span.attributes.get("db.operation.name") != operation:
+                        span.set_attribute("db.operation.name", operation)
+                        if self._name is None:
+                            span.update_name(operation)
                 savepoint = self._tx.savepoint_name
                 if savepoint and self._span.attributes.get("db.operation.name") == "SAVEPOINT":  # type: ignore[union-attr]
                     span.set_attribute("db.transaction.savepoint_name", savepoint)
