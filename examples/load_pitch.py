@@ -1,7 +1,11 @@
 """Load a pitch with its details: several queries under one span (psycopg 3, sync).
 
     .venv/bin/python examples/load_pitch.py                 # starts a throwaway PostgreSQL
-    DATABASE_URL=postgresql://... .venv/bin/python examples/load_pitch.py
+    DATABASE_URL=postgresql://... .venv/bin/python examples/load_pitch.py   # an empty database
+
+With ``DATABASE_URL`` give it a scratch database: it creates and empties the tables ``users``,
+``pitches``, ``pitch_media`` and ``comments`` (``search_pitches.py`` has a ``pitches`` table of
+its own: run it on another database).
 
 The original platform traced this operation: the pitch page loads the pitch, its owner (from
 the sensitive ``users`` table: each access leaves an audit record), its media and its comment

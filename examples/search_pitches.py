@@ -1,7 +1,10 @@
 """Search pitches: the count and the page queries run in parallel (asyncio + a psycopg pool).
 
     .venv/bin/python examples/search_pitches.py              # starts a throwaway PostgreSQL
-    DATABASE_URL=postgresql://... .venv/bin/python examples/search_pitches.py
+    DATABASE_URL=postgresql://... .venv/bin/python examples/search_pitches.py   # an empty database
+
+With ``DATABASE_URL`` give it a scratch database: it creates and empties the table ``pitches``
+(not the one of ``load_pitch.py``: run that one on another database).
 
 The original platform traced this operation: a search runs ``SELECT count(*)`` for the total
 and ``SELECT ... LIMIT/OFFSET`` for the page at the same time, on two pooled connections.

@@ -254,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         unknown = {n.strip() for n in args.exclude.split(",") if n.strip()} - {*SUPPORTED, "fastapi"}
         if unknown:
             raise ValueError(f"run: unknown libraries {sorted(unknown)}; known: {', '.join(SUPPORTED)}")
+    _check_run_options(args)
     env = dict(os.environ)
     shim = str(Path(__file__).resolve().parent / "_autorun")
     env["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [env.get("PYTHONPATH")])])
@@ -277,22 +278,50 @@ def _run(args: argparse.Namespace) -> int:
     return 0  # (not reached: exec replaced this process)
 
 
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Refuse here, before the program starts, the values its ``configure()`` would refuse
+    (the program would otherwise run untraced, with a traceback on its stderr) or ignore."""
+    from pitchey_trace._config import _EXPORTER_NAMES
+    from pitchey_trace.auto import _level
+
+    if args.exporter is not None:
+        names = [n.strip().lower() for n in args.exporter.split(",") if n.strip()]
+        unknown = [n for n in names if n not in _EXPORTER_NAMES]
+        if unknown or not names:
+            raise ValueError(
+                f"run: --exporter {args.exporter!r}: expected {', '.join(_EXPORTER_NAMES)} (comma-separated)"
+            )
+    for flag, value in (("--metrics", args.metrics), ("--logs", args.logs)):
+        if value is not None and value.strip().lower() not in ("otlp", "none"):
+            raise ValueError(f"run: {flag} {value!r}: expected otlp (or none)")
+    if args.export_logs is not None and args.export_logs.strip().lower() not in ("off", "false", "0", "none"):
+        _level(args.export_logs, "run: --export-logs")
+
+
 def _add_run(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run",
         help="start a Python program with its libraries instrumented (no code change)",
         description="Start PROGRAM (python, gunicorn, uvicorn, celery, ...) with tracing configured from "
         "the environment and its web frameworks, HTTP clients, database drivers and Celery instrumented "
-        "(see pitchey_trace.auto). Child Python processes inherit it.",
+        "(see pitchey_trace.auto). Child Python processes inherit it. The program's Python must "
+        "have pitchey-trace installed (run it from the same virtualenv).",
     )
     p.add_argument("--service", help="service name (sets PITCHEY_TRACE_SERVICE)")
-    p.add_argument("--exporter", help="exporters, e.g. console or otlp (sets PITCHEY_TRACE_EXPORTER)")
     p.add_argument(
-        "--metrics", help="otlp: also send the rollups as OTLP metrics (sets OTEL_METRICS_EXPORTER)"
+        "--exporter",
+        help="where spans go, comma-separated: console, console-pretty, otlp, zipkin or none "
+        "(sets PITCHEY_TRACE_EXPORTER; default: OTEL_TRACES_EXPORTER, else none)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="otlp",
+        help="also send the rollups as OTLP metrics (sets OTEL_METRICS_EXPORTER)",
     )
     p.add_argument(
         "--logs",
-        help="otlp: also send the audit records (and the logs --export-logs ships) as OTLP logs "
+        metavar="otlp",
+        help="also send the audit records (and the logs --export-logs ships) as OTLP logs "
         "(sets OTEL_LOGS_EXPORTER)",
     )
     p.add_argument(
@@ -301,7 +330,11 @@ def _add_run(sub: Subparsers) -> None:
         help="ship the program's log records from LEVEL (e.g. INFO) with their trace ids "
         "(sets PITCHEY_TRACE_EXPORT_LOGS)",
     )
-    p.add_argument("--exclude", help="libraries to leave alone, comma-separated (e.g. requests,celery)")
+    p.add_argument(
+        "--exclude",
+        help="libraries to leave alone, comma-separated (e.g. requests,celery; sets "
+        "PITCHEY_TRACE_AUTO_EXCLUDE)",
+    )
     p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments (after --)")
     p.set_defaults(func=_run)
 
@@ -518,6 +551,10 @@ def _show(args: argparse.Namespace) -> int:
     archive = _archive(args)
     since = args.since if args.since is not None else args.last
     trace_id = args.trace_id.strip()
+    if len(trace_id) < 8 or len(trace_id) > 32 or not re.fullmatch(r"[0-9a-fA-F]+", trace_id):
+        raise PitcheyTraceError(
+            f"a trace id is 32 hex characters (or the first 8 or more of them), got {trace_id!r}"
+        )
     if 8 <= len(trace_id) < 32:  # a shortened id, as the pages and many logs show it
         try:
             matches = archive.resolve(trace_id, since=since)
@@ -911,7 +948,10 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
     )
     src.add_argument("--cache-dir", metavar="DIR", help="with --s3-config: keep downloaded objects here")
     src.add_argument(
-        "--max-spans", type=int, metavar="N", help="read at most about N spans, newest first (bounds memory)"
+        "--max-spans",
+        type=_positive_int,
+        metavar="N",
+        help="read at most about N spans, newest first (bounds memory)",
     )
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     if window:
@@ -935,22 +975,21 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("--status", choices=("error", "ok", "unset"))
     p.add_argument("--attr", type=_attribute, action="append", metavar="KEY=VALUE", help="repeatable")
     p.add_argument("--log", metavar="TEXT", help="the trace has a log line containing TEXT (any case)")
-    p.add_argument("--sort", choices=("recent", "duration"), default="recent")
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--sort", choices=("recent", "duration"), default="recent", help="(default recent)")
+    p.add_argument("--limit", type=_positive_int, default=20, help="at most this many traces (default 20)")
     p.set_defaults(func=_search)
 
-    p = sub.add_parser("show", help="one trace: waterfall, critical path, bottleneck, N+1, errors")
-    p.add_argument("trace_id")
+    text = "one trace: waterfall, critical path, bottleneck, N+1, errors"
+    p = sub.add_parser("show", help=text, description=text[:1].upper() + text[1:] + ".")
+    p.add_argument("trace_id", help="32 hex characters, or the first 8 or more of them")
     _source_options(p, window=False)
     w = p.add_argument_group("reading less of a big archive")
     w.add_argument("--last", metavar="AGE", help="read only objects that can hold spans of the last AGE")
     w.add_argument("--since", metavar="TIME")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser(
-        "perf",
-        help="latency per operation: count, error rate, p50/p95/p99, max; over time with --operation/--step",
-    )
+    text = "latency per operation: count, error rate, p50/p95/p99, max; over time with --operation/--step"
+    p = sub.add_parser("perf", help=text, description=text[:1].upper() + text[1:] + ".")
     _source_options(p)
     p.add_argument("--service")
     p.add_argument("--operation", help="one operation over time (a row per --step)")
@@ -965,47 +1004,65 @@ def _add_analysis(sub: Subparsers) -> None:
         action="store_true",
         help="each operation in the window beside the window of the same length before it (needs --last)",
     )
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(func=_perf)
 
-    p = sub.add_parser("errors", help="error groups: same span, exception type and message shape")
+    text = "error groups: same span, exception type and message shape"
+    p = sub.add_parser(
+        "errors", help=text, description=text[:1].upper() + text[1:] + "; most frequent first."
+    )
     _source_options(p)
     p.add_argument("--service")
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--limit", type=_positive_int, default=20, help="at most this many groups (default 20)")
     p.set_defaults(func=_errors)
 
-    p = sub.add_parser("deps", help="who calls whom: calls, errors and latency per edge of the service map")
+    text = "who calls whom: calls, errors and latency per edge of the service map"
+    p = sub.add_parser("deps", help=text, description=text[:1].upper() + text[1:] + ".")
     _source_options(p)
     p.add_argument("--service", help="only the edges this service is on")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many edges (default 50)")
     p.set_defaults(func=_deps)
 
-    p = sub.add_parser("audit", help="audit records, newest first: who did what, with which outcome")
+    text = "audit records, newest first: who did what, with which outcome"
+    p = sub.add_parser("audit", help=text, description=text[:1].upper() + text[1:] + ".")
     _source_options(p)
     p.add_argument("--category", help="request, security or data_access")
     p.add_argument("--actor")
     p.add_argument("--action", help="e.g. 'POST /login', or a glob such as 'POST *'")
     p.add_argument("--outcome", help="e.g. 403, denied")
     p.add_argument("--trace-id", metavar="ID")
-    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many records (default 50)")
     p.set_defaults(func=_audit)
 
-    p = sub.add_parser("logs", help="the application's log lines (shipped by export_logs), newest first")
+    p = sub.add_parser(
+        "logs",
+        help="the application's log lines (shipped by export_logs), newest first",
+        description="The application's log lines, newest first. The archive holds them only when they "
+        "are shipped: export_logs() in code, or pitchey-trace run --export-logs INFO.",
+    )
     _source_options(p)
     p.add_argument("--service")
     p.add_argument("--level", help="the least severity: DEBUG, INFO, WARNING, ERROR, CRITICAL (or 1-24)")
     p.add_argument("--grep", metavar="TEXT", help="TEXT in the message (any case)")
     p.add_argument("--trace-id", metavar="ID")
-    p.add_argument("--limit", type=_positive_int, default=100)
+    p.add_argument("--limit", type=_positive_int, default=100, help="at most this many lines (default 100)")
     p.set_defaults(func=_logs)
 
-    p = sub.add_parser("overview", help="totals, services, slowest and failed traces, audit counts")
+    text = "totals, services, slowest and failed traces, audit counts"
+    p = sub.add_parser("overview", help=text, description=text[:1].upper() + text[1:] + ".")
     _source_options(p)
     p.set_defaults(func=_overview)
 
-    p = sub.add_parser("serve", help="HTTP API and waterfall page over the archive (extra: analysis)")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API and waterfall page over the archive (extra: analysis)",
+        description="HTTP API and waterfall page over the archive (pip install 'pitchey-trace[analysis]'). "
+        "$PITCHEY_TRACE_ANALYSIS_AUTH=user:password requires HTTP Basic authentication.",
+    )
     _source_options(p, window=False)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=_port, default=8080, help="0 to 65535 (default 8080)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
     p.add_argument(
