@@ -104,8 +104,21 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float, kind: str) -> None
             fn()
 
     t = _suppressed_thread(run, f"pitchey-trace-{kind}")
-    t.start()
-    t.join(max(0.0, timeout))
+    if start_thread(t):
+        t.join(max(0.0, timeout))
+    else:
+        run()  # (at interpreter exit: no timeout, but the exporter is shut down)
+
+
+def start_thread(thread: threading.Thread) -> bool:
+    """Start ``thread``; False when the interpreter refuses a new thread: from Python 3.12 on,
+    ``atexit`` handlers (where the SDK's exit flush runs) cannot start threads (``RuntimeError:
+    can't create new thread at interpreter shutdown``). The caller then does the work inline."""
+    try:
+        thread.start()
+    except RuntimeError:
+        return False
+    return True
 
 
 def several_cpus() -> bool:
