@@ -1789,14 +1789,16 @@ enum {
     W_TYPE, W_PATH, W_HEADERS, W_SCHEME, W_METHOD, W_QUERY, W_CLIENT, W_URL_SCHEME, W_URL_PATH,
     W_HTTP_METHOD, W_METHOD_ORIGINAL, W_URL_QUERY, W_USER_AGENT, W_BODY_SIZE, W_CLIENT_ADDRESS,
     W_ROUTE, W_STATUS, W_RESPONSE_SIZE, W_START_SPAN, W_PIPELINE, W_EMIT, W_REQUEST, W_ABORTED,
-    W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_ROUTE_KEY, W_COUNT
+    W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_ROUTE_KEY, W_HTTP_VERSION, W_PROTOCOL_VERSION,
+    W_V10, W_V11, W_V2, W_V3, W_COUNT
 };
 static const char *web_names[W_COUNT] = {
     "type", "path", "headers", "scheme", "method", "query_string", "client", "url.scheme",
     "url.path", "http.request.method", "http.request.method_original", "url.query",
     "user_agent.original", "http.request.body.size", "client.address", "http.route",
     "http.response.status_code", "http.response.body.size", "start_span", "pipeline", "emit",
-    "request", "aborted", "_OTHER", "HTTP", "GET", "http", "", "route",
+    "request", "aborted", "_OTHER", "HTTP", "GET", "http", "", "route", "http_version",
+    "network.protocol.version", "1.0", "1.1", "2", "3",
 };
 static PyObject *w[W_COUNT];
 
@@ -1909,6 +1911,28 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
     Py_INCREF(result);
     if (PyDict_SetItem(attrs, w[W_URL_SCHEME], scheme) < 0 || PyDict_SetItem(attrs, w[W_URL_PATH], path) < 0)
         goto error;
+    /* network.protocol.version (web._common.PROTOCOL_VERSIONS): the ASGI forms here, any other
+     * text to Python; absent or not a str: not recorded */
+    PyObject *version = PyDict_GetItemWithError(scope, w[W_HTTP_VERSION]);
+    if (version == NULL && PyErr_Occurred())
+        goto error;
+    if (version != NULL && PyUnicode_CheckExact(version)) {
+        PyObject *known;
+        if (PyUnicode_CompareWithASCIIString(version, "1.1") == 0)
+            known = w[W_V11];
+        else if (PyUnicode_CompareWithASCIIString(version, "2") == 0 ||
+                 PyUnicode_CompareWithASCIIString(version, "2.0") == 0)
+            known = w[W_V2];
+        else if (PyUnicode_CompareWithASCIIString(version, "1.0") == 0)
+            known = w[W_V10];
+        else if (PyUnicode_CompareWithASCIIString(version, "3") == 0 ||
+                 PyUnicode_CompareWithASCIIString(version, "3.0") == 0)
+            known = w[W_V3];
+        else
+            goto fallback;
+        if (PyDict_SetItem(attrs, w[W_PROTOCOL_VERSION], known) < 0)
+            goto error;
+    }
     /* the set's own str for a known method: the span name cache is keyed by identity */
     PyObject *canon = PyDict_GetItemWithError(method_canon, method);
     if (canon == NULL && PyErr_Occurred())

@@ -51,6 +51,7 @@ CLIENT_ADDRESS = "client.address"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
+NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 USER_ID = "user.id"
 DURATION_MS = "duration_ms"
 
@@ -58,6 +59,31 @@ DURATION_MS = "duration_ms"
 KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
 )
+#: ``network.protocol.version`` for what servers put in the ASGI scope's ``http_version`` and
+#: the WSGI ``SERVER_PROTOCOL``: the semantic conventions' values (``1.1``, ``2``, ``3``, not
+#: ``2.0``). Anything else is not recorded (the convention: unknown, not set).
+PROTOCOL_VERSIONS: dict[str, str] = {
+    "1.0": "1.0",
+    "1.1": "1.1",
+    "2": "2",
+    "2.0": "2",
+    "3": "3",
+    "3.0": "3",
+    "HTTP/1.0": "1.0",
+    "HTTP/1.1": "1.1",
+    "HTTP/2": "2",
+    "HTTP/2.0": "2",
+    "HTTP/3": "3",
+    "HTTP/3.0": "3",
+}
+
+
+def protocol_version(value: object) -> str | None:
+    """``network.protocol.version`` for an ASGI ``http_version`` or a WSGI ``SERVER_PROTOCOL``
+    (None when absent or not one of the known versions)."""
+    return PROTOCOL_VERSIONS.get(value) if isinstance(value, str) else None
+
+
 #: Responses that also produce a ``security`` audit event.
 SECURITY_STATUSES = frozenset((401, 403, 429))
 

@@ -36,6 +36,7 @@ from pitchey_trace.web._common import (
     DEFAULT_EXCLUDED_PATHS,
     HTTP_METHOD,
     HTTP_REQUEST_BODY_SIZE,
+    NETWORK_PROTOCOL_VERSION,
     REQUEST,
     URL_PATH,
     URL_QUERY,
@@ -49,6 +50,7 @@ from pitchey_trace.web._common import (
     finish_request,
     mark_client_left,
     method_attributes,
+    protocol_version,
     stamp_exception,
     text_path,
 )
@@ -179,7 +181,7 @@ class ASGITracingMiddleware:
                 # The app returned with its response started but not complete: a stream it
                 # stopped as the server reported http.disconnect (Starlette's StreamingResponse
                 # and FileResponse listen for it in a task, on servers before ASGI 2.4)
-                _returned_unfinished(state, scope, receive)
+                _returned_unfinished(state, scope, receive, send)
         except Exception as exc:
             error = exc
             stamp_exception(exc, span)
@@ -220,6 +222,9 @@ class ASGITracingMiddleware:
         headers = scope.get("headers") or []
         chunked = False
         attrs: dict[str, Any] = {URL_SCHEME: scope.get("scheme") or scheme_default, URL_PATH: path}
+        version = protocol_version(scope.get("http_version"))
+        if version is not None:
+            attrs[NETWORK_PROTOCOL_VERSION] = version
         if method is None:
             label = method_attributes(scope.get("method") or "GET", attrs)
         else:
@@ -434,19 +439,21 @@ def _counting_receive(receive: Receive, span: AnySpan) -> Receive:
 _SENDFILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
-def _returned_unfinished(state: RequestState, scope: Scope, receive: Receive) -> None:
+def _returned_unfinished(state: RequestState, scope: Scope, receive: Receive, send: Send) -> None:
     """The app returned (no exception) after starting a response it did not complete: when the
     server says its client has gone, the span gets the ``client.disconnected`` event, as when
     a disconnect is raised. Asked of the server's own ``receive``, without waiting: a server
     reports ``http.disconnect`` at once for a connection that is gone (uvicorn does, as often
-    as asked); when it would wait (the client is still there: the app's own mistake), nothing
-    is recorded. Runs only for responses left unfinished. Never raises."""
+    as asked); when it would wait, a server that reports it only once (hypercorn: the app's
+    disconnect listener took it) is asked through its ``send`` (:func:`_stream_closed`); when
+    neither says so (the client is still there: the app's own mistake), nothing is recorded.
+    Runs only for responses left unfinished. Never raises."""
     try:
         if not state.sent:
             extensions = scope.get("extensions")
             if isinstance(extensions, Mapping) and any(e in extensions for e in _SENDFILE_EXTENSIONS):
                 return  # (the server sent a file: complete without a body message we saw)
-        if _disconnected_now(receive):
+        if _disconnected_now(receive) or _stream_closed(send):
             mark_client_left(state.span, None)
     except Exception as exc:
         _safety.report("web.asgi.disconnect", exc)
@@ -468,6 +475,18 @@ def _disconnected_now(receive: Receive) -> bool:
     if close is not None:
         close()
     return False
+
+
+def _stream_closed(send: Send) -> bool:
+    """Whether the server's ``send`` belongs to a request stream its server has closed: a
+    method of an object whose ``closed`` is True. hypercorn's (``HTTPStream.app_send``, HTTP/1.1
+    and HTTP/2 alike) is: its ``closed`` turns True when the connection reports the stream gone
+    (the client closed the connection, or reset the HTTP/2 stream), never as the app's own
+    response completes. Its ``receive`` gives ``http.disconnect`` once, and its ``send`` raises
+    nothing after it, so this is how an unfinished response there is told from the app's own
+    mistake."""
+    owner = getattr(send, "__self__", None)
+    return owner is not None and getattr(owner, "closed", None) is True
 
 
 def _loaded(module: str, name: str) -> Any:

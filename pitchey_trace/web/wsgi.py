@@ -31,6 +31,7 @@ from pitchey_trace.web._common import (
     CLIENT_ADDRESS,
     DEFAULT_EXCLUDED_PATHS,
     HTTP_REQUEST_BODY_SIZE,
+    NETWORK_PROTOCOL_VERSION,
     REQUEST,
     URL_PATH,
     URL_QUERY,
@@ -42,6 +43,7 @@ from pitchey_trace.web._common import (
     finish_request,
     mark_client_left,
     method_attributes,
+    protocol_version,
     set_route,
     stamp_exception,
     status_int,
@@ -135,8 +137,9 @@ class WSGITracingMiddleware:
             def counted_write(data: bytes) -> object:
                 try:
                     result = write(data)
-                except OSError as exc:  # the server could not write it: the client went away
-                    _mark_raised_by_server(exc)
+                except Exception as exc:
+                    if _client_gone(exc):  # the server could not write it: the client went away
+                        _mark_raised_by_server(exc)
                     raise
                 state.sent += len(data)
                 return result
@@ -160,12 +163,17 @@ class WSGITracingMiddleware:
             raise
         finally:
             _reset(rtoken, token)
-        return _TracedBody(result, state, options, start_ns, client)
+        # (a list keeps its len(): servers set Content-Length for a one-item list, waitress too)
+        body = _SizedTracedBody if result.__class__ is list or result.__class__ is tuple else _TracedBody
+        return body(result, state, options, start_ns, client)
 
     def _start(self, environ: dict[str, Any], path: str, start_ns: int) -> tuple[RequestState, str | None]:
         parent = extract(environ)
         attrs: dict[str, Any] = {URL_SCHEME: environ.get("wsgi.url_scheme") or "http", URL_PATH: path}
         label = method_attributes(environ.get("REQUEST_METHOD") or "GET", attrs)
+        version = protocol_version(environ.get("SERVER_PROTOCOL"))
+        if version is not None:
+            attrs[NETWORK_PROTOCOL_VERSION] = version
         query = environ.get("QUERY_STRING")
         if query:
             attrs[URL_QUERY] = query
@@ -280,11 +288,22 @@ class _UntracedBody:
                 CURRENT.reset(token)
 
 
+def _client_gone(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by the server's write, says the client went away: an ``OSError``
+    (werkzeug, gunicorn), or waitress's ``ClientDisconnected`` (a plain ``Exception``, raised
+    as it writes to a connection that closed)."""
+    if isinstance(exc, OSError):
+        return True
+    waitress = sys.modules.get("waitress.channel")
+    disconnected = getattr(waitress, "ClientDisconnected", None) if waitress is not None else None
+    return isinstance(disconnected, type) and isinstance(exc, disconnected)
+
+
 def _in_flight_oserror() -> BaseException | None:
-    """The ``OSError`` on its way up through the server's frame that calls ``close()``, else
-    None."""
+    """The server's client-gone exception (:func:`_client_gone`) on its way up through the
+    server's frame that calls ``close()``, else None."""
     exc = sys.exc_info()[1]
-    return exc if isinstance(exc, OSError) else None
+    return exc if exc is not None and _client_gone(exc) else None
 
 
 def _reset(rtoken: Any, token: Any) -> None:
@@ -374,6 +393,16 @@ class _TracedBody:
         if not self._done:
             self._done = True
             _finish(self._state, self._options, self._start_ns, self._client, exc)
+
+
+class _SizedTracedBody(_TracedBody):
+    """A list or tuple body, traced: its ``len()`` stays visible to the server, which sets
+    ``Content-Length`` from a one-item body (waitress, gunicorn) instead of sending it chunked."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]
 
 
 def init_flask(app: Any, **options: Any) -> Any:

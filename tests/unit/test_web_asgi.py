@@ -93,6 +93,7 @@ def test_server_span_attributes_and_default_header() -> None:
         "http.request.method": "GET",
         "url.scheme": "https",
         "url.path": "/things/1",
+        "network.protocol.version": "1.1",
         "url.query": "q=1&token=abc",
         "user_agent.original": "ua/1",
         "http.request.body.size": 12,
@@ -412,6 +413,7 @@ _HEADER_SETS: list[list[Any]] = [
     user=st.sampled_from([None, "u-1"]),
     header_name=st.sampled_from(["X-Trace-Id", None]),
     raises=st.booleans(),
+    version=st.sampled_from(["1.1", "2", "2.0", "1.0", "3", "HTTP/1.1", "9", 2, None, "absent"]),
 )
 def test_c_request_start_and_finish_equal_the_python_code(
     monkeypatch: pytest.MonkeyPatch,
@@ -423,6 +425,7 @@ def test_c_request_start_and_finish_equal_the_python_code(
     user: str | None,
     header_name: str | None,
     raises: bool,
+    version: Any,
 ) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if user:
@@ -437,6 +440,10 @@ def test_c_request_start_and_finish_equal_the_python_code(
         scope = http_scope(method=method, headers=list(_HEADER_SETS[headers]))
         scope["query_string"] = query
         scope["client"] = client
+        if version == "absent":
+            del scope["http_version"]
+        else:
+            scope["http_version"] = version
         with monkeypatch.context() as m:
             if not fast:
                 m.setattr(asgi_module, "fast_begin", None)

@@ -64,6 +64,7 @@ def test_span_attributes_headers_and_context_restored() -> None:
         "http.request.method": "GET",
         "url.scheme": "http",
         "url.path": "/pitches/5",
+        "network.protocol.version": "1.0",
         "url.query": "sort=new",
         "user_agent.original": "curl/8",
         "http.request.body.size": 3,
