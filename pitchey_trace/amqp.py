@@ -31,6 +31,15 @@ so its own spans and queries nest under it:
   iterator closes. An exception that leaves the ``process()`` block or the
   ``async with queue.iterator()`` block marks the span; the settling belongs to the span.
 
+Pulling a message (pika ``BlockingChannel.basic_get``, aio-pika ``Queue.get``, ``RobustQueue``
+too) is a ``consumer`` span ``receive {queue}`` (``messaging.operation.type`` /
+``messaging.operation.name`` ``receive``), child of the caller's current span and linked to the
+publishing span of the message it returned, with that message's attributes; an empty queue
+(aio-pika's ``QueueEmpty`` too) is no error. The message's processing is the application's:
+aio-pika's ``async with message.process():`` is a ``process`` span as above; with pika, start one
+from ``pt.extract(properties.headers)``. The asynchronous adapters' ``Channel.basic_get``
+callback is a ``process`` span, as a ``basic_consume`` callback is.
+
 A callback that raises is an error span with the exception, re-raised unchanged. A message
 without valid trace headers (none, or a malformed ``traceparent``) is processed all the same,
 in a new trace (or under the span current when it is delivered).
@@ -228,6 +237,52 @@ def _producer_span(
     ours: dict[str, Any] = {}
     inject(ours, span)
     return span, ours
+
+
+def _receive_span(base: dict[str, Any], queue: Any) -> AnySpan | None:
+    """The span of one pull (pika ``basic_get``, aio-pika ``Queue.get``): a ``receive {queue}``
+    consumer span, child of the caller's current span; the message it returns, if any, is
+    described once it is there (:func:`_received`)."""
+    if not _recording():
+        return None
+    try:
+        queue = _text(queue)
+        attrs = {**base, "messaging.operation.type": "receive", "messaging.operation.name": "receive"}
+        if queue and _temporary(queue):
+            attrs["messaging.destination.temporary"] = True
+            name = "receive (temporary)"
+        else:
+            name = f"receive {queue}" if queue else "receive"
+        return _start_span(name, attrs, _CONSUMER)
+    except Exception as exc:
+        _safety.report("amqp.receive", exc)
+        return None
+
+
+def _received(
+    span: AnySpan,
+    exchange: Any,
+    routing_key: Any,
+    headers: Any,
+    delivery_tag: Any,
+    message_id: Any,
+    body: Any,
+) -> None:
+    """Describe the message a pull returned on its span, linked to the context it carries (the
+    messaging conventions' creation context: the publishing span)."""
+    try:
+        _, attrs = _attributes({}, "receive", exchange, routing_key, message_id, body)
+        del attrs["messaging.operation.type"], attrs["messaging.operation.name"]
+        if isinstance(delivery_tag, int) and not isinstance(delivery_tag, bool):
+            attrs["messaging.rabbitmq.message.delivery_tag"] = delivery_tag
+        for key, value in attrs.items():
+            span.set_attribute(key, value)
+        carrier = _carrier(headers)
+        context = extract(carrier) if carrier else None
+        if context is not None:
+            span.add_link(context)
+    except Exception as exc:
+        _safety.report("amqp.receive", exc)
 
 
 def _fail(span: AnySpan, exc: BaseException) -> None:
@@ -438,6 +493,73 @@ def _wrap_pika_consume(original: Any) -> Any:
     return consume
 
 
+def _wrap_pika_blocking_get(original: Any) -> Any:
+    """``BlockingChannel.basic_get``: a ``receive`` span for the round trip, linked to the
+    message's context (its processing, after the call, is the application's to trace)."""
+
+    @functools.wraps(original)
+    def basic_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "pika" not in _libraries or not _recording():
+            return original(self, *args, **kwargs)
+        queue = kwargs["queue"] if "queue" in kwargs else (args[0] if args else None)
+        span = _receive_span(_cached_base(self, _pika_address), queue)
+        if span is None:
+            return original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, exc)
+            raise
+        try:
+            method, properties, body = result
+            if method is not None:
+                _received(
+                    span,
+                    getattr(method, "exchange", None),
+                    getattr(method, "routing_key", None),
+                    getattr(properties, "headers", None),
+                    getattr(method, "delivery_tag", None),
+                    getattr(properties, "message_id", None),
+                    body,
+                )
+        except Exception as exc:
+            _safety.report("amqp.receive", exc)
+        _end(span)
+        return result
+
+    setattr(basic_get, _WRAPPED, original)
+    return basic_get
+
+
+def _wrap_pika_channel_get(original: Any, internal: tuple[type, ...]) -> Any:
+    """``Channel.basic_get`` (the asynchronous adapters): the callback given the message is a
+    ``process`` span, as a ``basic_consume`` callback is."""
+
+    @functools.wraps(original)
+    def basic_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if "callback" in kwargs:
+                callback = kwargs["callback"]
+            elif len(args) >= 2:
+                callback = args[1]
+            else:
+                callback = None
+            # (BlockingChannel.basic_get passes its own collector: that call has its span)
+            if callable(callback) and not isinstance(getattr(callback, "__self__", None), internal):
+                queue = kwargs["queue"] if "queue" in kwargs else (args[0] if args else None)
+                traced = _traced_pika_callback(callback, queue)
+                if "callback" in kwargs:
+                    kwargs["callback"] = traced
+                else:
+                    args = (args[0], traced, *args[2:])
+        except Exception as exc:
+            _safety.report("amqp.receive", exc)
+        return original(self, *args, **kwargs)
+
+    setattr(basic_get, _WRAPPED, original)
+    return basic_get
+
+
 def _instrument_pika() -> bool:
     """Patch pika (when installed); False when it is not."""
     channel_module = _optional("pika.channel")
@@ -448,12 +570,16 @@ def _instrument_pika() -> bool:
         return True
     channel = channel_module.Channel
     blocking = blocking_module.BlockingChannel
+    collector = getattr(blocking_module, "_CallbackResult", None)
+    internal = (blocking, collector) if isinstance(collector, type) else (blocking,)
     targets: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
         (blocking, "basic_publish", lambda f: _wrap_pika_publish(f, True)),
         (channel, "basic_publish", lambda f: _wrap_pika_publish(f, False)),
         (blocking, "basic_consume", lambda f: _wrap_pika_basic_consume(f, blocking)),
         (channel, "basic_consume", lambda f: _wrap_pika_basic_consume(f, blocking)),
         (blocking, "consume", _wrap_pika_consume),
+        (blocking, "basic_get", _wrap_pika_blocking_get),
+        (channel, "basic_get", lambda f: _wrap_pika_channel_get(f, internal)),
     )
     for owner, name, wrapped in targets:
         original = owner.__dict__[name]
@@ -571,6 +697,44 @@ def _wrap_aio_consume(original: Any, iterator: type, awaitable: Any) -> Any:
 
     setattr(consume, _WRAPPED, original)
     return consume
+
+
+def _wrap_aio_get(original: Any, empty: tuple[type, ...]) -> Any:
+    """``Queue.get``: a ``receive`` span for the round trip, linked to the message's context
+    (an empty queue, ``QueueEmpty`` or None, is no error); a ``process()`` block on the message
+    then makes its ``process`` span, child of the publishing span."""
+
+    @functools.wraps(original)
+    async def get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "aio_pika" not in _libraries or not _recording():
+            return await original(self, *args, **kwargs)
+        span = None
+        try:
+            span = _receive_span(_cached_base(self.channel, _aio_address), getattr(self, "name", None))
+        except Exception as exc:
+            _safety.report("amqp.receive", exc)
+        if span is None:
+            return await original(self, *args, **kwargs)
+        try:
+            message = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            _end(span, None if isinstance(exc, empty) else exc)
+            raise
+        if message is not None:
+            _received(
+                span,
+                getattr(message, "exchange", None),
+                getattr(message, "routing_key", None),
+                getattr(message, "headers", None),
+                getattr(message, "delivery_tag", None),
+                getattr(message, "message_id", None),
+                getattr(message, "body", None),
+            )
+        _end(span)
+        return message
+
+    setattr(get, _WRAPPED, original)
+    return get
 
 
 def _wrap_aio_enter(original: Any) -> Any:
@@ -782,11 +946,15 @@ def _instrument_aio_pika() -> bool:
     if "aio_pika" in _libraries:
         return True
     iterator = queue_module.QueueIterator
+    exceptions = _optional("aio_pika.exceptions")
+    queue_empty = getattr(exceptions, "QueueEmpty", None)
+    empty: tuple[type, ...] = (queue_empty,) if isinstance(queue_empty, type) else ()
     awaitable = tools.ensure_awaitable
     context = message_module.ProcessContext
     targets: list[tuple[type, str, Callable[[Any], Any]]] = [
         (exchange_module.Exchange, "publish", _wrap_aio_publish),
         (queue_module.Queue, "consume", lambda f: _wrap_aio_consume(f, iterator, awaitable)),
+        (queue_module.Queue, "get", lambda f: _wrap_aio_get(f, empty)),
         (context, "__aenter__", _wrap_aio_enter),
         (context, "__aexit__", _wrap_aio_exit),
     ]

@@ -8,7 +8,9 @@ the OpenTelemetry RPC attributes for AWS: ``rpc.system=aws-api``, ``rpc.service`
 ``rpc.method``, ``cloud.region``, ``server.address``, ``aws.request_id``,
 ``http.response.status_code``, and for S3 the bucket (``aws.s3.bucket``; object keys and
 request bodies are never recorded). A failed call (``ClientError``) sets status error with the
-AWS error code as ``error.type`` and is re-raised unchanged. The SDK's own exporters (S3/R2
+AWS error code as ``error.type`` and is re-raised unchanged. A call botocore refuses before
+sending (``ParamValidationError``, whose text quotes each refused value: a message body, an
+item, a key) is recorded with the parameters named and the values left out. The SDK's own exporters (S3/R2
 logpush) run with tracing suppressed, so their uploads make no spans.
 
 SQS and SNS: ``SendMessage``, ``SendMessageBatch``, ``Publish`` and ``PublishBatch`` put the
@@ -33,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import traceback
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +49,7 @@ from pitchey_trace.propagation import extract, inject
 
 try:
     import botocore.client as _client
+    from botocore.exceptions import ParamValidationError as _ParamValidationError
 except ImportError as _exc:
     raise IntegrationUnavailable("pitchey_trace.botocore", "s3") from _exc
 
@@ -147,8 +151,13 @@ def _make_api_call(original: Any) -> Any:
                     code = None
                 if isinstance(exc, Exception):
                     span.set_attribute("error.type", str(code) if code else type(exc).__qualname__)
-                    span.record_exception(exc)
-                    span.set_status("error", f"{type(exc).__name__}: {exc}")
+                    if isinstance(exc, _ParamValidationError):  # (its text quotes the values)
+                        message = _validation_message(exc)
+                        span.record_exception(exc, _validation_event(exc, message))
+                    else:
+                        message = str(exc)
+                        span.record_exception(exc)
+                    span.set_status("error", f"{type(exc).__name__}: {message}"[:512])
                 span.end()
             except Exception as internal:
                 _safety.report("botocore.end", internal)
@@ -166,6 +175,34 @@ def _make_api_call(original: Any) -> Any:
 
     setattr(traced, "__pitchey_trace_wrapped__", original)  # noqa: B010
     return traced
+
+
+#: Lines of botocore's parameter validation report that name parameters only (kept as they are).
+_REPORT_NAMES = ("Missing required parameter", "Unknown parameter", "Invalid number of parameters")
+#: Lines that quote the value refused (``..., value: {value}, type: ...``): cut before it.
+_REPORT_VALUES = ("Invalid type for", "Invalid value for", "Invalid length for")
+
+
+def _validation_message(exc: BaseException) -> str:
+    """The text of a ``ParamValidationError`` without the values it quotes: botocore writes the
+    whole refused value (a message body, an item, a key, a token) into it, sanitizer patterns
+    or not. The parameter names and what was wrong stay."""
+    lines = str(exc).split("\n")
+    kept = [lines[0]]
+    for line in lines[1:]:  # (a multi-line value's other lines match neither: dropped)
+        if line.startswith(_REPORT_VALUES) and ", value: " in line:
+            kept.append(line.split(", value: ", 1)[0] + ", value not recorded")
+        elif line.startswith(_REPORT_NAMES):
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _validation_event(exc: BaseException, message: str) -> dict[str, Any]:
+    """The ``exception`` event's message and stack trace (whose last line is the message)."""
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__, limit=-32))
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    stack = "Traceback (most recent call last):\n" + "".join(frames) + f"{kind}: {message}\n"
+    return {"exception.message": message, "exception.stacktrace": stack[-8192:]}
 
 
 def _response_attributes(span: Any, response: dict[str, Any]) -> None:

@@ -20,9 +20,19 @@ replaced ``publish``): ``messaging.system`` (``celery``), ``messaging.operation.
 ``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. Arguments are never
 recorded.
 
+A message the worker takes but never runs still ends the sender's trace with a ``run`` span
+(ended at once, continuing the message's context): a task revoked before it ran or expired
+(``celery.task.state`` ``REVOKED``, ``celery.task.expired``), one terminated while running
+(``revoke(terminate=True)``: the killed pool process never exports its own span, the worker's
+main process records this one, with ``celery.task.terminated``), a task the worker does not
+know (an error span, ``error.type`` ``NotRegistered``, state ``FAILURE``) and a message it cannot
+read as a task (an error span named ``run unknown`` unless the message names its task, state
+``REJECTED``).
+
 It connects to Celery's signals (``before_task_publish``, ``after_task_publish``,
-``task_prerun``, ``task_postrun``, ``task_failure``, ``task_retry``), so it works with every
-pool (prefork, threads, solo) and with eager tasks. ``uninstrument_celery()`` disconnects.
+``task_prerun``, ``task_postrun``, ``task_failure``, ``task_retry``, ``task_revoked``,
+``task_unknown``, ``task_rejected``), so it works with every pool (prefork, threads, solo)
+and with eager tasks. ``uninstrument_celery()`` disconnects.
 Needs ``celery`` (extra ``celery``).
 """
 
@@ -206,6 +216,89 @@ def _postrun(task_id: Any = None, task: Any = None, state: Any = None, **_: Any)
         _safety.report("celery.run", exc)
 
 
+def _message_carrier(headers: Any) -> dict[str, str]:
+    """The propagation headers of a message the worker did not run (a dict of str only)."""
+    if not isinstance(headers, dict):
+        return {}
+    return {key: value for key in _HEADERS if isinstance(value := headers.get(key), str)}
+
+
+#: The longest task name a span takes from a message the worker could not run (the name is
+#: the sender's, not a registered task's).
+_MAX_UNRUN_NAME = 200
+
+
+def _unrun(
+    name: Any, task_id: Any, carrier: dict[str, str], routing_key: Any, state: str, extra: dict[str, Any]
+) -> Any:
+    """A ``run`` span, ended at once, for a message the worker took but never ran (revoked,
+    expired, an unknown task, an invalid message): the sender's trace shows what became of it."""
+    tracer = get_tracer()
+    if tracer.pipeline is None:
+        return None
+    text = name if isinstance(name, str) and name else "unknown"
+    text = text[:_MAX_UNRUN_NAME]
+    key = str(task_id) if task_id else None
+    attrs = _attributes(text, key, "process", routing_key)
+    attrs["celery.task.state"] = state
+    attrs.update(extra)
+    span = tracer.start_span(f"run {text}", attrs, _CONSUMER, extract(carrier) if carrier else None)
+    if span.trace_id:
+        return span
+    return None
+
+
+def _revoked(
+    sender: Any = None, request: Any = None, terminated: Any = False, expired: Any = False, **_: Any
+) -> None:
+    """A task revoked before it ran, expired, or terminated while running (its run span, in a
+    pool process that was killed, is lost: this one stands for it)."""
+    with _safety.guard("celery.revoked"):
+        name = getattr(sender, "name", None) or getattr(request, "task", None)
+        delivery = getattr(request, "delivery_info", None)
+        route = delivery.get("routing_key") if isinstance(delivery, dict) else None
+        extra: dict[str, Any] = {}
+        if terminated is True:
+            extra["celery.task.terminated"] = True
+        if expired is True:
+            extra["celery.task.expired"] = True
+        span = _unrun(name, getattr(request, "id", None), _carrier(request), route, "REVOKED", extra)
+        if span is not None:
+            span.end()
+
+
+def _message_facts(message: Any) -> tuple[Any, Any, dict[str, str], Any]:
+    """(task name, task id, propagation headers, routing key) of a kombu message."""
+    headers = getattr(message, "headers", None)
+    delivery = getattr(message, "delivery_info", None)
+    route = delivery.get("routing_key") if isinstance(delivery, dict) else None
+    if not isinstance(headers, dict):
+        return None, None, {}, route
+    return headers.get("task"), headers.get("id"), _message_carrier(headers), route
+
+
+def _unknown(message: Any = None, name: Any = None, id: Any = None, **_: Any) -> None:
+    """A message for a task the worker does not know: rejected, marked as failed."""
+    with _safety.guard("celery.rejected"):
+        _, _, carrier, route = _message_facts(message)
+        span = _unrun(name, id, carrier, route, "FAILURE", {"error.type": "NotRegistered"})
+        if span is not None:
+            span.set_status("error", "NotRegistered")
+            span.end()
+
+
+def _rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
+    """A message the worker could not take as a task (an unknown message type, an invalid
+    task message): rejected."""
+    with _safety.guard("celery.rejected"):
+        name, task_id, carrier, route = _message_facts(message)
+        kind = type(exc).__qualname__ if isinstance(exc, BaseException) else "UnknownMessage"
+        span = _unrun(name, task_id, carrier, route, "REJECTED", {"error.type": kind})
+        if span is not None:
+            span.set_status("error", kind)
+            span.end()
+
+
 _HANDLERS = (
     (signals.before_task_publish, _before_publish),
     (signals.after_task_publish, _after_publish),
@@ -213,6 +306,9 @@ _HANDLERS = (
     (signals.task_failure, _failure),
     (signals.task_retry, _retry),
     (signals.task_postrun, _postrun),
+    (signals.task_revoked, _revoked),
+    (signals.task_unknown, _unknown),
+    (signals.task_rejected, _rejected),
 )
 
 
