@@ -934,7 +934,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise PitcheyTraceError(f"cannot listen on {_url_host(host)}:{port}: {detail}") from None
 
 
-def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
+def _source_options(p: argparse.ArgumentParser, window: bool = True, json: bool = True) -> None:
     src = p.add_argument_group("archive")
     src.add_argument(
         "--archive",
@@ -953,7 +953,8 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True) -> None:
         metavar="N",
         help="read at most about N spans, newest first (bounds memory)",
     )
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    if json:  # (not for serve, whose answers are JSON over HTTP)
+        p.add_argument("--json", action="store_true", help="print the answer as JSON")
     if window:
         w = p.add_argument_group("time window (relative: 15m, 24h, 7d; or ISO-8601, or Unix ns)")
         w.add_argument("--last", metavar="AGE", help="only the last AGE (same as --since AGE)")
@@ -1059,7 +1060,7 @@ def _add_analysis(sub: Subparsers) -> None:
         description="HTTP API and waterfall page over the archive (pip install 'pitchey-trace[analysis]'). "
         "$PITCHEY_TRACE_ANALYSIS_AUTH=user:password requires HTTP Basic authentication.",
     )
-    _source_options(p, window=False)
+    _source_options(p, window=False, json=False)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )

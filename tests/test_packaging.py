@@ -98,7 +98,7 @@ USER_CODE = textwrap.dedent(
 def test_wheel_installs_and_runs_without_extras(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(
         REPO / "pitchey_trace",
@@ -116,6 +116,7 @@ def test_wheel_installs_and_runs_without_extras(tmp_path: Path) -> None:
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
     entry = next(site.glob("pitchey_trace-*.dist-info")) / "entry_points.txt"
     assert "pitchey-trace = pitchey_trace.cli:main" in entry.read_text()
+    assert "MIT License" in next(site.glob("pitchey_trace-*.dist-info/licenses/LICENSE")).read_text()
     # -S: no site module, so none of this environment's packages; -s: no user site either.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PITCHEY_TRACE_", "OTEL_"))}
     env.update(PYTHONPATH=str(site), SITE=str(site))

@@ -85,3 +85,11 @@ def test_show_names_what_a_trace_id_is(
         "pitchey-trace: error: a trace id is 32 hex characters (or the first 8 or more of them), "
         f"got {trace_id!r}\n"
     )
+
+
+def test_serve_has_no_json_flag(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """(Its answers are JSON over HTTP: a --json that did nothing was misleading.)"""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--archive", str(tmp_path), "--json"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --json" in capsys.readouterr().err
