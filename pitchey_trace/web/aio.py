@@ -45,6 +45,7 @@ from pitchey_trace.web._common import (
     DEFAULT_EXCLUDED_PATHS,
     HTTP_METHOD,
     HTTP_REQUEST_BODY_SIZE,
+    NETWORK_PROTOCOL_VERSION,
     REQUEST,
     URL_PATH,
     URL_QUERY,
@@ -834,9 +835,17 @@ async def _route_not_allowed(request: Any, state: RequestState, static: Any) -> 
         _safety.report("web.aiohttp.route", exc)
 
 
+#: ``network.protocol.version`` for aiohttp's ``request.version`` (an ``HttpVersion(major,
+#: minor)`` tuple); other versions are not recorded.
+_PROTOCOL_VERSIONS = {(1, 1): "1.1", (1, 0): "1.0", (2, 0): "2", (3, 0): "3"}
+
+
 def _begin(request: Any, path: str, start_ns: int, static: Any) -> tuple[RequestState, str | None]:
     headers = request.headers
     attrs: dict[str, Any] = {URL_SCHEME: request.scheme, URL_PATH: path}
+    version = _PROTOCOL_VERSIONS.get(request.version)
+    if version is not None:
+        attrs[NETWORK_PROTOCOL_VERSION] = version
     websocket = headers.get("Upgrade", "").lower() == "websocket"
     if websocket:
         attrs[HTTP_METHOD] = request.method

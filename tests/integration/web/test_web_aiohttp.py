@@ -112,6 +112,7 @@ def test_continues_traceparent_with_route_templates(serve_aiohttp: Any, wait_for
     assert attrs["url.path"] == "/pitches/77"
     assert attrs["url.query"] == "tab=team"
     assert attrs["url.scheme"] == "http"
+    assert attrs["network.protocol.version"] == "1.1"
     assert attrs["user_agent.original"] == "t/1"
     assert attrs["http.response.status_code"] == 200
     assert attrs["http.response.body.size"] == len("pitch 77")
