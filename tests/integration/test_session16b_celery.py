@@ -102,6 +102,11 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any
         try:
             import tasks16b  # type: ignore[import-not-found]
 
+            # Ready once it answers a ping: a revoke broadcast before the worker listens for
+            # control messages would be lost (and the revoked task run).
+            deadline = time.monotonic() + 60
+            while not tasks16b.app.control.ping(timeout=0.5):
+                assert time.monotonic() < deadline, "the Celery worker did not start"
             yield base, tasks16b
         finally:
             # (results dropped while Redis still answers: their __del__ unsubscribes)

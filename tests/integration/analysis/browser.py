@@ -116,10 +116,17 @@ class Page:
         page's script sets ``body[data-ready]`` when it is done."""
         deadline = time.monotonic() + 30
         while True:
-            state = self.evaluate(
-                "[Boolean(window.__left), location.href, document.readyState,"
-                " document.body ? document.body.dataset.ready : null]"
-            )
+            try:
+                state = self.evaluate(
+                    "[Boolean(window.__left), location.href, document.readyState,"
+                    " document.body ? document.body.dataset.ready : null]"
+                )
+            except AssertionError as exc:
+                # asked while the document was being replaced (a busy machine): ask again
+                if "navigated or closed" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
             if not state[0] and state[1] != "about:blank" and state[2:] == ["complete", "true"]:
                 return
             assert time.monotonic() < deadline, f"the page did not finish rendering: {state}"
@@ -136,5 +143,9 @@ class Page:
     def click_and_wait(self, selector: str) -> None:
         """Clicks the element, then waits for the document it navigates to."""
         self._mark()
-        self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+        try:
+            self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+        except AssertionError as exc:  # (the click navigated before its evaluation answered)
+            if "navigated or closed" not in str(exc):
+                raise
         self.wait_ready()
