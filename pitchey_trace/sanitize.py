@@ -1951,6 +1951,22 @@ _SQL = 3
 _ALLOW = 4
 
 
+def _add_dropped_count(rec: Record, key: str, n: int) -> None:
+    """Add ``n`` to the span record's ``key`` (``dropped_attributes_count``, ...), creating it
+    when absent (a count that is not an int is replaced)."""
+    count = rec.get(key)
+    rec[key] = (count + n) if count.__class__ is int and count > 0 else n
+
+
+def _count_span_drops(rec: Record, attrs: Any, events: Any, max_attributes: int, max_events: int) -> None:
+    """Add what sanitizing a span record's ``attributes`` and ``events`` dropped (beyond
+    ``max_attributes`` / ``max_events``) to its ``dropped_*_count`` keys."""
+    if isinstance(attrs, Mapping) and len(attrs) > max_attributes:
+        _add_dropped_count(rec, "dropped_attributes_count", len(attrs) - max_attributes)
+    if isinstance(events, list) and len(events) > max_events:
+        _add_dropped_count(rec, "dropped_events_count", len(events) - max_events)
+
+
 class Sanitizer:
     """Remove secrets and personal data from records before any exporter sees them.
 
@@ -2101,6 +2117,10 @@ class Sanitizer:
                 out[field] = self._field_text(field, value)
             else:
                 out[field] = self._any(field, value, 0)
+        if rtype == "span":
+            _count_span_drops(
+                out, record.get("attributes"), record.get("events"), self.max_attributes, self.max_events
+            )
         return out
 
     # -- records
@@ -2210,11 +2230,17 @@ class Sanitizer:
         out["name"] = hit if hit is not None else self._field_or_any("name", name)
         attrs = rec["attributes"]
         if attrs:
-            out["attributes"] = (
-                self._span_attrs(attrs) if attrs.__class__ is dict else self._any("attributes", attrs, 0)
-            )
-        if rec["events"]:
-            out["events"] = self._events(rec["events"])
+            if attrs.__class__ is dict:
+                out["attributes"] = self._span_attrs(attrs)
+                if len(attrs) > self.max_attributes:  # (rare: what the sanitizer drops, per span)
+                    _add_dropped_count(out, "dropped_attributes_count", len(attrs) - self.max_attributes)
+            else:
+                out["attributes"] = self._any("attributes", attrs, 0)
+        events = rec["events"]
+        if events:
+            out["events"] = self._events(events)
+            if isinstance(events, list) and len(events) > self.max_events:
+                _add_dropped_count(out, "dropped_events_count", len(events) - self.max_events)
         if rec["links"]:
             out["links"] = self._links(rec["links"])
         message = rec["status_message"]
@@ -2292,8 +2318,18 @@ class Sanitizer:
         attrs = span.attributes
         events = span.events
         links = span.links
-        rec["attributes"] = self._span_attrs(attrs) if attrs else {}
-        rec["events"] = self._events(span_events(events)) if events else NO_ITEMS
+        if attrs:
+            rec["attributes"] = self._span_attrs(attrs)
+            if len(attrs) > self.max_attributes:  # (rare: what the sanitizer drops, per span)
+                _add_dropped_count(rec, "dropped_attributes_count", len(attrs) - self.max_attributes)
+        else:
+            rec["attributes"] = {}
+        if events:
+            rec["events"] = self._events(span_events(events))
+            if len(events) > self.max_events:
+                _add_dropped_count(rec, "dropped_events_count", len(events) - self.max_events)
+        else:
+            rec["events"] = NO_ITEMS
         rec["links"] = self._links(span_links(links)) if links else NO_ITEMS
         return rec
 

@@ -121,9 +121,10 @@ class GrpcSender:
             self._call = self._channel.unary_unary(self.method)
         return self._call
 
-    def send(self, payload: bytes, retry: RetryPolicy | None = None) -> HttpResult:
+    def send(self, payload: bytes, retry: RetryPolicy | None = None, spooled: bool = False) -> HttpResult:
         """Export ``payload`` (an encoded ExportTraceServiceRequest), retrying per the policy
-        (``retry`` instead of the sender's own for this call).
+        (``retry`` instead of the sender's own for this call; ``spooled``: see
+        ``_http.with_retries``).
 
         The result's ``body`` is the encoded ExportTraceServiceResponse; ``status`` is None
         (gRPC codes are in ``error``)."""
@@ -152,7 +153,7 @@ class GrpcSender:
             answer = body if isinstance(body, bytes) else b""
             return Try(ok=True, data=answer, content_type="application/grpc")  # (read for a partial success)
 
-        return with_retries(self.counter, self.url, policy, self.stop, once)
+        return with_retries(self.counter, self.url, policy, self.stop, once, spooled)
 
 
 def _pushback_s(exc: Any) -> float | None:

@@ -244,11 +244,18 @@ class Try:
 
 
 def with_retries(
-    counter: str, url: str, policy: RetryPolicy, stop: threading.Event, once: Callable[[], Try]
+    counter: str,
+    url: str,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    once: Callable[[], Try],
+    spooled: bool = False,
 ) -> HttpResult:
     """Run ``once`` until it succeeds, fails for good, or the policy (attempts, elapsed time)
     or ``stop`` ends the retries; counts ``{counter}.requests/.retried/.rejected/.failed``
-    and warns (rate-limited) on the ``pitchey_trace`` logger. Shared by every sender."""
+    and warns (rate-limited) on the ``pitchey_trace`` logger. Shared by every sender.
+    ``spooled``: a batch that fails goes to the exporter's spool (the warning says so, not
+    that it is given up)."""
     started = time.monotonic()
     attempt = 0
     while True:
@@ -274,8 +281,9 @@ def with_retries(
             _stats.incr(f"{counter}.failed")
             warn_limited(
                 f"{counter}.failed",
-                "pitchey_trace %s: giving up a batch to %s after %d attempt(s): %s",
+                "pitchey_trace %s: %s to %s after %d attempt(s): %s",
                 counter,
+                "a batch goes to the spool (sent again later): no answer" if spooled else "giving up a batch",
                 url,
                 attempt,
                 t.error,
@@ -484,9 +492,9 @@ class HttpSender:
             self.close()
             raise
 
-    def send(self, payload: bytes, retry: RetryPolicy | None = None) -> HttpResult:
+    def send(self, payload: bytes, retry: RetryPolicy | None = None, spooled: bool = False) -> HttpResult:
         """POST ``payload`` (gzipped when ``compress``), retrying per the policy (``retry``
-        instead of the sender's own for this call)."""
+        instead of the sender's own for this call; ``spooled``: see :func:`with_retries`)."""
         policy = retry or self.retry
         body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
         retry_statuses = policy.retry_statuses
@@ -506,7 +514,7 @@ class HttpSender:
                     wait = min(after, max_retry_after_s)
             return Try(retry=code in retry_statuses, status=code, data=data, error=f"HTTP {code}", wait=wait)
 
-        return with_retries(self.counter, self.url, policy, self.stop, once)
+        return with_retries(self.counter, self.url, policy, self.stop, once, spooled)
 
 
 #: What a payload spool keeps at most, by default.
@@ -586,7 +594,7 @@ class SenderExporter:
         spool = self._spool
         if spool is None:
             return self._sender.send(payload)
-        result = self._send_once(payload) if len(spool) else self._sender.send(payload)
+        result = self._send_once(payload) if len(spool) else self._sender.send(payload, spooled=True)
         if result.ok:
             if len(spool):
                 spool.drain(self._send_spooled, time.monotonic() + 5.0)

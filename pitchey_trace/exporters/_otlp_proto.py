@@ -44,6 +44,9 @@ __all__ = [
     "encode_otlp_proto",
     "loggable",
     "parse_partial_success",
+    "scope_of",
+    "span_field_size",
+    "varint_size",
 ]
 
 #: A message table: message -> JSON key -> (field number, kind, nested message). Kinds: string,
@@ -256,6 +259,57 @@ def scope_groups(
     out = [(scope_name, scope_version, mine)] if mine else []
     out.extend((name, version, spans) for (name, version), spans in others.items())
     return out
+
+
+def scope_of(
+    record: Mapping[str, Any], scope_name: str, scope_version: str
+) -> tuple[str, str, Mapping[str, Any]]:
+    """The instrumentation scope of one span record as :func:`scope_groups` finds it, and the
+    record as it is encoded under it (without the scope's two attributes)."""
+    attrs = record.get("attributes")
+    name = attrs.get(SCOPE_NAME) if attrs else None
+    if name.__class__ is not str:
+        return scope_name, scope_version, record
+    version = attrs.get(SCOPE_VERSION)  # type: ignore[union-attr]
+    rest = {k: v for k, v in attrs.items() if k != SCOPE_NAME and k != SCOPE_VERSION}  # type: ignore[union-attr]
+    return name, version if version.__class__ is str else "", {**record, "attributes": rest}
+
+
+def varint_size(n: int) -> int:
+    """Bytes of ``n`` (>= 0) as a varint."""
+    size = 1
+    while n > 0x7F:
+        n >>= 7
+        size += 1
+    return size
+
+
+#: The most bytes the length of a message within a request takes (a request is at most
+#: ``MAX_REQUEST_BYTES_LIMIT``, 1 GiB < 2**35, long: five varint bytes).
+MAX_LENGTH_BYTES = 5
+
+
+def field_size(payload_size: int) -> int:
+    """Bytes of a length-delimited field (one-byte tag) holding ``payload_size`` bytes."""
+    return 1 + varint_size(payload_size) + payload_size
+
+
+def span_field_size(record: Mapping[str, Any]) -> int:
+    """Bytes one span record adds to its ``ScopeSpans`` in the binary form (the span field
+    alone: no resource or scope framing)."""
+    return field_size(len(_span(record)))
+
+
+def resource_framing_size(resource: Mapping[str, Any]) -> int:
+    """Bytes at most that one ``ResourceSpans`` / ``ResourceLogs`` / ``ResourceMetrics`` adds
+    to a request besides its scopes: its field's tag and length, and the resource."""
+    return 1 + MAX_LENGTH_BYTES + field_size(len(_key_values(resource)))
+
+
+def scope_framing_size(name: str, version: str) -> int:
+    """Bytes at most that one ``Scope*`` message adds besides its items: its field's tag and
+    length, and the ``InstrumentationScope``."""
+    return 1 + MAX_LENGTH_BYTES + field_size(field_size(len(_text(name))) + field_size(len(_text(version))))
 
 
 def encode_otlp_proto(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -28,8 +28,24 @@ from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._grpc import EXPORT_METHOD, GrpcSender
-from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, HttpSender, RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_otlp_proto, scope_groups
+from pitchey_trace.exporters._http import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES,
+    HttpSender,
+    RetryPolicy,
+    SenderExporter,
+    checked_max_request_bytes,
+    warn_limited,
+)
+from pitchey_trace.exporters._otlp_proto import (
+    Schema,
+    encode_otlp_proto,
+    resource_framing_size,
+    scope_framing_size,
+    scope_groups,
+    scope_of,
+    span_field_size,
+)
 from pitchey_trace.records import Record
 
 __all__ = ["OTLPExporter", "any_value", "encode_otlp_json", "encode_otlp_protobuf", "resource_groups"]
@@ -161,6 +177,18 @@ def json_node(schema: Schema, message: str, node: Mapping[str, Any]) -> dict[str
     return out
 
 
+def _resource_of(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    return r.get("resource") or {"service.name": r.get("service", "unknown_service")}
+
+
+def _resource_key(res: Mapping[str, Any], keys_by_id: dict[int, Any]) -> Any:
+    """What tells equal resources apart (``keys_by_id``: per call, by identity)."""
+    key = keys_by_id.get(id(res))
+    if key is None:
+        key = keys_by_id[id(res)] = tuple(sorted((k, repr(v)) for k, v in res.items()))
+    return key
+
+
 def resource_groups(
     records: Iterable[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
@@ -173,7 +201,7 @@ def resource_groups(
             continue
         res = r.get("resource") or {"service.name": r.get("service", "unknown_service")}
         key = keys_by_id.get(id(res))
-        if key is None:
+        if key is None:  # (inline: the hot path; _resource_key says the same)
             key = keys_by_id[id(res)] = tuple(sorted((k, repr(v)) for k, v in res.items()))
         group = groups.get(key)
         if group is None:
@@ -361,7 +389,71 @@ class ResourceBound:
         return {**self._resource, "service.name": service, "deployment.environment.name": environment}
 
 
-class OTLPExporter(SenderExporter):
+#: What one item of a request costs, as :meth:`PackedOTLP._sizes` measures it: the framing
+#: groups it belongs to (resource, scope: a key and the bytes the group adds to a request at
+#: most, once per request), and its own bytes.
+ItemSize = tuple[tuple[tuple[Hashable, int], ...], int]
+
+
+class PackedOTLP(SenderExporter):
+    """The byte cap (``max_request_bytes``) of the OTLP exporters, whose requests group their
+    items (spans, log records) by resource and scope: each item is measured alone, without
+    that framing, and the framing of each group is added once per request that holds some of
+    its items, so packs come out close to the cap (``SenderExporter._fit`` measures each item
+    as a whole request, framing included, which leaves packs far under it)."""
+
+    def _sizes(self, chunk: Sequence[Any]) -> tuple[int, list[ItemSize]]:
+        """The bytes of an empty request, and what each item of ``chunk`` costs (upper bounds:
+        a pack within the cap by these sizes is within it encoded)."""
+        raise NotImplementedError
+
+    def _fit(
+        self, chunk: Sequence[Any], payload: bytes, cap: int, body: Callable[[Sequence[Any]], bytes]
+    ) -> tuple[list[tuple[Sequence[Any], bytes]], int]:
+        """``chunk`` (whose ``payload`` is over ``cap`` bytes) as requests of at most ``cap``
+        bytes each, in order, and the number of items left out: those whose request alone is
+        over the cap (counted in ``<counter>.too_large``, warned about). Items are packed
+        greedily by :meth:`_sizes`; a pack whose encoding is over the cap all the same (an
+        estimate that missed) is halved until it fits, as ``SenderExporter._fit`` does."""
+        base, sizes = self._sizes(chunk)
+        out: list[tuple[Sequence[Any], bytes]] = []
+        lost = 0
+        pack: list[Any] = []
+        seen: set[Hashable] = set()
+        total = base
+        for item, (groups, size) in zip(chunk, sizes, strict=True):
+            alone = size + sum(cost for _, cost in groups)
+            if base + alone > cap and len(body([item])) > cap:  # (over by the bounds: measured)
+                lost += 1
+                continue
+            extra = size + sum(cost for key, cost in groups if key not in seen)
+            if pack and total + extra > cap:
+                self._halve_into(out, pack, cap, body)
+                pack, total = [], base
+                seen.clear()
+                extra = alone
+            pack.append(item)
+            total += extra
+            seen.update(key for key, _ in groups)
+        if pack:
+            self._halve_into(out, pack, cap, body)
+        if lost:
+            counter = self._sender.counter
+            _stats.incr(f"{counter}.too_large", lost)
+            warn_limited(
+                f"{counter}.too_large",
+                "pitchey_trace %s: dropped %d item(s) whose request alone would be larger than "
+                "max_request_bytes (%d) (counted in dropped.request_too_large; the request "
+                "that held them was %d bytes)",
+                counter,
+                lost,
+                cap,
+                len(payload),
+            )
+        return out, lost
+
+
+class OTLPExporter(PackedOTLP):
     """Send span records to an OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
 
     Args:
@@ -393,11 +485,15 @@ class OTLPExporter(SenderExporter):
             kept and sent again, oldest first, once it answers, also by the next process that
             opens the directory after a crash. None (default): such requests are given up.
         spool_max_bytes: what the spool keeps at most (default 256 MiB; the oldest go first).
+        max_request_bytes: a request's bytes at most (its protobuf or JSON, before gzip;
+            default 4 MiB, gRPC's default message limit): a batch whose encoding is larger goes
+            as several requests; a span whose request alone is larger is dropped
+            (``dropped.request_too_large[.<name>]``, ``otlp.too_large``).
 
     Counters: ``otlp.spans``, ``otlp.requests``, ``otlp.retried``, ``otlp.failed``,
-    ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the collector refused),
-    ``otlp.partial_warning``. A successful answer may say the collector refused some spans (OTLP
-    partial success): the request is not sent again; those spans are counted in
+    ``otlp.too_large``, ``otlp.rejected`` (whole batches), ``otlp.partial_rejected`` (spans the
+    collector refused), ``otlp.partial_warning``. A successful answer may say the collector
+    refused some spans (OTLP partial success): the request is not sent again; those spans are counted in
     ``dropped.rejected`` and ``dropped.rejected.<name>`` instead of ``exported``, and the
     collector's message is logged (at most once a minute). A message alone is a warning,
     logged the same way.
@@ -423,6 +519,7 @@ class OTLPExporter(SenderExporter):
         client_key_file: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         positive_int("max_spans_per_request", max_spans_per_request)
         text("scope_name", scope_name)
@@ -430,6 +527,7 @@ class OTLPExporter(SenderExporter):
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_spans_per_request = self._items_per_request = max_spans_per_request
+        self.max_request_bytes = self._max_request_bytes = checked_max_request_bytes(max_request_bytes)
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "TRACES",
@@ -465,6 +563,35 @@ class OTLPExporter(SenderExporter):
         if self.protocol == "http/json":
             return dumps(encode_otlp_json(chunk, self.scope_name))
         return encode_otlp_protobuf(chunk, self.scope_name)
+
+    def _sizes(self, chunk: Sequence[Record]) -> tuple[int, list[ItemSize]]:
+        """Each span alone (its ``Span`` message, or its JSON object and a comma), and the
+        framing of its resource and scope (``ResourceSpans`` / ``ScopeSpans`` without spans)."""
+        version = _scope_version(None)
+        as_json = self.protocol == "http/json"
+        keys_by_id: dict[int, Any] = {}
+        framing: dict[Hashable, int] = {}
+        out: list[ItemSize] = []
+        for r in chunk:
+            res = _resource_of(r)
+            res_key = _resource_key(res, keys_by_id)
+            name, ver, encoded = scope_of(r, self.scope_name, version)
+            scope_key = (res_key, name, ver)
+            if res_key not in framing:
+                framing[res_key] = (
+                    len(dumps({"resource": {"attributes": _kv(res)}, "scopeSpans": []})) + 1
+                    if as_json
+                    else resource_framing_size(res)
+                )
+            if scope_key not in framing:
+                framing[scope_key] = (
+                    len(dumps({"scope": {"name": name, "version": ver}, "spans": []})) + 1
+                    if as_json
+                    else scope_framing_size(name, ver)
+                )
+            size = len(dumps(_span(encoded))) + 1 if as_json else span_field_size(encoded)
+            out.append((((res_key, framing[res_key]), (scope_key, framing[scope_key])), size))
+        return (len(b'{"resourceSpans":[]}') if as_json else 0), out
 
     def __repr__(self) -> str:
         return f"OTLPExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"

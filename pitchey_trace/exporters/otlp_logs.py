@@ -37,16 +37,35 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace import _stats
 from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
-from pitchey_trace.exporters._http import DEFAULT_SPOOL_MAX_BYTES, RetryPolicy, SenderExporter
-from pitchey_trace.exporters._otlp_proto import Schema, encode_node
-from pitchey_trace.exporters.otlp import ResourceBound, _scope_version, json_node, otlp_sender
+from pitchey_trace.exporters._http import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES,
+    RetryPolicy,
+    checked_max_request_bytes,
+)
+from pitchey_trace.exporters._otlp_proto import (
+    Schema,
+    encode_node,
+    field_size,
+    resource_framing_size,
+    scope_framing_size,
+)
+from pitchey_trace.exporters.otlp import (
+    ItemSize,
+    PackedOTLP,
+    ResourceBound,
+    _kv,
+    _scope_version,
+    json_node,
+    otlp_sender,
+)
 from pitchey_trace.records import Record
 
 __all__ = ["EXPORT_METHOD", "OTLPLogExporter", "log_record"]
@@ -164,7 +183,11 @@ def log_record(record: Mapping[str, Any], observed_ns: int) -> dict[str, Any] | 
     return out
 
 
-class OTLPLogExporter(SenderExporter, ResourceBound):
+#: A record and its ``LogRecord`` (None: not one, counted ``otlp_logs.bad_record`` once).
+_Item = tuple[Record, "dict[str, Any] | None"]
+
+
+class OTLPLogExporter(PackedOTLP, ResourceBound):
     """Send the audit records and the application's logs as OpenTelemetry log records to an
     OTLP endpoint: HTTP with binary protobuf (default) or JSON, or gRPC.
 
@@ -179,8 +202,11 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         client_certificate_file, client_key_file, spool_dir, spool_max_bytes: as
             :class:`OTLPExporter`, read from the ``OTEL_EXPORTER_OTLP_LOGS_*`` variables first,
             then ``OTEL_EXPORTER_OTLP_*``.
+        max_request_bytes: a request's bytes at most (before gzip; default 4 MiB): as
+            :class:`OTLPExporter` (a record too large alone: ``otlp_logs.too_large``).
 
-    Counters: ``otlp_logs.records``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
+    Counters: ``otlp_logs.records``, ``.requests``, ``.retried``, ``.failed``, ``.too_large``,
+    ``.rejected``,
     ``.partial_rejected`` and ``.partial_warning`` (a partial success: as :class:`OTLPExporter`,
     the refused records counted in ``dropped.rejected[.<name>]``), ``.skipped`` (records that
     are neither audit nor log records), ``.bad_record``.
@@ -206,6 +232,7 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         client_key_file: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         positive_int("max_records_per_request", max_records_per_request)
         text("scope_name", scope_name)
@@ -213,6 +240,7 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         self.name = name
         self.datasets = valid_datasets(datasets)
         self.max_records_per_request = self._items_per_request = max_records_per_request
+        self.max_request_bytes = self._max_request_bytes = checked_max_request_bytes(max_request_bytes)
         self.scope_name = scope_name
         self._sender, self.protocol = otlp_sender(
             "LOGS",
@@ -239,9 +267,11 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
         """The ``ExportLogsServiceRequest`` for the audit and log records among ``records`` (the
         JSON form's shape), grouped by service and environment."""
         observed = time.time_ns()
+        return self._request([(record, log_record(record, observed)) for record in records])
+
+    def _request(self, items: Iterable[_Item]) -> dict[str, Any]:
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for record in records:
-            log = log_record(record, observed)
+        for record, log in items:
             if log is not None:
                 key = (str(record.get("service", "")), str(record.get("environment", "")))
                 groups.setdefault(key, []).append(log)
@@ -258,18 +288,58 @@ class OTLPLogExporter(SenderExporter, ResourceBound):
 
     def export(self, batch: Sequence[Record]) -> bool | _stats.PartlyRejected:
         """POST the audit and log records of ``batch`` (in chunks); False if a chunk was given
-        up. When the collector refused some records of an accepted request (partial success):
-        their number, as a ``PartlyRejected`` (the export worker counts the rest as exported)."""
+        up. When the collector refused some records of an accepted request (partial success),
+        or some were too large to send (``max_request_bytes``): their number, as a
+        ``PartlyRejected`` (the export worker counts the rest as exported)."""
         logs = [r for r in batch if r.get("type") in _TYPES]
         if len(logs) != len(batch):
             _stats.incr("otlp_logs.skipped", len(batch) - len(logs))
-        return self._post_in_chunks(logs, self.max_records_per_request, self._payload, "otlp_logs.records")
+        observed = time.time_ns()  # (each LogRecord made once: a split request measures them)
+        items = [(r, log_record(r, observed)) for r in logs]
+        return self._post_in_chunks(items, self.max_records_per_request, self._payload, "otlp_logs.records")
 
-    def _payload(self, chunk: Sequence[Record]) -> bytes:
-        request = self.request(chunk)
+    def _payload(self, chunk: Sequence[_Item]) -> bytes:
+        request = self._request(chunk)
         if self.protocol == "http/json":
             return dumps(json_node(_SCHEMA, "request", request))
         return bytes(encode_node(_SCHEMA, "request", request))
+
+    def _sizes(self, chunk: Sequence[_Item]) -> tuple[int, list[ItemSize]]:
+        """Each ``LogRecord`` alone, and the framing of its resource (``ResourceLogs`` with its
+        one ``ScopeLogs``, without records)."""
+        as_json = self.protocol == "http/json"
+        version = _scope_version(None)
+        framing: dict[Hashable, int] = {}
+        out: list[ItemSize] = []
+        for record, log in chunk:
+            if log is None:
+                out.append(((), 0))  # (left out of the request)
+                continue
+            key = (str(record.get("service", "")), str(record.get("environment", "")))
+            cost = framing.get(key)
+            if cost is None:
+                resource = self.resource_for(*key)
+                scope = {"name": self.scope_name, "version": version}
+                cost = framing[key] = (
+                    len(
+                        dumps(
+                            {
+                                "resource": {"attributes": _kv(resource)},
+                                "scopeLogs": [{"scope": scope, "logRecords": []}],
+                            }
+                        )
+                    )
+                    + 1
+                    if as_json
+                    else resource_framing_size(resource) + scope_framing_size(self.scope_name, version)
+                )
+            size = (
+                len(dumps(json_node(_SCHEMA, "log_record", log))) + 1
+                if as_json
+                else field_size(len(encode_node(_SCHEMA, "log_record", log)))
+            )
+            out.append((((key, cost),), size))
+        return (len(b'{"resourceLogs":[]}') if as_json else 0), out
 
     def __repr__(self) -> str:
         return f"OTLPLogExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r})"

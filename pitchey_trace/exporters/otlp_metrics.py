@@ -56,14 +56,30 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pitchey_trace import _safety, _stats
-from pitchey_trace._batch import _suppressed_thread
+from pitchey_trace._batch import _suppressed_thread, start_thread
 from pitchey_trace._json import dumps
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import finite, positive_int, text
 from pitchey_trace.exceptions import ConfigurationError
-from pitchey_trace.exporters._http import RetryPolicy, SenderExporter, count_rejected, note_partial_success
-from pitchey_trace.exporters._otlp_proto import Schema, encode_node
+from pitchey_trace.exporters._http import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RetryPolicy,
+    SenderExporter,
+    checked_max_request_bytes,
+    count_dropped,
+    count_rejected,
+    note_partial_success,
+    warn_limited,
+)
+from pitchey_trace.exporters._otlp_proto import (
+    MAX_LENGTH_BYTES,
+    Schema,
+    encode_node,
+    field_size,
+    resource_framing_size,
+    scope_framing_size,
+)
 from pitchey_trace.exporters.otlp import ResourceBound, _otlp_env, _scope_version, json_node, otlp_sender
 from pitchey_trace.processors import OTHER_OPERATION, merge_rollups
 from pitchey_trace.records import Record
@@ -341,6 +357,13 @@ def _without(sketch: DurationSketch, part: DurationSketch) -> DurationSketch:
 _Key = tuple[str, str, str, str]  # service, environment, operation, kind
 #: An exemplar candidate: a kept span's duration (ms), end time, trace id and span id (hex).
 _Exemplar = tuple[float, int, str, str]
+#: What a failed request puts back: the series (key, series) it carried, and whether it
+#: carried the SDK's counters.
+_Undo = Callable[["list[tuple[_Key, _Series]] | None", bool], None]
+#: One data point of a request being split: (its resource, scope and metric indexes, the
+#: metric's kind, the point).
+_Leaf = tuple[int, int, int, str, dict[str, Any]]
+_KINDS = ("sum", "histogram", "exponentialHistogram")
 _MINUTE_NS = 60_000_000_000
 _CANDIDATE_MINUTES = 4  # minutes of candidates kept per series, waiting for their rollup
 
@@ -387,10 +410,15 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         headers, compression, timeout_s, retry, protocol, certificate_file,
         client_certificate_file, client_key_file: as :class:`OTLPExporter`, read from the
             ``OTEL_EXPORTER_OTLP_METRICS_*`` variables first, then ``OTEL_EXPORTER_OTLP_*``.
+        max_request_bytes: a request's bytes at most (before gzip; default 4 MiB, gRPC's
+            default message limit): a larger one goes as several requests, each with whole
+            series (a series' points are never split between two requests); a series whose
+            points alone are larger is left out (its points counted in
+            ``dropped.request_too_large[.<name>]`` and ``otlp_metrics.too_large``).
 
     The metrics come from the ``performance`` dataset (rollup records); records that are neither
     rollups nor spans are skipped (counted ``otlp_metrics.skipped``). Counters:
-    ``otlp_metrics.points``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``,
+    ``otlp_metrics.points``, ``.requests``, ``.retried``, ``.failed``, ``.rejected``, ``.too_large``,
     ``.partial_rejected`` and ``.partial_warning`` (a partial success: not sent again; the data
     points the backend refused are counted in ``dropped.rejected[.<name>]`` too, and the
     backend's message is logged at most once a minute).
@@ -420,6 +448,7 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         certificate_file: str | None = None,
         client_certificate_file: str | None = None,
         client_key_file: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         if temporality is None:
             preference = (_otlp_env("TEMPORALITY_PREFERENCE", "METRICS") or "cumulative").strip().lower()
@@ -467,6 +496,8 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         self.exemplars = exemplars
         self.idle_series_s = idle_series_s
         self.scope_name = scope_name
+        self.max_request_bytes = self._max_request_bytes = checked_max_request_bytes(max_request_bytes)
+        self._owners: dict[int, tuple[_Key, _Series]] = {}  # id(data point) -> its series
         self._sender, self.protocol = otlp_sender(
             "METRICS",
             "otlp_metrics",
@@ -557,11 +588,30 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                 return True
             self._fold(rollups)
             self._folded += 1
+            inline = False
             if self._thread is None:
-                self._thread = _suppressed_thread(self._run, "pitchey-trace-otlp-metrics")
-                self._thread.start()
+                thread = _suppressed_thread(self._run, "pitchey-trace-otlp-metrics")
+                if start_thread(thread):
+                    self._thread = thread
+                else:  # (Python 3.12+ in the exit flush: no new thread; send from here)
+                    inline = True
+        if inline:
+            self._send_now()
+            return True
         self._wake.set()
         return True
+
+    def _send_now(self) -> None:
+        """One send on the calling thread (what the sender thread does per wake-up)."""
+        with self._lock:
+            target = self._folded
+        try:
+            self._send()
+        except Exception as exc:
+            _safety.report("export.otlp_metrics", exc)
+        with self._lock:
+            self._covered = max(self._covered, target)
+            self._done.notify_all()
 
     def _fold_and_build(self, rollups: Iterable[Record]) -> dict[str, Any]:
         """Take ``rollups`` in and return the ``ExportMetricsServiceRequest`` the sender would
@@ -572,19 +622,12 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             return self._build()[0]
 
     def _run(self) -> None:
-        """The sender thread: one request at a time, for everything taken in since the last."""
+        """The sender thread: one request at a time, for everything taken in since the last
+        (a bug must not end the thread: :meth:`_send_now` reports it, later sends still go)."""
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            with self._lock:
-                target = self._folded
-            try:
-                self._send()
-            except Exception as exc:  # (a bug must not end the thread: later sends still go)
-                _safety.report("export.otlp_metrics", exc)
-            with self._lock:
-                self._covered = max(self._covered, target)
-                self._done.notify_all()
+            self._send_now()
 
     def _send(self) -> None:
         with self._lock:
@@ -596,36 +639,185 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             for rm in request["resourceMetrics"]
             for sm in rm["scopeMetrics"]
             for m in sm["metrics"]
-            for kind in ("sum", "histogram", "exponentialHistogram")
+            for kind in _KINDS
             if kind in m
         )
         try:
-            if self.protocol == "http/json":
-                payload = dumps(_json("request", request))
+            payload = self._encode(request)
+            cap = self._max_request_bytes
+            parts: Sequence[tuple[bytes, int, list[tuple[_Key, _Series]] | None, bool]]
+            if cap is None or len(payload) <= cap:
+                parts = [(payload, points, None, True)]
             else:
-                payload = bytes(_proto("request", request))
-            result = self._sender.send(payload)
+                parts = self._split(request, payload, cap)
         except Exception as exc:  # (what was taken in is put back for the next request)
             _safety.report("export.otlp_metrics", exc)
-            result = None
-        if result is None or not result.ok:
-            if result is None or not result.rejected:  # (a refused request would be refused again)
-                with self._lock:
-                    undo()
+            with self._lock:
+                undo(None, True)
             return
-        _stats.incr("otlp_metrics.points", points)
-        # (a partial success: not sent again; the refused points counted in dropped.rejected,
-        # not taken off exported, which counts the records taken in, not points)
-        rejected = note_partial_success(
-            result,
-            counter="otlp_metrics",
-            count_key="rejectedDataPoints",
-            noun="data points",
-            items=points,
-            url=self._sender.url,
-        )
-        if rejected:
-            count_rejected(self._exporter_name(), rejected)
+        failed: list[tuple[_Key, _Series]] = []
+        failed_all = failed_stats = False
+        for data, count, series, with_stats in parts:
+            try:
+                result = self._sender.send(data)
+            except Exception as exc:
+                _safety.report("export.otlp_metrics", exc)
+                result = None
+            if result is None or not result.ok:
+                if result is None or not result.rejected:  # (a refused request would be refused again)
+                    failed_all = failed_all or series is None
+                    failed.extend(series or ())
+                    failed_stats = failed_stats or with_stats
+                continue
+            _stats.incr("otlp_metrics.points", count)
+            # (a partial success: not sent again; the refused points counted in dropped.rejected,
+            # not taken off exported, which counts the records taken in, not points)
+            rejected = note_partial_success(
+                result,
+                counter="otlp_metrics",
+                count_key="rejectedDataPoints",
+                noun="data points",
+                items=count,
+                url=self._sender.url,
+            )
+            if rejected:
+                count_rejected(self._exporter_name(), rejected)
+        if failed_all or failed or failed_stats:
+            with self._lock:
+                undo(None if failed_all else failed, failed_stats)
+
+    def _encode(self, request: Mapping[str, Any]) -> bytes:
+        if self.protocol == "http/json":
+            return dumps(_json("request", request))
+        return bytes(_proto("request", request))
+
+    def _split(
+        self, request: dict[str, Any], payload: bytes, cap: int
+    ) -> list[tuple[bytes, int, list[tuple[_Key, _Series]], bool]]:
+        """``request`` (``payload`` encoded, over ``cap`` bytes) as requests of at most ``cap``
+        bytes each: (payload, data points, the series it carries, whether it carries the SDK's
+        counters). A series' points go together (a delta interval put back after a failure is
+        then never sent twice); each SDK counter is a unit of its own. Units are measured alone
+        (each point's message, plus once per request the framing of its resource, scope and
+        metric: upper bounds) and packed greedily, in order; a unit whose request alone is over
+        the cap is left out and counted."""
+        as_json = self.protocol == "http/json"
+        rms = request["resourceMetrics"]
+        leaves: list[_Leaf] = []
+        framing: dict[tuple[int, ...], int] = {}
+        for ri, rm in enumerate(rms):
+            framing[(ri,)] = (
+                len(dumps(_json("resource_metrics", {"resource": rm["resource"], "scopeMetrics": []}))) + 1
+                if as_json
+                else resource_framing_size(rm["resource"]["attributes"])
+            )
+            for si, sm in enumerate(rm["scopeMetrics"]):
+                scope = sm["scope"]
+                framing[(ri, si)] = (
+                    len(dumps(_json("scope_metrics", {"scope": scope, "metrics": []}))) + 1
+                    if as_json
+                    else scope_framing_size(scope["name"], scope["version"])
+                )
+                for mi, m in enumerate(sm["metrics"]):
+                    kind = next(k for k in _KINDS if k in m)
+                    empty = {**m, kind: {**m[kind], "dataPoints": []}}
+                    framing[(ri, si, mi)] = (
+                        len(dumps(_json("metric", empty))) + 1
+                        if as_json  # (below: the field's length, and the grown length of the kind's)
+                        else 1 + 2 * MAX_LENGTH_BYTES + len(_proto("metric", empty))
+                    )
+                    leaves.extend((ri, si, mi, kind, point) for point in m[kind]["dataPoints"])
+        # Units: the points of one series (in order of its first point), or one SDK counter.
+        owners = self._owners
+        units: dict[int, list[int]] = {}
+        for index, leaf in enumerate(leaves):
+            owner = owners.get(id(leaf[4]))
+            units.setdefault(id(owner[1]) if owner is not None else -1 - index, []).append(index)
+        sizes = [self._point_size(leaf[3], leaf[4], as_json) for leaf in leaves]
+        base = len(b'{"resourceMetrics":[]}') if as_json else 0
+        out: list[tuple[bytes, int, list[tuple[_Key, _Series]], bool]] = []
+        lost = 0
+        pack: list[int] = []
+        seen: set[tuple[int, ...]] = set()
+        total = base
+
+        def close() -> None:
+            self._pack_into(out, rms, leaves, sorted(pack), cap)
+
+        for unit in units.values():
+            groups = {g for i in unit for g in ((leaves[i][0],), leaves[i][:2], leaves[i][:3])}
+            size = sum(sizes[i] for i in unit)
+            alone = size + sum(framing[g] for g in groups)
+            if base + alone > cap and len(self._encode(_sub_request(rms, [leaves[i] for i in unit]))) > cap:
+                lost += len(unit)  # (over by the bounds, and measured)
+                continue
+            extra = size + sum(framing[g] for g in groups - seen)
+            if pack and total + extra > cap:
+                close()
+                pack, total = [], base
+                seen = set()
+                extra = alone
+            pack.extend(unit)
+            total += extra
+            seen |= groups
+        if pack:
+            close()
+        if lost:
+            _stats.incr("otlp_metrics.too_large", lost)
+            count_dropped("request_too_large", self._exporter_name(), lost)
+            warn_limited(
+                "otlp_metrics.too_large",
+                "pitchey_trace otlp_metrics: dropped %d data point(s) whose request alone would be "
+                "larger than max_request_bytes (%d) (counted in dropped.request_too_large; the "
+                "request that held them was %d bytes)",
+                lost,
+                cap,
+                len(payload),
+            )
+        return out
+
+    def _point_size(self, kind: str, point: Mapping[str, Any], as_json: bool) -> int:
+        message = _SCHEMA[_SCHEMA["metric"][kind][2]]["dataPoints"][2]
+        if as_json:
+            return len(dumps(_json(message, point))) + 1
+        return field_size(len(_proto(message, point)))
+
+    def _pack_into(
+        self,
+        out: list[tuple[bytes, int, list[tuple[_Key, _Series]], bool]],
+        rms: list[dict[str, Any]],
+        leaves: list[_Leaf],
+        indexes: list[int],
+        cap: int,
+    ) -> None:
+        """The request of the points ``indexes`` (in order) appended to ``out``, or, while its
+        payload is over ``cap`` (an estimate that missed), those of its halves (by series)."""
+        points = [leaves[i][4] for i in indexes]
+        payload = self._encode(_sub_request(rms, [leaves[i] for i in indexes]))
+        series: dict[int, tuple[_Key, _Series]] = {}
+        with_stats = False
+        for point in points:
+            owner = self._owners.get(id(point))
+            if owner is None:
+                with_stats = True
+            else:
+                series.setdefault(id(owner[1]), owner)
+        units = len(series) + sum(1 for p in points if id(p) not in self._owners)
+        if len(payload) <= cap or units <= 1:
+            out.append((payload, len(points), list(series.values()), with_stats))
+            return
+        half: list[int] = []
+        firsts: set[int] = set()
+        for i in indexes:  # (the first half of the units, whole)
+            owner = self._owners.get(id(leaves[i][4]))
+            unit = id(owner[1]) if owner is not None else -1 - i
+            if unit not in firsts and len(firsts) >= units // 2:
+                continue
+            firsts.add(unit)
+            half.append(i)
+        rest = [i for i in indexes if i not in set(half)]
+        self._pack_into(out, rms, leaves, half, cap)
+        self._pack_into(out, rms, leaves, rest, cap)
 
     def _fold(self, rollups: Iterable[Record]) -> None:
         """Take rollup records in (the lock is held): into the running totals, or as
@@ -643,7 +835,7 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             for record in rollups:
                 self._accumulate(record, self._touched)
 
-    def _build(self) -> tuple[dict[str, Any], Callable[[], None]]:
+    def _build(self) -> tuple[dict[str, Any], _Undo]:
         """The request for what is waiting (the lock is held), and how to put it back if the
         request is given up: cumulative series are marked again (a later request carries
         their totals then), delta intervals go back in front, the counters' last values too."""
@@ -663,13 +855,17 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                         items.append((key, series))
         sent, sent_ns = self._stats_sent, self._stats_sent_ns
 
-        def undo() -> None:
-            self._stats_sent, self._stats_sent_ns = sent, sent_ns
+        def undo(part: list[tuple[_Key, _Series]] | None = None, stats: bool = True) -> None:
+            """Put back the series of ``part`` (None: all), and the counters' last values
+            when ``stats``."""
+            if stats:
+                self._stats_sent, self._stats_sent_ns = sent, sent_ns
+            back = items if part is None else part
             if self.temporality == "delta":
-                self._pending[:0] = items
+                self._pending[:0] = back
                 del self._pending[: max(0, len(self._pending) - self.max_series)]
             else:
-                for key, series in items:
+                for key, series in back:
                     self._touched.setdefault(key, series)
 
         try:
@@ -679,7 +875,9 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             raise
 
     def _request(self, items: list[tuple[_Key, _Series]]) -> dict[str, Any]:
-        """The request for ``items`` and the SDK's counters (the lock is held)."""
+        """The request for ``items`` and the SDK's counters (the lock is held). Each data point
+        of a series is noted in ``_owners`` (what a split request puts back when it fails)."""
+        self._owners = {}
         by_service: dict[tuple[str, str], list[tuple[_Key, _Series]]] = {}
         for key, series in items:
             by_service.setdefault(key[:2], []).append((key, series))
@@ -836,7 +1034,9 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
         factor = _UNITS[self.unit]
         calls: list[dict[str, Any]] = []
         durations: list[dict[str, Any]] = []
-        for key, s in items:
+        owners = self._owners
+        for owner in items:
+            key, s = owner
             service, _, operation, kind = key
             attributes = {"service.name": service, "span.name": operation, "span.kind": _KIND.get(kind, kind)}
             times = {"startTimeUnixNano": s.start_ns, "timeUnixNano": s.time_ns}
@@ -848,6 +1048,7 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                     if status == _ERROR and error is not None:
                         call["exemplars"] = [_exemplar(error, "asInt", 1)]
                     calls.append(call)
+                    owners[id(call)] = owner
             for status, part, exemplar in ((_OK, s.ok, slowest), (_ERROR, s.error, error)):
                 # (a cumulative series keeps the points it has had; a delta one sends what it got)
                 if not part.count:
@@ -874,6 +1075,7 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                 if exemplar is not None:
                     point["exemplars"] = [_exemplar(exemplar, "asDouble", exemplar[0] * factor)]
                 durations.append(point)
+                owners[id(point)] = owner
         out: list[dict[str, Any]] = [
             {
                 "name": CALLS_METRIC,
@@ -930,3 +1132,26 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
             f"OTLPMetricsExporter(endpoint={self.endpoint!r}, protocol={self.protocol!r}, "
             f"temporality={self.temporality!r}, histogram={self.histogram!r})"
         )
+
+
+def _sub_request(rms: list[dict[str, Any]], leaves: Iterable[_Leaf]) -> dict[str, Any]:
+    """The request of ``rms`` (a request's ``resourceMetrics``) holding only ``leaves`` (in
+    order): their resources, scopes and metrics, each once."""
+    out: list[dict[str, Any]] = []
+    nodes: dict[tuple[int, ...], dict[str, Any]] = {}
+    for ri, si, mi, kind, point in leaves:
+        metric = nodes.get((ri, si, mi))
+        if metric is None:
+            scope = nodes.get((ri, si))
+            if scope is None:
+                resource = nodes.get((ri,))
+                if resource is None:
+                    resource = nodes[(ri,)] = {"resource": rms[ri]["resource"], "scopeMetrics": []}
+                    out.append(resource)
+                scope = nodes[(ri, si)] = {"scope": rms[ri]["scopeMetrics"][si]["scope"], "metrics": []}
+                resource["scopeMetrics"].append(scope)
+            m = rms[ri]["scopeMetrics"][si]["metrics"][mi]
+            metric = nodes[(ri, si, mi)] = {**m, kind: {**m[kind], "dataPoints": []}}
+            scope["metrics"].append(metric)
+        metric[kind]["dataPoints"].append(point)
+    return {"resourceMetrics": out}

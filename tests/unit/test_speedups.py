@@ -925,3 +925,24 @@ def test_c_builder_builds_records_with_dropped_counts_itself() -> None:
     expected = [span_record(s, "svc", "prod", DROPS_RESOURCE) for s in spans]
     assert out == expected
     assert [list(r) for r in out] == [list(r) for r in expected]
+
+
+def test_c_builder_hands_spans_over_the_sanitizer_limit_to_python_which_counts_the_drop() -> None:
+    # (session 16: the sanitizer's own drops in the record's dropped_attributes_count)
+    san = Sanitizer(max_attributes=2)
+    spans = _spans(
+        [("op", {"a": 1, "b": 2}, False, None), ("op", {"a": 1, "b": 2, "c": 3, "d": 4}, False, None)]
+    )
+    handed: list[Any] = []
+
+    def slow(span: Any) -> dict[str, Any]:
+        handed.append(span)
+        return san._span_record(span, "svc", "prod", RESOURCE, None)
+
+    for _ in range(2):  # (cold, then warm caches: the first span built in C)
+        handed.clear()
+        first, second = _build(san, spans, slow)
+        assert "dropped_attributes_count" not in first
+        assert second["dropped_attributes_count"] == 2
+        assert len(second["attributes"]) == 2
+    assert handed == [spans[1]]

@@ -126,3 +126,23 @@ def test_a_request_larger_than_the_spool_is_given_up_and_the_kept_ones_arrive(
     assert pt.force_flush(10)
     got = sorted(int(s["tags"]["seq"]) for req in http_server.requests for s in req.json())
     assert got == list(range(5))
+
+
+@pytest.mark.parametrize("spool", [True, False])
+def test_the_failure_warning_says_whether_the_batch_went_to_the_spool(
+    proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture, spool: bool
+) -> None:
+    proxy.set_mode("down")
+    exporter = ZipkinExporter(proxy.url + "/api/v2/spans", retry=FAST, spool_dir=tmp_path if spool else None)
+    pt.configure(service="jobs", exporters=[exporter], rollups=None)
+    with caplog.at_level(logging.WARNING, logger="pitchey_trace"):
+        _spans(0, 1, pad=0)
+        pt.force_flush(10)
+    messages = [r.getMessage() for r in caplog.records if "after 2 attempt(s)" in r.getMessage()]
+    assert len(messages) == 1, [r.getMessage() for r in caplog.records]
+    if spool:
+        assert "a batch goes to the spool" in messages[0]
+        assert _stats.get("zipkin.spooled") == 1
+    else:
+        assert "giving up a batch" in messages[0]
+        assert _stats.get("dropped.export_failed") == 1
