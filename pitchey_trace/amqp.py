@@ -428,30 +428,39 @@ def _traced_pika_callback(callback: Any, queue: Any) -> Any:
 
 
 def _wrap_pika_basic_consume(original: Any, blocking_channel: type) -> Any:
+    # BlockingChannel registers its own dispatcher on its pika Channel: the user's callback,
+    # wrapped above it, is the one that runs the application's code.
+    return _wrap_pika_callback(original, "on_message_callback", (blocking_channel,), "amqp.consume")
+
+
+def _wrap_pika_callback(original: Any, keyword: str, internal: tuple[type, ...], kind: str) -> Any:
+    """``basic_consume`` / ``basic_get`` of a pika channel: the message callback (argument 2
+    or ``keyword``) becomes a ``process`` span per message, unless it is a method of one of
+    the ``internal`` classes (pika's own dispatcher or collector, under a call that is traced
+    already)."""
+
     @functools.wraps(original)
-    def basic_consume(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            if "on_message_callback" in kwargs:
-                callback = kwargs["on_message_callback"]
+            if keyword in kwargs:
+                callback = kwargs[keyword]
             elif len(args) >= 2:
                 callback = args[1]
             else:
                 callback = None
-            # BlockingChannel registers its own dispatcher on its pika Channel: the user's
-            # callback, wrapped above it, is the one that runs the application's code.
-            if callable(callback) and not isinstance(getattr(callback, "__self__", None), blocking_channel):
+            if callable(callback) and not isinstance(getattr(callback, "__self__", None), internal):
                 queue = kwargs["queue"] if "queue" in kwargs else (args[0] if args else None)
                 traced = _traced_pika_callback(callback, queue)
-                if "on_message_callback" in kwargs:
-                    kwargs["on_message_callback"] = traced
+                if keyword in kwargs:
+                    kwargs[keyword] = traced
                 else:
                     args = (args[0], traced, *args[2:])
         except Exception as exc:
-            _safety.report("amqp.consume", exc)
+            _safety.report(kind, exc)
         return original(self, *args, **kwargs)
 
-    setattr(basic_consume, _WRAPPED, original)
-    return basic_consume
+    setattr(method, _WRAPPED, original)
+    return method
 
 
 def _traced_messages(channel: Any, messages: Iterator[Any], queue: Any) -> Iterator[Any]:
@@ -533,31 +542,9 @@ def _wrap_pika_blocking_get(original: Any) -> Any:
 
 def _wrap_pika_channel_get(original: Any, internal: tuple[type, ...]) -> Any:
     """``Channel.basic_get`` (the asynchronous adapters): the callback given the message is a
-    ``process`` span, as a ``basic_consume`` callback is."""
-
-    @functools.wraps(original)
-    def basic_get(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if "callback" in kwargs:
-                callback = kwargs["callback"]
-            elif len(args) >= 2:
-                callback = args[1]
-            else:
-                callback = None
-            # (BlockingChannel.basic_get passes its own collector: that call has its span)
-            if callable(callback) and not isinstance(getattr(callback, "__self__", None), internal):
-                queue = kwargs["queue"] if "queue" in kwargs else (args[0] if args else None)
-                traced = _traced_pika_callback(callback, queue)
-                if "callback" in kwargs:
-                    kwargs["callback"] = traced
-                else:
-                    args = (args[0], traced, *args[2:])
-        except Exception as exc:
-            _safety.report("amqp.receive", exc)
-        return original(self, *args, **kwargs)
-
-    setattr(basic_get, _WRAPPED, original)
-    return basic_get
+    ``process`` span, as a ``basic_consume`` callback is. (BlockingChannel.basic_get passes
+    its own collector: that call has its span.)"""
+    return _wrap_pika_callback(original, "callback", internal, "amqp.receive")
 
 
 def _instrument_pika() -> bool:

@@ -714,20 +714,26 @@ class SenderExporter:
             pack.append(item)
             pack_bytes += n
         close_pack()
-        if lost:
-            counter = self._sender.counter
-            _stats.incr(f"{counter}.too_large", lost)
-            warn_limited(
-                f"{counter}.too_large",
-                "pitchey_trace %s: dropped %d item(s) whose request alone would be larger than "
-                "max_request_bytes (%d) (counted in dropped.request_too_large; the request "
-                "that held them was %d bytes)",
-                counter,
-                lost,
-                cap,
-                len(payload),
-            )
+        self._note_too_large(lost, cap, len(payload))
         return out, lost
+
+    def _note_too_large(self, lost: int, cap: int, request_bytes: int) -> None:
+        """Count (``<counter>.too_large``) and warn about ``lost`` items left out of a request
+        of ``request_bytes`` because each alone is over ``cap`` (nothing when 0)."""
+        if not lost:
+            return
+        counter = self._sender.counter
+        _stats.incr(f"{counter}.too_large", lost)
+        warn_limited(
+            f"{counter}.too_large",
+            "pitchey_trace %s: dropped %d item(s) whose request alone would be larger than "
+            "max_request_bytes (%d) (counted in dropped.request_too_large; the request "
+            "that held them was %d bytes)",
+            counter,
+            lost,
+            cap,
+            request_bytes,
+        )
 
     @staticmethod
     def _halve_into(

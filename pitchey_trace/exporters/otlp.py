@@ -35,7 +35,6 @@ from pitchey_trace.exporters._http import (
     RetryPolicy,
     SenderExporter,
     checked_max_request_bytes,
-    warn_limited,
 )
 from pitchey_trace.exporters._otlp_proto import (
     Schema,
@@ -437,19 +436,7 @@ class PackedOTLP(SenderExporter):
             seen.update(key for key, _ in groups)
         if pack:
             self._halve_into(out, pack, cap, body)
-        if lost:
-            counter = self._sender.counter
-            _stats.incr(f"{counter}.too_large", lost)
-            warn_limited(
-                f"{counter}.too_large",
-                "pitchey_trace %s: dropped %d item(s) whose request alone would be larger than "
-                "max_request_bytes (%d) (counted in dropped.request_too_large; the request "
-                "that held them was %d bytes)",
-                counter,
-                lost,
-                cap,
-                len(payload),
-            )
+        self._note_too_large(lost, cap, len(payload))
         return out, lost
 
 
