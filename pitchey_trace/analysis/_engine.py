@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pitchey_trace._sketch import DurationSketch, merge_sketches
@@ -28,6 +29,7 @@ from pitchey_trace.analysis._reader import (
     MultiSource,
     ObjectInfo,
     Source,
+    _concurrency,
     decode_object,
 )
 from pitchey_trace.analysis._time import parse_time
@@ -573,6 +575,86 @@ class _Index:
         return self._sorted[lo:hi]
 
 
+# What the read loop does with a listed object (Archive._decide).
+_READ, _LOADED, _OLD, _REWRITTEN = "read", "loaded", "old", "rewritten"
+
+
+class _Ahead:
+    """Reads ahead of a read loop: the next objects it will read (``decide`` says which), at
+    most ``window`` at a time on worker threads, their bytes handed over in the loop's order.
+
+    Only ``window`` objects' bytes are held at once (read or in flight), and the loop never
+    waits for more than the object it needs. What a worker raises comes back from
+    :meth:`take` for that object, as the read itself would have raised it."""
+
+    def __init__(
+        self, source: Source, infos: list[ObjectInfo], decide: Callable[[ObjectInfo], str], window: int
+    ) -> None:
+        self._source = source
+        self._infos = infos
+        self._decide = decide
+        self._window = window
+        self._next = 0  # the next position to consider
+        self._pending: dict[int, Future[bytes]] = {}
+        # key -> version of what was sent to a worker: an object listed twice (two datasets'
+        # prefixes that overlap) is read once, as the loop passes over the second listing
+        self._sent: dict[str, str] = {}
+        self._pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(window, thread_name_prefix="pitchey-trace-archive-read")
+            if window > 1
+            else None
+        )
+
+    def take(self, pos: int, info: ObjectInfo) -> bytes:
+        """The bytes of ``info``, at ``pos`` in the loop's list (FileNotFoundError and any
+        other error of the read as the source raised them)."""
+        if self._pool is None:
+            return self._source.read(info)
+        for p in [p for p in self._pending if p < pos]:  # passed over by the loop (no longer needed)
+            self._pending.pop(p).cancel()
+        self._fill(pos)
+        future = self._pending.pop(pos, None)
+        self._fill(pos + 1)  # (keeps the window full while this one is used)
+        if future is None:  # (not foreseen: read here, as without workers)
+            return self._source.read(info)
+        return future.result()
+
+    def _fill(self, pos: int) -> None:
+        if self._pool is None:
+            return
+        self._next = max(self._next, pos)
+        while self._next < len(self._infos) and len(self._pending) < self._window:
+            i = self._next
+            info = self._infos[i]
+            decision = self._decide(info)
+            if decision == _REWRITTEN:  # the loop starts over there: nothing after it is needed
+                self._next = len(self._infos)
+                return
+            sent = self._sent.get(info.key)
+            if sent is not None and sent != info.version:  # (as _REWRITTEN, once the first is read)
+                self._next = len(self._infos)
+                return
+            self._next += 1
+            if decision != _READ or sent is not None:
+                continue
+            self._sent[info.key] = info.version
+            try:
+                self._pending[i] = self._pool.submit(self._source.read, info)
+            except RuntimeError:  # no thread could start (interpreter shutdown): read in the loop
+                self.close()
+                return
+
+    def close(self, wait: bool = True) -> None:
+        """Cancel the reads not started; with ``wait``, wait for those in flight (never left
+        writing to a cache directory after the loop returns)."""
+        pool, self._pool = self._pool, None
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=True)
+
+
 class Archive:
     """Search and analyse archived traces, audit records and rollups.
 
@@ -665,52 +747,75 @@ class Archive:
         return f"<Archive {where}: {len(self._index.spans)} spans read>"
 
     # -- reading --------------------------------------------------------------------------------
+    def _decide(self, info: ObjectInfo) -> str:
+        """What the read loop does with ``info`` now: read it, pass over it (read already, or
+        too old for a full span bound) or start over (rewritten in place)."""
+        if self._loaded.get(info.key) == info.version:
+            return _LOADED
+        if (
+            self._max_spans is not None
+            and info.dataset == "traces"
+            and self._full
+            and self._floor is not None
+            and (info.opened_ns or 0, info.key) < self._floor
+        ):
+            return _OLD
+        if info.key in self._loaded:
+            return _REWRITTEN
+        return _READ
+
     def _read(self, infos: list[ObjectInfo]) -> bool:
         """Read the objects not read yet; True if a rewritten object made it start over.
 
         With ``max_spans`` (``infos`` newest first), a ``traces`` object older than every one
         read is skipped once the bound was reached; any other is read, and the oldest traces
-        then make room for its spans."""
+        then make room for its spans.
+
+        A source with ``concurrency`` has that many reads in flight (:class:`_Ahead`); the
+        objects are still used one at a time in ``infos``' order, so what is kept, skipped and
+        counted is what reading one at a time gives."""
         assert self._source is not None
         bound = self._max_spans
-        for info in infos:
-            if self._loaded.get(info.key) == info.version:
-                continue
-            order = (info.opened_ns or 0, info.key)
-            if (
-                bound is not None
-                and info.dataset == "traces"
-                and self._full
-                and self._floor is not None
-                and order < self._floor
-            ):
-                if info.key not in self._skipped:  # (listed again by each refresh: counted once)
-                    self._skipped.add(info.key)
-                    self.read_stats["skipped_objects"] = len(self._skipped)
-                continue
-            if info.key in self._loaded:  # rewritten in place: rebuild from scratch to drop its old records
-                self._rebuild()
-                return True
-            try:
-                data = self._source.read(info)
-            except FileNotFoundError:  # deleted since it was listed: not in the archive now
-                continue
-            except Exception:  # a missing or unreadable object must not hide the others
-                self.read_stats["unreadable_objects"] += 1
-                continue
-            records, bad = decode_object(data)
-            self.read_stats["objects"] += 1
-            self.read_stats["bytes"] += len(data)
-            self.read_stats["bad_lines"] += bad
-            self.read_stats["unusable_records"] += self._index.add(records)
-            self._loaded[info.key] = info.version
-            if bound is not None:
-                if info.dataset == "traces":
-                    self._floor = order if self._floor is None else min(self._floor, order)
-                if len(self._index.spans) >= bound:
-                    self._full = True
-                    self._index.evict(bound)
-            self._trees.clear()
+        ahead = _Ahead(self._source, infos, self._decide, _concurrency(self._source))
+        try:
+            for pos, info in enumerate(infos):
+                decision = self._decide(info)
+                if decision == _LOADED:
+                    continue
+                if decision == _OLD:
+                    if info.key not in self._skipped:  # (listed again by each refresh: counted once)
+                        self._skipped.add(info.key)
+                        self.read_stats["skipped_objects"] = len(self._skipped)
+                    continue
+                if decision == _REWRITTEN:  # rebuild from scratch to drop its old records
+                    ahead.close()
+                    self._rebuild()
+                    return True
+                try:
+                    data = ahead.take(pos, info)
+                except FileNotFoundError:  # deleted since it was listed: not in the archive now
+                    continue
+                except Exception:  # a missing or unreadable object must not hide the others
+                    self.read_stats["unreadable_objects"] += 1
+                    continue
+                records, bad = decode_object(data)
+                self.read_stats["objects"] += 1
+                self.read_stats["bytes"] += len(data)
+                self.read_stats["bad_lines"] += bad
+                self.read_stats["unusable_records"] += self._index.add(records)
+                self._loaded[info.key] = info.version
+                if bound is not None:
+                    if info.dataset == "traces":
+                        order = (info.opened_ns or 0, info.key)
+                        self._floor = order if self._floor is None else min(self._floor, order)
+                    if len(self._index.spans) >= bound:
+                        self._full = True
+                        self._index.evict(bound)
+                self._trees.clear()
+        except BaseException:
+            ahead.close(wait=False)  # (an interrupt: never wait for reads in flight)
+            raise
+        ahead.close()
         return False
 
     def _rebuild(self) -> None:

@@ -5,6 +5,10 @@ Both hold what the archive exporters write: ``{prefix}/{YYYYMMDD}/{opened}_{clos
 from their names, so a time-bounded query can skip objects without reading them, and reads one
 object's bytes. :func:`decode_object` turns the bytes into records, keeping everything that can
 be read from a damaged object (a torn last line, a truncated gzip member, a bad line).
+
+A source with a ``concurrency`` attribute above 1 (:class:`S3Source`: 8 by default) has that
+many reads in flight at once: the engine calls its ``read`` from worker threads, so its
+``read`` must be safe to call from several threads (a boto3 client is; a boto3 session is not).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ __all__ = [
 #: The datasets a source reads by default (what the archive exporters write by default).
 DATASETS = ("traces", "audit", "performance", "logs")
 
+#: Reads an S3 source has in flight at once by default, and the most it takes.
+S3_CONCURRENCY = 8
+MAX_CONCURRENCY = 64
+
 _KEY = re.compile(r"(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)_[0-9A-Za-z]+\.log\.gz")
 
 
@@ -62,7 +70,10 @@ class Source(Protocol):
         """The dataset's objects; may leave out objects closed before ``since_ns``."""
 
     def read(self, info: ObjectInfo) -> bytes:
-        """The object's stored bytes (FileNotFoundError: deleted since it was listed)."""
+        """The object's stored bytes (FileNotFoundError: deleted since it was listed).
+
+        A source may also have ``concurrency`` (an int): how many reads the engine may have in
+        flight at once, from worker threads. Without it (or 1), reads are one at a time."""
 
 
 def _compact_ns(text: str) -> int:
@@ -188,6 +199,11 @@ class S3Source:
             (credentials from boto3's usual chain).
         cache_dir: keep a copy of each object read here, so later runs read it from disk
             (objects are immutable once written; a copy is used only if its size matches).
+        concurrency: how many objects are downloaded at once (default 8, 1 to 64; 1 reads one
+            at a time). Never more than the client's connection pool (botocore's
+            ``max_pool_connections``, 10 unless the client was made with more). Objects are
+            still used in the same order, and with ``max_spans`` at most this many are
+            downloaded ahead of need.
 
     ``S3Source.from_config(path_or_config)`` takes buckets, prefixes and endpoint from the
     logpush configuration file that ``pitchey-trace logpush setup`` uses.
@@ -205,7 +221,9 @@ class S3Source:
         region: str | None = None,
         profile: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        concurrency: int = S3_CONCURRENCY,
     ) -> None:
+        _check_concurrency(concurrency)
         per = dict(buckets or {})
         wanted = _datasets(datasets)
         if datasets is None and "logs" not in per and not bucket:
@@ -226,10 +244,22 @@ class S3Source:
             client = make_s3_client(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=3)
         self.client = client
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        # (a client's calls are thread-safe; more reads than its pooled connections would open
+        # and discard a connection per extra read)
+        pool = getattr(getattr(getattr(client, "meta", None), "config", None), "max_pool_connections", None)
+        if isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1:
+            concurrency = min(concurrency, pool)
+        #: Reads in flight at once (see the class's ``concurrency``).
+        self.concurrency = concurrency
 
     @classmethod
     def from_config(
-        cls, config: Any, *, client: Any = None, cache_dir: str | os.PathLike[str] | None = None
+        cls,
+        config: Any,
+        *,
+        client: Any = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        concurrency: int = S3_CONCURRENCY,
     ) -> S3Source:
         """From a logpush configuration: a ``LogpushConfig`` or the path of its file."""
         from pitchey_trace import logpush_config as lc
@@ -241,6 +271,7 @@ class S3Source:
             datasets=list(cfg.datasets),
             client=client if client is not None else lc.client_for(cfg),
             cache_dir=cache_dir,
+            concurrency=concurrency,
         )
 
     def describe(self) -> str:
@@ -313,6 +344,11 @@ class S3Source:
         return f"S3Source({self.describe()!r})"
 
 
+def _check_concurrency(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, got {value!r}")
+
+
 def _no_such_key(exc: BaseException) -> bool:
     """Whether a client's error says the object does not exist (botocore's ``ClientError``
     with code ``NoSuchKey``; ``404`` / ``NotFound`` from stores that answer a GET so)."""
@@ -336,6 +372,8 @@ class MultiSource:
         for src in self.sources:
             names += [d for d in getattr(src, "datasets", DATASETS) if d not in names]
         self.datasets = tuple(names)
+        #: Reads in flight at once: the most any of the sources takes.
+        self.concurrency = max(_concurrency(s) for s in self.sources)
 
     def describe(self) -> str:
         """Each source's description."""
@@ -361,6 +399,14 @@ class MultiSource:
 
     def __repr__(self) -> str:
         return f"MultiSource({self.sources!r})"
+
+
+def _concurrency(source: Any) -> int:
+    """How many reads of ``source`` may be in flight at once (1 unless it says more)."""
+    value = getattr(source, "concurrency", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return 1
+    return min(value, MAX_CONCURRENCY)
 
 
 def _gunzip(data: bytes) -> tuple[bytes, bool]:

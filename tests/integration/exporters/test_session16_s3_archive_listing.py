@@ -101,7 +101,7 @@ def test_more_than_a_page_of_objects_is_listed_whole(many: tuple[S3, str]) -> No
 def test_an_archive_over_more_than_a_page_of_objects(many: tuple[S3, str], tmp_path: Path) -> None:
     """Every listed object is known to the archive: with a span bound (newest first), the
     newest 40 are read and the 1,065 older ones, on the first page of the listing, skipped.
-    (Bounded to stay fast: the engine reads objects one at a time, ~15 ms each here.)"""
+    (Bounded to stay fast: each object read costs ~5-15 ms against moto here.)"""
     s3, bucket = many
     archive = Archive(
         S3Source(bucket, datasets=["traces"], client=s3.client, cache_dir=tmp_path), max_spans=40
