@@ -393,6 +393,11 @@ def _positive_int(text: str) -> int:
     return _whole_number(text, 1, None, "a whole number from 1")
 
 
+def _concurrency(text: str) -> int:
+    """``--s3-concurrency``: 1 to 64."""
+    return _whole_number(text, 1, 64, "a whole number from 1 to 64")
+
+
 def _port(text: str) -> int:
     """``--port``: 0 to 65535 (0: any free port)."""
     return _whole_number(text, 0, 65535, "a port number 0-65535")
@@ -409,9 +414,10 @@ def _archive(args: argparse.Namespace) -> Any:
     from pitchey_trace.analysis import Archive, S3Source
 
     if args.s3_config:
-        return Archive(
-            S3Source.from_config(args.s3_config, cache_dir=args.cache_dir), max_spans=args.max_spans
+        source = S3Source.from_config(
+            args.s3_config, cache_dir=args.cache_dir, concurrency=args.s3_concurrency
         )
+        return Archive(source, max_spans=args.max_spans)
     where = args.archive or os.environ.get("PITCHEY_TRACE_ARCHIVE")
     if isinstance(where, list):  # --archive given more than once: read as one archive
         where = where[0] if len(where) == 1 else where
@@ -947,6 +953,13 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True, json: bool 
         "--s3-config", metavar="FILE", help="read the S3/R2 buckets of this logpush config instead"
     )
     src.add_argument("--cache-dir", metavar="DIR", help="with --s3-config: keep downloaded objects here")
+    src.add_argument(
+        "--s3-concurrency",
+        type=_concurrency,
+        default=8,
+        metavar="N",
+        help="with --s3-config: downloads in flight, 1 to 64 (default 8)",
+    )
     src.add_argument(
         "--max-spans",
         type=_positive_int,

@@ -93,3 +93,27 @@ def test_serve_has_no_json_flag(tmp_path: Any, capsys: pytest.CaptureFixture[str
         cli.main(["serve", "--archive", str(tmp_path), "--json"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "65", "x"])
+def test_s3_concurrency_is_checked(value: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["search", "--s3-config", str(tmp_path / "c.toml"), "--s3-concurrency", value])
+    assert exc.value.code == 2
+    assert "--s3-concurrency: expected a whole number from 1 to 64" in capsys.readouterr().err
+
+
+def test_s3_concurrency_reaches_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pitchey_trace.analysis import S3Source
+
+    seen: dict[str, Any] = {}
+
+    def from_config(config: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(S3Source, "from_config", staticmethod(from_config))
+    args = cli.build_parser().parse_args(["search", "--s3-config", "c.toml", "--s3-concurrency", "3"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli._archive(args)
+    assert seen == {"cache_dir": None, "concurrency": 3}
