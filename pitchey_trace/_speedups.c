@@ -154,6 +154,38 @@ static PyObject *s_hot, *s_enqueue, *s_drop, *s_max_attributes, *s_on_exception,
     *s_set_attribute_slow, *s_reenter, *s_restore_live, *s_old_value;
 static PyObject *int_zero = NULL; /* the cached small int 0: an open span's end_ns */
 
+/* Limits.max_attributes (-1 with an error set when it is not an int), remembered with the
+ * class's version tag: CPython gives a class a new tag whenever it or a base class is
+ * modified (configure() sets the class attribute), so an unchanged tag means the same value,
+ * without an attribute lookup per span. */
+static unsigned int limits_tag = 0;
+static Py_ssize_t limits_max = 0;
+
+static Py_ssize_t
+max_attributes_limit(void)
+{
+    PyTypeObject *t = PyType_Check(limits_cls) ? (PyTypeObject *)limits_cls : NULL;
+    if (t != NULL && limits_tag != 0 && t->tp_version_tag == limits_tag &&
+        PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return limits_max;
+    PyObject *obj = PyObject_GetAttr(limits_cls, s_max_attributes);
+    if (obj == NULL)
+        return -1;
+    Py_ssize_t limit = PyLong_AsSsize_t(obj);
+    int exact = PyLong_CheckExact(obj);
+    Py_DECREF(obj);
+    if (limit == -1 && PyErr_Occurred())
+        return -1;
+    /* (the tag the lookup above left, if any: a later change gives another one) */
+    if (t != NULL && exact && PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        limits_tag = t->tp_version_tag;
+        limits_max = limit;
+    }
+    else
+        limits_tag = 0;
+    return limit;
+}
+
 /* A context token's fields, as CPython 3.7-3.13 lays them out (Include/internal/
  * pycore_context.h): tok_oldval is what a reset makes current again. The layout is checked
  * once against Token.old_value (probe_token_layout); when it does not match, the attribute is
@@ -427,11 +459,7 @@ span_set_attribute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
         if (ended < 0)
             return NULL;
         if (!ended) {
-            PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
-            if (limit_obj == NULL)
-                return NULL;
-            Py_ssize_t limit = PyLong_AsSsize_t(limit_obj);
-            Py_DECREF(limit_obj);
+            Py_ssize_t limit = max_attributes_limit();
             if (limit == -1 && PyErr_Occurred())
                 return NULL;
             int room = PyDict_GET_SIZE(attrs) < limit;
@@ -748,9 +776,7 @@ start_span_core(PyObject *name, PyObject *kind, PyObject *attributes, PyObject *
             attrs = PyDict_New();
         }
         else {
-            PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
-            Py_ssize_t limit = limit_obj ? PyLong_AsSsize_t(limit_obj) : -1;
-            Py_XDECREF(limit_obj);
+            Py_ssize_t limit = max_attributes_limit();
             if (limit == -1 && PyErr_Occurred()) {
                 Py_DECREF(span_id);
                 goto error;
@@ -978,6 +1004,7 @@ install_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(current_var, args[0]);
     Py_INCREF(args[1]);
     Py_XSETREF(limits_cls, args[1]);
+    limits_tag = 0;
     Py_INCREF(args[2]);
     Py_XSETREF(getrandbits_fn, args[2]);
     Py_INCREF(args[3]);
@@ -998,6 +1025,51 @@ install_methods(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* "00".."ff" for each byte value, filled on first use. */
+static char hex_pairs[256][2];
+static int hex_pairs_ready = 0;
+
+/* 16 hex digits of v at p. */
+static inline void
+put_hex64(char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        memcpy(p + 2 * i, hex_pairs[v & 0xFF], 2);
+}
+
+/* A non-negative int of at most 128 bits (checked by the caller) as two 64-bit halves, read
+ * from its digits (Include/cpython/longintrepr.h); 0 where that layout is not known. */
+static int
+u128_of(PyObject *value, uint64_t *lo, uint64_t *hi)
+{
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030F0000
+    uintptr_t tag = ((PyLongObject *)value)->long_value.lv_tag;
+    if ((tag & 3) == 2)
+        return 0; /* negative */
+    Py_ssize_t n = (Py_ssize_t)(tag >> 3);
+    const digit *d = ((PyLongObject *)value)->long_value.ob_digit;
+#elif PY_VERSION_HEX < 0x030C0000
+    Py_ssize_t n = Py_SIZE(value);
+    if (n < 0)
+        return 0;
+    const digit *d = ((PyLongObject *)value)->ob_digit;
+#else
+    return 0;
+#endif
+#if PY_VERSION_HEX < 0x030F0000
+    if (n > (128 + PyLong_SHIFT - 1) / PyLong_SHIFT)
+        return 0;
+    uint64_t l = 0, h = 0;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        h = (h << PyLong_SHIFT) | (l >> (64 - PyLong_SHIFT));
+        l = (l << PyLong_SHIFT) | (uint64_t)d[i];
+    }
+    *lo = l;
+    *hi = h;
+    return 1;
+#endif
+}
+
 /* Lowercase hex of a non-negative int below 2**(8*nbytes), as int.to_bytes(nbytes).hex()
  * gives; NULL with no error set for any other value (the Python builder then decides). */
 static PyObject *
@@ -1005,6 +1077,13 @@ hex_id(PyObject *value, int nbytes)
 {
     static const char digits[] = "0123456789abcdef";
     unsigned char buf[16];
+    if (!hex_pairs_ready) {
+        for (int b = 0; b < 256; b++) {
+            hex_pairs[b][0] = digits[b >> 4];
+            hex_pairs[b][1] = digits[b & 0xF];
+        }
+        hex_pairs_ready = 1;
+    }
     if (nbytes == 8) {
         /* (PyLong_AsUnsignedLongLong goes through the generic byte conversion up to 3.12;
          * the mask reads the digits directly, once the range is checked) */
@@ -1016,13 +1095,21 @@ hex_id(PyObject *value, int nbytes)
         PyObject *out = PyUnicode_New(16, 127);
         if (out == NULL)
             return NULL;
-        char *p = (char *)PyUnicode_1BYTE_DATA(out);
-        for (int i = 15; i >= 0; i--, v >>= 4)
-            p[i] = digits[v & 0xF];
+        put_hex64((char *)PyUnicode_1BYTE_DATA(out), v);
         return out;
     }
     if (_PyLong_Sign(value) < 0 || _PyLong_NumBits(value) > (size_t)nbytes * 8)
         return NULL;
+    uint64_t lo, hi;
+    if (nbytes == 16 && u128_of(value, &lo, &hi)) {
+        PyObject *out = PyUnicode_New(32, 127);
+        if (out == NULL)
+            return NULL;
+        char *p = (char *)PyUnicode_1BYTE_DATA(out);
+        put_hex64(p, hi);
+        put_hex64(p + 16, lo);
+        return out;
+    }
 #if PY_VERSION_HEX >= 0x030D0000
     if (PyLong_AsNativeBytes(value, buf, nbytes,
                              Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER) < 0)
@@ -1035,10 +1122,8 @@ hex_id(PyObject *value, int nbytes)
     if (out == NULL)
         return NULL;
     char *p = (char *)PyUnicode_1BYTE_DATA(out);
-    for (int i = 0; i < nbytes; i++) {
-        *p++ = digits[buf[i] >> 4];
-        *p++ = digits[buf[i] & 0xF];
-    }
+    for (int i = 0; i < nbytes; i++)
+        memcpy(p + 2 * i, hex_pairs[buf[i]], 2);
     return out;
 }
 
@@ -1073,8 +1158,33 @@ cached_hex(hex_cache *cache, PyObject *value, int nbytes)
  * (the usual case) the span's own dict is returned: an ended span is frozen and records are
  * never mutated, so the record can share it (as the unsanitized record builder does). */
 #define ATTR_STACK 32
+/* The sanitizer's decision for each attribute key (key_cache[key] = (new_key, action, _)),
+ * remembered by the key's identity for one build_*_records call: the attribute keys of a
+ * chunk's spans are mostly the same few str objects (constants in the instrumented code).
+ * Holds its keys and new keys; forgotten whenever Python runs (it may change the caches). */
+#define KEY_MEMO 16
+typedef struct {
+    PyObject *key[KEY_MEMO];
+    PyObject *new_key[KEY_MEMO];
+    long action[KEY_MEMO];
+    int n;
+} key_memo;
+
+static void
+key_memo_clear(key_memo *memo)
+{
+    if (memo == NULL)
+        return;
+    for (int i = 0; i < memo->n; i++) {
+        Py_DECREF(memo->key[i]);
+        Py_DECREF(memo->new_key[i]);
+    }
+    memo->n = 0;
+}
+
 static PyObject *
-fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache)
+fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache,
+                key_memo *memo)
 {
     Py_ssize_t size = PyDict_GET_SIZE(attrs);
     PyObject *stack[2 * ATTR_STACK];
@@ -1088,22 +1198,42 @@ fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyOb
     while (PyDict_Next(attrs, &pos, &key, &value)) {
         if (!PyUnicode_CheckExact(key) || k >= size)
             goto slow;
-        PyObject *entry = PyDict_GetItemWithError(key_cache, key);
-        if (entry == NULL) {
-            if (PyErr_Occurred())
-                goto done;
-            goto slow;
+        PyObject *new_key = NULL;
+        long action = 0;
+        int m = 0;
+        if (memo != NULL) {
+            for (; m < memo->n; m++) {
+                if (memo->key[m] == key) {
+                    new_key = memo->new_key[m];
+                    action = memo->action[m];
+                    break;
+                }
+            }
         }
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
-            goto slow;
-        PyObject *new_key = PyTuple_GET_ITEM(entry, 0);
-        PyObject *action_obj = PyTuple_GET_ITEM(entry, 1);
-        if (!PyLong_CheckExact(action_obj))
-            goto slow;
-        long action = PyLong_AsLong(action_obj);
-        if (action == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            goto slow;
+        if (new_key == NULL) {
+            PyObject *entry = PyDict_GetItemWithError(key_cache, key);
+            if (entry == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                goto slow;
+            }
+            if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+                goto slow;
+            new_key = PyTuple_GET_ITEM(entry, 0);
+            PyObject *action_obj = PyTuple_GET_ITEM(entry, 1);
+            if (!PyLong_CheckExact(action_obj))
+                goto slow;
+            action = PyLong_AsLong(action_obj);
+            if (action == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                goto slow;
+            }
+            if (memo != NULL && memo->n < KEY_MEMO) {
+                memo->key[memo->n] = Py_NewRef(key);
+                memo->new_key[memo->n] = Py_NewRef(new_key);
+                memo->action[memo->n] = action;
+                memo->n++;
+            }
         }
         PyObject *result = NULL; /* borrowed */
         PyTypeObject *type = Py_TYPE(value);
@@ -1201,14 +1331,115 @@ small_lookup(small_cache *cache, PyObject *table, PyObject *key)
     return value;
 }
 
+/* Records are copies of a template dict whose keys are all there already: filling one with
+ * PyDict_SetItem looks each key up again (~190 instructions a key, 13 keys a record). Where
+ * CPython's dict layout is known (3.11-3.13, the same there), the value slots of a fresh copy
+ * are written directly instead: only a copy whose key table is its own (not shared), holds
+ * str keys only, and has at each remembered position exactly the wanted key object (checked
+ * per record, by identity), so the dict is the one PyDict_SetItem would have made; anything
+ * else (another layout, a key that is not there) goes through PyDict_SetItem as before. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define DIRECT_FILL 1
+typedef struct {
+    Py_ssize_t dk_refcnt;
+    uint8_t dk_log2_size;
+    uint8_t dk_log2_index_bytes;
+    uint8_t dk_kind; /* 1: DICT_KEYS_UNICODE */
+    uint32_t dk_version;
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];
+} keys_layout; /* Include/internal/pycore_dict.h, struct _dictkeysobject */
+typedef struct {
+    PyObject *me_key;
+    PyObject *me_value;
+} unicode_entry;
+
+static unicode_entry *
+unicode_entries(PyObject *dict, Py_ssize_t *n)
+{
+    PyDictObject *mp = (PyDictObject *)dict;
+    keys_layout *dk = (keys_layout *)mp->ma_keys;
+    if (mp->ma_values != NULL || dk == NULL || dk->dk_kind != 1 || dk->dk_refcnt != 1)
+        return NULL;
+    *n = dk->dk_nentries;
+    return (unicode_entry *)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
+}
+#endif
+
+#define FILL_MAX 16
+/* Where each wanted key sits in the copies of one template (found once per template). */
+typedef struct {
+    PyObject *template; /* held */
+    Py_ssize_t nentries;
+    Py_ssize_t index[FILL_MAX]; /* -1: not found */
+} fill_map;
+static fill_map span_fill = {NULL, 0, {0}}, audit_fill = {NULL, 0, {0}};
+
+/* slots[i]: the value slot of want[i] in `rec`, a fresh PyDict_Copy of `template`, or NULL
+ * when that key must go through PyDict_SetItem. */
+static void
+fill_slots(fill_map *map, PyObject *template, PyObject *rec, PyObject *const *want, int n, PyObject ***slots)
+{
+#ifdef DIRECT_FILL
+    Py_ssize_t count;
+    unicode_entry *entries = unicode_entries(rec, &count);
+    if (entries == NULL)
+        goto none;
+    if (map->template != template) {
+        Py_XSETREF(map->template, Py_NewRef(template));
+        map->nentries = count;
+        for (int i = 0; i < n; i++) {
+            map->index[i] = -1;
+            for (Py_ssize_t j = 0; j < count; j++) {
+                if (entries[j].me_key == want[i] && entries[j].me_value != NULL) {
+                    map->index[i] = j;
+                    break;
+                }
+            }
+        }
+    }
+    if (count != map->nentries)
+        goto none;
+    for (int i = 0; i < n; i++) {
+        Py_ssize_t j = map->index[i];
+        /* (a live entry: a deleted one has no key) */
+        slots[i] = j >= 0 && entries[j].me_key == want[i] ? &entries[j].me_value : NULL;
+    }
+    return;
+none:
+#else
+    (void)map;
+    (void)template;
+    (void)rec;
+    (void)want;
+#endif
+    for (int i = 0; i < n; i++)
+        slots[i] = NULL;
+}
+
+/* rec[key] = value (a new reference, stolen; NULL: an error is set) through its slot when
+ * there is one. */
 static int
-set_new(PyObject *rec, int k, PyObject *value)
+fill_new(PyObject *rec, PyObject **slot, PyObject *key, PyObject *value)
 {
     if (value == NULL)
         return -1;
-    int rc = PyDict_SetItem(rec, keys[k], value);
+    if (slot != NULL) {
+        PyObject *old = *slot;
+        *slot = value;
+        Py_DECREF(old);
+        return 0;
+    }
+    int rc = PyDict_SetItem(rec, key, value);
     Py_DECREF(value);
     return rc;
+}
+
+static inline int
+fill(PyObject *rec, PyObject **slot, PyObject *key, PyObject *value)
+{
+    return fill_new(rec, slot, key, Py_NewRef(value));
 }
 
 /* The events / links value of a record without any: the shared read-only empty list
@@ -1224,7 +1455,7 @@ static PyObject *
 fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_str,
             PyObject *status_str, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache,
             Py_ssize_t max_attributes, small_cache *kinds, small_cache *statuses,
-            small_cache *thresholds)
+            small_cache *thresholds, key_memo *memo)
 {
     if (Py_TYPE(span) != span_type)
         return NULL;
@@ -1281,7 +1512,7 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
     if (!sanitize)
         new_attrs = Py_NewRef(attrs);
     else if (PyDict_GET_SIZE(attrs)) {
-        new_attrs = fast_attributes(attrs, key_cache, text_cache, sql_cache);
+        new_attrs = fast_attributes(attrs, key_cache, text_cache, sql_cache, memo);
         if (new_attrs == NULL)
             return NULL;
     }
@@ -1309,25 +1540,30 @@ fast_record(PyObject *span, PyObject *template, PyObject *table, PyObject *kind_
         Py_DECREF(new_attrs);
         return NULL;
     }
+    /* the 13 keys below are in the template: their slots in the copy, where known (the
+     * dropped counts after them may add keys, which can move the table) */
+    PyObject **slot[K_DROPPED_ATTRIBUTES];
+    fill_slots(&span_fill, template, rec, keys, K_DROPPED_ATTRIBUTES, slot);
+#define FILL_NEW(k, v) fill_new(rec, slot[k], keys[k], (v))
+#define FILL(k, v) fill(rec, slot[k], keys[k], (v))
     /* hex_id() returning NULL without an error sends the span to the Python builder. */
-    if (set_new(rec, K_TRACE_ID, cached_hex(&trace_hex, SLOT(span, F_TRACE_ID), 16)) < 0 ||
-        set_new(rec, K_SPAN_ID, cached_hex(&span_hex, SLOT(span, F_SPAN_ID), 8)) < 0)
+    if (FILL_NEW(K_TRACE_ID, cached_hex(&trace_hex, SLOT(span, F_TRACE_ID), 16)) < 0 ||
+        FILL_NEW(K_SPAN_ID, cached_hex(&span_hex, SLOT(span, F_SPAN_ID), 8)) < 0)
         goto error;
     int has_parent = PyObject_IsTrue(parent);
     if (has_parent < 0)
         goto error;
-    if (has_parent && set_new(rec, K_PARENT, cached_hex(&span_hex, parent, 8)) < 0)
+    if (has_parent && FILL_NEW(K_PARENT, cached_hex(&span_hex, parent, 8)) < 0)
         goto error;
-    if (PyDict_SetItem(rec, keys[K_NAME], sname) < 0 || PyDict_SetItem(rec, keys[K_KIND], kind) < 0 ||
+    if (FILL(K_NAME, sname) < 0 || FILL(K_KIND, kind) < 0 ||
         /* the span's own int objects (the end is the start when the clock went back) */
-        PyDict_SetItem(rec, keys[K_START], start_obj) < 0 ||
-        PyDict_SetItem(rec, keys[K_END], clock_back ? start_obj : end_obj) < 0 ||
-        set_new(rec, K_DURATION, PyFloat_FromDouble(duration_ms)) < 0 ||
-        PyDict_SetItem(rec, keys[K_STATUS], status) < 0 ||
-        PyDict_SetItem(rec, keys[K_CATEGORY], cat_names[category]) < 0 ||
-        PyDict_SetItem(rec, keys[K_ATTRIBUTES], new_attrs) < 0 ||
-        set_new(rec, K_EVENTS, empty_list()) < 0 || set_new(rec, K_LINKS, empty_list()) < 0)
+        FILL(K_START, start_obj) < 0 || FILL(K_END, clock_back ? start_obj : end_obj) < 0 ||
+        FILL_NEW(K_DURATION, PyFloat_FromDouble(duration_ms)) < 0 || FILL(K_STATUS, status) < 0 ||
+        FILL(K_CATEGORY, cat_names[category]) < 0 || FILL(K_ATTRIBUTES, new_attrs) < 0 ||
+        FILL_NEW(K_EVENTS, empty_list()) < 0 || FILL_NEW(K_LINKS, empty_list()) < 0)
         goto error;
+#undef FILL_NEW
+#undef FILL
     if (dropped != Py_None) {
         /* records._add_dropped: each count only when it is an int above 0 */
         for (int i = 0; i < 3; i++) {
@@ -1378,6 +1614,7 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     small_cache kinds = {.n = 0}, statuses = {.n = 0}, thresholds = {.n = 0};
+    key_memo memo = {.n = 0};
     Py_ssize_t n = PyList_GET_SIZE(spans);
     PyObject *out = PyList_New(0);
     if (out == NULL)
@@ -1387,30 +1624,32 @@ build_span_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(span);
         PyObject *rec = fast_record(span, template, table, kind_str, status_str, key_cache,
                                     text_cache, sql_cache, max_attributes, &kinds, &statuses,
-                                    &thresholds);
+                                    &thresholds, &memo);
         if (rec == NULL) {
             if (PyErr_Occurred()) {
                 Py_DECREF(span);
-                Py_DECREF(out);
-                return NULL;
+                Py_CLEAR(out);
+                break;
             }
             /* The Python builder may fill the caches: forget borrowed lookups. */
             kinds.n = statuses.n = thresholds.n = 0;
+            key_memo_clear(&memo);
             rec = PyObject_CallOneArg(slow, span);
             if (rec == NULL) {
                 Py_DECREF(span);
-                Py_DECREF(out);
-                return NULL;
+                Py_CLEAR(out);
+                break;
             }
         }
         Py_DECREF(span);
         int rc = PyList_Append(out, rec);
         Py_DECREF(rec);
         if (rc < 0) {
-            Py_DECREF(out);
-            return NULL;
+            Py_CLEAR(out);
+            break;
         }
     }
+    key_memo_clear(&memo);
     return out;
 }
 
@@ -1464,7 +1703,18 @@ bucket_counts(int g, int want, Py_ssize_t n, const int *gidx, const char *err, c
         else
             (*zeros)++;
     }
-    qsort(idx, (size_t)k, sizeof(long), cmp_long);
+    if (k <= 64) {
+        /* (a chunk's group is small: insertion sort, the same order as qsort) */
+        for (Py_ssize_t i = 1; i < k; i++) {
+            long v = idx[i];
+            Py_ssize_t j = i;
+            for (; j > 0 && idx[j - 1] > v; j--)
+                idx[j] = idx[j - 1];
+            idx[j] = v;
+        }
+    }
+    else
+        qsort(idx, (size_t)k, sizeof(long), cmp_long);
     PyObject *bins = PyDict_New();
     if (bins == NULL)
         return NULL;
@@ -1502,6 +1752,13 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(spans);
+    /* whether an unset status counts as the error status (-1: not compared yet) */
+    int unset_is_error = -1;
+    if (status_unset != NULL && n > 0) {
+        unset_is_error = PyObject_RichCompareBool(status_unset, error_status, Py_EQ);
+        if (unset_is_error < 0)
+            return NULL;
+    }
     group_t *groups = PyMem_Malloc(sizeof(group_t) * (n ? n : 1));
     int *gidx = PyMem_Malloc(sizeof(int) * (n ? n : 1));
     double *ms = PyMem_Malloc(sizeof(double) * (n ? n : 1));
@@ -1540,6 +1797,12 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (last >= 0 && groups[last].window == window && groups[last].name == name &&
             groups[last].kind == kind)
             g = last;
+        /* the same name and kind objects (the usual case: at most one group of a window has
+         * equal ones, so this finds the group the comparisons below would) */
+        for (int j = 0; g < 0 && j < ngroups; j++) {
+            if (groups[j].window == window && groups[j].name == name && groups[j].kind == kind)
+                g = j;
+        }
         for (int j = 0; g < 0 && j < ngroups; j++) {
             if (groups[j].window != window)
                 continue;
@@ -1565,7 +1828,9 @@ rollup_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         group_t *gr = &groups[g];
         gr->count++;
         int is_error = SLOT(span, F_STATUS) == error_status;
-        if (!is_error) {
+        if (!is_error && SLOT(span, F_STATUS) == status_unset && unset_is_error >= 0)
+            is_error = unset_is_error; /* (compared once per chunk) */
+        else if (!is_error) {
             is_error = PyObject_RichCompareBool(SLOT(span, F_STATUS), error_status, Py_EQ);
             if (is_error < 0)
                 goto done;
@@ -2379,9 +2644,7 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NOTIMPLEMENTED;
     if (actor == Py_None && (!PyTuple_CheckExact(SLOT(span, F_BAGGAGE)) || PyTuple_GET_SIZE(SLOT(span, F_BAGGAGE))))
         Py_RETURN_NOTIMPLEMENTED;
-    PyObject *limit_obj = PyObject_GetAttr(limits_cls, s_max_attributes);
-    Py_ssize_t limit = limit_obj ? PyLong_AsSsize_t(limit_obj) : -1;
-    Py_XDECREF(limit_obj);
+    Py_ssize_t limit = max_attributes_limit();
     if (limit == -1 && PyErr_Occurred())
         return NULL;
     if (PyDict_GET_SIZE(attrs) + 3 > limit)
@@ -2526,6 +2789,9 @@ static const char *audit_key_names[A_COUNT] = {
 static PyObject *audit_keys[A_COUNT];
 static PyObject *int_1 = NULL, *int_3 = NULL;
 static PyObject *audit_template = NULL; /* {key: None} for the 13 record keys, in order */
+/* {key: None} for its attributes: method, status, duration_ms [, client.address] */
+static PyObject *audit_attr_templates[2] = {NULL, NULL};
+static fill_map audit_attr_fill[2] = {{NULL, 0, {0}}, {NULL, 0, {0}}};
 static PyObject *float_round = NULL;    /* float.__round__ */
 
 /* The cached sanitized form of a str (borrowed), or NULL: not cached / not a str (no error
@@ -2567,10 +2833,45 @@ audit_ms(PyObject *duration)
     return ms;
 }
 
+static PyObject *audit_record_memo(PyObject *const *args, key_memo *memo, key_memo *texts);
+
 static PyObject *
 build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !PyTuple_CheckExact(args[0]) || !PyDict_CheckExact(args[3]) ||
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "build_audit_record(pending, service, environment, "
+                                         "key_cache, text_cache, sql_cache, max_attributes)");
+        return NULL;
+    }
+    return audit_record_memo(args, NULL, NULL);
+}
+
+/* cached_text() through `texts` (NULL: none), by the text's identity: the texts of request
+ * audits are mostly the same few objects (service, environment, route, status texts). */
+static PyObject *
+memo_text(key_memo *texts, PyObject *text_cache, PyObject *value)
+{
+    if (texts != NULL) {
+        for (int i = 0; i < texts->n; i++) {
+            if (texts->key[i] == value)
+                return texts->new_key[i];
+        }
+    }
+    PyObject *clean = cached_text(text_cache, value);
+    if (clean != NULL && texts != NULL && texts->n < KEY_MEMO) {
+        texts->key[texts->n] = Py_NewRef(value);
+        texts->new_key[texts->n] = Py_NewRef(clean);
+        texts->n++;
+    }
+    return clean;
+}
+
+/* build_audit_record(), remembering key decisions in memo and sanitized texts in texts (NULL:
+ * none) */
+static PyObject *
+audit_record_memo(PyObject *const *args, key_memo *memo, key_memo *texts)
+{
+    if (!PyTuple_CheckExact(args[0]) || !PyDict_CheckExact(args[3]) ||
         !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5])) {
         PyErr_SetString(PyExc_TypeError, "build_audit_record(pending, service, environment, "
                                          "key_cache, text_cache, sql_cache, max_attributes)");
@@ -2591,7 +2892,7 @@ build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         PyTuple_GET_ITEM(p, 7), PyTuple_GET_ITEM(p, 8)};
     PyObject *clean[6];
     for (int i = 0; i < 6; i++) {
-        clean[i] = cached_text(text_cache, raw[i]);
+        clean[i] = memo_text(texts, text_cache, raw[i]);
         if (clean[i] == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -2628,15 +2929,24 @@ build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ms = audit_ms(duration);
     if (ms == NULL)
         goto error;
-    attrs = PyDict_New();
-    if (attrs == NULL || PyDict_SetItem(attrs, audit_keys[A_METHOD], PyTuple_GET_ITEM(p, 9)) < 0 ||
-        PyDict_SetItem(attrs, audit_keys[A_STATUS], status) < 0 ||
-        PyDict_SetItem(attrs, audit_keys[A_DURATION], ms) < 0)
-        goto error;
+    /* {method, status, duration_ms[, client.address]}: a copy of the template of those keys,
+     * filled as the record below */
     int has_client = PyObject_IsTrue(client);
-    if (has_client < 0 || (has_client && PyDict_SetItem(attrs, audit_keys[A_CLIENT], client) < 0))
+    if (has_client < 0)
         goto error;
-    clean_attrs = fast_attributes(attrs, args[3], text_cache, args[5]);
+    PyObject *attr_template = audit_attr_templates[has_client];
+    attrs = PyDict_Copy(attr_template);
+    if (attrs == NULL)
+        goto error;
+    PyObject *attr_values[4] = {PyTuple_GET_ITEM(p, 9), status, ms, client};
+    PyObject **attr_slot[4];
+    fill_slots(&audit_attr_fill[has_client], attr_template, attrs, audit_keys + A_METHOD, 3 + has_client,
+               attr_slot);
+    for (int i = 0; i < 3 + has_client; i++) {
+        if (fill(attrs, attr_slot[i], audit_keys[A_METHOD + i], attr_values[i]) < 0)
+            goto error;
+    }
+    clean_attrs = fast_attributes(attrs, args[3], text_cache, args[5], memo);
     if (clean_attrs == NULL) {
         if (PyErr_Occurred())
             goto error;
@@ -2645,17 +2955,15 @@ build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     rec = PyDict_Copy(audit_template); /* sized for all its keys: no resize while filling */
     if (rec == NULL)
         goto error;
-    PyObject *items[13][2] = {
-        {audit_keys[A_SCHEMA], int_1}, {audit_keys[A_TYPE], audit_keys[A_AUDIT]},
-        {audit_keys[A_CATEGORY], clean[0]}, {audit_keys[A_TIME], when},
-        {audit_keys[A_TRACE_ID], ids[0]}, {audit_keys[A_SPAN_ID], ids[1]},
-        {audit_keys[A_SERVICE], clean[1]}, {audit_keys[A_ENV], clean[2]},
-        {audit_keys[A_ACTOR], clean_actor}, {audit_keys[A_ACTION], clean[3]},
-        {audit_keys[A_TARGET], clean[4]}, {audit_keys[A_OUTCOME], clean[5]},
-        {audit_keys[A_ATTRIBUTES], clean_attrs},
+    /* (audit_keys[0..13) are the record's keys, in order) */
+    PyObject *values[13] = {
+        int_1,       audit_keys[A_AUDIT], clean[0], when,     ids[0],   ids[1],     clean[1],
+        clean[2],    clean_actor,         clean[3], clean[4], clean[5], clean_attrs,
     };
+    PyObject **slot[13];
+    fill_slots(&audit_fill, audit_template, rec, audit_keys, 13, slot);
     for (int i = 0; i < 13; i++) {
-        if (PyDict_SetItem(rec, items[i][0], items[i][1]) < 0)
+        if (fill(rec, slot[i], audit_keys[i], values[i]) < 0)
             goto error;
     }
     if (PyObject_GC_IsTracked(clean_attrs))
@@ -2690,6 +2998,7 @@ build_audit_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *items = args[0], *mark = args[1];
     PyObject *records = PyList_New(0), *rest = PyList_New(0);
+    key_memo memo = {.n = 0}, texts = {.n = 0};
     if (records == NULL || rest == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
@@ -2700,7 +3009,7 @@ build_audit_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             if (is_audit) {
                 PyObject *call[7] = {item, args[2], args[3], args[4], args[5], args[6], args[7]};
-                rec = build_audit_record(module, call, 7);
+                rec = audit_record_memo(call, &memo, &texts);
                 if (rec == NULL)
                     goto error;
             }
@@ -2714,8 +3023,12 @@ build_audit_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (rc < 0)
             goto error;
     }
+    key_memo_clear(&memo);
+    key_memo_clear(&texts);
     return Py_BuildValue("(NN)", records, rest);
 error:
+    key_memo_clear(&memo);
+    key_memo_clear(&texts);
     Py_XDECREF(records);
     Py_XDECREF(rest);
     return NULL;
@@ -2845,6 +3158,14 @@ PyInit__speedups(void)
     for (int i = A_SCHEMA; i <= A_ATTRIBUTES; i++) {
         if (PyDict_SetItem(audit_template, audit_keys[i], Py_None) < 0)
             return NULL;
+    }
+    for (int t = 0; t < 2; t++) {
+        if ((audit_attr_templates[t] = PyDict_New()) == NULL)
+            return NULL;
+        for (int i = A_METHOD; i <= A_DURATION + t; i++) {
+            if (PyDict_SetItem(audit_attr_templates[t], audit_keys[i], Py_None) < 0)
+                return NULL;
+        }
     }
     struct { PyObject **slot; const char *text; } send_names[] = {
         {&s_type_key, "type"}, {&s_body, "body"}, {&s_more_body, "more_body"},

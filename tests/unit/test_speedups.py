@@ -946,3 +946,121 @@ def test_c_builder_hands_spans_over_the_sanitizer_limit_to_python_which_counts_t
         assert second["dropped_attributes_count"] == 2
         assert len(second["attributes"]) == 2
     assert handed == [spans[1]]
+
+
+def test_records_built_in_place_equal_those_of_other_templates() -> None:
+    """The C builder writes the values of a template copy's own keys in place: a template
+    whose copies are laid out otherwise (another key order, a deleted key, keys missing)
+    gives the same records through PyDict_SetItem."""
+    from pitchey_trace.records import span_record, span_template
+
+    build = sanitize._build_span_records
+    assert build is not None
+    spans = _spans([("op", {"n": 1, "s": "x"}, False, None)] * 4)
+
+    def built(template: dict[str, Any]) -> list[dict[str, Any]]:
+        return build(
+            spans,
+            template,
+            _DEFAULT_THRESHOLDS.table,
+            _KIND_STR,
+            _STATUS_STR,
+            None,
+            None,
+            None,
+            sys.maxsize,
+            lambda span: pytest.fail("handed to Python"),
+        )
+
+    template = span_template("svc", "prod", RESOURCE)
+    expected = [span_record(s, "svc", "prod", RESOURCE) for s in spans]
+    reordered = dict(reversed(list(template.items())))
+    holed = {"scratch": 1, **template}
+    del holed["scratch"]  # a deleted entry: copies are compacted, not cloned
+    partial = {k: v for k, v in template.items() if k not in ("name", "links")}
+    for t in (template, reordered, holed, partial, template):
+        got = built(t)
+        assert got == expected
+        # the template's keys in its order, then the ones it lacks
+        assert [list(r) for r in got] == [list(t) + [k for k in e if k not in t] for e in expected]
+    # the template itself is never written to, and what the copies replaced is released
+    assert template == span_template("svc", "prod", RESOURCE)
+    empty = template["attributes"]
+    before = sys.getrefcount(empty)
+    for _ in range(50):
+        built(template)
+    assert sys.getrefcount(empty) == before
+
+
+def test_the_c_attribute_limit_follows_limits_changes() -> None:
+    from pitchey_trace._span import Limits
+
+    saved = Limits.max_attributes
+    try:
+        with capture_spans(rollups=None) as exporter:
+            with pt.span("a", {"k0": 0}) as span:
+                span.set_attribute("k1", 1)
+            Limits.max_attributes = 2
+            with pt.span("b", {"k0": 0}) as span:
+                span.set_attribute("k1", 1)
+                span.set_attribute("k2", 2)  # over the limit: dropped
+            Limits.max_attributes = 3
+            with pt.span("c", {"k0": 0}) as span:
+                span.set_attribute("k1", 1)
+                span.set_attribute("k2", 2)
+        by_name = {r["name"]: r["attributes"] for r in exporter.records}
+        assert by_name["a"] == {"k0": 0, "k1": 1}
+        assert by_name["b"] == {"k0": 0, "k1": 1}
+        assert by_name["c"] == {"k0": 0, "k1": 1, "k2": 2}
+    finally:
+        Limits.max_attributes = saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    trace_id=st.one_of(
+        st.integers(1, 2**128 - 1), st.sampled_from([1, 2**64 - 1, 2**64, 2**127, 2**128 - 1])
+    ),
+    span_id=st.one_of(st.integers(1, 2**64 - 1), st.sampled_from([1, 2**63, 2**64 - 1])),
+)
+def test_c_hex_ids_equal_the_python_ones(trace_id: int, span_id: int) -> None:
+    from pitchey_trace.records import span_record, span_template
+
+    build = sanitize._build_span_records
+    assert build is not None
+    (span,) = _spans([("op", {}, False, None)])
+    span.trace_id, span.span_id, span.parent_span_id = trace_id, span_id, span_id ^ 1
+    (got,) = build(
+        [span],
+        span_template("svc", "prod", RESOURCE),
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        None,
+        None,
+        None,
+        sys.maxsize,
+        lambda span: pytest.fail("handed to Python"),
+    )
+    assert got == span_record(span, "svc", "prod", RESOURCE)
+    assert got["trace_id"] == f"{trace_id:032x}"
+
+
+@pytest.mark.parametrize("client", ["1.2.3.4", "", None])
+def test_c_request_audits_in_a_chunk_equal_the_python_ones_field_for_field(client: Any) -> None:
+    from pitchey_trace.records import PENDING_AUDIT, request_audit
+
+    san = Sanitizer()
+    items = [
+        (PENDING_AUDIT, "request", i, 0xAB + i, 0xCD, None, "GET /a", "/a", "200", "GET", 200, 10 * i, client)
+        for i in range(1, 6)
+    ]
+    san._request_audit(items[0], "s", "e")  # warm the caches
+    audits, rest = san._request_audits(items, "s", "e")
+    assert rest == []
+    expected = [san(request_audit(p, "s", "e")) for p in items]
+    assert audits == expected
+    assert [(list(a), list(a["attributes"])) for a in audits] == [
+        (list(e), list(e["attributes"])) for e in expected
+    ]
+    assert not any(gc.is_tracked(a) or gc.is_tracked(a["attributes"]) for a in audits)
