@@ -62,7 +62,6 @@ def test_s3_concurrency_from_config() -> None:
 
 
 def test_s3_client_made_by_the_source_keeps_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("boto3")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/pitchey-trace-tests")

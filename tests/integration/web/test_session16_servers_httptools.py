@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httptools  # noqa: F401  (a dev dependency: a missing one fails, as CI must not skip)
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -22,8 +23,6 @@ from pitchey_trace.web import ASGITracingMiddleware
 from pitchey_trace.web import asgi as asgi_module
 from tests.integration.web.conftest import run_uvicorn
 from tests.support.web import event_names, server_span
-
-pytest.importorskip("httptools")
 
 pytestmark = pytest.mark.integration
 
