@@ -3,6 +3,9 @@
 .venv/bin/python examples/aiohttp_app.py              # serve on 127.0.0.1:8080 (PORT=...)
 curl -i localhost:8080/pitches/42                     # note the X-Trace-Id response header
 .venv/bin/python examples/aiohttp_app.py --demo       # start, call itself, print, exit
+
+aiohttp.access lines are logged after the request's span ended: they carry empty trace ids.
+The /boom traceback on stderr is expected (its log line carries the 500's trace id).
 """
 
 from __future__ import annotations

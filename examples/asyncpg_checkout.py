@@ -2,7 +2,9 @@
 cursor, all traced.
 
     .venv/bin/python examples/asyncpg_checkout.py              # starts a throwaway PostgreSQL
-    DATABASE_URL=postgresql://... .venv/bin/python examples/asyncpg_checkout.py
+    DATABASE_URL=postgresql://user@host:5432/db .venv/bin/python examples/asyncpg_checkout.py
+
+Outside the repository checkout (no ``tests/support``) ``DATABASE_URL`` must be set, as a URL.
 
 ``asyncpg.create_pool(init=instrument_async)`` instruments every pooled connection. The
 checkout is one ``TRANSACTION`` span: the backing is inserted, then a second backing by the same
@@ -37,10 +39,18 @@ async def pool() -> AsyncIterator[Any]:
             yield p
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.support.pgserver import asyncpg_args, postgres_server
-
+    try:  # the repository's test helper: keyword DSNs and throwaway servers
+        from tests.support.pgserver import asyncpg_args, postgres_server
+    except ImportError:
+        raise SystemExit("outside the repository checkout: set DATABASE_URL=postgresql://...") from None
+    if url:  # a libpq keyword DSN: "host=... port=... user=... dbname=..."
+        async with asyncpg.create_pool(
+            **asyncpg_args(url), init=instrument_async, min_size=1, max_size=2
+        ) as p:
+            yield p
+        return
     with postgres_server() as server:
-        args = asyncpg_args(url or server.dsn)
+        args = asyncpg_args(server.dsn)
         async with asyncpg.create_pool(**args, init=instrument_async, min_size=1, max_size=2) as p:
             yield p
 

@@ -4,8 +4,12 @@
     curl -i localhost:8000/pitches/42                   # note the X-Trace-Id response header
     .venv/bin/python examples/fastapi_app.py --demo     # start, call itself, print, exit
 
-Or under your own server: ``uvicorn examples.fastapi_app:app`` (tracing is configured in the
-app's lifespan, so importing this module has no side effects).
+Or under your own server: ``uvicorn examples.fastapi_app:app --port 8000`` (tracing is configured
+in the app's lifespan, so importing this module has no side effects; uvicorn's CLI installs its
+own log handlers, so its access lines carry no trace ids there, while the app's lines do).
+Under ``--demo`` the client's own calls are traced too: each tree's root is a ``GET`` client span.
+The ``/boom`` traceback on stderr is expected: the error log line and the 500 response carry the
+same trace id.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
 
 import pitchey_trace as pt
 from pitchey_trace.web import ASGITracingMiddleware, TraceFormatter, auth_failure, instrument_httpx, set_user
@@ -60,9 +64,11 @@ async def me(x_user_id: str | None = Header(default=None)) -> dict[str, str]:
 
 
 @app.get("/feed")
-async def feed() -> dict[str, object]:
-    # The call below continues this trace in the called service (here: ourselves).
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}") as client:
+async def feed(request: Request) -> dict[str, object]:
+    # The call below continues this trace in the called service (here: ourselves, on the
+    # address the server listens on: not the Host header, which the client chooses).
+    host, port = request.scope["server"]
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
         first = (await client.get("/pitches/1")).json()
     return {"feed": [first]}
 
@@ -85,7 +91,6 @@ def demo() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    os.environ["PORT"] = str(port)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
