@@ -235,13 +235,16 @@ def make_s3_client(
     connect_timeout_s: float = 5.0,
     read_timeout_s: float = 30.0,
     max_attempts: int = 1,
+    max_pool_connections: int = 10,
 ) -> Any:
     """A boto3 S3 client that works with AWS S3, Cloudflare R2 and S3-compatible servers.
 
     Credentials come from boto3's usual chain (environment, shared files, profile, instance
     role). With a custom ``endpoint_url`` path-style addressing is the default; checksums are
     only computed when an operation requires them (what R2 and most S3-compatible servers
-    accept). ``max_attempts=1`` leaves retrying to the caller.
+    accept). ``max_attempts=1`` leaves retrying to the caller. ``max_pool_connections``:
+    botocore's connections kept per host (10 by default; the archive reader asks for as many
+    as its concurrent downloads).
     """
     try:
         import boto3
@@ -256,6 +259,7 @@ def make_s3_client(
         # only: max_attempts=1 made two requests, the second after botocore's own sleep)
         "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
         "s3": {"addressing_style": style},
+        "max_pool_connections": max_pool_connections,
     }
     try:
         cfg = Config(
@@ -269,7 +273,7 @@ def make_s3_client(
     return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
 
 
-def client_for(config: LogpushConfig, max_attempts: int = 3) -> Any:
+def client_for(config: LogpushConfig, max_attempts: int = 3, max_pool_connections: int = 10) -> Any:
     """The S3 client described by ``config``."""
     return make_s3_client(
         endpoint_url=config.endpoint_url,
@@ -277,6 +281,7 @@ def client_for(config: LogpushConfig, max_attempts: int = 3) -> Any:
         profile=config.profile,
         addressing_style=config.addressing_style,
         max_attempts=max_attempts,
+        max_pool_connections=max_pool_connections,
     )
 
 

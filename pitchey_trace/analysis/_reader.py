@@ -200,8 +200,9 @@ class S3Source:
         cache_dir: keep a copy of each object read here, so later runs read it from disk
             (objects are immutable once written; a copy is used only if its size matches).
         concurrency: how many objects are downloaded at once (default 8, 1 to 64; 1 reads one
-            at a time). Never more than the client's connection pool (botocore's
-            ``max_pool_connections``, 10 unless the client was made with more). Objects are
+            at a time). Never more than the connection pool of a ``client`` given (botocore's
+            ``max_pool_connections``, 10 by default); a client made here gets as many as
+            ``concurrency``. Objects are
             still used in the same order, and with ``max_spans`` at most this many are
             downloaded ahead of need.
 
@@ -241,7 +242,13 @@ class S3Source:
         if client is None:
             from pitchey_trace.logpush_config import make_s3_client
 
-            client = make_s3_client(endpoint_url=endpoint_url, region=region, profile=profile, max_attempts=3)
+            client = make_s3_client(
+                endpoint_url=endpoint_url,
+                region=region,
+                profile=profile,
+                max_attempts=3,
+                max_pool_connections=max(10, concurrency),
+            )
         self.client = client
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         # (a client's calls are thread-safe; more reads than its pooled connections would open
@@ -269,7 +276,9 @@ class S3Source:
             buckets={n: d.bucket for n, d in cfg.datasets.items()},
             prefixes={n: d.prefix for n, d in cfg.datasets.items()},
             datasets=list(cfg.datasets),
-            client=client if client is not None else lc.client_for(cfg),
+            client=client
+            if client is not None
+            else lc.client_for(cfg, max_pool_connections=max(10, concurrency)),
             cache_dir=cache_dir,
             concurrency=concurrency,
         )

@@ -252,3 +252,28 @@ def test_an_object_listed_twice_is_read_once() -> None:
         assert len(archive.search(limit=100)) == 12
         assert sorted(src.reads) == sorted(src.objects_)
         assert archive.read_stats["objects"] == 12
+
+
+@pytest.mark.parametrize("concurrency", [3, 10, 24, 64])
+def test_a_client_made_here_has_a_connection_per_download(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, concurrency: int
+) -> None:
+    """(botocore keeps 10 connections unless told: a client made for 24 downloads gets 24.)"""
+    from pitchey_trace import logpush_config as lc
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/pitchey-trace-tests")
+    src = S3Source("b", endpoint_url="http://127.0.0.1:9", region="us-east-1", concurrency=concurrency)
+    assert src.concurrency == concurrency
+    assert src.client.meta.config.max_pool_connections == max(10, concurrency)
+    cfg = lc.LogpushConfig(
+        endpoint_url="http://127.0.0.1:9",
+        region="us-east-1",
+        datasets={
+            "traces": lc.DatasetConfig(name="traces", bucket="b", prefix="traces/", retention_days=None)
+        },
+    )
+    from_cfg = S3Source.from_config(cfg, concurrency=concurrency)
+    assert from_cfg.concurrency == concurrency
+    assert from_cfg.client.meta.config.max_pool_connections == max(10, concurrency)
