@@ -15,6 +15,7 @@ which are not sent as attributes then). Only ``span`` records are sent (the defa
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -394,17 +395,17 @@ class ResourceBound:
 ItemSize = tuple[tuple[tuple[Hashable, int], ...], int]
 
 
-class PackedOTLP(SenderExporter):
+class PackedOTLP(SenderExporter, abc.ABC):
     """The byte cap (``max_request_bytes``) of the OTLP exporters, whose requests group their
     items (spans, log records) by resource and scope: each item is measured alone, without
     that framing, and the framing of each group is added once per request that holds some of
     its items, so packs come out close to the cap (``SenderExporter._fit`` measures each item
     as a whole request, framing included, which leaves packs far under it)."""
 
+    @abc.abstractmethod
     def _sizes(self, chunk: Sequence[Any]) -> tuple[int, list[ItemSize]]:
         """The bytes of an empty request, and what each item of ``chunk`` costs (upper bounds:
-        a pack within the cap by these sizes is within it encoded)."""
-        raise NotImplementedError
+        a pack within the cap by these sizes is within it encoded). Each exporter defines it."""
 
     def _fit(
         self, chunk: Sequence[Any], payload: bytes, cap: int, body: Callable[[Sequence[Any]], bytes]

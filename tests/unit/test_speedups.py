@@ -33,6 +33,25 @@ from tests.unit.test_core_session16 import _spans_with_drops
 RESOURCE = make_resource("svc", "prod", {"k": "v"})
 
 
+def _c_plain_records(spans: list[Any], template: dict[str, Any], max_attributes: int = sys.maxsize) -> Any:
+    """The C builder's records for ``spans`` without a sanitizer (failing if it hands any to
+    Python)."""
+    build = sanitize._build_span_records
+    assert build is not None
+    return build(
+        spans,
+        template,
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        None,
+        None,
+        None,
+        max_attributes,
+        lambda span: pytest.fail("handed to Python"),
+    )
+
+
 def test_accelerator_is_built_and_loaded() -> None:
     # The project's install builds it (setup.py); a machine without a C compiler falls back to
     # Python, but this test environment must have it, or the C path would go untested.
@@ -120,21 +139,8 @@ def test_c_builder_without_a_sanitizer_equals_span_record(
 def test_c_builder_without_a_sanitizer_builds_plain_spans_itself() -> None:
     from pitchey_trace.records import span_record, span_template
 
-    build = sanitize._build_span_records
-    assert build is not None
     spans = _spans([("op", {"n": 10**15, "s": "ada@example.org"}, False, None)] * 3)
-    out = build(
-        spans,
-        span_template("svc", "prod", RESOURCE),
-        _DEFAULT_THRESHOLDS.table,
-        _KIND_STR,
-        _STATUS_STR,
-        None,
-        None,
-        None,
-        sys.maxsize,
-        lambda span: pytest.fail("handed to Python"),
-    )
+    out = _c_plain_records(spans, span_template("svc", "prod", RESOURCE))
     assert out == [span_record(s, "svc", "prod", RESOURCE) for s in spans]
     assert out[0]["attributes"] == {"n": 10**15, "s": "ada@example.org"}  # nothing masked
 
@@ -908,20 +914,7 @@ def test_c_enqueue_hands_spans_to_a_pipeline_without_hot_state_through_its_enque
 
 def test_c_builder_builds_records_with_dropped_counts_itself() -> None:
     spans = _spans_with_drops()
-    build = sanitize._build_span_records
-    assert build is not None
-    out = build(
-        spans,
-        span_template("svc", "prod", DROPS_RESOURCE),
-        _DEFAULT_THRESHOLDS.table,
-        _KIND_STR,
-        _STATUS_STR,
-        None,
-        None,
-        None,
-        10**6,
-        lambda span: pytest.fail("handed to Python"),
-    )
+    out = _c_plain_records(spans, span_template("svc", "prod", DROPS_RESOURCE), 10**6)
     expected = [span_record(s, "svc", "prod", DROPS_RESOURCE) for s in spans]
     assert out == expected
     assert [list(r) for r in out] == [list(r) for r in expected]
@@ -954,23 +947,10 @@ def test_records_built_in_place_equal_those_of_other_templates() -> None:
     gives the same records through PyDict_SetItem."""
     from pitchey_trace.records import span_record, span_template
 
-    build = sanitize._build_span_records
-    assert build is not None
     spans = _spans([("op", {"n": 1, "s": "x"}, False, None)] * 4)
 
     def built(template: dict[str, Any]) -> list[dict[str, Any]]:
-        return build(
-            spans,
-            template,
-            _DEFAULT_THRESHOLDS.table,
-            _KIND_STR,
-            _STATUS_STR,
-            None,
-            None,
-            None,
-            sys.maxsize,
-            lambda span: pytest.fail("handed to Python"),
-        )
+        return _c_plain_records(spans, template)
 
     template = span_template("svc", "prod", RESOURCE)
     expected = [span_record(s, "svc", "prod", RESOURCE) for s in spans]
@@ -1026,22 +1006,9 @@ def test_the_c_attribute_limit_follows_limits_changes() -> None:
 def test_c_hex_ids_equal_the_python_ones(trace_id: int, span_id: int) -> None:
     from pitchey_trace.records import span_record, span_template
 
-    build = sanitize._build_span_records
-    assert build is not None
     (span,) = _spans([("op", {}, False, None)])
     span.trace_id, span.span_id, span.parent_span_id = trace_id, span_id, span_id ^ 1
-    (got,) = build(
-        [span],
-        span_template("svc", "prod", RESOURCE),
-        _DEFAULT_THRESHOLDS.table,
-        _KIND_STR,
-        _STATUS_STR,
-        None,
-        None,
-        None,
-        sys.maxsize,
-        lambda span: pytest.fail("handed to Python"),
-    )
+    (got,) = _c_plain_records([span], span_template("svc", "prod", RESOURCE))
     assert got == span_record(span, "svc", "prod", RESOURCE)
     assert got["trace_id"] == f"{trace_id:032x}"
 
