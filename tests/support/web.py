@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -22,3 +23,26 @@ def server_span(exporter: Any, trace_id: str | None = None) -> Callable[[], dict
 def event_names(span: dict[str, Any]) -> list[str]:
     """The names of a span record's events, in order."""
     return [e["name"] for e in span["events"]]
+
+
+def raw_connect(url: str) -> socket.socket:
+    """A plain TCP connection to ``http://host:port`` (10 s timeout), for clients that leave."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return socket.create_connection((host, int(port.rstrip("/"))), timeout=10)
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the socket gives until ``marker`` has arrived (or the peer closed)."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def reset(sock: socket.socket) -> None:
+    """Leave at once: a TCP reset, as a client killed mid-request."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()

@@ -4,7 +4,6 @@ use h11): the essentials over real connections on 127.0.0.1. One server for the 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
 from pitchey_trace.web import asgi as asgi_module
 from tests.integration.web.conftest import run_uvicorn
-from tests.support.web import event_names, server_span
+from tests.support.web import event_names, raw_connect, server_span
 
 pytestmark = pytest.mark.integration
 
@@ -99,11 +98,6 @@ def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(request.param)
 
 
-def _connect(base_url: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1])), timeout=10)
-    return sock
-
-
 def test_traceparent_route_status_header(base_url: str, path_kind: str, wait_for: Any) -> None:
     with capture_spans() as exporter:
         response = httpx.get(f"{base_url}/items/9", headers={"traceparent": TRACEPARENT})
@@ -137,7 +131,7 @@ def test_request_body_sizes(base_url: str, path_kind: str, wait_for: Any) -> Non
     """A Content-Length, and a chunked upload (httptools parses it: counted as received)."""
     with capture_spans() as exporter:
         assert httpx.post(f"{base_url}/upload", content=b"q" * 321).text == "321"
-        sock = _connect(base_url)
+        sock = raw_connect(base_url)
         body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"a" * 500, b"b" * 12)) + b"0\r\n\r\n"
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
         answer = b""
@@ -166,7 +160,7 @@ def test_streaming_timed_to_last_byte(base_url: str, path_kind: str, wait_for: A
 
 def test_client_leaving_mid_stream(base_url: str, path_kind: str, wait_for: Any) -> None:
     with capture_spans() as exporter:
-        sock = _connect(base_url)
+        sock = raw_connect(base_url)
         sock.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
         data = b""
         while CHUNK[:100] not in data:

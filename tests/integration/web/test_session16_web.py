@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ from starlette.routing import Route
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware, init_aiohttp
 from pitchey_trace.web import asgi as asgi_module
-from tests.support.web import event_names, server_span
+from tests.support.web import event_names, raw_connect, read_until, reset, server_span
 
 pytestmark = pytest.mark.integration
 
@@ -41,29 +40,6 @@ def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
         assert asgi_module.fast_begin is not None, "the C accelerator is not built"
     return str(request.param)
-
-
-def _connect(url: str) -> socket.socket:
-    host, port = url.split("//", 1)[1].split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.settimeout(10)
-    return sock
-
-
-def _read_until(sock: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def _reset(sock: socket.socket) -> None:
-    """Leave at once: a TCP reset, as a client killed mid-request."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
 
 
 # -- 1. ASGI: a chunked upload's size -----------------------------------------------------------
@@ -101,9 +77,9 @@ def test_a_chunked_upload_records_the_bytes_received(serve_asgi: Any, wait_for: 
     body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
     with capture_spans() as exporter:
         url = serve_asgi(ASGITracingMiddleware(app))
-        sock = _connect(url)
+        sock = raw_connect(url)
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
-        answer = _read_until(sock, b"3352")
+        answer = read_until(sock, b"3352")
         sock.close()
         span = wait_for(server_span(exporter))
     assert b"3352" in answer
@@ -119,12 +95,12 @@ def test_a_chunked_upload_of_other_methods_is_counted_too(
     app, _ = _receiving_app()
     with capture_spans() as exporter:
         url = serve_asgi(ASGITracingMiddleware(app))
-        sock = _connect(url)
+        sock = raw_connect(url)
         sock.sendall(
             f"{method} /x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
             + b"5\r\nhello\r\n0\r\n\r\n"
         )
-        _read_until(sock, b"\r\n\r\n5")
+        read_until(sock, b"\r\n\r\n5")
         sock.close()
         span = wait_for(server_span(exporter))
     assert span["attributes"]["http.request.body.size"] == 5
@@ -170,10 +146,10 @@ def test_a_stream_the_app_stops_on_http_disconnect_is_a_client_that_left(
     app = ASGITracingMiddleware(Starlette(routes=[Route("/endless", endless)]))
     with capture_spans() as exporter:
         url = serve_asgi(app)
-        sock = _connect(url)
+        sock = raw_connect(url)
         sock.sendall(b"GET /endless HTTP/1.1\r\nHost: test\r\n\r\n")
-        _read_until(sock, CHUNK[:100])
-        _reset(sock)
+        read_until(sock, CHUNK[:100])
+        reset(sock)
         span = wait_for(server_span(exporter))
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert span["name"] == "GET /endless"
@@ -214,10 +190,10 @@ def test_an_app_that_returns_mid_response_with_its_client_there_is_not_a_client_
 
     with capture_spans() as exporter:
         url = serve_asgi(ASGITracingMiddleware(app))
-        sock = _connect(url)
+        sock = raw_connect(url)
         started = time.monotonic()
         sock.sendall(b"GET /half HTTP/1.1\r\nHost: test\r\n\r\n")
-        _read_until(sock, CHUNK[:100])
+        read_until(sock, CHUNK[:100])
         span = wait_for(server_span(exporter))
         sock.close()
     assert event_names(span) == []
@@ -280,7 +256,7 @@ def test_aiohttp_websocket_client_gone_before_the_handshake_is_not_an_error(
     init_aiohttp(app)
     with capture_spans() as exporter:
         url = serve_aiohttp(app)
-        sock = _connect(url)
+        sock = raw_connect(url)
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
             (
@@ -289,7 +265,7 @@ def test_aiohttp_websocket_client_gone_before_the_handshake_is_not_an_error(
             ).encode()
         )
         time.sleep(0.05)
-        _reset(sock)
+        reset(sock)
         span = wait_for(server_span(exporter))
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert span["name"] == "WEBSOCKET /ws"

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import aiohttp_middleware, init_aiohttp
-from tests.support.web import event_names
+from tests.support.web import event_names, reset
 
 pytestmark = pytest.mark.integration
 
@@ -182,11 +182,6 @@ def _masked_text(text: str) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def _reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
-
-
 def ws_gone_app(handling: threading.Event) -> web.Application:
     app = web.Application()
 
@@ -273,7 +268,7 @@ def test_a_websocket_send_to_a_client_that_left_is_not_a_server_error(
         sock = _ws_connect(url, f"/push-{send}")
         sock.sendall(_masked_text("go"))
         assert handling.wait(10)
-        _reset(sock)
+        reset(sock)
         (span,) = spans_in_order(exporter, 1, wait_for)
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert errors == []
@@ -304,7 +299,7 @@ def test_a_websocket_handlers_own_connection_error_is_an_error(
         sock.sendall(_masked_text("go"))
         assert handling.wait(10)
         if path == "/gone-then-backend-fails":
-            _reset(sock)
+            reset(sock)
         (span,) = spans_in_order(exporter, 1, wait_for)
         sock.close()
     assert span["status"] == "error"
@@ -361,7 +356,7 @@ def test_a_client_gone_before_a_stream_started_is_not_a_server_error(
         sock = socket.create_connection((host, int(port)))
         sock.sendall(b"GET /late-stream HTTP/1.1\r\nHost: test\r\n\r\n")
         assert handling.wait(10)
-        _reset(sock)
+        reset(sock)
         (span,) = spans_in_order(exporter, 1, wait_for)
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert errors == []
@@ -399,7 +394,7 @@ def test_a_client_gone_mid_upload_is_not_a_server_error(serve_aiohttp: Any, wait
         sock = socket.create_connection((host, int(port)))
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n" + BODY)
         assert handling.wait(10)
-        _reset(sock)
+        reset(sock)
         (gone,) = spans_in_order(exporter, 1, wait_for)
         failed = httpx.post(f"{url}/backend", content=BODY)
         _, backend_span = spans_in_order(exporter, 2, wait_for)
@@ -454,7 +449,7 @@ def _read_some_then_reset(url: str, path: str, keep: int) -> int:
     body = len(data.split(b"\r\n\r\n", 1)[1])
     while body < keep:
         body += len(sock.recv(65536))
-    _reset(sock)
+    reset(sock)
     return body
 
 

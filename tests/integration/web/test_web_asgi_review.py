@@ -26,7 +26,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
-from tests.support.web import event_names, server_span
+from tests.support.web import event_names, raw_connect, read_until, reset, server_span
 
 pytestmark = pytest.mark.integration
 
@@ -34,32 +34,9 @@ CHUNK = b"x" * 4096
 BODY_SIZE = "http.response.body.size"
 
 
-def _connect(url: str) -> socket.socket:
-    host, port = url.split("//", 1)[1].split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.settimeout(10)
-    return sock
-
-
-def _reset(sock: socket.socket) -> None:
-    """Leave at once: a TCP reset, as a client killed mid-request."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
-
-
-def _read_until(sock: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _ws_connect(url: str, path: str) -> socket.socket:
     """A raw WebSocket client: the handshake done, the socket returned."""
-    sock = _connect(url)
+    sock = raw_connect(url)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         (
@@ -67,7 +44,7 @@ def _ws_connect(url: str, path: str) -> socket.socket:
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
-    assert b" 101 " in _read_until(sock, b"\r\n\r\n").split(b"\r\n", 1)[0]
+    assert b" 101 " in read_until(sock, b"\r\n\r\n").split(b"\r\n", 1)[0]
     return sock
 
 
@@ -148,7 +125,7 @@ def test_a_client_gone_mid_upload_is_not_a_server_error(serve_asgi: Any, wait_fo
     ``client.disconnected`` event."""
     with capture_spans() as exporter:
         url = serve_asgi(ASGITracingMiddleware(starlette_app()))
-        sock = _connect(url)
+        sock = raw_connect(url)
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
         time.sleep(0.3)  # (the app is reading the body)
         sock.close()
@@ -184,10 +161,10 @@ def test_a_client_gone_mid_stream_keeps_the_status_and_the_bytes_sent(
     server = _spec_2_4(ASGITracingMiddleware(starlette_app() if stream == "starlette" else bare))
     with capture_spans() as exporter:
         url = serve_asgi(server)
-        sock = _connect(url)
+        sock = raw_connect(url)
         sock.sendall(b"GET /endless HTTP/1.1\r\nHost: test\r\n\r\n")
-        _read_until(sock, CHUNK[:100])
-        _reset(sock)
+        read_until(sock, CHUNK[:100])
+        reset(sock)
         span = wait_for(server_span(exporter))
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert span["status"] == "unset"
@@ -264,8 +241,8 @@ def test_a_websocket_client_that_leaves_is_not_a_server_error(serve_asgi: Any, w
         url = serve_asgi(websocket_app())
         sock = _ws_connect(url, "/echo")
         _ws_text(sock, "hello")
-        assert b"HELLO" in _read_until(sock, b"HELLO")
-        _reset(sock)
+        assert b"HELLO" in read_until(sock, b"HELLO")
+        reset(sock)
         span = wait_for(server_span(exporter))
         [audit] = wait_for(lambda: exporter.of_type("audit"))
     assert span["name"] == "WEBSOCKET /echo"
@@ -286,8 +263,8 @@ def test_a_websocket_send_to_a_client_that_left_is_not_a_server_error(serve_asgi
         url = serve_asgi(websocket_app())
         sock = _ws_connect(url, "/ticker")
         _ws_text(sock, "go")
-        _read_until(sock, b"tick")
-        _reset(sock)
+        read_until(sock, b"tick")
+        reset(sock)
         span = wait_for(server_span(exporter))
     assert span["status"] == "unset"
     assert "error.type" not in span["attributes"]
