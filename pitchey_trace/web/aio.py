@@ -31,7 +31,7 @@ and the bytes a file cut short by the client had handed to the socket.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from time import time_ns
 from typing import Any
 
@@ -812,8 +812,9 @@ def _template(resource: Any, static: Any) -> str | None:
 async def _route_not_allowed(request: Any, state: RequestState, static: Any) -> None:
     """The route of a 405 Method Not Allowed aiohttp's router answered: the template of the
     resource whose path matched (aiohttp's ``MatchInfoError`` keeps only the allowed methods,
-    so the resources of the application that answered are asked again, in the order they
-    were added: the first that matches the path for another method). Only for 405s."""
+    so the resources of the application that answered are asked again, in aiohttp's own
+    resolution order: the first that matches the path for another method is the one aiohttp
+    would have matched for that method). Only for 405s."""
     try:
         match_info = request.match_info
         failed = getattr(match_info, "http_exception", None)
@@ -822,7 +823,7 @@ async def _route_not_allowed(request: Any, state: RequestState, static: Any) -> 
         apps = match_info.apps  # (the innermost application last: the one whose router answered)
         if not apps:
             return
-        for resource in apps[-1].router.resources():
+        for resource in _resolution_order(apps[-1].router, request):
             if getattr(resource, "_app", None) is not None:
                 continue  # (a sub-application: its own router answered for its paths)
             matched, allowed = await resource.resolve(request)
@@ -833,6 +834,27 @@ async def _route_not_allowed(request: Any, state: RequestState, static: Any) -> 
                 return
     except Exception as exc:
         _safety.report("web.aiohttp.route", exc)
+
+
+def _resolution_order(router: Any, request: Any) -> Iterator[Any]:
+    """The resources of ``router`` in the order ``UrlDispatcher.resolve`` asks them for
+    ``request`` (aiohttp 3.10 and later): its domain sub-applications, then the resources
+    indexed under the request's path, under each shorter ``/``-prefix of it in turn (the most
+    explicit first: ``/items/special`` before ``/items/{item_id}``), and, for one key, in the
+    order they were added. A router without that index (older aiohttp, or another router
+    class) is asked in the order its resources were added."""
+    index = getattr(router, "_resource_index", None)
+    if not isinstance(index, dict):
+        yield from router.resources()
+        return
+    yield from getattr(router, "_matched_sub_app_resources", ())
+    url = request.rel_url
+    part = getattr(url, "path_safe", None) or url.path  # (yarl before 1.10: no path_safe)
+    while part:
+        yield from index.get(part, ())
+        if part == "/":
+            break
+        part = part.rpartition("/")[0] or "/"
 
 
 #: ``network.protocol.version`` for aiohttp's ``request.version`` (an ``HttpVersion(major,

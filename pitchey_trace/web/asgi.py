@@ -206,6 +206,10 @@ class ASGITracingMiddleware:
                     finish_request(state, options, state.resolve_route(), start_ns, end_ns, client, error)
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
+            # The scope (headers, the app's objects) is not needed once the request is
+            # finished, and the state outlives the request: the server's keep-alive timer,
+            # scheduled during the last send, keeps a copy of this context for seconds.
+            state.scope = None
             try:  # _reset(), inline: this runs for every request
                 REQUEST.reset(rtoken)
                 CURRENT.reset(token)
@@ -377,6 +381,7 @@ class ASGITracingMiddleware:
                 )
             except Exception as exc:
                 _safety.report("web.asgi.finish", exc)
+            state.scope = None  # (see __call__)
             _reset(rtoken, token)
 
 

@@ -11,11 +11,15 @@ on ``close()``, whichever comes first. Route templates come from
 A client that goes away (the server's write raises an ``OSError``: it closes the body on its
 way up, or ``write()`` raises it under the app) is not an error of the server: the span keeps
 its status and the chunks written before the failed one, and gets a ``client.disconnected``
-event, as in the aiohttp integration.
+event, as in the aiohttp integration. A response built with the server's own
+``wsgi.file_wrapper`` goes back to the server as it is (waitress's channel and gunicorn's
+``sendfile`` send it their own way); its span ends as the server closes it.
 """
 
 from __future__ import annotations
 
+import abc
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from time import time_ns
@@ -164,8 +168,16 @@ class WSGITracingMiddleware:
         finally:
             _reset(rtoken, token)
         # (a list keeps its len(): servers set Content-Length for a one-item list, waitress too)
-        body = _SizedTracedBody if result.__class__ is list or result.__class__ is tuple else _TracedBody
-        return body(result, state, options, start_ns, client)
+        if result.__class__ is list or result.__class__ is tuple:
+            return _SizedTracedBody(result, state, options, start_ns, client)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            wrapper is not None
+            and result.__class__ is wrapper
+            and _hand_over_file(result, state, options, start_ns, client)
+        ):
+            return result  # the server's own file wrapper: it sends it by its own fast path
+        return _TracedBody(result, state, options, start_ns, client)
 
     def _start(self, environ: dict[str, Any], path: str, start_ns: int) -> tuple[RequestState, str | None]:
         parent = extract(environ)
@@ -225,7 +237,7 @@ def _raised_by_server(exc: BaseException) -> bool:
     return getattr(exc, _SERVER_RAISED, False) is True
 
 
-def _client_left(state: RequestState, exc: BaseException) -> None:
+def _client_left(state: RequestState, exc: BaseException | None) -> None:
     try:
         mark_client_left(state.span, exc)
     except Exception as internal:
@@ -403,6 +415,170 @@ class _SizedTracedBody(_TracedBody):
 
     def __len__(self) -> int:
         return len(self._result)  # type: ignore[arg-type]
+
+
+def _hand_over_file(
+    result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+) -> bool:
+    """Whether the app's response, an instance of the server's own ``wsgi.file_wrapper``
+    class, is handed back to the server as it is (True: its ``close()``, which the server calls
+    once the file is out or the client went away, now ends the span), so that the server sends
+    it by its own file path instead of iterating a traced body in blocks. Only for a wrapper
+    whose bytes can be counted without iterating it:
+
+    * waitress's ``ReadOnlyFileBasedBuffer`` around a seekable file (``prepare`` / ``remain``):
+      the server's channel sends it from the file, in its own thread; the bytes sent are the
+      size it prepared less what remained.
+    * a ``filelike`` wrapper (gunicorn's, which sends it with ``sendfile``, and wsgiref's,
+      which iterates it) around a file with a position (``tell``): iterated, the file's
+      position moved by the bytes read; sent with ``sendfile``, it did not (gunicorn seeks
+      back), and the rest of the file went out.
+
+    Anything else (a pipe, a wrapper without ``__dict__``) stays a traced iterable.
+    """
+    try:
+        if hasattr(result, "prepare") and hasattr(result, "remain"):
+            if not _seekable(getattr(result, "file", None)):
+                return False  # (waitress iterates a file it cannot seek)
+            tracker: _FileTracker = _PreparedFile(result, state, options, start_ns, client)
+        else:
+            filelike = getattr(result, "filelike", None)
+            tell = getattr(filelike, "tell", None)
+            if tell is None or not _seekable(filelike):
+                return False
+            tracker = _PositionedFile(result, state, options, start_ns, client, filelike, tell())
+        result.close = tracker.close  # (an instance attribute: the server calls this one)
+    except Exception:
+        return False  # (a wrapper that refuses attributes, a file whose position fails: iterated)
+    return True
+
+
+def _seekable(file: Any) -> bool:
+    """Whether a server would seek ``file`` (waitress's test)."""
+    seekable = getattr(file, "seekable", None)
+    if seekable is not None:
+        return bool(seekable())
+    return hasattr(file, "seek") and hasattr(file, "tell")
+
+
+class _FileTracker(abc.ABC):
+    """Ends the span of a request whose file the server sends by its own path, as the server
+    closes the file wrapper (once, whoever calls it first)."""
+
+    __slots__ = ("_client", "_close", "_done", "_options", "_result", "_start_ns", "_state")
+
+    def __init__(
+        self, result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+    ) -> None:
+        self._result = result
+        self._close = getattr(result, "close", None)  # (the wrapper's own close, if any)
+        self._state = state
+        self._options = options
+        self._start_ns = start_ns
+        self._client = client
+        self._done = False
+
+    @abc.abstractmethod
+    def _sent(self, raised: BaseException | None) -> tuple[int, bool]:
+        """The bytes the server sent, and whether the file was cut short (``raised``: the
+        exception on its way up through the server's frame that closes the wrapper)."""
+
+    def close(self) -> None:
+        if self._done:
+            if self._close is not None:
+                self._close()
+            return
+        self._done = True
+        state = self._state
+        raised = sys.exc_info()[1]
+        try:
+            sent, short = self._sent(raised)
+            state.sent += sent
+            if raised is not None and _client_gone(raised):
+                _client_left(state, raised)
+            elif raised is None and short:  # (the server closed it before its end: the connection)
+                _client_left(state, None)
+        except Exception as internal:
+            _safety.report("web.wsgi.file", internal)
+        error: BaseException | None = None
+        try:
+            if self._close is not None:
+                token = CURRENT.set(state.span)
+                rtoken = REQUEST.set(state)
+                try:
+                    self._close()
+                finally:
+                    _reset(rtoken, token)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _finish(state, self._options, self._start_ns, self._client, error)
+
+
+class _PreparedFile(_FileTracker):
+    """waitress's file wrapper: its ``prepare(size)`` sets ``remain``, the bytes to send, and
+    each send lowers it; ``close()`` comes when it reached 0 or the connection closed."""
+
+    __slots__ = ("_prepared",)
+
+    def __init__(
+        self, result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+    ) -> None:
+        super().__init__(result, state, options, start_ns, client)
+        self._prepared = 0
+        prepare = result.prepare
+
+        def traced_prepare(*args: Any, **kwargs: Any) -> Any:
+            size = prepare(*args, **kwargs)
+            self._prepared = size if size.__class__ is int else 0
+            return size
+
+        result.prepare = traced_prepare
+
+    def _sent(self, raised: BaseException | None) -> tuple[int, bool]:
+        prepared = self._prepared
+        if not prepared:  # (never prepared, or empty: waitress iterated nothing)
+            return 0, False
+        remain = self._result.remain
+        return prepared - remain, remain > 0
+
+
+class _PositionedFile(_FileTracker):
+    """A ``filelike`` wrapper (gunicorn, wsgiref): the bytes sent are told by the file's
+    position (see :func:`_hand_over_file`)."""
+
+    __slots__ = ("_file", "_start")
+
+    def __init__(
+        self,
+        result: Any,
+        state: RequestState,
+        options: Options,
+        start_ns: int,
+        client: str | None,
+        file: Any,
+        start: int,
+    ) -> None:
+        super().__init__(result, state, options, start_ns, client)
+        self._file = file
+        self._start = start
+
+    def _sent(self, raised: BaseException | None) -> tuple[int, bool]:
+        file = self._file
+        read = file.tell() - self._start
+        if read > 0:  # iterated in blocks: every block read was written, but a failed last one
+            if raised is not None:
+                block = getattr(self._result, "blksize", 0)
+                if block.__class__ is int and block > 0:
+                    read -= read % block or block
+            return max(read, 0), False
+        if raised is not None:
+            return 0, False  # (a sendfile cut short, or nothing sent: how far it went is unknown)
+        fileno = getattr(file, "fileno", None)
+        if fileno is None:
+            return 0, False
+        return max(os.fstat(fileno()).st_size - self._start, 0), False
 
 
 def init_flask(app: Any, **options: Any) -> Any:

@@ -1,0 +1,318 @@
+"""Session 17: a WSGI file-wrapper response keeps the server's own file path (waitress's
+channel, wsgiref's file check, gunicorn's sendfile) and its span still ends at the last byte
+with the right size; an aiohttp 405 is named after the resource aiohttp's own resolution
+order reaches first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.util import FileWrapper as WsgirefFileWrapper
+
+import httpx
+import pytest
+from aiohttp import web
+from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.server import create_server
+
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import WSGITracingMiddleware, init_aiohttp
+from tests.support.web import event_names, server_span
+
+pytestmark = pytest.mark.integration
+
+FILE_BODY = bytes(range(256)) * 400  # 102,400 bytes
+BIG_SIZE = 48 * 1024 * 1024
+
+
+class Handed:
+    """A WSGI app outside the traced one: notes the class of each response object the server
+    receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.classes: list[type] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        result = self.app(environ, start_response)
+        self.classes.append(type(result))
+        return result
+
+
+def _file_app(paths: dict[str, str]) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = paths[environ["PATH_INFO"]]
+        size = os.path.getsize(path)
+        start_response(
+            "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
+        )
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 65536)  # (the server closes it)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("files")
+    (folder / "small.bin").write_bytes(FILE_BODY)
+    (folder / "empty.bin").write_bytes(b"")
+    with open(folder / "big.bin", "wb") as big:
+        big.truncate(BIG_SIZE)
+    return {
+        "/small": str(folder / "small.bin"),
+        "/empty": str(folder / "empty.bin"),
+        "/big": str(folder / "big.bin"),
+    }
+
+
+@pytest.fixture(scope="module")
+def waitress_server(files: dict[str, str]) -> Iterator[tuple[str, Handed]]:
+    handed = Handed(WSGITracingMiddleware(_file_app(files)))
+    server = create_server(handed, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}", handed
+    finally:
+        server.task_dispatcher.shutdown()
+        server.close()
+        server.asyncore.close_all(server._map)
+        thread.join(10)
+
+
+def test_waitress_sends_a_file_wrapper_by_its_own_channel_path(
+    waitress_server: tuple[str, Handed], wait_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """waitress gets its own ``ReadOnlyFileBasedBuffer`` back, and its channel reads it with
+    ``get`` (its file path), never iterating it in blocks; the span ends once the last byte
+    was sent, with the file's size."""
+    url, handed = waitress_server
+    calls = {"get": 0, "next": 0}
+    get, next_ = ReadOnlyFileBasedBuffer.get, ReadOnlyFileBasedBuffer.__next__
+
+    def counted_get(self: Any, *args: Any, **kwargs: Any) -> bytes:
+        calls["get"] += 1
+        return get(self, *args, **kwargs)
+
+    def counted_next(self: Any) -> bytes:
+        calls["next"] += 1
+        return next_(self)
+
+    monkeypatch.setattr(ReadOnlyFileBasedBuffer, "get", counted_get)
+    monkeypatch.setattr(ReadOnlyFileBasedBuffer, "__next__", counted_next)
+    handed.classes.clear()
+    with capture_spans() as exporter:
+        started = time.time_ns()
+        response = httpx.get(f"{url}/small")
+        received = time.time_ns()
+        span = wait_for(server_span(exporter))
+    assert response.content == FILE_BODY
+    assert int(response.headers["content-length"]) == len(FILE_BODY)
+    assert response.headers["x-trace-id"] == span["trace_id"]
+    assert handed.classes == [ReadOnlyFileBasedBuffer]
+    assert calls["get"] >= 1
+    assert calls["next"] == 0
+    assert span["attributes"]["http.response.body.size"] == len(FILE_BODY)
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert span["status"] != "error"
+    assert "client.disconnected" not in event_names(span)
+    assert started <= span["start_time_unix_nano"] <= span["end_time_unix_nano"] <= received
+
+
+def test_waitress_empty_file(waitress_server: tuple[str, Handed], wait_for: Any) -> None:
+    url, _ = waitress_server
+    with capture_spans() as exporter:
+        response = httpx.get(f"{url}/empty")
+        span = wait_for(server_span(exporter))
+    assert response.status_code == 200
+    assert response.content == b""
+    assert span["attributes"]["http.response.body.size"] == 0
+    assert "client.disconnected" not in event_names(span)
+
+
+def test_waitress_client_leaving_mid_file(waitress_server: tuple[str, Handed], wait_for: Any) -> None:
+    """The client resets the connection early in a 48 MiB file: waitress's channel closes the
+    wrapper with bytes remaining; the span counts what was sent and says the client left."""
+    url, _ = waitress_server
+    port = int(url.rsplit(":", 1)[1])
+    with capture_spans() as exporter:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            assert chunk
+            data += chunk
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        span = wait_for(server_span(exporter), timeout=20)
+    assert "client.disconnected" in event_names(span)
+    assert span["status"] != "error"
+    assert span["attributes"]["http.response.status_code"] == 200
+    assert 0 <= span["attributes"]["http.response.body.size"] < BIG_SIZE
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_wsgiref_recognises_its_file_wrapper(files: dict[str, str], wait_for: Any) -> None:
+    """wsgiref checks ``isinstance(result, wsgi_file_wrapper)`` (a handler's ``sendfile()``
+    then may send it): it gets its own ``FileWrapper``, and the bytes read from the file are
+    counted."""
+    handed = Handed(WSGITracingMiddleware(_file_app(files)))
+    server = make_server("127.0.0.1", 0, handed, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with capture_spans() as exporter:
+            response = httpx.get(f"http://127.0.0.1:{server.server_port}/small")
+            span = wait_for(server_span(exporter))
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert response.content == FILE_BODY
+    assert handed.classes == [WsgirefFileWrapper]
+    assert span["attributes"]["http.response.body.size"] == len(FILE_BODY)
+    assert "client.disconnected" not in event_names(span)
+
+
+GUNICORN_APP = """
+import os, sys
+from gunicorn.http import wsgi as gwsgi
+import pitchey_trace as pt
+from pitchey_trace.exporters import ConsoleExporter
+from pitchey_trace.web import WSGITracingMiddleware
+
+LOG = os.environ["HANDED_LOG"]
+PATH = os.environ["FILE_PATH"]
+pt.configure(service="gunicorn-files", exporters=[ConsoleExporter()])
+sendfile = gwsgi.Response.sendfile
+
+
+def noted_sendfile(self, respiter):
+    done = sendfile(self, respiter)
+    with open(LOG, "a") as log:
+        log.write(f"sendfile {done}\\n")
+    return done
+
+
+gwsgi.Response.sendfile = noted_sendfile
+
+
+def files(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](open(PATH, "rb"))
+
+
+traced = WSGITracingMiddleware(files)
+
+
+def app(environ, start_response):
+    result = traced(environ, start_response)
+    with open(LOG, "a") as log:
+        log.write(f"class {type(result).__module__}.{type(result).__qualname__}\\n")
+    return result
+"""
+
+
+def test_gunicorn_sends_a_file_wrapper_with_sendfile(files: dict[str, str], tmp_path: Path) -> None:
+    """gunicorn's sync worker sends its own ``FileWrapper`` with ``sendfile`` (and seeks the
+    file back): the span still gets the file's size."""
+    (tmp_path / "files_app.py").write_text(textwrap.dedent(GUNICORN_APP))
+    log = tmp_path / "handed.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    environ.update(HANDED_LOG=str(log), FILE_PATH=files["/small"], PYTHONPATH=os.getcwd())
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "files_app:app"],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/file", headers={"Connection": "close"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "gunicorn did not answer"
+                time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: the worker flushes at exit
+        out, err = server.communicate(timeout=60)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    spans = [r for r in records if r["type"] == "span" and r["kind"] == "server"]
+    assert response.content == FILE_BODY
+    assert log.read_text().splitlines() == ["class gunicorn.http.wsgi.FileWrapper", "sendfile True"]
+    assert len(spans) == 1, err[-2000:]
+    assert spans[0]["attributes"]["http.response.body.size"] == len(FILE_BODY)
+    assert spans[0]["attributes"]["http.response.status_code"] == 200
+    assert response.headers["x-trace-id"] == spans[0]["trace_id"]
+
+
+# -- aiohttp: a 405 is named after the resource aiohttp's own resolution reaches first --------
+def _overlapping_app() -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text=request.match_info.route.resource.canonical)  # type: ignore[union-attr]
+
+    app = web.Application()
+    app.router.add_get("/items/{item_id}", ok)  # added first; matches /items/special too
+    app.router.add_get("/items/special", ok)  # aiohttp resolves /items/special to this one
+    app.router.add_get("/files/{name}", ok)
+    app.router.add_get("/files/{name:.+}", ok)  # same index key: the one added first wins
+    sub = web.Application()
+    sub.router.add_get("/{kind}/list", ok)
+    sub.router.add_get("/pages/list", ok)
+    app.add_subapp("/sub", sub)
+    return init_aiohttp(app)
+
+
+def test_aiohttp_405_is_named_after_the_resource_aiohttp_resolves(serve_aiohttp: Any, wait_for: Any) -> None:
+    requests = [
+        ("GET", "/items/special"),
+        ("DELETE", "/items/special"),
+        ("DELETE", "/items/7"),
+        ("DELETE", "/files/a"),
+        ("GET", "/sub/pages/list"),
+        ("DELETE", "/sub/pages/list"),
+        ("DELETE", "/sub/other/list"),
+    ]
+    with capture_spans() as exporter:
+        url = serve_aiohttp(_overlapping_app())
+        with httpx.Client() as client:
+            got = [client.request(method, f"{url}{path}") for method, path in requests]
+        spans = wait_for(lambda: len(exporter.spans()) >= len(requests) and exporter.spans())
+    spans = sorted(spans, key=lambda s: s["start_time_unix_nano"])
+    assert [r.status_code for r in got] == [200, 405, 405, 405, 200, 405, 405]
+    assert got[0].text == "/items/special"  # what aiohttp matches for an allowed method
+    assert got[4].text == "/sub/pages/list"
+    assert [s["name"] for s in spans] == [
+        "GET /items/special",
+        "DELETE /items/special",
+        "DELETE /items/{item_id}",
+        "DELETE /files/{name}",
+        "GET /sub/pages/list",
+        "DELETE /sub/pages/list",
+        "DELETE /sub/{kind}/list",
+    ]
+    assert [s["attributes"].get("http.route") for s in spans] == [s["name"].split(" ", 1)[1] for s in spans]
