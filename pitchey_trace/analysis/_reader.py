@@ -108,7 +108,7 @@ def _datasets(datasets: Iterable[str] | None) -> tuple[str, ...]:
     out = tuple(datasets)
     if not out or not all(isinstance(d, str) and d for d in out):
         raise TypeError("datasets must be a non-empty list of names")
-    return out
+    return tuple(dict.fromkeys(out))  # (a name given twice is listed once)
 
 
 class LocalSource:
@@ -139,15 +139,23 @@ class LocalSource:
         """The directory."""
         return str(self.root)
 
+    def _folder(self, dataset: str) -> Path:
+        prefix = self.prefixes.get(dataset, dataset)
+        return self.root / prefix if prefix else self.root
+
     def objects(self, dataset: str, since_ns: int | None) -> list[ObjectInfo]:
-        """Every ``*.log.gz`` under the dataset's folder (date folders before ``since_ns`` skipped)."""
-        base = (
-            self.root / self.prefixes.get(dataset, dataset)
-            if self.prefixes.get(dataset, dataset)
-            else self.root
-        )
+        """Every ``*.log.gz`` under the dataset's folder (date folders before ``since_ns``
+        skipped). A folder that is also an earlier dataset's (the same prefix, or a path that
+        resolves to the same folder) was listed under that one: nothing here."""
+        base = self._folder(dataset)
         if not base.is_dir():
             return []
+        real = os.path.realpath(base)
+        for other in self.datasets:
+            if other == dataset:
+                break
+            if os.path.realpath(self._folder(other)) == real:
+                return []  # (its objects are listed under ``other``)
         first_day = time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400)) if since_ns else ""
         out: list[ObjectInfo] = []
         try:
@@ -293,6 +301,9 @@ class S3Source:
         if bucket is None:
             return []
         base = f"{prefix}/" if prefix else ""
+        claimed = self._claimed(dataset, bucket, base)
+        if claimed is None:
+            return []  # (an earlier dataset has the same bucket and prefix: listed under it)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": base}
         if since_ns:
             kwargs["StartAfter"] = base + time.strftime("%Y%m%d", time.gmtime(since_ns // 10**9 - 86400))
@@ -304,12 +315,33 @@ class S3Source:
         for page in pages:
             for obj in page.get("Contents") or ():
                 key = obj["Key"]
-                if not key.endswith(".log.gz"):
+                if not key.endswith(".log.gz") or (claimed and key.startswith(claimed)):
                     continue
                 opened, closed = key_times(key.rpartition("/")[2])
                 version = f"{obj.get('ETag', '')}:{obj.get('Size', 0)}"
                 out.append(ObjectInfo(dataset, key, int(obj.get("Size", 0)), version, opened, closed))
         return out
+
+    def _claimed(self, dataset: str, bucket: str, base: str) -> tuple[str, ...] | None:
+        """The key prefixes under ``base`` that other datasets of ``bucket`` list (an object
+        is listed once, under the dataset with the longest prefix that holds it), or None when
+        an earlier dataset has the same prefix (it lists them all)."""
+        claimed: list[str] = []
+        earlier = True
+        for other in self.datasets:
+            if other == dataset:
+                earlier = False
+                continue
+            if self.buckets.get(other) != bucket:
+                continue
+            prefix = self.prefixes.get(other, other)
+            other_base = f"{prefix}/" if prefix else ""
+            if other_base == base:
+                if earlier:
+                    return None
+            elif other_base.startswith(base):
+                claimed.append(other_base)
+        return tuple(claimed)
 
     def _cache_path(self, info: ObjectInfo) -> Path | None:
         if self.cache_dir is None:

@@ -1,0 +1,167 @@
+"""Session 17, in-process: which file-wrapper responses are handed back to the server as they
+are (and which stay a traced iterable), a wrapper closed twice ends its span once, and
+an analysis source's dataset names are read once."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+from wsgiref.util import FileWrapper, setup_testing_defaults
+
+import pytest
+
+from pitchey_trace.analysis import LocalSource
+from pitchey_trace.testing import capture_spans
+from pitchey_trace.web import WSGITracingMiddleware
+
+
+def environ(wrapper: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {"PATH_INFO": "/files/x", "wsgi.file_wrapper": wrapper}
+    setup_testing_defaults(env)
+    return env
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
+def file_app(make_file: Any) -> Any:
+    def app(env: dict[str, Any], start: Any) -> Any:
+        start("200 OK", [("Content-Type", "application/octet-stream")])
+        return env["wsgi.file_wrapper"](make_file(), 4)
+
+    return app
+
+
+class Pipe(io.RawIOBase):
+    """A readable file that cannot seek (a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def test_a_seekable_file_wrapper_is_handed_back_and_counted_by_its_position(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789")
+    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        body = b"".join(result)
+        assert exporter.spans() == []  # (the span ends as the server closes the wrapper)
+        result.close()
+        result.close()  # (a second close ends nothing more)
+    [span] = exporter.spans()
+    assert body == b"0123456789"
+    assert span["attributes"]["http.response.body.size"] == 10
+    assert "client.disconnected" not in [e["name"] for e in span["events"]]
+
+
+def test_a_pipe_in_a_file_wrapper_stays_a_traced_iterable() -> None:
+    mw = WSGITracingMiddleware(file_app(lambda: Pipe(b"abcdef")))
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is not FileWrapper
+        body = b"".join(result)
+    [span] = exporter.spans()
+    assert body == b"abcdef"
+    assert span["attributes"]["http.response.body.size"] == 6
+
+
+def test_a_wrapper_without_instance_attributes_stays_a_traced_iterable(tmp_path: Path) -> None:
+    class Slotted:
+        __slots__ = ("blksize", "filelike")
+
+        def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+            self.filelike = filelike
+            self.blksize = blksize
+
+        def __iter__(self) -> Any:
+            return iter(lambda: self.filelike.read(self.blksize), b"")
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 9)
+    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(Slotted), start_response)
+        assert type(result) is not Slotted
+        body = b"".join(result)
+    [span] = exporter.spans()
+    assert body == b"x" * 9
+    assert span["attributes"]["http.response.body.size"] == 9
+
+
+def test_a_file_iterated_then_cut_short_by_the_client(tmp_path: Path) -> None:
+    """The server's write fails on the third block (a client-gone ``OSError`` on its way up
+    as the server closes the wrapper): the failed block is not counted."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"y" * 10)
+    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        written = 0
+        try:
+            try:
+                for n, block in enumerate(result):
+                    if n == 2:
+                        raise BrokenPipeError("client went away")
+                    written += len(block)
+            finally:
+                result.close()
+        except BrokenPipeError:
+            pass
+    [span] = exporter.spans()
+    assert written == 8
+    assert span["attributes"]["http.response.body.size"] == 8
+    assert "client.disconnected" in [e["name"] for e in span["events"]]
+    assert span["status"] != "error"
+
+
+def test_a_file_sent_whole_without_iterating_is_counted_from_its_size(tmp_path: Path) -> None:
+    """What gunicorn's ``sendfile`` leaves: the position back where it was, no exception."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"z" * 50)
+
+    def opened_at_10() -> Any:
+        f = open(path, "rb")  # noqa: SIM115
+        f.seek(10)
+        return f
+
+    mw = WSGITracingMiddleware(file_app(opened_at_10))
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        result.close()  # (the bytes went out by sendfile: never through Python)
+    [span] = exporter.spans()
+    assert span["attributes"]["http.response.body.size"] == 40
+
+
+def test_a_dataset_named_twice_is_one_dataset(tmp_path: Path) -> None:
+    source = LocalSource(tmp_path, datasets=["audit", "traces", "audit"])
+    assert source.datasets == ("audit", "traces")
+
+
+@pytest.mark.parametrize("prefixes", [{"traces": "a", "audit": "a"}, {"traces": "a", "audit": "./a/"}])
+def test_a_folder_shared_by_two_datasets_is_listed_under_the_first(
+    tmp_path: Path, prefixes: dict[str, str]
+) -> None:
+    day = tmp_path / "a" / "20260101"
+    day.mkdir(parents=True)
+    (day / "20260101T000000Z_20260101T000005Z_1.log.gz").write_bytes(b"")
+    source = LocalSource(tmp_path, prefixes=prefixes, datasets=["traces", "audit"])
+    assert len(source.objects("traces", None)) == 1
+    assert source.objects("audit", None) == []
