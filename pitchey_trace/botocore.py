@@ -6,12 +6,15 @@
 A call is a span named ``{service}.{operation}`` (``S3.GetObject``, ``DynamoDB.Query``) with
 the OpenTelemetry RPC attributes for AWS: ``rpc.system=aws-api``, ``rpc.service``,
 ``rpc.method``, ``cloud.region``, ``server.address``, ``aws.request_id``,
-``http.response.status_code``, and for S3 the bucket (``aws.s3.bucket``; object keys and
-request bodies are never recorded). A failed call (``ClientError``) sets status error with the
-AWS error code as ``error.type`` and is re-raised unchanged. A call botocore refuses before
-sending (``ParamValidationError``, whose text quotes each refused value: a message body, an
-item, a key) is recorded with the parameters named and the values left out. The SDK's own exporters (S3/R2
-logpush) run with tracing suppressed, so their uploads make no spans.
+``http.response.status_code``, ``http.request.resend_count`` (the retries botocore made, when
+it made any), and for S3 the bucket (``aws.s3.bucket``; object keys and request bodies are
+never recorded). A failed call (``ClientError``) sets status error with the AWS error code as
+``error.type`` (the HTTP status code, as a string, when the response has none: botocore's own
+code for a HEAD error, whose response has no body) and is re-raised unchanged. A call botocore
+refuses before sending (``ParamValidationError``, whose text quotes each refused value: a
+message body, an item, a key) is recorded with the parameters named and the values left out.
+The SDK's own exporters (S3/R2 logpush) run with tracing suppressed, so their uploads make no
+spans.
 
 SQS and SNS: ``SendMessage``, ``SendMessageBatch``, ``Publish`` and ``PublishBatch`` put the
 call's trace context into each message's ``MessageAttributes`` (String attributes
@@ -144,13 +147,11 @@ def _make_api_call(original: Any) -> Any:
             IN_HTTP_CLIENT.reset(inside)
             try:
                 response = getattr(exc, "response", None)
+                code = _error_code(response) if isinstance(response, dict) else None
                 if isinstance(response, dict):
                     _response_attributes(span, response)
-                    code = response.get("Error", {}).get("Code")
-                else:
-                    code = None
                 if isinstance(exc, Exception):
-                    span.set_attribute("error.type", str(code) if code else type(exc).__qualname__)
+                    span.set_attribute("error.type", code or type(exc).__qualname__)
                     if isinstance(exc, _ParamValidationError):  # (its text quotes the values)
                         message = _validation_message(exc)
                         span.record_exception(exc, _validation_event(exc, message))
@@ -205,6 +206,20 @@ def _validation_event(exc: BaseException, message: str) -> dict[str, Any]:
     return {"exception.message": message, "exception.stacktrace": stack[-8192:]}
 
 
+def _error_code(response: dict[str, Any]) -> str | None:
+    """A failed call's ``error.type``: the service's error code (``NoSuchKey``), else the HTTP
+    status code as a string (OpenTelemetry's HTTP conventions for an error response without a
+    more specific type; botocore itself takes it as the code of a HEAD error, whose response
+    has no body), else None (the exception's type is used)."""
+    error = response.get("Error")
+    code = error.get("Code") if isinstance(error, dict) else None
+    if code:
+        return str(code)
+    meta = response.get("ResponseMetadata")
+    status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+    return str(status) if status.__class__ is int and status >= 400 else None
+
+
 def _response_attributes(span: Any, response: dict[str, Any]) -> None:
     meta = response.get("ResponseMetadata")
     if isinstance(meta, dict):
@@ -213,6 +228,9 @@ def _response_attributes(span: Any, response: dict[str, Any]) -> None:
         status = meta.get("HTTPStatusCode")
         if isinstance(status, int):
             span.set_attribute("http.response.status_code", status)
+        retries = meta.get("RetryAttempts")  # (botocore's: the attempts after the first)
+        if retries.__class__ is int and retries > 0:
+            span.set_attribute("http.request.resend_count", retries)
 
 
 def _with_trace_context(span: AnySpan, send: _Send, params: Any) -> Any:

@@ -17,17 +17,21 @@ Attributes (OpenTelemetry messaging conventions, those where the ``send`` operat
 replaced ``publish``): ``messaging.system`` (``celery``), ``messaging.operation.type``
 (``send`` / ``process``), ``messaging.operation.name`` (``publish`` / ``process``),
 ``messaging.message.id`` (the task id), ``messaging.destination.name`` (the routing key),
-``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. Arguments are never
-recorded.
+``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. A task that raises
+``Reject`` (state ``REJECTED``, not an error) adds ``celery.reject.requeue`` and
+``celery.reject.reason``. Arguments are never recorded. A task name or routing key (the
+sender's choice) goes into span names and attributes with its control characters and Unicode
+bidi formatting characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) replaced by
+U+FFFD.
 
 A message the worker takes but never runs still ends the sender's trace with a ``run`` span
 (ended at once, continuing the message's context): a task revoked before it ran or expired
 (``celery.task.state`` ``REVOKED``, ``celery.task.expired``), one terminated while running
 (``revoke(terminate=True)``: the killed pool process never exports its own span, the worker's
-main process records this one, with ``celery.task.terminated``), a task the worker does not
-know (an error span, ``error.type`` ``NotRegistered``, state ``FAILURE``) and a message it cannot
-read as a task (an error span named ``run unknown`` unless the message names its task, state
-``REJECTED``).
+main process records this one, with ``celery.task.terminated``, from when the pool process took
+the task), a task the worker does not know (an error span, ``error.type`` ``NotRegistered``,
+state ``FAILURE``) and a message it cannot read as a task (an error span named ``run unknown``
+unless the message names its task, state ``REJECTED``).
 
 It connects to Celery's signals (``before_task_publish``, ``after_task_publish``,
 ``task_prerun``, ``task_postrun``, ``task_failure``, ``task_retry``, ``task_revoked``,
@@ -38,6 +42,9 @@ Needs ``celery`` (extra ``celery``).
 
 from __future__ import annotations
 
+import sys
+from time import time_ns
+from types import FrameType
 from typing import Any
 
 from pitchey_trace import _safety
@@ -48,6 +55,7 @@ from pitchey_trace.propagation import extract, inject
 
 try:
     from celery import signals
+    from celery.exceptions import Reject
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise IntegrationUnavailable("pitchey_trace.celery", "celery") from _exc
 
@@ -71,6 +79,22 @@ _OPERATION_NAMES = {"send": "publish", "process": "process"}
 _TEMPLATES: dict[tuple[str, str, str | None], TrustedAttributes] = {}
 
 
+#: What a task name (chosen by whoever sends the message) or a routing key must not bring into
+#: span names and attributes, each replaced by U+FFFD: control characters (C0, DEL, C1: an
+#: escape sequence, a line break) and Unicode's bidirectional formatting characters (the
+#: embeddings and overrides U+202A-U+202E, the isolates U+2066-U+2069, the marks U+200E,
+#: U+200F and U+061C), which reorder how the text around them shows in a UI or a terminal.
+_UNSAFE = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F], "\ufffd")
+_UNSAFE.update(dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], "\ufffd"))
+
+
+def _safe(text: str) -> str:
+    """``text`` with the characters of ``_UNSAFE`` replaced by U+FFFD."""
+    if text.isprintable():  # (each of them is unprintable: the usual name is returned as it is)
+        return text
+    return text.translate(_UNSAFE)
+
+
 def _remember(table: dict[Any, Any], key: Any, span: Any) -> None:
     table[key] = span
     while len(table) > _MAX_OPEN:  # the oldest first (dicts keep insertion order)
@@ -91,7 +115,7 @@ def _attributes(task_name: str, task_id: str | None, operation: str, routing_key
             }
         )
         if route is not None:
-            template["messaging.destination.name"] = route
+            template["messaging.destination.name"] = _safe(route)
         if len(_TEMPLATES) >= 1024:  # bounded: task names are few, routing keys might not be
             _TEMPLATES.clear()
         _TEMPLATES[key] = template
@@ -109,6 +133,8 @@ def _before_publish(sender: Any = None, headers: Any = None, routing_key: Any = 
         if tracer.pipeline is None or not isinstance(headers, dict):
             return
         name = str(headers.get("task") or sender or "task")
+        if not name.isprintable():  # (inline: _safe's own first test, without the call)
+            name = _safe(name)
         task_id = headers.get("id")
         task_id = str(task_id) if task_id else None
         span = tracer.start_span(f"send {name}", _attributes(name, task_id, "send", routing_key), _PRODUCER)
@@ -160,6 +186,8 @@ def _prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
         parent = extract(_carrier(request))
         delivery = getattr(request, "delivery_info", None) or {}
         name = str(task.name)
+        if not name.isprintable():
+            name = _safe(name)
         key = str(task_id)
         attrs = _attributes(name, key, "process", delivery.get("routing_key"))
         retries = getattr(request, "retries", 0)
@@ -204,16 +232,43 @@ def _retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any
             span.add_event("retry", {"celery.retry.reason": type(cause).__qualname__})
 
 
-def _postrun(task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
+#: The longest ``celery.reject.reason`` recorded (characters).
+_MAX_REASON = 512
+
+
+def _postrun(task_id: Any = None, task: Any = None, state: Any = None, retval: Any = None, **_: Any) -> None:
     try:
         span = _running.pop(_run_key(task_id, _current_request(task)), None)
         if span is None:
             return
         if isinstance(state, str):
             span.set_attribute("celery.task.state", state)
+        if isinstance(retval, Reject):  # (state REJECTED: Celery passes the Reject it caught)
+            try:
+                _record_reject(span, retval)
+            except Exception as exc:  # (the span still ends)
+                _safety.report("celery.run", exc)
         span.__exit__(None, None, None)
     except Exception as exc:
         _safety.report("celery.run", exc)
+
+
+def _record_reject(span: Any, reject: Any) -> None:
+    """What a task that raised ``Reject`` said: ``celery.reject.requeue`` (whether the message
+    goes back to the queue) and ``celery.reject.reason`` (a text as it is, an exception as
+    ``Type: message``, as a failure's status message; none when it gave no reason)."""
+    span.set_attribute("celery.reject.requeue", bool(reject.requeue))
+    reason = reject.reason
+    if reason is None:
+        return
+    kind = type(reason).__qualname__
+    try:
+        text = str(reason)
+    except Exception:  # (the application's __str__: the type says enough)
+        text = f"<unprintable {kind}>"
+    if isinstance(reason, BaseException):
+        text = f"{kind}: {text}" if text else kind
+    span.set_attribute("celery.reject.reason", text[:_MAX_REASON])
 
 
 def _message_carrier(headers: Any) -> dict[str, str]:
@@ -229,20 +284,29 @@ _MAX_UNRUN_NAME = 200
 
 
 def _unrun(
-    name: Any, task_id: Any, carrier: dict[str, str], routing_key: Any, state: str, extra: dict[str, Any]
+    name: Any,
+    task_id: Any,
+    carrier: dict[str, str],
+    routing_key: Any,
+    state: str,
+    extra: dict[str, Any],
+    start_time_ns: int | None = None,
 ) -> Any:
     """A ``run`` span, ended at once, for a message the worker took but never ran (revoked,
-    expired, an unknown task, an invalid message): the sender's trace shows what became of it."""
+    expired, an unknown task, an invalid message) or whose run span was lost with the process
+    that ran it (terminated; ``start_time_ns``: when it started): the sender's trace shows what
+    became of it."""
     tracer = get_tracer()
     if tracer.pipeline is None:
         return None
     text = name if isinstance(name, str) and name else "unknown"
-    text = text[:_MAX_UNRUN_NAME]
+    text = _safe(text[:_MAX_UNRUN_NAME])
     key = str(task_id) if task_id else None
     attrs = _attributes(text, key, "process", routing_key)
     attrs["celery.task.state"] = state
     attrs.update(extra)
-    span = tracer.start_span(f"run {text}", attrs, _CONSUMER, extract(carrier) if carrier else None)
+    parent = extract(carrier) if carrier else None
+    span = tracer.start_span(f"run {text}", attrs, _CONSUMER, parent, start_time_ns=start_time_ns)
     if span.trace_id:
         return span
     return None
@@ -257,14 +321,45 @@ def _revoked(
         name = getattr(sender, "name", None) or getattr(request, "task", None)
         delivery = getattr(request, "delivery_info", None)
         route = delivery.get("routing_key") if isinstance(delivery, dict) else None
+        task_id = getattr(request, "id", None)
         extra: dict[str, Any] = {}
+        start = None
         if terminated is True:
             extra["celery.task.terminated"] = True
+            start = _started_ns(task_id)
         if expired is True:
             extra["celery.task.expired"] = True
-        span = _unrun(name, getattr(request, "id", None), _carrier(request), route, "REVOKED", extra)
+        span = _unrun(name, task_id, _carrier(request), route, "REVOKED", extra, start)
         if span is not None:
             span.end()
+
+
+#: How many frames above the ``task_revoked`` receiver the worker's request of the task is
+#: looked for (Celery: receiver, ``Signal.send``, ``Request._announce_revoked``).
+_REQUEST_FRAMES = 6
+
+
+def _started_ns(task_id: Any) -> int | None:
+    """When the pool process took a task the worker terminated (ns since the epoch), or None.
+
+    The worker's main process keeps that time on its own request of the task (Celery's
+    ``Request.time_start``, set when the pool process acknowledges the task, just before it runs
+    it), but ``task_revoked`` gets the task's context, not that request: it is the ``self`` of
+    the method that sent the signal (``Request._announce_revoked``), found in the frames above
+    this receiver by its task id. Only for a terminated task (rare), never on the hot path."""
+    if not task_id:
+        return None
+    frame: FrameType | None = sys._getframe(2)  # (above _revoked)
+    for _ in range(_REQUEST_FRAMES):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        started = getattr(owner, "time_start", None)
+        if started.__class__ is float and getattr(owner, "id", None) == task_id:
+            start = int(started * 1e9)
+            return start if 0 < start <= time_ns() else None
+        frame = frame.f_back
+    return None
 
 
 def _message_facts(message: Any) -> tuple[Any, Any, dict[str, str], Any]:
