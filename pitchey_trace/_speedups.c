@@ -198,14 +198,17 @@ typedef struct {
     int tok_used;
 } token_fields;
 static int token_layout_ok = 0;
+static PyObject *token_missing = NULL; /* Token.MISSING (tok_oldval is NULL for it) */
 
 /* What resetting `token` (an exact contextvars.Token) makes current: a new reference
  * (Token.MISSING when the variable had no value), NULL with an error. */
 static inline PyObject *
 token_old_value(PyObject *token)
 {
-    if (token_layout_ok)
-        return Py_NewRef(((token_fields *)token)->tok_oldval);
+    if (token_layout_ok) {
+        PyObject *old = ((token_fields *)token)->tok_oldval;
+        return Py_NewRef(old != NULL ? old : token_missing);
+    }
     return PyObject_GetAttr(token, s_old_value);
 }
 
@@ -214,6 +217,9 @@ static int
 probe_token_layout(void)
 {
     token_layout_ok = 0;
+    if (token_missing == NULL &&
+        (token_missing = PyObject_GetAttrString((PyObject *)&PyContextToken_Type, "MISSING")) == NULL)
+        return -1;
     PyObject *var = PyContextVar_New("pitchey_trace._speedups.probe", NULL);
     if (var == NULL)
         return -1;
@@ -224,7 +230,8 @@ probe_token_layout(void)
     token_layout_ok = Py_IS_TYPE(t2, &PyContextToken_Type) &&
                       sizeof(token_fields) <= (size_t)Py_TYPE(t2)->tp_basicsize &&
                       ((token_fields *)t2)->tok_var == var && ((token_fields *)t2)->tok_oldval == marker &&
-                      ((token_fields *)t1)->tok_oldval == old1 && ((token_fields *)t1)->tok_used == 0;
+                      ((token_fields *)t1)->tok_oldval == NULL && old1 == token_missing &&
+                      ((token_fields *)t1)->tok_used == 0;
     if (PyContextVar_Reset(var, t2) < 0 || PyContextVar_Reset(var, t1) < 0)
         token_layout_ok = 0;
 done:
@@ -3087,6 +3094,13 @@ untrack_records(PyObject *module, PyObject *records)
     return PyLong_FromSsize_t(untracked);
 }
 
+/* Whether span exits read a context token's previous value from its struct (for tests). */
+static PyObject *
+token_layout(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(token_layout_ok);
+}
+
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
      "Remember the Span class, its slot offsets and StatusCode.UNSET."},
@@ -3114,6 +3128,8 @@ static PyMethodDef methods[] = {
      "Untrack records made of atomic values and dicts of them (see the comment)."},
     {"build_span_records", (PyCFunction)(void (*)(void))build_span_records, METH_FASTCALL,
      "Sanitized span records of a chunk of spans (see the module comment)."},
+    {"token_layout", token_layout, METH_NOARGS,
+     "Whether span exits read context tokens' fields directly (checked by install_methods)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -52,6 +52,33 @@ def _c_plain_records(spans: list[Any], template: dict[str, Any], max_attributes:
     )
 
 
+def test_span_exit_reads_context_tokens_directly() -> None:
+    # The C __exit__ takes what a reset makes current from the token's struct, the layout
+    # checked once at import (it used to fail the check on every CPython, and each exit read
+    # Token.old_value as an attribute).
+    import contextvars
+
+    from pitchey_trace import _speedups
+    from pitchey_trace._context import CURRENT
+
+    assert _speedups.token_layout() is (sys.implementation.name == "cpython" and sys.version_info < (3, 14))
+
+    def first_span_in_a_fresh_context() -> tuple[Any, Any]:
+        # CURRENT was never set here: the token's previous value is Token.MISSING
+        with pt.span("outer") as outer:
+            with pt.span("inner") as inner:
+                pass
+            assert pt.current_span() is outer
+        after = CURRENT.get()
+        with pt.span("next") as nxt:
+            pass
+        return (after, nxt.parent_span_id, inner.parent_span_id == outer.span_id)
+
+    with capture_spans():
+        after, parent, nested = contextvars.Context().run(first_span_in_a_fresh_context)
+    assert after is None and parent == 0 and nested  # ("next" is a root: 0, no parent)
+
+
 def test_accelerator_is_built_and_loaded() -> None:
     # The project's install builds it (setup.py); a machine without a C compiler falls back to
     # Python, but this test environment must have it, or the C path would go untested.
