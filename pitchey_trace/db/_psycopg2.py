@@ -13,11 +13,33 @@ the psycopg 3 path's attributes, slow-query log, audit records and error scrubbi
   ``fetchone`` / ``fetchmany`` / ``fetchall`` and each page of an iteration, ``MOVE`` for
   ``scroll``).
 
-A cursor made with an explicit ``conn.cursor(cursor_factory=...)`` argument bypasses the
-connection's factory and is not traced; set the factory on the connection instead
-(``connect(..., cursor_factory=RealDictCursor)`` before ``instrument``).
+Connections of a Python subclass (``psycopg2.extras.DictConnection``, ``RealDictConnection``,
+``NamedTupleConnection``, ``LoggingConnection``, ``MinTimeLoggingConnection``, any
+``connection_factory=``) often choose their own cursor class in their ``cursor()``:
+``kwargs.setdefault("cursor_factory", self.cursor_factory or DictCursor)``. So that such a
+default still wins, the factory ``instrument`` sets in place of an unset one (``None``) is
+*falsy*, like ``None`` (its metaclass says so; psycopg2's C code only checks for ``None``), and
+such a connection (it has a ``__dict__``) gets an instance attribute ``cursor`` that calls the
+class's own ``cursor()`` unchanged and then switches the cursor it returns to the traced
+subclass of that cursor's own class (``__class__`` assignment: the traced class adds no
+storage). No table of psycopg2's classes is needed: whatever class the connection's
+``cursor()`` creates (its default, ``conn.cursor(cursor_factory=...)``, a named cursor) is the
+one traced. Not traced: a cursor of a class whose instances cannot switch class (the C type
+``psycopg2.extensions.cursor`` itself, passed explicitly, or a subclass with ``__slots__`` and no
+``__dict__``), and an explicit ``cursor_factory=`` on an instance of the C connection type
+itself (``psycopg2.connect(dsn)``: no ``__dict__``, so its ``cursor`` cannot be wrapped; set
+the factory on the connection instead, ``connect(..., cursor_factory=RealDictCursor)``). A
+factory that is a function, not a class, is replaced by one that switches what it returns.
+
 ``traced_transaction(conn)`` is a transaction block of our own (psycopg2 has none): the
 outermost commits or rolls back the connection, an inner one uses a savepoint.
+
+Two-phase commit (``tpc_begin`` / ``tpc_prepare`` / ``tpc_commit`` / ``tpc_rollback`` /
+``tpc_recover``) is traced as for psycopg 3 (:mod:`pitchey_trace.db._tpc`) when the connection
+has a ``__dict__``, that is when it was made with a ``connection_factory`` that is a Python
+subclass of psycopg2's connection type: the traced methods are then set on the instance, as
+psycopg 3's are. An instance of the C type itself (``psycopg2.connect(dsn)``) has no
+``__dict__`` and its class cannot be switched (a static type): its 2PC calls stay untraced.
 """
 
 from __future__ import annotations
@@ -33,6 +55,7 @@ from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
 from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
+from pitchey_trace.db._tpc import make_tpc_methods
 
 __all__ = [
     "instrument",
@@ -47,10 +70,17 @@ _Connection: Any = _ext.connection
 #: State of each instrumented connection, by id(): a plain dict lookup on every statement
 #: (a WeakKeyDictionary makes a weakref per lookup); the entry goes when the connection does.
 _STATES: dict[int, ConnState] = {}
-_TRACED: dict[type, type] = {}
+#: The traced subclass of each cursor class (key: the class, and whether it stands for an unset
+#: factory: then it is falsy, see :class:`_Unset`).
+_TRACED: dict[tuple[type, bool], type] = {}
 #: The server-side variant of each traced cursor class.
 _NAMED: dict[type, type] = {}
+#: What a cursor of each class is switched to by :func:`_adopt` (None: it cannot be switched).
+_ADOPT: dict[type, type | None] = {}
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: only instances of such a class can switch class
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
+_PREPARED = _ext.STATUS_PREPARED
+_TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover")
 
 
 def is_connection(obj: object) -> bool:
@@ -213,17 +243,134 @@ class _NamedCursor:
             yield from rows
 
 
-def _traced_class(base: type) -> type:
-    cls = _TRACED.get(base)
+class _Unset(type):
+    """Metaclass of the traced factory set in place of an unset (``None``) one: falsy, as
+    ``None`` is, so that ``self.cursor_factory or DictCursor`` in a connection subclass's
+    ``cursor()`` (all of ``psycopg2.extras``' connections) still picks its own default.
+    psycopg2's C code tests the attribute against ``None`` only, so it still calls it."""
+
+    def __bool__(cls) -> bool:
+        return False
+
+
+def _traced_class(base: type, unset: bool = False) -> type:
+    key = (base, unset)
+    cls = _TRACED.get(key)
     if cls is None:
-        cls = type(base.__name__, (_TracedCursor, base), {"__module__": base.__module__})
+        meta: type = _Unset if unset else type
+        cls = meta(base.__name__, (_TracedCursor, base), {"__module__": base.__module__})
         _NAMED[cls] = type(base.__name__, (_NamedCursor, cls), {"__module__": base.__module__})
-        _TRACED[base] = cls
+        _TRACED[key] = cls
     return cls
 
 
+def _adopt_target(base: type) -> type | None:
+    """The traced class a cursor of class ``base`` can be switched to, or None."""
+    if base in _ADOPT:
+        return _ADOPT[base]
+    target: type | None = None
+    if base.__flags__ & _HEAPTYPE and base.__dictoffset__:
+        traced = _traced_class(base)
+        named = _NAMED[traced]
+        layout = (base.__basicsize__, base.__dictoffset__, base.__weakrefoffset__)
+        if all((c.__basicsize__, c.__dictoffset__, c.__weakrefoffset__) == layout for c in (traced, named)):
+            target = traced
+    _ADOPT[base] = target
+    return target
+
+
+def _adopt(cur: Any) -> Any:
+    """Switch a cursor the connection's own ``cursor()`` made to the traced subclass of its
+    class (its ``__init__`` has run: rows, logging, everything of its class is kept)."""
+    try:
+        cls = type(cur)
+        if not getattr(cls, "_pitchey_traced", False):
+            target = _adopt_target(cls)
+            if target is not None:
+                cur.__class__ = _NAMED[target] if cur.name is not None else target
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+    return cur
+
+
+def _traced_factory(factory: Any) -> Any:
+    """What ``instrument`` sets as the connection's ``cursor_factory`` (None: leave it)."""
+    try:
+        if factory is None:
+            return _traced_class(_ext.cursor, unset=True)
+        if isinstance(factory, type):
+            return _traced_class(factory)
+        if not callable(factory):
+            return None
+
+        def traced_factory(*args: Any, **kwargs: Any) -> Any:  # a function: adopt what it makes
+            return _adopt(factory(*args, **kwargs))
+
+        traced_factory._pitchey_traced = True  # type: ignore[attr-defined]
+        return traced_factory
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+        return None
+
+
+def _set_cursor_method(conn: Any) -> None:
+    """On a connection with a ``__dict__``, wrap ``cursor`` (see the module docstring)."""
+    try:
+        attrs = getattr(conn, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return
+        ref = weakref.ref(conn)  # (no cycle through the connection's own __dict__)
+        own = attrs.get("cursor")  # an instance attribute of the application's: wrapped, restored
+
+        def cursor(*args: Any, **kwargs: Any) -> Any:
+            if own is not None:
+                return _adopt(own(*args, **kwargs))
+            c = ref()
+            if c is None:  # (only through a reference to the function alone)
+                raise ReferenceError("the connection of this method was garbage-collected")
+            return _adopt(type(c).cursor(c, *args, **kwargs))
+
+        cursor._pitchey_wraps = own  # type: ignore[attr-defined]
+        attrs["cursor"] = cursor
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+
+
+def _unset_cursor_method(conn: Any) -> None:
+    attrs = getattr(conn, "__dict__", None)
+    if isinstance(attrs, dict) and hasattr(attrs.get("cursor"), "_pitchey_wraps"):
+        own = attrs.pop("cursor")._pitchey_wraps
+        if own is not None:
+            attrs["cursor"] = own
+
+
+def _recover_sends(conn: Any) -> bool:
+    """True when ``conn.tpc_recover()`` will run its query (psycopg2 refuses first on a closed
+    or asynchronous connection and while a transaction is prepared: no query, no span)."""
+    return not conn.closed and not conn.async_ and conn.status != _PREPARED
+
+
+def _set_tpc_methods(conn: Any, state: ConnState) -> None:
+    """Trace 2PC on a connection with a ``__dict__`` (a Python subclass of the C type)."""
+    try:
+        attrs = getattr(conn, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return  # the C type itself: nothing can be set on it (see the module docstring)
+        key = id(conn)
+
+        def is_traced(c: Any) -> bool:
+            return _STATES.get(key) is state and state.instrumented
+
+        # Straight into __dict__, as a plain attribute would be: a subclass's own property of
+        # that name (if any) keeps precedence and nothing of the class runs.
+        attrs.update(make_tpc_methods(conn, state, False, is_traced=is_traced, recover=_recover_sends))
+    except Exception as exc:
+        _safety.report("db.tpc", exc)
+
+
 def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
-    """Trace every statement run on a psycopg2 connection's cursors; returns ``conn``."""
+    """Trace every statement run on a psycopg2 connection's cursors (and its 2PC calls when
+    it has a ``__dict__``); returns ``conn``."""
     state = _STATES.get(id(conn))
     if state is not None and state.instrumented:
         state.set_overrides(sql_comments, capture_parameters)
@@ -232,21 +379,31 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     factory = conn.cursor_factory
     state.orig_cursor_factory = factory
     if not getattr(factory, "_pitchey_traced", False):
-        conn.cursor_factory = _traced_class(factory or _ext.cursor)
+        traced = _traced_factory(factory)
+        if traced is not None:
+            conn.cursor_factory = traced
     state.instrumented = True
     key = id(conn)
     _STATES[key] = state
     weakref.finalize(conn, _STATES.pop, key, None)
+    _set_cursor_method(conn)
+    _set_tpc_methods(conn, state)
     return conn
 
 
 def uninstrument(conn: Any) -> Any:
-    """Undo :func:`instrument`: the connection's own cursor factory comes back."""
+    """Undo :func:`instrument`: the connection's own cursor factory, ``cursor`` (and ``tpc_*``)
+    come back."""
     state = _STATES.pop(id(conn), None)
     if state is not None:
         state.instrumented = False
         if getattr(conn.cursor_factory, "_pitchey_traced", False):
             conn.cursor_factory = state.orig_cursor_factory
+        _unset_cursor_method(conn)
+        attrs = getattr(conn, "__dict__", None)
+        if isinstance(attrs, dict):
+            for name in _TPC_METHODS:
+                attrs.pop(name, None)
     return conn
 
 

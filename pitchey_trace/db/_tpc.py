@@ -1,5 +1,7 @@
 """Two-phase commit on an instrumented psycopg 3 connection (``tpc_begin`` / ``tpc_prepare`` /
-``tpc_commit`` / ``tpc_rollback``, sync and async).
+``tpc_commit`` / ``tpc_rollback``, sync and async), and on a psycopg2 connection whose
+instances have a ``__dict__`` (a Python subclass of its C connection type; see
+:mod:`pitchey_trace.db._psycopg2`).
 
 * ``tpc_begin(xid)`` opens a ``TRANSACTION`` span. It is not made current: the phases are
   separate calls, and the commit often runs elsewhere (a coordinator, another task), where the
@@ -18,22 +20,31 @@
   span or counters.
 * A 2PC span still open when ``tpc_begin`` is called again, or when the connection is
   garbage-collected, ends as ``rollback`` with the reason ``abandoned``.
+* ``tpc_recover()``: psycopg 3 runs its query on a cursor of the connection, so it is an
+  ordinary ``SELECT`` span. psycopg2 runs it from C on a plain cursor: given ``recover``,
+  ``make_tpc_methods`` makes the same span around the call (the query is known; it cannot
+  carry an SQL comment).
+
+This module imports no driver: psycopg2-only installs use it too.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
-
-from psycopg import pq
 
 from pitchey_trace import _safety
 from pitchey_trace._span import TrustedAttributes
-from pitchey_trace.db._ops import ConnState, Stmt, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
 
 __all__ = ["make_tpc_methods"]
 
-_INERROR = pq.TransactionStatus.INERROR
+#: libpq's PQTRANS_INERROR: psycopg's ``pq.TransactionStatus.INERROR`` (an IntEnum equal to
+#: it) and psycopg2's ``TRANSACTION_STATUS_INERROR``.
+_INERROR = 3
+#: The query both drivers' ``tpc_recover()`` runs.
+RECOVER_QUERY = "SELECT gid, prepared, owner, database FROM pg_prepared_xacts"
 _FAILED = "failed_transaction"
 
 
@@ -138,9 +149,29 @@ def _phase_done(state: ConnState, op: Any, action: str, exc: BaseException | Non
     state.done(op, -1)
 
 
-def make_tpc_methods(conn: Any, state: ConnState, is_async: bool) -> dict[str, Any]:
+def _recover_statement(state: ConnState) -> Op | None:
+    try:
+        return state.begin_statement(state.statement(RECOVER_QUERY, None))
+    except Exception as exc:
+        _safety.report("db.tpc", exc)
+        return None
+
+
+def make_tpc_methods(
+    conn: Any,
+    state: ConnState,
+    is_async: bool,
+    *,
+    is_traced: Callable[[Any], bool] | None = None,
+    recover: Callable[[Any], bool] | None = None,
+) -> dict[str, Any]:
     """The traced ``tpc_*`` methods set on the instance by ``instrument``. They hold the
-    connection weakly (no cycle through its own ``__dict__``)."""
+    connection weakly (no cycle through its own ``__dict__``).
+
+    ``is_traced(conn)``: whether ``state`` is the connection's live state (default: psycopg
+    3's ``_pitchey_trace_state`` attribute). ``recover(conn)`` (sync only; psycopg2, whose
+    ``tpc_recover`` queries from C): also wrap ``tpc_recover`` in the span of its query when
+    it returns True (the call will send the query; False: it refuses first, untraced)."""
     ref = weakref.ref(conn)
     cls = type(conn)
 
@@ -151,6 +182,8 @@ def make_tpc_methods(conn: Any, state: ConnState, is_async: bool) -> dict[str, A
         return found
 
     def traced(c: Any) -> bool:
+        if is_traced is not None:
+            return is_traced(c)
         return getattr(c, "_pitchey_trace_state", None) is state and state.instrumented
 
     def finish_action(action: str, xid: Any) -> tuple[bool, Any]:
@@ -192,10 +225,13 @@ def make_tpc_methods(conn: Any, state: ConnState, is_async: bool) -> dict[str, A
             c = target()
             method = cls.tpc_commit if action == "COMMIT" else cls.tpc_rollback
             if not traced(c):
-                return method(c, xid)  # type: ignore[no-any-return]
+                return method(c) if xid is None else method(c, xid)  # type: ignore[no-any-return]
             one_phase, op = finish_action(action, xid)
             try:
-                method(c, xid)
+                if xid is None:  # (psycopg2's C methods refuse an explicit None)
+                    method(c)
+                else:
+                    method(c, xid)
             except BaseException as exc:
                 if one_phase:
                     _close(state, exc, outcome="rollback")
@@ -271,6 +307,31 @@ def make_tpc_methods(conn: Any, state: ConnState, is_async: bool) -> dict[str, A
         "tpc_commit": tpc_commit,
         "tpc_rollback": tpc_rollback,
     }
+    if recover is not None and not is_async:
+
+        def sends_recover(c: Any) -> bool:
+            try:
+                return recover(c)
+            except Exception as exc:
+                _safety.report("db.tpc", exc)
+                return False
+
+        def tpc_recover() -> Any:
+            c = target()
+            if not traced(c) or not sends_recover(c):
+                return cls.tpc_recover(c)
+            op = _recover_statement(state)
+            if op is None:
+                return cls.tpc_recover(c)
+            try:
+                xids = cls.tpc_recover(c)
+            except BaseException as exc:
+                state.fail(op, exc)
+                raise
+            state.done(op, len(xids) if isinstance(xids, list) else -1)
+            return xids
+
+        methods["tpc_recover"] = tpc_recover
     for name, fn in methods.items():
         fn.__doc__ = getattr(cls, name).__doc__
     return methods
