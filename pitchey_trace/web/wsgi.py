@@ -381,12 +381,7 @@ class _TracedBody:
         error: BaseException | None = None
         try:
             if close is not None:
-                token = CURRENT.set(state.span)
-                rtoken = REQUEST.set(state)
-                try:
-                    close()
-                finally:
-                    _reset(rtoken, token)
+                _close_in_request(state, close)
         except BaseException as exc:
             error = exc
             raise
@@ -415,6 +410,17 @@ class _SizedTracedBody(_TracedBody):
 
     def __len__(self) -> int:
         return len(self._result)  # type: ignore[arg-type]
+
+
+def _close_in_request(state: RequestState, close: Callable[[], object]) -> None:
+    """Call the app's ``close()`` (of its body, or of the server's file wrapper) with the
+    request current: spans it makes are the request's children."""
+    token = CURRENT.set(state.span)
+    rtoken = REQUEST.set(state)
+    try:
+        close()
+    finally:
+        _reset(rtoken, token)
 
 
 def _hand_over_file(
@@ -503,12 +509,7 @@ class _FileTracker(abc.ABC):
         error: BaseException | None = None
         try:
             if self._close is not None:
-                token = CURRENT.set(state.span)
-                rtoken = REQUEST.set(state)
-                try:
-                    self._close()
-                finally:
-                    _reset(rtoken, token)
+                _close_in_request(state, self._close)
         except BaseException as exc:
             error = exc
             raise
