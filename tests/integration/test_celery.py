@@ -6,9 +6,6 @@ worker's spans continue the sender's trace."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,17 +16,17 @@ import pytest
 
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
+from tests.support.celeryworker import celery_worker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
 TASKS = textwrap.dedent(
     """
-    import json, os
+    import os
     from celery import Celery
     import pitchey_trace as pt
     from pitchey_trace.celery import instrument_celery
+    from tests.support.celeryworker import export_worker_spans
 
     base = os.environ["PT_CELERY_DIR"]
     app = Celery("pitch_tasks", broker="filesystem://")
@@ -43,15 +40,7 @@ TASKS = textwrap.dedent(
         broker_connection_retry_on_startup=True,
     )
 
-    class FileExporter:
-        def export(self, batch):
-            with open(base + "/worker-spans.jsonl", "a") as f:
-                for record in batch:
-                    f.write(json.dumps(record) + "\\n")
-            return True
-
-    if os.environ.get("PT_ROLE") == "worker":
-        pt.configure(service="pitch-worker", exporters=[FileExporter()], sample_rate=1.0)
+    export_worker_spans("pitch-worker")
     instrument_celery()
 
     @app.task(bind=True)
@@ -99,47 +88,22 @@ def threads_worker(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
 def _worker(tmp_path: Path, pool: str, concurrency: int) -> Iterator[tuple[Path, Any]]:
     (tmp_path / "queue").mkdir()
     (tmp_path / "done").mkdir()
-    (tmp_path / "pitch_tasks.py").write_text(TASKS)
-    env = {
-        **os.environ,
-        "PT_CELERY_DIR": str(tmp_path),
-        "PT_ROLE": "worker",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    argv = [
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={concurrency}",
-        "-Q",
-        "pitches",
-        "--loglevel=WARNING",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", f"import pitch_tasks; pitch_tasks.app.worker_main({argv!r})"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    os.environ["PT_CELERY_DIR"] = str(tmp_path)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import pitch_tasks  # type: ignore[import-not-found]
 
-        yield tmp_path, pitch_tasks
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("pitch_tasks", None)
-        os.environ.pop("PT_CELERY_DIR", None)
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+    def show_unexpected_tracebacks(out: str) -> None:
         if "Traceback" in out and not any(m in out for m in ("unlucky pitch", "first try", "later")):
             print(out)
+
+    with celery_worker(
+        tmp_path,
+        "pitch_tasks",
+        TASKS,
+        "pitches",
+        pool=pool,
+        concurrency=concurrency,
+        worker_env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
+        on_output=show_unexpected_tracebacks,
+    ) as tasks:
+        yield tmp_path, tasks
 
 
 def worker_spans(base: Path, runs: int, timeout: float = 60.0) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ import pytest
 
 import pitchey_trace as pt
 from pitchey_trace.amqp import instrument_amqp, uninstrument_amqp
-from pitchey_trace.testing import capture_spans, swallowed_errors
+from pitchey_trace.testing import capture_spans
+from tests.support.instrumentation import instrumented
 from tests.support.rabbitmq import rabbitmq_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("rabbitmq16b")]
@@ -37,11 +38,8 @@ def amqp_port() -> Iterator[int]:
 
 @pytest.fixture
 def traced() -> Iterator[None]:
-    instrument_amqp()
-    with swallowed_errors() as swallowed:
+    with instrumented(instrument_amqp, uninstrument_amqp):
         yield
-    uninstrument_amqp()
-    assert swallowed == []
 
 
 @pytest.fixture

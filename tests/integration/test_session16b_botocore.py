@@ -12,8 +12,9 @@ import botocore.exceptions
 import pytest
 
 from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore
-from pitchey_trace.testing import capture_spans, swallowed_errors
+from pitchey_trace.testing import capture_spans
 from tests.integration.exporters.conftest import s3_endpoint  # noqa: F401  (the moto server fixture)
+from tests.support.instrumentation import instrumented
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +24,8 @@ SECRET = "plain-words-of-the-body-7f3a9c"
 
 @pytest.fixture
 def traced() -> Iterator[None]:
-    instrument_botocore()
-    with swallowed_errors() as swallowed:
+    with instrumented(instrument_botocore, uninstrument_botocore):
         yield
-    uninstrument_botocore()
-    assert swallowed == []
 
 
 def test_parameter_validation_errors_name_the_parameter_not_the_value(

@@ -6,11 +6,6 @@ the sender's trace."""
 
 from __future__ import annotations
 
-import gc
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -21,38 +16,19 @@ import pytest
 
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
-from tests.support.redisserver import redis_server
+from tests.support.celeryworker import redis_celery_worker, runs_of, worker_spans
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("celery16b")]
 
-ROOT = Path(__file__).resolve().parents[2]
-
 TASKS = textwrap.dedent(
     """
-    import json, os, time
-    from celery import Celery
-    import pitchey_trace as pt
+    import os, time
     from pitchey_trace.celery import instrument_celery
+    from tests.support.celeryworker import export_worker_spans, redis_app
 
     base = os.environ["PT_CELERY_DIR"]
-    url = os.environ["PT_REDIS_URL"]
-    app = Celery("tasks16b", broker=url, backend=url)
-    app.conf.update(
-        task_default_queue="q16b",
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        worker_prefetch_multiplier=1,
-    )
-
-    class FileExporter:
-        def export(self, batch):
-            with open(base + "/worker-spans.jsonl", "a") as f:
-                for record in batch:
-                    f.write(json.dumps(record) + "\\n")
-            return True
-
-    if os.environ.get("PT_ROLE") == "worker":
-        pt.configure(service="worker16b", exporters=[FileExporter()], sample_rate=1.0)
+    app = redis_app("tasks16b", "q16b")
+    export_worker_spans("worker16b")
     instrument_celery()
 
     @app.task
@@ -76,68 +52,8 @@ TASKS = textwrap.dedent(
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
     """A prefork worker (two pool processes) over a throwaway Redis, and the task module."""
     base = tmp_path_factory.mktemp("celery16b")
-    (base / "tasks16b.py").write_text(TASKS)
-    with redis_server() as port:
-        url = f"redis://127.0.0.1:{port}/0"
-        env = {
-            **os.environ,
-            "PT_CELERY_DIR": str(base),
-            "PT_REDIS_URL": url,
-            "PT_ROLE": "worker",
-            "PYTHONPATH": os.pathsep.join([str(base), str(ROOT)]),
-        }
-        argv = ["worker", "--pool=prefork", "--concurrency=2", "-Q", "q16b", "--loglevel=WARNING"]
-        argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
-        proc = subprocess.Popen(
-            [sys.executable, "-c", f"import tasks16b; tasks16b.app.worker_main({argv!r})"],
-            cwd=base,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        os.environ["PT_CELERY_DIR"] = str(base)
-        os.environ["PT_REDIS_URL"] = url
-        sys.path.insert(0, str(base))
-        try:
-            import tasks16b  # type: ignore[import-not-found]
-
-            # Ready once it answers a ping: a revoke broadcast before the worker listens for
-            # control messages would be lost (and the revoked task run).
-            deadline = time.monotonic() + 60
-            while not tasks16b.app.control.ping(timeout=0.5):
-                assert time.monotonic() < deadline, "the Celery worker did not start"
-            yield base, tasks16b
-        finally:
-            # (results dropped while Redis still answers: their __del__ unsubscribes)
-            gc.collect()
-            sys.modules["tasks16b"].app.close()
-            sys.path.remove(str(base))
-            sys.modules.pop("tasks16b", None)
-            os.environ.pop("PT_CELERY_DIR", None)
-            os.environ.pop("PT_REDIS_URL", None)
-            proc.terminate()
-            proc.communicate(timeout=30)
-
-
-def worker_spans(base: Path, wanted: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The worker's spans once ``wanted(spans)`` is true (or the timeout passed)."""
-    path = base / "worker-spans.jsonl"
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        spans = [json.loads(line) for line in lines if '"type": "span"' in line]
-        if wanted(spans) or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
-
-
-def _runs_of(spans: list[dict[str, Any]], task_id: str) -> list[dict[str, Any]]:
-    return [
-        s
-        for s in spans
-        if s["name"].startswith("run ") and s["attributes"].get("messaging.message.id") == task_id
-    ]
+    with redis_celery_worker(base, "tasks16b", TASKS, "q16b") as tasks:
+        yield base, tasks
 
 
 def test_chain_group_and_chord_tasks_each_continue_from_their_own_send(worker: tuple[Path, Any]) -> None:
@@ -165,8 +81,8 @@ def test_chain_group_and_chord_tasks_each_continue_from_their_own_send(worker: t
         assert send["name"] == "send " + run["name"].removeprefix("run ")
         assert send["attributes"]["messaging.message.id"] == run["attributes"]["messaging.message.id"]
     # the chain's second task and the chord's body are sent by the worker, from a run
-    (second,) = _runs_of(spans, chained.id)
-    (body,) = _runs_of(spans, chorded.id)
+    (second,) = runs_of(spans, chained.id)
+    (body,) = runs_of(spans, chorded.id)
     for late in (second, body):
         sender = every[every[late["parent_span_id"]]["parent_span_id"]]
         assert sender["name"].startswith("run tasks16b.")
@@ -180,8 +96,8 @@ def test_a_task_revoked_before_it_runs_is_a_revoked_run_span(worker: tuple[Path,
             result = tasks.add.apply_async((1, 1), countdown=8)
         result.revoke()
     (send,) = mem.spans("send tasks16b.add")
-    spans = worker_spans(base, lambda ss: _runs_of(ss, result.id), timeout=30)
-    (run,) = _runs_of(spans, result.id)
+    spans = worker_spans(base, lambda ss: runs_of(ss, result.id), timeout=30)
+    (run,) = runs_of(spans, result.id)
     assert run["parent_span_id"] == send["span_id"]
     assert run["trace_id"] == send["trace_id"]
     assert run["kind"] == "consumer"
@@ -194,8 +110,8 @@ def test_an_expired_task_is_a_revoked_run_span(worker: tuple[Path, Any]) -> None
     with capture_spans() as mem:
         result = tasks.add.apply_async((2, 2), countdown=2, expires=0.5)
     (send,) = mem.spans("send tasks16b.add")
-    spans = worker_spans(base, lambda ss: _runs_of(ss, result.id), timeout=30)
-    (run,) = _runs_of(spans, result.id)
+    spans = worker_spans(base, lambda ss: runs_of(ss, result.id), timeout=30)
+    (run,) = runs_of(spans, result.id)
     assert run["parent_span_id"] == send["span_id"]
     assert run["attributes"]["celery.task.state"] == "REVOKED"
     assert run["attributes"]["celery.task.expired"] is True
@@ -213,8 +129,8 @@ def test_a_task_terminated_in_a_pool_process_is_a_revoked_run_span(worker: tuple
             time.sleep(0.05)
         result.revoke(terminate=True)
     (send,) = mem.spans("send tasks16b.sleepy")
-    spans = worker_spans(base, lambda ss: _runs_of(ss, result.id), timeout=30)
-    (run,) = _runs_of(spans, result.id)
+    spans = worker_spans(base, lambda ss: runs_of(ss, result.id), timeout=30)
+    (run,) = runs_of(spans, result.id)
     assert run["parent_span_id"] == send["span_id"]
     assert run["attributes"]["celery.task.state"] == "REVOKED"
     assert run["attributes"]["celery.task.terminated"] is True
@@ -226,8 +142,8 @@ def test_a_task_the_worker_does_not_know_is_an_error_run_span(worker: tuple[Path
         with pt.span("POST /typo"):
             result = tasks.app.send_task("tasks16b.no_such_task", (1,))
     (send,) = mem.spans("send tasks16b.no_such_task")
-    spans = worker_spans(base, lambda ss: _runs_of(ss, result.id), timeout=30)
-    (run,) = _runs_of(spans, result.id)
+    spans = worker_spans(base, lambda ss: runs_of(ss, result.id), timeout=30)
+    (run,) = runs_of(spans, result.id)
     assert run["name"] == "run tasks16b.no_such_task"
     assert run["parent_span_id"] == send["span_id"]
     assert run["status"] == "error"

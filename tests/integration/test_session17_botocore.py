@@ -17,9 +17,10 @@ from botocore.config import Config
 
 import pitchey_trace as pt
 from pitchey_trace.botocore import instrument_botocore, uninstrument_botocore
-from pitchey_trace.testing import capture_spans, swallowed_errors
+from pitchey_trace.testing import capture_spans
 from tests.integration.exporters.conftest import s3_endpoint  # noqa: F401  (the moto server fixture)
 from tests.integration.exporters.servers import S3, FaultProxy
+from tests.support.instrumentation import instrumented
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +42,8 @@ class FlakyProxy(FaultProxy):
 
 @pytest.fixture
 def traced() -> Iterator[None]:
-    instrument_botocore()
-    with swallowed_errors() as swallowed:
+    with instrumented(instrument_botocore, uninstrument_botocore):
         yield
-    uninstrument_botocore()
-    assert swallowed == []
 
 
 def _flaky(endpoint: str, failures: int) -> FlakyProxy:

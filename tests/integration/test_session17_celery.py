@@ -5,11 +5,6 @@ terminated while running has a ``run`` span that starts when the task started.""
 
 from __future__ import annotations
 
-import gc
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -20,11 +15,9 @@ import pytest
 
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
-from tests.support.redisserver import redis_server
+from tests.support.celeryworker import redis_celery_worker, runs_of, worker_spans
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("celery17")]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: A registered task's name with an escape sequence, a newline, a right-to-left override and
 #: isolates, a right-to-left mark and a C1 control character in it.
@@ -36,31 +29,14 @@ UNSAFE |= {chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
 
 TASKS = textwrap.dedent(
     """
-    import json, os, time
-    from celery import Celery
+    import os, time
     from celery.exceptions import Reject
-    import pitchey_trace as pt
     from pitchey_trace.celery import instrument_celery
+    from tests.support.celeryworker import export_worker_spans, redis_app
 
     base = os.environ["PT_CELERY_DIR"]
-    url = os.environ["PT_REDIS_URL"]
-    app = Celery("tasks17", broker=url, backend=url)
-    app.conf.update(
-        task_default_queue="q17",
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        worker_prefetch_multiplier=1,
-    )
-
-    class FileExporter:
-        def export(self, batch):
-            with open(base + "/worker-spans.jsonl", "a") as f:
-                for record in batch:
-                    f.write(json.dumps(record) + "\\n")
-            return True
-
-    if os.environ.get("PT_ROLE") == "worker":
-        pt.configure(service="worker17", exporters=[FileExporter()], sample_rate=1.0)
+    app = redis_app("tasks17", "q17")
+    export_worker_spans("worker17")
     instrument_celery()
 
     EVIL = "tasks17.invoice\\u202egpj.exe\\x1b[2J\\n\\u2066x\\u2069\\u200f\\x85end"
@@ -93,66 +69,8 @@ TASKS = textwrap.dedent(
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
     """A prefork worker (two pool processes) over a throwaway Redis, and the task module."""
     base = tmp_path_factory.mktemp("celery17")
-    (base / "tasks17.py").write_text(TASKS)
-    with redis_server() as port:
-        url = f"redis://127.0.0.1:{port}/0"
-        env = {
-            **os.environ,
-            "PT_CELERY_DIR": str(base),
-            "PT_REDIS_URL": url,
-            "PT_ROLE": "worker",
-            "PYTHONPATH": os.pathsep.join([str(base), str(ROOT)]),
-        }
-        argv = ["worker", "--pool=prefork", "--concurrency=2", "-Q", "q17", "--loglevel=WARNING"]
-        argv += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
-        proc = subprocess.Popen(
-            [sys.executable, "-c", f"import tasks17; tasks17.app.worker_main({argv!r})"],
-            cwd=base,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        os.environ["PT_CELERY_DIR"] = str(base)
-        os.environ["PT_REDIS_URL"] = url
-        sys.path.insert(0, str(base))
-        try:
-            import tasks17  # type: ignore[import-not-found]
-
-            # ready once it answers a ping (a revoke broadcast before it listens would be lost)
-            deadline = time.monotonic() + 60
-            while not tasks17.app.control.ping(timeout=0.5):
-                assert time.monotonic() < deadline, "the Celery worker did not start"
-            yield base, tasks17
-        finally:
-            gc.collect()  # (results dropped while Redis still answers)
-            sys.modules["tasks17"].app.close()
-            sys.path.remove(str(base))
-            sys.modules.pop("tasks17", None)
-            os.environ.pop("PT_CELERY_DIR", None)
-            os.environ.pop("PT_REDIS_URL", None)
-            proc.terminate()
-            proc.communicate(timeout=30)
-
-
-def worker_spans(base: Path, wanted: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The worker's spans once ``wanted(spans)`` is true (or the timeout passed)."""
-    path = base / "worker-spans.jsonl"
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        spans = [json.loads(line) for line in lines if '"type": "span"' in line]
-        if wanted(spans) or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
-
-
-def _runs_of(spans: list[dict[str, Any]], task_id: str) -> list[dict[str, Any]]:
-    return [
-        s
-        for s in spans
-        if s["name"].startswith("run ") and s["attributes"].get("messaging.message.id") == task_id
-    ]
+    with redis_celery_worker(base, "tasks17", TASKS, "q17") as tasks:
+        yield base, tasks
 
 
 def _texts(span: dict[str, Any]) -> list[str]:
@@ -173,9 +91,9 @@ def test_hostile_task_names_reach_no_span_name_or_attribute(worker: tuple[Path, 
     sends = [s for s in mem.spans() if s["name"].startswith("send ")]
     assert [s["name"] for s in sends] == ["send " + EVIL_CLEAN, "send " + EVIL_CLEAN + ".missing\ufffd"]
     assert sends[0]["attributes"]["celery.task.name"] == EVIL_CLEAN
-    spans = worker_spans(base, lambda ss: _runs_of(ss, ran) and _runs_of(ss, unknown))
-    (run,) = _runs_of(spans, ran)
-    (unrun,) = _runs_of(spans, unknown)
+    spans = worker_spans(base, lambda ss: runs_of(ss, ran) and runs_of(ss, unknown))
+    (run,) = runs_of(spans, ran)
+    (unrun,) = runs_of(spans, unknown)
     assert run["name"] == "run " + EVIL_CLEAN
     assert run["attributes"]["celery.task.name"] == EVIL_CLEAN
     assert run["attributes"]["celery.task.state"] == "SUCCESS"
@@ -195,8 +113,8 @@ def test_a_rejected_task_records_the_reason_and_the_requeue(worker: tuple[Path, 
     with capture_spans() as mem:
         task_id = tasks.picky.delay().id
     (send,) = mem.spans("send tasks17.picky")
-    spans = worker_spans(base, lambda ss: len(_runs_of(ss, task_id)) >= 2)
-    first, second = sorted(_runs_of(spans, task_id), key=lambda s: s["start_time_unix_nano"])
+    spans = worker_spans(base, lambda ss: len(runs_of(ss, task_id)) >= 2)
+    first, second = sorted(runs_of(spans, task_id), key=lambda s: s["start_time_unix_nano"])
     for run in (first, second):
         assert run["parent_span_id"] == send["span_id"]
         assert run["attributes"]["celery.task.state"] == "REJECTED"
@@ -221,8 +139,8 @@ def test_a_terminated_tasks_run_span_starts_when_the_task_started(worker: tuple[
         revoked_ns = time.time_ns()
         tasks.app.control.revoke(task_id, terminate=True)
     (send,) = mem.spans("send tasks17.sleepy")
-    spans = worker_spans(base, lambda ss: _runs_of(ss, task_id), timeout=30)
-    (run,) = _runs_of(spans, task_id)
+    spans = worker_spans(base, lambda ss: runs_of(ss, task_id), timeout=30)
+    (run,) = runs_of(spans, task_id)
     assert run["parent_span_id"] == send["span_id"]
     assert run["attributes"]["celery.task.terminated"] is True
     assert run["attributes"]["celery.task.state"] == "REVOKED"

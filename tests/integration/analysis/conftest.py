@@ -1,7 +1,10 @@
-"""The analysis app under a real uvicorn server on 127.0.0.1, over an archive of real spans."""
+"""The analysis app under a real uvicorn server on 127.0.0.1, over an archive of real spans;
+moto's S3 server over HTTP on 127.0.0.1 (one per test module)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 import time
@@ -15,6 +18,7 @@ import uvicorn
 
 from pitchey_trace.analysis import Archive
 from pitchey_trace.analysis.api import create_app
+from tests.integration.exporters.servers import S3, S3_ENV, start_moto
 from tests.support.analysis_data import TraceData, make_traces
 
 pytestmark = pytest.mark.integration
@@ -65,3 +69,21 @@ def server(traces: TraceData) -> Iterator[str]:
     """Base URL of the analysis app over ``traces``."""
     with serve(create_app(Archive.from_records(traces.records))) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    """moto's S3 server (AWS credentials for it in the environment meanwhile), and a client."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    server, url = start_moto()
+    try:
+        yield S3(url)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

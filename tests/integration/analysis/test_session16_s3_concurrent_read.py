@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from pitchey_trace.analysis import Archive, ObjectInfo, S3Source
-from tests.integration.exporters.servers import S3, S3_ENV, start_moto
+from tests.integration.exporters.servers import S3
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -27,23 +24,6 @@ N = 300
 DAY0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 SEC = 1_000_000_000
 THREAD_PREFIX = "pitchey-trace-archive-read"
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server, url = start_moto()
-    try:
-        yield S3(url)
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _stamp(t: int) -> str:

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
-import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pitchey_trace.analysis import Archive, LocalSource, ObjectInfo, S3Source
-from tests.integration.exporters.servers import S3, S3_ENV, start_moto
+from tests.integration.exporters.servers import S3
 
 pytestmark = pytest.mark.integration
 
@@ -131,23 +128,6 @@ def test_local_dataset_named_twice_is_listed_once(shared_folder: Path) -> None:
 
 
 # -- S3 ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server, url = start_moto()
-    try:
-        yield S3(url)
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class CountingS3(S3Source):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
