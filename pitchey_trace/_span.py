@@ -40,6 +40,12 @@ __all__ = [
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[bool] | Sequence[int] | Sequence[float]
 Attributes = Mapping[str, AttributeValue]
+#: A recorded event: (name, time_unix_nano, attributes), and a fourth item, the number of its
+#: attributes the limit dropped, only when that is not 0 (its record's
+#: ``dropped_attributes_count``).
+Event = (
+    tuple[str, int, dict[str, AttributeValue] | None] | tuple[str, int, dict[str, AttributeValue] | None, int]
+)
 TraceState = tuple[tuple[str, str], ...]
 Baggage = tuple[tuple[str, str], ...]
 
@@ -269,12 +275,18 @@ def _linkable(context: object) -> bool:
 
 
 class Link:
-    """A link from a span to another span's context, with attributes."""
+    """A link from a span to another span's context, with attributes.
 
-    __slots__ = ("attributes", "context")
+    ``dropped_attributes_count``: how many of its attributes the span's attribute limit
+    dropped when the link was added to a span (0 otherwise; its record's
+    ``dropped_attributes_count`` when not 0).
+    """
+
+    __slots__ = ("attributes", "context", "dropped_attributes_count")
 
     def __init__(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
         self.context = context
+        self.dropped_attributes_count = 0
         if isinstance(attributes, Mapping):
             self.attributes = dict(attributes)
         else:  # (dict() of a str or a list would raise, or make pairs of its items)
@@ -805,7 +817,7 @@ class Span(_SpanBase):
         # The span id of this span's local root (its own for a local root): tail keeping
         # decides per request, and one trace can have several local roots in a process.
         self.local_root_id = local_root_id or span_id
-        self.events: list[tuple[str, int, dict[str, AttributeValue] | None]] | None = None
+        self.events: list[Event] | None = None
         self.links: list[Link] | None = None
         self.status = StatusCode.UNSET
         self.status_message: str | None = None
@@ -968,7 +980,14 @@ class Span(_SpanBase):
             timestamp_ns = time_ns()
         elif timestamp_ns.__class__ is not int or not 0 < timestamp_ns < TIME_LIMIT:
             timestamp_ns = invalid_time("timestamp", timestamp_ns)
-        events.append((span_name(name), timestamp_ns, clean_attributes(attributes) if attributes else None))
+        if not attributes:
+            events.append((span_name(name), timestamp_ns, None))
+            return
+        attrs, over = clean_attributes_counted(attributes)
+        if over:  # (rare: the event's dropped_attributes_count)
+            events.append((span_name(name), timestamp_ns, attrs, over))
+        else:
+            events.append((span_name(name), timestamp_ns, attrs))
 
     def add_link(self, context: TraceContext | AnySpan, attributes: Attributes | None = None) -> None:
         """Link this span to another span's context (e.g. the message that triggered it).
@@ -986,7 +1005,14 @@ class Span(_SpanBase):
         elif len(links) >= Limits.max_links:
             self._count_dropped(2, "dropped.link_limit")
             return
-        links.append(Link(context, clean_attributes(attributes) if attributes else None))
+        if not attributes:
+            links.append(Link(context))
+            return
+        attrs, over = clean_attributes_counted(attributes)
+        link = Link(context, attrs)
+        if over:  # (rare: the link's dropped_attributes_count)
+            link.dropped_attributes_count = over
+        links.append(link)
 
     def set_status(self, status: StatusCode | str, message: str | None = None) -> None:
         """Set the status: ``"ok"``, ``"error"`` (with an optional message) or ``"unset"``.
@@ -1030,6 +1056,12 @@ class Span(_SpanBase):
             timestamp = time_ns()
         elif timestamp.__class__ is not int or not 0 < timestamp < TIME_LIMIT:
             timestamp = invalid_time("timestamp", timestamp)
+        events = self.events
+        if events is None:
+            events = self.events = []
+        if len(events) >= Limits.max_events:  # (before the traceback is formatted for nothing)
+            self._count_dropped(1, "dropped.event_limit")
+            return
         attrs: dict[str, AttributeValue] = {
             "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}"
             if type(exc).__module__ not in ("builtins", "__main__")
@@ -1037,15 +1069,20 @@ class Span(_SpanBase):
             "exception.message": _safe_str(exc)[:4096],
             "exception.stacktrace": _format_tb(exc),
         }
+        over = 0
         if attributes:
-            attrs.update(clean_attributes(attributes))
-        events = self.events
-        if events is None:
-            events = self.events = []
-        if len(events) < Limits.max_events:
-            events.append(("exception", timestamp, attrs))
+            extra, over = clean_attributes_counted(attributes)
+            attrs.update(extra)
+        limit = Limits.max_attributes
+        if len(attrs) > limit:  # (the exception's own three and the given ones: one limit)
+            cut = len(attrs) - limit
+            _stats.incr("dropped.attribute_limit", cut)
+            over += cut
+            attrs = dict(list(attrs.items())[:limit])
+        if over:  # (rare: the event's dropped_attributes_count)
+            events.append(("exception", timestamp, attrs, over))
         else:
-            self._count_dropped(1, "dropped.event_limit")
+            events.append(("exception", timestamp, attrs))
 
     def update_name(self, name: str) -> None:
         """Rename the span (e.g. once a route template is known)."""

@@ -28,7 +28,7 @@ from pitchey_trace._validate import finite
 from pitchey_trace.propagation import format_tracestate
 
 if TYPE_CHECKING:
-    from pitchey_trace._span import Link, Span
+    from pitchey_trace._span import Event, Link, Span
 
 __all__ = [
     "AUDIT_RECORD_KEYS",
@@ -251,9 +251,25 @@ class _SharedEmptyList(list[Any]):
 NO_ITEMS: list[Any] = _SharedEmptyList()
 
 
-def span_events(events: list[tuple[str, int, Any]]) -> list[dict[str, Any]]:
-    """The ``events`` field of a span record."""
-    return [{"name": name, "time_unix_nano": ts, "attributes": attrs or {}} for name, ts, attrs in events]
+def span_events(events: list[Event]) -> list[dict[str, Any]]:
+    """The ``events`` field of a span record (``dropped_attributes_count`` last, only in the
+    events whose attributes the limit cut: their tuple has a fourth item)."""
+    try:  # (the common case: 3-tuples only; a 4-tuple raises ValueError here)
+        return [{"name": name, "time_unix_nano": ts, "attributes": attrs or {}} for name, ts, attrs in events]  # type: ignore[misc]
+    except ValueError:  # (rare: an event with a dropped count)
+        out = []
+        for event in events:
+            item = {"name": event[0], "time_unix_nano": event[1], "attributes": event[2] or {}}
+            if len(event) > 3:
+                _add_dropped_attributes(item, event[3])
+            out.append(item)
+        return out
+
+
+def _add_dropped_attributes(item: dict[str, Any], count: Any) -> None:
+    """An event's or link's ``dropped_attributes_count``, only when an int above 0."""
+    if count.__class__ is int and count > 0:
+        item["dropped_attributes_count"] = count
 
 
 def span_links(links: list[Link]) -> list[dict[str, Any]]:
@@ -272,6 +288,9 @@ def span_links(links: list[Link]) -> list[dict[str, Any]]:
             text = _link_state(state)
             if text:
                 item["trace_state"] = text
+        dropped = getattr(link, "dropped_attributes_count", 0)  # (a Link made before it had one)
+        if dropped:  # (rare: the span's attribute limit cut the link's attributes)
+            _add_dropped_attributes(item, dropped)
         out.append(item)
     return out
 

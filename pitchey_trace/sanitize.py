@@ -1952,8 +1952,9 @@ _ALLOW = 4
 
 
 def _add_dropped_count(rec: Record, key: str, n: int) -> None:
-    """Add ``n`` to the span record's ``key`` (``dropped_attributes_count``, ...), creating it
-    when absent (a count that is not an int is replaced)."""
+    """Add ``n`` to the span record's (or an event's or link's) ``key``
+    (``dropped_attributes_count``, ...), creating it when absent (a count that is not an int
+    is replaced)."""
     count = rec.get(key)
     rec[key] = (count + n) if count.__class__ is int and count > 0 else n
 
@@ -2195,6 +2196,8 @@ class Sanitizer:
             return self._attrs(attrs, 0)
         if hit is not None:
             self._memo_hits += 1
+            if len(attrs) > self.max_attributes:  # (rare: counted as _attrs counts them)
+                _stats.incr("sanitize.attributes_dropped", len(attrs) - self.max_attributes)
             return hit
         result = self._attrs(attrs, 0)
         if len(cache) >= self.cache_size:
@@ -2343,9 +2346,23 @@ class Sanitizer:
         # The resource dict is the same object in every record of a pipeline: sanitize it once.
         if value is self._res_in and self._res_out is not None:
             return self._res_out
-        out = self._attrs(value, 0) if isinstance(value, Mapping) else self._any("resource", value, 0)
+        out = self._resource_attrs(value) if isinstance(value, Mapping) else self._any("resource", value, 0)
         if self.cache_size:
             self._res_in, self._res_out = value, out
+        return out
+
+    def _resource_attrs(self, value: Mapping[Any, Any]) -> dict[str, Any]:
+        """The resource's attributes, sanitized, all of them: ``max_attributes`` bounds the
+        attribute maps of spans, events, links, audit and log records, not the resource
+        (OpenTelemetry exempts resources from attribute limits: set once by the process, not
+        per request, and sent once per batch). Their values are bounded as everywhere."""
+        limit = self.max_attributes
+        if len(value) <= limit:
+            return self._attrs(value, 0)
+        items = list(value.items())
+        out: dict[str, Any] = {}
+        for i in range(0, len(items), limit):  # (in the map's order: a later equal key wins)
+            out.update(self._attrs(dict(items[i : i + limit]), 0))
         return out
 
     def _events(self, events: Any) -> Any:
@@ -2366,6 +2383,8 @@ class Sanitizer:
             attrs = new.get("attributes")
             if isinstance(attrs, Mapping):
                 new["attributes"] = self._attrs(attrs, 1)
+                if len(attrs) > self.max_attributes:  # (rare: counted on the event)
+                    _add_dropped_count(new, "dropped_attributes_count", len(attrs) - self.max_attributes)
             out.append(new)
         return out
 
@@ -2381,6 +2400,8 @@ class Sanitizer:
             attrs = new.get("attributes")
             if isinstance(attrs, Mapping):
                 new["attributes"] = self._attrs(attrs, 1)
+                if len(attrs) > self.max_attributes:  # (rare: counted on the link)
+                    _add_dropped_count(new, "dropped_attributes_count", len(attrs) - self.max_attributes)
             out.append(new)
         return out
 

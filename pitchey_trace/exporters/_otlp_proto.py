@@ -14,8 +14,10 @@ collector decodes the same message from either. Field numbers, from
                                7 start_time_unix_nano (fixed64), 8 end_time_unix_nano (fixed64),
                                9 attributes, 10 dropped_attributes_count, 11 events,
                                12 dropped_events_count, 13 links, 14 dropped_links_count, 15 status
-    Span.Event                 1 time_unix_nano (fixed64), 2 name, 3 attributes
-    Span.Link                  1 trace_id, 2 span_id, 3 trace_state, 4 attributes
+    Span.Event                 1 time_unix_nano (fixed64), 2 name, 3 attributes,
+                               4 dropped_attributes_count
+    Span.Link                  1 trace_id, 2 span_id, 3 trace_state, 4 attributes,
+                               5 dropped_attributes_count
     Status                     2 message, 3 code
     KeyValue                   1 key, 2 value
     AnyValue (oneof)           1 string, 2 bool, 3 int64, 4 double, 5 array, 6 kvlist
@@ -194,6 +196,8 @@ def _span(r: Mapping[str, Any]) -> bytearray:
         if e.get("name"):
             _field(2, _text(e["name"]), ev)
         ev += _key_values(e.get("attributes"), 3)
+        if len(e) != 3:  # (an optional key: what a limit dropped of the event's attributes)
+            _uint32(4, e.get("dropped_attributes_count"), ev)
         _field(11, ev, out)
     if dropped:
         _uint32(12, r.get("dropped_events_count"), out)
@@ -204,6 +208,7 @@ def _span(r: Mapping[str, Any]) -> bytearray:
         if lk.get("trace_state"):
             _field(3, _text(lk["trace_state"]), link)
         link += _key_values(lk.get("attributes"), 4)
+        _uint32(5, lk.get("dropped_attributes_count"), link)
         _field(13, link, out)
     if dropped:
         _uint32(14, r.get("dropped_links_count"), out)
@@ -224,8 +229,8 @@ _PLAIN_KEYS = 19
 
 
 def _uint32(number: int, value: Any, out: bytearray) -> None:
-    """A span's ``dropped_*_count`` (uint32 field ``number``) from a record's count, when it
-    is a positive int (capped at 2**32 - 1)."""
+    """A ``dropped_*_count`` (uint32 field ``number`` of a span, event or link) from a record's
+    count, when it is a positive int (capped at 2**32 - 1)."""
     if value.__class__ is int and value > 0:
         out.append(number << 3)  # (varint wire type; number < 16: a one-byte tag)
         _varint(min(value, 0xFFFFFFFF), out)

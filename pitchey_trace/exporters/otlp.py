@@ -92,6 +92,22 @@ def _link(lk: Mapping[str, Any]) -> dict[str, Any]:
     out = {"traceId": lk["trace_id"], "spanId": lk["span_id"], "attributes": _kv(lk.get("attributes"))}
     if lk.get("trace_state"):
         out["traceState"] = str(lk["trace_state"])
+    count = dropped_count(lk.get("dropped_attributes_count"))
+    if count:  # (rare: a limit dropped some of the link's attributes)
+        out["droppedAttributesCount"] = count
+    return out
+
+
+def _event(e: Mapping[str, Any]) -> dict[str, Any]:
+    out = {
+        "timeUnixNano": str(e.get("time_unix_nano", 0)),
+        "name": e.get("name", ""),
+        "attributes": _kv(e.get("attributes")),
+    }
+    if len(e) != 3:  # (an optional key: what a limit dropped of the event's attributes)
+        count = dropped_count(e.get("dropped_attributes_count"))
+        if count:
+            out["droppedAttributesCount"] = count
     return out
 
 
@@ -113,14 +129,7 @@ def _span(r: Mapping[str, Any]) -> dict[str, Any]:
         out["parentSpanId"] = parent
     events = r.get("events")
     if events:
-        out["events"] = [
-            {
-                "timeUnixNano": str(e.get("time_unix_nano", 0)),
-                "name": e.get("name", ""),
-                "attributes": _kv(e.get("attributes")),
-            }
-            for e in events
-        ]
+        out["events"] = [_event(e) for e in events]
     links = r.get("links")
     if links:
         out["links"] = [_link(lk) for lk in links]

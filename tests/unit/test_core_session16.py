@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import pitchey_trace as pt
-from pitchey_trace import _stats
+from pitchey_trace import _accel, _stats
 from pitchey_trace._context import CURRENT
 from pitchey_trace._span import Span
 from pitchey_trace.exporters.otlp import encode_otlp_json, encode_otlp_protobuf
@@ -396,3 +396,77 @@ def test_dropped_counts_survive_a_sanitizer_with_text_rules() -> None:
     recs = san._span_records(spans, "svc", "prod", RESOURCE, None)
     assert [r.get("dropped_attributes_count") for r in recs] == [None, 2, None, None, 1, 1]
     assert _stats is not None
+
+
+# -- session 17: event / link dropped counts and the unlimited resource: the builders agree -------
+BIG_RESOURCE = make_resource("svc", "prod", {f"app.tag{i}": f"v{i}" for i in range(12)})
+
+
+def _spans_with_item_drops() -> list[Span]:
+    """Spans whose events and links lost attributes to the span's limit (max_attributes=3), and
+    spans with none lost, mixed with plain spans (the C builder's own)."""
+    made: list[Span] = []
+    with capture_spans(max_attributes=3, rollups=None):
+        for i in range(6):
+            span = pt.start_span(f"op{i % 3}", attributes={"a": 1, "b": "x"})
+            assert isinstance(span, Span)
+            if i % 3 == 1:
+                span.add_event("e", {f"k{j}": j for j in range(5)})  # 2 dropped
+                span.add_event("f", {"k": 1})
+            if i % 3 == 2:
+                span.add_link(span.context, {f"l{j}": j for j in range(4)})  # 1 dropped
+                span.add_link(span.context)
+            span.end()
+            made.append(span)
+    return made
+
+
+def _item_keys(records: list[dict[str, Any]]) -> list[list[list[str]]]:
+    return [[list(item) for item in (*r["events"], *r["links"])] for r in records]
+
+
+def test_c_and_python_builders_agree_on_event_and_link_counts_field_by_field() -> None:
+    spans = _spans_with_item_drops()
+    for san_limit in (128, 2):  # (the span's limit alone; the sanitizer's added)
+        san = Sanitizer(max_attributes=san_limit)
+        python = [
+            Sanitizer(max_attributes=san_limit)._span_record(s, "svc", "prod", BIG_RESOURCE, None)
+            for s in spans
+        ]
+        for _ in range(2):  # cold caches, then warm (mostly the C builder where compiled)
+            got = san._span_records(spans, "svc", "prod", BIG_RESOURCE, None)
+            assert got == python
+            assert [list(r) for r in got] == [list(r) for r in python]  # same field order
+            assert _item_keys(got) == _item_keys(python)  # and in the events and links
+        events = [[e.get("dropped_attributes_count") for e in r["events"]] for r in python]
+        links = [[lk.get("dropped_attributes_count") for lk in r["links"]] for r in python]
+        if san_limit == 128:
+            assert events == [[], [2, None], [], [], [2, None], []]
+            assert links == [[], [], [1, None], [], [], [1, None]]
+        else:
+            assert events == [[], [3, None], [], [], [3, None], []]
+            assert links == [[], [], [2, None], [], [], [2, None]]
+            assert not any("dropped_attributes_count" in r for r in python)  # (2 fit in 2)
+        assert all(len(r["resource"]) == len(BIG_RESOURCE) for r in python)  # never cut
+        _validate(python)
+
+
+def test_the_plain_builder_and_span_record_agree_on_event_and_link_counts() -> None:
+    spans = _spans_with_item_drops()
+    plain = [span_record(s, "svc", "prod", BIG_RESOURCE) for s in spans]
+    with capture_spans(sanitizer=None, rollups=None):  # the pipeline's own path without a sanitizer
+        pipeline = pt.get_tracer().pipeline
+        assert pipeline is not None
+        # (the C builder, which hands spans with events or links to span_record; pure Python:
+        # span_record itself)
+        got = (
+            pipeline._plain_records(spans, "svc", "prod", BIG_RESOURCE, None)
+            if _accel.build_span_records is not None
+            else [span_record(s, "svc", "prod", BIG_RESOURCE) for s in spans]
+        )
+    assert got == plain
+    assert [list(r) for r in got] == [list(r) for r in plain]
+    assert _item_keys(got) == _item_keys(plain)
+    assert plain[1]["events"][0]["dropped_attributes_count"] == 2
+    assert plain[2]["links"][0]["dropped_attributes_count"] == 1
+    _validate(plain)

@@ -76,7 +76,9 @@ def test_span_exit_reads_context_tokens_directly() -> None:
 
     with capture_spans():
         after, parent, nested = contextvars.Context().run(first_span_in_a_fresh_context)
-    assert after is None and parent == 0 and nested  # ("next" is a root: 0, no parent)
+    assert after is None
+    assert parent == 0  # ("next" is a root: 0, no parent)
+    assert nested
 
 
 def test_accelerator_is_built_and_loaded() -> None:
@@ -1058,3 +1060,75 @@ def test_c_request_audits_in_a_chunk_equal_the_python_ones_field_for_field(clien
         (list(e), list(e["attributes"])) for e in expected
     ]
     assert not any(gc.is_tracked(a) or gc.is_tracked(a["attributes"]) for a in audits)
+
+
+# -- session 17: event / link dropped counts, the resource beyond max_attributes --------------------
+def test_c_builder_hands_spans_with_event_or_link_drops_to_python_and_the_records_agree() -> None:
+    from tests.unit.test_core_session16 import BIG_RESOURCE, _item_keys, _spans_with_item_drops
+
+    spans = _spans_with_item_drops()
+    san = Sanitizer(max_attributes=2)
+    python = [Sanitizer(max_attributes=2)._span_record(s, "svc", "prod", BIG_RESOURCE, None) for s in spans]
+    handed: list[Any] = []
+
+    def slow(span: Any) -> dict[str, Any]:
+        handed.append(span)
+        return san._span_record(span, "svc", "prod", BIG_RESOURCE, None)
+
+    for _ in range(2):  # (cold, then warm caches)
+        handed.clear()
+        build = sanitize._build_span_records
+        assert build is not None
+        got = build(
+            spans,
+            san._template_for("svc", "prod", BIG_RESOURCE),
+            _DEFAULT_THRESHOLDS.table,
+            _KIND_STR,
+            _STATUS_STR,
+            san._key_cache,
+            san._text_cache,
+            san._sql_cache,
+            san.max_attributes,
+            slow,
+        )
+        assert got == python
+        assert [list(r) for r in got] == [list(r) for r in python]
+        assert _item_keys(got) == _item_keys(python)
+    # the second round, warm: only the spans with events or links went to Python
+    assert handed == [s for s in spans if s.events or s.links]
+    assert len(handed) == 4
+    assert [e.get("dropped_attributes_count") for e in got[1]["events"]] == [3, None]
+
+
+def test_c_builder_builds_spans_itself_with_a_resource_over_the_sanitizer_limit() -> None:
+    from tests.unit.test_core_session16 import BIG_RESOURCE
+
+    san = Sanitizer(max_attributes=3)
+    spans = _spans([("op", {"a": 1, "b": "x"}, False, None)] * 3)
+    _python(san, spans)  # warm the caches
+    template = san._template_for("svc", "prod", BIG_RESOURCE)
+    assert list(template["resource"]) == list(BIG_RESOURCE)  # the whole resource
+    got = _c_sanitized(san, spans, BIG_RESOURCE)
+    expected = [Sanitizer(max_attributes=3)._span_record(s, "svc", "prod", BIG_RESOURCE, None) for s in spans]
+    assert got == expected
+    assert [list(r) for r in got] == [list(r) for r in expected]
+    assert all(r["resource"] is template["resource"] for r in got)  # (shared, sanitized once)
+    assert all("dropped_attributes_count" not in r for r in got)
+
+
+def _c_sanitized(san: Sanitizer, spans: list[Any], resource: dict[str, Any]) -> Any:
+    """The C builder's sanitized records (failing if it hands any span to Python)."""
+    build = sanitize._build_span_records
+    assert build is not None
+    return build(
+        spans,
+        san._template_for("svc", "prod", resource),
+        _DEFAULT_THRESHOLDS.table,
+        _KIND_STR,
+        _STATUS_STR,
+        san._key_cache,
+        san._text_cache,
+        san._sql_cache,
+        san.max_attributes,
+        lambda span: pytest.fail("handed to Python"),
+    )
