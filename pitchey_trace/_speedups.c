@@ -2045,10 +2045,13 @@ tail_offer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * 5xx or a security status. Each returns NotImplemented, before changing anything, for every
  * other case, and the Python code (the reference, tested against this) does it all.
  */
-enum { R_AUTH, R_LABEL, R_LAST, R_METHOD, R_ROUTE, R_SCOPE, R_SENT, R_SPAN, R_STATUS, R_USER, R_COUNT };
+enum {
+    R_AUTH, R_LABEL, R_LAST, R_METHOD, R_ROUTE, R_SCOPE, R_SENT, R_SPAN, R_STATUS, R_USER, R_UNKNOWN,
+    R_COUNT
+};
 static const char *state_slot_names[R_COUNT] = {
     "auth_failed", "label", "last_byte_ns", "method", "route", "scope", "sent", "span", "status",
-    "user_id",
+    "user_id", "size_unknown",
 };
 static Py_ssize_t state_offset[R_COUNT];
 static PyTypeObject *state_type = NULL; /* web._common.RequestState */
@@ -2062,7 +2065,7 @@ enum {
     W_HTTP_METHOD, W_METHOD_ORIGINAL, W_URL_QUERY, W_USER_AGENT, W_BODY_SIZE, W_CLIENT_ADDRESS,
     W_ROUTE, W_STATUS, W_RESPONSE_SIZE, W_START_SPAN, W_PIPELINE, W_EMIT, W_REQUEST, W_ABORTED,
     W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_ROUTE_KEY, W_HTTP_VERSION, W_PROTOCOL_VERSION,
-    W_V10, W_V11, W_V2, W_V3, W_COUNT
+    W_V10, W_V11, W_V2, W_V3, W_PATHSEND, W_PATHSEND_METHOD, W_COUNT
 };
 static const char *web_names[W_COUNT] = {
     "type", "path", "headers", "scheme", "method", "query_string", "client", "url.scheme",
@@ -2070,7 +2073,7 @@ static const char *web_names[W_COUNT] = {
     "user_agent.original", "http.request.body.size", "client.address", "http.route",
     "http.response.status_code", "http.response.body.size", "start_span", "pipeline", "emit",
     "request", "aborted", "_OTHER", "HTTP", "GET", "http", "", "route", "http_version",
-    "network.protocol.version", "1.0", "1.1", "2", "3",
+    "network.protocol.version", "1.0", "1.1", "2", "3", "http.response.pathsend", "response_pathsend",
 };
 static PyObject *w[W_COUNT];
 
@@ -2338,6 +2341,7 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
     RSLOT(state, R_SENT) = Py_NewRef(zero);
     RSLOT(state, R_LAST) = zero;
     RSLOT(state, R_AUTH) = Py_NewRef(Py_False);
+    RSLOT(state, R_UNKNOWN) = Py_NewRef(Py_False);
     RSLOT(state, R_SCOPE) = Py_NewRef(scope);
     PyObject *sender = new_sender(send, state, extra);
     if (sender == NULL)
@@ -2500,6 +2504,13 @@ sender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
                 if (self->extra != NULL && PyList_GET_SIZE(self->extra) > 0)
                     copy = with_headers(message, self->extra);
             }
+            else if (mtype == w[W_PATHSEND] || PyUnicode_Compare(mtype, w[W_PATHSEND]) == 0) {
+                /* a file the server sends by path (rare): RequestState.response_pathsend()
+                 * counts it, the Python sender's code, and hands it to the server */
+                PyObject *call[3] = {state, message, self->send};
+                return PyObject_VectorcallMethod(w[W_PATHSEND_METHOD], call,
+                                                 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            }
         }
     }
     PyObject *send_args[1] = {copy != NULL ? copy : message};
@@ -2625,6 +2636,9 @@ request_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (RSLOT(state, i) == NULL)
             Py_RETURN_NOTIMPLEMENTED;
     }
+    /* a file sent by path whose size is unknown: the body size is left out, by Python (rare) */
+    if (RSLOT(state, R_UNKNOWN) != Py_False)
+        Py_RETURN_NOTIMPLEMENTED;
     PyObject *span = RSLOT(state, R_SPAN), *status = RSLOT(state, R_STATUS), *label = RSLOT(state, R_LABEL),
              *actor = RSLOT(state, R_USER);
     if (Py_TYPE(span) != span_type || !slots_set(span, F_ATTRS, F_END, F_PIPE) || SLOT(span, F_NAME) == NULL ||

@@ -7,8 +7,11 @@ does plain dict/set/str work per request: no regex, no JSON, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import os
+import stat
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from pitchey_trace import _accel, _safety
@@ -204,6 +207,7 @@ class RequestState:
         "route",
         "scope",
         "sent",
+        "size_unknown",
         "span",
         "status",
         "user_id",
@@ -219,6 +223,9 @@ class RequestState:
         self.user_id: str | None = None
         self.status = 0
         self.sent = 0
+        # True once a file the server sends by itself went out whose size could not be read:
+        # http.response.body.size is then left out (ASGI pathsend)
+        self.size_unknown = False
         self.last_byte_ns = 0
         self.auth_failed = False
         self.scope = scope  # the ASGI scope, where Starlette records the matched route
@@ -228,6 +235,32 @@ class RequestState:
         if self.route is None and self.scope is not None:
             return route_template(self.scope)
         return self.route
+
+    def response_pathsend(
+        self, message: Mapping[str, Any], send: Callable[[Any], Awaitable[None]]
+    ) -> Awaitable[None]:
+        """An ASGI ``http.response.pathsend`` message (the server sends the file at
+        ``message["path"]``) handed to the server's ``send``: when the server offered the
+        extension in ``scope["extensions"]``, it is the response's last body message; its size
+        is the file's on disk (one ``stat``), taken before it is handed over, and counted with
+        the last byte's time once the server's ``send`` returned (not when it raised). When
+        the server did not offer it, the message goes to the server as it is, uncounted.
+        Called by the ASGI middleware's send (the C accelerator's ``Sender`` too: one code
+        for both). Never raises anything of its own."""
+        scope = self.scope
+        extensions = scope.get("extensions") if isinstance(scope, Mapping) else None
+        if not (isinstance(extensions, Mapping) and PATHSEND in extensions):
+            return send(message)
+        size = file_size(message.get("path"))
+        return self._pathsent(send(message), size)
+
+    async def _pathsent(self, sending: Awaitable[None], size: int | None) -> None:
+        await sending
+        if size is None:
+            self.size_unknown = True
+        else:
+            self.sent += size
+        self.last_byte_ns = time_ns()
 
 
 # The process-wide tracer object is never replaced (configure() re-points its pipeline).
@@ -457,6 +490,23 @@ def stamp_exception(exc: BaseException, span: AnySpan) -> None:
         pass
 
 
+#: The ASGI extension by which a server sends a file by path (``http.response.pathsend``).
+PATHSEND = "http.response.pathsend"
+
+
+def file_size(path: object) -> int | None:
+    """The size of the regular file at ``path`` (an absolute path as text, as the ASGI
+    pathsend extension gives it), None when it is anything else or cannot be read: one
+    ``os.stat``, no read of the file."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return None
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # (ValueError: a NUL in the path)
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
 def body_size(status: int, method: str, length: int | None) -> int:
     """``http.response.body.size``: no body goes out for HEAD, 1xx, 204 and 304 (servers
     drop what the app hands them then)."""
@@ -491,7 +541,10 @@ def finish_request(
         if http:
             if status:
                 span.set_attribute(HTTP_STATUS, status)
-            span.set_attribute(HTTP_RESPONSE_BODY_SIZE, body_size(status, state.method, state.sent))
+            # (left out after a file sent by path whose size could not be read, unless the
+            # response has no body anyway: HEAD, 1xx, 204, 304)
+            if not state.size_unknown or not body_size(status, state.method, 1):
+                span.set_attribute(HTTP_RESPONSE_BODY_SIZE, body_size(status, state.method, state.sent))
         if exc is not None and isinstance(exc, Exception):
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             span.record_exception(exc)

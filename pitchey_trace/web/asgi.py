@@ -403,6 +403,8 @@ def _sender(state: RequestState, extra: list[tuple[bytes, bytes]], send: Send) -
             state.status = message.get("status", 0)
             if extra:
                 message = _with_headers(message, extra)
+        elif mtype == "http.response.pathsend":  # (a file the server sends: see RequestState)
+            return state.response_pathsend(message, send)
         return send(message)
 
     return traced_send
@@ -439,9 +441,10 @@ def _counting_receive(receive: Receive, span: AnySpan) -> Receive:
     return counted
 
 
-#: Extensions whose messages complete a response without an ``http.response.body`` message
-#: the middleware would see as the last one (a file the server sends by itself).
-_SENDFILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+#: Extensions whose messages complete a response without a message the middleware counts
+#: as the last one (a file the server sends by itself from a descriptor; ``pathsend`` is
+#: counted: see ``RequestState.response_pathsend``).
+_SENDFILE_EXTENSIONS = ("http.response.zerocopysend",)
 
 
 def _returned_unfinished(state: RequestState, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1132,3 +1132,62 @@ def _c_sanitized(san: Sanitizer, spans: list[Any], resource: dict[str, Any]) -> 
         san.max_attributes,
         lambda span: pytest.fail("handed to Python"),
     )
+
+
+def test_the_c_sender_hands_a_pathsend_message_to_the_request_state(tmp_path: Any) -> None:
+    """``http.response.pathsend`` (session 17): the C Sender calls
+    ``RequestState.response_pathsend`` (the Python sender's code), which counts the file and
+    times the last byte once the server took it; without the extension offered it is not
+    counted. No reference to the message is kept."""
+    import asyncio
+
+    from pitchey_trace.web import _common
+
+    begin = _common.fast_begin
+    assert begin is not None
+    data = tmp_path / "f.bin"
+    data.write_bytes(b"p" * 4321)
+    taken: list[Any] = []
+
+    async def send(message: Any) -> None:
+        taken.append(message)
+
+    async def drive(offered: bool) -> Any:
+        scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        if offered:
+            scope["extensions"] = {"http.response.pathsend": {}}
+        state, sender, _client = begin(scope, "/", 1, None, send)
+        message = {"type": "http.response.pathsend", "path": str(data)}
+        before = sys.getrefcount(message)
+        await sender(message)
+        assert taken.pop() is message
+        assert sys.getrefcount(message) == before
+        state.span.end()
+        return state
+
+    with capture_spans(rollups=None):
+        offered = asyncio.run(drive(True))
+        assert (offered.sent, offered.size_unknown) == (4321, False)
+        assert offered.last_byte_ns > 0
+        not_offered = asyncio.run(drive(False))
+        assert (not_offered.sent, not_offered.last_byte_ns) == (0, 0)
+
+
+def test_the_c_request_end_leaves_a_file_of_unknown_size_to_python() -> None:
+    """A file sent by path whose size could not be read: the C finish changes nothing and
+    hands the request to Python, which leaves ``http.response.body.size`` out."""
+    from pitchey_trace.web import _common
+
+    begin, end = _common.fast_begin, _common.fast_finish
+    assert begin is not None and end is not None  # noqa: PT018
+    with capture_spans(rollups=None) as exporter:
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        state, _sender, client = begin(scope, "/", 1, None, _noop_send)
+        assert state.size_unknown is False
+        state.status, state.last_byte_ns, state.size_unknown = 200, 5, True
+        assert end(state, 1, client, True) is NotImplemented
+        assert state.span.is_ended is False
+        state.size_unknown = False
+        assert end(state, 1, client, True) is True
+    [span] = exporter.spans()
+    assert span["attributes"]["http.response.body.size"] == 0
