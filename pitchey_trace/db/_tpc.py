@@ -18,8 +18,10 @@ instances have a ``__dict__`` (a Python subclass of its C connection type; see
   or ``ROLLBACK PREPARED`` (client kind), with the outcome on success and the error (e.g.
   ``42704``, no such prepared transaction) on failure. It never touches an open transaction's
   span or counters.
-* A 2PC span still open when ``tpc_begin`` is called again, or when the connection is
-  garbage-collected, ends as ``rollback`` with the reason ``abandoned``.
+* A 2PC span still open when ``tpc_begin`` is called again with the connection idle (its
+  transaction ended another way), or when the connection is garbage-collected, ends as
+  ``rollback`` with the reason ``abandoned``. A ``tpc_begin`` the driver refuses because that
+  transaction is still going on is not traced: the transaction and its span go on.
 * ``tpc_recover()``: psycopg 3 runs its query on a cursor of the connection, so it is an
   ordinary ``SELECT`` span. psycopg2 runs it from C on a plain cursor: given ``recover``,
   ``make_tpc_methods`` makes the same span around the call (the query is known; it cannot
@@ -43,6 +45,7 @@ __all__ = ["make_tpc_methods"]
 #: libpq's PQTRANS_INERROR: psycopg's ``pq.TransactionStatus.INERROR`` (an IntEnum equal to
 #: it) and psycopg2's ``TRANSACTION_STATUS_INERROR``.
 _INERROR = 3
+_IDLE = 0  # PQTRANS_IDLE
 #: The query both drivers' ``tpc_recover()`` runs.
 RECOVER_QUERY = "SELECT gid, prepared, owner, database FROM pg_prepared_xacts"
 _FAILED = "failed_transaction"
@@ -76,6 +79,19 @@ def _open(conn: Any, state: ConnState) -> None:
 def _abandon(tx: _Open) -> None:
     if tx.state.tpc is tx:
         _close(tx.state, None, outcome="rollback", abandoned=True)
+
+
+def _refuses_begin(conn: Any, state: ConnState) -> bool:
+    """True when ``tpc_begin`` comes while this connection's 2PC transaction is still going
+    on (in a transaction): the driver refuses it, and that transaction, its span with it,
+    goes on. (A span left open by a 2PC ended another way, the connection idle again, is
+    abandoned by the next ``tpc_begin`` instead.)"""
+    if state.tpc is None:
+        return False
+    try:
+        return bool(conn.info.transaction_status != _IDLE)
+    except Exception:
+        return False
 
 
 def _in_error(conn: Any) -> bool:
@@ -196,7 +212,7 @@ def make_tpc_methods(
 
         def tpc_begin(xid: Any) -> None:
             c = target()
-            if not traced(c):
+            if not traced(c) or _refuses_begin(c, state):
                 return cls.tpc_begin(c, xid)  # type: ignore[no-any-return]
             _open(c, state)
             try:
@@ -252,7 +268,7 @@ def make_tpc_methods(
 
         async def tpc_begin(xid: Any) -> None:  # type: ignore[misc]
             c = target()
-            if not traced(c):
+            if not traced(c) or _refuses_begin(c, state):
                 return await cls.tpc_begin(c, xid)  # type: ignore[no-any-return]
             _open(c, state)
             try:

@@ -209,6 +209,25 @@ def test_abandoned_transaction_span_ends(tpc_dsn: str) -> None:
     assert tx["attributes"]["db.transaction.rollback_reason"] == "abandoned"
 
 
+def test_a_refused_second_tpc_begin_leaves_the_open_transaction_traced(tconn: Conn) -> None:
+    # psycopg refuses a tpc_begin while the 2PC transaction goes on; that transaction is then
+    # prepared and committed, and its span says so (it used to end as "abandoned", with an
+    # error span for the refused call).
+    with capture_spans() as mem:
+        tconn.tpc_begin(_xid(tconn))
+        tconn.execute("SELECT 1")
+        with pytest.raises(psycopg.ProgrammingError):
+            tconn.tpc_begin(_xid(tconn))
+        tconn.tpc_prepare()
+        tconn.tpc_commit()
+    (tx,) = mem.spans("TRANSACTION")
+    assert tx["status"] == "unset"
+    assert tx["attributes"]["db.transaction.outcome"] == "prepare"
+    assert "db.transaction.rollback_reason" not in tx["attributes"]
+    assert [s["name"] for s in mem.spans("COMMIT PREPARED")] == ["COMMIT PREPARED"]
+    assert state_of(tconn).tx_stack == []  # type: ignore[union-attr]
+
+
 def test_tpc_begin_refused_is_recorded(tconn: Conn) -> None:
     tconn.autocommit = True
     with capture_spans() as mem, pytest.raises(psycopg.ProgrammingError):

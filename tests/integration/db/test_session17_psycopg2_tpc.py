@@ -286,16 +286,23 @@ def test_abandoned_transaction_span_ends(tpc_dsn: str) -> None:
     assert tx["attributes"]["db.transaction.statement_count"] == 1
 
 
-def test_tpc_begin_again_abandons_the_open_span(tconn: Any) -> None:
+def test_a_refused_second_tpc_begin_leaves_the_open_transaction_traced(tconn: Any) -> None:
+    # psycopg2 refuses a tpc_begin while the 2PC transaction goes on; that transaction is
+    # then prepared and committed: its span says so (it used to end as "abandoned", with an
+    # error span for the refused call).
     with capture_spans() as mem:
-        tconn.tpc_begin(_xid(tconn))
+        xid = _xid(tconn)
+        tconn.tpc_begin(xid)
+        tconn.cursor().execute("SELECT 1")
         with pytest.raises(psycopg2.ProgrammingError):
             tconn.tpc_begin(_xid(tconn))  # psycopg2: already in a transaction
-        tconn.tpc_rollback()
-    first, second = sorted(mem.spans("TRANSACTION"), key=lambda s: s["start_time_unix_nano"])
-    assert first["attributes"]["db.transaction.rollback_reason"] == "abandoned"
-    assert second["status"] == "error"
-    assert second["attributes"]["error.type"].endswith("ProgrammingError")
+        tconn.tpc_prepare()
+        tconn.tpc_commit()
+    (tx,) = mem.spans("TRANSACTION")
+    assert tx["status"] == "unset"
+    assert tx["attributes"]["db.transaction.outcome"] == "prepare"
+    assert "db.transaction.rollback_reason" not in tx["attributes"]
+    assert [s["name"] for s in mem.spans("COMMIT PREPARED")] == ["COMMIT PREPARED"]
     assert _state(tconn).tx_stack == []
 
 
