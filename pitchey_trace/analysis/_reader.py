@@ -17,6 +17,7 @@ import calendar
 import os
 import re
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -413,8 +414,11 @@ class MultiSource:
         for src in self.sources:
             names += [d for d in getattr(src, "datasets", DATASETS) if d not in names]
         self.datasets = tuple(names)
-        #: Reads in flight at once: the most any of the sources takes.
+        #: Reads in flight at once: the most any of the sources takes. Each source still gets
+        #: no more at once than its own ``concurrency`` (one for a source that says nothing):
+        #: the reads beyond that wait for their turn in :meth:`read`.
         self.concurrency = max(_concurrency(s) for s in self.sources)
+        self._gates = [threading.BoundedSemaphore(_concurrency(s)) for s in self.sources]
 
     def describe(self) -> str:
         """Each source's description."""
@@ -436,7 +440,9 @@ class MultiSource:
         """The object's bytes, from the source it came from."""
         i, _, key = info.key.partition(":")
         inner = ObjectInfo(info.dataset, key, info.size, info.version, info.opened_ns, info.closed_ns)
-        return self.sources[int(i)].read(inner)
+        n = int(i)
+        with self._gates[n]:
+            return self.sources[n].read(inner)
 
     def __repr__(self) -> str:
         return f"MultiSource({self.sources!r})"
