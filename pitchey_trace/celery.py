@@ -349,16 +349,19 @@ def _started_ns(task_id: Any) -> int | None:
     this receiver by its task id. Only for a terminated task (rare), never on the hot path."""
     if not task_id:
         return None
-    frame: FrameType | None = sys._getframe(2)  # (above _revoked)
-    for _ in range(_REQUEST_FRAMES):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        started = getattr(owner, "time_start", None)
-        if started.__class__ is float and getattr(owner, "id", None) == task_id:
-            start = int(started * 1e9)
-            return start if 0 < start <= time_ns() else None
-        frame = frame.f_back
+    try:  # (a lookup that fails costs the start time only, not the span)
+        frame: FrameType | None = sys._getframe(2)  # (above _revoked)
+        for _ in range(_REQUEST_FRAMES):
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            started = getattr(owner, "time_start", None)
+            if started.__class__ is float and getattr(owner, "id", None) == task_id:
+                start = int(started * 1e9)
+                return start if 0 < start <= time_ns() else None
+            frame = frame.f_back
+    except Exception as exc:
+        _safety.report("celery.revoked.start", exc)
     return None
 
 

@@ -815,7 +815,8 @@ class OTLPMetricsExporter(SenderExporter, ResourceBound):
                 continue
             firsts.add(unit)
             half.append(i)
-        rest = [i for i in indexes if i not in set(half)]
+        taken = set(half)
+        rest = [i for i in indexes if i not in taken]
         self._pack_into(out, rms, leaves, half, cap)
         self._pack_into(out, rms, leaves, rest, cap)
 

@@ -134,6 +134,27 @@ def test_a_terminated_tasks_span_starts_when_the_worker_says_it_started(app: Cel
         assert by_id[other]["duration_ms"] < 1000, other
 
 
+def test_a_failing_start_lookup_costs_the_start_time_not_the_span(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pitchey_trace.celery as pt_celery
+
+    @app.task
+    def sleepy() -> None:
+        pass
+
+    def shallow(depth: int = 0) -> Any:  # (as from a stack too shallow: ValueError)
+        raise ValueError("call stack is not deep enough")
+
+    monkeypatch.setattr(pt_celery.sys, "_getframe", shallow)
+    with capture_spans() as mem, swallowed_errors() as swallowed:
+        _WorkerRequest("t-9", time.time() - 2.5)._announce_revoked(sleepy, Context(id="t-9"))
+    (span,) = mem.spans()
+    assert span["attributes"]["celery.task.terminated"] is True
+    assert span["duration_ms"] < 1000  # (started at the revoke)
+    assert [kind for kind, _ in swallowed] == ["celery.revoked.start"]
+
+
 @pytest.fixture
 def s3() -> Iterator[Any]:
     instrument_botocore()
