@@ -13,7 +13,9 @@ way up, or ``write()`` raises it under the app) is not an error of the server: t
 its status and the chunks written before the failed one, and gets a ``client.disconnected``
 event, as in the aiohttp integration. A response built with the server's own
 ``wsgi.file_wrapper`` goes back to the server as it is (waitress's channel and gunicorn's
-``sendfile`` send it their own way); its span ends as the server closes it.
+``sendfile`` send it their own way); its span ends as the server closes it (a response without
+a body, which waitress sends the file for even so: as waitress takes it), counting no more than
+the response's ``Content-Length``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pitchey_trace.web._common import (
     USER_AGENT,
     Options,
     RequestState,
+    body_size,
     fast_finish,
     finish_request,
     mark_client_left,
@@ -125,9 +128,13 @@ class WSGITracingMiddleware:
             _safety.report("web.wsgi.start", exc)
             return self.app(environ, start_response)
 
+        app_headers: Any = None  # (what the app passed last: read only for a file handed over)
+
         def traced_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
+            nonlocal app_headers
+            app_headers = headers
             try:
                 # (an odd status or header list is the app's to answer for: the server gets it
                 # as given; it is not an internal error of ours)
@@ -174,7 +181,7 @@ class WSGITracingMiddleware:
         if (
             wrapper is not None
             and result.__class__ is wrapper
-            and _hand_over_file(result, state, options, start_ns, client)
+            and _hand_over_file(result, state, options, start_ns, client, app_headers)
         ):
             return result  # the server's own file wrapper: it sends it by its own fast path
         return _TracedBody(result, state, options, start_ns, client)
@@ -424,7 +431,12 @@ def _close_in_request(state: RequestState, close: Callable[[], object]) -> None:
 
 
 def _hand_over_file(
-    result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+    result: Any,
+    state: RequestState,
+    options: Options,
+    start_ns: int,
+    client: str | None,
+    headers: Any,
 ) -> bool:
     """Whether the app's response, an instance of the server's own ``wsgi.file_wrapper``
     class, is handed back to the server as it is (True: its ``close()``, which the server calls
@@ -438,25 +450,51 @@ def _hand_over_file(
     * a ``filelike`` wrapper (gunicorn's, which sends it with ``sendfile``, and wsgiref's,
       which iterates it) around a file with a position (``tell``): iterated, the file's
       position moved by the bytes read; sent with ``sendfile``, it did not (gunicorn seeks
-      back), and the rest of the file went out.
+      back), and the rest of the file went out. A file without a file descriptor (an
+      ``io.BytesIO``) is never sent with ``sendfile`` (gunicorn checks ``fileno()``): it is
+      iterated, and its position counts it all the same.
 
-    Anything else (a pipe, a wrapper without ``__dict__``) stays a traced iterable.
+    Either way no more than the response's ``Content-Length`` (``headers``: what the app gave
+    ``start_response``) is counted: gunicorn sends no more (``sendfile`` sends that many bytes;
+    iterating, it cuts its writes there), waitress prepares no more. Anything else (a pipe, a
+    wrapper without ``__dict__``) stays a traced iterable.
     """
     try:
+        length = _content_length(headers)
         if hasattr(result, "prepare") and hasattr(result, "remain"):
             if not _seekable(getattr(result, "file", None)):
                 return False  # (waitress iterates a file it cannot seek)
-            tracker: _FileTracker = _PreparedFile(result, state, options, start_ns, client)
+            tracker: _FileTracker = _PreparedFile(result, state, options, start_ns, client, length)
         else:
             filelike = getattr(result, "filelike", None)
             tell = getattr(filelike, "tell", None)
             if tell is None or not _seekable(filelike):
                 return False
-            tracker = _PositionedFile(result, state, options, start_ns, client, filelike, tell())
+            tracker = _PositionedFile(result, state, options, start_ns, client, length, filelike, tell())
         result.close = tracker.close  # (an instance attribute: the server calls this one)
     except Exception:
         return False  # (a wrapper that refuses attributes, a file whose position fails: iterated)
     return True
+
+
+def _content_length(headers: Any) -> int | None:
+    """The ``Content-Length`` among the response headers the app passed to ``start_response``
+    (the last one, as gunicorn and waitress read them); None without a readable one."""
+    length: int | None = None
+    if isinstance(headers, (list, tuple)):
+        for header in headers:
+            try:
+                name, value = header
+                if name.lower() == "content-length":
+                    length = int(value.strip(" \t"))
+            except Exception:  # noqa: S112  (an odd header: the server answers for it)
+                continue
+    return length if length is None or length >= 0 else None
+
+
+def _has_body(state: RequestState) -> bool:
+    """Whether the response carries a body (not for HEAD, 1xx, 204, 304: see ``body_size``)."""
+    return body_size(state.status, state.method, 1) != 0
 
 
 def _seekable(file: Any) -> bool:
@@ -471,10 +509,16 @@ class _FileTracker(abc.ABC):
     """Ends the span of a request whose file the server sends by its own path, as the server
     closes the file wrapper (once, whoever calls it first)."""
 
-    __slots__ = ("_client", "_close", "_done", "_options", "_result", "_start_ns", "_state")
+    __slots__ = ("_client", "_close", "_done", "_length", "_options", "_result", "_start_ns", "_state")
 
     def __init__(
-        self, result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+        self,
+        result: Any,
+        state: RequestState,
+        options: Options,
+        start_ns: int,
+        client: str | None,
+        length: int | None,
     ) -> None:
         self._result = result
         self._close = getattr(result, "close", None)  # (the wrapper's own close, if any)
@@ -482,6 +526,7 @@ class _FileTracker(abc.ABC):
         self._options = options
         self._start_ns = start_ns
         self._client = client
+        self._length = length  # the response's Content-Length (None: not given)
         self._done = False
 
     @abc.abstractmethod
@@ -499,10 +544,15 @@ class _FileTracker(abc.ABC):
         raised = sys.exc_info()[1]
         try:
             sent, short = self._sent(raised)
+            length = self._length
+            if length is not None and sent > length:
+                sent = length  # (the server sends no more than the Content-Length it announced)
             state.sent += sent
             if raised is not None and _client_gone(raised):
                 _client_left(state, raised)
-            elif raised is None and short:  # (the server closed it before its end: the connection)
+            elif raised is None and short and _has_body(state):
+                # (the server closed it before its end: the connection. Not for a response
+                # without a body: what waitress sends of the file then is past the response.)
                 _client_left(state, None)
         except Exception as internal:
             _safety.report("web.wsgi.file", internal)
@@ -519,20 +569,34 @@ class _FileTracker(abc.ABC):
 
 class _PreparedFile(_FileTracker):
     """waitress's file wrapper: its ``prepare(size)`` sets ``remain``, the bytes to send, and
-    each send lowers it; ``close()`` comes when it reached 0 or the connection closed."""
+    each send lowers it; ``close()`` comes when it reached 0 or the connection closed.
+
+    waitress sends the file even for a response without a body (HEAD, 204, 304), and a client
+    that only waits for the headers leaves it unread (or closes the connection under it): such
+    a response is over as waitress prepares the file, right before its headers go out; the
+    span ends then (with no body), not when the connection closes."""
 
     __slots__ = ("_prepared",)
 
     def __init__(
-        self, result: Any, state: RequestState, options: Options, start_ns: int, client: str | None
+        self,
+        result: Any,
+        state: RequestState,
+        options: Options,
+        start_ns: int,
+        client: str | None,
+        length: int | None,
     ) -> None:
-        super().__init__(result, state, options, start_ns, client)
+        super().__init__(result, state, options, start_ns, client, length)
         self._prepared = 0
         prepare = result.prepare
 
         def traced_prepare(*args: Any, **kwargs: Any) -> Any:
             size = prepare(*args, **kwargs)
             self._prepared = size if size.__class__ is int else 0
+            if self._prepared and not self._done and not _has_body(state):
+                self._done = True
+                _finish(state, options, start_ns, client, None)
             return size
 
         result.prepare = traced_prepare
@@ -558,10 +622,11 @@ class _PositionedFile(_FileTracker):
         options: Options,
         start_ns: int,
         client: str | None,
+        length: int | None,
         file: Any,
         start: int,
     ) -> None:
-        super().__init__(result, state, options, start_ns, client)
+        super().__init__(result, state, options, start_ns, client, length)
         self._file = file
         self._start = start
 
@@ -576,10 +641,17 @@ class _PositionedFile(_FileTracker):
             return max(read, 0), False
         if raised is not None:
             return 0, False  # (a sendfile cut short, or nothing sent: how far it went is unknown)
+        # The position did not move: sent with sendfile (the rest of the file), or an empty
+        # file iterated. A file without a usable descriptor (io.BytesIO: UnsupportedOperation)
+        # is never sent with sendfile: nothing was read, nothing sent.
         fileno = getattr(file, "fileno", None)
         if fileno is None:
             return 0, False
-        return max(os.fstat(fileno()).st_size - self._start, 0), False
+        try:
+            size = os.fstat(fileno()).st_size
+        except (OSError, ValueError):  # (io.UnsupportedOperation is both)
+            return 0, False
+        return max(size - self._start, 0), False
 
 
 def init_flask(app: Any, **options: Any) -> Any:

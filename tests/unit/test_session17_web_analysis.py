@@ -10,9 +10,11 @@ from typing import Any
 from wsgiref.util import FileWrapper, setup_testing_defaults
 
 import pytest
+from waitress.buffers import ReadOnlyFileBasedBuffer
 
+from pitchey_trace import force_flush
 from pitchey_trace.analysis import LocalSource
-from pitchey_trace.testing import capture_spans
+from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import WSGITracingMiddleware
 
 
@@ -165,3 +167,168 @@ def test_a_folder_shared_by_two_datasets_is_listed_under_the_first(
     source = LocalSource(tmp_path, prefixes=prefixes, datasets=["traces", "audit"])
     assert len(source.objects("traces", None)) == 1
     assert source.objects("audit", None) == []
+
+
+# -- the response's Content-Length caps the count; a file without a descriptor; no body ------
+def sized_app(make_file: Any, length: int, status: str = "206 Partial Content") -> Any:
+    """Answers ``status`` with ``Content-Length: length`` (as the app gives it) and the file."""
+
+    def app(env: dict[str, Any], start: Any) -> Any:
+        start(status, [("Content-Type", "application/octet-stream"), ("content-length", f"{length} ")])
+        return env["wsgi.file_wrapper"](make_file(), 4)
+
+    return app
+
+
+@pytest.mark.parametrize(("length", "expected"), [(10, 10), (0, 0), (80, 40)])
+def test_a_file_sent_whole_is_counted_up_to_its_content_length(
+    tmp_path: Path, length: int, expected: int
+) -> None:
+    """gunicorn's ``sendfile`` sends ``Content-Length`` bytes (less if the file has fewer),
+    not the rest of the file."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"z" * 50)
+
+    def opened_at_10() -> Any:
+        f = open(path, "rb")  # noqa: SIM115
+        f.seek(10)
+        return f
+
+    mw = WSGITracingMiddleware(sized_app(opened_at_10, length))
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        result.close()
+    [span] = exporter.spans()
+    assert span["attributes"]["http.response.body.size"] == expected
+
+
+def test_an_iterated_file_is_counted_up_to_its_content_length(tmp_path: Path) -> None:
+    """gunicorn without ``sendfile`` reads the whole file but writes ``Content-Length`` bytes."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"q" * 50)
+    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 10))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        body = b"".join(result)
+        result.close()
+    [span] = exporter.spans()
+    assert len(body) == 50
+    assert span["attributes"]["http.response.body.size"] == 10
+
+
+def test_a_prepared_file_is_counted_as_waitress_prepared_it(tmp_path: Path) -> None:
+    """waitress prepares ``min(Content-Length, rest of the file)``: still counted so."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"w" * 50)
+    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 10))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(ReadOnlyFileBasedBuffer), start_response)
+        assert type(result) is ReadOnlyFileBasedBuffer
+        assert result.prepare(10) == 10
+        assert result.get(100, skip=True) == b"w" * 10
+        result.close()
+    [span] = exporter.spans()
+    assert span["attributes"]["http.response.body.size"] == 10
+    assert "client.disconnected" not in [e["name"] for e in span["events"]]
+
+
+class NoDescriptor(io.BytesIO):
+    """An in-memory file whose ``fileno()`` fails as ``error`` says."""
+
+    def __init__(self, data: bytes, error: BaseException) -> None:
+        super().__init__(data)
+        self.error = error
+
+    def fileno(self) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "make_file",
+    [
+        lambda data: io.BytesIO(data),
+        lambda data: NoDescriptor(data, OSError(9, "Bad file descriptor")),
+        lambda data: NoDescriptor(data, ValueError("I/O operation on closed file")),
+    ],
+    ids=["bytesio", "oserror", "valueerror"],
+)
+@pytest.mark.parametrize("data", [b"", b"hello"], ids=["empty", "five"])
+def test_a_file_without_a_descriptor_is_handed_over_and_counted_without_an_error(
+    make_file: Any, data: bytes
+) -> None:
+    """No server sends it with ``sendfile``: iterated, its position counts it; an empty one is
+    0 bytes, not an internal error of its ``fileno()``."""
+    mw = WSGITracingMiddleware(file_app(lambda: make_file(data)))
+    with swallowed_errors() as swallowed, capture_spans() as exporter:
+        result = mw(environ(FileWrapper), start_response)
+        assert type(result) is FileWrapper
+        body = b"".join(result)
+        result.close()
+    [span] = exporter.spans()
+    assert body == data
+    assert swallowed == []
+    assert span["attributes"]["http.response.body.size"] == len(data)
+    assert "client.disconnected" not in [e["name"] for e in span["events"]]
+
+
+def test_a_file_without_a_descriptor_in_waitress_s_wrapper() -> None:
+    mw = WSGITracingMiddleware(file_app(lambda: io.BytesIO(b"abcdef")))
+    with swallowed_errors() as swallowed, capture_spans() as exporter:
+        result = mw(environ(ReadOnlyFileBasedBuffer), start_response)
+        assert type(result) is ReadOnlyFileBasedBuffer
+        assert result.prepare(None) == 6
+        assert result.get(100, skip=True) == b"abcdef"
+        result.close()
+    [span] = exporter.spans()
+    assert swallowed == []
+    assert span["attributes"]["http.response.body.size"] == 6
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [("HEAD", "200 OK"), ("GET", "204 No Content"), ("GET", "304 Not Modified")]
+)
+def test_a_response_without_a_body_ends_as_waitress_prepares_its_file(
+    tmp_path: Path, method: str, status: str
+) -> None:
+    """waitress sends the file even for HEAD (204, 304); a client that reads only the headers
+    leaves it unsent: the span ends as waitress prepares it, with no body and no
+    ``client.disconnected``, not as the connection closes."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"h" * 100)
+    env = environ(ReadOnlyFileBasedBuffer)
+    env["REQUEST_METHOD"] = method
+    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 100, status))  # noqa: SIM115
+    with swallowed_errors() as swallowed, capture_spans() as exporter:
+        result = mw(env, start_response)
+        assert type(result) is ReadOnlyFileBasedBuffer
+        assert result.prepare(100) == 100
+        force_flush(10.0)
+        ended = exporter.spans()
+        result.get(10, skip=True)
+        result.close()  # (the connection closed with 90 bytes left)
+        result.close()
+    [span] = ended
+    assert exporter.spans() == ended
+    assert swallowed == []
+    assert span["attributes"]["http.response.body.size"] == 0
+    assert span["attributes"]["http.response.status_code"] == int(status[:3])
+    assert "client.disconnected" not in [e["name"] for e in span["events"]]
+    assert span["status"] != "error"
+
+
+def test_a_response_with_a_body_closed_early_by_waitress_says_the_client_left(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"g" * 100)
+    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 100, "200 OK"))  # noqa: SIM115
+    with capture_spans() as exporter:
+        result = mw(environ(ReadOnlyFileBasedBuffer), start_response)
+        assert result.prepare(100) == 100
+        force_flush(10.0)
+        assert exporter.spans() == []
+        result.get(10, skip=True)
+        result.close()
+    [span] = exporter.spans()
+    assert span["attributes"]["http.response.body.size"] == 10
+    assert "client.disconnected" in [e["name"] for e in span["events"]]

@@ -5,6 +5,7 @@ order reaches first."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from aiohttp import web
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.server import create_server
 
-from pitchey_trace.testing import capture_spans
+from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import WSGITracingMiddleware, init_aiohttp
 from tests.support.web import event_names, server_span
 
@@ -316,3 +317,197 @@ def test_aiohttp_405_is_named_after_the_resource_aiohttp_resolves(serve_aiohttp:
         "DELETE /sub/{kind}/list",
     ]
     assert [s["attributes"].get("http.route") for s in spans] == [s["name"].split(" ", 1)[1] for s in spans]
+
+
+# -- review fixes: Content-Length caps the count; a file without a descriptor; no body -------
+def _sized_app(path: str) -> Any:
+    """``/range``: 206 with ``Content-Length: 10`` for the whole file; ``/memory``,
+    ``/memory-empty``: an ``io.BytesIO`` in the server's file wrapper (no file descriptor)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        wrapper = environ["wsgi.file_wrapper"]
+        if environ["PATH_INFO"] == "/range":
+            start_response(
+                "206 Partial Content", [("Content-Length", "10"), ("Content-Range", "bytes 0-9/*")]
+            )
+            return wrapper(open(path, "rb"))  # (the server closes it)
+        data = b"" if environ["PATH_INFO"] == "/memory-empty" else b"hello"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return wrapper(io.BytesIO(data))
+
+    return app
+
+
+def _spans_by_path(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {s["attributes"]["url.path"]: s for s in records if s["kind"] == "server"}
+
+
+def test_waitress_head_of_a_big_file_ends_while_the_connection_stays_open(
+    waitress_server: tuple[str, Handed], wait_for: Any
+) -> None:
+    """waitress sends the 48 MiB file even for HEAD; the client reads the headers and keeps
+    the connection open, then closes it: the span ended with the headers (no body, no
+    ``client.disconnected``), not as the connection closed."""
+    url, _ = waitress_server
+    port = int(url.rsplit(":", 1)[1])
+    with capture_spans() as exporter:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.sendall(b"HEAD /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                assert chunk
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 ")
+            span = wait_for(server_span(exporter), timeout=10)  # (the connection still open)
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.close()
+        time.sleep(0.3)  # (waitress closes the wrapper as it sees the reset)
+    assert span["attributes"]["http.request.method"] == "HEAD"
+    assert span["attributes"]["http.response.body.size"] == 0
+    assert "client.disconnected" not in event_names(span)
+    assert span["status"] != "error"
+    assert [s for s in exporter.spans() if s["kind"] == "server"] == [span]
+
+
+def test_waitress_counts_a_content_length_and_a_file_without_a_descriptor(
+    files: dict[str, str], wait_for: Any
+) -> None:
+    server = create_server(WSGITracingMiddleware(_sized_app(files["/small"])), host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with swallowed_errors() as swallowed, capture_spans() as exporter:
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.effective_port}") as client:
+                got = {p: client.get(p).content for p in ("/range", "/memory", "/memory-empty")}
+            spans = _spans_by_path(wait_for(lambda: len(exporter.spans()) >= 3 and exporter.spans()))
+    finally:
+        server.close()
+        thread.join(10)
+    assert got == {"/range": FILE_BODY[:10], "/memory": b"hello", "/memory-empty": b""}
+    assert swallowed == []
+    assert {p: s["attributes"]["http.response.body.size"] for p, s in spans.items()} == {
+        "/range": 10,
+        "/memory": 5,
+        "/memory-empty": 0,
+    }
+    assert all("client.disconnected" not in event_names(s) for s in spans.values())
+
+
+def test_wsgiref_counts_a_file_without_a_descriptor_without_an_error(
+    files: dict[str, str], wait_for: Any
+) -> None:
+    """An ``io.BytesIO`` in wsgiref's ``FileWrapper``: iterated, counted by its position; an
+    empty one is 0 bytes, not an internal error of its ``fileno()``."""
+    handed = Handed(WSGITracingMiddleware(_sized_app(files["/small"])))
+    server = make_server("127.0.0.1", 0, handed, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with swallowed_errors() as swallowed, capture_spans() as exporter:
+            got = {
+                p: httpx.get(f"http://127.0.0.1:{server.server_port}{p}").content
+                for p in ("/memory", "/memory-empty")
+            }
+            spans = _spans_by_path(wait_for(lambda: len(exporter.spans()) >= 2 and exporter.spans()))
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert got == {"/memory": b"hello", "/memory-empty": b""}
+    assert handed.classes == [WsgirefFileWrapper, WsgirefFileWrapper]
+    assert swallowed == []
+    assert spans["/memory"]["attributes"]["http.response.body.size"] == 5
+    assert spans["/memory-empty"]["attributes"]["http.response.body.size"] == 0
+
+
+GUNICORN_SIZED_APP = """
+import io, os
+from gunicorn.http import wsgi as gwsgi
+import pitchey_trace as pt
+from pitchey_trace.exporters import ConsoleExporter
+from pitchey_trace.web import WSGITracingMiddleware
+
+LOG = os.environ["HANDED_LOG"]
+PATH = os.environ["FILE_PATH"]
+pt.configure(service="gunicorn-sized", exporters=[ConsoleExporter()])
+sendfile = gwsgi.Response.sendfile
+
+
+def noted_sendfile(self, respiter):
+    done = sendfile(self, respiter)
+    with open(LOG, "a") as log:
+        log.write(f"{self.req.path} sendfile {done}\\n")
+    return done
+
+
+gwsgi.Response.sendfile = noted_sendfile
+
+
+def files(environ, start_response):
+    wrapper = environ["wsgi.file_wrapper"]
+    if environ["PATH_INFO"] == "/range":
+        start_response("206 Partial Content", [("Content-Length", "10"), ("Content-Range", "bytes 0-9/*")])
+        return wrapper(open(PATH, "rb"))
+    data = b"" if environ["PATH_INFO"] == "/memory-empty" else b"hello"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return wrapper(io.BytesIO(data))
+
+
+app = WSGITracingMiddleware(files)
+"""
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "no-sendfile"])
+def test_gunicorn_counts_no_more_than_the_content_length(
+    files: dict[str, str], tmp_path: Path, sendfile: bool
+) -> None:
+    """A 206 with ``Content-Length: 10`` for a 102,400-byte file: gunicorn sends 10 bytes
+    (``sendfile`` of 10; iterated, it reads the whole file and cuts its writes at 10), and the
+    span says 10. An ``io.BytesIO`` (no descriptor: iterated) is counted without an error."""
+    (tmp_path / "sized_app.py").write_text(textwrap.dedent(GUNICORN_SIZED_APP))
+    log = tmp_path / "handed.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    environ.update(HANDED_LOG=str(log), FILE_PATH=files["/small"], PYTHONPATH=os.getcwd())
+    command = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "sized_app:app"]
+    if not sendfile:
+        command.insert(-1, "--no-sendfile")
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    got: dict[str, bytes] = {}
+    try:
+        deadline = time.monotonic() + 30
+        for path in ("/range", "/memory", "/memory-empty"):
+            while True:
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "gunicorn did not answer"
+                    time.sleep(0.1)
+            got[path] = response.content
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: the worker flushes at exit
+        out, err = server.communicate(timeout=60)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    spans = _spans_by_path([r for r in records if r["type"] == "span"])
+    assert got == {"/range": FILE_BODY[:10], "/memory": b"hello", "/memory-empty": b""}
+    assert log.read_text().splitlines() == [
+        f"/range sendfile {sendfile}",
+        "/memory sendfile False",
+        "/memory-empty sendfile False",
+    ]
+    assert {p: s["attributes"]["http.response.body.size"] for p, s in spans.items()} == {
+        "/range": 10,
+        "/memory": 5,
+        "/memory-empty": 0,
+    }
+    assert "internal error" not in err, err[-2000:]
+    assert spans["/range"]["attributes"]["http.response.status_code"] == 206
