@@ -63,6 +63,7 @@ def test_a_seekable_file_wrapper_is_handed_back_and_counted_by_its_position(tmp_
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
         body = b"".join(result)
+        force_flush(10.0)
         assert exporter.spans() == []  # (the span ends as the server closes the wrapper)
         result.close()
         result.close()  # (a second close ends nothing more)
