@@ -11,8 +11,11 @@ variable                           meaning
 ``PITCHEY_TRACE_DISABLED``         ``true`` turns tracing off (also ``OTEL_SDK_DISABLED``)
 ``PITCHEY_TRACE_KEEP_ERRORS``      tail-keep traces with errors (default ``true``)
 ``PITCHEY_TRACE_SLOW_THRESHOLD_MS`` tail-keep traces with a span this slow (default 1000)
-``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty``, ``otlp``, ``zipkin`` or
+``PITCHEY_TRACE_EXPORTER``         ``console``, ``console-pretty``, ``otlp``, ``zipkin``,
+                                   ``archive`` (a local archive in ``PITCHEY_TRACE_ARCHIVE``) or
                                    ``none`` when no exporters are passed
+``PITCHEY_TRACE_FLUSH_ON_SIGTERM`` ``true``: SIGTERM exports what is buffered first (see
+                                   ``configure(flush_on_sigterm=)``)
 ``PITCHEY_TRACE_RESOURCE_DETECTION`` ``false``: no detected resource attributes (container,
                                    Kubernetes, cloud, ``service.instance.id``)
 ``PITCHEY_TRACE_EXPORT_SPOOL_DIR`` the OTLP and Zipkin exporters named by the variables keep
@@ -190,7 +193,7 @@ def _percent_decoded(value: str) -> str | None:
         return None
 
 
-_EXPORTER_NAMES = ("console", "console-pretty", "otlp", "zipkin", "none")
+_EXPORTER_NAMES = ("console", "console-pretty", "otlp", "zipkin", "archive", "none")
 
 
 def _exporters_from_env() -> list[Any]:
@@ -220,6 +223,10 @@ def _exporters_from_env() -> list[Any]:
             from pitchey_trace.exporters import OTLPExporter
 
             out.append(OTLPExporter(spool_dir=spool_dir))  # configured by the OTEL_EXPORTER_OTLP_* variables
+        elif name == "archive":
+            from pitchey_trace.exporters import LocalArchiveExporter
+
+            out.append(LocalArchiveExporter(_archive_dir(variable)))
         elif name == "zipkin":
             from pitchey_trace.exporters import ZipkinExporter
             from pitchey_trace.exporters.zipkin import DEFAULT_URL
@@ -232,6 +239,17 @@ def _exporters_from_env() -> list[Any]:
 
             out.append(ConsoleExporter(pretty=name == "console-pretty"))
     return out
+
+
+def _archive_dir(variable: str) -> str:
+    """The directory the ``archive`` exporter name writes to: ``PITCHEY_TRACE_ARCHIVE``, the
+    one the ``pitchey-trace`` archive commands read."""
+    directory = _env("PITCHEY_TRACE_ARCHIVE")
+    if directory is None:
+        raise ConfigurationError(
+            f"{variable}: the archive exporter writes to PITCHEY_TRACE_ARCHIVE (a directory): not set"
+        )
+    return directory
 
 
 def _metrics_exporters_from_env() -> list[Any]:
@@ -327,6 +345,7 @@ def configure(
     max_events: int | None = None,
     max_links: int | None = None,
     disabled: bool | None = None,
+    flush_on_sigterm: bool | None = None,
 ) -> None:
     """Set up tracing for this process. Call once at startup (calling again replaces the
     previous setup after flushing it).
@@ -372,6 +391,13 @@ def configure(
             dropped; env ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` or ``OTEL_ATTRIBUTE_COUNT_LIMIT``,
             ``OTEL_SPAN_EVENT_COUNT_LIMIT``, ``OTEL_SPAN_LINK_COUNT_LIMIT``; default 128 each).
         disabled: turn everything off (env ``PITCHEY_TRACE_DISABLED`` / ``OTEL_SDK_DISABLED``).
+        flush_on_sigterm: on SIGTERM, export what is buffered (within 10 s) before the process
+            ends as the signal's default action would end it (exit status 143; env
+            ``PITCHEY_TRACE_FLUSH_ON_SIGTERM``; default off, on under ``pitchey-trace run``).
+            SIGTERM skips the flush at interpreter exit. Only where SIGTERM still has its default
+            action and configure() runs in the main thread: an application's own handler is
+            left alone. The process then ends when Python next runs bytecode, not at once while
+            C code blocks.
 
     Raises:
         ConfigurationError (a ValueError) or TypeError for invalid arguments.
@@ -383,6 +409,10 @@ def configure(
         disabled = bool(_otel_env_bool("OTEL_SDK_DISABLED") if env_disabled is None else env_disabled)
     elif not isinstance(disabled, int) or disabled not in (0, 1):  # (bools, and the 0/1 some code passes)
         raise TypeError(f"disabled must be True, False or None, got {disabled!r}")
+    if flush_on_sigterm is None:
+        flush_on_sigterm = bool(_env_bool("PITCHEY_TRACE_FLUSH_ON_SIGTERM"))
+    elif not isinstance(flush_on_sigterm, int) or flush_on_sigterm not in (0, 1):
+        raise TypeError(f"flush_on_sigterm must be True, False or None, got {flush_on_sigterm!r}")
     env_resource = _resource_from_env()
     # (service and environment have their own record fields: not repeated as extra attributes)
     env_service = env_resource.pop("service.name", None)
@@ -555,6 +585,8 @@ def configure(
         pipeline.start()
         _TRACER.install(pipeline, sampler, record_unsampled=tail.enabled or rollups is not None)
     _register_atexit()
+    if flush_on_sigterm:
+        _flush_on_sigterm()
 
 
 def is_configured() -> bool:
@@ -745,6 +777,23 @@ class _PoolOutbox(_PoolQueue):
 
 
 _exiting = False  # the flush at exit runs: a SIGTERM meanwhile lets it finish (it is bounded)
+
+
+def _flush_on_sigterm() -> None:
+    """``configure(flush_on_sigterm=True)``: SIGTERM flushes first (``_flush_then_die``), where
+    it still has its default action. Only the main thread can set a handler; elsewhere, or
+    where the application has its own, nothing changes (the application decides)."""
+    try:
+        if threading.current_thread() is not threading.main_thread():
+            _safety.warn_once(
+                "sigterm_thread",
+                "flush_on_sigterm: configure() ran outside the main thread: SIGTERM left as is",
+            )
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_then_die)
+    except Exception as exc:
+        _safety.report("sigterm", exc)
 
 
 def _flush_then_die(signum: int, _frame: Any) -> None:

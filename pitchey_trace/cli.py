@@ -270,6 +270,8 @@ def _run(args: argparse.Namespace) -> int:
         env["PITCHEY_TRACE_EXPORT_LOGS"] = args.export_logs
     if args.exclude:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
+    # SIGTERM (docker stop, Kubernetes, systemd) skips the flush at exit: flush first
+    env.setdefault("PITCHEY_TRACE_FLUSH_ON_SIGTERM", "true")
     try:
         os.execvpe(command[0], command, env)  # noqa: S606  (the user's own program, by design)
     except OSError as exc:
@@ -291,6 +293,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"run: --exporter {args.exporter!r}: expected {', '.join(_EXPORTER_NAMES)} (comma-separated)"
             )
+        if "archive" in names and not os.environ.get("PITCHEY_TRACE_ARCHIVE"):
+            raise ValueError("run: --exporter archive writes to $PITCHEY_TRACE_ARCHIVE (a directory): set it")
     for flag, value in (("--metrics", args.metrics), ("--logs", args.logs)):
         if value is not None and value.strip().lower() not in ("otlp", "none"):
             raise ValueError(f"run: {flag} {value!r}: expected otlp (or none)")
@@ -305,12 +309,14 @@ def _add_run(sub: Subparsers) -> None:
         description="Start PROGRAM (python, gunicorn, uvicorn, celery, ...) with tracing configured from "
         "the environment and its web frameworks, HTTP clients, database drivers and Celery instrumented "
         "(see pitchey_trace.auto). Child Python processes inherit it. The program's Python must "
-        "have pitchey-trace installed (run it from the same virtualenv).",
+        "have pitchey-trace installed (run it from the same virtualenv). A SIGTERM exports what is "
+        "buffered before the program ends (PITCHEY_TRACE_FLUSH_ON_SIGTERM=false: not).",
     )
     p.add_argument("--service", help="service name (sets PITCHEY_TRACE_SERVICE)")
     p.add_argument(
         "--exporter",
-        help="where spans go, comma-separated: console, console-pretty, otlp, zipkin or none "
+        help="where spans go, comma-separated: console, console-pretty, otlp, zipkin, archive (a local "
+        "archive in $PITCHEY_TRACE_ARCHIVE, which the archive commands read) or none "
         "(sets PITCHEY_TRACE_EXPORTER; default: OTEL_TRACES_EXPORTER, else none)",
     )
     p.add_argument(

@@ -29,7 +29,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], dict[
     [
         (
             ["--exporter", "jaeger"],
-            "--exporter 'jaeger': expected console, console-pretty, otlp, zipkin, none",
+            "--exporter 'jaeger': expected console, console-pretty, otlp, zipkin, archive, none",
         ),
         (["--exporter", "otlp,foo"], "--exporter 'otlp,foo'"),
         (["--exporter", ""], "--exporter ''"),
