@@ -553,9 +553,9 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
             f"{_clip(g['statement'], 80)}"
         )
     for e in analysis["errors"]:
-        what = e["exception_type"] or "error"
-        detail = e["exception_message"] or e["status_message"] or ""
-        out.append(f"error in {_clip(e['name'], 40)}: {_clip(what, 40)} {_clip(detail, 100)}".rstrip())
+        # as `errors` describes it: the exception, else the status message, else `HTTP 502`
+        what = " ".join(filter(None, [_clip(e["exception_type"] or "", 40), _clip(e["message"] or "", 100)]))
+        out.append(f"error in {_clip(e['name'], 40)}: {what or 'error'}")
     return "\n".join(out) + "\n"
 
 
@@ -618,11 +618,49 @@ def _series(args: argparse.Namespace) -> int:
             ]
             for p in points
         ]
-        heads = [f"from (UTC), every {step_s}s", "count", "errors", "p50", "p95", "p99", "max"]
-        return _table(heads, body) + f"from {_source_text(out['source'])}\n"
+        heads = [f"from (UTC), every {out['point_s']}s", "count", "errors", "p50", "p95", "p99", "max"]
+        notes = [f"from {_source_text(out['source'])}"]
+        if out["point_s"] != step_s:  # finer than the data: say what the points are
+            minutes = out["point_s"] // 60
+            notes.append(
+                f"each point is {'one minute' if minutes == 1 else f'{minutes} minutes'}: the rollups "
+                f"are per minute, so --step {_seconds(step_s)} is rounded up to whole minutes"
+            )
+        notes += _merged(args, out["operations"])
+        return _table(heads, body) + "".join(f"{n}\n" for n in notes)
 
     _emit(args, out, text)
     return 0
+
+
+def _seconds(step_s: int) -> str:
+    """A step as it would be typed: ``10s``, ``5m``, ``2h``."""
+    for unit, n in (("h", 3600), ("m", 60)):
+        if step_s % n == 0:
+            return f"{step_s // n}{unit}"
+    return f"{step_s}s"
+
+
+def _merged(args: argparse.Namespace, operations: list[dict[str, Any]]) -> list[str]:
+    """The lines that say which operations a series adds up, when it is more than one (their
+    latencies mixed: an HTTP request's and a database query's in one p50)."""
+    if len(operations) < 2:
+        return []
+    kinds = sorted({o["kind"] for o in operations})
+    mixed = f"{', '.join(kinds)} spans mixed" if len(kinds) > 1 else f"{kinds[0]} spans"
+    if args.operation is not None:
+        which = ", ".join(_clip(f"{o['service']} {o['kind']}", 40) for o in operations[:6])
+        more = f" and {len(operations) - 6} more" if len(operations) > 6 else ""
+        return [
+            f"{len(operations)} operations named {_clip(args.operation, 40)} together: {which}{more}"
+            + ("" if len({o["service"] for o in operations}) < 2 else " (--service picks one service)")
+        ]
+    services = sorted({o["service"] for o in operations})
+    of = f"of {len(services)} services" if len(services) > 1 else f"of {_clip(services[0], 30)}"
+    return [
+        f"all {len(operations)} operations {of} together ({mixed}); "
+        "--operation NAME for one (perf without --step lists them)"
+    ]
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -976,8 +1014,9 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True, json: bool 
         p.add_argument("--json", action="store_true", help="print the answer as JSON")
     if window:
         w = p.add_argument_group("time window (relative: 15m, 24h, 7d; or ISO-8601, or Unix ns)")
-        w.add_argument("--last", metavar="AGE", help="only the last AGE (same as --since AGE)")
-        w.add_argument("--since", metavar="TIME")
+        start = w.add_mutually_exclusive_group()  # (both: a usage error, not one of them ignored)
+        start.add_argument("--last", metavar="AGE", help="only the last AGE (same as --since AGE)")
+        start.add_argument("--since", metavar="TIME", help="from TIME (one of --last and --since)")
         w.add_argument("--until", metavar="TIME")
 
 
@@ -1004,20 +1043,25 @@ def _add_analysis(sub: Subparsers) -> None:
     p.add_argument("trace_id", help="32 hex characters, or the first 8 or more of them")
     _source_options(p, window=False)
     w = p.add_argument_group("reading less of a big archive")
-    w.add_argument("--last", metavar="AGE", help="read only objects that can hold spans of the last AGE")
-    w.add_argument("--since", metavar="TIME")
+    start = w.add_mutually_exclusive_group()  # (both: a usage error, not one of them ignored)
+    start.add_argument("--last", metavar="AGE", help="read only objects that can hold spans of the last AGE")
+    start.add_argument("--since", metavar="TIME", help="the same from TIME (not with --last)")
     p.set_defaults(func=_show)
 
     text = "latency per operation: count, error rate, p50/p95/p99, max; over time with --operation/--step"
     p = sub.add_parser("perf", help=text, description=text[:1].upper() + text[1:] + ".")
     _source_options(p)
     p.add_argument("--service")
-    p.add_argument("--operation", help="one operation over time (a row per --step)")
+    p.add_argument(
+        "--operation",
+        help="one operation over time (a row per --step); --step without it adds up every operation",
+    )
     p.add_argument(
         "--step",
         type=_step_s,
         metavar="D",
-        help="time step of the series, whole seconds from 1s, e.g. 1m, 5m, 1h (default 1m)",
+        help="time step of the series, whole seconds from 1s, e.g. 1m, 5m, 1h (default 1m; "
+        "rollups are per minute: from them, rounded up to whole minutes)",
     )
     p.add_argument(
         "--compare",

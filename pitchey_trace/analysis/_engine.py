@@ -185,6 +185,20 @@ def _exception(span: Mapping[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
+def _error_message(span: Mapping[str, Any]) -> tuple[str, str]:
+    """What a failed span says about its failure, as ``(exception type, message)``: the last
+    exception's type and message, else the status message, else for a response without
+    either its status code (``HTTP 502``). The one description of ``errors()`` (which groups
+    by its normalised shape) and ``analyze()`` (``show``)."""
+    etype, emsg = _exception(span)
+    text = emsg or _text(span.get("status_message") or "")
+    if not text:  # a failed response without exception: its status tells errors apart
+        attrs = span.get("attributes")
+        code = attrs.get("http.response.status_code") if isinstance(attrs, Mapping) else None
+        text = f"HTTP {_text(code)}"[:300] if code is not None else ""
+    return etype, text
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     if not sorted_values:
@@ -1127,6 +1141,8 @@ class Archive:
                             "status_message": s.get("status_message"),
                             "exception_type": etype or None,
                             "exception_message": emsg or None,
+                            # (as errors() describes it, before numbers and ids are masked)
+                            "message": _error_message(s)[1] or None,
                         }
                     )
             n_plus_one: list[dict[str, Any]] = []
@@ -1180,22 +1196,40 @@ class Archive:
         until: Any = None,
         step_s: int = 60,
     ) -> dict[str, Any]:
-        """Latency over time: per ``step_s`` seconds (a multiple of 60 with rollups), the
-        count, errors, mean, p50/p95/p99 and max of one operation (or of all), oldest first.
-        Same sources as :meth:`performance`."""
+        """Latency over time: per ``step_s`` seconds, the count, errors, mean, p50/p95/p99
+        and max of one operation (or of all), oldest first. Same sources as
+        :meth:`performance`.
+
+        ``point_s`` is what each point covers: ``step_s`` from spans; from rollups, which are
+        per minute, ``step_s`` rounded up to whole minutes (``step_s=10`` gives a point per
+        minute, ``90`` per 2 minutes). ``operations`` lists the ``service`` / ``operation`` /
+        ``kind`` the points add up (several without ``operation``, or when services or kinds
+        share its name)."""
         service = _check_text("service", service)
         operation = _check_text("operation", operation)
         if isinstance(step_s, bool) or not isinstance(step_s, int) or not 1 <= step_s <= 86400 * 31:
             raise ValueError(f"step_s must be an int of seconds from 1 to 31 days, got {step_s!r}")
-        step_ns = step_s * 10**9
+        per_minute = -(-step_s // 60) * 60  # (rollups are per minute: whole minutes)
 
         def bucket(r: Record) -> tuple[int]:
-            t = r["minute_start_unix_nano"] if r.get("type") == "rollup" else r["start_time_unix_nano"]
-            return (t // step_ns * step_ns,)
+            if r.get("type") == "rollup":
+                width = per_minute * 10**9
+                t = r["minute_start_unix_nano"]
+            else:
+                width = step_s * 10**9
+                t = r["start_time_unix_nano"]
+            return (t // width * width,)
 
-        rows, source = self._stats(service, operation, since, until, bucket)
+        seen: set[tuple[str, str, str]] = set()
+        rows, source = self._stats(service, operation, since, until, bucket, seen=seen)
         points = [{"start_unix_nano": key[0], **_stats_fields(st)} for key, st in sorted(rows.items())]
-        return {"step_s": step_s, "source": source, "points": points}
+        return {
+            "step_s": step_s,
+            "point_s": per_minute if source == "rollups" else step_s,
+            "source": source,
+            "points": points,
+            "operations": [{"service": s, "operation": o, "kind": k} for s, o, k in sorted(seen)],
+        }
 
     def _stats(
         self,
@@ -1205,11 +1239,13 @@ class Archive:
         until: Any,
         key: Any,
         whole_minutes: bool = False,
+        seen: set[tuple[str, str, str]] | None = None,
     ) -> tuple[dict[tuple[Any, ...], _Stats], str]:
         """Statistics grouped by ``key(record)``, from the rollups of the window when there
         are any (and none is malformed), else from its archived spans; and which it was.
         A rollup counts when its minute overlaps the window, or with ``whole_minutes`` when its
-        minute starts in ``[since, until)`` (two windows side by side then share none)."""
+        minute starts in ``[since, until)`` (two windows side by side then share none).
+        ``seen`` gets the ``_operation_key`` of each operation counted."""
         s_ns, u_ns = self._window(since, until)
         with self._lock:
             self._ensure(s_ns)
@@ -1219,17 +1255,21 @@ class Archive:
                 for r in rollups:
                     groups.setdefault(key(r), []).append(r)
                 try:
-                    return {
-                        k: _rollup_stats(rs) for k, rs in groups.items() if _rollup_count(rs) > 0
-                    }, "rollups"
+                    stats = {k: _rollup_stats(rs) for k, rs in groups.items() if _rollup_count(rs) > 0}
                 except (ValueError, TypeError, KeyError, ArithmeticError):
                     pass  # a malformed rollup (an index whose value overflows too): the spans answer
+                else:
+                    if seen is not None:
+                        seen.update(_operation_key(r) for r in rollups if _int(r.get("count")) > 0)
+                    return stats, "rollups"
             groups = {}
             for sp in self._index.window(s_ns, u_ns):
                 if (service is None or sp["service"] == service) and (
                     operation is None or sp["name"] == operation
                 ):
                     groups.setdefault(key(sp), []).append(sp)
+                    if seen is not None:
+                        seen.add(_operation_key(sp))
         return {k: _span_stats(ss) for k, ss in groups.items()}, "spans"
 
     def _rollups_in(
@@ -1323,14 +1363,8 @@ class Archive:
             for s in self._index.window(s_ns, u_ns):
                 if s.get("status") != "error" or (service is not None and s.get("service") != service):
                     continue
-                etype, emsg = _exception(s)
-                text = emsg or _text(s.get("status_message") or "")
-                if text:
-                    message = _normalise_message(text)
-                else:  # a failed response without exception: its status tells errors apart
-                    attrs = s.get("attributes")
-                    code = attrs.get("http.response.status_code") if isinstance(attrs, Mapping) else None
-                    message = f"HTTP {code}"[:300] if code is not None else ""
+                etype, text = _error_message(s)
+                message = _normalise_message(text)
                 svc, name = _text(s.get("service", "")), _text(s.get("name", ""))
                 fp = hashlib.blake2b(
                     "\x1f".join((svc, name, etype, message)).encode("utf-8", "replace"), digest_size=8

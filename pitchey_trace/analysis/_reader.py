@@ -149,7 +149,15 @@ class LocalSource:
         skipped). A folder that is also an earlier dataset's (the same prefix, or a path that
         resolves to the same folder) was listed under that one: nothing here."""
         base = self._folder(dataset)
-        if not base.is_dir():
+        try:
+            # The archive itself must still be there: removed (or replaced by a file, or made
+            # unreadable) since the Archive was made, it is unavailable, not empty.
+            os.listdir(self.root)
+        except OSError as exc:
+            raise ArchiveUnavailable(
+                f"cannot list archive directory {self.root}: {exc.strerror or exc}"
+            ) from exc
+        if not base.is_dir():  # (a dataset the exporter has not written yet)
             return []
         real = os.path.realpath(base)
         for other in self.datasets:
