@@ -636,7 +636,10 @@
     byId("trace-errors").replaceChildren(
       ...(errs.length
         ? errs.map(function (e) {
-            const what = [e.exception_type, e.exception_message || e.status_message].filter(Boolean).join(": ");
+            // the engine's description (analyze()'s message, as `show` prints it: the
+            // exception's message, else the status message, else "HTTP <code>"), after the
+            // exception's type; the raw fields when an older server sends no message
+            const what = [e.exception_type, e.message || e.exception_message || e.status_message].filter(Boolean).join(": ");
             return el("li", { cls: "trace-error", data: { spanId: e.span_id } }, [
               el("strong", { text: e.name }),
               el("span", { text: " (" + e.service + ") " + what }),
