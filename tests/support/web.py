@@ -31,12 +31,14 @@ def raw_connect(url: str) -> socket.socket:
     return socket.create_connection((host, int(port.rstrip("/"))), timeout=10)
 
 
-def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    """What the socket gives until ``marker`` has arrived (or the peer closed)."""
+def read_until(sock: socket.socket, marker: bytes, *, size: int = 65536, strict: bool = False) -> bytes:
+    """What the socket gives (``size`` bytes a read at most) until ``marker`` has arrived, or
+    the peer closed: ``strict``, that fails the test."""
     data = b""
     while marker not in data:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(size)
         if not chunk:
+            assert not strict, f"the peer closed before {marker[:20]!r}"
             break
         data += chunk
     return data

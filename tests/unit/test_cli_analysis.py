@@ -12,31 +12,13 @@ import pytest
 from pitchey_trace.cli import _duration_ms, main
 from pitchey_trace.exporters import LocalArchiveExporter
 from tests.support.analysis_data import HOSTILE_CHILD, TraceData, make_traces
+from tests.support.cli import ok, run, write_archive
 
 
 @pytest.fixture
 def archived(tmp_path: Path) -> tuple[Path, TraceData]:
     data = make_traces()
-    exporter = LocalArchiveExporter(tmp_path / "archive")
-    assert exporter.export(data.records)
-    exporter.shutdown()
-    return tmp_path / "archive", data
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The exit code as the shell sees it (argparse's usage errors included), stdout, stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert (code, err) == (0, "")
-    return out
+    return write_archive(tmp_path / "archive", data.records), data
 
 
 def test_search_table_and_json(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[str]) -> None:

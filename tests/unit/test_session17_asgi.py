@@ -117,6 +117,16 @@ START = {"type": "http.response.start", "status": 200, "headers": [(b"content-ty
 # --- http.response.pathsend ------------------------------------------------------------------
 
 
+def pathsend_app(path: Any) -> Any:
+    """A bare app: a 200 start, then ``path`` sent by ``http.response.pathsend``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(START)
+        await send({"type": "http.response.pathsend", "path": path})
+
+    return app
+
+
 def file_app(path: Path, background_s: float = 0.0) -> Any:
     async def download(request: Request) -> Response:
         task = BackgroundTask(asyncio.sleep, background_s) if background_s else None
@@ -150,11 +160,7 @@ def test_pathsend_is_the_last_body_message_sized_from_the_file(path_kind: str, t
 def test_pathsend_for_a_head_request_is_size_zero(path_kind: str, tmp_path: Path) -> None:
     data = tmp_path / "f.txt"
     data.write_bytes(b"abc")
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send(START)
-        await send({"type": "http.response.pathsend", "path": str(data)})
-
+    app = pathsend_app(str(data))
     with capture_spans() as exporter:
         serve(app, scope_for("/f", method="HEAD", extensions=dict(PATHSEND)), Server())
     [span] = exporter.spans()
@@ -172,11 +178,7 @@ def test_pathsend_of_a_file_whose_size_cannot_be_read_leaves_the_size_out(
         "not text": str(tmp_path).encode(),
         "nul": str(tmp_path) + "/a\x00b",
     }[kind]
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send(START)
-        await send({"type": "http.response.pathsend", "path": target})
-
+    app = pathsend_app(target)
     with capture_spans() as exporter:
         serve(app, scope_for("/f", extensions=dict(PATHSEND)), Server(pathsend_delay=0.1))
     [span] = exporter.spans()
@@ -214,11 +216,7 @@ def test_pathsend_not_offered_by_the_server_is_not_counted(path_kind: str, tmp_p
 def test_pathsend_the_server_refuses_as_its_client_left(path_kind: str, tmp_path: Path) -> None:
     data = tmp_path / "f.txt"
     data.write_bytes(b"abcdef")
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send(START)
-        await send({"type": "http.response.pathsend", "path": str(data)})
-
+    app = pathsend_app(str(data))
     with capture_spans() as exporter:
         with pytest.raises(ConnectionResetError):
             serve(app, scope_for("/f", extensions=dict(PATHSEND)), Server(raise_on_pathsend=True))

@@ -25,40 +25,18 @@ import pitchey_trace as pt
 import pitchey_trace.cli as cli
 from pitchey_trace.analysis import Archive
 from pitchey_trace.exceptions import ArchiveUnavailable
-from pitchey_trace.exporters import InMemoryExporter, LocalArchiveExporter
+from pitchey_trace.exporters import InMemoryExporter
 from tests.support.analysis_data import TraceData, make_traces
+from tests.support.cli import ok, run, write_archive
 
 MS = 1_000_000
 MINUTE = 60 * 10**9
 
 
-def write(root: Path, records: list[dict[str, Any]]) -> Path:
-    exporter = LocalArchiveExporter(root)
-    assert exporter.export(records)
-    exporter.shutdown()
-    return root
-
-
 @pytest.fixture
 def archived(tmp_path: Path) -> tuple[Path, TraceData]:
     data = make_traces()
-    return write(tmp_path / "archive", data.records), data
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The exit code as the shell sees it (argparse's usage errors included), stdout, stderr."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert (code, err) == (0, "")
-    return out
+    return write_archive(tmp_path / "archive", data.records), data
 
 
 # -- 1. --last and --since together ----------------------------------------------------------------
@@ -130,7 +108,7 @@ def test_step_not_a_whole_number_of_minutes_rounds_up_with_rollups(
 
 def test_step_from_spans_keeps_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_traces()
-    root = write(tmp_path / "archive", [r for r in data.records if r.get("type") != "rollup"])
+    root = write_archive(tmp_path / "archive", [r for r in data.records if r.get("type") != "rollup"])
     argv = ["perf", "-a", str(root), "--operation", "SELECT order_items", "--step", "10s"]
     out = json.loads(ok(capsys, *argv, "--json"))
     assert (out["source"], out["step_s"], out["point_s"]) == ("spans", 10, 10)
@@ -174,7 +152,7 @@ def test_operation_of_several_services_or_kinds_says_so(
         assert pt.force_flush(10)
         pt.shutdown(5)
         records += mem.records
-    root = write(tmp_path / "archive", records)
+    root = write_archive(tmp_path / "archive", records)
     text = ok(capsys, "perf", "-a", str(root), "--operation", "GET")
     assert "2 operations named GET together" in text
     assert "back server" in text
@@ -197,7 +175,7 @@ def _http_502(tmp_path: Path) -> tuple[Path, str]:
     root.end(t0 + 20 * MS)
     assert pt.force_flush(10)
     pt.shutdown(5)
-    return write(tmp_path / "archive", mem.records), root.trace_id_hex
+    return write_archive(tmp_path / "archive", mem.records), root.trace_id_hex
 
 
 def test_show_describes_a_failed_http_span_as_errors_does(
@@ -244,8 +222,8 @@ def test_removed_directory_is_unavailable_not_empty(archived: tuple[Path, TraceD
 
 def test_removed_directory_of_several_is_unavailable(tmp_path: Path) -> None:
     data = make_traces()
-    one = write(tmp_path / "one", data.records)
-    two = write(tmp_path / "two", data.records)
+    one = write_archive(tmp_path / "one", data.records)
+    two = write_archive(tmp_path / "two", data.records)
     archive = Archive([one, two])
     shutil.rmtree(two)
     with pytest.raises(ArchiveUnavailable, match="two"):

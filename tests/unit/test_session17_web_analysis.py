@@ -5,6 +5,7 @@ an analysis source's dataset names are read once."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from wsgiref.util import FileWrapper, setup_testing_defaults
@@ -26,6 +27,21 @@ def environ(wrapper: Any) -> dict[str, Any]:
 
 def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
     return lambda data: None
+
+
+def opener(tmp_path: Path, data: bytes, at: int = 0) -> Callable[[], Any]:
+    """Opens the file ``f.bin`` in ``tmp_path``, written with ``data``, afresh at each call
+    (positioned at the offset ``at`` if one is given)."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    def open_file() -> Any:
+        f = open(path, "rb")  # noqa: SIM115
+        if at:
+            f.seek(at)
+        return f
+
+    return open_file
 
 
 def file_app(make_file: Any) -> Any:
@@ -56,9 +72,7 @@ class Pipe(io.RawIOBase):
 
 
 def test_a_seekable_file_wrapper_is_handed_back_and_counted_by_its_position(tmp_path: Path) -> None:
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"0123456789")
-    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    mw = WSGITracingMiddleware(file_app(opener(tmp_path, b"0123456789")))
     with capture_spans() as exporter:
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
@@ -95,9 +109,7 @@ def test_a_wrapper_without_instance_attributes_stays_a_traced_iterable(tmp_path:
         def __iter__(self) -> Any:
             return iter(lambda: self.filelike.read(self.blksize), b"")
 
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"x" * 9)
-    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    mw = WSGITracingMiddleware(file_app(opener(tmp_path, b"x" * 9)))
     with capture_spans() as exporter:
         result = mw(environ(Slotted), start_response)
         assert type(result) is not Slotted
@@ -110,9 +122,7 @@ def test_a_wrapper_without_instance_attributes_stays_a_traced_iterable(tmp_path:
 def test_a_file_iterated_then_cut_short_by_the_client(tmp_path: Path) -> None:
     """The server's write fails on the third block (a client-gone ``OSError`` on its way up
     as the server closes the wrapper): the failed block is not counted."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"y" * 10)
-    mw = WSGITracingMiddleware(file_app(lambda: open(path, "rb")))  # noqa: SIM115
+    mw = WSGITracingMiddleware(file_app(opener(tmp_path, b"y" * 10)))
     with capture_spans() as exporter:
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
@@ -136,15 +146,7 @@ def test_a_file_iterated_then_cut_short_by_the_client(tmp_path: Path) -> None:
 
 def test_a_file_sent_whole_without_iterating_is_counted_from_its_size(tmp_path: Path) -> None:
     """What gunicorn's ``sendfile`` leaves: the position back where it was, no exception."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"z" * 50)
-
-    def opened_at_10() -> Any:
-        f = open(path, "rb")  # noqa: SIM115
-        f.seek(10)
-        return f
-
-    mw = WSGITracingMiddleware(file_app(opened_at_10))
+    mw = WSGITracingMiddleware(file_app(opener(tmp_path, b"z" * 50, at=10)))
     with capture_spans() as exporter:
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
@@ -187,15 +189,7 @@ def test_a_file_sent_whole_is_counted_up_to_its_content_length(
 ) -> None:
     """gunicorn's ``sendfile`` sends ``Content-Length`` bytes (less if the file has fewer),
     not the rest of the file."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"z" * 50)
-
-    def opened_at_10() -> Any:
-        f = open(path, "rb")  # noqa: SIM115
-        f.seek(10)
-        return f
-
-    mw = WSGITracingMiddleware(sized_app(opened_at_10, length))
+    mw = WSGITracingMiddleware(sized_app(opener(tmp_path, b"z" * 50, at=10), length))
     with capture_spans() as exporter:
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
@@ -206,9 +200,7 @@ def test_a_file_sent_whole_is_counted_up_to_its_content_length(
 
 def test_an_iterated_file_is_counted_up_to_its_content_length(tmp_path: Path) -> None:
     """gunicorn without ``sendfile`` reads the whole file but writes ``Content-Length`` bytes."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"q" * 50)
-    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 10))  # noqa: SIM115
+    mw = WSGITracingMiddleware(sized_app(opener(tmp_path, b"q" * 50), 10))
     with capture_spans() as exporter:
         result = mw(environ(FileWrapper), start_response)
         assert type(result) is FileWrapper
@@ -221,9 +213,7 @@ def test_an_iterated_file_is_counted_up_to_its_content_length(tmp_path: Path) ->
 
 def test_a_prepared_file_is_counted_as_waitress_prepared_it(tmp_path: Path) -> None:
     """waitress prepares ``min(Content-Length, rest of the file)``: still counted so."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"w" * 50)
-    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 10))  # noqa: SIM115
+    mw = WSGITracingMiddleware(sized_app(opener(tmp_path, b"w" * 50), 10))
     with capture_spans() as exporter:
         result = mw(environ(ReadOnlyFileBasedBuffer), start_response)
         assert type(result) is ReadOnlyFileBasedBuffer
@@ -296,11 +286,9 @@ def test_a_response_without_a_body_ends_as_waitress_prepares_its_file(
     """waitress sends the file even for HEAD (204, 304); a client that reads only the headers
     leaves it unsent: the span ends as waitress prepares it, with no body and no
     ``client.disconnected``, not as the connection closes."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"h" * 100)
     env = environ(ReadOnlyFileBasedBuffer)
     env["REQUEST_METHOD"] = method
-    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 100, status))  # noqa: SIM115
+    mw = WSGITracingMiddleware(sized_app(opener(tmp_path, b"h" * 100), 100, status))
     with swallowed_errors() as swallowed, capture_spans() as exporter:
         result = mw(env, start_response)
         assert type(result) is ReadOnlyFileBasedBuffer
@@ -320,9 +308,7 @@ def test_a_response_without_a_body_ends_as_waitress_prepares_its_file(
 
 
 def test_a_response_with_a_body_closed_early_by_waitress_says_the_client_left(tmp_path: Path) -> None:
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"g" * 100)
-    mw = WSGITracingMiddleware(sized_app(lambda: open(path, "rb"), 100, "200 OK"))  # noqa: SIM115
+    mw = WSGITracingMiddleware(sized_app(opener(tmp_path, b"g" * 100), 100, "200 OK"))
     with capture_spans() as exporter:
         result = mw(environ(ReadOnlyFileBasedBuffer), start_response)
         assert result.prepare(100) == 100

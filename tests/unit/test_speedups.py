@@ -174,12 +174,14 @@ def test_c_builder_without_a_sanitizer_builds_plain_spans_itself() -> None:
     assert out[0]["attributes"] == {"n": 10**15, "s": "ada@example.org"}  # nothing masked
 
 
-def _build(san: Sanitizer, spans: list[Any], slow: Any) -> list[dict[str, Any]]:
+def _build(
+    san: Sanitizer, spans: list[Any], slow: Any, resource: dict[str, Any] = RESOURCE
+) -> list[dict[str, Any]]:
     build = sanitize._build_span_records
     assert build is not None
     return build(
         spans,
-        san._template_for("svc", "prod", RESOURCE),
+        san._template_for("svc", "prod", resource),
         _DEFAULT_THRESHOLDS.table,
         _KIND_STR,
         _STATUS_STR,
@@ -1077,20 +1079,7 @@ def test_c_builder_hands_spans_with_event_or_link_drops_to_python_and_the_record
 
     for _ in range(2):  # (cold, then warm caches)
         handed.clear()
-        build = sanitize._build_span_records
-        assert build is not None
-        got = build(
-            spans,
-            san._template_for("svc", "prod", BIG_RESOURCE),
-            _DEFAULT_THRESHOLDS.table,
-            _KIND_STR,
-            _STATUS_STR,
-            san._key_cache,
-            san._text_cache,
-            san._sql_cache,
-            san.max_attributes,
-            slow,
-        )
+        got = _build(san, spans, slow, BIG_RESOURCE)
         assert got == python
         assert [list(r) for r in got] == [list(r) for r in python]
         assert _item_keys(got) == _item_keys(python)
@@ -1118,20 +1107,7 @@ def test_c_builder_builds_spans_itself_with_a_resource_over_the_sanitizer_limit(
 
 def _c_sanitized(san: Sanitizer, spans: list[Any], resource: dict[str, Any]) -> Any:
     """The C builder's sanitized records (failing if it hands any span to Python)."""
-    build = sanitize._build_span_records
-    assert build is not None
-    return build(
-        spans,
-        san._template_for("svc", "prod", resource),
-        _DEFAULT_THRESHOLDS.table,
-        _KIND_STR,
-        _STATUS_STR,
-        san._key_cache,
-        san._text_cache,
-        san._sql_cache,
-        san.max_attributes,
-        lambda span: pytest.fail("handed to Python"),
-    )
+    return _build(san, spans, lambda span: pytest.fail("handed to Python"), resource)
 
 
 def test_the_c_sender_hands_a_pathsend_message_to_the_request_state(tmp_path: Any) -> None:

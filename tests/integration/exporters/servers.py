@@ -4,7 +4,9 @@
   script: a status (e.g. 500, 429 with ``Retry-After``) or a hang until released;
 * :class:`FaultProxy` - a TCP proxy in front of the S3 server that can go down (connections
   reset) or answer ``503 Slow Down``, to simulate a storage outage without losing its state;
-* :func:`start_moto` - moto's S3 server (server mode, real HTTP) in a thread.
+* :func:`start_moto` - moto's S3 server (server mode, real HTTP) in a thread;
+* :class:`GrpcCollector` - a grpcio server answering one OTLP export method, recording what
+  it received.
 """
 
 from __future__ import annotations
@@ -344,3 +346,32 @@ class S3:
 
     def all_records(self, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
         return [r for k in self.keys(bucket, prefix) for r in self.records(bucket, k)]
+
+
+class GrpcCollector:
+    """A grpcio server answering the unary ``method`` (``/package.Service/Export``), recording
+    each request's size and the request decoded as ``message``; ``options`` go to
+    ``grpc.server`` (e.g. a small ``grpc.max_receive_message_length``). Stop it with
+    ``server.stop(None)``."""
+
+    def __init__(self, method: str, message: Any, options: list[tuple[str, Any]] | None = None) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.requests: list[Any] = []
+        self.sizes: list[int] = []
+        self.message = message
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        service, name = method.strip("/").split("/")
+        handler = grpc.method_handlers_generic_handler(
+            service, {name: grpc.unary_unary_rpc_method_handler(self.export)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def export(self, request: bytes, context: Any) -> bytes:
+        self.sizes.append(len(request))
+        self.requests.append(self.message.FromString(request))
+        return b""

@@ -13,10 +13,8 @@ import math
 import random
 import string
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -29,7 +27,7 @@ from pitchey_trace._sketch import DurationSketch
 from pitchey_trace.exporters import OTLPExporter, OTLPLogExporter, OTLPMetricsExporter, RetryPolicy, _http
 from pitchey_trace.exporters import otlp_metrics as otlp_metrics_module
 from pitchey_trace.exporters._grpc import EXPORT_METHOD
-from tests.integration.exporters.servers import RecordingServer
+from tests.integration.exporters.servers import GrpcCollector, RecordingServer
 from tests.support.otlp import base64_ids
 
 pytestmark = pytest.mark.integration
@@ -137,38 +135,20 @@ def test_http_logs_split_by_bytes(http_server: RecordingServer) -> None:
 LIMIT = 16 * 1024
 
 
-class Collector:
-    def __init__(self, method: str, message: Any) -> None:
-        self.requests: list[Any] = []
-        self.sizes: list[int] = []
-        self.message = message
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.max_receive_message_length", LIMIT)]
-        )
-        service, name = method.strip("/").split("/")
-        handler = grpc.method_handlers_generic_handler(
-            service, {name: grpc.unary_unary_rpc_method_handler(self.export)}
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def export(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self.sizes.append(len(request))
-        self.requests.append(self.message.FromString(request))
-        return b""
+#: A server refusing any message over LIMIT bytes.
+SMALL_MESSAGES = [("grpc.max_receive_message_length", LIMIT)]
 
 
 @pytest.fixture
-def trace_collector() -> Iterator[Collector]:
-    c = Collector(EXPORT_METHOD, ExportTraceServiceRequest)
+def trace_collector() -> Iterator[GrpcCollector]:
+    c = GrpcCollector(EXPORT_METHOD, ExportTraceServiceRequest, options=SMALL_MESSAGES)
     yield c
     c.server.stop(None)
 
 
 @pytest.fixture
-def metrics_collector() -> Iterator[Collector]:
-    c = Collector(otlp_metrics_module.EXPORT_METHOD, ExportMetricsServiceRequest)
+def metrics_collector() -> Iterator[GrpcCollector]:
+    c = GrpcCollector(otlp_metrics_module.EXPORT_METHOD, ExportMetricsServiceRequest, options=SMALL_MESSAGES)
     yield c
     c.server.stop(None)
 
@@ -192,7 +172,9 @@ def _records(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_grpc_a_request_over_the_server_limit_is_refused_without_the_cap(trace_collector: Collector) -> None:
+def test_grpc_a_request_over_the_server_limit_is_refused_without_the_cap(
+    trace_collector: GrpcCollector,
+) -> None:
     records = _records(100)  # (about 45 KB, the server takes 16 KiB)
     url = f"http://127.0.0.1:{trace_collector.port}"
     uncapped = OTLPExporter(url, protocol="grpc", retry=FAST)
@@ -231,7 +213,7 @@ def _rollup(op: int) -> dict[str, Any]:
     }
 
 
-def test_grpc_metrics_over_the_server_limit_go_with_the_cap(metrics_collector: Collector) -> None:
+def test_grpc_metrics_over_the_server_limit_go_with_the_cap(metrics_collector: GrpcCollector) -> None:
     url = f"http://127.0.0.1:{metrics_collector.port}"
     rollups = [_rollup(op) for op in range(150)]
     uncapped = OTLPMetricsExporter(url, protocol="grpc", retry=FAST, sdk_stats=False, exemplars=False)

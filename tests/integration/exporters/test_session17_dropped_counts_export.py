@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent import futures
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -22,7 +20,7 @@ from pitchey_trace import _stats
 from pitchey_trace.exporters import OTLPExporter, RetryPolicy
 from pitchey_trace.exporters._grpc import EXPORT_METHOD
 from pitchey_trace.sanitize import Sanitizer
-from tests.integration.exporters.servers import RecordingServer
+from tests.integration.exporters.servers import GrpcCollector, RecordingServer
 from tests.support.otlp import base64_ids
 
 pytestmark = pytest.mark.integration
@@ -31,28 +29,9 @@ FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, max_attempts=2)
 EXTRA_RESOURCE = {f"app.tag{i}": f"v{i}" for i in range(12)} | {"app.db_password": "hunter2"}
 
 
-class GrpcCollector:
-    """A grpcio server answering TraceService/Export, recording the decoded requests."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        service, name = EXPORT_METHOD.strip("/").split("/")
-        handler = grpc.method_handlers_generic_handler(
-            service, {name: grpc.unary_unary_rpc_method_handler(self.export)}
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def export(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self.requests.append(ExportTraceServiceRequest.FromString(request))
-        return b""
-
-
 @pytest.fixture
 def grpc_collector() -> Iterator[GrpcCollector]:
-    c = GrpcCollector()
+    c = GrpcCollector(EXPORT_METHOD, ExportTraceServiceRequest)
     yield c
     c.server.stop(None)
 

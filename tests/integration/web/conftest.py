@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from werkzeug.serving import make_server
@@ -80,6 +82,28 @@ def run_wsgi(app: Any) -> Iterator[RunningServer]:
 
 
 @contextmanager
+def run_waitress(app: Any, **options: Any) -> Iterator[RunningServer]:
+    """Serve ``app`` with waitress on 127.0.0.1 (``options`` for ``create_server``; its loop in
+    a background thread) until the block exits."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, **options)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.task_dispatcher.shutdown()
+        server.close()
+        server.asyncore.close_all(server._map)
+        thread.join(10)
+
+    try:
+        yield RunningServer(f"http://127.0.0.1:{server.effective_port}", stop)
+    finally:
+        stop()
+
+
+@contextmanager
 def run_aiohttp(app: Any) -> Iterator[RunningServer]:
     """Serve an ``aiohttp.web.Application`` on 127.0.0.1 from its own event loop in a
     background thread until the block exits."""
@@ -107,6 +131,59 @@ def run_aiohttp(app: Any) -> Iterator[RunningServer]:
 
     try:
         yield RunningServer(f"http://127.0.0.1:{port}", stop)
+    finally:
+        stop()
+
+
+@contextmanager
+def run_hypercorn(app: Any, probe: str | None = None) -> Iterator[RunningServer]:
+    """Serve ``app`` with hypercorn on 127.0.0.1 (a socket bound beforehand; its own loop in a
+    background thread) until the block exits. Started once a GET of the path ``probe``
+    answers, or without one, once a TCP connection is accepted."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]  # (hypercorn closes the one it is given)
+    config.loglevel = "WARNING"
+    config.accesslog = None
+    config.errorlog = None
+    loop = asyncio.new_event_loop()
+    stop_event = asyncio.Event()
+
+    def run() -> None:
+        loop.run_until_complete(serve(app, config, shutdown_trigger=stop_event.wait))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    not_yet: type[Exception] = OSError if probe is None else httpx.TransportError
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if probe is None:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            else:
+                httpx.get(f"{url}{probe}", timeout=1)
+            break
+        except not_yet:
+            if time.monotonic() > deadline:
+                raise RuntimeError("hypercorn did not start") from None
+            time.sleep(0.05)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(stop_event.set)
+        thread.join(10)
+        loop.close()
+        sock.close()
+
+    try:
+        yield RunningServer(url, stop)
     finally:
         stop()
 
@@ -184,3 +261,17 @@ def _wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
 def wait_for() -> Callable[..., Any]:
     """``wait_for(predicate, timeout=15)``: flush until the predicate holds; returns its value."""
     return _wait_for
+
+
+@pytest.fixture(params=["accelerated", "python"])
+def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both request paths of the ASGI middleware: the C start and finish (when compiled), and
+    the Python ones (the reference)."""
+    from pitchey_trace.web import asgi as asgi_module
+
+    if request.param == "python":
+        monkeypatch.setattr(asgi_module, "fast_begin", None)
+        monkeypatch.setattr(asgi_module, "fast_finish", None)
+    else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
+        assert asgi_module.fast_begin is not None, "the C accelerator is not built"
+    return str(request.param)

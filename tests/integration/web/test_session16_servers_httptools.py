@@ -19,7 +19,6 @@ from starlette.routing import Route
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
-from pitchey_trace.web import asgi as asgi_module
 from tests.integration.web.conftest import run_uvicorn
 from tests.support.web import event_names, raw_connect, server_span
 
@@ -86,16 +85,6 @@ APP = ASGITracingMiddleware(
 def base_url() -> Iterator[str]:
     with run_uvicorn(APP, http="httptools") as server:
         yield server.url
-
-
-@pytest.fixture(params=["accelerated", "python"])
-def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "python":
-        monkeypatch.setattr(asgi_module, "fast_begin", None)
-        monkeypatch.setattr(asgi_module, "fast_finish", None)
-    else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
-        assert asgi_module.fast_begin is not None, "the C accelerator is not built"
-    return str(request.param)
 
 
 def test_traceparent_route_status_header(base_url: str, path_kind: str, wait_for: Any) -> None:

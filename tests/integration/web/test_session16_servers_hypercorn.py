@@ -5,9 +5,7 @@ exact point), and a WebSocket over HTTP/1.1. One server for the module."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,8 +16,6 @@ import h2.errors
 import h2.events
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -30,7 +26,7 @@ from websockets.sync.client import connect
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
-from pitchey_trace.web import asgi as asgi_module
+from tests.integration.web.conftest import run_hypercorn
 from tests.support.web import event_names, server_span
 
 pytestmark = pytest.mark.integration
@@ -121,51 +117,8 @@ def _app() -> Any:
 def base_url() -> Iterator[str]:
     """hypercorn serving the traced app on a socket bound beforehand (its own loop, in a
     background thread) for the whole module."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]  # (hypercorn closes the one it is given)
-    config.loglevel = "WARNING"
-    config.accesslog = None
-    config.errorlog = None
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    def run() -> None:
-        loop.run_until_complete(serve(_app(), config, shutdown_trigger=stop.wait))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/busy", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("hypercorn did not start") from None
-            time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
-        sock.close()
-
-
-@pytest.fixture(params=["accelerated", "python"])
-def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both request paths of the ASGI middleware: the C start and finish, and Python's."""
-    if request.param == "python":
-        monkeypatch.setattr(asgi_module, "fast_begin", None)
-        monkeypatch.setattr(asgi_module, "fast_finish", None)
-    else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
-        assert asgi_module.fast_begin is not None, "the C accelerator is not built"
-    return str(request.param)
+    with run_hypercorn(_app(), probe="/busy") as server:
+        yield server.url
 
 
 @pytest.fixture(params=["1.1", "2"])

@@ -4,22 +4,21 @@ WSGI app, called over real connections. One server for the module."""
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
 from flask import Flask, Response, send_file
-from waitress.server import create_server
 
 import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import WSGITracingMiddleware, init_flask
-from tests.support.web import event_names, server_span
+from tests.integration.web.conftest import run_waitress
+from tests.support.web import event_names, raw_connect, read_until, reset, server_span
 
 pytestmark = pytest.mark.integration
 
@@ -95,22 +94,12 @@ def servers() -> Iterator[dict[str, str]]:
     handle, path = tempfile.mkstemp()
     os.write(handle, FILE_BODY)
     os.close(handle)
-    urls: dict[str, str] = {}
-    running = []
-    for name, app in (("flask", _flask_app(path)), ("bare", WSGITracingMiddleware(_bare))):
-        server = create_server(app, host="127.0.0.1", port=0, threads=4, clear_untrusted_proxy_headers=True)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        urls[name] = f"http://127.0.0.1:{server.effective_port}"
+    apps = (("flask", _flask_app(path)), ("bare", WSGITracingMiddleware(_bare)))
+    options = {"threads": 4, "clear_untrusted_proxy_headers": True}
     try:
-        yield urls
+        with ExitStack() as stack:
+            yield {name: stack.enter_context(run_waitress(app, **options)).url for name, app in apps}
     finally:
-        for server, thread in running:
-            server.task_dispatcher.shutdown()
-            server.close()
-            server.asyncore.close_all(server._map)
-            thread.join(10)
         os.unlink(path)
 
 
@@ -193,17 +182,11 @@ def test_a_bare_list_body_keeps_its_length(servers: dict[str, str], wait_for: An
 def test_client_leaving_mid_stream(servers: dict[str, str], wait_for: Any) -> None:
     """waitress raises its ``ClientDisconnected`` (not an ``OSError``) as it writes to the
     closed connection, and closes the body: the client left, not an error."""
-    port = int(servers["flask"].rsplit(":", 1)[1])
     with capture_spans() as exporter:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = raw_connect(servers["flask"])
         sock.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while CHUNK[:100] not in data:
-            chunk = sock.recv(65536)
-            assert chunk
-            data += chunk
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()
+        read_until(sock, CHUNK[:100], strict=True)
+        reset(sock)
         span = wait_for(server_span(exporter), timeout=20)
     assert "client.disconnected" in event_names(span)
     assert span["status"] != "error"

@@ -22,24 +22,11 @@ from starlette.routing import Route
 
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware, init_aiohttp
-from pitchey_trace.web import asgi as asgi_module
 from tests.support.web import event_names, raw_connect, read_until, reset, server_span
 
 pytestmark = pytest.mark.integration
 
 CHUNK = b"x" * 4096
-
-
-@pytest.fixture(params=["accelerated", "python"])
-def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both request paths of the ASGI middleware: the C start and finish (when compiled), and
-    the Python ones (the reference)."""
-    if request.param == "python":
-        monkeypatch.setattr(asgi_module, "fast_begin", None)
-        monkeypatch.setattr(asgi_module, "fast_finish", None)
-    else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
-        assert asgi_module.fast_begin is not None, "the C accelerator is not built"
-    return str(request.param)
 
 
 # -- 1. ASGI: a chunked upload's size -----------------------------------------------------------

@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -31,24 +26,13 @@ from starlette.routing import Route
 
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import ASGITracingMiddleware
-from pitchey_trace.web import asgi as asgi_module
-from tests.integration.web.conftest import run_uvicorn
-from tests.support.web import event_names, raw_connect, server_span
+from tests.integration.web.conftest import run_hypercorn, run_uvicorn
+from tests.support.web import event_names, raw_connect, read_until, server_span
 
 pytestmark = pytest.mark.integration
 
 FILE_BYTES = bytes(range(256)) * 400  # 102,400 bytes
 CHUNK = b"k" * 1000
-
-
-@pytest.fixture(params=["accelerated", "python"])
-def path_kind(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "python":
-        monkeypatch.setattr(asgi_module, "fast_begin", None)
-        monkeypatch.setattr(asgi_module, "fast_finish", None)
-    else:  # (the C path: CI builds it; not built is a setup failure, not a skip)
-        assert asgi_module.fast_begin is not None, "the C accelerator is not built"
-    return str(request.param)
 
 
 # --- http.response.pathsend -------------------------------------------------------------------
@@ -171,42 +155,8 @@ async def bare_stream(scope: Any, receive: Any, send: Any) -> None:
 @pytest.fixture(scope="module")
 def hypercorn_server() -> Iterator[tuple[str, Observed]]:
     observed = Observed()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    config.loglevel = "WARNING"
-    config.accesslog = None
-    config.errorlog = None
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    def run() -> None:
-        loop.run_until_complete(
-            serve(observing(ASGITracingMiddleware(bare_stream), observed), config, shutdown_trigger=stop.wait)
-        )
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("hypercorn did not start") from None
-            time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", observed
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
-        sock.close()
+    with run_hypercorn(observing(ASGITracingMiddleware(bare_stream), observed)) as server:
+        yield server.url, observed
 
 
 def test_hypercorn_hides_a_departed_client_from_a_bare_app_that_never_receives(
@@ -222,11 +172,7 @@ def test_hypercorn_hides_a_departed_client_from_a_bare_app_that_never_receives(
         complete = httpx.get(f"{url}/complete", timeout=10)
         sock = raw_connect(url)
         sock.sendall(b"GET /left HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while CHUNK[:200] not in data:
-            part = sock.recv(65536)
-            assert part
-            data += part
+        read_until(sock, CHUNK[:200], strict=True)
         sock.close()
         wait_for(lambda: len([s for s in exporter.spans() if s["kind"] == "server"]) >= 2)
         wait_for(lambda: len(observed.by_path) >= 2 or None)

@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -25,11 +26,11 @@ import httpx
 import pytest
 from aiohttp import web
 from waitress.buffers import ReadOnlyFileBasedBuffer
-from waitress.server import create_server
 
 from pitchey_trace.testing import capture_spans, swallowed_errors
 from pitchey_trace.web import WSGITracingMiddleware, init_aiohttp
-from tests.support.web import event_names, server_span
+from tests.integration.web.conftest import run_waitress
+from tests.support.web import event_names, raw_connect, read_until, reset, server_span
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +81,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def waitress_server(files: dict[str, str]) -> Iterator[tuple[str, Handed]]:
     handed = Handed(WSGITracingMiddleware(_file_app(files)))
-    server = create_server(handed, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}", handed
-    finally:
-        server.task_dispatcher.shutdown()
-        server.close()
-        server.asyncore.close_all(server._map)
-        thread.join(10)
+    with run_waitress(handed, threads=2) as server:
+        yield server.url, handed
+
+
+def _small_window(url: str) -> socket.socket:
+    """A raw connection to ``url`` with a 4 KiB receive buffer (the server soon blocks)."""
+    sock = raw_connect(url)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
 
 
 def test_waitress_sends_a_file_wrapper_by_its_own_channel_path(
@@ -146,18 +146,11 @@ def test_waitress_client_leaving_mid_file(waitress_server: tuple[str, Handed], w
     """The client resets the connection early in a 48 MiB file: waitress's channel closes the
     wrapper with bytes remaining; the span counts what was sent and says the client left."""
     url, _ = waitress_server
-    port = int(url.rsplit(":", 1)[1])
     with capture_spans() as exporter:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = _small_window(url)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            assert chunk
-            data += chunk
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.close()
+        read_until(sock, b"\r\n\r\n", size=4096, strict=True)
+        reset(sock)
         span = wait_for(server_span(exporter), timeout=20)
     assert "client.disconnected" in event_names(span)
     assert span["status"] != "error"
@@ -170,26 +163,92 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+@contextmanager
+def _run_wsgiref(app: Any) -> Iterator[str]:
+    """wsgiref's own server on 127.0.0.1 (in a background thread) until the block exits: its
+    base URL."""
+    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
 def test_wsgiref_recognises_its_file_wrapper(files: dict[str, str], wait_for: Any) -> None:
     """wsgiref checks ``isinstance(result, wsgi_file_wrapper)`` (a handler's ``sendfile()``
     then may send it): it gets its own ``FileWrapper``, and the bytes read from the file are
     counted."""
     handed = Handed(WSGITracingMiddleware(_file_app(files)))
-    server = make_server("127.0.0.1", 0, handed, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with capture_spans() as exporter:
-            response = httpx.get(f"http://127.0.0.1:{server.server_port}/small")
-            span = wait_for(server_span(exporter))
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with _run_wsgiref(handed) as url, capture_spans() as exporter:
+        response = httpx.get(f"{url}/small")
+        span = wait_for(server_span(exporter))
     assert response.content == FILE_BODY
     assert handed.classes == [WsgirefFileWrapper]
     assert span["attributes"]["http.response.body.size"] == len(FILE_BODY)
     assert "client.disconnected" not in event_names(span)
+
+
+class _Gunicorn:
+    """A gunicorn started by ``_run_gunicorn``: its port, the app's log file and, once it has
+    stopped, what it printed."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.out = ""
+        self.err = ""
+
+    def get(self, path: str, deadline: float) -> httpx.Response:
+        """GET ``path`` on a fresh connection, retried until gunicorn answers (by ``deadline``)."""
+        while True:
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}{path}", headers={"Connection": "close"})
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "gunicorn did not answer"
+                time.sleep(0.1)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON records its ConsoleExporter printed."""
+        return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+
+@contextmanager
+def _run_gunicorn(
+    tmp_path: Path, source: str, module: str, file_path: str, *options: str
+) -> Iterator[_Gunicorn]:
+    """gunicorn (one sync worker, ``options`` added) serving ``module:app``, written from
+    ``source`` into ``tmp_path``; the app finds ``HANDED_LOG`` and ``FILE_PATH`` in its
+    environment. Stopped with SIGTERM as the block exits."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gunicorn = _Gunicorn(port, tmp_path / "handed.log")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    environ.update(HANDED_LOG=str(gunicorn.log), FILE_PATH=file_path, PYTHONPATH=os.getcwd())
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        "1",
+        "-b",
+        f"127.0.0.1:{port}",
+        *options,
+        f"{module}:app",
+    ]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield gunicorn
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: the worker flushes at exit
+        gunicorn.out, gunicorn.err = server.communicate(timeout=60)
 
 
 GUNICORN_APP = """
@@ -234,38 +293,12 @@ def app(environ, start_response):
 def test_gunicorn_sends_a_file_wrapper_with_sendfile(files: dict[str, str], tmp_path: Path) -> None:
     """gunicorn's sync worker sends its own ``FileWrapper`` with ``sendfile`` (and seeks the
     file back): the span still gets the file's size."""
-    (tmp_path / "files_app.py").write_text(textwrap.dedent(GUNICORN_APP))
-    log = tmp_path / "handed.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
-    environ.update(HANDED_LOG=str(log), FILE_PATH=files["/small"], PYTHONPATH=os.getcwd())
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "files_app:app"],
-        cwd=tmp_path,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/file", headers={"Connection": "close"})
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "gunicorn did not answer"
-                time.sleep(0.1)
-    finally:
-        server.send_signal(signal.SIGTERM)  # graceful: the worker flushes at exit
-        out, err = server.communicate(timeout=60)
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    spans = [r for r in records if r["type"] == "span" and r["kind"] == "server"]
+    with _run_gunicorn(tmp_path, GUNICORN_APP, "files_app", files["/small"]) as gunicorn:
+        response = gunicorn.get("/file", time.monotonic() + 30)
+    spans = [r for r in gunicorn.records() if r["type"] == "span" and r["kind"] == "server"]
     assert response.content == FILE_BODY
-    assert log.read_text().splitlines() == ["class gunicorn.http.wsgi.FileWrapper", "sendfile True"]
-    assert len(spans) == 1, err[-2000:]
+    assert gunicorn.log.read_text().splitlines() == ["class gunicorn.http.wsgi.FileWrapper", "sendfile True"]
+    assert len(spans) == 1, gunicorn.err[-2000:]
     assert spans[0]["attributes"]["http.response.body.size"] == len(FILE_BODY)
     assert spans[0]["attributes"]["http.response.status_code"] == 200
     assert response.headers["x-trace-id"] == spans[0]["trace_id"]
@@ -349,22 +382,15 @@ def test_waitress_head_of_a_big_file_ends_while_the_connection_stays_open(
     the connection open, then closes it: the span ended with the headers (no body, no
     ``client.disconnected``), not as the connection closed."""
     url, _ = waitress_server
-    port = int(url.rsplit(":", 1)[1])
     with capture_spans() as exporter:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = _small_window(url)
         try:
             sock.sendall(b"HEAD /big HTTP/1.1\r\nHost: t\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = sock.recv(4096)
-                assert chunk
-                data += chunk
+            data = read_until(sock, b"\r\n\r\n", size=4096, strict=True)
             assert data.startswith(b"HTTP/1.1 200 ")
             span = wait_for(server_span(exporter), timeout=10)  # (the connection still open)
         finally:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            sock.close()
+            reset(sock)
         time.sleep(0.3)  # (waitress closes the wrapper as it sees the reset)
     assert span["attributes"]["http.request.method"] == "HEAD"
     assert span["attributes"]["http.response.body.size"] == 0
@@ -376,17 +402,11 @@ def test_waitress_head_of_a_big_file_ends_while_the_connection_stays_open(
 def test_waitress_counts_a_content_length_and_a_file_without_a_descriptor(
     files: dict[str, str], wait_for: Any
 ) -> None:
-    server = create_server(WSGITracingMiddleware(_sized_app(files["/small"])), host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+    with run_waitress(WSGITracingMiddleware(_sized_app(files["/small"]))) as server:
         with swallowed_errors() as swallowed, capture_spans() as exporter:
-            with httpx.Client(base_url=f"http://127.0.0.1:{server.effective_port}") as client:
+            with httpx.Client(base_url=server.url) as client:
                 got = {p: client.get(p).content for p in ("/range", "/memory", "/memory-empty")}
             spans = _spans_by_path(wait_for(lambda: len(exporter.spans()) >= 3 and exporter.spans()))
-    finally:
-        server.close()
-        thread.join(10)
     assert got == {"/range": FILE_BODY[:10], "/memory": b"hello", "/memory-empty": b""}
     assert swallowed == []
     assert {p: s["attributes"]["http.response.body.size"] for p, s in spans.items()} == {
@@ -403,20 +423,9 @@ def test_wsgiref_counts_a_file_without_a_descriptor_without_an_error(
     """An ``io.BytesIO`` in wsgiref's ``FileWrapper``: iterated, counted by its position; an
     empty one is 0 bytes, not an internal error of its ``fileno()``."""
     handed = Handed(WSGITracingMiddleware(_sized_app(files["/small"])))
-    server = make_server("127.0.0.1", 0, handed, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with swallowed_errors() as swallowed, capture_spans() as exporter:
-            got = {
-                p: httpx.get(f"http://127.0.0.1:{server.server_port}{p}").content
-                for p in ("/memory", "/memory-empty")
-            }
-            spans = _spans_by_path(wait_for(lambda: len(exporter.spans()) >= 2 and exporter.spans()))
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with _run_wsgiref(handed) as url, swallowed_errors() as swallowed, capture_spans() as exporter:
+        got = {p: httpx.get(f"{url}{p}").content for p in ("/memory", "/memory-empty")}
+        spans = _spans_by_path(wait_for(lambda: len(exporter.spans()) >= 2 and exporter.spans()))
     assert got == {"/memory": b"hello", "/memory-empty": b""}
     assert handed.classes == [WsgirefFileWrapper, WsgirefFileWrapper]
     assert swallowed == []
@@ -468,38 +477,15 @@ def test_gunicorn_counts_no_more_than_the_content_length(
     """A 206 with ``Content-Length: 10`` for a 102,400-byte file: gunicorn sends 10 bytes
     (``sendfile`` of 10; iterated, it reads the whole file and cuts its writes at 10), and the
     span says 10. An ``io.BytesIO`` (no descriptor: iterated) is counted without an error."""
-    (tmp_path / "sized_app.py").write_text(textwrap.dedent(GUNICORN_SIZED_APP))
-    log = tmp_path / "handed.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
-    environ.update(HANDED_LOG=str(log), FILE_PATH=files["/small"], PYTHONPATH=os.getcwd())
-    command = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "sized_app:app"]
-    if not sendfile:
-        command.insert(-1, "--no-sendfile")
-    server = subprocess.Popen(
-        command, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    options = [] if sendfile else ["--no-sendfile"]
     got: dict[str, bytes] = {}
-    try:
+    with _run_gunicorn(tmp_path, GUNICORN_SIZED_APP, "sized_app", files["/small"], *options) as gunicorn:
         deadline = time.monotonic() + 30
         for path in ("/range", "/memory", "/memory-empty"):
-            while True:
-                try:
-                    response = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "gunicorn did not answer"
-                    time.sleep(0.1)
-            got[path] = response.content
-    finally:
-        server.send_signal(signal.SIGTERM)  # graceful: the worker flushes at exit
-        out, err = server.communicate(timeout=60)
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    spans = _spans_by_path([r for r in records if r["type"] == "span"])
+            got[path] = gunicorn.get(path, deadline).content
+    spans = _spans_by_path([r for r in gunicorn.records() if r["type"] == "span"])
     assert got == {"/range": FILE_BODY[:10], "/memory": b"hello", "/memory-empty": b""}
-    assert log.read_text().splitlines() == [
+    assert gunicorn.log.read_text().splitlines() == [
         f"/range sendfile {sendfile}",
         "/memory sendfile False",
         "/memory-empty sendfile False",
@@ -509,5 +495,5 @@ def test_gunicorn_counts_no_more_than_the_content_length(
         "/memory": 5,
         "/memory-empty": 0,
     }
-    assert "internal error" not in err, err[-2000:]
+    assert "internal error" not in gunicorn.err, gunicorn.err[-2000:]
     assert spans["/range"]["attributes"]["http.response.status_code"] == 206
