@@ -36,12 +36,14 @@ full table.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import re
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -243,13 +245,14 @@ def _exporters_from_env() -> list[Any]:
 
 def _archive_dir(variable: str) -> str:
     """The directory the ``archive`` exporter name writes to: ``PITCHEY_TRACE_ARCHIVE``, the
-    one the ``pitchey-trace`` archive commands read."""
+    one the ``pitchey-trace`` archive commands read, made absolute (a program that changes its
+    working directory keeps writing where it started)."""
     directory = _env("PITCHEY_TRACE_ARCHIVE")
     if directory is None:
         raise ConfigurationError(
             f"{variable}: the archive exporter writes to PITCHEY_TRACE_ARCHIVE (a directory): not set"
         )
-    return directory
+    return os.path.abspath(directory)
 
 
 def _metrics_exporters_from_env() -> list[Any]:
@@ -396,8 +399,9 @@ def configure(
             ``PITCHEY_TRACE_FLUSH_ON_SIGTERM``; default off, on under ``pitchey-trace run``).
             SIGTERM skips the flush at interpreter exit. Only where SIGTERM still has its default
             action and configure() runs in the main thread: an application's own handler is
-            left alone. The process then ends when Python next runs bytecode, not at once while
-            C code blocks.
+            left alone. The flush runs on a thread of its own; a second SIGTERM ends the process
+            at once. The handler runs when the main thread next runs bytecode (not while it is
+            stuck in C code); forked children do not keep it.
 
     Raises:
         ConfigurationError (a ValueError) or TypeError for invalid arguments.
@@ -652,8 +656,12 @@ _atexit_registered = False
 
 def _shutdown_at_exit() -> None:
     global _exiting
-    _exiting = True
-    shutdown(timeout=_EXIT_TIMEOUT_S)
+    with _end_lock:  # (a SIGTERM's flush thread must not end the process under this flush)
+        _exiting = True
+    try:
+        shutdown(timeout=_EXIT_TIMEOUT_S)
+    finally:
+        _release_sigterm()
 
 
 def _register_atexit() -> None:
@@ -777,6 +785,8 @@ class _PoolOutbox(_PoolQueue):
 
 
 _exiting = False  # the flush at exit runs: a SIGTERM meanwhile lets it finish (it is bounded)
+_pending_signal = 0  # a SIGTERM that came during the flush at exit: raised again after it
+_end_lock = threading.Lock()  # (never taken in a signal handler)
 
 
 def _flush_on_sigterm() -> None:
@@ -797,17 +807,82 @@ def _flush_on_sigterm() -> None:
 
 
 def _flush_then_die(signum: int, _frame: Any) -> None:
-    if _exiting:
+    """SIGTERM where it had its default action (``flush_on_sigterm``, a Pool worker between
+    tasks): export what is buffered, then end the process by the signal, as without tracing.
+
+    It runs on the main thread wherever that thread was interrupted, possibly inside the SDK
+    holding a lock the flush needs (an ``Event``'s): so nothing here takes a lock. The default
+    action comes back first (a second SIGTERM ends the process at once), the flush runs on a
+    thread of its own (``_thread``: no lock to start it) and the main thread goes on until it
+    ends the process; another thread ends it anyway once the flush's budget is over. Called by
+    an application's handler it chained to, it only starts the flush: that handler decides."""
+    global _pending_signal
+    try:
+        ours = signal.getsignal(signum) is _flush_then_die
+        if ours:
+            signal.signal(signum, signal.SIG_DFL)
+    except Exception:  # (not the main thread: an application calling it from elsewhere)
+        ours = False
+    if _exiting:  # the flush at exit runs (bounded): the signal is raised again after it
+        _pending_signal = signum
         return
+    try:
+        _thread.start_new_thread(_flush_and_end, (signum, ours))
+        if ours:
+            _thread.start_new_thread(_end_after, (signum, _EXIT_TIMEOUT_S + 1.0))
+    except Exception:  # (no thread to be had: end it now, as without tracing)
+        if ours:
+            os.kill(os.getpid(), signum)
+
+
+def _flush_and_end(signum: int, end: bool) -> None:
     try:
         force_flush(_EXIT_TIMEOUT_S)
     finally:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)  # ended by the signal, as without tracing
+        if end:
+            _end(signum)
+
+
+def _end_after(signum: int, delay: float) -> None:
+    time.sleep(delay)
+    _end(signum)
+
+
+def _end(signum: int) -> None:
+    """End the process by ``signum`` (its default action is back), unless the flush at exit has
+    begun meanwhile (the program went on and returned): that one then raises it once done."""
+    global _pending_signal
+    with _end_lock:
+        if _exiting:
+            _pending_signal = signum
+            return
+        os.kill(os.getpid(), signum)
+
+
+def _release_sigterm() -> None:
+    """After the flush at exit: SIGTERM's default action back (an exit hook of the application
+    that hangs stays killable), and a SIGTERM that came during the flush raised again."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is _flush_then_die:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except Exception:  # noqa: S110  (not the main thread: a multiprocessing finalizer's)
+        pass
+    if _pending_signal:
+        os.kill(os.getpid(), _pending_signal)
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _end_lock, _pending_signal
+    _end_lock = threading.Lock()  # (as _lock below)
+    _pending_signal = 0
+    # A child (multiprocessing's, a bare os.fork()) does not keep the handler it inherited:
+    # SIGTERM (Process.terminate()) must end it at once, even in C code, which a Python-level
+    # handler cannot (a Pool's worker arms it between tasks only, see _PoolQueue).
+    try:
+        if signal.getsignal(signal.SIGTERM) is _flush_then_die:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except Exception as exc:
+        _safety.report("fork.sigterm", exc)
     # (a thread of the parent may have held it at fork time: the child's exit must not wait for it)
     _lock = threading.Lock()
     # multiprocessing imported after configure(): register before its child bootstraps

@@ -272,6 +272,8 @@ def _run(args: argparse.Namespace) -> int:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
     # SIGTERM (docker stop, Kubernetes, systemd) skips the flush at exit: flush first
     env.setdefault("PITCHEY_TRACE_FLUSH_ON_SIGTERM", "true")
+    if env.get("PITCHEY_TRACE_ARCHIVE", "").strip():  # (where it started, whatever its cwd becomes)
+        env["PITCHEY_TRACE_ARCHIVE"] = os.path.abspath(env["PITCHEY_TRACE_ARCHIVE"].strip())
     try:
         os.execvpe(command[0], command, env)  # noqa: S606  (the user's own program, by design)
     except OSError as exc:
@@ -293,8 +295,25 @@ def _check_run_options(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"run: --exporter {args.exporter!r}: expected {', '.join(_EXPORTER_NAMES)} (comma-separated)"
             )
-        if "archive" in names and not os.environ.get("PITCHEY_TRACE_ARCHIVE"):
-            raise ValueError("run: --exporter archive writes to $PITCHEY_TRACE_ARCHIVE (a directory): set it")
+    # (the exporters the program will make, from --exporter or the environment)
+    chosen = (
+        args.exporter
+        or os.environ.get("PITCHEY_TRACE_EXPORTER")
+        or os.environ.get("OTEL_TRACES_EXPORTER")
+        or ""
+    )
+    if "archive" in [n.strip().lower() for n in chosen.split(",")]:
+        archive = os.environ.get("PITCHEY_TRACE_ARCHIVE", "").strip()
+        if not archive:
+            raise ValueError(
+                "run: the archive exporter writes to $PITCHEY_TRACE_ARCHIVE (a directory): set it"
+            )
+        try:
+            os.makedirs(archive, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"run: cannot use $PITCHEY_TRACE_ARCHIVE {archive!r}: {exc.strerror or exc}"
+            ) from None
     for flag, value in (("--metrics", args.metrics), ("--logs", args.logs)):
         if value is not None and value.strip().lower() not in ("otlp", "none"):
             raise ValueError(f"run: {flag} {value!r}: expected otlp (or none)")

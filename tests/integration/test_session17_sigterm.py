@@ -271,3 +271,232 @@ def test_flush_on_sigterm_is_checked_and_left_alone_outside_the_main_thread() ->
     finally:
         pt.shutdown(5)
         signal.signal(signal.SIGTERM, before)
+
+
+HANGING_EXPORT = textwrap.dedent(
+    """
+    import atexit, os, signal, sys, time
+    import pitchey_trace as pt
+
+    class Hang:
+        name = "hang"
+
+        def export(self, batch):
+            time.sleep(3600)
+
+    mode = sys.argv[1]
+    if mode == "stuck_atexit":  # (the application's own exit hook hangs)
+        atexit.register(lambda: time.sleep(60))
+    pt.configure(service="h", exporters=[Hang()], flush_on_sigterm=True)
+    with pt.span("a"):
+        pass
+    time.sleep(1.0)  # the exporter thread is stuck in export() now
+    with pt.span("b"):
+        pass
+    print("ready", flush=True)
+    if mode in ("exit", "stuck_atexit"):
+        sys.exit(0)  # the flush at exit runs (bounded)
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+def _timed(script: Path, *args: str, signals: tuple[float, ...]) -> tuple[int, float]:
+    """Run ``script``; send SIGTERM at each delay after it says ready; (status, seconds)."""
+    proc = _start([sys.executable, str(script), *args])
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("ready")
+    t0 = time.monotonic()
+    for delay in signals:
+        while time.monotonic() - t0 < delay and proc.poll() is None:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode, time.monotonic() - t0
+
+
+@pytest.fixture
+def hanging(tmp_path: Path) -> Path:
+    path = tmp_path / "hang.py"
+    path.write_text(HANGING_EXPORT)
+    return path
+
+
+def test_a_second_sigterm_ends_the_process_at_once(hanging: Path) -> None:
+    # (a flush that cannot finish takes its 10 s budget; each SIGTERM used to start another)
+    status, took = _timed(hanging, "loop", signals=(0.5, 2.0))
+    assert status == -signal.SIGTERM
+    assert took < 8
+
+
+def test_a_flush_that_cannot_finish_ends_within_its_budget(hanging: Path) -> None:
+    status, took = _timed(hanging, "loop", signals=(0.5,))
+    assert status == -signal.SIGTERM
+    assert took < 20  # (10 s budget, a watchdog one second after it)
+
+
+@pytest.mark.parametrize("mode", ["exit", "stuck_atexit"])
+def test_sigterm_during_the_flush_at_exit_still_ends_the_process_by_it(hanging: Path, mode: str) -> None:
+    # during the flush at exit it waits for the (bounded) flush, then ends the process by the
+    # signal (it was ignored: status 0, and an application exit hook that hung kept the
+    # process for good)
+    status, took = _timed(hanging, mode, signals=(1.0,))
+    assert status == -signal.SIGTERM
+    assert took < 20
+
+
+def test_an_application_handler_that_chains_to_it_keeps_its_cleanup(tmp_path: Path) -> None:
+    script = tmp_path / "chain.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import signal, sys, time
+            import pitchey_trace as pt
+            from pitchey_trace.exporters import InMemoryExporter
+
+            pt.configure(service="c", exporters=[InMemoryExporter()], flush_on_sigterm=True)
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def mine(signum, frame):
+                if callable(previous):
+                    previous(signum, frame)
+                print("cleanup", flush=True)
+                sys.exit(4)
+
+            signal.signal(signal.SIGTERM, mine)
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.05)
+            """
+        )
+    )
+    proc = _start([sys.executable, str(script)])
+    out, _ = _signal_when_ready(proc)
+    assert "cleanup" in out  # (it used to end the process inside the application's handler)
+    assert proc.returncode == 4
+
+
+def test_a_forked_child_stuck_in_c_code_still_ends_on_terminate(tmp_path: Path) -> None:
+    script = tmp_path / "mp.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, time
+            import pitchey_trace as pt
+            from pitchey_trace.exporters import InMemoryExporter
+
+            def busy():
+                sum(range(10**11))  # in C: a Python-level handler would never run
+
+            if __name__ == "__main__":
+                pt.configure(service="m", exporters=[InMemoryExporter()], flush_on_sigterm=True)
+                child = multiprocessing.get_context("fork").Process(target=busy)
+                child.start()
+                time.sleep(0.5)
+                t0 = time.monotonic()
+                child.terminate()
+                child.join(30)
+                print(child.exitcode, round(time.monotonic() - t0))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.stdout.split() == [str(-signal.SIGTERM), "0"], done.stdout + done.stderr
+
+
+def test_sigterm_while_spans_end_in_a_tight_loop_never_hangs(tmp_path: Path) -> None:
+    # The handler runs wherever the main thread was interrupted, possibly inside the SDK holding
+    # the lock of the Event that wakes the worker (every span end does, with a batch of 1):
+    # a flush on that thread waited for its own lock for good (seen in ~5% of such runs).
+    script = tmp_path / "hot.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import pitchey_trace as pt
+            from pitchey_trace.exporters import InMemoryExporter
+
+            pt.configure(service="hot", exporters=[InMemoryExporter()], export_batch_size=1,
+                         flush_on_sigterm=True)
+            print("ready", flush=True)
+            while True:
+                with pt.span("x"):
+                    pass
+            """
+        )
+    )
+    procs = []
+    for i in range(24):
+        procs.append(_start([sys.executable, str(script)]))
+        if len(procs) % 6 == 0:  # (six at a time: each spins a CPU)
+            for proc in procs[-6:]:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().startswith("ready")
+            time.sleep(0.2 + 0.013 * i)
+            for proc in procs[-6:]:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs[-6:]:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+    assert [p.returncode for p in procs] == [-signal.SIGTERM] * 24
+
+
+def test_run_keeps_a_relative_archive_where_it_started(tmp_path: Path) -> None:
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    app = tmp_path / "moves.py"
+    app.write_text(
+        "import os, sys\nimport pitchey_trace as pt\n"
+        f"os.chdir({str(work)!r})\n"
+        "with pt.span('after-chdir'):\n    pass\n"
+    )
+    done = subprocess.run(
+        [*CLI, "run", "--exporter", "archive", "--", sys.executable, str(app)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PITCHEY_TRACE_ARCHIVE": "arch"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [s["name"] for s in _spans(tmp_path / "arch")] == ["after-chdir"]
+    assert not (work / "arch").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PITCHEY_TRACE_EXPORTER": "archive"}, "PITCHEY_TRACE_ARCHIVE"),  # (no --exporter)
+        ({"PITCHEY_TRACE_EXPORTER": "archive", "PITCHEY_TRACE_ARCHIVE": "  "}, "PITCHEY_TRACE_ARCHIVE"),
+        ({"PITCHEY_TRACE_EXPORTER": "archive", "PITCHEY_TRACE_ARCHIVE": "/proc/nope"}, "cannot use"),
+    ],
+)
+def test_run_refuses_an_unusable_archive_before_starting(env: dict[str, str], expected: str) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
+    done = subprocess.run(
+        [*CLI, "run", "--", sys.executable, "-c", "print('started')"],
+        cwd=ROOT,
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "started" not in done.stdout
