@@ -470,7 +470,7 @@ def _hand_over_file(
             tell = getattr(filelike, "tell", None)
             if tell is None or not _seekable(filelike):
                 return False
-            tracker = _PositionedFile(result, state, options, start_ns, client, length, filelike, tell())
+            tracker = _PositionedFile(result, state, options, start_ns, client, length)
         result.close = tracker.close  # (an instance attribute: the server calls this one)
     except Exception:
         return False  # (a wrapper that refuses attributes, a file whose position fails: iterated)
@@ -528,6 +528,11 @@ class _FileTracker(abc.ABC):
         self._client = client
         self._length = length  # the response's Content-Length (None: not given)
         self._done = False
+        self._watch()
+
+    @abc.abstractmethod
+    def _watch(self) -> None:
+        """Start following what the server sends of the file (called by ``__init__``)."""
 
     @abc.abstractmethod
     def _sent(self, raised: BaseException | None) -> tuple[int, bool]:
@@ -578,17 +583,9 @@ class _PreparedFile(_FileTracker):
 
     __slots__ = ("_prepared",)
 
-    def __init__(
-        self,
-        result: Any,
-        state: RequestState,
-        options: Options,
-        start_ns: int,
-        client: str | None,
-        length: int | None,
-    ) -> None:
-        super().__init__(result, state, options, start_ns, client, length)
+    def _watch(self) -> None:
         self._prepared = 0
+        result, state = self._result, self._state
         prepare = result.prepare
 
         def traced_prepare(*args: Any, **kwargs: Any) -> Any:
@@ -596,7 +593,7 @@ class _PreparedFile(_FileTracker):
             self._prepared = size if size.__class__ is int else 0
             if self._prepared and not self._done and not _has_body(state):
                 self._done = True
-                _finish(state, options, start_ns, client, None)
+                _finish(state, self._options, self._start_ns, self._client, None)
             return size
 
         result.prepare = traced_prepare
@@ -615,20 +612,9 @@ class _PositionedFile(_FileTracker):
 
     __slots__ = ("_file", "_start")
 
-    def __init__(
-        self,
-        result: Any,
-        state: RequestState,
-        options: Options,
-        start_ns: int,
-        client: str | None,
-        length: int | None,
-        file: Any,
-        start: int,
-    ) -> None:
-        super().__init__(result, state, options, start_ns, client, length)
-        self._file = file
-        self._start = start
+    def _watch(self) -> None:
+        self._file = self._result.filelike
+        self._start = self._file.tell()
 
     def _sent(self, raised: BaseException | None) -> tuple[int, bool]:
         file = self._file
