@@ -116,7 +116,6 @@ def test_waitress_sends_a_file_wrapper_by_its_own_channel_path(
     with capture_spans() as exporter:
         started = time.time_ns()
         response = httpx.get(f"{url}/small")
-        received = time.time_ns()
         span = wait_for(server_span(exporter))
     assert response.content == FILE_BODY
     assert int(response.headers["content-length"]) == len(FILE_BODY)
@@ -128,7 +127,9 @@ def test_waitress_sends_a_file_wrapper_by_its_own_channel_path(
     assert span["attributes"]["http.response.status_code"] == 200
     assert span["status"] != "error"
     assert "client.disconnected" not in event_names(span)
-    assert started <= span["start_time_unix_nano"] <= span["end_time_unix_nano"] <= received
+    # (ended as waitress closes the wrapper after its last send: that may come just after the
+    # client has the body, so no bound from the client's side)
+    assert started <= span["start_time_unix_nano"] <= span["end_time_unix_nano"]
 
 
 def test_waitress_empty_file(waitress_server: tuple[str, Handed], wait_for: Any) -> None:
