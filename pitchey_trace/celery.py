@@ -18,11 +18,12 @@ replaced ``publish``): ``messaging.system`` (``celery``), ``messaging.operation.
 (``send`` / ``process``), ``messaging.operation.name`` (``publish`` / ``process``),
 ``messaging.message.id`` (the task id), ``messaging.destination.name`` (the routing key),
 ``celery.task.name``, ``celery.task.state`` and ``celery.task.retries``. A task that raises
-``Reject`` (state ``REJECTED``, not an error) adds ``celery.reject.requeue`` and
-``celery.reject.reason``. Arguments are never recorded. A task name or routing key (the
-sender's choice) goes into span names and attributes with its control characters and Unicode
-bidi formatting characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) replaced by
-U+FFFD.
+``Reject`` (state ``REJECTED``) adds ``celery.reject.requeue`` and ``celery.reject.reason``;
+``Reject(requeue=False)`` drops (or dead-letters) the message, so the task's work is lost and
+Celery records a failure: that span is an error (``error.type`` ``Reject``), a requeue is not.
+Arguments are never recorded. A task name or routing key (the sender's choice) goes into span
+names and attributes with its control characters and Unicode bidi formatting characters
+(U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) replaced by U+FFFD.
 
 A message the worker takes but never runs still ends the sender's trace with a ``run`` span
 (ended at once, continuing the message's context): a task revoked before it ran or expired
@@ -257,18 +258,25 @@ def _record_reject(span: Any, reject: Any) -> None:
     """What a task that raised ``Reject`` said: ``celery.reject.requeue`` (whether the message
     goes back to the queue) and ``celery.reject.reason`` (a text as it is, an exception as
     ``Type: message``, as a failure's status message; none when it gave no reason)."""
-    span.set_attribute("celery.reject.requeue", bool(reject.requeue))
+    requeue = bool(reject.requeue)
+    span.set_attribute("celery.reject.requeue", requeue)
     reason = reject.reason
-    if reason is None:
-        return
-    kind = type(reason).__qualname__
-    try:
-        text = str(reason)
-    except Exception:  # (the application's __str__: the type says enough)
-        text = f"<unprintable {kind}>"
-    if isinstance(reason, BaseException):
-        text = f"{kind}: {text}" if text else kind
-    span.set_attribute("celery.reject.reason", text[:_MAX_REASON])
+    text = None
+    if reason is not None:
+        kind = type(reason).__qualname__
+        try:
+            text = str(reason)
+        except Exception:  # (the application's __str__: the type says enough)
+            text = f"<unprintable {kind}>"
+        if isinstance(reason, BaseException):
+            text = f"{kind}: {text}" if text else kind
+        text = text[:_MAX_REASON]
+        span.set_attribute("celery.reject.reason", text)
+    if not requeue:
+        # The message is dropped or dead-lettered: the work is lost (recent Celery versions
+        # also mark the task FAILURE and send task_failure from the worker's main process).
+        span.set_attribute("error.type", "Reject")
+        span.set_status("error", f"Reject: {text}"[:512] if text else "Reject")
 
 
 def _message_carrier(headers: Any) -> dict[str, str]:

@@ -122,6 +122,8 @@ def test_a_rejected_task_records_the_reason_and_the_requeue(worker: tuple[Path, 
     assert first["attributes"]["celery.reject.requeue"] is True
     assert second["attributes"]["celery.reject.reason"] == "ValueError: bad input"
     assert second["attributes"]["celery.reject.requeue"] is False
+    assert (first["status"], second["status"]) == ("unset", "error")  # (the second's work is lost)
+    assert second["status_message"] == "Reject: ValueError: bad input"
 
 
 def test_a_terminated_tasks_run_span_starts_when_the_task_started(worker: tuple[Path, Any]) -> None:

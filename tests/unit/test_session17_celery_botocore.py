@@ -99,7 +99,15 @@ def test_a_rejected_eager_task_records_the_reason_and_the_requeue(app: Celery) -
         "_Unprintable: <unprintable _Unprintable>",
         "ValueError",
     ]
-    assert {r["status"] for r in runs} == {"unset"}  # rejecting is the task's choice, not a failure
+    # a requeue is the task's choice; without one the message is dropped: its work is lost
+    assert [r["status"] for r in runs] == ["unset"] + ["error"] * 4
+    assert [r["attributes"].get("error.type") for r in runs] == [None] + ["Reject"] * 4
+    assert [r.get("status_message") for r in runs[1:]] == [
+        "Reject",
+        "Reject: KeyError: 'pitch 7'",
+        "Reject: _Unprintable: <unprintable _Unprintable>",
+        "Reject: ValueError",
+    ]
 
 
 class _WorkerRequest:
