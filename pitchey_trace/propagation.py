@@ -288,15 +288,27 @@ def _format_tracestate(state: TraceState) -> str:
     total = sum(len(i) for i in items) + len(items) - 1
     if total <= TRACESTATE_MAX_LENGTH:
         return ",".join(items)
-    # Trace Context §"tracestate Limits": drop whole entries, those over 128 chars first,
-    # then from the end.
-    kept = [i for i in items if len(i) <= 128]
-    while kept and sum(len(i) for i in kept) + len(kept) - 1 > TRACESTATE_MAX_LENGTH:
-        kept.pop()
+    # Trace Context §"tracestate Limits": drop whole entries, those over 128 chars first
+    # (right-most first, and only until it fits: dropping every long one could leave
+    # nothing), then from the end.
+    kept = list(items)
+    for i in range(len(kept) - 1, -1, -1):
+        if total <= TRACESTATE_MAX_LENGTH:
+            break
+        if len(kept[i]) > 128:
+            total -= len(kept.pop(i)) + 1
+    while kept and total > TRACESTATE_MAX_LENGTH:
+        total -= len(kept.pop()) + 1
     return ",".join(kept)
 
 
 _format_tracestate_cached = functools.lru_cache(maxsize=512)(_format_tracestate)
+
+
+def _pairs(members: Iterable[Any]) -> tuple[tuple[Any, Any], ...]:
+    """The 2-item tuples/lists of ``members`` as tuples (hashable for the caches); anything
+    else (a bare string, None, a 3-item tuple) is not a member and is left out."""
+    return tuple((m[0], m[1]) for m in members if isinstance(m, (tuple, list)) and len(m) == 2)
 
 
 def format_tracestate(state: TraceState) -> str:
@@ -304,7 +316,15 @@ def format_tracestate(state: TraceState) -> str:
     Lists longer than :data:`TRACESTATE_MAX_LENGTH` are trimmed by the spec's rule."""
     if not state:
         return ""
-    return _format_tracestate_cached(state)
+    try:
+        return _format_tracestate_cached(state)
+    except TypeError:  # a list (of lists): unhashable for the cache
+        pass
+    try:
+        return _format_tracestate(_pairs(state))
+    except TypeError:  # not a sequence of pairs at all
+        _safety.warn_once("tracestate_invalid", "format_tracestate: not (key, value) pairs: %s", type(state))
+        return ""
 
 
 def tracestate_with(state: TraceState, key: str, value: str) -> TraceState:
@@ -349,10 +369,8 @@ def _parse_baggage(header: str) -> Baggage:
         if not _valid_baggage_key(key) or value.translate(_DEL_BAGGAGE_OCTET):
             continue  # an invalid member is skipped, the others stay
         if "%" in value:
-            try:
-                value = unquote(value, errors="strict")
-            except UnicodeDecodeError:
-                continue
+            # W3C Baggage §value: octets that are not UTF-8 MUST become U+FFFD (the member stays).
+            value = unquote(value, errors="replace")
         if key not in entries and len(entries) >= MAX_BAGGAGE_MEMBERS:
             break
         entries[key] = value  # a repeated key: the last value wins
@@ -380,8 +398,15 @@ def parse_baggage(header: str | Iterable[str] | None) -> Baggage:
 def _format_baggage(baggage: Baggage) -> str:
     parts: list[str] = []
     size = -1
-    for key, value in baggage:
+    for member in baggage:
+        if not isinstance(member, (tuple, list)) or len(member) != 2:
+            continue  # not a (key, value) pair: a bare "ab" would otherwise send a=b
+        key, value = member
         if not isinstance(key, str) or not _valid_baggage_key(key):
+            continue
+        if value is None or isinstance(value, (bytes, bytearray, list, tuple, dict, set)):
+            # not text: its repr would be sent
+            _safety.warn_once("baggage_invalid", "baggage value for %r is not text: not sent", key)
             continue
         try:
             text = str.__str__(value) if isinstance(value, str) else str(value)  # no subclass __str__
@@ -403,11 +428,22 @@ _format_baggage_cached = functools.lru_cache(maxsize=256)(_format_baggage)
 
 def format_baggage(baggage: Baggage | Mapping[str, str]) -> str:
     """The ``baggage`` header value (values percent-encoded, limits applied; ``""`` if empty)."""
-    if isinstance(baggage, Mapping):
-        baggage = tuple(baggage.items())
-    if not baggage:
+    try:
+        if isinstance(baggage, Mapping):
+            baggage = tuple(baggage.items())
+        if not baggage:
+            return ""
+        return _baggage_header(tuple(baggage))
+    except TypeError:  # not iterable: a public helper never raises
+        _safety.warn_once("baggage_invalid", "format_baggage: not (key, value) pairs: %s", type(baggage))
         return ""
-    return _format_baggage_cached(tuple(baggage))
+
+
+def _baggage_header(baggage: Baggage) -> str:
+    try:
+        return _format_baggage_cached(baggage)
+    except TypeError:  # members given as lists, or a list value: unhashable for the cache
+        return _format_baggage(_pairs(baggage))
 
 
 def _context_or_current(context: ContextLike | None) -> ContextLike | None:
@@ -691,14 +727,30 @@ def _ci_scan(carrier: Mapping[Any, Any], name: str) -> list[str]:
     return found
 
 
+def _header_name(item: object) -> str | bytes | bytearray | None:
+    """The name of a ``(name, value)`` entry of a header list; None for anything else."""
+    if isinstance(item, (tuple, list)) and item:
+        name = item[0]
+        if isinstance(name, (str, bytes, bytearray)):
+            return name
+    return None
+
+
 def _list_writer(headers: list[Any]) -> Writer:
     def write(name: str, value: str) -> None:
-        use_str = bool(headers) and isinstance(headers[0][0], str)
-        key: str | bytes = name if use_str else name.encode("latin-1")
-        # Replace, never duplicate: a second traceparent would make the request ambiguous.
-        if any(isinstance(h[0], (str, bytes)) and h[0].lower() == key for h in headers):
-            headers[:] = [h for h in headers if not (isinstance(h[0], (str, bytes)) and h[0].lower() == key)]
-        headers.append((name, value) if use_str else (key, value.encode("latin-1")))
+        # str or bytes as the list's first real pair has it (an empty list gets ASGI bytes);
+        # stray entries that are not pairs are left alone, never an error.
+        use_str = False
+        for item in headers:
+            first = _header_name(item)
+            if first is not None:
+                use_str = isinstance(first, str)
+                break
+        # Replace, never duplicate (in any case): a second traceparent would make the request
+        # ambiguous.
+        if any((n := _header_name(h)) is not None and _as_str(n).lower() == name for h in headers):
+            headers[:] = [h for h in headers if (n := _header_name(h)) is None or _as_str(n).lower() != name]
+        headers.append((name, value) if use_str else (name.encode("latin-1"), value.encode("latin-1")))
 
     return write
 
@@ -1092,7 +1144,10 @@ def inject(
                     carrier[TRACESTATE_HEADER] = value
             baggage = cur.baggage
             if baggage:
-                value = _format_baggage_cached(baggage)
+                try:
+                    value = _format_baggage_cached(baggage)
+                except TypeError:  # members given as lists: unhashable for the cache
+                    value = _format_baggage(_pairs(baggage))
                 if value:
                     carrier[BAGGAGE_HEADER] = value
             return
@@ -1133,6 +1188,11 @@ def _extract_asgi(headers: Sequence[Any]) -> Any:
             elif name.__class__ is not bytes:
                 return _NOT_ASGI
         if not traceparent:
+            # A list with a "Traceparent" in another case (raw headers of an HTTP client, not
+            # ASGI): the generic path matches every name case-insensitively. Checked only here
+            # so that a lowercase one (ASGI, the hot path) costs nothing more, as for dicts.
+            if any(name.lower() == _TRACEPARENT_B for name, _ in headers):
+                return _NOT_ASGI
             return None
         if len(traceparent) > 1 and any(v != traceparent[0] for v in traceparent):
             return None  # different traceparents: ambiguous

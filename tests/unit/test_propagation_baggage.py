@@ -34,7 +34,9 @@ def test_parse_percent_decodes_utf8() -> None:
 def test_parse_skips_invalid_members_only() -> None:
     # §3.2.1.3 key = token; §3.2.1.4 baggage-octet excludes space, DQUOTE, "," ";" "\".
     header = 'ok=1,a b=2,(k)=3,sp=a b,q=a"b,bs=a\\b,nokey,=v,bad=%FF,é=1,fine=2'
-    assert prop.parse_baggage(header) == (("ok", "1"), ("fine", "2"))
+    # (§value: percent-encoded octets that are not UTF-8 become U+FFFD; the member stays)
+    assert prop.parse_baggage(header) == (("ok", "1"), ("bad", "\ufffd"), ("fine", "2"))
+    assert prop.parse_baggage("a=x%C3%28y,b=%E2%82") == (("a", "x\ufffd(y"), ("b", "\ufffd"))
     assert prop.parse_baggage("") == ()
     assert prop.parse_baggage(None) == ()
 
