@@ -118,7 +118,7 @@ class TraceContext:
         span_id: int,
         trace_flags: int = FLAG_SAMPLED,
         trace_state: TraceState = (),
-        baggage: Baggage = (),
+        baggage: Baggage | Mapping[str, str] = (),
         is_remote: bool = True,
     ) -> None:
         if trace_id.__class__ is not int or span_id.__class__ is not int or trace_flags.__class__ is not int:
@@ -132,7 +132,7 @@ class TraceContext:
         setattr_(self, "span_id", span_id)
         setattr_(self, "trace_flags", trace_flags)
         setattr_(self, "trace_state", _checked_trace_state(trace_state) if trace_state else ())
-        setattr_(self, "baggage", tuple(baggage))
+        setattr_(self, "baggage", _baggage_pairs(baggage) if baggage else ())
         setattr_(self, "is_remote", is_remote)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -187,15 +187,30 @@ class TraceContext:
         result: TraceContext | None = propagation.parse_traceparent(value, tracestate)
         return result
 
-    def with_baggage(self, baggage: Baggage) -> TraceContext:
-        """A copy with other baggage entries."""
-        return _context_of(self, tuple(baggage), self.is_remote)
+    def with_baggage(self, baggage: Baggage | Mapping[str, str]) -> TraceContext:
+        """A copy with other baggage entries (``((key, value), ...)`` or a mapping)."""
+        return _context_of(self, _baggage_pairs(baggage) if baggage else (), self.is_remote)
 
     def with_trace_state(self, trace_state: TraceState) -> TraceContext:
         """A copy with another tracestate."""
         return TraceContext(
             self.trace_id, self.span_id, self.trace_flags, trace_state, self.baggage, self.is_remote
         )
+
+
+def _baggage_pairs(baggage: Baggage | Mapping[str, str]) -> Baggage:
+    """``baggage`` as a tuple of ``(key, value)`` tuples: a mapping's items, lists made tuples
+    (the context is hashed); anything that is not a pair is a ValueError (``tuple({"k": "v"})``
+    was ``("k",)``: the entry was lost without a word)."""
+    items = baggage.items() if isinstance(baggage, Mapping) else baggage
+    pairs = tuple(m if m.__class__ is tuple and len(m) == 2 else _pair(m) for m in items)
+    return pairs
+
+
+def _pair(member: object) -> tuple[str, str]:
+    if isinstance(member, (tuple, list)) and len(member) == 2:
+        return (member[0], member[1])
+    raise ValueError(f"baggage must be (key, value) pairs or a mapping, not a member {member!r:.40}")
 
 
 def _context_of(source: TraceContext | _SpanBase, baggage: Baggage, is_remote: bool) -> TraceContext:
