@@ -402,6 +402,18 @@ def _step_s(text: str) -> int:
     return seconds
 
 
+def _age(text: str) -> str:
+    """``--last``: an age, a number and a unit (``24h``). Without a unit ``parse_time`` reads
+    digits as Unix nanoseconds, so ``--last 24`` would silently mean "since 1970"."""
+    from pitchey_trace.analysis._time import is_relative
+
+    if not is_relative(text):
+        raise argparse.ArgumentTypeError(
+            f"expected an age, a number and a unit (15m, 24h, 7d): a time goes to --since, got {text!r}"
+        )
+    return text
+
+
 def _whole_number(text: str, low: int, high: int | None, expected: str) -> int:
     """An argparse value: a whole number in ``[low, high]``, else a usage error."""
     try:
@@ -494,8 +506,21 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
         sys.stdout.write(text())
 
 
+def _why_empty(args: argparse.Namespace, archive: Any) -> None:
+    """After an empty answer, say on stderr when the archive holds nothing at all (the wrong
+    folder, such as ``archive/traces`` for ``archive``, or an empty bucket): otherwise that
+    looks exactly like a search that matched nothing."""
+    if archive._lists_nothing():
+        where = archive._source.describe() if archive._source is not None else "memory"
+        sys.stderr.write(
+            f"pitchey-trace: note: the archive holds no objects ({_clip(where, 200)}); an archive"
+            " directory has traces/, audit/, performance/ and logs/ folders under it\n"
+        )
+
+
 def _search(args: argparse.Namespace) -> int:
-    found = _archive(args).search(
+    archive = _archive(args)
+    found = archive.search(
         service=args.service,
         name=args.name,
         min_duration_ms=args.min_duration,
@@ -526,6 +551,8 @@ def _search(args: argparse.Namespace) -> int:
         return _table(["start (UTC)", "duration", "spans", "errors", "service", "name", "trace id"], rows)
 
     _emit(args, found, text)
+    if not found:
+        _why_empty(args, archive)
     return 0
 
 
@@ -597,6 +624,7 @@ def _show(args: argparse.Namespace) -> int:
             return 2
         if not matches:
             sys.stderr.write(f"pitchey-trace: no trace id in the archive starts with {trace_id}\n")
+            _why_empty(args, archive)
             return 1
         trace_id = matches[0]
     try:
@@ -605,6 +633,7 @@ def _show(args: argparse.Namespace) -> int:
         raise PitcheyTraceError(str(exc)) from None
     if view is None:
         sys.stderr.write(f"pitchey-trace: trace {trace_id} is not in the archive\n")
+        _why_empty(args, archive)
         return 1
     analysis = archive.analyze(trace_id, since=since)
     _emit(args, {"trace": view, "analysis": analysis}, lambda: _waterfall(view, analysis))
@@ -617,9 +646,8 @@ def _source_text(source: str) -> str:
 
 def _series(args: argparse.Namespace) -> int:
     step_s: int = args.step if args.step is not None else 60
-    out = _archive(args).series(
-        service=args.service, operation=args.operation, step_s=step_s, **_window(args)
-    )
+    archive = _archive(args)
+    out = archive.series(service=args.service, operation=args.operation, step_s=step_s, **_window(args))
 
     def text() -> str:
         points = out["points"]
@@ -649,6 +677,8 @@ def _series(args: argparse.Namespace) -> int:
         return _table(heads, body) + "".join(f"{n}\n" for n in notes)
 
     _emit(args, out, text)
+    if not out["points"]:
+        _why_empty(args, archive)
     return 0
 
 
@@ -724,7 +754,8 @@ def _perf(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.operation or args.step is not None:
         return _series(args)
-    rows = _archive(args).performance(service=args.service, **_window(args))
+    archive = _archive(args)
+    rows = archive.performance(service=args.service, **_window(args))
 
     def text() -> str:
         if not rows:
@@ -747,11 +778,14 @@ def _perf(args: argparse.Namespace) -> int:
         return _table(heads, body) + f"from {_source_text(rows[0]['source'])}\n"
 
     _emit(args, rows[: args.limit], text)
+    if not rows:
+        _why_empty(args, archive)
     return 0
 
 
 def _errors(args: argparse.Namespace) -> int:
-    groups = _archive(args).errors(service=args.service, limit=args.limit, **_window(args))
+    archive = _archive(args)
+    groups = archive.errors(service=args.service, limit=args.limit, **_window(args))
 
     def text() -> str:
         if not groups:
@@ -771,11 +805,14 @@ def _errors(args: argparse.Namespace) -> int:
         return _table(["count", "service", "span", "exception", "message", "last seen", "a trace"], body)
 
     _emit(args, groups, text)
+    if not groups:
+        _why_empty(args, archive)
     return 0
 
 
 def _deps(args: argparse.Namespace) -> int:
-    rows = _archive(args).dependencies(service=args.service, **_window(args))
+    archive = _archive(args)
+    rows = archive.dependencies(service=args.service, **_window(args))
 
     def text() -> str:
         if not rows:
@@ -806,11 +843,14 @@ def _deps(args: argparse.Namespace) -> int:
         )
 
     _emit(args, rows[: args.limit], text)
+    if not rows:
+        _why_empty(args, archive)
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    found = _archive(args).logs(
+    archive = _archive(args)
+    found = archive.logs(
         service=args.service,
         level=args.level,
         text=args.grep,
@@ -836,11 +876,14 @@ def _logs(args: argparse.Namespace) -> int:
         return _table(["time (UTC)", "level", "service", "logger", "message", "trace id"], body)
 
     _emit(args, found, text)
+    if not found:
+        _why_empty(args, archive)
     return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
-    found = _archive(args).audit(
+    archive = _archive(args)
+    found = archive.audit(
         category=args.category,
         actor=args.actor,
         action=args.action,
@@ -868,11 +911,14 @@ def _audit(args: argparse.Namespace) -> int:
         return _table(["time (UTC)", "category", "actor", "action", "target", "outcome", "trace id"], body)
 
     _emit(args, found, text)
+    if not found:
+        _why_empty(args, archive)
     return 0
 
 
 def _overview(args: argparse.Namespace) -> int:
-    ov = _archive(args).overview(**_window(args))
+    archive = _archive(args)
+    ov = archive.overview(**_window(args))
 
     def text() -> str:
         lines = [
@@ -901,6 +947,8 @@ def _overview(args: argparse.Namespace) -> int:
         return "\n".join(lines) + "\n"
 
     _emit(args, ov, text)
+    if not ov["spans"] and not ov["audit"]["records"]:
+        _why_empty(args, archive)
     return 0
 
 
@@ -1034,7 +1082,9 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True, json: bool 
     if window:
         w = p.add_argument_group("time window (relative: 15m, 24h, 7d; or ISO-8601, or Unix ns)")
         start = w.add_mutually_exclusive_group()  # (both: a usage error, not one of them ignored)
-        start.add_argument("--last", metavar="AGE", help="only the last AGE (same as --since AGE)")
+        start.add_argument(
+            "--last", type=_age, metavar="AGE", help="only the last AGE: 15m, 24h, 7d (same as --since AGE)"
+        )
         start.add_argument("--since", metavar="TIME", help="from TIME (one of --last and --since)")
         w.add_argument("--until", metavar="TIME")
 
@@ -1063,7 +1113,9 @@ def _add_analysis(sub: Subparsers) -> None:
     _source_options(p, window=False)
     w = p.add_argument_group("reading less of a big archive")
     start = w.add_mutually_exclusive_group()  # (both: a usage error, not one of them ignored)
-    start.add_argument("--last", metavar="AGE", help="read only objects that can hold spans of the last AGE")
+    start.add_argument(
+        "--last", type=_age, metavar="AGE", help="read only objects that can hold spans of the last AGE (24h)"
+    )
     start.add_argument("--since", metavar="TIME", help="the same from TIME (not with --last)")
     p.set_defaults(func=_show)
 

@@ -760,6 +760,15 @@ class Archive:
         where = self._source.describe() if self._source is not None else "in memory"
         return f"<Archive {where}: {len(self._index.spans)} spans read>"
 
+    def _lists_nothing(self) -> bool:
+        """True when the source lists no object in any dataset, whatever the window: a wrong
+        folder (``archive/traces`` for ``archive``) or an empty bucket. Lists, reads nothing."""
+        if self.read_stats["objects"] or self.read_stats["unreadable_objects"] or self._loaded:
+            return False
+        if self._source is None:
+            return not self._index.spans and not self._index.audits
+        return not any(self._source.objects(d, None) for d in getattr(self._source, "datasets", DATASETS))
+
     # -- reading --------------------------------------------------------------------------------
     def _decide(self, info: ObjectInfo) -> str:
         """What the read loop does with ``info`` now: read it, pass over it (read already, or

@@ -7,7 +7,7 @@ import re
 import time
 from datetime import datetime, timezone
 
-__all__ = ["parse_duration_ms", "parse_time"]
+__all__ = ["is_relative", "parse_duration_ms", "parse_time"]
 
 # One duration syntax for windows ("24h" ago) and durations ("250ms"): a number and a unit.
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*", re.ASCII)
@@ -67,6 +67,13 @@ def parse_time(value: object, now_ns: int | None = None) -> int:
             ) from None
         return parse_time(dt)
     raise ValueError(f"not a time: {value!r}")
+
+
+def is_relative(text: str) -> bool:
+    """Whether ``text`` is a relative time for :func:`parse_time` (a number and a unit: ``24h``),
+    not an absolute one (digits alone are Unix nanoseconds)."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    return m is not None and m.group(2) is not None
 
 
 def _from_datetime(dt: datetime) -> int:
