@@ -669,6 +669,22 @@ class _Ahead:
             pool.shutdown(wait=wait, cancel_futures=True)
 
 
+def _keep_recent(recent: list[tuple[int, str]], when: int, trace_id: str, keep: int = 5) -> None:
+    """Keep in ``recent`` the ``keep`` traces with the latest ``when`` (each trace once, at its
+    latest): bounded whatever the group's size."""
+    for i, (seen, tid) in enumerate(recent):
+        if tid == trace_id:
+            if when > seen:
+                recent[i] = (when, tid)
+            return
+    if len(recent) < keep:
+        recent.append((when, trace_id))
+        return
+    oldest = min(range(len(recent)), key=lambda i: recent[i][0])
+    if when > recent[oldest][0]:
+        recent[oldest] = (when, trace_id)
+
+
 class Archive:
     """Search and analyse archived traces, audit records and rollups.
 
@@ -1395,10 +1411,11 @@ class Archive:
                 g["count"] += 1
                 g["first_seen_unix_nano"] = min(g["first_seen_unix_nano"], when)
                 g["last_seen_unix_nano"] = max(g["last_seen_unix_nano"], when)
-                if len(g["trace_ids"]) < 5 and s["trace_id"] not in g["trace_ids"]:
-                    g["trace_ids"].append(s["trace_id"])
-        out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))
-        return out[:limit]
+                _keep_recent(g["trace_ids"], when, s["trace_id"])
+        out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))[:limit]
+        for g in out:  # the most recent failures' traces, newest first (what one looks at)
+            g["trace_ids"] = [tid for _, tid in sorted(g["trace_ids"], key=lambda e: -e[0])]
+        return out
 
     def dependencies(
         self, *, service: str | None = None, since: Any = None, until: Any = None

@@ -40,3 +40,39 @@ def test_empty_baggage_in_any_shape_is_empty() -> None:
         assert TraceContext(0xAB, 0xCD, baggage=empty).baggage == ()
         assert TraceContext(0xAB, 0xCD).with_baggage(empty).baggage == ()
     assert pt.TraceContext is TraceContext
+
+
+def test_error_groups_sample_the_most_recent_traces_newest_first() -> None:
+    """The CLI's "a trace" column sits beside "last seen": it is the newest failure's trace (the
+    first 5 in the index's order, the oldest, were kept)."""
+    from pitchey_trace.analysis import Archive
+
+    t0 = 1_780_000_000_000_000_000
+    order = [3, 9, 1, 12, 7, 5, 11, 2, 8, 10, 4, 6]  # start times, out of order
+    records = [
+        {
+            "schema": 1,
+            "type": "span",
+            "trace_id": f"{i:032x}",
+            "span_id": f"{i:016x}",
+            "parent_span_id": None,
+            "service": "shop",
+            "name": "pay",
+            "kind": "internal",
+            "start_time_unix_nano": t0 + i * 1_000_000,
+            "end_time_unix_nano": t0 + i * 1_000_000 + 500,
+            "duration_ms": 0.0005,
+            "status": "error",
+            "status_message": "card declined",
+            "attributes": {},
+            "events": [],
+        }
+        for i in order
+    ]
+    # the same trace failing again later counts once, at its latest failure
+    again = dict(records[2], span_id=f"{99:016x}", start_time_unix_nano=t0 + 13 * 1_000_000)
+    again["end_time_unix_nano"] = again["start_time_unix_nano"] + 500
+    (group,) = Archive.from_records([*records, again]).errors(since=t0)
+    assert group["count"] == 13
+    assert group["last_seen_unix_nano"] == t0 + 13 * 1_000_000
+    assert group["trace_ids"] == [f"{i:032x}" for i in (1, 12, 11, 10, 9)]
