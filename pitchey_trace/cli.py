@@ -516,6 +516,17 @@ def _why_empty(args: argparse.Namespace, archive: Any) -> None:
             f"pitchey-trace: note: the archive holds no objects ({_clip(where, 200)}); an archive"
             " directory has traces/, audit/, performance/ and logs/ folders under it\n"
         )
+        return
+    service = getattr(args, "service", None)
+    if service and hasattr(args, "until"):
+        # A misspelt --service answers like a quiet one: name the services the window has.
+        known = [row["service"] for row in archive.overview(**_window(args))["services"]]
+        if known and service not in known:
+            names = ", ".join(_clip(k, 40) for k in known[:10]) + (", ..." if len(known) > 10 else "")
+            sys.stderr.write(
+                f"pitchey-trace: note: no span of service {_clip(service, 60)!r} in this window;"
+                f" services in it: {names}\n"
+            )
 
 
 def _search(args: argparse.Namespace) -> int:

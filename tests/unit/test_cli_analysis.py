@@ -107,7 +107,11 @@ def test_deps(archived: tuple[Path, TraceData], capsys: pytest.CaptureFixture[st
     assert lines[1].split()[:5] == ["shop-api", "payments", "other", "1", "1"]
     assert len(lines) == 5  # the header, the one edge, the footnotes
     assert "postgresql *" in ok(capsys, "deps", "-a", str(root))  # an untraced callee is marked
-    assert ok(capsys, "deps", "-a", str(root), "--service", "nobody") == "no calls in this window\n"
+    code, out, err = run(capsys, "deps", "-a", str(root), "--service", "nobody")
+    assert (code, out) == (0, "no calls in this window\n")
+    # (a misspelt service answers like a quiet one: the note names the window's services)
+    assert err.startswith("pitchey-trace: note: no span of service 'nobody' in this window; services in it: ")
+    assert {"shop-api", "payments"} <= set(err.split(": ")[-1].strip().split(", "))
 
 
 def test_deps_calls_are_estimated_from_the_rollups(
