@@ -232,7 +232,9 @@ def _server_end(span: AnySpan, context: Any, exc: BaseException | None, header: 
             if exc is None:
                 code = _OK if _active(context) else _abandoned(context)
             elif isinstance(exc, Exception):
-                code = _UNKNOWN
+                # Raised once the call was over (the request iterator raises when the client
+                # cancels): the client got CANCELLED / DEADLINE_EXCEEDED, not the handler's UNKNOWN.
+                code = _UNKNOWN if _active(context) else _abandoned(context)
             else:
                 code = _abandoned(context)
         details = _details(context.details()) if code is not _OK else None

@@ -6,13 +6,18 @@
 A command is a span named after it (``GET``, ``HSET``) with ``db.system.name=redis``,
 ``db.operation.name``, ``db.namespace`` (the database number), ``server.address`` /
 ``server.port`` and ``db.query.text``: the command with every argument replaced by ``?``
-(``SET ? ?``), because keys and values often carry personal data; ``capture_keys=True`` also
-records the key (the first argument) as ``db.redis.key``, which goes through the sanitizer like
-any attribute. A pipeline is one ``PIPELINE`` span (``MULTI`` for a transaction) with
+(``SET ? ?``, at most :data:`MAX_TEXT_ARGUMENTS` of them, then ``...``), because keys and values
+often carry personal data; ``capture_keys=True`` also records the key (the first argument, and
+never for commands whose first argument is no key: ``AUTH``, ``EVAL``, ``ECHO``...) as
+``db.redis.key``, which goes through the sanitizer like any attribute. A pipeline is one
+``PIPELINE`` span (``MULTI`` for a transaction) with
 ``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``); in a transaction
 with ``WATCH`` (``r.transaction(fn, *keys)``), ``WATCH`` and the commands sent before ``multi()``
 are spans of their own. Errors (``WRONGTYPE``, connection
-failures) are recorded and re-raised unchanged. Nothing is recorded under
+failures) are recorded and re-raised unchanged: ``db.response.status_code`` is a server error's
+prefix (``ERR``, ``WRONGTYPE``); the message keeps its first line, without the arguments the
+server quotes (``unknown command 'X', with args beginning with: ?``) or redis-py's pipeline
+error shows. Nothing is recorded under
 :func:`pitchey_trace.suppress_tracing` or on the SDK's own threads.
 
 Cluster clients (``redis.cluster.RedisCluster``, ``redis.asyncio.cluster.RedisCluster``, their
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
+import traceback
 from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
@@ -47,6 +54,7 @@ from pitchey_trace.exceptions import IntegrationUnavailable
 try:
     import redis.asyncio.client as _async_client
     import redis.client as _sync_client
+    from redis.exceptions import ResponseError as _ResponseError
 except ImportError as _exc:
     raise IntegrationUnavailable("pitchey_trace.redis", "redis") from _exc
 
@@ -68,6 +76,9 @@ _start_span = get_tracer().start_span
 _WRAPPED = "__pitchey_trace_wrapped__"
 #: Commands shown in a pipeline span's text (the count is always exact).
 MAX_PIPELINE_TEXT = 50
+#: Placeholders shown in a command's text; more arguments show as ``...`` (an MSET of 100,000
+#: pairs would otherwise build, and cache, a 400 kB text).
+MAX_TEXT_ARGUMENTS = 100
 _patched: list[tuple[type, str, Any]] = []
 _capture_keys = False
 
@@ -101,13 +112,16 @@ def _text(args: tuple[Any, ...]) -> str:
     if " " not in name and rest and name in _SUBCOMMANDS:
         words.append(_name(rest[0]))
         rest = rest[1:]
-    words.extend("?" * len(rest))
+    shown = min(len(rest), MAX_TEXT_ARGUMENTS)
+    words.extend("?" * shown)
+    if len(rest) > shown:
+        words.append("...")
     return " ".join(words)
 
 
 def _key(args: tuple[Any, ...]) -> str | None:
     args = _split(args)
-    if len(args) < 2 or _name(args[0]) in _SUBCOMMANDS:
+    if len(args) < 2 or _name(args[0]) in _SUBCOMMANDS or _name(args[0]) in _KEYLESS:
         return None
     key = args[1]
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
@@ -118,6 +132,20 @@ _SUBCOMMANDS = frozenset(
     (
         *("ACL", "CLIENT", "CONFIG", "CLUSTER", "COMMAND", "DEBUG", "FUNCTION", "LATENCY", "MEMORY"),
         *("MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO"),
+    )
+)
+
+
+# Commands whose first argument is not a key: a password (AUTH), a script (EVAL), a message
+# (ECHO, PING), a host (MIGRATE), a number of keys (ZUNION), a keyword (XREAD, BITOP)...
+# capture_keys must not record it.
+_KEYLESS = frozenset(
+    (
+        *("AUTH", "HELLO", "MIGRATE", "ECHO", "PING", "SELECT", "SWAPDB", "WAIT", "WAITAOF"),
+        *("EVAL", "EVAL_RO", "EVALSHA", "EVALSHA_RO", "FCALL", "FCALL_RO", "BITOP", "SCAN"),
+        *("XREAD", "XREADGROUP", "ZUNION", "ZINTER", "ZDIFF", "ZINTERCARD", "SINTERCARD"),
+        *("LMPOP", "BLMPOP", "ZMPOP", "BZMPOP", "FLUSHDB", "FLUSHALL", "SHUTDOWN", "FAILOVER"),
+        *("REPLICAOF", "SLAVEOF", "QUIT", "RESET"),
     )
 )
 
@@ -167,7 +195,8 @@ def _start_command(client: Any, args: tuple[Any, ...], base: dict[str, Any] | No
         return None
     try:
         command = args[0]
-        text_key = (command, len(args))
+        # (every length past the placeholders shown has the same text: one entry)
+        text_key = (command, min(len(args), MAX_TEXT_ARGUMENTS + 2))
         text = _texts.get(text_key)
         if text is None:
             text = _text(args)
@@ -259,12 +288,56 @@ def _start_cluster_pipeline(pipeline: Any) -> AnySpan | None:
         return None
 
 
+# redis-server quotes the arguments it echoes ("unknown command 'X', with args beginning with:
+# 'alice@example.com' 's3cr3t'"); redis-py names a failed pipeline command with its arguments.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PIPELINE_ERROR = re.compile(r"Command # (\d+) \((\S*).*\) of pipeline caused error: ", re.DOTALL)
+_ERROR_PREFIX = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
+# (redis.asyncio shows the error's args tuple there: "('WRONGTYPE Operation ...',)")
+_ARGS_TUPLE = re.compile(r"\((['\"])(.*)\1,\)", re.DOTALL)
+
+
+def _error_info(exc: Exception) -> tuple[str | None, str]:
+    """(the Redis error prefix, for a server's error reply; the message without any value of
+    the command's). Only the first line: a script's error may go on with its source."""
+    message = str(exc)
+    annotated = _PIPELINE_ERROR.match(message)
+    if annotated is not None:
+        message = message[annotated.end() :]
+        args = _ARGS_TUPLE.fullmatch(message)
+        if args is not None:
+            message = args[2]
+    message = _QUOTED.sub("?", message.strip().split("\n", 1)[0])[:512]
+    prefix = None
+    if isinstance(exc, _ResponseError):
+        code = getattr(exc, "status_code", None)  # (redis-py >= 8: the prefix it took off)
+        if isinstance(code, str) and _ERROR_PREFIX.fullmatch(code):
+            prefix = code
+        else:
+            first = message.partition(" ")[0]
+            prefix = first if _ERROR_PREFIX.fullmatch(first) else None
+    if annotated is not None:
+        message = f"Command # {annotated[1]} ({annotated[2]}) of pipeline caused error: {message}"
+    return prefix, message
+
+
+def _record_error(span: AnySpan, exc: Exception) -> None:
+    prefix, message = _error_info(exc)
+    type_name = type(exc).__qualname__
+    span.set_attribute("error.type", type_name)
+    if prefix is not None:
+        span.set_attribute("db.response.status_code", prefix)
+    # The exception's own message (and the traceback's last line) would repeat the values.
+    frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__, limit=-32)))
+    stack = f"Traceback (most recent call last):\n{frames}{type(exc).__module__}.{type_name}: {message}"
+    span.record_exception(exc, {"exception.message": message, "exception.stacktrace": stack[-8192:]})
+    span.set_status("error", f"{type(exc).__name__}: {message}")
+
+
 def _end(span: AnySpan, exc: BaseException | None) -> None:
     try:
         if exc is not None and isinstance(exc, Exception):
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.record_exception(exc)
-            span.set_status("error", f"{type(exc).__name__}: {exc}")
+            _record_error(span, exc)
         span.end()
     except Exception as internal:
         _safety.report("redis.end", internal)
