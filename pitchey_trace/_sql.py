@@ -166,6 +166,12 @@ def _collapse_lists(toks: list[str]) -> list[str]:
     return out
 
 
+# A quote after an odd run of backslashes inside a quoted string: where PostgreSQL (standard
+# conforming strings) and dialects with backslash escapes (MySQL, PostgreSQL with
+# standard_conforming_strings off) disagree on where the string ends.
+_BACKSLASH_QUOTE = re.compile(r"(?<!\\)(?:\\\\)*\\'")
+
+
 def _normalize(sql: str) -> str:
     toks: list[str] = []
     for kind, text in _tokens(sql):
@@ -174,6 +180,15 @@ def _normalize(sql: str) -> str:
                 toks.append(" ")
         elif kind in _LITERAL or (kind == "id" and text.upper() in _BOOLEANS):
             toks.append("?")
+            if (
+                (kind == "str" or kind == "pstr")
+                and "\\" in text
+                and _BACKSLASH_QUOTE.search(text, text.index("'") + 1)
+            ):
+                # 'it\'s ...': one dialect reads the rest of the text as code, the other as
+                # string content; either may be right, so the rest goes, as after an
+                # unterminated string (nothing of a literal can leak whichever dialect it is).
+                break
         else:
             toks.append(text)
     if "IN" in sql.upper() or "VALUES" in sql.upper():
@@ -190,7 +205,8 @@ def normalize_sql(sql: str) -> str:
     Replaced: single-quoted strings (also ``E''``, ``B''``, ``X''``, ``N''``, ``U&''`` and
     doubled quotes), dollar-quoted strings (``$$..$$``, ``$tag$..$tag$``), numbers (decimals,
     exponents, hex/octal/binary), ``TRUE``/``FALSE``. Unterminated strings and comments
-    swallow the rest of the text (nothing after an opening quote can leak). Comments are
+    swallow the rest of the text (nothing after an opening quote can leak), and so does a
+    string with a backslash before a quote (``'it\\'s'``), whose end depends on the dialect. Comments are
     removed, whitespace runs become one space, ``IN (?, ?, ?)`` becomes ``IN (?)`` and a
     ``VALUES`` list of same-width tuples keeps only its first tuple. Identifiers (also quoted
     ``"Identifiers"``), ``NULL`` and placeholders (``%s``, ``%(name)s``, ``$1``, ``?``) are

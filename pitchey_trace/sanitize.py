@@ -677,6 +677,24 @@ _BOOLEANS = frozenset({"true", "false", "True", "False"})
 _FLAT_TUPLE = re.compile(
     r"""\((?:[^()\[\]{}\r\n"']|"[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*"|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'){0,4096}\)"""
 )
+# A Python string literal with a prefix (b'...', rb"...", u'...') or as the only argument of a
+# call (SecretBytes(b'...'), bytearray(b'...')), up to its opening quote; then the string.
+_PREFIXED_LITERAL = re.compile(
+    r"""(?P<call>[A-Za-z_][A-Za-z0-9_.]{0,63}\()?(?P<prefix>[bBrRuUfF]{1,2})?["']"""
+)
+_QUOTED = re.compile(r""""[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*"?|'[^'\\\r\n]*(?:\\.[^'\\\r\n]*)*'?""")
+# PostgreSQL error details quoting row values: "Key (cols)=(values) already exists." (also is
+# not present in table / is still referenced from table / conflicts with existing key / is
+# duplicated) and "Failing row contains (values)."; where the values end.
+_PG_VALUES = re.compile(
+    r"(?P<anchor>(?<![A-Za-z0-9_])(?i:key) \()|(?P<key>\)=\()"
+    r"|(?P<row>(?i:failing row contains) \()|(?P<eol>[\r\n]|\\[nr])"
+)
+_PG_VALUE_END = re.compile(
+    r"\) (?:already exists|is not present in table|is still referenced from table|conflicts with"
+    r"|is duplicated)|\)\.?[ \t]*(?:[\r\n]|\\[nr]|\Z)|[\r\n]|\\[nr]"
+)
+_PG_COLUMNS_MAX = 1024  # how far back "Key (" may be
 _CLOSER = {"[": "]", "{": "}", "(": ")"}
 # Authorization schemes written before a credential (RFC 7235 and common vendor schemes).
 _SCHEMES = r"bearer|basic|token|digest|ntlm|negotiate|apikey|api-key|sharedkey|ssws|aws4-hmac-sha256|aws|dpop"
@@ -1314,6 +1332,8 @@ class _Engine:
             text = self._pem.sub(lambda m: self._render("private_keys", m.group()), text)
         if self.cli and "--" in text:
             text = self._cli_values(text)
+        if self.cli and ("=(" in text or "row contains (" in text):
+            text = self._pg_detail(text)
         search = self.pattern.search
         m = search(text)
         if m is None:
@@ -1377,6 +1397,41 @@ class _Engine:
                 out.append(text[last : hit[0]])
                 out.append(hit[2])
                 last = hit[1]
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _pg_detail(self, text: str) -> str:
+        """``text`` with the row values of PostgreSQL's error details masked: ``Key (email)=(...)
+        already exists.``, ``... is not present in table``, ``Failing row contains (...).``.
+        They are the column values themselves (a user name, a phone number, a hash), in the
+        message of every unique, foreign-key, not-null or check violation an application lets
+        reach a span. A pass of its own, for texts holding "=(" or "row contains (" only."""
+        out: list[str] = []
+        last = 0
+        anchor = -1  # where the last "Key (" of the current line ends
+        for m in _PG_VALUES.finditer(text):
+            kind = m.lastgroup
+            if kind == "anchor":
+                anchor = m.end()
+                continue
+            if kind == "eol":
+                anchor = -1
+                continue
+            start = m.end()
+            if start <= last or (kind == "key" and (anchor < 0 or m.start() - anchor > _PG_COLUMNS_MAX)):
+                continue
+            # the values end before the phrase after them, or at the end of the line (a line
+            # break, or an escaped one: the message inside a JSON string or a repr)
+            found = _PG_VALUE_END.search(text, start)
+            end = found.start() if found is not None else len(text)
+            value = text[start:end]
+            if not value or _RENDERED.fullmatch(value):
+                continue
+            out.append(text[last:start])
+            out.append(self._render("secret_params", value))
+            last = end
         if not out:
             return text
         out.append(text[last:])
@@ -1518,6 +1573,10 @@ class _Engine:
             if flat is None or _RENDERED.fullmatch(flat.group()):
                 return None  # nested lists or maps, or our own marker
             return self._kv_unquoted(m, flat.group(), flat.end())
+        if first.isalpha() or first == "_":
+            hit = self._kv_literal(m, text, pos)
+            if hit is not None:
+                return hit
         if first == "\\":
             opened = _ESC_OPEN.match(text, pos)
             if opened is not None and len(opened.group(1)) in _NESTING:
@@ -1559,6 +1618,35 @@ class _Engine:
             return None  # short by construction: these patterns are bounded
         rendered = self._render("secret_params", inner)
         return f"{m.group('kv_name')}{sep}{quote}{rendered}{closing}", vm.end()
+
+    def _kv_literal(self, m: re.Match[str], text: str, pos: int) -> _Hit:
+        """A Python string literal with a prefix (``b'...'``: a bytes repr, as headers and
+        many clients give them) or one in a call (``SecretBytes(b'...')``,
+        ``bytearray(b'...')``): its content is the value, not the prefix's letter or the
+        call's name; the prefix and the call stay. None when there is no such literal."""
+        lit = _PREFIXED_LITERAL.match(text, pos)
+        if lit is None or (lit.group("call") is None and lit.group("prefix") is None):
+            return None
+        at = lit.end() - 1  # the opening quote
+        if lit.group("call") is None and _STRING_CLOSED.match(text, at):
+            return None  # 'token=b' then the quote that closes it: the value is the "b"
+        quoted = _QUOTED.match(text, at)
+        if quoted is None:
+            return None
+        value = quoted.group()
+        quote = value[0]
+        inner = value[1:]
+        closing = ""
+        if len(inner) and inner.endswith(quote):
+            inner, closing = inner[:-1], quote
+        if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
+            # kept as it is, the prefix too (not taken for an unquoted value: idempotence)
+            return text[m.start() : quoted.end()], quoted.end()
+        rendered = self._render("secret_params", inner)
+        return (
+            f"{m.group('kv_name')}{m.group('kv_sep')}{text[pos:at]}{quote}{rendered}{closing}",
+            quoted.end(),
+        )
 
     def _kv_unquoted(self, m: re.Match[str], value: str, end: int) -> _Hit:
         """An unquoted value (``token=abc``, ``"token": 12345``). After a quoted name and ":",
