@@ -10,9 +10,9 @@ A command is a span named after it (``GET``, ``HSET``) with ``db.system.name=red
 often carry personal data; ``capture_keys=True`` also records the key (the first argument, and
 never for commands whose first argument is no key: ``AUTH``, ``EVAL``, ``ECHO``...) as
 ``db.redis.key``, which goes through the sanitizer like any attribute. A pipeline is one
-``PIPELINE`` span (``MULTI`` for a transaction) with
-``db.operation.batch.size`` and the commands' texts (``INCRBY ? ?; GET ?``); in a transaction
-with ``WATCH`` (``r.transaction(fn, *keys)``), ``WATCH`` and the commands sent before ``multi()``
+``PIPELINE`` span (``MULTI`` for a transaction) with ``db.operation.batch.size`` (from two
+commands: the conventions' batches) and the commands' texts (``INCRBY ? ?; GET ?``); in a
+transaction with ``WATCH`` (``r.transaction(fn, *keys)``), ``WATCH`` and the commands sent before ``multi()``
 are spans of their own. Errors (``WRONGTYPE``, connection
 failures) are recorded and re-raised unchanged: ``db.response.status_code`` is a server error's
 prefix (``ERR``, ``WRONGTYPE``); the message keeps its first line, without the arguments the
@@ -238,7 +238,8 @@ def _start_pipeline(pipeline: Any) -> AnySpan | None:
             return None
         operation = "MULTI" if _is_transaction(pipeline) else "PIPELINE"
         attrs = {**_base_attributes(pipeline), "db.operation.name": operation}
-        attrs["db.operation.batch.size"] = len(stack)
+        if len(stack) > 1:  # (the conventions: a batch has two or more, its size is never 1)
+            attrs["db.operation.batch.size"] = len(stack)
         attrs["db.query.text"] = "; ".join(_text(tuple(args)) for args, _ in stack[:MAX_PIPELINE_TEXT])
         return _start_span(operation, attrs, _CLIENT)
     except Exception as exc:
@@ -280,7 +281,8 @@ def _start_cluster_pipeline(pipeline: Any) -> AnySpan | None:
             return None
         operation = "MULTI" if transaction else "PIPELINE"
         attrs = {**_CLUSTER_ATTRIBUTES, "db.operation.name": operation}
-        attrs["db.operation.batch.size"] = len(queue)
+        if len(queue) > 1:
+            attrs["db.operation.batch.size"] = len(queue)
         attrs["db.query.text"] = "; ".join(_text(tuple(c.args)) for c in queue[:MAX_PIPELINE_TEXT])
         return _start_span(operation, attrs, _CLIENT)
     except Exception as exc:

@@ -292,3 +292,21 @@ def test_grpc_a_request_stream_the_client_cancels_is_cancelled_not_a_server_erro
     assert server_span["attributes"]["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
     assert server_span["status"] == "unset"
     assert "error.type" not in server_span["attributes"]
+
+
+def test_a_redis_pipeline_of_one_command_has_no_batch_size(redis_port: int, traced: None) -> None:
+    """The conventions count batches from two operations: ``db.operation.batch.size`` is never 1."""
+    client = redis.Redis(port=redis_port)
+    client.delete("one-counter")
+    with capture_spans() as mem:
+        pipe = client.pipeline(transaction=False)
+        pipe.incrby("one-counter", 1)
+        assert pipe.execute() == [1]
+        with client.pipeline() as tx:
+            tx.get("one-counter").get("one-counter")
+            assert tx.execute() == [b"1", b"1"]
+    one, two = mem.spans()
+    assert (one["name"], two["name"]) == ("PIPELINE", "MULTI")
+    assert "db.operation.batch.size" not in one["attributes"]
+    assert one["attributes"]["db.query.text"] == "INCRBY ? ?"
+    assert two["attributes"]["db.operation.batch.size"] == 2
