@@ -9,8 +9,10 @@ Publishing (pika ``BlockingChannel.basic_publish`` and ``Channel.basic_publish``
 ``traceparent`` (and ``tracestate`` / ``baggage``) into the message headers. The caller's
 objects are left alone: pika gets a copy of the ``BasicProperties`` (a new one when there were
 none) with a copy of its headers, aio-pika a copy of the ``Message``; the headers already there
-are kept. A publish that fails (a closed channel, a ``NackError`` / ``UnroutableError`` under
-publisher confirms) is an error span with the exception, which is re-raised unchanged.
+are kept, except trace headers (a consumed message's, published again): ours replace them, and
+their ``tracestate`` / ``baggage`` (another trace's) are dropped. A publish that fails (a
+closed channel, a ``NackError`` / ``UnroutableError`` under publisher confirms) is an error
+span with the exception, which is re-raised unchanged.
 
 Processing a message is a ``consumer`` span ``process {queue}``, child of the publishing span
 (in another process, on another machine), current while the application handles the message,
@@ -29,7 +31,9 @@ so its own spans and queries nest under it:
   iterator returns it until it is settled (``ack``, ``nack``, ``reject``, also by a
   ``process()`` block, which adds no second span), the loop asks for the next one, or the
   iterator closes. An exception that leaves the ``process()`` block or the
-  ``async with queue.iterator()`` block marks the span; the settling belongs to the span.
+  ``async with queue.iterator()`` block marks the span; the settling belongs to the span. A
+  message never settled (``no_ack=True``) after a ``break`` out of an iterator never closed:
+  its span ends when the channel closes.
 
 Pulling a message (pika ``BlockingChannel.basic_get``, aio-pika ``Queue.get``, ``RobustQueue``
 too) is a ``consumer`` span ``receive {queue}`` (``messaging.operation.type`` /
@@ -44,7 +48,8 @@ A callback that raises is an error span with the exception, re-raised unchanged.
 without valid trace headers (none, or a malformed ``traceparent``) is processed all the same,
 in a new trace (or under the span current when it is delivered).
 
-Attributes (OpenTelemetry messaging conventions): ``messaging.system`` (``rabbitmq``),
+Attributes (OpenTelemetry messaging conventions, v1.27.0: later versions make ``receive``
+spans ``CLIENT`` and name the destination ``{exchange}:{routing key}``): ``messaging.system`` (``rabbitmq``),
 ``messaging.operation.type`` (``send`` / ``process``), ``messaging.operation.name``
 (``publish`` / ``process``), ``messaging.destination.name`` (the exchange: empty for the
 default exchange, whose spans are named after the routing key),
@@ -188,6 +193,17 @@ def _cached_base(owner: Any, find: Callable[[Any], tuple[Any, Any]]) -> dict[str
     except Exception:  # noqa: S110  (an object that takes no attributes: computed each time)
         pass
     return attrs
+
+
+def _merged(headers: dict[str, Any] | None, ours: dict[str, Any]) -> dict[str, Any]:
+    """The headers to send: the caller's with ours. Trace headers already there (a consumed
+    message's properties, republished) are dropped, not kept beside ours: their
+    ``tracestate`` / ``baggage`` belong to that other context."""
+    if not headers:
+        return ours
+    if any(key in headers for key in _HEADERS):
+        headers = {key: value for key, value in headers.items() if key not in _HEADERS}
+    return {**headers, **ours}
 
 
 def _carrier(headers: Any) -> dict[str, Any]:
@@ -351,7 +367,7 @@ def _pika_publish_start(channel: Any, args: tuple[Any, ...], kwargs: dict[str, A
         if ours:
             # A copy, never the caller's object: it may be reused for other messages.
             properties = _pika_spec().BasicProperties() if properties is None else copy.copy(properties)
-            properties.headers = {**headers, **ours} if headers else ours
+            properties.headers = _merged(headers, ours)
             call["properties"] = properties
         return span, call
     except Exception as exc:
@@ -601,7 +617,7 @@ def _wrap_aio_publish(original: Any) -> Any:
             if ours and (headers is None or isinstance(headers, dict)):
                 # A copy: the caller's message may be locked (an IncomingMessage) or reused.
                 outgoing = copy.copy(message)
-                outgoing.headers = {**headers, **ours} if headers else ours
+                outgoing.headers = _merged(headers, ours)
                 message = outgoing
         except Exception as exc:
             _safety.report("amqp.publish", exc)
@@ -827,7 +843,23 @@ def _held(iterator: Any) -> list[_Iterated] | None:
         except Exception as exc:
             _safety.report("amqp.iterator", exc)
             return None
+        _finish_on_close(iterator, held)
     return held
+
+
+def _finish_on_close(iterator: Any, held: list[_Iterated]) -> None:
+    """End the iterator's open spans when its channel closes. After a ``break`` out of an
+    iterator that is never closed, with a message that is not settled (``no_ack=True``), the
+    channel's end is the last thing we see (aio-pika keeps such an iterator alive)."""
+    try:
+        closed = iterator._amqp_queue.channel.closed()  # a shield: our own future, to cancel
+        closed.add_done_callback(lambda _: _finish_all(held))
+        # Once the iterator closes (any way), drop the hook: a channel outlives many iterators.
+        own = getattr(iterator, "_closed", None)
+        if own is not None:
+            own.add_done_callback(lambda _: closed.cancel())
+    except Exception as exc:
+        _safety.report("amqp.iterator", exc)
 
 
 def _finish_all(held: list[_Iterated], exc: BaseException | None = None) -> None:
