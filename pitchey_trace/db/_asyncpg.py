@@ -32,7 +32,7 @@ import asyncpg.pool
 from pitchey_trace import _safety
 from pitchey_trace._context import CURRENT, suppress_tracing
 from pitchey_trace._span import AttributeValue
-from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Op, Stmt, set_batch_size, transaction_outcome
 
 __all__ = [
     "instrument",
@@ -126,7 +126,7 @@ async def _run(
     if op is None:
         return await call()
     if batch is not None:
-        _batch_size(op, batch)
+        set_batch_size(op[0], batch)
     try:
         result = await call()
     except BaseException as exc:
@@ -134,14 +134,6 @@ async def _run(
         raise
     state.done(op, rows(result))  # type: ignore[union-attr]
     return result
-
-
-def _batch_size(op: Op, batch: Any) -> None:
-    try:
-        if isinstance(batch, Sized) and op[0].is_recording:
-            op[0].set_attribute("db.operation.batch.size", len(batch))
-    except Exception as exc:
-        _safety.report("db.begin", exc)
 
 
 def _copy_text(table_name: Any, schema_name: Any, direction: str) -> str:

@@ -19,14 +19,14 @@ from psycopg.client_cursor import ClientCursorMixin
 
 from pitchey_trace import _safety
 from pitchey_trace.db import _pipeline
-from pitchey_trace.db._ops import STATE_ATTR, ConnState, Stmt
+from pitchey_trace.db._ops import STATE_ATTR, ConnState, Stmt, set_batch_size
 
 #: The statement of each server-side cursor's last traced DECLARE. Kept outside the cursor so
 #: that traced classes add no slot: an existing cursor (an argument of ``@traced_query``) can
 #: then have its class switched, which needs the same instance layout.
 _DECLARED: weakref.WeakKeyDictionary[Any, Stmt] = weakref.WeakKeyDictionary()
 
-__all__ = ["is_traced_class", "traced_class"]
+__all__ = ["is_traced_class", "is_traced_factory", "traced_class", "traced_factory"]
 
 
 class _SyncCursorMixin:
@@ -63,7 +63,7 @@ class _SyncCursorMixin:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
-        _batch_size(op[0], params_seq)
+        set_batch_size(op[0], params_seq)
         if self._conn._pipeline is not None:  # riding the user's pipeline: results come later
             entry = _pipeline.begin(self, state, op, self._conn._pipeline)
             try:
@@ -226,7 +226,7 @@ class _AsyncCursorMixin:
         state: ConnState | None = getattr(self._conn, STATE_ATTR, None)
         if state is None or (op := state.begin(self, query, None, _prepares_batches(self))) is None:
             return await super().executemany(query, params_seq, **kwargs)  # type: ignore[misc,no-any-return]
-        _batch_size(op[0], params_seq)
+        set_batch_size(op[0], params_seq)
         if self._conn._pipeline is not None:  # riding the user's pipeline: results come later
             entry = _pipeline.begin(self, state, op, self._conn._pipeline)
             try:
@@ -326,15 +326,6 @@ def _batch_rows(cur: Any, kwargs: dict[str, Any]) -> int:
         return -1
 
 
-def _batch_size(span: Any, params_seq: Any) -> None:
-    try:
-        n = len(params_seq)
-    except TypeError:  # an iterator: do not consume it
-        return
-    if span.is_recording:
-        span.set_attribute("db.operation.batch.size", n)
-
-
 _classes: dict[type, type] = {}
 
 
@@ -365,3 +356,46 @@ def traced_class(base: type) -> type:
     cls = type(f"Traced{base.__name__}", (mixin, base), {"__slots__": (), "__module__": __name__})
     _classes[base] = cls
     return cls
+
+
+_CURSOR_BASES = (psycopg.Cursor, psycopg.AsyncCursor, psycopg.ServerCursor, psycopg.AsyncServerCursor)
+
+
+def _adopt(cur: Any) -> Any:
+    """``cur`` switched to its traced class (same layout, extra methods). A cursor that is no
+    psycopg cursor, or whose class cannot be switched, is returned as it is (untraced)."""
+    try:
+        cls = type(cur)
+        if isinstance(cur, _CURSOR_BASES) and not is_traced_class(cls):
+            cur.__class__ = traced_class(cls)
+    except Exception as exc:
+        _safety.report("db.cursor_factory", exc)
+    return cur
+
+
+def traced_factory(factory: Any) -> Any:
+    """What ``instrument`` sets as the connection's cursor factory in place of ``factory``: the
+    traced subclass of a psycopg cursor class, or, for any other callable (psycopg calls the
+    factory; a function returning cursors works without tracing), a function that switches
+    each cursor it makes to the traced class. Never raises."""
+    if isinstance(factory, type) and issubclass(factory, _CURSOR_BASES):
+        try:
+            return traced_class(factory)
+        except Exception as exc:  # (a class whose layout a subclass cannot share)
+            _safety.report("db.cursor_factory", exc)
+    if not callable(factory):
+        return factory
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        return _adopt(factory(*args, **kwargs))
+
+    traced.__wrapped__ = factory  # type: ignore[attr-defined]
+    traced._pitchey_traced = True  # type: ignore[attr-defined]
+    return traced
+
+
+def is_traced_factory(factory: Any) -> bool:
+    """True for what :func:`traced_factory` returns (a traced class or a wrapping function)."""
+    if isinstance(factory, type):
+        return is_traced_class(factory)
+    return getattr(factory, "_pitchey_traced", False) is True

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from pitchey_trace.db._cursors import is_traced_class, traced_class
+from pitchey_trace import _safety
+from pitchey_trace.db._cursors import is_traced_factory, traced_factory
 from pitchey_trace.db._drivers import support
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
 from pitchey_trace.db._tpc import make_tpc_methods
@@ -109,13 +110,29 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
         state.set_overrides(sql_comments, capture_parameters)
         return conn
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
+    # Each part on its own: what cannot be traced on an unusual connection (a cursor factory
+    # that is a function, a subclass whose transaction() is a property) stays as it was, and
+    # the rest is traced. Nothing here raises into the caller (a pool's configure callback).
     state.orig_cursor_factory = conn.cursor_factory
     state.orig_server_cursor_factory = conn.server_cursor_factory
-    conn.cursor_factory = traced_class(conn.cursor_factory)
-    conn.server_cursor_factory = traced_class(conn.server_cursor_factory)
-    conn.transaction = _make_transaction(conn, state)  # type: ignore[method-assign]
-    for name, method in make_tpc_methods(conn, state, isinstance(conn, psycopg.AsyncConnection)).items():
-        setattr(conn, name, method)
+    try:
+        conn.cursor_factory = traced_factory(conn.cursor_factory)
+        conn.server_cursor_factory = traced_factory(conn.server_cursor_factory)
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+    try:
+        methods = {"transaction": _make_transaction(conn, state)}
+        methods.update(make_tpc_methods(conn, state, isinstance(conn, psycopg.AsyncConnection)))
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+        methods = {}
+    for name, method in methods.items():
+        if hasattr(type(inspect.getattr_static(type(conn), name, None)), "__set__"):
+            continue  # (a property or other data descriptor of the class wins over the instance)
+        try:
+            setattr(conn, name, method)
+        except Exception as exc:
+            _safety.report("db.instrument", exc)
     state.instrumented = True
     setattr(conn, STATE_ATTR, state)
     return conn
@@ -145,9 +162,9 @@ def uninstrument(conn: C) -> C:
     if state is None:
         return conn
     state.instrumented = False
-    if is_traced_class(conn.cursor_factory) and state.orig_cursor_factory is not None:
+    if is_traced_factory(conn.cursor_factory) and state.orig_cursor_factory is not None:
         conn.cursor_factory = state.orig_cursor_factory
-    if is_traced_class(conn.server_cursor_factory) and state.orig_server_cursor_factory is not None:
+    if is_traced_factory(conn.server_cursor_factory) and state.orig_server_cursor_factory is not None:
         conn.server_cursor_factory = state.orig_server_cursor_factory
     for name in ("transaction", *_TPC_METHODS):
         conn.__dict__.pop(name, None)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # The process-wide tracer is never replaced (configure() re-points its pipeline).
 _TRACER = get_tracer()
 
-__all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error"]
+__all__ = ["STATE_ATTR", "ConnState", "Stmt", "logger", "record_error", "set_batch_size"]
 
 #: Name of the attribute holding a connection's :class:`ConnState`.
 STATE_ATTR = "_pitchey_trace_state"
@@ -43,6 +43,9 @@ _CACHE_MAX = 512
 _RETURNING_OPS = frozenset({"SELECT", "FETCH", "SHOW", "VALUES", "TABLE", "EXPLAIN"})
 _AFFECTING_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 _QUOTED = re.compile(r"\"[^\"]*\"?|'[^']*'?")
+_ARG_ERROR = re.compile(
+    r"invalid input for query argument \$\d+(?: in element #\d+ of executemany\(\) sequence)?"
+)
 
 # An in-flight query: (span, statement info, start time in ns, query to send).
 Op = tuple["AnySpan", "Stmt", int, Any]
@@ -137,7 +140,15 @@ def error_info(exc: BaseException) -> tuple[str | None, str, str]:
             primary = diag.message_primary
         except Exception:
             primary = None
-    message = _scrub(primary if primary else str(exc))
+    message = primary if primary else str(exc)
+    arg = _ARG_ERROR.match(message)
+    if arg is not None:
+        # asyncpg's client-side DataError shows the argument's repr, unquoted for numbers and
+        # lists ("...argument $1: 1099511627776 (value out of int32 range)"): keep only the
+        # argument's position and the encoder's reason (its __cause__).
+        cause = exc.__cause__
+        message = f"{arg.group(0)}: ? ({cause})" if cause is not None else arg.group(0)
+    message = _scrub(message)
     return (sqlstate if isinstance(sqlstate, str) and sqlstate else None), type_name, message
 
 
@@ -195,6 +206,20 @@ def transaction_outcome(
             span.set_attribute("db.transaction.rollback_reason", "force_rollback")
     if isinstance(failure, Exception):
         record_error(span, failure)
+
+
+def set_batch_size(span: AnySpan, params_seq: Any) -> None:
+    """``db.operation.batch.size`` of an ``executemany``-like call: the number of parameter
+    sets, only from two on (the conventions count a batch from two operations, so the value is
+    never 1; an empty one runs nothing) and only when the sequence has a length (an iterator is
+    not consumed). Never raises."""
+    try:
+        if span.is_recording and hasattr(params_seq, "__len__"):
+            n = len(params_seq)
+            if n >= 2:
+                span.set_attribute("db.operation.batch.size", n)
+    except Exception as exc:
+        _safety.report("db.begin", exc)
 
 
 def _param_value(value: object, limit: int) -> AttributeValue:
@@ -520,6 +545,7 @@ class ConnState:
         try:
             span, stmt, start, _ = op
             end = time_ns()
+            exc = _interruption(exc)
             sqlstate = None
             if isinstance(exc, Exception):
                 sqlstate = record_error(span, exc)
@@ -536,6 +562,26 @@ class ConnState:
                 audit(span, stmt, "error", sqlstate or type(exc).__qualname__)
         except Exception as internal:
             _safety.report("db.end", internal)
+
+
+def _interruption(exc: BaseException) -> BaseException:
+    """The interruption behind ``exc`` when ``exc`` is only its consequence, else ``exc``.
+
+    When a query is interrupted in the application (task cancelled, Ctrl-C), psycopg's
+    ``conn.wait`` cancels it on the server and drives the query's generator on to the
+    ``QueryCanceled`` (57014) answer before re-raising the interruption. A span that covers the
+    generator itself (a server-side cursor's FETCH) sees that 57014 raised while the
+    interruption is being handled (its ``__context__``); the query did not fail, it was
+    cancelled. (A ``statement_timeout`` 57014 has no such context and stays an error.)"""
+    context = exc.__context__
+    if (
+        context is not None
+        and not isinstance(context, Exception)
+        and isinstance(exc, Exception)
+        and getattr(exc, "sqlstate", None) == "57014"
+    ):
+        return context
+    return exc
 
 
 def connection_attributes(conn: Any) -> dict[str, AttributeValue]:

@@ -54,7 +54,7 @@ import psycopg2.extensions as _ext
 from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
-from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Op, Stmt, set_batch_size, transaction_outcome
 from pitchey_trace.db._tpc import make_tpc_methods
 
 __all__ = [
@@ -121,8 +121,8 @@ class _TracedCursor:
             return call(query)
         if (batch is not None or procedure is not None) and op[0].is_recording:
             try:
-                if hasattr(batch, "__len__"):
-                    op[0].set_attribute("db.operation.batch.size", len(batch))
+                if batch is not None:
+                    set_batch_size(op[0], batch)
                 if procedure is not None:
                     op[0].update_name(f"SELECT {procedure}")
                     op[0].set_attribute("db.stored_procedure.name", procedure)

@@ -22,6 +22,8 @@ from pitchey_trace.db._ops import ConnState, transaction_outcome
 __all__ = ["AsyncTracedTransaction", "TracedTransaction"]
 
 _IDLE = pq.TransactionStatus.IDLE
+# (a closed or broken connection: no transaction to nest in; psycopg refuses the block)
+_UNKNOWN = pq.TransactionStatus.UNKNOWN
 _COMMITTED = psycopg.Transaction.Status.COMMITTED
 
 
@@ -62,7 +64,7 @@ class _TxBase:
     def _start(self) -> None:
         """Open the span (made current) before BEGIN/SAVEPOINT is sent. Never raises."""
         try:
-            nested = self._conn.info.transaction_status != _IDLE
+            nested = self._conn.info.transaction_status not in (_IDLE, _UNKNOWN)
             span = self._state.transaction_span(nested, self._name)
             if span is None:
                 return
