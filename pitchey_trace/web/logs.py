@@ -185,6 +185,12 @@ def _message(record: logging.LogRecord, limit: int) -> str:
     return _text(message, limit)
 
 
+def _is_sdk_record(record: logging.LogRecord) -> bool:
+    # (``logging.makeLogRecord()`` leaves ``name`` None; a handler must not fail on it)
+    name = record.name
+    return isinstance(name, str) and name.startswith("pitchey_trace")
+
+
 def _code(record: logging.LogRecord) -> dict[str, Any]:
     return {
         "code.function.name": record.funcName,
@@ -197,7 +203,7 @@ def _add_log_event(record: logging.LogRecord) -> None:
     """Add ``record`` to the current span as a ``log`` event (when a recording span is current
     and the record is not the SDK's own). Never raises."""
     span = CURRENT.get()
-    if span is None or not span.is_recording or record.name.startswith("pitchey_trace"):
+    if span is None or not span.is_recording or _is_sdk_record(record):
         return
     try:
         attrs: dict[str, Any] = {
@@ -398,7 +404,7 @@ def _ship(
 
 def _export_log(record: logging.LogRecord) -> None:
     """Ship ``record`` (see :class:`LogExportHandler`). Never raises."""
-    if record.name.startswith("pitchey_trace") or CURRENT.get() is SUPPRESSED:
+    if _is_sdk_record(record) or CURRENT.get() is SUPPRESSED:
         return  # the SDK's own (no feedback), or an export thread / suppress_tracing()
     try:
         attrs = _code(record)
@@ -408,10 +414,11 @@ def _export_log(record: logging.LogRecord) -> None:
         _add_extras(attrs, fields, sorted(fields.keys() - _STANDARD))  # (extra=: usually few)
         message = _message(record, MAX_LOG_BODY)
         when = int(record.created * 1e9)
+        name = record.name if isinstance(record.name, str) else _safe_str(record.name)
     except Exception as exc:
         _safety.report("logs.export", exc)
         return
-    _ship(record.name, record.levelno, record.levelname, message, when, _record_exception(record), attrs)
+    _ship(name, record.levelno, record.levelname, message, when, _record_exception(record), attrs)
 
 
 # structlog method names -> (logging level, OpenTelemetry-style name)
@@ -456,7 +463,9 @@ def export_event(
         elif isinstance(exc, tuple):
             exc = exc[1] if len(exc) > 1 else None
         attrs: dict[str, Any] = {}
-        _add_extras(attrs, event_dict, sorted(k for k in event_dict if k not in _STRUCTLOG_KEYS))
+        # (text keys only: sorting mixed key types fails, and only text keys are attributes)
+        keys = sorted(k for k in event_dict if k.__class__ is str and k not in _STRUCTLOG_KEYS)
+        _add_extras(attrs, event_dict, keys)
         message = _text(_safe_str(event_dict.get("event", "")), MAX_LOG_BODY)
     except Exception as internal:
         _safety.report("logs.export", internal)

@@ -14,8 +14,10 @@ the process makes::
 the urllib3 request it makes underneath gets no second one.)
 
 Each request on the wire (redirects included) becomes a CLIENT span named after its method,
-with ``http.request.method``, ``url.full`` (credentials removed), ``server.address``,
-``server.port``, ``http.response.status_code`` and, on failure, ``error.type``. The span
+with ``http.request.method`` (and ``http.request.method_original`` when the method sent
+differs), ``url.full`` (credentials removed), ``server.address``, ``server.port``,
+``http.response.status_code``, ``http.request.resend_count`` on each request after the first
+of one call (redirects, auth retries) and, on failure or cancellation, ``error.type``. The span
 ends when the response headers arrive (a streamed body is read later, outside it). Inside
 :func:`pitchey_trace.suppress_tracing` (and on the SDK's export threads) nothing is
 recorded or injected.
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +40,7 @@ from pitchey_trace._tracer import get_tracer
 from pitchey_trace.propagation import inject
 from pitchey_trace.web._common import (
     ERROR_TYPE,
+    HTTP_METHOD_ORIGINAL,
     HTTP_STATUS,
     SERVER_ADDRESS,
     SERVER_PORT,
@@ -63,24 +67,88 @@ _WRAPPED = "__pitchey_trace_wrapped__"
 # library -> (owner class, attribute name, original function) for every patched method.
 _patched: dict[str, list[tuple[type, str, Any]]] = {}
 
+RESEND_COUNT = "http.request.resend_count"
+# The API call under way (one ``Client.send``, ``Session.send``, ``OpenerDirector.open``,
+# ``PoolManager.urlopen``, redirects and auth retries included): (library, client, requests
+# it has put on the wire so far). Each request after the first is a resend (semantic
+# conventions: ``http.request.resend_count``, for any reason, redirects included).
+_call: ContextVar[tuple[str, object, list[int]] | None] = ContextVar("pitchey_trace_http_call", default=None)
 
-def _start(method: str, full_url: str, host: str | None, port: int | None) -> AnySpan:
+
+def _start(
+    method: str, full_url: str, host: str | None, port: int | None, library: str | None = None
+) -> AnySpan:
     attrs: dict[str, Any] = {URL_FULL: full_url}
     if host:
         attrs[SERVER_ADDRESS] = host
     if port:
         attrs[SERVER_PORT] = port
-    label = method_attributes(method.upper(), attrs)
+    upper = method.upper()
+    label = method_attributes(upper, attrs)
+    if upper != method:  # (what went on the wire: ``get`` is GET, its original kept)
+        attrs[HTTP_METHOD_ORIGINAL] = method
+    call = _call.get()
+    if library is not None and call is not None and call[0] == library:
+        sent = call[2]
+        if sent[0]:
+            attrs[RESEND_COUNT] = sent[0]
+        sent[0] += 1
     return _start_span(label, attrs, _CLIENT)
+
+
+def _scoped(library: str, send: Callable[..., Any]) -> Callable[..., Any]:
+    """``send`` (a client's method) counting the requests one call puts on the wire; a nested
+    call on the same client (requests' redirects, urllib's) counts in the outer one."""
+
+    def scoped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _call.get()
+        if call is not None and call[1] is self:
+            return send(self, *args, **kwargs)
+        token = _call.set((library, self, [0]))
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            _call.reset(token)
+
+    setattr(scoped, _WRAPPED, send)
+    return scoped
+
+
+def _scoped_async(library: str, send: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`_scoped` for a coroutine method (``httpx.AsyncClient.send``)."""
+
+    async def scoped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _call.get()
+        if call is not None and call[1] is self:
+            return await send(self, *args, **kwargs)
+        token = _call.set((library, self, [0]))
+        try:
+            return await send(self, *args, **kwargs)
+        finally:
+            _call.reset(token)
+
+    setattr(scoped, _WRAPPED, send)
+    return scoped
+
+
+def _patch_scope(library: str, owner: type, name: str, is_async: bool = False) -> None:
+    original = owner.__dict__.get(name)
+    if original is None:  # (another version of the library: spans without the count)
+        return
+    setattr(owner, name, (_scoped_async if is_async else _scoped)(library, original))
+    _patched[library].append((owner, name, original))
 
 
 def _end(span: AnySpan, status: int | None, exc: BaseException | None) -> None:
     with _safety.guard("web.client.end"):
         if exc is not None:
+            # (cancelled too: a task cancelled or an interrupt mid-request did not complete it)
+            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             if isinstance(exc, Exception):
-                span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
                 span.record_exception(exc)
                 span.set_status("error", f"{type(exc).__name__}: {exc}")
+            else:
+                span.set_status("error", type(exc).__name__)
         elif status is not None:
             span.set_attribute(HTTP_STATUS, status)
             if status >= 400:
@@ -136,7 +204,7 @@ def _httpx_start(request: Any) -> AnySpan | None:
         url = request.url
         full = str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
         port = url.port or (443 if url.scheme == "https" else 80)
-        span = _start(request.method, full, url.host, port)
+        span = _start(request.method, full, url.host, port, "httpx")
         inject(request.headers, context=span.context)
         return span
     except Exception as exc:
@@ -190,6 +258,8 @@ def instrument_httpx() -> None:
         (httpx.HTTPTransport, "handle_request", sync_orig),
         (httpx.AsyncHTTPTransport, "handle_async_request", async_orig),
     ]
+    _patch_scope("httpx", httpx.Client, "send")
+    _patch_scope("httpx", httpx.AsyncClient, "send", is_async=True)
 
 
 def uninstrument_httpx() -> None:
@@ -202,6 +272,7 @@ def instrument_requests() -> None:
     """Create a CLIENT span and inject ``traceparent`` for every ``requests`` call (patches
     ``requests.adapters.HTTPAdapter.send``, so each redirect hop is its own span). Idempotent."""
     import requests.adapters
+    import requests.sessions
 
     if "requests" in _patched:
         return
@@ -213,7 +284,7 @@ def instrument_requests() -> None:
             return orig(self, request, *args, **kwargs)
         try:
             full, host, port = _strip_credentials(request.url)
-            span = _start(request.method or "GET", full, host, port)
+            span = _start(request.method or "GET", full, host, port, "requests")
             inject(request.headers, context=span.context)
         except Exception as exc:
             _safety.report("web.requests.start", exc)
@@ -232,6 +303,7 @@ def instrument_requests() -> None:
     setattr(send, _WRAPPED, orig)
     adapter.send = send  # type: ignore[method-assign]
     _patched["requests"] = [(adapter, "send", orig)]
+    _patch_scope("requests", requests.sessions.Session, "send")
 
 
 def uninstrument_requests() -> None:
@@ -275,7 +347,7 @@ def instrument_urllib() -> None:
         try:
             full, host, port = _strip_credentials(req.full_url)
             sent = _request_to_send(req)
-            span = _start(req.get_method(), full, host, port)
+            span = _start(req.get_method(), full, host, port, "urllib")
             inject(sent, context=span.context, setter=_add_unredirected)
         except Exception as exc:
             _safety.report("web.urllib.start", exc)
@@ -291,6 +363,7 @@ def instrument_urllib() -> None:
     setattr(do_open, _WRAPPED, orig)
     handler.do_open = do_open
     _patched["urllib"] = [(handler, "do_open", orig)]
+    _patch_scope("urllib", request_module.OpenerDirector, "open")
 
 
 def uninstrument_urllib() -> None:
@@ -299,6 +372,10 @@ def uninstrument_urllib() -> None:
 
 
 # -- urllib3 ---------------------------------------------------------------------------------------
+def _assign(carrier: Any, name: str, value: str) -> None:
+    carrier[name] = value
+
+
 def _pool_url(pool: Any, url: str) -> str:
     """The full URL of a pool's request: ``url`` is usually a path on the pool's host (a
     proxy's requests carry a full URL)."""
@@ -335,10 +412,12 @@ def instrument_urllib3() -> None:
             return orig(self, method, url, body, headers, *args, **kwargs)
         try:
             full, host, port = _strip_credentials(_pool_url(self, url))
-            span = _start(method, full, host, port)
+            span = _start(method, full, host, port, "urllib3")
             given = headers if headers is not None else self.headers
             sent = given.copy() if hasattr(given, "copy") else dict(given or {})
-            inject(sent, context=span.context)
+            # (a plain dict: inject replaces a key in any case itself; urllib3's HTTPHeaderDict,
+            # which request() builds for a body, replaces in any case on assignment)
+            inject(sent, context=span.context, setter=None if isinstance(sent, dict) else _assign)
         except Exception as exc:
             _safety.report("web.urllib3.start", exc)
             return orig(self, method, url, body, headers, *args, **kwargs)
@@ -356,6 +435,8 @@ def instrument_urllib3() -> None:
     setattr(urlopen, _WRAPPED, orig)
     pool_class.urlopen = urlopen
     _patched["urllib3"] = [(pool_class, "urlopen", orig)]
+    poolmanager = importlib.import_module("urllib3.poolmanager")
+    _patch_scope("urllib3", poolmanager.PoolManager, "urlopen")  # (its redirects: a call per hop)
 
 
 def uninstrument_urllib3() -> None:
