@@ -780,8 +780,12 @@ def _writer(carrier: Any, setter: Callable[[Any, str, str], Any] | None) -> Writ
         return _list_writer(carrier)
     if hasattr(carrier, "get_all") and hasattr(carrier, "__delitem__"):
         # email.message.Message appends on assignment: delete first so the header is replaced.
+        # (urllib3's HTTPHeaderDict has get_all too, and raises KeyError for a missing name)
         def write_message(name: str, value: str) -> None:
-            del carrier[name]
+            try:
+                del carrier[name]
+            except KeyError:
+                pass
             carrier[name] = value
 
         return write_message

@@ -10,6 +10,7 @@ from typing import Any
 
 from pitchey_trace import propagation as prop
 from pitchey_trace._span import TraceContext
+from pitchey_trace.testing import swallowed_errors
 
 TID = 0x0AF7651916CD43DD8448EB211C80319C
 SID = 0xB7AD6B7169203331
@@ -108,3 +109,20 @@ def test_extract_bytes_header_list_still_rejects_ambiguous_case_variants() -> No
     assert prop.extract([(b"Traceparent", TP.encode()), (b"TRACEPARENT", TP.encode())]) is not None
     assert prop.extract([(b"host", b"h"), (b"Traceparent", b"garbage")]) is None
     assert prop.extract([(b"host", b"h")]) is None
+
+
+def test_inject_into_urllib3_header_dicts_writes_and_replaces() -> None:
+    """urllib3's HTTPHeaderDict (``get_all``, KeyError on deleting a missing name) gets the
+    headers; one already there in another case is replaced, not doubled."""
+    import urllib3
+
+    ctx = TraceContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
+    fresh = urllib3.HTTPHeaderDict({"accept": "*/*"})
+    with swallowed_errors() as errors:
+        prop.inject(fresh, context=ctx)
+        stale = urllib3.HTTPHeaderDict({"Traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+        prop.inject(stale, context=ctx)
+    assert errors == []
+    assert fresh["traceparent"] == ctx.traceparent
+    assert fresh["accept"] == "*/*"
+    assert stale.getlist("traceparent") == [ctx.traceparent]
