@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,10 +122,16 @@ class GrpcSender:
             self._call = self._channel.unary_unary(self.method)
         return self._call
 
-    def send(self, payload: bytes, retry: RetryPolicy | None = None, spooled: bool = False) -> HttpResult:
+    def send(
+        self,
+        payload: bytes,
+        retry: RetryPolicy | None = None,
+        spooled: bool = False,
+        deadline: float | None = None,
+    ) -> HttpResult:
         """Export ``payload`` (an encoded ExportTraceServiceRequest), retrying per the policy
         (``retry`` instead of the sender's own for this call; ``spooled``: see
-        ``_http.with_retries``).
+        ``_http.with_retries``; ``deadline``, ``time.monotonic()``: no call or wait past it).
 
         The result's ``body`` is the encoded ExportTraceServiceResponse; ``status`` is None
         (gRPC codes are in ``error``)."""
@@ -134,10 +141,13 @@ class GrpcSender:
         max_retry_after_s = policy.max_retry_after_s
 
         def once() -> Try:
+            timeout = self.timeout_s
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    return Try(retry=True, error="no time left to send the request")
             try:
-                body = self._stub()(
-                    payload, timeout=self.timeout_s, metadata=self.metadata, compression=compression
-                )
+                body = self._stub()(payload, timeout=timeout, metadata=self.metadata, compression=compression)
             except grpc.RpcError as exc:
                 code = exc.code().name if callable(getattr(exc, "code", None)) and exc.code() else "UNKNOWN"
                 details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
@@ -153,7 +163,7 @@ class GrpcSender:
             answer = body if isinstance(body, bytes) else b""
             return Try(ok=True, data=answer, content_type="application/grpc")  # (read for a partial success)
 
-        return with_retries(self.counter, self.url, policy, self.stop, once, spooled)
+        return with_retries(self.counter, self.url, policy, self.stop, once, spooled, deadline)
 
 
 def _pushback_s(exc: Any) -> float | None:

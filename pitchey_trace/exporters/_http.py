@@ -8,8 +8,10 @@ counted and logged at most once a minute per kind, never reported as internal er
 from __future__ import annotations
 
 import email.utils
+import functools
 import gzip
 import http.client
+import io
 import logging
 import os
 import random
@@ -19,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
@@ -250,10 +252,12 @@ def with_retries(
     stop: threading.Event,
     once: Callable[[], Try],
     spooled: bool = False,
+    deadline: float | None = None,
 ) -> HttpResult:
-    """Run ``once`` until it succeeds, fails for good, or the policy (attempts, elapsed time)
-    or ``stop`` ends the retries; counts ``{counter}.requests/.retried/.rejected/.failed``
-    and warns (rate-limited) on the ``pitchey_trace`` logger. Shared by every sender.
+    """Run ``once`` until it succeeds, fails for good, or the policy (attempts, elapsed time),
+    ``stop`` or ``deadline`` (``time.monotonic()``: no wait past it) ends the retries; counts
+    ``{counter}.requests/.retried/.rejected/.failed`` and warns (rate-limited) on the
+    ``pitchey_trace`` logger. Shared by every sender.
     ``spooled``: a batch that fails goes to the exporter's spool (the warning says so, not
     that it is given up)."""
     started = time.monotonic()
@@ -277,7 +281,12 @@ def with_retries(
             return HttpResult(False, t.status, t.data, attempt, t.error, rejected=True)
         wait = t.wait if t.wait is not None else policy.backoff(attempt)
         elapsed = time.monotonic() - started
-        if attempt >= policy.max_attempts or elapsed + wait > policy.max_elapsed_s or stop.is_set():
+        if (
+            attempt >= policy.max_attempts
+            or elapsed + wait > policy.max_elapsed_s
+            or stop.is_set()
+            or (deadline is not None and time.monotonic() + wait >= deadline)
+        ):
             _stats.incr(f"{counter}.failed")
             warn_limited(
                 f"{counter}.failed",
@@ -378,6 +387,56 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+class _AnswerIO(io.RawIOBase):
+    """The socket's reading side for one answer, giving up at ``deadline`` (monotonic): each
+    read waits at most ``min(timeout_s, time left)``. A per-read timeout alone lets a server
+    that drips its answer a byte at a time hold the exporter's thread as long as it likes."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # (keeps the socket open while read)
+        self._timeout_s = timeout_s
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not arrive within timeout_s")
+        self._sock.settimeout(min(self._timeout_s, left))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _AnswerSocket:
+    """What :class:`http.client.HTTPResponse` reads its answer from: ``makefile`` gives a
+    buffered :class:`_AnswerIO` (the response's only use of the socket)."""
+
+    def __init__(self, sock: socket.socket, timeout_s: float, deadline: float) -> None:
+        self._sock = sock
+        self._timeout_s = timeout_s
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_AnswerIO(self._sock, self._timeout_s, self._deadline))
+
+
+def _answer_response(timeout_s: float, deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    """An ``HTTPConnection.response_class`` reading the answer by ``deadline`` at the latest."""
+
+    def make(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_AnswerSocket(sock, timeout_s, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
 class HttpSender:
     """POSTs bodies to one URL over a reused connection, with retries (one thread at a time).
 
@@ -463,13 +522,34 @@ class HttpSender:
             self._conn = conn
         return conn
 
-    def _post_once(self, body: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    def _exchange(
+        self, conn: http.client.HTTPConnection, body: bytes, deadline: float | None
+    ) -> http.client.HTTPResponse:
+        """Send the request on ``conn`` and read the answer's status line and headers. Each
+        socket operation waits at most ``timeout_s`` (and never past ``deadline``); the answer
+        as a whole must come within ``timeout_s`` of the request going out."""
+        timeout = self.timeout_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no time left to send the request")
+            timeout = min(timeout, left)
+        conn.timeout = timeout  # (a new connection connects with it)
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        conn.request("POST", self._path, body=body, headers=self.headers)
+        answer_by = time.monotonic() + self.timeout_s
+        if deadline is not None:
+            answer_by = min(answer_by, deadline)
+        conn.response_class = _answer_response(self.timeout_s, answer_by)  # type: ignore[assignment]
+        return conn.getresponse()
+
+    def _post_once(self, body: bytes, deadline: float | None = None) -> tuple[int, Mapping[str, str], bytes]:
         conn = self._connection()
         reused = conn.sock is not None  # (a new connection connects on its first request)
         try:
             try:
-                conn.request("POST", self._path, body=body, headers=self.headers)
-                resp = conn.getresponse()
+                resp = self._exchange(conn, body, deadline)
             except _STALE_CONNECTION:
                 if not reused:
                     raise
@@ -479,22 +559,36 @@ class HttpSender:
                 # failure is a failed attempt.
                 self.close()
                 conn = self._connection()
-                conn.request("POST", self._path, body=body, headers=self.headers)
-                resp = conn.getresponse()
-            # Bounded: a collector answering with a huge (or endless) body must not grow this
-            # process's memory. What is left unread makes the connection unusable: drop it.
-            data = resp.read(_MAX_RESPONSE_BYTES)
+                resp = self._exchange(conn, body, deadline)
             headers = {k.lower(): v for k, v in resp.getheaders()}
+            try:
+                # Bounded: a collector answering with a huge (or endless) body must not grow this
+                # process's memory. What is left unread makes the connection unusable: drop it.
+                data = resp.read(_MAX_RESPONSE_BYTES)
+            except (OSError, http.client.HTTPException):
+                # The status line came: the collector answered (a 2xx took the request); only
+                # the rest of its body was lost. Sending again would duplicate the request.
+                resp.close()
+                self.close()
+                return resp.status, headers, b""
             if resp.will_close or not resp.isclosed():
+                resp.close()
                 self.close()
             return resp.status, headers, data
         except BaseException:
             self.close()
             raise
 
-    def send(self, payload: bytes, retry: RetryPolicy | None = None, spooled: bool = False) -> HttpResult:
+    def send(
+        self,
+        payload: bytes,
+        retry: RetryPolicy | None = None,
+        spooled: bool = False,
+        deadline: float | None = None,
+    ) -> HttpResult:
         """POST ``payload`` (gzipped when ``compress``), retrying per the policy (``retry``
-        instead of the sender's own for this call; ``spooled``: see :func:`with_retries`)."""
+        instead of the sender's own for this call; ``spooled``: see :func:`with_retries`);
+        ``deadline`` (``time.monotonic()``): no attempt or wait goes past it (a flush's)."""
         policy = retry or self.retry
         body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
         retry_statuses = policy.retry_statuses
@@ -502,7 +596,7 @@ class HttpSender:
 
         def once() -> Try:
             try:
-                code, headers, data = self._post_once(body)
+                code, headers, data = self._post_once(body, deadline)
             except (OSError, http.client.HTTPException) as exc:
                 return Try(retry=True, error=f"{type(exc).__name__}: {exc}")
             if 200 <= code < 300:
@@ -514,7 +608,7 @@ class HttpSender:
                     wait = min(after, max_retry_after_s)
             return Try(retry=code in retry_statuses, status=code, data=data, error=f"HTTP {code}", wait=wait)
 
-        return with_retries(self.counter, self.url, policy, self.stop, once, spooled)
+        return with_retries(self.counter, self.url, policy, self.stop, once, spooled, deadline)
 
 
 #: What a payload spool keeps at most, by default.
@@ -582,10 +676,12 @@ class SenderExporter:
             max_bytes=spool_max_bytes,
         )
 
-    def _send_once(self, payload: bytes) -> HttpResult:
+    def _send_once(self, payload: bytes, deadline: float | None = None) -> HttpResult:
         # (one attempt: while spooled payloads wait, the endpoint is known to be failing)
         policy = self._sender.retry
-        return self._sender.send(payload, RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses))
+        return self._sender.send(
+            payload, RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses), deadline=deadline
+        )
 
     def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
         """Send ``payload`` (``items`` spans or points). With a spool, a payload that could not
@@ -597,7 +693,7 @@ class SenderExporter:
         result = self._send_once(payload) if len(spool) else self._sender.send(payload, spooled=True)
         if result.ok:
             if len(spool):
-                spool.drain(self._send_spooled, time.monotonic() + 5.0)
+                self._drain(spool, time.monotonic() + 5.0)
             return result
         if result.rejected or not spool.put(payload, items):
             return result
@@ -619,11 +715,17 @@ class SenderExporter:
             result, counter=sender.counter, count_key=count_key, noun=noun, items=items, url=sender.url
         )
 
-    def _send_spooled(self, payload: bytes) -> HttpResult:
-        """Send a kept payload once (spool drains). What its answer says was rejected is
-        counted in ``dropped.rejected``; ``exported`` counted the payload when it was kept (as
-        for the spool's other losses, ``dropped.spool_cap``)."""
-        result = self._send_once(payload)
+    def _drain(self, spool: PayloadSpool, deadline: float) -> None:
+        """Send what ``spool`` keeps until one fails or ``deadline`` (``time.monotonic()``)
+        passes; a send in progress gives up at the deadline too (a flush's timeout holds
+        even while the endpoint hangs)."""
+        spool.drain(functools.partial(self._send_spooled, deadline=deadline), deadline)
+
+    def _send_spooled(self, payload: bytes, deadline: float | None = None) -> HttpResult:
+        """Send a kept payload once (spool drains), giving up at ``deadline``. What its answer
+        says was rejected is counted in ``dropped.rejected``; ``exported`` counted the payload
+        when it was kept (as for the spool's other losses, ``dropped.spool_cap``)."""
+        result = self._send_once(payload, deadline)
         if result.ok:
             rejected = self._partial_success(result, self._items_per_request)
             if rejected:
@@ -665,8 +767,7 @@ class SenderExporter:
                 too_large += lost
             else:
                 requests = ((chunk, payload),)
-            for part, data in requests:
-                result = self._deliver(data, len(part))
+            for part, result in self._delivered(requests, body):
                 if result is None:
                     continue  # kept on disk: counted once it is sent
                 if not result.ok:
@@ -681,6 +782,35 @@ class SenderExporter:
                 count_dropped("request_too_large", self._exporter_name(), too_large)
             return _stats.PartlyRejected(rejected + too_large)  # (the worker counts the rest)
         return ok
+
+    def _delivered(
+        self, requests: Sequence[tuple[Sequence[Any], bytes]], body: Callable[[Sequence[Any]], bytes]
+    ) -> Iterator[tuple[Sequence[Any], HttpResult | None]]:
+        """Deliver ``requests`` (items, payload) in order: each item group with the result of
+        its request (None: kept in the spool). A request the endpoint refuses as too large
+        (413) while it holds several items goes again as two halves, and so on: the endpoint's
+        body limit may be below ``max_request_bytes`` (a proxy's ``client_max_body_size``), and
+        the items themselves were not refused (counted in ``<counter>.split_too_large``)."""
+        pending = list(reversed(requests))
+        while pending:
+            part, data = pending.pop()
+            result = self._deliver(data, len(part))
+            if result is not None and result.status == 413 and len(part) > 1:
+                counter = self._sender.counter
+                _stats.incr(f"{counter}.split_too_large")
+                warn_limited(
+                    f"{counter}.split_too_large",
+                    "pitchey_trace %s: %s refused a request of %d bytes as too large (HTTP 413): "
+                    "sending it as smaller requests (lower max_request_bytes to avoid this)",
+                    counter,
+                    self._sender.url,
+                    len(data),
+                )
+                half = len(part) // 2
+                pending.append((part[half:], body(part[half:])))
+                pending.append((part[:half], body(part[:half])))
+                continue
+            yield part, result
 
     def _fit(
         self, chunk: Sequence[Any], payload: bytes, cap: int, body: Callable[[Sequence[Any]], bytes]
@@ -762,7 +892,7 @@ class SenderExporter:
         now = time.monotonic()
         if now < self._poll_at:
             return
-        spool.drain(self._send_spooled, now + 5.0)
+        self._drain(spool, now + 5.0)
         self._poll_wait = min(60.0, self._poll_wait * 2) if len(spool) else 2.5
         self._poll_at = time.monotonic() + self._poll_wait
 
@@ -775,7 +905,7 @@ class SenderExporter:
         spool = self._spool
         if spool is None or not len(spool):
             return True
-        spool.drain(self._send_spooled, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
+        self._drain(spool, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
         return not len(spool)
 
     def shutdown(self, timeout: float | None = None) -> None:
