@@ -75,7 +75,9 @@ from pitchey_trace.sampling import (
 
 __all__ = ["configure", "force_flush", "is_configured", "shutdown", "stats"]
 
-_lock = threading.Lock()
+# Reentrant: pt.shutdown() in a signal handler may interrupt the main thread inside
+# configure() or shutdown() (the flush at exit, say), and must not wait for its own thread.
+_lock = threading.RLock()
 _DEFAULT: Any = object()
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -884,7 +886,7 @@ def _after_fork_in_child() -> None:
     except Exception as exc:
         _safety.report("fork.sigterm", exc)
     # (a thread of the parent may have held it at fork time: the child's exit must not wait for it)
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     # multiprocessing imported after configure(): register before its child bootstraps
     if _atexit_registered and "multiprocessing.util" in sys.modules:
         _register_multiprocessing_exit()

@@ -303,7 +303,7 @@ class Link:
         self.context = context
         self.dropped_attributes_count = 0
         if isinstance(attributes, Mapping):
-            self.attributes = dict(attributes)
+            self.attributes = dict(readable_items(attributes) or ())
         else:  # (dict() of a str or a list would raise, or make pairs of its items)
             if attributes is not None:
                 _safety.warn_once(
@@ -584,6 +584,18 @@ class TrustedAttributes(dict[str, AttributeValue]):
     __slots__ = ()
 
 
+def readable_items(attributes: Mapping[str, Any]) -> list[tuple[str, Any]] | None:
+    """A snapshot of ``attributes``' items, or None (counted and warned about once) when the
+    mapping cannot be read: a dict another thread changes meanwhile ("dictionary changed size
+    during iteration"), a custom mapping whose own methods fail. The caller's mistake or race,
+    never raised into its code (nor counted as an SDK error)."""
+    try:
+        return list(attributes.items())
+    except Exception as exc:
+        _safety.warn_once("attributes_unreadable", "attributes could not be read (%r): ignored", exc)
+        return None
+
+
 def clean_attributes(attributes: Mapping[str, object]) -> dict[str, AttributeValue]:
     """Validate a mapping of attributes: keep valid pairs, count and drop the rest."""
     return clean_attributes_counted(attributes)[0]
@@ -600,10 +612,8 @@ def clean_attributes_counted(attributes: Mapping[str, object]) -> tuple[dict[str
             "attributes_type", "attributes must be a mapping, got %s: ignored", type(attributes)
         )
         return out, 0
-    try:
-        items = list(attributes.items())
-    except Exception as exc:
-        _safety.report("attributes", exc)
+    items = readable_items(attributes)
+    if items is None:
         return out, 0
     for key, value in items:
         if key.__class__ is not str or not key:
@@ -975,8 +985,10 @@ class Span(_SpanBase):
             if attributes is not None:
                 _safety.warn_once("attributes_type", "attributes must be a mapping, got %s", type(attributes))
             return
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        items = readable_items(attributes)
+        if items is not None:
+            for key, value in items:
+                self.set_attribute(key, value)
 
     def add_event(
         self, name: str, attributes: Attributes | None = None, timestamp_ns: int | None = None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 
-_lock = threading.Lock()
+# Reentrant: a signal handler runs on the main thread between two bytecodes, maybe inside
+# incr(); one that counts something or reads stats() (pt.shutdown() in a SIGTERM handler)
+# would otherwise wait forever for a lock its own thread holds.
+_lock = threading.RLock()
 _counters: dict[str, int] = {}
 
 
@@ -52,7 +55,7 @@ def _reinit_after_fork() -> None:
     # The child is another process: its counters start at zero (per-process figures, sent
     # again by each worker's metrics under its own service.instance.id otherwise).
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _counters.clear()
 
 

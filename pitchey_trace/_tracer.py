@@ -244,26 +244,31 @@ class Tracer:
         if decision == _DROP and not self.record_unsampled:
             return NonRecordingSpan(trace_id, span_id, flags, trace_state, baggage)
         dropped = None  # (attributes over the limit: the span's dropped_attributes_count)
-        if attributes:
-            if attributes.__class__ is TrustedAttributes and len(attributes) <= Limits.max_attributes:
-                attrs = dict(attributes)
-            else:
-                try:
+        try:
+            if attributes:
+                if attributes.__class__ is TrustedAttributes and len(attributes) <= Limits.max_attributes:
                     attrs = dict(attributes)
-                except (TypeError, ValueError):
-                    attrs, over = clean_attributes_counted(attributes)
-                    dropped = [over, 0, 0] if over else None
                 else:
-                    if len(attrs) > Limits.max_attributes:
+                    try:
+                        attrs = dict(attributes)
+                    except Exception:  # not pairs; or a mapping that changes or fails while read
                         attrs, over = clean_attributes_counted(attributes)
                         dropped = [over, 0, 0] if over else None
                     else:
-                        for k, v in attrs.items():
-                            if v.__class__ not in _FAST or k.__class__ is not str or not k:
-                                attrs = clean_attributes(attributes)
-                                break
-        else:
+                        if len(attrs) > Limits.max_attributes:
+                            attrs, over = clean_attributes_counted(attributes)
+                            dropped = [over, 0, 0] if over else None
+                        else:
+                            for k, v in attrs.items():
+                                if v.__class__ not in _FAST or k.__class__ is not str or not k:
+                                    attrs = clean_attributes(attributes)
+                                    break
+            else:
+                attrs = {}
+        except Exception as exc:  # (a mapping whose __bool__ / __len__ fails): no attributes
+            _safety.warn_once("attributes_unreadable", "attributes could not be read (%r): ignored", exc)
             attrs = {}
+            dropped = None
         if start_time_ns is None:
             start_ns = time_ns()
         elif start_time_ns.__class__ is int and 0 < start_time_ns < TIME_LIMIT:
@@ -293,7 +298,7 @@ class Tracer:
         span._token = None
         span._dropped = dropped
         span._prev = None
-        if links:
+        if links is not None:
             self._add_links(span, links)
         return span
 
@@ -303,6 +308,11 @@ class Tracer:
             _safety.warn_once(
                 "links_type", "links must be a list of contexts or Links, got %s: ignored", type(links)
             )
+            return
+        try:
+            links = list(links)  # (a list another thread changes, an iterable that fails)
+        except Exception as exc:
+            _safety.warn_once("links_unreadable", "links could not be read (%r): ignored", exc)
             return
         for link in links:
             if isinstance(link, Link):
