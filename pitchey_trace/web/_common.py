@@ -111,6 +111,10 @@ def _children(route: Any, prefix: str) -> tuple[Any, str]:
     """The routes under ``route`` (a Mount, a Host, a router FastAPI's ``include_router`` nests)
     and their prefix; (None, prefix) for a leaf."""
     children = getattr(route, "routes", None)
+    if children is not None and not children:
+        # A Mount of an app wrapped in middleware (Mount("/api", app=GZipMiddleware(sub))):
+        # Starlette's Mount.routes asks only the outer object; its routes are behind ``.app``
+        children = _wrapped_routes(getattr(route, "app", None))
     if children:
         path = getattr(route, "path", "")  # a Host has no path
         return children, prefix + (path if isinstance(path, str) else "")
@@ -122,6 +126,22 @@ def _children(route: Any, prefix: str) -> tuple[Any, str]:
         children = getattr(included, "routes", None)
         return children, prefix + (context_prefix if isinstance(context_prefix, str) else "")
     return None, prefix
+
+
+def _wrapped_routes(app: Any) -> Any:
+    """The routes of the first app down a chain of ASGI middleware (each keeping the app it
+    wraps as ``.app``, as Starlette's and most do), None when there are none."""
+    try:
+        for _ in range(8):
+            if app is None:
+                return None
+            routes = getattr(app, "routes", None)
+            if routes:
+                return routes
+            app = getattr(app, "app", None)
+    except Exception:  # noqa: S110  (an odd object in the chain: no routes from it)
+        pass
+    return None
 
 
 def _find_templates(routes: Iterable[Any], target: Any, prefix: str, depth: int, found: list[str]) -> None:

@@ -140,7 +140,7 @@ class WSGITracingMiddleware:
                 # as given; it is not an internal error of ours)
                 state.status = status_int(status[:3] if isinstance(status, (str, bytes)) else status)
                 if extra and isinstance(headers, (list, tuple)):
-                    headers = [*headers, *extra]
+                    headers = [*headers, *_not_set(headers, extra)]
             except Exception as exc:
                 _safety.report("web.wsgi.headers", exc)
             write = start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
@@ -249,6 +249,19 @@ def _client_left(state: RequestState, exc: BaseException | None) -> None:
         mark_client_left(state.span, exc)
     except Exception as internal:
         _safety.report("web.wsgi.disconnect", internal)
+
+
+def _not_set(headers: Iterable[Any], extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The correlation headers ``extra`` the app's own response headers do not carry already:
+    an ``X-Trace-Id`` the app set (a gateway's id it passes on) is kept, not sent twice, as the
+    aiohttp integration does. Header names compare case-insensitively."""
+    present: set[str] = set()
+    for header in headers:
+        try:
+            present.add(header[0].lower())
+        except Exception:  # noqa: S112  (an odd header: the server answers for it)
+            continue
+    return [pair for pair in extra if pair[0].lower() not in present]
 
 
 def _utf8_path(path: str) -> str:
@@ -649,9 +662,11 @@ def init_flask(app: Any, **options: Any) -> Any:
     if "pitchey_trace" in extensions:
         return app
     from flask import request
-    from flask.signals import got_request_exception
+    from flask.signals import got_request_exception, request_started
 
-    def record_route() -> None:
+    def record_route(sender: Any, **extra: Any) -> None:
+        # (on request_started: the URL is matched by then, and it comes before every
+        # before_request function, so a 401 an auth hook aborts with is named too)
         rule = request.url_rule
         if rule is not None:
             set_route(rule.rule)
@@ -665,7 +680,7 @@ def init_flask(app: Any, **options: Any) -> Any:
                 state.span.set_attribute("error.type", type(exception).__qualname__)
                 state.span.set_status("error", f"{type(exception).__name__}: {exception}")
 
-    app.before_request(record_route)
+    request_started.connect(record_route, app, weak=False)
     got_request_exception.connect(record_exception, app, weak=False)
     app.wsgi_app = WSGITracingMiddleware(app.wsgi_app, **options)
     extensions["pitchey_trace"] = app.wsgi_app
