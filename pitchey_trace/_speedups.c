@@ -1189,6 +1189,46 @@ key_memo_clear(key_memo *memo)
     memo->n = 0;
 }
 
+/* Whether a float attribute value is a card number written as a number, as
+ * sanitize._Engine.card_number decides (then the Python builder renders it): integral, 13-19
+ * digits either sign, an issuer prefix (sanitize._card_prefix), and Luhn-valid while the float
+ * holds the digits exactly (below 2**53). Exact, not merely "large": big integral floats that
+ * are no card (a duration in ms) stay on the fast path. */
+static int
+float_may_be_card(double d)
+{
+    if (d < 0)
+        d = -d;
+    if (!(d >= (double)CARD_MIN && d < 1e19) || d != floor(d)) /* (NaN and inf fail too) */
+        return 0;
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%llu", (unsigned long long)d);
+    if (n < 13 || n > 19)
+        return 0;
+    if (digits[0] == '3') {
+        if (strchr("0456789", digits[1]) == NULL)
+            return 0;
+    }
+    else if (digits[0] == '2') {
+        int first4 = (digits[1] - '0') * 100 + (digits[2] - '0') * 10 + (digits[3] - '0') + 2000;
+        if (first4 < 2221 || first4 > 2720)
+            return 0;
+    }
+    else if (digits[0] < '4' || digits[0] > '6')
+        return 0;
+    if (d >= 9007199254740992.0) /* 2**53: the last digits are rounding, no Luhn check */
+        return 1;
+    int total = 0, dbl = 0;
+    for (int i = n - 1; i >= 0; i--) {
+        int v = digits[i] - '0';
+        if (dbl)
+            v = v > 4 ? v * 2 - 9 : v * 2;
+        total += v;
+        dbl = !dbl;
+    }
+    return total % 10 == 0;
+}
+
 static PyObject *
 fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyObject *sql_cache,
                 key_memo *memo)
@@ -1258,11 +1298,16 @@ fast_attributes(PyObject *attrs, PyObject *key_cache, PyObject *text_cache, PyOb
                 long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
                 if (v == -1 && !overflow && PyErr_Occurred())
                     goto done;
-                if (overflow > 0 || (!overflow && v >= CARD_MIN))
-                    goto slow; /* may be a card number: the Python builder checks */
+                if (overflow || v >= CARD_MIN || v <= -CARD_MIN)
+                    goto slow; /* may be a card number (also negative): the Python builder checks */
                 result = value;
             }
-            else if (type == &PyBool_Type || type == &PyFloat_Type || value == Py_None) {
+            else if (type == &PyFloat_Type) {
+                if (float_may_be_card(PyFloat_AS_DOUBLE(value)))
+                    goto slow; /* 4111111111111111.0: the Python builder masks it */
+                result = value;
+            }
+            else if (type == &PyBool_Type || value == Py_None) {
                 result = value;
             }
             else

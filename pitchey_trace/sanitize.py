@@ -42,6 +42,7 @@ import hmac
 import ipaddress
 import itertools
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
@@ -120,6 +121,9 @@ _CACHE_MAX_LEN = 512
 _CARD_MIN = 10**12
 #: Smaller attribute maps are sanitized key by key: that is as fast as the whole-map memo.
 _MEMO_MIN_ATTRS = 5
+# Values whose equality implies the same sanitized result once their type is known (see
+# Sanitizer._span_attrs): not tuples or frozensets, whose items may be equal across types.
+_MEMO_VALUE_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 class TextRule(Protocol):
@@ -572,6 +576,9 @@ _KV_WORDS = (
     r"|signature|sig|otp|ssn|cvv|cvc|jwt"
 )
 _VAL_CHARS = r"""[^\s&"',;<>)}\]]"""
+# Spaces around the items of a (name, value) pair: a repr's, or indented JSON's (maybe inside a
+# JSON string: escaped line breaks). Bounded: tried at every "(" and "[".
+_PAIR_SP = r"(?:[ \t\r\n]|\\{1,7}[rnt]){0,32}"
 
 _FRAGMENTS: dict[str, str] = {
     "private_keys": (
@@ -596,6 +603,13 @@ _FRAGMENTS: dict[str, str] = {
     "secret_params": (
         r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>-{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
         r"(?P<kv_sep>[\\\"']{0,16}[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
+        # A (name, value) pair, a tuple or a 2-item list whose first item is a quoted name:
+        # header pairs ([('x-api-key', '...'), (b'cookie', b'...')], request.headers.items(),
+        # ASGI scope headers; [["cookie", "..."]] in JSON, maybe inside a JSON string). Only the
+        # opening quote is consumed: when the name is no secret name, scanning goes on from the
+        # name (see _Engine._pair).
+        rf"|(?P<pr>[(\[]{_PAIR_SP}[bBuU]?(?P<pr_q>\\{{0,7}}[\"'])"
+        rf"(?=(?P<pr_name>[A-Za-z][A-Za-z0-9_.\-]{{0,127}})(?P<pr_sep>(?P=pr_q){_PAIR_SP},{_PAIR_SP})))"
     ),
     "auth_headers": (
         r"(?<![A-Za-z0-9])(?P<ah>(?P<ah_scheme>(?i:bearer|basic)[ \t]+)(?P<ah_cred>[A-Za-z0-9._~+/=\-]{6,}))"
@@ -649,6 +663,17 @@ _KV_NAME = re.compile(rf"(?i:{_KV_WORDS})\Z")
 # Secret names a name must end with as a word (after a separator or a camelCase boundary, see
 # _norm_key), not merely as letters: "pin", "user_pin", "userPin", "PIN"; not "spin", "hairpin".
 _KV_WORD_ENDS = ("_pin_",)
+# Secret names only as the whole name (any case, maybe a --option): as suffixes they would take
+# bypass, compass, boarding_pass, first_pass (and pwd is a name of its own).
+_KV_WHOLE = frozenset({"pass", "pw"})
+# The second item of a (name, value) pair (see the "pr" alternative): a string literal, maybe
+# with a prefix (b'...'), its quote escaped as the name's; or a scalar (1234); then the pair's end.
+_PAIR_OPEN = re.compile(r"[bBrRuU]{0,2}(\\{0,7})([\"'])")
+_PAIR_SCALAR = re.compile(r"[^\s\"'\\,()\[\]{}]{1,256}")
+_PAIR_CLOSE = {
+    "(": re.compile(rf"{_PAIR_SP},?{_PAIR_SP}\)"),
+    "[": re.compile(rf"{_PAIR_SP},?{_PAIR_SP}\]"),
+}
 _FLAT_LIST = re.compile(r"\[[^\[\]{}\r\n]{0,4096}\]")
 # A map after a secret name in the "=" form or in "name: " text (password={hunter2},
 # token={"a": 1}, secret: {a: b}): one line, no nested map or list, bounded.
@@ -1300,6 +1325,7 @@ class _Engine:
             "pem": self._plain("private_keys"),
             "uc": self._url,
             "kv": self._kv,
+            "pr": self._pair,
             "ah": self._auth,
             "jwt": self._plain("jwts"),
             "ck": self._plain("cloud_keys"),
@@ -1314,6 +1340,9 @@ class _Engine:
         # The text walked (see _walk_quote), the budget left for walks from an array's "[" and
         # where the last walk stopped, to go on from: (position, closers, quote) or None.
         self._walk_state: tuple[str, int, tuple[int, list[str], str] | None] | None = None
+        # The text and how far the value of a (name, value) pair that turned out to be no pair
+        # was read (see _pair): pairs starting before are not tried again (linear time).
+        self._pair_reach: tuple[str, int] | None = None
         self.card = detectors.get("cards")
         self.ssn = detectors.get("ssns")
         self.phone = detectors.get("phones")
@@ -1357,8 +1386,8 @@ class _Engine:
                     if m is not None:
                         continue
             m = search(text, resume if resume > start else start + 1)
-        if self._last_element is not None or self._walk_state is not None:
-            self._last_element = self._walk_state = None  # (they hold the text)
+        if self._last_element is not None or self._walk_state is not None or self._pair_reach is not None:
+            self._last_element = self._walk_state = self._pair_reach = None  # (they hold the text)
         if not out:
             return text
         out.append(text[last:])
@@ -1489,12 +1518,26 @@ class _Engine:
             return None
         return pos, number.end(), f"{quote}{self._render('secret_params', number.group())}{quote}"
 
-    def card_int(self, value: int) -> str | None:
-        """A card written as an int attribute value."""
+    def card_number(self, value: int | float) -> str | None:
+        """A card written as a number (an int or a float attribute value, maybe negative):
+        its rendering, or None. A float holds the digits of an int exactly up to 2**53 (every
+        card of up to 16 digits); beyond, its last digits are rounding, so the Luhn check
+        cannot be made and the issuer prefix decides (else most of a 17-19-digit card would
+        be exported)."""
         if self.card is None:
             return None
+        if value < 0:
+            value = -value
+        if not value < 10**19:  # (also inf and nan: no card; and no str() of a huge int)
+            return None
+        exact = True
+        if isinstance(value, float):
+            if not value.is_integer():
+                return None
+            exact = value < 2**53
+            value = int(value)
         digits = str(value)
-        if 13 <= len(digits) <= 19 and _card_prefix(digits) and _luhn(digits):
+        if 13 <= len(digits) <= 19 and _card_prefix(digits) and (not exact or _luhn(digits)):
             return self.card.mode.render(digits, self.card.marker, self._card_partial)
         return None
 
@@ -1512,9 +1555,9 @@ class _Engine:
         if user:
             # (the user part may be an email; it holds no ':' or '/'; this scan of the text is
             # not over: its state stays)
-            state = self._last_element, self._walk_state
+            state = self._last_element, self._walk_state, self._pair_reach
             user = self.scrub(user)
-            self._last_element, self._walk_state = state
+            self._last_element, self._walk_state, self._pair_reach = state
         pw = m.group("uc_pw")
         if not _RENDERED.fullmatch(pw):  # (a password we replaced already stays: idempotence)
             pw = self._render("url_credentials", pw)
@@ -1525,7 +1568,8 @@ class _Engine:
         if known is None:
             found = _KV_NAME.search(name)
             if found is None:
-                known = _KV_SECRET if _norm_key(name).endswith(_KV_WORD_ENDS) else _KV_PLAIN
+                secret = _norm_key(name).endswith(_KV_WORD_ENDS) or name.lstrip("-").lower() in _KV_WHOLE
+                known = _KV_SECRET if secret else _KV_PLAIN
             elif found.group().lower() in ("authorization", "auth"):
                 known = _KV_AUTH  # also Proxy-Authorization, X-Authorization, X-Auth, proxy_auth...
             else:
@@ -1618,6 +1662,44 @@ class _Engine:
             return None  # short by construction: these patterns are bounded
         rendered = self._render("secret_params", inner)
         return f"{m.group('kv_name')}{sep}{quote}{rendered}{closing}", vm.end()
+
+    def _pair(self, m: re.Match[str]) -> _Hit:
+        """The second item of a (name, value) pair whose name is a secret name: a tuple or a
+        2-item list (``('x-api-key', 'k123')``, ``(b'cookie', b'a=1; b=2')``, ``["pin", 1234]``),
+        as header pairs are written in reprs and JSON. A string's content is masked (its prefix
+        and quotes stay); a scalar becomes the marker in the name's quotes (booleans, None and
+        placeholders stay). The item must end the pair (a longer list is no pair); what is
+        read of a value that does not is not read again (linear time)."""
+        text = m.string
+        start = m.start()
+        reach = self._pair_reach
+        if reach is not None and reach[0] is text and start < reach[1]:
+            return None
+        if not self._kv_kind(m.group("pr_name")):
+            return None  # scanning goes on at the name
+        pos = m.end("pr_sep")
+        q = m.group("pr_q")
+        close = _PAIR_CLOSE[text[start]]
+        opened = _PAIR_OPEN.match(text, pos)
+        if opened is not None:
+            if opened.group(1) != q[:-1]:
+                return None  # escaped otherwise than the name: not the same string's level
+            content = opened.end()
+            end, closed = _quoted_end(text, content, len(q) - 1, opened.group(2))
+            if closed == end or not close.match(text, closed):  # unclosed, or no pair
+                self._pair_reach = (text, closed)
+                return None
+            inner = text[content:end]
+            if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
+                return None
+            return f"{text[start:content]}{self._render('secret_params', inner)}", end
+        scalar = _PAIR_SCALAR.match(text, pos)
+        if scalar is None or not close.match(text, scalar.end()):
+            return None
+        value = scalar.group()
+        if value in _BOOLEANS or _PLACEHOLDER.fullmatch(value) or _RENDERED.fullmatch(value):
+            return None
+        return f"{text[start:pos]}{q}{self._render('secret_params', value)}{q}", scalar.end()
 
     def _kv_literal(self, m: re.Match[str], text: str, pos: int) -> _Hit:
         """A Python string literal with a prefix (``b'...'``: a bytes repr, as headers and
@@ -1993,6 +2075,29 @@ def _unquote_outside_markers(text: str) -> str:
     return "".join(out)
 
 
+# Non-ASCII decimal digits (any Unicode Nd: fullwidth, Arabic-Indic...), and the spaces and
+# hyphens that group digits in some locales and IMEs (no-break, figure, thin, narrow no-break,
+# ideographic spaces; Unicode and fullwidth hyphens) next to a digit: a text holding one is
+# scanned again in ASCII (see Sanitizer._wide_digits).
+_WIDE_SEPARATORS = "\u00a0\u2007\u2009\u202f\u3000\u2010\u2011\u2012\u2013\uff0d"
+_WIDE = re.compile(rf"(?![0-9])\d|(?<=\d)[{_WIDE_SEPARATORS}](?=\d)")
+# str.translate table to ASCII, one character for one: the separators, and the digits met so far
+# (added as found: at most the few hundred Unicode decimal digits).
+_WIDE_TABLE: dict[int, str] = {
+    **{ord(c): " " for c in "\u00a0\u2007\u2009\u202f\u3000"},
+    **{ord(c): "-" for c in "\u2010\u2011\u2012\u2013\uff0d"},
+}
+
+
+def _ascii_digits(text: str) -> str:
+    """``text`` with its non-ASCII decimal digits and digit separators in ASCII (same length)."""
+    table = _WIDE_TABLE
+    for ch in set(text):  # (its distinct characters: few, and a C loop over the text)
+        if ch.isdecimal() and ord(ch) not in table and not ch.isascii():
+            table[ord(ch)] = str(unicodedata.decimal(ch))
+    return text.translate(table)
+
+
 #: Scans of one text at most, until the result no longer changes (see Sanitizer._scrub), for
 #: results of up to _SETTLE_MAX characters.
 _MAX_PASSES = 4
@@ -2153,6 +2258,8 @@ class Sanitizer:
         # Whole-attribute-map memo for span records (see _span_attrs); None when caching is off.
         self._attrs_memo: dict[tuple[Any, ...], dict[str, Any]] | None = {} if cache_size else None
         self._memo_hits = self._memo_misses = self._memo_off = 0
+        # The key and value types of a map -> whether the memo may hold it (see _span_attrs).
+        self._memo_types: dict[tuple[type, ...], bool] = {}
         self._key_cache: dict[str, tuple[str, int, KeyRule | None]] = {}
         self._res_in: Any = None
         self._svc_in: Any = None
@@ -2269,19 +2376,30 @@ class Sanitizer:
         """Span attributes, memoised on the whole map: many spans carry exactly the same
         attributes (every ``SELECT 1`` on a connection, every health route), and one lookup then
         replaces the per-key work. The key holds the value types too, so ``1``, ``1.0`` and
-        ``True`` never share an entry. Switched off for a while when it mostly misses."""
+        ``True`` never share an entry; and only maps of str keys and scalar values are memoised
+        (equal is then the same result): ``(1,)`` equals ``(True,)`` and ``1`` equals ``True``
+        as keys, in records built directly (the Span API makes sequences lists and keeps str
+        keys). Switched off for a while when it mostly misses."""
         cache = self._attrs_memo
         if cache is None or self._text_rules or len(attrs) < _MEMO_MIN_ATTRS:
             return self._attrs(attrs, 0)
         if self._memo_off:
             self._memo_off -= 1
             return self._attrs(attrs, 0)
+        keys = tuple(attrs)
         values = tuple(attrs.values())
-        try:
-            key = (tuple(attrs), values, tuple(map(type, values)))
-            hit = cache.get(key)
-        except TypeError:  # an unhashable value (a list): no memo for this map
+        types = tuple(map(type, keys + values))
+        plain = self._memo_types.get(types)
+        if plain is None:
+            n = len(keys)
+            plain = all(t is str for t in types[:n]) and _MEMO_VALUE_TYPES.issuperset(types[n:])
+            if len(self._memo_types) >= 256:
+                self._memo_types.clear()
+            self._memo_types[types] = plain
+        if not plain:  # a list, a tuple, a non-str key...: no memo for this map
             return self._attrs(attrs, 0)
+        key = (keys, values, types)
+        hit = cache.get(key)
         if hit is not None:
             self._memo_hits += 1
             if len(attrs) > self.max_attributes:  # (rare: counted as _attrs counts them)
@@ -2542,8 +2660,9 @@ class Sanitizer:
             return out
         for key, value in attrs.items():
             # Fast path first (one dict lookup per key and per string value): a cached key
-            # decision, and a value that is a cached string, a number too small to be a card
-            # number, a bool, a float or None. Anything else takes the general path.
+            # decision, and a value that is a cached string, a number too small (either sign)
+            # to be a card number, a bool or None. Anything else takes the general path (as
+            # the C builder decides: fast_attributes in _speedups.c).
             entry = key_cache.get(key)
             if entry is not None:
                 cls = value.__class__
@@ -2553,11 +2672,11 @@ class Sanitizer:
                         if text is not None:
                             out[entry[0]] = text
                             continue
-                    elif cls is int:
-                        if value < card_min:
+                    elif cls is int or cls is float:
+                        if -card_min < value < card_min:
                             out[entry[0]] = value
                             continue
-                    elif cls is bool or cls is float or value is None:
+                    elif cls is bool or value is None:
                         out[entry[0]] = value
                         continue
                 elif entry[1] == _SQL and cls is str:
@@ -2580,7 +2699,7 @@ class Sanitizer:
             if value.__class__ is str:
                 text = self._text(value)
                 out[new_key] = self._apply_text_rules(key, text) if self._text_rules else text
-            elif value.__class__ is bool or value is None or value.__class__ is float:
+            elif value.__class__ is bool or value is None:
                 out[new_key] = value
             else:
                 out[new_key] = self._any(key, value, depth + 1)
@@ -2630,11 +2749,12 @@ class Sanitizer:
         if cls is str:
             text = self._text(value)
             return self._apply_text_rules(key, text) if self._text_rules else text
-        if value is None or cls is bool or cls is float:
+        if value is None or cls is bool:
             return value
-        if cls is int:
-            if _CARD_MIN <= value < 10**19:
-                card = self._engine.card_int(value)
+        if cls is int or cls is float:
+            # a card number stored as a number, also negative or a float (4111111111111111.0)
+            if not -_CARD_MIN < value < _CARD_MIN:
+                card = self._engine.card_number(value)
                 if card is not None:
                     return card
             return value
@@ -2735,6 +2855,22 @@ class Sanitizer:
                 out = again
         return out
 
+    def _wide_digits(self, out: str) -> str:
+        """``out`` (a scanned text), or, when that reveals more, ``out`` scanned again with its
+        non-ASCII digits read as ASCII ones: fullwidth digits (U+FF10..U+FF19, as Japanese and
+        Chinese IMEs type them), Arabic-Indic or Devanagari digits (``int()`` reads them all),
+        and digits grouped by no-break, thin or ideographic spaces or Unicode hyphens. The
+        detectors know ASCII digits and separators only; that form, masked, is then exported
+        (as URL-decoded text is), else the text keeps its own form. Scanned after the plain
+        pass, so what that masked stays masked (``4111111111111111`` then a fullwidth digit is
+        a card as written, and no 17-digit number once read in ASCII)."""
+        ascii_out = _ascii_digits(out)
+        masked = self._engine.scrub(ascii_out)
+        if masked == ascii_out:
+            return out  # nothing more found: keep the digits as written
+        _stats.incr("sanitize.wide_digit_matches")
+        return masked
+
     def _decoded(self, text: str) -> tuple[str, bool]:
         """``text`` URL-decoded (up to three times: double-encoded values too; our markers are
         not decoded) and scanned, and whether the decoded form revealed a secret."""
@@ -2772,6 +2908,8 @@ class Sanitizer:
 
     def _scrub_plain(self, text: str) -> str:
         out = self._engine.scrub(text)
+        if not out.isascii() and _WIDE.search(out) is not None:
+            out = self._wide_digits(out)
         for rule in self._patterns:
             out = rule.regex.sub(rule.replace, out)
         limit = self.max_value_length
