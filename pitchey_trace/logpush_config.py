@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ __all__ = [
     "Check",
     "DatasetConfig",
     "LogpushConfig",
+    "checked_bucket",
     "checked_prefix",
     "load_config",
     "make_s3_client",
@@ -89,6 +91,21 @@ def checked_prefix(label: str, prefix: str) -> str:
             "backslashes or control characters)"
         )
     return stripped
+
+
+# botocore's own check (``validate_bucket_name``): any other name fails every request with
+# ParamValidationError before it is sent, so the exporter would retry it forever.
+_BUCKET_OK = re.compile(r"[a-zA-Z0-9.\-_]{1,255}|arn:.+")
+
+
+def checked_bucket(label: str, bucket: str) -> str:
+    """``bucket`` if botocore can send requests for it, else ``ConfigurationError``."""
+    if not _BUCKET_OK.fullmatch(bucket) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in bucket):
+        raise ConfigurationError(
+            f"{label} {bucket!r} is not a valid bucket name (letters, digits, '.', '-', '_', "
+            "at most 255; or an access point ARN)"
+        )
+    return bucket
 
 
 def _check_overlaps(datasets: Mapping[str, DatasetConfig]) -> None:
@@ -159,11 +176,13 @@ class LogpushConfig:
             bad = set(spec) - _DATASET_KEYS
             if bad:
                 raise ConfigurationError(f"unknown key(s) in datasets.{name}: {', '.join(sorted(bad))}")
-            bucket = _opt_str(spec, "bucket", f"datasets.{name}.") or default_bucket
+            own_bucket = _opt_str(spec, "bucket", f"datasets.{name}.")
+            bucket = own_bucket or default_bucket
             if not bucket:
                 raise ConfigurationError(
                     f"dataset {name!r} has no bucket (set bucket or datasets.{name}.bucket)"
                 )
+            checked_bucket(f"datasets.{name}.bucket" if own_bucket else "bucket", bucket)
             prefix = _opt_str(spec, "prefix", f"datasets.{name}.")
             prefix = checked_prefix(f"datasets.{name}.prefix", name if prefix is None else prefix)
             days = spec.get("retention_days", DEFAULT_RETENTION_DAYS.get(name))

@@ -145,6 +145,7 @@ class _Ready:
     attempts: int = 0
     next_at: float = 0.0
     inflight: bool = False
+    transient: bool = False  # its last attempt failed in a way the next success may disprove
 
 
 class ArchiveExporter:
@@ -232,6 +233,17 @@ class ArchiveExporter:
             self._usage += a.size
         if adopted:
             _stats.incr(f"{self.kind}.recovered_files", len(adopted))
+        if self._spool.skipped:
+            _stats.incr(f"{self.kind}.spool_skipped", self._spool.skipped)
+            warn_limited(
+                f"{self.kind}.spool_skipped",
+                "pitchey_trace %s %s: %d entries of %s named like spool files are not regular "
+                "files; left alone",
+                self.kind,
+                self.name,
+                self._spool.skipped,
+                self.spool_path,
+            )
 
     def _start_thread(self) -> None:
         def run() -> None:
@@ -560,15 +572,15 @@ class ArchiveExporter:
         return max(0.0, wake - now)
 
     def _next_item(self, now: float) -> _Ready | None:
-        """The batch to upload now (lock held): oldest first among those not backing off, so a
-        batch that keeps failing (say, one dataset's bucket is missing) never starves others."""
+        """The batch to upload now (lock held): the oldest (first closed) among those not
+        backing off, so a batch that keeps failing (say, one dataset's bucket is missing)
+        never starves others."""
         if now < self._gate:
             return None
-        best: _Ready | None = None
         for item in self._ready:
-            if not item.inflight and item.next_at <= now and (best is None or item.next_at < best.next_at):
-                best = item
-        return best
+            if not item.inflight and item.next_at <= now:
+                return item
+        return None
 
     def _run(self) -> None:
         cond = self._cond
@@ -605,6 +617,7 @@ class ArchiveExporter:
                     _stats.incr(f"{self.kind}.retried")
                 elif outcome == "retry":
                     item.attempts += 1
+                    item.transient = True
                     self._failures += 1
                     now = time.monotonic()
                     item.next_at = now + self.retry.backoff(item.attempts)
@@ -613,6 +626,14 @@ class ArchiveExporter:
                     _stats.incr(f"{self.kind}.retried")
                 else:
                     if outcome == "done":
+                        if self._failures:
+                            # The store answers again: the batches that failed during the
+                            # outage go now, oldest first, not each after its own backoff
+                            # (which sent the newest batches first).
+                            for other in self._ready:
+                                if other.transient:
+                                    other.transient = False
+                                    other.next_at = 0.0
                         self._failures = 0
                         self._gate = 0.0
                     try:

@@ -24,6 +24,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections import deque
@@ -47,6 +48,10 @@ _SPOOL_FILE = re.compile(
     r"^(?P<owner>\d+-[0-9a-f]+)\.(?P<seq>\d{10})\.(?P<ds>[A-Za-z0-9_-]+)\.(?P<stamp>[0-9TZ_a-f]+)\.(?P<state>open|ready)$"
 )
 
+
+# The object name a closed batch's file carries (``new_key_name``); a ``.ready`` file whose
+# name holds anything else (left by another tool, or damaged) gets a new one when adopted.
+_KEY_NAME = re.compile(r"\d{8}T\d{6}Z_\d{8}T\d{6}Z_[0-9a-f]{16}")
 
 _safe_names: dict[str, str] = {}
 
@@ -91,6 +96,7 @@ class SpoolDir:
         self._lock_fd: int | None = None
         self._seq = 0
         self.discarded_open = 0
+        self.skipped = 0
         self._lock()
 
     def _lock(self) -> None:
@@ -162,8 +168,11 @@ class SpoolDir:
         """Take over the files of dead owners (only datasets in ``datasets``; all when None),
         in their original order. Returns them renamed into this owner's namespace.
         ``open_files=False``: a dead owner's ``.open`` files (writes it never finished) are
-        deleted, not adopted; the number deleted is in :attr:`discarded_open`."""
+        deleted, not adopted; the number deleted is in :attr:`discarded_open`. Entries that are
+        not regular files (a directory, a FIFO: reading one would fail forever or block) are
+        left alone, counted in :attr:`skipped`."""
         self.discarded_open = 0
+        self.skipped = 0
         by_owner: dict[str, list[tuple[int, re.Match[str]]]] = {}
         lock_owners: list[str] = []
         for entry in os.listdir(self.path):
@@ -201,13 +210,18 @@ class SpoolDir:
                         st = src.stat()
                     except FileNotFoundError:  # another process adopted it first
                         continue
+                    if not stat.S_ISREG(st.st_mode):
+                        self.skipped += 1
+                        continue
                     if m["state"] == "open" and not open_files:
                         with contextlib.suppress(OSError):
                             src.unlink()
                             self.discarded_open += 1
                         continue
-                    if m["state"] == "ready":
+                    if m["state"] == "ready" and _KEY_NAME.fullmatch(m["stamp"]):
                         key_name = m["stamp"]
+                    elif m["state"] == "ready":  # (its time range unknown: up to its last write)
+                        key_name = new_key_name(st.st_mtime_ns, st.st_mtime_ns)
                     else:
                         opened = _parse_compact(m["stamp"])
                         key_name = new_key_name(opened, max(opened, st.st_mtime_ns))

@@ -31,7 +31,7 @@ from pitchey_trace.exporters._archive import (
 )
 from pitchey_trace.exporters._http import RetryPolicy, is_http_url
 from pitchey_trace.exporters._spool import safe_dataset
-from pitchey_trace.logpush_config import LogpushConfig, load_config, make_s3_client
+from pitchey_trace.logpush_config import LogpushConfig, checked_bucket, load_config, make_s3_client
 from pitchey_trace.records import Record
 
 __all__ = ["LogpushExporter", "S3Store"]
@@ -206,8 +206,10 @@ class LogpushExporter(ArchiveExporter):
         name: str = "logpush",
     ) -> None:
         if bucket is not None:
-            text("bucket", bucket)
+            checked_bucket("bucket", text("bucket", bucket))
         buckets = str_map("buckets", buckets)
+        for ds, b in buckets.items():
+            checked_bucket(f"buckets[{ds!r}]", b)
         prefixes = str_map("prefixes", prefixes)
         if endpoint_url is not None:
             _check_endpoint_url(text("endpoint_url", endpoint_url))
