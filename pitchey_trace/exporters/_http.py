@@ -7,6 +7,7 @@ counted and logged at most once a minute per kind, never reported as internal er
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import gzip
@@ -57,8 +58,9 @@ _warn_lock = threading.Lock()
 
 
 def _reinit_after_fork() -> None:
-    global _warn_lock
+    global _warn_lock, _flight_lock
     _warn_lock = threading.Lock()  # another thread may have held it at fork time
+    _flight_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -441,7 +443,8 @@ class HttpSender:
     """POSTs bodies to one URL over a reused connection, with retries (one thread at a time).
 
     ``timeout_s`` bounds each socket operation (connect, send, each read). ``stop`` (an Event)
-    interrupts backoff waits, so a shutdown never waits out a retry schedule.
+    interrupts backoff waits, so a shutdown never waits out a retry schedule; :meth:`abort`
+    (from any thread) also ends the request in progress and refuses every later one.
     """
 
     def __init__(
@@ -489,21 +492,104 @@ class HttpSender:
         self._conn: http.client.HTTPConnection | None = None
         self._pid = os.getpid()
         self.stop = threading.Event()
+        self._init_abort()
+
+    def _init_abort(self) -> None:
+        # What abort() needs: a duplicate of the connection's socket (``_handle``), owned by
+        # this object and closed only under ``_abort_lock``, so that shutting it down from
+        # another thread can never hit a descriptor number the sender thread (or the garbage
+        # collector) closed and the process reused meanwhile. shutdown() acts on the socket
+        # itself, so it ends a read or write blocked on the original descriptor at once.
+        self._abort_lock = threading.Lock()
+        self._aborted = False
+        self._busy = False  # a thread is in _post_once: it owns the connection
+        self._handle: socket.socket | None = None
 
     def reset(self) -> None:
         """Drop the connection (after fork the child must not share the parent's socket)."""
+        handle = self._handle
         self._conn = None
         self._pid = os.getpid()
         self.stop = threading.Event()
+        self._init_abort()
+        if handle is not None:
+            with contextlib.suppress(OSError):  # (our copy only: the parent's socket stays open)
+                handle.close()
 
     def close(self) -> None:
         """Close the connection; later sends reconnect."""
         conn, self._conn = self._conn, None
+        self._forget_handle()
         if conn is not None:
             try:
                 conn.close()
             except OSError:
                 pass
+
+    def abort(self) -> None:
+        """Stop for good, from any thread, without waiting: no request starts from now on,
+        and the one in progress (connecting, sending or waiting for its answer) fails at once
+        on the sender's thread (its socket is shut down). Never raises."""
+        with self._abort_lock:
+            self._aborted = True
+            self.stop.set()
+            busy = self._busy
+            handle = self._handle
+            if busy and handle is not None:
+                with contextlib.suppress(OSError):  # (not connected yet / already closed by peer)
+                    handle.shutdown(socket.SHUT_RDWR)
+        if not busy:
+            # Idle: nobody else uses the connection, and no request takes it any more (a
+            # busy one is closed by its own thread: http.client objects are not thread-safe).
+            self.close()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called (no request is sent any more)."""
+        return self._aborted
+
+    def _forget_handle(self) -> None:
+        with self._abort_lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def _check_not_aborted(self) -> None:
+        if self._aborted:
+            raise ConnectionAbortedError("the exporter was shut down: no request is sent any more")
+
+    def _open_socket(
+        self, address: tuple[str, int], timeout: float | None, source_address: Any = None
+    ) -> socket.socket:
+        """``socket.create_connection`` for the connections this sender makes, with each
+        socket registered for :meth:`abort` before it connects (a connect in progress is
+        ended too) and checked once connected (an abort during the connect that did not end
+        it must still keep the request from going out)."""
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                with self._abort_lock:
+                    self._check_not_aborted()
+                    old, self._handle = self._handle, sock.dup()
+                if old is not None:  # (a connection replaced: its copy goes with it)
+                    with contextlib.suppress(OSError):
+                        old.close()
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(addr)
+                self._check_not_aborted()
+                return sock
+            except OSError as exc:
+                error = exc
+                self._forget_handle()
+                sock.close()
+                if self._aborted:
+                    break
+        raise error if error is not None else OSError(f"no address found for {host!r}")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._pid != os.getpid():
@@ -519,6 +605,7 @@ class HttpSender:
                 )
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            conn._create_connection = self._open_socket  # type: ignore[attr-defined]
             self._conn = conn
         return conn
 
@@ -537,6 +624,8 @@ class HttpSender:
         conn.timeout = timeout  # (a new connection connects with it)
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
+        # (an abort from here on shuts the connection's socket down: the request fails)
+        self._check_not_aborted()
         conn.request("POST", self._path, body=body, headers=self.headers)
         answer_by = time.monotonic() + self.timeout_s
         if deadline is not None:
@@ -545,6 +634,21 @@ class HttpSender:
         return conn.getresponse()
 
     def _post_once(self, body: bytes, deadline: float | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        with self._abort_lock:
+            self._check_not_aborted()
+            self._busy = True
+        try:
+            return self._post_on_connection(body, deadline)
+        finally:
+            with self._abort_lock:
+                self._busy = False
+                aborted = self._aborted
+            if aborted:  # (abort() left the connection to this thread)
+                self.close()
+
+    def _post_on_connection(
+        self, body: bytes, deadline: float | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
         conn = self._connection()
         reused = conn.sock is not None  # (a new connection connects on its first request)
         try:
@@ -589,6 +693,8 @@ class HttpSender:
         """POST ``payload`` (gzipped when ``compress``), retrying per the policy (``retry``
         instead of the sender's own for this call; ``spooled``: see :func:`with_retries`);
         ``deadline`` (``time.monotonic()``): no attempt or wait goes past it (a flush's)."""
+        if self._aborted:  # (shut down: not an attempt, nothing counted here)
+            return HttpResult(False, error="the exporter was shut down")
         policy = retry or self.retry
         body = gzip.compress(payload, self.compresslevel, mtime=0) if self.compress else payload
         retry_statuses = policy.retry_statuses
@@ -631,6 +737,24 @@ def count_dropped(reason: str, name: str, n: int) -> None:
     ``dropped.<reason>.<name>`` (``name``: the exporter's)."""
     _stats.incr(f"dropped.{reason}", n)
     _stats.incr(f"dropped.{reason}.{name}", n)
+
+
+_flight_lock = threading.Lock()  # (all exporters': held only to read or switch a state)
+
+
+class _Flight:
+    """A payload being delivered by an exporter's thread while :meth:`SenderExporter.shutdown`
+    may run on another: whichever moves it out of ``SENDING`` first settles it (the thread on
+    its result, or shutdown by keeping it in the spool), so it is kept or counted once."""
+
+    SENDING, SETTLING, CLAIMED = 0, 1, 2
+    __slots__ = ("items", "payload", "settled", "state")
+
+    def __init__(self, payload: bytes, items: int) -> None:
+        self.payload = payload
+        self.items = items
+        self.state = _Flight.SENDING
+        self.settled = threading.Event()  # its thread is done with it
 
 
 class SenderExporter:
@@ -686,18 +810,42 @@ class SenderExporter:
     def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
         """Send ``payload`` (``items`` spans or points). With a spool, a payload that could not
         be delivered (and was not refused) is kept on disk: None. A delivery first sends a few
-        kept ones (oldest first), so a backlog shrinks while new batches go out."""
+        kept ones (oldest first), so a backlog shrinks while new batches go out.
+
+        After :meth:`shutdown` nothing is sent: the payload is kept (with a spool) or given up.
+        While a delivery is in progress :meth:`shutdown` may take it over (``_Flight``)."""
         spool = self._spool
-        if spool is None:
-            return self._sender.send(payload)
-        result = self._send_once(payload) if len(spool) else self._sender.send(payload, spooled=True)
-        if result.ok:
-            if len(spool):
-                self._drain(spool, time.monotonic() + 5.0)
-            return result
-        if result.rejected or not spool.put(payload, items):
-            return result
-        return None
+        with _flight_lock:
+            closed = self._closed
+            flight = None if closed else _Flight(payload, items)
+            self._flight = flight
+        if flight is None:
+            if spool is not None and spool.put(payload, items):
+                return None
+            return HttpResult(False, error="the exporter was shut down")
+        try:
+            if spool is None:
+                result = self._sender.send(payload)
+            elif len(spool):
+                result = self._send_once(payload)
+            else:
+                result = self._sender.send(payload, spooled=True)
+            with _flight_lock:
+                if flight.state == _Flight.CLAIMED:
+                    return None  # shutdown kept it in the spool (its request was cut off)
+                flight.state = _Flight.SETTLING
+            if result.ok:
+                if spool is not None and len(spool) and not self._closed:
+                    self._drain(spool, time.monotonic() + 5.0)
+                return result
+            if spool is None or result.rejected or not spool.put(payload, items):
+                return result
+            return None
+        finally:
+            with _flight_lock:
+                if self._flight is flight:
+                    self._flight = None
+            flight.settled.set()
 
     def _exporter_name(self) -> str:
         """The name the export worker counts this exporter under (``exported.<name>``)."""
@@ -887,7 +1035,7 @@ class SenderExporter:
         and then (5 s after a failed try, doubling to 60 s), so an idle process sends its
         backlog once the endpoint is back without waiting for new spans."""
         spool = self._spool
-        if spool is None or not len(spool):
+        if spool is None or not len(spool) or self._closed:
             return
         now = time.monotonic()
         if now < self._poll_at:
@@ -905,18 +1053,55 @@ class SenderExporter:
         spool = self._spool
         if spool is None or not len(spool):
             return True
+        if self._closed:  # (shut down: the files wait for the next start)
+            return False
         self._drain(spool, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
         return not len(spool)
 
+    _closed = False
+    _flight: _Flight | None = None
+
     def shutdown(self, timeout: float | None = None) -> None:
-        """Stop retrying and close the connection; the spool's files stay for the next start."""
-        self._sender.stop.set()
-        self._sender.close()
+        """Stop: no request starts from now on, and the one in progress is cut off (its socket
+        shut down; a gRPC call cancelled). Within ``timeout`` (default 30 s) the exporter's
+        thread settles it: with a spool, kept on disk before this returns; without, given up
+        and counted by the export worker (``dropped.export_failed``). A thread that cannot
+        settle it in time (stuck resolving the host name) leaves it to this one: kept in the
+        spool here. The spool's files stay for the next start. Never raises."""
+        deadline = time.monotonic() + (30.0 if timeout is None else max(0.0, timeout))
+        sender = self._sender
+        with _flight_lock:
+            self._closed = True
+            flight = self._flight
+        sender.stop.set()
+        if isinstance(sender, HttpSender):
+            sender.abort()  # (closes the connection, or leaves that to the thread using it)
+        else:
+            sender.close()  # (gRPC: closing the channel cancels the call in progress)
+        if flight is not None:
+            flight.settled.wait(max(0.0, deadline - time.monotonic()))
+            self._claim(flight)
         if self._spool is not None:
             self._spool.close()
+
+    def _claim(self, flight: _Flight) -> None:
+        """Keep in the spool the payload of a delivery its thread did not settle in time (it
+        will return None for it: nothing is counted twice). Without a spool, or when the spool
+        cannot take it, the thread keeps it and counts it as given up when it returns."""
+        spool = self._spool
+        if spool is None:
+            return
+        with _flight_lock:
+            if flight.state != _Flight.SENDING:
+                return  # settled, or being settled by its own thread
+            flight.state = _Flight.CLAIMED
+        if not spool.put(flight.payload, flight.items):
+            with _flight_lock:
+                flight.state = _Flight.SETTLING  # (its thread gives it up and counts it)
 
     def after_fork(self) -> None:
         """Forget the parent's connection (and its spool files)."""
         self._sender.reset()
+        self._flight = None
         if self._spool is not None:
             self._spool.after_fork()
