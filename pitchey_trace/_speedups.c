@@ -2449,6 +2449,40 @@ sender_dealloc(SenderObject *self)
 
 /* A copy of a response-start message with the extra headers appended; NULL with no error when
  * the message is not shaped for it (the original then goes out unchanged). */
+/* Whether the first `napp` entries of `headers` (the app's own) name `name` (lowercase
+ * bytes) in any case: asgi.py's _carries (bytes names of tuple / list pairs only). */
+static int
+app_has_header(PyObject *headers, Py_ssize_t napp, PyObject *name)
+{
+    if (!PyBytes_Check(name))
+        return 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(name);
+    const char *want = PyBytes_AS_STRING(name);
+    for (Py_ssize_t i = 0; i < napp; i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i), *key;
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) > 0)
+            key = PyTuple_GET_ITEM(pair, 0);
+        else if (PyList_Check(pair) && PyList_GET_SIZE(pair) > 0)
+            key = PyList_GET_ITEM(pair, 0);
+        else
+            continue;
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != n)
+            continue;
+        const char *got = PyBytes_AS_STRING(key);
+        Py_ssize_t j = 0;
+        for (; j < n; j++) {
+            char c = got[j];
+            if (c >= 'A' && c <= 'Z')
+                c = (char)(c + ('a' - 'A'));
+            if (c != want[j])
+                break;
+        }
+        if (j == n)
+            return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 with_headers(PyObject *message, PyObject *extra)
 {
@@ -2462,8 +2496,14 @@ with_headers(PyObject *message, PyObject *extra)
         PyErr_Clear();
         return NULL;
     }
+    /* (a header the app set itself, its own X-Trace-Id, is kept and not sent twice) */
+    Py_ssize_t napp = PyList_GET_SIZE(headers);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(extra); i++) {
-        if (PyList_Append(headers, PyList_GET_ITEM(extra, i)) < 0) {
+        PyObject *pair = PyList_GET_ITEM(extra, i);
+        if (napp && PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+            app_has_header(headers, napp, PyTuple_GET_ITEM(pair, 0)))
+            continue;
+        if (PyList_Append(headers, pair) < 0) {
             Py_DECREF(headers);
             Py_DECREF(copy);
             PyErr_Clear();

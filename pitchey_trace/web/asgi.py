@@ -79,13 +79,29 @@ _ERROR_BODY_MSG = {"type": "http.response.body", "body": _ERROR_BODY, "more_body
 
 
 def _with_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> Message:
-    """A copy of a response-start / accept message with our headers appended (the app's
-    message is never modified; on any surprise the original goes out unchanged)."""
+    """A copy of a response-start / accept message with our headers appended, those the app
+    set itself left out (its ``X-Trace-Id``, a gateway's id it passes on, is kept, not sent
+    twice: as on WSGI and aiohttp). The app's message is never modified; on any surprise the
+    original goes out unchanged. (The C accelerator's ``with_headers`` does the same.)"""
     try:
-        return {**message, "headers": [*message.get("headers", ()), *extra]}
+        headers = message.get("headers", ())
+        if headers:
+            extra = [pair for pair in extra if not _carries(headers, pair[0])]
+        return {**message, "headers": [*headers, *extra]}
     except Exception as exc:
         _safety.report("web.asgi.headers", exc)
         return message
+
+
+def _carries(headers: Iterable[Any], name: bytes) -> bool:
+    """Whether the app's ``headers`` have one named ``name`` (lowercase), in any case."""
+    n = len(name)
+    for pair in headers:
+        if isinstance(pair, (tuple, list)) and pair:
+            key = pair[0]
+            if isinstance(key, bytes) and len(key) == n and key.lower() == name:
+                return True
+    return False
 
 
 class ASGITracingMiddleware:

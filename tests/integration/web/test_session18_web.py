@@ -144,3 +144,27 @@ def test_wsgi_trace_id_header_added_when_app_sets_none(wait_for: Any) -> None:
         response = httpx.get(server.url + "/x")
         (span,) = _server_spans(exporter, wait_for, 1)
     assert response.headers.get_list("x-trace-id") == [span["trace_id"]]
+
+
+async def _asgi_own_header_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    own = [(b"X-Trace-ID", b"gateway-42")] if scope["path"] == "/own" else []
+    headers = [(b"content-type", b"text/plain"), *own]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("traceresponse", [False, True])  # (without it the C sender adds them)
+def test_asgi_app_own_trace_id_header_not_duplicated(
+    path_kind: str, traceresponse: bool, wait_for: Any
+) -> None:
+    """An app's own X-Trace-Id (any case) is kept and not sent twice (as on WSGI and aiohttp);
+    the headers the app did not set are still added."""
+    traced = ASGITracingMiddleware(_asgi_own_header_app, traceresponse=traceresponse)
+    with capture_spans() as exporter, run_uvicorn(traced) as server:
+        own = httpx.get(server.url + "/own")
+        plain = httpx.get(server.url + "/plain")
+        spans = _server_spans(exporter, wait_for, 2)
+    assert own.headers.get_list("x-trace-id") == ["gateway-42"]  # the app's own, once
+    assert len(own.headers.get_list("traceresponse")) == int(traceresponse)  # (the app set none)
+    assert plain.headers.get_list("x-trace-id")[0] in {s["trace_id"] for s in spans}
+    assert len(plain.headers.get_list("x-trace-id")) == 1
