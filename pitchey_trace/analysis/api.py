@@ -173,9 +173,10 @@ class _WholeStaticFiles(StaticFiles):
 
 
 def _text(request: Request, name: str) -> str | None:
-    """The parameter stripped; absent or empty (an empty form field) means not given."""
-    value = request.query_params.get(name, "").strip()
-    return value or None
+    """The parameter stripped; absent or empty (an empty form field) means not given, also
+    beside a value (``service=x&service=``: x, not the last one, empty)."""
+    values = [v.strip() for v in request.query_params.getlist(name) if v.strip()]
+    return values[0] if values else None
 
 
 def _duration(request: Request, name: str) -> float | None:
@@ -243,19 +244,31 @@ def _attributes(request: Request) -> dict[str, str] | None:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"attr must look like key=value, got {item!r}")
+        # Two values for one key: a span's attribute has one, and only the last counted.
+        if out.get(key, value) != value:
+            raise ValueError(f"attr {_shown(key)} is given more than once, with different values")
         out[key] = value
     return out or None
 
 
 def _known(request: Request, *names: str) -> None:
     """Refuse a parameter the endpoint does not take (a typo such as ``servce=`` would otherwise
-    be ignored silently and answer for everything)."""
+    be ignored silently and answer for everything), and one given twice but ``attr``: only one
+    of two values would count (the last: ``limit=abc&limit=5`` passed, ``limit=5&limit=abc``
+    did not), and a proxy or log that reads the first would see another query than this one."""
     unknown = sorted({k for k in request.query_params if k not in names})
     if unknown:
         expected = ", ".join(names) if names else "none"
         raise ValueError(
             f"unknown parameter {', '.join(_shown(k) for k in unknown[:5])} (expected: {expected})"
         )
+    seen: set[str] = set()
+    for key, value in request.query_params.multi_items():
+        if key == "attr" or not value.strip():  # (an empty value counts as not given)
+            continue
+        if key in seen:
+            raise ValueError(f"parameter {_shown(key)} is given more than once")
+        seen.add(key)
 
 
 def _given(**params: Any) -> dict[str, Any]:

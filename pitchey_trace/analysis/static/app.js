@@ -9,13 +9,32 @@
 (function () {
   // -- DOM helpers -------------------------------------------------------------------------------
 
-  /** An element with optional class, text and dataset; children are appended in order. */
+  // Archived text can be any length. Chromium lays out a long unbroken word in a wrapping
+  // table cell in time that grows with the square of its length (a 100,000-character value
+  // froze the page for minutes), so text is shown clipped: MAX_TEXT characters in tables and
+  // lists, MAX_DETAIL in the span details. The API answers hold the whole value.
+  const MAX_TEXT = 1000;
+  const MAX_DETAIL = 4000;
+
+  /** ``text`` cut to ``max`` characters (never inside a surrogate pair), saying how much is left out. */
+  function clip(text, max) {
+    const s = String(text);
+    const limit = max || MAX_TEXT;
+    if (s.length <= limit) return s;
+    let end = limit;
+    const last = s.charCodeAt(end - 1);
+    if (last >= 0xd800 && last <= 0xdbff) end -= 1;
+    return s.slice(0, end) + "… (" + (s.length - end) + " more characters)";
+  }
+
+  /** An element with optional class, text (clipped at ``max``, MAX_TEXT by default), title and
+   * dataset; children are appended in order. */
   function el(tag, opts, children) {
     const node = document.createElement(tag);
     const o = opts || {};
     if (o.cls) node.className = o.cls;
-    if (o.text !== undefined && o.text !== null) node.textContent = String(o.text);
-    if (o.title) node.title = String(o.title);
+    if (o.text !== undefined && o.text !== null) node.textContent = clip(o.text, o.max);
+    if (o.title) node.title = clip(o.title, MAX_DETAIL);
     if (o.data) {
       for (const key of Object.keys(o.data)) node.dataset[key] = String(o.data[key]);
     }
@@ -39,7 +58,7 @@
 
   function showMessage(text) {
     const box = byId("message");
-    box.textContent = text;
+    box.textContent = clip(text);
     box.hidden = false;
   }
 
@@ -176,9 +195,10 @@
         return k + ": " + audit.by_outcome[k];
       })
       .join(", ");
-    byId("audit").textContent =
+    byId("audit").textContent = clip(
       "Audit records: " + (audit.records || 0) + " (security events: " + (audit.security_events || 0) + ")" +
-      (outcomes ? " · by outcome: " + outcomes : "");
+        (outcomes ? " · by outcome: " + outcomes : "")
+    );
   }
 
   function card(label, value, cls) {
@@ -430,7 +450,12 @@
 
   function traceIdFromPath() {
     const parts = window.location.pathname.split("/");
-    return decodeURIComponent(parts[parts.length - 1] || "");
+    const last = parts[parts.length - 1] || "";
+    try {
+      return decodeURIComponent(last);
+    } catch (e) {
+      return last; // a malformed escape (%ZZ): the API then says the id is not one
+    }
   }
 
   function renderSummary(view) {
@@ -444,8 +469,9 @@
     const missing = view.missing_parents || [];
     if (missing.length) {
       const box = byId("missing-parents");
-      box.textContent =
-        "Incomplete trace: " + missing.length + " parent span(s) are not in the archive (" + missing.join(", ") + ").";
+      box.textContent = clip(
+        "Incomplete trace: " + missing.length + " parent span(s) are not in the archive (" + missing.join(", ") + ")."
+      );
       box.hidden = false;
     }
   }
@@ -539,7 +565,7 @@
       "table",
       { cls: "grid kv " + cls },
       [el("tbody", {}, keys.map(function (k) {
-        return el("tr", {}, [el("th", { text: k }), el("td", { text: fmtValue(obj[k]) })]);
+        return el("tr", {}, [el("th", { text: k }), el("td", { text: fmtValue(obj[k]), max: MAX_DETAIL })]);
       }))]
     );
   }
@@ -560,7 +586,7 @@
     const dl = el("dl", { cls: "facts" });
     for (const pair of facts) {
       dl.appendChild(el("dt", { text: pair[0] }));
-      dl.appendChild(el("dd", { text: pair[1] }));
+      dl.appendChild(el("dd", { text: pair[1], max: MAX_DETAIL }));
     }
     const events = el("ol", { cls: "events plain" });
     for (const event of span.events || []) {
@@ -568,7 +594,7 @@
       events.appendChild(
         el("li", { cls: "event" }, [
           el("span", { cls: "event-time", text: "+" + fmtMs(offset) + " " }),
-          el("strong", { cls: "event-name", text: event.name }),
+          el("strong", { cls: "event-name", text: event.name, max: MAX_DETAIL }),
           keyValueTable("event-attributes", event.attributes),
         ])
       );
@@ -580,7 +606,7 @@
     }
     const hasLinks = (span.links || []).length > 0;
     const parts = [
-      el("h2", { cls: "details-name", text: span.name }),
+      el("h2", { cls: "details-name", text: span.name, max: MAX_DETAIL }),
       dl,
       el("h3", { text: "Attributes" }),
       keyValueTable("span-attributes", span.attributes),
@@ -602,10 +628,10 @@
       box.replaceChildren(
         el("strong", { text: "Bottleneck: " }),
         el("span", { cls: "bottleneck-name", text: bottleneck.name }),
-        document.createTextNode(
-          " (" + bottleneck.service + ") spends " + fmtMs(bottleneck.self_time_ms) + " on its own, " +
-            fmtPct(bottleneck.share) + " of the trace."
-        )
+        el("span", {
+          text: " (" + bottleneck.service + ") spends " + fmtMs(bottleneck.self_time_ms) + " on its own, " +
+            fmtPct(bottleneck.share) + " of the trace.",
+        })
       );
       box.hidden = false;
     }
@@ -679,7 +705,7 @@
 
   async function initTrace() {
     const traceId = traceIdFromPath();
-    byId("trace-id").textContent = traceId;
+    byId("trace-id").textContent = clip(traceId, 100);
     const base = "/api/traces/" + encodeURIComponent(traceId);
     let view;
     let analysis = null;
@@ -690,7 +716,7 @@
       return;
     }
     const root = view.spans.length ? view.spans[0].name : "";
-    document.title = "Trace " + String(traceId).slice(0, 8) + " · " + root;
+    document.title = clip("Trace " + String(traceId).slice(0, 8) + " · " + root, 200);
     renderSummary(view);
     renderAnalysis(analysis);
     renderWaterfall(view, analysis);
