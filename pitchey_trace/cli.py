@@ -1013,7 +1013,8 @@ def _serve(args: argparse.Namespace) -> int:
     archive = _archive(args)
     auth = os.environ.get("PITCHEY_TRACE_ANALYSIS_AUTH") or None
     try:
-        app = create_app(archive, basic_auth=auth)
+        # (the name it listens on is allowed too: --host myhost.example)
+        app = create_app(archive, basic_auth=auth, allowed_hosts=[*args.allow_host, args.host])
     except ValueError as exc:
         raise PitcheyTraceError(f"PITCHEY_TRACE_ANALYSIS_AUTH: {exc}") from None
     # Bound here rather than by uvicorn: the address line then tells the real port (of
@@ -1210,6 +1211,15 @@ def _add_analysis(sub: Subparsers) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=_port, default=8080, help="0 to 65535 (default 8080)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeat it; '*': any). By default only IP "
+        "addresses, localhost and --host are (a page on another site could read the archive "
+        "through DNS rebinding)",
+    )
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
     p.add_argument(
         "--tls-key",

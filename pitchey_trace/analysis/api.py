@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -131,6 +132,67 @@ class _BasicAuth:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", b'Basic realm="pitchey-trace", charset="UTF-8"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(value: bytes) -> str | None:
+    """The host of a ``Host`` header, lowercase, without its port (``[::1]:8080`` is ``::1``);
+    None when it is not readable."""
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):  # an IPv6 literal
+        end = text.find("]")
+        return text[1:end] if end > 0 else None
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _HostCheck:
+    """Answers only requests whose ``Host`` is an IP address, ``localhost`` (``*.localhost``)
+    or a name in ``allowed``: a web page the user visits could otherwise read the archive
+    through DNS rebinding (its own name resolved to 127.0.0.1 afterwards, so the browser sends
+    that name as ``Host``). ``/healthz`` is always answered."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self._allowed = allowed
+
+    def _ok(self, scope: Scope) -> bool:
+        given = [value for name, value in scope.get("headers") or () if name == b"host"]
+        if len(given) != 1:
+            return not given  # (HTTP/1.0 without Host: no name a page could have chosen)
+        host = _host_name(given[0])
+        if host is None:
+            return False
+        return host in self._allowed or host == "localhost" or host.endswith(".localhost") or _is_ip(host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz" or self._ok(scope):
+            await self.app(scope, receive, send)
+            return
+        body = (
+            b'{"error":"this Host is not allowed (DNS rebinding protection): '
+            b'pitchey-trace serve --allow-host NAME allows a name"}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
                 ],
             }
         )
@@ -280,7 +342,11 @@ def _given(**params: Any) -> dict[str, Any]:
 
 
 def create_app(
-    archive: Archive, *, refresh_interval_s: float | None = 30.0, basic_auth: str | None = None
+    archive: Archive,
+    *,
+    refresh_interval_s: float | None = 30.0,
+    basic_auth: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The analysis web app over ``archive``: the JSON API, the overview/search page at ``/``
     and the waterfall page at ``/traces/{trace_id}`` (see the module docstring).
@@ -290,7 +356,15 @@ def create_app(
     long-running server shows what was archived since it started; ``None`` never re-reads.
     ``basic_auth``: ``"user:password"`` to require HTTP Basic authentication for everything
     but ``/healthz`` (serve it over TLS, or behind a proxy that adds TLS, beyond localhost).
+    ``allowed_hosts``: answer only requests whose ``Host`` is an IP address, ``localhost`` or
+    one of these names (``"*"``: any), against DNS rebinding (a page the user visits reading a
+    local server's archive); ``None`` (the default, for an app you mount in your own server)
+    checks nothing. ``pitchey-trace serve`` checks, with the names given to ``--allow-host``.
     """
+    if allowed_hosts is not None:
+        if isinstance(allowed_hosts, str) or not all(isinstance(h, str) and h for h in allowed_hosts):
+            raise ValueError("allowed_hosts must be a list of host names")
+        hosts = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts)
     auth: tuple[str, str] | None = None
     if basic_auth is not None:
         user, sep, password = basic_auth.partition(":") if isinstance(basic_auth, str) else ("", "", "")
@@ -451,6 +525,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_SecurityHeaders)]
+        + ([Middleware(_HostCheck, allowed=hosts)] if allowed_hosts is not None and "*" not in hosts else [])
         + ([Middleware(_BasicAuth, user=auth[0], password=auth[1])] if auth else []),
         exception_handlers={
             ValueError: bad_request,
