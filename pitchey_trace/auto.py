@@ -58,7 +58,7 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -464,6 +464,26 @@ def instrumented() -> frozenset[str]:
     return frozenset(library for library, _ in _done)
 
 
+def _excluded(exclude: Sequence[str] | str) -> set[str]:
+    """The libraries to leave alone: ``PITCHEY_TRACE_AUTO_EXCLUDE`` and ``exclude``."""
+    if isinstance(exclude, str):  # (not its letters: "redis" is one library)
+        exclude = exclude.split(",")
+    skipped: set[str] = set()
+    for where, names in (
+        ("PITCHEY_TRACE_AUTO_EXCLUDE: ", os.environ.get("PITCHEY_TRACE_AUTO_EXCLUDE", "").split(",")),
+        ("", exclude),
+    ):
+        given = {name.strip().lower() for name in names}
+        given = {"starlette" if name == "fastapi" else name for name in given if name}
+        unknown = given - set(SUPPORTED)
+        if unknown:
+            raise ConfigurationError(
+                f"{where}unknown libraries {sorted(unknown)}; known: {', '.join(SUPPORTED)}"
+            )
+        skipped |= given
+    return skipped
+
+
 def instrument_all(*, exclude: Sequence[str] | str = (), configure: bool = True) -> None:
     """Instrument every supported library, now or when it is imported (see the module doc).
 
@@ -473,17 +493,11 @@ def instrument_all(*, exclude: Sequence[str] | str = (), configure: bool = True)
         configure: call :func:`pitchey_trace.configure` with the environment's settings when
             tracing is not configured yet.
 
-    Idempotent. Raises ``ValueError`` for a library name it does not know.
+    Idempotent. Raises ``ConfigurationError`` (a ``ValueError``) for a library name it does
+    not know, and when ``configure()`` refuses the environment.
     """
     global _finder
-    skipped = {name.strip().lower() for name in os.environ.get("PITCHEY_TRACE_AUTO_EXCLUDE", "").split(",")}
-    if isinstance(exclude, str):  # (not its letters: "redis" is one library)
-        exclude = exclude.split(",")
-    skipped |= {name.strip().lower() for name in exclude}
-    skipped = {"starlette" if name == "fastapi" else name for name in skipped if name}
-    unknown = skipped - set(SUPPORTED)
-    if unknown:
-        raise ValueError(f"unknown libraries {sorted(unknown)}; known: {', '.join(SUPPORTED)}")
+    skipped = _excluded(exclude)
     if configure:
         from pitchey_trace import _config
 
@@ -510,9 +524,46 @@ def instrument_all(*, exclude: Sequence[str] | str = (), configure: bool = True)
         _apply(library, module_name, hook, module)
 
 
+def _check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ``ConfigurationError`` (a ``ValueError``) with the message for what
+    :func:`instrument_all` would refuse in a process started with ``environ`` (default: this
+    one's): the variables ``configure()`` reads, ``PITCHEY_TRACE_AUTO_EXCLUDE``,
+    ``PITCHEY_TRACE_LOG_EVENT_LEVEL`` and ``PITCHEY_TRACE_EXPORT_LOGS``. What ``pitchey-trace
+    run`` checks before it starts the program, which would otherwise run untraced.
+
+    Leaves this process as it was: its environment, and its tracing (``configure()`` is tried
+    only when it was not called yet, then shut down; its warnings are left to the program)."""
+    from pitchey_trace import _config
+
+    saved = None
+    if environ is not None:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(environ)
+    quiet, _safety.logger.disabled = _safety.logger.disabled, True
+    try:
+        _excluded(())
+        log_event_level()
+        export_logs_level()
+        if not _config.is_configured():
+            # (the variable checked on its own: no SIGTERM handler is installed here)
+            _config._env_bool("PITCHEY_TRACE_FLUSH_ON_SIGTERM")
+            _config.configure(flush_on_sigterm=False)
+            _config.shutdown(1.0)
+    finally:
+        _safety.logger.disabled = quiet
+        if saved is not None:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
 def _start_from_environment() -> None:
     """What ``pitchey-trace run``'s ``sitecustomize`` calls in the new interpreter."""
     try:
         instrument_all()
-    except Exception as exc:  # a bad variable must not stop the application
+    except ConfigurationError as exc:
+        # A bad variable (set after the command checked them, or in a child's environment):
+        # one clear line, as the command would have said it; the program runs untraced.
+        sys.stderr.write(f"pitchey-trace run: tracing not started: {exc}\n")
+    except Exception as exc:  # never stop the application
         _safety.report("auto.start", exc)

@@ -274,6 +274,11 @@ def _run(args: argparse.Namespace) -> int:
     env.setdefault("PITCHEY_TRACE_FLUSH_ON_SIGTERM", "true")
     if env.get("PITCHEY_TRACE_ARCHIVE", "").strip():  # (where it started, whatever its cwd becomes)
         env["PITCHEY_TRACE_ARCHIVE"] = os.path.abspath(env["PITCHEY_TRACE_ARCHIVE"].strip())
+    from pitchey_trace.auto import _check_environment
+
+    # A variable the program's configure() would refuse: one line and exit 2 now, rather than
+    # the program running untraced.
+    _check_environment(env)
     try:
         os.execvpe(command[0], command, env)  # noqa: S606  (the user's own program, by design)
     except OSError as exc:

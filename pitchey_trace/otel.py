@@ -427,8 +427,12 @@ class _SyncedRuntimeContext:
         try:
             if ours is not None:
                 CURRENT.reset(ours)
-        except ValueError:  # reset from another context: clear instead
-            CURRENT.set(None)
+        except ValueError:
+            # A token from another context (another thread or task): OpenTelemetry's own detach
+            # fails there too (it logs "Failed to detach context") and changes nothing, so
+            # pitchey's current span stays as it is, in step with OpenTelemetry's: clearing it
+            # would start a new trace under a span still open here.
+            pass
         self._inner.detach(inner)
 
 
@@ -478,9 +482,32 @@ class TracerProvider(otel_trace.TracerProvider):
         _config.shutdown()
 
 
+_install_lock = threading.Lock()
+
+
 def install() -> TracerProvider:
     """Make a :class:`TracerProvider` OpenTelemetry's global provider and return it.
-    (OpenTelemetry lets the global provider be set once per process.)"""
-    provider = TracerProvider()
-    otel_trace.set_tracer_provider(provider)
-    return provider
+
+    Idempotent: when one already is, that one is returned. OpenTelemetry lets the global
+    provider be set once per process: when the application set another one first (the
+    OpenTelemetry SDK's), that one stays global, a warning on the ``pitchey_trace`` logger says
+    so, and the provider returned records pitchey-trace spans only for what is handed it
+    (``tracer_provider=`` of an instrumentation)."""
+    with _install_lock:
+        # (read directly: get_tracer_provider() would load OTEL_PYTHON_TRACER_PROVIDER as a
+        # side effect)
+        current = getattr(otel_trace, "_TRACER_PROVIDER", None)
+        if isinstance(current, TracerProvider):
+            return current
+        provider = TracerProvider()
+        if current is not None:
+            _safety.warn_once(
+                "otel.install",
+                "pitchey_trace.otel.install(): OpenTelemetry's global TracerProvider is already "
+                "set (%s) and cannot be replaced: spans started with "
+                "opentelemetry.trace.get_tracer() go there, not to pitchey-trace",
+                f"{type(current).__module__}.{type(current).__qualname__}",
+            )
+            return provider
+        otel_trace.set_tracer_provider(provider)
+        return provider
