@@ -32,12 +32,16 @@ Or none of it: ``pitchey-trace run -- gunicorn yourproject.wsgi`` does 1-3 witho
 The WSGI / ASGI middleware cannot see Django's URL resolver, so the route template comes from
 ``request.resolver_match.route`` (e.g. ``pitches/<int:pitch_id>/``), handed over with
 :func:`pitchey_trace.web.set_route` by ``PitcheyRouteMiddleware`` once Django has resolved the
-view. Without it, spans are named by the method alone (``GET``), never by the raw path.
-Django logs unhandled exceptions on ``django.request`` while the request's span is current, so
-that record carries the trace id, as does the 500 response's ``X-Trace-Id`` header.
+view. Without it, spans are named by the method alone (``GET``), never by the raw path. It also
+records the signed-in user's id (``user.id``, the audit actor) when the app loads the user, and
+the exception behind a 500 on the request's span: Django turns it into the 500 itself, so the
+WSGI / ASGI middleware never sees it. Django logs that exception on ``django.request`` while
+the request's span is current, so the record carries the trace id, as does the 500 response's
+``X-Trace-Id`` header.
 
 This file imports no Django module, so it can be imported (and checked) anywhere;
-tests/integration/db/test_django.py runs it in a Django project under a real WSGI server.
+tests/integration/db/test_django.py and tests/integration/web/test_session18_django.py run it
+in Django projects under real WSGI and ASGI servers.
 """
 
 from __future__ import annotations
