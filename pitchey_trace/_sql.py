@@ -193,7 +193,30 @@ def _normalize(sql: str) -> str:
             toks.append(text)
     if "IN" in sql.upper() or "VALUES" in sql.upper():
         toks = _collapse_lists(toks)
+    _savepoint_name(toks)
     return "".join(toks).strip()
+
+
+# SAVEPOINT name / RELEASE [SAVEPOINT] name / ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
+_SAVEPOINT_VERBS = frozenset({"SAVEPOINT", "RELEASE", "ROLLBACK"})
+_SAVEPOINT_WORDS = frozenset(
+    {"SAVEPOINT", "RELEASE", "ROLLBACK", "TO", "WORK", "TRANSACTION", "AND", "NO", "CHAIN"}
+)
+
+
+def _savepoint_name(toks: list[str]) -> None:
+    """Replace a savepoint's name by ``?``: frameworks make one per thread or call (Django's
+    ``"s140111072192192_x1"``), and a text per name splits one statement into thousands."""
+    words = [i for i, t in enumerate(toks) if t != " "]
+    while words and toks[words[-1]] == ";":  # (one statement, maybe with its semicolon)
+        words.pop()
+    if len(words) < 2 or toks[words[0]].upper() not in _SAVEPOINT_VERBS or ";" in (toks[i] for i in words):
+        return
+    verb, last = toks[words[0]].upper(), toks[words[-1]]
+    if verb == "ROLLBACK" and "TO" not in {toks[i].upper() for i in words}:
+        return  # (a plain ROLLBACK [AND [NO] CHAIN] names no savepoint)
+    if last.upper() not in _SAVEPOINT_WORDS and (last[0] == '"' or last[0].isalpha() or last[0] == "_"):
+        toks[words[-1]] = "?"
 
 
 _normalize_cached = functools.lru_cache(maxsize=2048)(_normalize)

@@ -191,3 +191,24 @@ def test_backslash_quote_statement_through_the_pipeline() -> None:
         SAN, {"db.query.text": "UPDATE u SET bio = 'it\\'s jsmith here' WHERE id = 1"}
     )
     assert all(a["db.query.text"] == "UPDATE u SET bio = ?" for a in attrs)
+
+
+@pytest.mark.parametrize(
+    ("sql", "text"),
+    [
+        ('SAVEPOINT "s140111072192192_x1"', "SAVEPOINT ?"),
+        ('RELEASE SAVEPOINT "s140111072192192_x1"', "RELEASE SAVEPOINT ?"),
+        ('ROLLBACK TO SAVEPOINT "s140111072192192_x1"', "ROLLBACK TO SAVEPOINT ?"),
+        ("savepoint sp_1", "savepoint ?"),
+        ("RELEASE sp_1;", "RELEASE ?;"),
+        ("ROLLBACK WORK TO sp_1", "ROLLBACK WORK TO ?"),
+        ("ROLLBACK", "ROLLBACK"),
+        ("ROLLBACK AND NO CHAIN", "ROLLBACK AND NO CHAIN"),
+        ("SELECT savepoint FROM t", "SELECT savepoint FROM t"),
+        ("SAVEPOINT sp; SELECT 1", "SAVEPOINT sp; SELECT ?"),
+    ],
+)
+def test_savepoint_names_are_placeholders(sql: str, text: str) -> None:
+    """Django names a savepoint after the thread and a counter: one text per name would split
+    one statement into thousands of query texts (and rollups)."""
+    assert normalize_sql(sql) == text
