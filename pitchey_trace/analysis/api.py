@@ -123,19 +123,28 @@ class _BasicAuth:
         if scope["type"] != "http" or scope.get("path") == "/healthz" or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        body = b'{"error":"authentication required"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Basic realm="pitchey-trace", charset="UTF-8"'),
-                ],
-            }
+        await _refuse(
+            send,
+            401,
+            b'{"error":"authentication required"}',
+            (b"www-authenticate", b'Basic realm="pitchey-trace", charset="UTF-8"'),
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    """Answer a request a guard in front of the app turned down: JSON ``body`` with ``status``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _host_name(value: bytes) -> str | None:
@@ -182,21 +191,12 @@ class _HostCheck:
         if scope["type"] != "http" or scope.get("path") == "/healthz" or self._ok(scope):
             await self.app(scope, receive, send)
             return
-        body = (
+        await _refuse(
+            send,
+            403,
             b'{"error":"this Host is not allowed (DNS rebinding protection): '
-            b'pitchey-trace serve --allow-host NAME allows a name"}'
+            b'pitchey-trace serve --allow-host NAME allows a name"}',
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 def json_response(data: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
