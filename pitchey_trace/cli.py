@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pitchey_trace.exceptions import IntegrationUnavailable, PitcheyTraceError
+from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable, PitcheyTraceError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -72,6 +72,11 @@ def _mask_url(url: str) -> str:
     )
     fragment = "***" if parts.fragment else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _mask_urls(text: str) -> str:
+    """`text` with every URL in it masked as `_mask_url` does."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda m: _mask_url(m.group()), text)
 
 
 def _exporter_summary(exporter: Any) -> dict[str, Any]:
@@ -132,7 +137,12 @@ def _config(args: argparse.Namespace) -> int:
     from pitchey_trace._tracer import get_tracer
     from pitchey_trace.auto import export_logs_level, log_event_level
 
-    pt.configure()  # from the environment only, as a service calling configure() would
+    try:
+        pt.configure()  # from the environment only, as a service calling configure() would
+    except (PitcheyTraceError, ValueError) as exc:
+        # The message can quote the variable's URL (`got 'https://user:password@...'`): mask it
+        # as the output is, this too ends up in CI logs.
+        raise ConfigurationError(_mask_urls(str(exc))) from None
     # OpenTelemetry variables set here that nothing reads (metrics, logs, other exporters'):
     # worth seeing when moving a service over from an OpenTelemetry SDK. (OTEL_PYTHON_* and
     # the instrumentation ones are read by OpenTelemetry's own packages, which still run.)

@@ -193,18 +193,50 @@ class LogpushConfig:
         batch = data.get("batch") or {}
         if not isinstance(batch, Mapping) or set(batch) - _BATCH_KEYS:
             raise ConfigurationError(f"batch accepts only {', '.join(sorted(_BATCH_KEYS))}")
+        _check_batch(batch)
         style = _opt_str(data, "addressing_style")
         if style not in (None, "path", "virtual", "auto"):
             raise ConfigurationError("addressing_style must be path, virtual or auto")
+        endpoint_url = _opt_str(data, "endpoint_url")
+        if endpoint_url is not None:
+            _check_endpoint_url(endpoint_url)
         return cls(
             datasets=datasets,
-            endpoint_url=_opt_str(data, "endpoint_url"),
+            endpoint_url=endpoint_url,
             region=_opt_str(data, "region"),
             profile=_opt_str(data, "profile"),
             addressing_style=style,
             spool_dir=_opt_str(data, "spool_dir"),
             batch=dict(batch),
         )
+
+
+def _check_batch(batch: Mapping[str, Any]) -> None:
+    """The ``[batch]`` values LogpushExporter accepts: a file that ``logpush setup`` and
+    ``verify`` pass must not be refused later by ``LogpushExporter.from_config``."""
+    from pitchey_trace._validate import finite, positive_int
+
+    for key in ("max_bytes", "max_records"):
+        if key in batch:
+            positive_int(f"batch.{key}", batch[key], 1 << 50)
+    if "max_interval_s" in batch and not finite(
+        "batch.max_interval_s", batch["max_interval_s"], 0.0, 86_400.0
+    ):
+        raise ConfigurationError("batch.max_interval_s must be > 0")
+
+
+def _check_endpoint_url(url: str) -> None:
+    """``http(s)://host[:port]``: botocore takes anything at first, then fails every request
+    (``localhost:9000`` has no scheme; ``ftp://`` answered "bucket missing")."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigurationError(f"endpoint_url must be http(s)://host[:port], got {url!r}")
 
 
 def _opt_str(data: Mapping[str, Any], key: str, where: str = "") -> str | None:
@@ -288,8 +320,13 @@ def make_s3_client(
         )
     except TypeError:  # pragma: no cover - botocore < 1.36 has neither option
         cfg = Config(**kwargs)
-    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+        return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=cfg)
+    except BotoCoreError as exc:  # ProfileNotFound, a malformed shared config file...
+        raise ConfigurationError(f"cannot make the S3 client: {exc}") from None
 
 
 def client_for(config: LogpushConfig, max_attempts: int = 3, max_pool_connections: int = 10) -> Any:
@@ -325,14 +362,55 @@ def _error_code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", type(exc).__name__))
 
 
+# Answers that no request of this run can succeed after: a wrong endpoint or credentials.
+_REFUSED_CREDENTIALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
+)
+
+
+def _raise_if_fatal(exc: Exception, config: LogpushConfig) -> None:
+    """``ConfigurationError`` (one line, exit 2) for an error every other check would repeat:
+    no credentials, credentials the store refuses, or an endpoint that cannot be reached.
+    Anything else is one failed check of the report."""
+    try:
+        from botocore.exceptions import (
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+    except ImportError:  # pragma: no cover - a client exists, so botocore does
+        return
+    where = config.endpoint_url or f"AWS S3 ({config.region or 'default region'})"
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        raise ConfigurationError(
+            f"no usable S3 credentials ({exc}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(R2: an API token's access key pair) or a profile"
+        ) from None
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        raise ConfigurationError(f"cannot connect to {where}: {exc}") from None
+    code = _error_code(exc)
+    if code in _REFUSED_CREDENTIALS:
+        raise ConfigurationError(
+            f"{where} refused the credentials ({code}): check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or the profile"
+        ) from None
+
+
 def _bucket_exists(client: Any, bucket: str) -> bool:
     try:
         client.head_bucket(Bucket=bucket)
         return True
     except Exception as exc:
-        if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+        code = _error_code(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
             return False
-        raise
+        if code != "403":
+            raise
+    # HEAD answers have no body: a 403 does not say whether the key is unknown
+    # (InvalidAccessKeyId) or lacks a permission (AccessDenied). A listing says which.
+    client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    return True
 
 
 def _get_rules(client: Any, bucket: str) -> list[dict[str, Any]]:
@@ -400,6 +478,7 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
                 _create_bucket(client, bucket, config.region)
                 rows.append(Check("bucket", bucket, True, "created"))
         except Exception as exc:
+            _raise_if_fatal(exc, config)
             rows.append(Check("bucket", bucket, False, f"{_error_code(exc)}: {exc}"))
             continue
         wanted = [
@@ -415,11 +494,11 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
                 for r in existing
                 if r.get("ID") in managed_ids and r.get("ID") not in {w["ID"] for w in wanted}
             ]
+            keep = [r for r in existing if r.get("ID") not in managed_ids]
+            rules = keep + wanted
             if unchanged and not stale:
                 detail = "unchanged"
             else:
-                keep = [r for r in existing if r.get("ID") not in managed_ids]
-                rules = keep + wanted
                 if rules:
                     client.put_bucket_lifecycle_configuration(
                         Bucket=bucket, LifecycleConfiguration={"Rules": rules}
@@ -435,8 +514,17 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
                     if d.retention_days
                     else "no expiration (keep forever)"
                 )
-                rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", True, f"{what} ({detail})"))
+                # Rules of other ids are kept, so one of them may still expire this dataset's
+                # objects sooner (or at all): say so now rather than at the next verify.
+                effective = _check_retention(d, rules)
+                if effective.ok:
+                    rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", True, f"{what} ({detail})"))
+                else:
+                    culprit = (_expiring_rule(d, rules) or {}).get("ID")
+                    why = f"{effective.detail}: rule {culprit!r}, kept" if culprit else effective.detail
+                    rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", False, f"{why} ({detail})"))
         except Exception as exc:
+            _raise_if_fatal(exc, config)
             rows.append(Check("lifecycle", bucket, False, f"{_error_code(exc)}: {exc}"))
     return rows
 
@@ -445,24 +533,29 @@ def verify(config: LogpushConfig, client: Any) -> list[Check]:
     """Check every bucket exists, every dataset has its expiration rule, and a
     write/read/delete round trip works under every dataset prefix."""
     rows: list[Check] = []
-    present: set[str] = set()
+    missing: set[str] = set()
     for bucket in config.buckets:
         try:
             ok = _bucket_exists(client, bucket)
             rows.append(Check("bucket exists", bucket, ok, "ok" if ok else "missing (run logpush setup)"))
-            if ok:
-                present.add(bucket)
+            if not ok:
+                missing.add(bucket)
         except Exception as exc:
+            _raise_if_fatal(exc, config)
+            # (say AccessDenied: a key allowed to write objects only can still pass the rest)
             rows.append(Check("bucket exists", bucket, False, f"{_error_code(exc)}: {exc}"))
     rules_of: dict[str, list[dict[str, Any]] | Exception] = {}
-    for bucket in sorted(present):
+    for bucket in config.buckets:
+        if bucket in missing:
+            continue
         try:
             rules_of[bucket] = _get_rules(client, bucket)
         except Exception as exc:
+            _raise_if_fatal(exc, config)
             rules_of[bucket] = exc
     for d in config.datasets.values():
         target = f"{d.bucket}/{d.prefix}"
-        if d.bucket not in present:
+        if d.bucket in missing:
             rows.append(Check("retention", target, False, "bucket missing"))
             rows.append(Check("write/read/delete", target, False, "bucket missing"))
             continue
@@ -471,12 +564,12 @@ def verify(config: LogpushConfig, client: Any) -> list[Check]:
             rows.append(Check("retention", target, False, f"{_error_code(rules)}: {rules}"))
         else:
             rows.append(_check_retention(d, rules))
-        rows.append(_round_trip(client, d))
+        rows.append(_round_trip(client, d, config))
     return rows
 
 
-def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
-    target = f"{d.bucket}/{d.prefix}"
+def _expiring_rule(d: DatasetConfig, rules: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The enabled rule that expires the dataset's objects first (any id), or None."""
     want_prefix = f"{d.prefix}/" if d.prefix else ""
     applying = [
         r
@@ -486,27 +579,32 @@ def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
         and want_prefix.startswith(_rule_prefix(r) or "")
         and _rule_days(r) is not None
     ]
+    return min(applying, key=lambda r: _rule_days(r) or 0) if applying else None
+
+
+def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
+    target = f"{d.bucket}/{d.prefix}"
+    first = _expiring_rule(d, rules)
+    days = None if first is None else _rule_days(first) or 0
     if d.retention_days is None:
-        if applying:
-            days = min(_rule_days(r) or 0 for r in applying)
+        if days is not None:
             return Check(
                 "retention", target, False, f"configured to keep forever but a rule expires after {days} days"
             )
         return Check("retention", target, True, "no expiration (as configured)")
-    if not applying:
+    if days is None:
         return Check(
             "retention",
             target,
             False,
             f"no expiration rule (want {d.retention_days} days; run logpush setup)",
         )
-    days = min(_rule_days(r) or 0 for r in applying)
     if days != d.retention_days:
         return Check("retention", target, False, f"objects expire after {days} days, want {d.retention_days}")
     return Check("retention", target, True, f"{days} days")
 
 
-def _round_trip(client: Any, d: DatasetConfig) -> Check:
+def _round_trip(client: Any, d: DatasetConfig, config: LogpushConfig) -> Check:
     target = f"{d.bucket}/{d.prefix}"
     key = (
         f"{d.prefix}/_pitchey_trace_verify/{secrets.token_hex(8)}.txt"
@@ -516,13 +614,16 @@ def _round_trip(client: Any, d: DatasetConfig) -> Check:
     body = f"pitchey-trace verify {secrets.token_hex(8)}\n".encode()
     step = "write"
     try:
-        client.put_object(Bucket=d.bucket, Key=key, Body=body)
+        put = client.put_object(Bucket=d.bucket, Key=key, Body=body)
+        # In a versioned bucket a plain delete only hides the object behind a delete marker:
+        # deleting the version written removes it for good, leaving nothing behind.
+        version = {"VersionId": put["VersionId"]} if put.get("VersionId") else {}
         step = "read"
         got = client.get_object(Bucket=d.bucket, Key=key)["Body"].read()
         if got != body:
             return Check("write/read/delete", target, False, "read back different bytes")
         step = "delete"
-        client.delete_object(Bucket=d.bucket, Key=key)
+        client.delete_object(Bucket=d.bucket, Key=key, **version)
         try:
             client.head_object(Bucket=d.bucket, Key=key)
         except Exception as exc:
@@ -531,6 +632,7 @@ def _round_trip(client: Any, d: DatasetConfig) -> Check:
             raise
         return Check("write/read/delete", target, False, "object still present after delete")
     except Exception as exc:
+        _raise_if_fatal(exc, config)
         return Check("write/read/delete", target, False, f"{step} failed: {_error_code(exc)}: {exc}")
 
 
