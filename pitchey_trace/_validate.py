@@ -142,3 +142,26 @@ def header_map(value: Any) -> dict[str, str]:
             raise ConfigurationError(f"header {k!r}: the value must be latin-1 text") from None
         out[k] = v
     return out
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its credentials masked, for messages and output that end up in logs: the
+    password of the userinfo (``user:***@``; a lone user name, often a token, becomes
+    ``***@``), every query value (``?token=***``) and the fragment."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _value in (item.partition("=") for item in parts.query.split("&"))
+    )
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))

@@ -52,26 +52,10 @@ def _logpush(args: argparse.Namespace) -> int:
 
 
 def _mask_url(url: str) -> str:
-    """`url` with its credentials masked, for output that ends up in CI logs: the password of
-    the userinfo (`user:***@`; a lone user name, often a token, becomes `***@`) and every
-    query value (`?token=***`)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """`url` with its credentials masked (see `_validate.masked_url`): output ends up in CI logs."""
+    from pitchey_trace._validate import masked_url
 
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = "&".join(
-        f"{name}=***" if sep else name
-        for name, sep, _value in (item.partition("=") for item in parts.query.split("&"))
-    )
-    fragment = "***" if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    return masked_url(url)
 
 
 def _mask_urls(text: str) -> str:

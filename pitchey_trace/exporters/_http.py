@@ -29,7 +29,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from pitchey_trace import _safety, _stats
 from pitchey_trace._validate import compresslevel as valid_compresslevel
-from pitchey_trace._validate import finite, header_map, list_of, positive_int
+from pitchey_trace._validate import finite, header_map, list_of, masked_url, positive_int
 from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters._otlp_proto import MAX_ANSWER_BYTES, loggable, parse_partial_success
 from pitchey_trace.exporters._spool import PayloadSpool
@@ -228,7 +228,8 @@ def checked_endpoint(url: object, timeout_s: float, form: str) -> SplitResult:
         raise TypeError(f"the URL must be a str, got {url!r}")
     parts = urlsplit(url)
     if not is_http_url(parts):
-        raise ConfigurationError(f"URL must be {form}, got {url!r}")
+        # (masked: the message reaches logs, and a URL may carry a password or a token)
+        raise ConfigurationError(f"URL must be {form}, got {masked_url(url)!r}")
     if finite("timeout_s", timeout_s, 0.0, 3600.0) == 0:
         raise ConfigurationError("timeout_s must be > 0")
     return parts

@@ -76,3 +76,20 @@ def test_error_groups_sample_the_most_recent_traces_newest_first() -> None:
     assert group["count"] == 13
     assert group["last_seen_unix_nano"] == t0 + 13 * 1_000_000
     assert group["trace_ids"] == [f"{i:032x}" for i in (1, 12, 11, 10, 9)]
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://user:pw123@host/?token=abc", "https://user:pw123@host:99999/?token=abc"]
+)
+def test_an_endpoint_refused_is_quoted_without_its_credentials(url: str) -> None:
+    """The message of a refused endpoint reaches logs (and `pitchey-trace run`'s error line):
+    the URL's password and query values are masked at the source."""
+    from pitchey_trace.exceptions import ConfigurationError
+    from pitchey_trace.exporters import OTLPExporter, ZipkinExporter
+
+    for exporter in (OTLPExporter, ZipkinExporter):
+        with pytest.raises(ConfigurationError) as refused:
+            exporter(url)
+        assert "pw123" not in str(refused.value)
+        assert "abc" not in str(refused.value)
+        assert "user:***@host" in str(refused.value)
