@@ -237,7 +237,8 @@ def _rollup_stats(rs: list[Record]) -> _Stats:
     return (
         _rollup_count(rs),
         sum(_int(r.get("errors")) for r in rs),
-        sum(_num(r.get("duration_sum_ms")) for r in rs),
+        # (fsum: exact, so the mean does not depend on the order the rollups were read in)
+        math.fsum(_num(r.get("duration_sum_ms")) for r in rs),
         [quantile(q) for q in (0.5, 0.95, 0.99)],
         max(_num(r.get("duration_max_ms")) for r in rs),
     )
@@ -409,7 +410,10 @@ class _Tree:
     """One trace's spans arranged as a tree (cycles and missing parents tolerated)."""
 
     def __init__(self, spans: list[Record]) -> None:
-        self.spans = sorted(spans, key=lambda s: (s["start_time_unix_nano"], -s["end_time_unix_nano"]))
+        # (span id last: spans with the same times come in one order, whatever the reading order)
+        self.spans = sorted(
+            spans, key=lambda s: (s["start_time_unix_nano"], -s["end_time_unix_nano"], s["span_id"])
+        )
         self.by_id: dict[str, Record] = {}
         for s in self.spans:
             self.by_id.setdefault(s["span_id"], s)
@@ -582,7 +586,8 @@ class _Index:
     def window(self, since: int | None, until: int | None) -> list[Record]:
         """Spans starting in ``[since, until]``, by start time."""
         if self._starts is None:
-            self._sorted = sorted(self.spans.values(), key=lambda s: s["start_time_unix_nano"])
+            # (ties by ids: answers that list spans do not depend on the order they were read in)
+            self._sorted = sorted(self.spans.values(), key=_start_order)
             self._starts = [s["start_time_unix_nano"] for s in self._sorted]
         lo = 0 if since is None else bisect.bisect_left(self._starts, since)
         hi = len(self._sorted) if until is None else bisect.bisect_right(self._starts, until)
@@ -669,9 +674,39 @@ class _Ahead:
             pool.shutdown(wait=wait, cancel_futures=True)
 
 
+def _start_order(s: Record) -> tuple[int, str, str]:
+    return (s["start_time_unix_nano"], s["trace_id"], s["span_id"])
+
+
+def _log_order(r: Record) -> tuple[int, str, str, str, str, str]:
+    """Log lines by time; of one time in one order, whatever the order they were read in (a
+    ``limit`` then cuts the same ones)."""
+    return (
+        r["time_unix_nano"],
+        _text(r.get("trace_id") or ""),
+        _text(r.get("span_id") or ""),
+        _text(r.get("service", "")),
+        _text(r.get("logger", "")),
+        _text(r.get("body", "")),
+    )
+
+
+def _audit_order(a: Record) -> tuple[int, str, str, str, str, str, str]:
+    """Audit records by time, as :func:`_log_order` log lines."""
+    return (
+        a["time_unix_nano"],
+        _text(a.get("trace_id") or ""),
+        _text(a.get("span_id") or ""),
+        _text(a.get("category", "")),
+        _text(a.get("action", "")),
+        _text(a.get("outcome", "")),
+        _text(a.get("actor") or ""),
+    )
+
+
 def _keep_recent(recent: list[tuple[int, str]], when: int, trace_id: str, keep: int = 5) -> None:
     """Keep in ``recent`` the ``keep`` traces with the latest ``when`` (each trace once, at its
-    latest): bounded whatever the group's size."""
+    latest; of equal times the smallest ids): bounded whatever the group's size."""
     for i, (seen, tid) in enumerate(recent):
         if tid == trace_id:
             if when > seen:
@@ -680,9 +715,10 @@ def _keep_recent(recent: list[tuple[int, str]], when: int, trace_id: str, keep: 
     if len(recent) < keep:
         recent.append((when, trace_id))
         return
-    oldest = min(range(len(recent)), key=lambda i: recent[i][0])
-    if when > recent[oldest][0]:
-        recent[oldest] = (when, trace_id)
+    # the one to drop: the oldest, of equal ones the greatest id (as the answer is sorted)
+    worst = max(range(len(recent)), key=lambda i: (-recent[i][0], recent[i][1]))
+    if (-when, trace_id) < (-recent[worst][0], recent[worst][1]):
+        recent[worst] = (when, trace_id)
 
 
 class Archive:
@@ -1080,7 +1116,7 @@ class Archive:
                     "service": _text(rec.get("service", "")),
                     "attributes": rec.get("attributes") if isinstance(rec.get("attributes"), Mapping) else {},
                 }
-                for rec in sorted(self._index.logs.get(tid, ()), key=lambda r: r["time_unix_nano"])
+                for rec in sorted(self._index.logs.get(tid, ()), key=_log_order)
             ]
         return {
             "trace_id": tid,
@@ -1209,7 +1245,7 @@ class Archive:
         service = _check_text("service", service)
         rows, source = self._stats(service, None, since, until, _operation_key)
         out = [_stats_row(key, st, source) for key, st in rows.items()]
-        out.sort(key=lambda r: (-r["count"] * r["mean_ms"], r["service"], r["operation"]))
+        out.sort(key=lambda r: (-r["count"] * r["mean_ms"], r["service"], r["operation"], r["kind"]))
         return out
 
     def series(
@@ -1371,7 +1407,7 @@ class Archive:
                 return (0, -r["p95_change"], -r["count"])
             return (1 if r["count"] else 2, 0.0, -(r["count"] or r["baseline_count"]))
 
-        rows.sort(key=lambda r: (*rank(r), r["service"], r["operation"]))
+        rows.sort(key=lambda r: (*rank(r), r["service"], r["operation"], r["kind"]))
         return rows
 
     def errors(
@@ -1412,9 +1448,11 @@ class Archive:
                 g["first_seen_unix_nano"] = min(g["first_seen_unix_nano"], when)
                 g["last_seen_unix_nano"] = max(g["last_seen_unix_nano"], when)
                 _keep_recent(g["trace_ids"], when, s["trace_id"])
-        out = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"]))[:limit]
+        out = sorted(
+            groups.values(), key=lambda g: (-g["count"], -g["last_seen_unix_nano"], g["fingerprint"])
+        )[:limit]
         for g in out:  # the most recent failures' traces, newest first (what one looks at)
-            g["trace_ids"] = [tid for _, tid in sorted(g["trace_ids"], key=lambda e: -e[0])]
+            g["trace_ids"] = [tid for _, tid in sorted(g["trace_ids"], key=lambda e: (-e[0], e[1]))]
         return out
 
     def dependencies(
@@ -1501,7 +1539,14 @@ class Archive:
                 }
             )
         rows.sort(
-            key=lambda r: (-(r["estimated_calls"] or r["count"]), -r["count"], r["caller"] or "", r["callee"])
+            key=lambda r: (
+                -(r["estimated_calls"] or r["count"]),
+                -r["count"],
+                r["caller"] or "",
+                r["callee"],
+                r["protocol"],
+                r["traced"],
+            )
         )
         return rows
 
@@ -1550,7 +1595,7 @@ class Archive:
                     )
                 )
             ]
-        return heapq.nlargest(limit, found, key=lambda a: a["time_unix_nano"])
+        return heapq.nlargest(limit, found, key=_audit_order)
 
     def logs(
         self,
@@ -1586,7 +1631,7 @@ class Archive:
                 and (least is None or _int(r.get("severity_number")) >= least)
                 and (needle is None or needle in _text(r.get("body", "")).casefold())
             ]
-        return heapq.nlargest(limit, found, key=lambda r: r["time_unix_nano"])
+        return heapq.nlargest(limit, found, key=_log_order)
 
     def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
         """Totals for a window: spans, traces, errors, services (with how many processes, by
@@ -1636,7 +1681,7 @@ class Archive:
             "end_time_unix_nano": max((s["end_time_unix_nano"] for s in spans), default=None),
             "services": [
                 {"service": k, "spans": v[0], "errors": v[1], "instances": len(instances.get(k, ()))}
-                for k, v in sorted(services.items(), key=lambda kv: -kv[1][0])
+                for k, v in sorted(services.items(), key=lambda kv: (-kv[1][0], kv[0]))
             ],
             "slowest": slowest,
             "recent_errors": failed,
