@@ -8,19 +8,18 @@ import asyncio
 import gc
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
 import pika
-import pika.adapters.blocking_connection
 import pytest
 
 import pitchey_trace as pt
 from pitchey_trace import amqp
 from pitchey_trace.amqp import instrument_amqp, uninstrument_amqp
-from pitchey_trace.testing import capture_spans, swallowed_errors
-from tests.support.rabbitmq import rabbitmq_server
+from pitchey_trace.testing import capture_spans
+from tests.support import rabbitmq
+from tests.support.instrumentation import instrumented_fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("rabbitmq")]
 
@@ -29,27 +28,10 @@ OLD_TRACEPARENT = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
 STALE = {"traceparent": OLD_TRACEPARENT, "tracestate": "vendor=stale", "baggage": "user=stale"}
 
 
-@pytest.fixture(scope="module")
-def amqp_port() -> Iterator[int]:
-    with rabbitmq_server() as port:
-        yield port
-
-
-@pytest.fixture
-def traced() -> Iterator[None]:
-    instrument_amqp()
-    with swallowed_errors() as swallowed:
-        yield
-    uninstrument_amqp()
-    assert swallowed == []
-
-
-@pytest.fixture
-def channel(amqp_port: int) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_port))
-    yield connection.channel()
-    if connection.is_open:
-        connection.close()
+# shared fixtures: a RabbitMQ node for the module, a pika channel on it, pika / aio-pika traced
+amqp_port = rabbitmq.amqp_port
+channel = rabbitmq.channel
+traced = instrumented_fixture(instrument_amqp, uninstrument_amqp)
 
 
 def test_pika_republished_message_carries_only_the_current_trace_headers(channel: Any, traced: None) -> None:

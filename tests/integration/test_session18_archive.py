@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +19,23 @@ from pitchey_trace.exceptions import ConfigurationError
 from pitchey_trace.exporters import LocalArchiveExporter, LogpushExporter
 from pitchey_trace.exporters._http import RetryPolicy
 from pitchey_trace.logpush_config import LogpushConfig, make_s3_client
-from tests.integration.exporters.servers import S3, S3_ENV, FaultProxy, start_moto
+from tests.integration.exporters import conftest as exporter_fixtures
+from tests.integration.exporters.servers import S3, FaultProxy
 
 pytestmark = pytest.mark.integration
 
 FAST = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.4)
 DEAD = "99999-deadbeef"  # a spool owner whose lock nobody holds: a process that died
 
+# shared fixtures: moto's S3 server over HTTP (AWS credentials for it in the environment), a
+# fault-injecting proxy in front of it, a client to it
+s3_endpoint = exporter_fixtures.s3_endpoint
+proxy = exporter_fixtures.proxy
+s3 = exporter_fixtures.s3
+
 
 def rec(seq: int) -> dict[str, Any]:
     return {"type": "span", "trace_id": "t", "span_id": f"{seq:016x}", "name": "op", "seq": seq}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server, url = start_moto()
-    try:
-        yield url
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    host, port = moto_url.removeprefix("http://").split(":")
-    p = FaultProxy((host, int(port)))
-    yield p
-    p.close()
 
 
 class OrderedClient:
@@ -74,9 +54,8 @@ class OrderedClient:
 
 
 def test_after_an_outage_the_backlog_goes_out_oldest_first_without_a_flush(
-    moto_url: str, proxy: FaultProxy, tmp_path: Path
+    s3: S3, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    s3 = S3(moto_url)
     bucket = s3.new_bucket()
     client = OrderedClient(proxy.url)
     exp = LogpushExporter(bucket, client=client, spool_dir=tmp_path, retry=FAST, max_batch_records=10)
@@ -104,24 +83,23 @@ def test_after_an_outage_the_backlog_goes_out_oldest_first_without_a_flush(
 
 @pytest.mark.parametrize("name", ["bad bucket", "logs/2026", "b" * 256, "bucket\n"])
 def test_a_bucket_name_botocore_never_sends_is_a_configuration_error(
-    moto_url: str, tmp_path: Path, name: str
+    s3_endpoint: str, tmp_path: Path, name: str
 ) -> None:
     # (before: accepted, then every upload failed with ParamValidationError, retried forever)
     with pytest.raises(ConfigurationError, match="bucket"):
-        LogpushExporter(name, endpoint_url=moto_url, spool_dir=tmp_path)
+        LogpushExporter(name, endpoint_url=s3_endpoint, spool_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="bucket"):
-        LogpushExporter("ok-bucket", buckets={"audit": name}, endpoint_url=moto_url, spool_dir=tmp_path)
+        LogpushExporter("ok-bucket", buckets={"audit": name}, endpoint_url=s3_endpoint, spool_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="bucket"):
         LogpushConfig.from_mapping({"bucket": name})
     assert not list(tmp_path.iterdir())  # nothing was started
 
 
-def test_bucket_names_botocore_accepts_still_work(moto_url: str, tmp_path: Path) -> None:
-    s3 = S3(moto_url)
+def test_bucket_names_botocore_accepts_still_work(s3: S3, tmp_path: Path) -> None:
     bucket = s3.new_bucket()
     arn = "arn:aws:s3:us-east-1:123456789012:accesspoint/my-point"
     exp = LogpushExporter(
-        bucket, buckets={"audit": arn}, endpoint_url=moto_url, region="us-east-1", spool_dir=tmp_path
+        bucket, buckets={"audit": arn}, endpoint_url=s3.endpoint, region="us-east-1", spool_dir=tmp_path
     )
     try:
         exp.export([rec(1)])

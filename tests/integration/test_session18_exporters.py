@@ -10,8 +10,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,73 +22,40 @@ from pitchey_trace.exporters import ZipkinExporter
 from pitchey_trace.exporters._http import HttpSender, RetryPolicy
 from pitchey_trace.exporters.zipkin import to_zipkin
 from pitchey_trace.testing import capture_spans
+from tests.integration.exporters import conftest as exporter_fixtures
 from tests.integration.exporters.servers import RecordingServer, Reply
+from tests.support import collectors
+from tests.support.collectors import RawHttpServer, read_request, span_records
+from tests.support.httpserver import HandlerServer, QuietHandler
 
 pytestmark = pytest.mark.integration
+
+# shared fixtures
+http_server = exporter_fixtures.http_server
+servers = collectors.servers
 
 ONE_TRY = RetryPolicy(max_attempts=1)
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, max_attempts=3)
 
 
-class RawServer:
-    """A TCP server on 127.0.0.1 that reads one HTTP request per connection and then runs
-    ``answer(conn, stop)`` (``stop`` is set when the test ends); counts the requests read."""
+class RawServer(RawHttpServer):
+    """Reads one HTTP request per connection and then runs ``answer(conn, stop)`` (``stop`` is
+    set when the test ends); counts the requests read."""
 
     def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
         self.answer = answer
         self.requests = 0
         self.stop = threading.Event()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/api/v2/spans"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(body) < length:
-                body += conn.recv(65536)
+    def serve(self, conn: socket.socket) -> None:
+        if read_request(conn, bytearray()):
             self.requests += 1
             self.answer(conn, self.stop)
-        except OSError:
-            pass
-        finally:
-            conn.close()
 
     def close(self) -> None:
         self.stop.set()
-        self._sock.close()
-
-
-@pytest.fixture
-def raw_servers() -> Iterator[list[RawServer]]:
-    made: list[RawServer] = []
-    yield made
-    for s in made:
-        s.close()
+        super().close()
 
 
 def _reset(conn: socket.socket) -> None:
@@ -99,7 +65,7 @@ def _reset(conn: socket.socket) -> None:
 
 @pytest.mark.parametrize("framing", [b"Content-Length: 100\r\n", b"Transfer-Encoding: chunked\r\n"])
 def test_an_accepted_request_whose_answer_is_cut_off_is_not_sent_again(
-    raw_servers: list[RawServer], framing: bytes
+    servers: list[RawServer], framing: bytes
 ) -> None:
     # The collector said 200 (it took the batch), then the connection was reset in the middle
     # of the answer's body: the batch is delivered. Sending it again would duplicate it, and
@@ -116,7 +82,7 @@ def test_an_accepted_request_whose_answer_is_cut_off_is_not_sent_again(
         _reset(conn)
 
     server = RawServer(answer)
-    raw_servers.append(server)
+    servers.append(server)
     sender = HttpSender(server.url, counter="t18", timeout_s=5.0, retry=FAST)
     result = sender.send(b"{}")
     assert result.ok
@@ -125,7 +91,7 @@ def test_an_accepted_request_whose_answer_is_cut_off_is_not_sent_again(
     assert server.requests == 1
 
 
-def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_timeout_s(raw_servers: list[RawServer]) -> None:
+def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_timeout_s(servers: list[RawServer]) -> None:
     # Each byte comes well within timeout_s, so a per-read timeout never fires: the attempt
     # would last as long as the server likes. timeout_s bounds the whole answer.
     dripping = threading.Event()
@@ -142,7 +108,7 @@ def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_timeout_s(raw_servers:
             dripping.clear()
 
     server = RawServer(answer)
-    raw_servers.append(server)
+    servers.append(server)
     sender = HttpSender(server.url, counter="t18", timeout_s=0.5, retry=ONE_TRY)
     result = sender.send(b"{}")
     still_dripping = dripping.is_set()
@@ -153,44 +119,29 @@ def test_an_answer_dripped_a_byte_at_a_time_is_bounded_by_timeout_s(raw_servers:
     assert still_dripping  # the sender gave up while the server was still sending
 
 
-def _records() -> list[dict[str, Any]]:
-    with capture_spans() as captured:
-        with pt.span("kept"):
-            pass
-        pt.force_flush(10.0)
-    return list(captured.records)
-
-
 def _spool_one(server: RecordingServer, exporter: ZipkinExporter) -> None:
     """Put one request into the exporter's spool (the server refuses it with a retryable 503).
     (The exporter is used without a pipeline: no idle poll sends the spool behind the test.)"""
     server.reply(Reply(status=503))
-    assert exporter.export(_records()) is True  # (kept on disk: not a loss)
+    assert exporter.export(span_records()) is True  # (kept on disk: not a loss)
     assert exporter._spool is not None
     assert len(exporter._spool) == 1
 
 
-@pytest.fixture
-def hanging_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.close()
-
-
 def test_force_flush_with_a_spool_keeps_to_its_timeout_while_the_collector_hangs(
-    hanging_server: RecordingServer, tmp_path: Path
+    http_server: RecordingServer, tmp_path: Path
 ) -> None:
     # timeout_s is large (a slow collector is allowed 60 s per request): a flush asked to take
     # at most 0.3 s must not wait for it.
     exporter = ZipkinExporter(
-        hanging_server.url + "/api/v2/spans", timeout_s=60.0, retry=ONE_TRY, spool_dir=tmp_path / "spool"
+        http_server.url + "/api/v2/spans", timeout_s=60.0, retry=ONE_TRY, spool_dir=tmp_path / "spool"
     )
-    _spool_one(hanging_server, exporter)
-    hanging_server.reply(Reply(hang=15.0))
+    _spool_one(http_server, exporter)
+    http_server.reply(Reply(hang=15.0))
     flushed = exporter.force_flush(0.3)
-    still_hanging = hanging_server.in_flight == 1
-    hanging_server.release.set()
-    assert hanging_server.wait_requests(2)
+    still_hanging = http_server.in_flight == 1
+    http_server.release.set()
+    assert http_server.wait_requests(2)
     assert flushed is False  # the spool is not empty: the collector did not answer in time
     assert still_hanging  # it returned while the collector still held the request
     assert exporter._spool is not None
@@ -199,7 +150,7 @@ def test_force_flush_with_a_spool_keeps_to_its_timeout_while_the_collector_hangs
     assert _stats.get("zipkin.requests") >= 2
 
 
-class LimitedServer:
+class LimitedServer(HandlerServer):
     """An HTTP server refusing bodies over ``limit`` bytes with 413 (as nginx's
     ``client_max_body_size`` does), recording the JSON lists it took."""
 
@@ -208,11 +159,8 @@ class LimitedServer:
         self.refused = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -226,17 +174,11 @@ class LimitedServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/api/v2/spans"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        return super().url + "/api/v2/spans"
 
 
 def test_a_batch_the_collector_refuses_as_too_large_goes_again_in_smaller_requests() -> None:

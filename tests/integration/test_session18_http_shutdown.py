@@ -11,7 +11,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +21,22 @@ import pitchey_trace as pt
 from pitchey_trace import _stats
 from pitchey_trace.exporters import ZipkinExporter
 from pitchey_trace.exporters._http import HttpResult, HttpSender, RetryPolicy
-from pitchey_trace.testing import capture_spans
 from tests.integration.exporters.servers import RecordingServer, Reply
+from tests.support import collectors
+from tests.support.collectors import RawHttpServer, read_request, span_records
 
 pytestmark = pytest.mark.integration
+
+servers = collectors.servers  # (a shared fixture)
 
 ONE_TRY = RetryPolicy(max_attempts=1)
 LONG = 60.0  # a timeout_s far beyond the tests: only the shutdown can end a request
 
 
-class TcpServer:
-    """Accepts connections on 127.0.0.1, reads each request and runs ``answer(conn)`` (default:
-    never answers). Records, with ``time.monotonic()``, when each connection came, when its
-    request was read, and when the client ended it (EOF or reset)."""
+class TcpServer(RawHttpServer):
+    """Reads each request and runs ``answer(conn)`` (default: never answers). Records, with
+    ``time.monotonic()``, when each connection came, when its request was read, and when the
+    client ended it (EOF or reset)."""
 
     def __init__(self, answer: Callable[[socket.socket], None] | None = None) -> None:
         self.answer = answer
@@ -42,82 +45,40 @@ class TcpServer:
         self.ended: list[float] = []
         self.request_bytes: list[int] = []  # bytes read per connection
         self.cond = threading.Condition()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/api/v2/spans"
+        super().__init__()
 
     def _note(self, what: list[Any], value: Any) -> None:
         with self.cond:
             what.append(value)
             self.cond.notify_all()
 
-    def wait(self, what: list[Any], n: int) -> None:
+    def wait(self, what: list[Any], n: int) -> bool:
         with self.cond:
             assert self.cond.wait_for(lambda: len(what) >= n, 30.0), "the server never saw it"
+        return True
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._note(self.connected, time.monotonic())
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def accepted(self) -> None:
+        self._note(self.connected, time.monotonic())
 
-    def _serve(self, conn: socket.socket) -> None:
-        data = b""
+    def serve(self, conn: socket.socket) -> None:
+        received = bytearray()
         try:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                body += chunk
+            if not read_request(conn, received):
+                return
             self._note(self.requests, time.monotonic())
             if self.answer is not None:
                 self.answer(conn)
             while conn.recv(65536):  # (no answer, or a slow one: wait for the client to go)
                 pass
-        except OSError:
-            pass
         finally:
-            self._note(self.request_bytes, len(data))
+            self._note(self.request_bytes, len(received))
             self._note(self.ended, time.monotonic())
-            conn.close()
-
-    def close(self) -> None:
-        self._sock.close()
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for s in made:
-        s.close()
-
-
-def _records() -> list[dict[str, Any]]:
-    with capture_spans() as captured:
-        with pt.span("kept"):
-            pass
-        pt.force_flush(10.0)
-    return list(captured.records)
+def _zipkin(url: str, spool: Path | None = None) -> ZipkinExporter:
+    """A Zipkin exporter to ``url`` that tries each request once, for as long as the server
+    likes (only a shutdown ends it), keeping what it could not send in ``spool``."""
+    return ZipkinExporter(url, timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
 
 
 def _export_thread(before: set[threading.Thread], name: str = "zipkin") -> threading.Thread:
@@ -132,17 +93,22 @@ def _files(spool: Path) -> list[str]:
     return sorted(n for n in os.listdir(spool) if n.endswith(".ready"))
 
 
-def _shutdown_while_in_flight(server: TcpServer, exporter: ZipkinExporter) -> tuple[float, threading.Thread]:
+def _export_in_flight(exporter: ZipkinExporter, arrived: Callable[[], bool]) -> threading.Thread:
     """Configure with ``exporter``, end a span, start its export (a flush that gives up at
-    once), wait until the server has the request, then shut down. Returns when shutdown
-    returned, and the exporter's thread."""
+    once); once ``arrived()`` says the server has the request, the exporter's thread."""
     before = set(threading.enumerate())
     pt.configure(service="s18", exporters=[exporter])
     with pt.span("in flight"):
         pass
     pt.force_flush(0.0)
-    server.wait(server.requests, 1)
-    thread = _export_thread(before)
+    assert arrived()
+    return _export_thread(before)
+
+
+def _shutdown_while_in_flight(server: TcpServer, exporter: ZipkinExporter) -> tuple[float, threading.Thread]:
+    """:func:`_export_in_flight` until the server has the request, then shut down. Returns
+    when shutdown returned, and the exporter's thread."""
+    thread = _export_in_flight(exporter, lambda: server.wait(server.requests, 1))
     assert thread.is_alive()  # (the request is in flight: the thread waits for its answer)
     pt.shutdown(timeout=0.5)
     return time.monotonic(), thread
@@ -154,7 +120,7 @@ def test_shutdown_cuts_off_an_unanswered_request_and_keeps_it_in_the_spool(
     server = TcpServer()
     servers.append(server)
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url, timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
+    exporter = _zipkin(server.url, spool)
     returned, thread = _shutdown_while_in_flight(server, exporter)
     kept_at_return = _files(spool)
     ended = list(server.ended)
@@ -173,7 +139,7 @@ def test_shutdown_cuts_off_an_unanswered_request_and_keeps_it_in_the_spool(
 def test_without_a_spool_the_cut_off_batch_is_counted_dropped(servers: list[Any]) -> None:
     server = TcpServer()
     servers.append(server)
-    exporter = ZipkinExporter(server.url, timeout_s=LONG, retry=ONE_TRY)
+    exporter = _zipkin(server.url)
     returned, thread = _shutdown_while_in_flight(server, exporter)
     ended = list(server.ended)
     thread.join(LONG)
@@ -192,14 +158,8 @@ def test_shutdown_cuts_off_a_slow_answer_and_keeps_the_request(servers: list[Any
     servers.append(server)
     server.reply(Reply(hang=LONG))
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url + "/api/v2/spans", timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
-    before = set(threading.enumerate())
-    pt.configure(service="s18", exporters=[exporter])
-    with pt.span("in flight"):
-        pass
-    pt.force_flush(0.0)
-    assert server.wait_requests(1)
-    thread = _export_thread(before)
+    exporter = _zipkin(server.url + "/api/v2/spans", spool)
+    thread = _export_in_flight(exporter, lambda: server.wait_requests(1))
     pt.shutdown(timeout=0.5)
     kept_at_return = _files(spool)
     still_answering = server.in_flight == 1  # the server had not answered yet
@@ -229,14 +189,8 @@ def test_a_200_whose_body_drips_is_delivered_when_shutdown_cuts_it_off(
     server = TcpServer(answer)
     servers.append(server)
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url, timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
-    before = set(threading.enumerate())
-    pt.configure(service="s18", exporters=[exporter])
-    with pt.span("in flight"):
-        pass
-    pt.force_flush(0.0)
-    assert dripping.wait(30.0)
-    thread = _export_thread(before)
+    exporter = _zipkin(server.url, spool)
+    thread = _export_in_flight(exporter, lambda: dripping.wait(30.0))
     pt.shutdown(timeout=0.5)
     returned = time.monotonic()
     ended = list(server.ended)
@@ -253,8 +207,8 @@ def test_no_request_starts_after_shutdown(servers: list[Any], tmp_path: Path) ->
     server = RecordingServer()
     servers.append(server)
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url + "/api/v2/spans", timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
-    records = _records()
+    exporter = _zipkin(server.url + "/api/v2/spans", spool)
+    records = span_records()
     assert exporter.export(records) is True  # (a live exporter sends: the server works)
     assert len(server.requests) == 1
     exporter.shutdown(1.0)
@@ -263,7 +217,7 @@ def test_no_request_starts_after_shutdown(servers: list[Any], tmp_path: Path) ->
     assert exporter.force_flush(1.0) is False  # (the file waits: not sent after shutdown)
     exporter.poll()
     assert len(server.requests) == 1
-    no_spool = ZipkinExporter(server.url + "/api/v2/spans", timeout_s=LONG, retry=ONE_TRY)
+    no_spool = _zipkin(server.url + "/api/v2/spans")
     no_spool.shutdown(1.0)
     assert no_spool.export(records) is False  # given up (the worker counts it dropped)
     assert len(server.requests) == 1
@@ -362,7 +316,7 @@ def test_shutdown_keeps_a_delivery_its_thread_cannot_settle_in_time(
     server = TcpServer()
     servers.append(server)
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url, timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
+    exporter = _zipkin(server.url, spool)
     sender = exporter._sender
     assert isinstance(sender, HttpSender)
     stalled, go = threading.Event(), threading.Event()
@@ -374,7 +328,7 @@ def test_shutdown_keeps_a_delivery_its_thread_cannot_settle_in_time(
         return connect(*args)
 
     sender._open_socket = slow_lookup  # type: ignore[method-assign]
-    records = _records()
+    records = span_records()
     results: list[bool] = []
     thread = threading.Thread(target=lambda: results.append(exporter.export(records)))
     thread.start()
@@ -400,8 +354,8 @@ def test_a_redirect_is_not_followed_and_the_batch_is_refused(servers: list[Any],
     servers.append(server)
     server.reply(Reply(status=307, headers={"Location": target.url + "/api/v2/spans"}))
     spool = tmp_path / "spool"
-    exporter = ZipkinExporter(server.url + "/api/v2/spans", timeout_s=LONG, retry=ONE_TRY, spool_dir=spool)
-    assert exporter.export(_records()) is False  # refused: not kept, not retried
+    exporter = _zipkin(server.url + "/api/v2/spans", spool)
+    assert exporter.export(span_records()) is False  # refused: not kept, not retried
     exporter.shutdown(1.0)
     assert len(server.requests) == 1
     assert target.requests == []
@@ -421,8 +375,8 @@ def test_proxy_environment_variables_are_not_used(
         monkeypatch.delenv(name, raising=False)
     server = RecordingServer()
     servers.append(server)
-    exporter = ZipkinExporter(server.url + "/api/v2/spans", timeout_s=LONG, retry=ONE_TRY)
-    assert exporter.export(_records()) is True
+    exporter = _zipkin(server.url + "/api/v2/spans")
+    assert exporter.export(span_records()) is True
     exporter.shutdown(1.0)
     assert len(server.requests) == 1  # straight to the endpoint
     assert proxy.connected == []

@@ -23,24 +23,17 @@ from pitchey_trace import redis as pt_redis
 from pitchey_trace.grpc import client_interceptor, server_interceptor
 from pitchey_trace.redis import instrument_redis, uninstrument_redis
 from pitchey_trace.testing import capture_spans, swallowed_errors
-from tests.support.redisserver import redis_server
+from tests.support import redisserver
+from tests.support.instrumentation import instrumented_fixture
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cr3t-token-9f8e7d"
 
 
-@pytest.fixture(scope="module")
-def redis_port() -> Iterator[int]:
-    with redis_server() as port:
-        yield port
-
-
-@pytest.fixture
-def traced() -> Iterator[None]:
-    instrument_redis()
-    yield
-    uninstrument_redis()
+# shared fixtures: a redis-server for the module, redis-py traced
+redis_port = redisserver.redis_port
+traced = instrumented_fixture(instrument_redis, uninstrument_redis)
 
 
 def test_redis_error_replies_keep_the_commands_values_out_of_the_spans(redis_port: int, traced: None) -> None:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -39,21 +37,19 @@ from pitchey_trace.web import (
     uninstrument_urllib,
     uninstrument_urllib3,
 )
+from tests.support.httpserver import HandlerServer, QuietHandler
 
 pytestmark = pytest.mark.integration
 
 Seen = list[tuple[str, str, list[str]]]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     """``/r1`` -> ``/r2`` -> ``/ok`` (302s); ``/auth`` 401 (Digest) without ``Authorization``;
     ``/slow`` answers after 2 s; else 200. Records the
     method, path and every ``traceparent`` each request carried."""
 
     seen: Seen
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
     def _answer(self) -> None:
         self.seen.append((self.command, self.path, self.headers.get_all("traceparent") or []))
@@ -86,15 +82,11 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, Seen]]:
     seen: Seen = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"seen": seen}))
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = HandlerServer(type("Handler", (_Handler,), {"seen": seen}))
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", seen
+        yield srv.url, seen
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.close()
 
 
 @pytest.fixture

@@ -5,12 +5,17 @@ error meanwhile:
     def traced() -> Iterator[None]:
         with instrumented(instrument_botocore, uninstrument_botocore):
             yield
+
+or, the same fixture: ``traced = instrumented_fixture(instrument_botocore, uninstrument_botocore)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import pytest
 
 from pitchey_trace.testing import swallowed_errors
 
@@ -24,3 +29,15 @@ def instrumented(instrument: Callable[[], object], uninstrument: Callable[[], ob
         yield
     uninstrument()
     assert swallowed == []
+
+
+def instrumented_fixture(instrument: Callable[[], object], uninstrument: Callable[[], object]) -> Any:
+    """A pytest fixture (named by the module-level name it is given) that keeps the integration
+    :func:`instrumented` through each test using it."""
+
+    @pytest.fixture
+    def fixture() -> Iterator[None]:
+        with instrumented(instrument, uninstrument):
+            yield
+
+    return fixture

@@ -3,6 +3,9 @@
 
     with rabbitmq_server() as port: ...     # AMQP on 127.0.0.1:port, user guest / guest
 
+or, in a test module, the fixtures ``amqp_port = rabbitmq.amqp_port`` (one node for the
+module) and ``channel = rabbitmq.channel`` (a pika channel on it).
+
 Everything the node writes (database, logs, config, the Erlang cookie in $HOME) lives in a
 temporary directory, and the node gets its own name and its own epmd port, so several nodes
 (parallel test runs) never meet. On exit the node is stopped with SIGTERM (the start script
@@ -20,6 +23,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 # rabbitmq-server in /usr/sbin switches to the rabbitmq user; this one runs as whoever calls it.
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -141,3 +147,21 @@ def _stop(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
     epmd = _epmd_binary()
     if epmd is not None:  # epmd daemonizes out of the group: ask it (ours alone) to quit
         subprocess.run([epmd, "-kill"], env=env, capture_output=True, timeout=10, check=False)
+
+
+@pytest.fixture(scope="module")
+def amqp_port() -> Iterator[int]:
+    """A fixture: the AMQP port of a node for the test module (it takes a few seconds to start)."""
+    with rabbitmq_server() as port:
+        yield port
+
+
+@pytest.fixture
+def channel(amqp_port: int) -> Iterator[Any]:
+    """A fixture: a pika ``BlockingChannel`` on the module's node, its connection closed after."""
+    import pika  # (here: the readiness check above never uses pika)
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp_port))
+    yield connection.channel()
+    if connection.is_open:
+        connection.close()

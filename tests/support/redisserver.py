@@ -4,6 +4,9 @@
     with redis_server() as port: ...            # a plain server
     with redis_cluster_server() as port: ...    # a one-node cluster that owns every slot
 
+or, in a test module, the fixture ``redis_port = redisserver.redis_port`` (a plain server for
+the module).
+
 The helpers talk to the servers over raw sockets, not redis-py, so an instrumented client never
 traces them."""
 
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 CLUSTER_SLOTS = 16384
 
@@ -124,6 +129,13 @@ def _started(args_for: Callable[[int], list[str]], cwd: str | None = None) -> It
 def redis_server() -> Iterator[int]:
     """Yield the port of a running redis-server."""
     with _started(_base_args) as (port, _):
+        yield port
+
+
+@pytest.fixture(scope="module")
+def redis_port() -> Iterator[int]:
+    """A fixture: the port of a plain redis-server for the test module."""
+    with redis_server() as port:
         yield port
 
 

@@ -4,6 +4,7 @@ detector and the default key rules in each mode (mask, partial 1/4/8, hashed).""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import pitchey_trace as pt
@@ -78,3 +79,13 @@ def pipeline_vs_uncached(san: Sanitizer, attributes: dict[str, Any]) -> list[dic
     expected = [plain(r)["attributes"] for r in raw.spans()] * 2
     assert [r["attributes"] for r in exported.spans()] == expected
     return expected
+
+
+def assert_scrubbed(san: Sanitizer, text: str, secrets: Iterable[str], expected: str | None = None) -> None:
+    """``san.scrub(text)`` is ``expected`` (when given) and holds none of ``secrets``; scrubbing
+    it again changes nothing."""
+    out = san.scrub(text)
+    if expected is not None:
+        assert out == expected, f"{out!r} != {expected!r}"
+    assert not any(s in out for s in secrets), out
+    assert san.scrub(out) == out, out

@@ -90,14 +90,17 @@ def test_a_detach_in_another_task_leaves_both_apis_on_the_same_span(tracer: Any)
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter, after ``import logging, opentelemetry.trace as t``
+    and warnings logged to stderr."""
+    prelude = "import logging, opentelemetry.trace as t\nlogging.basicConfig(level=logging.WARNING)\n"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_install_twice_returns_the_global_provider_without_a_warning() -> None:
     out = _python(
-        "import logging, opentelemetry.trace as t\n"
-        "logging.basicConfig(level=logging.WARNING)\n"
         "from pitchey_trace.otel import install\n"
         "first = install(); second = install()\n"
         "print(first is second, t.get_tracer_provider() is first)\n"
@@ -110,8 +113,6 @@ def test_install_twice_returns_the_global_provider_without_a_warning() -> None:
 
 def test_install_says_when_the_application_set_another_provider_first() -> None:
     out = _python(
-        "import logging, opentelemetry.trace as t\n"
-        "logging.basicConfig(level=logging.WARNING)\n"
         "from opentelemetry.sdk.trace import TracerProvider as SDK\n"
         "from pitchey_trace.otel import install, TracerProvider\n"
         "t.set_tracer_provider(SDK())\n"

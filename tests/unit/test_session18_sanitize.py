@@ -19,7 +19,7 @@ import pitchey_trace as pt
 from pitchey_trace._sql import normalize_sql
 from pitchey_trace.sanitize import Sanitizer
 from pitchey_trace.testing import capture_spans
-from tests.support.sanitizers import SAN_IDS, SANITIZERS, pipeline_vs_uncached
+from tests.support.sanitizers import SAN_IDS, SANITIZERS, assert_scrubbed, pipeline_vs_uncached
 
 SAN = Sanitizer()
 
@@ -42,18 +42,13 @@ _PREFIXED = [
 
 @pytest.mark.parametrize(("text", "expected", "secret"), _PREFIXED)
 def test_prefixed_literal_after_a_secret_name_is_masked(text: str, expected: str, secret: str) -> None:
-    out = SAN.scrub(text)
-    assert out == expected
-    assert secret not in out
-    assert SAN.scrub(out) == out
+    assert_scrubbed(SAN, text, [secret], expected)
 
 
 @pytest.mark.parametrize("san", SANITIZERS, ids=SAN_IDS)
 @pytest.mark.parametrize(("text", "_expected", "secret"), _PREFIXED)
 def test_prefixed_literal_in_every_mode(san: Sanitizer, text: str, _expected: str, secret: str) -> None:
-    out = san.scrub(text)
-    assert secret not in out
-    assert san.scrub(out) == out
+    assert_scrubbed(san, text, [secret])
 
 
 def test_prefix_letter_closing_the_string_is_still_the_value() -> None:
@@ -113,10 +108,7 @@ _PG_DETAILS = [
 
 @pytest.mark.parametrize(("text", "expected", "secret"), _PG_DETAILS)
 def test_postgres_error_detail_values_are_masked(text: str, expected: str, secret: str) -> None:
-    out = SAN.scrub(text)
-    assert out == expected
-    assert secret not in out
-    assert SAN.scrub(out) == out
+    assert_scrubbed(SAN, text, [secret], expected)
 
 
 @pytest.mark.parametrize("text", ["f(x)=(y) holds", "a monkey (x)=(y) done", "x=(1, 2)", "Key (a) = 3"])

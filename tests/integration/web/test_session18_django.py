@@ -197,19 +197,19 @@ PROJECT = textwrap.dedent(
 )
 
 
+def _run(program: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``program`` run by a fresh interpreter in the repository (Django's settings are
+    process-wide), with ``args``; its output as text."""
+    argv = [sys.executable, "-c", program, *args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 @pytest.fixture(scope="module")
 def django_run() -> dict[str, Any]:
     with postgres_server() as server, scratch_schema(server.dsn) as dsn:
         params = conninfo_to_dict(dsn)
         db = {k: str(params[k]) for k in ("dbname", "user", "host", "port", "options")}
-        done = subprocess.run(
-            [sys.executable, "-c", PROJECT, json.dumps(db)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _run(PROJECT, json.dumps(db), timeout=300)
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)
     out["log"] = done.stderr
@@ -408,14 +408,7 @@ PROPAGATING = textwrap.dedent(
 def test_propagated_exception_recorded_once() -> None:
     # DEBUG_PROPAGATE_EXCEPTIONS: Django re-raises, the WSGI middleware records the exception
     # as it escapes; the Django middleware does not record it a second time.
-    done = subprocess.run(
-        [sys.executable, "-c", PROPAGATING],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run(PROPAGATING, timeout=120)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["status"] == 500  # (waitress's own)
