@@ -145,10 +145,16 @@ def check_search_pitches(stdout: str, stderr: str) -> None:
     assert all("solar" in title for title in found["results"])
     shown = parse_trees(stdout)
     request = trace_of(shown, "GET /search")
-    names = ["GET /search", "SELECT pitches", "SELECT pitches", "search_pitches"]
+    # (each `async with pool.connection()` block ends with the pool's commit: a COMMIT span)
+    names = ["COMMIT", "COMMIT", "GET /search", "SELECT pitches", "SELECT pitches", "search_pitches"]
     assert sorted(s.name for s in request) == names
     # The count and the page query ran in parallel: siblings under search_pitches.
-    parents = {"GET /search": None, "search_pitches": "GET /search", "SELECT pitches": "search_pitches"}
+    parents = {
+        "GET /search": None,
+        "search_pitches": "GET /search",
+        "SELECT pitches": "search_pitches",
+        "COMMIT": "search_pitches",
+    }
     assert_parents(request, parents)
     assert not any(s.error for s in shown)
     assert "Traceback" not in stderr

@@ -1,8 +1,9 @@
 """``instrument(conn)`` / ``uninstrument(conn)``: turn tracing on and off for one connection.
 
 Instrumenting swaps the connection's cursor factories for traced subclasses (see
-:mod:`pitchey_trace.db._cursors`) and wraps its ``transaction()`` method on the instance; the
-connection object itself stays what it was (same class, ``isinstance`` checks unchanged).
+:mod:`pitchey_trace.db._cursors`) and wraps its ``transaction()``, ``tpc_*``, ``commit()`` and
+``rollback()`` methods on the instance; the connection object itself stays what it was (same
+class, ``isinstance`` checks unchanged).
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ import weakref
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 
 from pitchey_trace import _safety
+from pitchey_trace.db._commit import DRIVER_HOUSEKEEPING, END_METHODS, make_end_methods
 from pitchey_trace.db._cursors import is_traced_factory, traced_factory
 from pitchey_trace.db._drivers import support
 from pitchey_trace.db._ops import STATE_ATTR, ConnState
+from pitchey_trace.db._pipeline import statement_error
 from pitchey_trace.db._tpc import make_tpc_methods
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
 
-_TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback")
+_TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover")
+_ACTIVE = pq.TransactionStatus.ACTIVE
+_INTRANS = pq.TransactionStatus.INTRANS
+_INERROR = pq.TransactionStatus.INERROR
 
 __all__ = ["instrument", "instrument_async", "is_instrumented", "state_of", "uninstrument"]
 
@@ -69,6 +76,79 @@ def _make_transaction(conn: Any, state: ConnState) -> Any:
     transaction.__doc__ = method.__doc__
     transaction.__signature__ = inspect.signature(method.__get__(conn))  # type: ignore[attr-defined]
     return transaction
+
+
+def _pending(conn: Any) -> bool:
+    """True when ``conn.commit()`` / ``rollback()`` will end a transaction: one is in progress
+    (in pipeline mode the status is ACTIVE while results are unsynced; with autocommit off
+    psycopg has sent BEGIN) and psycopg will not refuse the call (inside a ``transaction()``
+    block or a two-phase transaction it raises without sending anything)."""
+    if conn._num_transactions or getattr(conn, "_tpc", None) is not None:
+        return False
+    status = conn.pgconn.transaction_status
+    return status in (_INTRANS, _INERROR) or (status == _ACTIVE and not conn.autocommit)
+
+
+def _failed(conn: Any) -> bool:
+    return bool(conn.pgconn.transaction_status == _INERROR)
+
+
+def _skipped(conn: Any, exc: BaseException) -> bool:
+    """After a failing commit in pipeline mode: psycopg raised an earlier statement's error
+    (as it queued the COMMIT or at its sync), so the COMMIT was skipped or never sent and the
+    transaction is still open. Told by the pipeline's record of its statements' errors (the
+    status may still be ACTIVE before the sync's answer is read); without one, by the
+    transaction still being failed."""
+    pipeline = conn._pipeline
+    if pipeline is None:
+        return False
+    known = statement_error(pipeline, exc)
+    if known is not None:
+        return known
+    return bool(conn.pgconn.transaction_status == _INERROR)
+
+
+def _make_end_methods(conn: Any, state: ConnState) -> dict[str, Any]:
+    def is_traced(c: Any) -> bool:
+        return state_of(c) is state and state.instrumented
+
+    is_async = isinstance(conn, psycopg.AsyncConnection)
+    methods = make_end_methods(
+        conn, state, is_async, is_traced=is_traced, pending=_pending, failed=_failed, skipped=_skipped
+    )
+    # tpc_recover() rolls back, through self.rollback(), the transaction its query began: the
+    # driver's housekeeping, not a transaction of the application.
+    ref = weakref.ref(conn)
+    method = type(conn).tpc_recover
+
+    def target() -> Any:
+        found = ref()
+        if found is None:  # (only through a reference to the function alone)
+            raise ReferenceError("the connection of this method was garbage-collected")
+        return found
+
+    if is_async:
+
+        async def atpc_recover() -> Any:
+            token = DRIVER_HOUSEKEEPING.set(True)
+            try:
+                return await method(target())
+            finally:
+                DRIVER_HOUSEKEEPING.reset(token)
+
+        methods["tpc_recover"] = atpc_recover
+    else:
+
+        def tpc_recover() -> Any:
+            token = DRIVER_HOUSEKEEPING.set(True)
+            try:
+                return method(target())
+            finally:
+                DRIVER_HOUSEKEEPING.reset(token)
+
+        methods["tpc_recover"] = tpc_recover
+    methods["tpc_recover"].__doc__ = method.__doc__
+    return methods
 
 
 def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> C:
@@ -123,6 +203,7 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     try:
         methods = {"transaction": _make_transaction(conn, state)}
         methods.update(make_tpc_methods(conn, state, isinstance(conn, psycopg.AsyncConnection)))
+        methods.update(_make_end_methods(conn, state))
     except Exception as exc:
         _safety.report("db.instrument", exc)
         methods = {}
@@ -150,7 +231,8 @@ async def instrument_async(
 
 
 def uninstrument(conn: C) -> C:
-    """Undo :func:`instrument`: restore the cursor factories and ``transaction()``.
+    """Undo :func:`instrument`: restore the cursor factories, ``transaction()``, the ``tpc_*``
+    methods and ``commit()`` / ``rollback()``.
 
     Cursors created while instrumented stop tracing too. Returns ``conn``.
     """
@@ -166,7 +248,7 @@ def uninstrument(conn: C) -> C:
         conn.cursor_factory = state.orig_cursor_factory
     if is_traced_factory(conn.server_cursor_factory) and state.orig_server_cursor_factory is not None:
         conn.server_cursor_factory = state.orig_server_cursor_factory
-    for name in ("transaction", *_TPC_METHODS):
+    for name in ("transaction", *_TPC_METHODS, *END_METHODS):
         conn.__dict__.pop(name, None)
     delattr(conn, STATE_ATTR)
     return conn

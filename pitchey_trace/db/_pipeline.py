@@ -45,7 +45,7 @@ from pitchey_trace import _safety
 from pitchey_trace._span import Span
 from pitchey_trace.db._ops import ConnState, Op, audit, record_error
 
-__all__ = ["MAX_OPEN", "Entry", "begin", "end"]
+__all__ = ["MAX_OPEN", "Entry", "begin", "end", "statement_error"]
 
 #: Spans waiting for their result in one pipeline, at most.
 MAX_OPEN = 4096
@@ -146,13 +146,24 @@ def finish(entry: Entry, reason: BaseException | None = None, event: str | None 
 class _Tracker:
     """The traced statements of one pipeline object."""
 
-    __slots__ = ("__weakref__", "by_item", "failure", "order", "prepare_error", "registering", "seen")
+    __slots__ = (
+        "__weakref__",
+        "by_item",
+        "failure",
+        "order",
+        "prepare_error",
+        "registering",
+        "seen",
+        "statement_errors",
+    )
 
     def __init__(self) -> None:
         self.by_item: dict[int, Entry] = {}  # id(result_queue tuple) -> its statement
         self.registering: dict[int, Entry] = {}  # id(cursor) -> statement being queued
         self.order: deque[Entry] = deque()  # registration order, for the MAX_OPEN bound
         self.seen: deque[BaseException] = deque(maxlen=16)  # errors of processed results
+        # errors of statements' results (not of commands: BEGIN, COMMIT, a Parse)
+        self.statement_errors: deque[BaseException] = deque(maxlen=16)
         self.failure: BaseException | None = None  # the pipeline's own failure (connection)
         self.prepare_error: BaseException | None = None
 
@@ -167,6 +178,7 @@ class _Tracker:
         self.registering.clear()
         self.order.clear()
         self.seen.clear()
+        self.statement_errors.clear()
         for entry in entries.values():
             if entry.op is not None:
                 finish(entry, reason, None if reason is not None else "pipeline_no_result")
@@ -212,6 +224,8 @@ def _install(pipeline: Any) -> _Tracker:
             cls._process_results(p, queued, results)
         except BaseException as exc:
             tracker.seen.append(exc)
+            if queued is not None:
+                tracker.statement_errors.append(exc)
             try:
                 if entry is not None:
                     info = queued[1]
@@ -301,6 +315,16 @@ def _hookable(cls: type) -> bool:
             known = False
         _supported[cls] = known
     return known
+
+
+def statement_error(pipeline: Any, exc: BaseException) -> bool | None:
+    """Whether ``exc`` is the error of a statement's result processed in this pipeline (not
+    of a command psycopg queued itself, such as ``commit()``'s COMMIT); None when no traced
+    statement ran in it (nothing was recorded)."""
+    tracker: _Tracker | None = pipeline.__dict__.get(_ATTR)
+    if tracker is None:
+        return None
+    return any(e is exc for e in tracker.statement_errors)
 
 
 def begin(cur: Any, state: ConnState, op: Op, pipeline: Any) -> Entry:

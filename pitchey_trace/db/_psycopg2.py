@@ -40,6 +40,10 @@ has a ``__dict__``, that is when it was made with a ``connection_factory`` that 
 subclass of psycopg2's connection type: the traced methods are then set on the instance, as
 psycopg 3's are. An instance of the C type itself (``psycopg2.connect(dsn)``) has no
 ``__dict__`` and its class cannot be switched (a static type): its 2PC calls stay untraced.
+
+Likewise ``commit()`` / ``rollback()`` (``COMMIT`` / ``ROLLBACK`` spans, see
+:mod:`pitchey_trace.db._commit`): traced on a connection with a ``__dict__``, untraced on the C
+type itself, and never for ``with conn:`` (psycopg2 commits from C there).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import psycopg2.extensions as _ext
 from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
+from pitchey_trace.db._commit import END_METHODS, make_end_methods
 from pitchey_trace.db._ops import ConnState, Op, Stmt, set_batch_size, transaction_outcome
 from pitchey_trace.db._tpc import make_tpc_methods
 
@@ -80,6 +85,8 @@ _ADOPT: dict[type, type | None] = {}
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: only instances of such a class can switch class
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _PREPARED = _ext.STATUS_PREPARED
+_BEGIN = _ext.STATUS_BEGIN
+_INERROR = _ext.TRANSACTION_STATUS_INERROR
 _TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover")
 
 
@@ -368,9 +375,36 @@ def _set_tpc_methods(conn: Any, state: ConnState) -> None:
         _safety.report("db.tpc", exc)
 
 
+def _set_end_methods(conn: Any, state: ConnState) -> None:
+    """Trace ``commit()`` / ``rollback()`` on a connection with a ``__dict__``."""
+    try:
+        attrs = getattr(conn, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return  # the C type itself (see the module docstring)
+        key = id(conn)
+
+        def is_traced(c: Any) -> bool:
+            return _STATES.get(key) is state and state.instrumented
+
+        def pending(c: Any) -> bool:
+            # psycopg2 sends COMMIT / ROLLBACK only for a transaction it began itself (never in
+            # autocommit mode, even after a BEGIN of the application's) and refuses both
+            # during a two-phase transaction (ours is known by its open span).
+            return bool(c.status == _BEGIN) and state.tpc is None
+
+        def failed(c: Any) -> bool:
+            return bool(c.get_transaction_status() == _INERROR)
+
+        attrs.update(
+            make_end_methods(conn, state, False, is_traced=is_traced, pending=pending, failed=failed)
+        )
+    except Exception as exc:
+        _safety.report("db.commit", exc)
+
+
 def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
-    """Trace every statement run on a psycopg2 connection's cursors (and its 2PC calls when
-    it has a ``__dict__``); returns ``conn``."""
+    """Trace every statement run on a psycopg2 connection's cursors (and its 2PC calls,
+    ``commit()`` and ``rollback()`` when it has a ``__dict__``); returns ``conn``."""
     state = _STATES.get(id(conn))
     if state is not None and state.instrumented:
         state.set_overrides(sql_comments, capture_parameters)
@@ -388,12 +422,13 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     weakref.finalize(conn, _STATES.pop, key, None)
     _set_cursor_method(conn)
     _set_tpc_methods(conn, state)
+    _set_end_methods(conn, state)
     return conn
 
 
 def uninstrument(conn: Any) -> Any:
-    """Undo :func:`instrument`: the connection's own cursor factory, ``cursor`` (and ``tpc_*``)
-    come back."""
+    """Undo :func:`instrument`: the connection's own cursor factory, ``cursor`` (and ``tpc_*``,
+    ``commit``, ``rollback``) come back."""
     state = _STATES.pop(id(conn), None)
     if state is not None:
         state.instrumented = False
@@ -402,7 +437,7 @@ def uninstrument(conn: Any) -> Any:
         _unset_cursor_method(conn)
         attrs = getattr(conn, "__dict__", None)
         if isinstance(attrs, dict):
-            for name in _TPC_METHODS:
+            for name in (*_TPC_METHODS, *END_METHODS):
                 attrs.pop(name, None)
     return conn
 
@@ -488,10 +523,12 @@ class _Transaction:
                     )
             elif self._conn.autocommit:
                 self._sql("COMMIT" if commit else "ROLLBACK")
+            # The class's methods: this block records the outcome, so no COMMIT / ROLLBACK
+            # span of the traced instance methods as well.
             elif commit:
-                self._conn.commit()
+                type(self._conn).commit(self._conn)
             else:
-                self._conn.rollback()
+                type(self._conn).rollback(self._conn)
         except BaseException as error:
             self._finish(False, error, error)
             raise

@@ -38,6 +38,7 @@ from typing import Any
 
 from pitchey_trace import _safety
 from pitchey_trace._span import TrustedAttributes
+from pitchey_trace.db._commit import DRIVER_HOUSEKEEPING
 from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
 
 __all__ = ["make_tpc_methods"]
@@ -332,15 +333,24 @@ def make_tpc_methods(
                 _safety.report("db.tpc", exc)
                 return False
 
+        def run_recover(c: Any) -> Any:
+            # psycopg2 ends the transaction its query began with ``self.rollback()`` (looked
+            # up on the instance, so the traced one): housekeeping, no ROLLBACK span.
+            token = DRIVER_HOUSEKEEPING.set(True)
+            try:
+                return cls.tpc_recover(c)
+            finally:
+                DRIVER_HOUSEKEEPING.reset(token)
+
         def tpc_recover() -> Any:
             c = target()
             if not traced(c) or not sends_recover(c):
-                return cls.tpc_recover(c)
+                return run_recover(c)
             op = _recover_statement(state)
             if op is None:
-                return cls.tpc_recover(c)
+                return run_recover(c)
             try:
-                xids = cls.tpc_recover(c)
+                xids = run_recover(c)
             except BaseException as exc:
                 state.fail(op, exc)
                 raise

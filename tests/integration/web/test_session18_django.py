@@ -353,6 +353,7 @@ def test_orm_queries_and_atomic_blocks_under_the_request(django_run: dict[str, A
         "INSERT",
         "ROLLBACK",
         "RELEASE",
+        "COMMIT",  # the outermost atomic()'s connection.commit()
     ]
     texts = [q["attributes"]["db.query.text"] for q in queries]
     assert all(kind not in t for t in texts)  # no literal (the user name) in any text
