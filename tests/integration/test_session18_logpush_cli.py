@@ -7,7 +7,6 @@ exit 2), rules of others that expire a dataset sooner, versioned buckets, and se
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import secrets
@@ -22,31 +21,15 @@ from typing import Any
 import pytest
 
 from pitchey_trace.cli import main
-from tests.integration.exporters.servers import S3, S3_ENV, start_moto
+from tests.integration.exporters import conftest as exporter_fixtures
+from tests.integration.exporters.servers import S3, S3_ENV
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in S3_ENV}
-    os.environ.update(S3_ENV)
-    server, url = start_moto()
-    try:
-        yield url
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture
-def s3(moto_url: str) -> S3:
-    return S3(moto_url)
+# moto's S3 server over HTTP and a fresh-bucket helper: the exporter tests' fixtures
+s3_endpoint = exporter_fixtures.s3_endpoint
+s3 = exporter_fixtures.s3
 
 
 def free_port() -> int:
@@ -56,7 +39,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def authed_moto(moto_url: str) -> Iterator[dict[str, Any]]:
+def authed_moto(s3_endpoint: str) -> Iterator[dict[str, Any]]:
     """A second moto server (its own process: moto reads the setting at import) that checks
     signatures after its first 4 requests, with a bucket and an IAM user allowed to write,
     read and delete objects and read lifecycle rules, but not to list the bucket."""
@@ -184,7 +167,7 @@ def test_no_credentials_is_one_line_and_exit_2(s3: S3, tmp_path: Path, action: s
 
 @pytest.mark.parametrize("action", ["setup", "verify"])
 def test_an_endpoint_refusing_connections_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], moto_url: str, action: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_endpoint: str, action: str
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = write(tmp_path, f'endpoint_url = "{url}"\nregion = "auto"\nbucket = "pitchey-logs"\n')
