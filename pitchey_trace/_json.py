@@ -6,6 +6,7 @@ that slips into a custom record is stringified rather than failing the batch.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -23,6 +24,11 @@ HAVE_ORJSON = _orjson is not None
 
 
 def _default(obj: Any) -> Any:
+    if isinstance(obj, float):  # a subclass (numpy.float64): orjson's default; a number, as
+        value = float(obj)  # the stdlib writes it, not its str
+        return value if math.isfinite(value) else None
+    if isinstance(obj, enum.Enum):  # its value, as orjson writes one
+        return obj.value
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     if isinstance(obj, bytes):
@@ -39,14 +45,27 @@ _stdlib_encode = json.JSONEncoder(
 
 
 def _finite(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float replaced by None (containers copied)."""
+    """``obj`` with every NaN or infinite float replaced by None, sets as lists, and dict keys
+    the stdlib refuses (NaN, tuples, bytes) as text, as orjson writes them (containers copied)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+        return {_key(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def _key(key: Any) -> Any:
+    if key is None or isinstance(key, (str, int)):  # (bool is an int)
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else "null"  # (orjson's key for NaN and infinities)
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    if isinstance(key, enum.Enum):
+        return _key(key.value)
+    return str(key)
 
 
 def valid_text(text: str) -> str:
@@ -61,10 +80,12 @@ def valid_text(text: str) -> str:
 def lenient_dumps(obj: Any) -> bytes:
     """The stdlib's encoding, which also takes what orjson refuses: ints beyond 64 bits, and
     strings with lone surrogates, written as U+FFFD (one such attribute must not cost the
-    whole batch). NaN and infinities are written as null, as orjson writes them."""
+    whole batch). NaN and infinities are written as null (as keys: "null"), and keys that are
+    not text, numbers, booleans or None as their text, as orjson writes them."""
     try:
         text = _stdlib_encode(obj)
-    except ValueError:  # NaN or an infinity somewhere (a reference cycle fails again below)
+    except (ValueError, TypeError):  # NaN or an infinity, a key JSON has no text for (a
+        # reference cycle fails again below)
         try:
             text = _stdlib_encode(_finite(obj))
         except RecursionError:

@@ -15,6 +15,7 @@ documented in ``docs/schema.md``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -490,8 +491,17 @@ def app_log_record(
         "severity_text": severity_text,
         "logger": logger,
         "body": body,
-        "attributes": _attrs(attributes),
+        "attributes": _finite_attrs(attributes),
     }
+
+
+def _finite_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``attrs`` without NaN or infinite floats (a log's ``extra=`` fields are taken as they
+    come): JSON has no such numbers, and the null they would be written as is not a valid
+    attribute value. Left out, as a span leaves out an invalid attribute value."""
+    if attrs and any(v.__class__ is float and not math.isfinite(v) for v in attrs.values()):
+        return {k: v for k, v in attrs.items() if not (v.__class__ is float and not math.isfinite(v))}
+    return _attrs(attrs)
 
 
 #: First item of a deferred request audit (see :func:`request_audit`).
