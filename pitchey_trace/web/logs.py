@@ -192,11 +192,14 @@ def _is_sdk_record(record: logging.LogRecord) -> bool:
 
 
 def _code(record: logging.LogRecord) -> dict[str, Any]:
-    return {
+    # (a record made by hand, Logger.makeRecord without func or logging.makeLogRecord, has
+    # None there: an attribute is never null)
+    code = {
         "code.function.name": record.funcName,
         "code.file.path": record.pathname,
         "code.line.number": record.lineno,
     }
+    return {k: v for k, v in code.items() if v is not None}
 
 
 def _add_log_event(record: logging.LogRecord) -> None:
