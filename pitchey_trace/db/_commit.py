@@ -54,15 +54,6 @@ _FAILED = "failed_transaction"
 DRIVER_HOUSEKEEPING: ContextVar[bool] = ContextVar("pitchey_trace_db_housekeeping", default=False)
 
 
-def _begin(state: ConnState, action: str) -> Op | None:
-    """Start the ``COMMIT`` / ``ROLLBACK`` span (None: not traced). Never raises."""
-    try:
-        return state.begin_statement(state.statement(action, None))
-    except Exception as exc:
-        _safety.report("db.commit", exc)
-        return None
-
-
 def _end(
     state: ConnState,
     op: Op,
@@ -128,7 +119,7 @@ def make_end_methods(
         try:
             if not is_traced(c) or not pending(c) or DRIVER_HOUSEKEEPING.get():
                 return None, False
-            op = _begin(state, action)
+            op = state.begin_text(action)
             return op, (op is not None and failed(c))
         except Exception as exc:
             _safety.report("db.commit", exc)

@@ -455,6 +455,15 @@ class ConnState:
         return stmt
 
     # -- hot path ---------------------------------------------------------------------------
+    def begin_text(self, text: str) -> Op | None:
+        """Start the span of a statement the SDK itself names (``COMMIT``, the 2PC recover
+        query): its text parsed as any statement's. None: not traced. Never raises."""
+        try:
+            return self.begin_statement(self.statement(text, None))
+        except Exception as exc:
+            _safety.report("db.begin", exc)
+            return None
+
     def begin_statement(self, stmt: Stmt) -> Op | None:
         """Start the span of a statement already known (no text to parse or comment); None
         means "run it untraced". Never raises."""

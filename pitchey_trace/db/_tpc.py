@@ -39,7 +39,7 @@ from typing import Any
 from pitchey_trace import _safety
 from pitchey_trace._span import TrustedAttributes
 from pitchey_trace.db._commit import DRIVER_HOUSEKEEPING
-from pitchey_trace.db._ops import ConnState, Op, Stmt, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Stmt, transaction_outcome
 
 __all__ = ["make_tpc_methods"]
 
@@ -164,14 +164,6 @@ def _phase_done(state: ConnState, op: Any, action: str, exc: BaseException | Non
     except Exception as internal:
         _safety.report("db.tpc", internal)
     state.done(op, -1)
-
-
-def _recover_statement(state: ConnState) -> Op | None:
-    try:
-        return state.begin_statement(state.statement(RECOVER_QUERY, None))
-    except Exception as exc:
-        _safety.report("db.tpc", exc)
-        return None
 
 
 def make_tpc_methods(
@@ -346,7 +338,7 @@ def make_tpc_methods(
             c = target()
             if not traced(c) or not sends_recover(c):
                 return run_recover(c)
-            op = _recover_statement(state)
+            op = state.begin_text(RECOVER_QUERY)
             if op is None:
                 return run_recover(c)
             try:
