@@ -5,6 +5,7 @@ closes whatever a test started; one span's records to send."""
 
 from __future__ import annotations
 
+import abc
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pitchey_trace as pt
 from pitchey_trace.testing import capture_spans
 
 
-class RawHttpServer:
+class RawHttpServer(abc.ABC):
     """Accepts connections on 127.0.0.1 and hands each to :meth:`serve` on a thread of its own,
     closing it afterwards (an ``OSError`` ends it quietly). A subclass sets its own attributes
     before calling ``__init__``: connections are accepted from then on."""
@@ -32,11 +33,12 @@ class RawHttpServer:
         """A Zipkin endpoint on this server."""
         return f"http://127.0.0.1:{self._sock.getsockname()[1]}/api/v2/spans"
 
-    def accepted(self) -> None:
+    def accepted(self) -> None:  # noqa: B027  (a hook: most servers need nothing there)
         """Runs on the accepting thread as each connection comes, before :meth:`serve`."""
 
+    @abc.abstractmethod
     def serve(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """Runs on a thread of its own for each connection (the subclass's collector)."""
 
     def _accept(self) -> None:
         while True:

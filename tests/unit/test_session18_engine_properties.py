@@ -365,8 +365,9 @@ def test_search_matches_brute_force(
         )
         for t in {s["trace_id"] for s in spans}
     }
-    for sort in ("recent", "duration"):
-        got = a.search(
+
+    def search(sort: str, limit: int) -> list[dict[str, Any]]:
+        return a.search(
             service=service,
             status=status,
             name=name,
@@ -376,8 +377,11 @@ def test_search_matches_brute_force(
             since=since,
             until=until,
             sort=sort,
-            limit=100,
+            limit=limit,
         )
+
+    for sort in ("recent", "duration"):
+        got = search(sort, 100)
         if sort == "recent":
             order = sorted(wanted, key=lambda t: (-extent[t][0], t))
         else:
@@ -394,21 +398,7 @@ def test_search_matches_brute_force(
             assert g["complete"] == any(s["parent_span_id"] is None for s in mine)
             assert g["duration_ms"] == (extent[g["trace_id"]][1] - extent[g["trace_id"]][0]) / MS
         if len(order) > 1:  # limit keeps the first ones
-            assert [
-                g["trace_id"]
-                for g in a.search(
-                    service=service,
-                    status=status,
-                    name=name,
-                    min_duration_ms=lo,
-                    max_duration_ms=hi,
-                    attributes=attributes,
-                    since=since,
-                    until=until,
-                    sort=sort,
-                    limit=1,
-                )
-            ] == order[:1]
+            assert [g["trace_id"] for g in search(sort, 1)] == order[:1]
 
 
 @FAST
