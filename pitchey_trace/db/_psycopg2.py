@@ -42,8 +42,10 @@ psycopg 3's are. An instance of the C type itself (``psycopg2.connect(dsn)``) ha
 ``__dict__`` and its class cannot be switched (a static type): its 2PC calls stay untraced.
 
 Likewise ``commit()`` / ``rollback()`` (``COMMIT`` / ``ROLLBACK`` spans, see
-:mod:`pitchey_trace.db._commit`): traced on a connection with a ``__dict__``, untraced on the C
-type itself, and never for ``with conn:`` (psycopg2 commits from C there).
+:mod:`pitchey_trace.db._commit`): traced on a connection with a ``__dict__``, ``with conn:``
+included (psycopg2's C ``__exit__`` calls ``self.commit()`` / ``self.rollback()``, found on the
+instance), untraced on the C type itself. ``reset()``, which aborts a two-phase transaction
+from C, is wrapped there too so that its open span ends.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
 from pitchey_trace.db._commit import END_METHODS, make_end_methods
 from pitchey_trace.db._ops import ConnState, Op, Stmt, set_batch_size, transaction_outcome
+from pitchey_trace.db._tpc import _close as _tpc_close
 from pitchey_trace.db._tpc import make_tpc_methods
 
 __all__ = [
@@ -395,9 +398,26 @@ def _set_end_methods(conn: Any, state: ConnState) -> None:
         def failed(c: Any) -> bool:
             return bool(c.get_transaction_status() == _INERROR)
 
-        attrs.update(
-            make_end_methods(conn, state, False, is_traced=is_traced, pending=pending, failed=failed)
-        )
+        methods = make_end_methods(conn, state, False, is_traced=is_traced, pending=pending, failed=failed)
+        ref = weakref.ref(conn)
+        cls = type(conn)
+
+        def reset() -> None:
+            c = ref()
+            if c is None:  # (only through a reference to the function alone)
+                raise ReferenceError("the connection of this method was garbage-collected")
+            cls.reset(c)
+            # psycopg2 aborted any transaction from C, a two-phase one too: end its span now,
+            # or ``pending`` would keep taking later commit() calls for refused 2PC-time ones.
+            if state.tpc is not None and is_traced(c):
+                try:
+                    _tpc_close(state, None, outcome="rollback", abandoned=True)
+                except Exception as exc:
+                    _safety.report("db.tpc", exc)
+
+        reset.__doc__ = cls.reset.__doc__
+        methods["reset"] = reset
+        attrs.update(methods)
     except Exception as exc:
         _safety.report("db.commit", exc)
 
@@ -437,7 +457,7 @@ def uninstrument(conn: Any) -> Any:
         _unset_cursor_method(conn)
         attrs = getattr(conn, "__dict__", None)
         if isinstance(attrs, dict):
-            for name in (*_TPC_METHODS, *END_METHODS):
+            for name in (*_TPC_METHODS, *END_METHODS, "reset"):
                 attrs.pop(name, None)
     return conn
 
