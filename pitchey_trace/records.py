@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from importlib import resources
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 from pitchey_trace import _resource, _safety
@@ -36,6 +37,7 @@ __all__ = [
     "DATASET_OF_TYPE",
     "DROPPED_KEYS",
     "NO_ITEMS",
+    "RECORD_ID",
     "SCHEMA_VERSION",
     "SPAN_RECORD_KEYS",
     "CategoryThresholds",
@@ -46,6 +48,7 @@ __all__ = [
     "dataset_of",
     "json_schema",
     "make_resource",
+    "new_record_id",
     "span_events",
     "span_links",
     "span_record",
@@ -61,6 +64,23 @@ DATASET_OF_TYPE = {"span": "traces", "audit": "audit", "rollup": "performance", 
 
 _KIND = ("internal", "server", "client", "producer", "consumer")
 _STATUS = ("unset", "ok", "error")
+
+
+#: The optional key of an audit, log or rollup record's unique id (see :func:`new_record_id`).
+RECORD_ID = "record_id"
+
+
+def new_record_id() -> str:
+    """A record's ``record_id``: 64 random bits as 16 lowercase hex digits (as a span id).
+
+    Spans have their span id; audit, log and rollup records have no natural key, so a copy of
+    one (the same record in two datasets, a batch written twice by a retried upload or a
+    replayed spool) cannot be told from a second event. Given at creation, the id travels with
+    every copy and the analysis engine keeps one (keyed with the record's time, so two random
+    ids that clash do not merge records of different times). ``getrandbits`` is the cheapest
+    uniform source and the random module reseeds it in a forked child, as for span ids
+    (about 0.2 us a call)."""
+    return getrandbits(64).to_bytes(8, "big").hex()
 
 
 def dataset_of(record: Mapping[str, Any]) -> str:

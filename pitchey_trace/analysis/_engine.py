@@ -1,9 +1,11 @@
 """The analysis engine: answers from archived records (search, trace tree, bottleneck, metrics).
 
 An :class:`Archive` reads a source's objects on first use and keeps an index in memory: spans
-by trace (deduplicated by span id, as a record may sit in several datasets), audit records and
-rollups. A time-bounded query reads only the objects that can hold records of its window, and
-later queries read more as they need; :meth:`Archive.refresh` picks up objects written since.
+by trace (deduplicated by span id, as a record may sit in several datasets or be written twice
+by a retried export), audit records, log records and rollups (deduplicated by ``record_id``
+where they have one). A time-bounded query reads only the objects that can hold records of its
+window, and later queries read more as they need; :meth:`Archive.refresh` picks up objects
+written since.
 Every answer is a plain JSON-ready dict or list (shapes in docs/analysis.md).
 """
 
@@ -39,6 +41,9 @@ __all__ = ["Archive"]
 Record = dict[str, Any]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+# A record id as records.new_record_id() writes it; any other value (a sanitizer rule rewrote it,
+# a hand-made record) is no id: such a record is counted, as records of archives before ids.
+_RECORD_ID = re.compile(r"[0-9a-f]{16}")
 _STATUSES = ("error", "ok", "unset")
 _SORTS = ("recent", "duration")
 _MAX_LIMIT = 10_000
@@ -522,6 +527,10 @@ class _Index:
         # the application's log records (shipped by export_logs), and by trace id
         self.log_lines: list[Record] = []
         self.logs: dict[str, list[Record]] = {}
+        # (type, record_id, time) of the audit, log and rollup records kept: a copy read again
+        # (another dataset, a retried export) is left out. The time makes a clash of two
+        # random 64-bit ids harmless: both would also need the same nanosecond (or minute).
+        self._record_ids: set[tuple[str, str, int]] = set()
         self._starts: list[int] | None = None
         self._sorted: list[Record] = []
 
@@ -554,10 +563,16 @@ class _Index:
                     ext[1] = max(ext[1], end)
                 self._starts = None
             elif kind == "audit" and _is_int(rec.get("time_unix_nano")):
+                if self._seen("audit", rec, rec["time_unix_nano"]):
+                    continue
                 self.audits.append(rec)
             elif kind == "rollup" and _clean_rollup(rec):
+                if self._seen("rollup", rec, rec["minute_start_unix_nano"]):
+                    continue
                 self.rollups.append(rec)
             elif kind == "log" and _is_int(rec.get("time_unix_nano")):
+                if self._seen("log", rec, rec["time_unix_nano"]):
+                    continue
                 self.log_lines.append(rec)
                 trace = rec.get("trace_id")
                 if isinstance(trace, str) and trace:
@@ -565,6 +580,19 @@ class _Index:
             else:
                 unusable += 1
         return unusable
+
+    def _seen(self, kind: str, rec: Record, when: int) -> bool:
+        """Whether a copy of ``rec`` (same type, ``record_id`` and time) was added already;
+        remembers it otherwise. Records without a valid ``record_id`` are never copies: two
+        equal rollups, or two equal log lines of one nanosecond, may be two real ones."""
+        rid = rec.get("record_id")
+        if rid.__class__ is not str or not _RECORD_ID.fullmatch(rid):
+            return False
+        key = (kind, rid, when)
+        if key in self._record_ids:
+            return True
+        self._record_ids.add(key)
+        return False
 
     def evict(self, keep: int) -> None:
         """Drop whole traces, the earliest started first, until at most ``keep`` spans are left
@@ -1385,7 +1413,10 @@ class Archive:
         end = u_ns if u_ns is not None else time.time_ns()
         if end <= s_ns:
             raise ValueError("the window is empty: until must be after since")
-        start = s_ns - (end - s_ns)
+        # Spans count in [s_ns, end], both ends in: end - s_ns + 1 ns. The baseline is as long,
+        # [start, s_ns - 1], ending just before the window. (Rollups count by minute start in
+        # [since, until): end - s_ns in both, minute-aligned windows give whole minutes alike.)
+        start = s_ns - (end - s_ns + 1)
         # (rollups are per minute: a window's are those whose minute starts in it)
         now, source = self._stats(service, None, s_ns, end, _operation_key, whole_minutes=True)
         before, _ = self._stats(service, None, max(start, 0), s_ns - 1, _operation_key, whole_minutes=True)
