@@ -440,13 +440,50 @@ def _rule_days(rule: Mapping[str, Any]) -> int | None:
     return int(days) if days is not None else None
 
 
-def _desired_rule(ds: DatasetConfig) -> dict[str, Any]:
-    return {
+def _noncurrent(rule: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The rule's ``NoncurrentVersionExpiration`` as (NoncurrentDays, NewerNoncurrentVersions)."""
+    nve = rule.get("NoncurrentVersionExpiration") or {}
+    days, newer = nve.get("NoncurrentDays"), nve.get("NewerNoncurrentVersions")
+    return (int(days) if days is not None else None, int(newer) if newer is not None else None)
+
+
+# Versioning states in which an Expiration only adds a delete marker and keeps the data as a
+# noncurrent version: "Suspended" still holds every version written while it was "Enabled".
+_VERSIONED = ("Enabled", "Suspended")
+# A store without versioning answers GetBucketVersioning so (R2 does not implement it and
+# answers such operations with 501 NotImplemented): no noncurrent versions can exist there.
+_NO_VERSIONING_API = frozenset({"NotImplemented", "501"})
+# Archive keys are unique, so a noncurrent version is an expired (or deleted) archive: delete it
+# one day (the minimum) after it became noncurrent, keeping retention_days + 1 at most.
+_NONCURRENT_DAYS = 1
+
+
+def _versioning(client: Any, bucket: str) -> str | None:
+    """``"Enabled"`` or ``"Suspended"`` when the bucket may hold noncurrent versions, else None
+    (versioning never enabled, or a store without versioning such as R2)."""
+    try:
+        resp = client.get_bucket_versioning(Bucket=bucket)
+    except Exception as exc:
+        if _error_code(exc) in _NO_VERSIONING_API:
+            return None
+        raise
+    status = resp.get("Status")
+    return str(status) if status in _VERSIONED else None
+
+
+def _desired_rule(ds: DatasetConfig, versioning: str | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = {
         "ID": rule_id(ds.name),
         "Filter": {"Prefix": f"{ds.prefix}/" if ds.prefix else ""},
         "Status": "Enabled",
         "Expiration": {"Days": ds.retention_days},
     }
+    if versioning in _VERSIONED:
+        # Expiration only hides the current version behind a delete marker; this deletes the
+        # data itself. (The marker left behind is removed by Expiration once it is Days old:
+        # ExpiredObjectDeleteMarker may not be combined with Days in one rule.)
+        rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": _NONCURRENT_DAYS}
+    return rule
 
 
 def _same_rule(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -455,6 +492,7 @@ def _same_rule(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         and _rule_prefix(a) == _rule_prefix(b)
         and a.get("Status") == b.get("Status")
         and _rule_days(a) == _rule_days(b)
+        and _noncurrent(a) == _noncurrent(b)
     )
 
 
@@ -465,10 +503,15 @@ def _create_bucket(client: Any, bucket: str, region: str | None) -> None:
         client.create_bucket(Bucket=bucket)
 
 
+class _StepError(Exception):
+    """A failed step of setup whose message is the whole detail of its row."""
+
+
 def setup(config: LogpushConfig, client: Any) -> list[Check]:
     """Create missing buckets and put one lifecycle expiration rule per dataset prefix
-    (``pitchey-trace-<dataset>``), keeping every other rule. Idempotent: nothing is written
-    when the buckets and rules are already as configured."""
+    (``pitchey-trace-<dataset>``; in a versioned bucket it also expires noncurrent versions),
+    keeping every other rule. Idempotent: nothing is written when the buckets and rules are
+    already as configured."""
     rows: list[Check] = []
     for bucket in config.buckets:
         try:
@@ -481,11 +524,19 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
             _raise_if_fatal(exc, config)
             rows.append(Check("bucket", bucket, False, f"{_error_code(exc)}: {exc}"))
             continue
-        wanted = [
-            _desired_rule(d) for d in config.datasets.values() if d.bucket == bucket and d.retention_days
-        ]
         managed_ids = {rule_id(d.name) for d in config.datasets.values() if d.bucket == bucket}
         try:
+            try:
+                versioning = _versioning(client, bucket)
+            except Exception as exc:
+                _raise_if_fatal(exc, config)
+                # unknown: rules without NoncurrentVersionExpiration could keep the data forever
+                raise _StepError(f"cannot read the bucket versioning: {_error_code(exc)}: {exc}") from exc
+            wanted = [
+                _desired_rule(d, versioning)
+                for d in config.datasets.values()
+                if d.bucket == bucket and d.retention_days
+            ]
             existing = _get_rules(client, bucket)
             by_id = {r.get("ID"): r for r in existing}
             unchanged = all(r["ID"] in by_id and _same_rule(by_id[r["ID"]], r) for r in wanted)
@@ -514,15 +565,19 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
                     if d.retention_days
                     else "no expiration (keep forever)"
                 )
+                if d.retention_days and versioning:
+                    what += f", noncurrent versions {_NONCURRENT_DAYS} day later (versioning {versioning})"
                 # Rules of other ids are kept, so one of them may still expire this dataset's
                 # objects sooner (or at all): say so now rather than at the next verify.
-                effective = _check_retention(d, rules)
+                effective = _check_retention(d, rules, versioning)
                 if effective.ok:
                     rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", True, f"{what} ({detail})"))
                 else:
                     culprit = (_expiring_rule(d, rules) or {}).get("ID")
                     why = f"{effective.detail}: rule {culprit!r}, kept" if culprit else effective.detail
                     rows.append(Check("lifecycle", f"{bucket}/{d.prefix}", False, f"{why} ({detail})"))
+        except _StepError as exc:
+            rows.append(Check("lifecycle", bucket, False, str(exc)))
         except Exception as exc:
             _raise_if_fatal(exc, config)
             rows.append(Check("lifecycle", bucket, False, f"{_error_code(exc)}: {exc}"))
@@ -530,8 +585,9 @@ def setup(config: LogpushConfig, client: Any) -> list[Check]:
 
 
 def verify(config: LogpushConfig, client: Any) -> list[Check]:
-    """Check every bucket exists, every dataset has its expiration rule, and a
-    write/read/delete round trip works under every dataset prefix."""
+    """Check every bucket exists, every dataset has its expiration rule (and, in a versioned
+    bucket, a noncurrent version expiration), and a write/read/delete round trip works under
+    every dataset prefix."""
     rows: list[Check] = []
     missing: set[str] = set()
     for bucket in config.buckets:
@@ -545,6 +601,7 @@ def verify(config: LogpushConfig, client: Any) -> list[Check]:
             # (say AccessDenied: a key allowed to write objects only can still pass the rest)
             rows.append(Check("bucket exists", bucket, False, f"{_error_code(exc)}: {exc}"))
     rules_of: dict[str, list[dict[str, Any]] | Exception] = {}
+    versioning_of: dict[str, str | Exception | None] = {}
     for bucket in config.buckets:
         if bucket in missing:
             continue
@@ -553,6 +610,11 @@ def verify(config: LogpushConfig, client: Any) -> list[Check]:
         except Exception as exc:
             _raise_if_fatal(exc, config)
             rules_of[bucket] = exc
+        try:
+            versioning_of[bucket] = _versioning(client, bucket)
+        except Exception as exc:
+            _raise_if_fatal(exc, config)
+            versioning_of[bucket] = exc
     for d in config.datasets.values():
         target = f"{d.bucket}/{d.prefix}"
         if d.bucket in missing:
@@ -563,7 +625,7 @@ def verify(config: LogpushConfig, client: Any) -> list[Check]:
         if isinstance(rules, Exception):
             rows.append(Check("retention", target, False, f"{_error_code(rules)}: {rules}"))
         else:
-            rows.append(_check_retention(d, rules))
+            rows.append(_check_retention(d, rules, versioning_of[d.bucket]))
         rows.append(_round_trip(client, d, config))
     return rows
 
@@ -582,7 +644,24 @@ def _expiring_rule(d: DatasetConfig, rules: list[dict[str, Any]]) -> dict[str, A
     return min(applying, key=lambda r: _rule_days(r) or 0) if applying else None
 
 
-def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
+def _expires_noncurrent(d: DatasetConfig, rules: list[dict[str, Any]]) -> bool:
+    """Whether an enabled plain-prefix rule deletes the dataset's noncurrent versions. One that
+    keeps the newest N (NewerNoncurrentVersions) does not: an archive key has one version."""
+    want_prefix = f"{d.prefix}/" if d.prefix else ""
+    return any(
+        r.get("Status") == "Enabled"
+        and _rule_prefix(r) is not None
+        and want_prefix.startswith(_rule_prefix(r) or "")
+        and _noncurrent(r)[0] is not None
+        and _noncurrent(r)[1] is None
+        for r in rules
+    )
+
+
+def _check_retention(
+    d: DatasetConfig, rules: list[dict[str, Any]], versioning: str | Exception | None = None
+) -> Check:
+    """``versioning``: the bucket's state from :func:`_versioning`, or the error reading it."""
     target = f"{d.bucket}/{d.prefix}"
     first = _expiring_rule(d, rules)
     days = None if first is None else _rule_days(first) or 0
@@ -601,6 +680,24 @@ def _check_retention(d: DatasetConfig, rules: list[dict[str, Any]]) -> Check:
         )
     if days != d.retention_days:
         return Check("retention", target, False, f"objects expire after {days} days, want {d.retention_days}")
+    if _expires_noncurrent(d, rules):
+        return Check("retention", target, True, f"{days} days (noncurrent versions expire too)")
+    if isinstance(versioning, Exception):
+        return Check(
+            "retention",
+            target,
+            False,
+            f"{days} days, but the bucket versioning cannot be read ({_error_code(versioning)}) "
+            "and no rule expires noncurrent versions",
+        )
+    if versioning is not None:
+        return Check(
+            "retention",
+            target,
+            False,
+            f"versioning {versioning} but no rule expires noncurrent versions: expired objects "
+            "are kept forever behind delete markers (run logpush setup)",
+        )
     return Check("retention", target, True, f"{days} days")
 
 
