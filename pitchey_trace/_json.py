@@ -18,7 +18,16 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     _orjson = None  # type: ignore[assignment]
 
-__all__ = ["HAVE_ORJSON", "dumps", "encode_ndjson", "lenient_dumps", "loads", "valid_text"]
+__all__ = [
+    "DEPTH_MARKER",
+    "HAVE_ORJSON",
+    "MAX_DEPTH",
+    "dumps",
+    "encode_ndjson",
+    "lenient_dumps",
+    "loads",
+    "valid_text",
+]
 
 HAVE_ORJSON = _orjson is not None
 
@@ -77,19 +86,113 @@ def valid_text(text: str) -> str:
         return _SURROGATES.sub("\ufffd", text)
 
 
+#: Containers nested deeper than this (orjson's own limit) are written as ``DEPTH_MARKER`` by
+#: the encoder of last resort, so its lines stay readable by any JSON reader.
+MAX_DEPTH = 254
+#: What stands for a too-deep list or map (the text the sanitizer writes for one).
+DEPTH_MARKER = "[DEPTH]"
+
+_encode_str = json.encoder.encode_basestring  # (the C one: ensure_ascii=False)
+
+
+class _Text(str):
+    """JSON text already written (punctuation, a key), told apart from a str value by its class."""
+
+
+_COMMA = _Text(",")
+_END_LIST = _Text("]")
+_END_DICT = _Text("}")
+
+
+def _scalar(obj: Any) -> str | None:
+    """The JSON text of a scalar as the stdlib (``allow_nan=False`` made lenient) writes it,
+    or None for a container or an object ``_default`` has to turn into one first."""
+    if isinstance(obj, str):
+        return _encode_str(obj)
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return int.__repr__(obj)
+    if isinstance(obj, float):
+        return float.__repr__(obj) if math.isfinite(obj) else "null"
+    return None
+
+
+def _key_text(key: Any) -> str:
+    """A map key's text, as the stdlib writes the keys ``_key`` leaves (orjson's, for the rest)."""
+    key = _key(key)
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return "null" if key is None else ("true" if key else "false")
+    return int.__repr__(key) if isinstance(key, int) else float.__repr__(key)
+
+
+def _bounded_encode(obj: Any) -> str:
+    """The stdlib's text of ``obj`` without recursion (a value nested thousands deep, or a call
+    from a deep stack, must not cost the record): containers deeper than ``MAX_DEPTH`` are
+    written as ``DEPTH_MARKER``; a reference cycle raises ValueError, as the stdlib does."""
+    out: list[str] = []
+    path: set[int] = set()  # ids of the containers being written (the cycle check)
+    # Work stack: (value, its depth), or (_Text, id of the container it closes, or 0).
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if value.__class__ is _Text:
+            out.append(value)
+            path.discard(depth)
+            continue
+        text = _scalar(value)
+        while text is None and not isinstance(value, (dict, list, tuple)):
+            value = _default(value)  # (a set: a list; bytes, an enum, an object: a scalar)
+            text = _scalar(value)
+        if text is not None:
+            out.append(text)
+            continue
+        if depth >= MAX_DEPTH:
+            out.append(_encode_str(DEPTH_MARKER))
+            continue
+        ident = id(value)
+        if ident in path:
+            raise ValueError("Circular reference detected")
+        path.add(ident)
+        depth += 1
+        if isinstance(value, dict):
+            out.append("{")
+            stack.append((_END_DICT, ident))
+            items = list(value.items())
+            for i in range(len(items) - 1, -1, -1):
+                k, v = items[i]
+                stack.append((v, depth))
+                stack.append((_Text(("," if i else "") + _encode_str(_key_text(k)) + ":"), 0))
+        else:
+            out.append("[")
+            stack.append((_END_LIST, ident))
+            for i in range(len(value) - 1, -1, -1):
+                stack.append((value[i], depth))
+                if i:
+                    stack.append((_COMMA, 0))
+    return "".join(out)
+
+
 def lenient_dumps(obj: Any) -> bytes:
     """The stdlib's encoding, which also takes what orjson refuses: ints beyond 64 bits, and
     strings with lone surrogates, written as U+FFFD (one such attribute must not cost the
     whole batch). NaN and infinities are written as null (as keys: "null"), and keys that are
-    not text, numbers, booleans or None as their text, as orjson writes them."""
+    not text, numbers, booleans or None as their text, as orjson writes them. A value nested
+    deeper than the stdlib can recurse is kept, cut at ``MAX_DEPTH`` (see _bounded_encode)."""
     try:
-        text = _stdlib_encode(obj)
-    except (ValueError, TypeError):  # NaN or an infinity, a key JSON has no text for (a
-        # reference cycle fails again below)
         try:
+            text = _stdlib_encode(obj)
+        except (ValueError, TypeError):  # NaN or an infinity, a key JSON has no text for (a
+            # reference cycle fails again below)
             text = _stdlib_encode(_finite(obj))
-        except RecursionError:
-            raise ValueError("Circular reference detected") from None
+    except RecursionError:  # too deep for this stack, or a cycle _finite went around
+        text = _bounded_encode(obj)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:

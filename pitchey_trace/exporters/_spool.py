@@ -27,6 +27,7 @@ import secrets
 import stat
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class SpoolDir:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a new one: this user's only)
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock_fd: int | None = None
+        self._finalizer: weakref.finalize[Any, SpoolDir] | None = None
         self._seq = 0
         self.discarded_open = 0
         self.skipped = 0
@@ -108,25 +110,32 @@ class SpoolDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(tmp, self.path / f"{self.owner}.lock")
         self._lock_fd = fd
+        # An owner dropped without release() (an exporter whose shutdown timed out while its
+        # thread still used the spool, then went away) must not keep its lock until the process
+        # exits: its files would stay unadoptable by every later owner in this process. Once
+        # the object is unreachable nothing can write through it, so its lock can go.
+        finalizer = weakref.finalize(self, _drop_lock, self.path / f"{self.owner}.lock", fd, os.getpid())
+        finalizer.atexit = False  # (at exit the kernel releases the lock, as before)
+        self._finalizer = finalizer
 
     def release(self) -> None:
         """Give up ownership (remaining files become adoptable by the next start)."""
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
             return
-        try:
-            os.unlink(self.path / f"{self.owner}.lock")
-        except OSError:
-            pass
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        self._detach_finalizer()
+        _drop_lock(self.path / f"{self.owner}.lock", fd)
+
+    def _detach_finalizer(self) -> None:
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited lock descriptor without touching the parent's
         lock (closing our copy does not release a flock the parent still holds)."""
         fd, self._lock_fd = self._lock_fd, None
+        self._detach_finalizer()  # (its lock file is the parent's: never unlinked here)
         if fd is not None:
             try:
                 os.close(fd)
@@ -240,6 +249,19 @@ class SpoolDir:
                 if fd is not None:
                     os.close(fd)
         return out
+
+
+def _drop_lock(lock_path: Path, fd: int, pid: int | None = None) -> None:
+    """Unlink an owner's lock file, then close its descriptor (which releases the flock).
+    Never raises (also runs from a finalizer). ``pid``: only in that process (a forked child
+    must never unlink the lock file of its parent, which still owns it, nor close a number its
+    own code may have closed and reused)."""
+    if pid is not None and pid != os.getpid():
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(lock_path)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _warn_limited(kind: str, message: str, *args: object) -> None:

@@ -102,6 +102,9 @@ def test_missing_bucket_counted_warned_once_retried_slowly_then_delivered(
     exp = make(s3.endpoint, bucket, tmp_path, max_batch_records=2, retry=slow)
     exp.export([rec(i) for i in range(10)])  # 5 batches waiting
     assert not exp.force_flush(1.0)
+    deadline = time.monotonic() + 30  # (the first upload's answer: slow on a loaded machine)
+    while _stats.get("logpush.missing_bucket") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _stats.get("logpush.missing_bucket") == 1  # not one per batch; next in max_backoff_s
     warnings = [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]
     assert len(warnings) == 1
