@@ -31,7 +31,11 @@ celery                    task send and run spans (``instrument_celery``)
 pika, aio_pika            RabbitMQ publish and consume spans, trace context in the message
                           headers (``pitchey_trace.amqp``)
 threading                 work handed to threads and thread pools runs in the span current
-                          when it was handed over (``pitchey_trace.threads``)
+                          when it was handed over (``pitchey_trace.threads``); so do child
+                          processes started by ``multiprocessing`` (``Process``, ``Pool``,
+                          ``ProcessPoolExecutor``) under every start method, a pool's
+                          workers in the span current when they were started
+                          (docs/operations.md)
 logging                   records of WARNING and above (``PITCHEY_TRACE_LOG_EVENT_LEVEL``) logged
                           in a span become its ``log`` events (``instrument_logging``); with
                           ``PITCHEY_TRACE_EXPORT_LOGS=INFO`` (or OpenTelemetry's
@@ -317,6 +321,12 @@ def _threading(_: ModuleType) -> None:
     instrument_threads()
 
 
+def _multiprocessing(_: ModuleType) -> None:
+    from pitchey_trace._mp import instrument_processes
+
+    instrument_processes()
+
+
 def _level(text: str, variable: str) -> int | str:
     """A logging level from ``variable``'s value: a number, or a level name (any case)."""
     import logging
@@ -393,7 +403,8 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "pika": (("pika", _pika),),
     "aio_pika": (("aio_pika", _aio_pika),),
     "logging": (("logging", _logging),),
-    "threading": (("threading", _threading),),
+    # (one library: carrying the current span into threads and child processes)
+    "threading": (("threading", _threading), ("multiprocessing.process", _multiprocessing)),
 }
 
 

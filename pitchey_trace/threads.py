@@ -13,10 +13,13 @@ which copy the context by themselves):
   context of the code that started it.
 
 Nothing changes when no span is current: the work runs as it always did, in the thread's own
-context. Process pools are not touched (a span does not cross a process boundary this way;
-``inject`` / ``extract`` do). :func:`pitchey_trace.wrap_context` and
+context. Child processes: :func:`pitchey_trace.auto.instrument_all` makes the span current at
+``multiprocessing.Process.start`` the parent of the child's spans under the ``spawn`` and
+``forkserver`` start methods too (``fork`` copies it by itself); a process pool's workers run
+under the span current when each worker was started, not per task (pass ``inject``-ed headers
+with a task for that). :func:`pitchey_trace.wrap_context` and
 :class:`pitchey_trace.ContextThreadPoolExecutor` do the same for one callable or one pool.
-``pitchey-trace run`` calls this (``--exclude threading`` leaves it off).
+``pitchey-trace run`` calls this (``--exclude threading`` leaves it off, and the processes').
 """
 
 from __future__ import annotations
