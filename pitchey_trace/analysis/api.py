@@ -6,11 +6,14 @@
     app = create_app(Archive("var/archive"))     # serve with any ASGI server, e.g. uvicorn
 
 JSON endpoints (all GET): ``/api/overview``, ``/api/search``, ``/api/traces/{trace_id}``,
-``/api/traces/{trace_id}/analysis``, ``/api/performance``, ``/api/series``, ``/api/errors``,
-``/api/audit``, ``/api/logs``, ``/api/dependencies``, ``/api/compare``, ``/healthz``.
+``/api/traces/{trace_id}/analysis``, ``/api/traces/{trace_id}/spans/{span_id}``,
+``/api/performance``, ``/api/series``, ``/api/errors``, ``/api/audit``, ``/api/logs``,
+``/api/dependencies``, ``/api/compare``, ``/healthz``.
 HTML: ``/`` (overview and search) and ``/traces/{trace_id}`` (waterfall), static pages from
 ``static/`` that read the JSON API. Bad query parameters answer 400 ``{"error": ...}``, an
-unknown trace 404. Reference: docs/analysis.md.
+unknown trace 404. A trace's answers are bounded (:data:`MAX_TRACE_SPANS`,
+:data:`MAX_TRACE_BYTES`, :data:`MAX_VALUE_CHARS`); one span's endpoint answers it whole.
+Reference: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -51,6 +54,22 @@ logger = logging.getLogger("pitchey_trace")
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_LIMIT = 1000
 """Largest ``limit`` an endpoint returns; larger requests are cut to it."""
+
+# A trace's answer is bounded: whole, a 10,000-span trace whose spans carried 100 kB values was
+# a 1 GB answer (three times that in server memory, and a browser that hung on it).
+MAX_TRACE_SPANS = 10_000
+"""Most spans (and, apart, log lines) ``/api/traces/{id}`` answers; ``limit`` asks for fewer."""
+MAX_TRACE_BYTES = 32 * 1024 * 1024
+"""About the most bytes of spans and log lines in ``/api/traces/{id}``: they are added in order
+(spans depth-first, then log lines) until one does not fit; the first span always is."""
+MAX_VALUE_CHARS = 4000
+"""Attribute values (of spans, events, links, resources and log lines) longer than this are cut
+in ``/api/traces/{id}`` (what the page's span details show of one anyway); a span's own
+endpoint answers them whole."""
+MAX_ANALYSIS_TEXT = 1000
+"""Texts in ``/api/traces/{id}/analysis`` (names, messages, statements) longer than this are cut
+(what the page shows of one); its lists hold at most :data:`MAX_TRACE_SPANS` entries."""
+_SPAN_ID = re.compile(r"[0-9a-fA-F]{16}")
 
 # The pages load only their own script and style sheet and talk only to this server, so
 # everything else is refused: injected markup could neither run script nor send data away.
@@ -199,14 +218,198 @@ class _HostCheck:
         )
 
 
+def _json_bytes(data: Any) -> bytes:
+    """``data`` as JSON, with ``<``, ``>`` and ``&`` (which JSON allows only inside strings)
+    written as ``\\u`` escapes: the same document, but no byte of it reads as markup should a
+    client ever treat it as HTML."""
+    return _json.dumps(data).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+
+
 def json_response(data: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """``data`` as a JSON response. ``<``, ``>`` and ``&`` (which JSON allows only inside
-    strings) are written as ``\\u`` escapes: the same document, but no byte of it reads as
-    markup should a client ever treat it as HTML."""
-    body = _json.dumps(data).replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+    """``data`` as a JSON response (see :func:`_json_bytes`)."""
+    return _json_body(_json_bytes(data), status_code, headers)
+
+
+def _json_body(body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
         body, status_code, media_type="application/json", headers={**_JSON_HEADERS, **(headers or {})}
     )
+
+
+# -- bounding a trace's answers ----------------------------------------------------------------------
+
+
+def _utf16_length(text: str) -> int:
+    """The length the page's script sees (JavaScript counts UTF-16 units), so its "N more
+    characters" are right."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _cut(value: Any, limit: int) -> tuple[Any, int | None]:
+    """``value`` and None, or, when its text is longer than ``limit`` characters, its first
+    ``limit`` and the whole text's length. A list or map that long is cut as its JSON text."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, dict)):
+        text = _json.dumps(value).decode("utf-8", "replace")
+    else:
+        return value, None
+    if len(text) <= limit:
+        return value, None
+    return text[:limit], _utf16_length(text)
+
+
+def _cut_map(attributes: Any) -> tuple[Any, dict[str, int]]:
+    """An attribute map with its long values cut (a new map when any is), and the full length
+    of each value cut, by key."""
+    if not isinstance(attributes, Mapping):
+        return attributes, {}
+    lengths: dict[str, int] = {}
+    out: dict[Any, Any] | None = None
+    for key, value in attributes.items():
+        short, length = _cut(value, MAX_VALUE_CHARS)
+        if length is not None:
+            out = dict(attributes) if out is None else out
+            out[key] = short
+            lengths[str(key)] = length
+    return (attributes if out is None else out), lengths
+
+
+def _with_cut_maps(record: Any, *fields: str) -> Any:
+    """``record`` (a span, event, link or log line) with the long values of its attribute maps
+    ``fields`` cut, and ``clipped``: ``{field: {key: full length}}`` for those cut. The engine's
+    dicts are never changed: a record with something cut is a copy."""
+    if not isinstance(record, Mapping):
+        return record
+    out: dict[str, Any] | None = None
+    clipped: dict[str, Any] = {}
+    for field in fields:
+        short, lengths = _cut_map(record.get(field))
+        if lengths:
+            out = dict(record) if out is None else out
+            out[field] = short
+            clipped[field] = lengths
+    for field in ("events", "links"):
+        items = record.get(field)
+        if isinstance(items, list):
+            cut = [_with_cut_maps(item, "attributes") for item in items]
+            if any(a is not b for a, b in zip(cut, items, strict=True)):
+                out = dict(record) if out is None else out
+                out[field] = cut
+    if out is None:
+        return record
+    if clipped:
+        out["clipped"] = clipped
+    return out
+
+
+class _Joined:
+    """JSON texts to be joined by commas, joined a MiB at a time as they come: each of orjson's
+    results holds more memory than its length (a 4 kB one about 8 kB), so 10,000 spans kept
+    apart until the end cost the server 300 MB for a 33 MB answer."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.count = 0
+
+    def add(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        self.count += 1
+        if self.pending_bytes >= 1 << 20:
+            self._join_pending()
+
+    def _join_pending(self) -> None:
+        if self.pending:
+            self.chunks.append(b",".join(self.pending))
+            self.pending = []
+            self.pending_bytes = 0
+
+    def joined(self) -> bytes:
+        self._join_pending()
+        return b",".join(self.chunks)
+
+
+def _bounded_trace(view: Mapping[str, Any], limit: int) -> bytes:
+    """The JSON of ``archive.trace()``'s answer bounded: at most ``limit`` spans (depth-first,
+    so every span's parent that is archived comes with it) and :data:`MAX_TRACE_SPANS` log
+    lines, about :data:`MAX_TRACE_BYTES` of them in all, attribute values cut at
+    :data:`MAX_VALUE_CHARS`; plus ``truncated``, ``log_count`` and ``limits``. Each span is
+    encoded once, as it is measured."""
+    budget = MAX_TRACE_BYTES
+    parts = {"spans": _Joined(), "logs": _Joined()}
+    totals: dict[str, int] = {}
+    for key, fields, most in (
+        ("spans", ("attributes", "resource"), limit),
+        ("logs", ("attributes",), MAX_TRACE_SPANS),
+    ):
+        items = view.get(key)
+        items = items if isinstance(items, list) else []
+        totals[key] = len(items)
+        out = parts[key]
+        for item in items[:most]:
+            data = _json_bytes(_with_cut_maps(item, *fields))
+            if len(data) + 1 > budget and (out.count or key == "logs"):
+                budget = 0  # in order: nothing after the first that does not fit
+                break
+            budget -= len(data) + 1
+            out.add(data)
+    head = {k: v for k, v in view.items() if k not in ("spans", "logs")}
+    head["truncated"] = parts["spans"].count < totals["spans"] or parts["logs"].count < totals["logs"]
+    head["log_count"] = totals["logs"]
+    head["limits"] = {"spans": limit, "bytes": MAX_TRACE_BYTES, "value_chars": MAX_VALUE_CHARS}
+    return b"".join(
+        (
+            _json_bytes(head)[:-1],  # (head is never empty: it holds "truncated")
+            b',"spans":[',
+            parts["spans"].joined(),
+            b'],"logs":[',
+            parts["logs"].joined(),
+            b"]}",
+        )
+    )
+
+
+def _cut_texts(entry: Any) -> Any:
+    """An analysis entry with its texts longer than :data:`MAX_ANALYSIS_TEXT` cut, and
+    ``clipped``: ``{field: full length}`` (a copy when any is)."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out: dict[str, Any] | None = None
+    for field, value in entry.items():
+        if isinstance(value, str):
+            short, length = _cut(value, MAX_ANALYSIS_TEXT)
+            if length is not None:
+                out = dict(entry) if out is None else out
+                out[field] = short
+                out.setdefault("clipped", {})[field] = length
+    return entry if out is None else out
+
+
+def _bounded_analysis(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``archive.analyze()``'s answer with its lists (and an N+1 group's ``span_ids``) cut at
+    :data:`MAX_TRACE_SPANS` and its texts at :data:`MAX_ANALYSIS_TEXT`; ``truncated`` says
+    whether a list was cut."""
+    out = dict(result)
+    truncated = False
+    for key in ("critical_path", "by_operation", "n_plus_one", "errors"):
+        items = result.get(key)
+        if not isinstance(items, list):
+            continue
+        truncated = truncated or len(items) > MAX_TRACE_SPANS
+        entries = [_cut_texts(item) for item in items[:MAX_TRACE_SPANS]]
+        if key == "n_plus_one":
+            for i, group in enumerate(entries):
+                ids = group.get("span_ids") if isinstance(group, Mapping) else None
+                if isinstance(ids, list) and len(ids) > MAX_TRACE_SPANS:
+                    entries[i] = {**group, "span_ids": ids[:MAX_TRACE_SPANS]}
+                    truncated = True
+        out[key] = entries
+    out["bottleneck"] = _cut_texts(result.get("bottleneck"))
+    out["truncated"] = truncated
+    return out
 
 
 class _WholeStaticFiles(StaticFiles):
@@ -294,6 +497,17 @@ def _limit(request: Request) -> int | None:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {_shown(value)}")
     return min(limit, MAX_LIMIT)
+
+
+def _span_limit(request: Request) -> int:
+    """``limit`` of a trace's spans: 1 and up, more than :data:`MAX_TRACE_SPANS` is cut to it."""
+    value = _text(request, "limit")
+    if value is None:
+        return MAX_TRACE_SPANS
+    limit = _whole(value, "limit", "a whole number")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {_shown(value)}")
+    return min(limit, MAX_TRACE_SPANS)
 
 
 def _attributes(request: Request) -> dict[str, str] | None:
@@ -419,19 +633,41 @@ def create_app(
         )
         return json_response(await call(archive.search, **params))
 
-    async def one_trace(request: Request, query: Callable[..., dict[str, Any] | None]) -> Response:
-        _known(request, "since")
-        trace_id = request.path_params["trace_id"]
-        result = await call(query, trace_id, **_given(since=_time(request, "since")))
-        if result is None:
-            return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
-        return json_response(result)
+    def not_found(trace_id: str) -> Response:
+        return json_response({"error": f"trace {trace_id} is not in the archive"}, 404)
 
     async def trace(request: Request) -> Response:
-        return await one_trace(request, archive.trace)
+        _known(request, "since", "limit")
+        limit = _span_limit(request)
+        trace_id = request.path_params["trace_id"]
+        view = await call(archive.trace, trace_id, **_given(since=_time(request, "since")))
+        if view is None:
+            return not_found(trace_id)
+        # (encoding up to MAX_TRACE_BYTES takes a while: not on the event loop)
+        return _json_body(await run_in_threadpool(_bounded_trace, view, limit))
 
     async def analysis(request: Request) -> Response:
-        return await one_trace(request, archive.analyze)
+        _known(request, "since")
+        trace_id = request.path_params["trace_id"]
+        result = await call(archive.analyze, trace_id, **_given(since=_time(request, "since")))
+        if result is None:
+            return not_found(trace_id)
+        return json_response(await run_in_threadpool(_bounded_analysis, result))
+
+    async def one_span(request: Request) -> Response:
+        """One span of a trace as the trace answers it, but whole: nothing cut."""
+        _known(request, "since")
+        trace_id = request.path_params["trace_id"]
+        span_id = request.path_params["span_id"]
+        if not _SPAN_ID.fullmatch(span_id):
+            raise ValueError(f"span id must be 16 hex characters, got {_shown(span_id)}")
+        view = await call(archive.trace, trace_id, **_given(since=_time(request, "since")))
+        if view is None:
+            return not_found(trace_id)
+        found = [s for s in view["spans"] if s.get("span_id") == span_id.lower()]
+        if not found:
+            return json_response({"error": f"span {span_id} is not in trace {view['trace_id']}"}, 404)
+        return _json_body(await run_in_threadpool(_json_bytes, found[0]))
 
     async def performance(request: Request) -> Response:
         _known(request, "service", "since", "until")
@@ -512,6 +748,7 @@ def create_app(
         Route("/api/search", search),
         Route("/api/traces/{trace_id}", trace),
         Route("/api/traces/{trace_id}/analysis", analysis),
+        Route("/api/traces/{trace_id}/spans/{span_id}", one_span),
         Route("/api/performance", performance),
         Route("/api/errors", errors),
         Route("/api/series", series),

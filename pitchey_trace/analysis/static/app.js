@@ -12,28 +12,31 @@
   // Archived text can be any length. Chromium lays out a long unbroken word in a wrapping
   // table cell in time that grows with the square of its length (a 100,000-character value
   // froze the page for minutes), so text is shown clipped: MAX_TEXT characters in tables and
-  // lists, MAX_DETAIL in the span details. The API answers hold the whole value.
+  // lists, MAX_DETAIL in the span details. A trace's answers cut long values too (saying how
+  // long each was in "clipped"); /api/traces/{id}/spans/{span_id} holds a span's whole values.
   const MAX_TEXT = 1000;
   const MAX_DETAIL = 4000;
 
-  /** ``text`` cut to ``max`` characters (never inside a surrogate pair), saying how much is left out. */
-  function clip(text, max) {
+  /** ``text`` cut to ``max`` characters (never inside a surrogate pair), saying how much is left
+   * out of its ``full`` length (when the API already cut it) or of its own. */
+  function clip(text, max, full) {
     const s = String(text);
     const limit = max || MAX_TEXT;
-    if (s.length <= limit) return s;
-    let end = limit;
+    const total = Math.max(Number(full) || 0, s.length);
+    if (total <= limit && total === s.length) return s;
+    let end = Math.min(limit, s.length);
     const last = s.charCodeAt(end - 1);
     if (last >= 0xd800 && last <= 0xdbff) end -= 1;
-    return s.slice(0, end) + "… (" + (s.length - end) + " more characters)";
+    return s.slice(0, end) + "… (" + (total - end) + " more characters)";
   }
 
-  /** An element with optional class, text (clipped at ``max``, MAX_TEXT by default), title and
-   * dataset; children are appended in order. */
+  /** An element with optional class, text (clipped at ``max``, MAX_TEXT by default, of ``full``
+   * characters when the API cut it), title and dataset; children are appended in order. */
   function el(tag, opts, children) {
     const node = document.createElement(tag);
     const o = opts || {};
     if (o.cls) node.className = o.cls;
-    if (o.text !== undefined && o.text !== null) node.textContent = clip(o.text, o.max);
+    if (o.text !== undefined && o.text !== null) node.textContent = clip(o.text, o.max, o.full);
     if (o.title) node.title = clip(o.title, MAX_DETAIL);
     if (o.data) {
       for (const key of Object.keys(o.data)) node.dataset[key] = String(o.data[key]);
@@ -42,6 +45,28 @@
       if (child !== null && child !== undefined) node.appendChild(child);
     }
     return node;
+  }
+
+  /** The full length of ``obj[field]`` when the API cut it (its "clipped" says), else undefined. */
+  function fullLength(obj, field) {
+    const lengths = obj && obj.clipped;
+    return lengths && typeof lengths[field] === "number" ? lengths[field] : undefined;
+  }
+
+  /** Options for el() showing ``obj[field]`` (a text the API may have cut). */
+  function textOf(obj, field, extra) {
+    return Object.assign({ text: obj[field], full: fullLength(obj, field) }, extra || {});
+  }
+
+  /** Options for el() showing ``text``, made of ``obj``'s ``fields`` the API may have cut:
+   * its full length counts the characters cut out of them. */
+  function composed(text, obj, fields, extra) {
+    let cut = 0;
+    for (const field of fields) {
+      const full = fullLength(obj, field);
+      if (full !== undefined && obj[field] !== null && obj[field] !== undefined) cut += full - String(obj[field]).length;
+    }
+    return Object.assign({ text: text, full: cut > 0 ? text.length + cut : undefined }, extra || {});
   }
 
   function byId(id) {
@@ -466,6 +491,19 @@
       card("Services", (view.services || []).join(", ")),
       card("Started", fmtTime(view.start_time_unix_nano))
     );
+    if (view.truncated) {
+      const spans = (view.spans || []).length;
+      const logs = (view.logs || []).length;
+      const limits = view.limits || {};
+      const box = byId("truncated");
+      box.textContent =
+        "Large trace: showing the first " + spans + " of " + view.span_count + " spans" +
+        (logs < view.log_count ? " and " + logs + " of " + view.log_count + " log lines" : "") +
+        " (the API answers at most " + limits.spans + " spans and about " +
+        Math.round((limits.bytes || 0) / 1048576) + " MB per trace). " +
+        "pitchey-trace show " + view.trace_id + " prints every span.";
+      box.hidden = false;
+    }
     const missing = view.missing_parents || [];
     if (missing.length) {
       const box = byId("missing-parents");
@@ -558,16 +596,23 @@
     renderDetails(view, span);
   }
 
-  function keyValueTable(cls, obj) {
+  // ``lengths``: the full length of each value the API cut, by key.
+  function keyValueTable(cls, obj, lengths) {
     const keys = Object.keys(obj || {}).sort();
     if (!keys.length) return el("p", { cls: "muted", text: "none" });
+    const full = lengths || {};
     return el(
       "table",
       { cls: "grid kv " + cls },
       [el("tbody", {}, keys.map(function (k) {
-        return el("tr", {}, [el("th", { text: k }), el("td", { text: fmtValue(obj[k]), max: MAX_DETAIL })]);
+        const value = { text: fmtValue(obj[k]), max: MAX_DETAIL, full: Object.hasOwn(full, k) ? full[k] : undefined };
+        return el("tr", {}, [el("th", { text: k }), el("td", value)]);
       }))]
     );
+  }
+
+  function clippedOf(record, field) {
+    return (record && record.clipped && record.clipped[field]) || {};
   }
 
   function renderDetails(view, span) {
@@ -595,7 +640,7 @@
         el("li", { cls: "event" }, [
           el("span", { cls: "event-time", text: "+" + fmtMs(offset) + " " }),
           el("strong", { cls: "event-name", text: event.name, max: MAX_DETAIL }),
-          keyValueTable("event-attributes", event.attributes),
+          keyValueTable("event-attributes", event.attributes, clippedOf(event, "attributes")),
         ])
       );
     }
@@ -609,14 +654,24 @@
       el("h2", { cls: "details-name", text: span.name, max: MAX_DETAIL }),
       dl,
       el("h3", { text: "Attributes" }),
-      keyValueTable("span-attributes", span.attributes),
+      keyValueTable("span-attributes", span.attributes, clippedOf(span, "attributes")),
       el("h3", { text: "Events" }),
       (span.events || []).length ? events : el("p", { cls: "muted", text: "none" }),
       hasLinks ? el("h3", { text: "Links" }) : null,
       hasLinks ? links : null,
       el("h3", { text: "Resource" }),
-      keyValueTable("span-resource", span.resource),
+      keyValueTable("span-resource", span.resource, clippedOf(span, "resource")),
     ];
+    // When the trace's answer cut some of its values, a link to the span's own answer, which
+    // holds them whole (under the details: their links are only the span's own links).
+    const whole = byId("whole-values");
+    const cut = Boolean(span.clipped || (span.events || []).some((e) => e && e.clipped));
+    whole.hidden = !cut;
+    if (cut) {
+      const link = el("a", { text: "the span's whole values (JSON)" });
+      link.href = "/api/traces/" + encodeURIComponent(view.trace_id) + "/spans/" + encodeURIComponent(span.span_id);
+      whole.replaceChildren(document.createTextNode("Long values are cut above: see "), link, document.createTextNode("."));
+    }
     // (replaceChildren would turn a null into the text "null")
     byId("details").replaceChildren(...parts.filter(Boolean));
   }
@@ -627,19 +682,21 @@
       const box = byId("bottleneck");
       box.replaceChildren(
         el("strong", { text: "Bottleneck: " }),
-        el("span", { cls: "bottleneck-name", text: bottleneck.name }),
-        el("span", {
-          text: " (" + bottleneck.service + ") spends " + fmtMs(bottleneck.self_time_ms) + " on its own, " +
+        el("span", textOf(bottleneck, "name", { cls: "bottleneck-name" })),
+        el("span", composed(
+          " (" + bottleneck.service + ") spends " + fmtMs(bottleneck.self_time_ms) + " on its own, " +
             fmtPct(bottleneck.share) + " of the trace.",
-        })
+          bottleneck,
+          ["service"]
+        ))
       );
       box.hidden = false;
     }
     byId("critical-path").replaceChildren(
       ...(analysis.critical_path || []).map(function (s) {
         return el("li", { data: { spanId: s.span_id } }, [
-          el("span", { cls: "span-name", text: s.name }),
-          el("span", { cls: "muted", text: " " + s.service + " · " + fmtMs(s.duration_ms) + " (self " + fmtMs(s.self_time_ms) + ")" }),
+          el("span", textOf(s, "name", { cls: "span-name" })),
+          el("span", composed(" " + s.service + " · " + fmtMs(s.duration_ms) + " (self " + fmtMs(s.self_time_ms) + ")", s, ["service"], { cls: "muted" })),
         ]);
       })
     );
@@ -652,8 +709,8 @@
             return el("li", { cls: "n-plus-one-group" }, [
               el("strong", { cls: "n-count", text: g.count + "×" }),
               document.createTextNode(" "),
-              el("code", { cls: "statement", text: g.statement }),
-              el("span", { cls: "muted", text: " under " + g.parent_name + " · " + fmtMs(g.total_ms) + " in total" }),
+              el("code", textOf(g, "statement", { cls: "statement" })),
+              el("span", composed(" under " + g.parent_name + " · " + fmtMs(g.total_ms) + " in total", g, ["parent_name"], { cls: "muted" })),
             ]);
           })
         : [el("li", { cls: "muted", text: "none found" })])
@@ -665,10 +722,11 @@
             // the engine's description (analyze()'s message, as `show` prints it: the
             // exception's message, else the status message, else "HTTP <code>"), after the
             // exception's type; the raw fields when an older server sends no message
-            const what = [e.exception_type, e.message || e.exception_message || e.status_message].filter(Boolean).join(": ");
+            const field = e.message ? "message" : e.exception_message ? "exception_message" : "status_message";
+            const what = [e.exception_type, e[field]].filter(Boolean).join(": ");
             return el("li", { cls: "trace-error", data: { spanId: e.span_id } }, [
-              el("strong", { text: e.name }),
-              el("span", { text: " (" + e.service + ") " + what }),
+              el("strong", textOf(e, "name")),
+              el("span", composed(" (" + e.service + ") " + what, e, ["service", "exception_type", field])),
             ]);
           })
         : [el("li", { cls: "muted", text: "none" })])
@@ -676,9 +734,25 @@
     const tbody = byId("by-operation").tBodies[0];
     tbody.replaceChildren(
       ...(analysis.by_operation || []).map(function (op) {
-        return el("tr", {}, [cell(op.service), cell(op.name), numCell(op.count), numCell(fmtMs(op.total_ms)), numCell(fmtMs(op.self_time_ms))]);
+        return el("tr", {}, [el("td", textOf(op, "service")), el("td", textOf(op, "name")), numCell(op.count), numCell(fmtMs(op.total_ms)), numCell(fmtMs(op.self_time_ms))]);
       })
     );
+  }
+
+  /** The details of a span the trace's answer left out (a large trace), from its own answer. */
+  async function showSpanBeyondCut(view, spanId) {
+    if (!/^[0-9a-f]{16}$/.test(String(spanId))) return;
+    try {
+      const span = await getJSON("/api/traces/" + encodeURIComponent(view.trace_id) + "/spans/" + spanId);
+      for (const row of byId("rows").children) {
+        row.classList.remove("selected");
+        row.setAttribute("aria-pressed", "false");
+      }
+      if (window.location.hash !== "#span=" + spanId) history.replaceState(null, "", "#span=" + spanId);
+      renderDetails(view, span);
+    } catch (error) {
+      showMessage(error.message);
+    }
   }
 
   // The application's log records logged in the trace (shipped by export_logs), by time; a
@@ -697,6 +771,9 @@
         if (log.span_id && spans.has(log.span_id)) {
           row.tabIndex = 0;
           row.addEventListener("click", function () { selectSpan(view, log.span_id, spans); });
+        } else if (log.span_id && view.truncated) {
+          row.tabIndex = 0;
+          row.addEventListener("click", function () { showSpanBeyondCut(view, log.span_id); });
         }
         return row;
       })
@@ -723,7 +800,11 @@
     const byIdMap = new Map(view.spans.map(function (s) { return [s.span_id, s]; }));
     renderLogs(view, byIdMap);
     const wanted = window.location.hash.startsWith("#span=") ? window.location.hash.slice(6) : null;
-    if (wanted && byIdMap.has(wanted)) selectSpan(view, wanted, byIdMap);
+    if (wanted && byIdMap.has(wanted)) {
+      selectSpan(view, wanted, byIdMap);
+    } else if (wanted && view.truncated) {
+      await showSpanBeyondCut(view, wanted); // (linked from a log line or an error)
+    }
   }
 
   function start() {
