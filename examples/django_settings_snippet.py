@@ -30,7 +30,8 @@ Or none of it: ``pitchey-trace run -- gunicorn yourproject.wsgi`` does 1-3 witho
 (tracing configured from the environment).
 
 The WSGI / ASGI middleware cannot see Django's URL resolver, so the route template comes from
-``request.resolver_match.route`` (e.g. ``pitches/<int:pitch_id>/``), handed over with
+``request.resolver_match.route`` (``pitches/<int:pitch_id>/``, recorded with its leading slash:
+the span ``GET /pitches/<int:pitch_id>/``), handed over with
 :func:`pitchey_trace.web.set_route` by ``PitcheyRouteMiddleware`` once Django has resolved the
 view. Without it, spans are named by the method alone (``GET``), never by the raw path. It also
 records the signed-in user's id (``user.id``, the audit actor) when the app loads the user, and
