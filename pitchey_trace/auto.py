@@ -22,7 +22,9 @@ flask                     every ``Flask`` app traced from its first request (``i
 starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingMiddleware``
 django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddleware`` added
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
-asyncpg                   instrumented (``pitchey_trace.db.instrument``)
+asyncpg                   instrumented (``pitchey_trace.db.instrument``); psycopg2 without a
+                          ``connection_factory`` connects with a subclass of its connection,
+                          so ``commit()`` / ``rollback()`` / 2PC are traced too
 redis                     every command, pipeline and Pub/Sub command a CLIENT span, cluster
                           clients too (``instrument_redis``)
 botocore (boto3)          every AWS API call a CLIENT span (``instrument_botocore``)
@@ -250,11 +252,31 @@ def _psycopg(module: ModuleType) -> None:
     setattr(module, "connect", sync_cls.connect)  # noqa: B010  (psycopg.connect is the bound classmethod)
 
 
+def _psycopg2_factory() -> Any:
+    """The connection class to connect with when the program names none (None: leave it)."""
+    try:
+        from pitchey_trace.db._psycopg2 import connection
+    except Exception as exc:
+        _safety.report("auto.db", exc)
+        return None
+    return connection
+
+
 def _psycopg2(module: ModuleType) -> None:
     original = module.connect
 
     @functools.wraps(original)
     def connect(*args: Any, **kwargs: Any) -> Any:
+        # psycopg2's C connection type takes no attributes: without a factory of the program's
+        # own, connect with a Python subclass of it, so that commit() / rollback() / `with conn:`
+        # and 2PC are traced too. (connect(dsn, connection_factory, cursor_factory, **kwargs))
+        given = args[1] if len(args) > 1 else kwargs.get("connection_factory")
+        factory = _psycopg2_factory() if given is None else None
+        if factory is not None:
+            if len(args) > 1:
+                args = (args[0], factory, *args[2:])
+            else:
+                kwargs["connection_factory"] = factory
         conn = original(*args, **kwargs)
         _instrument(conn)
         return conn

@@ -46,6 +46,10 @@ Likewise ``commit()`` / ``rollback()`` (``COMMIT`` / ``ROLLBACK`` spans, see
 included (psycopg2's C ``__exit__`` calls ``self.commit()`` / ``self.rollback()``, found on the
 instance), untraced on the C type itself. ``reset()``, which aborts a two-phase transaction
 from C, is wrapped there too so that its open span ends.
+
+Auto-instrumentation (:mod:`pitchey_trace.auto`) makes ``psycopg2.connect(dsn)`` connect with
+:class:`connection`, a subclass that adds nothing, when the program names no
+``connection_factory``: commit, rollback and 2PC are then traced there too.
 """
 
 from __future__ import annotations
@@ -91,6 +95,14 @@ _PREPARED = _ext.STATUS_PREPARED
 _BEGIN = _ext.STATUS_BEGIN
 _INERROR = _ext.TRANSACTION_STATUS_INERROR
 _TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover")
+
+
+class connection(_Connection):  # type: ignore[misc]
+    """psycopg2's connection as a Python subclass, adding nothing: what auto-instrumentation
+    (:mod:`pitchey_trace.auto`) passes to ``psycopg2.connect`` as ``connection_factory`` when the
+    program gives none. Its instances have a ``__dict__``, so :func:`instrument` can set the
+    traced ``commit`` / ``rollback`` / ``tpc_*`` on them (never on the C type). Same name and
+    ``repr``; only ``type(conn) is psycopg2.extensions.connection`` is false."""
 
 
 def is_connection(obj: object) -> bool:
