@@ -61,6 +61,18 @@ DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 DEFAULT_FSYNC_INTERVAL_S = 1.0
 DEFAULT_COMPRESSLEVEL = 6
 
+# Bumped each time an exporter of this process gives its spool up: the running exporters look
+# for files to take over at their next wake (at most 5 s) rather than at their periodic look.
+_releases = 0
+_releases_lock = threading.Lock()
+
+
+def _note_release() -> None:
+    global _releases
+    with _releases_lock:
+        _releases += 1
+
+
 if _orjson is not None:
     _opt = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_APPEND_NEWLINE
     _odumps = _orjson.dumps
@@ -152,6 +164,9 @@ class ArchiveExporter:
     """Base of the archive exporters (see the module docstring). Not used directly."""
 
     kind = "archive"
+    # How often a running exporter looks for files of owners that died since it started (a
+    # process killed meanwhile; an exporter of this process dropped without shutdown).
+    adopt_interval_s = 30.0
 
     def __init__(
         self,
@@ -215,6 +230,10 @@ class ArchiveExporter:
         self._reported: set[tuple[str, str]] = set()
         self._next_fsync = time.monotonic() + self.fsync_interval_s
         self._spool: SpoolDir | None = None
+        self._thread_done = False
+        self._adopted_at = _releases  # (read before adopting: a release meanwhile is seen)
+        self._next_adopt = time.monotonic() + self.adopt_interval_s
+        self._skipped_seen = 0
         if self.spool_path is not None:
             try:
                 self._spool = SpoolDir(self.spool_path)
@@ -225,16 +244,22 @@ class ArchiveExporter:
         self._start_thread()
 
     def _adopt(self) -> None:
+        """Take over the files of dead owners (at start, then from time to time; lock held)."""
         assert self._spool is not None
         wanted = frozenset(safe_dataset(d) for d in self.datasets) if self.datasets is not None else None
         adopted = self._spool.adopt_orphans(wanted)
-        for a in adopted:
-            self._ready.append(_Ready(a.dataset, a.key_name, a.size, None, path=a.path, recovered=True))
-            self._usage += a.size
+        # Older than anything of ours: uploaded first (at start, before any new batch).
+        self._ready.extendleft(
+            _Ready(a.dataset, a.key_name, a.size, None, path=a.path, recovered=True)
+            for a in reversed(adopted)
+        )
+        self._usage += sum(a.size for a in adopted)
         if adopted:
             _stats.incr(f"{self.kind}.recovered_files", len(adopted))
-        if self._spool.skipped:
-            _stats.incr(f"{self.kind}.spool_skipped", self._spool.skipped)
+        # (entries left alone are found again on every look: counted when there are more)
+        skipped, self._skipped_seen = self._spool.skipped - self._skipped_seen, self._spool.skipped
+        if skipped > 0:
+            _stats.incr(f"{self.kind}.spool_skipped", skipped)
             warn_limited(
                 f"{self.kind}.spool_skipped",
                 "pitchey_trace %s %s: %d entries of %s named like spool files are not regular "
@@ -248,7 +273,10 @@ class ArchiveExporter:
     def _start_thread(self) -> None:
         def run() -> None:
             CURRENT.set(SUPPRESSED)  # boto3 / HTTP instrumentation must not trace our uploads
-            self._run()
+            try:
+                self._run()
+            finally:
+                self._thread_ended()
 
         self._thread = threading.Thread(
             target=run, name=f"pitchey-trace-{self.kind}-{self.name}", daemon=True
@@ -311,8 +339,8 @@ class ArchiveExporter:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.1, deadline - time.monotonic()))
-        self._shut = True
         with self._cond:
+            self._shut = True
             left = sum(i.records or 0 for i in self._ready)
             if self._ready:
                 if self._spool is not None:
@@ -327,8 +355,25 @@ class ArchiveExporter:
                     )
                 else:
                     _stats.incr("dropped.archive_unsent", left)
-            if self._spool is not None and (thread is None or not thread.is_alive()):
-                self._spool.release()
+            # A thread still uploading (a hung request) keeps the lock, lest another owner
+            # take the file it reads; it releases the lock itself when it ends.
+            if thread is None or self._thread_done or not thread.is_alive():
+                self._release_spool()
+
+    def _thread_ended(self) -> None:
+        """The upload thread's last act: after a shutdown that gave up waiting for it, give
+        the spool up (else the lock stayed held as long as this object lives)."""
+        with self._cond:
+            self._thread_done = True
+            if self._shut:
+                self._release_spool()
+
+    def _release_spool(self) -> None:
+        """Give the spool up (lock held): its files become adoptable, also by the running
+        exporters of this process."""
+        if self._spool is not None and self._pid == os.getpid():
+            self._spool.release()
+            _note_release()
 
     # -- export (worker thread) -------------------------------------------------------------------
     def _datasets_for(self, record: Record) -> Iterable[str]:
@@ -544,7 +589,8 @@ class ArchiveExporter:
         return f"{prefix}/{path}" if prefix else path
 
     def _housekeeping(self, now: float) -> None:
-        """Close batches past ``max_interval_s`` and fsync open spool files (lock held)."""
+        """Close batches past ``max_interval_s``, fsync open spool files, and take over the files
+        of owners gone since the last look (lock held)."""
         for ob in list(self._open.values()):
             if now - ob.opened_mono >= self.max_interval_s:
                 self._close(ob)
@@ -559,6 +605,15 @@ class ArchiveExporter:
                         warn_limited(
                             f"{self.kind}.fsync", "pitchey_trace %s: fsync failed: %r", self.kind, exc
                         )
+        # Owners gone since start: an exporter of this process released its spool (a shutdown
+        # that timed out, then its thread ended), or a process died. A live owner holds its
+        # flock until it no longer touches its files, so none of its files is ever taken.
+        if self._spool is not None and not self._stopping:
+            released = _releases
+            if released != self._adopted_at or now >= self._next_adopt:
+                self._adopted_at = released
+                self._next_adopt = now + self.adopt_interval_s
+                self._adopt()
 
     def _next_wake(self, now: float) -> float:
         wake = now + 5.0
