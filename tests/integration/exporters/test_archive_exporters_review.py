@@ -126,7 +126,10 @@ def test_refused_credentials_one_warning_no_retry_storm(
         exp.export([rec(i) for i in range(20)])
         exp.export([{**rec(100), "type": "audit"}])
         exp.force_flush(0.2)
-        time.sleep(1.0)  # (21 batches waiting, in two datasets)
+        deadline = time.monotonic() + 30  # (the first answer: slow on a loaded machine)
+        while _stats.get("logpush.access_denied") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # (21 batches waiting, in two datasets: no second request comes)
         assert denied.requests == 1  # refused credentials hold every dataset back
         assert _stats.get("logpush.access_denied") == 1
         warnings = [r.getMessage() for r in caplog.records if "refused the credentials" in r.getMessage()]
