@@ -574,26 +574,32 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
         f"started {_when(view['start_time_unix_nano'])}   (* critical path, ! error)",
         "",
     ]
-    for s in view["spans"]:
+    for s in view["spans"]:  # (the first --limit of them: see _show)
         left = min(width - 1, int(s["offset_ms"] / total * width))
         length = max(1, round(s["duration_ms"] / total * width))
         bar = (" " * left + "#" * length)[:width].ljust(width)
         mark = ("!" if s.get("status") == "error" else " ") + ("*" if s["on_critical_path"] else " ")
         label = _clip("  " * min(s["depth"], 20) + str(s.get("name", "")), 48)
         out.append(f"|{bar}| {mark} {label:<48} {_ms(s['duration_ms']):>9}  self {_ms(s['self_time_ms'])}")
+    hidden = view["span_count"] - len(view["spans"])
+    if hidden > 0:
+        out.append(f"... {hidden:,} more spans not shown (--limit N shows more, --all every one)")
     if view["missing_parents"]:
         out.append(
             f"\n{len(view['missing_parents'])} parent span(s) not in the archive (not sampled or lost)"
         )
     logs = view.get("logs") or []
     if logs:
-        out.append(f"\nlogs ({len(logs)}):")
+        log_count = view.get("log_count", len(logs))
+        out.append(f"\nlogs ({log_count}):")
         for log in logs:
             first = str(log["body"]).split("\n", 1)[0]
             out.append(
                 f"  {'+' + _ms(log['offset_ms']):>10}  {_clip(log['severity_text'], 8):<8} "
                 f"{_clip(log['logger'], 24):<24} {_clip(first, 90)}"
             )
+        if log_count > len(logs):
+            out.append(f"  ... {log_count - len(logs):,} more log lines not shown (--limit N, --all)")
     b = analysis["bottleneck"]
     if b:
         out.append(
@@ -603,16 +609,73 @@ def _waterfall(view: dict[str, Any], analysis: dict[str, Any], width: int = 40) 
     db = analysis["db"]
     if db["queries"]:
         out.append(f"database: {db['queries']} queries, {_ms(db['total_ms'])}")
-    for g in analysis["n_plus_one"]:
+    for g in analysis["n_plus_one"][:_SHOW_LINES]:
         out.append(
             f"N+1: {g['count']}x under {_clip(g['parent_name'], 40)} ({_ms(g['total_ms'])}): "
             f"{_clip(g['statement'], 80)}"
         )
-    for e in analysis["errors"]:
+    _more(out, analysis["n_plus_one"], "N+1 groups")
+    for e in analysis["errors"][:_SHOW_LINES]:
         # as `errors` describes it: the exception, else the status message, else `HTTP 502`
         what = " ".join(filter(None, [_clip(e["exception_type"] or "", 40), _clip(e["message"] or "", 100)]))
         out.append(f"error in {_clip(e['name'], 40)}: {what or 'error'}")
+    _more(out, analysis["errors"], "failed spans")
     return "\n".join(out) + "\n"
+
+
+#: N+1 groups and failed spans listed under a waterfall (--json lists up to --limit).
+_SHOW_LINES = 20
+#: Spans (and log lines) ``show`` prints by default: a 50,000-span trace was 50,000 lines.
+_SHOW_SPANS = 1000
+#: Longest attribute value ``show --json`` prints whole (as the HTTP API's trace answer): a
+#: 10,000-span trace of 100 kB values was a 1 GB answer.
+_VALUE_CHARS = 4000
+
+
+def _more(out: list[str], items: list[Any], what: str) -> None:
+    if len(items) > _SHOW_LINES:
+        out.append(f"... {len(items) - _SHOW_LINES:,} more {what} (--json lists them)")
+
+
+def _cut_value(value: Any) -> tuple[Any, int | None]:
+    """A value cut at :data:`_VALUE_CHARS` (a list or map as its JSON text) and its whole
+    length, or ``(value, None)`` when it is not longer."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:
+        return value, None
+    return (text[:_VALUE_CHARS], len(text)) if len(text) > _VALUE_CHARS else (value, None)
+
+
+def _cut_maps(record: Any, *fields: str) -> Any:
+    """``record`` (a span, event, link or log line) with the long values of its attribute maps
+    cut, and ``clipped``: ``{field: {key: whole length}}``, as the HTTP API answers a trace.
+    The engine's dicts are not changed: a record with something cut is a copy."""
+    if not isinstance(record, dict):
+        return record
+    out = dict(record)
+    clipped: dict[str, dict[str, int]] = {}
+    for field in fields:
+        attrs = record.get(field)
+        if not isinstance(attrs, dict):
+            continue
+        for key, value in attrs.items():
+            short, length = _cut_value(value)
+            if length is not None:
+                if field not in clipped:
+                    out[field] = dict(attrs)
+                    clipped[field] = {}
+                out[field][key] = short
+                clipped[field][str(key)] = length
+    for field in ("events", "links"):
+        items = record.get(field)
+        if isinstance(items, list):
+            out[field] = [_cut_maps(item, "attributes") for item in items]
+    if clipped:
+        out["clipped"] = clipped
+    return out
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -637,8 +700,9 @@ def _show(args: argparse.Namespace) -> int:
             _why_empty(args, archive)
             return 1
         trace_id = matches[0]
+    limit = None if args.all else args.limit
     try:
-        view = archive.trace(trace_id, since=since)
+        view = archive.trace(trace_id, since=since, limit=limit)
     except ValueError as exc:
         raise PitcheyTraceError(str(exc)) from None
     if view is None:
@@ -646,6 +710,21 @@ def _show(args: argparse.Namespace) -> int:
         _why_empty(args, archive)
         return 1
     analysis = archive.analyze(trace_id, since=since)
+    if args.json:
+        if not args.full_values:
+            view["spans"] = [_cut_maps(s, "attributes", "resource") for s in view["spans"]]
+            view["logs"] = [_cut_maps(r, "attributes") for r in view["logs"]]
+        if limit is not None:  # (the analysis's lists as long as the spans shown at most)
+            for key in ("critical_path", "by_operation", "n_plus_one", "errors"):
+                analysis[key] = analysis[key][:limit]
+            for g in analysis["n_plus_one"]:
+                g["span_ids"] = g["span_ids"][:limit]
+        hidden = view["span_count"] - len(view["spans"])
+        if hidden > 0:  # (on stderr: stdout stays one JSON document)
+            sys.stderr.write(
+                f"pitchey-trace: note: {len(view['spans']):,} of {view['span_count']:,} spans"
+                " printed (--limit N prints more, --all every one)\n"
+            )
     _emit(args, {"trace": view, "analysis": analysis}, lambda: _waterfall(view, analysis))
     return 0
 
@@ -1128,6 +1207,22 @@ def _add_analysis(sub: Subparsers) -> None:
         "--last", type=_age, metavar="AGE", help="read only objects that can hold spans of the last AGE (24h)"
     )
     start.add_argument("--since", metavar="TIME", help="the same from TIME (not with --last)")
+    size = p.add_argument_group("a big trace")
+    many = size.add_mutually_exclusive_group()
+    many.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=_SHOW_SPANS,
+        metavar="N",
+        help=f"print the first N spans and log lines, depth-first (default {_SHOW_SPANS:,})",
+    )
+    many.add_argument("--all", action="store_true", help="print every span and log line")
+    size.add_argument(
+        "--full-values",
+        action="store_true",
+        help=f"with --json: attribute values whole (default: cut at {_VALUE_CHARS:,} characters, "
+        "their whole length under the record's 'clipped')",
+    )
     p.set_defaults(func=_show)
 
     text = "latency per operation: count, error rate, p50/p95/p99, max; over time with --operation/--step"

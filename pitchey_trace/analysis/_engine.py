@@ -1107,14 +1107,19 @@ class Archive:
             found = sorted(t for t in self._index.by_trace if t.startswith(want))
         return found[:limit]
 
-    def trace(self, trace_id: str, *, since: Any = None) -> dict[str, Any] | None:
+    def trace(self, trace_id: str, *, since: Any = None, limit: int | None = None) -> dict[str, Any] | None:
         """One trace as a tree: its spans depth-first with depth, offset, self time and
         critical-path flag, and the application's log records logged in it, by time
         (docs/analysis.md); None if no span of it is archived.
 
         ``since``: read only the objects that can hold spans started since then (a trace
-        found from a recent log line need not read a whole bucket); default: everything."""
+        found from a recent log line need not read a whole bucket); default: everything.
+        ``limit``: build only the first this many spans (depth-first, so each one's archived
+        parent is among them) and log records; ``span_count`` and ``log_count`` still count
+        all of them. Default: every one."""
         tid = _trace_id(trace_id)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
         s_ns, _ = self._window(since, None)
         with self._lock:
             self._ensure(s_ns)
@@ -1124,7 +1129,9 @@ class Archive:
             summary = self._summary(tid)
             critical = {s["span_id"] for s in tree.critical_path()}
             spans = []
-            for s, depth in tree.order:
+            # (only what is shown is built: a view and self time per span of a huge trace
+            # cost more than the tree)
+            for s, depth in tree.order if limit is None else tree.order[:limit]:
                 view = dict(s)
                 view["depth"] = depth
                 view["offset_ms"] = (s["start_time_unix_nano"] - tree.start) / 1e6
@@ -1132,6 +1139,7 @@ class Archive:
                 view["child_count"] = len(tree.children.get(s["span_id"], ()))
                 view["on_critical_path"] = s["span_id"] in critical
                 spans.append(view)
+            found = self._index.logs.get(tid, [])
             logs = [
                 {
                     "time_unix_nano": rec["time_unix_nano"],
@@ -1144,7 +1152,11 @@ class Archive:
                     "service": _text(rec.get("service", "")),
                     "attributes": rec.get("attributes") if isinstance(rec.get("attributes"), Mapping) else {},
                 }
-                for rec in sorted(self._index.logs.get(tid, ()), key=_log_order)
+                for rec in (
+                    sorted(found, key=_log_order)
+                    if limit is None
+                    else heapq.nsmallest(limit, found, key=_log_order)
+                )
             ]
         return {
             "trace_id": tid,
@@ -1155,6 +1167,7 @@ class Archive:
             "error_count": summary["error_count"],
             "services": summary["services"],
             "missing_parents": tree.missing_parents,
+            "log_count": len(found),
             "spans": spans,
             "logs": logs,
         }
