@@ -347,7 +347,9 @@ def _bounded_trace(view: Mapping[str, Any], limit: int) -> bytes:
     ):
         items = view.get(key)
         items = items if isinstance(items, list) else []
-        totals[key] = len(items)
+        # (the engine built at most MAX_TRACE_SPANS of each; its counts are of the whole trace)
+        total = view.get("span_count" if key == "spans" else "log_count")
+        totals[key] = max(total, len(items)) if isinstance(total, int) else len(items)
         out = parts[key]
         for item in items[:most]:
             data = _json_bytes(_with_cut_maps(item, *fields))
@@ -640,7 +642,8 @@ def create_app(
         _known(request, "since", "limit")
         limit = _span_limit(request)
         trace_id = request.path_params["trace_id"]
-        view = await call(archive.trace, trace_id, **_given(since=_time(request, "since")))
+        since = _time(request, "since")
+        view = await call(archive.trace, trace_id, limit=MAX_TRACE_SPANS, **_given(since=since))
         if view is None:
             return not_found(trace_id)
         # (encoding up to MAX_TRACE_BYTES takes a while: not on the event loop)
