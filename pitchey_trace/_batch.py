@@ -286,6 +286,32 @@ class ExporterWorker:
         if t is not None and t is not threading.current_thread():
             t.join(max(0.0, timeout))
 
+    def abandon(self) -> int:
+        """After shutdown's time ran out: count the records still queued as dropped
+        (``dropped.shutdown_timeout[.<name>]``) and release their flush waiters. The thread is
+        stuck in an export (or too slow) and, a daemon, dies with the process: uncounted, they
+        would vanish from ``stats()``. Each item is popped by one thread only, so a record the
+        worker took meanwhile is still counted once, by it. Returns the number dropped."""
+        lost = 0
+        q = self.queue
+        while True:
+            try:
+                item = q.popleft()
+            except IndexError:
+                break
+            if item.__class__ is _FlushMarker:
+                marker: _FlushMarker = item
+                marker.latch.failed = True
+                marker.latch.count_down()
+            else:
+                lost += len(item)  # type: ignore[arg-type]
+        if lost:
+            with self._lock:
+                self._pending -= lost
+            _stats.incr("dropped.shutdown_timeout", lost)
+            _stats.incr(f"dropped.shutdown_timeout.{self.name}", lost)
+        return lost
+
     def after_fork(self) -> None:
         """In a forked child: empty queue, new thread, let the exporter reset itself too."""
         self._reset()
@@ -453,6 +479,8 @@ class Pipeline:
             if shut is not None:
                 remaining = max(0.1, deadline - time.monotonic())
                 _call_with_timeout(functools.partial(shut, remaining), remaining, f"shutdown.{w.name}")
+        for w in self.workers:
+            w.abandon()  # (what a stuck or slow exporter did not take by now is counted lost)
         shut_rollups = getattr(self.rollups, "shutdown", None)
         if shut_rollups is not None:
             with _safety.guard("shutdown.rollups"):

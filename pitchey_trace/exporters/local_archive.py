@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pitchey_trace.exporters._archive import (
     DEFAULT_COMPRESSLEVEL,
@@ -26,6 +27,15 @@ from pitchey_trace.exporters._http import RetryPolicy
 from pitchey_trace.records import Record
 
 __all__ = ["LocalArchiveExporter", "LocalStore"]
+
+#: ``spool_max_bytes`` without a spool directory: what the open and unsent batches may hold in
+#: this process's memory while the directory cannot be written (a full disk, a read-only
+#: mount). The spool's 1 GiB would let an outage of minutes grow the process by a gigabyte
+#: (measured: bench/outage_bounds.py). Closed batches are held gzipped, so this keeps several
+#: hundred MB of records; beyond it the oldest batches go first (``dropped.spool_cap``).
+DEFAULT_MEMORY_MAX_BYTES = 64 << 20
+#: ``spool_max_bytes`` not given: the cap that fits ``spool_dir`` (None stays an error).
+_DEFAULT_CAP: Any = object()
 
 
 class LocalStore:
@@ -73,8 +83,9 @@ class LocalArchiveExporter(ArchiveExporter):
             flush/shutdown.
         spool_dir: optional durable spool (see :class:`LogpushExporter`); without it the open
             batch lives in memory and a hard kill loses up to one batch interval.
-        spool_max_bytes: cap of the spool or memory buffer (default 1 GiB); oldest batches
-            are dropped first (``dropped.spool_cap``).
+        spool_max_bytes: cap of the spool (default 1 GiB) or, without ``spool_dir``, of the
+            memory buffer (default 64 MiB); oldest batches are dropped first
+            (``dropped.spool_cap``).
         router: the Router passed to ``configure()`` when you route records to custom
             datasets, so each record lands in every dataset folder it belongs to.
 
@@ -96,7 +107,7 @@ class LocalArchiveExporter(ArchiveExporter):
         max_interval_s: float = DEFAULT_MAX_INTERVAL_S,
         compresslevel: int = DEFAULT_COMPRESSLEVEL,
         spool_dir: str | os.PathLike[str] | None = None,
-        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        spool_max_bytes: int = _DEFAULT_CAP,
         fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
         fsync: bool = True,
         router: Callable[[Record], Iterable[str]] | None = None,
@@ -106,6 +117,8 @@ class LocalArchiveExporter(ArchiveExporter):
         if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
             # ("" would be the current directory: archives written wherever the process runs)
             raise TypeError(f"directory must be a non-empty path, got {directory!r}")
+        if spool_max_bytes is _DEFAULT_CAP:
+            spool_max_bytes = DEFAULT_SPOOL_MAX_BYTES if spool_dir is not None else DEFAULT_MEMORY_MAX_BYTES
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         super().__init__(
