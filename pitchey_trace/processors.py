@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch, merge_sketches
@@ -36,7 +36,14 @@ __all__ = [
     "record_type",
 ]
 
-Predicate = Callable[[Record], bool]
+
+class Predicate(Protocol):
+    """A rule on a record (a plain function or lambda does): True when the record belongs, to a
+    dataset for :class:`Router`. Built ones: :func:`in_dataset`, :func:`record_type`,
+    :func:`audit_category`."""
+
+    def __call__(self, record: Record, /) -> bool: ...
+
 
 #: Operation name that collects spans beyond ``max_operations`` in one interval.
 OTHER_OPERATION = "_other"
