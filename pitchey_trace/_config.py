@@ -687,7 +687,8 @@ def _register_multiprocessing_exit() -> None:
     atexit: flush at their exit through multiprocessing's own finalizers instead. Its
     ``Process._bootstrap`` clears the finalizers it inherited and then runs the after-fork
     callbacks, so the callback (inherited by every child) is what makes the child's finalizer.
-    Once per process (a forked child inherits the registration and the flag together)."""
+    Once per process (a forked child inherits the registration and the flag together). A
+    spawn child runs no after-fork callbacks: ``_before_process_bootstrap`` does it there."""
     global _mp_anchor
     if _mp_anchor is not None:
         return
@@ -701,7 +702,37 @@ def _register_multiprocessing_exit() -> None:
         _safety.report("multiprocessing.register", exc)
 
 
+def _before_process_bootstrap(process: Any) -> None:
+    """In every multiprocessing child, just before ``process._bootstrap()`` (``_mp`` calls it):
+    give a ``spawn`` child what a ``fork`` child gets. A spawn child's bootstrap runs no
+    after-fork callbacks (``SpawnProcess._after_fork`` does nothing, also for a ``Process`` of
+    a spawn default context), so ``_in_multiprocessing_child`` never ran there: its Pool
+    workers died on ``terminate()`` with their spans unsent. And configured on its own (``run``'s
+    ``sitecustomize``) it kept the flush-first SIGTERM handler while its target ran, which
+    ``_after_fork_in_child`` takes from a fork child: ``terminate()`` of a child stuck in C code
+    waited for that code. In a fork child this changes nothing: the finalizer made here is
+    cleared by its bootstrap and made again by the callback, the worker is watched once."""
+    try:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _flush_then_die
+        ):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except Exception as exc:
+        _safety.report("multiprocessing.sigterm", exc)
+    if _atexit_registered:  # (configured in this process: it has something to flush)
+        _register_multiprocessing_exit()  # (for the children it forks)
+        _flush_at_child_exit(process)
+
+
 def _in_multiprocessing_child(_anchor: Any) -> None:
+    """The after-fork callback: ``Process._bootstrap`` of a fork or forkserver child."""
+    import multiprocessing
+
+    _flush_at_child_exit(multiprocessing.current_process())
+
+
+def _flush_at_child_exit(process: Any) -> None:
     try:
         import multiprocessing.util
 
@@ -712,30 +743,29 @@ def _in_multiprocessing_child(_anchor: Any) -> None:
     except Exception as exc:
         _safety.report("multiprocessing.finalize", exc)
     try:
-        _watch_pool_worker()
+        _watch_pool_worker(process)
     except Exception as exc:
         _safety.report("multiprocessing.pool_worker", exc)
 
 
-def _watch_pool_worker() -> None:
-    """In a ``multiprocessing.Pool`` worker (about to run ``multiprocessing.pool.worker``):
-    wrap its task queue, so that a SIGTERM from ``Pool.terminate()`` (also what leaving
-    ``with Pool() as pool:`` does) that finds it waiting for a task, or leaving after its last
-    one, lets it export its spans first (within the exit budget), and then ends it as before."""
-    import multiprocessing
-
+def _watch_pool_worker(proc: Any) -> None:
+    """In a ``multiprocessing.Pool`` worker (``proc``, about to run
+    ``multiprocessing.pool.worker``): wrap its task queue, so that a SIGTERM from
+    ``Pool.terminate()`` (also what leaving ``with Pool() as pool:`` does) that finds it
+    waiting for a task, or leaving after its last one, lets it export its spans first (within
+    the exit budget), and then ends it as before. Once (a fork child gets here twice)."""
     # (a Pool's worker has it imported: by the parent before a fork, by unpickling the target)
     worker = getattr(sys.modules.get("multiprocessing.pool"), "worker", None)
-    proc = multiprocessing.current_process()
     args = getattr(proc, "_args", None)
     if (
         worker is not None
         and getattr(proc, "_target", None) is worker
         and isinstance(args, tuple)
         and len(args) >= 2
+        and not isinstance(args[0], _PoolQueue)
         and threading.current_thread() is threading.main_thread()  # (signal handlers live there)
     ):
-        proc._args = (_PoolInbox(args[0]), _PoolOutbox(args[1]), *args[2:])  # type: ignore[attr-defined]
+        proc._args = (_PoolInbox(args[0]), _PoolOutbox(args[1]), *args[2:])
 
 
 def _arm(on: bool = True) -> None:

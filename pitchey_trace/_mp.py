@@ -12,6 +12,10 @@ Pool and ProcessPoolExecutor workers are processes too: their work runs under th
 when the worker was started, as with fork. Carrying each task's submitter would put an SDK
 object into every pickled task, which a worker without pitchey_trace could not unpickle (the
 pool would break), so per-task parents are left to ``inject``/``extract`` (docs/operations.md).
+
+``_bootstrap`` also gives a spawn child what a fork child gets at fork (``_config``): SIGTERM's
+default action while its target runs, and the flush of a Pool worker's spans at its exit and
+on ``terminate()`` between tasks.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 import importlib
 from typing import Any
 
-from pitchey_trace import _safety
+from pitchey_trace import _config, _safety
 from pitchey_trace._context import CURRENT
 
 __all__ = ["instrument_processes", "uninstrument_processes"]
@@ -92,6 +96,10 @@ def _wrap_start(original: Any) -> Any:
 def _wrap_bootstrap(original: Any) -> Any:
     @functools.wraps(original)
     def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:  # (before the bootstrap: it runs the after-fork callbacks this may register)
+            _config._before_process_bootstrap(self)
+        except Exception as exc:
+            _safety.report("multiprocessing.exit", exc)
         scope = None
         try:
             scope = carried_scope(self)
