@@ -580,6 +580,8 @@ _VAL_CHARS = r"""[^\s&"',;<>)}\]]"""
 # JSON string: escaped line breaks). Bounded: tried at every "(" and "[".
 _PAIR_SP = r"(?:[ \t\r\n]|\\{1,7}[rnt]){0,32}"
 
+_NOT_FRACTION = r"(?<![0-9]\.)"  # (a look-behind, also dropped after a replacement)
+
 _FRAGMENTS: dict[str, str] = {
     "private_keys": (
         r"(?P<pem>-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
@@ -637,7 +639,11 @@ _FRAGMENTS: dict[str, str] = {
     # (at least 7 units), classified in Python. One run per number, so a candidate that fails
     # (an order number failing Luhn) can never hide a real one next to it. Not inside a decimal
     # number (after "3."), but after any other "." ("No.4111...").
-    "num": r"(?<![A-Za-z0-9])(?<![0-9]\.)(?P<num>[+(\-]?[0-9](?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})",
+    # A "+" starts a phone number even after "3." ("Step 3.+44 20 7946 0958").
+    "num": (
+        rf"(?<![A-Za-z0-9])(?P<num>(?:\+|{_NOT_FRACTION}[(\-]?)[0-9]"
+        r"(?:[0-9]|[ .()\-]{1,3}(?=[0-9])){6,200})"
+    ),
 }
 # Kept verbatim: hashes and markers we produced (their hex digits, or the part partial mode kept,
 # must not be re-detected: "[REDACTED ****pwd=abcd]" is no "pwd=" pair). A marker's kept part is
@@ -770,6 +776,9 @@ _AUTH_ONE_PARAM = re.compile(
 )
 _SCHEME_WORD = re.compile(rf"(?i:{_SCHEMES})")
 _AUTH_CRED = re.compile(rf"{_MARKER}|{_VAL_CHARS}+")
+# A number inside a "name=" the secret_params pattern took whole (see _Engine._kv): an IBAN
+# (at the start or after a separator), or digits after a separator (where a number may start).
+_NAME_NUMBER = re.compile(r"(?<![A-Za-z0-9])(?P<nn_iban>[A-Z]{2}[0-9]{2})|(?<=[._\-])[0-9]")
 # After a scheme-like first word: the next name=value pair of a k=v line (user=bob), not a
 # credential; base64 padding (abc=, abc==) is no pair: "=" is followed by a value there.
 _KV_PAIR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}=[^=\s]")
@@ -1315,7 +1324,16 @@ class _Engine:
         # replacement. The exported text has the marker's "]" there, where a look-behind may
         # have seen a digit ("+15551234567+15551234567", "4111111111111111token=x"); scanning
         # the original text as the exported one reads keeps the result stable (idempotence).
-        self._after_marker = re.compile("|".join(_LOOKBEHINDS.sub("", part) for part in guarded))
+        self._after_marker = re.compile(
+            "|".join(_LOOKBEHINDS.sub("", part).replace(_NOT_FRACTION, "") for part in guarded)
+        )
+        # After a replacement ending in a digit (hashed mode's hex, an IBAN seen in the text),
+        # ".4111..." is no fraction: the number after the "." is scanned (as it is after a marker).
+        self._num_after_dot: re.Pattern[str] | None = None
+        if any(kind in detectors for kind in _NUMERIC_KINDS):
+            self._num_after_dot = re.compile(
+                _LOOKBEHINDS.sub("", _FRAGMENTS["num"]).replace(_NOT_FRACTION, "")
+            )
         # A key block given as the value of a secret name (token=-----BEGIN ...) or of an auth
         # header starts after that name, where the leftmost match is the name's: masking only
         # its first word would leave the key body. Key blocks are masked first, whole.
@@ -1353,6 +1371,9 @@ class _Engine:
         self._ip_partial = _ip_partial(self.ip.marker) if self.ip else None
         self._min_digits = 4 if self.ip else 8
         self.cli = "secret_params" in detectors  # (command-line options: see _cli_values)
+        self._name_numbers = any(kind in detectors for kind in ("ibans", *_NUMERIC_KINDS))
+        self._iban_in_name = re.compile(_FRAGMENTS["ibans"])
+        self._ibans = "ibans" in detectors
 
     # -- entry points
 
@@ -1369,6 +1390,7 @@ class _Engine:
             return text
         handlers = self._handlers
         after_marker = self._after_marker.match
+        num_after_dot = self._num_after_dot.match if self._num_after_dot is not None else None
         out: list[str] = []
         last = 0
         while m is not None:
@@ -1383,6 +1405,15 @@ class _Engine:
                 last = resume = hit[1]
                 if replacement and replacement[-1] in _CLOSERS and resume > start:
                     m = after_marker(text, resume)
+                    if m is not None:
+                        continue
+                elif (
+                    num_after_dot is not None
+                    and text.startswith(".", resume)
+                    and resume > start
+                    and text[resume - 1 : resume].isdigit()
+                ):
+                    m = num_after_dot(text, resume + 1)
                     if m is not None:
                         continue
             m = search(text, resume if resume > start else start + 1)
@@ -1584,7 +1615,19 @@ class _Engine:
             return None
         kind = self._kv_kind(m.group("kv_name"))
         if not kind:  # _KV_PLAIN
-            return None  # resume after the separator: the value is scanned like any text
+            # Resume after the separator: the value is scanned like any text. A number in the
+            # name must meet its detector too: an IBAN ("DE89370400440532013000=...") or digits
+            # after a "." "_" "-" ("ref-4111-1111-1111-1111=x"), where the scan resumes.
+            if self._name_numbers:
+                text, end = m.string, m.end("kv_name")
+                for found in _NAME_NUMBER.finditer(text, m.start("kv_name"), end):
+                    if found.group("nn_iban") is None:
+                        return text[m.start() : found.start()], found.start()
+                    iban = self._iban_in_name.match(text, found.start(), end)
+                    hit = self._iban(iban) if iban is not None and self._ibans else None
+                    if hit is not None:
+                        return text[m.start() : found.start()] + hit[0], hit[1]
+            return None
         text, pos = m.string, m.end()
         sep = m.group("kv_sep")
         # Decide from the first character before matching a value of unbounded length: every
@@ -1794,10 +1837,28 @@ class _Engine:
 
     def _iban(self, m: re.Match[str]) -> _Hit:
         text = m.group()
+        length = _IBAN_LENGTHS.get(text[:2], 0)
+        grouped = " " in text
+        if grouped:
+            # Printed in groups: the country's length may end before the match does, whose last
+            # group then starts the next number ("BE68 5390 0754 7034 123-45-6789").
+            end = 0
+            size = 0
+            for group in text.split(" "):
+                end += len(group) + (end > 0)
+                size += len(group)
+                if size >= length:
+                    break
+            text = text[:end]
         compact = text.replace(" ", "")
-        if _IBAN_LENGTHS.get(compact[:2]) != len(compact) or not _iban_checksum(compact):
-            return None
-        return self._render("ibans", compact), m.end()
+        if length != len(compact):
+            # Not an IBAN: the groups after the first are scanned as any number
+            # ("PO12 4111 1111 1111 1111" holds a card), not skipped with it.
+            return (text[:4], m.start() + 4) if grouped else None
+        if not _iban_checksum(compact):
+            # An IBAN's look-alike (maybe mistyped) holds no card or phone; a number after it does.
+            return (text, m.start() + len(text)) if len(text) < len(m.group()) else None
+        return self._render("ibans", compact), m.start() + len(text)
 
     def _email(self, m: re.Match[str]) -> _Hit:
         return self._render("emails", m.group().lower(), _email_partial), m.end()
@@ -1825,7 +1886,9 @@ class _Engine:
         n = len(spans)
         last = -1  # the last group replaced
         while i < n:
-            hit = self._match_at(text, spans, digits, seps, i, last == i - 1)
+            hit = self._match_at(text, spans, digits, seps, i, last == i - 1, n - 1)
+            if hit is not None and hit[0] > i:
+                hit = self._uncut(text, spans, digits, seps, i, last == i - 1, hit)
             if hit is None:
                 i += 1
                 continue
@@ -1949,6 +2012,42 @@ class _Engine:
         self._walk_state = (text, budget, None)
         return ""
 
+    def _uncut(
+        self,
+        text: str,
+        spans: list[tuple[int, int]],
+        digits: list[str],
+        seps: list[str],
+        i: int,
+        after_hit: bool,
+        hit: tuple[int, int, str],
+    ) -> tuple[int, int, str] | None:
+        """``hit`` (groups ``i`` to ``hit[0]``), or a shorter match at ``i``, so that it does not
+        swallow the first groups of another number that starts inside it and goes on after it
+        (``+15551234567 4111 1111 1111 1111``: a phone takes up to 15 digits, the card's first
+        group among them, and the card's other 12 digits were left). When no shorter match is
+        left, the first number wins, except an international phone number (see below)."""
+        n = len(digits)
+        k = i + 1
+        while k <= hit[0]:
+            # (as after a replaced group: a shorter match would end right before it)
+            other = self._match_at(text, spans, digits, seps, k, True, n - 1)
+            if other is None or other[0] <= hit[0]:
+                k += 1
+                continue
+            shorter = self._match_at(text, spans, digits, seps, i, after_hit, k - 1)
+            if shorter is None:
+                if i or hit[1] or text[0] != "+":
+                    return hit  # (two numbers sharing digits: the first one wins, as it did)
+                # An international phone number is any digits: one of fewer than 8 is none, and
+                # a card or SSN after it weighs more when more of its digits would be left.
+                cut = sum(len(digits[g]) for g in range(hit[0] + 1, other[0] + 1))
+                left = sum(len(digits[g]) for g in range(i, k))
+                return None if left < cut else hit
+            hit = shorter
+            k = i + 1  # (a number the shorter match used to cover whole may now be cut)
+        return hit
+
     def _match_at(
         self,
         text: str,
@@ -1956,12 +2055,15 @@ class _Engine:
         digits: list[str],
         seps: list[str],
         i: int,
-        after_hit: bool = False,
+        after_hit: bool,
+        limit: int,
     ) -> tuple[int, int, str] | None:
+        """The number starting at group ``i`` and ending at group ``limit`` at the latest:
+        (last group, start in ``text``, replacement), or None."""
         d = digits[i]
         size = len(d)
-        n = len(digits)
         start = spans[i][0]
+        found: tuple[int, int, str] | None = None
         card = self.card
         # (the fraction of a decimal number, digit "." digits, is no card: 0.4111111111111111;
         # after a replaced group the "." follows a marker, "[CARD].4111...", and is no fraction)
@@ -1969,23 +2071,25 @@ class _Engine:
         if card is not None and size >= 4 and _card_prefix(d) and not after_dot:
             if 13 <= size <= 19:
                 if _luhn(d):
-                    return i, start, card.mode.render(d, card.marker, self._card_partial)
-            elif size == 4 and i + 2 < n and seps[i] in (" ", "-"):
+                    found = i, start, card.mode.render(d, card.marker, self._card_partial)
+            elif size == 4 and i + 2 <= limit and seps[i] in (" ", "-"):
                 # Longest well-shaped group window with one separator throughout.
                 sep = seps[i]
                 j = i
-                while j + 1 < n and j - i < 4 and seps[j] == sep:
+                while j + 1 <= limit and j - i < 4 and seps[j] == sep:
                     j += 1
                 for end in range(j, i + 1, -1):
                     if _card_shape(digits[i : end + 1]):
                         number = "".join(digits[i : end + 1])
                         if _luhn(number):
-                            return end, start, card.mode.render(number, card.marker, self._card_partial)
+                            found = end, start, card.mode.render(number, card.marker, self._card_partial)
+                            break
         ssn = self.ssn
         if (
-            ssn is not None
+            found is None
+            and ssn is not None
             and size == 3
-            and i + 2 < n
+            and i + 2 <= limit
             and len(digits[i + 1]) == 2
             and len(digits[i + 2]) == 4
             and seps[i] == seps[i + 1]
@@ -1993,32 +2097,39 @@ class _Engine:
             and _valid_ssn(d, digits[i + 1], digits[i + 2])
         ):
             number = d + digits[i + 1] + digits[i + 2]
-            return i + 2, start, ssn.mode.render(number, ssn.marker, self._ssn_partial)
+            found = i + 2, start, ssn.mode.render(number, ssn.marker, self._ssn_partial)
         phone = self.phone
         if phone is not None:
             if i == 0 and text[0] == "+":
                 best = -1
                 total = 0
-                for j in range(n):
+                for j in range(limit + 1):
                     total += len(digits[j])
                     if total > 15:
                         break
                     if total >= 8:
                         best = j
-                if best >= 0:
+                # A card or an SSN at the start wins, unless the phone goes on further
+                # ("+535 47 2667 639 04" is one phone, not an SSN and "639 04").
+                if best >= 0 and (found is None or best > found[0]):
                     number = "+" + "".join(digits[: best + 1])
                     return best, 0, phone.mode.render(number, phone.marker, self._phone_partial)
+            if found is not None:
+                return found
             if (
                 size == 3
-                and i + 2 < n
+                and i + 2 <= limit
                 and len(digits[i + 1]) == 3
                 and len(digits[i + 2]) == 4
                 and seps[i + 1] in ("-", ".", " ")
                 and seps[i] in ("-", ".", " ", ") ", ")", ")-")
             ):
+                closed = ")" in seps[i]
                 opened = start > 0 and text[start - 1] == "("
-                if (")" in seps[i]) == opened:
-                    first = start - 1 if opened else start
+                # "(555) 123-4567" takes its "("; "(555 123-4567)" is a phone in parentheses,
+                # whose "(" stays; "555) 123-4567" is no phone (a list item "1) ...").
+                if opened or not closed:
+                    first = start - 1 if opened and closed else start
                     # A leading country code "1" belongs to the number.
                     if i > 0 and digits[i - 1] == "1" and seps[i - 1].strip(" (") == "":
                         first = spans[i - 1][0]
@@ -2026,15 +2137,17 @@ class _Engine:
                             first -= 1
                     number = d + digits[i + 1] + digits[i + 2]
                     return i + 2, first, phone.mode.render(number, phone.marker, self._phone_partial)
+        if found is not None:
+            return found
         ip = self.ip
         if (
             ip is not None
             and size <= 3
-            and i + 3 < n
+            and i + 3 <= limit
             and all(seps[k] == "." for k in range(i, i + 3))
             and all(len(digits[k]) <= 3 and int(digits[k]) <= 255 for k in range(i, i + 4))
             and not after_dot
-            and (i + 4 >= n or seps[i + 3] != ".")
+            and (i + 4 >= len(digits) or seps[i + 3] != ".")
         ):
             address = ".".join(digits[i : i + 4])
             return i + 3, start, ip.mode.render(address, ip.marker, self._ip_partial)
