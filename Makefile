@@ -17,6 +17,12 @@ test:
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
+# The unit tests on every CPython >= 3.10 found (pyenv or PATH), with and without the C
+# accelerator, each in its own venv and copy of the tree under $TMPDIR (not part of `make test`).
+.PHONY: test-versions
+test-versions:
+	bash scripts/test_versions.sh
+
 lint: setup
 	$(PY) -m ruff check pitchey_trace tests examples bench
 	$(PY) -m ruff format --check pitchey_trace tests examples bench

@@ -179,6 +179,25 @@ def _bounded_encode(obj: Any) -> str:
     return "".join(out)
 
 
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _deeper_than_max(obj: Any) -> bool:
+    """Whether ``obj`` (which encoded: no reference cycle) nests containers deeper than
+    ``MAX_DEPTH``; without recursion, stopping at the first too deep."""
+    if not isinstance(obj, _CONTAINERS):
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        depth += 1
+        if depth > MAX_DEPTH:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth) for v in items if isinstance(v, _CONTAINERS))
+    return False
+
+
 def lenient_dumps(obj: Any) -> bytes:
     """The stdlib's encoding, which also takes what orjson refuses: ints beyond 64 bits, and
     strings with lone surrogates, written as U+FFFD (one such attribute must not cost the
@@ -193,6 +212,11 @@ def lenient_dumps(obj: Any) -> bytes:
             text = _stdlib_encode(_finite(obj))
     except RecursionError:  # too deep for this stack, or a cycle _finite went around
         text = _bounded_encode(obj)
+    else:
+        # (CPython 3.13's encoder no longer stops at the recursion limit: a value deeper than
+        # orjson and older readers take would be written whole; such a text is long)
+        if len(text) > 2 * MAX_DEPTH and _deeper_than_max(obj):
+            text = _bounded_encode(obj)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
