@@ -801,21 +801,55 @@ class SenderExporter:
             max_bytes=spool_max_bytes,
         )
 
-    def _send_once(self, payload: bytes, deadline: float | None = None) -> HttpResult:
-        # (one attempt: while spooled payloads wait, the endpoint is known to be failing)
+    def _send_once(self, payload: bytes, deadline: float | None = None, spooled: bool = False) -> HttpResult:
+        # (one attempt: with a spool, retries come from the spool, spaced store-wide)
         policy = self._sender.retry
-        return self._sender.send(
-            payload, RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses), deadline=deadline
+        result = self._sender.send(
+            payload,
+            RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses),
+            spooled=spooled,
+            deadline=deadline,
         )
+        self._note_attempt(result)
+        return result
+
+    #: Consecutive failed attempts with a spool, and when (``time.monotonic()``) the next new
+    #: batch may try the endpoint again (before that it goes straight to the spool).
+    _failures = 0
+    _retry_at = 0.0
+
+    def _note_attempt(self, result: HttpResult) -> None:
+        """Update the store-wide backoff after an attempt: one failing request per backoff
+        interval during an outage, not one (let alone a retry schedule) per new batch."""
+        if result.ok or result.rejected:  # (a refusal is an answer: the endpoint is up)
+            self._failures = 0
+            self._retry_at = 0.0
+        elif not self._closed:
+            self._failures += 1
+            self._retry_at = time.monotonic() + self._sender.retry.backoff(self._failures)
 
     def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
-        """Send ``payload`` (``items`` spans or points). With a spool, a payload that could not
-        be delivered (and was not refused) is kept on disk: None. A delivery first sends a few
-        kept ones (oldest first), so a backlog shrinks while new batches go out.
+        """Send ``payload`` (``items`` spans or points). With a spool, it is tried once and a
+        payload that could not be delivered (and was not refused) is kept on disk: None; while
+        kept ones wait and the store-wide backoff (:meth:`_note_attempt`) runs, it is kept
+        without a try. A delivery that succeeds then sends kept ones (oldest first, for at
+        most 5 s), so a backlog shrinks while new batches go out.
 
         After :meth:`shutdown` nothing is sent: the payload is kept (with a spool) or given up.
         While a delivery is in progress :meth:`shutdown` may take it over (``_Flight``)."""
         spool = self._spool
+        if (
+            spool is not None
+            and len(spool)
+            and time.monotonic() < self._retry_at
+            and not self._closed
+            and len(payload) <= spool.max_bytes  # (one too large is tried and given up, as before)
+            and spool.put(payload, items)
+        ):
+            # Kept files wait and the endpoint failed moments ago: keep this one behind them
+            # without a request, so the export worker goes on taking batches (a hung endpoint
+            # would hold it timeout_s per batch).
+            return None
         with _flight_lock:
             closed = self._closed
             flight = None if closed else _Flight(payload, items)
@@ -825,12 +859,10 @@ class SenderExporter:
                 return None
             return HttpResult(False, error="the exporter was shut down")
         try:
-            if spool is None:
-                result = self._sender.send(payload)
-            elif len(spool):
-                result = self._send_once(payload)
-            else:
-                result = self._sender.send(payload, spooled=True)
+            # With a spool, one attempt: what fails goes to the spool at once (retried from
+            # there) rather than through the retry schedule on the export worker, which would
+            # hold it (5 attempts x timeout_s against a hung endpoint) while its queue overflows.
+            result = self._sender.send(payload) if spool is None else self._send_once(payload, spooled=True)
             with _flight_lock:
                 if flight.state == _Flight.CLAIMED:
                     return None  # shutdown kept it in the spool (its request was cut off)

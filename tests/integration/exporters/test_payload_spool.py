@@ -72,7 +72,9 @@ def test_an_outage_loses_nothing(http_server: RecordingServer, proxy: FaultProxy
     assert pt.force_flush(10)
     assert sorted(received_seqs(http_server)) == list(range(350))  # every span, exactly once
     assert spool_files(tmp_path) == []
-    assert _stats.get("otlp.spool_sent") == 3
+    # the three kept, and maybe the batch made as the proxy came back (kept behind them while
+    # the last failure's backoff ran); exactly-once is checked on the sequence numbers
+    assert _stats.get("otlp.spool_sent") in (3, 4)
     assert _stats.get("otlp.spans") == 350
 
 
