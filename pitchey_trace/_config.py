@@ -297,17 +297,27 @@ def _logs_exporters_from_env() -> list[Any]:
     return out
 
 
+def _check_resource_detection_env() -> None:
+    """``PITCHEY_TRACE_RESOURCE_DETECTION`` parsed as the other switches are, so a typo
+    (``flase``) is a ConfigurationError rather than detection silently left on. The value
+    itself is read where the resource is built (:func:`pitchey_trace._resource.enabled`)."""
+    _env_bool("PITCHEY_TRACE_RESOURCE_DETECTION")
+
+
 def _propagators_from_env() -> None:
-    """Apply ``OTEL_PROPAGATORS`` unless the application already chose its propagators."""
+    """Apply ``OTEL_PROPAGATORS`` unless the code chose its propagators (``set_propagators``
+    with a list, even the default one). Read again at every configure(): a value applied by an
+    earlier call is replaced, or undone when the variable is gone."""
     from pitchey_trace import propagation
 
-    names = _env("OTEL_PROPAGATORS")
-    if names is None or propagation._custom is not None:
+    if propagation._chosen_by_code:
         return
+    names = _env("OTEL_PROPAGATORS")
     try:
-        propagation.set_propagators(propagation.propagators_from_names(names))
+        chosen = None if names is None else propagation.propagators_from_names(names)
     except ValueError as exc:
         raise ConfigurationError(f"OTEL_PROPAGATORS: {exc}") from None
+    propagation._install(chosen)
 
 
 # Longer than a year between worker wake-ups is a mistake (and threading cannot wait forever:
@@ -562,6 +572,7 @@ def configure(
         category_thresholds = CategoryThresholds(fast_ms=min(100.0, slow), slow_ms=slow)
 
     tail = TailKeeper(keep_errors=keep_errors, slow_threshold_ms=slow_threshold_ms)
+    _check_resource_detection_env()
     _propagators_from_env()  # (after every check: a refused configure() changes nothing)
     with _lock:
         # Exporters passed again (e.g. to change the sample rate) are flushed, not shut down.

@@ -18,7 +18,8 @@ Added to every record's ``resource`` (OpenTelemetry resource conventions), under
 
 Nothing here goes to the network (no cloud metadata endpoint is called), so configuring never
 waits. ``PITCHEY_TRACE_RESOURCE_DETECTION=false`` turns it off (the SDK's own attributes,
-``service.name``, ``process.pid``, ``host.name``... stay).
+``service.name``, ``process.pid``, ``host.name``... stay); ``configure()`` refuses a value that
+is neither true nor false, as for the other ``PITCHEY_TRACE_*`` switches.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ _cache: tuple[int, dict[str, Any]] | None = None
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
-    """False when ``PITCHEY_TRACE_RESOURCE_DETECTION`` says off (false, 0, no, off)."""
+    """False when ``PITCHEY_TRACE_RESOURCE_DETECTION`` says off (false, 0, no, off, any case).
+    Never raises: ``configure()`` refuses a value that is neither on nor off before a resource
+    is built, so one seen here (set later) keeps the default, on."""
     value = environ.get("PITCHEY_TRACE_RESOURCE_DETECTION", "").strip().lower()
     return value not in ("false", "0", "no", "off")
 

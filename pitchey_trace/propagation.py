@@ -1022,6 +1022,9 @@ class CompositePropagator:
 
 # None = the default W3C trace context + baggage, served by the inlined fast paths below.
 _custom: CompositePropagator | None = None
+# True once the code chose its propagators with set_propagators(a list): OTEL_PROPAGATORS no
+# longer applies. Its own flag, since a choice equal to the default leaves _custom None.
+_chosen_by_code = False
 
 _NAMED: dict[str, Callable[[], Propagator]] = {
     "tracecontext": lambda: TraceContextPropagator(),
@@ -1060,8 +1063,20 @@ def set_propagators(propagators: Sequence[Propagator] | None) -> None:
     """Choose the formats :func:`inject`/:func:`extract` use, in priority order; None restores
     the default (W3C traceparent + tracestate + baggage); ``[]`` disables propagation.
 
+    A list (even the default's) is the code's choice: ``OTEL_PROPAGATORS`` no longer applies.
+    None undoes the choice: the default, until a later :func:`configure` applies
+    ``OTEL_PROPAGATORS`` (when set).
+
         pt.set_propagators([pt.W3CPropagator(), pt.B3Propagator()])
     """
+    global _chosen_by_code
+    _install(propagators)  # (raises TypeError on a bad propagator: the choice is then unchanged)
+    _chosen_by_code = propagators is not None
+
+
+def _install(propagators: Sequence[Propagator] | None) -> None:
+    """Make ``propagators`` the active ones (``configure()`` applies ``OTEL_PROPAGATORS`` so,
+    without making it the code's choice)."""
     global _custom
     if propagators is None or (propagators and _is_default(list(propagators))):
         _custom = None

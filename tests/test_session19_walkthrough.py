@@ -146,11 +146,13 @@ def test_exported_log_outside_a_span_has_trace_flags_0_as_middleware_md_says() -
 
 
 @pytest.mark.parametrize(
-    ("value", "detected"), [("false", False), ("OFF", False), ("0", False), ("flase", True)]
+    ("value", "detected"), [("false", False), ("OFF", False), ("0", False), ("yes", True), ("flase", None)]
 )
-def test_resource_detection_values_of_configuration_md(value: str, detected: bool, tmp_path: Path) -> None:
+def test_resource_detection_values_of_configuration_md(
+    value: str, detected: bool | None, tmp_path: Path
+) -> None:
     """``PITCHEY_TRACE_RESOURCE_DETECTION``: the values configuration.md lists turn detection
-    off; any other value leaves it on, without an error."""
+    off or on; any other value is refused with one line (None: refused)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pitchey_trace.cli", "config", "--json"],
         env={"PATH": "/usr/bin:/bin", "PITCHEY_TRACE_RESOURCE_DETECTION": value, "PYTHONPATH": str(ROOT)},
@@ -160,12 +162,16 @@ def test_resource_detection_values_of_configuration_md(value: str, detected: boo
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert ("os.type" in json.loads(proc.stdout)["resource"]) is detected
-    assert (
-        "`false` (or `0`, `no`, `off`, any case): no detected resource attributes (see below); "
-        "any other value leaves detection on, without an error"
-    ) in page("configuration.md")
+    if detected is None:
+        assert proc.returncode == 2, proc.stderr
+        assert "PITCHEY_TRACE_RESOURCE_DETECTION must be true or false, got 'flase'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert ("os.type" in json.loads(proc.stdout)["resource"]) is detected
+    assert "any other value (a typo such as `flase`) is a `ConfigurationError` at `configure()`" in page(
+        "configuration.md"
+    )
 
 
 DJANGO_PROJECT = textwrap.dedent(
