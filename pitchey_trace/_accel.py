@@ -41,7 +41,9 @@ web_setup: Callable[..., None] | None = None
 asgi_begin: Callable[..., Any] | None = None
 request_end: Callable[..., Any] | None = None
 
-if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip() in ("", "0"):
+# (read at import: cannot raise. Only a true value turns the accelerator off: "false", "no"
+# and "off" did too, as did a typo; an unknown value keeps the C code)
+if os.environ.get("PITCHEY_TRACE_PURE_PYTHON", "").strip().lower() not in ("1", "true", "yes", "on"):
     try:
         from pitchey_trace import _speedups
 

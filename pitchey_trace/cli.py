@@ -265,7 +265,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.exclude:
         env["PITCHEY_TRACE_AUTO_EXCLUDE"] = args.exclude
     # SIGTERM (docker stop, Kubernetes, systemd) skips the flush at exit: flush first
-    env.setdefault("PITCHEY_TRACE_FLUSH_ON_SIGTERM", "true")
+    if not env.get("PITCHEY_TRACE_FLUSH_ON_SIGTERM", "").strip():  # (an empty value is unset)
+        env["PITCHEY_TRACE_FLUSH_ON_SIGTERM"] = "true"
     if env.get("PITCHEY_TRACE_ARCHIVE", "").strip():  # (where it started, whatever its cwd becomes)
         env["PITCHEY_TRACE_ARCHIVE"] = os.path.abspath(env["PITCHEY_TRACE_ARCHIVE"].strip())
     from pitchey_trace.auto import _check_environment

@@ -239,3 +239,44 @@ def test_check_environment_refuses_a_resource_detection_typo() -> None:
     with pytest.raises(ConfigurationError, match="PITCHEY_TRACE_RESOURCE_DETECTION"):
         _check_environment(clean_environ(PITCHEY_TRACE_RESOURCE_DETECTION="flase"))
     assert not _config.is_configured()
+
+
+@pytest.mark.parametrize(
+    ("value", "pure"),
+    [("1", True), ("TRUE", True), ("yes", True), ("on", True), ("0", False), ("false", False), ("no", False),
+     ("off", False), ("", False), ("flase", False)],
+)  # fmt: skip
+def test_pure_python_switch_values(value: str, pure: bool, tmp_path: Path) -> None:
+    """Only a true value turns the C accelerator off ("false", "no" and "off" did too)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from pitchey_trace import _accel; print(_accel.build_span_records is None)"],
+        env={**clean_environ(PYTHONPATH=str(ROOT)), "PITCHEY_TRACE_PURE_PYTHON": value},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout == f"{pure}\n"
+
+
+def test_run_turns_the_sigterm_flush_on_when_the_variable_is_empty(tmp_path: Path) -> None:
+    """An empty value is unset for configure(): `run` sets its default then too (it kept the
+    empty value, so the flush on SIGTERM was off)."""
+    probe = (
+        "import signal; from pitchey_trace import _config; "
+        "print(signal.getsignal(signal.SIGTERM) is _config._flush_then_die)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pitchey_trace.cli", "run", "--", sys.executable, "-c", probe],
+        env=clean_environ(
+            PITCHEY_TRACE_FLUSH_ON_SIGTERM="", PITCHEY_TRACE_EXPORTER="none", PYTHONPATH=str(ROOT)
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "True\n", proc.stderr
