@@ -380,8 +380,9 @@ def export_logs_level() -> int | str | None:
         if given.lower() in ("off", "false", "0", "none"):
             return None
         return _level(given, "PITCHEY_TRACE_EXPORT_LOGS")
-    otel = os.environ.get("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "").strip().lower()
-    return "INFO" if otel == "true" else None
+    from pitchey_trace._config import _otel_env_bool  # (only "true" is true; a typo is said once)
+
+    return "INFO" if _otel_env_bool("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED") else None
 
 
 def _logging(_: ModuleType) -> None:

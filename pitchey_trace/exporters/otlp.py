@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pitchey_trace import _stats
+from pitchey_trace import _safety, _stats
 from pitchey_trace._json import dumps
 from pitchey_trace._validate import datasets as valid_datasets
 from pitchey_trace._validate import positive_int, text
@@ -280,8 +280,15 @@ def _resolve_grpc_endpoint(endpoint: str | None, signal: str = "TRACES") -> str:
     if endpoint is None:
         endpoint = _otlp_env("ENDPOINT", signal) or DEFAULT_GRPC_ENDPOINT
     if "://" not in endpoint:
-        insecure = _otlp_env("INSECURE", signal) or ""
-        endpoint = ("http://" if insecure.strip().lower() == "true" else "https://") + endpoint
+        insecure = (_otlp_env("INSECURE", signal) or "").strip().lower()
+        if insecure not in ("", "true", "false"):  # (false, as the spec says; a typo is said once)
+            _safety.warn_once(
+                "env.OTEL_EXPORTER_OTLP_INSECURE",
+                "pitchey_trace: OTEL_EXPORTER_OTLP_[%s_]INSECURE=%r is not true or false; TLS is used",
+                signal,
+                insecure,
+            )
+        endpoint = ("http://" if insecure == "true" else "https://") + endpoint
     return endpoint
 
 

@@ -3,6 +3,7 @@ configuration.md says so, and a switch with a typo is an error, not silently ign
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -280,3 +281,32 @@ def test_run_turns_the_sigterm_flush_on_when_the_variable_is_empty(tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "True\n", proc.stderr
+
+
+def test_an_otlp_insecure_typo_means_tls_and_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pitchey_trace.exporters.otlp import _resolve_grpc_endpoint
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "ture")
+    with caplog.at_level(logging.WARNING, logger="pitchey_trace"):
+        assert _resolve_grpc_endpoint("collector:4317") == "https://collector:4317"
+    assert any("INSECURE='ture' is not true or false" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "TRUE")
+    assert _resolve_grpc_endpoint("collector:4317") == "http://collector:4317"
+
+
+def test_an_otel_logging_switch_typo_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pitchey_trace.auto import export_logs_level
+
+    monkeypatch.delenv("PITCHEY_TRACE_EXPORT_LOGS", raising=False)
+    monkeypatch.setenv("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "yes")
+    with caplog.at_level(logging.WARNING, logger="pitchey_trace"):
+        assert export_logs_level() is None  # (the spec: only "true" is true)
+    assert any(
+        "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED='yes'" in r.getMessage() for r in caplog.records
+    )
+    monkeypatch.setenv("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "True")
+    assert export_logs_level() == "INFO"
