@@ -104,10 +104,18 @@ def test_demo_exits_zero_and_reports_every_check_passed(demo: DemoRun) -> None:
     passed = re.search(r"Checks: (\d+)/(\d+) passed", demo.stdout)
     assert passed is not None
     assert passed.group(1) == passed.group(2), demo.stdout[-2000:]
-    # The waterfalls drawn are of the archived trace with the longest span, and of the 500.
-    slowest = re.search(r"^Slowest trace ([0-9a-f]{32}) ", demo.stdout, re.M)
+    # The waterfalls drawn are of the archived trace with the longest span among those holding
+    # a slow query, and of the 500.
+    slowest = re.search(r"^Slowest trace with a slow query ([0-9a-f]{32}) ", demo.stdout, re.M)
     assert slowest is not None
-    longest = max(demo.spans(), key=lambda s: s["duration_ms"])
+    spans = demo.spans()
+    with_slow = {
+        s["trace_id"]
+        for s in spans
+        if "db.query.text" in s["attributes"]
+        and (s["duration_ms"] >= 150 or any(e["name"] == "slow_query" for e in s["events"]))
+    }
+    longest = max((s for s in spans if s["trace_id"] in with_slow), key=lambda s: s["duration_ms"])
     assert slowest.group(1) == longest["trace_id"]
     error = re.search(r"^An error trace ([0-9a-f]{32}) ", demo.stdout, re.M)
     assert error is not None
