@@ -808,15 +808,44 @@ class _PoolQueue:
         return getattr(self._queue, name)
 
 
+# How long an idle Pool worker blocks in C at most before its main thread is back in Python,
+# where a SIGTERM already received runs its (Python-level) handler.
+_WAIT_SLICE_S = 0.2
+
+
 class _PoolInbox(_PoolQueue):
     __slots__ = ()
 
     def get(self) -> Any:
         _arm()
-        task = self._queue.get()
+        task = self._receive()
         if task is not None:
             _arm(False)
         return task
+
+    def _receive(self) -> Any:
+        """``SimpleQueue.get()`` waiting in slices. While ``_flush_then_die`` is armed, a
+        SIGTERM that lands just before the worker blocks in C (on the queue's read lock, held
+        for good by ``terminate()``'s ``_help_stuff_finish``, or on its pipe) only marks the
+        handler as due: with one unbounded wait it never ran and the worker outlived
+        ``terminate()``, whose ``join()`` hung. Another queue type: its own ``get()``."""
+        queue = self._queue
+        queues = sys.modules.get("multiprocessing.queues")
+        rlock = getattr(queue, "_rlock", None)
+        reader = getattr(queue, "_reader", None)
+        if queues is None or type(queue) is not queues.SimpleQueue or rlock is None or reader is None:
+            return queue.get()
+        from multiprocessing.reduction import ForkingPickler
+
+        while not rlock.acquire(True, _WAIT_SLICE_S):
+            pass
+        try:
+            while not reader.poll(_WAIT_SLICE_S):
+                pass
+            data = reader.recv_bytes()
+        finally:
+            rlock.release()
+        return ForkingPickler.loads(data)  # (after the release, as SimpleQueue.get does)
 
 
 class _PoolOutbox(_PoolQueue):
@@ -825,6 +854,49 @@ class _PoolOutbox(_PoolQueue):
     def put(self, obj: Any) -> None:
         _arm()  # (before the result goes out: the pool may terminate the moment it has it)
         self._queue.put(obj)
+
+
+# A SIGTERM sent to a child before it first runs (terminate() of a Pool worker just forked, by
+# the parent or a forkserver, on a loaded machine) is taken at its first instruction by the
+# Python-level handler it inherited, and CPython drops every signal caught before its after-fork
+# reset: the child never saw it (a worker then waited for a task forever, terminate()'s join()
+# with it). So a process with ``_flush_then_die`` forks with SIGTERM blocked; the child goes
+# back to the default action first, then unblocks: a SIGTERM already there ends it at once.
+_sigterm_held_over_fork: set[int] = set()  # the threads forking with it blocked by us
+
+
+def _hold_sigterm_over_fork() -> None:
+    try:
+        if signal.getsignal(signal.SIGTERM) is _flush_then_die:
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            if signal.SIGTERM not in before:  # (blocked by the application: left to it)
+                _sigterm_held_over_fork.add(threading.get_ident())
+    except Exception as exc:
+        _safety.report("fork.sigterm", exc)
+
+
+def _release_sigterm_after_fork(child: bool) -> None:
+    ident = threading.get_ident()  # (the forking thread's, in the child too)
+    if ident not in _sigterm_held_over_fork:
+        return
+    if child:
+        _sigterm_held_over_fork.clear()  # (no other thread came along)
+    else:
+        _sigterm_held_over_fork.discard(ident)
+    try:
+        if child and signal.getsignal(signal.SIGTERM) is _flush_then_die:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (as _after_fork_in_child does)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    except Exception as exc:
+        _safety.report("fork.sigterm", exc)
+
+
+if hasattr(os, "register_at_fork") and hasattr(signal, "pthread_sigmask"):
+    os.register_at_fork(
+        before=_hold_sigterm_over_fork,
+        after_in_parent=lambda: _release_sigterm_after_fork(False),
+        after_in_child=lambda: _release_sigterm_after_fork(True),
+    )
 
 
 _exiting = False  # the flush at exit runs: a SIGTERM meanwhile lets it finish (it is bounded)

@@ -24,9 +24,7 @@ import pitchey_trace
 pytestmark = pytest.mark.integration
 
 SHIM = Path(pitchey_trace.__file__).resolve().parent / "_autorun"
-# (forkserver children already got the flush at fork; leaving `with Pool(2)` under forkserver
-# hung twice under heavy load in this file before the workers were signalled: not covered here)
-METHODS = ["fork", "spawn"]
+METHODS = ["fork", "spawn", "forkserver"]
 
 POOLS = """
 import multiprocessing as mp, os, sys
