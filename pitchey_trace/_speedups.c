@@ -2883,18 +2883,18 @@ request_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * sanitizer's caches yet (or anything else is unusual): the Python method then builds it, and
  * fills the caches. Untracked like span records (strings, numbers and a map of them). */
 enum {
-    A_SCHEMA, A_TYPE, A_CATEGORY, A_TIME, A_TRACE_ID, A_SPAN_ID, A_SERVICE, A_ENV, A_ACTOR,
+    A_SCHEMA, A_TYPE, A_RECORD_ID, A_CATEGORY, A_TIME, A_TRACE_ID, A_SPAN_ID, A_SERVICE, A_ENV, A_ACTOR,
     A_ACTION, A_TARGET, A_OUTCOME, A_ATTRIBUTES, A_METHOD, A_STATUS, A_DURATION, A_CLIENT,
     A_AUDIT, A_ROUND, A_COUNT
 };
 static const char *audit_key_names[A_COUNT] = {
-    "schema", "type", "category", "time_unix_nano", "trace_id", "span_id", "service",
+    "schema", "type", "record_id", "category", "time_unix_nano", "trace_id", "span_id", "service",
     "environment", "actor", "action", "target", "outcome", "attributes", "http.request.method",
     "http.response.status_code", "duration_ms", "client.address", "audit", "__round__",
 };
 static PyObject *audit_keys[A_COUNT];
 static PyObject *int_1 = NULL, *int_3 = NULL;
-static PyObject *audit_template = NULL; /* {key: None} for the 13 record keys, in order */
+static PyObject *audit_template = NULL; /* {key: None} for the 14 record keys, in order */
 /* {key: None} for its attributes: method, status, duration_ms [, client.address] */
 static PyObject *audit_attr_templates[2] = {NULL, NULL};
 static fill_map audit_attr_fill[2] = {{NULL, 0, {0}}, {NULL, 0, {0}}};
@@ -2940,6 +2940,29 @@ audit_ms(PyObject *duration)
 }
 
 static PyObject *audit_record_memo(PyObject *const *args, key_memo *memo, key_memo *texts);
+
+/* random_id() for a record id, also before install_methods() gave the generator its seed source
+ * (the module used on its own, as in pure-Python mode): then it is seeded from the random
+ * module's getrandbits, which is put back to NULL so that start_span() still requires
+ * install_methods(). */
+static PyObject *
+audit_random_id(void)
+{
+    if (!rng_seeded && getrandbits_fn == NULL) {
+        PyObject *random = PyImport_ImportModule("random");
+        if (random == NULL)
+            return NULL;
+        getrandbits_fn = PyObject_GetAttrString(random, "getrandbits");
+        Py_DECREF(random);
+        if (getrandbits_fn == NULL)
+            return NULL;
+        int rc = rng_seed();
+        Py_CLEAR(getrandbits_fn);
+        if (rc < 0)
+            return NULL;
+    }
+    return random_id(int_64);
+}
 
 static PyObject *
 build_audit_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -3017,7 +3040,8 @@ audit_record_memo(PyObject *const *args, key_memo *memo, key_memo *texts)
     if (!PyLong_CheckExact(when) || !PyLong_CheckExact(trace_id) || !PyLong_CheckExact(span_id) ||
         !PyLong_CheckExact(duration))
         Py_RETURN_NONE;
-    PyObject *rec = NULL, *attrs = NULL, *clean_attrs = NULL, *ms = NULL, *ids[2] = {NULL, NULL};
+    PyObject *rec = NULL, *attrs = NULL, *clean_attrs = NULL, *ms = NULL, *ids[2] = {NULL, NULL},
+             *record_id = NULL;
     PyObject *id_objs[2] = {trace_id, span_id};
     for (int i = 0; i < 2; i++) {
         int nonzero = PyObject_IsTrue(id_objs[i]);
@@ -3058,17 +3082,29 @@ audit_record_memo(PyObject *const *args, key_memo *memo, key_memo *texts)
             goto error;
         goto fallback;
     }
+    /* records.new_record_id(): 64 random bits as 16 hex digits, from the span-id generator
+     * (reseeded in a forked child, so a child never repeats its parent's ids) */
+    PyObject *bits = audit_random_id();
+    if (bits == NULL)
+        goto error;
+    record_id = hex_id(bits, 8);
+    Py_DECREF(bits);
+    if (record_id == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        goto fallback;
+    }
     rec = PyDict_Copy(audit_template); /* sized for all its keys: no resize while filling */
     if (rec == NULL)
         goto error;
-    /* (audit_keys[0..13) are the record's keys, in order) */
-    PyObject *values[13] = {
-        int_1,       audit_keys[A_AUDIT], clean[0], when,     ids[0],   ids[1],     clean[1],
-        clean[2],    clean_actor,         clean[3], clean[4], clean[5], clean_attrs,
+    /* (audit_keys[0..14) are the record's keys, in order) */
+    PyObject *values[14] = {
+        int_1,    audit_keys[A_AUDIT], record_id, clean[0], when,     ids[0],   ids[1],
+        clean[1], clean[2],            clean_actor, clean[3], clean[4], clean[5], clean_attrs,
     };
-    PyObject **slot[13];
-    fill_slots(&audit_fill, audit_template, rec, audit_keys, 13, slot);
-    for (int i = 0; i < 13; i++) {
+    PyObject **slot[14];
+    fill_slots(&audit_fill, audit_template, rec, audit_keys, 14, slot);
+    for (int i = 0; i < 14; i++) {
         if (fill(rec, slot[i], audit_keys[i], values[i]) < 0)
             goto error;
     }
@@ -3085,6 +3121,7 @@ error:
 done:
     Py_XDECREF(ids[0]);
     Py_XDECREF(ids[1]);
+    Py_XDECREF(record_id);
     Py_XDECREF(ms);
     Py_XDECREF(attrs);
     Py_XDECREF(clean_attrs);

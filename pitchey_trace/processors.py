@@ -22,7 +22,7 @@ from pitchey_trace import _accel, _safety, _stats
 from pitchey_trace._sketch import MIN_INDEXABLE, DurationSketch, merge_sketches
 from pitchey_trace._span import Span, SpanKind, StatusCode
 from pitchey_trace._validate import finite, positive_int
-from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of
+from pitchey_trace.records import SCHEMA_VERSION, Record, dataset_of, new_record_id
 
 __all__ = [
     "DEFAULT_DATASETS",
@@ -345,6 +345,7 @@ class Rollups:
         record: Record = {
             "schema": SCHEMA_VERSION,
             "type": "rollup",
+            "record_id": new_record_id(),  # (a copy read twice is counted once; see records)
             "service": self.service,
             "environment": self.environment,
             "operation": operation,

@@ -195,7 +195,7 @@ SPAN_RECORD_KEYS = frozenset(
 )  # fmt: skip
 AUDIT_RECORD_KEYS = frozenset(
     (
-        "schema", "type", "category", "time_unix_nano", "trace_id", "span_id", "service",
+        "schema", "type", "record_id", "category", "time_unix_nano", "trace_id", "span_id", "service",
         "environment", "actor", "action", "target", "outcome", "attributes",
     )
 )  # fmt: skip
@@ -462,11 +462,13 @@ def audit_record(
     """A schema-v1 audit record: who did what to which target, with which outcome; never values.
 
     ``category`` is ``request`` (one per HTTP request), ``security`` (401/403/429, auth
-    failures) or ``data_access`` (sensitive-table access).
+    failures) or ``data_access`` (sensitive-table access). Each record gets a new
+    ``record_id`` (:func:`new_record_id`; the C request-audit builder makes the same).
     """
     return {
         "schema": SCHEMA_VERSION,
         "type": "audit",
+        "record_id": new_record_id(),
         "category": category,
         "time_unix_nano": time_unix_nano,
         "trace_id": f"{trace_id:032x}" if trace_id else None,
@@ -497,10 +499,11 @@ def app_log_record(
 ) -> Record:
     """A schema-v1 ``log`` record: one application log record (``pitchey_trace.web.export_logs``),
     with the trace and span current when it was logged. ``severity_number`` is OpenTelemetry's
-    (1-24: DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21)."""
+    (1-24: DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21). Each record gets a new ``record_id``."""
     return {
         "schema": SCHEMA_VERSION,
         "type": "log",
+        "record_id": new_record_id(),
         "time_unix_nano": time_unix_nano,
         "trace_id": f"{trace_id:032x}" if trace_id else None,
         "span_id": f"{span_id:016x}" if span_id else None,

@@ -2225,6 +2225,7 @@ _STRUCTURAL = frozenset(
         "schema",
         "type",
         "dataset",
+        "record_id",  # (random hex: a detector could take it for a card number or a token)
         "trace_id",
         "span_id",
         "parent_span_id",

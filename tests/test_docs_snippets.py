@@ -219,8 +219,8 @@ SETUPS: dict[tuple[str, str], Setup] = {
             pass
         pt.shutdown()  # the console exporter prints the rollup of every span (before sampling)
         """,
-        stdout='^{"schema":1,"type":"rollup","service":"pitch-api","environment":"production",'
-        '"operation":"load_pitch",',
+        stdout='^{"schema":1,"type":"rollup","record_id":"[0-9a-f]{16}","service":"pitch-api",'
+        '"environment":"production","operation":"load_pitch",',
     ),
     ("quickstart.md", 'with pt.span("load_pitch", attributes={"pitch.id": 42}) as s:'): Setup(
         prefix=CONFIGURED,

@@ -20,7 +20,7 @@ import pitchey_trace as pt
 from pitchey_trace.analysis import Archive, LocalSource, decode_object, parse_time
 from pitchey_trace.analysis._time import parse_duration_ms
 from pitchey_trace.exporters import InMemoryExporter, LocalArchiveExporter
-from pitchey_trace.records import app_log_record, audit_record
+from pitchey_trace.records import app_log_record, audit_record, new_record_id
 from pitchey_trace.web import LogExportHandler
 
 MS = 1_000_000
@@ -347,7 +347,7 @@ def test_performance_merges_rollup_sketches() -> None:
     assert rollups
     assert not [r for r in records if r["type"] == "span"]
     # Two copies of each rollup as if two processes had sent them: counts add, quantiles hold.
-    a = Archive.from_records(rollups + [dict(r) for r in rollups])
+    a = Archive.from_records(rollups + [{**r, "record_id": new_record_id()} for r in rollups])
     [op] = [r for r in a.performance() if r["operation"] == "op"]
     assert op["source"] == "rollups"
     assert op["count"] == 400

@@ -50,6 +50,7 @@ SPAN_KEYS = {
 AUDIT_KEYS = {
     "schema",
     "type",
+    "record_id",
     "category",
     "time_unix_nano",
     "trace_id",
@@ -291,9 +292,11 @@ def test_audit_record_function() -> None:
         attributes={"n": 1},
     )
     _VALIDATOR.validate(rec)
+    assert re.fullmatch(r"[0-9a-f]{16}", rec["record_id"])
     assert rec == {
         "schema": 1,
         "type": "audit",
+        "record_id": rec["record_id"],
         "category": "request",
         "time_unix_nano": T0,
         "trace_id": "0" * 31 + "1",

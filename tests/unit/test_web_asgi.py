@@ -461,6 +461,7 @@ def test_c_request_start_and_finish_equal_the_python_code(
             "end_time_unix_nano",
             "duration_ms",
             "time_unix_nano",
+            "record_id",
         )
 
         def strip(rec: dict[str, Any]) -> dict[str, Any]:

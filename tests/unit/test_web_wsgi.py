@@ -399,7 +399,9 @@ def test_accelerated_finish_exports_what_the_python_finish_does(
                 m.setattr(wsgi_module, "fast_finish", None)
             with capture_spans() as exporter:
                 b"".join(WSGITracingMiddleware(app)(environ(REMOTE_ADDR="10.1.2.3"), StartResponse()))
-        volatile = ("trace_id", "span_id", "start_time_unix_nano", "end_time_unix_nano", "time_unix_nano")
+        volatile = (
+            "trace_id", "span_id", "start_time_unix_nano", "end_time_unix_nano", "time_unix_nano", "record_id"
+        )  # fmt: skip
         out = []
         for rec in exporter.records:
             if rec["type"] == "rollup":
