@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import pitchey_trace as pt
 from pitchey_trace._json import dumps
 from pitchey_trace.exporters import LogpushExporter
 from pitchey_trace.exporters._archive import ArchiveExporter
-from tests.integration.exporters.servers import S3
+from tests.integration.exporters.servers import S3, silent_port
 from tests.integration.exporters.test_logpush_s3 import FAST_RETRY, seqs, span_rec
 
 pytestmark = pytest.mark.integration
@@ -33,24 +31,8 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def silent_endpoint() -> Iterator[str]:
     """An HTTP endpoint that accepts connections and never answers (a hung storage)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    for conn in held:
-        conn.close()
+    with silent_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def hung_exporter(endpoint: str, spool: Path) -> LogpushExporter:

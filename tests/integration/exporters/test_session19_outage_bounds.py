@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import pitchey_trace as pt
 from pitchey_trace.exporters import HttpAnalyticsExporter, LocalArchiveExporter, RetryPolicy
 from pitchey_trace.exporters.local_archive import DEFAULT_MEMORY_MAX_BYTES
+from tests.integration.exporters.servers import silent_port
 
 pytestmark = pytest.mark.integration
 
@@ -24,26 +24,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def hung_port() -> Iterator[int]:
     """A TCP server that accepts connections and never answers (a hung collector)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield int(srv.getsockname()[1])
-    stop.set()
-    srv.close()
-    for c in held:
-        c.close()
+    with silent_port() as port:
+        yield port
 
 
 class _Stuck:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from pitchey_trace.exporters import LogpushExporter
 from pitchey_trace.exporters._spool import SpoolDir
-from tests.integration.exporters.servers import S3
+from tests.integration.exporters.servers import S3, silent_port
 from tests.integration.exporters.test_logpush_s3 import FAST_RETRY, seqs, span_rec
 
 pytestmark = pytest.mark.integration
@@ -24,24 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def silent_endpoint() -> Iterator[str]:
     """An HTTP endpoint that accepts connections and never answers (a hung storage)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    for conn in held:
-        conn.close()
+    with silent_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_dropped_owner_leaves_its_files_to_the_next_one_in_the_process(tmp_path: Path) -> None:
