@@ -435,17 +435,27 @@ def merge_rollups(records: Iterable[Record]) -> list[Record]:
     """Merge rollup records that share (service, environment, operation, kind,
     minute_start_unix_nano, interval_s): counts, errors and sums add, min/max combine, the
     sketches merge and the quantiles are recomputed from the merged sketch. Non-rollup
-    records are ignored. Output order follows the first appearance of each key."""
+    records are ignored. Output order follows the first appearance of each key. Copies of one
+    record (the same ``record_id`` under one key: read from two datasets, written twice) count
+    once; a merged record is a new one, without a ``record_id``."""
     groups: dict[tuple[Any, ...], list[Record]] = {}
+    ids: set[tuple[tuple[Any, ...], str]] = set()
     for rec in records:
         if rec.get("type") == "rollup":
-            groups.setdefault(tuple(rec[k] for k in _ROLLUP_KEY), []).append(rec)
+            key = tuple(rec[k] for k in _ROLLUP_KEY)
+            rid = rec.get("record_id")
+            if isinstance(rid, str):
+                if (key, rid) in ids:
+                    continue
+                ids.add((key, rid))
+            groups.setdefault(key, []).append(rec)
     out: list[Record] = []
     for recs in groups.values():
         if len(recs) == 1:
             out.append(dict(recs[0]))
             continue
         merged = dict(recs[0])
+        merged.pop("record_id", None)
         merged["count"] = sum(r["count"] for r in recs)
         merged["errors"] = sum(r["errors"] for r in recs)
         merged["duration_sum_ms"] = round(sum(r["duration_sum_ms"] for r in recs), 6)

@@ -141,6 +141,18 @@ def test_rollup_records_get_a_record_id_each() -> None:
     assert list(records[0])[:3] == ["schema", "type", "record_id"]  # (schema order)
 
 
+def test_merge_rollups_counts_a_copy_once_and_gives_a_merge_no_id() -> None:
+    from pitchey_trace.processors import merge_rollups
+
+    [one] = _rollups(1)
+    other = {**one, "record_id": "0123456789abcdef"}  # (a second process's record of that minute)
+    [merged] = merge_rollups([one, dict(one), other])  # (one read twice: a copy)
+    assert merged["count"] == 2 * one["count"]
+    assert RECORD_ID not in merged  # (a new record, no copy of either)
+    [alone] = merge_rollups([one, dict(one)])
+    assert alone == one
+
+
 def test_request_audits_get_an_id_from_python_and_c_builders_with_the_same_keys_in_order() -> None:
     san = Sanitizer()
     items = [_pending(i, client) for i in range(1, 41) for client in ("1.2.3.4", "", None)]
