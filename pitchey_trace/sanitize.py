@@ -1374,6 +1374,9 @@ class _Engine:
         self._name_numbers = any(kind in detectors for kind in ("ibans", *_NUMERIC_KINDS))
         self._iban_in_name = re.compile(_FRAGMENTS["ibans"])
         self._ibans = "ibans" in detectors
+        # A JWT or cloud key inside a "name=" the secret_params pattern took whole (see _kv).
+        tokens = [_FRAGMENTS[k] for k in ("jwts", "cloud_keys") if k in detectors]
+        self._name_tokens = re.compile("|".join(tokens)) if tokens else None
 
     # -- entry points
 
@@ -1614,12 +1617,18 @@ class _Engine:
         if "secret_params" not in self.detectors:
             return None
         kind = self._kv_kind(m.group("kv_name"))
+        # The name is taken whole, so a JWT or cloud key in it ("AKIA...=x", "eyJ...sig=1",
+        # "key-AKIA...=1") would never meet its detector: find it here.
+        token = None
+        if self._name_tokens is not None:
+            token = self._name_tokens.search(m.string, m.start("kv_name"), m.end("kv_name"))
         if not kind:  # _KV_PLAIN
             # Resume after the separator: the value is scanned like any text. A number in the
             # name must meet its detector too: an IBAN ("DE89370400440532013000=...") or digits
             # after a "." "_" "-" ("ref-4111-1111-1111-1111=x"), where the scan resumes.
             if self._name_numbers:
-                text, end = m.string, m.end("kv_name")
+                text = m.string
+                end = m.end("kv_name") if token is None else token.start()
                 for found in _NAME_NUMBER.finditer(text, m.start("kv_name"), end):
                     if found.group("nn_iban") is None:
                         return text[m.start() : found.start()], found.start()
@@ -1627,7 +1636,30 @@ class _Engine:
                     hit = self._iban(iban) if iban is not None and self._ibans else None
                     if hit is not None:
                         return text[m.start() : found.start()] + hit[0], hit[1]
+            if token is not None:
+                # Resume at the token, where the scan meets it (a plain name holds no secret
+                # word after it); at the name's start, where "kv" won, render it here.
+                if token.start() > m.start():
+                    return m.string[m.start() : token.start()], token.start()
+                return self._name_token(token.group(), token.lastgroup), token.end()
             return None
+        hit = self._kv_value(m, kind)
+        if token is None or self._name_tokens is None:
+            return hit
+        # A secret name's value is masked as usual; the tokens in the name too.
+        name = m.group("kv_name")
+        masked = self._name_tokens.sub(lambda t: self._name_token(t.group(), t.lastgroup), name)
+        if hit is None:
+            return masked + m.string[m.end("kv_name") : m.end()], m.end()
+        if hit[0].startswith(name):
+            return masked + hit[0][len(name) :], hit[1]
+        return hit
+
+    def _name_token(self, token: str, group: str | None) -> str:
+        return self._render("jwts" if group == "jwt" else "cloud_keys", token)
+
+    def _kv_value(self, m: re.Match[str], kind: int) -> _Hit:
+        """The value of a secret name (``kind``) masked: the rest of :meth:`_kv`."""
         text, pos = m.string, m.end()
         sep = m.group("kv_sep")
         # Decide from the first character before matching a value of unbounded length: every
