@@ -34,13 +34,12 @@ This module imports no driver: psycopg2-only installs use it too.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 from pitchey_trace import _safety
-from pitchey_trace.db._ops import ConnState, Op, error_info
+from pitchey_trace.db._ops import ConnState, Op, error_info, live_connection
 
 __all__ = ["DRIVER_HOUSEKEEPING", "END_METHODS", "make_end_methods"]
 
@@ -105,14 +104,8 @@ def make_end_methods(
     ``failed(conn)``: the transaction already failed. ``skipped(conn, exc)`` (after a
     failure): ``exc`` is an earlier pipelined statement's error and the call ended nothing.
     They are only called when tracing is on; one that raises means "not traced"."""
-    ref = weakref.ref(conn)
+    target = live_connection(conn)
     cls = type(conn)
-
-    def target() -> Any:
-        found = ref()
-        if found is None:  # (only through a reference to the function alone)
-            raise ReferenceError("the connection of this method was garbage-collected")
-        return found
 
     def start(c: Any, action: str) -> tuple[Op | None, bool]:
         """(span op or None, the transaction had failed). Never raises."""

@@ -14,7 +14,8 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,21 @@ _ARG_ERROR = re.compile(
 
 # An in-flight query: (span, statement info, start time in ns, query to send).
 Op = tuple["AnySpan", "Stmt", int, Any]
+
+
+def live_connection(conn: Any) -> Callable[[], Any]:
+    """A function giving ``conn`` back while it lives: the methods set on a connection hold it
+    weakly (no cycle through its own ``__dict__``). Once it is gone (reachable only through a
+    reference to such a method alone) the function raises ReferenceError."""
+    ref = weakref.ref(conn)
+
+    def target() -> Any:
+        found = ref()
+        if found is None:
+            raise ReferenceError("the connection of this method was garbage-collected")
+        return found
+
+    return target
 
 
 class Stmt:

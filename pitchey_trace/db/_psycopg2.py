@@ -65,7 +65,7 @@ from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
 from pitchey_trace.db._commit import END_METHODS, make_end_methods
-from pitchey_trace.db._ops import ConnState, Op, Stmt, set_batch_size, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Op, Stmt, live_connection, set_batch_size, transaction_outcome
 from pitchey_trace.db._tpc import _close as _tpc_close
 from pitchey_trace.db._tpc import make_tpc_methods
 
@@ -341,15 +341,13 @@ def _set_cursor_method(conn: Any) -> None:
         attrs = getattr(conn, "__dict__", None)
         if not isinstance(attrs, dict):
             return
-        ref = weakref.ref(conn)  # (no cycle through the connection's own __dict__)
+        target = live_connection(conn)  # (no cycle through the connection's own __dict__)
         own = attrs.get("cursor")  # an instance attribute of the application's: wrapped, restored
 
         def cursor(*args: Any, **kwargs: Any) -> Any:
             if own is not None:
                 return _adopt(own(*args, **kwargs))
-            c = ref()
-            if c is None:  # (only through a reference to the function alone)
-                raise ReferenceError("the connection of this method was garbage-collected")
+            c = target()
             return _adopt(type(c).cursor(c, *args, **kwargs))
 
         cursor._pitchey_wraps = own  # type: ignore[attr-defined]
@@ -411,13 +409,11 @@ def _set_end_methods(conn: Any, state: ConnState) -> None:
             return bool(c.get_transaction_status() == _INERROR)
 
         methods = make_end_methods(conn, state, False, is_traced=is_traced, pending=pending, failed=failed)
-        ref = weakref.ref(conn)
+        target = live_connection(conn)
         cls = type(conn)
 
         def reset() -> None:
-            c = ref()
-            if c is None:  # (only through a reference to the function alone)
-                raise ReferenceError("the connection of this method was garbage-collected")
+            c = target()
             cls.reset(c)
             # psycopg2 aborted any transaction from C, a two-phase one too: end its span now,
             # or ``pending`` would keep taking later commit() calls for refused 2PC-time ones.

@@ -39,7 +39,7 @@ from typing import Any
 from pitchey_trace import _safety
 from pitchey_trace._span import TrustedAttributes
 from pitchey_trace.db._commit import DRIVER_HOUSEKEEPING
-from pitchey_trace.db._ops import ConnState, Stmt, transaction_outcome
+from pitchey_trace.db._ops import ConnState, Stmt, live_connection, transaction_outcome
 
 __all__ = ["make_tpc_methods"]
 
@@ -181,14 +181,8 @@ def make_tpc_methods(
     3's ``_pitchey_trace_state`` attribute). ``recover(conn)`` (sync only; psycopg2, whose
     ``tpc_recover`` queries from C): also wrap ``tpc_recover`` in the span of its query when
     it returns True (the call will send the query; False: it refuses first, untraced)."""
-    ref = weakref.ref(conn)
+    target = live_connection(conn)
     cls = type(conn)
-
-    def target() -> Any:
-        found = ref()
-        if found is None:  # (only through a reference to the function alone)
-            raise ReferenceError("the connection of this method was garbage-collected")
-        return found
 
     def traced(c: Any) -> bool:
         if is_traced is not None:
