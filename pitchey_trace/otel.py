@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -76,7 +77,26 @@ def _span_context(span: Any) -> SpanContext:
 
 
 def _attrs(attributes: Any) -> dict[str, Any] | None:
-    return dict(attributes) if attributes else None
+    if not attributes:
+        return None
+    try:
+        return dict(attributes)
+    except (TypeError, ValueError):  # (not a mapping: ignored, as the API must never raise)
+        _safety.warn_once(
+            "otel.attributes_invalid",
+            "pitchey_trace.otel: attributes must be a mapping, got %s: ignored",
+            type(attributes).__name__,
+        )
+        return None
+
+
+def _link(link: Any) -> Link | None:
+    """A pitchey link for an OpenTelemetry ``Link`` (None for anything else, or an invalid one,
+    as the SDK drops those)."""
+    context = getattr(link, "context", None)
+    if not isinstance(context, SpanContext) or not context.is_valid:
+        return None
+    return Link(_trace_context(context), _attrs(getattr(link, "attributes", None)))
 
 
 def _unwrap(span: Any) -> Any:
@@ -84,6 +104,9 @@ def _unwrap(span: Any) -> Any:
     context, next to the span, not on it)."""
     return span._span if isinstance(span, BaggageScope) else span
 
+
+# The key of OpenTelemetry's suppress_instrumentation() (private: None when it is gone)
+_SUPPRESS_KEY: Any = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
 
 # Where OpenTelemetry keeps baggage in a context (private: when it is gone, get_all() is asked)
 _BAGGAGE_KEY: Any = getattr(otel_baggage, "_BAGGAGE_KEY", None)
@@ -180,7 +203,8 @@ class _Span(otel_trace.Span):
         self._span.add_event(name, _attrs(attributes), timestamp)
 
     def add_link(self, context: SpanContext, attributes: Any = None) -> None:
-        if context.is_valid:
+        # (None or an invalid context is a no-op, as in the SDK; anything else is ignored too)
+        if isinstance(context, SpanContext) and context.is_valid:
             self._span.add_link(_trace_context(context), _attrs(attributes))
 
     def update_name(self, name: str) -> None:
@@ -215,9 +239,31 @@ class _Span(otel_trace.Span):
         return f"pitchey_trace.otel span {self._span!r}"
 
 
+# OpenTelemetry's HTTP client instrumentations -> the library pitchey_trace.web instruments too
+_HTTP_SCOPES = {
+    f"opentelemetry.instrumentation.{lib}": lib for lib in ("httpx", "requests", "urllib", "urllib3")
+}
+
+
+def _warn_if_doubled(library: str) -> None:
+    """Both OpenTelemetry's and pitchey's instrumentation of one HTTP library are on: each
+    request is two nested client spans (pitchey's inside). Not an error: said once, counted."""
+    outbound = sys.modules.get("pitchey_trace.web.outbound")  # (not imported: not instrumented)
+    if outbound is not None and library in getattr(outbound, "_patched", ()):
+        _safety.warn_once(
+            f"otel.duplicate_instrumentation.{library}",
+            "pitchey_trace: both OpenTelemetry's %s instrumentation and pitchey_trace.web's "
+            "instrument_%s() are on: each request is recorded as two nested client spans; "
+            "turn one of them off",
+            library,
+            library,
+        )
+
+
 class _Tracer(otel_trace.Tracer):
     def __init__(self, scope: dict[str, str]) -> None:
         self._scope = scope
+        self._http = _HTTP_SCOPES.get(scope["otel.scope.name"])
 
     def start_span(
         self,
@@ -232,18 +278,17 @@ class _Tracer(otel_trace.Tracer):
     ) -> otel_trace.Span:
         try:
             parent = _parent(context)
-            attrs = {**self._scope, **attributes} if attributes else dict(self._scope)
-            span_links = [
-                Link(_trace_context(link.context), _attrs(link.attributes))
-                for link in links or ()
-                if link.context.is_valid
-            ]
+            # (bad attributes or links are dropped, not the whole span)
+            attrs = {**self._scope, **(_attrs(attributes) or {})}
+            span_links = [link for link in map(_link, links or ()) if link is not None]
             span = get_tracer().start_span(
                 name, attrs, _KINDS.get(kind, SpanKind.INTERNAL), parent, span_links or None, start_time
             )
         except Exception as exc:  # never into the instrumented code
             _safety.report("otel.start_span", exc)
             return otel_trace.INVALID_SPAN
+        if self._http is not None:
+            _warn_if_doubled(self._http)
         return _Span(span, record_exception, set_status_on_exception)
 
     def start_as_current_span(  # type: ignore[override]
@@ -374,6 +419,11 @@ class _SyncedRuntimeContext:
             ours = CURRENT.get()
             if ours is SUPPRESSED:  # (the SDK's own threads, excluded paths: stay silent)
                 return (token, None)
+            if _SUPPRESS_KEY is not None and context.get(_SUPPRESS_KEY):
+                # opentelemetry.instrumentation.utils.suppress_instrumentation() (OpenTelemetry's
+                # exporters, instrumentations nesting): pitchey records and injects nothing
+                # inside either, as in pt.suppress_tracing()
+                return (token, CURRENT.set(SUPPRESSED))
             span = otel_trace.get_current_span(context)
             # (inline: the common context has no baggage; see _baggage_of)
             baggage = _baggage_of(context) if _BAGGAGE_KEY is None or context.get(_BAGGAGE_KEY) else ()
