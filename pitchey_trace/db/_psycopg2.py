@@ -44,8 +44,13 @@ psycopg 3's are. An instance of the C type itself (``psycopg2.connect(dsn)``) ha
 Likewise ``commit()`` / ``rollback()`` (``COMMIT`` / ``ROLLBACK`` spans, see
 :mod:`pitchey_trace.db._commit`): traced on a connection with a ``__dict__``, ``with conn:``
 included (psycopg2's C ``__exit__`` calls ``self.commit()`` / ``self.rollback()``, found on the
-instance), untraced on the C type itself. ``reset()``, which aborts a two-phase transaction
-from C, is wrapped there too so that its open span ends.
+instance), untraced on the C type itself. psycopg2 also ends a transaction in progress from C,
+with no ``rollback()`` call: ``set_isolation_level()`` and ``set_client_encoding()`` (a new
+encoding) send ROLLBACK first, ``reset()`` sends ABORT, and after ``close()`` the server rolls
+back. Wrapped there too: a ``ROLLBACK`` span with ``db.transaction.rollback_reason`` the
+method's name (``reset()`` / ``close()`` of a two-phase transaction end its ``TRANSACTION``
+span instead: ``rollback``, ``abandoned``).
+The ``autocommit`` / ``set_session`` setters refuse inside a transaction: nothing ends.
 
 Auto-instrumentation (:mod:`pitchey_trace.auto`) makes ``psycopg2.connect(dsn)`` connect with
 :class:`connection`, a subclass that adds nothing, when the program names no
@@ -94,7 +99,11 @@ _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _PREPARED = _ext.STATUS_PREPARED
 _BEGIN = _ext.STATUS_BEGIN
 _INERROR = _ext.TRANSACTION_STATUS_INERROR
+_OPEN = (_ext.TRANSACTION_STATUS_INTRANS, _INERROR)
 _TPC_METHODS = ("tpc_begin", "tpc_prepare", "tpc_commit", "tpc_rollback", "tpc_recover")
+#: The methods that end a transaction in progress without ``rollback()`` (psycopg2 from C).
+_IMPLICIT_END = ("set_isolation_level", "set_client_encoding", "reset", "close")
+_TPC_ENDS = ("reset", "close")
 
 
 class connection(_Connection):  # type: ignore[misc]
@@ -409,25 +418,118 @@ def _set_end_methods(conn: Any, state: ConnState) -> None:
             return bool(c.get_transaction_status() == _INERROR)
 
         methods = make_end_methods(conn, state, False, is_traced=is_traced, pending=pending, failed=failed)
-        target = live_connection(conn)
-        cls = type(conn)
-
-        def reset() -> None:
-            c = target()
-            cls.reset(c)
-            # psycopg2 aborted any transaction from C, a two-phase one too: end its span now,
-            # or ``pending`` would keep taking later commit() calls for refused 2PC-time ones.
-            if state.tpc is not None and is_traced(c):
-                try:
-                    _tpc_close(state, None, outcome="rollback", abandoned=True)
-                except Exception as exc:
-                    _safety.report("db.tpc", exc)
-
-        reset.__doc__ = cls.reset.__doc__
-        methods["reset"] = reset
+        methods.update(_implicit_end_methods(conn, state, is_traced))
         attrs.update(methods)
     except Exception as exc:
         _safety.report("db.commit", exc)
+
+
+def _encoding_name(name: str) -> str:
+    """psycopg2's ``clear_encoding_name``: upper case, only ASCII letters and digits."""
+    return "".join(ch.upper() for ch in name if ch.isascii() and ch.isalnum())
+
+
+def _rolls_back(cause: str, c: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """True when ``c.<cause>(*args, **kwargs)`` ends the transaction in progress (the caller
+    saw ``c.status == STATUS_BEGIN``): what psycopg2's C code checks before it rolls back."""
+    if c.closed:
+        return False
+    if cause == "close":  # the server rolls back the transaction of a session that ends
+        return True
+    if c.async_:
+        return False
+    if cause == "reset":  # ABORT, then DISCARD ALL
+        return True
+    if kwargs or len(args) != 1:  # (psycopg2 refuses these: TypeError, nothing sent)
+        return False
+    arg = args[0]
+    if cause == "set_isolation_level":  # ROLLBACK first, whatever the new level (0 to 4)
+        return not isinstance(arg, int) or 0 <= arg <= 4
+    # set_client_encoding: ROLLBACK first, unless the (normalised) name is the current one
+    return isinstance(arg, str) and "\0" not in arg and _encoding_name(arg) != c.encoding
+
+
+def _implicit_end_methods(conn: Any, state: ConnState, is_traced: Callable[[Any], bool]) -> dict[str, Any]:
+    """``set_isolation_level()``, ``set_client_encoding()``, ``reset()`` and ``close()``, which
+    end a transaction in progress without ``rollback()`` (psycopg2's C code sends ROLLBACK /
+    ABORT itself; ``close()`` ends the session and the server rolls back): a ``ROLLBACK`` span
+    as ``rollback()``'s, ``db.transaction.rollback_reason`` the method's name. ``reset()`` /
+    ``close()`` of a two-phase transaction end its ``TRANSACTION`` span instead (``rollback``,
+    ``abandoned``). With no transaction in progress: one status check, then the call."""
+    target = live_connection(conn)
+    cls = type(conn)
+
+    def in_session_transaction(c: Any) -> bool:
+        # The server rolls back whatever transaction the session has, one psycopg2 began or a
+        # BEGIN of the application's in autocommit mode (libpq's status: no round trip).
+        return not c.closed and c.get_transaction_status() in _OPEN
+
+    def make(cause: str) -> Callable[..., Any]:
+        method = getattr(cls, cause)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            c = target()
+            try:
+                ends = in_session_transaction(c) if cause == "close" else c.status == _BEGIN
+            except Exception as exc:
+                _safety.report("db.commit", exc)
+                ends = False
+            if not ends:
+                return method(c, *args, **kwargs)  # (the cheap case: nothing to end)
+            op: Op | None = None
+            tpc = False
+            try:
+                if is_traced(c) and _rolls_back(cause, c, args, kwargs):
+                    # reset() and close() end psycopg2's two-phase transaction as well: its
+                    # span ends. After the other two, psycopg2 keeps the xid and goes on with
+                    # a fresh transaction (commit() still refused): a ROLLBACK span only.
+                    tpc = state.tpc is not None and cause in _TPC_ENDS
+                    if not tpc:
+                        op = state.begin_text("ROLLBACK")
+            except Exception as exc:
+                _safety.report("db.commit", exc)
+            if op is None and not tpc:
+                return method(c, *args, **kwargs)
+            try:
+                result = method(c, *args, **kwargs)
+            except BaseException as exc:
+                _implicit_ended(c, state, op, cause, exc)
+                raise
+            _implicit_ended(c, state, op, cause, None)
+            return result
+
+        call.__name__ = cause
+        call.__doc__ = method.__doc__
+        return call
+
+    return {cause: make(cause) for cause in _IMPLICIT_END}
+
+
+def _implicit_ended(c: Any, state: ConnState, op: Op | None, cause: str, exc: BaseException | None) -> None:
+    """End the span of an implicit rollback (``op``; None: the open 2PC span). Never raises."""
+    try:
+        ended = bool(c.closed) or c.status != _BEGIN
+    except Exception as internal:
+        _safety.report("db.commit", internal)
+        ended = False
+    if op is None:
+        if ended:
+            try:
+                _tpc_close(state, None, outcome="rollback", abandoned=True)
+            except Exception as internal:
+                _safety.report("db.tpc", internal)
+        return
+    span = op[0]
+    try:
+        if ended and span.is_recording:
+            span.set_attribute("db.transaction.outcome", "rollback")
+            span.set_attribute("db.transaction.rollback_reason", cause)
+    except Exception as internal:
+        _safety.report("db.commit", internal)
+    if exc is None:
+        state.done(op, -1)
+    else:
+        state.fail(op, exc)
 
 
 def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameters: bool | None = None) -> Any:
@@ -465,7 +567,7 @@ def uninstrument(conn: Any) -> Any:
         _unset_cursor_method(conn)
         attrs = getattr(conn, "__dict__", None)
         if isinstance(attrs, dict):
-            for name in (*_TPC_METHODS, *END_METHODS, "reset"):
+            for name in (*_TPC_METHODS, *END_METHODS, *_IMPLICIT_END):
                 attrs.pop(name, None)
     return conn
 

@@ -145,8 +145,8 @@ def test_sync_program_traced_without_code(pg_dsn: str, tmp_path: Path) -> None:
         assert server["kind"] == "server"
         queries = children(spans, server)
         # psycopg 3's SELECT and the COMMIT ending its `with psycopg.connect()` block; psycopg2's
-        # SELECT (the program closes that connection without commit(): no COMMIT)
-        assert sorted(q["name"] for q in queries) == ["COMMIT", "SELECT", "SELECT"]
+        # SELECT and the ROLLBACK of close() with that SELECT's transaction open
+        assert sorted(q["name"] for q in queries) == ["COMMIT", "ROLLBACK", "SELECT", "SELECT"]
         assert {q["attributes"]["db.system.name"] for q in queries} == {"postgresql"}
         assert {q["kind"] for q in queries} == {"client"}
 

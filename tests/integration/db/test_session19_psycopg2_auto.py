@@ -228,8 +228,9 @@ def test_auto_connection_keeps_psycopg2_behaviour(pg_dsn: str, tmp_path: Path) -
     assert out["async"] == ["connection", True, 7, "commit cannot be used in asynchronous mode"]
     assert out["freed"] is True
     # the extension; the ROLLBACK register_hstore() ends its own oid query with; the table and
-    # rows; the pooled connection's `with` block, the `with w:` block (the async commit was refused)
-    assert out["spans"] == ["COMMIT", "ROLLBACK", "COMMIT", "COMMIT", "COMMIT"]
+    # rows; the ROLLBACK of closing the RealDictConnection with its SELECT's transaction open;
+    # the pooled connection's `with` block, the `with w:` block (the async commit was refused)
+    assert out["spans"] == ["COMMIT", "ROLLBACK", "COMMIT", "ROLLBACK", "COMMIT", "COMMIT"]
 
 
 SQLALCHEMY_PROGRAM = """
