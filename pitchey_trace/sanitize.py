@@ -600,10 +600,11 @@ _FRAGMENTS: dict[str, str] = {
     # resumes right after the separator so the value still meets every other detector. The
     # name's closing quote may be escaped: JSON inside a JSON string (\"password\": \"...\"),
     # nested up to three times (\\\" then 7 backslashes), and the name may end with escaped
-    # backslashes (up to 15 before the quote, see _closing_quote). One character class, not a group:
+    # backslashes (up to 15 before the quote, see _closing_quote). A name may start with "--" (an
+    # option) or "_" ("_token=", "__csrf_token=": form fields). One character class, not a group:
     # this part is tried at every word start, and a group there costs ~20% of the scan.
     "secret_params": (
-        r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>-{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
+        r"(?<![A-Za-z0-9_.\-])(?P<kv>(?P<kv_name>[_\-]{0,2}[A-Za-z][A-Za-z0-9_.\-]{0,127})"
         r"(?P<kv_sep>[\\\"']{0,16}[ \t]{0,3}[:=][ \t]{0,3})(?=[^\s&,;]))"
         # A (name, value) pair, a tuple or a 2-item list whose first item is a quoted name:
         # header pairs ([('x-api-key', '...'), (b'cookie', b'...')], request.headers.items(),
@@ -617,11 +618,14 @@ _FRAGMENTS: dict[str, str] = {
         r"(?<![A-Za-z0-9])(?P<ah>(?P<ah_scheme>(?i:bearer|basic)[ \t]+)(?P<ah_cred>[A-Za-z0-9._~+/=\-]{6,}))"
     ),
     "jwts": r"(?<![A-Za-z0-9_\-])(?P<jwt>eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)",
+    # The fixed-length forms end where their length does: a key glued to the next word
+    # ("AKIA...EXAMPLEtoken=1") is still one (see also _GLUED_KEYS).
     "cloud_keys": (
-        r"(?<![A-Za-z0-9])(?P<ck>(?:(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}"
-        r"|AIza[0-9A-Za-z_\-]{35}|gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}"
+        r"(?<![A-Za-z0-9])(?P<ck>(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA)[A-Z0-9]{16}"
+        r"|AIza[0-9A-Za-z_\-]{35}|npm_[A-Za-z0-9]{36}"
+        r"|(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}"
         r"|glpat-[A-Za-z0-9_\-]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"
-        r"|npm_[A-Za-z0-9]{36}|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
+        r"|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
         r"|sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,})(?![A-Za-z0-9]))"
     ),
     # Country code, check digits, then the account: contiguous, or in groups of four with single
@@ -632,7 +636,7 @@ _FRAGMENTS: dict[str, str] = {
     ),
     "emails": (
         r"(?<![\w.%+\-])(?P<em>(?P<em_local>[\w.%+\-]{1,64})@"
-        r"(?P<em_domain>[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.){1,8}[A-Za-z]{2,24})(?![A-Za-z0-9\-]))"
+        r"(?P<em_domain>[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.){1,8}[A-Za-z]{2,24})(?![A-Za-z0-9]))"
     ),
     "ip6": (r"(?<![0-9A-Fa-f:.])(?P<ip6>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:])"),
     # Cards, SSNs, phones and IPv4 share one alternative: a run of digits and separators
@@ -651,6 +655,43 @@ _FRAGMENTS: dict[str, str] = {
 _KEEP = (
     r"(?P<keep>hash:[0-9a-f]{8,64}(?![0-9A-Za-z])"
     rf"|\[[A-Z][A-Z _]{{0,30}}(?: [*.\-]{{2,12}}{_KEPT_CHARS}{{0,8}})?\])"
+)
+# Keys and JWTs glued to the word before them ("xAKIA...", "auth-eyJ...", "idghp_..."), which
+# the combined pattern, starting only after a non-alphanumeric character, never meets: a pass of
+# their own before it (_Engine.scrub). Only forms that ordinary words do not take: the
+# prefixes of cloud_keys that no identifier ends with, and for the others the exact length
+# (SendGrid), a second prefix (sk-proj-) or the OpenAI marker, or a digit in the body (Stripe,
+# GitHub, npm: "bookmark_test_ConnectionTimeouts" stays). Bounded: every repetition stops at a
+# character that cannot start the next try, or at its bound.
+_GLUED_AFTER = "(?<=[A-Za-z0-9].)"  # (after each branch's first letter: that letter is searched fast)
+# (the branches both patterns below share)
+_GLUED_SHARED = (
+    rf"A{_GLUED_AFTER}(?:(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA)[A-Z0-9]{{16}}|Iza[0-9A-Za-z_\-]{{35}})"
+    rf"|g{_GLUED_AFTER}(?:ithub_pat_[A-Za-z0-9_]{{22,255}}|lpat-[A-Za-z0-9_\-]{{20,}}"
+    r"|h[pousr]_(?=[A-Za-z]{0,254}[0-9])[A-Za-z0-9]{16,255})"
+    rf"|x{_GLUED_AFTER}ox[abprs]-[A-Za-z0-9\-]{{10,}}"
+    rf"|S{_GLUED_AFTER}G\.[A-Za-z0-9_\-]{{22}}\.[A-Za-z0-9_\-]{{43}}"
+)
+_SK_BODY = r"(?:(?:proj|ant|svcacct|admin)-[A-Za-z0-9_\-]{20,}|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})"
+_DIGIT_BODY = r"(?=[A-Za-z]{0,254}[0-9])[A-Za-z0-9]{16,255}"
+_GLUED_KEYS = re.compile(
+    rf"{_GLUED_SHARED}|s{_GLUED_AFTER}k-{_SK_BODY}"
+    rf"|[rs]{_GLUED_AFTER}k_(?:live|test)_{_DIGIT_BODY}|n{_GLUED_AFTER}pm_{_DIGIT_BODY}"
+)
+# Whether _GLUED_KEYS can match, asked of every text: the same branches, but those of "sk-",
+# "rk_"/"sk_" and "npm_" start at their rarer second letter ("s", "r" and "n" begin tries in
+# most words: this is 2-3x cheaper on ordinary text). Its matches start one letter late, so it
+# only decides whether _GLUED_KEYS runs.
+_GLUED_HINT = re.compile(
+    rf"{_GLUED_SHARED}|k(?<=[A-Za-z0-9]sk)-{_SK_BODY}"
+    rf"|k(?<=[A-Za-z0-9][rs]k)_(?:live|test)_{_DIGIT_BODY}|p(?<=[A-Za-z0-9]np)m_{_DIGIT_BODY}"
+)
+# A JWT inside a run of base64url characters ("auth-eyJ...", "x_eyJ...", "tokeneyJ..."): the run
+# before the first "." is taken from its start (one try per run: linear), the JWT found in it by
+# its "eyJ" (see _Engine._glued_jwt). Masked before the combined scan, which would otherwise take
+# the payload and signature of "xeyJ...sig." for a JWT of their own and leave its header.
+_GLUED_JWT = re.compile(
+    r"(?<![A-Za-z0-9_\-])(?P<h>[A-Za-z0-9_\-]{8,})\.(?P<p>[A-Za-z0-9_\-]{4,})\.[A-Za-z0-9_\-]*"
 )
 _NUMERIC_KINDS = ("cards", "ssns", "phones", "ip_addresses")
 _ORDER = (
@@ -1377,10 +1418,38 @@ class _Engine:
         # A JWT or cloud key inside a "name=" the secret_params pattern took whole (see _kv).
         tokens = [_FRAGMENTS[k] for k in ("jwts", "cloud_keys") if k in detectors]
         self._name_tokens = re.compile("|".join(tokens)) if tokens else None
+        self._glue_jwts = "jwts" in detectors
+        self._glue_keys = "cloud_keys" in detectors
 
     # -- entry points
 
     def scrub(self, text: str) -> str:
+        # Tokens glued to the word before them first (see _GLUED_JWT); shorter texts hold none.
+        if len(text) >= 14:
+            if self._glue_jwts and "eyJ" in text:
+                text = _GLUED_JWT.sub(self._glued_jwt, text)
+            if self._glue_keys and _GLUED_HINT.search(text) is not None:
+                text = _GLUED_KEYS.sub(self._glued_key, text)
+        return self._scan(text)
+
+    def _glued_key(self, m: re.Match[str]) -> str:
+        return self._render("cloud_keys", m.group())
+
+    def _glued_jwt(self, m: re.Match[str]) -> str:
+        head = m.group("h")
+        if head.startswith("eyJ"):
+            return m.group()  # (a JWT at a word's start: the scan's, with its own rules)
+        # After a letter or digit the payload must be JSON too ("keyJsonPath.a.b" stays);
+        # after "-" or "_" the header's "eyJ" is enough, as at a word's start.
+        strict = not m.group("p").startswith("eyJ")
+        at = head.find("eyJ", 1)
+        while at != -1 and len(head) - at >= 7:
+            if not (strict and head[at - 1].isalnum()):
+                return head[:at] + self._render("jwts", m.group()[at:])
+            at = head.find("eyJ", at + 1)
+        return m.group()
+
+    def _scan(self, text: str) -> str:
         if self._pem is not None and "PRIVATE KEY" in text:
             text = self._pem.sub(lambda m: self._render("private_keys", m.group()), text)
         if self.cli and "--" in text:
@@ -1602,7 +1671,7 @@ class _Engine:
         if known is None:
             found = _KV_NAME.search(name)
             if found is None:
-                secret = _norm_key(name).endswith(_KV_WORD_ENDS) or name.lstrip("-").lower() in _KV_WHOLE
+                secret = _norm_key(name).endswith(_KV_WORD_ENDS) or name.lstrip("-_").lower() in _KV_WHOLE
                 known = _KV_SECRET if secret else _KV_PLAIN
             elif found.group().lower() in ("authorization", "auth"):
                 known = _KV_AUTH  # also Proxy-Authorization, X-Authorization, X-Auth, proxy_auth...
@@ -1796,6 +1865,11 @@ class _Engine:
         closing = ""
         if len(inner) and inner.endswith(quote):
             inner, closing = inner[:-1], quote
+        if lit.group("call") is not None and not closing:
+            # A string left open is no call's argument ('token=Zq8sKd93("}': its "name" is the
+            # token): the name, the bracket and the rest of the string go.
+            whole = self._render("secret_params", text[pos : quoted.end()])
+            return f"{m.group('kv_name')}{m.group('kv_sep')}{whole}", quoted.end()
         if not inner or _PLACEHOLDER.fullmatch(inner) or _RENDERED.fullmatch(inner):
             # kept as it is, the prefix too (not taken for an unquoted value: idempotence)
             return text[m.start() : quoted.end()], quoted.end()
