@@ -8,12 +8,14 @@ counted and logged at most once a minute per kind, never reported as internal er
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.utils
 import functools
 import gzip
 import http.client
 import io
 import logging
+import math
 import os
 import random
 import re
@@ -22,12 +24,14 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from pitchey_trace import _safety, _stats
+from pitchey_trace._batch import _suppressed_thread, start_thread
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, masked_url, positive_int
 from pitchey_trace.exceptions import ConfigurationError
@@ -506,6 +510,16 @@ class HttpSender:
         self._busy = False  # a thread is in _post_once: it owns the connection
         self._handle: socket.socket | None = None
 
+    def clone(self) -> HttpSender:
+        """A sender with these settings and a connection of its own, for another thread
+        (http.client connections are not thread-safe)."""
+        other = copy.copy(self)
+        other._conn = None
+        other._pid = os.getpid()
+        other.stop = threading.Event()
+        other._init_abort()  # (its own handle: never this one's)
+        return other
+
     def reset(self) -> None:
         """Drop the connection (after fork the child must not share the parent's socket)."""
         handle = self._handle
@@ -758,14 +772,44 @@ class _Flight:
         self.settled = threading.Event()  # its thread is done with it
 
 
+#: How long the spool's sender thread holds a drain at most before it looks again (a flush
+#: may be waiting for it; its sends give up at this deadline too).
+_DRAIN_SLICE_S = 30.0
+
+
+def _run_spool_sender(ref: weakref.ref[SenderExporter], wake: threading.Event) -> None:
+    """The body of a spool's sender thread: :meth:`SenderExporter._spool_step` while the
+    exporter lives and is not shut down, sleeping between turns without holding it."""
+    while True:
+        exporter = ref()
+        if exporter is None:
+            return  # (dropped without a shutdown)
+        pause = exporter._spool_step()
+        del exporter
+        if pause is None:
+            return
+        if pause > 0:
+            wake.wait(None if pause == math.inf else pause)
+
+
 class SenderExporter:
     """Lifecycle shared by the exporters that post each batch at once through one
     :class:`HttpSender` (``self._sender``): nothing buffered in memory, stop retrying on
     shutdown, a fresh connection after fork; and, with a spool directory (``_spool``), what
-    could not be delivered kept on disk and sent later."""
+    could not be delivered kept on disk and sent later by a thread of the exporter's own (so
+    the export worker never waits on a failing endpoint more than once per outage)."""
 
     _sender: HttpSender | GrpcSender
     _spool: PayloadSpool | None = None
+    #: A failed attempt: new batches go straight to the spool until its sender thread emptied it.
+    _spooling = False
+    #: The spool's sender thread (one per exporter and process, started when first needed) and
+    #: the connection it (or a flush) drains on, used under ``_drain_lock`` only.
+    _spool_thread: threading.Thread | None = None
+    _spool_sender: HttpSender | GrpcSender | None = None
+    _spool_wake: threading.Event
+    _spool_thread_lock: threading.Lock
+    _drain_lock: threading.Lock
     #: OTLP exporters: the JSON name of the count in a successful answer's partial success
     #: (``rejectedSpans``) and what it counts (``spans``); None: answers are not read.
     _partial: tuple[str, str] | None = None
@@ -800,11 +844,38 @@ class SenderExporter:
             items_counter=items_counter,
             max_bytes=spool_max_bytes,
         )
+        self._init_spool_sender()
 
-    def _send_once(self, payload: bytes, deadline: float | None = None, spooled: bool = False) -> HttpResult:
+    def _init_spool_sender(self) -> None:
+        """The state of the spool's sender thread (at construction, and in a forked child: no
+        thread yet; one starts when first needed)."""
+        self._drain_lock = threading.Lock()  # one drain at a time: the thread's or a flush's
+        self._spool_wake = wake = threading.Event()
+        # The thread holds the exporter weakly (one dropped without shutdown must go, and its
+        # spool's lock with it); this wakes it to see that the exporter is gone.
+        weakref.finalize(self, wake.set)
+        self._spool_thread_lock = threading.Lock()
+        self._spool_thread = None
+        sender = self._sender
+        if isinstance(sender, HttpSender):
+            self._spool_sender = sender.clone()
+        else:  # (gRPC: same settings, a channel of its own, opened when first used)
+            clone = copy.copy(sender)
+            clone.reset()
+            self._spool_sender = clone
+
+    def _send_once(
+        self,
+        payload: bytes,
+        deadline: float | None = None,
+        spooled: bool = False,
+        sender: HttpSender | GrpcSender | None = None,
+    ) -> HttpResult:
         # (one attempt: with a spool, retries come from the spool, spaced store-wide)
-        policy = self._sender.retry
-        result = self._sender.send(
+        if sender is None:
+            sender = self._sender
+        policy = sender.retry
+        result = sender.send(
             payload,
             RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses),
             spooled=spooled,
@@ -813,8 +884,8 @@ class SenderExporter:
         self._note_attempt(result)
         return result
 
-    #: Consecutive failed attempts with a spool, and when (``time.monotonic()``) the next new
-    #: batch may try the endpoint again (before that it goes straight to the spool).
+    #: Consecutive failed attempts with a spool, and when (``time.monotonic()``) the spool's
+    #: sender thread may try the endpoint again.
     _failures = 0
     _retry_at = 0.0
 
@@ -827,28 +898,32 @@ class SenderExporter:
         elif not self._closed:
             self._failures += 1
             self._retry_at = time.monotonic() + self._sender.retry.backoff(self._failures)
+            # (whoever tried, the export worker or a drain: new batches go to the spool now,
+            # and the spool's sender thread retries them)
+            self._spooling = True
 
     def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
         """Send ``payload`` (``items`` spans or points). With a spool, it is tried once and a
-        payload that could not be delivered (and was not refused) is kept on disk: None; while
-        kept ones wait and the store-wide backoff (:meth:`_note_attempt`) runs, it is kept
-        without a try. A delivery that succeeds then sends kept ones (oldest first, for at
-        most 5 s), so a backlog shrinks while new batches go out.
+        payload that could not be delivered (and was not refused) is kept on disk: None. From
+        then on new payloads are kept without a try, behind it, and the spool's sender thread
+        retries them (store-wide backoff: :meth:`_note_attempt`), oldest first; once it
+        emptied the spool, payloads are sent here again. Kept files found after a delivery
+        succeeded (a previous run's) are sent by that thread too.
 
         After :meth:`shutdown` nothing is sent: the payload is kept (with a spool) or given up.
         While a delivery is in progress :meth:`shutdown` may take it over (``_Flight``)."""
         spool = self._spool
         if (
             spool is not None
-            and len(spool)
-            and time.monotonic() < self._retry_at
+            and self._spooling
             and not self._closed
             and len(payload) <= spool.max_bytes  # (one too large is tried and given up, as before)
             and spool.put(payload, items)
         ):
-            # Kept files wait and the endpoint failed moments ago: keep this one behind them
-            # without a request, so the export worker goes on taking batches (a hung endpoint
-            # would hold it timeout_s per batch).
+            # The endpoint failed and kept files wait: keep this one behind them without a
+            # request, so the export worker goes on taking batches (a hung endpoint would hold
+            # it timeout_s per try while its queue overflows); the sender thread retries.
+            self._wake_spool_sender()
             return None
         with _flight_lock:
             closed = self._closed
@@ -869,10 +944,11 @@ class SenderExporter:
                 flight.state = _Flight.SETTLING
             if result.ok:
                 if spool is not None and len(spool) and not self._closed:
-                    self._drain(spool, time.monotonic() + 5.0)
+                    self._wake_spool_sender()  # (it sends what is kept, off this thread)
                 return result
             if spool is None or result.rejected or not spool.put(payload, items):
                 return result
+            self._wake_spool_sender()  # (it retries the kept one once the backoff ran out)
             return None
         finally:
             with _flight_lock:
@@ -897,16 +973,65 @@ class SenderExporter:
         )
 
     def _drain(self, spool: PayloadSpool, deadline: float) -> None:
-        """Send what ``spool`` keeps until one fails or ``deadline`` (``time.monotonic()``)
-        passes; a send in progress gives up at the deadline too (a flush's timeout holds
-        even while the endpoint hangs)."""
-        spool.drain(functools.partial(self._send_spooled, deadline=deadline), deadline)
+        """Send what ``spool`` keeps, on the spool's own connection, until one fails or
+        ``deadline`` (``time.monotonic()``) passes; a send in progress gives up at the deadline
+        too (a flush's timeout holds even while the endpoint hangs). One drain at a time: a
+        second waits for the first (until ``deadline``), so no file is sent twice."""
+        if not self._drain_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return
+        try:
+            spool.drain(functools.partial(self._send_spooled, deadline=deadline), deadline)
+        finally:
+            self._drain_lock.release()
+
+    def _wake_spool_sender(self) -> None:
+        """Wake the spool's sender thread, starting it if this process has none yet (a daemon
+        with tracing suppressed; at interpreter exit, when no thread can start, the files wait
+        for a flush or the next start)."""
+        self._spool_wake.set()
+        thread = self._spool_thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._spool_thread_lock:
+            thread = self._spool_thread
+            if self._closed or (thread is not None and thread.is_alive()):
+                return
+            thread = _suppressed_thread(
+                functools.partial(_run_spool_sender, weakref.ref(self), self._spool_wake),
+                f"pitchey-trace-spool-{self._exporter_name()}",
+            )
+            if start_thread(thread):
+                self._spool_thread = thread
+
+    def _spool_step(self) -> float | None:
+        """One turn of the spool's sender thread (:func:`_run_spool_sender`): once the backoff
+        of the last failed attempt ran out, send what is kept, oldest first, until an attempt
+        fails; when the spool is empty, new batches go out directly on the export worker
+        again. Returns how long to sleep unless woken (inf: until woken), None to stop."""
+        spool = self._spool
+        if spool is None or self._closed:
+            return None
+        self._spool_wake.clear()  # (a batch kept from here on sets it: never slept through)
+        if not len(spool):
+            self._spooling = False
+            return 0.0 if len(spool) else math.inf  # (one kept meanwhile is sent first)
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            return wait  # (woken early by new batches, a flush or shutdown: looks again)
+        try:
+            self._drain(spool, time.monotonic() + _DRAIN_SLICE_S)
+        except Exception as exc:  # (a bug must not end the thread, nor spin it)
+            _safety.report(f"spool.{self._exporter_name()}", exc)
+            return 1.0
+        return 0.0
 
     def _send_spooled(self, payload: bytes, deadline: float | None = None) -> HttpResult:
         """Send a kept payload once (spool drains), giving up at ``deadline``. What its answer
         says was rejected is counted in ``dropped.rejected``; ``exported`` counted the payload
         when it was kept (as for the spool's other losses, ``dropped.spool_cap``)."""
-        result = self._send_once(payload, deadline)
+        if self._closed:  # (shut down: no request starts; the file waits for the next start)
+            return HttpResult(False, error="the exporter was shut down")
+        result = self._send_once(payload, deadline, sender=self._spool_sender)
         if result.ok:
             rejected = self._partial_success(result, self._items_per_request)
             if rejected:
@@ -1064,32 +1189,30 @@ class SenderExporter:
         SenderExporter._halve_into(out, items[half:], cap, body)
 
     def poll(self) -> None:
-        """Called by the export worker when it is idle: with a spool, try what it keeps now
-        and then (5 s after a failed try, doubling to 60 s), so an idle process sends its
-        backlog once the endpoint is back without waiting for new spans."""
+        """Called by the export worker when it is idle: with kept payloads (also a previous
+        run's), make sure the spool's sender thread runs; it tries them once the backoff
+        allows, so an idle process sends its backlog without waiting for new spans. Nothing
+        is sent on the export worker."""
         spool = self._spool
         if spool is None or not len(spool) or self._closed:
             return
-        now = time.monotonic()
-        if now < self._poll_at:
-            return
-        self._drain(spool, now + 5.0)
-        self._poll_wait = min(60.0, self._poll_wait * 2) if len(spool) else 2.5
-        self._poll_at = time.monotonic() + self._poll_wait
-
-    _poll_at = 0.0
-    _poll_wait = 2.5
+        self._wake_spool_sender()
 
     def force_flush(self, timeout: float | None = None) -> bool:
-        """Nothing is buffered in memory; with a spool, send what it keeps (True when it is
-        empty after at most ``timeout`` seconds)."""
+        """Nothing is buffered in memory; with a spool, send what it keeps now, without
+        waiting for the backoff (after the sender thread's drain in progress, if any): True
+        when it is empty after at most ``timeout`` seconds, also while the endpoint hangs."""
         spool = self._spool
         if spool is None or not len(spool):
             return True
         if self._closed:  # (shut down: the files wait for the next start)
             return False
         self._drain(spool, time.monotonic() + (30.0 if timeout is None else max(0.0, timeout)))
-        return not len(spool)
+        if len(spool):
+            return False
+        if self._spooling:
+            self._wake_spool_sender()  # (it sees the spool empty: batches go out directly again)
+        return True
 
     _closed = False
     _flight: _Flight | None = None
@@ -1100,7 +1223,8 @@ class SenderExporter:
         thread settles it: with a spool, kept on disk before this returns; without, given up
         and counted by the export worker (``dropped.export_failed``). A thread that cannot
         settle it in time (stuck resolving the host name) leaves it to this one: kept in the
-        spool here. The spool's files stay for the next start. Never raises."""
+        spool here. The spool's sender thread is stopped (its request cut off too) and joined
+        within ``timeout``; the spool's files stay for the next start. Never raises."""
         deadline = time.monotonic() + (30.0 if timeout is None else max(0.0, timeout))
         sender = self._sender
         with _flight_lock:
@@ -1111,10 +1235,22 @@ class SenderExporter:
             sender.abort()  # (closes the connection, or leaves that to the thread using it)
         else:
             sender.close()  # (gRPC: closing the channel cancels the call in progress)
+        background = self._spool_sender
+        if background is not None:  # (the spool's drains: their request in progress too)
+            background.stop.set()
+            if isinstance(background, HttpSender):
+                background.abort()
+            else:
+                background.close()
         if flight is not None:
             flight.settled.wait(max(0.0, deadline - time.monotonic()))
             self._claim(flight)
         if self._spool is not None:
+            self._spool_wake.set()
+            with self._spool_thread_lock:  # (no thread starts once closed: none missed here)
+                thread = self._spool_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
             self._spool.close()
 
     def _claim(self, flight: _Flight) -> None:
@@ -1133,8 +1269,10 @@ class SenderExporter:
                 flight.state = _Flight.SETTLING  # (its thread gives it up and counts it)
 
     def after_fork(self) -> None:
-        """Forget the parent's connection (and its spool files)."""
+        """Forget the parent's connections (and its spool files). The child has no spool
+        sender thread: one starts when it has files to send."""
         self._sender.reset()
         self._flight = None
         if self._spool is not None:
             self._spool.after_fork()
+            self._init_spool_sender()

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -310,36 +309,6 @@ def test_garbage_or_huge_answers_are_a_full_success(
     assert not [k for k in stats if "partial" in k]
     _assert_no_failure(stats, "otlp")
     assert _warnings(caplog, "") == []
-
-
-def test_a_spooled_request_sent_later_counts_its_rejections(receivers: list[Any], tmp_path: Path) -> None:
-    rejected_one = Answer(200, PROTO, partial_success_answer("traces", 1, "too old"))
-    r = _http_receiver(
-        receivers,
-        Answer(503, None, b""),  # the first request: kept in the spool
-        Answer(503, None, b""),  # and still on flush
-        rejected_one,  # the kept one (sent by the idle exporter, or after the next)
-        rejected_one,  # the next one
-        Answer(200, PROTO, b""),
-    )
-    exp = OTLPExporter(
-        r.url,
-        spool_dir=tmp_path / "spool",
-        retry=RetryPolicy(max_attempts=1, retry_statuses=frozenset({503})),
-    )
-    pt.configure(service="pitch-api", exporters=[exp])
-    _spans(3)
-    assert not pt.force_flush(20)  # (kept: not delivered yet)
-    _spans(2)
-    assert pt.force_flush(20)  # the kept one has gone too
-    assert r.requests == 4
-    stats = pt.stats()
-    assert stats["otlp.spool_sent"] == 1
-    assert stats["otlp.partial_rejected"] == 2
-    assert stats["dropped.rejected.otlp"] == 2
-    # (the kept spans were counted exported when they were kept, as for the spool's other
-    # losses: only the new request's rejection is taken off)
-    assert stats["exported.otlp"] == 5 - 1
 
 
 # -- logs and metrics over HTTP ----------------------------------------------------------------------

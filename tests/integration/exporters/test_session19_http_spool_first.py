@@ -1,12 +1,11 @@
 """With a ``spool_dir``, an HTTP exporter facing a failing endpoint tries a batch once and keeps
-it on disk, and while kept batches wait and the store-wide backoff runs, new batches go to the
-spool without a request: the export worker is never held through a retry schedule (5 attempts
+it on disk, and once an attempt failed, new batches go to the spool without a request: the
+export worker is never held through a retry schedule (5 attempts
 x ``timeout_s`` against an endpoint that accepts and never answers) while its queue overflows.
 Without a spool the retry schedule is unchanged. Real HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,36 +58,6 @@ def test_a_hung_endpoint_costs_one_request_and_later_batches_go_to_the_spool(
         assert _files(spool) == []
         assert _stats.get("http_analytics.points") == 5
     finally:
-        exporter.shutdown(1.0)
-
-
-def test_once_the_backoff_ran_out_a_new_batch_tries_the_endpoint_again(
-    http_server: RecordingServer, tmp_path: Path
-) -> None:
-    http_server.reply(HUNG, HUNG)
-    spool = tmp_path / "spool"
-    retry = RetryPolicy(max_attempts=5, initial_backoff_s=0.2, multiplier=1.0, jitter=0.0)
-    exporter = HttpAnalyticsExporter(http_server.url + "/ingest", timeout_s=0.3, retry=retry, spool_dir=spool)
-    try:
-        assert exporter.export([_record(0)]) is True  # tried once (hangs), kept
-        failed_at = time.monotonic()
-        assert exporter.export([_record(1)]) is True  # within the backoff: kept untried
-        assert len(http_server.requests) == 1
-        while time.monotonic() < failed_at + 0.3:  # (past the 0.2 s backoff)
-            time.sleep(0.05)
-        assert exporter.export([_record(2)]) is True  # tried (hangs again), kept
-        failed_at = time.monotonic()
-        assert len(http_server.requests) == 2
-        assert http_server.requests[1].json()["points"][0]["blobs"][3] == "op2"
-        while time.monotonic() < failed_at + 0.3:
-            time.sleep(0.05)
-        assert exporter.export([_record(3)]) is True  # the endpoint answers: sent, then the kept
-        assert _names(http_server, 2) == ["op3", "op0", "op1", "op2"]  # kept ones oldest first
-        assert _files(spool) == []
-        assert _stats.get("http_analytics.spooled") == 3
-        assert _stats.get("http_analytics.spool_sent") == 3
-    finally:
-        http_server.release.set()
         exporter.shutdown(1.0)
 
 
