@@ -87,12 +87,37 @@ class _FlushMarker:
         self.deadline = deadline
 
 
+_thread_delete: Callable[[threading.Thread], None] = getattr(threading.Thread, "_delete", lambda _: None)
+
+
+class _Thread(threading.Thread):
+    """The SDK's worker threads. gevent's ``monkey.patch_all()`` after one started (the SDK
+    configured first: ``gunicorn --preload -k gevent``, an app importing it early) replaces
+    ``threading.get_ident``, so the thread's own clean-up at its end looked itself up under
+    another id: ``KeyError`` tracebacks on stderr as each worker stopped."""
+
+    def _delete(self) -> None:
+        try:
+            _thread_delete(self)
+        except KeyError:
+            with getattr(threading, "_active_limbo_lock"):  # noqa: B009
+                getattr(threading, "_active").pop(self.ident, None)  # noqa: B009
+
+
+def join_thread(thread: threading.Thread, timeout: float) -> None:
+    """``thread.join(timeout)``, skipped when no time is left: gevent's ``join`` of a thread
+    started before ``monkey.patch_all()`` reads a timeout of 0 as none and waits for ever
+    (shutdown hung at exit behind a stuck exporter)."""
+    if timeout > 0:
+        thread.join(timeout)
+
+
 def _suppressed_thread(target: Callable[[], None], name: str) -> threading.Thread:
     def run() -> None:
         CURRENT.set(SUPPRESSED)
         target()
 
-    return threading.Thread(target=run, name=name, daemon=True)
+    return _Thread(target=run, name=name, daemon=True)
 
 
 def _call_with_timeout(fn: Callable[[], Any], timeout: float, kind: str) -> None:
@@ -105,7 +130,7 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float, kind: str) -> None
 
     t = _suppressed_thread(run, f"pitchey-trace-{kind}")
     if start_thread(t):
-        t.join(max(0.0, timeout))
+        join_thread(t, timeout)
     else:
         run()  # (at interpreter exit: no timeout, but the exporter is shut down)
 
@@ -284,7 +309,7 @@ class ExporterWorker:
         self.wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
-            t.join(max(0.0, timeout))
+            join_thread(t, timeout)
 
     def abandon(self) -> int:
         """After shutdown's time ran out: count the records still queued as dropped
@@ -468,7 +493,7 @@ class Pipeline:
         self._stop = True
         self.wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+            join_thread(self._thread, deadline - time.monotonic())
         for w in self.workers:
             w.stop(max(0.0, deadline - time.monotonic()))
         kept = {id(e) for e in keep}

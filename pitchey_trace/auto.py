@@ -37,7 +37,7 @@ threading                 work handed to threads and thread pools runs in the sp
                           processes started by ``multiprocessing`` (``Process``, ``Pool``,
                           ``ProcessPoolExecutor``) under every start method, a pool's
                           workers in the span current when they were started
-                          (docs/operations.md)
+                          (docs/operations.md), and greenlets gevent spawns
 logging                   records of WARNING and above (``PITCHEY_TRACE_LOG_EVENT_LEVEL``) logged
                           in a span become its ``log`` events (``instrument_logging``); with
                           ``PITCHEY_TRACE_EXPORT_LOGS=INFO`` (or OpenTelemetry's
@@ -349,6 +349,12 @@ def _multiprocessing(_: ModuleType) -> None:
     instrument_processes()
 
 
+def _gevent(_: ModuleType) -> None:
+    from pitchey_trace._gevent import instrument_gevent
+
+    instrument_gevent()
+
+
 def _level(text: str, variable: str) -> int | str:
     """A logging level from ``variable``'s value: a number, or a level name (any case)."""
     import logging
@@ -427,7 +433,11 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "aio_pika": (("aio_pika", _aio_pika),),
     "logging": (("logging", _logging),),
     # (one library: carrying the current span into threads and child processes)
-    "threading": (("threading", _threading), ("multiprocessing.process", _multiprocessing)),
+    "threading": (
+        ("threading", _threading),
+        ("multiprocessing.process", _multiprocessing),
+        ("gevent", _gevent),  # greenlets spawned in a span run under it
+    ),
 }
 
 

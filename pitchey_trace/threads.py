@@ -20,6 +20,11 @@ under the span current when each worker was started, not per task (pass ``inject
 with a task for that). :func:`pitchey_trace.wrap_context` and
 :class:`pitchey_trace.ContextThreadPoolExecutor` do the same for one callable or one pool.
 ``pitchey-trace run`` calls this (``--exclude threading`` leaves it off, and the processes').
+
+gevent: when gevent is imported (call this after ``gevent.monkey.patch_all()``), the greenlets
+``gevent.spawn``, ``gevent.spawn_later`` and ``gevent.pool`` make run in the span current when
+they were spawned too (each greenlet starts with an empty context of its own): see
+``pitchey_trace._gevent``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pitchey_trace import _safety
+from pitchey_trace import _gevent, _safety
 from pitchey_trace._context import CURRENT
 
 __all__ = ["instrument_threads", "uninstrument_threads"]
@@ -72,14 +77,23 @@ def _wrap_start(original: Any) -> Any:
 
 def instrument_threads() -> None:
     """Run work submitted to thread pools, and threads started, while a span is current, in
-    that span's context. Idempotent."""
+    that span's context; greenlets spawned with gevent too when gevent is imported. Idempotent
+    (a second call instruments gevent imported since the first)."""
+    try:
+        _gevent.instrument_gevent()
+    except Exception as exc:  # (gevent as it was: threads are still instrumented)
+        _safety.report("threads.gevent", exc)
     if _patched:
         return
     # ThreadPoolExecutor.map goes through submit, so one patch covers both.
-    for owner, name, wrap in (
+    for cls, name, wrap in (
         (ThreadPoolExecutor, "submit", _wrap_submit),
         (threading.Thread, "start", _wrap_start),
     ):
+        # The class that defines it: after gevent's monkey.patch_all() (Python < 3.13)
+        # threading.Thread is gevent's subclass, which inherits start (a KeyError here made
+        # the call fail, and an app calling it at import failed to load).
+        owner = next(c for c in cls.__mro__ if name in c.__dict__)
         original = owner.__dict__[name]
         setattr(owner, name, wrap(original))
         _patched.append((owner, name, original))
@@ -87,6 +101,7 @@ def instrument_threads() -> None:
 
 def uninstrument_threads() -> None:
     """Undo :func:`instrument_threads`."""
+    _gevent.uninstrument_gevent()
     while _patched:
         owner, name, original = _patched.pop()
         setattr(owner, name, original)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from pitchey_trace import _safety, _stats
-from pitchey_trace._batch import _suppressed_thread, start_thread
+from pitchey_trace._batch import _suppressed_thread, join_thread, start_thread
 from pitchey_trace._validate import compresslevel as valid_compresslevel
 from pitchey_trace._validate import finite, header_map, list_of, masked_url, positive_int
 from pitchey_trace.exceptions import ConfigurationError
@@ -1250,7 +1250,7 @@ class SenderExporter:
             with self._spool_thread_lock:  # (no thread starts once closed: none missed here)
                 thread = self._spool_thread
             if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                join_thread(thread, deadline - time.monotonic())
             self._spool.close()
 
     def _claim(self, flight: _Flight) -> None:

@@ -1,0 +1,84 @@
+"""Greenlets spawned with gevent start in the span current where they were spawned.
+
+Each greenlet starts with an empty ``contextvars`` context (greenlet >= 0.4.17), so a span
+opened in a spawned greenlet began a trace of its own. After :func:`instrument_gevent` the
+greenlets made by ``gevent.spawn``, ``gevent.spawn_later`` and ``gevent.pool`` (``Group`` /
+``Pool``: ``spawn``, ``apply*``, ``map*``, ``imap*``) run under the span current at that call,
+as threads do after :func:`pitchey_trace.threads.instrument_threads`.
+
+Only the current span is carried, not the whole context: other libraries' context variables
+(Flask's request context among them) stay greenlet-local as before. ``gevent.Greenlet`` itself
+is left as it is (``isinstance`` checks keep working): a greenlet made with ``Greenlet(fn)`` or
+``Greenlet.spawn`` directly, ``gevent.spawn_raw`` or a ``gevent.threadpool`` task starts
+without the span: pass ``pitchey_trace.wrap_context(fn)`` there. Nothing happens (and gevent
+is not imported) until gevent is imported by the program.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pitchey_trace._context import CURRENT
+
+__all__ = ["instrument_gevent", "uninstrument_gevent"]
+
+# (owner, attribute, original value) for each replacement, undone in reverse order
+_replaced: list[tuple[Any, str, Any]] = []
+
+
+def _carrying(base: Any) -> Any:
+    """A subclass of the greenlet class ``base`` that runs under the span current when it was
+    made (only when one was: otherwise it runs exactly as ``base``)."""
+
+    class Carrying(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._pitchey_parent = CURRENT.get()
+            super().__init__(*args, **kwargs)
+
+        def run(self) -> Any:
+            parent = self._pitchey_parent
+            if parent is not None:
+                self._pitchey_parent = None  # (a long-lived greenlet does not keep it alive)
+                CURRENT.set(parent)  # (this greenlet's own context: nothing to reset)
+            return super().run()
+
+    Carrying.__name__ = Carrying.__qualname__ = base.__name__
+    return Carrying
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    _replaced.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))
+    setattr(owner, name, value)
+
+
+def instrument_gevent() -> bool:
+    """Carry the current span into greenlets gevent spawns (see the module doc). Does nothing
+    unless gevent is imported already; True when gevent is (now) instrumented. Idempotent."""
+    if _replaced:
+        return True
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return False
+    import importlib
+
+    pool = importlib.import_module("gevent.pool")
+    greenlet = _carrying(importlib.import_module("gevent.greenlet").Greenlet)
+    try:
+        _replace(gevent, "spawn", greenlet.spawn)
+        _replace(gevent, "spawn_later", greenlet.spawn_later)
+        _replace(pool.Group, "greenlet_class", greenlet)  # Group/Pool.spawn, apply
+        _replace(pool, "Greenlet", greenlet)  # the pool's map, map_async, apply_async greenlets
+        _replace(pool, "IMap", _carrying(pool.IMap))  # imap's own greenlet spawns the calls
+        _replace(pool, "IMapUnordered", _carrying(pool.IMapUnordered))
+    except BaseException:
+        uninstrument_gevent()
+        raise
+    return True
+
+
+def uninstrument_gevent() -> None:
+    """Undo :func:`instrument_gevent`."""
+    while _replaced:
+        owner, name, original = _replaced.pop()
+        setattr(owner, name, original)
