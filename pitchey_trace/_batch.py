@@ -207,6 +207,7 @@ class ExporterWorker:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._lost = False  # a batch was given up since the last flush marker
+        self._abandoned = False  # shutdown's time ran out: records handed over are counted lost
         # An exporter's optional poll(): called when the worker wakes with nothing to export.
         self._poll: Callable[[], object] | None = getattr(self.exporter, "poll", None)
 
@@ -224,6 +225,11 @@ class ExporterWorker:
         """Queue a chunk of records (called by the pipeline worker, which hands over the list);
         overflow is dropped and counted."""
         with self._lock:
+            if self._abandoned:
+                # (the pipeline worker outlived shutdown's deadline: no one takes these now)
+                _stats.incr("dropped.shutdown_timeout", len(records))
+                _stats.incr(f"dropped.shutdown_timeout.{self.name}", len(records))
+                return
             room = self.queue_size - self._pending
             if room < len(records):
                 lost = len(records) - max(room, 0)
@@ -256,8 +262,11 @@ class ExporterWorker:
             _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
         else:
             n = len(batch)
-            if ok.__class__ is _stats.PartlyRejected:  # (the exporter counted those as dropped)
-                n = max(0, n - ok)
+            cls = ok.__class__
+            if cls is _stats.PartlyRejected or cls is _stats.PartlyFailed:
+                n = max(0, n - ok)  # (the exporter counted those as dropped)
+                if cls is _stats.PartlyFailed:
+                    self._lost = True  # (some were given up: the next flush says so)
             _stats.incr("exported", n)
             _stats.incr(f"exported.{self.name}", n)
 
@@ -316,7 +325,11 @@ class ExporterWorker:
         (``dropped.shutdown_timeout[.<name>]``) and release their flush waiters. The thread is
         stuck in an export (or too slow) and, a daemon, dies with the process: uncounted, they
         would vanish from ``stats()``. Each item is popped by one thread only, so a record the
-        worker took meanwhile is still counted once, by it. Returns the number dropped."""
+        worker took meanwhile is still counted once, by it. Records handed over from now on
+        (by a pipeline worker that outlived the deadline) are counted the same way. Returns
+        the number dropped."""
+        with self._lock:
+            self._abandoned = True
         lost = 0
         q = self.queue
         while True:
@@ -494,6 +507,8 @@ class Pipeline:
         self.wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             join_thread(self._thread, deadline - time.monotonic())
+            if self._thread.is_alive():
+                self._abandon_queue()
         for w in self.workers:
             w.stop(max(0.0, deadline - time.monotonic()))
         kept = {id(e) for e in keep}
@@ -511,6 +526,24 @@ class Pipeline:
             with _safety.guard("shutdown.rollups"):
                 shut_rollups()
         return ok
+
+    def _abandon_queue(self) -> None:
+        """After shutdown's time ran out with the worker still busy (a slow processor or
+        exporter hand-over): the spans and records it has not taken yet are counted in
+        ``dropped.shutdown_timeout`` (and ``.pipeline``), not left to vanish with the daemon
+        thread. Each item is popped by one thread only: one the worker takes meanwhile is
+        counted by it (``accepted``, then delivered or counted by an abandoned exporter queue)."""
+        q = self.queue
+        lost = 0
+        while True:
+            try:
+                q.popleft()
+            except IndexError:
+                break
+            lost += 1
+        if lost:
+            _stats.incr("dropped.shutdown_timeout", lost)
+            _stats.incr("dropped.shutdown_timeout.pipeline", lost)
 
     def after_fork(self) -> None:
         """In a forked child: fresh, empty queues and new threads; the parent is unaffected."""

@@ -23,6 +23,14 @@ class PartlyRejected(int):
     __slots__ = ()
 
 
+class PartlyFailed(PartlyRejected):
+    """Like :class:`PartlyRejected`, but some of those records were given up (a request that
+    failed while others went out), counted by the exporter in ``dropped.export_failed``: the
+    export worker counts the rest as ``exported`` and the next flush reports the loss."""
+
+    __slots__ = ()
+
+
 def incr(key: str, n: int = 1) -> None:
     """Add ``n`` to counter ``key`` (dotted names, e.g. ``dropped.queue_full``)."""
     with _lock:

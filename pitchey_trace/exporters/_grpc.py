@@ -128,10 +128,12 @@ class GrpcSender:
         retry: RetryPolicy | None = None,
         spooled: bool = False,
         deadline: float | None = None,
+        splittable: bool = False,
     ) -> HttpResult:
         """Export ``payload`` (an encoded ExportTraceServiceRequest), retrying per the policy
         (``retry`` instead of the sender's own for this call; ``spooled``: see
-        ``_http.with_retries``; ``deadline``, ``time.monotonic()``: no call or wait past it).
+        ``_http.with_retries``; ``deadline``, ``time.monotonic()``: no call or wait past it;
+        ``splittable`` is for HTTP's 413, which gRPC has not).
 
         The result's ``body`` is the encoded ExportTraceServiceResponse; ``status`` is None
         (gRPC codes are in ``error``)."""

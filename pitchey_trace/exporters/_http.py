@@ -260,13 +260,15 @@ def with_retries(
     once: Callable[[], Try],
     spooled: bool = False,
     deadline: float | None = None,
+    splittable: bool = False,
 ) -> HttpResult:
     """Run ``once`` until it succeeds, fails for good, or the policy (attempts, elapsed time),
     ``stop`` or ``deadline`` (``time.monotonic()``: no wait past it) ends the retries; counts
     ``{counter}.requests/.retried/.rejected/.failed`` and warns (rate-limited) on the
     ``pitchey_trace`` logger. Shared by every sender.
     ``spooled``: a batch that fails goes to the exporter's spool (the warning says so, not
-    that it is given up)."""
+    that it is given up). ``splittable``: a 413 answer is returned (refused) without being
+    counted or warned about as a rejection: the caller sends the items as smaller requests."""
     started = time.monotonic()
     attempt = 0
     while True:
@@ -276,6 +278,8 @@ def with_retries(
         if t.ok:
             return HttpResult(True, t.status, t.data, attempt, content_type=t.content_type)
         if not t.retry:
+            if splittable and t.status == 413:  # (counted as split_too_large by the caller)
+                return HttpResult(False, t.status, t.data, attempt, t.error, rejected=True)
             _stats.incr(f"{counter}.rejected")
             warn_limited(
                 f"{counter}.rejected",
@@ -704,9 +708,11 @@ class HttpSender:
         retry: RetryPolicy | None = None,
         spooled: bool = False,
         deadline: float | None = None,
+        splittable: bool = False,
     ) -> HttpResult:
         """POST ``payload`` (gzipped when ``compress``), retrying per the policy (``retry``
-        instead of the sender's own for this call; ``spooled``: see :func:`with_retries`);
+        instead of the sender's own for this call; ``spooled``, ``splittable``: see
+        :func:`with_retries`);
         ``deadline`` (``time.monotonic()``): no attempt or wait goes past it (a flush's)."""
         if self._aborted:  # (shut down: not an attempt, nothing counted here)
             return HttpResult(False, error="the exporter was shut down")
@@ -729,7 +735,7 @@ class HttpSender:
                     wait = min(after, max_retry_after_s)
             return Try(retry=code in retry_statuses, status=code, data=data, error=f"HTTP {code}", wait=wait)
 
-        return with_retries(self.counter, self.url, policy, self.stop, once, spooled, deadline)
+        return with_retries(self.counter, self.url, policy, self.stop, once, spooled, deadline, splittable)
 
 
 #: What a payload spool keeps at most, by default.
@@ -870,6 +876,7 @@ class SenderExporter:
         deadline: float | None = None,
         spooled: bool = False,
         sender: HttpSender | GrpcSender | None = None,
+        splittable: bool = False,
     ) -> HttpResult:
         # (one attempt: with a spool, retries come from the spool, spaced store-wide)
         if sender is None:
@@ -880,6 +887,7 @@ class SenderExporter:
             RetryPolicy(max_attempts=1, retry_statuses=policy.retry_statuses),
             spooled=spooled,
             deadline=deadline,
+            splittable=splittable,
         )
         self._note_attempt(result)
         return result
@@ -937,7 +945,13 @@ class SenderExporter:
             # With a spool, one attempt: what fails goes to the spool at once (retried from
             # there) rather than through the retry schedule on the export worker, which would
             # hold it (5 attempts x timeout_s against a hung endpoint) while its queue overflows.
-            result = self._sender.send(payload) if spool is None else self._send_once(payload, spooled=True)
+            # (several items: a 413 is split by _delivered, not counted as a rejection)
+            split = items > 1
+            result = (
+                self._sender.send(payload, splittable=split)
+                if spool is None
+                else self._send_once(payload, spooled=True, splittable=split)
+            )
             with _flight_lock:
                 if flight.state == _Flight.CLAIMED:
                     return None  # shutdown kept it in the spool (its request was cut off)
@@ -1046,7 +1060,7 @@ class SenderExporter:
         counter: str,
     ) -> bool | _stats.PartlyRejected:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
-        delivered under ``counter``; False if any chunk was given up (not kept in the spool).
+        delivered under ``counter``; False if every chunk was given up (not kept in the spool).
 
         With a byte cap (``_max_request_bytes``), a chunk whose payload is larger goes as
         several requests (:meth:`_fit`), and an item whose payload alone is larger is dropped:
@@ -1057,10 +1071,12 @@ class SenderExporter:
         ``dropped.rejected[.<name>]`` (``dropped.request_too_large[.<name>]``) and their number
         returned as a :class:`~pitchey_trace._stats.PartlyRejected`, so the export worker
         counts only the rest in ``exported[.<name>]``: ``exported.<name>`` plus those
-        ``dropped`` counters is what the exporter was handed.
-        (When a chunk was given up, the worker counts the whole batch in
-        ``dropped.export_failed``: the rejected and too-large items are in it.)"""
-        ok = True
+        ``dropped`` counters is what the exporter was handed. Chunks given up while others
+        went out (or were kept) are counted here in ``dropped.export_failed[.<name>]`` and
+        returned in a :class:`~pitchey_trace._stats.PartlyFailed` (the next flush reports the
+        loss); when none went out, False: the worker counts the whole batch as given up."""
+        failed = 0  # items of requests given up
+        handled = 0  # items of requests delivered or kept in the spool
         rejected = 0
         too_large = 0
         cap = self._max_request_bytes
@@ -1074,20 +1090,27 @@ class SenderExporter:
             else:
                 requests = ((chunk, payload),)
             for part, result in self._delivered(requests, body):
+                if result is not None and not result.ok:
+                    failed += len(part)
+                    continue
+                handled += len(part)
                 if result is None:
                     continue  # kept on disk: counted once it is sent
-                if not result.ok:
-                    ok = False
-                    continue
                 _stats.incr(counter, len(part))
                 rejected += self._partial_success(result, len(part))
-        if ok and (rejected or too_large):
-            if rejected:
-                count_rejected(self._exporter_name(), rejected)
-            if too_large:
-                count_dropped("request_too_large", self._exporter_name(), too_large)
-            return _stats.PartlyRejected(rejected + too_large)  # (the worker counts the rest)
-        return ok
+        if failed and not handled:
+            return False
+        name = self._exporter_name()
+        if rejected:
+            count_rejected(name, rejected)
+        if too_large:
+            count_dropped("request_too_large", name, too_large)
+        if failed:
+            count_dropped("export_failed", name, failed)
+            return _stats.PartlyFailed(rejected + too_large + failed)  # (the worker counts the rest)
+        if rejected or too_large:
+            return _stats.PartlyRejected(rejected + too_large)
+        return True
 
     def _delivered(
         self, requests: Sequence[tuple[Sequence[Any], bytes]], body: Callable[[Sequence[Any]], bytes]

@@ -274,7 +274,7 @@ class _Answers:
         self.results = list(results)
         self.payloads: list[bytes] = []
 
-    def __call__(self, payload: bytes, retry: Any = None) -> HttpResult:
+    def __call__(self, payload: bytes, retry: Any = None, **_: Any) -> HttpResult:
         self.payloads.append(payload)
         return self.results.pop(0) if len(self.results) > 1 else self.results[0]
 
@@ -309,13 +309,17 @@ def test_exported_and_rejected_add_up_to_the_batch(monkeypatch: pytest.MonkeyPat
     assert stats.get("dropped.export_failed", 0) == 0
 
 
-def test_when_a_chunk_is_given_up_the_batch_is_failed_and_not_also_rejected(
+def test_when_a_chunk_is_given_up_only_its_items_are_failed_and_the_rest_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exp = OTLPExporter("http://127.0.0.1:9/v1/traces", max_spans_per_request=2)
     answers = _Answers(_ok(partial_success_answer("traces", 1)), HttpResult(False, 503, b"", 1, "HTTP 503"))
     monkeypatch.setattr(exp._sender, "send", answers)
-    assert exp.export(_span_records(4)) is False  # (the worker counts all 4 in dropped.export_failed)
+    result = exp.export(_span_records(4))
+    # the first request went (one of its 2 spans rejected), the second was given up: the worker
+    # counts 4 - 3 = 1 exported, and the next flush reports the loss
+    assert result.__class__ is _stats.PartlyFailed
+    assert result == 3
     assert _stats.get("otlp.partial_rejected") == 1
-    assert _stats.get("dropped.rejected") == 0
-    assert _stats.get("exported") == 0
+    assert _stats.get("dropped.rejected") == 1
+    assert _stats.get("dropped.export_failed") == _stats.get("dropped.export_failed.otlp") == 2
