@@ -10,12 +10,15 @@ Flow (see ``docs/exporters.md`` for the guarantees):
 * a batch closes on the first limit hit (``max_batch_bytes`` uncompressed, ``max_batch_records``,
   ``max_interval_s`` since its first record) or on flush/shutdown; closing fixes its object name
   ``{prefix}/{YYYYMMDD}/{start}_{end}_{unique}.log.gz``;
-* one background thread per exporter closes batches on time, fsyncs, and uploads closed
-  batches oldest first, retrying each with exponential backoff and jitter until it succeeds;
-  a batch's file is deleted only after its upload is confirmed;
+* one background thread per exporter closes batches on time, fsyncs, compresses each closed
+  batch's spool file once into the exact gzip body to upload (written to a temporary file,
+  fsynced, renamed over the raw ``.ready`` file: a crash leaves one or the other, both valid),
+  and uploads closed batches oldest first, retrying each with exponential backoff and jitter
+  until it succeeds; a batch's file is deleted only after its upload is confirmed;
 * the spool (or, without a spool directory, the memory buffer) is capped at
-  ``spool_max_bytes``: when full, the oldest closed batches are dropped first (counted
-  under ``dropped.spool_cap`` and logged).
+  ``spool_max_bytes`` (closed batches count by their compressed size once compressed): when
+  full, the oldest closed batches are dropped first (counted under ``dropped.spool_cap`` and
+  logged).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import gzip
 import json
 import logging
 import os
+import re
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +65,18 @@ DEFAULT_MAX_INTERVAL_S = 30.0
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 DEFAULT_FSYNC_INTERVAL_S = 1.0
 DEFAULT_COMPRESSLEVEL = 6
+
+# A closed batch's ``.ready`` file holds either the raw NDJSON lines (before compression, or
+# left by an older version) or the gzip body to upload: JSON lines never start with the gzip
+# magic, so the first two bytes tell them apart (SpoolDir only adopts ``.open``/``.ready``).
+_GZIP_MAGIC = b"\x1f\x8b"
+# Where a batch is compressed before being renamed over its ``.ready`` file (``.open`` when
+# that rename failed): a hidden name SpoolDir never adopts; one left by a dead owner is deleted
+# (``_sweep_temp``).
+_TMP_SUFFIX = ".gz.tmp"
+_TMP_FILE = re.compile(
+    r"^\.(?P<owner>\d+-[0-9a-f]+)\.\d{10}\.[A-Za-z0-9_-]+\.[0-9TZ_a-f]+\.(?:open|ready)\.gz\.tmp$"
+)
 
 # Bumped each time an exporter of this process gives its spool up: the running exporters look
 # for files to take over at their next wake (at most 5 s) rather than at their periodic look.
@@ -117,6 +134,30 @@ def clean_lines(data: bytes) -> tuple[bytes, int, int]:
     return b"".join(kept), len(kept), invalid
 
 
+def gzip_records(data: bytes) -> tuple[int, bool]:
+    """(lines, intact) of a gzip body read back from the spool: intact when it decompresses
+    whole (CRC and length checked); else the complete lines of its readable start."""
+    try:
+        return gzip.decompress(data).count(b"\n"), True
+    except (OSError, EOFError, zlib.error):
+        pass
+    d = zlib.decompressobj(wbits=31)
+    lines = 0
+    try:
+        for start in range(0, len(data), 65536):
+            lines += d.decompress(data[start : start + 65536]).count(b"\n")
+    except zlib.error:
+        pass
+    return lines, False
+
+
+def spool_records(data: bytes) -> int:
+    """Records a closed batch's spool file holds (raw NDJSON or gzip body)."""
+    if data[:2] == _GZIP_MAGIC:
+        return gzip_records(data)[0]
+    return clean_lines(data)[1]
+
+
 class Store(Protocol):
     """Where closed batches go: an S3 bucket, a directory..."""
 
@@ -158,6 +199,10 @@ class _Ready:
     next_at: float = 0.0
     inflight: bool = False
     transient: bool = False  # its last attempt failed in a way the next success may disprove
+    # The file holds the gzip body to upload (compressed by us, or adopted and checked); or
+    # compressing was tried and failed (disk full...): compressed in memory at each attempt.
+    packed: bool = False
+    pack_failed: bool = False
 
 
 class ArchiveExporter:
@@ -248,6 +293,7 @@ class ArchiveExporter:
         assert self._spool is not None
         wanted = frozenset(safe_dataset(d) for d in self.datasets) if self.datasets is not None else None
         adopted = self._spool.adopt_orphans(wanted)
+        self._sweep_temp()
         # Older than anything of ours: uploaded first (at start, before any new batch).
         self._ready.extendleft(
             _Ready(a.dataset, a.key_name, a.size, None, path=a.path, recovered=True)
@@ -269,6 +315,25 @@ class ArchiveExporter:
                 self._spool.skipped,
                 self.spool_path,
             )
+
+    def _sweep_temp(self) -> None:
+        """Delete the compression temporaries of owners that are gone (a crash between writing
+        one and renaming it: the batch's ``.ready`` file is still there, raw). An owner's lock
+        file exists for as long as it lives, and outlives its spool files."""
+        assert self._spool is not None
+        try:
+            entries = os.listdir(self._spool.path)
+        except OSError:
+            return
+        present = set(entries)
+        for entry in entries:
+            m = _TMP_FILE.match(entry) if entry.endswith(_TMP_SUFFIX) else None
+            if m is None or m["owner"] == self._spool.owner or f"{m['owner']}.lock" in present:
+                continue
+            try:
+                os.unlink(self._spool.path / entry)
+            except OSError:
+                pass
 
     def _start_thread(self) -> None:
         def run() -> None:
@@ -569,7 +634,7 @@ class ArchiveExporter:
             if item.path is not None:
                 if records is None:
                     try:
-                        records = clean_lines(item.path.read_bytes())[1]
+                        records = spool_records(item.path.read_bytes())
                     except OSError:
                         records = 0
                 try:
@@ -637,9 +702,20 @@ class ArchiveExporter:
                 return item
         return None
 
+    def _next_pack(self) -> _Ready | None:
+        """The oldest closed batch whose spool file is still raw NDJSON (lock held): compressed
+        while uploads wait (an outage), so the spool keeps compressed batches only."""
+        if self._stopping:
+            return None
+        for item in self._ready:
+            if item.path is not None and not (item.packed or item.pack_failed or item.inflight):
+                return item
+        return None
+
     def _run(self) -> None:
         cond = self._cond
         while True:
+            packing = False
             with cond:
                 while True:
                     now = time.monotonic()
@@ -650,14 +726,23 @@ class ArchiveExporter:
                     if self._stopping and (not self._ready or now >= self._stop_deadline):
                         return
                     item = self._next_item(now)
+                    if item is None:
+                        item = self._next_pack()
+                        packing = item is not None
                     if item is not None:
                         item.inflight = True
                         break
                     cond.wait(self._next_wake(now))
-            outcome = self._upload(item)
+            if packing:
+                packed = self._pack(item)
+                outcome = packed if packed == "gone" else "packed"
+            else:
+                outcome = self._upload(item)
             with cond:
                 item.inflight = False
-                if outcome in ("stuck", "stuck_all"):
+                if outcome == "packed":
+                    pass
+                elif outcome in ("stuck", "stuck_all"):
                     # A configuration error (bucket missing, credentials refused): every batch
                     # of the dataset (refused credentials: every batch) waits the longest
                     # backoff - one request per interval, not one per waiting batch.
@@ -703,27 +788,104 @@ class ArchiveExporter:
                             pass
                 cond.notify_all()
 
-    def _upload(self, item: _Ready) -> str:
-        """Upload one closed batch: "done", "gone" (file vanished / empty), "retry", or
-        "stuck" / "stuck_all" (a configuration error of the dataset / of the whole store)."""
+    def _pack(self, item: _Ready) -> bytes | str:
+        """Make a closed batch's spool file hold its upload body (background thread, item in
+        flight, lock not held): a raw file is compressed once, written to a temporary file,
+        fsynced and renamed over it (a crash before the rename leaves the raw file, valid
+        too); a compressed file adopted from a dead process is checked whole. Returns the
+        body, or "gone" (file vanished, empty or corrupt) / "retry" (unreadable)."""
+        assert item.path is not None
         try:
-            if item.body is not None:
-                body = item.body
-            else:
-                assert item.path is not None
-                data = item.path.read_bytes()
-                if item.recovered:
-                    data, item.records, invalid = clean_lines(data)
-                    if invalid and not item.cleaned:  # (counted once, not on every retry)
-                        _stats.incr("dropped.spool_invalid_lines", invalid)
-                    item.cleaned = True
-                body = gzip.compress(data, self.compresslevel, mtime=0)
+            data = item.path.read_bytes()
         except FileNotFoundError:
             _stats.incr("dropped.spool_missing", item.records or 0)
             return "gone"
         except OSError as exc:
+            item.pack_failed = True  # (not picked again by _next_pack: no busy loop)
             warn_limited(f"{self.kind}.read", "pitchey_trace %s: cannot read spool file: %r", self.kind, exc)
             return "retry"
+        if data[:2] == _GZIP_MAGIC:  # compressed by an owner that died (or by us already)
+            records, intact = gzip_records(data)
+            if not intact:
+                _stats.incr("dropped.spool_corrupt", records)
+                _stats.incr(f"{self.kind}.spool_corrupt_files")
+                warn_limited(
+                    f"{self.kind}.spool_corrupt",
+                    "pitchey_trace %s %s: spool file %s is not a whole gzip body; dropped "
+                    "(at least %d records lost)",
+                    self.kind,
+                    self.name,
+                    item.path.name,
+                    records,
+                )
+                return "gone"
+            with self._cond:
+                item.records = records
+                item.packed = True
+            return data
+        if item.recovered:
+            data, kept, invalid = clean_lines(data)
+            if invalid and not item.cleaned:  # (counted once, not on every retry)
+                _stats.incr("dropped.spool_invalid_lines", invalid)
+            item.cleaned = True
+            item.records = kept
+        if not item.records:
+            return "gone"
+        body = gzip.compress(data, self.compresslevel, mtime=0)
+        tmp = item.path.with_name(f".{item.path.name}{_TMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # (renamed under the lock: the spool's usage never counts a compressed file raw)
+            with self._cond:
+                os.replace(tmp, item.path)
+                self._usage += len(body) - item.size
+                item.size = len(body)
+                item.packed = True
+        except OSError as exc:
+            # (a full disk: the raw file stays; this attempt uploads from memory, the next
+            # ones compress again, as before compressed spool files)
+            item.pack_failed = True
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            warn_limited(
+                f"{self.kind}.spool_pack",
+                "pitchey_trace %s: cannot write a compressed spool file: %r",
+                self.kind,
+                exc,
+            )
+        return body
+
+    def _upload(self, item: _Ready) -> str:
+        """Upload one closed batch: "done", "gone" (file vanished / empty), "retry", or
+        "stuck" / "stuck_all" (a configuration error of the dataset / of the whole store)."""
+        if item.body is not None:
+            body = item.body
+        elif not item.packed:
+            packed = self._pack(item)
+            if isinstance(packed, str):
+                return packed
+            body = packed
+        else:
+            assert item.path is not None
+            try:
+                body = item.path.read_bytes()  # the gzip body, compressed once
+            except FileNotFoundError:
+                _stats.incr("dropped.spool_missing", item.records or 0)
+                return "gone"
+            except OSError as exc:
+                warn_limited(
+                    f"{self.kind}.read", "pitchey_trace %s: cannot read spool file: %r", self.kind, exc
+                )
+                return "retry"
         if not item.records:
             return "gone"
         key = self.object_key(item.dataset, item.key_name)

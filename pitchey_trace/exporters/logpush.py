@@ -166,7 +166,8 @@ class LogpushExporter(ArchiveExporter):
         spool_dir: the durable spool (default ``<tmp>/pitchey-trace-spool-<uid>/<name>-<hash>``;
             give each exporter its own directory). Records handed to the exporter are written
             there at once and survive a crash; leftovers are uploaded first on the next start.
-        spool_max_bytes: spool cap (default 1 GiB); when full the oldest closed batches are
+        spool_max_bytes: spool cap (default 1 GiB; closed batches are kept gzip-compressed and
+            count by their compressed size); when full the oldest closed batches are
             dropped first (``dropped.spool_cap``).
         fsync_interval_s: open spool files are fsynced at least this often (default 1 s).
         router: the Router given to ``configure()`` if you route to custom datasets.

@@ -190,7 +190,10 @@ def test_objects_are_gzip_files_not_gzip_encoded(s3: S3, tmp_path: Path) -> None
     assert [json.loads(x)["seq"] for x in gzip.decompress(raw).splitlines()] == list(range(5))
 
 
-def test_s3_down_then_restarted_on_the_same_port_drains_the_spool(tmp_path: Path) -> None:
+def test_s3_down_then_restarted_on_the_same_port_drains_the_spool(
+    tmp_path: Path,
+    s3_endpoint: str,  # (s3_endpoint: the credentials' env; its own server here)
+) -> None:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

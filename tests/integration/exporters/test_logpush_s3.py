@@ -210,41 +210,6 @@ def test_restart_uploads_what_a_previous_run_left_in_the_spool(
     assert list(spool.iterdir()) == []
 
 
-def test_spool_cap_drops_oldest_batches_counted_and_the_rest_arrive(
-    s3: S3, proxy: FaultProxy, tmp_path: Path
-) -> None:
-    bucket = s3.new_bucket()
-    ids = range(100, 220)  # 3-digit ids: every record encodes to the same size
-    line = len(dumps(span_rec(100))) + 1
-    proxy.set_mode("down")
-    # batches of 10 records, room for 5 batches; once the first upload attempt failed, the
-    # store-wide backoff (60 s) keeps every batch out of flight until the flush
-    exp = make(
-        proxy.url,
-        bucket,
-        tmp_path / "spool",
-        max_batch_records=10,
-        spool_max_bytes=line * 50,
-        retry=RetryPolicy(initial_backoff_s=60, max_backoff_s=60),
-    )
-    exp.export([span_rec(i) for i in range(100, 110)])
-    deadline = time.monotonic() + 20
-    while _stats.get("logpush.retried") < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for start in range(110, 220, 10):
-        exp.export([span_rec(i) for i in range(start, start + 10)])
-    assert _stats.get("logpush.retried") == 1  # one attempt while storage is down, not one per batch
-    dropped = _stats.get("dropped.spool_cap")
-    assert dropped == 70  # 12 batches, 5 fit: the 7 oldest were dropped, whole
-    assert exp.pending() == {"open_records": 0, "closed_batches": 5, "bytes": line * 50}
-    proxy.set_mode("up")
-    assert exp.force_flush(30)
-    exp.shutdown(5)
-    got = seqs(s3.all_records(bucket))
-    assert got == {i: 1 for i in ids if i >= 170}  # the newest 50 survived, once each
-    assert _stats.get("logpush.uploaded") == 50 == len(ids) - dropped
-
-
 @pytest.mark.parametrize("storage", ["down", "up"])
 def test_sigkill_mid_run_then_restart_uploads_the_spool(
     s3: S3, proxy: FaultProxy, tmp_path: Path, storage: str
