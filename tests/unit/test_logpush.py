@@ -21,6 +21,7 @@ from pitchey_trace.exporters import LogpushExporter
 from pitchey_trace.exporters._archive import ArchiveExporter, clean_lines, encode_line
 from pitchey_trace.exporters._http import RetryPolicy
 from pitchey_trace.exporters._spool import SpoolDir, compact_utc, safe_dataset
+from tests.support.archive import make_archive_exporter
 
 
 class FakeStore:
@@ -54,22 +55,7 @@ class FakeStore:
 
 
 def make(store: FakeStore, spool: Path | None, **kw: Any) -> ArchiveExporter:
-    opts: dict[str, Any] = {
-        "name": "t",
-        "datasets": None,
-        "prefixes": None,
-        "max_batch_bytes": 5_000_000,
-        "max_batch_records": 100_000,
-        "max_interval_s": 30.0,
-        "compresslevel": 6,
-        "spool_dir": spool,
-        "spool_max_bytes": 1 << 30,
-        "fsync_interval_s": 1.0,
-        "router": None,
-        "retry": RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05),
-    }
-    opts.update(kw)
-    return ArchiveExporter(store, **opts)
+    return make_archive_exporter(store, spool, **kw)
 
 
 def recs(lo: int, hi: int, type_: str = "span") -> list[dict[str, Any]]:

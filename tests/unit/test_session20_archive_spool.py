@@ -19,6 +19,7 @@ from pitchey_trace import _stats
 from pitchey_trace.exporters import _archive
 from pitchey_trace.exporters._archive import ArchiveExporter, encode_line, gzip_ndjson
 from pitchey_trace.exporters._http import RetryPolicy
+from tests.support.archive import make_archive_exporter
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEAD = "4242-deadbeef"
@@ -48,22 +49,8 @@ class Store:
 
 
 def make(store: Store, spool: Path, **kw: Any) -> ArchiveExporter:
-    opts: dict[str, Any] = {
-        "name": "t",
-        "datasets": None,
-        "prefixes": None,
-        "max_batch_bytes": 5_000_000,
-        "max_batch_records": 100_000,
-        "max_interval_s": 30.0,
-        "compresslevel": 6,
-        "spool_dir": spool,
-        "spool_max_bytes": 1 << 30,
-        "fsync_interval_s": 1.0,
-        "router": None,
-        "retry": RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02),
-    }
-    opts.update(kw)
-    return ArchiveExporter(store, **opts)
+    kw.setdefault("retry", RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02))
+    return make_archive_exporter(store, spool, **kw)
 
 
 def recs(lo: int, hi: int) -> list[dict[str, Any]]:

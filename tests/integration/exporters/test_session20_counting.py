@@ -77,12 +77,8 @@ def _otlp_span_ids(bodies: list[bytes]) -> list[str]:
     ]
 
 
-def test_a_batch_partly_given_up_counts_only_the_given_up_requests_as_dropped(
-    endpoints: list[_Endpoint],
-) -> None:
-    # 20 spans in one batch, 10 per request: the second request is refused for good.
-    e = _Endpoint(lambda n, body: 503 if n == 2 else 200)
-    endpoints.append(e)
+def _twenty_spans_in_requests_of_ten(e: _Endpoint) -> None:
+    """One batch of 20 spans to ``e``, sent 10 per request, each request tried once."""
     exporter = OTLPExporter(
         f"http://127.0.0.1:{e.port}/v1/traces",
         protocol="http/json",
@@ -94,6 +90,15 @@ def test_a_batch_partly_given_up_counts_only_the_given_up_requests_as_dropped(
     for i in range(20):
         with pt.span(f"s{i}"):
             pass
+
+
+def test_a_batch_partly_given_up_counts_only_the_given_up_requests_as_dropped(
+    endpoints: list[_Endpoint],
+) -> None:
+    # 20 spans in one batch, 10 per request: the second request is refused for good.
+    e = _Endpoint(lambda n, body: 503 if n == 2 else 200)
+    endpoints.append(e)
+    _twenty_spans_in_requests_of_ten(e)
     assert pt.force_flush(10) is False  # (a request was given up: the flush says so)
     pt.shutdown(10)
     stats = pt.stats()
@@ -107,17 +112,7 @@ def test_a_batch_partly_given_up_counts_only_the_given_up_requests_as_dropped(
 def test_a_batch_whose_requests_all_fail_is_given_up_whole(endpoints: list[_Endpoint]) -> None:
     e = _Endpoint(lambda n, body: 503)
     endpoints.append(e)
-    exporter = OTLPExporter(
-        f"http://127.0.0.1:{e.port}/v1/traces",
-        protocol="http/json",
-        compression=None,
-        max_spans_per_request=10,
-        retry=RetryPolicy(max_attempts=1),
-    )
-    pt.configure(service="counting", exporters=[exporter], rollups=None, export_batch_size=20)
-    for i in range(20):
-        with pt.span(f"s{i}"):
-            pass
+    _twenty_spans_in_requests_of_ten(e)
     pt.shutdown(10)
     stats = pt.stats()
     assert e.requests == 2
