@@ -42,7 +42,7 @@ import importlib
 import re
 import traceback
 from contextvars import ContextVar
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 from pitchey_trace import _safety
@@ -81,6 +81,36 @@ MAX_PIPELINE_TEXT = 50
 MAX_TEXT_ARGUMENTS = 100
 _patched: list[tuple[type, str, Any]] = []
 _capture_keys = False
+_OTEL_REDIS = "opentelemetry.instrumentation.redis"
+
+
+def _is_otel(method: Any) -> bool:
+    """Whether ``method`` (a class's or client's attribute) is OpenTelemetry's redis wrapper (a
+    wrapt wrapper whose wrapper function is its), under pitchey's own or not."""
+    for candidate in (method, getattr(method, _WRAPPED, None)):
+        wrapper = getattr(candidate, "_self_wrapper", None)
+        if str(getattr(wrapper, "__module__", "")).startswith(_OTEL_REDIS):
+            return True
+    return False
+
+
+def _warn_doubled() -> None:
+    _safety.warn_once(
+        "otel.duplicate_instrumentation.redis",
+        "pitchey_trace: both OpenTelemetry's redis instrumentation and "
+        "pitchey_trace.redis's instrument_redis() are on: each command is recorded as two "
+        "client spans; turn one of them off",
+    )
+
+
+def _otel_on(client: Any) -> bool:
+    """Whether OpenTelemetry's redis instrumentation wraps ``client``'s commands too: its
+    ``instrument()`` (a wrapper on the class, above or below pitchey's) or its
+    ``instrument_client()`` (a flag it sets on the client)."""
+    if getattr(client, "_is_instrumented_by_opentelemetry", False) is True:
+        return True
+    base = _async_client.Redis if isinstance(client, _async_client.Redis) else _sync_client.Redis
+    return _is_otel(base.__dict__.get("execute_command"))
 
 
 def _name(command: Any) -> str:
@@ -168,6 +198,13 @@ def _base_attributes(client: Any) -> dict[str, Any]:
     if cached is not None:
         return cached
     attrs: dict[str, Any] = {"db.system.name": "redis"}
+    # Once per pool, here rather than per command: OpenTelemetry's instrument() may have come
+    # after instrument_redis() (its wrapper above ours), or instrument_client() on this client.
+    try:
+        if _otel_on(client):
+            _warn_doubled()
+    except Exception as exc:
+        _safety.report("redis.start", exc)
     try:
         kwargs = pool.connection_kwargs
         if "path" in kwargs:
@@ -345,14 +382,31 @@ def _end(span: AnySpan, exc: BaseException | None) -> None:
         _safety.report("redis.end", internal)
 
 
+def _unbound(original: Any) -> Any:
+    """``original`` (a class's attribute) as a function called with the instance first: itself
+    for a plain function; else bound first. Another instrumentation's wrapper there (OpenTelemetry's
+    wrapt wrapper) called unbound would see no instance and take the client for the command's
+    first argument (its span named after the client's repr)."""
+    # (type(), not isinstance(): a wrapt proxy passes for the function it wraps)
+    if type(original) is FunctionType or not hasattr(original, "__get__"):
+        return original
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(self, type(self))(*args, **kwargs)
+
+    return call
+
+
 def _wrap_sync(original: Any, start: Any) -> Any:
+    call = _unbound(original)
+
     @functools.wraps(original)
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         span = start(self, args) if start is _start_command else start(self)
         if span is None:
-            return original(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         try:
-            result = original(self, *args, **kwargs)
+            result = call(self, *args, **kwargs)
         except BaseException as exc:
             _end(span, exc)
             raise
@@ -367,13 +421,15 @@ def _wrap_sync(original: Any, start: Any) -> Any:
 
 
 def _wrap_async(original: Any, start: Any) -> Any:
+    call = _unbound(original)
+
     @functools.wraps(original)
     async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         span = start(self, args) if start is _start_command else start(self)
         if span is None:
-            return await original(self, *args, **kwargs)
+            return await call(self, *args, **kwargs)
         try:
-            result = await original(self, *args, **kwargs)
+            result = await call(self, *args, **kwargs)
         except BaseException as exc:
             _end(span, exc)
             raise
@@ -389,15 +445,16 @@ def _wrap_cluster_sync(original: Any, start: Any) -> Any:
     sends through per-node ``Redis`` clients (``COMMAND GETKEYS``, ``CLUSTER SLOTS``, a
     pipeline's retried commands) record nothing, so one command stays one span."""
     command = start is _start_cluster_command
+    call = _unbound(original)
 
     @functools.wraps(original)
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         span = start(self, args) if command else start(self)
         if span is None:
-            return original(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         token = CURRENT.set(SUPPRESSED)
         try:
-            result = original(self, *args, **kwargs)
+            result = call(self, *args, **kwargs)
         except BaseException as exc:
             _end(span, exc)
             raise
@@ -414,15 +471,16 @@ def _wrap_cluster_async(original: Any, start: Any) -> Any:
     """:func:`_wrap_cluster_sync` for asyncio cluster clients (tasks they start inherit the
     suppression with the context)."""
     command = start is _start_cluster_command
+    call = _unbound(original)
 
     @functools.wraps(original)
     async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         span = start(self, args) if command else start(self)
         if span is None:
-            return await original(self, *args, **kwargs)
+            return await call(self, *args, **kwargs)
         token = CURRENT.set(SUPPRESSED)
         try:
-            result = await original(self, *args, **kwargs)
+            result = await call(self, *args, **kwargs)
         except BaseException as exc:
             _end(span, exc)
             raise
@@ -452,15 +510,17 @@ _ISSUED_UNDER: ContextVar[tuple[AnySpan | None] | None] = ContextVar(
 
 
 def _wrap_transaction_command(original: Any, start: Any) -> Any:
+    call = _unbound(original)
+
     @functools.wraps(original)
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         current = CURRENT.get()
         if current is SUPPRESSED or not _patched:
-            return original(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         token = CURRENT.set(SUPPRESSED)
         issued = _ISSUED_UNDER.set((current,))
         try:
-            return original(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         finally:
             _ISSUED_UNDER.reset(issued)
             CURRENT.reset(token)
@@ -517,7 +577,11 @@ def _cluster_targets() -> list[tuple[type, str, Any, Any]]:
 def instrument_redis(*, capture_keys: bool = False) -> None:
     """Trace every command of ``redis.Redis``, ``redis.asyncio.Redis`` and cluster clients
     (existing ones too), their pipelines and Pub/Sub objects. Idempotent; ``capture_keys`` may
-    be changed by calling it again."""
+    be changed by calling it again.
+
+    With OpenTelemetry's redis instrumentation on too, each command is two client spans: a
+    warning says so once (counted as ``misuse.otel.duplicate_instrumentation.redis``), checked
+    here and once per connection pool at its first command."""
     global _capture_keys
     _capture_keys = bool(capture_keys)
     if _patched:
@@ -535,10 +599,14 @@ def instrument_redis(*, capture_keys: bool = False) -> None:
         (_async_client.PubSub, "execute_command", _wrap_async, _start_command),
         *_cluster_targets(),
     )
+    doubled = False
     for owner, name, wrap, start in targets:
         original = owner.__dict__[name]
+        doubled = doubled or _is_otel(original)  # (OpenTelemetry's instrument() came first)
         setattr(owner, name, wrap(original, start))
         _patched.append((owner, name, original))
+    if doubled:
+        _warn_doubled()
 
 
 def uninstrument_redis() -> None:

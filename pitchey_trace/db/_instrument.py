@@ -56,6 +56,33 @@ def is_instrumented(conn: Any) -> bool:
     return state is not None and state.instrumented
 
 
+_OTEL_MODULES = "opentelemetry.instrumentation."
+
+
+def _warn_if_doubled(conn: Any) -> None:
+    """OpenTelemetry's psycopg / psycopg2 instrumentation already wraps ``conn``'s cursors (its
+    ``instrument()`` or ``instrument_connection()``; its traced cursor class, or a class derived
+    from it, is the cursor factory): pitchey's traced cursor derives from that class, so each
+    query is two spans. Not an error: said once, counted. (Once per connection, at instrument
+    time: a walk of one class's MRO.)"""
+    try:
+        factory = getattr(conn, "cursor_factory", None)
+        for cls in factory.__mro__ if isinstance(factory, type) else ():
+            module = getattr(cls, "__module__", None)
+            if isinstance(module, str) and module.startswith(_OTEL_MODULES):
+                library = module[len(_OTEL_MODULES) :].partition(".")[0]
+                _safety.warn_once(
+                    f"otel.duplicate_instrumentation.{library}",
+                    "pitchey_trace: both OpenTelemetry's %s instrumentation and "
+                    "pitchey_trace.db.instrument() are on for a connection: each query is recorded "
+                    "as two client spans, side by side; turn one of them off",
+                    library,
+                )
+                return
+    except Exception as exc:  # (an unusual factory or connection: no warning, never an error)
+        _safety.report("db.instrument", exc)
+
+
 def _make_transaction(conn: Any, state: ConnState) -> Any:
     """The ``transaction()`` set on the instance. It holds the connection weakly: a strong
     reference from the connection's own ``__dict__`` would be a cycle, and a dropped connection
@@ -166,6 +193,10 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     So is a psycopg2 connection: its cursors, through its ``cursor_factory``. See
     ``docs/database.md``.
 
+    With OpenTelemetry's psycopg or psycopg2 instrumentation already on for the connection,
+    each query is two client spans (its and pitchey's): a warning says so once
+    (counted as ``misuse.otel.duplicate_instrumentation.<library>``); turn one of them off.
+
     Set a custom ``cursor_factory`` before instrumenting (or pass it to ``connect``): the traced
     class is derived from the factory in place at this moment.
 
@@ -183,12 +214,15 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     """
     driver = support(conn)
     if driver is not None:
+        if not driver.is_instrumented(conn):
+            _warn_if_doubled(conn)
         return driver.instrument(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)  # type: ignore[no-any-return]
     _check(conn)
     state = state_of(conn)
     if state is not None and state.instrumented:
         state.set_overrides(sql_comments, capture_parameters)
         return conn
+    _warn_if_doubled(conn)
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
     # Each part on its own: what cannot be traced on an unusual connection (a cursor factory
     # that is a function, a subclass whose transaction() is a property) stays as it was, and

@@ -30,6 +30,7 @@ from pitchey_trace.otel import install
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.web import instrument_requests, uninstrument_requests
 from tests.support.httpserver import HandlerServer, QuietHandler
+from tests.support.otel_global import _otel_global_provider_restored  # noqa: F401 (autouse)
 from tests.support.pgserver import postgres_server, scratch_schema
 
 pytestmark = pytest.mark.integration

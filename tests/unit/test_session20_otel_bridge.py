@@ -14,6 +14,7 @@ from opentelemetry.trace import Link, SpanContext
 import pitchey_trace as pt
 from pitchey_trace.otel import install
 from pitchey_trace.testing import capture_spans
+from tests.support.otel_global import _otel_global_provider_restored  # noqa: F401 (autouse)
 
 VALID = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True)
 
