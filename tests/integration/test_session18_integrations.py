@@ -261,10 +261,12 @@ def test_grpc_a_request_stream_the_client_cancels_is_cancelled_not_a_server_erro
                 future = channel.stream_unary(f"/{SERVICE}/Upload").future(requests())
                 assert reading.wait(10)
                 future.cancel()
-                release.set()
                 done = threading.Event()
                 future.add_done_callback(lambda _: done.set())
                 assert done.wait(10)
+                # (only now may the request stream end: ended before the cancellation reached
+                # the server, the handler's loop would finish normally, as it did once in CI)
+                release.set()
             # the handler's span ends when its request iterator has raised
             for _ in range(200):
                 pt.force_flush(5)
