@@ -309,7 +309,7 @@ class ArchiveExporter:
             warn_limited(
                 f"{self.kind}.spool_skipped",
                 "pitchey_trace %s %s: %d entries of %s named like spool files are not regular "
-                "files; left alone",
+                "files of this user (or are symbolic links); left alone",
                 self.kind,
                 self.name,
                 self._spool.skipped,

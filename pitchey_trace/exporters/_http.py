@@ -843,13 +843,16 @@ class SenderExporter:
             return
         if not isinstance(spool_dir, (str, os.PathLike)):
             raise TypeError(f"spool_dir must be a path or None, got {spool_dir!r}")
-        self._spool = PayloadSpool(
-            spool_dir,
-            tag=f"payload-{self._sender.counter}",
-            counter=self._sender.counter,
-            items_counter=items_counter,
-            max_bytes=spool_max_bytes,
-        )
+        try:
+            self._spool = PayloadSpool(
+                spool_dir,
+                tag=f"payload-{self._sender.counter}",
+                counter=self._sender.counter,
+                items_counter=items_counter,
+                max_bytes=spool_max_bytes,
+            )
+        except OSError as exc:  # (a file there, no permission: said at startup, as for archives)
+            raise ConfigurationError(f"spool_dir {str(spool_dir)!r} is not usable: {exc}") from exc
         self._init_spool_sender()
 
     def _init_spool_sender(self) -> None:

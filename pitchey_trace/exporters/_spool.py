@@ -16,11 +16,16 @@ original order and queued for upload before any new batch. A ``.ready`` file kee
 name, so an upload that was in flight when the process died is retried under the same key
 (overwritten, never duplicated). Files of datasets the adopter does not handle are left
 alone. Recovered files may end with a torn line; the uploader keeps complete JSON lines only.
+
+The directory must be this user's alone (:func:`check_private_dir`): whoever else can write it
+could plant files we adopt and upload as ours, or remove ours; one who can read it reads trace
+data. Adoption takes regular files owned by this user only (never through a symbolic link).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -35,13 +40,22 @@ from pathlib import Path
 from typing import Any
 
 from pitchey_trace import _stats
+from pitchey_trace.exceptions import ConfigurationError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no flock; owners are assumed dead on start
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Adopted", "PayloadSpool", "SpoolDir", "compact_utc", "safe_dataset"]
+__all__ = [
+    "Adopted",
+    "PayloadSpool",
+    "SpoolDir",
+    "UnsafeSpoolDir",
+    "check_private_dir",
+    "compact_utc",
+    "safe_dataset",
+]
 
 _DATASET_OK = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _BAD = re.compile(r"[^A-Za-z0-9_-]")
@@ -77,6 +91,72 @@ def new_key_name(start_ns: int, end_ns: int) -> str:
     return f"{compact_utc(start_ns)}_{compact_utc(max(start_ns, end_ns))}_{secrets.token_hex(8)}"
 
 
+class UnsafeSpoolDir(ConfigurationError):
+    """A spool directory that another user could read or write (or a symbolic link)."""
+
+
+# Where ownership and modes mean something (POSIX); elsewhere the checks are skipped.
+_POSIX = hasattr(os, "geteuid") and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+
+
+def check_private_dir(path: Path, *, tighten: bool = False, strict: bool = True) -> None:
+    """Make sure ``path`` is a directory only this user can write: a real directory (not a
+    symbolic link), owned by the effective uid, not writable by group or others, in a parent
+    that nobody else can rename it out of (owned by this user or root, and not writable by
+    others unless sticky, like ``/tmp``). A missing one is created 0700 (whatever the umask).
+    ``tighten``: one of ours that others may write is made 0700 instead of refused (the
+    default spool's per-user directory, made 0775 by older versions under umask 002: what it
+    holds is checked on its own). ``strict=False`` (a directory the application chose): only
+    what shows another user at work is refused (a symbolic link, an owner other than this user
+    or root, writable by everyone without the sticky bit); a root-owned or group-writable one
+    (a container volume: Kubernetes' ``fsGroup`` makes them 2775) and its parent are the
+    deployment's choice. Raises :class:`UnsafeSpoolDir` (a ConfigurationError) saying why, or
+    OSError when it cannot be created or opened."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    created = False
+    try:
+        os.mkdir(path, 0o700)
+        created = True
+    except FileExistsError:
+        pass
+    if not _POSIX:  # pragma: no cover - Windows: no uid/mode semantics to check
+        return
+    euid = os.geteuid()
+    pst = os.stat(parent)  # (a symlinked ancestor is fine: only who may change the entry counts)
+    if strict and (pst.st_uid not in (0, euid) or (pst.st_mode & 0o002 and not pst.st_mode & stat.S_ISVTX)):
+        raise UnsafeSpoolDir(
+            f"spool_dir {str(path)!r} is not safe: its parent directory {str(parent)!r} "
+            f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):04o}) lets another user "
+            "replace it; use a directory inside one only you (or root) can write"
+        )
+    # Checked on an open descriptor, not the name: what we check is what we opened.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise UnsafeSpoolDir(f"spool_dir {str(path)!r} is not safe: it is a symbolic link") from None
+        raise  # (a file, say: not usable, as before)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == euid and (created or (tighten and st.st_mode & 0o022)):
+            os.fchmod(fd, 0o700)  # (mkdir's mode is reduced by the umask, never widened)
+            st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != euid and (strict or st.st_uid != 0):
+        raise UnsafeSpoolDir(
+            f"spool_dir {str(path)!r} is not safe: it is owned by uid {st.st_uid}, not by this "
+            f"user (uid {euid}); another user created it"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (0o022 if strict else 0o002) and (strict or not mode & stat.S_ISVTX):
+        raise UnsafeSpoolDir(
+            f"spool_dir {str(path)!r} is not safe: mode {mode:04o} lets other users write it "
+            f"(chmod 700 {str(path)!r})"
+        )
+
+
 @dataclass
 class Adopted:
     """A spool file taken over from a dead owner, renamed into ours, ready to upload."""
@@ -92,7 +172,8 @@ class SpoolDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a new one: this user's only)
+        # (strict for the default path: logpush.default_spool_dir checked it already)
+        check_private_dir(self.path, strict=False)
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._lock_fd: int | None = None
         self._finalizer: weakref.finalize[Any, SpoolDir] | None = None
@@ -159,7 +240,7 @@ class SpoolDir:
         """Try to take a foreign owner's lock: (dead?, fd holding its lock or None)."""
         lock_path = self.path / f"{owner}.lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR)
+            fd = os.open(lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return True, None
         except OSError:
@@ -178,8 +259,9 @@ class SpoolDir:
         in their original order. Returns them renamed into this owner's namespace.
         ``open_files=False``: a dead owner's ``.open`` files (writes it never finished) are
         deleted, not adopted; the number deleted is in :attr:`discarded_open`. Entries that are
-        not regular files (a directory, a FIFO: reading one would fail forever or block) are
-        left alone, counted in :attr:`skipped`."""
+        not regular files (a directory, a FIFO: reading one would fail forever or block; a
+        symbolic link: it would upload whatever it points to) or are owned by another user
+        (not written by us) are left alone, counted in :attr:`skipped`."""
         self.discarded_open = 0
         self.skipped = 0
         by_owner: dict[str, list[tuple[int, re.Match[str]]]] = {}
@@ -216,10 +298,10 @@ class SpoolDir:
                         continue
                     src = self.path / m.string
                     try:
-                        st = src.stat()
+                        st = os.lstat(src)
                     except FileNotFoundError:  # another process adopted it first
                         continue
-                    if not stat.S_ISREG(st.st_mode):
+                    if not stat.S_ISREG(st.st_mode) or (_POSIX and st.st_uid != os.geteuid()):
                         self.skipped += 1
                         continue
                     if m["state"] == "open" and not open_files:
@@ -316,6 +398,8 @@ class PayloadSpool:
         )
         if self.dir.discarded_open:
             _stats.incr(f"{self.counter}.spool_invalid", self.dir.discarded_open)
+        if self.dir.skipped:  # (not regular files of ours: never sent)
+            _stats.incr(f"{self.counter}.spool_skipped", self.dir.skipped)
         self.bytes = sum(size for _, size, _ in self._files)
         if self._files:
             _stats.incr(f"{self.counter}.spool_recovered", len(self._files))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pitchey_trace import _stats
 from pitchey_trace._validate import finite, str_map, text
 from pitchey_trace.exceptions import ConfigurationError, IntegrationUnavailable
 from pitchey_trace.exporters._archive import (
@@ -29,8 +30,8 @@ from pitchey_trace.exporters._archive import (
     DEFAULT_SPOOL_MAX_BYTES,
     ArchiveExporter,
 )
-from pitchey_trace.exporters._http import RetryPolicy, is_http_url
-from pitchey_trace.exporters._spool import safe_dataset
+from pitchey_trace.exporters._http import RetryPolicy, is_http_url, warn_limited
+from pitchey_trace.exporters._spool import UnsafeSpoolDir, check_private_dir, safe_dataset
 from pitchey_trace.logpush_config import LogpushConfig, checked_bucket, load_config, make_s3_client
 from pitchey_trace.records import Record
 
@@ -142,11 +143,37 @@ def _check_endpoint_url(url: str) -> None:
 
 def default_spool_dir(name: str, identity: str) -> Path:
     """``<tmp>/pitchey-trace-spool-<uid>/<name>-<hash of destination>``: exporters share
-    leftover files only when they write to the same place."""
+    leftover files only when they write to the same place.
+
+    That name is predictable in a shared ``/tmp``: when another user made it (or any part of
+    it) first, or it is a symbolic link or writable by others, a fresh private directory from
+    ``tempfile.mkdtemp`` is used instead (warned about, counted in ``logpush.spool_unsafe``;
+    leftovers there are not found by the next process)."""
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     # per user: another account's directory in a shared /tmp would not be writable
     user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"pitchey-trace-spool-{user}" / f"{safe_dataset(name)}-{digest}"
+    per_user = Path(tempfile.gettempdir()) / f"pitchey-trace-spool-{user}"
+    path = per_user / f"{safe_dataset(name)}-{digest}"
+    try:
+        check_private_dir(per_user, tighten=True)  # (its owner could swap the leaf for a directory of theirs)
+        check_private_dir(path)
+    except UnsafeSpoolDir as exc:
+        try:
+            fallback = Path(tempfile.mkdtemp(prefix=f"pitchey-trace-spool-{user}-"))  # (0700)
+        except OSError:
+            return path  # (refused by the exporter with the reason above)
+        _stats.incr("logpush.spool_unsafe")
+        warn_limited(
+            "logpush.spool_unsafe",
+            "pitchey_trace logpush %s: %s; using the private directory %s instead",
+            name,
+            exc,
+            fallback,
+        )
+        return fallback
+    except OSError:  # (cannot be created: the exporter reports it as for any spool_dir)
+        pass
+    return path
 
 
 class LogpushExporter(ArchiveExporter):
