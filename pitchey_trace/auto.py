@@ -231,19 +231,21 @@ def _instrument(conn: Any) -> None:
 
 def _psycopg(module: ModuleType) -> None:
     sync_cls, async_cls = module.Connection, module.AsyncConnection
-    # classmethods (psycopg_pool calls cls.connect): wrap their functions
-    sync_connect = sync_cls.__dict__["connect"].__func__
-    async_connect = async_cls.__dict__["connect"].__func__
+    # classmethods (psycopg_pool calls cls.connect): called through their descriptors, not
+    # their __func__, so a wrapper already there (OpenTelemetry's PsycopgInstrumentor, a wrapt
+    # proxy of the classmethod) still runs; its __func__ was the bare function beneath it
+    sync_orig = sync_cls.__dict__["connect"]
+    async_orig = async_cls.__dict__["connect"]
 
-    @functools.wraps(sync_connect)
+    @functools.wraps(getattr(sync_orig, "__func__", sync_orig))
     def connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        conn = sync_connect(cls, *args, **kwargs)
+        conn = sync_orig.__get__(None, cls)(*args, **kwargs)
         _instrument(conn)
         return conn
 
-    @functools.wraps(async_connect)
+    @functools.wraps(getattr(async_orig, "__func__", async_orig))
     async def aconnect(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        conn = await async_connect(cls, *args, **kwargs)
+        conn = await async_orig.__get__(None, cls)(*args, **kwargs)
         _instrument(conn)
         return conn
 

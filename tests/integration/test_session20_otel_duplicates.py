@@ -260,7 +260,14 @@ with capture_spans() as mem:
 
 @pytest.mark.parametrize(
     ("order", "name"),
-    [("pitchey-first", "psycopg"), ("pitchey-first", "psycopg2"), ("otel-first", "psycopg2")],
+    [
+        ("pitchey-first", "psycopg"),
+        ("pitchey-first", "psycopg2"),
+        ("otel-first", "psycopg2"),
+        # (auto-instrumentation called OpenTelemetry's connect wrapper's bare function: its
+        # spans were silently gone)
+        ("otel-first", "psycopg"),
+    ],
 )
 def test_auto_instrumentation_beside_otel_db_instrumentation_warns(
     order: str, name: str, pg_dsn: str, tmp_path: Path
