@@ -389,6 +389,7 @@ class PayloadSpool:
     def _open(self, path: str | os.PathLike[str]) -> None:
         """Own a place in the directory and take over the files of processes that died."""
         self._lock = threading.Lock()
+        self._sending: Path | None = None  # the file a drain is sending (see _trim)
         self.dir = SpoolDir(path)
         # (path, size, items): items are unknown (0) for files taken over from a dead process.
         # A payload still ``.open`` was never completely written (the process died during
@@ -409,9 +410,17 @@ class PayloadSpool:
     def _trim(self) -> None:
         """Delete the oldest files until at most ``max_bytes`` are kept (lock held). (:meth:`put`
         never keeps a payload larger than the cap; a file taken over from a dead process may be,
-        when the cap is now smaller: it goes too.)"""
+        when the cap is now smaller: it goes too.) The file a drain is sending is passed over:
+        dropping it would count it in ``dropped.spool_cap`` while it is being delivered; the
+        drain trims again once it is done with it."""
         while self.bytes > self.max_bytes and self._files:
-            path, size, lost = self._files.popleft()
+            if self._files[0][0] != self._sending:
+                path, size, lost = self._files.popleft()
+            elif len(self._files) > 1:
+                path, size, lost = self._files[1]
+                del self._files[1]
+            else:
+                return  # (only the one being sent: at most one payload over the cap, briefly)
             self.bytes -= size
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -467,22 +476,31 @@ class PayloadSpool:
                 if not self._files:
                     return
                 path, size, items = self._files[0]
+                self._sending = path  # (a put's _trim leaves it alone meanwhile)
+            done = False  # (still unreachable, or send raised: kept for later)
             try:
-                payload = path.read_bytes()
-            except OSError:  # gone (another owner's cleanup) or unreadable: nothing to send
-                payload = None
-            if payload is not None:
-                result = send(payload)
-                if not result.ok and not result.rejected:
-                    return  # still unreachable: kept for later
-                if result.ok:
-                    _stats.incr(f"{self.counter}.spool_sent")
-                    if items:
-                        _stats.incr(self.items_counter, items)
-            with self._lock:
-                if self._files and self._files[0][0] == path:
-                    self._files.popleft()
-                    self.bytes -= size
+                try:
+                    payload = path.read_bytes()
+                except OSError:  # gone (another owner's cleanup) or unreadable: nothing to send
+                    payload = None
+                if payload is None:
+                    done = True
+                else:
+                    result = send(payload)
+                    done = result.ok or result.rejected
+                    if result.ok:
+                        _stats.incr(f"{self.counter}.spool_sent")
+                        if items:
+                            _stats.incr(self.items_counter, items)
+            finally:
+                with self._lock:
+                    self._sending = None
+                    if done and self._files and self._files[0][0] == path:
+                        self._files.popleft()
+                        self.bytes -= size
+                    self._trim()  # (what it passed over while this one was sent)
+            if not done:
+                return
             with contextlib.suppress(OSError):
                 path.unlink()
 
