@@ -148,6 +148,8 @@ class GrpcSender:
                 timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     return Try(retry=True, error="no time left to send the request")
+            if self.stop.is_set():  # (shut down: a closed channel must not be opened again)
+                return Try(retry=True, error="the exporter was shut down")
             try:
                 body = self._stub()(payload, timeout=timeout, metadata=self.metadata, compression=compression)
             except grpc.RpcError as exc:
