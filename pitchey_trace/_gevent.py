@@ -62,6 +62,7 @@ def instrument_gevent() -> bool:
         return False
     import importlib
 
+    _resolve_hub_imports(gevent)
     pool = importlib.import_module("gevent.pool")
     greenlet = _carrying(importlib.import_module("gevent.greenlet").Greenlet)
     try:
@@ -75,6 +76,20 @@ def instrument_gevent() -> bool:
         uninstrument_gevent()
         raise
     return True
+
+
+def _resolve_hub_imports(gevent: Any) -> None:
+    """Import now, in this thread, the modules gevent imports when a thread makes its first hub.
+    The SDK's worker threads started before ``monkey.patch_all()`` (``pitchey-trace run``
+    configures gunicorn's master before its gevent workers patch) each make a hub at their
+    first wait after it, importing gevent's loop under import locks that patch_all made gevent
+    locks, which need a hub: two threads doing it at once deadlocked (the flush hung)."""
+    import contextlib
+
+    # (an invalid GEVENT_* setting: left to gevent to report where it is used)
+    with contextlib.suppress(Exception):
+        for name in ("loop", "resolver", "threadpool"):
+            getattr(gevent.config, name)  # (resolving a setting imports its module only)
 
 
 def uninstrument_gevent() -> None:
