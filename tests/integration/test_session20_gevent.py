@@ -10,7 +10,6 @@ a Flask app."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import socket
@@ -33,8 +32,8 @@ import pitchey_trace as pt
 from pitchey_trace import _batch
 from pitchey_trace.testing import capture_spans
 from pitchey_trace.threads import instrument_threads, uninstrument_threads
-from tests.support.httpserver import HandlerServer, QuietHandler
 from tests.support.instrumentation import instrumented_fixture
+from tests.support.otlp_json import JsonSpanCollector
 
 pytestmark = pytest.mark.integration
 
@@ -178,47 +177,7 @@ def test_worker_thread_ends_quietly_after_get_ident_was_replaced(monkeypatch: py
     assert t not in threading.enumerate()  # (its entry was removed all the same)
 
 
-class Collector:
-    """An OTLP/HTTP JSON trace collector: every span received, as a small dict."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        spans = self.spans
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                for rs in body.get("resourceSpans", []):
-                    pid = next(
-                        a["value"].get("intValue")
-                        for a in rs["resource"]["attributes"]
-                        if a["key"] == "process.pid"
-                    )
-                    for ss in rs["scopeSpans"]:
-                        for s in ss["spans"]:
-                            spans.append(
-                                {
-                                    "trace": s["traceId"],
-                                    "span": s["spanId"],
-                                    "parent": s.get("parentSpanId") or None,
-                                    "name": s["name"],
-                                    "start": int(s["startTimeUnixNano"]),
-                                    "end": int(s["endTimeUnixNano"]),
-                                    "pid": int(pid),
-                                }
-                            )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-        self.server = HandlerServer(Handler)
-        self.url = f"{self.server.url}/v1/traces"
-
-    def named(self, name: str) -> dict[str, Any]:
-        (found,) = [s for s in self.spans if s["name"] == name]
-        return found
+Collector = JsonSpanCollector
 
 
 @pytest.fixture

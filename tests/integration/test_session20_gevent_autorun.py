@@ -6,7 +6,6 @@ processes exporting OTLP/HTTP JSON to a collector on 127.0.0.1 in the test's pro
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.httpserver import HandlerServer, QuietHandler
+from tests.support.otlp_json import JsonSpanCollector
 
 pytestmark = pytest.mark.integration
 
@@ -31,37 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # (pitchey-trace and gunicorn, installed with the SDK)
 
 
-class Collector:
-    """An OTLP/HTTP JSON trace collector: every span received, as a small dict."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        spans = self.spans
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                for rs in body.get("resourceSpans", []):
-                    attributes = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
-                    for ss in rs["scopeSpans"]:
-                        for s in ss["spans"]:
-                            spans.append(
-                                {
-                                    "trace": s["traceId"],
-                                    "span": s["spanId"],
-                                    "parent": s.get("parentSpanId") or None,
-                                    "name": s["name"],
-                                    "pid": int(attributes["process.pid"]["intValue"]),
-                                    "service": attributes["service.name"]["stringValue"],
-                                }
-                            )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-        self.server = HandlerServer(Handler)
+Collector = JsonSpanCollector
 
 
 @pytest.fixture

@@ -403,3 +403,18 @@ def silent_port() -> Iterator[int]:
         srv.close()
         for conn in held:
             conn.close()
+
+
+def wait_until(cond: Any, timeout: float = 20.0) -> bool:
+    """Whether ``cond()`` became true within ``timeout`` seconds (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def numbered_span(seq: int) -> dict[str, Any]:
+    """A minimal span record named ``op<seq>``."""
+    return {"schema": 1, "type": "span", "service": "s20", "name": f"op{seq}", "status": "ok"}

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -21,7 +19,7 @@ import pitchey_trace as pt
 from pitchey_trace import _stats
 from pitchey_trace.exporters import HttpAnalyticsExporter, OTLPExporter
 from pitchey_trace.exporters._http import RetryPolicy
-from tests.integration.exporters.servers import RecordingServer, Reply, silent_port
+from tests.integration.exporters.servers import RecordingServer, Reply, numbered_span, silent_port, wait_until
 from tests.support.otlp import partial_success_answer
 
 pytestmark = pytest.mark.integration
@@ -47,17 +45,8 @@ def _spool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD and t.is_alive()]
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _record(seq: int) -> dict[str, Any]:
-    return {"schema": 1, "type": "span", "service": "s20", "name": f"op{seq}", "status": "ok"}
+_wait_for = wait_until
+_record = numbered_span
 
 
 def _spans(first: int, n: int) -> None:

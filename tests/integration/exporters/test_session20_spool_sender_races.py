@@ -3,32 +3,20 @@ the spool and the export worker keeping new batches in it. Real servers on 127.0
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pitchey_trace import _stats
 from pitchey_trace.exporters import HttpAnalyticsExporter
 from pitchey_trace.exporters._http import RetryPolicy
-from tests.integration.exporters.servers import RecordingServer, Reply
+from tests.integration.exporters.servers import RecordingServer, Reply, numbered_span, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _record(seq: int) -> dict[str, Any]:
-    return {"schema": 1, "type": "span", "service": "s20", "name": f"op{seq}", "status": "ok"}
+_wait_for = wait_until
+_record = numbered_span
 
 
 def test_the_cap_never_drops_the_kept_request_being_sent(
