@@ -57,6 +57,7 @@ the ``pitchey_trace`` logger and left as it was; the import itself always succee
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.abc
 import importlib.machinery
@@ -64,6 +65,7 @@ import importlib.util
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -145,26 +147,62 @@ def _flask(module: ModuleType) -> None:
     flask.__call__ = __call__
 
 
+#: apps mounted inside another app (``Mount``/``Host``): served through their parent, whose
+#: middleware already traces the request (wrapping them too gave two server spans)
+_MOUNTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _starlette(module: ModuleType) -> None:
+    from starlette import routing
+
+    for route in (routing.Mount, routing.Host):
+        _mark_mounted_apps(route)
+    _wrap_middleware_stack(module.Starlette, "auto.starlette")
+
+
+def _mark_mounted_apps(route: Any) -> None:
+    init = route.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        # (an app that takes no weak reference: wrapped as before)
+        with contextlib.suppress(Exception):
+            _MOUNTED.add(getattr(self, "_base_app", None) or self.app)
+
+    route.__init__ = __init__
+
+
+def _fastapi(module: ModuleType) -> None:
+    # FastAPI overrides build_middleware_stack without calling Starlette's (it copies it), so
+    # Starlette's hook alone left every FastAPI app untraced.
+    _wrap_middleware_stack(module.FastAPI, "auto.fastapi")
+
+
+def _wrap_middleware_stack(cls: Any, kind: str) -> None:
     from pitchey_trace.web import ASGITracingMiddleware
 
-    starlette = module.Starlette
-    original = starlette.build_middleware_stack
+    original = cls.__dict__["build_middleware_stack"]
 
     @functools.wraps(original)
     def build_middleware_stack(self: Any) -> Any:
         app = original(self)
         try:
             # Outermost (outside Starlette's error middleware, as the docs recommend), unless
-            # the app already added the middleware itself.
-            if any(getattr(m, "cls", None) is ASGITracingMiddleware for m in self.user_middleware):
+            # the app already added the middleware itself, is mounted in another app, or a
+            # subclass chained to the other hook already wrapped the stack.
+            if (
+                isinstance(app, ASGITracingMiddleware)
+                or self in _MOUNTED
+                or any(getattr(m, "cls", None) is ASGITracingMiddleware for m in self.user_middleware)
+            ):
                 return app
             return ASGITracingMiddleware(app)
         except Exception as exc:
-            _safety.report("auto.starlette", exc)
+            _safety.report(kind, exc)
             return app
 
-    starlette.build_middleware_stack = build_middleware_stack
+    cls.build_middleware_stack = build_middleware_stack
 
 
 def _django_middleware(module: ModuleType) -> None:
@@ -418,7 +456,7 @@ SUPPORTED: dict[str, tuple[tuple[str, Hook], ...]] = {
     "urllib3": (("urllib3", _urllib3),),
     "aiohttp": (("aiohttp.web", _aiohttp),),
     "flask": (("flask", _flask),),
-    "starlette": (("starlette.applications", _starlette),),
+    "starlette": (("starlette.applications", _starlette), ("fastapi.applications", _fastapi)),
     "django": (
         ("django.core.handlers.base", _django_middleware),
         ("django.core.handlers.wsgi", _django_wsgi),
