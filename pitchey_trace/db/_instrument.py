@@ -19,7 +19,7 @@ from pitchey_trace import _safety
 from pitchey_trace.db._commit import DRIVER_HOUSEKEEPING, END_METHODS, make_end_methods
 from pitchey_trace.db._cursors import is_traced_factory, traced_factory
 from pitchey_trace.db._drivers import support
-from pitchey_trace.db._ops import STATE_ATTR, ConnState
+from pitchey_trace.db._ops import STATE_ATTR, ConnState, end_abandoned_blocks, otel_replaced
 from pitchey_trace.db._pipeline import statement_error
 from pitchey_trace.db._tpc import make_tpc_methods
 from pitchey_trace.db._transaction import AsyncTracedTransaction, TracedTransaction
@@ -98,6 +98,8 @@ def _make_transaction(conn: Any, state: ConnState) -> Any:
         orig = method.__get__(target)
         if state_of(target) is not state or not state.instrumented:
             return orig(savepoint_name, force_rollback)
+        factory = target.cursor_factory
+        otel_replaced(factory, is_traced_factory(factory))
         return cls(target, state, orig, savepoint_name, force_rollback)
 
     transaction.__doc__ = method.__doc__
@@ -221,6 +223,10 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
     state = state_of(conn)
     if state is not None and state.instrumented:
         state.set_overrides(sql_comments, capture_parameters)
+        for attr in ("cursor_factory", "server_cursor_factory"):
+            factory = getattr(conn, attr)
+            if otel_replaced(factory, is_traced_factory(factory)):
+                setattr(conn, attr, traced_factory(factory))  # (OpenTelemetry's, traced as any)
         return conn
     _warn_if_doubled(conn)
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
@@ -250,6 +256,10 @@ def instrument(conn: C, *, sql_comments: bool | None = None, capture_parameters:
             _safety.report("db.instrument", exc)
     state.instrumented = True
     setattr(conn, STATE_ATTR, state)
+    try:  # (a block left open when the connection goes: its span ends, see end_abandoned_blocks)
+        weakref.finalize(conn, end_abandoned_blocks, state).atexit = False  # (not collected then)
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
     return conn
 
 

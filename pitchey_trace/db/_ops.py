@@ -52,6 +52,39 @@ _ARG_ERROR = re.compile(
 Op = tuple["AnySpan", "Stmt", int, Any]
 
 
+_OTEL_MODULES = "opentelemetry.instrumentation."
+
+
+def otel_replaced(factory: Any, traced: bool) -> bool:
+    """True when OpenTelemetry's ``instrument_connection()``, run after ``instrument(conn)``,
+    put its own traced cursor class in place of pitchey's (``traced``: whether ``factory``, the
+    connection's cursor factory now, is still pitchey's or derived from it). OpenTelemetry's
+    psycopg class derives from ``psycopg.Cursor``, its psycopg2 class from the factory in
+    place unless that is falsy (pitchey's stand-in for an unset factory is): pitchey's
+    statement spans then stop. Said once and counted as
+    ``misuse.otel.duplicate_instrumentation.<library>``; ``instrument(conn)`` again traces
+    the connection anew (each query is then two spans). Never raises."""
+    try:
+        if traced or not isinstance(factory, type):
+            return False
+        module = getattr(factory, "__module__", None)
+        if not (isinstance(module, str) and module.startswith(_OTEL_MODULES)):
+            return False
+        library = module[len(_OTEL_MODULES) :].partition(".")[0]
+        _safety.warn_once(
+            f"otel.duplicate_instrumentation.{library}",
+            "pitchey_trace: OpenTelemetry's %s instrument_connection() replaced the cursor factory "
+            "of a connection after pitchey_trace.db.instrument(): its statements are no longer "
+            "traced by pitchey; use one of the two (or call instrument(conn) again: each query "
+            "is then two client spans)",
+            library,
+        )
+        return True
+    except Exception as exc:
+        _safety.report("db.instrument", exc)
+        return False
+
+
 def live_connection(conn: Any) -> Callable[[], Any]:
     """A function giving ``conn`` back while it lives: the methods set on a connection hold it
     weakly (no cycle through its own ``__dict__``). Once it is gone (reachable only through a
@@ -301,6 +334,7 @@ class ConnState:
 
     __slots__ = (
         "base_attrs",
+        "blocks",
         "cache",
         "capture_parameters",
         "generation",
@@ -331,6 +365,9 @@ class ConnState:
         # One [statement_count] frame per open traced transaction/savepoint on this connection.
         self.tx_stack: list[list[int]] = []
         self.tpc: Any = None  # the open two-phase transaction (pitchey_trace.db._tpc)
+        # The open transaction blocks (psycopg 3, psycopg2), to end their spans when the
+        # connection is collected with one still open: see end_abandoned_blocks.
+        self.blocks: list[OpenBlock] = []
 
     def set_overrides(self, sql_comments: bool | None, capture_parameters: bool | None) -> None:
         """Change this connection's overrides of the global options (``instrument`` called
@@ -587,6 +624,59 @@ class ConnState:
                 audit(span, stmt, "error", sqlstate or type(exc).__qualname__)
         except Exception as internal:
             _safety.report("db.end", internal)
+
+
+class OpenBlock:
+    """An open transaction block as its connection's state knows it: its span and frame, and
+    what ended its transaction before the block did (``ended``: psycopg2's C methods that roll
+    back, by name). Holds no reference to the connection, so the state can outlive it."""
+
+    __slots__ = ("ended", "frame", "span")
+
+    def __init__(self, span: AnySpan, frame: list[int] | None) -> None:
+        self.span = span
+        self.frame = frame
+        self.ended: str | None = None
+
+
+def open_block(state: ConnState, span: AnySpan, frame: list[int] | None) -> OpenBlock:
+    """Register a transaction block whose span was just entered."""
+    block = OpenBlock(span, frame)
+    state.blocks.append(block)
+    return block
+
+
+def close_block(state: ConnState, block: OpenBlock | None) -> str | None:
+    """Unregister a block that ends (by identity); what ended its transaction first, if any."""
+    if block is None:
+        return None
+    blocks = state.blocks
+    for i in range(len(blocks) - 1, -1, -1):
+        if blocks[i] is block:
+            del blocks[i]
+            break
+    return block.ended
+
+
+def end_abandoned_blocks(state: ConnState) -> None:
+    """The connection was garbage-collected with blocks still open (entered, never exited):
+    the driver closed the session and the server rolled their transaction back. End their
+    spans (innermost first) as ``rollback``, reason ``connection_garbage_collected``. Never
+    raises; runs from a weakref finalizer, so the span is ended, not exited (the context it
+    was made current in belongs to another frame, or is gone)."""
+    blocks, state.blocks = state.blocks, []
+    for block in reversed(blocks):
+        try:
+            count = state.pop_frame(block.frame)
+            span = block.span
+            transaction_outcome(span, False, None, None, count)
+            if span.is_recording:
+                span.set_attribute(
+                    "db.transaction.rollback_reason", block.ended or "connection_garbage_collected"
+                )
+            span.end()
+        except Exception as exc:
+            _safety.report("db.transaction", exc)
 
 
 def _interruption(exc: BaseException) -> BaseException:

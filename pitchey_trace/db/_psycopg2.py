@@ -70,7 +70,19 @@ from pitchey_trace import _safety
 from pitchey_trace._context import suppress_tracing
 from pitchey_trace._span import AnySpan
 from pitchey_trace.db._commit import END_METHODS, make_end_methods
-from pitchey_trace.db._ops import ConnState, Op, Stmt, live_connection, set_batch_size, transaction_outcome
+from pitchey_trace.db._ops import (
+    ConnState,
+    Op,
+    OpenBlock,
+    Stmt,
+    close_block,
+    end_abandoned_blocks,
+    live_connection,
+    open_block,
+    otel_replaced,
+    set_batch_size,
+    transaction_outcome,
+)
 from pitchey_trace.db._tpc import _close as _tpc_close
 from pitchey_trace.db._tpc import make_tpc_methods
 
@@ -488,14 +500,14 @@ def _implicit_end_methods(conn: Any, state: ConnState, is_traced: Callable[[Any]
                         op = state.begin_text("ROLLBACK")
             except Exception as exc:
                 _safety.report("db.commit", exc)
-            if op is None and not tpc:
+            if op is None and not tpc and not state.blocks:
                 return method(c, *args, **kwargs)
             try:
                 result = method(c, *args, **kwargs)
             except BaseException as exc:
-                _implicit_ended(c, state, op, cause, exc)
+                _implicit_ended(c, state, op, tpc, cause, exc)
                 raise
-            _implicit_ended(c, state, op, cause, None)
+            _implicit_ended(c, state, op, tpc, cause, None)
             return result
 
         call.__name__ = cause
@@ -505,15 +517,22 @@ def _implicit_end_methods(conn: Any, state: ConnState, is_traced: Callable[[Any]
     return {cause: make(cause) for cause in _IMPLICIT_END}
 
 
-def _implicit_ended(c: Any, state: ConnState, op: Op | None, cause: str, exc: BaseException | None) -> None:
-    """End the span of an implicit rollback (``op``; None: the open 2PC span). Never raises."""
+def _implicit_ended(
+    c: Any, state: ConnState, op: Op | None, tpc: bool, cause: str, exc: BaseException | None
+) -> None:
+    """End the span of an implicit rollback (``op``), or the open 2PC span (``tpc``), and tell
+    the open ``traced_transaction`` blocks that their transaction ended. Never raises."""
     try:
         ended = bool(c.closed) or c.status != _BEGIN
     except Exception as internal:
         _safety.report("db.commit", internal)
         ended = False
+    if ended:
+        for block in state.blocks:
+            if block.ended is None:
+                block.ended = cause
     if op is None:
-        if ended:
+        if ended and tpc:
             try:
                 _tpc_close(state, None, outcome="rollback", abandoned=True)
             except Exception as internal:
@@ -538,6 +557,11 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     state = _STATES.get(id(conn))
     if state is not None and state.instrumented:
         state.set_overrides(sql_comments, capture_parameters)
+        factory = conn.cursor_factory
+        if otel_replaced(factory, _cursors_traced(conn)):
+            traced = _traced_factory(factory)  # (OpenTelemetry's class, traced as any other)
+            if traced is not None:
+                conn.cursor_factory = traced
         return conn
     state = ConnState(conn, sql_comments=sql_comments, capture_parameters=capture_parameters)
     factory = conn.cursor_factory
@@ -549,11 +573,33 @@ def instrument(conn: Any, *, sql_comments: bool | None = None, capture_parameter
     state.instrumented = True
     key = id(conn)
     _STATES[key] = state
-    weakref.finalize(conn, _STATES.pop, key, None)
+    weakref.finalize(conn, _forget, key, state).atexit = False  # (at exit it is not collected)
     _set_cursor_method(conn)
     _set_tpc_methods(conn, state)
     _set_end_methods(conn, state)
     return conn
+
+
+def _cursors_traced(conn: Any) -> bool:
+    """True when the connection's cursors are still traced: its factory is ours (or derived
+    from ours), or it has our ``cursor`` wrapper (a ``__dict__``: that switches whatever class
+    the factory makes, OpenTelemetry's too)."""
+    if getattr(conn.cursor_factory, "_pitchey_traced", False):
+        return True
+    attrs = getattr(conn, "__dict__", None)
+    return isinstance(attrs, dict) and hasattr(attrs.get("cursor"), "_pitchey_wraps")
+
+
+def _forget(key: int, state: ConnState) -> None:
+    """The connection is gone (garbage-collected): drop its state, and end the spans of the
+    ``traced_transaction`` blocks still open on it (entered, never exited), whose transaction
+    the server rolled back when psycopg2 closed the session. Never raises."""
+    try:
+        if _STATES.get(key) is state:
+            del _STATES[key]
+        end_abandoned_blocks(state)
+    except Exception as exc:
+        _safety.report("db.transaction", exc)
 
 
 def uninstrument(conn: Any) -> Any:
@@ -590,7 +636,14 @@ def traced_query(conn: Any, sql: Any, params: Any = None) -> list[Any]:
 
 class _Transaction:
     """``with traced_transaction(conn):`` for psycopg2: commit (or roll back on an exception,
-    or with ``force_rollback``) at the end; inside a transaction, a savepoint instead."""
+    or with ``force_rollback``) at the end; inside a transaction, a savepoint instead.
+
+    psycopg2's ``set_isolation_level()``, ``set_client_encoding()``, ``reset()`` and ``close()``
+    can end the transaction inside the block (see :func:`_implicit_end_methods`): every block
+    open then records ``rollback`` with that method's name as the reason, whatever its end
+    does, which is unchanged (the outermost one commits what ran after, in a new transaction,
+    as psycopg2 itself would; a nested one's RELEASE fails: its savepoint went with the
+    transaction)."""
 
     def __init__(
         self, conn: Any, state: ConnState, savepoint_name: str | None, force_rollback: bool, name: str | None
@@ -603,6 +656,7 @@ class _Transaction:
         self._nested = False
         self._span: AnySpan | None = None
         self._frame: list[int] | None = None
+        self._block: OpenBlock | None = None
 
     def _sql(self, *statements: str) -> None:
         with suppress_tracing():  # this block's own statements, not the application's
@@ -624,6 +678,7 @@ class _Transaction:
             if span is not None:
                 span.__enter__()
                 self._span = span
+                self._block = open_block(self._state, span, self._frame)
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:
@@ -668,10 +723,17 @@ class _Transaction:
         frame, self._frame = self._frame, None
         count = self._state.pop_frame(frame)
         span, self._span = self._span, None
+        block, self._block = self._block, None
+        ended = close_block(self._state, block)
         if span is None:
             return
         try:
-            transaction_outcome(span, committed, reason, failure, count, self._force_rollback)
+            if ended is not None:  # (its transaction was rolled back from psycopg2's C code)
+                transaction_outcome(span, False, None, failure, count)
+                if span.is_recording:
+                    span.set_attribute("db.transaction.rollback_reason", ended)
+            else:
+                transaction_outcome(span, committed, reason, failure, count, self._force_rollback)
         except Exception as exc:
             _safety.report("db.transaction", exc)
         try:
@@ -686,6 +748,8 @@ def traced_transaction(
     """A traced transaction block on a psycopg2 connection (instrumenting it if it was not)."""
     if not is_instrumented(conn):
         instrument(conn)
+    else:
+        otel_replaced(conn.cursor_factory, _cursors_traced(conn))
     state = _state(conn)
     assert state is not None
     return _Transaction(conn, state, savepoint_name, force_rollback, name)

@@ -17,7 +17,7 @@ from psycopg import pq
 
 from pitchey_trace import _safety
 from pitchey_trace._span import AnySpan
-from pitchey_trace.db._ops import ConnState, transaction_outcome
+from pitchey_trace.db._ops import ConnState, OpenBlock, close_block, open_block, transaction_outcome
 
 __all__ = ["AsyncTracedTransaction", "TracedTransaction"]
 
@@ -29,6 +29,7 @@ _COMMITTED = psycopg.Transaction.Status.COMMITTED
 
 class _TxBase:
     __slots__ = (
+        "_block",
         "_cm",
         "_conn",
         "_force_rollback",
@@ -60,6 +61,7 @@ class _TxBase:
         self._cm: Any = None
         self._tx: Any = None
         self._frame: list[int] | None = None
+        self._block: OpenBlock | None = None
 
     def _start(self) -> None:
         """Open the span (made current) before BEGIN/SAVEPOINT is sent. Never raises."""
@@ -71,6 +73,7 @@ class _TxBase:
             span.__enter__()
             self._span = span
             self._frame = self._state.push_frame()
+            self._block = open_block(self._state, span, self._frame)
         except Exception as exc:
             _safety.report("db.transaction", exc)
 
@@ -105,6 +108,8 @@ class _TxBase:
             return
         self._span = None
         try:
+            block, self._block = self._block, None
+            close_block(self._state, block)
             frame, self._frame = self._frame, None
             count = self._state.pop_frame(frame)
             tx = self._tx
@@ -114,6 +119,10 @@ class _TxBase:
             failed = exc is not None and not suppressed and not isinstance(exc, psycopg.Rollback)
             failure = commit_error or (exc if failed else None)
             transaction_outcome(span, committed, commit_error or exc, failure, count, self._force_rollback)
+            # conn.close() inside the block: psycopg ends it quietly, the server rolls back.
+            quiet = not committed and commit_error is None and exc is None
+            if quiet and span.is_recording and self._conn.closed:
+                span.set_attribute("db.transaction.rollback_reason", "close")
         except Exception as internal:
             _safety.report("db.transaction", internal)
         try:
