@@ -260,10 +260,77 @@ def _warn_if_doubled(library: str) -> None:
         )
 
 
+class _RequestServerSpan(_Span):
+    """FastAPI's native server span for a request that pitchey's ASGI middleware traces
+    already: it stands for the middleware's server span, so FastAPI's operation spans and the
+    handler's spans nest under that one, and records nothing itself. The middleware names,
+    annotates, times and ends its span; FastAPI's copies of those facts (and its error status
+    for a client that went away, which pitchey does not count as a server error) would only
+    overwrite them."""
+
+    def is_recording(self) -> bool:
+        return False
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        pass
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        pass
+
+    def add_link(self, context: SpanContext, attributes: Any = None) -> None:
+        pass
+
+    def update_name(self, name: str) -> None:
+        pass
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        pass
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        pass
+
+    def end(self, end_time: int | None = None) -> None:
+        pass
+
+
+def _request_server_span(attributes: Any) -> _RequestServerSpan | None:
+    """The stand-in for FastAPI's native server span when pitchey's ASGI middleware is tracing
+    this very request (the middleware wraps the FastAPI app), else None."""
+    web = sys.modules.get("pitchey_trace.web._common")  # (not imported: no middleware)
+    state = web.REQUEST.get() if web is not None else None
+    if state is None:
+        return None
+    # (an app called in-process from a traced handler, httpx's ASGITransport, is a request of
+    # its own with its own scope: its path tells it apart)
+    path = attributes.get("url.path") if isinstance(attributes, Mapping) else None
+    scope = getattr(state, "scope", None)
+    if path is not None and isinstance(scope, Mapping) and scope.get("path") != path:
+        return None
+    _safety.warn_once(
+        "otel.duplicate_instrumentation.fastapi",
+        "pitchey_trace: FastAPI's native OpenTelemetry telemetry and ASGITracingMiddleware both "
+        "trace this request: FastAPI's server span is left out (the middleware's is the "
+        "request's server span, FastAPI's operation spans nest under it); pass "
+        "FastAPI(telemetry={'tracing': False}) to turn FastAPI's spans off",
+    )
+    return _RequestServerSpan(state.span)
+
+
 class _Tracer(otel_trace.Tracer):
     def __init__(self, scope: dict[str, str]) -> None:
         self._scope = scope
         self._http = _HTTP_SCOPES.get(scope["otel.scope.name"])
+        # FastAPI's native telemetry (FastAPI(telemetry=...)) starts its spans with this tracer
+        self._fastapi = scope["otel.scope.name"] == "fastapi"
 
     def start_span(
         self,
@@ -277,6 +344,10 @@ class _Tracer(otel_trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> otel_trace.Span:
         try:
+            if self._fastapi and kind is otel_trace.SpanKind.SERVER:
+                server = _request_server_span(attributes)
+                if server is not None:
+                    return server
             parent = _parent(context)
             # (bad attributes or links are dropped, not the whole span)
             attrs = {**self._scope, **(_attrs(attributes) or {})}
@@ -383,6 +454,10 @@ def _parent(context: Any) -> Any:
             return None  # start_span's own default: the current pitchey span
         context = otel_context.get_current()
         explicit = False
+    elif CURRENT.get() is SUPPRESSED:
+        # (pt.suppress_tracing(), excluded paths, the SDK's threads: an explicit context, such
+        # as the parent FastAPI extracts for a health check, records nothing there either)
+        return SUPPRESSED
     else:
         explicit = True
     current = otel_trace.get_current_span(context)
@@ -461,7 +536,11 @@ class _SyncedRuntimeContext:
         span = otel_trace.get_current_span(current)
         if isinstance(span, _Span):
             theirs = span._span
-            same = (theirs._span if theirs.__class__ is BaggageScope else theirs) is mine
+            # (FastAPI's stand-in records nothing: get_current_span() gets a span that does)
+            same = (
+                span.__class__ is not _RequestServerSpan
+                and (theirs._span if theirs.__class__ is BaggageScope else theirs) is mine
+            )
         else:
             # the span attach() made pitchey's current (another provider's, a remote parent):
             # OpenTelemetry's own object, which may be recording, not a non-recording copy
@@ -530,6 +609,19 @@ class TracerProvider(otel_trace.TracerProvider):
     def shutdown(self) -> None:
         """Flush and stop the pipeline ``configure()`` set up (``pitchey_trace.shutdown``)."""
         _config.shutdown()
+
+
+def _records_fastapi(app: Any) -> bool:
+    """Whether the native OpenTelemetry server spans of FastAPI app ``app`` are recorded here:
+    its tracing is on and its provider (``telemetry={"tracer_provider": ...}``, else the
+    global one, as ``install()`` sets it) is ours."""
+    config = getattr(app, "_telemetry", None)  # (FastAPI's, private: unreadable, its defaults)
+    if not isinstance(config, Mapping):
+        config = {}
+    if not config.get("tracing", True):
+        return False
+    provider = config.get("tracer_provider") or getattr(otel_trace, "_TRACER_PROVIDER", None)
+    return isinstance(provider, TracerProvider)
 
 
 _install_lock = threading.Lock()

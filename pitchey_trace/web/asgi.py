@@ -104,6 +104,49 @@ def _carries(headers: Iterable[Any], name: bytes) -> bool:
     return False
 
 
+def _warn_if_inside_fastapi(app: Any) -> None:
+    """At construction: the middleware added with ``app.add_middleware()`` to a FastAPI app
+    whose native OpenTelemetry spans record into pitchey-trace (``pitchey_trace.otel.install()``).
+    FastAPI starts its server span before its middleware stack runs, so each request would be
+    two server spans, ours inside FastAPI's. (Wrapping the app, FastAPI's span gives way to
+    ours: ``pitchey_trace.otel``.) FastAPI's stack ends in its router: that is how it shows."""
+    try:
+        otel = sys.modules.get("pitchey_trace.otel")  # (not imported: nothing records FastAPI's)
+        routing = sys.modules.get("fastapi.routing")
+        if otel is None or routing is None:
+            return
+        seen: set[int] = set()
+        while app is not None and id(app) not in seen:
+            seen.add(id(app))
+            if isinstance(app, routing.APIRouter):
+                # (FastAPI makes its router with itself as the dependency_overrides_provider)
+                owner = getattr(app, "dependency_overrides_provider", None)
+                if owner is None or not otel._records_fastapi(owner):
+                    return
+                _safety.warn_once(
+                    "otel.duplicate_instrumentation.fastapi",
+                    "pitchey_trace: ASGITracingMiddleware sits inside a FastAPI app (add_middleware(), "
+                    "or pitchey-trace run) whose native OpenTelemetry telemetry records into pitchey_trace: "
+                    "each request is two server spans, ours inside FastAPI's; wrap the app "
+                    "instead (app = ASGITracingMiddleware(app)) or pass "
+                    "FastAPI(telemetry={'tracing': False})",
+                )
+                return
+            app = getattr(app, "app", None)
+    except Exception as exc:  # (a check only: never into the app's setup)
+        _safety.report("web.asgi.fastapi_check", exc)
+
+
+def _excluded_below_root(options: Options, scope: Scope, path: str) -> bool:
+    """Behind a root path (``uvicorn --root-path``, ``FastAPI(root_path=...)``) the scope's
+    path carries it, while excluded paths, like route names, are the app's own (the WSGI
+    middleware matches ``PATH_INFO``, without ``SCRIPT_NAME``): match what follows it."""
+    root = scope.get("root_path")
+    if not root or root.__class__ is not str or not path.startswith(root):
+        return False
+    return options.excluded(path[len(root) :] or "/")
+
+
 class ASGITracingMiddleware:
     """Trace every HTTP request and WebSocket connection of an ASGI 3 application.
 
@@ -143,6 +186,7 @@ class ASGITracingMiddleware:
             audit=audit,
         )
         self.error_response = bool(error_response)
+        _warn_if_inside_fastapi(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -159,6 +203,9 @@ class ASGITracingMiddleware:
         if path in options.excluded_exact or (
             options.excluded_prefixes and path.startswith(options.excluded_prefixes)
         ):
+            await self._untraced(scope, receive, send)
+            return
+        if scope.get("root_path") and _excluded_below_root(options, scope, path):
             await self._untraced(scope, receive, send)
             return
         try:
@@ -305,7 +352,7 @@ class ASGITracingMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         options = self.options
         path = text_path(scope.get("path") or "/")
-        if options.excluded(path):
+        if options.excluded(path) or _excluded_below_root(options, scope, path):
             await self._untraced(scope, receive, send)
             return
         try:
