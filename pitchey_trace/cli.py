@@ -1114,6 +1114,9 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_certfile=cert,
             ssl_keyfile=key,
             ssl_keyfile_password=password if cert else None,
+            # Ctrl-C / SIGTERM: a browser's idle keep-alive connection over TLS never answers
+            # the close (uvicorn waited on it for ever); requests under way get this long
+            timeout_graceful_shutdown=5,
         )
         try:
             uvicorn.Server(config).run(sockets=[sock])
