@@ -850,6 +850,8 @@ class SenderExporter:
                 counter=self._sender.counter,
                 items_counter=items_counter,
                 max_bytes=spool_max_bytes,
+                # (the name now: a reference to self would keep a dropped exporter alive)
+                rejected=functools.partial(count_rejected, self._exporter_name()),
             )
         except OSError as exc:  # (a file there, no permission: said at startup, as for archives)
             raise ConfigurationError(f"spool_dir {str(spool_dir)!r} is not usable: {exc}") from exc
@@ -1044,8 +1046,9 @@ class SenderExporter:
 
     def _send_spooled(self, payload: bytes, deadline: float | None = None) -> HttpResult:
         """Send a kept payload once (spool drains), giving up at ``deadline``. What its answer
-        says was rejected is counted in ``dropped.rejected``; ``exported`` counted the payload
-        when it was kept (as for the spool's other losses, ``dropped.spool_cap``)."""
+        says was rejected (or the whole request, when refused: counted by the spool) is counted
+        in ``dropped.rejected``; ``exported`` counted the payload when it was kept (as for the
+        spool's other losses, ``dropped.spool_cap``)."""
         if self._closed:  # (shut down: no request starts; the file waits for the next start)
             return HttpResult(False, error="the exporter was shut down")
         result = self._send_once(payload, deadline, sender=self._spool_sender)

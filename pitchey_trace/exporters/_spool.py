@@ -7,6 +7,7 @@ process dies, however it dies. Its files::
     <owner>.lock
     <owner>.<seq>.<dataset>.<opened>.open                  the open batch, appended to
     <owner>.<seq>.<dataset>.<start>_<end>_<unique>.ready   closed: object name fixed, to upload
+    <owner>.<seq>.<tag>.<start>_<end>_<unique>_<items>.ready  a PayloadSpool's request
 
 (``opened``/``start``/``end`` are compact ISO-8601 UTC times like ``20261130T053700Z``.)
 On start (and in a forked child) an exporter *adopts* the files of every owner whose lock it
@@ -67,6 +68,11 @@ _SPOOL_FILE = re.compile(
 # The object name a closed batch's file carries (``new_key_name``); a ``.ready`` file whose
 # name holds anything else (left by another tool, or damaged) gets a new one when adopted.
 _KEY_NAME = re.compile(r"\d{8}T\d{6}Z_\d{8}T\d{6}Z_[0-9a-f]{16}")
+# A payload spool's ``.ready`` file: its object name (unused) and the number of items (spans,
+# points) in the request, so that one taken over from a dead process is counted once sent or
+# dropped. Files without the count (earlier versions) are taken over too, their count unknown;
+# earlier versions take these over as files with an unknown object name (a new one is made).
+_KEY_NAME_ITEMS = re.compile(r"(?P<key>\d{8}T\d{6}Z_\d{8}T\d{6}Z_[0-9a-f]{16})_(?P<items>\d{1,12})")
 
 _safe_names: dict[str, str] = {}
 
@@ -165,6 +171,7 @@ class Adopted:
     dataset: str
     key_name: str
     size: int
+    items: int | None = None  # (payload spools: the request's item count, when recorded)
 
 
 class SpoolDir:
@@ -232,9 +239,11 @@ class SpoolDir:
         """Path of an open batch file."""
         return self.path / f"{self.owner}.{seq:010d}.{dataset}.{compact_utc(opened_ns)}.open"
 
-    def ready_path(self, seq: int, dataset: str, key_name: str) -> Path:
-        """Path of a closed batch file whose object name is ``key_name``."""
-        return self.path / f"{self.owner}.{seq:010d}.{dataset}.{key_name}.ready"
+    def ready_path(self, seq: int, dataset: str, key_name: str, items: int | None = None) -> Path:
+        """Path of a closed batch file whose object name is ``key_name`` (``items``: a payload
+        spool's item count, kept in the name as ``<key_name>_<items>``)."""
+        stamp = key_name if items is None else f"{key_name}_{items}"
+        return self.path / f"{self.owner}.{seq:010d}.{dataset}.{stamp}.ready"
 
     def _owner_is_dead(self, owner: str) -> tuple[bool, int | None]:
         """Try to take a foreign owner's lock: (dead?, fd holding its lock or None)."""
@@ -309,19 +318,23 @@ class SpoolDir:
                             src.unlink()
                             self.discarded_open += 1
                         continue
-                    if m["state"] == "ready" and _KEY_NAME.fullmatch(m["stamp"]):
+                    items: int | None = None
+                    counted = _KEY_NAME_ITEMS.fullmatch(m["stamp"]) if m["state"] == "ready" else None
+                    if counted is not None:
+                        key_name, items = counted["key"], int(counted["items"])
+                    elif m["state"] == "ready" and _KEY_NAME.fullmatch(m["stamp"]):
                         key_name = m["stamp"]
                     elif m["state"] == "ready":  # (its time range unknown: up to its last write)
                         key_name = new_key_name(st.st_mtime_ns, st.st_mtime_ns)
                     else:
                         opened = _parse_compact(m["stamp"])
                         key_name = new_key_name(opened, max(opened, st.st_mtime_ns))
-                    dst = self.ready_path(self.next_seq(), ds, key_name)
+                    dst = self.ready_path(self.next_seq(), ds, key_name, items)
                     try:
                         os.rename(src, dst)
                     except FileNotFoundError:
                         continue
-                    out.append(Adopted(dst, ds, key_name, st.st_size))
+                    out.append(Adopted(dst, ds, key_name, st.st_size, items))
                 if not leftovers:
                     try:
                         os.unlink(self.path / f"{owner}.lock")
@@ -374,16 +387,28 @@ class PayloadSpool:
     ``max_bytes`` on its own is not kept at all (:meth:`put` returns False, counted in
     ``<counter>.spool_oversize``, warned about at most once a minute): keeping it would push
     every kept payload out and still break the cap. Files left by a process that died are
-    taken over at construction and sent like the others.
+    taken over at construction and sent like the others. A file's name ends with the number of
+    items (spans, points) of its request (``<owner>.<seq>.<tag>.<key>_<items>.ready``), so
+    those of a dead process's files are counted too: in ``items_counter`` once sent, in
+    ``dropped.spool_cap`` when the cap deletes them, through ``rejected`` when the endpoint
+    refuses them. (Files of earlier versions, without the count, are sent uncounted.)
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, tag: str, counter: str, items_counter: str, max_bytes: int
+        self,
+        path: str | os.PathLike[str],
+        *,
+        tag: str,
+        counter: str,
+        items_counter: str,
+        max_bytes: int,
+        rejected: Callable[[int], None] | None = None,
     ) -> None:
         self.tag = safe_dataset(tag)
         self.counter = counter
         self.items_counter = items_counter
         self.max_bytes = max_bytes
+        self._rejected = rejected  # counts the items of a kept request the endpoint refused
         self._open(path)
 
     def _open(self, path: str | os.PathLike[str]) -> None:
@@ -391,11 +416,13 @@ class PayloadSpool:
         self._lock = threading.Lock()
         self._sending: Path | None = None  # the file a drain is sending (see _trim)
         self.dir = SpoolDir(path)
-        # (path, size, items): items are unknown (0) for files taken over from a dead process.
-        # A payload still ``.open`` was never completely written (the process died during
-        # ``put``): sending a truncated request would only be refused, so it is deleted.
+        # (path, size, items): items are read from the name of a file taken over from a dead
+        # process (0: unknown, a file of an earlier version, not counted). A payload still
+        # ``.open`` was never completely written (the process died during ``put``): sending a
+        # truncated request would only be refused, so it is deleted.
         self._files: deque[tuple[Path, int, int]] = deque(
-            (a.path, a.size, 0) for a in self.dir.adopt_orphans(frozenset({self.tag}), open_files=False)
+            (a.path, a.size, a.items or 0)
+            for a in self.dir.adopt_orphans(frozenset({self.tag}), open_files=False)
         )
         if self.dir.discarded_open:
             _stats.incr(f"{self.counter}.spool_invalid", self.dir.discarded_open)
@@ -448,7 +475,8 @@ class PayloadSpool:
         with self._lock:
             seq = self.dir.next_seq()
             opened = self.dir.open_path(seq, self.tag, now)
-            ready = self.dir.ready_path(seq, self.tag, new_key_name(now, now))
+            # (the item count in the name: counted once sent, also by the next process)
+            ready = self.dir.ready_path(seq, self.tag, new_key_name(now, now), max(0, items))
             try:
                 # (0600: the payload holds trace data; only this user may read it)
                 fd = os.open(opened, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -492,6 +520,8 @@ class PayloadSpool:
                         _stats.incr(f"{self.counter}.spool_sent")
                         if items:
                             _stats.incr(self.items_counter, items)
+                    elif result.rejected and items and self._rejected is not None:
+                        self._rejected(items)  # (not sent again: its items are dropped)
             finally:
                 with self._lock:
                     self._sending = None

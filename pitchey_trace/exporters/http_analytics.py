@@ -38,6 +38,10 @@ MAX_DOUBLES = 20
 DEFAULT_MAX_BLOB_BYTES = 256
 #: Analytics Engine accepts up to 250 writeDataPoint calls per Worker invocation.
 DEFAULT_MAX_POINTS_PER_REQUEST = 250
+#: gzip level of a request: 1 costs about a quarter of level 6's CPU time per point (random
+#: trace and span ids do not compress further) for bodies about 15% larger; at 6, gzip was most
+#: of the export worker's time (bench/bench_analytics_throughput.py).
+DEFAULT_COMPRESSLEVEL = 1
 
 Point = dict[str, list[Any]]
 
@@ -68,9 +72,16 @@ def _num(value: Any) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # an int beyond a double (an attribute may hold any int): as inf
+            return 0.0
         return f if math.isfinite(f) else 0.0
     return 0.0
+
+
+#: Ints beyond this are not converted to float inline (float() would raise): _num makes them 0.
+_BIG = 1 << 1000
 
 
 def _s(value: Any) -> str:
@@ -83,13 +94,14 @@ def _span_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
     a = r.get("attributes") or {}
     res = r.get("resource") or {}
     category = r.get("category")
+    status = r.get("status")
     blobs = [
         "span",
         r.get("service"),
         r.get("environment"),
         r.get("name"),
         r.get("kind"),
-        r.get("status"),
+        status,
         category,
         r.get("trace_id"),
         r.get("span_id"),
@@ -105,12 +117,21 @@ def _span_point(r: Mapping[str, Any]) -> tuple[str, list[Any], list[float]]:
         res.get("service.version"),
         res.get("host.name"),
     ]
+    # (inline fast paths of _num for the usual float duration and int start time: the
+    # function calls were a good part of a point's cost)
+    duration = r.get("duration_ms")
+    if duration.__class__ is not float or duration - duration != 0.0:  # (not finite: nan, inf)
+        duration = _num(duration)
+    start = r.get("start_time_unix_nano", 0)
+    start_ms = start / 1e6 if start.__class__ is int and -_BIG < start < _BIG else _num(start) / 1e6
+    code = a.get("http.response.status_code")
+    rows = a.get("db.response.returned_rows")
     doubles = [
-        _num(r.get("duration_ms")),
-        _num(r.get("start_time_unix_nano", 0)) / 1e6,
-        1.0 if r.get("status") == "error" else 0.0,
-        _num(a.get("http.response.status_code")),
-        _num(a.get("db.response.returned_rows")),
+        duration,
+        start_ms,
+        1.0 if status == "error" else 0.0,
+        0.0 if code is None else _num(code),
+        0.0 if rows is None else _num(rows),
         1.0,
         1.0 if category in ("slow", "very_slow") else 0.0,
         float(len(r.get("events") or ())),
@@ -194,10 +215,16 @@ def to_data_point(record: Mapping[str, Any], max_blob_bytes: int = DEFAULT_MAX_B
     if layout is None:
         return None
     index, blobs, doubles = layout(record)
+    # (the layouts stay within MAX_BLOBS / MAX_DOUBLES; _cut's fast path inline: a short
+    # ASCII string, nearly every blob, is kept without a call; None is "")
+    lim = max_blob_bytes
     return {
         "indexes": [_cut(index, MAX_INDEX_BYTES)],
-        "blobs": [_cut(b, max_blob_bytes) for b in blobs[:MAX_BLOBS]],
-        "doubles": doubles[:MAX_DOUBLES],
+        "blobs": [
+            b if b.__class__ is str and len(b) <= lim and b.isascii() else ("" if b is None else _cut(b, lim))
+            for b in blobs
+        ],
+        "doubles": doubles,
     }
 
 
@@ -222,6 +249,8 @@ class HttpAnalyticsExporter(SenderExporter):
         max_blob_bytes: each blob cut to this many UTF-8 bytes (default 256).
         timeout_s: per socket operation (default 10).
         compress: gzip the body (``Content-Encoding: gzip``; default True).
+        compresslevel: its gzip level, 0-9 (default 1: the cheapest; 6 makes bodies about
+            15% smaller for about four times the CPU time).
         retry: a :class:`~pitchey_trace.exporters.RetryPolicy` (default: 5 attempts,
             0.5 s doubling backoff with jitter, ``Retry-After`` honoured on 429/503).
         headers: extra request headers.
@@ -252,7 +281,7 @@ class HttpAnalyticsExporter(SenderExporter):
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         timeout_s: float = 10.0,
         compress: bool = True,
-        compresslevel: int = 6,
+        compresslevel: int = DEFAULT_COMPRESSLEVEL,
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         name: str = "http_analytics",
