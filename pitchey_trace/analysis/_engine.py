@@ -41,6 +41,7 @@ __all__ = ["Archive"]
 Record = dict[str, Any]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 # A record id as records.new_record_id() writes it; any other value (a sanitizer rule rewrote it,
 # a hand-made record) is no id: such a record is counted, as records of archives before ids.
 _RECORD_ID = re.compile(r"[0-9a-f]{16}")
@@ -105,15 +106,29 @@ def _clean_span(rec: Record) -> bool:
 
     Archives are read as found: a field of an unexpected type is replaced by its text (names,
     kind, service, status), by ``None`` (parent, status message) or by an empty container
-    (attributes, events), so that no query has to doubt a field again.
+    (attributes, resource, events, links), so that no query has to doubt a field again; a
+    trace id that is not 32 hex characters makes the span unusable.
     """
+    trace_id = rec.get("trace_id")
     if not (
-        isinstance(rec.get("trace_id"), str)
+        isinstance(trace_id, str)
         and isinstance(rec.get("span_id"), str)
         and _is_int(rec.get("start_time_unix_nano"))
         and _is_int(rec.get("end_time_unix_nano"))
     ):
         return False
+    # Trace ids are looked up as 32 lowercase hex (the API and the CLI refuse anything else):
+    # another id would be listed by search but could not be opened, and an uppercase one
+    # opened as its lowercase twin without its own spans.
+    if not _HEX32.fullmatch(trace_id):
+        trace_id = trace_id.lower()
+        if not _HEX32.fullmatch(trace_id):
+            return False
+        rec["trace_id"] = trace_id
+    for key in ("span_id", "parent_span_id"):  # (the span endpoint and the tree compare lowercase)
+        value = rec.get(key)
+        if isinstance(value, str) and not _HEX16.fullmatch(value) and _HEX16.fullmatch(value.lower()):
+            rec[key] = value.lower()
     for key in ("name", "service", "kind", "status"):
         value = rec.get(key)
         if not isinstance(value, str):
@@ -131,9 +146,28 @@ def _clean_span(rec: Record) -> bool:
         )
     if not isinstance(rec.get("attributes"), dict):
         rec["attributes"] = {}
-    events = rec.get("events")
-    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        rec["events"] = [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+    if "resource" in rec and not isinstance(rec["resource"], dict):
+        rec["resource"] = {}
+    # Events and links as the page reads them: objects, each with an attribute map (a null
+    # link, or a link list that is a number, stopped the page showing the span).
+    for key in ("events", "links"):
+        if key == "links" and "links" not in rec:
+            continue
+        items = rec.get(key)
+        if not isinstance(items, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("attributes", {}), dict) for e in items
+        ):
+            rec[key] = (
+                [
+                    e if isinstance(e.get("attributes", {}), dict) else {**e, "attributes": {}}
+                    for e in items
+                    if isinstance(e, dict)
+                ]
+                if isinstance(items, list)
+                else []
+            )
+    # "clipped" is the API's own word for values it cut: an archived one would claim cuts.
+    rec.pop("clipped", None)
     return True
 
 

@@ -197,11 +197,25 @@ class LocalSource:
         return out
 
     def read(self, info: ObjectInfo) -> bytes:
-        """The file's bytes."""
-        return Path(info.key).read_bytes()
+        """The file's bytes. PermissionError for a file that is (or is in) a symbolic link to
+        somewhere outside the archive directory and the dataset's folder: the engine skips it
+        and counts it in ``read_stats["unreadable_objects"]``."""
+        real = os.path.realpath(info.key)
+        if not any(_inside(real, os.path.realpath(base)) for base in (self.root, self._folder(info.dataset))):
+            # (whoever can write into the archive must not make the server read other files)
+            raise PermissionError(f"{info.key} links outside the archive directory")
+        return Path(real).read_bytes()
 
     def __repr__(self) -> str:
         return f"LocalSource({str(self.root)!r})"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is in real path ``folder`` (at any depth)."""
+    try:
+        return os.path.commonpath((path, folder)) == folder
+    except ValueError:  # (one relative, one absolute: never, as both are real paths)
+        return False
 
 
 class S3Source:
@@ -468,6 +482,10 @@ def _concurrency(source: Any) -> int:
 # whole decompressed text (and its list of lines) is never held beside the records (a 1 GB
 # object of 10,000 spans with 100 kB values peaked at 2.9 GB, now about its records' size).
 _CHUNK = 1 << 20
+#: The longest line read, in decompressed bytes (far beyond what the sanitizer's limits let a
+#: record reach): a longer one counts as a bad line and is passed over as it is decompressed, so
+#: a small damaged or hostile object (a gzip bomb of one line) cannot take the server's memory.
+MAX_LINE_BYTES = 64 << 20
 
 
 def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
@@ -481,6 +499,8 @@ def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
     records: list[dict[str, Any]] = []
     bad = 0
     pieces: list[bytes] = []  # the line being read, in pieces (a line may span many chunks)
+    held = 0  # bytes in pieces
+    too_long = False  # the line being read is longer than MAX_LINE_BYTES: passed over
 
     def line(text: bytes) -> None:
         nonlocal bad
@@ -496,21 +516,42 @@ def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
         else:
             bad += 1
 
+    def hold(piece: bytes) -> None:
+        nonlocal held, too_long
+        if too_long or not piece:
+            return
+        held += len(piece)
+        if held > MAX_LINE_BYTES:
+            pieces.clear()
+            held, too_long = 0, True
+        else:
+            pieces.append(piece)
+
+    def end_line() -> None:
+        nonlocal held, too_long, bad
+        if too_long:
+            bad += 1
+        else:
+            line(b"".join(pieces))
+        pieces.clear()
+        held, too_long = 0, False
+
     def take(chunk: bytes) -> None:
+        nonlocal bad
         nl = chunk.find(b"\n")
         if nl < 0:
-            if chunk:
-                pieces.append(chunk)
+            hold(chunk)
             return
-        pieces.append(chunk[:nl])
-        line(b"".join(pieces))
-        pieces.clear()
+        hold(chunk[:nl])
+        end_line()
         lines = chunk[nl + 1 :].split(b"\n")
         last = lines.pop()
         for text in lines:
-            line(text)
-        if last:
-            pieces.append(last)
+            if len(text) > MAX_LINE_BYTES:  # (only with a chunk longer than the limit)
+                bad += 1
+            else:
+                line(text)
+        hold(last)
 
     damaged = False
     rest = data
@@ -531,11 +572,12 @@ def decode_object(data: bytes) -> tuple[list[dict[str, Any]], int]:
             damaged = True
             if given:  # the line the damage cut is the one bad line counted for it
                 pieces.clear()
+                held, too_long = 0, False
             break
         if not d.eof:  # a truncated member: what it gave is kept
             take(d.flush())
             damaged = True
         rest = d.unused_data
-    if pieces:
-        line(b"".join(pieces))
+    if pieces or too_long:
+        end_line()
     return records, bad + int(damaged)
