@@ -521,7 +521,7 @@ def _attributes(request: Request) -> dict[str, str] | None:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"attr must look like key=value, got {item!r}")
+            raise ValueError(f"attr must look like key=value, got {_shown(item)}")
         # Two values for one key: a span's attribute has one, and only the last counted.
         if out.get(key, value) != value:
             raise ValueError(f"attr {_shown(key)} is given more than once, with different values")

@@ -181,3 +181,17 @@ def test_a_dataset_folder_that_is_a_link_is_still_read(tmp_path: Path) -> None:
     archive = Archive(root)
     assert [t["trace_id"] for t in archive.search(limit=100)] == ["a" * 32]
     assert archive.read_stats["unreadable_objects"] == 0
+
+
+def test_a_long_bad_attr_filter_is_clipped_in_the_message() -> None:
+    """The attr filter's error echoed the whole parameter (the other messages clip at 40)."""
+    from starlette.testclient import TestClient
+
+    from pitchey_trace.analysis import Archive
+    from pitchey_trace.analysis.api import create_app
+
+    with TestClient(create_app(Archive.from_records([]))) as client:
+        answer = client.get("/api/search", params={"attr": "x" * 5000})
+    assert answer.status_code == 400
+    assert "attr must look like key=value" in answer.json()["error"]
+    assert len(answer.json()["error"]) < 200
