@@ -393,7 +393,13 @@ class _SpanBase:
         nearest value before it that is not an ended span current instead, so that new spans
         are not parented to an ended one."""
         if getattr(prev, "end_ns", 0):
-            CURRENT.set(live_value(prev))
+            live = live_value(prev)
+            CURRENT.set(live)
+            if isinstance(self, Span) and self._token is None:
+                # Remember the live value, not the ended one: spans exited in the order they
+                # were entered would otherwise form a chain of ended spans that each later exit
+                # walks again (quadratic), and beyond _MAX_WALK of them nothing is current.
+                self._prev = _MISSING if live is None else live
 
     def _reset_failed(self, prev: Any) -> None:
         """Exited in another context than the one that entered it (a generator resumed

@@ -483,12 +483,24 @@ def traced(
     def decorate(func: F) -> F:
         if isinstance(func, (classmethod, staticmethod)):  # @traced above @classmethod
             return type(func)(decorate(func.__func__))
+        if isinstance(func, property):  # above @property: its accessors (it is not callable)
+            prop: Any = func
+            for accessor, replace in ((func.fget, "getter"), (func.fset, "setter"), (func.fdel, "deleter")):
+                if accessor is not None:
+                    prop = getattr(prop, replace)(decorate(accessor))
+            return prop
         if inspect.isclass(func):  # it would become a function: isinstance() would break
             raise TypeError("@traced decorates functions and methods, not classes: decorate its methods")
-        span_name = name or f"{func.__module__}.{func.__qualname__}"
+        if not callable(func):
+            raise TypeError(
+                "@traced takes a function, a method, a classmethod, a staticmethod or a property, "
+                f"got {type(func).__name__}; use @traced(name=...) for options"
+            )
+        span_name = name or _default_name(func)
         attrs = dict(attributes) if attributes else None
+        kind_of = _kind_source(func)
 
-        if inspect.isasyncgenfunction(func):
+        if inspect.isasyncgenfunction(kind_of):
 
             @functools.wraps(func)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
@@ -537,7 +549,7 @@ def traced(
                     sp.end()
 
             return agen_wrapper  # type: ignore[return-value]
-        if inspect.iscoroutinefunction(func):
+        if inspect.iscoroutinefunction(kind_of):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -545,7 +557,7 @@ def traced(
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
-        if inspect.isgeneratorfunction(func):
+        if inspect.isgeneratorfunction(kind_of):
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
@@ -602,7 +614,37 @@ def traced(
         return wrapper  # type: ignore[return-value]
 
     if fn is not None:
-        if not callable(fn):
-            raise TypeError("@traced takes a function; use @traced(name=...) for options")
         return decorate(fn)
     return decorate
+
+
+def _default_name(func: Any) -> str:
+    """``module.qualname`` of what ``func`` calls: a partial's function, a callable object's
+    class (neither has a ``__qualname__`` of its own)."""
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    try:
+        qualname = getattr(target, "__qualname__", None)
+        if not isinstance(qualname, str):
+            qualname = getattr(target, "__name__", None)
+        if not isinstance(qualname, str):
+            qualname = type(target).__qualname__
+        module = getattr(target, "__module__", None)
+        if not isinstance(module, str):
+            module = type(target).__module__
+    except Exception:  # (an object whose __getattr__ fails)
+        return type(target).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _kind_source(func: Any) -> Any:
+    """What tells whether ``func`` is async or a generator: itself (inspect sees through
+    partials and methods), or for a callable object its class's ``__call__``."""
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isroutine(target) or not callable(target):
+        return func
+    call = type(target).__call__  # (callable: its class has one)
+    return call if inspect.isfunction(call) else func
