@@ -103,13 +103,55 @@ class _Thread(threading.Thread):
             with getattr(threading, "_active_limbo_lock"):  # noqa: B009
                 getattr(threading, "_active").pop(self.ident, None)  # noqa: B009
 
+    def _set_tstate_lock(self) -> None:  # (Python < 3.13 only: gevent handles it on 3.13+)
+        getattr(super(), "_set_tstate_lock")()  # noqa: B009
+        # This class subclasses the original Thread when the SDK was imported before
+        # patch_all(); a thread started after it is a greenlet, and the interpreter releases
+        # this lock when a real thread ends, never a greenlet: join() waited out its whole
+        # timeout (an exporter's shutdown helper: a gevent worker's exit took its whole exit
+        # budget). Released when the greenlet ends instead, as gevent's own Thread does.
+        gevent = sys.modules.get("gevent")
+        if gevent is None:
+            return
+        try:
+            current = gevent.getcurrent()
+            if isinstance(current, gevent.Greenlet):  # (not a real thread's main greenlet)
+                current.rawlink(self._greenlet_ended)
+        except Exception as exc:  # (gevent half imported by another thread: join as before)
+            _safety.report("thread.gevent", exc)
+
+    def _greenlet_ended(self, _: object) -> None:
+        lock = getattr(self, "_tstate_lock", None)
+        if lock is not None and lock.locked():  # (not released already: gevent's Thread base)
+            lock.release()
+            getattr(self, "_stop")()  # noqa: B009
+
+
+#: How long a thread told to stop is waited for when no time is left, once gevent patched
+#: ``threading`` (see join_thread). Those threads end within milliseconds of being woken.
+_GEVENT_STOP_GRACE_S = 0.05
+
+
+def _gevent_patched_threading() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    try:
+        return monkey is not None and bool(monkey.is_module_patched("threading"))
+    except Exception:  # (a gevent without it: as if not patched)
+        return False
+
 
 def join_thread(thread: threading.Thread, timeout: float) -> None:
-    """``thread.join(timeout)``, skipped when no time is left: gevent's ``join`` of a thread
+    """``thread.join(timeout)``. With no time left, skipped: gevent's ``join`` of a thread
     started before ``monkey.patch_all()`` reads a timeout of 0 as none and waits for ever
-    (shutdown hung at exit behind a stuck exporter)."""
-    if timeout > 0:
-        thread.join(timeout)
+    (shutdown hung at exit behind a stuck exporter). But after ``patch_all()`` the thread
+    still gets a short moment to end: an SDK thread that made a gevent hub and was still
+    running when the interpreter finalized (its stop not waited for) crashed the final
+    garbage collection in greenlet (a segfault at exit, in about half the runs)."""
+    if timeout <= 0:
+        if not _gevent_patched_threading():
+            return
+        timeout = _GEVENT_STOP_GRACE_S
+    thread.join(timeout)
 
 
 def _suppressed_thread(target: Callable[[], None], name: str) -> threading.Thread:

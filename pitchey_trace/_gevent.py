@@ -2,20 +2,25 @@
 
 Each greenlet starts with an empty ``contextvars`` context (greenlet >= 0.4.17), so a span
 opened in a spawned greenlet began a trace of its own. After :func:`instrument_gevent` the
-greenlets made by ``gevent.spawn``, ``gevent.spawn_later`` and ``gevent.pool`` (``Group`` /
-``Pool``: ``spawn``, ``apply*``, ``map*``, ``imap*``) run under the span current at that call,
-as threads do after :func:`pitchey_trace.threads.instrument_threads`.
+greenlets made by ``gevent.spawn``, ``gevent.spawn_later``, ``gevent.spawn_raw`` and
+``gevent.pool`` (``Group`` / ``Pool``: ``spawn``, ``apply*``, ``map*``, ``imap*``), and the
+tasks of ``gevent.threadpool`` (``ThreadPool.spawn``, ``apply*``, ``map*``, ``imap*``, its
+``ThreadPoolExecutor.submit``, the hub's ``threadpool``), run under the span current at that
+call, as threads do after :func:`pitchey_trace.threads.instrument_threads`.
 
 Only the current span is carried, not the whole context: other libraries' context variables
 (Flask's request context among them) stay greenlet-local as before. ``gevent.Greenlet`` itself
-is left as it is (``isinstance`` checks keep working): a greenlet made with ``Greenlet(fn)`` or
-``Greenlet.spawn`` directly, ``gevent.spawn_raw`` or a ``gevent.threadpool`` task starts
-without the span: pass ``pitchey_trace.wrap_context(fn)`` there. Nothing happens (and gevent
-is not imported) until gevent is imported by the program.
+is left as it is: compiled gevent makes it an immutable type (nothing of it can be replaced),
+and putting a subclass in its place would break ``isinstance`` / ``type() is`` checks and the
+classes subclassing it. So a greenlet made with ``Greenlet(fn)`` or ``Greenlet.spawn`` directly
+starts without the span: pass ``pitchey_trace.wrap_context(fn)`` there. Nothing happens (and
+gevent is not imported) until gevent is imported by the program.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 from typing import Any
 
@@ -47,6 +52,40 @@ def _carrying(base: Any) -> Any:
     return Carrying
 
 
+def _carried(fn: Any) -> Any:
+    """``fn``, or when a span is current a function that runs ``fn`` under it. The span is
+    reset after: a thread pool's thread runs one task after another in the same context."""
+    parent = CURRENT.get()
+    if parent is None or not callable(fn):  # (gevent's own TypeError for a non-callable)
+        return fn
+
+    def carried(*args: Any, **kwargs: Any) -> Any:
+        token = CURRENT.set(parent)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError):  # (fn moved this greenlet to another context)
+                CURRENT.reset(token)
+
+    return carried
+
+
+def _carrying_spawn_raw(original: Any) -> Any:
+    @functools.wraps(original)
+    def spawn_raw(function: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(_carried(function), *args, **kwargs)
+
+    return spawn_raw
+
+
+def _carrying_pool_spawn(original: Any) -> Any:
+    @functools.wraps(original)
+    def spawn(self: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(self, _carried(func), *args, **kwargs)
+
+    return spawn
+
+
 def _replace(owner: Any, name: str, value: Any) -> None:
     _replaced.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))
     setattr(owner, name, value)
@@ -64,10 +103,18 @@ def instrument_gevent() -> bool:
 
     _resolve_hub_imports(gevent)
     pool = importlib.import_module("gevent.pool")
+    hub = importlib.import_module("gevent.hub")
+    threadpool = importlib.import_module("gevent.threadpool")
     greenlet = _carrying(importlib.import_module("gevent.greenlet").Greenlet)
     try:
         _replace(gevent, "spawn", greenlet.spawn)
         _replace(gevent, "spawn_later", greenlet.spawn_later)
+        _replace(gevent, "spawn_raw", _carrying_spawn_raw(gevent.spawn_raw))
+        _replace(hub, "spawn_raw", _carrying_spawn_raw(hub.spawn_raw))
+        # Every ThreadPool way in (apply*, map*, imap*, the executor) goes through spawn.
+        _replace(
+            threadpool.ThreadPool, "spawn", _carrying_pool_spawn(threadpool.ThreadPool.__dict__["spawn"])
+        )
         _replace(pool.Group, "greenlet_class", greenlet)  # Group/Pool.spawn, apply
         _replace(pool, "Greenlet", greenlet)  # the pool's map, map_async, apply_async greenlets
         _replace(pool, "IMap", _carrying(pool.IMap))  # imap's own greenlet spawns the calls

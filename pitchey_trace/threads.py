@@ -22,9 +22,9 @@ with a task for that). :func:`pitchey_trace.wrap_context` and
 ``pitchey-trace run`` calls this (``--exclude threading`` leaves it off, and the processes').
 
 gevent: when gevent is imported (call this after ``gevent.monkey.patch_all()``), the greenlets
-``gevent.spawn``, ``gevent.spawn_later`` and ``gevent.pool`` make run in the span current when
-they were spawned too (each greenlet starts with an empty context of its own): see
-``pitchey_trace._gevent``.
+``gevent.spawn``, ``gevent.spawn_later``, ``gevent.spawn_raw`` and ``gevent.pool`` make, and
+``gevent.threadpool`` tasks, run in the span current when they were spawned too (each greenlet
+starts with an empty context of its own): see ``pitchey_trace._gevent``.
 """
 
 from __future__ import annotations
