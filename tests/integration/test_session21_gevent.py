@@ -141,6 +141,8 @@ STUCK = """
     with pt.span("work"):
         pass
     print("flushed", pt.force_flush(0.5), flush=True)
+    # (session 20: with the flush's time used up, joining the stuck worker with a timeout of
+    # 0, which gevent's join of a thread started before patch_all reads as none, waited for ever)
     print("shut down", pt.shutdown(0.5), flush=True)
     # The flush used up shutdown's time: the workers were told to stop, not waited for.
     # Before, they were still running as the interpreter finalized (each had made a gevent

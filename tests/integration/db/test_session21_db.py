@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,12 +28,12 @@ from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
 import pitchey_trace as pt
 from pitchey_trace.db import instrument, traced_transaction
 from pitchey_trace.testing import capture_spans
+from tests.integration.db import test_session20_psycopg2_rollbacks as session20
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-
-class P2Connection(ext.connection):  # type: ignore[misc]
-    """A Python subclass of psycopg2's connection: its instances have a ``__dict__``."""
+P2Connection = session20.P2Connection
+connect = session20.connect  # (instrumented connections of P2Connection, closed after the test)
 
 
 @pytest.fixture
@@ -41,20 +41,6 @@ def dsn(pg_dsn: str) -> str:
     with psycopg.connect(pg_dsn, autocommit=True) as setup:
         setup.execute("CREATE TABLE ledger (id int PRIMARY KEY)")
     return pg_dsn
-
-
-@pytest.fixture
-def connect(dsn: str) -> Iterator[Callable[..., Any]]:
-    made: list[Any] = []
-
-    def make(factory: Any = P2Connection) -> Any:
-        c = psycopg2.connect(dsn, connection_factory=factory)
-        made.append(c)
-        return instrument(c)
-
-    yield make
-    for c in made:
-        type(c).close(c)
 
 
 def _insert(conn: Any, value: int) -> None:
