@@ -2110,7 +2110,7 @@ enum {
     W_HTTP_METHOD, W_METHOD_ORIGINAL, W_URL_QUERY, W_USER_AGENT, W_BODY_SIZE, W_CLIENT_ADDRESS,
     W_ROUTE, W_STATUS, W_RESPONSE_SIZE, W_START_SPAN, W_PIPELINE, W_EMIT, W_REQUEST, W_ABORTED,
     W_OTHER, W_HTTP_LABEL, W_GET, W_HTTP, W_EMPTY, W_ROUTE_KEY, W_HTTP_VERSION, W_PROTOCOL_VERSION,
-    W_V10, W_V11, W_V2, W_V3, W_PATHSEND, W_PATHSEND_METHOD, W_COUNT
+    W_V10, W_V11, W_V2, W_V3, W_PATHSEND, W_PATHSEND_METHOD, W_ROUTER, W_COUNT
 };
 static const char *web_names[W_COUNT] = {
     "type", "path", "headers", "scheme", "method", "query_string", "client", "url.scheme",
@@ -2119,6 +2119,7 @@ static const char *web_names[W_COUNT] = {
     "http.response.status_code", "http.response.body.size", "start_span", "pipeline", "emit",
     "request", "aborted", "_OTHER", "HTTP", "GET", "http", "", "route", "http_version",
     "network.protocol.version", "1.0", "1.1", "2", "3", "http.response.pathsend", "response_pathsend",
+    "router",
 };
 static PyObject *w[W_COUNT];
 
@@ -2835,9 +2836,16 @@ resolve_route(PyObject *state)
         Py_DECREF(key);
         if (cached == NULL && PyErr_Occurred())
             return NULL;
-        if (cached != NULL && PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) == 2 &&
-            PyTuple_GET_ITEM(cached, 0) == matched)
-            return Py_NewRef(PyTuple_GET_ITEM(cached, 1));
+        /* (route, outermost router, template): the same route under another router (an app
+         * mounted in another, served alone too) has another template */
+        if (cached != NULL && PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) == 3 &&
+            PyTuple_GET_ITEM(cached, 0) == matched) {
+            PyObject *router = PyDict_GetItemWithError(scope, w[W_ROUTER]);
+            if (router == NULL && PyErr_Occurred())
+                return NULL;
+            if (PyTuple_GET_ITEM(cached, 1) == (router == NULL ? Py_None : router))
+                return Py_NewRef(PyTuple_GET_ITEM(cached, 2));
+        }
     }
     return PyObject_CallOneArg(route_template_fn, scope);
 }

@@ -19,7 +19,10 @@ urllib3                   standard library's ``urllib.request``; ``urllib3``: al
 aiohttp                   every ``web.Application`` traced as it starts (``init_aiohttp``),
                           client sessions too
 flask                     every ``Flask`` app traced from its first request (``init_flask``)
-starlette / fastapi       every app's middleware stack wrapped in ``ASGITracingMiddleware``
+starlette / fastapi       every app wrapped in ``ASGITracingMiddleware`` (Starlette: its
+                          middleware stack; FastAPI: the whole app, outside its native
+                          OpenTelemetry span); a request another pitchey middleware traces
+                          (an app the program wrapped, a mounted app's parent) is left to it
 django                    the WSGI / ASGI handler wrapped, ``PitcheyRouteMiddleware`` added
 psycopg, psycopg2,        every connection opened by ``connect`` (pools and SQLAlchemy included)
 asyncpg                   instrumented (``pitchey_trace.db.instrument``); psycopg2 without a
@@ -57,7 +60,6 @@ the ``pitchey_trace`` logger and left as it was; the import itself always succee
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.abc
 import importlib.machinery
@@ -65,7 +67,6 @@ import importlib.util
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -147,62 +148,63 @@ def _flask(module: ModuleType) -> None:
     flask.__call__ = __call__
 
 
-#: apps mounted inside another app (``Mount``/``Host``): served through their parent, whose
-#: middleware already traces the request (wrapping them too gave two server spans)
-_MOUNTED: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
 def _starlette(module: ModuleType) -> None:
-    from starlette import routing
-
-    for route in (routing.Mount, routing.Host):
-        _mark_mounted_apps(route)
-    _wrap_middleware_stack(module.Starlette, "auto.starlette")
-
-
-def _mark_mounted_apps(route: Any) -> None:
-    init = route.__init__
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        # (an app that takes no weak reference: wrapped as before)
-        with contextlib.suppress(Exception):
-            _MOUNTED.add(getattr(self, "_base_app", None) or self.app)
-
-    route.__init__ = __init__
-
-
-def _fastapi(module: ModuleType) -> None:
-    # FastAPI overrides build_middleware_stack without calling Starlette's (it copies it), so
-    # Starlette's hook alone left every FastAPI app untraced.
-    _wrap_middleware_stack(module.FastAPI, "auto.fastapi")
-
-
-def _wrap_middleware_stack(cls: Any, kind: str) -> None:
     from pitchey_trace.web import ASGITracingMiddleware
+    from pitchey_trace.web.asgi import _AutoTracingMiddleware
 
-    original = cls.__dict__["build_middleware_stack"]
+    starlette = module.Starlette
+    original = starlette.build_middleware_stack
 
     @functools.wraps(original)
     def build_middleware_stack(self: Any) -> Any:
         app = original(self)
         try:
             # Outermost (outside Starlette's error middleware, as the docs recommend), unless
-            # the app already added the middleware itself, is mounted in another app, or a
-            # subclass chained to the other hook already wrapped the stack.
-            if (
-                isinstance(app, ASGITracingMiddleware)
-                or self in _MOUNTED
-                or any(getattr(m, "cls", None) is ASGITracingMiddleware for m in self.user_middleware)
-            ):
+            # the app already added the middleware itself; a mounted app's, or one the program
+            # wrapped itself, steps aside for the request its parent traces (per request).
+            if isinstance(app, ASGITracingMiddleware) or _adds_middleware(self):
                 return app
-            return ASGITracingMiddleware(app)
+            return _AutoTracingMiddleware(app)
         except Exception as exc:
-            _safety.report(kind, exc)
+            _safety.report("auto.starlette", exc)
             return app
 
-    cls.build_middleware_stack = build_middleware_stack
+    starlette.build_middleware_stack = build_middleware_stack
+
+
+def _adds_middleware(app: Any) -> bool:
+    from pitchey_trace.web import ASGITracingMiddleware
+
+    return any(getattr(m, "cls", None) is ASGITracingMiddleware for m in app.user_middleware)
+
+
+_FASTAPI_MIDDLEWARE = "_pitchey_trace_middleware"
+
+
+def _fastapi(module: ModuleType) -> None:
+    # FastAPI overrides build_middleware_stack without calling Starlette's (the Starlette hook
+    # alone left every FastAPI app untraced), and starts its native OpenTelemetry server span
+    # in __call__, before its middleware stack: the middleware goes around __call__, so that
+    # its span is the request's server span (FastAPI's gives way to it: pitchey_trace.otel).
+    from pitchey_trace.web.asgi import _AutoTracingMiddleware
+
+    fastapi = module.FastAPI
+    original = fastapi.__call__
+
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        app = self.__dict__.get(_FASTAPI_MIDDLEWARE)
+        if app is None:
+            app = functools.partial(original, self)
+            try:
+                if not _adds_middleware(self):
+                    app = _AutoTracingMiddleware(app)
+            except Exception as exc:
+                _safety.report("auto.fastapi", exc)
+            self.__dict__[_FASTAPI_MIDDLEWARE] = app  # (made once per app)
+        await app(scope, receive, send)
+
+    fastapi.__call__ = __call__
 
 
 def _django_middleware(module: ModuleType) -> None:

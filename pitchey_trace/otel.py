@@ -309,12 +309,16 @@ def _request_server_span(attributes: Any) -> _RequestServerSpan | None:
     state = web.REQUEST.get() if web is not None else None
     if state is None:
         return None
-    # (an app called in-process from a traced handler, httpx's ASGITransport, is a request of
-    # its own with its own scope: its path tells it apart)
-    path = attributes.get("url.path") if isinstance(attributes, Mapping) else None
+    # An app called in-process from a traced handler (httpx's ASGITransport) is a request of
+    # its own: its path tells it apart, and at the same path, that the request's one stand-in
+    # is given already. A request that ended (no scope) may live on in a task it started.
     scope = getattr(state, "scope", None)
-    if path is not None and isinstance(scope, Mapping) and scope.get("path") != path:
+    if not isinstance(scope, Mapping) or getattr(state, "native_claimed", False):
         return None
+    path = attributes.get("url.path") if isinstance(attributes, Mapping) else None
+    if path is not None and scope.get("path") != path:
+        return None
+    state.native_claimed = True
     _safety.warn_once(
         "otel.duplicate_instrumentation.fastapi",
         "pitchey_trace: FastAPI's native OpenTelemetry telemetry and ASGITracingMiddleware both "

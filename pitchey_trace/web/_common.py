@@ -96,10 +96,14 @@ SECURITY_STATUSES = frozenset((401, 403, 429))
 EXC_IDS_ATTR = "_pitchey_trace_ids"
 
 
-# Route object -> full template (mount prefixes included). Routes are few and long-lived, so
-# the tree walk runs once per route; the object is kept beside its id so a reused id misses.
-# (The C accelerator reads this dict too, and calls route_template() when it misses.)
-_route_templates: dict[int, tuple[object, str]] = {}
+# Route object -> full template (mount prefixes included), for the outermost router it was
+# reached from (``scope["router"]``: an app mounted in another is served alone too, its routes
+# then without the mount's prefix). Routes are few and long-lived, so the tree walk runs once
+# per route; the objects are kept beside the id so a reused id misses. (The C accelerator
+# reads this dict too, and calls route_template() when it misses.)
+_route_templates: dict[int, tuple[object, object, str]] = {}
+# The same for a route reached from more than one outermost router: by (route, router) ids.
+_routes_by_router: dict[tuple[int, int], tuple[object, object, str]] = {}
 # A route object the tree reaches under more than one prefix (a router included twice, under
 # /v1 and /latest; the same routes mounted twice): never in the cache above, so each request
 # comes here, and the template is the one whose pattern matches the request's path.
@@ -187,9 +191,14 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     route = scope.get("route")
     if route is None:
         return None
+    router = scope.get("router")
     cached = _route_templates.get(id(route))
     if cached is not None and cached[0] is route:
-        return cached[1]
+        if cached[1] is router:
+            return cached[2]
+        cached = _routes_by_router.get((id(route), id(router)))
+        if cached is not None and cached[0] is route and cached[1] is router:
+            return cached[2]
     ambiguous = _ambiguous_routes.get(id(route))
     if ambiguous is not None and ambiguous[0] is route:
         return _matching(ambiguous[1], scope)
@@ -197,7 +206,6 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     if not isinstance(path, str):
         return None
     template = path
-    router = scope.get("router")
     if router is not None:
         found: list[str] = []
         _find_templates(getattr(router, "routes", ()), route, "", 0, found)
@@ -210,9 +218,16 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
             return _matching(candidates, scope)
         if distinct:
             template = distinct[0]
-    if len(_route_templates) >= _MAX_ROUTES:
-        _route_templates.clear()
-    _route_templates[id(route)] = (route, template or "/")
+    entry = (route, router, template or "/")
+    first = _route_templates.get(id(route))
+    if first is not None and first[0] is route and first[1] is not router:
+        if len(_routes_by_router) >= _MAX_ROUTES:
+            _routes_by_router.clear()
+        _routes_by_router[(id(route), id(router))] = entry
+    else:
+        if len(_route_templates) >= _MAX_ROUTES:
+            _route_templates.clear()
+        _route_templates[id(route)] = entry
     return template or "/"
 
 
@@ -224,6 +239,7 @@ class RequestState:
         "label",
         "last_byte_ns",
         "method",
+        "native_claimed",
         "route",
         "scope",
         "sent",
@@ -249,6 +265,9 @@ class RequestState:
         self.last_byte_ns = 0
         self.auth_failed = False
         self.scope = scope  # the ASGI scope, where Starlette records the matched route
+        # FastAPI's native server span for this request was given the stand-in of ours
+        # (pitchey_trace.otel; unset in states the C start makes: read with a default)
+        self.native_claimed = False
 
     def resolve_route(self) -> str | None:
         """The route template: from :func:`set_route`, else from the ASGI scope, else None."""

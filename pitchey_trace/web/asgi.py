@@ -681,3 +681,21 @@ def _reset(rtoken: Any, token: Any) -> None:
         # Reset from another context (an app that moved us to another task): clear instead.
         CURRENT.set(None)
         REQUEST.set(None)
+
+
+class _AutoTracingMiddleware(ASGITracingMiddleware):
+    """:class:`ASGITracingMiddleware` as ``pitchey-trace run`` adds it to every Starlette and
+    FastAPI app: it steps aside for a request that another pitchey middleware already traces
+    (an app the program wrapped itself, an app mounted in a traced one: Starlette hands the
+    mounted app the same scope) or serves untraced (an excluded path). Otherwise each such
+    request was two server spans, and the program's own options (header, excluded paths) were
+    not the only ones applied. Only ``run``'s middleware pays for the check."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        current = CURRENT.get()
+        if current is not None:
+            state = REQUEST.get()
+            if current is SUPPRESSED or (state is not None and state.scope is scope):
+                await self.app(scope, receive, send)
+                return
+        await ASGITracingMiddleware.__call__(self, scope, receive, send)

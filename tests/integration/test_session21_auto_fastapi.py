@@ -1,7 +1,10 @@
 """``pitchey-trace run`` traces FastAPI apps: FastAPI overrides Starlette's
 ``build_middleware_stack`` without calling it, so the Starlette hook alone left every FastAPI
-app untraced (no span, no ``X-Trace-Id``). A real uvicorn server in a child process started by
-the command, the console exporter's NDJSON read back."""
+app untraced (no span, no ``X-Trace-Id``). And ``run``'s middleware steps aside for a request
+another pitchey middleware traces (a mounted app's parent, an app the program wrapped itself),
+or serves untraced: such requests were two server spans, and the program's own options were
+not the only ones applied. Real uvicorn servers in child processes started by the command,
+the console exporter's NDJSON read back."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,34 +21,11 @@ from tests.integration.db.test_auto_instrumentation import spans_of
 
 pytestmark = pytest.mark.integration
 
-PROGRAM = """
+SERVE = """
 import socket, sys, threading, time
 import httpx, uvicorn
-from fastapi import FastAPI
-from pitchey_trace.web import ASGITracingMiddleware
 
-app = FastAPI()
-sub = FastAPI()
-
-@app.get("/items/{item_id}")
-def item(item_id: int):
-    return {"id": item_id}
-
-@sub.get("/leaf/{n}")
-def leaf(n: int):
-    return {"n": n}
-
-app.mount("/sub", sub)
-
-own = FastAPI()  # instrumented by the program itself: its options win, one middleware
-
-@own.get("/hello")
-def hello():
-    return {"hello": 1}
-
-own.add_middleware(ASGITracingMiddleware, trace_id_header="X-Own-Trace")
-
-def serve(asgi):
+def call(asgi, *paths):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
@@ -52,39 +33,112 @@ def serve(asgi):
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-for asgi, path in ((app, "/items/7"), (app, "/sub/leaf/3"), (own, "/hello")):
-    server, thread, url = serve(asgi)
-    r = httpx.get(url + path, timeout=10)
-    print("GOT", path, r.status_code, r.headers.get("x-trace-id"), r.headers.get("x-own-trace"),
-          flush=True)
+    for path in paths:
+        r = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}{path}", timeout=10)
+        print("GOT", path, r.status_code, r.headers.get("x-trace-id"), r.headers.get("x-own-trace"),
+              flush=True)
     server.should_exit = True  # a graceful stop: the request's span has ended after it
     thread.join(10)
 """
 
+PROGRAM = """
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route, Router
+from pitchey_trace.web import ASGITracingMiddleware
 
-def test_fastapi_apps_are_traced_under_run(tmp_path: Path) -> None:
+app = FastAPI()
+sub = FastAPI()
+app.get("/items/{item_id}")(lambda item_id: item_id)
+sub.get("/leaf/{n}")(lambda n: n)
+app.mount("/sub", sub)
+
+own = FastAPI()  # instrumented by the program itself: its options win, one middleware
+own.get("/hello")(lambda: 1)
+own.add_middleware(ASGITracingMiddleware, trace_id_header="X-Own-Trace")
+
+wrapped = FastAPI()  # wrapped by the program itself (the documented way for FastAPI)
+wrapped.get("/mine")(lambda: 1)
+wrapped.get("/internal/ping")(lambda: 1)
+
+async def plain(request):
+    return PlainTextResponse("plain")
+
+bare = Starlette(routes=[Route("/s/{n}", plain)])  # mounted below a Router, served directly
+
+call(app, "/items/7", "/sub/leaf/3")
+call(own, "/hello")
+call(ASGITracingMiddleware(wrapped, trace_id_header="X-Own-Trace", excluded_paths=["/internal/*"]),
+     "/mine", "/internal/ping")
+call(Router(routes=[Mount("/api", app=bare)]), "/api/s/1")
+call(sub, "/leaf/5")  # mounted in app, served on its own too
+"""
+
+INSTALLED = """
+import pitchey_trace as pt
+import pitchey_trace.otel
+from fastapi import FastAPI
+
+pitchey_trace.otel.install()
+app = FastAPI()
+
+@app.get("/items/{item_id}")
+def item(item_id: int):
+    with pt.span("work"):
+        return item_id
+
+call(app, "/items/7")
+"""
+
+
+def run(tmp_path: Path, program: str) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
     script = tmp_path / "program.py"
-    script.write_text(textwrap.dedent(PROGRAM))
+    script.write_text(textwrap.dedent(SERVE) + textwrap.dedent(program))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "pitchey_trace.cli", "run", "--exporter", "console", "--",
-         sys.executable, str(script)],
+        [sys.executable, "-m", "pitchey_trace.cli", "run", "--exporter", "console", "--exclude", "httpx",
+         "--", sys.executable, str(script)],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {line.split()[1]: line.split()[2:] for line in proc.stdout.splitlines() if line.startswith("GOT")}
-    spans = spans_of(proc.stdout)
+    return got, spans_of(proc.stdout)
+
+
+def test_fastapi_apps_are_traced_once_under_run(tmp_path: Path) -> None:
+    got, spans = run(tmp_path, PROGRAM)
     servers = [s for s in spans if s["kind"] == "server"]
-    assert sorted(s["name"] for s in servers) == ["GET /hello", "GET /items/{item_id}", "GET /sub/leaf/{n}"]
-    by_name = {s["name"]: s for s in servers}
-    # the default header on the auto-wrapped app, the program's own header on its own app
-    assert got["/items/7"][0] == "200"
-    assert got["/items/7"][1] == by_name["GET /items/{item_id}"]["trace_id"]
-    assert got["/sub/leaf/3"][1] == by_name["GET /sub/leaf/{n}"]["trace_id"]
-    assert got["/hello"][1:] == ["None", by_name["GET /hello"]["trace_id"]]
-    # each under the program's httpx client span, one server span per request
-    clients = {s["span_id"] for s in spans if s["kind"] == "client"}
-    assert {s["parent_span_id"] for s in servers} <= clients
-    assert len(clients) == 3
+    assert sorted(s["name"] for s in servers) == [
+        "GET /api/s/{n}",
+        "GET /hello",
+        "GET /items/{item_id}",
+        "GET /leaf/{n}",
+        "GET /mine",
+        "GET /sub/leaf/{n}",
+    ]
+    assert {s["parent_span_id"] for s in servers} == {None}
+    trace_of = {s["name"]: s["trace_id"] for s in servers}
+    # the default header from run's middleware, the program's own header on its own apps
+    assert got["/items/7"] == ["200", trace_of["GET /items/{item_id}"], "None"]
+    assert got["/sub/leaf/3"] == ["200", trace_of["GET /sub/leaf/{n}"], "None"]
+    assert got["/hello"] == ["200", "None", trace_of["GET /hello"]]
+    assert got["/mine"] == ["200", "None", trace_of["GET /mine"]]
+    assert got["/internal/ping"] == ["200", "None", "None"]  # the program's exclusion holds
+    assert got["/api/s/1"] == ["200", trace_of["GET /api/s/{n}"], "None"]
+    assert got["/leaf/5"] == ["200", trace_of["GET /leaf/{n}"], "None"]
+
+
+def test_fastapis_native_span_gives_way_under_run_with_install(tmp_path: Path) -> None:
+    """With ``pitchey_trace.otel.install()`` FastAPI starts its own server span, before its
+    middleware stack: ``run``'s middleware goes around ``FastAPI.__call__``, so it is the one
+    server span and FastAPI's operation spans nest under it."""
+    got, spans = run(tmp_path, INSTALLED)
+    servers = [s for s in spans if s["kind"] == "server"]
+    assert [s["name"] for s in servers] == ["GET /items/{item_id}"]
+    (server,) = servers
+    assert got["/items/7"][:2] == ["200", server["trace_id"]]
+    fastapi = [s for s in spans if s["name"].startswith("fastapi.")]
+    assert fastapi
+    assert {s["parent_span_id"] for s in fastapi} == {server["span_id"]}
+    assert {s["trace_id"] for s in spans if s["kind"] != "ddsketch"} == {server["trace_id"]}

@@ -356,7 +356,11 @@ def test_route_templates_include_mount_prefixes_and_are_cached() -> None:
     )
     scope = {"route": inner, "router": app.router}
     assert common.route_template(scope) == "/api/v2/orders/{order_id}"
-    assert common.route_template({"route": inner}) == "/api/v2/orders/{order_id}"  # from the cache
+    assert common._route_templates[id(inner)] == (inner, app.router, "/api/v2/orders/{order_id}")
+    assert common.route_template(scope) == "/api/v2/orders/{order_id}"  # from the cache
+    # (reached from no router, or another one: its own template, cached beside)
+    assert common.route_template({"route": inner}) == "/orders/{order_id}"
+    assert common._route_templates[id(inner)][1] is app.router
     host_route = app.routes[1].routes[0]  # type: ignore[attr-defined]
     assert common.route_template({"route": host_route, "router": app.router}) == "/stats"
     assert common.route_template({}) is None
