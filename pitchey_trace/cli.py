@@ -454,7 +454,7 @@ def _archive(args: argparse.Namespace) -> Any:
         source = S3Source.from_config(
             args.s3_config, cache_dir=args.cache_dir, concurrency=args.s3_concurrency
         )
-        return Archive(source, max_spans=args.max_spans)
+        return Archive(source, max_spans=args.max_spans, max_bytes=_mib(args))
     where = args.archive or os.environ.get("PITCHEY_TRACE_ARCHIVE")
     if isinstance(where, list):  # --archive given more than once: read as one archive
         where = where[0] if len(where) == 1 else where
@@ -463,9 +463,15 @@ def _archive(args: argparse.Namespace) -> Any:
             "no archive: give --archive DIR, --s3-config FILE or set PITCHEY_TRACE_ARCHIVE"
         )
     try:
-        return Archive(where, max_spans=args.max_spans)
+        return Archive(where, max_spans=args.max_spans, max_bytes=_mib(args))
     except ValueError as exc:
         raise PitcheyTraceError(str(exc)) from None
+
+
+def _mib(args: argparse.Namespace) -> int | None:
+    """``--max-mib`` in bytes (None: not given)."""
+    mib: int | None = getattr(args, "max_mib", None)
+    return None if mib is None else mib << 20
 
 
 def _window(args: argparse.Namespace) -> dict[str, Any]:
@@ -1034,6 +1040,12 @@ def _overview(args: argparse.Namespace) -> int:
             ]
         a = ov["audit"]
         lines.append(f"audit: {a['records']} records, {a['security_events']} security events")
+        if ov.get("partial"):
+            dropped = archive.read_stats.get("dropped_spans", 0)
+            lines.append(
+                f"partial: {dropped} spans read were left out (--max-spans / --max-mib): "
+                "the oldest traces are not in these figures"
+            )
         return "\n".join(lines) + "\n"
 
     _emit(args, ov, text)
@@ -1170,6 +1182,13 @@ def _source_options(p: argparse.ArgumentParser, window: bool = True, json: bool 
         type=_positive_int,
         metavar="N",
         help="read at most about N spans, newest first (bounds memory)",
+    )
+    src.add_argument(
+        "--max-mib",
+        type=_positive_int,
+        metavar="N",
+        help="hold spans of at most about N MiB of memory, newest first (default with --max-spans:"
+        " 8 KiB a span, at least 64 MiB)",
     )
     if json:  # (not for serve, whose answers are JSON over HTTP)
         p.add_argument("--json", action="store_true", help="print the answer as JSON")

@@ -32,6 +32,7 @@ from pitchey_trace.analysis._reader import (
     ObjectInfo,
     Source,
     _concurrency,
+    decode_into,
     decode_object,
 )
 from pitchey_trace.analysis._time import parse_time
@@ -52,6 +53,11 @@ _MAX_LIMIT = 10_000
 # ends: an object closed before a window's start cannot hold a span starting in it. Clocks of
 # the writing hosts may differ a little: objects closed up to this long before still count.
 _CLOCK_SKEW_NS = 300 * 10**9
+# The memory budget that ``max_spans`` alone implies (Archive's ``max_bytes``): room per span for
+# more than two ordinary SDK records (about 3.4 KB each by record_weight), and never less than the
+# longest line the reader takes (MAX_LINE_BYTES): a record of one huge value can still be held.
+_BYTES_PER_SPAN = 8 << 10
+_MIN_DERIVED_BYTES = 64 << 20
 
 # Message normalisation for error groups: the parts that differ between occurrences of one error.
 _NORMALISE = [
@@ -125,10 +131,19 @@ def _clean_span(rec: Record) -> bool:
         if not _HEX32.fullmatch(trace_id):
             return False
         rec["trace_id"] = trace_id
-    for key in ("span_id", "parent_span_id"):  # (the span endpoint and the tree compare lowercase)
+    # Span ids as the span endpoint takes them (16 hex, compared lowercase), so every span the
+    # tree shows can be fetched: hex written in upper case or without its leading zeros (as
+    # Zipkin's lenient parsers read it) is normalised; a span whose id is anything else is
+    # unusable, as for trace ids. A parent id that is not hex stays as found: no span has it,
+    # so it is listed in missing_parents.
+    for key in ("span_id", "parent_span_id"):
         value = rec.get(key)
-        if isinstance(value, str) and not _HEX16.fullmatch(value) and _HEX16.fullmatch(value.lower()):
-            rec[key] = value.lower()
+        if isinstance(value, str) and not _HEX16.fullmatch(value):
+            fixed = value.lower().zfill(16) if value else ""
+            if _HEX16.fullmatch(fixed):
+                rec[key] = fixed
+            elif key == "span_id":
+                return False
     for key in ("name", "service", "kind", "status"):
         value = rec.get(key)
         if not isinstance(value, str):
@@ -567,11 +582,15 @@ class _Index:
         self._record_ids: set[tuple[str, str, int]] = set()
         self._starts: list[int] | None = None
         self._sorted: list[Record] = []
+        # estimated memory of the spans held (reader.record_weight), in all and per trace
+        self.weight = 0
+        self.trace_weight: dict[str, int] = {}
 
-    def add(self, records: Iterable[Record]) -> int:
-        """Add records; returns how many were not usable (unknown type or missing fields)."""
+    def add(self, records: Iterable[Record], weights: Sequence[int] | None = None) -> int:
+        """Add records (``weights``: each one's estimated memory, for the spans' budget);
+        returns how many were not usable (unknown type or missing fields)."""
         unusable = 0
-        for rec in records:
+        for i, rec in enumerate(records):
             kind = rec.get("type")
             if kind == "span":
                 if not _clean_span(rec):
@@ -595,6 +614,10 @@ class _Index:
                 else:
                     ext[0] = min(ext[0], start)
                     ext[1] = max(ext[1], end)
+                if weights is not None:
+                    self.weight += weights[i]
+                    tid = rec["trace_id"]
+                    self.trace_weight[tid] = self.trace_weight.get(tid, 0) + weights[i]
                 self._starts = None
             elif kind == "audit" and _is_int(rec.get("time_unix_nano")):
                 if self._seen("audit", rec, rec["time_unix_nano"]):
@@ -628,22 +651,30 @@ class _Index:
         self._record_ids.add(key)
         return False
 
-    def evict(self, keep: int) -> None:
-        """Drop whole traces, the earliest started first, until at most ``keep`` spans are left
-        (a trace is kept or dropped whole, so no view of it lacks spans that were read)."""
-        excess = len(self.spans) - keep
-        if excess <= 0:
-            return
+    def evict(self, keep: int | None, keep_bytes: int | None = None) -> int:
+        """Drop whole traces, the earliest started first, until at most ``keep`` spans of at
+        most ``keep_bytes`` estimated memory are left (None: no bound); returns how many spans
+        were dropped (a trace is kept or dropped whole, so no view of it lacks spans that were read)."""
+        excess = 0 if keep is None else len(self.spans) - keep
+        over = 0 if keep_bytes is None else self.weight - keep_bytes
+        if excess <= 0 and over <= 0:
+            return 0
+        dropped = 0
         oldest = [(ext[0], tid) for tid, ext in self.extent.items()]
         heapq.heapify(oldest)
-        while excess > 0 and oldest:
+        while (excess > 0 or over > 0) and oldest:
             _, tid = heapq.heappop(oldest)
             for span in self.by_trace.pop(tid, ()):
                 del self.spans[(tid, span["span_id"])]
                 excess -= 1
+                dropped += 1
             del self.extent[tid]
+            weight = self.trace_weight.pop(tid, 0)
+            self.weight -= weight
+            over -= weight
         self._starts = None
         self._sorted = []
+        return dropped
 
     def window(self, since: int | None, until: int | None) -> list[Record]:
         """Spans starting in ``[since, until]``, by start time."""
@@ -798,6 +829,13 @@ class Archive:
             by :meth:`refresh` is read with the oldest traces making room for it, so answers
             cover the most recent spans. The other datasets (audit, rollups, logs) are always
             read whole. None: no bound.
+        max_bytes: hold spans of at most about this much memory (each span weighed by its
+            archived line, see ``_reader.record_weight``), with the same effect as
+            ``max_spans`` when reached; a span heavier than the whole budget is not held.
+            Counted in ``read_stats["dropped_spans"]`` with the spans either bound made room
+            by. Default: with ``max_spans``, ``max_spans`` x 8 KiB (at least 64 MiB), room for
+            ordinary records, so large records (1 MB values a foreign tool wrote) cannot make
+            memory grow with the archive; without it, no bound.
 
     ``Archive.from_records(records)`` analyses records already in memory, e.g. an
     ``InMemoryExporter``'s. Queries are safe to run from several threads.
@@ -810,11 +848,11 @@ class Archive:
         prefixes: Mapping[str, str] | None = None,
         datasets: Iterable[str] | None = None,
         max_spans: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
-        if max_spans is not None and (
-            isinstance(max_spans, bool) or not isinstance(max_spans, int) or max_spans < 1
-        ):
-            raise ValueError(f"max_spans must be an int >= 1 or None, got {max_spans!r}")
+        for option, value in (("max_spans", max_spans), ("max_bytes", max_bytes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{option} must be an int >= 1 or None, got {value!r}")
         src: Any = source
         if isinstance(src, (list, tuple)):  # several archives read as one
             src = MultiSource(
@@ -831,12 +869,17 @@ class Archive:
             raise TypeError(f"source must be a directory or a source object, not {type(src).__name__}")
         self._setup(src)
         self._max_spans = max_spans
+        if max_bytes is None and max_spans is not None:
+            max_bytes = max(max_spans * _BYTES_PER_SPAN, _MIN_DERIVED_BYTES)
+        self._max_bytes = max_bytes
 
     _max_spans: int | None
+    _max_bytes: int | None
 
     def _setup(self, source: Source | None) -> None:
         self._source = source
         self._max_spans = None
+        self._max_bytes = None
         self._lock = threading.RLock()
         self._index = _Index()
         self._loaded: dict[str, str] = {}  # object key -> version read
@@ -847,7 +890,8 @@ class Archive:
         self._full = False
         self._floor: tuple[int, str] | None = None
         self._skipped: set[str] = set()
-        #: What reading cost and found: objects read, bytes read, bad lines, unusable records.
+        #: What reading cost and found: objects read, bytes read, bad lines, unusable records,
+        #: objects left unread and spans read but not held (``max_spans`` / ``max_bytes``).
         self.read_stats = {
             "objects": 0,
             "bytes": 0,
@@ -855,6 +899,7 @@ class Archive:
             "unusable_records": 0,
             "unreadable_objects": 0,
             "skipped_objects": 0,
+            "dropped_spans": 0,
         }
 
     @classmethod
@@ -890,7 +935,7 @@ class Archive:
         if self._loaded.get(info.key) == info.version:
             return _LOADED
         if (
-            self._max_spans is not None
+            self._bounded
             and info.dataset == "traces"
             and self._full
             and self._floor is not None
@@ -912,7 +957,7 @@ class Archive:
         objects are still used one at a time in ``infos``' order, so what is kept, skipped and
         counted is what reading one at a time gives."""
         assert self._source is not None
-        bound = self._max_spans
+        bounded = self._bounded
         ahead = _Ahead(self._source, infos, self._decide, _concurrency(self._source))
         try:
             for pos, info in enumerate(infos):
@@ -935,25 +980,75 @@ class Archive:
                 except Exception:  # a missing or unreadable object must not hide the others
                     self.read_stats["unreadable_objects"] += 1
                     continue
-                records, bad = decode_object(data)
+                if bounded and info.dataset == "traces":
+                    order = (info.opened_ns or 0, info.key)
+                    self._floor = order if self._floor is None else min(self._floor, order)
+                bad = self._add_object(data)
                 self.read_stats["objects"] += 1
                 self.read_stats["bytes"] += len(data)
                 self.read_stats["bad_lines"] += bad
-                self.read_stats["unusable_records"] += self._index.add(records)
                 self._loaded[info.key] = info.version
-                if bound is not None:
-                    if info.dataset == "traces":
-                        order = (info.opened_ns or 0, info.key)
-                        self._floor = order if self._floor is None else min(self._floor, order)
-                    if len(self._index.spans) >= bound:
-                        self._full = True
-                        self._index.evict(bound)
                 self._trees.clear()
         except BaseException:
             ahead.close(wait=False)  # (an interrupt: never wait for reads in flight)
             raise
         ahead.close()
         return False
+
+    @property
+    def _bounded(self) -> bool:
+        return self._max_spans is not None or self._max_bytes is not None
+
+    def _add_object(self, data: bytes) -> int:
+        """Decode an object into the index, within the bounds; returns its bad lines.
+
+        Records are added when the object is decoded, or sooner once they weigh half of
+        ``max_bytes``: an object's records are never all held beside the index before the
+        bound applies (one gzip-compressed object may decode to gigabytes), so the held
+        weight stays below about 1.5 x ``max_bytes``. (Half, not what is left of the budget:
+        the bound is applied, at the cost of a pass over the traces, once per half budget
+        read, not once per record.)"""
+        max_bytes = self._max_bytes
+        if max_bytes is None:  # (no bound: nothing to weigh)
+            records, bad = decode_object(data)
+            self.read_stats["unusable_records"] += self._index.add(records)
+            return bad
+        pending: list[Record] = []
+        weights: list[int] = []
+        held = 0  # weight of pending
+
+        def flush() -> None:
+            nonlocal held
+            self.read_stats["unusable_records"] += self._index.add(pending, weights)
+            pending.clear()
+            weights.clear()
+            held = 0
+            self._hold()
+
+        def emit(rec: Record, weight: int) -> None:
+            nonlocal held
+            if weight > max_bytes and rec.get("type") == "span":
+                self.read_stats["dropped_spans"] += 1  # (holding it would drop all else)
+                return
+            if held + weight > max_bytes // 2:
+                flush()
+            pending.append(rec)
+            weights.append(weight)
+            held += weight
+
+        bad = decode_into(data, emit, weigh=True)
+        flush()
+        return bad
+
+    def _hold(self) -> None:
+        """Apply ``max_spans`` and ``max_bytes``: once one is reached, the bound is full (older
+        ``traces`` objects are skipped) and the oldest traces make room."""
+        index = self._index
+        if (self._max_spans is not None and len(index.spans) >= self._max_spans) or (
+            self._max_bytes is not None and index.weight >= self._max_bytes
+        ):
+            self._full = True
+            self.read_stats["dropped_spans"] += index.evict(self._max_spans, self._max_bytes)
 
     def _rebuild(self) -> None:
         since = self._listed_since
@@ -985,7 +1080,7 @@ class Archive:
                     continue
                 infos.append(info)
         # With a span bound, newest first: what does not fit is the oldest (see _read).
-        infos.sort(key=lambda i: (i.opened_ns or 0, i.key), reverse=self._max_spans is not None)
+        infos.sort(key=lambda i: (i.opened_ns or 0, i.key), reverse=self._bounded)
         if not self._read(infos):
             self._listed_since = since
         elif _again:  # a rewritten object made it start over, with the previous window: now this one
@@ -1714,7 +1809,8 @@ class Archive:
     def overview(self, *, since: Any = None, until: Any = None) -> dict[str, Any]:
         """Totals for a window: spans, traces, errors, services (with how many processes, by
         ``service.instance.id``, sent spans), time range, the slowest and the latest failed
-        traces, audit outcomes and security events."""
+        traces, audit outcomes and security events; ``partial``: whether ``max_spans`` or
+        ``max_bytes`` left spans out (objects unread, or spans read but not held)."""
         s_ns, u_ns = self._window(since, until)
         with self._lock:
             self._ensure(s_ns)
@@ -1750,6 +1846,7 @@ class Archive:
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
             slowest = [self._summary(t) for t in self._top(traces, "duration", 5)]
             failed = [self._summary(t) for t in self._top(failed_ids, "recent", 5)]
+            partial = bool(self.read_stats["skipped_objects"] or self.read_stats["dropped_spans"])
         return {
             "spans": len(spans),
             "traces": len(traces),
@@ -1768,4 +1865,5 @@ class Archive:
                 "security_events": sum(1 for a in audits if a.get("category") == "security"),
                 "by_outcome": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])),
             },
+            "partial": partial,
         }
