@@ -2351,6 +2351,10 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
         goto error;
     if (hname != Py_None) {
         PyObject *tid = PyObject_GetAttr(span, s_trace_id);
+        if (tid != NULL && PyObject_Not(tid) == 1) { /* tracing suppressed: no trace to name */
+            Py_DECREF(tid);
+            goto no_header;
+        }
         PyObject *hex = tid == NULL ? NULL : hex_id(tid, 16);
         Py_XDECREF(tid);
         if (hex == NULL) {
@@ -2369,6 +2373,7 @@ begin_from(PyObject *scope, PyObject *path, PyObject *start, PyObject *hname, Py
         if (rc < 0)
             goto error;
     }
+no_header:
     state = state_type->tp_alloc(state_type, 0);
     if (state == NULL)
         goto error;

@@ -448,6 +448,8 @@ class Options:
     def response_headers(self, span: AnySpan) -> list[tuple[str, str]]:
         """The correlation headers for a response (text form; WSGI)."""
         out: list[tuple[str, str]] = []
+        if not span.trace_id:  # (tracing suppressed: no trace to name)
+            return out
         if self.header_name is not None:
             out.append((self.header_name, f"{span.trace_id:032x}"))
         if self.traceresponse:
@@ -457,6 +459,8 @@ class Options:
     def response_headers_b(self, span: AnySpan) -> list[tuple[bytes, bytes]]:
         """The correlation headers for a response (bytes form; ASGI)."""
         out: list[tuple[bytes, bytes]] = []
+        if not span.trace_id:  # (tracing suppressed: no trace to name)
+            return out
         if self.header_name_b is not None:
             out.append((self.header_name_b, b"%032x" % span.trace_id))
         if self.traceresponse:
