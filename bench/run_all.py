@@ -1,4 +1,5 @@
-"""Run every benchmark in bench/ one after the other (each prints its figures and ratios).
+"""Run the main benchmarks in bench/ one after the other (each prints its figures and ratios;
+the others, e.g. redis, grpc, amqp, count_middleware, outage_bounds, run on their own).
 
 make bench                       # installs the bench extra (OpenTelemetry SDK...) first
 .venv/bin/python bench/run_all.py core propagation   # a subset, by name
