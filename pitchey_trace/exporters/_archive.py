@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pitchey_trace import _stats
+from pitchey_trace._batch import _Thread
 from pitchey_trace._context import CURRENT
 from pitchey_trace._json import _default, dumps, lenient_dumps
 from pitchey_trace._span import SUPPRESSED
@@ -343,9 +344,9 @@ class ArchiveExporter:
             finally:
                 self._thread_ended()
 
-        self._thread = threading.Thread(
-            target=run, name=f"pitchey-trace-{self.kind}-{self.name}", daemon=True
-        )
+        # (the SDK's thread class: gevent's patch_all() after it started made its end a
+        # KeyError traceback at exit, see _batch._Thread)
+        self._thread = _Thread(target=run, name=f"pitchey-trace-{self.kind}-{self.name}", daemon=True)
         self._thread.start()
 
     def _ensure_running(self) -> None:

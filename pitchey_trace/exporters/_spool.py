@@ -105,6 +105,22 @@ class UnsafeSpoolDir(ConfigurationError):
 _POSIX = hasattr(os, "geteuid") and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
 
 
+def _make_parents(parent: Path) -> None:
+    """Create ``parent`` and its missing ancestors 0700 (``mkdir -p`` makes them as the umask
+    says: under umask 0 a missing intermediate directory was world-writable, letting another
+    user rename the spool directory out of it)."""
+    missing: list[Path] = []
+    for p in (parent, *parent.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(p, 0o700)  # (the umask can only narrow it)
+    if not parent.is_dir():
+        parent.mkdir(parents=True, exist_ok=True)  # (raises the usual OSError: a file there...)
+
+
 def check_private_dir(path: Path, *, tighten: bool = False, strict: bool = True) -> None:
     """Make sure ``path`` is a directory only this user can write: a real directory (not a
     symbolic link), owned by the effective uid, not writable by group or others, in a parent
@@ -119,7 +135,7 @@ def check_private_dir(path: Path, *, tighten: bool = False, strict: bool = True)
     deployment's choice. Raises :class:`UnsafeSpoolDir` (a ConfigurationError) saying why, or
     OSError when it cannot be created or opened."""
     parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    _make_parents(parent)
     created = False
     try:
         os.mkdir(path, 0o700)

@@ -286,3 +286,29 @@ def test_spawn_raw_and_threadpool_carry_the_span_after_patch_all(
     for name in ("raw", "pooled"):
         child = collector.named(name)
         assert (child["trace"], child["parent"]) == (request["trace"], request["span"])
+
+
+def test_archive_thread_of_an_sdk_configured_before_patch_all_ends_quietly(tmp_path: Path) -> None:
+    """The local archive's (and Logpush's) upload thread was a plain ``threading.Thread``: with
+    the SDK configured before ``patch_all()`` its end looked itself up under gevent's id, a
+    ``KeyError`` traceback on stderr at every exit (the SDK's other threads had the fix)."""
+    done = run(
+        tmp_path,
+        """
+        import sys
+        import pitchey_trace as pt
+        from pitchey_trace.exporters import LocalArchiveExporter
+        pt.configure(service="g", exporters=[LocalArchiveExporter(sys.argv[1])])
+        with pt.span("before"):
+            pass
+        from gevent import monkey; monkey.patch_all()
+        with pt.span("after"):
+            pass
+        print("done", flush=True)
+        """,
+        str(tmp_path / "archive"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"
+    assert "Traceback" not in done.stderr, done.stderr
+    assert list((tmp_path / "archive").rglob("*.gz"))  # (the spans were archived at exit)

@@ -232,3 +232,20 @@ def test_recovered_items_dropped_by_a_smaller_cap_are_counted(tmp_path: Path) ->
     assert len(second) == 1
     assert _stats.get("dropped.spool_cap") == 40
     second.close()
+
+
+def test_missing_parents_of_a_spool_dir_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """``mkdir -p`` made missing parents as the umask said: under umask 0 an intermediate
+    directory was world-writable (another user could rename the spool directory out of it)."""
+    import stat
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from pathlib import Path; os.umask(0)\n"
+        "from pitchey_trace.exporters._spool import check_private_dir\n"
+        "check_private_dir(Path(sys.argv[1]) / 'a' / 'b' / 'spool', strict=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "spool"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
