@@ -778,6 +778,25 @@ class _Flight:
         self.settled = threading.Event()  # its thread is done with it
 
 
+class _Tally:
+    """What the requests of one batch (or the part one sending thread took) came to, in items:
+    given up, delivered or kept in the spool, rejected by the answer, too large to send."""
+
+    __slots__ = ("failed", "handled", "rejected", "too_large")
+
+    def __init__(self) -> None:
+        self.failed = self.handled = self.rejected = self.too_large = 0
+
+    def add(self, other: _Tally) -> None:
+        self.failed += other.failed
+        self.handled += other.handled
+        self.rejected += other.rejected
+        self.too_large += other.too_large
+
+
+#: The most requests of one batch an exporter sends at once (``max_concurrent_requests``).
+MAX_CONCURRENT_REQUESTS = 32
+
 #: How long the spool's sender thread holds a drain at most before it looks again (a flush
 #: may be waiting for it; its sends give up at this deadline too).
 _DRAIN_SLICE_S = 30.0
@@ -824,6 +843,10 @@ class SenderExporter:
     #: A request body's bytes at most (encoded, before gzip): a batch whose encoding is larger
     #: goes as several requests; an item larger on its own is dropped. None: no byte cap.
     _max_request_bytes: int | None = None
+    #: Senders of their own (one connection each) for the short-lived threads that send a
+    #: batch's requests alongside the export worker (:meth:`_init_concurrency`); none: one
+    #: request at a time.
+    _lane_senders: tuple[HttpSender, ...] = ()
 
     @property
     def url(self) -> str:
@@ -834,6 +857,17 @@ class SenderExporter:
     def spool_dir(self) -> str | None:
         """Where undeliverable requests are kept (None: no spool)."""
         return None if self._spool is None else str(self._spool.dir.path)
+
+    def _init_concurrency(self, max_concurrent_requests: object) -> int:
+        """Send up to ``max_concurrent_requests`` (1 to :data:`MAX_CONCURRENT_REQUESTS`) of a
+        batch's requests at once, each on a connection of its own: against an endpoint with a
+        round trip of tens of milliseconds, one request at a time caps the throughput at
+        ``points per request / round trip``. Returns the checked value."""
+        n = positive_int("max_concurrent_requests", max_concurrent_requests, MAX_CONCURRENT_REQUESTS)
+        sender = self._sender
+        if isinstance(sender, HttpSender):
+            self._lane_senders = tuple(sender.clone() for _ in range(n - 1))
+        return n
 
     def _init_spool(self, spool_dir: Any, spool_max_bytes: int, items_counter: str) -> None:
         """Keep undeliverable payloads in ``spool_dir`` (None: no spool), at most
@@ -915,7 +949,7 @@ class SenderExporter:
             # and the spool's sender thread retries them)
             self._spooling = True
 
-    def _deliver(self, payload: bytes, items: int) -> HttpResult | None:
+    def _deliver(self, payload: bytes, items: int, sender: HttpSender | None = None) -> HttpResult | None:
         """Send ``payload`` (``items`` spans or points). With a spool, it is tried once and a
         payload that could not be delivered (and was not refused) is kept on disk: None. From
         then on new payloads are kept without a try, behind it, and the spool's sender thread
@@ -924,7 +958,9 @@ class SenderExporter:
         succeeded (a previous run's) are sent by that thread too.
 
         After :meth:`shutdown` nothing is sent: the payload is kept (with a spool) or given up.
-        While a delivery is in progress :meth:`shutdown` may take it over (``_Flight``)."""
+        While a delivery is in progress :meth:`shutdown` may take it over (``_Flight``).
+        ``sender``: one of ``_lane_senders`` (a sending thread's own connection) instead of
+        ``_sender``."""
         spool = self._spool
         if (
             spool is not None
@@ -941,7 +977,8 @@ class SenderExporter:
         with _flight_lock:
             closed = self._closed
             flight = None if closed else _Flight(payload, items)
-            self._flight = flight
+            if flight is not None:
+                self._flights = (*self._flights, flight)
         if flight is None:
             if spool is not None and spool.put(payload, items):
                 return None
@@ -952,10 +989,11 @@ class SenderExporter:
             # hold it (5 attempts x timeout_s against a hung endpoint) while its queue overflows.
             # (several items: a 413 is split by _delivered, not counted as a rejection)
             split = items > 1
+            via = self._sender if sender is None else sender
             result = (
-                self._sender.send(payload, splittable=split)
+                via.send(payload, splittable=split)
                 if spool is None
-                else self._send_once(payload, spooled=True, splittable=split)
+                else self._send_once(payload, spooled=True, sender=via, splittable=split)
             )
             with _flight_lock:
                 if flight.state == _Flight.CLAIMED:
@@ -971,8 +1009,7 @@ class SenderExporter:
             return None
         finally:
             with _flight_lock:
-                if self._flight is flight:
-                    self._flight = None
+                self._flights = tuple(f for f in self._flights if f is not flight)
             flight.settled.set()
 
     def _exporter_name(self) -> str:
@@ -1067,6 +1104,7 @@ class SenderExporter:
     ) -> bool | _stats.PartlyRejected:
         """POST ``items`` ``size`` at a time (``body(chunk)`` the payload), counting what was
         delivered under ``counter``; False if every chunk was given up (not kept in the spool).
+        With ``_lane_senders``, several chunks at once (:meth:`_post_concurrently`).
 
         With a byte cap (``_max_request_bytes``), a chunk whose payload is larger goes as
         several requests (:meth:`_fit`), and an item whose payload alone is larger is dropped:
@@ -1081,30 +1119,16 @@ class SenderExporter:
         went out (or were kept) are counted here in ``dropped.export_failed[.<name>]`` and
         returned in a :class:`~pitchey_trace._stats.PartlyFailed` (the next flush reports the
         loss); when none went out, False: the worker counts the whole batch as given up."""
-        failed = 0  # items of requests given up
-        handled = 0  # items of requests delivered or kept in the spool
-        rejected = 0
-        too_large = 0
-        cap = self._max_request_bytes
-        for i in range(0, len(items), size):
-            chunk = items[i : i + size]
-            payload = body(chunk)
-            requests: Sequence[tuple[Sequence[Any], bytes]]
-            if cap is not None and len(payload) > cap:
-                requests, lost = self._fit(chunk, payload, cap, body)
-                too_large += lost
-            else:
-                requests = ((chunk, payload),)
-            for part, result in self._delivered(requests, body):
-                if result is not None and not result.ok:
-                    failed += len(part)
-                    continue
-                handled += len(part)
-                if result is None:
-                    continue  # kept on disk: counted once it is sent
-                _stats.incr(counter, len(part))
-                rejected += self._partial_success(result, len(part))
-        if failed and not handled:
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        lanes = self._lane_senders[: len(chunks) - 1]
+        if lanes and not self._closed:
+            tally = self._post_concurrently(chunks, body, counter, lanes)
+        else:
+            tally = _Tally()
+            for chunk in chunks:
+                self._post_chunk(chunk, body, counter, tally)
+        failed, rejected, too_large = tally.failed, tally.rejected, tally.too_large
+        if failed and not tally.handled:
             return False
         name = self._exporter_name()
         if rejected:
@@ -1118,8 +1142,87 @@ class SenderExporter:
             return _stats.PartlyRejected(rejected + too_large)
         return True
 
+    def _post_chunk(
+        self,
+        chunk: Sequence[Any],
+        body: Callable[[Sequence[Any]], bytes],
+        counter: str,
+        tally: _Tally,
+        sender: HttpSender | None = None,
+    ) -> None:
+        """Send one chunk (as several requests when over the byte cap, or refused as too
+        large), on ``sender`` (default ``_sender``), adding what became of its items to
+        ``tally``; delivered items are counted under ``counter``."""
+        cap = self._max_request_bytes
+        payload = body(chunk)
+        requests: Sequence[tuple[Sequence[Any], bytes]]
+        if cap is not None and len(payload) > cap:
+            requests, lost = self._fit(chunk, payload, cap, body)
+            tally.too_large += lost
+        else:
+            requests = ((chunk, payload),)
+        for part, result in self._delivered(requests, body, sender):
+            if result is not None and not result.ok:
+                tally.failed += len(part)
+                continue
+            tally.handled += len(part)
+            if result is None:
+                continue  # kept on disk: counted once it is sent
+            _stats.incr(counter, len(part))
+            tally.rejected += self._partial_success(result, len(part))
+
+    def _post_concurrently(
+        self,
+        chunks: Sequence[Sequence[Any]],
+        body: Callable[[Sequence[Any]], bytes],
+        counter: str,
+        lanes: Sequence[HttpSender],
+    ) -> _Tally:
+        """:meth:`_post_chunk` for each of ``chunks``, up to ``1 + len(lanes)`` at once: this
+        thread on ``_sender`` and a short-lived daemon thread on each lane sender, each taking
+        the next chunk when done with its last (so at most that many payloads are in memory).
+        Returns once all are settled (shutdown cuts their requests off, as this thread's); an
+        exception in a thread is raised here, as it would have been by this thread."""
+        pending = iter(chunks)
+        take = threading.Lock()
+        tallies: list[_Tally] = []
+        errors: list[BaseException] = []
+
+        def lane(sender: HttpSender | None) -> None:
+            tally = _Tally()
+            tallies.append(tally)
+            try:
+                while not errors:
+                    with take:
+                        chunk = next(pending, None)
+                    if chunk is None:
+                        return
+                    self._post_chunk(chunk, body, counter, tally, sender)
+            except BaseException as exc:  # (raised by the calling thread below)
+                errors.append(exc)
+
+        threads = []
+        name = f"pitchey-trace-send-{self._exporter_name()}"
+        for sender in lanes:
+            thread = _suppressed_thread(functools.partial(lane, sender), name)
+            if not start_thread(thread):
+                break  # (at interpreter exit no thread starts: this one sends the rest)
+            threads.append(thread)
+        lane(None)
+        for thread in threads:
+            thread.join()  # (each send is bounded by timeout_s and the retry policy, and shutdown aborts it)
+        if errors:
+            raise errors[0]
+        total = _Tally()
+        for tally in tallies:
+            total.add(tally)
+        return total
+
     def _delivered(
-        self, requests: Sequence[tuple[Sequence[Any], bytes]], body: Callable[[Sequence[Any]], bytes]
+        self,
+        requests: Sequence[tuple[Sequence[Any], bytes]],
+        body: Callable[[Sequence[Any]], bytes],
+        sender: HttpSender | None = None,
     ) -> Iterator[tuple[Sequence[Any], HttpResult | None]]:
         """Deliver ``requests`` (items, payload) in order: each item group with the result of
         its request (None: kept in the spool). A request the endpoint refuses as too large
@@ -1129,7 +1232,10 @@ class SenderExporter:
         pending = list(reversed(requests))
         while pending:
             part, data = pending.pop()
-            result = self._deliver(data, len(part))
+            # (the sender only when a sending thread's own: _deliver's two-argument form stays)
+            result = (
+                self._deliver(data, len(part)) if sender is None else self._deliver(data, len(part), sender)
+            )
             if result is not None and result.status == 413 and len(part) > 1:
                 counter = self._sender.counter
                 _stats.incr(f"{counter}.split_too_large")
@@ -1244,7 +1350,9 @@ class SenderExporter:
         return True
 
     _closed = False
-    _flight: _Flight | None = None
+    #: The deliveries in progress (the export worker's, and its sending threads'), replaced
+    #: as a whole under ``_flight_lock``.
+    _flights: tuple[_Flight, ...] = ()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop: no request starts from now on, and the one in progress is cut off (its socket
@@ -1258,12 +1366,14 @@ class SenderExporter:
         sender = self._sender
         with _flight_lock:
             self._closed = True
-            flight = self._flight
+            flights = self._flights
         sender.stop.set()
         if isinstance(sender, HttpSender):
             sender.abort()  # (closes the connection, or leaves that to the thread using it)
         else:
             sender.close()  # (gRPC: closing the channel cancels the call in progress)
+        for lane in self._lane_senders:  # (the sending threads' requests: cut off too)
+            lane.abort()
         background = self._spool_sender
         if background is not None:  # (the spool's drains: their request in progress too)
             background.stop.set()
@@ -1271,7 +1381,7 @@ class SenderExporter:
                 background.abort()
             else:
                 background.close()
-        if flight is not None:
+        for flight in flights:
             flight.settled.wait(max(0.0, deadline - time.monotonic()))
             self._claim(flight)
         if self._spool is not None:
@@ -1301,7 +1411,9 @@ class SenderExporter:
         """Forget the parent's connections (and its spool files). The child has no spool
         sender thread: one starts when it has files to send."""
         self._sender.reset()
-        self._flight = None
+        for lane in self._lane_senders:
+            lane.reset()
+        self._flights = ()
         if self._spool is not None:
             self._spool.after_fork()
             self._init_spool_sender()
