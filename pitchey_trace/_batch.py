@@ -250,6 +250,7 @@ class ExporterWorker:
         self._thread: threading.Thread | None = None
         self._lost = False  # a batch was given up since the last flush marker
         self._abandoned = False  # shutdown's time ran out: records handed over are counted lost
+        self._inflight = 0  # records in the exporter's export() call now (see abandon)
         # An exporter's optional poll(): called when the worker wakes with nothing to export.
         self._poll: Callable[[], object] | None = getattr(self.exporter, "poll", None)
 
@@ -292,25 +293,34 @@ class ExporterWorker:
 
     def _export(self, batch: list[Record]) -> None:
         with self._lock:
+            if self._abandoned:  # (counted by abandon(): this worker outlived shutdown)
+                return
             self._pending -= len(batch)
+            self._inflight = len(batch)
         ok: Any = False
         try:
             ok = self.exporter.export(batch)
         except Exception as exc:
             _safety.report(f"export.{self.name}", exc)
-        if ok is False:
-            self._lost = True  # (the next flush says so)
-            _stats.incr("dropped.export_failed", len(batch))
-            _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
-        else:
-            n = len(batch)
-            cls = ok.__class__
-            if cls is _stats.PartlyRejected or cls is _stats.PartlyFailed:
-                n = max(0, n - ok)  # (the exporter counted those as dropped)
-                if cls is _stats.PartlyFailed:
-                    self._lost = True  # (some were given up: the next flush says so)
-            _stats.incr("exported", n)
-            _stats.incr(f"exported.{self.name}", n)
+        # Counted under the lock, with the batch no longer in flight: a shutdown that gives up
+        # meanwhile finds it counted, never counts it too (or misses it when it returns).
+        with self._lock:
+            if self._abandoned:  # shutdown gave up on this call and counted the batch lost
+                return
+            self._inflight = 0
+            if ok is False:
+                self._lost = True  # (the next flush says so)
+                _stats.incr("dropped.export_failed", len(batch))
+                _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
+            else:
+                n = len(batch)
+                cls = ok.__class__
+                if cls is _stats.PartlyRejected or cls is _stats.PartlyFailed:
+                    n = max(0, n - ok)  # (the exporter counted those as dropped)
+                    if cls is _stats.PartlyFailed:
+                        self._lost = True  # (some were given up: the next flush says so)
+                _stats.incr("exported", n)
+                _stats.incr(f"exported.{self.name}", n)
 
     def _run(self) -> None:
         q = self.queue
@@ -363,16 +373,20 @@ class ExporterWorker:
             join_thread(t, timeout)
 
     def abandon(self) -> int:
-        """After shutdown's time ran out: count the records still queued as dropped
+        """After shutdown's time ran out: count the records not delivered yet as dropped
         (``dropped.shutdown_timeout[.<name>]``) and release their flush waiters. The thread is
         stuck in an export (or too slow) and, a daemon, dies with the process: uncounted, they
-        would vanish from ``stats()``. Each item is popped by one thread only, so a record the
-        worker took meanwhile is still counted once, by it. Records handed over from now on
-        (by a pipeline worker that outlived the deadline) are counted the same way. Returns
-        the number dropped."""
+        would vanish from ``stats()``. Counted: the records queued, those the worker took but
+        has not exported, and the batch inside an unfinished ``export()`` call (if that call
+        returns later, the worker counts nothing more and exports nothing more). Records
+        handed over from now on (by a pipeline worker that outlived the deadline) are counted
+        the same way. Returns the number dropped."""
         with self._lock:
+            # _pending covers what is queued and what the worker popped but did not export,
+            # whichever thread holds it now: taking it under the lock counts each once.
             self._abandoned = True
-        lost = 0
+            lost = self._pending + self._inflight
+            self._pending = self._inflight = 0
         q = self.queue
         while True:
             try:
@@ -383,18 +397,20 @@ class ExporterWorker:
                 marker: _FlushMarker = item
                 marker.latch.failed = True
                 marker.latch.count_down()
-            else:
-                lost += len(item)  # type: ignore[arg-type]
         if lost:
-            with self._lock:
-                self._pending -= lost
             _stats.incr("dropped.shutdown_timeout", lost)
             _stats.incr(f"dropped.shutdown_timeout.{self.name}", lost)
         return lost
 
-    def after_fork(self) -> None:
-        """In a forked child: empty queue, new thread, let the exporter reset itself too."""
+    def after_fork(self, start: bool = True) -> None:
+        """In a forked child: empty queue, and unless ``start`` is False (see
+        :meth:`Pipeline.after_fork`) :meth:`start_after_fork`."""
         self._reset()
+        if start:
+            self.start_after_fork()
+
+    def start_after_fork(self) -> None:
+        """Let the exporter reset itself (it may start threads of its own), start the thread."""
         hook = getattr(self.exporter, "after_fork", None)
         if hook is not None:
             with _safety.guard(f"after_fork.{self.name}"):
@@ -451,6 +467,7 @@ class Pipeline:
         self._route_cache: dict[str, list[ExporterWorker]] = {}
         self.wake_at = max(1, min(max_queue_size // 2, export_batch_size))
         self._shutdown = False
+        self._restart_after_fork = False  # (see after_fork)
         self._init_runtime()
         _live_pipelines.add(self)
 
@@ -587,8 +604,10 @@ class Pipeline:
             _stats.incr("dropped.shutdown_timeout", lost)
             _stats.incr("dropped.shutdown_timeout.pipeline", lost)
 
-    def after_fork(self) -> None:
-        """In a forked child: fresh, empty queues and new threads; the parent is unaffected."""
+    def after_fork(self, start: bool = True) -> None:
+        """In a forked child: fresh, empty queues and new threads; the parent is unaffected.
+        With ``start`` False the threads (and the exporters' own ``after_fork``, which may
+        start threads) wait for :meth:`start_after_fork`, called by a later fork hook."""
         was_running = self._thread is not None and not self._shutdown
         self._init_runtime()
         self.resource = make_resource(self.service, self.environment, self._resource_extra)
@@ -600,8 +619,19 @@ class Pipeline:
                 clear()
         if was_running:
             for w in self.workers:
-                w.after_fork()
-            self.start()
+                w.after_fork(start=False)
+            self._restart_after_fork = True
+            if start:
+                self.start_after_fork()
+
+    def start_after_fork(self) -> None:
+        """The second half of :meth:`after_fork`: the exporters' hooks and the new threads."""
+        if not self._restart_after_fork:
+            return
+        self._restart_after_fork = False
+        for w in self.workers:
+            w.start_after_fork()
+        self.start()
 
     # -- worker side ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -922,13 +952,43 @@ class Pipeline:
             w.put(records if i == last else records.copy())
 
 
+#: Whether _start_after_fork_in_child is registered (see _before_fork).
+_late_fork_hook = False
+
+
+def _before_fork() -> None:
+    """gevent's ``monkey.patch_all()`` registers an at-fork hook of its own that requires the
+    child to have one thread only (``assert len(active) == 1``); it runs after this module's
+    hook (registered at import, earlier), which started the new worker threads: the
+    assertion failed ("Exception ignored ... AssertionError" on stderr) and gevent's own
+    clean-up of the child's threading state was skipped. Once gevent patched ``threading``,
+    a second hook, registered now (after gevent's), starts the threads instead. (Registering
+    from a ``before`` hook is allowed: CPython runs a copy of each hook list, and the child
+    runs the ``after_in_child`` list as it is after the ``before`` hooks ran.)"""
+    global _late_fork_hook
+    if _late_fork_hook or not _gevent_patched_threading():
+        return
+    with _safety.guard("before_fork"):
+        os.register_at_fork(after_in_child=_start_after_fork_in_child)
+        _late_fork_hook = True
+
+
 def _after_fork_in_child() -> None:
+    start = not _late_fork_hook  # (else _start_after_fork_in_child starts the threads)
     for p in list(_live_pipelines):
         try:
-            p.after_fork()
+            p.after_fork(start=start)
+        except Exception as exc:  # pragma: no cover - defensive
+            _safety.report("after_fork", exc)
+
+
+def _start_after_fork_in_child() -> None:
+    for p in list(_live_pipelines):
+        try:
+            p.start_after_fork()
         except Exception as exc:  # pragma: no cover - defensive
             _safety.report("after_fork", exc)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -63,10 +63,11 @@ def test_records_still_queued_when_shutdown_times_out_are_counted() -> None:
         pt.shutdown(timeout=0.5)
         s = pt.stats()
         assert s["accepted"] == 2_100
-        # All but the batch in the stuck export are given up, and counted, by now.
+        # Everything is given up, and counted, by now: the batch in the stuck export too
+        # (session 21: it was counted nowhere).
         assert 0 < stuck.got <= 100
-        assert s.get("dropped.shutdown_timeout.stuck") == 2_100 - stuck.got
-        assert s.get("dropped.shutdown_timeout") == 2_100 - stuck.got
+        assert s.get("dropped.shutdown_timeout.stuck") == 2_100
+        assert s.get("dropped.shutdown_timeout") == 2_100
     finally:
         stuck.release.set()
 
@@ -86,12 +87,15 @@ def test_hung_collector_records_accounted_for_when_shutdown_returns(hung_port: i
         + s.get(f"dropped.export_failed.{name}", 0)
         + s.get(f"dropped.shutdown_timeout.{name}", 0)
         + s.get(f"dropped.exporter_queue_full.{name}", 0)
+        + s.get("dropped.shutdown_timeout.pipeline", 0)  # (not handed over yet: the one exporter's)
     )
-    # (what the worker holds is still being settled: the batch whose request the shutdown cut
-    # off and the rest of the pipeline's chunk it came in, at most 512 records)
+    # Every record once, by the time shutdown returns (session 21: the batch in the export the
+    # shutdown cut off, and what the worker had taken, were counted only later or not at all):
+    # given up by the worker as the endpoint hung (export_failed) or by the shutdown's end
+    # (shutdown_timeout), which of the two depends on how far the worker got in the time.
     assert s["accepted"] == 3_000
-    assert 3_000 - 512 <= counted <= 3_000
-    assert s.get(f"dropped.shutdown_timeout.{name}", 0) > 0
+    assert counted == 3_000
+    assert s.get(f"exported.{name}", 0) == 0
 
 
 def test_local_archive_without_spool_holds_at_most_64_mib_while_unwritable(tmp_path: Path) -> None:
