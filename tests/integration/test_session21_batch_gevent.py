@@ -9,21 +9,19 @@ process."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration import test_session21_gevent as gevent_tests
 from tests.support.otlp_json import JsonSpanCollector
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+collector = gevent_tests.collector  # (a JsonSpanCollector on 127.0.0.1)
+run = gevent_tests.run  # (a program in a child process, both modes)
+
 
 # argv: collector url, order. The parent forks two children; the first forks a grandchild.
 # Each process ends a few spans named after it and shuts down; the parent prints what each
@@ -81,31 +79,11 @@ print("parent shut down", pt.shutdown(20), flush=True)
 """
 
 
-@pytest.fixture
-def collector() -> Iterator[JsonSpanCollector]:
-    c = JsonSpanCollector()
-    yield c
-    c.server.close()
-
-
-def run(tmp_path: Path, url: str, order: str) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "program.py"
-    script.write_text(textwrap.dedent(PROGRAM))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PITCHEY_TRACE_", "OTEL_"))}
-    if "PITCHEY_TRACE_PURE_PYTHON" in os.environ:  # (both modes: the C accelerator's and not)
-        env["PITCHEY_TRACE_PURE_PYTHON"] = os.environ["PITCHEY_TRACE_PURE_PYTHON"]
-    env["PYTHONPATH"] = str(ROOT)
-    # (the timeout only stops a hung program: what is checked is its output)
-    return subprocess.run(
-        [sys.executable, str(script), url, order], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 @pytest.mark.parametrize("order", ["configure_first", "import_first", "patch_all_first", "no_gevent"])
 def test_forked_children_export_quietly_after_patch_all(
     tmp_path: Path, collector: JsonSpanCollector, order: str
 ) -> None:
-    done = run(tmp_path, collector.url, order)
+    done = run(tmp_path, PROGRAM, collector.url, order)
     assert done.returncode == 0, done.stderr
     # Before, with the SDK imported before patch_all(): gevent's fork hook failed in each child
     # ("Exception ignored in ... after_fork_in_child ... AssertionError").
