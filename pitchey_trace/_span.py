@@ -468,6 +468,7 @@ class NonRecordingSpan(_SpanBase):
             try:
                 CURRENT.reset(token)
             except ValueError:
+                self._token = token  # (for the entering context's own exit, as Span's)
                 self._reset_failed(token.old_value)
             except TypeError:  # not a Token but _Entries: entered several times (no cost here)
                 self._token = token
@@ -884,6 +885,9 @@ class Span(_SpanBase):
                 CURRENT.reset(token)
             except ValueError:
                 self._prev = token.old_value
+                # (kept: the context that entered the span can still reset it by its own exit,
+                # else the ended span stayed current there)
+                self._token = token
                 self._reset_failed(token.old_value)
             except TypeError:  # not a Token but _Entries: entered several times (no cost here)
                 self._token = token

@@ -413,11 +413,15 @@ span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         }
         Py_XSETREF(SLOT(self, F_PREV), prev);
         int rc = PyContextVar_Reset(current_var, token);
-        Py_DECREF(token);
         if (rc < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+                Py_DECREF(token);
                 return NULL;
+            }
             PyErr_Clear();
+            /* kept: the context that entered the span can still reset it by its own exit,
+             * else the ended span stayed current there (the slot holds None: no ref lost) */
+            Py_SETREF(SLOT(self, F_TOKEN), token);
             Py_INCREF(prev); /* (the call may change the slot) */
             r = PyObject_CallMethodOneArg(self, s_reset_failed, prev);
             Py_DECREF(prev);
@@ -425,15 +429,18 @@ span_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
                 return NULL;
             Py_DECREF(r);
         }
-        else if (Py_TYPE(prev) == span_type && SLOT(prev, F_END) != int_zero) {
-            /* an ended span made current again (an exit out of order): the Python method
-             * decides (end_ns is the cached 0 object while a span is open) */
-            Py_INCREF(prev);
-            r = PyObject_CallMethodOneArg(self, s_restore_live, prev);
-            Py_DECREF(prev);
-            if (r == NULL)
-                return NULL;
-            Py_DECREF(r);
+        else {
+            Py_DECREF(token);
+            if (Py_TYPE(prev) == span_type && SLOT(prev, F_END) != int_zero) {
+                /* an ended span made current again (an exit out of order): the Python method
+                 * decides (end_ns is the cached 0 object while a span is open) */
+                Py_INCREF(prev);
+                r = PyObject_CallMethodOneArg(self, s_restore_live, prev);
+                Py_DECREF(prev);
+                if (r == NULL)
+                    return NULL;
+                Py_DECREF(r);
+            }
         }
     }
     int ended = PyObject_IsTrue(SLOT(self, F_END));

@@ -213,3 +213,27 @@ def test_ten_thousand_nested_spans() -> None:
     records = {r["name"]: r for r in mem.spans()}
     assert len(records) == 10_000
     assert records["n9999"]["parent_span_id"] == records["n9998"]["span_id"]
+
+
+def test_a_span_exited_first_by_another_thread_is_reset_by_its_own_exit() -> None:
+    """A ``with`` span whose ``__exit__`` another thread called first (a failed context reset
+    there) stayed current, ended, in the context that entered it: later spans were its
+    children. The entering context's own exit now resets it."""
+    import threading
+
+    with capture_spans() as mem:
+        with pt.span("w") as w:
+            t = threading.Thread(target=lambda: w.__exit__(None, None, None))
+            t.start()
+            t.join()
+        assert CURRENT.get() is None
+        with pt.span("after") as after:
+            pass
+        scope = pt.use_context(pt.TraceContext(0x1234, 0x5678))
+        with scope:
+            t = threading.Thread(target=lambda: scope.__exit__(None, None, None))
+            t.start()
+            t.join()
+        assert CURRENT.get() is None
+    assert after.parent_span_id == 0
+    assert [s["name"] for s in mem.spans()] == ["w", "after"]
