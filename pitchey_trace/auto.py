@@ -193,16 +193,18 @@ def _fastapi(module: ModuleType) -> None:
 
     @functools.wraps(original)
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        app = self.__dict__.get(_FASTAPI_MIDDLEWARE)
-        if app is None:
-            app = functools.partial(original, self)
+        made = self.__dict__.get(_FASTAPI_MIDDLEWARE)
+        if made is None or made[0] is not self:  # (a copy of an app: its own)
+            app: Any = functools.partial(original, self)
             try:
                 if not _adds_middleware(self):
                     app = _AutoTracingMiddleware(app)
             except Exception as exc:
                 _safety.report("auto.fastapi", exc)
-            self.__dict__[_FASTAPI_MIDDLEWARE] = app  # (made once per app)
-        await app(scope, receive, send)
+            made = self.__dict__[_FASTAPI_MIDDLEWARE] = (self, app)  # (made once per app)
+        if self.root_path:  # (as FastAPI does first: excluded paths are matched below it)
+            scope["root_path"] = self.root_path
+        await made[1](scope, receive, send)
 
     fastapi.__call__ = __call__
 

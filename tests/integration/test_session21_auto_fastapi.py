@@ -37,6 +37,7 @@ def call(asgi, *paths):
         r = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}{path}", timeout=10)
         print("GOT", path, r.status_code, r.headers.get("x-trace-id"), r.headers.get("x-own-trace"),
               flush=True)
+        print("BODY", path, r.text, flush=True)
     server.should_exit = True  # a graceful stop: the request's span has ended after it
     thread.join(10)
 """
@@ -67,7 +68,20 @@ async def plain(request):
 
 bare = Starlette(routes=[Route("/s/{n}", plain)])  # mounted below a Router, served directly
 
+rooted = FastAPI(root_path="/api")  # (FastAPI sets scope["root_path"] in its __call__)
+rooted.get("/health")(lambda: 1)
+rooted.get("/who")(lambda: "rooted")
+
+import copy
+from fastapi import APIRouter
+clone = copy.copy(rooted)  # (a variant made from a template app answers for itself)
+clone.router = APIRouter()
+clone.router.get("/who")(lambda: "clone")
+clone.middleware_stack = None
+
 call(app, "/items/7", "/sub/leaf/3")
+call(rooted, "/api/health", "/api/who")
+call(clone, "/api/who")
 call(own, "/hello")
 call(ASGITracingMiddleware(wrapped, trace_id_header="X-Own-Trace", excluded_paths=["/internal/*"]),
      "/mine", "/internal/ping")
@@ -102,7 +116,10 @@ def run(tmp_path: Path, program: str) -> tuple[dict[str, list[str]], list[dict[s
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = {line.split()[1]: line.split()[2:] for line in proc.stdout.splitlines() if line.startswith("GOT")}
+    got: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith(("GOT", "BODY")):
+            got.setdefault(line.split()[1], []).extend(line.split()[2:])
     return got, spans_of(proc.stdout)
 
 
@@ -116,17 +133,34 @@ def test_fastapi_apps_are_traced_once_under_run(tmp_path: Path) -> None:
         "GET /leaf/{n}",
         "GET /mine",
         "GET /sub/leaf/{n}",
+        "GET /who",
+        "GET /who",
     ]
     assert {s["parent_span_id"] for s in servers} == {None}
     trace_of = {s["name"]: s["trace_id"] for s in servers}
     # the default header from run's middleware, the program's own header on its own apps
-    assert got["/items/7"] == ["200", trace_of["GET /items/{item_id}"], "None"]
-    assert got["/sub/leaf/3"] == ["200", trace_of["GET /sub/leaf/{n}"], "None"]
-    assert got["/hello"] == ["200", "None", trace_of["GET /hello"]]
-    assert got["/mine"] == ["200", "None", trace_of["GET /mine"]]
-    assert got["/internal/ping"] == ["200", "None", "None"]  # the program's exclusion holds
-    assert got["/api/s/1"] == ["200", trace_of["GET /api/s/{n}"], "None"]
-    assert got["/leaf/5"] == ["200", trace_of["GET /leaf/{n}"], "None"]
+    assert got["/items/7"][:3] == ["200", trace_of["GET /items/{item_id}"], "None"]
+    assert got["/sub/leaf/3"][:3] == ["200", trace_of["GET /sub/leaf/{n}"], "None"]
+    assert got["/hello"][:3] == ["200", "None", trace_of["GET /hello"]]
+    assert got["/mine"][:3] == ["200", "None", trace_of["GET /mine"]]
+    assert got["/internal/ping"][:3] == ["200", "None", "None"]  # the program's exclusion holds
+    assert got["/api/s/1"][:3] == ["200", trace_of["GET /api/s/{n}"], "None"]
+    assert got["/leaf/5"][:3] == ["200", trace_of["GET /leaf/{n}"], "None"]
+    assert got["/api/health"][:3] == ["200", "None", "None"]  # excluded below FastAPI's root path
+    # the template app and its copy each answer for themselves, each traced
+    assert got["/api/who"] == [
+        "200",
+        got["/api/who"][1],
+        "None",
+        '"rooted"',
+        "200",
+        got["/api/who"][5],
+        "None",
+        '"clone"',
+    ]
+    assert {got["/api/who"][1], got["/api/who"][5]} == {
+        s["trace_id"] for s in servers if s["name"] == "GET /who"
+    }
 
 
 def test_fastapis_native_span_gives_way_under_run_with_install(tmp_path: Path) -> None:
