@@ -251,6 +251,7 @@ class ExporterWorker:
         self._lost = False  # a batch was given up since the last flush marker
         self._abandoned = False  # shutdown's time ran out: records handed over are counted lost
         self._inflight = 0  # records in the exporter's export() call now (see abandon)
+        self._abandoned_inflight = 0  # of those, counted lost by abandon() (see _export)
         # An exporter's optional poll(): called when the worker wakes with nothing to export.
         self._poll: Callable[[], object] | None = getattr(self.exporter, "poll", None)
 
@@ -305,22 +306,34 @@ class ExporterWorker:
         # Counted under the lock, with the batch no longer in flight: a shutdown that gives up
         # meanwhile finds it counted, never counts it too (or misses it when it returns).
         with self._lock:
-            if self._abandoned:  # shutdown gave up on this call and counted the batch lost
+            if self._abandoned:
+                # Shutdown gave up on this call and counted the batch lost. It returned after
+                # all (the process lives on): what became of it replaces that count, so the
+                # totals stay exact (the exporter may have counted part of it already).
+                counted, self._abandoned_inflight = self._abandoned_inflight, 0
+                if counted:
+                    _stats.incr("dropped.shutdown_timeout", -counted)
+                    _stats.incr(f"dropped.shutdown_timeout.{self.name}", -counted)
+                    self._count(batch, ok)
                 return
             self._inflight = 0
-            if ok is False:
-                self._lost = True  # (the next flush says so)
-                _stats.incr("dropped.export_failed", len(batch))
-                _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
-            else:
-                n = len(batch)
-                cls = ok.__class__
-                if cls is _stats.PartlyRejected or cls is _stats.PartlyFailed:
-                    n = max(0, n - ok)  # (the exporter counted those as dropped)
-                    if cls is _stats.PartlyFailed:
-                        self._lost = True  # (some were given up: the next flush says so)
-                _stats.incr("exported", n)
-                _stats.incr(f"exported.{self.name}", n)
+            self._count(batch, ok)
+
+    def _count(self, batch: list[Record], ok: Any) -> None:
+        """Count what became of a batch ``export()`` returned ``ok`` for."""
+        if ok is False:
+            self._lost = True  # (the next flush says so)
+            _stats.incr("dropped.export_failed", len(batch))
+            _stats.incr(f"dropped.export_failed.{self.name}", len(batch))
+        else:
+            n = len(batch)
+            cls = ok.__class__
+            if cls is _stats.PartlyRejected or cls is _stats.PartlyFailed:
+                n = max(0, n - ok)  # (the exporter counted those as dropped)
+                if cls is _stats.PartlyFailed:
+                    self._lost = True  # (some were given up: the next flush says so)
+            _stats.incr("exported", n)
+            _stats.incr(f"exported.{self.name}", n)
 
     def _run(self) -> None:
         q = self.queue
@@ -378,7 +391,7 @@ class ExporterWorker:
         stuck in an export (or too slow) and, a daemon, dies with the process: uncounted, they
         would vanish from ``stats()``. Counted: the records queued, those the worker took but
         has not exported, and the batch inside an unfinished ``export()`` call (if that call
-        returns later, the worker counts nothing more and exports nothing more). Records
+        returns later, its outcome replaces that count; nothing more is exported). Records
         handed over from now on (by a pipeline worker that outlived the deadline) are counted
         the same way. Returns the number dropped."""
         with self._lock:
@@ -386,6 +399,7 @@ class ExporterWorker:
             # whichever thread holds it now: taking it under the lock counts each once.
             self._abandoned = True
             lost = self._pending + self._inflight
+            self._abandoned_inflight = self._inflight  # (recounted if that call returns)
             self._pending = self._inflight = 0
         q = self.queue
         while True:
