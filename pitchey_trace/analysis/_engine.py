@@ -651,7 +651,7 @@ class _Index:
         self._record_ids.add(key)
         return False
 
-    def evict(self, keep: int | None, keep_bytes: int | None = None) -> int:
+    def evict(self, keep: int | None, keep_bytes: int | None = None, gone: set[str] | None = None) -> int:
         """Drop whole traces, the earliest started first, until at most ``keep`` spans of at
         most ``keep_bytes`` estimated memory are left (None: no bound); returns how many spans
         were dropped (a trace is kept or dropped whole, so no view of it lacks spans that were read)."""
@@ -664,6 +664,8 @@ class _Index:
         heapq.heapify(oldest)
         while (excess > 0 or over > 0) and oldest:
             _, tid = heapq.heappop(oldest)
+            if gone is not None:  # (the caller skips the trace's spans still to come)
+                gone.add(tid)
             for span in self.by_trace.pop(tid, ()):
                 del self.spans[(tid, span["span_id"])]
                 excess -= 1
@@ -1016,6 +1018,9 @@ class Archive:
         pending: list[Record] = []
         weights: list[int] = []
         held = 0  # weight of pending
+        # Traces evicted while this object is read: their spans still to come in it are left
+        # out too (a trace is held whole or not at all; re-added, it would lack its first spans).
+        gone: set[str] = set()
 
         def flush() -> None:
             nonlocal held
@@ -1023,13 +1028,15 @@ class Archive:
             pending.clear()
             weights.clear()
             held = 0
-            self._hold()
+            self._hold(gone)
 
         def emit(rec: Record, weight: int) -> None:
             nonlocal held
-            if weight > max_bytes and rec.get("type") == "span":
-                self.read_stats["dropped_spans"] += 1  # (holding it would drop all else)
-                return
+            if rec.get("type") == "span":
+                tid = rec.get("trace_id")
+                if weight > max_bytes or (gone and isinstance(tid, str) and tid.lower() in gone):
+                    self.read_stats["dropped_spans"] += 1  # (too heavy alone, or its trace went)
+                    return
             if held + weight > max_bytes // 2:
                 flush()
             pending.append(rec)
@@ -1040,15 +1047,16 @@ class Archive:
         flush()
         return bad
 
-    def _hold(self) -> None:
+    def _hold(self, gone: set[str] | None = None) -> None:
         """Apply ``max_spans`` and ``max_bytes``: once one is reached, the bound is full (older
-        ``traces`` objects are skipped) and the oldest traces make room."""
+        ``traces`` objects are skipped) and the oldest traces make room (their ids added to
+        ``gone``)."""
         index = self._index
         if (self._max_spans is not None and len(index.spans) >= self._max_spans) or (
             self._max_bytes is not None and index.weight >= self._max_bytes
         ):
             self._full = True
-            self.read_stats["dropped_spans"] += index.evict(self._max_spans, self._max_bytes)
+            self.read_stats["dropped_spans"] += index.evict(self._max_spans, self._max_bytes, gone)
 
     def _rebuild(self) -> None:
         since = self._listed_since
