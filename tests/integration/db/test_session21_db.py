@@ -34,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 P2Connection = session20.P2Connection
 connect = session20.connect  # (instrumented connections of P2Connection, closed after the test)
+_insert = session20._insert
+_ids = session20._ids
 
 
 @pytest.fixture
@@ -41,16 +43,6 @@ def dsn(pg_dsn: str) -> str:
     with psycopg.connect(pg_dsn, autocommit=True) as setup:
         setup.execute("CREATE TABLE ledger (id int PRIMARY KEY)")
     return pg_dsn
-
-
-def _insert(conn: Any, value: int) -> None:
-    with conn.cursor() as cur:
-        cur.execute("INSERT INTO ledger VALUES (%s)", (value,))
-
-
-def _ids(dsn: str) -> list[int]:
-    with psycopg.connect(dsn) as c:
-        return [int(row[0]) for row in c.execute("SELECT id FROM ledger ORDER BY id")]
 
 
 def _outcome(span: dict[str, Any]) -> tuple[Any, Any]:
